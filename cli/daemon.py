@@ -1,0 +1,105 @@
+"""``shoal serve``/``devstack`` support: flags → ``NodeConfig``, and how a foreground node stops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cli.errors import EXIT_USAGE, CLIError
+
+if TYPE_CHECKING:
+    from jobs import Resources
+    from node.config import NodeConfig
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A partial resource limit as typed: None means "not given"."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    disk: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.cpu, self.memory, self.disk))
+
+
+def build_node_config(
+    *,
+    data_dir: Path | None = None,
+    listen: list[str] | None = None,
+    peers: list[str] | None = None,
+    api_host: str | None = None,
+    api_port: int | None = None,
+    requester: bool = True,
+    compute: bool = True,
+    noop: bool = False,
+    limit_total: Limit = Limit(),
+    limit_job: Limit = Limit(),
+    log_level: str | None = None,
+) -> NodeConfig:
+    from pydantic import ValidationError
+
+    from cli.specs import validation_lines
+    from node.config import NodeConfig, machine_resources
+
+    values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    if listen:
+        values["listen"] = tuple(listen)
+    if peers:
+        values["peers"] = tuple(peers)
+    if api_host is not None:
+        values["api_host"] = api_host
+    if api_port is not None:
+        values["api_port"] = api_port
+    if log_level is not None:
+        values["log_level"] = log_level.upper()
+    try:
+        # A partial limit fills the rest from the machine (total) or from the total (per job),
+        # which is what NodeConfig's None means for the whole limit.
+        if limit_total.given:
+            values["limit_total"] = _fill(limit_total, machine_resources())
+        if limit_job.given:
+            values["limit_job"] = _fill(limit_job, values.get("limit_total") or machine_resources())
+    except ValidationError as exc:
+        raise CLIError(*(f"limit {line}" for line in validation_lines(exc)), code=EXIT_USAGE) from None
+    return NodeConfig(**values)
+
+
+def _fill(limit: Limit, base: Resources) -> Resources:
+    from jobs import Resources
+
+    return Resources.model_validate(
+        {
+            "cpu": base.cpu if limit.cpu is None else limit.cpu,
+            "memory": base.memory if limit.memory is None else limit.memory,
+            "disk": base.disk if limit.disk is None else limit.disk,
+        }
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM both stop a foreground node the way Ctrl-C does.
+
+    A process started in the background by a non-interactive shell (scripts, CI) inherits an
+    *ignored* SIGINT, and so do its children: restore the default so Ctrl-C, ``kill -INT`` and
+    the devstack's own SIGINT to its nodes work. SIGTERM (``kill``, ``docker stop``, systemd) is
+    forwarded as SIGINT, which trio turns into KeyboardInterrupt at a safe point.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

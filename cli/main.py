@@ -1,0 +1,453 @@
+"""The ``shoal`` command: parse arguments, call the SDK (or the node/devstack), render.
+
+No business logic lives here. Commands return an exit code (or None for 0); every exception
+becomes one ``Error: …`` line in ``ShoalGroup.main`` (see ``cli.errors`` for the codes).
+Rich, pydantic and the SDK are imported inside commands so ``shoal --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from cli.errors import EXIT_USAGE, CLIError, ShoalGroup
+from cli.options import job_options
+
+# Needed at runtime, not only for type checking: typer evaluates command annotations.
+from cli.specs import JobFlags
+from cli.waiting import RunOptions
+
+if TYPE_CHECKING:
+    from shoal import Client
+
+JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]  # jobs.JobState values
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def make_client(api_url: str | None, *, timeout: float = 30.0) -> Client:
+    """Every command gets its SDK client here; tests replace this with a fake.
+
+    With no URL the SDK finds one (``SHOAL_API`` is read by the ``--api`` option already,
+    then a running devstack's state file).
+    """
+    from shoal import Client
+
+    return Client(api_url, timeout=timeout)
+
+
+_SETTINGS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(
+    cls=ShoalGroup,
+    name="shoal",
+    help="Shoal: run jobs on a peer-to-peer compute network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rich's help renderer costs ~150 ms of imports
+    context_settings=_SETTINGS,
+)
+docker_app = typer.Typer(help="Run Docker containers.", no_args_is_help=True, rich_markup_mode=None)
+wasm_app = typer.Typer(help="Run WebAssembly modules.", no_args_is_help=True, rich_markup_mode=None)
+run_app = typer.Typer(help="Run Python or noop jobs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(docker_app, name="docker")
+app.add_typer(wasm_app, name="wasm")
+app.add_typer(run_app, name="run")
+
+
+@dataclass(frozen=True)
+class Settings:
+    api: str | None = None
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    api: Annotated[str | None, typer.Option("--api", envvar="SHOAL_API", metavar="URL",
+        help="Node API URL (default: $SHOAL_API, else the running devstack).")] = None,
+) -> None:  # fmt: skip
+    ctx.obj = Settings(api=api)
+
+
+def _client(ctx: typer.Context, timeout: float = 30.0) -> Client:
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    return make_client(settings.api, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions) -> int:
+    from cli.specs import build_spec
+    from cli.waiting import submit_and_follow
+
+    if opts.id_only and opts.json:
+        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+    spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
+    return submit_and_follow(_client(ctx), lambda: _client(ctx), spec, opts)
+
+
+_Rest = Annotated[list[str] | None, typer.Argument(show_default=False)]
+
+
+@docker_app.command("run", context_settings=_SETTINGS)
+@job_options
+def docker_run(
+    ctx: typer.Context,
+    image: Annotated[str, typer.Argument(help="Image, e.g. ubuntu:24.04")],
+    command: Annotated[list[str] | None, typer.Argument(metavar="[-- CMD ARGS...]", show_default=False,
+        help="Command and its arguments; put them after -- if they start with a dash.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
+    network: Annotated[bool, typer.Option("--network", help="Allow network access.")] = False,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run a command in a Docker container: shoal docker run ubuntu -- echo hello"""
+    command = command or []
+    engine: dict[str, Any] = {"name": "docker", "image": image, "entrypoint": command[:1], "args": command[1:]}
+    if workdir is not None:
+        engine["workdir"] = workdir
+    if network:
+        engine["network"] = True
+    return _run(ctx, engine, flags, opts)
+
+
+@wasm_app.command("run", context_settings=_SETTINGS)
+@job_options
+def wasm_run(
+    ctx: typer.Context,
+    module: Annotated[str, typer.Argument(help="Module: a path inside the job's inputs, or ipfs://CID")],
+    args: Annotated[list[str] | None, typer.Argument(metavar="[-- ARGS...]", show_default=False)] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Exported function (default _start).")] = None,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run a WebAssembly (WASI) module: shoal wasm run ipfs://CID -- arg1 arg2"""
+    engine: dict[str, Any] = {"name": "wasm", "module": module, "args": args or []}
+    if entrypoint is not None:
+        engine["entrypoint"] = entrypoint
+    return _run(ctx, engine, flags, opts)
+
+
+@run_app.command("python", context_settings=_SETTINGS)
+@job_options
+def run_python(
+    ctx: typer.Context,
+    argv: Annotated[list[str] | None, typer.Argument(metavar="[MAIN.PY] [ARGS...]", show_default=False)] = None,
+    code: Annotated[str | None, typer.Option("--code", "-c", help="Inline code instead of a script.")] = None,
+    requirements: Annotated[list[str] | None, typer.Option("--requirement", "-r", metavar="PKG",
+        help="Package to install first; repeatable.")] = None,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE"""
+    argv = argv or []
+    engine: dict[str, Any] = {"name": "python", "requirements": requirements or []}
+    if code is not None:
+        engine.update(code=code, args=argv)
+    elif argv:
+        engine.update(main=argv[0], args=argv[1:])
+    else:
+        raise CLIError("give a script (shoal run python main.py) or code (shoal run python -c CODE)", code=EXIT_USAGE)
+    return _run(ctx, engine, flags, opts)
+
+
+@run_app.command("noop", context_settings=_SETTINGS)
+@job_options
+def run_noop(ctx: typer.Context, *, flags: JobFlags, opts: RunOptions) -> int:
+    """Run a job that does nothing: smoke tests and benchmarks of the network itself."""
+    return _run(ctx, {"name": "noop"}, flags, opts)
+
+
+# ----------------------------------------------------------------------------------- jobs
+
+_Json = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+_JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id (or a unique prefix of it).")]
+
+
+def _resolve(client: Client, job_id: str) -> str:
+    """A full job id for ``job_id``, which may be the short prefix ``shoal list`` shows."""
+    return _describe(client, job_id).job.id
+
+
+def _describe(client: Client, job_id: str) -> Any:
+    from shoal import NotFound, ShoalAPIError
+
+    try:
+        return client.describe(job_id)
+    except NotFound:
+        try:
+            matches = [j.id for j in client.list(limit=1000).jobs if j.id.startswith(job_id)]  # ours: the newest 1000
+        except ShoalAPIError:
+            matches = []
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5])
+            raise CLIError(f"job id prefix {job_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
+        if not matches:
+            raise
+        return client.describe(matches[0])
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many jobs.")] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="Jobs of every client, not just mine.")] = False,
+    json_: _Json = False,
+) -> None:
+    """List jobs, newest first."""
+    result = _client(ctx).list(state=state, limit=limit, all=all_)
+    if json_:
+        from cli.render import print_json
+
+        return print_json(result)
+    from cli.render import jobs_table, show
+
+    if not result.jobs:
+        print("No jobs.", file=sys.stderr)
+        return None
+    show(jobs_table(result.jobs, time.time()))
+    if result.total > len(result.jobs):
+        print(f"Showing {len(result.jobs)} of {result.total} jobs (use --limit).", file=sys.stderr)
+    return None
+
+
+@app.command()
+def describe(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
+    """Show a job: state, why it waits, executions, phase timings."""
+    desc = _describe(_client(ctx), job_id)
+    from cli.render import describe_view, print_json, show
+
+    if json_:
+        return print_json(desc)
+    show(describe_view(desc, time.time()))
+    return None
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: _JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    stderr: Annotated[bool, typer.Option("--stderr", help="The job's stderr instead of its stdout.")] = False,
+) -> None:
+    """Print a job's stdout (or stderr)."""
+    client = _client(ctx)
+    job_id = _resolve(client, job_id)
+    stream = "stderr" if stderr else "stdout"
+    if follow:
+        for chunk in client.follow_logs(job_id, stream):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    else:
+        sys.stdout.write(client.logs(job_id, stream))
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    job_id: _JobId,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
+        help="Where to put the results (default: ./job-<id>).")] = None,
+) -> None:  # fmt: skip
+    """Download a job's results (stdout, stderr, exit code, outputs)."""
+    from cli.render import short_id
+
+    client = _client(ctx)
+    job_id = _resolve(client, job_id)
+    path = client.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"))
+    print(path)
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
+    """Cancel a job."""
+    client = _client(ctx)
+    desc = client.cancel(_resolve(client, job_id))
+    if json_:
+        from cli.render import print_json
+
+        return print_json(desc)
+    job = desc.job
+    print(f"Job {job.id} {job.state}" + ("" if job.state == "cancelled" else " (cancel requested)"))
+    return None
+
+
+@app.command()
+def events(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
+    """Print a job's events until it ends (--json: JSON lines)."""
+    import json
+
+    from cli.render import event_line
+
+    client = _client(ctx)
+    job_id = _resolve(client, job_id)
+    start: float | None = None
+    for event in client.events(job_id):
+        if json_:
+            print(json.dumps(event.model_dump(mode="json")), flush=True)
+            continue
+        start = event.at if start is None else start
+        print(event_line(event, start), flush=True)
+
+
+# ---------------------------------------------------------------------------------- network
+
+
+@app.command("id")
+def node_id(ctx: typer.Context, json_: _Json = False) -> None:
+    """This node: peer id, addresses, roles, engines and capacity."""
+    status = _client(ctx, timeout=10).node()
+    from cli.render import node_view, print_json, show
+
+    if json_:
+        return print_json(status)
+    show(node_view(status))
+    return None
+
+
+@app.command()
+def peers(ctx: typer.Context, json_: _Json = False) -> None:
+    """Peers this node is connected to, one per line."""
+    result = _client(ctx, timeout=10).peers()
+    if json_:
+        from cli.render import print_json
+
+        return print_json(result)
+    for peer in result.peers:
+        print(peer)
+    return None
+
+
+@app.command()
+def nodes(ctx: typer.Context, json_: _Json = False) -> None:
+    """Compute nodes: engines and free/total capacity."""
+    result = _client(ctx, timeout=10).nodes()
+    from cli.render import nodes_table, print_json, show
+
+    if json_:
+        return print_json(result)
+    if not result.nodes:
+        print("No compute nodes known yet.", file=sys.stderr)
+        return None
+    show(nodes_table(result))
+    return None
+
+
+@app.command()
+def version(ctx: typer.Context, json_: _Json = False) -> None:
+    """The CLI's version, and the node's if one is reachable."""
+    from shoal import ShoalAPIError
+
+    cli_version = _cli_version()
+    try:
+        node_version: str | None = _client(ctx, timeout=5).version()
+        problem = ""
+    except ShoalAPIError as exc:
+        node_version, problem = None, " ".join(str(exc).split())
+    if json_:
+        from cli.render import print_json
+
+        return print_json({"cli": cli_version, "node": node_version})
+    print(f"shoal {cli_version}")
+    print(f"node  {node_version}" if node_version else f"node  not reachable ({problem})")
+    return None
+
+
+def _cli_version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("shoal")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# ----------------------------------------------------------------------------------- daemons
+
+_Size = Annotated[str | None, typer.Option(metavar="SIZE", show_default=False)]
+
+
+@app.command(context_settings=_SETTINGS)
+def serve(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Keys, store (default ~/.shoal/node).")] = None,
+    listen: Annotated[list[str] | None, typer.Option("--listen", metavar="MULTIADDR",
+        help="libp2p listen address; repeatable.")] = None,
+    peer: Annotated[list[str] | None, typer.Option("--peer", metavar="MULTIADDR",
+        help="Peer to connect to; repeatable.")] = None,
+    api_host: Annotated[str | None, typer.Option("--api-host", help="API bind address.")] = None,
+    api_port: Annotated[int | None, typer.Option("--api-port", help="API port (0: any free port).")] = None,
+    no_requester: Annotated[bool, typer.Option("--no-requester", help="Do not orchestrate jobs.")] = False,
+    no_compute: Annotated[bool, typer.Option("--no-compute", help="Do not run jobs.")] = False,
+    noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
+    limit_total_cpu: Annotated[str | None, typer.Option(metavar="CORES", help="CPU for all jobs.")] = None,
+    limit_total_memory: _Size = None,
+    limit_total_disk: _Size = None,
+    limit_job_cpu: Annotated[str | None, typer.Option(metavar="CORES", help="CPU for one job.")] = None,
+    limit_job_memory: _Size = None,
+    limit_job_disk: _Size = None,
+    log_level: Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False)] = None,
+) -> None:  # fmt: skip
+    """Run a Shoal node in the foreground until Ctrl-C."""
+    from cli.daemon import Limit, build_node_config, stop_on_signals
+
+    config = build_node_config(
+        data_dir=data_dir,
+        listen=listen,
+        peers=peer,
+        api_host=api_host,
+        api_port=api_port,
+        requester=not no_requester,
+        compute=not no_compute,
+        noop=noop,
+        limit_total=Limit(limit_total_cpu, limit_total_memory, limit_total_disk),
+        limit_job=Limit(limit_job_cpu, limit_job_memory, limit_job_disk),
+        log_level=log_level,
+    )
+    from node.daemon import main as run_node
+
+    with stop_on_signals():
+        run_node(config)
+
+
+@app.command(context_settings=_SETTINGS)
+def devstack(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, help="How many nodes.")] = 3,
+    noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
+    base_dir: Annotated[Path | None, typer.Option("--base-dir", metavar="DIR",
+        help="Data dirs and state file (default under ~/.shoal).")] = None,
+    base_port: Annotated[int | None, typer.Option("--base-port", metavar="PORT",
+        help="First API port; node i uses PORT+i.")] = None,
+) -> None:  # fmt: skip
+    """Run N local nodes for development until Ctrl-C.
+
+    Other commands find the devstack on their own (no --api needed).
+    """
+    from cli.daemon import stop_on_signals
+    from devstack.stack import main as run_stack
+
+    extra: dict[str, Any] = {}
+    if base_dir is not None:
+        extra["base_dir"] = base_dir
+    if base_port is not None:
+        extra["base_port"] = base_port
+    with stop_on_signals():
+        run_stack(nodes=nodes, noop=noop, **extra)
+
+
+def main() -> None:
+    """Console script entry point."""
+    app(prog_name="shoal")
+
+
+if __name__ == "__main__":
+    main()

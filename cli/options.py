@@ -1,0 +1,84 @@
+"""The flags every run command shares, added to each command by one decorator.
+
+Typer reads a command's parameters from its signature, so ``job_options`` appends the shared
+options to the wrapped function's signature and hands them to it packed as ``flags``
+(shaping the spec) and ``opts`` (what to do after submitting). Writing them out four times
+would let the run commands drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from cli.specs import JobFlags
+from cli.waiting import RunOptions
+
+_JOB = "Job"  # help panel
+_AFTER = "After submitting"
+
+
+def _opt(*decls: str, panel: str = _JOB, **kw: Any) -> Any:
+    return typer.Option(*decls, rich_help_panel=panel, **kw)
+
+
+_SHARED: list[tuple[str, Any, Any]] = [
+    # (parameter name, annotation, default)
+    ("inputs", Annotated[list[str] | None, _opt("--input", "-i", metavar="SRC:PATH",
+        help="Mount SRC (ipfs://CID, CID or https://…) at PATH; repeatable.")], None),
+    ("outputs", Annotated[list[str] | None, _opt("--output", "-o", metavar="NAME:PATH",
+        help="Publish the folder PATH as NAME; repeatable.")], None),
+    ("env", Annotated[list[str] | None, _opt("--env", "-e", metavar="KEY=VALUE",
+        help="Environment variable; a bare KEY takes its value from here. Repeatable.")], None),
+    ("cpu", Annotated[str | None, _opt("--cpu", metavar="CORES", help="CPU cores, e.g. 0.5 or 500m.")], None),
+    ("memory", Annotated[str | None, _opt("--memory", metavar="SIZE", help="Memory, e.g. 512MiB.")], None),
+    ("disk", Annotated[str | None, _opt("--disk", metavar="SIZE", help="Scratch disk, e.g. 1GiB.")], None),
+    ("timeout", Annotated[float | None, _opt("--timeout", metavar="SECONDS",
+        help="How long one run may take.")], None),
+    ("concurrency", Annotated[int | None, _opt("--concurrency", metavar="N",
+        help="How many nodes run the job.")], None),
+    ("confidence", Annotated[int | None, _opt("--confidence", metavar="N",
+        help="Matching results needed to verify (0: no check).")], None),
+    ("min_bids", Annotated[int | None, _opt("--min-bids", metavar="N",
+        help="Bids to wait for before choosing.")], None),
+    ("wait", Annotated[bool, _opt("--wait/--no-wait", panel=_AFTER,
+        help="Wait for the job to finish, then print its stdout.")], True),
+    ("wait_timeout", Annotated[float | None, _opt("--wait-timeout", metavar="SECONDS", panel=_AFTER,
+        help="Stop waiting after this long (exit 124; the job goes on).")], None),
+    ("id_only", Annotated[bool, _opt("--id-only", panel=_AFTER,
+        help="Print only the job id (at once), then wait quietly unless --no-wait.")], False),
+    ("json_", Annotated[bool, _opt("--json", panel=_AFTER, help="Print the job description as JSON.")], False),
+    ("idempotency_key", Annotated[str | None, _opt("--idempotency-key", metavar="KEY", panel=_AFTER,
+        help="Submitting again with the same key returns the same job.")], None),
+]  # fmt: skip
+_FLAG_NAMES = ("inputs", "outputs", "env", "cpu", "memory", "disk", "timeout", "concurrency", "confidence", "min_bids")
+
+
+def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared job flags to a run command; it receives them as ``flags=`` and ``opts=``."""
+    own = [p for name, p in inspect.signature(func, eval_str=True).parameters.items() if name not in ("flags", "opts")]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _SHARED]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name, _, _ in _SHARED}
+        for repeatable in ("inputs", "outputs", "env"):
+            values[repeatable] = values[repeatable] or []
+        flags = JobFlags(**{k: values[k] for k in _FLAG_NAMES})
+        opts = RunOptions(
+            wait=values["wait"],
+            wait_timeout=values["wait_timeout"],
+            id_only=values["id_only"],
+            json=values["json_"],
+            idempotency_key=values["idempotency_key"],
+        )
+        return func(*args, flags=flags, opts=opts, **kwargs)
+
+    params = own + shared
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

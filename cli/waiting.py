@@ -1,0 +1,146 @@
+"""Submit a job and follow it: live status line, the job's stdout, and the exit code.
+
+stdout carries only what a script wants (the job's stdout, its id, or JSON); everything for
+the human (status line, where the results are, errors) goes to stderr, so
+``shoal run … > out.txt`` captures exactly the job's output.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
+from cli.render import print_json, status_line
+
+if TYPE_CHECKING:
+    from rich.status import Status
+
+    from jobs import JobSpec
+    from jobs.views import JobDescription
+    from shoal import Client
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to do after submitting (the flags that do not shape the spec)."""
+
+    wait: bool = True
+    wait_timeout: float | None = None
+    id_only: bool = False
+    json: bool = False
+    idempotency_key: str | None = None
+
+
+def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: JobSpec, opts: RunOptions) -> int:
+    """Submit ``spec``; unless ``--no-wait``, wait for a terminal state. Returns the exit code."""
+    desc = client.submit(spec, idempotency_key=opts.idempotency_key)
+    job_id = desc.job.id
+    quiet = opts.id_only or opts.json
+    if opts.id_only:
+        print(job_id, flush=True)  # at once, so a reader of the pipe has it while we wait
+    if not opts.wait:
+        if opts.json:
+            print_json(desc)
+        elif not opts.id_only:
+            print(job_id)
+            print(f"Job submitted; follow it with: shoal describe {job_id}", file=sys.stderr)
+        return EXIT_OK
+    if not quiet:
+        print(f"Job {job_id} submitted", file=sys.stderr, flush=True)
+    try:
+        desc = _wait(client, new_client, desc, opts.wait_timeout, live=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"Interrupted; job {job_id} goes on (stop it with: shoal cancel {job_id})", file=sys.stderr)
+        raise
+    return report_outcome(client, desc, opts)
+
+
+def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> int:
+    job = desc.job
+    if opts.json:
+        print_json(desc)
+    if not job.state.is_terminal:
+        raise CLIError(
+            f"job {job.id} still {job.state} after waiting: {job.reason or 'no reason given'}"
+            f" (it goes on: shoal describe {job.id})",
+            code=EXIT_TIMEOUT,
+        )
+    if job.state != "completed":
+        raise CLIError(f"job {job.id} {job.state}: {job.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
+    if not (opts.json or opts.id_only):
+        sys.stdout.write(job_stdout(client, desc))
+        sys.stdout.flush()
+        cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
+        where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
+        print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)
+    return EXIT_OK
+
+
+def job_stdout(client: Client, desc: JobDescription) -> str:
+    """The full stdout from the node; the tail kept in the execution record if that fails."""
+    from shoal import ShoalAPIError
+
+    try:
+        return client.logs(desc.job.id, "stdout")
+    except ShoalAPIError:
+        done = [ex for ex in desc.executions if ex.result is not None and ex.state == "completed"]
+        return done[0].result.stdout if done and done[0].result else ""
+
+
+def _wait(
+    client: Client, new_client: Callable[[], Client], desc: JobDescription, timeout: float | None, live: bool
+) -> JobDescription:
+    from shoal import WaitTimeout
+
+    job_id = desc.job.id
+    try:
+        if not live:
+            return client.wait(job_id, timeout=timeout)
+        from cli.render import console
+
+        with console(stderr=True).status(status_line(job_id, desc.job.state, desc.job.reason)) as status:
+            line = _LiveLine(status)
+            threading.Thread(target=watch, args=(new_client, job_id, line), daemon=True).start()
+            try:
+                return client.wait(job_id, timeout=timeout)
+            finally:
+                line.close()
+    except WaitTimeout as exc:
+        return exc.description  # not terminal: report_outcome turns it into exit 124
+
+
+class _LiveLine:
+    """The status line, updated from the watcher thread until the main thread closes it."""
+
+    def __init__(self, status: Status) -> None:
+        self._status = status
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            if not self._closed:
+                self._status.update(text)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+def watch(new_client: Callable[[], Client], job_id: str, line: _LiveLine) -> None:
+    """Refresh the status line on every event of the job.
+
+    Cosmetic only and on its own client (own connection): the main thread's ``wait`` decides
+    the outcome, so any failure here just freezes the line.
+    """
+    try:
+        client = new_client()
+        for _event in client.events(job_id):
+            job = client.describe(job_id).job
+            line.update(status_line(job_id, job.state, job.reason))
+    except Exception:
+        return

@@ -1,0 +1,55 @@
+"""Total vs per-job limits, and reservations held on behalf of executions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs import Resources
+
+
+@dataclass(frozen=True)
+class CapacityStatistics:
+    total: Resources
+    used: Resources
+    free: Resources
+    max_per_job: Resources
+    reservations: int
+
+
+class CapacityTracker:
+    """``within_limits`` answers "could it ever run here?"; ``try_reserve`` answers "now?"."""
+
+    def __init__(self, total: Resources, max_per_job: Resources | None = None) -> None:
+        self.total = total
+        self.max_per_job = max_per_job or total
+        self._held: dict[str, Resources] = {}
+        self._used = Resources(cpu=0, memory=0, disk=0)
+
+    @property
+    def free(self) -> Resources:
+        return self.total - self._used
+
+    def within_limits(self, need: Resources) -> list[str]:
+        """What in ``need`` exceeds the per-job maximum (empty: it fits)."""
+        return need.shortfall(self.max_per_job)
+
+    def try_reserve(self, holder: str, need: Resources) -> bool:
+        """Reserve ``need`` for ``holder`` if it fits in what is free now. Never blocks."""
+        if holder in self._held:
+            return True
+        if not need.fits_in(self.free):
+            return False
+        self._held[holder] = need
+        self._used = self._used + need
+        return True
+
+    def release(self, holder: str) -> bool:
+        """Give back what ``holder`` reserved; False if it held nothing (safe to call twice)."""
+        need = self._held.pop(holder, None)
+        if need is None:
+            return False
+        self._used = self._used - need
+        return True
+
+    def statistics(self) -> CapacityStatistics:
+        return CapacityStatistics(self.total, self._used, self.free, self.max_per_job, len(self._held))

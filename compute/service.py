@@ -1,0 +1,334 @@
+"""The compute role's trio service: bids, runs executions, delivers results.
+
+Every state change is written to the store before it is acted on; a restarted node reports
+what it lost so the requester can re-offer it, and re-delivers results it had not delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from compute.backlog import Backlog
+from compute.bidding import engine_installed, first_refusal, within_job_limits
+from compute.capacity import CapacityTracker
+from executors import ExecutorError, ExecutorRegistry, RunRequest
+from jobs import Event, EventKind, Execution, ExecutionSide, ExecutionState, RunResult, StaleState, Unreachable
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
+
+if TYPE_CHECKING:
+    from node.store import Store
+
+log = logging.getLogger("shoal.compute")
+
+SIDE = ExecutionSide.COMPUTE
+BID_TIMEOUT = 5.0  # one bid round trip; retried until the bid deadline
+REQUEST_TIMEOUT = 5.0
+DELIVERY_GIVE_UP = 3600.0  # stop retrying a result after an hour of the requester being unreachable
+BACKLOG_TICK = 0.5
+NODE_INFO_INTERVAL = 5.0
+RECENT_JOBS = 20_000  # job id -> last attempt bid on; bounds memory while deduplicating re-announcements
+
+
+class ComputeService:
+    def __init__(
+        self,
+        *,
+        peers: Peers,
+        store: Store,
+        executors: ExecutorRegistry,
+        capacity: CapacityTracker,
+        work_dir: Path,
+        backlog_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.peers = peers
+        self.store = store
+        self.executors = executors
+        self.capacity = capacity
+        self.work_dir = work_dir
+        self.backlog = Backlog(backlog_size)
+        self.clock = clock
+        self.engines = executors.installed()
+        self._checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job)]
+        self._live: dict[str, Execution] = {}  # execution id -> live execution
+        self._by_job: dict[str, str] = {}  # job id -> live execution id
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake_backlog = trio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._restore()
+            nursery.start_soon(self._backlog_loop)
+            nursery.start_soon(self._node_info_loop)
+            task_status.started()
+
+    async def _restore(self) -> None:
+        """Executions a previous process left unfinished: report or re-deliver each."""
+        for ex in await self.store.live_executions(SIDE):
+            self._track(ex)
+            if ex.state is ExecutionState.PROPOSED:
+                self._spawn(self._deliver_result, ex.id)
+                continue
+            why = "node restarted before the bid was decided" if ex.state is ExecutionState.BIDDING else (
+                "node restarted while running the job")
+            ex = ex.transition(ExecutionState.PROPOSED, why, self.clock(), error=why, retryable=True)
+            await self._save(ex, EventKind.ERROR, why)
+            self._spawn(self._deliver_result, ex.id)
+
+    def _spawn(self, fn, *args) -> None:
+        assert self._nursery is not None, "ComputeService.run() is not running"
+        self._nursery.start_soon(fn, *args)
+
+    def _track(self, ex: Execution) -> None:
+        if ex.state.is_terminal:
+            self._live.pop(ex.id, None)
+            if self._by_job.get(ex.job_id) == ex.id:
+                del self._by_job[ex.job_id]
+        else:
+            self._live[ex.id] = ex
+            self._by_job[ex.job_id] = ex.id
+
+    async def _save(self, ex: Execution, kind: EventKind, message: str = "", *, new: bool = False) -> None:
+        event = Event(job_id=ex.job_id, at=self.clock(), kind=kind, execution_id=ex.id,
+                      node_id=self.peers.node_id, message=message)
+        if new:
+            await self.store.save(side=SIDE, new_executions=[ex], events=[event])
+        else:
+            await self.store.save(side=SIDE, executions=[ex], events=[event])
+        self._track(ex)
+
+    # -- announcements and bidding ---------------------------------------------------------------
+
+    def on_announce(self, origin: str, ann: Announce) -> None:
+        """A job needs nodes. Cheap checks here; the bid itself runs in its own task."""
+        if origin != ann.requester:
+            log.warning("dropping announcement of %s relayed as if from %s", ann.job_id, origin)
+            return
+        now = self.clock()
+        if ann.bid_deadline is not None and now > ann.bid_deadline:
+            return
+        if ann.job_id in self._by_job or self._recent.get(ann.job_id, -1) >= ann.attempt:
+            return
+        refusal = first_refusal(self._checks, ann.spec)
+        if refusal is not None:
+            log.debug("passing over %s: %s", ann.job_id, refusal)
+            return
+        if not self._try_bid(ann):
+            self.backlog.add(ann, now)
+
+    def _try_bid(self, ann: Announce) -> bool:
+        execution_id = f"e-{uuid.uuid4().hex}"
+        if not self.capacity.try_reserve(execution_id, ann.spec.resources):
+            return False
+        self.backlog.discard(ann.job_id)
+        self._recent[ann.job_id] = ann.attempt
+        self._recent.move_to_end(ann.job_id)
+        while len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
+        now = self.clock()
+        ex = Execution(
+            id=execution_id, job_id=ann.job_id, node_id=self.peers.node_id, requester=ann.requester,
+            attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
+            requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision",
+        )
+        self._track(ex)  # before any await: a second announcement of this job sees it
+        self._spawn(self._bid, ex, ann.bid_deadline)
+        return True
+
+    async def _bid(self, ex: Execution, deadline: float | None) -> None:
+        try:
+            await self._save(ex, EventKind.BID, new=True)
+        except Exception:
+            self._drop(ex)
+            raise
+        give_up = min(deadline or float("inf"), self.clock() + 60.0)
+        delay = 0.1
+        while True:
+            try:
+                reply = await self.peers.request(
+                    ex.requester, Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt),
+                    timeout=BID_TIMEOUT, addrs=ex.requester_addrs,
+                )
+                break
+            except Unreachable as e:
+                if self.clock() + delay > give_up:
+                    await self._end(ex.id, ExecutionState.FAILED, f"bid never reached the requester: {e}")
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if reply.verdict == "accepted":
+            await self._accepted(ex.id)
+        elif reply.verdict == "rejected" or not reply.ok:
+            await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "bid rejected")
+        # "pending": a Decision message follows
+
+    def _drop(self, ex: Execution) -> None:
+        self._live.pop(ex.id, None)
+        self._by_job.pop(ex.job_id, None)
+        if self.capacity.release(ex.id):
+            self._wake_backlog.set()
+
+    async def _end(self, execution_id: str, state: ExecutionState, reason: str) -> None:
+        """Move a live execution to a terminal state, release what it holds, kick the backlog."""
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state.is_terminal:
+            return
+        kind = {ExecutionState.REJECTED: EventKind.BID_REJECTED, ExecutionState.CANCELLED: EventKind.CANCELLED,
+                ExecutionState.COMPLETED: EventKind.RESULTS_ACCEPTED}.get(state, EventKind.ERROR)
+        if ex.state is ExecutionState.PROPOSED and state is ExecutionState.REJECTED:
+            kind = EventKind.RESULTS_REJECTED
+        ex = ex.transition(state, reason, self.clock())
+        self._drop(ex)
+        await self._save(ex, kind, reason)
+
+    # -- running -------------------------------------------------------------------------------------
+
+    async def _accepted(self, execution_id: str) -> None:
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state is not ExecutionState.BIDDING:
+            return
+        ex = ex.transition(ExecutionState.ACCEPTED, "running", self.clock())
+        await self._save(ex, EventKind.BID_ACCEPTED)
+        self._spawn(self._execute, ex.id)
+
+    async def _execute(self, execution_id: str) -> None:
+        ex = self._live[execution_id]
+        assert ex.spec is not None
+        scratch = self.work_dir / ex.id
+        result: RunResult | None = None
+        error: str | None = None
+        retryable = False
+        with trio.CancelScope() as scope:
+            self._scopes[ex.id] = scope
+            try:
+                executor = self.executors.get(ex.spec.engine.name)
+                outputs = scratch / "outputs"
+                await trio.to_thread.run_sync(lambda: outputs.mkdir(parents=True, exist_ok=True))
+                with trio.fail_after(ex.spec.timeout):
+                    result = await executor.run(RunRequest(ex.job_id, ex.id, ex.spec, scratch, outputs))
+            except trio.TooSlowError:
+                error = f"timed out after {ex.spec.timeout:g} s"
+            except ExecutorError as e:
+                error, retryable = str(e), e.retryable
+            except Exception as e:
+                log.exception("executor failed on %s", ex.id)
+                error, retryable = f"executor crashed: {type(e).__name__}: {e}", True
+            finally:
+                self._scopes.pop(ex.id, None)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+        if scope.cancelled_caught:  # cancelled by the requester; _on_cancel recorded it
+            return
+        if self.capacity.release(ex.id):
+            self._wake_backlog.set()
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state is not ExecutionState.ACCEPTED:
+            return
+        message = error or f"exit code {result.exit_code if result else '?'}"
+        ex = ex.transition(ExecutionState.PROPOSED, message, self.clock(), result=result, error=error,
+                           retryable=retryable)
+        await self._save(ex, EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message)
+        await self._deliver_result(ex.id)
+
+    async def _deliver_result(self, execution_id: str) -> None:
+        """Send the outcome until the requester answers; it may be restarting."""
+        ex = self._live[execution_id]
+        message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
+                         retryable=ex.retryable)
+        give_up = self.clock() + DELIVERY_GIVE_UP
+        delay = 0.1
+        while True:
+            try:
+                reply = await self.peers.request(ex.requester, message, timeout=REQUEST_TIMEOUT,
+                                                 addrs=ex.requester_addrs)
+                break
+            except Unreachable as e:
+                if self.clock() > give_up:
+                    await self._end(ex.id, ExecutionState.FAILED, f"could not deliver the result: {e}")
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if reply.verdict == "accepted":
+            final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
+            await self._end(ex.id, final, ex.error or "results accepted")
+        else:
+            await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected")
+
+    # -- direct messages from requesters ----------------------------------------------------------
+
+    async def handle(self, peer: str, message: Decision | Cancel | StatusQuery) -> Reply:
+        if isinstance(message, StatusQuery):
+            states = {}
+            for eid in message.execution_ids:
+                ex = self._live.get(eid)
+                states[eid] = ex.state.value if ex is not None and ex.requester == peer else "unknown"
+            return Reply(states=states)
+        ex = self._live.get(message.execution_id)
+        if ex is None:
+            return Reply(ok=False, reason="unknown or finished execution")
+        if ex.requester != peer:
+            log.warning("peer %s tried to %s execution %s of requester %s", peer, message.kind, ex.id, ex.requester)
+            return Reply(ok=False, reason="only the job's requester may do that")
+        if isinstance(message, Decision):
+            if message.accepted:
+                await self._accepted(ex.id)
+            else:
+                await self._end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected")
+            return Reply()
+        await self._on_cancel(ex.id, message.reason or "cancelled by the requester")
+        return Reply()
+
+    async def _on_cancel(self, execution_id: str, reason: str) -> None:
+        scope = self._scopes.get(execution_id)
+        if scope is not None:
+            scope.cancel()
+        with contextlib.suppress(StaleState):
+            await self._end(execution_id, ExecutionState.CANCELLED, reason)
+
+    # -- backlog and advertising ---------------------------------------------------------------------
+
+    async def _backlog_loop(self) -> None:
+        while True:
+            with trio.move_on_after(BACKLOG_TICK):
+                await self._wake_backlog.wait()
+            self._wake_backlog = trio.Event()
+            for ann in self.backlog.pending(self.clock()):
+                if ann.job_id in self._by_job:
+                    self.backlog.discard(ann.job_id)
+                elif not self._try_bid(ann) and self.capacity.free.cpu <= 0:
+                    break
+
+    def node_info(self) -> NodeInfo:
+        return NodeInfo(
+            peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.engines,
+            max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
+            running=len(self._scopes), backlog=len(self.backlog),
+        )
+
+    async def _node_info_loop(self) -> None:
+        delays = [0.3, 0.7, 1.0, 2.0]
+        while True:
+            await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
+            try:
+                await self.peers.publish(self.node_info())
+            except Exception:
+                log.exception("could not publish node info")
+
+    def statistics(self) -> dict[str, object]:
+        return {"live": len(self._live), "running": len(self._scopes), "backlog": self.backlog.statistics(),
+                "capacity": self.capacity.statistics()}

@@ -1,0 +1,172 @@
+"""Stress benchmark: N submitters, each submitting jobs one after another and waiting for each.
+
+With the defaults (3 noop nodes, 10 submitters, ``concurrency=3``) this is Bacalhau's 2022
+stress test; success is a job that reached Completed (not merely "some state line").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import trio
+
+from jobs import JobSpec
+
+
+@dataclass
+class BenchReport:
+    jobs: int
+    submitters: int
+    concurrency: int
+    nodes: int
+    completed: int
+    failed: int
+    errors: int
+    wall_seconds: float
+    jobs_per_second: float
+    latency_ms: dict[str, float]
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    rss_mb: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lat = self.latency_ms
+        lines = [
+            f"{self.jobs} jobs, {self.submitters} submitters, concurrency {self.concurrency}, {self.nodes} nodes",
+            f"completed {self.completed}/{self.jobs} ({100 * self.completed / max(self.jobs, 1):.1f} %), "
+            f"failed {self.failed}, client errors {self.errors}",
+            f"submit->completed latency: mean {lat['mean']:.1f} ms, p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, "
+            f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}",
+            f"throughput: {self.jobs_per_second:.1f} jobs/s over {self.wall_seconds:.1f} s",
+        ]
+        if self.phases_ms:
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases_ms.items())
+            lines.append(f"phases (median ms after submit): {phases}")
+        for reason, n in self.failure_reasons.items():
+            lines.append(f"  {n} x {reason}")
+        for name, (before, after) in self.rss_mb.items():
+            lines.append(f"  {name}: RSS {before:.0f} MB -> {after:.0f} MB")
+        return "\n".join(lines)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: int, nodes: int,
+              job_timeout: float = 120.0, spec: dict | None = None, sample_phases: int = 200) -> BenchReport:
+    from shoal import AsyncClient, ShoalAPIError
+
+    job_spec = JobSpec.model_validate(spec or {"engine": {"name": "noop"}, "deal": {"concurrency": concurrency}})
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    finished_ids: list[tuple[str, int]] = []
+    counter = iter(range(jobs))
+
+    async def submitter(i: int) -> None:
+        url = api_urls[i % len(api_urls)]
+        async with AsyncClient(url, timeout=job_timeout) as client:
+            for _ in counter:
+                t0 = time.perf_counter()
+                try:
+                    d = await client.submit(job_spec)
+                    if not d.job.state.is_terminal:
+                        d = await client.wait(d.job.id, timeout=job_timeout, poll=min(job_timeout, 30.0))
+                except ShoalAPIError as e:
+                    outcomes["error"] += 1
+                    reasons[f"client: {type(e).__name__}: {str(e)[:80]}"] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                outcomes[d.job.state.value] += 1
+                if d.job.state.value != "completed":
+                    reasons[d.job.reason[:120]] += 1
+                finished_ids.append((d.job.id, i))
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(submitters):
+            nursery.start_soon(submitter, i)
+    wall = time.perf_counter() - start
+
+    phases = await _phase_medians(api_urls, finished_ids[-sample_phases:])
+    ms = [x * 1000 for x in latencies]
+    return BenchReport(
+        jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes,
+        completed=outcomes["completed"], failed=outcomes["failed"] + outcomes["cancelled"], errors=outcomes["error"],
+        wall_seconds=wall, jobs_per_second=outcomes["completed"] / wall if wall else 0.0,
+        latency_ms={"mean": statistics.fmean(ms) if ms else math.nan, "p50": _percentile(ms, 0.5),
+                    "p90": _percentile(ms, 0.9), "p99": _percentile(ms, 0.99), "max": max(ms, default=math.nan)},
+        phases_ms=phases, failure_reasons=dict(reasons.most_common(10)),
+    )
+
+
+async def _phase_medians(api_urls: list[str], sample: list[tuple[str, int]]) -> dict[str, float]:
+    """Median time from submit to each phase, from the requester's own timestamps."""
+    from shoal import AsyncClient
+
+    per_phase: dict[str, list[float]] = {}
+    for job_id, i in sample:
+        async with AsyncClient(api_urls[i % len(api_urls)]) as client:
+            phases = (await client.describe(job_id)).phases
+        if phases.submitted is None:
+            continue
+        for name, value in phases.model_dump().items():
+            if value is not None and name != "submitted":
+                per_phase.setdefault(name, []).append((value - phases.submitted) * 1000)
+    return {k: statistics.median(v) for k, v in per_phase.items()}
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / 1e6
+    except psutil.NoSuchProcess:
+        return math.nan
+
+
+def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrency: int = 3,
+         api: str | None = None, base_port: int = 8800, as_json: bool = False) -> BenchReport:
+    """``shoal bench``: start a fresh noop devstack (or use ``api``), run, print a summary and JSON."""
+    from devstack.stack import Devstack
+    from node.config import shoal_home
+
+    async def _main() -> BenchReport:
+        if api:
+            return await run([api], jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes)
+        base = shoal_home() / "bench"
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+        async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
+            before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
+            report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters,
+                               concurrency=concurrency, nodes=nodes)
+            report.rss_mb = {name: [before[name], rss_mb(n.pid)] for name, n in
+                             ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
+            return report
+
+    report = trio.run(_main)
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print(report.summary())
+        print(json.dumps(asdict(report)))
+    return report
+
+
+if __name__ == "__main__":  # python -m devstack.bench [jobs] [submitters] [concurrency] [nodes]
+    import sys
+
+    args = [int(a) for a in sys.argv[1:]]
+    keys = ["jobs", "submitters", "concurrency", "nodes"]
+    main(**dict(zip(keys, args, strict=False)))

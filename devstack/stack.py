@@ -1,0 +1,174 @@
+"""Start N node processes on loopback, each with its own data dir and fixed ports, all peered.
+
+Ports are fixed per node index (API ``base_port + i``, libp2p ``base_port + 100 + i``) so a node
+restarted by a test or the chaos benchmark comes back at the same address. Readiness is the
+node's own ``READY`` line on stdout, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from node.config import shoal_home
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 5.0
+
+
+def state_file() -> Path:
+    return shoal_home() / "devstack.json"
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    data_dir: Path
+    api_port: int
+    p2p_port: int
+    args: list[str]
+    process: trio.Process | None = None
+    peer_id: str = ""
+    addrs: list[str] = field(default_factory=list)
+    api: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Devstack:
+    def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
+                 extra_args: list[str] | None = None, write_state: bool = True) -> None:
+        if nodes < 1:
+            raise ValueError("a devstack needs at least one node")
+        self.base_dir = base_dir or shoal_home() / "devstack"
+        self.noop = noop
+        self.write_state = write_state
+        self.nodes = [
+            NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i, list(extra_args or []))
+            for i in range(nodes)
+        ]
+
+    def _command(self, node: NodeProcess) -> list[str]:
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--data-dir", str(node.data_dir),
+               "--listen", f"/ip4/127.0.0.1/tcp/{node.p2p_port}", "--api-port", str(node.api_port)]
+        earlier = [n for n in self.nodes[: node.index] if n.addrs]
+        # a full mesh for small stacks; beyond that the first node and two neighbours (gossip relays the rest)
+        peers = earlier if len(earlier) <= 4 else [earlier[0], *earlier[-2:]]
+        for p in peers:
+            cmd += ["--peer", p.addrs[0]]
+        if self.noop:
+            cmd.append("--noop")
+        return cmd + node.args
+
+    async def start_node(self, node: NodeProcess) -> None:
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child process
+        try:
+            node.process = await trio.lowlevel.open_process(
+                self._command(node), stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        buffer = b""
+        assert node.process.stdout is not None
+        try:
+            with trio.fail_after(READY_TIMEOUT):
+                while b"READY " not in buffer:
+                    chunk = await node.process.stdout.receive_some(65536)
+                    if not chunk:
+                        raise RuntimeError(f"node {node.index} exited during start; see {node.data_dir / 'node.log'}")
+                    buffer += chunk
+        except trio.TooSlowError:
+            raise RuntimeError(f"node {node.index} not ready after {READY_TIMEOUT:g} s; "
+                               f"see {node.data_dir / 'node.log'}") from None
+        line = buffer[buffer.index(b"READY ") + 6:].split(b"\n", 1)[0]
+        ready = json.loads(line)
+        node.peer_id, node.addrs, node.api = ready["peer_id"], ready["addrs"], ready["api"]
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            await self.start_node(node)
+        if self.write_state:
+            self._write_state()
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[index]
+        if node.process is not None and node.process.returncode is None:
+            os.kill(node.process.pid, sig)
+
+    async def restart(self, index: int) -> None:
+        node = self.nodes[index]
+        if node.process is not None:
+            if node.process.returncode is None:
+                self.kill(index)
+            await node.process.wait()
+        await self.start_node(node)
+
+    async def stop(self) -> None:
+        with trio.CancelScope(shield=True):
+            for node in self.nodes:
+                if node.process is not None and node.process.returncode is None:
+                    node.process.send_signal(signal.SIGINT)
+            for node in self.nodes:
+                if node.process is None:
+                    continue
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await node.process.wait()
+                if node.process.returncode is None:
+                    node.process.kill()
+                    await node.process.wait()
+            if self.write_state and state_file().exists():
+                state_file().unlink()
+
+    def _write_state(self) -> None:
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"base_dir": str(self.base_dir), "noop": self.noop, "nodes": [
+            {"index": n.index, "api": n.api, "peer_id": n.peer_id, "addrs": n.addrs, "data_dir": str(n.data_dir),
+             "pid": n.pid} for n in self.nodes]}
+        path.write_text(json.dumps(state, indent=2))
+
+    async def __aenter__(self) -> Devstack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
+         fresh: bool = True) -> None:
+    """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything."""
+    stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700)
+    if fresh and stack.base_dir.exists():
+        shutil.rmtree(stack.base_dir)
+
+    async def _run() -> None:
+        async with stack:
+            print(f"Shoal devstack: {nodes} node(s){' (noop executors)' if noop else ''}")
+            for n in stack.nodes:
+                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}")
+            print(f"State file: {state_file()} (the CLI finds the stack through it)")
+            print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")
+            print("Ctrl-C stops every node.", flush=True)
+            await trio.sleep_forever()
+
+    try:
+        trio.run(_run)
+    except KeyboardInterrupt:
+        print("devstack stopped", file=sys.stderr)

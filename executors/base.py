@@ -1,0 +1,41 @@
+"""The executor interface. Inputs arrive already prepared by storage; executors never fetch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from jobs import JobSpec, RunResult
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    job_id: str
+    execution_id: str
+    spec: JobSpec
+    work_dir: Path  # scratch space owned by this execution, removed afterwards
+    outputs_dir: Path  # where the job writes its declared outputs
+
+
+class ExecutorError(Exception):
+    """The executor could not run the job (engine missing, daemon gone). The job may succeed elsewhere.
+
+    A job that ran and exited non-zero is *not* an ExecutorError: that is a RunResult.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Executor(Protocol):
+    name: str
+
+    def is_installed(self) -> bool:
+        """Whether this node can run the engine now; decides what the node advertises and bids on."""
+        ...
+
+    async def run(self, request: RunRequest) -> RunResult:
+        """Run to completion. Cancellation (timeout, job cancel) must stop the work and clean up."""
+        ...

@@ -1,0 +1,47 @@
+"""The noop executor: completes at once with an empty result.
+
+Devstack ``--noop`` maps every engine to it so benchmarks measure transport and scheduling
+alone. Hooks let tests inject delays, failures and wrong results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from executors.base import ExecutorError, RunRequest
+from jobs import RunResult
+
+
+@dataclass
+class NoopHooks:
+    delay: float = 0.0  # seconds each run takes
+    error: str | None = None  # raise ExecutorError with this message
+    exit_code: int = 0
+    stdout: str = ""
+    before_run: Callable[[RunRequest], Awaitable[None]] | None = None
+
+
+class NoopExecutor:
+    name = "noop"
+
+    def __init__(self, hooks: NoopHooks | None = None) -> None:
+        self.hooks = hooks or NoopHooks()
+
+    def is_installed(self) -> bool:
+        return True
+
+    async def run(self, request: RunRequest) -> RunResult:
+        started = time.time()
+        if self.hooks.before_run is not None:
+            await self.hooks.before_run(request)
+        if self.hooks.delay:
+            await trio.sleep(self.hooks.delay)
+        if self.hooks.error is not None:
+            raise ExecutorError(self.hooks.error)
+        return RunResult(
+            exit_code=self.hooks.exit_code, stdout=self.hooks.stdout, started_at=started, finished_at=time.time()
+        )

@@ -1,0 +1,62 @@
+"""The one job model of Shoal: specs, states, events, wire messages and errors.
+
+Every other package (network, store, API, CLI, SDK) imports job concepts from here and
+nowhere else; this package imports nothing else from the project.
+"""
+
+from jobs.errors import (
+    InvalidTransition,
+    MalformedMessage,
+    ShoalError,
+    StaleState,
+    Unreachable,
+)
+from jobs.events import Event, EventKind
+from jobs.model import Execution, Job, RunResult
+from jobs.spec import (
+    ENGINES,
+    Deadlines,
+    Deal,
+    DockerEngine,
+    EngineSpec,
+    InputSpec,
+    JobSpec,
+    NoopEngine,
+    OutputSpec,
+    PythonEngine,
+    Resources,
+    WasmEngine,
+    format_bytes,
+    parse_bytes,
+)
+from jobs.states import ExecutionSide, ExecutionState, JobState
+
+__all__ = [
+    "ENGINES",
+    "Deadlines",
+    "Deal",
+    "DockerEngine",
+    "EngineSpec",
+    "Event",
+    "EventKind",
+    "Execution",
+    "ExecutionSide",
+    "ExecutionState",
+    "InputSpec",
+    "InvalidTransition",
+    "Job",
+    "JobSpec",
+    "JobState",
+    "MalformedMessage",
+    "NoopEngine",
+    "OutputSpec",
+    "PythonEngine",
+    "Resources",
+    "RunResult",
+    "ShoalError",
+    "StaleState",
+    "Unreachable",
+    "WasmEngine",
+    "format_bytes",
+    "parse_bytes",
+]

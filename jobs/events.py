@@ -1,0 +1,42 @@
+"""Event records: the append-only log the store keeps and the API streams."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class EventKind(StrEnum):
+    CREATED = "Created"
+    ANNOUNCED = "Announced"
+    BID = "Bid"
+    BID_ACCEPTED = "BidAccepted"
+    BID_REJECTED = "BidRejected"
+    RUNNING = "Running"
+    RESULTS_PROPOSED = "ResultsProposed"
+    RESULTS_ACCEPTED = "ResultsAccepted"
+    RESULTS_REJECTED = "ResultsRejected"
+    RESULTS_PUBLISHED = "ResultsPublished"
+    REOFFERED = "Reoffered"
+    ERROR = "Error"
+    CANCELLED = "Cancelled"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """The last event of a job: a stream that saw it is finished, not broken."""
+        return self in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = 0  # assigned by the store; SSE event id
+    job_id: str
+    at: float
+    kind: EventKind
+    execution_id: str | None = None
+    node_id: str | None = None
+    message: str = ""

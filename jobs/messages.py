@@ -1,0 +1,138 @@
+"""Wire messages between nodes: frozen, versioned, validated on decode.
+
+Gossip carries ``Announce`` (a job needs nodes) and ``NodeInfo`` (a compute node's offer).
+Everything else is a direct request answered by a ``Reply``: bids, decisions, results,
+cancels and liveness queries. Nothing unvalidated reaches a role or the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from jobs.errors import MalformedMessage
+from jobs.model import RunResult
+from jobs.spec import JobSpec, Resources
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20  # a spec with inline code and 64 inputs fits well below this
+
+_Id = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    v: int = PROTOCOL_VERSION
+
+
+class Announce(_Message):
+    kind: Literal["announce"] = "announce"
+    job_id: _Id
+    spec: JobSpec
+    requester: _Id
+    requester_addrs: list[str] = Field(default=[], max_length=16)
+    attempt: int = Field(0, ge=0)
+    bid_deadline: float | None = None  # unix time after which bids are pointless
+
+
+class NodeInfo(_Message):
+    kind: Literal["node_info"] = "node_info"
+    peer_id: _Id
+    addrs: list[str] = Field(default=[], max_length=16)
+    engines: list[str] = Field(default=[], max_length=16)
+    max_per_job: Resources
+    total: Resources
+    free: Resources
+    running: int = 0
+    backlog: int = 0
+
+
+class Bid(_Message):
+    kind: Literal["bid"] = "bid"
+    job_id: _Id
+    execution_id: _Id
+    attempt: int = 0
+
+
+class Decision(_Message):
+    """Requester → compute: the verdict on a bid, when it was not given in the bid's reply."""
+
+    kind: Literal["decision"] = "decision"
+    job_id: _Id
+    execution_id: _Id
+    accepted: bool
+    reason: str = ""
+
+
+class Result(_Message):
+    """Compute → requester: the outcome of one execution (or why there is none)."""
+
+    kind: Literal["result"] = "result"
+    job_id: _Id
+    execution_id: _Id
+    result: RunResult | None = None
+    error: str | None = None
+    retryable: bool = False  # True: the job may succeed elsewhere (node lost, infra error)
+
+
+class Cancel(_Message):
+    kind: Literal["cancel"] = "cancel"
+    job_id: _Id
+    execution_id: _Id
+    reason: str = ""
+
+
+class StatusQuery(_Message):
+    """Requester → compute: are these executions still alive on you?"""
+
+    kind: Literal["status"] = "status"
+    execution_ids: list[_Id] = Field(max_length=10_000)
+
+
+class Reply(_Message):
+    kind: Literal["reply"] = "reply"
+    ok: bool = True
+    verdict: Literal["accepted", "rejected", "pending"] | None = None
+    reason: str = ""
+    states: dict[str, str] = {}
+
+
+Message = Annotated[
+    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply, Field(discriminator="kind")
+]
+_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def encode(message: _Message) -> bytes:
+    return message.model_dump_json(exclude_defaults=False).encode()
+
+
+def decode(data: bytes) -> Message:
+    """Bytes from a peer → a validated message, or ``MalformedMessage`` naming the problem."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = _adapter.validate_json(data)
+    except ValidationError as e:
+        raise MalformedMessage(f"invalid message: {e.error_count()} problem(s): {e.errors()[0]['msg']}") from e
+    if message.v != PROTOCOL_VERSION:
+        raise MalformedMessage(f"unsupported protocol version {message.v}")
+    return message
+
+
+class Peers(Protocol):
+    """What the roles need from the network; ``node`` implements it, tests fake it in memory."""
+
+    node_id: str
+
+    async def request(self, peer_id: str, message: _Message, *, timeout: float, addrs: Sequence[str] = ()) -> Reply:
+        """Deliver one message and return the peer's reply; raises ``Unreachable``."""
+        ...
+
+    async def publish(self, message: Announce | NodeInfo) -> None:
+        """Gossip to every node (best effort: gossip drops silently under load)."""
+        ...
+
+    def addrs(self) -> list[str]: ...

@@ -1,0 +1,207 @@
+"""What a user asks for: the job spec, its engine, resources, deal and deadlines.
+
+The spec is immutable once submitted; validation gathers every problem at once (pydantic)
+and names the field, so the API can answer 422 with all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``"512MiB"`` → 536870912; plain numbers are bytes. Raises ValueError with a clear message."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like '512MiB'")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        m = _SIZE.match(value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"cannot read size {value!r}: use bytes or a unit such as 512MiB, 2GB")
+        number, unit = float(m.group(1)), m.group(2).lower()
+    if number < 0:
+        raise ValueError("a size cannot be negative")
+    return int(number * _UNITS[unit])
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(_Frozen):
+    """What one execution of the job needs (and what a node reserves when it bids)."""
+
+    cpu: float = Field(0.1, ge=0, le=1024, description="CPU cores")
+    memory: int = Field(64 * 1024**2, ge=0, description="bytes; accepts strings like '512MiB'")
+    disk: int = Field(0, ge=0, description="bytes of scratch disk; accepts strings like '1GiB'")
+
+    @field_validator("memory", "disk", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> int:
+        return parse_bytes(v)
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.endswith("m"):  # Kubernetes-style millicores
+            return float(v[:-1]) / 1000
+        return v
+
+    def fits_in(self, other: Resources) -> bool:
+        return self.cpu <= other.cpu and self.memory <= other.memory and self.disk <= other.disk
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(cpu=self.cpu + other.cpu, memory=self.memory + other.memory, disk=self.disk + other.disk)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            cpu=max(0.0, self.cpu - other.cpu),
+            memory=max(0, self.memory - other.memory),
+            disk=max(0, self.disk - other.disk),
+        )
+
+    def shortfall(self, limit: Resources) -> list[str]:
+        """Human descriptions of what does not fit in ``limit``."""
+        out = []
+        if self.cpu > limit.cpu:
+            out.append(f"{self.cpu:g} CPU")
+        if self.memory > limit.memory:
+            out.append(f"{format_bytes(self.memory)} memory")
+        if self.disk > limit.disk:
+            out.append(f"{format_bytes(self.disk)} disk")
+        return out
+
+
+class Deal(_Frozen):
+    concurrency: int = Field(1, ge=1, le=100, description="how many nodes run the job")
+    confidence: int = Field(0, ge=0, le=100, description="matching results needed to verify (0: no check)")
+    min_bids: int = Field(0, ge=0, le=100, description="bids to wait for before choosing")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Deal:
+        if self.confidence > self.concurrency:
+            raise ValueError("confidence cannot exceed concurrency")
+        return self
+
+
+class Deadlines(_Frozen):
+    """Seconds allowed for each phase of a job. ``None`` means a deliberate "no limit"."""
+
+    bid: float | None = Field(600.0, gt=0, description="waiting for enough bids (queued jobs wait here)")
+    min_bids: float = Field(10.0, gt=0, description="waiting for min_bids before choosing among fewer")
+    silence: float = Field(10.0, gt=0, description="a node running the job may be unreachable this long")
+    result_grace: float = Field(60.0, gt=0, description="after the run timeout, before giving up on a result")
+
+
+class NoopEngine(_Frozen):
+    name: Literal["noop"] = "noop"
+
+
+class DockerEngine(_Frozen):
+    name: Literal["docker"] = "docker"
+    image: str = Field(min_length=1)
+    entrypoint: list[str] = []
+    args: list[str] = []
+    workdir: str | None = None
+    network: bool = False
+
+
+class WasmEngine(_Frozen):
+    name: Literal["wasm"] = "wasm"
+    module: str = Field(min_length=1, description="path of the module inside the job's inputs, or ipfs://CID")
+    entrypoint: str = "_start"
+    args: list[str] = []
+
+
+class PythonEngine(_Frozen):
+    name: Literal["python"] = "python"
+    main: str | None = Field(None, description="script inside the job's context, e.g. main.py")
+    code: str | None = Field(None, description="inline code (python -c)")
+    args: list[str] = []
+    requirements: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_program(self) -> PythonEngine:
+        if (self.main is None) == (self.code is None):
+            raise ValueError("give exactly one of 'main' or 'code'")
+        return self
+
+
+EngineSpec = Annotated[NoopEngine | DockerEngine | WasmEngine | PythonEngine, Field(discriminator="name")]
+ENGINES: tuple[str, ...] = ("noop", "docker", "wasm", "python")
+
+
+class InputSpec(_Frozen):
+    source: str = Field(min_length=1, description="ipfs://CID, CID, or https://… URL")
+    path: str = Field(description="absolute path where the job sees it")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("must be an absolute path without '..'")
+        return v
+
+
+class OutputSpec(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("must be an absolute path without '..'")
+        return v
+
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class JobSpec(_Frozen):
+    engine: EngineSpec
+    env: dict[str, str] = {}
+    inputs: list[InputSpec] = Field(default=[], max_length=64)
+    outputs: list[OutputSpec] = Field(default=[], max_length=64)
+    resources: Resources = Resources()
+    timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="seconds one run may take")
+    deal: Deal = Deal()
+    deadlines: Deadlines = Deadlines()
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not _ENV_KEY.match(k)]
+        if bad:
+            raise ValueError(f"invalid environment variable names: {', '.join(sorted(bad))}")
+        if len(v) > 256:
+            raise ValueError("at most 256 environment variables")
+        return v
+
+    def canonical_json(self) -> bytes:
+        """Stable bytes for hashing (idempotency, cache keys)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_json()).hexdigest()

@@ -1,0 +1,71 @@
+"""What the REST API returns, shared by the node's API and the ``shoal`` SDK."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from jobs.messages import NodeInfo
+from jobs.model import Execution, Job
+from jobs.spec import JobSpec, Resources
+
+
+class SubmitRequest(BaseModel):
+    spec: JobSpec
+
+
+class Phases(BaseModel):
+    """Unix timestamps of each phase of a job, from the requester's own clock."""
+
+    submitted: float | None = None
+    announced: float | None = None
+    first_bid: float | None = None
+    accepted: float | None = None
+    started: float | None = None
+    proposed: float | None = None
+    finished: float | None = None
+
+
+class JobDescription(BaseModel):
+    job: Job
+    executions: list[Execution] = []
+    phases: Phases = Phases()
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    total: int
+
+
+class Capacity(BaseModel):
+    total: Resources
+    free: Resources
+    max_per_job: Resources
+
+
+class NodeStatus(BaseModel):
+    peer_id: str
+    addrs: list[str]
+    roles: list[str]
+    engines: list[str]
+    capacity: Capacity
+    running: int
+    backlog: int
+    version: str
+
+
+class PeerList(BaseModel):
+    peers: list[str]
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeInfo]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: list[str] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

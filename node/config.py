@@ -1,0 +1,43 @@
+"""Node settings and their defaults, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.spec import Resources
+
+
+def shoal_home() -> Path:
+    """``$SHOAL_HOME`` or ``~/.shoal``: client key, devstack state, default node data dir."""
+    return Path(os.environ.get("SHOAL_HOME") or Path.home() / ".shoal")
+
+
+def machine_resources() -> Resources:
+    """What this machine has: the default total limits of a compute node."""
+    import shutil
+
+    import psutil
+
+    return Resources(
+        cpu=float(os.cpu_count() or 1),
+        memory=int(psutil.virtual_memory().total),
+        disk=int(shutil.disk_usage(Path.home()).free),
+    )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = field(default_factory=lambda: shoal_home() / "node")
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    peers: tuple[str, ...] = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700  # 0: pick a free port
+    requester: bool = True
+    compute: bool = True
+    noop: bool = False  # map every engine to the noop executor (transport/scheduler benchmarks)
+    limit_total: Resources | None = None  # None: what the machine has
+    limit_job: Resources | None = None  # None: the total
+    backlog_size: int = 10_000
+    log_level: str = "INFO"

@@ -1,0 +1,129 @@
+"""One node process: identity, store, network, roles and API, started in order in one nursery."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from node.config import NodeConfig, machine_resources
+from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
+from node.identity import load_or_create_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from compute import ComputeService
+    from node.net import Network
+    from node.store import Store
+    from requester import RequesterService
+
+log = logging.getLogger("shoal.node")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class NodeReady:
+    peer_id: str
+    addrs: list[str]
+    api: str
+
+
+@dataclass
+class Node:
+    """The running parts of a node, for the API to read."""
+
+    config: NodeConfig
+    network: Network
+    store: Store
+    requester: RequesterService | None
+    compute: ComputeService | None
+    dispatcher: Dispatcher
+
+    @property
+    def peer_id(self) -> str:
+        return self.network.peer_id
+
+
+class _NetworkTransport:
+    """Adapts ``node.net.Network`` to the byte ``Transport`` the dispatcher's peers use."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self.peer_id = network.peer_id
+
+    def addrs(self) -> list[str]:
+        return self.network.addrs()
+
+    async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
+        from node.net import NetworkError
+
+        try:
+            return await self.network.request(peer_id, data, timeout=timeout, addrs=addrs)
+        except NetworkError as e:
+            raise TransportUnreachable(str(e)) from e
+
+    async def publish(self, data: bytes) -> None:
+        await self.network.publish(data)
+
+
+async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED) -> None:
+    from compute import CapacityTracker, ComputeService
+    from executors import ExecutorRegistry, default_registry
+    from node.api.app import create_app, serve_api
+    from node.net import Network
+    from node.store import Store
+    from requester import RequesterService
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    seed = load_or_create_seed(config.data_dir)
+    store = Store(config.data_dir / "shoal.db")
+    dispatcher = Dispatcher(None, None)
+    network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
+                      on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request)
+    peers = MessagePeers(_NetworkTransport(network), dispatcher)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await nursery.start(network.run)
+        compute = requester = None
+        if config.compute:
+            total = config.limit_total or machine_resources()
+            registry = ExecutorRegistry.all_noop() if config.noop else default_registry()
+            compute = ComputeService(peers=peers, store=store, executors=registry,
+                                     capacity=CapacityTracker(total, config.limit_job),
+                                     work_dir=config.data_dir / "work", backlog_size=config.backlog_size)
+            dispatcher.compute = compute
+            await nursery.start(compute.run)
+        if config.requester:
+            requester = RequesterService(peers=peers, store=store)
+            dispatcher.requester = requester
+            if compute is not None:
+                requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
+            await nursery.start(requester.run)
+        node = Node(config, network, store, requester, compute, dispatcher)
+        urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)
+        ready = NodeReady(network.peer_id, network.addrs(), urls[0])
+        log.info("node %s ready: api %s, listening on %s", ready.peer_id, ready.api, " ".join(ready.addrs))
+        task_status.started(ready)
+
+
+def main(config: NodeConfig) -> None:
+    """``shoal serve``: run until Ctrl-C; print one READY line (JSON) once everything listens."""
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("libp2p", "multiaddr", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    async def _main() -> None:
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(run_node, config)
+            print("READY " + json.dumps({"peer_id": ready.peer_id, "addrs": ready.addrs, "api": ready.api}),
+                  flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(_main)

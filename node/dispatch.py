@@ -1,0 +1,113 @@
+"""Bytes from peers → validated messages → the right role; and roles' messages → bytes.
+
+This is the node's protocol boundary: anything malformed, oversized or unexpected is logged
+and answered (or dropped) here and never reaches a role or the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from jobs import MalformedMessage, Unreachable
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Reply, Result, StatusQuery, decode, encode
+
+if TYPE_CHECKING:
+    from compute import ComputeService
+    from requester import RequesterService
+
+log = logging.getLogger("shoal.node")
+
+
+class Transport(Protocol):
+    """Bytes between peers: libp2p in a node, an in-memory hub in protocol tests."""
+
+    peer_id: str
+
+    async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes: ...
+
+    async def publish(self, data: bytes) -> None: ...
+
+    def addrs(self) -> list[str]: ...
+
+
+class TransportUnreachable(Exception):
+    """What a Transport raises when a peer does not answer; mapped to ``jobs.Unreachable`` here."""
+
+
+class MessagePeers:
+    """The roles' ``Peers`` over any ``Transport``: encodes, decodes and maps errors once."""
+
+    def __init__(self, transport: Transport, dispatcher: Dispatcher) -> None:
+        self.transport = transport
+        self.dispatcher = dispatcher  # gossip never comes back to its sender: deliver our own here
+        self.node_id = transport.peer_id
+
+    def addrs(self) -> list[str]:
+        return self.transport.addrs()
+
+    async def request(self, peer_id: str, message, *, timeout: float, addrs: Sequence[str] = ()) -> Reply:
+        try:
+            data = await self.transport.request(peer_id, encode(message), timeout=timeout, addrs=addrs)
+        except TransportUnreachable as e:
+            raise Unreachable(peer_id, str(e)) from e
+        try:
+            reply = decode(data)
+        except MalformedMessage as e:
+            raise Unreachable(peer_id, f"unreadable reply: {e}") from e
+        if not isinstance(reply, Reply):
+            raise Unreachable(peer_id, f"expected a reply, got {reply.kind}")
+        return reply
+
+    async def publish(self, message: Announce | NodeInfo) -> None:
+        data = encode(message)
+        await self.transport.publish(data)
+        await self.dispatcher.on_gossip(self.node_id, data)
+
+
+class Dispatcher:
+    def __init__(self, requester: RequesterService | None, compute: ComputeService | None) -> None:
+        self.requester = requester
+        self.compute = compute
+        self.dropped = 0
+
+    async def on_request(self, peer: str, data: bytes) -> bytes:
+        try:
+            message = decode(data)
+        except MalformedMessage as e:
+            self.dropped += 1
+            log.warning("malformed request from %s: %s", peer, e)
+            return encode(Reply(ok=False, reason=str(e)))
+        try:
+            if isinstance(message, Bid | Result) and self.requester is not None:
+                reply = await self.requester.handle(peer, message)
+            elif isinstance(message, Decision | Cancel | StatusQuery) and self.compute is not None:
+                reply = await self.compute.handle(peer, message)
+            else:
+                reply = None
+        except Exception:  # a bug or a store failure on one message must not take the node down
+            log.exception("handling %s from %s", message.kind, peer)
+            return encode(Reply(ok=False, reason="internal error on the receiving node"))
+        if reply is None:
+            self.dropped += 1
+            log.warning("unexpected %s request from %s", message.kind, peer)
+            reply = Reply(ok=False, reason=f"this node does not take {message.kind} messages")
+        return encode(reply)
+
+    async def on_gossip(self, origin: str, data: bytes) -> None:
+        try:
+            message = decode(data)
+        except MalformedMessage as e:
+            self.dropped += 1
+            log.warning("malformed gossip from %s: %s", origin, e)
+            return
+        if isinstance(message, Announce):
+            if self.compute is not None:
+                self.compute.on_announce(origin, message)
+        elif isinstance(message, NodeInfo):
+            if self.requester is not None:
+                self.requester.on_node_info(origin, message)
+        else:
+            self.dropped += 1
+            log.warning("unexpected %s on gossip from %s", message.kind, origin)

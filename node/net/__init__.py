@@ -1,0 +1,17 @@
+"""Shoal's network transport: the only package that imports libp2p.
+
+Public surface: ``Network`` (direct request/reply on ``/shoal/rpc/1.0.0`` plus
+GossipSub on one topic), ``NetworkStatistics`` and the errors below. Everything
+crossing it is ``bytes`` and base58 peer-id strings.
+"""
+
+from node.net.errors import NetworkError, PeerUnreachable, RemoteProtocolError
+from node.net.host import Network, NetworkStatistics
+
+__all__ = [
+    "Network",
+    "NetworkError",
+    "NetworkStatistics",
+    "PeerUnreachable",
+    "RemoteProtocolError",
+]

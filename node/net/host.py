@@ -1,0 +1,640 @@
+"""``Network``: Shoal's trio service over py-libp2p (TCP, Noise, Yamux, GossipSub).
+
+This is the only place in Shoal that touches libp2p. Everything crossing its
+boundary is ``bytes`` and base58 peer-id strings; every libp2p exception is
+turned into a ``node.net`` one (``NetworkError`` and subclasses).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import RetryConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.net.errors import NetworkError, PeerUnreachable
+from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
+from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
+
+log = logging.getLogger(__name__)
+
+RPC_PROTOCOL = TProtocol(PROTOCOL_ID)
+GOSSIP_PROTOCOL = TProtocol("/meshsub/1.1.0")
+
+REDIAL_MIN = 0.2
+REDIAL_MAX = 10.0
+STABLE_AFTER = 10.0
+"""A connection that stayed up this long resets the redial backoff."""
+DIAL_TIMEOUT = 10.0
+STREAM_OPEN_TIMEOUT = 10.0
+"""A ``new_stream`` negotiation was once seen hanging for 10 s: always bound it."""
+CONNECTED_POLL = 1.0
+PUBLISH_TIMEOUT = 2.0
+SHUTDOWN_TIMEOUT = 5.0
+GOSSIP_QUEUE = 1024
+"""Gossip messages buffered between libp2p's (32-slot) subscription and on_gossip."""
+MAX_GOSSIP = (1 << 20) - 4096
+"""libp2p rejects pubsub RPCs over 1 MiB; leave room for signature, key, topic."""
+EQUIVOCATION_CACHE = 512
+MAX_ADDRS_PER_PEER = 8
+MAX_KNOWN_PEERS = 10_000
+
+GossipHandler = Callable[[str, bytes], Awaitable[None]]
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class NetworkStatistics:
+    connected_peers: int
+    requests_sent: int
+    requests_received: int
+    requests_failed: int
+    handler_errors: int
+    gossip_published: int
+    gossip_received: int
+    gossip_dropped: int
+    frames_rejected: int
+    open_streams: int
+
+
+class _BoundedDict(OrderedDict[Any, Any]):
+    """Insertion-ordered dict that forgets its oldest entries beyond ``maxlen``.
+
+    Replaces ``GossipSub.equivocation_detection``, which keeps a copy of every
+    message it sees (only trimmed to 500 once it passes 1,000 at a heartbeat).
+    Duplicates are already dropped by Pubsub's seen-cache, so a short memory
+    loses nothing useful.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.maxlen:
+            self.popitem(last=False)
+
+
+class _ConnectionWatcher(INotifee):
+    """Tells the ``Network`` when the last connection to a peer is gone."""
+
+    def __init__(self, on_disconnected: Callable[[ID], None]) -> None:
+        self._on_disconnected = on_disconnected
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer = getattr(conn.muxed_conn, "peer_id", None)
+        if peer is not None:
+            self._on_disconnected(peer)
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+def _parse_peer_id(peer_id: str) -> ID:
+    try:
+        return ID.from_base58(peer_id)
+    except Exception as exc:
+        raise ValueError(f"invalid peer id {peer_id!r}") from exc
+
+
+def _split_p2p(addr: str) -> tuple[multiaddr.Multiaddr, str | None]:
+    """Parse ``addr``; return it without any trailing ``/p2p/<id>`` and that id."""
+    try:
+        maddr = multiaddr.Multiaddr(addr)
+    except Exception as exc:
+        raise ValueError(f"invalid multiaddr {addr!r}") from exc
+    try:
+        p2p = maddr.value_for_protocol("p2p")
+    except Exception:
+        p2p = None
+    if not p2p:
+        return maddr, None
+    return maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}")), str(p2p)
+
+
+def _check_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
+    """Raise ``NetworkError`` if a fixed TCP listen port is already taken.
+
+    libp2p listens with SO_REUSEPORT, so a second node on a port in use would
+    start without complaint and the kernel would split connections between the
+    two. A plain bind (SO_REUSEADDR only) still fails on such a port.
+    """
+    for maddr in listen:
+        try:
+            port = int(maddr.value_for_protocol("tcp") or 0)
+        except Exception:
+            continue
+        if port == 0:
+            continue
+        family, ip = socket.AF_INET, "0.0.0.0"
+        for proto, fam in (("ip4", socket.AF_INET), ("ip6", socket.AF_INET6)):
+            try:
+                value = maddr.value_for_protocol(proto)
+            except Exception:
+                continue
+            if value:
+                family, ip = fam, str(value)
+                break
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((ip, port))
+            except OSError as exc:
+                raise NetworkError(f"cannot listen on {maddr}: {exc.strerror}") from exc
+
+
+class Network:
+    """Peer-to-peer transport: direct request/reply plus gossip on one topic."""
+
+    def __init__(
+        self,
+        *,
+        seed: bytes,
+        listen: list[str],
+        peers: list[str],
+        topic: str = "shoal/jobs/1",
+        on_gossip: GossipHandler,
+        on_request: RequestHandler,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        if len(seed) != 32:
+            raise ValueError("seed must be exactly 32 bytes")
+        if max_frame <= 0:
+            raise ValueError("max_frame must be positive")
+        self._key_pair = create_new_key_pair(seed)
+        self._id = ID.from_pubkey(self._key_pair.public_key)
+        self.peer_id: str = self._id.to_base58()
+        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        self._topic = topic
+        self._on_gossip = on_gossip
+        self._on_request = on_request
+        self._max_frame = max_frame
+        self._counters = Counters()
+        self._host: IHost | None = None
+        self._pubsub: Pubsub | None = None
+        self._nursery: trio.Nursery | None = None
+        self._started = False
+        self._links: dict[str, OutboundLink] = {}
+        self._link_locks: dict[str, trio.Lock] = {}
+        self._disconnect_events: dict[str, trio.Event] = {}
+        # Our own address book: libp2p's peerstore expires or drops addresses
+        # (per-peer TTL rewritten by connect/identify), so we re-add ours before
+        # every dial.
+        self._known_addrs: OrderedDict[str, list[multiaddr.Multiaddr]] = OrderedDict()
+        self._keep: list[str] = []
+        for addr in peers:
+            maddr, pid = _split_p2p(addr)
+            if pid is None:
+                raise ValueError(f"peer address {addr!r} has no /p2p/<peer id>")
+            self.add_peer_addrs(pid, [str(maddr)])
+            if pid != self.peer_id and pid not in self._keep:
+                self._keep.append(pid)
+
+
+    # -- public API ----------------------------------------------------------
+
+    def addrs(self) -> list[str]:
+        """Listen multiaddrs with ``/p2p/<id>`` (empty until ``run`` is listening)."""
+        if self._host is None:
+            return []
+        return [str(a) for a in self._host.get_addrs()]
+
+    def connected_peers(self) -> list[str]:
+        if self._host is None:
+            return []
+        return [p.to_base58() for p in self._host.get_connected_peers()]
+
+    def add_peer_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Remember addresses for ``peer_id`` (used whenever we dial it).
+
+        Raises ``ValueError`` for a malformed peer id or address, or an address
+        whose ``/p2p/`` part names another peer.
+        """
+        pid = _parse_peer_id(peer_id)
+        parsed: list[multiaddr.Multiaddr] = []
+        for addr in addrs:
+            maddr, p2p = _split_p2p(addr)
+            if p2p is not None and p2p != peer_id:
+                raise ValueError(f"address {addr!r} is for peer {p2p}, not {peer_id}")
+            parsed.append(maddr)
+        known = self._known_addrs.get(peer_id, [])
+        for maddr in parsed:
+            if maddr in known:
+                known.remove(maddr)
+            known.insert(0, maddr)  # newest first
+        del known[MAX_ADDRS_PER_PEER:]
+        self._known_addrs[peer_id] = known
+        self._known_addrs.move_to_end(peer_id)
+        while len(self._known_addrs) > MAX_KNOWN_PEERS:
+            self._known_addrs.popitem(last=False)
+        if self._host is not None and known:
+            self._host.get_peerstore().add_addrs(pid, known, 0)
+
+    def statistics(self) -> NetworkStatistics:
+        c = self._counters
+        return NetworkStatistics(
+            connected_peers=len(self.connected_peers()),
+            requests_sent=c.requests_sent,
+            requests_received=c.requests_received,
+            requests_failed=c.requests_failed,
+            handler_errors=c.handler_errors,
+            gossip_published=c.gossip_published,
+            gossip_received=c.gossip_received,
+            gossip_dropped=c.gossip_dropped,
+            frames_rejected=c.frames_rejected,
+            open_streams=c.open_streams,
+        )
+
+    async def publish(self, data: bytes) -> None:
+        """Gossip ``data`` on the topic. Best effort: delivery is not guaranteed,
+        and a libp2p failure is logged and counted, not raised."""
+        if self._pubsub is None or self._nursery is None:
+            raise NetworkError("network is not running")
+        limit = min(self._max_frame, MAX_GOSSIP)
+        if len(data) > limit:
+            raise ValueError(f"gossip payload of {len(data)} bytes exceeds {limit}")
+        with trio.move_on_after(PUBLISH_TIMEOUT) as scope:
+            try:
+                await self._pubsub.publish(self._topic, bytes(data))
+            except Exception as exc:
+                log.warning("gossip publish failed: %r", exc)
+                return
+        if scope.cancelled_caught:
+            log.warning("gossip publish took over %.1f s; gave up", PUBLISH_TIMEOUT)
+            return
+        self._counters.gossip_published += 1
+
+    async def request(
+        self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()
+    ) -> bytes:
+        """Send one request to ``peer_id`` and return its reply.
+
+        Raises ``PeerUnreachable`` on any failure (including no reply within
+        ``timeout`` seconds; a protocol violation by the peer is chained as
+        ``__cause__``), ``ValueError`` if ``data`` exceeds ``max_frame``.
+        """
+        if len(data) > self._max_frame:
+            raise ValueError(f"request of {len(data)} bytes exceeds max_frame={self._max_frame}")
+        self._counters.requests_sent += 1
+        if addrs:
+            try:
+                self.add_peer_addrs(peer_id, addrs)
+            except ValueError as exc:
+                log.warning("ignoring address hints for %s: %s", peer_id, exc)
+        try:
+            if peer_id == self.peer_id:
+                return await self._request_self(bytes(data), timeout)
+            try:
+                with trio.fail_after(timeout):
+                    link = await self._get_link(peer_id)
+                    return await link.call(bytes(data))
+            except trio.TooSlowError:
+                raise PeerUnreachable(peer_id, f"no reply within {timeout} s") from None
+        except PeerUnreachable:
+            self._counters.requests_failed += 1
+            raise
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started()`` is called once we are
+        listening, gossip is ready and the topic is subscribed.
+
+        Raises ``NetworkError`` if the node cannot start (e.g. a listen address
+        is in use) or libp2p fails underneath it.
+        """
+        if self._started:
+            raise RuntimeError("Network.run can only be called once")
+        self._started = True
+        try:
+            _check_ports_free(self._listen)
+            await self._run(task_status)
+        except NetworkError:
+            raise
+        except Exception as exc:
+            raise NetworkError(f"network stopped on an error: {exc!r}") from exc
+        finally:
+            self._nursery = None
+            self._pubsub = None
+            self._host = None
+            self._links.clear()
+            self._link_locks.clear()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        host = new_host(
+            key_pair=self._key_pair,
+            sec_opt={
+                # Noise only: the default list also offers plaintext, whose
+                # peer ids are not authenticated.
+                NOISE_PROTOCOL_ID: NoiseTransport(
+                    self._key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+                )
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=self._listen,
+        )
+        swarm: Any = host.get_network()
+        if hasattr(swarm, "retry_config"):
+            # Fail a dial at once; our redial loop does the backing off.
+            swarm.retry_config = RetryConfig(max_retries=0)
+        router = GossipSub(
+            protocols=[GOSSIP_PROTOCOL],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            spam_protection_enabled=False,
+        )
+        router.equivocation_detection = _BoundedDict(EQUIVOCATION_CACHE)
+        pubsub = Pubsub(host, router)
+        # Seqnos start at int(time.time()) and count up per message: a node that
+        # restarts soon after publishing more messages than seconds elapsed would
+        # reuse seqnos that peers still hold as "seen" and have its gossip dropped.
+        pubsub.counter = time.time_ns()
+        host.set_stream_handler(RPC_PROTOCOL, self._handle_inbound_stream)
+        swarm.register_notifee(_ConnectionWatcher(self._on_disconnected))
+        self._host = host
+        for peer_id, known in self._known_addrs.items():
+            host.get_peerstore().add_addrs(ID.from_base58(peer_id), known, 0)
+        gossip_send, gossip_recv = trio.open_memory_channel[tuple[str, bytes]](GOSSIP_QUEUE)
+        async with host.run(self._listen):
+            try:
+                async with background_trio_service(pubsub), background_trio_service(router):
+                    await pubsub.wait_until_ready()
+                    subscription = await pubsub.subscribe(self._topic)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._gossip_reader, subscription, gossip_send)
+                        nursery.start_soon(self._gossip_dispatcher, gossip_recv)
+                        for peer_id in self._keep:
+                            nursery.start_soon(self._keep_dialled, peer_id)
+                        self._pubsub = pubsub
+                        self._nursery = nursery
+                        log.info("node %s listening on %s", self.peer_id, self.addrs())
+                        task_status.started()
+                        await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._pubsub = None
+                await self._close_host(host)
+
+    @staticmethod
+    async def _close_host(host: IHost) -> None:
+        """Close connections and listeners explicitly, shielded from the
+        cancellation that is usually why we are stopping.
+
+        libp2p's own clean-up on cancellation stops at its first ``await``; and
+        its TCP listener runs as a trio *system* task with SO_REUSEPORT, so a
+        listener left open keeps accepting connections on the port — sharing
+        them with a restarted node on the same port.
+        """
+        swarm: Any = host.get_network()
+
+        async def quietly(what: str, close: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await close()
+            except Exception as exc:
+                log.debug("error closing %s: %r", what, exc)
+
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+            # Listeners first (libp2p closes them only after every connection),
+            # then connections concurrently (libp2p closes them one by one, each
+            # with a 0.1 s pause), then the rest of the host.
+            async with trio.open_nursery() as nursery:
+                for listener in list(getattr(swarm, "listeners", {}).values()):
+                    nursery.start_soon(quietly, "listener", listener.close)
+            async with trio.open_nursery() as nursery:
+                for conns in list(getattr(swarm, "connections", {}).values()):
+                    for conn in list(conns):
+                        nursery.start_soon(quietly, "connection", conn.close)
+            await quietly("libp2p host", host.close)
+        if scope.cancelled_caught:
+            log.warning("closing the libp2p host took over %.0f s; gave up", SHUTDOWN_TIMEOUT)
+
+    # -- direct requests -----------------------------------------------------
+
+    async def _request_self(self, data: bytes, timeout: float) -> bytes:
+        """A request to ourselves: call on_request in-process, same contract."""
+        self._counters.requests_received += 1
+        try:
+            with trio.fail_after(timeout):
+                reply = await self._on_request(self.peer_id, data)
+        except trio.TooSlowError:
+            raise PeerUnreachable(self.peer_id, f"no reply within {timeout} s") from None
+        except Exception as exc:
+            self._counters.handler_errors += 1
+            log.exception("request handler failed for a request to ourselves")
+            raise PeerUnreachable(self.peer_id, "request handler failed") from exc
+        if not isinstance(reply, bytes | bytearray | memoryview):
+            self._counters.handler_errors += 1
+            log.error("request handler returned %s, not bytes", type(reply).__name__)
+            raise PeerUnreachable(self.peer_id, "request handler returned no bytes")
+        return bytes(reply)
+
+    async def _get_link(self, peer_id: str) -> OutboundLink:
+        link = self._links.get(peer_id)
+        if link is not None and link.alive:
+            return link
+        if self._nursery is None:
+            raise PeerUnreachable(peer_id, "network is not running")
+        # One opener per peer; concurrent callers wait for its link.
+        lock = self._link_locks.setdefault(peer_id, trio.Lock())
+        try:
+            async with lock:
+                link = self._links.get(peer_id)
+                if link is not None and link.alive:
+                    return link
+                stream = await self._open_stream(peer_id)
+                nursery = self._nursery
+                if nursery is None:  # shut down while we were opening
+                    await discard_stream(stream)
+                    raise PeerUnreachable(peer_id, "network is not running")
+                link = OutboundLink(
+                    stream, peer_id, max_frame=self._max_frame, counters=self._counters
+                )
+                self._links[peer_id] = link
+                nursery.start_soon(self._run_link, link)
+                return link
+        finally:
+            idle = not lock.locked() and lock.statistics().tasks_waiting == 0
+            if idle and self._link_locks.get(peer_id) is lock:
+                del self._link_locks[peer_id]
+
+    async def _run_link(self, link: OutboundLink) -> None:
+        try:
+            await link.run()
+        finally:
+            if self._links.get(link.peer_id) is link:
+                del self._links[link.peer_id]
+
+    async def _open_stream(self, peer_id: str) -> Any:
+        host = self._host
+        if host is None:
+            raise PeerUnreachable(peer_id, "network is not running")
+        try:
+            pid = _parse_peer_id(peer_id)
+        except ValueError as exc:
+            raise PeerUnreachable(peer_id, str(exc)) from exc
+        if not self._is_connected(pid):
+            await self._dial(peer_id, pid)
+        try:
+            with trio.fail_after(STREAM_OPEN_TIMEOUT):
+                return await host.new_stream(pid, [RPC_PROTOCOL])
+        except trio.TooSlowError:
+            raise PeerUnreachable(peer_id, "opening the rpc stream timed out") from None
+        except Exception as exc:
+            raise PeerUnreachable(peer_id, f"could not open an rpc stream: {exc}") from exc
+
+    async def _handle_inbound_stream(self, stream: INetStream) -> None:
+        try:
+            remote = stream.muxed_conn.peer_id.to_base58()  # authenticated by Noise
+        except Exception:
+            await discard_stream(stream)
+            return
+        try:
+            await serve_inbound(
+                stream, remote, self._on_request, max_frame=self._max_frame,
+                counters=self._counters,
+            )
+        except Exception:  # serve_inbound should not raise; never take libp2p down
+            log.exception("rpc stream from %s failed", remote)
+
+    # -- connections ---------------------------------------------------------
+
+    def _is_connected(self, pid: ID) -> bool:
+        host = self._host
+        return host is not None and bool(host.get_network().get_connections(pid))
+
+    def _on_disconnected(self, pid: ID) -> None:
+        if self._is_connected(pid):
+            return
+        event = self._disconnect_events.pop(pid.to_base58(), None)
+        if event is not None:
+            event.set()
+
+    async def _dial(self, peer_id: str, pid: ID) -> None:
+        host = self._host
+        if host is None:
+            raise PeerUnreachable(peer_id, "network is not running")
+        known = self._known_addrs.get(peer_id, [])
+        if known:
+            # libp2p dials only the first TCP address it holds for a peer, in
+            # insertion order; put ours there, newest first.
+            peerstore = host.get_peerstore()
+            peerstore.clear_addrs(pid)
+            peerstore.add_addrs(pid, known, 0)
+        swarm: Any = host.get_network()
+        if hasattr(swarm, "unblock_peer"):
+            # libp2p refuses to dial a peer for 60 s after a failed dial; we
+            # decide ourselves when to try again.
+            swarm.unblock_peer(pid)
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                await host.connect(PeerInfo(pid, known))
+        except BaseException as exc:
+            if len(known) > 1:
+                known.append(known.pop(0))  # the next dial tries the next address
+            if isinstance(exc, trio.TooSlowError):
+                raise PeerUnreachable(peer_id, "dial timed out") from None
+            if isinstance(exc, Exception):
+                raise PeerUnreachable(peer_id, f"dial failed: {exc}") from exc
+            raise
+
+    async def _wait_disconnected(self, peer_id: str, pid: ID) -> None:
+        while self._is_connected(pid):
+            event = self._disconnect_events.setdefault(peer_id, trio.Event())
+            with trio.move_on_after(CONNECTED_POLL):
+                await event.wait()
+
+    async def _keep_dialled(self, peer_id: str) -> None:
+        """Keep a connection to a configured peer, redialling with backoff."""
+        pid = ID.from_base58(peer_id)
+        delay = 0.0
+        failures = 0
+        while True:
+            if delay:
+                await trio.sleep(delay)
+            if not self._is_connected(pid):
+                try:
+                    await self._dial(peer_id, pid)
+                except PeerUnreachable as exc:
+                    failures += 1
+                    level = logging.INFO if failures == 1 else logging.DEBUG
+                    log.log(level, "dial to %s failed (%d in a row): %s", peer_id, failures,
+                            exc.reason)
+                    delay = min(max(delay * 2, REDIAL_MIN), REDIAL_MAX)
+                    continue
+                log.info("connected to %s", peer_id)
+            failures = 0
+            up_since = trio.current_time()
+            await self._wait_disconnected(peer_id, pid)
+            log.info("lost connection to %s", peer_id)
+            stable = trio.current_time() - up_since >= STABLE_AFTER
+            delay = REDIAL_MIN if stable else min(max(delay * 2, REDIAL_MIN), REDIAL_MAX)
+
+    # -- gossip ----------------------------------------------------------------
+
+    async def _gossip_reader(
+        self, subscription: Any, out: trio.MemorySendChannel[tuple[str, bytes]]
+    ) -> None:
+        """Move messages from libp2p's small subscription buffer to ours."""
+        while True:
+            try:
+                msg = await subscription.get()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                log.warning("gossip subscription closed")
+                return
+            try:
+                origin = ID(msg.from_id).to_base58()
+                data = bytes(msg.data)
+            except Exception as exc:
+                log.warning("skipping malformed gossip message: %r", exc)
+                continue
+            if origin == self.peer_id:
+                continue
+            try:
+                out.send_nowait((origin, data))
+            except trio.WouldBlock:
+                self._counters.gossip_dropped += 1
+                log.warning("gossip queue full; dropped a message from %s", origin)
+
+    async def _gossip_dispatcher(
+        self, queue: trio.MemoryReceiveChannel[tuple[str, bytes]]
+    ) -> None:
+        async for origin, data in queue:
+            self._counters.gossip_received += 1
+            try:
+                await self._on_gossip(origin, data)
+            except Exception:
+                log.exception("gossip handler failed for a message from %s", origin)

@@ -1,0 +1,46 @@
+"""Which bids to accept, and why a job is still waiting (pure functions)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+from jobs import JobSpec
+from jobs.messages import NodeInfo
+
+
+def choose(bidders: Sequence[str], slots: int, rng: random.Random | None = None) -> tuple[list[str], list[str]]:
+    """Accept ``slots`` of the bidders at random (so no node is always first), reject the rest."""
+    order = list(bidders)
+    (rng or random).shuffle(order)
+    return order[:slots], order[slots:]
+
+
+def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
+    """Why no known node could ever run the job, or None if one could (or no node is known yet)."""
+    nodes = list(nodes)
+    if not nodes:
+        return None
+    with_engine = [n for n in nodes if spec.engine.name in n.engines]
+    if not with_engine:
+        return f"no compute node offers engine {spec.engine.name!r} (0 of {len(nodes)} nodes)"
+    big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
+    if not big_enough:
+        short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})
+        return f"0 of {len(nodes)} nodes can offer {', '.join(short)} per job"
+    if len(big_enough) < spec.deal.concurrency and len(big_enough) == len(nodes):
+        # all known nodes counted: we may simply not know the rest yet, so this is only a hint
+        return None
+    return None
+
+
+def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int) -> str:
+    """A human explanation for a job short of nodes, e.g. 'waiting for bids: 1 of 3 nodes accepted ...'."""
+    nodes = list(nodes)
+    need = spec.deal.concurrency
+    able = [n for n in nodes if spec.engine.name in n.engines and spec.resources.fits_in(n.max_per_job)]
+    free_now = [n for n in able if spec.resources.fits_in(n.free)]
+    if not nodes:
+        return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
+    return (f"waiting for bids: {accepted} of {need} nodes accepted; {len(able)} of {len(nodes)} known nodes "
+            f"can run it, {len(free_now)} have room now")

@@ -1,0 +1,520 @@
+"""The requester role's trio service: announce, choose bids, collect results, keep deadlines.
+
+Per job, the requester sends one gossip announcement (repeated with backoff while the job is
+short of nodes, since gossip may drop it) and then only direct messages to the nodes that bid.
+Bid and result verdicts travel in the reply to the bid or result itself, so a job with
+``concurrency=N`` costs N bids and N results, each one round trip.
+
+State that matters is written to the store before it is acted on; a restarted requester
+loads its live jobs and carries on (compute nodes keep re-delivering their results).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from jobs import (
+    Event,
+    EventKind,
+    Execution,
+    ExecutionSide,
+    ExecutionState,
+    Job,
+    JobSpec,
+    JobState,
+    Unreachable,
+)
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
+from jobs.views import JobDescription, Phases
+from requester.selection import choose, never_runnable, waiting_reason
+
+if TYPE_CHECKING:
+    from node.store import Store
+
+log = logging.getLogger("shoal.requester")
+
+SIDE = ExecutionSide.REQUESTER
+SWEEP_INTERVAL = 0.25  # how often deadlines and re-announcements are checked
+LIVENESS_INTERVAL = 2.0  # how often nodes running our executions are asked whether they still are
+REQUEST_TIMEOUT = 5.0
+ANNOUNCE_BACKOFF_MAX = 30.0
+NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
+MAX_REOFFERS = 5
+
+
+class UnknownJob(KeyError):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with another request body."""
+
+
+@dataclass
+class _Active:
+    """A live job and what the requester needs to drive it (rebuilt from the store on restart)."""
+
+    job: Job
+    executions: dict[str, Execution] = field(default_factory=dict)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    done: trio.Event = field(default_factory=trio.Event)
+    next_announce: float = 0.0
+    announce_backoff: float = 1.0
+    waiting_since: float = 0.0  # when the job last became short of nodes
+    first_bid_at: float | None = None
+
+    def held(self) -> int:
+        return sum(1 for x in self.executions.values() if x.state.holds_slot)
+
+    def needed(self) -> int:
+        return self.job.spec.deal.concurrency - self.held()
+
+    def bidding(self) -> list[Execution]:
+        return [x for x in self.executions.values() if x.state is ExecutionState.BIDDING]
+
+
+class RequesterService:
+    def __init__(self, *, peers: Peers, store: Store, clock: Callable[[], float] = time.time,
+                 max_reoffers: int = MAX_REOFFERS) -> None:
+        self.peers = peers
+        self.store = store
+        self.clock = clock
+        self.max_reoffers = max_reoffers
+        self.nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self._active: dict[str, _Active] = {}
+        self._silent_since: dict[str, float] = {}
+        self._nursery: trio.Nursery | None = None
+        self._rng = random.Random()
+        self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
+                         "reoffers": 0}
+        self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._restore()
+            nursery.start_soon(self._sweep_loop)
+            nursery.start_soon(self._liveness_loop)
+            task_status.started()
+
+    async def _restore(self) -> None:
+        now = self.clock()
+        for job in await self.store.live_jobs():
+            aj = _Active(job=job, waiting_since=now, next_announce=now)
+            for ex in await self.store.executions_of(SIDE, job.id):
+                aj.executions[ex.id] = ex
+            self._active[job.id] = aj
+        if self._active:
+            log.info("resuming %d live jobs", len(self._active))
+
+    def known_nodes(self) -> list[NodeInfo]:
+        now = self.clock()
+        for peer, (_, seen) in list(self.nodes.items()):
+            if now - seen > NODE_INFO_TTL:
+                del self.nodes[peer]
+        return [info for info, _ in self.nodes.values()]
+
+    def on_node_info(self, origin: str, info: NodeInfo) -> None:
+        if origin != info.peer_id:
+            return
+        self.nodes[info.peer_id] = (info, self.clock())
+
+    def _event(self, job_id: str, kind: EventKind, message: str = "", ex: Execution | None = None) -> Event:
+        return Event(job_id=job_id, at=self.clock(), kind=kind, execution_id=ex.id if ex else None,
+                     node_id=ex.node_id if ex else self.peers.node_id, message=message)
+
+    # -- submit, cancel, wait, describe ------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Create and announce a job. Returns (job, created); an idempotent repeat returns the first job."""
+        digest = spec.digest()
+        if idempotency_key is not None:
+            found = await self.store.find_idempotent(owner, idempotency_key)
+            if found is not None:
+                job, known_digest = found
+                if known_digest != digest:
+                    raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for another job spec")
+                return job, False
+        now = self.clock()
+        job = Job(id=f"j-{uuid.uuid4().hex}", owner=owner, spec=spec, requester=self.peers.node_id,
+                  created_at=now, updated_at=now)
+        events = [self._event(job.id, EventKind.CREATED)]
+        nodes = self.known_nodes()
+        impossible = never_runnable(spec, nodes)
+        if impossible:
+            job = job.model_copy(update={"state": JobState.FAILED, "reason": impossible})
+            events.append(self._event(job.id, EventKind.FAILED, impossible))
+        else:
+            job = job.model_copy(update={"reason": waiting_reason(spec, nodes, 0)})
+        try:
+            await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest)
+        except Exception as e:  # a concurrent submit with the same key won the unique index
+            if idempotency_key is not None and "UNIQUE" in str(e):
+                return await self.submit(spec, owner, idempotency_key)
+            raise
+        if not job.state.is_terminal:
+            aj = _Active(job=job, waiting_since=now)
+            self._active[job.id] = aj
+            await self._announce(aj)
+        return job, True
+
+    async def _announce(self, aj: _Active) -> None:
+        job = aj.job
+        bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
+        ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
+                       requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline)
+        first = aj.next_announce == 0.0
+        aj.next_announce = self.clock() + aj.announce_backoff
+        aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
+        self.counters["announcements"] += 1
+        await self.peers.publish(ann)
+        if first:
+            await self.store.save(events=[self._event(job.id, EventKind.ANNOUNCED)])
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
+        aj = self._active.get(job_id)
+        if aj is None:
+            job = await self.store.get_job(job_id)
+            if job is None:
+                raise UnknownJob(job_id)
+            return job  # already terminal: cancelling is a no-op
+        async with aj.lock:
+            if aj.job.state.is_terminal:
+                return aj.job
+            await self._finish(aj, JobState.CANCELLED, reason)
+            return aj.job
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        aj = self._active.get(job_id)
+        if aj is not None:
+            with trio.move_on_after(timeout):
+                await aj.done.wait()
+
+    def live_job(self, job_id: str) -> Job | None:
+        aj = self._active.get(job_id)
+        return aj.job if aj else None
+
+    async def describe(self, job_id: str) -> JobDescription:
+        aj = self._active.get(job_id)
+        job = aj.job if aj else await self.store.get_job(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        executions = list(aj.executions.values()) if aj else await self.store.executions_of(SIDE, job_id)
+        executions = [x.model_copy(update={"spec": None}) for x in executions]
+        return JobDescription(job=job, executions=executions, phases=await self._phases(job, executions))
+
+    async def _phases(self, job: Job, executions: list[Execution]) -> Phases:
+        first: dict[EventKind, float] = {}
+        for e in await self.store.events(job.id, limit=10_000):
+            first.setdefault(e.kind, e.at)
+        started = [x.result.started_at for x in executions if x.result and x.result.started_at]
+        finished = next((first[k] for k in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+                         if k in first), None)
+        return Phases(submitted=first.get(EventKind.CREATED), announced=first.get(EventKind.ANNOUNCED),
+                      first_bid=first.get(EventKind.BID), accepted=first.get(EventKind.BID_ACCEPTED),
+                      started=min(started) if started else None, proposed=first.get(EventKind.RESULTS_PROPOSED),
+                      finished=finished)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for aj in self._active.values():
+            out[aj.job.state.value] = out.get(aj.job.state.value, 0) + 1
+        return out
+
+    # -- messages from compute nodes -------------------------------------------------------------
+
+    async def handle(self, peer: str, message: Bid | Result) -> Reply:
+        aj = self._active.get(message.job_id)
+        if aj is None:
+            return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
+        async with aj.lock:
+            if isinstance(message, Bid):
+                return await self._on_bid(aj, peer, message)
+            return await self._on_result(aj, peer, message)
+
+    async def _on_bid(self, aj: _Active, peer: str, bid: Bid) -> Reply:
+        self.counters["bids"] += 1
+        known = aj.executions.get(bid.execution_id)
+        if known is not None:  # a retried bid: answer what we decided
+            if known.node_id != peer:
+                return Reply(ok=False, verdict="rejected", reason="not your execution")
+            return Reply(verdict={ExecutionState.BIDDING: "pending"}.get(known.state, "accepted")
+                         if known.state in (ExecutionState.BIDDING, ExecutionState.ACCEPTED) else "rejected")
+        job = aj.job
+        now = self.clock()
+        if job.state.is_terminal or bid.attempt != job.attempt:
+            return Reply(verdict="rejected", reason="the job no longer needs this bid")
+        if any(x.node_id == peer and not x.state.is_terminal for x in aj.executions.values()):
+            return Reply(verdict="rejected", reason="this node already has a live execution of the job")
+        ex = Execution(id=bid.execution_id, job_id=job.id, node_id=peer, requester=self.peers.node_id,
+                       attempt=bid.attempt, created_at=now, updated_at=now, reason="bid received")
+        events = [self._event(job.id, EventKind.BID, ex=ex)]
+        aj.first_bid_at = aj.first_bid_at or now
+        deal = job.spec.deal
+        if aj.needed() <= 0:
+            ex = ex.model_copy(update={"state": ExecutionState.REJECTED, "reason": "enough nodes already"})
+            events.append(self._event(job.id, EventKind.BID_REJECTED, ex.reason, ex))
+            await self.store.save(new_executions=[ex], events=events)
+            aj.executions[ex.id] = ex
+            self.counters["bids_rejected"] += 1
+            return Reply(verdict="rejected", reason=ex.reason)
+        if deal.min_bids and len(aj.bidding()) + 1 < deal.min_bids:
+            await self.store.save(new_executions=[ex], events=events)
+            aj.executions[ex.id] = ex
+            return Reply(verdict="pending", reason=f"waiting for {deal.min_bids} bids")
+        if deal.min_bids:  # this bid completes the set: choose among all of them
+            await self.store.save(new_executions=[ex], events=events)
+            aj.executions[ex.id] = ex
+            verdicts = await self._decide(aj)
+            self._notify_decisions(aj, verdicts, skip=ex.id)
+            return Reply(verdict=verdicts.get(ex.id, "rejected"))
+        ex = ex.model_copy(update={"state": ExecutionState.ACCEPTED, "reason": "running"})
+        events.append(self._event(job.id, EventKind.BID_ACCEPTED, ex=ex))
+        job_update = self._job_after_accept(aj, 1)
+        await self.store.save(new_executions=[ex], job=job_update, events=events)
+        aj.executions[ex.id] = ex
+        if job_update is not None:
+            aj.job = job_update
+        self.counters["bids_accepted"] += 1
+        return Reply(verdict="accepted")
+
+    def _job_after_accept(self, aj: _Active, newly: int) -> Job | None:
+        job = aj.job
+        held = aj.held() + newly
+        need = job.spec.deal.concurrency
+        reason = "running" if held >= need else waiting_reason(job.spec, self.known_nodes(), held)
+        if job.state is JobState.RUNNING and job.reason == reason:
+            return None
+        return job.transition(JobState.RUNNING, reason, self.clock())
+
+    async def _decide(self, aj: _Active) -> dict[str, str]:
+        """Choose among the pending bids (min_bids reached or its wait ran out); tell the nodes."""
+        pending = aj.bidding()
+        chosen, _ = choose([x.id for x in pending], max(aj.needed(), 0), self._rng)
+        now = self.clock()
+        updated, events, verdicts = [], [], {}
+        for x in pending:
+            if x.id in chosen:
+                y = x.transition(ExecutionState.ACCEPTED, "running", now)
+                events.append(self._event(x.job_id, EventKind.BID_ACCEPTED, ex=y))
+                verdicts[x.id] = "accepted"
+            else:
+                y = x.transition(ExecutionState.REJECTED, "another node was chosen", now)
+                events.append(self._event(x.job_id, EventKind.BID_REJECTED, y.reason, y))
+                verdicts[x.id] = "rejected"
+            updated.append(y)
+        job_update = self._job_after_accept(aj, len(chosen)) if chosen else None
+        await self.store.save(executions=updated, job=job_update, events=events)
+        for y in updated:
+            aj.executions[y.id] = y
+        if job_update is not None:
+            aj.job = job_update
+        return verdicts
+
+    def _notify_decisions(self, aj: _Active, verdicts: dict[str, str], skip: str | None = None) -> None:
+        for eid, verdict in verdicts.items():
+            if eid == skip:
+                continue
+            ex = aj.executions[eid]
+            msg = Decision(job_id=ex.job_id, execution_id=eid, accepted=verdict == "accepted", reason=ex.reason)
+            self._spawn(self._send_reliably, ex.node_id, msg)
+
+    async def _on_result(self, aj: _Active, peer: str, msg: Result) -> Reply:
+        self.counters["results"] += 1
+        ex = aj.executions.get(msg.execution_id)
+        if ex is None or ex.node_id != peer:
+            return Reply(ok=False, verdict="rejected", reason="not an execution of yours")
+        if ex.state.is_terminal:  # a re-delivered result: same verdict as before
+            return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
+                         else "rejected", reason=ex.reason)
+        if ex.state is not ExecutionState.ACCEPTED:
+            # BIDDING: the node lost its bid (restart); forget it
+            y = ex.transition(ExecutionState.FAILED, msg.error or "unexpected result", self.clock())
+            await self.store.save(executions=[y], events=[self._event(y.job_id, EventKind.ERROR, y.reason, y)])
+            aj.executions[y.id] = y
+            return Reply(verdict="accepted")
+        now = self.clock()
+        if msg.error is not None:
+            y = ex.transition(ExecutionState.FAILED, msg.error, now, error=msg.error, retryable=msg.retryable)
+            aj.executions[y.id] = y
+            await self._execution_failed(aj, y, msg.retryable, [self._event(y.job_id, EventKind.ERROR, msg.error, y)])
+            return Reply(verdict="accepted")
+        y = ex.transition(ExecutionState.COMPLETED, "results accepted", now, result=msg.result)
+        events = [self._event(y.job_id, EventKind.RESULTS_PROPOSED, ex=y),
+                  self._event(y.job_id, EventKind.RESULTS_ACCEPTED, ex=y)]
+        aj.executions[y.id] = y
+        exit_code = msg.result.exit_code if msg.result else 0
+        done = sum(1 for x in aj.executions.values() if x.state is ExecutionState.COMPLETED)
+        if exit_code != 0:
+            await self._finish(aj, JobState.FAILED, f"exit code {exit_code} on node {peer[-8:]}", [y], events)
+        elif done >= aj.job.spec.deal.concurrency:
+            await self._finish(aj, JobState.COMPLETED, "completed", [y], events)
+        else:
+            await self.store.save(executions=[y], events=events)
+        return Reply(verdict="accepted")
+
+    async def _execution_failed(self, aj: _Active, failed: Execution, retryable: bool, events: list[Event]) -> None:
+        """Record a failed execution; re-offer its slot, or fail the job when that is pointless."""
+        job = aj.job
+        if not retryable:
+            await self._finish(aj, JobState.FAILED, f"node {failed.node_id[-8:]}: {failed.reason}", [failed], events)
+            return
+        if job.attempt >= self.max_reoffers:
+            await self._finish(aj, JobState.FAILED,
+                               f"gave up after {job.attempt} re-offers; last error on node "
+                               f"{failed.node_id[-8:]}: {failed.reason}", [failed], events)
+            return
+        now = self.clock()
+        reason = f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}"
+        state = JobState.RUNNING if aj.held() > 0 else JobState.PENDING
+        job = job.transition(state, reason, now, attempt=job.attempt + 1)
+        events.append(self._event(job.id, EventKind.REOFFERED, reason))
+        await self.store.save(executions=[failed], job=job, events=events)
+        aj.job = job
+        aj.waiting_since = now
+        aj.announce_backoff = 1.0
+        aj.next_announce = now  # the sweep announces the new attempt
+        self.counters["reoffers"] += 1
+
+    async def _finish(self, aj: _Active, state: JobState, reason: str, executions: list[Execution] | None = None,
+                      events: list[Event] | None = None) -> None:
+        """Move the job to a terminal state; cancel what still runs; forget it from memory."""
+        now = self.clock()
+        executions = list(executions or [])
+        events = list(events or [])
+        touched = {x.id for x in executions}
+        to_cancel = []
+        for x in aj.executions.values():
+            if x.id not in touched and not x.state.is_terminal:
+                y = x.transition(ExecutionState.CANCELLED, f"job {state.value}", now)
+                executions.append(y)
+                to_cancel.append(y)
+        kind = {JobState.COMPLETED: EventKind.COMPLETED, JobState.FAILED: EventKind.FAILED,
+                JobState.CANCELLED: EventKind.CANCELLED}[state]
+        job = aj.job.transition(state, reason, now)
+        events.append(self._event(job.id, kind, reason))
+        await self.store.save(job=job, executions=executions, events=events)
+        for x in executions:
+            aj.executions[x.id] = x
+        aj.job = job
+        for y in to_cancel:
+            self._spawn(self._send_reliably, y.node_id, Cancel(job_id=y.job_id, execution_id=y.id, reason=y.reason))
+        del self._active[job.id]
+        aj.done.set()
+        self.latencies.append(now - job.created_at)
+        if len(self.latencies) > 10_000:
+            del self.latencies[:5_000]
+
+    # -- deadlines, re-announcements, liveness ----------------------------------------------------
+
+    def _spawn(self, fn, *args) -> None:
+        assert self._nursery is not None, "RequesterService.run() is not running"
+        self._nursery.start_soon(fn, *args)
+
+    async def _send_reliably(self, peer: str, message: Decision | Cancel, attempts: int = 5) -> None:
+        delay = 0.2
+        for _ in range(attempts):
+            try:
+                await self.peers.request(peer, message, timeout=REQUEST_TIMEOUT)
+                return
+            except Unreachable:
+                await trio.sleep(delay)
+                delay *= 2
+        log.info("gave up sending %s to %s", message.kind, peer)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            for aj in list(self._active.values()):
+                try:
+                    async with aj.lock:
+                        if aj.job.state.is_terminal:
+                            continue
+                        await self._sweep(aj)
+                except Exception:
+                    log.exception("sweeping job %s", aj.job.id)
+
+    async def _sweep(self, aj: _Active) -> None:
+        now = self.clock()
+        job = aj.job
+        spec = job.spec
+        if spec.deal.min_bids and aj.bidding() and aj.first_bid_at and now - aj.first_bid_at > spec.deadlines.min_bids:
+            self._notify_decisions(aj, await self._decide(aj))
+        for x in list(aj.executions.values()):
+            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > spec.timeout + spec.deadlines.result_grace:
+                y = x.transition(ExecutionState.FAILED, f"no result within {spec.timeout:g} s plus grace", now)
+                aj.executions[y.id] = y
+                self._spawn(self._send_reliably, y.node_id, Cancel(job_id=y.job_id, execution_id=y.id,
+                                                                   reason=y.reason))
+                await self._execution_failed(aj, y, True, [self._event(job.id, EventKind.ERROR, y.reason, y)])
+                if job.id not in self._active:
+                    return
+        if aj.needed() <= 0:
+            return
+        if spec.deadlines.bid is not None and now - aj.waiting_since > spec.deadlines.bid:
+            why = waiting_reason(spec, self.known_nodes(), aj.held())
+            await self._finish(aj, JobState.FAILED, f"no node took the job within {spec.deadlines.bid:g} s ({why})")
+            return
+        impossible = never_runnable(spec, self.known_nodes())
+        if impossible:
+            await self._finish(aj, JobState.FAILED, impossible)
+            return
+        if now >= aj.next_announce:
+            await self._announce(aj)
+
+    async def _liveness_loop(self) -> None:
+        """Ask each node running our executions whether it still is; re-offer what a silent node held."""
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            by_node: dict[str, list[Execution]] = {}
+            now = self.clock()
+            for aj in self._active.values():
+                for x in aj.executions.values():
+                    if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id \
+                            and now - x.updated_at > LIVENESS_INTERVAL:
+                        by_node.setdefault(x.node_id, []).append(x)
+            if by_node:
+                async with trio.open_nursery() as nursery:
+                    for node, executions in by_node.items():
+                        nursery.start_soon(self._check_node, node, executions)
+
+    async def _check_node(self, node: str, executions: list[Execution]) -> None:
+        now = self.clock()
+        try:
+            reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in executions]),
+                                             timeout=REQUEST_TIMEOUT)
+        except Unreachable:
+            since = self._silent_since.setdefault(node, now)
+            lost = [x for x in executions if now - since > self._job_silence(x)]
+            await self._lose(lost, f"node {node[-8:]} silent for {now - since:.0f} s")
+            return
+        self._silent_since.pop(node, None)
+        await self._lose([x for x in executions if reply.states.get(x.id, "unknown") == "unknown"],
+                         f"node {node[-8:]} no longer knows the execution")
+
+    def _job_silence(self, x: Execution) -> float:
+        aj = self._active.get(x.job_id)
+        return aj.job.spec.deadlines.silence if aj else 0.0
+
+    async def _lose(self, executions: list[Execution], reason: str) -> None:
+        for x in executions:
+            aj = self._active.get(x.job_id)
+            if aj is None:
+                continue
+            async with aj.lock:
+                current = aj.executions.get(x.id)
+                if current is None or current.state is not ExecutionState.ACCEPTED or x.job_id not in self._active:
+                    continue
+                y = current.transition(ExecutionState.FAILED, reason, self.clock(), retryable=True)
+                aj.executions[y.id] = y
+                await self._execution_failed(aj, y, True, [self._event(y.job_id, EventKind.ERROR, reason, y)])

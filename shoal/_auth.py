@@ -1,0 +1,246 @@
+"""Client identity (an Ed25519 key) and request signing.
+
+Every API request is signed over the exact bytes that go on the wire. The signed message is::
+
+    METHOD "\\n" TARGET "\\n" TIMESTAMP "\\n" NONCE "\\n" SHA256-HEX(BODY)
+
+- ``METHOD``: upper case, e.g. ``POST``.
+- ``TARGET``: the raw (still percent-encoded) path, plus ``?`` and the raw query string when the
+  query is not empty: ``/v1/jobs?state=running&limit=50``.
+- ``TIMESTAMP``: unix seconds, a decimal integer; the same string as the header.
+- ``NONCE``: 16 random bytes as 32 lower-case hex characters; the same string as the header.
+- ``SHA256-HEX(BODY)``: lower-case hex digest of the body bytes (of ``b""`` when there is none).
+
+Headers: ``X-Shoal-Key`` (urlsafe base64 of the 32-byte raw public key), ``X-Shoal-Timestamp``,
+``X-Shoal-Nonce``, ``X-Shoal-Signature`` (urlsafe base64 of the 64-byte signature). Base64 is
+sent padded; the verifier also accepts it unpadded.
+
+Nothing is re-serialised before verifying (the hash is over the received bytes), every route is
+signed (not just submit), and the verifier in ``node.api.auth`` rejects stale timestamps and
+reused nonces. This module is the one definition of the format; the verifier imports it.
+
+``cryptography`` is imported on first use of a key, not at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+HEADER_KEY = "X-Shoal-Key"
+HEADER_TIMESTAMP = "X-Shoal-Timestamp"
+HEADER_NONCE = "X-Shoal-Nonce"
+HEADER_SIGNATURE = "X-Shoal-Signature"
+SIGNATURE_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+
+NONCE_BYTES = 16
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def shoal_home() -> Path:
+    """``$SHOAL_HOME`` or ``~/.shoal`` (same rule as ``node.config.shoal_home``)."""
+    return Path(os.environ.get("SHOAL_HOME") or Path.home() / ".shoal")
+
+
+def default_key_path() -> Path:
+    return shoal_home() / "client.key"
+
+
+def client_id_for(public_key: bytes) -> str:
+    """The stable id of a client: ``"c"`` + the first 32 hex characters of sha256(raw public key)."""
+    return "c" + hashlib.sha256(public_key).hexdigest()[:32]
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Urlsafe base64, padded or not. Raises ``ValueError`` on anything else."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"not urlsafe base64: {e}") from None
+
+
+def canonical_target(path: bytes, query: bytes) -> bytes:
+    """``path`` or ``path?query``; an empty query adds no ``?`` (servers cannot tell them apart)."""
+    return path + b"?" + query if query else path
+
+
+def canonical_request(method: str, target: bytes, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """The bytes that are signed; see the module docstring."""
+    return b"\n".join(
+        (
+            method.upper().encode("ascii"),
+            target,
+            timestamp.encode("ascii"),
+            nonce.encode("ascii"),
+            hashlib.sha256(body).hexdigest().encode("ascii"),
+        )
+    )
+
+
+class ClientKey:
+    """An Ed25519 private key that identifies a client to every Shoal node.
+
+    The key is the identity: jobs are owned by ``client_id``, so losing the file means losing
+    access to your jobs' listing and cancel rights. The file is PEM (PKCS#8, unencrypted), so
+    ``openssl pkey -in ~/.shoal/client.key -pubout`` can read it.
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self._private_key = private_key
+        self.path = path
+        self.public_key: bytes = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.client_id: str = client_id_for(self.public_key)
+
+    def __repr__(self) -> str:
+        where = f", path='{self.path}'" if self.path else ""
+        return f"ClientKey(client_id={self.client_id!r}{where})"
+
+    @property
+    def public_key_b64(self) -> str:
+        """The value of the ``X-Shoal-Key`` header."""
+        return b64encode(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private_key.sign(message)
+
+    @classmethod
+    def generate(cls) -> ClientKey:
+        """A new in-memory key (tests, throwaway clients); nothing is written."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> ClientKey:
+        """A key from its raw 32-byte private seed."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClientKey:
+        """Read a key file: PEM (what ``load_or_create`` writes) or a raw 32-byte seed."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        path = Path(path).expanduser()
+        data = path.read_bytes()
+        if data.lstrip().startswith(b"-----BEGIN"):
+            try:
+                key = load_pem_private_key(data, password=None)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"cannot read client key {path}: {e}") from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"client key {path} is not an Ed25519 key")
+        elif len(data) == 32:
+            key = Ed25519PrivateKey.from_private_bytes(data)
+        else:
+            raise ValueError(f"cannot read client key {path}: expected PEM or a raw 32-byte Ed25519 seed")
+        return cls(key, path)
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str] | None = None) -> ClientKey:
+        """Load the key at ``path`` (default ``$SHOAL_HOME/client.key``), creating it on first use.
+
+        A new file is written with mode 0600 (its directory, if created, 0700) and published
+        atomically with a hard link, so concurrent first runs agree on a single key instead of
+        one silently overwriting the other's identity.
+        """
+        path = Path(path).expanduser() if path is not None else default_key_path()
+        try:
+            return cls.load(path)
+        except FileNotFoundError:
+            pass
+        key = cls.generate()
+        _create_key_file(path, key._pem())
+        # Load what is on disk: if another process won the race, its key is the identity.
+        return cls.load(path)
+
+    def _pem(self) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+        return self._private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def _create_key_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600) unless the file already exists; never overwrite."""
+    parent = path.parent
+    if not parent.is_dir():
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
+    tmp = parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic, and fails if the file exists
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this filesystem: exclusive create, not atomic but safe
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ShoalAuth(httpx.Auth):
+    """Signs every request (see the module docstring) with a fresh timestamp and nonce.
+
+    Retries and reconnections go through ``auth_flow`` again, so each attempt carries its own
+    nonce and is never rejected as a replay of the attempt before it.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, key: ClientKey, *, clock: Callable[[], float] = time.time) -> None:
+        self.key = key
+        self._clock = clock
+
+    def sign(self, request: httpx.Request) -> httpx.Request:
+        """Add the four ``X-Shoal-*`` headers to ``request`` (whose body must have been read)."""
+        timestamp = str(int(self._clock()))
+        nonce = secrets.token_hex(NONCE_BYTES)
+        path, _, query = request.url.raw_path.partition(b"?")
+        message = canonical_request(
+            request.method, canonical_target(path, query), timestamp, nonce, request.content
+        )
+        request.headers[HEADER_KEY] = self.key.public_key_b64
+        request.headers[HEADER_TIMESTAMP] = timestamp
+        request.headers[HEADER_NONCE] = nonce
+        request.headers[HEADER_SIGNATURE] = b64encode(self.key.sign(message))
+        return request
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield self.sign(request)

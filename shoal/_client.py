@@ -1,0 +1,947 @@
+"""``Client`` and ``AsyncClient``: the Python SDK for a Shoal node's REST API.
+
+Both share ``_BaseClient``, which builds every request and parses every response. Operations
+that are a sequence of requests (submit with retries, wait's long-polls, run) are written once
+as *flows*: generators that yield an ``httpx.Request`` to send (or a float: seconds to sleep)
+and receive the ``httpx.Response``; errors are thrown back into them at the yield. The sync and
+async clients differ only in the runner that drives a flow, and in the streaming methods
+(events, follow_logs, download), whose bodies are consumed with ``for`` vs ``async for``.
+
+The async client runs on trio or asyncio (httpx uses anyio underneath).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from jobs.events import Event, EventKind
+from jobs.spec import JobSpec
+from jobs.states import JobState
+from jobs.views import JobDescription, JobList, NodeList, NodeStatus, PeerList, SubmitRequest
+from shoal._auth import ClientKey, ShoalAuth, shoal_home
+from shoal._errors import (
+    AuthenticationError,
+    Conflict,
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    ServerError,
+    ShoalAPIError,
+    WaitTimeout,
+)
+
+if TYPE_CHECKING:
+    from tarfile import TarInfo
+
+DEFAULT_API_URL = "http://127.0.0.1:8700"
+USER_AGENT = "shoal-python/0.1"
+LogStream = Literal["stdout", "stderr"]
+
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
+# A flow yields a request to send, or a float (seconds to sleep), and is sent the response.
+_Flow = Generator["httpx.Request | float", "httpx.Response", _T]
+
+
+def find_api_url() -> str:
+    """Where the SDK and CLI find a node when no URL is given.
+
+    ``$SHOAL_API``; else the first node of a running devstack (``$SHOAL_HOME/devstack.json``);
+    else ``http://127.0.0.1:8700``. An unreadable devstack file is ignored: it is usually stale.
+    """
+    url = os.environ.get("SHOAL_API", "").strip()
+    if url:
+        return _normalise_url(url)
+    try:
+        state = json.loads((shoal_home() / "devstack.json").read_text())
+        url = state["nodes"][0]["api"]
+        if isinstance(url, str) and url:
+            return _normalise_url(url)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    return DEFAULT_API_URL
+
+
+def _normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
+class _BaseClient:
+    """Request building and response parsing shared by ``Client`` and ``AsyncClient``."""
+
+    # Pauses between the attempts of a submit that hit a connection error: 3 retries, each with
+    # the same Idempotency-Key, so a submit whose response was lost is not run twice.
+    submit_retry_delays: tuple[float, ...] = (0.25, 0.5, 1.0)
+    # Pauses between reconnections of a broken event stream; more consecutive failures than
+    # this (without receiving an event in between) give up with ConnectionFailed.
+    stream_retry_delays: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+    _http: httpx.Client | httpx.AsyncClient
+
+    def __init__(self, api_url: str | None, key: ClientKey | None, timeout: float) -> None:
+        self.api_url = _normalise_url(api_url) if api_url else find_api_url()
+        self.key = key if key is not None else ClientKey.load_or_create()
+        self.timeout = timeout
+        self._auth = ShoalAuth(self.key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.api_url!r}, client_id={self.client_id!r})"
+
+    @property
+    def client_id(self) -> str:
+        """Who the node thinks you are: the owner of the jobs you submit."""
+        return self.key.client_id
+
+    def _http_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self.api_url,
+            "auth": self._auth,
+            "timeout": self.timeout,
+            "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
+        }
+
+    # -- request building ----------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Request:
+        if body is not None:
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        return self._http.build_request(
+            method,
+            path,
+            params=params,
+            content=body,
+            headers=headers,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    def _stream_timeout(self) -> httpx.Timeout:
+        # Streams may be quiet for as long as a job runs: no read timeout, the rest as usual.
+        return httpx.Timeout(self.timeout, read=None)
+
+    def _describe_request(self, job_id: str, wait: float | None = None) -> httpx.Request:
+        if wait is None:
+            return self._request("GET", _job_path(job_id))
+        return self._request(
+            "GET",
+            _job_path(job_id),
+            params={"wait": _seconds(wait)},
+            timeout=httpx.Timeout(self.timeout, read=self.timeout + wait),
+        )
+
+    def _list_request(
+        self, state: JobState | str | None, limit: int, offset: int, all: bool
+    ) -> httpx.Request:
+        params = {"limit": str(limit), "offset": str(offset)}
+        if state is not None:
+            params["state"] = str(JobState(state))
+        if all:
+            params["all"] = "true"
+        return self._request("GET", "/v1/jobs", params=params)
+
+    def _events_request(self, job_id: str, last_event_id: str | None) -> httpx.Request:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        return self._request(
+            "GET", _job_path(job_id, "events"), headers=headers, timeout=self._stream_timeout()
+        )
+
+    def _logs_request(self, job_id: str, stream: LogStream, follow: bool) -> httpx.Request:
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        return self._request(
+            "GET",
+            _job_path(job_id, "logs"),
+            params={"stream": stream, "follow": "true" if follow else "false"},
+            headers={"Accept": "text/plain"},
+            timeout=self._stream_timeout() if follow else None,
+        )
+
+    def _results_request(self, job_id: str) -> httpx.Request:
+        return self._request(
+            "GET",
+            _job_path(job_id, "results"),
+            headers={"Accept": "application/x-tar"},
+            timeout=self._stream_timeout(),
+        )
+
+    # -- flows (see the module docstring) --------------------------------------------------------
+
+    def _get_flow(self, request: httpx.Request, model: type[_M]) -> _Flow[_M]:
+        response = yield request
+        return _parse(model, response)
+
+    def _submit_flow(
+        self, spec: JobSpec | dict[str, Any], idempotency_key: str | None
+    ) -> _Flow[JobDescription]:
+        body = SubmitRequest(spec=_as_spec(spec)).model_dump_json().encode()
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        delays = self.submit_retry_delays
+        for attempt in range(len(delays) + 1):
+            try:
+                response = yield self._request("POST", "/v1/jobs", body=body, headers=headers)
+            except ConnectionFailed as e:
+                if attempt == len(delays):
+                    if attempt:
+                        raise ConnectionFailed(f"{e.message} (tried {attempt + 1} times)", e.url) from e
+                    raise
+                yield delays[attempt]
+                continue
+            return _parse(JobDescription, response)
+        raise AssertionError("unreachable")
+
+    def _wait_flow(self, job_id: str, timeout: float | None, poll: float) -> _Flow[JobDescription]:
+        if poll <= 0:
+            raise ValueError("poll must be positive")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            started = time.monotonic()
+            description = _parse(JobDescription, (yield self._describe_request(job_id, wait)))
+            if description.job.state.is_terminal:
+                return description
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"job {job_id} is still {description.job.state} after {timeout:g} s", description
+                )
+            # A node that answers at once (state changed, or it ignores ?wait) must not be
+            # hammered: keep at least a second, or the wait asked for, between polls.
+            pause = min(wait, 1.0) - (time.monotonic() - started)
+            if pause > 0:
+                yield pause
+
+    def _run_flow(
+        self, spec: JobSpec | dict[str, Any], timeout: float | None, poll: float
+    ) -> _Flow[JobDescription]:
+        description = yield from self._submit_flow(spec, None)
+        return (yield from self._wait_flow(description.job.id, timeout, poll))
+
+    def _text_flow(self, request: httpx.Request) -> _Flow[str]:
+        response = yield request
+        return response.text
+
+    def _version_flow(self) -> _Flow[str]:
+        response = yield self._request("GET", "/v1/version")
+        try:
+            version = response.json()["version"]
+        except (ValueError, KeyError, TypeError):
+            version = None
+        if not isinstance(version, str):
+            raise ShoalAPIError("unexpected response from /v1/version", response.status_code, "bad_response")
+        return version
+
+    # -- responses and errors --------------------------------------------------------------------
+
+    def _connection_failed(self, exc: httpx.TransportError) -> ConnectionFailed:
+        reason = _transport_reason(exc)
+        if isinstance(
+            exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol | httpx.ProxyError
+        ):
+            message = f"cannot reach Shoal API at {self.api_url}: {reason}"
+        elif isinstance(exc, httpx.TimeoutException):
+            message = f"no answer from Shoal API at {self.api_url}: {reason}"
+        else:
+            message = f"lost connection to Shoal API at {self.api_url}: {reason}"
+        return ConnectionFailed(message, self.api_url)
+
+    def _request_failed(self, exc: httpx.RequestError) -> ShoalAPIError:
+        if isinstance(exc, httpx.TransportError):
+            return self._connection_failed(exc)
+        return ShoalAPIError(f"request to Shoal API at {self.api_url} failed: {_one_line(str(exc))}")
+
+    @staticmethod
+    def _check(response: httpx.Response) -> httpx.Response:
+        if response.is_error:
+            raise _api_error(response)
+        return response
+
+    @staticmethod
+    def _interpret_sse(message: _SSEMessage) -> Event | Literal["end"] | None:
+        """An SSE message → an Event, ``"end"``, or None for kinds this SDK does not know."""
+        if message.event == "end":
+            return "end"
+        if message.event != "message" and message.event not in _EVENT_KINDS:
+            return None  # a newer server's extra message kinds, or keep-alives: skip
+        try:
+            return Event.model_validate_json(message.data)
+        except ValidationError as e:
+            raise ShoalAPIError(
+                f"malformed event in stream: {_validation_summary(e)}", 200, "bad_response"
+            ) from None
+
+    def _stream_closed(self, job_id: str) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"event stream of job {job_id} from {self.api_url} keeps closing before its end", self.api_url
+        )
+
+
+class Client(_BaseClient):
+    """Synchronous client of one Shoal node::
+
+        with shoal.Client() as client:
+            job = client.run({"engine": {"name": "python", "code": "print(6 * 7)"}}, timeout=60)
+            print(job.job.state, client.logs(job.job.id))
+
+    Requests are signed with ``key`` (default: ``$SHOAL_HOME/client.key``, created on first
+    use). ``api_url`` defaults to ``find_api_url()``. ``transport`` is for tests and proxies.
+    """
+
+    _http: httpx.Client
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        key: ClientKey | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_url, key, timeout)
+        self._http = httpx.Client(transport=transport, **self._http_kwargs())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = self._http.send(request)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+        return self._check(response)
+
+    def _open(self, request: httpx.Request) -> httpx.Response:
+        """Send and return a streaming response (status checked); the caller closes it."""
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+        if response.is_error:
+            try:
+                response.read()
+            except httpx.RequestError:
+                pass
+            finally:
+                response.close()
+            self._check(response)
+        return response
+
+    def _drive(self, flow: _Flow[_T]) -> _T:
+        reply: Any = None
+        error: ShoalAPIError | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply = error = None
+            if isinstance(step, httpx.Request):
+                try:
+                    reply = self._send(step)
+                except ShoalAPIError as e:
+                    error = e
+            else:
+                time.sleep(step)
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None) -> JobDescription:
+        """Submit a job. Safe to retry: without ``idempotency_key`` a fresh one is generated and
+        reused by the automatic retries, so a connection error never submits the job twice."""
+        return self._drive(self._submit_flow(spec, idempotency_key))
+
+    def describe(self, job_id: str) -> JobDescription:
+        return self._drive(self._get_flow(self._describe_request(job_id), JobDescription))
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobDescription:
+        """Block until the job is terminal; after ``timeout`` s raise ``WaitTimeout`` (last description)."""
+        return self._drive(self._wait_flow(job_id, timeout, poll))
+
+    def run(self, spec: JobSpec | dict[str, Any], *, timeout: float | None = None) -> JobDescription:
+        """``submit`` then ``wait``: the job's final description (raises ``WaitTimeout`` on timeout)."""
+        return self._drive(self._run_flow(spec, timeout, 25.0))
+
+    def list(
+        self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0, all: bool = False
+    ) -> JobList:
+        """Your jobs, newest first; ``all=True`` lists every owner's jobs."""
+        return self._drive(self._get_flow(self._list_request(state, limit, offset, all), JobList))
+
+    def cancel(self, job_id: str) -> JobDescription:
+        return self._drive(self._get_flow(self._request("POST", _job_path(job_id, "cancel")), JobDescription))
+
+    def events(self, job_id: str, *, last_event_id: str | int | None = None) -> Iterator[Event]:
+        """The job's events, from the start (or after ``last_event_id``) until its end.
+
+        A stream that breaks is resumed with ``Last-Event-ID``: no event is lost or repeated.
+        """
+        last = None if last_event_id is None else str(last_event_id)
+        failures = 0
+        while True:
+            try:
+                response = self._open(self._events_request(job_id, last))
+                try:
+                    parser = _SSEParser()
+                    for line in response.iter_lines():
+                        message = parser.feed(line)
+                        if message is None:
+                            continue
+                        if message.id is not None:
+                            last = message.id
+                        item = self._interpret_sse(message)
+                        if item == "end":
+                            return
+                        if isinstance(item, Event):
+                            failures = 0
+                            yield item
+                finally:
+                    response.close()
+                error: ConnectionFailed = self._stream_closed(job_id)
+            except httpx.TransportError as e:
+                error = self._connection_failed(e)
+            except ConnectionFailed as e:
+                error = e
+            if failures >= len(self.stream_retry_delays):
+                raise error
+            time.sleep(self.stream_retry_delays[failures])
+            failures += 1
+
+    def logs(self, job_id: str, stream: LogStream = "stdout") -> str:
+        """The job's output so far (``stream``: stdout or stderr)."""
+        return self._drive(self._text_flow(self._logs_request(job_id, stream, follow=False)))
+
+    def follow_logs(self, job_id: str, stream: LogStream = "stdout") -> Iterator[str]:
+        """The job's output as it is written, in text chunks, until the job ends."""
+        response = self._open(self._logs_request(job_id, stream, follow=True))
+        try:
+            for chunk in response.iter_text():
+                if chunk:
+                    yield chunk
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
+        finally:
+            response.close()
+
+    def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
+        """Fetch the job's results and extract them into ``dest`` (created if needed); returns it.
+
+        Archives with absolute paths, ``..``, links leaving ``dest`` or device files are refused
+        before anything is written.
+        """
+        import tempfile
+
+        response = self._open(self._results_request(job_id))
+        with tempfile.TemporaryFile() as spool:
+            try:
+                for chunk in response.iter_bytes():
+                    spool.write(chunk)
+            except httpx.TransportError as e:
+                raise self._connection_failed(e) from e
+            finally:
+                response.close()
+            spool.seek(0)
+            return _extract_tar(spool, Path(dest), job_id)
+
+    def node(self) -> NodeStatus:
+        return self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
+
+    def peers(self) -> PeerList:
+        return self._drive(self._get_flow(self._request("GET", "/v1/peers"), PeerList))
+
+    def nodes(self) -> NodeList:
+        return self._drive(self._get_flow(self._request("GET", "/v1/nodes"), NodeList))
+
+    def version(self) -> str:
+        return self._drive(self._version_flow())
+
+
+class AsyncClient(_BaseClient):
+    """Asynchronous client (trio or asyncio) with the same methods as ``Client``::
+
+        async with shoal.AsyncClient() as client:
+            job = await client.submit(spec)
+            async for event in client.events(job.job.id):
+                print(event.kind, event.message)
+
+    ``events`` and ``follow_logs`` are async generators: if you stop iterating early, close
+    them (``async with contextlib.aclosing(client.events(job_id)) as events: ...``) so the
+    connection is released at once rather than when the generator is garbage collected.
+    """
+
+    _http: httpx.AsyncClient
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        key: ClientKey | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_url, key, timeout)
+        self._http = httpx.AsyncClient(transport=transport, **self._http_kwargs())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._http.send(request)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+        return self._check(response)
+
+    async def _open(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+        if response.is_error:
+            try:
+                await response.aread()
+            except httpx.RequestError:
+                pass
+            finally:
+                await response.aclose()
+            self._check(response)
+        return response
+
+    async def _drive(self, flow: _Flow[_T]) -> _T:
+        reply: Any = None
+        error: ShoalAPIError | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply = error = None
+            if isinstance(step, httpx.Request):
+                try:
+                    reply = await self._send(step)
+                except ShoalAPIError as e:
+                    error = e
+            else:
+                await _asleep(step)
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    async def submit(
+        self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> JobDescription:
+        """See ``Client.submit``."""
+        return await self._drive(self._submit_flow(spec, idempotency_key))
+
+    async def describe(self, job_id: str) -> JobDescription:
+        return await self._drive(self._get_flow(self._describe_request(job_id), JobDescription))
+
+    async def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobDescription:
+        """See ``Client.wait``."""
+        return await self._drive(self._wait_flow(job_id, timeout, poll))
+
+    async def run(self, spec: JobSpec | dict[str, Any], *, timeout: float | None = None) -> JobDescription:
+        """See ``Client.run``."""
+        return await self._drive(self._run_flow(spec, timeout, 25.0))
+
+    async def list(
+        self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0, all: bool = False
+    ) -> JobList:
+        return await self._drive(self._get_flow(self._list_request(state, limit, offset, all), JobList))
+
+    async def cancel(self, job_id: str) -> JobDescription:
+        return await self._drive(
+            self._get_flow(self._request("POST", _job_path(job_id, "cancel")), JobDescription)
+        )
+
+    async def events(self, job_id: str, *, last_event_id: str | int | None = None) -> AsyncIterator[Event]:
+        """See ``Client.events``."""
+        last = None if last_event_id is None else str(last_event_id)
+        failures = 0
+        while True:
+            try:
+                response = await self._open(self._events_request(job_id, last))
+                try:
+                    parser = _SSEParser()
+                    lines = response.aiter_lines()
+                    async for line in lines:
+                        message = parser.feed(line)
+                        if message is None:
+                            continue
+                        if message.id is not None:
+                            last = message.id
+                        item = self._interpret_sse(message)
+                        if item == "end":
+                            await _drain(lines)
+                            return
+                        if isinstance(item, Event):
+                            failures = 0
+                            yield item
+                finally:
+                    await response.aclose()
+                error: ConnectionFailed = self._stream_closed(job_id)
+            except httpx.TransportError as e:
+                error = self._connection_failed(e)
+            except ConnectionFailed as e:
+                error = e
+            if failures >= len(self.stream_retry_delays):
+                raise error
+            await _asleep(self.stream_retry_delays[failures])
+            failures += 1
+
+    async def logs(self, job_id: str, stream: LogStream = "stdout") -> str:
+        return await self._drive(self._text_flow(self._logs_request(job_id, stream, follow=False)))
+
+    async def follow_logs(self, job_id: str, stream: LogStream = "stdout") -> AsyncIterator[str]:
+        """See ``Client.follow_logs``."""
+        response = await self._open(self._logs_request(job_id, stream, follow=True))
+        try:
+            async for chunk in response.aiter_text():
+                if chunk:
+                    yield chunk
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
+        finally:
+            await response.aclose()
+
+    async def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
+        """See ``Client.download``. Extraction runs in a worker thread."""
+        import tempfile
+
+        import anyio.to_thread
+
+        response = await self._open(self._results_request(job_id))
+        with tempfile.TemporaryFile() as spool:
+            try:
+                async for chunk in response.aiter_bytes():
+                    spool.write(chunk)
+            except httpx.TransportError as e:
+                raise self._connection_failed(e) from e
+            finally:
+                await response.aclose()
+            spool.seek(0)
+            return await anyio.to_thread.run_sync(_extract_tar, spool, Path(dest), job_id)
+
+    async def node(self) -> NodeStatus:
+        return await self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
+
+    async def peers(self) -> PeerList:
+        return await self._drive(self._get_flow(self._request("GET", "/v1/peers"), PeerList))
+
+    async def nodes(self) -> NodeList:
+        return await self._drive(self._get_flow(self._request("GET", "/v1/nodes"), NodeList))
+
+    async def version(self) -> str:
+        return await self._drive(self._version_flow())
+
+
+async def _drain(lines: AsyncIterator[str], limit: float = 1.0) -> None:
+    """Read to the end of a stream whose last message arrived (the node closes right after it).
+
+    Leaving httpx's nested async generators suspended would make trio finalise them from the
+    garbage collector, with a ResourceWarning each; a node that does not close is given up on.
+    """
+    import anyio
+
+    with anyio.move_on_after(limit):
+        async for _ in lines:
+            pass
+
+
+async def _asleep(seconds: float) -> None:
+    import anyio  # works under trio and asyncio alike; imported only when an async client sleeps
+
+    await anyio.sleep(seconds)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _job_path(job_id: str, action: str = "") -> str:
+    if not job_id or job_id in (".", ".."):
+        raise ValueError(f"invalid job id {job_id!r}")
+    path = f"/v1/jobs/{quote(job_id, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def _seconds(value: float) -> str:
+    """Compact decimal seconds for ``?wait=``: ``25``, ``0.5``."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _as_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
+    """Validate locally so a bad spec fails with every problem named, before any request."""
+    if isinstance(spec, JobSpec):
+        return spec
+    try:
+        return JobSpec.model_validate(spec)
+    except ValidationError as e:
+        fields = [".".join(["spec", *map(str, err["loc"])]) for err in e.errors()]
+        raise InvalidRequest(
+            f"invalid job spec: {_validation_summary(e, 'spec')}", None, "invalid_spec", fields
+        ) from None
+
+
+def _validation_summary(error: ValidationError, prefix: str = "") -> str:
+    return _problems([(list(err["loc"]), err["msg"]) for err in error.errors()], prefix)
+
+
+def _problems(items: list[tuple[list[Any], str]], prefix: str = "") -> str:
+    parts = []
+    for loc, msg in items[:3]:
+        where = ".".join([prefix, *map(str, loc)] if prefix else map(str, loc))
+        parts.append(f"{where}: {msg}" if where else msg)
+    if len(items) > 3:
+        parts.append(f"and {len(items) - 3} more")
+    return "; ".join(parts)
+
+
+def _parse(model: type[_M], response: httpx.Response) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as e:
+        raise ShoalAPIError(
+            f"unexpected response from {response.request.url.path}: {_validation_summary(e)}",
+            response.status_code,
+            "bad_response",
+        ) from None
+
+
+_STATUS_ERRORS: dict[int, type[ShoalAPIError]] = {
+    400: InvalidRequest,
+    401: AuthenticationError,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    422: InvalidRequest,
+}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_request",
+}
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+_EVENT_KINDS = frozenset(kind.value for kind in EventKind)
+
+
+def _api_error(response: httpx.Response) -> ShoalAPIError:
+    """An error response in any of the shapes the node sends → the matching exception.
+
+    ``{"error": {"code", "message", "fields"}}`` (the API's own errors); ``{"detail": "..."}``
+    (the signature verifier, HTTPException); ``{"detail": [{"loc", "msg"}, ...]}`` (FastAPI's
+    422); anything else (a proxy's HTML page) → its first line or the status phrase.
+    """
+    status = response.status_code
+    code: str | None = None
+    message = ""
+    fields: list[str] = []
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        content = b""
+    try:
+        body = json.loads(content) if content else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        code = str(error.get("code") or "") or None
+        message = str(error.get("message") or "")
+        fields = [str(f) for f in error.get("fields") or [] if f is not None]
+    elif isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        if isinstance(detail, list):
+            items = []
+            for item in detail:
+                if isinstance(item, dict):
+                    loc = list(item.get("loc") or [])
+                    if loc and loc[0] in _LOCATIONS:
+                        loc = loc[1:]
+                    items.append((loc, str(item.get("msg") or "invalid")))
+                    fields.append(".".join(map(str, loc)))
+                else:
+                    items.append(([], str(item)))
+            message = f"invalid request: {_problems(items)}" if items else ""
+        elif detail is not None:
+            message = detail if isinstance(detail, str) else json.dumps(detail)
+    if not message and content and body is None:
+        message = content.decode("utf-8", "replace").strip().splitlines()[0] if content.strip() else ""
+        if message.lstrip().startswith("<"):  # an HTML error page says nothing useful on one line
+            message = ""
+    if not message:
+        message = f"HTTP {status} {response.reason_phrase}".strip()
+    message = _one_line(message)
+    code = code or _STATUS_CODES.get(status) or ("server_error" if status >= 500 else f"http_{status}")
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ShoalAPIError)
+    if cls is InvalidRequest:
+        return InvalidRequest(message, status, code, [f for f in fields if f])
+    return cls(message, status, code)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """The useful part of a transport error, e.g. "connection refused" rather than
+    "all attempts to connect to 127.0.0.1:8700 failed" (what anyio reports under trio)."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve host ({_strip_errno(str(e))})"
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    text = _strip_errno(str(exc))
+    return _one_line(text[:1].lower() + text[1:]) if text else type(exc).__name__
+
+
+def _strip_errno(text: str) -> str:
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip()
+
+
+class _SSEMessage:
+    __slots__ = ("data", "event", "id")
+
+    def __init__(self, event: str, data: str, id: str | None) -> None:
+        self.event, self.data, self.id = event, data, id
+
+
+class _SSEParser:
+    """Server-Sent Events, one line at a time (WHATWG rules: comments, multi-line data, ``id``).
+
+    A message is produced only at its terminating blank line, so a stream cut in the middle of
+    a message drops that partial message, and the reconnection's Last-Event-ID makes the
+    server send it again whole.
+    """
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, line: str) -> _SSEMessage | None:
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            message = _SSEMessage(self._event or "message", "\n".join(self._data), self._id)
+            self._event, self._data = "", []
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        return None
+
+
+def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:
+    """Extract a results archive into ``dest`` after checking every member (all or nothing)."""
+    import tarfile
+
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                problem = _unsafe_member(member)
+                if problem:
+                    raise ShoalAPIError(
+                        f"refusing to extract the results of job {job_id}: {problem}", 200, "unsafe_archive"
+                    )
+            dest.mkdir(parents=True, exist_ok=True)
+            if hasattr(tarfile, "data_filter"):  # 3.11.4+: defence in depth (modes, links)
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)
+    except tarfile.TarError as e:
+        raise ShoalAPIError(
+            f"cannot extract the results of job {job_id}: {_one_line(str(e))}", 200, "bad_archive"
+        ) from None
+    return dest
+
+
+def _unsafe_member(member: TarInfo) -> str | None:
+    name = member.name
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return f"absolute path {name!r}"
+    if ".." in path.parts or ".." in name.split("\\"):
+        return f"path {name!r} leaves the destination"
+    if member.isdev() or member.isfifo():
+        return f"{name!r} is a device or FIFO"
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if target.startswith("/"):
+            return f"link {name!r} points to the absolute path {target!r}"
+        # symlinks resolve from their own directory, hard links from the archive root
+        base = path.parent if member.issym() else PurePosixPath()
+        parts: list[str] = []
+        for part in (base / target).parts:
+            if part == "..":
+                if not parts:
+                    return f"link {name!r} points outside the destination"
+                parts.pop()
+            elif part != ".":
+                parts.append(part)
+    return None

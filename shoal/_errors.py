@@ -1,0 +1,99 @@
+"""The exceptions the ``shoal`` SDK raises.
+
+    ShoalError (jobs.errors)
+    └── ShoalAPIError            anything that went wrong talking to a Shoal node
+        ├── AuthenticationError  401: the node rejected the request signature
+        ├── NotFound             404: no such job (or route)
+        ├── Conflict             409: e.g. an Idempotency-Key reused with another spec
+        ├── InvalidRequest       400/413/422 (or a spec that fails local validation); ``fields``
+        ├── ServerError          5xx
+        ├── WaitTimeout          ``wait``/``run`` ran out of time; ``description`` is the last one seen
+        └── ConnectionFailed     the node could not be reached, or the connection broke
+
+Every message is one line, fit for ``print(f"error: {e}")``. ``status`` is the HTTP status
+(``None`` when no response was received) and ``code`` a stable machine-readable string:
+the server's ``error.code`` when it sent one, otherwise derived from the status.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jobs.errors import ShoalError
+
+if TYPE_CHECKING:
+    from jobs.views import JobDescription
+
+
+class ShoalAPIError(ShoalError):
+    """Base of every error the SDK raises; catch this to handle them all."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code or "error"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status={self.status!r}, code={self.code!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other constructor arguments; rebuild from the instance dict instead so
+        # the errors survive pickling (multiprocessing, worker threads that re-raise).
+        return _rebuild, (type(self), self.message, self.__dict__)
+
+
+class AuthenticationError(ShoalAPIError):
+    """401: signature headers missing or wrong, stale timestamp, replayed nonce."""
+
+
+class NotFound(ShoalAPIError):
+    """404."""
+
+
+class Conflict(ShoalAPIError):
+    """409: typically an ``Idempotency-Key`` that was already used with a different body."""
+
+
+class InvalidRequest(ShoalAPIError):
+    """400/413/422, or a job spec that fails validation before it is sent.
+
+    ``fields`` names the offending fields as dotted paths (``spec.resources.cpu``) when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        fields: list[str] | None = None,
+    ) -> None:
+        super().__init__(message, status, code or "invalid_request")
+        self.fields: list[str] = list(fields or [])
+
+
+class ServerError(ShoalAPIError):
+    """5xx: the node failed; the request may or may not have taken effect."""
+
+
+class WaitTimeout(ShoalAPIError):
+    """The job was not terminal when the wait ran out; ``description`` is the last state seen."""
+
+    def __init__(self, message: str, description: JobDescription) -> None:
+        super().__init__(message, None, "wait_timeout")
+        self.description = description
+
+
+class ConnectionFailed(ShoalAPIError):
+    """No usable response: connection refused, DNS failure, timeout, connection dropped."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message, None, "connection_failed")
+        self.url = url
+
+
+def _rebuild(cls: type[ShoalAPIError], message: str, state: dict[str, object]) -> ShoalAPIError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error

@@ -1,0 +1,504 @@
+"""node.net.Network against real py-libp2p hosts on 127.0.0.1, all in one trio process."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from node.net import Network, NetworkError, PeerUnreachable
+from node.net.wire import encode_frame
+
+LOCAL = "/ip4/127.0.0.1/tcp/0"
+
+
+def seed(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+async def echo(peer: str, data: bytes) -> bytes:
+    return b"echo:" + data
+
+
+async def ignore_gossip(origin: str, data: bytes) -> None:
+    pass
+
+
+def make(
+    name: str,
+    *,
+    peers: list[str] | None = None,
+    listen: str = LOCAL,
+    on_request: Callable[[str, bytes], Awaitable[bytes]] = echo,
+    on_gossip: Callable[[str, bytes], Awaitable[None]] = ignore_gossip,
+    max_frame: int = 1 << 20,
+) -> Network:
+    return Network(
+        seed=seed(name), listen=[listen], peers=peers or [], on_gossip=on_gossip,
+        on_request=on_request, max_frame=max_frame,
+    )
+
+
+class Node:
+    """A Network running in its own cancel scope, so a test can stop just it."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                await self.net.run(task_status=task_status)
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        with trio.fail_after(5):
+            await self.done.wait()
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Callable[[Network], Awaitable[Node]]]:
+    async with trio.open_nursery() as nursery:
+
+        async def start(net: Network) -> Node:
+            node = Node(net)
+            await nursery.start(node._run)
+            return node
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def port_of(net: Network) -> int:
+    return int(net.addrs()[0].split("/tcp/")[1].split("/")[0])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- identity ----------------------------------------------------------------
+
+
+def test_same_seed_same_peer_id() -> None:
+    a1, a2, b = make("a"), make("a"), make("b")
+    assert a1.peer_id == a2.peer_id
+    assert a1.peer_id != b.peer_id
+    assert a1.peer_id.startswith("12D3KooW")
+    with pytest.raises(ValueError):
+        Network(seed=b"short", listen=[LOCAL], peers=[], on_gossip=ignore_gossip, on_request=echo)
+
+
+@pytest.mark.trio
+async def test_addrs_carry_real_port_and_peer_id() -> None:
+    net = make("a")
+    assert net.addrs() == []
+    async with cluster() as start:
+        await start(net)
+        (addr,) = net.addrs()
+        assert addr.startswith("/ip4/127.0.0.1/tcp/")
+        assert port_of(net) != 0
+        assert addr.endswith(f"/p2p/{net.peer_id}")
+
+
+@pytest.mark.trio
+async def test_listen_port_in_use_is_an_error() -> None:
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        clash = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_of(a)}")
+        with pytest.raises(NetworkError):
+            await start(clash)
+
+
+# -- request / reply ----------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_request_reply_both_directions() -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    def handler(me: str) -> Callable[[str, bytes], Awaitable[bytes]]:
+        async def on_request(peer: str, data: bytes) -> bytes:
+            seen.append((me, peer, data))
+            return me.encode() + b":" + data
+
+        return on_request
+
+    async with cluster() as start:
+        a = make("a", on_request=handler("a"))
+        await start(a)
+        b = make("b", peers=a.addrs(), on_request=handler("b"))
+        await start(b)
+
+        assert await b.request(a.peer_id, b"ping", timeout=5) == b"a:ping"
+        # A never got an address for B: it reuses the connection B dialled.
+        assert await a.request(b.peer_id, b"pong", timeout=5) == b"b:pong"
+        # The handler sees the authenticated id of the requester.
+        assert seen == [("a", b.peer_id, b"ping"), ("b", a.peer_id, b"pong")]
+        assert a.connected_peers() == [b.peer_id]
+        assert b.connected_peers() == [a.peer_id]
+        # Follow-up requests reuse the one outbound stream per direction.
+        for i in range(5):
+            assert await b.request(a.peer_id, b"%d" % i, timeout=5) == b"a:%d" % i
+        stats = a.statistics()
+        assert stats.requests_sent == 1 and stats.requests_received == 6
+        assert stats.open_streams == 2  # one outbound (to B), one inbound (from B)
+        assert stats.connected_peers == 1
+
+
+@pytest.mark.trio
+async def test_peers_that_dial_each_other() -> None:
+    port_a, port_b = free_port(), free_port()
+    a = make("a", listen=f"/ip4/127.0.0.1/tcp/{port_a}")
+    b = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_b}")
+    a_cfg = make("a", listen=f"/ip4/127.0.0.1/tcp/{port_a}",
+                 peers=[f"/ip4/127.0.0.1/tcp/{port_b}/p2p/{b.peer_id}"])
+    b_cfg = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_b}",
+                 peers=[f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.peer_id}"])
+    async with cluster() as start:
+        await start(a_cfg)
+        await start(b_cfg)
+        await wait_until(lambda: a_cfg.connected_peers() == [b.peer_id])
+        await wait_until(lambda: b_cfg.connected_peers() == [a.peer_id])
+        for i in range(3):
+            assert await a_cfg.request(b.peer_id, b"%d" % i, timeout=5) == b"echo:%d" % i
+            assert await b_cfg.request(a.peer_id, b"%d" % i, timeout=5) == b"echo:%d" % i
+
+
+@pytest.mark.trio
+async def test_inbound_concurrency_is_bounded_per_stream() -> None:
+    release = trio.Event()
+    in_flight = 0
+    peak = 0
+
+    async def blocked(peer: str, data: bytes) -> bytes:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        return data
+
+    async with cluster() as start:
+        a = make("a", on_request=blocked)
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        replies: list[bytes] = []
+
+        async def one(i: int) -> None:
+            replies.append(await b.request(a.peer_id, b"%d" % i, timeout=20))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(one, i)
+            await wait_until(lambda: in_flight == 256)
+            await trio.sleep(0.3)  # the other 44 wait; they do not start
+            assert peak == 256
+            release.set()
+        assert sorted(replies) == sorted(b"%d" % i for i in range(300))
+        assert peak == 256
+
+
+@pytest.mark.trio
+async def test_request_to_self_is_in_process() -> None:
+    calls: list[str] = []
+
+    async def on_request(peer: str, data: bytes) -> bytes:
+        calls.append(peer)
+        return data[::-1]
+
+    async with cluster() as start:
+        a = make("a", on_request=on_request)
+        await start(a)
+        assert await a.request(a.peer_id, b"abc", timeout=1) == b"cba"
+        assert calls == [a.peer_id]
+        assert a.statistics().open_streams == 0
+
+
+@pytest.mark.trio
+async def test_200_concurrent_requests_share_one_stream() -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow_echo(peer: str, data: bytes) -> bytes:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await trio.sleep(random.uniform(0, 0.05))  # replies come back out of order
+        in_flight -= 1
+        return hashlib.sha256(data).digest()
+
+    async with cluster() as start:
+        a = make("a", on_request=slow_echo)
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        results: dict[int, bytes] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await b.request(a.peer_id, b"req-%d" % i, timeout=20)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+
+        assert len(results) == 200
+        for i, reply in results.items():
+            assert reply == hashlib.sha256(b"req-%d" % i).digest()
+        assert peak > 1
+        assert b.statistics().open_streams == 1
+        assert a.statistics().open_streams == 1
+        assert a.statistics().requests_received == 200
+
+
+@pytest.mark.trio
+async def test_large_payloads_round_trip() -> None:
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        payload = random.randbytes((1 << 20) - 5)
+        assert await b.request(a.peer_id, payload, timeout=10) == b"echo:" + payload
+        with pytest.raises(ValueError):
+            await b.request(a.peer_id, b"x" * ((1 << 20) + 1), timeout=1)
+
+
+@pytest.mark.trio
+async def test_handler_error_does_not_break_next_request() -> None:
+    async def on_request(peer: str, data: bytes) -> bytes:
+        if data == b"boom":
+            raise RuntimeError("handler exploded")
+        return b"ok:" + data
+
+    async with cluster() as start:
+        a = make("a", on_request=on_request)
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        assert await b.request(a.peer_id, b"1", timeout=5) == b"ok:1"
+        with trio.fail_after(2):
+            with pytest.raises(PeerUnreachable) as info:
+                await b.request(a.peer_id, b"boom", timeout=0.3)
+        assert info.value.peer_id == a.peer_id
+        assert await b.request(a.peer_id, b"2", timeout=5) == b"ok:2"
+        assert a.statistics().handler_errors == 1
+        assert b.statistics().requests_failed == 1
+        assert b.statistics().open_streams == 1  # still the same stream
+
+
+@pytest.mark.trio
+async def test_stream_break_fails_in_flight_requests_at_once() -> None:
+    async def hang(peer: str, data: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async with cluster() as start:
+        a_node = await start(make("a", on_request=hang))
+        a = a_node.net
+        b = make("b", peers=a.addrs())
+        await start(b)
+        failures: list[PeerUnreachable] = []
+
+        async def one() -> None:
+            with pytest.raises(PeerUnreachable) as info:
+                await b.request(a.peer_id, b"x", timeout=30)
+            failures.append(info.value)
+
+        with trio.fail_after(5):  # far less than the 30 s request timeout
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(one)
+                await wait_until(lambda: a.statistics().requests_received == 5)
+                await a_node.stop()
+        assert len(failures) == 5
+
+
+# -- misbehaving peers ------------------------------------------------------------
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "junk",
+    [
+        pytest.param(b"\xff" * 64, id="garbage"),
+        pytest.param(struct.pack("!IQ", 8 + 4097, 1) + b"x" * 100, id="oversized"),
+        pytest.param(struct.pack("!I", 3) + b"abc", id="length-below-id"),
+        pytest.param(encode_frame(1, b"y" * 100)[:50], id="closed-mid-frame"),
+    ],
+)
+async def test_bad_frames_close_that_stream_only(junk: bytes) -> None:
+    async with cluster() as start:
+        a = make("a", max_frame=4096)
+        await start(a)
+        b = make("b", peers=a.addrs(), max_frame=4096)
+        await start(b)
+        assert await b.request(a.peer_id, b"before", timeout=5) == b"echo:before"
+
+        raw = await b._open_stream(a.peer_id)  # a second, raw rpc stream to A
+        await raw.write(junk)
+        await raw.close()  # half-close: A sees the end of what we sent
+        await wait_until(lambda: a.statistics().frames_rejected == 1, timeout=5)
+
+        # A still serves the regular stream, and new ones.
+        assert await b.request(a.peer_id, b"after", timeout=5) == b"echo:after"
+        assert await a.request(b.peer_id, b"back", timeout=5) == b"echo:back"
+        assert a.connected_peers() == [b.peer_id]
+        await raw.reset()
+
+
+@pytest.mark.trio
+async def test_oversized_reply_is_not_sent() -> None:
+    async def big(peer: str, data: bytes) -> bytes:
+        return b"z" * 5000 if data == b"big" else b"small"
+
+    async with cluster() as start:
+        a = make("a", on_request=big, max_frame=4096)
+        await start(a)
+        b = make("b", peers=a.addrs(), max_frame=4096)
+        await start(b)
+        with pytest.raises(PeerUnreachable):
+            await b.request(a.peer_id, b"big", timeout=0.3)
+        assert await b.request(a.peer_id, b"x", timeout=5) == b"small"
+
+
+# -- unreachable peers ------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_unreachable_peer_raises_within_timeout() -> None:
+    ghost = make("ghost").peer_id
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+
+        # Nothing listening on the port: fails fast.
+        start_time = trio.current_time()
+        with pytest.raises(PeerUnreachable) as info:
+            await a.request(ghost, b"x", timeout=2, addrs=[f"/ip4/127.0.0.1/tcp/{free_port()}"])
+        assert info.value.peer_id == ghost
+        assert trio.current_time() - start_time < 2.5
+
+        # No address known at all.
+        with pytest.raises(PeerUnreachable):
+            await a.request(make("nobody").peer_id, b"x", timeout=2)
+
+        # A port that accepts TCP but never speaks: the timeout is what ends it.
+        async def silent(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            start_time = trio.current_time()
+            with pytest.raises(PeerUnreachable):
+                await a.request(ghost, b"x", timeout=1, addrs=[f"/ip4/127.0.0.1/tcp/{port}"])
+            elapsed = trio.current_time() - start_time
+            assert 0.9 < elapsed < 1.5
+            nursery.cancel_scope.cancel()
+        assert a.statistics().requests_failed == 3
+
+
+# -- redial -------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_redial_after_peer_restarts_on_same_port() -> None:
+    async with cluster() as start:
+        b_node = await start(make("b"))
+        b_addr = b_node.net.addrs()[0]
+        b_id = b_node.net.peer_id
+        port = port_of(b_node.net)
+
+        a = make("a", peers=[b_addr])
+        await start(a)
+        await wait_until(lambda: a.connected_peers() == [b_id])
+        assert await a.request(b_id, b"1", timeout=5) == b"echo:1"
+
+        await b_node.stop()
+        await wait_until(lambda: a.connected_peers() == [])
+        with pytest.raises(PeerUnreachable):
+            await a.request(b_id, b"while down", timeout=0.5)
+        await trio.sleep(1.0)  # let a few redials fail and the backoff grow
+
+        b2 = make("b", listen=f"/ip4/127.0.0.1/tcp/{port}")
+        assert b2.peer_id == b_id
+        await start(b2)
+        await wait_until(lambda: a.connected_peers() == [b_id], timeout=10)
+        assert await a.request(b_id, b"2", timeout=5) == b"echo:2"
+        assert await b2.request(a.peer_id, b"3", timeout=5) == b"echo:3"
+
+
+# -- gossip ---------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_gossip_reaches_all_with_origin_id() -> None:
+    got: dict[str, list[tuple[str, bytes]]] = {"a": [], "b": [], "c": []}
+    c_calls = 0
+
+    def collector(name: str) -> Callable[[str, bytes], Awaitable[None]]:
+        async def on_gossip(origin: str, data: bytes) -> None:
+            nonlocal c_calls
+            if name == "c":
+                c_calls += 1
+                if c_calls == 1:
+                    raise RuntimeError("a bad handler must not stop the subscription")
+            got[name].append((origin, data))
+
+        return on_gossip
+
+    async with cluster() as start:
+        a = make("a", on_gossip=collector("a"))
+        await start(a)
+        b = make("b", peers=a.addrs(), on_gossip=collector("b"))
+        await start(b)
+        c = make("c", peers=b.addrs(), on_gossip=collector("c"))  # C knows only B
+        await start(c)
+        await wait_until(lambda: len(b.connected_peers()) == 2)
+
+        # Gossip is best effort and the mesh needs a heartbeat or two to form:
+        # keep publishing until both B and C have seen A's messages.
+        with trio.fail_after(15):
+            i = 0
+            while not (got["b"] and got["c"]):
+                await a.publish(b"job-%d" % i)
+                i += 1
+                await trio.sleep(0.3)
+        await trio.sleep(0.5)
+
+        assert c.connected_peers() == [b.peer_id]  # C's messages came through B
+        for name in ("b", "c"):
+            assert got[name]
+            assert {origin for origin, _ in got[name]} == {a.peer_id}
+            assert all(data.startswith(b"job-") for _, data in got[name])
+        assert got["a"] == []  # never our own messages
+        assert a.statistics().gossip_published == i
+
+        # B's gossip reaches A and C too, each tagged with B as the origin.
+        before_a, before_c = len(got["a"]), len(got["c"])
+        await b.publish(b"from-b")
+        await wait_until(lambda: len(got["a"]) > before_a and len(got["c"]) > before_c, timeout=5)
+        assert got["a"][-1] == (b.peer_id, b"from-b")
+        assert got["c"][-1] == (b.peer_id, b"from-b")

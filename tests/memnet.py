@@ -1,0 +1,103 @@
+"""An in-memory network of nodes for protocol tests: the real roles, store and dispatcher,
+with bytes passed between them in-process instead of over libp2p."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from compute import CapacityTracker, ComputeService
+from executors import ExecutorRegistry, NoopExecutor
+from executors.noop import NoopHooks
+from jobs import Resources
+from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
+from node.store import Store
+from requester import RequesterService
+
+
+class MemoryHub:
+    def __init__(self) -> None:
+        self.transports: dict[str, MemoryTransport] = {}
+        self.requests = 0
+        self.gossip = 0
+
+
+class MemoryTransport:
+    def __init__(self, hub: MemoryHub, peer_id: str) -> None:
+        self.hub = hub
+        self.peer_id = peer_id
+        self.dispatcher: Dispatcher | None = None
+        self.down = False
+        hub.transports[peer_id] = self
+
+    def addrs(self) -> list[str]:
+        return [f"/memory/{self.peer_id}"]
+
+    async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
+        await trio.lowlevel.checkpoint()
+        target = self.hub.transports.get(peer_id)
+        if self.down or target is None or target.down or target.dispatcher is None:
+            raise TransportUnreachable(f"{peer_id} is down")
+        self.hub.requests += 1
+        with trio.move_on_after(timeout):
+            return await target.dispatcher.on_request(self.peer_id, data)
+        raise TransportUnreachable("timed out")
+
+    async def publish(self, data: bytes) -> None:
+        if self.down:
+            return
+        self.hub.gossip += 1
+        for other in list(self.hub.transports.values()):
+            if other is not self and not other.down and other.dispatcher is not None:
+                await other.dispatcher.on_gossip(self.peer_id, data)
+
+
+@dataclass
+class MemoryNode:
+    peer_id: str
+    transport: MemoryTransport
+    store: Store
+    requester: RequesterService | None
+    compute: ComputeService | None
+    noop: NoopExecutor
+    scope: trio.CancelScope
+
+
+@asynccontextmanager
+async def memory_node(
+    hub: MemoryHub, peer_id: str, data_dir: Path, *, requester: bool = True, compute: bool = True,
+    total: Resources | None = None, per_job: Resources | None = None, hooks: NoopHooks | None = None,
+) -> AsyncIterator[MemoryNode]:
+    """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    transport = MemoryTransport(hub, peer_id)
+    dispatcher = Dispatcher(None, None)
+    peers = MessagePeers(transport, dispatcher)
+    store = Store(data_dir / "shoal.db")
+    noop = NoopExecutor(hooks)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        c = r = None
+        if compute:
+            c = ComputeService(peers=peers, store=store, executors=ExecutorRegistry.all_noop(noop),
+                               capacity=CapacityTracker(total or Resources(cpu=4, memory="8GiB", disk="10GiB"),
+                                                        per_job), work_dir=data_dir / "work")
+            await nursery.start(c.run)
+        if requester:
+            r = RequesterService(peers=peers, store=store)
+            if c is not None:
+                r.on_node_info(peer_id, c.node_info())
+            await nursery.start(r.run)
+        dispatcher.requester, dispatcher.compute = r, c
+        transport.dispatcher = dispatcher
+        node = MemoryNode(peer_id, transport, store, r, c, noop, nursery.cancel_scope)
+        try:
+            yield node
+        finally:
+            transport.down = True
+            transport.dispatcher = None
+            nursery.cancel_scope.cancel()

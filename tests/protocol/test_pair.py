@@ -1,0 +1,181 @@
+"""Requester and compute nodes over an in-memory network: the protocol without libp2p."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import trio
+
+from jobs import ExecutionState, JobSpec, JobState, Resources
+from jobs.messages import Announce, Decision, decode, encode
+from tests.memnet import MemoryHub, memory_node
+
+NOOP = {"engine": {"name": "noop"}}
+
+
+def spec(**kw) -> JobSpec:
+    return JobSpec.model_validate({**NOOP, **kw})
+
+
+async def wait_terminal(requester, job_id: str, timeout: float = 10.0):
+    with trio.fail_after(timeout):
+        while True:
+            d = await requester.describe(job_id)
+            if d.job.state.is_terminal:
+                return d
+            await requester.wait(job_id, 0.5)
+
+
+async def test_three_nodes_run_a_job_with_concurrency_three(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(3)]
+        await trio.sleep(1.5)  # node info gossip
+        job, created = await nodes[0].requester.submit(spec(deal={"concurrency": 3}), "alice")
+        assert created
+        d = await wait_terminal(nodes[0].requester, job.id)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        done = [x for x in d.executions if x.state is ExecutionState.COMPLETED]
+        assert sorted(x.node_id for x in done) == ["n0", "n1", "n2"]
+        assert d.phases.submitted <= d.phases.first_bid <= d.phases.finished
+
+
+async def test_messages_per_job_do_not_grow_with_nodes(tmp_path):
+    counts = {}
+    for n in (3, 8):
+        hub = MemoryHub()
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"{n}-{i}"))
+                     for i in range(n)]
+            await trio.sleep(1.5)
+            before = hub.requests
+            for _ in range(5):
+                job, _ = await nodes[0].requester.submit(spec(), "alice")
+                await wait_terminal(nodes[0].requester, job.id)
+            counts[n] = (hub.requests - before) / 5
+    # concurrency=1: a bid (and its reply) and a result from the winner; other nodes' bids are refused
+    # in their reply, but nodes that never bid send nothing.
+    assert counts[8] <= counts[3] + 5, counts
+
+
+async def test_impossible_job_fails_fast_with_reason(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "n0", tmp_path / "n0", per_job=Resources(cpu=1, memory="1GiB", disk=0)) as n:
+        job, _ = await n.requester.submit(spec(resources={"memory": "8GiB"}), "alice")
+        assert job.state is JobState.FAILED
+        assert "8 GiB memory" in job.reason
+
+
+async def test_full_node_bids_once_capacity_frees(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "n0", tmp_path / "n0", total=Resources(cpu=1, memory="1GiB", disk=0)) as n:
+        n.noop.hooks.delay = 0.5
+        first, _ = await n.requester.submit(spec(resources={"cpu": 1}), "alice")
+        await trio.sleep(0.1)
+        second, _ = await n.requester.submit(spec(resources={"cpu": 1}), "alice")
+        await trio.sleep(0.2)
+        d2 = await n.requester.describe(second.id)
+        assert d2.job.state is JobState.PENDING and not d2.executions  # passed over: no room
+        assert len(n.compute.backlog) == 1
+        d1 = await wait_terminal(n.requester, first.id)
+        d2 = await wait_terminal(n.requester, second.id)
+        assert d1.job.state is JobState.COMPLETED and d2.job.state is JobState.COMPLETED
+        # it bid only after the first one finished
+        assert d2.executions[0].created_at >= d1.phases.finished - 0.05
+        assert n.compute.capacity.statistics().reservations == 0
+
+
+async def test_lost_compute_node_work_is_reoffered(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        stack2 = AsyncExitStack()
+        a = await stack2.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        a.noop.hooks.delay = 60
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(deadlines={"silence": 1.0}), "alice")
+        await trio.sleep(0.5)
+        assert (await req.requester.describe(job.id)).job.state is JobState.RUNNING
+        await stack2.aclose()  # node a dies mid-run
+        await stack.enter_async_context(memory_node(hub, "b", tmp_path / "b", requester=False))
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        states = {x.node_id: x.state for x in d.executions}
+        assert states == {"a": ExecutionState.FAILED, "b": ExecutionState.COMPLETED}
+
+
+async def test_restarted_compute_node_reports_lost_execution(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+        async with memory_node(hub, "a", tmp_path / "a", requester=False) as a:
+            a.noop.hooks.delay = 60
+            await trio.sleep(1.5)
+            job, _ = await req.requester.submit(spec(), "alice")
+            await trio.sleep(0.5)
+        hub.transports.pop("a")
+        async with memory_node(hub, "a", tmp_path / "a", requester=False):  # same data dir: restart
+            d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        reasons = [x.reason for x in d.executions if x.state is ExecutionState.FAILED]
+        assert any("restarted" in r for r in reasons)
+
+
+async def test_restarted_requester_finishes_its_jobs(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "a", tmp_path / "a", requester=False) as a:
+        a.noop.hooks.delay = 1.0
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1.5)
+            job, _ = await req.requester.submit(spec(), "alice")
+            await trio.sleep(0.3)
+        hub.transports.pop("req")
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            d = await wait_terminal(req.requester, job.id, timeout=20)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+
+
+async def test_min_bids_waits_then_chooses(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(3)]
+        await trio.sleep(1.5)
+        job, _ = await nodes[0].requester.submit(spec(deal={"concurrency": 1, "min_bids": 3}), "alice")
+        d = await wait_terminal(nodes[0].requester, job.id)
+        assert d.job.state is JobState.COMPLETED
+        states = sorted(x.state for x in d.executions)
+        assert states.count(ExecutionState.COMPLETED) == 1 and states.count(ExecutionState.REJECTED) == 2
+        for n in nodes:  # every rejected node got its capacity back
+            assert n.compute.capacity.statistics().reservations == 0
+
+
+async def test_only_the_requester_may_decide_or_cancel(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        await stack.enter_async_context(memory_node(hub, "mallory", tmp_path / "m", compute=False))
+        a.noop.hooks.delay = 2
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(deal={"min_bids": 2}), "alice")
+        await trio.sleep(0.3)
+        (ex,) = list(a.compute._live.values())
+        reply = decode(await a.transport.dispatcher.on_request(
+            "mallory", encode(Decision(job_id=job.id, execution_id=ex.id, accepted=True))))
+        assert not reply.ok and "requester" in reply.reason
+        assert a.compute._live[ex.id].state is ExecutionState.BIDDING
+
+
+async def test_garbage_and_forged_messages_are_dropped(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "n0", tmp_path / "n0") as n:
+        d = n.transport.dispatcher
+        for junk in (b"", b"\xff\x00", b"{}", b'{"kind":"bid"}', b"[" * 10000, b'{"kind":"announce","v":1}'):
+            reply = decode(await d.on_request("x", junk))
+            assert not reply.ok
+            await d.on_gossip("x", junk)
+        # an announcement whose origin is not its requester is ignored
+        ann = Announce(job_id="j-x", spec=spec(), requester="someone-else")
+        await d.on_gossip("x", encode(ann))
+        await trio.sleep(0.1)
+        assert not n.compute._live
+        assert d.dropped >= 12

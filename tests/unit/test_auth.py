@@ -1,0 +1,318 @@
+"""Request signing (shoal._auth) against the verifier (node.api.auth), through a real FastAPI app."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel
+
+from node.api.auth import NonceCache, RequestVerifier
+from shoal._auth import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    SIGNATURE_HEADERS,
+    ClientKey,
+    ShoalAuth,
+    b64decode,
+    b64encode,
+    canonical_request,
+    client_id_for,
+)
+
+NOW = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Echo(BaseModel):
+    text: str
+
+
+def make_app(verifier: RequestVerifier) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/echo")
+    async def echo(body: Echo, request: Request, client_id: str = Depends(verifier)) -> dict[str, str]:
+        # The verifier read the body first; the route still gets it, parsed and raw.
+        raw = await request.body()
+        return {"client_id": client_id, "text": body.text, "raw": raw.decode()}
+
+    @app.get("/v1/items")
+    async def items(q: str, page: int = 1, client_id: str = Depends(verifier)) -> dict[str, object]:
+        return {"client_id": client_id, "q": q, "page": page}
+
+    return app
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def verifier(clock: Clock) -> RequestVerifier:
+    return RequestVerifier(clock=clock)
+
+
+@pytest.fixture
+def key() -> ClientKey:
+    return ClientKey.generate()
+
+
+@pytest.fixture
+async def http(verifier: RequestVerifier) -> AsyncIterator[httpx.AsyncClient]:
+    """An unauthenticated client on the app; tests sign (or mis-sign) requests themselves."""
+    transport = httpx.ASGITransport(app=make_app(verifier))
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        yield client
+
+
+def signed(
+    http: httpx.AsyncClient, key: ClientKey, method: str, url: str, clock: Clock, **kw: object
+) -> httpx.Request:
+    request = http.build_request(method, url, **kw)  # type: ignore[arg-type]
+    return ShoalAuth(key, clock=clock).sign(request)
+
+
+def detail(response: httpx.Response) -> str:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"] == "Shoal-Ed25519"
+    return response.json()["detail"]
+
+
+# -- accepted ------------------------------------------------------------------------------------
+
+
+async def test_signed_post_passes_and_route_sees_client_id_and_body(http, key, clock) -> None:
+    response = await http.send(signed(http, key, "POST", "/v1/echo", clock, json={"text": "hi there"}))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"client_id": key.client_id, "text": "hi there", "raw": '{"text":"hi there"}'}
+
+
+async def test_signed_get_with_query_passes(http, key, clock) -> None:
+    request = signed(http, key, "GET", "/v1/items", clock, params={"q": "a b/ü", "page": "2"})
+    assert b"?" in request.url.raw_path
+    response = await http.send(request)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"client_id": key.client_id, "q": "a b/ü", "page": 2}
+
+
+async def test_auth_class_signs_every_request_with_fresh_nonce(verifier, key, clock) -> None:
+    """ShoalAuth used as httpx's auth: repeated identical requests are not replays."""
+    transport = httpx.ASGITransport(app=make_app(verifier))
+    auth = ShoalAuth(key, clock=clock)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node", auth=auth) as client:
+        first = await client.get("/v1/items", params={"q": "x"})
+        second = await client.get("/v1/items", params={"q": "x"})
+    assert first.status_code == second.status_code == 200
+    assert first.request.headers[HEADER_NONCE] != second.request.headers[HEADER_NONCE]
+
+
+def test_client_id_format(key: ClientKey) -> None:
+    assert key.client_id == "c" + hashlib.sha256(key.public_key).hexdigest()[:32]
+    assert len(key.client_id) == 33
+    assert client_id_for(b64decode(key.public_key_b64)) == key.client_id
+
+
+def test_canonical_string_layout() -> None:
+    body = b'{"a":1}'
+    message = canonical_request("post", b"/v1/jobs?x=1", "1700000000", "ab" * 16, body)
+    assert (
+        message
+        == b"POST\n/v1/jobs?x=1\n1700000000\n"
+        + b"ab" * 16
+        + b"\n"
+        + hashlib.sha256(body).hexdigest().encode()
+    )
+
+
+def test_headers_are_urlsafe_base64(key: ClientKey, clock: Clock) -> None:
+    request = ShoalAuth(key, clock=clock).sign(httpx.Request("GET", "http://node/v1/node"))
+    assert len(b64decode(request.headers[HEADER_KEY])) == 32
+    assert len(b64decode(request.headers[HEADER_SIGNATURE])) == 64
+    assert request.headers[HEADER_TIMESTAMP] == str(int(NOW))
+    assert len(request.headers[HEADER_NONCE]) == 32 and int(request.headers[HEADER_NONCE], 16) >= 0
+    assert b64decode(request.headers[HEADER_KEY].rstrip("=")) == key.public_key  # unpadded accepted too
+
+
+# -- rejected ------------------------------------------------------------------------------------
+
+
+async def test_missing_headers_are_named(http, key, clock) -> None:
+    response = await http.post("/v1/echo", json={"text": "x"})
+    assert detail(response) == "missing signature headers: " + ", ".join(SIGNATURE_HEADERS)
+
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+    del request.headers[HEADER_NONCE]
+    assert detail(await http.send(request)) == f"missing signature headers: {HEADER_NONCE}"
+
+
+async def test_malformed_key(http, key, clock) -> None:
+    for bad in ("not base64!!", b64encode(b"short")):
+        request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+        request.headers[HEADER_KEY] = bad
+        assert detail(await http.send(request)) == "malformed key"
+
+
+async def test_forged_signature_is_rejected(http, key, clock) -> None:
+    """Another key's valid signature, presented with this key's public key."""
+    request = signed(http, ClientKey.generate(), "POST", "/v1/echo", clock, json={"text": "x"})
+    request.headers[HEADER_KEY] = key.public_key_b64
+    assert detail(await http.send(request)) == "bad signature"
+
+
+async def test_tampered_body_is_rejected(http, key, clock) -> None:
+    original = signed(http, key, "POST", "/v1/echo", clock, json={"text": "pay 1"})
+    tampered = http.build_request("POST", "/v1/echo", json={"text": "pay 9"}, headers=original.headers)
+    assert tampered.headers[HEADER_SIGNATURE] == original.headers[HEADER_SIGNATURE]
+    assert detail(await http.send(tampered)) == "bad signature"
+    # and the untampered original still goes through: the failed attempt did not burn its nonce
+    assert (await http.send(original)).status_code == 200
+
+
+async def test_tampered_query_string_is_rejected(http, key, clock) -> None:
+    original = signed(http, key, "GET", "/v1/items", clock, params={"q": "mine"})
+    tampered = http.build_request(
+        "GET", "/v1/items", params={"q": "mine", "page": "2"}, headers=original.headers
+    )
+    assert detail(await http.send(tampered)) == "bad signature"
+    moved = http.build_request("GET", "/v1/items", params={"q": "theirs"}, headers=original.headers)
+    assert detail(await http.send(moved)) == "bad signature"
+
+
+async def test_path_is_verified_as_raw_bytes(http, key, clock) -> None:
+    """``/v1/%69tems`` routes like ``/v1/items`` but is not what was signed."""
+    original = signed(http, key, "GET", "/v1/items", clock, params={"q": "x"})
+    encoded = http.build_request("GET", "/v1/%69tems", params={"q": "x"}, headers=original.headers)
+    assert encoded.url.raw_path.startswith(b"/v1/%69tems")
+    assert detail(await http.send(encoded)) == "bad signature"
+
+
+async def test_replayed_request_is_rejected(http, key, clock) -> None:
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "once"})
+    assert (await http.send(request)).status_code == 200
+    assert detail(await http.send(request)) == "nonce already used"
+
+
+async def test_stale_timestamp_is_rejected(http, key, clock) -> None:
+    request = signed(http, key, "POST", "/v1/echo", Clock(NOW - 360), json={"text": "x"})
+    assert detail(await http.send(request)) == "timestamp 360 s off (max 300)"
+    future = signed(http, key, "POST", "/v1/echo", Clock(NOW + 400), json={"text": "x"})
+    assert detail(await http.send(future)) == "timestamp 400 s off (max 300)"
+    just_inside = signed(http, key, "POST", "/v1/echo", Clock(NOW - 299), json={"text": "x"})
+    assert (await http.send(just_inside)).status_code == 200
+
+
+async def test_malformed_timestamp_and_nonce(http, key, clock) -> None:
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+    request.headers[HEADER_TIMESTAMP] = "soon"
+    assert detail(await http.send(request)).startswith("malformed timestamp")
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+    request.headers[HEADER_NONCE] = "x" * 32
+    assert detail(await http.send(request)).startswith("malformed nonce")
+
+
+async def test_unsigned_garbage_does_not_fill_the_nonce_cache(http, verifier, key, clock) -> None:
+    request = signed(http, ClientKey.generate(), "POST", "/v1/echo", clock, json={"text": "x"})
+    request.headers[HEADER_KEY] = key.public_key_b64
+    await http.send(request)
+    assert len(verifier.nonces) == 0
+
+
+# -- nonce cache ---------------------------------------------------------------------------------
+
+
+def test_nonce_cache_is_per_key_bounded_and_expires() -> None:
+    cache = NonceCache(max_entries=3)
+    a, b = b"a" * 32, b"b" * 32
+    assert cache.add(a, b"n1", now=0, expires_at=300)
+    assert not cache.add(a, b"n1", now=1, expires_at=301)
+    assert cache.add(b, b"n1", now=1, expires_at=301)  # same nonce, other client: fine
+    assert cache.add(a, b"n2", now=2, expires_at=302)
+    assert cache.add(a, b"n3", now=3, expires_at=303)  # full: the oldest (a, n1) is evicted
+    assert len(cache) == 3
+    assert cache.add(a, b"n1", now=4, expires_at=304)
+    assert cache.add(a, b"n4", now=1000, expires_at=1300)  # everything else expired
+    assert len(cache) == 1
+
+
+# -- key file ------------------------------------------------------------------------------------
+
+
+def test_key_file_created_0600_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    first = ClientKey.load_or_create()
+    path = tmp_path / "home" / "client.key"
+    assert first.path == path
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    second = ClientKey.load_or_create()
+    assert second.client_id == first.client_id
+    assert second.public_key == first.public_key
+    assert [p.name for p in path.parent.iterdir()] == ["client.key"]  # no temp files left
+    assert "PRIVATE KEY" not in repr(first)
+
+
+def test_key_file_explicit_path_and_raw_seed(tmp_path: Path) -> None:
+    key = ClientKey.load_or_create(tmp_path / "k" / "id.key")
+    assert ClientKey.load(tmp_path / "k" / "id.key").client_id == key.client_id
+    seed_file = tmp_path / "seed"
+    seed_file.write_bytes(bytes(range(32)))
+    assert ClientKey.load(seed_file).client_id == ClientKey.from_seed(bytes(range(32))).client_id
+    (tmp_path / "junk").write_bytes(b"hello")
+    with pytest.raises(ValueError, match="cannot read client key"):
+        ClientKey.load(tmp_path / "junk")
+
+
+# -- over a real socket ----------------------------------------------------------------------------
+
+
+async def test_sdk_signature_verifies_through_hypercorn(key: ClientKey) -> None:
+    """ASGITransport derives raw_path from the same httpx URL the signer used; a real server
+    parses it off the wire. Percent-encoded paths and queries must still verify."""
+    from functools import partial
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    import shoal
+
+    app = FastAPI()
+    verifier = RequestVerifier()
+
+    @app.get("/v1/jobs/{job_id}")
+    async def describe(job_id: str, request: Request, client_id: str = Depends(verifier)) -> dict[str, str]:
+        return {"id": job_id, "raw": request.scope["raw_path"].decode(), "owner": client_id}
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.loglevel = "WARNING"
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown.wait))
+        async with shoal.AsyncClient(binds[0], key=key) as client:
+            request = client._describe_request("a b ü?&x", wait=1.5)
+            response = await client._http.send(request)
+        shutdown.set()
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "id": "a b ü?&x",
+        "raw": "/v1/jobs/a%20b%20%C3%BC%3F%26x",
+        "owner": key.client_id,
+    }

@@ -1,0 +1,560 @@
+"""The ``shoal`` CLI, driven through typer's CliRunner against a fake SDK client (no node)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+from typer.testing import CliRunner
+
+import cli.main
+from cli.main import app
+from cli.specs import split_input
+from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
+from jobs.messages import NodeInfo
+from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases
+from shoal import ConnectionFailed, InvalidRequest, NotFound, WaitTimeout
+
+JOB_ID = "j-7f3a9c21d4e5b6a7"
+NODE_ID = "12D3KooWQmNodeAlphaXXXXXXXXXX"
+NOW = time.time()
+
+
+def describe_of(spec: JobSpec, state: JobState = JobState.PENDING, reason: str = "", **result: Any) -> JobDescription:
+    job = Job(id=JOB_ID, owner="client-1", spec=spec, state=state, reason=reason, created_at=NOW - 5, updated_at=NOW)
+    executions = []
+    if state.is_terminal:
+        executions.append(
+            Execution(
+                id="e-1", job_id=JOB_ID, node_id=NODE_ID, requester="req", created_at=NOW - 4, updated_at=NOW,
+                state=ExecutionState.COMPLETED if state == JobState.COMPLETED else ExecutionState.FAILED,
+                result=RunResult(exit_code=result.get("exit_code", 0), stdout=result.get("stdout", ""),
+                                 cid=result.get("cid"), started_at=NOW - 3, finished_at=NOW - 1),
+            )
+        )  # fmt: skip
+    phases = Phases(submitted=NOW - 5, announced=NOW - 4.99, first_bid=NOW - 4.9, finished=NOW - 1)
+    return JobDescription(job=job, executions=executions, phases=phases)
+
+
+class FakeClient:
+    """Stands in for ``shoal.Client``: records calls, answers from canned state."""
+
+    def __init__(self, api_url: str | None = None, *, timeout: float = 30.0) -> None:
+        self.api_url = api_url
+        self.submitted: list[tuple[JobSpec, str | None]] = []
+        self.final_state = JobState.COMPLETED
+        self.final_reason = ""
+        self.stdout = "hello from the job\n"
+        self.wait_error: BaseException | None = None
+        self.error: BaseException | None = None  # raised by every call when set
+        self.spec = JobSpec(engine={"name": "noop"})
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobDescription:
+        self._check()
+        self.submitted.append((spec, idempotency_key))
+        self.spec = spec
+        return describe_of(spec)
+
+    def describe(self, job_id: str) -> JobDescription:
+        self._check()
+        if job_id != JOB_ID:
+            raise NotFound(f"no job {job_id}", 404, "not_found")
+        return describe_of(self.spec, self.final_state, self.final_reason, stdout=self.stdout, cid="bafyresults")
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobDescription:
+        self._check()
+        if self.wait_error is not None:
+            raise self.wait_error
+        return self.describe(job_id)
+
+    def list(self, *, state: str | None = None, limit: int = 50, offset: int = 0, all: bool = False) -> JobList:
+        self._check()
+        self.list_args = {"state": state, "limit": limit, "all": all}
+        job = describe_of(self.spec, self.final_state).job
+        return JobList(jobs=[job], total=1)
+
+    def cancel(self, job_id: str) -> JobDescription:
+        self._check()
+        return describe_of(self.spec, JobState.CANCELLED, "cancelled by the user")
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
+        self._check()
+        for i, kind in enumerate((EventKind.CREATED, EventKind.BID, EventKind.COMPLETED)):
+            yield Event(seq=i + 1, job_id=job_id, at=NOW + i * 0.01, kind=kind, node_id=NODE_ID, message=f"m{i}")
+
+    def logs(self, job_id: str, stream: str = "stdout") -> str:
+        self._check()
+        return self.stdout if stream == "stdout" else "some warnings\n"
+
+    def follow_logs(self, job_id: str, stream: str = "stdout") -> Iterator[str]:
+        yield from ("part1 ", "part2\n")
+
+    def download(self, job_id: str, dest: Path) -> Path:
+        self._check()
+        self.downloaded_to = Path(dest)
+        return Path(dest)
+
+    def node(self) -> NodeStatus:
+        self._check()
+        r = Resources(cpu=8, memory="16GiB", disk="100GiB")
+        return NodeStatus(peer_id=NODE_ID, addrs=["/ip4/127.0.0.1/tcp/4001"], roles=["requester", "compute"],
+                          engines=["noop", "docker"], capacity=Capacity(total=r, free=r, max_per_job=r),
+                          running=0, backlog=0, version="0.1.0")  # fmt: skip
+
+    def peers(self) -> PeerList:
+        self._check()
+        return PeerList(peers=["12D3KooWPeerOne", "12D3KooWPeerTwo"])
+
+    def nodes(self) -> NodeList:
+        self._check()
+        total = Resources(cpu=8, memory="16GiB", disk="100GiB")
+        free = Resources(cpu=6, memory="12GiB", disk="100GiB")
+        info = NodeInfo(peer_id=NODE_ID, engines=["noop", "wasm"], max_per_job=total, total=total, free=free)
+        return NodeList(nodes=[info])
+
+    def version(self) -> str:
+        self._check()
+        return "0.1.0-node"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    client = FakeClient()
+    made: list[str | None] = []
+
+    def make_client(api_url: str | None, *, timeout: float = 30.0) -> FakeClient:
+        made.append(api_url)
+        client.api_url = api_url
+        return client
+
+    monkeypatch.setattr(cli.main, "make_client", make_client)
+    monkeypatch.delenv("SHOAL_API", raising=False)
+    client.made = made  # type: ignore[attr-defined]
+    return client
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def submitted(fake: FakeClient) -> JobSpec:
+    assert len(fake.submitted) == 1
+    return fake.submitted[0][0]
+
+
+# -- spec building ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ipfs://bafyabc:/data", ("ipfs://bafyabc", "/data")),
+        ("bafyabc:/inputs", ("bafyabc", "/inputs")),
+        ("https://x/y:/data", ("https://x/y", "/data")),
+        ("https://host:8080/file.csv:/in/file.csv", ("https://host:8080/file.csv", "/in/file.csv")),
+        ("https://x/y:/data:v2", ("https://x/y", "/data:v2")),
+    ],
+)
+def test_split_input(value: str, expected: tuple[str, str]) -> None:
+    assert split_input(value) == expected
+
+
+def test_input_without_path_is_a_usage_error(fake: FakeClient) -> None:
+    result = run("run", "noop", "-i", "https://x/y")
+    assert result.exit_code == 2
+    assert "--input" in result.stderr and "SRC:PATH" in result.stderr
+    assert fake.submitted == []
+
+
+def test_docker_run_builds_the_spec_from_flags(fake: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FROM_HERE", "passed-through")
+    result = run(
+        "docker", "run", "ubuntu:24.04",
+        "-i", "ipfs://bafyin:/inputs", "-i", "https://x/y:/data",
+        "-o", "results:/outputs", "-e", "A=1", "-e", "B=x=y", "-e", "FROM_HERE",
+        "--cpu", "500m", "--memory", "512MiB", "--disk", "1GB", "--timeout", "30",
+        "--concurrency", "3", "--confidence", "2", "--min-bids", "3", "--idempotency-key", "k-1",
+        "--no-wait", "--", "sh", "-c", "echo hi",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    spec = submitted(fake)
+    assert spec.engine.name == "docker"
+    assert spec.engine.image == "ubuntu:24.04"
+    assert spec.engine.entrypoint == ["sh"] and spec.engine.args == ["-c", "echo hi"]
+    assert [(i.source, i.path) for i in spec.inputs] == [("ipfs://bafyin", "/inputs"), ("https://x/y", "/data")]
+    assert [(o.name, o.path) for o in spec.outputs] == [("results", "/outputs")]
+    assert spec.env == {"A": "1", "B": "x=y", "FROM_HERE": "passed-through"}
+    assert spec.resources == Resources(cpu=0.5, memory=512 * 1024**2, disk=10**9)
+    assert spec.timeout == 30
+    assert (spec.deal.concurrency, spec.deal.confidence, spec.deal.min_bids) == (3, 2, 3)
+    assert fake.submitted[0][1] == "k-1"
+    assert result.stdout == f"{JOB_ID}\n"
+
+
+def test_unset_flags_keep_spec_defaults(fake: FakeClient) -> None:
+    assert run("run", "noop", "--no-wait").exit_code == 0
+    assert submitted(fake) == JobSpec(engine={"name": "noop"})
+
+
+def test_wasm_run(fake: FakeClient) -> None:
+    result = run("wasm", "run", "ipfs://bafymod", "--entrypoint", "main", "--no-wait", "--", "a", "-b")
+    assert result.exit_code == 0, result.stderr
+    engine = submitted(fake).engine
+    assert (engine.name, engine.module, engine.entrypoint) == ("wasm", "ipfs://bafymod", "main")
+    assert engine.args == ["a", "-b"]
+
+
+def test_run_python_script_and_code(fake: FakeClient) -> None:
+    assert run("run", "python", "--no-wait", "main.py", "--", "--n", "3").exit_code == 0
+    engine = fake.submitted[-1][0].engine
+    assert (engine.main, engine.code, engine.args) == ("main.py", None, ["--n", "3"])
+    assert run("run", "python", "-c", "print(42)", "--no-wait", "-r", "numpy").exit_code == 0
+    engine = fake.submitted[-1][0].engine
+    assert (engine.main, engine.code, engine.requirements) == (None, "print(42)", ["numpy"])
+
+
+def test_run_python_needs_a_program(fake: FakeClient) -> None:
+    result = run("run", "python", "--no-wait")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and fake.submitted == []
+
+
+def test_invalid_memory_names_the_field(fake: FakeClient) -> None:
+    result = run("run", "noop", "--memory", "lots")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: resources.memory (--memory): cannot read size 'lots': use bytes or a unit such as 512MiB, 2GB"
+    ]
+    assert fake.submitted == []
+
+
+def test_every_spec_problem_gets_its_own_line(fake: FakeClient) -> None:
+    result = run("run", "noop", "--memory", "-5", "--concurrency", "0", "-o", "bad name:/out", "-e", "1X=2")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("Error: ") for line in lines)
+    assert len(lines) == 4, lines
+    for flag in ("--memory", "--concurrency", "--output", "--env"):
+        assert any(flag in line for line in lines), (flag, lines)
+    assert "Traceback" not in result.output
+
+
+def test_confidence_above_concurrency(fake: FakeClient) -> None:
+    result = run("run", "noop", "--concurrency", "1", "--confidence", "2")
+    assert result.exit_code == 2
+    assert "confidence cannot exceed concurrency" in result.stderr
+
+
+def test_unknown_flag_is_one_line_and_exit_2(fake: FakeClient) -> None:
+    result = run("run", "noop", "--cpus", "2")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: No such option: --cpus")
+    assert line.endswith("(see 'shoal run noop --help')")
+
+
+def test_unknown_flag_after_a_script_hints_at_the_double_dash(fake: FakeClient) -> None:
+    result = run("run", "python", "main.py", "--n", "3")
+    assert result.exit_code == 2
+    assert "the job's own arguments go after --" in result.stderr
+
+
+def test_no_arguments_shows_help() -> None:
+    result = run()
+    assert result.exit_code == 2
+    assert "Usage: shoal" in result.output
+
+
+# -- waiting and exit codes -------------------------------------------------------------------
+
+
+def test_completed_job_prints_its_stdout(fake: FakeClient) -> None:
+    result = run("run", "noop")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "hello from the job\n"  # exactly the job's output: pipes stay clean
+    assert f"shoal get {JOB_ID}" in result.stderr
+    assert "ipfs://bafyresults" in result.stderr
+
+
+def test_failed_job_exits_1_with_its_reason(fake: FakeClient) -> None:
+    fake.final_state, fake.final_reason = JobState.FAILED, "exit code 3 on every node"
+    result = run("run", "noop")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: job {JOB_ID} failed: exit code 3 on every node"
+    assert result.stdout == ""
+
+
+def test_cancelled_job_exits_1(fake: FakeClient) -> None:
+    fake.final_state, fake.final_reason = JobState.CANCELLED, "cancelled by the user"
+    assert run("run", "noop").exit_code == 1
+
+
+def test_json_output_parses(fake: FakeClient) -> None:
+    result = run("run", "noop", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["job"]["id"] == JOB_ID and data["job"]["state"] == "completed"
+    assert JobDescription.model_validate(data).job.spec == JobSpec(engine={"name": "noop"})
+
+
+def test_json_no_wait_prints_the_submitted_description(fake: FakeClient) -> None:
+    result = run("run", "noop", "--json", "--no-wait")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["job"]["state"] == "pending"
+
+
+def test_json_failed_job_still_prints_json_and_exits_1(fake: FakeClient) -> None:
+    fake.final_state = JobState.FAILED
+    result = run("run", "noop", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["job"]["state"] == "failed"
+
+
+def test_id_only_prints_only_the_id(fake: FakeClient) -> None:
+    result = run("run", "noop", "--id-only")
+    assert result.exit_code == 0
+    assert result.stdout == f"{JOB_ID}\n"
+    assert result.stderr == ""
+    result = run("run", "noop", "--id-only", "--no-wait")
+    assert (result.exit_code, result.stdout) == (0, f"{JOB_ID}\n")
+
+
+def test_id_only_exit_code_follows_the_job(fake: FakeClient) -> None:
+    fake.final_state = JobState.FAILED
+    result = run("run", "noop", "--id-only")
+    assert (result.exit_code, result.stdout) == (1, f"{JOB_ID}\n")
+
+
+def test_wait_timeout_exits_124(fake: FakeClient) -> None:
+    fake.wait_error = WaitTimeout("job not finished after 1s", describe_of(fake.spec, JobState.RUNNING, "running"))
+    result = run("run", "noop", "--wait-timeout", "1")
+    assert result.exit_code == 124
+    assert "still running" in result.stderr
+
+
+def test_ctrl_c_while_waiting_exits_130_quietly(fake: FakeClient) -> None:
+    fake.wait_error = KeyboardInterrupt()
+    result = run("run", "noop")
+    assert result.exit_code == 130
+    assert "Traceback" not in result.output
+    assert f"shoal cancel {JOB_ID}" in result.stderr
+
+
+def test_connection_failure_exits_3(fake: FakeClient) -> None:
+    fake.error = ConnectionFailed("cannot reach http://127.0.0.1:8700: connection refused", "http://127.0.0.1:8700")
+    for args in (("list",), ("run", "noop"), ("describe", JOB_ID), ("nodes",)):
+        result = run(*args)
+        assert result.exit_code == 3, args
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith("Error: cannot reach")
+        assert "Traceback" not in result.output
+
+
+def test_not_found_exits_4(fake: FakeClient) -> None:
+    result = run("describe", "no-such-job")
+    assert result.exit_code == 4
+    assert result.stderr.strip() == "Error: no job no-such-job"
+
+
+def test_invalid_request_from_the_node_exits_2(fake: FakeClient) -> None:
+    fake.error = InvalidRequest("spec.resources.cpu: too many", 422, fields=["spec.resources.cpu"])
+    result = run("run", "noop")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: spec.resources.cpu: too many"
+
+
+def test_id_only_and_json_conflict(fake: FakeClient) -> None:
+    assert run("run", "noop", "--id-only", "--json").exit_code == 2
+
+
+# -- job inspection ---------------------------------------------------------------------------
+
+
+def test_list_table_contains_short_ids(fake: FakeClient) -> None:
+    result = run("list", "--state", "completed", "--limit", "5", "--all")
+    assert result.exit_code == 0, result.stderr
+    assert JOB_ID[:12] in result.stdout
+    assert "completed" in result.stdout and "noop" in result.stdout
+    assert fake.list_args == {"state": "completed", "limit": 5, "all": True}
+
+
+def test_list_json(fake: FakeClient) -> None:
+    result = run("list", "--json")
+    data = json.loads(result.stdout)
+    assert data["total"] == 1 and data["jobs"][0]["id"] == JOB_ID
+
+
+def test_list_rejects_unknown_state(fake: FakeClient) -> None:
+    assert run("list", "--state", "sleeping").exit_code == 2
+
+
+def test_state_choices_match_the_job_model() -> None:
+    assert set(get_args(cli.main.JobStateName)) == {s.value for s in JobState}
+
+
+def test_describe(fake: FakeClient) -> None:
+    result = run("describe", JOB_ID)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert JOB_ID in out and "completed" in out and NODE_ID[:16] in out
+    assert "first bid" in out and "+100ms" in out  # phases as durations from submit
+
+
+def test_describe_accepts_a_unique_prefix(fake: FakeClient) -> None:
+    result = run("describe", JOB_ID[:8], "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["job"]["id"] == JOB_ID
+
+
+def test_logs(fake: FakeClient) -> None:
+    assert run("logs", JOB_ID).stdout == "hello from the job\n"
+    assert run("logs", JOB_ID, "--stderr").stdout == "some warnings\n"
+    assert run("logs", JOB_ID, "--follow").stdout == "part1 part2\n"
+
+
+def test_get(fake: FakeClient, tmp_path: Path) -> None:
+    result = run("get", JOB_ID, "--output-dir", str(tmp_path / "out"))
+    assert result.exit_code == 0
+    assert fake.downloaded_to == tmp_path / "out"
+    assert result.stdout.strip() == str(tmp_path / "out")
+    run("get", JOB_ID)
+    assert fake.downloaded_to == Path(f"job-{JOB_ID[:12]}")
+
+
+def test_cancel(fake: FakeClient) -> None:
+    result = run("cancel", JOB_ID)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"Job {JOB_ID} cancelled"
+
+
+def test_events_text_and_json_lines(fake: FakeClient) -> None:
+    text = run("events", JOB_ID).stdout.splitlines()
+    assert len(text) == 3 and "Created" in text[0] and "Completed" in text[2]
+    lines = run("events", JOB_ID, "--json").stdout.splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["Created", "Bid", "Completed"]
+
+
+# -- network ----------------------------------------------------------------------------------
+
+
+def test_id_peers_nodes(fake: FakeClient) -> None:
+    out = run("id").stdout
+    assert NODE_ID in out and "requester, compute" in out and "16 GiB" in out
+    assert json.loads(run("id", "--json").stdout)["peer_id"] == NODE_ID
+    assert run("peers").stdout.split() == ["12D3KooWPeerOne", "12D3KooWPeerTwo"]
+    nodes = run("nodes").stdout
+    assert NODE_ID[:16] in nodes and "noop, wasm" in nodes and "12 GiB / 16 GiB" in nodes
+    assert json.loads(run("nodes", "--json").stdout)["nodes"][0]["peer_id"] == NODE_ID
+
+
+def test_version_with_and_without_a_node(fake: FakeClient) -> None:
+    result = run("version")
+    assert result.exit_code == 0 and "0.1.0-node" in result.stdout
+    fake.error = ConnectionFailed("cannot reach http://127.0.0.1:8700", "http://127.0.0.1:8700")
+    result = run("version", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["node"] is None
+
+
+def test_api_option_and_env_reach_the_client(fake: FakeClient) -> None:
+    run("--api", "http://10.0.0.1:9000", "list")
+    assert fake.made[-1] == "http://10.0.0.1:9000"  # type: ignore[attr-defined]
+    run("list", env={"SHOAL_API": "http://10.0.0.2:9000"})
+    assert fake.made[-1] == "http://10.0.0.2:9000"  # type: ignore[attr-defined]
+
+
+# -- serve / devstack -------------------------------------------------------------------------
+
+
+def test_serve_builds_a_node_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[Any] = []
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=seen.append))
+    result = run(
+        "serve", "--data-dir", str(tmp_path), "--listen", "/ip4/0.0.0.0/tcp/4001", "--peer", "/ip4/1.2.3.4/tcp/1",
+        "--api-port", "0", "--no-requester", "--noop", "--limit-total-cpu", "4", "--limit-job-memory", "1GiB",
+        "--log-level", "debug",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (config,) = seen
+    assert config.data_dir == tmp_path and config.listen == ("/ip4/0.0.0.0/tcp/4001",)
+    assert config.peers == ("/ip4/1.2.3.4/tcp/1",) and config.api_port == 0
+    assert (config.requester, config.compute, config.noop, config.log_level) == (False, True, True, "DEBUG")
+    assert config.limit_total.cpu == 4 and config.limit_total.memory > 0
+    assert config.limit_job.memory == 1024**3 and config.limit_job.cpu == 4
+
+
+def test_serve_defaults_and_bad_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.config import NodeConfig
+
+    seen: list[Any] = []
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=seen.append))
+    assert run("serve").exit_code == 0
+    assert seen == [NodeConfig()]
+    result = run("serve", "--limit-job-memory", "huge")
+    assert result.exit_code == 2 and "memory" in result.stderr
+
+
+def test_devstack_passes_its_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setitem(sys.modules, "devstack.stack", types.SimpleNamespace(main=lambda **kw: calls.append(kw)))
+    assert run("devstack").exit_code == 0
+    assert run("devstack", "--nodes", "5", "--noop", "--base-dir", str(tmp_path), "--base-port", "9000").exit_code == 0
+    assert calls == [{"nodes": 3, "noop": False}, {"nodes": 5, "noop": True, "base_dir": tmp_path, "base_port": 9000}]
+
+
+# -- the command itself -----------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    out = run("--help").stdout
+    for command in ("docker", "wasm", "run", "list", "describe", "logs", "get", "cancel", "events", "id", "peers",
+                    "nodes", "version", "serve", "devstack"):  # fmt: skip
+        assert f"  {command} " in out, command
+
+
+def test_watch_updates_the_status_line(fake: FakeClient) -> None:
+    from cli.waiting import watch
+
+    lines: list[str] = []
+    watch(lambda: fake, JOB_ID, types.SimpleNamespace(update=lines.append))  # type: ignore[arg-type]
+    assert len(lines) == 3 and all("completed" in line for line in lines)
+
+
+def test_import_is_light() -> None:
+    """``shoal --help`` must start fast: importing the CLI pulls in none of the heavy modules."""
+    code = "import sys, cli.main; print(sorted(m for m in ('rich', 'pydantic', 'httpx', 'jobs') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_sigterm_stops_a_foreground_node_like_ctrl_c() -> None:
+    import os
+    import signal
+
+    from cli.daemon import stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_ctrl_c_in_serve_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(config: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=interrupted))
+    result = run("serve")
+    assert result.exit_code == 130 and result.output == ""

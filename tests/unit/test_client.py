@@ -1,0 +1,677 @@
+"""The SDK (``shoal.Client`` and ``shoal.AsyncClient``) against a fake node on httpx.MockTransport.
+
+The fake speaks the REST contract (signed requests, error bodies, long-poll, SSE, logs, tar
+results) and can misbehave on demand: drop a connection after creating a job, break an event
+stream in the middle of a message, refuse to finish a job. Every scenario runs on both clients.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import socket
+import tarfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+import shoal
+from jobs.messages import NodeInfo
+from jobs.spec import Resources
+from jobs.views import Capacity, SubmitRequest
+from shoal import (
+    AuthenticationError,
+    ClientKey,
+    Conflict,
+    ConnectionFailed,
+    Event,
+    EventKind,
+    InvalidRequest,
+    Job,
+    JobDescription,
+    JobList,
+    JobSpec,
+    JobState,
+    NodeList,
+    NodeStatus,
+    NotFound,
+    PeerList,
+    ServerError,
+    ShoalAPIError,
+    WaitTimeout,
+)
+from shoal._auth import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    b64decode,
+    canonical_request,
+    canonical_target,
+    client_id_for,
+)
+
+API = "http://node.test:8700"
+SPEC = {"engine": {"name": "python", "code": "print(42)"}}
+
+
+# -- the fake node ---------------------------------------------------------------------------------
+
+
+class ChunkStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body delivered in small chunks, optionally dying with ``error`` at the end."""
+
+    def __init__(self, data: bytes, error: Exception | None = None, chunk: int = 7) -> None:
+        self.chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        self.error = error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        if self.error:
+            raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            yield c
+        if self.error:
+            raise self.error
+
+
+def sse(event: Event) -> bytes:
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n".encode()
+
+
+def tar_bytes(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def error(status: int, code: str, message: str, fields: list[str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": code, "message": message, "fields": fields or []}})
+
+
+class FakeNode:
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.idempotency: dict[str, tuple[str, str]] = {}  # key → (spec digest, job id)
+        self.polls_until_done: dict[str, int] = {}  # job id → wait-polls before it completes
+        self.events: dict[str, list[Event]] = {}
+        self.requests: list[httpx.Request] = []
+        self.wait_params: list[float] = []
+        # misbehaviour switches
+        self.refuse_connections = 0  # next N requests: ConnectError before reaching the node
+        self.lose_submit_responses = 0  # next N submits: job created, then the connection drops
+        self.break_first_stream = True  # the first event stream dies mid-message
+        self.break_every_stream = False
+        self.auth_detail: str | None = None
+        self.node_fails = False
+
+    # transports
+    def sync_transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            response, delay = self.route(request)
+            time.sleep(delay)
+            return response
+
+        return httpx.MockTransport(handle)
+
+    def async_transport(self) -> httpx.MockTransport:
+        async def handle(request: httpx.Request) -> httpx.Response:
+            response, delay = self.route(request)
+            await trio.sleep(delay)
+            return response
+
+        return httpx.MockTransport(handle)
+
+    # helpers
+    def add_job(self, job_id: str, state: JobState = JobState.RUNNING, owner: str = "someone") -> Job:
+        job = Job(
+            id=job_id,
+            owner=owner,
+            spec=JobSpec.model_validate(SPEC),
+            state=state,
+            created_at=1.0,
+            updated_at=1.0,
+        )
+        self.jobs[job_id] = job
+        return job
+
+    def describe(self, job_id: str) -> httpx.Response:
+        return httpx.Response(200, json=JobDescription(job=self.jobs[job_id]).model_dump(mode="json"))
+
+    def verify(self, request: httpx.Request) -> str | None:
+        """The node's check, reimplemented from the format: the client id, or None if bad."""
+        try:
+            public_key = b64decode(request.headers[HEADER_KEY])
+            path, _, query = request.url.raw_path.partition(b"?")
+            message = canonical_request(
+                request.method,
+                canonical_target(path, query),
+                request.headers[HEADER_TIMESTAMP],
+                request.headers[HEADER_NONCE],
+                request.content,
+            )
+            Ed25519PublicKey.from_public_bytes(public_key).verify(
+                b64decode(request.headers[HEADER_SIGNATURE]), message
+            )
+        except Exception:
+            return None
+        assert abs(int(request.headers[HEADER_TIMESTAMP]) - time.time()) < 5
+        return client_id_for(public_key)
+
+    # the API
+    def route(self, request: httpx.Request) -> tuple[httpx.Response, float]:
+        self.requests.append(request)
+        if self.refuse_connections:
+            self.refuse_connections -= 1
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        client_id = self.verify(request)
+        if client_id is None:
+            return httpx.Response(401, json={"detail": "bad signature"}), 0
+        if self.auth_detail:
+            return httpx.Response(401, json={"detail": self.auth_detail}), 0
+        parts = [unquote(p) for p in request.url.raw_path.partition(b"?")[0].decode().split("/")[1:]]
+        params = request.url.params
+        method = request.method
+
+        if parts == ["v1", "jobs"] and method == "POST":
+            return self.submit(request, client_id), 0
+        if parts == ["v1", "jobs"] and method == "GET":
+            if int(params["limit"]) < 1:
+                detail = [
+                    {
+                        "type": "greater_than_equal",
+                        "loc": ["query", "limit"],
+                        "msg": "Input should be greater than or equal to 1",
+                        "input": params["limit"],
+                    }
+                ]
+                return httpx.Response(422, json={"detail": detail}), 0
+            jobs = [j for j in self.jobs.values() if params.get("all") == "true" or j.owner == client_id]
+            if "state" in params:
+                jobs = [j for j in jobs if j.state == params["state"]]
+            page = jobs[int(params["offset"]) :][: int(params["limit"])]
+            return httpx.Response(200, json=JobList(jobs=page, total=len(jobs)).model_dump(mode="json")), 0
+        if parts[:2] == ["v1", "jobs"] and len(parts) >= 3:
+            job_id = parts[2]
+            if job_id not in self.jobs:
+                return error(404, "job_not_found", f"job {job_id} not found"), 0
+            action = parts[3] if len(parts) > 3 else ""
+            if action == "" and method == "GET":
+                return self.describe_or_wait(job_id, params)
+            if action == "cancel" and method == "POST":
+                self.jobs[job_id] = self.jobs[job_id].transition(JobState.CANCELLED, "cancelled by user", 2.0)
+                return self.describe(job_id), 0
+            if action == "events":
+                return self.event_stream(job_id, request), 0
+            if action == "logs":
+                return self.logs(params), 0
+            if action == "results":
+                return self.results(job_id), 0
+        if parts == ["v1", "node"]:
+            if self.node_fails:
+                return httpx.Response(
+                    500, text="Internal Server Error\nTraceback (most recent call last): ..."
+                ), 0
+            return httpx.Response(200, json=NODE.model_dump(mode="json")), 0
+        if parts == ["v1", "peers"]:
+            return httpx.Response(200, json={"peers": ["12D3KooWA", "12D3KooWB"]}), 0
+        if parts == ["v1", "nodes"]:
+            return httpx.Response(200, json=NodeList(nodes=[NODE_INFO]).model_dump(mode="json")), 0
+        if parts == ["v1", "version"]:
+            return httpx.Response(200, json={"version": "0.1.0"}), 0
+        return httpx.Response(404, json={"detail": "Not Found"}), 0
+
+    def submit(self, request: httpx.Request, client_id: str) -> httpx.Response:
+        spec = SubmitRequest.model_validate_json(request.content).spec
+        key = request.headers["Idempotency-Key"]
+        if key in self.idempotency:
+            digest, job_id = self.idempotency[key]
+            if digest != spec.digest():
+                return error(409, "idempotency_conflict", "Idempotency-Key already used with another spec")
+            return self.describe(job_id)
+        job_id = f"j-{len(self.jobs) + 1}"
+        self.jobs[job_id] = Job(id=job_id, owner=client_id, spec=spec, created_at=1.0, updated_at=1.0)
+        self.idempotency[key] = (spec.digest(), job_id)
+        self.polls_until_done.setdefault(job_id, 1)
+        if self.lose_submit_responses:
+            self.lose_submit_responses -= 1
+            raise httpx.ReadError("Connection reset by peer", request=request)
+        response = self.describe(job_id)
+        response.status_code = 201
+        return response
+
+    def describe_or_wait(self, job_id: str, params: httpx.QueryParams) -> tuple[httpx.Response, float]:
+        if "wait" not in params:
+            return self.describe(job_id), 0
+        wait = float(params["wait"])
+        self.wait_params.append(wait)
+        job = self.jobs[job_id]
+        if job.state.is_terminal:
+            return self.describe(job_id), 0
+        left = self.polls_until_done.get(job_id)
+        if left is not None:
+            self.polls_until_done[job_id] = left - 1
+            if left - 1 <= 0:
+                self.jobs[job_id] = job.transition(JobState.COMPLETED, "done", 3.0)
+                return self.describe(job_id), 0
+        return self.describe(job_id), wait  # nothing happened: the long poll runs its course
+
+    def event_stream(self, job_id: str, request: httpx.Request) -> httpx.Response:
+        events = self.events.get(job_id, [])
+        after = int(request.headers.get("Last-Event-ID", "0"))
+        todo = [e for e in events if e.seq > after]
+        headers = {"content-type": "text/event-stream"}
+        if self.break_every_stream:
+            return httpx.Response(200, headers=headers, stream=ChunkStream(b"", httpx.ReadError("reset")))
+        if self.break_first_stream:
+            self.break_first_stream = False
+            body = b": hello\n\n" + b"".join(sse(e) for e in todo[:2]) + sse(todo[2])[:-15]
+            return httpx.Response(
+                200, headers=headers, stream=ChunkStream(body, httpx.RemoteProtocolError("cut"))
+            )
+        body = b"event: ping\ndata: {}\n\n" + b"".join(sse(e) for e in todo)
+        body += b'event: end\ndata: {"state": "completed"}\n\n'
+        return httpx.Response(200, headers=headers, stream=ChunkStream(body))
+
+    def logs(self, params: httpx.QueryParams) -> httpx.Response:
+        text = "line 1\nline 2\n" if params["stream"] == "stdout" else "oops\n"
+        if params["follow"] == "true":
+            return httpx.Response(
+                200, headers={"content-type": "text/plain"}, stream=ChunkStream(text.encode(), chunk=4)
+            )
+        return httpx.Response(200, text=text)
+
+    def results(self, job_id: str) -> httpx.Response:
+        if job_id == "evil":
+            data = tar_bytes({"ok.txt": b"fine", "../escaped.txt": b"gotcha"})
+        elif job_id == "evil-link":
+            data = tar_bytes({"ok.txt": b"fine"}, links={"link": "../../etc/passwd"})
+        else:
+            data = tar_bytes({"stdout": b"42\n", "exitCode": b"0", "outputs/result.txt": b"done"})
+        return httpx.Response(
+            200, headers={"content-type": "application/x-tar"}, stream=ChunkStream(data, chunk=512)
+        )
+
+
+_R = Resources(cpu=4, memory="8GiB", disk="100GiB")
+NODE = NodeStatus(
+    peer_id="12D3KooWA",
+    addrs=["/ip4/127.0.0.1/tcp/4001"],
+    roles=["requester", "compute"],
+    engines=["noop", "python"],
+    capacity=Capacity(total=_R, free=_R, max_per_job=_R),
+    running=0,
+    backlog=0,
+    version="0.1.0",
+)
+NODE_INFO = NodeInfo(peer_id="12D3KooWA", max_per_job=_R, total=_R, free=_R)
+
+
+# -- fixtures and flavour-neutral helpers --------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> FakeNode:
+    return FakeNode()
+
+
+@pytest.fixture(params=["sync", "async"])
+async def client(
+    request: pytest.FixtureRequest, fake: FakeNode
+) -> AsyncIterator[shoal.Client | shoal.AsyncClient]:
+    key = ClientKey.generate()
+    c: shoal.Client | shoal.AsyncClient
+    if request.param == "sync":
+        c = shoal.Client(API, key=key, transport=fake.sync_transport())
+    else:
+        c = shoal.AsyncClient(API, key=key, transport=fake.async_transport())
+    c.submit_retry_delays = (0.0, 0.0, 0.0)
+    c.stream_retry_delays = (0.0,) * 5
+    yield c
+    if isinstance(c, shoal.AsyncClient):
+        await c.aclose()
+    else:
+        c.close()
+
+
+async def call(client: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    result = getattr(client, name)(*args, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def collect(iterable: Any) -> list[Any]:
+    if hasattr(iterable, "__aiter__"):
+        return [item async for item in iterable]
+    return list(iterable)
+
+
+def make_events(job_id: str) -> list[Event]:
+    kinds = [EventKind.CREATED, EventKind.ANNOUNCED, EventKind.BID, EventKind.RUNNING, EventKind.COMPLETED]
+    return [
+        Event(seq=i, job_id=job_id, at=float(i), kind=k, message=f"step {i}") for i, k in enumerate(kinds, 1)
+    ]
+
+
+# -- submit ----------------------------------------------------------------------------------------
+
+
+async def test_submit_signs_and_returns_description(client, fake: FakeNode) -> None:
+    description = await call(client, "submit", SPEC)
+    assert isinstance(description, JobDescription)
+    assert description.job.id == "j-1"
+    assert description.job.owner == client.client_id  # the node saw a valid signature from our key
+    (request,) = fake.requests
+    assert request.headers["Idempotency-Key"]  # generated when not given
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content)["spec"]["engine"] == {
+        **SPEC["engine"],
+        "args": [],
+        "requirements": [],
+        "main": None,
+    }
+
+
+async def test_submit_accepts_a_jobspec_and_explicit_key(client, fake: FakeNode) -> None:
+    spec = JobSpec.model_validate(SPEC)
+    first = await call(client, "submit", spec, idempotency_key="my-key")
+    again = await call(client, "submit", spec, idempotency_key="my-key")
+    assert first.job.id == again.job.id and len(fake.jobs) == 1
+    assert [r.headers["Idempotency-Key"] for r in fake.requests] == ["my-key", "my-key"]
+    other = {"engine": {"name": "python", "code": "print(43)"}}
+    with pytest.raises(Conflict) as info:
+        await call(client, "submit", other, idempotency_key="my-key")
+    assert info.value.status == 409 and info.value.code == "idempotency_conflict"
+
+
+async def test_submit_retry_after_lost_response_reuses_the_key(client, fake: FakeNode) -> None:
+    """The node created the job but the response never arrived: the retry must not run it twice."""
+    fake.lose_submit_responses = 1
+    description = await call(client, "submit", SPEC)
+    assert len(fake.jobs) == 1 and description.job.id == "j-1"
+    first, second = fake.requests
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+    assert first.headers[HEADER_NONCE] != second.headers[HEADER_NONCE]  # each attempt signed afresh
+
+
+async def test_submit_retries_connection_errors_then_gives_up(client, fake: FakeNode) -> None:
+    fake.refuse_connections = 3
+    assert (await call(client, "submit", SPEC)).job.id == "j-1"
+    assert len(fake.requests) == 4
+    assert len({r.headers["Idempotency-Key"] for r in fake.requests}) == 1
+
+    fake.requests.clear()
+    fake.refuse_connections = 10
+    with pytest.raises(ConnectionFailed) as info:
+        await call(client, "submit", SPEC)
+    assert len(fake.requests) == 4
+    assert str(info.value) == f"cannot reach Shoal API at {API}: connection refused (tried 4 times)"
+
+
+async def test_invalid_spec_fails_locally_with_fields(client, fake: FakeNode) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await call(client, "submit", {"engine": {"name": "docker"}, "timeout": -1})
+    assert set(info.value.fields) == {"spec.engine.docker.image", "spec.timeout"}
+    assert "\n" not in str(info.value) and str(info.value).startswith("invalid job spec: ")
+    assert fake.requests == []
+
+
+# -- describe, wait, run, list, cancel ------------------------------------------------------------
+
+
+async def test_describe_and_not_found(client, fake: FakeNode) -> None:
+    fake.add_job("j-9")
+    assert (await call(client, "describe", "j-9")).job.state == JobState.RUNNING
+    with pytest.raises(NotFound) as info:
+        await call(client, "describe", "nope")
+    assert (str(info.value), info.value.status, info.value.code) == (
+        "job nope not found",
+        404,
+        "job_not_found",
+    )
+    assert type(info.value).__module__ == "shoal"
+
+
+async def test_wait_long_polls_until_terminal(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    fake.polls_until_done["j-1"] = 2
+    description = await call(client, "wait", "j-1", poll=0.05)
+    assert description.job.state == JobState.COMPLETED
+    assert fake.wait_params == [0.05, 0.05]
+    assert all(r.url.params["wait"] == "0.05" for r in fake.requests)
+
+
+async def test_wait_times_out_with_last_description(client, fake: FakeNode) -> None:
+    fake.add_job("stuck")
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as info:
+        await call(client, "wait", "stuck", timeout=0.25, poll=0.1)
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 1.0
+    assert info.value.description.job.state == JobState.RUNNING
+    assert str(info.value) == "job stuck is still running after 0.25 s"
+    assert 2 <= len(fake.wait_params) <= 4
+    assert all(w <= 0.1 for w in fake.wait_params)
+    assert fake.wait_params[-1] < 0.1  # the last poll only asks for what was left
+
+
+async def test_run_is_submit_then_wait(client, fake: FakeNode) -> None:
+    description = await call(client, "run", SPEC, timeout=5)
+    assert description.job.state == JobState.COMPLETED
+    assert [r.method for r in fake.requests] == ["POST", "GET"]
+    assert fake.requests[1].url.params["wait"] == "5"  # min(poll=25, remaining≈5) rounded to ms
+
+
+async def test_list_sends_filters(client, fake: FakeNode) -> None:
+    fake.add_job("j-a", owner=client.client_id)
+    fake.add_job("j-b", owner="other")
+    mine = await call(client, "list")
+    assert isinstance(mine, JobList) and [j.id for j in mine.jobs] == ["j-a"]
+    assert str(fake.requests[-1].url.params) == "limit=50&offset=0"
+    everyone = await call(client, "list", state="running", limit=10, offset=0, all=True)
+    assert everyone.total == 2
+    assert str(fake.requests[-1].url.params) == "limit=10&offset=0&state=running&all=true"
+    with pytest.raises(ValueError):
+        await call(client, "list", state="bogus")
+
+
+async def test_cancel(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    assert (await call(client, "cancel", "j-1")).job.state == JobState.CANCELLED
+    assert fake.requests[-1].method == "POST" and fake.requests[-1].url.path == "/v1/jobs/j-1/cancel"
+
+
+async def test_job_ids_are_path_escaped(client, fake: FakeNode) -> None:
+    with pytest.raises(NotFound):
+        await call(client, "describe", "a/../../node")
+    assert fake.requests[-1].url.raw_path == b"/v1/jobs/a%2F..%2F..%2Fnode"
+
+
+# -- error bodies ----------------------------------------------------------------------------------
+
+
+async def test_fastapi_422_becomes_one_line_invalid_request(client) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await call(client, "list", limit=0)
+    e = info.value
+    assert (e.status, e.code, e.fields) == (422, "invalid_request", ["limit"])
+    assert str(e) == "invalid request: limit: Input should be greater than or equal to 1"
+
+
+async def test_verifier_401_detail(client, fake: FakeNode) -> None:
+    fake.auth_detail = "timestamp 400 s off (max 300)"
+    with pytest.raises(AuthenticationError) as info:
+        await call(client, "version")
+    assert (str(info.value), info.value.status, info.value.code) == (
+        "timestamp 400 s off (max 300)",
+        401,
+        "unauthorized",
+    )
+
+
+async def test_plain_text_500_is_one_line(client, fake: FakeNode) -> None:
+    fake.node_fails = True
+    with pytest.raises(ServerError) as info:
+        await call(client, "node")
+    assert str(info.value) == "Internal Server Error"
+    assert info.value.status == 500 and info.value.code == "server_error"
+
+
+async def test_every_error_is_a_shoal_api_error(client, fake: FakeNode) -> None:
+    for exc in (
+        AuthenticationError,
+        NotFound,
+        Conflict,
+        InvalidRequest,
+        ServerError,
+        WaitTimeout,
+        ConnectionFailed,
+    ):
+        assert issubclass(exc, ShoalAPIError)
+    with pytest.raises(ShoalAPIError):
+        await call(client, "describe", "missing")
+
+
+async def test_connection_refused_names_the_url(fake: FakeNode) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    key = ClientKey.generate()
+    with shoal.Client(url, key=key, timeout=5) as sync_client, pytest.raises(ConnectionFailed) as info:
+        sync_client.describe("j-1")
+    assert str(info.value) == f"cannot reach Shoal API at {url}: connection refused"
+    async with shoal.AsyncClient(url, key=key, timeout=5) as async_client:
+        with pytest.raises(ConnectionFailed) as info:
+            await async_client.describe("j-1")  # under trio: anyio wraps the refusal in a group
+    assert str(info.value) == f"cannot reach Shoal API at {url}: connection refused"
+    assert info.value.status is None and info.value.url == url
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+async def test_events_resume_after_a_break_mid_message(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    fake.events["j-1"] = make_events("j-1")
+    events = await collect(client.events("j-1"))
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]  # nothing lost, nothing repeated
+    assert events[-1].kind == EventKind.COMPLETED and all(isinstance(e, Event) for e in events)
+    first, second = fake.requests
+    assert "Last-Event-ID" not in first.headers
+    assert second.headers["Last-Event-ID"] == "2"  # event 3 was cut off before its blank line
+    assert first.headers["accept"] == "text/event-stream"
+
+
+async def test_events_from_a_given_id(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    fake.events["j-1"] = make_events("j-1")
+    fake.break_first_stream = False
+    assert [e.seq for e in await collect(client.events("j-1", last_event_id=3))] == [4, 5]
+    assert fake.requests[0].headers["Last-Event-ID"] == "3"
+
+
+async def test_events_give_up_after_repeated_breaks(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    fake.break_every_stream = True
+    with pytest.raises(ConnectionFailed) as info:
+        await collect(client.events("j-1"))
+    assert len(fake.requests) == 1 + len(client.stream_retry_delays)
+    assert str(info.value).startswith(f"lost connection to Shoal API at {API}: ")
+
+
+async def test_events_of_unknown_job(client) -> None:
+    with pytest.raises(NotFound):
+        await collect(client.events("nope"))
+
+
+# -- logs and results ------------------------------------------------------------------------------
+
+
+async def test_logs_and_follow_logs(client, fake: FakeNode) -> None:
+    fake.add_job("j-1")
+    assert await call(client, "logs", "j-1") == "line 1\nline 2\n"
+    assert await call(client, "logs", "j-1", "stderr") == "oops\n"
+    assert str(fake.requests[-1].url.params) == "stream=stderr&follow=false"
+    chunks = await collect(client.follow_logs("j-1"))
+    assert len(chunks) > 1 and "".join(chunks) == "line 1\nline 2\n"
+    assert fake.requests[-1].url.params["follow"] == "true"
+    with pytest.raises(ValueError):
+        await call(client, "logs", "j-1", "stdin")
+
+
+async def test_download_extracts_results(client, fake: FakeNode, tmp_path: Path) -> None:
+    fake.add_job("j-1")
+    dest = await call(client, "download", "j-1", tmp_path / "out")
+    assert dest == tmp_path / "out"
+    assert (dest / "stdout").read_text() == "42\n"
+    assert (dest / "outputs" / "result.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize("job_id", ["evil", "evil-link"])
+async def test_download_refuses_unsafe_archives(client, fake: FakeNode, tmp_path: Path, job_id: str) -> None:
+    fake.add_job(job_id)
+    with pytest.raises(ShoalAPIError) as info:
+        await call(client, "download", job_id, tmp_path / "out")
+    assert info.value.code == "unsafe_archive"
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "out").exists()  # all or nothing: checked before writing
+
+
+# -- node endpoints ----------------------------------------------------------------------------------
+
+
+async def test_node_peers_nodes_version(client) -> None:
+    assert await call(client, "node") == NODE
+    assert await call(client, "peers") == PeerList(peers=["12D3KooWA", "12D3KooWB"])
+    nodes = await call(client, "nodes")
+    assert isinstance(nodes, NodeList) and nodes.nodes[0].peer_id == "12D3KooWA"
+    assert await call(client, "version") == "0.1.0"
+    assert isinstance(await call(client, "node"), NodeStatus)
+
+
+# -- construction ----------------------------------------------------------------------------------
+
+
+def test_find_api_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path))
+    monkeypatch.delenv("SHOAL_API", raising=False)
+    assert shoal.find_api_url() == "http://127.0.0.1:8700"
+    (tmp_path / "devstack.json").write_text("{not json")
+    assert shoal.find_api_url() == "http://127.0.0.1:8700"
+    state = {
+        "nodes": [{"api": "http://127.0.0.1:8711", "peer_id": "12D3KooWA"}, {"api": "http://127.0.0.1:8712"}]
+    }
+    (tmp_path / "devstack.json").write_text(json.dumps(state))
+    assert shoal.find_api_url() == "http://127.0.0.1:8711"
+    monkeypatch.setenv("SHOAL_API", "http://10.0.0.5:8700/")
+    assert shoal.find_api_url() == "http://10.0.0.5:8700"
+
+
+def test_client_defaults_to_discovered_url_and_home_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path))
+    monkeypatch.setenv("SHOAL_API", "127.0.0.1:9999")
+    with shoal.Client() as client:
+        assert client.api_url == "http://127.0.0.1:9999"
+        assert client.client_id == ClientKey.load(tmp_path / "client.key").client_id
+        assert repr(client) == f"Client('http://127.0.0.1:9999', client_id='{client.client_id}')"
