@@ -1,5 +1,8 @@
 """Exit codes, and the one place where an exception becomes an ``Error: …`` line on stderr.
 
+``ShoalGroup`` is the root command's class: it runs every command and maps whatever escapes
+(usage errors, SDK errors, ``CLIError``, Ctrl-C) to a line and an exit code.
+
 Scripts drive the CLI by exit code, so every failure maps to exactly one of these, and the
 user sees one line per problem, never a traceback (``SHOAL_DEBUG=1`` brings tracebacks back).
 """
@@ -93,6 +96,13 @@ class ShoalGroup(TyperGroup):
             code = _usage_error(exc)
         except (KeyboardInterrupt, typer.Abort):
             code = EXIT_INTERRUPTED
+        except BaseExceptionGroup as group:  # trio raises Ctrl-C out of a nursery inside a group
+            handled = EXIT_INTERRUPTED if group.split(KeyboardInterrupt)[1] is None else None
+            if handled is None and isinstance(group, Exception):
+                handled = exit_code_for(group)
+            if handled is None:
+                raise
+            code = handled
         except Exception as exc:
             handled = exit_code_for(exc)
             if handled is None:

@@ -23,6 +23,7 @@ from cli.specs import JobFlags
 from cli.waiting import RunOptions
 
 if TYPE_CHECKING:
+    from jobs.views import JobDescription
     from shoal import Client
 
 JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]  # jobs.JobState values
@@ -34,7 +35,13 @@ def make_client(api_url: str | None, *, timeout: float = 30.0) -> Client:
 
     With no URL the SDK finds one (``SHOAL_API`` is read by the ``--api`` option already,
     then a running devstack's state file).
+
+    httpcore imports trio whenever it is installed, which costs ~150 ms, a quarter of
+    ``shoal list``; the sync client never uses it and client commands never run trio (only
+    ``serve``/``devstack`` do, and they never get here), so a fresh CLI process skips it.
     """
+    if "trio" not in sys.modules:
+        sys.modules["trio"] = None  # type: ignore[assignment]  # makes `import trio` fail fast
     from shoal import Client
 
     return Client(api_url, timeout=timeout)
@@ -91,17 +98,15 @@ def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunO
     return submit_and_follow(_client(ctx), lambda: _client(ctx), spec, opts)
 
 
-_Rest = Annotated[list[str] | None, typer.Argument(show_default=False)]
-
-
 @docker_app.command("run", context_settings=_SETTINGS)
 @job_options
 def docker_run(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="Image, e.g. ubuntu:24.04")],
-    command: Annotated[list[str] | None, typer.Argument(metavar="[-- CMD ARGS...]", show_default=False,
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image, e.g. ubuntu:24.04")],
+    command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD ARGS", show_default=False,
         help="Command and its arguments; put them after -- if they start with a dash.")] = None,
-    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR",
+        help="Working directory inside.")] = None,
     network: Annotated[bool, typer.Option("--network", help="Allow network access.")] = False,
     *,
     flags: JobFlags,
@@ -121,9 +126,10 @@ def docker_run(
 @job_options
 def wasm_run(
     ctx: typer.Context,
-    module: Annotated[str, typer.Argument(help="Module: a path inside the job's inputs, or ipfs://CID")],
-    args: Annotated[list[str] | None, typer.Argument(metavar="[-- ARGS...]", show_default=False)] = None,
-    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Exported function (default _start).")] = None,
+    module: Annotated[str, typer.Argument(metavar="MODULE", help="Module: a path inside the job's inputs, or ipfs://CID")],
+    args: Annotated[list[str] | None, typer.Argument(metavar="-- ARGS", show_default=False)] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", metavar="NAME",
+        help="Exported function (default _start).")] = None,
     *,
     flags: JobFlags,
     opts: RunOptions,
@@ -139,8 +145,10 @@ def wasm_run(
 @job_options
 def run_python(
     ctx: typer.Context,
-    argv: Annotated[list[str] | None, typer.Argument(metavar="[MAIN.PY] [ARGS...]", show_default=False)] = None,
-    code: Annotated[str | None, typer.Option("--code", "-c", help="Inline code instead of a script.")] = None,
+    argv: Annotated[list[str] | None, typer.Argument(metavar="MAIN.PY ARGS", show_default=False,
+        help="Script and its arguments (with -c: only arguments); after -- if they start with a dash.")] = None,
+    code: Annotated[str | None, typer.Option("--code", "-c", metavar="CODE",
+        help="Inline code instead of a script.")] = None,
     requirements: Annotated[list[str] | None, typer.Option("--requirement", "-r", metavar="PKG",
         help="Package to install first; repeatable.")] = None,
     *,
@@ -177,14 +185,15 @@ def _resolve(client: Client, job_id: str) -> str:
     return _describe(client, job_id).job.id
 
 
-def _describe(client: Client, job_id: str) -> Any:
+def _describe(client: Client, job_id: str) -> JobDescription:
     from shoal import NotFound, ShoalAPIError
 
     try:
         return client.describe(job_id)
     except NotFound:
         try:
-            matches = [j.id for j in client.list(limit=1000).jobs if j.id.startswith(job_id)]  # ours: the newest 1000
+            newest = client.list(limit=1000).jobs  # our own: describe only shows us our jobs anyway
+            matches = [j.id for j in newest if j.id.startswith(job_id)]
         except ShoalAPIError:
             matches = []
         if len(matches) > 1:
@@ -199,7 +208,7 @@ def _describe(client: Client, job_id: str) -> Any:
 def list_jobs(
     ctx: typer.Context,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many jobs.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
     all_: Annotated[bool, typer.Option("--all", help="Jobs of every client, not just mine.")] = False,
     json_: _Json = False,
 ) -> None:
@@ -277,7 +286,12 @@ def cancel(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
 
         return print_json(desc)
     job = desc.job
-    print(f"Job {job.id} {job.state}" + ("" if job.state == "cancelled" else " (cancel requested)"))
+    if job.state == "cancelled":
+        print(f"Job {job.id} cancelled")
+    elif job.state.is_terminal:
+        print(f"Job {job.id} already {job.state}; nothing to cancel")
+    else:
+        print(f"Job {job.id} is being cancelled (now {job.state})")
     return None
 
 
@@ -374,28 +388,33 @@ def _cli_version() -> str:
 
 # ----------------------------------------------------------------------------------- daemons
 
-_Size = Annotated[str | None, typer.Option(metavar="SIZE", show_default=False)]
+_Size = Annotated[str | None, typer.Option(metavar="SIZE", help="e.g. 4GiB (defaults: as for CPU).")]
 
 
 @app.command(context_settings=_SETTINGS)
 def serve(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Keys, store (default ~/.shoal/node).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", metavar="DIR",
+        help="Keys and store (default ~/.shoal/node).")] = None,
     listen: Annotated[list[str] | None, typer.Option("--listen", metavar="MULTIADDR",
         help="libp2p listen address; repeatable.")] = None,
     peer: Annotated[list[str] | None, typer.Option("--peer", metavar="MULTIADDR",
         help="Peer to connect to; repeatable.")] = None,
-    api_host: Annotated[str | None, typer.Option("--api-host", help="API bind address.")] = None,
-    api_port: Annotated[int | None, typer.Option("--api-port", help="API port (0: any free port).")] = None,
+    api_host: Annotated[str | None, typer.Option("--api-host", metavar="HOST", help="API bind address.")] = None,
+    api_port: Annotated[int | None, typer.Option("--api-port", metavar="PORT",
+        help="API port (default 8700; 0: any free port).")] = None,
     no_requester: Annotated[bool, typer.Option("--no-requester", help="Do not orchestrate jobs.")] = False,
     no_compute: Annotated[bool, typer.Option("--no-compute", help="Do not run jobs.")] = False,
     noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
-    limit_total_cpu: Annotated[str | None, typer.Option(metavar="CORES", help="CPU for all jobs.")] = None,
+    limit_total_cpu: Annotated[str | None, typer.Option(metavar="CORES",
+        help="CPU for all jobs together; a total limit not given is what the machine has.")] = None,
     limit_total_memory: _Size = None,
     limit_total_disk: _Size = None,
-    limit_job_cpu: Annotated[str | None, typer.Option(metavar="CORES", help="CPU for one job.")] = None,
+    limit_job_cpu: Annotated[str | None, typer.Option(metavar="CORES",
+        help="CPU for one job; a per-job limit not given is the total.")] = None,
     limit_job_memory: _Size = None,
     limit_job_disk: _Size = None,
-    log_level: Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False)] = None,
+    log_level: Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False,
+        help="Default INFO.")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -421,7 +440,7 @@ def serve(
 
 @app.command(context_settings=_SETTINGS)
 def devstack(
-    nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, help="How many nodes.")] = 3,
+    nodes: Annotated[int, typer.Option("--nodes", "-n", metavar="N", min=1, help="How many nodes.")] = 3,
     noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
     base_dir: Annotated[Path | None, typer.Option("--base-dir", metavar="DIR",
         help="Data dirs and state file (default under ~/.shoal).")] = None,

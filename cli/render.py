@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.table import Table
+    from rich.text import Text
 
     from jobs import Event, JobSpec, Resources
     from jobs.model import Job
@@ -118,12 +119,15 @@ def state_text(state: str) -> str:
     return f"[{style}]{state}[/]" if style else state
 
 
-def status_line(job_id: str, state: str, reason: str) -> str:
-    """The live line shown while waiting (rich markup)."""
+def status_line(job_id: str, state: str, reason: str, width: int = 200) -> Text:
+    """The live line shown while waiting, cut to ``width`` so it never wraps (it would flicker)."""
     from rich.markup import escape
+    from rich.text import Text
 
-    tail = f" · {escape(reason)}" if reason else ""
-    return f"[bold]{short_id(job_id)}[/] {state_text(state)}{tail}"
+    tail = f" · {escape(' '.join(reason.split()))}" if reason else ""
+    line = Text.from_markup(f"[bold]{short_id(job_id)}[/] {state_text(state)}{tail}")
+    line.truncate(width, overflow="ellipsis")
+    return line
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:

@@ -102,8 +102,10 @@ def _wait(
             return client.wait(job_id, timeout=timeout)
         from cli.render import console
 
-        with console(stderr=True).status(status_line(job_id, desc.job.state, desc.job.reason)) as status:
-            line = _LiveLine(status)
+        err = console(stderr=True)
+        with err.status("") as status:
+            line = _LiveLine(status, job_id, width=err.width - 2)  # the spinner and a space come first
+            line.update(desc.job.state, desc.job.reason)
             threading.Thread(target=watch, args=(new_client, job_id, line), daemon=True).start()
             try:
                 return client.wait(job_id, timeout=timeout)
@@ -116,15 +118,17 @@ def _wait(
 class _LiveLine:
     """The status line, updated from the watcher thread until the main thread closes it."""
 
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: Status, job_id: str, width: int) -> None:
         self._status = status
+        self._job_id = job_id
+        self._width = width
         self._lock = threading.Lock()
         self._closed = False
 
-    def update(self, text: str) -> None:
+    def update(self, state: str, reason: str) -> None:
         with self._lock:
             if not self._closed:
-                self._status.update(text)
+                self._status.update(status_line(self._job_id, state, reason, self._width))
 
     def close(self) -> None:
         with self._lock:
@@ -141,6 +145,6 @@ def watch(new_client: Callable[[], Client], job_id: str, line: _LiveLine) -> Non
         client = new_client()
         for _event in client.events(job_id):
             job = client.describe(job_id).job
-            line.update(status_line(job_id, job.state, job.reason))
+            line.update(job.state, job.reason)
     except Exception:
         return

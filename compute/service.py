@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.compute")
 
 SIDE = ExecutionSide.COMPUTE
-BID_TIMEOUT = 5.0  # one bid round trip; retried until the bid deadline
 REQUEST_TIMEOUT = 5.0
 DELIVERY_GIVE_UP = 3600.0  # stop retrying a result after an hour of the requester being unreachable
 BACKLOG_TICK = 0.5
@@ -157,23 +156,13 @@ class ComputeService:
             self._drop(ex)
             raise
         give_up = min(deadline or float("inf"), self.clock() + 60.0)
-        delay = 0.1
-        while True:
-            try:
-                reply = await self.peers.request(
-                    ex.requester, Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt),
-                    timeout=BID_TIMEOUT, addrs=ex.requester_addrs,
-                )
-                break
-            except Unreachable as e:
-                if self.clock() + delay > give_up:
-                    await self._end(ex.id, ExecutionState.FAILED, f"bid never reached the requester: {e}")
-                    return
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        if reply.verdict == "accepted":
+        bid = Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt)
+        reply = await self._request_verdict(ex, bid, give_up)
+        if reply is None:
+            await self._end(ex.id, ExecutionState.FAILED, "the bid got no answer from the requester")
+        elif reply.verdict == "accepted":
             await self._accepted(ex.id)
-        elif reply.verdict == "rejected" or not reply.ok:
+        elif reply.verdict == "rejected":
             await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "bid rejected")
         # "pending": a Decision message follows
 
@@ -250,24 +239,36 @@ class ComputeService:
         ex = self._live[execution_id]
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
-        give_up = self.clock() + DELIVERY_GIVE_UP
-        delay = 0.1
-        while True:
-            try:
-                reply = await self.peers.request(ex.requester, message, timeout=REQUEST_TIMEOUT,
-                                                 addrs=ex.requester_addrs)
-                break
-            except Unreachable as e:
-                if self.clock() > give_up:
-                    await self._end(ex.id, ExecutionState.FAILED, f"could not deliver the result: {e}")
-                    return
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        reply = await self._request_verdict(ex, message, self.clock() + DELIVERY_GIVE_UP)
+        if reply is None:
+            await self._end(ex.id, ExecutionState.FAILED, "could not deliver the result to the requester")
+            return
         if reply.verdict == "accepted":
             final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
             await self._end(ex.id, final, ex.error or "results accepted")
         else:
             await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected")
+
+    async def _request_verdict(self, ex: Execution, message: Bid | Result, give_up: float) -> Reply | None:
+        """Send until the requester gives a verdict; None when ``give_up`` (unix time) passes first.
+
+        An answer without a verdict (the requester is still starting, or failed internally) is
+        retried like silence: only the requester's explicit word ends the exchange.
+        """
+        delay = 0.1
+        while True:
+            try:
+                reply = await self.peers.request(ex.requester, message, timeout=REQUEST_TIMEOUT,
+                                                 addrs=ex.requester_addrs)
+                if reply.verdict is not None:
+                    return reply
+                log.info("no verdict from %s on %s (%s); retrying", ex.requester[-8:], ex.id, reply.reason)
+            except Unreachable:
+                pass
+            if self.clock() + delay > give_up:
+                return None
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # -- direct messages from requesters ----------------------------------------------------------
 

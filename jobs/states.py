@@ -66,7 +66,8 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 _E = ExecutionState
 EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
-    _E.BIDDING: frozenset({_E.ACCEPTED, _E.REJECTED, _E.FAILED, _E.CANCELLED}),
+    # BIDDING -> PROPOSED: a node restarted before its bid was decided reports that as an error outcome
+    _E.BIDDING: frozenset({_E.ACCEPTED, _E.PROPOSED, _E.REJECTED, _E.FAILED, _E.CANCELLED}),
     # ACCEPTED -> COMPLETED: the requester accepts results in the same step they are proposed
     # when the job asks for no verification.
     _E.ACCEPTED: frozenset({_E.PROPOSED, _E.COMPLETED, _E.FAILED, _E.CANCELLED}),

@@ -83,7 +83,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     config.data_dir.mkdir(parents=True, exist_ok=True)
     seed = load_or_create_seed(config.data_dir)
     store = Store(config.data_dir / "shoal.db")
-    dispatcher = Dispatcher(None, None)
+    dispatcher = Dispatcher()
     network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
                       on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request)
     peers = MessagePeers(_NetworkTransport(network), dispatcher)
@@ -105,6 +105,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
+        dispatcher.ready.set()
         node = Node(config, network, store, requester, compute, dispatcher)
         urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)
         ready = NodeReady(network.peer_id, network.addrs(), urls[0])
@@ -125,5 +126,9 @@ def main(config: NodeConfig) -> None:
             print("READY " + json.dumps({"peer_id": ready.peer_id, "addrs": ready.addrs, "api": ready.api}),
                   flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_main)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(_main)
+    except BaseException:
+        log.exception("node stopped by an error")  # the node log keeps the traceback; the CLI prints one line
+        raise

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from jobs import MalformedMessage, Unreachable
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Reply, Result, StatusQuery, decode, encode
 
@@ -66,13 +68,23 @@ class MessagePeers:
         await self.dispatcher.on_gossip(self.node_id, data)
 
 
+READY_WAIT = 30.0  # a peer's request that arrives while we start waits this long for the roles
+
+
 class Dispatcher:
-    def __init__(self, requester: RequesterService | None, compute: ComputeService | None) -> None:
+    """Routes messages to the roles. Requests wait for ``ready``: the network comes up before the
+    roles have restored their state, and an answer given before that would be wrong."""
+
+    def __init__(self, requester: RequesterService | None = None, compute: ComputeService | None = None) -> None:
         self.requester = requester
         self.compute = compute
+        self.ready = trio.Event()
         self.dropped = 0
 
     async def on_request(self, peer: str, data: bytes) -> bytes:
+        if not self.ready.is_set():
+            with trio.move_on_after(READY_WAIT):
+                await self.ready.wait()
         try:
             message = decode(data)
         except MalformedMessage as e:
@@ -96,6 +108,8 @@ class Dispatcher:
         return encode(reply)
 
     async def on_gossip(self, origin: str, data: bytes) -> None:
+        if not self.ready.is_set():
+            return  # announcements are repeated; node info is periodic
         try:
             message = decode(data)
         except MalformedMessage as e:

@@ -75,7 +75,7 @@ async def memory_node(
     """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     transport = MemoryTransport(hub, peer_id)
-    dispatcher = Dispatcher(None, None)
+    dispatcher = Dispatcher()
     peers = MessagePeers(transport, dispatcher)
     store = Store(data_dir / "shoal.db")
     noop = NoopExecutor(hooks)
@@ -93,6 +93,7 @@ async def memory_node(
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
         dispatcher.requester, dispatcher.compute = r, c
+        dispatcher.ready.set()
         transport.dispatcher = dispatcher
         node = MemoryNode(peer_id, transport, store, r, c, noop, nursery.cancel_scope)
         try:

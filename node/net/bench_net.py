@@ -41,8 +41,11 @@ async def _bench(requests: int, size: int) -> None:
 
     def node(name: str, peers: list[str]) -> Network:
         return Network(
-            seed=hashlib.sha256(name.encode()).digest(), listen=["/ip4/127.0.0.1/tcp/0"],
-            peers=peers, on_gossip=ignore, on_request=echo,
+            seed=hashlib.sha256(name.encode()).digest(),
+            listen=["/ip4/127.0.0.1/tcp/0"],
+            peers=peers,
+            on_gossip=ignore,
+            on_request=echo,
         )
 
     payload = bytes(size)
@@ -80,8 +83,9 @@ async def _bench(requests: int, size: int) -> None:
             _report(label, latencies, time.perf_counter() - start)
 
         stats = client.statistics()
-        print(f"client: {stats.requests_sent} sent, {stats.requests_failed} failed, "
-              f"{stats.open_streams} open stream(s)")
+        print(
+            f"client: {stats.requests_sent} sent, {stats.requests_failed} failed, {stats.open_streams} open stream(s)"
+        )
         nursery.cancel_scope.cancel()
 
 

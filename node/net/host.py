@@ -66,12 +66,24 @@ RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 @dataclass(frozen=True)
 class NetworkStatistics:
+    """Counters since ``Network`` was created (a snapshot; cheap to take).
+
+    ``requests_*`` count outbound requests (sent / failed with ``PeerUnreachable``)
+    and inbound ones handled (``received``; requests to ourselves count as both).
+    ``handler_errors``: on_request raised or returned something unusable, so no
+    reply was sent. ``gossip_received`` counts messages handed to on_gossip;
+    ``gossip_dropped`` those lost because on_gossip fell behind.
+    ``frames_rejected``: malformed or oversized frames, and streams closed in
+    the middle of a frame. ``open_streams``: rpc streams open now, both ways.
+    """
+
     connected_peers: int
     requests_sent: int
     requests_received: int
     requests_failed: int
     handler_errors: int
     gossip_published: int
+    gossip_publish_failed: int
     gossip_received: int
     gossip_dropped: int
     frames_rejected: int
@@ -196,9 +208,8 @@ class Network:
         if max_frame <= 0:
             raise ValueError("max_frame must be positive")
         self._key_pair = create_new_key_pair(seed)
-        self._id = ID.from_pubkey(self._key_pair.public_key)
-        self.peer_id: str = self._id.to_base58()
-        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        self.peer_id: str = ID.from_pubkey(self._key_pair.public_key).to_base58()
+        self._listen = [_split_p2p(a)[0] for a in listen]
         self._topic = topic
         self._on_gossip = on_gossip
         self._on_request = on_request
@@ -223,7 +234,6 @@ class Network:
             self.add_peer_addrs(pid, [str(maddr)])
             if pid != self.peer_id and pid not in self._keep:
                 self._keep.append(pid)
-
 
     # -- public API ----------------------------------------------------------
 
@@ -273,6 +283,7 @@ class Network:
             requests_failed=c.requests_failed,
             handler_errors=c.handler_errors,
             gossip_published=c.gossip_published,
+            gossip_publish_failed=c.gossip_publish_failed,
             gossip_received=c.gossip_received,
             gossip_dropped=c.gossip_dropped,
             frames_rejected=c.frames_rejected,
@@ -291,16 +302,16 @@ class Network:
             try:
                 await self._pubsub.publish(self._topic, bytes(data))
             except Exception as exc:
+                self._counters.gossip_publish_failed += 1
                 log.warning("gossip publish failed: %r", exc)
                 return
         if scope.cancelled_caught:
+            self._counters.gossip_publish_failed += 1
             log.warning("gossip publish took over %.1f s; gave up", PUBLISH_TIMEOUT)
             return
         self._counters.gossip_published += 1
 
-    async def request(
-        self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()
-    ) -> bytes:
+    async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
         """Send one request to ``peer_id`` and return its reply.
 
         Raises ``PeerUnreachable`` on any failure (including no reply within
@@ -338,9 +349,35 @@ class Network:
         if self._started:
             raise RuntimeError("Network.run can only be called once")
         self._started = True
+        # libp2p cleans up badly when cancelled: its clean-up code stops at the
+        # first ``await``, leaving sockets open (the remote then never sees the
+        # connection go) and listeners accepting. So once started, libp2p runs
+        # shielded from our caller's cancellation; when that comes we first shut
+        # down gracefully while libp2p is still fully alive, then cancel it.
+        # (Start-up itself stays cancellable.)
+        libp2p_scope = trio.CancelScope()
+        stop = trio.Event()
+        stopped = trio.Event()
+
+        async def shielded(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with libp2p_scope:
+                    await self._run(stop, libp2p_scope, task_status)
+            finally:
+                stopped.set()
+
         try:
             _check_ports_free(self._listen)
-            await self._run(task_status)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(shielded)
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    stop.set()
+                    with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT + 1):
+                        await stopped.wait()
+                    libp2p_scope.cancel()
         except NetworkError:
             raise
         except Exception as exc:
@@ -352,7 +389,8 @@ class Network:
             self._links.clear()
             self._link_locks.clear()
 
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _run(self, stop: trio.Event, scope: trio.CancelScope, task_status: trio.TaskStatus[None]) -> None:
+        """Run libp2p and our tasks until ``stop`` is set, then close gracefully."""
         host = new_host(
             key_pair=self._key_pair,
             sec_opt={
@@ -389,35 +427,44 @@ class Network:
         for peer_id, known in self._known_addrs.items():
             host.get_peerstore().add_addrs(ID.from_base58(peer_id), known, 0)
         gossip_send, gossip_recv = trio.open_memory_channel[tuple[str, bytes]](GOSSIP_QUEUE)
-        async with host.run(self._listen):
-            try:
-                async with background_trio_service(pubsub), background_trio_service(router):
-                    await pubsub.wait_until_ready()
-                    subscription = await pubsub.subscribe(self._topic)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._gossip_reader, subscription, gossip_send)
-                        nursery.start_soon(self._gossip_dispatcher, gossip_recv)
-                        for peer_id in self._keep:
-                            nursery.start_soon(self._keep_dialled, peer_id)
-                        self._pubsub = pubsub
-                        self._nursery = nursery
-                        log.info("node %s listening on %s", self.peer_id, self.addrs())
-                        task_status.started()
-                        await trio.sleep_forever()
-            finally:
-                self._nursery = None
-                self._pubsub = None
+        try:
+            async with (
+                host.run(self._listen),
+                background_trio_service(pubsub),
+                background_trio_service(router),
+            ):
+                await pubsub.wait_until_ready()
+                subscription = await pubsub.subscribe(self._topic)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._gossip_reader, subscription, gossip_send)
+                    nursery.start_soon(self._gossip_dispatcher, gossip_recv)
+                    for peer_id in self._keep:
+                        nursery.start_soon(self._keep_dialled, peer_id)
+                    self._pubsub = pubsub
+                    self._nursery = nursery
+                    log.info("node %s listening on %s", self.peer_id, self.addrs())
+                    scope.shield = True
+                    task_status.started()
+                    await stop.wait()
+                    # Graceful stop: our tasks (links, redials, gossip) first,
+                    # then libp2p's connections and listeners while it runs.
+                    self._nursery = None
+                    self._pubsub = None
+                    nursery.cancel_scope.cancel()
                 await self._close_host(host)
+        finally:
+            # Also covers a failed or cancelled start-up (a listener may be open).
+            self._nursery = None
+            self._pubsub = None
+            await self._close_host(host)
 
     @staticmethod
     async def _close_host(host: IHost) -> None:
-        """Close connections and listeners explicitly, shielded from the
-        cancellation that is usually why we are stopping.
+        """Close listeners, connections and the host; bounded in time, shielded.
 
-        libp2p's own clean-up on cancellation stops at its first ``await``; and
-        its TCP listener runs as a trio *system* task with SO_REUSEPORT, so a
-        listener left open keeps accepting connections on the port — sharing
-        them with a restarted node on the same port.
+        The TCP listener runs as a trio *system* task with SO_REUSEPORT: one
+        left open keeps accepting connections on its port — sharing them with a
+        node restarted on the same port. Idempotent.
         """
         swarm: Any = host.get_network()
 
@@ -480,9 +527,7 @@ class Network:
                 if nursery is None:  # shut down while we were opening
                     await discard_stream(stream)
                     raise PeerUnreachable(peer_id, "network is not running")
-                link = OutboundLink(
-                    stream, peer_id, max_frame=self._max_frame, counters=self._counters
-                )
+                link = OutboundLink(stream, peer_id, max_frame=self._max_frame, counters=self._counters)
                 self._links[peer_id] = link
                 nursery.start_soon(self._run_link, link)
                 return link
@@ -524,7 +569,10 @@ class Network:
             return
         try:
             await serve_inbound(
-                stream, remote, self._on_request, max_frame=self._max_frame,
+                stream,
+                remote,
+                self._on_request,
+                max_frame=self._max_frame,
                 counters=self._counters,
             )
         except Exception:  # serve_inbound should not raise; never take libp2p down
@@ -591,8 +639,7 @@ class Network:
                 except PeerUnreachable as exc:
                     failures += 1
                     level = logging.INFO if failures == 1 else logging.DEBUG
-                    log.log(level, "dial to %s failed (%d in a row): %s", peer_id, failures,
-                            exc.reason)
+                    log.log(level, "dial to %s failed (%d in a row): %s", peer_id, failures, exc.reason)
                     delay = min(max(delay * 2, REDIAL_MIN), REDIAL_MAX)
                     continue
                 log.info("connected to %s", peer_id)
@@ -605,9 +652,7 @@ class Network:
 
     # -- gossip ----------------------------------------------------------------
 
-    async def _gossip_reader(
-        self, subscription: Any, out: trio.MemorySendChannel[tuple[str, bytes]]
-    ) -> None:
+    async def _gossip_reader(self, subscription: Any, out: trio.MemorySendChannel[tuple[str, bytes]]) -> None:
         """Move messages from libp2p's small subscription buffer to ours."""
         while True:
             try:
@@ -629,9 +674,7 @@ class Network:
                 self._counters.gossip_dropped += 1
                 log.warning("gossip queue full; dropped a message from %s", origin)
 
-    async def _gossip_dispatcher(
-        self, queue: trio.MemoryReceiveChannel[tuple[str, bytes]]
-    ) -> None:
+    async def _gossip_dispatcher(self, queue: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in queue:
             self._counters.gossip_received += 1
             try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from libp2p.network.stream.exceptions import StreamEOF
 
 from node.net.errors import PeerUnreachable, RemoteProtocolError
 from node.net.wire import FrameDecoder, encode_frame
@@ -47,6 +48,7 @@ class Counters:
     requests_failed: int = 0
     handler_errors: int = 0
     gossip_published: int = 0
+    gossip_publish_failed: int = 0
     gossip_received: int = 0
     gossip_dropped: int = 0
     frames_rejected: int = 0
@@ -70,8 +72,6 @@ async def discard_stream(stream: Any, *, graceful: bool = False) -> None:
 
 async def _read(stream: Any) -> bytes | None:
     """Read what is available; ``None`` at a clean end of stream."""
-    from libp2p.network.stream.exceptions import StreamEOF
-
     try:
         data: bytes = await stream.read(READ_SIZE)
     except StreamEOF:
@@ -108,7 +108,7 @@ class _Waiter:
     def __init__(self) -> None:
         self.event = trio.Event()
         self.payload: bytes | None = None
-        self.error: BaseException | None = None
+        self.error: PeerUnreachable | None = None
 
 
 class OutboundLink:
@@ -185,7 +185,13 @@ class OutboundLink:
     # -- internals ---------------------------------------------------------
 
     def _error(self) -> PeerUnreachable:
-        return self._failure or PeerUnreachable(self.peer_id, "link closed")
+        """A fresh exception per caller (one instance raised in many tasks would
+        pile up their tracebacks)."""
+        failure = self._failure
+        error = PeerUnreachable(self.peer_id, failure.reason if failure else "link closed")
+        if failure is not None:
+            error.__cause__ = failure.__cause__
+        return error
 
     def _fail(self, error: PeerUnreachable) -> None:
         """Mark the link dead and fail every waiting caller (idempotent)."""
@@ -196,8 +202,7 @@ class OutboundLink:
         self._send.close()
         for waiter in self._waiters.values():
             if not waiter.event.is_set():
-                waiter.error = PeerUnreachable(error.peer_id, error.reason)
-                waiter.error.__cause__ = error.__cause__
+                waiter.error = self._error()
                 waiter.event.set()
 
     async def _writer(self, scope: trio.CancelScope) -> None:
@@ -219,9 +224,8 @@ class OutboundLink:
                 return False
             if data is None:
                 if decoder.pending:
-                    log.warning(
-                        "peer %s closed the rpc stream in the middle of a frame", self.peer_id
-                    )
+                    self._counters.frames_rejected += 1
+                    log.warning("peer %s closed the rpc stream in the middle of a frame", self.peer_id)
                 self._fail(PeerUnreachable(self.peer_id, "peer closed the stream"))
                 return True
             try:
@@ -268,18 +272,15 @@ async def serve_inbound(
                 reply = await on_request(peer_id, payload)
             except Exception:
                 counters.handler_errors += 1
-                log.exception("request handler failed for request %d from %s; no reply sent",
-                              request_id, peer_id)
+                log.exception("request handler failed for request %d from %s; no reply sent", request_id, peer_id)
                 return
             if not isinstance(reply, bytes | bytearray | memoryview):
                 counters.handler_errors += 1
-                log.error("request handler returned %s, not bytes; no reply sent",
-                          type(reply).__name__)
+                log.error("request handler returned %s, not bytes; no reply sent", type(reply).__name__)
                 return
             if len(reply) > max_frame:
                 counters.handler_errors += 1
-                log.error("reply of %d bytes to %s exceeds max_frame=%d; no reply sent",
-                          len(reply), peer_id, max_frame)
+                log.error("reply of %d bytes to %s exceeds max_frame=%d; no reply sent", len(reply), peer_id, max_frame)
                 return
             try:
                 await send.send(encode_frame(request_id, bytes(reply), max_frame))
@@ -310,8 +311,7 @@ async def serve_inbound(
                     if data is None:
                         if decoder.pending:
                             counters.frames_rejected += 1
-                            log.warning("peer %s closed its rpc stream in the middle of a frame",
-                                        peer_id)
+                            log.warning("peer %s closed its rpc stream in the middle of a frame", peer_id)
                             outer.cancel_scope.cancel()
                         else:
                             # Clean end: let running handlers finish and reply.
@@ -321,8 +321,7 @@ async def serve_inbound(
                         frames = decoder.feed(data)
                     except RemoteProtocolError as exc:
                         counters.frames_rejected += 1
-                        log.warning("bad request frame from %s, closing the stream: %s",
-                                    peer_id, exc)
+                        log.warning("bad request frame from %s, closing the stream: %s", peer_id, exc)
                         outer.cancel_scope.cancel()
                         break
                     for request_id, payload in frames:

@@ -49,9 +49,7 @@ def decode_frame(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, 
     decoder = FrameDecoder(max_frame)
     frames = decoder.feed(data)
     if len(frames) != 1 or decoder.pending:
-        raise RemoteProtocolError(
-            f"expected exactly one frame, got {len(frames)} and {decoder.pending} spare bytes"
-        )
+        raise RemoteProtocolError(f"expected exactly one frame, got {len(frames)} and {decoder.pending} spare bytes")
     return frames[0]
 
 
@@ -60,9 +58,7 @@ def check_length(length: int, max_frame: int) -> None:
     if length < ID_SIZE:
         raise RemoteProtocolError(f"frame length {length} is shorter than the request id")
     if length - ID_SIZE > max_frame:
-        raise RemoteProtocolError(
-            f"frame payload of {length - ID_SIZE} bytes exceeds max_frame={max_frame}"
-        )
+        raise RemoteProtocolError(f"frame payload of {length - ID_SIZE} bytes exceeds max_frame={max_frame}")
 
 
 class FrameDecoder:

@@ -41,8 +41,12 @@ def make(
     max_frame: int = 1 << 20,
 ) -> Network:
     return Network(
-        seed=seed(name), listen=[listen], peers=peers or [], on_gossip=on_gossip,
-        on_request=on_request, max_frame=max_frame,
+        seed=seed(name),
+        listen=[listen],
+        peers=peers or [],
+        on_gossip=on_gossip,
+        on_request=on_request,
+        max_frame=max_frame,
     )
 
 
@@ -130,6 +134,25 @@ async def test_listen_port_in_use_is_an_error() -> None:
             await start(clash)
 
 
+@pytest.mark.trio
+async def test_cancelled_start_up_releases_the_port() -> None:
+    port = free_port()
+    listen = f"/ip4/127.0.0.1/tcp/{port}"
+    for delay in (0, 0.001, 0.003, 0.01, 0.05):
+        net = make("a", listen=listen)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(delay):
+                    await nursery.start(net.run)
+                nursery.cancel_scope.cancel()
+    async with cluster() as start:
+        a = make("a", listen=listen)
+        await start(a)  # would fail (port in use) if a listener had been left open
+        b = make("b", peers=a.addrs())
+        await start(b)
+        assert await b.request(a.peer_id, b"x", timeout=5) == b"echo:x"
+
+
 # -- request / reply ----------------------------------------------------------
 
 
@@ -171,10 +194,8 @@ async def test_peers_that_dial_each_other() -> None:
     port_a, port_b = free_port(), free_port()
     a = make("a", listen=f"/ip4/127.0.0.1/tcp/{port_a}")
     b = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_b}")
-    a_cfg = make("a", listen=f"/ip4/127.0.0.1/tcp/{port_a}",
-                 peers=[f"/ip4/127.0.0.1/tcp/{port_b}/p2p/{b.peer_id}"])
-    b_cfg = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_b}",
-                 peers=[f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.peer_id}"])
+    a_cfg = make("a", listen=f"/ip4/127.0.0.1/tcp/{port_a}", peers=[f"/ip4/127.0.0.1/tcp/{port_b}/p2p/{b.peer_id}"])
+    b_cfg = make("b", listen=f"/ip4/127.0.0.1/tcp/{port_b}", peers=[f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.peer_id}"])
     async with cluster() as start:
         await start(a_cfg)
         await start(b_cfg)

@@ -526,9 +526,17 @@ def test_help_lists_every_command() -> None:
 def test_watch_updates_the_status_line(fake: FakeClient) -> None:
     from cli.waiting import watch
 
-    lines: list[str] = []
-    watch(lambda: fake, JOB_ID, types.SimpleNamespace(update=lines.append))  # type: ignore[arg-type]
-    assert len(lines) == 3 and all("completed" in line for line in lines)
+    updates: list[tuple[str, str]] = []
+    line = types.SimpleNamespace(update=lambda state, reason: updates.append((state, reason)))
+    watch(lambda: fake, JOB_ID, line)  # type: ignore[arg-type]
+    assert updates == [("completed", "")] * 3
+
+
+def test_status_line_never_wraps() -> None:
+    from cli.render import status_line
+
+    line = status_line(JOB_ID, "pending", "waiting for bids: " + "x " * 100, width=60)
+    assert len(line.plain) == 60 and line.plain.startswith(JOB_ID[:12] + " pending · waiting")
 
 
 def test_import_is_light() -> None:
@@ -558,3 +566,29 @@ def test_ctrl_c_in_serve_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=interrupted))
     result = run("serve")
     assert result.exit_code == 130 and result.output == ""
+
+
+def test_ctrl_c_out_of_a_trio_nursery_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(config: Any) -> None:
+        raise BaseExceptionGroup("Exceptions from Trio nursery", [KeyboardInterrupt()])
+
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=interrupted))
+    result = run("serve")
+    assert result.exit_code == 130 and result.output == ""
+
+
+def test_client_commands_work_without_trio(tmp_path: Path) -> None:
+    """``make_client`` keeps trio out of client commands; nothing on their path may need it."""
+    code = (
+        "import sys, cli.main; cli.main.make_client('http://127.0.0.1:9'); import httpx; "
+        "print(sys.modules['trio'] is None)"
+    )
+    env = {"SHOAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"
+    version = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--api", "http://127.0.0.1:9", "version"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert version.returncode == 0, version.stderr
+    assert "node  not reachable" in version.stdout
