@@ -1,7 +1,7 @@
 """Executors run one job execution each, behind one small interface."""
 
-from executors.base import Executor, ExecutorError, RunRequest
+from executors.base import MAX_CAPTURE, Executor, ExecutorError, Mount, RunRequest
 from executors.noop import NoopExecutor
 from executors.registry import ExecutorRegistry, default_registry
 
-__all__ = ["Executor", "ExecutorError", "ExecutorRegistry", "NoopExecutor", "RunRequest", "default_registry"]
+__all__ = ["MAX_CAPTURE", "Executor", "ExecutorError", "ExecutorRegistry", "Mount", "NoopExecutor", "RunRequest", "default_registry"]

@@ -8,6 +8,17 @@ from typing import Protocol
 
 from jobs import JobSpec, RunResult
 
+MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path the job sees at ``target`` (inputs read-only; outputs writable)."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -15,7 +26,12 @@ class RunRequest:
     execution_id: str
     spec: JobSpec
     work_dir: Path  # scratch space owned by this execution, removed afterwards
-    outputs_dir: Path  # where the job writes its declared outputs
+    outputs_dir: Path  # declared output NAME lives at outputs_dir / NAME, seen by the job at its path
+    inputs: tuple[Mount, ...] = ()  # already fetched by storage, seen by the job at their paths
+    seed: bytes = b""  # deterministic engines seed clocks and randomness from this (same on every node)
+
+    def output_mounts(self) -> list[Mount]:
+        return [Mount(self.outputs_dir / o.name, o.path, read_only=False) for o in self.spec.outputs]
 
 
 class ExecutorError(Exception):

@@ -68,13 +68,13 @@ async def test_killed_compute_node_leaves_no_job_stuck(shoal_home):
 
 
 async def test_restarted_requester_finishes_its_jobs(shoal_home):
-    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18740) as stack:
-        async with AsyncClient(stack.nodes[0].api) as client:
-            job_ids = []
-            with trio.fail_after(30):
-                for _ in range(100):
-                    job_ids.append((await client.submit(NOOP3)).job.id)
-            stack.kill(0)  # the requester dies with jobs in flight
-            await stack.restart(0)
-            finals = await _wait_all(client, job_ids, timeout=120)
+    async with (Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18740) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        job_ids = []
+        with trio.fail_after(30):
+            for _ in range(100):
+                job_ids.append((await client.submit(NOOP3)).job.id)
+        stack.kill(0)  # the requester dies with jobs in flight
+        await stack.restart(0)
+        finals = await _wait_all(client, job_ids, timeout=120)
     assert [d.job.state for d in finals] == [JobState.COMPLETED] * 100, {d.job.reason for d in finals}
