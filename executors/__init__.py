@@ -4,4 +4,13 @@ from executors.base import MAX_CAPTURE, Executor, ExecutorError, Mount, RunReque
 from executors.noop import NoopExecutor
 from executors.registry import ExecutorRegistry, default_registry
 
-__all__ = ["MAX_CAPTURE", "Executor", "ExecutorError", "ExecutorRegistry", "Mount", "NoopExecutor", "RunRequest", "default_registry"]
+__all__ = [
+    "MAX_CAPTURE",
+    "Executor",
+    "ExecutorError",
+    "ExecutorRegistry",
+    "Mount",
+    "NoopExecutor",
+    "RunRequest",
+    "default_registry",
+]
