@@ -114,9 +114,14 @@ async def _phase_medians(api_urls: list[str], sample: list[tuple[str, int]]) -> 
     from shoal import AsyncClient
 
     per_phase: dict[str, list[float]] = {}
-    for job_id, i in sample:
-        async with AsyncClient(api_urls[i % len(api_urls)]) as client:
-            phases = (await client.describe(job_id)).phases
+    clients = [AsyncClient(url) for url in api_urls]
+    try:
+        descriptions = [await clients[i % len(clients)].describe(job_id) for job_id, i in sample]
+    finally:
+        for client in clients:
+            await client.aclose()
+    for description in descriptions:
+        phases = description.phases
         if phases.submitted is None:
             continue
         for name, value in phases.model_dump().items():
