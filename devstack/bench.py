@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import trio
 
+from devstack.stack import Devstack
 from jobs import JobSpec
 
 
@@ -33,6 +37,7 @@ class BenchReport:
     phases_ms: dict[str, float] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
+    chaos_kills: int = 0
 
     def summary(self) -> str:
         lat = self.latency_ms
@@ -47,6 +52,8 @@ class BenchReport:
         if self.phases_ms:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases_ms.items())
             lines.append(f"phases (median ms after submit): {phases}")
+        if self.chaos_kills:
+            lines.append(f"chaos: {self.chaos_kills} nodes killed with SIGKILL and restarted during the run")
         for reason, n in self.failure_reasons.items():
             lines.append(f"  {n} x {reason}")
         for name, (before, after) in self.rss_mb.items():
@@ -62,8 +69,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: int, nodes: int,
-              job_timeout: float = 120.0, spec: dict | None = None, sample_phases: int = 200) -> BenchReport:
-    from shoal import AsyncClient, ShoalAPIError
+              job_timeout: float = 120.0, spec: dict | None = None, sample_phases: int = 200,
+              chaos: Devstack | None = None, chaos_interval: float = 3.0) -> BenchReport:
+    """Submit ``jobs`` jobs from ``submitters`` concurrent clients, each waiting for its job to end.
+
+    With ``chaos``, a random node of that stack is killed with SIGKILL every ``chaos_interval``
+    seconds and restarted; submitters ride through their node's restarts (same idempotency key).
+    """
+    from shoal import AsyncClient, ConnectionFailed, ShoalAPIError
 
     job_spec = JobSpec.model_validate(spec or {"engine": {"name": "noop"}, "deal": {"concurrency": concurrency}})
     latencies: list[float] = []
@@ -72,15 +85,28 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
     finished_ids: list[tuple[str, int]] = []
     counter = iter(range(jobs))
 
+    async def patiently(call, deadline: float):
+        while True:
+            try:
+                return await call()
+            except ConnectionFailed:
+                if time.monotonic() > deadline:
+                    raise
+                await trio.sleep(0.3)
+
     async def submitter(i: int) -> None:
         url = api_urls[i % len(api_urls)]
         async with AsyncClient(url, timeout=job_timeout) as client:
-            for _ in counter:
+            for n in counter:
                 t0 = time.perf_counter()
+                deadline = time.monotonic() + job_timeout
+                key = f"bench-{start_id}-{n}"
                 try:
-                    d = await client.submit(job_spec)
+                    d = await patiently(partial(client.submit, job_spec, idempotency_key=key), deadline)
+                    job_id = d.job.id
                     if not d.job.state.is_terminal:
-                        d = await client.wait(d.job.id, timeout=job_timeout, poll=min(job_timeout, 30.0))
+                        wait = partial(client.wait, job_id, timeout=job_timeout, poll=min(job_timeout, 30.0))
+                        d = await patiently(wait, deadline)
                 except ShoalAPIError as e:
                     outcomes["error"] += 1
                     reasons[f"client: {type(e).__name__}: {str(e)[:80]}"] += 1
@@ -89,23 +115,43 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
                 outcomes[d.job.state.value] += 1
                 if d.job.state.value != "completed":
                     reasons[d.job.reason[:120]] += 1
+                elif sum(x.state.value == "completed" for x in d.executions) != d.job.spec.deal.concurrency:
+                    outcomes["completed_wrongly"] += 1  # more (or fewer) accepted results than asked for
                 finished_ids.append((d.job.id, i))
 
+    async def chaos_monkey() -> None:
+        assert chaos is not None
+        rng = random.Random(0)
+        while True:
+            await trio.sleep(chaos_interval)
+            victim = rng.randrange(len(chaos.nodes))
+            chaos.kill(victim)
+            chaos_events.append(victim)
+            await trio.sleep(0.5)
+            await chaos.restart(victim)
+
+    start_id = uuid.uuid4().hex[:8]
+    chaos_events: list[int] = []
     start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for i in range(submitters):
-            nursery.start_soon(submitter, i)
+    async with trio.open_nursery() as outer:
+        if chaos is not None:
+            outer.start_soon(chaos_monkey)
+        async with trio.open_nursery() as nursery:
+            for i in range(submitters):
+                nursery.start_soon(submitter, i)
+        outer.cancel_scope.cancel()
     wall = time.perf_counter() - start
 
     phases = await _phase_medians(api_urls, finished_ids[-sample_phases:])
     ms = [x * 1000 for x in latencies]
     return BenchReport(
         jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes,
-        completed=outcomes["completed"], failed=outcomes["failed"] + outcomes["cancelled"], errors=outcomes["error"],
+        completed=outcomes["completed"] - outcomes["completed_wrongly"],
+        failed=outcomes["failed"] + outcomes["cancelled"], errors=outcomes["error"] + outcomes["completed_wrongly"],
         wall_seconds=wall, jobs_per_second=outcomes["completed"] / wall if wall else 0.0,
         latency_ms={"mean": statistics.fmean(ms) if ms else math.nan, "p50": _percentile(ms, 0.5),
                     "p90": _percentile(ms, 0.9), "p99": _percentile(ms, 0.99), "max": max(ms, default=math.nan)},
-        phases_ms=phases, failure_reasons=dict(reasons.most_common(10)),
+        phases_ms=phases, failure_reasons=dict(reasons.most_common(10)), chaos_kills=len(chaos_events),
     )
 
 
@@ -140,9 +186,9 @@ def rss_mb(pid: int) -> float:
 
 
 def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrency: int = 3,
-         api: str | None = None, base_port: int = 8800, as_json: bool = False) -> BenchReport:
+         api: str | None = None, base_port: int = 8800, as_json: bool = False, chaos: bool = False,
+         chaos_interval: float = 3.0) -> BenchReport:
     """``shoal bench``: start a fresh noop devstack (or use ``api``), run, print a summary and JSON."""
-    from devstack.stack import Devstack
     from node.config import shoal_home
 
     async def _main() -> BenchReport:
@@ -155,7 +201,8 @@ def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrenc
         async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
             before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
             report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters,
-                               concurrency=concurrency, nodes=nodes)
+                               concurrency=concurrency, nodes=nodes, chaos=stack if chaos else None,
+                               chaos_interval=chaos_interval)
             report.rss_mb = {name: [before[name], rss_mb(n.pid)] for name, n in
                              ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
             return report

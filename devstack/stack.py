@@ -47,14 +47,16 @@ class NodeProcess:
 
 class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
-                 extra_args: list[str] | None = None, write_state: bool = True) -> None:
+                 extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
+                 write_state: bool = True) -> None:
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
         self.base_dir = base_dir or shoal_home() / "devstack"
         self.noop = noop
         self.write_state = write_state
         self.nodes = [
-            NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i, list(extra_args or []))
+            NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i,
+                        [*(extra_args or []), *(node_args or {}).get(i, [])])
             for i in range(nodes)
         ]
 

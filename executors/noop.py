@@ -38,8 +38,9 @@ class NoopExecutor:
         started = time.time()
         if self.hooks.before_run is not None:
             await self.hooks.before_run(request)
-        if self.hooks.delay:
-            await trio.sleep(self.hooks.delay)
+        delay = self.hooks.delay + getattr(request.spec.engine, "delay", 0.0)  # --noop maps other engines here
+        if delay:
+            await trio.sleep(delay)
         if self.hooks.error is not None:
             raise ExecutorError(self.hooks.error)
         return RunResult(

@@ -115,7 +115,10 @@ class Deadlines(_Frozen):
 
 
 class NoopEngine(_Frozen):
+    """Runs nothing and succeeds: for trying the network, tests and benchmarks."""
+
     name: Literal["noop"] = "noop"
+    delay: float = Field(0.0, ge=0, le=3600, description="seconds the run takes (to simulate work)")
 
 
 class DockerEngine(_Frozen):

@@ -43,7 +43,8 @@ log = logging.getLogger("shoal.requester")
 
 SIDE = ExecutionSide.REQUESTER
 SWEEP_INTERVAL = 0.25  # how often deadlines and re-announcements are checked
-LIVENESS_INTERVAL = 2.0  # how often nodes running our executions are asked whether they still are
+LIVENESS_INTERVAL = 1.0  # how often nodes running our executions are asked whether they still are
+LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast counts as silent for that round
 REQUEST_TIMEOUT = 5.0
 ANNOUNCE_BACKOFF_MAX = 30.0
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
@@ -90,7 +91,8 @@ class RequesterService:
         self.max_reoffers = max_reoffers
         self.nodes: dict[str, tuple[NodeInfo, float]] = {}
         self._active: dict[str, _Active] = {}
-        self._silent_since: dict[str, float] = {}
+        self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
+        self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
@@ -234,6 +236,7 @@ class RequesterService:
     # -- messages from compute nodes -------------------------------------------------------------
 
     async def handle(self, peer: str, message: Bid | Result) -> Reply:
+        self._last_heard[peer] = self.clock()
         aj = self._active.get(message.job_id)
         if aj is None:
             return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
@@ -473,7 +476,11 @@ class RequesterService:
             await self._announce(aj)
 
     async def _liveness_loop(self) -> None:
-        """Ask each node running our executions whether it still is; re-offer what a silent node held."""
+        """Ask each node running our executions whether it still is; re-offer what a silent node held.
+
+        One query per node (never per job), at most one in flight per node, each bounded by
+        LIVENESS_TIMEOUT; silence is measured from the last time we heard from the node at all.
+        """
         while True:
             await trio.sleep(LIVENESS_INTERVAL)
             by_node: dict[str, list[Execution]] = {}
@@ -483,22 +490,26 @@ class RequesterService:
                     if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id \
                             and now - x.updated_at > LIVENESS_INTERVAL:
                         by_node.setdefault(x.node_id, []).append(x)
-            if by_node:
-                async with trio.open_nursery() as nursery:
-                    for node, executions in by_node.items():
-                        nursery.start_soon(self._check_node, node, executions)
+            for node, executions in by_node.items():
+                if node not in self._checking:
+                    self._checking.add(node)
+                    self._spawn(self._check_node, node, executions)
 
     async def _check_node(self, node: str, executions: list[Execution]) -> None:
-        now = self.clock()
         try:
             reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in executions]),
-                                             timeout=REQUEST_TIMEOUT)
+                                             timeout=LIVENESS_TIMEOUT)
         except Unreachable:
-            since = self._silent_since.setdefault(node, now)
-            lost = [x for x in executions if now - since > self._job_silence(x)]
-            await self._lose(lost, f"node {node[-8:]} silent for {now - since:.0f} s")
+            now = self.clock()
+            heard = self._last_heard.get(node, 0.0)
+            lost = [x for x in executions if now - max(heard, x.updated_at) > self._job_silence(x)]
+            if lost:
+                silent = now - max(heard, min(x.updated_at for x in lost))
+                await self._lose(lost, f"node {node[-8:]} silent for {silent:.0f} s")
             return
-        self._silent_since.pop(node, None)
+        finally:
+            self._checking.discard(node)
+        self._last_heard[node] = self.clock()
         await self._lose([x for x in executions if reply.states.get(x.id, "unknown") == "unknown"],
                          f"node {node[-8:]} no longer knows the execution")
 

@@ -1,0 +1,130 @@
+"""What the deterministic engines (``wasm``, ``python``) share: the job's file system view, the seed, capture.
+
+Private to ``executors``: the wasm and Pyodide executors import it; nothing else should.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from executors.base import MAX_CAPTURE, ExecutorError, Mount, RunRequest
+
+# The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
+# and advances only when the job reads a clock.
+EPOCH_SECONDS = 1_704_067_200
+# How far a virtual clock moves per read: enough for "wait until t + x" loops to end, small enough to look real.
+CLOCK_STEP_NS = 1_000_000
+
+CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
+
+
+def job_seed(request: RunRequest) -> bytes:
+    """32 bytes that seed every clock and random source of the run; the same on every node for the same job."""
+    if request.seed:
+        return hashlib.sha256(b"shoal-seed:" + request.seed).digest()
+    return hashlib.sha256(b"shoal-job:" + request.job_id.encode()).digest()
+
+
+def job_path(path: str) -> str:
+    """An absolute, normalised path inside the job; relative paths are inside the context."""
+    if not path.startswith("/"):
+        path = posixpath.join(CONTEXT_DIR, path)
+    return posixpath.normpath(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def host_path(path: str, mounts: tuple[Mount, ...] | list[Mount]) -> Path | None:
+    """The host file behind job path ``path``, through the mount with the longest matching target."""
+    path = job_path(path)
+    best: Mount | None = None
+    for m in mounts:
+        target = posixpath.normpath(m.target)
+        if _inside(path, target) and (best is None or len(target) > len(posixpath.normpath(best.target))):
+            best = m
+    if best is None:
+        return None
+    rest = path[len(posixpath.normpath(best.target)) :].lstrip("/")
+    if not rest:
+        return best.source
+    if not best.source.is_dir():
+        return None
+    return best.source / rest
+
+
+@dataclass(frozen=True)
+class DirMount:
+    """A host directory the job sees at ``target``."""
+
+    host: Path
+    target: str
+    writable: bool
+
+
+def plan_mounts(request: RunRequest, scratch: Path) -> list[DirMount]:
+    """Inputs (read-only) and outputs (writable) as directory mounts, shallowest first.
+
+    Engines can only mount directories, so file inputs are linked (or copied, across file systems)
+    into a directory under ``scratch`` that is mounted at the file's parent path. Output directories
+    are created. Blocking: call from a worker thread.
+    """
+    dirs: list[DirMount] = []
+    files: dict[str, list[Mount]] = {}
+    for m in request.inputs:
+        target = posixpath.normpath(m.target)
+        if not target.startswith("/") or target == "/":
+            raise ExecutorError(f"input mount target {m.target!r} must be an absolute path below /", retryable=False)
+        if m.source.is_dir():
+            dirs.append(DirMount(m.source, target, writable=not m.read_only))
+        elif m.source.is_file():
+            files.setdefault(posixpath.dirname(target), []).append(m)
+        else:
+            raise ExecutorError(f"input {m.target} is missing on this node ({m.source})")
+    for i, (parent, group) in enumerate(sorted(files.items())):
+        holder = scratch / "file-inputs" / str(i)
+        holder.mkdir(parents=True, exist_ok=True)
+        for m in group:
+            dest = holder / posixpath.basename(posixpath.normpath(m.target))
+            try:
+                os.link(m.source, dest)
+            except OSError:
+                shutil.copyfile(m.source, dest)
+        dirs.append(DirMount(holder, parent, writable=False))
+    for m in request.output_mounts():
+        m.source.mkdir(parents=True, exist_ok=True)
+        dirs.append(DirMount(m.source, posixpath.normpath(m.target), writable=True))
+    seen: dict[str, DirMount] = {}
+    for d in dirs:
+        if d.target in seen:
+            raise ExecutorError(f"two inputs or outputs share the job path {d.target}", retryable=False)
+        seen[d.target] = d
+    return sorted(dirs, key=lambda d: (d.target.count("/"), d.target))
+
+
+class Tail:
+    """Keeps the last ``limit`` bytes written to it, and whether anything was dropped."""
+
+    def __init__(self, limit: int = MAX_CAPTURE) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        self._buf += data
+        if len(self._buf) > 2 * self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        return bytes(self._buf[-self.limit :]).decode("utf-8", errors="replace")

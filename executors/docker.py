@@ -1,0 +1,535 @@
+"""The Docker executor: one fresh, locked-down container per execution, through a real Docker Engine.
+
+docker-py is blocking, so every call runs in ``trio.to_thread.run_sync``; docker-py's errors become
+:class:`ExecutorError` here and nowhere else.
+
+Lifecycle of one execution (``run``)::
+
+    create (labelled shoal.node / shoal.execution / shoal.job)
+      → attach stdout+stderr (before start, so nothing is missed)
+      → start → read both streams until they close → wait for the exit code
+      → inspect for OOM when the exit code is not 0
+      → remove (always: shielded, also on cancellation and timeout)
+
+Containers are hardened: no network unless the job asks and the node allows it; memory (no swap),
+CPU quota and pids limits from the job's resources; read-only root with a writable tmpfs ``/tmp``;
+``cap_drop ALL``; ``no-new-privileges``; the node's uid:gid; inputs mounted read-only, outputs
+writable. The log driver is ``none``: output is read live from the attach stream and only the last
+``MAX_CAPTURE`` bytes of each stream are kept, so a chatty job cannot fill the daemon's disk.
+
+Run the tests with a daemon up (``scripts/install-docker``):
+``.venv/bin/python -m pytest tests/integration/test_docker_executor.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+import trio
+from docker.types import Mount as DockerMount
+from docker.utils import parse_repository_tag
+from docker.utils.socket import STDERR, frames_iter_no_tty
+
+from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
+from jobs import RunResult
+from jobs.spec import DockerEngine, format_bytes
+
+log = logging.getLogger("shoal.executors.docker")
+
+LABEL_NODE = "shoal.node"
+LABEL_EXECUTION = "shoal.execution"
+LABEL_JOB = "shoal.job"
+
+DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
+DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
+MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
+CPU_PERIOD = 100_000  # µs; the quota is cpu * period
+MIN_CPU_QUOTA = 1_000  # µs; Docker's floor
+INSTALLED_TTL = 5.0  # seconds an is_installed() answer is reused
+PING_TIMEOUT = 1.0  # seconds is_installed() waits for the daemon (it is called from the event loop)
+API_TIMEOUT = 60.0  # seconds for ordinary API calls (create, start, remove, pull steps)
+WAIT_CHUNK = 60.0  # seconds per container wait request; re-issued until the container exits
+CLEANUP_TIMEOUT = 30.0  # seconds the shielded removal may take before we leave it to cleanup_leftovers
+PROGRESS_INTERVAL = 1.0  # seconds between pull progress reports
+
+_BASE_IMAGES = "busybox, shoal/busybox, shoal/python:3"
+_UNREACHABLE = ("dial tcp", "no such host", "connection refused", "i/o timeout", "network is unreachable",
+                "tls handshake", "client.timeout", "server misbehaving", "temporary failure in name resolution",
+                "no route to host", "connection reset")
+
+ProgressCallback = Callable[[str], Awaitable[None] | None]
+_DaemonErrors = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def _connect(timeout: float) -> docker.APIClient:
+    """A low-level client for the daemon named by the environment (DOCKER_HOST, TLS settings).
+
+    Raises docker.errors.DockerException when the daemon does not answer (the API version is
+    negotiated on construction).
+    """
+    return docker.from_env(timeout=timeout, max_pool_size=32).api
+
+
+def _daemon_error(e: BaseException, doing: str) -> ExecutorError:
+    return ExecutorError(f"Docker daemon error while {doing}: {e}", retryable=True)
+
+
+class _Tail:
+    """The last ``cap`` bytes of a stream, and whether anything before them was dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.buf = bytearray()
+        self.truncated = False
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > self.cap:
+            del self.buf[: len(self.buf) - self.cap]  # cheap: bytearray deletes from the front in O(1)
+            self.truncated = True
+
+    def text(self) -> str:
+        data = bytes(self.buf)
+        if self.truncated:  # the cut may have split a UTF-8 sequence: drop its continuation bytes
+            skip = 0
+            while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+                skip += 1
+            data = data[skip:]
+        return data.decode("utf-8", errors="replace")
+
+
+class PullProgress:
+    """Turns Docker's per-layer pull events into a few human lines ("3/5 layers, 12 MiB/40 MiB").
+
+    ``update`` returns a line to report, or None when nothing worth saying happened (at most one
+    line per ``interval`` seconds, except the first and the final status).
+    """
+
+    def __init__(self, image: str, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic):
+        self.image, self.interval, self.clock = image, interval, clock
+        self.layers: dict[str, tuple[int, int, bool]] = {}  # id → (bytes done, total, complete)
+        self.last = -1e9
+
+    def update(self, event: dict[str, Any]) -> str | None:
+        status = str(event.get("status", ""))
+        layer = event.get("id")
+        final = status.startswith("Status:")
+        if layer and status != "Pulling fs layer" and not status.startswith(("Pulling from", "Digest:")):
+            done, total, complete = self.layers.get(layer, (0, 0, False))
+            if status == "Downloading":
+                detail = event.get("progressDetail") or {}
+                done, total = int(detail.get("current", done)), int(detail.get("total", total))
+            elif status in ("Download complete", "Pull complete", "Already exists"):
+                done = max(done, total)
+                complete = complete or status != "Download complete"
+            self.layers[layer] = (done, total, complete)
+        elif layer and status == "Pulling fs layer":
+            self.layers.setdefault(layer, (0, 0, False))
+        now = self.clock()
+        if not final and now - self.last < self.interval:
+            return None
+        self.last = now
+        if final:
+            return f"pulling {self.image}: {status.removeprefix('Status:').strip()}"
+        if not self.layers:
+            return None
+        finished = sum(1 for _, _, c in self.layers.values() if c)
+        done = sum(d for d, _, _ in self.layers.values())
+        total = sum(t for _, t, _ in self.layers.values())
+        size = f", {format_bytes(done)}/{format_bytes(total)}" if total else ""
+        return f"pulling {self.image}: {finished}/{len(self.layers)} layers{size}"
+
+
+class DockerExecutor:
+    """Runs ``DockerEngine`` jobs in containers.
+
+    Args:
+        node_label: identifies this node's containers (``shoal.node`` label) so that
+            :func:`cleanup_leftovers` removes exactly what this node left behind; use the node's data
+            dir or peer id. Two nodes on one host must use different labels.
+        allow_network: whether jobs asking for ``network`` may have it (default: refused).
+        pids_limit: processes + threads allowed per container.
+
+    Wiring (compute service):
+        1. ``await cleanup_leftovers(node_label)`` once at node start.
+        2. ``await executor.prepare(request, on_progress)`` *before* entering the job's
+           ``trio.fail_after(spec.timeout)``: pulling an image is not the job's run time.
+        3. ``await executor.run(request)`` inside the timeout. Cancelling it (timeout, job cancel)
+           kills and removes the container before the cancellation propagates.
+    """
+
+    name = "docker"
+
+    def __init__(self, node_label: str, *, allow_network: bool = False, pids_limit: int = DEFAULT_PIDS_LIMIT,
+                 max_capture: int = MAX_CAPTURE) -> None:
+        if not node_label:
+            raise ValueError("node_label must be non-empty: it names this node's containers")
+        self.node_label = node_label
+        self.allow_network = allow_network
+        self.pids_limit = pids_limit
+        self.max_capture = max_capture
+        self._api: docker.APIClient | None = None
+        self._api_lock = threading.Lock()
+        self._installed: tuple[bool, float] | None = None  # (answer, monotonic time)
+
+    # -- installed? ----------------------------------------------------------------------------------
+
+    def is_installed(self) -> bool:
+        """True when the Docker daemon answers. Cached for INSTALLED_TTL seconds.
+
+        Blocking but bounded: a missing socket fails at once; a hung daemon costs PING_TIMEOUT.
+        """
+        now = time.monotonic()
+        if self._installed is not None and now - self._installed[1] < INSTALLED_TTL:
+            return self._installed[0]
+        try:
+            _connect(PING_TIMEOUT).close()
+            answer = True
+        except _DaemonErrors as e:
+            log.debug("docker daemon does not answer: %s", e)
+            answer = False
+        self._installed = (answer, time.monotonic())
+        return answer
+
+    def _client(self) -> docker.APIClient:
+        with self._api_lock:
+            if self._api is None:
+                self._api = _connect(API_TIMEOUT)
+            return self._api
+
+    async def _connected(self) -> docker.APIClient:
+        try:
+            return await trio.to_thread.run_sync(self._client)
+        except _DaemonErrors as e:
+            self._installed = (False, time.monotonic())
+            raise ExecutorError(f"the Docker daemon does not answer: {e}", retryable=True) from e
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def _engine(self, request: RunRequest) -> DockerEngine:
+        engine = request.spec.engine
+        if not isinstance(engine, DockerEngine):
+            raise ExecutorError(f"the docker executor cannot run {engine.name!r} jobs", retryable=True)
+        if engine.network and not self.allow_network:
+            raise ExecutorError("this node does not give jobs network access (the job sets network: true)",
+                                retryable=False)
+        return engine
+
+    # -- images --------------------------------------------------------------------------------------
+
+    async def prepare(self, request: RunRequest, on_progress: ProgressCallback | None = None) -> None:
+        """Make sure the job can start: the engine is acceptable and its image is present.
+
+        Call it *before* the run timeout starts: when the image is missing and a registry is
+        reachable it is pulled here, and ``on_progress`` (sync or async, called in the trio thread)
+        receives lines such as ``"pulling python:3-slim: 2/5 layers, 12 MiB/40 MiB"``, at most one
+        per second, for the job's events. Nothing is reported when the image is already present.
+
+        Raises:
+            ExecutorError: the daemon does not answer, the node refuses network jobs (not
+                retryable), or the image is missing and cannot be pulled (retryable: another node
+                may have it).
+        """
+        engine = self._engine(request)
+        api = await self._connected()
+        await self._ensure_image(api, engine.image, on_progress)
+
+    async def _ensure_image(self, api: docker.APIClient, image: str, on_progress: ProgressCallback | None) -> None:
+        try:
+            await trio.to_thread.run_sync(api.inspect_image, image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except _DaemonErrors as e:
+            raise _daemon_error(e, f"looking up image {image!r}") from e
+        await self._pull(api, image, on_progress)
+
+    async def _pull(self, api: docker.APIClient, image: str, on_progress: ProgressCallback | None) -> None:
+        repo, tag = parse_repository_tag(image)
+        tracker = PullProgress(image)
+        token = trio.lowlevel.current_trio_token()
+        abandoned = threading.Event()
+
+        async def report(line: str) -> None:
+            if on_progress is not None:
+                result = on_progress(line)
+                if inspect.isawaitable(result):
+                    await result
+
+        def pull() -> None:
+            for event in api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                if "error" in event:
+                    raise docker.errors.APIError(str(event.get("error")))
+                line = tracker.update(event)
+                if line is not None and on_progress is not None and not abandoned.is_set():
+                    trio.from_thread.run(report, line, trio_token=token)
+
+        started = time.monotonic()
+        if on_progress is not None:
+            await report(f"pulling {image}: image not present on this node")
+        try:
+            await trio.to_thread.run_sync(pull, abandon_on_cancel=True)
+        except docker.errors.DockerException as e:
+            raise _pull_error(image, e) from e
+        except requests.exceptions.RequestException as e:
+            raise _daemon_error(e, f"pulling {image!r}") from e
+        finally:
+            abandoned.set()
+        if on_progress is not None:
+            await report(f"pulled {image} in {time.monotonic() - started:.1f} s")
+
+    # -- running -------------------------------------------------------------------------------------
+
+    async def run(self, request: RunRequest) -> RunResult:
+        """Run the job in a fresh container and return its exit code and captured output.
+
+        Output: each stream keeps its *last* ``MAX_CAPTURE`` bytes (the tail, where errors and
+        results usually are); ``stdout_truncated``/``stderr_truncated`` say whether earlier bytes
+        were dropped. Out of memory: exit code 137 and a final stderr line
+        ``shoal: out of memory (limit 64 MiB)``. A command that cannot be started (not found, not
+        executable) is a normal result with exit code 127/126, like a shell.
+
+        Cancellation (the caller's timeout or a job cancel) kills and removes the container, then
+        lets the cancellation propagate. If the image is missing it is pulled here, inside the
+        caller's timeout; call :meth:`prepare` first to avoid that.
+
+        Raises:
+            ExecutorError: the daemon does not answer or fails, the image is missing and cannot be
+                pulled (retryable), or the job is refused here (network; not retryable).
+        """
+        engine = self._engine(request)
+        api = await self._connected()
+        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine)
+        cid: str | None = None
+        creating = False
+        sock: Any = None
+        try:
+            try:
+                creating = True
+                try:
+                    cid = (await trio.to_thread.run_sync(lambda: api.create_container(**create_args)))["Id"]
+                except docker.errors.ImageNotFound:
+                    await self._ensure_image(api, engine.image, None)
+                    cid = (await trio.to_thread.run_sync(lambda: api.create_container(**create_args)))["Id"]
+                sock = await trio.to_thread.run_sync(
+                    lambda: api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
+                )
+                started_at = time.time()
+                failed_start = await trio.to_thread.run_sync(_start, api, cid)
+                if failed_start is not None:
+                    return failed_start
+                out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, abandon_on_cancel=True)
+                exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
+                finished_at = time.time()
+                oom = exit_code != 0 and await trio.to_thread.run_sync(_oom_killed, api, cid)
+            except docker.errors.APIError as e:
+                if e.status_code is not None and 400 <= e.status_code < 500:
+                    raise ExecutorError(f"Docker refused the job: {e.explanation or e}", retryable=False) from e
+                raise _daemon_error(e, "running the container") from e
+            except _DaemonErrors as e:
+                raise _daemon_error(e, "running the container") from e
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
+        stderr = err.text()
+        if oom:
+            limit = request.spec.resources.memory
+            line = f"shoal: out of memory (limit {format_bytes(max(limit, MIN_MEMORY)) if limit else 'none'})"
+            stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
+        return RunResult(
+            exit_code=exit_code, stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
+        )
+
+    def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine) -> dict[str, Any]:
+        resources = request.spec.resources
+        mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
+        for m in request.output_mounts():
+            m.source.mkdir(parents=True, exist_ok=True)
+            mounts.append(DockerMount(m.target, str(m.source), type="bind", read_only=False))
+        limits: dict[str, Any] = {}
+        if resources.memory > 0:  # 0: the job states no limit (Docker's convention)
+            limits["mem_limit"] = limits["memswap_limit"] = max(resources.memory, MIN_MEMORY)
+        if resources.cpu > 0:
+            limits["cpu_period"] = CPU_PERIOD
+            limits["cpu_quota"] = max(MIN_CPU_QUOTA, int(resources.cpu * CPU_PERIOD))
+        tmp_size = resources.disk or DEFAULT_TMP_SIZE
+        host_config = api.create_host_config(
+            mounts=mounts,
+            network_mode=None if engine.network else "none",
+            pids_limit=self.pids_limit,
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            tmpfs={"/tmp": f"rw,nosuid,nodev,exec,size={tmp_size}"},
+            log_config={"Type": "none", "Config": {}},
+            **limits,
+        )
+        env = {"HOME": "/tmp", **request.spec.env}  # the root fs is read-only: give tools a writable home
+        return {
+            "image": engine.image,
+            "command": list(engine.args) or None,
+            "entrypoint": list(engine.entrypoint) or None,
+            "environment": [f"{k}={v}" for k, v in env.items()],
+            "working_dir": engine.workdir,
+            "user": f"{os.getuid()}:{os.getgid()}",  # outputs belong to the node; root in the box stays unprivileged
+            "labels": {LABEL_NODE: self.node_label, LABEL_EXECUTION: request.execution_id,
+                       LABEL_JOB: request.job_id},
+            "network_disabled": not engine.network,
+            "host_config": host_config,
+        }
+
+    async def _remove(self, api: docker.APIClient, cid: str | None, execution_id: str | None, sock: Any) -> None:
+        """Kill and remove the container (found by label if its id never reached us). Never raises."""
+
+        def remove() -> None:
+            if sock is not None:
+                _close(sock)
+            if cid is not None:
+                _remove_all(api, [cid])
+            elif execution_id is not None:
+                _remove_all(api, _labelled(api, LABEL_EXECUTION, execution_id))
+
+        if cid is None and execution_id is None:
+            if sock is not None:
+                _close(sock)
+            return
+        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+            try:
+                await trio.to_thread.run_sync(remove, abandon_on_cancel=True)
+            except _DaemonErrors as e:
+                log.warning("could not remove container %s (%s); cleanup_leftovers will", cid or execution_id, e)
+        if scope.cancelled_caught:
+            log.warning("removing container %s took over %g s; cleanup_leftovers will", cid, CLEANUP_TIMEOUT)
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove containers this node left behind (see the module-level :func:`cleanup_leftovers`)."""
+        return await cleanup_leftovers(self.node_label)
+
+
+async def cleanup_leftovers(node_label: str) -> list[str]:
+    """Remove every container labelled ``shoal.node=node_label``, running or not; return their ids.
+
+    Call it when a node starts, before it runs anything: whatever carries its label then was left
+    behind by a crash. Returns [] when the daemon does not answer (then there is nothing to clean
+    that we could reach).
+    """
+
+    def clean() -> list[str]:
+        try:
+            api = _connect(API_TIMEOUT)
+        except _DaemonErrors:
+            return []
+        try:
+            removed = _remove_all(api, _labelled(api, LABEL_NODE, node_label))
+        finally:
+            api.close()
+        if removed:
+            log.info("removed %d container(s) left behind by node %s", len(removed), node_label)
+        return removed
+
+    try:
+        return await trio.to_thread.run_sync(clean)
+    except _DaemonErrors as e:
+        log.warning("could not clean up containers of node %s: %s", node_label, e)
+        return []
+
+
+# -- blocking helpers (run in worker threads) ---------------------------------------------------------
+
+
+def _start(api: docker.APIClient, cid: str) -> RunResult | None:
+    """Start the container. A command that cannot start is the job's failure, reported like a shell."""
+    try:
+        api.start(cid)
+        return None
+    except docker.errors.APIError as e:
+        text = str(e.explanation or e)
+        low = text.lower()
+        if 'exec: "' not in low:  # runc's words for the job's own command; anything else is ours
+            raise
+        if "executable file not found" in low or "no such file or directory" in low:
+            code = 127
+        elif "permission denied" in low:
+            code = 126
+        else:
+            raise
+        now = time.time()
+        return RunResult(exit_code=code, stderr=f"shoal: cannot start the command: {text}\n", started_at=now,
+                         finished_at=now)
+
+
+def _collect(sock: Any, cap: int) -> tuple[_Tail, _Tail]:
+    """Read the attach stream until the container closes it (normally: it exited)."""
+    out, err = _Tail(cap), _Tail(cap)
+    try:
+        for stream, data in frames_iter_no_tty(sock):
+            (err if stream == STDERR else out).add(data)
+    except OSError as e:  # closed under us by the cleanup after a cancellation
+        if e.errno not in (errno.EBADF, errno.ECONNRESET, None):
+            raise
+    return out, err
+
+
+def _wait(api: docker.APIClient, cid: str) -> int:
+    """The container's exit code. Re-issues the wait every WAIT_CHUNK s: a job may close its streams and
+    keep running."""
+    while True:
+        asked = time.monotonic()
+        try:
+            return int(api.wait(cid, timeout=WAIT_CHUNK)["StatusCode"])
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+            if time.monotonic() - asked < WAIT_CHUNK * 0.9:  # not our timeout: the daemon went away
+                raise
+
+
+def _oom_killed(api: docker.APIClient, cid: str) -> bool:
+    return bool(api.inspect_container(cid)["State"].get("OOMKilled"))
+
+
+def _labelled(api: docker.APIClient, label: str, value: str) -> list[str]:
+    return [c["Id"] for c in api.containers(all=True, filters={"label": f"{label}={value}"})]
+
+
+def _remove_all(api: docker.APIClient, ids: list[str]) -> list[str]:
+    """Kill (if running) and remove each container; return those removed now."""
+    removed = []
+    for cid in ids:
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(cid, force=True)
+            removed.append(cid)
+    return removed
+
+
+def _close(sock: Any) -> None:
+    for thing in (getattr(sock, "_response", None), sock):
+        try:
+            if thing is not None:
+                thing.close()
+        except Exception:
+            pass
+
+
+def _pull_error(image: str, e: BaseException) -> ExecutorError:
+    text = str(getattr(e, "explanation", None) or e)
+    if any(s in text.lower() for s in _UNREACHABLE):
+        base = image.split("@")[0]
+        if base in ("busybox", "busybox:latest", "shoal/busybox", "shoal/busybox:latest", "shoal/python:3"):
+            hint = "build it with `python -m executors.images`"
+        else:
+            hint = ("load it on this node (`docker load`) or use a base image built by "
+                    f"`python -m executors.images` ({_BASE_IMAGES})")
+        return ExecutorError(f"image {image!r} not found locally and no registry is reachable; {hint}",
+                             retryable=True)
+    return ExecutorError(f"image {image!r} not found locally and could not be pulled: {text}", retryable=True)

@@ -1,0 +1,410 @@
+"""The ``wasm`` engine: WASI (preview 1) modules under wasmtime, deterministic by construction.
+
+What a module sees:
+  * argv ``[module, *args]``, the job's env, an empty stdin;
+  * inputs read-only at their job paths, declared outputs writable at theirs (directories);
+  * clocks, sleeps and randomness replaced by deterministic ones seeded from the job: every read of a
+    clock advances a virtual clock by ``CLOCK_STEP_NS`` (wall time starts at ``EPOCH_SECONDS``), a sleep
+    (``poll_oneoff`` on a clock) jumps the virtual clock instead of waiting, ``random_get`` is a stream
+    derived from the job seed, and file times are the virtual epoch;
+  * no threads, NaN canonicalization, deterministic relaxed SIMD.
+
+Limits:
+  * memory: ``resources.memory`` caps the store's linear memory; ``memory.grow`` beyond it fails, and
+    a run that then fails says so in its stderr;
+  * time: the caller's deadline. Cancellation bumps the run's engine epoch, so the module traps at its
+    next loop back-edge or call and the worker thread ends.
+
+A trap is a normal result: exit code 134 (what ``wasmtime run`` reports) and the trap in stderr.
+Compiled modules are cached by content hash in ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import outcome
+import trio
+
+from executors._common import (
+    CLOCK_STEP_NS,
+    EPOCH_SECONDS,
+    DirMount,
+    Tail,
+    host_path,
+    job_path,
+    job_seed,
+    plan_mounts,
+)
+from executors.base import ExecutorError, RunRequest
+from jobs import RunResult, WasmEngine, format_bytes
+
+try:
+    import wasmtime
+    _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed() reports it
+    wasmtime = None  # type: ignore[assignment]
+
+TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
+_WASI = "wasi_snapshot_preview1"
+_EPOCH_NS = EPOCH_SECONDS * 1_000_000_000
+# WASI errno values
+_ESUCCESS, _EFAULT, _EINVAL, _ENOTSUP = 0, 21, 28, 58
+# Bumped when the engine configuration changes, so cached machine code of an older one is not reused.
+_CONFIG_VERSION = 1
+
+
+def _engine_config() -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.epoch_interruption = True  # cancellation: the caller's deadline or a job cancel
+    config.cranelift_nan_canonicalization = True
+    config.wasm_threads = False
+    config.wasm_relaxed_simd_deterministic = True
+    return config
+
+
+def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
+    """Where the module lives inside the job: a path, or the job path of the ``ipfs://`` input it names."""
+    module = engine.module
+    if module.startswith("ipfs://"):
+        cid = module.removeprefix("ipfs://").strip("/")
+        for spec in request.spec.inputs:
+            if spec.source.removeprefix("ipfs://").strip("/") == cid:
+                return spec.path
+        raise ExecutorError(f"module {module} is not among the job's inputs", retryable=False)
+    return job_path(module)
+
+
+@dataclass
+class _Outcome:
+    exit_code: int
+    note: str = ""  # appended to stderr: a trap, the memory limit
+
+
+class WasmExecutor:
+    """Runs ``wasm`` jobs in a worker thread. One wasmtime engine per run, so cancelling one run stops only it.
+
+    Args:
+        cache_dir: where compiled modules are kept, named by the SHA-256 of the module and the engine
+            configuration. Created if missing; safe to share between executors of the same wasmtime version.
+    """
+
+    name = "wasm"
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = Path(cache_dir)
+
+    def is_installed(self) -> bool:
+        return wasmtime is not None
+
+    async def run(self, request: RunRequest) -> RunResult:
+        engine_spec = request.spec.engine
+        if not isinstance(engine_spec, WasmEngine):
+            raise ExecutorError(f"the wasm executor cannot run a {engine_spec.name!r} job", retryable=False)
+        if wasmtime is None:
+            raise ExecutorError("wasmtime is not installed on this node")
+        started = time.time()
+        engine = wasmtime.Engine(_engine_config())
+        store = wasmtime.Store(engine)
+        store.set_epoch_deadline(1)  # set before the worker starts: any later epoch bump interrupts the run
+        job = _Run(self, request, engine_spec, engine, store)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_interrupt_when_cancelled, job)
+            try:
+                captured = await trio.to_thread.run_sync(outcome.capture, job.run)
+            finally:
+                nursery.cancel_scope.cancel()
+        result = captured.unwrap()  # raised here, not inside the nursery, so errors are not wrapped in a group
+        stderr = job.stderr
+        if result.note:
+            stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")
+        return RunResult(
+            exit_code=result.exit_code,
+            stdout=job.stdout.text(),
+            stderr=stderr.text(),
+            stdout_truncated=job.stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            started_at=started,
+            finished_at=time.time(),
+        )
+
+    # Compiled-module cache -------------------------------------------------------------------------------
+
+    def _load_module(self, engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+        key = hashlib.sha256(wasm).hexdigest()
+        cached = self.cache_dir / f"{key}.v{_CONFIG_VERSION}-wasmtime{_WASMTIME_VERSION}.cwasm"
+        if cached.exists():
+            try:
+                return wasmtime.Module.deserialize_file(engine, str(cached))
+            except wasmtime.WasmtimeError:
+                cached.unlink(missing_ok=True)  # written by an incompatible build: compile again
+        try:
+            module = wasmtime.Module(engine, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise ExecutorError(f"the module is not valid WebAssembly: {e}", retryable=False) from e
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(module.serialize())
+            os.replace(tmp, cached)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)  # the cache is an optimisation; the run goes on
+        return module
+
+
+async def _interrupt_when_cancelled(job: _Run) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        job.interrupt()
+
+
+class _VirtualClock:
+    """Time as the module sees it: moves ``CLOCK_STEP_NS`` per read, and jumps for sleeps."""
+
+    def __init__(self) -> None:
+        self.monotonic_ns = 0
+
+    def read(self, clock_id: int) -> int:
+        self.monotonic_ns += CLOCK_STEP_NS
+        return _EPOCH_NS + self.monotonic_ns if clock_id == 0 else self.monotonic_ns
+
+    def now(self, clock_id: int) -> int:
+        return _EPOCH_NS + self.monotonic_ns if clock_id == 0 else self.monotonic_ns
+
+    def advance_to(self, clock_id: int, deadline_ns: int) -> None:
+        target = deadline_ns - _EPOCH_NS if clock_id == 0 else deadline_ns
+        self.monotonic_ns = max(self.monotonic_ns, target)
+
+
+class _Run:
+    """One run of one module; everything here runs in the worker thread except ``interrupt``."""
+
+    def __init__(
+        self,
+        executor: WasmExecutor,
+        request: RunRequest,
+        spec: WasmEngine,
+        engine: wasmtime.Engine,
+        store: wasmtime.Store,
+    ) -> None:
+        self.executor = executor
+        self.request = request
+        self.spec = spec
+        self.engine = engine
+        self.store = store
+        self.stdout = Tail()
+        self.stderr = Tail()
+        self.clock = _VirtualClock()
+        self.random_key = hashlib.sha256(b"wasm random_get:" + job_seed(request)).digest()
+        self.random_calls = 0
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        self.engine.increment_epoch()
+
+    # The run ------------------------------------------------------------------------------------------------
+
+    def run(self) -> _Outcome:
+        module_path = _module_job_path(self.spec, self.request)
+        host = host_path(module_path, self.request.inputs)
+        if host is None or not host.is_file():
+            raise ExecutorError(f"module {self.spec.module} is not among the job's inputs", retryable=False)
+        module = self.executor._load_module(self.engine, host.read_bytes())
+        mounts = plan_mounts(self.request, self.request.work_dir)
+
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [module_path, *self.spec.args]
+        wasi.env = sorted(self.request.spec.env.items())
+        wasi.stdout_custom = self.stdout.write
+        wasi.stderr_custom = self.stderr.write
+        for m in mounts:
+            _preopen(wasi, m)
+        self.store.set_wasi(wasi)
+        limit = self.request.spec.resources.memory
+        if limit:
+            self.store.set_limits(memory_size=limit)
+
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        self._shadow_wasi(linker, module)
+
+        instance: wasmtime.Instance | None = None
+        try:
+            instance = linker.instantiate(self.store, module)
+            entry = instance.exports(self.store).get(self.spec.entrypoint)
+            if not isinstance(entry, wasmtime.Func):
+                raise ExecutorError(f"the module exports no function {self.spec.entrypoint!r}", retryable=False)
+            entry(self.store)
+            return _Outcome(0)
+        except wasmtime.ExitTrap as e:
+            return self._failed(e.code, "", instance) if e.code else _Outcome(0)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            if self._interrupted.is_set():
+                return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was cancelled")
+            if instance is None and limit and "memory" in str(e).lower():
+                return _Outcome(
+                    TRAP_EXIT_CODE,
+                    f"the module needs more memory at start than the job's limit of {format_bytes(limit)} "
+                    "(resources.memory)",
+                )
+            return self._failed(TRAP_EXIT_CODE, f"wasm trap: {e}", instance)
+
+    def _failed(self, code: int, note: str, instance: wasmtime.Instance | None) -> _Outcome:
+        """A failed run; says so when the memory limit is the likely cause."""
+        limit = self.request.spec.resources.memory
+        if limit and instance is not None:
+            memory = instance.exports(self.store).get("memory")
+            if isinstance(memory, wasmtime.Memory):
+                used = memory.data_len(self.store)
+                # memory.grow beyond the limit returns -1 and programs then fail: flag runs that got close.
+                if used * 2 >= limit:
+                    note = (note + "\n" if note else "") + (
+                        f"memory limit: the module had {format_bytes(used)} of linear memory when it failed; "
+                        f"growing beyond the job's limit of {format_bytes(limit)} (resources.memory) is refused"
+                    )
+        return _Outcome(code, note)
+
+    # Deterministic WASI ----------------------------------------------------------------------------------
+
+    def _shadow_wasi(self, linker: wasmtime.Linker, module: wasmtime.Module) -> None:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        imported = {imp.name for imp in module.imports if imp.module == _WASI}
+        originals: dict[str, Any] = {}
+        for name in ("fd_filestat_get", "path_filestat_get"):
+            if name in imported:
+                originals[name] = linker.get(self.store, _WASI, name)
+        linker.allow_shadowing = True
+
+        def define(name: str, params: list[wasmtime.ValType], fn: Callable[..., int]) -> None:
+            linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), _errno(fn), access_caller=True)
+
+        define("clock_time_get", [i32, i64, i32], self._clock_time_get)
+        define("clock_res_get", [i32, i32], self._clock_res_get)
+        define("random_get", [i32, i32], self._random_get)
+        define("poll_oneoff", [i32, i32, i32, i32], self._poll_oneoff)
+        if "fd_filestat_get" in originals:
+            orig = originals["fd_filestat_get"]
+            define("fd_filestat_get", [i32, i32], lambda c, fd, out: self._filestat(c, orig(c, fd, out), out))
+        if "path_filestat_get" in originals:
+            orig_p = originals["path_filestat_get"]
+            define(
+                "path_filestat_get",
+                [i32, i32, i32, i32, i32],
+                lambda c, fd, fl, p, n, out: self._filestat(c, orig_p(c, fd, fl, p, n, out), out),
+            )
+
+    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
+        if not 0 <= clock_id <= 3:
+            return _EINVAL
+        _write(caller, out, struct.pack("<Q", self.clock.read(clock_id)))
+        return _ESUCCESS
+
+    def _clock_res_get(self, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
+        if not 0 <= clock_id <= 3:
+            return _EINVAL
+        _write(caller, out, struct.pack("<Q", CLOCK_STEP_NS))
+        return _ESUCCESS
+
+    def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
+        self.random_calls += 1
+        length &= 0xFFFFFFFF
+        data = hashlib.shake_256(self.random_key + self.random_calls.to_bytes(8, "little")).digest(length)
+        _write(caller, buf, data)
+        return _ESUCCESS
+
+    def _poll_oneoff(self, caller: wasmtime.Caller, subs: int, events: int, nsubs: int, nevents_out: int) -> int:
+        """Never waits: file descriptors are always ready, and a sleep jumps the virtual clock to its end."""
+        nsubs &= 0xFFFFFFFF
+        if nsubs == 0:
+            return _EINVAL
+        raw = _read(caller, subs, 48 * nsubs)
+        fds, clocks = [], []
+        for i in range(nsubs):
+            sub = raw[48 * i : 48 * (i + 1)]
+            userdata, tag = struct.unpack_from("<QB", sub, 0)
+            if tag == 0:
+                clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", sub, 16)
+                if not 0 <= clock_id <= 3:
+                    return _EINVAL
+                deadline = timeout if flags & 1 else self.clock.now(clock_id) + timeout
+                clocks.append((userdata, clock_id, deadline))
+            elif tag in (1, 2):
+                fds.append((userdata, tag))
+            else:
+                return _EINVAL
+        out = bytearray()
+        if fds:
+            for userdata, tag in fds:
+                out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, tag, 0, 0)
+        else:
+            first = min(clocks, key=lambda c: c[2] - (_EPOCH_NS if c[1] == 0 else 0))
+            self.clock.advance_to(first[1], first[2])
+            for userdata, clock_id, deadline in clocks:
+                if self.clock.now(clock_id) >= deadline:
+                    out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0)
+        _write(caller, events, bytes(out))
+        _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
+        return _ESUCCESS
+
+    def _filestat(self, caller: wasmtime.Caller, errno: int, out: int) -> int:
+        """Host file times differ between nodes: the module sees the virtual epoch instead."""
+        if errno == _ESUCCESS:
+            _write(caller, out + 40, struct.pack("<QQQ", _EPOCH_NS, _EPOCH_NS, _EPOCH_NS))
+        return errno
+
+
+def _preopen(wasi: wasmtime.WasiConfig, mount: DirMount) -> None:
+    try:
+        wasi.preopen_dir(str(mount.host), mount.target, fs_mutable=mount.writable)
+    except wasmtime.WasmtimeError as e:
+        raise ExecutorError(f"cannot give the module {mount.target} ({mount.host}): {e}") from e
+
+
+class _Fault(Exception):
+    """A pointer from the module is outside its memory."""
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+    memory = caller.get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        raise _Fault
+    return memory
+
+
+def _write(caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
+    ptr &= 0xFFFFFFFF  # wasm passes pointers as signed i32
+    memory = _memory(caller)
+    if ptr + len(data) > memory.data_len(caller):
+        raise _Fault
+    memory.write(caller, data, ptr)
+
+
+def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    ptr &= 0xFFFFFFFF
+    memory = _memory(caller)
+    if ptr + length > memory.data_len(caller):
+        raise _Fault
+    return bytes(memory.read(caller, ptr, ptr + length))
+
+
+def _errno(fn: Callable[..., int]) -> Callable[..., int]:
+    def wrapper(caller: wasmtime.Caller, *args: int) -> int:
+        try:
+            return fn(caller, *args)
+        except _Fault:
+            return _EFAULT
+
+    return wrapper
