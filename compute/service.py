@@ -243,11 +243,18 @@ class ComputeService:
         if reply is None:
             await self._end(ex.id, ExecutionState.FAILED, "could not deliver the result to the requester")
             return
-        if reply.verdict == "accepted":
+        await self._apply_result_verdict(ex.id, reply.verdict, reply.reason)
+
+    async def _apply_result_verdict(self, execution_id: str, verdict: str | None, reason: str) -> None:
+        """'pending': the requester is verifying; its Decision will follow (and it answers a re-delivery)."""
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state is not ExecutionState.PROPOSED or verdict == "pending":
+            return
+        if verdict == "accepted":
             final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
-            await self._end(ex.id, final, ex.error or "results accepted")
+            await self._end(ex.id, final, ex.error or reason or "results accepted")
         else:
-            await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected")
+            await self._end(ex.id, ExecutionState.REJECTED, reason or "results rejected")
 
     async def _request_verdict(self, ex: Execution, message: Bid | Result, give_up: float) -> Reply | None:
         """Send until the requester gives a verdict; None when ``give_up`` (unix time) passes first.
@@ -286,7 +293,10 @@ class ComputeService:
             log.warning("peer %s tried to %s execution %s of requester %s", peer, message.kind, ex.id, ex.requester)
             return Reply(ok=False, reason="only the job's requester may do that")
         if isinstance(message, Decision):
-            if message.accepted:
+            if ex.state is ExecutionState.PROPOSED:  # the verdict on our results
+                await self._apply_result_verdict(ex.id, "accepted" if message.accepted else "rejected",
+                                                 message.reason)
+            elif message.accepted:
                 await self._accepted(ex.id)
             else:
                 await self._end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected")

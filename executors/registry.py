@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from executors.base import Executor
 from executors.noop import NoopExecutor
 from jobs import ENGINES
@@ -21,6 +23,10 @@ class ExecutorRegistry:
             return self._executors[engine]
         except KeyError:
             raise KeyError(f"engine {engine!r} is not supported here (have: {', '.join(self.installed())})") from None
+
+    def map(self, wrap: Callable[[Executor], Executor]) -> ExecutorRegistry:
+        """The same engines, each wrapped (fault injection)."""
+        return ExecutorRegistry({name: wrap(ex) for name, ex in self._executors.items()})
 
     def installed(self) -> list[str]:
         """Engines this node can run now: what it advertises and bids on."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.spec import JobSpec
@@ -22,6 +25,16 @@ class RunResult(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
 
+    def digest(self) -> str:
+        """What verification compares: the results' CID when published, else a hash of the outcome.
+
+        Timestamps are not part of it: two honest nodes differ there.
+        """
+        if self.cid:
+            return self.cid
+        outcome = json.dumps([self.exit_code, self.stdout, self.stderr], separators=(",", ":")).encode()
+        return "sha256:" + hashlib.sha256(outcome).hexdigest()
+
 
 class Job(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -36,6 +49,8 @@ class Job(BaseModel):
     created_at: float
     updated_at: float
     revision: int = 0
+    result: RunResult | None = None  # the accepted result, once the job completed (or failed with one)
+    cached_from: str | None = None  # the job whose verified result this one reused, running nothing
 
     def transition(self, state: JobState, reason: str, now: float, **changes: object) -> Job:
         check_job_transition(self.state, state)

@@ -151,6 +151,10 @@ class PythonEngine(_Frozen):
         return self
 
 
+DETERMINISTIC_ENGINES = frozenset({"noop", "wasm", "python"})
+# Bumped when an engine's behaviour changes, so cached results of the old one are not reused.
+ENGINE_VERSIONS = {"noop": "1", "docker": "1", "wasm": "1", "python": "1"}
+
 EngineSpec = Annotated[NoopEngine | DockerEngine | WasmEngine | PythonEngine, Field(discriminator="name")]
 ENGINES: tuple[str, ...] = ("noop", "docker", "wasm", "python")
 
@@ -208,3 +212,19 @@ class JobSpec(_Frozen):
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
+
+    def cache_key(self) -> str | None:
+        """Key of a reusable result, or None when the result may differ between runs.
+
+        Only deterministic engines, and only content-addressed inputs (a URL may change): the
+        key covers everything that can change the outputs (engine, env, inputs by CID, outputs,
+        resources, how strongly it is verified) plus the engine's version, and leaves out what
+        only changes scheduling (deadlines, min_bids).
+        """
+        if self.engine.name not in DETERMINISTIC_ENGINES:
+            return None
+        if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
+            return None
+        material = self.model_dump(mode="json", exclude={"deadlines": True, "deal": {"min_bids"}})
+        material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
+        return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

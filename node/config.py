@@ -40,4 +40,6 @@ class NodeConfig:
     limit_total: Resources | None = None  # None: what the machine has
     limit_job: Resources | None = None  # None: the total
     backlog_size: int = 10_000
+    bad_actor: bool = False  # report wrong results (to test verification and quarantine)
+    quarantine_after: int = 3  # rejected results after which a node's bids are refused
     log_level: str = "INFO"

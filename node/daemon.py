@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,7 +16,7 @@ from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
 from node.identity import load_or_create_seed
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from compute import ComputeService
     from node.net import Network
@@ -75,6 +75,7 @@ class _NetworkTransport:
 async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED) -> None:
     from compute import CapacityTracker, ComputeService
     from executors import ExecutorRegistry, default_registry
+    from executors.faults import BadActor
     from node.api.app import create_app, serve_api
     from node.net import Network
     from node.store import Store
@@ -94,13 +95,15 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         if config.compute:
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry()
+            if config.bad_actor:
+                registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size)
             dispatcher.compute = compute
             await nursery.start(compute.run)
         if config.requester:
-            requester = RequesterService(peers=peers, store=store)
+            requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after)
             dispatcher.requester = requester
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
@@ -114,21 +117,53 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
 
 
 def main(config: NodeConfig) -> None:
-    """``shoal serve``: run until Ctrl-C; print one READY line (JSON) once everything listens."""
+    """``shoal serve``: run until SIGINT or SIGTERM; print one READY line (JSON) once everything listens.
+
+    A signal cancels the node's nursery: the API, the network and the roles stop at their next
+    checkpoint, the store finishes the write in hand, and ``main`` returns normally. A second
+    signal while that runs interrupts it (KeyboardInterrupt). Anything else that ends the node is
+    a crash: logged with its traceback, then raised for the caller to report.
+    """
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "multiaddr", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def _main() -> None:
-        async with trio.open_nursery() as nursery:
-            ready = await nursery.start(run_node, config)
-            print("READY " + json.dumps({"peer_id": ready.peer_id, "addrs": ready.addrs, "api": ready.api}),
-                  flush=True)
+        # The receiver is open before anything starts, so a signal during start-up is handled
+        # the same way as later: no KeyboardInterrupt out of some half-started component.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as outer:
+                node_scope = trio.CancelScope()
+                outer.start_soon(_stop_on_signal, signals, node_scope)  # outside node_scope: sees a 2nd signal
+                with node_scope:
+                    async with trio.open_nursery() as nursery:
+                        ready = await nursery.start(run_node, config)
+                        print("READY " + json.dumps({"peer_id": ready.peer_id, "addrs": ready.addrs,
+                                                     "api": ready.api}), flush=True)
+                outer.cancel_scope.cancel()
 
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            trio.run(_main)
-    except BaseException:
+        trio.run(_main)
+    except BaseException as exc:
+        if _only_interrupts(exc):
+            log.info("node stopped")
+            raise KeyboardInterrupt from None  # a second signal cut the shutdown short
         log.exception("node stopped by an error")  # the node log keeps the traceback; the CLI prints one line
         raise
+    log.info("node stopped")
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        if scope.cancel_called:
+            raise KeyboardInterrupt  # a second signal: stop waiting for a clean shutdown
+        log.info("stopping on %s", signal.Signals(signum).name)
+        scope.cancel()
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """KeyboardInterrupt, or an exception group made of nothing else (trio wraps them)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)

@@ -30,11 +30,13 @@ from jobs import (
     Job,
     JobSpec,
     JobState,
+    RunResult,
     Unreachable,
 )
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester.selection import choose, never_runnable, waiting_reason
+from requester.verify import verify
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -49,6 +51,7 @@ REQUEST_TIMEOUT = 5.0
 ANNOUNCE_BACKOFF_MAX = 30.0
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
 MAX_REOFFERS = 5
+QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
 
 
 class UnknownJob(KeyError):
@@ -84,11 +87,13 @@ class _Active:
 
 class RequesterService:
     def __init__(self, *, peers: Peers, store: Store, clock: Callable[[], float] = time.time,
-                 max_reoffers: int = MAX_REOFFERS) -> None:
+                 max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER) -> None:
         self.peers = peers
         self.store = store
         self.clock = clock
         self.max_reoffers = max_reoffers
+        self.quarantine_after = quarantine_after
+        self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes: dict[str, tuple[NodeInfo, float]] = {}
         self._active: dict[str, _Active] = {}
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
@@ -110,6 +115,7 @@ class RequesterService:
             task_status.started()
 
     async def _restore(self) -> None:
+        self.reputation = await self.store.reputations()
         now = self.clock()
         for job in await self.store.live_jobs():
             aj = _Active(job=job, waiting_since=now, next_announce=now)
@@ -137,8 +143,12 @@ class RequesterService:
 
     # -- submit, cancel, wait, describe ------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Create and announce a job. Returns (job, created); an idempotent repeat returns the first job."""
+    async def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None = None, *,
+                     use_cache: bool = True) -> tuple[Job, bool]:
+        """Create and announce a job. Returns (job, created); an idempotent repeat returns the first job.
+
+        A deterministic job whose result is cached completes at once, running nothing.
+        """
         digest = spec.digest()
         if idempotency_key is not None:
             found = await self.store.find_idempotent(owner, idempotency_key)
@@ -153,7 +163,15 @@ class RequesterService:
         events = [self._event(job.id, EventKind.CREATED)]
         nodes = self.known_nodes()
         impossible = never_runnable(spec, nodes)
-        if impossible:
+        key = spec.cache_key() if use_cache else None
+        cached = await self.store.cached_result(key) if key else None
+        if cached is not None:
+            source, result = cached
+            reason = f"cached: the verified result of job {source}"
+            job = job.model_copy(update={"state": JobState.COMPLETED, "reason": reason, "result": result,
+                                         "cached_from": source})
+            events.append(self._event(job.id, EventKind.COMPLETED, reason))
+        elif impossible:
             job = job.model_copy(update={"state": JobState.FAILED, "reason": impossible})
             events.append(self._event(job.id, EventKind.FAILED, impossible))
         else:
@@ -257,6 +275,9 @@ class RequesterService:
         now = self.clock()
         if job.state.is_terminal or bid.attempt != job.attempt:
             return Reply(verdict="rejected", reason="the job no longer needs this bid")
+        if self.quarantined(peer):
+            accepted, rejected = self.reputation[peer]
+            return Reply(verdict="rejected", reason=f"quarantined: {rejected} results rejected, {accepted} accepted")
         if any(x.node_id == peer and not x.state.is_terminal for x in aj.executions.values()):
             return Reply(verdict="rejected", reason="this node already has a live execution of the job")
         ex = Execution(id=bid.execution_id, job_id=job.id, node_id=peer, requester=self.peers.node_id,
@@ -340,6 +361,8 @@ class RequesterService:
         if ex.state.is_terminal:  # a re-delivered result: same verdict as before
             return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
                          else "rejected", reason=ex.reason)
+        if ex.state is ExecutionState.PROPOSED:
+            return Reply(verdict="pending", reason=ex.reason)  # re-delivered; the verdict will follow
         if ex.state is not ExecutionState.ACCEPTED:
             # BIDDING: the node lost its bid (restart); forget it
             y = ex.transition(ExecutionState.FAILED, msg.error or "unexpected result", self.clock())
@@ -352,19 +375,75 @@ class RequesterService:
             aj.executions[y.id] = y
             await self._execution_failed(aj, y, msg.retryable, [self._event(y.job_id, EventKind.ERROR, msg.error, y)])
             return Reply(verdict="accepted")
-        y = ex.transition(ExecutionState.COMPLETED, "results accepted", now, result=msg.result)
+        result = msg.result or RunResult()
+        if aj.job.spec.deal.confidence > 0:
+            return await self._on_proposal(aj, ex, result)
+        y = ex.transition(ExecutionState.COMPLETED, "results accepted", now, result=result)
         events = [self._event(y.job_id, EventKind.RESULTS_PROPOSED, ex=y),
                   self._event(y.job_id, EventKind.RESULTS_ACCEPTED, ex=y)]
         aj.executions[y.id] = y
-        exit_code = msg.result.exit_code if msg.result else 0
         done = sum(1 for x in aj.executions.values() if x.state is ExecutionState.COMPLETED)
-        if exit_code != 0:
-            await self._finish(aj, JobState.FAILED, f"exit code {exit_code} on node {peer[-8:]}", [y], events)
+        if result.exit_code != 0:
+            await self._finish(aj, JobState.FAILED, f"exit code {result.exit_code} on node {peer[-8:]}", [y], events,
+                               result=result)
         elif done >= aj.job.spec.deal.concurrency:
-            await self._finish(aj, JobState.COMPLETED, "completed", [y], events)
+            await self._finish(aj, JobState.COMPLETED, "completed", [y], events, result=result)
         else:
             await self.store.save(executions=[y], events=events)
         return Reply(verdict="accepted")
+
+    async def _on_proposal(self, aj: _Active, ex: Execution, result: RunResult) -> Reply:
+        """A result of a job that asks for verification: hold it until every slot has proposed."""
+        y = ex.transition(ExecutionState.PROPOSED, "results proposed, waiting for the other nodes", self.clock(),
+                          result=result)
+        aj.executions[y.id] = y
+        events = [self._event(y.job_id, EventKind.RESULTS_PROPOSED, result.digest(), y)]
+        await self.store.save(executions=[y], events=events)
+        running = any(x.state is ExecutionState.ACCEPTED for x in aj.executions.values())
+        if running or aj.needed() > 0:
+            return Reply(verdict="pending")
+        verdicts = await self._verify(aj, [])
+        self._notify_decisions(aj, verdicts, skip=y.id)
+        return Reply(verdict=verdicts[y.id], reason=aj.executions[y.id].reason)
+
+    async def _verify(self, aj: _Active, events: list[Event]) -> dict[str, str]:
+        """Compare the proposed results, decide each, finish the job; returns execution id -> verdict."""
+        proposed = [x for x in aj.executions.values() if x.state is ExecutionState.PROPOSED]
+        verdict = verify({x.id: (x.result or RunResult()).digest() for x in proposed}, aj.job.spec.deal.confidence)
+        now = self.clock()
+        updates, verdicts = [], {}
+        for x in proposed:
+            if x.id in verdict.accepted:
+                y = x.transition(ExecutionState.COMPLETED, f"results accepted, {verdict.reason}", now)
+                events.append(self._event(x.job_id, EventKind.RESULTS_ACCEPTED, ex=y))
+                verdicts[x.id] = "accepted"
+            else:
+                why = "results differ from the verified ones" if verdict.verified else verdict.reason
+                y = x.transition(ExecutionState.REJECTED, why, now)
+                events.append(self._event(x.job_id, EventKind.RESULTS_REJECTED, why, y))
+                verdicts[x.id] = "rejected"
+            updates.append(y)
+        if not verdict.verified:
+            await self._finish(aj, JobState.FAILED, verdict.reason, updates, events)
+            return verdicts
+        reputation = {}
+        for y in updates:
+            accepted, rejected = self.reputation.get(y.node_id, (0, 0))
+            ok = y.state is ExecutionState.COMPLETED
+            reputation[y.node_id] = (accepted + ok, rejected + (not ok))
+        self.reputation.update(reputation)
+        result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()
+        if result.exit_code != 0:
+            await self._finish(aj, JobState.FAILED, f"exit code {result.exit_code} ({verdict.reason})", updates,
+                               events, result=result, reputation=reputation)
+        else:
+            await self._finish(aj, JobState.COMPLETED, f"completed, {verdict.reason}", updates, events,
+                               result=result, reputation=reputation)
+        return verdicts
+
+    def quarantined(self, peer: str) -> bool:
+        accepted, rejected = self.reputation.get(peer, (0, 0))
+        return rejected >= self.quarantine_after and rejected > accepted // 10
 
     async def _execution_failed(self, aj: _Active, failed: Execution, retryable: bool, events: list[Event]) -> None:
         """Record a failed execution; re-offer its slot, or fail the job when that is pointless."""
@@ -390,8 +469,13 @@ class RequesterService:
         self.counters["reoffers"] += 1
 
     async def _finish(self, aj: _Active, state: JobState, reason: str, executions: list[Execution] | None = None,
-                      events: list[Event] | None = None) -> None:
-        """Move the job to a terminal state; cancel what still runs; forget it from memory."""
+                      events: list[Event] | None = None, *, result: RunResult | None = None,
+                      reputation: dict[str, tuple[int, int]] | None = None) -> None:
+        """Move the job to a terminal state; cancel what still runs; forget it from memory.
+
+        A deterministic job that completed with exit code 0 leaves its result in the cache,
+        in the same transaction.
+        """
         now = self.clock()
         executions = list(executions or [])
         events = list(events or [])
@@ -404,9 +488,11 @@ class RequesterService:
                 to_cancel.append(y)
         kind = {JobState.COMPLETED: EventKind.COMPLETED, JobState.FAILED: EventKind.FAILED,
                 JobState.CANCELLED: EventKind.CANCELLED}[state]
-        job = aj.job.transition(state, reason, now)
+        job = aj.job.transition(state, reason, now, result=result)
         events.append(self._event(job.id, kind, reason))
-        await self.store.save(job=job, executions=executions, events=events)
+        key = job.spec.cache_key()
+        cache = (key, job.id, result) if key and result and state is JobState.COMPLETED else None
+        await self.store.save(job=job, executions=executions, events=events, cache=cache, reputation=reputation)
         for x in executions:
             aj.executions[x.id] = x
         aj.job = job

@@ -12,6 +12,7 @@ import trio
 
 from compute import CapacityTracker, ComputeService
 from executors import ExecutorRegistry, NoopExecutor
+from executors.faults import BadActor
 from executors.noop import NoopHooks
 from jobs import Resources
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
@@ -71,6 +72,7 @@ class MemoryNode:
 async def memory_node(
     hub: MemoryHub, peer_id: str, data_dir: Path, *, requester: bool = True, compute: bool = True,
     total: Resources | None = None, per_job: Resources | None = None, hooks: NoopHooks | None = None,
+    bad_actor: bool = False,
 ) -> AsyncIterator[MemoryNode]:
     """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,10 @@ async def memory_node(
         await nursery.start(store.run)
         c = r = None
         if compute:
-            c = ComputeService(peers=peers, store=store, executors=ExecutorRegistry.all_noop(noop),
+            registry = ExecutorRegistry.all_noop(noop)
+            if bad_actor:
+                registry = registry.map(BadActor)
+            c = ComputeService(peers=peers, store=store, executors=registry,
                                capacity=CapacityTracker(total or Resources(cpu=4, memory="8GiB", disk="10GiB"),
                                                         per_job), work_dir=data_dir / "work")
             await nursery.start(c.run)

@@ -13,6 +13,7 @@ Every update is conditional on the revision the caller read; a mismatch raises
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import trio
 
-from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, StaleState
+from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,6 +60,17 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reputation (
+    peer TEXT PRIMARY KEY,
+    accepted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL
+);
 """
 
 _LIVE_EXECUTION_STATES = tuple(s.value for s in ExecutionState if not s.is_terminal)
@@ -186,6 +198,8 @@ class Store:
         events: Sequence[Event] = (),
         idempotency_key: str | None = None,
         request_digest: str = "",
+        cache: tuple[str, str, RunResult] | None = None,
+        reputation: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         """Write all of it in one transaction, or none of it.
 
@@ -202,6 +216,8 @@ class Store:
         xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json()) for x in new_executions]
         xupd = [(x.state.value, x.revision, x.model_dump_json(), side.value, x.id, x.revision - 1) for x in executions]
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message) for e in events]
+        crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time()) if cache else None
+        rrows = [(peer, a, r) for peer, (a, r) in (reputation or {}).items()]
 
         def op(conn: sqlite3.Connection) -> None:
             if jrow:
@@ -228,6 +244,11 @@ class Store:
                     "INSERT INTO events (job_id, at, kind, execution_id, node_id, message) VALUES (?,?,?,?,?,?)",
                     erows,
                 )
+            if crow:
+                conn.execute("INSERT OR REPLACE INTO result_cache (key, job_id, result, created_at) VALUES (?,?,?,?)",
+                             crow)
+            if rrows:
+                conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
 
         await self._write(op)
 
@@ -297,6 +318,16 @@ class Store:
             ).fetchall()
         )
         return [Execution.model_validate_json(r[0]) for r in rows]
+
+    async def cached_result(self, key: str) -> tuple[str, RunResult] | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT job_id, result FROM result_cache WHERE key=?", (key,)).fetchone()
+        )
+        return (row[0], RunResult.model_validate_json(row[1])) if row else None
+
+    async def reputations(self) -> dict[str, tuple[int, int]]:
+        rows = await self._read(lambda c: c.execute("SELECT peer, accepted, rejected FROM reputation").fetchall())
+        return {peer: (a, r) for peer, a, r in rows}
 
     # -- events --------------------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""Verified results, bad actors, quarantine and the result cache, over the in-memory network."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import trio
+
+from jobs import ExecutionState, JobSpec, JobState
+from tests.memnet import MemoryHub, memory_node
+from tests.protocol.test_pair import wait_terminal
+
+VERIFIED = {"engine": {"name": "noop"}, "deal": {"concurrency": 3, "confidence": 2}}
+
+
+async def start(stack: AsyncExitStack, hub: MemoryHub, tmp_path, honest: int, bad: int):
+    req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+    for i in range(honest):
+        n = await stack.enter_async_context(memory_node(hub, f"h{i}", tmp_path / f"h{i}", requester=False))
+        n.noop.hooks.stdout = "42\n"
+    for i in range(bad):
+        n = await stack.enter_async_context(memory_node(hub, f"bad{i}", tmp_path / f"b{i}", requester=False,
+                                                        bad_actor=True))
+        n.noop.hooks.stdout = "42\n"
+    await trio.sleep(1.5)
+    return req.requester
+
+
+async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=3, bad=1)
+        requester.quarantine_after = 2
+        bad_seen = 0
+        for n in range(12):
+            job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": str(n)}}), "alice")
+            d = await wait_terminal(requester, job.id)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+            assert d.job.result.stdout == "42\n"  # always the honest result
+            for x in d.executions:
+                if x.node_id == "bad0" and x.state is ExecutionState.REJECTED and "differ" in x.reason:
+                    bad_seen += 1
+                if x.node_id.startswith("h"):
+                    assert x.state is not ExecutionState.REJECTED or "differ" not in x.reason
+        assert bad_seen >= 2
+        assert requester.quarantined("bad0")
+        assert not any(requester.quarantined(f"h{i}") for i in range(3))
+        # once quarantined, its bids are refused: it never runs another of our jobs
+        job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": "last"}}), "alice")
+        d = await wait_terminal(requester, job.id)
+        assert {x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED} == {"h0", "h1", "h2"}
+
+
+async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=1, bad=2)
+        job, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "alice")
+        d = await wait_terminal(requester, job.id)
+        assert d.job.state is JobState.FAILED
+        assert "could not verify" in d.job.reason and "x1" in d.job.reason
+        assert not any(requester.quarantined(p) for p in ("h0", "bad0", "bad1"))  # nobody blamed
+
+
+async def test_identical_resubmission_is_served_from_the_cache(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=3, bad=0)
+        first, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "alice")
+        d1 = await wait_terminal(requester, first.id)
+        assert d1.job.state is JobState.COMPLETED
+        before = hub.requests
+        again, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "bob")
+        assert again.state is JobState.COMPLETED and again.cached_from == first.id
+        assert again.result == d1.job.result
+        d2 = await requester.describe(again.id)
+        assert d2.executions == [] and hub.requests == before  # nothing ran, no message sent
+        forced, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "bob", use_cache=False)
+        assert forced.state is JobState.PENDING
+        assert (await wait_terminal(requester, forced.id)).job.state is JobState.COMPLETED
+
+
+async def test_docker_jobs_are_not_cached(tmp_path):
+    spec = JobSpec.model_validate({"engine": {"name": "docker", "image": "busybox"}})
+    assert spec.cache_key() is None
+    assert JobSpec.model_validate(VERIFIED).cache_key() is not None
