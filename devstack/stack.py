@@ -48,9 +48,14 @@ class NodeProcess:
 class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
-                 write_state: bool = True) -> None:
+                 bad_actors: int = 0, write_state: bool = True) -> None:
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
+        if not 0 <= bad_actors < nodes:
+            raise ValueError("bad actors must be fewer than the nodes (node 0 stays honest)")
+        node_args = dict(node_args or {})
+        for i in range(nodes - bad_actors, nodes):  # the last nodes lie about their results
+            node_args[i] = [*node_args.get(i, []), "--bad-actor"]
         self.base_dir = base_dir or shoal_home() / "devstack"
         self.noop = noop
         self.write_state = write_state
@@ -154,9 +159,9 @@ class Devstack:
 
 
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
-         fresh: bool = True) -> None:
+         fresh: bool = True, bad_actors: int = 0) -> None:
     """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything."""
-    stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700)
+    stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors)
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 
@@ -164,7 +169,8 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
         async with stack:
             print(f"Shoal devstack: {nodes} node(s){' (noop executors)' if noop else ''}")
             for n in stack.nodes:
-                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}")
+                bad = "  (bad actor)" if "--bad-actor" in n.args else ""
+                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
             print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")
             print("Ctrl-C stops every node.", flush=True)
