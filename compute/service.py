@@ -6,6 +6,7 @@ what it lost so the requester can re-offer it, and re-delivers results it had no
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import shutil
@@ -239,6 +240,8 @@ class ComputeService:
         ex = self._live[execution_id]
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
+        signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
+        message = message.model_copy(update={"signature": signature})
         reply = await self._request_verdict(ex, message, self.clock() + DELIVERY_GIVE_UP)
         if reply is None:
             await self._end(ex.id, ExecutionState.FAILED, "could not deliver the result to the requester")

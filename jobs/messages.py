@@ -7,6 +7,7 @@ cancels and liveness queries. Nothing unvalidated reaches a role or the store.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Annotated, Literal, Protocol
 
@@ -67,7 +68,7 @@ class Decision(_Message):
 
 
 class Result(_Message):
-    """Compute → requester: the outcome of one execution (or why there is none)."""
+    """Compute → requester: the outcome of one execution (or why there is none), signed by the node."""
 
     kind: Literal["result"] = "result"
     job_id: _Id
@@ -75,6 +76,15 @@ class Result(_Message):
     result: RunResult | None = None
     error: str | None = None
     retryable: bool = False  # True: the job may succeed elsewhere (node lost, infra error)
+    signature: str = ""  # urlsafe base64 Ed25519 signature of statement(), by the sending node's key
+
+    def statement(self) -> bytes:
+        """What the node signs: the job, the execution and its outcome (the results' CID)."""
+        if self.result is not None:
+            outcome = self.result.digest()
+        else:
+            outcome = "error:" + hashlib.sha256((self.error or "").encode()).hexdigest()
+        return f"shoal/result/v1\n{self.job_id}\n{self.execution_id}\n{outcome}".encode()
 
 
 class Cancel(_Message):
@@ -136,3 +146,11 @@ class Peers(Protocol):
         ...
 
     def addrs(self) -> list[str]: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign with this node's key."""
+        ...
+
+    def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is ``peer_id``'s over ``data``."""
+        ...

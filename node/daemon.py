@@ -13,7 +13,7 @@ import trio
 
 from node.config import NodeConfig, machine_resources
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
-from node.identity import load_or_create_seed
+from node.identity import Identity, load_or_create_seed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -87,7 +87,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     dispatcher = Dispatcher()
     network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
                       on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request)
-    peers = MessagePeers(_NetworkTransport(network), dispatcher)
+    peers = MessagePeers(_NetworkTransport(network), dispatcher, Identity(seed))
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         await nursery.start(network.run)

@@ -34,6 +34,14 @@ class Transport(Protocol):
     def addrs(self) -> list[str]: ...
 
 
+class Signer(Protocol):
+    """The node key (``node.identity.Identity``); protocol tests use named test keys."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool: ...
+
+
 class TransportUnreachable(Exception):
     """What a Transport raises when a peer does not answer; mapped to ``jobs.Unreachable`` here."""
 
@@ -41,10 +49,17 @@ class TransportUnreachable(Exception):
 class MessagePeers:
     """The roles' ``Peers`` over any ``Transport``: encodes, decodes and maps errors once."""
 
-    def __init__(self, transport: Transport, dispatcher: Dispatcher) -> None:
+    def __init__(self, transport: Transport, dispatcher: Dispatcher, identity: Signer) -> None:
         self.transport = transport
         self.dispatcher = dispatcher  # gossip never comes back to its sender: deliver our own here
+        self.identity = identity
         self.node_id = transport.peer_id
+
+    def sign(self, data: bytes) -> bytes:
+        return self.identity.sign(data)
+
+    def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool:
+        return self.identity.verify(peer_id, data, signature)
 
     def addrs(self) -> list[str]:
         return self.transport.addrs()

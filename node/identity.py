@@ -22,3 +22,52 @@ def load_or_create_seed(data_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(seed)
     return seed
+
+
+# A libp2p peer id of an Ed25519 key is the identity multihash of the protobuf-encoded public
+# key: 0x00 (identity), 0x24 (36 bytes), then PublicKey{Type: Ed25519 (08 01), Data: 32 bytes (12 20 …)}.
+_ED25519_PEER_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+
+
+def peer_id_of(public_key: bytes) -> str:
+    import base58
+
+    return base58.b58encode(_ED25519_PEER_PREFIX + public_key).decode()
+
+
+def public_key_of(peer_id: str) -> bytes:
+    """The Ed25519 public key a peer id embeds; ValueError for anything else."""
+    import base58
+
+    try:
+        raw = base58.b58decode(peer_id)
+    except ValueError as e:
+        raise ValueError(f"not a peer id: {peer_id!r}") from e
+    if len(raw) != 38 or not raw.startswith(_ED25519_PEER_PREFIX):
+        raise ValueError(f"not an Ed25519 peer id: {peer_id!r}")
+    return raw[6:]
+
+
+class Identity:
+    """Signs with the node key; anyone can check a signature against the signer's peer id."""
+
+    def __init__(self, seed: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.peer_id = peer_id_of(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    @staticmethod
+    def verify(peer_id: str, data: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key_of(peer_id)).verify(signature, data)
+        except (ValueError, InvalidSignature):
+            return False
+        return True

@@ -11,6 +11,7 @@ loads its live jobs and carries on (compute nodes keep re-delivering their resul
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import time
@@ -358,6 +359,9 @@ class RequesterService:
         ex = aj.executions.get(msg.execution_id)
         if ex is None or ex.node_id != peer:
             return Reply(ok=False, verdict="rejected", reason="not an execution of yours")
+        if not self._signed_by(peer, msg):
+            log.warning("result for %s from %s has a bad signature", msg.execution_id, peer)
+            return Reply(ok=False, verdict="rejected", reason="the result's signature does not match the node key")
         if ex.state.is_terminal:  # a re-delivered result: same verdict as before
             return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
                          else "rejected", reason=ex.reason)
@@ -391,6 +395,13 @@ class RequesterService:
         else:
             await self.store.save(executions=[y], events=events)
         return Reply(verdict="accepted")
+
+    def _signed_by(self, peer: str, msg: Result) -> bool:
+        try:
+            signature = base64.urlsafe_b64decode(msg.signature)
+        except ValueError:
+            return False
+        return self.peers.verify(peer, msg.statement(), signature)
 
     async def _on_proposal(self, aj: _Active, ex: Execution, result: RunResult) -> Reply:
         """A result of a job that asks for verification: hold it until every slot has proposed."""

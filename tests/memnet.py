@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from compute import CapacityTracker, ComputeService
 from executors import ExecutorRegistry, NoopExecutor
@@ -25,6 +27,31 @@ class MemoryHub:
         self.transports: dict[str, MemoryTransport] = {}
         self.requests = 0
         self.gossip = 0
+        self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
+
+    def identity(self, name: str) -> NamedIdentity:
+        key = self.keys.setdefault(name, Ed25519PrivateKey.generate())
+        return NamedIdentity(self, key)
+
+
+class NamedIdentity:
+    """Real Ed25519 signatures; the public key is found by node name instead of inside a peer id."""
+
+    def __init__(self, hub: MemoryHub, key: Ed25519PrivateKey) -> None:
+        self.hub, self.key = hub, key
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+    def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool:
+        key = self.hub.keys.get(peer_id)
+        try:
+            if key is None:
+                return False
+            key.public_key().verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
 
 
 class MemoryTransport:
@@ -78,7 +105,7 @@ async def memory_node(
     data_dir.mkdir(parents=True, exist_ok=True)
     transport = MemoryTransport(hub, peer_id)
     dispatcher = Dispatcher()
-    peers = MessagePeers(transport, dispatcher)
+    peers = MessagePeers(transport, dispatcher, hub.identity(peer_id))
     store = Store(data_dir / "shoal.db")
     noop = NoopExecutor(hooks)
     async with trio.open_nursery() as nursery:

@@ -179,3 +179,23 @@ async def test_garbage_and_forged_messages_are_dropped(tmp_path):
         await trio.sleep(0.1)
         assert not n.compute._live
         assert d.dropped >= 12
+
+
+async def test_results_with_a_forged_signature_are_refused(tmp_path):
+    from jobs.messages import Result
+    from jobs.model import RunResult
+
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        a.noop.hooks.delay = 5
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(), "alice")
+        await trio.sleep(0.3)
+        (ex,) = list(a.compute._live.values())
+        forged = Result(job_id=job.id, execution_id=ex.id, result=RunResult(stdout="forged"), signature="AAAA")
+        reply = decode(await req.transport.dispatcher.on_request("a", encode(forged)))
+        assert reply.verdict == "rejected" and "signature" in reply.reason
+        d = await wait_terminal(req.requester, job.id)  # the genuine result still completes the job
+        assert d.job.state is JobState.COMPLETED and d.job.result.stdout == ""
