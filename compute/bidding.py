@@ -31,6 +31,14 @@ def within_job_limits(max_per_job: Resources) -> Check:
     return check
 
 
+def inputs_fetchable(problems: Callable[[JobSpec], list[str]]) -> Check:
+    def check(spec: JobSpec) -> str | None:
+        found = problems(spec)
+        return f"cannot fetch its inputs: {'; '.join(found)}" if found else None
+
+    return check
+
+
 def first_refusal(checks: Sequence[Check], spec: JobSpec) -> str | None:
     """The reason of the first check that says no, or None when every check passes."""
     for check in checks:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import shutil
 import time
 import uuid
 from collections import OrderedDict
@@ -20,14 +19,16 @@ from typing import TYPE_CHECKING
 import trio
 
 from compute.backlog import Backlog
-from compute.bidding import engine_installed, first_refusal, within_job_limits
+from compute.bidding import engine_installed, first_refusal, inputs_fetchable, within_job_limits
 from compute.capacity import CapacityTracker
-from executors import ExecutorError, ExecutorRegistry, RunRequest
-from jobs import Event, EventKind, Execution, ExecutionSide, ExecutionState, RunResult, StaleState, Unreachable
+from compute.runner import Runner
+from executors import ExecutorRegistry
+from jobs import Event, EventKind, Execution, ExecutionSide, ExecutionState, StaleState, Unreachable
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
 
 if TYPE_CHECKING:
     from node.store import Store
+    from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.compute")
 
@@ -49,17 +50,20 @@ class ComputeService:
         capacity: CapacityTracker,
         work_dir: Path,
         backlog_size: int = 10_000,
+        inputs: InputRegistry | None = None,
+        publisher: Publisher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
         self.capacity = capacity
-        self.work_dir = work_dir
+        self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher)
         self.backlog = Backlog(backlog_size)
         self.clock = clock
         self.engines = executors.installed()
-        self._checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job)]
+        self._checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job),
+                        inputs_fetchable(self.runner.input_problems)]
         self._live: dict[str, Execution] = {}  # execution id -> live execution
         self._by_job: dict[str, str] = {}  # job id -> live execution id
         self._recent: OrderedDict[str, int] = OrderedDict()
@@ -198,30 +202,12 @@ class ComputeService:
 
     async def _execute(self, execution_id: str) -> None:
         ex = self._live[execution_id]
-        assert ex.spec is not None
-        scratch = self.work_dir / ex.id
-        result: RunResult | None = None
-        error: str | None = None
-        retryable = False
         with trio.CancelScope() as scope:
             self._scopes[ex.id] = scope
             try:
-                executor = self.executors.get(ex.spec.engine.name)
-                outputs = scratch / "outputs"
-                await trio.to_thread.run_sync(lambda: outputs.mkdir(parents=True, exist_ok=True))
-                with trio.fail_after(ex.spec.timeout):
-                    result = await executor.run(RunRequest(ex.job_id, ex.id, ex.spec, scratch, outputs))
-            except trio.TooSlowError:
-                error = f"timed out after {ex.spec.timeout:g} s"
-            except ExecutorError as e:
-                error, retryable = str(e), e.retryable
-            except Exception as e:
-                log.exception("executor failed on %s", ex.id)
-                error, retryable = f"executor crashed: {type(e).__name__}: {e}", True
+                outcome = await self.runner.run(ex)
             finally:
                 self._scopes.pop(ex.id, None)
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
         if scope.cancelled_caught:  # cancelled by the requester; _on_cancel recorded it
             return
         if self.capacity.release(ex.id):
@@ -229,9 +215,10 @@ class ComputeService:
         ex = self._live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
             return
+        result, error = outcome.result, outcome.error
         message = error or f"exit code {result.exit_code if result else '?'}"
         ex = ex.transition(ExecutionState.PROPOSED, message, self.clock(), result=result, error=error,
-                           retryable=retryable)
+                           retryable=outcome.retryable)
         await self._save(ex, EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message)
         await self._deliver_result(ex.id)
 

@@ -1,0 +1,125 @@
+"""One execution's pipeline: stage inputs, run the executor under the job's timeout, publish results.
+
+The published results directory holds ``stdout``, ``stderr``, ``exitCode`` and ``outputs/<name>``
+for each declared output; its CID is what the node signs and what verification compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from executors import ExecutorError, ExecutorRegistry, RunRequest
+from jobs import Execution, RunResult, ShoalError
+
+if TYPE_CHECKING:
+    from storage import InputRegistry, Publisher
+
+log = logging.getLogger("shoal.compute")
+
+WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
+PREPARE_DEADLINE = 900.0  # pulling an image is not part of the job's run timeout, but is bounded too
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: RunResult | None
+    error: str | None = None
+    retryable: bool = False
+
+
+class Runner:
+    def __init__(self, executors: ExecutorRegistry, work_dir: Path, *, inputs: InputRegistry | None = None,
+                 publisher: Publisher | None = None, input_deadline: float = 120.0,
+                 max_input_bytes: int = 10 * 1024**3) -> None:
+        self.executors = executors
+        self.work_dir = work_dir
+        self.inputs = inputs
+        self.publisher = publisher
+        self.input_deadline = input_deadline
+        self.max_input_bytes = max_input_bytes
+
+    def input_problems(self, execution_spec) -> list[str]:
+        """Why this node could never stage the job's inputs (for bidding); empty when it can."""
+        if not execution_spec.inputs:
+            return []
+        if self.inputs is None:
+            return ["this node cannot fetch inputs"]
+        return self.inputs.check(execution_spec.inputs)
+
+    async def run(self, ex: Execution) -> Outcome:
+        """Cancellation (the requester cancelled) propagates after the scratch space is removed."""
+        spec = ex.spec
+        assert spec is not None
+        scratch = self.work_dir / ex.id
+        results = scratch / "results"
+        try:
+            executor = self.executors.get(spec.engine.name)
+            if getattr(executor, "needs_workspace", True) or spec.inputs or spec.outputs:
+                await trio.to_thread.run_sync(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
+            mounts = []
+            if spec.inputs:
+                if self.inputs is None:
+                    raise ExecutorError("this node cannot fetch inputs")
+                mounts = await self.inputs.prepare_inputs(spec.inputs, _mkdir(scratch / "inputs"),
+                                                          deadline=self.input_deadline,
+                                                          max_bytes=self.max_input_bytes)
+            request = RunRequest(ex.job_id, ex.id, spec, scratch, results / "outputs", tuple(mounts),
+                                 seed=hashlib.sha256(spec.canonical_json()).digest())
+            prepare = getattr(executor, "prepare", None)
+            if prepare is not None:
+                with trio.fail_after(PREPARE_DEADLINE):
+                    await prepare(request)
+            try:
+                with trio.fail_after(spec.timeout):
+                    result = await executor.run(request)
+            except trio.TooSlowError:
+                return Outcome(None, f"timed out after {spec.timeout:g} s")
+            return Outcome(await self._publish(result, results, bool(spec.outputs)))
+        except trio.TooSlowError:
+            return Outcome(None, "preparing the executor (e.g. pulling the image) took too long", True)
+        except ExecutorError as e:
+            return Outcome(None, str(e), e.retryable)
+        except ShoalError as e:  # storage: inputs missing, too large, too slow; publishing failed
+            return Outcome(None, str(e), bool(getattr(e, "retryable", True)))
+        except Exception as e:
+            log.exception("execution %s failed", ex.id)
+            return Outcome(None, f"executor crashed: {type(e).__name__}: {e}", True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+    async def _publish(self, result: RunResult, results: Path, has_outputs: bool) -> RunResult:
+        """Write and publish the results directory; an empty result (the noop's) publishes nothing."""
+        empty = result.exit_code == 0 and not result.stdout and not result.stderr and not has_outputs
+        if self.publisher is not None and not empty:
+            def write() -> None:
+                results.mkdir(parents=True, exist_ok=True)
+                (results / "stdout").write_text(result.stdout)
+                (results / "stderr").write_text(result.stderr)
+                (results / "exitCode").write_text(str(result.exit_code))
+
+            await trio.to_thread.run_sync(write)
+            result = result.model_copy(update={"cid": await self.publisher.publish(results)})
+        return _for_the_wire(result)
+
+
+def _for_the_wire(result: RunResult) -> RunResult:
+    changes: dict[str, object] = {}
+    for stream in ("stdout", "stderr"):
+        text: str = getattr(result, stream)
+        if len(text) > WIRE_TAIL:
+            changes[stream] = text[-WIRE_TAIL:]
+            changes[f"{stream}_truncated"] = True
+    return result.model_copy(update=changes) if changes else result
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
