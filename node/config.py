@@ -40,6 +40,8 @@ class NodeConfig:
     limit_total: Resources | None = None  # None: what the machine has
     limit_job: Resources | None = None  # None: the total
     backlog_size: int = 10_000
+    ipfs_api: str | None = "http://127.0.0.1:5001"  # Kubo RPC; None or unreachable: results kept locally
+    allow_private_urls: bool = False  # let jobs download inputs from private/loopback addresses (devstack)
     bad_actor: bool = False  # report wrong results (to test verification and quarantine)
     quarantine_after: int = 3  # rejected results after which a node's bids are refused
     log_level: str = "INFO"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from node.net import Network
     from node.store import Store
     from requester import RequesterService
+    from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.node")
 VERSION = "0.1.0"
@@ -44,6 +45,27 @@ class Node:
     requester: RequesterService | None
     compute: ComputeService | None
     dispatcher: Dispatcher
+    publisher: Publisher | None = None
+
+
+async def open_storage(config: NodeConfig) -> tuple[InputRegistry, Publisher]:
+    """Kubo when its RPC answers; otherwise the node's own store, with CIDs computed the same way."""
+    from storage import HttpInput, InputRegistry, KuboClient, KuboInput, KuboPublisher, LocalInput, LocalPublisher
+    from storage.errors import StorageError
+
+    http = HttpInput(allow_private=config.allow_private_urls)
+    if config.ipfs_api:
+        client = KuboClient(config.ipfs_api)
+        try:
+            with trio.fail_after(5):
+                version = await client.version()
+            log.info("using Kubo %s at %s", version, config.ipfs_api)
+            return InputRegistry([KuboInput(client), http]), KuboPublisher(client)
+        except (StorageError, trio.TooSlowError) as e:
+            await client.aclose()
+            log.warning("no Kubo at %s (%s): results are kept in the node's data dir", config.ipfs_api, e)
+    local = await trio.to_thread.run_sync(LocalPublisher, config.data_dir / "results")
+    return InputRegistry([LocalInput(local), http]), local
 
     @property
     def peer_id(self) -> str:
@@ -92,6 +114,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         await nursery.start(store.run)
         await nursery.start(network.run)
         compute = requester = None
+        inputs, publisher = await open_storage(config)
         if config.compute:
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry()
@@ -99,7 +122,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
                                      capacity=CapacityTracker(total, config.limit_job),
-                                     work_dir=config.data_dir / "work", backlog_size=config.backlog_size)
+                                     work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
+                                     inputs=inputs, publisher=publisher)
             dispatcher.compute = compute
             await nursery.start(compute.run)
         if config.requester:
@@ -109,7 +133,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
         dispatcher.ready.set()
-        node = Node(config, network, store, requester, compute, dispatcher)
+        node = Node(config, network, store, requester, compute, dispatcher, publisher)
         urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)
         ready = NodeReady(network.peer_id, network.addrs(), urls[0])
         log.info("node %s ready: api %s, listening on %s", ready.peer_id, ready.api, " ".join(ready.addrs))
