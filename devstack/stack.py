@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from devstack.kubo import KuboCluster, ipfs_binary
 from node.config import shoal_home
 
 READY_TIMEOUT = 60.0
@@ -48,7 +49,7 @@ class NodeProcess:
 class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
-                 bad_actors: int = 0, write_state: bool = True) -> None:
+                 bad_actors: int = 0, kubo: bool = False, write_state: bool = True) -> None:
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
         if not 0 <= bad_actors < nodes:
@@ -58,6 +59,10 @@ class Devstack:
             node_args[i] = [*node_args.get(i, []), "--bad-actor"]
         self.base_dir = base_dir or shoal_home() / "devstack"
         self.noop = noop
+        self.base_port = base_port
+        self.kubo: KuboCluster | None = None
+        if kubo:  # one Kubo per node, ports after the nodes' (API +200.., gateway +300.., swarm +400..)
+            self.kubo = KuboCluster(nodes, self.base_dir / "kubo", base_port=base_port + 200)
         self.write_state = write_state
         self.nodes = [
             NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i,
@@ -75,6 +80,7 @@ class Devstack:
             cmd += ["--peer", p.addrs[0]]
         if self.noop:
             cmd.append("--noop")
+        cmd += ["--ipfs-api", self.kubo.rpc_urls[node.index] if self.kubo else "none", "--allow-private-urls"]
         return cmd + node.args
 
     async def start_node(self, node: NodeProcess) -> None:
@@ -104,6 +110,8 @@ class Devstack:
         node.peer_id, node.addrs, node.api = ready["peer_id"], ready["addrs"], ready["api"]
 
     async def start(self) -> None:
+        if self.kubo is not None:
+            await self.kubo.start()
         for node in self.nodes:
             await self.start_node(node)
         if self.write_state:
@@ -135,6 +143,8 @@ class Devstack:
                 if node.process.returncode is None:
                     node.process.kill()
                     await node.process.wait()
+            if self.kubo is not None:
+                await self.kubo.stop()
             if self.write_state and state_file().exists():
                 state_file().unlink()
 
@@ -143,7 +153,7 @@ class Devstack:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"base_dir": str(self.base_dir), "noop": self.noop, "nodes": [
             {"index": n.index, "api": n.api, "peer_id": n.peer_id, "addrs": n.addrs, "data_dir": str(n.data_dir),
-             "pid": n.pid} for n in self.nodes]}
+             "pid": n.pid, "ipfs_api": self.kubo.rpc_urls[n.index] if self.kubo else None} for n in self.nodes]}
         path.write_text(json.dumps(state, indent=2))
 
     async def __aenter__(self) -> Devstack:
@@ -159,15 +169,22 @@ class Devstack:
 
 
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
-         fresh: bool = True, bad_actors: int = 0) -> None:
-    """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything."""
-    stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors)
+         fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None) -> None:
+    """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything.
+
+    ``kubo=None``: one Kubo per node when Kubo is installed, else none (results stay in each node).
+    """
+    if kubo is None:
+        kubo = ipfs_binary() is not None
+    stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
+                     kubo=kubo)
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 
     async def _run() -> None:
         async with stack:
-            print(f"Shoal devstack: {nodes} node(s){' (noop executors)' if noop else ''}")
+            print(f"Shoal devstack: {nodes} node(s){' (noop executors)' if noop else ''}"
+                  f"{', one Kubo each' if stack.kubo else ', no Kubo (results kept by each node)'}")
             for n in stack.nodes:
                 bad = "  (bad actor)" if "--bad-actor" in n.args else ""
                 print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
