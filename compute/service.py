@@ -325,6 +325,11 @@ class ComputeService:
         delays = [0.3, 0.7, 1.0, 2.0]
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
+            engines = await trio.to_thread.run_sync(self.executors.installed)  # e.g. dockerd came or went
+            if engines != self.engines:
+                log.info("engines now available: %s", ", ".join(engines) or "none")
+                self.engines = engines
+                self._checks[0] = engine_installed(engines)
             try:
                 await self.peers.publish(self.node_info())
             except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from executors.base import Executor
 from executors.noop import NoopExecutor
@@ -28,11 +29,25 @@ class ExecutorRegistry:
         """The same engines, each wrapped (fault injection)."""
         return ExecutorRegistry({name: wrap(ex) for name, ex in self._executors.items()})
 
+    def executors(self) -> list[Executor]:
+        """Each distinct executor once (``--noop`` maps every engine to the same one)."""
+        return list({id(ex): ex for ex in self._executors.values()}.values())
+
     def installed(self) -> list[str]:
         """Engines this node can run now: what it advertises and bids on."""
         return sorted(name for name, ex in self._executors.items() if ex.is_installed())
 
 
-def default_registry() -> ExecutorRegistry:
-    """The engines a real node offers. Further engines join here as they are built."""
-    return ExecutorRegistry({"noop": NoopExecutor()})
+def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,
+                     python_pool: int = 2) -> ExecutorRegistry:
+    """The engines a real node offers; each says by ``is_installed()`` whether it can run now."""
+    from executors.docker import DockerExecutor
+    from executors.pyodide import PyodideExecutor
+    from executors.wasm import WasmExecutor
+
+    return ExecutorRegistry({
+        "noop": NoopExecutor(),
+        "docker": DockerExecutor(node_label, allow_network=allow_network),
+        "wasm": WasmExecutor(data_dir / "cache" / "wasm"),
+        "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool),
+    })

@@ -117,7 +117,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         inputs, publisher = await open_storage(config)
         if config.compute:
             total = config.limit_total or machine_resources()
-            registry = ExecutorRegistry.all_noop() if config.noop else default_registry()
+            registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
+                config.data_dir, network.peer_id)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
@@ -126,6 +127,13 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      inputs=inputs, publisher=publisher)
             dispatcher.compute = compute
             await nursery.start(compute.run)
+            for executor in registry.executors():
+                cleanup = getattr(executor, "cleanup_leftovers", None)
+                if cleanup is not None:  # containers a crashed run of this node left behind
+                    nursery.start_soon(cleanup)
+                pool = getattr(executor, "run_pool", None)
+                if pool is not None and executor.is_installed():  # warm interpreters; jobs start cold until then
+                    nursery.start_soon(pool)
         if config.requester:
             requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after)
             dispatcher.requester = requester
