@@ -1,0 +1,108 @@
+"""Source → InputSource, and staging a job's inputs before it runs.
+
+The compute service builds one ``InputRegistry`` per node (Kubo and HTTP, or the local store and
+HTTP when there is no Kubo) and calls ``prepare_inputs`` before handing the run to an executor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from executors import Mount
+from jobs import InputSpec
+from storage.base import InputSource
+from storage.errors import InvalidSource, StorageError, Unavailable
+
+__all__ = ["InputRegistry"]
+
+
+class InputRegistry:
+    """Picks the input source for a source string: the first registered one whose ``handles()`` says yes."""
+
+    def __init__(self, sources: Sequence[InputSource]) -> None:
+        self._sources = list(sources)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self._sources]
+
+    def for_source(self, source: str) -> InputSource:
+        """Raises ``InvalidSource`` naming what this node can fetch."""
+        for candidate in self._sources:
+            if candidate.handles(source):
+                return candidate
+        raise InvalidSource(f"no way to fetch {source!r} here (this node fetches: "
+                            f"{', '.join(self.names) or 'nothing'})", source=source)
+
+    def check(self, inputs: Sequence[InputSpec]) -> list[str]:
+        """Problems that make these inputs impossible here (for bidding), one line each; no I/O."""
+        problems = []
+        for spec in inputs:
+            try:
+                self.for_source(spec.source)
+            except InvalidSource as exc:
+                problems.append(str(exc))
+        return problems
+
+    async def prepare_inputs(self, inputs: Sequence[InputSpec], root: Path, *, deadline: float,
+                             max_bytes: int) -> list[Mount]:
+        """Fetch every input into ``root`` and return read-only mounts at the job's paths.
+
+        Inputs are fetched one after another into ``root/<index>`` (a file or a directory, as the
+        source is); together they may hold at most ``max_bytes`` of file content.
+
+        Args:
+            inputs: the job's input specs, in order.
+            root: a directory owned by the execution (created if missing, removed with the execution).
+            deadline: seconds for the whole staging phase; separate from the job's run timeout.
+            max_bytes: limit on the total size of all inputs.
+
+        Raises:
+            StorageError: the first input that failed, its reason prefixed by which input it was
+                (``Unavailable`` when the deadline passed, naming the input being fetched then).
+        """
+        mounts: list[Mount] = []
+        budget = max_bytes
+        current: InputSpec | None = None
+        Path(root).mkdir(parents=True, exist_ok=True)
+        try:
+            with trio.fail_after(deadline):
+                for index, spec in enumerate(inputs):
+                    current = spec
+                    dest = Path(root) / str(index)
+                    source = self.for_source(spec.source)
+                    try:
+                        await source.fetch(spec.source, dest, max_bytes=budget)
+                    except StorageError as exc:
+                        _name_input(exc, index, spec)
+                        raise
+                    except OSError as exc:  # the local disk: full, permissions
+                        error = StorageError(f"cannot write it to {dest}: {exc}")
+                        _name_input(error, index, spec)
+                        raise error from exc
+                    budget -= await trio.to_thread.run_sync(_size, dest)
+                    mounts.append(Mount(dest, spec.path, read_only=True))
+        except trio.TooSlowError:
+            assert current is not None
+            index = inputs.index(current)
+            raise Unavailable(f"input {index} ({current.source} → {current.path}) was still being fetched when "
+                              f"the {deadline:g} s input deadline passed", source=current.source) from None
+        return mounts
+
+
+def _name_input(exc: StorageError, index: int, spec: InputSpec) -> None:
+    """Make the error's message say which input of the job it concerns."""
+    exc.reason = f"input {index} ({spec.source} → {spec.path}): {exc.reason}"
+    exc.args = (exc.reason,)
+    exc.source = spec.source  # contained in the reason, so str() does not repeat it
+
+
+def _size(path: Path) -> int:
+    if os.path.isdir(path) and not os.path.islink(path):
+        return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+    return os.lstat(path).st_size
+
