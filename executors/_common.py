@@ -9,6 +9,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,22 +42,22 @@ def _inside(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def host_path(path: str, mounts: tuple[Mount, ...] | list[Mount]) -> Path | None:
-    """The host file behind job path ``path``, through the mount with the longest matching target."""
+def host_path(path: str, mounts: Iterable[tuple[str, Path]]) -> Path | None:
+    """The host file behind job path ``path``, through the (target, host) mount with the longest target."""
     path = job_path(path)
-    best: Mount | None = None
-    for m in mounts:
-        target = posixpath.normpath(m.target)
-        if _inside(path, target) and (best is None or len(target) > len(posixpath.normpath(best.target))):
-            best = m
+    best: tuple[str, Path] | None = None
+    for target, host in mounts:
+        target = posixpath.normpath(target)
+        if _inside(path, target) and (best is None or len(target) > len(best[0])):
+            best = (target, host)
     if best is None:
         return None
-    rest = path[len(posixpath.normpath(best.target)) :].lstrip("/")
+    rest = path[len(best[0]) :].lstrip("/")
     if not rest:
-        return best.source
-    if not best.source.is_dir():
+        return best[1]
+    if not best[1].is_dir():
         return None
-    return best.source / rest
+    return best[1] / rest
 
 
 @dataclass(frozen=True)

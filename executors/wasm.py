@@ -6,8 +6,10 @@ What a module sees:
   * clocks, sleeps and randomness replaced by deterministic ones seeded from the job: every read of a
     clock advances a virtual clock by ``CLOCK_STEP_NS`` (wall time starts at ``EPOCH_SECONDS``), a sleep
     (``poll_oneoff`` on a clock) jumps the virtual clock instead of waiting, ``random_get`` is a stream
-    derived from the job seed, and file times are the virtual epoch;
+    derived from the job seed;
   * no threads, NaN canonicalization, deterministic relaxed SIMD.
+Not covered: file times, inode numbers and directory listing order come from the host file system (a
+shadowed WASI function cannot call wasmtime's own implementation, which needs the calling instance).
 
 Limits:
   * memory: ``resources.memory`` caps the store's linear memory; ``memory.grow`` beyond it fails, and
@@ -31,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import outcome
 import trio
@@ -83,6 +84,13 @@ def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
                 return spec.path
         raise ExecutorError(f"module {module} is not among the job's inputs", retryable=False)
     return job_path(module)
+
+
+def _module_bytes(spec: WasmEngine, request: RunRequest) -> bytes:
+    host = host_path(_module_job_path(spec, request), ((m.target, m.source) for m in request.inputs))
+    if host is None or not host.is_file():
+        raise ExecutorError(f"module {spec.module} is not among the job's inputs", retryable=False)
+    return host.read_bytes()
 
 
 @dataclass
@@ -137,6 +145,17 @@ class WasmExecutor:
             started_at=started,
             finished_at=time.time(),
         )
+
+    async def prepare(self, request: RunRequest) -> None:
+        """Compile the job's module into the cache, outside the job's timeout (a large module takes seconds)."""
+        spec = request.spec.engine
+        if not isinstance(spec, WasmEngine) or wasmtime is None:
+            return
+
+        def compile_module() -> None:
+            self._load_module(wasmtime.Engine(_engine_config()), _module_bytes(spec, request))
+
+        await trio.to_thread.run_sync(compile_module)
 
     # Compiled-module cache -------------------------------------------------------------------------------
 
@@ -218,15 +237,11 @@ class _Run:
     # The run ------------------------------------------------------------------------------------------------
 
     def run(self) -> _Outcome:
-        module_path = _module_job_path(self.spec, self.request)
-        host = host_path(module_path, self.request.inputs)
-        if host is None or not host.is_file():
-            raise ExecutorError(f"module {self.spec.module} is not among the job's inputs", retryable=False)
-        module = self.executor._load_module(self.engine, host.read_bytes())
+        module = self.executor._load_module(self.engine, _module_bytes(self.spec, self.request))
         mounts = plan_mounts(self.request, self.request.work_dir)
 
         wasi = wasmtime.WasiConfig()
-        wasi.argv = [module_path, *self.spec.args]
+        wasi.argv = [_module_job_path(self.spec, self.request), *self.spec.args]
         wasi.env = sorted(self.request.spec.env.items())
         wasi.stdout_custom = self.stdout.write
         wasi.stderr_custom = self.stderr.write
@@ -260,7 +275,7 @@ class _Run:
                     f"the module needs more memory at start than the job's limit of {format_bytes(limit)} "
                     "(resources.memory)",
                 )
-            return self._failed(TRAP_EXIT_CODE, f"wasm trap: {e}", instance)
+            return self._failed(TRAP_EXIT_CODE, f"error: {e}", instance)
 
     def _failed(self, code: int, note: str, instance: wasmtime.Instance | None) -> _Outcome:
         """A failed run; says so when the memory limit is the likely cause."""
@@ -281,11 +296,6 @@ class _Run:
 
     def _shadow_wasi(self, linker: wasmtime.Linker, module: wasmtime.Module) -> None:
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        imported = {imp.name for imp in module.imports if imp.module == _WASI}
-        originals: dict[str, Any] = {}
-        for name in ("fd_filestat_get", "path_filestat_get"):
-            if name in imported:
-                originals[name] = linker.get(self.store, _WASI, name)
         linker.allow_shadowing = True
 
         def define(name: str, params: list[wasmtime.ValType], fn: Callable[..., int]) -> None:
@@ -295,16 +305,6 @@ class _Run:
         define("clock_res_get", [i32, i32], self._clock_res_get)
         define("random_get", [i32, i32], self._random_get)
         define("poll_oneoff", [i32, i32, i32, i32], self._poll_oneoff)
-        if "fd_filestat_get" in originals:
-            orig = originals["fd_filestat_get"]
-            define("fd_filestat_get", [i32, i32], lambda c, fd, out: self._filestat(c, orig(c, fd, out), out))
-        if "path_filestat_get" in originals:
-            orig_p = originals["path_filestat_get"]
-            define(
-                "path_filestat_get",
-                [i32, i32, i32, i32, i32],
-                lambda c, fd, fl, p, n, out: self._filestat(c, orig_p(c, fd, fl, p, n, out), out),
-            )
 
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
@@ -358,12 +358,6 @@ class _Run:
         _write(caller, events, bytes(out))
         _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
         return _ESUCCESS
-
-    def _filestat(self, caller: wasmtime.Caller, errno: int, out: int) -> int:
-        """Host file times differ between nodes: the module sees the virtual epoch instead."""
-        if errno == _ESUCCESS:
-            _write(caller, out + 40, struct.pack("<QQQ", _EPOCH_NS, _EPOCH_NS, _EPOCH_NS))
-        return errno
 
 
 def _preopen(wasi: wasmtime.WasiConfig, mount: DirMount) -> None:

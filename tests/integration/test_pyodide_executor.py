@@ -1,0 +1,281 @@
+"""The python executor against real Node.js and Pyodide (installed by scripts/install-pyodide)."""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from executors.base import Mount, RunRequest
+from executors.pyodide import PyodideExecutor
+from jobs import JobSpec, OutputSpec, PythonEngine, Resources
+
+pytestmark = pytest.mark.skipif(
+    not PyodideExecutor(Path("/nonexistent")).is_installed(), reason="Pyodide not installed: scripts/install-pyodide"
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One snapshot for the whole module: building it takes seconds."""
+    return tmp_path_factory.mktemp("pyodide-cache")
+
+
+@pytest.fixture
+def executor(cache_dir: Path) -> PyodideExecutor:
+    return PyodideExecutor(cache_dir, pool_size=1)
+
+
+def request(
+    tmp_path: Path,
+    *,
+    main: str | None = None,
+    code: str | None = None,
+    args: list[str] | None = None,
+    context: dict[str, str | bytes] | None = None,
+    inputs: dict[str, str] | None = None,
+    requirements: list[str] | None = None,
+    seed: bytes = b"seed-1",
+) -> RunRequest:
+    ctx = tmp_path / "context"
+    ctx.mkdir(exist_ok=True)
+    for name, content in (context or {}).items():
+        path = ctx / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    mounts = [Mount(ctx, "/context")]
+    if inputs:
+        data = tmp_path / "inputs"
+        data.mkdir(exist_ok=True)
+        for name, text in inputs.items():
+            (data / name).write_text(text)
+        mounts.append(Mount(data, "/inputs"))
+    work = tmp_path / f"work-{time.monotonic_ns()}"
+    spec = JobSpec(
+        engine=PythonEngine(main=main, code=code, args=args or [], requirements=requirements or []),
+        outputs=[OutputSpec(name="results", path="/outputs")],
+    )
+    return RunRequest("job-1", "job-1-ex", spec, work, work / "outputs", tuple(mounts), seed)
+
+
+def node_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if "node" in p.name()}
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    before = node_children()
+    yield
+    assert node_children() <= before, "a Node.js process outlived the test"
+
+
+async def test_hello_world(executor: PyodideExecutor, tmp_path: Path) -> None:
+    assert executor.is_installed()
+    result = await executor.run(request(tmp_path, code="print('hello from pyodide')"))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "hello from pyodide\n", "")
+    assert result.started_at is not None and result.finished_at is not None
+    assert executor.statistics().cold_runs == 1
+
+
+MAIN = """\
+import os, sys
+from helper import shout
+
+print(sys.argv, os.getcwd())
+print(open("notes.txt").read().strip())          # the context is the working directory
+data = open("/inputs/data.txt").read()
+with open("/outputs/result.txt", "w") as f:
+    f.write(shout(data))
+try:
+    open("/inputs/data.txt", "w")
+except OSError as e:
+    print("inputs are read-only:", e.strerror)
+"""
+
+
+async def test_main_reads_inputs_and_writes_outputs(executor: PyodideExecutor, tmp_path: Path) -> None:
+    req = request(
+        tmp_path,
+        main="main.py",
+        args=["--n", "3"],
+        context={"main.py": MAIN, "helper.py": "def shout(s):\n    return s.upper()\n", "notes.txt": "context ok"},
+        inputs={"data.txt": "some data"},
+    )
+    result = await executor.run(req)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "['/context/main.py', '--n', '3'] /context",
+        "context ok",
+        "inputs are read-only: Read-only file system",
+    ]
+    assert (req.outputs_dir / "results" / "result.txt").read_text() == "SOME DATA"
+    assert (tmp_path / "inputs" / "data.txt").read_text() == "some data"
+
+
+async def test_exit_code(executor: PyodideExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, code="import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)"))
+    assert (result.exit_code, result.stderr) == (3, "bye\n")
+
+
+async def test_exception_fails_with_traceback(executor: PyodideExecutor, tmp_path: Path) -> None:
+    program = "def f():\n    raise ValueError('boom')\n\nprint('before')\nf()\n"
+    result = await executor.run(request(tmp_path, main="main.py", context={"main.py": program}))
+    assert result.exit_code == 1
+    assert result.stdout == "before\n"
+    assert result.stderr == (
+        "Traceback (most recent call last):\n"
+        '  File "/context/main.py", line 5, in <module>\n'
+        "    f()\n"
+        "    ~^^\n"
+        '  File "/context/main.py", line 2, in f\n'
+        "    raise ValueError('boom')\n"
+        "ValueError: boom\n"
+    )
+
+
+async def test_syntax_error(executor: PyodideExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, main="main.py", context={"main.py": "print('ok')\nif True\n"}))
+    assert result.exit_code == 1
+    assert result.stdout == ""  # nothing ran
+    assert '  File "/context/main.py", line 2' in result.stderr
+    assert "SyntaxError" in result.stderr
+
+
+async def test_missing_script_fails_like_python(executor: PyodideExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, main="nope.py"))
+    assert result.exit_code == 2
+    assert "can't open file '/context/nope.py'" in result.stderr
+
+
+async def test_memory_limit_raises_memory_error(executor: PyodideExecutor, tmp_path: Path) -> None:
+    program = "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 20))\n"
+    req = request(tmp_path, code=program)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="96MiB")}))
+    result = await executor.run(req)
+    assert result.exit_code == 1
+    assert "MemoryError" in result.stderr
+    assert "memory limit: the program needed more than 96 MiB (resources.memory)" in result.stderr
+
+
+def wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel, zipped by hand."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": "def greet(who):\n    return f'hello {who} from " + name + "'\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}/RECORD,,\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        for arcname, text in files.items():
+            z.writestr(arcname, text)
+    return path
+
+
+async def test_requirements_are_installed_offline(executor: PyodideExecutor, tmp_path: Path) -> None:
+    wheel(tmp_path / "context" / "wheels" / "tinypkg-1.0-py3-none-any.whl")
+    req = request(
+        tmp_path,
+        code="import tinypkg\nprint(tinypkg.greet('job'))",
+        requirements=["wheels/tinypkg-1.0-py3-none-any.whl"],
+    )
+    result = await executor.run(req)
+    assert (result.exit_code, result.stdout) == (0, "hello job from tinypkg\n"), result.stderr
+
+
+async def test_a_requirement_that_is_not_a_pure_python_wheel_fails_clearly(
+    executor: PyodideExecutor, tmp_path: Path
+) -> None:
+    platform_wheel = "wheels/numpy-2.0.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    wheel(tmp_path / "context" / platform_wheel, "numpy", "2.0.0")
+    for requirement, reason in [
+        (platform_wheel, "not a pure-Python wheel"),
+        ("requests==2.32", "not a wheel file"),
+        ("wheels/absent-1.0-py3-none-any.whl", "no such file"),
+    ]:
+        result = await executor.run(request(tmp_path, code="print(1)", requirements=[requirement]))
+        assert result.exit_code == 1
+        assert requirement in result.stderr and reason in result.stderr
+    assert executor.statistics().cold_runs == 0  # refused before spending an interpreter
+
+
+async def test_deadline_kills_a_cold_start(executor: PyodideExecutor, tmp_path: Path) -> None:
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError), trio.fail_after(0.3):
+        await executor.run(request(tmp_path, code="print(1)"))
+    assert trio.current_time() - t0 < 2.0
+
+
+async def test_deadline_kills_a_running_program_promptly(executor: PyodideExecutor, tmp_path: Path) -> None:
+    before = node_children()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.run_pool)
+        (runner_pid,) = node_children() - before
+        t0 = trio.current_time()
+        with pytest.raises(trio.TooSlowError), trio.fail_after(1.5):
+            await executor.run(request(tmp_path, code="while True:\n    pass\n"))
+        assert trio.current_time() - t0 < 3.0
+        assert gone(runner_pid)
+        assert executor.statistics().warm_runs == 1
+        nursery.cancel_scope.cancel()  # stops the pool and kills the interpreter it was starting
+
+
+DETERMINISM = """\
+import asyncio, datetime, os, random, secrets, tempfile, time, uuid
+print("random", random.random(), random.getrandbits(64), random.choice("abcdefgh"))
+print("urandom", os.urandom(8).hex(), secrets.token_hex(8), random.SystemRandom().random())
+print("uuid4", uuid.uuid4())
+print("time", time.time(), time.monotonic(), time.perf_counter(), datetime.datetime.now().isoformat())
+t = time.monotonic(); time.sleep(5); print("slept", round(time.monotonic() - t, 1))
+print("hash", hash("abc"), hash(b"abc"), hash(("a", 1)))
+print("set", list({"apple", "banana", "cherry", "date", "elderberry", "fig"}))
+print("dict", list({str(i): i for i in range(5)}))
+print("tempfile", os.path.basename(tempfile.mktemp()))
+async def race():
+    finished = []
+    async def sleeper(i):
+        await asyncio.sleep(10 - i)
+        finished.append(i)
+    await asyncio.gather(*(sleeper(i) for i in range(3)))
+    return finished
+print("asyncio", asyncio.run(race()), round(time.monotonic() - t, 1))
+"""
+
+
+async def test_deterministic_across_runs_executors_and_warm_or_cold(cache_dir: Path, tmp_path: Path) -> None:
+    pooled = PyodideExecutor(cache_dir, pool_size=1)
+    cold = PyodideExecutor(cache_dir, pool_size=0)
+    req = request(tmp_path, code=DETERMINISM)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pooled.run_pool)
+        warm = await pooled.run(req)  # an interpreter that was loaded before the job's seed was known
+        nursery.cancel_scope.cancel()
+    first_cold = await cold.run(req)
+    second_cold = await cold.run(req)
+    other_seed = await cold.run(request(tmp_path, code=DETERMINISM, seed=b"seed-2"))
+
+    assert pooled.statistics().warm_runs == 1 and cold.statistics().cold_runs == 3
+    assert warm.exit_code == 0, warm.stderr
+    assert warm.stdout == first_cold.stdout == second_cold.stdout
+    lines = dict(line.split(" ", 1) for line in first_cold.stdout.splitlines())
+    assert lines["time"].startswith("1704067200.0")  # the virtual clock starts at 2024-01-01T00:00:00Z
+    assert lines["slept"] == "5.0"  # sleeping moves the virtual clock, without waiting
+    assert lines["asyncio"] == "[2, 1, 0] 15.0"  # asyncio runs on the same virtual clock
+    differs = dict(line.split(" ", 1) for line in other_seed.stdout.splitlines())
+    for key in ("random", "urandom", "uuid4", "tempfile"):
+        assert differs[key] != lines[key], key
+    assert differs["hash"] == lines["hash"] and differs["set"] == lines["set"]  # PYTHONHASHSEED=0 everywhere

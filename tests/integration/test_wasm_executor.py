@@ -1,0 +1,339 @@
+"""The wasm executor against real wasmtime, with WASI modules written as WAT text (no C toolchain needed)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+import wasmtime
+
+from executors._common import CLOCK_STEP_NS, EPOCH_SECONDS
+from executors.base import ExecutorError, Mount, RunRequest
+from executors.wasm import TRAP_EXIT_CODE, WasmExecutor
+from jobs import JobSpec, OutputSpec, Resources, WasmEngine
+
+# Helpers every test module shares: $write(fd, ptr, len), $hex(ptr, len) prints bytes as hex and a newline.
+# Memory layout: 0-16 iovec/scratch, 64 hex digits, 128+ strings, 1024+ buffers, 4096+ hex output.
+PRELUDE = """
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "0123456789abcdef")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func $hex (param $ptr i32) (param $len i32) (local $i i32) (local $b i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $len)))
+      (local.set $b (i32.load8_u (i32.add (local.get $ptr) (local.get $i))))
+      (i32.store8 (i32.add (i32.const 4096) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 64) (i32.shr_u (local.get $b) (i32.const 4)))))
+      (i32.store8 (i32.add (i32.const 4097) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 64) (i32.and (local.get $b) (i32.const 15)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i32.store8 (i32.add (i32.const 4096) (i32.shl (local.get $len) (i32.const 1))) (i32.const 10))
+    (call $write (i32.const 1) (i32.const 4096) (i32.add (i32.shl (local.get $len) (i32.const 1)) (i32.const 1))))
+"""
+
+
+def module(body: str, imports: str = "") -> bytes:
+    """``body`` holds the module's own items and its closing parenthesis."""
+    return wasmtime.wat2wasm(f"(module {imports} {PRELUDE} {body}")
+
+
+HELLO = module("""
+  (data (i32.const 128) "hello from wasm\\n")
+  (func (export "_start") (call $write (i32.const 1) (i32.const 128) (i32.const 16))))
+""")
+
+ARGS_AND_ENV = module(
+    """
+  (func (export "_start")
+    (drop (call $args_sizes_get (i32.const 16) (i32.const 20)))
+    (drop (call $args_get (i32.const 2048) (i32.const 1024)))
+    (call $write (i32.const 1) (i32.const 1024) (i32.load (i32.const 20)))
+    (drop (call $environ_sizes_get (i32.const 16) (i32.const 20)))
+    (drop (call $environ_get (i32.const 2048) (i32.const 1024)))
+    (call $write (i32.const 2) (i32.const 1024) (i32.load (i32.const 20)))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+""",
+)
+
+# Reads /inputs/x (preopen fd 3), writes it to /outputs/y (preopen fd 4) and to stdout, then checks that
+# /inputs cannot be written: prints "inputs read-only" when opening x for writing fails.
+COPY = module(
+    """
+  (data (i32.const 128) "x")
+  (data (i32.const 136) "y")
+  (data (i32.const 144) "inputs read-only\\n")
+  (data (i32.const 176) "inputs WRITABLE\\n")
+  (func (export "_start") (local $n i32)
+    (if (call $path_open (i32.const 3) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 0)
+                         (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $proc_exit (i32.const 10))))
+    (i32.store (i32.const 24) (i32.const 1024))
+    (i32.store (i32.const 28) (i32.const 1000))
+    (drop (call $fd_read (i32.load (i32.const 16)) (i32.const 24) (i32.const 1) (i32.const 32)))
+    (local.set $n (i32.load (i32.const 32)))
+    (call $write (i32.const 1) (i32.const 1024) (local.get $n))
+    (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 136) (i32.const 1) (i32.const 9)
+                         (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $proc_exit (i32.const 11))))
+    (call $write (i32.load (i32.const 16)) (i32.const 1024) (local.get $n))
+    (if (call $path_open (i32.const 3) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 8)
+                         (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $write (i32.const 1) (i32.const 144) (i32.const 17)))
+      (else (call $write (i32.const 1) (i32.const 176) (i32.const 16))))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+""",
+)
+
+# Prints 16 random bytes, the wall clock, the monotonic clock, then sleeps 10 s (poll_oneoff on the
+# monotonic clock) and prints the monotonic clock again.
+ENTROPY = module(
+    """
+  (func (export "_start")
+    (drop (call $random_get (i32.const 1024) (i32.const 16)))
+    (call $hex (i32.const 1024) (i32.const 16))
+    (drop (call $clock_time_get (i32.const 0) (i64.const 0) (i32.const 1024)))
+    (call $hex (i32.const 1024) (i32.const 8))
+    (drop (call $clock_time_get (i32.const 1) (i64.const 0) (i32.const 1024)))
+    (call $hex (i32.const 1024) (i32.const 8))
+    (i64.store (i32.const 2048) (i64.const 7))
+    (i32.store8 (i32.const 2056) (i32.const 0))
+    (i32.store (i32.const 2064) (i32.const 1))
+    (i64.store (i32.const 2072) (i64.const 10000000000))
+    (i64.store (i32.const 2080) (i64.const 0))
+    (i32.store16 (i32.const 2088) (i32.const 0))
+    (drop (call $poll_oneoff (i32.const 2048) (i32.const 2112) (i32.const 1) (i32.const 2200)))
+    (drop (call $clock_time_get (i32.const 1) (i64.const 0) (i32.const 1024)))
+    (call $hex (i32.const 1024) (i32.const 8))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+""",
+)
+
+# Lists /inputs (preopen fd 3): one name per line, in the order fd_readdir gives them (the host's order).
+LIST = module(
+    """
+  (data (i32.const 200) "\\n")
+  (func (export "_start") (local $off i32) (local $end i32) (local $len i32)
+    (drop (call $fd_readdir (i32.const 3) (i32.const 1024) (i32.const 3000) (i64.const 0) (i32.const 16)))
+    (local.set $off (i32.const 1024))
+    (local.set $end (i32.add (i32.const 1024) (i32.load (i32.const 16))))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $off) (local.get $end)))
+      (local.set $len (i32.load (i32.add (local.get $off) (i32.const 16))))
+      (call $write (i32.const 1) (i32.add (local.get $off) (i32.const 24)) (local.get $len))
+      (call $write (i32.const 1) (i32.const 200) (i32.const 1))
+      (local.set $off (i32.add (local.get $off) (i32.add (i32.const 24) (local.get $len))))
+      (br $next)))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+""",
+)
+
+EXIT_3 = module("""
+  (data (i32.const 128) "failing\\n")
+  (func (export "_start") (call $write (i32.const 2) (i32.const 128) (i32.const 8)) (call $proc_exit (i32.const 3))))
+""")
+
+TRAP = module("""
+  (data (i32.const 128) "before the trap\\n")
+  (func (export "_start") (call $write (i32.const 1) (i32.const 128) (i32.const 16)) unreachable))
+""")
+
+SPIN = module('(func (export "_start") (loop $forever (br $forever))))')
+
+# Grows memory 1 MiB at a time until refused, then traps (as an allocator failing would).
+GREEDY = module("""
+  (func (export "_start")
+    (loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    unreachable))
+""")
+
+
+def request(
+    tmp_path: Path,
+    wasm: bytes,
+    *,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    seed: bytes = b"seed-1",
+    job_id: str = "job-1",
+    memory: str = "64MiB",
+    files: dict[str, str] | None = None,
+) -> RunRequest:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir(exist_ok=True)
+    (inputs / "prog.wasm").write_bytes(wasm)
+    for name, text in (files or {}).items():
+        (inputs / name).write_text(text)
+    work = tmp_path / f"work-{time.monotonic_ns()}"
+    spec = JobSpec(
+        engine=WasmEngine(module="/inputs/prog.wasm", args=args or []),
+        env=env or {},
+        outputs=[OutputSpec(name="out", path="/outputs")],
+        resources=Resources(memory=memory),
+    )
+    return RunRequest(
+        job_id=job_id,
+        execution_id=f"{job_id}-ex",
+        spec=spec,
+        work_dir=work,
+        outputs_dir=work / "outputs",
+        inputs=(Mount(inputs, "/inputs"),),
+        seed=seed,
+    )
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> WasmExecutor:
+    return WasmExecutor(cache_dir=tmp_path / "cache")
+
+
+async def test_hello_world(executor: WasmExecutor, tmp_path: Path) -> None:
+    assert executor.is_installed()
+    result = await executor.run(request(tmp_path, HELLO))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "hello from wasm\n", "")
+    assert not result.stdout_truncated
+    assert result.started_at is not None and result.finished_at is not None
+    assert result.started_at <= result.finished_at
+
+
+async def test_args_and_env(executor: WasmExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, ARGS_AND_ENV, args=["a b", "-x"], env={"GREETING": "hi"}))
+    assert result.stdout == "/inputs/prog.wasm\0a b\0-x\0"
+    assert result.stderr == "GREETING=hi\0"
+
+
+async def test_reads_input_writes_output_and_inputs_are_read_only(executor: WasmExecutor, tmp_path: Path) -> None:
+    req = request(tmp_path, COPY, files={"x": "input data\n"})
+    result = await executor.run(req)
+    assert result.exit_code == 0, result
+    assert result.stdout == "input data\ninputs read-only\n"
+    assert (req.outputs_dir / "out" / "y").read_text() == "input data\n"
+    assert (tmp_path / "inputs" / "x").read_text() == "input data\n"
+
+
+async def test_a_file_input_is_seen_at_its_path(executor: WasmExecutor, tmp_path: Path) -> None:
+    data = tmp_path / "fetched-blob"
+    data.write_text("single file\n")
+    code = tmp_path / "code.wasm"
+    code.write_bytes(COPY)
+    req = request(tmp_path, COPY)
+    req = replace(req, inputs=(Mount(code, "/inputs/prog.wasm"), Mount(data, "/inputs/x")))
+    result = await executor.run(req)
+    assert result.stdout == "single file\ninputs read-only\n"
+    assert data.read_text() == "single file\n"
+
+
+async def test_lists_an_input_directory(executor: WasmExecutor, tmp_path: Path) -> None:
+    names = ["delta", "alpha", "echo", "charlie", "bravo", "foxtrot-" + "x" * 40]
+    result = await executor.run(request(tmp_path, LIST, files={name: name for name in names}))
+    listed = {n for n in result.stdout.splitlines() if n not in (".", "..")}
+    assert listed == {*names, "prog.wasm"}
+
+
+async def test_exit_code_and_stderr(executor: WasmExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, EXIT_3))
+    assert (result.exit_code, result.stderr) == (3, "failing\n")
+
+
+async def test_trap_is_a_failed_run_with_the_trap_in_stderr(executor: WasmExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, TRAP))
+    assert result.exit_code == TRAP_EXIT_CODE
+    assert result.stdout == "before the trap\n"
+    assert "wasm trap" in result.stderr and "unreachable" in result.stderr
+
+
+async def test_invalid_module_is_not_retried(executor: WasmExecutor, tmp_path: Path) -> None:
+    with pytest.raises(ExecutorError, match="not valid WebAssembly") as info:
+        await executor.run(request(tmp_path, b"\0asm\x01\0\0\0garbage"))
+    assert not info.value.retryable
+
+
+async def test_missing_module_is_not_retried(executor: WasmExecutor, tmp_path: Path) -> None:
+    req = request(tmp_path, HELLO)
+    req = replace(req, spec=req.spec.model_copy(update={"engine": WasmEngine(module="/inputs/nope.wasm")}))
+    with pytest.raises(ExecutorError, match="not among the job's inputs") as info:
+        await executor.run(req)
+    assert not info.value.retryable
+
+
+async def test_memory_limit_is_enforced_and_reported(executor: WasmExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, GREEDY, memory="8MiB"))
+    assert result.exit_code == TRAP_EXIT_CODE
+    assert "memory limit" in result.stderr and "8 MiB" in result.stderr
+
+
+async def test_deadline_interrupts_an_infinite_loop_promptly(executor: WasmExecutor, tmp_path: Path) -> None:
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(0.5):
+            await executor.run(request(tmp_path, SPIN))
+    # run() waits for its worker thread, so returning at all means the module stopped.
+    assert trio.current_time() - t0 < 2.0
+
+
+async def test_cancel_scope_stops_the_run(executor: WasmExecutor, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, request(tmp_path, SPIN))
+        await trio.sleep(0.3)
+        t0 = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - t0 < 1.0
+
+
+async def test_clocks_sleep_and_randomness_are_deterministic(executor: WasmExecutor, tmp_path: Path) -> None:
+    first = await executor.run(request(tmp_path, ENTROPY))
+    again = await executor.run(request(tmp_path, ENTROPY))
+    elsewhere = await WasmExecutor(cache_dir=tmp_path / "other-cache").run(request(tmp_path, ENTROPY))
+    other_seed = await executor.run(request(tmp_path, ENTROPY, seed=b"seed-2"))
+    assert first.exit_code == 0, first
+    assert first.stdout == again.stdout == elsewhere.stdout
+    assert other_seed.stdout != first.stdout
+
+    rand, wall, mono, after_sleep = first.stdout.splitlines()
+    assert len(bytes.fromhex(rand)) == 16
+    assert rand != other_seed.stdout.splitlines()[0]
+    wall_ns, mono_ns, after_ns = (int.from_bytes(bytes.fromhex(h), "little") for h in (wall, mono, after_sleep))
+    assert wall_ns == EPOCH_SECONDS * 10**9 + CLOCK_STEP_NS  # a fixed instant, whatever the host clock says
+    assert after_ns - mono_ns >= 10 * 10**9  # the 10 s sleep moved the virtual clock, not the real one
+
+
+async def test_without_a_seed_the_job_id_decides(executor: WasmExecutor, tmp_path: Path) -> None:
+    a = await executor.run(request(tmp_path, ENTROPY, seed=b"", job_id="job-a"))
+    a2 = await executor.run(request(tmp_path, ENTROPY, seed=b"", job_id="job-a"))
+    b = await executor.run(request(tmp_path, ENTROPY, seed=b"", job_id="job-b"))
+    assert a.stdout == a2.stdout != b.stdout
+
+
+async def test_compiled_modules_are_cached_by_content(executor: WasmExecutor, tmp_path: Path) -> None:
+    await executor.prepare(request(tmp_path, HELLO))  # compiles outside the job's timeout
+    cached = list(executor.cache_dir.glob("*.cwasm"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    result = await WasmExecutor(cache_dir=executor.cache_dir).run(request(tmp_path, HELLO))
+    assert result.stdout == "hello from wasm\n"
+    assert list(executor.cache_dir.glob("*.cwasm")) == cached and cached[0].stat().st_mtime_ns == stamp
+    cached[0].write_bytes(b"corrupt")  # a damaged cache entry is recompiled, not fatal
+    assert (await executor.run(request(tmp_path, HELLO))).stdout == "hello from wasm\n"
