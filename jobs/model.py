@@ -51,6 +51,7 @@ class Job(BaseModel):
     revision: int = 0
     result: RunResult | None = None  # the accepted result, once the job completed (or failed with one)
     cached_from: str | None = None  # the job whose verified result this one reused, running nothing
+    results_removed_at: float | None = None  # results unpinned after the retention time
 
     def transition(self, state: JobState, reason: str, now: float, **changes: object) -> Job:
         check_job_transition(self.state, state)
@@ -76,6 +77,7 @@ class Execution(BaseModel):
     updated_at: float
     revision: int = 0
     spec: JobSpec | None = Field(None, description="kept on the compute side so a restarted node can report")
+    results_removed_at: float | None = None  # the compute node unpinned the results it published
     requester_addrs: list[str] = []
 
     def transition(self, state: ExecutionState, reason: str, now: float, **changes: object) -> Execution:

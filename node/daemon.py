@@ -100,6 +100,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from executors.faults import BadActor
     from node.api.app import create_app, serve_api
     from node.net import Network
+    from node.retention import retention_loop
     from node.store import Store
     from requester import RequesterService
 
@@ -140,6 +141,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
+        nursery.start_soon(retention_loop, store, publisher, config.retention)
         dispatcher.ready.set()
         node = Node(config, network, store, requester, compute, dispatcher, publisher)
         urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)

@@ -319,6 +319,33 @@ class Store:
         )
         return [Execution.model_validate_json(r[0]) for r in rows]
 
+    async def expired_results(self, before: float, limit: int = 200) -> tuple[list[Job], list[Execution]]:
+        """Finished jobs (requester) and executions (compute) whose published results are older than
+        ``before`` and not yet removed."""
+        terminal_jobs = tuple(s.value for s in JobState if s.is_terminal)
+        terminal_ex = tuple(s.value for s in ExecutionState if s.is_terminal)
+
+        def q(c: sqlite3.Connection) -> tuple[list[Job], list[Execution]]:
+            jobs = c.execute(
+                f"SELECT body FROM jobs WHERE state IN ({','.join('?' * len(terminal_jobs))})"
+                " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
+                " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
+                (*terminal_jobs, before, limit),
+            ).fetchall()
+            executions = c.execute(
+                f"SELECT body FROM executions WHERE side='compute' AND state IN ({','.join('?' * len(terminal_ex))})"
+                " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
+                " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
+                (*terminal_ex, before, limit),
+            ).fetchall()
+            return ([Job.model_validate_json(r[0]) for r in jobs],
+                    [Execution.model_validate_json(r[0]) for r in executions])
+
+        return await self._read(q)
+
+    async def forget_cached(self, job_id: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM result_cache WHERE job_id=?", (job_id,)))
+
     async def cached_result(self, key: str) -> tuple[str, RunResult] | None:
         row = await self._read(
             lambda c: c.execute("SELECT job_id, result FROM result_cache WHERE key=?", (key,)).fetchone()
