@@ -137,13 +137,11 @@ class PullProgress:
         elif layer and status == "Pulling fs layer":
             self.layers.setdefault(layer, (0, 0, False))
         now = self.clock()
-        if not final and now - self.last < self.interval:
-            return None
-        self.last = now
         if final:
             return f"pulling {self.image}: {status.removeprefix('Status:').strip()}"
-        if not self.layers:
+        if not self.layers or now - self.last < self.interval:
             return None
+        self.last = now
         finished = sum(1 for _, _, c in self.layers.values() if c)
         done = sum(d for d, _, _ in self.layers.values())
         total = sum(t for _, t, _ in self.layers.values())
@@ -396,22 +394,29 @@ class DockerExecutor:
         def remove() -> None:
             if sock is not None:
                 _close(sock)
-            if cid is not None:
-                _remove_all(api, [cid])
-            elif execution_id is not None:
-                _remove_all(api, _labelled(api, LABEL_EXECUTION, execution_id))
+            ids = [cid] if cid is not None else _labelled(api, LABEL_EXECUTION, str(execution_id))
+            give_up = time.monotonic() + CLEANUP_TIMEOUT
+            while True:
+                try:
+                    _remove_all(api, ids)
+                    return
+                except docker.errors.APIError as e:  # e.g. "did not receive an exit event": still dying
+                    if time.monotonic() > give_up:
+                        raise
+                    log.info("container %s not removed yet (%s); retrying", cid or execution_id, e)
+                    time.sleep(0.5)
 
         if cid is None and execution_id is None:
             if sock is not None:
                 _close(sock)
             return
-        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+        with trio.move_on_after(CLEANUP_TIMEOUT + API_TIMEOUT) as scope:
             try:
                 await trio.to_thread.run_sync(remove, abandon_on_cancel=True)
             except _DaemonErrors as e:
                 log.warning("could not remove container %s (%s); cleanup_leftovers will", cid or execution_id, e)
         if scope.cancelled_caught:
-            log.warning("removing container %s took over %g s; cleanup_leftovers will", cid, CLEANUP_TIMEOUT)
+            log.warning("removing container %s takes too long; cleanup_leftovers will", cid or execution_id)
 
     async def cleanup_leftovers(self) -> list[str]:
         """Remove containers this node left behind (see the module-level :func:`cleanup_leftovers`)."""

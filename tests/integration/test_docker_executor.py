@@ -1,0 +1,317 @@
+"""The Docker executor against the real Docker Engine (start it with ``scripts/install-docker``).
+
+Skipped when no daemon answers, unless ``SHOAL_REQUIRE_DOCKER=1`` (CI sets it after installing
+Docker), in which case a missing daemon fails the run instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import trio
+
+from executors.base import MAX_CAPTURE, ExecutorError, Mount, RunRequest
+from executors.docker import LABEL_EXECUTION, LABEL_NODE, DockerExecutor, PullProgress, cleanup_leftovers
+from executors.images import build_busybox
+from jobs import JobSpec
+
+BUSYBOX = "busybox:latest"
+
+
+def _daemon() -> docker.DockerClient | None:
+    try:
+        return docker.from_env(timeout=60)
+    except docker.errors.DockerException:
+        return None
+
+
+@pytest.fixture(scope="module")
+def client() -> docker.DockerClient:
+    c = _daemon()
+    if c is None:
+        if os.environ.get("SHOAL_REQUIRE_DOCKER") == "1":
+            pytest.fail("no Docker daemon answers; run scripts/install-docker")
+        pytest.skip("no Docker daemon answers; run scripts/install-docker")
+    build_busybox(c, progress=lambda _: None)  # offline, ~1 s, no-op when present
+    return c
+
+
+@pytest.fixture
+def node_label():
+    label = f"test-{uuid.uuid4().hex[:12]}"
+    yield label
+    c = _daemon()  # a failed test must not leave a container (or a fork bomb) running
+    if c is not None:
+        for leftover in c.containers.list(all=True, filters={"label": f"{LABEL_NODE}={label}"}):
+            leftover.remove(force=True)
+
+
+@pytest.fixture
+def executor(client, node_label) -> DockerExecutor:
+    return DockerExecutor(node_label)
+
+
+def make_request(tmp_path: Path, *, args: list[str] | None = None, script: str | None = None,
+                 inputs: tuple[Mount, ...] = (), **spec) -> RunRequest:
+    """A busybox job: ``script`` runs under ``sh -c``; ``spec`` overrides JobSpec fields."""
+    engine = {"name": "docker", "image": BUSYBOX, **spec.pop("engine", {})}
+    if script is not None:
+        engine.update(entrypoint=["sh", "-c"], args=[script])
+    elif args is not None:
+        engine["args"] = args
+    execution_id = f"ex-{uuid.uuid4().hex[:12]}"
+    work = tmp_path / execution_id
+    return RunRequest(
+        job_id=f"job-{execution_id}", execution_id=execution_id, spec=JobSpec(engine=engine, **spec),
+        work_dir=work, outputs_dir=work / "outputs", inputs=inputs,
+    )
+
+
+def containers_of(client: docker.DockerClient, request: RunRequest) -> list[dict]:
+    """The execution's containers, as the daemon lists them (one call, no per-container inspect)."""
+    return client.api.containers(all=True, filters={"label": f"{LABEL_EXECUTION}={request.execution_id}"})
+
+
+async def wait_until_running(client: docker.DockerClient, request: RunRequest) -> str:
+    """Poll the daemon (the only witness) until the execution's container runs; return its id."""
+    with trio.fail_after(20):
+        while True:
+            found = await trio.to_thread.run_sync(containers_of, client, request)
+            if found and found[0]["State"] == "running":
+                return found[0]["Id"]
+            await trio.sleep(0.05)
+
+
+# -- running jobs ---------------------------------------------------------------------------------------
+
+
+async def test_hello_world_prints_and_leaves_no_container(executor, client, tmp_path):
+    request = make_request(tmp_path, args=["echo", "hello"])
+    before = time.time()
+    result = await executor.run(request)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "hello\n", "")
+    assert not result.stdout_truncated and not result.stderr_truncated
+    assert before <= result.started_at <= result.finished_at <= time.time()
+    assert containers_of(client, request) == []
+
+
+async def test_non_zero_exit_code_is_a_result_with_separate_streams(executor, tmp_path):
+    result = await executor.run(make_request(tmp_path, script="echo out; echo err >&2; exit 3"))
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+async def test_command_not_found_is_exit_127_not_an_infrastructure_error(executor, tmp_path):
+    result = await executor.run(make_request(tmp_path, args=["no-such-command"]))
+    assert result.exit_code == 127
+    assert "no-such-command" in result.stderr
+
+
+async def test_entrypoint_args_workdir_and_env(executor, tmp_path):
+    request = make_request(
+        tmp_path,
+        engine={"entrypoint": ["sh", "-c", 'pwd; echo "$0 $1"; echo "$GREETING $HOME"'], "args": ["a", "b"],
+                "workdir": "/tmp"},
+        env={"GREETING": "hello shoal"},
+    )
+    result = await executor.run(request)
+    assert result.stdout == "/tmp\na b\nhello shoal /tmp\n", result.stderr
+
+
+async def test_input_read_only_is_transformed_into_an_output(executor, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "words.txt").write_text("hello shoal\n")
+    request = make_request(
+        tmp_path,
+        script="tr a-z A-Z < /inputs/words.txt > /outputs/upper.txt; "
+               "if echo x >> /inputs/words.txt; then echo input-writable; else echo input-read-only; fi",
+        inputs=(Mount(inputs, "/inputs"),),
+        outputs=[{"name": "result", "path": "/outputs"}],
+    )
+    result = await executor.run(request)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "input-read-only\n"
+    assert (request.outputs_dir / "result" / "upper.txt").read_text() == "HELLO SHOAL\n"
+    assert (inputs / "words.txt").read_text() == "hello shoal\n"
+    out = request.outputs_dir / "result" / "upper.txt"
+    assert (out.stat().st_uid, out.stat().st_gid) == (os.getuid(), os.getgid())  # the node can clean it up
+
+
+async def test_root_is_read_only_and_tmp_is_writable(executor, tmp_path):
+    result = await executor.run(make_request(
+        tmp_path, script="touch /rootfile || echo root-read-only; touch /tmp/f && echo tmp-writable"))
+    assert result.stdout == "root-read-only\ntmp-writable\n"
+    assert "Read-only file system" in result.stderr
+
+
+async def test_no_capabilities_and_no_new_privileges(executor, tmp_path):
+    result = await executor.run(make_request(tmp_path, script="grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"))
+    assert result.stdout.split() == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+
+
+async def test_no_network_inside_only_loopback(executor, tmp_path):
+    result = await executor.run(make_request(tmp_path, script="tail -n +3 /proc/net/dev | cut -d: -f1"))
+    assert result.stdout.split() == ["lo"]
+
+
+async def test_network_job_refused_unless_the_node_allows_it(client, node_label, tmp_path):
+    request = make_request(tmp_path, script="tail -n +3 /proc/net/dev | cut -d: -f1", engine={"network": True})
+    with pytest.raises(ExecutorError, match="network") as refused:
+        await DockerExecutor(node_label).run(request)
+    assert refused.value.retryable is False
+    with pytest.raises(ExecutorError, match="network"):
+        await DockerExecutor(node_label).prepare(request)
+    result = await DockerExecutor(node_label, allow_network=True).run(request)
+    assert sorted(result.stdout.split()) == ["eth0", "lo"]
+
+
+async def test_stdout_keeps_the_last_max_capture_bytes(executor, tmp_path):
+    result = await executor.run(make_request(tmp_path, script="seq 1 400000; echo done >&2"))  # ~2.7 MB
+    assert result.exit_code == 0
+    assert result.stdout_truncated and not result.stderr_truncated
+    assert len(result.stdout.encode()) == MAX_CAPTURE
+    assert result.stdout.endswith("\n399999\n400000\n")  # the tail is kept
+    assert result.stderr == "done\n"
+
+
+# -- limits -----------------------------------------------------------------------------------------------
+
+
+async def test_out_of_memory_is_reported(executor, client, tmp_path):
+    request = make_request(tmp_path, args=["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                           resources={"memory": "16MiB"})
+    result = await executor.run(request)
+    assert result.exit_code == 137
+    assert result.stderr.endswith("shoal: out of memory (limit 16 MiB)\n")
+    assert containers_of(client, request) == []
+
+
+async def test_fork_bomb_is_contained_by_the_pids_limit(executor, client, tmp_path):
+    # PID 1 watches its own pids cgroup with shell builtins only (it needs no fork) until the kernel
+    # has refused a fork for hitting the limit, then exits, which ends the job and the whole bomb.
+    script = """
+        f=/sys/fs/cgroup/pids/pids; [ -r $f.max ] || f=/sys/fs/cgroup/pids
+        read limit < $f.max; refused=0
+        read up _ < /proc/uptime; end=$(( ${up%.*} + 30 ))
+        bomb() { bomb | bomb & }; bomb
+        while [ $refused -eq 0 ]; do
+            read _ refused < $f.events
+            read up _ < /proc/uptime; [ ${up%.*} -ge $end ] && break
+        done
+        echo "limit=$limit refused=$refused"
+    """
+    # Memory is generous so that the pids limit, not the OOM killer, is what stops the bomb.
+    request = make_request(tmp_path, script=script, resources={"cpu": 0.5, "memory": "512MiB"})
+    with trio.fail_after(60):
+        result = await executor.run(request)
+    limit, refused = (int(part.split("=")[1]) for part in result.stdout.split())
+    assert limit == executor.pids_limit == 256
+    assert refused > 0, result  # forks were refused at the limit: the bomb was stopped there
+    assert "can't fork" in result.stderr
+    assert containers_of(client, request) == []
+    after = await executor.run(make_request(tmp_path, args=["echo", "fine"]))
+    assert after.stdout == "fine\n"
+
+
+async def test_fork_bomb_stopped_by_the_timeout_is_removed(executor, client, tmp_path):
+    request = make_request(tmp_path, script="bomb() { bomb | bomb & }; bomb; while :; do :; done",
+                           resources={"cpu": 0.5})
+    with pytest.raises(trio.TooSlowError), trio.fail_after(3):
+        await executor.run(request)
+    assert containers_of(client, request) == []
+    assert (await executor.run(make_request(tmp_path, args=["echo", "fine"]))).stdout == "fine\n"
+
+
+async def test_timeout_kills_and_removes_the_container(executor, client, tmp_path):
+    request = make_request(tmp_path, args=["sleep", "60"])
+    started = time.monotonic()
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(1.5):  # what the compute service wraps around run()
+            await executor.run(request)
+    assert time.monotonic() - started < 10
+    assert containers_of(client, request) == []
+
+
+async def test_cancellation_kills_and_removes_the_container(executor, client, tmp_path):
+    request = make_request(tmp_path, args=["sleep", "60"])
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(executor.run, request)
+            await wait_until_running(client, request)
+            nursery.cancel_scope.cancel()
+    assert containers_of(client, request) == []
+
+
+# -- images, daemon, leftovers ----------------------------------------------------------------------------
+
+
+async def test_missing_image_without_registry_is_a_clear_retryable_error(executor, tmp_path):
+    request = make_request(tmp_path, args=["true"], engine={"image": f"shoal/not-built-{uuid.uuid4().hex[:8]}:1"})
+    with pytest.raises(ExecutorError, match="not found locally") as err:
+        await executor.run(request)
+    assert err.value.retryable
+    lines: list[str] = []
+    with pytest.raises(ExecutorError, match="not found locally"):
+        await executor.prepare(request, lines.append)
+    assert lines[0].endswith("image not present on this node")
+
+
+async def test_prepare_with_the_image_present_reports_nothing(executor, tmp_path):
+    lines: list[str] = []
+    await executor.prepare(make_request(tmp_path, args=["true"]), lines.append)
+    assert lines == []
+
+
+async def test_cleanup_leftovers_removes_only_this_nodes_containers(client, node_label):
+    other = f"{node_label}-other"
+    mine = [client.containers.create(BUSYBOX, ["sleep", "300"], labels={LABEL_NODE: node_label}) for _ in range(2)]
+    mine[0].start()  # a running one and a stopped one, as a crash leaves them
+    theirs = client.containers.create(BUSYBOX, ["sleep", "300"], labels={LABEL_NODE: other})
+    try:
+        removed = await cleanup_leftovers(node_label)
+        assert sorted(removed) == sorted(c.id for c in mine)
+        assert client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node_label}"}) == []
+        assert client.containers.get(theirs.id).id == theirs.id
+        assert await cleanup_leftovers(node_label) == []
+    finally:
+        theirs.remove(force=True)
+
+
+async def test_not_installed_when_the_daemon_socket_is_wrong(monkeypatch, node_label, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    executor = DockerExecutor(node_label)
+    started = time.monotonic()
+    assert executor.is_installed() is False
+    assert time.monotonic() - started < 2
+    with pytest.raises(ExecutorError, match="does not answer") as err:
+        await executor.run(make_request(tmp_path, args=["true"]))
+    assert err.value.retryable
+    assert await cleanup_leftovers(node_label) == []
+
+
+async def test_installed_when_the_daemon_answers(executor):
+    assert executor.is_installed() is True
+
+
+def test_pull_progress_summarises_layers_at_most_once_per_interval():
+    now = [0.0]
+    progress = PullProgress("python:3-slim", interval=1.0, clock=lambda: now[0])
+    events = [
+        {"status": "Pulling from library/python", "id": "3-slim"},
+        {"status": "Pulling fs layer", "id": "a"},
+        {"status": "Pulling fs layer", "id": "b"},
+        {"status": "Downloading", "id": "a", "progressDetail": {"current": 1024**2, "total": 4 * 1024**2}},
+    ]
+    lines = [progress.update(e) for e in events]
+    assert lines == [None, "pulling python:3-slim: 0/1 layers", None, None]
+    now[0] = 1.5
+    assert progress.update({"status": "Pull complete", "id": "a"}) == "pulling python:3-slim: 1/2 layers, 4 MiB/4 MiB"
+    assert progress.update({"status": "Downloading", "id": "b", "progressDetail": {"current": 1, "total": 2}}) is None
+    assert progress.update({"status": "Status: Downloaded newer image for python:3-slim"}) == (
+        "pulling python:3-slim: Downloaded newer image for python:3-slim")
