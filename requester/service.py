@@ -177,6 +177,7 @@ class RequesterService:
             events.append(self._event(job.id, EventKind.FAILED, impossible))
         else:
             job = job.model_copy(update={"reason": waiting_reason(spec, nodes, 0)})
+            events.append(self._event(job.id, EventKind.ANNOUNCED))  # written with the job, announced right after
         try:
             await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest)
         except Exception as e:  # a concurrent submit with the same key won the unique index
@@ -194,13 +195,10 @@ class RequesterService:
         bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
         ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
                        requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline)
-        first = aj.next_announce == 0.0
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1
         await self.peers.publish(ann)
-        if first:
-            await self.store.save(events=[self._event(job.id, EventKind.ANNOUNCED)])
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
         aj = self._active.get(job_id)

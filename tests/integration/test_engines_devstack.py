@@ -1,0 +1,206 @@
+"""Real engines on a real devstack (one Kubo per node), driven the way users drive them: the CLI.
+
+Nodes 0 and 1 only orchestrate and store (--no-compute); node 2 runs every job. Content added on
+node 1's Kubo is fetched by node 2 over the IPFS swarm; results published by node 2 are downloaded
+through node 0's API (`shoal get`), so each test crosses three nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from devstack import Devstack
+from devstack.kubo import ipfs_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
+                                                   "(scripts/install-kubo)")]
+
+BASE_PORT = 18800
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("engines")
+    os.environ["SHOAL_HOME"] = str(home / "home")
+    devstack = Devstack(3, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
+                        node_args={0: ["--no-compute"], 1: ["--no-compute"]})
+    trio.run(devstack.start)
+    try:
+        yield devstack
+    finally:
+        trio.run(devstack.stop)
+
+
+def shoal(stack: Devstack, *args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SHOAL_API": stack.nodes[0].api, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def add_to_kubo(stack: Devstack, index: int, data: bytes) -> str:
+    from storage import KuboClient
+
+    async def add() -> str:
+        async with KuboClient(stack.kubo.rpc_urls[index]) as client:
+            return await client.add_bytes(data)
+
+    return trio.run(add)
+
+
+def describe(stack: Devstack, job_id: str) -> dict:
+    out = shoal(stack, "describe", job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+# -- docker ---------------------------------------------------------------------------------------------
+
+
+def test_docker_hello_world(stack):
+    out = shoal(stack, "docker", "run", "busybox", "--", "echo", "hello")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello\n"
+    assert "Traceback" not in out.stderr
+
+
+def test_docker_non_zero_exit_fails_the_job_and_the_cli(stack):
+    out = shoal(stack, "docker", "run", "busybox", "--", "sh", "-c", "echo oops >&2; exit 3")
+    assert out.returncode == 1
+    assert "exit code 3" in out.stderr
+
+
+def test_docker_input_from_another_nodes_kubo_to_an_output_fetched_with_get(stack, tmp_path):
+    cid = add_to_kubo(stack, 1, b"shoal swims in schools\n")  # only node 1's Kubo has it
+    out = shoal(stack, "docker", "run", "-i", f"ipfs://{cid}:/inputs/words.txt", "-o", "result:/outputs",
+                "--id-only", "busybox", "--", "sh", "-c", "tr a-z A-Z < /inputs/words.txt > /outputs/upper.txt")
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    got = shoal(stack, "get", job_id, "--output-dir", str(tmp_path / "results"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "results" / "outputs" / "result" / "upper.txt").read_text() == "SHOAL SWIMS IN SCHOOLS\n"
+    assert (tmp_path / "results" / "exitCode").read_text() == "0"
+    d = describe(stack, job_id)
+    assert d["executions"][0]["node_id"] == stack.nodes[2].peer_id  # ran on node 2, not where the input was
+
+
+def test_docker_timeout(stack):
+    out = shoal(stack, "docker", "run", "--timeout", "2", "busybox", "--", "sleep", "30")
+    assert out.returncode == 1
+    assert "timed out after 2 s" in out.stderr
+
+
+def test_docker_out_of_memory(stack):
+    out = shoal(stack, "docker", "run", "--memory", "16MiB", "busybox", "--",
+                "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
+    assert out.returncode == 1
+    assert "exit code 137" in out.stderr
+
+
+def test_docker_fork_bomb_is_contained_and_the_node_carries_on(stack):
+    out = shoal(stack, "docker", "run", "--timeout", "5", "busybox", "--", "sh", "-c", "b() { b | b & }; b; sleep 10")
+    assert out.returncode == 1  # stopped by its timeout, contained by the pids limit meanwhile
+    again = shoal(stack, "docker", "run", "busybox", "--", "echo", "still here")
+    assert again.returncode == 0 and again.stdout == "still here\n"
+
+
+def test_docker_has_no_network(stack):
+    out = shoal(stack, "docker", "run", "busybox", "--", "ls", "/sys/class/net")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["lo"]
+
+
+# -- python (Pyodide) ------------------------------------------------------------------------------------
+
+
+def test_python_inline_hello(stack):
+    out = shoal(stack, "run", "python", "-c", "print('hello from pyodide')")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello from pyodide\n"
+
+
+def test_python_main_reads_an_input_and_writes_an_output(stack, tmp_path):
+    cid = add_to_kubo(stack, 1, b"3\n4\n5\n")
+    (tmp_path / "main.py").write_text(
+        "import json\n"
+        "numbers = [int(x) for x in open('/inputs/n.txt')]\n"
+        "json.dump({'sum': sum(numbers)}, open('/outputs/sum.json', 'w'))\n"
+        "print('summed', len(numbers))\n")
+    out = shoal(stack, "run", "-i", f"ipfs://{cid}:/inputs/n.txt", "-o", "result:/outputs", "--id-only",
+                "python", "main.py", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got = shoal(stack, "get", out.stdout.strip(), "--output-dir", str(tmp_path / "res"))
+    assert got.returncode == 0, got.stderr
+    assert json.loads((tmp_path / "res" / "outputs" / "result" / "sum.json").read_text()) == {"sum": 12}
+
+
+def test_python_exception_fails_with_the_traceback(stack, tmp_path):
+    (tmp_path / "main.py").write_text("def f():\n    raise ValueError('bad input')\nf()\n")
+    out = shoal(stack, "run", "--id-only", "python", "main.py", cwd=tmp_path)
+    assert out.returncode == 1
+    logs = shoal(stack, "logs", out.stdout.strip(), "--stderr")
+    assert "ValueError: bad input" in logs.stdout and "Traceback" in logs.stdout
+
+
+def test_python_timeout(stack):
+    out = shoal(stack, "run", "--timeout", "3", "python", "-c", "while True: pass")
+    assert out.returncode == 1
+    assert "timed out after 3 s" in out.stderr
+
+
+def test_python_missing_file_is_a_clear_error(stack, tmp_path):
+    out = shoal(stack, "run", "python", "nope.py", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "nope.py" in out.stderr and "Traceback" not in out.stderr
+
+
+WAT_RANDOM = """(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $random (i32.const 100) (i32.const 16)))
+    (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 116)))
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 24))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 200)))))
+"""
+
+
+def test_python_and_wasm_give_the_same_result_on_three_nodes_and_across_runs(tmp_path):
+    """Three compute nodes run each program; `confidence 3` completes only if all three CIDs are equal."""
+    os.environ["SHOAL_HOME"] = str(tmp_path / "home")
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "main.py").write_text(
+        "import random, time, uuid, os\n"
+        "print(random.random(), time.time(), time.monotonic(), uuid.uuid4(), hash('abc'), list({'x', 'y', 'z'}),"
+        " os.urandom(4).hex())\n")
+    (tmp_path / "prog" / "random.wat").write_text(WAT_RANDOM)
+    devstack = Devstack(3, base_dir=tmp_path / "stack", base_port=BASE_PORT + 40, kubo=True, write_state=False)
+    trio.run(devstack.start)
+    try:
+        for command in (["python", "main.py"], ["wasm", "run", "random.wat"]):
+            cids = []
+            for _ in range(2):
+                out = shoal(devstack, *_run_args(command), cwd=tmp_path / "prog")
+                assert out.returncode == 0, out.stderr
+                d = describe(devstack, out.stdout.strip())
+                assert d["job"]["state"] == "completed" and "verified by 3 of 3" in d["job"]["reason"], d["job"]
+                cids.append(d["job"]["result"]["cid"])
+            assert cids[0] == cids[1] and cids[0], command
+    finally:
+        trio.run(devstack.stop)
+
+
+def _run_args(command: list[str]) -> list[str]:
+    flags = ["--no-cache", "--id-only", "--concurrency", "3", "--confidence", "3"]
+    if command[0] == "python":
+        return ["run", *flags, *command]
+    return ["wasm", "run", *flags, *command[2:]]
