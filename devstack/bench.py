@@ -78,7 +78,9 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
     """
     from shoal import AsyncClient, ConnectionFailed, ShoalAPIError
 
-    job_spec = JobSpec.model_validate(spec or {"engine": {"name": "noop"}, "deal": {"concurrency": concurrency}})
+    # every job must run (Bacalhau's method): no cached results, even though noop is deterministic
+    job_spec = JobSpec.model_validate({"engine": {"name": "noop"}, "deal": {"concurrency": concurrency},
+                                       **(spec or {}), "cache": False})
     latencies: list[float] = []
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()

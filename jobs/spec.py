@@ -195,6 +195,8 @@ class JobSpec(_Frozen):
     timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="seconds one run may take")
     deal: Deal = Deal()
     deadlines: Deadlines = Deadlines()
+    cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
+                        "job, when there is one (deterministic engines only); false forces a run")
 
     @field_validator("env")
     @classmethod
@@ -225,6 +227,6 @@ class JobSpec(_Frozen):
             return None
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None
-        material = self.model_dump(mode="json", exclude={"deadlines": True, "deal": {"min_bids"}})
+        material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"}})
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -164,7 +164,7 @@ class RequesterService:
         events = [self._event(job.id, EventKind.CREATED)]
         nodes = self.known_nodes()
         impossible = never_runnable(spec, nodes)
-        key = spec.cache_key() if use_cache else None
+        key = spec.cache_key() if spec.cache and use_cache else None
         cached = await self.store.cached_result(key) if key else None
         if cached is not None:
             source, result = cached

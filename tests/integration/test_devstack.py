@@ -12,7 +12,7 @@ from shoal import AsyncClient, ConnectionFailed
 
 pytestmark = pytest.mark.slow
 
-NOOP3 = {"engine": {"name": "noop"}, "deal": {"concurrency": 3}, "deadlines": {"silence": 3.0}}
+NOOP3 = {"engine": {"name": "noop"}, "deal": {"concurrency": 3}, "deadlines": {"silence": 3.0}, "cache": False}
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ async def test_identical_resubmission_is_served_from_the_cache(tmp_path):
         assert again.result == d1.job.result
         d2 = await requester.describe(again.id)
         assert d2.executions == [] and hub.requests == before  # nothing ran, no message sent
-        forced, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "bob", use_cache=False)
+        forced, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "cache": False}), "bob")
         assert forced.state is JobState.PENDING
         assert (await wait_terminal(requester, forced.id)).job.state is JobState.COMPLETED
 
