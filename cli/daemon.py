@@ -43,13 +43,19 @@ def build_node_config(
     limit_total: Limit = Limit(),
     limit_job: Limit = Limit(),
     log_level: str | None = None,
+    ipfs_api: str | None = None,
+    allow_private_urls: bool = False,
+    bad_actor: bool = False,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
     from cli.specs import validation_lines
     from node.config import NodeConfig, machine_resources
 
-    values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop}
+    values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
+                              "allow_private_urls": allow_private_urls, "bad_actor": bad_actor}
+    if ipfs_api is not None:
+        values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:
         values["data_dir"] = data_dir
     if listen:

@@ -43,6 +43,7 @@ def print_error(*lines: str) -> None:
 
 def exit_code_for(exc: BaseException) -> int | None:
     """Print ``exc`` as ``Error: …`` lines and return its exit code; None if it is not ours to handle."""
+    exc = _sole_leaf(exc)
     if isinstance(exc, CLIError):
         print_error(*exc.lines)
         return exc.code
@@ -56,6 +57,13 @@ def exit_code_for(exc: BaseException) -> int | None:
         return None
     print_error(f"unexpected {type(exc).__name__}: {exc} (set SHOAL_DEBUG=1 for a traceback)")
     return EXIT_JOB_FAILED
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    """The one real error inside trio's exception groups, which say only "Exceptions from Trio nursery"."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _sdk_error(exc: BaseException, sdk: object) -> int:

@@ -36,12 +36,16 @@ def make_client(api_url: str | None, *, timeout: float = 30.0) -> Client:
     With no URL the SDK finds one (``SHOAL_API`` is read by the ``--api`` option already,
     then a running devstack's state file).
 
-    httpcore imports trio whenever it is installed, which costs ~150 ms, a quarter of
-    ``shoal list``; the sync client never uses it and client commands never run trio (only
-    ``serve``/``devstack`` do, and they never get here), so a fresh CLI process skips it.
+    Optional imports of httpx's that a client command never uses are skipped; each is made
+    to fail fast, which httpx and httpcore handle: h2 (HTTP/2, which the SDK does not speak;
+    installed for hypercorn) and ``httpx._main`` (httpx's own command line: click, rich's
+    syntax highlighting, pygments) are about half of ``import httpx`` (measured 120 ms → 65 ms),
+    and trio, which httpcore imports whenever it is installed, with the first transport
+    (~150 ms; only ``serve`` and ``devstack`` run trio, and they never get here).
     """
-    if "trio" not in sys.modules:
-        sys.modules["trio"] = None  # type: ignore[assignment]  # makes `import trio` fail fast
+    for optional in ("trio", "h2", "httpx._main"):
+        if optional not in sys.modules:
+            sys.modules[optional] = None  # type: ignore[assignment]  # makes the import fail fast
     from shoal import Client
 
     return Client(api_url, timeout=timeout)
@@ -64,6 +68,8 @@ run_app = typer.Typer(help="Run Python or noop jobs.", no_args_is_help=True, ric
 app.add_typer(docker_app, name="docker")
 app.add_typer(wasm_app, name="wasm")
 app.add_typer(run_app, name="run")
+images_app = typer.Typer(help="Container images for the docker engine.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(images_app, name="images")
 
 
 @dataclass(frozen=True)
@@ -88,14 +94,37 @@ def _client(ctx: typer.Context, timeout: float = 30.0) -> Client:
 # ---------------------------------------------------------------------------------------- run
 
 
-def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions) -> int:
+def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions,
+         context: Path | None = None) -> int:
+    """Submit and follow; with ``context``, that directory is packed, stored on the node and
+    given to the job as its working directory (``/context``)."""
     from cli.specs import build_spec
     from cli.waiting import submit_and_follow
 
     if opts.id_only and opts.json:
         raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
     spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
+    if context is not None:
+        from jobs import InputSpec
+        from shoal._context import ContextTooLarge, pack_context
+
+        try:
+            archive = pack_context(context)
+        except ContextTooLarge as e:
+            raise CLIError(str(e), code=EXIT_USAGE) from None
+        cid = _client(ctx).upload_context(archive)
+        spec = spec.model_copy(update={"inputs": [*spec.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
     return submit_and_follow(_client(ctx), lambda: _client(ctx), spec, opts)
+
+
+def _local_file(name: str, what: str) -> Path:
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise CLIError(f"{what} {name!r} must be a path inside the current directory (it is sent with the job)",
+                       code=EXIT_USAGE)
+    if not path.is_file():
+        raise CLIError(f"no such file: {name} (in {Path.cwd()})", code=EXIT_USAGE)
+    return path
 
 
 @docker_app.command("run", context_settings=_SETTINGS)
@@ -134,11 +163,15 @@ def wasm_run(
     flags: JobFlags,
     opts: RunOptions,
 ) -> int:  # fmt: skip
-    """Run a WebAssembly (WASI) module: shoal wasm run ipfs://CID -- arg1 arg2"""
+    """Run a WebAssembly (WASI) module: shoal wasm run module.wasm -- arg1 arg2 (or ipfs://CID)"""
     engine: dict[str, Any] = {"name": "wasm", "module": module, "args": args or []}
     if entrypoint is not None:
         engine["entrypoint"] = entrypoint
-    return _run(ctx, engine, flags, opts)
+    if module.startswith(("ipfs://", "/")):
+        return _run(ctx, engine, flags, opts)
+    # a local module travels with the job: the current directory is packed as its context
+    engine["module"] = "/context/" + _local_file(module, "the module").as_posix()
+    return _run(ctx, engine, flags, opts, context=Path.cwd())
 
 
 @run_app.command("python", context_settings=_SETTINGS)
@@ -157,14 +190,21 @@ def run_python(
 ) -> int:  # fmt: skip
     """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE"""
     argv = argv or []
-    engine: dict[str, Any] = {"name": "python", "requirements": requirements or []}
+    engine: dict[str, Any] = {"name": "python"}
     if code is not None:
         engine.update(code=code, args=argv)
     elif argv:
-        engine.update(main=argv[0], args=argv[1:])
+        engine.update(main=_local_file(argv[0], "the script").as_posix(), args=argv[1:])
     else:
         raise CLIError("give a script (shoal run python main.py) or code (shoal run python -c CODE)", code=EXIT_USAGE)
-    return _run(ctx, engine, flags, opts)
+    if requirements:
+        from cli.wheels import fetch_wheels
+
+        engine["requirements"] = fetch_wheels(requirements, Path.cwd())
+    # a script's directory is its context, as when running Python locally; inline code needs none
+    # unless wheels travel with it
+    needs_context = code is None or bool(engine.get("requirements"))
+    return _run(ctx, engine, flags, opts, context=Path.cwd() if needs_context else None)
 
 
 @run_app.command("noop", context_settings=_SETTINGS)
@@ -209,11 +249,10 @@ def list_jobs(
     ctx: typer.Context,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
-    all_: Annotated[bool, typer.Option("--all", help="Jobs of every client, not just mine.")] = False,
     json_: _Json = False,
 ) -> None:
-    """List jobs, newest first."""
-    result = _client(ctx).list(state=state, limit=limit, all=all_)
+    """List your jobs, newest first (a node shows each client only its own jobs)."""
+    result = _client(ctx).list(state=state, limit=limit)
     if json_:
         from cli.render import print_json
 
@@ -280,16 +319,19 @@ def get(
 def cancel(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
     """Cancel a job."""
     client = _client(ctx)
-    desc = client.cancel(_resolve(client, job_id))
+    before = _describe(client, job_id)
+    desc = client.cancel(before.job.id)
     if json_:
         from cli.render import print_json
 
         return print_json(desc)
     job = desc.job
-    if job.state == "cancelled":
+    if before.job.state.is_terminal:
+        print(f"Job {job.id} already {before.job.state}; nothing to cancel")
+    elif job.state == "cancelled":
         print(f"Job {job.id} cancelled")
     elif job.state.is_terminal:
-        print(f"Job {job.id} already {job.state}; nothing to cancel")
+        print(f"Job {job.id} {job.state} before it could be cancelled")
     else:
         print(f"Job {job.id} is being cancelled (now {job.state})")
     return None
@@ -415,6 +457,12 @@ def serve(
     limit_job_disk: _Size = None,
     log_level: Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False,
         help="Default INFO.")] = None,
+    ipfs_api: Annotated[str | None, typer.Option("--ipfs-api", metavar="URL",
+        help="Kubo RPC (default http://127.0.0.1:5001; 'none': keep results in the data dir).")] = None,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls",
+        help="Let jobs download inputs from loopback/private addresses.")] = False,
+    bad_actor: Annotated[bool, typer.Option("--bad-actor",
+        help="Report wrong results (to test verification).")] = False,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -431,6 +479,9 @@ def serve(
         limit_total=Limit(limit_total_cpu, limit_total_memory, limit_total_disk),
         limit_job=Limit(limit_job_cpu, limit_job_memory, limit_job_disk),
         log_level=log_level,
+        ipfs_api=ipfs_api,
+        allow_private_urls=allow_private_urls,
+        bad_actor=bad_actor,
     )
     from node.daemon import main as run_node
 
@@ -446,6 +497,8 @@ def devstack(
         help="Data dirs and state file (default under ~/.shoal).")] = None,
     base_port: Annotated[int | None, typer.Option("--base-port", metavar="PORT",
         help="First API port; node i uses PORT+i.")] = None,
+    kubo: Annotated[bool | None, typer.Option("--kubo/--no-kubo",
+        help="One Kubo (IPFS) daemon per node (default: when Kubo is installed).")] = None,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
@@ -459,8 +512,16 @@ def devstack(
         extra["base_dir"] = base_dir
     if base_port is not None:
         extra["base_port"] = base_port
+    if kubo is not None:
+        extra["kubo"] = kubo
     with stop_on_signals():
         run_stack(nodes=nodes, noop=noop, **extra)
+
+
+from cli.tools import bench, images_build  # noqa: E402 - thin, typer-only module
+
+app.command(context_settings=_SETTINGS)(bench)
+images_app.command("build", context_settings=_SETTINGS)(images_build)
 
 
 def main() -> None:

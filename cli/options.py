@@ -54,6 +54,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("json_", Annotated[bool, _opt("--json", panel=_AFTER, help="Print the job description as JSON.")], False),
     ("idempotency_key", Annotated[str | None, _opt("--idempotency-key", metavar="KEY", panel=_AFTER,
         help="Submitting again with the same key returns the same job.")], None),
+    ("cache", Annotated[bool, _opt("--cache/--no-cache", panel=_AFTER,
+        help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
 _FLAG_NAMES = ("inputs", "outputs", "env", "cpu", "memory", "disk", "timeout", "concurrency", "confidence", "min_bids")
 
@@ -75,6 +77,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
             id_only=values["id_only"],
             json=values["json_"],
             idempotency_key=values["idempotency_key"],
+            cache=values["cache"],
         )
         return func(*args, flags=flags, opts=opts, **kwargs)
 

@@ -33,11 +33,12 @@ class RunOptions:
     id_only: bool = False
     json: bool = False
     idempotency_key: str | None = None
+    cache: bool = True
 
 
 def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: JobSpec, opts: RunOptions) -> int:
     """Submit ``spec``; unless ``--no-wait``, wait for a terminal state. Returns the exit code."""
-    desc = client.submit(spec, idempotency_key=opts.idempotency_key)
+    desc = client.submit(spec, idempotency_key=opts.idempotency_key, cache=opts.cache)
     job_id = desc.job.id
     quiet = opts.id_only or opts.json
     if opts.id_only:

@@ -31,6 +31,12 @@ class JobDescription(BaseModel):
     phases: Phases = Phases()
 
 
+class ContextStored(BaseModel):
+    """A working directory stored for jobs: give it as input ``ipfs://<cid>`` at ``/context``."""
+
+    cid: str
+
+
 class JobList(BaseModel):
     jobs: list[Job]
     total: int

@@ -228,18 +228,26 @@ class ShoalAuth(httpx.Auth):
         self.key = key
         self._clock = clock
 
-    def sign(self, request: httpx.Request) -> httpx.Request:
-        """Add the four ``X-Shoal-*`` headers to ``request`` (whose body must have been read)."""
+    def headers_for(self, method: str, raw_target: bytes, body: bytes) -> dict[str, str]:
+        """The four ``X-Shoal-*`` headers for a request, with a fresh timestamp and nonce.
+
+        ``raw_target`` is the path and query exactly as they go on the wire (``/v1/jobs?limit=5``).
+        For clients other than httpx (another HTTP library, a fuzzer); ``sign`` uses it too.
+        """
         timestamp = str(int(self._clock()))
         nonce = secrets.token_hex(NONCE_BYTES)
-        path, _, query = request.url.raw_path.partition(b"?")
-        message = canonical_request(
-            request.method, canonical_target(path, query), timestamp, nonce, request.content
-        )
-        request.headers[HEADER_KEY] = self.key.public_key_b64
-        request.headers[HEADER_TIMESTAMP] = timestamp
-        request.headers[HEADER_NONCE] = nonce
-        request.headers[HEADER_SIGNATURE] = b64encode(self.key.sign(message))
+        path, _, query = raw_target.partition(b"?")
+        message = canonical_request(method, canonical_target(path, query), timestamp, nonce, body)
+        return {
+            HEADER_KEY: self.key.public_key_b64,
+            HEADER_TIMESTAMP: timestamp,
+            HEADER_NONCE: nonce,
+            HEADER_SIGNATURE: b64encode(self.key.sign(message)),
+        }
+
+    def sign(self, request: httpx.Request) -> httpx.Request:
+        """Add the four ``X-Shoal-*`` headers to ``request`` (whose body must have been read)."""
+        request.headers.update(self.headers_for(request.method, request.url.raw_path, request.content))
         return request
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:

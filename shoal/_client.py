@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from jobs.events import Event, EventKind
 from jobs.spec import JobSpec
 from jobs.states import JobState
-from jobs.views import JobDescription, JobList, NodeList, NodeStatus, PeerList, SubmitRequest
+from jobs.views import ContextStored, JobDescription, JobList, NodeList, NodeStatus, PeerList, SubmitRequest
 from shoal._auth import ClientKey, ShoalAuth, shoal_home
 from shoal._errors import (
     AuthenticationError,
@@ -108,12 +108,20 @@ class _BaseClient:
         return self.key.client_id
 
     def _http_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "base_url": self.api_url,
             "auth": self._auth,
             "timeout": self.timeout,
             "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
         }
+        if self.api_url.startswith("http://"):
+            # Plain HTTP never uses TLS, yet httpx loads certifi's CA bundle for every client
+            # (measured 30-60 ms, a tenth of `shoal list`). A context that trusts no CA costs
+            # nothing, and would fail closed, never open, if a request ever went to https.
+            import ssl
+
+            kwargs["verify"] = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        return kwargs
 
     # -- request building ----------------------------------------------------------------------
 
@@ -152,14 +160,10 @@ class _BaseClient:
             timeout=httpx.Timeout(self.timeout, read=self.timeout + wait),
         )
 
-    def _list_request(
-        self, state: JobState | str | None, limit: int, offset: int, all: bool
-    ) -> httpx.Request:
+    def _list_request(self, state: JobState | str | None, limit: int, offset: int) -> httpx.Request:
         params = {"limit": str(limit), "offset": str(offset)}
         if state is not None:
             params["state"] = str(JobState(state))
-        if all:
-            params["all"] = "true"
         return self._request("GET", "/v1/jobs", params=params)
 
     def _events_request(self, job_id: str, last_event_id: str | None) -> httpx.Request:
@@ -196,14 +200,15 @@ class _BaseClient:
         return _parse(model, response)
 
     def _submit_flow(
-        self, spec: JobSpec | dict[str, Any], idempotency_key: str | None
+        self, spec: JobSpec | dict[str, Any], idempotency_key: str | None, cache: bool = True
     ) -> _Flow[JobDescription]:
         body = SubmitRequest(spec=_as_spec(spec)).model_dump_json().encode()
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        params = None if cache else {"cache": "false"}
         delays = self.submit_retry_delays
         for attempt in range(len(delays) + 1):
             try:
-                response = yield self._request("POST", "/v1/jobs", body=body, headers=headers)
+                response = yield self._request("POST", "/v1/jobs", params=params, body=body, headers=headers)
             except ConnectionFailed as e:
                 if attempt == len(delays):
                     if attempt:
@@ -378,10 +383,15 @@ class Client(_BaseClient):
 
     # -- API ---------------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None) -> JobDescription:
+    def submit(
+        self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None, cache: bool = True
+    ) -> JobDescription:
         """Submit a job. Safe to retry: without ``idempotency_key`` a fresh one is generated and
-        reused by the automatic retries, so a connection error never submits the job twice."""
-        return self._drive(self._submit_flow(spec, idempotency_key))
+        reused by the automatic retries, so a connection error never submits the job twice.
+
+        A deterministic job (noop, wasm, python) whose verified result the node already has
+        completes at once with that result; ``cache=False`` runs it again."""
+        return self._drive(self._submit_flow(spec, idempotency_key, cache))
 
     def describe(self, job_id: str) -> JobDescription:
         return self._drive(self._get_flow(self._describe_request(job_id), JobDescription))
@@ -394,11 +404,12 @@ class Client(_BaseClient):
         """``submit`` then ``wait``: the job's final description (raises ``WaitTimeout`` on timeout)."""
         return self._drive(self._run_flow(spec, timeout, 25.0))
 
-    def list(
-        self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0, all: bool = False
-    ) -> JobList:
-        """Your jobs, newest first; ``all=True`` lists every owner's jobs."""
-        return self._drive(self._get_flow(self._list_request(state, limit, offset, all), JobList))
+    def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0) -> JobList:
+        """Your jobs (those submitted with this client's key), newest first.
+
+        Only your own: a node never lists other clients' jobs.
+        """
+        return self._drive(self._get_flow(self._list_request(state, limit, offset), JobList))
 
     def cancel(self, job_id: str) -> JobDescription:
         return self._drive(self._get_flow(self._request("POST", _job_path(job_id, "cancel")), JobDescription))
@@ -464,6 +475,7 @@ class Client(_BaseClient):
         import tempfile
 
         response = self._open(self._results_request(job_id))
+        cid = response.headers.get("X-Shoal-CID")
         with tempfile.TemporaryFile() as spool:
             try:
                 for chunk in response.iter_bytes():
@@ -473,7 +485,12 @@ class Client(_BaseClient):
             finally:
                 response.close()
             spool.seek(0)
-            return _extract_tar(spool, Path(dest), job_id)
+            return _extract_results(spool, Path(dest), job_id, cid)
+
+    def upload_context(self, archive: bytes) -> str:
+        """Store a packed working directory (see ``pack_context``) on the node; returns its CID."""
+        request = self._request("POST", "/v1/contexts", body=archive, headers={"Content-Type": "application/x-tar"})
+        return self._drive(self._get_flow(request, ContextStored)).cid
 
     def node(self) -> NodeStatus:
         return self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
@@ -569,10 +586,10 @@ class AsyncClient(_BaseClient):
     # -- API ---------------------------------------------------------------------------------------
 
     async def submit(
-        self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None
+        self, spec: JobSpec | dict[str, Any], *, idempotency_key: str | None = None, cache: bool = True
     ) -> JobDescription:
         """See ``Client.submit``."""
-        return await self._drive(self._submit_flow(spec, idempotency_key))
+        return await self._drive(self._submit_flow(spec, idempotency_key, cache))
 
     async def describe(self, job_id: str) -> JobDescription:
         return await self._drive(self._get_flow(self._describe_request(job_id), JobDescription))
@@ -585,10 +602,9 @@ class AsyncClient(_BaseClient):
         """See ``Client.run``."""
         return await self._drive(self._run_flow(spec, timeout, 25.0))
 
-    async def list(
-        self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0, all: bool = False
-    ) -> JobList:
-        return await self._drive(self._get_flow(self._list_request(state, limit, offset, all), JobList))
+    async def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0) -> JobList:
+        """See ``Client.list``."""
+        return await self._drive(self._get_flow(self._list_request(state, limit, offset), JobList))
 
     async def cancel(self, job_id: str) -> JobDescription:
         return await self._drive(
@@ -652,6 +668,7 @@ class AsyncClient(_BaseClient):
         import anyio.to_thread
 
         response = await self._open(self._results_request(job_id))
+        cid = response.headers.get("X-Shoal-CID")
         with tempfile.TemporaryFile() as spool:
             try:
                 async for chunk in response.aiter_bytes():
@@ -661,7 +678,12 @@ class AsyncClient(_BaseClient):
             finally:
                 await response.aclose()
             spool.seek(0)
-            return await anyio.to_thread.run_sync(_extract_tar, spool, Path(dest), job_id)
+            return await anyio.to_thread.run_sync(_extract_results, spool, Path(dest), job_id, cid)
+
+    async def upload_context(self, archive: bytes) -> str:
+        """See ``Client.upload_context``."""
+        request = self._request("POST", "/v1/contexts", body=archive, headers={"Content-Type": "application/x-tar"})
+        return (await self._drive(self._get_flow(request, ContextStored))).cid
 
     async def node(self) -> NodeStatus:
         return await self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
@@ -894,6 +916,35 @@ class _SSEParser:
         elif name == "id" and "\0" not in value:
             self._id = value
         return None
+
+
+def _extract_results(fileobj: IO[bytes], dest: Path, job_id: str, cid: str | None) -> Path:
+    """Extract the results; when the node names their CID, recompute it from the files first.
+
+    A tampered or truncated download is reported and nothing of it is left in ``dest``.
+    """
+    if cid is None:
+        return _extract_tar(fileobj, dest, job_id)
+    import shutil
+    import tempfile
+
+    from storage.unixfs import cid_of_path
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.partial-") as tmp:
+        _extract_tar(fileobj, Path(tmp), job_id)
+        root = Path(tmp) / cid if (Path(tmp) / cid).is_dir() else Path(tmp)
+        got = cid_of_path(root)
+        if str(got) != cid:
+            raise ShoalAPIError(f"the results of job {job_id} do not match their CID {cid} (got {got}): the "
+                                "download was corrupted or tampered with; nothing was written", 200, "corrupted")
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in root.iterdir():
+            target = dest / entry.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+            shutil.move(str(entry), target)
+    return dest
 
 
 def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 MAX_CONTEXT_BYTES = 10 * 1024 * 1024
+ARCHIVE_ROOT = "context"  # every entry lives under one top directory, as in the tars Kubo and nodes serve
 ALWAYS_IGNORED = (".git/", ".hg/", ".svn/", "__pycache__/", ".venv/", "venv/", ".mypy_cache/", ".pytest_cache/",
                   ".ruff_cache/", "node_modules/", ".shoal/")
 
@@ -68,7 +69,7 @@ def context_files(directory: Path) -> list[Path]:
 
 
 def pack_context(directory: str | os.PathLike[str], *, max_bytes: int = MAX_CONTEXT_BYTES) -> bytes:
-    """A tar of the directory's files (uncompressed: the CID is computed on the files anyway).
+    """A tar of the directory's files under ``context/`` (uncompressed: the CID is computed on the files).
 
     Raises ``ContextTooLarge`` naming the size and the biggest files when over ``max_bytes``.
     """
@@ -84,8 +85,13 @@ def pack_context(directory: str | os.PathLike[str], *, max_bytes: int = MAX_CONT
             f"in .shoalignore, or pass big data as inputs (-i ipfs://CID:/path)")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({p.as_posix() for f in files for p in f.parents if p != Path(".")})
+        for d in ["", *dirs]:  # each directory before what it holds
+            info = tarfile.TarInfo(f"{ARCHIVE_ROOT}/{d}".rstrip("/"))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
         for f in files:
-            info = tar.gettarinfo(str(directory / f), arcname=f.as_posix())
+            info = tar.gettarinfo(str(directory / f), arcname=f"{ARCHIVE_ROOT}/{f.as_posix()}")
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mtime = 0  # the same files pack to the same bytes (and the same CID)

@@ -13,14 +13,62 @@ Layering (imports point down only):
 Other packages import storage names from here only.
 """
 
-from storage.base import InputSource, Publisher, parse_ipfs_source
-from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
-from storage.http import HttpInput
-from storage.kubo import DEFAULT_API, DEFAULT_FIND_TIMEOUT, KuboClient, KuboInput, KuboPublisher, PathStat
-from storage.local import LocalInput, LocalPublisher
-from storage.registry import InputRegistry
-from storage.tarstream import extract_tar, extract_verified, tar_path, verify_path
-from storage.unixfs import Cid, cid_of_bytes, cid_of_path, compute_cid, is_cid, parse_cid
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.base import InputSource, Publisher, parse_ipfs_source
+    from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+    from storage.http import HttpInput
+    from storage.kubo import DEFAULT_API, DEFAULT_FIND_TIMEOUT, KuboClient, KuboInput, KuboPublisher, PathStat
+    from storage.local import LocalInput, LocalPublisher
+    from storage.registry import InputRegistry
+    from storage.tarstream import extract_tar, extract_verified, tar_path, verify_path
+    from storage.unixfs import Cid, cid_of_bytes, cid_of_path, compute_cid, is_cid, parse_cid
+
+_WHERE = {
+    "Cid": "storage.unixfs",
+    "Corrupted": "storage.errors",
+    "DEFAULT_API": "storage.kubo",
+    "DEFAULT_FIND_TIMEOUT": "storage.kubo",
+    "HttpInput": "storage.http",
+    "InputRegistry": "storage.registry",
+    "InputSource": "storage.base",
+    "InvalidSource": "storage.errors",
+    "KuboClient": "storage.kubo",
+    "KuboInput": "storage.kubo",
+    "KuboPublisher": "storage.kubo",
+    "LocalInput": "storage.local",
+    "LocalPublisher": "storage.local",
+    "NotFound": "storage.errors",
+    "PathStat": "storage.kubo",
+    "Publisher": "storage.base",
+    "StorageError": "storage.errors",
+    "TooLarge": "storage.errors",
+    "Unavailable": "storage.errors",
+    "cid_of_bytes": "storage.unixfs",
+    "cid_of_path": "storage.unixfs",
+    "compute_cid": "storage.unixfs",
+    "extract_tar": "storage.tarstream",
+    "extract_verified": "storage.tarstream",
+    "is_cid": "storage.unixfs",
+    "parse_cid": "storage.unixfs",
+    "parse_ipfs_source": "storage.base",
+    "tar_path": "storage.tarstream",
+    "verify_path": "storage.tarstream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Names load on first use: the SDK imports ``storage.unixfs`` without trio or httpx."""
+    try:
+        module = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'storage' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_API",

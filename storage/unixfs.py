@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
-
 from storage.errors import InvalidSource
 
 __all__ = [
@@ -414,4 +412,6 @@ def cid_of_path(path: Path, *, on_block: BlockSink | None = None) -> str:
 
 async def compute_cid(path: Path) -> str:
     """``cid_of_path`` in a worker thread (hashing a large tree must not block the trio loop)."""
+    import trio  # lazily: the SDK verifies downloads with this module and need not load trio
+
     return await trio.to_thread.run_sync(cid_of_path, path)

@@ -1,11 +1,14 @@
-"""Verifying signed API requests: a FastAPI dependency that returns the caller's client id.
+"""Verifying signed API requests: returns the caller's client id, or raises 401 saying why.
 
-Usage in the app::
+Usable as a FastAPI dependency::
 
     verifier = RequestVerifier()
 
     @app.post("/v1/jobs")
     async def submit(body: SubmitRequest, client_id: str = Depends(verifier)) -> JobDescription: ...
+
+The node's app calls it from a middleware instead (``node.api.app._Signed``), so that it runs
+before FastAPI parses the body: an unsigned request gets 401 whatever it carries.
 
 The canonical string and headers are defined once, in ``shoal._auth`` (the SDK signs with it).
 Checks run cheapest and least trusting first: headers present → key well-formed → timestamp

@@ -132,8 +132,8 @@ def test_python_main_reads_an_input_and_writes_an_output(stack, tmp_path):
         "numbers = [int(x) for x in open('/inputs/n.txt')]\n"
         "json.dump({'sum': sum(numbers)}, open('/outputs/sum.json', 'w'))\n"
         "print('summed', len(numbers))\n")
-    out = shoal(stack, "run", "-i", f"ipfs://{cid}:/inputs/n.txt", "-o", "result:/outputs", "--id-only",
-                "python", "main.py", cwd=tmp_path)
+    out = shoal(stack, "run", "python", "-i", f"ipfs://{cid}:/inputs/n.txt", "-o", "result:/outputs", "--id-only",
+                "main.py", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     got = shoal(stack, "get", out.stdout.strip(), "--output-dir", str(tmp_path / "res"))
     assert got.returncode == 0, got.stderr
@@ -142,14 +142,14 @@ def test_python_main_reads_an_input_and_writes_an_output(stack, tmp_path):
 
 def test_python_exception_fails_with_the_traceback(stack, tmp_path):
     (tmp_path / "main.py").write_text("def f():\n    raise ValueError('bad input')\nf()\n")
-    out = shoal(stack, "run", "--id-only", "python", "main.py", cwd=tmp_path)
+    out = shoal(stack, "run", "python", "--id-only", "main.py", cwd=tmp_path)
     assert out.returncode == 1
     logs = shoal(stack, "logs", out.stdout.strip(), "--stderr")
     assert "ValueError: bad input" in logs.stdout and "Traceback" in logs.stdout
 
 
 def test_python_timeout(stack):
-    out = shoal(stack, "run", "--timeout", "3", "python", "-c", "while True: pass")
+    out = shoal(stack, "run", "python", "--timeout", "3", "-c", "while True: pass")
     assert out.returncode == 1
     assert "timed out after 3 s" in out.stderr
 
@@ -202,5 +202,5 @@ def test_python_and_wasm_give_the_same_result_on_three_nodes_and_across_runs(tmp
 def _run_args(command: list[str]) -> list[str]:
     flags = ["--no-cache", "--id-only", "--concurrency", "3", "--confidence", "3"]
     if command[0] == "python":
-        return ["run", *flags, *command]
+        return ["run", "python", *flags, *command[1:]]
     return ["wasm", "run", *flags, *command[2:]]

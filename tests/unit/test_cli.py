@@ -49,6 +49,7 @@ class FakeClient:
     def __init__(self, api_url: str | None = None, *, timeout: float = 30.0) -> None:
         self.api_url = api_url
         self.submitted: list[tuple[JobSpec, str | None]] = []
+        self.contexts: list[bytes] = []
         self.final_state = JobState.COMPLETED
         self.final_reason = ""
         self.stdout = "hello from the job\n"
@@ -60,11 +61,16 @@ class FakeClient:
         if self.error is not None:
             raise self.error
 
-    def submit(self, spec: JobSpec, *, idempotency_key: str | None = None) -> JobDescription:
+    def submit(self, spec: JobSpec, *, idempotency_key: str | None = None, cache: bool = True) -> JobDescription:
         self._check()
         self.submitted.append((spec, idempotency_key))
+        self.cache = cache
         self.spec = spec
         return describe_of(spec)
+
+    def upload_context(self, archive: bytes) -> str:
+        self.contexts.append(archive)
+        return "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
 
     def describe(self, job_id: str) -> JobDescription:
         self._check()
@@ -78,9 +84,9 @@ class FakeClient:
             raise self.wait_error
         return self.describe(job_id)
 
-    def list(self, *, state: str | None = None, limit: int = 50, offset: int = 0, all: bool = False) -> JobList:
+    def list(self, *, state: str | None = None, limit: int = 50, offset: int = 0) -> JobList:
         self._check()
-        self.list_args = {"state": state, "limit": limit, "all": all}
+        self.list_args = {"state": state, "limit": limit}
         job = describe_of(self.spec, self.final_state).job
         return JobList(jobs=[job], total=1)
 
@@ -205,6 +211,12 @@ def test_docker_run_builds_the_spec_from_flags(fake: FakeClient, monkeypatch: py
 def test_unset_flags_keep_spec_defaults(fake: FakeClient) -> None:
     assert run("run", "noop", "--no-wait").exit_code == 0
     assert submitted(fake) == JobSpec(engine={"name": "noop"})
+    assert fake.cache is True
+
+
+def test_no_cache_reaches_the_client(fake: FakeClient) -> None:
+    assert run("run", "noop", "--no-wait", "--no-cache").exit_code == 0
+    assert fake.cache is False
 
 
 def test_wasm_run(fake: FakeClient) -> None:
@@ -215,13 +227,26 @@ def test_wasm_run(fake: FakeClient) -> None:
     assert engine.args == ["a", "-b"]
 
 
-def test_run_python_script_and_code(fake: FakeClient) -> None:
+def test_run_python_script_and_code(fake: FakeClient, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "main.py").write_text("print(1)\n")
     assert run("run", "python", "--no-wait", "main.py", "--", "--n", "3").exit_code == 0
-    engine = fake.submitted[-1][0].engine
-    assert (engine.main, engine.code, engine.args) == ("main.py", None, ["--n", "3"])
-    assert run("run", "python", "-c", "print(42)", "--no-wait", "-r", "numpy").exit_code == 0
-    engine = fake.submitted[-1][0].engine
-    assert (engine.main, engine.code, engine.requirements) == (None, "print(42)", ["numpy"])
+    spec = fake.submitted[-1][0]
+    assert (spec.engine.main, spec.engine.code, spec.engine.args) == ("main.py", None, ["--n", "3"])
+    # the working directory travels with the job as its context
+    assert [(i.source, i.path) for i in spec.inputs] == [("ipfs://QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o",
+                                                          "/context")]
+    assert len(fake.contexts) == 1
+    assert run("run", "python", "-c", "print(42)", "--no-wait").exit_code == 0
+    spec = fake.submitted[-1][0]
+    assert (spec.engine.main, spec.engine.code, spec.inputs) == (None, "print(42)", [])  # inline code: no context
+
+
+def test_run_python_missing_script_fails_before_submitting(fake: FakeClient, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("run", "python", "nope.py")
+    assert result.exit_code == 2 and "no such file: nope.py" in result.stderr
+    assert fake.submitted == [] and fake.contexts == []
 
 
 def test_run_python_needs_a_program(fake: FakeClient) -> None:
@@ -382,11 +407,11 @@ def test_id_only_and_json_conflict(fake: FakeClient) -> None:
 
 
 def test_list_table_contains_short_ids(fake: FakeClient) -> None:
-    result = run("list", "--state", "completed", "--limit", "5", "--all")
+    result = run("list", "--state", "completed", "--limit", "5")
     assert result.exit_code == 0, result.stderr
     assert JOB_ID[:12] in result.stdout
     assert "completed" in result.stdout and "noop" in result.stdout
-    assert fake.list_args == {"state": "completed", "limit": 5, "all": True}
+    assert fake.list_args == {"state": "completed", "limit": 5}
 
 
 def test_list_json(fake: FakeClient) -> None:
@@ -433,9 +458,17 @@ def test_get(fake: FakeClient, tmp_path: Path) -> None:
 
 
 def test_cancel(fake: FakeClient) -> None:
+    fake.final_state = JobState.RUNNING
     result = run("cancel", JOB_ID)
     assert result.exit_code == 0
     assert result.stdout.strip() == f"Job {JOB_ID} cancelled"
+
+
+def test_cancel_of_an_ended_job_says_there_was_nothing_to_cancel(fake: FakeClient) -> None:
+    fake.final_state = JobState.COMPLETED
+    result = run("cancel", JOB_ID)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"Job {JOB_ID} already completed; nothing to cancel"
 
 
 def test_events_text_and_json_lines(fake: FakeClient) -> None:
@@ -510,7 +543,9 @@ def test_devstack_passes_its_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setitem(sys.modules, "devstack.stack", types.SimpleNamespace(main=lambda **kw: calls.append(kw)))
     assert run("devstack").exit_code == 0
     assert run("devstack", "--nodes", "5", "--noop", "--base-dir", str(tmp_path), "--base-port", "9000").exit_code == 0
-    assert calls == [{"nodes": 3, "noop": False}, {"nodes": 5, "noop": True, "base_dir": tmp_path, "base_port": 9000}]
+    assert run("devstack", "--no-kubo").exit_code == 0
+    assert calls == [{"nodes": 3, "noop": False}, {"nodes": 5, "noop": True, "base_dir": tmp_path, "base_port": 9000},
+                     {"nodes": 3, "noop": False, "kubo": False}]
 
 
 # -- the command itself -----------------------------------------------------------------------

@@ -205,7 +205,7 @@ class FakeNode:
                     }
                 ]
                 return httpx.Response(422, json={"detail": detail}), 0
-            jobs = [j for j in self.jobs.values() if params.get("all") == "true" or j.owner == client_id]
+            jobs = [j for j in self.jobs.values() if j.owner == client_id]
             if "state" in params:
                 jobs = [j for j in jobs if j.state == params["state"]]
             page = jobs[int(params["offset"]) :][: int(params["limit"])]
@@ -381,6 +381,7 @@ async def test_submit_signs_and_returns_description(client, fake: FakeNode) -> N
     assert description.job.owner == client.client_id  # the node saw a valid signature from our key
     (request,) = fake.requests
     assert request.headers["Idempotency-Key"]  # generated when not given
+    assert request.url.query == b""  # the cache is the node's default: nothing to say
     assert request.headers["content-type"] == "application/json"
     assert json.loads(request.content)["spec"]["engine"] == {
         **SPEC["engine"],
@@ -388,6 +389,11 @@ async def test_submit_signs_and_returns_description(client, fake: FakeNode) -> N
         "requirements": [],
         "main": None,
     }
+
+
+async def test_submit_without_the_cache_says_so(client, fake: FakeNode) -> None:
+    await call(client, "submit", SPEC, cache=False)
+    assert str(fake.requests[-1].url.params) == "cache=false"
 
 
 async def test_submit_accepts_a_jobspec_and_explicit_key(client, fake: FakeNode) -> None:
@@ -486,9 +492,9 @@ async def test_list_sends_filters(client, fake: FakeNode) -> None:
     mine = await call(client, "list")
     assert isinstance(mine, JobList) and [j.id for j in mine.jobs] == ["j-a"]
     assert str(fake.requests[-1].url.params) == "limit=50&offset=0"
-    everyone = await call(client, "list", state="running", limit=10, offset=0, all=True)
-    assert everyone.total == 2
-    assert str(fake.requests[-1].url.params) == "limit=10&offset=0&state=running&all=true"
+    filtered = await call(client, "list", state="running", limit=10, offset=0)
+    assert [j.id for j in filtered.jobs] == ["j-a"]  # the other owner's running job never shows
+    assert str(fake.requests[-1].url.params) == "limit=10&offset=0&state=running"
     with pytest.raises(ValueError):
         await call(client, "list", state="bogus")
 
@@ -675,3 +681,17 @@ def test_client_defaults_to_discovered_url_and_home_key(
         assert client.api_url == "http://127.0.0.1:9999"
         assert client.client_id == ClientKey.load(tmp_path / "client.key").client_id
         assert repr(client) == f"Client('http://127.0.0.1:9999', client_id='{client.client_id}')"
+
+
+def test_tls_is_verified_for_https_and_skipped_only_for_plain_http() -> None:
+    """A plain-HTTP client skips loading CA certificates (CLI start time), never verification."""
+    import ssl
+
+    key = ClientKey.generate()
+    with shoal.Client("https://node.example", key=key) as secure, shoal.Client("http://127.0.0.1:9", key=key) as plain:
+        secure_ctx = secure._http._transport._pool._ssl_context
+        plain_ctx = plain._http._transport._pool._ssl_context
+    assert secure_ctx.verify_mode == ssl.CERT_REQUIRED and secure_ctx.cert_store_stats()["x509_ca"] > 0
+    # Trusts nothing: an https request through it would fail, never pass unverified.
+    assert plain_ctx.verify_mode == ssl.CERT_REQUIRED and plain_ctx.check_hostname
+    assert plain_ctx.cert_store_stats()["x509_ca"] == 0

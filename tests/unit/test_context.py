@@ -8,7 +8,7 @@ from shoal._context import ContextTooLarge, context_files, pack_context
 
 def names(data: bytes) -> set[str]:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        return {m.name for m in tar.getmembers()}
+        return {m.name.removeprefix("context/") for m in tar.getmembers() if m.isfile()}
 
 
 def test_packs_the_program_and_leaves_out_ignored_files(tmp_path):

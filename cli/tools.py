@@ -1,0 +1,40 @@
+"""Operator commands: the benchmark and the offline image builder (thin wrappers, imported lazily)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def bench(
+    jobs: Annotated[int, typer.Option("--jobs", metavar="N", min=1, help="Jobs to run.")] = 10_000,
+    submitters: Annotated[int, typer.Option("--submitters", metavar="N", min=1,
+        help="Concurrent clients, each submitting one job after another.")] = 10,
+    nodes: Annotated[int, typer.Option("--nodes", metavar="N", min=1, help="Devstack nodes.")] = 3,
+    concurrency: Annotated[int, typer.Option("--concurrency", metavar="N", min=1,
+        help="Nodes that run each job.")] = 3,
+    chaos: Annotated[bool, typer.Option("--chaos",
+        help="Kill -9 a random node every few seconds and restart it.")] = False,
+    chaos_interval: Annotated[float, typer.Option("--chaos-interval", metavar="S", min=0.5)] = 3.0,
+    api: Annotated[str | None, typer.Option("--api", metavar="URL",
+        help="Use this running node instead of starting a fresh noop devstack.")] = None,
+    base_port: Annotated[int, typer.Option("--base-port", metavar="PORT")] = 8800,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON report.")] = False,
+) -> None:  # fmt: skip
+    """Stress benchmark (Bacalhau's 2022 method by default): prints a summary and JSON."""
+    from devstack.bench import main as run_bench
+
+    report = run_bench(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency, api=api,
+                       base_port=base_port, as_json=as_json, chaos=chaos, chaos_interval=chaos_interval)
+    if report.completed + report.failed != report.jobs or report.errors:
+        raise typer.Exit(1)
+
+
+def images_build(
+    no_python: Annotated[bool, typer.Option("--no-python", help="Only the busybox image.")] = False,
+) -> None:
+    """Build Shoal's base container images offline (busybox, shoal/python:3)."""
+    from executors.images import build_images
+
+    build_images(python=not no_python)

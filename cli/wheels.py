@@ -1,0 +1,52 @@
+"""``shoal run python -r …``: pure-Python wheels resolved here, shipped in the job's context.
+
+Pyodide cannot fetch packages (jobs run offline), so the client downloads wheels with pip into
+``.shoal-wheels/`` of the working directory, which is packed with the job, and names them as the
+job's requirements. A requirement with no pure-Python wheel fails here, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cli.errors import EXIT_USAGE, CLIError
+
+WHEEL_DIR = ".shoal-wheels"
+PYODIDE_PYTHON = "3.13"  # the CPython line whose pure-Python wheels Pyodide's interpreter accepts
+
+
+def _requirement_lines(items: list[str], cwd: Path) -> list[str]:
+    lines: list[str] = []
+    for item in items:
+        path = cwd / item
+        if item.endswith(".txt") and path.is_file():
+            lines += [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+        elif item.endswith(".txt"):
+            raise CLIError(f"no such requirements file: {item}", code=EXIT_USAGE)
+        else:
+            lines.append(item)
+    return [ln for ln in lines if ln]
+
+
+def fetch_wheels(items: list[str], cwd: Path) -> list[str]:
+    """Download the requirements (and their dependencies) as pure-Python wheels; return their paths."""
+    wanted = _requirement_lines(items, cwd)
+    if not wanted:
+        return []
+    target = cwd / WHEEL_DIR
+    target.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(target),
+           "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
+           "--python-version", PYODIDE_PYTHON, *wanted]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise CLIError(f"cannot get pure-Python wheels for {', '.join(wanted)}: {last} (the python engine runs "
+                       "offline in Pyodide and can only install pure-Python wheels)", code=EXIT_USAGE)
+    wheels = sorted(p for p in target.glob("*.whl"))
+    impure = [p.name for p in wheels if not p.name.endswith("-none-any.whl")]
+    if impure:
+        raise CLIError(f"not pure-Python wheels: {', '.join(impure)}", code=EXIT_USAGE)
+    return [f"{WHEEL_DIR}/{p.name}" for p in wheels]
