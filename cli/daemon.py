@@ -46,6 +46,7 @@ def build_node_config(
     ipfs_api: str | None = None,
     allow_private_urls: bool = False,
     bad_actor: bool = False,
+    retention: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -54,6 +55,8 @@ def build_node_config(
 
     values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor}
+    if retention is not None:
+        values["retention"] = retention
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:

@@ -463,6 +463,8 @@ def serve(
         help="Let jobs download inputs from loopback/private addresses.")] = False,
     bad_actor: Annotated[bool, typer.Option("--bad-actor",
         help="Report wrong results (to test verification).")] = False,
+    retention: Annotated[float | None, typer.Option("--retention", metavar="SECONDS", min=1,
+        help="Unpin results this long after a job ends (default 7 days).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -482,6 +484,7 @@ def serve(
         ipfs_api=ipfs_api,
         allow_private_urls=allow_private_urls,
         bad_actor=bad_actor,
+        retention=retention,
     )
     from node.daemon import main as run_node
 
@@ -499,6 +502,8 @@ def devstack(
         help="First API port; node i uses PORT+i.")] = None,
     kubo: Annotated[bool | None, typer.Option("--kubo/--no-kubo",
         help="One Kubo (IPFS) daemon per node (default: when Kubo is installed).")] = None,
+    bad_actors: Annotated[int, typer.Option("--bad-actors", metavar="M", min=0,
+        help="The last M nodes report wrong results (to watch verification).")] = 0,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
@@ -514,6 +519,8 @@ def devstack(
         extra["base_port"] = base_port
     if kubo is not None:
         extra["kubo"] = kubo
+    if bad_actors:
+        extra["bad_actors"] = bad_actors
     with stop_on_signals():
         run_stack(nodes=nodes, noop=noop, **extra)
 

@@ -197,8 +197,13 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
 def nodes_table(nodes: NodeList) -> Table:
     from jobs import format_bytes
 
-    table = _table("NODE", "ENGINES", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING", "BACKLOG")
+    table = _table("NODE", "ENGINES", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING", "BACKLOG",
+                   "RESULTS OK/REJECTED")
     for n in nodes.nodes:
+        rep = nodes.reputation.get(n.peer_id)
+        verified = "—" if rep is None else f"{rep.accepted}/{rep.rejected}"
+        if rep is not None and rep.quarantined:
+            verified += " QUARANTINED"
         table.add_row(
             short_peer(n.peer_id),
             ", ".join(n.engines),
@@ -207,6 +212,7 @@ def nodes_table(nodes: NodeList) -> Table:
             f"{format_bytes(n.free.disk)} / {format_bytes(n.total.disk)}",
             str(n.running),
             str(n.backlog),
+            verified,
         )
     return table
 

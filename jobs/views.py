@@ -63,8 +63,17 @@ class PeerList(BaseModel):
     peers: list[str]
 
 
+class Reputation(BaseModel):
+    """What a requester thinks of a compute node, from the verified results it saw."""
+
+    accepted: int = 0
+    rejected: int = 0
+    quarantined: bool = False
+
+
 class NodeList(BaseModel):
     nodes: list[NodeInfo]
+    reputation: dict[str, Reputation] = {}  # by peer id: nodes whose results this requester verified
 
 
 class ErrorBody(BaseModel):

@@ -40,6 +40,7 @@ from jobs.views import (
     NodeList,
     NodeStatus,
     PeerList,
+    Reputation,
     SubmitRequest,
 )
 from node.api.auth import RequestVerifier
@@ -512,7 +513,10 @@ def create_app(node: "Node") -> FastAPI:
                 responses={404: _error_doc("this node does not take jobs (requester role off)")},
                 summary="Compute nodes this node knows, with their engines and capacity")
     async def nodes(client: Client) -> NodeList:
-        return NodeList(nodes=requester().known_nodes())
+        r = requester()
+        reputation = {peer: Reputation(accepted=a, rejected=j, quarantined=r.quarantined(peer))
+                      for peer, (a, j) in r.reputation.items()}
+        return NodeList(nodes=r.known_nodes(), reputation=reputation)
 
     @app.get("/v1/version", response_model=VersionInfo, tags=["health"], summary="The node's version (unsigned)")
     async def version() -> VersionInfo:

@@ -69,7 +69,9 @@ def _read_until(process: subprocess.Popen, marker: str, timeout: float, stream: 
                 raise AssertionError(f"no {marker!r} after {timeout} s; got:\n{seen.decode()}")
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise AssertionError(f"exited with {process.wait()} before {marker!r}; got:\n{seen.decode()}")
+                other = process.stderr if stream == "stdout" else process.stdout
+                raise AssertionError(f"exited with {process.wait()} before {marker!r}; got:\n{seen.decode()}"
+                                     f"\n{other.read() if other else ''}")
             seen += chunk
     return seen.decode()
 

@@ -22,7 +22,7 @@ from devstack.kubo import ipfs_binary
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
                                                    "(scripts/install-kubo)")]
 
-BASE_PORT = 18800
+BASE_PORT = 17800  # Kubo gets BASE_PORT+200..: keep clear of other tests' ranges
 
 
 @pytest.fixture(scope="module")
