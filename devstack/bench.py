@@ -13,6 +13,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -56,8 +57,9 @@ class BenchReport:
             lines.append(f"chaos: {self.chaos_kills} nodes killed with SIGKILL and restarted during the run")
         for reason, n in self.failure_reasons.items():
             lines.append(f"  {n} x {reason}")
-        for name, (before, after) in self.rss_mb.items():
-            lines.append(f"  {name}: RSS {before:.0f} MB -> {after:.0f} MB")
+        for name, (before, at_1000, after) in self.rss_mb.items():
+            lines.append(f"  {name}: RSS {before:.0f} MB at start, {at_1000:.0f} MB after 1,000 jobs, "
+                         f"{after:.0f} MB at the end")
         return "\n".join(lines)
 
 
@@ -70,7 +72,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: int, nodes: int,
               job_timeout: float = 120.0, spec: dict | None = None, sample_phases: int = 200,
-              chaos: Devstack | None = None, chaos_interval: float = 3.0) -> BenchReport:
+              chaos: Devstack | None = None, chaos_interval: float = 3.0,
+              on_job_done: Callable[[int], None] | None = None) -> BenchReport:
     """Submit ``jobs`` jobs from ``submitters`` concurrent clients, each waiting for its job to end.
 
     With ``chaos``, a random node of that stack is killed with SIGKILL every ``chaos_interval``
@@ -120,6 +123,8 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
                 elif sum(x.state.value == "completed" for x in d.executions) != d.job.spec.deal.concurrency:
                     outcomes["completed_wrongly"] += 1  # more (or fewer) accepted results than asked for
                 finished_ids.append((d.job.id, i))
+                if on_job_done is not None:
+                    on_job_done(len(finished_ids))
 
     async def chaos_monkey() -> None:
         assert chaos is not None
@@ -202,10 +207,16 @@ def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrenc
         shutil.rmtree(base, ignore_errors=True)
         async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
             before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
+            at_1000: dict[str, float] = {}
+
+            def sample(done: int) -> None:  # RSS after the first 1,000 jobs, to compare with the end
+                if done == 1000:
+                    at_1000.update({f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid})
+
             report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters,
                                concurrency=concurrency, nodes=nodes, chaos=stack if chaos else None,
-                               chaos_interval=chaos_interval)
-            report.rss_mb = {name: [before[name], rss_mb(n.pid)] for name, n in
+                               chaos_interval=chaos_interval, on_job_done=sample)
+            report.rss_mb = {name: [before[name], at_1000.get(name, math.nan), rss_mb(n.pid)] for name, n in
                              ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
             return report
 
