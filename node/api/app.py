@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import Event, EventKind, JobState, RunResult
@@ -41,8 +41,8 @@ from jobs.views import (
     NodeStatus,
     PeerList,
     Reputation,
-    SubmitRequest,
 )
+from jobs.views import SubmitRequest as _SubmitRequest
 from node.api.auth import RequestVerifier
 from requester import IdempotencyConflict, UnknownJob
 from shoal._auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
@@ -89,6 +89,23 @@ _SSE_MESSAGE = {"oneOf": [
 ]}  # fmt: skip
 _ERROR_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "body_too_large"}
+
+
+class SubmitRequest(_SubmitRequest):
+    """``jobs.views.SubmitRequest``, made safe to validate from untrusted input.
+
+    A validator of the job model that meets a value of a type it does not expect may raise
+    TypeError instead of ValueError (``parse_bytes`` given a list, for one); pydantic passes
+    that through, and FastAPI would answer 500. Here it becomes a validation error (422).
+    """
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _type_errors_are_invalid_input(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except TypeError as e:
+            raise ValueError(f"the spec has a value of a type the job model cannot read ({e})") from None
 
 
 class VersionInfo(BaseModel):

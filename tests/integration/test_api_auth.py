@@ -246,6 +246,13 @@ def test_a_lone_surrogate_is_422_naming_the_field(http, owner, body: bytes, fiel
     assert error_body["fields"] == [field] and "lone surrogate" in error_body["message"]
 
 
+def test_a_value_of_an_unexpected_type_is_422_not_500(http, owner) -> None:
+    """``parse_bytes`` raised TypeError for a list (jobs/spec.py): pydantic let it through as a 500."""
+    spec = {"spec": {"engine": {"name": "noop"}, "resources": {"memory": [1]}}}
+    body = error(http.send(signed(http, owner, "POST", "/v1/jobs", json=spec)), 422)
+    assert body["fields"] in (["spec.resources.memory"], ["body"]), body  # the former once jobs/spec.py says so
+
+
 def test_oversized_body_is_413(http, owner) -> None:
     spec = {"spec": {"engine": {"name": "noop"}, "env": {"BIG": "x" * (2 << 20)}}}  # 2 MiB
     body = error(http.send(signed(http, owner, "POST", "/v1/jobs", json=spec)), 413)

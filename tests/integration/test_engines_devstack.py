@@ -204,3 +204,27 @@ def _run_args(command: list[str]) -> list[str]:
     if command[0] == "python":
         return ["run", "python", *flags, *command[1:]]
     return ["wasm", "run", *flags, *command[2:]]
+
+
+def test_python_requirements_are_shipped_as_pure_python_wheels(stack, tmp_path):
+    out = shoal(stack, "run", "python", "-r", "six", "-c", "import six; print(six.__name__, 'ok')", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "six ok\n"
+    native = shoal(stack, "run", "python", "-r", "numpy", "-c", "import numpy", cwd=tmp_path)
+    assert native.returncode == 2 and "pure-Python" in native.stderr  # refused before submitting
+
+
+def test_the_same_job_runs_without_kubo_and_results_still_verify(tmp_path):
+    os.environ["SHOAL_HOME"] = str(tmp_path / "home")
+    devstack = Devstack(1, base_dir=tmp_path / "stack", base_port=BASE_PORT + 60, kubo=False, write_state=False)
+    trio.run(devstack.start)
+    try:
+        out = shoal(devstack, "docker", "run", "-o", "result:/outputs", "--id-only", "busybox", "--",
+                    "sh", "-c", "echo hi; echo data > /outputs/f.txt")
+        assert out.returncode == 0, out.stderr
+        got = shoal(devstack, "get", out.stdout.strip(), "--output-dir", str(tmp_path / "res"))
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "res" / "stdout").read_text() == "hi\n"
+        assert (tmp_path / "res" / "outputs" / "result" / "f.txt").read_text() == "data\n"
+    finally:
+        trio.run(devstack.stop)

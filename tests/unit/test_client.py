@@ -695,3 +695,35 @@ def test_tls_is_verified_for_https_and_skipped_only_for_plain_http() -> None:
     # Trusts nothing: an https request through it would fail, never pass unverified.
     assert plain_ctx.verify_mode == ssl.CERT_REQUIRED and plain_ctx.check_hostname
     assert plain_ctx.cert_store_stats()["x509_ca"] == 0
+
+
+def test_a_tampered_results_download_is_refused_and_nothing_is_written(tmp_path):
+    """The node names the results' CID; the SDK recomputes it from the extracted files."""
+    import io
+    import tarfile
+
+    from shoal._client import _extract_results
+    from shoal._errors import ShoalAPIError
+    from storage.unixfs import cid_of_path
+
+    src = tmp_path / "src"
+    (src / "outputs").mkdir(parents=True)
+    (src / "stdout").write_text("42\n")
+    (src / "outputs" / "x.txt").write_text("result")
+    cid = str(cid_of_path(src))
+
+    def archive(stdout: bytes) -> io.BytesIO:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in ((f"{cid}/stdout", stdout), (f"{cid}/outputs/x.txt", b"result")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+        return buf
+
+    good = _extract_results(archive(b"42\n"), tmp_path / "good", "j-1", cid)
+    assert (good / "stdout").read_text() == "42\n" and (good / "outputs" / "x.txt").read_text() == "result"
+    with pytest.raises(ShoalAPIError, match="do not match their CID"):
+        _extract_results(archive(b"43\n"), tmp_path / "bad", "j-1", cid)
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,11 @@
+(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $random (i32.const 100) (i32.const 16)))
+    (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 116)))
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 24))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 200)))))
