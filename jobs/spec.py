@@ -28,6 +28,8 @@ def parse_bytes(value: int | float | str) -> int:
         raise ValueError("a size must be a number of bytes or a string like '512MiB'")
     if isinstance(value, int | float):
         number, unit = float(value), ""
+    elif not isinstance(value, str):
+        raise ValueError("a size must be a number of bytes or a string like '512MiB'")
     else:
         m = _SIZE.match(value)
         if not m or m.group(2).lower() not in _UNITS:
@@ -197,6 +199,14 @@ class JobSpec(_Frozen):
     deadlines: Deadlines = Deadlines()
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
+
+    @model_validator(mode="after")
+    def _encodable(self) -> JobSpec:
+        try:  # JSON's \ud800-style escapes can carry lone surrogates: text no store or peer can keep
+            json.dumps(self.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError("contains text that is not valid Unicode (a lone surrogate)") from e
+        return self
 
     @field_validator("env")
     @classmethod

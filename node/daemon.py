@@ -47,6 +47,10 @@ class Node:
     dispatcher: Dispatcher
     publisher: Publisher | None = None
 
+    @property
+    def peer_id(self) -> str:
+        return self.network.peer_id
+
 
 async def open_storage(config: NodeConfig) -> tuple[InputRegistry, Publisher]:
     """Kubo when its RPC answers; otherwise the node's own store, with CIDs computed the same way."""
@@ -66,10 +70,6 @@ async def open_storage(config: NodeConfig) -> tuple[InputRegistry, Publisher]:
             log.warning("no Kubo at %s (%s): results are kept in the node's data dir", config.ipfs_api, e)
     local = await trio.to_thread.run_sync(LocalPublisher, config.data_dir / "results")
     return InputRegistry([LocalInput(local), http]), local
-
-    @property
-    def peer_id(self) -> str:
-        return self.network.peer_id
 
 
 class _NetworkTransport:

@@ -168,9 +168,12 @@ class RequesterService:
         cached = await self.store.cached_result(key) if key else None
         if cached is not None:
             source, result = cached
-            reason = f"cached: the verified result of job {source}"
+            source_job = await self.store.get_job(source)
+            mine = source_job is not None and source_job.owner == owner  # never reveal another client's job
+            reason = f"cached: the verified result of job {source}" if mine else \
+                "cached: the verified result of an identical earlier job"
             job = job.model_copy(update={"state": JobState.COMPLETED, "reason": reason, "result": result,
-                                         "cached_from": source})
+                                         "cached_from": source if mine else "another client's job"})
             events.append(self._event(job.id, EventKind.COMPLETED, reason))
         elif impossible:
             job = job.model_copy(update={"state": JobState.FAILED, "reason": impossible})

@@ -57,9 +57,10 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     execution_id TEXT,
     node_id TEXT,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    side TEXT NOT NULL DEFAULT 'requester'  -- a node that is both roles logs each role's view apart
 );
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, side, seq);
 CREATE TABLE IF NOT EXISTS result_cache (
     key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -215,7 +216,7 @@ class Store:
             jupd = (job.state.value, job.revision, job.model_dump_json(), job.id, job.revision - 1)
         xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json()) for x in new_executions]
         xupd = [(x.state.value, x.revision, x.model_dump_json(), side.value, x.id, x.revision - 1) for x in executions]
-        erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message) for e in events]
+        erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, side.value) for e in events]
         crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time()) if cache else None
         rrows = [(peer, a, r) for peer, (a, r) in (reputation or {}).items()]
 
@@ -241,7 +242,8 @@ class Store:
                     raise StaleState(f"execution {row[4]}: stored revision is not {row[5]}")
             if erows:
                 conn.executemany(
-                    "INSERT INTO events (job_id, at, kind, execution_id, node_id, message) VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO events (job_id, at, kind, execution_id, node_id, message, side)"
+                    " VALUES (?,?,?,?,?,?,?)",
                     erows,
                 )
             if crow:
@@ -358,12 +360,14 @@ class Store:
 
     # -- events --------------------------------------------------------------------------------
 
-    async def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    async def events(self, job_id: str, *, after: int = 0, limit: int = 1000,
+                     side: ExecutionSide = ExecutionSide.REQUESTER) -> list[Event]:
+        """The job's event log as its requester recorded it (``side``: or the compute node's view)."""
         rows = await self._read(
             lambda c: c.execute(
                 "SELECT seq, job_id, at, kind, execution_id, node_id, message FROM events"
-                " WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (job_id, after, limit),
+                " WHERE job_id=? AND side=? AND seq>? ORDER BY seq LIMIT ?",
+                (job_id, side.value, after, limit),
             ).fetchall()
         )
         return [

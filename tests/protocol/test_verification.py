@@ -70,8 +70,11 @@ async def test_identical_resubmission_is_served_from_the_cache(tmp_path):
         d1 = await wait_terminal(requester, first.id)
         assert d1.job.state is JobState.COMPLETED
         before = hub.requests
-        again, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "bob")
+        again, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "alice")
         assert again.state is JobState.COMPLETED and again.cached_from == first.id
+        other, _ = await requester.submit(JobSpec.model_validate(VERIFIED), "bob")
+        assert other.state is JobState.COMPLETED and other.result == d1.job.result
+        assert first.id not in other.reason and first.id not in (other.cached_from or "")  # not bob's to see
         assert again.result == d1.job.result
         d2 = await requester.describe(again.id)
         assert d2.executions == [] and hub.requests == before  # nothing ran, no message sent
