@@ -8,6 +8,7 @@ cancels and liveness queries. Nothing unvalidated reaches a role or the store.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Annotated, Literal, Protocol
 
@@ -129,7 +130,17 @@ def decode(data: bytes) -> Message:
         raise MalformedMessage(f"invalid message: {e.error_count()} problem(s): {e.errors()[0]['msg']}") from e
     if message.v != PROTOCOL_VERSION:
         raise MalformedMessage(f"unsupported protocol version {message.v}")
+    if b"\\u" in data and _has_lone_surrogate(message):  # JSON escapes can smuggle in text no store can keep
+        raise MalformedMessage("invalid message: text that is not valid Unicode (a lone surrogate)")
     return message
+
+
+def _has_lone_surrogate(message: _Message) -> bool:
+    try:
+        json.dumps(message.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class Peers(Protocol):

@@ -200,14 +200,6 @@ class JobSpec(_Frozen):
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
 
-    @model_validator(mode="after")
-    def _encodable(self) -> JobSpec:
-        try:  # JSON's \ud800-style escapes can carry lone surrogates: text no store or peer can keep
-            json.dumps(self.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError("contains text that is not valid Unicode (a lone surrogate)") from e
-        return self
-
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
