@@ -19,6 +19,7 @@ from executors import ExecutorError, ExecutorRegistry, RunRequest
 from jobs import Execution, RunResult, ShoalError
 
 if TYPE_CHECKING:
+    from jobs import JobSpec
     from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.compute")
@@ -45,13 +46,13 @@ class Runner:
         self.input_deadline = input_deadline
         self.max_input_bytes = max_input_bytes
 
-    def input_problems(self, execution_spec) -> list[str]:
+    def input_problems(self, spec: JobSpec) -> list[str]:
         """Why this node could never stage the job's inputs (for bidding); empty when it can."""
-        if not execution_spec.inputs:
+        if not spec.inputs:
             return []
         if self.inputs is None:
             return ["this node cannot fetch inputs"]
-        return self.inputs.check(execution_spec.inputs)
+        return self.inputs.check(spec.inputs)
 
     async def run(self, ex: Execution) -> Outcome:
         """Cancellation (the requester cancelled) propagates after the scratch space is removed."""

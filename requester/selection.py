@@ -28,9 +28,7 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})
         return f"0 of {len(nodes)} nodes can offer {', '.join(short)} per job"
-    if len(big_enough) < spec.deal.concurrency and len(big_enough) == len(nodes):
-        # all known nodes counted: we may simply not know the rest yet, so this is only a hint
-        return None
+    # fewer able nodes than `concurrency` is no proof: we may not know every node yet
     return None
 
 

@@ -10,10 +10,6 @@ explicit ``end`` event.
 from __future__ import annotations
 
 import json
-import os
-import selectors
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +19,10 @@ import pytest
 
 from shoal import Client, ClientKey, NotFound, ShoalAuth
 from shoal._auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-SHOAL = str(Path(sys.executable).with_name("shoal"))
-REPO = Path(__file__).resolve().parents[2]
 PORT = 19050
 API = f"http://127.0.0.1:{PORT}"
 NOOP = {"spec": {"engine": {"name": "noop"}}}
@@ -38,36 +33,8 @@ PENDING = {"spec": {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}}  # 
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One noop node, alone; yields its SHOAL_HOME (the first client's key lives there)."""
     home = tmp_path_factory.mktemp("auth-home")
-    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
-    process = subprocess.Popen(
-        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(PORT), "--ipfs-api", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for_ready(process, timeout=60)
+    with noop_node(home, PORT):
         yield home
-    finally:
-        process.terminate()
-        _, err = process.communicate(timeout=30)
-    text = err.decode()
-    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]  # nothing a client sent broke it
-    assert process.returncode == 0
-
-
-def _wait_for_ready(process: subprocess.Popen, timeout: float) -> None:
-    fd = process.stdout.fileno()
-    seen = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"READY " not in seen:
-            left = deadline - time.monotonic()
-            chunk = os.read(fd, 65536) if left > 0 and selector.select(left) else b""
-            if not chunk:
-                process.kill()
-                raise AssertionError(f"node not ready: {process.communicate()[1].decode()[-3000:]}")
-            seen += chunk
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,10 @@ operation.
 from __future__ import annotations
 
 import io
-import os
-import selectors
-import subprocess
-import sys
 import tarfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
@@ -39,11 +33,10 @@ from schemathesis.specs.openapi.checks import (
 
 from shoal import Client, ClientKey, ShoalAuth
 from shoal._auth import SIGNATURE_HEADERS
+from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-SHOAL = str(Path(sys.executable).with_name("shoal"))
-REPO = Path(__file__).resolve().parents[2]
 PORT = 19060
 API = f"http://127.0.0.1:{PORT}"
 POSITIVE_EXAMPLES = 50
@@ -97,14 +90,7 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     home = tmp_path_factory.mktemp("schema-home")
-    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
-    process = subprocess.Popen(
-        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(PORT), "--ipfs-api", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for_ready(process, timeout=60)
+    with noop_node(home, PORT):
         key = ClientKey.load_or_create(home / "client.key")
         with Client(API, key=key) as client:  # finished jobs of ours: the generated requests reach them too
             ids = [client.submit({"engine": {"name": "noop"}}, cache=False).job.id for _ in range(2)]
@@ -112,27 +98,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             for job_id in ids:
                 client.wait(job_id, timeout=30)
         yield Node(key, schemathesis.openapi.from_url(f"{API}/openapi.json"), ids)
-    finally:
-        process.terminate()
-        _, err = process.communicate(timeout=30)
-    text = err.decode()
-    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]  # no request made it crash
-    assert process.returncode == 0
-
-
-def _wait_for_ready(process: subprocess.Popen, timeout: float) -> None:
-    fd = process.stdout.fileno()
-    seen = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"READY " not in seen:
-            left = deadline - time.monotonic()
-            chunk = os.read(fd, 65536) if left > 0 and selector.select(left) else b""
-            if not chunk:
-                process.kill()
-                raise AssertionError(f"node not ready: {process.communicate()[1].decode()[-3000:]}")
-            seen += chunk
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

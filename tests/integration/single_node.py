@@ -1,0 +1,51 @@
+"""One real ``shoal serve --noop`` process for API-level tests (no devstack needed)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SHOAL = str(Path(sys.executable).with_name("shoal"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def noop_node(home: Path, port: int, *, ready_timeout: float = 60) -> Iterator[None]:
+    """Run a lone noop node with its data under ``home`` until the block ends; then check it stopped
+    cleanly and that nothing a client sent made it log an error."""
+    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
+    process = subprocess.Popen(
+        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for_ready(process, ready_timeout)
+        yield
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    text = err.decode()
+    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
+    assert process.returncode == 0
+
+
+def _wait_for_ready(process: subprocess.Popen, timeout: float) -> None:
+    fd = process.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"READY " not in seen:
+            left = deadline - time.monotonic()
+            chunk = os.read(fd, 65536) if left > 0 and selector.select(left) else b""
+            if not chunk:
+                process.kill()
+                raise AssertionError(f"node not ready: {process.communicate()[1].decode()[-3000:]}")
+            seen += chunk
