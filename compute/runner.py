@@ -82,6 +82,9 @@ class Runner:
                     result = await executor.run(request)
             except trio.TooSlowError:
                 return Outcome(None, f"timed out after {spec.timeout:g} s")
+            if spec.outputs:
+                result = result.model_copy(update={"output_sizes": await trio.to_thread.run_sync(
+                    _output_sizes, results / "outputs", [o.name for o in spec.outputs])})
             return Outcome(await self._publish(result, results, bool(spec.outputs)))
         except trio.TooSlowError:
             return Outcome(None, "preparing the executor (e.g. pulling the image) took too long", True)
@@ -119,6 +122,18 @@ def _for_the_wire(result: RunResult) -> RunResult:
             changes[stream] = text[-WIRE_TAIL:]
             changes[f"{stream}_truncated"] = True
     return result.model_copy(update=changes) if changes else result
+
+
+def _output_sizes(outputs: Path, names: list[str]) -> dict[str, int]:
+    """Bytes in each declared output (a file, or a directory's files; 0 when the job wrote none)."""
+    sizes = {}
+    for name in names:
+        path = outputs / name
+        if path.is_dir():
+            sizes[name] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+        else:
+            sizes[name] = path.stat().st_size if path.is_file() else 0
+    return sizes
 
 
 def _mkdir(path: Path) -> Path:

@@ -22,9 +22,10 @@ from compute.backlog import Backlog
 from compute.bidding import engine_installed, first_refusal, inputs_fetchable, within_job_limits
 from compute.capacity import CapacityTracker
 from compute.runner import Runner
+from compute.sweeps import SweepClaims
 from executors import ExecutorRegistry
 from jobs import Event, EventKind, Execution, ExecutionSide, ExecutionState, StaleState, Unreachable
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery, SweepAnnounce
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -70,12 +71,16 @@ class ComputeService:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._wake_backlog = trio.Event()
+        self.sweeps = SweepClaims(peers=peers, store=store, capacity=capacity, runner=self.runner,
+                                  refusal=lambda spec: first_refusal(self._checks, spec),
+                                  released=lambda: self._wake_backlog.set(), clock=clock)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.sweeps.start(nursery)
             await self._restore()
             nursery.start_soon(self._backlog_loop)
             nursery.start_soon(self._node_info_loop)
@@ -134,6 +139,9 @@ class ComputeService:
             return
         if not self._try_bid(ann):
             self.backlog.add(ann, now)
+
+    def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
+        self.sweeps.on_announce(origin, ann)
 
     def _try_bid(self, ann: Announce) -> bool:
         execution_id = f"e-{uuid.uuid4().hex}"
@@ -276,6 +284,10 @@ class ComputeService:
                 ex = self._live.get(eid)
                 states[eid] = ex.state.value if ex is not None and ex.requester == peer else "unknown"
             return Reply(states=states)
+        if isinstance(message, Cancel):
+            reply = await self.sweeps.cancel(peer, message)
+            if reply is not None:
+                return reply
         ex = self._live.get(message.execution_id)
         if ex is None:
             return Reply(ok=False, reason="unknown or finished execution")
@@ -313,12 +325,13 @@ class ComputeService:
                     self.backlog.discard(ann.job_id)
                 elif not self._try_bid(ann) and self.capacity.free.cpu <= 0:
                     break
+            self.sweeps.retry_waiting()
 
     def node_info(self) -> NodeInfo:
         return NodeInfo(
             peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.engines,
             max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes), backlog=len(self.backlog),
+            running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog),
         )
 
     async def _node_info_loop(self) -> None:

@@ -19,6 +19,8 @@ class EventKind(StrEnum):
     RESULTS_REJECTED = "ResultsRejected"
     RESULTS_PUBLISHED = "ResultsPublished"
     REOFFERED = "Reoffered"
+    CLAIMED = "Claimed"  # a compute node took a range of a sweep's indexes
+    RETRIED = "Retried"  # failed indexes of a sweep were put back to run again
     ERROR = "Error"
     CANCELLED = "Cancelled"
     COMPLETED = "Completed"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from jobs.errors import MalformedMessage
 from jobs.model import RunResult
 from jobs.spec import JobSpec, Resources
+from jobs.sweep import SweepSpec
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # a spec with inline code and 64 inputs fits well below this
@@ -95,6 +96,55 @@ class Cancel(_Message):
     reason: str = ""
 
 
+class SweepAnnounce(_Message):
+    """A sweep has indexes nobody has claimed: compute nodes that can run its template claim some."""
+
+    kind: Literal["sweep"] = "sweep"
+    sweep_id: _Id
+    spec: SweepSpec
+    requester: _Id
+    requester_addrs: list[str] = Field(default=[], max_length=16)
+    pending: int = Field(0, ge=0)
+
+
+class IndexResult(BaseModel):
+    """How one index of a claim ended (a run's result, or why there is none)."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int = Field(ge=0)
+    result: RunResult | None = None
+    error: str | None = None
+    retryable: bool = False
+
+    def outcome(self) -> str:
+        if self.result is not None:
+            return self.result.digest()
+        return "error:" + hashlib.sha256((self.error or "").encode()).hexdigest()
+
+
+class Claim(_Message):
+    """Compute → requester, for one claim on a sweep: results of finished indexes, indexes given
+    back unrun, and how many more the node wants. The reply carries the ranges granted
+    (``Reply.ranges``); ``verdict="rejected"`` ends the claim (stop what still runs).
+
+    Sent when results are ready, when the node runs short of work, and as a heartbeat: the
+    requester re-offers a claim's indexes when the node goes silent for the job's ``silence``.
+    """
+
+    kind: Literal["claim"] = "claim"
+    sweep_id: _Id
+    claim_id: _Id
+    want: int = Field(0, ge=0, le=100_000)
+    results: list[IndexResult] = Field(default=[], max_length=100_000)
+    released: list[int] = Field(default=[], max_length=1_000_000)
+    signature: str = ""  # Ed25519 over statement(): the node vouches for every result in the batch
+
+    def statement(self) -> bytes:
+        lines = [f"shoal/claim/v1\n{self.sweep_id}\n{self.claim_id}"]
+        lines += [f"{r.index}:{r.outcome()}" for r in self.results]
+        return "\n".join(lines).encode()
+
+
 class StatusQuery(_Message):
     """Requester → compute: are these executions still alive on you?"""
 
@@ -108,10 +158,13 @@ class Reply(_Message):
     verdict: Literal["accepted", "rejected", "pending"] | None = None
     reason: str = ""
     states: dict[str, str] = {}
+    ranges: list[tuple[int, int]] = Field(default=[], max_length=100_000)  # a Claim's grant: [start, end) runs
+    stopped: int = 0  # a Cancel of a sweep's claim: how many running indexes it stopped
 
 
 Message = Annotated[
-    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply, Field(discriminator="kind")
+    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply | SweepAnnounce | Claim,
+    Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
 
@@ -152,7 +205,7 @@ class Peers(Protocol):
         """Deliver one message and return the peer's reply; raises ``Unreachable``."""
         ...
 
-    async def publish(self, message: Announce | NodeInfo) -> None:
+    async def publish(self, message: Announce | NodeInfo | SweepAnnounce) -> None:
         """Gossip to every node (best effort: gossip drops silently under load)."""
         ...
 

@@ -22,6 +22,7 @@ class RunResult(BaseModel):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     cid: str | None = None  # published outputs (stdout, stderr, exitCode, declared outputs)
+    output_sizes: dict[str, int] = {}  # bytes in each declared output (what success checks look at)
     started_at: float | None = None
     finished_at: float | None = None
 

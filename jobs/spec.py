@@ -161,9 +161,30 @@ EngineSpec = Annotated[NoopEngine | DockerEngine | WasmEngine | PythonEngine, Fi
 ENGINES: tuple[str, ...] = ("noop", "docker", "wasm", "python")
 
 
+class Shard(_Frozen):
+    """Which part of a directory input a job sees: its files, sorted by path, cut into ``count``
+    contiguous runs; the job gets run number ``index``."""
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Shard:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} is not below the shard count {self.count}")
+        return self
+
+    def pick(self, names: list[str]) -> list[str]:
+        """This shard's part of ``names`` (sorted first): sizes differ by at most one."""
+        names = sorted(names)
+        n = len(names)
+        return names[n * self.index // self.count : n * (self.index + 1) // self.count]
+
+
 class InputSpec(_Frozen):
     source: str = Field(min_length=1, description="ipfs://CID, CID, or https://… URL")
     path: str = Field(description="absolute path where the job sees it")
+    shard: Shard | None = Field(None, description="only this shard of the directory's files (sweeps set it)")
 
     @field_validator("path")
     @classmethod

@@ -79,6 +79,18 @@ EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
 }
 
 
+# A sweep moves like a job, except that retrying its failed indexes brings a failed sweep back.
+SWEEP_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    **JOB_TRANSITIONS,
+    JobState.FAILED: frozenset({JobState.RUNNING}),
+}
+
+
+def check_sweep_transition(old: JobState, new: JobState) -> None:
+    if old != new and new not in SWEEP_TRANSITIONS[old]:
+        raise InvalidTransition("sweep", old, new)
+
+
 def check_job_transition(old: JobState, new: JobState) -> None:
     if old != new and new not in JOB_TRANSITIONS[old]:
         raise InvalidTransition("job", old, new)

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job
 from jobs.spec import JobSpec, Resources
+from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
 
 class SubmitRequest(BaseModel):
@@ -84,3 +85,25 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class SweepSubmitRequest(BaseModel):
+    spec: SweepSpec
+
+
+class SweepDescription(BaseModel):
+    """A sweep at a glance: counts per state and ranges of indexes, never one row per index."""
+
+    sweep: Sweep
+    ranges: list[IndexRange] = []
+    ranges_truncated: bool = False  # more ranges than a description carries: page through /indexes
+
+
+class SweepList(BaseModel):
+    sweeps: list[Sweep]
+    total: int
+
+
+class IndexList(BaseModel):
+    indexes: list[IndexRecord]
+    total: int

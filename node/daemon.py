@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from node.net import Network
     from node.store import Store
     from requester import RequesterService
+    from requester.sweeps import SweepService
     from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.node")
@@ -46,6 +47,7 @@ class Node:
     compute: ComputeService | None
     dispatcher: Dispatcher
     publisher: Publisher | None = None
+    sweeps: SweepService | None = None
 
     @property
     def peer_id(self) -> str:
@@ -103,6 +105,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from node.retention import retention_loop
     from node.store import Store
     from requester import RequesterService
+    from requester.sweeps import SweepService
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     seed = load_or_create_seed(config.data_dir)
@@ -114,7 +117,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         await nursery.start(network.run)
-        compute = requester = None
+        compute = requester = sweeps = None
         inputs, publisher = await open_storage(config)
         if config.compute:
             total = config.limit_total or machine_resources()
@@ -141,9 +144,12 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
+            sweeps = SweepService(peers=peers, store=store, known_nodes=requester.known_nodes)
+            dispatcher.sweeps = sweeps
+            await nursery.start(sweeps.run)
         nursery.start_soon(retention_loop, store, publisher, config.retention)
         dispatcher.ready.set()
-        node = Node(config, network, store, requester, compute, dispatcher, publisher)
+        node = Node(config, network, store, requester, compute, dispatcher, publisher, sweeps)
         urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)
         ready = NodeReady(network.peer_id, network.addrs(), urls[0])
         log.info("node %s ready: api %s, listening on %s", ready.peer_id, ready.api, " ".join(ready.addrs))

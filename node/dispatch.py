@@ -13,11 +13,25 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from jobs import MalformedMessage, Unreachable
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Reply, Result, StatusQuery, decode, encode
+from jobs.messages import (
+    Announce,
+    Bid,
+    Cancel,
+    Claim,
+    Decision,
+    NodeInfo,
+    Reply,
+    Result,
+    StatusQuery,
+    SweepAnnounce,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from compute import ComputeService
     from requester import RequesterService
+    from requester.sweeps import SweepService
 
 log = logging.getLogger("shoal.node")
 
@@ -77,7 +91,7 @@ class MessagePeers:
             raise Unreachable(peer_id, f"expected a reply, got {reply.kind}")
         return reply
 
-    async def publish(self, message: Announce | NodeInfo) -> None:
+    async def publish(self, message: Announce | NodeInfo | SweepAnnounce) -> None:
         data = encode(message)
         await self.transport.publish(data)
         await self.dispatcher.on_gossip(self.node_id, data)
@@ -90,9 +104,11 @@ class Dispatcher:
     """Routes messages to the roles. Requests wait for ``ready``: the network comes up before the
     roles have restored their state, and an answer given before that would be wrong."""
 
-    def __init__(self, requester: RequesterService | None = None, compute: ComputeService | None = None) -> None:
+    def __init__(self, requester: RequesterService | None = None, compute: ComputeService | None = None,
+                 sweeps: SweepService | None = None) -> None:
         self.requester = requester
         self.compute = compute
+        self.sweeps = sweeps
         self.ready = trio.Event()
         self.dropped = 0
 
@@ -109,6 +125,8 @@ class Dispatcher:
         try:
             if isinstance(message, Bid | Result) and self.requester is not None:
                 reply = await self.requester.handle(peer, message)
+            elif isinstance(message, Claim) and self.sweeps is not None:
+                reply = await self.sweeps.handle(peer, message)
             elif isinstance(message, Decision | Cancel | StatusQuery) and self.compute is not None:
                 reply = await self.compute.handle(peer, message)
             else:
@@ -134,6 +152,9 @@ class Dispatcher:
         if isinstance(message, Announce):
             if self.compute is not None:
                 self.compute.on_announce(origin, message)
+        elif isinstance(message, SweepAnnounce):
+            if self.compute is not None:
+                self.compute.on_sweep_announce(origin, message)
         elif isinstance(message, NodeInfo):
             if self.requester is not None:
                 self.requester.on_node_info(origin, message)

@@ -84,6 +84,8 @@ class InputRegistry:
                         error = StorageError(f"cannot write it to {dest}: {exc}")
                         _name_input(error, index, spec)
                         raise error from exc
+                    if spec.shard is not None:
+                        await trio.to_thread.run_sync(_keep_shard, dest, spec)
                     budget -= await trio.to_thread.run_sync(_size, dest)
                     mounts.append(Mount(dest, spec.path, read_only=True))
         except trio.TooSlowError:
@@ -99,6 +101,21 @@ def _name_input(exc: StorageError, index: int, spec: InputSpec) -> None:
     exc.reason = f"input {index} ({spec.source} → {spec.path}): {exc.reason}"
     exc.args = (exc.reason,)
     exc.source = spec.source  # contained in the reason, so str() does not repeat it
+
+
+def _keep_shard(dest: Path, spec: InputSpec) -> None:
+    """Remove every file of the fetched directory that is not in the input's shard."""
+    assert spec.shard is not None
+    if not dest.is_dir():
+        raise InvalidSource(f"{spec.source} is a single file: only a directory can be sharded", source=spec.source)
+    files = [str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir()]
+    keep = set(spec.shard.pick(files))
+    for name in files:
+        if name not in keep:
+            (dest / name).unlink()
+    for sub in sorted((p for p in dest.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
 
 
 def _size(path: Path) -> int:

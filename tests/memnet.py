@@ -20,6 +20,7 @@ from jobs import Resources
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
 from node.store import Store
 from requester import RequesterService
+from requester.sweeps import SweepService
 
 
 class MemoryHub:
@@ -91,6 +92,7 @@ class MemoryNode:
     store: Store
     requester: RequesterService | None
     compute: ComputeService | None
+    sweeps: SweepService | None
     noop: NoopExecutor
     scope: trio.CancelScope
 
@@ -110,7 +112,7 @@ async def memory_node(
     noop = NoopExecutor(hooks)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        c = r = None
+        c = r = sw = None
         if compute:
             registry = ExecutorRegistry.all_noop(noop)
             if bad_actor:
@@ -124,10 +126,12 @@ async def memory_node(
             if c is not None:
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
-        dispatcher.requester, dispatcher.compute = r, c
+            sw = SweepService(peers=peers, store=store, known_nodes=r.known_nodes)
+            await nursery.start(sw.run)
+        dispatcher.requester, dispatcher.compute, dispatcher.sweeps = r, c, sw
         dispatcher.ready.set()
         transport.dispatcher = dispatcher
-        node = MemoryNode(peer_id, transport, store, r, c, noop, nursery.cancel_scope)
+        node = MemoryNode(peer_id, transport, store, r, c, sw, noop, nursery.cancel_scope)
         try:
             yield node
         finally:

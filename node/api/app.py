@@ -19,7 +19,7 @@ import secrets
 import shutil
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import trio
@@ -288,6 +288,52 @@ async def _publish_context(node: "Node", body: bytes) -> str:
         await trio.to_thread.run_sync(lambda: shutil.rmtree(target, ignore_errors=True))
 
 
+def event_stream(node: "Node", job_id: str, after: int,
+                 state_of: Callable[[str], Awaitable[JobState | None]]) -> StreamingResponse:
+    """A job's (or sweep's) events as Server-Sent Events from ``after`` on, ending after its last one."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal after
+        quiet_since = time.monotonic()
+        while True:
+            batch = await node.store.events(job_id, after=after)
+            for e in batch:
+                after = e.seq
+                yield f"id: {e.seq}\nevent: {e.kind.value}\ndata: {e.model_dump_json()}\n\n".encode()
+            if batch:
+                quiet_since = time.monotonic()
+                continue
+            # Looked at after an empty read: the terminal event is written in the same
+            # transaction as the terminal state, so nothing of the job's own is missed.
+            state = await state_of(job_id)
+            if state is not None and state.is_terminal:
+                yield f"event: end\ndata: {json.dumps({'state': state.value})}\n\n".encode()
+                return
+            if time.monotonic() - quiet_since > SSE_KEEPALIVE:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+            await trio.sleep(SSE_POLL)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def result_tar(node: "Node", result: RunResult) -> Response:
+    """Stream a result's files: the published directory when it has a CID, else stdout/stderr/exitCode."""
+    if result.cid and node.publisher is not None:
+        return await _results_by_cid(node, result.cid)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in (("stdout", result.stdout), ("stderr", result.stderr), ("exitCode", str(result.exit_code))):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(result.finished_at or time.time())
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return Response(buf.getvalue(), media_type="application/x-tar")
+
+
 def _result_of(description: JobDescription) -> RunResult | None:
     """The result a job's logs and downloads show: the job's accepted (or cached) result, else a
     completed execution's, else any execution's that ran."""
@@ -415,30 +461,7 @@ def create_app(node: "Node") -> FastAPI:
         await owned(job_id, client)
         after = _last_event_id(last_event_id)
 
-        async def stream() -> AsyncIterator[bytes]:
-            nonlocal after
-            quiet_since = time.monotonic()
-            while True:
-                batch = await node.store.events(job_id, after=after)
-                for e in batch:
-                    after = e.seq
-                    yield f"id: {e.seq}\nevent: {e.kind.value}\ndata: {e.model_dump_json()}\n\n".encode()
-                if batch:
-                    quiet_since = time.monotonic()
-                    continue
-                # Looked at after an empty read: the job's terminal event is written in the same
-                # transaction as its terminal state, so nothing of the job's own is missed.
-                state = await current_state(job_id)
-                if state is not None and state.is_terminal:
-                    yield f"event: end\ndata: {json.dumps({'state': state.value})}\n\n".encode()
-                    return
-                if time.monotonic() - quiet_since > SSE_KEEPALIVE:
-                    quiet_since = time.monotonic()
-                    yield b": keep-alive\n\n"
-                await trio.sleep(SSE_POLL)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(node, job_id, after, current_state)
 
     @signed.get("/v1/jobs/{job_id}/logs", response_class=Response, tags=["jobs"],
                 summary="The job's stdout or stderr; with follow=true the response ends when the job does",
@@ -485,19 +508,7 @@ def create_app(node: "Node") -> FastAPI:
             removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(description.job.results_removed_at))
             return _error(410, "gone", f"the results of job {job_id} were removed at {removed} "
                                        f"(retention {node.config.retention:g} s)")
-        if result.cid and node.publisher is not None:
-            return await _results_by_cid(node, result.cid)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, text in (("stdout", result.stdout), ("stderr", result.stderr),
-                               ("exitCode", str(result.exit_code))):
-                data = text.encode()
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mtime = int(result.finished_at or time.time())
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-        return Response(buf.getvalue(), media_type="application/x-tar")
+        return await result_tar(node, result)
 
     @signed.post("/v1/contexts", tags=["jobs"], summary="Store a working directory (tar) to send with jobs",
                  response_model=ContextStored, status_code=201,
@@ -554,6 +565,9 @@ def create_app(node: "Node") -> FastAPI:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(await _metrics(node), media_type="text/plain; version=0.0.4")
 
+    from node.api.sweeps import add_sweep_routes
+
+    add_sweep_routes(signed, node)
     app.include_router(signed)
 
     def openapi() -> dict[str, Any]:

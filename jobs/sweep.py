@@ -1,0 +1,232 @@
+"""Sweeps: one request that stands for many jobs — a parameter grid, a zip, a list, input shards.
+
+Index ``i`` of a sweep is an ordinary ``JobSpec`` (``SweepSpec.job_for(i)``): the template with
+the index's values as environment variables, ``SHOAL_INDEX`` and ``SHOAL_COUNT``, and its shard of
+the sharded input. The parts combine as a grid: ``count`` is the product of their sizes and the
+last part varies fastest, like ``itertools.product``.
+
+Indexes are never announced one by one: compute nodes claim ranges of them (see
+``jobs.messages.Claim``), so a 10,000-index sweep costs messages in proportion to nodes and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs.model import RunResult
+from jobs.spec import _ENV_KEY, InputSpec, JobSpec, Shard, _Frozen
+from jobs.states import JobState
+
+MAX_INDEXES = 1_000_000
+RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
+
+
+class SweepSpec(_Frozen):
+    job: JobSpec = Field(description="the template every index runs, with its own values added")
+    grid: dict[str, list[str]] = Field({}, description="every combination of these values")
+    zip: dict[str, list[str]] = Field({}, description="the i-th value of each list together (equal lengths)")
+    items: list[dict[str, str]] = Field([], max_length=100_000, description="an explicit list of value sets")
+    shard_inputs: int = Field(0, ge=0, le=100_000, description="split the directory input into N shards")
+    shard_path: str | None = Field(None, description="the path of the input to shard (default: the only "
+                                                     "input that is not /context)")
+    success: Literal["all", "any"] = Field("all", description="all: every index must succeed; any: the first "
+                                                              "success completes the sweep and cancels the rest")
+    success_output: str | None = Field(None, description="with success=any: an index succeeds only when it "
+                                                         "exits 0 and this declared output is not empty")
+
+    @field_validator("grid", "zip")
+    @classmethod
+    def _axes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"{key}: give at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        problems = []
+        names = [*self.grid, *self.zip, *(k for item in self.items[:1] for k in item)]
+        bad = sorted({k for k in names if not _ENV_KEY.match(k)})
+        if bad:
+            problems.append(f"invalid parameter names (they become environment variables): {', '.join(bad)}")
+        reserved = sorted(set(names) & set(RESERVED_ENV))
+        if reserved:
+            problems.append(f"{', '.join(reserved)} is set by Shoal for every index")
+        if len(set(names)) != len(names):
+            problems.append("a parameter is given twice")
+        if len({len(v) for v in self.zip.values()}) > 1:
+            problems.append("zip: every list must have the same length")
+        if self.items and len({frozenset(i) for i in self.items}) > 1:
+            problems.append("items: every item must set the same parameters")
+        if self.job.deal.concurrency != 1 or self.job.deal.confidence != 0 or self.job.deal.min_bids != 0:
+            problems.append("a sweep runs each index once: leave concurrency, confidence and min_bids unset")
+        if self.shard_inputs and self._sharded_input() is None:
+            problems.append("shard_inputs: name the input to shard with shard_path (its mount path)"
+                            if self.shard_path is None else f"shard_path: no input is mounted at {self.shard_path}")
+        if self.success_output is not None:
+            if self.success != "any":
+                problems.append("success_output only applies with success=any")
+            elif self.success_output not in {o.name for o in self.job.outputs}:
+                problems.append(f"success_output: {self.success_output!r} is not one of the job's outputs")
+        sizes = self.sizes()
+        if not sizes:
+            problems.append("a sweep needs parameters (grid, zip or items) or shard_inputs")
+        elif math.prod(sizes) > MAX_INDEXES:
+            problems.append(f"{math.prod(sizes)} indexes: a sweep has at most {MAX_INDEXES}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _sharded_input(self) -> int | None:
+        """Position of the input to shard in the template's inputs."""
+        if self.shard_path is not None:
+            return next((i for i, x in enumerate(self.job.inputs) if x.path == self.shard_path), None)
+        candidates = [i for i, x in enumerate(self.job.inputs) if x.path != "/context"]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def sizes(self) -> list[int]:
+        """Size of each part, in the order indexes are decomposed (the last varies fastest)."""
+        sizes = [len(v) for v in self.grid.values()]
+        if self.zip:
+            sizes.append(len(next(iter(self.zip.values()))))
+        if self.items:
+            sizes.append(len(self.items))
+        if self.shard_inputs:
+            sizes.append(self.shard_inputs)
+        return sizes
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.sizes())
+
+    def values(self, index: int) -> dict[str, str]:
+        """The parameters of one index, as its environment sees them (without SHOAL_*)."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {index} is outside 0-{self.count - 1}")
+        digits = []
+        rest = index
+        for size in reversed(self.sizes()):
+            rest, digit = divmod(rest, size)
+            digits.append(digit)
+        digits.reverse()
+        out: dict[str, str] = {}
+        position = iter(digits)
+        for key, values in self.grid.items():
+            out[key] = values[next(position)]
+        if self.zip:
+            i = next(position)
+            out.update({key: values[i] for key, values in self.zip.items()})
+        if self.items:
+            out.update(self.items[next(position)])
+        if self.shard_inputs:
+            out["SHOAL_SHARD"] = str(next(position))
+        return out
+
+    def job_for(self, index: int) -> JobSpec:
+        """The job index ``index`` runs."""
+        values = self.values(index)
+        env = {**self.job.env, **values, "SHOAL_INDEX": str(index), "SHOAL_COUNT": str(self.count)}
+        update: dict[str, object] = {"env": env}
+        if self.shard_inputs:
+            shard = Shard(index=int(values["SHOAL_SHARD"]), count=self.shard_inputs)
+            position = self._sharded_input()
+            inputs = list(self.job.inputs)
+            inputs[position] = InputSpec(source=inputs[position].source, path=inputs[position].path, shard=shard)
+            update["inputs"] = inputs
+        return self.job.model_copy(update=update)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def is_hit(self, result: RunResult) -> bool:
+        """Whether a finished index counts as a success."""
+        if result.exit_code != 0:
+            return False
+        return self.success_output is None or result.output_sizes.get(self.success_output, 0) > 0
+
+
+class Sweep(BaseModel):
+    """A sweep's record: its spec, overall state and how many indexes are in each state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    owner: str
+    spec: SweepSpec
+    count: int
+    state: JobState = JobState.PENDING
+    reason: str = ""
+    requester: str = ""
+    counts: dict[JobState, int] = {}  # index state -> how many
+    winner: int | None = None  # success=any: the index that succeeded first
+    created_at: float
+    updated_at: float
+    revision: int = 0
+
+    def transition(self, state: JobState, reason: str, now: float, **changes: object) -> Sweep:
+        from jobs.states import check_sweep_transition
+
+        check_sweep_transition(self.state, state)
+        return self.model_copy(
+            update={"state": state, "reason": reason, "updated_at": now, "revision": self.revision + 1, **changes}
+        )
+
+
+class IndexRecord(BaseModel):
+    """One index of a sweep: where it ran and how it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    state: JobState = JobState.PENDING
+    node_id: str | None = None
+    reason: str = ""
+    attempts: int = 0
+    result: RunResult | None = None
+    updated_at: float = 0.0
+
+
+class IndexRange(BaseModel):
+    """Consecutive indexes in one state: ``first``-``last`` inclusive."""
+
+    first: int
+    last: int
+    state: JobState
+    reason: str = ""  # of the first index of the range (failed ranges say why)
+
+    def __str__(self) -> str:
+        span = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        return f"{span} {self.state.value}" + (f": {self.reason}" if self.reason else "")
+
+
+def index_ranges(states: Iterable[tuple[int, JobState, str]]) -> list[IndexRange]:
+    """(index, state, reason) in index order → ranges of consecutive indexes with the same state.
+
+    A failed range keeps the reason of its first index; failures with other reasons are
+    usually the same story on another node, and listing each would bring back 10,000 rows.
+    """
+    out: list[IndexRange] = []
+    for index, state, reason in states:
+        last = out[-1] if out else None
+        if last is not None and last.state is state and last.last == index - 1:
+            out[-1] = last.model_copy(update={"last": index})
+        else:
+            out.append(IndexRange(first=index, last=index, state=state,
+                                  reason=reason if state in (JobState.FAILED, JobState.CANCELLED) else ""))
+    return out
+
+
+def compress(indexes: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted indexes → half-open ``(start, end)`` runs: what claims carry on the wire."""
+    runs: list[tuple[int, int]] = []
+    for i in indexes:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs

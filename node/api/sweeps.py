@@ -1,0 +1,162 @@
+"""The API's sweep routes: ``/v1/sweeps/...``. Same rules as the jobs' routes (``node.api.app``):
+signed, visible only to their owner, errors from one mapping."""
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs import JobState
+from jobs.sweep import IndexRecord
+from jobs.views import IndexList, SweepDescription, SweepList
+from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
+from node.api.app import (
+    MAX_OFFSET,
+    MAX_WAIT,
+    _client_id,
+    _error,
+    _error_doc,
+    _last_event_id,
+    _unencodable,
+    event_stream,
+    result_tar,
+)
+from requester import UnknownJob
+
+if TYPE_CHECKING:
+    from node.daemon import Node
+    from requester.sweeps import SweepService
+
+_ERR_404 = {404: _error_doc("no such sweep, or it belongs to another client")}
+
+
+class SweepSubmitRequest(_SweepSubmitRequest):
+    """Like the jobs' SubmitRequest: a TypeError deep in the model's validators is a 422, not a 500."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _type_errors_are_invalid_input(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except TypeError as e:
+            raise ValueError(f"the spec has a value of a type the sweep model cannot read ({e})") from None
+
+
+def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
+    Client = Annotated[str, Depends(_client_id)]
+
+    def service() -> "SweepService":
+        if node.sweeps is None:
+            raise StarletteHTTPException(404, "this node does not take sweeps (requester role off)")
+        return node.sweeps
+
+    async def owned(sweep_id: str, client: str) -> SweepDescription:
+        description = await service().describe(sweep_id)
+        if description.sweep.owner != client:
+            raise UnknownJob(sweep_id)
+        return description
+
+    async def index_of(sweep_id: str, index: int, client: str) -> IndexRecord:
+        await owned(sweep_id, client)
+        records, _ = await node.store.sweep_indexes(sweep_id, first=index, limit=1)
+        if not records or records[0].index != index:
+            raise StarletteHTTPException(404, f"sweep {sweep_id} has no index {index}")
+        return records[0]
+
+    async def current_state(sweep_id: str) -> JobState | None:
+        try:
+            return (await service().get(sweep_id)).state
+        except UnknownJob:
+            return None
+
+    @signed.post("/v1/sweeps", status_code=201, response_model=SweepDescription, tags=["sweeps"],
+                 summary="Submit a sweep: one request for many indexed jobs",
+                 responses={200: {"model": SweepDescription,
+                                  "description": "the sweep made earlier with this Idempotency-Key (reattach)"},
+                            409: _error_doc("the Idempotency-Key was used with another spec")})
+    async def submit(body: SweepSubmitRequest, client: Client, response: Response,
+                     idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> SweepDescription:
+        where = _unencodable(body.spec.model_dump(mode="python"), "spec")
+        if where is not None:
+            return _error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
+        sweep, created = await service().submit(body.spec, client, idempotency_key)
+        if not created:
+            response.status_code = 200
+        return await service().describe(sweep.id)
+
+    @signed.get("/v1/sweeps", response_model=SweepList, tags=["sweeps"], summary="List your sweeps, newest first")
+    async def list_sweeps(client: Client, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                          offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> SweepList:
+        sweeps, total = await node.store.list_sweeps(owner=client, limit=limit, offset=offset)
+        return SweepList(sweeps=[await service().get(s.id) for s in sweeps], total=total)
+
+    @signed.get("/v1/sweeps/{sweep_id}", response_model=SweepDescription, tags=["sweeps"], responses=_ERR_404,
+                summary="Describe a sweep: counts and ranges of indexes per state (optionally waiting for its end)")
+    async def describe(sweep_id: str, client: Client,
+                       wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
+        description = await owned(sweep_id, client)
+        if wait and not description.sweep.state.is_terminal:
+            await service().wait(sweep_id, wait)
+            description = await service().describe(sweep_id)
+        return description
+
+    @signed.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
+                summary="Index records in index order from `first` (optionally only one state)")
+    async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
+                      first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> IndexList:
+        await owned(sweep_id, client)
+        records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
+        return IndexList(indexes=records, total=total)
+
+    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}", response_model=IndexRecord, tags=["sweeps"],
+                responses=_ERR_404, summary="One index: its state, node, reason and result")
+    async def index(sweep_id: str, index: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
+                    client: Client) -> IndexRecord:
+        return await index_of(sweep_id, index, client)
+
+    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}/logs", response_class=Response, tags=["sweeps"],
+                responses={**_ERR_404, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                             "description": "the text (empty while the index has not run)"}},
+                summary="One index's stdout or stderr")
+    async def logs(sweep_id: str, index: Annotated[int, Path(ge=0, le=MAX_OFFSET)], client: Client,
+                   stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout") -> Response:
+        record = await index_of(sweep_id, index, client)
+        return PlainTextResponse(getattr(record.result, stream) if record.result else "")
+
+    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}/results", tags=["sweeps"], response_class=Response,
+                responses={404: _error_doc("no such sweep or index, or it has no results yet"),
+                           200: {"content": {"application/x-tar": {"schema": {"type": "string",
+                                                                               "format": "binary"}}},
+                                 "description": "the index's result files"}},
+                summary="One index's results as a tar archive")
+    async def results(sweep_id: str, index: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
+                      client: Client) -> Response:
+        record = await index_of(sweep_id, index, client)
+        if record.result is None:
+            raise StarletteHTTPException(404, f"index {index} of sweep {sweep_id} has no results "
+                                              f"(state {record.state.value})")
+        return await result_tar(node, record.result)
+
+    @signed.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
+                 responses=_ERR_404, summary="Run the failed indexes again (a failed sweep runs again)")
+    async def retry(sweep_id: str, client: Client) -> SweepDescription:
+        await owned(sweep_id, client)
+        await service().retry(sweep_id)
+        return await service().describe(sweep_id)
+
+    @signed.post("/v1/sweeps/{sweep_id}/cancel", response_model=SweepDescription, tags=["sweeps"],
+                 responses=_ERR_404, summary="Cancel a sweep: what has not finished is stopped everywhere")
+    async def cancel(sweep_id: str, client: Client) -> SweepDescription:
+        await owned(sweep_id, client)
+        await service().cancel(sweep_id)
+        return await service().describe(sweep_id)
+
+    @signed.get("/v1/sweeps/{sweep_id}/events", tags=["sweeps"], response_class=StreamingResponse,
+                responses=_ERR_404, summary="The sweep's events as Server-Sent Events (like a job's)")
+    async def events(sweep_id: str, client: Client,
+                     last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> StreamingResponse:
+        await owned(sweep_id, client)
+        return event_stream(node, sweep_id, _last_event_id(last_event_id), current_state)

@@ -1,0 +1,208 @@
+"""Sweeps over the in-memory network: the real requester, compute nodes, store and claims."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from executors import ExecutorError
+from jobs import EventKind, JobState
+from jobs.sweep import SweepSpec
+from requester.service import IdempotencyConflict
+from tests.memnet import MemoryHub, memory_node
+
+NOOP = {"name": "noop"}
+
+
+def sweep(**kw) -> SweepSpec:
+    job = kw.pop("job", {})
+    return SweepSpec.model_validate({"job": {"engine": NOOP, **job}, **kw})
+
+
+async def nodes(stack: AsyncExitStack, hub: MemoryHub, tmp_path, n: int = 3, **kw):
+    out = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}", **kw)) for i in range(n)]
+    await trio.sleep(1.5)  # node info gossip
+    return out
+
+
+async def finished(service, sweep_id: str, timeout: float = 20.0):
+    with trio.fail_after(timeout):
+        while True:
+            d = await service.describe(sweep_id)
+            if d.sweep.state.is_terminal:
+                return d
+            await service.wait(sweep_id, 0.5)
+
+
+def record_runs(node, runs: list):
+    async def before(request):
+        runs.append((node.peer_id, request.spec.env))
+
+    node.noop.hooks.before_run = before
+
+
+async def test_a_grid_sweep_runs_every_index_once_with_its_values(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        runs: list = []
+        for n in ns:
+            record_runs(n, runs)
+        spec = sweep(grid={"x": ["1", "2", "3"], "y": ["a", "b"]}, job={"env": {"FIXED": "k"}})
+        s, created = await ns[0].sweeps.submit(spec, "alice")
+        assert created and s.count == 6
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
+        assert d.sweep.counts == {JobState.COMPLETED: 6}
+        assert [str(r) for r in d.ranges] == ["0-5 completed"]
+        by_index = {int(env["SHOAL_INDEX"]): env for _, env in runs}
+        assert len(runs) == 6 and sorted(by_index) == list(range(6))  # each index ran exactly once
+        for i, env in by_index.items():
+            assert env == {"FIXED": "k", **spec.values(i), "SHOAL_INDEX": str(i), "SHOAL_COUNT": "6"}
+        assert by_index[3]["x"] == "2" and by_index[3]["y"] == "b"
+        records, total = await ns[0].store.sweep_indexes(s.id)
+        assert total == 6 and all(r.state is JobState.COMPLETED and r.result is not None for r in records)
+
+
+async def test_zip_and_items_pair_values_instead_of_combining_them(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=1)
+        runs: list = []
+        record_runs(ns[0], runs)
+        s, _ = await ns[0].sweeps.submit(sweep(zip={"a": ["1", "2", "3"], "b": ["x", "y", "z"]}), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and s.count == 3
+        assert sorted((e["a"], e["b"]) for _, e in runs) == [("1", "x"), ("2", "y"), ("3", "z")]
+        runs.clear()
+        s, _ = await ns[0].sweeps.submit(sweep(items=[{"p": "q"}, {"p": "r"}]), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED
+        assert sorted(e["p"] for _, e in runs) == ["q", "r"]
+
+
+async def test_ten_thousand_indexes_cost_messages_per_node_not_per_index(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        before_requests, before_gossip = hub.requests, hub.gossip
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(10_000)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=120)
+        assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
+        assert d.sweep.counts == {JobState.COMPLETED: 10_000}
+        requests = hub.requests - before_requests
+        assert requests < 300, requests  # a job each would be 20,000 requests (bid + result)
+        claimed = {e.node_id for e in await ns[0].store.events(s.id, limit=10_000) if e.kind is EventKind.CLAIMED}
+        assert len(claimed) == 3, claimed  # every node took part
+        assert hub.gossip - before_gossip < 60  # node info, and the sweep announced once or twice
+
+
+async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        runs: list = []
+        broken = {"on": True}
+        for n in ns:
+            async def before(request, node=n):
+                runs.append(request.spec.env["x"])
+                if broken["on"] and request.spec.env["x"] in ("2", "4"):
+                    raise ExecutorError("simulated bug", retryable=False)
+            n.noop.hooks.before_run = before
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(6)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.FAILED
+        assert d.sweep.reason == "2 of 6 indexes failed"
+        assert [str(r) for r in d.ranges] == ["0-1 completed", "2 failed: simulated bug", "3 completed",
+                                              "4 failed: simulated bug", "5 completed"]
+        broken["on"] = False
+        runs.clear()
+        await ns[0].sweeps.retry(s.id)
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
+        assert sorted(runs) == ["2", "4"]  # only the failed ones ran again
+        kinds = [e.kind for e in await ns[0].store.events(s.id)]
+        assert EventKind.RETRIED in kinds
+
+
+async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=1)
+        ns[0].noop.hooks.delay = 0.2
+        spec = sweep(grid={"x": [str(i) for i in range(20)]})
+        first, created = await ns[0].sweeps.submit(spec, "alice", "laptop-1")
+        await trio.sleep(0.5)
+        again, created_again = await ns[0].sweeps.submit(spec, "alice", "laptop-1")
+        assert created and not created_again and again.id == first.id
+        assert (await ns[0].sweeps.describe(again.id)).sweep.counts.get(JobState.COMPLETED, 0) > 0  # its progress
+        with pytest.raises(IdempotencyConflict):
+            await ns[0].sweeps.submit(sweep(grid={"x": ["other"]}), "alice", "laptop-1")
+        other, created_other = await ns[0].sweeps.submit(spec, "bob", "laptop-1")  # keys are per client
+        assert created_other and other.id != first.id
+
+
+async def test_the_first_success_cancels_the_rest_on_every_node(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        started: list = []
+        for n in ns:
+            async def before(request):
+                started.append(int(request.spec.env["SHOAL_INDEX"]))
+                await trio.sleep(0.3 if request.spec.env["SHOAL_INDEX"] == "7" else 30)
+            n.noop.hooks.before_run = before
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(200)]}, success="any"), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.winner == 7, d.sweep.reason
+        assert d.sweep.counts[JobState.COMPLETED] == 1
+        assert d.sweep.counts[JobState.CANCELLED] == 199
+        with trio.fail_after(3):
+            while any(n.compute.sweeps.running() for n in ns):
+                await trio.sleep(0.05)
+        events = [e for e in await ns[0].store.events(s.id) if e.kind is EventKind.CANCELLED and e.node_id != "n0"
+                  or "cancel reached" in e.message]
+        reached = {e.node_id for e in events if "cancel reached" in e.message}
+        assert reached == {"n0", "n1", "n2"}, [e.message for e in events]
+        assert len(started) < 200  # the queued indexes never started
+
+
+async def test_a_silent_nodes_indexes_are_granted_to_the_others(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        for n in ns:
+            n.noop.hooks.delay = 0.2
+        spec = sweep(grid={"i": [str(i) for i in range(120)]},  # 4 slots a node: 2 s of work for three
+                     job={"deadlines": {"silence": 1.0}, "resources": {"cpu": 1}})
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        await trio.sleep(0.5)
+        ns[2].transport.down = True  # it keeps running, but nobody hears from it again
+        d = await finished(ns[0].sweeps, s.id, timeout=30)
+        assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
+        assert d.sweep.counts == {JobState.COMPLETED: 120}
+        records, _ = await ns[0].store.sweep_indexes(s.id)
+        assert any(r.attempts > 1 for r in records)  # some were re-granted after the lease ran out
+
+
+async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        workers = [await stack.enter_async_context(memory_node(hub, f"w{i}", tmp_path / f"w{i}", requester=False))
+                   for i in range(2)]
+        for w in workers:
+            w.noop.hooks.delay = 0.1
+        spec = sweep(grid={"i": [str(i) for i in range(100)]})
+        async with memory_node(hub, "r", tmp_path / "r", compute=False) as r:
+            await trio.sleep(1.5)
+            s, _ = await r.sweeps.submit(spec, "alice", "k")
+            await trio.sleep(1.0)
+        # crashed; back with the same data dir
+        async with memory_node(hub, "r", tmp_path / "r", compute=False) as r:
+            d = await finished(r.sweeps, s.id, timeout=60)
+            assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
+            assert d.sweep.counts == {JobState.COMPLETED: 100}
+            again, created = await r.sweeps.submit(spec, "alice", "k")
+            assert again.id == s.id and not created
