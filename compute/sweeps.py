@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.compute")
 
 REPORT_INTERVAL = 0.25
+BATCH_BYTES = 128 * 1024  # characters of output per Claim: even at 6 bytes each (JSON escapes) under 1 MiB
 MAX_SLOTS = 64
 REQUEST_TIMEOUT = 5.0
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
@@ -199,7 +200,7 @@ class SweepClaims:
                 with trio.move_on_after(max(0.0, wait)):
                     await claim.wake.wait()
                 continue
-            batch, claim.results = claim.results, []
+            batch = _take_batch(claim)
             claim.last_sent = now
             try:
                 reply = await self._send(claim, batch, want)
@@ -232,3 +233,15 @@ class SweepClaims:
         if reply.verdict is None:
             raise Unreachable(ann.requester, f"no verdict: {reply.reason}")
         return reply
+
+
+def _take_batch(claim: _Claim) -> list[IndexResult]:
+    """The results that fit in one message (each carries up to 64 KiB of stdout and of stderr)."""
+    size, n = 0, 0
+    for r in claim.results:
+        size += 256 + (len(r.result.stdout) + len(r.result.stderr) if r.result else 0) + len(r.error or "")
+        if n and size > BATCH_BYTES:
+            break
+        n += 1
+    batch, claim.results = claim.results[:n], claim.results[n:]
+    return batch

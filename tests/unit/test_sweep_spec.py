@@ -1,0 +1,80 @@
+"""The sweep model: how indexes map to values, and what a sweep spec refuses."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from pydantic import ValidationError
+
+from jobs import JobState
+from jobs.spec import Shard
+from jobs.sweep import SweepSpec, compress, index_ranges
+
+NOOP = {"engine": {"name": "noop"}}
+
+
+def spec(**kw) -> SweepSpec:
+    job = kw.pop("job", {})
+    return SweepSpec.model_validate({"job": {**NOOP, **job}, **kw})
+
+
+def test_a_grid_enumerates_like_itertools_product():
+    s = spec(grid={"a": ["1", "2"], "b": ["x", "y", "z"], "c": ["p", "q"]})
+    assert s.count == 12
+    expected = [dict(zip("abc", combo, strict=True)) for combo in itertools.product("12", "xyz", "pq")]
+    assert [s.values(i) for i in range(12)] == expected
+
+
+def test_parts_combine_grid_zip_items_and_shards():
+    s = spec(grid={"g": ["0", "1"]}, zip={"z1": ["a", "b"], "z2": ["A", "B"]}, items=[{"it": "u"}, {"it": "v"}],
+             shard_inputs=3, job={"inputs": [{"source": "ipfs://bafy", "path": "/data"}]})
+    assert s.count == 2 * 2 * 2 * 3
+    assert s.values(23) == {"g": "1", "z1": "b", "z2": "B", "it": "v", "SHOAL_SHARD": "2"}
+    job = s.job_for(23)
+    assert job.inputs[0].shard == Shard(index=2, count=3)
+    assert job.env["SHOAL_INDEX"] == "23" and job.env["SHOAL_COUNT"] == "24"
+    with pytest.raises(IndexError):
+        s.values(24)
+
+
+def test_the_context_is_never_the_sharded_input():
+    s = spec(shard_inputs=2, job={"inputs": [{"source": "ipfs://ctx", "path": "/context"},
+                                             {"source": "ipfs://data", "path": "/data"}]})
+    assert s.job_for(1).inputs[1].shard == Shard(index=1, count=2)
+    assert s.job_for(1).inputs[0].shard is None
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({}, "a sweep needs parameters"),
+    ({"grid": {"SHOAL_INDEX": ["1"]}}, "SHOAL_INDEX is set by Shoal"),
+    ({"grid": {"bad-name": ["1"]}}, "invalid parameter names"),
+    ({"grid": {"x": []}}, "give at least one value"),
+    ({"zip": {"a": ["1", "2"], "b": ["1"]}}, "same length"),
+    ({"items": [{"a": "1"}, {"b": "2"}]}, "same parameters"),
+    ({"grid": {"x": ["1"]}, "job": {"deal": {"concurrency": 2}}}, "runs each index once"),
+    ({"shard_inputs": 2}, "name the input to shard"),
+    ({"shard_inputs": 2, "shard_path": "/nope", "job": {"inputs": [{"source": "ipfs://x", "path": "/d"}]}},
+     "no input is mounted at /nope"),
+    ({"grid": {"x": ["1"]}, "success_output": "out"}, "only applies with success=any"),
+    ({"grid": {"x": ["1"]}, "success": "any", "success_output": "out"}, "not one of the job's outputs"),
+    ({"grid": {"a": [str(i) for i in range(1001)], "b": [str(i) for i in range(1001)]}}, "at most 1000000"),
+])
+def test_bad_sweeps_are_refused_with_a_reason(kw, message):
+    with pytest.raises(ValidationError, match=message):
+        spec(**kw)
+
+
+def test_shards_are_contiguous_sorted_runs_of_near_equal_size():
+    names = [f"f{i}" for i in range(10)]
+    shards = [Shard(index=i, count=4).pick(list(reversed(names))) for i in range(4)]
+    assert [len(s) for s in shards] == [2, 3, 2, 3]
+    assert [name for shard in shards for name in shard] == sorted(names)
+    assert Shard(index=4, count=5).pick(["a"]) == ["a"] and Shard(index=0, count=5).pick(["a"]) == []
+
+
+def test_ranges_group_consecutive_indexes_and_keep_the_first_failure_reason():
+    states = [(0, JobState.COMPLETED, ""), (1, JobState.COMPLETED, ""), (2, JobState.FAILED, "exit code 1"),
+              (3, JobState.FAILED, "exit code 2"), (4, JobState.COMPLETED, "")]
+    assert [str(r) for r in index_ranges(states)] == ["0-1 completed", "2-3 failed: exit code 1", "4 completed"]
+    assert compress([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
