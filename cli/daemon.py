@@ -47,6 +47,7 @@ def build_node_config(
     allow_private_urls: bool = False,
     bad_actor: bool = False,
     retention: float | None = None,
+    ttl: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -57,6 +58,8 @@ def build_node_config(
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor}
     if retention is not None:
         values["retention"] = retention
+    if ttl is not None:
+        values["ttl"] = ttl
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:

@@ -169,15 +169,17 @@ class Devstack:
 
 
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
-         fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None) -> None:
+         fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None,
+         extra_args: list[str] | None = None) -> None:
     """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything.
 
     ``kubo=None``: one Kubo per node when Kubo is installed, else none (results stay in each node).
+    ``extra_args``: added to every node's ``shoal serve`` (e.g. ``--ttl 60``).
     """
     if kubo is None:
         kubo = ipfs_binary() is not None
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
-                     kubo=kubo)
+                     kubo=kubo, extra_args=extra_args)
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 

@@ -43,6 +43,7 @@ class NodeConfig:
     ipfs_api: str | None = "http://127.0.0.1:5001"  # Kubo RPC; None or unreachable: results kept locally
     allow_private_urls: bool = False  # let jobs download inputs from private/loopback addresses (devstack)
     retention: float = 7 * 24 * 3600.0  # seconds results (and contexts) stay pinned after a job ends
+    ttl: float = 30 * 24 * 3600.0  # seconds finished jobs, sweeps and executions are kept, then deleted
     bad_actor: bool = False  # report wrong results (to test verification and quarantine)
     quarantine_after: int = 3  # rejected results after which a node's bids are refused
     log_level: str = "INFO"

@@ -102,7 +102,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from executors.faults import BadActor
     from node.api.app import create_app, serve_api
     from node.net import Network
-    from node.retention import retention_loop
+    from node.retention import cleanup_loop
     from node.store import Store
     from requester import RequesterService
     from requester.sweeps import SweepService
@@ -147,7 +147,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             sweeps = SweepService(peers=peers, store=store, known_nodes=requester.known_nodes)
             dispatcher.sweeps = sweeps
             await nursery.start(sweeps.run)
-        nursery.start_soon(retention_loop, store, publisher, config.retention)
+        nursery.start_soon(cleanup_loop, store, publisher, config.retention, config.ttl,
+                           config.data_dir / "work" if compute is not None else None)
         dispatcher.ready.set()
         node = Node(config, network, store, requester, compute, dispatcher, publisher, sweeps)
         urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)

@@ -1,20 +1,33 @@
-"""Results retention: published results are unpinned once they are older than the node's retention.
+"""Results retention and time to live: what a node keeps of finished work, and for how long.
 
-The requester marks the job (``results_removed_at``) and drops its cache entry, so describe says
-what happened; a compute node unpins what it published. Both run here because the node owns the
-store and the publisher that both roles share.
+Retention: published results are unpinned once they are older than the node's retention. The
+requester marks the job (``results_removed_at``) and drops its cache entry, so describe says what
+happened (the API answers 410 for its results); a compute node unpins what it published.
+
+Time to live: records of finished jobs and sweeps (requester), of finished executions (compute)
+and of published results are deleted once older than the node's ttl, after unpinning whatever
+results they still hold; a deleted job is unknown to the API (404). Then Kubo's ``repo gc`` gives
+the disk space back, at most every ``GC_EVERY`` seconds. Scratch directories a crashed run left in
+the work dir are removed when the node starts. Together they keep a long-running node's disk use
+bounded by what finishes within one ttl.
+
+Both run here because the node owns the store and the publisher that both roles share.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from jobs import ExecutionSide
+from jobs import ExecutionSide, ExecutionState
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -22,9 +35,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.retention")
 
+BATCH = 200  # records of each kind deleted per transaction: bounds how long one delete holds the writer
+MAX_BATCHES = 50  # per pass; the next pass goes on where this one stopped
+GC_EVERY = 300.0  # seconds between two repo gc at most: Kubo holds adds back while it collects
+
 
 async def expire_once(store: Store, publisher: Publisher, retention: float, now: float) -> int:
-    """Remove what expired by ``now``; returns how many records were marked."""
+    """Remove the results that expired by ``now``; returns how many records were marked or, for
+    the published table, deleted."""
     from storage import StorageError
 
     jobs, executions = await store.expired_results(now - retention)
@@ -42,17 +60,130 @@ async def expire_once(store: Store, publisher: Publisher, retention: float, now:
     for ex in executions:
         marked = ex.model_copy(update={"results_removed_at": now, "revision": ex.revision + 1})
         await store.save(side=ExecutionSide.COMPUTE, executions=[marked])
-    return len(jobs) + len(executions)
+    published = await store.expired_published(now - retention)
+    if published and await _release(publisher, published):
+        await store.delete_published(published)
+    else:
+        published = []
+    return len(jobs) + len(executions) + len(published)
 
 
-async def retention_loop(store: Store, publisher: Publisher, retention: float,
-                         clock: Callable[[], float] = time.time) -> None:
-    interval = min(60.0, max(0.5, retention / 4))
+@dataclass(frozen=True)
+class Removed:
+    """What one time-to-live pass deleted, by kind, and how many results it unpinned."""
+
+    jobs: int = 0
+    sweeps: int = 0
+    executions: int = 0
+    published: int = 0
+    released: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.sweeps or self.executions or self.published)
+
+    def __str__(self) -> str:
+        return (f"{self.jobs} jobs, {self.sweeps} sweeps, {self.executions} executions, {self.published} published"
+                f" results ({self.released} results unpinned)")
+
+
+async def delete_expired(store: Store, publisher: Publisher, ttl: float, now: float, *,
+                         batch: int = BATCH, max_batches: int = MAX_BATCHES) -> Removed:
+    """Delete the records that finished before ``now - ttl``, unpinning their results first.
+
+    Each batch is one transaction. When the publisher is unreachable (Kubo down) the batch stays
+    for the next pass: deleting a record that still holds a pin would leak the pin for good.
+    """
+    counts = dict.fromkeys(("jobs", "sweeps", "executions", "published", "released"), 0)
+    for _ in range(max_batches):
+        expired = await store.expired_records(now - ttl, batch)
+        if not expired:
+            break
+        cids = expired.cids()
+        if not await _release(publisher, cids):
+            break
+        if not await store.delete_records(expired):
+            break  # every record changed since it was read; the next pass sees them anew
+        for kind in ("jobs", "sweeps", "executions", "published"):
+            counts[kind] += len(getattr(expired, kind))
+        counts["released"] += len(cids)
+        if max(len(expired.jobs), len(expired.sweeps), len(expired.executions), len(expired.published)) < batch:
+            break
+    return Removed(**counts)
+
+
+async def _release(publisher: Publisher, cids: Sequence[str]) -> bool:
+    """Unpin ``cids``; False (and the rest kept) when the publisher cannot be reached."""
+    from storage import StorageError, Unavailable
+
+    for cid in cids:
+        try:
+            await publisher.remove(cid)
+        except Unavailable as e:
+            log.warning("cannot unpin %s now, trying again later: %s", cid, e)
+            return False
+        except StorageError as e:  # something else is wrong with this one: retrying will not help
+            log.info("could not remove %s: %s", cid, e)
+    return True
+
+
+async def remove_leftover_scratch(store: Store, work_dir: Path) -> int:
+    """Remove what a crashed run left in the work dir: entries of no execution now running.
+
+    Called once the compute role has restored its executions (none runs after a restart). The
+    directory is listed before the store is read, so an execution that starts in between is
+    either in the listing and running, or not in the listing at all.
+    """
+    entries = await trio.to_thread.run_sync(lambda: list(work_dir.iterdir()) if work_dir.is_dir() else [])
+    running = {ex.id for ex in await store.live_executions(ExecutionSide.COMPUTE)
+               if ex.state is ExecutionState.ACCEPTED}
+    leftovers = [e for e in entries if e.name not in running]
+    for entry in leftovers:
+        await trio.to_thread.run_sync(_remove_path, entry)
+    if leftovers:
+        log.info("removed %d leftover scratch entries from %s", len(leftovers), work_dir)
+    return len(leftovers)
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+async def cleanup_loop(store: Store, publisher: Publisher, retention: float, ttl: float,
+                       work_dir: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+    """The node's cleanup task: leftover scratch once, then retention and ttl passes for ever.
+
+    A pass that unpinned something is followed by a garbage collection of the publisher, at most
+    every ``GC_EVERY`` seconds (sooner with a shorter retention or ttl, as in tests).
+    """
+    if work_dir is not None:
+        try:
+            await remove_leftover_scratch(store, work_dir)
+        except Exception:
+            log.exception("removing leftover scratch space")
+    shortest = min(retention, ttl)
+    interval = min(60.0, max(0.5, shortest / 4))
+    gc_every = min(GC_EVERY, max(interval, shortest))
+    last_gc, unpinned = -math.inf, 0
     while True:
         await trio.sleep(interval)
         try:
-            removed = await expire_once(store, publisher, retention, clock())
+            now = clock()
+            marked = await expire_once(store, publisher, retention, now)
+            if marked:
+                log.info("removed the results of %d finished jobs, executions or sweep indexes (retention %g s)",
+                         marked, retention)
+            removed = await delete_expired(store, publisher, ttl, now)
             if removed:
-                log.info("removed the results of %d finished jobs/executions (retention %g s)", removed, retention)
+                log.info("deleted %s, finished more than %g s ago (ttl)", removed, ttl)
+            unpinned += marked + removed.released
+            if unpinned and trio.current_time() - last_gc >= gc_every:
+                last_gc = trio.current_time()
+                await publisher.collect_garbage()
+                log.info("collected garbage after releasing %d results", unpinned)
+                unpinned = 0
         except Exception:
-            log.exception("results retention")
+            log.exception("results retention and ttl")
+

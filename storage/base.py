@@ -108,3 +108,11 @@ class Publisher(Protocol):
     async def remove(self, cid: str) -> None:
         """Stop keeping ``cid`` (unpin / delete), for retention. Removing an absent CID is not an error."""
         ...
+
+    async def collect_garbage(self) -> None:
+        """Give back the disk space of what is no longer kept (Kubo: ``repo gc``, which also drops
+        blocks fetched from other nodes). A no-op where ``remove`` deletes at once (the local store).
+
+        Can take long on a large repo, and Kubo holds adds back meanwhile: call it now and then.
+        """
+        ...

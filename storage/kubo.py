@@ -54,6 +54,7 @@ DEFAULT_API = "http://127.0.0.1:5001"
 DEFAULT_FIND_TIMEOUT = 30.0  # seconds Kubo may search the network for a CID before we call it missing
 CALL_TIMEOUT = 30.0  # seconds for a plain RPC call (id, pin/rm, swarm/connect) to answer
 STALL_TIMEOUT = 60.0  # seconds a streaming transfer may go without a byte before it is abandoned
+GC_TIMEOUT = 600.0  # seconds a repo gc may take: it answers only when done, and a big repo takes minutes
 READ_SIZE = 1 << 20
 
 # `ipfs add` defaults, pinned so that a daemon's Import.* config cannot change the CIDs we get.
@@ -261,9 +262,12 @@ class KuboClient:
             return False
         return cid in ((out or {}).get("Keys") or {})
 
-    async def repo_gc(self) -> None:
-        """Delete unpinned blocks now (Kubo otherwise does it only with ``--enable-gc``)."""
-        async with self._stream("repo/gc", [("quiet", "true")]) as response:
+    async def repo_gc(self, *, timeout: float | None = None) -> None:
+        """Delete unpinned blocks now (Kubo otherwise does it only with ``--enable-gc``).
+
+        ``timeout``: seconds the collection may take (it says nothing until done); default the stall timeout.
+        """
+        async with self._stream("repo/gc", [("quiet", "true")], read_timeout=timeout) as response:
             await response.aread()
 
 
@@ -485,3 +489,6 @@ class KuboPublisher:
     async def remove(self, cid: str) -> None:
         with suppress(NotFound):
             await self.client.pin_rm(cid)
+
+    async def collect_garbage(self) -> None:
+        await self.client.repo_gc(timeout=GC_TIMEOUT)

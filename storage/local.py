@@ -95,6 +95,9 @@ class LocalPublisher:
         if path is not None:
             await trio.to_thread.run_sync(_remove, path)
 
+    async def collect_garbage(self) -> None:
+        """Nothing to do: ``remove`` deleted the files."""
+
 
 class LocalInput:
     """Fetches ``ipfs://CID[/path]`` (and ``/ipfs/…``, bare CIDs) from a ``LocalPublisher``'s store.

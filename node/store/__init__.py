@@ -1,5 +1,5 @@
 """SQLite persistence for a node: jobs, executions and the append-only event log."""
 
-from node.store.db import Store, StoreClosed, StoreStatistics
+from node.store.db import ExpiredRecords, Store, StoreClosed, StoreStatistics
 
-__all__ = ["Store", "StoreClosed", "StoreStatistics"]
+__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics"]

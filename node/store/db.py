@@ -15,13 +15,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
+from jobs.sweep import IndexRecord, Sweep
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,6 +68,35 @@ CREATE TABLE IF NOT EXISTS result_cache (
     result TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache(job_id);  -- forgetting a job's entries (TTL)
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revision INTEGER NOT NULL,
+    idempotency_key TEXT,
+    request_digest TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS sweeps_idempotency ON sweeps(owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sweep_indexes (
+    sweep_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    node_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    updated_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (sweep_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS published (  -- compute side: results of sweep indexes this node published
+    cid TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reputation (
     peer TEXT PRIMARY KEY,
     accepted INTEGER NOT NULL,
@@ -89,6 +119,30 @@ class StoreStatistics:
     writes: int
     stale: int
     queued: int
+
+
+@dataclass(frozen=True)
+class ExpiredRecords:
+    """What ``Store.expired_records`` found: finished records past their time to live.
+
+    Deleting a job takes its requester-side executions, events and result-cache entries with it;
+    a sweep its indexes and events; a compute-side execution its compute-side events.
+    """
+
+    jobs: list[Job] = field(default_factory=list)  # requester side
+    sweeps: list[Sweep] = field(default_factory=list)
+    sweep_cids: list[str] = field(default_factory=list)  # results the sweeps' indexes name
+    executions: list[Execution] = field(default_factory=list)  # compute side
+    published: list[str] = field(default_factory=list)  # compute side: CIDs from the published table
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.sweeps) + len(self.executions) + len(self.published)
+
+    def cids(self) -> list[str]:
+        """Results these records still hold (not yet removed by retention), each once."""
+        held = [r.result.cid for r in [*self.jobs, *self.executions]
+                if r.result is not None and r.result.cid and r.results_removed_at is None]
+        return list(dict.fromkeys([*held, *self.sweep_cids, *self.published]))
 
 
 class _Write:
@@ -254,6 +308,110 @@ class Store:
 
         await self._write(op)
 
+    async def save_sweep(
+        self,
+        *,
+        new_sweep: Sweep | None = None,
+        sweep: Sweep | None = None,
+        indexes: Sequence[IndexRecord] = (),
+        events: Sequence[Event] = (),
+        idempotency_key: str | None = None,
+        request_digest: str = "",
+        end_unfinished: tuple[JobState, str] | None = None,
+    ) -> None:
+        """A new sweep (with a row per index, in the sweep's own state), or an update of one
+        (revision-guarded, like ``save``) and of some of its indexes, in one transaction.
+
+        ``end_unfinished``: (state, reason) for every index still pending or running — how a
+        cancelled or won sweep ends the rest without a row each in memory.
+        """
+        srow = None
+        if new_sweep is not None:
+            srow = (new_sweep.id, new_sweep.owner, new_sweep.state.value, new_sweep.created_at, new_sweep.revision,
+                    idempotency_key, request_digest, new_sweep.model_dump_json())
+        target = new_sweep or sweep
+        supd = (sweep.state.value, sweep.revision, sweep.model_dump_json(), sweep.id, sweep.revision - 1) \
+            if sweep is not None else None
+        irows = [(x.state.value, x.node_id, x.reason, x.attempts, x.result.model_dump_json() if x.result else None,
+                  x.updated_at, target.id, x.index) for x in indexes] if target is not None else []
+        erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, "requester") for e in events]
+
+        def op(conn: sqlite3.Connection) -> None:
+            if srow:
+                conn.execute("INSERT INTO sweeps (id, owner, state, created_at, revision, idempotency_key,"
+                             " request_digest, body) VALUES (?,?,?,?,?,?,?,?)", srow)
+                conn.executemany("INSERT INTO sweep_indexes (sweep_id, idx, state, reason) VALUES (?,?,?,?)",
+                                 ((srow[0], i, srow[2], new_sweep.reason if new_sweep.state.is_terminal else "")
+                                  for i in range(new_sweep.count)))
+            if supd and conn.execute(
+                "UPDATE sweeps SET state=?, revision=?, body=? WHERE id=? AND revision=?", supd
+            ).rowcount != 1:
+                raise StaleState(f"sweep {supd[3]}: stored revision is not {supd[4]}")
+            if irows:
+                conn.executemany("UPDATE sweep_indexes SET state=?, node_id=?, reason=?, attempts=?, result=?,"
+                                 " updated_at=? WHERE sweep_id=? AND idx=?", irows)
+            if erows:
+                conn.executemany("INSERT INTO events (job_id, at, kind, execution_id, node_id, message, side)"
+                                 " VALUES (?,?,?,?,?,?,?)", erows)
+
+        await self._write(op)
+
+    async def add_published(self, cids: Sequence[str], at: float) -> None:
+        """Remember results this node published outside an execution record, so retention finds them."""
+        rows = [(cid, at) for cid in cids]
+        await self._write(lambda c: c.executemany("INSERT OR IGNORE INTO published (cid, at) VALUES (?,?)", rows))
+
+    # -- sweeps (reads) ----------------------------------------------------------------------------
+
+    async def get_sweep(self, sweep_id: str) -> Sweep | None:
+        row = await self._read(lambda c: c.execute("SELECT body FROM sweeps WHERE id=?", (sweep_id,)).fetchone())
+        return Sweep.model_validate_json(row[0]) if row else None
+
+    async def find_idempotent_sweep(self, owner: str, key: str) -> tuple[Sweep, str] | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT body, request_digest FROM sweeps WHERE owner=? AND idempotency_key=?", (owner, key)).fetchone())
+        return (Sweep.model_validate_json(row[0]), row[1]) if row else None
+
+    async def list_sweeps(self, *, owner: str, limit: int, offset: int) -> tuple[list[Sweep], int]:
+        def q(c: sqlite3.Connection) -> tuple[list[Sweep], int]:
+            total = c.execute("SELECT count(*) FROM sweeps WHERE owner=?", (owner,)).fetchone()[0]
+            rows = c.execute("SELECT body FROM sweeps WHERE owner=? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                             (owner, limit, offset)).fetchall()
+            return [Sweep.model_validate_json(r[0]) for r in rows], total
+
+        return await self._read(q)
+
+    async def live_sweeps(self) -> list[Sweep]:
+        marks = ",".join("?" * len(_LIVE_JOB_STATES))
+        rows = await self._read(
+            lambda c: c.execute(f"SELECT body FROM sweeps WHERE state IN ({marks})", _LIVE_JOB_STATES).fetchall())
+        return [Sweep.model_validate_json(r[0]) for r in rows]
+
+    async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
+        """(index, state, reason, attempts, node) of every index, in index order."""
+        rows = await self._read(lambda c: c.execute(
+            "SELECT idx, state, reason, attempts, node_id FROM sweep_indexes WHERE sweep_id=? ORDER BY idx",
+            (sweep_id,)).fetchall())
+        return [(i, JobState(s), r, a, n) for i, s, r, a, n in rows]
+
+    async def sweep_indexes(self, sweep_id: str, *, state: JobState | None = None, first: int = 0,
+                            limit: int = 1000) -> tuple[list[IndexRecord], int]:
+        """Index records from ``first`` on (in index order), and how many match ``state`` in all."""
+        where, args = "sweep_id=?", [sweep_id]
+        if state is not None:
+            where += " AND state=?"
+            args.append(state.value)
+
+        def q(c: sqlite3.Connection) -> tuple[list[IndexRecord], int]:
+            total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
+            rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, result, updated_at FROM sweep_indexes"
+                             f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
+            return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, updated_at=u,
+                                result=RunResult.model_validate_json(res) if res else None)
+                    for i, s, n, r, a, res, u in rows], total
+
+        return await self._read(q)
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -375,3 +533,80 @@ class Store:
             for r in rows
         ]
 
+
+    # -- time to live ----------------------------------------------------------------------------
+
+    async def expired_records(self, before: float, limit: int = 200) -> ExpiredRecords:
+        """Finished jobs and sweeps (requester), finished executions (compute) last updated before
+        ``before``, and published results recorded before it: at most ``limit`` of each kind."""
+        terminal_jobs = tuple(s.value for s in JobState if s.is_terminal)
+        terminal_ex = tuple(s.value for s in ExecutionState if s.is_terminal)
+        jmarks, xmarks = ",".join("?" * len(terminal_jobs)), ",".join("?" * len(terminal_ex))
+
+        def q(c: sqlite3.Connection) -> ExpiredRecords:
+            # created_at <= updated_at: the column narrows the scan before any JSON is parsed
+            jobs = c.execute(f"SELECT body FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
+                             " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+                             (*terminal_jobs, before, before, limit)).fetchall()
+            sweeps = [Sweep.model_validate_json(r[0]) for r in c.execute(
+                f"SELECT body FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
+                " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+                (*terminal_jobs, before, before, limit)).fetchall()]
+            sweep_cids = [r[0] for s in sweeps for r in c.execute(
+                "SELECT json_extract(result, '$.cid') FROM sweep_indexes WHERE sweep_id=? AND result IS NOT NULL"
+                " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
+            executions = c.execute(f"SELECT body FROM executions WHERE side='compute' AND state IN ({xmarks})"
+                                   " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+                                   (*terminal_ex, before, limit)).fetchall()
+            return ExpiredRecords(jobs=[Job.model_validate_json(r[0]) for r in jobs], sweeps=sweeps,
+                                  sweep_cids=sweep_cids,
+                                  executions=[Execution.model_validate_json(r[0]) for r in executions],
+                                  published=_published_before(c, before, limit))
+
+        return await self._read(q)
+
+    async def delete_records(self, records: ExpiredRecords) -> int:
+        """Delete ``records`` and what hangs off them, in one transaction; returns how many of them
+        went. A record updated since it was read (another revision) stays, with its children."""
+        deleted = 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            nonlocal deleted
+            n = 0
+            for job in records.jobs:
+                if conn.execute("DELETE FROM jobs WHERE id=? AND revision=?", (job.id, job.revision)).rowcount:
+                    n += 1
+                    conn.execute("DELETE FROM executions WHERE side='requester' AND job_id=?", (job.id,))
+                    conn.execute("DELETE FROM events WHERE job_id=? AND side='requester'", (job.id,))
+                    conn.execute("DELETE FROM result_cache WHERE job_id=?", (job.id,))
+            for sweep in records.sweeps:
+                if conn.execute("DELETE FROM sweeps WHERE id=? AND revision=?", (sweep.id, sweep.revision)).rowcount:
+                    n += 1
+                    conn.execute("DELETE FROM sweep_indexes WHERE sweep_id=?", (sweep.id,))
+                    conn.execute("DELETE FROM events WHERE job_id=? AND side='requester'", (sweep.id,))
+            for ex in records.executions:
+                if conn.execute("DELETE FROM executions WHERE side='compute' AND id=? AND revision=?",
+                                (ex.id, ex.revision)).rowcount:
+                    n += 1
+                    conn.execute("DELETE FROM events WHERE job_id=? AND side='compute' AND execution_id=?",
+                                 (ex.job_id, ex.id))
+            n += _delete_published(conn, records.published)
+            deleted = n  # set last: a failed transaction deleted nothing
+
+        await self._write(op)
+        return deleted
+
+    async def expired_published(self, before: float, limit: int = 200) -> list[str]:
+        """CIDs in the published table recorded before ``before`` (results retention)."""
+        return await self._read(lambda c: _published_before(c, before, limit))
+
+    async def delete_published(self, cids: Sequence[str]) -> None:
+        await self._write(lambda c: _delete_published(c, cids))
+
+
+def _published_before(c: sqlite3.Connection, before: float, limit: int) -> list[str]:
+    return [r[0] for r in c.execute("SELECT cid FROM published WHERE at < ? LIMIT ?", (before, limit)).fetchall()]
+
+
+def _delete_published(c: sqlite3.Connection, cids: Sequence[str]) -> int:
+    return c.executemany("DELETE FROM published WHERE cid=?", [(cid,) for cid in cids]).rowcount
