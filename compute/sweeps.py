@@ -17,7 +17,7 @@ import base64
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,6 +54,7 @@ class _Claim:
     work: trio.Event = field(default_factory=trio.Event)  # indexes arrived for the workers
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     exhausted: bool = False  # the requester had nothing left when we last asked
+    stopped: int = 0  # running indexes stopped because the requester ended the claim
     last_sent: float = 0.0
     last_answer: float = 0.0
 
@@ -82,6 +83,7 @@ class SweepClaims:
         self.clock = clock
         self._claims: dict[str, _Claim] = {}  # sweep id -> our claim on it
         self._waiting: dict[str, tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
+        self._ended: OrderedDict[str, int] = OrderedDict()  # recent claims ended by the requester -> stopped
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -131,12 +133,14 @@ class SweepClaims:
         """The requester ended the sweep: stop this claim now. None: not one of our claims."""
         claim = self._claims.get(msg.job_id)
         if claim is None or claim.claim_id != msg.execution_id:
+            if msg.execution_id in self._ended:  # the reply to a report ended it first
+                return Reply(stopped=self._ended[msg.execution_id])
             return None
         if claim.ann.requester != peer:
             return Reply(ok=False, reason="only the sweep's requester may do that")
-        stopped = len(claim.running)
+        claim.stopped = len(claim.running)
         claim.scope.cancel()
-        return Reply(stopped=stopped)
+        return Reply(stopped=claim.stopped)
 
     # -- one claim ------------------------------------------------------------------------------------
 
@@ -150,6 +154,9 @@ class SweepClaims:
                     nursery.cancel_scope.cancel()
         finally:
             del self._claims[claim.ann.sweep_id]
+            self._ended[claim.claim_id] = claim.stopped
+            while len(self._ended) > 1000:
+                self._ended.popitem(last=False)
             for holder in claim.slots:
                 self.capacity.release(holder)
             self.released()
@@ -214,6 +221,7 @@ class SweepClaims:
             claim.last_answer = self.clock()
             if reply.verdict == "rejected":
                 log.debug("claim %s ended by the requester: %s", claim.claim_id, reply.reason)
+                claim.stopped = len(claim.running)
                 return
             granted = [i for start, end in reply.ranges for i in range(start, end)]
             claim.queue.extend(granted)

@@ -350,6 +350,10 @@ class Store:
             if irows:
                 conn.executemany("UPDATE sweep_indexes SET state=?, node_id=?, reason=?, attempts=?, result=?,"
                                  " updated_at=? WHERE sweep_id=? AND idx=?", irows)
+            if end_unfinished is not None and target is not None:
+                conn.execute("UPDATE sweep_indexes SET state=?, reason=?, updated_at=? WHERE sweep_id=?"
+                             " AND state IN ('pending', 'running')",
+                             (end_unfinished[0].value, end_unfinished[1], time.time(), target.id))
             if erows:
                 conn.executemany("INSERT INTO events (job_id, at, kind, execution_id, node_id, message, side)"
                                  " VALUES (?,?,?,?,?,?,?)", erows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import AsyncExitStack
 
 import pytest
@@ -159,12 +160,17 @@ async def test_the_first_success_cancels_the_rest_on_every_node(tmp_path):
         assert d.sweep.state is JobState.COMPLETED and d.sweep.winner == 7, d.sweep.reason
         assert d.sweep.counts[JobState.COMPLETED] == 1
         assert d.sweep.counts[JobState.CANCELLED] == 199
+        assert [str(r) for r in d.ranges] == ["0-6 cancelled: sweep completed", "7 completed",
+                                              "8-199 cancelled: sweep completed"]
         with trio.fail_after(3):
             while any(n.compute.sweeps.running() for n in ns):
                 await trio.sleep(0.05)
         events = await ns[0].store.events(s.id)
         reached = {e.node_id for e in events if e.kind is EventKind.CANCELLED and "cancel reached" in e.message}
         assert reached == {"n0", "n1", "n2"}, [e.message for e in events]
+        stopped = sum(int(re.search(r"(\d+) running indexes stopped", e.message).group(1))
+                      for e in events if "cancel reached" in e.message)
+        assert stopped == len(started) - 1  # every index that had started, but the winner, was stopped
         assert len(started) < 200  # the queued indexes never started
 
 
