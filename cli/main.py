@@ -23,7 +23,7 @@ from cli.specs import JobFlags
 from cli.waiting import RunOptions
 
 if TYPE_CHECKING:
-    from jobs.views import JobDescription
+    from jobs.views import JobDescription, SweepDescription
     from shoal import Client
 
 JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]  # jobs.JobState values
@@ -97,13 +97,15 @@ def _client(ctx: typer.Context, timeout: float = 30.0) -> Client:
 def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions,
          context: Path | None = None) -> int:
     """Submit and follow; with ``context``, that directory is packed, stored on the node and
-    given to the job as its working directory (``/context``)."""
-    from cli.specs import build_spec
-    from cli.waiting import submit_and_follow
+    given to the job as its working directory (``/context``). With sweep flags, the job is the
+    template of a sweep, which is submitted and followed instead."""
+    from cli.specs import build_spec, build_sweep
+    from cli.waiting import submit_and_follow, submit_and_follow_sweep
 
     if opts.id_only and opts.json:
         raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
     spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
+    sweep = build_sweep(spec, flags.sweep)  # None: no sweep flags, a single job
     if context is not None:
         from jobs import InputSpec
         from shoal._context import ContextTooLarge, pack_context
@@ -114,6 +116,8 @@ def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunO
             raise CLIError(str(e), code=EXIT_USAGE) from None
         cid = _client(ctx).upload_context(archive)
         spec = spec.model_copy(update={"inputs": [*spec.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
+    if sweep is not None:
+        return submit_and_follow_sweep(_client(ctx), sweep.model_copy(update={"job": spec}), opts)
     return submit_and_follow(_client(ctx), lambda: _client(ctx), spec, opts)
 
 
@@ -218,6 +222,8 @@ def run_noop(ctx: typer.Context, *, flags: JobFlags, opts: RunOptions) -> int:
 
 _Json = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 _JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id (or a unique prefix of it).")]
+_AnyId = Annotated[str, typer.Argument(metavar="ID", help="Job id, or sweep id (s-…), or a unique prefix of one.")]
+_SweepId = Annotated[str, typer.Argument(metavar="ID", help="Sweep id (or a unique prefix of it).")]
 
 
 def _resolve(client: Client, job_id: str) -> str:
@@ -242,6 +248,35 @@ def _describe(client: Client, job_id: str) -> JobDescription:
         if not matches:
             raise
         return client.describe(matches[0])
+
+
+def _is_sweep(some_id: str) -> bool:
+    return some_id.startswith("s-")
+
+
+def _not_a_sweep(some_id: str, instead: str) -> None:
+    if _is_sweep(some_id):
+        raise CLIError(f"{some_id} is a sweep: its indexes have their own {instead}", code=EXIT_USAGE)
+
+
+def _describe_sweep(client: Client, sweep_id: str) -> SweepDescription:
+    """Like ``_describe``: the sweep, found by its full id or a unique prefix of it."""
+    from shoal import NotFound, ShoalAPIError
+
+    try:
+        return client.describe_sweep(sweep_id)
+    except NotFound:
+        try:
+            newest = client.list_sweeps(limit=1000).sweeps
+            matches = [s.id for s in newest if s.id.startswith(sweep_id)]
+        except ShoalAPIError:
+            matches = []
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5])
+            raise CLIError(f"sweep id prefix {sweep_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
+        if not matches:
+            raise
+        return client.describe_sweep(matches[0])
 
 
 @app.command("list")
@@ -269,8 +304,13 @@ def list_jobs(
 
 
 @app.command()
-def describe(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
-    """Show a job: state, why it waits, executions, phase timings."""
+def describe(ctx: typer.Context, job_id: _AnyId, json_: _Json = False) -> None:
+    """Show a job or a sweep: state, why, executions or ranges of indexes, timings."""
+    if _is_sweep(job_id):
+        sweep = _describe_sweep(_client(ctx), job_id)
+        from cli.render import print_json, show, sweep_view
+
+        return print_json(sweep) if json_ else show(sweep_view(sweep, time.time()))
     desc = _describe(_client(ctx), job_id)
     from cli.render import describe_view, print_json, show
 
@@ -288,6 +328,7 @@ def logs(
     stderr: Annotated[bool, typer.Option("--stderr", help="The job's stderr instead of its stdout.")] = False,
 ) -> None:
     """Print a job's stdout (or stderr)."""
+    _not_a_sweep(job_id, "logs: shoal sweep logs ID INDEX")
     client = _client(ctx)
     job_id = _resolve(client, job_id)
     stream = "stderr" if stderr else "stdout"
@@ -309,6 +350,7 @@ def get(
     """Download a job's results (stdout, stderr, exit code, outputs)."""
     from cli.render import short_id
 
+    _not_a_sweep(job_id, "results: shoal sweep get ID INDEX")
     client = _client(ctx)
     job_id = _resolve(client, job_id)
     path = client.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"))
@@ -316,9 +358,11 @@ def get(
 
 
 @app.command()
-def cancel(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
-    """Cancel a job."""
+def cancel(ctx: typer.Context, job_id: _AnyId, json_: _Json = False) -> None:
+    """Cancel a job, or a sweep (every index that has not finished)."""
     client = _client(ctx)
+    if _is_sweep(job_id):
+        return _cancel_sweep(client, job_id, json_)
     before = _describe(client, job_id)
     desc = client.cancel(before.job.id)
     if json_:
@@ -338,14 +382,14 @@ def cancel(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
 
 
 @app.command()
-def events(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
-    """Print a job's events until it ends (--json: JSON lines)."""
+def events(ctx: typer.Context, job_id: _AnyId, json_: _Json = False) -> None:
+    """Print a job's (or sweep's) events until it ends (--json: JSON lines)."""
     import json
 
     from cli.render import event_line
 
     client = _client(ctx)
-    job_id = _resolve(client, job_id)
+    job_id = _describe_sweep(client, job_id).sweep.id if _is_sweep(job_id) else _resolve(client, job_id)
     start: float | None = None
     for event in client.events(job_id):
         if json_:
@@ -353,6 +397,138 @@ def events(ctx: typer.Context, job_id: _JobId, json_: _Json = False) -> None:
             continue
         start = event.at if start is None else start
         print(event_line(event, start), flush=True)
+
+
+# ------------------------------------------------------------------------------------ sweeps
+
+sweep_app = typer.Typer(help="Sweeps of many jobs, made by run … --param K=V1,V2.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(sweep_app, name="sweep")
+_Index = Annotated[int, typer.Argument(metavar="INDEX", min=0, help="Index of the sweep (0, 1, …).")]
+
+
+def _cancel_sweep(client: Client, sweep_id: str, json_: bool) -> None:
+    before = _describe_sweep(client, sweep_id)
+    desc = client.cancel_sweep(before.sweep.id)
+    if json_:
+        from cli.render import print_json
+
+        return print_json(desc)
+    sweep = desc.sweep
+    if before.sweep.state.is_terminal:
+        print(f"Sweep {sweep.id} already {before.sweep.state}; nothing to cancel")
+    elif sweep.state == "cancelled":
+        print(f"Sweep {sweep.id} cancelled")
+    elif sweep.state.is_terminal:
+        print(f"Sweep {sweep.id} {sweep.state} before it could be cancelled")
+    else:
+        print(f"Sweep {sweep.id} is being cancelled (now {sweep.state})")
+    return None
+
+
+@sweep_app.command("list")
+def sweep_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many.")] = 50,
+    json_: _Json = False,
+) -> None:
+    """List your sweeps, newest first."""
+    result = _client(ctx).list_sweeps(limit=limit)
+    from cli.render import print_json, show, sweeps_table
+
+    if json_:
+        return print_json(result)
+    if not result.sweeps:
+        print("No sweeps.", file=sys.stderr)
+        return None
+    show(sweeps_table(result.sweeps, time.time()))
+    if result.total > len(result.sweeps):
+        print(f"Showing {len(result.sweeps)} of {result.total} sweeps (use --limit).", file=sys.stderr)
+    return None
+
+
+@sweep_app.command("indexes")
+def sweep_indexes(
+    ctx: typer.Context,
+    sweep_id: _SweepId,
+    state: Annotated[JobStateName | None, typer.Option("--state", help="Only indexes in this state.")] = None,
+    first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=10_000, help="At most this many.")] = 100,
+    json_: _Json = False,
+) -> None:
+    """Indexes of a sweep in order: state, node, exit code, parameters, reason."""
+    client = _client(ctx)
+    desc = _describe_sweep(client, sweep_id)
+    result = client.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
+    from cli.render import indexes_table, print_json, show
+
+    if json_:
+        return print_json(result)
+    if not result.indexes:
+        print(f"No {state + ' ' if state else ''}indexes" + (f" from {first} on." if first else "."), file=sys.stderr)
+        return None
+    show(indexes_table(result.indexes, desc.sweep.spec))
+    if len(result.indexes) == limit:
+        after = result.indexes[-1].index + 1
+        print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
+              f"more with --first {after}.", file=sys.stderr)
+    return None
+
+
+@sweep_app.command("retry", context_settings=_SETTINGS)
+def sweep_retry(
+    ctx: typer.Context,
+    sweep_id: _SweepId,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the sweep to its end.")] = True,
+    wait_timeout: Annotated[float | None, typer.Option("--wait-timeout", metavar="SECONDS",
+        help="Stop waiting after this long (exit 124; the sweep goes on).")] = None,
+    id_only: Annotated[bool, typer.Option("--id-only", help="Print only the sweep id.")] = False,
+    json_: _Json = False,
+) -> int:  # fmt: skip
+    """Run a sweep's failed indexes again (a failed sweep runs again), then follow it."""
+    from cli.waiting import follow_sweep
+    from jobs import JobState
+
+    if id_only and json_:
+        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+    client = _client(ctx)
+    before = _describe_sweep(client, sweep_id)
+    desc = client.retry_sweep(before.sweep.id)
+    failed = before.sweep.counts.get(JobState.FAILED, 0)
+    message = (f"Sweep {desc.sweep.id}: {failed} failed indexes put back to run" if failed
+               else f"Sweep {desc.sweep.id} has no failed indexes; nothing to retry")
+    opts = RunOptions(wait=wait, wait_timeout=wait_timeout, id_only=id_only, json=json_)
+    return follow_sweep(client, desc, opts, message)
+
+
+@sweep_app.command("get")
+def sweep_get(
+    ctx: typer.Context,
+    sweep_id: _SweepId,
+    index: _Index,
+    dest: Annotated[Path | None, typer.Argument(metavar="DEST",
+        help="Where to put the results (default: ./sweep-<id>-<index>).")] = None,
+) -> None:  # fmt: skip
+    """Download one index's results (stdout, stderr, exit code, outputs)."""
+    from cli.render import short_id
+
+    client = _client(ctx)
+    sweep_id = _describe_sweep(client, sweep_id).sweep.id
+    path = client.download_index(sweep_id, index, dest or Path(f"sweep-{short_id(sweep_id)}-{index}"))
+    print(path)
+
+
+@sweep_app.command("logs")
+def sweep_logs(
+    ctx: typer.Context,
+    sweep_id: _SweepId,
+    index: _Index,
+    stderr: Annotated[bool, typer.Option("--stderr", help="The index's stderr instead of its stdout.")] = False,
+) -> None:
+    """Print one index's stdout (or stderr)."""
+    client = _client(ctx)
+    sweep_id = _describe_sweep(client, sweep_id).sweep.id
+    sys.stdout.write(client.index_logs(sweep_id, index, "stderr" if stderr else "stdout"))
 
 
 # ---------------------------------------------------------------------------------- network
@@ -465,6 +641,8 @@ def serve(
         help="Report wrong results (to test verification).")] = False,
     retention: Annotated[float | None, typer.Option("--retention", metavar="SECONDS", min=1,
         help="Unpin results this long after a job ends (default 7 days).")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
+        help="Delete finished jobs, sweeps and their results this long after they end (default 30 days).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -485,6 +663,7 @@ def serve(
         allow_private_urls=allow_private_urls,
         bad_actor=bad_actor,
         retention=retention,
+        ttl=ttl,
     )
     from node.daemon import main as run_node
 
@@ -504,6 +683,10 @@ def devstack(
         help="One Kubo (IPFS) daemon per node (default: when Kubo is installed).")] = None,
     bad_actors: Annotated[int, typer.Option("--bad-actors", metavar="M", min=0,
         help="The last M nodes report wrong results (to watch verification).")] = 0,
+    retention: Annotated[float | None, typer.Option("--retention", metavar="SECONDS", min=1,
+        help="Every node's --retention (results unpinned after).")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
+        help="Every node's --ttl (finished jobs and sweeps deleted after).")] = None,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
@@ -521,6 +704,9 @@ def devstack(
         extra["kubo"] = kubo
     if bad_actors:
         extra["bad_actors"] = bad_actors
+    serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else [])]
+    if serve_args:
+        extra["extra_args"] = serve_args
     with stop_on_signals():
         run_stack(nodes=nodes, noop=noop, **extra)
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
 
-from cli.specs import JobFlags
+from cli.specs import JobFlags, SweepFlags
 from cli.waiting import RunOptions
 
 _JOB = "Job"  # help panel
+_SWEEP = "Sweep"
 _AFTER = "After submitting"
 
 
@@ -45,15 +47,29 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Matching results needed to verify (0: no check).")], None),
     ("min_bids", Annotated[int | None, _opt("--min-bids", metavar="N",
         help="Bids to wait for before choosing.")], None),
+    ("params", Annotated[list[str] | None, _opt("--param", metavar="KEY=V1,V2,...", panel=_SWEEP,
+        help="Run the job once per value (a sweep; $KEY holds the value). Repeatable: every combination.")], None),
+    ("sweep_file", Annotated[str | None, _opt("--sweep", metavar="FILE", panel=_SWEEP,
+        help="Sweep from a YAML/JSON file: grid, zip, items, shard_inputs, shard_path, success, "
+             "success_output.")], None),
+    ("shard_inputs", Annotated[int | None, _opt("--shard-inputs", metavar="N", min=1, panel=_SWEEP,
+        help="Split the --input directory into N shards, one per index ($SHOAL_SHARD).")], None),
+    ("shard_path", Annotated[str | None, _opt("--shard-path", metavar="PATH", panel=_SWEEP,
+        help="The input to shard, by mount path (needed with several inputs).")], None),
+    ("success", Annotated[Literal["all", "any"] | None, _opt("--success", panel=_SWEEP,
+        help="all: every index must succeed (default); any: the first success wins, the rest stop.")], None),
+    ("success_output", Annotated[str | None, _opt("--success-output", metavar="NAME", panel=_SWEEP,
+        help="With --success any: a success must also write something to this --output.")], None),
     ("wait", Annotated[bool, _opt("--wait/--no-wait", panel=_AFTER,
-        help="Wait for the job to finish, then print its stdout.")], True),
+        help="Wait for the job (or sweep) to finish, then print its stdout (a sweep: its ranges).")], True),
     ("wait_timeout", Annotated[float | None, _opt("--wait-timeout", metavar="SECONDS", panel=_AFTER,
         help="Stop waiting after this long (exit 124; the job goes on).")], None),
     ("id_only", Annotated[bool, _opt("--id-only", panel=_AFTER,
-        help="Print only the job id (at once), then wait quietly unless --no-wait.")], False),
-    ("json_", Annotated[bool, _opt("--json", panel=_AFTER, help="Print the job description as JSON.")], False),
+        help="Print only the job (or sweep) id (at once), then wait quietly unless --no-wait.")], False),
+    ("json_", Annotated[bool, _opt("--json", panel=_AFTER,
+        help="Print the job (or sweep) description as JSON.")], False),
     ("idempotency_key", Annotated[str | None, _opt("--idempotency-key", metavar="KEY", panel=_AFTER,
-        help="Submitting again with the same key returns the same job.")], None),
+        help="Submitting again with the same key returns the same job (or sweep).")], None),
     ("cache", Annotated[bool, _opt("--cache/--no-cache", panel=_AFTER,
         help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
@@ -70,7 +86,15 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         values = {name: kwargs.pop(name) for name, _, _ in _SHARED}
         for repeatable in ("inputs", "outputs", "env"):
             values[repeatable] = values[repeatable] or []
-        flags = JobFlags(**{k: values[k] for k in _FLAG_NAMES})
+        sweep = SweepFlags(
+            params=values["params"] or [],
+            file=None if values["sweep_file"] is None else Path(values["sweep_file"]),
+            shard_inputs=values["shard_inputs"],
+            shard_path=values["shard_path"],
+            success=values["success"],
+            success_output=values["success_output"],
+        )
+        flags = JobFlags(**{k: values[k] for k in _FLAG_NAMES}, sweep=sweep)
         opts = RunOptions(
             wait=values["wait"],
             wait_timeout=values["wait_timeout"],

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from jobs import Event, JobSpec, Resources
     from jobs.model import Job
-    from jobs.views import JobDescription, NodeList, NodeStatus
+    from jobs.sweep import IndexRecord, Sweep, SweepSpec
+    from jobs.views import JobDescription, NodeList, NodeStatus, SweepDescription
 
 _PIPE_WIDTH = 200  # a pipe has no width; rich would assume 80 and squeeze the columns
 _STATE_STYLE = {
@@ -128,6 +129,131 @@ def status_line(job_id: str, state: str, reason: str, width: int = 200) -> Text:
     line = Text.from_markup(f"[bold]{short_id(job_id)}[/] {state_text(state)}{tail}")
     line.truncate(width, overflow="ellipsis")
     return line
+
+
+def sweep_counts(sweep: Sweep) -> str:
+    """``812/10000 completed · 3 failed · 40 running``: progress first, then what else is not pending."""
+    counts = {str(state): n for state, n in sweep.counts.items()}
+    parts = [f"{counts.get('completed', 0)}/{sweep.count} completed"]
+    parts += [f"{counts[s]} {s}" for s in ("failed", "cancelled", "running") if counts.get(s)]
+    return " · ".join(parts)
+
+
+def sweep_status_line(sweep: Sweep, width: int = 200) -> Text:
+    """The live line while a sweep runs: ``s-1a2b3c4d5e6 running  812/10000 completed · 3 failed``."""
+    from rich.text import Text
+
+    line = Text.from_markup(f"[bold]{short_id(sweep.id)}[/] {state_text(sweep.state)}  {sweep_counts(sweep)}")
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def range_lines(desc: SweepDescription, limit: int = 20) -> list[str]:
+    """The ranges of indexes per state, one per line; the rest counted, not listed."""
+    ranges = desc.ranges
+    lines = [f"  {_clip(str(r), 160)}" for r in ranges[:limit]]
+    more = len(ranges) - limit
+    if more > 0 or desc.ranges_truncated:
+        lines.append(f"  … {'and more' if desc.ranges_truncated else f'{more} more'} ranges: "
+                     f"shoal sweep indexes {desc.sweep.id}")
+    return lines
+
+
+def sweep_params(spec: SweepSpec) -> str:
+    """What varies across the indexes, in one line: ``grid x(3) y(2) · 4 shards``."""
+    parts = []
+    if spec.grid:
+        parts.append("grid " + " ".join(f"{k}({len(v)})" for k, v in spec.grid.items()))
+    if spec.zip:
+        parts.append(f"zip {', '.join(spec.zip)} ({len(next(iter(spec.zip.values())))})")
+    if spec.items:
+        parts.append(f"items {', '.join(spec.items[0])} ({len(spec.items)})")
+    if spec.shard_inputs:
+        parts.append(f"{spec.shard_inputs} shards" + (f" of {spec.shard_path}" if spec.shard_path else ""))
+    return " · ".join(parts)
+
+
+def index_values(spec: SweepSpec, index: int) -> str:
+    """``x=1 y=a``: the parameters of one index (as its environment has them)."""
+    try:
+        values = spec.values(index)
+    except IndexError:
+        return ""
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
+    from rich.console import Group
+    from rich.markup import escape
+
+    sweep, spec = desc.sweep, desc.sweep.spec
+    info = _grid()
+    info.add_row("Sweep", sweep.id)
+    info.add_row("State", state_text(sweep.state))
+    if sweep.reason:
+        info.add_row("Reason", escape(sweep.reason))
+    info.add_row("Engine", escape(engine_summary(spec.job)))
+    info.add_row("Indexes", f"{sweep.count}: {escape(sweep_params(spec))}")
+    info.add_row("Success", spec.success + (f" (output {spec.success_output!r} not empty)"
+                                            if spec.success_output else ""))
+    if sweep.winner is not None:
+        info.add_row("Winner", f"index {sweep.winner} ({escape(index_values(spec, sweep.winner))})")
+    info.add_row("Resources", fmt_resources(spec.job.resources))
+    info.add_row("Submitted", f"{fmt_age(now - sweep.created_at)} ago")
+    if sweep.requester:
+        info.add_row("Requester", sweep.requester)
+    info.add_row("Owner", sweep.owner)
+    parts: list[RenderableType] = [info, ""]
+
+    counts = _table("STATE", "INDEXES", title="Counts")
+    order = ("completed", "failed", "cancelled", "running", "pending")
+    for state, n in sorted(sweep.counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
+        if n:
+            counts.add_row(state_text(state), str(n))
+    parts += [counts, ""]
+
+    if desc.ranges:
+        table = _table("INDEXES", "STATE", "REASON", title="Ranges")
+        for r in desc.ranges:
+            span = str(r.first) if r.first == r.last else f"{r.first}-{r.last}"
+            table.add_row(span, state_text(r.state), escape(r.reason))
+        parts.append(table)
+        if desc.ranges_truncated:
+            parts.append(f"More ranges than shown: shoal sweep indexes {sweep.id}")
+    return Group(*parts)
+
+
+def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
+    from rich.markup import escape
+
+    table = _table("ID", "ENGINE", "STATE", "INDEXES", "PROGRESS", "AGE")
+    for sweep in sweeps:
+        table.add_row(
+            short_id(sweep.id),
+            escape(_clip(engine_summary(sweep.spec.job), 40)),
+            state_text(sweep.state),
+            str(sweep.count),
+            sweep_counts(sweep),
+            fmt_age(now - sweep.created_at),
+        )
+    return table
+
+
+def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
+    from rich.markup import escape
+
+    table = _table("INDEX", "STATE", "NODE", "EXIT", "ATTEMPTS", "PARAMETERS", "REASON")
+    for r in records:
+        table.add_row(
+            str(r.index),
+            state_text(r.state),
+            short_peer(r.node_id) if r.node_id else "",
+            "" if r.result is None else str(r.result.exit_code),
+            str(r.attempts),
+            escape(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
+            escape(r.reason),
+        )
+    return table
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:
@@ -246,7 +372,7 @@ def _table(*columns: str, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.title, table.title_justify, table.title_style = title, "left", "bold"
     for name in columns:
-        table.add_column(name, no_wrap=name in ("ID", "NODE", "STATE", "AGE"), overflow="fold")
+        table.add_column(name, no_wrap=name in ("ID", "NODE", "STATE", "AGE", "INDEX", "INDEXES"), overflow="fold")
     return table
 
 

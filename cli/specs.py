@@ -1,4 +1,5 @@
-"""Job flags from the command line → a validated ``jobs.JobSpec``.
+"""Job flags from the command line → a validated ``jobs.JobSpec`` (and, with any sweep flag, a
+``jobs.sweep.SweepSpec`` around it).
 
 Every problem is reported at once, one line each, naming both the spec field and the flag
 that sets it, so a user fixes all of them in one go.
@@ -13,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 from cli.errors import EXIT_USAGE, CLIError
 
 if TYPE_CHECKING:  # imported when used: pydantic and the job model are slow to import
+    from pathlib import Path
+
     from pydantic import ValidationError
 
     from jobs import JobSpec
+    from jobs.sweep import SweepSpec
 
 # Spec field (dotted) → the flag that sets it, for error messages.
 _FLAGS = {
@@ -34,6 +38,24 @@ _FLAGS = {
 
 
 @dataclass(frozen=True)
+class SweepFlags:
+    """The flags that turn a run into a sweep; all unset (the default) means a single job."""
+
+    params: list[str] = field(default_factory=list)  # --param KEY=V1,V2,...
+    file: Path | None = None  # --sweep FILE
+    shard_inputs: int | None = None
+    shard_path: str | None = None
+    success: str | None = None  # "all" | "any"
+    success_output: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.params) or any(
+            v is not None
+            for v in (self.file, self.shard_inputs, self.shard_path, self.success, self.success_output)
+        )
+
+
+@dataclass(frozen=True)
 class JobFlags:
     """The spec-shaping flags shared by every run command, as typed on the command line."""
 
@@ -47,6 +69,7 @@ class JobFlags:
     concurrency: int | None = None
     confidence: int | None = None
     min_bids: int | None = None
+    sweep: SweepFlags = field(default_factory=SweepFlags)
 
 
 def split_input(value: str) -> tuple[str, str]:
@@ -130,5 +153,177 @@ def validation_lines(exc: ValidationError) -> list[str]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        lines.append(f"{dotted} ({flag}): {message}" if flag else f"{dotted}: {message}")
+    return lines
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+
+# What a --sweep file may hold: the sweep spec's fields except the job, which the command builds.
+SWEEP_FILE_KEYS = ("grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output")
+# Sweep spec field → the flag(s) that set it, for error messages.
+_SWEEP_FLAGS = {
+    "grid": "--param/--sweep",
+    "zip": "--sweep",
+    "items": "--sweep",
+    "shard_inputs": "--shard-inputs",
+    "shard_path": "--shard-path",
+    "success": "--success",
+    "success_output": "--success-output",
+}
+# The sweep spec's own checks come as one message of "; "-separated problems; each is told
+# apart by how it starts, and named by the flag that fixes it.
+_SWEEP_PROBLEMS = (
+    ("invalid parameter names", "--param/--sweep"),
+    ("SHOAL_", "--param/--sweep"),
+    ("a parameter is given twice", "--param/--sweep"),
+    ("zip:", "--sweep"),
+    ("items:", "--sweep"),
+    ("a sweep runs each index once", "--concurrency/--confidence/--min-bids"),
+    ("shard_inputs:", "--shard-inputs/--shard-path"),
+    ("shard_path:", "--shard-path"),
+    ("success_output", "--success-output"),
+    ("a sweep needs parameters", "--param/--sweep/--shard-inputs"),
+)
+
+
+def split_param(value: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2,...`` → (KEY, [V1, V2, ...]): one axis of the grid."""
+    key, sep, values = value.partition("=")
+    if not sep or not key.strip():
+        raise CLIError(f"--param {value!r}: expected KEY=V1,V2,…, e.g. --param lr=0.1,0.01", code=EXIT_USAGE)
+    if not values:
+        raise CLIError(f"--param {value!r}: give at least one value after '=', e.g. {key}=1,2,3", code=EXIT_USAGE)
+    return key, values.split(",")
+
+
+def load_sweep_file(path: Path) -> dict[str, Any]:
+    """A ``--sweep`` file (YAML or JSON: JSON is YAML too) → the sweep spec's fields, values as text."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CLIError(f"--sweep {path}: cannot read it ({e.strerror or e})", code=EXIT_USAGE) from None
+    data = _parse_yaml_or_json(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CLIError(f"--sweep {path}: expected a mapping with keys {', '.join(SWEEP_FILE_KEYS)}", code=EXIT_USAGE)
+    problems = []
+    unknown = [str(k) for k in data if k not in SWEEP_FILE_KEYS]
+    if unknown:
+        hint = " (the job comes from the command line)" if "job" in unknown else ""
+        problems.append(f"unknown key(s) {', '.join(unknown)}{hint}; expected {', '.join(SWEEP_FILE_KEYS)}")
+    out: dict[str, Any] = {k: v for k, v in data.items() if k in SWEEP_FILE_KEYS}
+    for axis in ("grid", "zip"):
+        if axis not in out:
+            continue
+        if not isinstance(out[axis], dict):
+            problems.append(f"{axis}: expected a mapping of KEY: [values]")
+            continue
+        for key, values in out[axis].items():
+            if not isinstance(values, list) or not all(_is_scalar(v) for v in values):
+                problems.append(f"{axis}.{key}: expected a list of values, e.g. [1, 2, 3]")
+            else:
+                out[axis][key] = [_text(v) for v in values]
+        out[axis] = {str(k): v for k, v in out[axis].items()}
+    if "items" in out:
+        items = out["items"]
+        if not isinstance(items, list) or not all(
+            isinstance(item, dict) and all(_is_scalar(v) for v in item.values()) for item in items
+        ):
+            problems.append("items: expected a list of mappings of KEY: value, e.g. [{x: 1, y: a}, {x: 2, y: b}]")
+        else:
+            out["items"] = [{str(k): _text(v) for k, v in item.items()} for item in items]
+    if problems:
+        raise CLIError(*(f"--sweep {path}: {p}" for p in problems), code=EXIT_USAGE)
+    return out
+
+
+def _parse_yaml_or_json(text: str, path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError:  # PyYAML is optional: JSON files still work without it
+        import json
+
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError as e:
+            raise CLIError(f"--sweep {path}: not valid JSON ({e}); for YAML files install PyYAML",
+                           code=EXIT_USAGE) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CLIError(f"--sweep {path}: not valid YAML or JSON{at}: {problem}", code=EXIT_USAGE) from None
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _text(value: object) -> str:
+    """A file's value as its environment variable will read: YAML's true → "true", 3 → "3"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def build_sweep(job: JobSpec, flags: SweepFlags) -> SweepSpec | None:
+    """The sweep the flags describe around ``job``; None without sweep flags (a single job).
+
+    Flags add to (``--param``) or override (the rest) what the ``--sweep`` file says.
+    """
+    if not flags:
+        return None
+    from pydantic import ValidationError
+
+    from jobs.sweep import SweepSpec
+
+    data: dict[str, Any] = load_sweep_file(flags.file) if flags.file is not None else {}
+    grid: dict[str, list[str]] = dict(data.get("grid", {}))
+    seen: set[str] = set()
+    for value in flags.params:
+        key, values = split_param(value)
+        if key in seen:
+            raise CLIError(f"--param {key} is given twice: give all its values at once ({key}=V1,V2,…)",
+                           code=EXIT_USAGE)
+        if key in grid:
+            raise CLIError(f"--param {key}: {key} is in the --sweep file's grid already", code=EXIT_USAGE)
+        seen.add(key)
+        grid[key] = values
+    if grid:
+        data["grid"] = grid
+    for name in ("shard_inputs", "shard_path", "success", "success_output"):
+        value = getattr(flags, name)
+        if value is not None:
+            data[name] = value
+    try:
+        return SweepSpec.model_validate({**data, "job": job})
+    except ValidationError as exc:
+        raise CLIError(*sweep_validation_lines(exc), code=EXIT_USAGE) from None
+
+
+def sweep_validation_lines(exc: ValidationError) -> list[str]:
+    """One ``field (--flag): message`` line per problem, like ``validation_lines`` for the job."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        message = err["msg"].removeprefix("Value error, ")
+        if loc[:1] == ["job"]:  # the job was validated on its own already; here only for completeness
+            lines.append(".".join(loc[1:] or ["job"]) + f": {message}")
+            continue
+        if not loc:  # the spec's own checks: "problem; problem; ..."
+            for problem in message.split("; "):
+                flag = next((f for start, f in _SWEEP_PROBLEMS if problem.startswith(start)), None)
+                if flag is None and "indexes: a sweep has at most" in problem:
+                    flag = "--param/--sweep"
+                lines.append(f"sweep ({flag}): {problem}" if flag else f"sweep: {problem}")
+            continue
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        flag = _SWEEP_FLAGS.get(loc[0])
+        dotted = ".".join(loc)
         lines.append(f"{dotted} ({flag}): {message}" if flag else f"{dotted}: {message}")
     return lines

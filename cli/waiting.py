@@ -1,4 +1,4 @@
-"""Submit a job and follow it: live status line, the job's stdout, and the exit code.
+"""Submit a job (or a sweep) and follow it: live status line, the job's stdout, and the exit code.
 
 stdout carries only what a script wants (the job's stdout, its id, or JSON); everything for
 the human (status line, where the results are, errors) goes to stderr, so
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,8 +21,13 @@ if TYPE_CHECKING:
     from rich.status import Status
 
     from jobs import JobSpec
-    from jobs.views import JobDescription
+    from jobs.sweep import SweepSpec
+    from jobs.views import JobDescription, SweepDescription
     from shoal import Client
+
+# While a sweep runs, its description is fetched with ?wait= this long: the node answers at once
+# when the sweep ends, else after this, so the live line moves about once a second or two.
+SWEEP_POLL = 1.5
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,120 @@ def watch(new_client: Callable[[], Client], job_id: str, line: _LiveLine) -> Non
             line.update(job.state, job.reason)
     except Exception:
         return
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+
+
+def submit_and_follow_sweep(client: Client, spec: SweepSpec, opts: RunOptions) -> int:
+    """Submit a sweep; unless ``--no-wait``, follow it to its end. Returns the exit code."""
+    desc = client.submit_sweep(spec, idempotency_key=opts.idempotency_key)
+    return follow_sweep(client, desc, opts, f"Sweep {desc.sweep.id} submitted: {desc.sweep.count} indexes")
+
+
+def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, message: str) -> int:
+    """After a submit (or retry): print the id or ``message``, wait unless ``--no-wait``, report."""
+    sweep_id = desc.sweep.id
+    quiet = opts.id_only or opts.json
+    if opts.id_only:
+        print(sweep_id, flush=True)
+    if not opts.wait:
+        if opts.json:
+            print_json(desc)
+        elif not opts.id_only:
+            print(sweep_id)
+            print(f"{message}; follow it with: shoal describe {sweep_id}", file=sys.stderr)
+        return EXIT_OK
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+    try:
+        desc = wait_sweep(client, desc, opts.wait_timeout, live=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"Interrupted; sweep {sweep_id} goes on (stop it with: shoal cancel {sweep_id})", file=sys.stderr)
+        raise
+    return report_sweep(client, desc, opts)
+
+
+def wait_sweep(client: Client, desc: SweepDescription, timeout: float | None, live: bool) -> SweepDescription:
+    """Wait for the sweep's end (or ``timeout``): the last description seen, terminal or not."""
+    from shoal import WaitTimeout
+
+    sweep_id = desc.sweep.id
+    if desc.sweep.state.is_terminal:
+        return desc
+    if not live:
+        try:
+            return client.wait_sweep(sweep_id, timeout=timeout)
+        except WaitTimeout as exc:
+            return exc.description  # type: ignore[return-value]  # a sweep's: report_sweep says 124
+    from cli.render import console, sweep_status_line
+
+    err = console(stderr=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    width = err.width - 2  # the spinner and a space come first
+    with err.status(sweep_status_line(desc.sweep, width)) as status:
+        while not desc.sweep.state.is_terminal:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            wait = SWEEP_POLL if left is None else min(SWEEP_POLL, left)
+            started = time.monotonic()
+            desc = client.describe_sweep(sweep_id, wait=wait)
+            status.update(sweep_status_line(desc.sweep, width))
+            pause = min(wait, 1.0) - (time.monotonic() - started)  # a node that ignores ?wait is not hammered
+            if pause > 0 and not desc.sweep.state.is_terminal:
+                time.sleep(pause)
+    return desc
+
+
+def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> int:
+    """The outcome: ranges of indexes per state on stderr; with success=any, the winner's stdout."""
+    from cli.render import index_values, range_lines, sweep_counts
+    from jobs import JobState
+
+    sweep = desc.sweep
+    quiet = opts.json or opts.id_only
+    if opts.json:
+        print_json(desc)
+    if not sweep.state.is_terminal:
+        raise CLIError(
+            f"sweep {sweep.id} still {sweep.state} after waiting: {sweep_counts(sweep)}"
+            f" (it goes on: shoal describe {sweep.id})",
+            code=EXIT_TIMEOUT,
+        )
+    if not quiet:
+        print(f"Sweep {sweep.id} {sweep.state}: {sweep_counts(sweep)}", file=sys.stderr)
+        for line in range_lines(desc):
+            print(line, file=sys.stderr)
+    if sweep.state != "completed":
+        if not quiet and sweep.counts.get(JobState.FAILED):
+            print(f"Why: shoal sweep indexes {sweep.id} --state failed; "
+                  f"run them again: shoal sweep retry {sweep.id}", file=sys.stderr)
+        raise CLIError(f"sweep {sweep.id} {sweep.state}: {sweep.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
+    if quiet:
+        return EXIT_OK
+    if sweep.winner is not None:
+        values = index_values(sweep.spec, sweep.winner)
+        print(f"Index {sweep.winner} succeeded first" + (f" ({values})" if values else "") + "; its stdout:",
+              file=sys.stderr, flush=True)
+        sys.stdout.write(index_stdout(client, sweep.id, sweep.winner))
+        sys.stdout.flush()
+        print(f"Its results: shoal sweep get {sweep.id} {sweep.winner}", file=sys.stderr)
+    else:
+        print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; its results: shoal sweep get {sweep.id} INDEX",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def index_stdout(client: Client, sweep_id: str, index: int) -> str:
+    """One index's stdout from the node; its record's copy if that fails."""
+    from shoal import ShoalAPIError
+
+    try:
+        return client.index_logs(sweep_id, index)
+    except ShoalAPIError:
+        try:
+            record = client.sweep_index(sweep_id, index)
+        except ShoalAPIError:
+            return ""
+        return record.result.stdout if record.result else ""

@@ -5,6 +5,8 @@
     with shoal.Client() as client:                    # signs with ~/.shoal/client.key
         job = client.run({"engine": {"name": "python", "code": "print(42)"}}, timeout=60)
         print(job.job.state, client.logs(job.job.id))
+        sweep = client.run_sweep({"job": {"engine": {"name": "noop"}}, "grid": {"x": ["1", "2"]}})
+        print(sweep.sweep.counts, client.index_logs(sweep.sweep.id, 1))
 
 ``import shoal`` is nearly free: the SDK (httpx, pydantic, the job model, cryptography) is
 imported on first use of any name below, so the CLI starts fast. Job model classes are
@@ -30,6 +32,9 @@ __all__ = [
     "EventKind",
     "Execution",
     "ExecutionState",
+    "IndexList",
+    "IndexRange",
+    "IndexRecord",
     "InputSpec",
     "InvalidRequest",
     "Job",
@@ -49,6 +54,10 @@ __all__ = [
     "ServerError",
     "ShoalAPIError",
     "ShoalAuth",
+    "Sweep",
+    "SweepDescription",
+    "SweepList",
+    "SweepSpec",
     "WaitTimeout",
     "WasmEngine",
     "find_api_url",
@@ -91,6 +100,13 @@ _ORIGINS: dict[str, str] = {
     "NodeStatus": "jobs.views",
     "NodeList": "jobs.views",
     "PeerList": "jobs.views",
+    "SweepSpec": "jobs.sweep",
+    "Sweep": "jobs.sweep",
+    "IndexRecord": "jobs.sweep",
+    "IndexRange": "jobs.sweep",
+    "SweepDescription": "jobs.views",
+    "SweepList": "jobs.views",
+    "IndexList": "jobs.views",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ provides these
@@ -109,7 +125,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ pr
         WasmEngine,
     )
     from jobs.states import ExecutionState, JobState
-    from jobs.views import JobDescription, JobList, NodeList, NodeStatus, PeerList
+    from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
+    from jobs.views import (
+        IndexList,
+        JobDescription,
+        JobList,
+        NodeList,
+        NodeStatus,
+        PeerList,
+        SweepDescription,
+        SweepList,
+    )
     from shoal._auth import ClientKey, ShoalAuth
     from shoal._client import AsyncClient, Client, find_api_url
     from shoal._errors import (

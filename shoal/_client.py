@@ -1,7 +1,8 @@
 """``Client`` and ``AsyncClient``: the Python SDK for a Shoal node's REST API.
 
 Both share ``_BaseClient``, which builds every request and parses every response. Operations
-that are a sequence of requests (submit with retries, wait's long-polls, run) are written once
+that are a sequence of requests (submit with retries, wait's long-polls, run, and the same for
+sweeps) are written once
 as *flows*: generators that yield an ``httpx.Request`` to send (or a float: seconds to sleep)
 and receive the ``httpx.Response``; errors are thrown back into them at the yield. The sync and
 async clients differ only in the runner that drives a flow, and in the streaming methods
@@ -19,7 +20,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -31,7 +32,20 @@ from pydantic import BaseModel, ValidationError
 from jobs.events import Event, EventKind
 from jobs.spec import JobSpec
 from jobs.states import JobState
-from jobs.views import ContextStored, JobDescription, JobList, NodeList, NodeStatus, PeerList, SubmitRequest
+from jobs.sweep import IndexRecord, SweepSpec
+from jobs.views import (
+    ContextStored,
+    IndexList,
+    JobDescription,
+    JobList,
+    NodeList,
+    NodeStatus,
+    PeerList,
+    SubmitRequest,
+    SweepDescription,
+    SweepList,
+    SweepSubmitRequest,
+)
 from shoal._auth import ClientKey, ShoalAuth, shoal_home
 from shoal._errors import (
     AuthenticationError,
@@ -151,11 +165,15 @@ class _BaseClient:
         return httpx.Timeout(self.timeout, read=None)
 
     def _describe_request(self, job_id: str, wait: float | None = None) -> httpx.Request:
+        return self._long_poll(_job_path(job_id), wait)
+
+    def _long_poll(self, path: str, wait: float | None) -> httpx.Request:
+        """GET ``path``, answered at once or, with ``wait``, when it ends or after ``wait`` s."""
         if wait is None:
-            return self._request("GET", _job_path(job_id))
+            return self._request("GET", path)
         return self._request(
             "GET",
-            _job_path(job_id),
+            path,
             params={"wait": _seconds(wait)},
             timeout=httpx.Timeout(self.timeout, read=self.timeout + wait),
         )
@@ -170,13 +188,11 @@ class _BaseClient:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        return self._request(
-            "GET", _job_path(job_id, "events"), headers=headers, timeout=self._stream_timeout()
-        )
+        path = _sweep_path(job_id, "events") if _is_sweep(job_id) else _job_path(job_id, "events")
+        return self._request("GET", path, headers=headers, timeout=self._stream_timeout())
 
     def _logs_request(self, job_id: str, stream: LogStream, follow: bool) -> httpx.Request:
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        _check_stream(stream)
         return self._request(
             "GET",
             _job_path(job_id, "logs"),
@@ -186,11 +202,26 @@ class _BaseClient:
         )
 
     def _results_request(self, job_id: str) -> httpx.Request:
+        return self._tar_request(_job_path(job_id, "results"))
+
+    def _tar_request(self, path: str) -> httpx.Request:
+        return self._request("GET", path, headers={"Accept": "application/x-tar"}, timeout=self._stream_timeout())
+
+    def _sweep_list_request(self, limit: int, offset: int) -> httpx.Request:
+        return self._request("GET", "/v1/sweeps", params={"limit": str(limit), "offset": str(offset)})
+
+    def _sweep_indexes_request(
+        self, sweep_id: str, state: JobState | str | None, first: int, limit: int
+    ) -> httpx.Request:
+        params = {"first": str(first), "limit": str(limit)}
+        if state is not None:
+            params["state"] = str(JobState(state))
+        return self._request("GET", _sweep_path(sweep_id, "indexes"), params=params)
+
+    def _index_logs_request(self, sweep_id: str, index: int, stream: LogStream) -> httpx.Request:
+        _check_stream(stream)
         return self._request(
-            "GET",
-            _job_path(job_id, "results"),
-            headers={"Accept": "application/x-tar"},
-            timeout=self._stream_timeout(),
+            "GET", _index_path(sweep_id, index, "logs"), params={"stream": stream}, headers={"Accept": "text/plain"}
         )
 
     # -- flows (see the module docstring) --------------------------------------------------------
@@ -203,12 +234,24 @@ class _BaseClient:
         self, spec: JobSpec | dict[str, Any], idempotency_key: str | None, cache: bool = True
     ) -> _Flow[JobDescription]:
         body = SubmitRequest(spec=_as_spec(spec)).model_dump_json().encode()
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         params = None if cache else {"cache": "false"}
+        return (yield from self._idempotent_post_flow("/v1/jobs", body, idempotency_key, params, JobDescription))
+
+    def _submit_sweep_flow(
+        self, spec: SweepSpec | dict[str, Any], idempotency_key: str | None
+    ) -> _Flow[SweepDescription]:
+        body = SweepSubmitRequest(spec=_as_sweep_spec(spec)).model_dump_json().encode()
+        return (yield from self._idempotent_post_flow("/v1/sweeps", body, idempotency_key, None, SweepDescription))
+
+    def _idempotent_post_flow(
+        self, path: str, body: bytes, idempotency_key: str | None, params: dict[str, str] | None, model: type[_M]
+    ) -> _Flow[_M]:
+        """POST that creates something, retried on connection errors with one Idempotency-Key."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         delays = self.submit_retry_delays
         for attempt in range(len(delays) + 1):
             try:
-                response = yield self._request("POST", "/v1/jobs", params=params, body=body, headers=headers)
+                response = yield self._request("POST", path, params=params, body=body, headers=headers)
             except ConnectionFailed as e:
                 if attempt == len(delays):
                     if attempt:
@@ -216,23 +259,40 @@ class _BaseClient:
                     raise
                 yield delays[attempt]
                 continue
-            return _parse(JobDescription, response)
+            return _parse(model, response)
         raise AssertionError("unreachable")
 
     def _wait_flow(self, job_id: str, timeout: float | None, poll: float) -> _Flow[JobDescription]:
+        path, what = _job_path(job_id), f"job {job_id}"
+        return (yield from self._until_terminal(path, what, JobDescription, lambda d: d.job.state, timeout, poll))
+
+    def _wait_sweep_flow(self, sweep_id: str, timeout: float | None, poll: float) -> _Flow[SweepDescription]:
+        path, what = _sweep_path(sweep_id), f"sweep {sweep_id}"
+        return (yield from self._until_terminal(path, what, SweepDescription, lambda d: d.sweep.state, timeout, poll))
+
+    def _until_terminal(
+        self,
+        path: str,
+        what: str,
+        model: type[_M],
+        state_of: Callable[[_M], JobState],
+        timeout: float | None,
+        poll: float,
+    ) -> _Flow[_M]:
+        """Long-poll the description at ``path`` until its state is terminal; after ``timeout``
+        raise ``WaitTimeout`` (``what``: "job j-…" or "sweep s-…", for its message)."""
         if poll <= 0:
             raise ValueError("poll must be positive")
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
             started = time.monotonic()
-            description = _parse(JobDescription, (yield self._describe_request(job_id, wait)))
-            if description.job.state.is_terminal:
+            description = _parse(model, (yield self._long_poll(path, wait)))
+            state = state_of(description)
+            if state.is_terminal:
                 return description
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"job {job_id} is still {description.job.state} after {timeout:g} s", description
-                )
+                raise WaitTimeout(f"{what} is still {state} after {timeout:g} s", description)
             # A node that answers at once (state changed, or it ignores ?wait) must not be
             # hammered: keep at least a second, or the wait asked for, between polls.
             pause = min(wait, 1.0) - (time.monotonic() - started)
@@ -244,6 +304,12 @@ class _BaseClient:
     ) -> _Flow[JobDescription]:
         description = yield from self._submit_flow(spec, None)
         return (yield from self._wait_flow(description.job.id, timeout, poll))
+
+    def _run_sweep_flow(
+        self, spec: SweepSpec | dict[str, Any], timeout: float | None, idempotency_key: str | None, poll: float
+    ) -> _Flow[SweepDescription]:
+        description = yield from self._submit_sweep_flow(spec, idempotency_key)
+        return (yield from self._wait_sweep_flow(description.sweep.id, timeout, poll))
 
     def _text_flow(self, request: httpx.Request) -> _Flow[str]:
         response = yield request
@@ -300,7 +366,9 @@ class _BaseClient:
 
     def _stream_closed(self, job_id: str) -> ConnectionFailed:
         return ConnectionFailed(
-            f"event stream of job {job_id} from {self.api_url} keeps closing before its end", self.api_url
+            f"event stream of {'sweep' if _is_sweep(job_id) else 'job'} {job_id} from {self.api_url} keeps closing "
+            "before its end",
+            self.api_url,
         )
 
 
@@ -415,7 +483,8 @@ class Client(_BaseClient):
         return self._drive(self._get_flow(self._request("POST", _job_path(job_id, "cancel")), JobDescription))
 
     def events(self, job_id: str, *, last_event_id: str | int | None = None) -> Iterator[Event]:
-        """The job's events, from the start (or after ``last_event_id``) until its end.
+        """The job's (or, for an ``s-`` id, the sweep's) events, from the start (or after
+        ``last_event_id``) until its end.
 
         A stream that breaks is resumed with ``Last-Event-ID``: no event is lost or repeated.
         """
@@ -472,9 +541,12 @@ class Client(_BaseClient):
         Archives with absolute paths, ``..``, links leaving ``dest`` or device files are refused
         before anything is written.
         """
+        return self._download(self._results_request(job_id), dest, job_id)
+
+    def _download(self, request: httpx.Request, dest: str | os.PathLike[str], whose: str) -> Path:
         import tempfile
 
-        response = self._open(self._results_request(job_id))
+        response = self._open(request)
         cid = response.headers.get("X-Shoal-CID")
         with tempfile.TemporaryFile() as spool:
             try:
@@ -485,7 +557,7 @@ class Client(_BaseClient):
             finally:
                 response.close()
             spool.seek(0)
-            return _extract_results(spool, Path(dest), job_id, cid)
+            return _extract_results(spool, Path(dest), whose, cid)
 
     def upload_context(self, archive: bytes) -> str:
         """Store a packed working directory (see ``pack_context``) on the node; returns its CID."""
@@ -503,6 +575,65 @@ class Client(_BaseClient):
 
     def version(self) -> str:
         return self._drive(self._version_flow())
+
+    # -- sweeps ------------------------------------------------------------------------------------
+
+    def submit_sweep(
+        self, spec: SweepSpec | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> SweepDescription:
+        """Submit a sweep: one request for many indexed jobs (see ``SweepSpec``).
+
+        Safe to retry like ``submit``. The same ``idempotency_key`` with the same spec returns
+        the sweep made first (reattach); with another spec it raises ``Conflict``."""
+        return self._drive(self._submit_sweep_flow(spec, idempotency_key))
+
+    def describe_sweep(self, sweep_id: str, *, wait: float | None = None) -> SweepDescription:
+        """Counts and ranges of indexes per state; with ``wait``, answered when the sweep ends
+        or after ``wait`` s (at most 60), whichever comes first."""
+        return self._drive(self._get_flow(self._long_poll(_sweep_path(sweep_id), wait), SweepDescription))
+
+    def wait_sweep(self, sweep_id: str, *, timeout: float | None = None, poll: float = 25.0) -> SweepDescription:
+        """Block until the sweep is terminal; after ``timeout`` s raise ``WaitTimeout`` (last description)."""
+        return self._drive(self._wait_sweep_flow(sweep_id, timeout, poll))
+
+    def run_sweep(
+        self, spec: SweepSpec | dict[str, Any], *, timeout: float | None = None, idempotency_key: str | None = None
+    ) -> SweepDescription:
+        """``submit_sweep`` then ``wait_sweep``: the sweep's final description."""
+        return self._drive(self._run_sweep_flow(spec, timeout, idempotency_key, 25.0))
+
+    def list_sweeps(self, *, limit: int = 50, offset: int = 0) -> SweepList:
+        """Your sweeps, newest first."""
+        return self._drive(self._get_flow(self._sweep_list_request(limit, offset), SweepList))
+
+    def sweep_indexes(
+        self, sweep_id: str, *, state: JobState | str | None = None, first: int = 0, limit: int = 1000
+    ) -> IndexList:
+        """Index records in index order from index ``first`` on (only those in ``state`` if given);
+        ``total`` counts every index in that state."""
+        return self._drive(self._get_flow(self._sweep_indexes_request(sweep_id, state, first, limit), IndexList))
+
+    def sweep_index(self, sweep_id: str, index: int) -> IndexRecord:
+        """One index: its state, node, attempts, reason and result."""
+        return self._drive(self._get_flow(self._request("GET", _index_path(sweep_id, index)), IndexRecord))
+
+    def retry_sweep(self, sweep_id: str) -> SweepDescription:
+        """Put the failed indexes back to run; a failed sweep runs again."""
+        request = self._request("POST", _sweep_path(sweep_id, "retry"))
+        return self._drive(self._get_flow(request, SweepDescription))
+
+    def cancel_sweep(self, sweep_id: str) -> SweepDescription:
+        request = self._request("POST", _sweep_path(sweep_id, "cancel"))
+        return self._drive(self._get_flow(request, SweepDescription))
+
+    def download_index(self, sweep_id: str, index: int, dest: str | os.PathLike[str]) -> Path:
+        """Fetch one index's results into ``dest``, checked against their CID like ``download``."""
+        request = self._tar_request(_index_path(sweep_id, index, "results"))
+        return self._download(request, dest, f"index {index} of sweep {sweep_id}")
+
+    def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
+        """One index's stdout (or stderr); empty while it has not run."""
+        return self._drive(self._text_flow(self._index_logs_request(sweep_id, index, stream)))
 
 
 class AsyncClient(_BaseClient):
@@ -663,11 +794,14 @@ class AsyncClient(_BaseClient):
 
     async def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
         """See ``Client.download``. Extraction runs in a worker thread."""
+        return await self._download(self._results_request(job_id), dest, job_id)
+
+    async def _download(self, request: httpx.Request, dest: str | os.PathLike[str], whose: str) -> Path:
         import tempfile
 
         import anyio.to_thread
 
-        response = await self._open(self._results_request(job_id))
+        response = await self._open(request)
         cid = response.headers.get("X-Shoal-CID")
         with tempfile.TemporaryFile() as spool:
             try:
@@ -678,7 +812,7 @@ class AsyncClient(_BaseClient):
             finally:
                 await response.aclose()
             spool.seek(0)
-            return await anyio.to_thread.run_sync(_extract_results, spool, Path(dest), job_id, cid)
+            return await anyio.to_thread.run_sync(_extract_results, spool, Path(dest), whose, cid)
 
     async def upload_context(self, archive: bytes) -> str:
         """See ``Client.upload_context``."""
@@ -696,6 +830,63 @@ class AsyncClient(_BaseClient):
 
     async def version(self) -> str:
         return await self._drive(self._version_flow())
+
+    # -- sweeps ------------------------------------------------------------------------------------
+
+    async def submit_sweep(
+        self, spec: SweepSpec | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> SweepDescription:
+        """See ``Client.submit_sweep``."""
+        return await self._drive(self._submit_sweep_flow(spec, idempotency_key))
+
+    async def describe_sweep(self, sweep_id: str, *, wait: float | None = None) -> SweepDescription:
+        """See ``Client.describe_sweep``."""
+        return await self._drive(self._get_flow(self._long_poll(_sweep_path(sweep_id), wait), SweepDescription))
+
+    async def wait_sweep(
+        self, sweep_id: str, *, timeout: float | None = None, poll: float = 25.0
+    ) -> SweepDescription:
+        """See ``Client.wait_sweep``."""
+        return await self._drive(self._wait_sweep_flow(sweep_id, timeout, poll))
+
+    async def run_sweep(
+        self, spec: SweepSpec | dict[str, Any], *, timeout: float | None = None, idempotency_key: str | None = None
+    ) -> SweepDescription:
+        """See ``Client.run_sweep``."""
+        return await self._drive(self._run_sweep_flow(spec, timeout, idempotency_key, 25.0))
+
+    async def list_sweeps(self, *, limit: int = 50, offset: int = 0) -> SweepList:
+        """See ``Client.list_sweeps``."""
+        return await self._drive(self._get_flow(self._sweep_list_request(limit, offset), SweepList))
+
+    async def sweep_indexes(
+        self, sweep_id: str, *, state: JobState | str | None = None, first: int = 0, limit: int = 1000
+    ) -> IndexList:
+        """See ``Client.sweep_indexes``."""
+        request = self._sweep_indexes_request(sweep_id, state, first, limit)
+        return await self._drive(self._get_flow(request, IndexList))
+
+    async def sweep_index(self, sweep_id: str, index: int) -> IndexRecord:
+        """See ``Client.sweep_index``."""
+        return await self._drive(self._get_flow(self._request("GET", _index_path(sweep_id, index)), IndexRecord))
+
+    async def retry_sweep(self, sweep_id: str) -> SweepDescription:
+        """See ``Client.retry_sweep``."""
+        request = self._request("POST", _sweep_path(sweep_id, "retry"))
+        return await self._drive(self._get_flow(request, SweepDescription))
+
+    async def cancel_sweep(self, sweep_id: str) -> SweepDescription:
+        request = self._request("POST", _sweep_path(sweep_id, "cancel"))
+        return await self._drive(self._get_flow(request, SweepDescription))
+
+    async def download_index(self, sweep_id: str, index: int, dest: str | os.PathLike[str]) -> Path:
+        """See ``Client.download_index``."""
+        request = self._tar_request(_index_path(sweep_id, index, "results"))
+        return await self._download(request, dest, f"index {index} of sweep {sweep_id}")
+
+    async def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
+        """See ``Client.index_logs``."""
+        return await self._drive(self._text_flow(self._index_logs_request(sweep_id, index, stream)))
 
 
 async def _drain(lines: AsyncIterator[str], limit: float = 1.0) -> None:
@@ -727,6 +918,29 @@ def _job_path(job_id: str, action: str = "") -> str:
     return f"{path}/{action}" if action else path
 
 
+def _sweep_path(sweep_id: str, action: str = "") -> str:
+    if not sweep_id or sweep_id in (".", ".."):
+        raise ValueError(f"invalid sweep id {sweep_id!r}")
+    path = f"/v1/sweeps/{quote(sweep_id, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def _index_path(sweep_id: str, index: int, action: str = "") -> str:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"invalid index {index!r}: a sweep's indexes are 0, 1, 2, …")
+    return _sweep_path(sweep_id, f"indexes/{index}" + (f"/{action}" if action else ""))
+
+
+def _is_sweep(some_id: str) -> bool:
+    """Sweep ids start with ``s-``, job ids with ``j-``."""
+    return some_id.startswith("s-")
+
+
+def _check_stream(stream: str) -> None:
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+
+
 def _seconds(value: float) -> str:
     """Compact decimal seconds for ``?wait=``: ``25``, ``0.5``."""
     return f"{value:.3f}".rstrip("0").rstrip(".")
@@ -734,14 +948,22 @@ def _seconds(value: float) -> str:
 
 def _as_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
     """Validate locally so a bad spec fails with every problem named, before any request."""
-    if isinstance(spec, JobSpec):
+    return _validated(JobSpec, spec, "job")
+
+
+def _as_sweep_spec(spec: SweepSpec | dict[str, Any]) -> SweepSpec:
+    return _validated(SweepSpec, spec, "sweep")
+
+
+def _validated(model: type[_M], spec: _M | dict[str, Any], what: str) -> _M:
+    if isinstance(spec, model):
         return spec
     try:
-        return JobSpec.model_validate(spec)
+        return model.model_validate(spec)
     except ValidationError as e:
         fields = [".".join(["spec", *map(str, err["loc"])]) for err in e.errors()]
         raise InvalidRequest(
-            f"invalid job spec: {_validation_summary(e, 'spec')}", None, "invalid_spec", fields
+            f"invalid {what} spec: {_validation_summary(e, 'spec')}", None, "invalid_spec", fields
         ) from None
 
 
@@ -922,6 +1144,7 @@ def _extract_results(fileobj: IO[bytes], dest: Path, job_id: str, cid: str | Non
     """Extract the results; when the node names their CID, recompute it from the files first.
 
     A tampered or truncated download is reported and nothing of it is left in ``dest``.
+    ``job_id`` names whose results they are in errors: a job id, or "index 3 of sweep s-…".
     """
     if cid is None:
         return _extract_tar(fileobj, dest, job_id)
@@ -936,7 +1159,7 @@ def _extract_results(fileobj: IO[bytes], dest: Path, job_id: str, cid: str | Non
         root = Path(tmp) / cid if (Path(tmp) / cid).is_dir() else Path(tmp)
         got = cid_of_path(root)
         if str(got) != cid:
-            raise ShoalAPIError(f"the results of job {job_id} do not match their CID {cid} (got {got}): the "
+            raise ShoalAPIError(f"the results of {_whose(job_id)} do not match their CID {cid} (got {got}): the "
                                 "download was corrupted or tampered with; nothing was written", 200, "corrupted")
         dest.mkdir(parents=True, exist_ok=True)
         for entry in root.iterdir():
@@ -945,6 +1168,10 @@ def _extract_results(fileobj: IO[bytes], dest: Path, job_id: str, cid: str | Non
                 shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
             shutil.move(str(entry), target)
     return dest
+
+
+def _whose(job_id: str) -> str:
+    return job_id if " " in job_id else f"job {job_id}"
 
 
 def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:
@@ -958,7 +1185,7 @@ def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:
                 problem = _unsafe_member(member)
                 if problem:
                     raise ShoalAPIError(
-                        f"refusing to extract the results of job {job_id}: {problem}", 200, "unsafe_archive"
+                        f"refusing to extract the results of {_whose(job_id)}: {problem}", 200, "unsafe_archive"
                     )
             dest.mkdir(parents=True, exist_ok=True)
             if hasattr(tarfile, "data_filter"):  # 3.11.4+: defence in depth (modes, links)
@@ -967,7 +1194,7 @@ def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:
                 tar.extractall(dest, members=members)
     except tarfile.TarError as e:
         raise ShoalAPIError(
-            f"cannot extract the results of job {job_id}: {_one_line(str(e))}", 200, "bad_archive"
+            f"cannot extract the results of {_whose(job_id)}: {_one_line(str(e))}", 200, "bad_archive"
         ) from None
     return dest
 

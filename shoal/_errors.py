@@ -7,7 +7,8 @@
         ├── Conflict             409: e.g. an Idempotency-Key reused with another spec
         ├── InvalidRequest       400/413/422 (or a spec that fails local validation); ``fields``
         ├── ServerError          5xx
-        ├── WaitTimeout          ``wait``/``run`` ran out of time; ``description`` is the last one seen
+        ├── WaitTimeout          ``wait``/``run`` (or their sweep versions) ran out of time; ``description``
+        │                        is the last one seen
         └── ConnectionFailed     the node could not be reached, or the connection broke
 
 Every message is one line, fit for ``print(f"error: {e}")``. ``status`` is the HTTP status
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from jobs.errors import ShoalError
 
 if TYPE_CHECKING:
-    from jobs.views import JobDescription
+    from jobs.views import JobDescription, SweepDescription
 
 
 class ShoalAPIError(ShoalError):
@@ -77,9 +78,9 @@ class ServerError(ShoalAPIError):
 
 
 class WaitTimeout(ShoalAPIError):
-    """The job was not terminal when the wait ran out; ``description`` is the last state seen."""
+    """The job (or sweep) was not terminal when the wait ran out; ``description`` is the last one seen."""
 
-    def __init__(self, message: str, description: JobDescription) -> None:
+    def __init__(self, message: str, description: JobDescription | SweepDescription) -> None:
         super().__init__(message, None, "wait_timeout")
         self.description = description
 

@@ -30,6 +30,9 @@ FROM_JOBS = {
     "EventKind",
     "Execution",
     "ExecutionState",
+    "IndexList",
+    "IndexRange",
+    "IndexRecord",
     "InputSpec",
     "Job",
     "JobDescription",
@@ -44,6 +47,10 @@ FROM_JOBS = {
     "PythonEngine",
     "Resources",
     "RunResult",
+    "Sweep",
+    "SweepDescription",
+    "SweepList",
+    "SweepSpec",
     "WasmEngine",
 }
 
