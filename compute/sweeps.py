@@ -115,8 +115,9 @@ class SweepClaims:
     def _try_claim(self, ann: SweepAnnounce) -> bool:
         claim_id = f"c-{uuid.uuid4().hex}"
         need = ann.spec.job.resources
+        parallel = getattr(self.runner.executors.get(ann.spec.job.engine.name), "max_parallel", None) or MAX_SLOTS
         slots = []
-        while len(slots) < min(MAX_SLOTS, max(1, ann.pending)):
+        while len(slots) < min(MAX_SLOTS, parallel, max(1, ann.pending)):
             holder = f"{claim_id}/{len(slots)}"
             if not self.capacity.try_reserve(holder, need):
                 break

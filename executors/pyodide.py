@@ -140,6 +140,9 @@ class PyodideExecutor:
             raise ValueError("pool_size cannot be negative")
         self.cache_dir = Path(cache_dir)
         self.pool_size = pool_size
+        # Runs worth starting at once: a starting interpreter keeps a core busy for a second, so
+        # twenty at once on two cores (what 0.1-CPU jobs would allow) take longer than two at a time.
+        self.max_parallel = max(1, os.cpu_count() or 1)
         self.node = node or shutil.which("node") or "node"
         self.runner_dir = Path(runner_dir)
         self._idle: list[_Runner] = []
