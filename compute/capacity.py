@@ -24,10 +24,11 @@ class CapacityTracker:
         self.max_per_job = max_per_job or total
         self._held: dict[str, Resources] = {}
         self._used = Resources(cpu=0, memory=0, disk=0)
+        self._free = total  # kept up to date: asked for every backlog entry, built only on changes
 
     @property
     def free(self) -> Resources:
-        return self.total - self._used
+        return self._free
 
     def within_limits(self, need: Resources) -> list[str]:
         """What in ``need`` exceeds the per-job maximum (empty: it fits)."""
@@ -41,6 +42,7 @@ class CapacityTracker:
             return False
         self._held[holder] = need
         self._used = self._used + need
+        self._free = self.total - self._used
         return True
 
     def release(self, holder: str) -> bool:
@@ -49,6 +51,7 @@ class CapacityTracker:
         if need is None:
             return False
         self._used = self._used - need
+        self._free = self.total - self._used
         return True
 
     def statistics(self) -> CapacityStatistics:

@@ -96,6 +96,17 @@ class Cancel(_Message):
     reason: str = ""
 
 
+class OpenQuery(_Message):
+    """Compute → requester: which of these jobs (from my backlog) still need nodes?
+
+    Answered in ``Reply.states`` with "open" or "closed" per job id. A node asks before bidding
+    on what it passed over, so it does not bid on jobs another node took meanwhile.
+    """
+
+    kind: Literal["open_query"] = "open_query"
+    job_ids: list[_Id] = Field(max_length=10_000)
+
+
 class SweepAnnounce(_Message):
     """A sweep has indexes nobody has claimed: compute nodes that can run its template claim some."""
 
@@ -163,7 +174,7 @@ class Reply(_Message):
 
 
 Message = Annotated[
-    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply | SweepAnnounce | Claim,
+    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply | SweepAnnounce | Claim | OpenQuery,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)

@@ -20,6 +20,7 @@ from jobs.messages import (
     Claim,
     Decision,
     NodeInfo,
+    OpenQuery,
     Reply,
     Result,
     StatusQuery,
@@ -123,7 +124,7 @@ class Dispatcher:
             log.warning("malformed request from %s: %s", peer, e)
             return encode(Reply(ok=False, reason=str(e)))
         try:
-            if isinstance(message, Bid | Result) and self.requester is not None:
+            if isinstance(message, Bid | Result | OpenQuery) and self.requester is not None:
                 reply = await self.requester.handle(peer, message)
             elif isinstance(message, Claim) and self.sweeps is not None:
                 reply = await self.sweeps.handle(peer, message)

@@ -34,7 +34,7 @@ from jobs import (
     RunResult,
     Unreachable,
 )
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester.selection import choose, never_runnable, waiting_reason
 from requester.verify import verify
@@ -255,8 +255,12 @@ class RequesterService:
 
     # -- messages from compute nodes -------------------------------------------------------------
 
-    async def handle(self, peer: str, message: Bid | Result) -> Reply:
+    async def handle(self, peer: str, message: Bid | Result | OpenQuery) -> Reply:
         self._last_heard[peer] = self.clock()
+        if isinstance(message, OpenQuery):
+            return Reply(states={job_id: "open" if (aj := self._active.get(job_id)) is not None
+                                 and not aj.job.state.is_terminal and aj.needed() > 0 else "closed"
+                                 for job_id in message.job_ids})
         aj = self._active.get(message.job_id)
         if aj is None:
             return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
