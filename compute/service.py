@@ -51,7 +51,7 @@ DELIVERY_GIVE_UP = 3600.0  # stop retrying a result after an hour of the request
 BACKLOG_TICK = 0.5
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_TIMEOUT = 2.0
-NODE_INFO_INTERVAL = 5.0
+NODE_INFO_INTERVAL = 10.0
 RECENT_JOBS = 20_000  # job id -> last attempt bid on; bounds memory while deduplicating re-announcements
 
 
@@ -148,6 +148,8 @@ class ComputeService:
             return
         if ann.job_id in self._by_job or self._recent.get(ann.job_id, -1) >= ann.attempt:
             return
+        if ann.candidates and self.peers.node_id not in ann.candidates:
+            return  # other nodes were asked first; if they do not take it, it is announced to all
         refusal = first_refusal(self._checks, ann.spec)
         if refusal is not None:
             log.debug("passing over %s: %s", ann.job_id, refusal)

@@ -38,6 +38,9 @@ class Announce(_Message):
     requester_addrs: list[str] = Field(default=[], max_length=16)
     attempt: int = Field(0, ge=0)
     bid_deadline: float | None = None  # unix time after which bids are pointless
+    # Nodes asked to bid (empty: everyone). The first announcement of a job names a few nodes
+    # with room, so bids per job do not grow with the network; re-announcements ask everyone.
+    candidates: list[_Id] = Field(default=[], max_length=100)
 
 
 class NodeInfo(_Message):

@@ -42,3 +42,17 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int) -> s
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
     return (f"waiting for bids: {accepted} of {need} nodes accepted; {len(able)} of {len(nodes)} known nodes "
             f"can run it, {len(free_now)} have room now")
+
+
+def candidates(spec: JobSpec, nodes: Iterable[NodeInfo], wanted: int, rng: random.Random | None = None) -> list[str]:
+    """Nodes to ask first: ``wanted`` of those with room now (by their last node info), at random.
+
+    Empty (ask everyone) unless more than twice that many have room: node info is seconds old, so
+    in a small or busy network the nodes asked are often full by now, and the job would wait for
+    its re-announcement (measured: 42 → 34 jobs/s in the 3-node throughput benchmark).
+    """
+    room = [n.peer_id for n in nodes if spec.engine.name in n.engines and spec.resources.fits_in(n.max_per_job)
+            and spec.resources.fits_in(n.free)]
+    if len(room) <= 2 * wanted:
+        return []
+    return (rng or random).sample(room, wanted)

@@ -36,7 +36,7 @@ from jobs import (
 )
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
-from requester.selection import choose, never_runnable, waiting_reason
+from requester.selection import candidates, choose, never_runnable, waiting_reason
 from requester.verify import verify
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ REQUEST_TIMEOUT = 5.0
 ANNOUNCE_BACKOFF_MAX = 30.0
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
 MAX_REOFFERS = 5
+CANDIDATE_SLACK = 2  # a first announcement asks twice as many nodes as the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
 
 
@@ -196,8 +197,12 @@ class RequesterService:
     async def _announce(self, aj: _Active) -> None:
         job = aj.job
         bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
+        first = aj.announce_backoff == 1.0  # the first announcement of this attempt
+        wanted = CANDIDATE_SLACK * max(aj.needed(), job.spec.deal.min_bids)
+        ask = candidates(job.spec, self.known_nodes(), wanted, self._rng) if first else []
         ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
-                       requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline)
+                       requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline,
+                       candidates=ask)
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1

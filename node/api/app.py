@@ -20,6 +20,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import trio
@@ -619,6 +620,10 @@ async def _metrics(node: "Node") -> str:
             lines.append(f'shoal_capacity_memory_bytes{{kind="{kind}"}} {res.memory}')
         lines.append(f"shoal_backlog {len(node.compute.backlog)}")
     lines.append(f"shoal_peers {len(node.network.connected_peers())}")
+    lines.append("# TYPE shoal_network_total counter")
+    for name, n in asdict(node.network.statistics()).items():
+        if isinstance(n, int):
+            lines.append(f'shoal_network_total{{event="{name}"}} {n}')
     return "\n".join(lines) + "\n"
 
 

@@ -425,7 +425,7 @@ class Network:
             degree=6,
             degree_low=4,
             degree_high=12,
-            heartbeat_interval=1,
+            heartbeat_interval=3,
             spam_protection_enabled=False,
         )
         router.equivocation_detection = _BoundedDict(EQUIVOCATION_CACHE)

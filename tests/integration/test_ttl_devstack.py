@@ -117,6 +117,30 @@ def test_finished_jobs_their_pins_and_scratch_are_removed_after_the_ttl(stack):
     wait_until(lambda: row_counts(stack.nodes[1].data_dir)["executions"] == 0, 5, "compute records deleted")
 
 
+def sweep_gone(client: shoal.Client, sweep_id: str) -> bool:
+    try:
+        client.describe_sweep(sweep_id)
+    except shoal.NotFound:
+        return True
+    return False
+
+
+def test_a_finished_sweep_its_index_records_and_pins_are_removed_after_the_ttl(stack):
+    with shoal.Client(stack.nodes[0].api) as client:
+        d = client.run_sweep({"job": python_job(100), "grid": {"N": ["100", "101", "102"]}}, timeout=120)
+        assert d.sweep.state == "completed", d.sweep.reason
+        cids = [r.result.cid for r in client.sweep_indexes(d.sweep.id).indexes]
+        assert len(set(cids)) == 3 and kubo_pinned(stack, 1, cids) == cids  # pinned where they ran
+        wait_until(lambda: sweep_gone(client, d.sweep.id), TTL + 10, "describe_sweep says unknown")
+    wait_until(lambda: kubo_pinned(stack, 1, cids) == [], RETENTION + 10, "index results unpinned")
+    with closing(sqlite3.connect(f"file:{stack.nodes[0].data_dir / 'shoal.db'}?mode=ro", uri=True)) as c:
+        assert c.execute("SELECT count(*) FROM sweep_indexes").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM events WHERE job_id=?", (d.sweep.id,)).fetchone()[0] == 0
+    with closing(sqlite3.connect(f"file:{stack.nodes[1].data_dir / 'shoal.db'}?mode=ro", uri=True)) as c:
+        wait_until(lambda: c.execute("SELECT count(*) FROM published").fetchone()[0] == 0, 10,
+                   "the compute node forgot what it published")
+
+
 def test_a_long_run_keeps_pins_repo_and_store_bounded(stack):
     """Two clients run ~1 MiB jobs back to back for 20 s; what the nodes keep is measured at 10 s and 20 s."""
     run_for, size = 20.0, 1 << 20

@@ -199,3 +199,17 @@ async def test_results_with_a_forged_signature_are_refused(tmp_path):
         assert reply.verdict == "rejected" and "signature" in reply.reason
         d = await wait_terminal(req.requester, job.id)  # the genuine result still completes the job
         assert d.job.state is JobState.COMPLETED and d.job.result.stdout == ""
+
+
+async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_room(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(10)]
+        await trio.sleep(1.5)  # node info gossip: the requester knows who has room
+        requester = nodes[0].requester
+        for _ in range(10):
+            job, _ = await requester.submit(spec(deal={"concurrency": 2}), "alice")
+            d = await wait_terminal(requester, job.id)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+        # each first announcement names 2 x 2 nodes with room; the other six never bid
+        assert requester.counters["bids"] <= 10 * 4, requester.counters
