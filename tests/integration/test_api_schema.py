@@ -53,6 +53,16 @@ OPERATIONS = [
     ("GET", "/v1/jobs/{job_id}/logs"),
     ("GET", "/v1/jobs/{job_id}/results"),
     ("POST", "/v1/contexts"),
+    ("POST", "/v1/sweeps"),
+    ("GET", "/v1/sweeps"),
+    ("GET", "/v1/sweeps/{sweep_id}"),
+    ("GET", "/v1/sweeps/{sweep_id}/indexes"),
+    ("GET", "/v1/sweeps/{sweep_id}/indexes/{index}"),
+    ("GET", "/v1/sweeps/{sweep_id}/indexes/{index}/logs"),
+    ("GET", "/v1/sweeps/{sweep_id}/indexes/{index}/results"),
+    ("POST", "/v1/sweeps/{sweep_id}/retry"),
+    ("POST", "/v1/sweeps/{sweep_id}/cancel"),
+    ("GET", "/v1/sweeps/{sweep_id}/events"),
     ("GET", "/v1/node"),
     ("GET", "/v1/peers"),
     ("GET", "/v1/nodes"),
@@ -61,6 +71,7 @@ OPERATIONS = [
     ("GET", "/readyz"),
     ("GET", "/metrics"),
 ]
+SWEEP = {"job": {"engine": {"name": "noop"}}, "grid": {"x": ["1", "2", "3"]}}
 UNSIGNED = {"/v1/version", "/healthz", "/readyz", "/metrics"}
 schemathesis.serializer.alias("application/x-tar", "application/octet-stream")  # context uploads: raw bytes
 
@@ -84,6 +95,7 @@ class Node:
     key: ClientKey
     schema: schemathesis.BaseSchema
     job_ids: list[str]
+    sweep_ids: list[str]
     statuses: Counter = field(default_factory=Counter)  # (method, path, status) → responses
 
 
@@ -97,7 +109,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             ids.append(client.submit({"engine": {"name": "noop"}, "resources": {"cpu": 1000}}).job.id)  # fails
             for job_id in ids:
                 client.wait(job_id, timeout=30)
-        yield Node(key, schemathesis.openapi.from_url(f"{API}/openapi.json"), ids)
+            sweeps = [client.run_sweep(SWEEP, timeout=30).sweep.id]
+        yield Node(key, schemathesis.openapi.from_url(f"{API}/openapi.json"), ids, sweeps)
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -140,6 +153,13 @@ def test_no_5xx_and_responses_match_the_schema(node: Node, method: str, path: st
     if "{job_id}" in path:  # half the cases aim at jobs that exist (and are ours)
         strategy = st.one_of(strategy, *(operation.as_strategy(generation_mode=mode, path_parameters={"job_id": j})
                                          for j in node.job_ids))  # fmt: skip
+    if "{sweep_id}" in path:  # and at sweeps that exist, at indexes they have
+        known = [{"sweep_id": sweep_id, **({"index": i} if "{index}" in path else {})}
+                 for sweep_id in node.sweep_ids for i in range(2)]
+        strategy = st.one_of(strategy, *(operation.as_strategy(generation_mode=mode, path_parameters=p)
+                                         for p in known))  # fmt: skip
+    if path == "/v1/sweeps" and method == "POST" and mode is GenerationMode.POSITIVE:  # and valid sweeps
+        strategy = st.one_of(strategy, operation.as_strategy(body={"spec": SWEEP}))
     if path == "/v1/contexts" and mode is GenerationMode.POSITIVE:  # and some archives that are tars
         strategy = st.one_of(strategy, operation.as_strategy(body=_tar({"main.py": b"print(42)\n"})))
     checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
