@@ -111,8 +111,12 @@ def test_the_first_success_cancels_the_running_indexes_on_every_node(stack, clie
     assert len(reached) == 3, reached  # each node holding a claim was told, and answered
     import docker
 
-    api = docker.from_env()
+    api = docker.APIClient()  # the low-level list: no inspect of containers that may vanish meanwhile
+
+    def left() -> list:
+        return api.containers(all=True, filters={"label": "shoal.job=" + d.sweep.id})
+
     deadline = time.monotonic() + 20
-    while api.containers.list(filters={"label": "shoal.job=" + d.sweep.id}) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not api.containers.list(filters={"label": "shoal.job=" + d.sweep.id})  # the sleepers were removed
+    assert not left()  # the sleepers were removed
