@@ -23,6 +23,7 @@ from cli.specs import JobFlags
 from cli.waiting import RunOptions
 
 if TYPE_CHECKING:
+    from jobs.states import JobState
     from jobs.views import JobDescription, SweepDescription
     from shoal import Client
 
@@ -369,16 +370,19 @@ def cancel(ctx: typer.Context, job_id: _AnyId, json_: _Json = False) -> None:
         from cli.render import print_json
 
         return print_json(desc)
-    job = desc.job
-    if before.job.state.is_terminal:
-        print(f"Job {job.id} already {before.job.state}; nothing to cancel")
-    elif job.state == "cancelled":
-        print(f"Job {job.id} cancelled")
-    elif job.state.is_terminal:
-        print(f"Job {job.id} {job.state} before it could be cancelled")
+    return _say_cancelled("Job", desc.job.id, before.job.state, desc.job.state)
+
+
+def _say_cancelled(what: str, ident: str, before: JobState, now: JobState) -> None:
+    """One line on what cancelling did to a job or a sweep (both move through JobState)."""
+    if before.is_terminal:
+        print(f"{what} {ident} already {before}; nothing to cancel")
+    elif now == "cancelled":
+        print(f"{what} {ident} cancelled")
+    elif now.is_terminal:
+        print(f"{what} {ident} {now} before it could be cancelled")
     else:
-        print(f"Job {job.id} is being cancelled (now {job.state})")
-    return None
+        print(f"{what} {ident} is being cancelled (now {now})")
 
 
 @app.command()
@@ -414,16 +418,7 @@ def _cancel_sweep(client: Client, sweep_id: str, json_: bool) -> None:
         from cli.render import print_json
 
         return print_json(desc)
-    sweep = desc.sweep
-    if before.sweep.state.is_terminal:
-        print(f"Sweep {sweep.id} already {before.sweep.state}; nothing to cancel")
-    elif sweep.state == "cancelled":
-        print(f"Sweep {sweep.id} cancelled")
-    elif sweep.state.is_terminal:
-        print(f"Sweep {sweep.id} {sweep.state} before it could be cancelled")
-    else:
-        print(f"Sweep {sweep.id} is being cancelled (now {sweep.state})")
-    return None
+    return _say_cancelled("Sweep", desc.sweep.id, before.sweep.state, desc.sweep.state)
 
 
 @sweep_app.command("list")
