@@ -343,10 +343,12 @@ class ComputeService:
             fitting = [a for a in self.backlog.pending(now) if a.spec.resources.fits_in(self.capacity.free)]
             if fitting:
                 await self._forget_closed(fitting, now)
-            for ann in self.backlog.pending(now):
+            for ann in fitting:  # what did not fit a moment ago does not fit now
+                if ann.job_id not in self.backlog:
+                    continue  # closed, or bid on meanwhile
                 if ann.job_id in self._by_job:
                     self.backlog.discard(ann.job_id)
-                elif ann.spec.resources.fits_in(self.capacity.free):
+                else:
                     self._try_bid(ann)
             self.sweeps.retry_waiting()
 

@@ -325,11 +325,19 @@ class SweepService:
             return IndexRecord(index=i, state=state, node_id=peer, reason=reason, attempts=live.attempts[i],
                                result=r.result, updated_at=now)
         error = r.error or "no result"
-        if r.retryable and live.attempts[i] < MAX_ATTEMPTS:
-            return self._back_to_pending(live, i, f"node {peer[-8:]}: {error}; will run again", now)
-        reason = error if not r.retryable else f"gave up after {live.attempts[i]} attempts: {error}"
+        if r.retryable:
+            return self._run_again_or_fail(live, i, peer, f"node {peer[-8:]}: {error}", now)
+        return self._failed(live, i, peer, error, now)
+
+    def _run_again_or_fail(self, live: _Live, i: int, node: str, why: str, now: float) -> IndexRecord:
+        """An index lost for reasons of its node: back to pending, unless it has had its attempts."""
+        if live.attempts[i] < MAX_ATTEMPTS:
+            return self._back_to_pending(live, i, f"{why}; will run again", now)
+        return self._failed(live, i, node, f"gave up after {live.attempts[i]} attempts: {why}", now)
+
+    def _failed(self, live: _Live, i: int, node: str, reason: str, now: float) -> IndexRecord:
         live.set_state(i, JobState.FAILED)
-        return IndexRecord(index=i, state=JobState.FAILED, node_id=peer, reason=reason, attempts=live.attempts[i],
+        return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=live.attempts[i],
                            updated_at=now)
 
     def _back_to_pending(self, live: _Live, i: int, reason: str, now: float) -> IndexRecord:
@@ -429,13 +437,7 @@ class SweepService:
                 if live.states[i] is not JobState.RUNNING:
                     continue
                 why = f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s"
-                if live.attempts[i] >= MAX_ATTEMPTS:
-                    live.set_state(i, JobState.FAILED)
-                    records.append(IndexRecord(index=i, state=JobState.FAILED, node_id=claim.node,
-                                               reason=f"gave up after {live.attempts[i]} attempts: {why}",
-                                               attempts=live.attempts[i], updated_at=now))
-                else:
-                    records.append(self._back_to_pending(live, i, why, now))
+                records.append(self._run_again_or_fail(live, i, claim.node, why, now))
         if records:
             if live.unfinished() == 0:
                 await self._finish_all_done(live, records, [])

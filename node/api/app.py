@@ -92,8 +92,8 @@ _ERROR_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 40
                 405: "method_not_allowed", 409: "conflict", 413: "body_too_large"}
 
 
-class SubmitRequest(_SubmitRequest):
-    """``jobs.views.SubmitRequest``, made safe to validate from untrusted input.
+class UntrustedBody(BaseModel):
+    """Makes a request model safe to validate from untrusted input.
 
     A validator of the job model that meets a value of a type it does not expect may raise
     TypeError instead of ValueError (``parse_bytes`` given a list, for one); pydantic passes
@@ -106,7 +106,11 @@ class SubmitRequest(_SubmitRequest):
         try:
             return handler(data)
         except TypeError as e:
-            raise ValueError(f"the spec has a value of a type the job model cannot read ({e})") from None
+            raise ValueError(f"the spec has a value of a type the model cannot read ({e})") from None
+
+
+class SubmitRequest(UntrustedBody, _SubmitRequest):
+    """``jobs.views.SubmitRequest`` for the API (see ``UntrustedBody``)."""
 
 
 class VersionInfo(BaseModel):

@@ -1,11 +1,10 @@
 """The API's sweep routes: ``/v1/sweeps/...``. Same rules as the jobs' routes (``node.api.app``):
 signed, visible only to their owner, errors from one mapping."""
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
@@ -15,6 +14,7 @@ from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.app import (
     MAX_OFFSET,
     MAX_WAIT,
+    UntrustedBody,
     _client_id,
     _error,
     _error_doc,
@@ -32,16 +32,8 @@ if TYPE_CHECKING:
 _ERR_404 = {404: _error_doc("no such sweep, or it belongs to another client")}
 
 
-class SweepSubmitRequest(_SweepSubmitRequest):
-    """Like the jobs' SubmitRequest: a TypeError deep in the model's validators is a 422, not a 500."""
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _type_errors_are_invalid_input(cls, data: Any, handler: Any) -> Any:
-        try:
-            return handler(data)
-        except TypeError as e:
-            raise ValueError(f"the spec has a value of a type the sweep model cannot read ({e})") from None
+class SweepSubmitRequest(UntrustedBody, _SweepSubmitRequest):
+    """``jobs.views.SweepSubmitRequest`` for the API (see ``UntrustedBody``)."""
 
 
 def add_sweep_routes(signed: APIRouter, node: "Node") -> None:

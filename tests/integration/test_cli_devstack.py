@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +83,18 @@ def _assert_no_traceback(*texts: str) -> None:
         assert "Exception Group" not in text, text
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("cli-home")
+@contextmanager
+def cli_devstack(home: Path, *, nodes: int, base_port: int) -> Iterator[Stack]:
+    """``shoal devstack`` (no Kubo) as a subprocess; on leaving, SIGINT, and it must stop cleanly."""
     env = _clean_env(home)
     process = subprocess.Popen(
-        [SHOAL, "devstack", "--nodes", "3", "--base-port", str(BASE_PORT), "--base-dir", str(home / "stack"),
+        [SHOAL, "devstack", "--nodes", str(nodes), "--base-port", str(base_port), "--base-dir", str(home / "stack"),
          "--no-kubo"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     try:
         banner = _read_until(process, "Ctrl-C stops every node", timeout=90)
-        assert "3 node(s)" in banner
+        assert f"{nodes} node(s)" in banner
         state = json.loads((home / "devstack.json").read_text())
         yield Stack(home, env, state["nodes"], process)
     finally:
@@ -114,6 +115,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _assert_no_traceback(text)
         assert "stopped by an error" not in text and "ERROR" not in text, text[-2000:]
         assert "stopping on SIGINT" in text and "node stopped" in text
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with cli_devstack(tmp_path_factory.mktemp("cli-home"), nodes=3, base_port=BASE_PORT) as devstack:
+        yield devstack
 
 
 def shoal(stack: Stack, *args: str, env: dict[str, str] | None = None, timeout: float = 60,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, _clean_env, _read_until
+from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, cli_devstack
 
 pytestmark = pytest.mark.slow
 
@@ -28,32 +27,8 @@ FAIL_ON_2 = "import os, sys; print('x is', os.environ['x']); sys.exit(1 if os.en
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("sweeps-cli-home")
-    env = _clean_env(home)
-    process = subprocess.Popen(
-        [SHOAL, "devstack", "--nodes", "2", "--base-port", str(BASE_PORT), "--base-dir", str(home / "stack"),
-         "--no-kubo"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _read_until(process, "Ctrl-C stops every node", timeout=90)
-        state = json.loads((home / "devstack.json").read_text())
-        yield Stack(home, env, state["nodes"], process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            _, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, err = process.communicate()
-            raise
-    assert process.returncode == 0, err
-    _assert_no_traceback(err)
-    for log in sorted((home / "stack").glob("node-*/node.log")):
-        text = log.read_text()
-        _assert_no_traceback(text)
-        assert "stopped by an error" not in text and "ERROR" not in text, text[-2000:]
+    with cli_devstack(tmp_path_factory.mktemp("sweeps-cli-home"), nodes=2, base_port=BASE_PORT) as devstack:
+        yield devstack
 
 
 def shoal(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
