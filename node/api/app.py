@@ -602,6 +602,10 @@ def create_app(node: "Node") -> FastAPI:
     return app
 
 
+NETWORK_GAUGES = ("connected_peers", "open_streams", "gossip_cached")
+"""``NetworkStatistics`` fields that are levels now, not counts since start."""
+
+
 async def _metrics(node: "Node") -> str:
     lines = ["# TYPE shoal_jobs gauge"]
     for state, n in sorted((await node.store.count_jobs_by_state()).items()):
@@ -624,10 +628,13 @@ async def _metrics(node: "Node") -> str:
             lines.append(f'shoal_capacity_memory_bytes{{kind="{kind}"}} {res.memory}')
         lines.append(f"shoal_backlog {len(node.compute.backlog)}")
     lines.append(f"shoal_peers {len(node.network.connected_peers())}")
+    stats = asdict(node.network.statistics())
+    lines.append("# TYPE shoal_network gauge")
+    for name in NETWORK_GAUGES:
+        lines.append(f'shoal_network{{value="{name}"}} {stats.pop(name)}')
     lines.append("# TYPE shoal_network_total counter")
-    for name, n in asdict(node.network.statistics()).items():
-        if isinstance(n, int):
-            lines.append(f'shoal_network_total{{event="{name}"}} {n}')
+    for name, n in stats.items():
+        lines.append(f'shoal_network_total{{event="{name}"}} {n}')
     return "\n".join(lines) + "\n"
 
 

@@ -7,8 +7,10 @@ import hashlib
 import random
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -39,6 +41,7 @@ def make(
     on_request: Callable[[str, bytes], Awaitable[bytes]] = echo,
     on_gossip: Callable[[str, bytes], Awaitable[None]] = ignore_gossip,
     max_frame: int = 1 << 20,
+    gossip_heartbeat: float = 3.0,
 ) -> Network:
     return Network(
         seed=seed(name),
@@ -47,6 +50,7 @@ def make(
         on_gossip=on_gossip,
         on_request=on_request,
         max_frame=max_frame,
+        gossip_heartbeat=gossip_heartbeat,
     )
 
 
@@ -523,3 +527,40 @@ async def test_gossip_reaches_all_with_origin_id() -> None:
         await wait_until(lambda: len(got["a"]) > before_a and len(got["c"]) > before_c, timeout=5)
         assert got["a"][-1] == (b.peer_id, b"from-b")
         assert got["c"][-1] == (b.peer_id, b"from-b")
+
+
+async def test_forwarded_gossip_is_forgotten_after_five_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's memory for gossip is bounded by time: libp2p keeps each message for five
+    heartbeats (to answer IWANTs), whatever the size of the mesh. py-libp2p's adaptive gossip
+    judges a mesh smaller than its low degree unhealthy (every 30 s, by its clock) and stretches
+    the heartbeat to 60 s, so the nodes of a small network held minutes of messages."""
+    from libp2p.pubsub import gossipsub
+
+    ahead = 0.0  # set to 40 s once the nodes run: their next heartbeat does the 30-second health check
+    monkeypatch.setattr(gossipsub, "time", SimpleNamespace(time=lambda: time.time() + ahead))
+    heartbeat = 0.5
+    received: list[bytes] = []
+
+    async def on_gossip(origin: str, data: bytes) -> None:
+        received.append(data)
+
+    async with cluster() as start:
+        a = make("a", gossip_heartbeat=heartbeat)
+        await start(a)
+        b = make("b", peers=a.addrs(), on_gossip=on_gossip, gossip_heartbeat=heartbeat)
+        await start(b)
+        await wait_until(lambda: b.connected_peers() == [a.peer_id])
+        ahead = 40.0
+        with trio.fail_after(15):  # the mesh forms within a heartbeat or two
+            i = 0
+            while not received:
+                await a.publish(b"job-%d" % i)
+                i += 1
+                await trio.sleep(0.1)
+        for n in range(30):
+            await a.publish(b"more-%d" % n)
+        await wait_until(lambda: len(received) >= 30, timeout=5)
+        assert a.statistics().gossip_cached >= 30
+        assert b.statistics().gossip_cached >= 30
+        await wait_until(lambda: a.statistics().gossip_cached == b.statistics().gossip_cached == 0,
+                         timeout=5 * heartbeat + 4.0)
