@@ -40,11 +40,13 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from node.net import pubsub_records
 from node.net.errors import NetworkError, PeerUnreachable
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
 
 log = logging.getLogger(__name__)
+pubsub_records.install()
 
 RPC_PROTOCOL = TProtocol(PROTOCOL_ID)
 GOSSIP_PROTOCOL = TProtocol("/meshsub/1.1.0")
