@@ -16,7 +16,10 @@ def bench(
         help="Nodes that run each job.")] = 3,
     chaos: Annotated[bool, typer.Option("--chaos",
         help="Kill -9 a random node every few seconds and restart it.")] = False,
-    chaos_interval: Annotated[float, typer.Option("--chaos-interval", metavar="S", min=0.5)] = 3.0,
+    chaos_interval: Annotated[float, typer.Option("--chaos-interval", metavar="S", min=0.5,
+        help="Seconds between two faults (--chaos, --freeze).")] = 3.0,
+    freeze: Annotated[float, typer.Option("--freeze", metavar="S", min=0.0,
+        help="Instead of killing, stop a random node with SIGSTOP for S seconds, then resume it.")] = 0.0,
     api: Annotated[str | None, typer.Option("--api", metavar="URL",
         help="Use this running node instead of starting a fresh noop devstack.")] = None,
     base_port: Annotated[int, typer.Option("--base-port", metavar="PORT")] = 8800,
@@ -26,7 +29,8 @@ def bench(
     from devstack.bench import main as run_bench
 
     report = run_bench(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency, api=api,
-                       base_port=base_port, as_json=as_json, chaos=chaos, chaos_interval=chaos_interval)
+                       base_port=base_port, as_json=as_json, chaos=chaos, chaos_interval=chaos_interval,
+                       freeze_for=freeze)
     if report.completed + report.failed != report.jobs or report.errors:
         raise typer.Exit(1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import statistics
 import time
 import uuid
@@ -39,6 +40,9 @@ class BenchReport:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
     chaos_kills: int = 0
+    freezes: int = 0
+    freeze_seconds: float = 0.0
+    reoffers: int = 0
 
     def summary(self) -> str:
         lat = self.latency_ms
@@ -55,6 +59,9 @@ class BenchReport:
             lines.append(f"phases (median ms after submit): {phases}")
         if self.chaos_kills:
             lines.append(f"chaos: {self.chaos_kills} nodes killed with SIGKILL and restarted during the run")
+        if self.freezes:
+            lines.append(f"freeze: {self.freezes} nodes stopped with SIGSTOP for {self.freeze_seconds:g} s each, "
+                         f"then resumed; {self.reoffers} executions re-offered by the requesters")
         for reason, n in self.failure_reasons.items():
             lines.append(f"  {n} x {reason}")
         for name, (before, at_1000, after) in self.rss_mb.items():
@@ -72,12 +79,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: int, nodes: int,
               job_timeout: float = 120.0, spec: dict | None = None, sample_phases: int = 200,
-              chaos: Devstack | None = None, chaos_interval: float = 3.0,
+              chaos: Devstack | None = None, chaos_interval: float = 3.0, freeze_for: float = 0.0,
               on_job_done: Callable[[int], None] | None = None) -> BenchReport:
     """Submit ``jobs`` jobs from ``submitters`` concurrent clients, each waiting for its job to end.
 
     With ``chaos``, a random node of that stack is killed with SIGKILL every ``chaos_interval``
     seconds and restarted; submitters ride through their node's restarts (same idempotency key).
+    With ``freeze_for`` as well, the node is stopped with SIGSTOP for that long instead, then
+    resumed: a node that stops answering, whose work the requesters must re-offer.
     """
     from shoal import AsyncClient, ConnectionFailed, ShoalAPIError
 
@@ -132,10 +141,17 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
         while True:
             await trio.sleep(chaos_interval)
             victim = rng.randrange(len(chaos.nodes))
-            chaos.kill(victim)
             chaos_events.append(victim)
-            await trio.sleep(0.5)
-            await chaos.restart(victim)
+            if freeze_for:
+                chaos.kill(victim, signal.SIGSTOP)
+                try:
+                    await trio.sleep(freeze_for)
+                finally:  # also when the run ends meanwhile: never leave a node stopped
+                    chaos.kill(victim, signal.SIGCONT)
+            else:
+                chaos.kill(victim)
+                await trio.sleep(0.5)
+                await chaos.restart(victim)
 
     start_id = uuid.uuid4().hex[:8]
     chaos_events: list[int] = []
@@ -150,6 +166,7 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
     wall = time.perf_counter() - start
 
     phases = await _phase_medians(api_urls, finished_ids[-sample_phases:])
+    reoffers = await _requester_total(api_urls, "reoffers") if freeze_for else 0
     ms = [x * 1000 for x in latencies]
     return BenchReport(
         jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes,
@@ -158,7 +175,9 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
         wall_seconds=wall, jobs_per_second=outcomes["completed"] / wall if wall else 0.0,
         latency_ms={"mean": statistics.fmean(ms) if ms else math.nan, "p50": _percentile(ms, 0.5),
                     "p90": _percentile(ms, 0.9), "p99": _percentile(ms, 0.99), "max": max(ms, default=math.nan)},
-        phases_ms=phases, failure_reasons=dict(reasons.most_common(10)), chaos_kills=len(chaos_events),
+        phases_ms=phases, failure_reasons=dict(reasons.most_common(10)),
+        chaos_kills=0 if freeze_for else len(chaos_events), freezes=len(chaos_events) if freeze_for else 0,
+        freeze_seconds=freeze_for, reoffers=reoffers,
     )
 
 
@@ -183,6 +202,19 @@ async def _phase_medians(api_urls: list[str], sample: list[tuple[str, int]]) -> 
     return {k: statistics.median(v) for k, v in per_phase.items()}
 
 
+async def _requester_total(api_urls: list[str], event: str) -> int:
+    """Sum one ``shoal_requester_total`` counter over the nodes' /metrics."""
+    import httpx
+
+    total = 0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in api_urls:
+            for line in (await http.get(f"{url}/metrics")).text.splitlines():
+                if line.startswith(f'shoal_requester_total{{event="{event}"}} '):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 def rss_mb(pid: int) -> float:
     import psutil
 
@@ -194,7 +226,7 @@ def rss_mb(pid: int) -> float:
 
 def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrency: int = 3,
          api: str | None = None, base_port: int = 8800, as_json: bool = False, chaos: bool = False,
-         chaos_interval: float = 3.0) -> BenchReport:
+         chaos_interval: float = 3.0, freeze_for: float = 0.0) -> BenchReport:
     """``shoal bench``: start a fresh noop devstack (or use ``api``), run, print a summary and JSON."""
     from node.config import shoal_home
 
@@ -214,8 +246,8 @@ def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrenc
                     at_1000.update({f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid})
 
             report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters,
-                               concurrency=concurrency, nodes=nodes, chaos=stack if chaos else None,
-                               chaos_interval=chaos_interval, on_job_done=sample)
+                               concurrency=concurrency, nodes=nodes, chaos=stack if chaos or freeze_for else None,
+                               chaos_interval=chaos_interval, freeze_for=freeze_for, on_job_done=sample)
             report.rss_mb = {name: [before[name], at_1000.get(name, math.nan), rss_mb(n.pid)] for name, n in
                              ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
             return report
