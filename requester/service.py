@@ -206,7 +206,20 @@ class RequesterService:
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1
-        await self.peers.publish(ann)
+        if ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
+            for node in ask:
+                self._spawn(self._offer, node, ann)
+        else:
+            await self.peers.publish(ann)
+
+    async def _offer(self, node: str, ann: Announce) -> None:
+        """Announce straight to one named node. Best effort, like gossip: if the nodes asked do not
+        take the job, the next announcement goes to everyone."""
+        info = self.nodes.get(node)
+        try:
+            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info[0].addrs if info else ())
+        except Unreachable as e:
+            log.debug("offering %s to %s: %s", ann.job_id, node, e)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
         aj = self._active.get(job_id)

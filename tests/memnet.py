@@ -3,6 +3,7 @@ with bytes passed between them in-process instead of over libp2p."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from executors import ExecutorRegistry, NoopExecutor
 from executors.faults import BadActor
 from executors.noop import NoopHooks
 from jobs import Resources
+from jobs.messages import decode
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
 from node.store import Store
 from requester import RequesterService
@@ -28,6 +30,7 @@ class MemoryHub:
         self.transports: dict[str, MemoryTransport] = {}
         self.requests = 0
         self.gossip = 0
+        self.sent: Counter[tuple[str, str]] = Counter()  # (gossip | request, message kind) -> count
         self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
 
     def identity(self, name: str) -> NamedIdentity:
@@ -72,6 +75,7 @@ class MemoryTransport:
         if self.down or target is None or target.down or target.dispatcher is None:
             raise TransportUnreachable(f"{peer_id} is down")
         self.hub.requests += 1
+        self.hub.sent["request", decode(data).kind] += 1
         with trio.move_on_after(timeout):
             return await target.dispatcher.on_request(self.peer_id, data)
         raise TransportUnreachable("timed out")
@@ -80,6 +84,7 @@ class MemoryTransport:
         if self.down:
             return
         self.hub.gossip += 1
+        self.hub.sent["gossip", decode(data).kind] += 1
         for other in list(self.hub.transports.values()):
             if other is not self and not other.down and other.dispatcher is not None:
                 await other.dispatcher.on_gossip(self.peer_id, data)

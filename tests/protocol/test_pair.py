@@ -208,8 +208,11 @@ async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_roo
         await trio.sleep(1.5)  # node info gossip: the requester knows who has room
         requester = nodes[0].requester
         for _ in range(10):
-            job, _ = await requester.submit(spec(deal={"concurrency": 2}), "alice")
+            job, _ = await requester.submit(spec(deal={"concurrency": 2}, cache=False), "alice")  # each one runs
             d = await wait_terminal(requester, job.id)
             assert d.job.state is JobState.COMPLETED, d.job.reason
         # each first announcement names 2 x 2 nodes with room; the other six never bid
         assert requester.counters["bids"] <= 10 * 4, requester.counters
+        # ... and reaches just those four, as direct messages: none went through gossip
+        assert hub.sent["request", "announce"] == 10 * 4, hub.sent
+        assert hub.sent["gossip", "announce"] == 0, hub.sent
