@@ -20,6 +20,8 @@ def bench(
         help="Seconds between two faults (--chaos, --freeze).")] = 3.0,
     freeze: Annotated[float, typer.Option("--freeze", metavar="S", min=0.0,
         help="Instead of killing, stop a random node with SIGSTOP for S seconds, then resume it.")] = 0.0,
+    job_seconds: Annotated[float, typer.Option("--job-seconds", metavar="S", min=0.0,
+        help="How long each (noop) job runs: work in flight for --chaos and --freeze to hit.")] = 0.0,
     api: Annotated[str | None, typer.Option("--api", metavar="URL",
         help="Use this running node instead of starting a fresh noop devstack.")] = None,
     base_port: Annotated[int, typer.Option("--base-port", metavar="PORT")] = 8800,
@@ -30,7 +32,7 @@ def bench(
 
     report = run_bench(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency, api=api,
                        base_port=base_port, as_json=as_json, chaos=chaos, chaos_interval=chaos_interval,
-                       freeze_for=freeze)
+                       freeze_for=freeze, job_seconds=job_seconds)
     if report.completed + report.failed != report.jobs or report.errors:
         raise typer.Exit(1)
 

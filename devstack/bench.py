@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -39,6 +40,8 @@ class BenchReport:
     phases_ms: dict[str, float] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
     chaos_kills: int = 0
     freezes: int = 0
     freeze_seconds: float = 0.0
@@ -65,8 +68,10 @@ class BenchReport:
         for reason, n in self.failure_reasons.items():
             lines.append(f"  {n} x {reason}")
         for name, (before, at_1000, after) in self.rss_mb.items():
+            cpu = self.cpu_seconds.get(name, math.nan)
             lines.append(f"  {name}: RSS {before:.0f} MB at start, {at_1000:.0f} MB after 1,000 jobs, "
-                         f"{after:.0f} MB at the end")
+                         f"{after:.0f} MB at the end, peak {self.peak_rss_mb.get(name, math.nan):.0f} MB; "
+                         f"CPU {cpu:.1f} s ({cpu / self.wall_seconds if self.wall_seconds else math.nan:.2f} cores)")
         return "\n".join(lines)
 
 
@@ -215,6 +220,20 @@ async def _requester_total(api_urls: list[str], event: str) -> int:
     return total
 
 
+def cpu_and_peak(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) a process used so far, and its peak RSS in MB (VmHWM)."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (psutil.NoSuchProcess, OSError):
+        return math.nan, math.nan
+    peak_kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    peak = peak_kib * 1024 / 1e6 if peak_kib is not None else math.nan
+    return times.user + times.system, peak
+
+
 def rss_mb(pid: int) -> float:
     import psutil
 
@@ -226,30 +245,41 @@ def rss_mb(pid: int) -> float:
 
 def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrency: int = 3,
          api: str | None = None, base_port: int = 8800, as_json: bool = False, chaos: bool = False,
-         chaos_interval: float = 3.0, freeze_for: float = 0.0) -> BenchReport:
+         chaos_interval: float = 3.0, freeze_for: float = 0.0, job_seconds: float = 0.0) -> BenchReport:
     """``shoal bench``: start a fresh noop devstack (or use ``api``), run, print a summary and JSON."""
     from node.config import shoal_home
 
+    spec = {"engine": {"name": "noop", "delay": job_seconds}} if job_seconds else None
+
     async def _main() -> BenchReport:
         if api:
-            return await run([api], jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes)
+            return await run([api], jobs=jobs, submitters=submitters, concurrency=concurrency, nodes=nodes,
+                             spec=spec)
         base = shoal_home() / "bench"
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
         async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
             before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
+            cpu_before = {f"node-{n.index}": (n.pid, cpu_and_peak(n.pid)[0]) for n in stack.nodes if n.pid}
             at_1000: dict[str, float] = {}
 
             def sample(done: int) -> None:  # RSS after the first 1,000 jobs, to compare with the end
                 if done == 1000:
                     at_1000.update({f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid})
 
-            report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters,
+            report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters, spec=spec,
                                concurrency=concurrency, nodes=nodes, chaos=stack if chaos or freeze_for else None,
                                chaos_interval=chaos_interval, freeze_for=freeze_for, on_job_done=sample)
             report.rss_mb = {name: [before[name], at_1000.get(name, math.nan), rss_mb(n.pid)] for name, n in
                              ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
+            for n in stack.nodes:
+                if n.pid:
+                    name = f"node-{n.index}"
+                    cpu, peak = cpu_and_peak(n.pid)
+                    pid, cpu_at_start = cpu_before.get(name, (None, 0.0))
+                    report.cpu_seconds[name] = cpu - cpu_at_start if pid == n.pid else cpu  # restarted: since then
+                    report.peak_rss_mb[name] = peak
             return report
 
     report = trio.run(_main)
