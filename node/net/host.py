@@ -440,8 +440,8 @@ class Network:
             spam_protection_enabled=False,
             # "Adaptive gossip" stretches the heartbeat to 30-60 s whenever the mesh is smaller
             # than degree_low (every network of fewer than 5 nodes): the message cache then
-            # held five minutes of messages (RSS grew ~2.5 MB per 1,000 jobs) and the mesh
-            # healed a minute late after a restart.
+            # held five minutes of messages (RSS grew ~2.5 MB per 1,000 jobs) and mesh upkeep
+            # ran once a minute.
             adaptive_gossip_enabled=False,
         )
         router.equivocation_detection = _BoundedDict(EQUIVOCATION_CACHE)
