@@ -207,17 +207,22 @@ async def _phase_medians(api_urls: list[str], sample: list[tuple[str, int]]) -> 
     return {k: statistics.median(v) for k, v in per_phase.items()}
 
 
-async def _requester_total(api_urls: list[str], event: str) -> int:
-    """Sum one ``shoal_requester_total`` counter over the nodes' /metrics."""
+def counters(api: str) -> dict[str, float]:
+    """A node's counters from its /metrics, keyed by series (``shoal_requester_total{event="bids"}``)."""
     import httpx
 
-    total = 0
-    async with httpx.AsyncClient(timeout=10) as http:
-        for url in api_urls:
-            for line in (await http.get(f"{url}/metrics")).text.splitlines():
-                if line.startswith(f'shoal_requester_total{{event="{event}"}} '):
-                    total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{api}/metrics", timeout=10).text.splitlines():
+        if line.startswith(("shoal_network_total", "shoal_requester_total")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+async def _requester_total(api_urls: list[str], event: str) -> int:
+    """Sum one ``shoal_requester_total`` counter over the nodes."""
+    key = f'shoal_requester_total{{event="{event}"}}'
+    return int(sum([(await trio.to_thread.run_sync(counters, url)).get(key, 0.0) for url in api_urls]))
 
 
 def cpu_and_peak(pid: int) -> tuple[float, float]:

@@ -14,20 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-import httpx
 import trio
 
 from devstack import bench
 from devstack.stack import Devstack
-
-
-def _counters(api: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in httpx.get(f"{api}/metrics", timeout=10).text.splitlines():
-        if line.startswith(("shoal_network_total", "shoal_requester_total")):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def _total(snapshots: list[dict[str, float]], key: str) -> float:
@@ -39,9 +29,9 @@ async def measure(nodes: int, jobs: int, concurrency: int, base_port: int) -> di
     async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
         await trio.sleep(6.0)  # node info from every node reaches the requesters
         apis = [n.api for n in stack.nodes]
-        before = [await trio.to_thread.run_sync(_counters, a) for a in apis]
+        before = [await trio.to_thread.run_sync(bench.counters, a) for a in apis]
         report = await bench.run(apis[:3], jobs=jobs, submitters=10, concurrency=concurrency, nodes=nodes)
-        after = [await trio.to_thread.run_sync(_counters, a) for a in apis]
+        after = [await trio.to_thread.run_sync(bench.counters, a) for a in apis]
 
     def per_job(key: str) -> float:
         return round((_total(after, key) - _total(before, key)) / max(report.completed, 1), 2)
