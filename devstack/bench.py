@@ -155,8 +155,11 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
                     chaos.kill(victim, signal.SIGCONT)
             else:
                 chaos.kill(victim)
-                await trio.sleep(0.5)
-                await chaos.restart(victim)
+                try:
+                    await trio.sleep(0.5)
+                finally:  # also when the run ends meanwhile: never leave a node dead
+                    with trio.CancelScope(shield=True), trio.fail_after(60):
+                        await chaos.restart(victim)
 
     start_id = uuid.uuid4().hex[:8]
     chaos_events: list[int] = []
@@ -188,12 +191,17 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
 
 async def _phase_medians(api_urls: list[str], sample: list[tuple[str, int]]) -> dict[str, float]:
     """Median time from submit to each phase, from the requester's own timestamps."""
-    from shoal import AsyncClient
+    from shoal import AsyncClient, ShoalAPIError
 
     per_phase: dict[str, list[float]] = {}
     clients = [AsyncClient(url) for url in api_urls]
+    descriptions = []
     try:
-        descriptions = [await clients[i % len(clients)].describe(job_id) for job_id, i in sample]
+        for job_id, i in sample:
+            try:
+                descriptions.append(await clients[i % len(clients)].describe(job_id))
+            except ShoalAPIError:  # a sample, not a result: skip a job whose node cannot answer now
+                continue
     finally:
         for client in clients:
             await client.aclose()

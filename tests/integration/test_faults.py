@@ -27,6 +27,7 @@ async def test_chaos_every_job_ends_once(shoal_home):
     async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18760) as stack:
         report = await bench([n.api for n in stack.nodes], jobs=300, submitters=6, concurrency=1, nodes=3,
                              spec=spec, chaos=stack, chaos_interval=2.0, job_timeout=90)
+        assert all(n.process.returncode is None for n in stack.nodes), "the run ended with a node left dead"
     assert report.chaos_kills >= 2, report.summary()
     assert report.errors == 0, report.summary()  # every submitted job was seen to a terminal state
     assert report.completed + report.failed == 300
