@@ -138,24 +138,30 @@ class ComputeService:
 
     # -- announcements and bidding ---------------------------------------------------------------
 
-    def on_announce(self, origin: str, ann: Announce) -> None:
-        """A job needs nodes. Cheap checks here; the bid itself runs in its own task."""
+    def on_announce(self, origin: str, ann: Announce) -> bool:
+        """A job needs nodes. Cheap checks here; the bid itself runs in its own task.
+
+        True when a bid for this announcement is on its way (a requester offering a job to its
+        own node falls back to announcing it to everyone when this is False).
+        """
         if origin != ann.requester:
             log.warning("dropping announcement of %s relayed as if from %s", ann.job_id, origin)
-            return
+            return False
         now = self.clock()
         if ann.bid_deadline is not None and now > ann.bid_deadline:
-            return
+            return False
         if ann.job_id in self._by_job or self._recent.get(ann.job_id, -1) >= ann.attempt:
-            return
+            return False
         if ann.candidates and self.peers.node_id not in ann.candidates:
-            return  # other nodes were asked first; if they do not take it, it is announced to all
+            return False  # other nodes were asked first; if they do not take it, it is announced to all
         refusal = first_refusal(self._checks, ann.spec)
         if refusal is not None:
             log.debug("passing over %s: %s", ann.job_id, refusal)
-            return
-        if not self._try_bid(ann):
-            self.backlog.add(ann, now)
+            return False
+        if self._try_bid(ann):
+            return True
+        self.backlog.add(ann, now)
+        return False
 
     def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
         self.sweeps.on_announce(origin, ann)

@@ -131,8 +131,9 @@ class Dispatcher:
             elif isinstance(message, Decision | Cancel | StatusQuery) and self.compute is not None:
                 reply = await self.compute.handle(peer, message)
             elif isinstance(message, Announce) and self.compute is not None:
-                self.compute.on_announce(peer, message)  # a first announcement sent to the nodes it names
-                reply = Reply()
+                # a first announcement sent to the nodes it names; "pending": a bid follows
+                bidding = self.compute.on_announce(peer, message)
+                reply = Reply(verdict="pending" if bidding else "rejected")
             else:
                 reply = None
         except Exception:  # a bug or a store failure on one message must not take the node down

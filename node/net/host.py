@@ -345,7 +345,7 @@ class Network:
         if len(data) > self._max_frame:
             raise ValueError(f"request of {len(data)} bytes exceeds max_frame={self._max_frame}")
         self._counters.requests_sent += 1
-        if addrs and peer_id not in self._links:  # hints matter only for dialling; parsing them costs
+        if addrs and peer_id not in self._links and peer_id != self.peer_id:  # hints matter only for dialling
             try:
                 self.add_peer_addrs(peer_id, addrs)
             except ValueError as exc:

@@ -216,3 +216,27 @@ async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_roo
         # ... and reaches just those four, as direct messages: none went through gossip
         assert hub.sent["request", "announce"] == 10 * 4, hub.sent
         assert hub.sent["gossip", "announce"] == 0, hub.sent
+
+
+async def test_a_job_runs_on_the_node_it_was_submitted_to_while_that_node_has_room(tmp_path):
+    """No gossip, bids or rejections for a one-node job the requester's own compute role can take;
+    once that node is full, the job is announced to everyone and runs elsewhere."""
+    hub = MemoryHub()
+    one_cpu = Resources(cpu=1, memory="1GiB", disk=0)
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}", total=one_cpu))
+                 for i in range(3)]
+        nodes[0].noop.hooks.delay = 1.0
+        await trio.sleep(1.5)  # node info gossip
+        requester = nodes[0].requester
+        here, _ = await requester.submit(spec(resources={"cpu": 1}, cache=False), "alice")
+        elsewhere, _ = await requester.submit(spec(resources={"cpu": 1}, cache=False), "alice")
+        d_here = await wait_terminal(requester, here.id)
+        d_elsewhere = await wait_terminal(requester, elsewhere.id)
+    assert d_here.job.state is JobState.COMPLETED and d_elsewhere.job.state is JobState.COMPLETED
+    assert [x.node_id for x in d_here.executions] == ["n0"]  # the only bid was its own
+    (ran,) = [x for x in d_elsewhere.executions if x.state is ExecutionState.COMPLETED]
+    assert ran.node_id != "n0"
+    assert hub.sent["request", "announce"] == 2, hub.sent  # offered here twice: taken, then declined (full)
+    assert hub.sent["gossip", "announce"] == 1, hub.sent  # only the job n0 had no room for
+    assert requester.counters["offered_here"] == 1
