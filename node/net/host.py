@@ -40,13 +40,14 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.net import pubsub_records
+from node.net import pubsub_records, yamux_credit
 from node.net.errors import NetworkError, PeerUnreachable
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
 
 log = logging.getLogger(__name__)
 pubsub_records.install()
+yamux_credit.install()
 
 RPC_PROTOCOL = TProtocol(PROTOCOL_ID)
 GOSSIP_PROTOCOL = TProtocol("/meshsub/1.1.0")

@@ -311,6 +311,37 @@ async def test_large_payloads_round_trip() -> None:
 
 
 @pytest.mark.trio
+async def test_small_requests_do_not_each_cost_a_window_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credit goes back to the sender in half-window batches (node.net.yamux_credit), and a run
+    of messages larger than the whole window still flows without stalling."""
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    updates = 0
+    send_window_update = YamuxStream.send_window_update
+
+    async def counted(self, *args, **kwargs):
+        nonlocal updates
+        updates += 1
+        return await send_window_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        await b.request(a.peer_id, b"warm-up", timeout=10)
+        updates = 0
+        for i in range(1000):
+            assert await b.request(a.peer_id, b"%d" % i + b"x" * 300, timeout=10) == b"echo:%dx" % i + b"x" * 299
+        assert updates <= 10  # about 320 KB each way: a few half-window grants, not one per message
+        big = random.randbytes(900_000)
+        with trio.fail_after(30):
+            for _ in range(5):
+                assert await b.request(a.peer_id, big, timeout=10) == b"echo:" + big
+
+
+@pytest.mark.trio
 async def test_handler_error_does_not_break_next_request() -> None:
     async def on_request(peer: str, data: bytes) -> bytes:
         if data == b"boom":
