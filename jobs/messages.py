@@ -40,6 +40,7 @@ class Announce(_Message):
     bid_deadline: float | None = None  # unix time after which bids are pointless
     # Nodes asked to bid (empty: everyone). The first announcement of a job names a few nodes
     # with room, so bids per job do not grow with the network; re-announcements ask everyone.
+    # Sent to a named node as a request, it is answered "pending" (a Bid follows) or "rejected".
     candidates: list[_Id] = Field(default=[], max_length=100)
 
 

@@ -1,8 +1,9 @@
 """The requester role's trio service: announce, choose bids, collect results, keep deadlines.
 
-Per job, the requester sends one gossip announcement (repeated with backoff while the job is
-short of nodes, since gossip may drop it) and then only direct messages to the nodes that bid.
-A one-node job its own compute role has room for runs there without any announcement.
+Per job, the requester sends one announcement (direct offers to the nodes ``candidates`` names,
+else gossip; repeated with backoff to everyone while the job is short of nodes) and then only
+direct messages to the nodes that bid. A one-node job its own compute role has room for runs
+there without any announcement.
 Bid and result verdicts travel in the reply to the bid or result itself, so a job with
 ``concurrency=N`` costs N bids and N results, each one round trip.
 
@@ -199,16 +200,18 @@ class RequesterService:
         job = aj.job
         bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
         first = aj.announce_backoff == 1.0  # the first announcement of this attempt
-        wanted = CANDIDATE_SLACK * max(aj.needed(), job.spec.deal.min_bids)
-        ask = candidates(job.spec, self.known_nodes(), wanted, self._rng) if first else []
+        needed = max(aj.needed(), job.spec.deal.min_bids)
+        ask = candidates(job.spec, self.known_nodes(), needed, self._rng, slack=CANDIDATE_SLACK) if first else []
         ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
                        requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline,
                        candidates=ask)
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1
-        if first and self._may_run_here(aj) and await self._offer_here(ann):
-            return
+        if first and self._may_run_here(aj):
+            if await self._offer_here(ann):
+                return
+            ask = [node for node in ask if node != self.peers.node_id]  # it just said no
         if ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
             for node in ask:
                 self._spawn(self._offer, node, ann)
