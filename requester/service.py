@@ -54,7 +54,7 @@ REQUEST_TIMEOUT = 5.0
 ANNOUNCE_BACKOFF_MAX = 30.0
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
 MAX_REOFFERS = 5
-CANDIDATE_SLACK = 2  # a first announcement asks twice as many nodes as the job needs
+CANDIDATE_SPARE = 1  # a first announcement asks one node more than the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
 
 
@@ -201,7 +201,7 @@ class RequesterService:
         bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
         first = aj.announce_backoff == 1.0  # the first announcement of this attempt
         needed = max(aj.needed(), job.spec.deal.min_bids)
-        ask = candidates(job.spec, self.known_nodes(), needed, self._rng, slack=CANDIDATE_SLACK) if first else []
+        ask = candidates(job.spec, self.known_nodes(), needed, self._rng, spare=CANDIDATE_SPARE) if first else []
         ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
                        requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline,
                        candidates=ask)
