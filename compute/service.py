@@ -77,6 +77,7 @@ class ComputeService:
         self.backlog = Backlog(backlog_size)
         self.clock = clock
         self.engines = executors.installed()
+        self.boot = uuid.uuid4().hex
         self._checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job),
                         inputs_fetchable(self.runner.input_problems)]
         self._live: dict[str, Execution] = {}  # execution id -> live execution
@@ -386,7 +387,7 @@ class ComputeService:
         return NodeInfo(
             peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.engines,
             max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog),
+            running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog), boot=self.boot,
         )
 
     async def _node_info_loop(self) -> None:

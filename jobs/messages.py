@@ -54,6 +54,7 @@ class NodeInfo(_Message):
     free: Resources
     running: int = 0
     backlog: int = 0
+    boot: str = Field("", max_length=64)  # new at every start: a change means the node restarted, backlog empty
 
 
 class Bid(_Message):

@@ -139,7 +139,23 @@ class RequesterService:
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
+        known = self.nodes.get(info.peer_id)
         self.nodes[info.peer_id] = (info, self.clock())
+        if known is None or known[0].boot != info.boot:
+            self._wake_waiting_for(info)
+
+    def _wake_waiting_for(self, info: NodeInfo) -> None:
+        """A node joined, or came back with an empty backlog: re-announce the waiting jobs it has
+        room for at the next sweep, oldest first, rather than at their next backoff step (up to
+        ANNOUNCE_BACKOFF_MAX away; a concurrency-3 job on 3 nodes waits for a restarted one)."""
+        free, now = info.free, self.clock()
+        waiting = sorted((aj for aj in self._active.values() if not aj.job.state.is_terminal and aj.needed() > 0),
+                         key=lambda aj: aj.waiting_since)
+        for aj in waiting:
+            spec = aj.job.spec
+            if spec.engine.name in info.engines and spec.resources.fits_in(free):
+                free = free - spec.resources
+                aj.next_announce = min(aj.next_announce, now)
 
     def _event(self, job_id: str, kind: EventKind, message: str = "", ex: Execution | None = None) -> Event:
         return Event(job_id=job_id, at=self.clock(), kind=kind, execution_id=ex.id if ex else None,

@@ -241,3 +241,25 @@ async def test_a_job_runs_on_the_node_it_was_submitted_to_while_that_node_has_ro
     assert hub.sent["request", "announce"] == 2 + 2, hub.sent
     assert hub.sent["gossip", "announce"] == 0, hub.sent  # three nodes: direct offers, no gossip
     assert requester.counters["offered_here"] == 1
+
+
+async def test_a_node_that_comes_back_hears_of_waiting_jobs_at_once(tmp_path):
+    """A restarted node has an empty backlog: the requester re-announces the jobs waiting for it
+    when its node info shows a new boot, not at the jobs' next backoff step (15 s here)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        b_alive = AsyncExitStack()
+        await b_alive.enter_async_context(memory_node(hub, "b", tmp_path / "b", requester=False))
+        await trio.sleep(1.5)  # node info gossip
+        await b_alive.aclose()  # b crashes
+        hub.transports.pop("b")
+        job, _ = await req.requester.submit(spec(deal={"concurrency": 2}), "alice")  # needs a and b
+        await trio.sleep(7.5)  # announced at 0, 1, 3 and 7 s: the next step is at 15 s
+        assert (await req.requester.describe(job.id)).job.state is not JobState.COMPLETED
+        back = trio.current_time()
+        await stack.enter_async_context(memory_node(hub, "b", tmp_path / "b", requester=False))
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        assert trio.current_time() - back < 3.0
