@@ -134,8 +134,10 @@ async def run(api_urls: list[str], *, jobs: int, submitters: int, concurrency: i
                 outcomes[d.job.state.value] += 1
                 if d.job.state.value != "completed":
                     reasons[d.job.reason[:120]] += 1
-                elif sum(x.state.value == "completed" for x in d.executions) != d.job.spec.deal.concurrency:
-                    outcomes["completed_wrongly"] += 1  # more (or fewer) accepted results than asked for
+                else:
+                    done_by = [x.node_id for x in d.executions if x.state.value == "completed"]
+                    if not len(done_by) == len(set(done_by)) == d.job.spec.deal.concurrency:
+                        outcomes["completed_wrongly"] += 1  # not exactly `concurrency` results, from as many nodes
                 finished_ids.append((d.job.id, i))
                 if on_job_done is not None:
                     on_job_done(len(finished_ids))

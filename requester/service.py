@@ -349,8 +349,9 @@ class RequesterService:
         if self.quarantined(peer):
             accepted, rejected = self.reputation[peer]
             return Reply(verdict="rejected", reason=f"quarantined: {rejected} results rejected, {accepted} accepted")
-        if any(x.node_id == peer and not x.state.is_terminal for x in aj.executions.values()):
-            return Reply(verdict="rejected", reason="this node already has a live execution of the job")
+        if any(x.node_id == peer and (x.state.holds_slot or not x.state.is_terminal) for x in aj.executions.values()):
+            # concurrency=N means N different nodes; a restarted node may not remember it ran the job
+            return Reply(verdict="rejected", reason="this node already runs or ran the job")
         ex = Execution(id=bid.execution_id, job_id=job.id, node_id=peer, requester=self.peers.node_id,
                        attempt=bid.attempt, created_at=now, updated_at=now, reason="bid received")
         events = [self._event(job.id, EventKind.BID, ex=ex)]

@@ -263,3 +263,29 @@ async def test_a_node_that_comes_back_hears_of_waiting_jobs_at_once(tmp_path):
         d = await wait_terminal(req.requester, job.id, timeout=20)
         assert d.job.state is JobState.COMPLETED, d.job.reason
         assert trio.current_time() - back < 3.0
+
+
+async def test_a_node_never_holds_two_of_a_jobs_slots(tmp_path):
+    """concurrency=N means N different nodes: a node that restarted (forgetting it already ran
+    the job) and bids again is refused while its earlier execution still counts."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a_alive = AsyncExitStack()
+        await a_alive.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(deal={"concurrency": 2}), "alice")
+        with trio.fail_after(5):  # a's execution completed: one of the two slots is held
+            while not any(x.state is ExecutionState.COMPLETED
+                          for x in (await req.requester.describe(job.id)).executions):
+                await trio.sleep(0.05)
+        await a_alive.aclose()  # a restarts: its memory of bidding on this job is gone
+        hub.transports.pop("a")
+        await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        await trio.sleep(2.0)  # a's node info shows a new boot: the waiting job is announced to it again
+        d = await req.requester.describe(job.id)
+        assert d.job.state is not JobState.COMPLETED, [(x.node_id, x.state) for x in d.executions]
+        await stack.enter_async_context(memory_node(hub, "b", tmp_path / "b", requester=False))
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+    assert d.job.state is JobState.COMPLETED, d.job.reason
+    assert sorted(x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED) == ["a", "b"]
