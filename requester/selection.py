@@ -16,6 +16,11 @@ def choose(bidders: Sequence[str], slots: int, rng: random.Random | None = None)
     return order[:slots], order[slots:]
 
 
+def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:
+    """The node offers the job's engine and its per-job limit fits the job (room now or later)."""
+    return spec.engine.name in node.engines and spec.resources.fits_in(node.max_per_job)
+
+
 def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     """Why no known node could ever run the job, or None if one could (or no node is known yet)."""
     nodes = list(nodes)
@@ -36,7 +41,7 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int) -> s
     """A human explanation for a job short of nodes, e.g. 'waiting for bids: 1 of 3 nodes accepted ...'."""
     nodes = list(nodes)
     need = spec.deal.concurrency
-    able = [n for n in nodes if spec.engine.name in n.engines and spec.resources.fits_in(n.max_per_job)]
+    able = [n for n in nodes if can_ever_run(spec, n)]
     free_now = [n for n in able if spec.resources.fits_in(n.free)]
     if not nodes:
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
@@ -61,7 +66,7 @@ def candidates(spec: JobSpec, nodes: Iterable[NodeInfo], needed: int, rng: rando
       some are not known yet).
     """
     wanted = needed + spare
-    able = [n for n in nodes if spec.engine.name in n.engines and spec.resources.fits_in(n.max_per_job)]
+    able = [n for n in nodes if can_ever_run(spec, n)]
     room = [n.peer_id for n in able if spec.resources.fits_in(n.free)]
     if len(room) > 2 * wanted:
         return (rng or random).sample(room, wanted)

@@ -38,7 +38,7 @@ from jobs import (
 )
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
-from requester.selection import candidates, choose, never_runnable, waiting_reason
+from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
 from requester.verify import verify
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class RequesterService:
                          key=lambda aj: aj.waiting_since)
         for aj in waiting:
             spec = aj.job.spec
-            if spec.engine.name in info.engines and spec.resources.fits_in(free):
+            if can_ever_run(spec, info) and spec.resources.fits_in(free):
                 free = free - spec.resources
                 aj.next_announce = min(aj.next_announce, now)
 
@@ -214,25 +214,29 @@ class RequesterService:
 
     async def _announce(self, aj: _Active) -> None:
         job = aj.job
-        bid_deadline = aj.waiting_since + job.spec.deadlines.bid if job.spec.deadlines.bid else None
         first = aj.announce_backoff == 1.0  # the first announcement of this attempt
-        needed = max(aj.needed(), job.spec.deal.min_bids)
-        ask = candidates(job.spec, self.known_nodes(), needed, self._rng, spare=CANDIDATE_SPARE) if first else []
-        ann = Announce(job_id=job.id, spec=job.spec, requester=self.peers.node_id,
-                       requester_addrs=self.peers.addrs(), attempt=job.attempt, bid_deadline=bid_deadline,
-                       candidates=ask)
         aj.next_announce = self.clock() + aj.announce_backoff
         aj.announce_backoff = min(aj.announce_backoff * 2, ANNOUNCE_BACKOFF_MAX)
         self.counters["announcements"] += 1
-        if first and self._may_run_here(aj):
-            if await self._offer_here(ann):
-                return
+        here = first and self._may_run_here(aj)
+        if here and await self._offer_here(self._announcement(aj, [self.peers.node_id])):
+            return
+        needed = max(aj.needed(), job.spec.deal.min_bids)
+        ask = candidates(job.spec, self.known_nodes(), needed, self._rng, spare=CANDIDATE_SPARE) if first else []
+        if here:
             ask = [node for node in ask if node != self.peers.node_id]  # it just said no
+        ann = self._announcement(aj, ask)
         if ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
             for node in ask:
                 self._spawn(self._offer, node, ann)
         else:
             await self.peers.publish(ann)
+
+    def _announcement(self, aj: _Active, ask: list[str]) -> Announce:
+        spec = aj.job.spec
+        return Announce(job_id=aj.job.id, spec=spec, requester=self.peers.node_id,
+                        requester_addrs=self.peers.addrs(), attempt=aj.job.attempt, candidates=ask,
+                        bid_deadline=aj.waiting_since + spec.deadlines.bid if spec.deadlines.bid else None)
 
     def _may_run_here(self, aj: _Active) -> bool:
         """Whether to offer a job to this node's own compute role before anyone else.
@@ -244,14 +248,12 @@ class RequesterService:
         """
         spec = aj.job.spec
         own = self.nodes.get(self.peers.node_id)
-        return (aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None
-                and spec.engine.name in own[0].engines and spec.resources.fits_in(own[0].max_per_job))
+        return aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own[0])
 
     async def _offer_here(self, ann: Announce) -> bool:
         """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
-        here = ann.model_copy(update={"candidates": [self.peers.node_id]})
         try:
-            reply = await self.peers.request(self.peers.node_id, here, timeout=REQUEST_TIMEOUT)
+            reply = await self.peers.request(self.peers.node_id, ann, timeout=REQUEST_TIMEOUT)
         except Unreachable:
             return False
         if reply.verdict == "pending":

@@ -28,10 +28,16 @@ from requester.sweeps import SweepService
 class MemoryHub:
     def __init__(self) -> None:
         self.transports: dict[str, MemoryTransport] = {}
-        self.requests = 0
-        self.gossip = 0
         self.sent: Counter[tuple[str, str]] = Counter()  # (gossip | request, message kind) -> count
         self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
+
+    @property
+    def requests(self) -> int:
+        return sum(n for (way, _), n in self.sent.items() if way == "request")
+
+    @property
+    def gossip(self) -> int:
+        return sum(n for (way, _), n in self.sent.items() if way == "gossip")
 
     def identity(self, name: str) -> NamedIdentity:
         key = self.keys.setdefault(name, Ed25519PrivateKey.generate())
@@ -74,7 +80,6 @@ class MemoryTransport:
         target = self.hub.transports.get(peer_id)
         if self.down or target is None or target.down or target.dispatcher is None:
             raise TransportUnreachable(f"{peer_id} is down")
-        self.hub.requests += 1
         self.hub.sent["request", decode(data).kind] += 1
         with trio.move_on_after(timeout):
             return await target.dispatcher.on_request(self.peer_id, data)
@@ -83,7 +88,6 @@ class MemoryTransport:
     async def publish(self, data: bytes) -> None:
         if self.down:
             return
-        self.hub.gossip += 1
         self.hub.sent["gossip", decode(data).kind] += 1
         for other in list(self.hub.transports.values()):
             if other is not self and not other.down and other.dispatcher is not None:
