@@ -48,6 +48,7 @@ def build_node_config(
     bad_actor: bool = False,
     retention: float | None = None,
     ttl: float | None = None,
+    unsandboxed_python: bool = False,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -55,7 +56,8 @@ def build_node_config(
     from node.config import NodeConfig, machine_resources
 
     values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
-                              "allow_private_urls": allow_private_urls, "bad_actor": bad_actor}
+                              "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
+                              "unsandboxed_python": unsandboxed_python}
     if retention is not None:
         values["retention"] = retention
     if ttl is not None:

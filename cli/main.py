@@ -638,6 +638,8 @@ def serve(
         help="Unpin results this long after a job ends (default 7 days).")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
         help="Delete finished jobs, sweeps and their results this long after they end (default 30 days).")] = None,
+    unsafe_unsandboxed_python: Annotated[bool, typer.Option("--unsafe-unsandboxed-python",
+        help="UNSAFE: run python jobs without the OS sandbox (when bubblewrap cannot work here).")] = False,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -659,6 +661,7 @@ def serve(
         bad_actor=bad_actor,
         retention=retention,
         ttl=ttl,
+        unsandboxed_python=unsafe_unsandboxed_python,
     )
     from node.daemon import main as run_node
 

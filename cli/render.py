@@ -349,6 +349,8 @@ def node_view(status: NodeStatus) -> Table:
     grid.add_row("Addresses", "\n".join(status.addrs) or "—")
     grid.add_row("Roles", ", ".join(status.roles) or "—")
     grid.add_row("Engines", ", ".join(status.engines) or "—")
+    for engine, why in sorted(status.unavailable_engines.items()):
+        grid.add_row(f"No {engine}", why)
     grid.add_row("Capacity", fmt_resources(status.capacity.total))
     grid.add_row("Free", fmt_resources(status.capacity.free))
     grid.add_row("Max per job", fmt_resources(status.capacity.max_per_job))

@@ -13,6 +13,15 @@ the job's seed and a virtual clock, ``PYTHONHASHSEED=0``, file metadata is norma
 sorted, there is no network. The same program with the same inputs prints the same bytes on every node,
 whether its interpreter was pre-started or not.
 
+Containment (``executors/sandbox.py``): every Node.js process runs inside a bubblewrap sandbox that holds only
+``/usr``, the runner with its Pyodide package, the memory snapshot (all read-only) and the slot into which its
+job's context and inputs (read-only) and outputs (writable) are placed when the job arrives; no network, its
+own PID namespace, uid 65534, rlimits (memory, CPU time, file size, processes, no core files) tightened to the
+job's resources when it arrives. Inside, Node's permission model lets it read only those paths, write only the
+outputs, and start no processes, workers or addons; and job code that imports ``js`` or ``pyodide_js`` gets an
+ImportError. Without bubblewrap the engine is not offered, unless the operator passes ``unsandboxed=True``
+(``shoal serve --unsafe-unsandboxed-python``).
+
 Process model: every job gets its own Node.js process, used once and killed afterwards. Interpreters
 start from a memory snapshot of a loaded Pyodide, made once per node (and version) in ``cache_dir``.
 ``run_pool`` keeps ``pool_size`` of them loaded and waiting, so a job starts in tens of milliseconds
@@ -21,12 +30,14 @@ instead of seconds; without the pool, ``run`` starts one itself (cold).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import zipfile
@@ -38,6 +49,15 @@ import trio
 
 from executors._common import CONTEXT_DIR, DirMount, Tail, host_path, job_path, job_seed, plan_mounts
 from executors.base import ExecutorError, RunRequest
+from executors.sandbox import (
+    SLOT_TARGET,
+    Limits,
+    Sandbox,
+    SandboxedProcess,
+    Slot,
+    cpu_seconds_used,
+    descendants,
+)
 from jobs import PythonEngine, RunResult
 
 log = logging.getLogger(__name__)
@@ -48,6 +68,12 @@ START_TIMEOUT = 180.0  # seconds a pool interpreter may take to load on a busy m
 SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node and version)
 POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
 _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
+# Private writable memory Node.js, V8 and a loaded Pyodide need besides the job's WebAssembly heap (measured:
+# about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this.
+RUNTIME_MEMORY = 1 << 30
+CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
+IDLE_CPU_LIMIT = 3600  # CPU seconds a pre-started interpreter may use before it has a job (start, warm-up)
+DISK_POLL = 0.1  # seconds between checks of what a job has written against its disk limit
 # A wheel file name: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl (PEP 427)
 _WHEEL = re.compile(
     r"^(?P<name>[^-/]+)-(?P<version>[^-/]+)(-\d[^-/]*)?-(?P<py>[^-/]+)-(?P<abi>[^-/]+)-(?P<plat>[^-/]+)\.whl$"
@@ -65,17 +91,25 @@ class PoolStatistics:
 
 @dataclass(frozen=True)
 class _Prepared:
-    message: bytes  # the job line for the runner
+    job: dict[str, Any]  # the job line for the runner, with host paths
+    mounts: list[DirMount]
     failure: str | None = None  # a problem with the job found before any interpreter is spent
     failure_code: int = 1
+
+
+class DiskLimitExceeded(Exception):
+    def __init__(self, written: int, limit: int) -> None:
+        super().__init__(f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk)")
 
 
 class _Runner:
     """One Node.js process with Pyodide loaded, serving at most one job."""
 
-    def __init__(self, process: trio.Process, control: trio.lowlevel.FdStream) -> None:
+    def __init__(self, process: trio.Process | SandboxedProcess, control: trio.lowlevel.FdStream,
+                 slot: Slot | None = None) -> None:
         self.process = process
         self.control = control
+        self.slot = slot  # the sandbox's job directories (None: unsandboxed)
         self._pending = b""
 
     @property
@@ -119,6 +153,21 @@ class _Runner:
             for stream in (self.control, self.process.stdin, self.process.stdout, self.process.stderr):
                 if stream is not None:
                     await stream.aclose()
+            if self.slot is not None:
+                slot, self.slot = self.slot, None
+                await trio.to_thread.run_sync(slot.remove)
+
+    def interpreter_pid(self) -> int | None:
+        """The host pid of Node.js itself (inside bubblewrap's processes), or None once it is gone."""
+        if self.slot is None:
+            return self.process.pid
+        for pid in descendants(self.process.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "node":
+                    return pid
+            except OSError:
+                continue
+        return None
 
 
 class PyodideExecutor:
@@ -129,12 +178,15 @@ class PyodideExecutor:
         pool_size: interpreters ``run_pool`` keeps loaded and waiting (each ~150 MB of memory).
         node: the Node.js executable; found on PATH by default.
         runner_dir: the folder holding runner.mjs and node_modules/pyodide (``scripts/install-pyodide``).
+        unsandboxed: run Node.js without the OS sandbox (the operator's explicit, logged choice); by default
+            a node whose sandbox cannot start does not offer the engine (``problem()`` says why).
     """
 
     name = "python"
 
     def __init__(
-        self, cache_dir: Path, *, pool_size: int = 2, node: str | None = None, runner_dir: Path = RUNNER_DIR
+        self, cache_dir: Path, *, pool_size: int = 2, node: str | None = None, runner_dir: Path = RUNNER_DIR,
+        unsandboxed: bool = False,
     ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size cannot be negative")
@@ -152,13 +204,26 @@ class PyodideExecutor:
         self._snapshot_lock = trio.Lock()
         self._warm_runs = 0
         self._cold_runs = 0
+        self.unsandboxed = unsandboxed
+        node_path = Path(shutil.which(self.node) or self.node).resolve()
+        self.sandbox = None if unsandboxed else Sandbox([self.runner_dir.resolve(), node_path.parent])
+        if unsandboxed:
+            log.warning("UNSAFE: the python engine runs jobs WITHOUT the OS sandbox (--unsafe-unsandboxed-python):"
+                        " any job can read and change what this node's user can")
 
     def is_installed(self) -> bool:
-        return (
-            shutil.which(self.node) is not None
-            and (self.runner_dir / "runner.mjs").is_file()
-            and (self.runner_dir / "node_modules" / "pyodide" / "pyodide.mjs").is_file()
-        )
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why this node cannot run python jobs (None: it can): what ``shoal id`` and the log say."""
+        if shutil.which(self.node) is None:
+            return f"Node.js ({self.node}) is not installed"
+        if not (self.runner_dir / "runner.mjs").is_file() or not (
+                self.runner_dir / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
+            return "Pyodide is not installed on this node (run scripts/install-pyodide)"
+        if self.sandbox is not None and (problem := self.sandbox.problem()):
+            return f"the job sandbox cannot start: {problem} (or run with --unsafe-unsandboxed-python)"
+        return None
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.pool_size, self._pool_running, len(self._idle), self._warm_runs, self._cold_runs)
@@ -169,8 +234,8 @@ class PyodideExecutor:
         Raises:
             ExecutorError: Pyodide is not installed or does not load.
         """
-        if not self.is_installed():
-            raise ExecutorError("Pyodide is not installed on this node (run scripts/install-pyodide)")
+        if (problem := self.problem()) is not None:
+            raise ExecutorError(problem)
         await self._ensure_snapshot()
 
     # The pool -----------------------------------------------------------------------------------------------
@@ -236,10 +301,11 @@ class PyodideExecutor:
         if runner is not None:
             self._warm_runs += 1
             self._refill.set()
+        outputs: list[tuple[Path, Path]] = []
         try:
             if runner is not None:
                 try:
-                    await runner.process.stdin.send_all(prepared.message)
+                    outputs = await self._hand_over(runner, request, prepared)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await runner.aclose()  # died while waiting; start one for this job instead
                     self._warm_runs -= 1
@@ -247,16 +313,54 @@ class PyodideExecutor:
             if runner is None:
                 self._cold_runs += 1
                 runner = await self._start_runner()
-                await runner.process.stdin.send_all(prepared.message)
-            return await self._collect(runner, started)
+                outputs = await self._hand_over(runner, request, prepared)
+            try:
+                return await self._collect(runner, started, request.spec.resources.disk, outputs)
+            finally:
+                runner.process.kill()
+                await trio.to_thread.run_sync(_move_outputs, outputs)
         finally:
             if runner is not None:
                 await runner.aclose()
 
-    async def _collect(self, runner: _Runner, started: float) -> RunResult:
+    async def _hand_over(self, runner: _Runner, request: RunRequest,
+                         prepared: _Prepared) -> list[tuple[Path, Path]]:
+        """Place the job's files in the runner's sandbox, tighten its rlimits, send it the job.
+
+        Returns (sandbox output folder, the job's output folder) pairs, to move back after the run.
+        """
+        job, outputs = dict(prepared.job), []
+        if runner.slot is not None:
+            job, outputs = await trio.to_thread.run_sync(_lay_out, runner.slot, prepared)
+            pid = runner.interpreter_pid()
+            if pid is None:
+                raise trio.BrokenResourceError("the interpreter is gone")
+            resources = request.spec.resources
+            assert self.sandbox is not None
+            try:
+                await Limits(memory=resources.memory + RUNTIME_MEMORY if resources.memory else None,
+                       cpu_seconds=int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE,
+                       file_size=resources.disk or None).apply(pid, self.sandbox.popen_options())
+            except (OSError, ValueError) as e:
+                raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
+        await runner.process.stdin.send_all(json.dumps(job).encode() + b"\n")
+        return outputs
+
+    async def _collect(self, runner: _Runner, started: float, disk: int,
+                       outputs: list[tuple[Path, Path]]) -> RunResult:
         stdout, stderr = Tail(), Tail()
         messages: list[dict[str, Any]] = []
         broken: list[ExecutorError] = []
+        over_disk: list[DiskLimitExceeded] = []
+
+        async def watch_disk() -> None:
+            while disk and outputs:
+                written = await trio.to_thread.run_sync(lambda: sum(_tree_size(p) for p, _ in outputs))
+                if written > disk:
+                    over_disk.append(DiskLimitExceeded(written, disk))
+                    runner.process.kill()
+                    return
+                await trio.sleep(DISK_POLL)
 
         async def read_control() -> None:
             try:
@@ -267,21 +371,33 @@ class PyodideExecutor:
                 runner.process.kill()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, runner.process.stdout, stdout)
-            nursery.start_soon(_pump, runner.process.stderr, stderr)
-            nursery.start_soon(read_control)
+            nursery.start_soon(watch_disk)
+            async with trio.open_nursery() as streams:
+                streams.start_soon(_pump, runner.process.stdout, stdout)
+                streams.start_soon(_pump, runner.process.stderr, stderr)
+                streams.start_soon(read_control)
+            nursery.cancel_scope.cancel()
         returncode = await runner.process.wait()
         if broken:
             raise broken[0]
+        if not over_disk and disk and outputs:
+            written = await trio.to_thread.run_sync(lambda: sum(_tree_size(p) for p, _ in outputs))
+            if written > disk:
+                over_disk.append(DiskLimitExceeded(written, disk))
+        if over_disk:
+            stderr.write(f"\n{over_disk[0]}\n".encode())
+            return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
+                             stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
+                             started_at=started, finished_at=time.time())
         exits = [m for m in messages if m.get("event") == "exit"]
         errors = [m for m in messages if m.get("event") == "error"]
         if exits:
             exit_code = int(exits[0]["code"])
         elif errors:
             raise ExecutorError(f"the Pyodide runner failed: {errors[0].get('message', '')[:2000]}")
-        else:  # the process ended without reporting, e.g. the program called js.process.exit or V8 gave up
+        else:  # the process ended without reporting: a limit (CPU time, memory, file size) or V8 gave up
             exit_code = returncode if returncode >= 0 else 128 - returncode
-            stderr.write(f"\nthe Python runtime stopped unexpectedly (exit status {returncode})\n".encode())
+            stderr.write(f"\nthe Python runtime stopped unexpectedly ({_describe_status(returncode)})\n".encode())
         return RunResult(
             exit_code=exit_code,
             stdout=stdout.text(),
@@ -296,27 +412,36 @@ class PyodideExecutor:
 
     async def _start_runner(self) -> _Runner:
         """A new interpreter, loaded and ready for one job. Killed again if anything goes wrong."""
-        if not self.is_installed():
-            raise ExecutorError("Pyodide is not installed on this node (run scripts/install-pyodide)")
+        if (problem := self.problem()) is not None:
+            raise ExecutorError(problem)
         snapshot = await self._ensure_snapshot()
         read_fd, write_fd = os.pipe()
+        slot = None
         try:
-            process = await trio.lowlevel.open_process(
-                [*self._node_command(), "--control-fd", str(write_fd), "--snapshot", str(snapshot),
-                 "--warm-up", str(WARM_UP_ROUNDS)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(write_fd,),
-                env=_node_env(),
-                cwd=self.runner_dir,
-            )
+            options = ["--control-fd", str(write_fd), "--warm-up", str(WARM_UP_ROUNDS)]
+            if self.sandbox is None:
+                process = await trio.lowlevel.open_process(
+                    [*self._node_command(), *options, "--snapshot", str(snapshot)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(write_fd,), env=_node_env(), cwd=self.runner_dir,
+                )
+            else:
+                sandbox = self.sandbox
+                shared = await trio.to_thread.run_sync(sandbox.share, snapshot, snapshot.name)
+                slot = await trio.to_thread.run_sync(sandbox.new_slot)
+                argv = sandbox.command(
+                    [*self._node_command(sandboxed=shared), *options, "--snapshot", str(shared)],
+                    slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared],
+                    limits=Limits(cpu_seconds=IDLE_CPU_LIMIT))
+                process = SandboxedProcess(argv, pass_fds=(write_fd,), options=sandbox.popen_options())
         except OSError as e:
             os.close(read_fd)
+            if slot is not None:
+                slot.remove()
             raise ExecutorError(f"cannot start Node.js ({self.node}): {e}") from e
         finally:
             os.close(write_fd)
-        runner = _Runner(process, trio.lowlevel.FdStream(read_fd))
+        runner = _Runner(process, trio.lowlevel.FdStream(read_fd), slot)
         try:
             await runner.wait_ready()
         except BaseException:
@@ -324,8 +449,13 @@ class PyodideExecutor:
             raise
         return runner
 
-    def _node_command(self) -> list[str]:
-        return [self.node, "--no-warnings", str(self.runner_dir / "runner.mjs")]
+    def _node_command(self, sandboxed: Path | None = None) -> list[str]:
+        """Node.js and the runner; ``sandboxed`` (the snapshot's path) adds Node's permission model."""
+        runner_dir = self.runner_dir.resolve() if sandboxed else self.runner_dir
+        permissions = [] if sandboxed is None else [
+            "--experimental-permission", f"--allow-fs-read={runner_dir}/*", f"--allow-fs-read={sandboxed}",
+            f"--allow-fs-read={SLOT_TARGET}/*", f"--allow-fs-write={SLOT_TARGET}/rw/*"]
+        return [self.node, "--no-warnings", *permissions, str(runner_dir / "runner.mjs")]
 
     async def _ensure_snapshot(self) -> Path:
         """The memory snapshot of a freshly loaded Pyodide, built once per runner version and Node.js version.
@@ -377,9 +507,64 @@ async def _pump(stream: trio.abc.ReceiveStream | None, sink: Tail) -> None:
         pass
 
 
-def _node_env() -> dict[str, str]:
+def _node_env(*, sandboxed: bool = False) -> dict[str, str]:
     """Node.js gets nothing from the node's environment that a job could observe."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC", "LANG": "C.UTF-8"}
+    path = "/usr/bin:/bin" if sandboxed else os.environ.get("PATH", "/usr/bin:/bin")
+    return {"PATH": path, "TZ": "UTC", "LANG": "C.UTF-8"}
+
+
+def _describe_status(returncode: int) -> str:
+    if returncode == -signal.SIGXCPU or returncode == -signal.SIGKILL:
+        return f"killed by signal {-returncode}: the CPU time or memory limit was reached"
+    if returncode == -signal.SIGXFSZ:
+        return "a file grew past the job's disk limit (resources.disk)"
+    return f"exit status {returncode}"
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+    return total
+
+
+def _lay_out(slot: Slot, prepared: _Prepared) -> tuple[dict[str, Any], list[tuple[Path, Path]]]:
+    """The job's directories placed in the slot, and its job line with the paths the sandbox sees.
+
+    Blocking (worker thread). Returns the job and (slot output folder, the job's output folder) pairs.
+    """
+    job = dict(prepared.job)
+    mounts, outputs, inside = [], [], []
+    for m in prepared.mounts:
+        if m.writable:
+            host, seen = slot.place_writable()
+            outputs.append((host, m.host))
+        else:
+            seen = slot.place_read_only(m.host)
+        mounts.append({"host": seen, "target": m.target, "writable": m.writable})
+        inside.append((m.target, seen))
+    job["mounts"] = mounts
+    job["wheels"] = [{"host": _seen_at(w["path"], inside), "path": w["path"]} for w in job["wheels"]]
+    return job, outputs
+
+
+def _seen_at(path: str, mounts: list[tuple[str, str]]) -> str:
+    """Where the sandbox sees job path ``path``, through the (target, sandbox path) mount with the longest target."""
+    target, seen = max(((t, s) for t, s in mounts if path == t or path.startswith(t.rstrip("/") + "/")),
+                       key=lambda pair: len(pair[0]))
+    return seen + path[len(target):]
+
+
+def _move_outputs(outputs: list[tuple[Path, Path]]) -> None:
+    """What the job wrote in its sandbox, moved to the job's output folders. Blocking."""
+    for written, dest in outputs:
+        if not written.exists():
+            continue
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(written, dest)
 
 
 def _prepare(request: RunRequest) -> _Prepared:
@@ -392,12 +577,12 @@ def _prepare(request: RunRequest) -> _Prepared:
     if main is not None:
         host = host_path(main, pairs)
         if host is None or not host.is_file():
-            return _Prepared(b"", f"python: can't open file {main!r}: [Errno 2] No such file or directory\n", 2)
+            return _Prepared({}, [], f"python: can't open file {main!r}: [Errno 2] No such file or directory\n", 2)
     wheels = []
     for requirement in spec.requirements:
         wheel, problem = _check_wheel(requirement, pairs)
         if problem:
-            return _Prepared(b"", f"shoal: cannot install requirement {requirement!r}: {problem}\n", 1)
+            return _Prepared({}, [], f"shoal: cannot install requirement {requirement!r}: {problem}\n", 1)
         wheels.append({"host": str(wheel), "path": job_path(requirement)})
     job = {
         "seed": job_seed(request).hex(),
@@ -410,7 +595,7 @@ def _prepare(request: RunRequest) -> _Prepared:
         "wheels": wheels,
         "memory_limit": request.spec.resources.memory,  # bytes of WebAssembly heap; 0 means no limit
     }
-    return _Prepared(json.dumps(job).encode() + b"\n")
+    return _Prepared(job, mounts)
 
 
 def _mount_json(m: DirMount) -> dict[str, Any]:

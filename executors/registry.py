@@ -37,9 +37,18 @@ class ExecutorRegistry:
         """Engines this node can run now: what it advertises and bids on."""
         return sorted(name for name, ex in self._executors.items() if ex.is_installed())
 
+    def problems(self) -> dict[str, str]:
+        """Engines this node does not offer, and why, for those that can say (``problem()``)."""
+        out = {}
+        for name, ex in self._executors.items():
+            problem = getattr(ex, "problem", None)
+            if problem is not None and (why := problem()) is not None:
+                out[name] = why
+        return out
+
 
 def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,
-                     python_pool: int = 2) -> ExecutorRegistry:
+                     python_pool: int = 2, unsandboxed_python: bool = False) -> ExecutorRegistry:
     """The engines a real node offers; each says by ``is_installed()`` whether it can run now."""
     from executors.docker import DockerExecutor
     from executors.pyodide import PyodideExecutor
@@ -49,5 +58,6 @@ def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = F
         "noop": NoopExecutor(),
         "docker": DockerExecutor(node_label, allow_network=allow_network),
         "wasm": WasmExecutor(data_dir / "cache" / "wasm"),
-        "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool),
+        "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool,
+                                  unsandboxed=unsandboxed_python),
     })

@@ -221,6 +221,16 @@ class JobSpec(_Frozen):
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
 
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, v: Resources) -> Resources:
+        """A job reserves what it runs with: zero CPU or memory would reserve nothing and limit nothing."""
+        if v.cpu <= 0:
+            raise ValueError("cpu must be greater than 0 (leave it out for the default, 0.1)")
+        if v.memory <= 0:
+            raise ValueError("memory must be greater than 0 (leave it out for the default, 64 MiB)")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:

@@ -54,6 +54,7 @@ class NodeStatus(BaseModel):
     addrs: list[str]
     roles: list[str]
     engines: list[str]
+    unavailable_engines: dict[str, str] = {}  # engine -> why this node does not offer it
     capacity: Capacity
     running: int
     backlog: int

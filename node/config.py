@@ -47,3 +47,4 @@ class NodeConfig:
     bad_actor: bool = False  # report wrong results (to test verification and quarantine)
     quarantine_after: int = 3  # rejected results after which a node's bids are refused
     log_level: str = "INFO"
+    unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)

@@ -122,7 +122,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         if config.compute:
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
-                config.data_dir, network.peer_id)
+                config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
@@ -130,6 +130,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      inputs=inputs, publisher=publisher)
             dispatcher.compute = compute
+            for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
+                log.warning("engine %s is not offered: %s", engine, why)
             await nursery.start(compute.run)
             for executor in registry.executors():
                 cleanup = getattr(executor, "cleanup_leftovers", None)

@@ -149,6 +149,39 @@ def _environment(job: dict) -> None:
     os.environ["PWD"] = os.getcwd()
 
 
+# Modules that reach JavaScript (and through it Node.js). The OS sandbox and Node's permission model are the
+# boundary; this is a third layer, so that a job that asks for them is told plainly that it may not.
+_BLOCKED_MODULES = frozenset({"js", "pyodide_js", "pyodide", "_pyodide", "_pyodide_core", "pyodide_http"})
+
+
+def _blocked(name: str) -> bool:
+    return name.split(".", 1)[0] in _BLOCKED_MODULES
+
+
+def _guard_imports() -> None:
+    """Refuse job code the modules that reach JavaScript, with an ImportError that says why."""
+    real_import = builtins.__import__
+    real_import_module = importlib.import_module
+
+    def refuse(name: str) -> ImportError:
+        return ImportError(f"module {name!r} is not available to Shoal jobs (no access to the JavaScript host)",
+                           name=name)
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        caller = (globals or {}).get("__name__", "") or ""
+        if level == 0 and _blocked(name) and not _blocked(caller):
+            raise refuse(name)
+        return real_import(name, globals, locals, fromlist, level)
+
+    def guarded_import_module(name, package=None):
+        if _blocked(name):
+            raise refuse(name)
+        return real_import_module(name, package)
+
+    builtins.__import__ = guarded_import
+    importlib.import_module = guarded_import_module
+
+
 def run_job(job_json: str, reset_determinism, advance_ms) -> int:
     job = json.loads(job_json)
     _environment(job)
@@ -188,6 +221,8 @@ def run_job(job_json: str, reset_determinism, advance_ms) -> int:
     reset_determinism()
     random.seed()
     tempfile._name_sequence = None
+    if job.get("guard_imports", True):
+        _guard_imports()
 
     try:
         try:

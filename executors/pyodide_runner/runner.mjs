@@ -23,10 +23,13 @@
 //     and directory listings are sorted.
 // Read-only mounts refuse every write (EROFS) at the Emscripten file system layer. The job's memory limit
 // caps the WebAssembly heap (MemoryError beyond it).
-// Not a security sandbox: Python code can reach Node.js through Pyodide's `js` module.
+// Containment is not this file's job: Python code could reach Node.js through Pyodide's `js` module, so the
+// runner is started inside bubblewrap with Node's permission model on (executors/sandbox.py), and
+// driver.py refuses job code the `js` and `pyodide_js` modules.
 
 import crypto from "node:crypto";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -38,6 +41,16 @@ const EROFS = 69; // Emscripten errno numbers
 const EPERM = 63;
 
 process.env.TZ = "UTC";
+
+// Emscripten's NODEFS reads file-flag constants through process.binding, which Node's permission model
+// (on inside the sandbox) refuses; the same constants are public as fs.constants.
+Object.defineProperty(process, "binding", {
+  value: (name) => {
+    if (name === "constants") return { fs: fs.constants, os: os.constants };
+    throw new Error(`process.binding(${JSON.stringify(name)}) is not available`);
+  },
+  configurable: true,
+});
 
 // ---- entropy ------------------------------------------------------------------------------------------
 

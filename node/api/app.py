@@ -537,6 +537,7 @@ def create_app(node: "Node") -> FastAPI:
             Capacity(total=zero, free=zero, max_per_job=zero)
         return NodeStatus(peer_id=node.network.peer_id, addrs=node.network.addrs(), roles=roles,
                           engines=info.engines if info else [], capacity=capacity,
+                          unavailable_engines=compute.executors.problems() if compute else {},
                           running=info.running if info else 0, backlog=info.backlog if info else 0, version=VERSION)
 
     @signed.get("/v1/peers", response_model=PeerList, tags=["node"], summary="Peers this node is connected to")

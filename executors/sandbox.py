@@ -1,0 +1,334 @@
+"""OS-level containment for job processes: bubblewrap namespaces, an unprivileged uid, rlimits, slots.
+
+A sandboxed process sees a root file system holding only what it is given: ``/usr`` (read-only, with the
+usual ``/bin`` and ``/lib`` links), the runtime paths its engine needs (read-only), a private ``/proc``,
+``/dev`` and ``/tmp``, and one *slot*: ``/job/ro`` (read-only) and ``/job/rw`` (writable), two bind mounts
+of per-process host directories. It has its own, empty network namespace (no loopback peers: neither the
+node's API nor Kubo), its own PID, IPC and UTS namespaces, no capabilities, no new privileges, uid and gid
+65534, and a cleared environment. When the node runs as root, bubblewrap itself is started as uid 65534, so
+even the host sees the job as ``nobody``. bubblewrap's ``--die-with-parent`` kills the whole sandbox when
+the node dies (kill -9 included): the process must be started from a thread that lives as long as the
+node (the trio thread), never from a worker thread, whose exit would count as the parent's death.
+
+Why a slot instead of per-job binds: a pre-started interpreter (the warm pool) is already inside its
+sandbox when its job arrives. Its job's files are placed in the slot's host directories then: read-only
+inputs as hard links (or copies) under ``ro`` — read-only at the mount, whatever the files' modes — and
+outputs as empty directories under ``rw``. The sandbox gets nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+NOBODY = 65534
+SLOT_TARGET = "/job"
+PROCESS_LIMIT = 1024  # RLIMIT_NPROC of uid 65534: counts every thread of every sandbox on the host
+_ROOT_PREFIX = "shoal-sandbox-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """rlimits of a sandboxed process (and whatever it starts). ``None``: the node's own limit."""
+
+    memory: int | None = None  # RLIMIT_DATA: bytes of private writable memory (heap, WebAssembly memory)
+    cpu_seconds: int | None = None  # RLIMIT_CPU: CPU time; SIGXCPU then SIGKILL beyond it
+    file_size: int | None = None  # RLIMIT_FSIZE: bytes of any one file it writes
+    processes: int = PROCESS_LIMIT  # RLIMIT_NPROC
+
+    async def apply(self, pid: int, options: dict[str, object]) -> None:
+        """Set these limits on a running process, lowering them (soft and hard alike).
+
+        Runs ``prlimit --pid`` as the sandbox's own host uid (``options``, from ``Sandbox.popen_options``):
+        lowering the limits of a process of one's own uid needs no capability, where changing another
+        uid's needs CAP_SYS_RESOURCE, which a node in a container may not have.
+        """
+        args = self.prlimit_args()[:-1]
+        result = await trio.run_process([*args, "--pid", str(pid)], capture_stdout=True, capture_stderr=True,
+                                        check=False, **options)
+        if result.returncode != 0:
+            raise OSError(f"prlimit failed: {result.stderr.decode(errors='replace').strip()[:300]}")
+
+    def prlimit_args(self) -> list[str]:
+        """The same limits as a ``prlimit(1)`` prefix, so they hold from the process's first instruction."""
+        args = ["prlimit", "--core=0", f"--nproc={self.processes}"]
+        if self.memory is not None:
+            args.append(f"--data={self.memory}")
+        if self.cpu_seconds is not None:
+            args.append(f"--cpu={self.cpu_seconds}")
+        if self.file_size is not None:
+            args.append(f"--fsize={self.file_size}")
+        return [*args, "--"]
+
+
+def cpu_seconds_used(pid: int) -> float:
+    """CPU time a process has used so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before children."""
+    out, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                out.append(child)
+                queue.append(child)
+    return out
+
+
+class Slot:
+    """The two host directories a sandbox sees at ``/job/ro`` and ``/job/rw``; removed with ``remove``."""
+
+    def __init__(self, path: Path, owner: int | None) -> None:
+        self.path = path
+        self.ro = path / "ro"
+        self.rw = path / "rw"
+        self._owner = owner  # host uid that must be able to write rw (None: the node's own)
+        self._next = 0
+        os.chmod(path, 0o755)
+        for d in (self.ro, self.rw):
+            d.mkdir(parents=True, exist_ok=True)
+        if owner is not None:
+            os.chown(self.rw, owner, owner)
+
+    def place_read_only(self, source: Path) -> str:
+        """Mirror ``source`` (a directory) under ``ro``; returns where the sandbox sees it. Blocking."""
+        name = self._name()
+        _mirror(source, self.ro / name, readable_by_other=self._owner is not None)
+        return f"{SLOT_TARGET}/ro/{name}"
+
+    def place_writable(self) -> tuple[Path, str]:
+        """A new, empty writable directory: its host path and where the sandbox sees it."""
+        name = self._name()
+        host = self.rw / name
+        host.mkdir()
+        if self._owner is not None:
+            os.chown(host, self._owner, self._owner)
+        return host, f"{SLOT_TARGET}/rw/{name}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _name(self) -> str:
+        self._next += 1
+        return str(self._next)
+
+
+def _mirror(source: Path, dest: Path, *, readable_by_other: bool) -> None:
+    """``dest`` as a copy of the tree at ``source``: files hard-linked where that is safe, else copied.
+
+    A hard link shares the file's mode: when the sandbox runs as another uid it can read only files that
+    others may read, so those that they may not are copied (mode 0644) instead.
+    """
+    dest.mkdir(mode=0o755)
+    for root, dirs, files in os.walk(source, followlinks=False):
+        rel = Path(root).relative_to(source)
+        for d in list(dirs):
+            src = Path(root) / d
+            if src.is_symlink():
+                dirs.remove(d)
+                os.symlink(os.readlink(src), dest / rel / d)
+            else:
+                (dest / rel / d).mkdir(mode=0o755)
+        for f in files:
+            src, dst = Path(root) / f, dest / rel / f
+            st = src.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # devices, sockets, fifos: never passed to a job
+            if not readable_by_other or st.st_mode & stat.S_IROTH:
+                try:
+                    os.link(src, dst)
+                    continue
+                except OSError:
+                    pass
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644 | (0o111 if st.st_mode & 0o100 else 0))
+
+
+class Sandbox:
+    """Builds bubblewrap command lines and slots. ``problem()`` says why it cannot work here, if it cannot.
+
+    Args:
+        runtime: host paths the sandboxed program needs read-only, seen at the same paths inside.
+    """
+
+    def __init__(self, runtime: list[Path], *, bwrap: str | None = None) -> None:
+        self.runtime = [Path(p) for p in runtime]
+        self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+        self.as_nobody = os.geteuid() == 0
+        self._root: Path | None = None
+        self._problem: str | None = None
+        self._checked = False
+
+    @property
+    def owner(self) -> int | None:
+        return NOBODY if self.as_nobody else None
+
+    def root(self) -> Path:
+        """This process's folder of slots (world-traversable, so that uid 65534 can bind from it)."""
+        if self._root is None:
+            remove_stale_roots()
+            self._root = Path(tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-"))
+            os.chmod(self._root, 0o755)
+        return self._root
+
+    def new_slot(self) -> Slot:
+        return Slot(Path(tempfile.mkdtemp(dir=self.root())), self.owner)
+
+    def share(self, path: Path, name: str) -> Path:
+        """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""
+        dest = self.root() / name
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        return dest
+
+    def command(self, argv: list[str], *, slot: Slot | None, env: dict[str, str], limits: Limits,
+                extra_ro: list[Path] = ()) -> list[str]:
+        """The full command line: rlimits, then bubblewrap, then ``argv`` inside."""
+        args = [*limits.prlimit_args(), self.bwrap,
+                "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "shoal-job",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--clearenv"]
+        for path in [*self.runtime, *extra_ro]:
+            if not str(path).startswith("/usr/"):
+                args += ["--ro-bind", str(path), str(path)]
+        if slot is not None:
+            args += ["--ro-bind", str(slot.ro), f"{SLOT_TARGET}/ro", "--bind", str(slot.rw), f"{SLOT_TARGET}/rw"]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        return [*args, "--chdir", "/", "--", *argv]
+
+    def popen_options(self) -> dict[str, object]:
+        """Extra ``subprocess.Popen`` arguments: the host uid 65534 when the node is root."""
+        if self.as_nobody:
+            return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+        return {}
+
+    def problem(self) -> str | None:
+        """Why sandboxed processes cannot start on this node (None: they can). Checked once; blocking."""
+        if self._checked:
+            return self._problem
+        self._checked = True
+        if shutil.which(self.bwrap) is None:
+            self._problem = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+        elif shutil.which("prlimit") is None:
+            self._problem = "prlimit (util-linux) is not installed"
+        else:
+            try:
+                slot = self.new_slot()
+                true = shutil.which("true") or "/usr/bin/true"
+                result = subprocess.run(self.command([true], slot=slot, env={}, limits=Limits()),
+                                        capture_output=True, timeout=30, **self.popen_options())
+                slot.remove()
+                if result.returncode != 0:
+                    detail = result.stderr.decode(errors="replace").strip()[-500:]
+                    self._problem = f"bubblewrap cannot create a sandbox here: {detail or result.returncode}"
+            except (OSError, subprocess.SubprocessError) as e:
+                self._problem = f"bubblewrap cannot create a sandbox here: {e}"
+            unreadable = [p for p in self.runtime if self.as_nobody and not _readable_by_other(p)]
+            if self._problem is None and unreadable:
+                self._problem = f"uid {NOBODY} cannot read {unreadable[0]} (the sandbox binds it read-only)"
+        if self._problem:
+            log.warning("job sandbox unavailable: %s", self._problem)
+        return self._problem
+
+    def close(self) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+
+def _readable_by_other(path: Path) -> bool:
+    """Whether every folder down to ``path`` may be entered, and ``path`` read, by anyone."""
+    path = path.resolve()
+    for parent in reversed(path.parents):
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+    mode = os.stat(path).st_mode
+    return bool(mode & stat.S_IROTH and (not stat.S_ISDIR(mode) or mode & stat.S_IXOTH))
+
+
+def remove_stale_roots() -> int:
+    """Delete slot folders left by node processes that no longer exist (a kill -9); returns how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{_ROOT_PREFIX}*"):
+        try:
+            pid = int(path.name[len(_ROOT_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+class SandboxedProcess:
+    """A process started from the trio thread (see the module docstring), with trio streams and wait.
+
+    trio's own ``open_process`` forks from a worker thread, which would end a ``--die-with-parent``
+    sandbox as soon as that thread retires.
+    """
+
+    def __init__(self, argv: list[str], *, pass_fds: tuple[int, ...], options: dict[str, object]) -> None:
+        self._popen = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
+            close_fds=True, start_new_session=False, **options)
+        self.pid = self._popen.pid
+        self.stdin = trio.lowlevel.FdStream(os.dup(self._popen.stdin.fileno()))
+        self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))
+        self.stderr = trio.lowlevel.FdStream(os.dup(self._popen.stderr.fileno()))
+        for stream in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
+            stream.close()
+        self._pidfd = os.pidfd_open(self.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        if self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        while self._popen.poll() is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        return self._popen.returncode

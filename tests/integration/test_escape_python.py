@@ -1,0 +1,239 @@
+"""Escape attempts from python jobs, each run as a real job on a real one-node devstack (with Kubo).
+
+Every test asserts what the job learnt or changed on the host — nothing — not merely that the node lived.
+The host holds a canary: a world-readable file with a random token in it, and the same token in the node's
+environment. No job output may contain the token, and no file a job tried to write may appear on the host.
+
+Pyodide's ``js`` and ``pyodide_js`` modules are refused to job code (an ImportError), but that is only the
+last layer: most attacks here get the modules anyway, through Pyodide's import finder, and then try what
+Node.js can do, so that the OS sandbox (bubblewrap) and Node's permission model are what is tested.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+from devstack import Devstack
+from devstack.kubo import ipfs_binary
+from executors.pyodide import PyodideExecutor
+from shoal import Client
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed (scripts/install-kubo)"),
+    pytest.mark.skipif(not PyodideExecutor(Path("/nonexistent")).is_installed(),
+                       reason="the python engine cannot run here (Pyodide or bubblewrap missing)"),
+]
+
+BASE_PORT = 18400  # Kubo gets BASE_PORT+200..: keep clear of other tests' ranges
+TOKEN = secrets.token_hex(16)
+
+# Gets Pyodide's JavaScript bridge the way an attacker would, past the ImportError of `import js`.
+BYPASS = textwrap.dedent("""
+    import sys, importlib.util
+    def _module(name):
+        for finder in sys.meta_path:
+            spec = getattr(finder, "find_spec", lambda *a: None)(name, None)
+            if spec is not None:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module
+        raise RuntimeError("no finder for " + name)
+    js = _module("js")
+    pyodide_js = _module("pyodide_js")
+    def attempt(label, action):
+        try:
+            print(label, "->", repr(action())[:2000])
+        except BaseException as e:
+            print(label, "!!", type(e).__name__, str(e)[:500])
+    def mount_host_root(at="/host"):
+        pyodide_js.FS.mkdirTree(at)
+        root = js.Object.fromEntries([["root", "/"]])
+        pyodide_js.FS.mount(pyodide_js.FS.filesystems.NODEFS, root, at)
+""")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("escape")
+    canary = home / "canary.txt"
+    canary.write_text(TOKEN)
+    canary.chmod(0o644)
+    os.environ["SHOAL_HOME"] = str(home / "home")
+    os.environ["SHOAL_ESCAPE_CANARY"] = TOKEN  # the nodes inherit it
+    devstack = Devstack(1, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False)
+    trio.run(devstack.start)
+    devstack.canary = canary
+    devstack.home = home
+    try:
+        yield devstack
+    finally:
+        trio.run(devstack.stop)
+        os.environ.pop("SHOAL_ESCAPE_CANARY", None)
+
+
+def run_python(stack: Devstack, code: str, **spec: object) -> tuple[str, str, str]:
+    """Run ``code`` as a python job; returns (state, stdout, stderr)."""
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "python", "code": code}, "cache": False, **spec}, timeout=180)
+        return job.job.state.value, client.logs(job.job.id), client.logs(job.job.id, "stderr")
+
+
+def assert_nothing_learnt(*texts: str) -> None:
+    for text in texts:
+        assert TOKEN not in text
+
+
+def host_paths(stack: Devstack) -> dict[str, str]:
+    node_dir = stack.nodes[0].data_dir
+    return {"canary": str(stack.canary), "node_dir": str(node_dir)}
+
+
+def test_plain_import_of_js_is_refused(stack):
+    state, out, err = run_python(stack, "import js\nprint(js.process.pid)")
+    assert state == "failed"
+    assert "ImportError: module 'js' is not available to Shoal jobs" in err
+    state, _out, err = run_python(stack, "import pyodide_js")
+    assert "ImportError: module 'pyodide_js' is not available to Shoal jobs" in err
+
+
+def test_host_file_by_absolute_path(stack):
+    code = f"print(open({str(stack.canary)!r}).read())"
+    state, out, err = run_python(stack, code)
+    assert state == "failed"
+    assert "FileNotFoundError" in err
+    assert_nothing_learnt(out, err)
+
+
+def test_nodefs_mount_of_host_root_shows_nothing_of_the_host(stack):
+    paths = host_paths(stack)
+    code = BYPASS + textwrap.dedent(f"""
+        import os
+        attempt("mount", mount_host_root)
+        attempt("listing", lambda: os.listdir("/host"))
+        attempt("canary", lambda: open("/host" + {paths['canary']!r}).read())
+        attempt("node dir", lambda: os.listdir("/host" + {paths['node_dir']!r}))
+        attempt("etc", lambda: open("/host/etc/passwd").read())
+        attempt("environ", lambda: open("/host/proc/self/environ").read())
+        attempt("parent environ", lambda: open("/host/proc/1/environ").read())
+    """)
+    _state, out, err = run_python(stack, code)
+    assert_nothing_learnt(out, err)
+    assert "canary !!" in out
+    assert "root:" not in out  # no /etc/passwd of the host
+
+
+def test_js_process_is_the_sandbox_not_the_node(stack):
+    code = BYPASS + textwrap.dedent("""
+        attempt("pid", lambda: js.process.pid)
+        attempt("cwd", lambda: js.process.cwd())
+        attempt("uid", lambda: js.process.getuid())
+        attempt("env", lambda: js.JSON.stringify(js.process.env))
+        attempt("argv", lambda: js.JSON.stringify(js.process.argv))
+    """)
+    _state, out, err = run_python(stack, code)
+    assert_nothing_learnt(out, err)
+    lines = dict(line.split(" -> ", 1) for line in out.splitlines() if " -> " in line)
+    assert int(lines["pid"]) < 10  # its own PID namespace: a handful of processes, never the node's
+    assert lines["cwd"] == "'/'"
+    assert lines["uid"] == "65534"
+
+
+def test_child_process_and_workers_through_dynamic_import(stack):
+    marker = stack.home / f"pwned-{secrets.token_hex(4)}"
+    code = BYPASS + textwrap.dedent(f"""
+        # The program cannot wait for a promise, so the attack runs in callbacks; whatever they get done
+        # would show as the marker file on the host.
+        js.eval('''
+            import("node:child_process").then(cp => cp.execSync("touch {marker}"))
+                .catch(e => console.log("child_process refused: " + e.code));
+            import("node:worker_threads").then(w => new w.Worker("1", {{eval: true}}))
+                .catch(e => console.log("worker refused: " + e.code));
+        ''')
+        attempt("spawn via process.binding", lambda: js.process.binding("spawn_sync"))
+        attempt("dlopen", lambda: js.process.dlopen(js.Object.new(), "/usr/lib/x86_64-linux-gnu/libc.so.6"))
+    """)
+    _state, out, _err = run_python(stack, code)
+    assert not marker.exists()
+    assert "spawn via process.binding !!" in out
+    assert "dlopen !!" in out
+
+
+def test_no_network_to_the_node_api_or_kubo(stack):
+    api_port = int(stack.nodes[0].api.rsplit(":", 1)[1].split("/")[0])
+    kubo_port = int(stack.kubo.rpc_urls[0].rsplit(":", 1)[1].split("/")[0])
+    code = BYPASS + textwrap.dedent(f"""
+        import socket
+        for port in ({api_port}, {kubo_port}):
+            attempt(f"socket {{port}}", lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
+        attempt("fetch", lambda: js.fetch("http://127.0.0.1:{api_port}/v1/version"))
+        attempt("pyodide.http", lambda: __import__("pyodide.http"))
+        js.eval('''
+            import("node:net").then(net => {{
+                const s = net.connect({kubo_port}, "127.0.0.1");
+                s.on("connect", () => s.write("POST /api/v0/shutdown HTTP/1.0\\\\r\\\\n\\\\r\\\\n"));
+            }});
+        ''')
+    """)
+    _state, out, _err = run_python(stack, code)
+    assert f"socket {api_port} ->" not in out and f"socket {kubo_port} ->" not in out
+    assert "fetch ->" not in out or "network access is disabled" in out
+    # Kubo is still up and the node still answers: the shutdown never reached it.
+    with Client(stack.nodes[0].api) as client:
+        assert client.node().peer_id
+
+
+def test_writes_outside_the_outputs_do_not_reach_the_host(stack, tmp_path):
+    target = stack.home / f"written-{secrets.token_hex(4)}"
+    runner_file = Path(__file__).resolve().parents[2] / "executors" / "pyodide_runner" / "pwned.txt"
+    code = BYPASS + textwrap.dedent(f"""
+        attempt("mount", mount_host_root)
+        attempt("host file", lambda: open("/host" + {str(target)!r}, "w").write("x"))
+        attempt("runner", lambda: open("/host" + {str(runner_file)!r}, "w").write("x"))
+        attempt("context", lambda: open("/context/x", "w").write("x"))
+        attempt("tmp", lambda: open("/host/tmp/x", "w").write("x"))
+    """)
+    _state, out, _err = run_python(stack, code)
+    assert not target.exists()
+    assert not runner_file.exists()
+    assert "host file !!" in out and "runner !!" in out
+
+
+def test_writing_past_disk_fails_the_job_with_the_reason(stack):
+    code = "open('/outputs/big', 'wb').write(b'x' * (8 << 20))\nprint('wrote')"
+    state, _out, err = run_python(stack, code, outputs=[{"name": "out", "path": "/outputs"}],
+                                 resources={"disk": "1MiB"})
+    assert state == "failed"
+    assert "disk limit" in err
+
+
+def test_fork_thread_and_memory_bombs_fail_inside_the_job(stack):
+    code = textwrap.dedent("""
+        import os, threading
+        try:
+            os.fork()
+            print("forked")
+        except OSError as e:
+            print("fork refused", e)
+        try:
+            threading.Thread(target=print).start()
+            print("thread started")
+        except RuntimeError as e:
+            print("thread refused", e)
+        hog = []
+        while True:
+            hog.append(bytearray(16 << 20))
+    """)
+    state, out, err = run_python(stack, code, resources={"memory": "128MiB"})
+    assert state == "failed"
+    assert "forked" not in out and "thread started" not in out
+    assert "MemoryError" in err or "memory limit" in err
+    # The node carries on with its next job.
+    state, out, _ = run_python(stack, "print(6 * 7)")
+    assert (state, out) == ("completed", "42\n")
