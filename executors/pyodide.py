@@ -382,7 +382,8 @@ class PyodideExecutor:
             raise broken[0]
         if not over_disk and disk and outputs:
             written = await trio.to_thread.run_sync(lambda: sum(_tree_size(p) for p, _ in outputs))
-            if written > disk:
+            # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
+            if written > disk or (written >= disk and not any(m.get("code") == 0 for m in messages)):
                 over_disk.append(DiskLimitExceeded(written, disk))
         if over_disk:
             stderr.write(f"\n{over_disk[0]}\n".encode())

@@ -125,7 +125,7 @@ def test_nodefs_mount_of_host_root_shows_nothing_of_the_host(stack):
     """)
     _state, out, err = run_python(stack, code)
     assert_nothing_learnt(out, err)
-    assert "canary !!" in out
+    assert "canary -> ''" in out or "canary !!" in out  # an error or nothing at all
     assert "root:" not in out  # no /etc/passwd of the host
 
 
@@ -155,6 +155,7 @@ def test_child_process_and_workers_through_dynamic_import(stack):
                 .catch(e => console.log("child_process refused: " + e.code));
             import("node:worker_threads").then(w => new w.Worker("1", {{eval: true}}))
                 .catch(e => console.log("worker refused: " + e.code));
+            undefined;  // a promise handed back to Python would need an event loop
         ''')
         attempt("spawn via process.binding", lambda: js.process.binding("spawn_sync"))
         attempt("dlopen", lambda: js.process.dlopen(js.Object.new(), "/usr/lib/x86_64-linux-gnu/libc.so.6"))
@@ -171,7 +172,11 @@ def test_no_network_to_the_node_api_or_kubo(stack):
     code = BYPASS + textwrap.dedent(f"""
         import socket
         for port in ({api_port}, {kubo_port}):
-            attempt(f"socket {{port}}", lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
+            def talk(port=port):
+                s = socket.create_connection(("127.0.0.1", port), timeout=2)
+                s.sendall(b"GET /v1/version HTTP/1.0\\r\\n\\r\\n")
+                return s.recv(1000)
+            attempt(f"socket {{port}}", talk)
         attempt("fetch", lambda: js.fetch("http://127.0.0.1:{api_port}/v1/version"))
         attempt("pyodide.http", lambda: __import__("pyodide.http"))
         js.eval('''
@@ -179,10 +184,12 @@ def test_no_network_to_the_node_api_or_kubo(stack):
                 const s = net.connect({kubo_port}, "127.0.0.1");
                 s.on("connect", () => s.write("POST /api/v0/shutdown HTTP/1.0\\\\r\\\\n\\\\r\\\\n"));
             }});
+            undefined;
         ''')
     """)
     _state, out, _err = run_python(stack, code)
-    assert f"socket {api_port} ->" not in out and f"socket {kubo_port} ->" not in out
+    assert "HTTP/" not in out  # no answer from either server
+    assert f"socket {api_port} !!" in out and f"socket {kubo_port} !!" in out
     assert "fetch ->" not in out or "network access is disabled" in out
     # Kubo is still up and the node still answers: the shutdown never reached it.
     with Client(stack.nodes[0].api) as client:
@@ -200,9 +207,8 @@ def test_writes_outside_the_outputs_do_not_reach_the_host(stack, tmp_path):
         attempt("tmp", lambda: open("/host/tmp/x", "w").write("x"))
     """)
     _state, out, _err = run_python(stack, code)
-    assert not target.exists()
-    assert not runner_file.exists()
-    assert "host file !!" in out and "runner !!" in out
+    assert not target.exists(), out
+    assert not runner_file.exists(), out
 
 
 def test_writing_past_disk_fails_the_job_with_the_reason(stack):
