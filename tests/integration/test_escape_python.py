@@ -96,7 +96,7 @@ def host_paths(stack: Devstack) -> dict[str, str]:
 
 
 def test_plain_import_of_js_is_refused(stack):
-    state, out, err = run_python(stack, "import js\nprint(js.process.pid)")
+    state, _out, err = run_python(stack, "import js\nprint(js.process.pid)")
     assert state == "failed"
     assert "ImportError: module 'js' is not available to Shoal jobs" in err
     state, _out, err = run_python(stack, "import pyodide_js")
