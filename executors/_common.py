@@ -5,6 +5,7 @@ Private to ``executors``: the wasm and Pyodide executors import it; nothing else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -107,6 +108,20 @@ def plan_mounts(request: RunRequest, scratch: Path) -> list[DirMount]:
             raise ExecutorError(f"two inputs or outputs share the job path {d.target}", retryable=False)
         seen[d.target] = d
     return sorted(dirs, key=lambda d: (d.target.count("/"), d.target))
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of disk the files under ``path`` take (what a job wrote there). Blocking."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):  # deleted meanwhile
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+    return total
+
+
+def disk_limit_message(written: int, limit: int) -> str:
+    return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk)"
 
 
 class Tail:

@@ -9,6 +9,7 @@ from typing import Protocol
 from jobs import JobSpec, RunResult
 
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
+DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
 
 
 @dataclass(frozen=True)

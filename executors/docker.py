@@ -13,9 +13,11 @@ Lifecycle of one execution (``run``)::
 
 Containers are hardened: no network unless the job asks and the node allows it; memory (no swap),
 CPU quota and pids limits from the job's resources; read-only root with a writable tmpfs ``/tmp``;
-``cap_drop ALL``; ``no-new-privileges``; the node's uid:gid; inputs mounted read-only, outputs
-writable. The log driver is ``none``: output is read live from the attach stream and only the last
-``MAX_CAPTURE`` bytes of each stream are kept, so a chatty job cannot fill the daemon's disk.
+``cap_drop ALL``; ``no-new-privileges``; Docker's default seccomp profile; never root (uid 65534 on a
+root node, else the node's uid:gid); no host path but the inputs (read-only) and outputs (writable),
+and outputs held to ``resources.disk`` (the container is killed: "disk limit exceeded: wrote N of M").
+The log driver is ``none``: output is read live from the attach stream and only the last ``MAX_CAPTURE``
+bytes of each stream are kept, so a chatty job cannot fill the daemon's disk.
 
 Run the tests with a daemon up (``scripts/install-docker``):
 ``.venv/bin/python -m pytest tests/integration/test_docker_executor.py``.
@@ -41,7 +43,8 @@ from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
-from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
+from executors._common import disk_limit_message, tree_size
+from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, RunRequest
 from jobs import RunResult
 from jobs.spec import DockerEngine, format_bytes
 
@@ -51,6 +54,7 @@ LABEL_NODE = "shoal.node"
 LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
+NOBODY = 65534
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
 MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
@@ -327,8 +331,13 @@ class DockerExecutor:
                 failed_start = await trio.to_thread.run_sync(_start, api, cid)
                 if failed_start is not None:
                     return failed_start
-                out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, abandon_on_cancel=True)
-                exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
+                over_disk: list[int] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_disk, api, cid, request, over_disk)
+                    out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture,
+                                                             abandon_on_cancel=True)
+                    exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
+                    nursery.cancel_scope.cancel()
                 finished_at = time.time()
                 oom = exit_code != 0 and await trio.to_thread.run_sync(_oom_killed, api, cid)
             except docker.errors.APIError as e:
@@ -341,7 +350,11 @@ class DockerExecutor:
             with trio.CancelScope(shield=True):
                 await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
         stderr = err.text()
-        if oom:
+        if over_disk:
+            exit_code = exit_code or 1
+            line = disk_limit_message(over_disk[0], request.spec.resources.disk)
+            stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
+        elif oom:
             limit = request.spec.resources.memory
             line = f"shoal: out of memory (limit {format_bytes(max(limit, MIN_MEMORY)) if limit else 'none'})"
             stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
@@ -350,11 +363,27 @@ class DockerExecutor:
             stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
         )
 
+    async def _watch_disk(self, api: docker.APIClient, cid: str, request: RunRequest, over: list[int]) -> None:
+        """Kill the container once its outputs hold more than the job's ``disk``; records what was written."""
+        limit = request.spec.resources.disk
+        dirs = [m.source for m in request.output_mounts()]
+        while limit and dirs:
+            written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
+            if written > limit:
+                over.append(written)
+                with contextlib.suppress(*_DaemonErrors):
+                    await trio.to_thread.run_sync(api.kill, cid)
+                return
+            await trio.sleep(DISK_POLL)
+
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine) -> dict[str, Any]:
         resources = request.spec.resources
         mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
+        uid, gid = _job_user()
         for m in request.output_mounts():
             m.source.mkdir(parents=True, exist_ok=True)
+            if uid != os.getuid():
+                os.chown(m.source, uid, gid)
             mounts.append(DockerMount(m.target, str(m.source), type="bind", read_only=False))
         limits: dict[str, Any] = {}
         if resources.memory > 0:  # 0: the job states no limit (Docker's convention)
@@ -381,7 +410,7 @@ class DockerExecutor:
             "entrypoint": list(engine.entrypoint) or None,
             "environment": [f"{k}={v}" for k, v in env.items()],
             "working_dir": engine.workdir,
-            "user": f"{os.getuid()}:{os.getgid()}",  # outputs belong to the node; root in the box stays unprivileged
+            "user": f"{uid}:{gid}",
             "labels": {LABEL_NODE: self.node_label, LABEL_EXECUTION: request.execution_id,
                        LABEL_JOB: request.job_id},
             "network_disabled": not engine.network,
@@ -452,6 +481,14 @@ async def cleanup_leftovers(node_label: str) -> list[str]:
 
 
 # -- blocking helpers (run in worker threads) ---------------------------------------------------------
+
+
+def _job_user() -> tuple[int, int]:
+    """Who a job runs as in its container: never root. A root node runs jobs as nobody (65534) and gives
+    them their output folders; any other node runs them as its own user, so outputs are its own."""
+    if os.getuid() == 0:
+        return NOBODY, NOBODY
+    return os.getuid(), os.getgid()
 
 
 def _start(api: docker.APIClient, cid: str) -> RunResult | None:

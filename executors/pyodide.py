@@ -30,7 +30,6 @@ instead of seconds; without the pool, ``run`` starts one itself (cold).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -47,8 +46,18 @@ from typing import Any
 
 import trio
 
-from executors._common import CONTEXT_DIR, DirMount, Tail, host_path, job_path, job_seed, plan_mounts
-from executors.base import ExecutorError, RunRequest
+from executors._common import (
+    CONTEXT_DIR,
+    DirMount,
+    Tail,
+    disk_limit_message,
+    host_path,
+    job_path,
+    job_seed,
+    plan_mounts,
+    tree_size,
+)
+from executors.base import DISK_POLL, ExecutorError, RunRequest
 from executors.sandbox import (
     SLOT_TARGET,
     Limits,
@@ -73,7 +82,6 @@ _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 RUNTIME_MEMORY = 1 << 30
 CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
 IDLE_CPU_LIMIT = 3600  # CPU seconds a pre-started interpreter may use before it has a job (start, warm-up)
-DISK_POLL = 0.1  # seconds between checks of what a job has written against its disk limit
 # A wheel file name: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl (PEP 427)
 _WHEEL = re.compile(
     r"^(?P<name>[^-/]+)-(?P<version>[^-/]+)(-\d[^-/]*)?-(?P<py>[^-/]+)-(?P<abi>[^-/]+)-(?P<plat>[^-/]+)\.whl$"
@@ -99,7 +107,7 @@ class _Prepared:
 
 class DiskLimitExceeded(Exception):
     def __init__(self, written: int, limit: int) -> None:
-        super().__init__(f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk)")
+        super().__init__(disk_limit_message(written, limit))
 
 
 class _Runner:
@@ -355,7 +363,7 @@ class PyodideExecutor:
 
         async def watch_disk() -> None:
             while disk and outputs:
-                written = await trio.to_thread.run_sync(lambda: sum(_tree_size(p) for p, _ in outputs))
+                written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p, _ in outputs))
                 if written > disk:
                     over_disk.append(DiskLimitExceeded(written, disk))
                     runner.process.kill()
@@ -381,7 +389,7 @@ class PyodideExecutor:
         if broken:
             raise broken[0]
         if not over_disk and disk and outputs:
-            written = await trio.to_thread.run_sync(lambda: sum(_tree_size(p) for p, _ in outputs))
+            written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p, _ in outputs))
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
             if written > disk or (written >= disk and not any(m.get("code") == 0 for m in messages)):
                 over_disk.append(DiskLimitExceeded(written, disk))
@@ -520,15 +528,6 @@ def _describe_status(returncode: int) -> str:
     if returncode == -signal.SIGXFSZ:
         return "a file grew past the job's disk limit (resources.disk)"
     return f"exit status {returncode}"
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
-    return total
 
 
 def _lay_out(slot: Slot, prepared: _Prepared) -> tuple[dict[str, Any], list[tuple[Path, Path]]]:

@@ -243,3 +243,54 @@ def test_fork_thread_and_memory_bombs_fail_inside_the_job(stack):
     # The node carries on with its next job.
     state, out, _ = run_python(stack, "print(6 * 7)")
     assert (state, out) == ("completed", "42\n")
+
+
+# -- docker ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docker_ready():
+    from executors.docker import DockerExecutor
+
+    if not DockerExecutor("probe").is_installed():
+        if os.environ.get("SHOAL_REQUIRE_DOCKER") == "1":
+            pytest.fail("no Docker daemon answers; run scripts/install-docker")
+        pytest.skip("no Docker daemon answers; run scripts/install-docker")
+
+
+def run_docker(stack: Devstack, *command: str, **spec: object) -> tuple[str, str, str]:
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "docker", "image": "busybox", "args": list(command)}, **spec},
+                         timeout=180)
+        return job.job.state.value, client.logs(job.job.id), client.logs(job.job.id, "stderr")
+
+
+@pytest.mark.parametrize("engine_extra", [{"privileged": True}, {"volumes": ["/:/host"]},
+                                          {"cap_add": ["SYS_ADMIN"]}, {"user": "0"}])
+def test_docker_spec_cannot_ask_for_mounts_privileges_or_root(stack, engine_extra):
+    from shoal import InvalidRequest
+
+    with Client(stack.nodes[0].api) as client, pytest.raises(InvalidRequest) as refused:
+        client.submit({"engine": {"name": "docker", "image": "busybox", "args": ["true"], **engine_extra}})
+    assert next(iter(engine_extra)) in str(refused.value)
+
+
+def test_docker_job_is_not_root_and_sees_no_host_path(stack, docker_ready):
+    _state, out, err = run_docker(stack, "sh", "-c", f"id -u; cat {stack.canary} || echo no-canary; ls /host 2>&1")
+    assert_nothing_learnt(out, err)
+    assert out.splitlines()[0] != "0"
+    assert "no-canary" in out
+
+
+def test_docker_writing_past_disk_is_stopped(stack, docker_ready):
+    state, _out, err = run_docker(stack, "sh", "-c", "dd if=/dev/zero of=/outputs/big bs=1M count=64; sleep 5",
+                                 outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "4MiB"})
+    assert state == "failed"
+    assert "disk limit exceeded" in err
+
+
+def test_docker_job_cannot_reach_the_node_api(stack, docker_ready):
+    api = stack.nodes[0].api.rstrip("/")
+    _state, out, _err = run_docker(stack, "sh", "-c", f"wget -q -T 3 -O- {api}/v1/version || echo unreachable")
+    assert "unreachable" in out
+    assert "version" not in out
