@@ -10,11 +10,13 @@ import hashlib
 import os
 import posixpath
 import shutil
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from executors.base import MAX_CAPTURE, ExecutorError, Mount, RunRequest
+import trio
+
+from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
 # and advances only when the job reads a clock.
@@ -122,6 +124,27 @@ def tree_size(path: Path) -> int:
 
 def disk_limit_message(written: int, limit: int) -> str:
     return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk)"
+
+
+async def written_past(dirs: list[Path], limit: int) -> int | None:
+    """Bytes under ``dirs`` when they exceed ``limit`` (a last check after the run), else None."""
+    if not limit or not dirs:
+        return None
+    written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
+    return written if written > limit else None
+
+
+async def watch_disk(dirs: list[Path], limit: int, stop: Callable[[], Awaitable[object]], over: list[int]) -> None:
+    """Until cancelled: once the files under ``dirs`` take more than ``limit`` bytes, record how many in
+    ``over`` and ``await stop()`` (which ends the run). Nothing to watch when ``limit`` is 0. A run can
+    write much in one poll interval, so callers check ``written_past`` once more when it ends."""
+    while limit and dirs:
+        written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
+        if written > limit:
+            over.append(written)
+            await stop()
+            return
+        await trio.sleep(DISK_POLL)
 
 
 class Tail:

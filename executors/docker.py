@@ -43,8 +43,8 @@ from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
-from executors._common import disk_limit_message, tree_size
-from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, RunRequest
+from executors._common import disk_limit_message, watch_disk, written_past
+from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
 from jobs import RunResult
 from jobs.spec import DockerEngine, format_bytes
 
@@ -333,7 +333,13 @@ class DockerExecutor:
                     return failed_start
                 over_disk: list[int] = []
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch_disk, api, cid, request, over_disk)
+                    dirs = [m.source for m in request.output_mounts()]
+
+                    async def kill() -> None:
+                        with contextlib.suppress(*_DaemonErrors):
+                            await trio.to_thread.run_sync(api.kill, cid)
+
+                    nursery.start_soon(watch_disk, dirs, request.spec.resources.disk, kill, over_disk)
                     out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture,
                                                              abandon_on_cancel=True)
                     exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
@@ -350,6 +356,9 @@ class DockerExecutor:
             with trio.CancelScope(shield=True):
                 await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
         stderr = err.text()
+        if not over_disk and (written := await written_past(
+                [m.source for m in request.output_mounts()], request.spec.resources.disk)) is not None:
+            over_disk.append(written)
         if over_disk:
             exit_code = exit_code or 1
             line = disk_limit_message(over_disk[0], request.spec.resources.disk)
@@ -362,19 +371,6 @@ class DockerExecutor:
             exit_code=exit_code, stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated,
             stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
         )
-
-    async def _watch_disk(self, api: docker.APIClient, cid: str, request: RunRequest, over: list[int]) -> None:
-        """Kill the container once its outputs hold more than the job's ``disk``; records what was written."""
-        limit = request.spec.resources.disk
-        dirs = [m.source for m in request.output_mounts()]
-        while limit and dirs:
-            written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
-            if written > limit:
-                over.append(written)
-                with contextlib.suppress(*_DaemonErrors):
-                    await trio.to_thread.run_sync(api.kill, cid)
-                return
-            await trio.sleep(DISK_POLL)
 
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine) -> dict[str, Any]:
         resources = request.spec.resources

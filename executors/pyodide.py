@@ -56,8 +56,9 @@ from executors._common import (
     job_seed,
     plan_mounts,
     tree_size,
+    watch_disk,
 )
-from executors.base import DISK_POLL, ExecutorError, RunRequest
+from executors.base import ExecutorError, RunRequest
 from executors.sandbox import (
     SLOT_TARGET,
     Limits,
@@ -103,11 +104,6 @@ class _Prepared:
     mounts: list[DirMount]
     failure: str | None = None  # a problem with the job found before any interpreter is spent
     failure_code: int = 1
-
-
-class DiskLimitExceeded(Exception):
-    def __init__(self, written: int, limit: int) -> None:
-        super().__init__(disk_limit_message(written, limit))
 
 
 class _Runner:
@@ -359,16 +355,10 @@ class PyodideExecutor:
         stdout, stderr = Tail(), Tail()
         messages: list[dict[str, Any]] = []
         broken: list[ExecutorError] = []
-        over_disk: list[DiskLimitExceeded] = []
+        over_disk: list[int] = []
 
-        async def watch_disk() -> None:
-            while disk and outputs:
-                written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p, _ in outputs))
-                if written > disk:
-                    over_disk.append(DiskLimitExceeded(written, disk))
-                    runner.process.kill()
-                    return
-                await trio.sleep(DISK_POLL)
+        async def kill() -> None:
+            runner.process.kill()
 
         async def read_control() -> None:
             try:
@@ -379,7 +369,7 @@ class PyodideExecutor:
                 runner.process.kill()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disk)
+            nursery.start_soon(watch_disk, [p for p, _ in outputs], disk, kill, over_disk)
             async with trio.open_nursery() as streams:
                 streams.start_soon(_pump, runner.process.stdout, stdout)
                 streams.start_soon(_pump, runner.process.stderr, stderr)
@@ -392,9 +382,9 @@ class PyodideExecutor:
             written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p, _ in outputs))
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
             if written > disk or (written >= disk and not any(m.get("code") == 0 for m in messages)):
-                over_disk.append(DiskLimitExceeded(written, disk))
+                over_disk.append(written)
         if over_disk:
-            stderr.write(f"\n{over_disk[0]}\n".encode())
+            stderr.write(f"\n{disk_limit_message(over_disk[0], disk)}\n".encode())
             return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time())

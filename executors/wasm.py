@@ -42,10 +42,13 @@ from executors._common import (
     EPOCH_SECONDS,
     DirMount,
     Tail,
+    disk_limit_message,
     host_path,
     job_path,
     job_seed,
     plan_mounts,
+    watch_disk,
+    written_past,
 )
 from executors.base import ExecutorError, RunRequest
 from jobs import RunResult, WasmEngine, format_bytes
@@ -126,14 +129,26 @@ class WasmExecutor:
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1)  # set before the worker starts: any later epoch bump interrupts the run
         job = _Run(self, request, engine_spec, engine, store)
+        over_disk: list[int] = []
+
+        async def interrupt() -> None:
+            job.interrupt()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_interrupt_when_cancelled, job)
+            nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()],
+                               request.spec.resources.disk, interrupt, over_disk)
             try:
                 captured = await trio.to_thread.run_sync(outcome.capture, job.run)
             finally:
                 nursery.cancel_scope.cancel()
         result = captured.unwrap()  # raised here, not inside the nursery, so errors are not wrapped in a group
         stderr = job.stderr
+        if not over_disk and (written := await written_past(
+                [m.source for m in request.output_mounts()], request.spec.resources.disk)) is not None:
+            over_disk.append(written)
+        if over_disk:
+            result = _Outcome(result.exit_code or 1, disk_limit_message(over_disk[0], request.spec.resources.disk))
         if result.note:
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")
         return RunResult(

@@ -31,7 +31,7 @@ pytestmark = [
                        reason="the python engine cannot run here (Pyodide or bubblewrap missing)"),
 ]
 
-BASE_PORT = 18400  # Kubo gets BASE_PORT+200..: keep clear of other tests' ranges
+BASE_PORT = 16000  # APIs 16000, libp2p 16100, Kubo 16200-16402: clear of other tests
 TOKEN = secrets.token_hex(16)
 
 # Gets Pyodide's JavaScript bridge the way an attacker would, past the ImportError of `import js`.
@@ -294,3 +294,82 @@ def test_docker_job_cannot_reach_the_node_api(stack, docker_ready):
     _state, out, _err = run_docker(stack, "sh", "-c", f"wget -q -T 3 -O- {api}/v1/version || echo unreachable")
     assert "unreachable" in out
     assert "version" not in out
+
+
+# -- wasm -----------------------------------------------------------------------------------------------
+
+_WASI = """
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 20)
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+"""
+
+
+def _traversal_module(path: str) -> bytes:
+    """Opens ``path`` relative to the outputs' preopen (fd 4; fd 3 is /module) and prints what it reads."""
+    import wasmtime
+
+    return wasmtime.wat2wasm(f"""(module {_WASI}
+      (data (i32.const 128) "{path}")
+      (data (i32.const 96) "refused\\n")
+      (func (export "_start")
+        (if (call $path_open (i32.const 4) (i32.const 1) (i32.const 128) (i32.const {len(path)}) (i32.const 0)
+                             (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16))
+          (then (call $write (i32.const 1) (i32.const 96) (i32.const 8)))
+          (else
+            (i32.store (i32.const 24) (i32.const 1024))
+            (i32.store (i32.const 28) (i32.const 4000))
+            (drop (call $fd_read (i32.load (i32.const 16)) (i32.const 24) (i32.const 1) (i32.const 32)))
+            (call $write (i32.const 1) (i32.const 1024) (i32.load (i32.const 32)))))))""")
+
+
+# Writes 64 MiB of zeros to /outputs/big (fd 4 is the /outputs preopen), 1 MiB per call.
+_DISK_FILLER = f"""(module {_WASI}
+  (data (i32.const 128) "big")
+  (func (export "_start") (local $i i32)
+    (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 3) (i32.const 9)
+                         (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then unreachable))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 64)))
+      (call $write (i32.load (i32.const 16)) (i32.const 65536) (i32.const 1048576))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))))"""
+
+
+def run_wasm(stack: Devstack, wasm: bytes, **spec: object) -> tuple[str, str, str]:
+    from storage import KuboClient
+
+    async def add() -> str:
+        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
+            return await kubo.add_bytes(wasm)
+
+    cid = trio.run(add)
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "wasm", "module": "/module/m.wasm"}, "cache": False,
+                          "inputs": [{"source": f"ipfs://{cid}", "path": "/module/m.wasm"}],
+                          "outputs": [{"name": "out", "path": "/outputs"}], **spec}, timeout=180)
+        stderr = client.logs(job.job.id, "stderr")
+        return job.job.state.value, client.logs(job.job.id), f"{stderr}{job.job.reason or ''}"
+
+
+@pytest.mark.parametrize("escape", ["../../../../../../../..{canary}", "..", "../outputs/../..{canary}"])
+def test_wasm_path_traversal_out_of_the_preopens(stack, escape):
+    path = escape.format(canary=stack.canary)
+    state, out, err = run_wasm(stack, _traversal_module(path))
+    assert_nothing_learnt(out, err)
+    assert out == "refused\n", (state, err)
+
+
+def test_wasm_writing_past_disk_fails_the_job(stack):
+    import wasmtime
+
+    state, _out, err = run_wasm(stack, wasmtime.wat2wasm(_DISK_FILLER), resources={"disk": "4MiB"})
+    assert state == "failed"
+    assert "disk limit exceeded" in err
