@@ -46,6 +46,22 @@ class Runner:
         self.input_deadline = input_deadline
         self.max_input_bytes = max_input_bytes
 
+    def remove_leftovers(self) -> int:
+        """Scratch space of executions a previous process of this node was running when it died (kill -9).
+
+        Called once at start, before anything runs: no execution of this process owns a folder yet.
+        Blocking. Returns how many folders were removed.
+        """
+        if not self.work_dir.is_dir():
+            return 0
+        removed = 0
+        for entry in self.work_dir.iterdir():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info("removed the scratch space of %d execution(s) left behind", removed)
+        return removed
+
     def input_problems(self, spec: JobSpec) -> list[str]:
         """Why this node could never stage the job's inputs (for bidding); empty when it can."""
         if not spec.inputs:

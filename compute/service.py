@@ -97,6 +97,7 @@ class ComputeService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.sweeps.start(nursery)
+            await trio.to_thread.run_sync(self.runner.remove_leftovers)
             await self._restore()
             nursery.start_soon(self._backlog_loop)
             nursery.start_soon(self._node_info_loop)

@@ -373,3 +373,74 @@ def test_wasm_writing_past_disk_fails_the_job(stack):
     state, _out, err = run_wasm(stack, wasmtime.wat2wasm(_DISK_FILLER), resources={"disk": "4MiB"})
     assert state == "failed"
     assert "disk limit exceeded" in err
+
+
+# -- leftovers ------------------------------------------------------------------------------------------
+
+
+def _sandboxed_processes_of(node_pid: int) -> list[int]:
+    """Processes whose command line names the sandbox folder of node process ``node_pid``."""
+    mark = f"shoal-sandbox-{node_pid}-"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if mark in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_nothing_survives_a_kill_9_of_the_node(stack, docker_ready):
+    import tempfile
+    import time
+
+    node = stack.nodes[0]
+    old_pid = node.pid
+    with Client(node.api) as client:
+        python_job = client.submit({"engine": {"name": "python", "code": "while True: pass"}, "cache": False,
+                                    "timeout": 600, "outputs": [{"name": "out", "path": "/outputs"}]})
+        docker_job = client.submit({"engine": {"name": "docker", "image": "busybox", "args": ["sleep", "600"]},
+                                    "outputs": [{"name": "out", "path": "/outputs"}]})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [client.describe(j.job.id).job.state.value for j in (python_job, docker_job)]
+            if states == ["running", "running"]:
+                break
+            time.sleep(0.5)
+        assert states == ["running", "running"]
+    while not _sandboxed_processes_of(old_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a fresh node builds its Pyodide snapshot first
+    time.sleep(2)  # the interpreter and the container are up
+    assert _sandboxed_processes_of(old_pid)
+    work = node.data_dir / "work"
+    assert any(work.iterdir())
+
+    stack.kill(0)
+    deadline = time.monotonic() + 10
+    while _sandboxed_processes_of(old_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _sandboxed_processes_of(old_pid) == []  # the interpreters died with the node
+
+    trio.run(stack.restart, 0)
+    with Client(node.api) as client:  # the restarted node is up and answering
+        assert client.node().peer_id
+        for job in (python_job, docker_job):  # nothing of them may run again either
+            client.cancel(job.job.id)
+    deadline = time.monotonic() + 30
+    from executors.docker import _connect
+
+    api = _connect(30)
+    try:
+        while time.monotonic() < deadline:
+            left = api.containers(all=True, filters={"label": f"shoal.node={node.peer_id}"})
+            roots = list(Path(tempfile.gettempdir()).glob(f"shoal-sandbox-{old_pid}-*"))
+            if not left and not roots and not list(work.iterdir()):
+                break
+            time.sleep(0.5)
+        assert left == []  # no container of the old process
+    finally:
+        api.close()
+    assert list(Path(tempfile.gettempdir()).glob(f"shoal-sandbox-{old_pid}-*")) == []
+    assert list(work.iterdir()) == []
