@@ -49,6 +49,7 @@ def build_node_config(
     retention: float | None = None,
     ttl: float | None = None,
     unsandboxed_python: bool = False,
+    allow_images: list[str] | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -57,7 +58,8 @@ def build_node_config(
 
     values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
-                              "unsandboxed_python": unsandboxed_python}
+                              "unsandboxed_python": unsandboxed_python,
+                              "allow_images": tuple(allow_images or ())}
     if retention is not None:
         values["retention"] = retention
     if ttl is not None:

@@ -640,6 +640,9 @@ def serve(
         help="Delete finished jobs, sweeps and their results this long after they end (default 30 days).")] = None,
     unsafe_unsandboxed_python: Annotated[bool, typer.Option("--unsafe-unsandboxed-python",
         help="UNSAFE: run python jobs without the OS sandbox (when bubblewrap cannot work here).")] = False,
+    allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
+        help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
+             "images pulled for jobs, never other local ones.")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -662,6 +665,7 @@ def serve(
         retention=retention,
         ttl=ttl,
         unsandboxed_python=unsafe_unsandboxed_python,
+        allow_images=allow_images,
     )
     from node.daemon import main as run_node
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import inspect
 import logging
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -45,6 +47,7 @@ from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors._common import disk_limit_message, watch_disk, written_past
 from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
+from executors.images import IMAGES as BASE_IMAGES
 from jobs import RunResult
 from jobs.spec import DockerEngine, format_bytes
 
@@ -174,10 +177,14 @@ class DockerExecutor:
     name = "docker"
 
     def __init__(self, node_label: str, *, allow_network: bool = False, pids_limit: int = DEFAULT_PIDS_LIMIT,
-                 max_capture: int = MAX_CAPTURE) -> None:
+                 max_capture: int = MAX_CAPTURE, allow_images: tuple[str, ...] = (),
+                 pulled_record: Path | None = None) -> None:
         if not node_label:
             raise ValueError("node_label must be non-empty: it names this node's containers")
         self.node_label = node_label
+        self.allow_images = tuple(allow_images)
+        self.pulled_record = pulled_record
+        self._pulled = _read_pulled(pulled_record)
         self.allow_network = allow_network
         self.pids_limit = pids_limit
         self.max_capture = max_capture
@@ -247,15 +254,61 @@ class DockerExecutor:
         api = await self._connected()
         await self._ensure_image(api, engine.image, on_progress)
 
+    def image_problem(self, image: str) -> str | None:
+        """Why this node refuses to run ``image`` (None: it may), before it is looked up or pulled.
+
+        With ``--allow-images`` only images matching one of its patterns run. Without it, an image runs if
+        it is one of Shoal's base images or was pulled for a job: images that are on the node for other
+        reasons (an operator's private, locally built ones) are not handed to strangers' jobs.
+        """
+        name = _normalise_image(image)
+        if self.allow_images:
+            if any(fnmatch.fnmatchcase(name, _normalise_image(p)) or fnmatch.fnmatchcase(image, p)
+                   for p in self.allow_images):
+                return None
+            return f"image {image!r} is not allowed on this node (--allow-images {' '.join(self.allow_images)})"
+        return None
+
+    def _local_image_problem(self, image: str) -> str | None:
+        if self.allow_images or _normalise_image(image) in _BASE_IMAGE_NAMES or \
+                _normalise_image(image) in self._pulled:
+            return None
+        return (f"image {image!r} is on this node but was not pulled for jobs; it runs only if the operator "
+                "allows it (shoal serve --allow-images PATTERN)")
+
     async def _ensure_image(self, api: docker.APIClient, image: str, on_progress: ProgressCallback | None) -> None:
+        if (problem := self.image_problem(image)) is not None:
+            raise ExecutorError(problem, retryable=True)  # another node may allow it
         try:
             await trio.to_thread.run_sync(api.inspect_image, image)
-            return
         except docker.errors.ImageNotFound:
-            pass
+            await self._pull(api, image, on_progress)
+            await trio.to_thread.run_sync(self._record_pulled, image)
+            return
         except _DaemonErrors as e:
             raise _daemon_error(e, f"looking up image {image!r}") from e
-        await self._pull(api, image, on_progress)
+        if (problem := self._local_image_problem(image)) is not None:
+            raise ExecutorError(problem, retryable=True)
+
+    def _present_but_refused(self, api: docker.APIClient, image: str) -> str | None:
+        """Blocking: the refusal for an image that is present locally but not allowed (None otherwise)."""
+        try:
+            api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return None  # run() pulls it (and records it) through _ensure_image
+        except _DaemonErrors:
+            return None  # create_container will say what is wrong
+        return self._local_image_problem(image)
+
+    def _record_pulled(self, image: str) -> None:
+        name = _normalise_image(image)
+        if name in self._pulled:
+            return
+        self._pulled.add(name)
+        if self.pulled_record is not None:
+            self.pulled_record.parent.mkdir(parents=True, exist_ok=True)
+            with self.pulled_record.open("a") as f:
+                f.write(name + "\n")
 
     async def _pull(self, api: docker.APIClient, image: str, on_progress: ProgressCallback | None) -> None:
         repo, tag = parse_repository_tag(image)
@@ -312,6 +365,9 @@ class DockerExecutor:
         """
         engine = self._engine(request)
         api = await self._connected()
+        if (problem := self.image_problem(engine.image) or await trio.to_thread.run_sync(
+                self._present_but_refused, api, engine.image)) is not None:
+            raise ExecutorError(problem, retryable=True)
         create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine)
         cid: str | None = None
         creating = False
@@ -477,6 +533,23 @@ async def cleanup_leftovers(node_label: str) -> list[str]:
 
 
 # -- blocking helpers (run in worker threads) ---------------------------------------------------------
+
+
+def _normalise_image(image: str) -> str:
+    """``busybox`` and ``busybox:latest`` (and ``docker.io/library/busybox``) name one image."""
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        image = image.removeprefix(prefix)
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last or "@" in last else f"{image}:latest"
+
+
+_BASE_IMAGE_NAMES = frozenset(_normalise_image(i) for i in BASE_IMAGES)
+
+
+def _read_pulled(path: Path | None) -> set[str]:
+    if path is None or not path.is_file():
+        return set()
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
 def _job_user() -> tuple[int, int]:

@@ -48,7 +48,8 @@ class ExecutorRegistry:
 
 
 def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,
-                     python_pool: int = 2, unsandboxed_python: bool = False) -> ExecutorRegistry:
+                     python_pool: int = 2, unsandboxed_python: bool = False,
+                     allow_images: tuple[str, ...] = ()) -> ExecutorRegistry:
     """The engines a real node offers; each says by ``is_installed()`` whether it can run now."""
     from executors.docker import DockerExecutor
     from executors.pyodide import PyodideExecutor
@@ -56,7 +57,8 @@ def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = F
 
     return ExecutorRegistry({
         "noop": NoopExecutor(),
-        "docker": DockerExecutor(node_label, allow_network=allow_network),
+        "docker": DockerExecutor(node_label, allow_network=allow_network, allow_images=allow_images,
+                                 pulled_record=data_dir / "cache" / "docker-pulled-images.txt"),
         "wasm": WasmExecutor(data_dir / "cache" / "wasm"),
         "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool,
                                   unsandboxed=unsandboxed_python),

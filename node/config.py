@@ -48,3 +48,4 @@ class NodeConfig:
     quarantine_after: int = 3  # rejected results after which a node's bids are refused
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
+    allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones

@@ -122,7 +122,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         if config.compute:
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
-                config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python)
+                config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python,
+                allow_images=config.allow_images)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,

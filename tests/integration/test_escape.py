@@ -444,3 +444,20 @@ def test_nothing_survives_a_kill_9_of_the_node(stack, docker_ready):
         api.close()
     assert list(Path(tempfile.gettempdir()).glob(f"shoal-sandbox-{old_pid}-*")) == []
     assert list(work.iterdir()) == []
+
+
+def test_docker_private_local_images_are_not_handed_to_jobs(stack, docker_ready):
+    from executors.docker import _connect
+
+    api = _connect(30)
+    try:
+        api.tag("busybox:latest", "shoal-test-private/secret", tag="1")
+        with Client(stack.nodes[0].api) as client:
+            job = client.run({"engine": {"name": "docker", "image": "shoal-test-private/secret:1",
+                                         "args": ["echo", "ran"]}}, timeout=120)
+            assert job.job.state.value in ("failed", "pending")
+            assert "was not pulled for jobs" in (job.job.reason or "")
+            assert client.logs(job.job.id) == ""
+    finally:
+        api.remove_image("shoal-test-private/secret:1")
+        api.close()
