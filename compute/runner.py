@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from executors import ExecutorError, ExecutorRegistry, RunRequest
+from executors import ExecutorError, ExecutorRegistry, RunRequest, tree_size
 from jobs import Execution, RunResult, ShoalError
 
 if TYPE_CHECKING:
@@ -87,8 +87,12 @@ class Runner:
                 mounts = await self.inputs.prepare_inputs(spec.inputs, _mkdir(scratch / "inputs"),
                                                           deadline=self.input_deadline,
                                                           max_bytes=self.max_input_bytes)
+            staged = await trio.to_thread.run_sync(tree_size, scratch / "inputs") if spec.inputs else 0
+            if spec.resources.disk and staged >= spec.resources.disk:
+                return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
+                                     f"{spec.resources.disk} bytes (resources.disk)", False)
             request = RunRequest(ex.job_id, ex.id, spec, scratch, results / "outputs", tuple(mounts),
-                                 seed=hashlib.sha256(spec.canonical_json()).digest())
+                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged)
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:
                 with trio.fail_after(PREPARE_DEADLINE):

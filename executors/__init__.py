@@ -1,5 +1,6 @@
 """Executors run one job execution each, behind one small interface."""
 
+from executors._common import tree_size
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, Mount, RunRequest
 from executors.noop import NoopExecutor
 from executors.registry import ExecutorRegistry, default_registry
@@ -13,4 +14,5 @@ __all__ = [
     "NoopExecutor",
     "RunRequest",
     "default_registry",
+    "tree_size",
 ]

@@ -1,6 +1,6 @@
-"""What the deterministic engines (``wasm``, ``python``) share: the job's file system view, the seed, capture.
+"""What the engines share: the job's file system view, the seed, capture, and holding outputs to ``disk``.
 
-Private to ``executors``: the wasm and Pyodide executors import it; nothing else should.
+Private to ``executors``: the executors import it; others use what ``executors/__init__.py`` exports.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def tree_size(path: Path) -> int:
 
 
 def disk_limit_message(written: int, limit: int) -> str:
-    return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk)"
+    return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk, less the staged inputs)"
 
 
 async def written_past(dirs: list[Path], limit: int) -> int | None:

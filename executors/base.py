@@ -30,6 +30,13 @@ class RunRequest:
     outputs_dir: Path  # declared output NAME lives at outputs_dir / NAME, seen by the job at its path
     inputs: tuple[Mount, ...] = ()  # already fetched by storage, seen by the job at their paths
     seed: bytes = b""  # deterministic engines seed clocks and randomness from this (same on every node)
+    staged_bytes: int = 0  # disk the staged inputs take: they count against resources.disk
+
+    @property
+    def write_limit(self) -> int:
+        """Bytes the job may write to its outputs: ``resources.disk`` less its staged inputs (0: no limit)."""
+        disk = self.spec.resources.disk
+        return max(1, disk - self.staged_bytes) if disk else 0
 
     def output_mounts(self) -> list[Mount]:
         return [Mount(self.outputs_dir / o.name, o.path, read_only=False) for o in self.spec.outputs]

@@ -395,7 +395,7 @@ class DockerExecutor:
                         with contextlib.suppress(*_DaemonErrors):
                             await trio.to_thread.run_sync(api.kill, cid)
 
-                    nursery.start_soon(watch_disk, dirs, request.spec.resources.disk, kill, over_disk)
+                    nursery.start_soon(watch_disk, dirs, request.write_limit, kill, over_disk)
                     out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture,
                                                              abandon_on_cancel=True)
                     exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
@@ -413,11 +413,11 @@ class DockerExecutor:
                 await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
         stderr = err.text()
         if not over_disk and (written := await written_past(
-                [m.source for m in request.output_mounts()], request.spec.resources.disk)) is not None:
+                [m.source for m in request.output_mounts()], request.write_limit)) is not None:
             over_disk.append(written)
         if over_disk:
             exit_code = exit_code or 1
-            line = disk_limit_message(over_disk[0], request.spec.resources.disk)
+            line = disk_limit_message(over_disk[0], request.write_limit)
             stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
         elif oom:
             limit = request.spec.resources.memory

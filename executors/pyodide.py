@@ -319,7 +319,7 @@ class PyodideExecutor:
                 runner = await self._start_runner()
                 outputs = await self._hand_over(runner, request, prepared)
             try:
-                return await self._collect(runner, started, request.spec.resources.disk, outputs)
+                return await self._collect(runner, started, request.write_limit, outputs)
             finally:
                 runner.process.kill()
                 await trio.to_thread.run_sync(_move_outputs, outputs)
@@ -344,7 +344,7 @@ class PyodideExecutor:
             try:
                 await Limits(memory=resources.memory + RUNTIME_MEMORY if resources.memory else None,
                        cpu_seconds=int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE,
-                       file_size=resources.disk or None).apply(pid, self.sandbox.popen_options())
+                       file_size=request.write_limit or None).apply(pid, self.sandbox.popen_options())
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
         await runner.process.stdin.send_all(json.dumps(job).encode() + b"\n")

@@ -461,3 +461,26 @@ def test_docker_private_local_images_are_not_handed_to_jobs(stack, docker_ready)
     finally:
         api.remove_image("shoal-test-private/secret:1")
         api.close()
+
+
+def test_staged_inputs_count_against_disk(stack):
+    from storage import KuboClient
+
+    async def add(data: bytes) -> str:
+        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
+            return await kubo.add_bytes(data)
+
+    big = trio.run(add, secrets.token_bytes(3 << 20))
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "python", "code": "print('ran')"}, "cache": False,
+                          "inputs": [{"source": f"ipfs://{big}", "path": "/data/big"}],
+                          "resources": {"disk": "2MiB"}}, timeout=120)
+        assert job.job.state.value == "failed"
+        assert "the inputs take" in (job.job.reason or "")
+    # 1 MiB of inputs leave 1 MiB of a 2 MiB disk to write: 1.5 MiB is too much
+    small = trio.run(add, secrets.token_bytes(1 << 20))
+    code = "open('/outputs/x', 'wb').write(b'y' * (3 << 19))"
+    state, _out, err = run_python(stack, code, inputs=[{"source": f"ipfs://{small}", "path": "/data/small"}],
+                                  outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "2MiB"})
+    assert state == "failed"
+    assert "disk limit exceeded" in err
