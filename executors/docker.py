@@ -323,7 +323,11 @@ class DockerExecutor:
                     await result
 
         def pull() -> None:
-            for event in api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            events = api.pull(repo, tag=tag or "latest", stream=True, decode=True)
+            for event in events:
+                if abandoned.is_set():  # the caller's deadline passed: stop reading, drop the stream
+                    events.close()
+                    return
                 if "error" in event:
                     raise docker.errors.APIError(str(event.get("error")))
                 line = tracker.update(event)

@@ -108,6 +108,7 @@ class Slot:
         self.rw = path / "rw"
         self._owner = owner  # host uid that must be able to write rw (None: the node's own)
         self._next = 0
+        path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o755)
         for d in (self.ro, self.rw):
             d.mkdir(parents=True, exist_ok=True)
