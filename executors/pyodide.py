@@ -30,6 +30,7 @@ instead of seconds; without the pool, ``run`` starts one itself (cold).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -81,6 +82,7 @@ _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # Private writable memory Node.js, V8 and a loaded Pyodide need besides the job's WebAssembly heap (measured:
 # about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this.
 RUNTIME_MEMORY = 1 << 30
+KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
 CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
 IDLE_CPU_LIMIT = 3600  # CPU seconds a pre-started interpreter may use before it has a job (start, warm-up)
 # A wheel file name: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl (PEP 427)
@@ -151,9 +153,16 @@ class _Runner:
     async def aclose(self) -> None:
         """Kill the process (if still running) and wait for it; safe to call more than once, and when cancelled."""
         with trio.CancelScope(shield=True):
+            inside = descendants(self.process.pid) if self.slot is not None else []
             if self.process.poll() is None:
                 self.process.kill()
+            for pid in inside:  # they would die with bubblewrap anyway; this way they are gone on return
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             await self.process.wait()
+            with trio.move_on_after(KILL_WAIT):
+                while any(_alive(pid) for pid in inside):
+                    await trio.sleep(0.005)
             for stream in (self.control, self.process.stdin, self.process.stdout, self.process.stderr):
                 if stream is not None:
                     await stream.aclose()
@@ -510,6 +519,15 @@ def _node_env(*, sandboxed: bool = False) -> dict[str, str]:
     """Node.js gets nothing from the node's environment that a job could observe."""
     path = "/usr/bin:/bin" if sandboxed else os.environ.get("PATH", "/usr/bin:/bin")
     return {"PATH": path, "TZ": "UTC", "LANG": "C.UTF-8"}
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, or a pid reused by another program, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _describe_status(returncode: int) -> str:
