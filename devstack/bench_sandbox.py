@@ -21,21 +21,9 @@ from pathlib import Path
 import trio
 
 from devstack import Devstack
+from devstack.bench_engines import _pct, _timed
 
 MODES = ("sandboxed", "unsandboxed")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _timed(client, spec) -> float:
-    t0 = time.perf_counter()
-    d = await client.run(spec, timeout=300)
-    if d.job.state.value != "completed":
-        raise RuntimeError(f"job failed: {d.job.reason}")
-    return (time.perf_counter() - t0) * 1000
 
 
 async def _sweep(client, indexes: int) -> float:

@@ -45,7 +45,7 @@ from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
-from executors._common import disk_limit_message, watch_disk, written_past
+from executors._common import disk_limit_message, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import RunResult
@@ -369,6 +369,7 @@ class DockerExecutor:
         """
         engine = self._engine(request)
         api = await self._connected()
+        uid, _gid = _job_user()
         if (problem := self.image_problem(engine.image) or await trio.to_thread.run_sync(
                 self._present_but_refused, api, engine.image)) is not None:
             raise ExecutorError(problem, retryable=True)
@@ -415,6 +416,9 @@ class DockerExecutor:
         finally:
             with trio.CancelScope(shield=True):
                 await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
+        if uid != os.getuid():
+            for m in request.output_mounts():
+                await trio.to_thread.run_sync(own_again, m.source)
         stderr = err.text()
         if not over_disk and (written := await written_past(
                 [m.source for m in request.output_mounts()], request.write_limit)) is not None:

@@ -55,6 +55,7 @@ from executors._common import (
     host_path,
     job_path,
     job_seed,
+    own_again,
     plan_mounts,
     tree_size,
     watch_disk,
@@ -573,6 +574,7 @@ def _move_outputs(outputs: list[tuple[Path, Path]]) -> None:
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(written, dest)
+        own_again(dest)
 
 
 def _prepare(request: RunRequest) -> _Prepared:
