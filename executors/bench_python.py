@@ -27,8 +27,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def bench(n: int, pool_size: int, cache_dir: Path) -> dict[str, list[float]]:
-    executor = PyodideExecutor(cache_dir, pool_size=pool_size)
+async def bench(n: int, pool_size: int, cache_dir: Path, unsandboxed: bool = False) -> dict[str, list[float]]:
+    executor = PyodideExecutor(cache_dir, pool_size=pool_size, unsandboxed=unsandboxed)
     t0 = time.perf_counter()
     await executor.prepare()
     print(f"snapshot ready in {time.perf_counter() - t0:.1f} s ({cache_dir})")
@@ -64,15 +64,18 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20, help="runs of each kind")
     parser.add_argument("--pool-size", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "shoal-bench-pyodide")
+    parser.add_argument("--compare-unsandboxed", action="store_true",
+                        help="also run without the OS sandbox, in the same run, to show what it costs")
     args = parser.parse_args()
-    timings = trio.run(bench, args.n, args.pool_size, args.cache_dir)
-    print(f"python engine, print(1), N={args.n} each, pool_size={args.pool_size}")
-    for kind, label in (("warm", "warm pool "), ("cold", "cold start")):
-        values = timings[kind]
-        print(
-            f"  {label}  p50 {percentile(values, 0.5) * 1000:7.0f} ms   p90 {percentile(values, 0.9) * 1000:7.0f} ms"
-            f"   min {min(values) * 1000:7.0f} ms   max {max(values) * 1000:7.0f} ms"
-        )
+    modes = [False, True] if args.compare_unsandboxed else [False]
+    for unsandboxed in modes:
+        timings = trio.run(bench, args.n, args.pool_size, args.cache_dir, unsandboxed)
+        print(f"python engine, print(1), N={args.n} each, pool_size={args.pool_size}, "
+              f"{'UNSANDBOXED' if unsandboxed else 'sandboxed'}")
+        for kind, label in (("warm", "warm pool "), ("cold", "cold start")):
+            ms = [v * 1000 for v in timings[kind]]
+            print(f"  {label}  p50 {percentile(ms, 0.5):7.0f} ms   p90 {percentile(ms, 0.9):7.0f} ms"
+                  f"   min {min(ms):7.0f} ms   max {max(ms):7.0f} ms")
 
 
 if __name__ == "__main__":
