@@ -93,7 +93,14 @@ class _NetworkTransport:
             raise TransportUnreachable(str(e)) from e
 
     async def publish(self, data: bytes) -> None:
-        await self.network.publish(data)
+        """Gossip is best effort (every sender repeats what matters): a network that is stopping, as on
+        SIGINT, loses the message with a warning instead of an error in each role's loop."""
+        from node.net import NetworkError
+
+        try:
+            await self.network.publish(data)
+        except NetworkError as e:
+            log.warning("gossip not sent: %s", e)
 
 
 async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED) -> None:
