@@ -622,6 +622,10 @@ async def _metrics(node: "Node") -> str:
             for q in (0.5, 0.9, 0.99):
                 value = lat[min(len(lat) - 1, int(q * len(lat)))]
                 lines.append(f'shoal_job_latency_seconds{{quantile="{q}"}} {value:.6f}')
+    if node.sweeps is not None:
+        lines.append("# TYPE shoal_sweeps_total counter")
+        for name, n in node.sweeps.counters.items():
+            lines.append(f'shoal_sweeps_total{{event="{name}"}} {n}')
     if node.compute is not None:
         cap = node.compute.capacity.statistics()
         lines.append("# TYPE shoal_capacity gauge")
