@@ -525,13 +525,6 @@ class RequesterService:
                                result=result, reputation=reputation)
         return verdicts
 
-    def penalize(self, peer: str, reason: str) -> None:
-        """A report refused as a lie counts against its sender (in memory; placeholder for the lead's version)."""
-        log.warning("holding against %s: %s", peer, reason)
-        self.counters["penalties"] = self.counters.get("penalties", 0) + 1
-        accepted, rejected = self.reputation.get(peer, (0, 0))
-        self.reputation[peer] = (accepted, rejected + 1)
-
     def quarantined(self, peer: str) -> bool:
         accepted, rejected = self.reputation.get(peer, (0, 0))
         return rejected >= self.quarantine_after and rejected > accepted // 10
