@@ -360,7 +360,7 @@ class SweepService:
         self.counters["refused_results"] += len(check.refused)
         self.counters["refused_claims"] += bool(check.whole)
         text = f"claim {msg.claim_id[:40]} of node {peer[-8:]}: {check.reason()}"
-        log.warning("sweep %s: %s", live.sweep.id, text)
+        log.info("sweep %s: %s", live.sweep.id, text)  # penalize() warns when it is held against the node
         if check.against_sender:
             self.counters["penalties"] += 1
             self.penalize(peer, f"sweep {live.sweep.id}: {text}")
