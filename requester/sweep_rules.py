@@ -17,6 +17,7 @@ from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
 
 CONFIRMING_NODES = 2  # distinct nodes whose non-retryable errors fail an index for good
+ERROR_PATIENCE = 60.0  # seconds an errored index waits for another node before its own may run it again
 REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
 
 
@@ -91,9 +92,10 @@ def error_confirmed(reports: Mapping[str, bool], able: Collection[str]) -> bool:
     return bool(firm) and (len(firm) >= CONFIRMING_NODES or (bool(able) and set(able) <= firm))
 
 
-def may_grant(node: str, reports: Collection[str], able: Collection[str]) -> bool:
-    """An index that errored on a node goes to another one, unless every able node has tried it."""
-    return node not in reports or set(able) <= set(reports)
+def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float) -> bool:
+    """An index that errored on a node goes to another one, unless every able node has tried it or
+    none took it within ERROR_PATIENCE (an able node that never claims must not hold it forever)."""
+    return node not in reports or set(able) <= set(reports) or waited >= ERROR_PATIENCE
 
 
 def contradicted(reports: Collection[str], runner: str) -> list[str]:

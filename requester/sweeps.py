@@ -68,6 +68,7 @@ class _Live:
     claims: dict[str, _Claim] = field(default_factory=dict)
     expired: OrderedDict[str, str] = field(default_factory=OrderedDict)  # claim id -> node, lease lapsed
     errors: dict[int, dict[str, bool]] = field(default_factory=dict)  # index -> node -> retryable, unfinished ones
+    errored_at: dict[int, float] = field(default_factory=dict)  # index -> when it first errored
     refusal_events: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     done: trio.Event = field(default_factory=trio.Event)
@@ -311,7 +312,7 @@ class SweepService:
             i = heapq.heappop(live.pending)
             if live.states[i] is not JobState.PENDING:
                 continue
-            if i in live.errors and not may_grant(peer, live.errors[i], able):
+            if i in live.errors and not may_grant(peer, live.errors[i], able, now - live.errored_at[i]):
                 passed.append(i)  # it errored on this node: another one runs it
             else:
                 granted.append(i)
@@ -382,8 +383,8 @@ class SweepService:
     def _able(self, spec: SweepSpec) -> set[str]:
         """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
         job = spec.job
-        return {n.peer_id for n in self.known_nodes()
-                if job.engine.name in n.engines and job.resources.fits_in(n.max_per_job)}
+        return {n.peer_id for n in self.known_nodes() if job.engine.name in n.engines
+                and job.resources.fits_in(n.max_per_job) and not self.quarantined(n.peer_id)}
 
     def _outcome(self, live: _Live, r: IndexResult, peer: str, able: set[str], now: float) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
@@ -394,7 +395,7 @@ class SweepService:
                 self.counters["errors_contradicted"] += 1
                 self.penalize(node, f"sweep {live.sweep.id}: reported an error for index {i}, "
                                     f"which node {peer[-8:]} ran to a result")
-            live.errors.pop(i, None)
+            self._forget_errors(live, i)
             state = JobState.COMPLETED if r.result.exit_code == 0 else JobState.FAILED
             reason = "completed" if state is JobState.COMPLETED else f"exit code {r.result.exit_code}"
             live.set_state(i, state)
@@ -403,6 +404,7 @@ class SweepService:
         error = r.error or "no result"
         reports = live.errors.setdefault(i, {})
         reports[peer] = r.retryable
+        live.errored_at.setdefault(i, now)
         if error_confirmed(reports, able):
             self.counters["errors_confirmed"] += 1
             return self._failed(live, i, peer, error, now)
@@ -415,9 +417,14 @@ class SweepService:
             return self._back_to_pending(live, i, f"{why}; will run again", now)
         return self._failed(live, i, node, f"gave up after {live.attempts[i]} attempts: {why}", now)
 
+    @staticmethod
+    def _forget_errors(live: _Live, i: int) -> None:
+        live.errors.pop(i, None)
+        live.errored_at.pop(i, None)
+
     def _failed(self, live: _Live, i: int, node: str, reason: str, now: float) -> IndexRecord:
         live.set_state(i, JobState.FAILED)
-        live.errors.pop(i, None)
+        self._forget_errors(live, i)
         return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=live.attempts[i],
                            updated_at=now)
 

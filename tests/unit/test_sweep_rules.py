@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jobs import RunResult
 from jobs.messages import Claim, IndexResult
-from requester.sweep_rules import ClaimView, check_claim, contradicted, error_confirmed, may_grant
+from requester.sweep_rules import ERROR_PATIENCE, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
 
 def done(i: int) -> IndexResult:
@@ -89,10 +89,15 @@ def test_the_only_able_node_confirms_its_own_error():
 
 
 def test_an_index_that_errored_on_a_node_goes_to_another_while_one_is_left():
-    assert may_grant("b", {"a"}, {"a", "b"})
-    assert not may_grant("a", {"a"}, {"a", "b"})
-    assert may_grant("a", {"a", "b"}, {"a", "b"})  # everyone tried: any may try again
-    assert may_grant("a", {"a"}, {"a"})
+    assert may_grant("b", {"a"}, {"a", "b"}, 0.0)
+    assert not may_grant("a", {"a"}, {"a", "b"}, 0.0)
+    assert may_grant("a", {"a", "b"}, {"a", "b"}, 0.0)  # everyone tried: any may try again
+    assert may_grant("a", {"a"}, {"a"}, 0.0)
+
+
+def test_an_able_node_that_never_claims_holds_an_errored_index_back_only_so_long():
+    assert not may_grant("a", {"a"}, {"a", "silent"}, ERROR_PATIENCE - 1)
+    assert may_grant("a", {"a"}, {"a", "silent"}, ERROR_PATIENCE)
 
 
 def test_errors_contradicted_by_another_nodes_result():
