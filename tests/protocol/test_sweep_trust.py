@@ -164,3 +164,29 @@ async def test_an_error_two_nodes_report_fails_the_index(tmp_path):
         records, _ = await ns[0].store.sweep_indexes(s.id)
         assert all(r.attempts == 2 and "image not found" in r.reason for r in records)  # once on each node
         assert ns[0].requester.reputation == {}  # a confirmed error is no lie
+
+
+async def test_a_re_sent_batch_and_a_lapsed_claims_late_report_cost_their_node_nothing(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=1)
+        ns[0].noop.hooks.delay = 0.5
+        slow = Rogue(hub, "slow")  # an honest node with a bad link, played by hand
+        spec = sweep(grid={"i": [str(i) for i in range(40)]}, job={"deadlines": {"silence": 1.0}})
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        reply = await slow.claim("n0", s.id, "c-slow", want=2)
+        (first, end), = reply.ranges
+        ok = IndexResult(index=first, result=RunResult(exit_code=0, stdout="honest"))
+        assert (await slow.claim("n0", s.id, "c-slow", [ok])).reason == ""
+        again = await slow.claim("n0", s.id, "c-slow", [ok])  # as after a reply that never arrived
+        assert again.verdict == "accepted" and again.reason == ""
+        assert ns[0].sweeps.counters["repeated_results"] == 1
+        await trio.sleep(1.6)  # silent past the lease: its other index goes back
+        late = IndexResult(index=end - 1, result=RunResult(exit_code=0, stdout="late"))
+        reply = await slow.claim("n0", s.id, "c-slow", [late])
+        assert reply.verdict == "rejected" and reply.ok and "lease lapsed" in reply.reason  # its claim ends
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.counts == {JobState.COMPLETED: 40}, d.sweep.reason
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=end - 1, limit=1)
+        assert records[0].node_id == "n0" and records[0].result.stdout != "late"
+        assert "slow" not in ns[0].requester.reputation and ns[0].sweeps.counters["penalties"] == 0
