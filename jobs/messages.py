@@ -26,7 +26,7 @@ _Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)  # never echo a secret
     v: int = PROTOCOL_VERSION
 
 

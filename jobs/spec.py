@@ -48,7 +48,7 @@ def format_bytes(n: int) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)  # never echo a secret_env
 
 
 class Resources(_Frozen):
