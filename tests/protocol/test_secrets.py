@@ -137,3 +137,20 @@ async def test_a_restarted_requester_still_hands_the_secret_to_the_node_that_run
         assert d.job.state is JobState.COMPLETED, d.job.reason
         assert runs == [{"PLAIN": "visible", "TOKEN": SECRET}]
         assert await req.store.live_secrets() == {}
+
+
+async def test_a_job_whose_secrets_cannot_be_read_after_a_restart_fails_saying_why(tmp_path):
+    hub = MemoryHub()
+    async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+        job, _ = await req.requester.submit(spec(), "alice")
+    hub.transports.pop("req")
+    (tmp_path / "req" / "shoal.secrets.key").unlink()  # the data dir came back without its key file
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        runs = seen_env(a)
+        d = await wait_terminal(req.requester, job.id)
+        assert d.job.state is JobState.FAILED and "secret_env could not be read" in d.job.reason
+        await trio.sleep(1.0)
+        assert runs == []  # never run without them
+        assert await req.store.live_secrets() == {}

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+import trio
 from pydantic import ValidationError
 
 from cli.errors import CLIError
@@ -13,11 +14,13 @@ from cli.specs import JobFlags, SweepFlags, build_spec, build_sweep
 from compute.runner import Runner
 from executors import ExecutorRegistry, NoopExecutor, RunRequest
 from executors.noop import NoopHooks
-from jobs import Execution, JobSpec
+from jobs import Execution, Job, JobSpec, JobState
 from jobs.errors import MalformedMessage
 from jobs.messages import Announce, Decision, Reply, decode, encode
 from jobs.spec import MAX_SECRET_BYTES, MAX_SECRETS
 from jobs.sweep import SweepSpec
+from node.store import Store
+from node.store.db import ExpiredRecords
 from node.store.sealed import Sealer, SealError
 
 SECRET = "s3cr3t-value-7f1c9e"
@@ -146,3 +149,27 @@ async def test_the_runner_merges_secrets_into_the_env_and_seeds_from_the_announc
     assert without.spec.env == {"PLAIN": "visible"}
     assert with_secret.seed == without.seed  # every node that runs the job derives the same seed
     assert ex.spec.env == {"PLAIN": "visible"}  # the record the node stores is untouched
+
+
+async def test_the_store_drops_a_jobs_secrets_when_it_ends_or_expires(tmp_path):
+    store = Store(tmp_path / "shoal.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        jobs = [Job(id=f"j-{i}", owner="alice", spec=spec().without_secrets(), created_at=0, updated_at=0)
+                for i in range(2)]
+        for job in jobs:
+            await store.save(new_job=job, secrets={"TOKEN": SECRET})
+        assert await store.live_secrets() == {"j-0": {"TOKEN": SECRET}, "j-1": {"TOKEN": SECRET}}
+        running = jobs[0].transition(JobState.RUNNING, "running", 1)
+        await store.save(job=running)  # a live job keeps them
+        assert set(await store.live_secrets()) == {"j-0", "j-1"}
+        await store.save(job=running.transition(JobState.COMPLETED, "completed", 2))
+        assert set(await store.live_secrets()) == {"j-1"}
+        await store.delete_records(ExpiredRecords(jobs=[jobs[1]]))  # the time-to-live path
+        assert await store.live_secrets() == {}
+        # a terminal job never had them written
+        await store.save(new_job=Job(id="j-2", owner="alice", spec=spec().without_secrets(), state=JobState.FAILED,
+                                     created_at=0, updated_at=0), secrets={"TOKEN": SECRET})
+        assert await store.live_secrets() == {}
+        nursery.cancel_scope.cancel()
+    assert SECRET.encode() not in b"".join(f.read_bytes() for f in tmp_path.glob("shoal.db*"))
