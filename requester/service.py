@@ -434,8 +434,9 @@ class RequesterService:
                 continue
             ex = aj.executions[eid]
             accepted = verdict == "accepted"
+            run = accepted and ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
             msg = Decision(job_id=ex.job_id, execution_id=eid, accepted=accepted, reason=ex.reason,
-                           secret_env=aj.secrets if accepted else {})
+                           secret_env=aj.secrets if run else {})
             self._spawn(self._send_reliably, ex.node_id, msg)
 
     async def _on_result(self, aj: _Active, peer: str, msg: Result) -> Reply:

@@ -154,3 +154,19 @@ async def test_a_job_whose_secrets_cannot_be_read_after_a_restart_fails_saying_w
         await trio.sleep(1.0)
         assert runs == []  # never run without them
         assert await req.store.live_secrets() == {}
+
+
+async def test_each_node_that_runs_a_verified_job_gets_the_secret_once_with_its_acceptance(tmp_path):
+    hub = MemoryHub()
+    hub.frames = []
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        nodes = [await stack.enter_async_context(memory_node(hub, n, tmp_path / n, requester=False)) for n in "ab"]
+        runs = {n.peer_id: seen_env(n) for n in nodes}
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(deal={"concurrency": 2, "confidence": 2}), "alice")
+        d = await wait_terminal(req.requester, job.id)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        assert runs == {n: [{"PLAIN": "visible", "TOKEN": SECRET}] for n in "ab"}
+        # one message each, from the requester: the verdicts on their results carry nothing
+        assert sorted((src, dst) for _, src, dst, _ in carrying_secret(hub)) == [("req", "a"), ("req", "b")]
