@@ -50,6 +50,7 @@ def build_node_config(
     ttl: float | None = None,
     unsandboxed_python: bool = False,
     allow_images: list[str] | None = None,
+    peer_rate_limit: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -64,6 +65,8 @@ def build_node_config(
         values["retention"] = retention
     if ttl is not None:
         values["ttl"] = ttl
+    if peer_rate_limit is not None:
+        values["peer_rate_limit"] = peer_rate_limit
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:
