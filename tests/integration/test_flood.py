@@ -16,6 +16,7 @@ from jobs.messages import Announce, Bid, NodeInfo, StatusQuery, decode, encode
 from jobs.spec import JobSpec, Resources
 from node.dispatch import Dispatcher
 from node.net import Network, host
+from shoal import AsyncClient, ClientKey
 from tests.integration.single_node import noop_node
 from tests.integration.test_net import LOCAL, cluster, echo, ignore_gossip, wait_until
 
@@ -199,3 +200,18 @@ async def test_a_peer_flooding_direct_requests_is_refused_and_an_honest_one_is_n
             assert metric(nodes, 'shoal_network_total{event="gossip_rate_limited"}') == 0
             assert metric(nodes, "shoal_node_table") == 1  # itself: the forged node info was not believed
             assert metric(nodes, 'shoal_node_table_total{event="evicted"}') == 0
+
+            # the node's own requests to itself (offer, bid, result: 3 a job) are never limited
+            async with AsyncClient(ready["api"], key=ClientKey.load_or_create(tmp_path / "client.key")) as client:
+                done: list = []
+
+                async def one() -> None:
+                    done.append(await client.run({"engine": {"name": "noop"}}, timeout=60))
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(30):
+                        nursery.start_soon(one)
+            assert len(done) == 30 and all(d.job.state.value == "completed" for d in done)
+            after = (await api.get("/metrics")).text
+            assert metric(after, 'shoal_peer_requests_total{verdict="rate_limited"}') == len(refused)
+            assert metric(after, 'shoal_peer_requests_total{verdict="allowed"}') == allowed
