@@ -86,13 +86,15 @@ messages, so an honest neighbour stays below. (libp2p's own spam protection stay
 INVALID_GOSSIP_WEIGHT = 10.0
 """Score lost per message a neighbour passes us that fails validation (honest nodes validate the
 same way before forwarding, so they never pass one). Decays by INVALID_GOSSIP_DECAY per heartbeat."""
-INVALID_GOSSIP_DECAY = 0.965
-"""Per heartbeat (3 s): a penalty halves in about a minute."""
+INVALID_GOSSIP_DECAY = 0.99
+"""Per heartbeat (3 s): a penalty halves in about 3.5 minutes. A neighbour ignored after 11 invalid
+messages (what it sends then is not validated, so not counted) is heard again after about 30 s,
+and ignored again at its next invalid message."""
 GOSSIP_SCORE = ScoreParams(
     p4_invalid_messages=TopicScoreParams(weight=INVALID_GOSSIP_WEIGHT, cap=1000.0, decay=INVALID_GOSSIP_DECAY),
     gossip_threshold=-5 * INVALID_GOSSIP_WEIGHT,  # 5 invalid messages: we stop telling it what we have (IHAVE)
-    publish_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # 10: we neither send it gossip nor read what it sends
-    graylist_threshold=-20 * INVALID_GOSSIP_WEIGHT,  # 20: it may not join our mesh (GRAFT refused)
+    publish_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # past 10: we neither send it gossip nor read what it sends,
+    graylist_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # and it may not join our mesh (GRAFT refused)
 )
 """py-libp2p's peer scoring, used for one thing: neighbours passing invalid gossip. The other parts
 (time in mesh, deliveries, IP colocation, behaviour penalties) keep weight 0: py-libp2p counts
