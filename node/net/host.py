@@ -97,8 +97,11 @@ GOSSIP_SCORE = ScoreParams(
     graylist_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # and it may not join our mesh (GRAFT refused)
 )
 """py-libp2p's peer scoring, used for one thing: neighbours passing invalid gossip. The other parts
-(time in mesh, deliveries, IP colocation, behaviour penalties) keep weight 0: py-libp2p counts
-them too crudely to judge honest peers by, and it forgets a peer's score when it disconnects."""
+(time in mesh, deliveries, IP colocation, behaviour penalties) keep weight 0: py-libp2p counts them
+too crudely to judge honest peers by. What py-libp2p 0.8.1 cannot do: keep a score once the peer
+disconnects (it reconnects with a clean slate; go-libp2p retains it), "ignore" a message without
+penalising its sender (a validator only accepts or rejects), or limit by origin rather than by
+neighbour (valid gossip signed by many identities is bounded only by GOSSIP_PEER_RATE per relay)."""
 PEER_NAMES = 4096
 """Gossip origins whose base58 ids are kept (libp2p computes them in pure Python: ~25 us each)."""
 
