@@ -106,8 +106,9 @@ class MessagePeers:
 READY_WAIT = 30.0  # a peer's request that arrives while we start waits this long for the roles
 MAX_NODE_INFO_BYTES = 8192
 """Node info on the wire: an honest one is well under 2 KiB. Bounds what a requester's node table holds."""
-CHECKED_GOSSIP = 256
-"""Gossip messages decoded by the network's validator, kept until on_gossip takes them (decoded once)."""
+CHECKED_GOSSIP = 64
+"""Gossip messages decoded by the network's validator, kept until on_gossip takes them (decoded once).
+Normally a few are in flight; under a backlog older ones are forgotten and decoded again."""
 WARN_EVERY = 10.0  # seconds between two warnings about the same kind of refusal (a flood must not flood the log)
 
 GossipMessage = Announce | NodeInfo | SweepAnnounce
