@@ -38,6 +38,7 @@ from jobs import (
 )
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
+from requester.nodes import NodeTable
 from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
 from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters
 from requester.verify import verify
@@ -100,7 +101,7 @@ class RequesterService:
         self.max_reoffers = max_reoffers
         self.quarantine_after = quarantine_after
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
-        self.nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._checking: set[str] = set()
@@ -136,18 +137,12 @@ class RequesterService:
             log.info("resuming %d live jobs", len(self._active))
 
     def known_nodes(self) -> list[NodeInfo]:
-        now = self.clock()
-        for peer, (_, seen) in list(self.nodes.items()):
-            if now - seen > NODE_INFO_TTL:
-                del self.nodes[peer]
-        return [info for info, _ in self.nodes.values()]
+        return self.nodes.known(self.clock())
 
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
-        known = self.nodes.get(info.peer_id)
-        self.nodes[info.peer_id] = (info, self.clock())
-        if known is None or known[0].boot != info.boot:
+        if self.nodes.update(info, self.clock()):  # new, or restarted
             self._wake_waiting_for(info)
 
     def _wake_waiting_for(self, info: NodeInfo) -> None:
@@ -261,7 +256,7 @@ class RequesterService:
         """
         spec = aj.job.spec
         own = self.nodes.get(self.peers.node_id)
-        return aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own[0])
+        return aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own)
 
     async def _offer_here(self, ann: Announce) -> bool:
         """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
@@ -279,7 +274,7 @@ class RequesterService:
         take the job, the next announcement goes to everyone."""
         info = self.nodes.get(node)
         try:
-            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info[0].addrs if info else ())
+            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info.addrs if info else ())
         except Unreachable as e:
             log.debug("offering %s to %s: %s", ann.job_id, node, e)
 
