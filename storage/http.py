@@ -66,8 +66,9 @@ class HttpInput:
     async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
         dest = Path(dest)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport,
-                                         follow_redirects=False, trust_env=False) as client:
+            # No connection is reused: one made for one name (SNI, certificate) never carries another's request.
+            async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport, follow_redirects=False,
+                                         trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)) as client:
                 await self._download(client, httpx.URL(source), dest, max_bytes)
         except httpx.ConnectError as exc:
             raise Unavailable(f"cannot connect: {exc or type(exc).__name__}", source=source) from exc
