@@ -341,13 +341,7 @@ async def result_tar(node: "Node", result: RunResult) -> Response:
 
 
 def _result_of(description: JobDescription) -> RunResult | None:
-    """The result a job's logs and downloads show: the job's accepted (or cached) result, else a
-    completed execution's, else any execution's that ran."""
-    if description.job.result is not None:
-        return description.job.result
-    ran = [x for x in description.executions if x.result is not None]
-    ran.sort(key=lambda x: x.state != "completed")
-    return ran[0].result if ran else None
+    return description.shown_result()
 
 
 def create_app(node: "Node") -> FastAPI:
