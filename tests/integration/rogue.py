@@ -27,17 +27,20 @@ Every message heard is kept, in order, in ``rogue.gossip`` and ``rogue.requests`
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import secrets
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
+from devstack import Devstack
 from jobs.errors import MalformedMessage
 from jobs.messages import (
     Announce,
@@ -223,6 +226,29 @@ class RoguePeer:
         reply = await self.request(announce.requester, bid, addrs=announce.requester_addrs)
         return execution_id, reply
 
+    def take_offers(self, count: int = 1) -> list[tuple[Announce, str, Reply]]:
+        """Script: bid on the first ``count`` jobs offered to the rogue directly (answered "pending",
+        as a node does, and a Bid follows); decline later offers. Returns the list that fills with
+        (offer, execution id, the requester's reply to the bid)."""
+        won: list[tuple[Announce, str, Reply]] = []
+        taken: list[str] = []
+
+        async def take(offer: Announce) -> None:
+            execution_id, reply = await self.bid(offer)
+            won.append((offer, execution_id, reply))
+            self._changed.set()
+            self._changed = trio.Event()
+
+        async def script(peer: str, message: Message) -> Reply | None:
+            if isinstance(message, Announce) and len(taken) < count and message.job_id not in taken:
+                taken.append(message.job_id)
+                self.spawn(take, message)
+                return Reply(verdict="pending")
+            return None
+
+        self.script = script
+        return won
+
     def result(self, job_id: str, execution_id: str, *, result: RunResult | None = None,
                error: str | None = None, retryable: bool = False, claimed: RunResult | None = None) -> Result:
         """A ``Result`` signed with the rogue's key over its ``statement()``.
@@ -312,11 +338,14 @@ async def _poll(predicate: Callable[[], bool], timeout: float, failure: str, int
     raise AssertionError(f"{failure} (waited {timeout:g} s)")
 
 
-async def poll(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Await ``predicate()`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+async def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Call ``predicate()`` (awaiting it if it is async) until it returns something truthy, and
+    return that; AssertionError naming ``what`` after ``timeout`` s."""
     with trio.move_on_after(timeout):
         while True:
-            value = await predicate()
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
             if value:
                 return value
             await trio.sleep(interval)
@@ -324,6 +353,23 @@ async def poll(predicate: Callable[[], Awaitable[Any]], timeout: float, what: st
 
 
 # -- devstack helpers ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def devstack(base_dir: Path, node_args: Sequence[Sequence[str]], *, start: int | None = None,
+                   noop: bool = True) -> AsyncIterator[Devstack]:
+    """A devstack of ``len(node_args)`` nodes on free ports, each with its own ``shoal serve`` flags;
+    only the first ``start`` (default all) are started, the test starts the others with
+    ``await stack.start_node(stack.nodes[i])``. Every node is stopped at the end."""
+    n = len(node_args)
+    stack = Devstack(n, noop=noop, base_dir=base_dir, base_port=free_base_port(n),
+                     node_args={i: list(args) for i, args in enumerate(node_args)}, write_state=False)
+    try:
+        for node in stack.nodes[:start]:
+            await stack.start_node(node)
+        yield stack
+    finally:
+        await stack.stop()
 
 
 def free_base_port(nodes: int, *, tries: int = 200) -> int:

@@ -65,7 +65,7 @@ async def test_an_advertised_rogue_is_offered_jobs_and_answers_with_a_script(hom
         job_id = (await client.submit({"engine": {"name": "noop"}, "env": {"SMOKE": "offer"}})).job.id
         peer, offer = await rogue.wait_request(lambda p, m: isinstance(m, Announce) and m.job_id == job_id)
         assert peer == requester and isinstance(offer, Announce) and rogue.peer_id in offer.candidates
-        await poll(lambda: _true(bids), 10, "the rogue's bid got no reply")
+        await poll(lambda: bids, 10, "the rogue's bid got no reply")
         assert bids[0].verdict == "accepted"
         # the requester asks the rogue whether it still runs the job; the default script says yes
         await rogue.wait_request(lambda p, m: m.kind == "status", timeout=10)
@@ -76,7 +76,3 @@ async def test_an_advertised_rogue_is_offered_jobs_and_answers_with_a_script(hom
 
 async def _knows(client: AsyncClient, peer_id: str) -> bool:
     return any(n.peer_id == peer_id for n in (await client.nodes()).nodes)
-
-
-async def _true(value: object) -> bool:
-    return bool(value)
