@@ -116,7 +116,8 @@ async def _is(value, expected: float) -> bool:
 def _bids_rejected(values: dict[str, float]) -> float:
     """Every requester counter of refused bids, whatever its exact name."""
     return sum(v for k, v in values.items()
-               if k.startswith("shoal_requester") and "bid" in k and ("reject" in k or "refus" in k))
+               if k.startswith("shoal_requester") and "bid" in k
+               and any(word in k for word in ("reject", "refus", "drop", "ignor")))
 
 
 def _execution_rows(db, job_id: str) -> int:
