@@ -5,17 +5,19 @@ same gossip topic, same wire messages) but has no roles: a test makes it publish
 itself, send any direct message and read the reply, sign with its own key, advertise itself as a
 compute node, and answer incoming requests with a scripted async handler::
 
-    async with RoguePeer([node.addrs[0]]) as rogue:
-        rogue.advertise(cpu=4, memory=8 << 30)            # requesters now offer it jobs
+    async with (devstack(tmp_path / "stack", [["--no-compute"]]) as stack,
+                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+        won = rogue.take_offers(1)                 # script: bid on the first job offered
+        rogue.advertise(cpu=4, memory=8 << 30)     # requesters now count it as a compute node
+        ...                                        # a client submits a job to node 0
+        [(offer, execution_id, reply)] = await poll(lambda: won, 30, "no job offered")
+        lie = rogue.result(offer.job_id, execution_id, result=RunResult(stdout="forged"))
+        await rogue.request(offer.requester, lie)  # the requester's Reply
 
-        async def script(peer: str, message: Message) -> Reply | None:
-            if isinstance(message, Announce):             # an offer: say a bid follows, then bid
-                rogue.spawn(rogue.bid, message)
-                return Reply(verdict="pending")
-            return None                                   # the defaults below
+As a requester that never decides: ``rogue.script = hold`` with::
 
-        rogue.script = script
-        peer, bid = await rogue.wait_request(lambda p, m: isinstance(m, Bid))
+    async def hold(peer: str, message: Message) -> Reply | None:
+        return Reply(verdict="pending") if isinstance(message, Bid) else None
 
 Requests the script leaves unanswered (it returns ``None``) get a default reply: a
 ``StatusQuery`` learns that the executions the rogue bid for (``rogue.executions``) are
@@ -35,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -46,6 +48,7 @@ from jobs.messages import (
     Announce,
     Bid,
     Cancel,
+    Claim,
     Decision,
     Message,
     NodeInfo,
@@ -69,6 +72,7 @@ REQUEST_TIMEOUT = 10.0
 
 Script = Callable[[str, Message], Awaitable[Reply | bytes | None]]
 """(sending peer, decoded message) -> the reply; ``None`` leaves the request to the defaults."""
+_Signed = TypeVar("_Signed", Result, Claim)
 Outgoing = _Message | dict[str, Any] | bytes
 """A message model, a raw JSON object (to send fields the models do not know), or raw bytes."""
 
@@ -188,6 +192,10 @@ class RoguePeer:
         """urlsafe base64 of the rogue key's Ed25519 signature, as messages carry it."""
         return base64.urlsafe_b64encode(self.identity.sign(data)).decode()
 
+    def signed(self, message: _Signed) -> _Signed:
+        """A ``Result`` or ``Claim`` with its ``signature``: the rogue key's, over its ``statement()``."""
+        return message.model_copy(update={"signature": self.sign(message.statement())})
+
     # -- as a compute node -------------------------------------------------------------------------
 
     def node_info(self, *, cpu: float = 4.0, memory: int = 8 << 30, disk: int = 100 << 30,
@@ -262,8 +270,7 @@ class RoguePeer:
                                   "result": result.model_dump(mode="json") if result is not None else None}
         if "digest" in Result.model_fields and (claimed or result) is not None:
             fields["digest"] = (claimed or result).digest()  # type: ignore[union-attr]
-        message = Result.model_validate(fields)
-        return message.model_copy(update={"signature": self.sign(message.statement())})
+        return self.signed(Result.model_validate(fields))
 
     # -- listening -----------------------------------------------------------------------------------
 
