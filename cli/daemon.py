@@ -48,6 +48,7 @@ def build_node_config(
     bad_actor: bool = False,
     retention: float | None = None,
     ttl: float | None = None,
+    pending_bid_timeout: float | None = None,
     unsandboxed_python: bool = False,
     allow_images: list[str] | None = None,
 ) -> NodeConfig:
@@ -64,6 +65,8 @@ def build_node_config(
         values["retention"] = retention
     if ttl is not None:
         values["ttl"] = ttl
+    if pending_bid_timeout is not None:
+        values["pending_bid_timeout"] = pending_bid_timeout
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:

@@ -638,6 +638,9 @@ def serve(
         help="Unpin results this long after a job ends (default 7 days).")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
         help="Delete finished jobs, sweeps and their results this long after they end (default 30 days).")] = None,
+    pending_bid_timeout: Annotated[float | None, typer.Option("--pending-bid-timeout", metavar="SECONDS", min=0.1,
+        help="Longest a bid the requester left undecided holds capacity (default 120; a job's own wait for "
+             "min_bids plus 10 s when shorter).")] = None,
     unsafe_unsandboxed_python: Annotated[bool, typer.Option("--unsafe-unsandboxed-python",
         help="UNSAFE: run python jobs without the OS sandbox (when bubblewrap cannot work here).")] = False,
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
@@ -664,6 +667,7 @@ def serve(
         bad_actor=bad_actor,
         retention=retention,
         ttl=ttl,
+        pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
     )

@@ -25,36 +25,37 @@ class Backlog:
     def __init__(self, capacity: int, stale_after: float = 120.0) -> None:
         self.capacity = capacity
         self.stale_after = stale_after
-        self._entries: OrderedDict[str, tuple[Announce, float]] = OrderedDict()
+        # keyed by (requester, job id): a peer announcing another requester's job id shadows nothing
+        self._entries: OrderedDict[tuple[str, str], tuple[Announce, float]] = OrderedDict()
         self._refused = 0
         self._expired = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._entries
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._entries
 
     def add(self, announce: Announce, now: float) -> bool:
         """Remember (or refresh) a job; False when full (counted)."""
-        if announce.job_id in self._entries:
-            self._entries[announce.job_id] = (announce, now)  # refresh; keeps its place in line
+        if announce.key in self._entries:
+            self._entries[announce.key] = (announce, now)  # refresh; keeps its place in line
             return True
         if len(self._entries) >= self.capacity:
             self._refused += 1
             return False
-        self._entries[announce.job_id] = (announce, now)
+        self._entries[announce.key] = (announce, now)
         return True
 
-    def discard(self, job_id: str) -> None:
-        self._entries.pop(job_id, None)
+    def discard(self, key: tuple[str, str]) -> None:
+        self._entries.pop(key, None)
 
     def pending(self, now: float) -> list[Announce]:
         """Live entries in arrival order; drops expired ones."""
         out = []
-        for job_id, (ann, seen) in list(self._entries.items()):
+        for key, (ann, seen) in list(self._entries.items()):
             if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > self.stale_after:
-                del self._entries[job_id]
+                del self._entries[key]
                 self._expired += 1
             else:
                 out.append(ann)

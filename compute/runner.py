@@ -17,6 +17,7 @@ import trio
 
 from executors import ExecutorError, ExecutorRegistry, RunRequest, tree_size
 from jobs import Execution, RunResult, ShoalError
+from jobs.spec import ENGINE_VERSIONS
 
 if TYPE_CHECKING:
     from jobs import JobSpec
@@ -102,9 +103,12 @@ class Runner:
                     result = await executor.run(request)
             except trio.TooSlowError:
                 return Outcome(None, f"timed out after {spec.timeout:g} s")
+            stamp: dict[str, object] = {"engine": executor.name,
+                                        "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:
-                result = result.model_copy(update={"output_sizes": await trio.to_thread.run_sync(
-                    _output_sizes, results / "outputs", [o.name for o in spec.outputs])})
+                stamp["output_sizes"] = await trio.to_thread.run_sync(
+                    _output_sizes, results / "outputs", [o.name for o in spec.outputs])
+            result = result.model_copy(update=stamp)
             return Outcome(await self._publish(result, results, bool(spec.outputs)))
         except trio.TooSlowError:
             return Outcome(None, "preparing the executor (e.g. pulling the image) took too long", True)

@@ -52,7 +52,9 @@ BACKLOG_TICK = 0.5
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_TIMEOUT = 2.0
 NODE_INFO_INTERVAL = 10.0
-RECENT_JOBS = 20_000  # job id -> last attempt bid on; bounds memory while deduplicating re-announcements
+RECENT_JOBS = 20_000  # (requester, job id) -> last attempt bid on; bounds memory while deduplicating
+PENDING_BID_TIMEOUT = 120.0  # longest a bid answered "pending" holds capacity (``--pending-bid-timeout``)
+PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's decision to arrive
 
 
 class ComputeService:
@@ -65,6 +67,7 @@ class ComputeService:
         capacity: CapacityTracker,
         work_dir: Path,
         backlog_size: int = 10_000,
+        pending_bid_timeout: float = PENDING_BID_TIMEOUT,
         inputs: InputRegistry | None = None,
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.time,
@@ -76,13 +79,14 @@ class ComputeService:
         self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher)
         self.backlog = Backlog(backlog_size)
         self.clock = clock
+        self.pending_bid_timeout = pending_bid_timeout
         self.engines = executors.installed()
         self.boot = uuid.uuid4().hex
         self._checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job),
                         inputs_fetchable(self.runner.input_problems)]
         self._live: dict[str, Execution] = {}  # execution id -> live execution
-        self._by_job: dict[str, str] = {}  # job id -> live execution id
-        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
+        self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._wake_backlog = trio.Event()
@@ -123,11 +127,11 @@ class ComputeService:
     def _track(self, ex: Execution) -> None:
         if ex.state.is_terminal:
             self._live.pop(ex.id, None)
-            if self._by_job.get(ex.job_id) == ex.id:
-                del self._by_job[ex.job_id]
+            if self._by_job.get(_job_key(ex)) == ex.id:
+                del self._by_job[_job_key(ex)]
         else:
             self._live[ex.id] = ex
-            self._by_job[ex.job_id] = ex.id
+            self._by_job[_job_key(ex)] = ex.id
 
     async def _save(self, ex: Execution, kind: EventKind, message: str = "", *, new: bool = False) -> None:
         event = Event(job_id=ex.job_id, at=self.clock(), kind=kind, execution_id=ex.id,
@@ -152,7 +156,7 @@ class ComputeService:
         now = self.clock()
         if ann.bid_deadline is not None and now > ann.bid_deadline:
             return False
-        if ann.job_id in self._by_job or self._recent.get(ann.job_id, -1) >= ann.attempt:
+        if ann.key in self._by_job or self._recent.get(ann.key, -1) >= ann.attempt:
             return False
         if ann.candidates and self.peers.node_id not in ann.candidates:
             return False  # other nodes were asked first; if they do not take it, it is announced to all
@@ -174,9 +178,9 @@ class ComputeService:
         execution_id = f"e-{uuid.uuid4().hex}"
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
             return False
-        self.backlog.discard(ann.job_id)
-        self._recent[ann.job_id] = ann.attempt
-        self._recent.move_to_end(ann.job_id)
+        self.backlog.discard(ann.key)
+        self._recent[ann.key] = ann.attempt
+        self._recent.move_to_end(ann.key)
         while len(self._recent) > RECENT_JOBS:
             self._recent.popitem(last=False)
         now = self.clock()
@@ -204,11 +208,23 @@ class ComputeService:
             await self._accepted(ex.id)
         elif reply.verdict == "rejected":
             await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "bid rejected")
-        # "pending": a Decision message follows
+        else:  # "pending": a Decision message follows, or the bid expires and its capacity comes back
+            wait = self.pending_wait(ex)
+            await trio.sleep(wait)
+            current = self._live.get(ex.id)
+            if current is not None and current.state is ExecutionState.BIDDING:
+                await self._end(ex.id, ExecutionState.REJECTED, f"no decision on the bid within {wait:g} s")
+
+    def pending_wait(self, ex: Execution) -> float:
+        """How long a bid answered "pending" may hold capacity: the job's wait for ``min_bids`` plus
+        a grace, never more than the node's ``pending_bid_timeout`` (a requester picks the former)."""
+        min_bids_wait = ex.spec.deadlines.min_bids if ex.spec is not None else 0.0
+        return min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout)
 
     def _drop(self, ex: Execution) -> None:
         self._live.pop(ex.id, None)
-        self._by_job.pop(ex.job_id, None)
+        if self._by_job.get(_job_key(ex)) == ex.id:
+            del self._by_job[_job_key(ex)]
         if self.capacity.release(ex.id):
             self._wake_backlog.set()
 
@@ -262,6 +278,7 @@ class ComputeService:
         ex = self._live[execution_id]
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
+        message = message.model_copy(update={"digest": message.outcome()})
         signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
         message = message.model_copy(update={"signature": signature})
         reply = await self._request_verdict(ex, message, self.clock() + DELIVERY_GIVE_UP)
@@ -352,10 +369,10 @@ class ComputeService:
             if fitting:
                 await self._forget_closed(fitting, now)
             for ann in fitting:  # what did not fit a moment ago does not fit now
-                if ann.job_id not in self.backlog:
+                if ann.key not in self.backlog:
                     continue  # closed, or bid on meanwhile
-                if ann.job_id in self._by_job:
-                    self.backlog.discard(ann.job_id)
+                if ann.key in self._by_job:
+                    self.backlog.discard(ann.key)
                 else:
                     self._try_bid(ann)
             self.sweeps.retry_waiting()
@@ -382,7 +399,7 @@ class ComputeService:
                 continue
             for ann in anns:
                 if reply.states.get(ann.job_id) == "closed":
-                    self.backlog.discard(ann.job_id)
+                    self.backlog.discard(ann.key)
 
     def node_info(self) -> NodeInfo:
         return NodeInfo(
@@ -408,3 +425,7 @@ class ComputeService:
     def statistics(self) -> dict[str, object]:
         return {"live": len(self._live), "running": len(self._scopes), "backlog": self.backlog.statistics(),
                 "capacity": self.capacity.statistics()}
+
+
+def _job_key(ex: Execution) -> tuple[str, str]:
+    return (ex.requester, ex.job_id)

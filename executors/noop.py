@@ -20,6 +20,7 @@ from jobs import RunResult
 class NoopHooks:
     delay: float = 0.0  # seconds each run takes
     error: str | None = None  # raise ExecutorError with this message
+    error_retryable: bool = True  # False: the error says the job cannot run anywhere
     exit_code: int = 0
     stdout: str = ""
     before_run: Callable[[RunRequest], Awaitable[None]] | None = None
@@ -43,7 +44,7 @@ class NoopExecutor:
         if delay:
             await trio.sleep(delay)
         if self.hooks.error is not None:
-            raise ExecutorError(self.hooks.error)
+            raise ExecutorError(self.hooks.error, retryable=self.hooks.error_retryable)
         return RunResult(
             exit_code=self.hooks.exit_code, stdout=self.hooks.stdout, started_at=started, finished_at=time.time()
         )

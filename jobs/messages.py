@@ -43,6 +43,12 @@ class Announce(_Message):
     # Sent to a named node as a request, it is answered "pending" (a Bid follows) or "rejected".
     candidates: list[_Id] = Field(default=[], max_length=100)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What a compute node knows the job by: a job id is only unique within its requester, so a
+        peer that announces another requester's id (with any attempt number) shadows nothing."""
+        return (self.requester, self.job_id)
+
 
 class NodeInfo(_Message):
     kind: Literal["node_info"] = "node_info"
@@ -75,23 +81,36 @@ class Decision(_Message):
 
 
 class Result(_Message):
-    """Compute → requester: the outcome of one execution (or why there is none), signed by the node."""
+    """Compute → requester: the outcome of one execution (or why there is none), signed by the node.
+
+    ``digest`` is the outcome digest the node vouches for (``RunResult.digest()``, which covers
+    every field the requester records); the signature covers the job, the execution and that
+    digest. A message whose fields do not hash to its digest is refused.
+    """
 
     kind: Literal["result"] = "result"
     job_id: _Id
     execution_id: _Id
     result: RunResult | None = None
-    error: str | None = None
+    error: str | None = Field(None, max_length=64 * 1024)
     retryable: bool = False  # True: the job may succeed elsewhere (node lost, infra error)
+    digest: str = Field("", max_length=128)
     signature: str = ""  # urlsafe base64 Ed25519 signature of statement(), by the sending node's key
 
+    def outcome(self) -> str:
+        """The digest of what this message's fields say."""
+        return outcome_digest(self.result, self.error)
+
     def statement(self) -> bytes:
-        """What the node signs: the job, the execution and its outcome (the results' CID)."""
-        if self.result is not None:
-            outcome = self.result.digest()
-        else:
-            outcome = "error:" + hashlib.sha256((self.error or "").encode()).hexdigest()
-        return f"shoal/result/v1\n{self.job_id}\n{self.execution_id}\n{outcome}".encode()
+        """What the node signs: the job, the execution and the digest of its outcome."""
+        return f"shoal/result/v2\n{self.job_id}\n{self.execution_id}\n{self.digest}".encode()
+
+
+def outcome_digest(result: RunResult | None, error: str | None) -> str:
+    """One execution's outcome as one digest: a run's result, or the error that prevented it."""
+    if result is not None:
+        return result.digest()
+    return "error:" + hashlib.sha256((error or "").encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Cancel(_Message):
@@ -133,9 +152,7 @@ class IndexResult(BaseModel):
     retryable: bool = False
 
     def outcome(self) -> str:
-        if self.result is not None:
-            return self.result.digest()
-        return "error:" + hashlib.sha256((self.error or "").encode()).hexdigest()
+        return outcome_digest(self.result, self.error)
 
 
 class Claim(_Message):

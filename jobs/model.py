@@ -25,16 +25,28 @@ class RunResult(BaseModel):
     output_sizes: dict[str, int] = {}  # bytes in each declared output (what success checks look at)
     started_at: float | None = None
     finished_at: float | None = None
+    engine: str = ""  # the executor that ran it (a --noop node runs every engine as noop)
+    engine_version: str = ""
 
     def digest(self) -> str:
-        """What verification compares: the results' CID when published, else a hash of the outcome.
+        """What the compute node signs and verification compares: every field the requester records.
 
-        Timestamps are not part of it: two honest nodes differ there.
+        The results' CID, the exit code, hashes of the stdout and stderr tails, the output sizes,
+        the truncation flags, the engine and its version. A result whose fields were altered has
+        another digest, so no field is taken from a message on trust. Timestamps are not part of
+        it: two honest nodes differ there.
         """
-        if self.cid:
-            return self.cid
-        outcome = json.dumps([self.exit_code, self.stdout, self.stderr], separators=(",", ":")).encode()
-        return "sha256:" + hashlib.sha256(outcome).hexdigest()
+        material = {
+            "cid": self.cid, "exit_code": self.exit_code,
+            "stdout": _sha256(self.stdout), "stderr": _sha256(self.stderr),
+            "stdout_truncated": self.stdout_truncated, "stderr_truncated": self.stderr_truncated,
+            "output_sizes": self.output_sizes, "engine": self.engine, "engine_version": self.engine_version,
+        }
+        return "sha256:" + _sha256(json.dumps(material, sort_keys=True, separators=(",", ":")))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Job(BaseModel):

@@ -40,6 +40,7 @@ class NodeConfig:
     limit_total: Resources | None = None  # None: what the machine has
     limit_job: Resources | None = None  # None: the total
     backlog_size: int = 10_000
+    pending_bid_timeout: float = 120.0  # longest a bid answered "pending" holds capacity (seconds)
     ipfs_api: str | None = "http://127.0.0.1:5001"  # Kubo RPC; None or unreachable: results kept locally
     allow_private_urls: bool = False  # let jobs download inputs from private/loopback addresses (devstack)
     retention: float = 7 * 24 * 3600.0  # seconds results (and contexts) stay pinned after a job ends

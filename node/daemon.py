@@ -136,6 +136,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             compute = ComputeService(peers=peers, store=store, executors=registry,
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
+                                     pending_bid_timeout=config.pending_bid_timeout,
                                      inputs=inputs, publisher=publisher)
             dispatcher.compute = compute
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from jobs import (
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
+from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters
 from requester.verify import verify
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class RequesterService:
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
-                         "offered_here": 0, "reoffers": 0}
+                         "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0}
         self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -184,13 +185,18 @@ class RequesterService:
         nodes = self.known_nodes()
         impossible = never_runnable(spec, nodes)
         key = spec.cache_key() if spec.cache and use_cache else None
-        cached = await self.store.cached_result(key) if key else None
+        cached = await self.store.cached_result(key, owner) if key else None
         if cached is not None:
-            source, result = cached
+            source, result, verified = cached
             source_job = await self.store.get_job(source)
             mine = source_job is not None and source_job.owner == owner  # never reveal another client's job
-            reason = f"cached: the verified result of job {source}" if mine else \
-                "cached: the verified result of an identical earlier job"
+            if not verified:  # one node's word: served to the client whose job it ran, and said so
+                reason = (f"cached: the result of your identical job {source}, run by one node and not verified "
+                          "(--no-cache runs it again)")
+            elif mine:
+                reason = f"cached: the verified result of job {source}"
+            else:
+                reason = "cached: the verified result of an identical earlier job"
             job = job.model_copy(update={"state": JobState.COMPLETED, "reason": reason, "result": result,
                                          "cached_from": source if mine else "another client's job"})
             events.append(self._event(job.id, EventKind.COMPLETED, reason))
@@ -346,26 +352,23 @@ class RequesterService:
                          if known.state in (ExecutionState.BIDDING, ExecutionState.ACCEPTED) else "rejected")
         job = aj.job
         now = self.clock()
-        if job.state.is_terminal or bid.attempt != job.attempt:
-            return Reply(verdict="rejected", reason="the job no longer needs this bid")
-        if self.quarantined(peer):
+        # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
+        refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
+        if refusal is None and self.quarantined(peer):
             accepted, rejected = self.reputation[peer]
-            return Reply(verdict="rejected", reason=f"quarantined: {rejected} results rejected, {accepted} accepted")
-        if any(x.node_id == peer and (x.state.holds_slot or not x.state.is_terminal) for x in aj.executions.values()):
-            # concurrency=N means N different nodes; a restarted node may not remember it ran the job
-            return Reply(verdict="rejected", reason="this node already runs or ran the job")
+            refusal = f"quarantined: {rejected} results rejected, {accepted} accepted"
+        if refusal is None:  # a restarted node may not remember it ran the job
+            refusal = bid_refusal(aj.executions.values(), peer, bid.attempt)
+        if refusal is None and aj.needed() <= 0:
+            refusal = "enough nodes already"
+        if refusal is not None:
+            self.counters["bids_rejected"] += 1
+            return Reply(verdict="rejected", reason=refusal)
         ex = Execution(id=bid.execution_id, job_id=job.id, node_id=peer, requester=self.peers.node_id,
                        attempt=bid.attempt, created_at=now, updated_at=now, reason="bid received")
         events = [self._event(job.id, EventKind.BID, ex=ex)]
         aj.first_bid_at = aj.first_bid_at or now
         deal = job.spec.deal
-        if aj.needed() <= 0:
-            ex = ex.model_copy(update={"state": ExecutionState.REJECTED, "reason": "enough nodes already"})
-            events.append(self._event(job.id, EventKind.BID_REJECTED, ex.reason, ex))
-            await self.store.save(new_executions=[ex], events=events)
-            aj.executions[ex.id] = ex
-            self.counters["bids_rejected"] += 1
-            return Reply(verdict="rejected", reason=ex.reason)
         if deal.min_bids and len(aj.bidding()) + 1 < deal.min_bids:
             await self.store.save(new_executions=[ex], events=events)
             aj.executions[ex.id] = ex
@@ -432,9 +435,11 @@ class RequesterService:
         ex = aj.executions.get(msg.execution_id)
         if ex is None or ex.node_id != peer:
             return Reply(ok=False, verdict="rejected", reason="not an execution of yours")
-        if not self._signed_by(peer, msg):
-            log.warning("result for %s from %s has a bad signature", msg.execution_id, peer)
-            return Reply(ok=False, verdict="rejected", reason="the result's signature does not match the node key")
+        forged = None if self._signed_by(peer, msg) else "the result's signature does not match the node key"
+        if forged is None and msg.digest != msg.outcome():
+            forged = "the result's fields do not match its signed digest"
+        if forged is not None:
+            return self._refuse_result(ex, forged)
         if ex.state.is_terminal:  # a re-delivered result: same verdict as before
             return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
                          else "rejected", reason=ex.reason)
@@ -468,6 +473,25 @@ class RequesterService:
         else:
             await self.store.save(executions=[y], events=events)
         return Reply(verdict="accepted")
+
+    def _refuse_result(self, ex: Execution, why: str) -> Reply:
+        """A result its node did not vouch for: refused whole and counted against the node. Nothing
+        of it is recorded; the execution waits for a result the node does vouch for (or its deadline)."""
+        self.counters["results_refused"] += 1
+        self.penalize(ex.node_id, f"{why} (execution {ex.id})")
+        return Reply(ok=False, verdict="rejected", reason=why)
+
+    def penalize(self, peer: str, reason: str) -> None:
+        """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""
+        accepted, rejected = self.reputation.get(peer, (0, 0))
+        self.reputation[peer] = (accepted, rejected + 1)
+        self.counters["penalties"] += 1
+        log.warning("refused from %s: %s", peer, reason)
+        if self._nursery is not None:
+            self._spawn(self._save_reputation, peer)
+
+    async def _save_reputation(self, peer: str) -> None:
+        await self.store.save(reputation={peer: self.reputation[peer]})  # the latest, whatever wrote before
 
     def _signed_by(self, peer: str, msg: Result) -> bool:
         try:
@@ -530,11 +554,20 @@ class RequesterService:
         return rejected >= self.quarantine_after and rejected > accepted // 10
 
     async def _execution_failed(self, aj: _Active, failed: Execution, retryable: bool, events: list[Event]) -> None:
-        """Record a failed execution; re-offer its slot, or fail the job when that is pointless."""
+        """Record a failed execution; re-offer its slot, or fail the job when that is pointless.
+
+        A node's error fails the job only once it is confirmed (``trust.error_confirmed``): another
+        node able to run the job gets the work first, while the re-offer budget lasts.
+        """
         job = aj.job
         if not retryable:
-            await self._finish(aj, JobState.FAILED, f"node {failed.node_id[-8:]}: {failed.reason}", [failed], events)
-            return
+            reporters = error_reporters(aj.executions.values()) | {failed.node_id}
+            able = {info.peer_id for info in self.known_nodes() if can_ever_run(job.spec, info)}
+            if error_confirmed(reporters, able, job.spec.deal.confidence):
+                also = f" (reported by {len(reporters)} nodes)" if len(reporters) > 1 else ""
+                await self._finish(aj, JobState.FAILED, f"node {failed.node_id[-8:]}: {failed.reason}{also}",
+                                   [failed], events)
+                return
         if job.attempt >= self.max_reoffers:
             await self._finish(aj, JobState.FAILED,
                                f"gave up after {job.attempt} re-offers; last error on node "
@@ -575,7 +608,13 @@ class RequesterService:
         job = aj.job.transition(state, reason, now, result=result)
         events.append(self._event(job.id, kind, reason))
         key = job.spec.cache_key()
-        cache = (key, job.id, result) if key and result and state is JobState.COMPLETED else None
+        cache = None
+        if state is JobState.COMPLETED:
+            everything = {**aj.executions, **{x.id: x for x in executions}}.values()
+            if key and result:
+                verified = cache_verified(agreeing_nodes(everything, result), self.peers.node_id)
+                cache = (key, job.id, result, verified)
+            reputation = {**(reputation or {}), **self._unconfirmed_errors(everything)}
         await self.store.save(job=job, executions=executions, events=events, cache=cache, reputation=reputation)
         for x in executions:
             aj.executions[x.id] = x
@@ -587,6 +626,14 @@ class RequesterService:
         self.latencies.append(now - job.created_at)
         if len(self.latencies) > 10_000:
             del self.latencies[:5_000]
+
+    def _unconfirmed_errors(self, executions: Iterable[Execution]) -> dict[str, tuple[int, int]]:
+        """A job that completed proves its nodes' errors wrong: each counts as a rejected result."""
+        wrong = error_reporters(executions)
+        for node in wrong:
+            accepted, rejected = self.reputation.get(node, (0, 0))
+            self.reputation[node] = (accepted, rejected + 1)
+        return {node: self.reputation[node] for node in wrong}
 
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 

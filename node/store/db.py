@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS result_cache (
     key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
     result TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0  -- agreed by two nodes or run here: may serve other clients
 );
 CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache(job_id);  -- forgetting a job's entries (TTL)
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -154,6 +155,17 @@ class _Write:
         self.error: BaseException | None = None
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a data dir written by an earlier release up to this schema.
+
+    Cache entries from before results were verified whole are kept as unverified: they serve only
+    their own client's identical jobs.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(result_cache)")}
+    if "verified" not in columns:
+        conn.execute("ALTER TABLE result_cache ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -169,6 +181,7 @@ class Store:
         self.path = path
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
+        _upgrade(self._writer)
         self._reader = _connect(path)
         self._read_lock = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
@@ -253,7 +266,7 @@ class Store:
         events: Sequence[Event] = (),
         idempotency_key: str | None = None,
         request_digest: str = "",
-        cache: tuple[str, str, RunResult] | None = None,
+        cache: tuple[str, str, RunResult, bool] | None = None,
         reputation: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         """Write all of it in one transaction, or none of it.
@@ -271,7 +284,7 @@ class Store:
         xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json()) for x in new_executions]
         xupd = [(x.state.value, x.revision, x.model_dump_json(), side.value, x.id, x.revision - 1) for x in executions]
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, side.value) for e in events]
-        crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time()) if cache else None
+        crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time(), int(cache[3])) if cache else None
         rrows = [(peer, a, r) for peer, (a, r) in (reputation or {}).items()]
 
         def op(conn: sqlite3.Connection) -> None:
@@ -301,8 +314,11 @@ class Store:
                     erows,
                 )
             if crow:
-                conn.execute("INSERT OR REPLACE INTO result_cache (key, job_id, result, created_at) VALUES (?,?,?,?)",
-                             crow)
+                conn.execute(  # an unverified result never displaces a verified one
+                    "INSERT INTO result_cache (key, job_id, result, created_at, verified) VALUES (?,?,?,?,?)"
+                    " ON CONFLICT(key) DO UPDATE SET job_id=excluded.job_id, result=excluded.result,"
+                    " created_at=excluded.created_at, verified=excluded.verified"
+                    " WHERE excluded.verified >= result_cache.verified", crow)
             if rrows:
                 conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
 
@@ -510,11 +526,14 @@ class Store:
     async def forget_cached(self, job_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM result_cache WHERE job_id=?", (job_id,)))
 
-    async def cached_result(self, key: str) -> tuple[str, RunResult] | None:
-        row = await self._read(
-            lambda c: c.execute("SELECT job_id, result FROM result_cache WHERE key=?", (key,)).fetchone()
-        )
-        return (row[0], RunResult.model_validate_json(row[1])) if row else None
+    async def cached_result(self, key: str, owner: str) -> tuple[str, RunResult, bool] | None:
+        """The cached result ``owner`` may be served: a verified one, or one of ``owner``'s own jobs.
+
+        Returns (source job id, result, verified)."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT rc.job_id, rc.result, rc.verified FROM result_cache rc JOIN jobs j ON j.id = rc.job_id"
+            " WHERE rc.key=? AND (rc.verified=1 OR j.owner=?)", (key, owner)).fetchone())
+        return (row[0], RunResult.model_validate_json(row[1]), bool(row[2])) if row else None
 
     async def reputations(self) -> dict[str, tuple[int, int]]:
         rows = await self._read(lambda c: c.execute("SELECT peer, accepted, rejected FROM reputation").fetchall())

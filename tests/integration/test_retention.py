@@ -29,7 +29,7 @@ async def test_old_results_are_removed_and_the_job_says_so(tmp_path):
                    created_at=0, updated_at=100, result=result)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        await store.save(new_job=old, cache=(spec.cache_key(), old.id, result))
+        await store.save(new_job=old, cache=(spec.cache_key(), old.id, result, True))
         await store.save(new_job=new)
         await store.save(side=ExecutionSide.COMPUTE, new_executions=[ex])
         assert await publisher.has(cid)
@@ -37,7 +37,7 @@ async def test_old_results_are_removed_and_the_job_says_so(tmp_path):
         assert not await publisher.has(cid)
         assert (await store.get_job("j-old")).results_removed_at == 5000
         assert (await store.get_job("j-new")).results_removed_at is None  # not old enough
-        assert await store.cached_result(spec.cache_key()) is None  # no cache hit on removed results
+        assert await store.cached_result(spec.cache_key(), old.owner) is None  # no cache hit on removed results
         assert await expire_once(store, publisher, retention=1000, now=5000) == 0  # done once
         nursery.cancel_scope.cancel()
 
@@ -94,7 +94,7 @@ async def test_finished_records_are_deleted_after_the_ttl_with_their_results(tmp
             j = job(f"j-{name}", at, cid[f"job-{name}"])
             await store.save(new_job=j, new_executions=[execution(f"rx-{name}", j.id, at, cid[f"job-{name}"])],
                              events=[event(j.id), event(j.id, f"rx-{name}")],
-                             cache=(f"key-{name}", j.id, j.result))
+                             cache=(f"key-{name}", j.id, j.result, True))
         await store.save(new_job=job("j-live", OLD, state=JobState.RUNNING))  # old, but not finished
         # sweeps: an old finished one, a new finished one and an old one still running, two indexes each
         for name, at, state in (("old", OLD, JobState.COMPLETED), ("new", NEW, JobState.COMPLETED),
@@ -123,7 +123,7 @@ async def test_finished_records_are_deleted_after_the_ttl_with_their_results(tmp
         assert await store.get_job("j-old") is None
         assert await store.executions_of(ExecutionSide.REQUESTER, "j-old") == []
         assert await store.events("j-old") == []
-        assert await store.cached_result("key-old") is None
+        assert await store.cached_result("key-old", "someone") is None
         assert await store.get_sweep("s-old") is None
         assert (await store.sweep_indexes("s-old"))[1] == 0
         assert await store.events("s-old") == []
@@ -133,7 +133,7 @@ async def test_finished_records_are_deleted_after_the_ttl_with_their_results(tmp
         assert (await store.get_job("j-new")).result.cid == cid["job-new"]
         assert await store.get_job("j-live") is not None
         assert len(await store.events("j-new")) == 2
-        assert await store.cached_result("key-new") is not None
+        assert await store.cached_result("key-new", "someone") is not None
         assert await store.get_sweep("s-new") is not None and await store.get_sweep("s-live") is not None
         assert (await store.sweep_indexes("s-live"))[1] == 2
         assert len(await store.executions_of(ExecutionSide.COMPUTE, "j-new")) == 1

@@ -1,0 +1,62 @@
+"""What the requester believes of what peers tell it: pure rules, no store, network or clock.
+
+Each function decides one question the issue of a lying peer raises: may this node bid, does an
+error end the job, may a result be served to other clients from the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+
+from jobs import Execution, ExecutionState, RunResult
+
+RETRYABLE_ERRORS_PER_NODE = 2  # a node that reports this many "retry elsewhere" errors for a job is done with it
+
+
+def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str | None:
+    """Why ``peer`` may not bid on this attempt of a job, or None.
+
+    One live bid per node per job, and one execution per node per attempt, so bids with fresh
+    execution ids write nothing; ``concurrency`` N means N different nodes; a node that reported a
+    non-retryable error, or failed the job retryably too often, has had its turn.
+    """
+    retryable_errors = 0
+    for x in executions:
+        if x.node_id != peer:
+            continue
+        if x.state.holds_slot or not x.state.is_terminal:
+            return "this node already runs or ran the job"
+        if x.attempt == attempt:
+            return "this node already bid on this attempt"
+        if x.state is ExecutionState.FAILED and x.error is not None:
+            if not x.retryable:
+                return "this node reported an error for the job"
+            retryable_errors += 1
+    if retryable_errors >= RETRYABLE_ERRORS_PER_NODE:
+        return f"this node failed the job {retryable_errors} times"
+    return None
+
+
+def error_reporters(executions: Iterable[Execution]) -> set[str]:
+    """Nodes that reported, in a signed result, that the job cannot run (not "retry elsewhere")."""
+    return {x.node_id for x in executions if x.state is ExecutionState.FAILED and x.error is not None
+            and not x.retryable}
+
+
+def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> bool:
+    """Whether a job's error is believed: reported by ``confidence`` nodes (at least two), or by every
+    known node able to run it. One node's word fails nothing while another could try."""
+    return len(reporters) >= max(confidence, 2) or not (able - reporters)
+
+
+def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[str]:
+    """Distinct nodes whose accepted result has the same digest as ``result``."""
+    digest = result.digest()
+    return {x.node_id for x in executions
+            if x.state is ExecutionState.COMPLETED and x.result is not None and x.result.digest() == digest}
+
+
+def cache_verified(agreeing: Set[str], own_node: str) -> bool:
+    """May other clients be served this result from the cache? Only when two distinct nodes agreed on
+    its digest, or this requester's own compute role produced it; anything else is one peer's word."""
+    return len(agreeing) >= 2 or own_node in agreeing

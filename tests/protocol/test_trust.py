@@ -1,0 +1,170 @@
+"""A lying or flooding peer against the real roles over the in-memory network: what it gets is nothing."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from contextlib import AsyncExitStack
+
+import trio
+
+from jobs import ExecutionSide, ExecutionState, JobState, Resources
+from jobs.messages import Announce, Bid, Result, decode, encode
+from jobs.model import RunResult
+from tests.memnet import MemoryHub, memory_node
+from tests.protocol.test_pair import spec, wait_terminal
+
+
+async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused_and_counted(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        a.noop.hooks.delay = 3
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(), "alice")
+        await trio.sleep(0.3)
+        (ex,) = list(a.compute._live.values())
+        honest = RunResult(exit_code=0)
+        # signed by the node itself, over the digest of one outcome, carrying the fields of another
+        forged = Result(job_id=job.id, execution_id=ex.id, result=RunResult(exit_code=0, stdout="forged"),
+                        digest=honest.digest())
+        forged = forged.model_copy(update={"signature": base64.urlsafe_b64encode(
+            hub.identity("a").sign(forged.statement())).decode()})
+        reply = decode(await req.transport.dispatcher.on_request("a", encode(forged)))
+        assert reply.verdict == "rejected" and "digest" in reply.reason
+        assert req.requester.reputation["a"] == (0, 1)  # counted against its sender
+        d = await wait_terminal(req.requester, job.id)
+        assert d.job.state is JobState.COMPLETED and d.job.result.stdout == ""  # "forged" never recorded
+
+
+async def test_the_digest_covers_every_field_the_requester_records():
+    base = RunResult(cid="bafy", exit_code=0, stdout="a", stderr="b", output_sizes={"o": 1}, engine="python",
+                     engine_version="1")
+    changes = {"cid": "bafz", "exit_code": 1, "stdout": "A", "stderr": "B", "stdout_truncated": True,
+               "stderr_truncated": True, "output_sizes": {"o": 2}, "engine": "wasm", "engine_version": "2"}
+    for field, value in changes.items():
+        assert base.model_copy(update={field: value}).digest() != base.digest(), field
+    assert base.model_copy(update={"started_at": 1.0, "finished_at": 2.0}).digest() == base.digest()
+
+
+async def test_one_nodes_result_is_served_from_the_cache_only_to_its_own_client(tmp_path):
+    """The issue's scenario: a liar runs alice's job; bob's identical job must not get its result."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        await stack.enter_async_context(memory_node(hub, "liar", tmp_path / "liar", requester=False,
+                                                    bad_actor=True))
+        await trio.sleep(1.5)
+        first, _ = await req.requester.submit(spec(), "alice")
+        d1 = await wait_terminal(req.requester, first.id)
+        assert d1.job.state is JobState.COMPLETED and "forged" in d1.job.result.stdout
+        again, _ = await req.requester.submit(spec(), "alice")  # alice may reuse what she was given, told so
+        assert again.state is JobState.COMPLETED and again.result == d1.job.result
+        assert "not verified" in again.reason and "verified result" not in again.reason
+        bob, _ = await req.requester.submit(spec(), "bob")
+        assert bob.state is JobState.PENDING and bob.cached_from is None  # runs; never alice's result
+        d2 = await wait_terminal(req.requester, bob.id)
+        assert d2.executions and d2.job.result != d1.job.result
+
+
+async def test_a_result_run_by_the_requesters_own_compute_role_serves_every_client(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        node = await stack.enter_async_context(memory_node(hub, "n", tmp_path / "n"))
+        await trio.sleep(0.2)
+        first, _ = await node.requester.submit(spec(), "alice")
+        await wait_terminal(node.requester, first.id)
+        bob, _ = await node.requester.submit(spec(), "bob")
+        assert bob.state is JobState.COMPLETED
+        assert bob.reason == "cached: the verified result of an identical earlier job"
+
+
+async def test_bid_spam_with_fresh_execution_ids_leaves_counters_not_rows(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        await trio.sleep(0.2)
+        # waits for two bids before choosing: a bid is held "pending", the job stays open
+        job, _ = await req.requester.submit(spec(deal={"min_bids": 2}, deadlines={"min_bids": 60}), "alice")
+        d = req.transport.dispatcher
+        verdicts = []
+        for _ in range(300):
+            bid = Bid(job_id=job.id, execution_id=f"e-{uuid.uuid4().hex}", attempt=0)
+            verdicts.append(decode(await d.on_request("spammer", encode(bid))).verdict)
+        assert verdicts[0] == "pending" and set(verdicts[1:]) == {"rejected"}
+        described = await req.requester.describe(job.id)
+        assert len(described.executions) == 1  # one live bid per node per job
+        assert len(await req.store.executions_of(ExecutionSide.REQUESTER, job.id)) == 1
+        assert req.requester.counters["bids_rejected"] >= 299
+
+
+async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False,
+                                                        total=Resources(cpu=1, memory="1GiB")))
+        a.compute.pending_bid_timeout = 1.0
+        await trio.sleep(1.5)
+        # a requester that never decides: two bids wanted, only one node, a long wait
+        await req.requester.submit(spec(resources={"cpu": 1}, deal={"min_bids": 2}, deadlines={"min_bids": 600}),
+                                   "alice")
+        with trio.fail_after(5):
+            while a.compute.capacity.free.cpu == 1:
+                await trio.sleep(0.05)
+        (ex,) = list(a.compute._live.values())
+        assert ex.state is ExecutionState.BIDDING
+        with trio.fail_after(5):  # min(600 + 10, 1.0) s later the capacity is back
+            while a.compute.capacity.free.cpu < 1:
+                await trio.sleep(0.05)
+        assert not a.compute._live
+
+
+async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothing_out(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        rogue = Announce(job_id="j-1", spec=spec(), requester="rogue", attempt=10**9)
+        real = Announce(job_id="j-1", spec=spec(), requester="req", attempt=0)
+        assert a.compute.on_announce("rogue", rogue)
+        assert a.compute.on_announce("req", real)  # still bids on the real requester's job
+        assert {x.requester for x in a.compute._live.values()} == {"rogue", "req"}
+
+
+async def test_one_nodes_error_is_re_offered_and_the_job_completes_elsewhere(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        await stack.enter_async_context(memory_node(hub, "h", tmp_path / "h", requester=False,
+                                                        total=Resources(cpu=1, memory="1GiB")))
+        e = await stack.enter_async_context(memory_node(hub, "e", tmp_path / "e", requester=False,
+                                                        per_job=Resources(cpu=0.5, memory="1GiB")))
+        e.noop.hooks.error, e.noop.hooks.error_retryable = "this job cannot run anywhere (a lie)", False
+        await trio.sleep(1.5)
+        # h is busy with a job only it can take, so the erring node gets the next job first
+        blocker, _ = await req.requester.submit(spec(engine={"name": "noop", "delay": 2}, resources={"cpu": 1},
+                                                     cache=False), "alice")
+        await trio.sleep(0.5)
+        job, _ = await req.requester.submit(spec(resources={"cpu": 0.5}, cache=False), "alice")
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.COMPLETED, d.job.reason
+        by_node = {x.node_id: x.state for x in d.executions}
+        assert by_node == {"e": ExecutionState.FAILED, "h": ExecutionState.COMPLETED}
+        assert req.requester.reputation["e"][1] == 1  # the unconfirmed error counts against its sender
+        assert (await wait_terminal(req.requester, blocker.id)).job.state is JobState.COMPLETED
+
+
+async def test_an_error_confirmed_by_every_able_node_fails_the_job(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        nodes = [await stack.enter_async_context(memory_node(hub, f"e{i}", tmp_path / f"e{i}", requester=False))
+                 for i in range(2)]
+        for n in nodes:
+            n.noop.hooks.error, n.noop.hooks.error_retryable = "input missing", False
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(cache=False), "alice")
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.FAILED and "input missing" in d.job.reason and "2 nodes" in d.job.reason
+        assert all(req.requester.reputation.get(f"e{i}", (0, 0))[1] == 0 for i in range(2))  # nobody blamed
