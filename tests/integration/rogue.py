@@ -258,19 +258,12 @@ class RoguePeer:
         return won
 
     def result(self, job_id: str, execution_id: str, *, result: RunResult | None = None,
-               error: str | None = None, retryable: bool = False, claimed: RunResult | None = None) -> Result:
-        """A ``Result`` signed with the rogue's key over its ``statement()``.
-
-        ``claimed``: the run result whose digest the message vouches for, when the ``Result`` model
-        carries a signed ``digest`` (default: ``result``'s own). A ``claimed`` that differs from
-        ``result`` makes a message whose fields do not match what it signed.
-        """
-        fields: dict[str, Any] = {"job_id": job_id, "execution_id": execution_id, "error": error,
-                                  "retryable": retryable,
-                                  "result": result.model_dump(mode="json") if result is not None else None}
-        if "digest" in Result.model_fields and (claimed or result) is not None:
-            fields["digest"] = (claimed or result).digest()  # type: ignore[union-attr]
-        return self.signed(Result.model_validate(fields))
+               error: str | None = None, retryable: bool = False, claimed: str | None = None) -> Result:
+        """A ``Result`` signed with the rogue's key: over its ``digest``, which is ``claimed`` if given,
+        else the digest of what the message says. A ``claimed`` digest of another outcome (e.g.
+        ``RunResult().digest()``) makes a message whose fields do not match what it signed."""
+        message = Result(job_id=job_id, execution_id=execution_id, result=result, error=error, retryable=retryable)
+        return self.signed(message.model_copy(update={"digest": claimed or message.outcome()}))
 
     # -- listening -----------------------------------------------------------------------------------
 
@@ -367,7 +360,8 @@ async def devstack(base_dir: Path, node_args: Sequence[Sequence[str]], *, start:
                    noop: bool = True) -> AsyncIterator[Devstack]:
     """A devstack of ``len(node_args)`` nodes on free ports, each with its own ``shoal serve`` flags;
     only the first ``start`` (default all) are started, the test starts the others with
-    ``await stack.start_node(stack.nodes[i])``. Every node is stopped at the end."""
+    ``await stack.start_node(stack.nodes[i])``. Every node is stopped at the end; when the block
+    ended without an error, no node may have logged one (nothing a peer sent may crash a handler)."""
     n = len(node_args)
     stack = Devstack(n, noop=noop, base_dir=base_dir, base_port=free_base_port(n),
                      node_args={i: list(args) for i, args in enumerate(node_args)}, write_state=False)
@@ -377,6 +371,10 @@ async def devstack(base_dir: Path, node_args: Sequence[Sequence[str]], *, start:
         yield stack
     finally:
         await stack.stop()
+    for node in stack.nodes:
+        log = node.data_dir / "node.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert "Traceback" not in text and " ERROR " not in text, f"node {node.index} logged an error:\n{text[-3000:]}"
 
 
 def free_base_port(nodes: int, *, tries: int = 200) -> int:

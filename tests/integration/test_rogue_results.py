@@ -68,7 +68,7 @@ async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused(ho
             stack, client, rogue, {"engine": {"name": "noop"}, "env": {"ATTACK": "forged-fields"}, "cache": False})
         # signed over the honest digest, carrying other stdout
         reply = await rogue.request(stack.nodes[0].peer_id,
-                                    rogue.result(job_id, execution_id, result=FORGED, claimed=HONEST))
+                                    rogue.result(job_id, execution_id, result=FORGED, claimed=HONEST.digest()))
         await assert_honest_outcome(client, job_id, rogue.peer_id, stack.nodes[1].peer_id)
         assert reply.verdict != "accepted", reply
 
