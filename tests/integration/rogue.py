@@ -91,7 +91,8 @@ class RoguePeer:
     def __init__(self, peers: Sequence[str], *, seed: bytes | None = None, listen: str = LOCAL,
                  script: Script | None = None, gossip_heartbeat: float = 0.5) -> None:
         """``peers``: multiaddrs with ``/p2p/<id>`` of running nodes, kept dialled like a node's
-        ``--peer``. A short gossip heartbeat joins the nodes' gossip mesh within a second."""
+        ``--peer`` (a node started later is dialled by the first request given its ``addrs``).
+        A short gossip heartbeat joins the nodes' gossip mesh within a second."""
         self.seed = seed or secrets.token_bytes(32)
         self.identity = Identity(self.seed)
         self.network = Network(seed=self.seed, listen=[listen], peers=list(peers), on_gossip=self._on_gossip,
@@ -145,19 +146,8 @@ class RoguePeer:
         return self.network.addrs()
 
     async def wait_connected(self, peer_ids: Sequence[str], timeout: float = CONNECT_TIMEOUT) -> None:
-        await _poll(lambda: set(peer_ids) <= set(self.network.connected_peers()), timeout,
-                    f"rogue not connected to {list(peer_ids)}")
-
-    async def connect(self, addr: str, timeout: float = CONNECT_TIMEOUT) -> str:
-        """Dial a node started after the rogue (``addr`` with ``/p2p/<id>``); returns its peer id."""
-        peer_id = addr.rsplit("/p2p/", 1)[1]
-        with trio.fail_after(timeout):
-            while peer_id not in self.network.connected_peers():
-                try:  # any request dials; an empty open-jobs query is harmless to every node
-                    await self.request(peer_id, OpenQuery(job_ids=[]), addrs=[addr], timeout=2.0)
-                except Exception:
-                    await trio.sleep(0.2)
-        return peer_id
+        await poll(lambda: set(peer_ids) <= set(self.network.connected_peers()), timeout,
+                   f"rogue connected to {list(peer_ids)}", interval=0.05)
 
     async def wait_mesh(self, peer_ids: Sequence[str], timeout: float = CONNECT_TIMEOUT) -> None:
         """Until these peers are in the rogue's gossip mesh, so what it publishes reaches them.
@@ -167,7 +157,7 @@ class RoguePeer:
             mesh = pubsub.router.mesh.get(self.network._topic, set()) if pubsub is not None else set()
             return set(peer_ids) <= {p.to_base58() for p in mesh}
 
-        await _poll(meshed, timeout, f"rogue's gossip mesh never held {list(peer_ids)}")
+        await poll(meshed, timeout, f"rogue's gossip mesh holding {list(peer_ids)}", interval=0.05)
 
     # -- speaking ----------------------------------------------------------------------------------
 
@@ -244,8 +234,6 @@ class RoguePeer:
         async def take(offer: Announce) -> None:
             execution_id, reply = await self.bid(offer)
             won.append((offer, execution_id, reply))
-            self._changed.set()
-            self._changed = trio.Event()
 
         async def script(peer: str, message: Message) -> Reply | None:
             if isinstance(message, Announce) and len(taken) < count and message.job_id not in taken:
@@ -330,14 +318,6 @@ class RoguePeer:
         return Reply(ok=False, reason=f"the rogue has no script for {message.kind}")
 
 
-async def _poll(predicate: Callable[[], bool], timeout: float, failure: str, interval: float = 0.05) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(interval)
-        return
-    raise AssertionError(f"{failure} (waited {timeout:g} s)")
-
-
 async def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Call ``predicate()`` (awaiting it if it is async) until it returns something truthy, and
     return that; AssertionError naming ``what`` after ``timeout`` s."""
@@ -381,7 +361,7 @@ def free_base_port(nodes: int, *, tries: int = 200) -> int:
     """A ``Devstack`` base port whose API (``base + i``) and libp2p (``base + 100 + i``) ports are free."""
     rng = secrets.SystemRandom()
     for _ in range(tries):
-        base = rng.randrange(20_000, 40_000)
+        base = rng.randrange(20_000, 32_000)  # below Linux's ephemeral ports (32768-)
         if all(_port_free(base + i) and _port_free(base + 100 + i) for i in range(nodes)):
             return base
     raise RuntimeError("no free port range found")
