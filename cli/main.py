@@ -646,6 +646,9 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
+        help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
+             "(default 1000; 0: no limit).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -670,6 +673,7 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node
 

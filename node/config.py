@@ -50,3 +50,8 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
+
+    @property
+    def peer_rate_burst(self) -> float:
+        return max(1.0, 2 * self.peer_rate_limit)
