@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job
@@ -108,3 +108,17 @@ class SweepList(BaseModel):
 class IndexList(BaseModel):
     indexes: list[IndexRecord]
     total: int
+
+
+class ShareRequest(BaseModel):
+    """Let another client read one of your jobs or sweeps: its key, as ``shoal key show`` prints it."""
+
+    key: str = Field(max_length=100)
+
+
+class Share(BaseModel):
+    """A job or sweep ``id`` that the client ``client_id`` (key ``key``) may now read."""
+
+    id: str
+    key: str
+    client_id: str

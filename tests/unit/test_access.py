@@ -1,0 +1,154 @@
+"""Who may use a node's API (``node.api.access``): the pure decision, the file format, the route
+capabilities, when a node may start without keys, and the file re-read when it changes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node.api.access import (
+    ALL,
+    AuthorizedKeys,
+    authorize,
+    capability_for,
+    exposure_problem,
+    is_loopback,
+    parse_authorized_keys,
+)
+from shoal import ClientKey
+from shoal._auth import b64encode, parse_public_key
+
+ALICE = ClientKey.from_seed(b"a" * 32)
+BOB = ClientKey.from_seed(b"b" * 32)
+EVE = ClientKey.from_seed(b"e" * 32)
+
+
+def test_a_key_absent_from_the_table_is_refused_naming_it() -> None:
+    table = {ALICE.public_key: ALL}
+    assert authorize(ALICE.public_key, "submit", table) is None
+    refusal = authorize(EVE.public_key, "read", table)
+    assert refusal == f"client {EVE.public_key_b64} is not authorized on this node"
+
+
+def test_an_empty_table_refuses_everyone_and_no_table_is_open() -> None:
+    assert authorize(ALICE.public_key, "read", {}) is not None
+    for capability in ("submit", "read", "cancel", "admin"):
+        assert authorize(EVE.public_key, capability, None) is None
+
+
+def test_a_capability_the_key_lacks_is_refused_naming_it() -> None:
+    table = {BOB.public_key: frozenset({"submit", "read"})}
+    assert authorize(BOB.public_key, "read", table) is None
+    refusal = authorize(BOB.public_key, "cancel", table)
+    assert refusal is not None and "'cancel'" in refusal and BOB.public_key_b64 in refusal
+    assert "it has: submit, read" in refusal
+    assert "not authorized" not in refusal  # known key: it is the capability that is missing
+
+
+@pytest.mark.parametrize(("method", "path", "capability"), [
+    ("POST", "/v1/jobs", "submit"),
+    ("POST", "/v1/sweeps", "submit"),
+    ("POST", "/v1/contexts", "submit"),
+    ("POST", "/v1/sweeps/s-1/retry", "submit"),
+    ("POST", "/v1/jobs/j-1/cancel", "cancel"),
+    ("POST", "/v1/sweeps/s-1/cancel", "cancel"),
+    ("POST", "/v1/jobs/j-1/shares", "read"),
+    ("POST", "/v1/sweeps/s-1/shares", "read"),
+    ("GET", "/v1/jobs", "read"),
+    ("GET", "/v1/jobs/j-1", "read"),
+    ("GET", "/v1/jobs/j-1/events", "read"),
+    ("GET", "/v1/jobs/j-1/logs", "read"),
+    ("GET", "/v1/jobs/j-1/results", "read"),
+    ("GET", "/v1/sweeps/s-1/indexes/3/results", "read"),
+    ("GET", "/v1/node", "admin"),
+    ("GET", "/v1/peers", "admin"),
+    ("GET", "/v1/nodes", "admin"),
+    ("GET", "/v1/jobs/cancel", "read"),  # a GET never cancels
+    ("POST", "/v1/nowhere", "read"),  # unknown: the least a key needs to hear 404
+])  # fmt: skip
+def test_every_route_needs_its_capability(method: str, path: str, capability: str) -> None:
+    assert capability_for(method, path) == capability
+
+
+def test_file_format_keys_capabilities_comments() -> None:
+    unpadded = BOB.public_key_b64.rstrip("=")
+    text = (f"# the operator\n{ALICE.public_key_b64}\n\n"
+            f"  {unpadded}   submit, read  # the CI\n"
+            f"{EVE.public_key_b64} cancel\n{EVE.public_key_b64} read\n")
+    table, problems = parse_authorized_keys(text)
+    assert problems == []
+    assert table == {ALICE.public_key: ALL, BOB.public_key: {"submit", "read"}, EVE.public_key: {"cancel", "read"}}
+
+
+def test_bad_lines_are_reported_by_number_and_grant_nothing() -> None:
+    text = f"{ALICE.public_key_b64} submit\nnot-a-key\n{BOB.public_key_b64} root\n{EVE.public_key_b64[:-4]}\n"
+    table, problems = parse_authorized_keys(text)
+    assert table == {ALICE.public_key: {"submit"}}
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4"]
+    assert "unknown capability 'root'" in problems[1]
+
+
+def test_parse_public_key_accepts_what_key_show_prints_only() -> None:
+    assert parse_public_key(ALICE.public_key_b64) == ALICE.public_key
+    assert b64encode(parse_public_key(ALICE.public_key_b64.rstrip("="))) == ALICE.public_key_b64
+    for bad in ("", "abc", "!" * 44, b64encode(b"x" * 31), b64encode(b"x" * 33)):
+        with pytest.raises(ValueError, match="not a client key"):
+            parse_public_key(bad)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False), ("example.com", False),
+])  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_an_api_beyond_loopback_needs_keys_or_an_explicit_open_api(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert exposure_problem("127.0.0.1", None, False) is None
+    assert exposure_problem("0.0.0.0", keys, False) is None
+    assert exposure_problem("0.0.0.0", None, True) is None
+    problem = exposure_problem("0.0.0.0", None, False)
+    assert problem is not None and "\n" not in problem
+    assert "--authorized-keys" in problem and "--open-api" in problem and "0.0.0.0" in problem
+    assert "contradict" in (exposure_problem("127.0.0.1", keys, True) or "")
+
+
+def test_the_file_is_re_read_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"{ALICE.public_key_b64}\n")
+    keys = AuthorizedKeys(path)
+    keys.load()
+    assert set(keys.table()) == {ALICE.public_key}
+    path.write_text(f"{ALICE.public_key_b64} read\n{BOB.public_key_b64}\n")  # in place: size and mtime change
+    assert keys.table() == {ALICE.public_key: {"read"}, BOB.public_key: ALL}
+    replacement = tmp_path / "new"
+    replacement.write_text(f"{BOB.public_key_b64} read\n")
+    os.replace(replacement, path)  # an editor's atomic save: a new inode
+    assert keys.table() == {BOB.public_key: {"read"}}
+
+
+def test_a_bad_reload_grants_nothing_more(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"{ALICE.public_key_b64}\n{BOB.public_key_b64}\n")
+    keys = AuthorizedKeys(path)
+    keys.load()
+    path.write_text(f"{ALICE.public_key_b64} submit\n{BOB.public_key_b64} sudo\n")
+    assert keys.table() == {ALICE.public_key: {"submit"}}  # the bad line (Bob's) grants nothing
+    assert "line 2" in caplog.text
+    path.unlink()
+    assert keys.table() == {}  # gone: nobody, until it is back
+    path.write_text(f"{EVE.public_key_b64}\n")
+    assert set(keys.table()) == {EVE.public_key}
+
+
+def test_load_refuses_a_file_it_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read authorized keys"):
+        AuthorizedKeys(tmp_path / "missing").load()
+    bad = tmp_path / "bad"
+    bad.write_text(f"{ALICE.public_key_b64}\n{ALICE.public_key_b64} write\n")
+    with pytest.raises(ValueError, match="line 2: unknown capability 'write'"):
+        AuthorizedKeys(bad).load()
