@@ -113,7 +113,8 @@ class IndexList(BaseModel):
 class ShareRequest(BaseModel):
     """Let another client read one of your jobs or sweeps: its key, as ``shoal key show`` prints it."""
 
-    key: str = Field(max_length=100)
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}=?$",
+                     description="urlsafe base64 of the reader's raw 32-byte Ed25519 public key")
 
 
 class Share(BaseModel):
