@@ -85,7 +85,8 @@ def build_node_config(
         values["api_port"] = api_port
     if log_level is not None:
         values["log_level"] = log_level.upper()
-    values.update(_api_access(values.get("api_host", "127.0.0.1"), authorized_keys, open_api, tls_cert, tls_key))
+    api_host = values.get("api_host", NodeConfig.api_host)
+    values.update(_api_access(api_host, authorized_keys, open_api, tls_cert, tls_key))
     try:
         # A partial limit fills the rest from the machine (total) or from the total (per job),
         # which is what NodeConfig's None means for the whole limit.

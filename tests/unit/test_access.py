@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,75 @@ def test_load_refuses_a_file_it_cannot_use(tmp_path: Path) -> None:
     bad.write_text(f"{ALICE.public_key_b64}\n{ALICE.public_key_b64} write\n")
     with pytest.raises(ValueError, match="line 2: unknown capability 'write'"):
         AuthorizedKeys(bad).load()
+
+
+# -- shoal serve: the flags, checked before the node starts -------------------------------------
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[Any]]:
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    seen: list[Any] = []
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=seen.append))
+    return CliRunner().invoke(app, ["serve", *args]), seen
+
+
+def test_serve_beyond_loopback_without_keys_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, seen = _serve(monkeypatch, "--api-host", "0.0.0.0")
+    assert result.exit_code == 2 and not seen
+    assert result.stderr.startswith("Error: the API would listen on 0.0.0.0") and result.stderr.count("\n") == 1
+    result, seen = _serve(monkeypatch, "--api-host", "0.0.0.0", "--open-api")
+    assert result.exit_code == 0 and seen[0].open_api and seen[0].authorized_keys is None
+
+
+def test_serve_checks_the_keys_file_and_the_tls_pair(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{ALICE.public_key_b64} submit\n")
+    result, seen = _serve(monkeypatch, "--api-host", "0.0.0.0", "--authorized-keys", str(keys))
+    assert result.exit_code == 0, result.stderr
+    assert seen[0].authorized_keys == keys and seen[0].api_host == "0.0.0.0"
+    keys.write_text(f"{ALICE.public_key_b64} submit\n{ALICE.public_key_b64} everything\n")
+    result, seen = _serve(monkeypatch, "--authorized-keys", str(keys))
+    assert result.exit_code == 2 and not seen and "line 2: unknown capability 'everything'" in result.stderr
+    result, seen = _serve(monkeypatch, "--tls-cert", str(keys))
+    assert result.exit_code == 2 and "--tls-cert and --tls-key go together" in result.stderr
+    result, seen = _serve(monkeypatch, "--tls-cert", str(keys), "--tls-key", str(keys))  # not a certificate
+    assert result.exit_code == 2 and not seen and "cannot use --tls-cert" in result.stderr
+
+
+# -- shares in the store -------------------------------------------------------------------------
+
+
+async def test_shares_open_in_an_old_data_dir_are_bounded_and_go_with_their_job(tmp_path: Path) -> None:
+    import sqlite3
+
+    import trio
+
+    from jobs import Job, JobSpec, JobState
+    from node.store import ExpiredRecords, Store
+
+    path = tmp_path / "shoal.db"
+    with sqlite3.connect(path) as conn:  # a data dir from before shares: no such table
+        conn.execute("CREATE TABLE reputation (peer TEXT PRIMARY KEY, accepted INTEGER NOT NULL, "
+                     "rejected INTEGER NOT NULL)")
+    store = Store(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        job = Job(id="j-1", owner="alice", spec=JobSpec.model_validate({"engine": {"name": "noop"}}),
+                  state=JobState.COMPLETED, created_at=0, updated_at=0)
+        await store.save(new_job=job)
+        assert not await store.is_shared("j-1", "bob")
+        assert await store.share("j-1", "bob", limit=2) and await store.share("j-1", "bob", limit=2)  # idempotent
+        assert await store.share("j-1", "carol", limit=2)
+        assert not await store.share("j-1", "dave", limit=2)  # full: nothing written
+        assert await store.is_shared("j-1", "bob") and not await store.is_shared("j-1", "dave")
+        assert not await store.is_shared("j-2", "bob")  # one job, not another
+        stored = await store.get_job("j-1")
+        assert await store.delete_records(ExpiredRecords(jobs=[stored])) == 1
+        assert not await store.is_shared("j-1", "bob")  # a later job with that id starts with no readers
+        nursery.cancel_scope.cancel()
