@@ -415,6 +415,9 @@ class Client(_BaseClient):
 
     Requests are signed with ``key`` (default: ``$SHOAL_HOME/client.key``, created on first
     use). ``api_url`` defaults to ``find_api_url()``. ``transport`` is for tests and proxies.
+    For an ``https://`` node, ``ca_cert`` (default ``$SHOAL_CA_CERT``) is a PEM file of the only
+    certificates trusted: the node's self-signed certificate, or its CA's; without it, the
+    system's CAs. The host name is checked either way.
     """
 
     _http: httpx.Client
