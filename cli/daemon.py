@@ -55,6 +55,7 @@ def build_node_config(
     open_api: bool = False,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    peer_rate_limit: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -71,6 +72,8 @@ def build_node_config(
         values["ttl"] = ttl
     if pending_bid_timeout is not None:
         values["pending_bid_timeout"] = pending_bid_timeout
+    if peer_rate_limit is not None:
+        values["peer_rate_limit"] = peer_rate_limit
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if data_dir is not None:

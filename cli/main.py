@@ -692,6 +692,9 @@ def serve(
         help="Serve the API over HTTPS with this certificate (PEM); needs --tls-key.")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", metavar="FILE",
         help="The private key (PEM) of --tls-cert.")] = None,
+    peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
+        help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
+             "(default 1000; 0: no limit).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -720,6 +723,7 @@ def serve(
         open_api=open_api,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node
 

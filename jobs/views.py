@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job
@@ -11,6 +11,8 @@ from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
 
 class SubmitRequest(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
+
     spec: JobSpec
 
 
@@ -89,6 +91,8 @@ class ErrorResponse(BaseModel):
 
 
 class SweepSubmitRequest(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
+
     spec: SweepSpec
 
 

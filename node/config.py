@@ -54,3 +54,8 @@ class NodeConfig:
     open_api: bool = False  # let any key in on an API reachable from other machines (explicit choice)
     tls_cert: Path | None = None  # serve the API over HTTPS with this certificate (PEM) ...
     tls_key: Path | None = None  # ... and its private key (PEM)
+    peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
+
+    @property
+    def peer_rate_burst(self) -> float:
+        return max(1.0, 2 * self.peer_rate_limit)

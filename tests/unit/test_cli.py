@@ -527,6 +527,15 @@ def test_serve_builds_a_node_config(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert config.limit_job.memory == 1024**3 and config.limit_job.cpu == 4
 
 
+def test_serve_takes_a_peer_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=seen.append))
+    assert run("serve", "--peer-rate-limit", "50").exit_code == 0
+    assert (seen[-1].peer_rate_limit, seen[-1].peer_rate_burst) == (50, 100)
+    assert run("serve", "--peer-rate-limit", "0").exit_code == 0 and seen[-1].peer_rate_limit == 0  # no limit
+    assert run("serve", "--peer-rate-limit", "-1").exit_code == 2
+
+
 def test_serve_defaults_and_bad_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from node.config import NodeConfig
 

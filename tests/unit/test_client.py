@@ -391,6 +391,11 @@ async def test_submit_signs_and_returns_description(client, fake: FakeNode) -> N
     }
 
 
+async def test_submit_sends_secret_env_in_the_spec(client, fake: FakeNode) -> None:
+    await call(client, "submit", {**SPEC, "secret_env": {"TOKEN": "s3cr3t"}})
+    assert json.loads(fake.requests[-1].content)["spec"]["secret_env"] == {"TOKEN": "s3cr3t"}
+
+
 async def test_submit_without_the_cache_says_so(client, fake: FakeNode) -> None:
     await call(client, "submit", SPEC, cache=False)
     assert str(fake.requests[-1].url.params) == "cache=false"
