@@ -225,3 +225,63 @@ async def test_shares_open_in_an_old_data_dir_are_bounded_and_go_with_their_job(
         assert await store.delete_records(ExpiredRecords(jobs=[stored])) == 1
         assert not await store.is_shared("j-1", "bob")  # a later job with that id starts with no readers
         nursery.cancel_scope.cancel()
+
+
+# -- the SDK: share, Forbidden, the pinned certificate ----------------------------------------
+
+
+def _recording_client(seen: list[Any], status: int = 200, body: dict | None = None) -> Any:
+    import httpx
+
+    from shoal import Client
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json=body)
+
+    return Client("http://node.test", key=ALICE, transport=httpx.MockTransport(handle))
+
+
+def test_share_posts_the_key_to_the_job_or_the_sweep() -> None:
+    import json
+
+    from shoal import InvalidRequest
+
+    seen: list[Any] = []
+    bob = BOB.public_key_b64
+    for some_id, path in (("j-1", "/v1/jobs/j-1/shares"), ("s-1", "/v1/sweeps/s-1/shares")):
+        with _recording_client(seen, body={"id": some_id, "key": bob, "client_id": BOB.client_id}) as client:
+            shared = client.share(some_id, bob.rstrip("="))  # unpadded, as some tools print it
+        assert (shared.id, shared.key) == (some_id, bob)
+        assert seen[-1].method == "POST" and seen[-1].url.path == path
+        assert json.loads(seen[-1].content) == {"key": bob}
+    with _recording_client(seen) as client, pytest.raises(InvalidRequest, match="not a client key"):
+        client.share("j-1", "ssh-ed25519 AAAA")
+    assert len(seen) == 2  # a bad key is refused before anything is sent
+
+
+def test_403_is_forbidden_with_the_nodes_message() -> None:
+    from shoal import Forbidden
+
+    message = f"client {EVE.public_key_b64} is not authorized on this node"
+    body = {"error": {"code": "forbidden", "message": message, "fields": []}}
+    with _recording_client([], 403, body) as client, pytest.raises(Forbidden) as refused:
+        client.list()
+    assert str(refused.value) == message and refused.value.status == 403 and refused.value.code == "forbidden"
+
+
+def test_ca_cert_pins_https_only_and_must_be_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import Client, ShoalAPIError
+
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ShoalAPIError, match=r"cannot use .*missing\.pem as the node's certificate"):
+        Client("https://node.test", key=ALICE, ca_cert=missing)
+    monkeypatch.setenv("SHOAL_CA_CERT", str(missing))  # the same from the environment
+    with pytest.raises(ShoalAPIError, match="SHOAL_CA_CERT"):
+        Client("https://node.test", key=ALICE)
+    Client("http://node.test", key=ALICE).close()  # plain HTTP: nothing to pin, the setting is not read
+    monkeypatch.delenv("SHOAL_CA_CERT")
+    bundle = tmp_path / "not-a-cert.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ShoalAPIError, match=r"not-a-cert\.pem"):
+        Client("https://node.test", key=ALICE, ca_cert=bundle)
