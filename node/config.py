@@ -50,6 +50,10 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    authorized_keys: Path | None = None  # client keys the API lets in (node.api.access); None: any key
+    open_api: bool = False  # let any key in on an API reachable from other machines (explicit choice)
+    tls_cert: Path | None = None  # serve the API over HTTPS with this certificate (PEM) ...
+    tls_key: Path | None = None  # ... and its private key (PEM)
     peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
 
     @property

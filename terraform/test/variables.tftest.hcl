@@ -35,6 +35,7 @@ run "a_full_valid_set" {
     shoal_package          = "git+https://github.com/example/shoal@v{version}"
     kubo_version           = "v0.40.0-rc1"
     log_level              = "DEBUG"
+    authorized_keys        = ["q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA=", "Hk2fY2ktY2xpZW50LWtleS1vbmx5LXN1Ym1pdHMtMDA submit, read", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= cancel"]
     limits = {
       total_cpu    = "7.5"
       total_memory = "28GiB"
@@ -356,4 +357,20 @@ run "limits_reject_unknown_keys" {
     limits = { total_gpu = "1" }
   }
   expect_failures = [var.limits]
+}
+
+run "authorized_keys_must_be_client_keys" {
+  command = plan
+  variables {
+    authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9wZXJhdG9y"]
+  }
+  expect_failures = [var.authorized_keys]
+}
+
+run "authorized_keys_capabilities_must_be_known" {
+  command = plan
+  variables {
+    authorized_keys = ["q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA= root"]
+  }
+  expect_failures = [var.authorized_keys]
 }

@@ -12,3 +12,13 @@ output "bootstrap_multiaddr_command" {
   description = "Reads the bootstrap node's multiaddr at any time."
   value       = module.shoal.bootstrap_multiaddr_command
 }
+
+output "api_cert" {
+  description = "The API's certificate, to pin with SHOAL_CA_CERT (null until read_bootstrap_multiaddr = true)."
+  value       = module.shoal.api_cert
+}
+
+output "api_cert_command" {
+  description = "Prints the API's certificate at any time."
+  value       = module.shoal.api_cert_command
+}
