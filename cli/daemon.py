@@ -51,6 +51,7 @@ def build_node_config(
     pending_bid_timeout: float | None = None,
     unsandboxed_python: bool = False,
     allow_images: list[str] | None = None,
+    api_limits: dict[str, Any] | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -61,6 +62,7 @@ def build_node_config(
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
                               "unsandboxed_python": unsandboxed_python,
                               "allow_images": tuple(allow_images or ())}
+    values.update({k: v for k, v in (api_limits or {}).items() if v is not None})  # names and quotas
     if retention is not None:
         values["retention"] = retention
     if ttl is not None:

@@ -646,6 +646,16 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    api_name: Annotated[list[str] | None, typer.Option("--api-name", metavar="HOST[:PORT]",
+        help="A name clients reach the API by (DNS name, public IP, proxy); repeatable. Signed requests "
+             "name their host, and a node refuses those made for another.")] = None,
+    quota_jobs_in_flight: Annotated[int | None, typer.Option("--quota-jobs-in-flight", metavar="N", min=1,
+        help="Per client: live jobs on this node (default 10000); then 429.")] = None,
+    quota_submits_per_second: Annotated[float | None, typer.Option("--quota-submits-per-second", metavar="N",
+        min=0.001, help="Per client: job and sweep submissions per second, bursts of twice that "
+                        "(default 1000); then 429.")] = None,
+    quota_event_streams: Annotated[int | None, typer.Option("--quota-event-streams", metavar="N", min=1,
+        help="Per client: open event streams (default 256); then 429.")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -670,6 +680,10 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        api_limits={"api_names": tuple(api_name) if api_name else None,
+                    "quota_jobs_in_flight": quota_jobs_in_flight,
+                    "quota_submits_per_second": quota_submits_per_second,
+                    "quota_event_streams": quota_event_streams},
     )
     from node.daemon import main as run_node
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job
@@ -12,6 +12,15 @@ from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
 class SubmitRequest(BaseModel):
     spec: JobSpec
+
+    @field_validator("spec")
+    @classmethod
+    def _finite(cls, spec: JobSpec) -> JobSpec:
+        """A new job has a finite deadline (stored jobs keep loading: see ``Deadlines``)."""
+        problem = spec.deadlines.finite_problem()
+        if problem:
+            raise ValueError(problem)
+        return spec
 
 
 class Phases(BaseModel):
@@ -90,6 +99,14 @@ class ErrorResponse(BaseModel):
 
 class SweepSubmitRequest(BaseModel):
     spec: SweepSpec
+
+    @field_validator("spec")
+    @classmethod
+    def _finite(cls, spec: SweepSpec) -> SweepSpec:
+        problem = spec.job.deadlines.finite_problem()
+        if problem:
+            raise ValueError(f"job.{problem}")
+        return spec
 
 
 class SweepDescription(BaseModel):

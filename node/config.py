@@ -50,3 +50,7 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    api_names: tuple[str, ...] = ()  # Host values (beyond the API address) that signed requests may name
+    quota_jobs_in_flight: int = 10_000  # per client: live jobs on this node (429 past it)
+    quota_submits_per_second: float = 1_000.0  # per client: job and sweep submissions (bursts of twice this)
+    quota_event_streams: int = 256  # per client: open event streams

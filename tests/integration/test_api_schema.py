@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,7 +87,8 @@ class SignedRequests(requests.auth.AuthBase):
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
-        request.headers.update(self.auth.headers_for(request.method or "GET", request.path_url.encode(), body))
+        host = urllib.parse.urlsplit(request.url or "").netloc
+        request.headers.update(self.auth.headers_for(request.method or "GET", host, request.path_url.encode(), body))
         return request
 
 
