@@ -390,9 +390,12 @@ class Store:
             self.bell.ring(row[0] for row in erows)
 
     async def add_published(self, cids: Sequence[str], at: float) -> None:
-        """Remember results this node published outside an execution record, so retention finds them."""
+        """Remember results (or uploaded contexts) this node published outside an execution record, so
+        retention finds them; publishing one again counts from the latest time."""
         rows = [(cid, at) for cid in cids]
-        await self._write(lambda c: c.executemany("INSERT OR IGNORE INTO published (cid, at) VALUES (?,?)", rows))
+        await self._write(lambda c: c.executemany(
+            "INSERT INTO published (cid, at) VALUES (?,?) ON CONFLICT(cid) DO UPDATE SET at=max(at, excluded.at)",
+            rows))
 
     # -- nonces of signed API requests (replay protection, see node.api.auth) ----------------------
 

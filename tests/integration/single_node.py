@@ -7,7 +7,7 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,13 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def noop_node(home: Path, port: int, *, ready_timeout: float = 60) -> Iterator[None]:
+def noop_node(home: Path, port: int, *, ready_timeout: float = 60, extra_args: Sequence[str] = ()) -> Iterator[None]:
     """Run a lone noop node with its data under ``home`` until the block ends; then check it stopped
     cleanly and that nothing a client sent made it log an error."""
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
     process = subprocess.Popen(
-        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none"],
+        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none",
+         *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
