@@ -47,7 +47,7 @@ from jobs.views import SubmitRequest as _SubmitRequest
 from node.api.auth import Nonces, RequestVerifier, node_authorities
 from node.api.quotas import QuotaLimits, Quotas, Refusal
 from requester import IdempotencyConflict, UnknownJob
-from shoal._auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from shoal._auth import AUTH_VERSION, HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_VERSION
 
 if TYPE_CHECKING:
     from node.daemon import Node
@@ -73,8 +73,9 @@ _SIGNATURE_SCHEMES = {  # OpenAPI security scheme name → (header, description)
     "ShoalKey": (HEADER_KEY, "urlsafe base64 of the client's raw 32-byte Ed25519 public key"),
     "ShoalTimestamp": (HEADER_TIMESTAMP, "unix seconds; rejected when more than 5 minutes off"),
     "ShoalNonce": (HEADER_NONCE, "16 random bytes as lower-case hex; never reused"),
-    "ShoalSignature": (HEADER_SIGNATURE, "urlsafe base64 Ed25519 signature of METHOD\\nTARGET\\nTIMESTAMP\\n"
-                                         "NONCE\\nSHA256-HEX(BODY); see shoal._auth"),
+    "ShoalSignature": (HEADER_SIGNATURE, "urlsafe base64 Ed25519 signature of shoal-auth-2\\nMETHOD\\nHOST\\n"
+                                         "TARGET\\nTIMESTAMP\\nNONCE\\nSHA256-HEX(BODY); see shoal._auth"),
+    "ShoalAuthVersion": (HEADER_VERSION, f"{AUTH_VERSION}: the version of the signed string (it covers the Host)"),
 }
 _JSON_IN_A_STRING = {"type": "string", "contentMediaType": "application/json"}
 # One Server-Sent Event, as a parsed message (``id``, ``event``, ``data``): a job event, or the

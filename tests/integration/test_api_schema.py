@@ -132,7 +132,8 @@ def test_the_schema_lists_exactly_the_operations_tested_here(node: Node) -> None
 
 def test_the_schema_documents_signing_and_errors(node: Node) -> None:
     raw = node.schema.raw_schema
-    assert set(raw["components"]["securitySchemes"]) == {"ShoalKey", "ShoalTimestamp", "ShoalNonce", "ShoalSignature"}
+    assert set(raw["components"]["securitySchemes"]) == {"ShoalKey", "ShoalTimestamp", "ShoalNonce", "ShoalSignature",
+                                                         "ShoalAuthVersion"}
     for method, path in OPERATIONS:
         operation = raw["paths"][path][method.lower()]
         if path in UNSIGNED:
