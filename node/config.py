@@ -54,3 +54,8 @@ class NodeConfig:
     quota_jobs_in_flight: int = 10_000  # per client: live jobs on this node (429 past it)
     quota_submits_per_second: float = 1_000.0  # per client: job and sweep submissions (bursts of twice this)
     quota_event_streams: int = 256  # per client: open event streams
+    peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
+
+    @property
+    def peer_rate_burst(self) -> float:
+        return max(1.0, 2 * self.peer_rate_limit)

@@ -19,13 +19,15 @@ import httpx
 import pytest
 
 from shoal import Client, ClientKey, ShoalAuth
+from tests.integration.rogue import free_base_port
 from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-PORT = 19150  # node A: defaults, short retention
-QUOTA_PORT = 19151  # node B: small quotas
-RESTART_PORT = 19152
+BASE = free_base_port(3)
+PORT = BASE  # node A: defaults, short retention
+QUOTA_PORT = BASE + 1  # node B: small quotas
+RESTART_PORT = BASE + 2
 A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
 PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
 RETENTION = 2.0
@@ -34,14 +36,14 @@ RETENTION = 2.0
 @pytest.fixture(scope="module")
 def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("abuse-a")
-    with noop_node(home, PORT, extra_args=["--retention", f"{RETENTION:g}"]):
+    with noop_node(home, PORT, args=["--retention", f"{RETENTION:g}"]):
         yield home
 
 
 @pytest.fixture(scope="module")
 def node_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("abuse-b")
-    with noop_node(home, QUOTA_PORT, extra_args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
+    with noop_node(home, QUOTA_PORT, args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
                                                  "--quota-event-streams", "1"]):  # fmt: skip
         yield home
 
