@@ -55,6 +55,7 @@ def build_node_config(
     open_api: bool = False,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    api_limits: dict[str, Any] | None = None,
     peer_rate_limit: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
@@ -66,6 +67,7 @@ def build_node_config(
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
                               "unsandboxed_python": unsandboxed_python,
                               "allow_images": tuple(allow_images or ())}
+    values.update({k: v for k, v in (api_limits or {}).items() if v is not None})  # names and quotas
     if retention is not None:
         values["retention"] = retention
     if ttl is not None:

@@ -710,6 +710,16 @@ def serve(
         help="Serve the API over HTTPS with this certificate (PEM); needs --tls-key.")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", metavar="FILE",
         help="The private key (PEM) of --tls-cert.")] = None,
+    api_name: Annotated[list[str] | None, typer.Option("--api-name", metavar="HOST[:PORT]",
+        help="A name clients reach the API by (DNS name, public IP, proxy); repeatable. Signed requests "
+             "name their host, and a node refuses those made for another.")] = None,
+    quota_jobs_in_flight: Annotated[int | None, typer.Option("--quota-jobs-in-flight", metavar="N", min=1,
+        help="Per client: live jobs on this node (default 10000); then 429.")] = None,
+    quota_submits_per_second: Annotated[float | None, typer.Option("--quota-submits-per-second", metavar="N",
+        min=0.001, help="Per client: job and sweep submissions per second, bursts of twice that "
+                        "(default 1000); then 429.")] = None,
+    quota_event_streams: Annotated[int | None, typer.Option("--quota-event-streams", metavar="N", min=1,
+        help="Per client: open event streams (default 256); then 429.")] = None,
     peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
         help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
              "(default 1000; 0: no limit).")] = None,
@@ -741,6 +751,10 @@ def serve(
         open_api=open_api,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        api_limits={"api_names": tuple(api_name) if api_name else None,
+                    "quota_jobs_in_flight": quota_jobs_in_flight,
+                    "quota_submits_per_second": quota_submits_per_second,
+                    "quota_event_streams": quota_event_streams},
         peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node

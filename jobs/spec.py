@@ -107,13 +107,36 @@ class Deal(_Frozen):
         return self
 
 
-class Deadlines(_Frozen):
-    """Seconds allowed for each phase of a job. ``None`` means a deliberate "no limit"."""
+MAX_BID_DEADLINE = 24 * 3600.0  # the longest a job may wait for bids: every job ends in finite time
 
-    bid: float | None = Field(600.0, gt=0, description="waiting for enough bids (queued jobs wait here)")
+
+class Deadlines(_Frozen):
+    """Seconds allowed for each phase of a job.
+
+    ``bid`` is at most ``MAX_BID_DEADLINE``. The API refuses ``null`` (once "no limit": a job
+    re-announced for ever); a job stored by an older node with ``null`` or more waits
+    ``bid_limit``, the cap.
+    """
+
+    bid: float | None = Field(600.0, gt=0, description="waiting for enough bids (queued jobs wait here); "
+                              f"at most {MAX_BID_DEADLINE:g}")
     min_bids: float = Field(10.0, gt=0, description="waiting for min_bids before choosing among fewer")
     silence: float = Field(10.0, gt=0, description="a node running the job may be unreachable this long")
     result_grace: float = Field(60.0, gt=0, description="after the run timeout, before giving up on a result")
+
+    @property
+    def bid_limit(self) -> float:
+        """The bid deadline in force: ``bid``, capped at ``MAX_BID_DEADLINE``."""
+        return MAX_BID_DEADLINE if self.bid is None else min(self.bid, MAX_BID_DEADLINE)
+
+    def finite_problem(self) -> str | None:
+        """Why a new submission's deadlines are refused, or None (see the class docstring)."""
+        if self.bid is None:
+            return (f"deadlines.bid: null (no limit) is not accepted: every job has a finite deadline "
+                    f"(at most {MAX_BID_DEADLINE:g} s)")
+        if self.bid > MAX_BID_DEADLINE:
+            return f"deadlines.bid: at most {MAX_BID_DEADLINE:g} s"
+        return None
 
 
 class NoopEngine(_Frozen):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job, RunResult
@@ -14,6 +14,15 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
 
     spec: JobSpec
+
+    @field_validator("spec")
+    @classmethod
+    def _finite(cls, spec: JobSpec) -> JobSpec:
+        """A new job has a finite deadline (stored jobs keep loading: see ``Deadlines``)."""
+        problem = spec.deadlines.finite_problem()
+        if problem:
+            raise ValueError(problem)
+        return spec
 
 
 class Phases(BaseModel):
@@ -104,6 +113,14 @@ class SweepSubmitRequest(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
 
     spec: SweepSpec
+
+    @field_validator("spec")
+    @classmethod
+    def _finite(cls, spec: SweepSpec) -> SweepSpec:
+        problem = spec.job.deadlines.finite_problem()
+        if problem:
+            raise ValueError(f"job.{problem}")
+        return spec
 
 
 class SweepDescription(BaseModel):

@@ -54,6 +54,10 @@ class NodeConfig:
     open_api: bool = False  # let any key in on an API reachable from other machines (explicit choice)
     tls_cert: Path | None = None  # serve the API over HTTPS with this certificate (PEM) ...
     tls_key: Path | None = None  # ... and its private key (PEM)
+    api_names: tuple[str, ...] = ()  # Host values (beyond the API address) that signed requests may name
+    quota_jobs_in_flight: int = 10_000  # per client: live jobs on this node (429 past it)
+    quota_submits_per_second: float = 1_000.0  # per client: job and sweep submissions (bursts of twice this)
+    quota_event_streams: int = 256  # per client: open event streams
     peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
 
     @property

@@ -103,6 +103,7 @@ class RequesterService:
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
+        self._in_flight: dict[str, int] = {}  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -129,7 +130,7 @@ class RequesterService:
             aj = _Active(job=job, waiting_since=now, next_announce=now, secrets=secrets.get(job.id) or {})
             for ex in await self.store.executions_of(SIDE, job.id):
                 aj.executions[ex.id] = ex
-            self._active[job.id] = aj
+            self._track(aj)
             if job.id in secrets and secrets[job.id] is None:
                 await self._finish(aj, JobState.FAILED, "its secret_env could not be read after a restart "
                                                         "(the store's key file is missing or another one)")
@@ -216,7 +217,7 @@ class RequesterService:
             raise
         if not job.state.is_terminal:
             aj = _Active(job=job, waiting_since=now, secrets=secrets)
-            self._active[job.id] = aj
+            self._track(aj)
             await self._announce(aj)
         return job, True
 
@@ -244,7 +245,7 @@ class RequesterService:
         spec = aj.job.spec
         return Announce(job_id=aj.job.id, spec=spec, requester=self.peers.node_id,
                         requester_addrs=self.peers.addrs(), attempt=aj.job.attempt, candidates=ask,
-                        bid_deadline=aj.waiting_since + spec.deadlines.bid if spec.deadlines.bid else None)
+                        bid_deadline=aj.waiting_since + spec.deadlines.bid_limit)
 
     def _may_run_here(self, aj: _Active) -> bool:
         """Whether to offer a job to this node's own compute role before anyone else.
@@ -296,6 +297,14 @@ class RequesterService:
         if aj is not None:
             with trio.move_on_after(timeout):
                 await aj.done.wait()
+
+    def _track(self, aj: _Active) -> None:
+        self._active[aj.job.id] = aj
+        self._in_flight[aj.job.owner] = self._in_flight.get(aj.job.owner, 0) + 1
+
+    def in_flight(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are live (neither completed, failed nor cancelled)."""
+        return self._in_flight.get(owner, 0)
 
     def live_job(self, job_id: str) -> Job | None:
         aj = self._active.get(job_id)
@@ -637,6 +646,11 @@ class RequesterService:
         for y in to_cancel:
             self._spawn(self._send_reliably, y.node_id, Cancel(job_id=y.job_id, execution_id=y.id, reason=y.reason))
         del self._active[job.id]
+        left = self._in_flight.get(job.owner, 1) - 1
+        if left > 0:
+            self._in_flight[job.owner] = left
+        else:
+            self._in_flight.pop(job.owner, None)
         aj.done.set()
         self.latencies.append(now - job.created_at)
         if len(self.latencies) > 10_000:
@@ -696,9 +710,10 @@ class RequesterService:
                     return
         if aj.needed() <= 0:
             return
-        if spec.deadlines.bid is not None and now - aj.waiting_since > spec.deadlines.bid:
+        limit = spec.deadlines.bid_limit
+        if now - aj.waiting_since > limit:
             why = waiting_reason(spec, self.known_nodes(), aj.held())
-            await self._finish(aj, JobState.FAILED, f"no node took the job within {spec.deadlines.bid:g} s ({why})")
+            await self._finish(aj, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
             return
         impossible = never_runnable(spec, self.known_nodes())
         if impossible:

@@ -1,10 +1,14 @@
 """Client identity (an Ed25519 key) and request signing.
 
-Every API request is signed over the exact bytes that go on the wire. The signed message is::
+Every API request is signed over the exact bytes that go on the wire. The signed message
+(version 2) is::
 
-    METHOD "\\n" TARGET "\\n" TIMESTAMP "\\n" NONCE "\\n" SHA256-HEX(BODY)
+    "shoal-auth-2" "\\n" METHOD "\\n" HOST "\\n" TARGET "\\n" TIMESTAMP "\\n" NONCE "\\n" SHA256-HEX(BODY)
 
 - ``METHOD``: upper case, e.g. ``POST``.
+- ``HOST``: the ``Host`` header (the authority the request was sent to, e.g. ``127.0.0.1:8700``),
+  lower case: a request signed for one node is refused by another, which checks that the host
+  names itself.
 - ``TARGET``: the raw (still percent-encoded) path, plus ``?`` and the raw query string when the
   query is not empty: ``/v1/jobs?state=running&limit=50``.
 - ``TIMESTAMP``: unix seconds, a decimal integer; the same string as the header.
@@ -12,8 +16,10 @@ Every API request is signed over the exact bytes that go on the wire. The signed
 - ``SHA256-HEX(BODY)``: lower-case hex digest of the body bytes (of ``b""`` when there is none).
 
 Headers: ``X-Shoal-Key`` (urlsafe base64 of the 32-byte raw public key), ``X-Shoal-Timestamp``,
-``X-Shoal-Nonce``, ``X-Shoal-Signature`` (urlsafe base64 of the 64-byte signature). Base64 is
-sent padded; the verifier also accepts it unpadded.
+``X-Shoal-Nonce``, ``X-Shoal-Signature`` (urlsafe base64 of the 64-byte signature) and
+``X-Shoal-Auth: 2`` (the version of the signed message; requests from SDKs before the host was
+signed carry none and are refused with a message saying to upgrade). Base64 is sent padded; the
+verifier also accepts it unpadded.
 
 Nothing is re-serialised before verifying (the hash is over the received bytes), every route is
 signed (not just submit), and the verifier in ``node.api.auth`` rejects stale timestamps and
@@ -43,7 +49,9 @@ HEADER_KEY = "X-Shoal-Key"
 HEADER_TIMESTAMP = "X-Shoal-Timestamp"
 HEADER_NONCE = "X-Shoal-Nonce"
 HEADER_SIGNATURE = "X-Shoal-Signature"
+HEADER_VERSION = "X-Shoal-Auth"
 SIGNATURE_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+AUTH_VERSION = "2"  # the canonical string below; 1 (no version header) did not sign the host
 
 NONCE_BYTES = 16
 PUBLIC_KEY_BYTES = 32
@@ -94,11 +102,13 @@ def canonical_target(path: bytes, query: bytes) -> bytes:
     return path + b"?" + query if query else path
 
 
-def canonical_request(method: str, target: bytes, timestamp: str, nonce: str, body: bytes) -> bytes:
+def canonical_request(method: str, host: str, target: bytes, timestamp: str, nonce: str, body: bytes) -> bytes:
     """The bytes that are signed; see the module docstring."""
     return b"\n".join(
         (
+            b"shoal-auth-" + AUTH_VERSION.encode("ascii"),
             method.upper().encode("ascii"),
+            host.lower().encode("ascii", "replace"),
             target,
             timestamp.encode("ascii"),
             nonce.encode("ascii"),
@@ -241,17 +251,19 @@ class ShoalAuth(httpx.Auth):
         self.key = key
         self._clock = clock
 
-    def headers_for(self, method: str, raw_target: bytes, body: bytes) -> dict[str, str]:
-        """The four ``X-Shoal-*`` headers for a request, with a fresh timestamp and nonce.
+    def headers_for(self, method: str, host: str, raw_target: bytes, body: bytes) -> dict[str, str]:
+        """The ``X-Shoal-*`` headers for a request, with a fresh timestamp and nonce.
 
-        ``raw_target`` is the path and query exactly as they go on the wire (``/v1/jobs?limit=5``).
-        For clients other than httpx (another HTTP library, a fuzzer); ``sign`` uses it too.
+        ``host`` is the ``Host`` header the request carries (``127.0.0.1:8700``); ``raw_target``
+        the path and query exactly as they go on the wire (``/v1/jobs?limit=5``). For clients
+        other than httpx (another HTTP library, a fuzzer); ``sign`` uses it too.
         """
         timestamp = str(int(self._clock()))
         nonce = secrets.token_hex(NONCE_BYTES)
         path, _, query = raw_target.partition(b"?")
-        message = canonical_request(method, canonical_target(path, query), timestamp, nonce, body)
+        message = canonical_request(method, host, canonical_target(path, query), timestamp, nonce, body)
         return {
+            HEADER_VERSION: AUTH_VERSION,
             HEADER_KEY: self.key.public_key_b64,
             HEADER_TIMESTAMP: timestamp,
             HEADER_NONCE: nonce,
@@ -259,8 +271,9 @@ class ShoalAuth(httpx.Auth):
         }
 
     def sign(self, request: httpx.Request) -> httpx.Request:
-        """Add the four ``X-Shoal-*`` headers to ``request`` (whose body must have been read)."""
-        request.headers.update(self.headers_for(request.method, request.url.raw_path, request.content))
+        """Add the ``X-Shoal-*`` headers to ``request`` (whose body must have been read)."""
+        host = request.headers.get("Host") or request.url.netloc.decode("ascii")
+        request.headers.update(self.headers_for(request.method, host, request.url.raw_path, request.content))
         return request
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:

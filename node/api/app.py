@@ -48,13 +48,16 @@ from jobs.views import (
 )
 from jobs.views import SubmitRequest as _SubmitRequest
 from node.api.access import AuthorizedKeys, authorize, capability_for
-from node.api.auth import RequestVerifier
+from node.api.auth import Nonces, RequestVerifier, node_authorities
+from node.api.quotas import QuotaLimits, Quotas, Refusal
 from requester import IdempotencyConflict, UnknownJob
 from shoal._auth import (
+    AUTH_VERSION,
     HEADER_KEY,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    HEADER_VERSION,
     b64encode,
     client_id_for,
     parse_public_key,
@@ -67,9 +70,13 @@ log = logging.getLogger("shoal.api")
 
 MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through storage, not this body
 MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
+CONTEXT_UPLOADS = 4  # context bodies read at once (each up to MAX_CONTEXT_BODY in memory); more get 503
 MAX_WAIT = 60.0  # longest long-poll a client may ask for
 MAX_OFFSET = 1_000_000_000  # paging offset; far beyond any store, and well inside SQLite's integers
-SSE_POLL = 0.2  # how often an event stream looks for new events
+SSE_WAKE = 5.0  # an event stream is woken by its job's new events; it also looks this often regardless
+SSE_POLL = 0.2  # how often a stream looks when it has no bell (more streams than the store's MAX_BELLS)
+BODY_TIMEOUT = 30.0  # a request body must arrive within this (408): a slow sender holds no connection long
+KEEP_ALIVE_TIMEOUT = 5.0  # an idle connection, or one still sending its headers, is closed after this
 SSE_KEEPALIVE = 15.0  # a comment line after this much silence keeps proxies from closing the stream
 FOLLOW_POLL = 1.0  # a follower whose job is not in the requester's memory looks again this often
 MAX_SHARES = 100  # clients one job or sweep may be shared with
@@ -81,8 +88,9 @@ _SIGNATURE_SCHEMES = {  # OpenAPI security scheme name → (header, description)
     "ShoalKey": (HEADER_KEY, "urlsafe base64 of the client's raw 32-byte Ed25519 public key"),
     "ShoalTimestamp": (HEADER_TIMESTAMP, "unix seconds; rejected when more than 5 minutes off"),
     "ShoalNonce": (HEADER_NONCE, "16 random bytes as lower-case hex; never reused"),
-    "ShoalSignature": (HEADER_SIGNATURE, "urlsafe base64 Ed25519 signature of METHOD\\nTARGET\\nTIMESTAMP\\n"
-                                         "NONCE\\nSHA256-HEX(BODY); see shoal._auth"),
+    "ShoalSignature": (HEADER_SIGNATURE, "urlsafe base64 Ed25519 signature of shoal-auth-2\\nMETHOD\\nHOST\\n"
+                                         "TARGET\\nTIMESTAMP\\nNONCE\\nSHA256-HEX(BODY); see shoal._auth"),
+    "ShoalAuthVersion": (HEADER_VERSION, f"{AUTH_VERSION}: the version of the signed string (it covers the Host)"),
 }
 _JSON_IN_A_STRING = {"type": "string", "contentMediaType": "application/json"}
 # One Server-Sent Event, as a parsed message (``id``, ``event``, ``data``): a job event, or the
@@ -102,7 +110,8 @@ _SSE_MESSAGE = {"oneOf": [
     }},
 ]}  # fmt: skip
 _ERROR_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "body_too_large"}
+                405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "body_too_large",
+                429: "too_many_requests", 503: "unavailable"}
 
 
 class UntrustedBody(BaseModel):
@@ -149,6 +158,8 @@ _ERR_403 = {403: _error_doc("the client key is not authorized on this node, or l
                             "needs (submit, read, cancel or admin)")}
 _ERR_404 = {404: _error_doc("no such job, or it belongs to another client")}
 _ERR_422 = {422: _error_doc("invalid request; error.fields names each offending field")}
+_ERR_429 = {429: _error_doc("a quota of this client is reached (jobs in flight, submissions per second, open "
+                            "event streams, signed requests in the replay window); see Retry-After")}
 
 
 def _error(status: int, code: str, message: str, fields: list[str] | None = None,
@@ -158,16 +169,33 @@ def _error(status: int, code: str, message: str, fields: list[str] | None = None
 
 
 class _BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over MAX_BODY, whether declared or streamed."""
+    """Pure ASGI middleware: 413 for bodies over MAX_BODY, whether declared or streamed; a declared
+    Content-Length over it is refused before a byte of the body is read. A body must arrive
+    within BODY_TIMEOUT of its first read (408)."""
 
     def __init__(self, app) -> None:
         self.app = app
+        self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = MAX_CONTEXT_BODY if scope["path"] == "/v1/contexts" else MAX_BODY
+        if scope["path"] == "/v1/contexts":  # a large body is read before its signature can be checked
+            try:
+                self.uploads.acquire_nowait()
+            except trio.WouldBlock:
+                await _error(503, "unavailable", f"{CONTEXT_UPLOADS} uploads in progress: retry in a second",
+                             headers={"Retry-After": "1"})(scope, receive, send)
+                return
+            try:
+                await self._limited(scope, receive, send, MAX_CONTEXT_BODY)
+            finally:
+                self.uploads.release()
+        else:
+            await self._limited(scope, receive, send, MAX_BODY)
+
+    async def _limited(self, scope, receive, send, limit: int) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and not declared.isdigit():
             await _error(400, "bad_request", "malformed Content-Length header")(scope, receive, send)
@@ -176,14 +204,23 @@ class _BodyLimit:
             await _error(413, "body_too_large", _too_large(limit))(scope, receive, send)
             return
         seen = 0
+        body_done = False
+        deadline: float | None = None
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise StarletteHTTPException(413, _too_large(limit))
-            return message
+            nonlocal seen, body_done, deadline
+            if body_done:
+                return await receive()  # after the body: a disconnect, awaited by streaming responses
+            if deadline is None:
+                deadline = trio.current_time() + BODY_TIMEOUT
+            with trio.move_on_at(deadline):
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, _too_large(limit))
+                body_done = not message.get("more_body", False)
+                return message
+            raise StarletteHTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
 
         await self.app(scope, limited_receive, send)
 
@@ -208,14 +245,16 @@ class _Signed:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        try:
-            await self.verifier(request)  # reads the whole body (bounded by _BodyLimit)
-            body = await request.body()
+
+        def admit(public_key: bytes) -> None:
             if self.access is not None:
-                refusal = authorize(request.state.public_key, capability_for(request.method, scope["path"]),
-                                    self.access.table())
+                refusal = authorize(public_key, capability_for(request.method, scope["path"]), self.access.table())
                 if refusal is not None:
                     raise StarletteHTTPException(403, refusal)
+
+        try:
+            await self.verifier(request, admit)  # reads the whole body (bounded by _BodyLimit)
+            body = await request.body()
         except StarletteHTTPException as exc:
             response = _error(exc.status_code, _ERROR_CODES.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
@@ -317,34 +356,70 @@ async def _publish_context(node: "Node", body: bytes) -> str:
         await trio.to_thread.run_sync(lambda: shutil.rmtree(target, ignore_errors=True))
 
 
+class _CountedStream(StreamingResponse):
+    """A streaming response that gives its quota slot back however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def event_stream(node: "Node", job_id: str, after: int,
-                 state_of: Callable[[str], Awaitable[JobState | None]]) -> StreamingResponse:
-    """A job's (or sweep's) events as Server-Sent Events from ``after`` on, ending after its last one."""
+                 state_of: Callable[[str], Awaitable[JobState | None]],
+                 quotas: Quotas | None = None, client: str = "") -> Response:
+    """A job's (or sweep's) events as Server-Sent Events from ``after`` on, ending after its last one.
+
+    The stream sleeps until the store rings the job's bell (new events committed), or SSE_WAKE
+    at most; a client over its open-stream quota gets 429.
+    """
+    if quotas is not None:
+        refusal = quotas.open_stream(client)
+        if refusal is not None:
+            return _refused(refusal)
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal after
         quiet_since = time.monotonic()
-        while True:
-            batch = await node.store.events(job_id, after=after)
-            for e in batch:
-                after = e.seq
-                yield f"id: {e.seq}\nevent: {e.kind.value}\ndata: {e.model_dump_json()}\n\n".encode()
-            if batch:
-                quiet_since = time.monotonic()
-                continue
-            # Looked at after an empty read: the terminal event is written in the same
-            # transaction as the terminal state, so nothing of the job's own is missed.
-            state = await state_of(job_id)
-            if state is not None and state.is_terminal:
-                yield f"event: end\ndata: {json.dumps({'state': state.value})}\n\n".encode()
-                return
-            if time.monotonic() - quiet_since > SSE_KEEPALIVE:
-                quiet_since = time.monotonic()
-                yield b": keep-alive\n\n"
-            await trio.sleep(SSE_POLL)
+        with node.store.bell.listening(job_id) as listener:
+            while True:
+                ring = listener.next_ring()  # before reading: a write in between still wakes us
+                batch = await node.store.events(job_id, after=after)
+                for e in batch:
+                    after = e.seq
+                    yield f"id: {e.seq}\nevent: {e.kind.value}\ndata: {e.model_dump_json()}\n\n".encode()
+                if batch:
+                    quiet_since = time.monotonic()
+                    continue
+                # Looked at after an empty read: the terminal event is written in the same
+                # transaction as the terminal state, so nothing of the job's own is missed.
+                state = await state_of(job_id)
+                if state is not None and state.is_terminal:
+                    yield f"event: end\ndata: {json.dumps({'state': state.value})}\n\n".encode()
+                    return
+                if time.monotonic() - quiet_since > SSE_KEEPALIVE:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                if ring is None:
+                    await trio.sleep(SSE_POLL)
+                else:
+                    with trio.move_on_after(min(SSE_WAKE, SSE_KEEPALIVE)):
+                        await ring.wait()
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if quotas is None:
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return _CountedStream(stream(), lambda: quotas.close_stream(client), media_type="text/event-stream",
+                          headers=headers)
+
+
+def _refused(refusal: Refusal) -> JSONResponse:
+    return _error(429, "too_many_requests", refusal.message, headers={"Retry-After": str(refusal.retry_after)})
 
 
 async def result_tar(node: "Node", result: RunResult) -> Response:
@@ -384,7 +459,15 @@ def create_app(node: "Node") -> FastAPI:
                               "version and metrics takes a signed request (see the security schemes).")
     Client = Annotated[str, Depends(_client_id)]
     started = time.time()
-    signed = APIRouter(responses={**_ERR_401, **_ERR_403, **_ERR_422})
+    signed = APIRouter(responses={**_ERR_401, **_ERR_403, **_ERR_422, **_ERR_429})
+    config = node.config
+    quotas = Quotas(QuotaLimits(jobs_in_flight=config.quota_jobs_in_flight,
+                                submits_per_second=config.quota_submits_per_second,
+                                submit_burst=max(1, round(2 * config.quota_submits_per_second)),
+                                event_streams=config.quota_event_streams))
+    # Hosts are set once the API listens (its port may be chosen then): until then nothing passes.
+    verifier = RequestVerifier(nonces=Nonces(node.store), hosts=())
+    app.state.verifier, app.state.quotas, app.state.api_names = verifier, quotas, config.api_names
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -445,6 +528,9 @@ def create_app(node: "Node") -> FastAPI:
         where = _unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:  # JSON's \ud800-style escapes can smuggle in text no store can keep
             return _error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
+        refusal = quotas.submit(client, requester().in_flight(client))
+        if refusal is not None:
+            return _refused(refusal)
         job, created = await requester().submit(body.spec, client, idempotency_key, use_cache=cache)
         if not created:
             response.status_code = 200
@@ -494,7 +580,7 @@ def create_app(node: "Node") -> FastAPI:
         await owned(job_id, client, shared=True)
         after = _last_event_id(last_event_id)
 
-        return event_stream(node, job_id, after, current_state)
+        return event_stream(node, job_id, after, current_state, quotas, client)
 
     @signed.get("/v1/jobs/{job_id}/logs", response_class=Response, tags=["jobs"],
                 summary="The job's stdout or stderr; with follow=true the response ends when the job does",
@@ -558,6 +644,7 @@ def create_app(node: "Node") -> FastAPI:
                      "schema": {"type": "string", "format": "binary"}}}}})
     async def store_context(request: Request, client: Client) -> ContextStored:
         cid = await _publish_context(node, await request.body())
+        await node.store.add_published([cid], time.time())  # unpinned after the node's retention, like results
         return ContextStored(cid=cid)
 
     @signed.get("/v1/node", response_model=NodeStatus, tags=["node"],
@@ -604,11 +691,12 @@ def create_app(node: "Node") -> FastAPI:
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                               "description": "Prometheus text format 0.0.4"}})
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(await _metrics(node), media_type="text/plain; version=0.0.4")
+        text = await _metrics(node) + _api_metrics(verifier, quotas)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     from node.api.sweeps import add_sweep_routes
 
-    add_sweep_routes(signed, node)
+    add_sweep_routes(signed, node, quotas)
     app.include_router(signed)
 
     def openapi() -> dict[str, Any]:
@@ -637,7 +725,7 @@ def create_app(node: "Node") -> FastAPI:
     if node.config.authorized_keys is not None:
         access = AuthorizedKeys(node.config.authorized_keys)
         access.load()
-    app.add_middleware(_Signed, verifier=RequestVerifier(), access=access)
+    app.add_middleware(_Signed, verifier=verifier, access=access)
     app.add_middleware(_BodyLimit)  # added last: runs first, so the verifier reads a bounded body
     return app
 
@@ -697,9 +785,23 @@ async def _metrics(node: "Node") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _api_metrics(verifier: RequestVerifier, quotas: Quotas) -> str:
+    lines = ["# TYPE shoal_api_refused_total counter"]
+    for name, n in quotas.refused.items():
+        lines.append(f'shoal_api_refused_total{{quota="{name}"}} {n}')
+    for name, n in verifier.nonces.refused.items():
+        lines.append(f'shoal_api_refused_total{{quota="nonces",reason="{name}"}} {n}')
+    lines.append("# TYPE shoal_api gauge")
+    lines.append(f'shoal_api{{value="event_streams"}} {quotas.streams()}')
+    lines.append(f'shoal_api{{value="nonces"}} {len(verifier.nonces)}')
+    return "\n".join(lines) + "\n"
+
+
 async def serve_api(app: FastAPI, host: str, port: int, *, tls: tuple[Path, Path] | None = None,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` on ``host:port``; with ``tls`` (certificate, key: PEM files) over HTTPS only."""
+    from functools import partial
+
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -709,4 +811,26 @@ async def serve_api(app: FastAPI, host: str, port: int, *, tls: tuple[Path, Path
         config.certfile, config.keyfile = str(tls[0]), str(tls[1])
     config.accesslog = None
     config.errorlog = None
-    await serve(app, config, task_status=task_status)
+    # Headers must arrive within keep_alive_timeout of connecting (hypercorn's idle timer runs until a
+    # request's headers are parsed), bodies within BODY_TIMEOUT (_BodyLimit). hypercorn's read_timeout
+    # stays off: it would also cut event streams and long polls, during which clients send nothing.
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    verifier: RequestVerifier | None = getattr(app.state, "verifier", None)
+    async with trio.open_nursery() as nursery:
+        if verifier is not None:
+            await nursery.start(verifier.nonces.run)  # nonces from before a restart count before anything is served
+        urls = await nursery.start(partial(serve, app, config))
+        if verifier is not None:
+            bound_port = int(urls[0].rsplit(":", 1)[1])
+            verifier.hosts = node_authorities(host, bound_port, app.state.api_names, _local_addresses())
+        task_status.started(urls)
+
+
+def _local_addresses() -> list[str]:
+    """This machine's interface addresses (a node listening on all of them answers to each)."""
+    import socket
+
+    import psutil
+
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family in (socket.AF_INET, socket.AF_INET6)]

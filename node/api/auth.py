@@ -11,22 +11,26 @@ The node's app calls it from a middleware instead (``node.api.app._Signed``), so
 before FastAPI parses the body: an unsigned request gets 401 whatever it carries.
 
 The canonical string and headers are defined once, in ``shoal._auth`` (the SDK signs with it).
-Checks run cheapest and least trusting first: headers present → key well-formed → timestamp
-within ``max_skew`` → signature over the received bytes → nonce unused. A nonce is recorded only
-after its signature verified, so unsigned garbage cannot fill the cache and evict real nonces.
+Checks run cheapest and least trusting first: headers present → signature version → host names
+this node → key well-formed → timestamp within ``max_skew`` → signature over the received bytes
+→ nonce unused. A nonce is recorded only after its signature verified, so unsigned garbage
+cannot fill the record.
 
-Replay protection is per node: the nonce cache is in memory, so a restart forgets it (a replay
-inside the 5-minute window of a pre-restart request is then possible), and a request signed
-for one node is also valid for another node within the window (the host is not signed).
+Replay protection: the host is signed, so a request made for one node is refused by another
+(``hosts``: the authorities this node answers to). Nonces are recorded durably (the node's
+SQLite store, one row per request in the writer's group commit) until their request's
+timestamp leaves the window, so a replay against a restarted node is refused too. Each client
+may hold at most ``per_client`` live nonces: past that it gets 429 with ``Retry-After``, and
+never evicts anyone else's; the node as a whole holds at most ``total`` (then 503).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import NoReturn
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, NoReturn, Protocol
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -34,8 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import HTTPException, Request
 
 from shoal._auth import (
+    AUTH_VERSION,
     HEADER_NONCE,
     HEADER_TIMESTAMP,
+    HEADER_VERSION,
     NONCE_BYTES,
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
@@ -46,77 +52,210 @@ from shoal._auth import (
     client_id_for,
 )
 
-__all__ = ["NonceCache", "RequestVerifier"]
+__all__ = ["MemoryNonceStore", "NonceLedger", "Nonces", "RequestVerifier"]
 
 _HEX = frozenset("0123456789abcdef")
 
 
-class NonceCache:
-    """Nonces seen recently, per client key, bounded in time and in size.
+NONCES_PER_CLIENT = 250_000  # live nonces one client may hold: ~830 requests/s sustained over the window
+NONCES_TOTAL = 2_000_000  # live nonces of all clients together (rows of the nonces table)
+PURGE_EVERY = 30.0  # seconds between two deletions of expired nonces
 
-    An entry is needed only while its request's timestamp is inside the verifier's window;
-    after that the timestamp check rejects a replay on its own, so entries expire. When
-    ``max_entries`` is reached the oldest entry is evicted: memory stays bounded (roughly
-    200 bytes an entry) at the price of forgetting the oldest nonce early.
-    """
+NonceVerdict = Literal["ok", "replay", "client_full", "node_full"]
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self.max_entries = max_entries
-        # (public key + nonce bytes) → expiry, in insertion order; OrderedDict because popping
-        # the oldest of a plain dict degrades once many entries have been deleted from the front.
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
+class NonceStore(Protocol):
+    """Where nonces are kept: ``node.store.Store`` on a node; ``MemoryNonceStore`` in tests."""
 
-    def add(self, public_key: bytes, nonce: bytes, *, now: float, expires_at: float) -> bool:
-        """Record ``nonce`` for ``public_key``; False if it is already recorded (a replay)."""
-        self._expire(now)
-        entry = public_key + nonce
-        if entry in self._entries:
+    async def record_nonce(self, client: str, nonce: bytes, expires: float) -> bool: ...
+    async def purge_nonces(self, now: float) -> int: ...
+    async def nonce_counts(self, now: float) -> list[tuple[str, int, int]]: ...
+
+
+class MemoryNonceStore:
+    """A ``NonceStore`` in a dict: forgets everything when the process ends (apps without a node)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, bytes], float] = {}
+
+    async def record_nonce(self, client: str, nonce: bytes, expires: float) -> bool:
+        if (client, nonce) in self._rows:
             return False
-        while len(self._entries) >= self.max_entries:
-            self._entries.popitem(last=False)
-        self._entries[entry] = expires_at
+        self._rows[(client, nonce)] = expires
         return True
 
-    def _expire(self, now: float) -> None:
-        # Entries are in arrival order, not exactly expiry order (client timestamps vary within
-        # the window); stopping at the first live one keeps this O(1) amortised, and the few
-        # expired entries left behind are only kept a little longer than needed.
-        entries = self._entries
-        while entries:
-            entry, expires_at = next(iter(entries.items()))
-            if expires_at > now:
-                return
-            del entries[entry]
+    async def purge_nonces(self, now: float) -> int:
+        stale = [k for k, expires in self._rows.items() if expires < now]
+        for k in stale:
+            del self._rows[k]
+        return len(stale)
+
+    async def nonce_counts(self, now: float) -> list[tuple[str, int, int]]:
+        counts: dict[tuple[str, int], int] = defaultdict(int)
+        for (client, _), expires in self._rows.items():
+            if expires >= now:
+                counts[(client, int(expires))] += 1
+        return [(client, second, n) for (client, second), n in counts.items()]
+
+
+class NonceLedger:
+    """How many live nonces each client holds, counted per whole second of expiry: decides
+    whether a client may record another without keeping the nonces themselves in memory.
+
+    Pure (no clock, no I/O): callers pass ``now``.
+    """
+
+    def __init__(self, per_client: int = NONCES_PER_CLIENT, total: int = NONCES_TOTAL) -> None:
+        if per_client < 1 or total < 1:
+            raise ValueError("nonce bounds must be at least 1")
+        self.per_client = per_client
+        self.total_limit = total
+        self.total = 0
+        self._clients: dict[str, int] = {}
+        self._seconds: dict[int, dict[str, int]] = {}  # expiry second -> client -> count
+        self._floor: int | None = None  # every second before it has been forgotten
+
+    def held(self, client: str) -> int:
+        return self._clients.get(client, 0)
+
+    def room(self, client: str, now: float) -> NonceVerdict:
+        """"ok", or which bound a new nonce of ``client`` would cross."""
+        self.forget(now)
+        if self._clients.get(client, 0) >= self.per_client:
+            return "client_full"
+        if self.total >= self.total_limit:
+            return "node_full"
+        return "ok"
+
+    def add(self, client: str, expires: float, n: int = 1) -> None:
+        second = int(expires)
+        bucket = self._seconds.setdefault(second, {})
+        bucket[client] = bucket.get(client, 0) + n
+        self._clients[client] = self._clients.get(client, 0) + n
+        self.total += n
+        if self._floor is None or second < self._floor:
+            self._floor = second
+
+    def remove(self, client: str, expires: float) -> None:
+        """Undo one ``add`` (the nonce turned out to be a replay)."""
+        bucket = self._seconds.get(int(expires), {})
+        if bucket.get(client, 0) > 0:
+            self._drop(int(expires), client, 1)
+
+    def forget(self, now: float) -> None:
+        """Drop the counts of every second that ended before ``now``."""
+        if self._floor is None:
+            return
+        end = int(now)
+        if not self._seconds:
+            self._floor = end
+            return
+        if end - self._floor > len(self._seconds):  # a long gap: visit the seconds held, not every second
+            for second in [s for s in self._seconds if s < end]:
+                for client, n in list(self._seconds[second].items()):
+                    self._drop(second, client, n)
+        else:
+            for second in range(self._floor, end):
+                for client, n in list(self._seconds.get(second, {}).items()):
+                    self._drop(second, client, n)
+        self._floor = max(self._floor, end)
+
+    def retry_after(self, client: str, now: float) -> int:
+        """Seconds until ``client``'s oldest live nonce expires (at least 1)."""
+        for second in sorted(self._seconds):
+            if client in self._seconds[second]:
+                return max(1, math.ceil(second + 1 - now))
+        return 1
+
+    def _drop(self, second: int, client: str, n: int) -> None:
+        bucket = self._seconds[second]
+        bucket[client] -= n
+        if bucket[client] <= 0:
+            del bucket[client]
+            if not bucket:
+                del self._seconds[second]
+        self._clients[client] -= n
+        if self._clients[client] <= 0:
+            del self._clients[client]
+        self.total -= n
+
+
+class Nonces:
+    """Used nonces, per client, kept durably in ``store`` until their request's timestamp is stale,
+    and bounded by a ``NonceLedger``. ``load`` reads the live counts back after a restart; ``run``
+    purges expired rows every ``PURGE_EVERY`` seconds."""
+
+    def __init__(self, store: NonceStore | None = None, *, per_client: int = NONCES_PER_CLIENT,
+                 total: int = NONCES_TOTAL) -> None:
+        self.store: NonceStore = store if store is not None else MemoryNonceStore()
+        self.ledger = NonceLedger(per_client, total)
+        self.refused = {"replay": 0, "client_full": 0, "node_full": 0}  # for /metrics
+
+    def __len__(self) -> int:
+        return self.ledger.total
+
+    async def load(self, now: float) -> None:
+        for client, second, n in await self.store.nonce_counts(now):
+            self.ledger.add(client, second, n)
+
+    async def record(self, client: str, nonce: bytes, *, expires: float, now: float) -> NonceVerdict:
+        verdict = self.ledger.room(client, now)
+        if verdict == "ok":
+            self.ledger.add(client, expires)  # counted before the write: concurrent requests see it
+            if not await self.store.record_nonce(client, nonce, expires):
+                self.ledger.remove(client, expires)
+                verdict = "replay"
+        if verdict != "ok":
+            self.refused[verdict] += 1
+        return verdict
+
+    async def run(self, clock: Callable[[], float] = time.time, *, task_status: Any = None) -> None:
+        """Load the live counts (before the API serves: ``nursery.start``), then purge for ever."""
+        import trio
+
+        await self.load(clock())
+        (task_status or trio.TASK_STATUS_IGNORED).started()
+        while True:
+            await trio.sleep(PURGE_EVERY)
+            await self.store.purge_nonces(clock())
 
 
 class RequestVerifier:
-    """FastAPI dependency: ``client_id: str = Depends(verifier)``. Raises 401 naming the problem.
+    """FastAPI dependency: ``client_id: str = Depends(verifier)``. Raises 401 naming the problem
+    (429 or 503 with ``Retry-After`` when a nonce bound is reached).
 
-    One instance per app (it owns the nonce cache). ``clock`` returns unix seconds; tests
-    inject their own.
+    One instance per app (it owns the nonces). ``hosts``: the ``Host`` values (lower case) this
+    node answers to; None accepts any (an app that is not a node). ``clock`` returns unix
+    seconds; tests inject their own.
     """
 
     def __init__(
         self,
         *,
         max_skew: int = 300,
-        nonce_cache: NonceCache | None = None,
+        nonces: Nonces | None = None,
+        hosts: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_skew = max_skew
-        self.nonces = nonce_cache if nonce_cache is not None else NonceCache()
+        self.nonces = nonces if nonces is not None else Nonces()
+        self.hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
         self._clock = clock
 
-    async def __call__(self, request: Request) -> str:
+    async def __call__(self, request: Request, admit: Callable[[bytes], None] | None = None) -> str:
+        """``admit(public_key)`` runs once the signature verified, before the nonce is recorded: it
+        raises to refuse the key (403), so a stranger's requests take no room in the nonce store."""
         headers = request.headers
         missing = [name for name in SIGNATURE_HEADERS if not headers.get(name)]
         if missing:
             _reject(f"missing signature headers: {', '.join(missing)}")
+        if headers.get(HEADER_VERSION) != AUTH_VERSION:
+            _reject(f"this node takes requests signed with version {AUTH_VERSION} of the canonical string "
+                    f"(it covers the host; {HEADER_VERSION}: {AUTH_VERSION}): upgrade your Shoal client")
+        host = headers.get("host", "")
+        if self.hosts is not None and host.lower() not in self.hosts:
+            _reject(f"the request was made for host {host[:100]!r}, which is not a name of this node "
+                    "(a node's names: its API address, and each shoal serve --api-name)")
         key_text, timestamp, nonce, signature_text = (headers[name] for name in SIGNATURE_HEADERS)
 
         try:
@@ -140,7 +279,7 @@ class RequestVerifier:
         body = await request.body()  # Starlette caches it: the route can still read the body
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode("ascii")
         target = canonical_target(raw_path.split(b"?", 1)[0], request.scope.get("query_string", b""))
-        message = canonical_request(request.method, target, timestamp, nonce, body)
+        message = canonical_request(request.method, host, target, timestamp, nonce, body)
         try:
             signature = b64decode(signature_text)
             if len(signature) != SIGNATURE_BYTES:
@@ -149,16 +288,62 @@ class RequestVerifier:
         except (ValueError, InvalidSignature):
             _reject("bad signature")
 
-        if not self.nonces.add(
-            public_key, bytes.fromhex(nonce), now=now, expires_at=int(timestamp) + self.max_skew
-        ):
-            _reject("nonce already used")
-
+        if admit is not None:
+            admit(public_key)
         client_id = client_id_for(public_key)
+        verdict = await self.nonces.record(client_id, bytes.fromhex(nonce), now=now,
+                                           expires=int(timestamp) + self.max_skew)
+        if verdict == "replay":
+            _reject("nonce already used")
+        if verdict != "ok":
+            retry = str(self.nonces.ledger.retry_after(client_id, now) if verdict == "client_full" else 10)
+            who = (f"client {client_id} has signed {self.nonces.ledger.per_client} requests within the "
+                   f"{2 * self.max_skew} s replay window" if verdict == "client_full"
+                   else "this node holds as many signed requests as it can remember")
+            raise HTTPException(429 if verdict == "client_full" else 503, detail=f"{who}: retry in {retry} s",
+                                headers={"Retry-After": retry})
+
         request.state.client_id = client_id
-        request.state.public_key = public_key  # for the authorization that follows (node.api.access)
+        request.state.public_key = public_key
         return client_id
 
 
 def _reject(detail: str) -> NoReturn:
     raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Shoal-Ed25519"})
+
+
+def node_authorities(bind_host: str, port: int, names: Iterable[str] = (),
+                     local_addresses: Iterable[str] = ()) -> frozenset[str]:
+    """The ``Host`` values (lower case) that name this node: its API address, loopback names when
+    it listens on loopback, every local address and the host name when it listens on all of
+    them (``local_addresses``, ``socket.gethostname()``), and each extra name (``--api-name``;
+    one without a port stands for itself and for itself with ``port``)."""
+    import ipaddress
+    import socket
+
+    def with_port(name: str) -> str:
+        return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+    bind = bind_host.strip("[]").lower()
+    loopback = {"127.0.0.1", "localhost", "::1"}
+    hosts: set[str] = {bind}
+    try:
+        address = ipaddress.ip_address(bind)
+        wildcard, is_loopback = address.is_unspecified, address.is_loopback
+    except ValueError:
+        wildcard, is_loopback = False, bind == "localhost"
+    if is_loopback or wildcard:
+        hosts |= loopback
+    if wildcard:
+        hosts |= {a.split("%")[0].lower() for a in local_addresses}
+        hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    out = {with_port(h) for h in hosts}
+    if port in (80, 443):  # clients leave the scheme's default port out of Host
+        out |= {f"[{h}]" if ":" in h else h for h in hosts}
+    for name in names:
+        name = name.strip().lower()
+        if name:
+            out.add(name)
+            if ":" not in name.rsplit("]", 1)[-1]:
+                out.add(f"{name}:{port}")
+    return frozenset(out)

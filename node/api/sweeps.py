@@ -20,6 +20,7 @@ from node.api.app import (
     _error,
     _error_doc,
     _last_event_id,
+    _refused,
     _unencodable,
     event_stream,
     result_tar,
@@ -28,6 +29,7 @@ from node.api.app import (
 from requester import UnknownJob
 
 if TYPE_CHECKING:
+    from node.api.quotas import Quotas
     from node.daemon import Node
     from requester.sweeps import SweepService
 
@@ -38,7 +40,7 @@ class SweepSubmitRequest(UntrustedBody, _SweepSubmitRequest):
     """``jobs.views.SweepSubmitRequest`` for the API (see ``UntrustedBody``)."""
 
 
-def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
+def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = None) -> None:
     Client = Annotated[str, Depends(_client_id)]
 
     def service() -> "SweepService":
@@ -76,6 +78,10 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
         where = _unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:
             return _error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
+        if quotas is not None:  # a sweep counts as one submission; its indexes are not jobs in flight
+            refusal = quotas.submit(client, node.requester.in_flight(client) if node.requester else 0)
+            if refusal is not None:
+                return _refused(refusal)
         sweep, created = await service().submit(body.spec, client, idempotency_key)
         if not created:
             response.status_code = 200
@@ -161,4 +167,4 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
     async def events(sweep_id: str, client: Client,
                      last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> StreamingResponse:
         await owned(sweep_id, client, shared=True)
-        return event_stream(node, sweep_id, _last_event_id(last_event_id), current_state)
+        return event_stream(node, sweep_id, _last_event_id(last_event_id), current_state, quotas, client)

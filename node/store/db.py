@@ -23,6 +23,7 @@ import trio
 
 from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
 from jobs.sweep import IndexRecord, Sweep
+from node.store.bell import EventBell
 from node.store.sealed import Sealer, SealError
 
 SCHEMA = """
@@ -110,6 +111,13 @@ CREATE TABLE IF NOT EXISTS shares (  -- a job or sweep its owner lets another cl
     created_at REAL NOT NULL,
     PRIMARY KEY (target, client)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nonces (  -- API: nonces of signed requests, kept while their timestamp is valid
+    client TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (client, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_expires ON nonces(expires);
 CREATE TABLE IF NOT EXISTS job_secrets (  -- requester side: a live job's secret_env, sealed (see sealed.py)
     job_id TEXT PRIMARY KEY,
     env TEXT NOT NULL
@@ -199,6 +207,7 @@ class Store:
         self._read_lock = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
         self._commits = self._writes = self._stale = 0
+        self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task. Runs until cancelled; then closes the connections."""
@@ -346,6 +355,8 @@ class Store:
                 conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
 
         await self._write(op)
+        if erows:
+            self.bell.ring(row[0] for row in erows)
 
     async def save_sweep(
         self,
@@ -398,11 +409,51 @@ class Store:
                                  " VALUES (?,?,?,?,?,?,?)", erows)
 
         await self._write(op)
+        if erows:
+            self.bell.ring(row[0] for row in erows)
 
     async def add_published(self, cids: Sequence[str], at: float) -> None:
-        """Remember results this node published outside an execution record, so retention finds them."""
+        """Remember results (or uploaded contexts) this node published outside an execution record, so
+        retention finds them; publishing one again counts from the latest time."""
         rows = [(cid, at) for cid in cids]
-        await self._write(lambda c: c.executemany("INSERT OR IGNORE INTO published (cid, at) VALUES (?,?)", rows))
+        await self._write(lambda c: c.executemany(
+            "INSERT INTO published (cid, at) VALUES (?,?) ON CONFLICT(cid) DO UPDATE SET at=max(at, excluded.at)",
+            rows))
+
+    # -- nonces of signed API requests (replay protection, see node.api.auth) ----------------------
+
+    async def record_nonce(self, client: str, nonce: bytes, expires: float) -> bool:
+        """Record a request's nonce durably; False if this client used it before (a replay).
+
+        Each call is one row in the writer's next group commit, so a busy API costs one commit
+        per batch of requests, not one per request.
+        """
+        fresh = False
+
+        def op(conn: sqlite3.Connection) -> None:
+            nonlocal fresh
+            fresh = conn.execute("INSERT OR IGNORE INTO nonces (client, nonce, expires) VALUES (?,?,?)",
+                                 (client, nonce, expires)).rowcount == 1
+
+        await self._write(op)
+        return fresh
+
+    async def purge_nonces(self, now: float) -> int:
+        """Delete the nonces whose requests' timestamps are no longer accepted."""
+        removed = 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            nonlocal removed
+            removed = conn.execute("DELETE FROM nonces WHERE expires < ?", (now,)).rowcount
+
+        await self._write(op)
+        return removed
+
+    async def nonce_counts(self, now: float) -> list[tuple[str, int, int]]:
+        """(client, whole second of expiry, how many) of the nonces still live at ``now``."""
+        return await self._read(lambda c: c.execute(
+            "SELECT client, CAST(expires AS INTEGER), COUNT(*) FROM nonces WHERE expires >= ? GROUP BY 1, 2",
+            (now,)).fetchall())
 
     # -- sweeps (reads) ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shoal import Client, ClientKey, ShoalAuth
-from shoal._auth import SIGNATURE_HEADERS
+from shoal._auth import HEADER_VERSION, SIGNATURE_HEADERS
 from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,8 @@ class SignedRequests(requests.auth.AuthBase):
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
-        request.headers.update(self.auth.headers_for(request.method or "GET", request.path_url.encode(), body))
+        host = urllib.parse.urlsplit(request.url or "").netloc
+        request.headers.update(self.auth.headers_for(request.method or "GET", host, request.path_url.encode(), body))
         return request
 
 
@@ -132,7 +134,8 @@ def test_the_schema_lists_exactly_the_operations_tested_here(node: Node) -> None
 
 def test_the_schema_documents_signing_and_errors(node: Node) -> None:
     raw = node.schema.raw_schema
-    assert set(raw["components"]["securitySchemes"]) == {"ShoalKey", "ShoalTimestamp", "ShoalNonce", "ShoalSignature"}
+    assert set(raw["components"]["securitySchemes"]) == {"ShoalKey", "ShoalTimestamp", "ShoalNonce", "ShoalSignature",
+                                                         "ShoalAuthVersion"}
     for method, path in OPERATIONS:
         operation = raw["paths"][path][method.lower()]
         if path in UNSIGNED:
@@ -173,10 +176,10 @@ def test_no_5xx_and_responses_match_the_schema(node: Node, method: str, path: st
               deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def check(case: schemathesis.Case) -> None:
-        # The schema declares the four signature headers; schemathesis fills them with strings,
+        # The schema declares the five signature headers; schemathesis fills them with strings,
         # which the signer replaces. A negative case may leave some out on purpose: that one
         # goes unsigned, and must be refused.
-        sign = path in UNSIGNED or all(name in (case.headers or {}) for name in SIGNATURE_HEADERS)
+        sign = path in UNSIGNED or all(name in (case.headers or {}) for name in (*SIGNATURE_HEADERS, HEADER_VERSION))
         kwargs = {"base_url": API, "auth": auth if sign else None}
         response = case.call(timeout=30, **kwargs)
         seen[response.status_code] += 1

@@ -13,12 +13,13 @@ import pytest
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 
-from node.api.auth import NonceCache, RequestVerifier
+from node.api.auth import MemoryNonceStore, NonceLedger, Nonces, RequestVerifier, node_authorities
 from shoal._auth import (
     HEADER_KEY,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    HEADER_VERSION,
     SIGNATURE_HEADERS,
     ClientKey,
     ShoalAuth,
@@ -131,10 +132,10 @@ def test_client_id_format(key: ClientKey) -> None:
 
 def test_canonical_string_layout() -> None:
     body = b'{"a":1}'
-    message = canonical_request("post", b"/v1/jobs?x=1", "1700000000", "ab" * 16, body)
+    message = canonical_request("post", "Node.example:8700", b"/v1/jobs?x=1", "1700000000", "ab" * 16, body)
     assert (
         message
-        == b"POST\n/v1/jobs?x=1\n1700000000\n"
+        == b"shoal-auth-2\nPOST\nnode.example:8700\n/v1/jobs?x=1\n1700000000\n"
         + b"ab" * 16
         + b"\n"
         + hashlib.sha256(body).hexdigest().encode()
@@ -237,18 +238,102 @@ async def test_unsigned_garbage_does_not_fill_the_nonce_cache(http, verifier, ke
 # -- nonce cache ---------------------------------------------------------------------------------
 
 
-def test_nonce_cache_is_per_key_bounded_and_expires() -> None:
-    cache = NonceCache(max_entries=3)
-    a, b = b"a" * 32, b"b" * 32
-    assert cache.add(a, b"n1", now=0, expires_at=300)
-    assert not cache.add(a, b"n1", now=1, expires_at=301)
-    assert cache.add(b, b"n1", now=1, expires_at=301)  # same nonce, other client: fine
-    assert cache.add(a, b"n2", now=2, expires_at=302)
-    assert cache.add(a, b"n3", now=3, expires_at=303)  # full: the oldest (a, n1) is evicted
-    assert len(cache) == 3
-    assert cache.add(a, b"n1", now=4, expires_at=304)
-    assert cache.add(a, b"n4", now=1000, expires_at=1300)  # everything else expired
-    assert len(cache) == 1
+def test_nonce_ledger_bounds_each_client_and_forgets_expired_seconds() -> None:
+    ledger = NonceLedger(per_client=2, total=3)
+    assert ledger.room("a", now=0) == "ok"
+    ledger.add("a", expires=300.5)
+    ledger.add("a", expires=301.2)
+    assert ledger.room("a", now=1) == "client_full"  # a's bound: a is refused, nobody is evicted
+    assert ledger.retry_after("a", now=1) == 300
+    assert ledger.room("b", now=1) == "ok"
+    ledger.add("b", expires=310)
+    assert ledger.room("c", now=1) == "node_full"
+    assert ledger.held("a") == 2 and ledger.held("b") == 1
+    assert ledger.room("a", now=301) == "ok"  # the second ending at 301 is over: one of a's expired
+    assert ledger.held("a") == 1 and ledger.total == 2
+    ledger.remove("a", expires=301.2)
+    assert ledger.held("a") == 0
+    assert ledger.room("c", now=10_000) == "ok" and ledger.total == 0  # a long gap forgets everything
+
+
+async def test_nonces_survive_a_restart_of_the_store(tmp_path: Path) -> None:
+    """Nonces live in SQLite: a new ``Nonces`` on the same file (a restarted node) refuses a replay,
+    and counts what the client already holds against its bound."""
+    import trio
+
+    from node.store import Store
+
+    async def session(check) -> None:
+        store = Store(tmp_path / "shoal.db")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            nonces = Nonces(store, per_client=3)
+            await nonces.load(now=NOW)
+            await check(nonces, store)
+            nursery.cancel_scope.cancel()
+
+    async def first(nonces: Nonces, store: Store) -> None:
+        assert await nonces.record("a", b"n1", expires=NOW + 300, now=NOW) == "ok"
+        assert await nonces.record("a", b"n2", expires=NOW + 300, now=NOW) == "ok"
+        assert await nonces.record("a", b"old", expires=NOW - 1, now=NOW) == "ok"
+
+    async def after_restart(nonces: Nonces, store: Store) -> None:
+        assert len(nonces) == 2  # the expired one is not counted
+        assert await nonces.record("a", b"n1", expires=NOW + 300, now=NOW) == "replay"
+        assert await nonces.record("b", b"n1", expires=NOW + 300, now=NOW) == "ok"  # same nonce, other client
+        assert await nonces.record("a", b"n3", expires=NOW + 300, now=NOW) == "ok"
+        assert await nonces.record("a", b"n4", expires=NOW + 300, now=NOW) == "client_full"
+        assert await store.purge_nonces(NOW) == 1  # the expired row goes
+        assert nonces.refused == {"replay": 1, "client_full": 1, "node_full": 0}
+
+    await session(first)
+    await session(after_restart)
+
+
+async def test_a_client_over_its_nonce_bound_gets_429_not_eviction(clock, key) -> None:
+    verifier = RequestVerifier(nonces=Nonces(MemoryNonceStore(), per_client=2), clock=clock)
+    transport = httpx.ASGITransport(app=make_app(verifier))
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+        victim = ClientKey.generate()
+        theirs = signed(http, victim, "POST", "/v1/echo", clock, json={"text": "victim's"})
+        assert (await http.send(theirs)).status_code == 200
+        for n in range(2):
+            response = await http.send(signed(http, key, "POST", "/v1/echo", clock, json={"text": str(n)}))
+            assert response.status_code == 200
+        over = await http.send(signed(http, key, "POST", "/v1/echo", clock, json={"text": "3"}))
+        assert over.status_code == 429
+        assert int(over.headers["Retry-After"]) >= 1
+        # the flood evicted nothing: the victim's request still cannot be replayed, and it can go on
+        assert detail(await http.send(theirs)) == "nonce already used"
+        assert (await http.send(signed(http, victim, "POST", "/v1/echo", clock, json={"text": "x"}))).status_code == 200
+
+
+async def test_old_signature_version_is_told_to_upgrade(http, key, clock) -> None:
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+    del request.headers[HEADER_VERSION]
+    assert "upgrade your Shoal client" in detail(await http.send(request))
+
+
+async def test_request_signed_for_another_host_is_refused(key, clock) -> None:
+    verifier = RequestVerifier(hosts=node_authorities("127.0.0.1", 8700), clock=clock)
+    transport = httpx.ASGITransport(app=make_app(verifier))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8700") as http:
+        mine = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+        theirs = signed(http, key, "POST", "http://127.0.0.1:8701/v1/echo", clock, json={"text": "x"})
+        assert "not a name of this node" in detail(await http.send(theirs))  # made for another node
+        moved = http.build_request("POST", "/v1/echo", json={"text": "x"}, headers=theirs.headers)
+        moved.headers["Host"] = "127.0.0.1:8700"  # claims to be for this node: the signature says otherwise
+        assert detail(await http.send(moved)) == "bad signature"
+        assert (await http.send(mine)).status_code == 200
+
+
+def test_node_authorities() -> None:
+    assert node_authorities("127.0.0.1", 8700) == {"127.0.0.1:8700", "localhost:8700", "[::1]:8700"}
+    assert node_authorities("10.0.0.5", 80, ["API.example.com", "[2001:db8::1]"]) == {
+        "10.0.0.5:80", "10.0.0.5", "api.example.com", "api.example.com:80", "[2001:db8::1]", "[2001:db8::1]:80"}
+    wildcard = node_authorities("0.0.0.0", 8700, local_addresses=["192.168.1.7", "fe80::1%eth0"])
+    assert {"192.168.1.7:8700", "[fe80::1]:8700", "127.0.0.1:8700"} <= wildcard
+    assert "192.168.1.8:8700" not in wildcard
 
 
 # -- key file ------------------------------------------------------------------------------------

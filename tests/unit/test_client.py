@@ -214,6 +214,7 @@ class FakeNode:
             path, _, query = request.url.raw_path.partition(b"?")
             message = canonical_request(
                 request.method,
+                request.headers["Host"],
                 canonical_target(path, query),
                 request.headers[HEADER_TIMESTAMP],
                 request.headers[HEADER_NONCE],

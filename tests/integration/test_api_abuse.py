@@ -1,0 +1,233 @@
+"""Replays and abuse against real ``shoal serve`` processes (issue #17, item 3).
+
+What an attacker gets, and what honest clients still get: a replayed request is refused by a
+restarted node and by another node; an oversized body is refused from its Content-Length
+without being read; an idle connection is closed; per-client quotas answer 429 with
+Retry-After and are counted in /metrics; an event stream is woken by a new event (well before
+its timer would); a job without a finite bid deadline is refused; an uploaded context is
+removed after the node's retention.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shoal import Client, ClientKey, ShoalAuth
+from tests.integration.rogue import free_base_port
+from tests.integration.single_node import noop_node
+
+pytestmark = pytest.mark.slow
+
+BASE = free_base_port(3)
+PORT = BASE  # node A: defaults, short retention
+QUOTA_PORT = BASE + 1  # node B: small quotas
+RESTART_PORT = BASE + 2
+A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
+PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
+RETENTION = 2.0
+
+
+@pytest.fixture(scope="module")
+def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("abuse-a")
+    with noop_node(home, PORT, args=["--retention", f"{RETENTION:g}"]):
+        yield home
+
+
+@pytest.fixture(scope="module")
+def node_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("abuse-b")
+    with noop_node(home, QUOTA_PORT, args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
+                                                 "--quota-event-streams", "1"]):  # fmt: skip
+        yield home
+
+
+def signed(http: httpx.Client, key: ClientKey, method: str, url: str, **kw) -> httpx.Request:
+    return ShoalAuth(key).sign(http.build_request(method, url, **kw))
+
+
+def error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+def raw_exchange(port: int, head: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send ``head`` (request line and headers, no body) and read the response (headers and the
+    body its Content-Length announces); returns it and how long it took to come."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        headers, _, body = received.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return headers + b"\r\n\r\n" + body, time.monotonic() - started
+
+
+# -- replays ---------------------------------------------------------------------------------------
+
+
+def test_replay_against_a_restarted_node_is_refused(tmp_path: Path) -> None:
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        request = signed(http, key, "POST", f"http://127.0.0.1:{RESTART_PORT}/v1/jobs",
+                         json={"spec": {"engine": {"name": "noop"}}})
+        with noop_node(tmp_path, RESTART_PORT):
+            assert http.send(request).status_code == 201
+        with noop_node(tmp_path, RESTART_PORT):  # same data dir: a restart
+            assert error(http.send(request), 401)["message"] == "nonce already used"
+            jobs = signed(http, key, "GET", f"http://127.0.0.1:{RESTART_PORT}/v1/jobs")
+            assert http.send(jobs).json()["total"] == 1  # the replay made no second job
+            assert http.send(signed(http, key, "GET", f"http://127.0.0.1:{RESTART_PORT}/v1/jobs")).status_code == 200
+
+
+def test_request_signed_for_one_node_is_refused_by_another(node_a: Path, node_b: Path) -> None:
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for_a = signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": PENDING})
+        to_b = http.build_request("POST", f"{B}/v1/jobs", content=for_a.content, headers=for_a.headers)
+        assert to_b.headers["Host"] == f"127.0.0.1:{PORT}"  # sent to B as it was made: for A
+        assert "not a name of this node" in error(http.send(to_b), 401)["message"]
+        to_b.headers["Host"] = f"127.0.0.1:{QUOTA_PORT}"  # relabelled for B: no longer what was signed
+        assert error(http.send(to_b), 401)["message"] == "bad signature"
+        listed = http.send(signed(http, key, "GET", f"{B}/v1/jobs")).json()
+        assert listed["total"] == 0  # B ran nothing of it
+        assert http.send(for_a).status_code == 201  # and A, the node it was made for, takes it
+
+
+# -- bodies and connections -----------------------------------------------------------------------
+
+
+def test_oversized_content_length_is_refused_without_reading_the_body(node_a: Path) -> None:
+    """The headers promise 100 MB (or 13 MiB of context) and no byte of body follows: the node
+    answers 413 at once rather than waiting for (or reading) any of it."""
+    for path, size in (("/v1/jobs", 100_000_000), ("/v1/contexts", 13 << 20)):
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {size}\r\n\r\n").encode()  # fmt: skip
+        answer, took = raw_exchange(PORT, head)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"body_too_large" in answer
+        assert took < 5
+
+
+def test_idle_connection_is_closed(node_a: Path) -> None:
+    """A connection that never sends its request (slowloris) is closed after the keep-alive timeout."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", PORT), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        assert sock.recv(100) == b""  # closed by the node
+    assert time.monotonic() - started < 15
+
+
+# -- quotas ------------------------------------------------------------------------------------------
+
+
+def test_quotas_answer_429_with_retry_after(node_b: Path) -> None:
+    fast, holder = ClientKey.generate(), ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        # submissions per second: 2 (bursts of 4); a fifth at once is refused
+        codes = [http.send(signed(http, fast, "POST", f"{B}/v1/jobs", json={"spec": {"engine": {"name": "noop"}}}))
+                 for _ in range(5)]  # fmt: skip
+        assert [r.status_code for r in codes[:4]] == [201] * 4
+        refused = error(codes[4], 429)
+        assert refused["code"] == "too_many_requests" and "per second" in refused["message"]
+        assert int(codes[4].headers["Retry-After"]) >= 1
+
+        # jobs in flight: 2 pending jobs, then a third is refused until one ends
+        pending = [http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING})) for _ in range(2)]
+        ids = [r.json()["job"]["id"] for r in pending]
+        third = http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING}))
+        assert "jobs in flight" in error(third, 429)["message"] and third.headers["Retry-After"]
+
+        # open event streams: 1; a second is refused while the first is open, accepted once it closes
+        with http.stream("GET", f"{B}/v1/jobs/{ids[0]}/events", auth=ShoalAuth(holder)) as first:
+            assert first.status_code == 200
+            second = http.send(signed(http, holder, "GET", f"{B}/v1/jobs/{ids[1]}/events"))
+            assert "event streams" in error(second, 429)["message"] and second.headers["Retry-After"]
+        assert http.send(signed(http, holder, "POST", f"{B}/v1/jobs/{ids[0]}/cancel")).status_code == 200
+        time.sleep(0.5)  # the closed stream's slot comes back when the node notices the disconnect
+        with http.stream("GET", f"{B}/v1/jobs/{ids[1]}/events", auth=ShoalAuth(holder)) as again:
+            assert again.status_code == 200
+        fourth = http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING}))
+        assert fourth.status_code == 201  # one of the two ended: room again
+
+        # another client is not limited by them, and /metrics counts each refusal
+        other = http.send(signed(http, ClientKey.generate(), "POST", f"{B}/v1/jobs", json={"spec": PENDING}))
+        assert other.status_code == 201
+        metrics = http.get(f"{B}/metrics").text
+    for quota in ("jobs_in_flight", "submits_per_second", "event_streams"):
+        line = next(x for x in metrics.splitlines() if x.startswith(f'shoal_api_refused_total{{quota="{quota}"}}'))
+        assert int(line.split()[-1]) >= 1, line
+
+
+# -- deadlines, event streams, contexts -----------------------------------------------------------------
+
+
+def test_a_job_without_a_finite_bid_deadline_is_refused(node_a: Path) -> None:
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for bid in (None, 10 * 24 * 3600):
+            spec = {"engine": {"name": "noop"}, "deadlines": {"bid": bid}}
+            refused = error(http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": spec})), 422)
+            assert "deadlines.bid" in refused["message"] and refused["fields"] == ["spec"]
+            sweep = {"job": spec, "grid": {"x": ["1", "2"]}}
+            refused = error(http.send(signed(http, key, "POST", f"{A}/v1/sweeps", json={"spec": sweep})), 422)
+            assert "deadlines.bid" in refused["message"]
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
+        ok = {"engine": {"name": "noop"}, "deadlines": {"bid": 3600}}
+        assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": ok})).status_code == 201
+
+
+def test_event_stream_is_woken_by_a_new_event(node_a: Path) -> None:
+    """A stream waiting on a pending job sees its Cancelled event well within the 5 s the stream
+    would otherwise sleep: it was woken by the write, not by its timer."""
+    key = ClientKey.generate()
+    with Client(A, key=key) as client, httpx.Client(timeout=30) as http:
+        job = client.submit(PENDING).job.id
+        with http.stream("GET", f"{A}/v1/jobs/{job}/events", auth=ShoalAuth(key)) as stream:
+            lines = stream.iter_lines()
+            while next(lines) != "event: Announced":
+                pass
+            time.sleep(1.0)  # the stream is now asleep, waiting
+            cancelled_at = time.monotonic()
+            client.cancel(job)
+            while next(lines) != "event: Cancelled":
+                pass
+            took = time.monotonic() - cancelled_at
+    assert took < 1.0, took
+
+
+def test_an_uploaded_context_is_removed_after_the_retention(node_a: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"print('hello')\n"
+        info = tarfile.TarInfo("main.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with Client(A, key=ClientKey.generate()) as client:
+        cid = client.upload_context(buf.getvalue())
+    stored = node_a / "node" / "results" / cid
+    assert stored.exists()
+    deadline = time.monotonic() + RETENTION + 10
+    while stored.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stored.exists()

@@ -1,0 +1,59 @@
+"""Per-client API quotas (node.api.quotas): decisions only, with an injected clock."""
+
+from __future__ import annotations
+
+from node.api.quotas import MAX_TRACKED, QuotaLimits, Quotas
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_submissions_per_second_refill_and_say_when_to_retry() -> None:
+    clock = Clock()
+    quotas = Quotas(QuotaLimits(submits_per_second=2, submit_burst=3), clock=clock)
+    assert [quotas.submit("a", 0) for _ in range(3)] == [None] * 3  # the burst
+    refusal = quotas.submit("a", 0)
+    assert refusal is not None and refusal.quota == "submits_per_second" and refusal.retry_after == 1
+    assert quotas.submit("b", 0) is None  # another client has its own bucket
+    clock.now += 0.5  # one token back (2 per second)
+    assert quotas.submit("a", 0) is None
+    assert quotas.submit("a", 0) is not None
+    clock.now += 100  # refills to the burst, never beyond
+    assert [quotas.submit("a", 0) is None for _ in range(4)] == [True, True, True, False]
+    assert quotas.refused["submits_per_second"] == 3
+
+
+def test_jobs_in_flight_refuse_without_spending_a_token() -> None:
+    quotas = Quotas(QuotaLimits(jobs_in_flight=2, submits_per_second=1, submit_burst=1), clock=Clock())
+    refusal = quotas.submit("a", in_flight=2)
+    assert refusal is not None and refusal.quota == "jobs_in_flight" and refusal.retry_after >= 1
+    assert quotas.submit("a", in_flight=1) is None  # the refused submit took no token
+
+
+def test_event_streams_are_counted_until_closed() -> None:
+    quotas = Quotas(QuotaLimits(event_streams=2), clock=Clock())
+    assert quotas.open_stream("a") is None and quotas.open_stream("a") is None
+    refusal = quotas.open_stream("a")
+    assert refusal is not None and refusal.quota == "event_streams"
+    assert quotas.open_stream("b") is None
+    assert quotas.streams() == 3
+    quotas.close_stream("a")
+    assert quotas.open_stream("a") is None
+    for _ in range(5):  # closing more than was opened never goes negative or grants extra
+        quotas.close_stream("b")
+    assert quotas.streams() == 2
+
+
+def test_many_clients_keep_memory_bounded() -> None:
+    clock = Clock()
+    quotas = Quotas(QuotaLimits(submits_per_second=10, submit_burst=10), clock=clock)
+    for i in range(MAX_TRACKED):
+        quotas.submit(f"c{i}", 0)
+    clock.now += 10  # every bucket has refilled: forgetting them changes no decision
+    quotas.submit("newcomer", 0)
+    assert len(quotas._buckets) == 1

@@ -1,0 +1,30 @@
+"""Every job has a finite bid deadline: new submissions without one are refused; records from
+before keep loading and wait at most MAX_BID_DEADLINE."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from jobs import JobSpec
+from jobs.spec import MAX_BID_DEADLINE
+from jobs.views import SubmitRequest, SweepSubmitRequest
+
+
+def test_a_new_job_or_sweep_needs_a_finite_bid_deadline() -> None:
+    for bid in (None, MAX_BID_DEADLINE + 1):
+        spec = {"engine": {"name": "noop"}, "deadlines": {"bid": bid}}
+        with pytest.raises(ValidationError, match=r"deadlines\.bid"):
+            SubmitRequest.model_validate({"spec": spec})
+        with pytest.raises(ValidationError, match=r"job\.deadlines\.bid"):
+            SweepSubmitRequest.model_validate({"spec": {"job": spec, "grid": {"x": ["1"]}}})
+    ok = SubmitRequest.model_validate({"spec": {"engine": {"name": "noop"}, "deadlines": {"bid": MAX_BID_DEADLINE}}})
+    assert ok.spec.deadlines.bid_limit == MAX_BID_DEADLINE
+
+
+def test_a_stored_spec_without_a_limit_still_loads_and_is_capped() -> None:
+    """A job an older node stored with ``bid: null`` (or a huge one) is restored, and ends in time."""
+    for bid in (None, 1e12):
+        spec = JobSpec.model_validate({"engine": {"name": "noop"}, "deadlines": {"bid": bid}})
+        assert spec.deadlines.bid_limit == MAX_BID_DEADLINE
+    assert JobSpec.model_validate({"engine": {"name": "noop"}}).deadlines.bid_limit == 600
