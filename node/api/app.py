@@ -12,6 +12,7 @@ SQLite never sees an integer it cannot store), and an unexpected exception is lo
 traceback and answered with a JSON 500 rather than dropping the connection.
 """
 
+import contextlib
 import io
 import json
 import logging
@@ -185,8 +186,8 @@ class _BodyLimit:
             try:
                 self.uploads.acquire_nowait()
             except trio.WouldBlock:
-                await _error(503, "unavailable", f"{CONTEXT_UPLOADS} uploads in progress: retry in a second",
-                             headers={"Retry-After": "1"})(scope, receive, send)
+                await _answer_early(_error(503, "unavailable", f"{CONTEXT_UPLOADS} uploads in progress: retry in a "
+                                           "second", headers={"Retry-After": "1"}), scope, receive, send)
                 return
             try:
                 await self._limited(scope, receive, send, MAX_CONTEXT_BODY)
@@ -198,10 +199,10 @@ class _BodyLimit:
     async def _limited(self, scope, receive, send, limit: int) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and not declared.isdigit():
-            await _error(400, "bad_request", "malformed Content-Length header")(scope, receive, send)
+            await _answer_early(_error(400, "bad_request", "malformed Content-Length header"), scope, receive, send)
             return
         if declared is not None and int(declared) > limit:
-            await _error(413, "body_too_large", _too_large(limit))(scope, receive, send)
+            await _answer_early(_error(413, "body_too_large", _too_large(limit)), scope, receive, send)
             return
         seen = 0
         body_done = False
@@ -223,6 +224,13 @@ class _BodyLimit:
             raise StarletteHTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
 
         await self.app(scope, limited_receive, send)
+
+
+async def _answer_early(response: JSONResponse, scope, receive, send) -> None:
+    """Answer before reading the body. hypercorn then closes the connection, and a client that has
+    read the answer may hang up while the last frame goes out: that is no error of ours."""
+    with contextlib.suppress(trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await response(scope, receive, send)
 
 
 class _Signed:
