@@ -64,6 +64,8 @@ class Devstack:
         if kubo:  # one Kubo per node, ports after the nodes' (API +200.., gateway +300.., swarm +400..)
             self.kubo = KuboCluster(nodes, self.base_dir / "kubo", base_port=base_port + 200)
         self.write_state = write_state
+        self.network_key = self.base_dir / "network.key"
+        """One private network per stack: a node started elsewhere cannot join it by accident."""
         self.nodes = [
             NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i,
                         [*(extra_args or []), *(node_args or {}).get(i, [])])
@@ -81,9 +83,11 @@ class Devstack:
         if self.noop:
             cmd.append("--noop")
         cmd += ["--ipfs-api", self.kubo.rpc_urls[node.index] if self.kubo else "none", "--allow-private-urls"]
+        cmd += ["--network-key", str(self.network_key)]
         return cmd + node.args
 
     async def start_node(self, node: NodeProcess) -> None:
+        self._ensure_network_key()
         node.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child process
         try:
@@ -108,6 +112,16 @@ class Devstack:
         line = buffer[buffer.index(b"READY ") + 6:].split(b"\n", 1)[0]
         ready = json.loads(line)
         node.peer_id, node.addrs, node.api = ready["peer_id"], ready["addrs"], ready["api"]
+
+    def _ensure_network_key(self) -> None:
+        if self.network_key.exists():
+            return  # kept across restarts of the same stack
+        from node.net.admission import new_network_key
+
+        self.network_key.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.network_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_network_key())
 
     async def start(self) -> None:
         if self.kubo is not None:

@@ -109,6 +109,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from executors.faults import BadActor
     from node.api.app import create_app, serve_api
     from node.net import Network
+    from node.net.admission import load_admission
     from node.retention import cleanup_loop
     from node.store import Store
     from requester import RequesterService
@@ -118,8 +119,11 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     seed = load_or_create_seed(config.data_dir)
     store = Store(config.data_dir / "shoal.db")
     dispatcher = Dispatcher()
+    admission = load_admission(config.network_key, config.trusted_peers)
     network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
-                      on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request)
+                      on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request, admission=admission)
+    if admission.network_key is not None or admission.trusted_peers is not None:
+        log.info("private network: %s", admission)
     peers = MessagePeers(_NetworkTransport(network), dispatcher, Identity(seed))
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)

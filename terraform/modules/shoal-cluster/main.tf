@@ -30,9 +30,29 @@ locals {
     "shoal-kubo-swarm-port"   = tostring(var.kubo_swarm_port)
     "shoal-log-level"         = var.log_level
     "shoal-extra-peers"       = join(" ", var.extra_peers)
+    "shoal-network-key"       = local.network_key
   })
 
+  network_key = coalesce(var.network_key, terraform_data.network_key.output)
+
   labels = merge(var.labels, { "shoal-cluster" = var.name })
+}
+
+# ---------------------------------------------------------------------------------------------
+# The private network's key (shoal serve --network-key): only nodes holding it can connect to
+# the cluster's nodes. Made here once, at the first apply: 64 hex digits from two random UUIDs
+# (Terraform's uuid() reads crypto/rand; 244 random bits), then kept (ignore_changes), with no
+# provider beyond google. It lives in the Terraform state and the instance metadata (readable by
+# project members with compute.instances.get), never in the repository. var.network_key
+# overrides it (clusters that peer share one key); output network_key gives it to other nodes.
+# ---------------------------------------------------------------------------------------------
+
+resource "terraform_data" "network_key" {
+  input = sha256("${uuid()}${uuid()}")
+
+  lifecycle {
+    ignore_changes = [input]
+  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +231,7 @@ resource "google_compute_instance_iam_member" "read_bootstrap_guest_attributes" 
 # Bootstrap node: static internal and external IPs, and a persistent data disk that holds its
 # data dir (/var/lib/shoal: node.key, SQLite store, Kubo repo). The key is created on the VM at
 # first boot and never leaves it; replacing the VM keeps the disk, hence the peer id and the
-# multiaddr. Nothing secret is in this module, its state or the metadata.
+# multiaddr. The only secret in this module, its state and the metadata is the network key.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_compute_address" "bootstrap_internal" {
