@@ -49,7 +49,10 @@ class NodeProcess:
 class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
-                 bad_actors: int = 0, kubo: bool = False, write_state: bool = True) -> None:
+                 bad_actors: int = 0, kubo: bool = False, write_state: bool = True,
+                 network_key: bool = False) -> None:
+        """``network_key``: a private network, one key (``base_dir/network.key``) for all nodes, as
+        ``shoal devstack`` runs it; off by default here, so test peers join without it."""
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
         if not 0 <= bad_actors < nodes:
@@ -64,8 +67,7 @@ class Devstack:
         if kubo:  # one Kubo per node, ports after the nodes' (API +200.., gateway +300.., swarm +400..)
             self.kubo = KuboCluster(nodes, self.base_dir / "kubo", base_port=base_port + 200)
         self.write_state = write_state
-        self.network_key = self.base_dir / "network.key"
-        """One private network per stack: a node started elsewhere cannot join it by accident."""
+        self.network_key = self.base_dir / "network.key" if network_key else None
         self.nodes = [
             NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i,
                         [*(extra_args or []), *(node_args or {}).get(i, [])])
@@ -83,7 +85,8 @@ class Devstack:
         if self.noop:
             cmd.append("--noop")
         cmd += ["--ipfs-api", self.kubo.rpc_urls[node.index] if self.kubo else "none", "--allow-private-urls"]
-        cmd += ["--network-key", str(self.network_key)]
+        if self.network_key is not None:
+            cmd += ["--network-key", str(self.network_key)]
         return cmd + node.args
 
     async def start_node(self, node: NodeProcess) -> None:
@@ -114,7 +117,7 @@ class Devstack:
         node.peer_id, node.addrs, node.api = ready["peer_id"], ready["addrs"], ready["api"]
 
     def _ensure_network_key(self) -> None:
-        if self.network_key.exists():
+        if self.network_key is None or self.network_key.exists():
             return  # kept across restarts of the same stack
         from node.net.admission import new_network_key
 
@@ -193,7 +196,7 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
     if kubo is None:
         kubo = ipfs_binary() is not None
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
-                     kubo=kubo, extra_args=extra_args)
+                     kubo=kubo, extra_args=extra_args, network_key=True)  # one private network: no stray node joins
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 
