@@ -71,8 +71,8 @@ app.add_typer(wasm_app, name="wasm")
 app.add_typer(run_app, name="run")
 images_app = typer.Typer(help="Container images for the docker engine.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(images_app, name="images")
-network_key_app = typer.Typer(help="Private networks: the key every node of one must hold.", no_args_is_help=True,
-                              rich_markup_mode=None)
+network_key_app = typer.Typer(help="The shared key of a private network (serve --network-key).",
+                              no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(network_key_app, name="network-key")
 
 
@@ -728,7 +728,11 @@ def devstack(
 
 @network_key_app.command("new")
 def network_key_new() -> None:
-    """Print a new random network key (swarm.key format): shoal network-key new > FILE."""
+    """Print a new random network key: shoal network-key new > FILE.
+
+    32 random bytes in libp2p's swarm.key format. Give every node of the network the same file
+    (shoal serve --network-key FILE) and keep it secret.
+    """
     from node.net.admission import new_network_key
 
     sys.stdout.write(new_network_key())

@@ -686,6 +686,7 @@ class Network:
             # libp2p refuses to dial a peer for 60 s after a failed dial; we
             # decide ourselves when to try again.
             swarm.unblock_peer(pid)
+        refused = (self._counters.peers_refused_key, self._counters.peers_refused_untrusted)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await host.connect(PeerInfo(pid, known))
@@ -694,6 +695,11 @@ class Network:
                 known.append(known.pop(0))  # the next dial tries the next address
             if isinstance(exc, trio.TooSlowError):
                 raise PeerUnreachable(peer_id, "dial timed out") from None
+            if self._counters.peers_refused_untrusted > refused[1]:
+                raise PeerUnreachable(peer_id, "refused: not a trusted peer") from None
+            if self._counters.peers_refused_key > refused[0]:
+                raise PeerUnreachable(peer_id, "refused: the handshake failed under our network key "
+                                               "(the peer does not hold it?)") from None
             if isinstance(exc, Exception):
                 raise PeerUnreachable(peer_id, f"dial failed: {exc}") from exc
             raise

@@ -57,9 +57,10 @@ async def running(*peers: Peer) -> AsyncIterator[None]:
         nursery.cancel_scope.cancel()
 
 
-async def refused(caller: Peer, callee: Peer) -> None:
-    with pytest.raises(PeerUnreachable):
+async def refused(caller: Peer, callee: Peer, why: str = "") -> None:
+    with pytest.raises(PeerUnreachable) as caught:
         await caller.call(callee, b"let me in")
+    assert why in caught.value.reason
 
 
 async def gossip_until_heard(sender: Peer, hearer: Peer, *, timeout: float = 15.0) -> bytes:
@@ -81,7 +82,7 @@ async def test_peers_without_the_key_hear_nothing_and_reach_nothing() -> None:
         async with trio.open_nursery() as nursery:
             for outsider in (keyless, wrong_key):
                 nursery.start_soon(refused, outsider, node)
-                nursery.start_soon(refused, node, outsider)
+                nursery.start_soon(refused, node, outsider, "the handshake failed under our network key")
         # a member with the key: requests and gossip as usual, both ways
         assert await member.call(node, b"bid") == b"ok:bid"
         assert await node.call(member, b"status") == b"ok:status"
@@ -106,7 +107,7 @@ async def test_trusted_peers_exclude_a_peer_outside_the_list_even_with_the_key(k
     async with running(node, friend, stranger):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refused, stranger, node)
-            nursery.start_soon(refused, node, stranger)  # the list holds for the node's own dials too
+            nursery.start_soon(refused, node, stranger, "not a trusted peer")  # the node's own dials too
         assert await friend.call(node, b"bid") == b"ok:bid"
         await gossip_until_heard(node, friend)
         assert node.net.connected_peers() == [friend.id]

@@ -136,6 +136,7 @@ def test_cli_network_key_new_prints_a_usable_key(tmp_path) -> None:
 
     from cli.main import app
 
+    assert "  network-key " in CliRunner().invoke(app, ["--help"]).stdout
     result = CliRunner().invoke(app, ["network-key", "new"])
     assert result.exit_code == 0, result.output
     (tmp_path / "k").write_text(result.stdout)
