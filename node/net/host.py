@@ -195,6 +195,12 @@ def _guard_security_upgrade(upgrader: Any, admission: Admission, counters: Count
     upgrader.upgrade_security = guarded
 
 
+def _plain_tcp(maddr: multiaddr.Multiaddr) -> bool:
+    names = {p.name for p in maddr.protocols()}
+    return "tcp" in names and not names & {"ws", "wss", "tls", "quic", "quic-v1", "webtransport", "webrtc",
+                                           "webrtc-direct", "p2p-circuit"}
+
+
 def _parse_peer_id(peer_id: str) -> ID:
     try:
         return ID.from_base58(peer_id)
@@ -277,6 +283,10 @@ class Network:
         self._max_frame = max_frame
         self._gossip_heartbeat = gossip_heartbeat
         self.admission = admission
+        if admission != OPEN:
+            for maddr in self._listen:
+                if not _plain_tcp(maddr):  # QUIC & co. bypass pnet and the security upgrade we guard
+                    raise ValueError(f"a private network listens on plain TCP only, not {maddr}")
         self._counters = Counters()
         self._host: IHost | None = None
         self._pubsub: Pubsub | None = None

@@ -170,3 +170,15 @@ async def test_a_rogue_without_the_network_key_never_hears_an_announcement_and_c
     assert counts['shoal_network_total{event="peers_refused_key"}'] >= 1
     assert counts['shoal_network_total{event="peers_refused_untrusted"}'] == 0
 
+
+
+@pytest.mark.parametrize("listen", ["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0/ws"])
+def test_a_private_network_listens_on_plain_tcp_only(listen: str) -> None:
+    """Other transports would carry connections past the key (QUIC is multiplexed before any upgrade)."""
+    async def nothing(*args: object) -> bytes:
+        return b""
+
+    with pytest.raises(ValueError, match="plain TCP only"):
+        Network(seed=bytes(32), listen=[listen], peers=[], on_gossip=nothing, on_request=nothing,
+                admission=Admission(network_key=KEY))
+    Network(seed=bytes(32), listen=[listen], peers=[], on_gossip=nothing, on_request=nothing)  # open: as before
