@@ -487,7 +487,8 @@ class Network:
             psk=None if self.admission.network_key is None else self.admission.network_key.hex(),
         )
         swarm: Any = host.get_network()
-        _guard_security_upgrade(swarm.upgrader, self.admission, self._counters)
+        if self.admission != OPEN:
+            _guard_security_upgrade(swarm.upgrader, self.admission, self._counters)
         if hasattr(swarm, "retry_config"):
             # Fail a dial at once; our redial loop does the backing off.
             swarm.retry_config = RetryConfig(max_retries=0)
