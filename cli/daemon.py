@@ -53,6 +53,7 @@ def build_node_config(
     allow_images: list[str] | None = None,
     network_key: Path | None = None,
     trusted_peers: Path | None = None,
+    peer_rate_limit: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
 
@@ -69,6 +70,8 @@ def build_node_config(
         values["ttl"] = ttl
     if pending_bid_timeout is not None:
         values["pending_bid_timeout"] = pending_bid_timeout
+    if peer_rate_limit is not None:
+        values["peer_rate_limit"] = peer_rate_limit
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
     if network_key is not None or trusted_peers is not None:

@@ -344,20 +344,35 @@ def logs(
         sys.stdout.write(client.logs(job_id, stream))
 
 
+_MaxBytes = Annotated[str | None, typer.Option("--max-bytes", metavar="SIZE",
+    help="Refuse a download larger than this, e.g. 10GiB (default: twice the recorded result sizes + 64 MiB).")]
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    from jobs.spec import parse_bytes
+
+    try:
+        return None if value is None else parse_bytes(value)
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}", code=EXIT_USAGE) from None
+
+
 @app.command()
 def get(
     ctx: typer.Context,
     job_id: _JobId,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
         help="Where to put the results (default: ./job-<id>).")] = None,
+    max_bytes: _MaxBytes = None,
 ) -> None:  # fmt: skip
-    """Download a job's results (stdout, stderr, exit code, outputs)."""
+    """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record."""
     from cli.render import short_id
 
     _not_a_sweep(job_id, "results: shoal sweep get ID INDEX")
+    limit = _size(max_bytes, "--max-bytes")
     client = _client(ctx)
     job_id = _resolve(client, job_id)
-    path = client.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"))
+    path = client.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
     print(path)
 
 
@@ -506,13 +521,16 @@ def sweep_get(
     index: _Index,
     dest: Annotated[Path | None, typer.Argument(metavar="DEST",
         help="Where to put the results (default: ./sweep-<id>-<index>).")] = None,
+    max_bytes: _MaxBytes = None,
 ) -> None:  # fmt: skip
-    """Download one index's results (stdout, stderr, exit code, outputs)."""
+    """Download one index's results (stdout, stderr, exit code, outputs), checked against their recorded CID."""
     from cli.render import short_id
 
+    limit = _size(max_bytes, "--max-bytes")
     client = _client(ctx)
     sweep_id = _describe_sweep(client, sweep_id).sweep.id
-    path = client.download_index(sweep_id, index, dest or Path(f"sweep-{short_id(sweep_id)}-{index}"))
+    path = client.download_index(sweep_id, index, dest or Path(f"sweep-{short_id(sweep_id)}-{index}"),
+                                 max_bytes=limit)
     print(path)
 
 
@@ -653,6 +671,9 @@ def serve(
         help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,
     trusted_peers: Annotated[Path | None, typer.Option("--trusted-peers", metavar="FILE",
         help="Connect only with these peers (one peer id per line).")] = None,
+    peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
+        help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
+             "(default 1000; 0: no limit).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
     from cli.daemon import Limit, build_node_config, stop_on_signals
@@ -679,6 +700,7 @@ def serve(
         allow_images=allow_images,
         network_key=network_key,
         trusted_peers=trusted_peers,
+        peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node
 

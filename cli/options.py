@@ -36,6 +36,9 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Publish the folder PATH as NAME; repeatable.")], None),
     ("env", Annotated[list[str] | None, _opt("--env", "-e", metavar="KEY=VALUE",
         help="Environment variable; a bare KEY takes its value from here. Repeatable.")], None),
+    ("secret_env", Annotated[list[str] | None, _opt("--secret-env", metavar="KEY=VALUE",
+        help="Secret environment variable: sent only to the nodes that run the job, never shown or cached; "
+             "a bare KEY takes its value from here (keeps it out of your shell history). Repeatable.")], None),
     ("cpu", Annotated[str | None, _opt("--cpu", metavar="CORES", help="CPU cores, e.g. 0.5 or 500m.")], None),
     ("memory", Annotated[str | None, _opt("--memory", metavar="SIZE", help="Memory, e.g. 512MiB.")], None),
     ("disk", Annotated[str | None, _opt("--disk", metavar="SIZE", help="Scratch disk, e.g. 1GiB.")], None),
@@ -73,7 +76,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("cache", Annotated[bool, _opt("--cache/--no-cache", panel=_AFTER,
         help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
-_FLAG_NAMES = ("inputs", "outputs", "env", "cpu", "memory", "disk", "timeout", "concurrency", "confidence", "min_bids")
+_FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk", "timeout", "concurrency",
+               "confidence", "min_bids")
 
 
 def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,7 +88,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name, _, _ in _SHARED}
-        for repeatable in ("inputs", "outputs", "env"):
+        for repeatable in ("inputs", "outputs", "env", "secret_env"):
             values[repeatable] = values[repeatable] or []
         sweep = SweepFlags(
             params=values["params"] or [],

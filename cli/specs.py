@@ -32,6 +32,7 @@ _FLAGS = {
     "deal.confidence": "--confidence",
     "deal.min_bids": "--min-bids",
     "env": "--env",
+    "secret_env": "--secret-env",
     "inputs": "--input",
     "outputs": "--output",
 }
@@ -62,6 +63,7 @@ class JobFlags:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
+    secret_env: list[str] = field(default_factory=list)
     cpu: str | None = None
     memory: str | None = None
     disk: str | None = None
@@ -96,14 +98,16 @@ def split_output(value: str) -> tuple[str, str]:
     return name, path
 
 
-def split_env(value: str) -> tuple[str, str]:
-    """``KEY=VALUE``; a bare ``KEY`` takes its value from this shell's environment (like docker)."""
+def split_env(value: str, flag: str = "--env") -> tuple[str, str]:
+    """``KEY=VALUE``; a bare ``KEY`` takes its value from this shell's environment (like docker).
+
+    The error quotes only a bare KEY, never a value (``--secret-env`` uses it too)."""
     key, sep, val = value.partition("=")
     if sep:
         return key, val
     if key in os.environ:
         return key, os.environ[key]
-    raise CLIError(f"--env {value!r}: expected KEY=VALUE ({key} is not set here either)", code=EXIT_USAGE)
+    raise CLIError(f"{flag} {key!r}: expected KEY=VALUE ({key} is not set here either)", code=EXIT_USAGE)
 
 
 def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
@@ -119,6 +123,8 @@ def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
         data["outputs"] = [dict(zip(("name", "path"), split_output(v), strict=True)) for v in flags.outputs]
     if flags.env:
         data["env"] = dict(split_env(v) for v in flags.env)
+    if flags.secret_env:
+        data["secret_env"] = dict(split_env(v, "--secret-env") for v in flags.secret_env)
     resources = {k: v for k, v in (("cpu", flags.cpu), ("memory", flags.memory), ("disk", flags.disk)) if v}
     if resources:
         data["resources"] = resources
@@ -179,6 +185,7 @@ _SWEEP_PROBLEMS = (
     ("a parameter is given twice", "--param/--sweep"),
     ("zip:", "--sweep"),
     ("items:", "--sweep"),
+    ("secret_env", "--secret-env"),
     ("a sweep runs each index once", "--concurrency/--confidence/--min-bids"),
     ("shard_inputs:", "--shard-inputs/--shard-path"),
     ("shard_path:", "--shard-path"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,8 +72,12 @@ class Runner:
             return ["this node cannot fetch inputs"]
         return self.inputs.check(spec.inputs)
 
-    async def run(self, ex: Execution) -> Outcome:
-        """Cancellation (the requester cancelled) propagates after the scratch space is removed."""
+    async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None) -> Outcome:
+        """Cancellation (the requester cancelled) propagates after the scratch space is removed.
+
+        ``secret_env`` (the job's secrets, from its acceptance) joins the env the executor sees;
+        the seed comes from the spec as announced, the same on every node.
+        """
         spec = ex.spec
         assert spec is not None
         scratch = self.work_dir / ex.id
@@ -92,7 +97,8 @@ class Runner:
             if spec.resources.disk and staged >= spec.resources.disk:
                 return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
                                      f"{spec.resources.disk} bytes (resources.disk)", False)
-            request = RunRequest(ex.job_id, ex.id, spec, scratch, results / "outputs", tuple(mounts),
+            run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
+            request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
                                  seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged)
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:

@@ -88,6 +88,7 @@ class ComputeService:
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only, never stored
         self._nursery: trio.Nursery | None = None
         self._wake_backlog = trio.Event()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
@@ -205,7 +206,7 @@ class ComputeService:
         if reply is None:
             await self._end(ex.id, ExecutionState.FAILED, "the bid got no answer from the requester")
         elif reply.verdict == "accepted":
-            await self._accepted(ex.id)
+            await self._accepted(ex.id, reply.secret_env)
         elif reply.verdict == "rejected":
             await self._end(ex.id, ExecutionState.REJECTED, reply.reason or "bid rejected")
         else:  # "pending": a Decision message follows, or the bid expires and its capacity comes back
@@ -222,6 +223,7 @@ class ComputeService:
         return min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout)
 
     def _drop(self, ex: Execution) -> None:
+        self._secrets.pop(ex.id, None)
         self._live.pop(ex.id, None)
         if self._by_job.get(_job_key(ex)) == ex.id:
             del self._by_job[_job_key(ex)]
@@ -243,10 +245,12 @@ class ComputeService:
 
     # -- running -------------------------------------------------------------------------------------
 
-    async def _accepted(self, execution_id: str) -> None:
+    async def _accepted(self, execution_id: str, secret_env: dict[str, str]) -> None:
         ex = self._live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.BIDDING:
             return
+        if secret_env:
+            self._secrets[ex.id] = secret_env
         ex = ex.transition(ExecutionState.ACCEPTED, "running", self.clock())
         await self._save(ex, EventKind.BID_ACCEPTED)
         self._spawn(self._execute, ex.id)
@@ -256,9 +260,10 @@ class ComputeService:
         with trio.CancelScope() as scope:
             self._scopes[ex.id] = scope
             try:
-                outcome = await self.runner.run(ex)
+                outcome = await self.runner.run(ex, self._secrets.get(ex.id, {}))
             finally:
                 self._scopes.pop(ex.id, None)
+                self._secrets.pop(ex.id, None)  # the run is over: no one needs them any more
         if scope.cancelled_caught:  # cancelled by the requester; _on_cancel recorded it
             return
         if self.capacity.release(ex.id):
@@ -343,7 +348,7 @@ class ComputeService:
                 await self._apply_result_verdict(ex.id, "accepted" if message.accepted else "rejected",
                                                  message.reason)
             elif message.accepted:
-                await self._accepted(ex.id)
+                await self._accepted(ex.id, message.secret_env)
             else:
                 await self._end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected")
             return Reply()

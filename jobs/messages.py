@@ -12,11 +12,11 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from jobs.errors import MalformedMessage
 from jobs.model import RunResult
-from jobs.spec import JobSpec, Resources
+from jobs.spec import JobSpec, Resources, check_secret_env
 from jobs.sweep import SweepSpec
 
 PROTOCOL_VERSION = 1
@@ -26,7 +26,7 @@ _Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)  # never echo a secret
     v: int = PROTOCOL_VERSION
 
 
@@ -42,6 +42,12 @@ class Announce(_Message):
     # with room, so bids per job do not grow with the network; re-announcements ask everyone.
     # Sent to a named node as a request, it is answered "pending" (a Bid follows) or "rejected".
     candidates: list[_Id] = Field(default=[], max_length=100)
+
+    @field_validator("spec")
+    @classmethod
+    def _no_secrets(cls, v: JobSpec) -> JobSpec:
+        """An offer goes to nodes that may never run the job: its secrets travel with the acceptance."""
+        return v.without_secrets()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -78,6 +84,9 @@ class Decision(_Message):
     execution_id: _Id
     accepted: bool
     reason: str = ""
+    secret_env: dict[str, str] = Field({}, repr=False)  # the job's secrets, to an accepted node only (see JobSpec)
+
+    _secret_env = field_validator("secret_env")(check_secret_env)
 
 
 class Result(_Message):
@@ -193,6 +202,9 @@ class Reply(_Message):
     states: dict[str, str] = {}
     ranges: list[tuple[int, int]] = Field(default=[], max_length=100_000)  # a Claim's grant: [start, end) runs
     stopped: int = 0  # a Cancel of a sweep's claim: how many running indexes it stopped
+    secret_env: dict[str, str] = Field({}, repr=False)  # an accepted Bid's: the job's secrets (see JobSpec)
+
+    _secret_env = field_validator("secret_env")(check_secret_env)
 
 
 Message = Annotated[

@@ -48,7 +48,7 @@ def format_bytes(n: int) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)  # never echo a secret_env
 
 
 class Resources(_Frozen):
@@ -207,11 +207,41 @@ class OutputSpec(_Frozen):
 
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_SECRETS = 64  # secret variables per job
+MAX_SECRET_BYTES = 64 * 1024  # their names and values together (UTF-8): they travel in a bid's reply
+
+
+def check_env_names(env: dict[str, str], limit: int = 256) -> dict[str, str]:
+    """The rules every environment a job gets must follow; the error names keys, never values."""
+    bad = [k for k in env if not _ENV_KEY.match(k)]
+    if bad:
+        raise ValueError(f"invalid environment variable names: {', '.join(sorted(bad))}")
+    if len(env) > limit:
+        raise ValueError(f"at most {limit} environment variables")
+    return env
+
+
+def check_secret_env(env: dict[str, str]) -> dict[str, str]:
+    check_env_names(env, MAX_SECRETS)
+    size = sum(len(k.encode(errors="replace")) + len(v.encode(errors="replace")) for k, v in env.items())
+    if size > MAX_SECRET_BYTES:
+        raise ValueError(f"secret variables take {size} bytes: at most {MAX_SECRET_BYTES}")
+    return env
 
 
 class JobSpec(_Frozen):
+    """A job as its client asks for it.
+
+    ``secret_env`` is merged into the environment of the run, like ``env``, but never leaves the
+    requester except to an accepted node, with the acceptance: announcements, the store's job
+    records, the API's views and results carry ``without_secrets()``.
+    """
+
     engine: EngineSpec
     env: dict[str, str] = {}
+    secret_env: dict[str, str] = Field(default={}, repr=False, description=(
+        "environment variables sent only to the nodes that run the job, and kept by the requester only while "
+        "it lives; never shown, never cached"))
     inputs: list[InputSpec] = Field(default=[], max_length=64)
     outputs: list[OutputSpec] = Field(default=[], max_length=64)
     resources: Resources = Resources()
@@ -234,16 +264,31 @@ class JobSpec(_Frozen):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not _ENV_KEY.match(k)]
-        if bad:
-            raise ValueError(f"invalid environment variable names: {', '.join(sorted(bad))}")
-        if len(v) > 256:
-            raise ValueError("at most 256 environment variables")
-        return v
+        return check_env_names(v)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_secret_env(v)
+
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> JobSpec:
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise ValueError(f"set in both env and secret_env: {', '.join(both)}")
+        return self
+
+    def without_secrets(self) -> JobSpec:
+        """The spec as it may be announced, stored and shown."""
+        return self.model_copy(update={"secret_env": {}}) if self.secret_env else self
 
     def canonical_json(self) -> bytes:
-        """Stable bytes for hashing (idempotency, cache keys)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+        """Stable bytes for hashing (idempotency, seeds). Secret values are left out (names stay):
+        nothing derived from them outlives the job."""
+        data = self.model_dump(mode="json", exclude={"secret_env"})  # as before secrets existed
+        if self.secret_env:
+            data["secret_env"] = sorted(self.secret_env)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
@@ -254,12 +299,14 @@ class JobSpec(_Frozen):
         Only deterministic engines, and only content-addressed inputs (a URL may change): the
         key covers everything that can change the outputs (engine, env, inputs by CID, outputs,
         resources, how strongly it is verified) plus the engine's version, and leaves out what
-        only changes scheduling (deadlines, min_bids).
+        only changes scheduling (deadlines, min_bids). A job with secrets is never cached: its
+        result may depend on values no cache key may hold.
         """
-        if self.engine.name not in DETERMINISTIC_ENGINES:
+        if self.engine.name not in DETERMINISTIC_ENGINES or self.secret_env:
             return None
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None
-        material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"}})
+        material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"},
+                                                         "secret_env": True})
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -63,6 +63,8 @@ class SweepSpec(_Frozen):
             problems.append("zip: every list must have the same length")
         if self.items and len({frozenset(i) for i in self.items}) > 1:
             problems.append("items: every item must set the same parameters")
+        if self.job.secret_env:  # claims carry no secrets (yet): announced, they would reach every node
+            problems.append("secret_env is not supported in sweeps yet")
         if self.job.deal.concurrency != 1 or self.job.deal.confidence != 0 or self.job.deal.min_bids != 0:
             problems.append("a sweep runs each index once: leave concurrency, confidence and min_bids unset")
         if self.shard_inputs and self._sharded_input() is None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from jobs.messages import NodeInfo
-from jobs.model import Execution, Job
+from jobs.model import Execution, Job, RunResult
 from jobs.spec import JobSpec, Resources
 from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
 
 class SubmitRequest(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
+
     spec: JobSpec
 
 
@@ -30,6 +32,16 @@ class JobDescription(BaseModel):
     job: Job
     executions: list[Execution] = []
     phases: Phases = Phases()
+
+    def shown_result(self) -> RunResult | None:
+        """The result a job's logs and downloads show: the job's accepted (or cached) result, else a
+        completed execution's, else any execution's that ran. The node serves this one's files and
+        ``shoal get`` checks them against its CID."""
+        if self.job.result is not None:
+            return self.job.result
+        ran = [x for x in self.executions if x.result is not None]
+        ran.sort(key=lambda x: x.state != "completed")
+        return ran[0].result if ran else None
 
 
 class ContextStored(BaseModel):
@@ -89,6 +101,8 @@ class ErrorResponse(BaseModel):
 
 
 class SweepSubmitRequest(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env
+
     spec: SweepSpec
 
 

@@ -52,3 +52,8 @@ class NodeConfig:
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
     network_key: Path | None = None  # private network: only peers holding this key connect (node.net.admission)
     trusted_peers: Path | None = None  # file of peer ids: only these peers connect (with the key, if one is set)
+    peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
+
+    @property
+    def peer_rate_burst(self) -> float:
+        return max(1.0, 2 * self.peer_rate_limit)

@@ -14,6 +14,7 @@ import trio
 from node.config import NodeConfig, machine_resources
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
 from node.identity import Identity, load_or_create_seed
+from node.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -118,10 +119,13 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     config.data_dir.mkdir(parents=True, exist_ok=True)
     seed = load_or_create_seed(config.data_dir)
     store = Store(config.data_dir / "shoal.db")
-    dispatcher = Dispatcher()
+    limiter = RateLimiter(config.peer_rate_limit, config.peer_rate_burst) if config.peer_rate_limit > 0 else None
+    dispatcher = Dispatcher(rate_limiter=limiter)
     admission = load_admission(config.network_key, config.trusted_peers)
     network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
-                      on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request, admission=admission)
+                      on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request,
+                      validate_gossip=dispatcher.check_gossip, admission=admission)
+    dispatcher.node_id = network.peer_id
     if admission.network_key is not None or admission.trusted_peers is not None:
         log.info("private network: %s", admission)
     peers = MessagePeers(_NetworkTransport(network), dispatcher, Identity(seed))
@@ -159,7 +163,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
-            sweeps = SweepService(peers=peers, store=store, known_nodes=requester.known_nodes)
+            sweeps = SweepService(peers=peers, store=store, known_nodes=requester.known_nodes,
+                                  penalize=requester.penalize, quarantined=requester.quarantined)
             dispatcher.sweeps = sweeps
             await nursery.start(sweeps.run)
         nursery.start_soon(cleanup_loop, store, publisher, config.retention, config.ttl,

@@ -1,12 +1,16 @@
 """Bytes from peers → validated messages → the right role; and roles' messages → bytes.
 
 This is the node's protocol boundary: anything malformed, oversized or unexpected is logged
-and answered (or dropped) here and never reaches a role or the store.
+and answered (or dropped) here and never reaches a role or the store. A peer over its request rate
+gets a canned refusal before its request is even decoded; gossip that ``read_gossip`` refuses is
+rejected by the network's validator, so it is not forwarded to anyone either.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +32,7 @@ from jobs.messages import (
     decode,
     encode,
 )
+from node.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from compute import ComputeService
@@ -99,6 +104,32 @@ class MessagePeers:
 
 
 READY_WAIT = 30.0  # a peer's request that arrives while we start waits this long for the roles
+MAX_NODE_INFO_BYTES = 8192
+"""Node info on the wire: an honest one is well under 2 KiB. Bounds what a requester's node table holds."""
+CHECKED_GOSSIP = 64
+"""Gossip messages decoded by the network's validator, kept until on_gossip takes them (decoded once).
+Normally a few are in flight; under a backlog older ones are forgotten and decoded again."""
+WARN_EVERY = 10.0  # seconds between two warnings about the same kind of refusal (a flood must not flood the log)
+
+GossipMessage = Announce | NodeInfo | SweepAnnounce
+
+
+def read_gossip(origin: str, data: bytes) -> GossipMessage:
+    """A gossip message from ``origin`` (the peer that signed it), or ``MalformedMessage`` saying why it
+    must be neither delivered nor forwarded: it does not decode, is not a gossip kind, claims another
+    sender than ``origin``, or is node info over ``MAX_NODE_INFO_BYTES``."""
+    message = decode(data)
+    if isinstance(message, Announce | SweepAnnounce):
+        claimed = message.requester
+    elif isinstance(message, NodeInfo):
+        claimed = message.peer_id
+        if len(data) > MAX_NODE_INFO_BYTES:
+            raise MalformedMessage(f"node info of {len(data)} bytes exceeds {MAX_NODE_INFO_BYTES}")
+    else:
+        raise MalformedMessage(f"{message.kind} is not a gossip message")
+    if claimed != origin:
+        raise MalformedMessage(f"{message.kind} claims to come from {claimed!r}, not its sender")
+    return message
 
 
 class Dispatcher:
@@ -106,14 +137,35 @@ class Dispatcher:
     roles have restored their state, and an answer given before that would be wrong."""
 
     def __init__(self, requester: RequesterService | None = None, compute: ComputeService | None = None,
-                 sweeps: SweepService | None = None) -> None:
+                 sweeps: SweepService | None = None, *, rate_limiter: RateLimiter | None = None,
+                 node_id: str = "") -> None:
         self.requester = requester
         self.compute = compute
         self.sweeps = sweeps
         self.ready = trio.Event()
         self.dropped = 0
+        self.rate_limiter = rate_limiter  # None: no limit on direct requests
+        self.node_id = node_id  # our own requests (to our own roles) are never limited
+        self._checked: OrderedDict[tuple[str, bytes], GossipMessage] = OrderedDict()
+        self._warned: dict[str, float] = {}
+        self._rate_limited_reply = b""
+        if rate_limiter is not None:
+            self._rate_limited_reply = encode(Reply(ok=False, reason=(
+                f"rate limited: over {rate_limiter.rate:g} requests/s (burst {rate_limiter.burst:g}) from one peer")))
+
+    def _warn(self, what: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(what, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[what] = now
+            log.warning(message, *args)
 
     async def on_request(self, peer: str, data: bytes) -> bytes:
+        limiter = self.rate_limiter
+        if limiter is not None and peer != self.node_id and not limiter.allow(peer):
+            # before anything else: a flood costs a dict lookup and a canned reply, never the roles or the store
+            self._warn("rate", "refusing requests from %s: over the rate limit (%d refused so far, all peers)",
+                       peer, limiter.refused)
+            return self._rate_limited_reply
         if not self.ready.is_set():
             with trio.move_on_after(READY_WAIT):
                 await self.ready.wait()
@@ -145,24 +197,35 @@ class Dispatcher:
             reply = Reply(ok=False, reason=f"this node does not take {message.kind} messages")
         return encode(reply)
 
+    def check_gossip(self, origin: str, data: bytes) -> bool:
+        """The network's gossip validator: False rejects the message (not delivered, not forwarded,
+        held against the peer that sent it to us). What passes is kept decoded for on_gossip."""
+        try:
+            message = read_gossip(origin, data)
+        except MalformedMessage as e:
+            self._warn("gossip", "rejected gossip from %s: %s", origin, e)
+            return False
+        self._checked[(origin, data)] = message
+        if len(self._checked) > CHECKED_GOSSIP:  # the network dropped some before on_gossip
+            self._checked.popitem(last=False)
+        return True
+
     async def on_gossip(self, origin: str, data: bytes) -> None:
+        message = self._checked.pop((origin, data), None)
         if not self.ready.is_set():
             return  # announcements are repeated; node info is periodic
-        try:
-            message = decode(data)
-        except MalformedMessage as e:
-            self.dropped += 1
-            log.warning("malformed gossip from %s: %s", origin, e)
-            return
+        if message is None:  # our own, or not seen by a validator (in-memory test networks)
+            try:
+                message = read_gossip(origin, data)
+            except MalformedMessage as e:
+                self.dropped += 1
+                self._warn("gossip", "dropped gossip from %s: %s", origin, e)
+                return
         if isinstance(message, Announce):
             if self.compute is not None:
                 self.compute.on_announce(origin, message)
         elif isinstance(message, SweepAnnounce):
             if self.compute is not None:
                 self.compute.on_sweep_announce(origin, message)
-        elif isinstance(message, NodeInfo):
-            if self.requester is not None:
-                self.requester.on_node_info(origin, message)
-        else:
-            self.dropped += 1
-            log.warning("unexpected %s on gossip from %s", message.kind, origin)
+        elif self.requester is not None:  # NodeInfo
+            self.requester.on_node_info(origin, message)

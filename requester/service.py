@@ -38,6 +38,7 @@ from jobs import (
 )
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
+from requester.nodes import NodeTable
 from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
 from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters
 from requester.verify import verify
@@ -79,6 +80,7 @@ class _Active:
     announce_backoff: float = 1.0
     waiting_since: float = 0.0  # when the job last became short of nodes
     first_bid_at: float | None = None
+    secrets: dict[str, str] = field(default_factory=dict)  # the job's secret_env: only accepted nodes get it
 
     def held(self) -> int:
         return sum(1 for x in self.executions.values() if x.state.holds_slot)
@@ -99,7 +101,7 @@ class RequesterService:
         self.max_reoffers = max_reoffers
         self.quarantine_after = quarantine_after
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
-        self.nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._checking: set[str] = set()
@@ -122,27 +124,25 @@ class RequesterService:
     async def _restore(self) -> None:
         self.reputation = await self.store.reputations()
         now = self.clock()
+        secrets = await self.store.live_secrets()
         for job in await self.store.live_jobs():
-            aj = _Active(job=job, waiting_since=now, next_announce=now)
+            aj = _Active(job=job, waiting_since=now, next_announce=now, secrets=secrets.get(job.id) or {})
             for ex in await self.store.executions_of(SIDE, job.id):
                 aj.executions[ex.id] = ex
             self._active[job.id] = aj
+            if job.id in secrets and secrets[job.id] is None:
+                await self._finish(aj, JobState.FAILED, "its secret_env could not be read after a restart "
+                                                        "(the store's key file is missing or another one)")
         if self._active:
             log.info("resuming %d live jobs", len(self._active))
 
     def known_nodes(self) -> list[NodeInfo]:
-        now = self.clock()
-        for peer, (_, seen) in list(self.nodes.items()):
-            if now - seen > NODE_INFO_TTL:
-                del self.nodes[peer]
-        return [info for info, _ in self.nodes.values()]
+        return self.nodes.known(self.clock())
 
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
-        known = self.nodes.get(info.peer_id)
-        self.nodes[info.peer_id] = (info, self.clock())
-        if known is None or known[0].boot != info.boot:
+        if self.nodes.update(info, self.clock()):  # new, or restarted
             self._wake_waiting_for(info)
 
     def _wake_waiting_for(self, info: NodeInfo) -> None:
@@ -179,12 +179,13 @@ class RequesterService:
                     raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was used for another job spec")
                 return job, False
         now = self.clock()
+        secrets, spec = dict(spec.secret_env), spec.without_secrets()  # secrets go in their own table
         job = Job(id=f"j-{uuid.uuid4().hex}", owner=owner, spec=spec, requester=self.peers.node_id,
                   created_at=now, updated_at=now)
         events = [self._event(job.id, EventKind.CREATED)]
         nodes = self.known_nodes()
         impossible = never_runnable(spec, nodes)
-        key = spec.cache_key() if spec.cache and use_cache else None
+        key = spec.cache_key() if spec.cache and use_cache and not secrets else None
         cached = await self.store.cached_result(key, owner) if key else None
         if cached is not None:
             source, result, verified = cached
@@ -207,13 +208,14 @@ class RequesterService:
             job = job.model_copy(update={"reason": waiting_reason(spec, nodes, 0)})
             events.append(self._event(job.id, EventKind.ANNOUNCED))  # written with the job, announced right after
         try:
-            await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest)
+            await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest,
+                                  secrets=secrets)
         except Exception as e:  # a concurrent submit with the same key won the unique index
             if idempotency_key is not None and "UNIQUE" in str(e):
-                return await self.submit(spec, owner, idempotency_key)
+                return await self.submit(spec.model_copy(update={"secret_env": secrets}), owner, idempotency_key)
             raise
         if not job.state.is_terminal:
-            aj = _Active(job=job, waiting_since=now)
+            aj = _Active(job=job, waiting_since=now, secrets=secrets)
             self._active[job.id] = aj
             await self._announce(aj)
         return job, True
@@ -254,7 +256,7 @@ class RequesterService:
         """
         spec = aj.job.spec
         own = self.nodes.get(self.peers.node_id)
-        return aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own[0])
+        return aj.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own)
 
     async def _offer_here(self, ann: Announce) -> bool:
         """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
@@ -272,7 +274,7 @@ class RequesterService:
         take the job, the next announcement goes to everyone."""
         info = self.nodes.get(node)
         try:
-            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info[0].addrs if info else ())
+            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info.addrs if info else ())
         except Unreachable as e:
             log.debug("offering %s to %s: %s", ann.job_id, node, e)
 
@@ -348,8 +350,9 @@ class RequesterService:
         if known is not None:  # a retried bid: answer what we decided
             if known.node_id != peer:
                 return Reply(ok=False, verdict="rejected", reason="not your execution")
-            return Reply(verdict={ExecutionState.BIDDING: "pending"}.get(known.state, "accepted")
-                         if known.state in (ExecutionState.BIDDING, ExecutionState.ACCEPTED) else "rejected")
+            if known.state is ExecutionState.ACCEPTED:
+                return Reply(verdict="accepted", secret_env=aj.secrets)
+            return Reply(verdict="pending" if known.state is ExecutionState.BIDDING else "rejected")
         job = aj.job
         now = self.clock()
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
@@ -378,7 +381,8 @@ class RequesterService:
             aj.executions[ex.id] = ex
             verdicts = await self._decide(aj)
             self._notify_decisions(aj, verdicts, skip=ex.id)
-            return Reply(verdict=verdicts.get(ex.id, "rejected"))
+            verdict = verdicts.get(ex.id, "rejected")
+            return Reply(verdict=verdict, secret_env=aj.secrets if verdict == "accepted" else {})
         ex = ex.model_copy(update={"state": ExecutionState.ACCEPTED, "reason": "running"})
         events.append(self._event(job.id, EventKind.BID_ACCEPTED, ex=ex))
         job_update = self._job_after_accept(aj, 1)
@@ -387,7 +391,7 @@ class RequesterService:
         if job_update is not None:
             aj.job = job_update
         self.counters["bids_accepted"] += 1
-        return Reply(verdict="accepted")
+        return Reply(verdict="accepted", secret_env=aj.secrets)
 
     def _job_after_accept(self, aj: _Active, newly: int) -> Job | None:
         job = aj.job
@@ -427,7 +431,10 @@ class RequesterService:
             if eid == skip:
                 continue
             ex = aj.executions[eid]
-            msg = Decision(job_id=ex.job_id, execution_id=eid, accepted=verdict == "accepted", reason=ex.reason)
+            accepted = verdict == "accepted"
+            run = accepted and ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
+            msg = Decision(job_id=ex.job_id, execution_id=eid, accepted=accepted, reason=ex.reason,
+                           secret_env=aj.secrets if run else {})
             self._spawn(self._send_reliably, ex.node_id, msg)
 
     async def _on_result(self, aj: _Active, peer: str, msg: Result) -> Reply:
@@ -607,7 +614,7 @@ class RequesterService:
                 JobState.CANCELLED: EventKind.CANCELLED}[state]
         job = aj.job.transition(state, reason, now, result=result)
         events.append(self._event(job.id, kind, reason))
-        key = job.spec.cache_key()
+        key = job.spec.cache_key() if not aj.secrets else None  # the stored spec has none: see submit
         cache = None
         if state is JobState.COMPLETED:
             everything = {**aj.executions, **{x.id: x for x in executions}}.values()
@@ -616,6 +623,7 @@ class RequesterService:
                 cache = (key, job.id, result, verified)
             reputation = {**(reputation or {}), **self._unconfirmed_errors(everything)}
         await self.store.save(job=job, executions=executions, events=events, cache=cache, reputation=reputation)
+        aj.secrets = {}  # the store deleted its copy in that transaction
         for x in executions:
             aj.executions[x.id] = x
         aj.job = job

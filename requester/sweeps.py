@@ -6,8 +6,10 @@ the results of indexes it finished and how many more it wants; the reply grants 
 pending indexes. Messages grow with nodes and time, never with indexes.
 
 A claim is a lease: a node that stays silent for the template's ``deadlines.silence`` loses
-the indexes it held, and they are granted again. The first result recorded for an index is
-the one that counts, so a late result from a node that lost its lease completes nothing twice.
+the indexes it held, and they are granted again. A claim's report counts only for indexes
+granted to that claim and still held by it (``requester.sweep_rules``): anything else is
+refused, named in the reply, counted, and held against the sender (``penalize``). An error
+sends its index to another node; it fails the index only once another node confirms it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import heapq
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ from jobs.sweep import IndexRecord, Sweep, SweepSpec, compress, index_ranges
 from jobs.views import SweepDescription
 from requester.selection import never_runnable
 from requester.service import IdempotencyConflict, UnknownJob
+from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -40,14 +44,17 @@ ANNOUNCE_BACKOFF_MAX = 30.0
 MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, before it fails for good
 MAX_RANGES = 1000  # in one description; the rest is paged through the index list
 CANCEL_TIMEOUT = 5.0
+MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
+MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
 
 
 @dataclass
 class _Claim:
     node: str
     addrs: list[str]
-    indexes: set[int]
+    indexes: set[int]  # granted and not reported yet
     heard: float
+    reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
 
 
 @dataclass
@@ -59,6 +66,10 @@ class _Live:
     attempts: list[int]
     pending: list[int]  # a heap: the lowest indexes are granted first
     claims: dict[str, _Claim] = field(default_factory=dict)
+    expired: OrderedDict[str, str] = field(default_factory=OrderedDict)  # claim id -> node, lease lapsed
+    errors: dict[int, dict[str, bool]] = field(default_factory=dict)  # index -> node -> retryable, unfinished ones
+    errored_at: dict[int, float] = field(default_factory=dict)  # index -> when it first errored
+    refusal_events: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     done: trio.Event = field(default_factory=trio.Event)
     next_announce: float = 0.0
@@ -78,14 +89,21 @@ class _Live:
 
 class SweepService:
     def __init__(self, *, peers: Peers, store: Store, known_nodes: Callable[[], list[NodeInfo]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 penalize: Callable[[str, str], None] = lambda peer, reason: None,
+                 quarantined: Callable[[str], bool] = lambda peer: False) -> None:
         self.peers = peers
         self.store = store
         self.known_nodes = known_nodes
         self.clock = clock
+        self.penalize = penalize  # (peer, why): a refused report or a contradicted error counts against it
+        self.quarantined = quarantined  # a quarantined peer gets no indexes
         self._live: dict[str, _Live] = {}
         self._nursery: trio.Nursery | None = None
-        self.counters = {"claims": 0, "announcements": 0, "results": 0, "late_results": 0}
+        self.counters = {"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
+                         "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
+                         "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
+                         "quarantined_claims": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -241,37 +259,45 @@ class SweepService:
     async def _on_claim(self, live: _Live, peer: str, msg: Claim) -> Reply:
         self.counters["claims"] += 1
         now = self.clock()
+        if self.quarantined(peer):
+            return await self._quarantined(live, peer, msg, now)
+        view, restored = self._view(live, peer, msg)
+        check = check_claim(peer, msg, view)
+        events: list[Event] = []
+        if check.refused or check.whole:
+            events += self._refused(live, peer, msg, check)
+        if check.whole:
+            if events:
+                await self.store.save_sweep(events=events)
+            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole)
         claim = live.claims.get(msg.claim_id)
-        if claim is None:  # a new claim, or one we forgot (restart, lease expired): adopt what it holds
+        if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
             claim = _Claim(peer, [], set(), now)
-            restored = live.claims.pop(f"restored:{peer}", None)
             if restored is not None:
-                claim.indexes |= restored.indexes
+                claim.indexes |= live.claims.pop(restored).indexes
             live.claims[msg.claim_id] = claim
-        elif claim.node != peer:
-            return Reply(ok=False, verdict="rejected", reason="not your claim")
         claim.heard = now
+        self.counters["repeated_results"] += check.repeated
         spec = live.sweep.spec
+        able = self._able(spec)
         records: list[IndexRecord] = []
         winner = None
-        for r in msg.results:
-            if r.index >= live.sweep.count:
-                continue
+        for r in check.results:
             claim.indexes.discard(r.index)
+            claim.reported.add(r.index)
             self.counters["results"] += 1
-            if live.states[r.index].is_terminal:
-                self.counters["late_results"] += 1  # another node's result counted first, or the sweep was won
+            if live.states[r.index].is_terminal:  # held indexes are running; kept for safety
+                self.counters["late_results"] += 1
                 continue
-            record = self._outcome(live, r, peer, now)
+            record = self._outcome(live, r, peer, able, now)
             records.append(record)
             if record.state is JobState.COMPLETED and spec.success == "any" and winner is None \
                     and spec.is_hit(record.result or RunResult()):
                 winner = r.index
-        for i in msg.released:
-            if i in claim.indexes and live.states[i] is JobState.RUNNING:
-                claim.indexes.discard(i)
+        for i in check.released:
+            claim.indexes.discard(i)
+            if live.states[i] is JobState.RUNNING:
                 records.append(self._back_to_pending(live, i, "given back unrun", now))
-        events: list[Event] = []
         if winner is not None:
             await self._finish(live, JobState.COMPLETED, f"index {winner} succeeded first", records, events,
                                winner=winner)
@@ -279,12 +305,19 @@ class SweepService:
         if live.unfinished() == 0:
             await self._finish_all_done(live, records, events)
             return Reply(verdict="rejected", reason=f"the sweep is {live.sweep.state.value}")
-        granted = []
-        share = max(1, -(-len(live.pending) // self._able_nodes(spec)))  # guided self-scheduling
-        while len(granted) < min(msg.want, share) and live.pending:
+        granted, passed = [], []
+        share = max(1, -(-len(live.pending) // max(1, len(able))))  # guided self-scheduling
+        want = 0 if check.against_sender else msg.want  # a message that lied gets no new work
+        while len(granted) < min(want, share) and live.pending:
             i = heapq.heappop(live.pending)
-            if live.states[i] is JobState.PENDING:
+            if live.states[i] is not JobState.PENDING:
+                continue
+            if i in live.errors and not may_grant(peer, live.errors[i], able, now - live.errored_at[i]):
+                passed.append(i)  # it errored on this node: another one runs it
+            else:
                 granted.append(i)
+        for i in passed:
+            heapq.heappush(live.pending, i)
         granted.sort()
         for i in granted:
             live.set_state(i, JobState.RUNNING)
@@ -302,32 +335,81 @@ class SweepService:
             sweep = sweep.transition(JobState.RUNNING, "running", now)
         elif records:
             sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
-        if sweep is not live.sweep:
-            await self.store.save_sweep(sweep=sweep, indexes=records, events=events)
+        if sweep is not live.sweep or events:
+            await self.store.save_sweep(sweep=sweep if sweep is not live.sweep else None, indexes=records,
+                                        events=events)
             live.sweep = sweep
-        if not claim.indexes:
-            del live.claims[msg.claim_id]
-        return Reply(verdict="accepted", ranges=ranges)
+        if not claim.indexes and not claim.reported:
+            del live.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
+        return Reply(verdict="accepted", ranges=ranges, reason=check.reason())
 
-    def _able_nodes(self, spec: SweepSpec) -> int:
+    def _view(self, live: _Live, peer: str, msg: Claim) -> tuple[ClaimView, str | None]:
+        """The claim a message names, as the rules see it; and the restored claim it would adopt."""
+        claim = live.claims.get(msg.claim_id)
+        if claim is not None:
+            return ClaimView(holder=claim.node, held=claim.indexes, reported=claim.reported), None
+        if msg.claim_id in live.expired:
+            return ClaimView(holder=live.expired[msg.claim_id], expired=True), None
+        restored = f"restored:{peer}"
+        if restored in live.claims:
+            return ClaimView(held=live.claims[restored].indexes), restored
+        # the claim it held when we restarted lapsed before it reached us again
+        return ClaimView(expired=bool(msg.results) and restored in live.expired), None
+
+    def _refused(self, live: _Live, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
+        """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""
+        self.counters["refused_results"] += len(check.refused)
+        self.counters["refused_claims"] += bool(check.whole)
+        text = f"claim {msg.claim_id[:40]} of node {peer[-8:]}: {check.reason()}"
+        log.info("sweep %s: %s", live.sweep.id, text)  # penalize() warns when it is held against the node
+        if check.against_sender:
+            self.counters["penalties"] += 1
+            self.penalize(peer, f"sweep {live.sweep.id}: {text}")
+        if live.refusal_events >= MAX_REFUSAL_EVENTS:
+            return []
+        live.refusal_events += 1
+        return [self._event(live.sweep.id, EventKind.RESULTS_REJECTED, text, peer)]
+
+    async def _quarantined(self, live: _Live, peer: str, msg: Claim, now: float) -> Reply:
+        """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
+        self.counters["quarantined_claims"] += 1
+        claim = live.claims.get(msg.claim_id)
+        if claim is not None and claim.node == peer:
+            del live.claims[msg.claim_id]
+            records = self._take_back(live, claim, f"node {peer[-8:]} is quarantined", now)
+            await self._save_taken_back(live, records, now)
+        return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
+
+    def _able(self, spec: SweepSpec) -> set[str]:
         """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
         job = spec.job
-        able = [n for n in self.known_nodes() if job.engine.name in n.engines and job.resources.fits_in(n.max_per_job)]
-        return max(1, len(able))
+        return {n.peer_id for n in self.known_nodes() if job.engine.name in n.engines
+                and job.resources.fits_in(n.max_per_job) and not self.quarantined(n.peer_id)}
 
-    def _outcome(self, live: _Live, r: IndexResult, peer: str, now: float) -> IndexRecord:
+    def _outcome(self, live: _Live, r: IndexResult, peer: str, able: set[str], now: float) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
         i = r.index
+        reports = live.errors.get(i, {})
         if r.result is not None and r.error is None:
+            for node in contradicted(reports, peer):
+                self.counters["errors_contradicted"] += 1
+                self.penalize(node, f"sweep {live.sweep.id}: reported an error for index {i}, "
+                                    f"which node {peer[-8:]} ran to a result")
+            self._forget_errors(live, i)
             state = JobState.COMPLETED if r.result.exit_code == 0 else JobState.FAILED
             reason = "completed" if state is JobState.COMPLETED else f"exit code {r.result.exit_code}"
             live.set_state(i, state)
             return IndexRecord(index=i, state=state, node_id=peer, reason=reason, attempts=live.attempts[i],
                                result=r.result, updated_at=now)
         error = r.error or "no result"
-        if r.retryable:
-            return self._run_again_or_fail(live, i, peer, f"node {peer[-8:]}: {error}", now)
-        return self._failed(live, i, peer, error, now)
+        reports = live.errors.setdefault(i, {})
+        reports[peer] = r.retryable
+        live.errored_at.setdefault(i, now)
+        if error_confirmed(reports, able):
+            self.counters["errors_confirmed"] += 1
+            return self._failed(live, i, peer, error, now)
+        self.counters["errors_run_again"] += 1
+        return self._run_again_or_fail(live, i, peer, f"node {peer[-8:]}: {error}", now)
 
     def _run_again_or_fail(self, live: _Live, i: int, node: str, why: str, now: float) -> IndexRecord:
         """An index lost for reasons of its node: back to pending, unless it has had its attempts."""
@@ -335,8 +417,14 @@ class SweepService:
             return self._back_to_pending(live, i, f"{why}; will run again", now)
         return self._failed(live, i, node, f"gave up after {live.attempts[i]} attempts: {why}", now)
 
+    @staticmethod
+    def _forget_errors(live: _Live, i: int) -> None:
+        live.errors.pop(i, None)
+        live.errored_at.pop(i, None)
+
     def _failed(self, live: _Live, i: int, node: str, reason: str, now: float) -> IndexRecord:
         live.set_state(i, JobState.FAILED)
+        self._forget_errors(live, i)
         return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=live.attempts[i],
                            updated_at=now)
 
@@ -433,17 +521,28 @@ class SweepService:
             if now - claim.heard <= silence:
                 continue
             del live.claims[claim_id]
-            for i in sorted(claim.indexes):
-                if live.states[i] is not JobState.RUNNING:
-                    continue
-                why = f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s"
-                records.append(self._run_again_or_fail(live, i, claim.node, why, now))
-        if records:
-            if live.unfinished() == 0:
-                await self._finish_all_done(live, records, [])
-                return
-            sweep = live.sweep.model_copy(update={"updated_at": now, "revision": live.sweep.revision + 1})
-            await self.store.save_sweep(sweep=sweep, indexes=records)
-            live.sweep = sweep
+            live.expired[claim_id] = claim.node
+            while len(live.expired) > MAX_EXPIRED:
+                live.expired.popitem(last=False)
+            records += self._take_back(live, claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s",
+                                       now)
+        if records and await self._save_taken_back(live, records, now):
+            return
         if live.pending and now >= live.next_announce:
             await self._announce(live)
+
+    def _take_back(self, live: _Live, claim: _Claim, why: str, now: float) -> list[IndexRecord]:
+        return [self._run_again_or_fail(live, i, claim.node, why, now)
+                for i in sorted(claim.indexes) if live.states[i] is JobState.RUNNING]
+
+    async def _save_taken_back(self, live: _Live, records: list[IndexRecord], now: float) -> bool:
+        """Record indexes taken back from a claim; True when that ended the sweep."""
+        if not records:
+            return False
+        if live.unfinished() == 0:
+            await self._finish_all_done(live, records, [])
+            return True
+        sweep = live.sweep.model_copy(update={"updated_at": now, "revision": live.sweep.revision + 1})
+        await self.store.save_sweep(sweep=sweep, indexes=records)
+        live.sweep = sweep
+        return False

@@ -21,9 +21,9 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -57,14 +57,14 @@ from shoal._errors import (
     ShoalAPIError,
     WaitTimeout,
 )
-
-if TYPE_CHECKING:
-    from tarfile import TarInfo
+from shoal._results import Plan, ResultsWriter, plan_download, write_from_record
+from shoal._results import extract_results as _extract_results
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 USER_AGENT = "shoal-python/0.1"
 LogStream = Literal["stdout", "stderr"]
 
+_FEED_BATCH = 1 << 20  # downloaded bytes handed to the extracting thread at a time
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 # A flow yields a request to send, or a float (seconds to sleep), and is sent the response.
@@ -535,29 +535,33 @@ class Client(_BaseClient):
         finally:
             response.close()
 
-    def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
-        """Fetch the job's results and extract them into ``dest`` (created if needed); returns it.
+    def download(self, job_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
+        """Fetch the job's results and extract them into ``dest``; returns it.
 
-        Archives with absolute paths, ``..``, links leaving ``dest`` or device files are refused
-        before anything is written.
+        The files must hash to the CID in the job's record (``describe``: the result the compute
+        node signed); they are extracted beside ``dest`` and moved there only once they do.
+        Archives with absolute paths, ``..``, devices or links that resolve outside ``dest`` are
+        refused, and so is a download over ``max_bytes`` (default: twice the result's recorded
+        sizes plus 64 MiB). A refused download writes nothing.
         """
-        return self._download(self._results_request(job_id), dest, job_id)
+        desc = self.describe(job_id)
+        plan = plan_download(desc.shown_result(), f"job {desc.job.id}", desc.job.state.value, max_bytes)
+        return self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
 
-    def _download(self, request: httpx.Request, dest: str | os.PathLike[str], whose: str) -> Path:
-        import tempfile
-
+    def _fetch(self, plan: Plan, request: httpx.Request, dest: Path, whose: str) -> Path:
+        if plan.cid is None:
+            return write_from_record(plan.files, dest)
         response = self._open(request)
-        cid = response.headers.get("X-Shoal-CID")
-        with tempfile.TemporaryFile() as spool:
-            try:
-                for chunk in response.iter_bytes():
-                    spool.write(chunk)
-            except httpx.TransportError as e:
-                raise self._connection_failed(e) from e
-            finally:
-                response.close()
-            spool.seek(0)
-            return _extract_results(spool, Path(dest), whose, cid)
+        try:
+            return _extract_results(self._chunks(response), dest, whose, plan.cid, plan.max_bytes)
+        finally:
+            response.close()
+
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes()
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
 
     def upload_context(self, archive: bytes) -> str:
         """Store a packed working directory (see ``pack_context``) on the node; returns its CID."""
@@ -626,10 +630,14 @@ class Client(_BaseClient):
         request = self._request("POST", _sweep_path(sweep_id, "cancel"))
         return self._drive(self._get_flow(request, SweepDescription))
 
-    def download_index(self, sweep_id: str, index: int, dest: str | os.PathLike[str]) -> Path:
-        """Fetch one index's results into ``dest``, checked against their CID like ``download``."""
-        request = self._tar_request(_index_path(sweep_id, index, "results"))
-        return self._download(request, dest, f"index {index} of sweep {sweep_id}")
+    def download_index(
+        self, sweep_id: str, index: int, dest: str | os.PathLike[str], *, max_bytes: int | None = None
+    ) -> Path:
+        """Fetch one index's results into ``dest``, checked against their recorded CID like ``download``."""
+        record = self.sweep_index(sweep_id, index)
+        whose = f"index {index} of sweep {sweep_id}"
+        plan = plan_download(record.result, whose, record.state.value, max_bytes)
+        return self._fetch(plan, self._tar_request(_index_path(sweep_id, index, "results")), Path(dest), whose)
 
     def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
         """One index's stdout (or stderr); empty while it has not run."""
@@ -792,27 +800,39 @@ class AsyncClient(_BaseClient):
         finally:
             await response.aclose()
 
-    async def download(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
-        """See ``Client.download``. Extraction runs in a worker thread."""
-        return await self._download(self._results_request(job_id), dest, job_id)
+    async def download(self, job_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
+        """See ``Client.download``. Extraction runs in worker threads."""
+        desc = await self.describe(job_id)
+        plan = plan_download(desc.shown_result(), f"job {desc.job.id}", desc.job.state.value, max_bytes)
+        return await self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
 
-    async def _download(self, request: httpx.Request, dest: str | os.PathLike[str], whose: str) -> Path:
-        import tempfile
-
+    async def _fetch(self, plan: Plan, request: httpx.Request, dest: Path, whose: str) -> Path:
+        import anyio
         import anyio.to_thread
 
+        if plan.cid is None:
+            return await anyio.to_thread.run_sync(write_from_record, plan.files, dest)
         response = await self._open(request)
-        cid = response.headers.get("X-Shoal-CID")
-        with tempfile.TemporaryFile() as spool:
+        try:
+            writer = await anyio.to_thread.run_sync(ResultsWriter, dest, plan.cid, plan.max_bytes, whose)
             try:
-                async for chunk in response.aiter_bytes():
-                    spool.write(chunk)
-            except httpx.TransportError as e:
-                raise self._connection_failed(e) from e
+                batch = bytearray()
+                try:
+                    async for chunk in response.aiter_bytes():
+                        batch += chunk
+                        if len(batch) >= _FEED_BATCH:
+                            await anyio.to_thread.run_sync(writer.feed, bytes(batch))
+                            batch.clear()
+                except httpx.TransportError as e:
+                    raise self._connection_failed(e) from e
+                await anyio.to_thread.run_sync(writer.feed, bytes(batch))
+                return await anyio.to_thread.run_sync(writer.finish)
             finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(writer.__exit__, None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
                 await response.aclose()
-            spool.seek(0)
-            return await anyio.to_thread.run_sync(_extract_results, spool, Path(dest), whose, cid)
 
     async def upload_context(self, archive: bytes) -> str:
         """See ``Client.upload_context``."""
@@ -879,10 +899,14 @@ class AsyncClient(_BaseClient):
         request = self._request("POST", _sweep_path(sweep_id, "cancel"))
         return await self._drive(self._get_flow(request, SweepDescription))
 
-    async def download_index(self, sweep_id: str, index: int, dest: str | os.PathLike[str]) -> Path:
+    async def download_index(
+        self, sweep_id: str, index: int, dest: str | os.PathLike[str], *, max_bytes: int | None = None
+    ) -> Path:
         """See ``Client.download_index``."""
-        request = self._tar_request(_index_path(sweep_id, index, "results"))
-        return await self._download(request, dest, f"index {index} of sweep {sweep_id}")
+        record = await self.sweep_index(sweep_id, index)
+        whose = f"index {index} of sweep {sweep_id}"
+        plan = plan_download(record.result, whose, record.state.value, max_bytes)
+        return await self._fetch(plan, self._tar_request(_index_path(sweep_id, index, "results")), Path(dest), whose)
 
     async def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
         """See ``Client.index_logs``."""
@@ -1138,88 +1162,3 @@ class _SSEParser:
         elif name == "id" and "\0" not in value:
             self._id = value
         return None
-
-
-def _extract_results(fileobj: IO[bytes], dest: Path, job_id: str, cid: str | None) -> Path:
-    """Extract the results; when the node names their CID, recompute it from the files first.
-
-    A tampered or truncated download is reported and nothing of it is left in ``dest``.
-    ``job_id`` names whose results they are in errors: a job id, or "index 3 of sweep s-…".
-    """
-    if cid is None:
-        return _extract_tar(fileobj, dest, job_id)
-    import shutil
-    import tempfile
-
-    from storage.unixfs import cid_of_path
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.partial-") as tmp:
-        _extract_tar(fileobj, Path(tmp), job_id)
-        root = Path(tmp) / cid if (Path(tmp) / cid).is_dir() else Path(tmp)
-        got = cid_of_path(root)
-        if str(got) != cid:
-            raise ShoalAPIError(f"the results of {_whose(job_id)} do not match their CID {cid} (got {got}): the "
-                                "download was corrupted or tampered with; nothing was written", 200, "corrupted")
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in root.iterdir():
-            target = dest / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-            shutil.move(str(entry), target)
-    return dest
-
-
-def _whose(job_id: str) -> str:
-    return job_id if " " in job_id else f"job {job_id}"
-
-
-def _extract_tar(fileobj: IO[bytes], dest: Path, job_id: str) -> Path:
-    """Extract a results archive into ``dest`` after checking every member (all or nothing)."""
-    import tarfile
-
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                problem = _unsafe_member(member)
-                if problem:
-                    raise ShoalAPIError(
-                        f"refusing to extract the results of {_whose(job_id)}: {problem}", 200, "unsafe_archive"
-                    )
-            dest.mkdir(parents=True, exist_ok=True)
-            if hasattr(tarfile, "data_filter"):  # 3.11.4+: defence in depth (modes, links)
-                tar.extractall(dest, members=members, filter="data")
-            else:
-                tar.extractall(dest, members=members)
-    except tarfile.TarError as e:
-        raise ShoalAPIError(
-            f"cannot extract the results of {_whose(job_id)}: {_one_line(str(e))}", 200, "bad_archive"
-        ) from None
-    return dest
-
-
-def _unsafe_member(member: TarInfo) -> str | None:
-    name = member.name
-    path = PurePosixPath(name)
-    if name.startswith(("/", "\\")) or path.is_absolute() or re.match(r"^[A-Za-z]:", name):
-        return f"absolute path {name!r}"
-    if ".." in path.parts or ".." in name.split("\\"):
-        return f"path {name!r} leaves the destination"
-    if member.isdev() or member.isfifo():
-        return f"{name!r} is a device or FIFO"
-    if member.issym() or member.islnk():
-        target = member.linkname
-        if target.startswith("/"):
-            return f"link {name!r} points to the absolute path {target!r}"
-        # symlinks resolve from their own directory, hard links from the archive root
-        base = path.parent if member.issym() else PurePosixPath()
-        parts: list[str] = []
-        for part in (base / target).parts:
-            if part == "..":
-                if not parts:
-                    return f"link {name!r} points outside the destination"
-                parts.pop()
-            elif part != ".":
-                parts.append(part)
-    return None

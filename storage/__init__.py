@@ -6,7 +6,8 @@ Layering (imports point down only):
     kubo       Kubo RPC client (the only code talking to Kubo), KuboInput, KuboPublisher
     local      LocalPublisher / LocalInput: results under their CID in the node's data dir
     http       HttpInput: URLs streamed to disk under a size limit
-    tarstream  result tar streams: write, extract safely, verify against a CID
+    tarstream  result tar streams: write, extract safely, verify against a CID (async, on the node)
+    tarsafe    the one tar reader (sync, push-driven), shared by tarstream and the SDK's ``shoal get``
     unixfs     CIDs exactly as `ipfs add` computes them, in pure Python
     base, errors  the Protocols and the exception tree
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storage.base import InputSource, Publisher, parse_ipfs_source
-    from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+    from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable, Unsafe
     from storage.http import HttpInput
     from storage.kubo import DEFAULT_API, DEFAULT_FIND_TIMEOUT, KuboClient, KuboInput, KuboPublisher, PathStat
     from storage.local import LocalInput, LocalPublisher
@@ -46,6 +47,7 @@ _WHERE = {
     "StorageError": "storage.errors",
     "TooLarge": "storage.errors",
     "Unavailable": "storage.errors",
+    "Unsafe": "storage.errors",
     "cid_of_bytes": "storage.unixfs",
     "cid_of_path": "storage.unixfs",
     "compute_cid": "storage.unixfs",
@@ -90,6 +92,7 @@ __all__ = [
     "StorageError",
     "TooLarge",
     "Unavailable",
+    "Unsafe",
     "cid_of_bytes",
     "cid_of_path",
     "compute_cid",

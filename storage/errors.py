@@ -6,10 +6,11 @@
         ├── NotFound          the content does not exist, or nobody offered it in time
         ├── TooLarge          the content exceeds the byte limit it was fetched or packed under
         ├── Corrupted         bytes arrived but do not match their CID, or the stream was truncated
+        │   └── Unsafe        an archive entry or link that would reach outside its destination
         └── Unavailable       the backend failed (Kubo down, connection refused, timeout, HTTP 5xx)
 
 Foreign errors (httpx, Kubo's HTTP 500 JSON, tarfile, OSError) are translated into these inside the
-adapter that met them (``storage/kubo.py``, ``storage/http.py``, ``storage/tarstream.py``) and nowhere
+adapter that met them (``storage/kubo.py``, ``storage/http.py``, ``storage/tarsafe.py``) and nowhere
 else, with the original chained (``raise ... from exc``). ``retryable`` tells a caller whether trying
 again later, or on another node, can help.
 """
@@ -53,6 +54,10 @@ class TooLarge(StorageError):
 
 class Corrupted(StorageError):
     """Downloaded bytes do not hash to the expected CID, or the stream ended early."""
+
+
+class Unsafe(Corrupted):
+    """An archive entry that would be written, or a link that would point, outside the destination."""
 
 
 class Unavailable(StorageError):

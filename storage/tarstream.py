@@ -6,18 +6,15 @@ directory with the files below it, or a single file) and an end-of-archive marke
 use this module's reader, which:
 
 * is async and streams (nothing is buffered whole; file data goes to disk in ~1 MiB writes);
-* refuses anything that could write outside ``dest``: absolute names, ``..``, entries below a
-  symlink, hard links, devices; symlinks are recreated as they are and never followed;
-* counts file bytes against ``max_bytes`` (``TooLarge``) before writing them;
-* requires the end-of-archive marker, so a stream cut at an entry boundary is ``Corrupted``, not
-  a silently shorter result;
+* reads with ``storage.tarsafe.TarExtractor``, the tar reader the SDK's ``shoal get`` uses too:
+  nothing is written outside ``dest``, file bytes count against ``max_bytes``, and a stream
+  without its end-of-archive marker is ``Corrupted``;
 * with ``extract_verified``, recomputes the CID of what it wrote (``storage.unixfs``) and compares.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator
@@ -25,15 +22,14 @@ from pathlib import Path
 
 import trio
 
-from storage.errors import Corrupted, StorageError, TooLarge
+from storage.errors import Corrupted, StorageError
+from storage.tarsafe import BLOCK, TarExtractor, remove
 from storage.unixfs import compute_cid, parse_cid
 
 __all__ = ["extract_tar", "extract_verified", "tar_path", "verify_path"]
 
-BLOCK = 512
-WRITE_BATCH = 1 << 20  # bytes gathered before one write() in a worker thread
+WRITE_BATCH = 1 << 20  # bytes gathered before they are extracted in a worker thread
 READ_SIZE = 1 << 20  # bytes read from a stored file per step when writing a tar
-MAX_HEADER_DATA = 1 << 20  # a PAX/GNU long-name header larger than this is not a real one
 _END = b"\0" * (2 * BLOCK)
 
 
@@ -96,87 +92,12 @@ async def tar_path(path: Path, name: str) -> AsyncIterator[bytes]:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-class _Reader:
-    """Exact reads over an async iterable of byte chunks of any size."""
-
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
-        self._chunks = aiter(chunks)
-        self._buffer = bytearray()
-        self._eof = False
-        self.consumed = 0
-
-    async def _fill(self) -> bool:
-        if self._eof:
-            return False
-        try:
-            chunk = await anext(self._chunks)
-        except StopAsyncIteration:
-            self._eof = True
-            return False
-        self._buffer += chunk
-        return True
-
-    async def read_some(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes (at least one); ``b""`` only at the end of the stream."""
-        while not self._buffer and await self._fill():
-            pass
-        out = bytes(self._buffer[:limit])
-        del self._buffer[:limit]
-        self.consumed += len(out)
-        return out
-
-    async def read_exact(self, n: int, what: str) -> bytes:
-        while len(self._buffer) < n:
-            if not await self._fill():
-                raise Corrupted(f"tar stream truncated after {self.consumed + len(self._buffer)} bytes (in {what})")
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self.consumed += n
-        return out
-
-    async def at_end(self) -> bool:
-        while not self._buffer:
-            if not await self._fill():
-                return True
-        return False
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    """PAX extended header records: ``"%d %s=%s\\n"``."""
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= 0 or pos + length > len(data):
-            raise ValueError("bad PAX record length")
-        key, _, value = data[space + 1: pos + length - 1].partition(b"=")
-        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-def _relative_parts(name: str, root: str | None) -> tuple[str, list[str]]:
-    """Split a member name into (top entry, path below it), refusing anything that could escape."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or not parts or ".." in parts:
-        raise Corrupted(f"unsafe path in tar stream: {name!r}")
-    if root is not None and parts[0] != root:
-        raise Corrupted(f"tar entry {name!r} is not under {root!r}")
-    return parts[0], parts[1:]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int | None = None,
                       root: str | None = None) -> int:
     """Extract a Kubo-``get``-style tar into ``dest`` (which must not exist); return the file bytes written.
 
     The top entry becomes ``dest`` itself (a directory, or the file when the tar holds one file).
+    The reading is ``storage.tarsafe.TarExtractor``'s (in worker threads, ~1 MiB at a time).
 
     Args:
         chunks: the tar stream.
@@ -185,7 +106,7 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
         root: if given, the name every entry must start with (the CID, for Kubo and Shoal exports).
 
     Raises:
-        Corrupted: malformed or truncated stream, unsafe or unsupported entries.
+        Corrupted: malformed or truncated stream, unsafe (``Unsafe``) or unsupported entries.
         TooLarge: more than ``max_bytes`` of file content.
         StorageError: whatever ``chunks`` raises (e.g. ``Unavailable`` when the download breaks).
 
@@ -194,13 +115,21 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
     """
     dest = Path(dest)
     try:
-        if os.path.lexists(dest):
-            raise FileExistsError(f"{dest} already exists")
+        extractor = TarExtractor(dest, max_bytes=max_bytes, root=root)
         try:
-            return await _extract(_Reader(chunks), dest, max_bytes, root)
+            batch = bytearray()
+            async for chunk in chunks:
+                batch += chunk
+                if len(batch) >= WRITE_BATCH:
+                    await trio.to_thread.run_sync(extractor.feed, bytes(batch))
+                    batch.clear()
+                    if extractor.ended:
+                        break  # nothing after the end-of-archive marker matters
+            await trio.to_thread.run_sync(extractor.feed, bytes(batch))
+            return await trio.to_thread.run_sync(extractor.close)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove, dest)
+                await trio.to_thread.run_sync(extractor.abort)
             raise
     finally:
         await _close(chunks)
@@ -211,106 +140,6 @@ async def _close(chunks: object) -> None:
     if aclose is not None:
         with trio.CancelScope(shield=True):
             await aclose()
-
-
-def _remove(path: Path) -> None:
-    if os.path.islink(path) or os.path.isfile(path):
-        os.unlink(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-async def _extract(reader: _Reader, dest: Path, max_bytes: int | None, root: str | None) -> int:
-    dirs: set[tuple[str, ...]] = set()  # directories this extraction created (the only ones it writes into)
-    top: str | None = root
-    top_kind: bytes | None = None
-    written = 0
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    long_link: str | None = None
-    while True:
-        block = await reader.read_exact(BLOCK, "a header")
-        if block == b"\0" * BLOCK:
-            break  # end-of-archive marker (a second zero block may follow; nothing after it matters)
-        try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise Corrupted(f"malformed tar header after {reader.consumed - BLOCK} bytes: {exc}") from None
-        padded = -(-info.size // BLOCK) * BLOCK
-        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
-            if info.size > MAX_HEADER_DATA:
-                raise Corrupted(f"tar extended header of {info.size} bytes")
-            data = (await reader.read_exact(padded, "an extended header"))[: info.size]
-            if info.type == tarfile.XHDTYPE:
-                try:
-                    pax = _parse_pax(data)
-                except ValueError as exc:
-                    raise Corrupted(f"malformed PAX header: {exc}") from None
-            elif info.type == tarfile.GNUTYPE_LONGNAME:
-                long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif info.type == tarfile.GNUTYPE_LONGLINK:
-                long_link = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            continue  # global headers ('g') are ignored
-        name = pax.get("path") or long_name or info.name
-        link = pax.get("linkpath") or long_link or info.linkname
-        size = int(pax["size"]) if "size" in pax else info.size
-        padded = -(-size // BLOCK) * BLOCK
-        pax, long_name, long_link = {}, None, None
-
-        first, rest = _relative_parts(name, top)
-        if top is None:
-            top = first
-        if top_kind is not None and top_kind != tarfile.DIRTYPE:
-            raise Corrupted(f"tar entry {name!r} follows the single file {top!r}")
-        if top_kind is None and rest:
-            raise Corrupted(f"tar entry {name!r} comes before its top directory {top!r}")
-        parent, target = tuple(rest[:-1]), dest.joinpath(*rest)
-        if rest and parent not in dirs:
-            raise Corrupted(f"tar entry {name!r} is not inside a directory of the archive")
-        if top_kind is None:
-            top_kind = info.type if info.type != tarfile.AREGTYPE else tarfile.REGTYPE
-
-        if info.type == tarfile.DIRTYPE:
-            if tuple(rest) not in dirs:
-                await trio.to_thread.run_sync(os.mkdir, target)
-                dirs.add(tuple(rest))
-            await reader.read_exact(padded, name)  # directories carry no data; skip any padding
-        elif info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
-            if max_bytes is not None and written + size > max_bytes:
-                raise TooLarge(f"content exceeds the limit of {max_bytes} bytes (at {name!r}, {size} bytes)",
-                               limit=max_bytes)
-            await _write_member(reader, target, size, name)
-            written += size
-            await reader.read_exact(padded - size, name)
-        elif info.type == tarfile.SYMTYPE:
-            await trio.to_thread.run_sync(os.symlink, link, target)
-            await reader.read_exact(padded, name)
-        else:
-            raise Corrupted(f"tar entry {name!r} has unsupported type {info.type!r} (only files, dirs, symlinks)")
-    if top_kind is None:
-        raise Corrupted("tar stream holds no entries")
-    return written
-
-
-async def _write_member(reader: _Reader, target: Path, size: int, name: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = await trio.to_thread.run_sync(os.open, target, flags, 0o644)
-    try:
-        remaining = size
-        batch: list[bytes] = []
-        batched = 0
-        while remaining:
-            piece = await reader.read_some(min(remaining, WRITE_BATCH))
-            if not piece:
-                raise Corrupted(f"tar stream truncated in {name!r} ({size - remaining} of {size} bytes)")
-            remaining -= len(piece)
-            batch.append(piece)
-            batched += len(piece)
-            if batched >= WRITE_BATCH or not remaining:
-                await trio.to_thread.run_sync(_write_all, fd, b"".join(batch))
-                batch, batched = [], 0
-    finally:
-        os.close(fd)
 
 
 # -- verifying -------------------------------------------------------------------------------------
@@ -347,6 +176,6 @@ async def extract_verified(chunks: AsyncIterable[bytes], dest: Path, cid: str, *
         await verify_path(dest, cid)
     except (StorageError, OSError):
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove, dest)
+            await trio.to_thread.run_sync(remove, dest)
         raise
     return written

@@ -30,6 +30,8 @@ class MemoryHub:
         self.transports: dict[str, MemoryTransport] = {}
         self.sent: Counter[tuple[str, str]] = Counter()  # (gossip | request, message kind) -> count
         self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
+        # (way, sender, receiver, bytes) of every message and reply, when a test sets it to a list
+        self.frames: list[tuple[str, str, str, bytes]] | None = None
 
     @property
     def requests(self) -> int:
@@ -81,14 +83,21 @@ class MemoryTransport:
         if self.down or target is None or target.down or target.dispatcher is None:
             raise TransportUnreachable(f"{peer_id} is down")
         self.hub.sent["request", decode(data).kind] += 1
+        if self.hub.frames is not None:
+            self.hub.frames.append(("request", self.peer_id, peer_id, data))
         with trio.move_on_after(timeout):
-            return await target.dispatcher.on_request(self.peer_id, data)
+            reply = await target.dispatcher.on_request(self.peer_id, data)
+            if self.hub.frames is not None:
+                self.hub.frames.append(("reply", peer_id, self.peer_id, reply))
+            return reply
         raise TransportUnreachable("timed out")
 
     async def publish(self, data: bytes) -> None:
         if self.down:
             return
         self.hub.sent["gossip", decode(data).kind] += 1
+        if self.hub.frames is not None:
+            self.hub.frames.append(("gossip", self.peer_id, "*", data))
         for other in list(self.hub.transports.values()):
             if other is not self and not other.down and other.dispatcher is not None:
                 await other.dispatcher.on_gossip(self.peer_id, data)
@@ -135,7 +144,8 @@ async def memory_node(
             if c is not None:
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
-            sw = SweepService(peers=peers, store=store, known_nodes=r.known_nodes)
+            sw = SweepService(peers=peers, store=store, known_nodes=r.known_nodes, penalize=r.penalize,
+                              quarantined=r.quarantined)
             await nursery.start(sw.run)
         dispatcher.requester, dispatcher.compute, dispatcher.sweeps = r, c, sw
         dispatcher.ready.set()

@@ -341,13 +341,7 @@ async def result_tar(node: "Node", result: RunResult) -> Response:
 
 
 def _result_of(description: JobDescription) -> RunResult | None:
-    """The result a job's logs and downloads show: the job's accepted (or cached) result, else a
-    completed execution's, else any execution's that ran."""
-    if description.job.result is not None:
-        return description.job.result
-    ran = [x for x in description.executions if x.result is not None]
-    ran.sort(key=lambda x: x.state != "completed")
-    return ran[0].result if ran else None
+    return description.shown_result()
 
 
 def create_app(node: "Node") -> FastAPI:
@@ -604,7 +598,7 @@ def create_app(node: "Node") -> FastAPI:
     return app
 
 
-NETWORK_GAUGES = ("connected_peers", "open_streams", "gossip_cached")
+NETWORK_GAUGES = ("connected_peers", "open_streams", "gossip_cached", "gossip_penalised_peers", "gossip_blocked_peers")
 """``NetworkStatistics`` fields that are levels now, not counts since start."""
 
 
@@ -622,6 +616,16 @@ async def _metrics(node: "Node") -> str:
             for q in (0.5, 0.9, 0.99):
                 value = lat[min(len(lat) - 1, int(q * len(lat)))]
                 lines.append(f'shoal_job_latency_seconds{{quantile="{q}"}} {value:.6f}')
+        table = node.requester.nodes.statistics()
+        lines.append("# TYPE shoal_node_table gauge")
+        lines.append(f"shoal_node_table {table.size}")
+        lines.append("# TYPE shoal_node_table_total counter")
+        lines.append(f'shoal_node_table_total{{event="evicted"}} {table.evicted}')
+        lines.append(f'shoal_node_table_total{{event="expired"}} {table.expired}')
+    if node.sweeps is not None:
+        lines.append("# TYPE shoal_sweeps_total counter")
+        for name, n in node.sweeps.counters.items():
+            lines.append(f'shoal_sweeps_total{{event="{name}"}} {n}')
     if node.compute is not None:
         cap = node.compute.capacity.statistics()
         lines.append("# TYPE shoal_capacity gauge")
@@ -630,6 +634,15 @@ async def _metrics(node: "Node") -> str:
             lines.append(f'shoal_capacity_memory_bytes{{kind="{kind}"}} {res.memory}')
         lines.append(f"shoal_backlog {len(node.compute.backlog)}")
     lines.append(f"shoal_peers {len(node.network.connected_peers())}")
+    lines.append("# TYPE shoal_dispatch_dropped_total counter")
+    lines.append(f"shoal_dispatch_dropped_total {node.dispatcher.dropped}")
+    if node.dispatcher.rate_limiter is not None:
+        limits = node.dispatcher.rate_limiter.statistics()
+        lines.append("# TYPE shoal_peer_requests_total counter")
+        lines.append(f'shoal_peer_requests_total{{verdict="allowed"}} {limits.allowed}')
+        lines.append(f'shoal_peer_requests_total{{verdict="rate_limited"}} {limits.refused}')
+        lines.append("# TYPE shoal_rate_limited_peers_tracked gauge")
+        lines.append(f"shoal_rate_limited_peers_tracked {limits.tracked}")
     stats = asdict(node.network.statistics())
     lines.append("# TYPE shoal_network gauge")
     for name in NETWORK_GAUGES:

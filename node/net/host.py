@@ -33,7 +33,9 @@ from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -46,6 +48,7 @@ from node.net.admission import OPEN, Admission
 from node.net.errors import NetworkError, PeerUnreachable
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
+from node.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 pubsub_records.install()
@@ -80,8 +83,38 @@ GOSSIP_HEARTBEAT = 3.0
 The message cache holds the last five heartbeats of messages, so this also bounds the
 protobuf messages a node keeps: about 15 s of traffic."""
 
+GOSSIP_PEER_RATE = 500.0
+"""Gossip messages per second a neighbour may pass us (it relays everyone's), in bursts of up to
+twice that; the rest is dropped unread. py-libp2p carries ~500 msg/s at most before it loses
+messages, so an honest neighbour stays below. (libp2p's own spam protection stays off: it allows
+10 msg/s, counts our own publishes, scans a list per message and logs a WARNING per drop.)"""
+INVALID_GOSSIP_WEIGHT = 10.0
+"""Score lost per message a neighbour passes us that fails validation (honest nodes validate the
+same way before forwarding, so they never pass one). Decays by INVALID_GOSSIP_DECAY per heartbeat."""
+INVALID_GOSSIP_DECAY = 0.99
+"""Per heartbeat (3 s): a penalty halves in about 3.5 minutes. A neighbour ignored after 11 invalid
+messages (what it sends then is not validated, so not counted) is heard again after about 30 s,
+and ignored again at its next invalid message."""
+GOSSIP_SCORE = ScoreParams(
+    p4_invalid_messages=TopicScoreParams(weight=INVALID_GOSSIP_WEIGHT, cap=1000.0, decay=INVALID_GOSSIP_DECAY),
+    gossip_threshold=-5 * INVALID_GOSSIP_WEIGHT,  # 5 invalid messages: we stop telling it what we have (IHAVE)
+    publish_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # past 10: we neither send it gossip nor read what it sends,
+    graylist_threshold=-10 * INVALID_GOSSIP_WEIGHT,  # and it may not join our mesh (GRAFT refused)
+)
+"""py-libp2p's peer scoring, used for one thing: neighbours passing invalid gossip. The other parts
+(time in mesh, deliveries, IP colocation, behaviour penalties) keep weight 0: py-libp2p counts them
+too crudely to judge honest peers by. What py-libp2p 0.8.1 cannot do: keep a score once the peer
+disconnects (it reconnects with a clean slate; go-libp2p retains it), "ignore" a message without
+penalising its sender (a validator only accepts or rejects), or limit by origin rather than by
+neighbour (valid gossip signed by many identities is bounded only by GOSSIP_PEER_RATE per relay)."""
+PEER_NAMES = 4096
+"""Gossip origins whose base58 ids are kept (libp2p computes them in pure Python: ~25 us each)."""
+
 GossipHandler = Callable[[str, bytes], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+GossipValidator = Callable[[str, bytes], bool]
+"""``(origin, data) -> ok``: False rejects a gossip message (not delivered, not forwarded, counted
+against the neighbour that passed it). ``origin`` is the peer that signed it."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,10 @@ class NetworkStatistics:
     ``peers_refused_key``: connections (either way) whose handshake failed while the node has a
     network key: the peer lacks the key (or dropped the connection mid-handshake).
     ``peers_refused_untrusted``: connections closed because the peer is not a trusted peer.
+    ``gossip_rejected``: messages the validator refused (neither delivered nor forwarded);
+    ``gossip_rate_limited``: messages dropped unread because their neighbour passed over GOSSIP_PEER_RATE.
+    ``gossip_penalised_peers`` / ``gossip_blocked_peers``: neighbours whose score is below zero now
+    (they passed invalid gossip lately) / below the publish threshold (ignored until it decays).
     """
 
     connected_peers: int
@@ -115,6 +152,26 @@ class NetworkStatistics:
     gossip_cached: int = 0
     peers_refused_key: int = 0
     peers_refused_untrusted: int = 0
+    gossip_rejected: int = 0
+    gossip_rate_limited: int = 0
+    gossip_penalised_peers: int = 0
+    gossip_blocked_peers: int = 0
+
+
+class _Pubsub(Pubsub):
+    """libp2p's Pubsub, dropping what a neighbour passes over its rate before anything else (seen
+    cache, signature, validation, delivery): a flood costs a dict lookup per message."""
+
+    def __init__(self, host: IHost, router: GossipSub, *, rate: RateLimiter, counters: Counters) -> None:
+        super().__init__(host, router)
+        self._rate = rate
+        self._counters = counters
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder != self.my_id and not self._rate.allow(msg_forwarder):
+            self._counters.gossip_rate_limited += 1
+            return
+        await super().push_msg(msg_forwarder, msg)
 
 
 class _BoundedDict(OrderedDict[Any, Any]):
@@ -269,13 +326,15 @@ class Network:
         max_frame: int = DEFAULT_MAX_FRAME,
         gossip_heartbeat: float = GOSSIP_HEARTBEAT,
         admission: Admission = OPEN,
+        validate_gossip: GossipValidator | None = None,
     ) -> None:
         if len(seed) != 32:
             raise ValueError("seed must be exactly 32 bytes")
         if max_frame <= 0:
             raise ValueError("max_frame must be positive")
         self._key_pair = create_new_key_pair(seed)
-        self.peer_id: str = ID.from_pubkey(self._key_pair.public_key).to_base58()
+        self._pid = ID.from_pubkey(self._key_pair.public_key)
+        self.peer_id: str = self._pid.to_base58()
         self._listen = [_split_p2p(a)[0] for a in listen]
         self._topic = topic
         self._on_gossip = on_gossip
@@ -287,6 +346,8 @@ class Network:
             for maddr in self._listen:
                 if not _plain_tcp(maddr):  # QUIC & co. bypass pnet and the security upgrade we guard
                     raise ValueError(f"a private network listens on plain TCP only, not {maddr}")
+        self._validate_gossip = validate_gossip
+        self._peer_names: dict[bytes, str] = {}
         self._counters = Counters()
         self._host: IHost | None = None
         self._pubsub: Pubsub | None = None
@@ -354,6 +415,8 @@ class Network:
 
     def statistics(self) -> NetworkStatistics:
         c = self._counters
+        scorer = getattr(self._pubsub.router, "scorer", None) if self._pubsub is not None else None
+        scores = list(scorer.get_all_peer_scores([self._topic]).values()) if scorer is not None else []
         return NetworkStatistics(
             connected_peers=len(self.connected_peers()),
             requests_sent=c.requests_sent,
@@ -369,6 +432,10 @@ class Network:
             gossip_cached=len(self._pubsub.router.mcache.msgs) if self._pubsub is not None else 0,
             peers_refused_key=c.peers_refused_key,
             peers_refused_untrusted=c.peers_refused_untrusted,
+            gossip_rejected=c.gossip_rejected,
+            gossip_rate_limited=c.gossip_rate_limited,
+            gossip_penalised_peers=sum(1 for s in scores if s < 0),
+            gossip_blocked_peers=sum(1 for s in scores if s < GOSSIP_SCORE.publish_threshold),
         )
 
     async def publish(self, data: bytes) -> None:
@@ -498,7 +565,8 @@ class Network:
             degree_low=4,
             degree_high=12,
             heartbeat_interval=self._gossip_heartbeat,  # type: ignore[arg-type]  # trio.sleep takes floats
-            spam_protection_enabled=False,
+            spam_protection_enabled=False,  # _Pubsub limits each neighbour instead (see GOSSIP_PEER_RATE)
+            score_params=GOSSIP_SCORE,
             # "Adaptive gossip" stretches the heartbeat to 30-60 s whenever the mesh is smaller
             # than degree_low (every network of fewer than 5 nodes): the message cache then
             # held five minutes of messages (RSS grew ~2.5 MB per 1,000 jobs) and mesh upkeep
@@ -506,7 +574,10 @@ class Network:
             adaptive_gossip_enabled=False,
         )
         router.equivocation_detection = _BoundedDict(EQUIVOCATION_CACHE)
-        pubsub = Pubsub(host, router)
+        pubsub = _Pubsub(host, router, rate=RateLimiter(GOSSIP_PEER_RATE, 2 * GOSSIP_PEER_RATE),
+                         counters=self._counters)
+        if self._validate_gossip is not None:
+            pubsub.set_topic_validator(self._topic, self._check_gossip, False)
         # Seqnos start at int(time.time()) and count up per message: a node that
         # restarts soon after publishing more messages than seconds elapsed would
         # reuse seqnos that peers still hold as "seen" and have its gossip dropped.
@@ -757,7 +828,7 @@ class Network:
                 log.warning("gossip subscription closed")
                 return
             try:
-                origin = ID(msg.from_id).to_base58()
+                origin = self._origin(msg.from_id)
                 data = bytes(msg.data)
             except Exception as exc:
                 log.warning("skipping malformed gossip message: %r", exc)
@@ -771,6 +842,30 @@ class Network:
             except trio.WouldBlock:
                 self._counters.gossip_dropped += 1
                 log.warning("gossip queue full; dropped a message from %s", origin)
+
+    def _origin(self, from_id: bytes) -> str:
+        """The base58 peer id of a gossip message's signer (remembered: libp2p's is slow)."""
+        name = self._peer_names.get(from_id)
+        if name is None:
+            name = ID(from_id).to_base58()
+            if len(self._peer_names) >= PEER_NAMES:
+                self._peer_names.clear()
+            self._peer_names[from_id] = name
+        return name
+
+    def _check_gossip(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        """libp2p's topic validator: runs after the signature check (so ``from`` is the signer),
+        before delivery and forwarding. Our own publishes pass unchecked."""
+        if self._validate_gossip is None or forwarder == self._pid:
+            return True
+        try:
+            ok = self._validate_gossip(self._origin(msg.from_id), bytes(msg.data))
+        except Exception:
+            log.exception("gossip validator failed; rejecting the message")
+            ok = False
+        if not ok:
+            self._counters.gossip_rejected += 1
+        return bool(ok)
 
     async def _gossip_dispatcher(self, queue: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for origin, data in queue:

@@ -55,6 +55,8 @@ class Counters:
     open_streams: int = 0
     peers_refused_key: int = 0
     peers_refused_untrusted: int = 0
+    gossip_rejected: int = 0
+    gossip_rate_limited: int = 0
 
 
 async def discard_stream(stream: Any, *, graceful: bool = False) -> None:

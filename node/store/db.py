@@ -23,6 +23,7 @@ import trio
 
 from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
 from jobs.sweep import IndexRecord, Sweep
+from node.store.sealed import Sealer, SealError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -103,6 +104,10 @@ CREATE TABLE IF NOT EXISTS reputation (
     accepted INTEGER NOT NULL,
     rejected INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_secrets (  -- requester side: a live job's secret_env, sealed (see sealed.py)
+    job_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL
+);
 """
 
 _LIVE_EXECUTION_STATES = tuple(s.value for s in ExecutionState if not s.is_terminal)
@@ -171,6 +176,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; WAL keeps it consistent
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA secure_delete=FAST")  # deleted rows (job secrets) zeroed where it costs no extra I/O
     return conn
 
 
@@ -179,6 +185,7 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.sealer = Sealer(path.with_suffix(".secrets.key"))
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
         _upgrade(self._writer)
@@ -268,19 +275,25 @@ class Store:
         request_digest: str = "",
         cache: tuple[str, str, RunResult, bool] | None = None,
         reputation: dict[str, tuple[int, int]] | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> None:
         """Write all of it in one transaction, or none of it.
 
         ``job`` and ``executions`` are updates: each carries its bumped revision and is written
         only if the stored revision is the one before it (else ``StaleState``).
+        ``secrets``: the secret_env of ``new_job``, sealed; a job's secrets are deleted by the
+        update that makes it terminal.
         """
-        jrow = None
+        jrow = srow = None
         if new_job is not None:
             jrow = (new_job.id, new_job.owner, new_job.state.value, new_job.created_at, new_job.revision,
                     idempotency_key, request_digest, new_job.model_dump_json())
+            if secrets and not new_job.state.is_terminal:
+                srow = (new_job.id, self.sealer.seal(new_job.id, secrets))
         jupd = None
         if job is not None:
             jupd = (job.state.value, job.revision, job.model_dump_json(), job.id, job.revision - 1)
+        forget = job.id if job is not None and job.state.is_terminal else None
         xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json()) for x in new_executions]
         xupd = [(x.state.value, x.revision, x.model_dump_json(), side.value, x.id, x.revision - 1) for x in executions]
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, side.value) for e in events]
@@ -298,6 +311,10 @@ class Store:
                 "UPDATE jobs SET state=?, revision=?, body=? WHERE id=? AND revision=?", jupd
             ).rowcount != 1:
                 raise StaleState(f"job {jupd[3]}: stored revision is not {jupd[4]}")
+            if srow:
+                conn.execute("INSERT INTO job_secrets (job_id, env) VALUES (?,?)", srow)
+            if forget:
+                conn.execute("DELETE FROM job_secrets WHERE job_id=?", (forget,))
             if xrows:
                 conn.executemany(
                     "INSERT INTO executions (side, id, job_id, state, revision, body) VALUES (?,?,?,?,?,?)", xrows
@@ -475,6 +492,20 @@ class Store:
         )
         return [Job.model_validate_json(r[0]) for r in rows]
 
+    async def live_secrets(self) -> dict[str, dict[str, str] | None]:
+        """job id -> its secret_env, for every job that has some (only live jobs do); None for
+        secrets that cannot be opened (the key file was lost or replaced)."""
+        def q(c: sqlite3.Connection) -> dict[str, dict[str, str] | None]:
+            out: dict[str, dict[str, str] | None] = {}
+            for job_id, blob in c.execute("SELECT job_id, env FROM job_secrets").fetchall():
+                try:
+                    out[job_id] = self.sealer.open(job_id, blob)
+                except SealError:
+                    out[job_id] = None
+            return out
+
+        return await self._read(q)
+
     async def count_jobs_by_state(self) -> dict[str, int]:
         rows = await self._read(lambda c: c.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
         return dict(rows)
@@ -602,6 +633,7 @@ class Store:
                     conn.execute("DELETE FROM executions WHERE side='requester' AND job_id=?", (job.id,))
                     conn.execute("DELETE FROM events WHERE job_id=? AND side='requester'", (job.id,))
                     conn.execute("DELETE FROM result_cache WHERE job_id=?", (job.id,))
+                    conn.execute("DELETE FROM job_secrets WHERE job_id=?", (job.id,))
             for sweep in records.sweeps:
                 if conn.execute("DELETE FROM sweeps WHERE id=? AND revision=?", (sweep.id, sweep.revision)).rowcount:
                     n += 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,18 +17,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def noop_node(home: Path, port: int, *, ready_timeout: float = 60) -> Iterator[None]:
-    """Run a lone noop node with its data under ``home`` until the block ends; then check it stopped
-    cleanly and that nothing a client sent made it log an error."""
+def noop_node(home: Path, port: int, *, ready_timeout: float = 60, args: Sequence[str] = ()) -> Iterator[dict]:
+    """Run a lone noop node with its data under ``home`` (and ``args`` for ``shoal serve``) until the
+    block ends; then check it stopped cleanly and that nothing a client sent made it log an error.
+    Yields its READY line: ``peer_id``, ``addrs``, ``api``."""
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
     process = subprocess.Popen(
-        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none"],
+        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none",
+         *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
-        _wait_for_ready(process, ready_timeout)
-        yield
+        yield _wait_for_ready(process, ready_timeout)
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)
@@ -36,7 +38,7 @@ def noop_node(home: Path, port: int, *, ready_timeout: float = 60) -> Iterator[N
     assert process.returncode == 0
 
 
-def _wait_for_ready(process: subprocess.Popen, timeout: float) -> None:
+def _wait_for_ready(process: subprocess.Popen, timeout: float) -> dict:
     fd = process.stdout.fileno()
     seen = b""
     deadline = time.monotonic() + timeout
@@ -49,3 +51,6 @@ def _wait_for_ready(process: subprocess.Popen, timeout: float) -> None:
                 process.kill()
                 raise AssertionError(f"node not ready: {process.communicate()[1].decode()[-3000:]}")
             seen += chunk
+    while b"\n" not in seen.split(b"READY ", 1)[1]:  # the rest of the line
+        seen += os.read(fd, 65536)
+    return json.loads(seen.split(b"READY ", 1)[1].split(b"\n", 1)[0])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from functools import partial
 
+import httpx
 import pytest
 import trio
 
@@ -123,3 +125,152 @@ async def test_slow_input_fails_within_the_deadline_naming_it(server, http, tmp_
     assert trio.current_time() - start < 1.5
     assert (tmp_path / "0").read_bytes() == b"hello world\n"  # the caller's cleanup removes the execution dir
     assert not (tmp_path / "1").exists()
+
+
+# -- DNS rebinding: the address that was checked is the one connected to ------------------------------
+
+PUBLIC = "93.184.216.34"  # any global address; no packet is sent to it (see _NoEgress)
+# Each name below resolves to PUBLIC at most once, then to loopback: code that resolved a second time
+# to connect (the bug) would reach loopback, never send a packet to PUBLIC.
+
+
+class _Resolver(trio.abc.HostnameResolver):
+    """A local resolver: each lookup of a name returns the next answer in its list (the last one repeats)."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        self.lookups.append(name)
+        queue = self.answers.get(name)
+        if not queue:
+            raise trio.socket.gaierror(trio.socket.EAI_NONAME, "Name or service not known")
+        addresses = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(trio.socket.AF_INET6 if ":" in a else trio.socket.AF_INET, trio.socket.SOCK_STREAM, 6, "",
+                 (a, int(port or 0), 0, 0) if ":" in a else (a, int(port or 0))) for a in addresses]
+
+    async def getnameinfo(self, sockaddr, flags):
+        raise NotImplementedError
+
+
+class _NoEgress(httpx.AsyncBaseTransport):
+    """Sends requests for loopback on (a real connection); answers those for the public address itself."""
+
+    def __init__(self, public_answer: httpx.Response, **options) -> None:
+        self.real = httpx.AsyncHTTPTransport(**options)
+        self.public_answer = public_answer
+        self.to_public: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == PUBLIC:
+            self.to_public.append(request)
+            return self.public_answer
+        return await self.real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.fixture
+async def witness(nursery):
+    """An HTTP server on 127.0.0.1 that records every request it receives: the one a rebinding name aims at."""
+    seen: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        seen.append(await stream.receive_some(4096))
+        await stream.send_all(_response("200 OK", b"private data\n"))
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return listeners[0].socket.getsockname()[1], seen
+
+
+async def test_a_rebinding_name_never_reaches_loopback(witness, tmp_path):
+    port, seen = witness
+    resolver = _Resolver({"rebind.test": [[PUBLIC], ["127.0.0.1"]]})  # public when checked, loopback after
+    trio.socket.set_custom_hostname_resolver(resolver)
+    transport = _NoEgress(httpx.Response(200, content=b"public data\n"))
+    await HttpInput(transport=transport).fetch(f"http://rebind.test:{port}/secret", tmp_path / "x", max_bytes=100)
+    assert seen == []  # the loopback server was never asked
+    assert (tmp_path / "x").read_bytes() == b"public data\n"  # what the checked address served
+    assert resolver.lookups == ["rebind.test"]  # resolved once
+    [request] = transport.to_public
+    assert request.headers["host"] == f"rebind.test:{port}" and request.url.path == "/secret"
+
+
+async def test_a_name_with_any_private_address_is_refused(witness, tmp_path):
+    port, seen = witness
+    trio.socket.set_custom_hostname_resolver(_Resolver({"mixed.test": [[PUBLIC, "127.0.0.1"], ["127.0.0.1"]],
+                                                        "mapped.test": [["::ffff:127.0.0.1"]]}))
+    transport = _NoEgress(httpx.Response(200, content=b"public data\n"))
+    for name in ("mixed.test", "mapped.test"):
+        with pytest.raises(InvalidSource, match="local or private"):
+            await HttpInput(transport=transport).fetch(f"http://{name}:{port}/", tmp_path / "x", max_bytes=100)
+    assert seen == [] and transport.to_public == [] and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:{port}/secret", "http://2130706433:{port}/secret",
+                                      "http://rebind.test:{port}/secret", "http://[::ffff:127.0.0.1]:{port}/"])
+async def test_every_redirect_is_checked_again(witness, tmp_path, location):
+    port, seen = witness
+    trio.socket.set_custom_hostname_resolver(_Resolver({"public.test": [[PUBLIC], ["127.0.0.2"]],
+                                                        "rebind.test": [["127.0.0.1"]]}))
+    redirect = httpx.Response(302, headers={"Location": location.format(port=port)})
+    transport = _NoEgress(redirect)
+    with pytest.raises(InvalidSource, match="local or private"):
+        await HttpInput(transport=transport).fetch(f"http://public.test:{port}/go", tmp_path / "x", max_bytes=100)
+    assert seen == [] and len(transport.to_public) == 1 and not (tmp_path / "x").exists()
+
+
+async def test_https_to_a_pinned_address_still_checks_the_certificate_for_the_name(nursery, tmp_path):
+    """The connection goes to the resolved address, while SNI and the certificate check use the name."""
+    import ssl
+
+    cert, key = _self_signed("files.test", tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, server_ctx, server_side=True)
+        with contextlib.suppress(trio.BrokenResourceError, ssl.SSLError):  # the refused handshake
+            await _handler(tls)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    trio.socket.set_custom_hostname_resolver(_Resolver({"files.test": [["127.0.0.1"]],
+                                                        "other.test": [["127.0.0.1"]]}))
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    http = HttpInput(allow_private=True, transport=httpx.AsyncHTTPTransport(verify=client_ctx))
+    await http.fetch(f"https://files.test:{port}/hello", tmp_path / "hello", max_bytes=100)
+    assert (tmp_path / "hello").read_bytes() == b"hello world\n" and names == ["files.test"]
+    with pytest.raises(Unavailable, match="cannot connect"):  # the certificate does not name other.test
+        await http.fetch(f"https://other.test:{port}/hello", tmp_path / "other", max_bytes=100)
+    assert not (tmp_path / "other").exists()
+
+
+def _self_signed(name: str, where):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

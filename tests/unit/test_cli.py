@@ -106,9 +106,10 @@ class FakeClient:
     def follow_logs(self, job_id: str, stream: str = "stdout") -> Iterator[str]:
         yield from ("part1 ", "part2\n")
 
-    def download(self, job_id: str, dest: Path) -> Path:
+    def download(self, job_id: str, dest: Path, *, max_bytes: int | None = None) -> Path:
         self._check()
         self.downloaded_to = Path(dest)
+        self.max_bytes = max_bytes
         return Path(dest)
 
     def node(self) -> NodeStatus:
@@ -454,7 +455,16 @@ def test_get(fake: FakeClient, tmp_path: Path) -> None:
     assert fake.downloaded_to == tmp_path / "out"
     assert result.stdout.strip() == str(tmp_path / "out")
     run("get", JOB_ID)
-    assert fake.downloaded_to == Path(f"job-{JOB_ID[:12]}")
+    assert fake.downloaded_to == Path(f"job-{JOB_ID[:12]}") and fake.max_bytes is None
+
+
+def test_get_max_bytes(fake: FakeClient, tmp_path: Path) -> None:
+    assert run("get", JOB_ID, "--max-bytes", "2GiB", "-o", str(tmp_path / "o")).exit_code == 0
+    assert fake.max_bytes == 2 << 30
+    fake.downloaded_to = None
+    result = run("get", JOB_ID, "--max-bytes", "lots")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: --max-bytes: cannot read size 'lots'")
+    assert fake.downloaded_to is None
 
 
 def test_cancel(fake: FakeClient) -> None:
@@ -525,6 +535,15 @@ def test_serve_builds_a_node_config(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert (config.requester, config.compute, config.noop, config.log_level) == (False, True, True, "DEBUG")
     assert config.limit_total.cpu == 4 and config.limit_total.memory > 0
     assert config.limit_job.memory == 1024**3 and config.limit_job.cpu == 4
+
+
+def test_serve_takes_a_peer_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setitem(sys.modules, "node.daemon", types.SimpleNamespace(main=seen.append))
+    assert run("serve", "--peer-rate-limit", "50").exit_code == 0
+    assert (seen[-1].peer_rate_limit, seen[-1].peer_rate_burst) == (50, 100)
+    assert run("serve", "--peer-rate-limit", "0").exit_code == 0 and seen[-1].peer_rate_limit == 0  # no limit
+    assert run("serve", "--peer-rate-limit", "-1").exit_code == 2
 
 
 def test_serve_defaults_and_bad_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,7 +107,7 @@ class FakeSweepClient(FakeClient):
     def cancel_sweep(self, sweep_id: str) -> SweepDescription:
         return description(sweep_of(self.sweep_spec, JobState.CANCELLED))
 
-    def download_index(self, sweep_id: str, index: int, dest: Path) -> Path:
+    def download_index(self, sweep_id: str, index: int, dest: Path, *, max_bytes: int | None = None) -> Path:
         self.index_calls.append(("download", (sweep_id, index, Path(dest))))
         return Path(dest)
 

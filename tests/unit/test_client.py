@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import shoal
 from jobs.messages import NodeInfo
+from jobs.model import RunResult
 from jobs.spec import Resources
 from jobs.views import Capacity, SubmitRequest
 from shoal import (
@@ -104,6 +105,54 @@ def tar_bytes(members: dict[str, bytes], links: dict[str, str] | None = None) ->
     return buffer.getvalue()
 
 
+def results_archive(files: dict[str, bytes], links: dict[str, str] | None = None,
+                    cid: str | None = None) -> tuple[str, bytes]:
+    """(CID, tar) laid out as a node serves results: everything under a top directory named by the CID.
+
+    The CID is that of the files and links, leaving out names with ``..`` (which only a forged tar
+    carries), unless given.
+    """
+    import tempfile
+
+    from storage.unixfs import cid_of_path
+
+    links = links or {}
+    if cid is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "r"
+            root.mkdir()
+            for name, data in files.items():
+                if ".." not in name.split("/"):
+                    (root / name).parent.mkdir(parents=True, exist_ok=True)
+                    (root / name).write_bytes(data)
+            for name, target in links.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).symlink_to(target)
+            cid = str(cid_of_path(root))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directories = [cid]
+        for name in [*files, *links]:
+            parents = name.split("/")[:-1]
+            for depth in range(1, len(parents) + 1):
+                directory = "/".join([cid, *parents[:depth]])
+                if ".." not in parents and directory not in directories:
+                    directories.append(directory)
+        for directory in directories:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{cid}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links.items():
+            info = tarfile.TarInfo(f"{cid}/{name}")
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return cid, buffer.getvalue()
+
+
 def error(status: int, code: str, message: str, fields: list[str] | None = None) -> httpx.Response:
     return httpx.Response(status, json={"error": {"code": code, "message": message, "fields": fields or []}})
 
@@ -123,6 +172,7 @@ class FakeNode:
         self.break_every_stream = False
         self.auth_detail: str | None = None
         self.node_fails = False
+        self.served: dict[str, tuple[str, bytes]] = {}  # job id → (X-Shoal-CID, tar) its results request gets
 
     # transports
     def sync_transport(self) -> httpx.MockTransport:
@@ -300,16 +350,26 @@ class FakeNode:
             )
         return httpx.Response(200, text=text)
 
-    def results(self, job_id: str) -> httpx.Response:
+    def archive(self, job_id: str) -> tuple[str, bytes]:
+        """(CID the job's record names, the tar the node serves) of a job's results."""
+        if job_id in self.served:
+            return self.served[job_id]
         if job_id == "evil":
-            data = tar_bytes({"ok.txt": b"fine", "../escaped.txt": b"gotcha"})
-        elif job_id == "evil-link":
-            data = tar_bytes({"ok.txt": b"fine"}, links={"link": "../../etc/passwd"})
-        else:
-            data = tar_bytes({"stdout": b"42\n", "exitCode": b"0", "outputs/result.txt": b"done"})
-        return httpx.Response(
-            200, headers={"content-type": "application/x-tar"}, stream=ChunkStream(data, chunk=512)
-        )
+            return results_archive({"ok.txt": b"fine", "../escaped.txt": b"gotcha"})
+        if job_id == "evil-link":
+            return results_archive({"ok.txt": b"fine"}, links={"link": "../../etc/passwd"})
+        return results_archive({"stdout": b"42\n", "exitCode": b"0", "outputs/result.txt": b"done"})
+
+    def completed(self, job_id: str) -> Job:
+        """A completed job whose record names its results' CID (what ``download`` checks against)."""
+        job = self.add_job(job_id, JobState.COMPLETED)
+        self.jobs[job_id] = job.model_copy(update={"result": RunResult(stdout="42\n", cid=self.archive(job_id)[0])})
+        return self.jobs[job_id]
+
+    def results(self, job_id: str) -> httpx.Response:
+        cid, data = self.archive(job_id)
+        headers = {"content-type": "application/x-tar", "X-Shoal-CID": cid}
+        return httpx.Response(200, headers=headers, stream=ChunkStream(data, chunk=512))
 
 
 _R = Resources(cpu=4, memory="8GiB", disk="100GiB")
@@ -389,6 +449,11 @@ async def test_submit_signs_and_returns_description(client, fake: FakeNode) -> N
         "requirements": [],
         "main": None,
     }
+
+
+async def test_submit_sends_secret_env_in_the_spec(client, fake: FakeNode) -> None:
+    await call(client, "submit", {**SPEC, "secret_env": {"TOKEN": "s3cr3t"}})
+    assert json.loads(fake.requests[-1].content)["spec"]["secret_env"] == {"TOKEN": "s3cr3t"}
 
 
 async def test_submit_without_the_cache_says_so(client, fake: FakeNode) -> None:
@@ -625,7 +690,7 @@ async def test_logs_and_follow_logs(client, fake: FakeNode) -> None:
 
 
 async def test_download_extracts_results(client, fake: FakeNode, tmp_path: Path) -> None:
-    fake.add_job("j-1")
+    fake.completed("j-1")
     dest = await call(client, "download", "j-1", tmp_path / "out")
     assert dest == tmp_path / "out"
     assert (dest / "stdout").read_text() == "42\n"
@@ -634,12 +699,128 @@ async def test_download_extracts_results(client, fake: FakeNode, tmp_path: Path)
 
 @pytest.mark.parametrize("job_id", ["evil", "evil-link"])
 async def test_download_refuses_unsafe_archives(client, fake: FakeNode, tmp_path: Path, job_id: str) -> None:
-    fake.add_job(job_id)
+    fake.completed(job_id)
     with pytest.raises(ShoalAPIError) as info:
         await call(client, "download", job_id, tmp_path / "out")
     assert info.value.code == "unsafe_archive"
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "out").exists()  # all or nothing: checked before writing
+
+
+HONEST = {"stdout": b"42\n", "exitCode": b"0", "outputs/o/result.txt": b"done"}
+
+
+def recorded(fake: FakeNode, job_id: str, result: RunResult, served: tuple[str, bytes] | None = None) -> None:
+    """A completed job whose record holds ``result``; its results request gets ``served`` (CID header, tar)."""
+    fake.add_job(job_id, JobState.COMPLETED)
+    fake.jobs[job_id] = fake.jobs[job_id].model_copy(update={"result": result})
+    if served is not None:
+        fake.served[job_id] = served
+
+
+def results_requests(fake: FakeNode) -> list[str]:
+    return [r.url.path for r in fake.requests if r.url.path.endswith("/results")]
+
+
+def _forged_under(cid: str) -> tuple[str, bytes]:
+    """Other files under the honest CID's name, and the CID header naming it: only the bytes differ."""
+    return cid, results_archive({**HONEST, "stdout": b"rm -rf ~\n"}, cid=cid)[1]
+
+
+@pytest.mark.parametrize("forge", [
+    lambda cid: results_archive({**HONEST, "stdout": b"rm -rf ~\n"}),  # self-consistent: header = its own CID
+    _forged_under,
+])
+async def test_a_tampered_download_with_a_plausible_header_is_refused(client, fake, tmp_path: Path, forge) -> None:
+    """The record's CID decides, never the response's header: nothing is written, not even a partial dir."""
+    cid, _ = results_archive(HONEST)
+    recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid), served=forge(cid))
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "keep").write_text("mine")
+    for dest in (tmp_path / "new", tmp_path / "existing"):
+        with pytest.raises(ShoalAPIError) as info:
+            await call(client, "download", "j-1", dest)
+        assert info.value.code == "corrupted" and "nothing was written" in str(info.value)
+        assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no partial directory left beside it
+    assert [p.name for p in (tmp_path / "existing").iterdir()] == ["keep"]
+
+    fake.served.clear()  # the genuine bytes: into the existing directory, next to what was there
+    fake.served["j-1"] = results_archive(HONEST)
+    await call(client, "download", "j-1", tmp_path / "existing")
+    assert (tmp_path / "existing" / "stdout").read_text() == "42\n" and (tmp_path / "existing" / "keep").exists()
+    assert (tmp_path / "existing" / "outputs" / "o" / "result.txt").read_text() == "done"
+
+
+async def test_a_result_without_a_cid_is_written_from_the_record_or_refused(client, fake, tmp_path: Path) -> None:
+    recorded(fake, "whole", RunResult(exit_code=3, stdout="hi\n", stderr="oops\n"),
+             served=results_archive({"stdout": b"forged\n"}))
+    dest = await call(client, "download", "whole", tmp_path / "whole")
+    files = {p.name: p.read_text() for p in dest.iterdir()}
+    assert files == {"stdout": "hi\n", "stderr": "oops\n", "exitCode": "3"}
+    for job_id, result in (("cut", RunResult(stdout="tail", stdout_truncated=True)),
+                           ("outputs", RunResult(output_sizes={"o": 5}))):
+        recorded(fake, job_id, result, served=results_archive({"stdout": b"anything\n"}))
+        with pytest.raises(ShoalAPIError) as info:
+            await call(client, "download", job_id, tmp_path / job_id)
+        assert info.value.code == "no_cid" and str(info.value) == (
+            f"the result of job {job_id} names no CID, so a download could not be checked; nothing was written")
+        assert not (tmp_path / job_id).exists()
+    assert results_requests(fake) == []  # nothing was taken from the node's download
+
+
+async def test_a_job_without_a_result_has_no_results(client, fake, tmp_path: Path) -> None:
+    fake.add_job("j-1", JobState.FAILED)
+    with pytest.raises(NotFound, match=r"^job j-1 has no results \(state failed\)$"):
+        await call(client, "download", "j-1", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and results_requests(fake) == []
+
+
+@pytest.mark.parametrize("links", [
+    {"a": "b", "b": ".", "c": "a/../.."},  # a chain through the top
+    {"outputs/o/l": "..", "m": "outputs/o/l/../../.."},
+    {"outputs/o/key": "/home/user/.ssh/id_ed25519"},  # absolute
+    {"outputs/o/up": "../../../x"},
+])
+async def test_links_leading_outside_are_refused_even_under_a_genuine_cid(client, fake, tmp_path, links) -> None:
+    """A signed result whose links lead out of the destination (a hostile job made them) is not extracted."""
+    cid, tar = results_archive(HONEST, links=links)
+    recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid), served=(cid, tar))
+    with pytest.raises(ShoalAPIError) as info:
+        await call(client, "download", "j-1", tmp_path / "out")
+    assert info.value.code == "unsafe_archive" and "link" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_links_inside_the_destination_are_kept(client, fake, tmp_path: Path) -> None:
+    links = {"a": "b", "b": ".", "latest": "outputs/o/result.txt"}
+    cid, tar = results_archive(HONEST, links=links)
+    recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid), served=(cid, tar))
+    dest = await call(client, "download", "j-1", tmp_path / "out")
+    assert (dest / "latest").read_text() == "done" and (dest / "a").readlink() == Path("b")
+
+
+async def test_the_size_limit_holds(client, fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = {**HONEST, "outputs/o/result.txt": b"x" * 300_000}
+    cid, tar = results_archive(big)
+    recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid, output_sizes={"o": 4}), served=(cid, tar))
+    monkeypatch.setattr("shoal._results.LIMIT_MARGIN", 4096)  # default limit: 2 * (4 + 3) + 4096 bytes
+    with pytest.raises(ShoalAPIError) as info:
+        await call(client, "download", "j-1", tmp_path / "out")
+    assert info.value.code == "too_large" and "limit of 4110 bytes" in str(info.value)
+    with pytest.raises(ShoalAPIError, match="limit of 100000 bytes"):
+        await call(client, "download", "j-1", tmp_path / "out", max_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+    dest = await call(client, "download", "j-1", tmp_path / "out", max_bytes=1_000_000)
+    assert (dest / "outputs" / "o" / "result.txt").stat().st_size == 300_000
+
+
+def test_the_default_limit_follows_the_recorded_sizes() -> None:
+    from shoal._results import LIMIT_MARGIN, STREAM_ALLOWANCE, default_limit
+
+    assert default_limit(RunResult(stdout="abc", output_sizes={"a": 10, "b": 20})) == 2 * 33 + LIMIT_MARGIN
+    cut = RunResult(stdout="abc", stdout_truncated=True, stderr="é")
+    assert default_limit(cut) == 2 * (STREAM_ALLOWANCE + 2) + LIMIT_MARGIN
 
 
 # -- node endpoints ----------------------------------------------------------------------------------
@@ -715,6 +896,10 @@ def test_a_tampered_results_download_is_refused_and_nothing_is_written(tmp_path)
     def archive(stdout: bytes) -> io.BytesIO:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
+            for directory in (cid, f"{cid}/outputs"):  # as a node serves it: directories before their files
+                info = tarfile.TarInfo(directory)
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
             for name, data in ((f"{cid}/stdout", stdout), (f"{cid}/outputs/x.txt", b"result")):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)

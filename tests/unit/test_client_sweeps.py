@@ -16,7 +16,7 @@ import pytest
 from jobs.sweep import IndexRecord, Sweep, index_ranges
 from jobs.views import IndexList, SweepDescription, SweepList, SweepSubmitRequest
 from shoal import Conflict, EventKind, InvalidRequest, JobState, RunResult, ShoalAPIError, SweepSpec, WaitTimeout
-from tests.unit.test_client import ChunkStream, FakeNode, call, collect, error, make_events, tar_bytes
+from tests.unit.test_client import ChunkStream, FakeNode, call, collect, error, make_events, results_archive
 from tests.unit.test_client import client as client  # the fixture (sync and async), found by name
 
 SWEEP = {"job": {"engine": {"name": "noop"}}, "grid": {"x": ["1", "2", "3"]}}
@@ -30,7 +30,7 @@ class SweepNode(FakeNode):
         self.sweeps: dict[str, Sweep] = {}
         self.sweep_keys: dict[str, tuple[str, str]] = {}  # idempotency key → (digest, sweep id)
         self.sweep_polls: dict[str, int] = {}  # sweep id → wait-polls before it completes
-        self.result_cid: str | None = None  # X-Shoal-CID of every index's results
+        self.result_cid: str | None = None  # the CID every index's record names (default: that of result_files)
         self.result_files: dict[str, bytes] = {"stdout": b"x=2\n", "exitCode": b"0"}
 
     def add_sweep(self, sweep_id: str, state: JobState = JobState.RUNNING, owner: str = "someone") -> Sweep:
@@ -85,20 +85,21 @@ class SweepNode(FakeNode):
         if rest[:1] == ["indexes"]:
             index = int(rest[1])
             if rest[2:] == []:
-                record = IndexRecord(index=index, state=JobState.COMPLETED, attempts=1, result=RunResult(exit_code=0))
+                result = RunResult(exit_code=0, cid=self.recorded_cid())
+                record = IndexRecord(index=index, state=JobState.COMPLETED, attempts=1, result=result)
                 return httpx.Response(200, json=record.model_dump(mode="json")), 0
             if rest[2:] == ["logs"]:
                 return httpx.Response(200, text=f"{params['stream']} of {index}\n"), 0
             if rest[2:] == ["results"]:
-                headers = {"content-type": "application/x-tar"}
-                if self.result_cid:
-                    headers["X-Shoal-CID"] = self.result_cid
+                headers = {"content-type": "application/x-tar", "X-Shoal-CID": self.recorded_cid()}
                 return httpx.Response(200, headers=headers, stream=ChunkStream(self.tar(), chunk=512)), 0
         return httpx.Response(404, json={"detail": "Not Found"}), 0
 
+    def recorded_cid(self) -> str:
+        return self.result_cid or results_archive(self.result_files)[0]
+
     def tar(self) -> bytes:
-        prefix = f"{self.result_cid}/" if self.result_cid else ""
-        return tar_bytes({prefix + name: data for name, data in self.result_files.items()})
+        return results_archive(self.result_files, cid=self.recorded_cid())[1]
 
     def submit_sweep(self, request: httpx.Request, client_id: str) -> httpx.Response:
         spec = SweepSubmitRequest.model_validate_json(request.content).spec

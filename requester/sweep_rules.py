@@ -1,0 +1,103 @@
+"""What a sweep's requester takes from a compute node: decisions with no network, store or clock.
+
+A claim is a lease on the indexes the requester granted to one node. A node's report counts
+only inside its own lease: a result for an index the claim does not hold (never granted,
+granted to another claim, taken back when the lease lapsed) is refused, and so is a message
+naming another node's claim. An error is one node's word against the job: the index runs
+again elsewhere, and fails only when another node (or every node able to run it) says the
+same; an error that another node's run contradicts counts against its sender.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Set
+from dataclasses import dataclass, field
+
+from jobs.messages import Claim, IndexResult
+from jobs.sweep import compress
+
+CONFIRMING_NODES = 2  # distinct nodes whose non-retryable errors fail an index for good
+ERROR_PATIENCE = 60.0  # seconds an errored index waits for another node before its own may run it again
+REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """What the requester knows of the claim id a message names."""
+
+    holder: str | None = None  # the node it belongs to; None: a claim id not seen before
+    held: Set[int] = frozenset()  # indexes granted to it and not reported yet
+    reported: Set[int] = frozenset()  # indexes it reported before (a re-sent batch repeats them)
+    expired: bool = False  # its lease lapsed and its indexes were taken back
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    results: list[IndexResult] = field(default_factory=list)  # to record, in message order
+    released: list[int] = field(default_factory=list)  # held indexes given back unrun
+    refused: list[int] = field(default_factory=list)  # results and releases for indexes the claim does not hold
+    repeated: int = 0  # results this claim already reported: a batch re-sent after a lost reply, ignored
+    whole: str = ""  # the whole message is refused, and why
+    against_sender: bool = False  # the message is evidence of a lying (or broken) node
+
+    def reason(self) -> str:
+        """For ``Reply.reason``: which indexes were refused, bounded whatever the message held."""
+        if self.whole:
+            return self.whole
+        if not self.refused:
+            return ""
+        runs = compress(sorted(set(self.refused)))
+        named = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs[:REASON_RANGES])
+        more = f" and {len(runs) - REASON_RANGES} more ranges" if len(runs) > REASON_RANGES else ""
+        return f"refused {len(self.refused)} results or releases for indexes not granted to this claim: {named}{more}"
+
+
+def check_claim(sender: str, msg: Claim, view: ClaimView) -> ClaimCheck:
+    """Split a claim message into what counts and what is refused (signature already checked)."""
+    if view.holder is not None and view.holder != sender:
+        return ClaimCheck(refused=[r.index for r in msg.results] + list(msg.released),
+                          whole=f"claim {msg.claim_id} belongs to another node", against_sender=True)
+    if view.expired:
+        # an honest node cut off for longer than the lease sends exactly this: refused, not held against it
+        return ClaimCheck(refused=[r.index for r in msg.results],
+                          whole="the claim's lease lapsed; its indexes were granted again")
+    held = set(view.held)
+    results, refused, repeated = [], [], 0
+    for r in msg.results:
+        if r.index in held:
+            held.discard(r.index)
+            results.append(r)
+        elif r.index in view.reported:
+            repeated += 1
+        else:
+            refused.append(r.index)
+    released = []
+    for i in msg.released:
+        if i in held:
+            held.discard(i)
+            released.append(i)
+        else:
+            refused.append(i)
+    return ClaimCheck(results=results, released=released, refused=refused, repeated=repeated,
+                      against_sender=bool(refused))
+
+
+def error_confirmed(reports: Mapping[str, bool], able: Collection[str]) -> bool:
+    """Whether an index's errors fail it for good: ``reports`` maps node -> its error was retryable.
+
+    Retryable errors speak of the node, not the index, and never confirm. Non-retryable ones
+    confirm when CONFIRMING_NODES distinct nodes sent one, or every node able to run the index did.
+    """
+    firm = {node for node, retryable in reports.items() if not retryable}
+    return bool(firm) and (len(firm) >= CONFIRMING_NODES or (bool(able) and set(able) <= firm))
+
+
+def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float) -> bool:
+    """An index that errored on a node goes to another one, unless every able node has tried it or
+    none took it within ERROR_PATIENCE (an able node that never claims must not hold it forever)."""
+    return node not in reports or set(able) <= set(reports) or waited >= ERROR_PATIENCE
+
+
+def contradicted(reports: Collection[str], runner: str) -> list[str]:
+    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result."""
+    return sorted(n for n in reports if n != runner)

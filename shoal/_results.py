@@ -1,0 +1,160 @@
+"""Downloading results: checked against the CID the job's record names, then moved into place.
+
+The node that serves the download need not be trusted with the bytes: what is written must hash
+to the CID in the job's record (the result the compute node signed, as ``describe`` returns it),
+never to a CID the download itself names. The tar is read by ``storage.tarsafe`` (the node's own
+reader, with links confined to the destination) into a temporary directory beside the
+destination; only once the CID matches is it moved into place, so a refused download leaves
+nothing behind. Synchronous: the async client runs ``feed`` and ``finish`` in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.model import RunResult
+from shoal._errors import NotFound, ShoalAPIError
+
+STREAM_ALLOWANCE = 4 << 20  # bytes for a truncated stdout/stderr: an executor keeps 1 MiB, ≤ 3 bytes a byte as text
+LIMIT_MARGIN = 64 << 20  # on top of twice the recorded sizes: tar framing, directories, links
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to get one result: from the node, checked against ``cid``, or (no CID) from the record."""
+
+    cid: str | None
+    max_bytes: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def plan_download(result: RunResult | None, whose: str, state: str, max_bytes: int | None) -> Plan:
+    """Decide from the job's record alone; raise when there is nothing that can be checked.
+
+    A result without a CID is one the compute node published nothing for (an empty run): its files
+    are the record's stdout, stderr and exit code, written from the record itself. If the record
+    cannot hold them whole (truncated streams, declared outputs), there is nothing to check a
+    download against, and it is refused.
+    """
+    if result is None:
+        raise NotFound(f"{whose} has no results (state {state})", 404, "not_found")
+    if result.cid is None:
+        if result.stdout_truncated or result.stderr_truncated or result.output_sizes:
+            raise ShoalAPIError(f"the result of {whose} names no CID, so a download could not be checked; "
+                                "nothing was written", None, "no_cid")
+        return Plan(None, files={"stdout": result.stdout, "stderr": result.stderr, "exitCode": str(result.exit_code)})
+    return Plan(result.cid, max_bytes if max_bytes is not None else default_limit(result))
+
+
+def default_limit(result: RunResult) -> int:
+    """Bytes a download of ``result`` may take: twice its recorded sizes, plus ``LIMIT_MARGIN``."""
+    recorded = sum(max(0, n) for n in result.output_sizes.values())
+    for text, truncated in ((result.stdout, result.stdout_truncated), (result.stderr, result.stderr_truncated)):
+        recorded += STREAM_ALLOWANCE if truncated else len(text.encode("utf-8", "surrogatepass"))
+    return 2 * recorded + LIMIT_MARGIN
+
+
+class ResultsWriter:
+    """Receives a results tar (``feed``), checks it (``finish``), then puts it at ``dest``.
+
+    Use as a context manager: leaving it removes the temporary directory, whatever happened.
+    """
+
+    def __init__(self, dest: Path, cid: str, max_bytes: int, whose: str) -> None:
+        from storage.tarsafe import TarExtractor
+
+        self.dest, self.cid, self.max_bytes, self.whose = Path(dest), cid, max_bytes, whose
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.partial-"))
+        self._extractor = TarExtractor(self._tmp / "result", max_bytes=max_bytes, root=cid, confine_links=True)
+        self.received = 0
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._extractor.abort()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def feed(self, data: bytes) -> None:
+        from storage.errors import StorageError, TooLarge
+
+        self.received += len(data)
+        try:
+            if self.received > self.max_bytes:
+                raise TooLarge(f"more than {self.max_bytes} bytes", limit=self.max_bytes)
+            self._extractor.feed(data)
+        except StorageError as e:
+            raise self._refused(e) from None
+
+    def finish(self) -> Path:
+        """Check the extracted files against the CID; only then move them to ``dest``."""
+        from storage.errors import StorageError
+        from storage.unixfs import cid_of_path, parse_cid
+
+        try:
+            self._extractor.close()
+            expected = str(parse_cid(self.cid).to_v0())
+        except StorageError as e:
+            raise self._refused(e) from None
+        got = cid_of_path(self._tmp / "result")
+        if got != expected:
+            raise ShoalAPIError(f"the results of {self.whose} do not match their CID {self.cid} (got {got}): the "
+                                "download was corrupted or tampered with; nothing was written", 200, "corrupted")
+        return _move_into_place(self._tmp / "result", self.dest)
+
+    def _refused(self, e: Exception) -> ShoalAPIError:
+        from storage.errors import TooLarge, Unsafe
+
+        if isinstance(e, TooLarge):
+            return ShoalAPIError(f"the results of {self.whose} are larger than the limit of {self.max_bytes} bytes "
+                                 "(twice the recorded sizes, plus 64 MiB; --max-bytes to change it); nothing was "
+                                 "written", 200, "too_large")
+        if isinstance(e, Unsafe):
+            return ShoalAPIError(f"refusing to extract the results of {self.whose}: {e}; nothing was written",
+                                 200, "unsafe_archive")
+        return ShoalAPIError(f"the results of {self.whose} are not a valid archive of CID {self.cid}: {e}; "
+                             "nothing was written", 200, "corrupted")
+
+
+def write_from_record(files: dict[str, str], dest: Path) -> Path:
+    """A CID-less result's files, from the job's record (the same temporary-then-move as a download)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
+        (tmp / "result").mkdir()
+        for name, text in files.items():
+            (tmp / "result" / name).write_text(text, encoding="utf-8", errors="surrogateescape")
+        return _move_into_place(tmp / "result", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract_results(chunks: Iterable[bytes], dest: Path, whose: str, cid: str, max_bytes: int | None = None) -> Path:
+    """Extract a results tar given as chunks into ``dest``, checked against ``cid`` (all or nothing)."""
+    with ResultsWriter(dest, cid, max_bytes if max_bytes is not None else LIMIT_MARGIN, whose) as writer:
+        for chunk in chunks:
+            writer.feed(chunk)
+        return writer.finish()
+
+
+def _move_into_place(result: Path, dest: Path) -> Path:
+    """``result`` becomes ``dest``; into an existing directory, its entries replace those of the same name."""
+    if not os.path.lexists(dest):
+        os.rename(result, dest)
+        return dest
+    if dest.is_symlink() or not dest.is_dir() or result.is_symlink() or not result.is_dir():
+        raise ShoalAPIError(f"{dest} exists and is not a directory; nothing was written", None, "dest_exists")
+    for entry in sorted(result.iterdir()):
+        target = dest / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()
+        os.rename(entry, target)
+    return dest

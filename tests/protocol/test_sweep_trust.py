@@ -1,0 +1,194 @@
+"""Sweeps against a lying peer, over the in-memory network: a claim's report counts only for the
+indexes granted to that claim, from the node holding it; one node's error fails no index."""
+
+from __future__ import annotations
+
+import base64
+from contextlib import AsyncExitStack
+
+import trio
+
+from executors import ExecutorError
+from jobs import EventKind, JobState, RunResult
+from jobs.messages import Claim, IndexResult, Reply
+from node.dispatch import Dispatcher, MessagePeers
+from tests.memnet import MemoryHub, MemoryTransport
+from tests.protocol.test_sweeps import finished, nodes, sweep
+
+FORGED = RunResult(exit_code=0, stdout="forged: found it\n")
+
+
+class Rogue:
+    """A peer with a valid identity and no roles: it speaks the claim protocol by hand."""
+
+    def __init__(self, hub: MemoryHub, name: str = "rogue") -> None:
+        transport = MemoryTransport(hub, name)
+        dispatcher = Dispatcher()
+        dispatcher.ready.set()
+        transport.dispatcher = dispatcher  # answers a Cancel with "not taken here"
+        self.peers = MessagePeers(transport, dispatcher, hub.identity(name))
+        self.id = name
+
+    async def claim(self, requester: str, sweep_id: str, claim_id: str, results: list[IndexResult] = (),
+                    want: int = 0) -> Reply:
+        msg = Claim(sweep_id=sweep_id, claim_id=claim_id, want=want, results=list(results))
+        signature = base64.urlsafe_b64encode(self.peers.sign(msg.statement())).decode()
+        return await self.peers.request(requester, msg.model_copy(update={"signature": signature}), timeout=5)
+
+
+def hit(i: int) -> IndexResult:
+    return IndexResult(index=i, result=FORGED)
+
+
+async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_granted(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        for n in ns:
+            async def slow_but_seven(request):
+                await trio.sleep(3 if request.spec.env["SHOAL_INDEX"] == "7" else 30)
+            n.noop.hooks.before_run = slow_but_seven
+        rogue = Rogue(hub)
+        spec = sweep(grid={"i": [str(i) for i in range(200)]}, success="any",  # more than the nodes' 40 slots each
+                     job={"deadlines": {"silence": 2.0}})
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        await trio.sleep(0.3)  # the honest nodes hold their claims
+
+        # a fresh claim whose first message already "found it"
+        reply = await rogue.claim("n0", s.id, "c-rogue-1", [hit(30)], want=5)
+        assert reply.ranges == []  # and it gets no work for it
+        assert "refused 1 results" in reply.reason and "30" in reply.reason
+        # results under the claim id an honest node holds
+        honest = next(cid for cid, c in ns[0].sweeps._live[s.id].claims.items() if c.node == "n1")
+        honest_held = set(ns[0].sweeps._live[s.id].claims[honest].indexes)
+        reply = await rogue.claim("n0", s.id, honest, [hit(min(honest_held))])
+        assert reply.verdict == "rejected" and not reply.ok and "belongs to another node" in reply.reason
+        assert ns[0].sweeps._live[s.id].claims[honest].indexes == honest_held  # n1's claim is untouched
+        # a claim of its own, then results beyond what it was granted
+        reply = await rogue.claim("n0", s.id, "c-rogue-2", want=2)
+        granted = {i for a, b in reply.ranges for i in range(a, b)}
+        assert len(granted) == 2
+        outside = next(i for i in range(200) if i not in granted)
+        reply = await rogue.claim("n0", s.id, "c-rogue-2", [hit(outside)])
+        assert f": {outside}" in reply.reason
+
+        assert (await ns[0].sweeps.get(s.id)).state is JobState.RUNNING  # none of it won the sweep
+        _, rejected = ns[0].requester.reputation["rogue"]
+        assert rejected == 3 and ns[0].requester.quarantined("rogue")
+        reply = await rogue.claim("n0", s.id, "c-rogue-3", want=5)
+        assert reply.verdict == "rejected" and reply.ranges == [] and "quarantined" in reply.reason
+
+        d = await finished(ns[0].sweeps, s.id, timeout=30)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.winner == 7, d.sweep.reason
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=7, limit=1)
+        assert records[0].node_id in ("n0", "n1") and "forged" not in records[0].result.stdout
+        c = ns[0].sweeps.counters
+        assert c["penalties"] == 3 and c["refused_claims"] == 1 and c["refused_results"] == 3
+        refusals = [e for e in await ns[0].store.events(s.id) if e.kind is EventKind.RESULTS_REJECTED]
+        assert len(refusals) == 3 and {e.node_id for e in refusals} == {"rogue"}
+        assert "n0" not in ns[0].requester.reputation and "n1" not in ns[0].requester.reputation
+
+
+async def test_honest_nodes_complete_a_sweep_without_a_refusal(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        for n in ns:
+            n.noop.hooks.delay = 0.01
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(500)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=60)
+        assert d.sweep.counts == {JobState.COMPLETED: 500}, d.sweep.reason
+        c = ns[0].sweeps.counters
+        assert c["refused_results"] == 0 and c["penalties"] == 0 and c["results"] == 500
+        assert ns[0].requester.reputation == {}
+
+
+async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        runs: list = []
+
+        async def honest(request):
+            runs.append(("n0", request.spec.env["x"]))
+
+        async def lies(request):
+            runs.append(("n1", request.spec.env["x"]))
+            raise ExecutorError("the template is broken", retryable=False)
+
+        ns[0].noop.hooks.before_run, ns[1].noop.hooks.before_run = honest, lies
+        ns[0].noop.hooks.delay = 0.05
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(16)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 16}, d.sweep.reason
+        lied = {x for node, x in runs if node == "n1"}
+        assert lied  # n1 took part
+        assert {x for node, x in runs if node == "n0"} == {str(i) for i in range(16)}  # n0 ran each, once
+        records, _ = await ns[0].store.sweep_indexes(s.id)
+        assert all(r.node_id == "n0" and r.attempts == (2 if str(r.index) in lied else 1) for r in records)
+        assert ns[0].requester.reputation["n1"] == (0, len(lied))  # each error was shown wrong
+        assert "n0" not in ns[0].requester.reputation
+        assert ns[0].sweeps.counters["errors_contradicted"] == len(lied)
+
+
+async def test_a_rogue_error_alone_fails_no_index(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=1)
+        ns[0].noop.hooks.delay = 0.05
+        rogue = Rogue(hub)
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(200)]}), "alice")
+        reply = await rogue.claim("n0", s.id, "c-rogue", want=1)  # n0's 40 slots leave it some
+        (index, end), = reply.ranges
+        assert end == index + 1
+        error = IndexResult(index=index, error="no such file", retryable=False)
+        reply = await rogue.claim("n0", s.id, "c-rogue", [error])
+        assert reply.verdict == "accepted" and reply.reason == ""  # its own index: taken, not refused
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 200}, d.sweep.reason
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=index, limit=1)
+        assert records[0].node_id == "n0" and records[0].attempts == 2
+        assert ns[0].requester.reputation["rogue"] == (0, 1)
+
+
+async def test_an_error_two_nodes_report_fails_the_index(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        async def broken(request):
+            raise ExecutorError("image not found", retryable=False)
+
+        for n in ns:
+            n.noop.hooks.before_run = broken
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": ["a", "b"]}), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.FAILED and d.sweep.counts == {JobState.FAILED: 2}
+        records, _ = await ns[0].store.sweep_indexes(s.id)
+        assert all(r.attempts == 2 and "image not found" in r.reason for r in records)  # once on each node
+        assert ns[0].requester.reputation == {}  # a confirmed error is no lie
+
+
+async def test_a_re_sent_batch_and_a_lapsed_claims_late_report_cost_their_node_nothing(tmp_path):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=1)
+        ns[0].noop.hooks.delay = 1.0  # 200 indexes on 40 slots: still running when the late report comes
+        slow = Rogue(hub, "slow")  # an honest node with a bad link, played by hand
+        spec = sweep(grid={"i": [str(i) for i in range(200)]}, job={"deadlines": {"silence": 1.0}})
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        reply = await slow.claim("n0", s.id, "c-slow", want=2)
+        (first, end), = reply.ranges
+        ok = IndexResult(index=first, result=RunResult(exit_code=0, stdout="honest"))
+        assert (await slow.claim("n0", s.id, "c-slow", [ok])).reason == ""
+        again = await slow.claim("n0", s.id, "c-slow", [ok])  # as after a reply that never arrived
+        assert again.verdict == "accepted" and again.reason == ""
+        assert ns[0].sweeps.counters["repeated_results"] == 1
+        await trio.sleep(1.6)  # silent past the lease: its other index goes back
+        late = IndexResult(index=end - 1, result=RunResult(exit_code=0, stdout="late"))
+        reply = await slow.claim("n0", s.id, "c-slow", [late])
+        assert reply.verdict == "rejected" and reply.ok and "lease lapsed" in reply.reason, reply  # its claim ends
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.counts == {JobState.COMPLETED: 200}, d.sweep.reason
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=end - 1, limit=1)
+        assert records[0].node_id == "n0" and records[0].result.stdout != "late"
+        assert "slow" not in ns[0].requester.reputation and ns[0].sweeps.counters["penalties"] == 0
