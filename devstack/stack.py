@@ -207,6 +207,7 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
             for n in stack.nodes:
                 bad = "  (bad actor)" if "--bad-actor" in n.args else ""
                 print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
+            print(f"Network key: {stack.network_key} (another node joins with --network-key and --peer)")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
             print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")
             print("Ctrl-C stops every node.", flush=True)
