@@ -53,6 +53,10 @@ def build_node_config(
     allow_images: list[str] | None = None,
     network_key: Path | None = None,
     trusted_peers: Path | None = None,
+    authorized_keys: Path | None = None,
+    open_api: bool = False,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
     peer_rate_limit: float | None = None,
 ) -> NodeConfig:
     from pydantic import ValidationError
@@ -95,6 +99,8 @@ def build_node_config(
         values["api_port"] = api_port
     if log_level is not None:
         values["log_level"] = log_level.upper()
+    api_host = values.get("api_host", NodeConfig.api_host)
+    values.update(_api_access(api_host, authorized_keys, open_api, tls_cert, tls_key))
     try:
         # A partial limit fills the rest from the machine (total) or from the total (per job),
         # which is what NodeConfig's None means for the whole limit.
@@ -105,6 +111,36 @@ def build_node_config(
     except ValidationError as exc:
         raise CLIError(*(f"limit {line}" for line in validation_lines(exc)), code=EXIT_USAGE) from None
     return NodeConfig(**values)
+
+
+def _api_access(api_host: str, authorized_keys: Path | None, open_api: bool, tls_cert: Path | None,
+                tls_key: Path | None) -> dict[str, Any]:
+    """The API's access and TLS settings, checked before the node starts: each problem is one line."""
+    from node.api.access import AuthorizedKeys, exposure_problem
+
+    problem = exposure_problem(api_host, authorized_keys, open_api)
+    if problem is not None:
+        raise CLIError(problem, code=EXIT_USAGE)
+    values: dict[str, Any] = {"open_api": open_api}
+    if authorized_keys is not None:
+        authorized_keys = authorized_keys.expanduser().absolute()
+        try:
+            AuthorizedKeys(authorized_keys).load()
+        except ValueError as e:
+            raise CLIError(str(e), code=EXIT_USAGE) from None
+        values["authorized_keys"] = authorized_keys
+    if (tls_cert is None) != (tls_key is None):
+        raise CLIError("--tls-cert and --tls-key go together: give both (or neither, for plain HTTP)", code=EXIT_USAGE)
+    if tls_cert is not None and tls_key is not None:
+        import ssl
+
+        tls_cert, tls_key = tls_cert.expanduser().absolute(), tls_key.expanduser().absolute()
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise CLIError(f"cannot use --tls-cert {tls_cert} with --tls-key {tls_key}: {e}", code=EXIT_USAGE) from None
+        values.update(tls_cert=tls_cert, tls_key=tls_key)
+    return values
 
 
 def _fill(limit: Limit, base: Resources) -> Resources:

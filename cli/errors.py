@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # the job failed or was cancelled; also any other failure
 EXIT_USAGE = 2  # bad flags, invalid spec (locally or as judged by the node)
-EXIT_UNREACHABLE = 3  # cannot reach the API, or it rejected our signature
+EXIT_UNREACHABLE = 3  # cannot reach the API, or it refused us (bad signature, key not authorized there)
 EXIT_NOT_FOUND = 4
 EXIT_TIMEOUT = 124  # like timeout(1): the wait ran out, the job goes on
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
@@ -71,7 +71,7 @@ def _sdk_error(exc: BaseException, sdk: object) -> int:
     if isinstance(exc, sdk.ConnectionFailed):  # type: ignore[attr-defined]
         print_error(f"{message} ({_HINT_UNREACHABLE})")
         return EXIT_UNREACHABLE
-    if isinstance(exc, sdk.AuthenticationError):  # type: ignore[attr-defined]
+    if isinstance(exc, sdk.AuthenticationError | sdk.Forbidden):  # type: ignore[attr-defined]
         print_error(message)
         return EXIT_UNREACHABLE
     if isinstance(exc, sdk.NotFound):  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
-def make_client(api_url: str | None, *, timeout: float = 30.0) -> Client:
+def make_client(api_url: str | None, *, timeout: float = 30.0, ca_cert: Path | None = None) -> Client:
     """Every command gets its SDK client here; tests replace this with a fake.
 
     With no URL the SDK finds one (``SHOAL_API`` is read by the ``--api`` option already,
@@ -49,7 +49,7 @@ def make_client(api_url: str | None, *, timeout: float = 30.0) -> Client:
             sys.modules[optional] = None  # type: ignore[assignment]  # makes the import fail fast
     from shoal import Client
 
-    return Client(api_url, timeout=timeout)
+    return Client(api_url, timeout=timeout, ca_cert=ca_cert)
 
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -79,6 +79,7 @@ app.add_typer(network_key_app, name="network-key")
 @dataclass(frozen=True)
 class Settings:
     api: str | None = None
+    ca_cert: Path | None = None
 
 
 @app.callback()
@@ -86,13 +87,15 @@ def _root(
     ctx: typer.Context,
     api: Annotated[str | None, typer.Option("--api", envvar="SHOAL_API", metavar="URL",
         help="Node API URL (default: $SHOAL_API, else the running devstack).")] = None,
+    ca_cert: Annotated[Path | None, typer.Option("--ca-cert", envvar="SHOAL_CA_CERT", metavar="FILE",
+        help="For an https:// API: trust only this certificate (PEM): the node's own, or its CA's.")] = None,
 ) -> None:  # fmt: skip
-    ctx.obj = Settings(api=api)
+    ctx.obj = Settings(api=api, ca_cert=ca_cert)
 
 
 def _client(ctx: typer.Context, timeout: float = 30.0) -> Client:
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-    return make_client(settings.api, timeout=timeout)
+    return make_client(settings.api, timeout=timeout, ca_cert=settings.ca_cert)
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -421,6 +424,38 @@ def events(ctx: typer.Context, job_id: _AnyId, json_: _Json = False) -> None:
         print(event_line(event, start), flush=True)
 
 
+@app.command()
+def share(
+    ctx: typer.Context,
+    some_id: _AnyId,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The reader's public key, as 'shoal key show' prints it.")],
+) -> None:  # fmt: skip
+    """Let another client key read one of your jobs or sweeps: describe, events, logs, get; nothing else."""
+    from shoal._auth import parse_public_key
+
+    try:
+        parse_public_key(key)
+    except ValueError as e:
+        raise CLIError(str(e), code=EXIT_USAGE) from None
+    client = _client(ctx)
+    some_id = _describe_sweep(client, some_id).sweep.id if _is_sweep(some_id) else _resolve(client, some_id)
+    shared = client.share(some_id, key)
+    print(f"{'Sweep' if _is_sweep(shared.id) else 'Job'} {shared.id} can now be read by client {shared.key}")
+
+
+key_app = typer.Typer(help="Your client key: the identity your requests are signed with and your jobs belong to.",
+                      no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("show")
+def key_show() -> None:
+    """Print your public key on one line (what a node's --authorized-keys file lists; created on first use)."""
+    from shoal._auth import ClientKey
+
+    print(ClientKey.load_or_create().public_key_b64)
+
+
 # ------------------------------------------------------------------------------------ sweeps
 
 sweep_app = typer.Typer(help="Sweeps of many jobs, made by run … --param K=V1,V2.",
@@ -671,6 +706,17 @@ def serve(
         help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,
     trusted_peers: Annotated[Path | None, typer.Option("--trusted-peers", metavar="FILE",
         help="Connect only with these peers (one peer id per line).")] = None,
+    authorized_keys: Annotated[Path | None, typer.Option("--authorized-keys", metavar="FILE",
+        help="Only these client keys may use the API: one per line (as 'shoal key show' prints it), "
+             "optionally followed by capabilities submit, read, cancel, admin (none listed: all). "
+             "Re-read when it changes.")] = None,
+    open_api: Annotated[bool, typer.Option("--open-api",
+        help="Let any client key in although the API listens beyond loopback (otherwise such a node needs "
+             "--authorized-keys).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", metavar="FILE",
+        help="Serve the API over HTTPS with this certificate (PEM); needs --tls-key.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", metavar="FILE",
+        help="The private key (PEM) of --tls-cert.")] = None,
     peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
         help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
              "(default 1000; 0: no limit).")] = None,
@@ -700,6 +746,10 @@ def serve(
         allow_images=allow_images,
         network_key=network_key,
         trusted_peers=trusted_peers,
+        authorized_keys=authorized_keys,
+        open_api=open_api,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node

@@ -50,7 +50,7 @@ class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
                  bad_actors: int = 0, kubo: bool = False, write_state: bool = True,
-                 network_key: bool = False) -> None:
+                 network_key: bool = False, authorized_keys: list[str] | None = None) -> None:
         """``network_key``: a private network, one key (``base_dir/network.key``) for all nodes, as
         ``shoal devstack`` runs it; off by default here, so test peers join without it."""
         if nodes < 1:
@@ -68,6 +68,10 @@ class Devstack:
             self.kubo = KuboCluster(nodes, self.base_dir / "kubo", base_port=base_port + 200)
         self.write_state = write_state
         self.network_key = self.base_dir / "network.key" if network_key else None
+        # Client keys (as `shoal key show` prints them) every node lets in; None: the nodes take any key
+        # (their APIs are on loopback). Written to keys_file at start.
+        self.authorized_keys = authorized_keys
+        self.keys_file = self.base_dir / "authorized_keys"
         self.nodes = [
             NodeProcess(i, self.base_dir / f"node-{i}", base_port + i, base_port + 100 + i,
                         [*(extra_args or []), *(node_args or {}).get(i, [])])
@@ -87,6 +91,8 @@ class Devstack:
         cmd += ["--ipfs-api", self.kubo.rpc_urls[node.index] if self.kubo else "none", "--allow-private-urls"]
         if self.network_key is not None:
             cmd += ["--network-key", str(self.network_key)]
+        if self.authorized_keys is not None:
+            cmd += ["--authorized-keys", str(self.keys_file)]
         return cmd + node.args
 
     async def start_node(self, node: NodeProcess) -> None:
@@ -127,6 +133,10 @@ class Devstack:
             f.write(new_network_key())
 
     async def start(self) -> None:
+        if self.authorized_keys is not None:
+            self.keys_file.parent.mkdir(parents=True, exist_ok=True)
+            self.keys_file.write_text("# written by shoal devstack: the client keys its nodes let in\n"
+                                      + "".join(f"{key}\n" for key in self.authorized_keys))
         if self.kubo is not None:
             await self.kubo.start()
         for node in self.nodes:
@@ -192,11 +202,16 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
 
     ``kubo=None``: one Kubo per node when Kubo is installed, else none (results stay in each node).
     ``extra_args``: added to every node's ``shoal serve`` (e.g. ``--ttl 60``).
+    The nodes let in the local client key only (``$SHOAL_HOME/client.key``, created if needed); add
+    others to the authorized-keys file the stack writes (the nodes re-read it when it changes).
     """
+    from shoal._auth import ClientKey
+
     if kubo is None:
         kubo = ipfs_binary() is not None
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
-                     kubo=kubo, extra_args=extra_args, network_key=True)  # one private network: no stray node joins
+                     kubo=kubo, extra_args=extra_args, network_key=True,  # one private network
+                     authorized_keys=[ClientKey.load_or_create().public_key_b64])
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 
@@ -209,6 +224,7 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
                 print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
             print(f"Network key: {stack.network_key} (another node joins with --network-key and --peer)")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
+            print(f"Authorized keys: {stack.keys_file} (your client key; add others' from 'shoal key show')")
             print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")
             print("Ctrl-C stops every node.", flush=True)
             await trio.sleep_forever()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job, RunResult
@@ -122,3 +122,18 @@ class SweepList(BaseModel):
 class IndexList(BaseModel):
     indexes: list[IndexRecord]
     total: int
+
+
+class ShareRequest(BaseModel):
+    """Let another client read one of your jobs or sweeps: its key, as ``shoal key show`` prints it."""
+
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}=?$",
+                     description="urlsafe base64 of the reader's raw 32-byte Ed25519 public key")
+
+
+class Share(BaseModel):
+    """A job or sweep ``id`` that the client ``client_id`` (key ``key``) may now read."""
+
+    id: str
+    key: str
+    client_id: str

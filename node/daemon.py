@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -108,6 +109,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from compute import CapacityTracker, ComputeService
     from executors import ExecutorRegistry, default_registry
     from executors.faults import BadActor
+    from node.api.access import exposure_problem
     from node.api.app import create_app, serve_api
     from node.net import Network
     from node.net.admission import load_admission
@@ -116,6 +118,9 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from requester import RequesterService
     from requester.sweeps import SweepService
 
+    problem = exposure_problem(config.api_host, config.authorized_keys, config.open_api)
+    if problem is not None:  # the CLI says so first (cli.daemon); this guards every other way in
+        raise ValueError(problem)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     seed = load_or_create_seed(config.data_dir)
     store = Store(config.data_dir / "shoal.db")
@@ -171,7 +176,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                            config.data_dir / "work" if compute is not None else None)
         dispatcher.ready.set()
         node = Node(config, network, store, requester, compute, dispatcher, publisher, sweeps)
-        urls = await nursery.start(serve_api, create_app(node), config.api_host, config.api_port)
+        tls = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+        urls = await nursery.start(partial(serve_api, tls=tls), create_app(node), config.api_host, config.api_port)
         ready = NodeReady(network.peer_id, network.addrs(), urls[0])
         log.info("node %s ready: api %s, listening on %s", ready.peer_id, ready.api, " ".join(ready.addrs))
         task_status.started(ready)

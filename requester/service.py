@@ -446,7 +446,7 @@ class RequesterService:
         if forged is None and msg.digest != msg.outcome():
             forged = "the result's fields do not match its signed digest"
         if forged is not None:
-            return self._refuse_result(ex, forged)
+            return await self._refuse_result(aj, ex, forged)
         if ex.state.is_terminal:  # a re-delivered result: same verdict as before
             return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
                          else "rejected", reason=ex.reason)
@@ -481,11 +481,18 @@ class RequesterService:
             await self.store.save(executions=[y], events=events)
         return Reply(verdict="accepted")
 
-    def _refuse_result(self, ex: Execution, why: str) -> Reply:
-        """A result its node did not vouch for: refused whole and counted against the node. Nothing
-        of it is recorded; the execution waits for a result the node does vouch for (or its deadline)."""
+    async def _refuse_result(self, aj: _Active, ex: Execution, why: str) -> Reply:
+        """A result its node did not vouch for: refused whole, nothing of it recorded, counted against
+        the node. Only the execution's own node can send it (the stream is authenticated), so its run
+        is over: the node is told to stop and the slot is re-offered at once (quarantine ends a node
+        that keeps doing it)."""
         self.counters["results_refused"] += 1
         self.penalize(ex.node_id, f"{why} (execution {ex.id})")
+        if ex.state is ExecutionState.ACCEPTED:
+            y = ex.transition(ExecutionState.FAILED, f"result refused: {why}", self.clock(), retryable=True)
+            aj.executions[y.id] = y
+            self._spawn(self._send_reliably, y.node_id, Cancel(job_id=y.job_id, execution_id=y.id, reason=y.reason))
+            await self._execution_failed(aj, y, True, [self._event(y.job_id, EventKind.RESULTS_REJECTED, why, y)])
         return Reply(ok=False, verdict="rejected", reason=why)
 
     def penalize(self, peer: str, reason: str) -> None:

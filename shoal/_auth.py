@@ -76,6 +76,19 @@ def b64decode(text: str) -> bytes:
         raise ValueError(f"not urlsafe base64: {e}") from None
 
 
+def parse_public_key(text: str) -> bytes:
+    """A client's public key as ``shoal key show`` prints it (urlsafe base64, padded or not, as in
+    the ``X-Shoal-Key`` header) → its 32 raw bytes. Raises ``ValueError`` saying what is wrong."""
+    try:
+        raw = b64decode(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"not a client key (expected {PUBLIC_KEY_BYTES} bytes as urlsafe base64, "
+                         f"as 'shoal key show' prints): {text.strip()[:60]!r}")
+    return raw
+
+
 def canonical_target(path: bytes, query: bytes) -> bytes:
     """``path`` or ``path?query``; an empty query adds no ``?`` (servers cannot tell them apart)."""
     return path + b"?" + query if query else path

@@ -41,16 +41,19 @@ from jobs.views import (
     NodeList,
     NodeStatus,
     PeerList,
+    Share,
+    ShareRequest,
     SubmitRequest,
     SweepDescription,
     SweepList,
     SweepSubmitRequest,
 )
-from shoal._auth import ClientKey, ShoalAuth, shoal_home
+from shoal._auth import ClientKey, ShoalAuth, b64encode, parse_public_key, shoal_home
 from shoal._errors import (
     AuthenticationError,
     Conflict,
     ConnectionFailed,
+    Forbidden,
     InvalidRequest,
     NotFound,
     ServerError,
@@ -90,6 +93,25 @@ def find_api_url() -> str:
     return DEFAULT_API_URL
 
 
+def _env_ca_cert() -> Path | None:
+    value = os.environ.get("SHOAL_CA_CERT", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _pinned_context(ca_cert: Path) -> Any:
+    """A TLS context that trusts only the certificates in ``ca_cert`` (PEM): the node's own
+    self-signed certificate, or the CA that issued it. The host name is checked as usual, so
+    the certificate must name the host in the API URL (an IP address as an IP SAN)."""
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=str(ca_cert))
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ShoalAPIError(f"cannot use {ca_cert} as the node's certificate (SHOAL_CA_CERT / --ca-cert): "
+                            f"{reason}", None, "bad_ca_cert") from None
+
+
 def _normalise_url(url: str) -> str:
     url = url.strip().rstrip("/")
     return url if "://" in url else f"http://{url}"
@@ -107,10 +129,12 @@ class _BaseClient:
 
     _http: httpx.Client | httpx.AsyncClient
 
-    def __init__(self, api_url: str | None, key: ClientKey | None, timeout: float) -> None:
+    def __init__(self, api_url: str | None, key: ClientKey | None, timeout: float,
+                 ca_cert: str | os.PathLike[str] | None = None) -> None:
         self.api_url = _normalise_url(api_url) if api_url else find_api_url()
         self.key = key if key is not None else ClientKey.load_or_create()
         self.timeout = timeout
+        self.ca_cert = Path(ca_cert).expanduser() if ca_cert else _env_ca_cert()
         self._auth = ShoalAuth(self.key)
 
     def __repr__(self) -> str:
@@ -128,7 +152,9 @@ class _BaseClient:
             "timeout": self.timeout,
             "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
         }
-        if self.api_url.startswith("http://"):
+        if self.api_url.startswith("https://") and self.ca_cert is not None:
+            kwargs["verify"] = _pinned_context(self.ca_cert)
+        elif self.api_url.startswith("http://"):
             # Plain HTTP never uses TLS, yet httpx loads certifi's CA bundle for every client
             # (measured 30-60 ms, a tenth of `shoal list`). A context that trusts no CA costs
             # nothing, and would fail closed, never open, if a request ever went to https.
@@ -200,6 +226,14 @@ class _BaseClient:
             headers={"Accept": "text/plain"},
             timeout=self._stream_timeout() if follow else None,
         )
+
+    def _share_request(self, some_id: str, key: str) -> httpx.Request:
+        try:
+            raw = parse_public_key(key)
+        except ValueError as e:
+            raise InvalidRequest(str(e), None, "invalid_key", ["key"]) from None
+        path = _sweep_path(some_id, "shares") if _is_sweep(some_id) else _job_path(some_id, "shares")
+        return self._request("POST", path, body=ShareRequest(key=b64encode(raw)).model_dump_json().encode())
 
     def _results_request(self, job_id: str) -> httpx.Request:
         return self._tar_request(_job_path(job_id, "results"))
@@ -381,6 +415,9 @@ class Client(_BaseClient):
 
     Requests are signed with ``key`` (default: ``$SHOAL_HOME/client.key``, created on first
     use). ``api_url`` defaults to ``find_api_url()``. ``transport`` is for tests and proxies.
+    For an ``https://`` node, ``ca_cert`` (default ``$SHOAL_CA_CERT``) is a PEM file of the only
+    certificates trusted: the node's self-signed certificate, or its CA's; without it, the
+    system's CAs. The host name is checked either way.
     """
 
     _http: httpx.Client
@@ -392,8 +429,9 @@ class Client(_BaseClient):
         key: ClientKey | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(api_url, key, timeout)
+        super().__init__(api_url, key, timeout, ca_cert)
         self._http = httpx.Client(transport=transport, **self._http_kwargs())
 
     def close(self) -> None:
@@ -568,6 +606,11 @@ class Client(_BaseClient):
         request = self._request("POST", "/v1/contexts", body=archive, headers={"Content-Type": "application/x-tar"})
         return self._drive(self._get_flow(request, ContextStored)).cid
 
+    def share(self, some_id: str, key: str) -> Share:
+        """Let the client with public ``key`` (as ``shoal key show`` prints it) read your job, or your
+        sweep for an ``s-`` id: describe, events, logs and results, nothing else."""
+        return self._drive(self._get_flow(self._share_request(some_id, key), Share))
+
     def node(self) -> NodeStatus:
         return self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
 
@@ -666,8 +709,9 @@ class AsyncClient(_BaseClient):
         key: ClientKey | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(api_url, key, timeout)
+        super().__init__(api_url, key, timeout, ca_cert)
         self._http = httpx.AsyncClient(transport=transport, **self._http_kwargs())
 
     async def aclose(self) -> None:
@@ -838,6 +882,10 @@ class AsyncClient(_BaseClient):
         """See ``Client.upload_context``."""
         request = self._request("POST", "/v1/contexts", body=archive, headers={"Content-Type": "application/x-tar"})
         return (await self._drive(self._get_flow(request, ContextStored))).cid
+
+    async def share(self, some_id: str, key: str) -> Share:
+        """Like ``Client.share``."""
+        return await self._drive(self._get_flow(self._share_request(some_id, key), Share))
 
     async def node(self) -> NodeStatus:
         return await self._drive(self._get_flow(self._request("GET", "/v1/node"), NodeStatus))
@@ -1019,6 +1067,7 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
 _STATUS_ERRORS: dict[int, type[ShoalAPIError]] = {
     400: InvalidRequest,
     401: AuthenticationError,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: InvalidRequest,

@@ -3,6 +3,8 @@
     ShoalError (jobs.errors)
     └── ShoalAPIError            anything that went wrong talking to a Shoal node
         ├── AuthenticationError  401: the node rejected the request signature
+        ├── Forbidden            403: the node does not let this key do this (not among its authorized
+        │                        keys, or without the capability the route needs)
         ├── NotFound             404: no such job (or route)
         ├── Conflict             409: e.g. an Idempotency-Key reused with another spec
         ├── InvalidRequest       400/413/422 (or a spec that fails local validation); ``fields``
@@ -46,6 +48,11 @@ class ShoalAPIError(ShoalError):
 
 class AuthenticationError(ShoalAPIError):
     """401: signature headers missing or wrong, stale timestamp, replayed nonce."""
+
+
+class Forbidden(ShoalAPIError):
+    """403: the signature is good, but the node does not let this key do this: the key is not in its
+    authorized keys ("client KEY is not authorized on this node"), or lacks the route's capability."""
 
 
 class NotFound(ShoalAPIError):

@@ -21,6 +21,7 @@ import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import trio
@@ -42,11 +43,22 @@ from jobs.views import (
     NodeStatus,
     PeerList,
     Reputation,
+    Share,
+    ShareRequest,
 )
 from jobs.views import SubmitRequest as _SubmitRequest
+from node.api.access import AuthorizedKeys, authorize, capability_for
 from node.api.auth import RequestVerifier
 from requester import IdempotencyConflict, UnknownJob
-from shoal._auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from shoal._auth import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    b64encode,
+    client_id_for,
+    parse_public_key,
+)
 
 if TYPE_CHECKING:
     from node.daemon import Node
@@ -60,6 +72,7 @@ MAX_OFFSET = 1_000_000_000  # paging offset; far beyond any store, and well insi
 SSE_POLL = 0.2  # how often an event stream looks for new events
 SSE_KEEPALIVE = 15.0  # a comment line after this much silence keeps proxies from closing the stream
 FOLLOW_POLL = 1.0  # a follower whose job is not in the requester's memory looks again this often
+MAX_SHARES = 100  # clients one job or sweep may be shared with
 
 UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/openapi.json", "/docs",
                             "/docs/oauth2-redirect", "/redoc"})
@@ -132,6 +145,8 @@ def _error_doc(description: str) -> dict[str, Any]:
 
 
 _ERR_401 = {401: _error_doc("unsigned request, bad signature, timestamp more than 5 minutes off, or reused nonce")}
+_ERR_403 = {403: _error_doc("the client key is not authorized on this node, or lacks the capability the route "
+                            "needs (submit, read, cancel or admin)")}
 _ERR_404 = {404: _error_doc("no such job, or it belongs to another client")}
 _ERR_422 = {422: _error_doc("invalid request; error.fields names each offending field")}
 
@@ -179,11 +194,14 @@ class _Signed:
     its JSON parses, which FastAPI would tell before running a route's dependencies).
 
     The verified body is handed on unchanged; routes read the caller from ``request.state.client_id``.
+    With ``access`` (an authorized-keys file), a verified key that the file does not let make this
+    request gets 403 saying why (``node.api.access``), on every signed route.
     """
 
-    def __init__(self, app, verifier: RequestVerifier) -> None:
+    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
         self.app = app
         self.verifier = verifier
+        self.access = access
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
@@ -193,6 +211,11 @@ class _Signed:
         try:
             await self.verifier(request)  # reads the whole body (bounded by _BodyLimit)
             body = await request.body()
+            if self.access is not None:
+                refusal = authorize(request.state.public_key, capability_for(request.method, scope["path"]),
+                                    self.access.table())
+                if refusal is not None:
+                    raise StarletteHTTPException(403, refusal)
         except StarletteHTTPException as exc:
             response = _error(exc.status_code, _ERROR_CODES.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
@@ -340,6 +363,15 @@ async def result_tar(node: "Node", result: RunResult) -> Response:
     return Response(buf.getvalue(), media_type="application/x-tar")
 
 
+async def share_with(node: "Node", target: str, key: str) -> Share:
+    """Record that the client with ``key`` may read job or sweep ``target`` (its owner has been checked)."""
+    public_key = parse_public_key(key)  # ShareRequest's pattern admits only 32-byte keys
+    client = client_id_for(public_key)
+    if not await node.store.share(target, client, limit=MAX_SHARES):
+        raise StarletteHTTPException(409, f"{target} is already shared with {MAX_SHARES} clients, the most allowed")
+    return Share(id=target, key=b64encode(public_key), client_id=client)
+
+
 def _result_of(description: JobDescription) -> RunResult | None:
     return description.shown_result()
 
@@ -352,7 +384,7 @@ def create_app(node: "Node") -> FastAPI:
                               "version and metrics takes a signed request (see the security schemes).")
     Client = Annotated[str, Depends(_client_id)]
     started = time.time()
-    signed = APIRouter(responses={**_ERR_401, **_ERR_422})
+    signed = APIRouter(responses={**_ERR_401, **_ERR_403, **_ERR_422})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -389,9 +421,10 @@ def create_app(node: "Node") -> FastAPI:
             raise StarletteHTTPException(404, "this node does not take jobs (requester role off)")
         return node.requester
 
-    async def owned(job_id: str, client: str) -> JobDescription:
+    async def owned(job_id: str, client: str, *, shared: bool = False) -> JobDescription:
+        """The job if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
         description = await requester().describe(job_id)
-        if description.job.owner != client:
+        if description.job.owner != client and not (shared and await node.store.is_shared(job_id, client)):
             raise UnknownJob(job_id)
         return description
 
@@ -436,7 +469,7 @@ def create_app(node: "Node") -> FastAPI:
                 summary="Describe a job (optionally waiting up to `wait` seconds for it to end)")
     async def describe(job_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> JobDescription:
-        description = await owned(job_id, client)
+        description = await owned(job_id, client, shared=True)
         if wait and not description.job.state.is_terminal:
             await requester().wait(job_id, wait)
             description = await requester().describe(job_id)
@@ -458,7 +491,7 @@ def create_app(node: "Node") -> FastAPI:
                                    "with Last-Event-ID to resume after the last id received."}})
     async def events(job_id: str, client: Client,
                      last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> StreamingResponse:
-        await owned(job_id, client)
+        await owned(job_id, client, shared=True)
         after = _last_event_id(last_event_id)
 
         return event_stream(node, job_id, after, current_state)
@@ -470,7 +503,7 @@ def create_app(node: "Node") -> FastAPI:
     async def logs(job_id: str, client: Client,
                    stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
                    follow: bool = False) -> Response:
-        description = await owned(job_id, client)
+        description = await owned(job_id, client, shared=True)
         if not follow or description.job.state.is_terminal:
             result = _result_of(description)
             return PlainTextResponse(getattr(result, stream) if result else "")
@@ -500,7 +533,7 @@ def create_app(node: "Node") -> FastAPI:
                                                                                "format": "binary"}}},
                                  "description": "the job's result files"}})
     async def results(job_id: str, client: Client) -> Response:
-        description = await owned(job_id, client)
+        description = await owned(job_id, client, shared=True)
         result = _result_of(description)
         if result is None:
             raise StarletteHTTPException(404, f"job {job_id} has no results (state {description.job.state.value})")
@@ -509,6 +542,13 @@ def create_app(node: "Node") -> FastAPI:
             return _error(410, "gone", f"the results of job {job_id} were removed at {removed} "
                                        f"(retention {node.config.retention:g} s)")
         return await result_tar(node, result)
+
+    @signed.post("/v1/jobs/{job_id}/shares", response_model=Share, tags=["jobs"],
+                 responses={**_ERR_404, 409: _error_doc(f"the job already has {MAX_SHARES} readers")},
+                 summary="Let another client key read this job: describe, events, logs and results, nothing else")
+    async def share(job_id: str, body: ShareRequest, client: Client) -> Share:
+        await owned(job_id, client)
+        return await share_with(node, job_id, body.key)
 
     @signed.post("/v1/contexts", tags=["jobs"], summary="Store a working directory (tar) to send with jobs",
                  response_model=ContextStored, status_code=201,
@@ -593,7 +633,11 @@ def create_app(node: "Node") -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_Signed, verifier=RequestVerifier())
+    access = None
+    if node.config.authorized_keys is not None:
+        access = AuthorizedKeys(node.config.authorized_keys)
+        access.load()
+    app.add_middleware(_Signed, verifier=RequestVerifier(), access=access)
     app.add_middleware(_BodyLimit)  # added last: runs first, so the verifier reads a bounded body
     return app
 
@@ -653,13 +697,16 @@ async def _metrics(node: "Node") -> str:
     return "\n".join(lines) + "\n"
 
 
-async def serve_api(app: FastAPI, host: str, port: int, *,
+async def serve_api(app: FastAPI, host: str, port: int, *, tls: tuple[Path, Path] | None = None,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` on ``host:port``; with ``tls`` (certificate, key: PEM files) over HTTPS only."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
     config = Config()
     config.bind = [f"{host}:{port}"]
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls[0]), str(tls[1])
     config.accesslog = None
     config.errorlog = None
     await serve(app, config, task_status=task_status)

@@ -156,6 +156,7 @@ class RequestVerifier:
 
         client_id = client_id_for(public_key)
         request.state.client_id = client_id
+        request.state.public_key = public_key  # for the authorization that follows (node.api.access)
         return client_id
 
 

@@ -9,10 +9,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
 from jobs.sweep import IndexRecord
-from jobs.views import IndexList, SweepDescription, SweepList
+from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.app import (
     MAX_OFFSET,
+    MAX_SHARES,
     MAX_WAIT,
     UntrustedBody,
     _client_id,
@@ -22,6 +23,7 @@ from node.api.app import (
     _unencodable,
     event_stream,
     result_tar,
+    share_with,
 )
 from requester import UnknownJob
 
@@ -44,14 +46,15 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
             raise StarletteHTTPException(404, "this node does not take sweeps (requester role off)")
         return node.sweeps
 
-    async def owned(sweep_id: str, client: str) -> SweepDescription:
+    async def owned(sweep_id: str, client: str, *, shared: bool = False) -> SweepDescription:
+        """The sweep if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
         description = await service().describe(sweep_id)
-        if description.sweep.owner != client:
+        if description.sweep.owner != client and not (shared and await node.store.is_shared(sweep_id, client)):
             raise UnknownJob(sweep_id)
         return description
 
     async def index_of(sweep_id: str, index: int, client: str) -> IndexRecord:
-        await owned(sweep_id, client)
+        await owned(sweep_id, client, shared=True)
         records, _ = await node.store.sweep_indexes(sweep_id, first=index, limit=1)
         if not records or records[0].index != index:
             raise StarletteHTTPException(404, f"sweep {sweep_id} has no index {index}")
@@ -88,7 +91,7 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
                 summary="Describe a sweep: counts and ranges of indexes per state (optionally waiting for its end)")
     async def describe(sweep_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
-        description = await owned(sweep_id, client)
+        description = await owned(sweep_id, client, shared=True)
         if wait and not description.sweep.state.is_terminal:
             await service().wait(sweep_id, wait)
             description = await service().describe(sweep_id)
@@ -99,7 +102,7 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
     async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
                       first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> IndexList:
-        await owned(sweep_id, client)
+        await owned(sweep_id, client, shared=True)
         records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
         return IndexList(indexes=records, total=total)
 
@@ -146,9 +149,16 @@ def add_sweep_routes(signed: APIRouter, node: "Node") -> None:
         await service().cancel(sweep_id)
         return await service().describe(sweep_id)
 
+    @signed.post("/v1/sweeps/{sweep_id}/shares", response_model=Share, tags=["sweeps"],
+                 responses={**_ERR_404, 409: _error_doc(f"the sweep already has {MAX_SHARES} readers")},
+                 summary="Let another client key read this sweep: describe, indexes, logs, results and events")
+    async def share(sweep_id: str, body: ShareRequest, client: Client) -> Share:
+        await owned(sweep_id, client)
+        return await share_with(node, sweep_id, body.key)
+
     @signed.get("/v1/sweeps/{sweep_id}/events", tags=["sweeps"], response_class=StreamingResponse,
                 responses=_ERR_404, summary="The sweep's events as Server-Sent Events (like a job's)")
     async def events(sweep_id: str, client: Client,
                      last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> StreamingResponse:
-        await owned(sweep_id, client)
+        await owned(sweep_id, client, shared=True)
         return event_stream(node, sweep_id, _last_event_id(last_event_id), current_state)

@@ -104,6 +104,12 @@ CREATE TABLE IF NOT EXISTS reputation (
     accepted INTEGER NOT NULL,
     rejected INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shares (  -- a job or sweep its owner lets another client read
+    target TEXT NOT NULL,  -- job or sweep id
+    client TEXT NOT NULL,  -- the reader's client id
+    created_at REAL NOT NULL,
+    PRIMARY KEY (target, client)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_secrets (  -- requester side: a live job's secret_env, sealed (see sealed.py)
     job_id TEXT PRIMARY KEY,
     env TEXT NOT NULL
@@ -557,6 +563,29 @@ class Store:
     async def forget_cached(self, job_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM result_cache WHERE job_id=?", (job_id,)))
 
+    async def share(self, target: str, client: str, *, limit: int) -> bool:
+        """Let ``client`` read job or sweep ``target``; False (and nothing written) when ``target``
+        already has ``limit`` readers. Sharing again with the same client is a no-op."""
+        added = True
+
+        def op(conn: sqlite3.Connection) -> None:
+            nonlocal added
+            if conn.execute("SELECT 1 FROM shares WHERE target=? AND client=?", (target, client)).fetchone():
+                return
+            if conn.execute("SELECT count(*) FROM shares WHERE target=?", (target,)).fetchone()[0] >= limit:
+                added = False
+                return
+            conn.execute("INSERT INTO shares (target, client, created_at) VALUES (?, ?, ?)",
+                         (target, client, time.time()))
+
+        await self._write(op)
+        return added
+
+    async def is_shared(self, target: str, client: str) -> bool:
+        row = await self._read(lambda c: c.execute(
+            "SELECT 1 FROM shares WHERE target=? AND client=?", (target, client)).fetchone())
+        return row is not None
+
     async def cached_result(self, key: str, owner: str) -> tuple[str, RunResult, bool] | None:
         """The cached result ``owner`` may be served: a verified one, or one of ``owner``'s own jobs.
 
@@ -633,12 +662,14 @@ class Store:
                     conn.execute("DELETE FROM executions WHERE side='requester' AND job_id=?", (job.id,))
                     conn.execute("DELETE FROM events WHERE job_id=? AND side='requester'", (job.id,))
                     conn.execute("DELETE FROM result_cache WHERE job_id=?", (job.id,))
+                    conn.execute("DELETE FROM shares WHERE target=?", (job.id,))
                     conn.execute("DELETE FROM job_secrets WHERE job_id=?", (job.id,))
             for sweep in records.sweeps:
                 if conn.execute("DELETE FROM sweeps WHERE id=? AND revision=?", (sweep.id, sweep.revision)).rowcount:
                     n += 1
                     conn.execute("DELETE FROM sweep_indexes WHERE sweep_id=?", (sweep.id,))
                     conn.execute("DELETE FROM events WHERE job_id=? AND side='requester'", (sweep.id,))
+                    conn.execute("DELETE FROM shares WHERE target=?", (sweep.id,))
             for ex in records.executions:
                 if conn.execute("DELETE FROM executions WHERE side='compute' AND id=? AND revision=?",
                                 (ex.id, ex.revision)).rowcount:

@@ -127,6 +127,7 @@ class Cluster:
     shoal_version: str = ""
     script: Path | None = None
     network_key: str = field(default_factory=lambda: secrets.token_hex(32))  # as the module generates one
+    client_keys: list[str] = field(default_factory=list)  # the module's authorized_keys variable
 
     # -------------------------------------------------------------------------------- setup
     @property
@@ -148,6 +149,7 @@ class Cluster:
             "shoal-log-level": "INFO",
             "shoal-extra-peers": "",
             "shoal-network-key": self.network_key,
+            "shoal-authorized-keys": "\n".join(self.client_keys),
             "shoal-limit-total-cpu": "2",
             "shoal-limit-total-memory": "2GiB",
             "shoal-limit-job-memory": "512MiB",
@@ -338,6 +340,16 @@ class Cluster:
     def guest_attributes(self) -> dict[str, dict[str, str]]:
         return json.loads((self.state_dir / "guest-attributes.json").read_text())
 
+    def api(self) -> str:
+        """The bootstrap's API URL, as the module's api_url output gives it (at its internal IP here)."""
+        return f"https://{self.vms[0].ip}:{API_PORT}"
+
+    def api_cert(self) -> Path:
+        """The certificate the bootstrap published (the module's api_cert output), saved to a file."""
+        path = self.workdir / "api-cert.pem"
+        path.write_text(self.guest_attributes()[self.vms[0].name]["shoal/api-cert"])
+        return path
+
     @staticmethod
     def tail(path: Path, lines: int = 40) -> str:
         try:
@@ -378,16 +390,18 @@ def demo() -> int:
         print(why, file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="shoal-tf-harness-"))
-    cluster = Cluster(workdir, REPO / ".venv")
+    env = {**os.environ, "SHOAL_HOME": str(workdir / "client"), "NO_COLOR": "1"}
+    key = subprocess.run([str(REPO / ".venv" / "bin" / "shoal"), "key", "show"], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    cluster = Cluster(workdir, REPO / ".venv", client_keys=[key])
     try:
         cluster.up()
         for vm in cluster.vms:
             cluster.boot(vm)
         cluster.wait_booted(cluster.vms, 150)
         print(json.dumps(cluster.guest_attributes(), indent=2))
-        env = {**os.environ, "SHOAL_HOME": str(workdir / "client"), "NO_COLOR": "1"}
-        r = cluster.run_in(cluster.lan, [str(cluster.venv / "bin" / "shoal"), "--api",
-                                         f"http://{cluster.vms[0].ip}:{API_PORT}", "run", "noop",
+        r = cluster.run_in(cluster.lan, [str(cluster.venv / "bin" / "shoal"), "--api", cluster.api(),
+                                         "--ca-cert", str(cluster.api_cert()), "run", "noop",
                                          "--concurrency", "3", "--json"], timeout=90, env=env)
         print(r.stdout[-4000:], r.stderr[-2000:])
         return r.returncode

@@ -35,6 +35,7 @@ run "a_full_valid_set" {
     shoal_package          = "git+https://github.com/example/shoal@v{version}"
     kubo_version           = "v0.40.0-rc1"
     log_level              = "DEBUG"
+    authorized_keys        = ["q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA=", "Hk2fY2ktY2xpZW50LWtleS1vbmx5LXN1Ym1pdHMtMDA submit, read", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= cancel"]
     limits = {
       total_cpu    = "7.5"
       total_memory = "28GiB"
@@ -379,4 +380,20 @@ run "a_given_network_key_is_valid" {
   variables {
     network_key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
   }
+}
+
+run "authorized_keys_must_be_client_keys" {
+  command = plan
+  variables {
+    authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9wZXJhdG9y"]
+  }
+  expect_failures = [var.authorized_keys]
+}
+
+run "authorized_keys_capabilities_must_be_known" {
+  command = plan
+  variables {
+    authorized_keys = ["q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA= root"]
+  }
+  expect_failures = [var.authorized_keys]
 }

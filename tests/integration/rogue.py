@@ -5,17 +5,19 @@ same gossip topic, same wire messages) but has no roles: a test makes it publish
 itself, send any direct message and read the reply, sign with its own key, advertise itself as a
 compute node, and answer incoming requests with a scripted async handler::
 
-    async with RoguePeer([node.addrs[0]]) as rogue:
-        rogue.advertise(cpu=4, memory=8 << 30)            # requesters now offer it jobs
+    async with (devstack(tmp_path / "stack", [["--no-compute"]]) as stack,
+                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+        won = rogue.take_offers(1)                 # script: bid on the first job offered
+        rogue.advertise(cpu=4, memory=8 << 30)     # requesters now count it as a compute node
+        ...                                        # a client submits a job to node 0
+        [(offer, execution_id, reply)] = await poll(lambda: won, 30, "no job offered")
+        lie = rogue.result(offer.job_id, execution_id, result=RunResult(stdout="forged"))
+        await rogue.request(offer.requester, lie)  # the requester's Reply
 
-        async def script(peer: str, message: Message) -> Reply | None:
-            if isinstance(message, Announce):             # an offer: say a bid follows, then bid
-                rogue.spawn(rogue.bid, message)
-                return Reply(verdict="pending")
-            return None                                   # the defaults below
+As a requester that never decides: ``rogue.script = hold`` with::
 
-        rogue.script = script
-        peer, bid = await rogue.wait_request(lambda p, m: isinstance(m, Bid))
+    async def hold(peer: str, message: Message) -> Reply | None:
+        return Reply(verdict="pending") if isinstance(message, Bid) else None
 
 Requests the script leaves unanswered (it returns ``None``) get a default reply: a
 ``StatusQuery`` learns that the executions the rogue bid for (``rogue.executions``) are
@@ -27,6 +29,7 @@ Every message heard is kept, in order, in ``rogue.gossip`` and ``rogue.requests`
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import secrets
 import socket
@@ -34,16 +37,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
+from devstack import Devstack
 from jobs.errors import MalformedMessage
 from jobs.messages import (
     Announce,
     Bid,
     Cancel,
+    Claim,
     Decision,
     Message,
     NodeInfo,
@@ -68,6 +73,7 @@ REQUEST_TIMEOUT = 10.0
 
 Script = Callable[[str, Message], Awaitable[Reply | bytes | None]]
 """(sending peer, decoded message) -> the reply; ``None`` leaves the request to the defaults."""
+_Signed = TypeVar("_Signed", Result, Claim)
 Outgoing = _Message | dict[str, Any] | bytes
 """A message model, a raw JSON object (to send fields the models do not know), or raw bytes."""
 
@@ -87,7 +93,8 @@ class RoguePeer:
                  script: Script | None = None, gossip_heartbeat: float = 0.5,
                  network_key: Path | None = None) -> None:
         """``peers``: multiaddrs with ``/p2p/<id>`` of running nodes, kept dialled like a node's
-        ``--peer``. A short gossip heartbeat joins the nodes' gossip mesh within a second.
+        ``--peer`` (a node started later is dialled by the first request given its ``addrs``).
+        A short gossip heartbeat joins the nodes' gossip mesh within a second.
         ``network_key``: a private network's key file (e.g. ``Devstack(network_key=True).network_key``)."""
         self.seed = seed or secrets.token_bytes(32)
         self.identity = Identity(self.seed)
@@ -143,19 +150,8 @@ class RoguePeer:
         return self.network.addrs()
 
     async def wait_connected(self, peer_ids: Sequence[str], timeout: float = CONNECT_TIMEOUT) -> None:
-        await _poll(lambda: set(peer_ids) <= set(self.network.connected_peers()), timeout,
-                    f"rogue not connected to {list(peer_ids)}")
-
-    async def connect(self, addr: str, timeout: float = CONNECT_TIMEOUT) -> str:
-        """Dial a node started after the rogue (``addr`` with ``/p2p/<id>``); returns its peer id."""
-        peer_id = addr.rsplit("/p2p/", 1)[1]
-        with trio.fail_after(timeout):
-            while peer_id not in self.network.connected_peers():
-                try:  # any request dials; an empty open-jobs query is harmless to every node
-                    await self.request(peer_id, OpenQuery(job_ids=[]), addrs=[addr], timeout=2.0)
-                except Exception:
-                    await trio.sleep(0.2)
-        return peer_id
+        await poll(lambda: set(peer_ids) <= set(self.network.connected_peers()), timeout,
+                   f"rogue connected to {list(peer_ids)}", interval=0.05)
 
     async def wait_mesh(self, peer_ids: Sequence[str], timeout: float = CONNECT_TIMEOUT) -> None:
         """Until these peers are in the rogue's gossip mesh, so what it publishes reaches them.
@@ -165,7 +161,7 @@ class RoguePeer:
             mesh = pubsub.router.mesh.get(self.network._topic, set()) if pubsub is not None else set()
             return set(peer_ids) <= {p.to_base58() for p in mesh}
 
-        await _poll(meshed, timeout, f"rogue's gossip mesh never held {list(peer_ids)}")
+        await poll(meshed, timeout, f"rogue's gossip mesh holding {list(peer_ids)}", interval=0.05)
 
     # -- speaking ----------------------------------------------------------------------------------
 
@@ -189,6 +185,10 @@ class RoguePeer:
     def sign(self, data: bytes) -> str:
         """urlsafe base64 of the rogue key's Ed25519 signature, as messages carry it."""
         return base64.urlsafe_b64encode(self.identity.sign(data)).decode()
+
+    def signed(self, message: _Signed) -> _Signed:
+        """A ``Result`` or ``Claim`` with its ``signature``: the rogue key's, over its ``statement()``."""
+        return message.model_copy(update={"signature": self.sign(message.statement())})
 
     # -- as a compute node -------------------------------------------------------------------------
 
@@ -228,21 +228,34 @@ class RoguePeer:
         reply = await self.request(announce.requester, bid, addrs=announce.requester_addrs)
         return execution_id, reply
 
-    def result(self, job_id: str, execution_id: str, *, result: RunResult | None = None,
-               error: str | None = None, retryable: bool = False, claimed: RunResult | None = None) -> Result:
-        """A ``Result`` signed with the rogue's key over its ``statement()``.
+    def take_offers(self, count: int = 1) -> list[tuple[Announce, str, Reply]]:
+        """Script: bid on the first ``count`` jobs offered to the rogue directly (answered "pending",
+        as a node does, and a Bid follows); decline later offers. Returns the list that fills with
+        (offer, execution id, the requester's reply to the bid)."""
+        won: list[tuple[Announce, str, Reply]] = []
+        taken: list[str] = []
 
-        ``claimed``: the run result whose digest the message vouches for, when the ``Result`` model
-        carries a signed ``digest`` (default: ``result``'s own). A ``claimed`` that differs from
-        ``result`` makes a message whose fields do not match what it signed.
-        """
-        fields: dict[str, Any] = {"job_id": job_id, "execution_id": execution_id, "error": error,
-                                  "retryable": retryable,
-                                  "result": result.model_dump(mode="json") if result is not None else None}
-        if "digest" in Result.model_fields and (claimed or result) is not None:
-            fields["digest"] = (claimed or result).digest()  # type: ignore[union-attr]
-        message = Result.model_validate(fields)
-        return message.model_copy(update={"signature": self.sign(message.statement())})
+        async def take(offer: Announce) -> None:
+            execution_id, reply = await self.bid(offer)
+            won.append((offer, execution_id, reply))
+
+        async def script(peer: str, message: Message) -> Reply | None:
+            if isinstance(message, Announce) and len(taken) < count and message.job_id not in taken:
+                taken.append(message.job_id)
+                self.spawn(take, message)
+                return Reply(verdict="pending")
+            return None
+
+        self.script = script
+        return won
+
+    def result(self, job_id: str, execution_id: str, *, result: RunResult | None = None,
+               error: str | None = None, retryable: bool = False, claimed: str | None = None) -> Result:
+        """A ``Result`` signed with the rogue's key: over its ``digest``, which is ``claimed`` if given,
+        else the digest of what the message says. A ``claimed`` digest of another outcome (e.g.
+        ``RunResult().digest()``) makes a message whose fields do not match what it signed."""
+        message = Result(job_id=job_id, execution_id=execution_id, result=result, error=error, retryable=retryable)
+        return self.signed(message.model_copy(update={"digest": claimed or message.outcome()}))
 
     # -- listening -----------------------------------------------------------------------------------
 
@@ -309,19 +322,14 @@ class RoguePeer:
         return Reply(ok=False, reason=f"the rogue has no script for {message.kind}")
 
 
-async def _poll(predicate: Callable[[], bool], timeout: float, failure: str, interval: float = 0.05) -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(interval)
-        return
-    raise AssertionError(f"{failure} (waited {timeout:g} s)")
-
-
-async def poll(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Await ``predicate()`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+async def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Call ``predicate()`` (awaiting it if it is async) until it returns something truthy, and
+    return that; AssertionError naming ``what`` after ``timeout`` s."""
     with trio.move_on_after(timeout):
         while True:
-            value = await predicate()
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
             if value:
                 return value
             await trio.sleep(interval)
@@ -331,11 +339,33 @@ async def poll(predicate: Callable[[], Awaitable[Any]], timeout: float, what: st
 # -- devstack helpers ------------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def devstack(base_dir: Path, node_args: Sequence[Sequence[str]], *, start: int | None = None,
+                   noop: bool = True) -> AsyncIterator[Devstack]:
+    """A devstack of ``len(node_args)`` nodes on free ports, each with its own ``shoal serve`` flags;
+    only the first ``start`` (default all) are started, the test starts the others with
+    ``await stack.start_node(stack.nodes[i])``. Every node is stopped at the end; when the block
+    ended without an error, no node may have logged one (nothing a peer sent may crash a handler)."""
+    n = len(node_args)
+    stack = Devstack(n, noop=noop, base_dir=base_dir, base_port=free_base_port(n),
+                     node_args={i: list(args) for i, args in enumerate(node_args)}, write_state=False)
+    try:
+        for node in stack.nodes[:start]:
+            await stack.start_node(node)
+        yield stack
+    finally:
+        await stack.stop()
+    for node in stack.nodes:
+        log = node.data_dir / "node.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert "Traceback" not in text and " ERROR " not in text, f"node {node.index} logged an error:\n{text[-3000:]}"
+
+
 def free_base_port(nodes: int, *, tries: int = 200) -> int:
     """A ``Devstack`` base port whose API (``base + i``) and libp2p (``base + 100 + i``) ports are free."""
     rng = secrets.SystemRandom()
     for _ in range(tries):
-        base = rng.randrange(20_000, 40_000)
+        base = rng.randrange(20_000, 32_000)  # below Linux's ephemeral ports (32768-)
         if all(_port_free(base + i) and _port_free(base + 100 + i) for i in range(nodes)):
             return base
     raise RuntimeError("no free port range found")

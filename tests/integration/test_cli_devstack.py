@@ -467,8 +467,26 @@ def test_unknown_job_exits_4(stack: Stack, tmp_path: Path) -> None:
         assert errors(result) == [f"Error: no job '{unknown}' (or it is not yours)"], result.stderr
 
 
+def test_a_stranger_is_not_authorized_on_the_devstack(stack: Stack, done_job: str, tmp_path: Path) -> None:
+    """``shoal devstack`` lets in the local client key only: another key gets 403 on every node, and
+    the CLI says so in one line (exit 3), whatever the command."""
+    stranger = {**_clean_env(tmp_path / "stranger-home"), "SHOAL_API": stack.nodes[0]["api"]}  # another key
+    key = shoal(stack, "key", "show", env=stranger).stdout.strip()
+    assert key and "\n" not in key
+    calls = [(("--api", n["api"], "list"), stranger) for n in stack.nodes]
+    calls += [((*c, done_job), stranger) for c in (("describe",), ("logs",), ("cancel",), ("get", "-o", "x"))]
+    calls += [(("run", "noop"), stranger), (("nodes",), stranger)]
+    for result in shoal_all(stack, *calls):
+        assert result.returncode == 3, result.stderr
+        assert result.stderr == f"Error: client {key} is not authorized on this node\n", result.stderr
+    assert describe(stack, done_job)["job"]["state"] == "completed"  # their cancel did nothing
+
+
 def test_another_client_sees_none_of_my_jobs(stack: Stack, done_job: str, tmp_path: Path) -> None:
     other = {**_clean_env(tmp_path / "other-home"), "SHOAL_API": stack.nodes[0]["api"]}  # another key
+    keys_file = stack.home / "stack" / "authorized_keys"  # what `shoal devstack` wrote; the nodes re-read it
+    key = shoal(stack, "key", "show", env=other).stdout.strip()
+    keys_file.write_text(keys_file.read_text() + f"{key}\n")  # authorized, yet still only for its own jobs
     commands = ("describe", "logs", "events", "cancel")
     listing, *results = shoal_all(stack, (("list", "--json"), other), *(((c, done_job), other) for c in commands))
     assert listing.returncode == 0 and json.loads(listing.stdout) == {"jobs": [], "total": 0}

@@ -36,6 +36,8 @@ sys.path.insert(0, str(REPO / "terraform" / "test"))
 
 import harness  # noqa: E402
 
+from shoal import ClientKey  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 VENV = Path(sys.prefix) if (Path(sys.prefix) / "bin" / "shoal").exists() else REPO / ".venv"  # a virtualenv's root
@@ -73,7 +75,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Cluste
     global _deadline
     _deadline = time.monotonic() + BUDGET
     workdir = tmp_path_factory.mktemp("tf-cluster")
-    c = harness.Cluster(workdir, VENV)
+    operator = ClientKey.load_or_create(workdir / "client" / "client.key")  # the module's authorized_keys
+    c = harness.Cluster(workdir, VENV, client_keys=[f"{operator.public_key_b64} submit,read,cancel"])
     started = time.monotonic()
     try:
         c.up()
@@ -89,8 +92,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Cluste
         assert not leftover, f"namespaces left behind: {leftover}"
 
 
-def _api(c: harness.Cluster) -> str:
-    return f"http://{c.vms[0].ip}:{harness.API_PORT}"
+def _client_env(c: harness.Cluster, home: str = "client") -> dict[str, str]:
+    env = {**os.environ, "SHOAL_HOME": str(c.workdir / home), "NO_COLOR": "1", "SHOAL_CA_CERT": str(c.api_cert())}
+    env.pop("SHOAL_API", None)
+    return env
 
 
 def _bootstrap_addr(c: harness.Cluster) -> str:
@@ -98,7 +103,8 @@ def _bootstrap_addr(c: harness.Cluster) -> str:
 
 
 def _readyz(c: harness.Cluster, ns: str, url: str) -> dict | None:
-    r = c.run_in(ns, ["curl", "-fsS", "--max-time", "3", url], timeout=10)
+    pin = ["--cacert", str(c.api_cert())] if url.startswith("https://") else []
+    r = c.run_in(ns, ["curl", "-fsS", "--max-time", "3", *pin, url], timeout=10)
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
@@ -149,15 +155,13 @@ def test_noop_job_runs_on_all_three_nodes(cluster: harness.Cluster) -> None:
     c = cluster
     deadline = time.monotonic() + _left(30)
     while True:
-        ready = _readyz(c, c.lan, f"{_api(c)}/readyz")
+        ready = _readyz(c, c.lan, f"{c.api()}/readyz")
         if ready and ready.get("peers", 0) >= 2:
             break
         assert time.monotonic() < deadline, f"bootstrap never saw both compute nodes: {ready}"
         time.sleep(1)
-    env = {**os.environ, "SHOAL_HOME": str(c.workdir / "client"), "NO_COLOR": "1"}
-    env.pop("SHOAL_API", None)
-    r = c.run_in(c.lan, [str(SHOAL), "--api", _api(c), "run", "noop", "--concurrency", "3", "--json",
-                         "--wait-timeout", "60"], timeout=_left(90), env=env)
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "run", "noop", "--concurrency", "3", "--json",
+                         "--wait-timeout", "60"], timeout=_left(90), env=_client_env(c))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     described = json.loads(r.stdout)
     assert described["job"]["state"] == "completed", described["job"]
@@ -182,6 +186,19 @@ def test_every_node_serves_with_the_clusters_network_key(cluster: harness.Cluste
         assert f"--network-key {path}" in (vm.root / "etc/shoal/shoal.env").read_text()
         for log in (vm.startup_log, vm.root / "var/log/shoal/shoal.log"):
             assert c.network_key not in log.read_text(), f"the key is in {log}"
+
+
+def test_the_api_takes_only_the_operators_key_over_its_pinned_certificate(cluster: harness.Cluster) -> None:
+    c = cluster
+    stranger = ClientKey.load_or_create(c.workdir / "stranger" / "client.key").public_key_b64
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "list"], timeout=_left(30), env=_client_env(c, "stranger"))
+    assert r.returncode == 3 and r.stderr == f"Error: client {stranger} is not authorized on this node\n", r.stderr
+    unpinned = {k: v for k, v in _client_env(c).items() if k != "SHOAL_CA_CERT"}
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "list"], timeout=_left(30), env=unpinned)
+    assert r.returncode == 3 and "certificate verify failed" in r.stderr, r.stderr
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "nodes"], timeout=_left(30), env=_client_env(c))
+    assert r.returncode == 3 and "lacks the 'admin' capability" in r.stderr, r.stderr  # as the module was told
+    assert "--authorized-keys" in (c.vms[0].root / "etc/shoal/shoal.env").read_text()
 
 
 def test_only_the_bootstrap_api_and_no_kubo_rpc_is_reachable(cluster: harness.Cluster) -> None:

@@ -140,7 +140,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     client = FakeClient()
     made: list[str | None] = []
 
-    def make_client(api_url: str | None, *, timeout: float = 30.0) -> FakeClient:
+    def make_client(api_url: str | None, *, timeout: float = 30.0, ca_cert: Path | None = None) -> FakeClient:
         made.append(api_url)
         client.api_url = api_url
         return client

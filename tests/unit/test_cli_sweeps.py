@@ -119,7 +119,7 @@ class FakeSweepClient(FakeClient):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSweepClient:
     client = FakeSweepClient()
-    monkeypatch.setattr(cli.main, "make_client", lambda api_url, *, timeout=30.0: client)
+    monkeypatch.setattr(cli.main, "make_client", lambda api_url, *, timeout=30.0, ca_cert=None: client)
     monkeypatch.delenv("SHOAL_API", raising=False)
     return client
 

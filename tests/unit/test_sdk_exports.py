@@ -14,6 +14,7 @@ SDK_OWN = {
     "ClientKey",
     "Conflict",
     "ConnectionFailed",
+    "Forbidden",
     "InvalidRequest",
     "NotFound",
     "ServerError",

@@ -24,6 +24,7 @@ module "shoal" {
   autoscaler_cooldown_sec = 600
 
   api_allowed_cidrs = var.api_allowed_cidrs
+  authorized_keys   = var.authorized_keys
   peer_cidrs        = var.peer_cidrs
   extra_peers       = var.extra_peers
   network_key       = var.network_key

@@ -18,3 +18,13 @@ output "network_key" {
   value       = module.shoal.network_key
   sensitive   = true
 }
+
+output "api_cert" {
+  description = "The API's certificate, to pin with SHOAL_CA_CERT (null until read_bootstrap_multiaddr = true)."
+  value       = module.shoal.api_cert
+}
+
+output "api_cert_command" {
+  description = "Prints the API's certificate at any time."
+  value       = module.shoal.api_cert_command
+}

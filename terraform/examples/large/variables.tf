@@ -34,6 +34,12 @@ variable "network_key" {
   sensitive   = true
 }
 
+variable "authorized_keys" {
+  description = "Client keys that may use the API (`shoal key show`), each optionally followed by capabilities."
+  type        = list(string)
+  default     = []
+}
+
 variable "shoal_version" {
   description = "Shoal version the nodes run."
   type        = string

@@ -3,10 +3,12 @@
 #
 #   terraform init
 #   terraform apply -var project_id=my-project -var 'api_allowed_cidrs=["203.0.113.0/24"]' \
+#     -var "authorized_keys=[\"$(shoal key show)\"]" \
 #     -var shoal_package=https://storage.googleapis.com/my-bucket/shoal-{version}-py3-none-any.whl
 #   # a minute or two later, once the bootstrap node has booted:
-#   terraform apply -var read_bootstrap_multiaddr=true ...   # fills bootstrap_multiaddr
-#   SHOAL_API=$(terraform output -raw api_url) shoal run noop --concurrency 2
+#   terraform apply -var read_bootstrap_multiaddr=true ...   # fills bootstrap_multiaddr and api_cert
+#   terraform output -raw api_cert > shoal-api.pem
+#   SHOAL_API=$(terraform output -raw api_url) SHOAL_CA_CERT=shoal-api.pem shoal run noop --concurrency 2
 
 module "shoal" {
   source = "../../modules/shoal-cluster"
@@ -20,6 +22,7 @@ module "shoal" {
   max_nodes    = 3
 
   api_allowed_cidrs = var.api_allowed_cidrs
+  authorized_keys   = var.authorized_keys
   ssh_allowed_cidrs = ["35.235.240.0/20"] # IAP TCP forwarding
 
   shoal_version = var.shoal_version

@@ -15,6 +15,12 @@ variable "api_allowed_cidrs" {
   default     = []
 }
 
+variable "authorized_keys" {
+  description = "Client keys that may use the API (`shoal key show`), each optionally followed by capabilities."
+  type        = list(string)
+  default     = []
+}
+
 variable "shoal_version" {
   description = "Shoal version the nodes run."
   type        = string

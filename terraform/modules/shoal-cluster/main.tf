@@ -31,6 +31,7 @@ locals {
     "shoal-log-level"         = var.log_level
     "shoal-extra-peers"       = join(" ", var.extra_peers)
     "shoal-network-key"       = local.network_key
+    "shoal-authorized-keys"   = join("\n", var.authorized_keys)
   })
 
   network_key = coalesce(var.network_key, terraform_data.network_key.output)
@@ -229,9 +230,11 @@ resource "google_compute_instance_iam_member" "read_bootstrap_guest_attributes" 
 
 # ---------------------------------------------------------------------------------------------
 # Bootstrap node: static internal and external IPs, and a persistent data disk that holds its
-# data dir (/var/lib/shoal: node.key, SQLite store, Kubo repo). The key is created on the VM at
-# first boot and never leaves it; replacing the VM keeps the disk, hence the peer id and the
-# multiaddr. The only secret in this module, its state and the metadata is the network key.
+# data dir (/var/lib/shoal: node.key, SQLite store, Kubo repo, the API's TLS key). The keys are
+# created on the VM at first boot and never leave it; replacing the VM keeps the disk, hence the
+# peer id, the multiaddr and the API's certificate (published as the guest attribute
+# shoal/api-cert). Apart from the network key (above), nothing secret is in this module, its
+# state or the metadata.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_compute_address" "bootstrap_internal" {

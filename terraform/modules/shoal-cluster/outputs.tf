@@ -1,6 +1,16 @@
 output "api_url" {
-  description = "Shoal's REST API on the bootstrap node (reachable from api_allowed_cidrs): use it as --api or SHOAL_API."
-  value       = "http://${google_compute_address.bootstrap_external.address}:${var.api_port}"
+  description = "Shoal's REST API on the bootstrap node, over HTTPS (reachable from api_allowed_cidrs): use it as --api or SHOAL_API, with api_cert as --ca-cert or SHOAL_CA_CERT."
+  value       = "https://${google_compute_address.bootstrap_external.address}:${var.api_port}"
+}
+
+output "api_cert" {
+  description = "The bootstrap API's self-signed certificate (PEM), made on the node at its first boot: save it and pass it as --ca-cert or SHOAL_CA_CERT. Null until read_bootstrap_multiaddr = true; api_cert_command reads it any time."
+  value       = lookup(local.published, "api-cert", null)
+}
+
+output "api_cert_command" {
+  description = "gcloud command that prints the bootstrap API's certificate (PEM)."
+  value       = "gcloud compute instances get-guest-attributes ${google_compute_instance.bootstrap.name} --project ${var.project_id} --zone ${local.bootstrap_zone} --query-path shoal/api-cert --format 'value(value)'"
 }
 
 output "bootstrap_multiaddr" {

@@ -126,6 +126,17 @@ variable "api_allowed_cidrs" {
   }
 }
 
+variable "authorized_keys" {
+  description = "Client keys that may use the nodes' API, one per entry as `shoal key show` prints it, optionally followed by capabilities (submit, read, cancel, admin; none listed: all). Public keys, not secrets: they go into instance metadata and each node's authorized-keys file. Empty: no client may use the API."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for k in var.authorized_keys : can(regex("^[A-Za-z0-9_-]{43}=?([ ,]+(submit|read|cancel|admin))*$", k))])
+    error_message = "authorized_keys entries must be client keys as `shoal key show` prints them (44 characters of urlsafe base64), optionally followed by capabilities: submit, read, cancel, admin."
+  }
+}
+
 variable "peer_cidrs" {
   description = "IPv4 CIDR blocks of other Shoal clusters (or single nodes) allowed to reach the libp2p port of this cluster's nodes."
   type        = list(string)

@@ -101,6 +101,7 @@ run "cidrs_limits_and_peers" {
     ssh_allowed_cidrs = ["35.235.240.0/20"]
     extra_peers       = ["/ip4/198.51.100.7/tcp/9700/p2p/12D3KooWRq4vPartnerBootstrapNodeXyZ9aBcDeFgHjKmNpQrStUvWx"]
     compute_public_ip = true
+    authorized_keys   = ["q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA=", "Hk2fY2ktY2xpZW50LWtleS1vbmx5LXN1Ym1pdHMtMDA= submit,read"]
     limits = {
       job_memory = "2GiB"
       total_cpu  = "3.5"
@@ -131,6 +132,13 @@ run "cidrs_limits_and_peers" {
     error_message = "limits and extra peers reach every node's metadata"
   }
   assert {
+    condition = alltrue([
+      for md in [google_compute_instance.bootstrap.metadata, google_compute_instance_template.compute.metadata] :
+      md["shoal-authorized-keys"] == "q1V3dGhlLW9wZXJhdG9ycy1jbGllbnQta2V5LTAwMDA=\nHk2fY2ktY2xpZW50LWtleS1vbmx5LXN1Ym1pdHMtMDA= submit,read"
+    ])
+    error_message = "the authorized client keys reach every node's metadata, one per line"
+  }
+  assert {
     condition     = length(google_compute_instance_template.compute.network_interface[0].access_config) == 1
     error_message = "compute_public_ip gives compute nodes an external IP"
   }
@@ -147,7 +155,7 @@ run "outputs" {
   }
 
   assert {
-    condition     = output.api_url == "http://203.0.113.10:8700"
+    condition     = output.api_url == "https://203.0.113.10:8700"
     error_message = "api_url is the bootstrap's static external IP and the API port"
   }
   assert {
@@ -198,6 +206,7 @@ run "published_multiaddr_is_read_when_asked" {
         { namespace = "shoal", key = "multiaddr", value = "/ip4/10.40.0.10/tcp/9700/p2p/12D3KooWBootstrapPeer" },
         { namespace = "shoal", key = "external-multiaddr", value = "/ip4/203.0.113.10/tcp/9700/p2p/12D3KooWBootstrapPeer" },
         { namespace = "shoal", key = "peer-id", value = "12D3KooWBootstrapPeer" },
+        { namespace = "shoal", key = "api-cert", value = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" },
       ]
     }
   }
@@ -205,6 +214,10 @@ run "published_multiaddr_is_read_when_asked" {
   assert {
     condition     = output.bootstrap_multiaddr == "/ip4/203.0.113.10/tcp/9700/p2p/12D3KooWBootstrapPeer" && output.bootstrap_internal_multiaddr == "/ip4/10.40.0.10/tcp/9700/p2p/12D3KooWBootstrapPeer" && output.bootstrap_peer_id == "12D3KooWBootstrapPeer"
     error_message = "the outputs carry what the bootstrap node published"
+  }
+  assert {
+    condition     = output.api_cert == "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    error_message = "api_cert is the certificate the bootstrap node published"
   }
 }
 
