@@ -51,6 +51,8 @@ def build_node_config(
     pending_bid_timeout: float | None = None,
     unsandboxed_python: bool = False,
     allow_images: list[str] | None = None,
+    network_key: Path | None = None,
+    trusted_peers: Path | None = None,
     authorized_keys: Path | None = None,
     open_api: bool = False,
     tls_cert: Path | None = None,
@@ -78,6 +80,15 @@ def build_node_config(
         values["peer_rate_limit"] = peer_rate_limit
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
+    if network_key is not None or trusted_peers is not None:
+        from node.net.admission import AdmissionError, load_admission
+
+        try:
+            load_admission(network_key, trusted_peers)  # a bad file is a usage error now, not a crash later
+        except AdmissionError as exc:
+            raise CLIError(str(exc), code=EXIT_USAGE) from None
+        values["network_key"] = network_key
+        values["trusted_peers"] = trusted_peers
     if data_dir is not None:
         values["data_dir"] = data_dir
     if listen:

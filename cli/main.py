@@ -71,6 +71,9 @@ app.add_typer(wasm_app, name="wasm")
 app.add_typer(run_app, name="run")
 images_app = typer.Typer(help="Container images for the docker engine.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(images_app, name="images")
+network_key_app = typer.Typer(help="The shared key of a private network (serve --network-key).",
+                              no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(network_key_app, name="network-key")
 
 
 @dataclass(frozen=True)
@@ -699,6 +702,10 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    network_key: Annotated[Path | None, typer.Option("--network-key", metavar="FILE",
+        help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,
+    trusted_peers: Annotated[Path | None, typer.Option("--trusted-peers", metavar="FILE",
+        help="Connect only with these peers (one peer id per line).")] = None,
     authorized_keys: Annotated[Path | None, typer.Option("--authorized-keys", metavar="FILE",
         help="Only these client keys may use the API: one per line (as 'shoal key show' prints it), "
              "optionally followed by capabilities submit, read, cancel, admin (none listed: all). "
@@ -747,6 +754,8 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        network_key=network_key,
+        trusted_peers=trusted_peers,
         authorized_keys=authorized_keys,
         open_api=open_api,
         tls_cert=tls_cert,
@@ -801,6 +810,18 @@ def devstack(
         extra["extra_args"] = serve_args
     with stop_on_signals():
         run_stack(nodes=nodes, noop=noop, **extra)
+
+
+@network_key_app.command("new")
+def network_key_new() -> None:
+    """Print a new random network key: shoal network-key new > FILE.
+
+    32 random bytes in libp2p's swarm.key format. Give every node of the network the same file
+    (shoal serve --network-key FILE) and keep it secret.
+    """
+    from node.net.admission import new_network_key
+
+    sys.stdout.write(new_network_key())
 
 
 from cli.tools import bench, images_build  # noqa: E402 - thin, typer-only module

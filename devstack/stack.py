@@ -50,7 +50,9 @@ class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
                  bad_actors: int = 0, kubo: bool = False, write_state: bool = True,
-                 authorized_keys: list[str] | None = None) -> None:
+                 network_key: bool = False, authorized_keys: list[str] | None = None) -> None:
+        """``network_key``: a private network, one key (``base_dir/network.key``) for all nodes, as
+        ``shoal devstack`` runs it; off by default here, so test peers join without it."""
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
         if not 0 <= bad_actors < nodes:
@@ -65,6 +67,7 @@ class Devstack:
         if kubo:  # one Kubo per node, ports after the nodes' (API +200.., gateway +300.., swarm +400..)
             self.kubo = KuboCluster(nodes, self.base_dir / "kubo", base_port=base_port + 200)
         self.write_state = write_state
+        self.network_key = self.base_dir / "network.key" if network_key else None
         # Client keys (as `shoal key show` prints them) every node lets in; None: the nodes take any key
         # (their APIs are on loopback). Written to keys_file at start.
         self.authorized_keys = authorized_keys
@@ -86,11 +89,14 @@ class Devstack:
         if self.noop:
             cmd.append("--noop")
         cmd += ["--ipfs-api", self.kubo.rpc_urls[node.index] if self.kubo else "none", "--allow-private-urls"]
+        if self.network_key is not None:
+            cmd += ["--network-key", str(self.network_key)]
         if self.authorized_keys is not None:
             cmd += ["--authorized-keys", str(self.keys_file)]
         return cmd + node.args
 
     async def start_node(self, node: NodeProcess) -> None:
+        self._ensure_network_key()
         node.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(node.data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child process
         try:
@@ -115,6 +121,16 @@ class Devstack:
         line = buffer[buffer.index(b"READY ") + 6:].split(b"\n", 1)[0]
         ready = json.loads(line)
         node.peer_id, node.addrs, node.api = ready["peer_id"], ready["addrs"], ready["api"]
+
+    def _ensure_network_key(self) -> None:
+        if self.network_key is None or self.network_key.exists():
+            return  # kept across restarts of the same stack
+        from node.net.admission import new_network_key
+
+        self.network_key.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.network_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_network_key())
 
     async def start(self) -> None:
         if self.authorized_keys is not None:
@@ -194,7 +210,8 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
     if kubo is None:
         kubo = ipfs_binary() is not None
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
-                     kubo=kubo, extra_args=extra_args, authorized_keys=[ClientKey.load_or_create().public_key_b64])
+                     kubo=kubo, extra_args=extra_args, network_key=True,  # one private network
+                     authorized_keys=[ClientKey.load_or_create().public_key_b64])
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 
@@ -205,6 +222,7 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
             for n in stack.nodes:
                 bad = "  (bad actor)" if "--bad-actor" in n.args else ""
                 print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
+            print(f"Network key: {stack.network_key} (another node joins with --network-key and --peer)")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
             print(f"Authorized keys: {stack.keys_file} (your client key; add others' from 'shoal key show')")
             print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")

@@ -50,6 +50,8 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    network_key: Path | None = None  # private network: only peers holding this key connect (node.net.admission)
+    trusted_peers: Path | None = None  # file of peer ids: only these peers connect (with the key, if one is set)
     authorized_keys: Path | None = None  # client keys the API lets in (node.api.access); None: any key
     open_api: bool = False  # let any key in on an API reachable from other machines (explicit choice)
     tls_cert: Path | None = None  # serve the API over HTTPS with this certificate (PEM) ...

@@ -112,6 +112,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from node.api.access import exposure_problem
     from node.api.app import create_app, serve_api
     from node.net import Network
+    from node.net.admission import load_admission
     from node.retention import cleanup_loop
     from node.store import Store
     from requester import RequesterService
@@ -125,10 +126,13 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     store = Store(config.data_dir / "shoal.db")
     limiter = RateLimiter(config.peer_rate_limit, config.peer_rate_burst) if config.peer_rate_limit > 0 else None
     dispatcher = Dispatcher(rate_limiter=limiter)
+    admission = load_admission(config.network_key, config.trusted_peers)
     network = Network(seed=seed, listen=list(config.listen), peers=list(config.peers),
                       on_gossip=dispatcher.on_gossip, on_request=dispatcher.on_request,
-                      validate_gossip=dispatcher.check_gossip)
+                      validate_gossip=dispatcher.check_gossip, admission=admission)
     dispatcher.node_id = network.peer_id
+    if admission.network_key is not None or admission.trusted_peers is not None:
+        log.info("private network: %s", admission)
     peers = MessagePeers(_NetworkTransport(network), dispatcher, Identity(seed))
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)

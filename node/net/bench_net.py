@@ -1,6 +1,6 @@
 """Round-trip benchmark of ``Network.request`` between two hosts in one process.
 
-    python -m node.net.bench_net [--requests 1000] [--size 500]
+    python -m node.net.bench_net [--requests 1000] [--size 500] [--private]
 
 Prints p50/p99 round-trip latency and requests/s for sequential requests and
 for all requests issued at once (all multiplexed on the one outbound stream).
@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import secrets
 import statistics
 import time
 
 import trio
 
+from node.net.admission import OPEN, Admission
 from node.net.host import Network
 
 
@@ -32,12 +34,14 @@ def _report(label: str, latencies: list[float], elapsed: float) -> None:
     )
 
 
-async def _bench(requests: int, size: int) -> None:
+async def _bench(requests: int, size: int, private: bool = False) -> None:
     async def echo(peer: str, data: bytes) -> bytes:
         return data
 
     async def ignore(origin: str, data: bytes) -> None:
         pass
+
+    admission = Admission(network_key=secrets.token_bytes(32)) if private else OPEN
 
     def node(name: str, peers: list[str]) -> Network:
         return Network(
@@ -46,6 +50,7 @@ async def _bench(requests: int, size: int) -> None:
             peers=peers,
             on_gossip=ignore,
             on_request=echo,
+            admission=admission,
         )
 
     payload = bytes(size)
@@ -93,10 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--size", type=int, default=500, help="payload bytes per request and reply")
+    parser.add_argument("--private", action="store_true", help="both hosts on a private network (a network key)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(f"{args.requests} requests of {args.size} B, echo handler, two hosts on 127.0.0.1 in one process")
-    trio.run(_bench, args.requests, args.size)
+    print(f"{args.requests} requests of {args.size} B, echo handler, two hosts on 127.0.0.1 in one process"
+          f"{', private network' if args.private else ''}")
+    trio.run(_bench, args.requests, args.size, args.private)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from node.net import pubsub_records, yamux_credit
+from node.net.admission import OPEN, Admission
 from node.net.errors import NetworkError, PeerUnreachable
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
@@ -63,6 +65,9 @@ DIAL_TIMEOUT = 10.0
 STREAM_OPEN_TIMEOUT = 10.0
 """A ``new_stream`` negotiation was once seen hanging for 10 s: always bound it."""
 CONNECTED_POLL = 1.0
+HANDSHAKE_TIMEOUT = 8.0
+"""Bound on a connection's security handshake (libp2p's own, for the whole upgrade, is 10 s):
+a peer without the network key often stalls it, reading our bytes as a long message."""
 PUBLISH_TIMEOUT = 2.0
 SHUTDOWN_TIMEOUT = 5.0
 GOSSIP_QUEUE = 1024
@@ -124,6 +129,9 @@ class NetworkStatistics:
     ``frames_rejected``: malformed or oversized frames, and streams closed in
     the middle of a frame. ``open_streams``: rpc streams open now, both ways.
     ``gossip_cached``: messages libp2p keeps now to answer IWANTs (about five heartbeats' worth).
+    ``peers_refused_key``: connections (either way) whose handshake failed while the node has a
+    network key: the peer lacks the key (or dropped the connection mid-handshake).
+    ``peers_refused_untrusted``: connections closed because the peer is not a trusted peer.
     ``gossip_rejected``: messages the validator refused (neither delivered nor forwarded);
     ``gossip_rate_limited``: messages dropped unread because their neighbour passed over GOSSIP_PEER_RATE.
     ``gossip_penalised_peers`` / ``gossip_blocked_peers``: neighbours whose score is below zero now
@@ -142,6 +150,8 @@ class NetworkStatistics:
     frames_rejected: int
     open_streams: int
     gossip_cached: int = 0
+    peers_refused_key: int = 0
+    peers_refused_untrusted: int = 0
     gossip_rejected: int = 0
     gossip_rate_limited: int = 0
     gossip_penalised_peers: int = 0
@@ -208,6 +218,44 @@ class _ConnectionWatcher(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
+
+
+def _guard_security_upgrade(upgrader: Any, admission: Admission, counters: Counters) -> None:
+    """Admit or refuse each connection right after its security handshake, before it is multiplexed.
+
+    Nothing runs on a connection before multiplexing (no identify, gossip or Shoal stream), so a
+    refused peer is sent nothing and nothing of it reaches the node. With a network key, a peer
+    without it fails the handshake itself (the bytes it sees and sends are noise to the other
+    side); this counts those failures. A peer that passes is checked against ``admission``.
+    """
+    upgrade = upgrader.upgrade_security
+
+    async def guarded(raw_conn: Any, is_initiator: bool, peer_id: ID | None = None) -> Any:
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                secure = await upgrade(raw_conn, is_initiator, peer_id)
+        except (SecurityUpgradeFailure, trio.TooSlowError) as exc:
+            if admission.network_key is not None:
+                counters.peers_refused_key += 1
+            if isinstance(exc, trio.TooSlowError):
+                raise SecurityUpgradeFailure(f"no security handshake within {HANDSHAKE_TIMEOUT} s") from None
+            raise
+        remote = secure.get_remote_peer().to_base58()
+        if not admission.admits(remote):
+            counters.peers_refused_untrusted += 1
+            log.debug("refused a connection with %s: not a trusted peer", remote)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await secure.close()
+            raise SecurityUpgradeFailure(f"peer {remote} is not a trusted peer")
+        return secure
+
+    upgrader.upgrade_security = guarded
+
+
+def _plain_tcp(maddr: multiaddr.Multiaddr) -> bool:
+    names = {p.name for p in maddr.protocols()}
+    return "tcp" in names and not names & {"ws", "wss", "tls", "quic", "quic-v1", "webtransport", "webrtc",
+                                           "webrtc-direct", "p2p-circuit"}
 
 
 def _parse_peer_id(peer_id: str) -> ID:
@@ -277,6 +325,7 @@ class Network:
         on_request: RequestHandler,
         max_frame: int = DEFAULT_MAX_FRAME,
         gossip_heartbeat: float = GOSSIP_HEARTBEAT,
+        admission: Admission = OPEN,
         validate_gossip: GossipValidator | None = None,
     ) -> None:
         if len(seed) != 32:
@@ -292,6 +341,11 @@ class Network:
         self._on_request = on_request
         self._max_frame = max_frame
         self._gossip_heartbeat = gossip_heartbeat
+        self.admission = admission
+        if admission != OPEN:
+            for maddr in self._listen:
+                if not _plain_tcp(maddr):  # QUIC & co. bypass pnet and the security upgrade we guard
+                    raise ValueError(f"a private network listens on plain TCP only, not {maddr}")
         self._validate_gossip = validate_gossip
         self._peer_names: dict[bytes, str] = {}
         self._counters = Counters()
@@ -376,6 +430,8 @@ class Network:
             frames_rejected=c.frames_rejected,
             open_streams=c.open_streams,
             gossip_cached=len(self._pubsub.router.mcache.msgs) if self._pubsub is not None else 0,
+            peers_refused_key=c.peers_refused_key,
+            peers_refused_untrusted=c.peers_refused_untrusted,
             gossip_rejected=c.gossip_rejected,
             gossip_rate_limited=c.gossip_rate_limited,
             gossip_penalised_peers=sum(1 for s in scores if s < 0),
@@ -494,8 +550,12 @@ class Network:
             },
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=self._listen,
+            # libp2p's private network: the whole connection, Noise included, is encrypted with it.
+            psk=None if self.admission.network_key is None else self.admission.network_key.hex(),
         )
         swarm: Any = host.get_network()
+        if self.admission != OPEN:
+            _guard_security_upgrade(swarm.upgrader, self.admission, self._counters)
         if hasattr(swarm, "retry_config"):
             # Fail a dial at once; our redial loop does the backing off.
             swarm.retry_config = RetryConfig(max_retries=0)
@@ -708,6 +768,7 @@ class Network:
             # libp2p refuses to dial a peer for 60 s after a failed dial; we
             # decide ourselves when to try again.
             swarm.unblock_peer(pid)
+        refused = (self._counters.peers_refused_key, self._counters.peers_refused_untrusted)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await host.connect(PeerInfo(pid, known))
@@ -716,6 +777,11 @@ class Network:
                 known.append(known.pop(0))  # the next dial tries the next address
             if isinstance(exc, trio.TooSlowError):
                 raise PeerUnreachable(peer_id, "dial timed out") from None
+            if self._counters.peers_refused_untrusted > refused[1]:
+                raise PeerUnreachable(peer_id, "refused: not a trusted peer") from None
+            if self._counters.peers_refused_key > refused[0]:
+                raise PeerUnreachable(peer_id, "refused: the handshake failed under our network key "
+                                               "(the peer does not hold it?)") from None
             if isinstance(exc, Exception):
                 raise PeerUnreachable(peer_id, f"dial failed: {exc}") from exc
             raise
@@ -768,6 +834,8 @@ class Network:
                 log.warning("skipping malformed gossip message: %r", exc)
                 continue
             if origin == self.peer_id:
+                continue
+            if not self.admission.admits(origin):  # relayed by a trusted peer from one we do not trust
                 continue
             try:
                 out.send_nowait((origin, data))

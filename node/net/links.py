@@ -53,6 +53,8 @@ class Counters:
     gossip_dropped: int = 0
     frames_rejected: int = 0
     open_streams: int = 0
+    peers_refused_key: int = 0
+    peers_refused_untrusted: int = 0
     gossip_rejected: int = 0
     gossip_rate_limited: int = 0
 

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -125,6 +126,7 @@ class Cluster:
     namespaces: list[str] = field(default_factory=list)
     shoal_version: str = ""
     script: Path | None = None
+    network_key: str = field(default_factory=lambda: secrets.token_hex(32))  # as the module generates one
     client_keys: list[str] = field(default_factory=list)  # the module's authorized_keys variable
 
     # -------------------------------------------------------------------------------- setup
@@ -146,6 +148,7 @@ class Cluster:
             "shoal-kubo-swarm-port": "4001",
             "shoal-log-level": "INFO",
             "shoal-extra-peers": "",
+            "shoal-network-key": self.network_key,
             "shoal-authorized-keys": "\n".join(self.client_keys),
             "shoal-limit-total-cpu": "2",
             "shoal-limit-total-memory": "2GiB",

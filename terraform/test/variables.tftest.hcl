@@ -359,6 +359,29 @@ run "limits_reject_unknown_keys" {
   expect_failures = [var.limits]
 }
 
+run "network_key_must_be_64_hex_digits" {
+  command = plan
+  variables {
+    network_key = "not-a-key"
+  }
+  expect_failures = [var.network_key]
+}
+
+run "network_key_in_swarm_key_format_is_refused" {
+  command = plan
+  variables {
+    network_key = "/key/swarm/psk/1.0.0/\n/base16/\n0000000000000000000000000000000000000000000000000000000000000000"
+  }
+  expect_failures = [var.network_key]
+}
+
+run "a_given_network_key_is_valid" {
+  command = plan
+  variables {
+    network_key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
+}
+
 run "authorized_keys_must_be_client_keys" {
   command = plan
   variables {

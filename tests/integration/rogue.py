@@ -65,6 +65,7 @@ from jobs.model import RunResult
 from jobs.spec import ENGINES, Resources
 from node.identity import Identity
 from node.net import Network
+from node.net.admission import load_admission
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 CONNECT_TIMEOUT = 20.0
@@ -89,14 +90,17 @@ class RoguePeer:
     """A peer on the Shoal network that a test controls completely; use as an async context manager."""
 
     def __init__(self, peers: Sequence[str], *, seed: bytes | None = None, listen: str = LOCAL,
-                 script: Script | None = None, gossip_heartbeat: float = 0.5) -> None:
+                 script: Script | None = None, gossip_heartbeat: float = 0.5,
+                 network_key: Path | None = None) -> None:
         """``peers``: multiaddrs with ``/p2p/<id>`` of running nodes, kept dialled like a node's
         ``--peer`` (a node started later is dialled by the first request given its ``addrs``).
-        A short gossip heartbeat joins the nodes' gossip mesh within a second."""
+        A short gossip heartbeat joins the nodes' gossip mesh within a second.
+        ``network_key``: a private network's key file (e.g. ``Devstack(network_key=True).network_key``)."""
         self.seed = seed or secrets.token_bytes(32)
         self.identity = Identity(self.seed)
         self.network = Network(seed=self.seed, listen=[listen], peers=list(peers), on_gossip=self._on_gossip,
-                               on_request=self._on_request, gossip_heartbeat=gossip_heartbeat)
+                               on_request=self._on_request, gossip_heartbeat=gossip_heartbeat,
+                               admission=load_admission(network_key, None))
         self.peer_id: str = self.network.peer_id
         self.script = script
         self.gossip: list[tuple[str, Message]] = []  # (origin, message), every decodable gossip heard

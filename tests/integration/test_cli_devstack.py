@@ -555,3 +555,56 @@ def test_serve_alone_fails_jobs_for_engines_it_lacks_and_stops_quietly_on_sigter
     _assert_no_traceback(out, err)
     assert "stopping on SIGTERM" in err and "node stopped" in err
     assert "ERROR" not in err, err
+
+
+# -- private network ---------------------------------------------------------------------------------
+
+
+def test_the_devstack_is_a_private_network_that_a_node_without_its_key_cannot_join(
+        stack: Stack, tmp_path: Path) -> None:  # fmt: skip
+    """`shoal devstack` gives its nodes one key (the jobs above ran on them); a `shoal serve` that
+    peers with node 0 joins with that key and is refused without it, which node 0 counts."""
+    import stat
+    import urllib.request
+
+    from node.net.admission import load_network_key
+
+    key = stack.home / "stack" / "network.key"
+    assert len(load_network_key(key)) == 32 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    node0 = stack.nodes[0]
+
+    def metric(name: str) -> float:
+        with urllib.request.urlopen(f"{node0['api']}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return float(re.search(rf'^shoal_network_total{{event="{name}"}} (\S+)$', text, re.M).group(1))
+
+    refused_before = metric("peers_refused_key")
+    outsiders = {}
+    for name, port, extra in (("keyless", SERVE_PORT + 1, []), ("keyed", SERVE_PORT + 2, ["--network-key", str(key)])):
+        outsiders[name] = subprocess.Popen(
+            [SHOAL, "serve", "--noop", "--data-dir", str(tmp_path / name), "--api-port", str(port), "--ipfs-api",
+             "none", "--peer", node0["addrs"][0], *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stack.env,
+        )  # fmt: skip
+    try:
+        ready = {name: json.loads(_read_until(p, "}\n", timeout=60).split("READY ", 1)[1])
+                 for name, p in outsiders.items()}  # fmt: skip
+        deadline = time.monotonic() + 30
+        while node0["peer_id"] not in shoal(stack, "--api", ready["keyed"]["api"], "peers").stdout.split():
+            assert time.monotonic() < deadline, "the node with the key never joined"
+            time.sleep(0.5)
+        while metric("peers_refused_key") <= refused_before:
+            assert time.monotonic() < deadline, "node 0 never counted the keyless node's attempts"
+            time.sleep(0.5)
+        assert shoal(stack, "--api", ready["keyless"]["api"], "peers").stdout.split() == []
+        peers_of_node0 = shoal(stack, "peers").stdout.split()
+        assert ready["keyed"]["peer_id"] in peers_of_node0 and ready["keyless"]["peer_id"] not in peers_of_node0
+    finally:
+        for p in outsiders.values():
+            p.send_signal(signal.SIGINT)
+        for p in outsiders.values():
+            try:
+                p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()

@@ -171,6 +171,23 @@ def test_noop_job_runs_on_all_three_nodes(cluster: harness.Cluster) -> None:
     assert done == peers, f"completed on {done}, cluster is {peers}"
 
 
+def test_every_node_serves_with_the_clusters_network_key(cluster: harness.Cluster) -> None:
+    """The metadata's key reaches every node as a file only its user reads, and is never logged.
+    (The job above ran over the private network these keys make.)"""
+    import stat
+
+    from node.net.admission import load_network_key
+
+    c = cluster
+    for vm in c.vms:
+        path = vm.root / "etc/shoal/network.key"
+        assert load_network_key(path) == bytes.fromhex(c.network_key)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert f"--network-key {path}" in (vm.root / "etc/shoal/shoal.env").read_text()
+        for log in (vm.startup_log, vm.root / "var/log/shoal/shoal.log"):
+            assert c.network_key not in log.read_text(), f"the key is in {log}"
+
+
 def test_the_api_takes_only_the_operators_key_over_its_pinned_certificate(cluster: harness.Cluster) -> None:
     c = cluster
     stranger = ClientKey.load_or_create(c.workdir / "stranger" / "client.key").public_key_b64

@@ -1,6 +1,7 @@
 # A large cluster: a bigger bootstrap node, 3 to 50 compute nodes of 8 vCPUs spread over three
 # zones, explicit per-node and per-job limits, the libp2p port open to a partner cluster, and
-# that cluster's bootstrap node as an extra peer.
+# that cluster's bootstrap node as an extra peer (with that cluster's network key: both clusters
+# are one private network).
 
 module "shoal" {
   source = "../../modules/shoal-cluster"
@@ -26,6 +27,7 @@ module "shoal" {
   authorized_keys   = var.authorized_keys
   peer_cidrs        = var.peer_cidrs
   extra_peers       = var.extra_peers
+  network_key       = var.network_key
 
   shoal_version = var.shoal_version
   shoal_package = var.shoal_package

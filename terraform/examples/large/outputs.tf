@@ -13,6 +13,12 @@ output "bootstrap_multiaddr_command" {
   value       = module.shoal.bootstrap_multiaddr_command
 }
 
+output "network_key" {
+  description = "The cluster's private-network key: terraform output -raw network_key > network.key, for a node that joins it."
+  value       = module.shoal.network_key
+  sensitive   = true
+}
+
 output "api_cert" {
   description = "The API's certificate, to pin with SHOAL_CA_CERT (null until read_bootstrap_multiaddr = true)."
   value       = module.shoal.api_cert

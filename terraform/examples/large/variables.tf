@@ -27,6 +27,13 @@ variable "extra_peers" {
   default     = []
 }
 
+variable "network_key" {
+  description = "The partner cluster's network key (its network_key output, 64 hex digits), so both clusters are one private network. Null: a key of this cluster's own. Pass it as TF_VAR_network_key, not in a committed file."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
 variable "authorized_keys" {
   description = "Client keys that may use the API (`shoal key show`), each optionally followed by capabilities."
   type        = list(string)

@@ -30,10 +30,30 @@ locals {
     "shoal-kubo-swarm-port"   = tostring(var.kubo_swarm_port)
     "shoal-log-level"         = var.log_level
     "shoal-extra-peers"       = join(" ", var.extra_peers)
+    "shoal-network-key"       = local.network_key
     "shoal-authorized-keys"   = join("\n", var.authorized_keys)
   })
 
+  network_key = coalesce(var.network_key, terraform_data.network_key.output)
+
   labels = merge(var.labels, { "shoal-cluster" = var.name })
+}
+
+# ---------------------------------------------------------------------------------------------
+# The private network's key (shoal serve --network-key): only nodes holding it can connect to
+# the cluster's nodes. Made here once, at the first apply: 64 hex digits from two random UUIDs
+# (Terraform's uuid() reads crypto/rand; 244 random bits), then kept (ignore_changes), with no
+# provider beyond google. It lives in the Terraform state and the instance metadata (readable by
+# project members with compute.instances.get), never in the repository. var.network_key
+# overrides it (clusters that peer share one key); output network_key gives it to other nodes.
+# ---------------------------------------------------------------------------------------------
+
+resource "terraform_data" "network_key" {
+  input = sha256("${uuid()}${uuid()}")
+
+  lifecycle {
+    ignore_changes = [input]
+  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +233,8 @@ resource "google_compute_instance_iam_member" "read_bootstrap_guest_attributes" 
 # data dir (/var/lib/shoal: node.key, SQLite store, Kubo repo, the API's TLS key). The keys are
 # created on the VM at first boot and never leave it; replacing the VM keeps the disk, hence the
 # peer id, the multiaddr and the API's certificate (published as the guest attribute
-# shoal/api-cert). Nothing secret is in this module, its state or the metadata.
+# shoal/api-cert). Apart from the network key (above), nothing secret is in this module, its
+# state or the metadata.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_compute_address" "bootstrap_internal" {

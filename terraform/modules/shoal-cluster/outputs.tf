@@ -67,3 +67,9 @@ output "service_account_email" {
   description = "Service account the nodes run as."
   value       = local.service_account_email
 }
+
+output "network_key" {
+  description = "The cluster's private-network key (64 hex digits). A node outside the cluster joins with it: terraform output -raw network_key > network.key; shoal serve --network-key network.key --peer BOOTSTRAP_MULTIADDR."
+  value       = local.network_key
+  sensitive   = true
+}

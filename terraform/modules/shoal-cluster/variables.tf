@@ -170,6 +170,18 @@ variable "extra_peers" {
   }
 }
 
+variable "network_key" {
+  description = "The private network's key, 64 hex digits (`shoal network-key new` prints one in its last line). Default: one generated at the first apply. Set the same key in every cluster that peers with this one (extra_peers)."
+  type        = string
+  default     = null
+  sensitive   = true
+
+  validation {
+    condition     = var.network_key == null || can(regex("^[0-9a-f]{64}$", var.network_key))
+    error_message = "network_key must be 64 lowercase hex digits."
+  }
+}
+
 variable "compute_public_ip" {
   description = "Give compute nodes an ephemeral external IP. false: they reach the internet (package installs) through Cloud NAT only, and other clusters reach them through the bootstrap."
   type        = bool

@@ -166,6 +166,30 @@ run "outputs" {
     condition     = strcontains(output.bootstrap_multiaddr_command, "get-guest-attributes shoal-bootstrap") && strcontains(output.bootstrap_multiaddr_command, "--zone us-central1-a")
     error_message = "bootstrap_multiaddr_command reads the bootstrap's guest attribute"
   }
+  assert {
+    condition = (
+      can(regex("^[0-9a-f]{64}$", output.network_key)) &&
+      google_compute_instance.bootstrap.metadata["shoal-network-key"] == output.network_key &&
+      google_compute_instance_template.compute.metadata["shoal-network-key"] == output.network_key
+    )
+    error_message = "one generated network key (64 hex digits) reaches every node's metadata and the network_key output"
+  }
+}
+
+run "a_given_network_key_is_used" {
+  command = apply
+
+  variables {
+    network_key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+  }
+
+  assert {
+    condition = alltrue([
+      for md in [google_compute_instance.bootstrap.metadata, google_compute_instance_template.compute.metadata] :
+      md["shoal-network-key"] == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    ])
+    error_message = "var.network_key (shared with peered clusters) replaces the generated key"
+  }
 }
 
 run "published_multiaddr_is_read_when_asked" {
