@@ -391,3 +391,7 @@ async def metrics(api: str) -> dict[str, float]:
             out[name] = float(value)
     return out
 
+
+async def knows(client: Any, peer_id: str) -> bool:
+    """Whether the node behind ``client`` (an ``AsyncClient``) has heard ``peer_id``'s node info."""
+    return any(n.peer_id == peer_id for n in (await client.nodes()).nodes)

@@ -17,7 +17,7 @@ from jobs.spec import JobSpec, Resources
 from node.dispatch import Dispatcher
 from node.net import Network, host
 from shoal import AsyncClient, ClientKey
-from tests.integration.rogue import RoguePeer, free_base_port, metrics, poll
+from tests.integration.rogue import RoguePeer, free_base_port, knows, metrics, poll
 from tests.integration.single_node import noop_node
 from tests.integration.test_net import LOCAL, cluster, echo, wait_until
 
@@ -153,7 +153,7 @@ async def test_forged_gossip_stops_at_the_first_node_of_a_devstack(tmp_path: Pat
             await rogue.publish(data)
         rogue.advertise()  # honest gossip from the rogue: it does travel through node 0 to node 1
         async with AsyncClient(second.api) as client:
-            await poll(lambda: _knows(client, rogue.peer_id), 30, "node 1 never heard the rogue's node info")
+            await poll(lambda: knows(client, rogue.peer_id), 30, "node 1 never heard the rogue's node info")
             known = {n.peer_id for n in (await client.nodes()).nodes}
         assert known == {first.peer_id, second.peer_id, rogue.peer_id}
         at_first, at_second = await metrics(first.api), await metrics(second.api)
@@ -163,9 +163,6 @@ async def test_forged_gossip_stops_at_the_first_node_of_a_devstack(tmp_path: Pat
         assert at_first["shoal_dispatch_dropped_total"] == at_second["shoal_dispatch_dropped_total"] == 0
         assert at_second["shoal_node_table"] == 3
 
-
-async def _knows(client: AsyncClient, peer_id: str) -> bool:
-    return any(n.peer_id == peer_id for n in (await client.nodes()).nodes)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from jobs import ExecutionState, JobState
 from jobs.model import RunResult
 from shoal import AsyncClient
-from tests.integration.rogue import RoguePeer, devstack, poll
+from tests.integration.rogue import RoguePeer, devstack, knows, poll
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
     return tmp_path
 
-
-async def knows(client: AsyncClient, peer_id: str) -> bool:
-    return any(n.peer_id == peer_id for n in (await client.nodes()).nodes)
 
 
 async def rogue_wins_job(stack, client: AsyncClient, rogue: RoguePeer, spec: dict) -> tuple[str, str]:

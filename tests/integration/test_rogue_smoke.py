@@ -8,7 +8,7 @@ from jobs import ExecutionState, JobState
 from jobs.messages import Announce, Message, Reply
 from jobs.model import RunResult
 from shoal import AsyncClient
-from tests.integration.rogue import RoguePeer, devstack, poll
+from tests.integration.rogue import RoguePeer, devstack, knows, poll
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ async def test_an_advertised_rogue_is_offered_jobs_and_answers_with_a_script(hom
 
         rogue.script = script
         rogue.advertise(cpu=2, memory=4 << 30)
-        await poll(lambda: _knows(client, rogue.peer_id), 30, "the requester never heard the rogue's node info")
+        await poll(lambda: knows(client, rogue.peer_id), 30, "the requester never heard the rogue's node info")
         job_id = (await client.submit({"engine": {"name": "noop"}, "env": {"SMOKE": "offer"}})).job.id
         peer, offer = await rogue.wait_request(lambda p, m: isinstance(m, Announce) and m.job_id == job_id)
         assert peer == requester and isinstance(offer, Announce) and rogue.peer_id in offer.candidates
@@ -69,6 +69,3 @@ async def test_an_advertised_rogue_is_offered_jobs_and_answers_with_a_script(hom
         d = await client.describe(job_id)
         assert [(x.node_id, x.state) for x in d.executions] == [(rogue.peer_id, ExecutionState.ACCEPTED)]
 
-
-async def _knows(client: AsyncClient, peer_id: str) -> bool:
-    return any(n.peer_id == peer_id for n in (await client.nodes()).nodes)

@@ -11,6 +11,7 @@ import trio
 from executors import RunRequest
 from jobs import ExecutionState, JobSpec, JobState
 from tests.memnet import MemoryHub, memory_node
+from tests.protocol.test_pair import wait_terminal as wait_job
 
 SECRET = "s3cr3t-value-7f1c9e"
 
@@ -32,12 +33,7 @@ def seen_env(node) -> list[dict[str, str]]:
 
 
 async def wait_terminal(requester, job_id: str, timeout: float = 15.0):
-    with trio.fail_after(timeout):
-        while True:
-            d = await requester.describe(job_id)
-            if d.job.state.is_terminal:
-                return d
-            await requester.wait(job_id, 0.5)
+    return await wait_job(requester, job_id, timeout)
 
 
 def on_disk(data_dir: Path) -> bytes:
