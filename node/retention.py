@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from jobs import ExecutionSide, ExecutionState
+from node.store import StoreClosed
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -184,6 +185,8 @@ async def cleanup_loop(store: Store, publisher: Publisher, retention: float, ttl
                 await publisher.collect_garbage()
                 log.info("collected garbage after releasing %d results", unpinned)
                 unpinned = 0
+        except StoreClosed:
+            return  # the node is stopping
         except Exception:
             log.exception("results retention and ttl")
 

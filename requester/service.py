@@ -40,7 +40,14 @@ from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, OpenQuery, 
 from jobs.views import JobDescription, Phases
 from requester.nodes import NodeTable
 from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
-from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters
+from requester.trust import (
+    agreeing_nodes,
+    bid_refusal,
+    cache_verified,
+    error_confirmed,
+    error_reporters,
+    nodes_left,
+)
 from requester.verify import verify
 
 if TYPE_CHECKING:
@@ -583,14 +590,18 @@ class RequesterService:
         node able to run the job gets the work first, while the re-offer budget lasts.
         """
         job = aj.job
+        able = {info.peer_id for info in self.known_nodes() if can_ever_run(job.spec, info)}
         if not retryable:
             reporters = error_reporters(aj.executions.values()) | {failed.node_id}
-            able = {info.peer_id for info in self.known_nodes() if can_ever_run(job.spec, info)}
             if error_confirmed(reporters, able, job.spec.deal.confidence):
                 also = f" (reported by {len(reporters)} nodes)" if len(reporters) > 1 else ""
                 await self._finish(aj, JobState.FAILED, f"node {failed.node_id[-8:]}: {failed.reason}{also}",
                                    [failed], events)
                 return
+        if able and not nodes_left(aj.executions.values(), able, job.attempt + 1):
+            await self._finish(aj, JobState.FAILED, f"no known node may take the job any more; last error on node "
+                                                    f"{failed.node_id[-8:]}: {failed.reason}", [failed], events)
+            return
         if job.attempt >= self.max_reoffers:
             await self._finish(aj, JobState.FAILED,
                                f"gave up after {job.attempt} re-offers; last error on node "

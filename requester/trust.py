@@ -37,6 +37,12 @@ def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str
     return None
 
 
+def nodes_left(executions: Iterable[Execution], able: Set[str], attempt: int) -> set[str]:
+    """The known nodes able to run the job that may still bid on ``attempt``."""
+    executions = list(executions)
+    return {node for node in able if bid_refusal(executions, node, attempt) is None}
+
+
 def error_reporters(executions: Iterable[Execution]) -> set[str]:
     """Nodes that reported, in a signed result, that the job cannot run (not "retry elsewhere")."""
     return {x.node_id for x in executions if x.state is ExecutionState.FAILED and x.error is not None

@@ -130,7 +130,7 @@ MAX_BATCH = 512  # writes per transaction; bounds how long one commit holds the 
 
 
 class StoreClosed(Exception):
-    """The node is shutting down; the write was not made."""
+    """The node is shutting down; the write (or read) was not made."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ class Store:
         self._read_lock = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
         self._commits = self._writes = self._stale = 0
+        self._closed = False
         self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -234,7 +235,8 @@ class Store:
                     break
                 w.error = StoreClosed("the store is shutting down")
                 w.done.set()
-            self._receive.close()  # later writers get BrokenResourceError instead of waiting forever
+            self._receive.close()  # later writers get StoreClosed instead of waiting forever
+            self._closed = True
             self._writer.close()
             self._reader.close()
 
@@ -260,7 +262,10 @@ class Store:
 
     async def _write(self, fn: Callable[[sqlite3.Connection], None]) -> None:
         w = _Write(fn)
-        await self._send.send(w)
+        try:
+            await self._send.send(w)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise StoreClosed("the store is shutting down") from e
         with trio.CancelScope(shield=True):  # the write is queued: see it through so memory matches disk
             await w.done.wait()
         self._writes += 1
@@ -270,7 +275,12 @@ class Store:
             raise w.error
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
+        try:
+            return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
+        except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
+            if self._closed:
+                raise StoreClosed("the store is shutting down") from e
+            raise
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(self._commits, self._writes, self._stale, self._send.statistics().current_buffer_used)

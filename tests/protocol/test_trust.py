@@ -168,3 +168,19 @@ async def test_an_error_confirmed_by_every_able_node_fails_the_job(tmp_path):
         d = await wait_terminal(req.requester, job.id, timeout=20)
         assert d.job.state is JobState.FAILED and "input missing" in d.job.reason and "2 nodes" in d.job.reason
         assert all(req.requester.reputation.get(f"e{i}", (0, 0))[1] == 0 for i in range(2))  # nobody blamed
+
+
+async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tmp_path):
+    """A node that failed a job ("retry elsewhere") twice has had its turn; with no other node the job
+    fails then, rather than waiting out its bid deadline."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        e = await stack.enter_async_context(memory_node(hub, "e", tmp_path / "e", requester=False))
+        e.noop.hooks.error = "image not allowed here"  # retryable: another node may allow it
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(cache=False), "alice")
+        d = await wait_terminal(req.requester, job.id, timeout=20)
+        assert d.job.state is JobState.FAILED
+        assert "no known node may take the job" in d.job.reason and "image not allowed here" in d.job.reason
+        assert [x.node_id for x in d.executions] == ["e", "e"]

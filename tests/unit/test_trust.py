@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs import Execution, ExecutionState, RunResult
-from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters
+from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters, nodes_left
 
 
 def ex(node: str, state: ExecutionState, attempt: int = 0, *, error: str | None = None, retryable: bool = False,
@@ -50,3 +50,9 @@ def test_only_two_agreeing_nodes_or_our_own_make_a_result_others_may_be_served()
     assert not cache_verified({"a"}, own_node="me")
     assert cache_verified({"a"}, own_node="a")
     assert cache_verified({"a", "b"}, own_node="me")
+
+
+def test_nodes_left_are_the_able_ones_that_may_still_bid():
+    executions = [ex("a", ExecutionState.ACCEPTED), ex("b", ExecutionState.FAILED, error="x")]
+    assert nodes_left(executions, {"a", "b", "c"}, attempt=1) == {"c"}
+    assert nodes_left(executions, {"a", "b"}, attempt=1) == set()
