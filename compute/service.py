@@ -256,7 +256,9 @@ class ComputeService:
         self._spawn(self._execute, ex.id)
 
     async def _execute(self, execution_id: str) -> None:
-        ex = self._live[execution_id]
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state is not ExecutionState.ACCEPTED:
+            return  # cancelled between its acceptance and this task's start
         with trio.CancelScope() as scope:
             self._scopes[ex.id] = scope
             try:
@@ -280,7 +282,9 @@ class ComputeService:
 
     async def _deliver_result(self, execution_id: str) -> None:
         """Send the outcome until the requester answers; it may be restarting."""
-        ex = self._live[execution_id]
+        ex = self._live.get(execution_id)
+        if ex is None or ex.state is not ExecutionState.PROPOSED:
+            return  # ended meanwhile (cancelled, or its verdict came in another exchange)
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
         message = message.model_copy(update={"digest": message.outcome()})

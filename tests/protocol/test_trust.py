@@ -184,3 +184,20 @@ async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tm
         assert d.job.state is JobState.FAILED
         assert "no known node may take the job" in d.job.reason and "image not allowed here" in d.job.reason
         assert [x.node_id for x in d.executions] == ["e", "e"]
+
+
+async def test_a_cancel_between_acceptance_and_the_run_starting_does_not_crash_the_node(tmp_path):
+    """Seen in CI: a restarted node was cancelled right after accepting, and its run task found nothing."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        total = a.compute.capacity.free
+        assert a.compute.on_announce("req", Announce(job_id="j-1", spec=spec(), requester="req"))
+        await trio.sleep(0.1)  # the bid is stored (and sent to a requester that does not answer)
+        (ex,) = list(a.compute._live.values())
+        await a.compute._accepted(ex.id, {})  # spawns the run; it starts at the next checkpoint...
+        await a.compute._on_cancel(ex.id, "cancelled by the requester")  # ...which comes after this ended it
+        await trio.sleep(0.2)
+        assert not a.compute._live and a.compute.capacity.free == total
+        # the node still works
+        assert a.compute.on_announce("req", Announce(job_id="j-2", spec=spec(), requester="req"))
