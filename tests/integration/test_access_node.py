@@ -124,8 +124,10 @@ def cli(keys: Keys, name: str, *args: str, ca_cert: Path | None = None) -> subpr
 
 
 def metrics(tls: tuple[Path, Path]) -> str:
+    """The node's metrics, less its network counters: those move on their own (periodic gossip)."""
     with httpx.Client(verify=Client(API, key=ClientKey.generate(), ca_cert=tls[0])._http_kwargs()["verify"]) as h:
-        return h.get(f"{API}/metrics").text
+        text = h.get(f"{API}/metrics").text
+    return "\n".join(line for line in text.splitlines() if not line.startswith("shoal_network"))
 
 
 def every_signed_route(owned: dict[str, str], tls: tuple[Path, Path]) -> list[tuple[str, str]]:
