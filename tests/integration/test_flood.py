@@ -153,9 +153,14 @@ async def test_forged_gossip_stops_at_the_first_node_of_a_devstack(tmp_path: Pat
             await rogue.publish(data)
         rogue.advertise()  # honest gossip from the rogue: it does travel through node 0 to node 1
         async with AsyncClient(second.api) as client:
-            await poll(lambda: knows(client, rogue.peer_id), 30, "node 1 never heard the rogue's node info")
+            everyone = {first.peer_id, second.peer_id, rogue.peer_id}
+
+            async def knows_everyone() -> bool:  # each node's info comes on its own schedule
+                return all([await knows(client, peer) for peer in everyone])
+
+            await poll(knows_everyone, 30, "node 1 never heard the rogue's (or a node's) node info")
             known = {n.peer_id for n in (await client.nodes()).nodes}
-        assert known == {first.peer_id, second.peer_id, rogue.peer_id}
+        assert known == everyone  # and no peer id a forgery named
         at_first, at_second = await metrics(first.api), await metrics(second.api)
         assert at_first['shoal_network_total{event="gossip_rejected"}'] == len(bad)
         assert at_first['shoal_network{value="gossip_penalised_peers"}'] == 1
