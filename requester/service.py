@@ -112,6 +112,7 @@ class RequesterService:
         self._active: dict[str, _Active] = {}
         self._in_flight: dict[str, int] = {}  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
+        self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
@@ -124,6 +125,7 @@ class RequesterService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._started_at = self.clock()
             await self._restore()
             nursery.start_soon(self._sweep_loop)
             nursery.start_soon(self._liveness_loop)
@@ -598,7 +600,7 @@ class RequesterService:
                 await self._finish(aj, JobState.FAILED, f"node {failed.node_id[-8:]}: {failed.reason}{also}",
                                    [failed], events)
                 return
-        if able and not nodes_left(aj.executions.values(), able, job.attempt + 1):
+        if able and not nodes_left(aj.executions.values(), able):
             await self._finish(aj, JobState.FAILED, f"no known node may take the job any more; last error on node "
                                                     f"{failed.node_id[-8:]}: {failed.reason}", [failed], events)
             return
@@ -759,7 +761,7 @@ class RequesterService:
                                              timeout=LIVENESS_TIMEOUT)
         except Unreachable:
             now = self.clock()
-            heard = self._last_heard.get(node, 0.0)
+            heard = self._last_heard.get(node, self._started_at)
             lost = [x for x in executions if now - max(heard, x.updated_at) > self._job_silence(x)]
             if lost:
                 silent = now - max(heard, min(x.updated_at for x in lost))

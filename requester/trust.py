@@ -37,10 +37,20 @@ def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str
     return None
 
 
-def nodes_left(executions: Iterable[Execution], able: Set[str], attempt: int) -> set[str]:
-    """The known nodes able to run the job that may still bid on ``attempt``."""
+def nodes_left(executions: Iterable[Execution], able: Set[str]) -> set[str]:
+    """The known nodes able to run the job that have not given up on it for good.
+
+    A node is done with a job once it reported an error, or failed it retryably too often; a node
+    that is still running (or ran) the job is not, so a job waiting for a slot to come back is not
+    abandoned because its other nodes are busy with it.
+    """
     executions = list(executions)
-    return {node for node in able if bid_refusal(executions, node, attempt) is None}
+    return {node for node in able if not _done_with(executions, node)}
+
+
+def _done_with(executions: list[Execution], node: str) -> bool:
+    failed = [x for x in executions if x.node_id == node and x.state is ExecutionState.FAILED and x.error is not None]
+    return any(not x.retryable for x in failed) or len(failed) >= RETRYABLE_ERRORS_PER_NODE
 
 
 def error_reporters(executions: Iterable[Execution]) -> set[str]:
