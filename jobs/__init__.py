@@ -5,8 +5,11 @@ nowhere else; this package imports nothing else from the project.
 """
 
 from jobs.errors import (
+    DuplicateKey,
     InvalidTransition,
     MalformedMessage,
+    PeerError,
+    PeerTimeout,
     ShoalError,
     StaleState,
     Unreachable,
@@ -36,6 +39,7 @@ __all__ = [
     "Deadlines",
     "Deal",
     "DockerEngine",
+    "DuplicateKey",
     "EngineSpec",
     "Event",
     "EventKind",
@@ -50,6 +54,8 @@ __all__ = [
     "MalformedMessage",
     "NoopEngine",
     "OutputSpec",
+    "PeerError",
+    "PeerTimeout",
     "PythonEngine",
     "Resources",
     "RunResult",

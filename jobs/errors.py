@@ -5,7 +5,10 @@
     ├── StaleState          a guarded write found another state or revision than expected
     ├── MalformedMessage    a peer sent bytes that do not decode to a valid message (their fault)
     ├── JobRejected         a job can never run here (no engine, too large) — carries the reason
-    └── Unreachable         a peer did not answer a direct message in time (or the link broke)
+    ├── PeerError           a direct message to a peer got no reply (retryable)
+    │   ├── Unreachable         the dial failed or the link broke
+    │   └── PeerTimeout         the peer did not answer in time
+    └── DuplicateKey        a write met a unique key already taken (e.g. an idempotency key)
 
 libp2p's own errors are mapped to ``Unreachable`` in ``node`` and nowhere else; executor and
 storage errors are mapped inside their adapters.
@@ -15,7 +18,13 @@ from __future__ import annotations
 
 
 class ShoalError(Exception):
-    """Base of every error Shoal raises on purpose."""
+    """Base of every error Shoal raises on purpose.
+
+    ``retryable`` says whether the same call may succeed later (a peer or service was away)
+    rather than never (bad input, a rule said no).
+    """
+
+    retryable: bool = False
 
 
 class InvalidTransition(ShoalError):
@@ -40,9 +49,30 @@ class JobRejected(ShoalError):
         self.reason = reason
 
 
-class Unreachable(ShoalError):
-    """A direct message to ``peer_id`` got no reply (dial failed, stream broke, timeout)."""
+class PeerError(ShoalError):
+    """A direct message to ``peer_id`` got no reply; catch this for "the peer did not answer"."""
+
+    retryable = True
 
     def __init__(self, peer_id: str, why: str = "") -> None:
-        super().__init__(f"peer {peer_id[-8:]} unreachable{': ' + why if why else ''}")
+        super().__init__(f"peer {peer_id[-8:]} {self.what}{': ' + why if why else ''}")
         self.peer_id = peer_id
+        self.why = why
+
+    what = "did not answer"
+
+
+class Unreachable(PeerError):
+    """The dial failed, the stream broke, or the peer closed it before replying."""
+
+    what = "unreachable"
+
+
+class PeerTimeout(PeerError):
+    """The peer was reached but did not answer within the timeout."""
+
+    what = "timed out"
+
+
+class DuplicateKey(ShoalError):
+    """A write met a unique key already taken (the store raises this instead of sqlite's IntegrityError)."""
