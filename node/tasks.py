@@ -1,0 +1,75 @@
+"""The two task helpers every service shares: a bounded spawner and one retry loop.
+
+A role's background work (sending a decision, cancelling a claim, delivering a result) is spawned
+into the service's nursery through a ``Spawner``, which bounds how many run at once; and every
+"send until it gets through" is ``retry`` over a ``backoff`` schedule, instead of a hand-written loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import trio
+
+from jobs.errors import PeerError
+
+T = TypeVar("T")
+
+
+class Spawner:
+    """Starts background tasks in a service's nursery, at most ``limit`` running at once.
+
+    Tasks beyond the limit wait for a slot (they do not fail), so a burst of peers cannot make a
+    node run an unbounded number of sends at the same time.
+    """
+
+    def __init__(self, name: str, limit: int = 256) -> None:
+        self.name = name
+        self._limiter = trio.CapacityLimiter(limit)
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    @property
+    def running(self) -> int:
+        return self._limiter.borrowed_tokens
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name} is not running")
+        self._nursery.start_soon(self._bounded, fn, args)
+
+    async def _bounded(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        async with self._limiter:
+            await fn(*args)
+
+
+def backoff(first: float, *, factor: float = 2.0, cap: float = 5.0, attempts: int | None = None,
+            give_up: float | None = None, clock: Callable[[], float] | None = None) -> Iterator[float]:
+    """The delays between tries: ``first``, then times ``factor``, never above ``cap``.
+
+    Bounded by ``attempts`` (that many tries, so one delay fewer) and/or by ``give_up``, a time on
+    ``clock`` after which no try starts.
+    """
+    delay, tries = first, 1
+    while attempts is None or tries < attempts:
+        if give_up is not None and clock is not None and clock() + delay > give_up:
+            return
+        yield delay
+        delay, tries = min(delay * factor, cap), tries + 1
+
+
+async def retry(call: Callable[[], Awaitable[T]], delays: Iterable[float], *,
+                retry_on: type[BaseException] | tuple[type[BaseException], ...] = PeerError) -> T:
+    """Await ``call()`` until it returns; after each ``retry_on`` failure sleep the next delay.
+
+    When the delays run out the last failure propagates, so the caller decides what giving up means.
+    """
+    for delay in delays:
+        try:
+            return await call()
+        except retry_on:
+            await trio.sleep(delay)
+    return await call()
