@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from jobs import (
+    DuplicateKey,
     Event,
     EventKind,
     Execution,
@@ -220,8 +221,8 @@ class RequesterService:
         try:
             await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest,
                                   secrets=secrets)
-        except Exception as e:  # a concurrent submit with the same key won the unique index
-            if idempotency_key is not None and "UNIQUE" in str(e):
+        except DuplicateKey:  # a concurrent submit with the same key won the unique index
+            if idempotency_key is not None:
                 return await self.submit(spec.model_copy(update={"secret_env": secrets}), owner, idempotency_key)
             raise
         if not job.state.is_terminal:

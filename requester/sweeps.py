@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from jobs import Event, EventKind, JobState, RunResult, Unreachable
+from jobs import DuplicateKey, Event, EventKind, JobState, RunResult, Unreachable
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Peers, Reply, SweepAnnounce
 from jobs.sweep import IndexRecord, Sweep, SweepSpec, compress, index_ranges
 from jobs.views import SweepDescription
@@ -157,8 +157,8 @@ class SweepService:
         try:
             await self.store.save_sweep(new_sweep=sweep, events=events, idempotency_key=idempotency_key,
                                         request_digest=digest)
-        except Exception as e:  # a concurrent submit with the same key won the unique index
-            if idempotency_key is not None and "UNIQUE" in str(e):
+        except DuplicateKey:  # a concurrent submit with the same key won the unique index
+            if idempotency_key is not None:
                 return await self.submit(spec, owner, idempotency_key)
             raise
         if not sweep.state.is_terminal:

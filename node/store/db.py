@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
+from jobs import DuplicateKey, Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
 from jobs.sweep import IndexRecord, Sweep
 from node.store.bell import EventBell
 from node.store.sealed import Sealer, SealError
@@ -185,6 +185,15 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE result_cache ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
 
 
+def _mapped(e: Exception) -> Exception:
+    """sqlite's unique-key violation as the project's ``DuplicateKey``; anything else as it is."""
+    if isinstance(e, sqlite3.IntegrityError) and "UNIQUE" in str(e):
+        error = DuplicateKey(str(e))
+        error.__cause__ = e
+        return error
+    return e
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -252,7 +261,7 @@ class Store:
                 except Exception as e:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    w.error = e
+                    w.error = _mapped(e)
             conn.execute("COMMIT")
         except BaseException as e:
             conn.execute("ROLLBACK")

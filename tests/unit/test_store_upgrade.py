@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import trio
 
-from jobs import Job, JobSpec, JobState, RunResult
+from jobs import DuplicateKey, Job, JobSpec, JobState, RunResult
 from node.store import Store
 
 OLD_CACHE = """CREATE TABLE result_cache (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, result TEXT NOT NULL,
@@ -31,4 +32,21 @@ async def test_an_old_cache_entry_is_kept_but_serves_only_its_own_client(tmp_pat
         await store.save(cache=("k", "j-1", RunResult(stdout="y"), True))
         await store.save(cache=("k", "j-1", RunResult(stdout="z"), False))
         assert (await store.cached_result("k", "bob"))[1].stdout == "y"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_second_job_with_a_taken_idempotency_key_is_a_duplicate_key(tmp_path):
+    """The requester tells a racing duplicate submit by this exception, not by sqlite's message."""
+    store = Store(tmp_path / "shoal.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        spec = JobSpec.model_validate({"engine": {"name": "noop"}})
+        for i in (1, 2):
+            job = Job(id=f"j-{i}", owner="alice", spec=spec, state=JobState.PENDING, created_at=0, updated_at=0)
+            if i == 1:
+                await store.save(new_job=job, idempotency_key="k")
+            else:
+                with pytest.raises(DuplicateKey):
+                    await store.save(new_job=job, idempotency_key="k")
+        assert (await store.get_job("j-1")).id == "j-1"
         nursery.cancel_scope.cancel()
