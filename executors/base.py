@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from jobs import JobSpec, RunResult
+from jobs import JobSpec, RunResult, ShoalError
 
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
 DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
@@ -42,7 +42,7 @@ class RunRequest:
         return [Mount(self.outputs_dir / o.name, o.path, read_only=False) for o in self.spec.outputs]
 
 
-class ExecutorError(Exception):
+class ExecutorError(ShoalError):
     """The executor could not run the job (engine missing, daemon gone). The job may succeed elsewhere.
 
     A job that ran and exited non-zero is *not* an ExecutorError: that is a RunResult.

@@ -10,8 +10,15 @@
     │   └── PeerTimeout         the peer did not answer in time
     └── DuplicateKey        a write met a unique key already taken (e.g. an idempotency key)
 
-libp2p's own errors are mapped to ``Unreachable`` in ``node`` and nowhere else; executor and
-storage errors are mapped inside their adapters.
+Each layer hangs its own branch on ``ShoalError``, next to the code that raises it:
+``storage.errors.StorageError`` (inputs and results), ``executors.base.ExecutorError`` (an engine
+could not run the job), ``node.net.errors.NetworkError`` (the network itself; a peer's bad framing
+is ``node.net.errors.RemoteProtocolError``, a ``MalformedMessage``), ``node.net.admission.AdmissionError``
+(a network key or trusted-peers file), ``shoal._errors.ShoalAPIError`` (what the SDK raises) and
+``shoal._context.ContextTooLarge``. ``tests/unit/test_exception_tree.py`` fails on any other root.
+
+libp2p's own errors are mapped to ``Unreachable`` or ``PeerTimeout`` in ``node.net`` and nowhere
+else; executor and storage errors are mapped inside their adapters.
 """
 
 from __future__ import annotations

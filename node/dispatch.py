@@ -43,7 +43,11 @@ log = logging.getLogger("shoal.node")
 
 
 class Transport(Protocol):
-    """Bytes between peers: libp2p in a node, an in-memory hub in protocol tests."""
+    """Bytes between peers: libp2p in a node, an in-memory hub in protocol tests.
+
+    ``request`` raises ``jobs.Unreachable`` when the dial or the stream fails and
+    ``jobs.PeerTimeout`` when the peer does not answer within ``timeout``.
+    """
 
     peer_id: str
 
@@ -62,8 +66,13 @@ class Signer(Protocol):
     def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool: ...
 
 
-class TransportUnreachable(Exception):
-    """What a Transport raises when a peer does not answer; mapped to ``jobs.Unreachable`` here."""
+class TransportUnreachable(Unreachable):
+    """The old way for a transport to say a peer did not answer, without naming it: ``MessagePeers``
+    turns it into ``Unreachable`` for the peer it called. Kept only while ``tests/memnet.py`` and
+    ``node/daemon.py`` still raise it; a transport raises ``Unreachable`` or ``PeerTimeout`` itself."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("", why)
 
 
 class MessagePeers:
@@ -85,10 +94,12 @@ class MessagePeers:
         return self.transport.addrs()
 
     async def request(self, peer_id: str, message, *, timeout: float, addrs: Sequence[str] = ()) -> Reply:
+        """The peer's reply; ``Unreachable`` or ``PeerTimeout`` (from the transport) when none comes,
+        ``Unreachable`` when what comes back is not a reply."""
         try:
             data = await self.transport.request(peer_id, encode(message), timeout=timeout, addrs=addrs)
         except TransportUnreachable as e:
-            raise Unreachable(peer_id, str(e)) from e
+            raise Unreachable(peer_id, e.why) from e
         try:
             reply = decode(data)
         except MalformedMessage as e:

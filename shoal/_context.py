@@ -14,14 +14,16 @@ import os
 import tarfile
 from pathlib import Path
 
+from jobs.errors import ShoalError
+
 MAX_CONTEXT_BYTES = 10 * 1024 * 1024
 ARCHIVE_ROOT = "context"  # every entry lives under one top directory, as in the tars Kubo and nodes serve
 ALWAYS_IGNORED = (".git/", ".hg/", ".svn/", "__pycache__/", ".venv/", "venv/", ".mypy_cache/", ".pytest_cache/",
                   ".ruff_cache/", "node_modules/", ".shoal/")
 
 
-class ContextTooLarge(ValueError):
-    pass
+class ContextTooLarge(ShoalError):
+    """The packed directory is over ``max_bytes``; the message names its size and biggest files."""
 
 
 def _patterns(directory: Path) -> list[str]:

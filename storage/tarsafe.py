@@ -244,8 +244,8 @@ def link_escapes(links: dict[tuple[str, ...], str]) -> str | None:
     return None
 
 
-class _Escape(Exception):
-    pass
+class _Escape(Unsafe):
+    """Raised while resolving one link, and caught by ``link_escapes``, which names the link."""
 
 
 def _resolve(base: tuple[str, ...], target: str, links: dict[tuple[str, ...], str], depth: int) -> tuple[str, ...]:

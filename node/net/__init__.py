@@ -2,16 +2,16 @@
 
 Public surface: ``Network`` (direct request/reply on ``/shoal/rpc/1.0.0`` plus
 GossipSub on one topic), ``NetworkStatistics`` and the errors below. Everything
-crossing it is ``bytes`` and base58 peer-id strings.
+crossing it is ``bytes`` and base58 peer-id strings. A request that gets no reply raises
+``jobs.Unreachable`` (dial or stream failed) or ``jobs.PeerTimeout`` (no reply in time).
 """
 
-from node.net.errors import NetworkError, PeerUnreachable, RemoteProtocolError
+from node.net.errors import NetworkError, RemoteProtocolError
 from node.net.host import Network, NetworkStatistics
 
 __all__ = [
     "Network",
     "NetworkError",
     "NetworkStatistics",
-    "PeerUnreachable",
     "RemoteProtocolError",
 ]

@@ -19,6 +19,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.errors import ShoalError
+
 KEY_BYTES = 32
 KEY_HEADER = "/key/swarm/psk/1.0.0/"
 KEY_ENCODING = "/base16/"
@@ -26,7 +28,7 @@ MAX_FILE = 1 << 20
 """Key and trusted-peer files larger than this are refused (they are a few lines)."""
 
 
-class AdmissionError(ValueError):
+class AdmissionError(ShoalError):
     """A network key or trusted-peers file that cannot be used (the message says why)."""
 
 

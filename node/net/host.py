@@ -2,7 +2,9 @@
 
 This is the only place in Shoal that touches libp2p. Everything crossing its
 boundary is ``bytes`` and base58 peer-id strings; every libp2p exception is
-turned into a ``node.net`` one (``NetworkError`` and subclasses).
+turned into one of Shoal's: ``jobs.Unreachable`` (a dial or stream failed) or
+``jobs.PeerTimeout`` (no reply in time) for a request, ``NetworkError`` for the
+network itself.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
+from jobs.errors import PeerError, PeerTimeout, Unreachable
 from node.net import pubsub_records, yamux_credit
 from node.net.admission import OPEN, Admission
-from node.net.errors import NetworkError, PeerUnreachable
+from node.net.errors import NetworkError
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
 from node.ratelimit import RateLimiter
@@ -121,7 +124,7 @@ against the neighbour that passed it). ``origin`` is the peer that signed it."""
 class NetworkStatistics:
     """Counters since ``Network`` was created (a snapshot; cheap to take).
 
-    ``requests_*`` count outbound requests (sent / failed with ``PeerUnreachable``)
+    ``requests_*`` count outbound requests (sent / failed with ``PeerError``)
     and inbound ones handled (``received``; requests to ourselves count as both).
     ``handler_errors``: on_request raised or returned something unusable, so no
     reply was sent. ``gossip_received`` counts messages handed to on_gossip;
@@ -462,9 +465,10 @@ class Network:
     async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
         """Send one request to ``peer_id`` and return its reply.
 
-        Raises ``PeerUnreachable`` on any failure (including no reply within
-        ``timeout`` seconds; a protocol violation by the peer is chained as
-        ``__cause__``), ``ValueError`` if ``data`` exceeds ``max_frame``.
+        Raises ``jobs.PeerTimeout`` when no reply came within ``timeout`` seconds,
+        ``jobs.Unreachable`` on any other failure (dial, stream, a protocol violation
+        by the peer, chained as ``__cause__``), ``ValueError`` if ``data`` exceeds
+        ``max_frame``.
         """
         if len(data) > self._max_frame:
             raise ValueError(f"request of {len(data)} bytes exceeds max_frame={self._max_frame}")
@@ -482,8 +486,8 @@ class Network:
                     link = await self._get_link(peer_id)
                     return await link.call(bytes(data))
             except trio.TooSlowError:
-                raise PeerUnreachable(peer_id, f"no reply within {timeout} s") from None
-        except PeerUnreachable:
+                raise PeerTimeout(peer_id, f"no reply within {timeout} s") from None
+        except PeerError:
             self._counters.requests_failed += 1
             raise
 
@@ -659,15 +663,15 @@ class Network:
             with trio.fail_after(timeout):
                 reply = await self._on_request(self.peer_id, data)
         except trio.TooSlowError:
-            raise PeerUnreachable(self.peer_id, f"no reply within {timeout} s") from None
+            raise PeerTimeout(self.peer_id, f"no reply within {timeout} s") from None
         except Exception as exc:
             self._counters.handler_errors += 1
             log.exception("request handler failed for a request to ourselves")
-            raise PeerUnreachable(self.peer_id, "request handler failed") from exc
+            raise Unreachable(self.peer_id, "request handler failed") from exc
         if not isinstance(reply, bytes | bytearray | memoryview):
             self._counters.handler_errors += 1
             log.error("request handler returned %s, not bytes", type(reply).__name__)
-            raise PeerUnreachable(self.peer_id, "request handler returned no bytes")
+            raise Unreachable(self.peer_id, "request handler returned no bytes")
         return bytes(reply)
 
     async def _get_link(self, peer_id: str) -> OutboundLink:
@@ -675,7 +679,7 @@ class Network:
         if link is not None and link.alive:
             return link
         if self._nursery is None:
-            raise PeerUnreachable(peer_id, "network is not running")
+            raise Unreachable(peer_id, "network is not running")
         # One opener per peer; concurrent callers wait for its link.
         lock = self._link_locks.setdefault(peer_id, trio.Lock())
         try:
@@ -687,7 +691,7 @@ class Network:
                 nursery = self._nursery
                 if nursery is None:  # shut down while we were opening
                     await discard_stream(stream)
-                    raise PeerUnreachable(peer_id, "network is not running")
+                    raise Unreachable(peer_id, "network is not running")
                 link = OutboundLink(stream, peer_id, max_frame=self._max_frame, counters=self._counters)
                 self._links[peer_id] = link
                 nursery.start_soon(self._run_link, link)
@@ -707,20 +711,20 @@ class Network:
     async def _open_stream(self, peer_id: str) -> Any:
         host = self._host
         if host is None:
-            raise PeerUnreachable(peer_id, "network is not running")
+            raise Unreachable(peer_id, "network is not running")
         try:
             pid = _parse_peer_id(peer_id)
         except ValueError as exc:
-            raise PeerUnreachable(peer_id, str(exc)) from exc
+            raise Unreachable(peer_id, str(exc)) from exc
         if not self._is_connected(pid):
             await self._dial(peer_id, pid)
         try:
             with trio.fail_after(STREAM_OPEN_TIMEOUT):
                 return await host.new_stream(pid, [RPC_PROTOCOL])
         except trio.TooSlowError:
-            raise PeerUnreachable(peer_id, "opening the rpc stream timed out") from None
+            raise PeerTimeout(peer_id, "opening the rpc stream timed out") from None
         except Exception as exc:
-            raise PeerUnreachable(peer_id, f"could not open an rpc stream: {exc}") from exc
+            raise Unreachable(peer_id, f"could not open an rpc stream: {exc}") from exc
 
     async def _handle_inbound_stream(self, stream: INetStream) -> None:
         try:
@@ -755,7 +759,7 @@ class Network:
     async def _dial(self, peer_id: str, pid: ID) -> None:
         host = self._host
         if host is None:
-            raise PeerUnreachable(peer_id, "network is not running")
+            raise Unreachable(peer_id, "network is not running")
         known = self._known_addrs.get(peer_id, [])
         if known:
             # libp2p dials only the first TCP address it holds for a peer, in
@@ -776,14 +780,14 @@ class Network:
             if len(known) > 1:
                 known.append(known.pop(0))  # the next dial tries the next address
             if isinstance(exc, trio.TooSlowError):
-                raise PeerUnreachable(peer_id, "dial timed out") from None
+                raise Unreachable(peer_id, "dial timed out") from None
             if self._counters.peers_refused_untrusted > refused[1]:
-                raise PeerUnreachable(peer_id, "refused: not a trusted peer") from None
+                raise Unreachable(peer_id, "refused: not a trusted peer") from None
             if self._counters.peers_refused_key > refused[0]:
-                raise PeerUnreachable(peer_id, "refused: the handshake failed under our network key "
+                raise Unreachable(peer_id, "refused: the handshake failed under our network key "
                                                "(the peer does not hold it?)") from None
             if isinstance(exc, Exception):
-                raise PeerUnreachable(peer_id, f"dial failed: {exc}") from exc
+                raise Unreachable(peer_id, f"dial failed: {exc}") from exc
             raise
 
     async def _wait_disconnected(self, peer_id: str, pid: ID) -> None:
@@ -803,10 +807,10 @@ class Network:
             if not self._is_connected(pid):
                 try:
                     await self._dial(peer_id, pid)
-                except PeerUnreachable as exc:
+                except Unreachable as exc:
                     failures += 1
                     level = logging.INFO if failures == 1 else logging.DEBUG
-                    log.log(level, "dial to %s failed (%d in a row): %s", peer_id, failures, exc.reason)
+                    log.log(level, "dial to %s failed (%d in a row): %s", peer_id, failures, exc.why)
                     delay = min(max(delay * 2, REDIAL_MIN), REDIAL_MAX)
                     continue
                 log.info("connected to %s", peer_id)

@@ -22,7 +22,8 @@ from typing import Any
 import trio
 from libp2p.network.stream.exceptions import StreamEOF
 
-from node.net.errors import PeerUnreachable, RemoteProtocolError
+from jobs.errors import Unreachable
+from node.net.errors import RemoteProtocolError
 from node.net.wire import FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class _Waiter:
     def __init__(self) -> None:
         self.event = trio.Event()
         self.payload: bytes | None = None
-        self.error: PeerUnreachable | None = None
+        self.error: Unreachable | None = None
 
 
 class OutboundLink:
@@ -120,7 +121,7 @@ class OutboundLink:
 
     ``run`` must be started in a nursery (the ``Network``'s) right after
     construction; when it returns the link is dead, every waiting caller has got
-    ``PeerUnreachable`` and the stream has been reset.
+    ``Unreachable`` and the stream has been reset.
     """
 
     def __init__(self, stream: Any, peer_id: str, *, max_frame: int, counters: Counters) -> None:
@@ -133,7 +134,7 @@ class OutboundLink:
         self._send, self._recv = trio.open_memory_channel[bytes](WRITE_QUEUE)
         self._scope = trio.CancelScope()
         self._closed = False
-        self._failure: PeerUnreachable | None = None
+        self._failure: Unreachable | None = None
         self.finished = trio.Event()
 
     @property
@@ -146,7 +147,7 @@ class OutboundLink:
 
     def close(self, reason: str = "link closed") -> None:
         """Abort the link (synchronously; ``run`` finishes the clean-up)."""
-        self._fail(PeerUnreachable(self.peer_id, reason))
+        self._fail(Unreachable(self.peer_id, reason))
         self._scope.cancel()
 
     async def call(self, payload: bytes) -> bytes:
@@ -181,23 +182,23 @@ class OutboundLink:
                     graceful = await self._reader()
                     nursery.cancel_scope.cancel()
         finally:
-            self._fail(PeerUnreachable(self.peer_id, "link closed"))
+            self._fail(Unreachable(self.peer_id, "link closed"))
             await discard_stream(self._stream, graceful=graceful)
             self._counters.open_streams -= 1
             self.finished.set()
 
     # -- internals ---------------------------------------------------------
 
-    def _error(self) -> PeerUnreachable:
+    def _error(self) -> Unreachable:
         """A fresh exception per caller (one instance raised in many tasks would
         pile up their tracebacks)."""
         failure = self._failure
-        error = PeerUnreachable(self.peer_id, failure.reason if failure else "link closed")
+        error = Unreachable(self.peer_id, failure.why if failure else "link closed")
         if failure is not None:
             error.__cause__ = failure.__cause__
         return error
 
-    def _fail(self, error: PeerUnreachable) -> None:
+    def _fail(self, error: Unreachable) -> None:
         """Mark the link dead and fail every waiting caller (idempotent)."""
         if self._closed:
             return
@@ -214,7 +215,7 @@ class OutboundLink:
             await _write_loop(self._stream, self._recv)
         except Exception as exc:
             log.debug("rpc write to %s failed: %r", self.peer_id, exc)
-            self._fail(PeerUnreachable(self.peer_id, f"stream write failed: {exc!r}"))
+            self._fail(Unreachable(self.peer_id, f"stream write failed: {exc!r}"))
             scope.cancel()
 
     async def _reader(self) -> bool:
@@ -224,20 +225,20 @@ class OutboundLink:
             try:
                 data = await _read(self._stream)
             except Exception as exc:
-                self._fail(PeerUnreachable(self.peer_id, f"stream broken: {exc!r}"))
+                self._fail(Unreachable(self.peer_id, f"stream broken: {exc!r}"))
                 return False
             if data is None:
                 if decoder.pending:
                     self._counters.frames_rejected += 1
                     log.warning("peer %s closed the rpc stream in the middle of a frame", self.peer_id)
-                self._fail(PeerUnreachable(self.peer_id, "peer closed the stream"))
+                self._fail(Unreachable(self.peer_id, "peer closed the stream"))
                 return True
             try:
                 frames = decoder.feed(data)
             except RemoteProtocolError as exc:
                 self._counters.frames_rejected += 1
                 log.warning("bad reply frame from %s, closing the stream: %s", self.peer_id, exc)
-                error = PeerUnreachable(self.peer_id, f"protocol error: {exc}")
+                error = Unreachable(self.peer_id, f"protocol error: {exc}")
                 error.__cause__ = exc
                 self._fail(error)
                 return False

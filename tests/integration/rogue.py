@@ -171,7 +171,7 @@ class RoguePeer:
 
     async def request_raw(self, peer_id: str, message: Outgoing, *, timeout: float = REQUEST_TIMEOUT,
                           addrs: Sequence[str] = ()) -> bytes:
-        """Send one direct request; the reply's bytes as they came. Raises ``PeerUnreachable``."""
+        """Send one direct request; the reply's bytes as they came. Raises ``jobs.PeerError``."""
         return await self.network.request(peer_id, _encode(message), timeout=timeout, addrs=addrs)
 
     async def request(self, peer_id: str, message: Outgoing, *, timeout: float = REQUEST_TIMEOUT,

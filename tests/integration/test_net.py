@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from node.net import Network, NetworkError, PeerUnreachable
+from jobs.errors import PeerError, PeerTimeout, Unreachable
+from node.net import Network, NetworkError
 from node.net.wire import encode_frame
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
@@ -355,7 +356,7 @@ async def test_handler_error_does_not_break_next_request() -> None:
         await start(b)
         assert await b.request(a.peer_id, b"1", timeout=5) == b"ok:1"
         with trio.fail_after(2):
-            with pytest.raises(PeerUnreachable) as info:
+            with pytest.raises(PeerTimeout) as info:
                 await b.request(a.peer_id, b"boom", timeout=0.3)
         assert info.value.peer_id == a.peer_id
         assert await b.request(a.peer_id, b"2", timeout=5) == b"ok:2"
@@ -375,10 +376,10 @@ async def test_stream_break_fails_in_flight_requests_at_once() -> None:
         a = a_node.net
         b = make("b", peers=a.addrs())
         await start(b)
-        failures: list[PeerUnreachable] = []
+        failures: list[Unreachable] = []
 
         async def one() -> None:
-            with pytest.raises(PeerUnreachable) as info:
+            with pytest.raises(Unreachable) as info:
                 await b.request(a.peer_id, b"x", timeout=30)
             failures.append(info.value)
 
@@ -434,7 +435,7 @@ async def test_oversized_reply_is_not_sent() -> None:
         await start(a)
         b = make("b", peers=a.addrs(), max_frame=4096)
         await start(b)
-        with pytest.raises(PeerUnreachable):
+        with pytest.raises(PeerTimeout):
             await b.request(a.peer_id, b"big", timeout=0.3)
         assert await b.request(a.peer_id, b"x", timeout=5) == b"small"
 
@@ -451,13 +452,13 @@ async def test_unreachable_peer_raises_within_timeout() -> None:
 
         # Nothing listening on the port: fails fast.
         start_time = trio.current_time()
-        with pytest.raises(PeerUnreachable) as info:
+        with pytest.raises(Unreachable) as info:
             await a.request(ghost, b"x", timeout=2, addrs=[f"/ip4/127.0.0.1/tcp/{free_port()}"])
         assert info.value.peer_id == ghost
         assert trio.current_time() - start_time < 2.5
 
         # No address known at all.
-        with pytest.raises(PeerUnreachable):
+        with pytest.raises(Unreachable):
             await a.request(make("nobody").peer_id, b"x", timeout=2)
 
         # A port that accepts TCP but never speaks: the timeout is what ends it.
@@ -468,7 +469,7 @@ async def test_unreachable_peer_raises_within_timeout() -> None:
             (listener,) = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
             port = listener.socket.getsockname()[1]
             start_time = trio.current_time()
-            with pytest.raises(PeerUnreachable):
+            with pytest.raises(PeerTimeout):
                 await a.request(ghost, b"x", timeout=1, addrs=[f"/ip4/127.0.0.1/tcp/{port}"])
             elapsed = trio.current_time() - start_time
             assert 0.9 < elapsed < 1.5
@@ -494,7 +495,7 @@ async def test_redial_after_peer_restarts_on_same_port() -> None:
 
         await b_node.stop()
         await wait_until(lambda: a.connected_peers() == [])
-        with pytest.raises(PeerUnreachable):
+        with pytest.raises(PeerError):
             await a.request(b_id, b"while down", timeout=0.5)
         await trio.sleep(1.0)  # let a few redials fail and the backoff grow
 
