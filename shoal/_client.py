@@ -8,16 +8,15 @@ and receive the ``httpx.Response``; errors are thrown back into them at the yiel
 async clients differ only in the runner that drives a flow, and in the streaming methods
 (events, follow_logs, download), whose bodies are consumed with ``for`` vs ``async for``.
 
-The async client runs on trio or asyncio (httpx uses anyio underneath).
+The async client runs on trio or asyncio (httpx uses anyio underneath). Beside it:
+``shoal._error_mapping`` (responses and transport failures → exceptions), ``shoal._sse``
+(event streams) and ``shoal._results`` (downloads checked against their CID).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import re
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -29,7 +28,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from jobs.events import Event, EventKind
+from jobs.events import Event
 from jobs.spec import JobSpec
 from jobs.states import JobState
 from jobs.sweep import IndexRecord, SweepSpec
@@ -49,25 +48,15 @@ from jobs.views import (
     SweepSubmitRequest,
 )
 from shoal._auth import ClientKey, ShoalAuth, b64encode, parse_public_key, shoal_home
-from shoal._errors import (
-    AuthenticationError,
-    Conflict,
-    ConnectionFailed,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    ServerError,
-    ShoalAPIError,
-    WaitTimeout,
-)
-from shoal._results import Plan, ResultsWriter, plan_download, write_from_record
-from shoal._results import extract_results as _extract_results
+from shoal._error_mapping import check, connection_failed, parse, request_failed, validation_summary
+from shoal._errors import ConnectionFailed, InvalidRequest, ShoalAPIError, WaitTimeout
+from shoal._results import Plan, extract_results, extract_results_async, plan_download, write_from_record
+from shoal._sse import EventReader
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 USER_AGENT = "shoal-python/0.1"
 LogStream = Literal["stdout", "stderr"]
 
-_FEED_BATCH = 1 << 20  # downloaded bytes handed to the extracting thread at a time
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 # A flow yields a request to send, or a float (seconds to sleep), and is sent the response.
@@ -262,7 +251,7 @@ class _BaseClient:
 
     def _get_flow(self, request: httpx.Request, model: type[_M]) -> _Flow[_M]:
         response = yield request
-        return _parse(model, response)
+        return parse(model, response)
 
     def _submit_flow(
         self, spec: JobSpec | dict[str, Any], idempotency_key: str | None, cache: bool = True
@@ -293,7 +282,7 @@ class _BaseClient:
                     raise
                 yield delays[attempt]
                 continue
-            return _parse(model, response)
+            return parse(model, response)
         raise AssertionError("unreachable")
 
     def _wait_flow(self, job_id: str, timeout: float | None, poll: float) -> _Flow[JobDescription]:
@@ -321,7 +310,7 @@ class _BaseClient:
         while True:
             wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
             started = time.monotonic()
-            description = _parse(model, (yield self._long_poll(path, wait)))
+            description = parse(model, (yield self._long_poll(path, wait)))
             state = state_of(description)
             if state.is_terminal:
                 return description
@@ -362,41 +351,10 @@ class _BaseClient:
     # -- responses and errors --------------------------------------------------------------------
 
     def _connection_failed(self, exc: httpx.TransportError) -> ConnectionFailed:
-        reason = _transport_reason(exc)
-        if isinstance(
-            exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol | httpx.ProxyError
-        ):
-            message = f"cannot reach Shoal API at {self.api_url}: {reason}"
-        elif isinstance(exc, httpx.TimeoutException):
-            message = f"no answer from Shoal API at {self.api_url}: {reason}"
-        else:
-            message = f"lost connection to Shoal API at {self.api_url}: {reason}"
-        return ConnectionFailed(message, self.api_url)
+        return connection_failed(exc, self.api_url)
 
     def _request_failed(self, exc: httpx.RequestError) -> ShoalAPIError:
-        if isinstance(exc, httpx.TransportError):
-            return self._connection_failed(exc)
-        return ShoalAPIError(f"request to Shoal API at {self.api_url} failed: {_one_line(str(exc))}")
-
-    @staticmethod
-    def _check(response: httpx.Response) -> httpx.Response:
-        if response.is_error:
-            raise _api_error(response)
-        return response
-
-    @staticmethod
-    def _interpret_sse(message: _SSEMessage) -> Event | Literal["end"] | None:
-        """An SSE message → an Event, ``"end"``, or None for kinds this SDK does not know."""
-        if message.event == "end":
-            return "end"
-        if message.event != "message" and message.event not in _EVENT_KINDS:
-            return None  # a newer server's extra message kinds, or keep-alives: skip
-        try:
-            return Event.model_validate_json(message.data)
-        except ValidationError as e:
-            raise ShoalAPIError(
-                f"malformed event in stream: {_validation_summary(e)}", 200, "bad_response"
-            ) from None
+        return request_failed(exc, self.api_url)
 
     def _stream_closed(self, job_id: str) -> ConnectionFailed:
         return ConnectionFailed(
@@ -452,7 +410,7 @@ class Client(_BaseClient):
             response = self._http.send(request)
         except httpx.RequestError as e:
             raise self._request_failed(e) from e
-        return self._check(response)
+        return check(response)
 
     def _open(self, request: httpx.Request) -> httpx.Response:
         """Send and return a streaming response (status checked); the caller closes it."""
@@ -467,7 +425,7 @@ class Client(_BaseClient):
                 pass
             finally:
                 response.close()
-            self._check(response)
+            check(response)
         return response
 
     def _drive(self, flow: _Flow[_T]) -> _T:
@@ -529,17 +487,12 @@ class Client(_BaseClient):
         last = None if last_event_id is None else str(last_event_id)
         failures = 0
         while True:
+            reader = EventReader(last)
             try:
                 response = self._open(self._events_request(job_id, last))
                 try:
-                    parser = _SSEParser()
                     for line in response.iter_lines():
-                        message = parser.feed(line)
-                        if message is None:
-                            continue
-                        if message.id is not None:
-                            last = message.id
-                        item = self._interpret_sse(message)
+                        item = reader.feed(line)
                         if item == "end":
                             return
                         if isinstance(item, Event):
@@ -552,6 +505,7 @@ class Client(_BaseClient):
                 error = self._connection_failed(e)
             except ConnectionFailed as e:
                 error = e
+            last = reader.last_id
             if failures >= len(self.stream_retry_delays):
                 raise error
             time.sleep(self.stream_retry_delays[failures])
@@ -591,15 +545,11 @@ class Client(_BaseClient):
             return write_from_record(plan.files, dest)
         response = self._open(request)
         try:
-            return _extract_results(self._chunks(response), dest, whose, plan.cid, plan.max_bytes)
-        finally:
-            response.close()
-
-    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
-        try:
-            yield from response.iter_bytes()
+            return extract_results(response.iter_bytes(), dest, whose, plan.cid, plan.max_bytes)
         except httpx.TransportError as e:
             raise self._connection_failed(e) from e
+        finally:
+            response.close()
 
     def upload_context(self, archive: bytes) -> str:
         """Store a packed working directory (see ``pack_context``) on the node; returns its CID."""
@@ -732,7 +682,7 @@ class AsyncClient(_BaseClient):
             response = await self._http.send(request)
         except httpx.RequestError as e:
             raise self._request_failed(e) from e
-        return self._check(response)
+        return check(response)
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -746,7 +696,7 @@ class AsyncClient(_BaseClient):
                 pass
             finally:
                 await response.aclose()
-            self._check(response)
+            check(response)
         return response
 
     async def _drive(self, flow: _Flow[_T]) -> _T:
@@ -799,18 +749,13 @@ class AsyncClient(_BaseClient):
         last = None if last_event_id is None else str(last_event_id)
         failures = 0
         while True:
+            reader = EventReader(last)
             try:
                 response = await self._open(self._events_request(job_id, last))
                 try:
-                    parser = _SSEParser()
                     lines = response.aiter_lines()
                     async for line in lines:
-                        message = parser.feed(line)
-                        if message is None:
-                            continue
-                        if message.id is not None:
-                            last = message.id
-                        item = self._interpret_sse(message)
+                        item = reader.feed(line)
                         if item == "end":
                             await _drain(lines)
                             return
@@ -824,6 +769,7 @@ class AsyncClient(_BaseClient):
                 error = self._connection_failed(e)
             except ConnectionFailed as e:
                 error = e
+            last = reader.last_id
             if failures >= len(self.stream_retry_delays):
                 raise error
             await _asleep(self.stream_retry_delays[failures])
@@ -858,22 +804,9 @@ class AsyncClient(_BaseClient):
             return await anyio.to_thread.run_sync(write_from_record, plan.files, dest)
         response = await self._open(request)
         try:
-            writer = await anyio.to_thread.run_sync(ResultsWriter, dest, plan.cid, plan.max_bytes, whose)
-            try:
-                batch = bytearray()
-                try:
-                    async for chunk in response.aiter_bytes():
-                        batch += chunk
-                        if len(batch) >= _FEED_BATCH:
-                            await anyio.to_thread.run_sync(writer.feed, bytes(batch))
-                            batch.clear()
-                except httpx.TransportError as e:
-                    raise self._connection_failed(e) from e
-                await anyio.to_thread.run_sync(writer.feed, bytes(batch))
-                return await anyio.to_thread.run_sync(writer.finish)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(writer.__exit__, None, None, None)
+            return await extract_results_async(response.aiter_bytes(), dest, whose, plan.cid, plan.max_bytes)
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -1035,179 +968,5 @@ def _validated(model: type[_M], spec: _M | dict[str, Any], what: str) -> _M:
     except ValidationError as e:
         fields = [".".join(["spec", *map(str, err["loc"])]) for err in e.errors()]
         raise InvalidRequest(
-            f"invalid {what} spec: {_validation_summary(e, 'spec')}", None, "invalid_spec", fields
+            f"invalid {what} spec: {validation_summary(e, 'spec')}", None, "invalid_spec", fields
         ) from None
-
-
-def _validation_summary(error: ValidationError, prefix: str = "") -> str:
-    return _problems([(list(err["loc"]), err["msg"]) for err in error.errors()], prefix)
-
-
-def _problems(items: list[tuple[list[Any], str]], prefix: str = "") -> str:
-    parts = []
-    for loc, msg in items[:3]:
-        where = ".".join([prefix, *map(str, loc)] if prefix else map(str, loc))
-        parts.append(f"{where}: {msg}" if where else msg)
-    if len(items) > 3:
-        parts.append(f"and {len(items) - 3} more")
-    return "; ".join(parts)
-
-
-def _parse(model: type[_M], response: httpx.Response) -> _M:
-    try:
-        return model.model_validate_json(response.content)
-    except ValidationError as e:
-        raise ShoalAPIError(
-            f"unexpected response from {response.request.url.path}: {_validation_summary(e)}",
-            response.status_code,
-            "bad_response",
-        ) from None
-
-
-_STATUS_ERRORS: dict[int, type[ShoalAPIError]] = {
-    400: InvalidRequest,
-    401: AuthenticationError,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: InvalidRequest,
-    422: InvalidRequest,
-}
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "too_large",
-    422: "invalid_request",
-}
-_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
-_EVENT_KINDS = frozenset(kind.value for kind in EventKind)
-
-
-def _api_error(response: httpx.Response) -> ShoalAPIError:
-    """An error response in any of the shapes the node sends → the matching exception.
-
-    ``{"error": {"code", "message", "fields"}}`` (the API's own errors); ``{"detail": "..."}``
-    (the signature verifier, HTTPException); ``{"detail": [{"loc", "msg"}, ...]}`` (FastAPI's
-    422); anything else (a proxy's HTML page) → its first line or the status phrase.
-    """
-    status = response.status_code
-    code: str | None = None
-    message = ""
-    fields: list[str] = []
-    try:
-        content = response.content
-    except httpx.ResponseNotRead:
-        content = b""
-    try:
-        body = json.loads(content) if content else None
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        code = str(error.get("code") or "") or None
-        message = str(error.get("message") or "")
-        fields = [str(f) for f in error.get("fields") or [] if f is not None]
-    elif isinstance(body, dict) and "detail" in body:
-        detail = body["detail"]
-        if isinstance(detail, list):
-            items = []
-            for item in detail:
-                if isinstance(item, dict):
-                    loc = list(item.get("loc") or [])
-                    if loc and loc[0] in _LOCATIONS:
-                        loc = loc[1:]
-                    items.append((loc, str(item.get("msg") or "invalid")))
-                    fields.append(".".join(map(str, loc)))
-                else:
-                    items.append(([], str(item)))
-            message = f"invalid request: {_problems(items)}" if items else ""
-        elif detail is not None:
-            message = detail if isinstance(detail, str) else json.dumps(detail)
-    if not message and content and body is None:
-        message = content.decode("utf-8", "replace").strip().splitlines()[0] if content.strip() else ""
-        if message.lstrip().startswith("<"):  # an HTML error page says nothing useful on one line
-            message = ""
-    if not message:
-        message = f"HTTP {status} {response.reason_phrase}".strip()
-    message = _one_line(message)
-    code = code or _STATUS_CODES.get(status) or ("server_error" if status >= 500 else f"http_{status}")
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ShoalAPIError)
-    if cls is InvalidRequest:
-        return InvalidRequest(message, status, code, [f for f in fields if f])
-    return cls(message, status, code)
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _transport_reason(exc: BaseException) -> str:
-    """The useful part of a transport error, e.g. "connection refused" rather than
-    "all attempts to connect to 127.0.0.1:8700 failed" (what anyio reports under trio)."""
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending:
-        e = pending.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
-            return "connection refused"
-        if isinstance(e, socket.gaierror):
-            return f"cannot resolve host ({_strip_errno(str(e))})"
-        if isinstance(e, BaseExceptionGroup):
-            pending.extend(e.exceptions)
-        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    text = _strip_errno(str(exc))
-    return _one_line(text[:1].lower() + text[1:]) if text else type(exc).__name__
-
-
-def _strip_errno(text: str) -> str:
-    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip()
-
-
-class _SSEMessage:
-    __slots__ = ("data", "event", "id")
-
-    def __init__(self, event: str, data: str, id: str | None) -> None:
-        self.event, self.data, self.id = event, data, id
-
-
-class _SSEParser:
-    """Server-Sent Events, one line at a time (WHATWG rules: comments, multi-line data, ``id``).
-
-    A message is produced only at its terminating blank line, so a stream cut in the middle of
-    a message drops that partial message, and the reconnection's Last-Event-ID makes the
-    server send it again whole.
-    """
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def feed(self, line: str) -> _SSEMessage | None:
-        if not line:
-            if not self._data:
-                self._event = ""
-                return None
-            message = _SSEMessage(self._event or "message", "\n".join(self._data), self._id)
-            self._event, self._data = "", []
-            return message
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None

@@ -5,7 +5,8 @@ to the CID in the job's record (the result the compute node signed, as ``describ
 never to a CID the download itself names. The tar is read by ``storage.tarsafe`` (the node's own
 reader, with links confined to the destination) into a temporary directory beside the
 destination; only once the CID matches is it moved into place, so a refused download leaves
-nothing behind. Synchronous: the async client runs ``feed`` and ``finish`` in worker threads.
+nothing behind. Synchronous, but for ``extract_results_async``, which runs the same steps in
+worker threads (anyio: trio or asyncio alike).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from shoal._errors import NotFound, ShoalAPIError
 
 STREAM_ALLOWANCE = 4 << 20  # bytes for a truncated stdout/stderr: an executor keeps 1 MiB, ≤ 3 bytes a byte as text
 LIMIT_MARGIN = 64 << 20  # on top of twice the recorded sizes: tar framing, directories, links
+FEED_BATCH = 1 << 20  # downloaded bytes handed to the extracting thread at a time
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,28 @@ def extract_results(chunks: Iterable[bytes], dest: Path, whose: str, cid: str, m
         for chunk in chunks:
             writer.feed(chunk)
         return writer.finish()
+
+
+async def extract_results_async(chunks: AsyncIterable[bytes], dest: Path, whose: str, cid: str,
+                                max_bytes: int) -> Path:
+    """``extract_results`` for the async client: extraction and hashing run in worker threads, fed
+    ``FEED_BATCH`` bytes at a time, so the event loop never waits on the disk."""
+    import anyio
+    import anyio.to_thread
+
+    writer = await anyio.to_thread.run_sync(ResultsWriter, dest, cid, max_bytes, whose)
+    try:
+        batch = bytearray()
+        async for chunk in chunks:
+            batch += chunk
+            if len(batch) >= FEED_BATCH:
+                await anyio.to_thread.run_sync(writer.feed, bytes(batch))
+                batch.clear()
+        await anyio.to_thread.run_sync(writer.feed, bytes(batch))
+        return await anyio.to_thread.run_sync(writer.finish)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.__exit__, None, None, None)
 
 
 def _move_into_place(result: Path, dest: Path) -> Path:

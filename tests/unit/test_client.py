@@ -884,8 +884,8 @@ def test_a_tampered_results_download_is_refused_and_nothing_is_written(tmp_path)
     import io
     import tarfile
 
-    from shoal._client import _extract_results
     from shoal._errors import ShoalAPIError
+    from shoal._results import extract_results as _extract_results
     from storage.unixfs import cid_of_path
 
     src = tmp_path / "src"
