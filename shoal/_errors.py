@@ -13,6 +13,9 @@
         │                        is the last one seen
         └── ConnectionFailed     the node could not be reached, or the connection broke
 
+``retryable`` (from ``ShoalError``) is True only for ``ConnectionFailed``. Which response maps to
+which exception is decided in ``shoal._error_mapping``.
+
 Every message is one line, fit for ``print(f"error: {e}")``. ``status`` is the HTTP status
 (``None`` when no response was received) and ``code`` a stable machine-readable string:
 the server's ``error.code`` when it sent one, otherwise derived from the status.
@@ -94,6 +97,8 @@ class WaitTimeout(ShoalAPIError):
 
 class ConnectionFailed(ShoalAPIError):
     """No usable response: connection refused, DNS failure, timeout, connection dropped."""
+
+    retryable = True  # the node was away; the same call may work later
 
     def __init__(self, message: str, url: str) -> None:
         super().__init__(message, None, "connection_failed")
