@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 import trio
 
@@ -31,6 +31,7 @@ from node.store.writer import StoreClosed, StoreStatistics, Writer
 __all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics"]
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 class Store:
@@ -58,7 +59,8 @@ class Store:
         finally:
             self._reader.close()
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
+        """``fn(reader, *args)`` in a worker thread, one read at a time."""
         try:
             return await trio.to_thread.run_sync(fn, self._reader, *args, limiter=self._read_lock)
         except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
