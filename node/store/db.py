@@ -1,10 +1,9 @@
-"""The node's SQLite store (WAL), used from trio through worker threads.
+"""The node's SQLite store (WAL), used from trio: writes through one group-commit writer, reads in a worker thread.
 
-Writes are grouped: every coroutine that writes hands its operation to one writer task, which
-commits everything queued so far in a single transaction in a worker thread and then wakes
-all of them (group commit). A caller's ``await`` returns only once its write is durable in
-the WAL, so "written before acted on" holds while thousands of small writes per second cost
-one thread hop and one commit per batch.
+Three seams, each in its own module: ``schema`` (the tables and the numbered migrations that bring
+an older data dir up to them), ``writer`` (the task that commits queued writes together) and
+``queries`` (the reads). ``Store`` here is what the roles use: it builds each write as one
+operation for the writer, and runs each read on the reading connection.
 
 Every update is conditional on the revision the caller read; a mismatch raises
 ``StaleState`` for that operation only, and its event rows are not written.
@@ -15,284 +14,62 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, TypeVarTuple
 
 import trio
 
-from jobs import DuplicateKey, Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult, StaleState
+from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult, StaleState
 from jobs.sweep import IndexRecord, Sweep
+from node.store import queries
 from node.store.bell import EventBell
-from node.store.sealed import Sealer, SealError
+from node.store.queries import ExpiredRecords
+from node.store.schema import connect, migrate
+from node.store.sealed import Sealer
+from node.store.writer import StoreClosed, StoreStatistics, Writer
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    idempotency_key TEXT,
-    request_digest TEXT,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state) WHERE state IN ('pending', 'running');
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS executions (
-    side TEXT NOT NULL,
-    id TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (side, id)
-);
-CREATE INDEX IF NOT EXISTS executions_job ON executions(job_id);
-CREATE INDEX IF NOT EXISTS executions_live ON executions(side, state)
-    WHERE state IN ('bidding', 'accepted', 'proposed');
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    execution_id TEXT,
-    node_id TEXT,
-    message TEXT NOT NULL,
-    side TEXT NOT NULL DEFAULT 'requester'  -- a node that is both roles logs each role's view apart
-);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, side, seq);
-CREATE TABLE IF NOT EXISTS result_cache (
-    key TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    result TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    verified INTEGER NOT NULL DEFAULT 0  -- agreed by two nodes or run here: may serve other clients
-);
-CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache(job_id);  -- forgetting a job's entries (TTL)
-CREATE TABLE IF NOT EXISTS sweeps (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    idempotency_key TEXT,
-    request_digest TEXT,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, created_at);
-CREATE UNIQUE INDEX IF NOT EXISTS sweeps_idempotency ON sweeps(owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS sweep_indexes (
-    sweep_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    node_id TEXT,
-    reason TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    updated_at REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (sweep_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS published (  -- compute side: results of sweep indexes this node published
-    cid TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reputation (
-    peer TEXT PRIMARY KEY,
-    accepted INTEGER NOT NULL,
-    rejected INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shares (  -- a job or sweep its owner lets another client read
-    target TEXT NOT NULL,  -- job or sweep id
-    client TEXT NOT NULL,  -- the reader's client id
-    created_at REAL NOT NULL,
-    PRIMARY KEY (target, client)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nonces (  -- API: nonces of signed requests, kept while their timestamp is valid
-    client TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    expires REAL NOT NULL,
-    PRIMARY KEY (client, nonce)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS nonces_expires ON nonces(expires);
-CREATE TABLE IF NOT EXISTS job_secrets (  -- requester side: a live job's secret_env, sealed (see sealed.py)
-    job_id TEXT PRIMARY KEY,
-    env TEXT NOT NULL
-);
-"""
+__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics"]
 
-_LIVE_EXECUTION_STATES = tuple(s.value for s in ExecutionState if not s.is_terminal)
-_LIVE_JOB_STATES = tuple(s.value for s in JobState if not s.is_terminal)
-MAX_BATCH = 512  # writes per transaction; bounds how long one commit holds the writer
-
-
-class StoreClosed(Exception):
-    """The node is shutting down; the write (or read) was not made."""
-
-
-@dataclass(frozen=True)
-class StoreStatistics:
-    commits: int
-    writes: int
-    stale: int
-    queued: int
-
-
-@dataclass(frozen=True)
-class ExpiredRecords:
-    """What ``Store.expired_records`` found: finished records past their time to live.
-
-    Deleting a job takes its requester-side executions, events and result-cache entries with it;
-    a sweep its indexes and events; a compute-side execution its compute-side events.
-    """
-
-    jobs: list[Job] = field(default_factory=list)  # requester side
-    sweeps: list[Sweep] = field(default_factory=list)
-    sweep_cids: list[str] = field(default_factory=list)  # results the sweeps' indexes name
-    executions: list[Execution] = field(default_factory=list)  # compute side
-    published: list[str] = field(default_factory=list)  # compute side: CIDs from the published table
-
-    def __len__(self) -> int:
-        return len(self.jobs) + len(self.sweeps) + len(self.executions) + len(self.published)
-
-    def cids(self) -> list[str]:
-        """Results these records still hold (not yet removed by retention), each once."""
-        held = [r.result.cid for r in [*self.jobs, *self.executions]
-                if r.result is not None and r.result.cid and r.results_removed_at is None]
-        return list(dict.fromkeys([*held, *self.sweep_cids, *self.published]))
-
-
-class _Write:
-    __slots__ = ("done", "error", "fn")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], None]) -> None:
-        self.fn = fn
-        self.done = trio.Event()
-        self.error: BaseException | None = None
-
-
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a data dir written by an earlier release up to this schema.
-
-    Cache entries from before results were verified whole are kept as unverified: they serve only
-    their own client's identical jobs.
-    """
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(result_cache)")}
-    if "verified" not in columns:
-        conn.execute("ALTER TABLE result_cache ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
-
-
-def _mapped(e: Exception) -> Exception:
-    """sqlite's unique-key violation as the project's ``DuplicateKey``; anything else as it is."""
-    if isinstance(e, sqlite3.IntegrityError) and "UNIQUE" in str(e):
-        error = DuplicateKey(str(e))
-        error.__cause__ = e
-        return error
-    return e
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; WAL keeps it consistent
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA secure_delete=FAST")  # deleted rows (job secrets) zeroed where it costs no extra I/O
-    return conn
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 class Store:
-    """Open with ``async with Store.open(path) as store`` inside a nursery-owning task."""
+    """A node's store. Run its writer in a nursery before writing: ``await nursery.start(store.run)``;
+    cancelling that task closes the store (later calls raise ``StoreClosed``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sealer = Sealer(path.with_suffix(".secrets.key"))
-        self._writer = _connect(path)
-        self._writer.executescript(SCHEMA)
-        _upgrade(self._writer)
-        self._reader = _connect(path)
+        conn = connect(path)
+        try:
+            migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer = Writer(conn)
+        self._reader = connect(path)
         self._read_lock = trio.CapacityLimiter(1)
-        self._send, self._receive = trio.open_memory_channel[_Write](10_000)
-        self._commits = self._writes = self._stale = 0
-        self._closed = False
         self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task. Runs until cancelled; then closes the connections."""
         try:
-            task_status.started()
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                try:
-                    await trio.to_thread.run_sync(self._commit, batch)  # finishes even if cancelled
-                    self._commits += 1
-                finally:
-                    for w in batch:
-                        w.done.set()
+            await self._writer.run(task_status=task_status)
         finally:
-            while True:  # no await in this loop or before close(): nothing can slip in between
-                try:
-                    w = self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                w.error = StoreClosed("the store is shutting down")
-                w.done.set()
-            self._receive.close()  # later writers get StoreClosed instead of waiting forever
-            self._closed = True
-            self._writer.close()
             self._reader.close()
 
-    def _commit(self, batch: list[_Write]) -> None:
-        conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+    async def _read(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
+        """``fn(reader, *args)`` in a worker thread, one read at a time."""
         try:
-            for w in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    w.fn(conn)
-                    conn.execute("RELEASE op")
-                except Exception as e:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    w.error = _mapped(e)
-            conn.execute("COMMIT")
-        except BaseException as e:
-            conn.execute("ROLLBACK")
-            for w in batch:
-                w.error = w.error or e
-            raise
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], None]) -> None:
-        w = _Write(fn)
-        try:
-            await self._send.send(w)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            raise StoreClosed("the store is shutting down") from e
-        with trio.CancelScope(shield=True):  # the write is queued: see it through so memory matches disk
-            await w.done.wait()
-        self._writes += 1
-        if w.error is not None:
-            if isinstance(w.error, StaleState):
-                self._stale += 1
-            raise w.error
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        try:
-            return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
+            return await trio.to_thread.run_sync(fn, self._reader, *args, limiter=self._read_lock)
         except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
-            if self._closed:
+            if self._writer.closed:
                 raise StoreClosed("the store is shutting down") from e
             raise
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(self._commits, self._writes, self._stale, self._send.statistics().current_buffer_used)
+        return self._writer.statistics()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -373,7 +150,7 @@ class Store:
             if rrows:
                 conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
 
-        await self._write(op)
+        await self._writer.write(op)
         if erows:
             self.bell.ring(row[0] for row in erows)
 
@@ -427,7 +204,7 @@ class Store:
                 conn.executemany("INSERT INTO events (job_id, at, kind, execution_id, node_id, message, side)"
                                  " VALUES (?,?,?,?,?,?,?)", erows)
 
-        await self._write(op)
+        await self._writer.write(op)
         if erows:
             self.bell.ring(row[0] for row in erows)
 
@@ -435,7 +212,7 @@ class Store:
         """Remember results (or uploaded contexts) this node published outside an execution record, so
         retention finds them; publishing one again counts from the latest time."""
         rows = [(cid, at) for cid in cids]
-        await self._write(lambda c: c.executemany(
+        await self._writer.write(lambda c: c.executemany(
             "INSERT INTO published (cid, at) VALUES (?,?) ON CONFLICT(cid) DO UPDATE SET at=max(at, excluded.at)",
             rows))
 
@@ -454,7 +231,7 @@ class Store:
             fresh = conn.execute("INSERT OR IGNORE INTO nonces (client, nonce, expires) VALUES (?,?,?)",
                                  (client, nonce, expires)).rowcount == 1
 
-        await self._write(op)
+        await self._writer.write(op)
         return fresh
 
     async def purge_nonces(self, now: float) -> int:
@@ -465,173 +242,11 @@ class Store:
             nonlocal removed
             removed = conn.execute("DELETE FROM nonces WHERE expires < ?", (now,)).rowcount
 
-        await self._write(op)
+        await self._writer.write(op)
         return removed
 
-    async def nonce_counts(self, now: float) -> list[tuple[str, int, int]]:
-        """(client, whole second of expiry, how many) of the nonces still live at ``now``."""
-        return await self._read(lambda c: c.execute(
-            "SELECT client, CAST(expires AS INTEGER), COUNT(*) FROM nonces WHERE expires >= ? GROUP BY 1, 2",
-            (now,)).fetchall())
-
-    # -- sweeps (reads) ----------------------------------------------------------------------------
-
-    async def get_sweep(self, sweep_id: str) -> Sweep | None:
-        row = await self._read(lambda c: c.execute("SELECT body FROM sweeps WHERE id=?", (sweep_id,)).fetchone())
-        return Sweep.model_validate_json(row[0]) if row else None
-
-    async def find_idempotent_sweep(self, owner: str, key: str) -> tuple[Sweep, str] | None:
-        row = await self._read(lambda c: c.execute(
-            "SELECT body, request_digest FROM sweeps WHERE owner=? AND idempotency_key=?", (owner, key)).fetchone())
-        return (Sweep.model_validate_json(row[0]), row[1]) if row else None
-
-    async def list_sweeps(self, *, owner: str, limit: int, offset: int) -> tuple[list[Sweep], int]:
-        def q(c: sqlite3.Connection) -> tuple[list[Sweep], int]:
-            total = c.execute("SELECT count(*) FROM sweeps WHERE owner=?", (owner,)).fetchone()[0]
-            rows = c.execute("SELECT body FROM sweeps WHERE owner=? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-                             (owner, limit, offset)).fetchall()
-            return [Sweep.model_validate_json(r[0]) for r in rows], total
-
-        return await self._read(q)
-
-    async def live_sweeps(self) -> list[Sweep]:
-        marks = ",".join("?" * len(_LIVE_JOB_STATES))
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT body FROM sweeps WHERE state IN ({marks})", _LIVE_JOB_STATES).fetchall())
-        return [Sweep.model_validate_json(r[0]) for r in rows]
-
-    async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
-        """(index, state, reason, attempts, node) of every index, in index order."""
-        rows = await self._read(lambda c: c.execute(
-            "SELECT idx, state, reason, attempts, node_id FROM sweep_indexes WHERE sweep_id=? ORDER BY idx",
-            (sweep_id,)).fetchall())
-        return [(i, JobState(s), r, a, n) for i, s, r, a, n in rows]
-
-    async def sweep_indexes(self, sweep_id: str, *, state: JobState | None = None, first: int = 0,
-                            limit: int = 1000) -> tuple[list[IndexRecord], int]:
-        """Index records from ``first`` on (in index order), and how many match ``state`` in all."""
-        where, args = "sweep_id=?", [sweep_id]
-        if state is not None:
-            where += " AND state=?"
-            args.append(state.value)
-
-        def q(c: sqlite3.Connection) -> tuple[list[IndexRecord], int]:
-            total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
-            rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, result, updated_at FROM sweep_indexes"
-                             f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
-            return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, updated_at=u,
-                                result=RunResult.model_validate_json(res) if res else None)
-                    for i, s, n, r, a, res, u in rows], total
-
-        return await self._read(q)
-
-    # -- reads ---------------------------------------------------------------------------------
-
-    async def get_job(self, job_id: str) -> Job | None:
-        row = await self._read(lambda c: c.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone())
-        return Job.model_validate_json(row[0]) if row else None
-
-    async def find_idempotent(self, owner: str, key: str) -> tuple[Job, str] | None:
-        row = await self._read(
-            lambda c: c.execute(
-                "SELECT body, request_digest FROM jobs WHERE owner=? AND idempotency_key=?", (owner, key)
-            ).fetchone()
-        )
-        return (Job.model_validate_json(row[0]), row[1]) if row else None
-
-    async def list_jobs(
-        self, *, owner: str | None, state: JobState | None, limit: int, offset: int
-    ) -> tuple[list[Job], int]:
-        where, args = [], []
-        if owner is not None:
-            where.append("owner=?")
-            args.append(owner)
-        if state is not None:
-            where.append("state=?")
-            args.append(state.value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-
-        def q(c: sqlite3.Connection) -> tuple[list[Job], int]:
-            total = c.execute(f"SELECT count(*) FROM jobs {clause}", args).fetchone()[0]
-            rows = c.execute(
-                f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-                [*args, limit, offset],
-            ).fetchall()
-            return [Job.model_validate_json(r[0]) for r in rows], total
-
-        return await self._read(q)
-
-    async def live_jobs(self) -> list[Job]:
-        marks = ",".join("?" * len(_LIVE_JOB_STATES))
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT body FROM jobs WHERE state IN ({marks})", _LIVE_JOB_STATES).fetchall()
-        )
-        return [Job.model_validate_json(r[0]) for r in rows]
-
-    async def live_secrets(self) -> dict[str, dict[str, str] | None]:
-        """job id -> its secret_env, for every job that has some (only live jobs do); None for
-        secrets that cannot be opened (the key file was lost or replaced)."""
-        def q(c: sqlite3.Connection) -> dict[str, dict[str, str] | None]:
-            out: dict[str, dict[str, str] | None] = {}
-            for job_id, blob in c.execute("SELECT job_id, env FROM job_secrets").fetchall():
-                try:
-                    out[job_id] = self.sealer.open(job_id, blob)
-                except SealError:
-                    out[job_id] = None
-            return out
-
-        return await self._read(q)
-
-    async def count_jobs_by_state(self) -> dict[str, int]:
-        rows = await self._read(lambda c: c.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
-        return dict(rows)
-
-    # -- executions (reads) --------------------------------------------------------------------------
-
-    async def executions_of(self, side: ExecutionSide, job_id: str) -> list[Execution]:
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT body FROM executions WHERE side=? AND job_id=? ORDER BY rowid", (side.value, job_id)
-            ).fetchall()
-        )
-        return [Execution.model_validate_json(r[0]) for r in rows]
-
-    async def live_executions(self, side: ExecutionSide) -> list[Execution]:
-        marks = ",".join("?" * len(_LIVE_EXECUTION_STATES))
-        rows = await self._read(
-            lambda c: c.execute(
-                f"SELECT body FROM executions WHERE side=? AND state IN ({marks})",
-                (side.value, *_LIVE_EXECUTION_STATES),
-            ).fetchall()
-        )
-        return [Execution.model_validate_json(r[0]) for r in rows]
-
-    async def expired_results(self, before: float, limit: int = 200) -> tuple[list[Job], list[Execution]]:
-        """Finished jobs (requester) and executions (compute) whose published results are older than
-        ``before`` and not yet removed."""
-        terminal_jobs = tuple(s.value for s in JobState if s.is_terminal)
-        terminal_ex = tuple(s.value for s in ExecutionState if s.is_terminal)
-
-        def q(c: sqlite3.Connection) -> tuple[list[Job], list[Execution]]:
-            jobs = c.execute(
-                f"SELECT body FROM jobs WHERE state IN ({','.join('?' * len(terminal_jobs))})"
-                " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-                " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
-                (*terminal_jobs, before, limit),
-            ).fetchall()
-            executions = c.execute(
-                f"SELECT body FROM executions WHERE side='compute' AND state IN ({','.join('?' * len(terminal_ex))})"
-                " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-                " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
-                (*terminal_ex, before, limit),
-            ).fetchall()
-            return ([Job.model_validate_json(r[0]) for r in jobs],
-                    [Execution.model_validate_json(r[0]) for r in executions])
-
-        return await self._read(q)
-
     async def forget_cached(self, job_id: str) -> None:
-        await self._write(lambda c: c.execute("DELETE FROM result_cache WHERE job_id=?", (job_id,)))
+        await self._writer.write(lambda c: c.execute("DELETE FROM result_cache WHERE job_id=?", (job_id,)))
 
     async def share(self, target: str, client: str, *, limit: int) -> bool:
         """Let ``client`` read job or sweep ``target``; False (and nothing written) when ``target``
@@ -648,75 +263,8 @@ class Store:
             conn.execute("INSERT INTO shares (target, client, created_at) VALUES (?, ?, ?)",
                          (target, client, time.time()))
 
-        await self._write(op)
+        await self._writer.write(op)
         return added
-
-    async def is_shared(self, target: str, client: str) -> bool:
-        row = await self._read(lambda c: c.execute(
-            "SELECT 1 FROM shares WHERE target=? AND client=?", (target, client)).fetchone())
-        return row is not None
-
-    async def cached_result(self, key: str, owner: str) -> tuple[str, RunResult, bool] | None:
-        """The cached result ``owner`` may be served: a verified one, or one of ``owner``'s own jobs.
-
-        Returns (source job id, result, verified)."""
-        row = await self._read(lambda c: c.execute(
-            "SELECT rc.job_id, rc.result, rc.verified FROM result_cache rc JOIN jobs j ON j.id = rc.job_id"
-            " WHERE rc.key=? AND (rc.verified=1 OR j.owner=?)", (key, owner)).fetchone())
-        return (row[0], RunResult.model_validate_json(row[1]), bool(row[2])) if row else None
-
-    async def reputations(self) -> dict[str, tuple[int, int]]:
-        rows = await self._read(lambda c: c.execute("SELECT peer, accepted, rejected FROM reputation").fetchall())
-        return {peer: (a, r) for peer, a, r in rows}
-
-    # -- events --------------------------------------------------------------------------------
-
-    async def events(self, job_id: str, *, after: int = 0, limit: int = 1000,
-                     side: ExecutionSide = ExecutionSide.REQUESTER) -> list[Event]:
-        """The job's event log as its requester recorded it (``side``: or the compute node's view)."""
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT seq, job_id, at, kind, execution_id, node_id, message FROM events"
-                " WHERE job_id=? AND side=? AND seq>? ORDER BY seq LIMIT ?",
-                (job_id, side.value, after, limit),
-            ).fetchall()
-        )
-        return [
-            Event(seq=r[0], job_id=r[1], at=r[2], kind=r[3], execution_id=r[4], node_id=r[5], message=r[6])
-            for r in rows
-        ]
-
-
-    # -- time to live ----------------------------------------------------------------------------
-
-    async def expired_records(self, before: float, limit: int = 200) -> ExpiredRecords:
-        """Finished jobs and sweeps (requester), finished executions (compute) last updated before
-        ``before``, and published results recorded before it: at most ``limit`` of each kind."""
-        terminal_jobs = tuple(s.value for s in JobState if s.is_terminal)
-        terminal_ex = tuple(s.value for s in ExecutionState if s.is_terminal)
-        jmarks, xmarks = ",".join("?" * len(terminal_jobs)), ",".join("?" * len(terminal_ex))
-
-        def q(c: sqlite3.Connection) -> ExpiredRecords:
-            # created_at <= updated_at: the column narrows the scan before any JSON is parsed
-            jobs = c.execute(f"SELECT body FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
-                             " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-                             (*terminal_jobs, before, before, limit)).fetchall()
-            sweeps = [Sweep.model_validate_json(r[0]) for r in c.execute(
-                f"SELECT body FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
-                " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-                (*terminal_jobs, before, before, limit)).fetchall()]
-            sweep_cids = [r[0] for s in sweeps for r in c.execute(
-                "SELECT json_extract(result, '$.cid') FROM sweep_indexes WHERE sweep_id=? AND result IS NOT NULL"
-                " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
-            executions = c.execute(f"SELECT body FROM executions WHERE side='compute' AND state IN ({xmarks})"
-                                   " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-                                   (*terminal_ex, before, limit)).fetchall()
-            return ExpiredRecords(jobs=[Job.model_validate_json(r[0]) for r in jobs], sweeps=sweeps,
-                                  sweep_cids=sweep_cids,
-                                  executions=[Execution.model_validate_json(r[0]) for r in executions],
-                                  published=_published_before(c, before, limit))
-
-        return await self._read(q)
 
     async def delete_records(self, records: ExpiredRecords) -> int:
         """Delete ``records`` and what hangs off them, in one transaction; returns how many of them
@@ -749,19 +297,97 @@ class Store:
             n += _delete_published(conn, records.published)
             deleted = n  # set last: a failed transaction deleted nothing
 
-        await self._write(op)
+        await self._writer.write(op)
         return deleted
+
+    async def delete_published(self, cids: Sequence[str]) -> None:
+        await self._writer.write(lambda c: _delete_published(c, cids))
+
+    # -- reads (see queries.py) --------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self._read(queries.get_job, job_id)
+
+    async def find_idempotent(self, owner: str, key: str) -> tuple[Job, str] | None:
+        return await self._read(queries.find_idempotent, owner, key)
+
+    async def list_jobs(
+        self, *, owner: str | None, state: JobState | None, limit: int, offset: int
+    ) -> tuple[list[Job], int]:
+        return await self._read(queries.list_jobs, owner, state, limit, offset)
+
+    async def live_jobs(self) -> list[Job]:
+        return await self._read(queries.live_jobs)
+
+    async def live_secrets(self) -> dict[str, dict[str, str] | None]:
+        """job id -> its secret_env, for every job that has some (only live jobs do); None for
+        secrets that cannot be opened (the key file was lost or replaced)."""
+        return await self._read(queries.live_secrets, self.sealer)
+
+    async def count_jobs_by_state(self) -> dict[str, int]:
+        return await self._read(queries.count_jobs_by_state)
+
+    async def cached_result(self, key: str, owner: str) -> tuple[str, RunResult, bool] | None:
+        """The cached result ``owner`` may be served: a verified one, or one of ``owner``'s own jobs.
+
+        Returns (source job id, result, verified)."""
+        return await self._read(queries.cached_result, key, owner)
+
+    async def is_shared(self, target: str, client: str) -> bool:
+        return await self._read(queries.is_shared, target, client)
+
+    async def reputations(self) -> dict[str, tuple[int, int]]:
+        return await self._read(queries.reputations)
+
+    async def executions_of(self, side: ExecutionSide, job_id: str) -> list[Execution]:
+        return await self._read(queries.executions_of, side, job_id)
+
+    async def live_executions(self, side: ExecutionSide) -> list[Execution]:
+        return await self._read(queries.live_executions, side)
+
+    async def events(self, job_id: str, *, after: int = 0, limit: int = 1000,
+                     side: ExecutionSide = ExecutionSide.REQUESTER) -> list[Event]:
+        """The job's event log as its requester recorded it (``side``: or the compute node's view)."""
+        return await self._read(queries.events, job_id, after, limit, side)
+
+    async def get_sweep(self, sweep_id: str) -> Sweep | None:
+        return await self._read(queries.get_sweep, sweep_id)
+
+    async def find_idempotent_sweep(self, owner: str, key: str) -> tuple[Sweep, str] | None:
+        return await self._read(queries.find_idempotent_sweep, owner, key)
+
+    async def list_sweeps(self, *, owner: str, limit: int, offset: int) -> tuple[list[Sweep], int]:
+        return await self._read(queries.list_sweeps, owner, limit, offset)
+
+    async def live_sweeps(self) -> list[Sweep]:
+        return await self._read(queries.live_sweeps)
+
+    async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
+        """(index, state, reason, attempts, node) of every index, in index order."""
+        return await self._read(queries.index_states, sweep_id)
+
+    async def sweep_indexes(self, sweep_id: str, *, state: JobState | None = None, first: int = 0,
+                            limit: int = 1000) -> tuple[list[IndexRecord], int]:
+        """Index records from ``first`` on (in index order), and how many match ``state`` in all."""
+        return await self._read(queries.sweep_indexes, sweep_id, state, first, limit)
+
+    async def nonce_counts(self, now: float) -> list[tuple[str, int, int]]:
+        """(client, whole second of expiry, how many) of the nonces still live at ``now``."""
+        return await self._read(queries.nonce_counts, now)
+
+    async def expired_results(self, before: float, limit: int = 200) -> tuple[list[Job], list[Execution]]:
+        """Finished jobs (requester) and executions (compute) whose published results are older than
+        ``before`` and not yet removed."""
+        return await self._read(queries.expired_results, before, limit)
+
+    async def expired_records(self, before: float, limit: int = 200) -> ExpiredRecords:
+        """Finished jobs and sweeps (requester), finished executions (compute) last updated before
+        ``before``, and published results recorded before it: at most ``limit`` of each kind."""
+        return await self._read(queries.expired_records, before, limit)
 
     async def expired_published(self, before: float, limit: int = 200) -> list[str]:
         """CIDs in the published table recorded before ``before`` (results retention)."""
-        return await self._read(lambda c: _published_before(c, before, limit))
-
-    async def delete_published(self, cids: Sequence[str]) -> None:
-        await self._write(lambda c: _delete_published(c, cids))
-
-
-def _published_before(c: sqlite3.Connection, before: float, limit: int) -> list[str]:
-    return [r[0] for r in c.execute("SELECT cid FROM published WHERE at < ? LIMIT ?", (before, limit)).fetchall()]
+        return await self._read(queries.expired_published, before, limit)
 
 
 def _delete_published(c: sqlite3.Connection, cids: Sequence[str]) -> int:

@@ -15,11 +15,13 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from jobs import ShoalError
+
 _NONCE = 12
 
 
-class SealError(Exception):
-    """A sealed value that cannot be opened (another key, or damaged)."""
+class SealError(ShoalError):
+    """A sealed value that cannot be opened (another key, or damaged); trying again will not help."""
 
 
 class Sealer:

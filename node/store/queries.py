@@ -1,0 +1,243 @@
+"""The store's reads: each a plain function of the reading connection, returning the project's models.
+
+``Store`` runs them in a worker thread, one at a time (see ``Store._read``); they never write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult
+from jobs.sweep import IndexRecord, Sweep
+from node.store.sealed import Sealer, SealError
+
+Connection = sqlite3.Connection
+
+_LIVE_EXECUTION_STATES = tuple(s.value for s in ExecutionState if not s.is_terminal)
+_LIVE_JOB_STATES = tuple(s.value for s in JobState if not s.is_terminal)
+_TERMINAL_JOB_STATES = tuple(s.value for s in JobState if s.is_terminal)
+_TERMINAL_EXECUTION_STATES = tuple(s.value for s in ExecutionState if s.is_terminal)
+
+
+def _marks(values: tuple[str, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
+@dataclass(frozen=True)
+class ExpiredRecords:
+    """What ``Store.expired_records`` found: finished records past their time to live.
+
+    Deleting a job takes its requester-side executions, events and result-cache entries with it;
+    a sweep its indexes and events; a compute-side execution its compute-side events.
+    """
+
+    jobs: list[Job] = field(default_factory=list)  # requester side
+    sweeps: list[Sweep] = field(default_factory=list)
+    sweep_cids: list[str] = field(default_factory=list)  # results the sweeps' indexes name
+    executions: list[Execution] = field(default_factory=list)  # compute side
+    published: list[str] = field(default_factory=list)  # compute side: CIDs from the published table
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.sweeps) + len(self.executions) + len(self.published)
+
+    def cids(self) -> list[str]:
+        """Results these records still hold (not yet removed by retention), each once."""
+        held = [r.result.cid for r in [*self.jobs, *self.executions]
+                if r.result is not None and r.result.cid and r.results_removed_at is None]
+        return list(dict.fromkeys([*held, *self.sweep_cids, *self.published]))
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+def get_job(c: Connection, job_id: str) -> Job | None:
+    row = c.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone()
+    return Job.model_validate_json(row[0]) if row else None
+
+
+def find_idempotent(c: Connection, owner: str, key: str) -> tuple[Job, str] | None:
+    row = c.execute("SELECT body, request_digest FROM jobs WHERE owner=? AND idempotency_key=?",
+                    (owner, key)).fetchone()
+    return (Job.model_validate_json(row[0]), row[1]) if row else None
+
+
+def list_jobs(c: Connection, owner: str | None, state: JobState | None, limit: int,
+              offset: int) -> tuple[list[Job], int]:
+    where, args = [], []
+    if owner is not None:
+        where.append("owner=?")
+        args.append(owner)
+    if state is not None:
+        where.append("state=?")
+        args.append(state.value)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    total = c.execute(f"SELECT count(*) FROM jobs {clause}", args).fetchone()[0]
+    rows = c.execute(f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                     [*args, limit, offset]).fetchall()
+    return [Job.model_validate_json(r[0]) for r in rows], total
+
+
+def live_jobs(c: Connection) -> list[Job]:
+    rows = c.execute(f"SELECT body FROM jobs WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
+                     _LIVE_JOB_STATES).fetchall()
+    return [Job.model_validate_json(r[0]) for r in rows]
+
+
+def live_secrets(c: Connection, sealer: Sealer) -> dict[str, dict[str, str] | None]:
+    """job id -> its secret_env, for every job that has some (only live jobs do); None for secrets
+    that cannot be opened (the key file was lost or replaced)."""
+    out: dict[str, dict[str, str] | None] = {}
+    for job_id, blob in c.execute("SELECT job_id, env FROM job_secrets").fetchall():
+        try:
+            out[job_id] = sealer.open(job_id, blob)
+        except SealError:
+            out[job_id] = None
+    return out
+
+
+def count_jobs_by_state(c: Connection) -> dict[str, int]:
+    return dict(c.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+
+
+def cached_result(c: Connection, key: str, owner: str) -> tuple[str, RunResult, bool] | None:
+    """The cached result ``owner`` may be served: a verified one, or one of ``owner``'s own jobs.
+
+    Returns (source job id, result, verified)."""
+    row = c.execute("SELECT rc.job_id, rc.result, rc.verified FROM result_cache rc JOIN jobs j ON j.id = rc.job_id"
+                    " WHERE rc.key=? AND (rc.verified=1 OR j.owner=?)", (key, owner)).fetchone()
+    return (row[0], RunResult.model_validate_json(row[1]), bool(row[2])) if row else None
+
+
+def is_shared(c: Connection, target: str, client: str) -> bool:
+    return c.execute("SELECT 1 FROM shares WHERE target=? AND client=?", (target, client)).fetchone() is not None
+
+
+def reputations(c: Connection) -> dict[str, tuple[int, int]]:
+    return {peer: (a, r) for peer, a, r in c.execute("SELECT peer, accepted, rejected FROM reputation").fetchall()}
+
+
+# -- executions and events -----------------------------------------------------------------------
+
+def executions_of(c: Connection, side: ExecutionSide, job_id: str) -> list[Execution]:
+    rows = c.execute("SELECT body FROM executions WHERE side=? AND job_id=? ORDER BY rowid",
+                     (side.value, job_id)).fetchall()
+    return [Execution.model_validate_json(r[0]) for r in rows]
+
+
+def live_executions(c: Connection, side: ExecutionSide) -> list[Execution]:
+    rows = c.execute(f"SELECT body FROM executions WHERE side=? AND state IN ({_marks(_LIVE_EXECUTION_STATES)})",
+                     (side.value, *_LIVE_EXECUTION_STATES)).fetchall()
+    return [Execution.model_validate_json(r[0]) for r in rows]
+
+
+def events(c: Connection, job_id: str, after: int, limit: int, side: ExecutionSide) -> list[Event]:
+    rows = c.execute("SELECT seq, job_id, at, kind, execution_id, node_id, message FROM events"
+                     " WHERE job_id=? AND side=? AND seq>? ORDER BY seq LIMIT ?",
+                     (job_id, side.value, after, limit)).fetchall()
+    return [Event(seq=r[0], job_id=r[1], at=r[2], kind=r[3], execution_id=r[4], node_id=r[5], message=r[6])
+            for r in rows]
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+
+def get_sweep(c: Connection, sweep_id: str) -> Sweep | None:
+    row = c.execute("SELECT body FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+    return Sweep.model_validate_json(row[0]) if row else None
+
+
+def find_idempotent_sweep(c: Connection, owner: str, key: str) -> tuple[Sweep, str] | None:
+    row = c.execute("SELECT body, request_digest FROM sweeps WHERE owner=? AND idempotency_key=?",
+                    (owner, key)).fetchone()
+    return (Sweep.model_validate_json(row[0]), row[1]) if row else None
+
+
+def list_sweeps(c: Connection, owner: str, limit: int, offset: int) -> tuple[list[Sweep], int]:
+    total = c.execute("SELECT count(*) FROM sweeps WHERE owner=?", (owner,)).fetchone()[0]
+    rows = c.execute("SELECT body FROM sweeps WHERE owner=? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                     (owner, limit, offset)).fetchall()
+    return [Sweep.model_validate_json(r[0]) for r in rows], total
+
+
+def live_sweeps(c: Connection) -> list[Sweep]:
+    rows = c.execute(f"SELECT body FROM sweeps WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
+                     _LIVE_JOB_STATES).fetchall()
+    return [Sweep.model_validate_json(r[0]) for r in rows]
+
+
+def index_states(c: Connection, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
+    """(index, state, reason, attempts, node) of every index, in index order."""
+    rows = c.execute("SELECT idx, state, reason, attempts, node_id FROM sweep_indexes WHERE sweep_id=? ORDER BY idx",
+                     (sweep_id,)).fetchall()
+    return [(i, JobState(s), r, a, n) for i, s, r, a, n in rows]
+
+
+def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: int,
+                  limit: int) -> tuple[list[IndexRecord], int]:
+    """Index records from ``first`` on (in index order), and how many match ``state`` in all."""
+    where, args = "sweep_id=?", [sweep_id]
+    if state is not None:
+        where += " AND state=?"
+        args.append(state.value)
+    total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
+    rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, result, updated_at FROM sweep_indexes"
+                     f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
+    return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, updated_at=u,
+                        result=RunResult.model_validate_json(res) if res else None)
+            for i, s, n, r, a, res, u in rows], total
+
+
+# -- nonces of signed API requests ---------------------------------------------------------------
+
+def nonce_counts(c: Connection, now: float) -> list[tuple[str, int, int]]:
+    """(client, whole second of expiry, how many) of the nonces still live at ``now``."""
+    return c.execute("SELECT client, CAST(expires AS INTEGER), COUNT(*) FROM nonces WHERE expires >= ? GROUP BY 1, 2",
+                     (now,)).fetchall()
+
+
+# -- time to live ----------------------------------------------------------------------------------
+
+def expired_results(c: Connection, before: float, limit: int) -> tuple[list[Job], list[Execution]]:
+    """Finished jobs (requester) and executions (compute) whose published results are older than
+    ``before`` and not yet removed."""
+    jobs = c.execute(
+        f"SELECT body FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)})"
+        " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
+        " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
+        (*_TERMINAL_JOB_STATES, before, limit),
+    ).fetchall()
+    executions = c.execute(
+        f"SELECT body FROM executions WHERE side='compute' AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
+        " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
+        " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
+        (*_TERMINAL_EXECUTION_STATES, before, limit),
+    ).fetchall()
+    return [Job.model_validate_json(r[0]) for r in jobs], [Execution.model_validate_json(r[0]) for r in executions]
+
+
+def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
+    """Finished jobs and sweeps (requester), finished executions (compute) last updated before
+    ``before``, and published results recorded before it: at most ``limit`` of each kind."""
+    jmarks = _marks(_TERMINAL_JOB_STATES)
+    # created_at <= updated_at: the column narrows the scan before any JSON is parsed
+    jobs = c.execute(f"SELECT body FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
+                     " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+                     (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall()
+    sweeps = [Sweep.model_validate_json(r[0]) for r in c.execute(
+        f"SELECT body FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
+        " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+        (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall()]
+    sweep_cids = [r[0] for s in sweeps for r in c.execute(
+        "SELECT json_extract(result, '$.cid') FROM sweep_indexes WHERE sweep_id=? AND result IS NOT NULL"
+        " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
+    executions = c.execute(f"SELECT body FROM executions WHERE side='compute'"
+                           f" AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
+                           " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
+                           (*_TERMINAL_EXECUTION_STATES, before, limit)).fetchall()
+    return ExpiredRecords(jobs=[Job.model_validate_json(r[0]) for r in jobs], sweeps=sweeps, sweep_cids=sweep_cids,
+                          executions=[Execution.model_validate_json(r[0]) for r in executions],
+                          published=expired_published(c, before, limit))
+
+
+def expired_published(c: Connection, before: float, limit: int) -> list[str]:
+    """CIDs in the published table recorded before ``before`` (results retention)."""
+    return [r[0] for r in c.execute("SELECT cid FROM published WHERE at < ? LIMIT ?", (before, limit)).fetchall()]

@@ -1,0 +1,196 @@
+"""The store's file: how it is opened, its tables, and the numbered steps that build them.
+
+SQLite keeps a number in the file's header, ``PRAGMA user_version``; here it counts the steps of
+``MIGRATIONS`` the store has been through. Opening a store runs, in order and in one transaction,
+the steps it has not had: a data dir from any earlier release upgrades, or, interrupted, stays as
+it was. A new store is an old one with no tables and goes through the same steps, so there is one
+path to today's schema. A store whose number is above ``LATEST`` was written by a newer release:
+it is refused rather than guessed at.
+
+Version 0 is every store written before the number was kept, from the first release to the last
+one without it, so steps 1 to 3 tolerate finding their change already made. A step added from now
+on runs on exactly the version before it. To change the schema, append a step; never edit one
+that has shipped (a store that had it would never get the edit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from jobs import ShoalError
+
+_FIRST_RELEASE = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revision INTEGER NOT NULL,
+    idempotency_key TEXT,
+    request_digest TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state) WHERE state IN ('pending', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS executions (
+    side TEXT NOT NULL,
+    id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (side, id)
+);
+CREATE INDEX IF NOT EXISTS executions_job ON executions(job_id);
+CREATE INDEX IF NOT EXISTS executions_live ON executions(side, state)
+    WHERE state IN ('bidding', 'accepted', 'proposed');
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    execution_id TEXT,
+    node_id TEXT,
+    message TEXT NOT NULL,
+    side TEXT NOT NULL DEFAULT 'requester'  -- a node that is both roles logs each role's view apart
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, side, seq);
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache(job_id);  -- forgetting a job's entries (TTL)
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revision INTEGER NOT NULL,
+    idempotency_key TEXT,
+    request_digest TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS sweeps_idempotency ON sweeps(owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sweep_indexes (
+    sweep_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    node_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    updated_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (sweep_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS published (  -- compute side: results of sweep indexes this node published
+    cid TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reputation (
+    peer TEXT PRIMARY KEY,
+    accepted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL
+);
+"""
+
+_ACCESS_AND_SECRETS = """
+CREATE TABLE IF NOT EXISTS shares (  -- a job or sweep its owner lets another client read
+    target TEXT NOT NULL,  -- job or sweep id
+    client TEXT NOT NULL,  -- the reader's client id
+    created_at REAL NOT NULL,
+    PRIMARY KEY (target, client)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nonces (  -- API: nonces of signed requests, kept while their timestamp is valid
+    client TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (client, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_expires ON nonces(expires);
+CREATE TABLE IF NOT EXISTS job_secrets (  -- requester side: a live job's secret_env, sealed (see sealed.py)
+    job_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL
+);
+"""
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The script's statements one by one (``executescript`` would commit the migration's transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+def _first_release(conn: sqlite3.Connection) -> None:
+    """1: the tables of the first release: jobs, executions, events, result cache, sweeps, reputation."""
+    for statement in _statements(_FIRST_RELEASE):
+        conn.execute(statement)
+
+
+def _cache_verified(conn: sqlite3.Connection) -> None:
+    """2: a cache entry says whether its result was verified (agreed by two nodes, or run here): only a
+    verified one may serve other clients. Entries from before are kept as unverified, serving only their
+    own client's identical jobs."""
+    if "verified" not in {row[1] for row in conn.execute("PRAGMA table_info(result_cache)")}:
+        conn.execute("ALTER TABLE result_cache ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+
+
+def _access_and_secrets(conn: sqlite3.Connection) -> None:
+    """3: shares of jobs and sweeps with other clients, nonces of signed API requests, sealed job secrets."""
+    for statement in _statements(_ACCESS_AND_SECRETS):
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_first_release, _cache_verified, _access_and_secrets)
+LATEST = len(MIGRATIONS)
+
+
+class StoreTooNew(ShoalError):
+    """The store was written by a newer release (its schema version is above ``LATEST``): opening it
+    here could misread or damage it."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; WAL keeps it consistent
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA secure_delete=FAST")  # deleted rows (job secrets) zeroed where it costs no extra I/O
+    return conn
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Run the steps the store at ``path`` has not had; returns the version it was at (``LATEST``: nothing
+    to do, and nothing written). Raises ``StoreTooNew`` for a store from a newer release."""
+    found = version(conn)
+    if found == LATEST:
+        return found
+    conn.execute("BEGIN IMMEDIATE")  # and look again: another process may have just upgraded it
+    try:
+        found = version(conn)
+        if found > LATEST:
+            raise StoreTooNew(f"{path} has schema version {found}, newer than this release's {LATEST}: it was"
+                              " written by a newer Shoal; run that release (or a later one) on this data dir")
+        for step in MIGRATIONS[found:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version = {LATEST}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found

@@ -1,0 +1,179 @@
+"""Stores written by earlier releases open, upgrade step by step and read back; a newer one is refused.
+
+The fixtures are real stores written by those releases' own code (tests/fixtures/make_old_store.py
+says how, and what is in them): e32c746 is the previous release, 421d8fe the last state of the code
+before the store kept a schema version (it had the trust work's tables already).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from jobs import EventKind, ExecutionSide, ExecutionState, Job, JobSpec, JobState, ShoalError
+from node.store import Store, StoreTooNew, schema
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+T = 1_700_000_000.0  # the fixtures' time
+NODE = "12D3KooWOldReleaseComputeNode"
+ALICE = "client-alice"
+
+
+def copy_of(name: str, tmp_path: Path) -> Path:
+    """A copy of fixture ``name`` (and its secrets key, if it has one): the test never touches the original."""
+    path = tmp_path / "shoal.db"
+    shutil.copyfile(FIXTURES / f"{name}.db", path)
+    if (key := FIXTURES / f"{name}.secrets.key").exists():
+        shutil.copyfile(key, path.with_suffix(".secrets.key"))
+    return path
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return schema.version(conn)
+    finally:
+        conn.close()
+
+
+def layout(path: Path) -> dict[str, object]:
+    """Every table's columns and every index's columns and uniqueness: what the code relies on."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        out: dict[str, object] = {}
+        for table in tables:
+            out[table] = [r[1:] for r in conn.execute(f"PRAGMA table_info({table})")]
+            for index in conn.execute(f"PRAGMA index_list({table})").fetchall():
+                out[f"{table}.{index[1]}"] = (index[2], [r[2] for r in conn.execute(f"PRAGMA index_info({index[1]})")])
+        return out
+    finally:
+        conn.close()
+
+
+async def with_store(path: Path, body) -> None:
+    store = Store(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await body(store)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("release", "verified", "trust_tables_filled"), [
+    ("store-e32c746", False, False),  # the previous release: its cache entries had no verified flag
+    ("store-421d8fe", True, True),  # before versioning, after the trust work
+])
+async def test_an_older_store_upgrades_and_reads_back(tmp_path, release, verified, trust_tables_filled):
+    path = copy_of(release, tmp_path)
+    assert user_version(path) == 0  # written before the store kept its version
+
+    async def read_back(store: Store) -> None:
+        done = await store.get_job("j-done")
+        assert (done.state, done.result.cid, done.result.stdout) == (JobState.COMPLETED, "bafyjobresult", "hello\n")
+        assert [(x.id, x.state) for x in await store.executions_of(ExecutionSide.REQUESTER, "j-done")] == [
+            ("x-done-1", ExecutionState.COMPLETED), ("x-done-2", ExecutionState.REJECTED)]
+        events = await store.events("j-done")
+        assert [e.kind for e in events] == [EventKind.CREATED, EventKind.BID, EventKind.BID_ACCEPTED,
+                                            EventKind.COMPLETED]
+        assert events[1].execution_id == "x-done-1" and events[1].node_id == NODE and events[-1].at == T + 5
+        assert {j.id for j in await store.live_jobs()} == {"j-running", "j-pending"}
+        assert [x.id for x in await store.live_executions(ExecutionSide.REQUESTER)] == ["x-running"]
+        job, digest = await store.find_idempotent(ALICE, "idem-running")
+        assert (job.id, job.attempt, digest) == ("j-running", 1, "digest-running")
+        assert (await store.get_job("j-failed")).reason == "no node can run it"
+        assert await store.count_jobs_by_state() == {"completed": 1, "running": 1, "pending": 1, "failed": 1}
+        assert (await store.list_jobs(owner=ALICE, state=None, limit=10, offset=0))[1] == 4
+        [compute] = await store.executions_of(ExecutionSide.COMPUTE, "j-remote")
+        assert compute.id == "x-compute" and compute.result.cid == "bafyjobresult"
+        assert [e.kind for e in await store.events("j-remote", side=ExecutionSide.COMPUTE)] == [
+            EventKind.RESULTS_PUBLISHED]
+        assert await store.reputations() == {NODE: (3, 1)}
+
+        # the cache: an entry the previous release wrote is unverified and serves only its own client
+        source, result, flag = await store.cached_result("cache-key-done", ALICE)
+        assert (source, result.cid, flag) == ("j-done", "bafyjobresult", verified)
+        assert (await store.cached_result("cache-key-done", "client-bob") is not None) == verified
+
+        sweep = await store.get_sweep("s-old")
+        assert (sweep.state, sweep.count, sweep.revision) == (JobState.RUNNING, 4, 1)
+        assert [s.id for s in await store.live_sweeps()] == ["s-old"]
+        assert (await store.find_idempotent_sweep(ALICE, "idem-sweep"))[1] == "digest-sweep"
+        assert await store.index_states("s-old") == [
+            (0, JobState.COMPLETED, "", 1, NODE), (1, JobState.FAILED, "exit code 1", 2, NODE),
+            (2, JobState.RUNNING, "", 1, NODE), (3, JobState.PENDING, "", 0, None)]
+        [record], total = await store.sweep_indexes("s-old", state=JobState.COMPLETED)
+        assert (total, record.result.cid, record.updated_at) == (1, "bafyindex0", T + 4)
+        assert [e.kind for e in await store.events("s-old")] == [EventKind.CREATED, EventKind.CLAIMED]
+        assert await store.expired_published(T + 5) == ["bafypublished"]
+
+        # the trust work's tables: kept where the store had them, empty and working where it did not
+        assert await store.is_shared("j-done", "client-bob") == trust_tables_filled
+        assert await store.nonce_counts(T) == ([(ALICE, int(T + 600), 1)] if trust_tables_filled else [])
+        assert await store.live_secrets() == ({"j-running": {"TOKEN": "s3cret"}} if trust_tables_filled else {})
+        assert await store.record_nonce(ALICE, b"nonce-2", T + 600)
+        assert await store.share("j-failed", "client-bob", limit=10)
+
+        # and new records are written beside the old ones
+        spec = JobSpec.model_validate({"engine": {"name": "noop"}})
+        await store.save(new_job=Job(id="j-new", owner=ALICE, spec=spec, created_at=T + 10, updated_at=T + 10),
+                         events=[events[0].model_copy(update={"job_id": "j-new", "seq": 0})],
+                         idempotency_key="idem-new", secrets={"KEY": "v"})
+        assert (await store.get_job("j-new")).state == JobState.PENDING
+        [created] = await store.events("j-new")
+        assert created.seq > events[-1].seq
+        assert (await store.live_secrets())["j-new"] == {"KEY": "v"}
+
+    await with_store(path, read_back)
+    assert user_version(path) == schema.LATEST
+    assert not Path(f"{path}-wal").exists()
+
+    # opening it again changes nothing
+    before = path.read_bytes()
+    conn = schema.connect(path)
+    assert schema.migrate(conn, path) == schema.LATEST  # the version it found: no step ran
+    conn.close()
+
+    async def still_there(store: Store) -> None:
+        assert (await store.get_job("j-new")).id == "j-new"
+
+    await with_store(path, still_there)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("release", ["store-e32c746", "store-421d8fe"])
+def test_an_upgraded_store_has_the_tables_and_indexes_of_a_new_one(tmp_path, release):
+    old, new = copy_of(release, tmp_path), tmp_path / "new.db"
+    for path in (old, new):
+        schema.migrate(conn := schema.connect(path), path)
+        conn.close()
+    assert layout(old) == layout(new)
+    assert user_version(old) == user_version(new) == schema.LATEST
+
+
+def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
+    path = tmp_path / "shoal.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE jobs_v9 (id TEXT)")
+    conn.execute(f"PRAGMA user_version = {schema.LATEST + 1}")
+    conn.close()
+    before = layout(path)
+    with pytest.raises(StoreTooNew, match=rf"schema version {schema.LATEST + 1}, newer than this release's") as e:
+        Store(path)
+    assert isinstance(e.value, ShoalError) and not e.value.retryable
+    assert user_version(path) == schema.LATEST + 1 and layout(path) == before
+
+
+def test_a_failed_step_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
+    monkeypatch.setattr(schema, "LATEST", schema.LATEST + 1)
+    path = tmp_path / "shoal.db"
+    with pytest.raises(sqlite3.OperationalError):
+        Store(path)
+    assert user_version(path) == 0 and layout(path) == {}  # not even the first steps' tables
