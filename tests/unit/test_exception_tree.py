@@ -21,8 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_YET_IN_THE_TREE = frozenset({
     "cli.errors.CLIError",
     "executors.wasm._Fault",
-    "node.store.db.StoreClosed",
-    "node.store.sealed.SealError",
     "requester.service.IdempotencyConflict",
     "requester.service.UnknownJob",
 })
