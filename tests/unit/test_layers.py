@@ -56,8 +56,8 @@ def imported(name: str, path: Path, modules: dict[str, Path]) -> Iterator[str]:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
-                found = _known(f"{base}.{alias.name}", modules) if f"{base}.{alias.name}" in modules else None
-                found = found or _known(base, modules)
+                submodule = f"{base}.{alias.name}"
+                found = submodule if submodule in modules else _known(base, modules)
                 if found:
                     yield found
 
