@@ -2,13 +2,21 @@
 
 Entry point: ``cli.main:main``. Modules:
 
-- ``main``    the typer app, every command, the global ``--api`` option, ``make_client``
-- ``errors``  exit codes; ``ShoalGroup``, the one place exceptions become ``Error: …`` lines
-- ``options`` the job flags every run command shares (one decorator)
-- ``specs``   ``--input``/``--env``/… flags → a validated ``jobs.JobSpec``
-- ``waiting`` submit-and-wait: the live status line and the job's outcome
-- ``render``  rich tables and plain-text formatting (ages, durations, short ids)
-- ``daemon``  ``serve`` flags → ``node.config.NodeConfig``; SIGTERM/SIGINT handling
+- ``main``      the command tree: the root app, its ``--api`` option, every group and command in order
+- ``commands``  the commands, one module per group: ``run``, ``jobs``, ``sweeps``, ``network``,
+                ``daemons``, ``keys``, ``tools``
+- ``connect``   the root options and ``make_client``, where every command gets its SDK client
+- ``arguments`` arguments and options several commands share
+- ``lookup``    jobs and sweeps found by full id or unique prefix
+- ``group``     ``ShoalGroup``, the root command that turns every failure into an exit code
+- ``errors``    ``CLIError`` (a ``jobs.errors.ShoalError``) and the one place exceptions become
+                ``Error: …`` lines; ``exits`` the exit codes
+- ``options``   the job flags every run command shares (one decorator) and their packs
+- ``specs``     ``--input``/``--env``/… flags → a validated ``jobs.JobSpec``
+- ``waiting``   submit-and-wait: the live status line and the job's outcome
+- ``render``    rich tables and plain-text formatting (ages, durations, short ids)
+- ``daemon``    ``serve`` flags → ``node.config.NodeConfig``; SIGTERM/SIGINT handling
 
-Heavy imports (rich, pydantic, the SDK) happen inside commands so ``shoal --help`` starts fast.
+Heavy imports (rich, pydantic, the SDK, the job model) happen inside commands so ``shoal --help``
+starts fast.
 """

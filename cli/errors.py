@@ -1,33 +1,36 @@
-"""Exit codes, and the one place where an exception becomes an ``Error: …`` line on stderr.
+"""``CLIError``, and the one place where an exception becomes an ``Error: …`` line on stderr.
 
-``ShoalGroup`` is the root command's class: it runs every command and maps whatever escapes
-(usage errors, SDK errors, ``CLIError``, Ctrl-C) to a line and an exit code.
+``cli.group.ShoalGroup`` (the root command) calls ``exit_code_for`` with whatever a command lets
+escape. Scripts drive the CLI by exit code (``cli.exits``), so every failure maps to exactly one,
+and the user sees one line per problem, never a traceback (``SHOAL_DEBUG=1`` brings tracebacks back).
 
-Scripts drive the CLI by exit code, so every failure maps to exactly one of these, and the
-user sees one line per problem, never a traceback (``SHOAL_DEBUG=1`` brings tracebacks back).
+This module imports the job model (``CLIError`` is a ``ShoalError``), so code that runs on every
+start (``shoal --help``) imports it only where it raises or handles an error.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
-import typer
-from typer.core import TyperGroup
+from cli.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from jobs.errors import ShoalError
 
-EXIT_OK = 0
-EXIT_JOB_FAILED = 1  # the job failed or was cancelled; also any other failure
-EXIT_USAGE = 2  # bad flags, invalid spec (locally or as judged by the node)
-EXIT_UNREACHABLE = 3  # cannot reach the API, or it refused us (bad signature, key not authorized there)
-EXIT_NOT_FOUND = 4
-EXIT_TIMEOUT = 124  # like timeout(1): the wait ran out, the job goes on
-EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+__all__ = ["EXIT_INTERRUPTED", "EXIT_JOB_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_UNREACHABLE",
+           "EXIT_USAGE", "CLIError", "exit_code_for", "print_error"]
 
 _HINT_UNREACHABLE = "start a node with 'shoal devstack' or 'shoal serve', or pass --api URL"
 
 
-class CLIError(Exception):
+class CLIError(ShoalError):
     """An expected failure: each line is printed as ``Error: <line>``, then exit with ``code``."""
 
     def __init__(self, *lines: str, code: int = EXIT_JOB_FAILED) -> None:
@@ -90,57 +93,3 @@ def _sdk_error(exc: BaseException, sdk: object) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-class ShoalGroup(TyperGroup):
-    """The root command: turns every failure into one stderr line and an exit code."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-        except typer.TyperException as exc:  # click's usage errors: bad flag, missing argument, …
-            code = _usage_error(exc)
-        except (KeyboardInterrupt, typer.Abort):
-            code = EXIT_INTERRUPTED
-        except BaseExceptionGroup as group:  # trio raises Ctrl-C out of a nursery inside a group
-            handled = EXIT_INTERRUPTED if group.split(KeyboardInterrupt)[1] is None else None
-            if handled is None and isinstance(group, Exception):
-                handled = exit_code_for(group)
-            if handled is None:
-                raise
-            code = handled
-        except Exception as exc:
-            handled = exit_code_for(exc)
-            if handled is None:
-                raise
-            code = handled
-        if not standalone_mode:
-            return code
-        sys.exit(code)
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        """Run commands first in ``shoal --help``: they are what most people came for."""
-        names = super().list_commands(ctx)
-        first = [n for n in ("docker", "wasm", "run") if n in names]
-        return first + [n for n in names if n not in first]
-
-
-def _usage_error(exc: typer.TyperException) -> int:
-    code = getattr(exc, "exit_code", EXIT_USAGE)
-    if type(exc).__name__ == "NoArgsIsHelpError":  # `shoal run` alone: show that group's help
-        exc.show()  # type: ignore[attr-defined]
-        return code
-    ctx = getattr(exc, "ctx", None)
-    message, hint = exc.format_message(), ""
-    if ctx is not None:
-        hint = f"see '{ctx.command_path} --help'"
-        if message.startswith("No such option") and ctx.command_path.endswith(_TAKES_JOB_ARGS):
-            hint = f"the job's own arguments go after --; {hint}"
-        hint = f" ({hint})"
-    print(f"Error: {message}{hint}", file=sys.stderr)
-    return code
-
-
-_TAKES_JOB_ARGS = (" docker run", " wasm run", " run python")

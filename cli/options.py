@@ -3,7 +3,8 @@
 Typer reads a command's parameters from its signature, so ``job_options`` appends the shared
 options to the wrapped function's signature and hands them to it packed as ``flags``
 (shaping the spec) and ``opts`` (what to do after submitting). Writing them out four times
-would let the run commands drift apart.
+would let the run commands drift apart. The packs are plain data (``cli.specs`` turns ``flags``
+into a spec, ``cli.waiting`` follows ``opts``), light enough for every start of ``shoal``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,60 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
-from cli.specs import JobFlags, SweepFlags
-from cli.waiting import RunOptions
+
+@dataclass(frozen=True)
+class SweepFlags:
+    """The flags that turn a run into a sweep; all unset (the default) means a single job."""
+
+    params: list[str] = field(default_factory=list)  # --param KEY=V1,V2,...
+    file: Path | None = None  # --sweep FILE
+    shard_inputs: int | None = None
+    shard_path: str | None = None
+    success: str | None = None  # "all" | "any"
+    success_output: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.params) or any(
+            v is not None
+            for v in (self.file, self.shard_inputs, self.shard_path, self.success, self.success_output)
+        )
+
+
+@dataclass(frozen=True)
+class JobFlags:
+    """The spec-shaping flags shared by every run command, as typed on the command line."""
+
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    secret_env: list[str] = field(default_factory=list)
+    cpu: str | None = None
+    memory: str | None = None
+    disk: str | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    confidence: int | None = None
+    min_bids: int | None = None
+    sweep: SweepFlags = field(default_factory=SweepFlags)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to do after submitting (the flags that do not shape the spec)."""
+
+    wait: bool = True
+    wait_timeout: float | None = None
+    id_only: bool = False
+    json: bool = False
+    idempotency_key: str | None = None
+    cache: bool = True
+
 
 _JOB = "Job"  # help panel
 _SWEEP = "Sweep"

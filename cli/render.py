@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from jobs import Event, JobSpec, Resources
+    from jobs import Event, JobSpec, JobState, Resources
     from jobs.model import Job
     from jobs.sweep import IndexRecord, Sweep, SweepSpec
     from jobs.views import JobDescription, NodeList, NodeStatus, SweepDescription
@@ -365,6 +365,17 @@ def event_line(event: Event, start: float) -> str:
     node = f"node {short_peer(event.node_id)}" if event.node_id else ""
     fields = [f"+{fmt_duration(event.at - start):>7}", f"{event.kind:<16}", node, " ".join(event.message.split())]
     return "  ".join(f for f in fields if f).rstrip()
+
+
+def cancelled_line(what: str, ident: str, before: JobState, now: JobState) -> str:
+    """What cancelling did to a job or a sweep (both move through JobState)."""
+    if before.is_terminal:
+        return f"{what} {ident} already {before}; nothing to cancel"
+    if now == "cancelled":
+        return f"{what} {ident} cancelled"
+    if now.is_terminal:
+        return f"{what} {ident} {now} before it could be cancelled"
+    return f"{what} {ident} is being cancelled (now {now})"
 
 
 def _table(*columns: str, title: str | None = None) -> Table:

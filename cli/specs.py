@@ -8,10 +8,10 @@ that sets it, so a user fixes all of them in one go.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cli.errors import EXIT_USAGE, CLIError
+from cli.options import JobFlags, SweepFlags
 
 if TYPE_CHECKING:  # imported when used: pydantic and the job model are slow to import
     from pathlib import Path
@@ -38,40 +38,14 @@ _FLAGS = {
 }
 
 
-@dataclass(frozen=True)
-class SweepFlags:
-    """The flags that turn a run into a sweep; all unset (the default) means a single job."""
+def parse_size(value: str | None, flag: str) -> int | None:
+    """A size option such as ``--max-bytes 10GiB`` in bytes (None: not given)."""
+    from jobs.spec import parse_bytes
 
-    params: list[str] = field(default_factory=list)  # --param KEY=V1,V2,...
-    file: Path | None = None  # --sweep FILE
-    shard_inputs: int | None = None
-    shard_path: str | None = None
-    success: str | None = None  # "all" | "any"
-    success_output: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.params) or any(
-            v is not None
-            for v in (self.file, self.shard_inputs, self.shard_path, self.success, self.success_output)
-        )
-
-
-@dataclass(frozen=True)
-class JobFlags:
-    """The spec-shaping flags shared by every run command, as typed on the command line."""
-
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
-    secret_env: list[str] = field(default_factory=list)
-    cpu: str | None = None
-    memory: str | None = None
-    disk: str | None = None
-    timeout: float | None = None
-    concurrency: int | None = None
-    confidence: int | None = None
-    min_bids: int | None = None
-    sweep: SweepFlags = field(default_factory=SweepFlags)
+    try:
+        return None if value is None else parse_bytes(value)
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}", code=EXIT_USAGE) from None
 
 
 def split_input(value: str) -> tuple[str, str]:

@@ -11,10 +11,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
+from cli.options import RunOptions
 from cli.render import print_json, status_line
 
 if TYPE_CHECKING:
@@ -28,18 +28,6 @@ if TYPE_CHECKING:
 # While a sweep runs, its description is fetched with ?wait= this long: the node answers at once
 # when the sweep ends, else after this, so the live line moves about once a second or two.
 SWEEP_POLL = 1.5
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What to do after submitting (the flags that do not shape the spec)."""
-
-    wait: bool = True
-    wait_timeout: float | None = None
-    id_only: bool = False
-    json: bool = False
-    idempotency_key: str | None = None
-    cache: bool = True
 
 
 def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: JobSpec, opts: RunOptions) -> int:

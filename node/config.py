@@ -8,6 +8,8 @@ from pathlib import Path
 
 from jobs.spec import Resources
 
+VERSION = "0.1.0"  # the node's, as the API reports it
+
 
 def shoal_home() -> Path:
     """``$SHOAL_HOME`` or ``~/.shoal``: client key, devstack state, default node data dir."""

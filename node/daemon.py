@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from node.config import NodeConfig, machine_resources
+from node.api.access import exposure_problem
+from node.api.app import create_app, serve_api
+from node.api.parts import Node
+from node.config import VERSION, NodeConfig, machine_resources
 from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
 from node.identity import Identity, load_or_create_seed
 from node.ratelimit import RateLimiter
@@ -20,15 +23,12 @@ from node.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from compute import ComputeService
     from node.net import Network
-    from node.store import Store
-    from requester import RequesterService
-    from requester.sweeps import SweepService
     from storage import InputRegistry, Publisher
 
+__all__ = ["VERSION", "Node", "NodeReady", "main", "run_node"]
+
 log = logging.getLogger("shoal.node")
-VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -36,24 +36,6 @@ class NodeReady:
     peer_id: str
     addrs: list[str]
     api: str
-
-
-@dataclass
-class Node:
-    """The running parts of a node, for the API to read."""
-
-    config: NodeConfig
-    network: Network
-    store: Store
-    requester: RequesterService | None
-    compute: ComputeService | None
-    dispatcher: Dispatcher
-    publisher: Publisher | None = None
-    sweeps: SweepService | None = None
-
-    @property
-    def peer_id(self) -> str:
-        return self.network.peer_id
 
 
 async def open_storage(config: NodeConfig) -> tuple[InputRegistry, Publisher]:
@@ -109,8 +91,6 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from compute import CapacityTracker, ComputeService
     from executors import ExecutorRegistry, default_registry
     from executors.faults import BadActor
-    from node.api.access import exposure_problem
-    from node.api.app import create_app, serve_api
     from node.net import Network
     from node.net.admission import load_admission
     from node.retention import cleanup_loop

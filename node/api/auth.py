@@ -7,7 +7,7 @@ Usable as a FastAPI dependency::
     @app.post("/v1/jobs")
     async def submit(body: SubmitRequest, client_id: str = Depends(verifier)) -> JobDescription: ...
 
-The node's app calls it from a middleware instead (``node.api.app._Signed``), so that it runs
+The node's app calls it from a middleware instead (``node.api.middleware.Signed``), so that it runs
 before FastAPI parses the body: an unsigned request gets 401 whatever it carries.
 
 The canonical string and headers are defined once, in ``shoal._auth`` (the SDK signs with it).

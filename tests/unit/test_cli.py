@@ -14,7 +14,8 @@ from typing import Any, get_args
 import pytest
 from typer.testing import CliRunner
 
-import cli.main
+import cli.arguments
+import cli.connect
 from cli.main import app
 from cli.specs import split_input
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
@@ -145,7 +146,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
         client.api_url = api_url
         return client
 
-    monkeypatch.setattr(cli.main, "make_client", make_client)
+    monkeypatch.setattr(cli.connect, "make_client", make_client)
     monkeypatch.delenv("SHOAL_API", raising=False)
     client.made = made  # type: ignore[attr-defined]
     return client
@@ -426,7 +427,7 @@ def test_list_rejects_unknown_state(fake: FakeClient) -> None:
 
 
 def test_state_choices_match_the_job_model() -> None:
-    assert set(get_args(cli.main.JobStateName)) == {s.value for s in JobState}
+    assert set(get_args(cli.arguments.JobStateName)) == {s.value for s in JobState}
 
 
 def test_describe(fake: FakeClient) -> None:
@@ -634,7 +635,7 @@ def test_ctrl_c_out_of_a_trio_nursery_exits_130(monkeypatch: pytest.MonkeyPatch)
 def test_client_commands_work_without_trio(tmp_path: Path) -> None:
     """``make_client`` keeps trio out of client commands; nothing on their path may need it."""
     code = (
-        "import sys, cli.main; cli.main.make_client('http://127.0.0.1:9'); import httpx; "
+        "import sys, cli.main, cli.connect; cli.connect.make_client('http://127.0.0.1:9'); import httpx; "
         "print(sys.modules['trio'] is None)"
     )
     env = {"SHOAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import cli.main
+import cli.connect
 import cli.waiting
 from jobs import JobSpec, JobState, RunResult
 from jobs.sweep import IndexRecord, Sweep, SweepSpec, index_ranges
@@ -119,7 +119,7 @@ class FakeSweepClient(FakeClient):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSweepClient:
     client = FakeSweepClient()
-    monkeypatch.setattr(cli.main, "make_client", lambda api_url, *, timeout=30.0, ca_cert=None: client)
+    monkeypatch.setattr(cli.connect, "make_client", lambda api_url, *, timeout=30.0, ca_cert=None: client)
     monkeypatch.delenv("SHOAL_API", raising=False)
     return client
 

@@ -1,6 +1,6 @@
 """Storage benchmark: fetching a job input through Kubo and publishing a result, Kubo and local.
 
-    python -m storage.bench_storage [--size 10MB] [--runs 5] [--no-kubo]
+    python -m benchmarks.storage [--size 10MB] [--runs 5] [--no-kubo]
 
 What is timed (wall clock, ``trio.current_time()``), each run on fresh random content so no daemon
 has it cached:

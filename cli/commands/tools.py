@@ -1,4 +1,4 @@
-"""Operator commands: the benchmark and the offline image builder (thin wrappers, imported lazily)."""
+"""``shoal bench`` and ``shoal images build``: the stress benchmark and the offline image builder."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Benchmark of the ``python`` engine: ``print(1)`` from a warm pool vs a cold start.
 
-    python -m executors.bench_python [-n 20] [--pool-size 2] [--cache-dir DIR]
+    python -m benchmarks.python [-n 20] [--pool-size 2] [--cache-dir DIR]
 
 Times ``PyodideExecutor.run`` (prepare the job, get an interpreter, run, collect) in this process, without
 the network: what a compute node adds to a job's latency. Warm runs wait until the pool has an idle

@@ -1,7 +1,7 @@
-"""The API's sweep routes: ``/v1/sweeps/...``. Same rules as the jobs' routes (``node.api.app``):
-signed, visible only to their owner, errors from one mapping."""
+"""The sweeps' routes: ``/v1/sweeps/...``. Same rules as the jobs' routes (``node.api.routes.jobs``):
+signed, visible only to their owner (and those it was shared with), errors from one mapping."""
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -11,42 +11,28 @@ from jobs import JobState
 from jobs.sweep import IndexRecord
 from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
-from node.api.app import (
-    MAX_OFFSET,
-    MAX_SHARES,
-    MAX_WAIT,
-    UntrustedBody,
-    _client_id,
-    _error,
-    _error_doc,
-    _last_event_id,
-    _refused,
-    _unencodable,
-    event_stream,
-    result_tar,
-    share_with,
-)
+from node.api.common import MAX_OFFSET, MAX_SHARES, MAX_WAIT, UntrustedBody, result_tar, share_with, unencodable
+from node.api.errors import SIGNED_ERRORS, error, error_doc, refused
+from node.api.middleware import client_id
+from node.api.parts import Node, sweeps_of
+from node.api.quotas import Quotas
+from node.api.streams import event_stream, resume_after
 from requester import UnknownJob
 
-if TYPE_CHECKING:
-    from node.api.quotas import Quotas
-    from node.daemon import Node
-    from requester.sweeps import SweepService
+_ERR_404 = {404: error_doc("no such sweep, or it belongs to another client")}
 
-_ERR_404 = {404: _error_doc("no such sweep, or it belongs to another client")}
+Client = Annotated[str, Depends(client_id)]
 
 
 class SweepSubmitRequest(UntrustedBody, _SweepSubmitRequest):
     """``jobs.views.SweepSubmitRequest`` for the API (see ``UntrustedBody``)."""
 
 
-def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = None) -> None:
-    Client = Annotated[str, Depends(_client_id)]
+def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
+    router = APIRouter(responses=SIGNED_ERRORS)
 
-    def service() -> "SweepService":
-        if node.sweeps is None:
-            raise StarletteHTTPException(404, "this node does not take sweeps (requester role off)")
-        return node.sweeps
+    def service():
+        return sweeps_of(node)
 
     async def owned(sweep_id: str, client: str, *, shared: bool = False) -> SweepDescription:
         """The sweep if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
@@ -68,32 +54,32 @@ def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = 
         except UnknownJob:
             return None
 
-    @signed.post("/v1/sweeps", status_code=201, response_model=SweepDescription, tags=["sweeps"],
+    @router.post("/v1/sweeps", status_code=201, response_model=SweepDescription, tags=["sweeps"],
                  summary="Submit a sweep: one request for many indexed jobs",
                  responses={200: {"model": SweepDescription,
                                   "description": "the sweep made earlier with this Idempotency-Key (reattach)"},
-                            409: _error_doc("the Idempotency-Key was used with another spec")})
+                            409: error_doc("the Idempotency-Key was used with another spec")})
     async def submit(body: SweepSubmitRequest, client: Client, response: Response,
                      idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> SweepDescription:
-        where = _unencodable(body.spec.model_dump(mode="python"), "spec")
+        where = unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:
-            return _error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
+            return error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
         if quotas is not None:  # a sweep counts as one submission; its indexes are not jobs in flight
             refusal = quotas.submit(client, node.requester.in_flight(client) if node.requester else 0)
             if refusal is not None:
-                return _refused(refusal)
+                return refused(refusal)
         sweep, created = await service().submit(body.spec, client, idempotency_key)
         if not created:
             response.status_code = 200
         return await service().describe(sweep.id)
 
-    @signed.get("/v1/sweeps", response_model=SweepList, tags=["sweeps"], summary="List your sweeps, newest first")
+    @router.get("/v1/sweeps", response_model=SweepList, tags=["sweeps"], summary="List your sweeps, newest first")
     async def list_sweeps(client: Client, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                           offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> SweepList:
         sweeps, total = await node.store.list_sweeps(owner=client, limit=limit, offset=offset)
         return SweepList(sweeps=[await service().get(s.id) for s in sweeps], total=total)
 
-    @signed.get("/v1/sweeps/{sweep_id}", response_model=SweepDescription, tags=["sweeps"], responses=_ERR_404,
+    @router.get("/v1/sweeps/{sweep_id}", response_model=SweepDescription, tags=["sweeps"], responses=_ERR_404,
                 summary="Describe a sweep: counts and ranges of indexes per state (optionally waiting for its end)")
     async def describe(sweep_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
@@ -103,7 +89,7 @@ def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = 
             description = await service().describe(sweep_id)
         return description
 
-    @signed.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
+    @router.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
                 summary="Index records in index order from `first` (optionally only one state)")
     async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
                       first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
@@ -112,13 +98,13 @@ def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = 
         records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
         return IndexList(indexes=records, total=total)
 
-    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}", response_model=IndexRecord, tags=["sweeps"],
+    @router.get("/v1/sweeps/{sweep_id}/indexes/{index}", response_model=IndexRecord, tags=["sweeps"],
                 responses=_ERR_404, summary="One index: its state, node, reason and result")
     async def index(sweep_id: str, index: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
                     client: Client) -> IndexRecord:
         return await index_of(sweep_id, index, client)
 
-    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}/logs", response_class=Response, tags=["sweeps"],
+    @router.get("/v1/sweeps/{sweep_id}/indexes/{index}/logs", response_class=Response, tags=["sweeps"],
                 responses={**_ERR_404, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                                              "description": "the text (empty while the index has not run)"}},
                 summary="One index's stdout or stderr")
@@ -127,8 +113,8 @@ def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = 
         record = await index_of(sweep_id, index, client)
         return PlainTextResponse(getattr(record.result, stream) if record.result else "")
 
-    @signed.get("/v1/sweeps/{sweep_id}/indexes/{index}/results", tags=["sweeps"], response_class=Response,
-                responses={404: _error_doc("no such sweep or index, or it has no results yet"),
+    @router.get("/v1/sweeps/{sweep_id}/indexes/{index}/results", tags=["sweeps"], response_class=Response,
+                responses={404: error_doc("no such sweep or index, or it has no results yet"),
                            200: {"content": {"application/x-tar": {"schema": {"type": "string",
                                                                                "format": "binary"}}},
                                  "description": "the index's result files"}},
@@ -141,30 +127,32 @@ def add_sweep_routes(signed: APIRouter, node: "Node", quotas: "Quotas | None" = 
                                               f"(state {record.state.value})")
         return await result_tar(node, record.result)
 
-    @signed.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
+    @router.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
                  responses=_ERR_404, summary="Run the failed indexes again (a failed sweep runs again)")
     async def retry(sweep_id: str, client: Client) -> SweepDescription:
         await owned(sweep_id, client)
         await service().retry(sweep_id)
         return await service().describe(sweep_id)
 
-    @signed.post("/v1/sweeps/{sweep_id}/cancel", response_model=SweepDescription, tags=["sweeps"],
+    @router.post("/v1/sweeps/{sweep_id}/cancel", response_model=SweepDescription, tags=["sweeps"],
                  responses=_ERR_404, summary="Cancel a sweep: what has not finished is stopped everywhere")
     async def cancel(sweep_id: str, client: Client) -> SweepDescription:
         await owned(sweep_id, client)
         await service().cancel(sweep_id)
         return await service().describe(sweep_id)
 
-    @signed.post("/v1/sweeps/{sweep_id}/shares", response_model=Share, tags=["sweeps"],
-                 responses={**_ERR_404, 409: _error_doc(f"the sweep already has {MAX_SHARES} readers")},
+    @router.post("/v1/sweeps/{sweep_id}/shares", response_model=Share, tags=["sweeps"],
+                 responses={**_ERR_404, 409: error_doc(f"the sweep already has {MAX_SHARES} readers")},
                  summary="Let another client key read this sweep: describe, indexes, logs, results and events")
     async def share(sweep_id: str, body: ShareRequest, client: Client) -> Share:
         await owned(sweep_id, client)
         return await share_with(node, sweep_id, body.key)
 
-    @signed.get("/v1/sweeps/{sweep_id}/events", tags=["sweeps"], response_class=StreamingResponse,
+    @router.get("/v1/sweeps/{sweep_id}/events", tags=["sweeps"], response_class=StreamingResponse,
                 responses=_ERR_404, summary="The sweep's events as Server-Sent Events (like a job's)")
     async def events(sweep_id: str, client: Client,
                      last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> StreamingResponse:
         await owned(sweep_id, client, shared=True)
-        return event_stream(node, sweep_id, _last_event_id(last_event_id), current_state, quotas, client)
+        return event_stream(node, sweep_id, resume_after(last_event_id), current_state, quotas, client)
+
+    return router

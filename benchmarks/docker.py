@@ -1,6 +1,6 @@
 """Overhead of ``DockerExecutor.run`` over a bare ``docker run --rm``, measured side by side.
 
-    python -m executors.bench_docker [-n 30] [--image busybox:latest]
+    python -m benchmarks.docker [-n 30] [--image busybox:latest]
 
 Each round times both, alternating which goes first, so drift on a shared machine hits both
 alike: ``DockerExecutor.run`` of ``/bin/true`` (create, attach, start, wait, remove, with all the

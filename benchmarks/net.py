@@ -1,6 +1,6 @@
 """Round-trip benchmark of ``Network.request`` between two hosts in one process.
 
-    python -m node.net.bench_net [--requests 1000] [--size 500] [--private]
+    python -m benchmarks.net [--requests 1000] [--size 500] [--private]
 
 Prints p50/p99 round-trip latency and requests/s for sequential requests and
 for all requests issued at once (all multiplexed on the one outbound stream).

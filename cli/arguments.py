@@ -1,0 +1,18 @@
+"""Arguments and options that several commands share, declared once (typer reads them from the
+commands' annotations)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+
+JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]  # jobs.JobState values
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id (or a unique prefix of it).")]
+AnyId = Annotated[str, typer.Argument(metavar="ID", help="Job id, or sweep id (s-…), or a unique prefix of one.")]
+SweepId = Annotated[str, typer.Argument(metavar="ID", help="Sweep id (or a unique prefix of it).")]
+Index = Annotated[int, typer.Argument(metavar="INDEX", min=0, help="Index of the sweep (0, 1, …).")]
+MaxBytes = Annotated[str | None, typer.Option("--max-bytes", metavar="SIZE",
+    help="Refuse a download larger than this, e.g. 10GiB (default: twice the recorded result sizes + 64 MiB).")]

@@ -1,0 +1,162 @@
+"""``shoal list``, ``describe``, ``logs``, ``get``, ``cancel``, ``events``, ``share``: one job (or,
+where the id is a sweep's, one sweep) after it was submitted."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.arguments import AnyId, JobId, JobStateName, Json, MaxBytes
+from cli.connect import client
+from cli.exits import EXIT_USAGE
+
+
+def list_jobs(
+    ctx: typer.Context,
+    state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
+    json_: Json = False,
+) -> None:
+    """List your jobs, newest first (a node shows each client only its own jobs)."""
+    result = client(ctx).list(state=state, limit=limit)
+    if json_:
+        from cli.render import print_json
+
+        return print_json(result)
+    from cli.render import jobs_table, show
+
+    if not result.jobs:
+        print("No jobs.", file=sys.stderr)
+        return None
+    show(jobs_table(result.jobs, time.time()))
+    if result.total > len(result.jobs):
+        print(f"Showing {len(result.jobs)} of {result.total} jobs (use --limit).", file=sys.stderr)
+    return None
+
+
+def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
+    """Show a job or a sweep: state, why, executions or ranges of indexes, timings."""
+    from cli.lookup import find_job, find_sweep, is_sweep
+
+    if is_sweep(job_id):
+        sweep = find_sweep(client(ctx), job_id)
+        from cli.render import print_json, show, sweep_view
+
+        return print_json(sweep) if json_ else show(sweep_view(sweep, time.time()))
+    desc = find_job(client(ctx), job_id)
+    from cli.render import describe_view, print_json, show
+
+    if json_:
+        return print_json(desc)
+    show(describe_view(desc, time.time()))
+    return None
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    stderr: Annotated[bool, typer.Option("--stderr", help="The job's stderr instead of its stdout.")] = False,
+) -> None:
+    """Print a job's stdout (or stderr)."""
+    from cli.lookup import job_id as full_id
+    from cli.lookup import refuse_sweep
+
+    refuse_sweep(job_id, "logs: shoal sweep logs ID INDEX")
+    sdk = client(ctx)
+    job_id = full_id(sdk, job_id)
+    stream = "stderr" if stderr else "stdout"
+    if follow:
+        for chunk in sdk.follow_logs(job_id, stream):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    else:
+        sys.stdout.write(sdk.logs(job_id, stream))
+
+
+def get(
+    ctx: typer.Context,
+    job_id: JobId,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
+        help="Where to put the results (default: ./job-<id>).")] = None,
+    max_bytes: MaxBytes = None,
+) -> None:  # fmt: skip
+    """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record."""
+    from cli.lookup import job_id as full_id
+    from cli.lookup import refuse_sweep
+    from cli.render import short_id
+    from cli.specs import parse_size
+
+    refuse_sweep(job_id, "results: shoal sweep get ID INDEX")
+    limit = parse_size(max_bytes, "--max-bytes")
+    sdk = client(ctx)
+    job_id = full_id(sdk, job_id)
+    path = sdk.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
+    print(path)
+
+
+def cancel(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
+    """Cancel a job, or a sweep (every index that has not finished)."""
+    from cli.lookup import find_job, find_sweep, is_sweep
+    from cli.render import cancelled_line
+
+    sdk = client(ctx)
+    if is_sweep(job_id):
+        before_sweep = find_sweep(sdk, job_id)
+        sweep = sdk.cancel_sweep(before_sweep.sweep.id)
+        if json_:
+            from cli.render import print_json
+
+            return print_json(sweep)
+        print(cancelled_line("Sweep", sweep.sweep.id, before_sweep.sweep.state, sweep.sweep.state))
+        return None
+    before = find_job(sdk, job_id)
+    desc = sdk.cancel(before.job.id)
+    if json_:
+        from cli.render import print_json
+
+        return print_json(desc)
+    print(cancelled_line("Job", desc.job.id, before.job.state, desc.job.state))
+    return None
+
+
+def events(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
+    """Print a job's (or sweep's) events until it ends (--json: JSON lines)."""
+    import json
+
+    from cli.lookup import some_id
+    from cli.render import event_line
+
+    sdk = client(ctx)
+    job_id = some_id(sdk, job_id)
+    start: float | None = None
+    for event in sdk.events(job_id):
+        if json_:
+            print(json.dumps(event.model_dump(mode="json")), flush=True)
+            continue
+        start = event.at if start is None else start
+        print(event_line(event, start), flush=True)
+
+
+def share(
+    ctx: typer.Context,
+    some_id: AnyId,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The reader's public key, as 'shoal key show' prints it.")],
+) -> None:  # fmt: skip
+    """Let another client key read one of your jobs or sweeps: describe, events, logs, get; nothing else."""
+    from cli import lookup
+    from cli.errors import CLIError
+    from shoal._auth import parse_public_key
+
+    try:
+        parse_public_key(key)
+    except ValueError as e:
+        raise CLIError(str(e), code=EXIT_USAGE) from None
+    sdk = client(ctx)
+    some_id = lookup.some_id(sdk, some_id)
+    shared = sdk.share(some_id, key)
+    print(f"{'Sweep' if lookup.is_sweep(shared.id) else 'Job'} {shared.id} can now be read by client {shared.key}")

@@ -1,0 +1,138 @@
+"""``shoal docker run``, ``shoal wasm run``, ``shoal run python``, ``shoal run noop``: submit a job
+(or, with sweep flags, a sweep) and follow it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.connect import client
+from cli.exits import EXIT_USAGE
+from cli.options import JobFlags, RunOptions, job_options  # typer evaluates the commands' annotations
+
+
+@job_options
+def docker_run(
+    ctx: typer.Context,
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image, e.g. ubuntu:24.04")],
+    command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD ARGS", show_default=False,
+        help="Command and its arguments; put them after -- if they start with a dash.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR",
+        help="Working directory inside.")] = None,
+    network: Annotated[bool, typer.Option("--network", help="Allow network access.")] = False,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run a command in a Docker container: shoal docker run ubuntu -- echo hello"""
+    command = command or []
+    engine: dict[str, Any] = {"name": "docker", "image": image, "entrypoint": command[:1], "args": command[1:]}
+    if workdir is not None:
+        engine["workdir"] = workdir
+    if network:
+        engine["network"] = True
+    return _run(ctx, engine, flags, opts)
+
+
+@job_options
+def wasm_run(
+    ctx: typer.Context,
+    module: Annotated[str, typer.Argument(metavar="MODULE", help="Module: a path inside the job's inputs, or ipfs://CID")],
+    args: Annotated[list[str] | None, typer.Argument(metavar="-- ARGS", show_default=False)] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", metavar="NAME",
+        help="Exported function (default _start).")] = None,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run a WebAssembly (WASI) module: shoal wasm run module.wasm -- arg1 arg2 (or ipfs://CID)"""
+    engine: dict[str, Any] = {"name": "wasm", "module": module, "args": args or []}
+    if entrypoint is not None:
+        engine["entrypoint"] = entrypoint
+    if module.startswith(("ipfs://", "/")):
+        return _run(ctx, engine, flags, opts)
+    # a local module travels with the job: the current directory is packed as its context
+    engine["module"] = "/context/" + _local_file(module, "the module").as_posix()
+    return _run(ctx, engine, flags, opts, context=Path.cwd())
+
+
+@job_options
+def run_python(
+    ctx: typer.Context,
+    argv: Annotated[list[str] | None, typer.Argument(metavar="MAIN.PY ARGS", show_default=False,
+        help="Script and its arguments (with -c: only arguments); after -- if they start with a dash.")] = None,
+    code: Annotated[str | None, typer.Option("--code", "-c", metavar="CODE",
+        help="Inline code instead of a script.")] = None,
+    requirements: Annotated[list[str] | None, typer.Option("--requirement", "-r", metavar="PKG",
+        help="Package to install first; repeatable.")] = None,
+    *,
+    flags: JobFlags,
+    opts: RunOptions,
+) -> int:  # fmt: skip
+    """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE"""
+    argv = argv or []
+    engine: dict[str, Any] = {"name": "python"}
+    if code is not None:
+        engine.update(code=code, args=argv)
+    elif argv:
+        engine.update(main=_local_file(argv[0], "the script").as_posix(), args=argv[1:])
+    else:
+        from cli.errors import CLIError
+
+        raise CLIError("give a script (shoal run python main.py) or code (shoal run python -c CODE)", code=EXIT_USAGE)
+    if requirements:
+        from cli.wheels import fetch_wheels
+
+        engine["requirements"] = fetch_wheels(requirements, Path.cwd())
+    # a script's directory is its context, as when running Python locally; inline code needs none
+    # unless wheels travel with it
+    needs_context = code is None or bool(engine.get("requirements"))
+    return _run(ctx, engine, flags, opts, context=Path.cwd() if needs_context else None)
+
+
+@job_options
+def run_noop(ctx: typer.Context, *, flags: JobFlags, opts: RunOptions) -> int:
+    """Run a job that does nothing: smoke tests and benchmarks of the network itself."""
+    return _run(ctx, {"name": "noop"}, flags, opts)
+
+
+def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions,
+         context: Path | None = None) -> int:
+    """Submit and follow; with ``context``, that directory is packed, stored on the node and
+    given to the job as its working directory (``/context``). With sweep flags, the job is the
+    template of a sweep, which is submitted and followed instead."""
+    from cli.errors import CLIError
+    from cli.specs import build_spec, build_sweep
+    from cli.waiting import submit_and_follow, submit_and_follow_sweep
+
+    if opts.id_only and opts.json:
+        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+    spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
+    sweep = build_sweep(spec, flags.sweep)  # None: no sweep flags, a single job
+    if context is not None:
+        from jobs import InputSpec
+        from shoal._context import ContextTooLarge, pack_context
+
+        try:
+            archive = pack_context(context)
+        except ContextTooLarge as e:
+            raise CLIError(str(e), code=EXIT_USAGE) from None
+        cid = client(ctx).upload_context(archive)
+        spec = spec.model_copy(update={"inputs": [*spec.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
+    if sweep is not None:
+        return submit_and_follow_sweep(client(ctx), sweep.model_copy(update={"job": spec}), opts)
+    return submit_and_follow(client(ctx), lambda: client(ctx), spec, opts)
+
+
+def _local_file(name: str, what: str) -> Path:
+    from cli.errors import CLIError
+
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise CLIError(f"{what} {name!r} must be a path inside the current directory (it is sent with the job)",
+                       code=EXIT_USAGE)
+    if not path.is_file():
+        raise CLIError(f"no such file: {name} (in {Path.cwd()})", code=EXIT_USAGE)
+    return path

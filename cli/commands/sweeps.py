@@ -1,0 +1,128 @@
+"""``shoal sweep list``, ``indexes``, ``retry``, ``get``, ``logs``: sweeps made by
+``run … --param K=V1,V2`` and their indexes (``describe``, ``cancel``, ``events`` and ``share``
+take a sweep's id too: ``cli.commands.jobs``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.arguments import Index, JobStateName, Json, MaxBytes, SweepId
+from cli.connect import client
+from cli.exits import EXIT_USAGE
+
+
+def sweep_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many.")] = 50,
+    json_: Json = False,
+) -> None:
+    """List your sweeps, newest first."""
+    result = client(ctx).list_sweeps(limit=limit)
+    from cli.render import print_json, show, sweeps_table
+
+    if json_:
+        return print_json(result)
+    if not result.sweeps:
+        print("No sweeps.", file=sys.stderr)
+        return None
+    show(sweeps_table(result.sweeps, time.time()))
+    if result.total > len(result.sweeps):
+        print(f"Showing {len(result.sweeps)} of {result.total} sweeps (use --limit).", file=sys.stderr)
+    return None
+
+
+def sweep_indexes(
+    ctx: typer.Context,
+    sweep_id: SweepId,
+    state: Annotated[JobStateName | None, typer.Option("--state", help="Only indexes in this state.")] = None,
+    first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=10_000, help="At most this many.")] = 100,
+    json_: Json = False,
+) -> None:
+    """Indexes of a sweep in order: state, node, exit code, parameters, reason."""
+    from cli.lookup import find_sweep
+
+    sdk = client(ctx)
+    desc = find_sweep(sdk, sweep_id)
+    result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
+    from cli.render import indexes_table, print_json, show
+
+    if json_:
+        return print_json(result)
+    if not result.indexes:
+        print(f"No {state + ' ' if state else ''}indexes" + (f" from {first} on." if first else "."), file=sys.stderr)
+        return None
+    show(indexes_table(result.indexes, desc.sweep.spec))
+    if len(result.indexes) == limit:
+        after = result.indexes[-1].index + 1
+        print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
+              f"more with --first {after}.", file=sys.stderr)
+    return None
+
+
+def sweep_retry(
+    ctx: typer.Context,
+    sweep_id: SweepId,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the sweep to its end.")] = True,
+    wait_timeout: Annotated[float | None, typer.Option("--wait-timeout", metavar="SECONDS",
+        help="Stop waiting after this long (exit 124; the sweep goes on).")] = None,
+    id_only: Annotated[bool, typer.Option("--id-only", help="Print only the sweep id.")] = False,
+    json_: Json = False,
+) -> int:  # fmt: skip
+    """Run a sweep's failed indexes again (a failed sweep runs again), then follow it."""
+    from cli.errors import CLIError
+    from cli.lookup import find_sweep
+    from cli.options import RunOptions
+    from cli.waiting import follow_sweep
+    from jobs import JobState
+
+    if id_only and json_:
+        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+    sdk = client(ctx)
+    before = find_sweep(sdk, sweep_id)
+    desc = sdk.retry_sweep(before.sweep.id)
+    failed = before.sweep.counts.get(JobState.FAILED, 0)
+    message = (f"Sweep {desc.sweep.id}: {failed} failed indexes put back to run" if failed
+               else f"Sweep {desc.sweep.id} has no failed indexes; nothing to retry")
+    opts = RunOptions(wait=wait, wait_timeout=wait_timeout, id_only=id_only, json=json_)
+    return follow_sweep(sdk, desc, opts, message)
+
+
+def sweep_get(
+    ctx: typer.Context,
+    sweep_id: SweepId,
+    index: Index,
+    dest: Annotated[Path | None, typer.Argument(metavar="DEST",
+        help="Where to put the results (default: ./sweep-<id>-<index>).")] = None,
+    max_bytes: MaxBytes = None,
+) -> None:  # fmt: skip
+    """Download one index's results (stdout, stderr, exit code, outputs), checked against their recorded CID."""
+    from cli.lookup import find_sweep
+    from cli.render import short_id
+    from cli.specs import parse_size
+
+    limit = parse_size(max_bytes, "--max-bytes")
+    sdk = client(ctx)
+    sweep_id = find_sweep(sdk, sweep_id).sweep.id
+    path = sdk.download_index(sweep_id, index, dest or Path(f"sweep-{short_id(sweep_id)}-{index}"),
+                              max_bytes=limit)
+    print(path)
+
+
+def sweep_logs(
+    ctx: typer.Context,
+    sweep_id: SweepId,
+    index: Index,
+    stderr: Annotated[bool, typer.Option("--stderr", help="The index's stderr instead of its stdout.")] = False,
+) -> None:
+    """Print one index's stdout (or stderr)."""
+    from cli.lookup import find_sweep
+
+    sdk = client(ctx)
+    sweep_id = find_sweep(sdk, sweep_id).sweep.id
+    sys.stdout.write(sdk.index_logs(sweep_id, index, "stderr" if stderr else "stdout"))

@@ -1,0 +1,72 @@
+"""Jobs and sweeps found by the ids a user types: a full id or the unique prefix ``shoal list``
+shows; a sweep's id starts with ``s-``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cli.errors import EXIT_USAGE, CLIError
+
+if TYPE_CHECKING:
+    from jobs.views import JobDescription, SweepDescription
+    from shoal import Client
+
+
+def is_sweep(some_id: str) -> bool:
+    return some_id.startswith("s-")
+
+
+def refuse_sweep(some_id: str, instead: str) -> None:
+    """A usage error for a job-only command given a sweep's id; ``instead`` says what to use."""
+    if is_sweep(some_id):
+        raise CLIError(f"{some_id} is a sweep: its indexes have their own {instead}", code=EXIT_USAGE)
+
+
+def job_id(client: Client, prefix: str) -> str:
+    """A full job id for ``prefix``, which may be the short prefix ``shoal list`` shows."""
+    return find_job(client, prefix).job.id
+
+
+def find_job(client: Client, job_id: str) -> JobDescription:
+    """The job by its full id or a unique prefix of it (among the client's newest 1000)."""
+    from shoal import NotFound, ShoalAPIError
+
+    try:
+        return client.describe(job_id)
+    except NotFound:
+        try:
+            newest = client.list(limit=1000).jobs  # our own: describe only shows us our jobs anyway
+            matches = [j.id for j in newest if j.id.startswith(job_id)]
+        except ShoalAPIError:
+            matches = []
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5])
+            raise CLIError(f"job id prefix {job_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
+        if not matches:
+            raise
+        return client.describe(matches[0])
+
+
+def find_sweep(client: Client, sweep_id: str) -> SweepDescription:
+    """Like ``find_job``: the sweep, found by its full id or a unique prefix of it."""
+    from shoal import NotFound, ShoalAPIError
+
+    try:
+        return client.describe_sweep(sweep_id)
+    except NotFound:
+        try:
+            newest = client.list_sweeps(limit=1000).sweeps
+            matches = [s.id for s in newest if s.id.startswith(sweep_id)]
+        except ShoalAPIError:
+            matches = []
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5])
+            raise CLIError(f"sweep id prefix {sweep_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
+        if not matches:
+            raise
+        return client.describe_sweep(matches[0])
+
+
+def some_id(client: Client, job_or_sweep: str) -> str:
+    """The full id of a job or (``s-…``) a sweep."""
+    return find_sweep(client, job_or_sweep).sweep.id if is_sweep(job_or_sweep) else job_id(client, job_or_sweep)

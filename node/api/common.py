@@ -1,0 +1,99 @@
+"""What the jobs' and the sweeps' routes share: request bounds, untrusted bodies, result archives
+and shares."""
+
+import io
+import tarfile
+import time
+from typing import Any
+
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs import RunResult
+from jobs.views import Share
+from node.api.errors import error
+from node.api.parts import Node
+from shoal._auth import b64encode, client_id_for, parse_public_key
+
+MAX_WAIT = 60.0  # longest long-poll a client may ask for
+MAX_OFFSET = 1_000_000_000  # paging offset; far beyond any store, and well inside SQLite's integers
+MAX_SHARES = 100  # clients one job or sweep may be shared with
+
+
+class UntrustedBody(BaseModel):
+    """Makes a request model safe to validate from untrusted input.
+
+    A validator of the job model that meets a value of a type it does not expect may raise
+    TypeError instead of ValueError (``parse_bytes`` given a list, for one); pydantic passes
+    that through, and FastAPI would answer 500. Here it becomes a validation error (422).
+    """
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _type_errors_are_invalid_input(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except TypeError as e:
+            raise ValueError(f"the spec has a value of a type the model cannot read ({e})") from None
+
+
+def unencodable(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (key or value) that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unencodable(key, path) or unencodable(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unencodable(item, f"{path}.{i}")
+            if found is not None:
+                return found
+    return None
+
+
+async def result_tar(node: Node, result: RunResult) -> Response:
+    """Stream a result's files: the published directory when it has a CID, else stdout/stderr/exitCode."""
+    if result.cid and node.publisher is not None:
+        return await _results_by_cid(node, result.cid)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in (("stdout", result.stdout), ("stderr", result.stderr), ("exitCode", str(result.exit_code))):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(result.finished_at or time.time())
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return Response(buf.getvalue(), media_type="application/x-tar")
+
+
+async def _results_by_cid(node: Node, cid: str) -> Response:
+    """Stream the published results directory as a tar; the client checks it against ``cid``."""
+    from storage import NotFound, StorageError
+
+    assert node.publisher is not None
+    try:
+        chunks = await node.publisher.export(cid, fetch=True)
+    except NotFound:
+        return error(404, "not_found", f"results {cid} are not available from this node (no Kubo, or nobody "
+                                       "provides them any more)")
+    except StorageError as e:
+        return error(503, "storage_unavailable", f"cannot read results {cid}: {e}")
+    return StreamingResponse(chunks, media_type="application/x-tar", headers={"X-Shoal-CID": cid})
+
+
+async def share_with(node: Node, target: str, key: str) -> Share:
+    """Record that the client with ``key`` may read job or sweep ``target`` (its owner has been checked)."""
+    public_key = parse_public_key(key)  # ShareRequest's pattern admits only 32-byte keys
+    client = client_id_for(public_key)
+    if not await node.store.share(target, client, limit=MAX_SHARES):
+        raise StarletteHTTPException(409, f"{target} is already shared with {MAX_SHARES} clients, the most allowed")
+    return Share(id=target, key=b64encode(public_key), client_id=client)

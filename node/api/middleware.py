@@ -1,0 +1,142 @@
+"""The ASGI middleware in front of every route: body limits (413/408, checked first) and request
+signatures (401/403), each answering before a route, or FastAPI's body parsing, sees the request."""
+
+import contextlib
+
+import trio
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from node.api.access import AuthorizedKeys, authorize, capability_for
+from node.api.auth import RequestVerifier
+from node.api.errors import error, http_error
+
+MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through storage, not this body
+MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
+CONTEXT_UPLOADS = 4  # context bodies read at once (each up to MAX_CONTEXT_BODY in memory); more get 503
+BODY_TIMEOUT = 30.0  # a request body must arrive within this (408): a slow sender holds no connection long
+
+UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/openapi.json", "/docs",
+                            "/docs/oauth2-redirect", "/redoc"})
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over MAX_BODY, whether declared or streamed; a declared
+    Content-Length over it is refused before a byte of the body is read. A body must arrive
+    within BODY_TIMEOUT of its first read (408)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/v1/contexts":  # a large body is read before its signature can be checked
+            try:
+                self.uploads.acquire_nowait()
+            except trio.WouldBlock:
+                await answer_early(error(503, "unavailable", f"{CONTEXT_UPLOADS} uploads in progress: retry in a "
+                                         "second", headers={"Retry-After": "1"}), scope, receive, send)
+                return
+            try:
+                await self._limited(scope, receive, send, MAX_CONTEXT_BODY)
+            finally:
+                self.uploads.release()
+        else:
+            await self._limited(scope, receive, send, MAX_BODY)
+
+    async def _limited(self, scope, receive, send, limit: int) -> None:
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            await answer_early(error(400, "bad_request", "malformed Content-Length header"), scope, receive, send)
+            return
+        if declared is not None and int(declared) > limit:
+            await answer_early(error(413, "body_too_large", too_large(limit)), scope, receive, send)
+            return
+        seen = 0
+        body_done = False
+        deadline: float | None = None
+
+        async def limited_receive():
+            nonlocal seen, body_done, deadline
+            if body_done:
+                return await receive()  # after the body: a disconnect, awaited by streaming responses
+            if deadline is None:
+                deadline = trio.current_time() + BODY_TIMEOUT
+            with trio.move_on_at(deadline):
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, too_large(limit))
+                body_done = not message.get("more_body", False)
+                return message
+            raise StarletteHTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
+
+        await self.app(scope, limited_receive, send)
+
+
+async def answer_early(response: JSONResponse, scope, receive, send) -> None:
+    """Answer before reading the body. hypercorn then closes the connection, and a client that has
+    read the answer may hang up while the last frame goes out: that is no error of ours."""
+    with contextlib.suppress(trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await response(scope, receive, send)
+
+
+def too_large(limit: int = MAX_BODY) -> str:
+    if limit == MAX_BODY:
+        return f"request body over {MAX_BODY} bytes ({MAX_BODY >> 20} MiB): a job spec must be smaller"
+    return f"request body over {limit} bytes: a working directory sent with a job must be smaller"
+
+
+class Signed:
+    """Pure ASGI middleware: the signature of every request outside UNSIGNED_PATHS is verified
+    before anything else reads the request, so an unsigned one learns nothing (not even whether
+    its JSON parses, which FastAPI would tell before running a route's dependencies).
+
+    The verified body is handed on unchanged; routes read the caller from ``request.state.client_id``
+    (``client_id``). With ``access`` (an authorized-keys file), a verified key that the file does not
+    let make this request gets 403 saying why (``node.api.access``), on every signed route.
+    """
+
+    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.access = access
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+
+        def admit(public_key: bytes) -> None:
+            if self.access is not None:
+                refusal = authorize(public_key, capability_for(request.method, scope["path"]), self.access.table())
+                if refusal is not None:
+                    raise StarletteHTTPException(403, refusal)
+
+        try:
+            await self.verifier(request, admit)  # reads the whole body (bounded by BodyLimit)
+            body = await request.body()
+        except StarletteHTTPException as exc:
+            await http_error(exc)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: disconnects, for streaming responses
+
+        await self.app(scope, replay, send)
+
+
+async def client_id(request: Request) -> str:
+    """The verified caller (see ``Signed``): a route dependency. ``async`` only so that FastAPI calls
+    it in line: a plain ``def`` dependency costs every request a worker-thread round trip."""
+    return request.state.client_id

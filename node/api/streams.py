@@ -1,0 +1,106 @@
+"""A job's or a sweep's events as Server-Sent Events, and their OpenAPI description."""
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import trio
+from fastapi.responses import Response, StreamingResponse
+
+from jobs import EventKind, JobState
+from node.api.errors import refused
+from node.api.parts import Node
+from node.api.quotas import Quotas
+
+SSE_WAKE = 5.0  # an event stream is woken by its job's new events; it also looks this often regardless
+SSE_POLL = 0.2  # how often a stream looks when it has no bell (more streams than the store's MAX_BELLS)
+SSE_KEEPALIVE = 15.0  # a comment line after this much silence keeps proxies from closing the stream
+
+_JSON_IN_A_STRING = {"type": "string", "contentMediaType": "application/json"}
+# One Server-Sent Event, as a parsed message (``id``, ``event``, ``data``): a job event, or the
+# closing ``end`` (whose id, per the SSE rules, is inherited from the last event).
+_SSE_ID = {"type": "string", "pattern": "^[0-9]+$", "description": "the event's seq; send it back as Last-Event-ID"}
+SSE_MESSAGE = {"oneOf": [
+    {"type": "object", "required": ["id", "event", "data"], "properties": {
+        "id": _SSE_ID,
+        "event": {"type": "string", "enum": [kind.value for kind in EventKind]},
+        "data": {**_JSON_IN_A_STRING, "contentSchema": {"$ref": "#/components/schemas/Event"}}}},
+    {"type": "object", "required": ["event", "data"], "properties": {
+        "id": _SSE_ID,
+        "event": {"const": "end", "description": "the job has ended and so has the stream"},
+        "data": {**_JSON_IN_A_STRING, "contentSchema": {
+            "type": "object", "required": ["state"],
+            "properties": {"state": {"$ref": "#/components/schemas/JobState"}}}},
+    }},
+]}  # fmt: skip
+
+
+def resume_after(value: str | None) -> int:
+    """The sequence number to resume after, from a Last-Event-ID header; anything that is not one
+    starts from the beginning."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return 0
+
+
+class _CountedStream(StreamingResponse):
+    """A streaming response that gives its quota slot back however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def event_stream(node: Node, job_id: str, after: int,
+                 state_of: Callable[[str], Awaitable[JobState | None]],
+                 quotas: Quotas | None = None, client: str = "") -> Response:
+    """A job's (or sweep's) events as Server-Sent Events from ``after`` on, ending after its last one.
+
+    The stream sleeps until the store rings the job's bell (new events committed), or SSE_WAKE
+    at most; a client over its open-stream quota gets 429.
+    """
+    if quotas is not None:
+        refusal = quotas.open_stream(client)
+        if refusal is not None:
+            return refused(refusal)
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal after
+        quiet_since = time.monotonic()
+        with node.store.bell.listening(job_id) as listener:
+            while True:
+                ring = listener.next_ring()  # before reading: a write in between still wakes us
+                batch = await node.store.events(job_id, after=after)
+                for e in batch:
+                    after = e.seq
+                    yield f"id: {e.seq}\nevent: {e.kind.value}\ndata: {e.model_dump_json()}\n\n".encode()
+                if batch:
+                    quiet_since = time.monotonic()
+                    continue
+                # Looked at after an empty read: the terminal event is written in the same
+                # transaction as the terminal state, so nothing of the job's own is missed.
+                state = await state_of(job_id)
+                if state is not None and state.is_terminal:
+                    yield f"event: end\ndata: {json.dumps({'state': state.value})}\n\n".encode()
+                    return
+                if time.monotonic() - quiet_since > SSE_KEEPALIVE:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                if ring is None:
+                    await trio.sleep(SSE_POLL)
+                else:
+                    with trio.move_on_after(min(SSE_WAKE, SSE_KEEPALIVE)):
+                        await ring.wait()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if quotas is None:
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return _CountedStream(stream(), lambda: quotas.close_stream(client), media_type="text/event-stream",
+                          headers=headers)
