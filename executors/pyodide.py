@@ -60,7 +60,7 @@ from executors._common import (
     tree_size,
     watch_disk,
 )
-from executors.base import ExecutorError, RunRequest
+from executors.base import Executor, ExecutorError, RunRequest
 from executors.sandbox import (
     SLOT_TARGET,
     Limits,
@@ -184,7 +184,7 @@ class _Runner:
         return None
 
 
-class PyodideExecutor:
+class PyodideExecutor(Executor):
     """Runs ``python`` jobs in single-use Pyodide interpreters, optionally from a warm pool.
 
     Args:

@@ -50,7 +50,7 @@ from executors._common import (
     watch_disk,
     written_past,
 )
-from executors.base import ExecutorError, RunRequest
+from executors.base import Executor, ExecutorError, RunRequest
 from jobs import RunResult, WasmEngine, format_bytes
 
 try:
@@ -102,7 +102,7 @@ class _Outcome:
     note: str = ""  # appended to stderr: a trap, the memory limit
 
 
-class WasmExecutor:
+class WasmExecutor(Executor):
     """Runs ``wasm`` jobs in a worker thread. One wasmtime engine per run, so cancelling one run stops only it.
 
     Args:
