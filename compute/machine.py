@@ -18,7 +18,7 @@ from compute.backlog import Backlog
 from compute.bidding import Check, first_refusal
 from compute.capacity import CapacityTracker
 from jobs import EventKind, Execution, ExecutionState, RunResult
-from jobs.messages import Announce, Decision, OpenQuery, Reply, Result
+from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery
 
 log = logging.getLogger("shoal.compute")
 
@@ -64,7 +64,7 @@ class Changes:
         return self
 
 
-def job_key(ex: Execution) -> tuple[str, str]:
+def _job_key(ex: Execution) -> tuple[str, str]:
     return (ex.requester, ex.job_id)
 
 
@@ -95,22 +95,21 @@ class ComputeMachine:
     # -- state ------------------------------------------------------------------------------------
 
     def _track(self, ex: Execution) -> None:
-        if ex.state.is_terminal:
-            self.drop(ex)
-        else:
-            self.live[ex.id] = ex
-            self._by_job[job_key(ex)] = ex.id
+        """Keep a live execution (terminal ones leave through ``drop``)."""
+        self.live[ex.id] = ex
+        self._by_job[_job_key(ex)] = ex.id
 
     def drop(self, ex: Execution) -> bool:
         """Forget ``ex`` and give back its capacity; True when capacity came free."""
         self.secrets.pop(ex.id, None)
         self.live.pop(ex.id, None)
-        if self._by_job.get(job_key(ex)) == ex.id:
-            del self._by_job[job_key(ex)]
+        if self._by_job.get(_job_key(ex)) == ex.id:
+            del self._by_job[_job_key(ex)]
         return self.capacity.release(ex.id)
 
     def _move(self, ex: Execution, state: ExecutionState, reason: str, now: float, kind: EventKind,
               message: str = "", **changes: object) -> Changes:
+        """A move to a live state (``end`` makes the terminal ones)."""
         ex = ex.transition(state, reason, now, **changes)
         self._track(ex)
         return Changes(writes=[Write(ex, kind, message)])
@@ -220,10 +219,12 @@ class ComputeMachine:
         out.runs.append(ex.id)
         return out
 
-    def to_run(self, execution_id: str) -> Execution | None:
-        """The execution to start, or None when it ended between its acceptance and now."""
+    def to_run(self, execution_id: str) -> tuple[Execution, dict[str, str]] | None:
+        """The execution to start and its secret env, or None when it ended between its acceptance and now."""
         ex = self.live.get(execution_id)
-        return ex if ex is not None and ex.state is ExecutionState.ACCEPTED else None
+        if ex is None or ex.state is not ExecutionState.ACCEPTED:
+            return None
+        return ex, self.secrets.get(ex.id, {})
 
     def run_over(self, execution_id: str, result: RunResult | None, error: str | None, retryable: bool,
                  now: float) -> Changes:
@@ -243,14 +244,14 @@ class ComputeMachine:
         """The run is over (finished, failed or cancelled): no one needs the job's secrets any more."""
         self.secrets.pop(execution_id, None)
 
-    def result_message(self, execution_id: str) -> Result | None:
-        """The result to deliver (digest set, signature not), or None if it ended meanwhile."""
+    def to_deliver(self, execution_id: str) -> tuple[Execution, Result] | None:
+        """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
         ex = self.live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.PROPOSED:
             return None
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
-        return message.model_copy(update={"digest": message.outcome()})
+        return ex, message.model_copy(update={"digest": message.outcome()})
 
     def delivery_failed(self, execution_id: str, now: float) -> Changes:
         return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
@@ -273,41 +274,28 @@ class ComputeMachine:
 
     # -- direct messages from requesters -----------------------------------------------------------
 
-    def status(self, peer: str, execution_ids: Iterable[str]) -> Reply:
-        """Each execution's state, as far as ``peer`` may know it ("unknown" for another's)."""
-        states = {}
-        for eid in execution_ids:
-            ex = self.live.get(eid)
-            states[eid] = ex.state.value if ex is not None and ex.requester == peer else "unknown"
-        return Reply(states=states)
-
-    def decide(self, peer: str, message: Decision, now: float) -> tuple[Reply, Changes]:
-        """The requester's word on our bid, or on our results when they are proposed."""
-        ex, refused = self._requesters(peer, message.execution_id, message.kind)
+    def handle(self, peer: str, message: Decision | Cancel | StatusQuery, now: float) -> tuple[Reply, Changes]:
+        """A requester's status query, or its word on an execution (only the job's requester's counts)."""
+        if isinstance(message, StatusQuery):
+            states = {}
+            for eid in message.execution_ids:
+                ex = self.live.get(eid)
+                states[eid] = ex.state.value if ex is not None and ex.requester == peer else "unknown"
+            return Reply(states=states), Changes()
+        ex = self.live.get(message.execution_id)
         if ex is None:
-            return refused, Changes()
-        if ex.state is ExecutionState.PROPOSED:
+            return Reply(ok=False, reason="unknown or finished execution"), Changes()
+        if ex.requester != peer:
+            log.warning("peer %s tried to %s execution %s of requester %s", peer, message.kind, ex.id, ex.requester)
+            return Reply(ok=False, reason="only the job's requester may do that"), Changes()
+        if isinstance(message, Cancel):
+            return Reply(), self.cancel(ex.id, message.reason or "cancelled by the requester", now)
+        if ex.state is ExecutionState.PROPOSED:  # the verdict on our results
             verdict = "accepted" if message.accepted else "rejected"
             return Reply(), self.result_verdict(ex.id, verdict, message.reason, now)
         if message.accepted:
             return Reply(), self.accept(ex.id, message.secret_env, now)
         return Reply(), self.end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected", now)
-
-    def cancelled(self, peer: str, execution_id: str, reason: str, now: float) -> tuple[Reply, Changes]:
-        """A Cancel from ``peer``: only the job's requester may."""
-        ex, refused = self._requesters(peer, execution_id, "cancel")
-        if ex is None:
-            return refused, Changes()
-        return Reply(), self.cancel(ex.id, reason or "cancelled by the requester", now)
-
-    def _requesters(self, peer: str, execution_id: str, kind: str) -> tuple[Execution | None, Reply]:
-        ex = self.live.get(execution_id)
-        if ex is None:
-            return None, Reply(ok=False, reason="unknown or finished execution")
-        if ex.requester != peer:
-            log.warning("peer %s tried to %s execution %s of requester %s", peer, kind, ex.id, ex.requester)
-            return None, Reply(ok=False, reason="only the job's requester may do that")
-        return ex, Reply()
 
     # -- the backlog ----------------------------------------------------------------------------------
 

@@ -98,9 +98,6 @@ class ComputeService:
     def _secrets(self) -> dict[str, dict[str, str]]:
         return self.machine.secrets
 
-    def pending_wait(self, ex: Execution) -> float:
-        return self.machine.pending_wait(ex)
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,6 +111,7 @@ class ComputeService:
             task_status.started()
 
     async def _apply(self, changes: Changes) -> None:
+        """Stop runs, write, then start what follows: a message or task never runs ahead of the store."""
         for execution_id in changes.stop:
             if (scope := self._scopes.get(execution_id)) is not None:
                 scope.cancel()
@@ -121,7 +119,10 @@ class ComputeService:
             self._wake_backlog.set()
         for write in changes.writes:
             await self._write(write)
-        for ex, give_up in changes.bids:
+        self._start(changes)
+
+    def _start(self, changes: Changes) -> None:
+        for ex, give_up in changes.bids:  # each bid is stored by its own task, before it is sent
             self._tasks.spawn(self._bid, ex, give_up)
         for execution_id in changes.runs:
             self._tasks.spawn(self._execute, execution_id)
@@ -148,8 +149,7 @@ class ComputeService:
         own node falls back to announcing it to everyone when this is False).
         """
         bidding, changes = self.machine.announce(origin, ann, self.clock())
-        for ex, give_up in changes.bids:
-            self._tasks.spawn(self._bid, ex, give_up)
+        self._start(changes)
         return bidding
 
     def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
@@ -184,13 +184,14 @@ class ComputeService:
         await self._apply(self.machine.accept(execution_id, secret_env, self.clock()))
 
     async def _execute(self, execution_id: str) -> None:
-        ex = self.machine.to_run(execution_id)
-        if ex is None:
+        start = self.machine.to_run(execution_id)
+        if start is None:
             return  # cancelled between its acceptance and this task's start
+        ex, secret_env = start
         with trio.CancelScope() as scope:
             self._scopes[ex.id] = scope
             try:
-                outcome = await self.runner.run(ex, self.machine.secrets.get(ex.id, {}))
+                outcome = await self.runner.run(ex, secret_env)
             finally:
                 self._scopes.pop(ex.id, None)
                 self.machine.run_ended(ex.id)
@@ -201,10 +202,10 @@ class ComputeService:
 
     async def _deliver_result(self, execution_id: str) -> None:
         """Send the outcome until the requester answers; it may be restarting."""
-        message = self.machine.result_message(execution_id)
-        if message is None:
+        delivery = self.machine.to_deliver(execution_id)
+        if delivery is None:
             return  # ended meanwhile (cancelled, or its verdict came in another exchange)
-        ex = self.machine.live[execution_id]
+        ex, message = delivery
         reply = await self._request_verdict(ex, signed(message, self.peers), self.clock() + DELIVERY_GIVE_UP)
         if reply is None:
             await self._apply(self.machine.delivery_failed(execution_id, self.clock()))
@@ -214,18 +215,14 @@ class ComputeService:
     # -- direct messages from requesters ----------------------------------------------------------
 
     async def handle(self, peer: str, message: Decision | Cancel | StatusQuery) -> Reply:
-        if isinstance(message, StatusQuery):
-            return self.machine.status(peer, message.execution_ids)
-        if isinstance(message, Cancel):
-            reply = await self.sweeps.cancel(peer, message)
-            if reply is not None:
-                return reply
-            reply, changes = self.machine.cancelled(peer, message.execution_id, message.reason, self.clock())
-            with contextlib.suppress(StaleState):
-                await self._apply(changes)
+        if isinstance(message, Cancel) and (reply := await self.sweeps.cancel(peer, message)) is not None:
             return reply
-        reply, changes = self.machine.decide(peer, message, self.clock())
-        await self._apply(changes)
+        reply, changes = self.machine.handle(peer, message, self.clock())
+        try:
+            await self._apply(changes)
+        except StaleState:
+            if not isinstance(message, Cancel):  # a cancel may race the execution's own end
+                raise
         return reply
 
     async def _on_cancel(self, execution_id: str, reason: str) -> None:

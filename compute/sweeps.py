@@ -47,7 +47,6 @@ class SweepClaims:
                  clock: Callable[[], float] = time.time) -> None:
         self.peers = peers
         self.store = store
-        self.capacity = capacity
         self.runner = runner
         self.released = released  # capacity came free: the node's backlog may go on
         self.clock = clock

@@ -11,7 +11,7 @@ from compute.bidding import engine_installed, within_job_limits
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
-from jobs.messages import Announce, Decision, Reply
+from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
 
 NODE, REQ = "node", "req"
 
@@ -137,7 +137,7 @@ def test_a_pending_bid_decided_meanwhile_does_not_expire():
     m = machine()
     ex = bid_on(m)
     m.bid_answered(ex.id, Reply(verdict="pending"), 100.0)
-    m.decide(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
+    m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
     assert m.expire_pending(ex.id, 10.0, 110.0).writes == []
     assert m.live[ex.id].state is ExecutionState.ACCEPTED
 
@@ -159,7 +159,7 @@ def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only
     assert write.kind is EventKind.BID_ACCEPTED and write.execution.state is ExecutionState.ACCEPTED
     assert "s3cret" not in write.execution.model_dump_json()
     assert changes.runs == [ex.id] and m.secrets[ex.id] == {"TOKEN": "s3cret"}
-    assert m.to_run(ex.id) is not None
+    assert m.to_run(ex.id) == (m.live[ex.id], {"TOKEN": "s3cret"})
     m.run_ended(ex.id)
     assert m.secrets == {}
 
@@ -182,8 +182,8 @@ def test_a_finished_run_frees_capacity_and_proposes_its_result_for_delivery():
     assert changes.released and m.capacity.free.cpu == 1
     assert write.kind is EventKind.RESULTS_PROPOSED and write.message == "exit code 3"
     assert changes.deliveries == [ex.id]
-    message = m.result_message(ex.id)
-    assert message is not None and message.digest and not message.signature
+    delivery = m.to_deliver(ex.id)
+    assert delivery is not None and delivery[1].digest and not delivery[1].signature
 
 
 def test_an_accepted_result_completes_the_execution():
@@ -200,7 +200,7 @@ def test_a_rejected_result_and_an_accepted_error_end_the_way_the_requester_sees_
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
     assert m.result_verdict(ex.id, "pending", "", 111.0).writes == []  # still verifying
-    (write,) = m.decide(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=False,
+    (write,) = m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=False,
                                       reason="outvoted"), 112.0)[1].writes
     assert write.execution.state is ExecutionState.REJECTED and write.kind is EventKind.RESULTS_REJECTED
     failed = bid_on(m, announce("j-2"))
@@ -222,7 +222,7 @@ def test_a_cancel_before_the_run_starts_stops_it_and_frees_capacity():
     m = machine()
     ex = bid_on(m)
     m.accept(ex.id, {"TOKEN": "x"}, 101.0)
-    reply, changes = m.cancelled(REQ, ex.id, "", 102.0)
+    reply, changes = m.handle(REQ, Cancel(job_id=ex.job_id, execution_id=ex.id), 102.0)
     assert reply.ok and changes.stop == [ex.id] and changes.released
     (write,) = changes.writes
     assert write.kind is EventKind.CANCELLED and write.execution.reason == "cancelled by the requester"
@@ -232,20 +232,21 @@ def test_a_cancel_before_the_run_starts_stops_it_and_frees_capacity():
 def test_only_the_jobs_requester_may_decide_or_cancel():
     m = machine()
     ex = bid_on(m)
-    reply, changes = m.decide("mallory", Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
+    reply, changes = m.handle("mallory", Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
     assert not reply.ok and "requester" in reply.reason and not changes.writes
-    reply, changes = m.cancelled("mallory", ex.id, "", 101.0)
+    reply, changes = m.handle("mallory", Cancel(job_id=ex.job_id, execution_id=ex.id), 101.0)
     assert not reply.ok and not changes.stop
     assert m.live[ex.id].state is ExecutionState.BIDDING
-    reply, _ = m.cancelled(REQ, "e-unknown", "", 101.0)
+    reply, _ = m.handle(REQ, Cancel(job_id=ex.job_id, execution_id="e-unknown"), 101.0)
     assert not reply.ok and "unknown" in reply.reason
 
 
 def test_a_status_query_answers_the_requester_and_no_one_else():
     m = machine()
     ex = bid_on(m)
-    assert m.status(REQ, [ex.id, "e-gone"]).states == {ex.id: "bidding", "e-gone": "unknown"}
-    assert m.status("mallory", [ex.id]).states == {ex.id: "unknown"}
+    reply, changes = m.handle(REQ, StatusQuery(execution_ids=[ex.id, "e-gone"]), 101.0)
+    assert reply.states == {ex.id: "bidding", "e-gone": "unknown"} and not changes.writes
+    assert m.handle("mallory", StatusQuery(execution_ids=[ex.id]), 101.0)[0].states == {ex.id: "unknown"}
 
 
 def test_a_restarted_node_reports_what_it_lost_and_redelivers_what_it_had_proposed():
