@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from compute.bidding import engine_installed, within_job_limits
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
+from compute.ports import ComputeStore
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
 
@@ -269,3 +271,12 @@ def test_the_decision_modules_import_neither_trio_the_store_nor_the_network():
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {m for m in modules if m.split(".")[0] in ("trio", "node")}, name
+
+
+def test_the_nodes_store_offers_everything_the_compute_role_asks_of_it():
+    from node.store import Store
+
+    for name in ("save", "live_executions", "add_published"):
+        asked = inspect.signature(getattr(ComputeStore, name)).parameters
+        offered = inspect.signature(getattr(Store, name)).parameters
+        assert set(asked) <= set(offered), name
