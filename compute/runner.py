@@ -84,7 +84,7 @@ class Runner:
         results = scratch / "results"
         try:
             executor = self.executors.get(spec.engine.name)
-            if getattr(executor, "needs_workspace", True) or spec.inputs or spec.outputs:
+            if executor.needs_workspace or spec.inputs or spec.outputs:
                 await trio.to_thread.run_sync(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
             mounts = []
             if spec.inputs:
@@ -100,10 +100,8 @@ class Runner:
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
                                  seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged)
-            prepare = getattr(executor, "prepare", None)
-            if prepare is not None:
-                with trio.fail_after(PREPARE_DEADLINE):
-                    await prepare(request)
+            with trio.fail_after(PREPARE_DEADLINE):
+                await executor.prepare(request)
             try:
                 with trio.fail_after(spec.timeout):
                     result = await executor.run(request)
@@ -121,7 +119,7 @@ class Runner:
         except ExecutorError as e:
             return Outcome(None, str(e), e.retryable)
         except ShoalError as e:  # storage: inputs missing, too large, too slow; publishing failed
-            return Outcome(None, str(e), bool(getattr(e, "retryable", True)))
+            return Outcome(None, str(e), e.retryable)
         except Exception as e:
             log.exception("execution %s failed", ex.id)
             return Outcome(None, f"executor crashed: {type(e).__name__}: {e}", True)

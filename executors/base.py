@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import trio
+
 from jobs import JobSpec, RunResult, ShoalError
 
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
@@ -54,12 +56,33 @@ class ExecutorError(ShoalError):
 
 
 class Executor(Protocol):
+    """One engine. ``name``, ``is_installed`` and ``run`` are required; the rest are optional
+    capabilities whose defaults here say "none": an executor subclasses ``Executor`` to inherit them.
+    """
+
     name: str
+    needs_workspace: bool = True  # False: it reads and writes no files, so the node creates no scratch dir
+    max_parallel: int | None = None  # runs worth starting at once on this node (None: as capacity allows)
 
     def is_installed(self) -> bool:
         """Whether this node can run the engine now; decides what the node advertises and bids on."""
         ...
 
+    def problem(self) -> str | None:
+        """Why the engine is not offered here, for the operator (None: nothing to say)."""
+        return None
+
+    async def prepare(self, request: RunRequest) -> None:
+        """Get ready to run ``request`` (pull an image, compile a module), outside the job's timeout."""
+
     async def run(self, request: RunRequest) -> RunResult:
         """Run to completion. Cancellation (timeout, job cancel) must stop the work and clean up."""
         ...
+
+    async def cleanup_leftovers(self) -> list[str]:
+        """Remove what a crashed run of this node left behind (e.g. containers); what was removed."""
+        return []
+
+    async def run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep warm workers until cancelled (e.g. loaded interpreters); by default there are none."""
+        task_status.started()

@@ -46,7 +46,7 @@ from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors._common import disk_limit_message, own_again, watch_disk, written_past
-from executors.base import MAX_CAPTURE, ExecutorError, RunRequest
+from executors.base import MAX_CAPTURE, Executor, ExecutorError, RunRequest
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import RunResult
 from jobs.spec import DockerEngine, format_bytes
@@ -156,7 +156,7 @@ class PullProgress:
         return f"pulling {self.image}: {finished}/{len(self.layers)} layers{size}"
 
 
-class DockerExecutor:
+class DockerExecutor(Executor):
     """Runs ``DockerEngine`` jobs in containers.
 
     Args:

@@ -8,7 +8,7 @@ from executors.base import Executor, RunRequest
 from jobs import RunResult
 
 
-class BadActor:
+class BadActor(Executor):
     """Runs the real executor, then reports a wrong result (a different one every time)."""
 
     def __init__(self, inner: Executor) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import trio
 
-from executors.base import ExecutorError, RunRequest
+from executors.base import Executor, ExecutorError, RunRequest
 from jobs import RunResult
 
 
@@ -26,7 +26,7 @@ class NoopHooks:
     before_run: Callable[[RunRequest], Awaitable[None]] | None = None
 
 
-class NoopExecutor:
+class NoopExecutor(Executor):
     name = "noop"
     needs_workspace = False  # it reads and writes nothing: spare two thread hops per job
 

@@ -60,7 +60,7 @@ from executors._common import (
     tree_size,
     watch_disk,
 )
-from executors.base import ExecutorError, RunRequest
+from executors.base import Executor, ExecutorError, RunRequest
 from executors.sandbox import (
     SLOT_TARGET,
     Limits,
@@ -184,7 +184,7 @@ class _Runner:
         return None
 
 
-class PyodideExecutor:
+class PyodideExecutor(Executor):
     """Runs ``python`` jobs in single-use Pyodide interpreters, optionally from a warm pool.
 
     Args:
@@ -260,6 +260,9 @@ class PyodideExecutor:
         Signals ``started`` once the pool is first full (or its first interpreter failed to start: jobs then
         start cold while the pool keeps retrying). Builds the snapshot first if needed.
         """
+        if not self.is_installed():  # nothing to keep warm; jobs are refused with the reason
+            task_status.started()
+            return
         if self._pool_running:
             raise RuntimeError("the Pyodide pool is already running")
         self._pool_running = True

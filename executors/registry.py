@@ -39,12 +39,7 @@ class ExecutorRegistry:
 
     def problems(self) -> dict[str, str]:
         """Engines this node does not offer, and why, for those that can say (``problem()``)."""
-        out = {}
-        for name, ex in self._executors.items():
-            problem = getattr(ex, "problem", None)
-            if problem is not None and (why := problem()) is not None:
-                out[name] = why
-        return out
+        return {name: why for name, ex in self._executors.items() if (why := ex.problem()) is not None}
 
 
 def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,

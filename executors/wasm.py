@@ -50,8 +50,8 @@ from executors._common import (
     watch_disk,
     written_past,
 )
-from executors.base import ExecutorError, RunRequest
-from jobs import RunResult, WasmEngine, format_bytes
+from executors.base import Executor, ExecutorError, RunRequest
+from jobs import RunResult, ShoalError, WasmEngine, format_bytes
 
 try:
     import wasmtime
@@ -102,7 +102,7 @@ class _Outcome:
     note: str = ""  # appended to stderr: a trap, the memory limit
 
 
-class WasmExecutor:
+class WasmExecutor(Executor):
     """Runs ``wasm`` jobs in a worker thread. One wasmtime engine per run, so cancelling one run stops only it.
 
     Args:
@@ -382,7 +382,7 @@ def _preopen(wasi: wasmtime.WasiConfig, mount: DirMount) -> None:
         raise ExecutorError(f"cannot give the module {mount.target} ({mount.host}): {e}") from e
 
 
-class _Fault(Exception):
+class _Fault(ShoalError):
     """A pointer from the module is outside its memory."""
 
 

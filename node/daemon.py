@@ -136,12 +136,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                 log.warning("engine %s is not offered: %s", engine, why)
             await nursery.start(compute.run)
             for executor in registry.executors():
-                cleanup = getattr(executor, "cleanup_leftovers", None)
-                if cleanup is not None:  # containers a crashed run of this node left behind
-                    nursery.start_soon(cleanup)
-                pool = getattr(executor, "run_pool", None)
-                if pool is not None and executor.is_installed():  # warm interpreters; jobs start cold until then
-                    nursery.start_soon(pool)
+                nursery.start_soon(executor.cleanup_leftovers)  # containers a crashed run of this node left behind
+                nursery.start_soon(executor.run_pool)  # warm interpreters; jobs start cold until then
         if config.requester:
             requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after)
             dispatcher.requester = requester

@@ -1,0 +1,282 @@
+"""The compute node's decisions, driven alone: no trio, no store, no network."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from compute.bidding import engine_installed, within_job_limits
+from compute.capacity import CapacityTracker
+from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
+from compute.ports import ComputeStore
+from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
+from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
+
+NODE, REQ = "node", "req"
+
+
+def spec(**kw) -> JobSpec:
+    return JobSpec.model_validate({"engine": {"name": "noop"}, **kw})
+
+
+def machine(cpu: float = 1, per_job_cpu: float | None = None, **kw) -> ComputeMachine:
+    total = Resources(cpu=cpu, memory="1GiB")
+    capacity = CapacityTracker(total, Resources(cpu=per_job_cpu, memory="1GiB") if per_job_cpu else None)
+    checks = [engine_installed(["noop"]), within_job_limits(capacity.max_per_job)]
+    return ComputeMachine(node_id=NODE, capacity=capacity, checks=checks, **kw)
+
+
+def announce(job_id: str = "j-1", cpu: float = 1, **kw) -> Announce:
+    return Announce(job_id=job_id, spec=spec(resources={"cpu": cpu}, **kw.pop("spec", {})), requester=REQ, **kw)
+
+
+def bid_on(m: ComputeMachine, ann: Announce | None = None, now: float = 100.0) -> Execution:
+    bidding, changes = m.announce(REQ, ann or announce(), now)
+    assert bidding
+    ((ex, _),) = changes.bids
+    return ex
+
+
+def running(m: ComputeMachine, now: float = 100.0) -> Execution:
+    ex = bid_on(m, now=now)
+    m.accept(ex.id, {}, now)
+    return ex
+
+
+# -- bidding -------------------------------------------------------------------------------------------
+
+
+def test_a_job_that_fits_gets_a_bid_holding_its_resources_until_a_verdict_or_the_bid_deadline():
+    m = machine(cpu=2)
+    bidding, changes = m.announce(REQ, announce(cpu=1, bid_deadline=130.0), 100.0)
+    assert bidding
+    ((ex, give_up),) = changes.bids
+    assert ex.state is ExecutionState.BIDDING and ex.requester == REQ and ex.node_id == NODE
+    assert give_up == 130.0
+    assert m.capacity.free.cpu == 1
+    _, later = m.announce(REQ, announce("j-2", cpu=1), 100.0)
+    assert later.bids[0][1] == 100.0 + BID_ANSWER_WINDOW  # no deadline: the node's own window
+
+
+def test_a_job_is_bid_on_once_per_attempt():
+    m = machine(cpu=4)
+    ex = bid_on(m)
+    bidding, changes = m.announce(REQ, announce(), 101.0)
+    assert not bidding and not changes.bids and list(m.live) == [ex.id]
+    m.end(ex.id, ExecutionState.REJECTED, "bid rejected", 102.0)
+    assert not m.announce(REQ, announce(), 103.0)[0]  # the same attempt again
+    assert m.announce(REQ, announce(attempt=1), 103.0)[0]  # the job's next attempt
+
+
+def test_a_full_node_passes_a_job_over_and_bids_from_the_backlog_once_capacity_frees():
+    m = machine(cpu=1)
+    first = bid_on(m, announce("j-1"))
+    bidding, changes = m.announce(REQ, announce("j-2"), 100.0)
+    assert not bidding and not changes.bids and len(m.backlog) == 1
+    assert m.backlog_fitting(100.5) == []  # still no room
+    ended = m.end(first.id, ExecutionState.REJECTED, "bid rejected", 101.0)
+    assert ended.released
+    fitting = m.backlog_fitting(101.0)
+    assert [a.job_id for a in fitting] == ["j-2"]
+    ((ex, _),) = m.bid_from_backlog(fitting, 101.0).bids
+    assert ex.job_id == "j-2" and len(m.backlog) == 0
+
+
+def test_a_job_that_could_never_run_here_is_passed_over_for_good():
+    m = machine(cpu=4, per_job_cpu=1)
+    bidding, changes = m.announce(REQ, announce(cpu=2), 100.0)
+    assert not bidding and not changes.bids
+    assert len(m.backlog) == 0 and not m.live
+
+
+@pytest.mark.parametrize("origin, ann", [
+    ("mallory", announce()),  # relayed as if from the requester
+    (REQ, announce(bid_deadline=99.0)),  # too late
+    (REQ, announce(candidates=["someone-else"])),  # other nodes were asked first
+])
+def test_announcements_the_node_must_not_bid_on_are_ignored(origin, ann):
+    m = machine()
+    assert m.announce(origin, ann, 100.0)[0] is False
+    assert not m.live and len(m.backlog) == 0 and m.capacity.free.cpu == 1
+
+
+def test_the_backlog_asks_each_requester_which_jobs_are_still_open_at_most_twice_a_second():
+    m = machine()
+    anns = [announce("j-1"), announce("j-2")]
+    ((query, asked),) = m.open_queries(anns, 100.0)
+    assert query.job_ids == ["j-1", "j-2"] and asked == anns
+    assert m.open_queries(anns, 100.2) == []
+    for a in anns:
+        m.backlog.add(a, 100.0)
+    m.forget_closed(anns, Reply(states={"j-1": "closed", "j-2": "open"}))
+    assert [a.job_id for a in m.backlog.pending(100.3)] == ["j-2"]
+
+
+# -- the bid's verdict ---------------------------------------------------------------------------------
+
+
+def test_a_pending_bid_expires_after_the_jobs_min_bids_wait_and_gives_its_capacity_back():
+    m = machine(pending_bid_timeout=120.0)
+    ex = bid_on(m, announce(spec={"deadlines": {"min_bids": 5}}))
+    changes = m.bid_answered(ex.id, Reply(verdict="pending"), 100.0)
+    assert changes.expire == [(ex.id, 5 + PENDING_BID_GRACE)] and not changes.writes
+    expired = m.expire_pending(ex.id, 15.0, 115.0)
+    (write,) = expired.writes
+    assert write.execution.state is ExecutionState.REJECTED and "within 15 s" in write.execution.reason
+    assert expired.released and m.capacity.free.cpu == 1 and not m.live
+
+
+def test_a_pending_bid_never_holds_capacity_longer_than_the_nodes_limit():
+    m = machine(pending_bid_timeout=1.0)
+    ex = bid_on(m, announce(spec={"deadlines": {"min_bids": 600}}))
+    assert m.bid_answered(ex.id, Reply(verdict="pending"), 100.0).expire == [(ex.id, 1.0)]
+
+
+def test_a_pending_bid_decided_meanwhile_does_not_expire():
+    m = machine()
+    ex = bid_on(m)
+    m.bid_answered(ex.id, Reply(verdict="pending"), 100.0)
+    m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
+    assert m.expire_pending(ex.id, 10.0, 110.0).writes == []
+    assert m.live[ex.id].state is ExecutionState.ACCEPTED
+
+
+def test_a_bid_with_no_answer_fails_and_frees_its_capacity():
+    m = machine()
+    ex = bid_on(m)
+    changes = m.bid_answered(ex.id, None, 160.0)
+    (write,) = changes.writes
+    assert write.execution.state is ExecutionState.FAILED and write.kind is EventKind.ERROR
+    assert changes.released and not m.live
+
+
+def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only():
+    m = machine()
+    ex = bid_on(m)
+    changes = m.bid_answered(ex.id, Reply(verdict="accepted", secret_env={"TOKEN": "s3cret"}), 101.0)
+    (write,) = changes.writes
+    assert write.kind is EventKind.BID_ACCEPTED and write.execution.state is ExecutionState.ACCEPTED
+    assert "s3cret" not in write.execution.model_dump_json()
+    assert changes.runs == [ex.id] and m.secrets[ex.id] == {"TOKEN": "s3cret"}
+    assert m.to_run(ex.id) == (m.live[ex.id], {"TOKEN": "s3cret"})
+    m.run_ended(ex.id)
+    assert m.secrets == {}
+
+
+def test_a_rejected_bid_ends_with_the_requesters_reason():
+    m = machine()
+    ex = bid_on(m)
+    (write,) = m.bid_answered(ex.id, Reply(verdict="rejected", reason="enough bids"), 101.0).writes
+    assert write.kind is EventKind.BID_REJECTED and write.execution.reason == "enough bids"
+
+
+# -- running and results -------------------------------------------------------------------------------
+
+
+def test_a_finished_run_frees_capacity_and_proposes_its_result_for_delivery():
+    m = machine()
+    ex = running(m)
+    changes = m.run_over(ex.id, RunResult(exit_code=3), None, False, 110.0)
+    (write,) = changes.writes
+    assert changes.released and m.capacity.free.cpu == 1
+    assert write.kind is EventKind.RESULTS_PROPOSED and write.message == "exit code 3"
+    assert changes.deliveries == [ex.id]
+    delivery = m.to_deliver(ex.id)
+    assert delivery is not None and delivery[1].digest and not delivery[1].signature
+
+
+def test_an_accepted_result_completes_the_execution():
+    m = machine()
+    ex = running(m)
+    m.run_over(ex.id, RunResult(), None, False, 110.0)
+    (write,) = m.result_verdict(ex.id, "accepted", "", 111.0).writes
+    assert write.execution.state is ExecutionState.COMPLETED and write.kind is EventKind.RESULTS_ACCEPTED
+    assert not m.live
+
+
+def test_a_rejected_result_and_an_accepted_error_end_the_way_the_requester_sees_them():
+    m = machine(cpu=2)
+    ex = running(m)
+    m.run_over(ex.id, RunResult(), None, False, 110.0)
+    assert m.result_verdict(ex.id, "pending", "", 111.0).writes == []  # still verifying
+    (write,) = m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=False,
+                                      reason="outvoted"), 112.0)[1].writes
+    assert write.execution.state is ExecutionState.REJECTED and write.kind is EventKind.RESULTS_REJECTED
+    failed = bid_on(m, announce("j-2"))
+    m.accept(failed.id, {}, 113.0)
+    m.run_over(failed.id, None, "image not found", True, 114.0)
+    (write,) = m.result_verdict(failed.id, "accepted", "", 115.0).writes
+    assert write.execution.state is ExecutionState.FAILED and write.execution.reason == "image not found"
+
+
+def test_an_undeliverable_result_fails_the_execution():
+    m = machine()
+    ex = running(m)
+    m.run_over(ex.id, RunResult(), None, False, 110.0)
+    (write,) = m.delivery_failed(ex.id, 4000.0).writes
+    assert write.execution.state is ExecutionState.FAILED and "could not deliver" in write.execution.reason
+
+
+def test_a_cancel_before_the_run_starts_stops_it_and_frees_capacity():
+    m = machine()
+    ex = bid_on(m)
+    m.accept(ex.id, {"TOKEN": "x"}, 101.0)
+    reply, changes = m.handle(REQ, Cancel(job_id=ex.job_id, execution_id=ex.id), 102.0)
+    assert reply.ok and changes.stop == [ex.id] and changes.released
+    (write,) = changes.writes
+    assert write.kind is EventKind.CANCELLED and write.execution.reason == "cancelled by the requester"
+    assert m.to_run(ex.id) is None and m.secrets == {} and m.capacity.free.cpu == 1
+
+
+def test_only_the_jobs_requester_may_decide_or_cancel():
+    m = machine()
+    ex = bid_on(m)
+    reply, changes = m.handle("mallory", Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
+    assert not reply.ok and "requester" in reply.reason and not changes.writes
+    reply, changes = m.handle("mallory", Cancel(job_id=ex.job_id, execution_id=ex.id), 101.0)
+    assert not reply.ok and not changes.stop
+    assert m.live[ex.id].state is ExecutionState.BIDDING
+    reply, _ = m.handle(REQ, Cancel(job_id=ex.job_id, execution_id="e-unknown"), 101.0)
+    assert not reply.ok and "unknown" in reply.reason
+
+
+def test_a_status_query_answers_the_requester_and_no_one_else():
+    m = machine()
+    ex = bid_on(m)
+    reply, changes = m.handle(REQ, StatusQuery(execution_ids=[ex.id, "e-gone"]), 101.0)
+    assert reply.states == {ex.id: "bidding", "e-gone": "unknown"} and not changes.writes
+    assert m.handle("mallory", StatusQuery(execution_ids=[ex.id]), 101.0)[0].states == {ex.id: "unknown"}
+
+
+def test_a_restarted_node_reports_what_it_lost_and_redelivers_what_it_had_proposed():
+    m = machine()
+    lost = Execution(id="e-1", job_id="j-1", node_id=NODE, requester=REQ, state=ExecutionState.ACCEPTED,
+                     created_at=1.0, updated_at=1.0, spec=spec())
+    proposed = Execution(id="e-2", job_id="j-2", node_id=NODE, requester=REQ, state=ExecutionState.PROPOSED,
+                         created_at=1.0, updated_at=1.0, spec=spec(), result=RunResult())
+    changes = m.restore([lost, proposed], 50.0)
+    (write,) = changes.writes
+    assert write.execution.id == "e-1" and write.execution.state is ExecutionState.PROPOSED
+    assert write.execution.retryable and "restarted while running" in write.execution.error
+    assert changes.deliveries == ["e-1", "e-2"]
+
+
+def test_the_decision_modules_import_neither_trio_the_store_nor_the_network():
+    compute = Path(__file__).parents[2] / "compute"
+    for name in ("machine", "claims", "backlog", "bidding", "capacity"):
+        tree = ast.parse((compute / f"{name}.py").read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in modules if m.split(".")[0] in ("trio", "node")}, name
+
+
+def test_the_nodes_store_offers_everything_the_compute_role_asks_of_it():
+    from node.store import Store
+
+    for name in ("save", "live_executions", "add_published"):
+        asked = inspect.signature(getattr(ComputeStore, name)).parameters
+        offered = inspect.signature(getattr(Store, name)).parameters
+        assert set(asked) <= set(offered), name

@@ -1,0 +1,127 @@
+"""A node's sweep claims, decided alone: no trio, no store, no network."""
+
+from __future__ import annotations
+
+from compute.capacity import CapacityTracker
+from compute.claims import BATCH_BYTES, REPORT_INTERVAL, WAITING_TTL, Claim, ClaimBook
+from jobs import Resources, RunResult
+from jobs.messages import Cancel, IndexResult, Reply, SweepAnnounce
+from jobs.sweep import SweepSpec
+
+REQ = "req"
+
+
+def sweep(sweep_id: str = "s-1", pending: int = 100, cpu: float = 1) -> SweepAnnounce:
+    spec = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}, "resources": {"cpu": cpu}},
+                                     "grid": {"i": [str(i) for i in range(100)]}})
+    return SweepAnnounce(sweep_id=sweep_id, spec=spec, requester=REQ, pending=pending)
+
+
+def book(cpu: float = 4, parallel: int | None = None, refusal: str | None = None) -> ClaimBook:
+    return ClaimBook(CapacityTracker(Resources(cpu=cpu, memory="8GiB")), lambda spec: refusal,
+                     lambda engine: parallel)
+
+
+def claim_of(slots: int = 2) -> Claim:
+    return Claim(ann=sweep(), claim_id="c-1", slots=[f"c-1/{i}" for i in range(slots)])
+
+
+def test_a_claim_takes_one_slot_per_run_that_fits_no_more_than_the_engine_or_the_sweep_wants():
+    assert len(book(cpu=4).announce(REQ, sweep(cpu=1), 0.0).slots) == 4
+    assert len(book(cpu=4, parallel=2).announce(REQ, sweep(cpu=1), 0.0).slots) == 2
+    assert len(book(cpu=4).announce(REQ, sweep(pending=1, cpu=1), 0.0).slots) == 1
+
+
+def test_a_sweep_this_node_can_never_run_or_that_is_relayed_is_not_claimed():
+    assert book(refusal="no such engine").announce(REQ, sweep(), 0.0) is None
+    assert book().announce("mallory", sweep(), 0.0) is None
+
+
+def test_a_sweep_with_no_room_is_claimed_once_capacity_frees():
+    b = book(cpu=1)
+    first = b.announce(REQ, sweep("s-1"), 0.0)
+    assert b.announce(REQ, sweep("s-2"), 0.0) is None  # no room: waits
+    assert b.announce(REQ, sweep("s-1"), 0.0) is None  # our claim asks for more by itself
+    assert b.retry_waiting(1.0) == []
+    b.finish(first)
+    (second,) = b.retry_waiting(2.0)
+    assert second.ann.sweep_id == "s-2" and b.capacity.free.cpu == 0
+    assert b.retry_waiting(3.0) == []  # claimed once
+
+
+def test_a_sweep_waiting_for_room_is_forgotten_once_it_is_no_longer_announced():
+    b = book(cpu=1)
+    first = b.announce(REQ, sweep("s-1"), 0.0)
+    b.announce(REQ, sweep("s-2"), 0.0)
+    b.finish(first)
+    assert b.retry_waiting(WAITING_TTL + 1) == []
+    assert b.capacity.statistics().reservations == 0
+
+
+def test_a_claim_asks_for_enough_to_keep_every_slot_busy_for_two_report_intervals():
+    c = claim_of(slots=2)
+    assert c.want(0.0) == 2
+    for i in range(40):  # 40 indexes finished in the last second
+        c.finished(IndexResult(index=i, result=RunResult()), 0.5)
+    assert c.want(1.0) == 2 + int(40 * 2 * REPORT_INTERVAL)
+    c.queue.extend(range(5))
+    assert c.want(1.0) == 2 + 20 - 5
+    assert c.want(3.0) == 0  # the rate has aged out; the queue covers the slots
+
+
+def test_a_dry_queue_is_reported_at_once_and_otherwise_the_claim_waits_for_its_heartbeat():
+    c = claim_of()
+    report = c.next_report(0.0, heartbeat=10.0)
+    assert report.due and report.want == 2  # nothing queued: ask now
+    c.take_batch(0.0)
+    c.answered(Reply(verdict="accepted", ranges=[(0, 2)]), 2, 0.1)
+    idle = c.next_report(0.2, heartbeat=10.0)
+    assert not idle.due and idle.wait == 10.0 - 0.2
+    c.finished(IndexResult(index=0, result=RunResult()), 0.2)
+    soon = c.next_report(0.2, heartbeat=10.0)
+    assert not soon.due and abs(soon.wait - (REPORT_INTERVAL - 0.2)) < 1e-9
+    assert c.next_report(0.3, heartbeat=10.0).due  # results wait at most one report interval
+
+
+def test_a_claim_is_over_when_the_requester_has_nothing_left_and_everything_is_reported():
+    c = claim_of()
+    c.answered(Reply(verdict="accepted", ranges=[]), 2, 0.0)
+    assert c.exhausted and c.next_report(0.0, heartbeat=10.0) is None
+    c.finished(IndexResult(index=0, result=RunResult()), 0.0)
+    assert c.next_report(0.0, heartbeat=10.0) is not None  # one result still to report
+
+
+def test_a_report_carries_at_most_a_batch_and_keeps_the_rest_and_unsent_results_for_the_next():
+    c = claim_of()
+    big = "x" * (BATCH_BYTES // 2)
+    for i in range(3):
+        c.finished(IndexResult(index=i, result=RunResult(stdout=big)), 0.0)
+    batch = c.take_batch(1.0)
+    assert [r.index for r in batch] == [0] and c.last_sent == 1.0
+    c.unsent(batch)
+    assert [r.index for r in c.results] == [0, 1, 2]
+
+
+def test_granted_indexes_run_in_order_and_a_rejection_ends_the_claim_counting_what_it_stopped():
+    c = claim_of()
+    assert c.answered(Reply(verdict="accepted", ranges=[(3, 5)]), 2, 0.0) == [3, 4]
+    index, ex = c.start_next("node", 1.0)
+    assert index == 3 and ex.id == "c-1-3" and ex.job_id == "s-1" and ex.spec.env["SHOAL_INDEX"] == "3"
+    assert c.answered(Reply(verdict="rejected", reason="sweep done"), 1, 2.0) is None
+    assert c.stopped == 1
+
+
+def test_only_the_sweeps_requester_may_end_a_claim_and_a_late_cancel_still_gets_its_answer():
+    b = book()
+    c = b.announce(REQ, sweep(), 0.0)
+    c.answered(Reply(verdict="accepted", ranges=[(0, 1)]), 4, 0.0)
+    c.start_next("node", 0.0)
+    cancel = Cancel(job_id="s-1", execution_id=c.claim_id)
+    reply, stop = b.cancel("mallory", cancel)
+    assert not reply.ok and stop is None
+    reply, stop = b.cancel(REQ, cancel)
+    assert reply.stopped == 1 and stop is c
+    b.finish(c)
+    assert b.capacity.statistics().reservations == 0
+    assert b.cancel(REQ, cancel) == (Reply(stopped=1), None)
+    assert b.cancel(REQ, Cancel(job_id="s-9", execution_id="c-9")) == (None, None)
