@@ -65,6 +65,7 @@ class _Active(Live):
     """A live job: its state as the machine sees it, behind the lock its decisions take."""
 
     state: Tracked
+    woken: bool = False  # a node with room for it appeared: announce at the next tick, not the next backoff step
 
     @property
     def job(self) -> Job:
@@ -137,10 +138,8 @@ class RequesterService:
         if origin != info.peer_id:
             return
         if self.nodes.update(info, self.clock()):  # new, or restarted: announce what it has room for now
-            now = self.clock()
             for job_id in self.machine.to_wake((aj.state for aj in self._active.values()), info):
-                aj = self._active[job_id]
-                aj.state = replace(aj.state, next_announce=min(aj.state.next_announce, now))
+                self._active[job_id].woken = True  # applied under the job's lock, by its next tick
 
     # -- performing the machine's changes --------------------------------------------------------
 
@@ -351,7 +350,10 @@ class RequesterService:
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 
     async def _tick(self, aj: _Active) -> None:
-        await self._apply(aj, self.machine.tick(aj.state, self.clock(), self._known()))
+        now = self.clock()
+        if aj.woken:
+            aj.state, aj.woken = replace(aj.state, next_announce=min(aj.state.next_announce, now)), False
+        await self._apply(aj, self.machine.tick(aj.state, now, self._known()))
 
     async def _liveness_loop(self) -> None:
         """Ask each node running our executions whether it still is; re-offer what a silent node held.

@@ -6,9 +6,12 @@ asks for (what to write, whom to tell what), which is all the service does with 
 
 from __future__ import annotations
 
+import ast
 import inspect
 import random
+from pathlib import Path
 
+import requester
 from jobs import (
     Deadlines,
     Deal,
@@ -422,3 +425,13 @@ def test_the_node_store_offers_every_method_the_requester_needs_with_the_same_pa
             continue
         offered = getattr(Store, name)
         assert list(inspect.signature(offered).parameters) == list(inspect.signature(wanted).parameters), name
+
+
+def test_the_machines_and_their_rules_import_no_trio_no_store_and_no_network():
+    pure = ("machine", "sweep_machine", "trust", "selection", "verify", "sweep_rules", "nodes")
+    io = {"trio", "node", "requester.service", "requester.sweeps", "requester.common"}
+    for name in pure:
+        tree = ast.parse((Path(requester.__file__).parent / f"{name}.py").read_text())
+        imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in imported if m in io or m.split(".")[0] in {"trio", "node"}}, name
