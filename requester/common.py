@@ -21,8 +21,8 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = 5.0
 
 
-class UnknownJob(ShoalError, KeyError):
-    """No job or sweep with this id here (a KeyError too, for callers that catch that)."""
+class UnknownJob(ShoalError):
+    """No job or sweep with this id here; ``args[0]`` is the id."""
 
 
 class IdempotencyConflict(ShoalError):
