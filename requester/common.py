@@ -18,6 +18,7 @@ from node.tasks import backoff, retry
 log = logging.getLogger("shoal.requester")
 
 T = TypeVar("T")
+L = TypeVar("L", bound="Live")
 REQUEST_TIMEOUT = 5.0
 
 
@@ -89,15 +90,15 @@ class Live:
         return self.done.is_set()
 
 
-async def tick_forever(interval: float, live: Callable[[], Iterable[Live]], tick: Callable[[Live], Awaitable[None]],
-                       what: str) -> None:
-    """Every ``interval`` seconds, ``tick`` each live job or sweep under its lock; one that fails is logged."""
+async def tick_forever(interval: float, live: Callable[[], Iterable[tuple[str, L]]],
+                       tick: Callable[[L], Awaitable[None]], what: str) -> None:
+    """Every ``interval`` seconds, ``tick`` each live job or sweep (id, it) under its lock; a failure is logged."""
     while True:
         await trio.sleep(interval)
-        for item in list(live()):
+        for name, item in list(live()):
             try:
                 async with item.lock:
                     if not item.finished:
                         await tick(item)
             except Exception:
-                log.exception("ticking %s %r", what, item)
+                log.exception("ticking %s %s", what, name)

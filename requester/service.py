@@ -108,7 +108,7 @@ class RequesterService:
             self._running = True
             self._started_at = self.clock()
             await self._restore()
-            nursery.start_soon(tick_forever, SWEEP_INTERVAL, self._active.values, self._tick, "job")
+            nursery.start_soon(tick_forever, SWEEP_INTERVAL, self._active.items, self._tick, "job")
             nursery.start_soon(self._liveness_loop)
             task_status.started()
 

@@ -77,7 +77,7 @@ class SweepService:
         async with trio.open_nursery() as nursery:
             self._tasks.attach(nursery)
             await self._restore()
-            nursery.start_soon(tick_forever, TICK, self._live.values, self._tick, "sweep")
+            nursery.start_soon(tick_forever, TICK, self._live.items, self._tick, "sweep")
             task_status.started()
 
     async def _restore(self) -> None:
