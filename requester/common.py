@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 import trio
 
 from jobs import DuplicateKey, PeerError, ShoalError
-from jobs.messages import Peers, Reply, _Message
+from jobs.messages import Cancel, Decision, Peers, Reply
 from node.tasks import backoff, retry
 
 log = logging.getLogger("shoal.requester")
@@ -67,7 +67,7 @@ def signed_by(peers: Peers, peer: str, msg: Signed) -> bool:
     return peers.verify(peer, msg.statement(), signature)
 
 
-async def deliver(peers: Peers, peer: str, message: _Message, *, addrs: Iterable[str] = (),
+async def deliver(peers: Peers, peer: str, message: Decision | Cancel, *, addrs: Iterable[str] = (),
                   delays: Iterable[float] | None = None) -> Reply | None:
     """Send ``message`` until ``peer`` answers (a few tries, backing off); None when it never did."""
     try:
