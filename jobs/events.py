@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from jobs.states import JobState
+
 
 class EventKind(StrEnum):
     CREATED = "Created"
@@ -30,6 +32,15 @@ class EventKind(StrEnum):
     def is_terminal(self) -> bool:
         """The last event of a job: a stream that saw it is finished, not broken."""
         return self in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+
+
+def ending(state: JobState) -> EventKind:
+    """The event that ends a job or sweep in terminal ``state``."""
+    return _ENDINGS[state]
+
+
+_ENDINGS = {JobState.COMPLETED: EventKind.COMPLETED, JobState.FAILED: EventKind.FAILED,
+            JobState.CANCELLED: EventKind.CANCELLED}
 
 
 class Event(BaseModel):

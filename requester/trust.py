@@ -76,3 +76,10 @@ def cache_verified(agreeing: Set[str], own_node: str) -> bool:
     """May other clients be served this result from the cache? Only when two distinct nodes agreed on
     its digest, or this requester's own compute role produced it; anything else is one peer's word."""
     return len(agreeing) >= 2 or own_node in agreeing
+
+
+def quarantined(reputation: tuple[int, int], after: int) -> bool:
+    """Whether a node's bids and claims are refused: ``reputation`` is (results accepted, rejected); at
+    least ``after`` rejected, and more than one for every ten accepted."""
+    accepted, rejected = reputation
+    return rejected >= after and rejected > accepted // 10

@@ -1,0 +1,440 @@
+"""A sweep's decisions with no I/O: grant index ranges, record reports, take back lapsed leases, end.
+
+``SweepMachine`` holds one live sweep in memory (its index states can be many, so they change in
+place rather than being copied per message). Each entry point takes one input (a claim, a tick,
+the owner's cancel or retry) and the time, and returns the reply and ``SweepChanges``: the store
+writes, the claims to stop on their nodes, and whether to announce. It never awaits, sleeps,
+reads the store or talks to a peer; ``requester.sweeps`` performs what it returns. What to make of
+one claim's report is ``requester.sweep_rules``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from jobs import Event, EventKind, JobState, RunResult
+from jobs.events import ending
+from jobs.messages import Claim, IndexResult, NodeInfo, Reply
+from jobs.sweep import IndexRecord, Sweep, compress
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, announce_backoff
+from requester.selection import never_runnable
+from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
+
+log = logging.getLogger("shoal.requester")
+
+TICK = 0.25  # how often leases and re-announcements are checked
+MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, before it fails for good
+MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
+MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
+RESTORED = "restored:"  # the claim id under which a restarted requester keeps what a node was running
+IndexRow = tuple[int, JobState, str, int, "str | None"]  # the store's (index, state, reason, attempts, node)
+
+
+@dataclass
+class Lease:
+    """A claim: the indexes one node was granted and has not reported yet."""
+
+    node: str
+    addrs: list[str]
+    indexes: set[int]  # granted and not reported yet
+    heard: float
+    reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
+
+
+@dataclass(frozen=True)
+class SweepWrite:
+    """One transaction for ``Store.save_sweep``."""
+
+    sweep: Sweep | None = None
+    indexes: tuple[IndexRecord, ...] = ()
+    events: tuple[Event, ...] = ()
+    end_unfinished: tuple[JobState, str] | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A claim to cancel on its node, because the sweep ended."""
+
+    claim_id: str
+    node: str
+    addrs: list[str]
+
+
+@dataclass(frozen=True)
+class SweepChanges:
+    writes: tuple[SweepWrite, ...] = ()
+    stops: tuple[Stop, ...] = ()
+    announce: bool = False
+    finished: bool = False
+    counts: Counter[str] = field(default_factory=Counter)
+    penalties: tuple[tuple[str, str], ...] = ()  # (peer, why): evidence held against a node
+
+
+class _Step:
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.writes: list[SweepWrite] = []
+        self.stops: list[Stop] = []
+        self.counts: Counter[str] = Counter()
+        self.penalties: list[tuple[str, str]] = []
+        self.announce = False
+        self.finished = False
+
+    def save(self, *, sweep: Sweep | None = None, indexes: Sequence[IndexRecord] = (), events: Sequence[Event] = (),
+             end_unfinished: tuple[JobState, str] | None = None) -> None:
+        self.writes.append(SweepWrite(sweep, tuple(indexes), tuple(events), end_unfinished))
+
+    def changes(self) -> SweepChanges:
+        return SweepChanges(tuple(self.writes), tuple(self.stops), self.announce, self.finished, self.counts,
+                            tuple(self.penalties))
+
+
+def admit(sweep: Sweep, nodes: Sequence[NodeInfo], node_id: str) -> tuple[Sweep, list[Event]]:
+    """A new sweep as it is first written: failed at once when no known node could run it."""
+    events = [_event(sweep.id, sweep.created_at, EventKind.CREATED, f"{sweep.count} indexes", node_id)]
+    impossible = never_runnable(sweep.spec.job, nodes)
+    if impossible:
+        sweep = sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
+                                         "counts": {JobState.FAILED: sweep.count}})
+        events.append(_event(sweep.id, sweep.created_at, EventKind.FAILED, impossible, node_id))
+    else:
+        events.append(_event(sweep.id, sweep.created_at, EventKind.ANNOUNCED, "", node_id))
+    return sweep, events
+
+
+def _event(sweep_id: str, at: float, kind: EventKind, message: str, node: str) -> Event:
+    return Event(job_id=sweep_id, at=at, kind=kind, node_id=node, message=message)
+
+
+class SweepMachine:
+    """One sweep that is not finished, and the decisions that drive it (rebuilt from the store on restart)."""
+
+    def __init__(self, sweep: Sweep, node_id: str, *, states: list[JobState], attempts: list[int],
+                 pending: list[int], next_announce: float = 0.0) -> None:
+        self.sweep = sweep
+        self.node_id = node_id
+        self.states = states
+        self.attempts = attempts
+        self.pending = pending  # a heap: the lowest indexes are granted first
+        heapq.heapify(self.pending)
+        self.claims: dict[str, Lease] = {}
+        self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
+        self.errors: dict[int, dict[str, bool]] = {}  # index -> node -> retryable, unfinished ones
+        self.errored_at: dict[int, float] = {}  # index -> when it first errored
+        self.refusal_events = 0
+        self.next_announce = next_announce
+        self.backoff = ANNOUNCE_BACKOFF_FIRST
+
+    @classmethod
+    def new(cls, sweep: Sweep, node_id: str) -> SweepMachine:
+        return cls(sweep, node_id, states=[JobState.PENDING] * sweep.count, attempts=[0] * sweep.count,
+                   pending=list(range(sweep.count)))
+
+    @classmethod
+    def restored(cls, sweep: Sweep, node_id: str, rows: Sequence[IndexRow], now: float) -> SweepMachine:
+        """After a restart, from the store's index rows: indexes that were running stay with their node
+        for one lease, as it may still report them."""
+        machine = cls(sweep, node_id, states=[r[1] for r in rows], attempts=[r[3] for r in rows],
+                      pending=[r[0] for r in rows if r[1] is JobState.PENDING], next_announce=now)
+        for index, state, _, _, node in rows:
+            if state is JobState.RUNNING and node:
+                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, [], set(), now)).indexes.add(index)
+        return machine
+
+    def event(self, at: float, kind: EventKind, message: str = "", node: str | None = None) -> Event:
+        return _event(self.sweep.id, at, kind, message, node or self.node_id)
+
+    def set_state(self, index: int, state: JobState) -> None:
+        counts = dict(self.sweep.counts)
+        old = self.states[index]
+        counts[old] = counts.get(old, 0) - 1
+        counts[state] = counts.get(state, 0) + 1
+        self.states[index] = state
+        self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
+
+    def unfinished(self) -> int:
+        return self.sweep.counts.get(JobState.PENDING, 0) + self.sweep.counts.get(JobState.RUNNING, 0)
+
+    def announced(self, now: float) -> None:
+        self.next_announce, self.backoff = announce_backoff(self.backoff, now)
+
+    # -- the owner -------------------------------------------------------------------------------
+
+    def cancel(self, reason: str, now: float) -> SweepChanges:
+        p = _Step(now)
+        self._finish(p, JobState.CANCELLED, reason, [], [])
+        return p.changes()
+
+    def retry(self, now: float) -> SweepChanges:
+        """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
+        p = _Step(now)
+        failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
+        if not failed:
+            return p.changes()
+        records = []
+        for i in failed:
+            self.set_state(i, JobState.PENDING)
+            self.attempts[i] = 0
+            heapq.heappush(self.pending, i)
+            records.append(IndexRecord(index=i, state=JobState.PENDING, reason="retried", updated_at=now))
+        message = f"{len(failed)} failed indexes put back to run"
+        sweep = self.sweep
+        if sweep.state is JobState.FAILED:
+            sweep = sweep.transition(JobState.RUNNING, message, now)
+        else:
+            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
+        p.save(sweep=sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
+        self.sweep = sweep
+        self.backoff, self.next_announce = ANNOUNCE_BACKOFF_FIRST, now
+        return p.changes()
+
+    # -- claims from compute nodes ----------------------------------------------------------------
+
+    def claim(self, peer: str, msg: Claim, now: float, *, able: Collection[str],
+              quarantined: bool) -> tuple[Reply, SweepChanges]:
+        """A node's claim (signature already checked): record its reports, grant it more indexes.
+
+        ``able``: the known nodes that could run the sweep's indexes (no claim takes more than its
+        share); ``quarantined``: the sender's reports were refused too often, it gets nothing more.
+        """
+        p = _Step(now)
+        p.counts["claims"] += 1
+        if quarantined:
+            return self._quarantined(p, peer, msg), p.changes()
+        view, restored = self._view(peer, msg)
+        check = check_claim(peer, msg, view)
+        events: list[Event] = []
+        if check.refused or check.whole:
+            events += self._refused(p, peer, msg, check)
+        if check.whole:
+            if events:
+                p.save(events=events)
+            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p.changes()
+        claim = self.claims.get(msg.claim_id)
+        if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
+            claim = Lease(peer, [], set(), now)
+            if restored is not None:
+                claim.indexes |= self.claims.pop(restored).indexes
+            self.claims[msg.claim_id] = claim
+        claim.heard = now
+        p.counts["repeated_results"] += check.repeated
+        spec = self.sweep.spec
+        records: list[IndexRecord] = []
+        winner = None
+        for r in check.results:
+            claim.indexes.discard(r.index)
+            claim.reported.add(r.index)
+            p.counts["results"] += 1
+            if self.states[r.index].is_terminal:  # held indexes are running; kept for safety
+                p.counts["late_results"] += 1
+                continue
+            record = self._outcome(p, r, peer, able)
+            records.append(record)
+            if record.state is JobState.COMPLETED and spec.success == "any" and winner is None \
+                    and spec.is_hit(record.result or RunResult()):
+                winner = r.index
+        for i in check.released:
+            claim.indexes.discard(i)
+            if self.states[i] is JobState.RUNNING:
+                records.append(self._back_to_pending(i, "given back unrun", now))
+        if winner is not None:
+            self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
+            return Reply(verdict="rejected", reason="the sweep is completed"), p.changes()
+        if self.unfinished() == 0:
+            self._finish_all_done(p, records, events)
+            return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p.changes()
+        granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
+        for i in granted:
+            records.append(IndexRecord(index=i, state=JobState.RUNNING, node_id=peer, attempts=self.attempts[i],
+                                       reason=f"running on node {peer[-8:]}", updated_at=now))
+        ranges = compress(granted)
+        if granted:
+            events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: " + ", ".join(
+                f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20]), peer))
+        sweep = self.sweep
+        if sweep.state is JobState.PENDING and granted:
+            sweep = sweep.transition(JobState.RUNNING, "running", now)
+        elif records:
+            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
+        if sweep is not self.sweep or events:
+            p.save(sweep=sweep if sweep is not self.sweep else None, indexes=records, events=events)
+            self.sweep = sweep
+        if not claim.indexes and not claim.reported:
+            del self.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
+        return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p.changes()
+
+    def _grant(self, peer: str, claim: Lease, want: int, able: Collection[str], now: float) -> list[int]:
+        """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling)."""
+        granted, passed = [], []
+        share = max(1, -(-len(self.pending) // max(1, len(able))))
+        while len(granted) < min(want, share) and self.pending:
+            i = heapq.heappop(self.pending)
+            if self.states[i] is not JobState.PENDING:
+                continue
+            if i in self.errors and not may_grant(peer, self.errors[i], able, now - self.errored_at[i]):
+                passed.append(i)  # it errored on this node: another one runs it
+            else:
+                granted.append(i)
+        for i in passed:
+            heapq.heappush(self.pending, i)
+        granted.sort()
+        for i in granted:
+            self.set_state(i, JobState.RUNNING)
+            self.attempts[i] += 1
+            claim.indexes.add(i)
+        return granted
+
+    def _view(self, peer: str, msg: Claim) -> tuple[ClaimView, str | None]:
+        """The claim a message names, as the rules see it; and the restored claim it would adopt."""
+        claim = self.claims.get(msg.claim_id)
+        if claim is not None:
+            return ClaimView(holder=claim.node, held=claim.indexes, reported=claim.reported), None
+        if msg.claim_id in self.expired:
+            return ClaimView(holder=self.expired[msg.claim_id], expired=True), None
+        restored = f"{RESTORED}{peer}"
+        if restored in self.claims:
+            return ClaimView(held=self.claims[restored].indexes), restored
+        # the claim it held when we restarted lapsed before it reached us again
+        return ClaimView(expired=bool(msg.results) and restored in self.expired), None
+
+    def _refused(self, p: _Step, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
+        """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""
+        p.counts["refused_results"] += len(check.refused)
+        p.counts["refused_claims"] += bool(check.whole)
+        text = f"claim {msg.claim_id[:40]} of node {peer[-8:]}: {check.reason()}"
+        log.info("sweep %s: %s", self.sweep.id, text)  # penalize() warns when it is held against the node
+        if check.against_sender:
+            p.counts["penalties"] += 1
+            p.penalties.append((peer, f"sweep {self.sweep.id}: {text}"))
+        if self.refusal_events >= MAX_REFUSAL_EVENTS:
+            return []
+        self.refusal_events += 1
+        return [self.event(p.now, EventKind.RESULTS_REJECTED, text, peer)]
+
+    def _quarantined(self, p: _Step, peer: str, msg: Claim) -> Reply:
+        """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
+        p.counts["quarantined_claims"] += 1
+        claim = self.claims.get(msg.claim_id)
+        if claim is not None and claim.node == peer:
+            del self.claims[msg.claim_id]
+            self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
+        return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
+
+    def _outcome(self, p: _Step, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
+        """The index's new record for a reported outcome (updates the in-memory state)."""
+        i, now = r.index, p.now
+        reports = self.errors.get(i, {})
+        if r.result is not None and r.error is None:
+            for node in contradicted(reports, peer):
+                p.counts["errors_contradicted"] += 1
+                p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
+                                          f"which node {peer[-8:]} ran to a result"))
+            self._forget_errors(i)
+            state = JobState.COMPLETED if r.result.exit_code == 0 else JobState.FAILED
+            reason = "completed" if state is JobState.COMPLETED else f"exit code {r.result.exit_code}"
+            self.set_state(i, state)
+            return IndexRecord(index=i, state=state, node_id=peer, reason=reason, attempts=self.attempts[i],
+                               result=r.result, updated_at=now)
+        error = r.error or "no result"
+        reports = self.errors.setdefault(i, {})
+        reports[peer] = r.retryable
+        self.errored_at.setdefault(i, now)
+        if error_confirmed(reports, able):
+            p.counts["errors_confirmed"] += 1
+            return self._failed(i, peer, error, now)
+        p.counts["errors_run_again"] += 1
+        return self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
+
+    def _run_again_or_fail(self, i: int, node: str, why: str, now: float) -> IndexRecord:
+        """An index lost for reasons of its node: back to pending, unless it has had its attempts."""
+        if self.attempts[i] < MAX_ATTEMPTS:
+            return self._back_to_pending(i, f"{why}; will run again", now)
+        return self._failed(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
+
+    def _forget_errors(self, i: int) -> None:
+        self.errors.pop(i, None)
+        self.errored_at.pop(i, None)
+
+    def _failed(self, i: int, node: str, reason: str, now: float) -> IndexRecord:
+        self.set_state(i, JobState.FAILED)
+        self._forget_errors(i)
+        return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=self.attempts[i],
+                           updated_at=now)
+
+    def _back_to_pending(self, i: int, reason: str, now: float) -> IndexRecord:
+        self.set_state(i, JobState.PENDING)
+        heapq.heappush(self.pending, i)
+        self.backoff = ANNOUNCE_BACKOFF_FIRST
+        self.next_announce = min(self.next_announce, now + TICK)
+        return IndexRecord(index=i, state=JobState.PENDING, reason=reason, attempts=self.attempts[i], updated_at=now)
+
+    # -- the clock and the end --------------------------------------------------------------------
+
+    def tick(self, now: float) -> SweepChanges:
+        """Leases: a claim silent for the template's ``deadlines.silence`` loses its indexes."""
+        p = _Step(now)
+        silence = self.sweep.spec.job.deadlines.silence
+        records = []
+        for claim_id, claim in list(self.claims.items()):
+            if now - claim.heard <= silence:
+                continue
+            del self.claims[claim_id]
+            self.expired[claim_id] = claim.node
+            while len(self.expired) > MAX_EXPIRED:
+                self.expired.popitem(last=False)
+            records += self._take_back(claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s", now)
+        if records and self._save_taken_back(p, records):
+            return p.changes()
+        p.announce = bool(self.pending) and now >= self.next_announce
+        return p.changes()
+
+    def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:
+        return [self._run_again_or_fail(i, claim.node, why, now)
+                for i in sorted(claim.indexes) if self.states[i] is JobState.RUNNING]
+
+    def _save_taken_back(self, p: _Step, records: list[IndexRecord]) -> bool:
+        """Record indexes taken back from a claim; True when that ended the sweep."""
+        if not records:
+            return False
+        if self.unfinished() == 0:
+            self._finish_all_done(p, records, [])
+            return True
+        sweep = self.sweep.model_copy(update={"updated_at": p.now, "revision": self.sweep.revision + 1})
+        p.save(sweep=sweep, indexes=records)
+        self.sweep = sweep
+        return False
+
+    def _finish_all_done(self, p: _Step, records: list[IndexRecord], events: list[Event]) -> None:
+        counts = self.sweep.counts
+        failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
+        spec = self.sweep.spec
+        if spec.success == "any":
+            check = f" with a non-empty output {spec.success_output!r}" if spec.success_output else ""
+            reason = f"no index succeeded{check}: {completed} completed without it, {failed} failed"
+            self._finish(p, JobState.FAILED, reason, records, events)
+        elif failed:
+            self._finish(p, JobState.FAILED, f"{failed} of {self.sweep.count} indexes failed", records, events)
+        else:
+            self._finish(p, JobState.COMPLETED, f"all {self.sweep.count} indexes completed", records, events)
+
+    def _finish(self, p: _Step, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
+                winner: int | None = None) -> None:
+        """End the sweep: what has not finished is cancelled, here and on every node holding a claim."""
+        unfinished = self.unfinished()
+        counts = dict(self.sweep.counts)
+        if unfinished:
+            counts.pop(JobState.PENDING, None)
+            counts.pop(JobState.RUNNING, None)
+            counts[JobState.CANCELLED] = counts.get(JobState.CANCELLED, 0) + unfinished
+        sweep = self.sweep.model_copy(update={"counts": counts}).transition(end, reason, p.now, winner=winner)
+        p.save(sweep=sweep, indexes=records, events=[*events, self.event(p.now, ending(end), reason)],
+               end_unfinished=(JobState.CANCELLED, f"sweep {end.value}") if unfinished else None)
+        self.sweep = sweep
+        p.stops += [Stop(claim_id, claim.node, claim.addrs) for claim_id, claim in self.claims.items()
+                    if claim.indexes and not claim_id.startswith(RESTORED)]
+        self.claims.clear()
+        p.finished = True

@@ -1,0 +1,437 @@
+"""The requester's job and sweep machines, driven alone: no trio, no store, no network.
+
+Each test feeds a machine one input at a given time and checks the reply and the changes it
+asks for (what to write, whom to tell what), which is all the service does with them.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import random
+from pathlib import Path
+
+import requester
+from jobs import (
+    Deadlines,
+    Deal,
+    EventKind,
+    Execution,
+    ExecutionState,
+    Job,
+    JobSpec,
+    JobState,
+    NoopEngine,
+    Resources,
+    RunResult,
+)
+from jobs.messages import Bid, Cancel, Claim, Decision, IndexResult, NodeInfo, Result, outcome_digest
+from jobs.sweep import Sweep, SweepSpec
+from requester.machine import ANNOUNCE_BACKOFF_MAX, Changes, JobMachine, Known, Tracked
+from requester.ports import RequesterStore
+from requester.sweep_machine import SweepMachine
+
+REQ = "req"
+NODES = ("n-a", "n-b", "n-c")
+
+
+def node(peer: str) -> NodeInfo:
+    big = Resources(cpu=4, memory="4GiB")
+    return NodeInfo(peer_id=peer, engines=["noop"], max_per_job=big, total=big, free=big)
+
+
+KNOWN = Known(nodes=[node(n) for n in NODES])
+
+
+def spec(*, concurrency: int = 1, confidence: int = 0, min_bids: int = 0, cache: bool = True) -> JobSpec:
+    return JobSpec(engine=NoopEngine(), timeout=10, cache=cache, deadlines=Deadlines(bid=60, min_bids=5),
+                   deal=Deal(concurrency=concurrency, confidence=confidence, min_bids=min_bids))
+
+
+def tracked(job_spec: JobSpec, *executions: Execution, secrets: dict[str, str] | None = None) -> Tracked:
+    job = Job(id="j-1", owner="alice", spec=job_spec, requester=REQ, created_at=0, updated_at=0)
+    state = Tracked(job=job, secrets=secrets or {}, waiting_since=0)
+    return state.with_executions(*executions)
+
+
+def machine(**kw: object) -> JobMachine:
+    return JobMachine(REQ, rng=random.Random(7), **kw)  # type: ignore[arg-type]
+
+
+def result(eid: str, *, stdout: str = "42", exit_code: int = 0, error: str | None = None,
+           retryable: bool = False) -> Result:
+    run = None if error else RunResult(exit_code=exit_code, stdout=stdout)
+    return Result(job_id="j-1", execution_id=eid, result=run, error=error, retryable=retryable,
+                  digest=outcome_digest(run, error))
+
+
+def running(state: Tracked, *nodes: str, now: float = 1.0) -> Tracked:
+    """``state`` with a bid accepted from each of ``nodes``."""
+    for n in nodes:
+        reply, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), now, KNOWN)
+        assert reply.verdict == "accepted"
+        state = changes.state
+    return state
+
+
+def kinds(changes: Changes) -> list[EventKind]:
+    return [e.kind for write, _ in changes.writes for e in write.events]
+
+
+def sent(changes: Changes, kind: type) -> dict[str, object]:
+    return {s.peer: s.message for s in changes.sends if isinstance(s.message, kind)}
+
+
+# -- bids ----------------------------------------------------------------------------------------
+
+
+def test_a_bid_for_a_free_slot_is_accepted_in_its_reply_with_the_jobs_secrets():
+    reply, changes = machine().on_bid(tracked(spec(), secrets={"TOKEN": "s3cret"}), "n-a",
+                                      Bid(job_id="j-1", execution_id="x-a"), 1.0, KNOWN)
+    assert reply.verdict == "accepted" and reply.secret_env == {"TOKEN": "s3cret"}
+    (write, _), = changes.writes
+    assert [x.state for x in write.new_executions] == [ExecutionState.ACCEPTED]
+    assert write.job is not None and write.job.state is JobState.RUNNING and write.job.reason == "running"
+    assert kinds(changes) == [EventKind.BID, EventKind.BID_ACCEPTED]
+    assert changes.state.executions["x-a"].node_id == "n-a" and not changes.sends
+
+
+def test_a_bid_beyond_the_jobs_concurrency_is_refused_and_writes_nothing():
+    state = running(tracked(spec()), "n-a")
+    reply, changes = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-b"), 2.0, KNOWN)
+    assert reply.verdict == "rejected" and reply.reason == "enough nodes already"
+    assert changes.writes == () and "bids_rejected" in changes.counts and changes.state is state
+
+
+def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
+    state = tracked(spec())
+    stale, _ = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x", attempt=3), 1.0, KNOWN)
+    assert stale.verdict == "rejected" and "no longer needs" in stale.reason
+    liar = Known(nodes=KNOWN.nodes, reputation={"n-a": (0, 3)})
+    quarantined, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), 1.0, liar)
+    assert quarantined.verdict == "rejected" and quarantined.reason.startswith("quarantined: 3 results rejected")
+    assert changes.writes == ()
+
+
+def test_a_retried_bid_gets_the_verdict_it_had_and_another_nodes_execution_is_not_its_own():
+    state = running(tracked(spec(), secrets={"K": "v"}), "n-a")
+    again, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-n-a"), 2.0, KNOWN)
+    assert again.verdict == "accepted" and again.secret_env == {"K": "v"} and changes.writes == ()
+    other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-a"), 2.0, KNOWN)
+    assert not other.ok and other.reason == "not your execution"
+
+
+def test_with_min_bids_the_last_bid_of_the_set_chooses_and_the_others_hear_by_decision():
+    state = tracked(spec(concurrency=1, min_bids=3), secrets={"K": "v"})
+    m = machine()
+    for n in ("n-a", "n-b"):
+        reply, changes = m.on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, KNOWN)
+        assert reply.verdict == "pending" and reply.reason == "waiting for 3 bids"
+        state = changes.state
+    reply, changes = m.on_bid(state, "n-c", Bid(job_id="j-1", execution_id="x-n-c"), 2.0, KNOWN)
+    verdicts = {x.node_id: x.state for x in changes.state.executions.values()}
+    assert sorted(verdicts.values()) == sorted([ExecutionState.ACCEPTED, ExecutionState.REJECTED,
+                                                ExecutionState.REJECTED])
+    decisions = sent(changes, Decision)
+    assert set(decisions) == {"n-a", "n-b"}  # n-c hears its verdict in the reply
+    for peer, decision in decisions.items():
+        assert decision.accepted == (verdicts[peer] is ExecutionState.ACCEPTED)
+        assert decision.secret_env == ({"K": "v"} if decision.accepted else {})
+    assert reply.verdict == ("accepted" if verdicts["n-c"] is ExecutionState.ACCEPTED else "rejected")
+
+
+def test_a_tick_after_the_min_bids_wait_chooses_among_the_bids_there_are():
+    state = tracked(spec(concurrency=1, min_bids=3))
+    _, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-a"), 1.0, KNOWN)
+    assert machine().tick(changes.state, 3.0, KNOWN).writes == ()  # still within deadlines.min_bids
+    later = machine().tick(changes.state, 7.0, KNOWN)
+    assert later.state.executions["x-a"].state is ExecutionState.ACCEPTED
+    assert sent(later, Decision)["n-a"].accepted
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def test_the_last_result_a_job_needs_completes_it_and_caches_a_deterministic_result():
+    state = running(tracked(spec()), "n-a")
+    reply, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    assert reply.verdict == "accepted" and changes.finished
+    (write, _), = changes.writes
+    assert write.job.state is JobState.COMPLETED and write.job.result.stdout == "42"
+    assert kinds(changes) == [EventKind.RESULTS_PROPOSED, EventKind.RESULTS_ACCEPTED, EventKind.COMPLETED]
+    _, job_id, cached, verified = write.cache
+    assert job_id == "j-1" and cached.stdout == "42" and not verified  # one node's word
+
+
+def test_a_job_with_secrets_is_never_cached_and_its_secrets_are_dropped_when_it_ends():
+    state = running(tracked(spec(), secrets={"K": "v"}), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    assert changes.writes[0][0].cache is None and changes.state.secrets == {}
+
+
+def test_a_nonzero_exit_code_fails_the_job_with_the_result():
+    state = running(tracked(spec()), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", exit_code=3), 5.0, KNOWN, signed=True)
+    assert changes.state.job.state is JobState.FAILED and changes.state.job.reason.startswith("exit code 3")
+    assert changes.writes[0][0].cache is None
+
+
+def test_a_result_with_a_bad_signature_is_refused_held_against_its_node_and_the_slot_reoffered():
+    state = running(tracked(spec()), "n-a")
+    reply, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=False)
+    assert not reply.ok and reply.verdict == "rejected" and "signature" in reply.reason
+    assert [peer for peer, _ in changes.penalties] == ["n-a"]
+    assert isinstance(sent(changes, Cancel)["n-a"], Cancel)  # its run is over
+    job = changes.state.job
+    assert job.state is JobState.PENDING and job.attempt == 1 and job.reason.startswith("re-offering")
+    assert changes.state.next_announce == 5.0 and not changes.finished
+
+
+def test_a_result_whose_fields_do_not_match_its_digest_is_refused():
+    state = running(tracked(spec()), "n-a")
+    forged = result("x-n-a").model_copy(update={"result": RunResult(stdout="43")})
+    reply, _ = machine().on_result(state, "n-a", forged, 5.0, KNOWN, signed=True)
+    assert reply.reason == "the result's fields do not match its signed digest"
+
+
+def test_a_result_for_someone_elses_execution_is_refused_without_a_write():
+    state = running(tracked(spec()), "n-a")
+    reply, changes = machine().on_result(state, "n-b", result("x-n-a"), 5.0, KNOWN, signed=True)
+    assert not reply.ok and changes.writes == () and changes.penalties == ()
+
+
+def test_verified_results_complete_the_job_when_enough_agree_and_the_dissenter_is_rejected():
+    state = running(tracked(spec(concurrency=3, confidence=2)), "n-a", "n-b", "n-c")
+    m = machine()
+    reply, changes = m.on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    assert reply.verdict == "pending"
+    reply, changes = m.on_result(changes.state, "n-b", result("x-n-b", stdout="wrong"), 5.0, KNOWN, signed=True)
+    assert reply.verdict == "pending"
+    reply, changes = m.on_result(changes.state, "n-c", result("x-n-c"), 6.0, KNOWN, signed=True)
+    assert reply.verdict == "accepted" and changes.finished
+    assert changes.state.job.state is JobState.COMPLETED
+    assert sent(changes, Decision)["n-b"].accepted is False and sent(changes, Decision)["n-a"].accepted
+    final = changes.writes[-1][0]
+    assert final.reputation == {"n-a": (1, 0), "n-b": (0, 1), "n-c": (1, 0)}
+    assert final.cache[3]  # two nodes agreed: other clients may be served it
+
+
+def test_results_that_tie_fail_the_job_and_blame_nobody():
+    state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    reply, changes = machine().on_result(changes.state, "n-b", result("x-n-b", stdout="other"), 5.0, KNOWN,
+                                         signed=True)
+    assert reply.verdict == "rejected" and changes.state.job.state is JobState.FAILED
+    assert changes.writes[-1][0].reputation is None
+
+
+# -- errors and re-offers ------------------------------------------------------------------------
+
+
+def test_one_nodes_error_is_not_believed_while_another_node_could_run_the_job():
+    state = running(tracked(spec()), "n-a")
+    reply, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, KNOWN, signed=True)
+    assert reply.verdict == "accepted" and not changes.finished
+    assert changes.state.job.attempt == 1 and kinds(changes) == [EventKind.ERROR, EventKind.REOFFERED]
+    assert "reoffers" in changes.counts
+
+
+def test_an_error_confirmed_by_a_second_node_fails_the_job():
+    state = running(tracked(spec()), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, KNOWN, signed=True)
+    _, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=1), 6.0,
+                                  KNOWN)
+    _, changes = machine().on_result(changes.state, "n-b", result("x-n-b", error="boom"), 7.0, KNOWN, signed=True)
+    assert changes.finished and changes.state.job.state is JobState.FAILED
+    assert changes.state.job.reason == "node n-b: boom (reported by 2 nodes)"
+
+
+def test_an_error_the_job_later_completes_despite_counts_against_its_reporter():
+    state = running(tracked(spec()), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, KNOWN, signed=True)
+    _, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=1), 6.0,
+                                  KNOWN)
+    _, changes = machine().on_result(changes.state, "n-b", result("x-n-b"), 7.0, KNOWN, signed=True)
+    assert changes.state.job.state is JobState.COMPLETED
+    assert changes.writes[-1][0].reputation == {"n-a": (0, 1)}
+
+
+def test_the_job_fails_once_its_reoffers_run_out():
+    state = running(tracked(spec()), "n-a")
+    _, changes = machine(max_reoffers=0).on_result(state, "n-a", result("x-n-a", error="lost", retryable=True), 5.0,
+                                                   KNOWN, signed=True)
+    assert changes.finished and changes.state.job.reason.startswith("gave up after 0 re-offers")
+
+
+def test_an_execution_without_a_result_past_its_timeout_is_cancelled_and_its_slot_reoffered():
+    state = running(tracked(spec()), "n-a")
+    assert machine().tick(state, 60.0, KNOWN).writes == ()  # within timeout + result grace (10 + 60)
+    changes = machine().tick(state, 72.0, KNOWN)
+    assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
+    assert isinstance(sent(changes, Cancel)["n-a"], Cancel)
+    assert changes.state.job.attempt == 1 and changes.announce
+
+
+def test_an_execution_whose_node_went_silent_is_lost_and_its_slot_reoffered():
+    state = running(tracked(spec()), "n-a")
+    changes = machine().lose(state, "x-n-a", "node n-a silent for 12 s", 20.0, KNOWN)
+    assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
+    assert changes.state.job.reason == "re-offering: node n-a failed: node n-a silent for 12 s"
+    assert machine().lose(changes.state, "x-n-a", "again", 21.0, KNOWN).writes == ()  # lost once only
+
+
+def test_a_job_no_node_takes_within_its_bid_deadline_fails():
+    changes = machine().tick(tracked(spec()), 61.0, KNOWN)
+    assert changes.finished and changes.state.job.reason.startswith("no node took the job within 60 s")
+
+
+def test_a_waiting_job_is_announced_when_due_with_a_growing_backoff():
+    m = machine()
+    state = tracked(spec())
+    plan, state = m.announce(state, 0.0, KNOWN, own=None)
+    assert plan.ask and not plan.here  # the first announcement names a few nodes
+    assert not m.tick(state, 0.5, KNOWN).announce and m.tick(state, 1.0, KNOWN).announce
+    for _ in range(10):
+        plan, state = m.announce(state, 1.0, KNOWN, own=None)
+    assert plan.ask == [] and state.announce_backoff == ANNOUNCE_BACKOFF_MAX  # repeats are gossiped
+
+
+def test_a_one_node_job_is_offered_to_the_requesters_own_compute_role_first():
+    plan, _ = machine().announce(tracked(spec()), 0.0, KNOWN, own=node(REQ))
+    assert plan.here and REQ not in plan.ask
+    plan, _ = machine().announce(tracked(spec(concurrency=2)), 0.0, KNOWN, own=node(REQ))
+    assert not plan.here
+
+
+def test_cancelling_a_job_cancels_what_runs_on_its_nodes():
+    state = running(tracked(spec(concurrency=2)), "n-a", "n-b")
+    changes = machine().finish(state, JobState.CANCELLED, "cancelled by its owner", 3.0, KNOWN)
+    assert changes.finished and changes.state.job.state is JobState.CANCELLED
+    assert set(sent(changes, Cancel)) == {"n-a", "n-b"} and kinds(changes) == [EventKind.CANCELLED]
+
+
+def test_a_new_job_no_known_node_could_run_fails_at_once():
+    job = tracked(spec()).job.model_copy(update={"spec": spec().model_copy(update={"engine": NoopEngine()})})
+    tiny = NodeInfo(peer_id="n-x", engines=["docker"], max_per_job=Resources(), total=Resources(), free=Resources())
+    admitted, events = machine().admit(job, [tiny], None)
+    assert admitted.state is JobState.FAILED and [e.kind for e in events] == [EventKind.CREATED, EventKind.FAILED]
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+
+
+def sweep_machine(count: int = 10, success: str = "all") -> SweepMachine:
+    sweep_spec = SweepSpec(job=spec(), items=[{"X": str(i)} for i in range(count)], success=success)
+    sweep = Sweep(id="s-1", owner="alice", spec=sweep_spec, count=count, requester=REQ,
+                  counts={JobState.PENDING: count}, created_at=0, updated_at=0)
+    return SweepMachine.new(sweep, REQ)
+
+
+def claim(claim_id: str, *results: IndexResult, want: int = 0) -> Claim:
+    return Claim(sweep_id="s-1", claim_id=claim_id, want=want, results=list(results))
+
+
+def ok(i: int) -> IndexResult:
+    return IndexResult(index=i, result=RunResult(stdout=str(i)))
+
+
+def test_a_claim_is_granted_its_share_of_the_lowest_pending_indexes():
+    m = sweep_machine(10)
+    reply, changes = m.claim("n-a", claim("c-a", want=100), 1.0, able={"n-a", "n-b"}, quarantined=False)
+    assert reply.verdict == "accepted" and reply.ranges == [(0, 5)]  # half: two nodes could run them
+    assert m.sweep.state is JobState.RUNNING and m.sweep.counts == {JobState.PENDING: 5, JobState.RUNNING: 5}
+    assert [e.kind for w in changes.writes for e in w.events] == [EventKind.CLAIMED]
+
+
+def test_results_of_every_index_complete_the_sweep():
+    m = sweep_machine(2)
+    m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a"}, quarantined=False)
+    reply, changes = m.claim("n-a", claim("c-a", ok(0), ok(1)), 2.0, able={"n-a"}, quarantined=False)
+    assert reply.verdict == "rejected" and changes.finished
+    assert m.sweep.state is JobState.COMPLETED and m.sweep.reason == "all 2 indexes completed"
+
+
+def test_a_report_for_another_nodes_claim_is_refused_and_held_against_its_sender():
+    m = sweep_machine(4)
+    m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a", "n-b"}, quarantined=False)
+    reply, changes = m.claim("rogue", claim("c-a", ok(0)), 2.0, able={"n-a", "n-b"}, quarantined=False)
+    assert not reply.ok and reply.verdict == "rejected" and "belongs to another node" in reply.reason
+    assert [peer for peer, _ in changes.penalties] == ["rogue"] and m.states[0] is JobState.RUNNING
+
+
+def test_a_silent_claim_loses_its_indexes_to_the_next_claim():
+    m = sweep_machine(2)
+    m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a"}, quarantined=False)
+    assert m.tick(5.0).writes == ()  # within the lease (deadlines.silence, 10 s)
+    changes = m.tick(12.0)
+    assert m.states == [JobState.PENDING, JobState.PENDING] and "c-a" in m.expired
+    assert changes.writes[0].indexes[0].reason.startswith("node n-a silent for 11 s")
+    reply, _ = m.claim("n-b", claim("c-b", want=2), 13.0, able={"n-b"}, quarantined=False)
+    assert reply.ranges == [(0, 2)]
+
+
+def test_an_index_error_runs_it_again_elsewhere_and_a_second_nodes_error_fails_it():
+    m = sweep_machine(1)
+    able = {"n-a", "n-b", "n-c"}
+    m.claim("n-a", claim("c-a", want=1), 1.0, able=able, quarantined=False)
+    boom = IndexResult(index=0, error="boom")
+    m.claim("n-a", claim("c-a", boom), 2.0, able=able, quarantined=False)
+    assert m.states[0] is JobState.PENDING
+    again, _ = m.claim("n-a", claim("c-a2", want=1), 3.0, able=able, quarantined=False)
+    assert again.ranges == []  # not to the node that reported the error
+    assert m.claim("n-b", claim("c-b", want=1), 3.0, able=able, quarantined=False)[0].ranges == [(0, 1)]
+    _, changes = m.claim("n-b", claim("c-b", boom), 4.0, able=able, quarantined=False)
+    assert changes.finished and m.sweep.state is JobState.FAILED
+
+
+def test_the_first_success_of_an_any_sweep_ends_it_and_stops_the_other_claims():
+    m = sweep_machine(4, success="any")
+    m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a", "n-b"}, quarantined=False)
+    m.claim("n-b", claim("c-b", want=2), 1.0, able={"n-a", "n-b"}, quarantined=False)
+    reply, changes = m.claim("n-a", claim("c-a", ok(0)), 2.0, able={"n-a", "n-b"}, quarantined=False)
+    assert reply.reason == "the sweep is completed" and m.sweep.winner == 0
+    assert {(s.claim_id, s.node) for s in changes.stops} == {("c-a", "n-a"), ("c-b", "n-b")}
+    assert changes.writes[-1].end_unfinished == (JobState.CANCELLED, "sweep completed")
+
+
+def test_a_quarantined_node_gets_nothing_and_its_claim_is_taken_back():
+    m = sweep_machine(2)
+    m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a"}, quarantined=False)
+    reply, _ = m.claim("n-a", claim("c-a", want=2), 2.0, able={"n-a"}, quarantined=True)
+    assert reply.verdict == "rejected" and reply.reason.startswith("quarantined")
+    assert m.states == [JobState.PENDING, JobState.PENDING] and "c-a" not in m.claims
+
+
+def test_retrying_a_failed_sweep_puts_its_failed_indexes_back_to_run():
+    m = sweep_machine(1)
+    able = {"n-a", "n-b"}
+    for peer in ("n-a", "n-b"):
+        m.claim(peer, claim(f"c-{peer}", want=1), 1.0, able=able, quarantined=False)
+        m.claim(peer, claim(f"c-{peer}", IndexResult(index=0, error="boom")), 2.0, able=able, quarantined=False)
+    assert m.sweep.state is JobState.FAILED
+    changes = m.retry(3.0)
+    assert m.sweep.state is JobState.RUNNING and m.states == [JobState.PENDING] and m.attempts == [0]
+    assert [e.kind for w in changes.writes for e in w.events] == [EventKind.RETRIED]
+
+
+# -- the store the requester needs ---------------------------------------------------------------
+
+
+def test_the_node_store_offers_every_method_the_requester_needs_with_the_same_parameters():
+    from node.store import Store
+
+    for name, wanted in inspect.getmembers(RequesterStore, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        offered = getattr(Store, name)
+        assert list(inspect.signature(offered).parameters) == list(inspect.signature(wanted).parameters), name
+
+
+def test_the_machines_and_their_rules_import_no_trio_no_store_and_no_network():
+    pure = ("machine", "sweep_machine", "trust", "selection", "verify", "sweep_rules", "nodes")
+    io = {"trio", "node", "requester.service", "requester.sweeps", "requester.common"}
+    for name in pure:
+        tree = ast.parse((Path(requester.__file__).parent / f"{name}.py").read_text())
+        imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in imported if m in io or m.split(".")[0] in {"trio", "node"}}, name
