@@ -16,7 +16,7 @@ from node.api.access import exposure_problem
 from node.api.app import create_app, serve_api
 from node.api.parts import Node
 from node.config import VERSION, NodeConfig, machine_resources
-from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
+from node.dispatch import Dispatcher, MessagePeers
 from node.identity import Identity, load_or_create_seed
 from node.ratelimit import RateLimiter
 
@@ -69,12 +69,7 @@ class _NetworkTransport:
         return self.network.addrs()
 
     async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
-        from node.net import NetworkError
-
-        try:
-            return await self.network.request(peer_id, data, timeout=timeout, addrs=addrs)
-        except NetworkError as e:
-            raise TransportUnreachable(str(e)) from e
+        return await self.network.request(peer_id, data, timeout=timeout, addrs=addrs)
 
     async def publish(self, data: bytes) -> None:
         """Gossip is best effort (every sender repeats what matters): a network that is stopping, as on

@@ -66,15 +66,6 @@ class Signer(Protocol):
     def verify(self, peer_id: str, data: bytes, signature: bytes) -> bool: ...
 
 
-class TransportUnreachable(Unreachable):
-    """The old way for a transport to say a peer did not answer, without naming it: ``MessagePeers``
-    turns it into ``Unreachable`` for the peer it called. Kept only while ``tests/memnet.py`` and
-    ``node/daemon.py`` still raise it; a transport raises ``Unreachable`` or ``PeerTimeout`` itself."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__("", why)
-
-
 class MessagePeers:
     """The roles' ``Peers`` over any ``Transport``: encodes, decodes and maps errors once."""
 
@@ -96,10 +87,7 @@ class MessagePeers:
     async def request(self, peer_id: str, message, *, timeout: float, addrs: Sequence[str] = ()) -> Reply:
         """The peer's reply; ``Unreachable`` or ``PeerTimeout`` (from the transport) when none comes,
         ``Unreachable`` when what comes back is not a reply."""
-        try:
-            data = await self.transport.request(peer_id, encode(message), timeout=timeout, addrs=addrs)
-        except TransportUnreachable as e:
-            raise Unreachable(peer_id, e.why) from e
+        data = await self.transport.request(peer_id, encode(message), timeout=timeout, addrs=addrs)
         try:
             reply = decode(data)
         except MalformedMessage as e:

@@ -17,9 +17,9 @@ from compute import CapacityTracker, ComputeService
 from executors import ExecutorRegistry, NoopExecutor
 from executors.faults import BadActor
 from executors.noop import NoopHooks
-from jobs import Resources
+from jobs import PeerTimeout, Resources, Unreachable
 from jobs.messages import decode
-from node.dispatch import Dispatcher, MessagePeers, TransportUnreachable
+from node.dispatch import Dispatcher, MessagePeers
 from node.store import Store
 from requester import RequesterService
 from requester.sweeps import SweepService
@@ -81,7 +81,7 @@ class MemoryTransport:
         await trio.lowlevel.checkpoint()
         target = self.hub.transports.get(peer_id)
         if self.down or target is None or target.down or target.dispatcher is None:
-            raise TransportUnreachable(f"{peer_id} is down")
+            raise Unreachable(peer_id, "down")
         self.hub.sent["request", decode(data).kind] += 1
         if self.hub.frames is not None:
             self.hub.frames.append(("request", self.peer_id, peer_id, data))
@@ -90,7 +90,7 @@ class MemoryTransport:
             if self.hub.frames is not None:
                 self.hub.frames.append(("reply", peer_id, self.peer_id, reply))
             return reply
-        raise TransportUnreachable("timed out")
+        raise PeerTimeout(peer_id, f"no reply within {timeout} s")
 
     async def publish(self, data: bytes) -> None:
         if self.down:
