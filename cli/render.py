@@ -10,6 +10,8 @@ import json
 import os
 import shlex
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -221,6 +223,16 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
         if desc.ranges_truncated:
             parts.append(f"More ranges than shown: shoal sweep indexes {sweep.id}")
     return Group(*parts)
+
+
+def show_list(rows: list[Any], total: int, noun: str, table: Callable[[list[Any], float], Table]) -> None:
+    """``rows`` as a table, or "No <noun>." on stderr; says so when the list is cut short."""
+    if not rows:
+        print(f"No {noun}.", file=sys.stderr)
+        return
+    show(table(rows, time.time()))
+    if total > len(rows):
+        print(f"Showing {len(rows)} of {total} {noun} (use --limit).", file=sys.stderr)
 
 
 def sweeps_table(sweeps: list[Sweep], now: float) -> Table:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.spec import JobSpec
 from jobs.states import ExecutionState, JobState, check_execution_transition, check_job_transition
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def moved(record: R, state: object, reason: str, now: float, changes: dict[str, object]) -> R:
+    """``record`` in ``state`` (a job, execution or sweep whose move the transition table allowed):
+    the reason and time of the move, the next revision, and any other ``changes``."""
+    update = {"state": state, "reason": reason, "updated_at": now, "revision": record.revision + 1, **changes}
+    return record.model_copy(update=update)
 
 
 class RunResult(BaseModel):
@@ -68,9 +78,7 @@ class Job(BaseModel):
 
     def transition(self, state: JobState, reason: str, now: float, **changes: object) -> Job:
         check_job_transition(self.state, state)
-        return self.model_copy(
-            update={"state": state, "reason": reason, "updated_at": now, "revision": self.revision + 1, **changes}
-        )
+        return moved(self, state, reason, now, changes)
 
 
 class Execution(BaseModel):
@@ -95,6 +103,4 @@ class Execution(BaseModel):
 
     def transition(self, state: ExecutionState, reason: str, now: float, **changes: object) -> Execution:
         check_execution_transition(self.state, state)
-        return self.model_copy(
-            update={"state": state, "reason": reason, "updated_at": now, "revision": self.revision + 1, **changes}
-        )
+        return moved(self, state, reason, now, changes)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.model import RunResult
+from jobs.model import RunResult, moved
 from jobs.spec import _ENV_KEY, InputSpec, JobSpec, Shard, _Frozen
 from jobs.states import JobState
 
@@ -174,9 +174,7 @@ class Sweep(BaseModel):
         from jobs.states import check_sweep_transition
 
         check_sweep_transition(self.state, state)
-        return self.model_copy(
-            update={"state": state, "reason": reason, "updated_at": now, "revision": self.revision + 1, **changes}
-        )
+        return moved(self, state, reason, now, changes)
 
 
 class IndexRecord(BaseModel):

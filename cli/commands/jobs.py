@@ -27,15 +27,9 @@ def list_jobs(
         from cli.render import print_json
 
         return print_json(result)
-    from cli.render import jobs_table, show
+    from cli.render import jobs_table, show_list
 
-    if not result.jobs:
-        print("No jobs.", file=sys.stderr)
-        return None
-    show(jobs_table(result.jobs, time.time()))
-    if result.total > len(result.jobs):
-        print(f"Showing {len(result.jobs)} of {result.total} jobs (use --limit).", file=sys.stderr)
-    return None
+    return show_list(result.jobs, result.total, "jobs", jobs_table)
 
 
 def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:

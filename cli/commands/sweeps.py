@@ -5,7 +5,6 @@ take a sweep's id too: ``cli.commands.jobs``)."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,17 +22,11 @@ def sweep_list(
 ) -> None:
     """List your sweeps, newest first."""
     result = client(ctx).list_sweeps(limit=limit)
-    from cli.render import print_json, show, sweeps_table
+    from cli.render import print_json, show_list, sweeps_table
 
     if json_:
         return print_json(result)
-    if not result.sweeps:
-        print("No sweeps.", file=sys.stderr)
-        return None
-    show(sweeps_table(result.sweeps, time.time()))
-    if result.total > len(result.sweeps):
-        print(f"Showing {len(result.sweeps)} of {result.total} sweeps (use --limit).", file=sys.stderr)
-    return None
+    return show_list(result.sweeps, result.total, "sweeps", sweeps_table)
 
 
 def sweep_indexes(

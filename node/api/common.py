@@ -14,6 +14,7 @@ from jobs import RunResult
 from jobs.views import Share
 from node.api.errors import error
 from node.api.parts import Node
+from requester import UnknownJob
 from shoal._auth import b64encode, client_id_for, parse_public_key
 
 MAX_WAIT = 60.0  # longest long-poll a client may ask for
@@ -36,6 +37,22 @@ class UntrustedBody(BaseModel):
             return handler(data)
         except TypeError as e:
             raise ValueError(f"the spec has a value of a type the model cannot read ({e})") from None
+
+
+async def visible_to(client: str, item_id: str, owner: str, description: Any, node: Node, *, shared: bool) -> Any:
+    """``description`` if ``client`` owns the job or sweep, or (``shared``: the read routes) it was shared
+    with ``client``; else it does not exist, as far as ``client`` can tell."""
+    if owner != client and not (shared and await node.store.is_shared(item_id, client)):
+        raise UnknownJob(item_id)
+    return description
+
+
+async def after_wait(service: Any, item_id: str, wait: float, description: Any, ended: bool) -> Any:
+    """A job's or sweep's description, re-read after waiting up to ``wait`` seconds for it to end."""
+    if wait and not ended:
+        await service.wait(item_id, wait)
+        return await service.describe(item_id)
+    return description
 
 
 def unencodable(value: Any, path: str) -> str | None:

@@ -15,13 +15,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs import JobState, RunResult
 from jobs.views import ContextStored, JobDescription, JobList, Share, ShareRequest
 from jobs.views import SubmitRequest as _SubmitRequest
-from node.api.common import MAX_OFFSET, MAX_SHARES, MAX_WAIT, UntrustedBody, result_tar, share_with, unencodable
+from node.api.common import (
+    MAX_OFFSET,
+    MAX_SHARES,
+    MAX_WAIT,
+    UntrustedBody,
+    after_wait,
+    result_tar,
+    share_with,
+    unencodable,
+    visible_to,
+)
 from node.api.errors import ERR_404, SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import MAX_BODY, MAX_CONTEXT_BODY, client_id
 from node.api.parts import Node, requester_of
 from node.api.quotas import Quotas
 from node.api.streams import SSE_MESSAGE, event_stream, resume_after
-from requester import UnknownJob
 
 FOLLOW_POLL = 1.0  # a follower whose job is not in the requester's memory looks again this often
 
@@ -41,9 +50,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
     async def owned(job_id: str, client: str, *, shared: bool = False) -> JobDescription:
         """The job if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
         description = await requester().describe(job_id)
-        if description.job.owner != client and not (shared and await node.store.is_shared(job_id, client)):
-            raise UnknownJob(job_id)
-        return description
+        return await visible_to(client, job_id, description.job.owner, description, node, shared=shared)
 
     async def current_state(job_id: str) -> JobState | None:
         job = (node.requester.live_job(job_id) if node.requester else None) or await node.store.get_job(job_id)
@@ -90,10 +97,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
     async def describe(job_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> JobDescription:
         description = await owned(job_id, client, shared=True)
-        if wait and not description.job.state.is_terminal:
-            await requester().wait(job_id, wait)
-            description = await requester().describe(job_id)
-        return description
+        return await after_wait(requester(), job_id, wait, description, description.job.state.is_terminal)
 
     @router.post("/v1/jobs/{job_id}/cancel", response_model=JobDescription, tags=["jobs"], responses=ERR_404,
                  summary="Cancel a job (a no-op once it has ended)")

@@ -11,7 +11,17 @@ from jobs import JobState
 from jobs.sweep import IndexRecord
 from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
-from node.api.common import MAX_OFFSET, MAX_SHARES, MAX_WAIT, UntrustedBody, result_tar, share_with, unencodable
+from node.api.common import (
+    MAX_OFFSET,
+    MAX_SHARES,
+    MAX_WAIT,
+    UntrustedBody,
+    after_wait,
+    result_tar,
+    share_with,
+    unencodable,
+    visible_to,
+)
 from node.api.errors import SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import client_id
 from node.api.parts import Node, sweeps_of
@@ -37,9 +47,7 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     async def owned(sweep_id: str, client: str, *, shared: bool = False) -> SweepDescription:
         """The sweep if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
         description = await service().describe(sweep_id)
-        if description.sweep.owner != client and not (shared and await node.store.is_shared(sweep_id, client)):
-            raise UnknownJob(sweep_id)
-        return description
+        return await visible_to(client, sweep_id, description.sweep.owner, description, node, shared=shared)
 
     async def index_of(sweep_id: str, index: int, client: str) -> IndexRecord:
         await owned(sweep_id, client, shared=True)
@@ -84,10 +92,7 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     async def describe(sweep_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
         description = await owned(sweep_id, client, shared=True)
-        if wait and not description.sweep.state.is_terminal:
-            await service().wait(sweep_id, wait)
-            description = await service().describe(sweep_id)
-        return description
+        return await after_wait(service(), sweep_id, wait, description, description.sweep.state.is_terminal)
 
     @router.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
                 summary="Index records in index order from `first` (optionally only one state)")
