@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -37,15 +38,7 @@ from requester.common import (
     submit_once,
     tick_forever,
 )
-from requester.machine import (
-    MAX_REOFFERS,
-    QUARANTINE_AFTER,
-    Cached,
-    Changes,
-    JobMachine,
-    Known,
-    Tracked,
-)
+from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
 
@@ -88,17 +81,9 @@ class RequesterService:
         self._checking: set[str] = set()
         self._tasks = Spawner("requester")
         self._running = False
-        self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
-                         "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0}
+        self.counters = Counter({"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
+                                 "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0})
         self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
-
-    @property
-    def quarantine_after(self) -> int:
-        return self.machine.quarantine_after
-
-    @quarantine_after.setter
-    def quarantine_after(self, value: int) -> None:
-        self.machine.quarantine_after = value
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -143,16 +128,13 @@ class RequesterService:
 
     # -- performing the machine's changes --------------------------------------------------------
 
-    async def _apply(self, aj: _Active, changes: Changes) -> None:
+    async def _apply(self, aj: _Active, changes: JobChanges) -> None:
         """Write what a decision says, in order; then send and announce what it says."""
         for peer, why in changes.penalties:
             self.penalize(peer, why)
-        for name in changes.counts:
-            self.counters[name] += 1
+        self.counters.update(changes.counts)
         for write, state in changes.writes:
-            await self.store.save(job=write.job, new_executions=write.new_executions, executions=write.executions,
-                                  events=write.events, cache=write.cache,
-                                  reputation=dict(write.reputation) if write.reputation is not None else None)
+            await self.store.save(**vars(write))  # a Write's fields are Store.save's
             if write.reputation:
                 self.reputation.update(write.reputation)
             aj.state = state

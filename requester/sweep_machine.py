@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +20,7 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, announce_backoff
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -64,33 +64,13 @@ class Stop:
     addrs: list[str]
 
 
-@dataclass(frozen=True)
-class SweepChanges:
-    writes: tuple[SweepWrite, ...] = ()
-    stops: tuple[Stop, ...] = ()
-    announce: bool = False
-    finished: bool = False
-    counts: Counter[str] = field(default_factory=Counter)
-    penalties: tuple[tuple[str, str], ...] = ()  # (peer, why): evidence held against a node
-
-
-class _Step:
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.writes: list[SweepWrite] = []
-        self.stops: list[Stop] = []
-        self.counts: Counter[str] = Counter()
-        self.penalties: list[tuple[str, str]] = []
-        self.announce = False
-        self.finished = False
+@dataclass(eq=False)
+class SweepChanges(Changes):
+    stops: list[Stop] = field(default_factory=list)
 
     def save(self, *, sweep: Sweep | None = None, indexes: Sequence[IndexRecord] = (), events: Sequence[Event] = (),
              end_unfinished: tuple[JobState, str] | None = None) -> None:
         self.writes.append(SweepWrite(sweep, tuple(indexes), tuple(events), end_unfinished))
-
-    def changes(self) -> SweepChanges:
-        return SweepChanges(tuple(self.writes), tuple(self.stops), self.announce, self.finished, self.counts,
-                            tuple(self.penalties))
 
 
 def admit(sweep: Sweep, nodes: Sequence[NodeInfo], node_id: str) -> tuple[Sweep, list[Event]]:
@@ -165,16 +145,16 @@ class SweepMachine:
     # -- the owner -------------------------------------------------------------------------------
 
     def cancel(self, reason: str, now: float) -> SweepChanges:
-        p = _Step(now)
+        p = SweepChanges(now)
         self._finish(p, JobState.CANCELLED, reason, [], [])
-        return p.changes()
+        return p
 
     def retry(self, now: float) -> SweepChanges:
         """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
-        p = _Step(now)
+        p = SweepChanges(now)
         failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
         if not failed:
-            return p.changes()
+            return p
         records = []
         for i in failed:
             self.set_state(i, JobState.PENDING)
@@ -190,7 +170,7 @@ class SweepMachine:
         p.save(sweep=sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
         self.sweep = sweep
         self.backoff, self.next_announce = ANNOUNCE_BACKOFF_FIRST, now
-        return p.changes()
+        return p
 
     # -- claims from compute nodes ----------------------------------------------------------------
 
@@ -201,10 +181,10 @@ class SweepMachine:
         ``able``: the known nodes that could run the sweep's indexes (no claim takes more than its
         share); ``quarantined``: the sender's reports were refused too often, it gets nothing more.
         """
-        p = _Step(now)
+        p = SweepChanges(now)
         p.counts["claims"] += 1
         if quarantined:
-            return self._quarantined(p, peer, msg), p.changes()
+            return self._quarantined(p, peer, msg), p
         view, restored = self._view(peer, msg)
         check = check_claim(peer, msg, view)
         events: list[Event] = []
@@ -213,7 +193,7 @@ class SweepMachine:
         if check.whole:
             if events:
                 p.save(events=events)
-            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p.changes()
+            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
             claim = Lease(peer, [], set(), now)
@@ -243,10 +223,10 @@ class SweepMachine:
                 records.append(self._back_to_pending(i, "given back unrun", now))
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
-            return Reply(verdict="rejected", reason="the sweep is completed"), p.changes()
+            return Reply(verdict="rejected", reason="the sweep is completed"), p
         if self.unfinished() == 0:
             self._finish_all_done(p, records, events)
-            return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p.changes()
+            return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
         for i in granted:
             records.append(IndexRecord(index=i, state=JobState.RUNNING, node_id=peer, attempts=self.attempts[i],
@@ -265,7 +245,7 @@ class SweepMachine:
             self.sweep = sweep
         if not claim.indexes and not claim.reported:
             del self.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
-        return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p.changes()
+        return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p
 
     def _grant(self, peer: str, claim: Lease, want: int, able: Collection[str], now: float) -> list[int]:
         """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling)."""
@@ -301,7 +281,7 @@ class SweepMachine:
         # the claim it held when we restarted lapsed before it reached us again
         return ClaimView(expired=bool(msg.results) and restored in self.expired), None
 
-    def _refused(self, p: _Step, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
+    def _refused(self, p: SweepChanges, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
         """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""
         p.counts["refused_results"] += len(check.refused)
         p.counts["refused_claims"] += bool(check.whole)
@@ -315,7 +295,7 @@ class SweepMachine:
         self.refusal_events += 1
         return [self.event(p.now, EventKind.RESULTS_REJECTED, text, peer)]
 
-    def _quarantined(self, p: _Step, peer: str, msg: Claim) -> Reply:
+    def _quarantined(self, p: SweepChanges, peer: str, msg: Claim) -> Reply:
         """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
         p.counts["quarantined_claims"] += 1
         claim = self.claims.get(msg.claim_id)
@@ -324,7 +304,7 @@ class SweepMachine:
             self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
         return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
 
-    def _outcome(self, p: _Step, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
+    def _outcome(self, p: SweepChanges, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
         i, now = r.index, p.now
         reports = self.errors.get(i, {})
@@ -376,7 +356,7 @@ class SweepMachine:
 
     def tick(self, now: float) -> SweepChanges:
         """Leases: a claim silent for the template's ``deadlines.silence`` loses its indexes."""
-        p = _Step(now)
+        p = SweepChanges(now)
         silence = self.sweep.spec.job.deadlines.silence
         records = []
         for claim_id, claim in list(self.claims.items()):
@@ -388,15 +368,15 @@ class SweepMachine:
                 self.expired.popitem(last=False)
             records += self._take_back(claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s", now)
         if records and self._save_taken_back(p, records):
-            return p.changes()
+            return p
         p.announce = bool(self.pending) and now >= self.next_announce
-        return p.changes()
+        return p
 
     def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:
         return [self._run_again_or_fail(i, claim.node, why, now)
                 for i in sorted(claim.indexes) if self.states[i] is JobState.RUNNING]
 
-    def _save_taken_back(self, p: _Step, records: list[IndexRecord]) -> bool:
+    def _save_taken_back(self, p: SweepChanges, records: list[IndexRecord]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""
         if not records:
             return False
@@ -408,7 +388,7 @@ class SweepMachine:
         self.sweep = sweep
         return False
 
-    def _finish_all_done(self, p: _Step, records: list[IndexRecord], events: list[Event]) -> None:
+    def _finish_all_done(self, p: SweepChanges, records: list[IndexRecord], events: list[Event]) -> None:
         counts = self.sweep.counts
         failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
         spec = self.sweep.spec
@@ -421,7 +401,7 @@ class SweepMachine:
         else:
             self._finish(p, JobState.COMPLETED, f"all {self.sweep.count} indexes completed", records, events)
 
-    def _finish(self, p: _Step, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
+    def _finish(self, p: SweepChanges, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
                 winner: int | None = None) -> None:
         """End the sweep: what has not finished is cancelled, here and on every node holding a claim."""
         unfinished = self.unfinished()

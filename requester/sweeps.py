@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,10 +69,10 @@ class SweepService:
         self.quarantined = quarantined  # a quarantined peer gets no indexes
         self._live: dict[str, _Live] = {}
         self._tasks = Spawner("sweeps")
-        self.counters = {"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
-                         "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
-                         "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
-                         "quarantined_claims": 0}
+        self.counters = Counter({"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
+                                 "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
+                                 "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
+                                 "quarantined_claims": 0})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -93,11 +94,9 @@ class SweepService:
     async def _apply(self, live: _Live, changes: SweepChanges) -> None:
         for peer, why in changes.penalties:
             self.penalize(peer, why)
-        for name, n in changes.counts.items():
-            self.counters[name] += n
-        for w in changes.writes:
-            await self.store.save_sweep(sweep=w.sweep, indexes=w.indexes, events=w.events,
-                                        end_unfinished=w.end_unfinished)
+        self.counters.update(changes.counts)
+        for write in changes.writes:
+            await self.store.save_sweep(**vars(write))  # a SweepWrite's fields are Store.save_sweep's
         if changes.finished:
             del self._live[live.sweep.id]
             live.done.set()
