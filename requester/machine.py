@@ -113,6 +113,7 @@ class Changes:
 
     now: float
     writes: list = field(default_factory=list)  # each a transaction for the store
+    sends: list[Send] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # counters to increment
     penalties: list[tuple[str, str]] = field(default_factory=list)  # (peer, why): refused messages held against it
     announce: bool = False  # announce now (after the writes)
@@ -135,7 +136,6 @@ class JobChanges(Changes):
     state: Tracked
     known: Known
     node_id: str
-    sends: list[Send] = field(default_factory=list)
     reputation: dict[str, tuple[int, int]] = field(default_factory=dict)  # changed here, over known.reputation
 
     def event(self, kind: EventKind, message: str = "", ex: Execution | None = None) -> Event:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
-from jobs.messages import Claim, IndexResult, NodeInfo, Reply
+from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, Send, announce_backoff
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -39,7 +39,6 @@ class Lease:
     """A claim: the indexes one node was granted and has not reported yet."""
 
     node: str
-    addrs: list[str]
     indexes: set[int]  # granted and not reported yet
     heard: float
     reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
@@ -55,39 +54,11 @@ class SweepWrite:
     end_unfinished: tuple[JobState, str] | None = None
 
 
-@dataclass(frozen=True)
-class Stop:
-    """A claim to cancel on its node, because the sweep ended."""
-
-    claim_id: str
-    node: str
-    addrs: list[str]
-
-
 @dataclass(eq=False)
 class SweepChanges(Changes):
-    stops: list[Stop] = field(default_factory=list)
-
     def save(self, *, sweep: Sweep | None = None, indexes: Sequence[IndexRecord] = (), events: Sequence[Event] = (),
              end_unfinished: tuple[JobState, str] | None = None) -> None:
         self.writes.append(SweepWrite(sweep, tuple(indexes), tuple(events), end_unfinished))
-
-
-def admit(sweep: Sweep, nodes: Sequence[NodeInfo], node_id: str) -> tuple[Sweep, list[Event]]:
-    """A new sweep as it is first written: failed at once when no known node could run it."""
-    events = [_event(sweep.id, sweep.created_at, EventKind.CREATED, f"{sweep.count} indexes", node_id)]
-    impossible = never_runnable(sweep.spec.job, nodes)
-    if impossible:
-        sweep = sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
-                                         "counts": {JobState.FAILED: sweep.count}})
-        events.append(_event(sweep.id, sweep.created_at, EventKind.FAILED, impossible, node_id))
-    else:
-        events.append(_event(sweep.id, sweep.created_at, EventKind.ANNOUNCED, "", node_id))
-    return sweep, events
-
-
-def _event(sweep_id: str, at: float, kind: EventKind, message: str, node: str) -> Event:
-    return Event(job_id=sweep_id, at=at, kind=kind, node_id=node, message=message)
 
 
 class SweepMachine:
@@ -122,11 +93,22 @@ class SweepMachine:
                       pending=[r[0] for r in rows if r[1] is JobState.PENDING], next_announce=now)
         for index, state, _, _, node in rows:
             if state is JobState.RUNNING and node:
-                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, [], set(), now)).indexes.add(index)
+                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now)).indexes.add(index)
         return machine
 
+    def admit(self, nodes: Sequence[NodeInfo]) -> list[Event]:
+        """A new sweep as it is first written: failed at once when no known node could run it."""
+        at = self.sweep.created_at
+        events = [self.event(at, EventKind.CREATED, f"{self.sweep.count} indexes")]
+        impossible = never_runnable(self.sweep.spec.job, nodes)
+        if impossible:
+            self.sweep = self.sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
+                                                       "counts": {JobState.FAILED: self.sweep.count}})
+        events.append(self.event(at, EventKind.FAILED if impossible else EventKind.ANNOUNCED, impossible or ""))
+        return events
+
     def event(self, at: float, kind: EventKind, message: str = "", node: str | None = None) -> Event:
-        return _event(self.sweep.id, at, kind, message, node or self.node_id)
+        return Event(job_id=self.sweep.id, at=at, kind=kind, node_id=node or self.node_id, message=message)
 
     def set_state(self, index: int, state: JobState) -> None:
         counts = dict(self.sweep.counts)
@@ -196,7 +178,7 @@ class SweepMachine:
             return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
-            claim = Lease(peer, [], set(), now)
+            claim = Lease(peer, set(), now)
             if restored is not None:
                 claim.indexes |= self.claims.pop(restored).indexes
             self.claims[msg.claim_id] = claim
@@ -414,7 +396,7 @@ class SweepMachine:
         p.save(sweep=sweep, indexes=records, events=[*events, self.event(p.now, ending(end), reason)],
                end_unfinished=(JobState.CANCELLED, f"sweep {end.value}") if unfinished else None)
         self.sweep = sweep
-        p.stops += [Stop(claim_id, claim.node, claim.addrs) for claim_id, claim in self.claims.items()
-                    if claim.indexes and not claim_id.startswith(RESTORED)]
+        p.sends += [Send(claim.node, Cancel(job_id=self.sweep.id, execution_id=claim_id, reason="the sweep has ended"))
+                    for claim_id, claim in self.claims.items() if claim.indexes and not claim_id.startswith(RESTORED)]
         self.claims.clear()
         p.finished = True

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 import trio
 
 from jobs import Event, EventKind, JobState
-from jobs.messages import Cancel, Claim, NodeInfo, Peers, Reply, SweepAnnounce
+from jobs.messages import Claim, NodeInfo, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
 from node.tasks import Spawner
 from requester.common import Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
+from requester.machine import Send
 from requester.ports import RequesterStore
-from requester.sweep_machine import TICK, Lease, Stop, SweepChanges, SweepMachine, admit
+from requester.selection import can_ever_run
+from requester.sweep_machine import TICK, SweepChanges, SweepMachine
 
 log = logging.getLogger("shoal.requester")
 
@@ -50,10 +52,6 @@ class _Live(Live):
     @property
     def sweep(self) -> Sweep:
         return self.machine.sweep
-
-    @property
-    def claims(self) -> dict[str, Lease]:
-        return self.machine.claims
 
 
 class SweepService:
@@ -100,24 +98,21 @@ class SweepService:
         if changes.finished:
             del self._live[live.sweep.id]
             live.done.set()
-            for stop in changes.stops:
-                self._tasks.spawn(self._stop, live.sweep.id, stop, live.sweep.updated_at)
+            for send in changes.sends:
+                self._tasks.spawn(self._stop, send, live.sweep.updated_at)
         elif changes.announce:
             await self._announce(live)
 
-    async def _stop(self, sweep_id: str, stop: Stop, since: float) -> None:
+    async def _stop(self, stop: Send, since: float) -> None:
         """Tell a node to stop its claim; record how long that took to reach it and what it stopped."""
-        message = Cancel(job_id=sweep_id, execution_id=stop.claim_id, reason="the sweep has ended")
-        reply = await deliver(self.peers, stop.node, message, addrs=stop.addrs, delays=CANCEL_DELAYS)
+        reply = await deliver(self.peers, stop.peer, stop.message, delays=CANCEL_DELAYS)
         if reply is None:
-            log.info("could not cancel claim %s on %s; its lease ends it", stop.claim_id, stop.node)
+            log.info("could not cancel claim %s on %s; its lease ends it", stop.message.execution_id, stop.peer)
             return
         took = (self.clock() - since) * 1000
-        text = f"cancel reached node {stop.node[-8:]} after {took:.0f} ms; {reply.stopped} running indexes stopped"
-        await self.store.save_sweep(events=[self._event(sweep_id, EventKind.CANCELLED, text, stop.node)])
-
-    def _event(self, sweep_id: str, kind: EventKind, message: str, node: str) -> Event:
-        return Event(job_id=sweep_id, at=self.clock(), kind=kind, node_id=node, message=message)
+        text = f"cancel reached node {stop.peer[-8:]} after {took:.0f} ms; {reply.stopped} running indexes stopped"
+        await self.store.save_sweep(events=[Event(job_id=stop.message.job_id, at=self.clock(),
+                                                  kind=EventKind.CANCELLED, node_id=stop.peer, message=text)])
 
     async def _announce(self, live: _Live) -> None:
         machine = live.machine
@@ -141,14 +136,14 @@ class SweepService:
             sweep = Sweep(id=f"s-{uuid.uuid4().hex}", owner=owner, spec=spec, count=spec.count,
                           requester=self.peers.node_id, counts={JobState.PENDING: spec.count}, created_at=now,
                           updated_at=now)
-            sweep, events = admit(sweep, self.known_nodes(), self.peers.node_id)
-            await self.store.save_sweep(new_sweep=sweep, events=events, idempotency_key=idempotency_key,
+            live = _Live(SweepMachine.new(sweep, self.peers.node_id))
+            events = live.machine.admit(self.known_nodes())
+            await self.store.save_sweep(new_sweep=live.sweep, events=events, idempotency_key=idempotency_key,
                                         request_digest=digest)
-            if not sweep.state.is_terminal:
-                live = _Live(SweepMachine.new(sweep, self.peers.node_id))
+            if not live.sweep.state.is_terminal:
                 self._live[sweep.id] = live
                 await self._announce(live)
-            return sweep
+            return live.sweep
 
         return await submit_once(self.store.find_idempotent_sweep, create, owner=owner, key=idempotency_key,
                                  digest=digest, what="sweep")
@@ -189,8 +184,7 @@ class SweepService:
             if sweep.state is not JobState.FAILED or not sweep.counts.get(JobState.FAILED):
                 return sweep
             rows = await self.store.index_states(sweep_id)
-            live = _Live(SweepMachine(sweep, self.peers.node_id, states=[r[1] for r in rows],
-                                      attempts=[r[3] for r in rows], pending=[]))
+            live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
             self._live[sweep_id] = live
         async with live.lock:
             await self._apply(live, live.machine.retry(self.clock()))
@@ -221,6 +215,4 @@ class SweepService:
 
     def _able(self, spec: SweepSpec) -> set[str]:
         """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
-        job = spec.job
-        return {n.peer_id for n in self.known_nodes() if job.engine.name in n.engines
-                and job.resources.fits_in(n.max_per_job) and not self.quarantined(n.peer_id)}
+        return {n.peer_id for n in self.known_nodes() if can_ever_run(spec.job, n) and not self.quarantined(n.peer_id)}

@@ -390,7 +390,7 @@ def test_the_first_success_of_an_any_sweep_ends_it_and_stops_the_other_claims():
     m.claim("n-b", claim("c-b", want=2), 1.0, able={"n-a", "n-b"}, quarantined=False)
     reply, changes = m.claim("n-a", claim("c-a", ok(0)), 2.0, able={"n-a", "n-b"}, quarantined=False)
     assert reply.reason == "the sweep is completed" and m.sweep.winner == 0
-    assert {(s.claim_id, s.node) for s in changes.stops} == {("c-a", "n-a"), ("c-b", "n-b")}
+    assert {(s.message.execution_id, s.peer) for s in changes.sends} == {("c-a", "n-a"), ("c-b", "n-b")}
     assert changes.writes[-1].end_unfinished == (JobState.CANCELLED, "sweep completed")
 
 
