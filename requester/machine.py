@@ -1,14 +1,10 @@
 """The requester's job decisions as a pure machine: (job state, message, now) -> (reply, changes).
 
-Nothing here awaits, sleeps, reads the store or talks to a peer. Each entry point takes a job's
-``Tracked`` state, one input (a bid, a result, a tick of the clock, a lost node, a cancel), the
-time, and ``Known`` (what the requester knows beyond the job: nodes, reputations); it returns
-the reply for the sender and ``Changes``: the writes to make in order (each with the job's state
-once it is written), the messages to send, and the job's state after. ``requester.service``
-performs them.
-
-The rules themselves live in ``trust`` (what to believe of a peer), ``selection`` (which bids,
-which nodes) and ``verify`` (k-of-n results); the machine strings them into transitions.
+Nothing here awaits, sleeps, reads the store or talks to a peer: each entry point takes a job's
+``Tracked`` state, one input, the time and ``Known`` (nodes, reputations), and returns the reply
+for the sender and the ``JobChanges`` that ``requester.service`` performs. The rules themselves
+live in ``trust`` (what to believe of a peer), ``selection`` (which bids, which nodes) and
+``verify`` (k-of-n results); the machine strings them into transitions.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""The requester role's trio service: announce, choose bids, collect results, keep deadlines.
+"""The requester role's trio service: announce jobs, choose bids, collect results, keep deadlines.
 
-Per job, the requester sends one announcement (direct offers to the nodes ``candidates`` names,
-else gossip; repeated with backoff to everyone while the job is short of nodes) and then only
-direct messages to the nodes that bid. A one-node job its own compute role has room for runs
-there without any announcement.
-Bid and result verdicts travel in the reply to the bid or result itself, so a job with
-``concurrency=N`` costs N bids and N results, each one round trip.
-
-Every decision is made by ``requester.machine`` with no I/O; this service takes the job's lock,
-asks the machine, writes what it says to the store, then sends what it says. State that matters
-is written before it is acted on; a restarted requester loads its live jobs and carries on
-(compute nodes keep re-delivering their results).
+One announcement per job (direct offers to the nodes ``candidates`` names, else gossip; repeated
+with backoff while the job is short of nodes), then only direct messages to the nodes that bid.
+Verdicts travel in the reply to the bid or result itself, so ``concurrency=N`` costs N round
+trips of each. ``requester.machine`` decides; this shell takes the job's lock, writes what the
+machine says, then sends it. A restarted requester loads its live jobs and carries on.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import trio
@@ -28,21 +22,10 @@ from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSp
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from node.tasks import Spawner
-from requester.common import (
-    REQUEST_TIMEOUT,
-    IdempotencyConflict,
-    Live,
-    UnknownJob,
-    deliver,
-    signed_by,
-    submit_once,
-    tick_forever,
-)
+from requester.common import REQUEST_TIMEOUT, Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
-
-__all__ = ["IdempotencyConflict", "RequesterService", "UnknownJob"]
 
 log = logging.getLogger("shoal.requester")
 
@@ -200,12 +183,14 @@ class RequesterService:
         plan, aj.state = self.machine.announce(aj.state, self.clock(), self._known(),
                                                self.nodes.get(self.peers.node_id))
         self.counters["announcements"] += 1
-        if plan.here and await self._offer_here(self._announcement(aj.state, [self.peers.node_id])):
+        if plan.here and await self._offer(self.peers.node_id, self._announcement(aj.state, [self.peers.node_id])):
+            self.counters["offered_here"] += 1
             return
         ann = self._announcement(aj.state, plan.ask)
         if plan.ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
             for node in plan.ask:
-                self._tasks.spawn(self._offer, node, ann)
+                info = self.nodes.get(node)
+                self._tasks.spawn(self._offer, node, ann, info.addrs if info else ())
         else:
             await self.peers.publish(ann)
 
@@ -215,25 +200,14 @@ class RequesterService:
                         requester_addrs=self.peers.addrs(), attempt=state.job.attempt, candidates=ask,
                         bid_deadline=state.waiting_since + spec.deadlines.bid_limit)
 
-    async def _offer_here(self, ann: Announce) -> bool:
-        """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
+    async def _offer(self, node: str, ann: Announce, addrs: Sequence[str] = ()) -> bool:
+        """Announce straight to one named node; True if it is bidding (a Bid follows). Best effort, like
+        gossip: if the nodes asked do not take the job, the next announcement goes to everyone."""
         try:
-            reply = await self.peers.request(self.peers.node_id, ann, timeout=REQUEST_TIMEOUT)
-        except PeerError:
-            return False
-        if reply.verdict == "pending":
-            self.counters["offered_here"] += 1
-            return True
-        return False
-
-    async def _offer(self, node: str, ann: Announce) -> None:
-        """Announce straight to one named node. Best effort, like gossip: if the nodes asked do not
-        take the job, the next announcement goes to everyone."""
-        info = self.nodes.get(node)
-        try:
-            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info.addrs if info else ())
+            return (await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=addrs)).verdict == "pending"
         except PeerError as e:
             log.debug("offering %s to %s: %s", ann.job_id, node, e)
+            return False
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
         aj = self._active.get(job_id)
@@ -288,10 +262,7 @@ class RequesterService:
                       finished=finished)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for aj in self._active.values():
-            out[aj.job.state.value] = out.get(aj.job.state.value, 0) + 1
-        return out
+        return dict(Counter(aj.job.state.value for aj in self._active.values()))
 
     # -- messages from compute nodes -------------------------------------------------------------
 

@@ -1,10 +1,8 @@
 """A sweep's decisions with no I/O: grant index ranges, record reports, take back lapsed leases, end.
 
-``SweepMachine`` holds one live sweep in memory (its index states can be many, so they change in
-place rather than being copied per message). Each entry point takes one input (a claim, a tick,
-the owner's cancel or retry) and the time, and returns the reply and ``SweepChanges``: the store
-writes, the claims to stop on their nodes, and whether to announce. It never awaits, sleeps,
-reads the store or talks to a peer; ``requester.sweeps`` performs what it returns. What to make of
+``SweepMachine`` holds one live sweep in memory: its index states can be many, so they change in
+place rather than being copied per message. Each entry point takes one input and the time, and
+returns the reply and the ``SweepChanges`` that ``requester.sweeps`` performs. What to make of
 one claim's report is ``requester.sweep_rules``.
 """
 

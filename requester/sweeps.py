@@ -3,16 +3,9 @@
 A sweep is announced on gossip as one message (repeated with backoff while indexes are
 unclaimed). A compute node that can run its template sends ``Claim`` messages: each carries
 the results of indexes it finished and how many more it wants; the reply grants ranges of
-pending indexes. Messages grow with nodes and time, never with indexes.
-
-A claim is a lease: a node that stays silent for the template's ``deadlines.silence`` loses
-the indexes it held, and they are granted again. A claim's report counts only for indexes
-granted to that claim and still held by it (``requester.sweep_rules``): anything else is
-refused, named in the reply, counted, and held against the sender (``penalize``). An error
-sends its index to another node; it fails the index only once another node confirms it.
-
-The decisions are ``requester.sweep_machine``'s; this service takes the sweep's lock, asks the
-machine, writes and sends what it says.
+pending indexes. Messages grow with nodes and time, never with indexes. A claim is a lease
+(``requester.sweep_rules``). ``requester.sweep_machine`` decides; this shell takes the sweep's
+lock, asks the machine, writes and sends what it says.
 """
 
 from __future__ import annotations
@@ -191,10 +184,7 @@ class SweepService:
             return live.sweep
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for live in self._live.values():
-            out[live.sweep.state.value] = out.get(live.sweep.state.value, 0) + 1
-        return out
+        return dict(Counter(live.sweep.state.value for live in self._live.values()))
 
     # -- claims from compute nodes ----------------------------------------------------------------
 
