@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
-from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
+from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
 from requester.trust import (
     agreeing_nodes,
     bid_refusal,
@@ -426,7 +426,9 @@ class JobMachine:
     def _decide(self, p: JobChanges) -> dict[str, str]:
         """Choose among the pending bids (min_bids reached or its wait ran out); execution id -> verdict."""
         pending = p.state.bidding()
-        chosen, _ = choose([x.id for x in pending], max(p.state.needed(), 0), self.rng)
+        order = [x.id for x in pending]
+        self.rng.shuffle(order)  # accept at random, so no node is always first
+        chosen = order[:max(p.state.needed(), 0)]
         updated, events, verdicts = [], [], {}
         for x in pending:
             if x.id in chosen:
