@@ -7,12 +7,12 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import trio
 
 from jobs import DuplicateKey, PeerError, ShoalError
-from jobs.messages import Cancel, Decision, Peers, Reply
+from jobs.messages import Cancel, Claim, Decision, Peers, Reply, Result
 from node.tasks import backoff, retry
 
 log = logging.getLogger("shoal.requester")
@@ -52,13 +52,7 @@ async def submit_once(find: Callable[[str, str], Awaitable[tuple[T, str] | None]
                 raise
 
 
-class Signed(Protocol):
-    signature: str
-
-    def statement(self) -> bytes: ...
-
-
-def signed_by(peers: Peers, peer: str, msg: Signed) -> bool:
+def signed_by(peers: Peers, peer: str, msg: Result | Claim) -> bool:
     """Whether a result or claim carries ``peer``'s own signature over what it states."""
     try:
         signature = base64.urlsafe_b64decode(msg.signature)

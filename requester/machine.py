@@ -3,8 +3,8 @@
 Nothing here awaits, sleeps, reads the store or talks to a peer: each entry point takes a job's
 ``Tracked`` state, one input, the time and ``Known`` (nodes, reputations), and returns the reply
 for the sender and the ``JobChanges`` that ``requester.service`` performs. The rules themselves
-live in ``trust`` (what to believe of a peer), ``selection`` (which bids, which nodes) and
-``verify`` (k-of-n results); the machine strings them into transitions.
+live in ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids,
+which nodes); the machine strings them into transitions.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from requester.trust import (
     error_reporters,
     nodes_left,
     quarantined,
+    verify,
 )
-from requester.verify import verify
 
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0

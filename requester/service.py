@@ -58,7 +58,7 @@ class RequesterService:
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
-        self._in_flight: dict[str, int] = {}  # owner -> live jobs (the API's jobs-in-flight quota)
+        self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
@@ -132,11 +132,9 @@ class RequesterService:
     def _forget(self, aj: _Active) -> None:
         job = aj.job
         del self._active[job.id]
-        left = self._in_flight.get(job.owner, 1) - 1
-        if left > 0:
-            self._in_flight[job.owner] = left
-        else:
-            self._in_flight.pop(job.owner, None)
+        self._in_flight[job.owner] -= 1
+        if self._in_flight[job.owner] <= 0:
+            del self._in_flight[job.owner]
         aj.done.set()
         self.latencies.append(job.updated_at - job.created_at)
         if len(self.latencies) > 10_000:
@@ -230,11 +228,11 @@ class RequesterService:
 
     def _track(self, aj: _Active) -> None:
         self._active[aj.job.id] = aj
-        self._in_flight[aj.job.owner] = self._in_flight.get(aj.job.owner, 0) + 1
+        self._in_flight[aj.job.owner] += 1
 
     def in_flight(self, owner: str) -> int:
         """How many of ``owner``'s jobs are live (neither completed, failed nor cancelled)."""
-        return self._in_flight.get(owner, 0)
+        return self._in_flight[owner]
 
     def live_job(self, job_id: str) -> Job | None:
         aj = self._active.get(job_id)
