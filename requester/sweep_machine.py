@@ -116,6 +116,10 @@ class SweepMachine:
         self.states[index] = state
         self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
 
+    def _touched(self, now: float) -> Sweep:
+        """The sweep as it is written when only its indexes changed."""
+        return self.sweep.model_copy(update={"updated_at": now, "revision": self.sweep.revision + 1})
+
     def unfinished(self) -> int:
         return self.sweep.counts.get(JobState.PENDING, 0) + self.sweep.counts.get(JobState.RUNNING, 0)
 
@@ -142,13 +146,9 @@ class SweepMachine:
             heapq.heappush(self.pending, i)
             records.append(IndexRecord(index=i, state=JobState.PENDING, reason="retried", updated_at=now))
         message = f"{len(failed)} failed indexes put back to run"
-        sweep = self.sweep
-        if sweep.state is JobState.FAILED:
-            sweep = sweep.transition(JobState.RUNNING, message, now)
-        else:
-            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
-        p.save(sweep=sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
-        self.sweep = sweep
+        again = self.sweep.state is JobState.FAILED
+        self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
+        p.save(sweep=self.sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
         self.backoff, self.next_announce = ANNOUNCE_BACKOFF_FIRST, now
         return p
 
@@ -219,7 +219,7 @@ class SweepMachine:
         if sweep.state is JobState.PENDING and granted:
             sweep = sweep.transition(JobState.RUNNING, "running", now)
         elif records:
-            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
+            sweep = self._touched(now)
         if sweep is not self.sweep or events:
             p.save(sweep=sweep if sweep is not self.sweep else None, indexes=records, events=events)
             self.sweep = sweep
@@ -347,7 +347,7 @@ class SweepMachine:
             while len(self.expired) > MAX_EXPIRED:
                 self.expired.popitem(last=False)
             records += self._take_back(claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s", now)
-        if records and self._save_taken_back(p, records):
+        if self._save_taken_back(p, records):
             return p
         p.announce = bool(self.pending) and now >= self.next_announce
         return p
@@ -363,9 +363,8 @@ class SweepMachine:
         if self.unfinished() == 0:
             self._finish_all_done(p, records, [])
             return True
-        sweep = self.sweep.model_copy(update={"updated_at": p.now, "revision": self.sweep.revision + 1})
-        p.save(sweep=sweep, indexes=records)
-        self.sweep = sweep
+        self.sweep = self._touched(p.now)
+        p.save(sweep=self.sweep, indexes=records)
         return False
 
     def _finish_all_done(self, p: SweepChanges, records: list[IndexRecord], events: list[Event]) -> None:
