@@ -7,12 +7,12 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import trio
 
 from jobs import DuplicateKey, PeerError, ShoalError
-from jobs.messages import Cancel, Decision, Peers, Reply
+from jobs.messages import Cancel, Claim, Decision, Peers, Reply, Result
 from node.tasks import backoff, retry
 
 log = logging.getLogger("shoal.requester")
@@ -52,13 +52,7 @@ async def submit_once(find: Callable[[str, str], Awaitable[tuple[T, str] | None]
                 raise
 
 
-class Signed(Protocol):
-    signature: str
-
-    def statement(self) -> bytes: ...
-
-
-def signed_by(peers: Peers, peer: str, msg: Signed) -> bool:
+def signed_by(peers: Peers, peer: str, msg: Result | Claim) -> bool:
     """Whether a result or claim carries ``peer``'s own signature over what it states."""
     try:
         signature = base64.urlsafe_b64decode(msg.signature)
@@ -67,11 +61,11 @@ def signed_by(peers: Peers, peer: str, msg: Signed) -> bool:
     return peers.verify(peer, msg.statement(), signature)
 
 
-async def deliver(peers: Peers, peer: str, message: Decision | Cancel, *, addrs: Iterable[str] = (),
+async def deliver(peers: Peers, peer: str, message: Decision | Cancel, *,
                   delays: Iterable[float] | None = None) -> Reply | None:
     """Send ``message`` until ``peer`` answers (a few tries, backing off); None when it never did."""
     try:
-        return await retry(lambda: peers.request(peer, message, timeout=REQUEST_TIMEOUT, addrs=tuple(addrs)),
+        return await retry(lambda: peers.request(peer, message, timeout=REQUEST_TIMEOUT),
                            backoff(0.2, attempts=5) if delays is None else delays)
     except PeerError as e:  # the last try's failure
         log.info("gave up sending %s to %s: %s", message.kind, peer, e)
@@ -85,10 +79,6 @@ class Live:
     lock: trio.Lock = field(default_factory=trio.Lock, init=False)
     done: trio.Event = field(default_factory=trio.Event, init=False)
 
-    @property
-    def finished(self) -> bool:
-        return self.done.is_set()
-
 
 async def tick_forever(interval: float, live: Callable[[], Iterable[tuple[str, L]]],
                        tick: Callable[[L], Awaitable[None]], what: str) -> None:
@@ -98,7 +88,7 @@ async def tick_forever(interval: float, live: Callable[[], Iterable[tuple[str, L
         for name, item in list(live()):
             try:
                 async with item.lock:
-                    if not item.finished:
+                    if not item.done.is_set():
                         await tick(item)
             except Exception:
                 log.exception("ticking %s %s", what, name)

@@ -1,26 +1,23 @@
 """The requester's job decisions as a pure machine: (job state, message, now) -> (reply, changes).
 
-Nothing here awaits, sleeps, reads the store or talks to a peer. Each entry point takes a job's
-``Tracked`` state, one input (a bid, a result, a tick of the clock, a lost node, a cancel), the
-time, and ``Known`` (what the requester knows beyond the job: nodes, reputations); it returns
-the reply for the sender and ``Changes``: the writes to make in order (each with the job's state
-once it is written), the messages to send, and the job's state after. ``requester.service``
-performs them.
-
-The rules themselves live in ``trust`` (what to believe of a peer), ``selection`` (which bids,
-which nodes) and ``verify`` (k-of-n results); the machine strings them into transitions.
+Nothing here awaits, sleeps, reads the store or talks to a peer: each entry point takes a job's
+``Tracked`` state, one input, the time and ``Known`` (nodes, reputations), and returns the reply
+for the sender and the ``JobChanges`` that ``requester.service`` performs. The rules themselves
+live in ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids,
+which nodes); the machine strings them into transitions.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
-from requester.selection import can_ever_run, candidates, choose, never_runnable, waiting_reason
+from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
 from requester.trust import (
     agreeing_nodes,
     bid_refusal,
@@ -29,8 +26,8 @@ from requester.trust import (
     error_reporters,
     nodes_left,
     quarantined,
+    verify,
 )
-from requester.verify import verify
 
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0
@@ -106,17 +103,17 @@ class Send:
     message: Decision | Cancel
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Changes:
-    """What one decision asks of the service, in order: write, then send, then announce."""
+    """What one decision asks of its service, in order: write, then send, then announce."""
 
-    state: Tracked  # the job after every write
-    writes: tuple[tuple[Write, Tracked], ...] = ()  # each write, with the job's state once it is written
-    sends: tuple[Send, ...] = ()
-    announce: bool = False  # announce the job now (after the writes)
-    finished: bool = False  # the job reached a terminal state: forget it
-    counts: tuple[str, ...] = ()  # counters to increment
-    penalties: tuple[tuple[str, str], ...] = ()  # (peer, why): refused messages held against their sender
+    now: float
+    writes: list = field(default_factory=list)  # each a transaction for the store
+    sends: list[Send] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # counters to increment
+    penalties: list[tuple[str, str]] = field(default_factory=list)  # (peer, why): refused messages held against it
+    announce: bool = False  # announce now (after the writes)
+    finished: bool = False  # it reached a terminal state: forget it
 
 
 @dataclass(frozen=True)
@@ -125,22 +122,21 @@ class AnnouncePlan:
     ask: list[str]  # nodes to offer it to directly; empty: gossip
 
 
-class _Plan:
-    """The changes of one decision as they are made (each step sees the steps before it)."""
+@dataclass(eq=False, kw_only=True)
+class JobChanges(Changes):
+    """A job decision's changes as they are made (each step sees the steps before it).
 
-    def __init__(self, machine: JobMachine, state: Tracked, now: float, known: Known) -> None:
-        self.m, self.state, self.now, self.known = machine, state, now, known
-        self.writes: list[tuple[Write, Tracked]] = []
-        self.sends: list[Send] = []
-        self.counts: list[str] = []
-        self.penalties: list[tuple[str, str]] = []
-        self.reputation: dict[str, tuple[int, int]] = {}  # changed in this decision, over known.reputation
-        self.announce = False
-        self.finished = False
+    ``writes`` pairs each write with the job's state once it is written; ``state`` is the job after them all.
+    """
+
+    state: Tracked
+    known: Known
+    node_id: str
+    reputation: dict[str, tuple[int, int]] = field(default_factory=dict)  # changed here, over known.reputation
 
     def event(self, kind: EventKind, message: str = "", ex: Execution | None = None) -> Event:
         return Event(job_id=self.state.job.id, at=self.now, kind=kind, execution_id=ex.id if ex else None,
-                     node_id=ex.node_id if ex else self.m.node_id, message=message)
+                     node_id=ex.node_id if ex else self.node_id, message=message)
 
     def put(self, *executions: Execution) -> None:
         self.state = self.state.with_executions(*executions)
@@ -151,12 +147,10 @@ class _Plan:
     def cancel(self, x: Execution) -> None:
         self.sends.append(Send(x.node_id, Cancel(job_id=x.job_id, execution_id=x.id, reason=x.reason)))
 
-    def reputation_of(self, peer: str) -> tuple[int, int]:
-        return self.reputation.get(peer) or self.known.reputation.get(peer, (0, 0))
-
-    def changes(self) -> Changes:
-        return Changes(state=self.state, writes=tuple(self.writes), sends=tuple(self.sends), announce=self.announce,
-                       finished=self.finished, counts=tuple(self.counts), penalties=tuple(self.penalties))
+    def judge(self, peer: str, ok: bool) -> None:
+        """Count one of ``peer``'s results as accepted (``ok``) or rejected."""
+        accepted, rejected = self.reputation.get(peer) or self.known.reputation.get(peer, (0, 0))
+        self.reputation[peer] = (accepted + ok, rejected + (not ok))
 
 
 @dataclass(frozen=True)
@@ -186,8 +180,8 @@ class JobMachine:
 
     def admit(self, job: Job, nodes: Sequence[NodeInfo], cached: Cached | None) -> tuple[Job, list[Event]]:
         """A new job as it is first written: completed from the cache, failed at once, or waiting for bids."""
-        plan = _Plan(self, Tracked(job=job), job.created_at, Known(nodes))
-        events = [plan.event(EventKind.CREATED)]
+        event = JobChanges(now=job.created_at, state=Tracked(job=job), known=Known(), node_id=self.node_id).event
+        events = [event(EventKind.CREATED)]
         impossible = never_runnable(job.spec, nodes)
         if cached is not None:
             if not cached.verified:  # one node's word: served to the client whose job it ran, and said so
@@ -199,13 +193,13 @@ class JobMachine:
                 reason = "cached: the verified result of an identical earlier job"
             job = job.model_copy(update={"state": JobState.COMPLETED, "reason": reason, "result": cached.result,
                                          "cached_from": cached.source if cached.mine else "another client's job"})
-            events.append(plan.event(EventKind.COMPLETED, reason))
+            events.append(event(EventKind.COMPLETED, reason))
         elif impossible:
             job = job.model_copy(update={"state": JobState.FAILED, "reason": impossible})
-            events.append(plan.event(EventKind.FAILED, impossible))
+            events.append(event(EventKind.FAILED, impossible))
         else:
             job = job.model_copy(update={"reason": waiting_reason(job.spec, nodes, 0)})
-            events.append(plan.event(EventKind.ANNOUNCED))  # written with the job, announced right after
+            events.append(event(EventKind.ANNOUNCED))  # written with the job, announced right after
         return job, events
 
     def announce(self, state: Tracked, now: float, known: Known, own: NodeInfo | None) -> tuple[AnnouncePlan, Tracked]:
@@ -252,16 +246,16 @@ class JobMachine:
 
     # -- messages from compute nodes --------------------------------------------------------------
 
-    def on_bid(self, state: Tracked, peer: str, bid: Bid, now: float, known: Known) -> tuple[Reply, Changes]:
-        p = _Plan(self, state, now, known)
-        p.counts.append("bids")
+    def on_bid(self, state: Tracked, peer: str, bid: Bid, now: float, known: Known) -> tuple[Reply, JobChanges]:
+        p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
+        p.counts["bids"] += 1
         known_ex = state.executions.get(bid.execution_id)
         if known_ex is not None:  # a retried bid: answer what we decided
             if known_ex.node_id != peer:
-                return Reply(ok=False, verdict="rejected", reason="not your execution"), p.changes()
+                return Reply(ok=False, verdict="rejected", reason="not your execution"), p
             if known_ex.state is ExecutionState.ACCEPTED:
-                return Reply(verdict="accepted", secret_env=dict(state.secrets)), p.changes()
-            return Reply(verdict="pending" if known_ex.state is ExecutionState.BIDDING else "rejected"), p.changes()
+                return Reply(verdict="accepted", secret_env=dict(state.secrets)), p
+            return Reply(verdict="pending" if known_ex.state is ExecutionState.BIDDING else "rejected"), p
         job = state.job
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
         refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
@@ -273,67 +267,61 @@ class JobMachine:
         if refusal is None and state.needed() <= 0:
             refusal = "enough nodes already"
         if refusal is not None:
-            p.counts.append("bids_rejected")
-            return Reply(verdict="rejected", reason=refusal), p.changes()
+            p.counts["bids_rejected"] += 1
+            return Reply(verdict="rejected", reason=refusal), p
         ex = Execution(id=bid.execution_id, job_id=job.id, node_id=peer, requester=self.node_id,
                        attempt=bid.attempt, created_at=now, updated_at=now, reason="bid received")
         events = [p.event(EventKind.BID, ex=ex)]
         p.state = replace(p.state, first_bid_at=state.first_bid_at or now)
         deal = job.spec.deal
-        if deal.min_bids and len(state.bidding()) + 1 < deal.min_bids:
+        if deal.min_bids:
             p.put(ex)
             p.save(new_executions=(ex,), events=tuple(events))
-            return Reply(verdict="pending", reason=f"waiting for {deal.min_bids} bids"), p.changes()
-        if deal.min_bids:  # this bid completes the set: choose among all of them
-            p.put(ex)
-            p.save(new_executions=(ex,), events=tuple(events))
-            verdicts = self._decide(p)
+            if len(state.bidding()) + 1 < deal.min_bids:
+                return Reply(verdict="pending", reason=f"waiting for {deal.min_bids} bids"), p
+            verdicts = self._decide(p)  # this bid completes the set: choose among all of them
             self._notify(p, verdicts, skip=ex.id)
             verdict = verdicts.get(ex.id, "rejected")
-            return Reply(verdict=verdict, secret_env=dict(p.state.secrets) if verdict == "accepted" else {}), \
-                p.changes()
+            return Reply(verdict=verdict, secret_env=dict(p.state.secrets) if verdict == "accepted" else {}), p
         ex = ex.model_copy(update={"state": ExecutionState.ACCEPTED, "reason": "running"})
         events.append(p.event(EventKind.BID_ACCEPTED, ex=ex))
-        job_update = self._job_after_accept(p, 1)
         p.put(ex)
-        if job_update is not None:
-            p.state = replace(p.state, job=job_update)
-        p.save(new_executions=(ex,), job=job_update, events=tuple(events))
-        p.counts.append("bids_accepted")
-        return Reply(verdict="accepted", secret_env=dict(p.state.secrets)), p.changes()
+        p.save(new_executions=(ex,), job=self._job_after_accept(p), events=tuple(events))
+        p.counts["bids_accepted"] += 1
+        return Reply(verdict="accepted", secret_env=dict(p.state.secrets)), p
 
     def on_result(self, state: Tracked, peer: str, msg: Result, now: float, known: Known, *,
-                  signed: bool) -> tuple[Reply, Changes]:
+                  signed: bool) -> tuple[Reply, JobChanges]:
         """A node's result (``signed``: its signature is the node's own, checked by the caller)."""
-        p = _Plan(self, state, now, known)
-        p.counts.append("results")
+        p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
+        p.counts["results"] += 1
         ex = state.executions.get(msg.execution_id)
         if ex is None or ex.node_id != peer:
-            return Reply(ok=False, verdict="rejected", reason="not an execution of yours"), p.changes()
+            return Reply(ok=False, verdict="rejected", reason="not an execution of yours"), p
         forged = None if signed else "the result's signature does not match the node key"
         if forged is None and msg.digest != msg.outcome():
             forged = "the result's fields do not match its signed digest"
         if forged is not None:
-            return self._refuse_result(p, ex, forged), p.changes()
+            return self._refuse_result(p, ex, forged), p
         if ex.state.is_terminal:  # a re-delivered result: same verdict as before
             return Reply(verdict="accepted" if ex.state in (ExecutionState.COMPLETED, ExecutionState.FAILED)
-                         else "rejected", reason=ex.reason), p.changes()
+                         else "rejected", reason=ex.reason), p
         if ex.state is ExecutionState.PROPOSED:
-            return Reply(verdict="pending", reason=ex.reason), p.changes()  # re-delivered; the verdict will follow
+            return Reply(verdict="pending", reason=ex.reason), p  # re-delivered; the verdict will follow
         if ex.state is not ExecutionState.ACCEPTED:
             # BIDDING: the node lost its bid (restart); forget it
             y = ex.transition(ExecutionState.FAILED, msg.error or "unexpected result", now)
             p.put(y)
             p.save(executions=(y,), events=(p.event(EventKind.ERROR, y.reason, y),))
-            return Reply(verdict="accepted"), p.changes()
+            return Reply(verdict="accepted"), p
         if msg.error is not None:
             y = ex.transition(ExecutionState.FAILED, msg.error, now, error=msg.error, retryable=msg.retryable)
             p.put(y)
             self._execution_failed(p, y, msg.retryable, [p.event(EventKind.ERROR, msg.error, y)])
-            return Reply(verdict="accepted"), p.changes()
+            return Reply(verdict="accepted"), p
         result = msg.result or RunResult()
         if state.job.spec.deal.confidence > 0:
-            return self._on_proposal(p, ex, result), p.changes()
+            return self._on_proposal(p, ex, result), p
         y = ex.transition(ExecutionState.COMPLETED, "results accepted", now, result=result)
         events = [p.event(EventKind.RESULTS_PROPOSED, ex=y), p.event(EventKind.RESULTS_ACCEPTED, ex=y)]
         p.put(y)
@@ -345,14 +333,14 @@ class JobMachine:
             self._finish(p, JobState.COMPLETED, "completed", [y], events, result=result)
         else:
             p.save(executions=(y,), events=tuple(events))
-        return Reply(verdict="accepted"), p.changes()
+        return Reply(verdict="accepted"), p
 
-    def _refuse_result(self, p: _Plan, ex: Execution, why: str) -> Reply:
+    def _refuse_result(self, p: JobChanges, ex: Execution, why: str) -> Reply:
         """A result its node did not vouch for: refused whole, nothing of it recorded, counted against
         the node. Only the execution's own node can send it (the stream is authenticated), so its run
         is over: the node is told to stop and the slot is re-offered at once (quarantine ends a node
         that keeps doing it)."""
-        p.counts.append("results_refused")
+        p.counts["results_refused"] += 1
         p.penalties.append((ex.node_id, f"{why} (execution {ex.id})"))
         if ex.state is ExecutionState.ACCEPTED:
             y = ex.transition(ExecutionState.FAILED, f"result refused: {why}", p.now, retryable=True)
@@ -361,7 +349,7 @@ class JobMachine:
             self._execution_failed(p, y, True, [p.event(EventKind.RESULTS_REJECTED, why, y)])
         return Reply(ok=False, verdict="rejected", reason=why)
 
-    def _on_proposal(self, p: _Plan, ex: Execution, result: RunResult) -> Reply:
+    def _on_proposal(self, p: JobChanges, ex: Execution, result: RunResult) -> Reply:
         """A result of a job that asks for verification: hold it until every slot has proposed."""
         y = ex.transition(ExecutionState.PROPOSED, "results proposed, waiting for the other nodes", p.now,
                           result=result)
@@ -376,10 +364,10 @@ class JobMachine:
 
     # -- the clock, lost nodes, the owner ---------------------------------------------------------
 
-    def tick(self, state: Tracked, now: float, known: Known) -> Changes:
+    def tick(self, state: Tracked, now: float, known: Known) -> JobChanges:
         """Deadlines: choose among bids whose wait ran out, fail executions past their time, fail a job
         no node took in time, announce again when it is due."""
-        p = _Plan(self, state, now, known)
+        p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         spec = state.job.spec
         if spec.deal.min_bids and state.bidding() and state.first_bid_at \
                 and now - state.first_bid_at > spec.deadlines.min_bids:
@@ -391,52 +379,56 @@ class JobMachine:
                 p.cancel(y)
                 self._execution_failed(p, y, True, [p.event(EventKind.ERROR, y.reason, y)])
                 if p.finished:
-                    return p.changes()
+                    return p
         if p.state.needed() <= 0:
-            return p.changes()
+            return p
         limit = spec.deadlines.bid_limit
         if now - p.state.waiting_since > limit:
             why = waiting_reason(spec, known.nodes, p.state.held())
             self._finish(p, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
-            return p.changes()
+            return p
         impossible = never_runnable(spec, known.nodes)
         if impossible:
             self._finish(p, JobState.FAILED, impossible)
-            return p.changes()
+            return p
         p.announce = now >= p.state.next_announce
-        return p.changes()
+        return p
 
-    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known) -> Changes:
+    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known) -> JobChanges:
         """An execution whose node went silent or forgot it: its slot is re-offered (or the job ends)."""
-        p = _Plan(self, state, now, known)
+        p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         current = state.executions.get(execution_id)
         if current is None or current.state is not ExecutionState.ACCEPTED:
-            return p.changes()
+            return p
         y = current.transition(ExecutionState.FAILED, reason, now, retryable=True)
         p.put(y)
         self._execution_failed(p, y, True, [p.event(EventKind.ERROR, reason, y)])
-        return p.changes()
+        return p
 
-    def finish(self, state: Tracked, end: JobState, reason: str, now: float, known: Known) -> Changes:
+    def finish(self, state: Tracked, end: JobState, reason: str, now: float, known: Known) -> JobChanges:
         """End the job (its owner cancelled it, or it cannot go on); what still runs is cancelled."""
-        p = _Plan(self, state, now, known)
+        p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         self._finish(p, end, reason)
-        return p.changes()
+        return p
 
     # -- the steps the entry points share ---------------------------------------------------------
 
-    def _job_after_accept(self, p: _Plan, newly: int) -> Job | None:
-        job = p.state.job
-        held = p.state.held() + newly
+    @staticmethod
+    def _job_after_accept(p: JobChanges) -> Job | None:
+        """The job with its newly accepted executions in ``p.state``: running, or still short of nodes."""
+        job, held = p.state.job, p.state.held()
         reason = "running" if held >= job.spec.deal.concurrency else waiting_reason(job.spec, p.known.nodes, held)
         if job.state is JobState.RUNNING and job.reason == reason:
             return None
-        return job.transition(JobState.RUNNING, reason, p.now)
+        p.state = replace(p.state, job=job.transition(JobState.RUNNING, reason, p.now))
+        return p.state.job
 
-    def _decide(self, p: _Plan) -> dict[str, str]:
+    def _decide(self, p: JobChanges) -> dict[str, str]:
         """Choose among the pending bids (min_bids reached or its wait ran out); execution id -> verdict."""
         pending = p.state.bidding()
-        chosen, _ = choose([x.id for x in pending], max(p.state.needed(), 0), self.rng)
+        order = [x.id for x in pending]
+        self.rng.shuffle(order)  # accept at random, so no node is always first
+        chosen = order[:max(p.state.needed(), 0)]
         updated, events, verdicts = [], [], {}
         for x in pending:
             if x.id in chosen:
@@ -448,15 +440,12 @@ class JobMachine:
                 events.append(p.event(EventKind.BID_REJECTED, y.reason, y))
                 verdicts[x.id] = "rejected"
             updated.append(y)
-        job_update = self._job_after_accept(p, len(chosen)) if chosen else None
         p.put(*updated)
-        if job_update is not None:
-            p.state = replace(p.state, job=job_update)
-        p.save(executions=tuple(updated), job=job_update, events=tuple(events))
+        p.save(executions=tuple(updated), job=self._job_after_accept(p) if chosen else None, events=tuple(events))
         return verdicts
 
     @staticmethod
-    def _notify(p: _Plan, verdicts: Mapping[str, str], skip: str | None = None) -> None:
+    def _notify(p: JobChanges, verdicts: Mapping[str, str], skip: str | None = None) -> None:
         """Tell each node its verdict (the one whose message led to it hears it in the reply)."""
         for eid, verdict in verdicts.items():
             if eid == skip:
@@ -468,7 +457,7 @@ class JobMachine:
             p.sends.append(Send(ex.node_id, Decision(job_id=ex.job_id, execution_id=eid, accepted=accepted,
                                                      reason=ex.reason, secret_env=secrets)))
 
-    def _verify(self, p: _Plan) -> dict[str, str]:
+    def _verify(self, p: JobChanges) -> dict[str, str]:
         """Compare the proposed results, decide each, finish the job; returns execution id -> verdict."""
         proposed = [x for x in p.state.executions.values() if x.state is ExecutionState.PROPOSED]
         verdict = verify({x.id: (x.result or RunResult()).digest() for x in proposed}, p.state.job.spec.deal.confidence)
@@ -487,22 +476,17 @@ class JobMachine:
         if not verdict.verified:
             self._finish(p, JobState.FAILED, verdict.reason, updates, events)
             return verdicts
-        reputation = {}
         for y in updates:
-            accepted, rejected = p.reputation_of(y.node_id)
-            ok = y.state is ExecutionState.COMPLETED
-            reputation[y.node_id] = (accepted + ok, rejected + (not ok))
-        p.reputation.update(reputation)
+            p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()
         if result.exit_code != 0:
             self._finish(p, JobState.FAILED, f"exit code {result.exit_code} ({verdict.reason})", updates, events,
-                         result=result, reputation=reputation)
+                         result=result)
         else:
-            self._finish(p, JobState.COMPLETED, f"completed, {verdict.reason}", updates, events, result=result,
-                         reputation=reputation)
+            self._finish(p, JobState.COMPLETED, f"completed, {verdict.reason}", updates, events, result=result)
         return verdicts
 
-    def _execution_failed(self, p: _Plan, failed: Execution, retryable: bool, events: list[Event]) -> None:
+    def _execution_failed(self, p: JobChanges, failed: Execution, retryable: bool, events: list[Event]) -> None:
         """Record a failed execution (already in ``p.state``); re-offer its slot, or fail the job when
         that is pointless.
 
@@ -512,20 +496,17 @@ class JobMachine:
         job = p.state.job
         able = p.known.able(job.spec)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
-        if not retryable:
-            reporters = error_reporters(p.state.executions.values()) | {failed.node_id}
-            if error_confirmed(reporters, able, job.spec.deal.confidence):
-                also = f" (reported by {len(reporters)} nodes)" if len(reporters) > 1 else ""
-                self._finish(p, JobState.FAILED, f"{last}{also}", [failed], events)
-                return
-        if able and not nodes_left(p.state.executions.values(), able):
-            self._finish(p, JobState.FAILED, f"no known node may take the job any more; last error on {last}",
-                         [failed], events)
-            return
-        if job.attempt >= self.max_reoffers:
-            self._finish(p, JobState.FAILED, f"gave up after {job.attempt} re-offers; last error on {last}",
-                         [failed], events)
-            return
+        reporters = error_reporters(p.state.executions.values()) | {failed.node_id}
+        if not retryable and error_confirmed(reporters, able, job.spec.deal.confidence):
+            why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
+        elif able and not nodes_left(p.state.executions.values(), able):
+            why = f"no known node may take the job any more; last error on {last}"
+        elif job.attempt >= self.max_reoffers:
+            why = f"gave up after {job.attempt} re-offers; last error on {last}"
+        else:
+            why = None
+        if why is not None:
+            return self._finish(p, JobState.FAILED, why, [failed], events)
         reason = f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}"
         state = JobState.RUNNING if p.state.held() > 0 else JobState.PENDING
         job = job.transition(state, reason, p.now, attempt=job.attempt + 1)
@@ -534,11 +515,10 @@ class JobMachine:
         p.state = replace(p.state, job=job, waiting_since=p.now, announce_backoff=ANNOUNCE_BACKOFF_FIRST,
                           next_announce=p.now)
         p.save(executions=(failed,), job=job, events=tuple(events))
-        p.counts.append("reoffers")
+        p.counts["reoffers"] += 1
 
-    def _finish(self, p: _Plan, end: JobState, reason: str, executions: Sequence[Execution] = (),
-                events: Sequence[Event] = (), *, result: RunResult | None = None,
-                reputation: dict[str, tuple[int, int]] | None = None) -> None:
+    def _finish(self, p: JobChanges, end: JobState, reason: str, executions: Sequence[Execution] = (),
+                events: Sequence[Event] = (), *, result: RunResult | None = None) -> None:
         """Move the job to a terminal state and cancel what still runs.
 
         A deterministic job that completed with exit code 0 leaves its result in the cache,
@@ -560,19 +540,12 @@ class JobMachine:
             everything = {**p.state.executions, **{x.id: x for x in executions}}.values()
             if key and result:
                 cache = (key, job.id, result, cache_verified(agreeing_nodes(everything, result), self.node_id))
-            reputation = {**(reputation or {}), **self._unconfirmed_errors(p, everything)}
+            for node in error_reporters(everything):  # the job completed: their errors were wrong
+                p.judge(node, False)
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})
-        p.save(job=job, executions=tuple(executions), events=tuple(events), cache=cache, reputation=reputation)
+        p.save(job=job, executions=tuple(executions), events=tuple(events), cache=cache,
+               reputation=dict(p.reputation) or None)
         for y in to_cancel:
             p.cancel(y)
         p.finished = True
-
-    @staticmethod
-    def _unconfirmed_errors(p: _Plan, executions: Iterable[Execution]) -> dict[str, tuple[int, int]]:
-        """A job that completed proves its nodes' errors wrong: each counts as a rejected result."""
-        wrong = error_reporters(executions)
-        for node in wrong:
-            accepted, rejected = p.reputation_of(node)
-            p.reputation[node] = (accepted, rejected + 1)
-        return {node: p.reputation[node] for node in wrong}

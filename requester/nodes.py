@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from jobs.messages import NodeInfo
 
-MAX_NODES = 4096
-"""Nodes remembered at once (a few MB at most); beyond it the least recently heard is dropped."""
+MAX_NODES = 4096  # nodes remembered at once: a few MB at most
 
 
 @dataclass(frozen=True)

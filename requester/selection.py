@@ -1,19 +1,12 @@
-"""Which bids to accept, and why a job is still waiting (pure functions)."""
+"""Which nodes may run a job, which to ask, and why a job is still waiting (pure functions)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from jobs import JobSpec
 from jobs.messages import NodeInfo
-
-
-def choose(bidders: Sequence[str], slots: int, rng: random.Random | None = None) -> tuple[list[str], list[str]]:
-    """Accept ``slots`` of the bidders at random (so no node is always first), reject the rest."""
-    order = list(bidders)
-    (rng or random).shuffle(order)
-    return order[:slots], order[slots:]
 
 
 def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:

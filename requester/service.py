@@ -1,16 +1,10 @@
-"""The requester role's trio service: announce, choose bids, collect results, keep deadlines.
+"""The requester role's trio service: announce jobs, choose bids, collect results, keep deadlines.
 
-Per job, the requester sends one announcement (direct offers to the nodes ``candidates`` names,
-else gossip; repeated with backoff to everyone while the job is short of nodes) and then only
-direct messages to the nodes that bid. A one-node job its own compute role has room for runs
-there without any announcement.
-Bid and result verdicts travel in the reply to the bid or result itself, so a job with
-``concurrency=N`` costs N bids and N results, each one round trip.
-
-Every decision is made by ``requester.machine`` with no I/O; this service takes the job's lock,
-asks the machine, writes what it says to the store, then sends what it says. State that matters
-is written before it is acted on; a restarted requester loads its live jobs and carries on
-(compute nodes keep re-delivering their results).
+One announcement per job (direct offers to the nodes ``candidates`` names, else gossip; repeated
+with backoff while the job is short of nodes), then only direct messages to the nodes that bid.
+Verdicts travel in the reply to the bid or result itself, so ``concurrency=N`` costs N round
+trips of each. ``requester.machine`` decides; this shell takes the job's lock, writes what the
+machine says, then sends it. A restarted requester loads its live jobs and carries on.
 """
 
 from __future__ import annotations
@@ -18,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import trio
@@ -27,29 +22,10 @@ from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSp
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from node.tasks import Spawner
-from requester.common import (
-    REQUEST_TIMEOUT,
-    IdempotencyConflict,
-    Live,
-    UnknownJob,
-    deliver,
-    signed_by,
-    submit_once,
-    tick_forever,
-)
-from requester.machine import (
-    MAX_REOFFERS,
-    QUARANTINE_AFTER,
-    Cached,
-    Changes,
-    JobMachine,
-    Known,
-    Tracked,
-)
+from requester.common import REQUEST_TIMEOUT, Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
+from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
-
-__all__ = ["IdempotencyConflict", "RequesterService", "UnknownJob"]
 
 log = logging.getLogger("shoal.requester")
 
@@ -82,23 +58,15 @@ class RequesterService:
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
-        self._in_flight: dict[str, int] = {}  # owner -> live jobs (the API's jobs-in-flight quota)
+        self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
         self._tasks = Spawner("requester")
         self._running = False
-        self.counters = {"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
-                         "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0}
+        self.counters = Counter({"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
+                                 "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0})
         self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
-
-    @property
-    def quarantine_after(self) -> int:
-        return self.machine.quarantine_after
-
-    @quarantine_after.setter
-    def quarantine_after(self, value: int) -> None:
-        self.machine.quarantine_after = value
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -143,16 +111,13 @@ class RequesterService:
 
     # -- performing the machine's changes --------------------------------------------------------
 
-    async def _apply(self, aj: _Active, changes: Changes) -> None:
+    async def _apply(self, aj: _Active, changes: JobChanges) -> None:
         """Write what a decision says, in order; then send and announce what it says."""
         for peer, why in changes.penalties:
             self.penalize(peer, why)
-        for name in changes.counts:
-            self.counters[name] += 1
+        self.counters.update(changes.counts)
         for write, state in changes.writes:
-            await self.store.save(job=write.job, new_executions=write.new_executions, executions=write.executions,
-                                  events=write.events, cache=write.cache,
-                                  reputation=dict(write.reputation) if write.reputation is not None else None)
+            await self.store.save(**vars(write))  # a Write's fields are Store.save's
             if write.reputation:
                 self.reputation.update(write.reputation)
             aj.state = state
@@ -167,11 +132,9 @@ class RequesterService:
     def _forget(self, aj: _Active) -> None:
         job = aj.job
         del self._active[job.id]
-        left = self._in_flight.get(job.owner, 1) - 1
-        if left > 0:
-            self._in_flight[job.owner] = left
-        else:
-            self._in_flight.pop(job.owner, None)
+        self._in_flight[job.owner] -= 1
+        if self._in_flight[job.owner] <= 0:
+            del self._in_flight[job.owner]
         aj.done.set()
         self.latencies.append(job.updated_at - job.created_at)
         if len(self.latencies) > 10_000:
@@ -218,12 +181,14 @@ class RequesterService:
         plan, aj.state = self.machine.announce(aj.state, self.clock(), self._known(),
                                                self.nodes.get(self.peers.node_id))
         self.counters["announcements"] += 1
-        if plan.here and await self._offer_here(self._announcement(aj.state, [self.peers.node_id])):
+        if plan.here and await self._offer(self.peers.node_id, self._announcement(aj.state, [self.peers.node_id])):
+            self.counters["offered_here"] += 1
             return
         ann = self._announcement(aj.state, plan.ask)
         if plan.ask:  # a few direct messages instead of gossip through the whole mesh (N nodes x its degree)
             for node in plan.ask:
-                self._tasks.spawn(self._offer, node, ann)
+                info = self.nodes.get(node)
+                self._tasks.spawn(self._offer, node, ann, info.addrs if info else ())
         else:
             await self.peers.publish(ann)
 
@@ -233,25 +198,14 @@ class RequesterService:
                         requester_addrs=self.peers.addrs(), attempt=state.job.attempt, candidates=ask,
                         bid_deadline=state.waiting_since + spec.deadlines.bid_limit)
 
-    async def _offer_here(self, ann: Announce) -> bool:
-        """Offer the job to this node's compute role; True if it is bidding (a Bid follows)."""
+    async def _offer(self, node: str, ann: Announce, addrs: Sequence[str] = ()) -> bool:
+        """Announce straight to one named node; True if it is bidding (a Bid follows). Best effort, like
+        gossip: if the nodes asked do not take the job, the next announcement goes to everyone."""
         try:
-            reply = await self.peers.request(self.peers.node_id, ann, timeout=REQUEST_TIMEOUT)
-        except PeerError:
-            return False
-        if reply.verdict == "pending":
-            self.counters["offered_here"] += 1
-            return True
-        return False
-
-    async def _offer(self, node: str, ann: Announce) -> None:
-        """Announce straight to one named node. Best effort, like gossip: if the nodes asked do not
-        take the job, the next announcement goes to everyone."""
-        info = self.nodes.get(node)
-        try:
-            await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=info.addrs if info else ())
+            return (await self.peers.request(node, ann, timeout=REQUEST_TIMEOUT, addrs=addrs)).verdict == "pending"
         except PeerError as e:
             log.debug("offering %s to %s: %s", ann.job_id, node, e)
+            return False
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
         aj = self._active.get(job_id)
@@ -274,11 +228,11 @@ class RequesterService:
 
     def _track(self, aj: _Active) -> None:
         self._active[aj.job.id] = aj
-        self._in_flight[aj.job.owner] = self._in_flight.get(aj.job.owner, 0) + 1
+        self._in_flight[aj.job.owner] += 1
 
     def in_flight(self, owner: str) -> int:
         """How many of ``owner``'s jobs are live (neither completed, failed nor cancelled)."""
-        return self._in_flight.get(owner, 0)
+        return self._in_flight[owner]
 
     def live_job(self, job_id: str) -> Job | None:
         aj = self._active.get(job_id)
@@ -306,10 +260,7 @@ class RequesterService:
                       finished=finished)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for aj in self._active.values():
-            out[aj.job.state.value] = out.get(aj.job.state.value, 0) + 1
-        return out
+        return dict(Counter(aj.job.state.value for aj in self._active.values()))
 
     # -- messages from compute nodes -------------------------------------------------------------
 

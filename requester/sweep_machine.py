@@ -1,10 +1,8 @@
 """A sweep's decisions with no I/O: grant index ranges, record reports, take back lapsed leases, end.
 
-``SweepMachine`` holds one live sweep in memory (its index states can be many, so they change in
-place rather than being copied per message). Each entry point takes one input (a claim, a tick,
-the owner's cancel or retry) and the time, and returns the reply and ``SweepChanges``: the store
-writes, the claims to stop on their nodes, and whether to announce. It never awaits, sleeps,
-reads the store or talks to a peer; ``requester.sweeps`` performs what it returns. What to make of
+``SweepMachine`` holds one live sweep in memory: its index states can be many, so they change in
+place rather than being copied per message. Each entry point takes one input and the time, and
+returns the reply and the ``SweepChanges`` that ``requester.sweeps`` performs. What to make of
 one claim's report is ``requester.sweep_rules``.
 """
 
@@ -12,15 +10,15 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
-from jobs.messages import Claim, IndexResult, NodeInfo, Reply
+from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, Send, announce_backoff
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -39,7 +37,6 @@ class Lease:
     """A claim: the indexes one node was granted and has not reported yet."""
 
     node: str
-    addrs: list[str]
     indexes: set[int]  # granted and not reported yet
     heard: float
     reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
@@ -55,59 +52,11 @@ class SweepWrite:
     end_unfinished: tuple[JobState, str] | None = None
 
 
-@dataclass(frozen=True)
-class Stop:
-    """A claim to cancel on its node, because the sweep ended."""
-
-    claim_id: str
-    node: str
-    addrs: list[str]
-
-
-@dataclass(frozen=True)
-class SweepChanges:
-    writes: tuple[SweepWrite, ...] = ()
-    stops: tuple[Stop, ...] = ()
-    announce: bool = False
-    finished: bool = False
-    counts: Counter[str] = field(default_factory=Counter)
-    penalties: tuple[tuple[str, str], ...] = ()  # (peer, why): evidence held against a node
-
-
-class _Step:
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.writes: list[SweepWrite] = []
-        self.stops: list[Stop] = []
-        self.counts: Counter[str] = Counter()
-        self.penalties: list[tuple[str, str]] = []
-        self.announce = False
-        self.finished = False
-
+@dataclass(eq=False)
+class SweepChanges(Changes):
     def save(self, *, sweep: Sweep | None = None, indexes: Sequence[IndexRecord] = (), events: Sequence[Event] = (),
              end_unfinished: tuple[JobState, str] | None = None) -> None:
         self.writes.append(SweepWrite(sweep, tuple(indexes), tuple(events), end_unfinished))
-
-    def changes(self) -> SweepChanges:
-        return SweepChanges(tuple(self.writes), tuple(self.stops), self.announce, self.finished, self.counts,
-                            tuple(self.penalties))
-
-
-def admit(sweep: Sweep, nodes: Sequence[NodeInfo], node_id: str) -> tuple[Sweep, list[Event]]:
-    """A new sweep as it is first written: failed at once when no known node could run it."""
-    events = [_event(sweep.id, sweep.created_at, EventKind.CREATED, f"{sweep.count} indexes", node_id)]
-    impossible = never_runnable(sweep.spec.job, nodes)
-    if impossible:
-        sweep = sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
-                                         "counts": {JobState.FAILED: sweep.count}})
-        events.append(_event(sweep.id, sweep.created_at, EventKind.FAILED, impossible, node_id))
-    else:
-        events.append(_event(sweep.id, sweep.created_at, EventKind.ANNOUNCED, "", node_id))
-    return sweep, events
-
-
-def _event(sweep_id: str, at: float, kind: EventKind, message: str, node: str) -> Event:
-    return Event(job_id=sweep_id, at=at, kind=kind, node_id=node, message=message)
 
 
 class SweepMachine:
@@ -142,11 +91,22 @@ class SweepMachine:
                       pending=[r[0] for r in rows if r[1] is JobState.PENDING], next_announce=now)
         for index, state, _, _, node in rows:
             if state is JobState.RUNNING and node:
-                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, [], set(), now)).indexes.add(index)
+                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now)).indexes.add(index)
         return machine
 
+    def admit(self, nodes: Sequence[NodeInfo]) -> list[Event]:
+        """A new sweep as it is first written: failed at once when no known node could run it."""
+        at = self.sweep.created_at
+        events = [self.event(at, EventKind.CREATED, f"{self.sweep.count} indexes")]
+        impossible = never_runnable(self.sweep.spec.job, nodes)
+        if impossible:
+            self.sweep = self.sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
+                                                       "counts": {JobState.FAILED: self.sweep.count}})
+        events.append(self.event(at, EventKind.FAILED if impossible else EventKind.ANNOUNCED, impossible or ""))
+        return events
+
     def event(self, at: float, kind: EventKind, message: str = "", node: str | None = None) -> Event:
-        return _event(self.sweep.id, at, kind, message, node or self.node_id)
+        return Event(job_id=self.sweep.id, at=at, kind=kind, node_id=node or self.node_id, message=message)
 
     def set_state(self, index: int, state: JobState) -> None:
         counts = dict(self.sweep.counts)
@@ -155,6 +115,10 @@ class SweepMachine:
         counts[state] = counts.get(state, 0) + 1
         self.states[index] = state
         self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
+
+    def _touched(self, now: float) -> Sweep:
+        """The sweep as it is written when only its indexes changed."""
+        return self.sweep.model_copy(update={"updated_at": now, "revision": self.sweep.revision + 1})
 
     def unfinished(self) -> int:
         return self.sweep.counts.get(JobState.PENDING, 0) + self.sweep.counts.get(JobState.RUNNING, 0)
@@ -165,16 +129,16 @@ class SweepMachine:
     # -- the owner -------------------------------------------------------------------------------
 
     def cancel(self, reason: str, now: float) -> SweepChanges:
-        p = _Step(now)
+        p = SweepChanges(now)
         self._finish(p, JobState.CANCELLED, reason, [], [])
-        return p.changes()
+        return p
 
     def retry(self, now: float) -> SweepChanges:
         """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
-        p = _Step(now)
+        p = SweepChanges(now)
         failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
         if not failed:
-            return p.changes()
+            return p
         records = []
         for i in failed:
             self.set_state(i, JobState.PENDING)
@@ -182,15 +146,11 @@ class SweepMachine:
             heapq.heappush(self.pending, i)
             records.append(IndexRecord(index=i, state=JobState.PENDING, reason="retried", updated_at=now))
         message = f"{len(failed)} failed indexes put back to run"
-        sweep = self.sweep
-        if sweep.state is JobState.FAILED:
-            sweep = sweep.transition(JobState.RUNNING, message, now)
-        else:
-            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
-        p.save(sweep=sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
-        self.sweep = sweep
+        again = self.sweep.state is JobState.FAILED
+        self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
+        p.save(sweep=self.sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
         self.backoff, self.next_announce = ANNOUNCE_BACKOFF_FIRST, now
-        return p.changes()
+        return p
 
     # -- claims from compute nodes ----------------------------------------------------------------
 
@@ -201,10 +161,10 @@ class SweepMachine:
         ``able``: the known nodes that could run the sweep's indexes (no claim takes more than its
         share); ``quarantined``: the sender's reports were refused too often, it gets nothing more.
         """
-        p = _Step(now)
+        p = SweepChanges(now)
         p.counts["claims"] += 1
         if quarantined:
-            return self._quarantined(p, peer, msg), p.changes()
+            return self._quarantined(p, peer, msg), p
         view, restored = self._view(peer, msg)
         check = check_claim(peer, msg, view)
         events: list[Event] = []
@@ -213,10 +173,10 @@ class SweepMachine:
         if check.whole:
             if events:
                 p.save(events=events)
-            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p.changes()
+            return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
-            claim = Lease(peer, [], set(), now)
+            claim = Lease(peer, set(), now)
             if restored is not None:
                 claim.indexes |= self.claims.pop(restored).indexes
             self.claims[msg.claim_id] = claim
@@ -243,10 +203,10 @@ class SweepMachine:
                 records.append(self._back_to_pending(i, "given back unrun", now))
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
-            return Reply(verdict="rejected", reason="the sweep is completed"), p.changes()
+            return Reply(verdict="rejected", reason="the sweep is completed"), p
         if self.unfinished() == 0:
             self._finish_all_done(p, records, events)
-            return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p.changes()
+            return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
         for i in granted:
             records.append(IndexRecord(index=i, state=JobState.RUNNING, node_id=peer, attempts=self.attempts[i],
@@ -259,13 +219,13 @@ class SweepMachine:
         if sweep.state is JobState.PENDING and granted:
             sweep = sweep.transition(JobState.RUNNING, "running", now)
         elif records:
-            sweep = sweep.model_copy(update={"updated_at": now, "revision": sweep.revision + 1})
+            sweep = self._touched(now)
         if sweep is not self.sweep or events:
             p.save(sweep=sweep if sweep is not self.sweep else None, indexes=records, events=events)
             self.sweep = sweep
         if not claim.indexes and not claim.reported:
             del self.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
-        return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p.changes()
+        return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p
 
     def _grant(self, peer: str, claim: Lease, want: int, able: Collection[str], now: float) -> list[int]:
         """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling)."""
@@ -301,7 +261,7 @@ class SweepMachine:
         # the claim it held when we restarted lapsed before it reached us again
         return ClaimView(expired=bool(msg.results) and restored in self.expired), None
 
-    def _refused(self, p: _Step, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
+    def _refused(self, p: SweepChanges, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
         """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""
         p.counts["refused_results"] += len(check.refused)
         p.counts["refused_claims"] += bool(check.whole)
@@ -315,7 +275,7 @@ class SweepMachine:
         self.refusal_events += 1
         return [self.event(p.now, EventKind.RESULTS_REJECTED, text, peer)]
 
-    def _quarantined(self, p: _Step, peer: str, msg: Claim) -> Reply:
+    def _quarantined(self, p: SweepChanges, peer: str, msg: Claim) -> Reply:
         """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
         p.counts["quarantined_claims"] += 1
         claim = self.claims.get(msg.claim_id)
@@ -324,7 +284,7 @@ class SweepMachine:
             self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
         return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
 
-    def _outcome(self, p: _Step, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
+    def _outcome(self, p: SweepChanges, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
         i, now = r.index, p.now
         reports = self.errors.get(i, {})
@@ -376,7 +336,7 @@ class SweepMachine:
 
     def tick(self, now: float) -> SweepChanges:
         """Leases: a claim silent for the template's ``deadlines.silence`` loses its indexes."""
-        p = _Step(now)
+        p = SweepChanges(now)
         silence = self.sweep.spec.job.deadlines.silence
         records = []
         for claim_id, claim in list(self.claims.items()):
@@ -387,28 +347,27 @@ class SweepMachine:
             while len(self.expired) > MAX_EXPIRED:
                 self.expired.popitem(last=False)
             records += self._take_back(claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s", now)
-        if records and self._save_taken_back(p, records):
-            return p.changes()
+        if self._save_taken_back(p, records):
+            return p
         p.announce = bool(self.pending) and now >= self.next_announce
-        return p.changes()
+        return p
 
     def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:
         return [self._run_again_or_fail(i, claim.node, why, now)
                 for i in sorted(claim.indexes) if self.states[i] is JobState.RUNNING]
 
-    def _save_taken_back(self, p: _Step, records: list[IndexRecord]) -> bool:
+    def _save_taken_back(self, p: SweepChanges, records: list[IndexRecord]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""
         if not records:
             return False
         if self.unfinished() == 0:
             self._finish_all_done(p, records, [])
             return True
-        sweep = self.sweep.model_copy(update={"updated_at": p.now, "revision": self.sweep.revision + 1})
-        p.save(sweep=sweep, indexes=records)
-        self.sweep = sweep
+        self.sweep = self._touched(p.now)
+        p.save(sweep=self.sweep, indexes=records)
         return False
 
-    def _finish_all_done(self, p: _Step, records: list[IndexRecord], events: list[Event]) -> None:
+    def _finish_all_done(self, p: SweepChanges, records: list[IndexRecord], events: list[Event]) -> None:
         counts = self.sweep.counts
         failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
         spec = self.sweep.spec
@@ -421,7 +380,7 @@ class SweepMachine:
         else:
             self._finish(p, JobState.COMPLETED, f"all {self.sweep.count} indexes completed", records, events)
 
-    def _finish(self, p: _Step, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
+    def _finish(self, p: SweepChanges, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
                 winner: int | None = None) -> None:
         """End the sweep: what has not finished is cancelled, here and on every node holding a claim."""
         unfinished = self.unfinished()
@@ -434,7 +393,7 @@ class SweepMachine:
         p.save(sweep=sweep, indexes=records, events=[*events, self.event(p.now, ending(end), reason)],
                end_unfinished=(JobState.CANCELLED, f"sweep {end.value}") if unfinished else None)
         self.sweep = sweep
-        p.stops += [Stop(claim_id, claim.node, claim.addrs) for claim_id, claim in self.claims.items()
-                    if claim.indexes and not claim_id.startswith(RESTORED)]
+        p.sends += [Send(claim.node, Cancel(job_id=self.sweep.id, execution_id=claim_id, reason="the sweep has ended"))
+                    for claim_id, claim in self.claims.items() if claim.indexes and not claim_id.startswith(RESTORED)]
         self.claims.clear()
         p.finished = True

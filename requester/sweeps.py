@@ -3,16 +3,9 @@
 A sweep is announced on gossip as one message (repeated with backoff while indexes are
 unclaimed). A compute node that can run its template sends ``Claim`` messages: each carries
 the results of indexes it finished and how many more it wants; the reply grants ranges of
-pending indexes. Messages grow with nodes and time, never with indexes.
-
-A claim is a lease: a node that stays silent for the template's ``deadlines.silence`` loses
-the indexes it held, and they are granted again. A claim's report counts only for indexes
-granted to that claim and still held by it (``requester.sweep_rules``): anything else is
-refused, named in the reply, counted, and held against the sender (``penalize``). An error
-sends its index to another node; it fails the index only once another node confirms it.
-
-The decisions are ``requester.sweep_machine``'s; this service takes the sweep's lock, asks the
-machine, writes and sends what it says.
+pending indexes. Messages grow with nodes and time, never with indexes. A claim is a lease
+(``requester.sweep_rules``). ``requester.sweep_machine`` decides; this shell takes the sweep's
+lock, asks the machine, writes and sends what it says.
 """
 
 from __future__ import annotations
@@ -20,19 +13,22 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from jobs import Event, EventKind, JobState
-from jobs.messages import Cancel, Claim, NodeInfo, Peers, Reply, SweepAnnounce
+from jobs.messages import Claim, NodeInfo, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
 from node.tasks import Spawner
 from requester.common import Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
+from requester.machine import Send
 from requester.ports import RequesterStore
-from requester.sweep_machine import TICK, Lease, Stop, SweepChanges, SweepMachine, admit
+from requester.selection import can_ever_run
+from requester.sweep_machine import TICK, SweepChanges, SweepMachine
 
 log = logging.getLogger("shoal.requester")
 
@@ -50,10 +46,6 @@ class _Live(Live):
     def sweep(self) -> Sweep:
         return self.machine.sweep
 
-    @property
-    def claims(self) -> dict[str, Lease]:
-        return self.machine.claims
-
 
 class SweepService:
     def __init__(self, *, peers: Peers, store: RequesterStore, known_nodes: Callable[[], list[NodeInfo]],
@@ -68,10 +60,10 @@ class SweepService:
         self.quarantined = quarantined  # a quarantined peer gets no indexes
         self._live: dict[str, _Live] = {}
         self._tasks = Spawner("sweeps")
-        self.counters = {"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
-                         "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
-                         "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
-                         "quarantined_claims": 0}
+        self.counters = Counter({"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
+                                 "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
+                                 "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
+                                 "quarantined_claims": 0})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -93,32 +85,27 @@ class SweepService:
     async def _apply(self, live: _Live, changes: SweepChanges) -> None:
         for peer, why in changes.penalties:
             self.penalize(peer, why)
-        for name, n in changes.counts.items():
-            self.counters[name] += n
-        for w in changes.writes:
-            await self.store.save_sweep(sweep=w.sweep, indexes=w.indexes, events=w.events,
-                                        end_unfinished=w.end_unfinished)
+        self.counters.update(changes.counts)
+        for write in changes.writes:
+            await self.store.save_sweep(**vars(write))  # a SweepWrite's fields are Store.save_sweep's
         if changes.finished:
             del self._live[live.sweep.id]
             live.done.set()
-            for stop in changes.stops:
-                self._tasks.spawn(self._stop, live.sweep.id, stop, live.sweep.updated_at)
+            for send in changes.sends:
+                self._tasks.spawn(self._stop, send, live.sweep.updated_at)
         elif changes.announce:
             await self._announce(live)
 
-    async def _stop(self, sweep_id: str, stop: Stop, since: float) -> None:
+    async def _stop(self, stop: Send, since: float) -> None:
         """Tell a node to stop its claim; record how long that took to reach it and what it stopped."""
-        message = Cancel(job_id=sweep_id, execution_id=stop.claim_id, reason="the sweep has ended")
-        reply = await deliver(self.peers, stop.node, message, addrs=stop.addrs, delays=CANCEL_DELAYS)
+        reply = await deliver(self.peers, stop.peer, stop.message, delays=CANCEL_DELAYS)
         if reply is None:
-            log.info("could not cancel claim %s on %s; its lease ends it", stop.claim_id, stop.node)
+            log.info("could not cancel claim %s on %s; its lease ends it", stop.message.execution_id, stop.peer)
             return
         took = (self.clock() - since) * 1000
-        text = f"cancel reached node {stop.node[-8:]} after {took:.0f} ms; {reply.stopped} running indexes stopped"
-        await self.store.save_sweep(events=[self._event(sweep_id, EventKind.CANCELLED, text, stop.node)])
-
-    def _event(self, sweep_id: str, kind: EventKind, message: str, node: str) -> Event:
-        return Event(job_id=sweep_id, at=self.clock(), kind=kind, node_id=node, message=message)
+        text = f"cancel reached node {stop.peer[-8:]} after {took:.0f} ms; {reply.stopped} running indexes stopped"
+        await self.store.save_sweep(events=[Event(job_id=stop.message.job_id, at=self.clock(),
+                                                  kind=EventKind.CANCELLED, node_id=stop.peer, message=text)])
 
     async def _announce(self, live: _Live) -> None:
         machine = live.machine
@@ -142,14 +129,14 @@ class SweepService:
             sweep = Sweep(id=f"s-{uuid.uuid4().hex}", owner=owner, spec=spec, count=spec.count,
                           requester=self.peers.node_id, counts={JobState.PENDING: spec.count}, created_at=now,
                           updated_at=now)
-            sweep, events = admit(sweep, self.known_nodes(), self.peers.node_id)
-            await self.store.save_sweep(new_sweep=sweep, events=events, idempotency_key=idempotency_key,
+            live = _Live(SweepMachine.new(sweep, self.peers.node_id))
+            events = live.machine.admit(self.known_nodes())
+            await self.store.save_sweep(new_sweep=live.sweep, events=events, idempotency_key=idempotency_key,
                                         request_digest=digest)
-            if not sweep.state.is_terminal:
-                live = _Live(SweepMachine.new(sweep, self.peers.node_id))
+            if not live.sweep.state.is_terminal:
                 self._live[sweep.id] = live
                 await self._announce(live)
-            return sweep
+            return live.sweep
 
         return await submit_once(self.store.find_idempotent_sweep, create, owner=owner, key=idempotency_key,
                                  digest=digest, what="sweep")
@@ -190,18 +177,14 @@ class SweepService:
             if sweep.state is not JobState.FAILED or not sweep.counts.get(JobState.FAILED):
                 return sweep
             rows = await self.store.index_states(sweep_id)
-            live = _Live(SweepMachine(sweep, self.peers.node_id, states=[r[1] for r in rows],
-                                      attempts=[r[3] for r in rows], pending=[]))
+            live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
             self._live[sweep_id] = live
         async with live.lock:
             await self._apply(live, live.machine.retry(self.clock()))
             return live.sweep
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for live in self._live.values():
-            out[live.sweep.state.value] = out.get(live.sweep.state.value, 0) + 1
-        return out
+        return dict(Counter(live.sweep.state.value for live in self._live.values()))
 
     # -- claims from compute nodes ----------------------------------------------------------------
 
@@ -222,6 +205,4 @@ class SweepService:
 
     def _able(self, spec: SweepSpec) -> set[str]:
         """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
-        job = spec.job
-        return {n.peer_id for n in self.known_nodes() if job.engine.name in n.engines
-                and job.resources.fits_in(n.max_per_job) and not self.quarantined(n.peer_id)}
+        return {n.peer_id for n in self.known_nodes() if can_ever_run(spec.job, n) and not self.quarantined(n.peer_id)}

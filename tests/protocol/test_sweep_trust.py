@@ -59,11 +59,11 @@ async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_gra
         assert reply.ranges == []  # and it gets no work for it
         assert "refused 1 results" in reply.reason and "30" in reply.reason
         # results under the claim id an honest node holds
-        honest = next(cid for cid, c in ns[0].sweeps._live[s.id].claims.items() if c.node == "n1")
-        honest_held = set(ns[0].sweeps._live[s.id].claims[honest].indexes)
+        honest = next(cid for cid, c in ns[0].sweeps._live[s.id].machine.claims.items() if c.node == "n1")
+        honest_held = set(ns[0].sweeps._live[s.id].machine.claims[honest].indexes)
         reply = await rogue.claim("n0", s.id, honest, [hit(min(honest_held))])
         assert reply.verdict == "rejected" and not reply.ok and "belongs to another node" in reply.reason
-        assert ns[0].sweeps._live[s.id].claims[honest].indexes == honest_held  # n1's claim is untouched
+        assert ns[0].sweeps._live[s.id].machine.claims[honest].indexes == honest_held  # n1's claim is untouched
         # a claim of its own, then results beyond what it was granted
         reply = await rogue.claim("n0", s.id, "c-rogue-2", want=2)
         granted = {i for a, b in reply.ranges for i in range(a, b)}

@@ -11,7 +11,7 @@ import trio
 from executors import ExecutorError
 from jobs import EventKind, JobState
 from jobs.sweep import SweepSpec
-from requester.service import IdempotencyConflict
+from requester import IdempotencyConflict
 from tests.memnet import MemoryHub, memory_node
 
 NOOP = {"name": "noop"}

@@ -30,7 +30,7 @@ async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         requester = await start(stack, hub, tmp_path, honest=3, bad=1)
-        requester.quarantine_after = 2
+        requester.machine.quarantine_after = 2
         bad_seen = 0
         for n in range(12):
             job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": str(n)}}), "alice")

@@ -100,7 +100,7 @@ def test_a_bid_beyond_the_jobs_concurrency_is_refused_and_writes_nothing():
     state = running(tracked(spec()), "n-a")
     reply, changes = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-b"), 2.0, KNOWN)
     assert reply.verdict == "rejected" and reply.reason == "enough nodes already"
-    assert changes.writes == () and "bids_rejected" in changes.counts and changes.state is state
+    assert changes.writes == [] and "bids_rejected" in changes.counts and changes.state is state
 
 
 def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
@@ -110,13 +110,13 @@ def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
     liar = Known(nodes=KNOWN.nodes, reputation={"n-a": (0, 3)})
     quarantined, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), 1.0, liar)
     assert quarantined.verdict == "rejected" and quarantined.reason.startswith("quarantined: 3 results rejected")
-    assert changes.writes == ()
+    assert changes.writes == []
 
 
 def test_a_retried_bid_gets_the_verdict_it_had_and_another_nodes_execution_is_not_its_own():
     state = running(tracked(spec(), secrets={"K": "v"}), "n-a")
     again, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-n-a"), 2.0, KNOWN)
-    assert again.verdict == "accepted" and again.secret_env == {"K": "v"} and changes.writes == ()
+    assert again.verdict == "accepted" and again.secret_env == {"K": "v"} and changes.writes == []
     other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-a"), 2.0, KNOWN)
     assert not other.ok and other.reason == "not your execution"
 
@@ -143,7 +143,7 @@ def test_with_min_bids_the_last_bid_of_the_set_chooses_and_the_others_hear_by_de
 def test_a_tick_after_the_min_bids_wait_chooses_among_the_bids_there_are():
     state = tracked(spec(concurrency=1, min_bids=3))
     _, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-a"), 1.0, KNOWN)
-    assert machine().tick(changes.state, 3.0, KNOWN).writes == ()  # still within deadlines.min_bids
+    assert machine().tick(changes.state, 3.0, KNOWN).writes == []  # still within deadlines.min_bids
     later = machine().tick(changes.state, 7.0, KNOWN)
     assert later.state.executions["x-a"].state is ExecutionState.ACCEPTED
     assert sent(later, Decision)["n-a"].accepted
@@ -197,7 +197,7 @@ def test_a_result_whose_fields_do_not_match_its_digest_is_refused():
 def test_a_result_for_someone_elses_execution_is_refused_without_a_write():
     state = running(tracked(spec()), "n-a")
     reply, changes = machine().on_result(state, "n-b", result("x-n-a"), 5.0, KNOWN, signed=True)
-    assert not reply.ok and changes.writes == () and changes.penalties == ()
+    assert not reply.ok and changes.writes == [] and changes.penalties == []
 
 
 def test_verified_results_complete_the_job_when_enough_agree_and_the_dissenter_is_rejected():
@@ -265,7 +265,7 @@ def test_the_job_fails_once_its_reoffers_run_out():
 
 def test_an_execution_without_a_result_past_its_timeout_is_cancelled_and_its_slot_reoffered():
     state = running(tracked(spec()), "n-a")
-    assert machine().tick(state, 60.0, KNOWN).writes == ()  # within timeout + result grace (10 + 60)
+    assert machine().tick(state, 60.0, KNOWN).writes == []  # within timeout + result grace (10 + 60)
     changes = machine().tick(state, 72.0, KNOWN)
     assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
     assert isinstance(sent(changes, Cancel)["n-a"], Cancel)
@@ -277,7 +277,7 @@ def test_an_execution_whose_node_went_silent_is_lost_and_its_slot_reoffered():
     changes = machine().lose(state, "x-n-a", "node n-a silent for 12 s", 20.0, KNOWN)
     assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
     assert changes.state.job.reason == "re-offering: node n-a failed: node n-a silent for 12 s"
-    assert machine().lose(changes.state, "x-n-a", "again", 21.0, KNOWN).writes == ()  # lost once only
+    assert machine().lose(changes.state, "x-n-a", "again", 21.0, KNOWN).writes == []  # lost once only
 
 
 def test_a_job_no_node_takes_within_its_bid_deadline_fails():
@@ -362,7 +362,7 @@ def test_a_report_for_another_nodes_claim_is_refused_and_held_against_its_sender
 def test_a_silent_claim_loses_its_indexes_to_the_next_claim():
     m = sweep_machine(2)
     m.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a"}, quarantined=False)
-    assert m.tick(5.0).writes == ()  # within the lease (deadlines.silence, 10 s)
+    assert m.tick(5.0).writes == []  # within the lease (deadlines.silence, 10 s)
     changes = m.tick(12.0)
     assert m.states == [JobState.PENDING, JobState.PENDING] and "c-a" in m.expired
     assert changes.writes[0].indexes[0].reason.startswith("node n-a silent for 11 s")
@@ -390,7 +390,7 @@ def test_the_first_success_of_an_any_sweep_ends_it_and_stops_the_other_claims():
     m.claim("n-b", claim("c-b", want=2), 1.0, able={"n-a", "n-b"}, quarantined=False)
     reply, changes = m.claim("n-a", claim("c-a", ok(0)), 2.0, able={"n-a", "n-b"}, quarantined=False)
     assert reply.reason == "the sweep is completed" and m.sweep.winner == 0
-    assert {(s.claim_id, s.node) for s in changes.stops} == {("c-a", "n-a"), ("c-b", "n-b")}
+    assert {(s.message.execution_id, s.peer) for s in changes.sends} == {("c-a", "n-a"), ("c-b", "n-b")}
     assert changes.writes[-1].end_unfinished == (JobState.CANCELLED, "sweep completed")
 
 
@@ -428,7 +428,7 @@ def test_the_node_store_offers_every_method_the_requester_needs_with_the_same_pa
 
 
 def test_the_machines_and_their_rules_import_no_trio_no_store_and_no_network():
-    pure = ("machine", "sweep_machine", "trust", "selection", "verify", "sweep_rules", "nodes")
+    pure = ("machine", "sweep_machine", "trust", "selection", "sweep_rules", "nodes")
     io = {"trio", "node", "requester.service", "requester.sweeps", "requester.common"}
     for name in pure:
         tree = ast.parse((Path(requester.__file__).parent / f"{name}.py").read_text())

@@ -1,4 +1,4 @@
-from requester.verify import verify
+from requester.trust import verify
 
 
 def test_majority_wins_and_dissenters_are_rejected():
