@@ -29,15 +29,6 @@ WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its 
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
 
-@dataclass(frozen=True)
-class Report:
-    """The reporter's next step: send a report asking for ``want`` indexes now (``due``), or wait."""
-
-    want: int
-    due: bool
-    wait: float = 0.0  # when not due: seconds until one is (a finished index may make it sooner)
-
-
 @dataclass
 class Claim:
     ann: SweepAnnounce
@@ -66,10 +57,7 @@ class Claim:
     # -- the workers ------------------------------------------------------------------------------------
 
     def start_next(self, node_id: str, now: float) -> tuple[int, Execution] | None:
-        """The next index to run and its execution (None: the queue is dry, ask for more).
-
-        The index counts as running until ``ran(index)``.
-        """
+        """The next index to run and its execution (None: the queue is dry, ask for more)."""
         if not self.queue:
             return None
         index = self.queue.popleft()
@@ -79,28 +67,23 @@ class Claim:
                                 requester=ann.requester, created_at=now, updated_at=now,
                                 spec=ann.spec.job_for(index))
 
-    def ran(self, index: int) -> None:
-        self.running.discard(index)
-
     def finished(self, result: IndexResult, now: float) -> None:
+        self.running.discard(result.index)
         self.results.append(result)
         self.finished_at.append(now)
 
     # -- the reporter -----------------------------------------------------------------------------------
 
-    def next_report(self, now: float, heartbeat: float) -> Report | None:
-        """None when the claim is over: the requester has nothing left and we nothing to report."""
-        want = self.want(now)
+    def next_report(self, now: float, heartbeat: float) -> float | None:
+        """Seconds until the next report is due (0: now; a finished index may make it sooner), or None
+        when the claim is over: the requester has nothing left and we nothing to report."""
         if self.exhausted and not self.queue and not self.running and not self.results:
             return None
-        starving = want > 0 and not self.queue and not (self.exhausted and self.running)
+        starving = self.want(now) > 0 and not self.queue and not (self.exhausted and self.running)
         since = now - self.last_sent
         if starving or since >= heartbeat or (self.results and since >= REPORT_INTERVAL):
-            return Report(want, due=True)
-        wait = heartbeat - since
-        if self.results:
-            wait = min(wait, REPORT_INTERVAL - since)
-        return Report(want, due=False, wait=max(0.0, wait))
+            return 0.0
+        return min(heartbeat, REPORT_INTERVAL if self.results else heartbeat) - since
 
     def take_batch(self, now: float) -> list[IndexResult]:
         """The results that fit in one report (each carries up to 64 KiB of stdout and of stderr)."""

@@ -2,8 +2,7 @@
 
 ``ComputeMachine`` holds the node's live executions, its capacity and backlog. Each method takes
 a message or an outcome and the time, changes that state at once, and returns the ``Changes`` the
-service must carry out, in order: stop runs, write to the store, then start tasks and send. No
-trio, no store and no network here: unit tests drive it with plain values.
+service must carry out. No trio, no store and no network here: unit tests drive it with plain values.
 """
 
 from __future__ import annotations
@@ -11,13 +10,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from compute.backlog import Backlog
-from compute.bidding import Check, first_refusal
 from compute.capacity import CapacityTracker
-from jobs import EventKind, Execution, ExecutionState, RunResult
+from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
 from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery
 
 log = logging.getLogger("shoal.compute")
@@ -25,9 +22,10 @@ log = logging.getLogger("shoal.compute")
 RECENT_JOBS = 20_000  # (requester, job id) -> last attempt bid on; bounds memory while deduplicating
 PENDING_BID_TIMEOUT = 120.0  # longest a bid answered "pending" holds capacity (``--pending-bid-timeout``)
 PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's decision to arrive
+BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner)
+BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_BATCH = 10_000  # job ids per OpenQuery
-BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner)
 
 # the event a move to a terminal state writes (a rejection of proposed results has its own)
 _END_EVENTS = {ExecutionState.REJECTED: EventKind.BID_REJECTED, ExecutionState.CANCELLED: EventKind.CANCELLED,
@@ -50,22 +48,11 @@ class Changes:
 
     stop: list[str] = field(default_factory=list)  # cancel these executions' runs now
     writes: list[Write] = field(default_factory=list)  # then store these, one save each
-    bids: list[tuple[Execution, float]] = field(default_factory=list)  # new bids, each stored and sent in its
-    # own task until a verdict or the time given
+    bids: list[tuple[Execution, float]] = field(default_factory=list)  # new: store, send until a verdict or then
     runs: list[str] = field(default_factory=list)  # accepted: start running
     deliveries: list[str] = field(default_factory=list)  # proposed: send the result until a verdict
     expire: list[tuple[str, float]] = field(default_factory=list)  # pending bids: ask expire_pending after (s)
     released: bool = False  # capacity came free: the backlog may bid again
-
-    def __iadd__(self, other: Changes) -> Changes:
-        for name in ("stop", "writes", "bids", "runs", "deliveries", "expire"):
-            getattr(self, name).extend(getattr(other, name))
-        self.released = self.released or other.released
-        return self
-
-
-def _job_key(ex: Execution) -> tuple[str, str]:
-    return (ex.requester, ex.job_id)
 
 
 class ComputeMachine:
@@ -74,45 +61,50 @@ class ComputeMachine:
     Args:
         node_id: this node's peer id (announcements naming candidates without it are passed over).
         capacity: total and per-job limits; bids reserve on behalf of the execution id.
-        checks: "could it ever run here?" (engine, per-job limits, inputs): a no passes a job over.
+        engines: the engines installed here (the service keeps them current).
+        input_problems: why this node could never stage a job's inputs (empty: it can).
         backlog_size: jobs remembered for later when there is no room now.
         pending_bid_timeout: longest a bid answered "pending" holds capacity.
     """
 
-    def __init__(self, *, node_id: str, capacity: CapacityTracker, checks: list[Check],
-                 backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
+    def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
+                 input_problems: Callable[[JobSpec], list[str]] = lambda spec: [], backlog_size: int = 10_000,
+                 pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
         self.node_id = node_id
         self.capacity = capacity
-        self.checks = checks
-        self.backlog = Backlog(backlog_size)
+        self.engines = engines
+        self.input_problems = input_problems
+        self.backlog_size = backlog_size
         self.pending_bid_timeout = pending_bid_timeout
         self.live: dict[str, Execution] = {}  # execution id -> live execution
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
+        # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
+        # announcing another requester's job id shadows nothing
+        self.backlog: OrderedDict[tuple[str, str], tuple[Announce, float]] = OrderedDict()
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
 
     # -- state ------------------------------------------------------------------------------------
 
-    def _track(self, ex: Execution) -> None:
+    def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
         self.live[ex.id] = ex
-        self._by_job[_job_key(ex)] = ex.id
+        self._by_job[(ex.requester, ex.job_id)] = ex.id
+        return ex
 
     def drop(self, ex: Execution) -> bool:
         """Forget ``ex`` and give back its capacity; True when capacity came free."""
         self.secrets.pop(ex.id, None)
         self.live.pop(ex.id, None)
-        if self._by_job.get(_job_key(ex)) == ex.id:
-            del self._by_job[_job_key(ex)]
+        if self._by_job.get(key := (ex.requester, ex.job_id)) == ex.id:
+            del self._by_job[key]
         return self.capacity.release(ex.id)
 
     def _move(self, ex: Execution, state: ExecutionState, reason: str, now: float, kind: EventKind,
-              message: str = "", **changes: object) -> Changes:
+              message: str = "", **changes: object) -> Write:
         """A move to a live state (``end`` makes the terminal ones)."""
-        ex = ex.transition(state, reason, now, **changes)
-        self._track(ex)
-        return Changes(writes=[Write(ex, kind, message)])
+        return Write(self._track(ex.transition(state, reason, now, **changes)), kind, message)
 
     def restore(self, executions: Iterable[Execution], now: float) -> Changes:
         """Executions a previous process left unfinished: each is reported (as lost) or re-delivered."""
@@ -122,12 +114,22 @@ class ComputeMachine:
             if ex.state is not ExecutionState.PROPOSED:
                 why = "node restarted before the bid was decided" if ex.state is ExecutionState.BIDDING else (
                     "node restarted while running the job")
-                out += self._move(ex, ExecutionState.PROPOSED, why, now, EventKind.ERROR, why, error=why,
-                                  retryable=True)
+                out.writes.append(self._move(ex, ExecutionState.PROPOSED, why, now, EventKind.ERROR, why,
+                                             error=why, retryable=True))
             out.deliveries.append(ex.id)
         return out
 
     # -- announcements and bidding ------------------------------------------------------------------
+
+    def refusal(self, spec: JobSpec) -> str | None:
+        """Why this node could never run ``spec`` (None: it could); such a job is passed over for good."""
+        if spec.engine.name not in self.engines:
+            return f"engine {spec.engine.name!r} not available here (have: {', '.join(self.engines) or 'none'})"
+        if over := spec.resources.shortfall(self.capacity.max_per_job):
+            return f"needs more than this node offers per job: {', '.join(over)}"
+        if problems := self.input_problems(spec):
+            return f"cannot fetch its inputs: {'; '.join(problems)}"
+        return None
 
     def announce(self, origin: str, ann: Announce, now: float) -> tuple[bool, Changes]:
         """A job needs nodes. True when a bid is on its way; a job with no room now goes to the backlog."""
@@ -140,14 +142,13 @@ class ComputeMachine:
             return False, Changes()
         if ann.candidates and self.node_id not in ann.candidates:
             return False, Changes()  # other nodes were asked first; if they do not take it, it is announced to all
-        refusal = first_refusal(self.checks, ann.spec)
-        if refusal is not None:
+        if (refusal := self.refusal(ann.spec)) is not None:
             log.debug("passing over %s: %s", ann.job_id, refusal)
             return False, Changes()
-        bid = self._try_bid(ann, now)
-        if bid is not None:
+        if (bid := self._try_bid(ann, now)) is not None:
             return True, Changes(bids=[bid])
-        self.backlog.add(ann, now)
+        if ann.key in self.backlog or len(self.backlog) < self.backlog_size:
+            self.backlog[ann.key] = (ann, now)  # a refresh keeps its place in line
         return False, Changes()
 
     def _try_bid(self, ann: Announce, now: float) -> tuple[Execution, float] | None:
@@ -157,7 +158,7 @@ class ComputeMachine:
         execution_id = f"e-{uuid.uuid4().hex}"
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
             return None
-        self.backlog.discard(ann.key)
+        self.backlog.pop(ann.key, None)
         self._recent[ann.key] = ann.attempt
         self._recent.move_to_end(ann.key)
         while len(self._recent) > RECENT_JOBS:
@@ -171,21 +172,21 @@ class ComputeMachine:
         return ex, min(ann.bid_deadline or float("inf"), now + BID_ANSWER_WINDOW)
 
     def bid_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
-        """The requester's verdict on our bid (None: it never gave one before the bid's deadline)."""
+        """The requester's verdict on our bid (None: it never gave one before the bid's deadline).
+
+        "pending": a Decision follows, or the bid expires after the job's wait for ``min_bids``
+        plus a grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former).
+        """
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
         if reply.verdict == "accepted":
             return self.accept(execution_id, reply.secret_env, now)
         if reply.verdict == "rejected":
             return self.end(execution_id, ExecutionState.REJECTED, reply.reason or "bid rejected", now)
-        ex = self.live.get(execution_id)  # "pending": a Decision follows, or the bid expires
-        return Changes(expire=[(execution_id, self.pending_wait(ex))]) if ex is not None else Changes()
-
-    def pending_wait(self, ex: Execution) -> float:
-        """How long a bid answered "pending" may hold capacity: the job's wait for ``min_bids`` plus
-        a grace, never more than the node's ``pending_bid_timeout`` (a requester picks the former)."""
+        if (ex := self.live.get(execution_id)) is None:
+            return Changes()
         min_bids_wait = ex.spec.deadlines.min_bids if ex.spec is not None else 0.0
-        return min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout)
+        return Changes(expire=[(execution_id, min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout))])
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
         """A pending bid's wait is over: if still undecided, it ends and its capacity comes back."""
@@ -203,8 +204,7 @@ class ComputeMachine:
         if ex.state is ExecutionState.PROPOSED and state is ExecutionState.REJECTED:
             kind = EventKind.RESULTS_REJECTED
         ex = ex.transition(state, reason, now)
-        released = self.drop(ex)
-        return Changes(writes=[Write(ex, kind, reason)], released=released)
+        return Changes(writes=[Write(ex, kind, reason)], released=self.drop(ex))
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -215,9 +215,8 @@ class ComputeMachine:
             return Changes()
         if secret_env:
             self.secrets[ex.id] = dict(secret_env)
-        out = self._move(ex, ExecutionState.ACCEPTED, "running", now, EventKind.BID_ACCEPTED)
-        out.runs.append(ex.id)
-        return out
+        return Changes(writes=[self._move(ex, ExecutionState.ACCEPTED, "running", now, EventKind.BID_ACCEPTED)],
+                       runs=[ex.id])
 
     def to_run(self, execution_id: str) -> tuple[Execution, dict[str, str]] | None:
         """The execution to start and its secret env, or None when it ended between its acceptance and now."""
@@ -234,9 +233,9 @@ class ComputeMachine:
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
             return out
         message = error or f"exit code {result.exit_code if result else '?'}"
-        out += self._move(ex, ExecutionState.PROPOSED, message, now,
-                          EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
-                          result=result, error=error, retryable=retryable)
+        out.writes.append(self._move(ex, ExecutionState.PROPOSED, message, now,
+                                     EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
+                                     result=result, error=error, retryable=retryable))
         out.deliveries.append(execution_id)
         return out
 
@@ -268,8 +267,8 @@ class ComputeMachine:
 
     def cancel(self, execution_id: str, reason: str, now: float) -> Changes:
         """The requester cancelled: stop the run if there is one, and end the execution."""
-        out = Changes(stop=[execution_id])
-        out += self.end(execution_id, ExecutionState.CANCELLED, reason, now)
+        out = self.end(execution_id, ExecutionState.CANCELLED, reason, now)
+        out.stop.append(execution_id)
         return out
 
     # -- direct messages from requesters -----------------------------------------------------------
@@ -300,8 +299,11 @@ class ComputeMachine:
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now (expired ones are dropped)."""
-        return [a for a in self.backlog.pending(now) if a.spec.resources.fits_in(self.capacity.free)]
+        """Backlog entries that fit in what is free now, in arrival order; expired ones leave it."""
+        for key, (ann, seen) in list(self.backlog.items()):
+            if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > BACKLOG_STALE:
+                del self.backlog[key]
+        return [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)]
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
         """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).
@@ -325,7 +327,7 @@ class ComputeMachine:
         """The requester's answer to an OpenQuery: jobs it has closed leave the backlog."""
         for ann in anns:
             if reply.states.get(ann.job_id) == "closed":
-                self.backlog.discard(ann.key)
+                self.backlog.pop(ann.key, None)
 
     def bid_from_backlog(self, fitting: Iterable[Announce], now: float) -> Changes:
         """Bid on what still waits in the backlog and fits (what did not fit a moment ago does not fit now)."""
@@ -334,7 +336,7 @@ class ComputeMachine:
             if ann.key not in self.backlog:
                 continue  # closed, or bid on meanwhile
             if ann.key in self._by_job:
-                self.backlog.discard(ann.key)
+                del self.backlog[ann.key]
             elif (bid := self._try_bid(ann, now)) is not None:
                 out.bids.append(bid)
         return out

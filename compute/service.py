@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from compute.bidding import engine_installed, first_refusal, inputs_fetchable, within_job_limits
 from compute.capacity import CapacityTracker
 from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
 from compute.outbox import request_verdict, signed
@@ -30,7 +29,6 @@ from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Repl
 from node.tasks import Spawner, backoff
 
 if TYPE_CHECKING:
-    from compute.backlog import Backlog
     from compute.ports import ComputeStore
     from storage import InputRegistry, Publisher
 
@@ -65,38 +63,17 @@ class ComputeService:
         self.capacity = capacity
         self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher)
         self.clock = clock
-        self.engines = executors.installed()
         self.boot = uuid.uuid4().hex
-        checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job),
-                  inputs_fetchable(self.runner.input_problems)]
-        self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, checks=checks,
-                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout)
+        self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
+                                      input_problems=self.runner.input_problems, backlog_size=backlog_size,
+                                      pending_bid_timeout=pending_bid_timeout)
+        self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
         self._wake_backlog = trio.Event()
         self.sweeps = SweepClaims(peers=peers, store=store, capacity=capacity, runner=self.runner,
-                                  refusal=lambda spec: first_refusal(self.machine.checks, spec),
+                                  refusal=self.machine.refusal,
                                   released=lambda: self._wake_backlog.set(), clock=clock)
-
-    @property
-    def backlog(self) -> Backlog:
-        return self.machine.backlog
-
-    @property
-    def pending_bid_timeout(self) -> float:
-        return self.machine.pending_bid_timeout
-
-    @pending_bid_timeout.setter
-    def pending_bid_timeout(self, seconds: float) -> None:
-        self.machine.pending_bid_timeout = seconds
-
-    @property
-    def _live(self) -> dict[str, Execution]:  # what tests inspect
-        return self.machine.live
-
-    @property
-    def _secrets(self) -> dict[str, dict[str, str]]:
-        return self.machine.secrets
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -180,9 +157,6 @@ class ComputeService:
 
     # -- running -------------------------------------------------------------------------------------
 
-    async def _accepted(self, execution_id: str, secret_env: dict[str, str]) -> None:
-        await self._apply(self.machine.accept(execution_id, secret_env, self.clock()))
-
     async def _execute(self, execution_id: str) -> None:
         start = self.machine.to_run(execution_id)
         if start is None:
@@ -225,10 +199,6 @@ class ComputeService:
                 raise
         return reply
 
-    async def _on_cancel(self, execution_id: str, reason: str) -> None:
-        with contextlib.suppress(StaleState):
-            await self._apply(self.machine.cancel(execution_id, reason, self.clock()))
-
     # -- backlog and advertising ---------------------------------------------------------------------
 
     async def _backlog_loop(self) -> None:
@@ -238,24 +208,17 @@ class ComputeService:
             self._wake_backlog = trio.Event()
             now = self.clock()
             fitting = self.machine.backlog_fitting(now)
-            if fitting:
-                await self._forget_closed(fitting, now)
+            for query, anns in self.machine.open_queries(fitting, now):  # forget jobs no longer open
+                with contextlib.suppress(PeerError):
+                    reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
+                                                     addrs=anns[0].requester_addrs)
+                    self.machine.forget_closed(anns, reply)
             await self._apply(self.machine.bid_from_backlog(fitting, now))
             self.sweeps.retry_waiting()
 
-    async def _forget_closed(self, entries: list[Announce], now: float) -> None:
-        """Ask each requester which of these jobs still need nodes, and forget the others."""
-        for query, anns in self.machine.open_queries(entries, now):
-            try:
-                reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
-                                                 addrs=anns[0].requester_addrs)
-            except PeerError:
-                continue
-            self.machine.forget_closed(anns, reply)
-
     def node_info(self) -> NodeInfo:
         return NodeInfo(
-            peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.engines,
+            peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
             max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
             running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog), boot=self.boot,
         )
@@ -265,15 +228,10 @@ class ComputeService:
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
             engines = await trio.to_thread.run_sync(self.executors.installed)  # e.g. dockerd came or went
-            if engines != self.engines:
+            if engines != self.machine.engines:
                 log.info("engines now available: %s", ", ".join(engines) or "none")
-                self.engines = engines
-                self.machine.checks[0] = engine_installed(engines)
+                self.machine.engines = engines
             try:
                 await self.peers.publish(self.node_info())
             except Exception:
                 log.exception("could not publish node info")
-
-    def statistics(self) -> dict[str, object]:
-        return {"live": len(self.machine.live), "running": len(self._scopes), "backlog": self.backlog.statistics(),
-                "capacity": self.capacity.statistics()}

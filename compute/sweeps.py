@@ -106,10 +106,7 @@ class SweepClaims:
                 await signals.work.wait()
                 continue
             index, ex = started
-            try:
-                outcome = await self.runner.run(ex)
-            finally:
-                claim.ran(index)
+            outcome = await self.runner.run(ex)
             claim.finished(IndexResult(index=index, result=outcome.result, error=outcome.error,
                                        retryable=outcome.retryable), self.clock())
             signals.wake.set()
@@ -121,17 +118,17 @@ class SweepClaims:
         claim.last_answer = self.clock()
         while True:
             now = self.clock()
-            report = claim.next_report(now, heartbeat)
-            if report is None:
+            wait = claim.next_report(now, heartbeat)
+            if wait is None:
                 return  # nothing left for us
-            if not report.due:
+            if wait:
                 signals.wake = trio.Event()
-                with trio.move_on_after(report.wait):
+                with trio.move_on_after(wait):
                     await signals.wake.wait()
                 continue
-            batch = claim.take_batch(now)
+            want, batch = claim.want(now), claim.take_batch(now)
             try:
-                reply = await self._send(claim, batch, report.want)
+                reply = await self._send(claim, batch, want)
             except PeerError as e:
                 claim.unsent(batch)
                 if self.clock() - claim.last_answer > give_up:
@@ -139,7 +136,7 @@ class SweepClaims:
                     return
                 await trio.sleep(min(1.0, heartbeat))
                 continue
-            granted = claim.answered(reply, report.want, self.clock())
+            granted = claim.answered(reply, want, self.clock())
             if granted is None:
                 log.debug("claim %s ended by the requester: %s", claim.claim_id, reply.reason)
                 return

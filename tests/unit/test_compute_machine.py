@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from compute.bidding import engine_installed, within_job_limits
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
 from compute.ports import ComputeStore
@@ -25,8 +24,7 @@ def spec(**kw) -> JobSpec:
 def machine(cpu: float = 1, per_job_cpu: float | None = None, **kw) -> ComputeMachine:
     total = Resources(cpu=cpu, memory="1GiB")
     capacity = CapacityTracker(total, Resources(cpu=per_job_cpu, memory="1GiB") if per_job_cpu else None)
-    checks = [engine_installed(["noop"]), within_job_limits(capacity.max_per_job)]
-    return ComputeMachine(node_id=NODE, capacity=capacity, checks=checks, **kw)
+    return ComputeMachine(node_id=NODE, capacity=capacity, engines=["noop"], **kw)
 
 
 def announce(job_id: str = "j-1", cpu: float = 1, **kw) -> Announce:
@@ -110,9 +108,9 @@ def test_the_backlog_asks_each_requester_which_jobs_are_still_open_at_most_twice
     assert query.job_ids == ["j-1", "j-2"] and asked == anns
     assert m.open_queries(anns, 100.2) == []
     for a in anns:
-        m.backlog.add(a, 100.0)
+        m.backlog[a.key] = (a, 100.0)
     m.forget_closed(anns, Reply(states={"j-1": "closed", "j-2": "open"}))
-    assert [a.job_id for a in m.backlog.pending(100.3)] == ["j-2"]
+    assert [a.job_id for a in m.backlog_fitting(100.3)] == ["j-2"] and len(m.backlog) == 1
 
 
 # -- the bid's verdict ---------------------------------------------------------------------------------
@@ -266,7 +264,7 @@ def test_a_restarted_node_reports_what_it_lost_and_redelivers_what_it_had_propos
 
 def test_the_decision_modules_import_neither_trio_the_store_nor_the_network():
     compute = Path(__file__).parents[2] / "compute"
-    for name in ("machine", "claims", "backlog", "bidding", "capacity"):
+    for name in ("machine", "claims", "capacity"):
         tree = ast.parse((compute / f"{name}.py").read_text())
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

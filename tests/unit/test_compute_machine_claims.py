@@ -71,16 +71,13 @@ def test_a_claim_asks_for_enough_to_keep_every_slot_busy_for_two_report_interval
 
 def test_a_dry_queue_is_reported_at_once_and_otherwise_the_claim_waits_for_its_heartbeat():
     c = claim_of()
-    report = c.next_report(0.0, heartbeat=10.0)
-    assert report.due and report.want == 2  # nothing queued: ask now
+    assert c.next_report(0.0, heartbeat=10.0) == 0 and c.want(0.0) == 2  # nothing queued: ask now
     c.take_batch(0.0)
     c.answered(Reply(verdict="accepted", ranges=[(0, 2)]), 2, 0.1)
-    idle = c.next_report(0.2, heartbeat=10.0)
-    assert not idle.due and idle.wait == 10.0 - 0.2
+    assert c.next_report(0.2, heartbeat=10.0) == 10.0 - 0.2
     c.finished(IndexResult(index=0, result=RunResult()), 0.2)
-    soon = c.next_report(0.2, heartbeat=10.0)
-    assert not soon.due and abs(soon.wait - (REPORT_INTERVAL - 0.2)) < 1e-9
-    assert c.next_report(0.3, heartbeat=10.0).due  # results wait at most one report interval
+    assert abs(c.next_report(0.2, heartbeat=10.0) - (REPORT_INTERVAL - 0.2)) < 1e-9
+    assert c.next_report(0.3, heartbeat=10.0) == 0  # results wait at most one report interval
 
 
 def test_a_claim_is_over_when_the_requester_has_nothing_left_and_everything_is_reported():
