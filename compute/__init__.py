@@ -1,7 +1,7 @@
 """The compute role: decides what to bid on, runs it within limits, reports results.
 
-Decisions live in ``machine`` (jobs) and ``claims`` (sweeps), with no I/O; ``service`` and
-``sweeps`` are the trio shells that store, run and send what those decide.
+Decisions live in ``machine`` (jobs) and ``claims`` (sweeps), with no I/O; ``service`` is the
+trio shell that stores, runs and sends what they decide.
 """
 
 from compute.capacity import CapacityTracker

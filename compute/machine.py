@@ -219,11 +219,11 @@ class ComputeMachine:
                        runs=[ex.id])
 
     def to_run(self, execution_id: str) -> tuple[Execution, dict[str, str]] | None:
-        """The execution to start and its secret env, or None when it ended between its acceptance and now."""
+        """The execution to start and its secret env, which the run takes with it (None: it ended meanwhile)."""
         ex = self.live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
             return None
-        return ex, self.secrets.get(ex.id, {})
+        return ex, self.secrets.pop(ex.id, {})
 
     def run_over(self, execution_id: str, result: RunResult | None, error: str | None, retryable: bool,
                  now: float) -> Changes:
@@ -239,10 +239,6 @@ class ComputeMachine:
         out.deliveries.append(execution_id)
         return out
 
-    def run_ended(self, execution_id: str) -> None:
-        """The run is over (finished, failed or cancelled): no one needs the job's secrets any more."""
-        self.secrets.pop(execution_id, None)
-
     def to_deliver(self, execution_id: str) -> tuple[Execution, Result] | None:
         """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
         ex = self.live.get(execution_id)
@@ -252,18 +248,20 @@ class ComputeMachine:
                          retryable=ex.retryable)
         return ex, message.model_copy(update={"digest": message.outcome()})
 
-    def delivery_failed(self, execution_id: str, now: float) -> Changes:
-        return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
+    def result_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
+        """The requester's verdict on our result (None: it could not be delivered).
 
-    def result_verdict(self, execution_id: str, verdict: str | None, reason: str, now: float) -> Changes:
-        """'pending': the requester is verifying; its Decision will follow (and it answers a re-delivery)."""
+        "pending": the requester is verifying; its Decision will follow (and it answers a re-delivery).
+        """
         ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.PROPOSED or verdict == "pending":
+        if reply is None:
+            return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
+        if ex is None or ex.state is not ExecutionState.PROPOSED or reply.verdict == "pending":
             return Changes()
-        if verdict == "accepted":
+        if reply.verdict == "accepted":
             final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
-            return self.end(ex.id, final, ex.error or reason or "results accepted", now)
-        return self.end(ex.id, ExecutionState.REJECTED, reason or "results rejected", now)
+            return self.end(ex.id, final, ex.error or reply.reason or "results accepted", now)
+        return self.end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected", now)
 
     def cancel(self, execution_id: str, reason: str, now: float) -> Changes:
         """The requester cancelled: stop the run if there is one, and end the execution."""
@@ -289,12 +287,11 @@ class ComputeMachine:
             return Reply(ok=False, reason="only the job's requester may do that"), Changes()
         if isinstance(message, Cancel):
             return Reply(), self.cancel(ex.id, message.reason or "cancelled by the requester", now)
+        verdict = Reply(verdict="accepted" if message.accepted else "rejected", reason=message.reason,
+                        secret_env=message.secret_env)
         if ex.state is ExecutionState.PROPOSED:  # the verdict on our results
-            verdict = "accepted" if message.accepted else "rejected"
-            return Reply(), self.result_verdict(ex.id, verdict, message.reason, now)
-        if message.accepted:
-            return Reply(), self.accept(ex.id, message.secret_env, now)
-        return Reply(), self.end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected", now)
+            return Reply(), self.result_answered(ex.id, verdict, now)
+        return Reply(), self.bid_answered(ex.id, verdict, now)
 
     # -- the backlog ----------------------------------------------------------------------------------
 

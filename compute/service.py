@@ -1,62 +1,68 @@
-"""The compute role's trio service: feeds ``ComputeMachine`` and carries out what it decides.
+"""The compute role's trio service: feeds ``ComputeMachine`` and ``ClaimBook`` and carries out what they decide.
 
-Each entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the
+Each job entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the
 store, then start tasks and send. Every state change is written before it is acted on; a
 restarted node reports what it lost so the requester can re-offer it, and re-delivers results
-it had not delivered.
+it had not delivered. A sweep claim runs one worker per slot and one reporter; claims are not
+stored (after a crash the requester's lease returns their indexes to others), published results are.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from compute.capacity import CapacityTracker
+from compute.claims import Claim, ClaimBook
 from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
-from compute.outbox import request_verdict, signed
 from compute.runner import Runner
-from compute.sweeps import SweepClaims
 from executors import ExecutorRegistry
-from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery, SweepAnnounce
-from node.tasks import Spawner, backoff
+from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState, Unreachable
+from jobs.messages import Bid, Cancel, IndexResult, NodeInfo, Reply, Result
+from jobs.messages import Claim as ClaimMessage
+from node.tasks import Spawner, backoff, retry
 
 if TYPE_CHECKING:
     from compute.ports import ComputeStore
+    from jobs.messages import Announce, Decision, Peers, StatusQuery, SweepAnnounce
     from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.compute")
 
 SIDE = ExecutionSide.COMPUTE
+REQUEST_TIMEOUT = 5.0
 DELIVERY_GIVE_UP = 3600.0  # stop retrying a result after an hour of the requester being unreachable
 BACKLOG_TICK = 0.5
 PRUNE_TIMEOUT = 2.0
 NODE_INFO_INTERVAL = 10.0
 TASK_LIMIT = 10_000  # background tasks at once; capacity keeps normal work far below, this bounds a burst
 
+Signed = TypeVar("Signed", Result, ClaimMessage)
+
+
+@dataclass
+class _Signals:
+    """The trio side of one sweep claim."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # the requester ended the claim
+    wake: trio.Event = field(default_factory=trio.Event)  # the reporter has something to do
+    work: trio.Event = field(default_factory=trio.Event)  # indexes arrived for the workers
+
 
 class ComputeService:
-    def __init__(
-        self,
-        *,
-        peers: Peers,
-        store: ComputeStore,
-        executors: ExecutorRegistry,
-        capacity: CapacityTracker,
-        work_dir: Path,
-        backlog_size: int = 10_000,
-        pending_bid_timeout: float = PENDING_BID_TIMEOUT,
-        inputs: InputRegistry | None = None,
-        publisher: Publisher | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, *, peers: Peers, store: ComputeStore, executors: ExecutorRegistry, capacity: CapacityTracker,
+                 work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
+                 inputs: InputRegistry | None = None, publisher: Publisher | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
@@ -71,16 +77,14 @@ class ComputeService:
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
         self._wake_backlog = trio.Event()
-        self.sweeps = SweepClaims(peers=peers, store=store, capacity=capacity, runner=self.runner,
-                                  refusal=self.machine.refusal,
-                                  released=lambda: self._wake_backlog.set(), clock=clock)
+        self.claims = ClaimBook(capacity, self.machine.refusal, lambda engine: executors.get(engine).max_parallel)
+        self._signals: dict[str, _Signals] = {}  # claim id -> its trio side
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks.attach(nursery)
-            self.sweeps.start(nursery)
             await trio.to_thread.run_sync(self.runner.remove_leftovers)
             await self._apply(self.machine.restore(await self.store.live_executions(SIDE), self.clock()))
             nursery.start_soon(self._backlog_loop)
@@ -130,7 +134,7 @@ class ComputeService:
         return bidding
 
     def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
-        self.sweeps.on_announce(origin, ann)
+        self._claim(self.claims.announce(origin, ann, self.clock()))
 
     async def _bid(self, ex: Execution, give_up: float) -> None:
         try:
@@ -151,9 +155,30 @@ class ComputeService:
         """Send until the requester gives a verdict; None when ``give_up`` (unix time) passes first."""
         delays = backoff(0.1, cap=5.0, give_up=give_up, clock=self.clock)
         try:
-            return await request_verdict(self.peers, ex.requester, message, addrs=ex.requester_addrs, delays=delays)
+            return await self._until_verdict(ex.requester, message, ex.requester_addrs, delays)
         except PeerError:
             return None
+
+    async def _until_verdict(self, requester: str, message: Bid | Result | ClaimMessage, addrs: Sequence[str],
+                             delays: Iterable[float] = ()) -> Reply:
+        """Send ``message`` until ``requester`` gives a verdict, sleeping ``delays`` between tries (none: once).
+
+        An answer without a verdict (the requester is still starting, or failed internally) counts as
+        silence: only the requester's explicit word ends the exchange. Raises ``PeerError`` when none came.
+        """
+        async def once() -> Reply:
+            reply = await self.peers.request(requester, message, timeout=REQUEST_TIMEOUT, addrs=addrs)
+            if reply.verdict is None:
+                log.info("no verdict from %s on %s (%s)", requester[-8:], message.kind, reply.reason)
+                raise Unreachable(requester, f"no verdict: {reply.reason}")
+            return reply
+
+        return await retry(once, delays)
+
+    def _signed(self, message: Signed) -> Signed:
+        """``message`` with this node's signature over its statement."""
+        signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
+        return message.model_copy(update={"signature": signature})
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -168,7 +193,6 @@ class ComputeService:
                 outcome = await self.runner.run(ex, secret_env)
             finally:
                 self._scopes.pop(ex.id, None)
-                self.machine.run_ended(ex.id)
         if scope.cancelled_caught:  # cancelled by the requester; the machine recorded it
             return
         await self._apply(self.machine.run_over(ex.id, outcome.result, outcome.error, outcome.retryable,
@@ -180,17 +204,18 @@ class ComputeService:
         if delivery is None:
             return  # ended meanwhile (cancelled, or its verdict came in another exchange)
         ex, message = delivery
-        reply = await self._request_verdict(ex, signed(message, self.peers), self.clock() + DELIVERY_GIVE_UP)
-        if reply is None:
-            await self._apply(self.machine.delivery_failed(execution_id, self.clock()))
-        else:
-            await self._apply(self.machine.result_verdict(execution_id, reply.verdict, reply.reason, self.clock()))
+        reply = await self._request_verdict(ex, self._signed(message), self.clock() + DELIVERY_GIVE_UP)
+        await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
 
     # -- direct messages from requesters ----------------------------------------------------------
 
     async def handle(self, peer: str, message: Decision | Cancel | StatusQuery) -> Reply:
-        if isinstance(message, Cancel) and (reply := await self.sweeps.cancel(peer, message)) is not None:
-            return reply
+        if isinstance(message, Cancel):  # the requester ended a sweep: stop our claim on it now
+            reply, claim = self.claims.cancel(peer, message)
+            if claim is not None:
+                self._signals[claim.claim_id].scope.cancel()
+            if reply is not None:
+                return reply
         reply, changes = self.machine.handle(peer, message, self.clock())
         try:
             await self._apply(changes)
@@ -214,13 +239,13 @@ class ComputeService:
                                                      addrs=anns[0].requester_addrs)
                     self.machine.forget_closed(anns, reply)
             await self._apply(self.machine.bid_from_backlog(fitting, now))
-            self.sweeps.retry_waiting()
+            self._claim(*self.claims.retry_waiting(self.clock()))
 
     def node_info(self) -> NodeInfo:
         return NodeInfo(
             peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
             max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog), boot=self.boot,
+            running=len(self._scopes) + self.claims.running(), backlog=len(self.backlog), boot=self.boot,
         )
 
     async def _node_info_loop(self) -> None:
@@ -235,3 +260,79 @@ class ComputeService:
                 await self.peers.publish(self.node_info())
             except Exception:
                 log.exception("could not publish node info")
+
+    # -- sweep claims ----------------------------------------------------------------------------------
+
+    def _claim(self, *claims: Claim | None) -> None:
+        for claim in claims:
+            if claim is not None:
+                self._signals[claim.claim_id] = _Signals()
+                self._tasks.spawn(self._run_claim, claim)
+
+    async def _run_claim(self, claim: Claim) -> None:
+        signals = self._signals[claim.claim_id]
+        try:
+            with signals.scope:
+                async with trio.open_nursery() as nursery:
+                    for _ in claim.slots:
+                        nursery.start_soon(self._worker, claim, signals)
+                    await self._reporter(claim, signals)
+                    nursery.cancel_scope.cancel()
+        finally:
+            del self._signals[claim.claim_id]
+            self.claims.finish(claim)
+            self._wake_backlog.set()  # capacity came free
+
+    async def _worker(self, claim: Claim, signals: _Signals) -> None:
+        while True:
+            started = claim.start_next(self.peers.node_id, self.clock())
+            if started is None:
+                signals.wake.set()  # running dry: ask for more now
+                signals.work = trio.Event() if signals.work.is_set() else signals.work
+                await signals.work.wait()
+                continue
+            index, ex = started
+            outcome = await self.runner.run(ex)
+            claim.finished(IndexResult(index=index, result=outcome.result, error=outcome.error,
+                                       retryable=outcome.retryable), self.clock())
+            signals.wake.set()
+
+    async def _reporter(self, claim: Claim, signals: _Signals) -> None:
+        """Returns when the claim is over: the requester said stop, or there is nothing left to do."""
+        heartbeat = claim.ann.spec.job.deadlines.silence / 3
+        give_up = claim.ann.spec.job.deadlines.silence * 2
+        claim.last_answer = self.clock()
+        while True:
+            now = self.clock()
+            wait = claim.next_report(now, heartbeat)
+            if wait is None:
+                return  # nothing left for us
+            if wait:
+                signals.wake = trio.Event()
+                with trio.move_on_after(wait):
+                    await signals.wake.wait()
+                continue
+            want, batch = claim.want(now), claim.take_batch(now)
+            try:
+                reply = await self._report(claim, batch, want)
+            except PeerError as e:
+                claim.unsent(batch)
+                if self.clock() - claim.last_answer > give_up:
+                    log.info("giving up claim %s: requester unreachable (%s)", claim.claim_id, e)
+                    return
+                await trio.sleep(min(1.0, heartbeat))
+                continue
+            granted = claim.answered(reply, want, self.clock())
+            if granted is None:
+                log.debug("claim %s ended by the requester: %s", claim.claim_id, reply.reason)
+                return
+            if granted:
+                signals.work.set()
+
+    async def _report(self, claim: Claim, batch: list[IndexResult], want: int) -> Reply:
+        cids = [r.result.cid for r in batch if r.result is not None and r.result.cid]
+        if cids:  # before the requester hears of them: retention must be able to find them
+            await self.store.add_published(cids, self.clock())
+        ann = claim.ann
+        msg = ClaimMessage(sweep_id=ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
+        return await self._until_verdict(ann.requester, self._signed(msg), ann.requester_addrs)

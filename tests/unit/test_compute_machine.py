@@ -160,8 +160,7 @@ def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only
     assert "s3cret" not in write.execution.model_dump_json()
     assert changes.runs == [ex.id] and m.secrets[ex.id] == {"TOKEN": "s3cret"}
     assert m.to_run(ex.id) == (m.live[ex.id], {"TOKEN": "s3cret"})
-    m.run_ended(ex.id)
-    assert m.secrets == {}
+    assert m.secrets == {}  # the run took them
 
 
 def test_a_rejected_bid_ends_with_the_requesters_reason():
@@ -190,7 +189,7 @@ def test_an_accepted_result_completes_the_execution():
     m = machine()
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    (write,) = m.result_verdict(ex.id, "accepted", "", 111.0).writes
+    (write,) = m.result_answered(ex.id, Reply(verdict="accepted"), 111.0).writes
     assert write.execution.state is ExecutionState.COMPLETED and write.kind is EventKind.RESULTS_ACCEPTED
     assert not m.live
 
@@ -199,14 +198,14 @@ def test_a_rejected_result_and_an_accepted_error_end_the_way_the_requester_sees_
     m = machine(cpu=2)
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    assert m.result_verdict(ex.id, "pending", "", 111.0).writes == []  # still verifying
+    assert m.result_answered(ex.id, Reply(verdict="pending"), 111.0).writes == []  # still verifying
     (write,) = m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=False,
                                       reason="outvoted"), 112.0)[1].writes
     assert write.execution.state is ExecutionState.REJECTED and write.kind is EventKind.RESULTS_REJECTED
     failed = bid_on(m, announce("j-2"))
     m.accept(failed.id, {}, 113.0)
     m.run_over(failed.id, None, "image not found", True, 114.0)
-    (write,) = m.result_verdict(failed.id, "accepted", "", 115.0).writes
+    (write,) = m.result_answered(failed.id, Reply(verdict="accepted"), 115.0).writes
     assert write.execution.state is ExecutionState.FAILED and write.execution.reason == "image not found"
 
 
@@ -214,7 +213,7 @@ def test_an_undeliverable_result_fails_the_execution():
     m = machine()
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    (write,) = m.delivery_failed(ex.id, 4000.0).writes
+    (write,) = m.result_answered(ex.id, None, 4000.0).writes
     assert write.execution.state is ExecutionState.FAILED and "could not deliver" in write.execution.reason
 
 
