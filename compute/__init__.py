@@ -6,7 +6,6 @@ trio shell that stores, runs and sends what they decide.
 
 from compute.capacity import CapacityTracker
 from compute.machine import ComputeMachine
-from compute.ports import ComputeStore
-from compute.service import ComputeService
+from compute.service import ComputeService, ComputeStore
 
 __all__ = ["CapacityTracker", "ComputeMachine", "ComputeService", "ComputeStore"]

@@ -5,7 +5,7 @@ as fit, runs one index per slot, and keeps a short queue: each report asks for a
 indexes as the node finishes in two report intervals, so fast indexes (noop) come in large
 ranges and slow ones one at a time (an idle node can then pick up the tail). Reports go out when
 results are ready (at most every REPORT_INTERVAL), when the queue runs dry, and as a heartbeat
-that keeps the claim's lease. ``compute/sweeps.py`` runs the tasks around these decisions.
+that keeps the claim's lease. ``compute/service.py`` runs the tasks around these decisions.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ class Claim:
         target = len(self.slots) + int(self.rate(now) * 2 * REPORT_INTERVAL)
         return max(0, target - len(self.queue) - len(self.running))
 
-    # -- the workers ------------------------------------------------------------------------------------
-
     def start_next(self, node_id: str, now: float) -> tuple[int, Execution] | None:
         """The next index to run and its execution (None: the queue is dry, ask for more)."""
         if not self.queue:
@@ -71,8 +69,6 @@ class Claim:
         self.running.discard(result.index)
         self.results.append(result)
         self.finished_at.append(now)
-
-    # -- the reporter -----------------------------------------------------------------------------------
 
     def next_report(self, now: float, heartbeat: float) -> float | None:
         """Seconds until the next report is due (0: now; a finished index may make it sooner), or None

@@ -58,13 +58,9 @@ class Changes:
 class ComputeMachine:
     """The compute role's state and rules: bidding, the execution lifecycle, the backlog.
 
-    Args:
-        node_id: this node's peer id (announcements naming candidates without it are passed over).
-        capacity: total and per-job limits; bids reserve on behalf of the execution id.
-        engines: the engines installed here (the service keeps them current).
-        input_problems: why this node could never stage a job's inputs (empty: it can).
-        backlog_size: jobs remembered for later when there is no room now.
-        pending_bid_timeout: longest a bid answered "pending" holds capacity.
+    ``engines`` (installed here, kept current by the service), the per-job limits and
+    ``input_problems`` (why the job's inputs could not be staged here) make the ``refusal``; a bid
+    reserves capacity on behalf of its execution id; ``backlog_size`` jobs wait for room.
     """
 
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
@@ -84,8 +80,6 @@ class ComputeMachine:
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
-
-    # -- state ------------------------------------------------------------------------------------
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
@@ -136,12 +130,11 @@ class ComputeMachine:
         if origin != ann.requester:
             log.warning("dropping announcement of %s relayed as if from %s", ann.job_id, origin)
             return False, Changes()
-        if ann.bid_deadline is not None and now > ann.bid_deadline:
+        late = ann.bid_deadline is not None and now > ann.bid_deadline
+        seen = ann.key in self._by_job or self._recent.get(ann.key, -1) >= ann.attempt
+        others_first = ann.candidates and self.node_id not in ann.candidates  # if they decline, all are asked
+        if late or seen or others_first:
             return False, Changes()
-        if ann.key in self._by_job or self._recent.get(ann.key, -1) >= ann.attempt:
-            return False, Changes()
-        if ann.candidates and self.node_id not in ann.candidates:
-            return False, Changes()  # other nodes were asked first; if they do not take it, it is announced to all
         if (refusal := self.refusal(ann.spec)) is not None:
             log.debug("passing over %s: %s", ann.job_id, refusal)
             return False, Changes()

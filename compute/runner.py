@@ -48,20 +48,16 @@ class Runner:
         self.input_deadline = input_deadline
         self.max_input_bytes = max_input_bytes
 
-    def remove_leftovers(self) -> int:
-        """Remove the scratch space of executions a previous process left when it died (kill -9); how many.
+    def remove_leftovers(self) -> None:
+        """Remove the scratch space of executions a previous process left when it died (kill -9).
 
         Blocking; called once at start, before anything runs: no execution of this process owns a folder yet.
         """
-        if not self.work_dir.is_dir():
-            return 0
-        removed = 0
-        for entry in self.work_dir.iterdir():
+        entries = list(self.work_dir.iterdir()) if self.work_dir.is_dir() else []
+        for entry in entries:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed += 1
-        if removed:
-            log.info("removed the scratch space of %d execution(s) left behind", removed)
-        return removed
+        if entries:
+            log.info("removed the scratch space of %d execution(s) left behind", len(entries))
 
     def input_problems(self, spec: JobSpec) -> list[str]:
         """Why this node could never stage the job's inputs (for bidding); empty when it can."""

@@ -14,10 +14,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
@@ -32,7 +32,6 @@ from jobs.messages import Claim as ClaimMessage
 from node.tasks import Spawner, backoff, retry
 
 if TYPE_CHECKING:
-    from compute.ports import ComputeStore
     from jobs.messages import Announce, Decision, Peers, StatusQuery, SweepAnnounce
     from storage import InputRegistry, Publisher
 
@@ -47,6 +46,20 @@ NODE_INFO_INTERVAL = 10.0
 TASK_LIMIT = 10_000  # background tasks at once; capacity keeps normal work far below, this bounds a burst
 
 Signed = TypeVar("Signed", Result, ClaimMessage)
+
+
+class ComputeStore(Protocol):
+    """What the compute role needs from the node's store; ``node.store.Store`` provides it."""
+
+    async def save(self, *, side: ExecutionSide, new_executions: Sequence[Execution] = (),
+                   executions: Sequence[Execution] = (), events: Sequence[Event] = ()) -> None:
+        """Write it all in one transaction; an update whose stored revision moved raises ``StaleState``."""
+
+    async def live_executions(self, side: ExecutionSide) -> list[Execution]:
+        """Executions not in a terminal state: what a restarted node must report or re-deliver."""
+
+    async def add_published(self, cids: Sequence[str], at: float) -> None:
+        """Remember results published outside an execution record (sweep indexes), for retention."""
 
 
 @dataclass
@@ -79,8 +92,6 @@ class ComputeService:
         self._wake_backlog = trio.Event()
         self.claims = ClaimBook(capacity, self.machine.refusal, lambda engine: executors.get(engine).max_parallel)
         self._signals: dict[str, _Signals] = {}  # claim id -> its trio side
-
-    # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -116,10 +127,8 @@ class ComputeService:
         ex = write.execution
         event = Event(job_id=ex.job_id, at=self.clock(), kind=write.kind, execution_id=ex.id,
                       node_id=self.peers.node_id, message=write.message)
-        if write.new:
-            await self.store.save(side=SIDE, new_executions=[ex], events=[event])
-        else:
-            await self.store.save(side=SIDE, executions=[ex], events=[event])
+        await self.store.save(side=SIDE, new_executions=[ex] if write.new else [],
+                              executions=[] if write.new else [ex], events=[event])
 
     # -- announcements and bidding ---------------------------------------------------------------
 
@@ -144,39 +153,36 @@ class ComputeService:
                 self._wake_backlog.set()
             raise
         bid = Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt)
-        reply = await self._request_verdict(ex, bid, give_up)
+        reply = await self._until_verdict(ex, bid, give_up)
         await self._apply(self.machine.bid_answered(ex.id, reply, self.clock()))
 
     async def _expire_pending(self, execution_id: str, wait: float) -> None:
         await trio.sleep(wait)
         await self._apply(self.machine.expire_pending(execution_id, wait, self.clock()))
 
-    async def _request_verdict(self, ex: Execution, message: Bid | Result, give_up: float) -> Reply | None:
-        """Send until the requester gives a verdict; None when ``give_up`` (unix time) passes first."""
-        delays = backoff(0.1, cap=5.0, give_up=give_up, clock=self.clock)
-        try:
-            return await self._until_verdict(ex.requester, message, ex.requester_addrs, delays)
-        except PeerError:
-            return None
-
-    async def _until_verdict(self, requester: str, message: Bid | Result | ClaimMessage, addrs: Sequence[str],
-                             delays: Iterable[float] = ()) -> Reply:
-        """Send ``message`` until ``requester`` gives a verdict, sleeping ``delays`` between tries (none: once).
+    async def _until_verdict(self, to: Execution | SweepAnnounce, message: Bid | Result | ClaimMessage,
+                             give_up: float | None = None) -> Reply | None:
+        """Send ``message`` to ``to``'s requester until it gives a verdict: None when ``give_up`` (unix time;
+        None: after one try) passes first.
 
         An answer without a verdict (the requester is still starting, or failed internally) counts as
-        silence: only the requester's explicit word ends the exchange. Raises ``PeerError`` when none came.
+        silence: only the requester's explicit word ends the exchange.
         """
         async def once() -> Reply:
-            reply = await self.peers.request(requester, message, timeout=REQUEST_TIMEOUT, addrs=addrs)
+            reply = await self.peers.request(to.requester, message, timeout=REQUEST_TIMEOUT, addrs=to.requester_addrs)
             if reply.verdict is None:
-                log.info("no verdict from %s on %s (%s)", requester[-8:], message.kind, reply.reason)
-                raise Unreachable(requester, f"no verdict: {reply.reason}")
+                log.info("no verdict from %s on %s (%s)", to.requester[-8:], message.kind, reply.reason)
+                raise Unreachable(to.requester, f"no verdict: {reply.reason}")
             return reply
 
-        return await retry(once, delays)
+        delays = () if give_up is None else backoff(0.1, cap=5.0, give_up=give_up, clock=self.clock)
+        try:
+            return await retry(once, delays)
+        except PeerError as e:
+            log.debug("no verdict from %s on %s: %s", to.requester[-8:], message.kind, e)
+            return None
 
     def _signed(self, message: Signed) -> Signed:
-        """``message`` with this node's signature over its statement."""
         signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
         return message.model_copy(update={"signature": signature})
 
@@ -204,7 +210,7 @@ class ComputeService:
         if delivery is None:
             return  # ended meanwhile (cancelled, or its verdict came in another exchange)
         ex, message = delivery
-        reply = await self._request_verdict(ex, self._signed(message), self.clock() + DELIVERY_GIVE_UP)
+        reply = await self._until_verdict(ex, self._signed(message), self.clock() + DELIVERY_GIVE_UP)
         await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
 
     # -- direct messages from requesters ----------------------------------------------------------
@@ -313,12 +319,11 @@ class ComputeService:
                     await signals.wake.wait()
                 continue
             want, batch = claim.want(now), claim.take_batch(now)
-            try:
-                reply = await self._report(claim, batch, want)
-            except PeerError as e:
+            reply = await self._report(claim, batch, want)
+            if reply is None:
                 claim.unsent(batch)
                 if self.clock() - claim.last_answer > give_up:
-                    log.info("giving up claim %s: requester unreachable (%s)", claim.claim_id, e)
+                    log.info("giving up claim %s: requester unreachable", claim.claim_id)
                     return
                 await trio.sleep(min(1.0, heartbeat))
                 continue
@@ -329,10 +334,10 @@ class ComputeService:
             if granted:
                 signals.work.set()
 
-    async def _report(self, claim: Claim, batch: list[IndexResult], want: int) -> Reply:
+    async def _report(self, claim: Claim, batch: list[IndexResult], want: int) -> Reply | None:
         cids = [r.result.cid for r in batch if r.result is not None and r.result.cid]
         if cids:  # before the requester hears of them: retention must be able to find them
             await self.store.add_published(cids, self.clock())
         ann = claim.ann
         msg = ClaimMessage(sweep_id=ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
-        return await self._until_verdict(ann.requester, self._signed(msg), ann.requester_addrs)
+        return await self._until_verdict(ann, self._signed(msg))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from compute import ComputeStore
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
-from compute.ports import ComputeStore
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
 
