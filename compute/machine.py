@@ -1,6 +1,6 @@
-"""The compute node's decisions, with no I/O: what to bid on, how each execution moves, what to send.
+"""The compute node's decisions, with no I/O: what to bid on or claim, how each execution moves, what to send.
 
-``ComputeMachine`` holds the node's live executions, its capacity and backlog. Each method takes
+``ComputeMachine`` holds the node's live executions, sweep claims, capacity and backlog. Each method takes
 a message or an outcome and the time, changes that state at once, and returns the ``Changes`` the
 service must carry out. No trio, no store and no network here: unit tests drive it with plain values.
 """
@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from compute.capacity import CapacityTracker
+from compute.claims import Claim
 from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
-from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery
+from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery, SweepAnnounce
 
 log = logging.getLogger("shoal.compute")
 
@@ -26,6 +27,9 @@ BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less
 BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_BATCH = 10_000  # job ids per OpenQuery
+MAX_SLOTS = 64  # runs at once in one sweep claim
+WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
+ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
 # the event a move to a terminal state writes (a rejection of proposed results has its own)
 _END_EVENTS = {ExecutionState.REJECTED: EventKind.BID_REJECTED, ExecutionState.CANCELLED: EventKind.CANCELLED,
@@ -56,20 +60,23 @@ class Changes:
 
 
 class ComputeMachine:
-    """The compute role's state and rules: bidding, the execution lifecycle, the backlog.
+    """The compute role's state and rules: bidding, the execution lifecycle, the backlog, sweep claims.
 
     ``engines`` (installed here, kept current by the service), the per-job limits and
     ``input_problems`` (why the job's inputs could not be staged here) make the ``refusal``; a bid
-    reserves capacity on behalf of its execution id; ``backlog_size`` jobs wait for room.
+    reserves capacity on behalf of its execution id, a claim one copy of the template's resources
+    per slot, up to ``parallel`` (runs worth starting at once for an engine; None: as many as fit).
     """
 
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
-                 input_problems: Callable[[JobSpec], list[str]] = lambda spec: [], backlog_size: int = 10_000,
+                 input_problems: Callable[[JobSpec], list[str]] = lambda spec: [],
+                 parallel: Callable[[str], int | None] = lambda engine: None, backlog_size: int = 10_000,
                  pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.engines = engines
         self.input_problems = input_problems
+        self.parallel = parallel
         self.backlog_size = backlog_size
         self.pending_bid_timeout = pending_bid_timeout
         self.live: dict[str, Execution] = {}  # execution id -> live execution
@@ -80,6 +87,9 @@ class ComputeMachine:
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
+        self.claims: dict[str, Claim] = {}  # sweep id -> our claim on it
+        self._waiting: dict[str, tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
+        self._ended: OrderedDict[str, int] = OrderedDict()  # recent claims ended by the requester -> stopped
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
@@ -330,3 +340,69 @@ class ComputeMachine:
             elif (bid := self._try_bid(ann, now)) is not None:
                 out.bids.append(bid)
         return out
+
+    # -- sweep claims ---------------------------------------------------------------------------------
+
+    def running_indexes(self) -> int:
+        return sum(len(c.running) for c in self.claims.values())
+
+    def announce_sweep(self, origin: str, ann: SweepAnnounce, now: float) -> Claim | None:
+        """A sweep needs nodes: the claim to start, if any (no room now: it waits for some)."""
+        if origin != ann.requester:
+            log.warning("dropping sweep announcement %s relayed as if from %s", ann.sweep_id, origin)
+            return None
+        if ann.sweep_id in self.claims:
+            return None  # our claim asks for more by itself
+        if (refusal := self.refusal(ann.spec.job)) is not None:
+            log.debug("passing over sweep %s: %s", ann.sweep_id, refusal)
+            return None
+        claim = self._try_claim(ann)
+        if claim is None:
+            self._waiting[ann.sweep_id] = (ann, now)
+        return claim
+
+    def retry_waiting(self, now: float) -> list[Claim]:
+        """Capacity may have come free: claim sweeps we passed over for lack of room."""
+        started = []
+        for sweep_id, (ann, seen) in list(self._waiting.items()):
+            if now - seen > WAITING_TTL or sweep_id in self.claims:
+                del self._waiting[sweep_id]
+            elif (claim := self._try_claim(ann)) is not None:
+                del self._waiting[sweep_id]
+                started.append(claim)
+        return started
+
+    def _try_claim(self, ann: SweepAnnounce) -> Claim | None:
+        claim_id = f"c-{uuid.uuid4().hex}"
+        parallel = self.parallel(ann.spec.job.engine.name) or MAX_SLOTS
+        slots: list[str] = []
+        while len(slots) < min(MAX_SLOTS, parallel, max(1, ann.pending)):
+            holder = f"{claim_id}/{len(slots)}"
+            if not self.capacity.try_reserve(holder, ann.spec.job.resources):
+                break
+            slots.append(holder)
+        if not slots:
+            return None
+        self.claims[ann.sweep_id] = claim = Claim(ann=ann, claim_id=claim_id, slots=slots)
+        return claim
+
+    def cancel_claim(self, peer: str, msg: Cancel) -> tuple[Reply | None, Claim | None]:
+        """The requester ended the sweep: the reply, and the claim to stop now (None: not one of ours)."""
+        claim = self.claims.get(msg.job_id)
+        if claim is None or claim.claim_id != msg.execution_id:
+            if msg.execution_id in self._ended:  # the reply to a report ended it first
+                return Reply(stopped=self._ended[msg.execution_id]), None
+            return None, None
+        if claim.ann.requester != peer:
+            return Reply(ok=False, reason="only the sweep's requester may do that"), None
+        claim.stopped = len(claim.running)
+        return Reply(stopped=claim.stopped), claim
+
+    def finish_claim(self, claim: Claim) -> None:
+        """The claim is over: forget it, remember how it ended, give back its slots."""
+        del self.claims[claim.ann.sweep_id]
+        self._ended[claim.claim_id] = claim.stopped
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+        for holder in claim.slots:
+            self.capacity.release(holder)

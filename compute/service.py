@@ -1,4 +1,4 @@
-"""The compute role's trio service: feeds ``ComputeMachine`` and ``ClaimBook`` and carries out what they decide.
+"""The compute role's trio service: feeds ``ComputeMachine`` and carries out what it decides.
 
 Each job entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the
 store, then start tasks and send. Every state change is written before it is acted on; a
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import trio
 
 from compute.capacity import CapacityTracker
-from compute.claims import Claim, ClaimBook
+from compute.claims import Claim
 from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
 from compute.runner import Runner
 from executors import ExecutorRegistry
@@ -84,13 +84,13 @@ class ComputeService:
         self.clock = clock
         self.boot = uuid.uuid4().hex
         self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
-                                      input_problems=self.runner.input_problems, backlog_size=backlog_size,
-                                      pending_bid_timeout=pending_bid_timeout)
+                                      input_problems=self.runner.input_problems,
+                                      parallel=lambda engine: executors.get(engine).max_parallel,
+                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout)
         self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
         self._wake_backlog = trio.Event()
-        self.claims = ClaimBook(capacity, self.machine.refusal, lambda engine: executors.get(engine).max_parallel)
         self._signals: dict[str, _Signals] = {}  # claim id -> its trio side
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -143,7 +143,7 @@ class ComputeService:
         return bidding
 
     def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
-        self._claim(self.claims.announce(origin, ann, self.clock()))
+        self._claim(self.machine.announce_sweep(origin, ann, self.clock()))
 
     async def _bid(self, ex: Execution, give_up: float) -> None:
         try:
@@ -217,7 +217,7 @@ class ComputeService:
 
     async def handle(self, peer: str, message: Decision | Cancel | StatusQuery) -> Reply:
         if isinstance(message, Cancel):  # the requester ended a sweep: stop our claim on it now
-            reply, claim = self.claims.cancel(peer, message)
+            reply, claim = self.machine.cancel_claim(peer, message)
             if claim is not None:
                 self._signals[claim.claim_id].scope.cancel()
             if reply is not None:
@@ -245,13 +245,13 @@ class ComputeService:
                                                      addrs=anns[0].requester_addrs)
                     self.machine.forget_closed(anns, reply)
             await self._apply(self.machine.bid_from_backlog(fitting, now))
-            self._claim(*self.claims.retry_waiting(self.clock()))
+            self._claim(*self.machine.retry_waiting(self.clock()))
 
     def node_info(self) -> NodeInfo:
         return NodeInfo(
             peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
             max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes) + self.claims.running(), backlog=len(self.backlog), boot=self.boot,
+            running=len(self._scopes) + self.machine.running_indexes(), backlog=len(self.backlog), boot=self.boot,
         )
 
     async def _node_info_loop(self) -> None:
@@ -286,7 +286,7 @@ class ComputeService:
                     nursery.cancel_scope.cancel()
         finally:
             del self._signals[claim.claim_id]
-            self.claims.finish(claim)
+            self.machine.finish_claim(claim)
             self._wake_backlog.set()  # capacity came free
 
     async def _worker(self, claim: Claim, signals: _Signals) -> None:
