@@ -1,11 +1,10 @@
-"""A node's sweep claim as decisions with no I/O: how much to ask for, when to report.
+"""One sweep claim's rules, with no I/O: how many indexes to ask for, when to report.
 
-One claim per sweep per node. It reserves as many slots (copies of the template's resources)
-as fit, runs one index per slot, and keeps a short queue: each report asks for about as many
-indexes as the node finishes in two report intervals, so fast indexes (noop) come in large
-ranges and slow ones one at a time (an idle node can then pick up the tail). Reports go out when
-results are ready (at most every REPORT_INTERVAL), when the queue runs dry, and as a heartbeat
-that keeps the claim's lease. ``compute/service.py`` runs the tasks around these decisions.
+A node holds one claim per sweep, with as many slots (copies of the template's resources) as fit
+(``ComputeMachine`` claims). It runs one index per slot and keeps a short queue: each report asks for
+about as many indexes as the node finishes in two report intervals, so fast indexes (noop) come in large
+ranges and slow ones one at a time (an idle node can then pick up the tail). Reports go out when results
+are ready (at most every REPORT_INTERVAL), when the queue runs dry, and as a heartbeat that keeps the lease.
 """
 
 from __future__ import annotations
@@ -51,10 +50,9 @@ class Claim:
             return None
         index = self.queue.popleft()
         self.running.add(index)
-        ann = self.ann
-        return index, Execution(id=f"{self.claim_id}-{index}", job_id=ann.sweep_id, node_id=node_id,
-                                requester=ann.requester, created_at=now, updated_at=now,
-                                spec=ann.spec.job_for(index))
+        return index, Execution(id=f"{self.claim_id}-{index}", job_id=self.ann.sweep_id, node_id=node_id,
+                                requester=self.ann.requester, created_at=now, updated_at=now,
+                                spec=self.ann.spec.job_for(index))
 
     def finished(self, result: IndexResult, now: float) -> None:
         self.running.discard(result.index)

@@ -166,20 +166,16 @@ class ComputeMachine:
         self._recent.move_to_end(ann.key)
         while len(self._recent) > RECENT_JOBS:
             self._recent.popitem(last=False)
-        ex = Execution(
-            id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
-            attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
-            requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision",
-        )
+        ex = Execution(id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
+                       attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
+                       requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision")
         self._track(ex)  # a second announcement of this job sees it
         return ex, min(ann.bid_deadline or float("inf"), now + BID_ANSWER_WINDOW)
 
     def bid_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
-        """The requester's verdict on our bid (None: it never gave one before the bid's deadline).
-
-        "pending": a Decision follows, or the bid expires after the job's wait for ``min_bids``
-        plus a grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former).
-        """
+        """The requester's verdict on our bid (None: it never gave one before the bid's deadline). On
+        "pending" a Decision follows, or the bid expires after the job's wait for ``min_bids`` plus a
+        grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former)."""
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
         if reply.verdict == "accepted":
@@ -231,16 +227,15 @@ class ComputeMachine:
     def run_over(self, execution_id: str, result: RunResult | None, error: str | None, retryable: bool,
                  now: float) -> Changes:
         """The run finished (not cancelled): free its capacity, propose its outcome, deliver it."""
-        out = Changes(released=self.capacity.release(execution_id))
+        released = self.capacity.release(execution_id)
         ex = self.live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
-            return out
+            return Changes(released=released)
         message = error or f"exit code {result.exit_code if result else '?'}"
-        out.writes.append(self._move(ex, ExecutionState.PROPOSED, message, now,
-                                     EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
-                                     result=result, error=error, retryable=retryable))
-        out.deliveries.append(execution_id)
-        return out
+        write = self._move(ex, ExecutionState.PROPOSED, message, now,
+                           EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
+                           result=result, error=error, retryable=retryable)
+        return Changes(writes=[write], deliveries=[execution_id], released=released)
 
     def to_deliver(self, execution_id: str) -> tuple[Execution, Result] | None:
         """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
@@ -252,10 +247,8 @@ class ComputeMachine:
         return ex, message.model_copy(update={"digest": message.outcome()})
 
     def result_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
-        """The requester's verdict on our result (None: it could not be delivered).
-
-        "pending": the requester is verifying; its Decision will follow (and it answers a re-delivery).
-        """
+        """The requester's verdict on our result (None: it could not be delivered). On "pending" the
+        requester is verifying; its Decision will follow (and it answers a re-delivery)."""
         ex = self.live.get(execution_id)
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
@@ -307,11 +300,9 @@ class ComputeMachine:
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
         """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).
-
-        Without this a busy node bids, once it has room, on every job another node took while it
-        was full: a wasted round trip and two store writes each, and a backlog that grows with
-        the traffic (measured: 38 % of a node's CPU in the throughput benchmark).
-        """
+        Without it a busy node bids, once it has room, on every job another node took while it was
+        full: a wasted round trip and two store writes each, and a backlog that grows with the
+        traffic (measured: 38 % of a node's CPU in the throughput benchmark)."""
         by_requester: dict[str, list[Announce]] = {}
         for ann in entries:
             by_requester.setdefault(ann.requester, []).append(ann)
@@ -342,9 +333,6 @@ class ComputeMachine:
         return out
 
     # -- sweep claims ---------------------------------------------------------------------------------
-
-    def running_indexes(self) -> int:
-        return sum(len(c.running) for c in self.claims.values())
 
     def announce_sweep(self, origin: str, ann: SweepAnnounce, now: float) -> Claim | None:
         """A sweep needs nodes: the claim to start, if any (no room now: it waits for some)."""

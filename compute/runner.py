@@ -49,10 +49,8 @@ class Runner:
         self.max_input_bytes = max_input_bytes
 
     def remove_leftovers(self) -> None:
-        """Remove the scratch space of executions a previous process left when it died (kill -9).
-
-        Blocking; called once at start, before anything runs: no execution of this process owns a folder yet.
-        """
+        """Remove the scratch space of executions a previous process left when it died (kill -9). Blocking;
+        called once at start, before anything runs: no execution of this process owns a folder yet."""
         entries = list(self.work_dir.iterdir()) if self.work_dir.is_dir() else []
         for entry in entries:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -68,11 +66,9 @@ class Runner:
         return self.inputs.check(spec.inputs)
 
     async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None) -> Outcome:
-        """Cancellation (the requester cancelled) propagates after the scratch space is removed.
-
-        ``secret_env`` (the job's secrets, from its acceptance) joins the env the executor sees;
-        the seed comes from the spec as announced, the same on every node.
-        """
+        """Cancellation (the requester cancelled) propagates after the scratch space is removed. ``secret_env``
+        (the job's secrets, from its acceptance) joins the env the executor sees; the seed comes from the
+        spec as announced, the same on every node."""
         spec = ex.spec
         assert spec is not None
         scratch = self.work_dir / ex.id

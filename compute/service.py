@@ -1,10 +1,10 @@
 """The compute role's trio service: feeds ``ComputeMachine`` and carries out what it decides.
 
-Each job entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the
-store, then start tasks and send. Every state change is written before it is acted on; a
-restarted node reports what it lost so the requester can re-offer it, and re-delivers results
-it had not delivered. A sweep claim runs one worker per slot and one reporter; claims are not
-stored (after a crash the requester's lease returns their indexes to others), published results are.
+Each entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the store, then
+start tasks and send. Every state change is written before it is acted on; a restarted node reports what
+it lost so the requester can re-offer it, and re-delivers results it had not delivered. A sweep claim runs
+one worker per slot and one reporter; claims are not stored (after a crash the requester's lease returns
+their indexes to others), published results are.
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ class ComputeStore(Protocol):
 
 
 @dataclass
-class _Signals:
-    """The trio side of one sweep claim."""
-
+class _Signals:  # the trio side of one sweep claim
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # the requester ended the claim
     wake: trio.Event = field(default_factory=trio.Event)  # the reporter has something to do
     work: trio.Event = field(default_factory=trio.Event)  # indexes arrived for the workers
@@ -133,11 +131,8 @@ class ComputeService:
     # -- announcements and bidding ---------------------------------------------------------------
 
     def on_announce(self, origin: str, ann: Announce) -> bool:
-        """A job needs nodes. Cheap checks here; the bid itself runs in its own task.
-
-        True when a bid for this announcement is on its way (a requester offering a job to its
-        own node falls back to announcing it to everyone when this is False).
-        """
+        """A job needs nodes: True when a bid is on its way, in its own task (a requester offering a
+        job to its own node falls back to announcing it to everyone when this is False)."""
         bidding, changes = self.machine.announce(origin, ann, self.clock())
         self._start(changes)
         return bidding
@@ -163,11 +158,8 @@ class ComputeService:
     async def _until_verdict(self, to: Execution | SweepAnnounce, message: Bid | Result | ClaimMessage,
                              give_up: float | None = None) -> Reply | None:
         """Send ``message`` to ``to``'s requester until it gives a verdict: None when ``give_up`` (unix time;
-        None: after one try) passes first.
-
-        An answer without a verdict (the requester is still starting, or failed internally) counts as
-        silence: only the requester's explicit word ends the exchange.
-        """
+        None: after one try) passes first. An answer without a verdict (the requester is starting, or
+        failed internally) counts as silence: only the requester's explicit word ends the exchange."""
         async def once() -> Reply:
             reply = await self.peers.request(to.requester, message, timeout=REQUEST_TIMEOUT, addrs=to.requester_addrs)
             if reply.verdict is None:
@@ -248,11 +240,10 @@ class ComputeService:
             self._claim(*self.machine.retry_waiting(self.clock()))
 
     def node_info(self) -> NodeInfo:
-        return NodeInfo(
-            peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
-            max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes) + self.machine.running_indexes(), backlog=len(self.backlog), boot=self.boot,
-        )
+        indexes = sum(len(claim.running) for claim in self.machine.claims.values())
+        return NodeInfo(peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
+                        max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
+                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot)
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]
