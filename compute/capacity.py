@@ -17,22 +17,14 @@ class CapacityStatistics:
 
 
 class CapacityTracker:
-    """``within_limits`` answers "could it ever run here?"; ``try_reserve`` answers "now?"."""
+    """``max_per_job`` answers "could it ever run here?"; ``try_reserve`` answers "now?"."""
 
     def __init__(self, total: Resources, max_per_job: Resources | None = None) -> None:
         self.total = total
         self.max_per_job = max_per_job or total
         self._held: dict[str, Resources] = {}
         self._used = Resources(cpu=0, memory=0, disk=0)
-        self._free = total  # kept up to date: asked for every backlog entry, built only on changes
-
-    @property
-    def free(self) -> Resources:
-        return self._free
-
-    def within_limits(self, need: Resources) -> list[str]:
-        """What in ``need`` exceeds the per-job maximum (empty: it fits)."""
-        return need.shortfall(self.max_per_job)
+        self.free = total  # kept up to date: asked for every backlog entry, built only on changes
 
     def try_reserve(self, holder: str, need: Resources) -> bool:
         """Reserve ``need`` for ``holder`` if it fits in what is free now. Never blocks."""
@@ -42,7 +34,7 @@ class CapacityTracker:
             return False
         self._held[holder] = need
         self._used = self._used + need
-        self._free = self.total - self._used
+        self.free = self.total - self._used
         return True
 
     def release(self, holder: str) -> bool:
@@ -51,7 +43,7 @@ class CapacityTracker:
         if need is None:
             return False
         self._used = self._used - need
-        self._free = self.total - self._used
+        self.free = self.total - self._used
         return True
 
     def statistics(self) -> CapacityStatistics:

@@ -1,9 +1,8 @@
-"""The compute node's decisions, with no I/O: what to bid on, how each execution moves, what to send.
+"""The compute node's decisions, with no I/O: what to bid on or claim, how each execution moves, what to send.
 
-``ComputeMachine`` holds the node's live executions, its capacity and backlog. Each method takes
+``ComputeMachine`` holds the node's live executions, sweep claims, capacity and backlog. Each method takes
 a message or an outcome and the time, changes that state at once, and returns the ``Changes`` the
-service must carry out, in order: stop runs, write to the store, then start tasks and send. No
-trio, no store and no network here: unit tests drive it with plain values.
+service must carry out. No trio, no store and no network here: unit tests drive it with plain values.
 """
 
 from __future__ import annotations
@@ -11,23 +10,26 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from compute.backlog import Backlog
-from compute.bidding import Check, first_refusal
 from compute.capacity import CapacityTracker
-from jobs import EventKind, Execution, ExecutionState, RunResult
-from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery
+from compute.claims import Claim
+from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
+from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery, SweepAnnounce
 
 log = logging.getLogger("shoal.compute")
 
 RECENT_JOBS = 20_000  # (requester, job id) -> last attempt bid on; bounds memory while deduplicating
 PENDING_BID_TIMEOUT = 120.0  # longest a bid answered "pending" holds capacity (``--pending-bid-timeout``)
 PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's decision to arrive
+BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner)
+BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_BATCH = 10_000  # job ids per OpenQuery
-BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner)
+MAX_SLOTS = 64  # runs at once in one sweep claim
+WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
+ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
 # the event a move to a terminal state writes (a rejection of proposed results has its own)
 _END_EVENTS = {ExecutionState.REJECTED: EventKind.BID_REJECTED, ExecutionState.CANCELLED: EventKind.CANCELLED,
@@ -50,69 +52,63 @@ class Changes:
 
     stop: list[str] = field(default_factory=list)  # cancel these executions' runs now
     writes: list[Write] = field(default_factory=list)  # then store these, one save each
-    bids: list[tuple[Execution, float]] = field(default_factory=list)  # new bids, each stored and sent in its
-    # own task until a verdict or the time given
+    bids: list[tuple[Execution, float]] = field(default_factory=list)  # new: store, send until a verdict or then
     runs: list[str] = field(default_factory=list)  # accepted: start running
     deliveries: list[str] = field(default_factory=list)  # proposed: send the result until a verdict
     expire: list[tuple[str, float]] = field(default_factory=list)  # pending bids: ask expire_pending after (s)
     released: bool = False  # capacity came free: the backlog may bid again
 
-    def __iadd__(self, other: Changes) -> Changes:
-        for name in ("stop", "writes", "bids", "runs", "deliveries", "expire"):
-            getattr(self, name).extend(getattr(other, name))
-        self.released = self.released or other.released
-        return self
-
-
-def _job_key(ex: Execution) -> tuple[str, str]:
-    return (ex.requester, ex.job_id)
-
 
 class ComputeMachine:
-    """The compute role's state and rules: bidding, the execution lifecycle, the backlog.
+    """The compute role's state and rules: bidding, the execution lifecycle, the backlog, sweep claims.
 
-    Args:
-        node_id: this node's peer id (announcements naming candidates without it are passed over).
-        capacity: total and per-job limits; bids reserve on behalf of the execution id.
-        checks: "could it ever run here?" (engine, per-job limits, inputs): a no passes a job over.
-        backlog_size: jobs remembered for later when there is no room now.
-        pending_bid_timeout: longest a bid answered "pending" holds capacity.
+    ``engines`` (installed here, kept current by the service), the per-job limits and
+    ``input_problems`` (why the job's inputs could not be staged here) make the ``refusal``; a bid
+    reserves capacity on behalf of its execution id, a claim one copy of the template's resources
+    per slot, up to ``parallel`` (runs worth starting at once for an engine; None: as many as fit).
     """
 
-    def __init__(self, *, node_id: str, capacity: CapacityTracker, checks: list[Check],
-                 backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
+    def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
+                 input_problems: Callable[[JobSpec], list[str]] = lambda spec: [],
+                 parallel: Callable[[str], int | None] = lambda engine: None, backlog_size: int = 10_000,
+                 pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
         self.node_id = node_id
         self.capacity = capacity
-        self.checks = checks
-        self.backlog = Backlog(backlog_size)
+        self.engines = engines
+        self.input_problems = input_problems
+        self.parallel = parallel
+        self.backlog_size = backlog_size
         self.pending_bid_timeout = pending_bid_timeout
         self.live: dict[str, Execution] = {}  # execution id -> live execution
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
+        # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
+        # announcing another requester's job id shadows nothing
+        self.backlog: OrderedDict[tuple[str, str], tuple[Announce, float]] = OrderedDict()
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
+        self.claims: dict[str, Claim] = {}  # sweep id -> our claim on it
+        self._waiting: dict[str, tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
+        self._ended: OrderedDict[str, int] = OrderedDict()  # recent claims ended by the requester -> stopped
 
-    # -- state ------------------------------------------------------------------------------------
-
-    def _track(self, ex: Execution) -> None:
+    def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
         self.live[ex.id] = ex
-        self._by_job[_job_key(ex)] = ex.id
+        self._by_job[(ex.requester, ex.job_id)] = ex.id
+        return ex
 
     def drop(self, ex: Execution) -> bool:
         """Forget ``ex`` and give back its capacity; True when capacity came free."""
         self.secrets.pop(ex.id, None)
         self.live.pop(ex.id, None)
-        if self._by_job.get(_job_key(ex)) == ex.id:
-            del self._by_job[_job_key(ex)]
+        if self._by_job.get(key := (ex.requester, ex.job_id)) == ex.id:
+            del self._by_job[key]
         return self.capacity.release(ex.id)
 
     def _move(self, ex: Execution, state: ExecutionState, reason: str, now: float, kind: EventKind,
-              message: str = "", **changes: object) -> Changes:
+              message: str = "", **changes: object) -> Write:
         """A move to a live state (``end`` makes the terminal ones)."""
-        ex = ex.transition(state, reason, now, **changes)
-        self._track(ex)
-        return Changes(writes=[Write(ex, kind, message)])
+        return Write(self._track(ex.transition(state, reason, now, **changes)), kind, message)
 
     def restore(self, executions: Iterable[Execution], now: float) -> Changes:
         """Executions a previous process left unfinished: each is reported (as lost) or re-delivered."""
@@ -122,32 +118,40 @@ class ComputeMachine:
             if ex.state is not ExecutionState.PROPOSED:
                 why = "node restarted before the bid was decided" if ex.state is ExecutionState.BIDDING else (
                     "node restarted while running the job")
-                out += self._move(ex, ExecutionState.PROPOSED, why, now, EventKind.ERROR, why, error=why,
-                                  retryable=True)
+                out.writes.append(self._move(ex, ExecutionState.PROPOSED, why, now, EventKind.ERROR, why,
+                                             error=why, retryable=True))
             out.deliveries.append(ex.id)
         return out
 
     # -- announcements and bidding ------------------------------------------------------------------
+
+    def refusal(self, spec: JobSpec) -> str | None:
+        """Why this node could never run ``spec`` (None: it could); such a job is passed over for good."""
+        if spec.engine.name not in self.engines:
+            return f"engine {spec.engine.name!r} not available here (have: {', '.join(self.engines) or 'none'})"
+        if over := spec.resources.shortfall(self.capacity.max_per_job):
+            return f"needs more than this node offers per job: {', '.join(over)}"
+        if problems := self.input_problems(spec):
+            return f"cannot fetch its inputs: {'; '.join(problems)}"
+        return None
 
     def announce(self, origin: str, ann: Announce, now: float) -> tuple[bool, Changes]:
         """A job needs nodes. True when a bid is on its way; a job with no room now goes to the backlog."""
         if origin != ann.requester:
             log.warning("dropping announcement of %s relayed as if from %s", ann.job_id, origin)
             return False, Changes()
-        if ann.bid_deadline is not None and now > ann.bid_deadline:
+        late = ann.bid_deadline is not None and now > ann.bid_deadline
+        seen = ann.key in self._by_job or self._recent.get(ann.key, -1) >= ann.attempt
+        others_first = ann.candidates and self.node_id not in ann.candidates  # if they decline, all are asked
+        if late or seen or others_first:
             return False, Changes()
-        if ann.key in self._by_job or self._recent.get(ann.key, -1) >= ann.attempt:
-            return False, Changes()
-        if ann.candidates and self.node_id not in ann.candidates:
-            return False, Changes()  # other nodes were asked first; if they do not take it, it is announced to all
-        refusal = first_refusal(self.checks, ann.spec)
-        if refusal is not None:
+        if (refusal := self.refusal(ann.spec)) is not None:
             log.debug("passing over %s: %s", ann.job_id, refusal)
             return False, Changes()
-        bid = self._try_bid(ann, now)
-        if bid is not None:
+        if (bid := self._try_bid(ann, now)) is not None:
             return True, Changes(bids=[bid])
-        self.backlog.add(ann, now)
+        if ann.key in self.backlog or len(self.backlog) < self.backlog_size:
+            self.backlog[ann.key] = (ann, now)  # a refresh keeps its place in line
         return False, Changes()
 
     def _try_bid(self, ann: Announce, now: float) -> tuple[Execution, float] | None:
@@ -157,35 +161,31 @@ class ComputeMachine:
         execution_id = f"e-{uuid.uuid4().hex}"
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
             return None
-        self.backlog.discard(ann.key)
+        self.backlog.pop(ann.key, None)
         self._recent[ann.key] = ann.attempt
         self._recent.move_to_end(ann.key)
         while len(self._recent) > RECENT_JOBS:
             self._recent.popitem(last=False)
-        ex = Execution(
-            id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
-            attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
-            requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision",
-        )
+        ex = Execution(id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
+                       attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
+                       requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision")
         self._track(ex)  # a second announcement of this job sees it
         return ex, min(ann.bid_deadline or float("inf"), now + BID_ANSWER_WINDOW)
 
     def bid_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
-        """The requester's verdict on our bid (None: it never gave one before the bid's deadline)."""
+        """The requester's verdict on our bid (None: it never gave one before the bid's deadline). On
+        "pending" a Decision follows, or the bid expires after the job's wait for ``min_bids`` plus a
+        grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former)."""
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
         if reply.verdict == "accepted":
             return self.accept(execution_id, reply.secret_env, now)
         if reply.verdict == "rejected":
             return self.end(execution_id, ExecutionState.REJECTED, reply.reason or "bid rejected", now)
-        ex = self.live.get(execution_id)  # "pending": a Decision follows, or the bid expires
-        return Changes(expire=[(execution_id, self.pending_wait(ex))]) if ex is not None else Changes()
-
-    def pending_wait(self, ex: Execution) -> float:
-        """How long a bid answered "pending" may hold capacity: the job's wait for ``min_bids`` plus
-        a grace, never more than the node's ``pending_bid_timeout`` (a requester picks the former)."""
+        if (ex := self.live.get(execution_id)) is None:
+            return Changes()
         min_bids_wait = ex.spec.deadlines.min_bids if ex.spec is not None else 0.0
-        return min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout)
+        return Changes(expire=[(execution_id, min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout))])
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
         """A pending bid's wait is over: if still undecided, it ends and its capacity comes back."""
@@ -203,8 +203,7 @@ class ComputeMachine:
         if ex.state is ExecutionState.PROPOSED and state is ExecutionState.REJECTED:
             kind = EventKind.RESULTS_REJECTED
         ex = ex.transition(state, reason, now)
-        released = self.drop(ex)
-        return Changes(writes=[Write(ex, kind, reason)], released=released)
+        return Changes(writes=[Write(ex, kind, reason)], released=self.drop(ex))
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -215,34 +214,28 @@ class ComputeMachine:
             return Changes()
         if secret_env:
             self.secrets[ex.id] = dict(secret_env)
-        out = self._move(ex, ExecutionState.ACCEPTED, "running", now, EventKind.BID_ACCEPTED)
-        out.runs.append(ex.id)
-        return out
+        return Changes(writes=[self._move(ex, ExecutionState.ACCEPTED, "running", now, EventKind.BID_ACCEPTED)],
+                       runs=[ex.id])
 
     def to_run(self, execution_id: str) -> tuple[Execution, dict[str, str]] | None:
-        """The execution to start and its secret env, or None when it ended between its acceptance and now."""
+        """The execution to start and its secret env, which the run takes with it (None: it ended meanwhile)."""
         ex = self.live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
             return None
-        return ex, self.secrets.get(ex.id, {})
+        return ex, self.secrets.pop(ex.id, {})
 
     def run_over(self, execution_id: str, result: RunResult | None, error: str | None, retryable: bool,
                  now: float) -> Changes:
         """The run finished (not cancelled): free its capacity, propose its outcome, deliver it."""
-        out = Changes(released=self.capacity.release(execution_id))
+        released = self.capacity.release(execution_id)
         ex = self.live.get(execution_id)
         if ex is None or ex.state is not ExecutionState.ACCEPTED:
-            return out
+            return Changes(released=released)
         message = error or f"exit code {result.exit_code if result else '?'}"
-        out += self._move(ex, ExecutionState.PROPOSED, message, now,
-                          EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
-                          result=result, error=error, retryable=retryable)
-        out.deliveries.append(execution_id)
-        return out
-
-    def run_ended(self, execution_id: str) -> None:
-        """The run is over (finished, failed or cancelled): no one needs the job's secrets any more."""
-        self.secrets.pop(execution_id, None)
+        write = self._move(ex, ExecutionState.PROPOSED, message, now,
+                           EventKind.RESULTS_PROPOSED if error is None else EventKind.ERROR, message,
+                           result=result, error=error, retryable=retryable)
+        return Changes(writes=[write], deliveries=[execution_id], released=released)
 
     def to_deliver(self, execution_id: str) -> tuple[Execution, Result] | None:
         """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
@@ -253,23 +246,23 @@ class ComputeMachine:
                          retryable=ex.retryable)
         return ex, message.model_copy(update={"digest": message.outcome()})
 
-    def delivery_failed(self, execution_id: str, now: float) -> Changes:
-        return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
-
-    def result_verdict(self, execution_id: str, verdict: str | None, reason: str, now: float) -> Changes:
-        """'pending': the requester is verifying; its Decision will follow (and it answers a re-delivery)."""
+    def result_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
+        """The requester's verdict on our result (None: it could not be delivered). On "pending" the
+        requester is verifying; its Decision will follow (and it answers a re-delivery)."""
         ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.PROPOSED or verdict == "pending":
+        if reply is None:
+            return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
+        if ex is None or ex.state is not ExecutionState.PROPOSED or reply.verdict == "pending":
             return Changes()
-        if verdict == "accepted":
+        if reply.verdict == "accepted":
             final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
-            return self.end(ex.id, final, ex.error or reason or "results accepted", now)
-        return self.end(ex.id, ExecutionState.REJECTED, reason or "results rejected", now)
+            return self.end(ex.id, final, ex.error or reply.reason or "results accepted", now)
+        return self.end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected", now)
 
     def cancel(self, execution_id: str, reason: str, now: float) -> Changes:
         """The requester cancelled: stop the run if there is one, and end the execution."""
-        out = Changes(stop=[execution_id])
-        out += self.end(execution_id, ExecutionState.CANCELLED, reason, now)
+        out = self.end(execution_id, ExecutionState.CANCELLED, reason, now)
+        out.stop.append(execution_id)
         return out
 
     # -- direct messages from requesters -----------------------------------------------------------
@@ -290,26 +283,26 @@ class ComputeMachine:
             return Reply(ok=False, reason="only the job's requester may do that"), Changes()
         if isinstance(message, Cancel):
             return Reply(), self.cancel(ex.id, message.reason or "cancelled by the requester", now)
+        verdict = Reply(verdict="accepted" if message.accepted else "rejected", reason=message.reason,
+                        secret_env=message.secret_env)
         if ex.state is ExecutionState.PROPOSED:  # the verdict on our results
-            verdict = "accepted" if message.accepted else "rejected"
-            return Reply(), self.result_verdict(ex.id, verdict, message.reason, now)
-        if message.accepted:
-            return Reply(), self.accept(ex.id, message.secret_env, now)
-        return Reply(), self.end(ex.id, ExecutionState.REJECTED, message.reason or "bid rejected", now)
+            return Reply(), self.result_answered(ex.id, verdict, now)
+        return Reply(), self.bid_answered(ex.id, verdict, now)
 
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now (expired ones are dropped)."""
-        return [a for a in self.backlog.pending(now) if a.spec.resources.fits_in(self.capacity.free)]
+        """Backlog entries that fit in what is free now, in arrival order; expired ones leave it."""
+        for key, (ann, seen) in list(self.backlog.items()):
+            if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > BACKLOG_STALE:
+                del self.backlog[key]
+        return [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)]
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
         """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).
-
-        Without this a busy node bids, once it has room, on every job another node took while it
-        was full: a wasted round trip and two store writes each, and a backlog that grows with
-        the traffic (measured: 38 % of a node's CPU in the throughput benchmark).
-        """
+        Without it a busy node bids, once it has room, on every job another node took while it was
+        full: a wasted round trip and two store writes each, and a backlog that grows with the
+        traffic (measured: 38 % of a node's CPU in the throughput benchmark)."""
         by_requester: dict[str, list[Announce]] = {}
         for ann in entries:
             by_requester.setdefault(ann.requester, []).append(ann)
@@ -325,7 +318,7 @@ class ComputeMachine:
         """The requester's answer to an OpenQuery: jobs it has closed leave the backlog."""
         for ann in anns:
             if reply.states.get(ann.job_id) == "closed":
-                self.backlog.discard(ann.key)
+                self.backlog.pop(ann.key, None)
 
     def bid_from_backlog(self, fitting: Iterable[Announce], now: float) -> Changes:
         """Bid on what still waits in the backlog and fits (what did not fit a moment ago does not fit now)."""
@@ -334,7 +327,70 @@ class ComputeMachine:
             if ann.key not in self.backlog:
                 continue  # closed, or bid on meanwhile
             if ann.key in self._by_job:
-                self.backlog.discard(ann.key)
+                del self.backlog[ann.key]
             elif (bid := self._try_bid(ann, now)) is not None:
                 out.bids.append(bid)
         return out
+
+    # -- sweep claims ---------------------------------------------------------------------------------
+
+    def announce_sweep(self, origin: str, ann: SweepAnnounce, now: float) -> Claim | None:
+        """A sweep needs nodes: the claim to start, if any (no room now: it waits for some)."""
+        if origin != ann.requester:
+            log.warning("dropping sweep announcement %s relayed as if from %s", ann.sweep_id, origin)
+            return None
+        if ann.sweep_id in self.claims:
+            return None  # our claim asks for more by itself
+        if (refusal := self.refusal(ann.spec.job)) is not None:
+            log.debug("passing over sweep %s: %s", ann.sweep_id, refusal)
+            return None
+        claim = self._try_claim(ann)
+        if claim is None:
+            self._waiting[ann.sweep_id] = (ann, now)
+        return claim
+
+    def retry_waiting(self, now: float) -> list[Claim]:
+        """Capacity may have come free: claim sweeps we passed over for lack of room."""
+        started = []
+        for sweep_id, (ann, seen) in list(self._waiting.items()):
+            if now - seen > WAITING_TTL or sweep_id in self.claims:
+                del self._waiting[sweep_id]
+            elif (claim := self._try_claim(ann)) is not None:
+                del self._waiting[sweep_id]
+                started.append(claim)
+        return started
+
+    def _try_claim(self, ann: SweepAnnounce) -> Claim | None:
+        claim_id = f"c-{uuid.uuid4().hex}"
+        parallel = self.parallel(ann.spec.job.engine.name) or MAX_SLOTS
+        slots: list[str] = []
+        while len(slots) < min(MAX_SLOTS, parallel, max(1, ann.pending)):
+            holder = f"{claim_id}/{len(slots)}"
+            if not self.capacity.try_reserve(holder, ann.spec.job.resources):
+                break
+            slots.append(holder)
+        if not slots:
+            return None
+        self.claims[ann.sweep_id] = claim = Claim(ann=ann, claim_id=claim_id, slots=slots)
+        return claim
+
+    def cancel_claim(self, peer: str, msg: Cancel) -> tuple[Reply | None, Claim | None]:
+        """The requester ended the sweep: the reply, and the claim to stop now (None: not one of ours)."""
+        claim = self.claims.get(msg.job_id)
+        if claim is None or claim.claim_id != msg.execution_id:
+            if msg.execution_id in self._ended:  # the reply to a report ended it first
+                return Reply(stopped=self._ended[msg.execution_id]), None
+            return None, None
+        if claim.ann.requester != peer:
+            return Reply(ok=False, reason="only the sweep's requester may do that"), None
+        claim.stopped = len(claim.running)
+        return Reply(stopped=claim.stopped), claim
+
+    def finish_claim(self, claim: Claim) -> None:
+        """The claim is over: forget it, remember how it ended, give back its slots."""
+        del self.claims[claim.ann.sweep_id]
+        self._ended[claim.claim_id] = claim.stopped
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+        for holder in claim.slots:
+            self.capacity.release(holder)

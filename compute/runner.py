@@ -48,21 +48,14 @@ class Runner:
         self.input_deadline = input_deadline
         self.max_input_bytes = max_input_bytes
 
-    def remove_leftovers(self) -> int:
-        """Scratch space of executions a previous process of this node was running when it died (kill -9).
-
-        Called once at start, before anything runs: no execution of this process owns a folder yet.
-        Blocking. Returns how many folders were removed.
-        """
-        if not self.work_dir.is_dir():
-            return 0
-        removed = 0
-        for entry in self.work_dir.iterdir():
+    def remove_leftovers(self) -> None:
+        """Remove the scratch space of executions a previous process left when it died (kill -9). Blocking;
+        called once at start, before anything runs: no execution of this process owns a folder yet."""
+        entries = list(self.work_dir.iterdir()) if self.work_dir.is_dir() else []
+        for entry in entries:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed += 1
-        if removed:
-            log.info("removed the scratch space of %d execution(s) left behind", removed)
-        return removed
+        if entries:
+            log.info("removed the scratch space of %d execution(s) left behind", len(entries))
 
     def input_problems(self, spec: JobSpec) -> list[str]:
         """Why this node could never stage the job's inputs (for bidding); empty when it can."""
@@ -73,11 +66,9 @@ class Runner:
         return self.inputs.check(spec.inputs)
 
     async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None) -> Outcome:
-        """Cancellation (the requester cancelled) propagates after the scratch space is removed.
-
-        ``secret_env`` (the job's secrets, from its acceptance) joins the env the executor sees;
-        the seed comes from the spec as announced, the same on every node.
-        """
+        """Cancellation (the requester cancelled) propagates after the scratch space is removed. ``secret_env``
+        (the job's secrets, from its acceptance) joins the env the executor sees; the seed comes from the
+        spec as announced, the same on every node."""
         spec = ex.spec
         assert spec is not None
         scratch = self.work_dir / ex.id
@@ -90,8 +81,8 @@ class Runner:
             if spec.inputs:
                 if self.inputs is None:
                     raise ExecutorError("this node cannot fetch inputs")
-                mounts = await self.inputs.prepare_inputs(spec.inputs, _mkdir(scratch / "inputs"),
-                                                          deadline=self.input_deadline,
+                (scratch / "inputs").mkdir(parents=True, exist_ok=True)
+                mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=self.input_deadline,
                                                           max_bytes=self.max_input_bytes)
             staged = await trio.to_thread.run_sync(tree_size, scratch / "inputs") if spec.inputs else 0
             if spec.resources.disk and staged >= spec.resources.disk:
@@ -116,9 +107,7 @@ class Runner:
             return Outcome(await self._publish(result, results, bool(spec.outputs)))
         except trio.TooSlowError:
             return Outcome(None, "preparing the executor (e.g. pulling the image) took too long", True)
-        except ExecutorError as e:
-            return Outcome(None, str(e), e.retryable)
-        except ShoalError as e:  # storage: inputs missing, too large, too slow; publishing failed
+        except ShoalError as e:  # the executor's, or storage's: inputs missing, too large, too slow; publishing failed
             return Outcome(None, str(e), e.retryable)
         except Exception as e:
             log.exception("execution %s failed", ex.id)
@@ -163,7 +152,3 @@ def _output_sizes(outputs: Path, names: list[str]) -> dict[str, int]:
             sizes[name] = path.stat().st_size if path.is_file() else 0
     return sizes
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

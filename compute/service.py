@@ -1,109 +1,99 @@
 """The compute role's trio service: feeds ``ComputeMachine`` and carries out what it decides.
 
-Each entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the
-store, then start tasks and send. Every state change is written before it is acted on; a
-restarted node reports what it lost so the requester can re-offer it, and re-delivers results
-it had not delivered.
+Each entry point asks the machine, then ``_apply``s the ``Changes``: stop runs, write to the store, then
+start tasks and send. Every state change is written before it is acted on; a restarted node reports what
+it lost so the requester can re-offer it, and re-delivers results it had not delivered. A sweep claim runs
+one worker per slot and one reporter; claims are not stored (after a crash the requester's lease returns
+their indexes to others), published results are.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
-from compute.bidding import engine_installed, first_refusal, inputs_fetchable, within_job_limits
 from compute.capacity import CapacityTracker
+from compute.claims import Claim
 from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
-from compute.outbox import request_verdict, signed
 from compute.runner import Runner
-from compute.sweeps import SweepClaims
 from executors import ExecutorRegistry
-from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Peers, Reply, Result, StatusQuery, SweepAnnounce
-from node.tasks import Spawner, backoff
+from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState, Unreachable
+from jobs.messages import Bid, Cancel, IndexResult, NodeInfo, Reply, Result
+from jobs.messages import Claim as ClaimMessage
+from node.tasks import Spawner, backoff, retry
 
 if TYPE_CHECKING:
-    from compute.backlog import Backlog
-    from compute.ports import ComputeStore
+    from jobs.messages import Announce, Decision, Peers, StatusQuery, SweepAnnounce
     from storage import InputRegistry, Publisher
 
 log = logging.getLogger("shoal.compute")
 
 SIDE = ExecutionSide.COMPUTE
+REQUEST_TIMEOUT = 5.0
 DELIVERY_GIVE_UP = 3600.0  # stop retrying a result after an hour of the requester being unreachable
 BACKLOG_TICK = 0.5
 PRUNE_TIMEOUT = 2.0
 NODE_INFO_INTERVAL = 10.0
 TASK_LIMIT = 10_000  # background tasks at once; capacity keeps normal work far below, this bounds a burst
 
+Signed = TypeVar("Signed", Result, ClaimMessage)
+
+
+class ComputeStore(Protocol):
+    """What the compute role needs from the node's store; ``node.store.Store`` provides it."""
+
+    async def save(self, *, side: ExecutionSide, new_executions: Sequence[Execution] = (),
+                   executions: Sequence[Execution] = (), events: Sequence[Event] = ()) -> None:
+        """Write it all in one transaction; an update whose stored revision moved raises ``StaleState``."""
+
+    async def live_executions(self, side: ExecutionSide) -> list[Execution]:
+        """Executions not in a terminal state: what a restarted node must report or re-deliver."""
+
+    async def add_published(self, cids: Sequence[str], at: float) -> None:
+        """Remember results published outside an execution record (sweep indexes), for retention."""
+
+
+@dataclass
+class _Signals:  # the trio side of one sweep claim
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # the requester ended the claim
+    wake: trio.Event = field(default_factory=trio.Event)  # the reporter has something to do
+    work: trio.Event = field(default_factory=trio.Event)  # indexes arrived for the workers
+
 
 class ComputeService:
-    def __init__(
-        self,
-        *,
-        peers: Peers,
-        store: ComputeStore,
-        executors: ExecutorRegistry,
-        capacity: CapacityTracker,
-        work_dir: Path,
-        backlog_size: int = 10_000,
-        pending_bid_timeout: float = PENDING_BID_TIMEOUT,
-        inputs: InputRegistry | None = None,
-        publisher: Publisher | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, *, peers: Peers, store: ComputeStore, executors: ExecutorRegistry, capacity: CapacityTracker,
+                 work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
+                 inputs: InputRegistry | None = None, publisher: Publisher | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
         self.capacity = capacity
         self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher)
         self.clock = clock
-        self.engines = executors.installed()
         self.boot = uuid.uuid4().hex
-        checks = [engine_installed(self.engines), within_job_limits(capacity.max_per_job),
-                  inputs_fetchable(self.runner.input_problems)]
-        self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, checks=checks,
+        self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
+                                      input_problems=self.runner.input_problems,
+                                      parallel=lambda engine: executors.get(engine).max_parallel,
                                       backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout)
+        self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
         self._wake_backlog = trio.Event()
-        self.sweeps = SweepClaims(peers=peers, store=store, capacity=capacity, runner=self.runner,
-                                  refusal=lambda spec: first_refusal(self.machine.checks, spec),
-                                  released=lambda: self._wake_backlog.set(), clock=clock)
-
-    @property
-    def backlog(self) -> Backlog:
-        return self.machine.backlog
-
-    @property
-    def pending_bid_timeout(self) -> float:
-        return self.machine.pending_bid_timeout
-
-    @pending_bid_timeout.setter
-    def pending_bid_timeout(self, seconds: float) -> None:
-        self.machine.pending_bid_timeout = seconds
-
-    @property
-    def _live(self) -> dict[str, Execution]:  # what tests inspect
-        return self.machine.live
-
-    @property
-    def _secrets(self) -> dict[str, dict[str, str]]:
-        return self.machine.secrets
-
-    # -- lifecycle -----------------------------------------------------------------------------
+        self._signals: dict[str, _Signals] = {}  # claim id -> its trio side
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks.attach(nursery)
-            self.sweeps.start(nursery)
             await trio.to_thread.run_sync(self.runner.remove_leftovers)
             await self._apply(self.machine.restore(await self.store.live_executions(SIDE), self.clock()))
             nursery.start_soon(self._backlog_loop)
@@ -135,25 +125,20 @@ class ComputeService:
         ex = write.execution
         event = Event(job_id=ex.job_id, at=self.clock(), kind=write.kind, execution_id=ex.id,
                       node_id=self.peers.node_id, message=write.message)
-        if write.new:
-            await self.store.save(side=SIDE, new_executions=[ex], events=[event])
-        else:
-            await self.store.save(side=SIDE, executions=[ex], events=[event])
+        await self.store.save(side=SIDE, new_executions=[ex] if write.new else [],
+                              executions=[] if write.new else [ex], events=[event])
 
     # -- announcements and bidding ---------------------------------------------------------------
 
     def on_announce(self, origin: str, ann: Announce) -> bool:
-        """A job needs nodes. Cheap checks here; the bid itself runs in its own task.
-
-        True when a bid for this announcement is on its way (a requester offering a job to its
-        own node falls back to announcing it to everyone when this is False).
-        """
+        """A job needs nodes: True when a bid is on its way, in its own task (a requester offering a
+        job to its own node falls back to announcing it to everyone when this is False)."""
         bidding, changes = self.machine.announce(origin, ann, self.clock())
         self._start(changes)
         return bidding
 
     def on_sweep_announce(self, origin: str, ann: SweepAnnounce) -> None:
-        self.sweeps.on_announce(origin, ann)
+        self._claim(self.machine.announce_sweep(origin, ann, self.clock()))
 
     async def _bid(self, ex: Execution, give_up: float) -> None:
         try:
@@ -163,25 +148,37 @@ class ComputeService:
                 self._wake_backlog.set()
             raise
         bid = Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt)
-        reply = await self._request_verdict(ex, bid, give_up)
+        reply = await self._until_verdict(ex, bid, give_up)
         await self._apply(self.machine.bid_answered(ex.id, reply, self.clock()))
 
     async def _expire_pending(self, execution_id: str, wait: float) -> None:
         await trio.sleep(wait)
         await self._apply(self.machine.expire_pending(execution_id, wait, self.clock()))
 
-    async def _request_verdict(self, ex: Execution, message: Bid | Result, give_up: float) -> Reply | None:
-        """Send until the requester gives a verdict; None when ``give_up`` (unix time) passes first."""
-        delays = backoff(0.1, cap=5.0, give_up=give_up, clock=self.clock)
+    async def _until_verdict(self, to: Execution | SweepAnnounce, message: Bid | Result | ClaimMessage,
+                             give_up: float | None = None) -> Reply | None:
+        """Send ``message`` to ``to``'s requester until it gives a verdict: None when ``give_up`` (unix time;
+        None: after one try) passes first. An answer without a verdict (the requester is starting, or
+        failed internally) counts as silence: only the requester's explicit word ends the exchange."""
+        async def once() -> Reply:
+            reply = await self.peers.request(to.requester, message, timeout=REQUEST_TIMEOUT, addrs=to.requester_addrs)
+            if reply.verdict is None:
+                log.info("no verdict from %s on %s (%s)", to.requester[-8:], message.kind, reply.reason)
+                raise Unreachable(to.requester, f"no verdict: {reply.reason}")
+            return reply
+
+        delays = () if give_up is None else backoff(0.1, cap=5.0, give_up=give_up, clock=self.clock)
         try:
-            return await request_verdict(self.peers, ex.requester, message, addrs=ex.requester_addrs, delays=delays)
-        except PeerError:
+            return await retry(once, delays)
+        except PeerError as e:
+            log.debug("no verdict from %s on %s: %s", to.requester[-8:], message.kind, e)
             return None
 
-    # -- running -------------------------------------------------------------------------------------
+    def _signed(self, message: Signed) -> Signed:
+        signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
+        return message.model_copy(update={"signature": signature})
 
-    async def _accepted(self, execution_id: str, secret_env: dict[str, str]) -> None:
-        await self._apply(self.machine.accept(execution_id, secret_env, self.clock()))
+    # -- running -------------------------------------------------------------------------------------
 
     async def _execute(self, execution_id: str) -> None:
         start = self.machine.to_run(execution_id)
@@ -194,7 +191,6 @@ class ComputeService:
                 outcome = await self.runner.run(ex, secret_env)
             finally:
                 self._scopes.pop(ex.id, None)
-                self.machine.run_ended(ex.id)
         if scope.cancelled_caught:  # cancelled by the requester; the machine recorded it
             return
         await self._apply(self.machine.run_over(ex.id, outcome.result, outcome.error, outcome.retryable,
@@ -206,17 +202,18 @@ class ComputeService:
         if delivery is None:
             return  # ended meanwhile (cancelled, or its verdict came in another exchange)
         ex, message = delivery
-        reply = await self._request_verdict(ex, signed(message, self.peers), self.clock() + DELIVERY_GIVE_UP)
-        if reply is None:
-            await self._apply(self.machine.delivery_failed(execution_id, self.clock()))
-        else:
-            await self._apply(self.machine.result_verdict(execution_id, reply.verdict, reply.reason, self.clock()))
+        reply = await self._until_verdict(ex, self._signed(message), self.clock() + DELIVERY_GIVE_UP)
+        await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
 
     # -- direct messages from requesters ----------------------------------------------------------
 
     async def handle(self, peer: str, message: Decision | Cancel | StatusQuery) -> Reply:
-        if isinstance(message, Cancel) and (reply := await self.sweeps.cancel(peer, message)) is not None:
-            return reply
+        if isinstance(message, Cancel):  # the requester ended a sweep: stop our claim on it now
+            reply, claim = self.machine.cancel_claim(peer, message)
+            if claim is not None:
+                self._signals[claim.claim_id].scope.cancel()
+            if reply is not None:
+                return reply
         reply, changes = self.machine.handle(peer, message, self.clock())
         try:
             await self._apply(changes)
@@ -224,10 +221,6 @@ class ComputeService:
             if not isinstance(message, Cancel):  # a cancel may race the execution's own end
                 raise
         return reply
-
-    async def _on_cancel(self, execution_id: str, reason: str) -> None:
-        with contextlib.suppress(StaleState):
-            await self._apply(self.machine.cancel(execution_id, reason, self.clock()))
 
     # -- backlog and advertising ---------------------------------------------------------------------
 
@@ -238,42 +231,104 @@ class ComputeService:
             self._wake_backlog = trio.Event()
             now = self.clock()
             fitting = self.machine.backlog_fitting(now)
-            if fitting:
-                await self._forget_closed(fitting, now)
+            for query, anns in self.machine.open_queries(fitting, now):  # forget jobs no longer open
+                with contextlib.suppress(PeerError):
+                    reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
+                                                     addrs=anns[0].requester_addrs)
+                    self.machine.forget_closed(anns, reply)
             await self._apply(self.machine.bid_from_backlog(fitting, now))
-            self.sweeps.retry_waiting()
-
-    async def _forget_closed(self, entries: list[Announce], now: float) -> None:
-        """Ask each requester which of these jobs still need nodes, and forget the others."""
-        for query, anns in self.machine.open_queries(entries, now):
-            try:
-                reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
-                                                 addrs=anns[0].requester_addrs)
-            except PeerError:
-                continue
-            self.machine.forget_closed(anns, reply)
+            self._claim(*self.machine.retry_waiting(self.clock()))
 
     def node_info(self) -> NodeInfo:
-        return NodeInfo(
-            peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.engines,
-            max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-            running=len(self._scopes) + self.sweeps.running(), backlog=len(self.backlog), boot=self.boot,
-        )
+        indexes = sum(len(claim.running) for claim in self.machine.claims.values())
+        return NodeInfo(peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
+                        max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
+                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot)
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
             engines = await trio.to_thread.run_sync(self.executors.installed)  # e.g. dockerd came or went
-            if engines != self.engines:
+            if engines != self.machine.engines:
                 log.info("engines now available: %s", ", ".join(engines) or "none")
-                self.engines = engines
-                self.machine.checks[0] = engine_installed(engines)
+                self.machine.engines = engines
             try:
                 await self.peers.publish(self.node_info())
             except Exception:
                 log.exception("could not publish node info")
 
-    def statistics(self) -> dict[str, object]:
-        return {"live": len(self.machine.live), "running": len(self._scopes), "backlog": self.backlog.statistics(),
-                "capacity": self.capacity.statistics()}
+    # -- sweep claims ----------------------------------------------------------------------------------
+
+    def _claim(self, *claims: Claim | None) -> None:
+        for claim in claims:
+            if claim is not None:
+                self._signals[claim.claim_id] = _Signals()
+                self._tasks.spawn(self._run_claim, claim)
+
+    async def _run_claim(self, claim: Claim) -> None:
+        signals = self._signals[claim.claim_id]
+        try:
+            with signals.scope:
+                async with trio.open_nursery() as nursery:
+                    for _ in claim.slots:
+                        nursery.start_soon(self._worker, claim, signals)
+                    await self._reporter(claim, signals)
+                    nursery.cancel_scope.cancel()
+        finally:
+            del self._signals[claim.claim_id]
+            self.machine.finish_claim(claim)
+            self._wake_backlog.set()  # capacity came free
+
+    async def _worker(self, claim: Claim, signals: _Signals) -> None:
+        while True:
+            started = claim.start_next(self.peers.node_id, self.clock())
+            if started is None:
+                signals.wake.set()  # running dry: ask for more now
+                signals.work = trio.Event() if signals.work.is_set() else signals.work
+                await signals.work.wait()
+                continue
+            index, ex = started
+            outcome = await self.runner.run(ex)
+            claim.finished(IndexResult(index=index, result=outcome.result, error=outcome.error,
+                                       retryable=outcome.retryable), self.clock())
+            signals.wake.set()
+
+    async def _reporter(self, claim: Claim, signals: _Signals) -> None:
+        """Returns when the claim is over: the requester said stop, or there is nothing left to do."""
+        heartbeat = claim.ann.spec.job.deadlines.silence / 3
+        give_up = claim.ann.spec.job.deadlines.silence * 2
+        claim.last_answer = self.clock()
+        while True:
+            now = self.clock()
+            wait = claim.next_report(now, heartbeat)
+            if wait is None:
+                return  # nothing left for us
+            if wait:
+                signals.wake = trio.Event()
+                with trio.move_on_after(wait):
+                    await signals.wake.wait()
+                continue
+            want, batch = claim.want(now), claim.take_batch(now)
+            reply = await self._report(claim, batch, want)
+            if reply is None:
+                claim.unsent(batch)
+                if self.clock() - claim.last_answer > give_up:
+                    log.info("giving up claim %s: requester unreachable", claim.claim_id)
+                    return
+                await trio.sleep(min(1.0, heartbeat))
+                continue
+            granted = claim.answered(reply, want, self.clock())
+            if granted is None:
+                log.debug("claim %s ended by the requester: %s", claim.claim_id, reply.reason)
+                return
+            if granted:
+                signals.work.set()
+
+    async def _report(self, claim: Claim, batch: list[IndexResult], want: int) -> Reply | None:
+        cids = [r.result.cid for r in batch if r.result is not None and r.result.cid]
+        if cids:  # before the requester hears of them: retention must be able to find them
+            await self.store.add_published(cids, self.clock())
+        ann = claim.ann
+        msg = ClaimMessage(sweep_id=ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
+        return await self._until_verdict(ann, self._signed(msg))

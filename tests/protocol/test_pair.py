@@ -158,11 +158,11 @@ async def test_only_the_requester_may_decide_or_cancel(tmp_path):
         await trio.sleep(1.5)
         job, _ = await req.requester.submit(spec(deal={"min_bids": 2}), "alice")
         await trio.sleep(0.3)
-        (ex,) = list(a.compute._live.values())
+        (ex,) = list(a.compute.machine.live.values())
         reply = decode(await a.transport.dispatcher.on_request(
             "mallory", encode(Decision(job_id=job.id, execution_id=ex.id, accepted=True))))
         assert not reply.ok and "requester" in reply.reason
-        assert a.compute._live[ex.id].state is ExecutionState.BIDDING
+        assert a.compute.machine.live[ex.id].state is ExecutionState.BIDDING
 
 
 async def test_garbage_and_forged_messages_are_dropped(tmp_path):
@@ -177,7 +177,7 @@ async def test_garbage_and_forged_messages_are_dropped(tmp_path):
         ann = Announce(job_id="j-x", spec=spec(), requester="someone-else")
         await d.on_gossip("x", encode(ann))
         await trio.sleep(0.1)
-        assert not n.compute._live
+        assert not n.compute.machine.live
         assert d.dropped >= 12
 
 
@@ -193,7 +193,7 @@ async def test_results_with_a_forged_signature_are_refused(tmp_path):
         await trio.sleep(1.5)
         job, _ = await req.requester.submit(spec(), "alice")
         await trio.sleep(0.3)
-        (ex,) = list(a.compute._live.values())
+        (ex,) = list(a.compute.machine.live.values())
         forged = Result(job_id=job.id, execution_id=ex.id, result=RunResult(stdout="forged"), signature="AAAA")
         reply = decode(await req.transport.dispatcher.on_request("a", encode(forged)))
         assert reply.verdict == "rejected" and "signature" in reply.reason

@@ -81,7 +81,7 @@ async def test_only_the_accepted_node_receives_the_secret_and_its_run_sees_it(tm
         assert jobs and SECRET not in jobs[0].model_dump_json()
         # the compute nodes forget it with the run, and never wrote it down
         for node in (a, b):
-            assert node.compute._secrets == {}
+            assert node.compute.machine.secrets == {}
             assert SECRET.encode() not in on_disk(tmp_path / node.peer_id)
 
 

@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from jobs import ExecutionSide, ExecutionState, JobState, Resources
-from jobs.messages import Announce, Bid, Result, decode, encode
+from jobs.messages import Announce, Bid, Cancel, Decision, Result, decode, encode
 from jobs.model import RunResult
 from tests.memnet import MemoryHub, memory_node
 from tests.protocol.test_pair import spec, wait_terminal
@@ -24,7 +24,7 @@ async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused_an
         await trio.sleep(1.5)
         job, _ = await req.requester.submit(spec(), "alice")
         await trio.sleep(0.3)
-        (ex,) = list(a.compute._live.values())
+        (ex,) = list(a.compute.machine.live.values())
         honest = RunResult(exit_code=0)
         # signed by the node itself, over the digest of one outcome, carrying the fields of another
         forged = Result(job_id=job.id, execution_id=ex.id, result=RunResult(exit_code=0, stdout="forged"),
@@ -105,7 +105,7 @@ async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path):
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
         a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False,
                                                         total=Resources(cpu=1, memory="1GiB")))
-        a.compute.pending_bid_timeout = 1.0
+        a.compute.machine.pending_bid_timeout = 1.0
         await trio.sleep(1.5)
         # a requester that never decides: two bids wanted, only one node, a long wait
         await req.requester.submit(spec(resources={"cpu": 1}, deal={"min_bids": 2}, deadlines={"min_bids": 600}),
@@ -113,12 +113,12 @@ async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path):
         with trio.fail_after(5):
             while a.compute.capacity.free.cpu == 1:
                 await trio.sleep(0.05)
-        (ex,) = list(a.compute._live.values())
+        (ex,) = list(a.compute.machine.live.values())
         assert ex.state is ExecutionState.BIDDING
         with trio.fail_after(5):  # min(600 + 10, 1.0) s later the capacity is back
             while a.compute.capacity.free.cpu < 1:
                 await trio.sleep(0.05)
-        assert not a.compute._live
+        assert not a.compute.machine.live
 
 
 async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothing_out(tmp_path):
@@ -129,7 +129,7 @@ async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothi
         real = Announce(job_id="j-1", spec=spec(), requester="req", attempt=0)
         assert a.compute.on_announce("rogue", rogue)
         assert a.compute.on_announce("req", real)  # still bids on the real requester's job
-        assert {x.requester for x in a.compute._live.values()} == {"rogue", "req"}
+        assert {x.requester for x in a.compute.machine.live.values()} == {"rogue", "req"}
 
 
 async def test_one_nodes_error_is_re_offered_and_the_job_completes_elsewhere(tmp_path):
@@ -194,10 +194,11 @@ async def test_a_cancel_between_acceptance_and_the_run_starting_does_not_crash_t
         total = a.compute.capacity.free
         assert a.compute.on_announce("req", Announce(job_id="j-1", spec=spec(), requester="req"))
         await trio.sleep(0.1)  # the bid is stored (and sent to a requester that does not answer)
-        (ex,) = list(a.compute._live.values())
-        await a.compute._accepted(ex.id, {})  # spawns the run; it starts at the next checkpoint...
-        await a.compute._on_cancel(ex.id, "cancelled by the requester")  # ...which comes after this ended it
+        (ex,) = list(a.compute.machine.live.values())
+        # the acceptance spawns the run; it starts at the next checkpoint, which comes after the cancel ended it
+        await a.compute.handle("req", Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True))
+        await a.compute.handle("req", Cancel(job_id=ex.job_id, execution_id=ex.id))
         await trio.sleep(0.2)
-        assert not a.compute._live and a.compute.capacity.free == total
+        assert not a.compute.machine.live and a.compute.capacity.free == total
         # the node still works
         assert a.compute.on_announce("req", Announce(job_id="j-2", spec=spec(), requester="req"))

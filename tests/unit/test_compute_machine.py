@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from compute.bidding import engine_installed, within_job_limits
+from compute import ComputeStore
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
-from compute.ports import ComputeStore
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
 
@@ -25,8 +24,7 @@ def spec(**kw) -> JobSpec:
 def machine(cpu: float = 1, per_job_cpu: float | None = None, **kw) -> ComputeMachine:
     total = Resources(cpu=cpu, memory="1GiB")
     capacity = CapacityTracker(total, Resources(cpu=per_job_cpu, memory="1GiB") if per_job_cpu else None)
-    checks = [engine_installed(["noop"]), within_job_limits(capacity.max_per_job)]
-    return ComputeMachine(node_id=NODE, capacity=capacity, checks=checks, **kw)
+    return ComputeMachine(node_id=NODE, capacity=capacity, engines=["noop"], **kw)
 
 
 def announce(job_id: str = "j-1", cpu: float = 1, **kw) -> Announce:
@@ -110,9 +108,9 @@ def test_the_backlog_asks_each_requester_which_jobs_are_still_open_at_most_twice
     assert query.job_ids == ["j-1", "j-2"] and asked == anns
     assert m.open_queries(anns, 100.2) == []
     for a in anns:
-        m.backlog.add(a, 100.0)
+        m.backlog[a.key] = (a, 100.0)
     m.forget_closed(anns, Reply(states={"j-1": "closed", "j-2": "open"}))
-    assert [a.job_id for a in m.backlog.pending(100.3)] == ["j-2"]
+    assert [a.job_id for a in m.backlog_fitting(100.3)] == ["j-2"] and len(m.backlog) == 1
 
 
 # -- the bid's verdict ---------------------------------------------------------------------------------
@@ -162,8 +160,7 @@ def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only
     assert "s3cret" not in write.execution.model_dump_json()
     assert changes.runs == [ex.id] and m.secrets[ex.id] == {"TOKEN": "s3cret"}
     assert m.to_run(ex.id) == (m.live[ex.id], {"TOKEN": "s3cret"})
-    m.run_ended(ex.id)
-    assert m.secrets == {}
+    assert m.secrets == {}  # the run took them
 
 
 def test_a_rejected_bid_ends_with_the_requesters_reason():
@@ -192,7 +189,7 @@ def test_an_accepted_result_completes_the_execution():
     m = machine()
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    (write,) = m.result_verdict(ex.id, "accepted", "", 111.0).writes
+    (write,) = m.result_answered(ex.id, Reply(verdict="accepted"), 111.0).writes
     assert write.execution.state is ExecutionState.COMPLETED and write.kind is EventKind.RESULTS_ACCEPTED
     assert not m.live
 
@@ -201,14 +198,14 @@ def test_a_rejected_result_and_an_accepted_error_end_the_way_the_requester_sees_
     m = machine(cpu=2)
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    assert m.result_verdict(ex.id, "pending", "", 111.0).writes == []  # still verifying
+    assert m.result_answered(ex.id, Reply(verdict="pending"), 111.0).writes == []  # still verifying
     (write,) = m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=False,
                                       reason="outvoted"), 112.0)[1].writes
     assert write.execution.state is ExecutionState.REJECTED and write.kind is EventKind.RESULTS_REJECTED
     failed = bid_on(m, announce("j-2"))
     m.accept(failed.id, {}, 113.0)
     m.run_over(failed.id, None, "image not found", True, 114.0)
-    (write,) = m.result_verdict(failed.id, "accepted", "", 115.0).writes
+    (write,) = m.result_answered(failed.id, Reply(verdict="accepted"), 115.0).writes
     assert write.execution.state is ExecutionState.FAILED and write.execution.reason == "image not found"
 
 
@@ -216,7 +213,7 @@ def test_an_undeliverable_result_fails_the_execution():
     m = machine()
     ex = running(m)
     m.run_over(ex.id, RunResult(), None, False, 110.0)
-    (write,) = m.delivery_failed(ex.id, 4000.0).writes
+    (write,) = m.result_answered(ex.id, None, 4000.0).writes
     assert write.execution.state is ExecutionState.FAILED and "could not deliver" in write.execution.reason
 
 
@@ -266,7 +263,7 @@ def test_a_restarted_node_reports_what_it_lost_and_redelivers_what_it_had_propos
 
 def test_the_decision_modules_import_neither_trio_the_store_nor_the_network():
     compute = Path(__file__).parents[2] / "compute"
-    for name in ("machine", "claims", "backlog", "bidding", "capacity"):
+    for name in ("machine", "claims", "capacity"):
         tree = ast.parse((compute / f"{name}.py").read_text())
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from compute.capacity import CapacityTracker
-from compute.claims import BATCH_BYTES, REPORT_INTERVAL, WAITING_TTL, Claim, ClaimBook
+from compute.claims import BATCH_BYTES, REPORT_INTERVAL, Claim
+from compute.machine import WAITING_TTL, ComputeMachine
 from jobs import Resources, RunResult
 from jobs.messages import Cancel, IndexResult, Reply, SweepAnnounce
 from jobs.sweep import SweepSpec
@@ -17,9 +18,9 @@ def sweep(sweep_id: str = "s-1", pending: int = 100, cpu: float = 1) -> SweepAnn
     return SweepAnnounce(sweep_id=sweep_id, spec=spec, requester=REQ, pending=pending)
 
 
-def book(cpu: float = 4, parallel: int | None = None, refusal: str | None = None) -> ClaimBook:
-    return ClaimBook(CapacityTracker(Resources(cpu=cpu, memory="8GiB")), lambda spec: refusal,
-                     lambda engine: parallel)
+def book(cpu: float = 4, parallel: int | None = None, engines: tuple[str, ...] = ("noop",)) -> ComputeMachine:
+    return ComputeMachine(node_id="node", capacity=CapacityTracker(Resources(cpu=cpu, memory="8GiB")),
+                          engines=engines, parallel=lambda engine: parallel)
 
 
 def claim_of(slots: int = 2) -> Claim:
@@ -27,23 +28,23 @@ def claim_of(slots: int = 2) -> Claim:
 
 
 def test_a_claim_takes_one_slot_per_run_that_fits_no_more_than_the_engine_or_the_sweep_wants():
-    assert len(book(cpu=4).announce(REQ, sweep(cpu=1), 0.0).slots) == 4
-    assert len(book(cpu=4, parallel=2).announce(REQ, sweep(cpu=1), 0.0).slots) == 2
-    assert len(book(cpu=4).announce(REQ, sweep(pending=1, cpu=1), 0.0).slots) == 1
+    assert len(book(cpu=4).announce_sweep(REQ, sweep(cpu=1), 0.0).slots) == 4
+    assert len(book(cpu=4, parallel=2).announce_sweep(REQ, sweep(cpu=1), 0.0).slots) == 2
+    assert len(book(cpu=4).announce_sweep(REQ, sweep(pending=1, cpu=1), 0.0).slots) == 1
 
 
 def test_a_sweep_this_node_can_never_run_or_that_is_relayed_is_not_claimed():
-    assert book(refusal="no such engine").announce(REQ, sweep(), 0.0) is None
-    assert book().announce("mallory", sweep(), 0.0) is None
+    assert book(engines=()).announce_sweep(REQ, sweep(), 0.0) is None
+    assert book().announce_sweep("mallory", sweep(), 0.0) is None
 
 
 def test_a_sweep_with_no_room_is_claimed_once_capacity_frees():
     b = book(cpu=1)
-    first = b.announce(REQ, sweep("s-1"), 0.0)
-    assert b.announce(REQ, sweep("s-2"), 0.0) is None  # no room: waits
-    assert b.announce(REQ, sweep("s-1"), 0.0) is None  # our claim asks for more by itself
+    first = b.announce_sweep(REQ, sweep("s-1"), 0.0)
+    assert b.announce_sweep(REQ, sweep("s-2"), 0.0) is None  # no room: waits
+    assert b.announce_sweep(REQ, sweep("s-1"), 0.0) is None  # our claim asks for more by itself
     assert b.retry_waiting(1.0) == []
-    b.finish(first)
+    b.finish_claim(first)
     (second,) = b.retry_waiting(2.0)
     assert second.ann.sweep_id == "s-2" and b.capacity.free.cpu == 0
     assert b.retry_waiting(3.0) == []  # claimed once
@@ -51,9 +52,9 @@ def test_a_sweep_with_no_room_is_claimed_once_capacity_frees():
 
 def test_a_sweep_waiting_for_room_is_forgotten_once_it_is_no_longer_announced():
     b = book(cpu=1)
-    first = b.announce(REQ, sweep("s-1"), 0.0)
-    b.announce(REQ, sweep("s-2"), 0.0)
-    b.finish(first)
+    first = b.announce_sweep(REQ, sweep("s-1"), 0.0)
+    b.announce_sweep(REQ, sweep("s-2"), 0.0)
+    b.finish_claim(first)
     assert b.retry_waiting(WAITING_TTL + 1) == []
     assert b.capacity.statistics().reservations == 0
 
@@ -71,16 +72,13 @@ def test_a_claim_asks_for_enough_to_keep_every_slot_busy_for_two_report_interval
 
 def test_a_dry_queue_is_reported_at_once_and_otherwise_the_claim_waits_for_its_heartbeat():
     c = claim_of()
-    report = c.next_report(0.0, heartbeat=10.0)
-    assert report.due and report.want == 2  # nothing queued: ask now
+    assert c.next_report(0.0, heartbeat=10.0) == 0 and c.want(0.0) == 2  # nothing queued: ask now
     c.take_batch(0.0)
     c.answered(Reply(verdict="accepted", ranges=[(0, 2)]), 2, 0.1)
-    idle = c.next_report(0.2, heartbeat=10.0)
-    assert not idle.due and idle.wait == 10.0 - 0.2
+    assert c.next_report(0.2, heartbeat=10.0) == 10.0 - 0.2
     c.finished(IndexResult(index=0, result=RunResult()), 0.2)
-    soon = c.next_report(0.2, heartbeat=10.0)
-    assert not soon.due and abs(soon.wait - (REPORT_INTERVAL - 0.2)) < 1e-9
-    assert c.next_report(0.3, heartbeat=10.0).due  # results wait at most one report interval
+    assert abs(c.next_report(0.2, heartbeat=10.0) - (REPORT_INTERVAL - 0.2)) < 1e-9
+    assert c.next_report(0.3, heartbeat=10.0) == 0  # results wait at most one report interval
 
 
 def test_a_claim_is_over_when_the_requester_has_nothing_left_and_everything_is_reported():
@@ -113,15 +111,15 @@ def test_granted_indexes_run_in_order_and_a_rejection_ends_the_claim_counting_wh
 
 def test_only_the_sweeps_requester_may_end_a_claim_and_a_late_cancel_still_gets_its_answer():
     b = book()
-    c = b.announce(REQ, sweep(), 0.0)
+    c = b.announce_sweep(REQ, sweep(), 0.0)
     c.answered(Reply(verdict="accepted", ranges=[(0, 1)]), 4, 0.0)
     c.start_next("node", 0.0)
     cancel = Cancel(job_id="s-1", execution_id=c.claim_id)
-    reply, stop = b.cancel("mallory", cancel)
+    reply, stop = b.cancel_claim("mallory", cancel)
     assert not reply.ok and stop is None
-    reply, stop = b.cancel(REQ, cancel)
+    reply, stop = b.cancel_claim(REQ, cancel)
     assert reply.stopped == 1 and stop is c
-    b.finish(c)
+    b.finish_claim(c)
     assert b.capacity.statistics().reservations == 0
-    assert b.cancel(REQ, cancel) == (Reply(stopped=1), None)
-    assert b.cancel(REQ, Cancel(job_id="s-9", execution_id="c-9")) == (None, None)
+    assert b.cancel_claim(REQ, cancel) == (Reply(stopped=1), None)
+    assert b.cancel_claim(REQ, Cancel(job_id="s-9", execution_id="c-9")) == (None, None)
