@@ -54,6 +54,9 @@ def exit_code_for(exc: BaseException) -> int | None:
     base = getattr(sdk, "ShoalAPIError", None)
     if base is not None and isinstance(exc, base):
         return _sdk_error(exc, sdk)
+    if isinstance(exc, ShoalError):  # raised on purpose, saying why (a store from a newer release, a taken port)
+        print_error(str(exc))
+        return EXIT_JOB_FAILED
     if isinstance(exc, BrokenPipeError):  # `shoal list | head`: the reader left, not an error
         return EXIT_OK
     if os.environ.get("SHOAL_DEBUG"):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from jobs.errors import ShoalError
 from node.api.access import exposure_problem
 from node.api.app import create_app, serve_api
 from node.api.parts import Node
@@ -187,7 +188,13 @@ def main(config: NodeConfig) -> None:
         if _only_interrupts(exc):
             log.info("node stopped")
             raise KeyboardInterrupt from None  # a second signal cut the shutdown short
-        log.exception("node stopped by an error")  # the node log keeps the traceback; the CLI prints one line
+        cause = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        if isinstance(cause, ShoalError):  # raised on purpose, saying why: the reason is enough
+            log.error("node stopped: %s", cause)
+        else:
+            log.exception("node stopped by an error")  # the node log keeps the traceback; the CLI prints one line
         raise
     log.info("node stopped")
 

@@ -7,6 +7,7 @@ before the store kept a schema version (it had the trust work's tables already).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -177,3 +178,22 @@ def test_a_failed_step_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         Store(path)
     assert user_version(path) == 0 and layout(path) == {}  # not even the first steps' tables
+
+
+def test_serve_on_a_data_dir_from_a_newer_release_says_so_in_one_line(tmp_path: Path) -> None:
+    """The operator sees why the node will not start, not a traceback or an "unexpected" error."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "node"
+    data.mkdir()
+    with sqlite3.connect(data / "shoal.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--data-dir", str(data), "--no-compute",
+                           "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "SHOAL_HOME": str(tmp_path / "home")})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "newer than this release" in errors[0], done.stderr
+    assert "unexpected" not in errors[0] and "Traceback" not in done.stderr
+    assert user_version(data / "shoal.db") == 99  # left as it was
