@@ -3,13 +3,17 @@ shows; a sweep's id starts with ``s-``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cli.errors import EXIT_USAGE, CLIError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from jobs.views import JobDescription, SweepDescription
     from shoal import Client
+
+T = TypeVar("T")
 
 
 def is_sweep(some_id: str) -> bool:
@@ -29,42 +33,32 @@ def job_id(client: Client, prefix: str) -> str:
 
 def find_job(client: Client, job_id: str) -> JobDescription:
     """The job by its full id or a unique prefix of it (among the client's newest 1000)."""
-    from shoal import NotFound, ShoalAPIError
-
-    try:
-        return client.describe(job_id)
-    except NotFound:
-        try:
-            newest = client.list(limit=1000).jobs  # our own: describe only shows us our jobs anyway
-            matches = [j.id for j in newest if j.id.startswith(job_id)]
-        except ShoalAPIError:
-            matches = []
-        if len(matches) > 1:
-            shown = ", ".join(matches[:5])
-            raise CLIError(f"job id prefix {job_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
-        if not matches:
-            raise
-        return client.describe(matches[0])
+    return _by_prefix("job", job_id, client.describe, lambda: [j.id for j in client.list(limit=1000).jobs])
 
 
 def find_sweep(client: Client, sweep_id: str) -> SweepDescription:
     """Like ``find_job``: the sweep, found by its full id or a unique prefix of it."""
+    return _by_prefix("sweep", sweep_id, client.describe_sweep,
+                      lambda: [s.id for s in client.list_sweeps(limit=1000).sweeps])
+
+
+def _by_prefix(what: str, given: str, describe: Callable[[str], T], newest: Callable[[], list[str]]) -> T:
+    """``describe(given)``; failing that, the one of our newest ids that starts with ``given``."""
     from shoal import NotFound, ShoalAPIError
 
     try:
-        return client.describe_sweep(sweep_id)
+        return describe(given)
     except NotFound:
         try:
-            newest = client.list_sweeps(limit=1000).sweeps
-            matches = [s.id for s in newest if s.id.startswith(sweep_id)]
+            matches = [i for i in newest() if i.startswith(given)]  # our own: describe shows only ours anyway
         except ShoalAPIError:
             matches = []
         if len(matches) > 1:
             shown = ", ".join(matches[:5])
-            raise CLIError(f"sweep id prefix {sweep_id!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
+            raise CLIError(f"{what} id prefix {given!r} is ambiguous: {shown}", code=EXIT_USAGE) from None
         if not matches:
             raise
-        return client.describe_sweep(matches[0])
+        return describe(matches[0])
 
 
 def some_id(client: Client, job_or_sweep: str) -> str:
