@@ -19,6 +19,7 @@ import trio
 from executors import ExecutorError, ExecutorRegistry, RunRequest, tree_size
 from jobs import Execution, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS
+from node.tasks import RunBlocking
 
 if TYPE_CHECKING:
     from jobs import JobSpec
@@ -40,13 +41,14 @@ class Outcome:
 class Runner:
     def __init__(self, executors: ExecutorRegistry, work_dir: Path, *, inputs: InputRegistry | None = None,
                  publisher: Publisher | None = None, input_deadline: float = 120.0,
-                 max_input_bytes: int = 10 * 1024**3) -> None:
+                 max_input_bytes: int = 10 * 1024**3, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher
         self.input_deadline = input_deadline
         self.max_input_bytes = max_input_bytes
+        self._run_blocking = run_blocking
 
     def remove_leftovers(self) -> None:
         """Remove the scratch space of executions a previous process left when it died (kill -9). Blocking;
@@ -76,7 +78,7 @@ class Runner:
         try:
             executor = self.executors.get(spec.engine.name)
             if executor.needs_workspace or spec.inputs or spec.outputs:
-                await trio.to_thread.run_sync(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
+                await self._run_blocking(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
             mounts = []
             if spec.inputs:
                 if self.inputs is None:
@@ -84,7 +86,7 @@ class Runner:
                 (scratch / "inputs").mkdir(parents=True, exist_ok=True)
                 mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=self.input_deadline,
                                                           max_bytes=self.max_input_bytes)
-            staged = await trio.to_thread.run_sync(tree_size, scratch / "inputs") if spec.inputs else 0
+            staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
             if spec.resources.disk and staged >= spec.resources.disk:
                 return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
                                      f"{spec.resources.disk} bytes (resources.disk)", False)
@@ -101,7 +103,7 @@ class Runner:
             stamp: dict[str, object] = {"engine": executor.name,
                                         "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:
-                stamp["output_sizes"] = await trio.to_thread.run_sync(
+                stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])
             result = result.model_copy(update=stamp)
             return Outcome(await self._publish(result, results, bool(spec.outputs)))
@@ -114,7 +116,7 @@ class Runner:
             return Outcome(None, f"executor crashed: {type(e).__name__}: {e}", True)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+                await self._run_blocking(lambda: shutil.rmtree(scratch, ignore_errors=True))
 
     async def _publish(self, result: RunResult, results: Path, has_outputs: bool) -> RunResult:
         """Write and publish the results directory; an empty result (the noop's) publishes nothing."""
@@ -126,7 +128,7 @@ class Runner:
                 (results / "stderr").write_text(result.stderr)
                 (results / "exitCode").write_text(str(result.exit_code))
 
-            await trio.to_thread.run_sync(write)
+            await self._run_blocking(write)
             result = result.model_copy(update={"cid": await self.publisher.publish(results)})
         return _for_the_wire(result)
 

@@ -29,7 +29,7 @@ from executors import ExecutorRegistry
 from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState, Unreachable
 from jobs.messages import Bid, Cancel, IndexResult, NodeInfo, Reply, Result
 from jobs.messages import Claim as ClaimMessage
-from node.tasks import Spawner, backoff, retry
+from node.tasks import RunBlocking, Spawner, backoff, retry
 
 if TYPE_CHECKING:
     from jobs.messages import Announce, Decision, Peers, StatusQuery, SweepAnnounce
@@ -73,13 +73,14 @@ class ComputeService:
     def __init__(self, *, peers: Peers, store: ComputeStore, executors: ExecutorRegistry, capacity: CapacityTracker,
                  work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
                  inputs: InputRegistry | None = None, publisher: Publisher | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
         self.capacity = capacity
-        self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher)
+        self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher, run_blocking=run_blocking)
         self.clock = clock
+        self._run_blocking = run_blocking
         self.boot = uuid.uuid4().hex
         self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
                                       input_problems=self.runner.input_problems,
@@ -94,7 +95,7 @@ class ComputeService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks.attach(nursery)
-            await trio.to_thread.run_sync(self.runner.remove_leftovers)
+            await self._run_blocking(self.runner.remove_leftovers)
             await self._apply(self.machine.restore(await self.store.live_executions(SIDE), self.clock()))
             nursery.start_soon(self._backlog_loop)
             nursery.start_soon(self._node_info_loop)
@@ -249,7 +250,7 @@ class ComputeService:
         delays = [0.3, 0.7, 1.0, 2.0]
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
-            engines = await trio.to_thread.run_sync(self.executors.installed)  # e.g. dockerd came or went
+            engines = await self._run_blocking(self.executors.installed)  # e.g. dockerd came or went
             if engines != self.machine.engines:
                 log.info("engines now available: %s", ", ".join(engines) or "none")
                 self.machine.engines = engines

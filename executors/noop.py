@@ -30,14 +30,15 @@ class NoopExecutor(Executor):
     name = "noop"
     needs_workspace = False  # it reads and writes nothing: spare two thread hops per job
 
-    def __init__(self, hooks: NoopHooks | None = None) -> None:
+    def __init__(self, hooks: NoopHooks | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.hooks = hooks or NoopHooks()
+        self.clock = clock  # the result's started_at and finished_at
 
     def is_installed(self) -> bool:
         return True
 
     async def run(self, request: RunRequest) -> RunResult:
-        started = time.time()
+        started = self.clock()
         if self.hooks.before_run is not None:
             await self.hooks.before_run(request)
         delay = self.hooks.delay + getattr(request.spec.engine, "delay", 0.0)  # --noop maps other engines here
@@ -46,5 +47,5 @@ class NoopExecutor(Executor):
         if self.hooks.error is not None:
             raise ExecutorError(self.hooks.error, retryable=self.hooks.error_retryable)
         return RunResult(
-            exit_code=self.hooks.exit_code, stdout=self.hooks.stdout, started_at=started, finished_at=time.time()
+            exit_code=self.hooks.exit_code, stdout=self.hooks.stdout, started_at=started, finished_at=self.clock()
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -137,7 +137,7 @@ class Dispatcher:
 
     def __init__(self, requester: RequesterService | None = None, compute: ComputeService | None = None,
                  sweeps: SweepService | None = None, *, rate_limiter: RateLimiter | None = None,
-                 node_id: str = "") -> None:
+                 node_id: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self.requester = requester
         self.compute = compute
         self.sweeps = sweeps
@@ -145,6 +145,7 @@ class Dispatcher:
         self.dropped = 0
         self.rate_limiter = rate_limiter  # None: no limit on direct requests
         self.node_id = node_id  # our own requests (to our own roles) are never limited
+        self.clock = clock  # spaces out repeated warnings
         self._checked: OrderedDict[tuple[str, bytes], GossipMessage] = OrderedDict()
         self._warned: dict[str, float] = {}
         self._rate_limited_reply = b""
@@ -153,7 +154,7 @@ class Dispatcher:
                 f"rate limited: over {rate_limiter.rate:g} requests/s (burst {rate_limiter.burst:g}) from one peer")))
 
     def _warn(self, what: str, message: str, *args: object) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._warned.get(what, -WARN_EVERY) >= WARN_EVERY:
             self._warned[what] = now
             log.warning(message, *args)

@@ -1,4 +1,4 @@
-"""The two task helpers every service shares: a bounded spawner and one retry loop.
+"""The task helpers every service shares: a bounded spawner, one retry loop, and how blocking work runs.
 
 A role's background work (sending a decision, cancelling a claim, delivering a result) is spawned
 into the service's nursery through a ``Spawner``, which bounds how many run at once; and every
@@ -8,13 +8,25 @@ into the service's nursery through a ``Spawner``, which bounds how many run at o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
 from jobs.errors import PeerError
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
+
+class RunBlocking(Protocol):
+    """How a service runs a blocking call (SQLite, the file system): ``trio.to_thread.run_sync`` in a node.
+
+    An in-memory test network runs the call inline instead, so that a virtual clock, which jumps
+    to the next deadline whenever every task waits, never jumps while a worker thread is busy.
+    """
+
+    async def __call__(self, fn: Callable[[*Args], T], /, *args: *Args,
+                       limiter: trio.CapacityLimiter | None = None) -> T: ...
 
 
 class Spawner:

@@ -1,13 +1,20 @@
 """An in-memory network of nodes for protocol tests: the real roles, store and dispatcher,
-with bytes passed between them in-process instead of over libp2p."""
+with bytes passed between them in-process instead of over libp2p.
+
+Every node reads trio's clock (``MemoryHub.now``) and runs its blocking calls inline (``run_inline``),
+so tests run on ``trio.testing.MockClock`` (pytest-trio's ``autojump_clock``): a wait of seconds takes
+none, and the virtual clock never jumps while a worker thread is busy.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +31,15 @@ from node.store import Store
 from requester import RequesterService
 from requester.sweeps import SweepService
 
+T = TypeVar("T")
+
+
+async def run_inline(fn: Callable[..., T], /, *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
+    """A ``node.tasks.RunBlocking`` that calls ``fn`` in the trio thread: nothing else runs meanwhile,
+    so ``limiter`` has nothing to limit. Cancellable before the call, like a worker thread."""
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
+
 
 class MemoryHub:
     def __init__(self) -> None:
@@ -32,6 +48,12 @@ class MemoryHub:
         self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
         # (way, sender, receiver, bytes) of every message and reply, when a test sets it to a list
         self.frames: list[tuple[str, str, str, bytes]] | None = None
+        self._epoch = time.time() - trio.current_time()
+
+    def now(self) -> float:
+        """The nodes' clock: trio's (virtual under a MockClock), shifted to look like ``time.time()``,
+        which the store still uses for a few timestamps of its own."""
+        return self._epoch + trio.current_time()
 
     @property
     def requests(self) -> int:
@@ -124,10 +146,10 @@ async def memory_node(
     """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     transport = MemoryTransport(hub, peer_id)
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(clock=trio.current_time)
     peers = MessagePeers(transport, dispatcher, hub.identity(peer_id))
-    store = Store(data_dir / "shoal.db")
-    noop = NoopExecutor(hooks)
+    store = Store(data_dir / "shoal.db", run_blocking=run_inline)
+    noop = NoopExecutor(hooks, clock=hub.now)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         c = r = sw = None
@@ -137,15 +159,16 @@ async def memory_node(
                 registry = registry.map(BadActor)
             c = ComputeService(peers=peers, store=store, executors=registry,
                                capacity=CapacityTracker(total or Resources(cpu=4, memory="8GiB", disk="10GiB"),
-                                                        per_job), work_dir=data_dir / "work")
+                                                        per_job), work_dir=data_dir / "work",
+                               clock=hub.now, run_blocking=run_inline)
             await nursery.start(c.run)
         if requester:
-            r = RequesterService(peers=peers, store=store)
+            r = RequesterService(peers=peers, store=store, clock=hub.now)
             if c is not None:
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
             sw = SweepService(peers=peers, store=store, known_nodes=r.known_nodes, penalize=r.penalize,
-                              quarantined=r.quarantined)
+                              quarantined=r.quarantined, clock=hub.now)
             await nursery.start(sw.run)
         dispatcher.requester, dispatcher.compute, dispatcher.sweeps = r, c, sw
         dispatcher.ready.set()

@@ -27,6 +27,7 @@ from node.store.queries import ExpiredRecords
 from node.store.schema import connect, migrate
 from node.store.sealed import Sealer
 from node.store.writer import StoreClosed, StoreStatistics, Writer
+from node.tasks import RunBlocking
 
 __all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics"]
 
@@ -36,9 +37,12 @@ Args = TypeVarTuple("Args")
 
 class Store:
     """A node's store. Run its writer in a nursery before writing: ``await nursery.start(store.run)``;
-    cancelling that task closes the store (later calls raise ``StoreClosed``)."""
+    cancelling that task closes the store (later calls raise ``StoreClosed``).
 
-    def __init__(self, path: Path) -> None:
+    ``run_blocking`` runs each SQLite call: in a worker thread by default (see ``node.tasks.RunBlocking``).
+    """
+
+    def __init__(self, path: Path, *, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.path = path
         self.sealer = Sealer(path.with_suffix(".secrets.key"))
         conn = connect(path)
@@ -47,7 +51,8 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        self._writer = Writer(conn)
+        self._writer = Writer(conn, run_blocking=run_blocking)
+        self._run_blocking = run_blocking
         self._reader = connect(path)
         self._read_lock = trio.CapacityLimiter(1)
         self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
@@ -60,9 +65,9 @@ class Store:
             self._reader.close()
 
     async def _read(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
-        """``fn(reader, *args)`` in a worker thread, one read at a time."""
+        """``fn(reader, *args)`` through ``run_blocking`` (a worker thread), one read at a time."""
         try:
-            return await trio.to_thread.run_sync(fn, self._reader, *args, limiter=self._read_lock)
+            return await self._run_blocking(fn, self._reader, *args, limiter=self._read_lock)
         except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
             if self._writer.closed:
                 raise StoreClosed("the store is shutting down") from e

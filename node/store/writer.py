@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from jobs import DuplicateKey, ShoalError, StaleState
+from node.tasks import RunBlocking
 
 MAX_BATCH = 512  # writes per transaction; bounds how long one commit holds the writer
 Operation = Callable[[sqlite3.Connection], None]
@@ -59,8 +60,9 @@ def _mapped(e: Exception) -> Exception:
 class Writer:
     """Owns the writing connection: ``run`` is the task, ``write`` queues an operation and waits for it."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self._conn = conn
+        self._run_blocking = run_blocking
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
         self._commits = self._writes = self._stale = 0
         self.closed = False  # set once shutting down: reads racing it are StoreClosed too
@@ -77,7 +79,7 @@ class Writer:
                     except trio.WouldBlock:
                         break
                 try:
-                    await trio.to_thread.run_sync(self._commit, batch)  # finishes even if cancelled
+                    await self._run_blocking(self._commit, batch)  # finishes even if cancelled
                     self._commits += 1
                 finally:
                     for w in batch:

@@ -26,7 +26,7 @@ async def wait_terminal(requester, job_id: str, timeout: float = 10.0):
             await requester.wait(job_id, 0.5)
 
 
-async def test_three_nodes_run_a_job_with_concurrency_three(tmp_path):
+async def test_three_nodes_run_a_job_with_concurrency_three(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(3)]
@@ -40,7 +40,7 @@ async def test_three_nodes_run_a_job_with_concurrency_three(tmp_path):
         assert d.phases.submitted <= d.phases.first_bid <= d.phases.finished
 
 
-async def test_messages_per_job_do_not_grow_with_nodes(tmp_path):
+async def test_messages_per_job_do_not_grow_with_nodes(tmp_path, autojump_clock):
     counts = {}
     for n in (3, 8):
         hub = MemoryHub()
@@ -58,7 +58,7 @@ async def test_messages_per_job_do_not_grow_with_nodes(tmp_path):
     assert counts[8] <= counts[3] + 5, counts
 
 
-async def test_impossible_job_fails_fast_with_reason(tmp_path):
+async def test_impossible_job_fails_fast_with_reason(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "n0", tmp_path / "n0", per_job=Resources(cpu=1, memory="1GiB", disk=0)) as n:
         job, _ = await n.requester.submit(spec(resources={"memory": "8GiB"}), "alice")
@@ -66,7 +66,7 @@ async def test_impossible_job_fails_fast_with_reason(tmp_path):
         assert "8 GiB memory" in job.reason
 
 
-async def test_full_node_bids_once_capacity_frees(tmp_path):
+async def test_full_node_bids_once_capacity_frees(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "n0", tmp_path / "n0", total=Resources(cpu=1, memory="1GiB", disk=0)) as n:
         n.noop.hooks.delay = 0.5
@@ -85,7 +85,7 @@ async def test_full_node_bids_once_capacity_frees(tmp_path):
         assert n.compute.capacity.statistics().reservations == 0
 
 
-async def test_lost_compute_node_work_is_reoffered(tmp_path):
+async def test_lost_compute_node_work_is_reoffered(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -104,7 +104,7 @@ async def test_lost_compute_node_work_is_reoffered(tmp_path):
         assert states == {"a": ExecutionState.FAILED, "b": ExecutionState.COMPLETED}
 
 
-async def test_restarted_compute_node_reports_lost_execution(tmp_path):
+async def test_restarted_compute_node_reports_lost_execution(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
         async with memory_node(hub, "a", tmp_path / "a", requester=False) as a:
@@ -120,7 +120,7 @@ async def test_restarted_compute_node_reports_lost_execution(tmp_path):
         assert any("restarted" in r for r in reasons)
 
 
-async def test_restarted_requester_finishes_its_jobs(tmp_path):
+async def test_restarted_requester_finishes_its_jobs(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "a", tmp_path / "a", requester=False) as a:
         a.noop.hooks.delay = 1.0
@@ -134,7 +134,7 @@ async def test_restarted_requester_finishes_its_jobs(tmp_path):
             assert d.job.state is JobState.COMPLETED, d.job.reason
 
 
-async def test_min_bids_waits_then_chooses(tmp_path):
+async def test_min_bids_waits_then_chooses(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(3)]
@@ -148,7 +148,7 @@ async def test_min_bids_waits_then_chooses(tmp_path):
             assert n.compute.capacity.statistics().reservations == 0
 
 
-async def test_only_the_requester_may_decide_or_cancel(tmp_path):
+async def test_only_the_requester_may_decide_or_cancel(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -165,7 +165,7 @@ async def test_only_the_requester_may_decide_or_cancel(tmp_path):
         assert a.compute.machine.live[ex.id].state is ExecutionState.BIDDING
 
 
-async def test_garbage_and_forged_messages_are_dropped(tmp_path):
+async def test_garbage_and_forged_messages_are_dropped(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "n0", tmp_path / "n0") as n:
         d = n.transport.dispatcher
@@ -181,7 +181,7 @@ async def test_garbage_and_forged_messages_are_dropped(tmp_path):
         assert d.dropped >= 12
 
 
-async def test_results_with_a_forged_signature_are_refused(tmp_path):
+async def test_results_with_a_forged_signature_are_refused(tmp_path, autojump_clock):
     from jobs.messages import Result
     from jobs.model import RunResult
 
@@ -201,7 +201,7 @@ async def test_results_with_a_forged_signature_are_refused(tmp_path):
         assert d.job.state is JobState.COMPLETED and d.job.result.stdout == ""
 
 
-async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_room(tmp_path):
+async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_room(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(memory_node(hub, f"n{i}", tmp_path / f"n{i}")) for i in range(10)]
@@ -218,7 +218,7 @@ async def test_bids_per_job_do_not_grow_with_nodes_when_the_first_asked_have_roo
         assert hub.sent["gossip", "announce"] == 0, hub.sent
 
 
-async def test_a_job_runs_on_the_node_it_was_submitted_to_while_that_node_has_room(tmp_path):
+async def test_a_job_runs_on_the_node_it_was_submitted_to_while_that_node_has_room(tmp_path, autojump_clock):
     """No gossip, bids or rejections for a one-node job the requester's own compute role can take;
     once that node is full, the job is offered to the others and runs there."""
     hub = MemoryHub()
@@ -243,7 +243,7 @@ async def test_a_job_runs_on_the_node_it_was_submitted_to_while_that_node_has_ro
     assert requester.counters["offered_here"] == 1
 
 
-async def test_a_node_that_comes_back_hears_of_waiting_jobs_at_once(tmp_path):
+async def test_a_node_that_comes_back_hears_of_waiting_jobs_at_once(tmp_path, autojump_clock):
     """A restarted node has an empty backlog: the requester re-announces the jobs waiting for it
     when its node info shows a new boot, not at the jobs' next backoff step (15 s here)."""
     hub = MemoryHub()
@@ -265,7 +265,7 @@ async def test_a_node_that_comes_back_hears_of_waiting_jobs_at_once(tmp_path):
         assert trio.current_time() - back < 3.0
 
 
-async def test_a_node_never_holds_two_of_a_jobs_slots(tmp_path):
+async def test_a_node_never_holds_two_of_a_jobs_slots(tmp_path, autojump_clock):
     """concurrency=N means N different nodes: a node that restarted (forgetting it already ran
     the job) and bids again is refused while its earlier execution still counts."""
     hub = MemoryHub()

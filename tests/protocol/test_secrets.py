@@ -45,7 +45,7 @@ def carrying_secret(hub: MemoryHub) -> list[tuple[str, str, str, str]]:
     return [(way, src, dst, data.decode()[:80]) for way, src, dst, data in hub.frames if SECRET.encode() in data]
 
 
-async def test_only_the_accepted_node_receives_the_secret_and_its_run_sees_it(tmp_path):
+async def test_only_the_accepted_node_receives_the_secret_and_its_run_sees_it(tmp_path, autojump_clock):
     hub = MemoryHub()
     hub.frames = []
     async with AsyncExitStack() as stack:
@@ -85,7 +85,7 @@ async def test_only_the_accepted_node_receives_the_secret_and_its_run_sees_it(tm
             assert SECRET.encode() not in on_disk(tmp_path / node.peer_id)
 
 
-async def test_the_requester_keeps_the_secret_sealed_and_only_while_the_job_lives(tmp_path):
+async def test_the_requester_keeps_the_secret_sealed_and_only_while_the_job_lives(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -106,7 +106,7 @@ async def test_the_requester_keeps_the_secret_sealed_and_only_while_the_job_live
         assert SECRET.encode() not in on_disk(tmp_path / "req")
 
 
-async def test_a_job_with_secrets_is_never_served_from_the_cache(tmp_path):
+async def test_a_job_with_secrets_is_never_served_from_the_cache(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "n0", tmp_path / "n0") as n:
         runs = seen_env(n)
@@ -119,7 +119,7 @@ async def test_a_job_with_secrets_is_never_served_from_the_cache(tmp_path):
         assert await n.store.live_secrets() == {}
 
 
-async def test_a_restarted_requester_still_hands_the_secret_to_the_node_that_runs_the_job(tmp_path):
+async def test_a_restarted_requester_still_hands_the_secret_to_the_node_that_runs_the_job(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
         job, _ = await req.requester.submit(spec(), "alice")  # no compute node yet: it waits
@@ -135,7 +135,7 @@ async def test_a_restarted_requester_still_hands_the_secret_to_the_node_that_run
         assert await req.store.live_secrets() == {}
 
 
-async def test_a_job_whose_secrets_cannot_be_read_after_a_restart_fails_saying_why(tmp_path):
+async def test_a_job_whose_secrets_cannot_be_read_after_a_restart_fails_saying_why(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
         job, _ = await req.requester.submit(spec(), "alice")
@@ -152,7 +152,7 @@ async def test_a_job_whose_secrets_cannot_be_read_after_a_restart_fails_saying_w
         assert await req.store.live_secrets() == {}
 
 
-async def test_each_node_that_runs_a_verified_job_gets_the_secret_once_with_its_acceptance(tmp_path):
+async def test_each_node_that_runs_a_verified_job_gets_the_secret_once_with_its_acceptance(tmp_path, autojump_clock):
     hub = MemoryHub()
     hub.frames = []
     async with AsyncExitStack() as stack:

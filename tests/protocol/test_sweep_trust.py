@@ -40,7 +40,7 @@ def hit(i: int) -> IndexResult:
     return IndexResult(index=i, result=FORGED)
 
 
-async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_granted(tmp_path):
+async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_granted(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
@@ -89,7 +89,7 @@ async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_gra
         assert "n0" not in ns[0].requester.reputation and "n1" not in ns[0].requester.reputation
 
 
-async def test_honest_nodes_complete_a_sweep_without_a_refusal(tmp_path):
+async def test_honest_nodes_complete_a_sweep_without_a_refusal(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path)
@@ -103,7 +103,7 @@ async def test_honest_nodes_complete_a_sweep_without_a_refusal(tmp_path):
         assert ns[0].requester.reputation == {}
 
 
-async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it(tmp_path):
+async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
@@ -131,7 +131,7 @@ async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it
         assert ns[0].sweeps.counters["errors_contradicted"] == len(lied)
 
 
-async def test_a_rogue_error_alone_fails_no_index(tmp_path):
+async def test_a_rogue_error_alone_fails_no_index(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=1)
@@ -151,7 +151,7 @@ async def test_a_rogue_error_alone_fails_no_index(tmp_path):
         assert ns[0].requester.reputation["rogue"] == (0, 1)
 
 
-async def test_an_error_two_nodes_report_fails_the_index(tmp_path):
+async def test_an_error_two_nodes_report_fails_the_index(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
@@ -168,7 +168,7 @@ async def test_an_error_two_nodes_report_fails_the_index(tmp_path):
         assert ns[0].requester.reputation == {}  # a confirmed error is no lie
 
 
-async def test_a_re_sent_batch_and_a_lapsed_claims_late_report_cost_their_node_nothing(tmp_path):
+async def test_a_re_sent_batch_and_a_lapsed_claims_late_report_cost_their_node_nothing(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=1)

@@ -44,7 +44,7 @@ def record_runs(node, runs: list):
     node.noop.hooks.before_run = before
 
 
-async def test_a_grid_sweep_runs_every_index_once_with_its_values(tmp_path):
+async def test_a_grid_sweep_runs_every_index_once_with_its_values(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path)
@@ -67,7 +67,7 @@ async def test_a_grid_sweep_runs_every_index_once_with_its_values(tmp_path):
         assert total == 6 and all(r.state is JobState.COMPLETED and r.result is not None for r in records)
 
 
-async def test_zip_and_items_pair_values_instead_of_combining_them(tmp_path):
+async def test_zip_and_items_pair_values_instead_of_combining_them(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=1)
@@ -84,7 +84,7 @@ async def test_zip_and_items_pair_values_instead_of_combining_them(tmp_path):
         assert sorted(e["p"] for _, e in runs) == ["q", "r"]
 
 
-async def test_ten_thousand_indexes_cost_messages_per_node_not_per_index(tmp_path):
+async def test_ten_thousand_indexes_cost_messages_per_node_not_per_index(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path)
@@ -100,7 +100,7 @@ async def test_ten_thousand_indexes_cost_messages_per_node_not_per_index(tmp_pat
         assert hub.gossip - before_gossip < 60  # node info, and the sweep announced once or twice
 
 
-async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path):
+async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
@@ -128,7 +128,7 @@ async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path):
         assert EventKind.RETRIED in kinds
 
 
-async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path):
+async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=1)
@@ -145,7 +145,7 @@ async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path
         assert created_other and other.id != first.id
 
 
-async def test_the_first_success_cancels_the_rest_on_every_node(tmp_path):
+async def test_the_first_success_cancels_the_rest_on_every_node(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path)
@@ -174,7 +174,7 @@ async def test_the_first_success_cancels_the_rest_on_every_node(tmp_path):
         assert len(started) < 200  # the queued indexes never started
 
 
-async def test_a_silent_nodes_indexes_are_granted_to_the_others(tmp_path):
+async def test_a_silent_nodes_indexes_are_granted_to_the_others(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path)
@@ -192,7 +192,7 @@ async def test_a_silent_nodes_indexes_are_granted_to_the_others(tmp_path):
         assert any(r.attempts > 1 for r in records)  # some were re-granted after the lease ran out
 
 
-async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path):
+async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         workers = [await stack.enter_async_context(memory_node(hub, f"w{i}", tmp_path / f"w{i}", requester=False))
@@ -213,7 +213,7 @@ async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path):
             assert again.id == s.id and not created
 
 
-async def test_results_too_large_for_one_message_arrive_in_several(tmp_path):
+async def test_results_too_large_for_one_message_arrive_in_several(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=1)

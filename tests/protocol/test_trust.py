@@ -15,7 +15,7 @@ from tests.memnet import MemoryHub, memory_node
 from tests.protocol.test_pair import spec, wait_terminal
 
 
-async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused_and_counted(tmp_path):
+async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused_and_counted(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -38,7 +38,7 @@ async def test_a_result_whose_fields_differ_from_its_signed_digest_is_refused_an
         assert d.job.state is JobState.COMPLETED and d.job.result.stdout == ""  # "forged" never recorded
 
 
-async def test_the_digest_covers_every_field_the_requester_records():
+async def test_the_digest_covers_every_field_the_requester_records(autojump_clock):
     base = RunResult(cid="bafy", exit_code=0, stdout="a", stderr="b", output_sizes={"o": 1}, engine="python",
                      engine_version="1")
     changes = {"cid": "bafz", "exit_code": 1, "stdout": "A", "stderr": "B", "stdout_truncated": True,
@@ -48,7 +48,7 @@ async def test_the_digest_covers_every_field_the_requester_records():
     assert base.model_copy(update={"started_at": 1.0, "finished_at": 2.0}).digest() == base.digest()
 
 
-async def test_one_nodes_result_is_served_from_the_cache_only_to_its_own_client(tmp_path):
+async def test_one_nodes_result_is_served_from_the_cache_only_to_its_own_client(tmp_path, autojump_clock):
     """The issue's scenario: a liar runs alice's job; bob's identical job must not get its result."""
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
@@ -68,7 +68,7 @@ async def test_one_nodes_result_is_served_from_the_cache_only_to_its_own_client(
         assert d2.executions and d2.job.result != d1.job.result
 
 
-async def test_a_result_run_by_the_requesters_own_compute_role_serves_every_client(tmp_path):
+async def test_a_result_run_by_the_requesters_own_compute_role_serves_every_client(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         node = await stack.enter_async_context(memory_node(hub, "n", tmp_path / "n"))
@@ -80,7 +80,7 @@ async def test_a_result_run_by_the_requesters_own_compute_role_serves_every_clie
         assert bob.reason == "cached: the verified result of an identical earlier job"
 
 
-async def test_bid_spam_with_fresh_execution_ids_leaves_counters_not_rows(tmp_path):
+async def test_bid_spam_with_fresh_execution_ids_leaves_counters_not_rows(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -99,7 +99,7 @@ async def test_bid_spam_with_fresh_execution_ids_leaves_counters_not_rows(tmp_pa
         assert req.requester.counters["bids_rejected"] >= 299
 
 
-async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path):
+async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -121,7 +121,7 @@ async def test_a_bid_left_pending_expires_and_its_capacity_comes_back(tmp_path):
         assert not a.compute.machine.live
 
 
-async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothing_out(tmp_path):
+async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothing_out(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
@@ -132,7 +132,7 @@ async def test_another_peer_announcing_a_jobs_id_with_a_huge_attempt_locks_nothi
         assert {x.requester for x in a.compute.machine.live.values()} == {"rogue", "req"}
 
 
-async def test_one_nodes_error_is_re_offered_and_the_job_completes_elsewhere(tmp_path):
+async def test_one_nodes_error_is_re_offered_and_the_job_completes_elsewhere(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -155,7 +155,7 @@ async def test_one_nodes_error_is_re_offered_and_the_job_completes_elsewhere(tmp
         assert (await wait_terminal(req.requester, blocker.id)).job.state is JobState.COMPLETED
 
 
-async def test_an_error_confirmed_by_every_able_node_fails_the_job(tmp_path):
+async def test_an_error_confirmed_by_every_able_node_fails_the_job(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
@@ -170,7 +170,7 @@ async def test_an_error_confirmed_by_every_able_node_fails_the_job(tmp_path):
         assert all(req.requester.reputation.get(f"e{i}", (0, 0))[1] == 0 for i in range(2))  # nobody blamed
 
 
-async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tmp_path):
+async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tmp_path, autojump_clock):
     """A node that failed a job ("retry elsewhere") twice has had its turn; with no other node the job
     fails then, rather than waiting out its bid deadline."""
     hub = MemoryHub()
@@ -186,7 +186,7 @@ async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tm
         assert [x.node_id for x in d.executions] == ["e", "e"]
 
 
-async def test_a_cancel_between_acceptance_and_the_run_starting_does_not_crash_the_node(tmp_path):
+async def test_a_cancel_between_acceptance_and_the_run_starting_does_not_crash_the_node(tmp_path, autojump_clock):
     """Seen in CI: a restarted node was cancelled right after accepting, and its run task found nothing."""
     hub = MemoryHub()
     async with AsyncExitStack() as stack:

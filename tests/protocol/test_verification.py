@@ -26,7 +26,7 @@ async def start(stack: AsyncExitStack, hub: MemoryHub, tmp_path, honest: int, ba
     return req.requester
 
 
-async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path):
+async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         requester = await start(stack, hub, tmp_path, honest=3, bad=1)
@@ -51,7 +51,7 @@ async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path):
         assert {x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED} == {"h0", "h1", "h2"}
 
 
-async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path):
+async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         requester = await start(stack, hub, tmp_path, honest=1, bad=2)
@@ -62,7 +62,7 @@ async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path
         assert not any(requester.quarantined(p) for p in ("h0", "bad0", "bad1"))  # nobody blamed
 
 
-async def test_identical_resubmission_is_served_from_the_cache(tmp_path):
+async def test_identical_resubmission_is_served_from_the_cache(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         requester = await start(stack, hub, tmp_path, honest=3, bad=0)
@@ -83,7 +83,7 @@ async def test_identical_resubmission_is_served_from_the_cache(tmp_path):
         assert (await wait_terminal(requester, forced.id)).job.state is JobState.COMPLETED
 
 
-async def test_docker_jobs_are_not_cached(tmp_path):
+async def test_docker_jobs_are_not_cached(tmp_path, autojump_clock):
     spec = JobSpec.model_validate({"engine": {"name": "docker", "image": "busybox"}})
     assert spec.cache_key() is None
     assert JobSpec.model_validate(VERIFIED).cache_key() is not None
