@@ -212,7 +212,8 @@ class _BaseClient:
         return self._request(
             "GET",
             _job_path(job_id, "logs"),
-            params={"stream": stream, "follow": "true" if follow else "false", "offset": offset},
+            params={"stream": stream, "follow": "true" if follow else "false",
+                    **({"offset": offset} if offset else {})},
             headers={"Accept": "text/plain"},
             timeout=self._stream_timeout() if follow else None,
         )
