@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from executors import ExecutorError, ExecutorRegistry, RunRequest, tree_size
+from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, tree_size
 from jobs import Execution, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS
 from node.tasks import RunBlocking
@@ -67,10 +67,11 @@ class Runner:
             return ["this node cannot fetch inputs"]
         return self.inputs.check(spec.inputs)
 
-    async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None) -> Outcome:
+    async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None,
+                  live: LiveOutput | None = None) -> Outcome:
         """Cancellation (the requester cancelled) propagates after the scratch space is removed. ``secret_env``
         (the job's secrets, from its acceptance) joins the env the executor sees; the seed comes from the
-        spec as announced, the same on every node."""
+        spec as announced, the same on every node. ``live`` also gets the output as it is written."""
         spec = ex.spec
         assert spec is not None
         scratch = self.work_dir / ex.id
@@ -92,7 +93,7 @@ class Runner:
                                      f"{spec.resources.disk} bytes (resources.disk)", False)
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
-                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged)
+                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged, live=live)
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)
             try:

@@ -24,8 +24,9 @@ import trio
 from compute.capacity import CapacityTracker
 from compute.claims import Claim
 from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
+from compute.output import send_output
 from compute.runner import Runner
-from executors import ExecutorRegistry
+from executors import ExecutorRegistry, LiveOutput
 from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState, Unreachable
 from jobs.messages import Bid, Cancel, IndexResult, NodeInfo, Reply, Result
 from jobs.messages import Claim as ClaimMessage
@@ -189,7 +190,11 @@ class ComputeService:
         with trio.CancelScope() as scope:
             self._scopes[ex.id] = scope
             try:
-                outcome = await self.runner.run(ex, secret_env)
+                async with trio.open_nursery() as nursery:  # Runner.run returns every failure as an Outcome
+                    live = LiveOutput()
+                    nursery.start_soon(send_output, self.peers, ex, live)
+                    outcome = await self.runner.run(ex, secret_env, live)
+                    nursery.cancel_scope.cancel()
             finally:
                 self._scopes.pop(ex.id, None)
         if scope.cancelled_caught:  # cancelled by the requester; the machine recorded it

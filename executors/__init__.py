@@ -1,7 +1,7 @@
 """Executors run one job execution each, behind one small interface."""
 
 from executors._common import tree_size
-from executors.base import MAX_CAPTURE, Executor, ExecutorError, Mount, RunRequest
+from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, Mount, RunRequest
 from executors.noop import NoopExecutor
 from executors.registry import ExecutorRegistry, default_registry
 
@@ -10,6 +10,7 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "ExecutorRegistry",
+    "LiveOutput",
     "Mount",
     "NoopExecutor",
     "RunRequest",

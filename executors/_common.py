@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest
+from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest, Stream
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
 # and advances only when the job reads a clock.
@@ -159,12 +159,21 @@ async def watch_disk(dirs: list[Path], limit: int, stop: Callable[[], Awaitable[
 class Tail:
     """Keeps the last ``limit`` bytes written to it, and whether anything was dropped."""
 
-    def __init__(self, limit: int = MAX_CAPTURE) -> None:
+    def __init__(self, limit: int = MAX_CAPTURE, tap: Callable[[bytes], None] | None = None) -> None:
         self.limit = limit
+        self.tap = tap  # also sees every write (the run's live output)
         self._buf = bytearray()
         self.total = 0
 
+    @classmethod
+    def of(cls, request: RunRequest, stream: Stream) -> Tail:
+        """The tail of one of ``request``'s streams, whose writes are also its live output."""
+        live = request.live
+        return cls(tap=None if live is None else lambda data: live.write(stream, data))
+
     def write(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap(data)
         self.total += len(data)
         self._buf += data
         if len(self._buf) > 2 * self.limit:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
 from jobs import JobSpec, RunResult, ShoalError
 
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
+LIVE_CAP = 1 << 20  # bytes of each stream a run shows live; the rest is only in the final result
 DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
 
 
@@ -23,6 +25,41 @@ class Mount:
     read_only: bool = True
 
 
+Stream = Literal["stdout", "stderr"]
+
+
+class LiveOutput:
+    """A run's output as it is written, for ``shoal logs -f``: executors ``write`` (from any thread),
+    the compute node ``take``s what is new. Bounded: past ``cap`` bytes of a stream, the rest is left
+    to the final result, which stays the record."""
+
+    def __init__(self, cap: int = LIVE_CAP) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._pending: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self._written: dict[Stream, int] = {"stdout": 0, "stderr": 0}
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        with self._lock:
+            room = self.cap - self._written[stream]
+            if room > 0 and data:
+                self._pending[stream] += data[:room]
+                self._written[stream] += min(room, len(data))
+
+    def take(self, stream: Stream) -> tuple[int, bytes]:
+        """(offset, bytes) written since the last take; offset counts from the start of the stream."""
+        with self._lock:
+            data = bytes(self._pending[stream])
+            self._pending[stream].clear()
+            return self._written[stream] - len(data), data
+
+    def give_back(self, stream: Stream, offset: int, data: bytes) -> None:
+        """Put back what could not be delivered, in front of what came since (so order holds)."""
+        with self._lock:
+            assert offset == self._written[stream] - len(self._pending[stream]) - len(data)
+            self._pending[stream][:0] = data
+
+
 @dataclass(frozen=True)
 class RunRequest:
     job_id: str
@@ -33,6 +70,7 @@ class RunRequest:
     inputs: tuple[Mount, ...] = ()  # already fetched by storage, seen by the job at their paths
     seed: bytes = b""  # deterministic engines seed clocks and randomness from this (same on every node)
     staged_bytes: int = 0  # disk the staged inputs take: they count against resources.disk
+    live: LiveOutput | None = None  # where output also goes as it is written (None: only to the result)
 
     @property
     def write_limit(self) -> int:

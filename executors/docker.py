@@ -46,7 +46,7 @@ from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors._common import disk_limit_message, own_again, watch_disk, written_past
-from executors.base import MAX_CAPTURE, Executor, ExecutorError, RunRequest
+from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import RunResult
 from jobs.spec import DockerEngine, format_bytes
@@ -401,7 +401,7 @@ class DockerExecutor(Executor):
                             await trio.to_thread.run_sync(api.kill, cid)
 
                     nursery.start_soon(watch_disk, dirs, request.write_limit, kill, over_disk)
-                    out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture,
+                    out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, request.live,
                                                              abandon_on_cancel=True)
                     exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
                     nursery.cancel_scope.cancel()
@@ -589,12 +589,14 @@ def _start(api: docker.APIClient, cid: str) -> RunResult | None:
                          finished_at=now)
 
 
-def _collect(sock: Any, cap: int) -> tuple[_Tail, _Tail]:
+def _collect(sock: Any, cap: int, live: LiveOutput | None) -> tuple[_Tail, _Tail]:
     """Read the attach stream until the container closes it (normally: it exited)."""
     out, err = _Tail(cap), _Tail(cap)
     try:
         for stream, data in frames_iter_no_tty(sock):
             (err if stream == STDERR else out).add(data)
+            if live is not None:
+                live.write("stderr" if stream == STDERR else "stdout", data)
     except OSError as e:  # closed under us by the cleanup after a cancellation
         if e.errno not in (errno.EBADF, errno.ECONNRESET, None):
             raise

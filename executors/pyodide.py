@@ -332,7 +332,7 @@ class PyodideExecutor(Executor):
                 runner = await self._start_runner()
                 outputs = await self._hand_over(runner, request, prepared)
             try:
-                return await self._collect(runner, started, request.write_limit, outputs)
+                return await self._collect(runner, started, request, outputs)
             finally:
                 runner.process.kill()
                 await trio.to_thread.run_sync(_move_outputs, outputs)
@@ -363,9 +363,10 @@ class PyodideExecutor(Executor):
         await runner.process.stdin.send_all(json.dumps(job).encode() + b"\n")
         return outputs
 
-    async def _collect(self, runner: _Runner, started: float, disk: int,
+    async def _collect(self, runner: _Runner, started: float, request: RunRequest,
                        outputs: list[tuple[Path, Path]]) -> RunResult:
-        stdout, stderr = Tail(), Tail()
+        disk = request.write_limit
+        stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
         messages: list[dict[str, Any]] = []
         broken: list[ExecutorError] = []
         over_disk: list[int] = []

@@ -238,8 +238,8 @@ class _Run:
         self.spec = spec
         self.engine = engine
         self.store = store
-        self.stdout = Tail()
-        self.stderr = Tail()
+        self.stdout = Tail.of(request, "stdout")
+        self.stderr = Tail.of(request, "stderr")
         self.clock = _VirtualClock()
         self.random_key = hashlib.sha256(b"wasm random_get:" + job_seed(request)).digest()
         self.random_calls = 0

@@ -122,6 +122,25 @@ def outcome_digest(result: RunResult | None, error: str | None) -> str:
     return "error:" + hashlib.sha256((error or "").encode("utf-8", "surrogatepass")).hexdigest()
 
 
+LOG_CHUNK_BYTES = 64 * 1024  # the most output one Output message carries
+
+
+class Output(_Message):
+    """Compute → requester: what a running execution wrote to one stream, from byte ``offset`` on.
+
+    Shown live (``shoal logs -f``) and never recorded: the signed result stays the record. The
+    requester keeps what continues the stream and answers with the offset it holds in ``stopped``,
+    so a node that lost a reply sends again from there."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    kind: Literal["output"] = "output"
+    job_id: _Id
+    execution_id: _Id
+    stream: Literal["stdout", "stderr"]
+    offset: int = Field(ge=0, le=1 << 40)
+    data: bytes = Field(max_length=LOG_CHUNK_BYTES)
+
+
 class Cancel(_Message):
     kind: Literal["cancel"] = "cancel"
     job_id: _Id
@@ -208,7 +227,8 @@ class Reply(_Message):
 
 
 Message = Annotated[
-    Announce | NodeInfo | Bid | Decision | Result | Cancel | StatusQuery | Reply | SweepAnnounce | Claim | OpenQuery,
+    Announce | NodeInfo | Bid | Decision | Result | Output | Cancel | StatusQuery | Reply | SweepAnnounce | Claim
+    | OpenQuery,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)

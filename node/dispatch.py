@@ -25,6 +25,7 @@ from jobs.messages import (
     Decision,
     NodeInfo,
     OpenQuery,
+    Output,
     Reply,
     Result,
     StatusQuery,
@@ -178,6 +179,8 @@ class Dispatcher:
         try:
             if isinstance(message, Bid | Result | OpenQuery) and self.requester is not None:
                 reply = await self.requester.handle(peer, message)
+            elif isinstance(message, Output) and self.requester is not None:
+                reply = self.requester.take_output(peer, message)
             elif isinstance(message, Claim) and self.sweeps is not None:
                 reply = await self.sweeps.handle(peer, message)
             elif isinstance(message, Decision | Cancel | StatusQuery) and self.compute is not None:

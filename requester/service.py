@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 import trio
 
 from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
-from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
+from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from node.tasks import Spawner
 from requester.common import REQUEST_TIMEOUT, Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
+from requester.logs import LiveOutputs
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
@@ -58,6 +59,7 @@ class RequesterService:
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self._active: dict[str, _Active] = {}
+        self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
@@ -132,6 +134,7 @@ class RequesterService:
     def _forget(self, aj: _Active) -> None:
         job = aj.job
         del self._active[job.id]
+        self.outputs.forget(job.id)
         self._in_flight[job.owner] -= 1
         if self._in_flight[job.owner] <= 0:
             del self._in_flight[job.owner]
@@ -237,6 +240,13 @@ class RequesterService:
     def live_job(self, job_id: str) -> Job | None:
         aj = self._active.get(job_id)
         return aj.job if aj else None
+
+    def take_output(self, peer: str, message: Output) -> Reply:
+        """Output of a running execution, shown live (``requester/logs.py``); only its node may send it."""
+        aj = self._active.get(message.job_id)
+        x = aj.state.executions.get(message.execution_id) if aj else None
+        runner = x.node_id if x is not None and x.state is ExecutionState.ACCEPTED else None
+        return self.outputs.take(peer, message, runner)
 
     async def describe(self, job_id: str) -> JobDescription:
         aj = self._active.get(job_id)

@@ -15,6 +15,7 @@ The async client runs on trio or asyncio (httpx uses anyio underneath). Beside i
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import time
@@ -206,12 +207,13 @@ class _BaseClient:
         path = _sweep_path(job_id, "events") if _is_sweep(job_id) else _job_path(job_id, "events")
         return self._request("GET", path, headers=headers, timeout=self._stream_timeout())
 
-    def _logs_request(self, job_id: str, stream: LogStream, follow: bool) -> httpx.Request:
+    def _logs_request(self, job_id: str, stream: LogStream, follow: bool, offset: int = 0) -> httpx.Request:
         _check_stream(stream)
         return self._request(
             "GET",
             _job_path(job_id, "logs"),
-            params={"stream": stream, "follow": "true" if follow else "false"},
+            params={"stream": stream, "follow": "true" if follow else "false",
+                    **({"offset": offset} if offset else {})},
             headers={"Accept": "text/plain"},
             timeout=self._stream_timeout() if follow else None,
         )
@@ -516,16 +518,27 @@ class Client(_BaseClient):
         return self._drive(self._text_flow(self._logs_request(job_id, stream, follow=False)))
 
     def follow_logs(self, job_id: str, stream: LogStream = "stdout") -> Iterator[str]:
-        """The job's output as it is written, in text chunks, until the job ends."""
-        response = self._open(self._logs_request(job_id, stream, follow=True))
-        try:
-            for chunk in response.iter_text():
-                if chunk:
-                    yield chunk
-        except httpx.TransportError as e:
-            raise self._connection_failed(e) from e
-        finally:
-            response.close()
+        """The job's output as its node writes it, in text chunks, then the rest of its result, until the
+        job ends. A stream that breaks is resumed after the last byte received."""
+        follower = _LogFollower()
+        while True:
+            try:
+                response = self._open(self._logs_request(job_id, stream, follow=True, offset=follower.received))
+                try:
+                    for chunk in response.iter_bytes():
+                        if text := follower.feed(chunk):
+                            yield text
+                finally:
+                    response.close()
+                if text := follower.end():
+                    yield text
+                return
+            except httpx.TransportError as e:
+                error = self._connection_failed(e)
+            if follower.failures >= len(self.stream_retry_delays):
+                raise error
+            time.sleep(self.stream_retry_delays[follower.failures])
+            follower.failures += 1
 
     def download(self, job_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
         """Fetch the job's results and extract them into ``dest``; returns it.
@@ -780,15 +793,26 @@ class AsyncClient(_BaseClient):
 
     async def follow_logs(self, job_id: str, stream: LogStream = "stdout") -> AsyncIterator[str]:
         """See ``Client.follow_logs``."""
-        response = await self._open(self._logs_request(job_id, stream, follow=True))
-        try:
-            async for chunk in response.aiter_text():
-                if chunk:
-                    yield chunk
-        except httpx.TransportError as e:
-            raise self._connection_failed(e) from e
-        finally:
-            await response.aclose()
+        follower = _LogFollower()
+        while True:
+            try:
+                response = await self._open(self._logs_request(job_id, stream, follow=True,
+                                                                offset=follower.received))
+                try:
+                    async for chunk in response.aiter_bytes():
+                        if text := follower.feed(chunk):
+                            yield text
+                finally:
+                    await response.aclose()
+                if text := follower.end():
+                    yield text
+                return
+            except httpx.TransportError as e:
+                error = self._connection_failed(e)
+            if follower.failures >= len(self.stream_retry_delays):
+                raise error
+            await _asleep(self.stream_retry_delays[follower.failures])
+            follower.failures += 1
 
     async def download(self, job_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
         """See ``Client.download``. Extraction runs in worker threads."""
@@ -939,6 +963,25 @@ def _index_path(sweep_id: str, index: int, action: str = "") -> str:
 def _is_sweep(some_id: str) -> bool:
     """Sweep ids start with ``s-``, job ids with ``j-``."""
     return some_id.startswith("s-")
+
+
+class _LogFollower:
+    """Bytes of a followed log → text (UTF-8 sequences split between chunks are kept whole), and how many
+    bytes came, to resume after them."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.failures = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, chunk: bytes) -> str:
+        if chunk:
+            self.received += len(chunk)
+            self.failures = 0
+        return self._decoder.decode(chunk)
+
+    def end(self) -> str:
+        return self._decoder.decode(b"", final=True)
 
 
 def _check_stream(stream: str) -> None:

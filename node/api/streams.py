@@ -1,4 +1,5 @@
-"""A job's or a sweep's events as Server-Sent Events, and their OpenAPI description."""
+"""A job's or a sweep's events as Server-Sent Events (and their OpenAPI description); a job's output as it
+is written."""
 
 import json
 import time
@@ -8,10 +9,11 @@ from typing import Any
 import trio
 from fastapi.responses import Response, StreamingResponse
 
-from jobs import EventKind, JobState
+from jobs import EventKind, JobState, RunResult
 from node.api.errors import refused
 from node.api.parts import Node
 from node.api.quotas import Quotas
+from requester.logs import LiveOutputs
 
 SSE_WAKE = 5.0  # an event stream is woken by its job's new events; it also looks this often regardless
 SSE_POLL = 0.2  # how often a stream looks when it has no bell (more streams than the store's MAX_BELLS)
@@ -104,3 +106,45 @@ def event_stream(node: Node, job_id: str, after: int,
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
     return _CountedStream(stream(), lambda: quotas.close_stream(client), media_type="text/event-stream",
                           headers=headers)
+
+
+FOLLOW_WAKE = 1.0  # a log follower looks at its job at least this often
+
+
+def rest_of_record(record: str, truncated: bool, sent: bytes, first: int) -> bytes:
+    """What a follower is sent once its job ended, having received live output up to ``first + len(sent)``
+    (``sent``: the part of it this response sent). The rest of the record when the live output was
+    its start; else a line saying where the record is (it differs: another node's run won, or the
+    record holds only the output's tail)."""
+    data, end = record.encode(), first + len(sent)
+    if end == 0:
+        return data
+    if not truncated and data[first:end] == sent:
+        return data[end:]
+    return b"\n[shoal: the record differs from the live output above (another run was kept, or the output was " \
+           b"too long to keep whole): `shoal logs` prints the record, `shoal get` fetches all of it]\n"
+
+
+async def follow_output(outputs: LiveOutputs, job_id: str, stream: str, offset: int,
+                        state_of: Callable[[str], Awaitable[JobState | None]],
+                        record: Callable[[], Awaitable[RunResult | None]]) -> AsyncIterator[bytes]:
+    """A running job's output from byte ``offset`` on as its node sends it, then the rest of its record."""
+    first, at, sent, contiguous = offset, offset, bytearray(), True
+    while True:
+        changed = outputs.changed(job_id)
+        start, data = outputs.read(job_id, stream, at)
+        if data:
+            contiguous = contiguous and start == at
+            sent += data
+            at = start + len(data)
+            yield data
+        state = await state_of(job_id)
+        if state is None or state.is_terminal:
+            break
+        with trio.move_on_after(FOLLOW_WAKE):
+            await (changed.wait() if changed is not None else trio.sleep_forever())
+    result = await record()
+    text = getattr(result, stream) if result else ""
+    truncated = bool(result and getattr(result, f"{stream}_truncated"))
+    if rest := rest_of_record(text, truncated or not contiguous, bytes(sent), first):
+        yield rest

@@ -4,7 +4,6 @@ client that submitted it and to those it was shared with (read routes only)."""
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import trio
@@ -30,9 +29,7 @@ from node.api.errors import ERR_404, SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import MAX_BODY, MAX_CONTEXT_BODY, client_id
 from node.api.parts import Node, requester_of
 from node.api.quotas import Quotas
-from node.api.streams import SSE_MESSAGE, event_stream, resume_after
-
-FOLLOW_POLL = 1.0  # a follower whose job is not in the requester's memory looks again this often
+from node.api.streams import SSE_MESSAGE, event_stream, follow_output, resume_after
 
 Client = Annotated[str, Depends(client_id)]
 
@@ -119,34 +116,32 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         return event_stream(node, job_id, resume_after(last_event_id), current_state, quotas, client)
 
     @router.get("/v1/jobs/{job_id}/logs", response_class=Response, tags=["jobs"],
-                summary="The job's stdout or stderr; with follow=true the response ends when the job does",
+                summary="The job's stdout or stderr; with follow=true, as it is written, ending when the job does",
                 responses={**ERR_404, 200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                            "description": "the text (empty while the job has not run)"}})
+                                            "description": "the text from byte `offset` on: the result's once the "
+                                                           "job has ended, else what its node has sent so far "
+                                                           "(empty while the job has not run)"}})
     async def logs(job_id: str, client: Client,
                    stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
-                   follow: bool = False) -> Response:
+                   follow: bool = False,
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET,
+                                                description="bytes already received: resume after them")] = 0,
+                   ) -> Response:
         description = await owned(job_id, client, shared=True)
-        if not follow or description.job.state.is_terminal:
+        if description.job.state.is_terminal:
             result = _result_of(description)
-            return PlainTextResponse(getattr(result, stream) if result else "")
+            return PlainTextResponse((getattr(result, stream) if result else "").encode()[offset:])
+        if node.requester is None:
+            raise StarletteHTTPException(404, "this node runs no requester")
+        outputs = node.requester.outputs
+        if not follow:
+            return PlainTextResponse(outputs.read(job_id, stream, offset)[1])
 
-        async def until_done() -> AsyncIterator[bytes]:
-            # Executors report output when a run ends, so following means: keep the response
-            # open until the job has ended, then send its text. No timeout: the client chose
-            # to follow, and closing the connection stops this.
-            while True:
-                await requester().wait(job_id, MAX_WAIT)
-                state = await current_state(job_id)
-                if state is None or state.is_terminal:
-                    break
-                if node.requester is None or node.requester.live_job(job_id) is None:
-                    await trio.sleep(FOLLOW_POLL)  # not (yet) in memory: wait() returned at once
-            result = _result_of(await requester().describe(job_id))
-            text = getattr(result, stream) if result else ""
-            if text:
-                yield text.encode()
+        async def record() -> RunResult | None:
+            return _result_of(await requester().describe(job_id))
 
-        return StreamingResponse(until_done(), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(follow_output(outputs, job_id, stream, offset, current_state, record),
+                                 media_type="text/plain; charset=utf-8")
 
     @router.get("/v1/jobs/{job_id}/results", tags=["jobs"], response_class=Response,
                 summary="The job's results as a tar archive: stdout, stderr, exitCode",
