@@ -53,8 +53,10 @@ def _text(value: Any) -> str:
 
 
 def _url(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL")
+    """As ``--api`` takes it: an http(s) URL, or HOST:PORT (http:// is meant)."""
+    scheme = value.partition("://")[0] if isinstance(value, str) and "://" in value else "http"
+    if not isinstance(value, str) or not value.strip() or scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL (or HOST:PORT)")
     return value
 
 

@@ -65,6 +65,10 @@ def test_an_empty_file_sets_nothing() -> None:
     assert parse_config("# only a comment\n[run]\n", FILE).run_defaults() == {}
 
 
+def test_the_api_as_host_and_port_like_the_flag() -> None:
+    assert parse_config('api = "127.0.0.1:8700"\n', FILE).get("api") == "127.0.0.1:8700"
+
+
 def test_cpu_as_a_whole_number_or_with_a_unit() -> None:
     assert parse_config("[run]\ncpu = 2\n", FILE).run_defaults() == {"cpu": "2"}
     assert parse_config('[run]\ncpu = "500m"\n', FILE).run_defaults() == {"cpu": "500m"}
@@ -77,7 +81,8 @@ def test_cpu_as_a_whole_number_or_with_a_unit() -> None:
     ("[run]\ncpus = 1\n", "[run] cpus: unknown key (known here: cpu, memory, disk, timeout, concurrency"),
     ("[nodes]\nx = 1\n", "nodes: unknown key"),
     ("run = 3\n", "run: expected a table ([run])"),
-    ("api = 'ftp://x'\n", "api: expected an http:// or https:// URL, got 'ftp://x'"),
+    ("api = 'ftp://x'\n", "api: expected an http:// or https:// URL (or HOST:PORT), got 'ftp://x'"),
+    ("api = 8700\n", "api: expected an http:// or https:// URL (or HOST:PORT), got 8700"),
     ("output = 'xml'\n", "output: expected one of table, json, yaml, got 'xml'"),
     ("ca_cert = ''\n", "ca_cert: expected a non-empty string, got ''"),
     ("[run]\nconcurrency = 'three'\n", "[run] concurrency: expected a whole number >= 0, got 'three'"),
