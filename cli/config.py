@@ -228,18 +228,15 @@ def resolve(key: str, *, given: Mapping[str, Setting] | None = None, env: Mappin
     return Setting(key, default, "default")
 
 
-def effective(given: Mapping[str, Setting] | None = None, env: Mapping[str, str] | None = None,
-              config: Config | None = None) -> list[Setting]:  # fmt: skip
-    """Every setting (``shoal config show``): the top-level ones, then ``run.*`` (unset: the flag's default;
-    None there means the job spec's own default)."""
-    from cli.options import flag_defaults
-
+def effective(builtin: Mapping[str, Any], given: Mapping[str, Setting] | None = None,
+              env: Mapping[str, str] | None = None, config: Config | None = None) -> list[Setting]:  # fmt: skip
+    """Every setting (``shoal config show``): the top-level ones, then ``run.*``; those not in the file
+    are the run flags' ``builtin`` defaults (``cli.options.flag_defaults``; None: the job spec's own)."""
     config = load_config() if config is None else config
     settings = [resolve(key, given=given, env=env, config=config) for key in TOP_KEYS]
-    builtin = flag_defaults()
     for key in RUN_KEYS:
         name = f"run.{key}"
         in_file = name in config.values
-        settings.append(Setting(name, config.get(name) if in_file else builtin[key],
+        settings.append(Setting(name, config.get(name) if in_file else builtin.get(key),
                                 str(config.path) if in_file else "default"))
     return settings

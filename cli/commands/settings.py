@@ -29,8 +29,9 @@ def config_path() -> None:
 def config_show(ctx: typer.Context, json_: Json = False) -> None:
     """Print every setting in effect and where it comes from: a flag, the environment, the file, the default."""
     from cli.config import effective
+    from cli.options import flag_defaults
 
-    settings = effective(ctx.obj.given() if ctx.obj is not None else {})
+    settings = effective(flag_defaults(), ctx.obj.given() if ctx.obj is not None else {})
     if json_:
         from cli.render import print_json
 

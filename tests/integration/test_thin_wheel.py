@@ -102,8 +102,13 @@ def test_the_thin_cli_runs_and_lists_jobs_on_a_real_node(thin: Thin, node: str) 
     listed = thin.run("shoal", "--api", node, "list")
     assert listed.returncode == 0, listed.stderr
     assert job["id"][:10] in listed.stdout
-    nodes = thin.run("shoal", "--api", node, "nodes")
-    assert nodes.returncode == 0, nodes.stderr
+    for command in (["describe", job["id"]], ["logs", job["id"]], ["nodes"], ["sweep", "list"]):
+        result = thin.run("shoal", "--api", node, *command)
+        assert result.returncode == 0, (command, result.stderr)
+    # Results are downloaded and checked against their CID by the SDK's own code (storage.tarsafe, unixfs).
+    got = thin.run("shoal", "--api", node, "get", job["id"], "-o", "results")
+    assert got.returncode == 0, got.stderr
+    assert (thin.cwd / "results").is_dir()
 
 
 def test_the_thin_sdk_talks_to_a_real_node(thin: Thin, node: str) -> None:

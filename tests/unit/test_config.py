@@ -23,6 +23,7 @@ from cli.config import (
     parse_config,
     resolve,
 )
+from cli.options import flag_defaults
 from jobs import JobSpec
 from tests.unit import test_cli
 from tests.unit.test_cli import FakeClient, run, submitted
@@ -148,7 +149,7 @@ def test_a_bad_shoal_output_is_one_problem() -> None:
 
 def test_effective_lists_every_setting_with_its_source() -> None:
     config = parse_config("[run]\ncpu = 0.5\n", FILE)
-    shown = {s.key: (s.value, s.source) for s in effective(env={}, config=config)}
+    shown = {s.key: (s.value, s.source) for s in effective(flag_defaults(), env={}, config=config)}
     assert shown["api"] == (None, "default")
     assert shown["output"] == ("table", "default")
     assert shown["run.cpu"] == ("0.5", str(FILE))
