@@ -4,8 +4,10 @@ Entry point: ``cli.main:main``. Modules:
 
 - ``main``      the command tree: the root app, its ``--api`` option, every group and command in order
 - ``commands``  the commands, one module per group: ``run``, ``jobs``, ``sweeps``, ``network``,
-                ``daemons``, ``keys``, ``tools``
+                ``daemons``, ``keys``, ``tools``, ``settings`` (config, completion)
 - ``connect``   the root options and ``make_client``, where every command gets its SDK client
+- ``config``    the config file (``~/.shoal/config.toml``) and the precedence flag > env > file > default
+- ``extras``    the node extra: node commands say in one line to ``pip install 'shoal[node]'``
 - ``arguments`` arguments and options several commands share
 - ``lookup``    jobs and sweeps found by full id or unique prefix
 - ``group``     ``ShoalGroup``, the root command that turns every failure into an exit code

@@ -8,13 +8,15 @@ Rich, pydantic and the SDK are imported inside commands so ``shoal --help`` star
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.commands import daemons, jobs, keys, network, run, sweeps, tools
-from cli.connect import Settings
+from cli.commands import daemons, jobs, keys, network, run, settings, sweeps, tools
+from cli.commands.settings import COMPLETE_VAR
+from cli.connect import Settings, root_sources
 from cli.group import ShoalGroup
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -36,15 +38,18 @@ app = typer.Typer(
 )
 
 
+_ROOT_OPTIONS = {"api": ("--api", "SHOAL_API"), "ca_cert": ("--ca-cert", "SHOAL_CA_CERT")}
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     api: Annotated[str | None, typer.Option("--api", envvar="SHOAL_API", metavar="URL",
-        help="Node API URL (default: $SHOAL_API, else the running devstack).")] = None,
+        help="Node API URL (default: $SHOAL_API, else the config file's api, else the running devstack).")] = None,
     ca_cert: Annotated[Path | None, typer.Option("--ca-cert", envvar="SHOAL_CA_CERT", metavar="FILE",
         help="For an https:// API: trust only this certificate (PEM): the node's own, or its CA's.")] = None,
 ) -> None:  # fmt: skip
-    ctx.obj = Settings(api=api, ca_cert=ca_cert)
+    ctx.obj = Settings(api=api, ca_cert=ca_cert, sources=root_sources(ctx, _ROOT_OPTIONS))
 
 
 # Top-level commands, in the order ``shoal --help`` lists them (after the run groups).
@@ -62,6 +67,7 @@ app.command()(network.version)
 app.command(context_settings=SETTINGS)(daemons.serve)
 app.command(context_settings=SETTINGS)(daemons.devstack)
 app.command(context_settings=SETTINGS)(tools.bench)
+app.command()(settings.completion)
 
 # Groups, in the same order.
 docker_app = _group("Run Docker containers.")
@@ -97,9 +103,18 @@ sweep_app.command("get")(sweeps.sweep_get)
 sweep_app.command("logs")(sweeps.sweep_logs)
 app.add_typer(sweep_app, name="sweep")
 
+config_app = _group("The config file (API, output format, run flag defaults): shoal config show.")
+config_app.command("show")(settings.config_show)
+config_app.command("path")(settings.config_path)
+app.add_typer(config_app, name="config")
+
 
 def main() -> None:
     """Console script entry point."""
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (the script `shoal completion` prints)
+        from typer.completion import completion_init
+
+        completion_init()  # typer's bash/zsh/fish protocol, registered only with add_completion otherwise
     app(prog_name="shoal")
 
 

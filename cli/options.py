@@ -128,14 +128,34 @@ _FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk"
                "confidence", "min_bids")
 
 
+def flag_defaults() -> dict[str, Any]:
+    """The shared flags' built-in defaults by parameter name (None: the job spec's default)."""
+    return {name: default for name, _, default in _SHARED}
+
+
+def _configured(ctx: typer.Context | None) -> dict[str, Any]:
+    """The config file's ``[run]`` defaults for the flags not given here (flag > config file > built-in)."""
+    if ctx is None:
+        return {}
+    from cli.config import load_config
+    from cli.connect import given_by
+
+    return {name: value for name, value in load_config().run_defaults().items() if not given_by(ctx, name)}
+
+
 def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the shared job flags to a run command; it receives them as ``flags=`` and ``opts=``."""
+    """Add the shared job flags to a run command; it receives them as ``flags=`` and ``opts=``.
+
+    A flag not given takes the config file's ``[run]`` default, if any (``cli.config``); the
+    command takes the typer context as ``ctx``.
+    """
     own = [p for name, p in inspect.signature(func, eval_str=True).parameters.items() if name not in ("flags", "opts")]
     shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _SHARED]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name, _, _ in _SHARED}
+        values.update(_configured(kwargs.get("ctx")))
         for repeatable in ("inputs", "outputs", "env", "secret_env"):
             values[repeatable] = values[repeatable] or []
         sweep = SweepFlags(

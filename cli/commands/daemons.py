@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from cli.extras import require_node
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _Size = Annotated[str | None, typer.Option(metavar="SIZE", help="e.g. 4GiB (defaults: as for CPU).")]
@@ -83,6 +85,7 @@ def serve(
              "(default 1000; 0: no limit).")] = None,
 ) -> None:  # fmt: skip
     """Run a Shoal node in the foreground until Ctrl-C."""
+    require_node("serve")
     from cli.daemon import Limit, build_node_config, stop_on_signals
 
     config = build_node_config(
@@ -143,6 +146,7 @@ def devstack(
 
     Other commands find the devstack on their own (no --api needed).
     """
+    require_node("devstack")
     from cli.daemon import stop_on_signals
     from devstack.stack import main as run_stack
 

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from cli.extras import require_node
+
 
 def bench(
     jobs: Annotated[int, typer.Option("--jobs", metavar="N", min=1, help="Jobs to run.")] = 10_000,
@@ -28,6 +30,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON report.")] = False,
 ) -> None:  # fmt: skip
     """Stress benchmark (Bacalhau's 2022 method by default): prints a summary and JSON."""
+    require_node("bench")
     from devstack.bench import main as run_bench
 
     report = run_bench(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency, api=api,
@@ -41,6 +44,7 @@ def images_build(
     no_python: Annotated[bool, typer.Option("--no-python", help="Only the busybox image.")] = False,
 ) -> None:
     """Build Shoal's base container images offline (busybox, shoal/python:3)."""
+    require_node("images build")
     from executors.images import build_images
 
     build_images(python=not no_python)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -148,6 +149,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 
     monkeypatch.setattr(cli.connect, "make_client", make_client)
     monkeypatch.delenv("SHOAL_API", raising=False)
+    monkeypatch.setenv("SHOAL_CONFIG", os.devnull)  # no config file of the machine's leaks in
     client.made = made  # type: ignore[attr-defined]
     return client
 
