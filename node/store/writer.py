@@ -78,11 +78,15 @@ class Writer:
                         batch.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         break
+                committed = False
                 try:
-                    await self._run_blocking(self._commit, batch)  # finishes even if cancelled
+                    await self._run_blocking(self._commit, batch)  # once started, finishes even if cancelled
+                    committed = True
                     self._commits += 1
                 finally:
                     for w in batch:
+                        if not committed and w.error is None:  # cancelled before the commit began
+                            w.error = StoreClosed("the store is shutting down")
                         w.done.set()
         finally:
             while True:  # no await in this loop or before close(): nothing can slip in between

@@ -1,0 +1,43 @@
+"""The store's writer: a caller's write returns only once committed, or raises."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import trio
+import trio.testing
+
+from node.store.writer import StoreClosed, Writer
+
+
+async def test_a_write_cancelled_before_its_commit_began_is_not_reported_as_made(tmp_path):
+    conn = sqlite3.connect(tmp_path / "w.db", check_same_thread=False, isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+    commit_started = trio.Event()
+
+    async def stuck_before_the_commit(fn, *args):  # the shutdown comes while the batch waits for its thread
+        commit_started.set()
+        await trio.sleep_forever()
+
+    writer = Writer(conn, run_blocking=stuck_before_the_commit)
+    outcome: list[BaseException | None] = []
+
+    async def write() -> None:
+        try:
+            await writer.write(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+            outcome.append(None)
+        except StoreClosed as e:
+            outcome.append(e)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as writers:
+            writers.start_soon(write)
+            await commit_started.wait()
+            nursery.cancel_scope.cancel()
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreClosed)
+    check = sqlite3.connect(tmp_path / "w.db")
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    with pytest.raises(StoreClosed):
+        await writer.write(lambda c: None)
