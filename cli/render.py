@@ -334,9 +334,10 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
 
 def nodes_table(nodes: NodeList) -> Table:
     from jobs import format_bytes
+    from jobs.selector import format_labels
 
-    table = _table("NODE", "ENGINES", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING", "BACKLOG",
-                   "RESULTS OK/REJECTED")
+    table = _table("NODE", "ENGINES", "LABELS", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING",
+                   "BACKLOG", "RESULTS OK/REJECTED")
     for n in nodes.nodes:
         rep = nodes.reputation.get(n.peer_id)
         verified = "—" if rep is None else f"{rep.accepted}/{rep.rejected}"
@@ -345,6 +346,7 @@ def nodes_table(nodes: NodeList) -> Table:
         table.add_row(
             short_peer(n.peer_id),
             ", ".join(n.engines),
+            format_labels(n.labels) or "—",
             f"{n.free.cpu:g} / {n.total.cpu:g}",
             f"{format_bytes(n.free.memory)} / {format_bytes(n.total.memory)}",
             f"{format_bytes(n.free.disk)} / {format_bytes(n.total.disk)}",
@@ -361,6 +363,10 @@ def node_view(status: NodeStatus) -> Table:
     grid.add_row("Addresses", "\n".join(status.addrs) or "—")
     grid.add_row("Roles", ", ".join(status.roles) or "—")
     grid.add_row("Engines", ", ".join(status.engines) or "—")
+    if status.labels:
+        from jobs.selector import format_labels
+
+        grid.add_row("Labels", format_labels(status.labels))
     for engine, why in sorted(status.unavailable_engines.items()):
         grid.add_row(f"No {engine}", why)
     grid.add_row("Capacity", fmt_resources(status.capacity.total))

@@ -126,7 +126,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      pending_bid_timeout=config.pending_bid_timeout,
-                                     inputs=inputs, publisher=publisher)
+                                     inputs=inputs, publisher=publisher, labels=config.labels)
             dispatcher.compute = compute
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)
