@@ -29,8 +29,8 @@ MAX_LABELS_CHARS = 2048  # their keys and values together: node info stays well 
 MAX_SELECTOR_CHARS = 1024
 MAX_REQUIREMENTS = 32
 
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")  # a key's name and a value: 1..63 chars
-_PREFIX = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")  # a DNS subdomain
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")  # a key's name and a value: 1..63 chars
+_PREFIX = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")  # a DNS subdomain
 _WORD = re.compile(r"[A-Za-z0-9_./-]+")  # a key or a value, as the tokenizer sees it (checked after)
 _OPS = ("==", "!=", "=", "!", "(", ")", ",")
 
@@ -44,9 +44,9 @@ class LabelError(ShoalError, ValueError):
 def key_problem(key: str) -> str | None:
     """Why ``key`` is not a valid label key (``[prefix/]name``), or None."""
     prefix, slash, name = key.rpartition("/")
-    if slash and not (0 < len(prefix) <= 253 and _PREFIX.match(prefix)):
+    if slash and not (0 < len(prefix) <= 253 and _PREFIX.fullmatch(prefix)):
         return f"label key {key!r}: the prefix before '/' must be a DNS subdomain of at most 253 characters"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         return (f"label key {key!r}: the name must be 1 to 63 characters: letters, digits, '-', '_' or '.', "
                 "starting and ending with a letter or digit")
     return None
@@ -54,7 +54,7 @@ def key_problem(key: str) -> str | None:
 
 def value_problem(value: str) -> str | None:
     """Why ``value`` is not a valid label value (empty, or like a key's name), or None."""
-    if value and not _NAME.match(value):
+    if value and not _NAME.fullmatch(value):
         return (f"label value {value!r}: at most 63 characters: letters, digits, '-', '_' or '.', "
                 "starting and ending with a letter or digit (or empty)")
     return None

@@ -98,7 +98,7 @@ def test_labels_follow_the_kubernetes_rules_and_are_bounded():
     assert check_labels({"zone": "eu", "example.com/gpu": "a100", "spot": ""}) == {
         "zone": "eu", "example.com/gpu": "a100", "spot": ""}
     for bad in ({"": "x"}, {"zone": "eu west"}, {"a" * 64: "x"}, {"zone": "x" * 64}, {"UPPER.com/zone": "eu"},
-                {"zone": "-eu"}, {"zone/": "eu"}):
+                {"zone": "-eu"}, {"zone/": "eu"}, {"zone\n": "eu"}, {"zone": "eu\n"}):
         with pytest.raises(LabelError):
             check_labels(bad)
     with pytest.raises(LabelError, match=f"at most {MAX_LABELS}"):
