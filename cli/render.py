@@ -201,6 +201,8 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
     if sweep.winner is not None:
         info.add_row("Winner", f"index {sweep.winner} ({escape(index_values(spec, sweep.winner))})")
     info.add_row("Resources", fmt_resources(spec.job.resources))
+    if spec.job.selector:
+        info.add_row("Selector", escape(spec.job.selector))
     info.add_row("Submitted", f"{fmt_age(now - sweep.created_at)} ago")
     if sweep.requester:
         info.add_row("Requester", sweep.requester)
@@ -295,6 +297,8 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
         info.add_row("Reason", escape(job.reason))
     info.add_row("Engine", escape(engine_summary(spec)))
     info.add_row("Resources", fmt_resources(spec.resources))
+    if spec.selector:
+        info.add_row("Selector", escape(spec.selector))
     d = spec.deal
     info.add_row("Deal", f"concurrency {d.concurrency}, confidence {d.confidence}, min bids {d.min_bids}")
     info.add_row("Submitted", f"{fmt_age(now - job.created_at)} ago")

@@ -72,6 +72,18 @@ def test_a_job_with_a_selector_runs_only_on_matching_nodes(stack: Stack) -> None
     assert ran_on(stack, "--selector", "zone in (us),spot notin (true)", api=0) == {2}
 
 
+def test_the_sdk_takes_a_selector_in_the_spec_and_shows_node_labels(stack: Stack) -> None:
+    with Client(stack.nodes[0]["api"], key=ClientKey.load(stack.home / "client.key")) as client:
+        done = client.run({"engine": {"name": "noop"}, "selector": "zone=us", "cache": False}, timeout=60)
+        assert done.job.state == "completed" and done.job.spec.selector == "zone=us"
+        assert {x.node_id for x in done.executions} == {stack.nodes[2]["peer_id"]}
+        assert client.node().labels == {"zone": "eu"}
+        assert {n.peer_id: n.labels for n in client.nodes().nodes}[stack.nodes[1]["peer_id"]] == {
+            "zone": "eu", "spot": "true"}
+    described = shoal(stack, "describe", done.job.id).stdout
+    assert "Selector" in described and "zone=us" in described
+
+
 def test_every_index_of_a_sweep_honours_the_selector(stack: Stack) -> None:
     result = shoal(stack, "run", "noop", "--param", "x=1,2,3,4,5,6", "--selector", "!spot", "--no-cache")
     assert result.returncode == 0, result.stderr
