@@ -275,7 +275,8 @@ class JobSpec(_Frozen):
     deadlines: Deadlines = Deadlines()
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
-    selector: str = Field("", max_length=MAX_SELECTOR_CHARS, description=(
+    # Left out of the JSON when empty: such a spec reads, hashes and travels exactly as before selectors existed.
+    selector: str = Field("", max_length=MAX_SELECTOR_CHARS, exclude_if=lambda v: not v, description=(
         "which nodes may run the job, by their labels, as a Kubernetes label selector: "
         "'zone=eu,gpu in (a100,h100),!spot'; empty: any node"))
 
@@ -320,8 +321,6 @@ class JobSpec(_Frozen):
         """Stable bytes for hashing (idempotency, seeds). Secret values are left out (names stay):
         nothing derived from them outlives the job."""
         data = self.model_dump(mode="json", exclude={"secret_env"})  # as before secrets existed
-        if not self.selector:
-            del data["selector"]  # as before selectors existed: digests (and seeds) of such jobs stay the same
         if self.secret_env:
             data["secret_env"] = sorted(self.secret_env)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()

@@ -133,3 +133,11 @@ def test_a_selector_changes_the_jobs_identity_but_not_its_cache_key():
     assert b"selector" not in plain.canonical_json()  # specs without one hash as before selectors existed
     assert plain.digest() != selective.digest()  # an idempotency key names one selector
     assert plain.cache_key() == selective.cache_key()  # where a job runs does not change a deterministic result
+
+
+def test_a_spec_without_a_selector_is_written_as_before_selectors_existed():
+    """Nodes of an earlier release refuse unknown spec fields: only a job that has a selector carries one."""
+    plain = JobSpec.model_validate({"engine": {"name": "noop"}})
+    assert "selector" not in plain.model_dump(mode="json") and "selector" not in plain.model_dump_json()
+    selective = JobSpec.model_validate({"engine": {"name": "noop"}, "selector": "zone=eu"})
+    assert JobSpec.model_validate_json(selective.model_dump_json()).selector == "zone=eu"
