@@ -65,9 +65,9 @@ class ComputeMachine:
 
     ``engines`` (installed here, kept current by the service), the node's ``labels`` (which job
     selectors match), the per-job limits and ``input_problems`` (why the job's inputs could not be
-    staged here) make the ``refusal``; a bid
-    reserves capacity on behalf of its execution id, a claim one copy of the template's resources
-    per slot, up to ``parallel`` (runs worth starting at once for an engine; None: as many as fit).
+    staged here) make the ``refusal``; a bid reserves capacity on behalf of its execution id, a claim
+    one copy of the template's resources per slot, up to ``parallel`` (runs worth starting at once for
+    an engine; None: as many as fit).
     """
 
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],

@@ -128,6 +128,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      pending_bid_timeout=config.pending_bid_timeout,
                                      inputs=inputs, publisher=publisher, labels=config.labels)
             dispatcher.compute = compute
+            if config.labels:
+                log.info("labels: %s", ",".join(f"{k}={v}" for k, v in sorted(config.labels.items())))
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)
             await nursery.start(compute.run)
