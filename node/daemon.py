@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from jobs.errors import ShoalError
+from jobs.selector import format_labels
 from node.api.access import exposure_problem
 from node.api.app import create_app, serve_api
 from node.api.parts import Node
@@ -129,7 +130,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      inputs=inputs, publisher=publisher, labels=config.labels)
             dispatcher.compute = compute
             if config.labels:
-                log.info("labels: %s", ",".join(f"{k}={v}" for k, v in sorted(config.labels.items())))
+                log.info("labels: %s", format_labels(config.labels))
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)
             await nursery.start(compute.run)
