@@ -40,6 +40,7 @@ def build_node_config(
     requester: bool = True,
     compute: bool = True,
     noop: bool = False,
+    labels: list[str] | None = None,
     limit_total: Limit = Limit(),
     limit_job: Limit = Limit(),
     log_level: str | None = None,
@@ -70,6 +71,8 @@ def build_node_config(
                               "unsandboxed_python": unsandboxed_python,
                               "allow_images": tuple(allow_images or ())}
     values.update({k: v for k, v in (api_limits or {}).items() if v is not None})  # names and quotas
+    if labels:
+        values["labels"] = _labels(labels, "--label")
     if retention is not None:
         values["retention"] = retention
     if ttl is not None:
@@ -113,6 +116,29 @@ def build_node_config(
     except ValidationError as exc:
         raise CLIError(*(f"limit {line}" for line in validation_lines(exc)), code=EXIT_USAGE) from None
     return NodeConfig(**values)
+
+
+def _labels(items: list[str], flag: str) -> dict[str, str]:
+    from jobs.selector import LabelError, parse_labels
+
+    try:
+        return parse_labels(items)
+    except LabelError as e:
+        raise CLIError(f"{flag}: {e}", code=EXIT_USAGE) from None
+
+
+def node_labels(items: list[str], nodes: int) -> dict[int, dict[str, str]]:
+    """``shoal devstack --node-label I:KEY=VALUE`` → labels by node index, each node's checked."""
+    by_node: dict[int, list[str]] = {}
+    for item in items:
+        index, colon, label = item.partition(":")
+        if not colon or not index.strip().isdigit():
+            raise CLIError(f"--node-label {item!r}: expected I:KEY=VALUE, e.g. 0:zone=eu", code=EXIT_USAGE)
+        if int(index) >= nodes:
+            raise CLIError(f"--node-label {item!r}: there is no node {int(index)} (nodes are 0 to {nodes - 1})",
+                           code=EXIT_USAGE)
+        by_node.setdefault(int(index), []).append(label)
+    return {i: _labels(labels, f"--node-label (node {i})") for i, labels in by_node.items()}
 
 
 def _api_access(api_host: str, authorized_keys: Path | None, open_api: bool, tls_cert: Path | None,

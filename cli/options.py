@@ -52,6 +52,7 @@ class JobFlags:
     concurrency: int | None = None
     confidence: int | None = None
     min_bids: int | None = None
+    selector: str | None = None
     sweep: SweepFlags = field(default_factory=SweepFlags)
 
 
@@ -98,6 +99,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Matching results needed to verify (0: no check).")], None),
     ("min_bids", Annotated[int | None, _opt("--min-bids", metavar="N",
         help="Bids to wait for before choosing.")], None),
+    ("selector", Annotated[str | None, _opt("--selector", metavar="SELECTOR",
+        help="Only nodes whose labels match, e.g. 'zone=eu,gpu in (a100,h100),!spot'.")], None),
     ("params", Annotated[list[str] | None, _opt("--param", metavar="KEY=V1,V2,...", panel=_SWEEP,
         help="Run the job once per value (a sweep; $KEY holds the value). Repeatable: every combination.")], None),
     ("sweep_file", Annotated[str | None, _opt("--sweep", metavar="FILE", panel=_SWEEP,
@@ -125,7 +128,7 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
 _FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk", "timeout", "concurrency",
-               "confidence", "min_bids")
+               "confidence", "min_bids", "selector")
 
 
 def flag_defaults() -> dict[str, Any]:

@@ -201,6 +201,8 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
     if sweep.winner is not None:
         info.add_row("Winner", f"index {sweep.winner} ({escape(index_values(spec, sweep.winner))})")
     info.add_row("Resources", fmt_resources(spec.job.resources))
+    if spec.job.selector:
+        info.add_row("Selector", escape(spec.job.selector))
     info.add_row("Submitted", f"{fmt_age(now - sweep.created_at)} ago")
     if sweep.requester:
         info.add_row("Requester", sweep.requester)
@@ -295,6 +297,8 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
         info.add_row("Reason", escape(job.reason))
     info.add_row("Engine", escape(engine_summary(spec)))
     info.add_row("Resources", fmt_resources(spec.resources))
+    if spec.selector:
+        info.add_row("Selector", escape(spec.selector))
     d = spec.deal
     info.add_row("Deal", f"concurrency {d.concurrency}, confidence {d.confidence}, min bids {d.min_bids}")
     info.add_row("Submitted", f"{fmt_age(now - job.created_at)} ago")
@@ -334,9 +338,10 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
 
 def nodes_table(nodes: NodeList) -> Table:
     from jobs import format_bytes
+    from jobs.selector import format_labels
 
-    table = _table("NODE", "ENGINES", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING", "BACKLOG",
-                   "RESULTS OK/REJECTED")
+    table = _table("NODE", "ENGINES", "LABELS", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING",
+                   "BACKLOG", "RESULTS OK/REJECTED")
     for n in nodes.nodes:
         rep = nodes.reputation.get(n.peer_id)
         verified = "—" if rep is None else f"{rep.accepted}/{rep.rejected}"
@@ -345,6 +350,7 @@ def nodes_table(nodes: NodeList) -> Table:
         table.add_row(
             short_peer(n.peer_id),
             ", ".join(n.engines),
+            format_labels(n.labels) or "—",
             f"{n.free.cpu:g} / {n.total.cpu:g}",
             f"{format_bytes(n.free.memory)} / {format_bytes(n.total.memory)}",
             f"{format_bytes(n.free.disk)} / {format_bytes(n.total.disk)}",
@@ -361,6 +367,10 @@ def node_view(status: NodeStatus) -> Table:
     grid.add_row("Addresses", "\n".join(status.addrs) or "—")
     grid.add_row("Roles", ", ".join(status.roles) or "—")
     grid.add_row("Engines", ", ".join(status.engines) or "—")
+    if status.labels:
+        from jobs.selector import format_labels
+
+        grid.add_row("Labels", format_labels(status.labels))
     for engine, why in sorted(status.unavailable_engines.items()):
         grid.add_row(f"No {engine}", why)
     grid.add_row("Capacity", fmt_resources(status.capacity.total))

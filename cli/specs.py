@@ -35,6 +35,7 @@ _FLAGS = {
     "secret_env": "--secret-env",
     "inputs": "--input",
     "outputs": "--output",
+    "selector": "--selector",
 }
 
 
@@ -115,6 +116,8 @@ def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
         data["deal"] = deal
     if flags.timeout is not None:
         data["timeout"] = flags.timeout
+    if flags.selector:
+        data["selector"] = flags.selector
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from compute.capacity import CapacityTracker
 from compute.claims import Claim
 from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
 from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery, SweepAnnounce
+from jobs.selector import matches
 
 log = logging.getLogger("shoal.compute")
 
@@ -62,19 +63,21 @@ class Changes:
 class ComputeMachine:
     """The compute role's state and rules: bidding, the execution lifecycle, the backlog, sweep claims.
 
-    ``engines`` (installed here, kept current by the service), the per-job limits and
-    ``input_problems`` (why the job's inputs could not be staged here) make the ``refusal``; a bid
-    reserves capacity on behalf of its execution id, a claim one copy of the template's resources
-    per slot, up to ``parallel`` (runs worth starting at once for an engine; None: as many as fit).
+    ``engines`` (installed here, kept current by the service), the node's ``labels`` (which job
+    selectors match), the per-job limits and ``input_problems`` (why the job's inputs could not be
+    staged here) make the ``refusal``; a bid reserves capacity on behalf of its execution id, a claim
+    one copy of the template's resources per slot, up to ``parallel`` (runs worth starting at once for
+    an engine; None: as many as fit).
     """
 
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
                  input_problems: Callable[[JobSpec], list[str]] = lambda spec: [],
                  parallel: Callable[[str], int | None] = lambda engine: None, backlog_size: int = 10_000,
-                 pending_bid_timeout: float = PENDING_BID_TIMEOUT) -> None:
+                 pending_bid_timeout: float = PENDING_BID_TIMEOUT, labels: Mapping[str, str] | None = None) -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.engines = engines
+        self.labels = dict(labels or {})
         self.input_problems = input_problems
         self.parallel = parallel
         self.backlog_size = backlog_size
@@ -127,6 +130,8 @@ class ComputeMachine:
 
     def refusal(self, spec: JobSpec) -> str | None:
         """Why this node could never run ``spec`` (None: it could); such a job is passed over for good."""
+        if not matches(spec.selector, self.labels):
+            return f"this node's labels do not match selector {spec.selector!r}"
         if spec.engine.name not in self.engines:
             return f"engine {spec.engine.name!r} not available here (have: {', '.join(self.engines) or 'none'})"
         if over := spec.resources.shortfall(self.capacity.max_per_job):

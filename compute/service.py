@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -74,7 +74,8 @@ class ComputeService:
     def __init__(self, *, peers: Peers, store: ComputeStore, executors: ExecutorRegistry, capacity: CapacityTracker,
                  work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
                  inputs: InputRegistry | None = None, publisher: Publisher | None = None,
-                 clock: Callable[[], float] = time.time, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
+                 clock: Callable[[], float] = time.time, run_blocking: RunBlocking = trio.to_thread.run_sync,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
@@ -86,7 +87,8 @@ class ComputeService:
         self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
                                       input_problems=self.runner.input_problems,
                                       parallel=lambda engine: executors.get(engine).max_parallel,
-                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout)
+                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout,
+                                      labels=labels)
         self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
@@ -249,7 +251,8 @@ class ComputeService:
         indexes = sum(len(claim.running) for claim in self.machine.claims.values())
         return NodeInfo(peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
                         max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot)
+                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot,
+                        labels=self.machine.labels)
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]

@@ -50,9 +50,11 @@ class Devstack:
     def __init__(self, nodes: int = 3, *, noop: bool = False, base_dir: Path | None = None, base_port: int = 8700,
                  extra_args: list[str] | None = None, node_args: dict[int, list[str]] | None = None,
                  bad_actors: int = 0, kubo: bool = False, write_state: bool = True,
-                 network_key: bool = False, authorized_keys: list[str] | None = None) -> None:
+                 network_key: bool = False, authorized_keys: list[str] | None = None,
+                 labels: dict[int, dict[str, str]] | None = None) -> None:
         """``network_key``: a private network, one key (``base_dir/network.key``) for all nodes, as
-        ``shoal devstack`` runs it; off by default here, so test peers join without it."""
+        ``shoal devstack`` runs it; off by default here, so test peers join without it. ``labels``:
+        node index → that node's labels (``shoal serve --label``)."""
         if nodes < 1:
             raise ValueError("a devstack needs at least one node")
         if not 0 <= bad_actors < nodes:
@@ -60,6 +62,11 @@ class Devstack:
         node_args = dict(node_args or {})
         for i in range(nodes - bad_actors, nodes):  # the last nodes lie about their results
             node_args[i] = [*node_args.get(i, []), "--bad-actor"]
+        for i, node_labels in (labels or {}).items():
+            if not 0 <= i < nodes:
+                raise ValueError(f"labels for node {i}, but the nodes are 0 to {nodes - 1}")
+            flags = [arg for key, value in node_labels.items() for arg in ("--label", f"{key}={value}")]
+            node_args[i] = [*node_args.get(i, []), *flags]
         self.base_dir = base_dir or shoal_home() / "devstack"
         self.noop = noop
         self.base_port = base_port
@@ -197,7 +204,7 @@ class Devstack:
 
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
          fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None,
-         extra_args: list[str] | None = None) -> None:
+         extra_args: list[str] | None = None, labels: dict[int, dict[str, str]] | None = None) -> None:
     """``shoal devstack``: start, print how to reach the nodes, run until Ctrl-C, stop everything.
 
     ``kubo=None``: one Kubo per node when Kubo is installed, else none (results stay in each node).
@@ -205,12 +212,13 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
     The nodes let in the local client key only (``$SHOAL_HOME/client.key``, created if needed); add
     others to the authorized-keys file the stack writes (the nodes re-read it when it changes).
     """
+    from jobs.selector import format_labels
     from shoal._auth import ClientKey
 
     if kubo is None:
         kubo = ipfs_binary() is not None
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
-                     kubo=kubo, extra_args=extra_args, network_key=True,  # one private network
+                     kubo=kubo, extra_args=extra_args, labels=labels, network_key=True,  # one private network
                      authorized_keys=[ClientKey.load_or_create().public_key_b64])
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
@@ -221,7 +229,8 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
                   f"{', one Kubo each' if stack.kubo else ', no Kubo (results kept by each node)'}")
             for n in stack.nodes:
                 bad = "  (bad actor)" if "--bad-actor" in n.args else ""
-                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{bad}")
+                shown = f"  labels {format_labels(labels[n.index])}" if labels and labels.get(n.index) else ""
+                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{shown}{bad}")
             print(f"Network key: {stack.network_key} (another node joins with --network-key and --peer)")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
             print(f"Authorized keys: {stack.keys_file} (your client key; add others' from 'shoal key show')")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from jobs.errors import MalformedMessage
 from jobs.model import RunResult
+from jobs.selector import check_labels
 from jobs.spec import JobSpec, Resources, check_secret_env
 from jobs.sweep import SweepSpec
 
@@ -67,6 +68,9 @@ class NodeInfo(_Message):
     running: int = 0
     backlog: int = 0
     boot: str = Field("", max_length=64)  # new at every start: a change means the node restarted, backlog empty
+    labels: dict[str, str] = {}  # what job selectors match (``shoal serve --label``); bounded and checked on receipt
+
+    _labels = field_validator("labels")(check_labels)
 
 
 class Bid(_Message):

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.selector import MAX_SELECTOR_CHARS, parse_selector
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
@@ -273,6 +275,10 @@ class JobSpec(_Frozen):
     deadlines: Deadlines = Deadlines()
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
+    # Left out of the JSON when empty: such a spec reads, hashes and travels exactly as before selectors existed.
+    selector: str = Field("", max_length=MAX_SELECTOR_CHARS, exclude_if=lambda v: not v, description=(
+        "which nodes may run the job, by their labels, as a Kubernetes label selector: "
+        "'zone=eu,gpu in (a100,h100),!spot'; empty: any node"))
 
     @field_validator("resources")
     @classmethod
@@ -293,6 +299,12 @@ class JobSpec(_Frozen):
     @classmethod
     def _secret_env(cls, v: dict[str, str]) -> dict[str, str]:
         return check_secret_env(v)
+
+    @field_validator("selector")
+    @classmethod
+    def _valid_selector(cls, v: str) -> str:
+        parse_selector(v)  # the text is kept as given; a LabelError is a ValueError, so a 422 naming the position
+        return v
 
     @model_validator(mode="after")
     def _secrets_apart(self) -> JobSpec:
@@ -322,7 +334,7 @@ class JobSpec(_Frozen):
         Only deterministic engines, and only content-addressed inputs (a URL may change): the
         key covers everything that can change the outputs (engine, env, inputs by CID, outputs,
         resources, how strongly it is verified) plus the engine's version, and leaves out what
-        only changes scheduling (deadlines, min_bids). A job with secrets is never cached: its
+        only changes scheduling (deadlines, min_bids, selector). A job with secrets is never cached: its
         result may depend on values no cache key may hold.
         """
         if self.engine.name not in DETERMINISTIC_ENGINES or self.secret_env:
@@ -330,6 +342,6 @@ class JobSpec(_Frozen):
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None
         material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"},
-                                                         "secret_env": True})
+                                                         "secret_env": True, "selector": True})
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

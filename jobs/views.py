@@ -75,6 +75,7 @@ class NodeStatus(BaseModel):
     addrs: list[str]
     roles: list[str]
     engines: list[str]
+    labels: dict[str, str] = {}  # what job selectors match (``shoal serve --label``)
     unavailable_engines: dict[str, str] = {}  # engine -> why this node does not offer it
     capacity: Capacity
     running: int

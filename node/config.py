@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class NodeConfig:
     requester: bool = True
     compute: bool = True
     noop: bool = False  # map every engine to the noop executor (transport/scheduler benchmarks)
+    labels: Mapping[str, str] = field(default_factory=dict)  # the compute node's, for job selectors (--label)
     limit_total: Resources | None = None  # None: what the machine has
     limit_job: Resources | None = None  # None: the total
     backlog_size: int = 10_000

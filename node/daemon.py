@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from jobs.errors import ShoalError
+from jobs.selector import format_labels
 from node.api.access import exposure_problem
 from node.api.app import create_app, serve_api
 from node.api.parts import Node
@@ -126,8 +127,10 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      pending_bid_timeout=config.pending_bid_timeout,
-                                     inputs=inputs, publisher=publisher)
+                                     inputs=inputs, publisher=publisher, labels=config.labels)
             dispatcher.compute = compute
+            if config.labels:
+                log.info("labels: %s", format_labels(config.labels))
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)
             await nursery.start(compute.run)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable
 
 from jobs import JobSpec
 from jobs.messages import NodeInfo
+from jobs.selector import format_labels, matches
+
+SHOWN_LABEL_SETS = 5  # distinct label sets a "no node matches" reason lists ...
+SHOWN_LABELS_CHARS = 120  # ... each cut to this length (labels come from peers)
 
 
 def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:
-    """The node offers the job's engine and its per-job limit fits the job (room now or later)."""
-    return spec.engine.name in node.engines and spec.resources.fits_in(node.max_per_job)
+    """The node's labels match the job's selector, it offers the job's engine and its per-job limit
+    fits the job (room now or later)."""
+    return (spec.engine.name in node.engines and spec.resources.fits_in(node.max_per_job)
+            and matches(spec.selector, node.labels))
 
 
 def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
@@ -19,15 +26,28 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     nodes = list(nodes)
     if not nodes:
         return None
-    with_engine = [n for n in nodes if spec.engine.name in n.engines]
+    selected = [n for n in nodes if matches(spec.selector, n.labels)]
+    if not selected:
+        return f"no known node matches selector {spec.selector!r} ({_label_sets(nodes)})"
+    which = f" matching selector {spec.selector!r}" if len(selected) < len(nodes) else ""
+    with_engine = [n for n in selected if spec.engine.name in n.engines]
     if not with_engine:
-        return f"no compute node offers engine {spec.engine.name!r} (0 of {len(nodes)} nodes)"
+        return f"no compute node{which} offers engine {spec.engine.name!r} (0 of {len(selected)} nodes)"
     big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})
-        return f"0 of {len(nodes)} nodes can offer {', '.join(short)} per job"
+        return f"0 of {len(selected)} nodes{which} can offer {', '.join(short)} per job"
     # fewer able nodes than `concurrency` is no proof: we may not know every node yet
     return None
+
+
+def _label_sets(nodes: list[NodeInfo]) -> str:
+    """``3 nodes known: zone=eu (2); zone=us,spot=true``: the commonest label sets first, a few, each cut short."""
+    counts = Counter(format_labels(n.labels) or "no labels" for n in nodes)
+    shown = [(labels if len(labels) <= SHOWN_LABELS_CHARS else labels[:SHOWN_LABELS_CHARS] + "…")
+             + (f" ({count})" if count > 1 else "") for labels, count in counts.most_common(SHOWN_LABEL_SETS)]
+    more = f"; {len(counts) - SHOWN_LABEL_SETS} more" if len(counts) > SHOWN_LABEL_SETS else ""
+    return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} known: {'; '.join(shown)}{more}"
 
 
 def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int) -> str:

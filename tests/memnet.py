@@ -141,7 +141,7 @@ class MemoryNode:
 async def memory_node(
     hub: MemoryHub, peer_id: str, data_dir: Path, *, requester: bool = True, compute: bool = True,
     total: Resources | None = None, per_job: Resources | None = None, hooks: NoopHooks | None = None,
-    bad_actor: bool = False,
+    bad_actor: bool = False, labels: dict[str, str] | None = None,
 ) -> AsyncIterator[MemoryNode]:
     """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ async def memory_node(
             c = ComputeService(peers=peers, store=store, executors=registry,
                                capacity=CapacityTracker(total or Resources(cpu=4, memory="8GiB", disk="10GiB"),
                                                         per_job), work_dir=data_dir / "work",
-                               clock=hub.now, run_blocking=run_inline)
+                               clock=hub.now, run_blocking=run_inline, labels=labels)
             await nursery.start(c.run)
         if requester:
             r = RequesterService(peers=peers, store=store, clock=hub.now)

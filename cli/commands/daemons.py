@@ -27,6 +27,8 @@ def serve(
     no_requester: Annotated[bool, typer.Option("--no-requester", help="Do not orchestrate jobs.")] = False,
     no_compute: Annotated[bool, typer.Option("--no-compute", help="Do not run jobs.")] = False,
     noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
+    label: Annotated[list[str] | None, typer.Option("--label", metavar="KEY=VALUE",
+        help="A label of this compute node, for job selectors (e.g. zone=eu); repeatable.")] = None,
     limit_total_cpu: Annotated[str | None, typer.Option(metavar="CORES",
         help="CPU for all jobs together; a total limit not given is what the machine has.")] = None,
     limit_total_memory: _Size = None,
@@ -97,6 +99,7 @@ def serve(
         requester=not no_requester,
         compute=not no_compute,
         noop=noop,
+        labels=label,
         limit_total=Limit(limit_total_cpu, limit_total_memory, limit_total_disk),
         limit_job=Limit(limit_job_cpu, limit_job_memory, limit_job_disk),
         log_level=log_level,
@@ -141,16 +144,20 @@ def devstack(
         help="Every node's --retention (results unpinned after).")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
         help="Every node's --ttl (finished jobs and sweeps deleted after).")] = None,
+    node_label: Annotated[list[str] | None, typer.Option("--node-label", metavar="I:KEY=VALUE",
+        help="A label of node I (0-based), e.g. 1:zone=eu; repeatable.")] = None,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
     Other commands find the devstack on their own (no --api needed).
     """
     require_node("devstack")
-    from cli.daemon import stop_on_signals
+    from cli.daemon import node_labels, stop_on_signals
     from devstack.stack import main as run_stack
 
     extra: dict[str, Any] = {}
+    if node_label:
+        extra["labels"] = node_labels(node_label, nodes)
     if base_dir is not None:
         extra["base_dir"] = base_dir
     if base_port is not None:

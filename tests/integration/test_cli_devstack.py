@@ -84,12 +84,12 @@ def _assert_no_traceback(*texts: str) -> None:
 
 
 @contextmanager
-def cli_devstack(home: Path, *, nodes: int, base_port: int) -> Iterator[Stack]:
-    """``shoal devstack`` (no Kubo) as a subprocess; on leaving, SIGINT, and it must stop cleanly."""
+def cli_devstack(home: Path, *, nodes: int, base_port: int, args: tuple[str, ...] = ()) -> Iterator[Stack]:
+    """``shoal devstack`` (no Kubo; ``args`` added) as a subprocess; on leaving, SIGINT, and it must stop cleanly."""
     env = _clean_env(home)
     process = subprocess.Popen(
         [SHOAL, "devstack", "--nodes", str(nodes), "--base-port", str(base_port), "--base-dir", str(home / "stack"),
-         "--no-kubo"],
+         "--no-kubo", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     try:

@@ -26,7 +26,7 @@ def nodes_router(node: Node) -> APIRouter:
         capacity = Capacity(total=info.total, free=info.free, max_per_job=info.max_per_job) if info else \
             Capacity(total=zero, free=zero, max_per_job=zero)
         return NodeStatus(peer_id=node.network.peer_id, addrs=node.network.addrs(), roles=roles,
-                          engines=info.engines if info else [], capacity=capacity,
+                          engines=info.engines if info else [], labels=info.labels if info else {}, capacity=capacity,
                           unavailable_engines=compute.executors.problems() if compute else {},
                           running=info.running if info else 0, backlog=info.backlog if info else 0, version=VERSION)
 
