@@ -338,6 +338,30 @@ class _BaseClient:
         description = yield from self._submit_sweep_flow(spec, idempotency_key)
         return (yield from self._wait_sweep_flow(description.sweep.id, timeout, poll))
 
+    def _map_flow(self, run: MapRun) -> Generator[httpx.Request | float | tuple[int, Any], httpx.Response, None]:
+        """Submit a map's sweep, then hand out ``(index, outcome)`` as its indexes finish
+        (``shoal._map``): a flow with a third kind of step, the tuples, for the caller."""
+        from shoal._map import FIRST_POLL, MAX_POLL, PAGE
+
+        if run.plan.spec is None:
+            return
+        description = yield from self._submit_sweep_flow(run.plan.spec, None)
+        run.sweep_id = sweep_id = description.sweep.id
+        wait = FIRST_POLL
+        while True:
+            page = parse(IndexList, (yield self._sweep_indexes_request(sweep_id, None, run.low, PAGE)))
+            yield from run.take(page.indexes)
+            if run.complete:
+                run.finished = True
+                return
+            seen = len(run.done)
+            while True:  # until more indexes have finished; the long poll returns at once at the sweep's end
+                sweep = parse(SweepDescription, (yield self._long_poll(_sweep_path(sweep_id), wait))).sweep
+                if sweep.state.is_terminal or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
+                    wait = FIRST_POLL
+                    break
+                wait = min(wait * 2, MAX_POLL)
+
     def _text_flow(self, request: httpx.Request) -> _Flow[str]:
         response = yield request
         return response.text
@@ -685,10 +709,10 @@ class Client(_BaseClient):
 
     def _map_results(self, run: MapRun, return_exceptions: bool, progress: bool | None) -> Iterator[tuple[int, Any]]:
         from shoal._errors import MapError
-        from shoal._map import Progress, map_flow
+        from shoal._map import Progress
 
         run.progress = Progress(run.plan.count, enabled=progress)
-        flow = map_flow(self, run)
+        flow = self._map_flow(run)
         reply: Any = None
         error: ShoalAPIError | None = None
         try:
@@ -1007,10 +1031,10 @@ class AsyncClient(_BaseClient):
         import anyio
 
         from shoal._errors import MapError
-        from shoal._map import Progress, map_flow
+        from shoal._map import Progress
 
         run.progress = Progress(run.plan.count, enabled=progress)
-        flow = map_flow(self, run)
+        flow = self._map_flow(run)
         reply: Any = None
         error: ShoalAPIError | None = None
         try:

@@ -10,11 +10,11 @@ How a map travels:
    or the ``i``-th point of ``itertools.product`` over the grid's values. The same function over
    the same items gives the same spec, byte for byte.
 2. Each index runs the program, which writes one JSON reply line last on its stdout.
-3. ``map_flow`` submits the sweep and polls it (a long poll on the sweep, then the index records
+3. ``_BaseClient._map_flow`` submits the sweep and polls it (a long poll on the sweep, then the index records
    of what finished); ``MapRun`` turns each finished index record into its value, or into a
    ``RemoteError``/``IndexFailed`` (``outcome``), and keeps the progress bar.
 
-Everything here but ``map_flow``'s requests is pure; the clients only drive it.
+Everything here is pure but the progress bar's output; the clients send the requests.
 """
 
 from __future__ import annotations
@@ -26,24 +26,19 @@ import keyword
 import os
 import sys
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-import httpx
+from pydantic import ValidationError
 
 from jobs.errors import ShoalError
 from jobs.spec import PythonEngine
-from jobs.states import JobState
 from jobs.sweep import IndexRecord, SweepSpec
-from jobs.views import IndexList, SweepDescription
 from shoal import _codec
-from shoal._error_mapping import parse
-from shoal._errors import CannotShip, IndexFailed, MapError, RemoteError
+from shoal._error_mapping import validation_summary
+from shoal._errors import CannotShip, IndexFailed, InvalidRequest, MapError, RemoteError
 from shoal._ship import ship
-
-if TYPE_CHECKING:
-    from shoal._client import _BaseClient
 
 ARG_ENV = "SHOAL_ARG_{}"
 KW_ENV = "SHOAL_KW_{}"
@@ -51,8 +46,6 @@ KW_ENV = "SHOAL_KW_{}"
 MAX_SPEC_BYTES = 900 * 1024
 PAGE = 1000  # index records fetched per request
 FIRST_POLL, MAX_POLL = 0.25, 2.0  # seconds a poll waits for news, doubling while there is none
-
-_Step = httpx.Request | float | tuple[int, Any]
 
 
 class RemoteTraceback(ShoalError):
@@ -144,9 +137,10 @@ def plan_map(fn: Any, iterables: tuple[Iterable[Any], ...], grid: dict[str, Iter
     job = dict(job or {})
     if "engine" in job:
         raise ValueError("job= sets the rest of each index's job (resources, timeout, env, …); the engine is map's")
-    from shoal._client import _as_sweep_spec
-
-    spec = _as_sweep_spec({"job": {**job, "engine": engine}, **parts})
+    try:
+        spec = SweepSpec.model_validate({"job": {**job, "engine": engine}, **parts})
+    except ValidationError as e:
+        raise InvalidRequest(f"invalid map: {validation_summary(e, 'spec')}", None, "invalid_spec") from None
     size = len(spec.model_dump_json())
     if size > MAX_SPEC_BYTES:
         raise CannotShip(f"the function, its data and the items take {size} bytes encoded: a map sends at most "
@@ -280,33 +274,6 @@ class MapRun:
     @property
     def complete(self) -> bool:
         return len(self.done) == self.plan.count
-
-
-def map_flow(client: _BaseClient, run: MapRun) -> Generator[_Step, httpx.Response, None]:
-    """Submit the map's sweep, then hand out ``(index, outcome)`` as indexes finish.
-
-    A flow like ``_BaseClient``'s, with a third kind of step: a tuple, for the caller."""
-    from shoal._client import _sweep_path
-
-    if run.plan.spec is None:
-        return
-    description = yield from client._submit_sweep_flow(run.plan.spec, None)
-    run.sweep_id = description.sweep.id
-    wait = FIRST_POLL
-    while True:
-        page = parse(IndexList, (yield client._sweep_indexes_request(run.sweep_id, None, run.low, PAGE)))
-        yield from run.take(page.indexes)
-        if run.complete:
-            run.finished = True
-            return
-        seen = len(run.done)
-        while True:  # until more indexes have finished: returns early at the sweep's end
-            description = parse(SweepDescription, (yield client._long_poll(_sweep_path(run.sweep_id), wait)))
-            sweep = description.sweep
-            if sweep.state.is_terminal or sum(n for s, n in sweep.counts.items() if JobState(s).is_terminal) > seen:
-                wait = FIRST_POLL
-                break
-            wait = min(wait * 2, MAX_POLL)
 
 
 # -- progress ------------------------------------------------------------------------------------------
