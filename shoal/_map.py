@@ -217,14 +217,18 @@ def remote_error(where: str, index: int, sweep_id: str, reply: dict[str, Any]) -
     return error
 
 
-@functools.cache
 def _remote_class(type_name: str) -> type[RemoteError]:
     """``RemoteError`` that is also the built-in exception type it stands for (``except ValueError`` works)."""
     base = getattr(builtins, type_name, None)
     if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, RemoteError):
         return RemoteError
+    return _combined(base)
+
+
+@functools.cache  # keyed by built-in types only: a bounded set, whatever a node replies
+def _combined(base: type[Exception]) -> type[RemoteError]:
     try:
-        return type(f"Remote{type_name}", (RemoteError, base), {"__module__": "shoal", "__str__": _first_arg})
+        return type(f"Remote{base.__name__}", (RemoteError, base), {"__module__": "shoal", "__str__": _first_arg})
     except TypeError:  # layouts that cannot be combined
         return RemoteError
 

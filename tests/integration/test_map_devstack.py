@@ -131,3 +131,37 @@ def test_async_client_map(stack: Devstack) -> None:
     values, seen = trio.run(main)
     assert values == [grow(x) for x in range(12)]
     assert seen == {i: grow(i) for i in range(5)}
+
+
+def test_as_frame_gives_the_grid_as_columns_and_the_values(client) -> None:
+    pd = pytest.importorskip("pandas")
+
+    def area(w: int, h: int) -> int:
+        return w * h
+
+    frame = client.map(area, grid={"w": [1, 2], "h": [3, 4]}, as_frame=True)
+    assert isinstance(frame, pd.DataFrame)
+    assert frame.to_dict("records") == [{"w": 1, "h": 3, "value": 3}, {"w": 1, "h": 4, "value": 4},
+                                        {"w": 2, "h": 3, "value": 6}, {"w": 2, "h": 4, "value": 8}]
+
+
+def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack, monkeypatch, capsys) -> None:
+    """examples/montecarlo-map, run as its README says (the pure-Python variant, on Pyodide)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "montecarlo-map" / "pricer.py"
+    spec = importlib.util.spec_from_file_location("montecarlo_map_pricer", path)
+    assert spec is not None and spec.loader is not None
+    pricer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pricer)
+    monkeypatch.setenv("SHOAL_API", stack.nodes[0].api)
+    pricer.main(["--pure"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["s0", "vol", "price", "stderr", "black_scholes"]  # also pandas' header
+    rows = [[float(x) for x in line.split()] for line in lines[1:]]
+    points = [(s0, vol) for s0 in pricer.GRID["s0"] for vol in pricer.GRID["vol"]]
+    assert [(s0, vol) for s0, vol, *_ in rows] == points  # grid order
+    for s0, vol, price, stderr, exact in rows:
+        assert exact == pytest.approx(pricer.black_scholes(s0, vol), abs=1e-3)
+        assert abs(price - exact) < 4 * stderr + 1e-3, (s0, vol, price, exact, stderr)
