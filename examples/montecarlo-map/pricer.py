@@ -68,8 +68,8 @@ def main(argv: list[str]) -> None:
     pure = "--pure" in argv
     as_frame = importlib.util.find_spec("pandas") is not None
     with shoal.Client() as client:
-        result = client.map(price_pure if pure else price_numpy, grid=GRID,
-                            image=None if pure else "shoal/python-sci", as_frame=as_frame)
+        result = client.map(price_pure if pure else price_numpy, grid=GRID, as_frame=as_frame,
+                            image=None if pure else "shoal/python-sci", job={"resources": {"memory": "256MiB"}})
     if as_frame:
         print(result.to_string(index=False))
         return

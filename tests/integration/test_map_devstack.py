@@ -145,9 +145,13 @@ def test_as_frame_gives_the_grid_as_columns_and_the_values(client) -> None:
                                         {"w": 2, "h": 3, "value": 6}, {"w": 2, "h": 4, "value": 8}]
 
 
-def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack, monkeypatch, capsys) -> None:
-    """examples/montecarlo-map, run as its README says (the pure-Python variant, on Pyodide)."""
+@pytest.mark.parametrize("argv", [["--pure"], []], ids=["pure-python-on-pyodide", "numpy-in-python-sci"])
+def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack, monkeypatch, capsys, argv) -> None:
+    """examples/montecarlo-map, run as its README says."""
     import importlib.util
+
+    if not argv and (missing := _python_sci_missing()):
+        pytest.skip(missing)
     from pathlib import Path
 
     path = Path(__file__).parents[2] / "examples" / "montecarlo-map" / "pricer.py"
@@ -156,7 +160,7 @@ def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack
     pricer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pricer)
     monkeypatch.setenv("SHOAL_API", stack.nodes[0].api)
-    pricer.main(["--pure"])
+    pricer.main(argv)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["s0", "vol", "price", "stderr", "black_scholes"]  # also pandas' header
     rows = [[float(x) for x in line.split()] for line in lines[1:]]
@@ -165,3 +169,36 @@ def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack
     for s0, vol, price, stderr, exact in rows:
         assert exact == pytest.approx(pricer.black_scholes(s0, vol), abs=1e-3)
         assert abs(price - exact) < 4 * stderr + 1e-3, (s0, vol, price, exact, stderr)
+
+
+def _python_sci_missing() -> str | None:
+    """Why ``image=`` cannot be tested here, or None."""
+    from jobs.spec import PythonEngine
+
+    if "image" not in PythonEngine.model_fields:
+        return "this python engine takes no image (shoal run python --image)"
+    try:
+        import docker
+
+        docker.from_env(timeout=30).images.get("shoal/python-sci")
+    except Exception as e:  # no daemon, no image
+        return f"no shoal/python-sci image on a Docker daemon ({type(e).__name__}): shoal images build"
+    return None
+
+
+def test_image_runs_the_function_in_a_container_with_numpy(stack, client, monkeypatch, capsys) -> None:
+    missing = _python_sci_missing()
+    if missing:
+        pytest.skip(missing)
+
+    def mean_of_draws(seed: int) -> float:
+        import numpy as np
+
+        return np.random.default_rng(seed).standard_normal(1000).mean()  # a numpy float: comes back a float
+
+    values = client.map(mean_of_draws, [1, 2, 3], image="shoal/python-sci", job={"resources": {"memory": "256MiB"}})
+    assert all(isinstance(v, float) and abs(v) < 0.2 for v in values)
+    assert values == client.map(mean_of_draws, [1, 2, 3], image="shoal/python-sci",
+                                job={"resources": {"memory": "256MiB"}})  # seeded: the same on any node
+    with pytest.raises(ZeroDivisionError):
+        client.map(lambda x: 1 / x, [0], image="shoal/python-sci")
