@@ -347,17 +347,22 @@ class _BaseClient:
             return
         description = yield from self._submit_sweep_flow(run.plan.spec, None)
         run.sweep_id = sweep_id = description.sweep.id
-        wait = FIRST_POLL
+        wait, ended = FIRST_POLL, False
         while True:
+            seen = len(run.done)
             page = parse(IndexList, (yield self._sweep_indexes_request(sweep_id, None, run.low, PAGE)))
             yield from run.take(page.indexes)
+            if ended and len(run.done) == seen:  # over, yet no records for the rest: never poll in a loop
+                yield from run.take(IndexRecord(index=i, state=JobState.FAILED, reason="the sweep ended without it")
+                                    for i in range(run.plan.count) if i not in run.done)
             if run.complete:
                 run.finished = True
                 return
             seen = len(run.done)
             while True:  # until more indexes have finished; the long poll returns at once at the sweep's end
                 sweep = parse(SweepDescription, (yield self._long_poll(_sweep_path(sweep_id), wait))).sweep
-                if sweep.state.is_terminal or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
+                ended = sweep.state.is_terminal
+                if ended or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
                     wait = FIRST_POLL
                     break
                 wait = min(wait * 2, MAX_POLL)

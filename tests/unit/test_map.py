@@ -269,3 +269,20 @@ def test_async_client_map(node: MapNode) -> None:
     values, seen = trio.run(main)
     assert values == [101, 102, 103]
     assert seen == [(0, 104), (1, 105), (2, 106)]
+
+
+def test_a_sweep_that_ends_without_some_records_fails_them_rather_than_polling_forever(node: MapNode) -> None:
+    class LosingNode(MapNode):
+        def handle(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET" and request.url.path.endswith("/indexes"):
+                return httpx.Response(200, json={"indexes": [], "total": 0})
+            response = super().handle(request)
+            if self.sweep is not None and request.method == "GET":
+                self.sweep = self.sweep.model_copy(update={"state": JobState.COMPLETED})
+                return self.describe()
+            return response
+
+    losing = LosingNode()
+    with sync_client(losing) as client, pytest.raises(IndexFailed, match="ended without it"):
+        client.map(add, [1, 2])
+    assert len(losing.records) <= 2
