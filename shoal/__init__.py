@@ -7,6 +7,7 @@
         print(job.job.state, client.logs(job.job.id))
         sweep = client.run_sweep({"job": {"engine": {"name": "noop"}}, "grid": {"x": ["1", "2"]}})
         print(sweep.sweep.counts, client.index_logs(sweep.sweep.id, 1))
+        print(client.map(lambda x: x * x, range(10)))  # a function over items, remotely
 
 ``import shoal`` is nearly free: the SDK (httpx, pydantic, the job model, cryptography) is
 imported on first use of any name below, so the CLI starts fast. Job model classes are
@@ -21,6 +22,7 @@ TYPE_CHECKING = False
 __all__ = [
     "AsyncClient",
     "AuthenticationError",
+    "CannotShip",
     "Client",
     "ClientKey",
     "Conflict",
@@ -33,6 +35,7 @@ __all__ = [
     "Execution",
     "ExecutionState",
     "Forbidden",
+    "IndexFailed",
     "IndexList",
     "IndexRange",
     "IndexRecord",
@@ -43,6 +46,7 @@ __all__ = [
     "JobList",
     "JobSpec",
     "JobState",
+    "MapError",
     "NodeList",
     "NodeStatus",
     "NoopEngine",
@@ -50,6 +54,7 @@ __all__ = [
     "OutputSpec",
     "PeerList",
     "PythonEngine",
+    "RemoteError",
     "Resources",
     "RunResult",
     "ServerError",
@@ -80,6 +85,10 @@ _ORIGINS: dict[str, str] = {
     "ServerError": "shoal._errors",
     "WaitTimeout": "shoal._errors",
     "ConnectionFailed": "shoal._errors",
+    "CannotShip": "shoal._errors",
+    "MapError": "shoal._errors",
+    "RemoteError": "shoal._errors",
+    "IndexFailed": "shoal._errors",
     "JobSpec": "jobs.spec",
     "Resources": "jobs.spec",
     "Deal": "jobs.spec",
@@ -142,11 +151,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ pr
     from shoal._client import AsyncClient, Client, find_api_url
     from shoal._errors import (
         AuthenticationError,
+        CannotShip,
         Conflict,
         ConnectionFailed,
         Forbidden,
+        IndexFailed,
         InvalidRequest,
+        MapError,
         NotFound,
+        RemoteError,
         ServerError,
         ShoalAPIError,
         WaitTimeout,

@@ -16,14 +16,15 @@ The async client runs on trio or asyncio (httpx uses anyio underneath). Beside i
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -53,6 +54,9 @@ from shoal._error_mapping import check, connection_failed, parse, request_failed
 from shoal._errors import ConnectionFailed, InvalidRequest, ShoalAPIError, WaitTimeout
 from shoal._results import Plan, extract_results, extract_results_async, plan_download, write_from_record
 from shoal._sse import EventReader
+
+if TYPE_CHECKING:
+    from shoal._map import MapRun
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 USER_AGENT = "shoal-python/0.1"
@@ -335,6 +339,35 @@ class _BaseClient:
     ) -> _Flow[SweepDescription]:
         description = yield from self._submit_sweep_flow(spec, idempotency_key)
         return (yield from self._wait_sweep_flow(description.sweep.id, timeout, poll))
+
+    def _map_flow(self, run: MapRun) -> Generator[httpx.Request | float | tuple[int, Any], httpx.Response, None]:
+        """Submit a map's sweep, then hand out ``(index, outcome)`` as its indexes finish
+        (``shoal._map``): a flow with a third kind of step, the tuples, for the caller."""
+        from shoal._map import FIRST_POLL, MAX_POLL, PAGE
+
+        if run.plan.spec is None:
+            return
+        description = yield from self._submit_sweep_flow(run.plan.spec, None)
+        run.sweep_id = sweep_id = description.sweep.id
+        wait, ended = FIRST_POLL, False
+        while True:
+            seen = len(run.done)
+            page = parse(IndexList, (yield self._sweep_indexes_request(sweep_id, None, run.low, PAGE)))
+            yield from run.take(page.indexes)
+            if ended and len(run.done) == seen:  # over, yet no records for the rest: never poll in a loop
+                yield from run.take(IndexRecord(index=i, state=JobState.FAILED, reason="the sweep ended without it")
+                                    for i in range(run.plan.count) if i not in run.done)
+            if run.complete:
+                run.finished = True
+                return
+            seen = len(run.done)
+            while True:  # until more indexes have finished; the long poll returns at once at the sweep's end
+                sweep = parse(SweepDescription, (yield self._long_poll(_sweep_path(sweep_id), wait))).sweep
+                ended = sweep.state.is_terminal
+                if ended or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
+                    wait = FIRST_POLL
+                    break
+                wait = min(wait * 2, MAX_POLL)
 
     def _text_flow(self, request: httpx.Request) -> _Flow[str]:
         response = yield request
@@ -649,6 +682,81 @@ class Client(_BaseClient):
         """One index's stdout (or stderr); empty while it has not run."""
         return self._drive(self._text_flow(self._index_logs_request(sweep_id, index, stream)))
 
+    # -- map ---------------------------------------------------------------------------------------
+
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
+        image: str | None = None, job: dict[str, Any] | None = None, return_exceptions: bool = False,
+        as_frame: bool = False, progress: bool | None = None,
+    ) -> Any:
+        """``fn`` on every item, remotely, as one sweep: the values in order (see ``shoal._map``).
+
+        ``map(fn, xs)`` calls ``fn(x)``, ``map(fn, xs, ys)`` calls ``fn(x, y)`` (equal lengths), and
+        ``map(fn, grid={"s0": [...], "vol": [...]})`` calls ``fn(s0=..., vol=...)`` for every
+        combination, in ``itertools.product`` order. ``fn`` travels as source with what it uses
+        (``CannotShip`` if it cannot); items and values as JSON plus tuples, sets, bytes and
+        complex (``shoal._codec``). It runs on the python engine (Pyodide), or with ``image=`` in
+        that container image; ``job`` adds to each index's job spec (``resources``, ``timeout``, …).
+
+        The first exception ``fn`` raises is re-raised here as ``RemoteError`` (with the remote
+        traceback; the rest of the sweep is cancelled), an index that gave no value as
+        ``IndexFailed``; ``return_exceptions=True`` puts them in the list instead. ``as_frame=True``
+        returns a pandas DataFrame: a column per argument, then the value (or a column per key of
+        dict values). ``progress``: a progress bar on stderr (default: in a terminal or notebook).
+        """
+        from shoal._map import MapRun, plan_map
+
+        run = MapRun(plan_map(fn, iterables, grid, image, job))
+        values: list[Any] = [None] * run.plan.count
+        with contextlib.closing(self._map_results(run, return_exceptions, progress)) as results:
+            for index, value in results:
+                values[index] = value
+        return run.plan.frame(values) if as_frame else values
+
+    def map_iter(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
+        image: str | None = None, job: dict[str, Any] | None = None, ordered: bool = False,
+        return_exceptions: bool = False, progress: bool | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Like ``map``, but yields ``(index, value)`` as indexes finish (in index order with
+        ``ordered=True``). Leaving the loop early cancels what has not run."""
+        from shoal._map import MapRun, plan_map
+
+        run = MapRun(plan_map(fn, iterables, grid, image, job), ordered=ordered)
+        return self._map_results(run, return_exceptions, progress)
+
+    def _map_results(self, run: MapRun, return_exceptions: bool, progress: bool | None) -> Iterator[tuple[int, Any]]:
+        from shoal._errors import MapError
+        from shoal._map import Progress
+
+        run.progress = Progress(run.plan.count, enabled=progress)
+        flow = self._map_flow(run)
+        reply: Any = None
+        error: ShoalAPIError | None = None
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration:
+                    return
+                reply = error = None
+                if isinstance(step, httpx.Request):
+                    try:
+                        reply = self._send(step)
+                    except ShoalAPIError as e:
+                        error = e
+                elif isinstance(step, float):
+                    time.sleep(step)
+                elif isinstance(step[1], MapError) and not return_exceptions:
+                    raise step[1]
+                else:
+                    yield step
+        finally:
+            run.progress.close()
+            if run.sweep_id is not None and not run.finished:
+                with contextlib.suppress(ShoalAPIError):
+                    self.cancel_sweep(run.sweep_id)
+
 
 class AsyncClient(_BaseClient):
     """Asynchronous client (trio or asyncio) with the same methods as ``Client``::
@@ -916,6 +1024,71 @@ class AsyncClient(_BaseClient):
     async def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
         """See ``Client.index_logs``."""
         return await self._drive(self._text_flow(self._index_logs_request(sweep_id, index, stream)))
+
+    # -- map ---------------------------------------------------------------------------------------
+
+    async def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
+        image: str | None = None, job: dict[str, Any] | None = None, return_exceptions: bool = False,
+        as_frame: bool = False, progress: bool | None = None,
+    ) -> Any:
+        """See ``Client.map``."""
+        from shoal._map import MapRun, plan_map
+
+        run = MapRun(plan_map(fn, iterables, grid, image, job))
+        values: list[Any] = [None] * run.plan.count
+        async with contextlib.aclosing(self._map_results(run, return_exceptions, progress)) as results:
+            async for index, value in results:
+                values[index] = value
+        return run.plan.frame(values) if as_frame else values
+
+    def map_iter(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
+        image: str | None = None, job: dict[str, Any] | None = None, ordered: bool = False,
+        return_exceptions: bool = False, progress: bool | None = None,
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """See ``Client.map_iter``; an async generator: close it (``contextlib.aclosing``) if you
+        leave the loop early, so that what has not run is cancelled at once."""
+        from shoal._map import MapRun, plan_map
+
+        run = MapRun(plan_map(fn, iterables, grid, image, job), ordered=ordered)
+        return self._map_results(run, return_exceptions, progress)
+
+    async def _map_results(
+        self, run: MapRun, return_exceptions: bool, progress: bool | None
+    ) -> AsyncIterator[tuple[int, Any]]:
+        import anyio
+
+        from shoal._errors import MapError
+        from shoal._map import Progress
+
+        run.progress = Progress(run.plan.count, enabled=progress)
+        flow = self._map_flow(run)
+        reply: Any = None
+        error: ShoalAPIError | None = None
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration:
+                    return
+                reply = error = None
+                if isinstance(step, httpx.Request):
+                    try:
+                        reply = await self._send(step)
+                    except ShoalAPIError as e:
+                        error = e
+                elif isinstance(step, float):
+                    await _asleep(step)
+                elif isinstance(step[1], MapError) and not return_exceptions:
+                    raise step[1]
+                else:
+                    yield step
+        finally:
+            run.progress.close()
+            if run.sweep_id is not None and not run.finished:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10), contextlib.suppress(ShoalAPIError):
+                    await self.cancel_sweep(run.sweep_id)
 
 
 async def _drain(lines: AsyncIterator[str], limit: float = 1.0) -> None:

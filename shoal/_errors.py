@@ -12,6 +12,11 @@
         ├── WaitTimeout          ``wait``/``run`` (or their sweep versions) ran out of time; ``description``
         │                        is the last one seen
         └── ConnectionFailed     the node could not be reached, or the connection broke
+    CannotShip (ShoalError)      ``Client.map``: the function, or a value it uses, cannot be sent (before
+                                 anything is submitted)
+    MapError (ShoalError)        ``Client.map``: one index gave no value; ``index``, ``sweep_id``
+    ├── RemoteError              the function raised; ``type_name``, ``remote_message``, ``remote_traceback``
+    └── IndexFailed              the index ended without an answer (timeout, killed, node failures); ``reason``
 
 ``retryable`` (from ``ShoalError``) is True only for ``ConnectionFailed``. Which response maps to
 which exception is decided in ``shoal._error_mapping``.
@@ -110,3 +115,42 @@ def _rebuild(cls: type[ShoalAPIError], message: str, state: dict[str, object]) -
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error
+
+
+class CannotShip(ShoalError):
+    """``Client.map`` cannot send the function or a value it refers to; nothing was submitted."""
+
+
+class MapError(ShoalError):
+    """An index of a ``Client.map`` sweep gave no value."""
+
+    def __init__(self, message: str, index: int, sweep_id: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.sweep_id = sweep_id
+
+
+class RemoteError(MapError):
+    """The mapped function raised on the remote interpreter.
+
+    ``type_name`` is the remote exception's class (``ValueError``, ``mymod.PricingError``),
+    ``remote_message`` its text and ``remote_traceback`` the remote traceback as text, which is
+    also chained as this exception's cause so that it prints with it. For a built-in exception
+    type the error is an instance of that type too: ``except ZeroDivisionError`` catches it.
+    """
+
+    def __init__(self, message: str, index: int, sweep_id: str, type_name: str, remote_message: str,
+                 remote_traceback: str) -> None:
+        super().__init__(message, index, sweep_id)
+        self.type_name = type_name
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class IndexFailed(MapError):
+    """The index ended without an answer from the function: ``reason`` (and ``stderr``, its tail) say why."""
+
+    def __init__(self, message: str, index: int, sweep_id: str, reason: str, stderr: str = "") -> None:
+        super().__init__(message, index, sweep_id)
+        self.reason = reason
+        self.stderr = stderr

@@ -1,0 +1,204 @@
+"""``Client.map`` on a real 3-node devstack: functions shipped as source run on the nodes' real
+Pyodide engine, values come back in order, remote exceptions come back with their traceback.
+
+No Kubo: each node keeps its results. Every node computes, so a map's indexes spread over three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from devstack import Devstack
+from tests.integration.rogue import free_base_port
+
+pytestmark = pytest.mark.slow
+
+RATE = 0.05  # a module global the shipped functions read
+TABLE = {"discount": (0.9, 0.8)}  # plain data, shipped encoded
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devstack]:
+    home = tmp_path_factory.mktemp("map")
+    os.environ["SHOAL_HOME"] = str(home / "home")
+    devstack = Devstack(3, base_dir=home / "stack", base_port=free_base_port(3), write_state=False)
+    trio.run(devstack.start)
+    try:
+        yield devstack
+    finally:
+        trio.run(devstack.stop)
+
+
+@pytest.fixture
+def client(stack: Devstack) -> Iterator:
+    from shoal import Client
+
+    with Client(stack.nodes[0].api) as c:
+        yield c
+
+
+def grow(x: float) -> float:
+    return _compound(x, 2)
+
+
+def _compound(x: float, years: int) -> float:  # a helper shipped along with grow
+    return round(x * (1 + RATE) ** years * TABLE["discount"][0], 9)
+
+
+def test_map_over_20_items_returns_every_value_in_order(client) -> None:
+    items = list(range(20))
+    assert client.map(grow, items) == [grow(x) for x in items]
+
+
+def test_map_runs_closures_and_lambdas_with_what_they_close_over(client) -> None:
+    def scaled(k: int):
+        offset = {"a": 1.5}
+
+        def f(x: int) -> tuple:
+            return (x * k + offset["a"], math.floor(x / 3))
+
+        return f
+
+    assert client.map(scaled(10), [1, 2, 3]) == [(11.5, 0), (21.5, 0), (31.5, 1)]
+    assert client.map(lambda a, b: a ** b, [2, 3], [3, 2]) == [8, 9]
+
+
+def test_a_grid_calls_the_function_with_every_point_in_grid_order(client) -> None:
+    def price(s0: float, vol: float) -> dict:
+        return {"price": s0 * vol, "s0_seen": s0}
+
+    values = client.map(price, grid={"s0": [100, 110], "vol": [0.1, 0.2, 0.3]})
+    assert values == [{"price": s0 * vol, "s0_seen": s0} for s0 in (100, 110) for vol in (0.1, 0.2, 0.3)]
+
+
+def test_a_remote_exception_is_raised_here_with_the_remote_traceback(client) -> None:
+    from shoal import RemoteError
+
+    def check(x: int) -> int:
+        if x == 4:
+            raise ValueError(f"no {x} please")
+        return x
+
+    with pytest.raises(RemoteError) as caught:
+        client.map(check, range(8))
+    error = caught.value
+    assert isinstance(error, ValueError)  # a built-in type: `except ValueError` catches it too
+    assert error.index == 4 and error.type_name == "ValueError" and error.remote_message == "no 4 please"
+    assert "raise ValueError(f\"no {x} please\")" in error.remote_traceback  # the remote traceback shows our line
+    assert f'File "{__file__}"' in error.remote_traceback
+    assert str(error.__cause__).count("no 4 please") == 1  # printed with the error, as its cause
+    # the rest of the sweep was cancelled or had finished
+    assert client.describe_sweep(error.sweep_id).sweep.state.value in ("failed", "cancelled")
+    values = client.map(check, range(6), return_exceptions=True)
+    assert values[:4] == [0, 1, 2, 3] and values[5] == 5
+    assert isinstance(values[4], RemoteError) and values[4].index == 4
+
+
+def test_the_iterator_yields_each_index_as_it_finishes(client) -> None:
+    seen = dict(client.map_iter(grow, range(10)))
+    assert seen == {i: grow(i) for i in range(10)}
+    ordered = [i for i, _ in client.map_iter(grow, range(10), ordered=True)]
+    assert ordered == list(range(10))
+
+
+def test_leaving_the_iterator_early_cancels_the_rest(client) -> None:
+    from jobs.states import JobState
+
+    results = client.map_iter(grow, range(30))
+    with contextlib.closing(results):
+        index, value = next(results)
+    assert value == grow(index)
+    sweeps = client.list_sweeps(limit=1).sweeps
+    assert sweeps[0].state in (JobState.CANCELLED, JobState.COMPLETED)
+
+
+def test_async_client_map(stack: Devstack) -> None:
+    from shoal import AsyncClient
+
+    async def main() -> tuple[list, dict]:
+        async with AsyncClient(stack.nodes[0].api) as client:
+            values = await client.map(grow, range(12))
+            async with contextlib.aclosing(client.map_iter(grow, range(5))) as results:
+                seen = {i: v async for i, v in results}
+        return values, seen
+
+    values, seen = trio.run(main)
+    assert values == [grow(x) for x in range(12)]
+    assert seen == {i: grow(i) for i in range(5)}
+
+
+def test_as_frame_gives_the_grid_as_columns_and_the_values(client) -> None:
+    pd = pytest.importorskip("pandas")
+
+    def area(w: int, h: int) -> int:
+        return w * h
+
+    frame = client.map(area, grid={"w": [1, 2], "h": [3, 4]}, as_frame=True)
+    assert isinstance(frame, pd.DataFrame)
+    assert frame.to_dict("records") == [{"w": 1, "h": 3, "value": 3}, {"w": 1, "h": 4, "value": 4},
+                                        {"w": 2, "h": 3, "value": 6}, {"w": 2, "h": 4, "value": 8}]
+
+
+@pytest.mark.parametrize("argv", [["--pure"], []], ids=["pure-python-on-pyodide", "numpy-in-python-sci"])
+def test_the_montecarlo_map_example_prices_its_grid_close_to_black_scholes(stack, monkeypatch, capsys, argv) -> None:
+    """examples/montecarlo-map, run as its README says."""
+    import importlib.util
+
+    if not argv and (missing := _python_sci_missing()):
+        pytest.skip(missing)
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "montecarlo-map" / "pricer.py"
+    spec = importlib.util.spec_from_file_location("montecarlo_map_pricer", path)
+    assert spec is not None and spec.loader is not None
+    pricer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pricer)
+    monkeypatch.setenv("SHOAL_API", stack.nodes[0].api)
+    pricer.main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["s0", "vol", "price", "stderr", "black_scholes"]  # also pandas' header
+    rows = [[float(x) for x in line.split()] for line in lines[1:]]
+    points = [(s0, vol) for s0 in pricer.GRID["s0"] for vol in pricer.GRID["vol"]]
+    assert [(s0, vol) for s0, vol, *_ in rows] == points  # grid order
+    for s0, vol, price, stderr, exact in rows:
+        assert exact == pytest.approx(pricer.black_scholes(s0, vol), abs=1e-3)
+        assert abs(price - exact) < 4 * stderr + 1e-3, (s0, vol, price, exact, stderr)
+
+
+def _python_sci_missing() -> str | None:
+    """Why ``image=`` cannot be tested here, or None."""
+    from jobs.spec import PythonEngine
+
+    if "image" not in PythonEngine.model_fields:
+        return "this python engine takes no image (shoal run python --image)"
+    try:
+        import docker
+
+        docker.from_env(timeout=30).images.get("shoal/python-sci")
+    except Exception as e:  # no daemon, no image
+        return f"no shoal/python-sci image on a Docker daemon ({type(e).__name__}): shoal images build"
+    return None
+
+
+def test_image_runs_the_function_in_a_container_with_numpy(stack, client, monkeypatch, capsys) -> None:
+    missing = _python_sci_missing()
+    if missing:
+        pytest.skip(missing)
+
+    def mean_of_draws(seed: int) -> float:
+        import numpy as np
+
+        return np.random.default_rng(seed).standard_normal(1000).mean()  # a numpy float: comes back a float
+
+    values = client.map(mean_of_draws, [1, 2, 3], image="shoal/python-sci", job={"resources": {"memory": "256MiB"}})
+    assert all(isinstance(v, float) and abs(v) < 0.2 for v in values)
+    assert values == client.map(mean_of_draws, [1, 2, 3], image="shoal/python-sci",
+                                job={"resources": {"memory": "256MiB"}})  # seeded: the same on any node
+    with pytest.raises(ZeroDivisionError):
+        client.map(lambda x: 1 / x, [0], image="shoal/python-sci")
