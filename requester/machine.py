@@ -17,18 +17,10 @@ from dataclasses import dataclass, field, replace
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
+from requester import trust
 from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
-from requester.trust import (
-    agreeing_nodes,
-    bid_refusal,
-    cache_verified,
-    error_confirmed,
-    error_reporters,
-    nodes_left,
-    quarantined,
-    verify,
-)
 
+TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0
 MAX_REOFFERS = 5
@@ -174,7 +166,7 @@ class JobMachine:
         self.rng = rng or random.Random()
 
     def quarantined(self, reputation: Reputation, peer: str) -> bool:
-        return quarantined(reputation.get(peer, (0, 0)), self.quarantine_after)
+        return trust.quarantined(reputation.get(peer, (0, 0)), self.quarantine_after)
 
     # -- submit and announce ----------------------------------------------------------------------
 
@@ -263,7 +255,7 @@ class JobMachine:
             accepted, rejected = known.reputation[peer]
             refusal = f"quarantined: {rejected} results rejected, {accepted} accepted"
         if refusal is None:  # a restarted node may not remember it ran the job
-            refusal = bid_refusal(state.executions.values(), peer, bid.attempt)
+            refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
         if refusal is None and state.needed() <= 0:
             refusal = "enough nodes already"
         if refusal is not None:
@@ -394,11 +386,14 @@ class JobMachine:
         p.announce = now >= p.state.next_announce
         return p
 
-    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known) -> JobChanges:
-        """An execution whose node went silent or forgot it: its slot is re-offered (or the job ends)."""
+    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
+             silent: float | None = None) -> JobChanges:
+        """An execution whose node forgot it, or has been ``silent`` longer than the job's
+        ``deadlines.silence``: its slot is re-offered (or the job ends)."""
         p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         current = state.executions.get(execution_id)
-        if current is None or current.state is not ExecutionState.ACCEPTED:
+        if current is None or current.state is not ExecutionState.ACCEPTED \
+                or (silent is not None and silent <= state.job.spec.deadlines.silence):
             return p
         y = current.transition(ExecutionState.FAILED, reason, now, retryable=True)
         p.put(y)
@@ -460,7 +455,8 @@ class JobMachine:
     def _verify(self, p: JobChanges) -> dict[str, str]:
         """Compare the proposed results, decide each, finish the job; returns execution id -> verdict."""
         proposed = [x for x in p.state.executions.values() if x.state is ExecutionState.PROPOSED]
-        verdict = verify({x.id: (x.result or RunResult()).digest() for x in proposed}, p.state.job.spec.deal.confidence)
+        digests = {x.id: (x.result or RunResult()).digest() for x in proposed}
+        verdict = trust.verify(digests, p.state.job.spec.deal.confidence)
         updates, events, verdicts = [], [], {}
         for x in proposed:
             if x.id in verdict.accepted:
@@ -496,10 +492,10 @@ class JobMachine:
         job = p.state.job
         able = p.known.able(job.spec)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
-        reporters = error_reporters(p.state.executions.values()) | {failed.node_id}
-        if not retryable and error_confirmed(reporters, able, job.spec.deal.confidence):
+        reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
+        if not retryable and trust.error_confirmed(reporters, able, job.spec.deal.confidence):
             why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
-        elif able and not nodes_left(p.state.executions.values(), able):
+        elif able and not trust.nodes_left(p.state.executions.values(), able):
             why = f"no known node may take the job any more; last error on {last}"
         elif job.attempt >= self.max_reoffers:
             why = f"gave up after {job.attempt} re-offers; last error on {last}"
@@ -539,8 +535,9 @@ class JobMachine:
         if end is JobState.COMPLETED:
             everything = {**p.state.executions, **{x.id: x for x in executions}}.values()
             if key and result:
-                cache = (key, job.id, result, cache_verified(agreeing_nodes(everything, result), self.node_id))
-            for node in error_reporters(everything):  # the job completed: their errors were wrong
+                verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id)
+                cache = (key, job.id, result, verified)
+            for node in trust.error_reporters(everything):  # the job completed: their errors were wrong
                 p.judge(node, False)
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})

@@ -18,13 +18,12 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, Send, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
 log = logging.getLogger("shoal.requester")
 
-TICK = 0.25  # how often leases and re-announcements are checked
 MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, before it fails for good
 MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
 MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
