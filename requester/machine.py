@@ -2,9 +2,8 @@
 
 Nothing here awaits, sleeps, reads the store or talks to a peer: each entry point takes a job's
 ``Tracked`` state, one input, the time and ``Known`` (nodes, reputations), and returns the reply
-for the sender and the ``JobChanges`` that ``requester.service`` performs. The rules themselves
-live in ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids,
-which nodes); the machine strings them into transitions.
+and the ``JobChanges`` that ``requester.service`` performs. It strings into transitions the rules
+of ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids, which nodes).
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
-from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
+from jobs import Event, EventKind, Execution, ExecutionState, Job, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
 from requester import trust
@@ -71,21 +71,6 @@ class Known:
     nodes: Sequence[NodeInfo] = ()  # compute nodes heard from lately
     reputation: Reputation = field(default_factory=dict)
 
-    def able(self, spec: JobSpec) -> set[str]:
-        return {info.peer_id for info in self.nodes if can_ever_run(spec, info)}
-
-
-@dataclass(frozen=True)
-class Write:
-    """One transaction for ``Store.save`` (requester side)."""
-
-    job: Job | None = None
-    new_executions: tuple[Execution, ...] = ()
-    executions: tuple[Execution, ...] = ()
-    events: tuple[Event, ...] = ()
-    cache: tuple[str, str, RunResult, bool] | None = None
-    reputation: Reputation | None = None
-
 
 @dataclass(frozen=True)
 class Send:
@@ -100,12 +85,16 @@ class Changes:
     """What one decision asks of its service, in order: write, then send, then announce."""
 
     now: float
-    writes: list = field(default_factory=list)  # each a transaction for the store
+    writes: list = field(default_factory=list)  # each a transaction for the store: see ``save``
     sends: list[Send] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # counters to increment
     penalties: list[tuple[str, str]] = field(default_factory=list)  # (peer, why): refused messages held against it
     announce: bool = False  # announce now (after the writes)
     finished: bool = False  # it reached a terminal state: forget it
+
+    def save(self, **write: object) -> None:
+        """One transaction: ``write`` holds the store's ``save`` (or ``save_sweep``) keyword arguments."""
+        self.writes.append(SimpleNamespace(**write))
 
 
 @dataclass(frozen=True)
@@ -134,7 +123,7 @@ class JobChanges(Changes):
         self.state = self.state.with_executions(*executions)
 
     def save(self, **write: object) -> None:
-        self.writes.append((Write(**write), self.state))  # type: ignore[arg-type]
+        self.writes.append((SimpleNamespace(**write), self.state))
 
     def cancel(self, x: Execution) -> None:
         self.sends.append(Send(x.node_id, Cancel(job_id=x.job_id, execution_id=x.id, reason=x.reason)))
@@ -156,7 +145,7 @@ class Cached:
 
 
 class JobMachine:
-    """The requester's decisions about jobs, for a requester with id ``node_id``."""
+    """The decisions about jobs of the requester ``node_id``."""
 
     def __init__(self, node_id: str, *, max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER,
                  rng: random.Random | None = None) -> None:
@@ -446,10 +435,9 @@ class JobMachine:
             if eid == skip:
                 continue
             ex = p.state.executions[eid]
-            accepted = verdict == "accepted"
-            run = accepted and ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
+            run = ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
             secrets = dict(p.state.secrets) if run else {}
-            p.sends.append(Send(ex.node_id, Decision(job_id=ex.job_id, execution_id=eid, accepted=accepted,
+            p.sends.append(Send(ex.node_id, Decision(job_id=ex.job_id, execution_id=eid, accepted=verdict == "accepted",
                                                      reason=ex.reason, secret_env=secrets)))
 
     def _verify(self, p: JobChanges) -> dict[str, str]:
@@ -490,7 +478,7 @@ class JobMachine:
         node able to run the job gets the work first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = p.known.able(job.spec)
+        able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)}
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
         if not retryable and trust.error_confirmed(reporters, able, job.spec.deal.confidence):

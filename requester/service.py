@@ -97,8 +97,8 @@ class RequesterService(Driver[_Active]):
     async def _apply(self, aj: _Active, changes: JobChanges) -> None:
         """Write what a decision says, in order; then send and announce what it says."""
         for write, state in changes.writes:
-            await self.store.save(**vars(write))  # a Write's fields are Store.save's
-            self.reputation.update(write.reputation or {})
+            await self.store.save(**vars(write))
+            self.reputation.update(getattr(write, "reputation", None) or {})
             aj.state = state
         aj.state = changes.state
         await self._tally(changes)

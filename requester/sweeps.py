@@ -22,10 +22,10 @@ from jobs.messages import Claim, NodeInfo, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
 from requester.common import Driver, Live, UnknownJob, deliver, signed_by, submit_once
-from requester.machine import Send
+from requester.machine import Changes, Send
 from requester.ports import RequesterStore
 from requester.selection import can_ever_run
-from requester.sweep_machine import SweepChanges, SweepMachine
+from requester.sweep_machine import SweepMachine
 
 log = logging.getLogger("shoal.requester")
 
@@ -68,9 +68,9 @@ class SweepService(Driver[_Live]):
 
     # -- performing the machine's changes --------------------------------------------------------
 
-    async def _apply(self, live: _Live, changes: SweepChanges) -> None:
+    async def _apply(self, live: _Live, changes: Changes) -> None:
         for write in changes.writes:
-            await self.store.save_sweep(**vars(write))  # a SweepWrite's fields are Store.save_sweep's
+            await self.store.save_sweep(**vars(write))
         await self._tally(changes)
         if changes.finished:
             del self._live[live.sweep.id]
@@ -181,6 +181,5 @@ class SweepService(Driver[_Live]):
             await self._apply(live, changes)
             return reply
 
-    def _able(self, spec: SweepSpec) -> set[str]:
-        """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
+    def _able(self, spec: SweepSpec) -> set[str]:  # no claim takes more than its share of these
         return {n.peer_id for n in self.known_nodes() if can_ever_run(spec.job, n) and not self.quarantined(n.peer_id)}
