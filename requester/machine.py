@@ -154,9 +154,6 @@ class JobMachine:
         self.quarantine_after = quarantine_after
         self.rng = rng or random.Random()
 
-    def quarantined(self, reputation: Reputation, peer: str) -> bool:
-        return trust.quarantined(reputation.get(peer, (0, 0)), self.quarantine_after)
-
     # -- submit and announce ----------------------------------------------------------------------
 
     def admit(self, job: Job, nodes: Sequence[NodeInfo], cached: Cached | None) -> tuple[Job, list[Event]]:
@@ -240,8 +237,8 @@ class JobMachine:
         job = state.job
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
         refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
-        if refusal is None and self.quarantined(known.reputation, peer):
-            accepted, rejected = known.reputation[peer]
+        accepted, rejected = known.reputation.get(peer, (0, 0))
+        if refusal is None and trust.quarantined((accepted, rejected), self.quarantine_after):
             refusal = f"quarantined: {rejected} results rejected, {accepted} accepted"
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)

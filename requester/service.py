@@ -21,6 +21,7 @@ import trio
 from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
+from requester import trust
 from requester.common import REQUEST_TIMEOUT, Driver, Live, UnknownJob, deliver, signed_by, submit_once
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
@@ -257,7 +258,7 @@ class RequesterService(Driver[_Active]):
             return reply
 
     def quarantined(self, peer: str) -> bool:
-        return self.machine.quarantined(self.reputation, peer)
+        return trust.quarantined(self.reputation.get(peer, (0, 0)), self.machine.quarantine_after)
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""

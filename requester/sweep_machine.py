@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -89,9 +89,10 @@ class SweepMachine:
         return Event(job_id=self.sweep.id, at=at, kind=kind, node_id=node or self.node_id, message=message)
 
     def set_state(self, index: int, state: JobState) -> None:
-        counts = Counter(self.sweep.counts)
-        counts[self.states[index]] -= 1
-        counts[state] += 1
+        counts = dict(self.sweep.counts)
+        old = self.states[index]
+        counts[old] = counts.get(old, 0) - 1
+        counts[state] = counts.get(state, 0) + 1
         self.states[index] = state
         self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
 
@@ -120,10 +121,8 @@ class SweepMachine:
             return p
         records = []
         for i in failed:
-            self.set_state(i, JobState.PENDING)
             self.attempts[i] = 0
-            heapq.heappush(self.pending, i)
-            records.append(IndexRecord(index=i, state=JobState.PENDING, reason="retried", updated_at=now))
+            records.append(self._back_to_pending(i, "retried", now))
         message = f"{len(failed)} failed indexes put back to run"
         again = self.sweep.state is JobState.FAILED
         self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
@@ -357,10 +356,8 @@ class SweepMachine:
                 winner: int | None = None) -> None:
         """End the sweep: what has not finished is cancelled, here and on every node holding a claim."""
         unfinished = self.unfinished()
-        counts = dict(self.sweep.counts)
+        counts = {s: n for s, n in self.sweep.counts.items() if s not in (JobState.PENDING, JobState.RUNNING)}
         if unfinished:
-            counts.pop(JobState.PENDING, None)
-            counts.pop(JobState.RUNNING, None)
             counts[JobState.CANCELLED] = counts.get(JobState.CANCELLED, 0) + unfinished
         sweep = self.sweep.model_copy(update={"counts": counts}).transition(end, reason, p.now, winner=winner)
         p.save(sweep=sweep, indexes=records, events=[*events, self.event(p.now, ending(end), reason)],
