@@ -1,19 +1,22 @@
 """What the job and sweep services share: their errors, idempotent submit, signature checks,
-background sends and the tick loop."""
+background sends, and the live jobs or sweeps they drive."""
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
 from jobs import DuplicateKey, PeerError, ShoalError
 from jobs.messages import Cancel, Claim, Decision, Peers, Reply, Result
-from node.tasks import backoff, retry
+from node.tasks import Spawner, backoff, retry
+from requester.machine import TICK, Changes
+from requester.ports import RequesterStore
 
 log = logging.getLogger("shoal.requester")
 
@@ -80,15 +83,56 @@ class Live:
     done: trio.Event = field(default_factory=trio.Event, init=False)
 
 
-async def tick_forever(interval: float, live: Callable[[], Iterable[tuple[str, L]]],
-                       tick: Callable[[L], Awaitable[None]], what: str) -> None:
-    """Every ``interval`` seconds, ``tick`` each live job or sweep (id, it) under its lock; a failure is logged."""
-    while True:
-        await trio.sleep(interval)
-        for name, item in list(live()):
-            try:
-                async with item.lock:
-                    if not item.done.is_set():
-                        await tick(item)
-            except Exception:
-                log.exception("ticking %s %s", what, name)
+class Driver(Generic[L]):
+    """A service driving live jobs or sweeps (``what``) by id: each ticked every TICK under its lock."""
+
+    penalize: Callable[[str, str], Awaitable[None]]  # (peer, why): a refused message counts against the peer
+
+    def __init__(self, what: str, peers: Peers, store: RequesterStore, clock: Callable[[], float],
+                 counters: str) -> None:
+        self.what = what
+        self.peers = peers
+        self.store = store
+        self.clock = clock
+        self.counters = Counter(dict.fromkeys(counters.split(), 0))
+        self._live: dict[str, L] = {}
+        self._tasks = Spawner(f"{what}s")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._tasks.attach(nursery)
+            await self._restore()
+            if self._live:
+                log.info("resuming %d live %ss", len(self._live), self.what)
+            nursery.start_soon(self._tick_forever)
+            task_status.started()
+
+    async def _restore(self) -> None:
+        raise NotImplementedError
+
+    async def _tick(self, item: L) -> None:
+        raise NotImplementedError
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await trio.sleep(TICK)
+            for name, item in list(self._live.items()):
+                try:
+                    async with item.lock:
+                        if not item.done.is_set():
+                            await self._tick(item)
+                except Exception:
+                    log.exception("ticking %s %s", self.what, name)
+
+    async def _tally(self, changes: Changes) -> None:
+        """Count what a decision counted; hold what it refused against the sender."""
+        self.counters.update(changes.counts)
+        for peer, why in changes.penalties:
+            await self.penalize(peer, why)
+
+    async def wait(self, name: str, timeout: float) -> None:
+        """Return once the job or sweep ``name`` has ended, or after ``timeout`` seconds."""
+        item = self._live.get(name)
+        if item is not None:
+            with trio.move_on_after(timeout):
+                await item.done.wait()

@@ -2,9 +2,8 @@
 
 Nothing here awaits, sleeps, reads the store or talks to a peer: each entry point takes a job's
 ``Tracked`` state, one input, the time and ``Known`` (nodes, reputations), and returns the reply
-for the sender and the ``JobChanges`` that ``requester.service`` performs. The rules themselves
-live in ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids,
-which nodes); the machine strings them into transitions.
+and the ``JobChanges`` that ``requester.service`` performs. It strings into transitions the rules
+of ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (which bids, which nodes).
 """
 
 from __future__ import annotations
@@ -13,22 +12,15 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
-from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
+from jobs import Event, EventKind, Execution, ExecutionState, Job, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
+from requester import trust
 from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
-from requester.trust import (
-    agreeing_nodes,
-    bid_refusal,
-    cache_verified,
-    error_confirmed,
-    error_reporters,
-    nodes_left,
-    quarantined,
-    verify,
-)
 
+TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0
 MAX_REOFFERS = 5
@@ -79,21 +71,6 @@ class Known:
     nodes: Sequence[NodeInfo] = ()  # compute nodes heard from lately
     reputation: Reputation = field(default_factory=dict)
 
-    def able(self, spec: JobSpec) -> set[str]:
-        return {info.peer_id for info in self.nodes if can_ever_run(spec, info)}
-
-
-@dataclass(frozen=True)
-class Write:
-    """One transaction for ``Store.save`` (requester side)."""
-
-    job: Job | None = None
-    new_executions: tuple[Execution, ...] = ()
-    executions: tuple[Execution, ...] = ()
-    events: tuple[Event, ...] = ()
-    cache: tuple[str, str, RunResult, bool] | None = None
-    reputation: Reputation | None = None
-
 
 @dataclass(frozen=True)
 class Send:
@@ -108,12 +85,16 @@ class Changes:
     """What one decision asks of its service, in order: write, then send, then announce."""
 
     now: float
-    writes: list = field(default_factory=list)  # each a transaction for the store
+    writes: list = field(default_factory=list)  # each a transaction for the store: see ``save``
     sends: list[Send] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # counters to increment
     penalties: list[tuple[str, str]] = field(default_factory=list)  # (peer, why): refused messages held against it
     announce: bool = False  # announce now (after the writes)
     finished: bool = False  # it reached a terminal state: forget it
+
+    def save(self, **write: object) -> None:
+        """One transaction: ``write`` holds the store's ``save`` (or ``save_sweep``) keyword arguments."""
+        self.writes.append(SimpleNamespace(**write))
 
 
 @dataclass(frozen=True)
@@ -142,7 +123,7 @@ class JobChanges(Changes):
         self.state = self.state.with_executions(*executions)
 
     def save(self, **write: object) -> None:
-        self.writes.append((Write(**write), self.state))  # type: ignore[arg-type]
+        self.writes.append((SimpleNamespace(**write), self.state))
 
     def cancel(self, x: Execution) -> None:
         self.sends.append(Send(x.node_id, Cancel(job_id=x.job_id, execution_id=x.id, reason=x.reason)))
@@ -164,7 +145,7 @@ class Cached:
 
 
 class JobMachine:
-    """The requester's decisions about jobs, for a requester with id ``node_id``."""
+    """The decisions about jobs of the requester ``node_id``."""
 
     def __init__(self, node_id: str, *, max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER,
                  rng: random.Random | None = None) -> None:
@@ -172,9 +153,6 @@ class JobMachine:
         self.max_reoffers = max_reoffers
         self.quarantine_after = quarantine_after
         self.rng = rng or random.Random()
-
-    def quarantined(self, reputation: Reputation, peer: str) -> bool:
-        return quarantined(reputation.get(peer, (0, 0)), self.quarantine_after)
 
     # -- submit and announce ----------------------------------------------------------------------
 
@@ -259,11 +237,11 @@ class JobMachine:
         job = state.job
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
         refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
-        if refusal is None and self.quarantined(known.reputation, peer):
-            accepted, rejected = known.reputation[peer]
+        accepted, rejected = known.reputation.get(peer, (0, 0))
+        if refusal is None and trust.quarantined((accepted, rejected), self.quarantine_after):
             refusal = f"quarantined: {rejected} results rejected, {accepted} accepted"
         if refusal is None:  # a restarted node may not remember it ran the job
-            refusal = bid_refusal(state.executions.values(), peer, bid.attempt)
+            refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
         if refusal is None and state.needed() <= 0:
             refusal = "enough nodes already"
         if refusal is not None:
@@ -394,11 +372,14 @@ class JobMachine:
         p.announce = now >= p.state.next_announce
         return p
 
-    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known) -> JobChanges:
-        """An execution whose node went silent or forgot it: its slot is re-offered (or the job ends)."""
+    def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
+             silent: float | None = None) -> JobChanges:
+        """An execution whose node forgot it, or has been ``silent`` longer than the job's
+        ``deadlines.silence``: its slot is re-offered (or the job ends)."""
         p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         current = state.executions.get(execution_id)
-        if current is None or current.state is not ExecutionState.ACCEPTED:
+        if current is None or current.state is not ExecutionState.ACCEPTED \
+                or (silent is not None and silent <= state.job.spec.deadlines.silence):
             return p
         y = current.transition(ExecutionState.FAILED, reason, now, retryable=True)
         p.put(y)
@@ -451,16 +432,16 @@ class JobMachine:
             if eid == skip:
                 continue
             ex = p.state.executions[eid]
-            accepted = verdict == "accepted"
-            run = accepted and ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
+            run = ex.state is ExecutionState.ACCEPTED  # a bid accepted, not results: secrets go with it
             secrets = dict(p.state.secrets) if run else {}
-            p.sends.append(Send(ex.node_id, Decision(job_id=ex.job_id, execution_id=eid, accepted=accepted,
+            p.sends.append(Send(ex.node_id, Decision(job_id=ex.job_id, execution_id=eid, accepted=verdict == "accepted",
                                                      reason=ex.reason, secret_env=secrets)))
 
     def _verify(self, p: JobChanges) -> dict[str, str]:
         """Compare the proposed results, decide each, finish the job; returns execution id -> verdict."""
         proposed = [x for x in p.state.executions.values() if x.state is ExecutionState.PROPOSED]
-        verdict = verify({x.id: (x.result or RunResult()).digest() for x in proposed}, p.state.job.spec.deal.confidence)
+        digests = {x.id: (x.result or RunResult()).digest() for x in proposed}
+        verdict = trust.verify(digests, p.state.job.spec.deal.confidence)
         updates, events, verdicts = [], [], {}
         for x in proposed:
             if x.id in verdict.accepted:
@@ -494,12 +475,12 @@ class JobMachine:
         node able to run the job gets the work first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = p.known.able(job.spec)
+        able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)}
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
-        reporters = error_reporters(p.state.executions.values()) | {failed.node_id}
-        if not retryable and error_confirmed(reporters, able, job.spec.deal.confidence):
+        reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
+        if not retryable and trust.error_confirmed(reporters, able, job.spec.deal.confidence):
             why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
-        elif able and not nodes_left(p.state.executions.values(), able):
+        elif able and not trust.nodes_left(p.state.executions.values(), able):
             why = f"no known node may take the job any more; last error on {last}"
         elif job.attempt >= self.max_reoffers:
             why = f"gave up after {job.attempt} re-offers; last error on {last}"
@@ -539,8 +520,9 @@ class JobMachine:
         if end is JobState.COMPLETED:
             everything = {**p.state.executions, **{x.id: x for x in executions}}.values()
             if key and result:
-                cache = (key, job.id, result, cache_verified(agreeing_nodes(everything, result), self.node_id))
-            for node in error_reporters(everything):  # the job completed: their errors were wrong
+                verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id)
+                cache = (key, job.id, result, verified)
+            for node in trust.error_reporters(everything):  # the job completed: their errors were wrong
                 p.judge(node, False)
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})

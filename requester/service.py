@@ -21,8 +21,8 @@ import trio
 from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
-from node.tasks import Spawner
-from requester.common import REQUEST_TIMEOUT, Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
+from requester import trust
+from requester.common import REQUEST_TIMEOUT, Driver, Live, UnknownJob, deliver, signed_by, submit_once
 from requester.logs import LiveOutputs
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
@@ -31,7 +31,6 @@ from requester.ports import RequesterStore
 log = logging.getLogger("shoal.requester")
 
 SIDE = ExecutionSide.REQUESTER
-SWEEP_INTERVAL = 0.25  # how often deadlines and re-announcements are checked
 LIVENESS_INTERVAL = 1.0  # how often nodes running our executions are asked whether they still are
 LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast counts as silent for that round
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
@@ -49,54 +48,39 @@ class _Active(Live):
         return self.state.job
 
 
-class RequesterService:
+class RequesterService(Driver[_Active]):
     def __init__(self, *, peers: Peers, store: RequesterStore, clock: Callable[[], float] = time.time,
                  max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER) -> None:
-        self.peers = peers
-        self.store = store
-        self.clock = clock
+        super().__init__("job", peers, store, clock, "bids bids_accepted bids_rejected results announcements "
+                                                     "offered_here reoffers results_refused penalties")
         self.machine = JobMachine(peers.node_id, max_reoffers=max_reoffers, quarantine_after=quarantine_after)
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
-        self._active: dict[str, _Active] = {}
         self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
-        self._tasks = Spawner("requester")
-        self._running = False
-        self.counters = Counter({"bids": 0, "bids_accepted": 0, "bids_rejected": 0, "results": 0, "announcements": 0,
-                                 "offered_here": 0, "reoffers": 0, "results_refused": 0, "penalties": 0})
         self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
-
-    # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._tasks.attach(nursery)
-            self._running = True
-            self._started_at = self.clock()
-            await self._restore()
-            nursery.start_soon(tick_forever, SWEEP_INTERVAL, self._active.items, self._tick, "job")
+            await nursery.start(super().run)
             nursery.start_soon(self._liveness_loop)
             task_status.started()
 
     async def _restore(self) -> None:
+        self._started_at = now = self.clock()
         self.reputation = await self.store.reputations()
-        now = self.clock()
         secrets = await self.store.live_secrets()
         for job in await self.store.live_jobs():
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)}
-            aj = _Active(state=Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
-                                       waiting_since=now, next_announce=now))
-            self._track(aj)
+            aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
+                                     waiting_since=now, next_announce=now))
             if job.id in secrets and secrets[job.id] is None:
                 await self._apply(aj, self.machine.finish(
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "
                                                "(the store's key file is missing or another one)", now, self._known()))
-        if self._active:
-            log.info("resuming %d live jobs", len(self._active))
 
     def known_nodes(self) -> list[NodeInfo]:
         return self.nodes.known(self.clock())
@@ -108,22 +92,19 @@ class RequesterService:
         if origin != info.peer_id:
             return
         if self.nodes.update(info, self.clock()):  # new, or restarted: announce what it has room for now
-            for job_id in self.machine.to_wake((aj.state for aj in self._active.values()), info):
-                self._active[job_id].woken = True  # applied under the job's lock, by its next tick
+            for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info):
+                self._live[job_id].woken = True  # applied under the job's lock, by its next tick
 
     # -- performing the machine's changes --------------------------------------------------------
 
     async def _apply(self, aj: _Active, changes: JobChanges) -> None:
         """Write what a decision says, in order; then send and announce what it says."""
-        for peer, why in changes.penalties:
-            self.penalize(peer, why)
-        self.counters.update(changes.counts)
         for write, state in changes.writes:
-            await self.store.save(**vars(write))  # a Write's fields are Store.save's
-            if write.reputation:
-                self.reputation.update(write.reputation)
+            await self.store.save(**vars(write))
+            self.reputation.update(getattr(write, "reputation", None) or {})
             aj.state = state
         aj.state = changes.state
+        await self._tally(changes)
         for send in changes.sends:
             self._tasks.spawn(deliver, self.peers, send.peer, send.message)
         if changes.finished:
@@ -131,19 +112,24 @@ class RequesterService:
         elif changes.announce:
             await self._announce(aj)
 
+    def _track(self, state: Tracked) -> _Active:
+        aj = self._live[state.job.id] = _Active(state=state)
+        self._in_flight[state.job.owner] += 1
+        return aj
+
     def _forget(self, aj: _Active) -> None:
         job = aj.job
-        del self._active[job.id]
+        del self._live[job.id]
         self.outputs.forget(job.id)
+        aj.done.set()
         self._in_flight[job.owner] -= 1
         if self._in_flight[job.owner] <= 0:
             del self._in_flight[job.owner]
-        aj.done.set()
         self.latencies.append(job.updated_at - job.created_at)
         if len(self.latencies) > 10_000:
             del self.latencies[:5_000]
 
-    # -- submit, cancel, wait, describe ------------------------------------------------------------
+    # -- submit, cancel, describe ----------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None = None, *,
                      use_cache: bool = True) -> tuple[Job, bool]:
@@ -163,9 +149,7 @@ class RequesterService:
             await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest,
                                   secrets=secrets)
             if not job.state.is_terminal:
-                aj = _Active(state=Tracked(job=job, waiting_since=now, secrets=secrets))
-                self._track(aj)
-                await self._announce(aj)
+                await self._announce(self._track(Tracked(job=job, waiting_since=now, secrets=secrets)))
             return job
 
         return await submit_once(self.store.find_idempotent, create, owner=owner, key=idempotency_key, digest=digest,
@@ -181,10 +165,10 @@ class RequesterService:
         return Cached(source=source, result=result, verified=verified, mine=mine)
 
     async def _announce(self, aj: _Active) -> None:
-        plan, aj.state = self.machine.announce(aj.state, self.clock(), self._known(),
-                                               self.nodes.get(self.peers.node_id))
+        own = self.peers.node_id
+        plan, aj.state = self.machine.announce(aj.state, self.clock(), self._known(), self.nodes.get(own))
         self.counters["announcements"] += 1
-        if plan.here and await self._offer(self.peers.node_id, self._announcement(aj.state, [self.peers.node_id])):
+        if plan.here and await self._offer(own, self._announcement(aj.state, [own])):
             self.counters["offered_here"] += 1
             return
         ann = self._announcement(aj.state, plan.ask)
@@ -210,49 +194,39 @@ class RequesterService:
             log.debug("offering %s to %s: %s", ann.job_id, node, e)
             return False
 
+    async def get(self, job_id: str) -> Job:
+        job = self.live_job(job_id) or await self.store.get_job(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
+
+    def live_job(self, job_id: str) -> Job | None:
+        aj = self._live.get(job_id)
+        return aj.job if aj else None
+
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
-        aj = self._active.get(job_id)
+        aj = self._live.get(job_id)
         if aj is None:
-            job = await self.store.get_job(job_id)
-            if job is None:
-                raise UnknownJob(job_id)
-            return job  # already terminal: cancelling is a no-op
+            return await self.get(job_id)  # already terminal: cancelling is a no-op
         async with aj.lock:
             if not aj.job.state.is_terminal:
                 await self._apply(aj, self.machine.finish(aj.state, JobState.CANCELLED, reason, self.clock(),
                                                           self._known()))
             return aj.job
 
-    async def wait(self, job_id: str, timeout: float) -> None:
-        aj = self._active.get(job_id)
-        if aj is not None:
-            with trio.move_on_after(timeout):
-                await aj.done.wait()
-
-    def _track(self, aj: _Active) -> None:
-        self._active[aj.job.id] = aj
-        self._in_flight[aj.job.owner] += 1
-
     def in_flight(self, owner: str) -> int:
         """How many of ``owner``'s jobs are live (neither completed, failed nor cancelled)."""
         return self._in_flight[owner]
 
-    def live_job(self, job_id: str) -> Job | None:
-        aj = self._active.get(job_id)
-        return aj.job if aj else None
-
     def take_output(self, peer: str, message: Output) -> Reply:
         """Output of a running execution, shown live (``requester/logs.py``); only its node may send it."""
-        aj = self._active.get(message.job_id)
+        aj = self._live.get(message.job_id)
         x = aj.state.executions.get(message.execution_id) if aj else None
         runner = x.node_id if x is not None and x.state is ExecutionState.ACCEPTED else None
         return self.outputs.take(peer, message, runner)
 
     async def describe(self, job_id: str) -> JobDescription:
-        aj = self._active.get(job_id)
-        job = aj.job if aj else await self.store.get_job(job_id)
-        if job is None:
-            raise UnknownJob(job_id)
+        aj, job = self._live.get(job_id), await self.get(job_id)
         executions = list(aj.state.executions.values()) if aj else await self.store.executions_of(SIDE, job_id)
         executions = [x.model_copy(update={"spec": None}) for x in executions]
         return JobDescription(job=job, executions=executions, phases=await self._phases(job, executions))
@@ -270,17 +244,17 @@ class RequesterService:
                       finished=finished)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(aj.job.state.value for aj in self._active.values()))
+        return dict(Counter(aj.job.state.value for aj in self._live.values()))
 
     # -- messages from compute nodes -------------------------------------------------------------
 
     async def handle(self, peer: str, message: Bid | Result | OpenQuery) -> Reply:
         self._last_heard[peer] = self.clock()
         if isinstance(message, OpenQuery):
-            return Reply(states={job_id: "open" if (aj := self._active.get(job_id)) is not None
+            return Reply(states={job_id: "open" if (aj := self._live.get(job_id)) is not None
                                  and aj.state.is_open() else "closed"
                                  for job_id in message.job_ids})
-        aj = self._active.get(message.job_id)
+        aj = self._live.get(message.job_id)
         if aj is None:
             return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
         async with aj.lock:
@@ -294,19 +268,15 @@ class RequesterService:
             return reply
 
     def quarantined(self, peer: str) -> bool:
-        return self.machine.quarantined(self.reputation, peer)
+        return trust.quarantined(self.reputation.get(peer, (0, 0)), self.machine.quarantine_after)
 
-    def penalize(self, peer: str, reason: str) -> None:
+    async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""
         accepted, rejected = self.reputation.get(peer, (0, 0))
         self.reputation[peer] = (accepted, rejected + 1)
         self.counters["penalties"] += 1
         log.warning("refused from %s: %s", peer, reason)
-        if self._running:
-            self._tasks.spawn(self._save_reputation, peer)
-
-    async def _save_reputation(self, peer: str) -> None:
-        await self.store.save(reputation={peer: self.reputation[peer]})  # the latest, whatever wrote before
+        await self.store.save(reputation={peer: self.reputation[peer]})
 
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 
@@ -317,16 +287,13 @@ class RequesterService:
         await self._apply(aj, self.machine.tick(aj.state, now, self._known()))
 
     async def _liveness_loop(self) -> None:
-        """Ask each node running our executions whether it still is; re-offer what a silent node held.
-
-        One query per node (never per job), at most one in flight per node, each bounded by
-        LIVENESS_TIMEOUT; silence is measured from the last time we heard from the node at all.
-        """
+        """Ask each node running our executions whether it still is: one query per node (never per job),
+        at most one in flight per node."""
         while True:
             await trio.sleep(LIVENESS_INTERVAL)
             by_node: dict[str, list[Execution]] = {}
             now = self.clock()
-            for aj in self._active.values():
+            for aj in self._live.values():
                 for x in aj.state.executions.values():
                     if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id \
                             and now - x.updated_at > LIVENESS_INTERVAL:
@@ -337,34 +304,28 @@ class RequesterService:
                     self._tasks.spawn(self._check_node, node, executions)
 
     async def _check_node(self, node: str, executions: list[Execution]) -> None:
+        """Re-offer the executions ``node`` no longer knows, or all of them once it is silent too long
+        (measured from the last time we heard from it at all)."""
         try:
             reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in executions]),
                                              timeout=LIVENESS_TIMEOUT)
         except PeerError:
-            now = self.clock()
             heard = self._last_heard.get(node, self._started_at)
-            lost = [x for x in executions if now - max(heard, x.updated_at) > self._job_silence(x)]
-            if lost:
-                silent = now - max(heard, min(x.updated_at for x in lost))
-                await self._lose(lost, f"node {node[-8:]} silent for {silent:.0f} s")
+            for x in executions:
+                silent = self.clock() - max(heard, x.updated_at)
+                await self._lose(x, f"node {node[-8:]} silent for {silent:.0f} s", silent)
             return
         finally:
             self._checking.discard(node)
         self._last_heard[node] = self.clock()
-        await self._lose([x for x in executions if reply.states.get(x.id, "unknown") == "unknown"],
-                         f"node {node[-8:]} no longer knows the execution")
-
-    def _job_silence(self, x: Execution) -> float:
-        aj = self._active.get(x.job_id)
-        return aj.job.spec.deadlines.silence if aj else 0.0
-
-    async def _lose(self, executions: list[Execution], reason: str) -> None:
         for x in executions:
-            aj = self._active.get(x.job_id)
-            if aj is None:
-                continue
+            if reply.states.get(x.id, "unknown") == "unknown":
+                await self._lose(x, f"node {node[-8:]} no longer knows the execution")
+
+    async def _lose(self, x: Execution, reason: str, silent: float | None = None) -> None:
+        aj = self._live.get(x.job_id)
+        if aj is not None:
             async with aj.lock:
-                if x.job_id in self._active:
-                    await self._apply(aj, self.machine.lose(aj.state, x.id, reason, self.clock(), self._known()))
-
-
+                if not aj.done.is_set():
+                    await self._apply(aj, self.machine.lose(aj.state, x.id, reason, self.clock(), self._known(),
+                                                            silent=silent))

@@ -1,9 +1,8 @@
 """A sweep's decisions with no I/O: grant index ranges, record reports, take back lapsed leases, end.
 
-``SweepMachine`` holds one live sweep in memory: its index states can be many, so they change in
-place rather than being copied per message. Each entry point takes one input and the time, and
-returns the reply and the ``SweepChanges`` that ``requester.sweeps`` performs. What to make of
-one claim's report is ``requester.sweep_rules``.
+``SweepMachine`` holds one live sweep; its index states can be many, so they change in place rather
+than being copied per message. Each entry point takes one input and the time and returns the reply
+and the ``Changes`` that ``requester.sweeps`` performs; ``requester.sweep_rules`` judges a claim.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, Changes, Send, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
 log = logging.getLogger("shoal.requester")
 
-TICK = 0.25  # how often leases and re-announcements are checked
 MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, before it fails for good
 MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
 MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
@@ -42,23 +40,6 @@ class Lease:
     reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
 
 
-@dataclass(frozen=True)
-class SweepWrite:
-    """One transaction for ``Store.save_sweep``."""
-
-    sweep: Sweep | None = None
-    indexes: tuple[IndexRecord, ...] = ()
-    events: tuple[Event, ...] = ()
-    end_unfinished: tuple[JobState, str] | None = None
-
-
-@dataclass(eq=False)
-class SweepChanges(Changes):
-    def save(self, *, sweep: Sweep | None = None, indexes: Sequence[IndexRecord] = (), events: Sequence[Event] = (),
-             end_unfinished: tuple[JobState, str] | None = None) -> None:
-        self.writes.append(SweepWrite(sweep, tuple(indexes), tuple(events), end_unfinished))
-
-
 class SweepMachine:
     """One sweep that is not finished, and the decisions that drive it (rebuilt from the store on restart)."""
 
@@ -72,8 +53,7 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        self.errors: dict[int, dict[str, bool]] = {}  # index -> node -> retryable, unfinished ones
-        self.errored_at: dict[int, float] = {}  # index -> when it first errored
+        self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (first error at, node -> retryable)
         self.refusal_events = 0
         self.next_announce = next_announce
         self.backoff = ANNOUNCE_BACKOFF_FIRST
@@ -128,23 +108,21 @@ class SweepMachine:
 
     # -- the owner -------------------------------------------------------------------------------
 
-    def cancel(self, reason: str, now: float) -> SweepChanges:
-        p = SweepChanges(now)
+    def cancel(self, reason: str, now: float) -> Changes:
+        p = Changes(now)
         self._finish(p, JobState.CANCELLED, reason, [], [])
         return p
 
-    def retry(self, now: float) -> SweepChanges:
+    def retry(self, now: float) -> Changes:
         """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
-        p = SweepChanges(now)
+        p = Changes(now)
         failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
         if not failed:
             return p
         records = []
         for i in failed:
-            self.set_state(i, JobState.PENDING)
             self.attempts[i] = 0
-            heapq.heappush(self.pending, i)
-            records.append(IndexRecord(index=i, state=JobState.PENDING, reason="retried", updated_at=now))
+            records.append(self._back_to_pending(i, "retried", now))
         message = f"{len(failed)} failed indexes put back to run"
         again = self.sweep.state is JobState.FAILED
         self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
@@ -155,13 +133,13 @@ class SweepMachine:
     # -- claims from compute nodes ----------------------------------------------------------------
 
     def claim(self, peer: str, msg: Claim, now: float, *, able: Collection[str],
-              quarantined: bool) -> tuple[Reply, SweepChanges]:
+              quarantined: bool) -> tuple[Reply, Changes]:
         """A node's claim (signature already checked): record its reports, grant it more indexes.
 
         ``able``: the known nodes that could run the sweep's indexes (no claim takes more than its
         share); ``quarantined``: the sender's reports were refused too often, it gets nothing more.
         """
-        p = SweepChanges(now)
+        p = Changes(now)
         p.counts["claims"] += 1
         if quarantined:
             return self._quarantined(p, peer, msg), p
@@ -235,7 +213,7 @@ class SweepMachine:
             i = heapq.heappop(self.pending)
             if self.states[i] is not JobState.PENDING:
                 continue
-            if i in self.errors and not may_grant(peer, self.errors[i], able, now - self.errored_at[i]):
+            if i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0]):
                 passed.append(i)  # it errored on this node: another one runs it
             else:
                 granted.append(i)
@@ -261,7 +239,7 @@ class SweepMachine:
         # the claim it held when we restarted lapsed before it reached us again
         return ClaimView(expired=bool(msg.results) and restored in self.expired), None
 
-    def _refused(self, p: SweepChanges, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
+    def _refused(self, p: Changes, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
         """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""
         p.counts["refused_results"] += len(check.refused)
         p.counts["refused_claims"] += bool(check.whole)
@@ -275,7 +253,7 @@ class SweepMachine:
         self.refusal_events += 1
         return [self.event(p.now, EventKind.RESULTS_REJECTED, text, peer)]
 
-    def _quarantined(self, p: SweepChanges, peer: str, msg: Claim) -> Reply:
+    def _quarantined(self, p: Changes, peer: str, msg: Claim) -> Reply:
         """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
         p.counts["quarantined_claims"] += 1
         claim = self.claims.get(msg.claim_id)
@@ -284,25 +262,23 @@ class SweepMachine:
             self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
         return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
 
-    def _outcome(self, p: SweepChanges, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
+    def _outcome(self, p: Changes, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
         i, now = r.index, p.now
-        reports = self.errors.get(i, {})
+        _, reports = self.errors.setdefault(i, (now, {}))
         if r.result is not None and r.error is None:
             for node in contradicted(reports, peer):
                 p.counts["errors_contradicted"] += 1
                 p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
                                           f"which node {peer[-8:]} ran to a result"))
-            self._forget_errors(i)
+            self.errors.pop(i)
             state = JobState.COMPLETED if r.result.exit_code == 0 else JobState.FAILED
             reason = "completed" if state is JobState.COMPLETED else f"exit code {r.result.exit_code}"
             self.set_state(i, state)
             return IndexRecord(index=i, state=state, node_id=peer, reason=reason, attempts=self.attempts[i],
                                result=r.result, updated_at=now)
         error = r.error or "no result"
-        reports = self.errors.setdefault(i, {})
         reports[peer] = r.retryable
-        self.errored_at.setdefault(i, now)
         if error_confirmed(reports, able):
             p.counts["errors_confirmed"] += 1
             return self._failed(i, peer, error, now)
@@ -315,13 +291,9 @@ class SweepMachine:
             return self._back_to_pending(i, f"{why}; will run again", now)
         return self._failed(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
 
-    def _forget_errors(self, i: int) -> None:
-        self.errors.pop(i, None)
-        self.errored_at.pop(i, None)
-
     def _failed(self, i: int, node: str, reason: str, now: float) -> IndexRecord:
         self.set_state(i, JobState.FAILED)
-        self._forget_errors(i)
+        self.errors.pop(i, None)
         return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=self.attempts[i],
                            updated_at=now)
 
@@ -334,9 +306,9 @@ class SweepMachine:
 
     # -- the clock and the end --------------------------------------------------------------------
 
-    def tick(self, now: float) -> SweepChanges:
+    def tick(self, now: float) -> Changes:
         """Leases: a claim silent for the template's ``deadlines.silence`` loses its indexes."""
-        p = SweepChanges(now)
+        p = Changes(now)
         silence = self.sweep.spec.job.deadlines.silence
         records = []
         for claim_id, claim in list(self.claims.items()):
@@ -356,7 +328,7 @@ class SweepMachine:
         return [self._run_again_or_fail(i, claim.node, why, now)
                 for i in sorted(claim.indexes) if self.states[i] is JobState.RUNNING]
 
-    def _save_taken_back(self, p: SweepChanges, records: list[IndexRecord]) -> bool:
+    def _save_taken_back(self, p: Changes, records: list[IndexRecord]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""
         if not records:
             return False
@@ -367,7 +339,7 @@ class SweepMachine:
         p.save(sweep=self.sweep, indexes=records)
         return False
 
-    def _finish_all_done(self, p: SweepChanges, records: list[IndexRecord], events: list[Event]) -> None:
+    def _finish_all_done(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> None:
         counts = self.sweep.counts
         failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
         spec = self.sweep.spec
@@ -380,14 +352,12 @@ class SweepMachine:
         else:
             self._finish(p, JobState.COMPLETED, f"all {self.sweep.count} indexes completed", records, events)
 
-    def _finish(self, p: SweepChanges, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
+    def _finish(self, p: Changes, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
                 winner: int | None = None) -> None:
         """End the sweep: what has not finished is cancelled, here and on every node holding a claim."""
         unfinished = self.unfinished()
-        counts = dict(self.sweep.counts)
+        counts = {s: n for s, n in self.sweep.counts.items() if s not in (JobState.PENDING, JobState.RUNNING)}
         if unfinished:
-            counts.pop(JobState.PENDING, None)
-            counts.pop(JobState.RUNNING, None)
             counts[JobState.CANCELLED] = counts.get(JobState.CANCELLED, 0) + unfinished
         sweep = self.sweep.model_copy(update={"counts": counts}).transition(end, reason, p.now, winner=winner)
         p.save(sweep=sweep, indexes=records, events=[*events, self.event(p.now, ending(end), reason)],

@@ -14,21 +14,18 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-import trio
 
 from jobs import Event, EventKind, JobState
 from jobs.messages import Claim, NodeInfo, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
-from node.tasks import Spawner
-from requester.common import Live, UnknownJob, deliver, signed_by, submit_once, tick_forever
-from requester.machine import Send
+from requester.common import Driver, Live, UnknownJob, deliver, signed_by, submit_once
+from requester.machine import Changes, Send
 from requester.ports import RequesterStore
 from requester.selection import can_ever_run
-from requester.sweep_machine import TICK, SweepChanges, SweepMachine
+from requester.sweep_machine import SweepMachine
 
 log = logging.getLogger("shoal.requester")
 
@@ -47,47 +44,34 @@ class _Live(Live):
         return self.machine.sweep
 
 
-class SweepService:
+async def _no_penalty(peer: str, reason: str) -> None:
+    pass
+
+
+class SweepService(Driver[_Live]):
     def __init__(self, *, peers: Peers, store: RequesterStore, known_nodes: Callable[[], list[NodeInfo]],
                  clock: Callable[[], float] = time.time,
-                 penalize: Callable[[str, str], None] = lambda peer, reason: None,
+                 penalize: Callable[[str, str], Awaitable[None]] = _no_penalty,
                  quarantined: Callable[[str], bool] = lambda peer: False) -> None:
-        self.peers = peers
-        self.store = store
+        super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
+                         "refused_claims repeated_results penalties errors_run_again errors_confirmed "
+                         "errors_contradicted quarantined_claims")
         self.known_nodes = known_nodes
-        self.clock = clock
-        self.penalize = penalize  # (peer, why): a refused report or a contradicted error counts against it
+        self.penalize = penalize  # a refused report or a contradicted error counts against its sender
         self.quarantined = quarantined  # a quarantined peer gets no indexes
-        self._live: dict[str, _Live] = {}
-        self._tasks = Spawner("sweeps")
-        self.counters = Counter({"claims": 0, "announcements": 0, "results": 0, "late_results": 0,
-                                 "refused_results": 0, "refused_claims": 0, "repeated_results": 0, "penalties": 0,
-                                 "errors_run_again": 0, "errors_confirmed": 0, "errors_contradicted": 0,
-                                 "quarantined_claims": 0})
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._tasks.attach(nursery)
-            await self._restore()
-            nursery.start_soon(tick_forever, TICK, self._live.items, self._tick, "sweep")
-            task_status.started()
 
     async def _restore(self) -> None:
         now = self.clock()
         for sweep in await self.store.live_sweeps():
             rows = await self.store.index_states(sweep.id)
             self._live[sweep.id] = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, now))
-        if self._live:
-            log.info("resuming %d live sweeps", len(self._live))
 
     # -- performing the machine's changes --------------------------------------------------------
 
-    async def _apply(self, live: _Live, changes: SweepChanges) -> None:
-        for peer, why in changes.penalties:
-            self.penalize(peer, why)
-        self.counters.update(changes.counts)
+    async def _apply(self, live: _Live, changes: Changes) -> None:
         for write in changes.writes:
-            await self.store.save_sweep(**vars(write))  # a SweepWrite's fields are Store.save_sweep's
+            await self.store.save_sweep(**vars(write))
+        await self._tally(changes)
         if changes.finished:
             del self._live[live.sweep.id]
             live.done.set()
@@ -154,12 +138,6 @@ class SweepService:
         ranges = index_ranges((i, s, r) for i, s, r, _, _ in rows)
         return SweepDescription(sweep=sweep, ranges=ranges[:MAX_RANGES], ranges_truncated=len(ranges) > MAX_RANGES)
 
-    async def wait(self, sweep_id: str, timeout: float) -> None:
-        live = self._live.get(sweep_id)
-        if live is not None:
-            with trio.move_on_after(timeout):
-                await live.done.wait()
-
     async def cancel(self, sweep_id: str, reason: str = "cancelled by its owner") -> Sweep:
         live = self._live.get(sweep_id)
         if live is None:
@@ -203,6 +181,5 @@ class SweepService:
             await self._apply(live, changes)
             return reply
 
-    def _able(self, spec: SweepSpec) -> set[str]:
-        """Known nodes that could run the sweep's indexes: no claim takes more than its share."""
+    def _able(self, spec: SweepSpec) -> set[str]:  # no claim takes more than its share of these
         return {n.peer_id for n in self.known_nodes() if can_ever_run(spec.job, n) and not self.quarantined(n.peer_id)}
