@@ -172,10 +172,10 @@ def parse_variables(pairs: list[str]) -> dict[str, str]:
 
 
 def override(data: dict[str, Any], assignments: list[str], sweep: bool) -> dict[str, Any]:
-    """``--set a.b.c=VALUE`` flags applied to a copy of ``data``; VALUE is read as YAML (``2``, ``true``,
-    ``[a, b]``), so ``--set resources.cpu=2`` sets a number. A list item is named by its index
-    (``inputs.0.path``). In a sweep, a path outside the sweep's own keys is the job's:
-    ``--set resources.cpu=2`` means ``job.resources.cpu``.
+    """``--set a.b.c=VALUE`` flags applied to a copy of ``data``; VALUE is read as a YAML scalar or
+    list (``2``, ``true``, ``null``, ``[a, b]``), else as text, so ``--set resources.cpu=2`` sets a
+    number. A list item is named by its index (``inputs.0.path``). In a sweep, a path outside the
+    sweep's own keys is the job's: ``--set resources.cpu=2`` means ``job.resources.cpu``.
     """
     import copy
 
@@ -190,7 +190,9 @@ def override(data: dict[str, Any], assignments: list[str], sweep: bool) -> dict[
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
-            value = raw  # not YAML: the text itself
+            value = raw
+        if isinstance(value, dict):  # "a: b" is meant as text; a mapping is set key by key
+            value = raw
         if sweep and keys[0] not in SWEEP_KEYS:
             keys = ["job", *keys]
         target: Any = out
