@@ -104,9 +104,8 @@ def run_noop(ctx: typer.Context, *, flags: JobFlags, opts: RunOptions) -> int:
 
 def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions,
          context: Path | None = None) -> int:
-    """Submit and follow; with ``context``, that directory is packed, stored on the node and
-    given to the job as its working directory (``/context``). With sweep flags, the job is the
-    template of a sweep, which is submitted and followed instead."""
+    """The spec the flags describe, submitted and followed (see ``submit``). With sweep flags, the
+    job is the template of a sweep, which is submitted and followed instead."""
     from cli.specs import build_spec, build_sweep
 
     refuse_conflicts(opts)
@@ -116,6 +115,7 @@ def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunO
 
 
 def refuse_conflicts(opts: RunOptions) -> None:
+    """Checked first by every run command, before it reads or builds anything."""
     if opts.id_only and opts.json:
         from cli.errors import CLIError
 
@@ -124,12 +124,11 @@ def refuse_conflicts(opts: RunOptions) -> None:
 
 def submit(ctx: typer.Context, spec: JobSpec | SweepSpec, opts: RunOptions, context: Path | None = None) -> int:
     """Submit a job or a sweep and follow it; with ``context``, that directory is packed, stored on
-    the node and mounted at ``/context`` (a sweep's: in its template)."""
+    the node and given to the job as its working directory (``/context``; a sweep's: in its template)."""
     from cli.errors import CLIError
     from cli.waiting import submit_and_follow, submit_and_follow_sweep
     from jobs.sweep import SweepSpec
 
-    refuse_conflicts(opts)
     job = spec.job if isinstance(spec, SweepSpec) else spec
     if context is not None:
         from jobs import InputSpec

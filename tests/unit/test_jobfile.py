@@ -264,6 +264,32 @@ def test_job_run_with_a_bad_file_never_connects(fake: FakeClient, tmp_path: Path
     assert fake.made == [] and fake.submitted == []
 
 
+def test_job_run_context_mounts_a_packed_directory(fake: FakeClient, tmp_path: Path) -> None:
+    from jobs import JobState
+    from tests.unit.test_cli_sweeps import description, sweep_of
+
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "main.py").write_text("print(1)\n")
+    (tmp_path / "job.yaml").write_text("job:\n  engine: {name: python, main: main.py}\ngrid: {x: [1, 2]}\n")
+    sent: list[SweepSpec] = []
+
+    def submit_sweep(spec: SweepSpec, *, idempotency_key: str | None = None) -> object:
+        sent.append(spec)
+        return description(sweep_of(spec, JobState.PENDING))
+
+    fake.submit_sweep = submit_sweep  # type: ignore[attr-defined]
+    result = run("job", "run", str(tmp_path / "job.yaml"), "--context", str(tmp_path / "prog"), "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert len(fake.contexts) == 1  # the directory, packed
+    [sweep] = sent  # its template has the context mounted
+    assert [(i.source, i.path) for i in sweep.job.inputs] == [(f"ipfs://{fake.upload_context(b'')}", "/context")]
+
+
+def test_job_run_refuses_id_only_with_json_first(fake: FakeClient) -> None:
+    result = run("job", "run", "/no/such/file", "--id-only", "--json")
+    assert result.exit_code == EXIT_USAGE and "--id-only and --json" in result.stderr and fake.made == []
+
+
 def test_job_validate_prints_one_line(fake: FakeClient) -> None:
     result = run("job", "validate", str(REPO / "examples/job-files/sweep.yaml"), "--var", "SAMPLES=9")
     assert result.exit_code == 0, result.output
