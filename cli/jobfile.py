@@ -115,48 +115,51 @@ def spec_part(data: Any, source: str) -> tuple[dict[str, Any], Path, bool]:
     return data, (), False
 
 
-def substitute(data: Any, variables: Mapping[str, str], source: str = "") -> Any:
+def substitute(data: Any, variables: Mapping[str, str], source: str = "", parsed: Parsed | None = None) -> Any:
     """``${NAME}`` in every string value → ``variables[NAME]``; ``$$`` → ``$``; keys stay as they are.
 
     A lone ``$NAME`` is left alone: it is how a command reads its environment (and a sweep's
-    parameters) when it runs. An undefined variable is an error naming it.
+    parameters) when it runs. An undefined variable is an error naming it, its field and (given
+    ``parsed``) its line, once per field.
     """
     count = 0
-    missing: list[str] = []
+    problems: list[str] = []
 
-    def text(value: str) -> str:
+    def text(value: str, path: Path) -> str:
         def one(match: re.Match[str]) -> str:
             name = match.group(1)
             if name is None:
                 return "$"
+            line = parsed.line(path) if parsed is not None else None
+            where = f"{source}:{line}" if line else source
+            field = ".".join(str(p) for p in path) or "the file"
             if not _NAME.match(name):
-                raise CLIError(f"{source}: ${{{name}}}: not a variable name (write $$ for a literal $)",
-                               code=EXIT_USAGE)
-            if name not in variables:
-                missing.append(name)
-                return ""
-            return variables[name]
+                problems.append(f"{where}: {field}: ${{{name}}} is not a variable name (write $$ for a literal $)")
+            elif name not in variables:
+                problems.append(f"{where}: {field}: undefined variable {name}: give --var {name}=VALUE or set it "
+                                "in the environment (write $$ for a literal $)")
+            else:
+                return variables[name]
+            return ""
 
         return _VARIABLE.sub(one, value)
 
-    def walk(value: Any) -> Any:
+    def walk(value: Any, path: Path) -> Any:
         nonlocal count
         count += 1
         if count > MAX_VALUES:
             raise CLIError(f"{source}: more than {MAX_VALUES} values (YAML aliases?)", code=EXIT_USAGE)
         if isinstance(value, str):
-            return text(value)
+            return text(value, path)
         if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
+            return {k: walk(v, (*path, k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v) for v in value]
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
         return value
 
-    out = walk(data)
-    if missing:
-        names = ", ".join(dict.fromkeys(missing))
-        raise CLIError(f"{source}: undefined variable(s) {names}: give --var NAME=VALUE or set them in the "
-                       "environment (write $$ for a literal $)", code=EXIT_USAGE)
+    out = walk(data, ())
+    if problems:
+        raise CLIError(*dict.fromkeys(problems), code=EXIT_USAGE)
     return out
 
 
@@ -294,7 +297,7 @@ def load(text: str, source: str, variables: Mapping[str, str], assignments: list
     parsed = parse(text, source)
     data, prefix, described = spec_part(parsed.data, source)
     if not described:
-        data = substitute(data, variables, source)
+        data = substitute(data, variables, source, parsed)
     sweep = "job" in data
     data = as_texts(override(data, assignments, sweep), sweep)
     return JobFile(validate(data, sweep, parsed, prefix, source), described)

@@ -85,8 +85,8 @@ def test_an_undefined_variable_fails_before_submitting(stack: Stack, tmp_path: P
     before = json.loads(ok(shoal(stack, "list", "--json")).stdout)["total"]
     result = shoal(stack, "job", "run", str(path), env={"TOKEN": "x"})
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == (f"Error: {path}: undefined variable(s) GREETING: give --var NAME=VALUE or set "
-                                     "them in the environment (write $$ for a literal $)")
+    assert result.stderr.strip() == (f"Error: {path}:8: env.GREETING: undefined variable GREETING: give --var "
+                                     "GREETING=VALUE or set it in the environment (write $$ for a literal $)")
     assert json.loads(ok(shoal(stack, "list", "--json")).stdout)["total"] == before
 
 

@@ -138,14 +138,23 @@ def test_variables_come_from_the_mapping_and_dollar_dollar_escapes() -> None:
     assert out == {"a": "1-two", "b": ["$HOME", "$HOME", "${X}"], "${X}": 1}  # a lone $NAME is the job's own
 
 
-def test_an_undefined_variable_is_named() -> None:
-    with pytest.raises(CLIError, match=r"undefined variable\(s\) NOPE, ALSO: give --var"):
-        jobfile.substitute({"a": "${NOPE}", "b": ["${ALSO}", "${NOPE}"]}, {}, "job.yaml")
+def test_an_undefined_variable_is_named_with_its_field_and_line() -> None:
+    text = "engine: {name: noop}\nenv:\n  A: ${NOPE}\n  B: ${ALSO}-${NOPE}\n  C: ${NOPE}\n"
+    assert problems(text) == [
+        "job.yaml:3: env.A: undefined variable NOPE: give --var NOPE=VALUE or set it in the environment "
+        "(write $$ for a literal $)",
+        "job.yaml:4: env.B: undefined variable ALSO: give --var ALSO=VALUE or set it in the environment "
+        "(write $$ for a literal $)",
+        "job.yaml:4: env.B: undefined variable NOPE: give --var NOPE=VALUE or set it in the environment "
+        "(write $$ for a literal $)",
+        "job.yaml:5: env.C: undefined variable NOPE: give --var NOPE=VALUE or set it in the environment "
+        "(write $$ for a literal $)",
+    ]
 
 
 def test_a_bad_variable_name_is_an_error() -> None:
-    with pytest.raises(CLIError, match=r"\$\{1x\}: not a variable name"):
-        jobfile.substitute("${1x}", {})
+    with pytest.raises(CLIError, match=r"job.yaml: x.0: \$\{1x\} is not a variable name"):
+        jobfile.substitute({"x": ["${1x}"]}, {}, "job.yaml")
 
 
 def test_var_flags() -> None:
