@@ -186,18 +186,14 @@ def override(data: dict[str, Any], assignments: list[str], sweep: bool) -> dict[
 
     out = copy.deepcopy(data)
     for assignment in assignments:
-        dotted, sep, raw = assignment.partition("=")
-        keys = dotted.split(".")
-        if not sep or not all(keys):
-            raise CLIError(f"--set {dotted!r}: expected KEY.PATH=VALUE, e.g. --set resources.cpu=2", code=EXIT_USAGE)
+        dotted, _, raw = assignment.partition("=")
+        keys = set_path(assignment, sweep)
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw
         if isinstance(value, dict):  # "a: b" is meant as text; a mapping is set key by key
             value = raw
-        if sweep and keys[0] not in SWEEP_KEYS:
-            keys = ["job", *keys]
         target: Any = out
         for depth, key in enumerate(keys):
             last = depth == len(keys) - 1
@@ -218,6 +214,15 @@ def override(data: dict[str, Any], assignments: list[str], sweep: bool) -> dict[
             else:
                 raise CLIError(f"--set {dotted}: {where} is a value, not a mapping", code=EXIT_USAGE)
     return out
+
+
+def set_path(assignment: str, sweep: bool) -> list[str]:
+    """The keys a ``--set KEY.PATH=VALUE`` sets, from the file's top (a sweep's job: under ``job``)."""
+    dotted, sep, _ = assignment.partition("=")
+    keys = dotted.split(".")
+    if not sep or not all(keys):
+        raise CLIError(f"--set {dotted!r}: expected KEY.PATH=VALUE, e.g. --set resources.cpu=2", code=EXIT_USAGE)
+    return ["job", *keys] if sweep and keys[0] not in SWEEP_KEYS else keys
 
 
 # Where a model wants text, YAML's 3, 0.5 and true are meant as "3", "0.5" and "true".
@@ -244,7 +249,8 @@ def as_texts(data: dict[str, Any], sweep: bool) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: Path, source: str) -> JobSpec | SweepSpec:
+def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: Path, source: str,
+             overridden: frozenset[Path] = frozenset()) -> JobSpec | SweepSpec:  # fmt: skip
     """The data as a ``JobSpec`` or a ``SweepSpec``; every problem on its own line."""
     from pydantic import ValidationError
 
@@ -254,11 +260,13 @@ def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: Path, so
     try:
         return SweepSpec.model_validate(data) if sweep else JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise CLIError(*problem_lines(exc, parsed, prefix, source), code=EXIT_USAGE) from None
+        raise CLIError(*problem_lines(exc, parsed, prefix, source, overridden), code=EXIT_USAGE) from None
 
 
-def problem_lines(exc: ValidationError, parsed: Parsed, prefix: Path, source: str) -> list[str]:
-    """``FILE:LINE: field: message`` for each problem pydantic found (the line where known)."""
+def problem_lines(exc: ValidationError, parsed: Parsed, prefix: Path, source: str,
+                  overridden: frozenset[Path] = frozenset()) -> list[str]:  # fmt: skip
+    """``FILE:LINE: field: message`` for each problem pydantic found: the line where known, or
+    ``(--set)`` for a value ``overridden`` by a ``--set`` flag."""
     lines = []
     for err in exc.errors():
         loc: list[str | int] = list(err["loc"])
@@ -272,6 +280,8 @@ def problem_lines(exc: ValidationError, parsed: Parsed, prefix: Path, source: st
                 message += " (a sweep spec puts the job under job: and its axes beside it)"
         line = parsed.line((*prefix, *loc))
         where = f"{source}:{line}" if line else source
+        if any(tuple(loc[: len(path)]) == path for path in overridden):
+            where = f"{source} (--set)"
         dotted = ".".join(str(p) for p in loc)
         for part in message.split("; ") if not loc else [message]:  # a model's own checks: "a; b; c"
             lines.append(f"{where}: {dotted}: {part}" if dotted else f"{where}: {part}")
@@ -300,7 +310,8 @@ def load(text: str, source: str, variables: Mapping[str, str], assignments: list
         data = substitute(data, variables, source, parsed)
     sweep = "job" in data
     data = as_texts(override(data, assignments, sweep), sweep)
-    return JobFile(validate(data, sweep, parsed, prefix, source), described)
+    overridden = frozenset(tuple(set_path(a, sweep)) for a in assignments)
+    return JobFile(validate(data, sweep, parsed, prefix, source, overridden), described)
 
 
 def schema() -> dict[str, Any]:

@@ -202,9 +202,11 @@ def test_bad_set_is_a_clear_error(assignment: str, message: str) -> None:
         jobfile.override({"engine": {"name": "noop"}, "inputs": []}, [assignment], sweep=False)
 
 
-def test_set_is_validated_like_the_file() -> None:
-    assert problems("engine: {name: noop}\n", sets=["resources.cpu=-1"]) == [
-        "job.yaml: resources.cpu: Input should be greater than or equal to 0"]
+def test_set_is_validated_like_the_file_and_blamed() -> None:
+    text = "engine: {name: noop}\nresources:\n  cpu: 1\ntimeout: 0\n"
+    assert problems(text, sets=["resources.cpu=-1"]) == [
+        "job.yaml (--set): resources.cpu: Input should be greater than or equal to 0",
+        "job.yaml:4: timeout: Input should be greater than 0"]
 
 
 # -- descriptions ------------------------------------------------------------------------------
