@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 MAX_FILE_BYTES = 1024 * 1024  # a job file is a page of text; the node caps what it accepts anyway
 MAX_VALUES = 200_000  # values one file may expand to: YAML aliases can make a small file a huge tree
 
-Path = tuple[str | int, ...]
+FieldPath = tuple[str | int, ...]  # where a value sits: ("resources", "cpu"), ("inputs", 0)
 SWEEP_KEYS = ("job", "grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output")
 _VARIABLE = re.compile(r"\$(?:\$|\{([^}]*)\})")  # $$ or ${NAME}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -46,9 +46,9 @@ class Parsed:
     """A file's data, and the line (1-based) where each value starts, by its path."""
 
     data: Any
-    lines: dict[Path, int] = field(default_factory=dict)
+    lines: dict[FieldPath, int] = field(default_factory=dict)
 
-    def line(self, path: Path) -> int | None:
+    def line(self, path: FieldPath) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.lines:
@@ -74,13 +74,13 @@ def parse(text: str, source: str) -> Parsed:
         raise CLIError(f"{source}{at}: not valid YAML or JSON: {problem}", code=EXIT_USAGE) from None
     finally:
         loader.dispose()
-    lines: dict[Path, int] = {}
+    lines: dict[FieldPath, int] = {}
     if node is not None:
         _record_lines(node, (), lines)
     return Parsed(data, lines)
 
 
-def _record_lines(node: Any, path: Path, lines: dict[Path, int]) -> None:
+def _record_lines(node: Any, path: FieldPath, lines: dict[FieldPath, int]) -> None:
     import yaml
 
     stack = [(node, path)]
@@ -97,7 +97,7 @@ def _record_lines(node: Any, path: Path, lines: dict[Path, int]) -> None:
                 stack.append((item, (*path, i)))
 
 
-def spec_part(data: Any, source: str) -> tuple[dict[str, Any], Path, bool]:
+def spec_part(data: Any, source: str) -> tuple[dict[str, Any], FieldPath, bool]:
     """The spec in a file: (its data, where it sits in the file, whether it is a description's).
 
     A description's spec is ``job.spec`` (a job) or ``sweep.spec`` (a sweep); a sweep spec's
@@ -125,7 +125,7 @@ def substitute(data: Any, variables: Mapping[str, str], source: str = "", parsed
     count = 0
     problems: list[str] = []
 
-    def text(value: str, path: Path) -> str:
+    def text(value: str, path: FieldPath) -> str:
         def one(match: re.Match[str]) -> str:
             name = match.group(1)
             if name is None:
@@ -144,7 +144,7 @@ def substitute(data: Any, variables: Mapping[str, str], source: str = "", parsed
 
         return _VARIABLE.sub(one, value)
 
-    def walk(value: Any, path: Path) -> Any:
+    def walk(value: Any, path: FieldPath) -> Any:
         nonlocal count
         count += 1
         if count > MAX_VALUES:
@@ -249,8 +249,8 @@ def as_texts(data: dict[str, Any], sweep: bool) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: Path, source: str,
-             overridden: frozenset[Path] = frozenset()) -> JobSpec | SweepSpec:  # fmt: skip
+def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: FieldPath, source: str,
+             overridden: frozenset[FieldPath] = frozenset()) -> JobSpec | SweepSpec:  # fmt: skip
     """The data as a ``JobSpec`` or a ``SweepSpec``; every problem on its own line."""
     from pydantic import ValidationError
 
@@ -263,8 +263,8 @@ def validate(data: dict[str, Any], sweep: bool, parsed: Parsed, prefix: Path, so
         raise CLIError(*problem_lines(exc, parsed, prefix, source, overridden), code=EXIT_USAGE) from None
 
 
-def problem_lines(exc: ValidationError, parsed: Parsed, prefix: Path, source: str,
-                  overridden: frozenset[Path] = frozenset()) -> list[str]:  # fmt: skip
+def problem_lines(exc: ValidationError, parsed: Parsed, prefix: FieldPath, source: str,
+                  overridden: frozenset[FieldPath] = frozenset()) -> list[str]:  # fmt: skip
     """``FILE:LINE: field: message`` for each problem pydantic found: the line where known, or
     ``(--set)`` for a value ``overridden`` by a ``--set`` flag."""
     lines = []
