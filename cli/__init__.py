@@ -3,8 +3,8 @@
 Entry point: ``cli.main:main``. Modules:
 
 - ``main``      the command tree: the root app, its ``--api`` option, every group and command in order
-- ``commands``  the commands, one module per group: ``run``, ``jobs``, ``sweeps``, ``network``,
-                ``daemons``, ``keys``, ``tools``, ``settings`` (config, completion)
+- ``commands``  the commands, one module per group: ``run``, ``jobfile``, ``jobs``, ``sweeps``,
+                ``network``, ``daemons``, ``keys``, ``tools``, ``settings`` (config, completion)
 - ``connect``   the root options and ``make_client``, where every command gets its SDK client
 - ``config``    the config file (``~/.shoal/config.toml``) and the precedence flag > env > file > default
 - ``extras``    the node extra: node commands say in one line to ``pip install 'shoal[node]'``
@@ -15,8 +15,9 @@ Entry point: ``cli.main:main``. Modules:
                 ``Error: …`` lines; ``exits`` the exit codes
 - ``options``   the job flags every run command shares (one decorator) and their packs
 - ``specs``     ``--input``/``--env``/… flags → a validated ``jobs.JobSpec``
+- ``jobfile``   job files (YAML/JSON) → a validated job or sweep spec: templating, ``--set``, schema
 - ``waiting``   submit-and-wait: the live status line and the job's outcome
-- ``render``    rich tables and plain-text formatting (ages, durations, short ids)
+- ``render``    rich tables, plain-text formatting (ages, durations, short ids), ``--output json|yaml``
 - ``daemon``    ``serve`` flags → ``node.config.NodeConfig``; SIGTERM/SIGINT handling
 
 Heavy imports (rich, pydantic, the SDK, the job model) happen inside commands so ``shoal --help``

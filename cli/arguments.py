@@ -9,7 +9,10 @@ import typer
 
 JobStateName = Literal["pending", "running", "completed", "failed", "cancelled"]  # jobs.JobState values
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON only (the same as --output json).")]
+OutputFormat = Literal["json", "yaml", "table"]
+Output = Annotated[OutputFormat | None, typer.Option("--output", "-o", metavar="FORMAT",
+    help="json or yaml (the data --json prints), or table (the default: the view for people).")]
 JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id (or a unique prefix of it).")]
 AnyId = Annotated[str, typer.Argument(metavar="ID", help="Job id, or sweep id (s-…), or a unique prefix of one.")]
 SweepId = Annotated[str, typer.Argument(metavar="ID", help="Sweep id (or a unique prefix of it).")]

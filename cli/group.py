@@ -52,7 +52,7 @@ class ShoalGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         """Run commands first in ``shoal --help``: they are what most people came for."""
         names = super().list_commands(ctx)
-        first = [n for n in ("docker", "wasm", "run") if n in names]
+        first = [n for n in ("docker", "wasm", "run", "job") if n in names]
         return first + [n for n in names if n not in first]
 
 

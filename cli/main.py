@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import daemons, jobs, keys, network, run, settings, sweeps, tools
+from cli.commands import daemons, jobfile, jobs, keys, network, run, settings, sweeps, tools
 from cli.commands.settings import COMPLETE_VAR
 from cli.connect import Settings, root_sources
 from cli.group import ShoalGroup
@@ -82,6 +82,12 @@ run_app = _group("Run Python or noop jobs.")
 run_app.command("python", context_settings=SETTINGS)(run.run_python)
 run_app.command("noop", context_settings=SETTINGS)(run.run_noop)
 app.add_typer(run_app, name="run")
+
+job_app = _group("Jobs and sweeps kept in files (YAML or JSON, the API's schema).")
+job_app.command("run", context_settings=SETTINGS)(jobfile.job_run)
+job_app.command("validate")(jobfile.job_validate)
+job_app.command("schema")(jobfile.job_schema)
+app.add_typer(job_app, name="job")
 
 images_app = _group("Container images for the docker engine.")
 images_app.command("build", context_settings=SETTINGS)(tools.images_build)

@@ -170,17 +170,41 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
             success_output=values["success_output"],
         )
         flags = JobFlags(**{k: values[k] for k in _FLAG_NAMES}, sweep=sweep)
-        opts = RunOptions(
-            wait=values["wait"],
-            wait_timeout=values["wait_timeout"],
-            id_only=values["id_only"],
-            json=values["json_"],
-            idempotency_key=values["idempotency_key"],
-            cache=values["cache"],
-        )
-        return func(*args, flags=flags, opts=opts, **kwargs)
+        return func(*args, flags=flags, opts=_run_options(values), **kwargs)
 
     params = own + shared
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _run_options(values: dict[str, Any]) -> RunOptions:
+    return RunOptions(
+        wait=values["wait"],
+        wait_timeout=values["wait_timeout"],
+        id_only=values["id_only"],
+        json=values["json_"],
+        idempotency_key=values["idempotency_key"],
+        cache=values["cache"],
+    )
+
+
+_AFTER_NAMES = ("wait", "wait_timeout", "id_only", "json_", "idempotency_key", "cache")
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add only the after-submitting flags (``--wait``, ``--json``, …), as ``opts=``: for a command
+    whose spec comes whole from elsewhere (``shoal job run FILE``)."""
+    own = [p for name, p in inspect.signature(func, eval_str=True).parameters.items() if name != "opts"]
+    after = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+             for n, a, d in _SHARED if n in _AFTER_NAMES]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _AFTER_NAMES}
+        return func(*args, opts=_run_options(values), **kwargs)
+
+    params = own + after
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper

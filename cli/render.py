@@ -66,6 +66,47 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def print_yaml(data: Any) -> None:
+    """``--output yaml``: the same data as ``--json``, as YAML (multi-line strings as ``|`` blocks)."""
+    import yaml
+
+    if hasattr(data, "model_dump"):
+        data = data.model_dump(mode="json")
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    sys.stdout.write(yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True))
+
+
+def output_format(json_: bool, output: str | None) -> str:
+    """The format a read command prints in: ``--json`` is ``--output json``; the default is the config's
+    (``$SHOAL_OUTPUT``, the config file's ``output``), else a table."""
+    if json_ and output not in (None, "json"):
+        from cli.errors import EXIT_USAGE, CLIError
+
+        raise CLIError(f"--json and --output {output} disagree: give one of them", code=EXIT_USAGE)
+    if json_ or output:
+        return "json" if json_ else output
+    from cli.config import output_format as configured
+
+    return configured()
+
+
+def emit(data: Any, fmt: str, human: Callable[[], None]) -> None:
+    """A read command's answer: ``data`` (a model) as JSON or YAML, or ``human()`` draws it for people."""
+    if fmt == "json":
+        print_json(data)
+    elif fmt == "yaml":
+        print_yaml(data)
+    else:
+        human()
+
+
 def short_id(value: str, length: int = 12) -> str:
     """A prefix, like docker's: job ids are ``j-`` + 32 hex digits, so 10 of them stay unique."""
     return value if len(value) <= length else value[:length]

@@ -208,7 +208,7 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
             if not isinstance(values, list) or not all(_is_scalar(v) for v in values):
                 problems.append(f"{axis}.{key}: expected a list of values, e.g. [1, 2, 3]")
             else:
-                out[axis][key] = [_text(v) for v in values]
+                out[axis][key] = [as_text(v) for v in values]
         out[axis] = {str(k): v for k, v in out[axis].items()}
     if "items" in out:
         items = out["items"]
@@ -217,7 +217,7 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
         ):
             problems.append("items: expected a list of mappings of KEY: value, e.g. [{x: 1, y: a}, {x: 2, y: b}]")
         else:
-            out["items"] = [{str(k): _text(v) for k, v in item.items()} for item in items]
+            out["items"] = [{str(k): as_text(v) for k, v in item.items()} for item in items]
     if problems:
         raise CLIError(*(f"--sweep {path}: {p}" for p in problems), code=EXIT_USAGE)
     return out
@@ -247,7 +247,7 @@ def _is_scalar(value: object) -> bool:
     return isinstance(value, str | int | float | bool)
 
 
-def _text(value: object) -> str:
+def as_text(value: object) -> str:
     """A file's value as its environment variable will read: YAML's true → "true", 3 → "3"."""
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -60,12 +60,12 @@ class Resources(_Frozen):
     memory: int = Field(64 * 1024**2, ge=0, description="bytes; accepts strings like '512MiB'")
     disk: int = Field(0, ge=0, description="bytes of scratch disk; accepts strings like '1GiB'")
 
-    @field_validator("memory", "disk", mode="before")
+    @field_validator("memory", "disk", mode="before", json_schema_input_type=int | str)
     @classmethod
     def _sizes(cls, v: Any) -> int:
         return parse_bytes(v)
 
-    @field_validator("cpu", mode="before")
+    @field_validator("cpu", mode="before", json_schema_input_type=float | str)
     @classmethod
     def _cpu(cls, v: Any) -> Any:
         if isinstance(v, str) and v.endswith("m"):  # Kubernetes-style millicores

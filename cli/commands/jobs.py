@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.arguments import AnyId, JobId, JobStateName, Json, MaxBytes
+from cli.arguments import AnyId, JobId, JobStateName, Json, MaxBytes, Output
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 
@@ -20,34 +20,29 @@ def list_jobs(
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
     json_: Json = False,
+    output: Output = None,
 ) -> None:
     """List your jobs, newest first (a node shows each client only its own jobs)."""
+    from cli.render import emit, jobs_table, output_format, show_list
+
+    fmt = output_format(json_, output)
     result = client(ctx).list(state=state, limit=limit)
-    if json_:
-        from cli.render import print_json
-
-        return print_json(result)
-    from cli.render import jobs_table, show_list
-
-    return show_list(result.jobs, result.total, "jobs", jobs_table)
+    emit(result, fmt, lambda: show_list(result.jobs, result.total, "jobs", jobs_table))
 
 
-def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
-    """Show a job or a sweep: state, why, executions or ranges of indexes, timings."""
+def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False, output: Output = None) -> None:
+    """Show a job or a sweep: state, why, executions or ranges of indexes, timings.
+
+    As YAML or JSON it is also a job file: 'shoal job run FILE' runs its spec again."""
     from cli.lookup import find_job, find_sweep, is_sweep
+    from cli.render import describe_view, emit, output_format, show, sweep_view
 
+    fmt = output_format(json_, output)
     if is_sweep(job_id):
         sweep = find_sweep(client(ctx), job_id)
-        from cli.render import print_json, show, sweep_view
-
-        return print_json(sweep) if json_ else show(sweep_view(sweep, time.time()))
+        return emit(sweep, fmt, lambda: show(sweep_view(sweep, time.time())))
     desc = find_job(client(ctx), job_id)
-    from cli.render import describe_view, print_json, show
-
-    if json_:
-        return print_json(desc)
-    show(describe_view(desc, time.time()))
-    return None
+    return emit(desc, fmt, lambda: show(describe_view(desc, time.time())))
 
 
 def logs(
@@ -118,19 +113,25 @@ def cancel(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
     return None
 
 
-def events(ctx: typer.Context, job_id: AnyId, json_: Json = False) -> None:
-    """Print a job's (or sweep's) events until it ends (--json: JSON lines)."""
+def events(ctx: typer.Context, job_id: AnyId, json_: Json = False, output: Output = None) -> None:
+    """Print a job's (or sweep's) events until it ends (--json: JSON lines; --output yaml: YAML documents)."""
     import json
 
     from cli.lookup import some_id
-    from cli.render import event_line
+    from cli.render import event_line, output_format, print_yaml
 
+    fmt = output_format(json_, output)
     sdk = client(ctx)
     job_id = some_id(sdk, job_id)
     start: float | None = None
     for event in sdk.events(job_id):
-        if json_:
+        if fmt == "json":
             print(json.dumps(event.model_dump(mode="json")), flush=True)
+            continue
+        if fmt == "yaml":
+            print("---")
+            print_yaml(event)
+            sys.stdout.flush()
             continue
         start = event.at if start is None else start
         print(event_line(event, start), flush=True)

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 from cli.options import JobFlags, RunOptions, job_options  # typer evaluates the commands' annotations
+
+if TYPE_CHECKING:
+    from jobs import JobSpec
+    from jobs.sweep import SweepSpec
 
 
 @job_options
@@ -100,17 +104,32 @@ def run_noop(ctx: typer.Context, *, flags: JobFlags, opts: RunOptions) -> int:
 
 def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunOptions,
          context: Path | None = None) -> int:
-    """Submit and follow; with ``context``, that directory is packed, stored on the node and
-    given to the job as its working directory (``/context``). With sweep flags, the job is the
-    template of a sweep, which is submitted and followed instead."""
-    from cli.errors import CLIError
+    """The spec the flags describe, submitted and followed (see ``submit``). With sweep flags, the
+    job is the template of a sweep, which is submitted and followed instead."""
     from cli.specs import build_spec, build_sweep
-    from cli.waiting import submit_and_follow, submit_and_follow_sweep
 
-    if opts.id_only and opts.json:
-        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+    refuse_conflicts(opts)
     spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
     sweep = build_sweep(spec, flags.sweep)  # None: no sweep flags, a single job
+    return submit(ctx, spec if sweep is None else sweep, opts, context)
+
+
+def refuse_conflicts(opts: RunOptions) -> None:
+    """Checked first by every run command, before it reads or builds anything."""
+    if opts.id_only and opts.json:
+        from cli.errors import CLIError
+
+        raise CLIError("--id-only and --json cannot be used together", code=EXIT_USAGE)
+
+
+def submit(ctx: typer.Context, spec: JobSpec | SweepSpec, opts: RunOptions, context: Path | None = None) -> int:
+    """Submit a job or a sweep and follow it; with ``context``, that directory is packed, stored on
+    the node and given to the job as its working directory (``/context``; a sweep's: in its template)."""
+    from cli.errors import CLIError
+    from cli.waiting import submit_and_follow, submit_and_follow_sweep
+    from jobs.sweep import SweepSpec
+
+    job = spec.job if isinstance(spec, SweepSpec) else spec
     if context is not None:
         from jobs import InputSpec
         from shoal._context import ContextTooLarge, pack_context
@@ -120,10 +139,10 @@ def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunO
         except ContextTooLarge as e:
             raise CLIError(str(e), code=EXIT_USAGE) from None
         cid = client(ctx).upload_context(archive)
-        spec = spec.model_copy(update={"inputs": [*spec.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
-    if sweep is not None:
-        return submit_and_follow_sweep(client(ctx), sweep.model_copy(update={"job": spec}), opts)
-    return submit_and_follow(client(ctx), lambda: client(ctx), spec, opts)
+        job = job.model_copy(update={"inputs": [*job.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
+    if isinstance(spec, SweepSpec):
+        return submit_and_follow_sweep(client(ctx), spec.model_copy(update={"job": job}), opts)
+    return submit_and_follow(client(ctx), lambda: client(ctx), job, opts)
 
 
 def _local_file(name: str, what: str) -> Path:

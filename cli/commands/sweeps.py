@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.arguments import Index, JobStateName, Json, MaxBytes, SweepId
+from cli.arguments import Index, JobStateName, Json, MaxBytes, Output, SweepId
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 
@@ -19,14 +19,14 @@ def sweep_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many.")] = 50,
     json_: Json = False,
+    output: Output = None,
 ) -> None:
     """List your sweeps, newest first."""
-    result = client(ctx).list_sweeps(limit=limit)
-    from cli.render import print_json, show_list, sweeps_table
+    from cli.render import emit, output_format, show_list, sweeps_table
 
-    if json_:
-        return print_json(result)
-    return show_list(result.sweeps, result.total, "sweeps", sweeps_table)
+    fmt = output_format(json_, output)
+    result = client(ctx).list_sweeps(limit=limit)
+    emit(result, fmt, lambda: show_list(result.sweeps, result.total, "sweeps", sweeps_table))
 
 
 def sweep_indexes(
@@ -36,26 +36,29 @@ def sweep_indexes(
     first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=10_000, help="At most this many.")] = 100,
     json_: Json = False,
+    output: Output = None,
 ) -> None:
     """Indexes of a sweep in order: state, node, exit code, parameters, reason."""
     from cli.lookup import find_sweep
+    from cli.render import emit, indexes_table, output_format, show
 
+    fmt = output_format(json_, output)
     sdk = client(ctx)
     desc = find_sweep(sdk, sweep_id)
     result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
-    from cli.render import indexes_table, print_json, show
 
-    if json_:
-        return print_json(result)
-    if not result.indexes:
-        print(f"No {state + ' ' if state else ''}indexes" + (f" from {first} on." if first else "."), file=sys.stderr)
-        return None
-    show(indexes_table(result.indexes, desc.sweep.spec))
-    if len(result.indexes) == limit:
-        after = result.indexes[-1].index + 1
-        print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
-              f"more with --first {after}.", file=sys.stderr)
-    return None
+    def human() -> None:
+        if not result.indexes:
+            print(f"No {state + ' ' if state else ''}indexes" + (f" from {first} on." if first else "."),
+                  file=sys.stderr)
+            return
+        show(indexes_table(result.indexes, desc.sweep.spec))
+        if len(result.indexes) == limit:
+            after = result.indexes[-1].index + 1
+            print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
+                  f"more with --first {after}.", file=sys.stderr)
+
+    emit(result, fmt, human)
 
 
 def sweep_retry(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import cli.arguments
@@ -422,6 +423,18 @@ def test_list_json(fake: FakeClient) -> None:
     result = run("list", "--json")
     data = json.loads(result.stdout)
     assert data["total"] == 1 and data["jobs"][0]["id"] == JOB_ID
+
+
+def test_the_configured_output_format_is_the_default_and_a_flag_wins(fake: FakeClient, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('output = "json"\n')
+    result = run("list", env={"SHOAL_CONFIG": str(config)})
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["jobs"][0]["id"] == JOB_ID
+    as_yaml = run("list", env={"SHOAL_CONFIG": str(config), "SHOAL_OUTPUT": "yaml"})
+    assert yaml.safe_load(as_yaml.stdout)["jobs"][0]["id"] == JOB_ID
+    table = run("list", "--output", "table", env={"SHOAL_CONFIG": str(config)})
+    assert JOB_ID[:12] in table.stdout and not table.stdout.lstrip().startswith("{")
 
 
 def test_list_rejects_unknown_state(fake: FakeClient) -> None:
