@@ -74,7 +74,7 @@ class Runner:
         scratch = self.work_dir / ex.id
         results = scratch / "results"
         try:
-            executor = self.executors.get(spec.engine.name)
+            executor = self.executors.get(spec.engine.executor)
             if executor.needs_workspace or spec.inputs or spec.outputs:
                 await trio.to_thread.run_sync(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
             mounts = []

@@ -73,7 +73,7 @@ class ComputeService:
     def __init__(self, *, peers: Peers, store: ComputeStore, executors: ExecutorRegistry, capacity: CapacityTracker,
                  work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
                  inputs: InputRegistry | None = None, publisher: Publisher | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, network: bool = False) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
@@ -84,7 +84,8 @@ class ComputeService:
         self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
                                       input_problems=self.runner.input_problems,
                                       parallel=lambda engine: executors.get(engine).max_parallel,
-                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout)
+                                      backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout,
+                                      network=network)
         self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
@@ -243,7 +244,8 @@ class ComputeService:
         indexes = sum(len(claim.running) for claim in self.machine.claims.values())
         return NodeInfo(peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
                         max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
-                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot)
+                        running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot,
+                        network=self.machine.network)
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]

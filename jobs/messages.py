@@ -67,6 +67,7 @@ class NodeInfo(_Message):
     running: int = 0
     backlog: int = 0
     boot: str = Field("", max_length=64)  # new at every start: a change means the node restarted, backlog empty
+    network: bool = False  # gives jobs that ask for it network access (shoal serve --allow-network)
 
 
 class Bid(_Message):

@@ -119,14 +119,14 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
                 config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python,
-                allow_images=config.allow_images)
+                allow_images=config.allow_images, allow_network=config.allow_network)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      pending_bid_timeout=config.pending_bid_timeout,
-                                     inputs=inputs, publisher=publisher)
+                                     inputs=inputs, publisher=publisher, network=config.allow_network)
             dispatcher.compute = compute
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)

@@ -10,8 +10,10 @@ from jobs.messages import NodeInfo
 
 
 def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:
-    """The node offers the job's engine and its per-job limit fits the job (room now or later)."""
-    return spec.engine.name in node.engines and spec.resources.fits_in(node.max_per_job)
+    """The node offers the job's engine (and network, if it asks) and its per-job limit fits the job (room
+    now or later)."""
+    return (spec.engine.executor in node.engines and (node.network or not spec.engine.needs_network)
+            and spec.resources.fits_in(node.max_per_job))
 
 
 def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
@@ -19,9 +21,12 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     nodes = list(nodes)
     if not nodes:
         return None
-    with_engine = [n for n in nodes if spec.engine.name in n.engines]
+    with_engine = [n for n in nodes if spec.engine.executor in n.engines]
     if not with_engine:
-        return f"no compute node offers engine {spec.engine.name!r} (0 of {len(nodes)} nodes)"
+        return f"no compute node offers engine {spec.engine.executor!r} (0 of {len(nodes)} nodes)"
+    if spec.engine.needs_network and not (with_engine := [n for n in with_engine if n.network]):
+        return (f"the job asks for network and no compute node gives jobs network access (0 of {len(nodes)} "
+                "nodes; an operator allows it with shoal serve --allow-network)")
     big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})

@@ -53,6 +53,9 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    allow_network: Annotated[bool, typer.Option("--allow-network",
+        help="Give docker jobs that ask for it (shoal docker run --network) network access; without it "
+             "this node refuses them.")] = False,
     network_key: Annotated[Path | None, typer.Option("--network-key", metavar="FILE",
         help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,
     trusted_peers: Annotated[Path | None, typer.Option("--trusted-peers", metavar="FILE",
@@ -105,6 +108,7 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        allow_network=allow_network,
         network_key=network_key,
         trusted_peers=trusted_peers,
         authorized_keys=authorized_keys,
@@ -138,6 +142,8 @@ def devstack(
         help="Every node's --retention (results unpinned after).")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", metavar="SECONDS", min=1,
         help="Every node's --ttl (finished jobs and sweeps deleted after).")] = None,
+    allow_network: Annotated[bool, typer.Option("--allow-network",
+        help="Every node's --allow-network (docker jobs may ask for network).")] = False,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
@@ -155,7 +161,8 @@ def devstack(
         extra["kubo"] = kubo
     if bad_actors:
         extra["bad_actors"] = bad_actors
-    serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else [])]
+    serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else []),
+                  *(["--allow-network"] if allow_network else [])]
     if serve_args:
         extra["extra_args"] = serve_args
     with stop_on_signals():
