@@ -560,15 +560,16 @@ def container(spec: JobSpec) -> tuple[DockerEngine, dict[str, str]]:
     if isinstance(engine, DockerEngine):
         return engine, {**env, **spec.env}
     if not isinstance(engine, PythonEngine) or engine.image is None:
-        raise ExecutorError(f"the docker executor cannot run {engine.name!r} jobs without an image", retryable=True)
+        what = "python jobs without an image" if isinstance(engine, PythonEngine) else f"{engine.name!r} jobs"
+        raise ExecutorError(f"the docker executor cannot run {what}", retryable=True)
     program = [job_path(engine.main)] if engine.main is not None else ["-c", engine.code or ""]
     env |= PYTHON_ENV
     if engine.requirements:
         env["PYTHONPATH"] = ":".join(job_path(r) for r in engine.requirements)
     has_context = any(i.path == CONTEXT_DIR for i in spec.inputs)
-    docker = DockerEngine(image=engine.image, entrypoint=["python3"], args=[*program, *engine.args],
+    python = DockerEngine(image=engine.image, entrypoint=["python3"], args=[*program, *engine.args],
                           workdir=CONTEXT_DIR if has_context else "/tmp")
-    return docker, {**env, **spec.env}
+    return python, {**env, **spec.env}
 
 
 # -- blocking helpers (run in worker threads) ---------------------------------------------------------
