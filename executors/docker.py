@@ -1,5 +1,8 @@
 """The Docker executor: one fresh, locked-down container per execution, through a real Docker Engine.
 
+It runs docker jobs, and python jobs that name an image (``PythonEngine.image``): :func:`container` maps
+those to ``python3`` in the image with the python engine's conventions.
+
 docker-py is blocking, so every call runs in ``trio.to_thread.run_sync``; docker-py's errors become
 :class:`ExecutorError` here and nowhere else.
 

@@ -10,7 +10,8 @@ images jobs use most are built locally:
 - ``shoal/python-sci``: the same with Debian's numpy, scipy and pandas. Debian's scipy depends on
   pythran, which brings a C++ toolchain and Boost (about 700 MB) that nothing needs at run time: they
   are purged after debootstrap, with BLAS left to the reference ``libblas3`` (single-threaded, and the
-  same bytes on every CPU, unlike OpenBLAS's per-CPU kernels). See ``DEBIAN_IMAGES`` for sizes and times.
+  same bytes on every CPU, unlike OpenBLAS's per-CPU kernels): about 320 MB, about 3 minutes on an idle
+  2-core machine (debootstrap takes most of it; 12 minutes when the machine is busy).
 
 Images that already exist are skipped. Run ``python -m executors.images`` (``scripts/install-docker``
 does). Missing Debian tools (``busybox-static``, ``debootstrap``) are installed with apt-get, which
@@ -57,7 +58,7 @@ class DebianImage:
 DEBIAN_IMAGES = (
     DebianImage(PYTHON_TAG, ("python3",), about="about 120 MB, under a minute"),
     DebianImage(PYTHON_SCI_TAG, ("python3", "python3-numpy", "python3-scipy", "python3-pandas"),
-                drop=("python3-pythran",), about="about 400 MB, 2-3 minutes"),
+                drop=("python3-pythran",), about="about 320 MB, about 3 minutes"),
 )
 IMAGES = (*BUSYBOX_TAGS, *(i.tag for i in DEBIAN_IMAGES))
 
