@@ -54,14 +54,20 @@ def _require(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def daemon() -> docker.DockerClient:
     try:
-        client = docker.from_env(timeout=60)
-        client.images.get(PYTHON_SCI_TAG)
-    except docker.errors.ImageNotFound:
-        _require(f"{PYTHON_SCI_TAG} is missing: shoal images build (scripts/install-docker)")
+        return docker.from_env(timeout=60)
     except docker.errors.DockerException:
         _require("no Docker daemon answers; run scripts/install-docker")
+        raise
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, daemon):
+    try:
+        daemon.images.get(PYTHON_SCI_TAG)
+    except docker.errors.ImageNotFound:
+        _require(f"{PYTHON_SCI_TAG} is missing: shoal images build (scripts/install-docker)")
     home = tmp_path_factory.mktemp("python-image")
     os.environ["SHOAL_HOME"] = str(home / "home")
     devstack = Devstack(3, base_dir=home / "stack", base_port=free_base_port(3), kubo=True, write_state=False,
@@ -181,9 +187,9 @@ def test_network_runs_on_the_node_that_allows_it(stack):
     assert plain.stdout.split() == ["lo"]  # without --network, none, on every node
 
 
-def test_network_is_refused_with_a_reason_where_no_node_allows_it(tmp_path):
+def test_network_is_refused_with_a_reason_where_no_node_allows_it(daemon, tmp_path):
     os.environ["SHOAL_HOME"] = str(tmp_path / "home")
-    stack = Devstack(2, base_dir=tmp_path / "stack", base_port=free_base_port(2), write_state=False)
+    stack = Devstack(1, base_dir=tmp_path / "stack", base_port=free_base_port(1), write_state=False)
 
     async def run() -> subprocess.CompletedProcess:
         async with stack:
