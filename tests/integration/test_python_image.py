@@ -200,3 +200,13 @@ def test_network_is_refused_with_a_reason_where_no_node_allows_it(daemon, tmp_pa
     assert out.returncode == 1
     assert "no compute node gives jobs network access" in out.stderr and "--allow-network" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_sweep_runs_each_index_in_the_image_with_its_values(stack, tmp_path):
+    (tmp_path / "main.py").write_text(
+        "import os, numpy as np\nprint(np.full(2, float(os.environ['alpha'])).sum(), os.environ['SHOAL_INDEX'])\n")
+    out = shoal(stack, "run", "python", "main.py", "--image", SCI, "--param", "alpha=0.5,1.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    sweep_id = next(word for word in out.stdout.split() + out.stderr.split() if word.startswith("s-"))
+    logs = [shoal(stack, "sweep", "logs", sweep_id, str(i)).stdout for i in range(2)]
+    assert logs == ["1.0 0\n", "3.0 1\n"]
