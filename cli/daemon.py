@@ -52,6 +52,7 @@ def build_node_config(
     pending_bid_timeout: float | None = None,
     unsandboxed_python: bool = False,
     allow_images: list[str] | None = None,
+    allow_network: bool = False,
     network_key: Path | None = None,
     trusted_peers: Path | None = None,
     authorized_keys: Path | None = None,
@@ -69,7 +70,7 @@ def build_node_config(
     values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
                               "unsandboxed_python": unsandboxed_python,
-                              "allow_images": tuple(allow_images or ())}
+                              "allow_images": tuple(allow_images or ()), "allow_network": allow_network}
     values.update({k: v for k, v in (api_limits or {}).items() if v is not None})  # names and quotas
     if labels:
         values["labels"] = _labels(labels, "--label")

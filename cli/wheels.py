@@ -7,6 +7,8 @@ job's requirements. A requirement with no pure-Python wheel fails here, before a
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,26 @@ from pathlib import Path
 from cli.errors import EXIT_USAGE, CLIError
 
 WHEEL_DIR = ".shoal-wheels"
-PYODIDE_PYTHON = "3.13"  # the CPython line whose pure-Python wheels Pyodide's interpreter accepts
+# Where the node's Pyodide is pinned (scripts/install-pyodide installs exactly this version).
+PYODIDE_PACKAGE = Path(__file__).resolve().parents[1] / "executors" / "pyodide_runner" / "package.json"
+
+
+def pyodide_python(package_json: Path = PYODIDE_PACKAGE) -> str:
+    """The CPython line (``"3.14"``) of the pinned Pyodide, whose pure-Python wheels its interpreter accepts.
+
+    Pyodide's version names its Python (since 314.0.0): 314.0.7 runs CPython 3.14. The pin in
+    ``package.json`` is the one source of truth.
+    """
+    try:
+        pinned = str(json.loads(package_json.read_text())["dependencies"]["pyodide"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"cannot tell which Python the python engine runs: no Pyodide pin in {package_json} ({e})",
+                       code=EXIT_USAGE) from None
+    m = re.fullmatch(r"[~^=v]*(\d)(\d{2,})\.\d+\.\d+.*", pinned)
+    if m is None:
+        raise CLIError(f"cannot tell which Python Pyodide {pinned} runs (expected a version like 314.0.7)",
+                       code=EXIT_USAGE)
+    return f"{m[1]}.{int(m[2])}"
 
 
 def _requirement_lines(items: list[str], cwd: Path) -> list[str]:
@@ -39,7 +60,7 @@ def fetch_wheels(items: list[str], cwd: Path) -> list[str]:
     target.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(target),
            "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
-           "--python-version", PYODIDE_PYTHON, *wanted]
+           "--python-version", pyodide_python(), *wanted]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]

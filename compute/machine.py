@@ -73,11 +73,13 @@ class ComputeMachine:
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
                  input_problems: Callable[[JobSpec], list[str]] = lambda spec: [],
                  parallel: Callable[[str], int | None] = lambda engine: None, backlog_size: int = 10_000,
-                 pending_bid_timeout: float = PENDING_BID_TIMEOUT, labels: Mapping[str, str] | None = None) -> None:
+                 pending_bid_timeout: float = PENDING_BID_TIMEOUT, labels: Mapping[str, str] | None = None,
+                 network: bool = False) -> None:
         self.node_id = node_id
         self.capacity = capacity
         self.engines = engines
         self.labels = dict(labels or {})
+        self.network = network  # jobs that ask for network get it (shoal serve --allow-network)
         self.input_problems = input_problems
         self.parallel = parallel
         self.backlog_size = backlog_size
@@ -132,8 +134,10 @@ class ComputeMachine:
         """Why this node could never run ``spec`` (None: it could); such a job is passed over for good."""
         if not matches(spec.selector, self.labels):
             return f"this node's labels do not match selector {spec.selector!r}"
-        if spec.engine.name not in self.engines:
-            return f"engine {spec.engine.name!r} not available here (have: {', '.join(self.engines) or 'none'})"
+        if spec.engine.executor not in self.engines:
+            return f"engine {spec.engine.executor!r} not available here (have: {', '.join(self.engines) or 'none'})"
+        if spec.engine.needs_network and not self.network:
+            return "this node gives jobs no network access (its operator can allow it: shoal serve --allow-network)"
         if over := spec.resources.shortfall(self.capacity.max_per_job):
             return f"needs more than this node offers per job: {', '.join(over)}"
         if problems := self.input_problems(spec):
@@ -367,7 +371,7 @@ class ComputeMachine:
 
     def _try_claim(self, ann: SweepAnnounce) -> Claim | None:
         claim_id = f"c-{uuid.uuid4().hex}"
-        parallel = self.parallel(ann.spec.job.engine.name) or MAX_SLOTS
+        parallel = self.parallel(ann.spec.job.engine.executor) or MAX_SLOTS
         slots: list[str] = []
         while len(slots) < min(MAX_SLOTS, parallel, max(1, ann.pending)):
             holder = f"{claim_id}/{len(slots)}"

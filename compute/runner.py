@@ -77,7 +77,7 @@ class Runner:
         scratch = self.work_dir / ex.id
         results = scratch / "results"
         try:
-            executor = self.executors.get(spec.engine.name)
+            executor = self.executors.get(spec.engine.executor)
             if executor.needs_workspace or spec.inputs or spec.outputs:
                 await self._run_blocking(lambda: (results / "outputs").mkdir(parents=True, exist_ok=True))
             mounts = []

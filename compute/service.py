@@ -75,7 +75,7 @@ class ComputeService:
                  work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
                  inputs: InputRegistry | None = None, publisher: Publisher | None = None,
                  clock: Callable[[], float] = time.time, run_blocking: RunBlocking = trio.to_thread.run_sync,
-                 labels: Mapping[str, str] | None = None) -> None:
+                 labels: Mapping[str, str] | None = None, network: bool = False) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
@@ -88,7 +88,7 @@ class ComputeService:
                                       input_problems=self.runner.input_problems,
                                       parallel=lambda engine: executors.get(engine).max_parallel,
                                       backlog_size=backlog_size, pending_bid_timeout=pending_bid_timeout,
-                                      labels=labels)
+                                      labels=labels, network=network)
         self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
@@ -252,7 +252,7 @@ class ComputeService:
         return NodeInfo(peer_id=self.peers.node_id, addrs=self.peers.addrs(), engines=self.machine.engines,
                         max_per_job=self.capacity.max_per_job, total=self.capacity.total, free=self.capacity.free,
                         running=len(self._scopes) + indexes, backlog=len(self.backlog), boot=self.boot,
-                        labels=self.machine.labels)
+                        labels=self.machine.labels, network=self.machine.network)
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]

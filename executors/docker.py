@@ -1,5 +1,8 @@
 """The Docker executor: one fresh, locked-down container per execution, through a real Docker Engine.
 
+It runs docker jobs, and python jobs that name an image (``PythonEngine.image``): :func:`container` maps
+those to ``python3`` in the image with the python engine's conventions.
+
 docker-py is blocking, so every call runs in ``trio.to_thread.run_sync``; docker-py's errors become
 :class:`ExecutorError` here and nowhere else.
 
@@ -45,11 +48,11 @@ from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
-from executors._common import disk_limit_message, own_again, watch_disk, written_past
+from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
 from executors.images import IMAGES as BASE_IMAGES
-from jobs import RunResult
-from jobs.spec import DockerEngine, format_bytes
+from jobs import JobSpec, RunResult
+from jobs.spec import DockerEngine, PythonEngine, format_bytes
 
 log = logging.getLogger("shoal.executors.docker")
 
@@ -70,7 +73,12 @@ WAIT_CHUNK = 60.0  # seconds per container wait request; re-issued until the con
 CLEANUP_TIMEOUT = 30.0  # seconds the shielded removal may take before we leave it to cleanup_leftovers
 PROGRESS_INTERVAL = 1.0  # seconds between pull progress reports
 
-_BASE_IMAGES = "busybox, shoal/busybox, shoal/python:3"
+_BASE_IMAGES = ", ".join(BASE_IMAGES)
+# What a python job sees in an image besides its own env: the python engine's conventions (executors/pyodide.py:
+# hash seed 0, UTF-8, UTC) and single-threaded BLAS and OpenMP, so that a seeded numpy program computes the
+# same bytes on every node, whatever its core count.
+PYTHON_ENV = {"PYTHONHASHSEED": "0", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONDONTWRITEBYTECODE": "1",
+              "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _UNREACHABLE = ("dial tcp", "no such host", "connection refused", "i/o timeout", "network is unreachable",
                 "tls handshake", "client.timeout", "server misbehaving", "temporary failure in name resolution",
                 "no route to host", "connection reset")
@@ -227,9 +235,7 @@ class DockerExecutor(Executor):
     # -- checks --------------------------------------------------------------------------------------
 
     def _engine(self, request: RunRequest) -> DockerEngine:
-        engine = request.spec.engine
-        if not isinstance(engine, DockerEngine):
-            raise ExecutorError(f"the docker executor cannot run {engine.name!r} jobs", retryable=True)
+        engine = container(request.spec)[0]
         if engine.network and not self.allow_network:
             raise ExecutorError("this node does not give jobs network access (the job sets network: true)",
                                 retryable=False)
@@ -463,7 +469,7 @@ class DockerExecutor(Executor):
             log_config={"Type": "none", "Config": {}},
             **limits,
         )
-        env = {"HOME": "/tmp", **request.spec.env}  # the root fs is read-only: give tools a writable home
+        env = container(request.spec)[1]
         return {
             "image": engine.image,
             "command": list(engine.args) or None,
@@ -538,6 +544,35 @@ async def cleanup_leftovers(node_label: str) -> list[str]:
     except _DaemonErrors as e:
         log.warning("could not clean up containers of node %s: %s", node_label, e)
         return []
+
+
+def container(spec: JobSpec) -> tuple[DockerEngine, dict[str, str]]:
+    """The container that runs ``spec``, and its environment: the one place a python job in an image
+    (``PythonEngine.image``) becomes a container.
+
+    Such a job runs as ``python3 MAIN ARGS`` or ``python3 -c CODE ARGS`` in the image, with the python
+    engine's conventions: the context (``/context``) is the working directory and relative paths start
+    there, inputs and outputs are at their paths, ``requirements`` (wheel files) are importable (on
+    ``PYTHONPATH``), and ``PYTHON_ENV``; the job's env comes last and wins. Never with network.
+
+    Raises:
+        ExecutorError: the spec is not one the docker executor runs.
+    """
+    engine = spec.engine
+    env = {"HOME": "/tmp"}  # the root fs is read-only: give tools a writable home
+    if isinstance(engine, DockerEngine):
+        return engine, {**env, **spec.env}
+    if not isinstance(engine, PythonEngine) or engine.image is None:
+        what = "python jobs without an image" if isinstance(engine, PythonEngine) else f"{engine.name!r} jobs"
+        raise ExecutorError(f"the docker executor cannot run {what}", retryable=True)
+    program = [job_path(engine.main)] if engine.main is not None else ["-c", engine.code or ""]
+    env |= PYTHON_ENV
+    if engine.requirements:
+        env["PYTHONPATH"] = ":".join(job_path(r) for r in engine.requirements)
+    has_context = any(i.path == CONTEXT_DIR for i in spec.inputs)
+    python = DockerEngine(image=engine.image, entrypoint=["python3"], args=[*program, *engine.args],
+                          workdir=CONTEXT_DIR if has_context else "/tmp")
+    return python, {**env, **spec.env}
 
 
 # -- blocking helpers (run in worker threads) ---------------------------------------------------------
@@ -645,8 +680,7 @@ def _close(sock: Any) -> None:
 def _pull_error(image: str, e: BaseException) -> ExecutorError:
     text = str(getattr(e, "explanation", None) or e)
     if any(s in text.lower() for s in _UNREACHABLE):
-        base = image.split("@")[0]
-        if base in ("busybox", "busybox:latest", "shoal/busybox", "shoal/busybox:latest", "shoal/python:3"):
+        if _normalise_image(image.split("@")[0]) in _BASE_IMAGE_NAMES:
             hint = "build it with `python -m executors.images`"
         else:
             hint = ("load it on this node (`docker load`) or use a base image built by "

@@ -69,6 +69,7 @@ class NodeInfo(_Message):
     backlog: int = 0
     boot: str = Field("", max_length=64)  # new at every start: a change means the node restarted, backlog empty
     labels: dict[str, str] = {}  # what job selectors match (``shoal serve --label``); bounded and checked on receipt
+    network: bool = False  # gives jobs that ask for it network access (shoal serve --allow-network)
 
     _labels = field_validator("labels")(check_labels)
 

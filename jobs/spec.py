@@ -141,14 +141,32 @@ class Deadlines(_Frozen):
         return None
 
 
-class NoopEngine(_Frozen):
+class _Engine(_Frozen):
+    """What every engine says about itself: what a node must offer to run it, and how it may be checked."""
+
+    @property
+    def executor(self) -> str:
+        """The engine a node must offer (in its ``engines``) to run this one."""
+        return self.name
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the same job gives the same bytes on every node (so its result may be cached)."""
+        return self.name in DETERMINISTIC_ENGINES
+
+    @property
+    def needs_network(self) -> bool:
+        return False
+
+
+class NoopEngine(_Engine):
     """Runs nothing and succeeds: for trying the network, tests and benchmarks."""
 
     name: Literal["noop"] = "noop"
     delay: float = Field(0.0, ge=0, le=3600, description="seconds the run takes (to simulate work)")
 
 
-class DockerEngine(_Frozen):
+class DockerEngine(_Engine):
     name: Literal["docker"] = "docker"
     image: str = Field(min_length=1)
     entrypoint: list[str] = []
@@ -156,26 +174,50 @@ class DockerEngine(_Frozen):
     workdir: str | None = None
     network: bool = False
 
+    @property
+    def needs_network(self) -> bool:
+        return self.network
 
-class WasmEngine(_Frozen):
+
+class WasmEngine(_Engine):
     name: Literal["wasm"] = "wasm"
     module: str = Field(min_length=1, description="path of the module inside the job's inputs, or ipfs://CID")
     entrypoint: str = "_start"
     args: list[str] = []
 
 
-class PythonEngine(_Frozen):
+class PythonEngine(_Engine):
+    """``python main.py ARGS`` or ``python -c CODE ARGS``: in Pyodide (offline, deterministic), or, with
+    ``image``, in that Docker image's ``python3`` (numpy, scipy, pandas: ``shoal/python-sci``), run by the
+    docker executor with the same conventions (``executors.docker.python_container``)."""
+
     name: Literal["python"] = "python"
     main: str | None = Field(None, description="script inside the job's context, e.g. main.py")
     code: str | None = Field(None, description="inline code (python -c)")
     args: list[str] = []
     requirements: list[str] = []
+    image: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\s]+$",
+                              exclude_if=lambda image: image is None,
+                              description="run with this Docker image's python3 instead of Pyodide, "
+                                          "e.g. shoal/python-sci")
+    # (no ``image`` key when unset: a Pyodide job's spec, and so its digest, cache key and seed, stay the
+    # bytes they were before the field existed, and that older nodes compute)
 
     @model_validator(mode="after")
     def _one_program(self) -> PythonEngine:
         if (self.main is None) == (self.code is None):
             raise ValueError("give exactly one of 'main' or 'code'")
         return self
+
+    @property
+    def executor(self) -> str:
+        return "python" if self.image is None else "docker"
+
+    @property
+    def deterministic(self) -> bool:
+        """In Pyodide, yes; in an image, only as far as the program seeds itself: entropy and clocks are
+        real there, and images of one name may differ between nodes, so results are verified, not cached."""
+        return self.image is None
 
 
 DETERMINISTIC_ENGINES = frozenset({"noop", "wasm", "python"})
@@ -337,7 +379,7 @@ class JobSpec(_Frozen):
         only changes scheduling (deadlines, min_bids, selector). A job with secrets is never cached: its
         result may depend on values no cache key may hold.
         """
-        if self.engine.name not in DETERMINISTIC_ENGINES or self.secret_env:
+        if not self.engine.deterministic or self.secret_env:
             return None
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None

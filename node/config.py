@@ -54,6 +54,7 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    allow_network: bool = False  # give docker jobs that ask for it network access (off: such jobs are refused)
     network_key: Path | None = None  # private network: only peers holding this key connect (node.net.admission)
     trusted_peers: Path | None = None  # file of peer ids: only these peers connect (with the key, if one is set)
     authorized_keys: Path | None = None  # client keys the API lets in (node.api.access); None: any key

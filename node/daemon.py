@@ -120,14 +120,15 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
                 config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python,
-                allow_images=config.allow_images)
+                allow_images=config.allow_images, allow_network=config.allow_network)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,
                                      capacity=CapacityTracker(total, config.limit_job),
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      pending_bid_timeout=config.pending_bid_timeout,
-                                     inputs=inputs, publisher=publisher, labels=config.labels)
+                                     inputs=inputs, publisher=publisher, labels=config.labels,
+                                     network=config.allow_network)
             dispatcher.compute = compute
             if config.labels:
                 log.info("labels: %s", format_labels(config.labels))

@@ -15,10 +15,10 @@ SHOWN_LABELS_CHARS = 120  # ... each cut to this length (labels come from peers)
 
 
 def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:
-    """The node's labels match the job's selector, it offers the job's engine and its per-job limit
-    fits the job (room now or later)."""
-    return (spec.engine.name in node.engines and spec.resources.fits_in(node.max_per_job)
-            and matches(spec.selector, node.labels))
+    """The node's labels match the job's selector, it offers the job's engine (and network, if it asks) and
+    its per-job limit fits the job (room now or later)."""
+    return (spec.engine.executor in node.engines and (node.network or not spec.engine.needs_network)
+            and spec.resources.fits_in(node.max_per_job) and matches(spec.selector, node.labels))
 
 
 def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
@@ -30,9 +30,12 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     if not selected:
         return f"no known node matches selector {spec.selector!r} ({_label_sets(nodes)})"
     which = f" matching selector {spec.selector!r}" if len(selected) < len(nodes) else ""
-    with_engine = [n for n in selected if spec.engine.name in n.engines]
+    with_engine = [n for n in selected if spec.engine.executor in n.engines]
     if not with_engine:
-        return f"no compute node{which} offers engine {spec.engine.name!r} (0 of {len(selected)} nodes)"
+        return f"no compute node{which} offers engine {spec.engine.executor!r} (0 of {len(selected)} nodes)"
+    if spec.engine.needs_network and not (with_engine := [n for n in with_engine if n.network]):
+        return (f"the job asks for network and no compute node{which} gives jobs network access (0 of "
+                f"{len(selected)} nodes; an operator allows it with shoal serve --allow-network)")
     big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})

@@ -57,6 +57,9 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    allow_network: Annotated[bool, typer.Option("--allow-network",
+        help="Give docker jobs that ask for it (shoal docker run --network) network access; without it "
+             "this node refuses them.")] = False,
     network_key: Annotated[Path | None, typer.Option("--network-key", metavar="FILE",
         help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,
     trusted_peers: Annotated[Path | None, typer.Option("--trusted-peers", metavar="FILE",
@@ -111,6 +114,7 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        allow_network=allow_network,
         network_key=network_key,
         trusted_peers=trusted_peers,
         authorized_keys=authorized_keys,
@@ -146,6 +150,8 @@ def devstack(
         help="Every node's --ttl (finished jobs and sweeps deleted after).")] = None,
     node_label: Annotated[list[str] | None, typer.Option("--node-label", metavar="I:KEY=VALUE",
         help="A label of node I (0-based), e.g. 1:zone=eu; repeatable.")] = None,
+    allow_network: Annotated[bool, typer.Option("--allow-network",
+        help="Every node's --allow-network (docker jobs may ask for network).")] = False,
 ) -> None:  # fmt: skip
     """Run N local nodes for development until Ctrl-C.
 
@@ -166,7 +172,8 @@ def devstack(
         extra["kubo"] = kubo
     if bad_actors:
         extra["bad_actors"] = bad_actors
-    serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else [])]
+    serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else []),
+                  *(["--allow-network"] if allow_network else [])]
     if serve_args:
         extra["extra_args"] = serve_args
     with stop_on_signals():

@@ -71,6 +71,9 @@ def run_python(
         help="Inline code instead of a script.")] = None,
     requirements: Annotated[list[str] | None, typer.Option("--requirement", "-r", metavar="PKG",
         help="Package to install first; repeatable.")] = None,
+    image: Annotated[str | None, typer.Option("--image", metavar="IMAGE",
+        help="Run with this Docker image's python3 instead of Pyodide, e.g. shoal/python-sci (numpy, scipy, "
+             "pandas).")] = None,
     *,
     flags: JobFlags,
     opts: RunOptions,
@@ -78,6 +81,8 @@ def run_python(
     """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE"""
     argv = argv or []
     engine: dict[str, Any] = {"name": "python"}
+    if image is not None:
+        engine["image"] = image
     if code is not None:
         engine.update(code=code, args=argv)
     elif argv:

@@ -42,9 +42,10 @@ def bench(
 
 def images_build(
     no_python: Annotated[bool, typer.Option("--no-python", help="Only the busybox image.")] = False,
+    no_sci: Annotated[bool, typer.Option("--no-sci", help="Not shoal/python-sci (numpy, scipy, pandas).")] = False,
 ) -> None:
-    """Build Shoal's base container images offline (busybox, shoal/python:3)."""
+    """Build Shoal's base container images offline (busybox, shoal/python:3, shoal/python-sci)."""
     require_node("images build")
     from executors.images import build_images
 
-    build_images(python=not no_python)
+    build_images(python=not no_python, sci=not no_sci)
