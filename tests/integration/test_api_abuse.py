@@ -30,6 +30,7 @@ QUOTA_PORT = BASE + 1  # node B: small quotas
 RESTART_PORT = BASE + 2
 A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
 PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
+IMPOSSIBLE = {"engine": {"name": "noop"}, "resources": {"cpu": 1000}}  # fails on admission: never in flight
 RETENTION = 2.0
 
 
@@ -141,9 +142,9 @@ def test_idle_connection_is_closed(node_a: Path) -> None:
 def test_quotas_answer_429_with_retry_after(node_b: Path) -> None:
     fast, holder = ClientKey.generate(), ClientKey.generate()
     with httpx.Client(timeout=30) as http:
-        # submissions per second: 2 (bursts of 4); a fifth at once is refused
-        codes = [http.send(signed(http, fast, "POST", f"{B}/v1/jobs", json={"spec": {"engine": {"name": "noop"}}}))
-                 for _ in range(5)]  # fmt: skip
+        # submissions per second: 2 (bursts of 4); a fifth at once is refused. The jobs fail on admission
+        # (no node has 1000 cores), so none is in flight: only the per-second quota can refuse them.
+        codes = [http.send(signed(http, fast, "POST", f"{B}/v1/jobs", json={"spec": IMPOSSIBLE})) for _ in range(5)]
         assert [r.status_code for r in codes[:4]] == [201] * 4
         refused = error(codes[4], 429)
         assert refused["code"] == "too_many_requests" and "per second" in refused["message"]
