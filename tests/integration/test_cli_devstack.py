@@ -27,11 +27,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.rogue import free_base_port
+
 pytestmark = pytest.mark.slow
 
 SHOAL = str(Path(sys.executable).with_name("shoal"))
 REPO = Path(__file__).resolve().parents[2]
-BASE_PORT = 19000  # APIs 19000-19002, libp2p 19100-19102 (Kubo, were it on: 19200-19402)
+BASE_PORT = free_base_port(3)  # free APIs and libp2p ports: others may run devstacks at the same time
 SERVE_PORT = 19010
 DEAD_API = "http://127.0.0.1:19099"  # nothing listens here
 JOB_ID = re.compile(r"^j-[0-9a-f]{32}$")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.rogue import free_base_port
 from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, cli_devstack
 
 pytestmark = pytest.mark.slow
 
-BASE_PORT = 19600  # APIs 19600-19601, libp2p 19700-19701
+BASE_PORT = free_base_port(2)  # free APIs and libp2p ports: others may run devstacks at the same time
 SWEEP_ID = re.compile(r"\bs-[0-9a-f]{32}\b")
 ENDED: dict[str, str] = {}  # sweeps ended early by the tests below (a win, a cancel) → their ids
 FAIL_ON_2 = "import os, sys; print('x is', os.environ['x']); sys.exit(1 if os.environ['x'] == '2' else 0)"
