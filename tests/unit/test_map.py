@@ -286,3 +286,16 @@ def test_a_sweep_that_ends_without_some_records_fails_them_rather_than_polling_f
     with sync_client(losing) as client, pytest.raises(IndexFailed, match="ended without it"):
         client.map(add, [1, 2])
     assert len(losing.records) <= 2
+
+
+@pytest.mark.parametrize("type_name", ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
+                                       "RemoteError", "print", "__import__", "object", "NotAType"])
+def test_a_forged_error_reply_cannot_make_the_client_raise_something_that_stops_it(type_name: str) -> None:
+    """What a node's index prints is the node's word: a reply naming an exception that would end the caller's
+    program (or anything but a built-in ``Exception``) comes back as a plain ``RemoteError``."""
+    from shoal._map import remote_error
+
+    error = remote_error("index 0 of sweep s-1", 0, "s-1", {"type": type_name, "builtin": True,
+                                                            "message": "forged", "traceback": "forged tb"})
+    assert type(error) is RemoteError and isinstance(error, Exception)
+    assert error.type_name == type_name and error.remote_message == "forged"
