@@ -34,6 +34,7 @@ from jobs.messages import (
     encode,
 )
 from node.ratelimit import RateLimiter
+from node.store import StoreClosed
 
 if TYPE_CHECKING:
     from compute import ComputeService
@@ -191,6 +192,9 @@ class Dispatcher:
                 reply = Reply(verdict="pending" if bidding else "rejected")
             else:
                 reply = None
+        except StoreClosed:  # the node is stopping: the sender asks again elsewhere or later
+            log.info("not handling %s from %s: the node is shutting down", message.kind, peer)
+            return encode(Reply(ok=False, reason="the receiving node is shutting down"))
         except Exception:  # a bug or a store failure on one message must not take the node down
             log.exception("handling %s from %s", message.kind, peer)
             return encode(Reply(ok=False, reason="internal error on the receiving node"))

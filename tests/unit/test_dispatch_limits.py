@@ -14,6 +14,7 @@ from jobs.sweep import SweepSpec
 from node import dispatch
 from node.dispatch import MAX_NODE_INFO_BYTES, Dispatcher, read_gossip
 from node.ratelimit import RateLimiter
+from node.store import StoreClosed
 
 SPEC = JobSpec(engine={"name": "noop"})
 ROOM = Resources(cpu=4, memory="8GiB", disk="10GiB")
@@ -136,3 +137,15 @@ async def test_without_a_limiter_nothing_is_refused() -> None:
     d.ready.set()
     query = encode(StatusQuery(execution_ids=["e-1"]))
     assert all([decode(await d.on_request("p", query)).ok for _ in range(500)])
+
+
+async def test_a_request_racing_the_store_closing_gets_a_plain_refusal_not_an_error_log(caplog) -> None:
+    """At shutdown a role's write can meet a closed store: the sender hears why, the log holds no traceback."""
+    async def handle(peer: str, message) -> Reply:
+        raise StoreClosed("the store is shutting down")
+
+    d = Dispatcher(compute=SimpleNamespace(handle=handle))  # type: ignore[arg-type]
+    d.ready.set()
+    reply = decode(await d.on_request("p", encode(StatusQuery(execution_ids=["e-1"]))))
+    assert not reply.ok and reply.reason == "the receiving node is shutting down"
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
