@@ -95,7 +95,8 @@ TOP_KEYS: dict[str, Callable[[Any], Any]] = {"api": _url, "ca_cert": _text, "out
 # The keys of [run] are the parameter names of the run commands' shared flags (cli.options).
 RUN_KEYS: dict[str, Callable[[Any], Any]] = {
     "cpu": _quantity, "memory": _quantity, "disk": _quantity, "timeout": _seconds,
-    "concurrency": _count, "confidence": _count, "min_bids": _count,
+    "concurrency": _count, "confidence": _count, "min_bids": _count, "retries": _count,
+    "queue_timeout": _seconds,
     "wait": _boolean, "wait_timeout": _seconds, "cache": _boolean,
 }  # fmt: skip
 

@@ -53,6 +53,8 @@ class JobFlags:
     confidence: int | None = None
     min_bids: int | None = None
     selector: str | None = None
+    queue_timeout: float | None = None
+    retries: int | None = None
     sweep: SweepFlags = field(default_factory=SweepFlags)
 
 
@@ -101,6 +103,12 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Bids to wait for before choosing.")], None),
     ("selector", Annotated[str | None, _opt("--selector", metavar="SELECTOR",
         help="Only nodes whose labels match, e.g. 'zone=eu,gpu in (a100,h100),!spot'.")], None),
+    ("queue_timeout", Annotated[float | None, _opt("--queue-timeout", metavar="SECONDS",
+        help="How long the job may wait for nodes before it fails (default 86400: as long as any job may).")],
+        None),
+    ("retries", Annotated[int | None, _opt("--retries", metavar="N",
+        help="Run again, with backoff, up to N times after a non-zero exit or a node error (a sweep: each "
+             "index).")], None),
     ("params", Annotated[list[str] | None, _opt("--param", metavar="KEY=V1,V2,...", panel=_SWEEP,
         help="Run the job once per value (a sweep; $KEY holds the value). Repeatable: every combination.")], None),
     ("sweep_file", Annotated[str | None, _opt("--sweep", metavar="FILE", panel=_SWEEP,
@@ -128,7 +136,7 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
 _FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk", "timeout", "concurrency",
-               "confidence", "min_bids", "selector")
+               "confidence", "min_bids", "selector", "queue_timeout", "retries")
 
 
 def flag_defaults() -> dict[str, Any]:

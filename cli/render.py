@@ -343,6 +343,8 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
     d = spec.deal
     info.add_row("Deal", f"concurrency {d.concurrency}, confidence {d.confidence}, min bids {d.min_bids}")
     info.add_row("Submitted", f"{fmt_age(now - job.created_at)} ago")
+    if spec.retries:
+        info.add_row("Retries", f"{job.retried} of {spec.retries} used")
     if job.attempt:
         info.add_row("Attempt", str(job.attempt))
     if job.requester:

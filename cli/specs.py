@@ -36,6 +36,8 @@ _FLAGS = {
     "inputs": "--input",
     "outputs": "--output",
     "selector": "--selector",
+    "deadlines.bid": "--queue-timeout",
+    "retries": "--retries",
 }
 
 
@@ -118,6 +120,13 @@ def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
         data["timeout"] = flags.timeout
     if flags.selector:
         data["selector"] = flags.selector
+    if flags.retries is not None:
+        data["retries"] = flags.retries
+    if flags.queue_timeout is not None:
+        if flags.sweep:
+            raise CLIError("--queue-timeout: a sweep's indexes wait for nodes until they run or the sweep is "
+                           "cancelled; the flag is for a single job", code=EXIT_USAGE)
+        data["deadlines"] = {"bid": flags.queue_timeout}
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

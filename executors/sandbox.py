@@ -26,6 +26,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,8 +206,8 @@ class Sandbox:
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""
         dest = self.root() / name
-        if not dest.exists():
-            tmp = dest.with_name(dest.name + ".tmp")
+        if not dest.exists():  # two runners starting at once both copy; each to its own file, the last wins
+            tmp = dest.with_name(f"{dest.name}.{threading.get_ident()}.tmp")
             shutil.copyfile(path, tmp)
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)

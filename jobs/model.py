@@ -69,6 +69,8 @@ class Job(BaseModel):
     reason: str = ""
     requester: str = ""  # peer id of the node that orchestrates it
     attempt: int = 0  # bumped on every re-offer
+    retried: int = 0  # runs that failed and were run again (``spec.retries`` allows how many)
+    first_attempt: int = 0  # of the current run: executions of earlier attempts belong to runs that failed
     created_at: float
     updated_at: float
     revision: int = 0

@@ -110,18 +110,21 @@ class Deal(_Frozen):
 
 
 MAX_BID_DEADLINE = 24 * 3600.0  # the longest a job may wait for bids: every job ends in finite time
+MAX_RETRIES = 10  # runs of a job (or a sweep index) after the first that failed
 
 
 class Deadlines(_Frozen):
     """Seconds allowed for each phase of a job.
 
-    ``bid`` is at most ``MAX_BID_DEADLINE``. The API refuses ``null`` (once "no limit": a job
-    re-announced for ever); a job stored by an older node with ``null`` or more waits
-    ``bid_limit``, the cap.
+    ``bid`` is the queue timeout (``--queue-timeout``): how long a job waits for nodes, from its
+    submission or its last retry. By default as long as any job may wait, ``MAX_BID_DEADLINE``, so a
+    batch larger than its cluster queues rather than fails (the first release waited 600 s). The API
+    refuses ``null`` (once "no limit": a job re-announced for ever); a job stored by an older node
+    with ``null`` or more waits ``bid_limit``, the cap.
     """
 
-    bid: float | None = Field(600.0, gt=0, description="waiting for enough bids (queued jobs wait here); "
-                              f"at most {MAX_BID_DEADLINE:g}")
+    bid: float | None = Field(MAX_BID_DEADLINE, gt=0, description="the queue timeout: waiting for enough "
+                              f"bids (queued jobs wait here); at most {MAX_BID_DEADLINE:g}")
     min_bids: float = Field(10.0, gt=0, description="waiting for min_bids before choosing among fewer")
     silence: float = Field(10.0, gt=0, description="a node running the job may be unreachable this long")
     result_grace: float = Field(60.0, gt=0, description="after the run timeout, before giving up on a result")
@@ -317,7 +320,11 @@ class JobSpec(_Frozen):
     deadlines: Deadlines = Deadlines()
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
                         "job, when there is one (deterministic engines only); false forces a run")
-    # Left out of the JSON when empty: such a spec reads, hashes and travels exactly as before selectors existed.
+    retries: int = Field(0, ge=0, le=MAX_RETRIES, exclude_if=lambda v: not v, description=(
+        "how many times to run the job again, with backoff, after it failed with a non-zero exit code or a "
+        "node error (in a sweep: each index)"))
+    # Left out of the JSON when empty: such a spec reads, hashes and travels exactly as before selectors
+    # (and retries) existed.
     selector: str = Field("", max_length=MAX_SELECTOR_CHARS, exclude_if=lambda v: not v, description=(
         "which nodes may run the job, by their labels, as a Kubernetes label selector: "
         "'zone=eu,gpu in (a100,h100),!spot'; empty: any node"))
@@ -376,7 +383,7 @@ class JobSpec(_Frozen):
         Only deterministic engines, and only content-addressed inputs (a URL may change): the
         key covers everything that can change the outputs (engine, env, inputs by CID, outputs,
         resources, how strongly it is verified) plus the engine's version, and leaves out what
-        only changes scheduling (deadlines, min_bids, selector). A job with secrets is never cached: its
+        only changes scheduling (deadlines, min_bids, selector, retries). A job with secrets is never cached: its
         result may depend on values no cache key may hold.
         """
         if not self.engine.deterministic or self.secret_env:
@@ -384,6 +391,7 @@ class JobSpec(_Frozen):
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None
         material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"},
-                                                         "secret_env": True, "selector": True})
+                                                         "secret_env": True, "selector": True,
+                                                         "retries": True})
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

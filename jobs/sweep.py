@@ -187,6 +187,7 @@ class IndexRecord(BaseModel):
     node_id: str | None = None
     reason: str = ""
     attempts: int = 0
+    retries: int = 0  # runs after a failure, as the job template's ``retries`` allows
     result: RunResult | None = None
     updated_at: float = 0.0
 

@@ -23,6 +23,8 @@ from requester.selection import can_ever_run, candidates, never_runnable, waitin
 TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0
+RETRY_BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed run (spec.retries); doubles after each
+RETRY_BACKOFF_MAX = 60.0
 MAX_REOFFERS = 5
 CANDIDATE_SPARE = 1  # a first announcement asks one node more than the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
@@ -33,6 +35,11 @@ Reputation = Mapping[str, tuple[int, int]]  # peer -> (results accepted, results
 def announce_backoff(backoff: float, now: float) -> tuple[float, float]:
     """(when to announce next, the backoff after that): jobs and sweeps repeat announcements alike."""
     return now + backoff, min(backoff * 2, ANNOUNCE_BACKOFF_MAX)
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before retry number ``retry`` (1, 2, …) of a failed job or sweep index: 1, 2, 4, … 60."""
+    return min(RETRY_BACKOFF_FIRST * 2 ** (retry - 1), RETRY_BACKOFF_MAX)
 
 
 @dataclass(frozen=True)
@@ -305,8 +312,7 @@ class JobMachine:
         p.put(y)
         done = sum(1 for x in p.state.executions.values() if x.state is ExecutionState.COMPLETED)
         if result.exit_code != 0:
-            self._finish(p, JobState.FAILED, f"exit code {result.exit_code} on node {peer[-8:]}", [y], events,
-                         result=result)
+            self._fail(p, f"exit code {result.exit_code} on node {peer[-8:]}", [y], events, result=result)
         elif done >= state.job.spec.deal.concurrency:
             self._finish(p, JobState.COMPLETED, "completed", [y], events, result=result)
         else:
@@ -461,8 +467,7 @@ class JobMachine:
             p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()
         if result.exit_code != 0:
-            self._finish(p, JobState.FAILED, f"exit code {result.exit_code} ({verdict.reason})", updates, events,
-                         result=result)
+            self._fail(p, f"exit code {result.exit_code} ({verdict.reason})", updates, events, result=result)
         else:
             self._finish(p, JobState.COMPLETED, f"completed, {verdict.reason}", updates, events, result=result)
         return verdicts
@@ -482,12 +487,12 @@ class JobMachine:
             why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
         elif able and not trust.nodes_left(p.state.executions.values(), able):
             why = f"no known node may take the job any more; last error on {last}"
-        elif job.attempt >= self.max_reoffers:
-            why = f"gave up after {job.attempt} re-offers; last error on {last}"
+        elif job.attempt - job.first_attempt >= self.max_reoffers:
+            why = f"gave up after {job.attempt - job.first_attempt} re-offers; last error on {last}"
         else:
             why = None
         if why is not None:
-            return self._finish(p, JobState.FAILED, why, [failed], events)
+            return self._fail(p, why, [failed], events)
         reason = f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}"
         state = JobState.RUNNING if p.state.held() > 0 else JobState.PENDING
         job = job.transition(state, reason, p.now, attempt=job.attempt + 1)
@@ -497,6 +502,36 @@ class JobMachine:
                           next_announce=p.now)
         p.save(executions=(failed,), job=job, events=tuple(events))
         p.counts["reoffers"] += 1
+
+    def _fail(self, p: JobChanges, reason: str, executions: Sequence[Execution], events: Sequence[Event], *,
+              result: RunResult | None = None) -> None:
+        """A run failed (a non-zero exit, or a node error that ends it): fail the job or, while
+        ``spec.retries`` allows, run it again after a backoff (``retry_delay``).
+
+        The retry is a new attempt and a fresh start: the failed run's executions are left behind
+        (stored, no longer tracked), so its nodes may bid again and the re-offer budget and the queue
+        timeout count afresh. What still runs of the failed run (other slots) is cancelled.
+        """
+        job = p.state.job
+        if job.retried >= job.spec.retries:
+            return self._finish(p, JobState.FAILED, reason, executions, events, result=result)
+        executions, events = list(executions), list(events)
+        touched = {x.id for x in executions}
+        for x in p.state.executions.values():
+            if x.id not in touched and not x.state.is_terminal:
+                y = x.transition(ExecutionState.CANCELLED, "its run failed and is retried", p.now)
+                executions.append(y)
+                p.cancel(y)
+        retry = job.retried + 1
+        delay = retry_delay(retry)
+        why = f"retry {retry} of {job.spec.retries} in {delay:g} s: {reason}"
+        attempt = job.attempt + 1
+        job = job.transition(JobState.PENDING, why, p.now, attempt=attempt, first_attempt=attempt, retried=retry)
+        events.append(p.event(EventKind.RETRIED, why))
+        start = p.now + delay  # announced then; the queue timeout counts from then
+        p.state = Tracked(job=job, secrets=p.state.secrets, waiting_since=start, next_announce=start)
+        p.save(executions=tuple(executions), job=job, events=tuple(events))
+        p.counts["retries"] += 1
 
     def _finish(self, p: JobChanges, end: JobState, reason: str, executions: Sequence[Execution] = (),
                 events: Sequence[Event] = (), *, result: RunResult | None = None) -> None:

@@ -1,10 +1,12 @@
-"""Which nodes may run a job, which to ask, and why a job is still waiting (pure functions)."""
+"""Which nodes may run a job, which to ask, and why a job is still waiting (pure functions, and the
+queue order the reason reads)."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from jobs import JobSpec
 from jobs.messages import NodeInfo
@@ -53,16 +55,43 @@ def _label_sets(nodes: list[NodeInfo]) -> str:
     return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} known: {'; '.join(shown)}{more}"
 
 
-def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int) -> str:
-    """A human explanation for a job short of nodes, e.g. 'waiting for bids: 1 of 3 nodes accepted ...'."""
+def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahead: int | None = None) -> str:
+    """A human explanation for a job short of nodes: 'queued: 412 jobs ahead, 0 of 3 nodes free' when the
+    nodes that could run it are busy (``ahead``: the requester's jobs that have waited longer, if known),
+    else e.g. 'waiting for bids: 1 of 3 nodes accepted ...'."""
     nodes = list(nodes)
     need = spec.deal.concurrency
     able = [n for n in nodes if can_ever_run(spec, n)]
     free_now = [n for n in able if spec.resources.fits_in(n.free)]
     if not nodes:
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
+    if able and len(free_now) < need - accepted:
+        jobs_ahead = "" if ahead is None else f"{ahead} job{'' if ahead == 1 else 's'} ahead, "
+        return (f"queued: {jobs_ahead}{len(free_now)} of {len(able)} nodes free"
+                + (f"; {accepted} of {need} nodes accepted" if accepted else "")
+                + (f" ({len(able)} of {len(nodes)} known nodes can run it)" if len(able) < len(nodes) else ""))
     return (f"waiting for bids: {accepted} of {need} nodes accepted; {len(able)} of {len(nodes)} known nodes "
             f"can run it, {len(free_now)} have room now")
+
+
+class Queue:
+    """Where each job short of nodes stands: how many of the requester's jobs have waited longer.
+
+    The order is rebuilt at most once a ``every`` seconds, and only when asked (a describe or a list),
+    so 10,000 waiting jobs cost one sort per poll interval, not one per job shown.
+    """
+
+    def __init__(self, waiting: Callable[[], Iterable[float]], every: float = 0.25) -> None:
+        self._waiting = waiting  # when each job short of nodes started waiting
+        self._every = every
+        self._since: list[float] = []  # waiting_since of the open jobs, sorted
+        self._at: float | None = None
+
+    def ahead(self, waiting_since: float, now: float) -> int:
+        if self._at is None or not 0 <= now - self._at < self._every:
+            self._since = sorted(self._waiting())
+            self._at = now
+        return bisect.bisect_left(self._since, waiting_since)
 
 
 def candidates(spec: JobSpec, nodes: Iterable[NodeInfo], needed: int, rng: random.Random | None = None,

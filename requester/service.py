@@ -27,6 +27,7 @@ from requester.logs import LiveOutputs
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
+from requester.selection import Queue, waiting_reason
 
 log = logging.getLogger("shoal.requester")
 
@@ -52,11 +53,12 @@ class RequesterService(Driver[_Active]):
     def __init__(self, *, peers: Peers, store: RequesterStore, clock: Callable[[], float] = time.time,
                  max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER) -> None:
         super().__init__("job", peers, store, clock, "bids bids_accepted bids_rejected results announcements "
-                                                     "offered_here reoffers results_refused penalties")
+                                                     "offered_here reoffers retries results_refused penalties")
         self.machine = JobMachine(peers.node_id, max_reoffers=max_reoffers, quarantine_after=quarantine_after)
         self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self.outputs = LiveOutputs()  # running jobs' output, shown live
+        self._queue = Queue(lambda: (aj.state.waiting_since for aj in self._live.values() if aj.state.is_open()))
         self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
@@ -74,7 +76,8 @@ class RequesterService(Driver[_Active]):
         self.reputation = await self.store.reputations()
         secrets = await self.store.live_secrets()
         for job in await self.store.live_jobs():
-            executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)}
+            executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
+                          if ex.attempt >= job.first_attempt}  # earlier ones belong to runs that were retried
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
                                      waiting_since=now, next_announce=now))
             if job.id in secrets and secrets[job.id] is None:
@@ -201,8 +204,16 @@ class RequesterService(Driver[_Active]):
         return job
 
     def live_job(self, job_id: str) -> Job | None:
+        """A live job as the API shows it: one short of nodes says where it stands in the queue."""
         aj = self._live.get(job_id)
-        return aj.job if aj else None
+        if aj is None:
+            return None
+        state, now = aj.state, self.clock()
+        if not state.is_open() or state.waiting_since > now:  # running, or waiting out a retry's backoff
+            return aj.job
+        ahead = self._queue.ahead(state.waiting_since, now)
+        reason = waiting_reason(state.job.spec, self.known_nodes(), state.held(), ahead)
+        return aj.job if reason == aj.job.reason else aj.job.model_copy(update={"reason": reason})
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
         aj = self._live.get(job_id)
@@ -227,7 +238,10 @@ class RequesterService(Driver[_Active]):
 
     async def describe(self, job_id: str) -> JobDescription:
         aj, job = self._live.get(job_id), await self.get(job_id)
-        executions = list(aj.state.executions.values()) if aj else await self.store.executions_of(SIDE, job_id)
+        if aj and not job.retried:
+            executions = list(aj.state.executions.values())
+        else:  # the store has the executions of every run
+            executions = await self.store.executions_of(SIDE, job_id)
         executions = [x.model_copy(update={"spec": None}) for x in executions]
         return JobDescription(job=job, executions=executions, phases=await self._phases(job, executions))
 

@@ -17,7 +17,7 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_delay
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -27,7 +27,8 @@ MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, befor
 MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
 MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
 RESTORED = "restored:"  # the claim id under which a restarted requester keeps what a node was running
-IndexRow = tuple[int, JobState, str, int, "str | None"]  # the store's (index, state, reason, attempts, node)
+# the store's (index, state, reason, attempts, node, retries)
+IndexRow = tuple[int, JobState, str, int, "str | None", int]
 
 
 @dataclass
@@ -44,11 +45,13 @@ class SweepMachine:
     """One sweep that is not finished, and the decisions that drive it (rebuilt from the store on restart)."""
 
     def __init__(self, sweep: Sweep, node_id: str, *, states: list[JobState], attempts: list[int],
-                 pending: list[int], next_announce: float = 0.0) -> None:
+                 pending: list[int], retries: list[int] | None = None, next_announce: float = 0.0) -> None:
         self.sweep = sweep
         self.node_id = node_id
         self.states = states
         self.attempts = attempts
+        self.retries = retries or [0] * len(states)  # runs after a failure (the template's ``retries``)
+        self.not_before: dict[int, float] = {}  # index -> when its retry may run (not kept over a restart)
         self.pending = pending  # a heap: the lowest indexes are granted first
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
@@ -68,8 +71,9 @@ class SweepMachine:
         """After a restart, from the store's index rows: indexes that were running stay with their node
         for one lease, as it may still report them."""
         machine = cls(sweep, node_id, states=[r[1] for r in rows], attempts=[r[3] for r in rows],
-                      pending=[r[0] for r in rows if r[1] is JobState.PENDING], next_announce=now)
-        for index, state, _, _, node in rows:
+                      retries=[r[5] for r in rows], pending=[r[0] for r in rows if r[1] is JobState.PENDING],
+                      next_announce=now)
+        for index, state, _, _, node, _ in rows:
             if state is JobState.RUNNING and node:
                 machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now)).indexes.add(index)
         return machine
@@ -114,14 +118,14 @@ class SweepMachine:
         return p
 
     def retry(self, now: float) -> Changes:
-        """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
+        """Put failed indexes back to run (attempts and retries start again); a failed sweep runs again."""
         p = Changes(now)
         failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
         if not failed:
             return p
         records = []
         for i in failed:
-            self.attempts[i] = 0
+            self.attempts[i] = self.retries[i] = 0
             records.append(self._back_to_pending(i, "retried", now))
         message = f"{len(failed)} failed indexes put back to run"
         again = self.sweep.state is JobState.FAILED
@@ -188,6 +192,7 @@ class SweepMachine:
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
         for i in granted:
             records.append(IndexRecord(index=i, state=JobState.RUNNING, node_id=peer, attempts=self.attempts[i],
+                                       retries=self.retries[i],
                                        reason=f"running on node {peer[-8:]}", updated_at=now))
         ranges = compress(granted)
         if granted:
@@ -215,12 +220,15 @@ class SweepMachine:
                 continue
             if i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0]):
                 passed.append(i)  # it errored on this node: another one runs it
+            elif self.not_before.get(i, now) > now:
+                passed.append(i)  # a retry waiting out its backoff
             else:
                 granted.append(i)
         for i in passed:
             heapq.heappush(self.pending, i)
         granted.sort()
         for i in granted:
+            self.not_before.pop(i, None)
             self.set_state(i, JobState.RUNNING)
             self.attempts[i] += 1
             claim.indexes.add(i)
@@ -272,16 +280,16 @@ class SweepMachine:
                 p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
                                           f"which node {peer[-8:]} ran to a result"))
             self.errors.pop(i)
-            state = JobState.COMPLETED if r.result.exit_code == 0 else JobState.FAILED
-            reason = "completed" if state is JobState.COMPLETED else f"exit code {r.result.exit_code}"
-            self.set_state(i, state)
-            return IndexRecord(index=i, state=state, node_id=peer, reason=reason, attempts=self.attempts[i],
-                               result=r.result, updated_at=now)
+            if r.result.exit_code != 0:
+                return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}", now, r.result)
+            self.set_state(i, JobState.COMPLETED)
+            return IndexRecord(index=i, state=JobState.COMPLETED, node_id=peer, reason="completed",
+                               attempts=self.attempts[i], retries=self.retries[i], result=r.result, updated_at=now)
         error = r.error or "no result"
         reports[peer] = r.retryable
         if error_confirmed(reports, able):
             p.counts["errors_confirmed"] += 1
-            return self._failed(i, peer, error, now)
+            return self._fail_or_retry(i, peer, error, now)
         p.counts["errors_run_again"] += 1
         return self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
 
@@ -289,20 +297,34 @@ class SweepMachine:
         """An index lost for reasons of its node: back to pending, unless it has had its attempts."""
         if self.attempts[i] < MAX_ATTEMPTS:
             return self._back_to_pending(i, f"{why}; will run again", now)
-        return self._failed(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
+        return self._fail_or_retry(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
 
-    def _failed(self, i: int, node: str, reason: str, now: float) -> IndexRecord:
-        self.set_state(i, JobState.FAILED)
+    def _fail_or_retry(self, i: int, node: str, reason: str, now: float, result: RunResult | None = None
+                       ) -> IndexRecord:
+        """An index whose run failed (a non-zero exit, a confirmed error, its attempts spent): failed, or,
+        while the template's ``retries`` allows, back to pending after a backoff (``retry_delay``), its
+        attempts and the errors nodes reported for it counted afresh."""
+        allowed = self.sweep.spec.job.retries
         self.errors.pop(i, None)
-        return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=self.attempts[i],
-                           updated_at=now)
+        if self.retries[i] >= allowed:
+            self.set_state(i, JobState.FAILED)
+            return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=self.attempts[i],
+                               retries=self.retries[i], result=result, updated_at=now)
+        self.retries[i] += 1
+        self.attempts[i] = 0
+        delay = retry_delay(self.retries[i])
+        self.not_before[i] = now + delay
+        return self._back_to_pending(i, f"{reason} on node {node[-8:]}; retry {self.retries[i]} of {allowed} "
+                                        f"in {delay:g} s", now, due=now + delay)
 
-    def _back_to_pending(self, i: int, reason: str, now: float) -> IndexRecord:
+    def _back_to_pending(self, i: int, reason: str, now: float, *, due: float | None = None) -> IndexRecord:
+        """``due``: when it may run again (a retry's backoff); the next announcement is then at the latest."""
         self.set_state(i, JobState.PENDING)
         heapq.heappush(self.pending, i)
         self.backoff = ANNOUNCE_BACKOFF_FIRST
-        self.next_announce = min(self.next_announce, now + TICK)
-        return IndexRecord(index=i, state=JobState.PENDING, reason=reason, attempts=self.attempts[i], updated_at=now)
+        self.next_announce = min(self.next_announce, now + TICK if due is None else due)
+        return IndexRecord(index=i, state=JobState.PENDING, reason=reason, attempts=self.attempts[i],
+                           retries=self.retries[i], updated_at=now)
 
     # -- the clock and the end --------------------------------------------------------------------
 

@@ -135,7 +135,7 @@ class SweepService(Driver[_Live]):
     async def describe(self, sweep_id: str) -> SweepDescription:
         sweep = await self.get(sweep_id)
         rows = await self.store.index_states(sweep_id)
-        ranges = index_ranges((i, s, r) for i, s, r, _, _ in rows)
+        ranges = index_ranges((row[0], row[1], row[2]) for row in rows)
         return SweepDescription(sweep=sweep, ranges=ranges[:MAX_RANGES], ranges_truncated=len(ranges) > MAX_RANGES)
 
     async def cancel(self, sweep_id: str, reason: str = "cancelled by its owner") -> Sweep:

@@ -183,8 +183,9 @@ class Store:
         target = new_sweep or sweep
         supd = (sweep.state.value, sweep.revision, sweep.model_dump_json(), sweep.id, sweep.revision - 1) \
             if sweep is not None else None
-        irows = [(x.state.value, x.node_id, x.reason, x.attempts, x.result.model_dump_json() if x.result else None,
-                  x.updated_at, target.id, x.index) for x in indexes] if target is not None else []
+        irows = [(x.state.value, x.node_id, x.reason, x.attempts, x.retries,
+                  x.result.model_dump_json() if x.result else None, x.updated_at, target.id, x.index)
+                 for x in indexes] if target is not None else []
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, "requester") for e in events]
 
         def op(conn: sqlite3.Connection) -> None:
@@ -199,8 +200,8 @@ class Store:
             ).rowcount != 1:
                 raise StaleState(f"sweep {supd[3]}: stored revision is not {supd[4]}")
             if irows:
-                conn.executemany("UPDATE sweep_indexes SET state=?, node_id=?, reason=?, attempts=?, result=?,"
-                                 " updated_at=? WHERE sweep_id=? AND idx=?", irows)
+                conn.executemany("UPDATE sweep_indexes SET state=?, node_id=?, reason=?, attempts=?, retries=?,"
+                                 " result=?, updated_at=? WHERE sweep_id=? AND idx=?", irows)
             if end_unfinished is not None and target is not None:
                 conn.execute("UPDATE sweep_indexes SET state=?, reason=?, updated_at=? WHERE sweep_id=?"
                              " AND state IN ('pending', 'running')",
@@ -367,8 +368,8 @@ class Store:
     async def live_sweeps(self) -> list[Sweep]:
         return await self._read(queries.live_sweeps)
 
-    async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
-        """(index, state, reason, attempts, node) of every index, in index order."""
+    async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None, int]]:
+        """(index, state, reason, attempts, node, retries) of every index, in index order."""
         return await self._read(queries.index_states, sweep_id)
 
     async def sweep_indexes(self, sweep_id: str, *, state: JobState | None = None, first: int = 0,

@@ -164,11 +164,11 @@ def live_sweeps(c: Connection) -> list[Sweep]:
     return [Sweep.model_validate_json(r[0]) for r in rows]
 
 
-def index_states(c: Connection, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None]]:
-    """(index, state, reason, attempts, node) of every index, in index order."""
-    rows = c.execute("SELECT idx, state, reason, attempts, node_id FROM sweep_indexes WHERE sweep_id=? ORDER BY idx",
-                     (sweep_id,)).fetchall()
-    return [(i, JobState(s), r, a, n) for i, s, r, a, n in rows]
+def index_states(c: Connection, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None, int]]:
+    """(index, state, reason, attempts, node, retries) of every index, in index order."""
+    rows = c.execute("SELECT idx, state, reason, attempts, node_id, retries FROM sweep_indexes WHERE sweep_id=?"
+                     " ORDER BY idx", (sweep_id,)).fetchall()
+    return [(i, JobState(s), r, a, n, t) for i, s, r, a, n, t in rows]
 
 
 def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: int,
@@ -179,11 +179,11 @@ def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: i
         where += " AND state=?"
         args.append(state.value)
     total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
-    rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, result, updated_at FROM sweep_indexes"
+    rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, retries, result, updated_at FROM sweep_indexes"
                      f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
-    return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, updated_at=u,
+    return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, retries=t, updated_at=u,
                         result=RunResult.model_validate_json(res) if res else None)
-            for i, s, n, r, a, res, u in rows], total
+            for i, s, n, r, a, t, res, u in rows], total
 
 
 # -- nonces of signed API requests ---------------------------------------------------------------

@@ -152,7 +152,14 @@ def _access_and_secrets(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_first_release, _cache_verified, _access_and_secrets)
+def _index_retries(conn: sqlite3.Connection) -> None:
+    """4: how many times each sweep index was run again after it failed (the template's ``retries``)."""
+    if "retries" not in {row[1] for row in conn.execute("PRAGMA table_info(sweep_indexes)")}:
+        conn.execute("ALTER TABLE sweep_indexes ADD COLUMN retries INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _first_release, _cache_verified, _access_and_secrets, _index_retries)
 LATEST = len(MIGRATIONS)
 
 

@@ -27,4 +27,11 @@ def test_a_stored_spec_without_a_limit_still_loads_and_is_capped() -> None:
     for bid in (None, 1e12):
         spec = JobSpec.model_validate({"engine": {"name": "noop"}, "deadlines": {"bid": bid}})
         assert spec.deadlines.bid_limit == MAX_BID_DEADLINE
-    assert JobSpec.model_validate({"engine": {"name": "noop"}}).deadlines.bid_limit == 600
+
+
+def test_the_queue_timeout_defaults_to_the_longest_a_job_may_wait_and_a_stored_one_is_kept() -> None:
+    """#19: a batch larger than its cluster queues instead of failing after 600 s (the old default);
+    a job stored with the old default keeps it."""
+    assert JobSpec.model_validate({"engine": {"name": "noop"}}).deadlines.bid_limit == MAX_BID_DEADLINE
+    stored = JobSpec.model_validate({"engine": {"name": "noop"}, "deadlines": {"bid": 600}})
+    assert stored.deadlines.bid_limit == 600

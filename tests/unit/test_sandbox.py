@@ -55,3 +55,18 @@ def test_a_slot_mirrors_inputs_read_only_and_gives_empty_outputs(tmp_path: Path)
     assert seen == "/job/rw/2" and host.is_dir() and not any(host.iterdir())
     slot.remove()
     assert not slot.path.exists()
+
+
+def test_a_file_shared_by_runners_starting_at_once_is_copied_whole_for_each(tmp_path: Path):
+    """The first python jobs on a fresh node start several runners together; each shares the snapshot
+    (once a job failed with 'No such file or directory: …snapshot.tmp' when two copied it at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "snapshot"
+    source.write_bytes(os.urandom(1 << 20))
+    for _ in range(5):
+        sandbox = Sandbox([], bwrap=str(tmp_path / "no-bwrap"))
+        with ThreadPoolExecutor(8) as pool:
+            shared = list(pool.map(sandbox.share, [source] * 8, ["snapshot"] * 8))
+        assert {p.read_bytes() == source.read_bytes() for p in shared} == {True}
+        assert sorted(p.name for p in sandbox.root().iterdir()) == ["snapshot"]  # no temporary file left

@@ -104,8 +104,8 @@ async def test_an_older_store_upgrades_and_reads_back(tmp_path, release, verifie
         assert [s.id for s in await store.live_sweeps()] == ["s-old"]
         assert (await store.find_idempotent_sweep(ALICE, "idem-sweep"))[1] == "digest-sweep"
         assert await store.index_states("s-old") == [
-            (0, JobState.COMPLETED, "", 1, NODE), (1, JobState.FAILED, "exit code 1", 2, NODE),
-            (2, JobState.RUNNING, "", 1, NODE), (3, JobState.PENDING, "", 0, None)]
+            (0, JobState.COMPLETED, "", 1, NODE, 0), (1, JobState.FAILED, "exit code 1", 2, NODE, 0),
+            (2, JobState.RUNNING, "", 1, NODE, 0), (3, JobState.PENDING, "", 0, None, 0)]  # no retries before
         [record], total = await store.sweep_indexes("s-old", state=JobState.COMPLETED)
         assert (total, record.result.cid, record.updated_at) == (1, "bafyindex0", T + 4)
         assert [e.kind for e in await store.events("s-old")] == [EventKind.CREATED, EventKind.CLAIMED]
