@@ -304,7 +304,7 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
             state_text(r.state),
             short_peer(r.node_id) if r.node_id else "",
             "" if r.result is None else str(r.result.exit_code),
-            str(r.attempts),
+            str(r.attempts) + (f" (retry {r.retries})" if r.retries else ""),
             escape(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
             escape(r.reason),
         )
