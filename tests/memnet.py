@@ -4,15 +4,20 @@ with bytes passed between them in-process instead of over libp2p.
 Every node reads trio's clock (``MemoryHub.now``) and runs its blocking calls inline (``run_inline``),
 so tests run on ``trio.testing.MockClock`` (pytest-trio's ``autojump_clock``): a wait of seconds takes
 none, and the virtual clock never jumps while a worker thread is busy.
+
+By default a message arrives at once and is never lost. A ``Links`` model gives each message (and each
+reply) a delay and a chance to be lost, as a wide network would: ``devstack/bench_sim.py`` runs the real
+roles on 100 and 1,000 simulated nodes with it.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,8 +46,27 @@ async def run_inline(fn: Callable[..., T], /, *args: Any, limiter: trio.Capacity
     return fn(*args)
 
 
+@dataclass
+class Links:
+    """How messages travel: each one (a request, its reply, one node's copy of gossip) is delayed by a
+    latency drawn uniformly from ``latency`` seconds and lost with probability ``loss``. A lost request
+    or reply costs its sender the request's timeout, as on a real network."""
+
+    latency: tuple[float, float] = (0.005, 0.05)
+    loss: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
+
+    def delay(self) -> float:
+        return self.rng.uniform(*self.latency)
+
+    def lost(self) -> bool:
+        return self.loss > 0 and self.rng.random() < self.loss
+
+
 class MemoryHub:
-    def __init__(self) -> None:
+    def __init__(self, links: Links | None = None) -> None:
+        self.links = links
+        self.nursery: trio.Nursery | None = None  # with ``links``: where delayed gossip copies travel
         self.transports: dict[str, MemoryTransport] = {}
         self.sent: Counter[tuple[str, str]] = Counter()  # (gossip | request, message kind) -> count
         self.keys: dict[str, Ed25519PrivateKey] = {}  # test node names stand in for peer ids
@@ -107,8 +131,19 @@ class MemoryTransport:
         self.hub.sent["request", decode(data).kind] += 1
         if self.hub.frames is not None:
             self.hub.frames.append(("request", self.peer_id, peer_id, data))
+        links = self.hub.links
         with trio.move_on_after(timeout):
+            if links is not None:
+                if links.lost():
+                    await trio.sleep_forever()  # the request never arrives: the timeout ends the wait
+                await trio.sleep(links.delay())
+                if target.dispatcher is None:
+                    raise Unreachable(peer_id, "down")
             reply = await target.dispatcher.on_request(self.peer_id, data)
+            if links is not None:
+                if links.lost():
+                    await trio.sleep_forever()  # the reply is lost
+                await trio.sleep(links.delay())
             if self.hub.frames is not None:
                 self.hub.frames.append(("reply", peer_id, self.peer_id, reply))
             return reply
@@ -117,12 +152,26 @@ class MemoryTransport:
     async def publish(self, data: bytes) -> None:
         if self.down:
             return
-        self.hub.sent["gossip", decode(data).kind] += 1
+        kind = decode(data).kind
+        self.hub.sent["gossip", kind] += 1
         if self.hub.frames is not None:
             self.hub.frames.append(("gossip", self.peer_id, "*", data))
+        links = self.hub.links
         for other in list(self.hub.transports.values()):
-            if other is not self and not other.down and other.dispatcher is not None:
+            if other is self or other.down or other.dispatcher is None:
+                continue
+            if kind == "node_info" and other.dispatcher.requester is None:
+                continue  # only requesters read node info (node.dispatch): 1,000 nodes need not decode it
+            if links is None:
                 await other.dispatcher.on_gossip(self.peer_id, data)
+            elif not links.lost():
+                assert self.hub.nursery is not None, "a hub with links needs a nursery for gossip"
+                self.hub.nursery.start_soon(other.deliver_gossip, self.peer_id, data, links.delay())
+
+    async def deliver_gossip(self, origin: str, data: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        if not self.down and self.dispatcher is not None:
+            await self.dispatcher.on_gossip(origin, data)
 
 
 @dataclass
