@@ -133,6 +133,13 @@ class SweepService(Driver[_Live]):
         return sweep
 
     async def describe(self, sweep_id: str) -> SweepDescription:
+        live = self._live.get(sweep_id)
+        if live is None:
+            return await self._describe(sweep_id)
+        async with live.lock:  # a decision changes the machine before its writes commit: read between decisions
+            return await self._describe(sweep_id)
+
+    async def _describe(self, sweep_id: str) -> SweepDescription:
         sweep = await self.get(sweep_id)
         rows = await self.store.index_states(sweep_id)
         ranges = index_ranges((row[0], row[1], row[2]) for row in rows)

@@ -223,3 +223,26 @@ async def test_results_too_large_for_one_message_arrive_in_several(tmp_path, aut
         assert d.sweep.counts == {JobState.COMPLETED: 40}, d.sweep.reason
         records, _ = await ns[0].store.sweep_indexes(s.id)
         assert all(r.result.stdout == "é" * 60_000 for r in records)
+
+
+async def test_a_describe_while_the_last_report_is_being_written_never_shows_a_finished_sweep_with_running_indexes(
+        tmp_path, autojump_clock):
+    """The machine decides before its writes commit; a describe in between once saw 'completed' with index 3
+    still 'running' in the store (the CLI printed it: a slow disk under load widens the gap)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        [node] = await nodes(stack, hub, tmp_path, n=1)
+        real_save, seen = node.store.save_sweep, []
+
+        async def slow_save(**kw):
+            await trio.sleep(1.0)  # a slow commit
+            await real_save(**kw)
+
+        node.store.save_sweep = slow_save
+        s, _ = await node.sweeps.submit(sweep(grid={"n": ["1", "2", "3", "4"]}), "alice")
+        with trio.fail_after(30):
+            while not seen or not seen[-1].sweep.state.is_terminal:
+                seen.append(await node.sweeps.describe(s.id))
+                await trio.sleep(0.05)
+        for d in seen:
+            assert not (d.sweep.state is JobState.COMPLETED and [str(r) for r in d.ranges] != ["0-3 completed"]), d
