@@ -95,7 +95,7 @@ export function sweepPage(view, params, id) {
   const failed = h('section', { id: 'sweep-failed' });
   const logs = h('pre', { class: 'logs', id: 'sweep-logs', hidden: true });
   view.append(h('p', { class: 'crumbs' }, h('a', { href: '#/sweeps' }, 'Sweeps'), ' / ', short(id)),
-    header, message, counts, cells, failed, logs);
+    header, message, counts, cells, logs, failed);
 
   async function act(action, button) {
     button.disabled = true;
@@ -140,7 +140,8 @@ export function sweepPage(view, params, id) {
       fill(failed, errorBox(error));
       return;
     }
-    fill(failed, h('h2', {}, `Failed indexes (${list.total})`), h('table', { class: 'list', id: 'failed-table' },
+    fill(failed, h('h2', {}, `Failed indexes (${list.total}${list.total > list.indexes.length ? `, the first ${list.indexes.length}` : ''})`),
+      h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'failed-table' },
       h('thead', {}, h('tr', {}, ['Index', 'Exit code', 'Reason', 'Node', 'Attempts', ''].map((t) => h('th', {}, t)))),
       h('tbody', {}, list.indexes.map((r) => h('tr', {},
         h('td', {}, String(r.index)),
@@ -148,15 +149,17 @@ export function sweepPage(view, params, id) {
         h('td', { class: 'reason' }, r.reason),
         h('td', { class: 'mono' }, r.node_id ? h('a', { href: `#/nodes/${r.node_id}` }, short(r.node_id)) : ''),
         h('td', {}, String(r.attempts)),
-        h('td', {}, h('button', { onclick: () => showLogs(r.index) }, 'logs')))))));
+        h('td', {}, h('button', { class: 'small', onclick: () => showLogs(r.index) }, 'logs'))))))));
   }
 
   async function showLogs(index) {
     logs.hidden = false;
     logs.textContent = `index ${index}: loading…`;
+    logs.scrollIntoView({ block: 'nearest' });
     try {
-      const response = await api(`/v1/sweeps/${id}/indexes/${index}/logs`);
-      logs.textContent = `index ${index} stdout:\n${await response.text()}`;
+      const [stdout, stderr] = await Promise.all(['stdout', 'stderr'].map(async (stream) =>
+        (await api(`/v1/sweeps/${id}/indexes/${index}/logs?stream=${stream}`)).text()));
+      logs.textContent = `index ${index} stdout:\n${stdout}\n\nstderr:\n${stderr}`;
     } catch (error) {
       logs.textContent = `index ${index}: ${error.message}`;
     }
