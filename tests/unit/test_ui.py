@@ -246,7 +246,8 @@ async def test_live_merges_the_nodes_event_streams_and_says_which_were_refused(n
         await Live(sdk._http, [JOB, SWEEP])(receive, send)
     await sdk.aclose()
     assert sent[0]["status"] == 200 and (b"content-type", b"text/event-stream") in sent[0]["headers"]
-    messages = [m for m in b"".join(m.get("body", b"") for m in sent[1:]).decode().split("\n\n") if m.startswith("event")]
+    stream = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    messages = [m for m in stream.split("\n\n") if m.startswith("event")]
     parsed = [(m.split("\n")[0].removeprefix("event: "), json.loads(m.split("\n")[1].removeprefix("data: ")))
               for m in messages]
     assert ("event", {"id": JOB, "event": {"seq": 1, "kind": "Created"}}) in parsed
