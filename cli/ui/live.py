@@ -4,7 +4,8 @@ Server-Sent Events stream (a browser opens only a few connections to one origin 
 Each message's ``data`` is JSON naming the job or sweep (``id``): ``event: event`` carries one of its
 events as the node streamed it, ``event: end`` its final state, ``event: gone`` a stream the node
 refused (its message). The node has no stream of *new* jobs, so with ``watch=jobs`` (or ``sweeps``) the
-proxy looks at the head of the list every ``WATCH_EVERY`` seconds and sends ``event: list`` when it changed.
+proxy looks at the head of the list every ``WATCH_EVERY`` seconds and sends ``event: list`` when it differs
+from what the page shows (``seen=TOTAL:NEWEST-ID``).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class Live:
-    def __init__(self, http: httpx.AsyncClient, ids: list[str], watch: str = "") -> None:
+    def __init__(self, http: httpx.AsyncClient, ids: list[str], watch: str = "", seen: str = "") -> None:
         self.http = http
         self.ids = ids
         self.watch = watch if watch in ("jobs", "sweeps") else ""
+        self.seen = seen  # "TOTAL:NEWEST-ID": the head of the list as the page shows it
         self._last: dict[str, str | None] = {}  # id -> the last event id relayed (Last-Event-ID on reconnection)
 
     async def __call__(self, receive: Receive, send: Send) -> None:
@@ -110,7 +112,8 @@ class Live:
 
     async def _watch_list(self, emit: Any) -> None:
         """Send ``list`` when the newest job (or sweep) or the count changes: new work to show."""
-        seen: tuple[int, str] | None = None
+        total, _, newest = self.seen.partition(":")
+        seen: tuple[int, str] | None = (int(total), newest) if total.isdigit() and len(total) < 10 else None
         while True:
             try:
                 response = await self.http.get(f"/v1/{self.watch}", params={"limit": 1})

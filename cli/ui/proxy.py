@@ -62,7 +62,8 @@ class Dashboard:
                 ids = parse_ids(params.get("ids", [""])[0])
             except ValueError as e:
                 return await send_error(send, 422, "invalid_request", str(e))
-            return await Live(self.http, ids, params.get("watch", [""])[0])(receive, send)
+            watch, seen = params.get("watch", [""])[0], params.get("seen", [""])[0]
+            return await Live(self.http, ids, watch, seen)(receive, send)
         if path.startswith("/api/"):
             if (refusal := self._caller(method, host, headers, headers.get(guard.TOKEN_HEADER))) is not None:
                 return await send_error(send, refusal.status, "forbidden", refusal.message)

@@ -57,11 +57,13 @@ export async function download(path, filename) {
 
 /**
  * The node's event streams of `ids` (jobs `j-…`, sweeps `s-…`) merged by the proxy into one
- * EventSource; `watch` ('jobs' or 'sweeps') also says when the list has new work.
+ * EventSource; `watch` ({what: 'jobs' or 'sweeps', total, newest}: the list's head as the page shows it)
+ * also says when the list has new work.
  * handlers: {event(id, event), end(id, state), gone(id, message), list()}. Returns close().
  */
 export function live(ids, watch, handlers) {
-  const query = new URLSearchParams({ token, ids: ids.join(','), watch: watch || '' });
+  const [what, seen] = watch ? [watch.what, `${watch.total}:${watch.newest || ''}`] : ['', ''];
+  const query = new URLSearchParams({ token, ids: ids.join(','), watch: what, seen });
   const source = new EventSource(`/ui/live?${query}`);
   const on = (name, fn) => source.addEventListener(name, (m) => fn(JSON.parse(m.data)));
   on('event', (d) => handlers.event?.(d.id, d.event));

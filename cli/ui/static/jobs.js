@@ -97,13 +97,13 @@ export function jobsPage(view, params) {
       h('button', { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - PAGE)) }) }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => go({ offset: String(offset + PAGE) }) }, 'older ›'));
     view.dataset.loadedMs = String(Math.round(performance.now() - loadedAt));
-    follow();
+    follow(offset === 0 ? { what: 'jobs', total: list.total, newest: list.jobs[0]?.id } : null);
   }
 
-  function follow() {
+  function follow(watch) {
     closeLive();
     const open = [...rows.values()].filter(({ job }) => !TERMINAL.has(job.state)).map(({ job }) => job.id);
-    closeLive = live(open, offset === 0 ? 'jobs' : '', {
+    closeLive = live(open, watch, {
       event: (id) => refresh(id),
       end: (id, final) => {
         const entry = rows.get(id);

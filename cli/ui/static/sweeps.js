@@ -52,7 +52,8 @@ export function sweepsPage(view, params) {
       h('button', { disabled: last >= list.total, onclick: () => { location.hash = `#/sweeps?offset=${offset + PAGE}`; } }, 'older ›'));
     closeLive();
     const open = list.sweeps.filter((s) => !TERMINAL.has(s.state)).map((s) => s.id);
-    closeLive = live(open, offset === 0 ? 'sweeps' : '', { event: () => reload(), end: () => reload(), list: () => reload() });
+    const watch = offset === 0 ? { what: 'sweeps', total: list.total, newest: list.sweeps[0]?.id } : null;
+    closeLive = live(open, watch, { event: () => reload(), end: () => reload(), list: () => reload() });
   }
   const reload = coalesce(() => load(), 500).bind(null, 'list');
   load();
