@@ -151,13 +151,19 @@ def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:
 
 
 def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
-    peer = dashboard.stack.nodes[1]["peer_id"]
+    job = dashboard.client.submit({**noop(delay=60), "resources": {"cpu": 1.5}}).job
+    deadline = time.monotonic() + 15
+    while not (executions := dashboard.client.describe(job.id).executions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    peer = executions[0].node_id  # the node running it: 1.5 of its 2 CPUs in use
     page.goto(dashboard.url + f"#/nodes/{peer}")
     card = page.locator(f'article.node[data-peer="{peer}"]')
     card.wait_for(timeout=15_000)
-    cpu = card.locator('.capacity[data-resource="cpu"] .value').inner_text()
-    assert re.fullmatch(r"[\d.]+ CPU free of [\d.]+ CPU", cpu), cpu
+    cpu = card.locator('.capacity[data-resource="cpu"]')
+    cpu.locator('.bar[aria-valuenow="1.5"]').wait_for(timeout=15_000)  # as the node's next node info says
+    assert re.fullmatch(r"0\.5 CPU free of [\d.]+ CPU", cpu.locator(".value").inner_text())
     assert "noop" in card.locator(".chip.engine").all_inner_texts()
+    assert card.locator(".running").inner_text() == "1"
     shot(page, "node")
     page.goto(dashboard.url + "#/nodes")
     page.locator("article.node").nth(2).wait_for(timeout=15_000)
@@ -166,6 +172,7 @@ def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
     page.locator("#charts svg.chart").nth(2).wait_for(timeout=15_000)
     time.sleep(4.5)  # a few samples on the charts
     shot(page, "overview")
+    dashboard.client.cancel(job.id)
 
 
 def test_a_request_from_another_origin_is_refused(page, dashboard) -> None:

@@ -12,9 +12,11 @@ function niceMax(v) {
   return [1, 2, 5, 10].map((m) => m * p).find((m) => m >= v);
 }
 
-/** series: [{name, points: [[t, v], …]}], drawn over the last `span` seconds; unit: axis suffix. */
-export function lineChart(title, series, { span = 300, unit = '' } = {}) {
+/** series: [{name, points: [[t, v], …]}], drawn over what they hold (30 s to `keep` s); unit: axis suffix. */
+export function lineChart(title, series, { keep = 300, unit = '' } = {}) {
   const now = Date.now() / 1000;
+  const first = Math.min(now, ...series.flatMap((s) => s.points.map((p) => p[0])));
+  const span = Math.min(keep, Math.max(30, now - first));
   const max = niceMax(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
   const x = (t) => PAD.left + ((t - (now - span)) / span) * (W - PAD.left - PAD.right);
   const y = (v) => H - PAD.bottom - (v / max) * (H - PAD.top - PAD.bottom);
@@ -23,7 +25,7 @@ export function lineChart(title, series, { span = 300, unit = '' } = {}) {
     svg.append(h('line', { x1: PAD.left, x2: W - PAD.right, y1: y(max * f), y2: y(max * f), class: 'gridline' }),
       h('text', { x: PAD.left - 6, y: y(max * f) + 4, class: 'axis', 'text-anchor': 'end' }, `${+(max * f).toPrecision(3)}${unit}`));
   }
-  svg.append(h('text', { x: PAD.left, y: H - 6, class: 'axis' }, `${Math.round(span / 60)} min ago`),
+  svg.append(h('text', { x: PAD.left, y: H - 6, class: 'axis' }, span < 120 ? `${Math.round(span)} s ago` : `${Math.round(span / 60)} min ago`),
     h('text', { x: W - PAD.right, y: H - 6, class: 'axis', 'text-anchor': 'end' }, 'now'));
   series.forEach((s, i) => {
     const pts = s.points.filter((p) => p[0] >= now - span).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);

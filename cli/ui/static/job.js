@@ -76,7 +76,7 @@ export function jobPage(view, params, id) {
         h('dt', {}, 'CID'), h('dd', { class: 'mono', id: 'job-cid' }, result.cid || '(kept in the record)'),
         h('dt', {}, 'ran'), h('dd', {}, `${result.engine} ${result.engine_version} · ${duration((result.finished_at || 0) - (result.started_at || 0))}`),
         h('dt', {}, ''), h('dd', {}, h('button', { onclick: () => download(`/v1/jobs/${job.id}/results`, `${job.id}.tar`).catch((e) => fill(message, errorBox(e))) }, 'Download results (tar)')))
-      : h('p', { class: 'muted' }, 'none yet'));
+      : h('p', { class: 'muted' }, TERMINAL.has(job.state) ? 'none' : 'none yet'));
     spec.textContent = JSON.stringify(job.spec, null, 2);
   }
 
