@@ -264,3 +264,36 @@ def test_shoal_ui_without_the_node_extra_says_so_in_one_line(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "Error: shoal ui needs the 'node' extra: pip install 'shoal[node]' (missing here: trio, hypercorn)"]
+
+
+async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_page_shows(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
+    listed = {"jobs": [{"id": JOB}], "total": 1}
+    node.routes["/v1/jobs"] = (200, "application/json", json.dumps(listed).encode())
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+    sent: list[bytes] = []
+    gone = trio.Event()
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Live(sdk._http, [], "jobs", f"1:{JOB}"), receive, send)
+        await trio.sleep(0.2)  # many looks at the list: the same as the page shows
+        assert b"event: list" not in b"".join(sent)
+        newer = "j-" + "c" * 32
+        node.routes["/v1/jobs"] = (200, "application/json",
+                                   json.dumps({"jobs": [{"id": newer}], "total": 2}).encode())
+        with trio.fail_after(5):
+            while b"event: list" not in b"".join(sent):
+                await trio.sleep(0.01)
+        gone.set()
+    await sdk.aclose()
+    assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
