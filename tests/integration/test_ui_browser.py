@@ -150,6 +150,29 @@ def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:
     shot(page, "sweeps")
 
 
+def test_cancelling_a_sweep_from_its_page_cancels_it(page, dashboard) -> None:
+    sweep = dashboard.client.submit_sweep({"job": noop(delay=120), "grid": {"x": [str(i) for i in range(12)]}}).sweep
+    page.goto(dashboard.url + f"#/sweeps/{sweep.id}")
+    page.locator("#cancel-sweep").click()
+    page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+    assert dashboard.client.describe_sweep(sweep.id).sweep.state == "cancelled"
+    shot(page, "sweep-cancelled")
+
+
+def test_a_jobs_page_shows_what_the_job_printed(page, dashboard) -> None:
+    if "python" not in dashboard.client.node().engines:
+        pytest.skip("no node offers the python engine here (scripts/install-pyodide)")
+    code = "import sys\nfor i in range(3): print('line', i)\nprint('careful', file=sys.stderr)"
+    job = dashboard.client.run({"engine": {"name": "python", "code": code}}, timeout=120).job
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator("#job-logs:text('line 2')").wait_for(timeout=15_000)
+    assert page.locator("#job-logs").inner_text() == "line 0\nline 1\nline 2\n"
+    page.locator("#job-output-stream").select_option("stderr")
+    page.locator("#job-logs:text('careful')").wait_for(timeout=15_000)
+    assert page.locator("#job-cid").inner_text() == job.result.cid
+    shot(page, "job-output")
+
+
 def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
     job = dashboard.client.submit({**noop(delay=60), "resources": {"cpu": 1.5}}).job
     deadline = time.monotonic() + 15
@@ -220,3 +243,7 @@ def test_the_jobs_page_pages_through_many_jobs(page, dashboard) -> None:
     page.get_by_role("button", name="older").click()
     page.locator(f"#jobs-summary:text-is('51{dash}100 of {total}')").wait_for(timeout=10_000)
     shot(page, "jobs-page-2")
+    page.locator("#state-filter").select_option("cancelled")
+    page.wait_for_function("location.hash === '#/jobs?state=cancelled'")
+    page.locator("#jobs-body tr .badge").first.wait_for(timeout=10_000)
+    assert set(page.locator("#jobs-body tr .badge").all_inner_texts()) == {"cancelled"}

@@ -15,7 +15,7 @@ export function jobPage(view, params, id) {
   const timeline = h('ol', { class: 'timeline', id: 'job-timeline' });
   const logs = h('pre', { class: 'logs', id: 'job-logs' });
   const spec = h('pre', { class: 'spec', id: 'job-spec' });
-  const stream = h('select', { 'aria-label': 'stream', onchange: () => followLogs() },
+  const stream = h('select', { id: 'job-output-stream', 'aria-label': 'stream', onchange: () => followLogs() },
     h('option', { value: 'stdout' }, 'stdout'), h('option', { value: 'stderr' }, 'stderr'));
   view.append(
     h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', short(id)),
