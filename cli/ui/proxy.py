@@ -108,12 +108,13 @@ class Dashboard:
                              [(k, v) for k, v in passed if k != b"content-type"]))
 
             async def pump(send: Send) -> None:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:
+                    async for chunk in response.aiter_bytes():  # decoded: the Content-Encoding stays here
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.RequestError:
+                    pass  # the node went away mid-body: the browser sees the body end there
 
             await stream_body(receive, send, pump)
-        except httpx.RequestError:
-            pass  # the node went away mid-body: the browser sees a cut response, as from the node itself
         finally:
             await response.aclose()
 

@@ -4,7 +4,7 @@ the browser to go away (then the upstream work is cancelled and its connection c
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -22,13 +22,14 @@ SECURITY_HEADERS = [
 ]
 
 
-def start(status: int, content_type: str, extra: list[tuple[bytes, bytes]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+def start(status: int, content_type: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+    """The start of an answer: its status and headers (never cached, with SECURITY_HEADERS)."""
     headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store"), *SECURITY_HEADERS, *extra]
     return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 async def send_whole(send: Send, status: int, content_type: str, body: bytes,
-                     extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+                     extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     await send(start(status, content_type, [*extra, (b"content-length", str(len(body)).encode())]))
     await send({"type": "http.response.body", "body": body})
 

@@ -297,3 +297,19 @@ async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_pag
         gone.set()
     await sdk.aclose()
     assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
+
+
+async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: FakeNode) -> None:
+    async def cut(request: httpx.Request):
+        yield b"line 1\n"
+        raise httpx.ReadError("connection reset", request=request)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/plain"}, content=cut(request))
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handler))
+    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OWN) as client:
+        answer = await client.get(f"/api/v1/jobs/{JOB}/logs?follow=true", headers=_api())
+    await sdk.aclose()
+    assert answer.status_code == 200 and answer.text == "line 1\n"
