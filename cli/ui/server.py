@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +26,18 @@ async def serve_dashboard(api_url: str | None, port: int, *, ca_cert: Path | Non
         config = Config()
         config.bind = [f"{HOST}:{port}"]
         config.accesslog = None
-        config.errorlog = None
+        config.errorlog = _error_log()
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(serve, dashboard, config)
             dashboard.port = int(urls[0].rsplit(":", 1)[1])
             on_ready(f"http://{HOST}:{dashboard.port}/", client.api_url)
+
+
+def _error_log() -> logging.Logger:
+    """What goes wrong in the dashboard itself, on stderr (hypercorn's start-up chatter left out)."""
+    log = logging.getLogger("shoal.ui")
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+    return log
