@@ -4,6 +4,7 @@ its own page (Host, Origin and the per-session token); the live stream merges th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -313,3 +314,21 @@ async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: Fake
         answer = await client.get(f"/api/v1/jobs/{JOB}/logs?follow=true", headers=_api())
     await sdk.aclose()
     assert answer.status_code == 200 and answer.text == "line 1\n"
+
+
+def test_shoal_ui_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(repo), "SHOAL_HOME": str(tmp_path), "SHOAL_API": "http://127.0.0.1:9"}
+        result = subprocess.run([sys.executable, "-m", "cli.main", "ui", "--port", str(port)], capture_output=True,
+                                text=True, env=env, cwd=repo, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use"]
