@@ -32,6 +32,7 @@ def ui(
                        f"{', '.join(missing)})", code=EXIT_USAGE)
     import trio
 
+    from cli.daemon import stop_on_signals
     from cli.ui.server import serve_dashboard
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
@@ -45,7 +46,8 @@ def ui(
             webbrowser.open(url)
 
     try:
-        trio.run(lambda: serve_dashboard(api, port, ca_cert=ca_cert, on_ready=ready))
+        with stop_on_signals():  # Ctrl-C, kill -INT and kill (SIGTERM) stop it alike, in the background too
+            trio.run(lambda: serve_dashboard(api, port, ca_cert=ca_cert, on_ready=ready))
     except (KeyboardInterrupt, OSError, BaseExceptionGroup) as e:
         stopped, failed = _leaves(e)
         if failed is not None:
