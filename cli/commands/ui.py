@@ -39,7 +39,7 @@ def ui(
     api, ca_cert = settings.node()
 
     def ready(url: str, api_url: str) -> None:
-        typer.echo(f"Shoal dashboard on {url} (node {api_url}); Ctrl-C stops it", err=False)
+        typer.echo(f"Shoal dashboard on {url} (node {api_url}); Ctrl-C stops it")
         if open_browser:
             import webbrowser
 
