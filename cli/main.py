@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import daemons, jobfile, jobs, keys, network, run, settings, sweeps, tools
+from cli.commands import daemons, jobfile, jobs, keys, network, run, settings, sweeps, tools, ui
 from cli.commands.settings import COMPLETE_VAR
 from cli.connect import Settings, root_sources
 from cli.group import ShoalGroup
@@ -67,6 +67,7 @@ app.command()(network.version)
 app.command(context_settings=SETTINGS)(daemons.serve)
 app.command(context_settings=SETTINGS)(daemons.devstack)
 app.command(context_settings=SETTINGS)(tools.bench)
+app.command()(ui.ui)
 app.command()(settings.completion)
 
 # Groups, in the same order.

@@ -1,0 +1,66 @@
+"""``shoal ui``: the web dashboard (``cli.ui``), served on 127.0.0.1 until Ctrl-C."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+from typing import Annotated
+
+import typer
+
+from cli.connect import Settings
+
+UI_MODULES = ("trio", "hypercorn")  # of the node extra: the dashboard is served as the node's API is
+
+
+def ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535,
+        help="Port on 127.0.0.1 (0: any free port).")] = 8790,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the dashboard in your web browser.")] = False,
+) -> None:  # fmt: skip
+    """A web dashboard of your jobs, sweeps and the network's nodes, on http://127.0.0.1:PORT.
+
+    It proxies the node's API (--api, $SHOAL_API, the config file or the running devstack), signing
+    every call with your client key; the key never reaches the browser, and only the dashboard's own
+    page may use the proxy.
+    """
+    missing = [name for name in UI_MODULES if find_spec(name) is None]
+    if missing:
+        from cli.errors import EXIT_USAGE, CLIError
+
+        raise CLIError(f"shoal ui needs the 'node' extra: pip install 'shoal[node]' (missing here: "
+                       f"{', '.join(missing)})", code=EXIT_USAGE)
+    import trio
+
+    from cli.daemon import stop_on_signals
+    from cli.ui.server import serve_dashboard
+
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    api, ca_cert = settings.node()
+
+    def ready(url: str, api_url: str) -> None:
+        typer.echo(f"Shoal dashboard on {url} (node {api_url}); Ctrl-C stops it")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    try:
+        with stop_on_signals():  # Ctrl-C, kill -INT and kill (SIGTERM) stop it alike, in the background too
+            trio.run(lambda: serve_dashboard(api, port, ca_cert=ca_cert, on_ready=ready))
+    except (KeyboardInterrupt, OSError, BaseExceptionGroup) as e:
+        stopped, failed = _leaves(e)
+        if failed is not None:
+            from cli.errors import CLIError
+
+            raise CLIError(f"cannot serve the dashboard on 127.0.0.1:{port}: {failed.strerror or failed}") from None
+        if not stopped:
+            raise
+
+
+def _leaves(error: BaseException) -> tuple[bool, OSError | None]:
+    """(Ctrl-C among them, the first OSError) of an exception or a group of them (trio's nurseries)."""
+    if isinstance(error, BaseExceptionGroup):
+        found = [_leaves(inner) for inner in error.exceptions]
+        return any(s for s, _ in found), next((f for _, f in found if f is not None), None)
+    return isinstance(error, KeyboardInterrupt), error if isinstance(error, OSError) else None

@@ -1,0 +1,141 @@
+"""``/ui/live``: the node's event streams of the jobs and sweeps a page shows, merged into one
+Server-Sent Events stream (a browser opens only a few connections to one origin at a time).
+
+Each message's ``data`` is JSON naming the job or sweep (``id``): ``event: event`` carries one of its
+events as the node streamed it, ``event: end`` its final state, ``event: gone`` a stream the node
+refused (its message). The node has no stream of *new* jobs, so with ``watch=jobs`` (or ``sweeps``) the
+proxy looks at the head of the list every ``WATCH_EVERY`` seconds and sends ``event: list`` when it differs
+from what the page shows (``seen=TOTAL:NEWEST-ID``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import trio
+
+from cli.ui.relay import Receive, Send, disconnected, start
+from shoal._sse import SSEParser
+
+MAX_IDS = 100  # streams one page may follow (the node allows a client 256 open streams)
+WATCH_EVERY = 1.0
+KEEPALIVE = 15.0
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # reconnections of a broken upstream stream, then it is given up
+_ID = re.compile(r"^[js]-[0-9a-f]{32}$")
+
+
+def parse_ids(text: str) -> list[str]:
+    """``j-…,s-…`` → the ids, checked; raises ``ValueError`` saying what is wrong."""
+    ids = list(dict.fromkeys(part for part in text.split(",") if part))
+    if len(ids) > MAX_IDS:
+        raise ValueError(f"at most {MAX_IDS} ids may be followed at once (got {len(ids)})")
+    for some_id in ids:
+        if not _ID.match(some_id):
+            raise ValueError(f"not a job or sweep id: {some_id[:80]!r}")
+    return ids
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class Live:
+    def __init__(self, http: httpx.AsyncClient, ids: list[str], watch: str = "", seen: str = "") -> None:
+        self.http = http
+        self.ids = ids
+        self.watch = watch if watch in ("jobs", "sweeps") else ""
+        self.seen = seen  # "TOTAL:NEWEST-ID": the head of the list as the page shows it
+        self._last: dict[str, str | None] = {}  # id -> the last event id relayed (Last-Event-ID on reconnection)
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        await send(start(200, "text/event-stream", [(b"x-accel-buffering", b"no")]))
+        lock = trio.Lock()
+
+        async def emit(chunk: bytes) -> None:
+            async with lock:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        await emit(b": live\n\n")  # the browser's EventSource opens now
+        async with trio.open_nursery() as nursery:
+            for some_id in self.ids:
+                nursery.start_soon(self._follow, some_id, emit)
+            if self.watch:
+                nursery.start_soon(self._watch_list, emit)
+            nursery.start_soon(_keepalive, emit)
+            await disconnected(receive)
+            nursery.cancel_scope.cancel()
+
+    async def _follow(self, some_id: str, emit: Any) -> None:
+        """Relay one job's (or sweep's) events until its end, reconnecting after the last event seen."""
+        kind = "sweeps" if some_id.startswith("s-") else "jobs"
+        failures = 0
+        while failures <= len(RETRY_DELAYS):
+            last_id = self._last.get(some_id)
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
+            request = self.http.build_request("GET", f"/v1/{kind}/{some_id}/events", headers=headers,
+                                              timeout=httpx.Timeout(30.0, read=None))
+            try:
+                response = await self.http.send(request, stream=True)
+                try:
+                    if await self._relay(some_id, response, emit):
+                        return
+                    failures = 0 if response.status_code == 200 else failures
+                finally:
+                    await response.aclose()
+            except (httpx.RequestError, ValueError):
+                pass
+            if failures < len(RETRY_DELAYS):
+                await trio.sleep(RETRY_DELAYS[failures])
+            failures += 1
+        await emit(sse("gone", {"id": some_id, "status": 502, "message": "the node's event stream broke"}))
+
+    async def _relay(self, some_id: str, response: httpx.Response, emit: Any) -> bool:
+        """Relay one connection's events; True once the stream has ended for good (its end, or a refusal)."""
+        if response.status_code >= 400:
+            await response.aread()
+            await emit(sse("gone", {"id": some_id, "status": response.status_code, "message": _message(response)}))
+            return True
+        parser = SSEParser()
+        async for line in response.aiter_lines():
+            message = parser.feed(line)
+            if message is None:
+                continue
+            if message.event == "end":
+                await emit(sse("end", {"id": some_id, **json.loads(message.data)}))
+                return True
+            self._last[some_id] = message.id or self._last.get(some_id)
+            await emit(sse("event", {"id": some_id, "event": json.loads(message.data)}))
+        return False
+
+    async def _watch_list(self, emit: Any) -> None:
+        """Send ``list`` when the newest job (or sweep) or the count changes: new work to show."""
+        total, _, newest = self.seen.partition(":")
+        seen: tuple[int, str] | None = (int(total), newest) if total.isdigit() and len(total) < 10 else None
+        while True:
+            try:
+                response = await self.http.get(f"/v1/{self.watch}", params={"limit": 1})
+                body = response.json() if response.status_code == 200 else {}
+                items = body.get(self.watch) or [{}]
+                head = (body.get("total", 0), items[0].get("id", ""))
+                if seen is not None and head != seen:
+                    await emit(sse("list", {"total": head[0], "newest": head[1]}))
+                seen = head
+            except (httpx.RequestError, ValueError, AttributeError):
+                pass
+            await trio.sleep(WATCH_EVERY)
+
+
+async def _keepalive(emit: Any) -> None:
+    while True:
+        await trio.sleep(KEEPALIVE)
+        await emit(b": keep-alive\n\n")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]

@@ -1,0 +1,141 @@
+"""The dashboard's ASGI app: its page and static files, ``/api/...`` proxied to the node (signed with
+the user's key by the SDK's HTTP client) and ``/ui/live`` (``live.py``). Who may call it: ``guard.py``."""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+from cli.ui import guard
+from cli.ui.live import Live, parse_ids
+from cli.ui.relay import Receive, Send, send_error, send_whole, start, stream_body
+
+STATIC = Path(__file__).with_name("static")
+MAX_BODY = 1024 * 1024  # what the page sends: job specs and small JSON bodies
+_STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(js|css|svg)$")
+_CONTENT_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
+# Request headers the page may pass on to the node; everything else (cookies above all) stays here.
+_REQUEST_HEADERS = ("accept", "content-type", "last-event-id", "idempotency-key")
+_RESPONSE_HEADERS = (b"content-type", b"content-disposition", b"retry-after", b"x-shoal-cid")
+
+
+class Dashboard:
+    """``Dashboard(http, port=…)``: ``http`` is an SDK client's signed ``httpx.AsyncClient`` for the node."""
+
+    def __init__(self, http: httpx.AsyncClient, *, port: int, token: str | None = None,
+                 static: Path = STATIC) -> None:
+        self.http = http
+        self.port = port  # the port the browser reaches us on (set once bound when started on port 0)
+        self.token = token or secrets.token_urlsafe(32)
+        self.static = static
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        headers = _headers(scope)
+        host = headers.get("host", "")
+        if (refusal := guard.check_host(host, self.port)) is not None:
+            return await send_error(send, refusal.status, "forbidden", refusal.message)
+        path, method = scope["path"], scope["method"]
+        if path in ("/", "/index.html") and method in guard.SAFE_METHODS:
+            return await self._page(send)
+        if path.startswith("/static/") and method in guard.SAFE_METHODS:
+            return await self._static(send, path.removeprefix("/static/"))
+        query = scope.get("query_string", b"").decode("latin-1")
+        if path == "/ui/live" and method == "GET":
+            params = parse_qs(query)
+            token = params.get(guard.TOKEN_PARAM, [None])[0]
+            if (refusal := self._caller(method, host, headers, token)) is not None:
+                return await send_error(send, refusal.status, "forbidden", refusal.message)
+            try:
+                ids = parse_ids(params.get("ids", [""])[0])
+            except ValueError as e:
+                return await send_error(send, 422, "invalid_request", str(e))
+            watch, seen = params.get("watch", [""])[0], params.get("seen", [""])[0]
+            return await Live(self.http, ids, watch, seen)(receive, send)
+        if path.startswith("/api/"):
+            if (refusal := self._caller(method, host, headers, headers.get(guard.TOKEN_HEADER))) is not None:
+                return await send_error(send, refusal.status, "forbidden", refusal.message)
+            upstream = guard.upstream_path(path)
+            if upstream is None:
+                return await send_error(send, 404, "not_found", f"the dashboard does not proxy {path}")
+            return await self._proxy(receive, send, method, upstream, query, headers)
+        return await send_error(send, 404, "not_found", f"no such page: {path}")
+
+    def _caller(self, method: str, host: str, headers: dict[str, str], token: str | None) -> guard.Refusal | None:
+        return guard.check_caller(method, host, headers.get("origin"), headers.get("sec-fetch-site"), token,
+                                  self.token)
+
+    async def _page(self, send: Send) -> None:
+        text = (self.static / "index.html").read_text()
+        page = text.replace("{{TOKEN}}", html.escape(self.token, quote=True))
+        await send_whole(send, 200, "text/html; charset=utf-8", page.encode())
+
+    async def _static(self, send: Send, name: str) -> None:
+        path = self.static / name
+        if not _STATIC_NAME.match(name) or not path.is_file():
+            return await send_error(send, 404, "not_found", f"no such file: {name}")
+        await send_whole(send, 200, _CONTENT_TYPES[name.rsplit(".", 1)[1]], path.read_bytes())
+
+    async def _proxy(self, receive: Receive, send: Send, method: str, upstream: str, query: str,
+                     headers: dict[str, str]) -> None:
+        body = await _read_body(receive)
+        if body is None:
+            return await send_error(send, 413, "too_large", f"request body over {MAX_BODY} bytes")
+        forwarded = {name: headers[name] for name in _REQUEST_HEADERS if name in headers}
+        request = self.http.build_request(method, upstream + (f"?{query}" if query else ""), content=body or None,
+                                          headers=forwarded, timeout=httpx.Timeout(30.0, read=None))
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.RequestError as e:
+            return await send_error(send, 502, "node_unreachable", f"the node at {self.http.base_url} did not "
+                                                                   f"answer: {type(e).__name__} {e}".strip())
+        try:
+            passed = [(k.lower(), v) for k, v in response.headers.raw if k.lower() in _RESPONSE_HEADERS]
+            content_type = response.headers.get("content-type", "application/octet-stream")
+            await send(start(response.status_code, content_type,
+                             [(k, v) for k, v in passed if k != b"content-type"]))
+
+            async def pump(send: Send) -> None:
+                try:
+                    async for chunk in response.aiter_bytes():  # decoded: the Content-Encoding stays here
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.RequestError:
+                    pass  # the node went away mid-body: the browser sees the body end there
+
+            await stream_body(receive, send, pump)
+        finally:
+            await response.aclose()
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    """The request's headers (lower-case names; a repeated header keeps its first value)."""
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", []):
+        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or None when over MAX_BODY."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return bytes(body)
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            return None
+        if not message.get("more_body"):
+            return bytes(body)

@@ -1,0 +1,74 @@
+// Calls to the node through the dashboard's proxy, which signs them; the page carries only its
+// per-session token (embedded in the page by the proxy), never a key.
+
+const token = document.querySelector('meta[name="shoal-ui-token"]').content;
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function check(response) {
+  if (response.ok) return response;
+  let message = response.statusText || `HTTP ${response.status}`;
+  let code = '';
+  try {
+    const body = await response.json();
+    message = body.error?.message ?? body.detail ?? message;
+    code = body.error?.code ?? '';
+  } catch { /* not JSON */ }
+  throw new ApiError(response.status, code, message);
+}
+
+/** fetch `/api${path}`; JSON answers are parsed, others returned as the Response. */
+export async function api(path, { method = 'GET', body, signal } = {}) {
+  const headers = { 'X-Shoal-UI-Token': token, Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await check(await fetch(`/api${path}`, {
+    method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+  }));
+  return (response.headers.get('content-type') || '').includes('json') ? response.json() : response;
+}
+
+/** Text as the node writes it (a log being followed): onText(chunk) for each piece. */
+export async function streamText(path, onText, signal) {
+  const response = await check(await fetch(`/api${path}`, { headers: { 'X-Shoal-UI-Token': token }, signal }));
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    onText(value);
+  }
+}
+
+/** A file the node serves (results): fetched with the token, then saved by the browser. */
+export async function download(path, filename) {
+  const response = await check(await fetch(`/api${path}`, { headers: { 'X-Shoal-UI-Token': token } }));
+  const url = URL.createObjectURL(await response.blob());
+  const a = Object.assign(document.createElement('a'), { href: url, download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/**
+ * The node's event streams of `ids` (jobs `j-…`, sweeps `s-…`) merged by the proxy into one
+ * EventSource; `watch` ({what: 'jobs' or 'sweeps', total, newest}: the list's head as the page shows it)
+ * also says when the list has new work.
+ * handlers: {event(id, event), end(id, state), gone(id, message), list()}. Returns close().
+ */
+export function live(ids, watch, handlers) {
+  const [what, seen] = watch ? [watch.what, `${watch.total}:${watch.newest || ''}`] : ['', ''];
+  const query = new URLSearchParams({ token, ids: ids.join(','), watch: what, seen });
+  const source = new EventSource(`/ui/live?${query}`);
+  const on = (name, fn) => source.addEventListener(name, (m) => fn(JSON.parse(m.data)));
+  on('event', (d) => handlers.event?.(d.id, d.event));
+  on('end', (d) => handlers.end?.(d.id, d.state));
+  on('gone', (d) => handlers.gone?.(d.id, d.message));
+  on('list', (d) => handlers.list?.(d));
+  return () => source.close();
+}

@@ -1,0 +1,73 @@
+// Building the page: elements from data (text only, never HTML), and how values are shown.
+
+/** h('a', {href: '#/x', class: 'y', onclick: f}, 'text', child, …) */
+export function h(tag, attrs = {}, ...children) {
+  const svg = ['svg', 'rect', 'path', 'line', 'text', 'g', 'polyline', 'title', 'circle'].includes(tag);
+  const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'dataset') Object.assign(el.dataset, value);
+    else el.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+export const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+export const STATES = ['pending', 'running', 'completed', 'failed', 'cancelled'];
+
+export function badge(state) {
+  return h('span', { class: `badge ${state}`, dataset: { state } }, state);
+}
+
+export function age(seconds) {
+  if (seconds === null || seconds === undefined) return '';
+  const s = Math.max(0, Date.now() / 1000 - seconds);
+  if (s < 60) return `${Math.floor(s)}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+export function when(seconds) {
+  return seconds ? new Date(seconds * 1000).toLocaleString() : '';
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return '';
+  return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(seconds < 10 ? 2 : 0)} s`;
+}
+
+export function bytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(n < 10 && i ? 1 : 0)} ${units[i]}`;
+}
+
+export function short(id) {
+  return id && id.length > 14 ? `${id.slice(0, 10)}…${id.slice(-4)}` : id || '';
+}
+
+export function errorBox(error) {
+  return h('div', { class: 'error', role: 'alert' }, error.message || String(error));
+}
+
+/** Calls fn(key) once per key at most every `ms`, coalescing the calls in between. */
+export function coalesce(fn, ms = 150) {
+  const pending = new Map();
+  return (key) => {
+    if (pending.has(key)) return;
+    pending.set(key, setTimeout(() => { pending.delete(key); fn(key); }, ms));
+  };
+}
+
+/** el.replaceChildren(...) leaving out null, undefined and false (a part a page may not have). */
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}

@@ -1,0 +1,79 @@
+// Nodes: what the requester knows of each compute node (its last node info: engines, labels,
+// capacity, running work, backlog) and how their results fared (reputation, quarantine). Node info
+// has no stream: the page reads it again every few seconds while shown.
+
+import { api } from './api.js';
+import { fill, h, bytes, errorBox, short } from './dom.js';
+
+const EVERY = 3000;
+
+function bar(label, free, total, show) {
+  const used = Math.max(0, total - free);
+  const fill = h('span', { class: 'used' });
+  fill.style.width = `${total ? (100 * used) / total : 0}%`;
+  return h('div', { class: 'capacity', dataset: { resource: label } },
+    h('span', { class: 'label' }, label),
+    h('span', { class: 'bar', role: 'meter', 'aria-label': `${label} in use`, 'aria-valuemin': 0,
+      'aria-valuemax': total, 'aria-valuenow': used }, fill),
+    h('span', { class: 'value' }, `${show(free)} free of ${show(total)}`));
+}
+
+function card(info, reputation, wide) {
+  const rep = reputation || {};
+  const cores = (n) => `${Math.round(n * 100) / 100} CPU`;
+  return h('article', { class: `node${wide ? ' wide' : ''}${rep.quarantined ? ' quarantined' : ''}`, dataset: { peer: info.peer_id } },
+    h('h2', { class: 'mono' }, wide ? info.peer_id : h('a', { href: `#/nodes/${info.peer_id}`, title: info.peer_id }, short(info.peer_id))),
+    h('p', {}, info.engines.map((e) => h('span', { class: 'chip engine' }, e)),
+      Object.entries(info.labels || {}).map(([k, v]) => h('span', { class: 'chip label' }, `${k}=${v}`)),
+      info.network ? h('span', { class: 'chip' }, 'network') : null),
+    bar('cpu', info.free.cpu, info.total.cpu, cores),
+    bar('memory', info.free.memory, info.total.memory, bytes),
+    info.total.disk ? bar('disk', info.free.disk, info.total.disk, bytes) : null,
+    h('dl', { class: 'facts' },
+      h('dt', {}, 'running'), h('dd', { class: 'running' }, String(info.running)),
+      h('dt', {}, 'backlog'), h('dd', {}, String(info.backlog)),
+      h('dt', {}, 'per job'), h('dd', {}, `${cores(info.max_per_job.cpu)}, ${bytes(info.max_per_job.memory)}`),
+      h('dt', {}, 'reputation'), h('dd', {}, rep.quarantined ? h('b', { class: 'warn' }, 'quarantined ') : null,
+        `${rep.accepted || 0} accepted, ${rep.rejected || 0} rejected`),
+      wide ? [h('dt', {}, 'addresses'), h('dd', { class: 'mono small' }, info.addrs.join('\n'))] : null));
+}
+
+function poll(view, render) {
+  const message = h('div');
+  const place = h('div', { class: 'nodes' });
+  view.append(message, place);
+  async function load() {
+    try {
+      const list = await api('/v1/nodes');
+      fill(message, );
+      render(place, list);
+    } catch (error) {
+      fill(message, errorBox(error));
+    }
+  }
+  load();
+  const timer = setInterval(load, EVERY);
+  return () => clearInterval(timer);
+}
+
+export function nodesPage(view) {
+  const summary = h('p', { class: 'muted', id: 'nodes-summary' });
+  view.append(h('h1', {}, 'Nodes'), summary);
+  return poll(view, (place, list) => {
+    const total = list.nodes.reduce((a, n) => a + n.total.cpu, 0);
+    const free = list.nodes.reduce((a, n) => a + n.free.cpu, 0);
+    const running = list.nodes.reduce((a, n) => a + n.running, 0);
+    summary.textContent = `${list.nodes.length} compute nodes known · ${Math.round((total - free) * 100) / 100} of ${total} CPU in use · ${running} running`;
+    fill(place, ...list.nodes.map((n) => card(n, list.reputation[n.peer_id], false)));
+    if (!list.nodes.length) place.append(h('p', { class: 'empty' }, 'no compute node known yet'));
+  });
+}
+
+export function nodePage(view, params, peer) {
+  view.append(h('p', { class: 'crumbs' }, h('a', { href: '#/nodes' }, 'Nodes'), ' / ', short(peer)));
+  return poll(view, (place, list) => {
+    const info = list.nodes.find((n) => n.peer_id === peer);
+    fill(place, info ? card(info, list.reputation[peer], true)
+      : h('p', { class: 'empty' }, `this node knows no compute node ${peer}`));
+  });
+}

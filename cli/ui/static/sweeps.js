@@ -1,0 +1,173 @@
+// Sweeps: the list, and a sweep's page with its grid of index states (from the ranges the node
+// describes it by), counts, failed indexes with exit codes and logs, and retry and cancel buttons.
+
+import { api, live } from './api.js';
+import { fill, h, badge, age, when, errorBox, short, coalesce, STATES, TERMINAL } from './dom.js';
+
+const PAGE = 50;
+const MAX_CELLS = 5000; // beyond this a grid cell stands for several indexes
+
+function countsBar(counts, total) {
+  return h('div', { class: 'stack', title: STATES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`).join(', ') },
+    STATES.filter((s) => counts[s]).map((s) => {
+      const part = h('span', { class: `fill ${s}` });
+      part.style.width = `${(100 * counts[s]) / Math.max(1, total)}%`;
+      return part;
+    }));
+}
+
+export function sweepsPage(view, params) {
+  const offset = Math.max(0, Number(params.get('offset')) || 0);
+  const body = h('tbody', { id: 'sweeps-body' });
+  const summary = h('span', { class: 'summary' });
+  const pager = h('span', { class: 'pager' });
+  const message = h('div');
+  view.append(h('h1', {}, 'Sweeps'), h('div', { class: 'toolbar' }, summary, pager), message,
+    h('table', { class: 'list' },
+      h('thead', {}, h('tr', {}, ['Sweep', 'State', 'Indexes', 'Progress', 'Reason', 'Created'].map((t) => h('th', {}, t)))),
+      body));
+  let closeLive = () => {};
+
+  async function load() {
+    let list;
+    try {
+      list = await api(`/v1/sweeps?limit=${PAGE}&offset=${offset}`);
+    } catch (error) {
+      fill(message, errorBox(error));
+      return;
+    }
+    fill(message, );
+    fill(body, ...list.sweeps.map((s) => h('tr', { dataset: { id: s.id } },
+      h('td', { class: 'mono' }, h('a', { href: `#/sweeps/${s.id}`, title: s.id }, short(s.id))),
+      h('td', {}, badge(s.state)),
+      h('td', {}, String(s.count)),
+      h('td', {}, countsBar(s.counts, s.count)),
+      h('td', { class: 'reason' }, s.reason),
+      h('td', {}, age(s.created_at)))));
+    if (!list.sweeps.length) body.append(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'no sweeps yet: shoal run … --param K=V1,V2')));
+    const last = Math.min(offset + list.sweeps.length, list.total);
+    summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
+    fill(pager, 
+      h('button', { disabled: offset === 0, onclick: () => { location.hash = `#/sweeps?offset=${Math.max(0, offset - PAGE)}`; } }, '‹ newer'),
+      h('button', { disabled: last >= list.total, onclick: () => { location.hash = `#/sweeps?offset=${offset + PAGE}`; } }, 'older ›'));
+    closeLive();
+    const open = list.sweeps.filter((s) => !TERMINAL.has(s.state)).map((s) => s.id);
+    const watch = offset === 0 ? { what: 'sweeps', total: list.total, newest: list.sweeps[0]?.id } : null;
+    closeLive = live(open, watch, { event: () => reload(), end: () => reload(), list: () => reload() });
+  }
+  const reload = coalesce(() => load(), 500).bind(null, 'list');
+  load();
+  return () => closeLive();
+}
+
+/** The grid: one cell per index (or per group of indexes past MAX_CELLS), coloured by state. */
+export function grid(count, ranges) {
+  const per = Math.max(1, Math.ceil(count / MAX_CELLS));
+  const cells = Math.ceil(count / per);
+  const columns = Math.min(cells, 50);
+  const size = cells > 1000 ? 8 : 14;
+  const rows = Math.ceil(cells / columns);
+  const svg = h('svg', { class: 'grid', id: 'sweep-grid', width: columns * size, height: rows * size,
+    viewBox: `0 0 ${columns * size} ${rows * size}`, role: 'img', 'aria-label': `${count} indexes` });
+  // A group shows its most telling state: failed over running over pending over the rest.
+  const rank = { failed: 4, running: 3, pending: 2, cancelled: 1, completed: 0 };
+  const stateOf = new Array(cells).fill(null);
+  for (const r of ranges) {
+    for (let i = Math.floor(r.first / per); i <= Math.floor(r.last / per); i += 1) {
+      if (stateOf[i] === null || rank[r.state] > rank[stateOf[i]]) stateOf[i] = r.state;
+    }
+  }
+  for (let i = 0; i < cells; i += 1) stateOf[i] ??= 'pending';
+  for (let i = 0; i < cells; i += 1) {
+    const first = i * per;
+    const label = per === 1 ? `index ${first}` : `indexes ${first}–${Math.min(count, first + per) - 1}`;
+    svg.append(h('rect', { x: (i % columns) * size + 1, y: Math.floor(i / columns) * size + 1, width: size - 2,
+      height: size - 2, rx: 2, class: `cell ${stateOf[i]}`, dataset: { state: stateOf[i] } },
+    h('title', {}, `${label}: ${stateOf[i]}`)));
+  }
+  return svg;
+}
+
+export function sweepPage(view, params, id) {
+  const header = h('div', { class: 'title' }, h('h1', { class: 'mono' }, id));
+  const message = h('div');
+  const counts = h('section', { id: 'sweep-counts' });
+  const cells = h('section', { id: 'sweep-grid-section' });
+  const failed = h('section', { id: 'sweep-failed' });
+  const logs = h('pre', { class: 'logs', id: 'sweep-logs', hidden: true });
+  view.append(h('p', { class: 'crumbs' }, h('a', { href: '#/sweeps' }, 'Sweeps'), ' / ', short(id)),
+    header, message, counts, cells, logs, failed);
+
+  async function act(action, button) {
+    button.disabled = true;
+    try {
+      render(await api(`/v1/sweeps/${id}/${action}`, { method: 'POST' }));
+    } catch (error) {
+      fill(message, errorBox(error));
+    }
+    button.disabled = false;
+  }
+
+  async function load() {
+    try {
+      render(await api(`/v1/sweeps/${id}`));
+    } catch (error) {
+      fill(message, errorBox(error));
+    }
+  }
+
+  function render({ sweep, ranges, ranges_truncated: truncated }) {
+    fill(message, );
+    fill(header, h('h1', { class: 'mono' }, sweep.id), badge(sweep.state),
+      TERMINAL.has(sweep.state) ? null : h('button', { class: 'danger', id: 'cancel-sweep', onclick: (e) => act('cancel', e.target) }, 'Cancel sweep'),
+      sweep.counts.failed ? h('button', { id: 'retry-sweep', onclick: (e) => act('retry', e.target) }, `Retry ${sweep.counts.failed} failed`) : null);
+    fill(counts, 
+      h('p', { class: 'reason' }, sweep.reason || ''),
+      h('ul', { class: 'legend', id: 'sweep-legend' }, STATES.map((s) => h('li', {}, h('span', { class: `swatch ${s}` }),
+        `${s} `, h('b', { dataset: { count: s } }, String(sweep.counts[s] || 0))))),
+      h('p', { class: 'muted' }, `${sweep.count} indexes · engine ${sweep.spec.job.engine.name} · created ${when(sweep.created_at)}`,
+        sweep.winner !== null && sweep.winner !== undefined ? ` · winner: index ${sweep.winner}` : ''));
+    fill(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges),
+      truncated ? h('p', { class: 'muted' }, 'more ranges than the description carries: the grid shows the first ones') : null);
+    loadFailed(sweep.counts.failed || 0);
+  }
+
+  async function loadFailed(n) {
+    if (!n) { fill(failed, ); return; }
+    let list;
+    try {
+      list = await api(`/v1/sweeps/${id}/indexes?state=failed&limit=100`);
+    } catch (error) {
+      fill(failed, errorBox(error));
+      return;
+    }
+    fill(failed, h('h2', {}, `Failed indexes (${list.total}${list.total > list.indexes.length ? `, the first ${list.indexes.length}` : ''})`),
+      h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'failed-table' },
+      h('thead', {}, h('tr', {}, ['Index', 'Exit code', 'Reason', 'Node', 'Attempts', ''].map((t) => h('th', {}, t)))),
+      h('tbody', {}, list.indexes.map((r) => h('tr', {},
+        h('td', {}, String(r.index)),
+        h('td', {}, r.result ? String(r.result.exit_code) : ''),
+        h('td', { class: 'reason' }, r.reason),
+        h('td', { class: 'mono' }, r.node_id ? h('a', { href: `#/nodes/${r.node_id}` }, short(r.node_id)) : ''),
+        h('td', {}, String(r.attempts)),
+        h('td', {}, h('button', { class: 'small', onclick: () => showLogs(r.index) }, 'logs'))))))));
+  }
+
+  async function showLogs(index) {
+    logs.hidden = false;
+    logs.textContent = `index ${index}: loading…`;
+    logs.scrollIntoView({ block: 'nearest' });
+    try {
+      const [stdout, stderr] = await Promise.all(['stdout', 'stderr'].map(async (stream) =>
+        (await api(`/v1/sweeps/${id}/indexes/${index}/logs?stream=${stream}`)).text()));
+      logs.textContent = `index ${index} stdout:\n${stdout}\n\nstderr:\n${stderr}`;
+    } catch (error) {
+      logs.textContent = `index ${index}: ${error.message}`;
+    }
+  }
+
+  const refresh = coalesce(() => load(), 300);
+  const closeLive = live([id], '', { event: () => refresh('sweep'), end: () => refresh('sweep') });
+  load();
+  return () => closeLive();
+}

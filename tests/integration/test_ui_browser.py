@@ -1,0 +1,249 @@
+"""``shoal ui`` in a real browser (Debian's Chromium driven by Playwright) against a real 3-node devstack.
+
+The dashboard runs as ``shoal ui --port 0`` beside ``shoal devstack``, and finds the stack the way
+every command does (its state file under ``SHOAL_HOME``). Screenshots of each page go to
+``tests/output/ui/`` (printed; gitignored), to be looked at. Skipped, saying why, only when Chromium
+or Playwright is missing; ``scripts/setup`` installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shoal import Client
+from shoal._auth import ClientKey
+from tests.integration.rogue import free_base_port
+from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, _read_until, cli_devstack
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "output" / "ui"
+EVIL = "http://evil.example"
+
+
+def _browser_missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return "Chromium is not installed (scripts/setup installs Debian's chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@dataclass
+class Dashboard:
+    url: str
+    stack: Stack
+    client: Client
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    if (why := _browser_missing()) is not None:
+        pytest.skip(why)
+    home = tmp_path_factory.mktemp("ui-home")
+    with cli_devstack(home, nodes=3, base_port=free_base_port(3)) as stack:
+        ui = subprocess.Popen([SHOAL, "ui", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=stack.env, start_new_session=True)
+        try:
+            banner = _read_until(ui, "Ctrl-C stops it", timeout=30)
+            url = re.search(r"http://127\.0\.0\.1:\d+/", banner).group(0)
+            key = ClientKey.load(home / "client.key")
+            with Client(stack.nodes[0]["api"], key=key) as client:
+                yield Dashboard(url, stack, client)
+        finally:
+            ui.send_signal(signal.SIGINT)
+            _, err = ui.communicate(timeout=20)
+            _assert_no_traceback(err)
+            assert ui.returncode == 0, err
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard: Dashboard):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {SHOTS}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, dashboard: Dashboard):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    page.close()
+    assert errors == [], errors  # no script error on any page
+
+
+def shot(page, name: str) -> None:
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def noop(delay: float = 0.0) -> dict:
+    return {"engine": {"name": "noop", "delay": delay}}
+
+
+def test_the_jobs_page_shows_a_new_job_and_its_state_turning_completed_without_a_reload(page, dashboard) -> None:
+    page.goto(dashboard.url + "#/jobs")
+    page.wait_for_selector("#view[data-loaded-ms]", state="attached")
+    page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+    job = dashboard.client.submit(noop(delay=3), cache=False).job
+    row = page.locator(f'#jobs-body tr[data-id="{job.id}"]')
+    row.wait_for(timeout=15_000)  # a job submitted after the page was shown appears on it
+    assert row.locator(".badge").inner_text() in ("pending", "running")
+    shot(page, "jobs-running")
+    row.locator('.badge[data-state="completed"]').wait_for(timeout=30_000)
+    assert page.evaluate("window.loadedOnce") is True
+    assert row.locator("td").nth(2).inner_text() == "noop"
+    shot(page, "jobs")
+
+
+def test_a_jobs_page_shows_its_executions_events_and_results(page, dashboard) -> None:
+    job = dashboard.client.run(noop(), timeout=60).job
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator('#job-timeline li[data-kind="Completed"]').wait_for(timeout=15_000)
+    assert page.locator("#job-exit").inner_text() == "0"
+    assert page.locator("#job-executions .badge").first.inner_text() == "completed"
+    assert '"noop"' in page.locator("#job-spec").inner_text()
+    shot(page, "job")
+
+
+def test_cancelling_from_the_page_cancels_the_job(page, dashboard) -> None:
+    job = dashboard.client.submit(noop(delay=120)).job
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator("#cancel-job").click()
+    page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+    assert dashboard.client.describe(job.id).job.state == "cancelled"
+    shot(page, "job-cancelled")
+
+
+def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:
+    sweep = dashboard.client.run_sweep({"job": noop(), "grid": {"x": [str(i) for i in range(40)]}}, timeout=60).sweep
+    page.goto(dashboard.url + f"#/sweeps/{sweep.id}")
+    page.locator('#sweep-legend b[data-count="completed"]:text-is("40")').wait_for(timeout=15_000)
+    cells = page.locator("#sweep-grid rect.cell")
+    assert cells.count() == 40
+    assert cells.evaluate_all("cells => cells.every(c => c.dataset.state === 'completed')")
+    shot(page, "sweep")
+    page.goto(dashboard.url + "#/sweeps")
+    page.locator(f'#sweeps-body tr[data-id="{sweep.id}"]').wait_for()
+    shot(page, "sweeps")
+
+
+def test_cancelling_a_sweep_from_its_page_cancels_it(page, dashboard) -> None:
+    sweep = dashboard.client.submit_sweep({"job": noop(delay=120), "grid": {"x": [str(i) for i in range(12)]}}).sweep
+    page.goto(dashboard.url + f"#/sweeps/{sweep.id}")
+    page.locator("#cancel-sweep").click()
+    page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+    assert dashboard.client.describe_sweep(sweep.id).sweep.state == "cancelled"
+    shot(page, "sweep-cancelled")
+
+
+def test_a_jobs_page_shows_what_the_job_printed(page, dashboard) -> None:
+    if "python" not in dashboard.client.node().engines:
+        pytest.skip("no node offers the python engine here (scripts/install-pyodide)")
+    code = "import sys\nfor i in range(3): print('line', i)\nprint('careful', file=sys.stderr)"
+    job = dashboard.client.run({"engine": {"name": "python", "code": code}}, timeout=120).job
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator("#job-logs:text('line 2')").wait_for(timeout=15_000)
+    assert page.locator("#job-logs").inner_text() == "line 0\nline 1\nline 2\n"
+    page.locator("#job-output-stream").select_option("stderr")
+    page.locator("#job-logs:text('careful')").wait_for(timeout=15_000)
+    assert page.locator("#job-cid").inner_text() == job.result.cid
+    shot(page, "job-output")
+
+
+def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
+    job = dashboard.client.submit({**noop(delay=60), "resources": {"cpu": 1.5}}).job
+    deadline = time.monotonic() + 15
+    while not (executions := dashboard.client.describe(job.id).executions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    peer = executions[0].node_id  # the node running it: 1.5 of its 2 CPUs in use
+    page.goto(dashboard.url + f"#/nodes/{peer}")
+    card = page.locator(f'article.node[data-peer="{peer}"]')
+    card.wait_for(timeout=15_000)
+    cpu = card.locator('.capacity[data-resource="cpu"]')
+    cpu.locator('.bar[aria-valuenow="1.5"]').wait_for(timeout=15_000)  # as the node's next node info says
+    assert re.fullmatch(r"0\.5 CPU free of [\d.]+ CPU", cpu.locator(".value").inner_text())
+    assert "noop" in card.locator(".chip.engine").all_inner_texts()
+    assert card.locator(".running").inner_text() == "1"
+    shot(page, "node")
+    page.goto(dashboard.url + "#/nodes")
+    page.locator("article.node").nth(2).wait_for(timeout=15_000)
+    shot(page, "nodes")
+    page.goto(dashboard.url + "#/overview")
+    page.locator("#charts svg.chart").nth(2).wait_for(timeout=15_000)
+    time.sleep(4.5)  # a few samples on the charts
+    shot(page, "overview")
+    dashboard.client.cancel(job.id)
+
+
+def test_a_request_from_another_origin_is_refused(page, dashboard) -> None:
+    job = dashboard.client.submit(noop(delay=120)).job
+    target = dashboard.url + f"api/v1/jobs/{job.id}/cancel"
+    # Another site's page posts a form to the dashboard (the request a browser lets any page send).
+    page.route(EVIL + "/", lambda route: route.fulfill(
+        content_type="text/html",
+        body=f'<form method="post" action="{target}"><button id="go">win a prize</button></form>'))
+    page.goto(EVIL + "/")
+    with page.expect_response(target) as answer:
+        page.locator("#go").click()
+    assert answer.value.status == 403
+    assert "only the dashboard's own page may call it" in page.content()
+    # Even knowing the page's token, another origin gets nowhere, for writes or for reads.
+    page.goto(dashboard.url)
+    token = page.locator('meta[name="shoal-ui-token"]').get_attribute("content")
+    headers = {"X-Shoal-UI-Token": token, "Origin": EVIL}
+    assert httpx.post(target, headers=headers).status_code == 403
+    assert httpx.get(dashboard.url + "api/v1/jobs", headers=headers).status_code == 403
+    assert dashboard.client.describe(job.id).job.state != "cancelled"
+    dashboard.client.cancel(job.id)
+
+
+def test_the_jobs_page_pages_through_many_jobs(page, dashboard) -> None:
+    """A page of 50 whatever the total; the figure of merit for 10,000 jobs is printed by SHOAL_UI_JOBS=10000."""
+    many = int(os.environ.get("SHOAL_UI_JOBS", "120"))
+    have = dashboard.client.list(limit=1).total
+    spec = noop()
+    with Client(dashboard.client.api_url, key=dashboard.client.key) as client:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: client.submit(spec, idempotency_key=None), range(max(0, many - have))))
+    total = dashboard.client.list(limit=1).total
+    started = time.perf_counter()
+    page.goto(dashboard.url + "#/jobs")
+    page.locator("#jobs-body tr").nth(49).wait_for(timeout=15_000)
+    usable = time.perf_counter() - started
+    print(f"\njobs page with {total} jobs in the store: first 50 rows shown {usable * 1000:.0f} ms after "
+          f"navigation (the list call itself {page.locator('#view').get_attribute('data-loaded-ms')} ms)")
+    assert page.locator("#jobs-body tr").count() == 50
+    dash = "\N{EN DASH}"
+    assert page.locator("#jobs-summary").inner_text() == f"1{dash}50 of {total}"
+    page.get_by_role("button", name="older").click()
+    page.locator(f"#jobs-summary:text-is('51{dash}100 of {total}')").wait_for(timeout=10_000)
+    shot(page, "jobs-page-2")
+    page.locator("#state-filter").select_option("cancelled")
+    page.wait_for_function("location.hash === '#/jobs?state=cancelled'")
+    page.locator("#jobs-body tr .badge").first.wait_for(timeout=10_000)
+    assert set(page.locator("#jobs-body tr .badge").all_inner_texts()) == {"cancelled"}

@@ -1,0 +1,334 @@
+"""``shoal ui``'s proxy with a fake node: it signs what it forwards as the SDK does, and serves only
+its own page (Host, Origin and the per-session token); the live stream merges the node's event streams."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from cli.ui import guard
+from cli.ui.live import Live, parse_ids
+from cli.ui.proxy import MAX_BODY, Dashboard
+from shoal import AsyncClient
+from shoal._auth import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    ClientKey,
+    b64decode,
+    canonical_request,
+)
+
+PORT = 8790
+OWN = f"http://127.0.0.1:{PORT}"
+NODE = "http://node.test:8700"
+TOKEN = "t0ken-for-tests"
+JOB = "j-" + "a" * 32
+SWEEP = "s-" + "b" * 32
+
+
+class FakeNode:
+    """Records what reaches the node and answers like it; ``routes``: path -> (status, content type, body)."""
+
+    def __init__(self, key: ClientKey) -> None:
+        self.key = key
+        self.seen: list[httpx.Request] = []
+        self.routes: dict[str, tuple[int, str, bytes]] = {
+            "/v1/jobs": (200, "application/json", json.dumps({"jobs": [], "total": 0}).encode()),
+            f"/v1/jobs/{JOB}/cancel": (200, "application/json", b'{"job": {"id": "%s"}}' % JOB.encode()),
+            f"/v1/jobs/{JOB}/events": (200, "text/event-stream",
+                                       b'id: 1\nevent: Created\ndata: {"seq": 1, "kind": "Created"}\n\n'
+                                       b'id: 2\nevent: Completed\ndata: {"seq": 2, "kind": "Completed"}\n\n'
+                                       b'event: end\ndata: {"state": "completed"}\n\n'),
+            f"/v1/sweeps/{SWEEP}/events": (404, "application/json",
+                                           b'{"error": {"code": "not_found", "message": "no such sweep"}}'),
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        status, content_type, body = self.routes.get(request.url.path, (404, "application/json", b"{}"))
+        return httpx.Response(status, headers={"content-type": content_type}, content=_chunks(body))
+
+    def signed_by_key(self, request: httpx.Request) -> bool:
+        """The request carries a valid signature by ``key`` over its method, host, target and body."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        h = request.headers
+        if b64decode(h[HEADER_KEY]) != self.key.public_key:
+            return False
+        message = canonical_request(request.method, h["host"], request.url.raw_path, h[HEADER_TIMESTAMP],
+                                    h[HEADER_NONCE], request.content)
+        try:
+            Ed25519PublicKey.from_public_bytes(self.key.public_key).verify(b64decode(h[HEADER_SIGNATURE]), message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+async def _chunks(body: bytes):
+    """A body that arrives as a real node's does: streamed, not read in advance."""
+    for line in body.splitlines(keepends=True):
+        yield line
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    return FakeNode(ClientKey.generate())
+
+
+@pytest.fixture
+async def browser(node: FakeNode):
+    """An HTTP client standing for the browser, talking to a Dashboard whose node is ``node``."""
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+    dashboard = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dashboard), base_url=OWN) as client:
+        yield client
+    await sdk.aclose()
+
+
+def _api(**extra: str) -> dict[str, str]:
+    return {guard.TOKEN_HEADER: TOKEN, **extra}
+
+
+# -- the decisions -------------------------------------------------------------------------------------
+
+
+def test_only_the_proxys_own_names_are_answered() -> None:
+    assert guard.check_host(f"127.0.0.1:{PORT}", PORT) is None
+    assert guard.check_host(f"localhost:{PORT}", PORT) is None
+    for host in (f"evil.example:{PORT}", "127.0.0.1:1", "127.0.0.1", "", None):
+        refusal = guard.check_host(host, PORT)
+        assert refusal is not None and refusal.status == 403
+
+
+def test_a_caller_needs_the_token_and_state_changes_need_the_own_origin() -> None:
+    host = f"127.0.0.1:{PORT}"
+    ok = guard.check_caller
+    assert ok("GET", host, None, None, TOKEN, TOKEN) is None  # a same-origin GET carries no Origin
+    assert ok("GET", host, OWN, "same-origin", TOKEN, TOKEN) is None
+    assert ok("POST", host, OWN, "same-origin", TOKEN, TOKEN) is None
+    assert ok("GET", host, None, None, None, TOKEN).status == 403
+    assert ok("GET", host, None, None, "wrong", TOKEN).status == 403
+    assert ok("GET", host, "https://evil.example", "cross-site", TOKEN, TOKEN).status == 403
+    assert ok("GET", host, None, "cross-site", TOKEN, TOKEN).status == 403
+    assert ok("POST", host, None, None, TOKEN, TOKEN).status == 403  # no Origin on a POST: not our page
+    assert ok("DELETE", host, "http://127.0.0.1:1", None, TOKEN, TOKEN).status == 403
+    assert ok("POST", host, "null", None, TOKEN, TOKEN).status == 403  # a sandboxed frame or a file
+
+
+def test_only_the_nodes_api_paths_are_proxied() -> None:
+    assert guard.upstream_path("/api/v1/jobs") == "/v1/jobs"
+    assert guard.upstream_path(f"/api/v1/jobs/{JOB}/logs") == f"/v1/jobs/{JOB}/logs"
+    assert guard.upstream_path("/api/metrics") == "/metrics"
+    for path in ("/api/v1/../../etc/passwd", "/api/v1/jobs/..", "/api/docs", "/api/openapi.json", "/api/",
+                 "/api/v1/jobs/a%2Fb", "/v1/jobs", "/api//v1/jobs", "/api/v1/jobs/"):
+        assert guard.upstream_path(path) is None, path
+
+
+def test_live_ids_are_checked() -> None:
+    assert parse_ids(f"{JOB},{SWEEP},{JOB}") == [JOB, SWEEP]
+    assert parse_ids("") == []
+    for bad in ("x", f"{JOB},../v1/node", "j-" + "A" * 32):
+        with pytest.raises(ValueError):
+            parse_ids(bad)
+    with pytest.raises(ValueError, match="at most"):
+        parse_ids(",".join(f"j-{i:032x}" for i in range(101)))
+
+
+# -- the app ---------------------------------------------------------------------------------------------
+
+
+async def test_the_page_embeds_the_session_token_and_forbids_framing(browser: httpx.AsyncClient) -> None:
+    page = await browser.get("/")
+    assert page.status_code == 200
+    assert f'<meta name="shoal-ui-token" content="{TOKEN}">' in page.text
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    script = await browser.get("/static/app.js")
+    assert script.status_code == 200 and script.headers["content-type"] == "text/javascript"
+    assert (await browser.get("/static/../proxy.py")).status_code == 404
+    assert (await browser.get("/static/nope.js")).status_code == 404
+
+
+async def test_api_calls_reach_the_node_signed_with_the_users_key(browser: httpx.AsyncClient,
+                                                                  node: FakeNode) -> None:
+    answer = await browser.get("/api/v1/jobs?limit=5&state=running", headers=_api(Cookie="secret=1"))
+    assert answer.status_code == 200 and answer.json() == {"jobs": [], "total": 0}
+    [request] = node.seen
+    assert str(request.url) == f"{NODE}/v1/jobs?limit=5&state=running"
+    assert request.headers["host"] == "node.test:8700"
+    assert node.signed_by_key(request)
+    assert "cookie" not in request.headers and guard.TOKEN_HEADER not in request.headers  # nothing of the browser's
+
+
+async def test_a_cancel_from_the_page_is_signed_with_its_body(browser: httpx.AsyncClient, node: FakeNode) -> None:
+    answer = await browser.post(f"/api/v1/jobs/{JOB}/cancel", headers=_api(Origin=OWN), content=b"{}")
+    assert answer.status_code == 200 and answer.json()["job"]["id"] == JOB
+    [request] = node.seen
+    assert request.method == "POST" and request.content == b"{}" and node.signed_by_key(request)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example", guard.TOKEN_HEADER: TOKEN},  # another site's page (a form post, a fetch)
+    {guard.TOKEN_HEADER: TOKEN},  # no Origin: not a browser page of ours
+    {"Origin": OWN, guard.TOKEN_HEADER: "guessed"},
+    {"Origin": OWN, guard.TOKEN_HEADER: ""},
+    {"Origin": OWN},
+])  # fmt: skip
+async def test_a_cancel_from_elsewhere_is_refused_and_never_reaches_the_node(browser: httpx.AsyncClient,
+                                                                            node: FakeNode, headers) -> None:
+    answer = await browser.post(f"/api/v1/jobs/{JOB}/cancel", headers=headers)
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "forbidden"
+    assert node.seen == []
+
+
+async def test_reads_without_the_token_or_from_another_origin_are_refused(browser: httpx.AsyncClient,
+                                                                         node: FakeNode) -> None:
+    assert (await browser.get("/api/v1/jobs")).status_code == 403
+    assert (await browser.get("/api/v1/jobs", headers=_api(Origin="https://evil.example"))).status_code == 403
+    assert (await browser.get(f"/ui/live?ids={JOB}")).status_code == 403
+    assert node.seen == []
+
+
+async def test_a_rebound_host_name_is_refused_even_for_the_page(browser: httpx.AsyncClient, node: FakeNode) -> None:
+    for path in ("/", "/api/v1/jobs"):
+        answer = await browser.get(path, headers=_api(Host=f"evil.example:{PORT}"))
+        assert answer.status_code == 403 and TOKEN not in answer.text
+    assert node.seen == []
+
+
+async def test_paths_outside_the_api_are_not_proxied(browser: httpx.AsyncClient, node: FakeNode) -> None:
+    for path in ("/api/docs", "/api/v1/jobs/%2E%2E/x", "/api/v1/jobs/%2E%2E/%2E%2E/node", "/ui/other"):
+        assert (await browser.get(path, headers=_api())).status_code == 404, path
+    assert node.seen == []
+
+
+async def test_a_body_over_the_limit_is_refused(browser: httpx.AsyncClient, node: FakeNode) -> None:
+    answer = await browser.post("/api/v1/jobs", headers=_api(Origin=OWN), content=b"x" * (MAX_BODY + 1))
+    assert answer.status_code == 413 and node.seen == []
+
+
+async def test_an_unreachable_node_is_a_502_saying_so(node: FakeNode) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(down))
+    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OWN) as client:
+        answer = await client.get("/api/v1/jobs", headers=_api())
+    assert answer.status_code == 502
+    assert "did not answer" in answer.json()["error"]["message"]
+
+
+async def test_live_merges_the_nodes_event_streams_and_says_which_were_refused(node: FakeNode) -> None:
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+    sent: list[dict] = []
+    done = trio.Event()
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        body = b"".join(m.get("body", b"") for m in sent)
+        if b"event: end" in body and b"event: gone" in body:
+            done.set()
+
+    async def receive() -> dict:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    with trio.fail_after(10):
+        await Live(sdk._http, [JOB, SWEEP])(receive, send)
+    await sdk.aclose()
+    assert sent[0]["status"] == 200 and (b"content-type", b"text/event-stream") in sent[0]["headers"]
+    stream = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    messages = [m for m in stream.split("\n\n") if m.startswith("event")]
+    parsed = [(m.split("\n")[0].removeprefix("event: "), json.loads(m.split("\n")[1].removeprefix("data: ")))
+              for m in messages]
+    assert ("event", {"id": JOB, "event": {"seq": 1, "kind": "Created"}}) in parsed
+    assert ("event", {"id": JOB, "event": {"seq": 2, "kind": "Completed"}}) in parsed
+    assert ("end", {"id": JOB, "state": "completed"}) in parsed
+    assert ("gone", {"id": SWEEP, "status": 404, "message": "no such sweep"}) in parsed
+    assert all(node.signed_by_key(r) for r in node.seen)
+
+
+def test_shoal_ui_without_the_node_extra_says_so_in_one_line(tmp_path: Path) -> None:
+    from tests.unit.test_thin_install import run_thin
+
+    result = run_thin("from cli.main import main; sys.argv[1:] = ['ui']; main()", home=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: shoal ui needs the 'node' extra: pip install 'shoal[node]' (missing here: trio, hypercorn)"]
+
+
+async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_page_shows(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
+    listed = {"jobs": [{"id": JOB}], "total": 1}
+    node.routes["/v1/jobs"] = (200, "application/json", json.dumps(listed).encode())
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+    sent: list[bytes] = []
+    gone = trio.Event()
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Live(sdk._http, [], "jobs", f"1:{JOB}"), receive, send)
+        await trio.sleep(0.2)  # many looks at the list: the same as the page shows
+        assert b"event: list" not in b"".join(sent)
+        newer = "j-" + "c" * 32
+        node.routes["/v1/jobs"] = (200, "application/json",
+                                   json.dumps({"jobs": [{"id": newer}], "total": 2}).encode())
+        with trio.fail_after(5):
+            while b"event: list" not in b"".join(sent):
+                await trio.sleep(0.01)
+        gone.set()
+    await sdk.aclose()
+    assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
+
+
+async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: FakeNode) -> None:
+    async def cut(request: httpx.Request):
+        yield b"line 1\n"
+        raise httpx.ReadError("connection reset", request=request)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/plain"}, content=cut(request))
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handler))
+    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OWN) as client:
+        answer = await client.get(f"/api/v1/jobs/{JOB}/logs?follow=true", headers=_api())
+    await sdk.aclose()
+    assert answer.status_code == 200 and answer.text == "line 1\n"
+
+
+def test_shoal_ui_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(repo), "SHOAL_HOME": str(tmp_path), "SHOAL_API": "http://127.0.0.1:9"}
+        result = subprocess.run([sys.executable, "-m", "cli.main", "ui", "--port", str(port)], capture_output=True,
+                                text=True, env=env, cwd=repo, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use"]
