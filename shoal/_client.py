@@ -198,10 +198,13 @@ class _BaseClient:
             timeout=httpx.Timeout(self.timeout, read=self.timeout + wait),
         )
 
-    def _list_request(self, state: JobState | str | None, limit: int, offset: int) -> httpx.Request:
+    def _list_request(self, state: JobState | str | None, limit: int, offset: int,
+                      selector: str | None = None) -> httpx.Request:
         params = {"limit": str(limit), "offset": str(offset)}
         if state is not None:
             params["state"] = str(JobState(state))
+        if selector:
+            params["selector"] = selector
         return self._request("GET", "/v1/jobs", params=params)
 
     def _events_request(self, job_id: str, last_event_id: str | None) -> httpx.Request:
@@ -503,12 +506,14 @@ class Client(_BaseClient):
         """``submit`` then ``wait``: the job's final description (raises ``WaitTimeout`` on timeout)."""
         return self._drive(self._run_flow(spec, timeout, 25.0))
 
-    def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0) -> JobList:
-        """Your jobs (those submitted with this client's key), newest first.
+    def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0,
+             selector: str | None = None) -> JobList:
+        """Your jobs (those submitted with this client's key), newest first; ``selector``: only those whose
+        selector contains this text (``"zone=eu"``).
 
         Only your own: a node never lists other clients' jobs.
         """
-        return self._drive(self._get_flow(self._list_request(state, limit, offset), JobList))
+        return self._drive(self._get_flow(self._list_request(state, limit, offset, selector), JobList))
 
     def cancel(self, job_id: str) -> JobDescription:
         return self._drive(self._get_flow(self._request("POST", _job_path(job_id, "cancel")), JobDescription))
@@ -856,9 +861,10 @@ class AsyncClient(_BaseClient):
         """See ``Client.run``."""
         return await self._drive(self._run_flow(spec, timeout, 25.0))
 
-    async def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0) -> JobList:
+    async def list(self, *, state: JobState | str | None = None, limit: int = 50, offset: int = 0,
+                   selector: str | None = None) -> JobList:
         """See ``Client.list``."""
-        return await self._drive(self._get_flow(self._list_request(state, limit, offset), JobList))
+        return await self._drive(self._get_flow(self._list_request(state, limit, offset, selector), JobList))
 
     async def cancel(self, job_id: str) -> JobDescription:
         return await self._drive(

@@ -19,6 +19,8 @@ def list_jobs(
     ctx: typer.Context,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
+    selector: Annotated[str | None, typer.Option("--selector", metavar="TEXT",
+                                                 help="Only jobs whose selector contains TEXT, e.g. zone=eu.")] = None,
     json_: Json = False,
     output: Output = None,
 ) -> None:
@@ -26,7 +28,7 @@ def list_jobs(
     from cli.render import emit, jobs_table, output_format, show_list
 
     fmt = output_format(json_, output)
-    result = client(ctx).list(state=state, limit=limit)
+    result = client(ctx).list(state=state, limit=limit, selector=selector)
     emit(result, fmt, lambda: show_list(result.jobs, result.total, "jobs", jobs_table))
 
 

@@ -318,9 +318,9 @@ class Store:
         return await self._read(queries.find_idempotent, owner, key)
 
     async def list_jobs(
-        self, *, owner: str | None, state: JobState | None, limit: int, offset: int
+        self, *, owner: str | None, state: JobState | None, limit: int, offset: int, selector: str | None = None
     ) -> tuple[list[Job], int]:
-        return await self._read(queries.list_jobs, owner, state, limit, offset)
+        return await self._read(queries.list_jobs, owner, state, limit, offset, selector)
 
     async def live_jobs(self) -> list[Job]:
         return await self._read(queries.live_jobs)

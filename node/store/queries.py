@@ -62,7 +62,9 @@ def find_idempotent(c: Connection, owner: str, key: str) -> tuple[Job, str] | No
 
 
 def list_jobs(c: Connection, owner: str | None, state: JobState | None, limit: int,
-              offset: int) -> tuple[list[Job], int]:
+              offset: int, selector: str | None = None) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and how many match; ``selector``: only jobs whose selector contains
+    this text (``zone=eu``: the jobs that asked for nodes labelled so)."""
     where, args = [], []
     if owner is not None:
         where.append("owner=?")
@@ -70,6 +72,9 @@ def list_jobs(c: Connection, owner: str | None, state: JobState | None, limit: i
     if state is not None:
         where.append("state=?")
         args.append(state.value)
+    if selector:
+        where.append("instr(coalesce(json_extract(body, '$.spec.selector'), ''), ?) > 0")
+        args.append(selector)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     total = c.execute(f"SELECT count(*) FROM jobs {clause}", args).fetchone()[0]
     rows = c.execute(f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",

@@ -247,3 +247,20 @@ def test_the_jobs_page_pages_through_many_jobs(page, dashboard) -> None:
     page.wait_for_function("location.hash === '#/jobs?state=cancelled'")
     page.locator("#jobs-body tr .badge").first.wait_for(timeout=10_000)
     assert set(page.locator("#jobs-body tr .badge").all_inner_texts()) == {"cancelled"}
+
+
+def test_the_jobs_page_filters_by_the_label_a_job_asked_for(page, dashboard) -> None:
+    eu = dashboard.client.submit({**noop(delay=120), "selector": "zone=eu"}).job  # no node has it: failed, listed
+    other = dashboard.client.submit({**noop(delay=120), "selector": "zone=us"}).job
+    try:
+        page.goto(dashboard.url + "#/jobs")
+        page.locator("#label-filter").fill("zone=eu")
+        page.locator("#label-filter").press("Enter")
+        page.wait_for_function("location.hash === '#/jobs?selector=zone%3Deu'")
+        page.locator(f'#jobs-body tr[data-id="{eu.id}"]').wait_for(timeout=10_000)
+        assert page.locator("#jobs-body tr").count() == 1 and page.locator(f'tr[data-id="{other.id}"]').count() == 0
+        assert dashboard.client.list(selector="zone=us").jobs[0].id == other.id  # the SDK and API filter alike
+        shot(page, "jobs-label")
+    finally:
+        dashboard.client.cancel(eu.id)
+        dashboard.client.cancel(other.id)

@@ -8,13 +8,14 @@ export const PAGE = 50;
 
 export function jobsPage(view, params) {
   const state = params.get('state') || '';
+  const selector = params.get('selector') || ''; // jobs whose selector holds this text, e.g. zone=eu
   const offset = Math.max(0, Number(params.get('offset')) || 0);
   const rows = new Map(); // job id -> {tr, job}
   let closeLive = () => {};
   let loadedAt = 0;
 
   const go = (changes) => {
-    const next = new URLSearchParams({ state, offset: String(offset), ...changes });
+    const next = new URLSearchParams({ state, selector, offset: String(offset), ...changes });
     for (const [k, v] of [...next]) if (!v || v === '0') next.delete(k);
     location.hash = `#/jobs${next.toString() ? `?${next}` : ''}`;
   };
@@ -22,6 +23,10 @@ export function jobsPage(view, params) {
   const filter = h('select', { id: 'state-filter', 'aria-label': 'state', onchange: (e) => go({ state: e.target.value, offset: '0' }) },
     h('option', { value: '' }, 'all states'),
     STATES.map((s) => h('option', { value: s, selected: s === state }, s)));
+  const label = h('input', { id: 'label-filter', type: 'search', value: selector, size: 18,
+    placeholder: 'label, e.g. zone=eu', 'aria-label': 'label', title: 'only jobs whose selector asks for this label' });
+  const labelForm = h('form', { class: 'search', onsubmit: (e) => { e.preventDefault(); go({ selector: label.value.trim(), offset: '0' }); } },
+    label);
   const search = h('input', { id: 'job-search', type: 'search', placeholder: 'job id (j-…) or part of one on this page', size: 44 });
   const searchForm = h('form', { class: 'search', onsubmit: (e) => { e.preventDefault(); find(search.value.trim()); } }, search,
     h('button', { type: 'submit' }, 'Find'));
@@ -32,7 +37,7 @@ export function jobsPage(view, params) {
   const message = h('div');
   view.append(
     h('h1', {}, 'Jobs'),
-    h('div', { class: 'toolbar' }, filter, searchForm, summary, pager),
+    h('div', { class: 'toolbar' }, filter, labelForm, searchForm, summary, pager),
     message,
     h('table', { class: 'list', id: 'jobs-table' },
       h('thead', {}, h('tr', {}, ['Job', 'State', 'Engine', 'Reason', 'Created', 'Updated'].map((t) => h('th', {}, t)))),
@@ -78,6 +83,7 @@ export function jobsPage(view, params) {
     loadedAt = performance.now();
     const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
     if (state) query.set('state', state);
+    if (selector) query.set('selector', selector);
     let list;
     try {
       list = await api(`/v1/jobs?${query}`);
@@ -89,7 +95,7 @@ export function jobsPage(view, params) {
     fill(message, );
     rows.clear();
     fill(body, ...list.jobs.map(put));
-    if (!list.jobs.length) body.append(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, state ? `no ${state} jobs` : 'no jobs yet: shoal run …')));
+    if (!list.jobs.length) body.append(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, state || selector ? ['no', state, 'jobs', selector && `asking for ${selector}`].filter(Boolean).join(' ') : 'no jobs yet: shoal run …')));
     narrow(search.value.trim());
     const last = Math.min(offset + list.jobs.length, list.total);
     summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
@@ -97,7 +103,7 @@ export function jobsPage(view, params) {
       h('button', { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - PAGE)) }) }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => go({ offset: String(offset + PAGE) }) }, 'older ›'));
     view.dataset.loadedMs = String(Math.round(performance.now() - loadedAt));
-    follow(offset === 0 ? { what: 'jobs', total: list.total, newest: list.jobs[0]?.id } : null);
+    follow(offset === 0 && !selector ? { what: 'jobs', total: list.total, newest: list.jobs[0]?.id } : null);
   }
 
   function follow(watch) {

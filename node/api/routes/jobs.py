@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState, RunResult
+from jobs.selector import MAX_SELECTOR_CHARS
 from jobs.views import ContextStored, JobDescription, JobList, Share, ShareRequest
 from jobs.views import SubmitRequest as _SubmitRequest
 from node.api.common import (
@@ -77,6 +78,9 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
     @router.get("/v1/jobs", response_model=JobList, tags=["jobs"], summary="List your jobs, newest first",
                 responses={403: error_doc("all=true: a node lists only the jobs of the client that asks")})
     async def list_jobs(client: Client, state: JobState | None = None,
+                        selector: Annotated[str | None, Query(max_length=MAX_SELECTOR_CHARS, description=(
+                            "only jobs whose selector contains this text, e.g. zone=eu: the jobs that asked "
+                            "for nodes labelled so"))] = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                         all: Annotated[bool, Query(description="must be false: other clients' jobs are "
@@ -84,7 +88,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         if all:
             raise StarletteHTTPException(403, "listing other clients' jobs is not allowed: "
                                               "a node lists only the jobs of the client that asks")
-        jobs, total = await node.store.list_jobs(owner=client, state=state, limit=limit, offset=offset)
+        jobs, total = await node.store.list_jobs(owner=client, state=state, limit=limit, offset=offset,
+                                                 selector=selector)
         live = node.requester
         jobs = [(live.live_job(j.id) or j) if live else j for j in jobs]
         return JobList(jobs=jobs, total=total)
