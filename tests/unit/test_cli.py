@@ -87,9 +87,10 @@ class FakeClient:
             raise self.wait_error
         return self.describe(job_id)
 
-    def list(self, *, state: str | None = None, limit: int = 50, offset: int = 0) -> JobList:
+    def list(self, *, state: str | None = None, limit: int = 50, offset: int = 0,
+             selector: str | None = None) -> JobList:
         self._check()
-        self.list_args = {"state": state, "limit": limit}
+        self.list_args = {"state": state, "limit": limit, "selector": selector}
         job = describe_of(self.spec, self.final_state).job
         return JobList(jobs=[job], total=1)
 
@@ -416,7 +417,9 @@ def test_list_table_contains_short_ids(fake: FakeClient) -> None:
     assert result.exit_code == 0, result.stderr
     assert JOB_ID[:12] in result.stdout
     assert "completed" in result.stdout and "noop" in result.stdout
-    assert fake.list_args == {"state": "completed", "limit": 5}
+    assert fake.list_args == {"state": "completed", "limit": 5, "selector": None}
+    assert run("list", "--selector", "zone=eu").exit_code == 0
+    assert fake.list_args == {"state": None, "limit": 50, "selector": "zone=eu"}
 
 
 def test_list_json(fake: FakeClient) -> None:
