@@ -217,12 +217,14 @@ class JobMachine:
         return state.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own)
 
     @staticmethod
-    def to_wake(states: Iterable[Tracked], info: NodeInfo) -> list[str]:
+    def to_wake(states: Iterable[Tracked], info: NodeInfo, now: float) -> list[str]:
         """A node joined, or came back with an empty backlog: the waiting jobs it has room for, oldest
         first, to re-announce at the next tick rather than at their next backoff step (up to
-        ANNOUNCE_BACKOFF_MAX away; a concurrency-3 job on 3 nodes waits for a restarted one)."""
+        ANNOUNCE_BACKOFF_MAX away; a concurrency-3 job on 3 nodes waits for a restarted one). A retry
+        still in its backoff (it waits from a time to come) is left to it."""
         free, woken = info.free, []
-        for state in sorted((s for s in states if s.is_open()), key=lambda s: s.waiting_since):
+        waiting = (s for s in states if s.is_open() and s.waiting_since <= now)
+        for state in sorted(waiting, key=lambda s: s.waiting_since):
             spec = state.job.spec
             if can_ever_run(spec, info) and spec.resources.fits_in(free):
                 free = free - spec.resources

@@ -95,7 +95,7 @@ class RequesterService(Driver[_Active]):
         if origin != info.peer_id:
             return
         if self.nodes.update(info, self.clock()):  # new, or restarted: announce what it has room for now
-            for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info):
+            for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info, self.clock()):
                 self._live[job_id].woken = True  # applied under the job's lock, by its next tick
 
     # -- performing the machine's changes --------------------------------------------------------

@@ -10,7 +10,7 @@ from jobs import EventKind, ExecutionState, JobSpec, JobState, RunResult
 from jobs.messages import Bid, Cancel, IndexResult
 from jobs.spec import MAX_RETRIES
 from jobs.sweep import Sweep, SweepSpec
-from requester.machine import Known, retry_delay
+from requester.machine import Known, Tracked, retry_delay
 from requester.selection import Queue, waiting_reason
 from requester.sweep_machine import SweepMachine
 from tests.unit.test_requester_machine import KNOWN, REQ, claim, kinds, machine, node, result, running, spec, tracked
@@ -165,3 +165,11 @@ def test_the_retry_and_queue_timeout_flags_go_into_the_spec_and_bad_values_name_
         build_spec({"name": "noop"}, JobFlags(queue_timeout=60, sweep=SweepFlags(params=["x=1,2"])))
     sweep_job = build_spec({"name": "noop"}, JobFlags(retries=2, sweep=SweepFlags(params=["x=1,2"])))
     assert sweep_job.retries == 2  # each index's
+
+
+def test_a_node_that_joins_wakes_waiting_jobs_but_not_a_retry_still_in_its_backoff() -> None:
+    state = running(tracked(with_retries(1)), "n-a")
+    _, retried = machine().on_result(state, "n-a", result("x-n-a", exit_code=1), 5.0, KNOWN, signed=True)
+    waiting = Tracked(job=tracked(spec()).job.model_copy(update={"id": "j-2"}), waiting_since=4.0)
+    assert machine().to_wake([retried.state, waiting], node("n-d"), 5.5) == ["j-2"]
+    assert machine().to_wake([retried.state, waiting], node("n-d"), 6.0) == ["j-2", "j-1"]  # its backoff is over
