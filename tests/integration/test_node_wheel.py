@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -48,8 +50,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Thin:
-    root = tmp_path_factory.mktemp("node-venv")
+def venv(wheel: Path) -> Iterator[Thin]:
+    # Where a system-wide install would be: readable by all (pytest's own temporary folders are 0700),
+    # since the python engine's sandbox runs jobs as nobody and binds the installed runner read-only.
+    root = Path(tempfile.mkdtemp(prefix="shoal-node-wheel-"))
+    root.chmod(0o755)
+    try:
+        yield _install(wheel, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _install(wheel: Path, root: Path) -> Thin:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
@@ -77,7 +89,8 @@ def node(venv: Thin) -> Iterator[str]:
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)
-    assert "Traceback" not in err.decode(), err.decode()[-3000:]
+    text = err.decode()
+    assert "Traceback" not in text and "WARNING" not in text, text[-3000:]  # e.g. "job sandbox unavailable"
 
 
 def test_the_wheel_carries_the_runner_and_not_node_modules(wheel: Path) -> None:
