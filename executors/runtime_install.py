@@ -28,9 +28,9 @@ def installed_pyodide(runner_dir: Path) -> str | None:
     try:
         stamp = (runner_dir / STAMP).read_text().strip()
         package = json.loads((runner_dir / "node_modules" / "pyodide" / "package.json").read_text())
+        want = hashlib.sha256((runner_dir / "package-lock.json").read_bytes()).hexdigest()
     except (OSError, ValueError):
         return None
-    want = hashlib.sha256((runner_dir / "package-lock.json").read_bytes()).hexdigest()
     return str(package.get("version")) if stamp == want else None
 
 
