@@ -24,10 +24,11 @@ class Limit:
     cpu: str | None = None
     memory: str | None = None
     disk: str | None = None
+    gpu: int | None = None
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.cpu, self.memory, self.disk))
+        return any(v is not None for v in (self.cpu, self.memory, self.disk, self.gpu))
 
 
 def build_node_config(
@@ -180,6 +181,7 @@ def _fill(limit: Limit, base: Resources) -> Resources:
             "cpu": base.cpu if limit.cpu is None else limit.cpu,
             "memory": base.memory if limit.memory is None else limit.memory,
             "disk": base.disk if limit.disk is None else limit.disk,
+            "gpu": base.gpu if limit.gpu is None else limit.gpu,
         }
     )
 

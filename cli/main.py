@@ -94,6 +94,10 @@ images_app = _group("Container images for the docker engine.")
 images_app.command("build", context_settings=SETTINGS)(tools.images_build)
 app.add_typer(images_app, name="images")
 
+pyodide_app = _group("The python engine's Pyodide.")
+pyodide_app.command("install")(tools.pyodide_install)
+app.add_typer(pyodide_app, name="pyodide")
+
 network_key_app = _group("The shared key of a private network (serve --network-key).")
 network_key_app.command("new")(keys.network_key_new)
 app.add_typer(network_key_app, name="network-key")

@@ -48,6 +48,7 @@ class JobFlags:
     cpu: str | None = None
     memory: str | None = None
     disk: str | None = None
+    gpu: int | None = None
     timeout: float | None = None
     concurrency: int | None = None
     confidence: int | None = None
@@ -93,6 +94,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("cpu", Annotated[str | None, _opt("--cpu", metavar="CORES", help="CPU cores, e.g. 0.5 or 500m.")], None),
     ("memory", Annotated[str | None, _opt("--memory", metavar="SIZE", help="Memory, e.g. 512MiB.")], None),
     ("disk", Annotated[str | None, _opt("--disk", metavar="SIZE", help="Scratch disk, e.g. 1GiB.")], None),
+    ("gpu", Annotated[int | None, _opt("--gpu", metavar="N",
+        help="Whole GPUs (docker jobs; only nodes that have them bid).")], None),
     ("timeout", Annotated[float | None, _opt("--timeout", metavar="SECONDS",
         help="How long one run may take.")], None),
     ("concurrency", Annotated[int | None, _opt("--concurrency", metavar="N",
@@ -135,7 +138,7 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("cache", Annotated[bool, _opt("--cache/--no-cache", panel=_AFTER,
         help="Reuse a verified result of the same deterministic job (noop, wasm, python).")], True),
 ]  # fmt: skip
-_FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk", "timeout", "concurrency",
+_FLAG_NAMES = ("inputs", "outputs", "env", "secret_env", "cpu", "memory", "disk", "gpu", "timeout", "concurrency",
                "confidence", "min_bids", "selector", "queue_timeout", "retries")
 
 

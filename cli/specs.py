@@ -26,6 +26,7 @@ _FLAGS = {
     "resources.cpu": "--cpu",
     "resources.memory": "--memory",
     "resources.disk": "--disk",
+    "resources.gpu": "--gpu",
     "timeout": "--timeout",
     "deal": "--confidence/--concurrency",  # its one model-level check compares the two
     "deal.concurrency": "--concurrency",
@@ -102,7 +103,8 @@ def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
         data["env"] = dict(split_env(v) for v in flags.env)
     if flags.secret_env:
         data["secret_env"] = dict(split_env(v, "--secret-env") for v in flags.secret_env)
-    resources = {k: v for k, v in (("cpu", flags.cpu), ("memory", flags.memory), ("disk", flags.disk)) if v}
+    resources = {k: v for k, v in (("cpu", flags.cpu), ("memory", flags.memory), ("disk", flags.disk),
+                                   ("gpu", flags.gpu)) if v}
     if resources:
         data["resources"] = resources
     deal = {

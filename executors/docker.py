@@ -44,6 +44,7 @@ import docker
 import docker.errors
 import requests
 import trio
+from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
@@ -457,6 +458,8 @@ class DockerExecutor(Executor):
         if resources.cpu > 0:
             limits["cpu_period"] = CPU_PERIOD
             limits["cpu_quota"] = max(MIN_CPU_QUOTA, int(resources.cpu * CPU_PERIOD))
+        if resources.gpu:
+            limits["device_requests"] = gpu_device_requests(resources.gpu)
         tmp_size = resources.disk or DEFAULT_TMP_SIZE
         host_config = api.create_host_config(
             mounts=mounts,
@@ -544,6 +547,12 @@ async def cleanup_leftovers(node_label: str) -> list[str]:
     except _DaemonErrors as e:
         log.warning("could not clean up containers of node %s: %s", node_label, e)
         return []
+
+
+def gpu_device_requests(count: int) -> list[DeviceRequest]:
+    """What ``docker run --gpus COUNT`` asks for: COUNT devices of the NVIDIA container runtime's GPU capability
+    (the container toolkit picks which; ``--limit-total-gpu`` keeps the node from promising more than it has)."""
+    return [DeviceRequest(count=count, capabilities=[["gpu"]])]
 
 
 def container(spec: JobSpec) -> tuple[DockerEngine, dict[str, str]]:

@@ -53,12 +53,18 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)  # never echo a secret_env
 
 
+MAX_GPUS = 64  # per job and per node: more than one machine holds
+
+
 class Resources(_Frozen):
     """What one execution of the job needs (and what a node reserves when it bids)."""
 
     cpu: float = Field(0.1, ge=0, le=1024, description="CPU cores")
     memory: int = Field(64 * 1024**2, ge=0, description="bytes; accepts strings like '512MiB'")
     disk: int = Field(0, ge=0, description="bytes of scratch disk; accepts strings like '1GiB'")
+    # Whole GPUs (docker jobs get them as device requests). Left out of the JSON when 0, so specs
+    # written before GPUs existed keep their hash.
+    gpu: int = Field(0, ge=0, le=MAX_GPUS, exclude_if=lambda v: not v, description="GPUs (whole devices)")
 
     @field_validator("memory", "disk", mode="before", json_schema_input_type=int | str)
     @classmethod
@@ -73,16 +79,19 @@ class Resources(_Frozen):
         return v
 
     def fits_in(self, other: Resources) -> bool:
-        return self.cpu <= other.cpu and self.memory <= other.memory and self.disk <= other.disk
+        return (self.cpu <= other.cpu and self.memory <= other.memory and self.disk <= other.disk
+                and self.gpu <= other.gpu)
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(cpu=self.cpu + other.cpu, memory=self.memory + other.memory, disk=self.disk + other.disk)
+        return Resources(cpu=self.cpu + other.cpu, memory=self.memory + other.memory, disk=self.disk + other.disk,
+                         gpu=self.gpu + other.gpu)
 
     def __sub__(self, other: Resources) -> Resources:
         return Resources(
             cpu=max(0.0, self.cpu - other.cpu),
             memory=max(0, self.memory - other.memory),
             disk=max(0, self.disk - other.disk),
+            gpu=max(0, self.gpu - other.gpu),
         )
 
     def shortfall(self, limit: Resources) -> list[str]:
@@ -94,6 +103,8 @@ class Resources(_Frozen):
             out.append(f"{format_bytes(self.memory)} memory")
         if self.disk > limit.disk:
             out.append(f"{format_bytes(self.disk)} disk")
+        if self.gpu > limit.gpu:
+            out.append(f"{self.gpu} GPU")
         return out
 
 

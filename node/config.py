@@ -23,10 +23,13 @@ def machine_resources() -> Resources:
 
     import psutil
 
+    from compute.capacity import detect_gpus
+
     return Resources(
         cpu=float(os.cpu_count() or 1),
         memory=int(psutil.virtual_memory().total),
         disk=int(shutil.disk_usage(Path.home()).free),
+        gpu=detect_gpus(),
     )
 
 

@@ -38,6 +38,9 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     if spec.engine.needs_network and not (with_engine := [n for n in with_engine if n.network]):
         return (f"the job asks for network and no compute node{which} gives jobs network access (0 of "
                 f"{len(selected)} nodes; an operator allows it with shoal serve --allow-network)")
+    if spec.resources.gpu and not any(n.max_per_job.gpu for n in with_engine):
+        return (f"the job asks for {spec.resources.gpu} GPU and no compute node{which} offering engine "
+                f"{spec.engine.executor!r} has one (0 of {len(selected)} nodes)")
     big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})

@@ -260,6 +260,10 @@ class RequesterService(Driver[_Active]):
     def counts(self) -> dict[str, int]:
         return dict(Counter(aj.job.state.value for aj in self._live.values()))
 
+    def waiting(self) -> int:
+        """Jobs still short of nodes (the work waiting for capacity: what an autoscaler scales on)."""
+        return sum(1 for aj in self._live.values() if aj.state.is_open())
+
     # -- messages from compute nodes -------------------------------------------------------------
 
     async def handle(self, peer: str, message: Bid | Result | OpenQuery) -> Reply:

@@ -171,6 +171,10 @@ class SweepService(Driver[_Live]):
     def counts(self) -> dict[str, int]:
         return dict(Counter(live.sweep.state.value for live in self._live.values()))
 
+    def pending_indexes(self) -> int:
+        """Indexes of live sweeps that no node has claimed yet (waiting for capacity)."""
+        return sum(len(live.machine.pending) for live in self._live.values())
+
     # -- claims from compute nodes ----------------------------------------------------------------
 
     async def handle(self, peer: str, msg: Claim) -> Reply:

@@ -49,3 +49,25 @@ def images_build(
     from executors.images import build_images
 
     build_images(python=not no_python, sci=not no_sci)
+
+
+def pyodide_install(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Install the pinned Pyodide the python engine runs in (npm ci beside the installed runner; needs Node.js)."""
+    require_node("pyodide install")
+    import json
+
+    from cli.errors import CLIError
+    from executors.base import ExecutorError
+    from executors.pyodide import RUNNER_DIR
+    from executors.runtime_install import install_pyodide
+
+    try:
+        version, installed = install_pyodide(RUNNER_DIR)
+    except ExecutorError as exc:
+        raise CLIError(str(exc)) from None
+    if as_json:
+        print(json.dumps({"pyodide": version, "installed": installed, "runner_dir": str(RUNNER_DIR)}))
+    else:
+        print(f"Pyodide {version} {'installed' if installed else 'already installed'} in {RUNNER_DIR}")

@@ -31,6 +31,12 @@ async def node_metrics(node: Node) -> str:
         lines.append("# TYPE shoal_node_table_total counter")
         lines.append(f'shoal_node_table_total{{event="evicted"}} {table.evicted}')
         lines.append(f'shoal_node_table_total{{event="expired"}} {table.expired}')
+    # Work waiting for capacity, what the cluster's autoscaler scales on: jobs short of nodes and
+    # sweep indexes no node has claimed (this node as requester), offers in the backlog (as compute).
+    lines.append("# TYPE shoal_jobs_waiting gauge")
+    lines.append(f"shoal_jobs_waiting {node.requester.waiting() if node.requester is not None else 0}")
+    lines.append("# TYPE shoal_sweep_indexes_waiting gauge")
+    lines.append(f"shoal_sweep_indexes_waiting {node.sweeps.pending_indexes() if node.sweeps is not None else 0}")
     if node.sweeps is not None:
         lines.append("# TYPE shoal_sweeps_total counter")
         for name, n in node.sweeps.counters.items():
@@ -41,6 +47,8 @@ async def node_metrics(node: Node) -> str:
         for kind, res in (("total", cap.total), ("free", cap.free)):
             lines.append(f'shoal_capacity_cpu{{kind="{kind}"}} {res.cpu}')
             lines.append(f'shoal_capacity_memory_bytes{{kind="{kind}"}} {res.memory}')
+            lines.append(f'shoal_capacity_gpu{{kind="{kind}"}} {res.gpu}')
+        lines.append("# TYPE shoal_backlog gauge")
         lines.append(f"shoal_backlog {len(node.compute.backlog)}")
     lines.append(f"shoal_peers {len(node.network.connected_peers())}")
     lines.append("# TYPE shoal_dispatch_dropped_total counter")

@@ -153,6 +153,9 @@ class Cluster:
             "shoal-limit-total-cpu": "2",
             "shoal-limit-total-memory": "2GiB",
             "shoal-limit-job-memory": "512MiB",
+            "shoal-allow-network": "false",
+            "shoal-ops-agent": "true",  # local mode: its config is written (and checked), nothing installed
+            "shoal-cluster-name": "shoal",
         }
 
     def define_vms(self) -> None:
@@ -167,6 +170,7 @@ class Cluster:
             self.vms.append(VM(f"{self.prefix}-compute-{i}", f"c{i}", f"{SUBNET}.2{i}", "compute",
                                self.workdir / f"vm-c{i}",
                                {**common, "shoal-role": "compute", "shoal-api-host": "127.0.0.1",
+                                "shoal-gpu-count": "0",
                                 "shoal-bootstrap-instance": f"projects/{PROJECT['id']}/zones/{ZONE}/instances/{boot}"}))
         for vm in self.vms:
             vm.ns = f"{self.prefix}-{vm.short}"

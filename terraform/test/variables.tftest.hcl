@@ -397,3 +397,40 @@ run "authorized_keys_capabilities_must_be_known" {
   }
   expect_failures = [var.authorized_keys]
 }
+
+run "gpus_spot_network_and_waiting_work_are_valid" {
+  command = plan
+  variables {
+    machine_type          = "n1-standard-8"
+    gpu_type              = "nvidia-tesla-t4"
+    gpu_count             = 2
+    spot                  = true
+    allow_network         = true
+    ops_agent             = true
+    waiting_work_per_node = 10
+  }
+}
+
+run "gpu_type_must_be_an_nvidia_accelerator" {
+  command = plan
+  variables {
+    gpu_type = "tesla-t4"
+  }
+  expect_failures = [var.gpu_type]
+}
+
+run "gpu_count_must_be_a_small_whole_number" {
+  command = plan
+  variables {
+    gpu_count = 1.5
+  }
+  expect_failures = [var.gpu_count]
+}
+
+run "waiting_work_per_node_cannot_be_negative" {
+  command = plan
+  variables {
+    waiting_work_per_node = -1
+  }
+  expect_failures = [var.waiting_work_per_node]
+}

@@ -32,7 +32,14 @@ locals {
     "shoal-extra-peers"       = join(" ", var.extra_peers)
     "shoal-network-key"       = local.network_key
     "shoal-authorized-keys"   = join("\n", var.authorized_keys)
+    "shoal-allow-network"     = tostring(var.allow_network)
+    "shoal-ops-agent"         = tostring(var.ops_agent)
+    "shoal-cluster-name"      = var.name
   })
+
+  # The series the autoscaler scales on: the bootstrap's gauges, as the Ops Agent's Prometheus receiver
+  # writes them (resource prometheus_target; its job label is the scrape job, named after the node).
+  waiting_metrics = var.waiting_work_per_node > 0 ? ["shoal_jobs_waiting", "shoal_sweep_indexes_waiting"] : []
 
   network_key = coalesce(var.network_key, terraform_data.network_key.output)
 
@@ -356,7 +363,25 @@ resource "google_compute_instance_template" "compute" {
     }
   }
 
+  dynamic "guest_accelerator" {
+    for_each = var.gpu_type == null ? [] : [var.gpu_type]
+    content {
+      type  = guest_accelerator.value
+      count = var.gpu_count
+    }
+  }
+
+  # GPUs cannot live-migrate, nor can Spot VMs: both stop for host maintenance.
+  scheduling {
+    provisioning_model          = var.spot ? "SPOT" : "STANDARD"
+    preemptible                 = var.spot
+    automatic_restart           = !var.spot
+    on_host_maintenance         = var.spot || var.gpu_count > 0 ? "TERMINATE" : "MIGRATE"
+    instance_termination_action = var.spot ? "DELETE" : null
+  }
+
   metadata = merge(local.common_metadata, {
+    "shoal-gpu-count"          = tostring(var.gpu_count)
     "shoal-role"               = "compute"
     "shoal-api-host"           = "127.0.0.1"
     "shoal-bootstrap-instance" = "projects/${var.project_id}/zones/${local.bootstrap_zone}/instances/${local.bootstrap_name}"
@@ -368,7 +393,7 @@ resource "google_compute_instance_template" "compute" {
   }
 
   shielded_instance_config {
-    enable_secure_boot          = true
+    enable_secure_boot          = var.gpu_count == 0 # the NVIDIA driver's kernel module is not signed for Secure Boot
     enable_vtpm                 = true
     enable_integrity_monitoring = true
   }
@@ -440,12 +465,30 @@ resource "google_compute_region_autoscaler" "compute" {
     cpu_utilization {
       target = var.cpu_target
     }
+    # Waiting work, summed for the group: one node per waiting_work_per_node jobs (or sweep indexes)
+    # short of capacity on the bootstrap node. The autoscaler follows whichever signal wants more nodes.
+    dynamic "metric" {
+      for_each = local.waiting_metrics
+      content {
+        name                       = "prometheus.googleapis.com/${metric.value}/gauge"
+        filter                     = "resource.type = \"prometheus_target\" AND resource.labels.job = \"${local.bootstrap_name}\""
+        single_instance_assignment = var.waiting_work_per_node
+      }
+    }
   }
 
   lifecycle {
     precondition {
       condition     = var.min_nodes <= var.max_nodes
       error_message = "min_nodes (${var.min_nodes}) must not exceed max_nodes (${var.max_nodes})."
+    }
+    precondition {
+      condition     = var.waiting_work_per_node == 0 || var.ops_agent
+      error_message = "waiting_work_per_node needs ops_agent = true (the Ops Agent exports the waiting work the autoscaler reads)."
+    }
+    precondition {
+      condition     = var.gpu_type == null || var.gpu_count > 0
+      error_message = "gpu_type needs gpu_count > 0 (how many of them each compute node gets)."
     }
   }
 }

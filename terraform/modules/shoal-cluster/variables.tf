@@ -182,6 +182,18 @@ variable "network_key" {
   }
 }
 
+variable "allow_network" {
+  description = "Give docker jobs that ask for it (shoal docker run --network) network access on every node (shoal serve --allow-network); false: nodes refuse such jobs."
+  type        = bool
+  default     = false
+}
+
+variable "ops_agent" {
+  description = "Install Google's Ops Agent on every node, scraping the node's /metrics into Cloud Monitoring (Managed Service for Prometheus). Needed by waiting_work_per_node; dashboards/shoal.json charts it in Grafana."
+  type        = bool
+  default     = true
+}
+
 variable "compute_public_ip" {
   description = "Give compute nodes an ephemeral external IP. false: they reach the internet (package installs) through Cloud NAT only, and other clusters reach them through the bootstrap."
   type        = bool
@@ -201,6 +213,34 @@ variable "machine_type" {
     condition     = can(regex("^[a-z][a-z0-9]*-[a-z0-9-]+$", var.machine_type))
     error_message = "machine_type must be a Compute Engine machine type such as e2-standard-4 or n2-highcpu-8."
   }
+}
+
+variable "gpu_type" {
+  description = "GPU attached to each compute node (guest accelerator), e.g. nvidia-tesla-t4 or nvidia-l4 on an N1 machine_type. null: none attached by the module (accelerator-optimized machine types such as g2-standard-4 come with theirs: set gpu_count alone)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.gpu_type == null || can(regex("^nvidia-[a-z0-9-]+$", var.gpu_type))
+    error_message = "gpu_type must be a Compute Engine accelerator type such as nvidia-tesla-t4 or nvidia-l4."
+  }
+}
+
+variable "gpu_count" {
+  description = "GPUs each compute node has (attached as gpu_type, or by a g2/a2 machine_type). Above 0, the startup script installs the NVIDIA driver and container toolkit, the node offers that many GPUs to jobs (shoal serve --limit-total-gpu; jobs ask with --gpu N), and the nodes stop for host maintenance instead of migrating."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.gpu_count == floor(var.gpu_count) && var.gpu_count >= 0 && var.gpu_count <= 16
+    error_message = "gpu_count must be a whole number from 0 to 16."
+  }
+}
+
+variable "spot" {
+  description = "Run the compute nodes as Spot VMs (cheaper, preemptible at any time: a preempted node's jobs are re-run elsewhere by their requester). The bootstrap node is never Spot."
+  type        = bool
+  default     = false
 }
 
 variable "bootstrap_machine_type" {
@@ -283,6 +323,17 @@ variable "cpu_target" {
   validation {
     condition     = var.cpu_target > 0 && var.cpu_target <= 1
     error_message = "cpu_target must be above 0 and at most 1."
+  }
+}
+
+variable "waiting_work_per_node" {
+  description = "Scale on waiting work too: the autoscaler wants one compute node per this many jobs (and, separately, sweep indexes) waiting for capacity on the bootstrap node (its shoal_jobs_waiting and shoal_sweep_indexes_waiting, scraped by the Ops Agent into Cloud Monitoring); it keeps whichever of this and cpu_target asks for more nodes, within min_nodes..max_nodes. 0: CPU only."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.waiting_work_per_node >= 0 && var.waiting_work_per_node <= 10000
+    error_message = "waiting_work_per_node must be from 0 (CPU only) to 10000."
   }
 }
 

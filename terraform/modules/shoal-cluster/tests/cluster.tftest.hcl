@@ -83,6 +83,26 @@ run "defaults" {
     error_message = "the autoscaler must scale on CPU between min_nodes and max_nodes"
   }
   assert {
+    condition = (
+      length(google_compute_region_autoscaler.compute.autoscaling_policy[0].metric) == 2 &&
+      google_compute_region_autoscaler.compute.autoscaling_policy[0].metric[0].name == "prometheus.googleapis.com/shoal_jobs_waiting/gauge" &&
+      google_compute_region_autoscaler.compute.autoscaling_policy[0].metric[0].single_instance_assignment == 4 &&
+      google_compute_region_autoscaler.compute.autoscaling_policy[0].metric[0].filter == "resource.type = \"prometheus_target\" AND resource.labels.job = \"shoal-bootstrap\""
+    )
+    error_message = "the autoscaler also scales on the bootstrap's waiting work, one node per 4 waiting jobs"
+  }
+  assert {
+    condition = (
+      google_compute_instance_template.compute.scheduling[0].provisioning_model == "STANDARD" &&
+      length(google_compute_instance_template.compute.guest_accelerator) == 0 &&
+      google_compute_instance_template.compute.shielded_instance_config[0].enable_secure_boot &&
+      google_compute_instance_template.compute.metadata["shoal-gpu-count"] == "0" &&
+      google_compute_instance.bootstrap.metadata["shoal-allow-network"] == "false" &&
+      google_compute_instance.bootstrap.metadata["shoal-ops-agent"] == "true"
+    )
+    error_message = "by default: on-demand compute nodes without GPUs, no network for jobs, the Ops Agent on"
+  }
+  assert {
     condition     = google_project_iam_custom_role.read_guest_attributes.permissions == toset(["compute.instances.getGuestAttributes"]) && google_compute_instance_iam_member.read_bootstrap_guest_attributes.instance_name == "shoal-bootstrap"
     error_message = "compute nodes may read the bootstrap's guest attributes, and only that"
   }
@@ -260,4 +280,35 @@ run "compute_zones_outside_the_region_are_refused" {
     compute_zones = ["us-central1-a", "us-east1-b"]
   }
   expect_failures = [google_compute_instance_template.compute]
+}
+
+run "gpu_spot_compute_nodes" {
+  command = plan
+  variables {
+    machine_type  = "n1-standard-8"
+    gpu_type      = "nvidia-tesla-t4"
+    gpu_count     = 2
+    spot          = true
+    allow_network = true
+  }
+  assert {
+    condition = (
+      one(google_compute_instance_template.compute.guest_accelerator).type == "nvidia-tesla-t4" &&
+      one(google_compute_instance_template.compute.guest_accelerator).count == 2 &&
+      google_compute_instance_template.compute.scheduling[0].provisioning_model == "SPOT" &&
+      google_compute_instance_template.compute.scheduling[0].on_host_maintenance == "TERMINATE" &&
+      !google_compute_instance_template.compute.shielded_instance_config[0].enable_secure_boot &&
+      google_compute_instance_template.compute.metadata["shoal-gpu-count"] == "2" &&
+      google_compute_instance_template.compute.metadata["shoal-allow-network"] == "true"
+    )
+    error_message = "GPU Spot nodes: the accelerator attached, Spot scheduling, no Secure Boot (driver module), metadata"
+  }
+}
+
+run "waiting_work_needs_the_ops_agent" {
+  command = plan
+  variables {
+    ops_agent = false
+  }
+  expect_failures = [google_compute_region_autoscaler.compute]
 }
