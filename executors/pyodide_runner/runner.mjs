@@ -161,6 +161,25 @@ WebAssembly.instantiate = async function instantiate(source, imports) {
   return { module, instance: await realInstantiate(module, imports) };
 };
 
+// Loading also compiles small modules (one per JavaScript function placed in the function table); the same
+// bytes give the same module, so these are compiled once too.
+const RealModule = WebAssembly.Module;
+const smallModules = new Map(); // bytes (base64) -> module
+WebAssembly.Module = new Proxy(RealModule, {
+  construct(target, args) {
+    const [source] = args;
+    const view = ArrayBuffer.isView(source) ? source : source instanceof ArrayBuffer ? new Uint8Array(source) : null;
+    if (args.length !== 1 || view === null || view.byteLength > 65536) return Reflect.construct(target, args);
+    const key = Buffer.from(view.buffer, view.byteOffset, view.byteLength).toString("base64");
+    let module = smallModules.get(key);
+    if (module === undefined) {
+      module = Reflect.construct(target, args);
+      if (smallModules.size < 4096) smallModules.set(key, module);
+    }
+    return module;
+  },
+});
+
 // ---- no network ---------------------------------------------------------------------------------------
 
 globalThis.fetch = async (resource) => {
