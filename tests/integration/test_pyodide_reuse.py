@@ -163,9 +163,9 @@ async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: P
 
 async def test_a_runaway_index_is_killed_and_its_siblings_run_on(pooled: PyodideExecutor, tmp_path: Path) -> None:
     owner = "requester-a/sweep-5"
+    (parked,) = node_processes()  # the pool's interpreter: it runs index 0, then waits for index 1
     ok = await pooled.run(request(tmp_path, "print('before')", owner=owner, index=0))
-    assert ok.stdout == "before\n"
-    (parked,) = node_processes()
+    assert ok.stdout == "before\n" and pooled.statistics().warm_runs == 1
     t0 = trio.current_time()
     with pytest.raises(trio.TooSlowError), trio.fail_after(1.5):
         await pooled.run(request(tmp_path, "while True:\n    pass\n", owner=owner, index=1, timeout=1.0))
