@@ -383,7 +383,8 @@ class PyodideExecutor(Executor):
         owner = (request.owner, resources.memory, resources.disk) if request.owner else None
         await self._close_leftovers()
         runner = self._take_parked(owner) if owner is not None else None
-        if runner is not None:
+        reused = runner is not None
+        if reused:
             self._reused_runs += 1
         else:
             runner = self._take_warm()
@@ -398,7 +399,7 @@ class PyodideExecutor(Executor):
                     outputs = await self._hand_over(runner, request, prepared, owner)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, ExecutorError):
                     await runner.aclose()  # died while waiting; start one for this job instead
-                    if runner.jobs:
+                    if reused:
                         self._reused_runs -= 1
                     else:
                         self._warm_runs -= 1
