@@ -93,7 +93,8 @@ class Runner:
                                      f"{spec.resources.disk} bytes (resources.disk)", False)
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
-                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged, live=live)
+                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged, live=live,
+                                 owner=f"{ex.requester}/{ex.job_id}")
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)
             try:

@@ -71,6 +71,9 @@ class RunRequest:
     seed: bytes = b""  # deterministic engines seed clocks and randomness from this (same on every node)
     staged_bytes: int = 0  # disk the staged inputs take: they count against resources.disk
     live: LiveOutput | None = None  # where output also goes as it is written (None: only to the result)
+    # Whose run this is (the requester and its job or sweep): runs of one owner may share a worker process
+    # (a sweep's indexes), runs of different owners never do. Empty: share with nobody.
+    owner: str = ""
 
     @property
     def write_limit(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -48,29 +49,57 @@ class Limits:
     cpu_seconds: int | None = None  # RLIMIT_CPU: CPU time; SIGXCPU then SIGKILL beyond it
     file_size: int | None = None  # RLIMIT_FSIZE: bytes of any one file it writes
     processes: int = PROCESS_LIMIT  # RLIMIT_NPROC
+    cpu_seconds_hard: int | None = None  # a hard RLIMIT_CPU above cpu_seconds (None: the same)
+    # Set only the soft limits of cpu_seconds and file_size, under hard ones set earlier: the kernel enforces
+    # a soft limit alike (SIGXCPU, SIGXFSZ), and the next job of the same process may get a higher one again.
+    soft: bool = False
 
     async def apply(self, pid: int, options: dict[str, object]) -> None:
-        """Set these limits on a running process, lowering them (soft and hard alike).
+        """Set these limits on a running process, lowering them.
 
-        Runs ``prlimit --pid`` as the sandbox's own host uid (``options``, from ``Sandbox.popen_options``):
-        lowering the limits of a process of one's own uid needs no capability, where changing another
-        uid's needs CAP_SYS_RESOURCE, which a node in a container may not have.
+        Tries the ``prlimit`` system call first (no process to start); where the node may not change
+        the limits of another uid's process (no CAP_SYS_RESOURCE, e.g. a root node in a container), runs
+        ``prlimit --pid`` as the sandbox's own host uid (``options``, from ``Sandbox.popen_options``):
+        lowering the limits of a process of one's own uid needs no capability.
         """
+        try:
+            self._set(pid)
+            return
+        except PermissionError:
+            pass
         args = self.prlimit_args()[:-1]
         result = await trio.run_process([*args, "--pid", str(pid)], capture_stdout=True, capture_stderr=True,
                                         check=False, **options)
         if result.returncode != 0:
             raise OSError(f"prlimit failed: {result.stderr.decode(errors='replace').strip()[:300]}")
 
+    def _set(self, pid: int) -> None:
+        pairs = [(resource.RLIMIT_CORE, 0, False), (resource.RLIMIT_NPROC, self.processes, False)]
+        if self.memory is not None:
+            pairs.append((resource.RLIMIT_DATA, self.memory, False))
+        if self.cpu_seconds is not None:
+            pairs.append((resource.RLIMIT_CPU, self.cpu_seconds, self.soft))
+        if self.file_size is not None:
+            pairs.append((resource.RLIMIT_FSIZE, self.file_size, self.soft))
+        for which, value, soft_only in pairs:
+            hard = resource.prlimit(pid, which)[1]
+            if hard != resource.RLIM_INFINITY and value > hard:
+                raise ValueError(f"limit {value} is above the hard limit {hard}")
+            if not soft_only:
+                hard = self.cpu_seconds_hard if which == resource.RLIMIT_CPU and self.cpu_seconds_hard else value
+            resource.prlimit(pid, which, (value, hard))
+
     def prlimit_args(self) -> list[str]:
         """The same limits as a ``prlimit(1)`` prefix, so they hold from the process's first instruction."""
+        soft = ":" if self.soft else ""
         args = ["prlimit", "--core=0", f"--nproc={self.processes}"]
         if self.memory is not None:
             args.append(f"--data={self.memory}")
         if self.cpu_seconds is not None:
-            args.append(f"--cpu={self.cpu_seconds}")
+            hard = f":{self.cpu_seconds_hard}" if self.cpu_seconds_hard and not self.soft else soft
+            args.append(f"--cpu={self.cpu_seconds}{hard}")
         if self.file_size is not None:
-            args.append(f"--fsize={self.file_size}")
+            args.append(f"--fsize={self.file_size}{soft}")
         return [*args, "--"]
 
 
@@ -133,6 +162,12 @@ class Slot:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove what was placed in the slot (its process serves another job next). Blocking."""
+        for d in (self.ro, self.rw):
+            for entry in d.iterdir():
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _name(self) -> str:
         self._next += 1

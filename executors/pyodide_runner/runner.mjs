@@ -1,23 +1,32 @@
-// Runs ONE Python job in Pyodide under Node.js, offline and deterministically. Started by executors/pyodide.py.
+// Runs Python jobs in Pyodide under Node.js, offline and deterministically. Started by executors/pyodide.py.
 //
 //   node runner.mjs --control-fd N [--snapshot FILE] [--warm-up ROUNDS]
-//       load Pyodide (from the snapshot), warm it up, report "ready", then run the job read from stdin
+//       warm up (in an interpreter no job uses), then for each job line read from stdin: load a fresh
+//       interpreter from the snapshot (held in memory), report "ready", run the job, report "exit"
 //   node runner.mjs --make-snapshot FILE
 //       load Pyodide the same way and save its memory to FILE
 //
-// Protocol: the job arrives on stdin as one JSON line (see driver.py for its fields). The program's stdout
-// and stderr go to this process's fd 1 and 2, and nothing else is written there. Control messages are JSON
-// lines on fd N: {"event": "ready"} once Pyodide is loaded, then {"event": "exit", "code": C} when the
-// program has finished (any failure caused by the job, e.g. a broken wheel, is reported this way with
-// its message on stderr), or {"event": "error", "message": M} when the runner itself failed.
+// Protocol: jobs arrive on stdin, one JSON line each (see driver.py for the fields), one at a time: the
+// next is sent only after the previous one's "exit". The program's stdout and stderr go to this process's
+// fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready"}
+// once a fresh interpreter is loaded and waits for a job, then {"event": "exit", "code": C, "stdout": B1,
+// "stderr": B2} when the program has finished, B1 and B2 being the bytes it wrote to fd 1 and 2 (so that
+// the parent can tell one job's output from the next's); any failure caused by the job, e.g. a broken
+// wheel, is reported this way with its message on stderr. {"event": "error", "message": M} means the
+// runner itself failed; it exits then.
+//
+// Every job gets an interpreter of its own, loaded from the snapshot just for it and dropped afterwards:
+// nothing a job does (module globals, imports, files in its file system, its entropy stream or clock)
+// reaches the next one. Only the compiled WebAssembly code and V8's optimisations of it are shared. The
+// parent (executors/pyodide.py) sends one process only jobs of one owner.
 //
 // Determinism: before Pyodide loads, every source of entropy and time it can reach is replaced:
 //   * node:crypto randomFillSync/randomBytes/randomUUID and crypto.getRandomValues draw from one AES-CTR
-//     stream; seeded with a fixed "bootstrap" key while loading, re-seeded from the job's seed just
-//     before the program runs (so a pre-started interpreter behaves exactly like a fresh one);
+//     stream; seeded with a fixed "bootstrap" key before each interpreter loads, re-seeded from the job's
+//     seed just before the program runs (so every job's interpreter is the same, whatever ran before);
 //   * Date and performance.now read one virtual clock that advances CLOCK_STEP_MS per read, the wall
-//     clock starting at EPOCH_MS; it restarts at zero just before the program runs, and sleeping (time.sleep,
-//     asyncio) moves it forward instead of waiting (driver.py);
+//     clock starting at EPOCH_MS; it restarts at zero before each interpreter loads and just before the
+//     program runs, and sleeping (time.sleep, asyncio) moves it forward instead of waiting (driver.py);
 //   * PYTHONHASHSEED=0, TZ=UTC, LANG=C.UTF-8, a fixed sys.executable;
 //   * fetch throws; file times, owners and permission bits of mounted host directories are normalised,
 //     and directory listings are sorted.
@@ -31,12 +40,14 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PYODIDE_DIR = path.join(HERE, "node_modules", "pyodide") + path.sep;
 const EPOCH_MS = 1_704_067_200_000; // 2024-01-01T00:00:00Z, as executors/_common.py EPOCH_SECONDS
 const CLOCK_STEP_MS = 1; // as executors/_common.py CLOCK_STEP_NS
+const GC_ABOVE_RSS = 640 * 1024 * 1024; // bytes of resident memory above which old interpreters are collected
 const EROFS = 69; // Emscripten errno numbers
 const EPERM = 63;
 
@@ -129,6 +140,46 @@ WebAssembly.Memory.prototype.grow = function grow(pages) {
   return realGrow.call(this, pages);
 };
 
+// ---- compiled code ------------------------------------------------------------------------------------
+
+// Pyodide compiles its WebAssembly module on every load; the same bytes give the same module, so each
+// interpreter after the first is instantiated from the module compiled first (and optimised since).
+const realInstantiate = WebAssembly.instantiate;
+const compiled = new Map(); // byte length -> [bytes, module]
+WebAssembly.instantiate = async function instantiate(source, imports) {
+  if (source instanceof WebAssembly.Module || !(ArrayBuffer.isView(source) || source instanceof ArrayBuffer)) {
+    return realInstantiate(source, imports);
+  }
+  const bytes = ArrayBuffer.isView(source) ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength)
+    : new Uint8Array(source);
+  const known = compiled.get(bytes.length);
+  if (known && Buffer.compare(known[0], bytes) === 0) {
+    return { module: known[1], instance: await realInstantiate(known[1], imports) };
+  }
+  const module = await WebAssembly.compile(bytes);
+  compiled.set(bytes.length, [Buffer.from(bytes), module]);
+  return { module, instance: await realInstantiate(module, imports) };
+};
+
+// Loading also compiles small modules (one per JavaScript function placed in the function table); the same
+// bytes give the same module, so these are compiled once too.
+const RealModule = WebAssembly.Module;
+const smallModules = new Map(); // bytes (base64) -> module
+WebAssembly.Module = new Proxy(RealModule, {
+  construct(target, args) {
+    const [source] = args;
+    const view = ArrayBuffer.isView(source) ? source : source instanceof ArrayBuffer ? new Uint8Array(source) : null;
+    if (args.length !== 1 || view === null || view.byteLength > 65536) return Reflect.construct(target, args);
+    const key = Buffer.from(view.buffer, view.byteOffset, view.byteLength).toString("base64");
+    let module = smallModules.get(key);
+    if (module === undefined) {
+      module = Reflect.construct(target, args);
+      if (smallModules.size < 4096) smallModules.set(key, module);
+    }
+    return module;
+  },
+});
+
 // ---- no network ---------------------------------------------------------------------------------------
 
 globalThis.fetch = async (resource) => {
@@ -139,7 +190,10 @@ globalThis.fetch = async (resource) => {
 
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
+const written = { 1: 0, 2: 0 }; // bytes the current job wrote to fd 1 and 2
+
 function writeAll(fd, bytes) {
+  if (fd in written) written[fd] += bytes.length;
   let done = 0;
   while (done < bytes.length) {
     try {
@@ -233,19 +287,16 @@ async function load(snapshot, makeSnapshot) {
     stderr: discard,
     checkAPIVersion: true,
     ...(makeSnapshot ? { _makeSnapshot: true } : {}),
-    ...(snapshot ? { _loadSnapshot: fs.readFileSync(snapshot) } : {}),
+    ...(snapshot ? { _loadSnapshot: snapshot } : {}),
   });
 }
 
+// Job lines from stdin, read one at a time (null once stdin is closed: the parent needs no more).
+const jobLines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity })[Symbol.asyncIterator]();
+
 async function readJob() {
-  const chunks = [];
-  for await (const chunk of process.stdin) {
-    chunks.push(chunk);
-    const text = Buffer.concat(chunks).toString("utf8");
-    const nl = text.indexOf("\n");
-    if (nl >= 0) return JSON.parse(text.slice(0, nl));
-  }
-  return null; // stdin closed without a job: the parent no longer needs this interpreter
+  const { value, done } = await jobLines.next();
+  return done ? null : JSON.parse(value);
 }
 
 async function installWheels(pyodide, wheels) {
@@ -266,25 +317,30 @@ async function installWheels(pyodide, wheels) {
 
 class JobError extends Error {}
 
+const DRIVER = fs.readFileSync(path.join(HERE, "driver.py"), "utf8");
+
 function loadDriver(pyodide) {
   const namespace = pyodide.globals.get("dict")();
-  pyodide.runPython(fs.readFileSync(path.join(HERE, "driver.py"), "utf8"), {
+  pyodide.runPython(DRIVER, {
     globals: namespace,
     filename: "<shoal-runner>",
   });
   return namespace;
 }
 
-async function serve() {
+// A fresh interpreter from the snapshot, loaded exactly as in a new process: the bootstrap entropy and the
+// clock start over, and no memory limit applies while loading.
+async function fresh(snapshot) {
   seedEntropy("shoal-pyodide-bootstrap", Buffer.alloc(0));
-  const snapshot = option("--snapshot");
+  virtualMs = 0;
+  memoryLimit = Infinity;
+  memoryRefused = false;
   const pyodide = await load(snapshot, false);
-  const driver = loadDriver(pyodide);
-  driver.get("warm_up")(Number(option("--warm-up") ?? 0));
-  control({ event: "ready" });
+  return { pyodide, driver: loadDriver(pyodide) };
+}
 
-  const job = await readJob();
-  if (job === null) process.exit(0);
+async function runJob({ pyodide, driver }, job) {
+  written[1] = written[2] = 0;
   pyodide.setStdin({ read: () => 0 });
   pyodide.setStdout({ write: (buf) => (writeAll(1, buf), buf.length) });
   pyodide.setStderr({ write: (buf) => (writeAll(2, buf), buf.length) });
@@ -310,8 +366,29 @@ async function serve() {
     writeAll(2, Buffer.from(`${e.message ?? e}\n`));
     code = 1;
   }
-  control({ event: "exit", code });
-  process.exit(0);
+  return code;
+}
+
+async function serve() {
+  const snapshot = option("--snapshot") ? fs.readFileSync(option("--snapshot")) : undefined;
+  const rounds = Number(option("--warm-up") ?? 0);
+  if (rounds > 0) {
+    // V8 compiles the interpreter's hot paths here, in an interpreter that no job uses: the compiled code
+    // is shared by every interpreter this process loads, the warm-up's Python objects are not.
+    (await fresh(snapshot)).driver.get("warm_up")(rounds);
+  }
+  for (;;) {
+    // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a full
+    // collection costs more than loading an interpreter, so not after every job).
+    if (process.memoryUsage.rss() > GC_ABOVE_RSS) globalThis.gc?.();
+    let interpreter = await fresh(snapshot);
+    control({ event: "ready" });
+    const job = await readJob();
+    if (job === null) process.exit(0);
+    const code = await runJob(interpreter, job);
+    interpreter = null;
+    control({ event: "exit", code, stdout: written[1], stderr: written[2] });
+  }
 }
 
 async function makeSnapshot(file) {

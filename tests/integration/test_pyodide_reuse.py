@@ -1,0 +1,178 @@
+"""One runner process serving many jobs of one owner (a sweep's indexes), against real Node.js and Pyodide.
+
+Each job gets a fresh interpreter from the snapshot: its output must be byte for byte what a process
+started for it alone gives, nothing one job does may reach the next, and owners never share a process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from executors.base import Mount, RunRequest
+from executors.pyodide import PyodideExecutor
+from jobs import JobSpec, OutputSpec, PythonEngine, Resources
+
+pytestmark = pytest.mark.skipif(
+    not PyodideExecutor(Path("/nonexistent")).is_installed(), reason="Pyodide not installed: scripts/install-pyodide"
+)
+
+PROGRAM = """\
+import asyncio, datetime, os, random, secrets, sys, tempfile, time, uuid
+i = os.environ["i"]
+print("index", i, sys.argv[1:])
+print("random", random.random(), random.getrandbits(64))
+print("urandom", os.urandom(8).hex(), secrets.token_hex(8), uuid.uuid4())
+print("time", time.time(), time.monotonic(), datetime.datetime.now().isoformat())
+print("hash", hash("abc"), list({"apple", "banana", "cherry"}))
+print("modules", len(sys.modules), sorted(sys.modules)[:5])
+print("tempfile", os.path.basename(tempfile.mktemp()), os.listdir("/tmp"), os.getcwd())
+async def main():
+    await asyncio.sleep(3)
+    return time.monotonic()
+print("asyncio", round(asyncio.run(main()), 3))
+with open("/outputs/result.txt", "w") as f:
+    f.write(f"{i}:{random.random()}")
+print("to stderr", i, file=sys.stderr)
+sys.exit(int(i) % 3)
+"""
+
+# Index 0 leaves traces of every kind; index 1 reports which it can see.
+LEAVE_TRACES = """\
+import builtins, os, random, sys
+import sideeffect
+builtins.LEAKED = "global"
+sys.leaked = "sys attribute"
+os.environ["LEAKED"] = "env"
+os.makedirs("/tmp/leak", exist_ok=True)
+open("/tmp/leak/file", "w").write("file")
+open("/home/pyodide/leak", "w").write("home")
+os.chdir("/tmp")
+random.seed(42)
+sys.setrecursionlimit(123)
+print("left traces")
+"""
+
+LOOK_FOR_TRACES = """\
+import builtins, os, random, sys
+print("builtins", hasattr(builtins, "LEAKED"))
+print("sys", hasattr(sys, "leaked"))
+print("module", "sideeffect" in sys.modules, hasattr(sys, "imported_sideeffect"))
+print("env", os.environ.get("LEAKED"))
+print("files", os.path.exists("/tmp/leak"), os.path.exists("/home/pyodide/leak"), sorted(os.listdir("/tmp")))
+print("cwd", os.getcwd())
+print("recursion", sys.getrecursionlimit())
+print("random", random.random())
+"""
+
+SIDE_EFFECT_MODULE = "import sys\nsys.imported_sideeffect = True\nprint('imported sideeffect')\n"
+
+
+def request(tmp_path: Path, code: str, *, owner: str, index: int, seed: bytes | None = None,
+            timeout: float = 600.0) -> RunRequest:
+    ctx = tmp_path / "context"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "sideeffect.py").write_text(SIDE_EFFECT_MODULE)
+    work = tmp_path / f"work-{time.monotonic_ns()}"
+    spec = JobSpec(engine=PythonEngine(code=code, args=["--index", str(index)]), env={"i": str(index)},
+                   outputs=[OutputSpec(name="results", path="/outputs")], timeout=timeout,
+                   resources=Resources(memory=256 << 20, disk=64 << 20))
+    return RunRequest("sweep-1", f"claim-{index}", spec, work, work / "outputs", (Mount(ctx, "/context"),),
+                      seed if seed is not None else f"seed-{index}".encode(), owner=owner)
+
+
+def node_processes() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if "node" in p.name()}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pyodide-cache")
+
+
+@pytest.fixture
+async def pooled(cache_dir: Path) -> AsyncIterator[PyodideExecutor]:
+    executor = PyodideExecutor(cache_dir, pool_size=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.run_pool)
+        yield executor
+        nursery.cancel_scope.cancel()
+    assert executor.statistics().parked == 0
+
+
+def outputs_of(req: RunRequest) -> str:
+    return (req.outputs_dir / "results" / "result.txt").read_text()
+
+
+async def test_a_sample_of_indexes_matches_a_fresh_interpreter_byte_for_byte(
+        pooled: PyodideExecutor, cache_dir: Path, tmp_path: Path) -> None:
+    fast, fast_files = [], []
+    for index in range(6):
+        req = request(tmp_path, PROGRAM, owner="requester-a/sweep-1", index=index)
+        fast.append(await pooled.run(req))
+        fast_files.append(outputs_of(req))
+    assert pooled.statistics().reused_runs >= 4  # one process served the indexes one after another
+
+    fresh = PyodideExecutor(cache_dir, pool_size=0)  # a new process for each job, used once
+    for index in (0, 2, 5):
+        req = request(tmp_path, PROGRAM, owner="", index=index)
+        alone = await fresh.run(req)
+        assert fresh.statistics().reused_runs == 0
+        assert (alone.stdout, alone.stderr, alone.exit_code) == (
+            fast[index].stdout, fast[index].stderr, fast[index].exit_code)
+        assert outputs_of(req) == fast_files[index]
+    assert fast[1].exit_code == 1 and fast[2].exit_code == 2
+    assert fast[4].stdout.startswith("index 4 ['--index', '4']\n") and fast[4].stderr == "to stderr 4\n"
+    assert len({r.stdout.splitlines()[1] for r in fast}) == 6  # each index its own seed
+
+
+async def test_nothing_one_index_does_reaches_the_next(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    owner = "requester-a/sweep-2"
+    first = await pooled.run(request(tmp_path, LEAVE_TRACES, owner=owner, index=0))
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == "imported sideeffect\nleft traces\n"
+    seen = await pooled.run(request(tmp_path, LOOK_FOR_TRACES, owner=owner, index=1))
+    assert pooled.statistics().reused_runs == 1
+    fresh = await pooled.run(request(tmp_path, LOOK_FOR_TRACES, owner="requester-b/job-9", index=1))
+    assert pooled.statistics().reused_runs == 1  # another owner: never the same process
+    assert seen.exit_code == 0, seen.stderr
+    assert seen.stdout == fresh.stdout
+    lines = dict(line.split(" ", 1) for line in seen.stdout.splitlines())
+    assert lines["builtins"] == lines["sys"] == "False"
+    assert lines["module"] == "False False"
+    assert lines["env"] == "None"
+    assert lines["files"].startswith("False False")
+    assert lines["recursion"] != "123"
+
+
+async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    code = "import os; print(os.environ['i'])"
+    for i, owner in enumerate(["requester-a/sweep-3", "requester-b/sweep-3", "requester-a/sweep-4",
+                               "requester-a/sweep-4"]):
+        result = await pooled.run(request(tmp_path, code, owner=owner, index=i))
+        assert result.exit_code == 0 and result.stdout == f"{i}\n", result.stderr
+    stats = pooled.statistics()
+    assert stats.reused_runs == 1  # only the last: its owner's second job
+    assert stats.warm_runs + stats.cold_runs == 3
+
+
+async def test_a_runaway_index_is_killed_and_its_siblings_run_on(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    owner = "requester-a/sweep-5"
+    (parked,) = node_processes()  # the pool's interpreter: it runs index 0, then waits for index 1
+    ok = await pooled.run(request(tmp_path, "print('before')", owner=owner, index=0))
+    assert ok.stdout == "before\n" and pooled.statistics().warm_runs == 1
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError), trio.fail_after(1.5):
+        await pooled.run(request(tmp_path, "while True:\n    pass\n", owner=owner, index=1, timeout=1.0))
+    assert trio.current_time() - t0 < 3.0
+    with trio.move_on_after(3):
+        while parked in node_processes():  # killed with its index
+            await trio.sleep(0.05)
+    assert parked not in node_processes()
+    after = await pooled.run(request(tmp_path, "print('after')", owner=owner, index=2))
+    assert after.exit_code == 0 and after.stdout == "after\n"
