@@ -54,3 +54,23 @@ def _wait_for_ready(process: subprocess.Popen, timeout: float) -> dict:
     while b"\n" not in seen.split(b"READY ", 1)[1]:  # the rest of the line
         seen += os.read(fd, 65536)
     return json.loads(seen.split(b"READY ", 1)[1].split(b"\n", 1)[0])
+
+
+@contextmanager
+def in_process_devstack(home: Path, nodes: int) -> Iterator:
+    """A ``devstack.Devstack`` of ``nodes`` run from this process, with ``SHOAL_HOME`` under ``home`` while
+    it runs (and put back after, so no later test sees it)."""
+    import pytest
+    import trio
+
+    from devstack import Devstack
+    from tests.integration.rogue import free_base_port
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SHOAL_HOME", str(home / "home"))
+        devstack = Devstack(nodes, base_dir=home / "stack", base_port=free_base_port(nodes), write_state=False)
+        trio.run(devstack.start)
+        try:
+            yield devstack
+        finally:
+            trio.run(devstack.stop)

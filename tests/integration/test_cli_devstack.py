@@ -85,6 +85,18 @@ def _assert_no_traceback(*texts: str) -> None:
         assert "Exception Group" not in text, text
 
 
+def wait_until_every_node_knows_all(stack: Stack, apis: int | None = None, timeout: float = 60) -> None:
+    """Until node info gossip has reached the first ``apis`` nodes (all by default): each lists every node."""
+    from shoal import Client, ClientKey
+
+    key = ClientKey.load(stack.home / "client.key")
+    deadline = time.monotonic() + timeout
+    for node in stack.nodes[:apis]:
+        with Client(node["api"], key=key) as client:
+            while len(client.nodes().nodes) < len(stack.nodes) and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+
 @contextmanager
 def cli_devstack(home: Path, *, nodes: int, base_port: int, args: tuple[str, ...] = ()) -> Iterator[Stack]:
     """``shoal devstack`` (no Kubo; ``args`` added) as a subprocess; on leaving, SIGINT, and it must stop cleanly."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,13 @@ import pytest
 
 from shoal import Client, ClientKey, ShoalAuth
 from tests.integration.rogue import free_base_port
-from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, cli_devstack
+from tests.integration.test_cli_devstack import (
+    SHOAL,
+    Stack,
+    _assert_no_traceback,
+    cli_devstack,
+    wait_until_every_node_knows_all,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     args = tuple(a for label in LABELS for a in ("--node-label", label))
     with cli_devstack(tmp_path_factory.mktemp("labels-home"), nodes=3, base_port=free_base_port(3),
                       args=args) as devstack:  # fmt: skip
-        key = ClientKey.load(devstack.home / "client.key")
-        deadline = time.monotonic() + 60
-        for node in devstack.nodes:  # node info gossip: every node knows the three, and their labels
-            with Client(node["api"], key=key) as client:
-                while len(client.nodes().nodes) < 3 and time.monotonic() < deadline:
-                    time.sleep(0.5)
+        wait_until_every_node_knows_all(devstack)  # the three, and their labels
         yield devstack
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 
 import pytest
 import trio
 
 from devstack import Devstack
-from tests.integration.rogue import free_base_port
+from tests.integration.single_node import in_process_devstack
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,8 @@ TABLE = {"discount": (0.9, 0.8)}  # plain data, shipped encoded
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devstack]:
-    home = tmp_path_factory.mktemp("map")
-    os.environ["SHOAL_HOME"] = str(home / "home")
-    devstack = Devstack(3, base_dir=home / "stack", base_port=free_base_port(3), write_state=False)
-    trio.run(devstack.start)
-    try:
+    with in_process_devstack(tmp_path_factory.mktemp("map"), 3) as devstack:
         yield devstack
-    finally:
-        trio.run(devstack.stop)
 
 
 @pytest.fixture

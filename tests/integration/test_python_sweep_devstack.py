@@ -3,14 +3,10 @@ byte for byte what the same job gives alone, in a process of its own."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import trio
 
-from devstack import Devstack
 from executors.pyodide import PyodideExecutor
-from tests.integration.rogue import free_base_port
+from tests.integration.single_node import in_process_devstack
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not PyodideExecutor(__import__("pathlib").Path("/nonexistent")).is_installed(),
@@ -29,14 +25,8 @@ INDEXES = 12
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("python-sweep")
-    os.environ["SHOAL_HOME"] = str(home / "home")
-    devstack = Devstack(1, base_dir=home / "stack", base_port=free_base_port(1), write_state=False)
-    trio.run(devstack.start)
-    try:
+    with in_process_devstack(tmp_path_factory.mktemp("python-sweep"), 1) as devstack:
         yield devstack
-    finally:
-        trio.run(devstack.stop)
 
 
 def test_a_sample_of_sweep_indexes_matches_the_same_job_run_alone(stack):

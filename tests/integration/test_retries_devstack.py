@@ -14,7 +14,13 @@ import pytest
 
 from shoal import Client, ClientKey
 from tests.integration.rogue import free_base_port
-from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, cli_devstack
+from tests.integration.test_cli_devstack import (
+    SHOAL,
+    Stack,
+    _assert_no_traceback,
+    cli_devstack,
+    wait_until_every_node_knows_all,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with cli_devstack(tmp_path_factory.mktemp("retries-home"), nodes=2, base_port=free_base_port(2)) as devstack:
-        key = ClientKey.load(devstack.home / "client.key")
-        deadline = time.monotonic() + 60
-        with Client(devstack.nodes[0]["api"], key=key) as client:
-            while len(client.nodes().nodes) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)
+        wait_until_every_node_knows_all(devstack, apis=1)
         yield devstack
 
 
