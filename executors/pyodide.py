@@ -257,7 +257,7 @@ class PyodideExecutor(Executor):
             return f"Node.js ({self.node}) is not installed"
         if not (self.runner_dir / "runner.mjs").is_file() or not (
                 self.runner_dir / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
-            return "Pyodide is not installed on this node (run scripts/install-pyodide)"
+            return "Pyodide is not installed on this node (run `shoal pyodide install`)"
         if self.sandbox is not None and (problem := self.sandbox.problem()):
             return f"the job sandbox cannot start: {problem} (or run with --unsafe-unsandboxed-python)"
         return None
