@@ -8,11 +8,14 @@ its multiaddr as a guest attribute, the compute nodes finding it through the (em
 Compute API and peering with it, config and systemd unit writing, and the services' start (under
 the script's restart-on-failure supervisor, as systemd is not here). Only the installs are
 local: Shoal from this virtualenv, Kubo if an ipfs binary is on this machine, Node.js, Pyodide and
-bubblewrap as this machine has them, no Docker (so no docker job here: the wheel test,
-test_node_wheel.py, runs one through an installed node), no Ops Agent (its config is written).
+bubblewrap as this machine has them, this machine's Docker daemon when one answers (its unix socket
+is a path, reachable from every namespace; the nodes' workspaces are paths it bind-mounts as they
+are), no Ops Agent (its config is written).
 
 Then a noop job with concurrency 3 submitted to the bootstrap's API must complete on all three
-nodes, and a python job (Pyodide, in the bubblewrap sandbox) must print its answer; each node's Ops
+nodes, a python job (Pyodide, in the bubblewrap sandbox) must print its answer, and docker jobs
+(busybox) must print theirs and, on all three nodes, publish an output `shoal get` brings back
+(skipped, saying why, when no Docker daemon answers or busybox is missing); each node's Ops
 Agent config must scrape a /metrics that answers with the waiting-work gauges; Kubo's RPC and the
 compute nodes' APIs must be unreachable from the network; a killed node must be restarted; and a
 rebooted bootstrap node must come back with the same peer id.
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO / "terraform" / "test"))
 
 import harness  # noqa: E402
 
+from executors.docker import DockerExecutor  # noqa: E402
 from shoal import ClientKey  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -183,6 +187,55 @@ def test_a_python_job_runs_on_the_cluster(cluster: harness.Cluster) -> None:
                          "-c", "import sys; print(6 * 7, sys.platform)"], timeout=_left(170), env=_client_env(c))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout == "42 emscripten\n"
+
+
+def _docker_skip_reason(c: harness.Cluster) -> str | None:
+    """Why no docker job can run on the cluster, as the nodes' startup scripts saw it (None: it can)."""
+    if not DockerExecutor("probe").is_installed():
+        return "no Docker daemon answers on this machine (scripts/install-docker starts one; CI's scripts/setup does)"
+    logs = [vm.startup_log.read_text() for vm in c.vms]
+    for vm, log in zip(c.vms, logs, strict=True):
+        assert "local mode: using the Docker daemon that answers" in log, f"{vm.name} did not find the daemon:\n{log}"
+    if re.search(r"missing:[^\n]* busybox:latest", logs[0]):
+        return "the busybox image is missing (`shoal images build` makes it)"
+    return None
+
+
+def test_a_docker_job_runs_on_the_cluster(cluster: harness.Cluster) -> None:
+    """`shoal docker run`, as the module's README shows it, against the cluster's API: a node's docker
+    executor, inside its network namespace, runs the container on the Docker daemon it found."""
+    c = cluster
+    if reason := _docker_skip_reason(c):
+        pytest.skip(reason)
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "docker", "run", "busybox", "--wait-timeout", "60",
+                         "--", "echo", "hello from docker"], timeout=_left(75), env=_client_env(c))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout == "hello from docker\n"
+
+
+def test_a_docker_job_with_an_output_runs_on_every_node(cluster: harness.Cluster, tmp_path: Path) -> None:
+    """Each node's docker path works from its namespace: the container writes into the node's
+    workspace (bind-mounted from the shared filesystem), the node publishes it, `shoal get` fetches it."""
+    c = cluster
+    if reason := _docker_skip_reason(c):
+        pytest.skip(reason)
+    r = c.run_in(c.lan, [str(SHOAL), "--api", c.api(), "docker", "run", "busybox", "--concurrency", "3",
+                         "--output", "answer:/outputs", "--json", "--wait-timeout", "60", "--",
+                         "sh", "-c", "echo 42 > /outputs/answer.txt; echo written"],
+                 timeout=_left(75), env=_client_env(c))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    described = json.loads(r.stdout)
+    assert described["job"]["state"] == "completed", described["job"]
+    peers = {attrs["shoal/peer-id"] for attrs in c.guest_attributes().values()}
+    results = {e["node_id"]: e["result"] for e in described["executions"] if e["state"] == "completed"}
+    assert set(results) == peers, f"completed on {set(results)}, cluster is {peers}"
+    for result in results.values():
+        assert (result["engine"], result["stdout"], result["output_sizes"]) == ("docker", "written\n", {"answer": 3})
+    r = subprocess.run(["ip", "netns", "exec", c.lan, str(SHOAL), "--api", c.api(), "get", described["job"]["id"]],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=_left(60), env=_client_env(c))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (answer,) = tmp_path.glob("job-*/outputs/answer/answer.txt")
+    assert answer.read_text() == "42\n"
 
 
 def test_every_node_has_an_ops_agent_config_scraping_its_metrics(cluster: harness.Cluster) -> None:
