@@ -383,8 +383,9 @@ def nodes_table(nodes: NodeList) -> Table:
     from jobs import format_bytes
     from jobs.selector import format_labels
 
-    table = _table("NODE", "ENGINES", "LABELS", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL", "RUNNING",
-                   "BACKLOG", "RESULTS OK/REJECTED")
+    gpus = any(n.total.gpu for n in nodes.nodes)  # the GPU column only where a node has one: the table is wide
+    table = _table("NODE", "ENGINES", "LABELS", "CPU FREE/TOTAL", "MEMORY FREE/TOTAL", "DISK FREE/TOTAL",
+                   *(["GPU FREE/TOTAL"] if gpus else []), "RUNNING", "BACKLOG", "RESULTS OK/REJECTED")
     for n in nodes.nodes:
         rep = nodes.reputation.get(n.peer_id)
         verified = "—" if rep is None else f"{rep.accepted}/{rep.rejected}"
@@ -397,6 +398,7 @@ def nodes_table(nodes: NodeList) -> Table:
             f"{n.free.cpu:g} / {n.total.cpu:g}",
             f"{format_bytes(n.free.memory)} / {format_bytes(n.total.memory)}",
             f"{format_bytes(n.free.disk)} / {format_bytes(n.total.disk)}",
+            *([f"{n.free.gpu} / {n.total.gpu}" if n.total.gpu else "—"] if gpus else []),
             str(n.running),
             str(n.backlog),
             verified,

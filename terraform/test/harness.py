@@ -14,7 +14,8 @@ directory (SHOAL_ROOT), its /var/lib/shoal standing for the bootstrap's persiste
 script is rendered from templates/startup.sh.tftpl as Terraform's templatefile() would, and run
 with SHOAL_INSTALL_MODE=local (Shoal from a local virtualenv, Kubo if an ipfs binary is here,
 this machine's Docker daemon if one answers on /var/run/docker.sock: a path-based unix socket is
-reachable from every namespace, and the VMs' directories are paths the daemon can bind-mount) and SHOAL_NO_SYSTEMD=1 (each generated unit's ExecStart runs under the script's own
+reachable from every namespace, and the VMs' directories are paths the daemon can bind-mount)
+and SHOAL_NO_SYSTEMD=1 (each generated unit's ExecStart runs under the script's own
 restart-on-failure supervisor). The instance metadata is what the module sets.
 
 Usage outside pytest (as root):  python terraform/test/harness.py   brings a cluster up, runs a

@@ -32,6 +32,8 @@ def test_a_node_with_one_gpu_runs_a_gpu_job_and_refuses_two(tmp_path: Path) -> N
         assert nodes.returncode == 0, nodes.stderr
         (info,) = json.loads(nodes.stdout)["nodes"]
         assert info["total"]["gpu"] == 1 and info["max_per_job"]["gpu"] == 1
+        table = shoal(tmp_path, api, "nodes").stdout.splitlines()
+        assert "GPU FREE/TOTAL" in table[0] and " 1 / 1 " in table[2], table
         done = shoal(tmp_path, api, "run", "noop", "--gpu", "1", "--json")
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)["job"]
@@ -44,6 +46,7 @@ def test_a_node_with_one_gpu_runs_a_gpu_job_and_refuses_two(tmp_path: Path) -> N
 
 def test_a_gpu_job_fails_fast_where_no_node_has_a_gpu(tmp_path: Path) -> None:
     with noop_node(tmp_path, free_base_port(1), args=["--limit-total-gpu", "0"]) as ready:
+        assert "GPU" not in shoal(tmp_path, ready["api"], "nodes").stdout  # no column where no node has one
         result = shoal(tmp_path, ready["api"], "run", "noop", "--gpu", "1")
         assert result.returncode == 1
         assert ("the job asks for 1 GPU and no compute node offering engine 'noop' has one (0 of 1 nodes)"
