@@ -96,7 +96,7 @@ TOP_KEYS: dict[str, Callable[[Any], Any]] = {"api": _url, "ca_cert": _text, "out
 RUN_KEYS: dict[str, Callable[[Any], Any]] = {
     "cpu": _quantity, "memory": _quantity, "disk": _quantity, "timeout": _seconds,
     "concurrency": _count, "confidence": _count, "min_bids": _count, "retries": _count,
-    "queue_timeout": _seconds,
+    "queue_timeout": _seconds, "gpu": _count,
     "wait": _boolean, "wait_timeout": _seconds, "cache": _boolean,
 }  # fmt: skip
 

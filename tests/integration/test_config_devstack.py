@@ -72,8 +72,8 @@ def test_a_bad_config_file_is_one_error_line_and_no_job(node: tuple[str, Path]) 
     assert failed.returncode == 2
     assert failed.stdout == ""
     assert failed.stderr == (f"Error: {home / 'config.toml'}: [run] concurency: unknown key (known here: cpu, "
-                             "memory, disk, timeout, concurrency, confidence, min_bids, retries, queue_timeout, wait, "
-                             "wait_timeout, cache)\n")
+                             "memory, disk, timeout, concurrency, confidence, min_bids, retries, queue_timeout, gpu, "
+                             "wait, wait_timeout, cache)\n")
     (home / "config.toml").unlink()
     after = shoal(home, "--api", api, "list", "--json")
     assert json.loads(after.stdout)["total"] == json.loads(before.stdout)["total"]

@@ -42,6 +42,10 @@ def test_a_node_with_one_gpu_runs_a_gpu_job_and_refuses_two(tmp_path: Path) -> N
         assert too_many.returncode == 1
         assert "0 of 1 nodes can offer 2 GPU per job" in too_many.stderr, too_many.stderr
         assert "Traceback" not in too_many.stderr
+        (tmp_path / "config.toml").write_text("[run]\ngpu = 1\n")  # the config file's default for --gpu
+        configured = shoal(tmp_path, api, "run", "noop", "--json")
+        assert configured.returncode == 0, configured.stderr
+        assert json.loads(configured.stdout)["job"]["spec"]["resources"]["gpu"] == 1
 
 
 def test_a_gpu_job_fails_fast_where_no_node_has_a_gpu(tmp_path: Path) -> None:
