@@ -2,8 +2,9 @@
 
 The wheel is built from a copy of the packages (as test_thin_wheel.py does) and installed with the
 node extra into a fresh venv (no system site-packages, no PYTHONPATH, run from outside the repo).
-``shoal pyodide install`` then fetches the pinned Pyodide beside the installed runner (npm ci; the
-wheel carries runner.mjs, driver.py and the lock file, not node_modules). A node started from that
+Until ``shoal pyodide install`` has run, the node says to run it; it then fetches the pinned Pyodide
+beside the installed runner (npm ci; the wheel carries runner.mjs, driver.py and the lock file, not
+node_modules). A node started from that
 venv runs a python job (Pyodide, in the bubblewrap sandbox), a wasm job (wasmtime) and a docker
 job (busybox), each submitted by the venv's own ``shoal``. About 2 minutes (pip resolving the node
 extra dominates): slow, and run by CI.
@@ -74,6 +75,11 @@ def _install(wheel: Path, root: Path) -> Thin:
 
 @pytest.fixture(scope="module")
 def node(venv: Thin) -> Iterator[str]:
+    # Before: the installed node says why it has no python engine, with a command this venv has.
+    missing = venv.run("python", "-c", "from executors.pyodide import PyodideExecutor\n"
+                       "print(PyodideExecutor('cache', unsandboxed=True).problem())")
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout == "Pyodide is not installed on this node (run `shoal pyodide install`)\n", missing.stdout
     installed = venv.run("shoal", "pyodide", "install", "--json", timeout=600)
     assert installed.returncode == 0, installed.stderr
     runner_dir = Path(json.loads(installed.stdout)["runner_dir"])
