@@ -112,6 +112,7 @@ TARGETS: tuple[Target, ...] = (
         Check("scale", "p50_ratio", "p50 20 vs 3 nodes", "x", "<=", 2, 2),
         Check("scale", "p50_small_ms", "p50 at 3 nodes", " ms"),
         Check("scale", "p50_large_ms", "p50 at 20 nodes", " ms"),
+        Check("scale", "completed_pct", "completed", "%", digits=1),
     ), lambda s: f"{s.scale_jobs:,} jobs on {s.scale_nodes[0]} and on {s.scale_nodes[1]} nodes"),
     Target(6, "Scale by simulation", (
         Check("sim", "messages_per_job", "messages/job", "", "<=", 3 * FULL.sim_concurrency + 4, 1),
