@@ -10,6 +10,7 @@ import json
 import math
 import random
 import signal
+import socket
 import statistics
 import time
 import uuid
@@ -258,6 +259,50 @@ def rss_mb(pid: int) -> float:
         return math.nan
 
 
+async def on_devstack(*, nodes: int, jobs: int, submitters: int, concurrency: int, base_dir: Path, base_port: int,
+                      spec: dict | None = None, chaos: bool = False, chaos_interval: float = 3.0,
+                      freeze_for: float = 0.0, rss_first: int = 1000) -> BenchReport:
+    """``run`` on a fresh noop devstack in ``base_dir``, with each node's RSS (at the start, after the
+    first ``rss_first`` jobs, at the end), peak RSS and CPU seconds in the report."""
+    async with Devstack(nodes, noop=True, base_dir=base_dir, base_port=base_port, write_state=False) as stack:
+        before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
+        cpu_before = {f"node-{n.index}": (n.pid, cpu_and_peak(n.pid)[0]) for n in stack.nodes if n.pid}
+        at_first: dict[str, float] = {}
+
+        def sample(done: int) -> None:  # RSS after the first jobs, to compare with the end
+            if done == rss_first:
+                at_first.update({f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid})
+
+        report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters, spec=spec,
+                           concurrency=concurrency, nodes=nodes, chaos=stack if chaos or freeze_for else None,
+                           chaos_interval=chaos_interval, freeze_for=freeze_for, on_job_done=sample)
+        report.rss_mb = {name: [before[name], at_first.get(name, math.nan), rss_mb(n.pid)] for name, n in
+                         ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
+        for n in stack.nodes:
+            if n.pid:
+                name = f"node-{n.index}"
+                cpu, peak = cpu_and_peak(n.pid)
+                pid, cpu_at_start = cpu_before.get(name, (None, 0.0))
+                report.cpu_seconds[name] = cpu - cpu_at_start if pid == n.pid else cpu  # restarted: since then
+                report.peak_rss_mb[name] = peak
+        return report
+
+
+def free_base_port(nodes: int) -> int:
+    """A base port whose API (``base + i``) and libp2p (``base + 100 + i``) ports are free now."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000)  # below Linux's ephemeral ports (32768-)
+        try:
+            for port in [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range found")
+
+
 def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrency: int = 3,
          api: str | None = None, base_port: int = 8800, as_json: bool = False, chaos: bool = False,
          chaos_interval: float = 3.0, freeze_for: float = 0.0, job_seconds: float = 0.0) -> BenchReport:
@@ -274,28 +319,9 @@ def main(*, nodes: int = 3, jobs: int = 10_000, submitters: int = 10, concurrenc
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
-        async with Devstack(nodes, noop=True, base_dir=base, base_port=base_port, write_state=False) as stack:
-            before = {f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid}
-            cpu_before = {f"node-{n.index}": (n.pid, cpu_and_peak(n.pid)[0]) for n in stack.nodes if n.pid}
-            at_1000: dict[str, float] = {}
-
-            def sample(done: int) -> None:  # RSS after the first 1,000 jobs, to compare with the end
-                if done == 1000:
-                    at_1000.update({f"node-{n.index}": rss_mb(n.pid) for n in stack.nodes if n.pid})
-
-            report = await run([n.api for n in stack.nodes], jobs=jobs, submitters=submitters, spec=spec,
-                               concurrency=concurrency, nodes=nodes, chaos=stack if chaos or freeze_for else None,
-                               chaos_interval=chaos_interval, freeze_for=freeze_for, on_job_done=sample)
-            report.rss_mb = {name: [before[name], at_1000.get(name, math.nan), rss_mb(n.pid)] for name, n in
-                             ((f"node-{n.index}", n) for n in stack.nodes) if n.pid}
-            for n in stack.nodes:
-                if n.pid:
-                    name = f"node-{n.index}"
-                    cpu, peak = cpu_and_peak(n.pid)
-                    pid, cpu_at_start = cpu_before.get(name, (None, 0.0))
-                    report.cpu_seconds[name] = cpu - cpu_at_start if pid == n.pid else cpu  # restarted: since then
-                    report.peak_rss_mb[name] = peak
-            return report
+        return await on_devstack(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency,
+                                 base_dir=base, base_port=base_port, spec=spec, chaos=chaos,
+                                 chaos_interval=chaos_interval, freeze_for=freeze_for)
 
     report = trio.run(_main)
     if as_json:

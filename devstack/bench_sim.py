@@ -104,6 +104,13 @@ async def simulate(nodes: int, jobs: int, concurrency: int, rate: float, links: 
     }
 
 
+def measure(nodes: int, jobs: int, concurrency: int = 1, rate: float = 20.0, loss: float = 0.0) -> dict:
+    """``simulate`` one size on a virtual clock, in a fresh temporary directory."""
+    base = Path(tempfile.mkdtemp(prefix=f"shoal-sim-{nodes}-"))
+    return trio.run(simulate, nodes, jobs, concurrency, rate, Links(loss=loss), base,
+                    clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
@@ -115,10 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     reports = []
     for n in args.nodes:
-        base = Path(tempfile.mkdtemp(prefix=f"shoal-sim-{n}-"))
-        links = Links(loss=args.loss)
-        report = trio.run(simulate, n, args.jobs, args.concurrency, args.rate, links, base,
-                          clock=trio.testing.MockClock(autojump_threshold=0))
+        report = measure(n, args.jobs, args.concurrency, args.rate, args.loss)
         reports.append(report)
         if not args.json:
             print(f"{n:>5} nodes ({report['known_to_requester']} known), {report['completed']}/{args.jobs} jobs "

@@ -10,6 +10,7 @@ from cli.extras import require_node
 
 
 def bench(
+    ctx: typer.Context,
     jobs: Annotated[int, typer.Option("--jobs", metavar="N", min=1, help="Jobs to run.")] = 10_000,
     submitters: Annotated[int, typer.Option("--submitters", metavar="N", min=1,
         help="Concurrent clients, each submitting one job after another.")] = 10,
@@ -28,15 +29,52 @@ def bench(
         help="Use this running node instead of starting a fresh noop devstack.")] = None,
     base_port: Annotated[int, typer.Option("--base-port", metavar="PORT")] = 8800,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON report.")] = False,
+    targets: Annotated[bool, typer.Option("--targets",
+        help="Run the benchmarks behind issue #20's seven performance targets (each on its own fresh "
+             "devstack) and print every target beside its measured value. Long: see --quick.")] = False,
+    quick: Annotated[bool, typer.Option("--quick",
+        help="With --targets: smaller runs (the table marks them QUICK); not the targets' figures.")] = False,
+    only: Annotated[str | None, typer.Option("--only", metavar="N,N",
+        help="With --targets: only these targets, e.g. 1,3.")] = None,
 ) -> None:  # fmt: skip
-    """Stress benchmark (Bacalhau's 2022 method by default): prints a summary and JSON."""
+    """Stress benchmark (Bacalhau's 2022 method by default): prints a summary and JSON.
+
+    With --targets: issue #20's targets, goal beside measured value, in a table (or --json)."""
     require_node("bench")
+    if targets or quick or only is not None:
+        _bench_targets(ctx, targets=targets, quick=quick, only=only, as_json=as_json)
+        return
     from devstack.bench import main as run_bench
 
     report = run_bench(nodes=nodes, jobs=jobs, submitters=submitters, concurrency=concurrency, api=api,
                        base_port=base_port, as_json=as_json, chaos=chaos, chaos_interval=chaos_interval,
                        freeze_for=freeze, job_seconds=job_seconds)
     if report.completed + report.failed != report.jobs or report.errors:
+        raise typer.Exit(1)
+
+
+_RUN_OPTIONS = ("jobs", "submitters", "nodes", "concurrency", "chaos", "chaos_interval", "freeze", "job_seconds",
+                "api", "base_port")
+
+
+def _bench_targets(ctx: typer.Context, *, targets: bool, quick: bool, only: str | None, as_json: bool) -> None:
+    from cli.errors import EXIT_USAGE, CLIError
+    from devstack import bench_targets
+    from devstack.targets import parse_only
+
+    if not targets:
+        raise CLIError("--quick and --only go with --targets", code=EXIT_USAGE)
+    # typer vendors click: its ParameterSource is not click's, so the source is compared by name
+    given = [name for name in _RUN_OPTIONS if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"--targets runs each target's own workload; it takes no {flags}", code=EXIT_USAGE)
+    try:
+        numbers = parse_only(only)
+    except ValueError as exc:
+        raise CLIError(str(exc), code=EXIT_USAGE) from None
+    verdicts = bench_targets.main(numbers, quick=quick, as_json=as_json)
+    if any(v.met is None for v in verdicts):
         raise typer.Exit(1)
 
 
