@@ -95,8 +95,10 @@ IDLE_CPU_LIMIT = 3600  # CPU seconds a runner may use before its first job (star
 RUNNER_CPU_LIMIT = 8 * 24 * 3600  # CPU seconds a runner may use in all (hard); each job gets a soft limit below
 PARK_SECONDS = 5.0  # how long a runner waits for its owner's next job before it is closed
 # Starting a pool interpreter takes a core for a second or more; while jobs run, the pool waits up to this long
-# for them to finish first, so that the start does not slow them down (a job still finds the others idle).
+# for them to finish first, so that the start does not slow them down (a job still finds the others idle),
 REFILL_DEFER_SECONDS = 2.0
+# and for this long after the last one ended, while the node publishes its result.
+REFILL_SETTLE_SECONDS = 0.25
 MAX_JOBS_PER_RUNNER = 500  # jobs before a runner process is replaced (bounds what V8 may accumulate)
 # A wheel file name: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl (PEP 427)
 _WHEEL = re.compile(
@@ -249,6 +251,7 @@ class PyodideExecutor(Executor):
         self._in_flight = 0  # jobs running now
         self._quiet = trio.Event()  # set when no job runs
         self._quiet.set()
+        self._last_end = -math.inf  # trio time the last job ended
         self.unsandboxed = unsandboxed
         node_path = Path(shutil.which(self.node) or self.node).resolve()
         self.sandbox = None if unsandboxed else Sandbox([self.runner_dir.resolve(), node_path.parent])
@@ -313,8 +316,7 @@ class PyodideExecutor(Executor):
                         await self._refill.wait()
                     continue
                 if self._idle:  # a job can still start warm meanwhile: let the running ones finish first
-                    with trio.move_on_after(REFILL_DEFER_SECONDS):
-                        await self._quiet.wait()
+                    await self._settle()
                 try:
                     with trio.fail_after(START_TIMEOUT):
                         runner = await self._start_runner()
@@ -334,6 +336,16 @@ class PyodideExecutor(Executor):
             closing, self._closing = self._closing, set()
             for runner in [*idle, *closing, *(r for waiting in parked.values() for _, r in waiting)]:
                 await runner.aclose()
+
+    async def _settle(self) -> None:
+        """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most."""
+        with trio.move_on_after(REFILL_DEFER_SECONDS):
+            while True:
+                await self._quiet.wait()
+                rest = self._last_end + REFILL_SETTLE_SECONDS - trio.current_time()
+                if rest <= 0 and self._quiet.is_set():
+                    return
+                await trio.sleep(max(rest, 0))
 
     async def _close_expired(self) -> None:
         """Close the runners that waited longer than PARK_SECONDS for their owner's next job."""
@@ -408,6 +420,7 @@ class PyodideExecutor(Executor):
         finally:
             self._in_flight -= 1
             if not self._in_flight:
+                self._last_end = trio.current_time()
                 self._quiet.set()
 
     async def _run(self, request: RunRequest, prepared: _Prepared, owner: tuple[str, int, int] | None,
@@ -490,13 +503,14 @@ class PyodideExecutor(Executor):
             resources = request.spec.resources
             assert self.sandbox is not None
             cpu = int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE
-            limits = [Limits(cpu_seconds=cpu, file_size=request.write_limit or None, soft=True)]
-            if first:  # the same for all its jobs (the owner includes memory and disk): hard limits
-                limits.insert(0, Limits(memory=resources.memory + RUNTIME_MEMORY if resources.memory else None,
-                                        file_size=resources.disk or None))
+            # One call (each may start a prlimit process): the job's soft limits, and with its first job the
+            # hard limits that hold for all its jobs (the owner includes memory and disk)
+            memory = resources.memory + RUNTIME_MEMORY if first and resources.memory else None
+            disk = (resources.disk or None) if first else None
+            limits = Limits(memory=memory, cpu_seconds=cpu, file_size=request.write_limit or disk,
+                            file_size_hard=disk, soft=True)
             try:
-                for limit in limits:
-                    await limit.apply(pid, self.sandbox.popen_options())
+                await limits.apply(pid, self.sandbox.popen_options())
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
         job["last"] = runner.last
