@@ -24,12 +24,14 @@ ImportError. Without bubblewrap the engine is not offered, unless the operator p
 
 Process model: every job gets an interpreter of its own, loaded from a memory snapshot of a loaded Pyodide
 (made once per node and version in ``cache_dir``) and dropped after the job. The Node.js process around it
-may serve more: once it has run a job, it loads a fresh interpreter and waits for the next job *of the same
-owner* (``RunRequest.owner``: one requester's job or sweep), for ``PARK_SECONDS``; jobs of other owners never
-share a process. A sweep's indexes thus pay for a process start once, not once each. ``run_pool`` keeps
-``pool_size`` processes loaded and waiting for their first job, so a job starts in tens of milliseconds
-instead of seconds; without the pool, ``run`` starts one itself (cold). A job that ends any other way than
-by exiting (timeout, cancellation, a limit, a crash) takes its process with it.
+may serve more: once it has run a job that has an owner (``RunRequest.owner``: one requester's sweep), it
+loads a fresh interpreter and waits for the next job *of the same owner*, for ``PARK_SECONDS``; jobs of other
+owners never share a process. A sweep's indexes thus pay for a process start once, not once each. A job
+without an owner is its process's last: the runner loads no interpreter after it. ``run_pool`` keeps
+``pool_size`` processes loaded and waiting for their first job, so a job starts in milliseconds instead of
+seconds; it starts replacements when no job runs (see ``REFILL_DEFER_SECONDS``), and without the pool,
+``run`` starts one itself (cold). A job that ends any other way than by exiting (timeout, cancellation, a
+limit, a crash) takes its process with it.
 """
 
 from __future__ import annotations
