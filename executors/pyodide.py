@@ -340,14 +340,13 @@ class PyodideExecutor(Executor):
                 await runner.aclose()
 
     async def _settle(self) -> None:
-        """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most."""
-        with trio.move_on_after(REFILL_DEFER_SECONDS):
-            while True:
-                await self._quiet.wait()
-                rest = self._last_end + REFILL_SETTLE_SECONDS - trio.current_time()
-                if rest <= 0 and self._quiet.is_set():
-                    return
-                await trio.sleep(max(rest, 0))
+        """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most, or no
+        interpreter is idle any more (the next job would start cold)."""
+        deadline = trio.current_time() + REFILL_DEFER_SECONDS
+        while self._idle and trio.current_time() < deadline:
+            if self._quiet.is_set() and trio.current_time() >= self._last_end + REFILL_SETTLE_SECONDS:
+                return
+            await trio.sleep(0.05)
 
     async def _close_expired(self) -> None:
         """Close the runners that waited longer than PARK_SECONDS for their owner's next job."""
