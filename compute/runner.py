@@ -68,10 +68,12 @@ class Runner:
         return self.inputs.check(spec.inputs)
 
     async def run(self, ex: Execution, secret_env: Mapping[str, str] | None = None,
-                  live: LiveOutput | None = None) -> Outcome:
+                  live: LiveOutput | None = None, *, sweep: bool = False) -> Outcome:
         """Cancellation (the requester cancelled) propagates after the scratch space is removed. ``secret_env``
         (the job's secrets, from its acceptance) joins the env the executor sees; the seed comes from the
-        spec as announced, the same on every node. ``live`` also gets the output as it is written."""
+        spec as announced, the same on every node. ``live`` also gets the output as it is written. ``sweep``:
+        an index of a sweep, whose other indexes may run in the same worker process (a job's run shares it
+        with nothing: no other run has its owner)."""
         spec = ex.spec
         assert spec is not None
         scratch = self.work_dir / ex.id
@@ -94,7 +96,7 @@ class Runner:
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
                                  seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged, live=live,
-                                 owner=f"{ex.requester}/{ex.job_id}")
+                                 owner=f"{ex.requester}/{ex.job_id}" if sweep else "")
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)
             try:

@@ -298,7 +298,7 @@ class ComputeService:
                 await signals.work.wait()
                 continue
             index, ex = started
-            outcome = await self.runner.run(ex)
+            outcome = await self.runner.run(ex, sweep=True)
             claim.finished(IndexResult(index=index, result=outcome.result, error=outcome.error,
                                        retryable=outcome.retryable), self.clock())
             signals.wake.set()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -104,9 +105,16 @@ async def _timed_sweep(client, pids: list[int], indexes: int) -> dict:
 
 
 async def measure(indexes: int, nodes: int, single: int, base_port: int, extra_args: list[str]) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="shoal-bench-python-"))
+    try:
+        return await _measure(base, indexes, nodes, single, base_port, extra_args)
+    finally:  # each node's data dir holds a 30 MB snapshot
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def _measure(base: Path, indexes: int, nodes: int, single: int, base_port: int, extra_args: list[str]) -> dict:
     from shoal import AsyncClient
 
-    base = Path(tempfile.mkdtemp(prefix="shoal-bench-python-"))
     async with Devstack(nodes, base_dir=base, base_port=base_port, write_state=False,
                         extra_args=extra_args) as stack, AsyncClient(stack.nodes[0].api) as client:
         pids = [n.pid for n in stack.nodes if n.pid]

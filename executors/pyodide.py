@@ -24,12 +24,14 @@ ImportError. Without bubblewrap the engine is not offered, unless the operator p
 
 Process model: every job gets an interpreter of its own, loaded from a memory snapshot of a loaded Pyodide
 (made once per node and version in ``cache_dir``) and dropped after the job. The Node.js process around it
-may serve more: once it has run a job, it loads a fresh interpreter and waits for the next job *of the same
-owner* (``RunRequest.owner``: one requester's job or sweep), for ``PARK_SECONDS``; jobs of other owners never
-share a process. A sweep's indexes thus pay for a process start once, not once each. ``run_pool`` keeps
-``pool_size`` processes loaded and waiting for their first job, so a job starts in tens of milliseconds
-instead of seconds; without the pool, ``run`` starts one itself (cold). A job that ends any other way than
-by exiting (timeout, cancellation, a limit, a crash) takes its process with it.
+may serve more: once it has run a job that has an owner (``RunRequest.owner``: one requester's sweep), it
+loads a fresh interpreter and waits for the next job *of the same owner*, for ``PARK_SECONDS``; jobs of other
+owners never share a process. A sweep's indexes thus pay for a process start once, not once each. A job
+without an owner is its process's last: the runner loads no interpreter after it. ``run_pool`` keeps
+``pool_size`` processes loaded and waiting for their first job, so a job starts in milliseconds instead of
+seconds; it starts replacements when no job runs (see ``REFILL_DEFER_SECONDS``), and without the pool,
+``run`` starts one itself (cold). A job that ends any other way than by exiting (timeout, cancellation, a
+limit, a crash) takes its process with it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import signal
 import subprocess
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,11 @@ CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel
 IDLE_CPU_LIMIT = 3600  # CPU seconds a runner may use before its first job (start, warm-up): a soft limit
 RUNNER_CPU_LIMIT = 8 * 24 * 3600  # CPU seconds a runner may use in all (hard); each job gets a soft limit below
 PARK_SECONDS = 5.0  # how long a runner waits for its owner's next job before it is closed
+# Starting a pool interpreter takes a core for a second or more; while jobs run, the pool waits up to this long
+# for them to finish first, so that the start does not slow them down (a job still finds the others idle),
+REFILL_DEFER_SECONDS = 2.0
+# and for this long after the last one ended, while the node publishes its result.
+REFILL_SETTLE_SECONDS = 0.25
 MAX_JOBS_PER_RUNNER = 500  # jobs before a runner process is replaced (bounds what V8 may accumulate)
 # A wheel file name: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl (PEP 427)
 _WHEEL = re.compile(
@@ -130,6 +138,7 @@ class _Runner:
         self.owner: tuple[str, int, int] | None = None  # (owner, memory, disk) of its jobs, fixed by the first
         self.jobs = 0  # jobs handed to it
         self.ready = False  # a fresh interpreter is loaded and waits (its "ready" was read)
+        self.last = False  # its current job is its last (it loads no interpreter after it, and is closed)
         self._pending = b""
         self._node_pid: int | None = None
 
@@ -241,6 +250,10 @@ class PyodideExecutor(Executor):
         self._reused_runs = 0
         self._parked: dict[tuple[str, int, int], list[tuple[float, _Runner]]] = {}
         self._closing: set[_Runner] = set()  # parked runners past their time, being closed
+        self._in_flight = 0  # jobs running now
+        self._quiet = trio.Event()  # set when no job runs
+        self._quiet.set()
+        self._last_end = -math.inf  # trio time the last job ended
         self.unsandboxed = unsandboxed
         node_path = Path(shutil.which(self.node) or self.node).resolve()
         self.sandbox = None if unsandboxed else Sandbox([self.runner_dir.resolve(), node_path.parent])
@@ -293,6 +306,7 @@ class PyodideExecutor(Executor):
         signalled = False
         try:
             while True:
+                await self._close_leftovers()
                 await self._close_expired()
                 self._idle = [r for r in self._idle if r.alive]
                 if len(self._idle) >= self.pool_size:
@@ -303,6 +317,8 @@ class PyodideExecutor(Executor):
                     with trio.move_on_after(PARK_SECONDS / 2 if self._parked else math.inf):
                         await self._refill.wait()
                     continue
+                if self._idle:  # a job can still start warm meanwhile: let the running ones finish first
+                    await self._settle()
                 try:
                     with trio.fail_after(START_TIMEOUT):
                         runner = await self._start_runner()
@@ -323,6 +339,15 @@ class PyodideExecutor(Executor):
             for runner in [*idle, *closing, *(r for waiting in parked.values() for _, r in waiting)]:
                 await runner.aclose()
 
+    async def _settle(self) -> None:
+        """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most, or no
+        interpreter is idle any more (the next job would start cold)."""
+        deadline = trio.current_time() + REFILL_DEFER_SECONDS
+        while self._idle and trio.current_time() < deadline:
+            if self._quiet.is_set() and trio.current_time() >= self._last_end + REFILL_SETTLE_SECONDS:
+                return
+            await trio.sleep(0.05)
+
     async def _close_expired(self) -> None:
         """Close the runners that waited longer than PARK_SECONDS for their owner's next job."""
         now = time.monotonic()
@@ -336,7 +361,7 @@ class PyodideExecutor(Executor):
 
     def _park(self, runner: _Runner) -> bool:
         """Keep ``runner`` for its owner's next job (False: it may not wait; the caller closes it)."""
-        if not self._pool_running or runner.owner is None or runner.jobs >= MAX_JOBS_PER_RUNNER:
+        if runner.last or not self._pool_running or runner.owner is None or runner.jobs >= MAX_JOBS_PER_RUNNER:
             return False
         parked = sorted(((t, r) for waiting in self._parked.values() for t, r in waiting), key=lambda p: p[0])
         if len(parked) >= self.max_parallel:  # bounded memory: the longest-waiting one makes room
@@ -382,6 +407,25 @@ class PyodideExecutor(Executor):
         resources = request.spec.resources
         owner = (request.owner, resources.memory, resources.disk) if request.owner else None
         await self._close_leftovers()
+        with self._job_running():
+            return await self._run(request, prepared, owner, started)
+
+    @contextlib.contextmanager
+    def _job_running(self) -> Iterator[None]:
+        """Counts the jobs running now; the pool starts interpreters when none does (or after a while)."""
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._quiet = trio.Event()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._last_end = trio.current_time()
+                self._quiet.set()
+
+    async def _run(self, request: RunRequest, prepared: _Prepared, owner: tuple[str, int, int] | None,
+                   started: float) -> RunResult:
         runner = self._take_parked(owner) if owner is not None else None
         reused = runner is not None
         if reused:
@@ -415,13 +459,22 @@ class PyodideExecutor(Executor):
                 if not finished:
                     runner.process.kill()
                 await trio.to_thread.run_sync(_move_outputs, outputs)
-            if finished and runner.slot is not None:
+            if finished and runner.slot is not None and not runner.last:
                 await trio.to_thread.run_sync(runner.slot.clear)
             kept = finished and runner.alive and self._park(runner)
             return result
         finally:
             if runner is not None and not kept:
-                await runner.aclose()
+                await self._dispose(runner)
+
+    async def _dispose(self, runner: _Runner) -> None:
+        """Kill ``runner`` now; with the pool running, the pool waits for it and removes its slot, not the job."""
+        if self._pool_running:
+            runner.process.kill()
+            self._closing.add(runner)
+            self._refill.set()
+        else:
+            await runner.aclose()
 
     async def _close_leftovers(self) -> None:
         closing, self._closing = self._closing, set()
@@ -440,6 +493,8 @@ class PyodideExecutor(Executor):
         first = runner.jobs == 0
         runner.jobs += 1
         runner.owner = owner
+        # Its last job, when it cannot serve another: it then loads no interpreter after this one
+        runner.last = owner is None or not self._pool_running or runner.jobs >= MAX_JOBS_PER_RUNNER
         job, outputs = dict(prepared.job), []
         if runner.slot is not None:
             job, outputs = await trio.to_thread.run_sync(_lay_out, runner.slot, prepared)
@@ -449,15 +504,17 @@ class PyodideExecutor(Executor):
             resources = request.spec.resources
             assert self.sandbox is not None
             cpu = int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE
-            limits = [Limits(cpu_seconds=cpu, file_size=request.write_limit or None, soft=True)]
-            if first:  # the same for all its jobs (the owner includes memory and disk): hard limits
-                limits.insert(0, Limits(memory=resources.memory + RUNTIME_MEMORY if resources.memory else None,
-                                        file_size=resources.disk or None))
+            # One call (each may start a prlimit process): the job's soft limits, and with its first job the
+            # hard limits that hold for all its jobs (the owner includes memory and disk)
+            memory = resources.memory + RUNTIME_MEMORY if first and resources.memory else None
+            disk = (resources.disk or None) if first else None
+            limits = Limits(memory=memory, cpu_seconds=cpu, file_size=request.write_limit or disk,
+                            file_size_hard=disk, soft=True)
             try:
-                for limit in limits:
-                    await limit.apply(pid, self.sandbox.popen_options())
+                await limits.apply(pid, self.sandbox.popen_options())
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
+        job["last"] = runner.last
         await runner.process.stdin.send_all(json.dumps(job).encode() + b"\n")
         return outputs
 

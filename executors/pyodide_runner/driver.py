@@ -1,7 +1,8 @@
 """Runs the job's program inside Pyodide, as ``python main.py ARGS`` or ``python -c CODE ARGS`` would.
 
-Loaded by runner.mjs into a fresh namespace when the interpreter starts (and its imports into the memory
-snapshot); ``run_job`` runs the job once it arrives and returns the exit code.
+Loaded by runner.mjs as module ``_shoal_driver`` before the memory snapshot is taken (so every interpreter
+loaded from the snapshot has it, with its imports); ``run_job`` runs the job once it arrives and returns the
+exit code.
 The job (JSON): ``main`` or ``code``, ``argv`` (the program's arguments), ``env``, ``cwd``, and, used by
 runner.mjs: ``seed`` (hex), ``mounts``, ``wheels``, ``memory_limit``.
 
@@ -183,6 +184,7 @@ def _guard_imports() -> None:
 
 
 def run_job(job_json: str, reset_determinism, advance_ms) -> int:
+    sys.modules.pop(__name__, None)  # the driver is kept in the snapshot as a module; the program does not see it
     job = json.loads(job_json)
     _environment(job)
     _virtual_time(advance_ms)

@@ -11,9 +11,10 @@
 // fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready"}
 // once a fresh interpreter is loaded and waits for a job, then {"event": "exit", "code": C, "stdout": B1,
 // "stderr": B2} when the program has finished, B1 and B2 being the bytes it wrote to fd 1 and 2 (so that
-// the parent can tell one job's output from the next's); any failure caused by the job, e.g. a broken
-// wheel, is reported this way with its message on stderr. {"event": "error", "message": M} means the
-// runner itself failed; it exits then.
+// the parent can tell one job's output from the next's); any failure caused by the job, e.g. a broken wheel,
+// is reported this way with its message on stderr. A job line with "last": true is the process's last job:
+// no interpreter is loaded after it, and the process ends when stdin closes. {"event": "error", "message": M}
+// means the runner itself failed; it exits then.
 //
 // Every job gets an interpreter of its own, loaded from the snapshot just for it and dropped afterwards:
 // nothing a job does (module globals, imports, files in its file system, its entropy stream or clock)
@@ -318,14 +319,16 @@ async function installWheels(pyodide, wheels) {
 class JobError extends Error {}
 
 const DRIVER = fs.readFileSync(path.join(HERE, "driver.py"), "utf8");
+const DRIVER_MODULE = "_shoal_driver";
 
-function loadDriver(pyodide) {
-  const namespace = pyodide.globals.get("dict")();
-  pyodide.runPython(DRIVER, {
-    globals: namespace,
-    filename: "<shoal-runner>",
-  });
-  return namespace;
+// driver.py as a module in sys.modules, so that it is part of the memory snapshot: every interpreter
+// loaded from the snapshot finds it defined, instead of compiling and running the driver again.
+function defineDriver(pyodide) {
+  const namespace = pyodide.runPython(
+    `import sys, types\nsys.modules["${DRIVER_MODULE}"] = types.ModuleType("${DRIVER_MODULE}")\n`
+    + `sys.modules["${DRIVER_MODULE}"].__dict__`);
+  pyodide.runPython(DRIVER, { globals: namespace, filename: "<shoal-runner>" });
+  namespace.destroy();
 }
 
 // A fresh interpreter from the snapshot, loaded exactly as in a new process: the bootstrap entropy and the
@@ -336,7 +339,7 @@ async function fresh(snapshot) {
   memoryLimit = Infinity;
   memoryRefused = false;
   const pyodide = await load(snapshot, false);
-  return { pyodide, driver: loadDriver(pyodide) };
+  return { pyodide, driver: pyodide.pyimport(DRIVER_MODULE) };
 }
 
 async function runJob({ pyodide, driver }, job) {
@@ -356,7 +359,7 @@ async function runJob({ pyodide, driver }, job) {
     const advance = (ms) => {
       virtualMs += ms;
     };
-    code = driver.get("run_job")(JSON.stringify(job), reset, advance);
+    code = driver.run_job(JSON.stringify(job), reset, advance);
     if (memoryRefused) {
       const mib = (job.memory_limit / 1048576).toFixed(0);
       writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory)\n`));
@@ -375,7 +378,7 @@ async function serve() {
   if (rounds > 0) {
     // V8 compiles the interpreter's hot paths here, in an interpreter that no job uses: the compiled code
     // is shared by every interpreter this process loads, the warm-up's Python objects are not.
-    (await fresh(snapshot)).driver.get("warm_up")(rounds);
+    (await fresh(snapshot)).driver.warm_up(rounds);
   }
   for (;;) {
     // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a full
@@ -388,13 +391,19 @@ async function serve() {
     const code = await runJob(interpreter, job);
     interpreter = null;
     control({ event: "exit", code, stdout: written[1], stderr: written[2] });
+    if (job.last) {
+      // No job follows (the parent closes this process): loading another interpreter would only take CPU
+      // from the node while it publishes this job's result.
+      await readJob();
+      process.exit(0);
+    }
   }
 }
 
 async function makeSnapshot(file) {
   seedEntropy("shoal-pyodide-bootstrap", Buffer.alloc(0));
   const pyodide = await load(undefined, true);
-  loadDriver(pyodide).destroy(); // its imports (driver.py PRELOAD) are in the snapshot
+  defineDriver(pyodide); // the driver and its imports (driver.py PRELOAD) are in the snapshot
   fs.writeFileSync(file, pyodide.makeMemorySnapshot());
 }
 

@@ -6,6 +6,9 @@ started for it alone gives, nothing one job does may reach the next, and owners 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,3 +179,56 @@ async def test_a_runaway_index_is_killed_and_its_siblings_run_on(pooled: Pyodide
     assert parked not in node_processes()
     after = await pooled.run(request(tmp_path, "print('after')", owner=owner, index=2))
     assert after.exit_code == 0 and after.stdout == "after\n"
+
+
+async def test_a_job_without_an_owner_is_its_process_last(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    code = "import sys; print(sorted(m for m in sys.modules if 'shoal' in m))"
+    before = node_processes()
+    alone = await pooled.run(request(tmp_path, code, owner="", index=0))
+    assert alone.exit_code == 0 and alone.stdout == "[]\n", alone.stderr  # the runner's driver is not the job's
+    assert pooled.statistics().parked == 0 and pooled.statistics().warm_runs == 1
+    with trio.move_on_after(10):
+        while before & node_processes():  # killed after its one job, not kept for another
+            await trio.sleep(0.05)
+    assert not before & node_processes()
+    shared = await pooled.run(request(tmp_path, code, owner="requester-a/sweep-6", index=0))
+    assert shared.stdout == alone.stdout and pooled.statistics().parked == 1
+
+
+async def test_the_runner_loads_no_interpreter_after_a_last_job(cache_dir: Path, tmp_path: Path) -> None:
+    executor = PyodideExecutor(cache_dir, pool_size=0, unsandboxed=True)
+    snapshot = await executor._ensure_snapshot()
+    read_fd, write_fd = os.pipe()
+    process = await trio.lowlevel.open_process(
+        [*executor._node_command(), "--control-fd", str(write_fd), "--snapshot", str(snapshot)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(write_fd,), cwd=executor.runner_dir)
+    os.close(write_fd)
+    control = trio.lowlevel.FdStream(read_fd)
+    received = b""
+
+    async def message() -> dict:
+        nonlocal received
+        while b"\n" not in received:
+            received += await control.receive_some(4096)
+        line, received = received.split(b"\n", 1)
+        return json.loads(line)
+
+    job = {"seed": "00", "mounts": [], "cwd": None, "main": None, "code": "print(1)", "argv": [], "env": {},
+           "wheels": [], "memory_limit": 0}
+    try:
+        with trio.fail_after(300):
+            assert (await message())["event"] == "ready"
+            for last in (False, True):
+                await process.stdin.send_all(json.dumps({**job, "last": last}).encode() + b"\n")
+                assert (await message())["event"] == "exit"
+                if not last:
+                    assert (await message())["event"] == "ready"  # the next job's interpreter
+        with trio.move_on_after(3):
+            extra = await message()
+            pytest.fail(f"the runner sent {extra} after its last job")
+        await process.stdin.aclose()
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        await control.aclose()
