@@ -35,7 +35,7 @@ def noop_node(home: Path, port: int, *, ready_timeout: float = 60, args: Sequenc
         _, err = process.communicate(timeout=30)
     text = err.decode()
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
-    assert process.returncode == 0
+    assert process.returncode == 0, f"exit code {process.returncode}: {text[-3000:]}"
 
 
 def _wait_for_ready(process: subprocess.Popen, timeout: float) -> dict:
