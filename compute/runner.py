@@ -6,7 +6,6 @@ for each declared output; its CID is what the node signs and what verification c
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Mapping
@@ -95,7 +94,7 @@ class Runner:
                                      f"{spec.resources.disk} bytes (resources.disk)", False)
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
-                                 seed=hashlib.sha256(spec.canonical_json()).digest(), staged_bytes=staged, live=live,
+                                 seed=spec.seed(), staged_bytes=staged, live=live,
                                  owner=f"{ex.requester}/{ex.job_id}" if sweep else "")
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)

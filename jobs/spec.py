@@ -388,21 +388,29 @@ class JobSpec(_Frozen):
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
 
+    def outcome_spec(self) -> JobSpec:
+        """The spec with what only changes scheduling (deadlines, min_bids, selector, retries, cache) at its
+        defaults: jobs that differ only there share it, and so their seed and cache key."""
+        return self.model_copy(update={"deadlines": Deadlines(), "deal": self.deal.model_copy(update={"min_bids": 0}),
+                                       "cache": True, "selector": "", "retries": 0})
+
+    def seed(self) -> bytes:
+        """What a deterministic run's clocks and randomness start from (the same on every node). A spec whose
+        scheduling fields are the defaults seeds as it did before this method existed."""
+        return hashlib.sha256(self.outcome_spec().canonical_json()).digest()
+
     def cache_key(self) -> str | None:
         """Key of a reusable result, or None when the result may differ between runs.
 
         Only deterministic engines, and only content-addressed inputs (a URL may change): the
-        key covers everything that can change the outputs (engine, env, inputs by CID, outputs,
-        resources, how strongly it is verified) plus the engine's version, and leaves out what
-        only changes scheduling (deadlines, min_bids, selector, retries). A job with secrets is never cached: its
-        result may depend on values no cache key may hold.
+        key covers what the seed covers, everything that can change the outputs (engine, env, inputs
+        by CID, outputs, resources, how strongly it is verified), plus the engine's version. A job
+        with secrets is never cached: its result may depend on values no cache key may hold.
         """
         if not self.engine.deterministic or self.secret_env:
             return None
         if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
             return None
-        material = self.model_dump(mode="json", exclude={"deadlines": True, "cache": True, "deal": {"min_bids"},
-                                                         "secret_env": True, "selector": True,
-                                                         "retries": True})
+        material = json.loads(self.outcome_spec().canonical_json())
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

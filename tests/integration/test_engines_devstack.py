@@ -125,6 +125,20 @@ def test_python_inline_hello(stack):
     assert out.stdout == "hello from pyodide\n"
 
 
+def test_a_cached_result_is_what_a_fresh_run_of_the_job_gives(stack):
+    """Retries, deadlines and the cache flag change where and when a job runs, not its seed: the run that
+    filled the cache, a fresh run with other retries, and a cache hit print the same random numbers."""
+    code = "import random, time; print(random.random(), time.time())"
+    first = shoal(stack, "run", "python", "-c", code)
+    fresh = shoal(stack, "run", "python", "--no-cache", "--retries", "2", "--queue-timeout", "600", "-c", code)
+    hit = shoal(stack, "run", "python", "--retries", "1", "--json", "-c", code)
+    assert first.returncode == fresh.returncode == hit.returncode == 0, (first.stderr, fresh.stderr, hit.stderr)
+    assert fresh.stdout == first.stdout and first.stdout.startswith("0.")
+    job = json.loads(hit.stdout)["job"]
+    assert job["reason"].startswith("cached"), job
+    assert job["result"]["stdout"] == first.stdout
+
+
 def test_python_main_reads_an_input_and_writes_an_output(stack, tmp_path):
     cid = add_to_kubo(stack, 1, b"3\n4\n5\n")
     (tmp_path / "main.py").write_text(
