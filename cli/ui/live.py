@@ -5,13 +5,14 @@ Each message's ``data`` is JSON naming the job or sweep (``id``): ``event: event
 events as the node streamed it, ``event: end`` its final state, ``event: gone`` a stream the node
 refused (its message). The node has no stream of *new* jobs, so with ``watch=jobs`` (or ``sweeps``) the
 proxy looks at the head of the list every ``WATCH_EVERY`` seconds and sends ``event: list`` when it differs
-from what the page shows (``seen=TOTAL:NEWEST-ID``).
+from what the page shows (``seen=TOTAL:NEWEST-ID``), filtered as the page's list is (``state``, ``selector``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ WATCH_EVERY = 1.0
 KEEPALIVE = 15.0
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # reconnections of a broken upstream stream, then it is given up
 _ID = re.compile(r"^[js]-[0-9a-f]{32}$")
+LIST_FILTERS = ("state", "selector")  # query parameters of a watched list
 
 
 def parse_ids(text: str) -> list[str]:
@@ -43,11 +45,14 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class Live:
-    def __init__(self, http: httpx.AsyncClient, ids: list[str], watch: str = "", seen: str = "") -> None:
+    def __init__(self, http: httpx.AsyncClient, ids: list[str], watch: str = "", seen: str = "",
+                 filters: Mapping[str, str] | None = None) -> None:
         self.http = http
         self.ids = ids
         self.watch = watch if watch in ("jobs", "sweeps") else ""
         self.seen = seen  # "TOTAL:NEWEST-ID": the head of the list as the page shows it
+        # the list's filters as the page asked for them (the node checks them): its head is compared with seen
+        self.filters = {k: v for k, v in (filters or {}).items() if k in LIST_FILTERS}
         self._last: dict[str, str | None] = {}  # id -> the last event id relayed (Last-Event-ID on reconnection)
 
     async def __call__(self, receive: Receive, send: Send) -> None:
@@ -116,13 +121,14 @@ class Live:
         seen: tuple[int, str] | None = (int(total), newest) if total.isdigit() and len(total) < 10 else None
         while True:
             try:
-                response = await self.http.get(f"/v1/{self.watch}", params={"limit": 1})
-                body = response.json() if response.status_code == 200 else {}
-                items = body.get(self.watch) or [{}]
-                head = (body.get("total", 0), items[0].get("id", ""))
-                if seen is not None and head != seen:
-                    await emit(sse("list", {"total": head[0], "newest": head[1]}))
-                seen = head
+                response = await self.http.get(f"/v1/{self.watch}", params={"limit": 1, **self.filters})
+                if response.status_code == 200:  # a refused filter says nothing of the list: no reload on it
+                    body = response.json()
+                    items = body.get(self.watch) or [{}]
+                    head = (body.get("total", 0), items[0].get("id", ""))
+                    if seen is not None and head != seen:
+                        await emit(sse("list", {"total": head[0], "newest": head[1]}))
+                    seen = head
             except (httpx.RequestError, ValueError, AttributeError):
                 pass
             await trio.sleep(WATCH_EVERY)

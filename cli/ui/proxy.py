@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from cli.ui import guard
-from cli.ui.live import Live, parse_ids
+from cli.ui.live import LIST_FILTERS, Live, parse_ids
 from cli.ui.relay import Receive, Send, send_error, send_whole, start, stream_body
 
 STATIC = Path(__file__).with_name("static")
@@ -63,7 +63,8 @@ class Dashboard:
             except ValueError as e:
                 return await send_error(send, 422, "invalid_request", str(e))
             watch, seen = params.get("watch", [""])[0], params.get("seen", [""])[0]
-            return await Live(self.http, ids, watch, seen)(receive, send)
+            filters = {key: params[key][0] for key in LIST_FILTERS if params.get(key, [""])[0]}
+            return await Live(self.http, ids, watch, seen, filters)(receive, send)
         if path.startswith("/api/"):
             if (refusal := self._caller(method, host, headers, headers.get(guard.TOKEN_HEADER))) is not None:
                 return await send_error(send, refusal.status, "forbidden", refusal.message)

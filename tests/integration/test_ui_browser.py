@@ -252,6 +252,7 @@ def test_the_jobs_page_pages_through_many_jobs(page, dashboard) -> None:
 def test_the_jobs_page_filters_by_the_label_a_job_asked_for(page, dashboard) -> None:
     eu = dashboard.client.submit({**noop(delay=120), "selector": "zone=eu"}).job  # no node has it: failed, listed
     other = dashboard.client.submit({**noop(delay=120), "selector": "zone=us"}).job
+    later = None
     try:
         page.goto(dashboard.url + "#/jobs")
         page.locator("#label-filter").fill("zone=eu")
@@ -261,6 +262,11 @@ def test_the_jobs_page_filters_by_the_label_a_job_asked_for(page, dashboard) -> 
         assert page.locator("#jobs-body tr").count() == 1 and page.locator(f'tr[data-id="{other.id}"]').count() == 0
         assert dashboard.client.list(selector="zone=us").jobs[0].id == other.id  # the SDK and API filter alike
         shot(page, "jobs-label")
+        page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+        later = dashboard.client.submit({**noop(delay=120), "selector": "zone=eu"}).job
+        page.locator(f'#jobs-body tr[data-id="{later.id}"]').wait_for(timeout=15_000)  # live, as filtered
+        assert page.locator("#jobs-body tr").count() == 2 and page.evaluate("window.loadedOnce") is True
     finally:
-        dashboard.client.cancel(eu.id)
-        dashboard.client.cancel(other.id)
+        for job in (eu, other, later):
+            if job is not None:
+                dashboard.client.cancel(job.id)

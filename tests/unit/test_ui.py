@@ -300,6 +300,51 @@ async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_pag
     assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
 
 
+async def test_live_watches_the_list_as_the_page_filters_it(node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page showing only running jobs compares with the running jobs, not with every job: no reload loop
+    while nothing it shows changed, a reload when a running job appears; parameters it does not know stay."""
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
+    node.routes["/v1/jobs"] = (200, "application/json", json.dumps({"jobs": [{"id": "j-" + "e" * 32}],
+                                                                    "total": 7}).encode())
+    running = {"jobs": [{"id": JOB}], "total": 1}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/jobs" and request.url.params.get("state") == "running":
+            node.seen.append(request)
+            return httpx.Response(200, json=running)
+        return node.handle(request)
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handle))
+    sent: list[bytes] = []
+    gone = trio.Event()
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    filters = {"state": "running", "selector": "zone=eu", "limit": "1000"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Live(sdk._http, [], "jobs", f"1:{JOB}", filters), receive, send)
+        await trio.sleep(0.2)
+        assert b"event: list" not in b"".join(sent)  # the unfiltered list (7 jobs) is not what the page shows
+        newer = "j-" + "c" * 32
+        running.update(jobs=[{"id": newer}], total=2)
+        with trio.fail_after(5):
+            while b"event: list" not in b"".join(sent):
+                await trio.sleep(0.01)
+        gone.set()
+    await sdk.aclose()
+    assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
+    asked = [r for r in node.seen if r.url.path == "/v1/jobs"]
+    assert asked and all(dict(r.url.params) == {"limit": "1", "state": "running", "selector": "zone=eu"}
+                         for r in asked)
+
+
 async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: FakeNode) -> None:
     async def cut(request: httpx.Request):
         yield b"line 1\n"

@@ -58,12 +58,13 @@ export async function download(path, filename) {
 /**
  * The node's event streams of `ids` (jobs `j-…`, sweeps `s-…`) merged by the proxy into one
  * EventSource; `watch` ({what: 'jobs' or 'sweeps', total, newest}: the list's head as the page shows it)
- * also says when the list has new work.
+ * also says when the list has new work; with `state` or `selector` in it, the list as filtered so.
  * handlers: {event(id, event), end(id, state), gone(id, message), list()}. Returns close().
  */
 export function live(ids, watch, handlers) {
   const [what, seen] = watch ? [watch.what, `${watch.total}:${watch.newest || ''}`] : ['', ''];
   const query = new URLSearchParams({ token, ids: ids.join(','), watch: what, seen });
+  for (const key of ['state', 'selector']) if (watch?.[key]) query.set(key, watch[key]);
   const source = new EventSource(`/ui/live?${query}`);
   const on = (name, fn) => source.addEventListener(name, (m) => fn(JSON.parse(m.data)));
   on('event', (d) => handlers.event?.(d.id, d.event));

@@ -103,7 +103,7 @@ export function jobsPage(view, params) {
       h('button', { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - PAGE)) }) }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => go({ offset: String(offset + PAGE) }) }, 'older ›'));
     view.dataset.loadedMs = String(Math.round(performance.now() - loadedAt));
-    follow(offset === 0 && !selector ? { what: 'jobs', total: list.total, newest: list.jobs[0]?.id } : null);
+    follow(offset === 0 ? { what: 'jobs', total: list.total, newest: list.jobs[0]?.id, state, selector } : null);
   }
 
   function follow(watch) {
