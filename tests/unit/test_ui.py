@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -267,14 +268,9 @@ def test_shoal_ui_without_the_node_extra_says_so_in_one_line(tmp_path: Path) -> 
         "Error: shoal ui needs the 'node' extra: pip install 'shoal[node]' (missing here: trio, hypercorn)"]
 
 
-async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_page_shows(
-        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cli.ui.live
-
-    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
-    listed = {"jobs": [{"id": JOB}], "total": 1}
-    node.routes["/v1/jobs"] = (200, "application/json", json.dumps(listed).encode())
-    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+async def _list_events(live: Live, change: Callable[[], None]) -> list[bytes]:
+    """What ``live`` streams while the list stays as the page shows it (none may say "list"), then once
+    ``change`` has changed it: the stream up to its first "list" event."""
     sent: list[bytes] = []
     gone = trio.Event()
 
@@ -286,16 +282,31 @@ async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_pag
         return {"type": "http.disconnect"}
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(Live(sdk._http, [], "jobs", f"1:{JOB}"), receive, send)
+        nursery.start_soon(live, receive, send)
         await trio.sleep(0.2)  # many looks at the list: the same as the page shows
         assert b"event: list" not in b"".join(sent)
-        newer = "j-" + "c" * 32
-        node.routes["/v1/jobs"] = (200, "application/json",
-                                   json.dumps({"jobs": [{"id": newer}], "total": 2}).encode())
+        change()
         with trio.fail_after(5):
             while b"event: list" not in b"".join(sent):
                 await trio.sleep(0.01)
         gone.set()
+    return sent
+
+
+async def test_live_says_the_list_changed_only_when_it_differs_from_what_the_page_shows(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
+    listed = {"jobs": [{"id": JOB}], "total": 1}
+    node.routes["/v1/jobs"] = (200, "application/json", json.dumps(listed).encode())
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(node.handle))
+    newer = "j-" + "c" * 32
+
+    def change() -> None:
+        node.routes["/v1/jobs"] = (200, "application/json", json.dumps({"jobs": [{"id": newer}], "total": 2}).encode())
+
+    sent = await _list_events(Live(sdk._http, [], "jobs", f"1:{JOB}"), change)
     await sdk.aclose()
     assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
 
@@ -317,27 +328,10 @@ async def test_live_watches_the_list_as_the_page_filters_it(node: FakeNode, monk
         return node.handle(request)
 
     sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handle))
-    sent: list[bytes] = []
-    gone = trio.Event()
-
-    async def send(message: dict) -> None:
-        sent.append(message.get("body", b""))
-
-    async def receive() -> dict:
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
+    newer = "j-" + "c" * 32
     filters = {"state": "running", "selector": "zone=eu", "limit": "1000"}
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(Live(sdk._http, [], "jobs", f"1:{JOB}", filters), receive, send)
-        await trio.sleep(0.2)
-        assert b"event: list" not in b"".join(sent)  # the unfiltered list (7 jobs) is not what the page shows
-        newer = "j-" + "c" * 32
-        running.update(jobs=[{"id": newer}], total=2)
-        with trio.fail_after(5):
-            while b"event: list" not in b"".join(sent):
-                await trio.sleep(0.01)
-        gone.set()
+    sent = await _list_events(Live(sdk._http, [], "jobs", f"1:{JOB}", filters),
+                              lambda: running.update(jobs=[{"id": newer}], total=2))
     await sdk.aclose()
     assert f'event: list\ndata: {{"total": 2, "newest": "{newer}"}}'.encode() in b"".join(sent)
     asked = [r for r in node.seen if r.url.path == "/v1/jobs"]
