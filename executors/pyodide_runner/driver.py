@@ -72,7 +72,7 @@ def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
         return 0
-    if isinstance(code, bool) or not isinstance(code, int):
+    if not isinstance(code, int):  # a bool is an int: sys.exit(False) exits 0, as in CPython
         print(code, file=sys.stderr)
         return 1
     return code & 0xFF

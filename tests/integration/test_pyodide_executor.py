@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -128,6 +130,15 @@ async def test_main_reads_inputs_and_writes_outputs(executor: PyodideExecutor, t
 async def test_exit_code(executor: PyodideExecutor, tmp_path: Path) -> None:
     result = await executor.run(request(tmp_path, code="import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)"))
     assert (result.exit_code, result.stderr) == (3, "bye\n")
+
+
+@pytest.mark.parametrize("value", ["False", "True", "-1", "'no way'"])
+async def test_sys_exit_ends_the_program_as_cpython_does(executor: PyodideExecutor, tmp_path: Path,
+                                                         value: str) -> None:
+    code = f"import sys\nsys.exit({value})"
+    cpython = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    result = await executor.run(request(tmp_path, code=code))
+    assert (result.exit_code, result.stderr) == (cpython.returncode, cpython.stderr)
 
 
 async def test_exception_fails_with_traceback(executor: PyodideExecutor, tmp_path: Path) -> None:
