@@ -2,24 +2,27 @@
 //
 //   node runner.mjs --control-fd N [--snapshot FILE] [--warm-up ROUNDS]
 //       warm up (in an interpreter no job uses), then for each job line read from stdin: load a fresh
-//       interpreter from the snapshot (held in memory), report "ready", run the job, report "exit"
+//       interpreter from the snapshot (held in memory) or reset the previous job's in place, report
+//       "ready", run the job, report "exit"
 //   node runner.mjs --make-snapshot FILE
 //       load Pyodide the same way and save its memory to FILE
 //
 // Protocol: jobs arrive on stdin, one JSON line each (see driver.py for the fields), one at a time: the
 // next is sent only after the previous one's "exit". The program's stdout and stderr go to this process's
-// fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready"}
-// once a fresh interpreter is loaded and waits for a job, then {"event": "exit", "code": C, "stdout": B1,
+// fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready",
+// "reset": R} once a fresh interpreter waits for a job (R: the previous job's, reset in place), then {"event": "exit", "code": C, "stdout": B1,
 // "stderr": B2} when the program has finished, B1 and B2 being the bytes it wrote to fd 1 and 2 (so that
 // the parent can tell one job's output from the next's); any failure caused by the job, e.g. a broken wheel,
 // is reported this way with its message on stderr. A job line with "last": true is the process's last job:
 // no interpreter is loaded after it, and the process ends when stdin closes. {"event": "error", "message": M}
 // means the runner itself failed; it exits then.
 //
-// Every job gets an interpreter of its own, loaded from the snapshot just for it and dropped afterwards:
-// nothing a job does (module globals, imports, files in its file system, its entropy stream or clock)
-// reaches the next one. Only the compiled WebAssembly code and V8's optimisations of it are shared. The
-// parent (executors/pyodide.py) sends one process only jobs of one owner.
+// Every job gets an interpreter as it is when loaded from the snapshot: the first is loaded, and after a
+// job the interpreter is reset in place to the state recorded once it was loaded (see Checkpoint), or,
+// when the job changed what a reset cannot put back, dropped and a new one loaded. Nothing a job does
+// (module globals, imports, files in its file system, mounts, cwd, its entropy stream or clock) reaches
+// the next one. SHOAL_PYODIDE_RESET=0 turns resets off (a new interpreter for every job). The parent
+// (executors/pyodide.py) sends one process only jobs of one owner.
 //
 // Determinism: before Pyodide loads, every source of entropy and time it can reach is replaced:
 //   * node:crypto randomFillSync/randomBytes/randomUUID and crypto.getRandomValues draw from one AES-CTR
@@ -28,7 +31,7 @@
 //   * Date and performance.now read one virtual clock that advances CLOCK_STEP_MS per read, the wall
 //     clock starting at EPOCH_MS; it restarts at zero before each interpreter loads and just before the
 //     program runs, and sleeping (time.sleep, asyncio) moves it forward instead of waiting (driver.py);
-//   * PYTHONHASHSEED=0, TZ=UTC, LANG=C.UTF-8, a fixed sys.executable;
+//   * PYTHONHASHSEED=0, TZ=UTC, LANG=C.UTF-8, a fixed sys.executable, umask 022 (Pyodide's is the process's);
 //   * fetch throws; file times, owners and permission bits of mounted host directories are normalised,
 //     and directory listings are sorted.
 // Read-only mounts refuse every write (EROFS) at the Emscripten file system layer. The job's memory limit
@@ -54,6 +57,9 @@ const EROFS = 69; // Emscripten errno numbers
 const EPERM = 63;
 
 process.env.TZ = "UTC";
+// Pyodide's umask is this process's (process.umask): it starts at the same value for every interpreter.
+const UMASK = 0o022;
+process.umask(UMASK);
 
 // Emscripten's NODEFS reads file-flag constants through process.binding, which Node's permission model
 // (on inside the sandbox) refuses; the same constants are public as fs.constants.
@@ -395,6 +401,7 @@ class Checkpoint {
     seedEntropy("shoal-pyodide-bootstrap", Buffer.alloc(0));
     if (this.entropyUsed) fill(new Uint8Array(this.entropyUsed));
     virtualMs = this.virtualMs;
+    process.umask(UMASK);
     memoryLimit = Infinity;
     memoryRefused = false;
     registeredSinceCheckpoint = new Set();
@@ -559,6 +566,7 @@ async function fresh(snapshot) {
   virtualMs = 0;
   memoryLimit = Infinity;
   memoryRefused = false;
+  process.umask(UMASK);
   const pyodide = await load(snapshot, false);
   const instance = lastInstance;
   const driver = pyodide.pyimport(DRIVER_MODULE);
@@ -608,13 +616,14 @@ async function serve() {
   }
   let interpreter = null; // the previous job's, when it could be reset in place
   for (;;) {
-    if (interpreter === null) {
+    const reset = interpreter !== null;
+    if (!reset) {
       // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a
       // full collection costs more than loading an interpreter, so not after every job).
       if (process.memoryUsage.rss() > GC_ABOVE_RSS) globalThis.gc?.();
       interpreter = await fresh(snapshot);
     }
-    control({ event: "ready" });
+    control({ event: "ready", reset });
     const job = await readJob();
     if (job === null) process.exit(0);
     const code = await runJob(interpreter, job);
