@@ -246,6 +246,19 @@ function tableSize(get) {
   return lo + 1;
 }
 
+// Copies are kept from one checkpoint to the next (the process holds one interpreter at a time): filling
+// memory already in use costs far less than taking new (page faults, zeroing).
+let memoryCopy = new Uint8Array(0);
+const fileCopies = new Map(); // path -> bytes of a file held in memory at the last checkpoint
+
+function copyOf(bytes, path) {
+  const known = fileCopies.get(path);
+  if (known && known.length === bytes.length && Buffer.compare(known, bytes) === 0) return known;
+  const copy = bytes.slice();
+  fileCopies.set(path, copy);
+  return copy;
+}
+
 const own = (object) => Object.assign(Object.create(null), object);
 
 function putBack(object, saved) {
@@ -277,11 +290,12 @@ class FileSystemState {
       if (FS.isDir(node.mode) && isDirectoryContents(c)) {
         this.directories.set(node, own(c));
         pending.push(...Object.values(c));
-      } else if (ArrayBuffer.isView(c) || Array.isArray(c)) {
+      } else if (ArrayBuffer.isView(c)) {
+        this.files.set(node, [c, copyOf(c, FS.getPath(node))]);
+      } else if (Array.isArray(c)) {
         this.files.set(node, [c, c.slice()]);
       }
     }
-    for (const [mount] of this.mounts) for (const child of mount.mounts ?? []) pending.push(child.root);
     this.nameTable = [...FS.nameTable];
     this.streams = FS.streams.map((s) => s && [s, own(s), own(s.shared)]);
     this.devices = own(FS.devices);
@@ -336,7 +350,8 @@ class FileSystemState {
   }
 }
 
-// The whole state of a loaded interpreter (see above), taken once it is loaded and before any job runs.
+// The whole state of a loaded interpreter (see above), taken once it is loaded and before any job runs. One
+// interpreter at a time: a new checkpoint overwrites the previous one's copies.
 class Checkpoint {
   constructor(pyodide, instance) {
     const Module = pyodide._module;
@@ -344,7 +359,10 @@ class Checkpoint {
     this.pyodide = pyodide;
     this.x = x;
     this.Module = Module;
-    this.memory = new Uint8Array(x.memory.buffer).slice();
+    const memory = new Uint8Array(x.memory.buffer);
+    if (memoryCopy.length !== memory.length) memoryCopy = new Uint8Array(memory.length);
+    memoryCopy.set(memory);
+    this.memory = memoryCopy;
     const hiwireSize = tableSize(x._hiwire_get);
     this.hiwire = Array.from({ length: hiwireSize }, (_, i) => x._hiwire_get(i));
     this.immortalSize = tableSize(x._hiwire_immortal_get);
@@ -353,8 +371,19 @@ class Checkpoint {
       const value = x._hiwire_immortal_get(i);
       if (value instanceof Map) this.maps.push([value, [...value]]);
     }
+    // Emscripten changes the function table only through these two methods (addFunction, loading a library),
+    // and keeps JavaScript mirrors of it: a change since the checkpoint forbids a restore.
     this.table = Module.wasmTable;
-    this.functions = Array.from({ length: this.table.length }, (_, i) => this.table.get(i));
+    this.tableLength = this.table.length;
+    this.tableChanged = false;
+    for (const method of ["set", "grow"]) {
+      const real = WebAssembly.Table.prototype[method];
+      const checkpoint = this;
+      this.table[method] = function (...args) {
+        checkpoint.tableChanged = true;
+        return real.apply(this, args);
+      };
+    }
     this.libraries = Object.keys(Module.LDSO.loadedLibsByName).length;
     this.packages = Object.keys(pyodide.loadedPackages).length;
     this.stack = [x.__stack_pointer.value, x.emscripten_stack_get_base(), x.emscripten_stack_get_end()];
@@ -369,7 +398,7 @@ class Checkpoint {
   obstacle() {
     const { x, Module } = this;
     if (x.memory.buffer.byteLength !== this.memory.length) return "the memory grew";
-    if (this.table.length !== this.functions.length) return "the function table grew";
+    if (this.tableChanged || this.table.length !== this.tableLength) return "the function table changed";
     if (Object.keys(Module.LDSO.loadedLibsByName).length !== this.libraries) return "a library was loaded";
     if (Object.keys(this.pyodide.loadedPackages).length !== this.packages) return "a package was installed";
     if (tableSize(x._hiwire_immortal_get) !== this.immortalSize) return "a JavaScript value was interned";
@@ -392,9 +421,6 @@ class Checkpoint {
       map.clear();
       for (const [key, value] of entries) map.set(key, value);
     }
-    this.functions.forEach((f, i) => {
-      if (this.table.get(i) !== f) this.table.set(i, f);
-    });
     x.__stack_pointer.value = this.stack[0];
     x._emscripten_tempret_set(this.tempret);
     if (!this.fs.restore()) return false;
