@@ -22,10 +22,11 @@ outputs, and start no processes, workers or addons; and job code that imports ``
 ImportError. Without bubblewrap the engine is not offered, unless the operator passes ``unsandboxed=True``
 (``shoal serve --unsafe-unsandboxed-python``).
 
-Process model: every job gets an interpreter of its own, loaded from a memory snapshot of a loaded Pyodide
-(made once per node and version in ``cache_dir``) and dropped after the job. The Node.js process around it
-may serve more: once it has run a job that has an owner (``RunRequest.owner``: one requester's sweep), it
-loads a fresh interpreter and waits for the next job *of the same owner*, for ``PARK_SECONDS``; jobs of other
+Process model: every job gets an interpreter as loaded from a memory snapshot of a loaded Pyodide (made once
+per node and version in ``cache_dir``). The Node.js process around it may serve more: once it has run a job
+that has an owner (``RunRequest.owner``: one requester's sweep), it resets that interpreter in place to its
+state once loaded (or, when that cannot be done exactly, loads a new one; see ``pyodide_runner/runner.mjs``)
+and waits for the next job *of the same owner*, for ``PARK_SECONDS``; jobs of other
 owners never share a process. A sweep's indexes thus pay for a process start once, not once each. A job
 without an owner is its process's last: the runner loads no interpreter after it. ``run_pool`` keeps
 ``pool_size`` processes loaded and waiting for their first job, so a job starts in milliseconds instead of
@@ -117,6 +118,7 @@ class PoolStatistics:
     cold_runs: int  # jobs that had to start one
     reused_runs: int = 0  # jobs served by a process that had served their owner before
     parked: int = 0  # processes waiting for their owner's next job
+    reset_runs: int = 0  # jobs that ran in the previous job's interpreter, reset in place (runner.mjs)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class _Runner:
         self.owner: tuple[str, int, int] | None = None  # (owner, memory, disk) of its jobs, fixed by the first
         self.jobs = 0  # jobs handed to it
         self.ready = False  # a fresh interpreter is loaded and waits (its "ready" was read)
+        self.reset = False  # that interpreter is the previous job's, reset in place
         self.last = False  # its current job is its last (it loads no interpreter after it, and is closed)
         self._pending = b""
         self._node_pid: int | None = None
@@ -170,6 +173,7 @@ class _Runner:
         msg = await self.message()
         if msg is not None and msg.get("event") == "ready":
             self.ready = True
+            self.reset = msg.get("reset") is True
             return
         stderr = Tail(8192)
         with trio.move_on_after(5):
@@ -248,6 +252,7 @@ class PyodideExecutor(Executor):
         self._warm_runs = 0
         self._cold_runs = 0
         self._reused_runs = 0
+        self._reset_runs = 0
         self._parked: dict[tuple[str, int, int], list[tuple[float, _Runner]]] = {}
         self._closing: set[_Runner] = set()  # parked runners past their time, being closed
         self._in_flight = 0  # jobs running now
@@ -277,7 +282,7 @@ class PyodideExecutor(Executor):
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.pool_size, self._pool_running, len(self._idle), self._warm_runs, self._cold_runs,
-                              self._reused_runs, sum(len(v) for v in self._parked.values()))
+                              self._reused_runs, sum(len(v) for v in self._parked.values()), self._reset_runs)
 
     async def prepare(self, request: RunRequest | None = None) -> None:
         """Build the memory snapshot now, if missing (outside a job's timeout); else the first job or the pool does.
@@ -490,6 +495,7 @@ class PyodideExecutor(Executor):
         """
         await runner.wait_ready()
         runner.ready = False
+        self._reset_runs += runner.reset
         first = runner.jobs == 0
         runner.jobs += 1
         runner.owner = owner

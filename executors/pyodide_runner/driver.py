@@ -68,6 +68,16 @@ def warm_up(rounds: int) -> None:
         exec(code, {"sink": sink})
 
 
+def prime(call_js) -> None:
+    """Call a JavaScript function the ways ``run_job`` does, before the runner's checkpoint (runner.mjs).
+
+    Pyodide interns a JavaScript string the first time Python calls a JavaScript function; done here, it is
+    part of the state an interpreter is reset to, and a job's interpreter has nothing new to intern.
+    """
+    call_js()
+    call_js(0.0)
+
+
 def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:

@@ -2,24 +2,27 @@
 //
 //   node runner.mjs --control-fd N [--snapshot FILE] [--warm-up ROUNDS]
 //       warm up (in an interpreter no job uses), then for each job line read from stdin: load a fresh
-//       interpreter from the snapshot (held in memory), report "ready", run the job, report "exit"
+//       interpreter from the snapshot (held in memory) or reset the previous job's in place, report
+//       "ready", run the job, report "exit"
 //   node runner.mjs --make-snapshot FILE
 //       load Pyodide the same way and save its memory to FILE
 //
 // Protocol: jobs arrive on stdin, one JSON line each (see driver.py for the fields), one at a time: the
 // next is sent only after the previous one's "exit". The program's stdout and stderr go to this process's
-// fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready"}
-// once a fresh interpreter is loaded and waits for a job, then {"event": "exit", "code": C, "stdout": B1,
+// fd 1 and 2, and nothing else is written there. Control messages are JSON lines on fd N: {"event": "ready",
+// "reset": R} once a fresh interpreter waits for a job (R: the previous job's, reset in place), then {"event": "exit", "code": C, "stdout": B1,
 // "stderr": B2} when the program has finished, B1 and B2 being the bytes it wrote to fd 1 and 2 (so that
 // the parent can tell one job's output from the next's); any failure caused by the job, e.g. a broken wheel,
 // is reported this way with its message on stderr. A job line with "last": true is the process's last job:
 // no interpreter is loaded after it, and the process ends when stdin closes. {"event": "error", "message": M}
 // means the runner itself failed; it exits then.
 //
-// Every job gets an interpreter of its own, loaded from the snapshot just for it and dropped afterwards:
-// nothing a job does (module globals, imports, files in its file system, its entropy stream or clock)
-// reaches the next one. Only the compiled WebAssembly code and V8's optimisations of it are shared. The
-// parent (executors/pyodide.py) sends one process only jobs of one owner.
+// Every job gets an interpreter as it is when loaded from the snapshot: the first is loaded, and after a
+// job the interpreter is reset in place to the state recorded once it was loaded (see Checkpoint), or,
+// when the job changed what a reset cannot put back, dropped and a new one loaded. Nothing a job does
+// (module globals, imports, files in its file system, mounts, cwd, its entropy stream or clock) reaches
+// the next one. SHOAL_PYODIDE_RESET=0 turns resets off (a new interpreter for every job). The parent
+// (executors/pyodide.py) sends one process only jobs of one owner.
 //
 // Determinism: before Pyodide loads, every source of entropy and time it can reach is replaced:
 //   * node:crypto randomFillSync/randomBytes/randomUUID and crypto.getRandomValues draw from one AES-CTR
@@ -28,7 +31,7 @@
 //   * Date and performance.now read one virtual clock that advances CLOCK_STEP_MS per read, the wall
 //     clock starting at EPOCH_MS; it restarts at zero before each interpreter loads and just before the
 //     program runs, and sleeping (time.sleep, asyncio) moves it forward instead of waiting (driver.py);
-//   * PYTHONHASHSEED=0, TZ=UTC, LANG=C.UTF-8, a fixed sys.executable;
+//   * PYTHONHASHSEED=0, TZ=UTC, LANG=C.UTF-8, a fixed sys.executable, umask 022 (Pyodide's is the process's);
 //   * fetch throws; file times, owners and permission bits of mounted host directories are normalised,
 //     and directory listings are sorted.
 // Read-only mounts refuse every write (EROFS) at the Emscripten file system layer. The job's memory limit
@@ -48,11 +51,15 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PYODIDE_DIR = path.join(HERE, "node_modules", "pyodide") + path.sep;
 const EPOCH_MS = 1_704_067_200_000; // 2024-01-01T00:00:00Z, as executors/_common.py EPOCH_SECONDS
 const CLOCK_STEP_MS = 1; // as executors/_common.py CLOCK_STEP_NS
+const resetInPlace = process.env.SHOAL_PYODIDE_RESET !== "0"; // off: a fresh interpreter for every job
 const GC_ABOVE_RSS = 640 * 1024 * 1024; // bytes of resident memory above which old interpreters are collected
 const EROFS = 69; // Emscripten errno numbers
 const EPERM = 63;
 
 process.env.TZ = "UTC";
+// Pyodide's umask is this process's (process.umask): it starts at the same value for every interpreter.
+const UMASK = 0o022;
+process.umask(UMASK);
 
 // Emscripten's NODEFS reads file-flag constants through process.binding, which Node's permission model
 // (on inside the sandbox) refuses; the same constants are public as fs.constants.
@@ -73,9 +80,13 @@ let entropy = null;
 function seedEntropy(label, seed) {
   const key = realCreateHash("sha256").update(label).update(seed).digest();
   entropy = realCreateCipheriv("aes-256-ctr", key, Buffer.alloc(16));
+  entropyUsed = 0;
 }
 
+let entropyUsed = 0; // bytes drawn since the stream was last seeded
+
 function fill(view) {
+  entropyUsed += view.byteLength;
   const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
   bytes.set(entropy.update(Buffer.alloc(bytes.length)));
   return view;
@@ -154,13 +165,18 @@ WebAssembly.instantiate = async function instantiate(source, imports) {
   const bytes = ArrayBuffer.isView(source) ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength)
     : new Uint8Array(source);
   const known = compiled.get(bytes.length);
+  let module;
   if (known && Buffer.compare(known[0], bytes) === 0) {
-    return { module: known[1], instance: await realInstantiate(known[1], imports) };
+    module = known[1];
+  } else {
+    module = await WebAssembly.compile(bytes);
+    compiled.set(bytes.length, [Buffer.from(bytes), module]);
   }
-  const module = await WebAssembly.compile(bytes);
-  compiled.set(bytes.length, [Buffer.from(bytes), module]);
-  return { module, instance: await realInstantiate(module, imports) };
+  const instance = await realInstantiate(module, imports);
+  if (instance.exports._hiwire_get) lastInstance = instance; // the interpreter's (see Checkpoint)
+  return { module, instance };
 };
+let lastInstance = null;
 
 // Loading also compiles small modules (one per JavaScript function placed in the function table); the same
 // bytes give the same module, so these are compiled once too.
@@ -180,6 +196,244 @@ WebAssembly.Module = new Proxy(RealModule, {
     return module;
   },
 });
+
+// ---- reset in place ------------------------------------------------------------------------------------
+
+// Loading an interpreter from the snapshot costs about 200 ms of CPU (Emscripten's dynamic linking, V8's
+// garbage collection); putting back the state the previous index's interpreter had once loaded costs a few.
+// That state is: the WebAssembly memory, tables and mutable globals; Emscripten's file system (JavaScript
+// objects); Pyodide's tables of JavaScript objects referenced from Python (hiwire); this runner's entropy
+// stream and clock. A Checkpoint records it; restore() puts it back, or refuses (returns false) when the job
+// changed something it cannot put back exactly: the memory grew, a dynamic library or a JavaScript function
+// was added to the function table, a JavaScript proxy of a Python object outlived the job. The caller then
+// loads a fresh interpreter, as before.
+
+// JavaScript proxies of Python objects decref their object when collected: one made during a job would do
+// so in the restored memory. Those registered since the checkpoint are tracked, and forbid a restore.
+const RealFinalizationRegistry = FinalizationRegistry;
+let registeredSinceCheckpoint = new Set();
+globalThis.FinalizationRegistry = class extends RealFinalizationRegistry {
+  register(target, held, token) {
+    registeredSinceCheckpoint.add(token ?? target);
+    return super.register(target, held, token);
+  }
+
+  unregister(token) {
+    registeredSinceCheckpoint.delete(token);
+    return super.unregister(token);
+  }
+};
+
+// The size of a table readable only through a getter that traps past its end.
+function tableSize(get) {
+  const readable = (i) => {
+    try {
+      get(i);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!readable(0)) return 0;
+  let lo = 0;
+  let hi = 1;
+  while (readable(hi)) [lo, hi] = [hi, hi * 2];
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >>> 1;
+    if (readable(mid)) lo = mid;
+    else hi = mid;
+  }
+  return lo + 1;
+}
+
+// Copies are kept from one checkpoint to the next (the process holds one interpreter at a time): filling
+// memory already in use costs far less than taking new (page faults, zeroing).
+let memoryCopy = new Uint8Array(0);
+const fileCopies = new Map(); // path -> bytes of a file held in memory at the last checkpoint
+
+function copyOf(bytes, path) {
+  const known = fileCopies.get(path);
+  if (known && known.length === bytes.length && Buffer.compare(known, bytes) === 0) return known;
+  const copy = bytes.slice();
+  fileCopies.set(path, copy);
+  return copy;
+}
+
+const own = (object) => Object.assign(Object.create(null), object);
+
+function putBack(object, saved) {
+  for (const key of Object.keys(object)) if (!(key in saved)) delete object[key];
+  Object.assign(object, saved);
+}
+
+const isDirectoryContents = (c) => c !== null && typeof c === "object" && !ArrayBuffer.isView(c) && !Array.isArray(c);
+
+// Emscripten's file system: every node reachable (MEMFS trees, mounts, the name hash table, open streams),
+// with its own properties and, for files held in memory, a copy of their bytes.
+class FileSystemState {
+  constructor(FS) {
+    this.FS = FS;
+    this.nodes = new Map(); // node -> own properties
+    this.directories = new Map(); // MEMFS directory node -> its entries
+    this.files = new Map(); // MEMFS file node -> [contents array, copy of its bytes]
+    this.mounts = new Map(); // mount -> [own properties, child mounts]
+    const pending = [FS.root, ...FS.nameTable.filter(Boolean), ...FS.streams.filter(Boolean).map((s) => s.node)];
+    while (pending.length) {
+      const node = pending.pop();
+      if (!node || this.nodes.has(node)) continue;
+      this.nodes.set(node, own(node));
+      pending.push(node.parent, node.name_next, node.mounted?.root);
+      for (const mount of [node.mount, node.mounted]) {
+        if (mount && !this.mounts.has(mount)) this.mounts.set(mount, [own(mount), [...(mount.mounts ?? [])]]);
+      }
+      const c = node.contents;
+      if (FS.isDir(node.mode) && isDirectoryContents(c)) {
+        this.directories.set(node, own(c));
+        pending.push(...Object.values(c));
+      } else if (ArrayBuffer.isView(c)) {
+        this.files.set(node, [c, copyOf(c, FS.getPath(node))]);
+      } else if (Array.isArray(c)) {
+        this.files.set(node, [c, c.slice()]);
+      }
+    }
+    this.nameTable = [...FS.nameTable];
+    this.streams = FS.streams.map((s) => s && [s, own(s), own(s.shared)]);
+    this.devices = own(FS.devices);
+    this.scalars = { nextInode: FS.nextInode, currentPath: FS.currentPath, syncFSRequests: FS.syncFSRequests,
+                     major: FS.createDevice.major };
+  }
+
+  restore() {
+    const { FS } = this;
+    // Files the job left open are closed (a host file behind a mount holds a descriptor).
+    FS.streams.forEach((stream, fd) => {
+      if (stream && this.streams[fd]?.[0] !== stream) {
+        try {
+          FS.close(stream);
+        } catch {
+          // closed either way below
+        }
+      }
+    });
+    for (const [node, saved] of this.nodes) putBack(node, saved);
+    for (const [node, entries] of this.directories) putBack(node.contents, entries);
+    for (const [node, [array, bytes]] of this.files) {
+      node.contents = array;
+      if (array.length !== bytes.length) return false; // (an array is replaced, not resized, when a file grows)
+      if (ArrayBuffer.isView(array) ? Buffer.compare(array, bytes) !== 0 : array.some((b, i) => b !== bytes[i])) {
+        if (ArrayBuffer.isView(array)) array.set(bytes);
+        else bytes.forEach((b, i) => (array[i] = b));
+      }
+    }
+    for (const [mount, [saved, children]] of this.mounts) {
+      putBack(mount, saved);
+      if (mount.mounts) mount.mounts.splice(0, mount.mounts.length, ...children);
+    }
+    FS.nameTable.length = 0;
+    FS.nameTable.push(...this.nameTable);
+    FS.streams.length = 0;
+    for (const entry of this.streams) {
+      if (!entry) {
+        FS.streams.push(entry);
+        continue;
+      }
+      const [stream, saved, shared] = entry;
+      putBack(stream, saved);
+      putBack(stream.shared, shared);
+      FS.streams.push(stream);
+    }
+    putBack(FS.devices, this.devices);
+    Object.assign(FS, { nextInode: this.scalars.nextInode, currentPath: this.scalars.currentPath,
+                        syncFSRequests: this.scalars.syncFSRequests });
+    FS.createDevice.major = this.scalars.major;
+    return true;
+  }
+}
+
+// The whole state of a loaded interpreter (see above), taken once it is loaded and before any job runs. One
+// interpreter at a time: a new checkpoint overwrites the previous one's copies.
+class Checkpoint {
+  constructor(pyodide, instance) {
+    const Module = pyodide._module;
+    const x = instance.exports;
+    this.pyodide = pyodide;
+    this.x = x;
+    this.Module = Module;
+    const memory = new Uint8Array(x.memory.buffer);
+    if (memoryCopy.length !== memory.length) memoryCopy = new Uint8Array(memory.length);
+    memoryCopy.set(memory);
+    this.memory = memoryCopy;
+    const hiwireSize = tableSize(x._hiwire_get);
+    this.hiwire = Array.from({ length: hiwireSize }, (_, i) => x._hiwire_get(i));
+    this.immortalSize = tableSize(x._hiwire_immortal_get);
+    this.maps = []; // JavaScript Maps among the immortals (hiwire's deduplication map): their entries
+    for (let i = 0; i < this.immortalSize; i++) {
+      const value = x._hiwire_immortal_get(i);
+      if (value instanceof Map) this.maps.push([value, [...value]]);
+    }
+    // Emscripten changes the function table only through these two methods (addFunction, loading a library),
+    // and keeps JavaScript mirrors of it: a change since the checkpoint forbids a restore.
+    this.table = Module.wasmTable;
+    this.tableLength = this.table.length;
+    this.tableChanged = false;
+    for (const method of ["set", "grow"]) {
+      const real = WebAssembly.Table.prototype[method];
+      const checkpoint = this;
+      this.table[method] = function (...args) {
+        checkpoint.tableChanged = true;
+        return real.apply(this, args);
+      };
+    }
+    this.libraries = Object.keys(Module.LDSO.loadedLibsByName).length;
+    this.packages = Object.keys(pyodide.loadedPackages).length;
+    this.stack = [x.__stack_pointer.value, x.emscripten_stack_get_base(), x.emscripten_stack_get_end()];
+    this.tempret = x._emscripten_tempret_get();
+    this.fs = new FileSystemState(pyodide.FS);
+    this.entropyUsed = entropyUsed;
+    this.virtualMs = virtualMs;
+    registeredSinceCheckpoint = new Set();
+  }
+
+  // What the job changed that restore() cannot put back (null: nothing).
+  obstacle() {
+    const { x, Module } = this;
+    if (x.memory.buffer.byteLength !== this.memory.length) return "the memory grew";
+    if (this.tableChanged || this.table.length !== this.tableLength) return "the function table changed";
+    if (Object.keys(Module.LDSO.loadedLibsByName).length !== this.libraries) return "a library was loaded";
+    if (Object.keys(this.pyodide.loadedPackages).length !== this.packages) return "a package was installed";
+    if (tableSize(x._hiwire_immortal_get) !== this.immortalSize) return "a JavaScript value was interned";
+    if (registeredSinceCheckpoint.size) return "a proxy of a Python object outlived the job";
+    if (x.emscripten_stack_get_base() !== this.stack[1] || x.emscripten_stack_get_end() !== this.stack[2]) {
+      return "the stack moved";
+    }
+    return null;
+  }
+
+  // Put the interpreter back as it was at the checkpoint; false if it cannot be (the caller drops it).
+  restore() {
+    if (this.obstacle() !== null) return false;
+    const { x } = this;
+    new Uint8Array(x.memory.buffer).set(this.memory);
+    const hiwireSize = tableSize(x._hiwire_get);
+    this.hiwire.forEach((value, i) => x._hiwire_set(i, value));
+    for (let i = this.hiwire.length; i < hiwireSize; i++) x._hiwire_delete(i);
+    for (const [map, entries] of this.maps) {
+      map.clear();
+      for (const [key, value] of entries) map.set(key, value);
+    }
+    x.__stack_pointer.value = this.stack[0];
+    x._emscripten_tempret_set(this.tempret);
+    if (!this.fs.restore()) return false;
+    seedEntropy("shoal-pyodide-bootstrap", Buffer.alloc(0));
+    if (this.entropyUsed) fill(new Uint8Array(this.entropyUsed));
+    virtualMs = this.virtualMs;
+    process.umask(UMASK);
+    memoryLimit = Infinity;
+    memoryRefused = false;
+    registeredSinceCheckpoint = new Set();
+    return true;
+  }
+}
 
 // ---- no network ---------------------------------------------------------------------------------------
 
@@ -338,11 +592,17 @@ async function fresh(snapshot) {
   virtualMs = 0;
   memoryLimit = Infinity;
   memoryRefused = false;
+  process.umask(UMASK);
   const pyodide = await load(snapshot, false);
-  return { pyodide, driver: pyodide.pyimport(DRIVER_MODULE) };
+  const instance = lastInstance;
+  const driver = pyodide.pyimport(DRIVER_MODULE);
+  const interpreter = { pyodide, driver, runJob: driver.run_job, prime: driver.prime };
+  interpreter.prime(() => {});
+  interpreter.checkpoint = new Checkpoint(pyodide, instance);
+  return interpreter;
 }
 
-async function runJob({ pyodide, driver }, job) {
+async function runJob({ pyodide, runJob: runDriver }, job) {
   written[1] = written[2] = 0;
   pyodide.setStdin({ read: () => 0 });
   pyodide.setStdout({ write: (buf) => (writeAll(1, buf), buf.length) });
@@ -359,7 +619,7 @@ async function runJob({ pyodide, driver }, job) {
     const advance = (ms) => {
       virtualMs += ms;
     };
-    code = driver.run_job(JSON.stringify(job), reset, advance);
+    code = runDriver(JSON.stringify(job), reset, advance);
     if (memoryRefused) {
       const mib = (job.memory_limit / 1048576).toFixed(0);
       writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory)\n`));
@@ -380,17 +640,22 @@ async function serve() {
     // is shared by every interpreter this process loads, the warm-up's Python objects are not.
     (await fresh(snapshot)).driver.warm_up(rounds);
   }
+  let interpreter = null; // the previous job's, when it could be reset in place
   for (;;) {
-    // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a full
-    // collection costs more than loading an interpreter, so not after every job).
-    if (process.memoryUsage.rss() > GC_ABOVE_RSS) globalThis.gc?.();
-    let interpreter = await fresh(snapshot);
-    control({ event: "ready" });
+    const reset = interpreter !== null;
+    if (!reset) {
+      // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a
+      // full collection costs more than loading an interpreter, so not after every job).
+      if (process.memoryUsage.rss() > GC_ABOVE_RSS) globalThis.gc?.();
+      interpreter = await fresh(snapshot);
+    }
+    control({ event: "ready", reset });
     const job = await readJob();
     if (job === null) process.exit(0);
     const code = await runJob(interpreter, job);
-    interpreter = null;
     control({ event: "exit", code, stdout: written[1], stderr: written[2] });
+    // A job with wheels changed more than a reset puts back (imported packages' files, loadPackage's state).
+    if (job.last || job.wheels.length || !resetInPlace || !interpreter.checkpoint.restore()) interpreter = null;
     if (job.last) {
       // No job follows (the parent closes this process): loading another interpreter would only take CPU
       // from the node while it publishes this job's result.

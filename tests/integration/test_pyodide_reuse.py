@@ -232,3 +232,61 @@ async def test_the_runner_loads_no_interpreter_after_a_last_job(cache_dir: Path,
     finally:
         process.kill()
         await control.aclose()
+
+
+# Reset in place (runner.mjs Checkpoint): the interpreter that ran an index is put back as it was loaded and
+# runs the next. Each case: what index 0 does, and a program that prints what index 1 could see of it.
+LEAK_PATHS = {
+    "module global": ("import json, builtins\njson.LEAKED = 1\nbuiltins.LEAKED = 2\nLEAKED = 3\n",
+                      "import json, builtins\nprint(hasattr(json, 'LEAKED'), hasattr(builtins, 'LEAKED'),"
+                      " 'LEAKED' in globals())\n"),
+    "stdlib module mutated": ("import json, os.path\njson.dumps = lambda *a, **k: 'patched'\n"
+                              "os.path.join = None\n",
+                              "import json, os.path\nprint(json.dumps([1]), os.path.join('a', 'b'))\n"),
+    "imports": ("import sideeffect, xml.dom.minidom, sys\nsys.modules['fake'] = sys\n",
+                "import sys\nprint(len(sys.modules), sorted(sys.modules)[-5:], 'xml.dom.minidom' in sys.modules,"
+                " hasattr(sys, 'imported_sideeffect'), 'fake' in sys.modules)\n"),
+    "files": ("import os\nos.makedirs('/tmp/a/b')\nopen('/tmp/x', 'w').write('x' * 100000)\n"
+              "open('/home/pyodide/y', 'w').write('y')\n"
+              "os.rename('/tmp', '/tmp2')\n",
+              "import os\nprint(sorted(os.listdir('/tmp')), sorted(os.listdir('/home/pyodide')),"
+              " sorted(os.listdir('/')), sorted(os.listdir('/lib')))\nopen('/tmp/new', 'w').close()\n"
+              "print(os.stat('/tmp/new').st_ino, os.stat('/tmp/new').st_mtime)\n"),
+    "cwd": ("import os\nos.chdir('/tmp')\n", "import os\nprint(os.getcwd(), os.environ['PWD'])\n"),
+    "environment": ("import os\nos.environ['LEAKED'] = '1'\nos.putenv('PUT', '2')\nos.umask(0o077)\n",
+                    "import os\nprint(sorted(os.environ), os.umask(0))\n"),
+    "entropy and clock": ("import os, random, time, uuid\nrandom.seed(42)\nos.urandom(5000)\n"
+                          "[time.time() for _ in range(1000)]\nuuid.uuid4()\n",
+                          "import os, random, time, uuid, secrets\nprint(random.random(), os.urandom(8).hex(),"
+                          " secrets.token_hex(4), uuid.uuid4(), time.time(), time.monotonic())\n"),
+    "interpreter settings": ("import sys, gc, warnings\nsys.setrecursionlimit(123)\nsys.path.insert(0, '/x')\n"
+                             "gc.disable()\nwarnings.simplefilter('error')\nsys.stdout = None\n",
+                             "import sys, gc, warnings\nprint(sys.getrecursionlimit(), sys.path[:3], gc.isenabled(),"
+                             " warnings.filters[0])\n"),
+    "open files": ("kept = [open('/tmp/f%d' % i, 'w') for i in range(5)]\nr = open('/context/sideeffect.py')\n",
+                   "f = open('/tmp/g', 'w')\nprint(f.fileno())\n"),
+    "memory growth": ("x = bytearray(96 << 20)\n", "import sys\nprint(len(sys.modules))\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(LEAK_PATHS))
+async def test_a_reset_interpreter_keeps_nothing_of_the_previous_index(
+        pooled: PyodideExecutor, tmp_path: Path, case: str) -> None:
+    leave, look = LEAK_PATHS[case]
+    owner = f"requester-a/leak-{case}"
+    first = await pooled.run(request(tmp_path, leave, owner=owner, index=0))
+    assert first.exit_code == 0, first.stderr
+    seen = await pooled.run(request(tmp_path, look, owner=owner, index=1))
+    assert pooled.statistics().reused_runs == 1
+    # Memory that grew cannot be put back: the next index gets a freshly loaded interpreter instead.
+    assert pooled.statistics().reset_runs == (0 if case == "memory growth" else 1)
+    fresh = await pooled.run(request(tmp_path, look, owner="requester-b/look", index=1))
+    assert seen.exit_code == fresh.exit_code == 0, seen.stderr
+    assert (seen.stdout, seen.stderr) == (fresh.stdout, fresh.stderr)
+
+
+async def test_a_sweep_resets_one_interpreter_for_index_after_index(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    results = [await pooled.run(request(tmp_path, PROGRAM, owner="requester-a/sweep-7", index=i)) for i in range(5)]
+    stats = pooled.statistics()
+    assert stats.reused_runs == stats.reset_runs == 4
+    assert [r.stdout.split("\n", 1)[0] for r in results] == [f"index {i} ['--index', '{i}']" for i in range(5)]
