@@ -8,7 +8,7 @@ which runs a whole loop iteration (an ``epoll_wait`` syscall among other things)
 it. Reading one Noise message also costs two ``recv`` syscalls and two more yields (its 2-byte
 length, then its body). Measured with ``benchmarks.net``: about ten scheduler passes per message.
 
-Two changes, neither visible on the wire:
+Three changes, none visible on the wire:
 
 - ``EagerLock`` takes a free lock at once and only waits (a checkpoint) when it is held. Fairness
   is trio's: a lock with waiters is never taken past them. Every I/O path still checkpoints in its
@@ -16,11 +16,14 @@ Two changes, neither visible on the wire:
 - The TCP reader receives up to ``READ_CHUNK`` bytes at a time and serves the smaller reads Noise
   and multistream make from what it already has, without a syscall or a yield. Only bytes the
   kernel already delivered are buffered (at most one chunk), so no bound changes.
+- Yamux's frame writer no longer adds a checkpoint after the socket send (which is one already),
+  nor formats a debug line per frame that nobody logs.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +32,11 @@ from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.stream_muxer.rw_lock import ReadWriteLock
+from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+_yamux_log = _yamux.logger
+_original_write_frame = Yamux._write_frame
 
 READ_CHUNK = 64 * 1024
 """Bytes one ``recv`` asks for (a Noise message is at most 65,537 bytes on the wire)."""
@@ -104,6 +111,16 @@ async def _buffered_read(self: TrioTCPStream, n: int | None = None) -> bytes:
     return data
 
 
+async def _write_frame(self: Yamux, data: bytes) -> None:
+    """``Yamux._write_frame`` without its trailing extra checkpoint (the socket send is one) and
+    without formatting a debug line for every frame when debug logging is off."""
+    if _yamux_log.isEnabledFor(logging.DEBUG):
+        await _original_write_frame(self, data)
+        return
+    async with self._write_lock:
+        await self.secured_conn.write(data)
+
+
 def install() -> None:
     """Patch py-libp2p's classes (idempotent)."""
     if getattr(TrioTCPStream, "_shoal_eager_io", False):
@@ -124,4 +141,5 @@ def install() -> None:
     ReadWriteLock.__init__ = _eager_locks(  # type: ignore[method-assign]
         ReadWriteLock.__init__, "_readers_lock", "_writer_lock")
     NetStream.__init__ = _eager_locks(NetStream.__init__, "_state_lock")  # type: ignore[method-assign]
+    Yamux._write_frame = _write_frame  # type: ignore[method-assign]
     TrioTCPStream._shoal_eager_io = True  # type: ignore[attr-defined]

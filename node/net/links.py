@@ -84,6 +84,17 @@ async def _read(stream: Any) -> bytes | None:
     return data or None
 
 
+async def _queue(frames: trio.MemorySendChannel[bytes], frame: bytes) -> None:
+    """Queue a frame for the writer; wait (a checkpoint) only when the queue is full.
+
+    ``send`` would yield to the scheduler even when there is room: one more loop pass per message.
+    """
+    try:
+        frames.send_nowait(frame)
+    except trio.WouldBlock:
+        await frames.send(frame)
+
+
 async def _write_loop(stream: Any, frames: trio.MemoryReceiveChannel[bytes]) -> None:
     """Write queued frames until the channel is closed and drained.
 
@@ -161,7 +172,7 @@ class OutboundLink:
         self._waiters[request_id] = waiter
         try:
             try:
-                await self._send.send(frame)
+                await _queue(self._send, frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise self._error() from None
             await waiter.event.wait()
@@ -288,7 +299,7 @@ async def serve_inbound(
                 log.error("reply of %d bytes to %s exceeds max_frame=%d; no reply sent", len(reply), peer_id, max_frame)
                 return
             try:
-                await send.send(encode_frame(request_id, bytes(reply), max_frame))
+                await _queue(send, encode_frame(request_id, bytes(reply), max_frame))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 log.debug("rpc stream from %s closed before reply %d", peer_id, request_id)
         finally:
