@@ -119,3 +119,18 @@ async def test_reset_and_local_close_keep_libp2p_errors() -> None:
         await stream.read(2)
     stream, _ = tcp([trio.ClosedResourceError("closed")])
     assert await stream.read(2) == b""
+
+
+async def test_yamux_body_in_the_noise_buffer_is_read_without_io() -> None:
+    from libp2p.security.secure_session import SecureSession
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    class Muxer:
+        secured_conn = SecureSession.__new__(SecureSession)
+
+    session = Muxer.secured_conn
+    session._reset_internal_buffer()
+    session._fill(b"bodyrest")
+    with trio.testing.assert_no_checkpoints():
+        assert await Yamux._read_data_body(Muxer(), 4) == b"body"  # type: ignore[arg-type]
+    assert session._drain(None) == b"rest"
