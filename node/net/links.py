@@ -108,13 +108,21 @@ async def _write_loop(stream: Any, frames: trio.MemoryReceiveChannel[bytes]) -> 
             return
         chunks = [first]
         size = len(first)
+        # Coalesce: give the tasks runnable now one scheduler pass to queue their frames too, and
+        # another while that pass brought more, so concurrent messages share one write (one yamux
+        # frame, one Noise message, one send) while a lone message waits one pass only.
         while size < WRITE_BATCH:
-            try:
-                frame = frames.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+            await trio.lowlevel.checkpoint()
+            queued = len(chunks)
+            while size < WRITE_BATCH:
+                try:
+                    frame = frames.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                chunks.append(frame)
+                size += len(frame)
+            if len(chunks) == queued:
                 break
-            chunks.append(frame)
-            size += len(frame)
         await stream.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
