@@ -84,6 +84,17 @@ async def _read(stream: Any) -> bytes | None:
     return data or None
 
 
+async def _queue(frames: trio.MemorySendChannel[bytes], frame: bytes) -> None:
+    """Queue a frame for the writer; wait (a checkpoint) only when the queue is full.
+
+    ``send`` would yield to the scheduler even when there is room: one more loop pass per message.
+    """
+    try:
+        frames.send_nowait(frame)
+    except trio.WouldBlock:
+        await frames.send(frame)
+
+
 async def _write_loop(stream: Any, frames: trio.MemoryReceiveChannel[bytes]) -> None:
     """Write queued frames until the channel is closed and drained.
 
@@ -97,13 +108,21 @@ async def _write_loop(stream: Any, frames: trio.MemoryReceiveChannel[bytes]) -> 
             return
         chunks = [first]
         size = len(first)
+        # Coalesce: give the tasks runnable now one scheduler pass to queue their frames too, and
+        # another while that pass brought more, so concurrent messages share one write (one yamux
+        # frame, one Noise message, one send) while a lone message waits one pass only.
         while size < WRITE_BATCH:
-            try:
-                frame = frames.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+            await trio.lowlevel.checkpoint()
+            queued = len(chunks)
+            while size < WRITE_BATCH:
+                try:
+                    frame = frames.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                chunks.append(frame)
+                size += len(frame)
+            if len(chunks) == queued:
                 break
-            chunks.append(frame)
-            size += len(frame)
         await stream.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
@@ -161,7 +180,7 @@ class OutboundLink:
         self._waiters[request_id] = waiter
         try:
             try:
-                await self._send.send(frame)
+                await _queue(self._send, frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise self._error() from None
             await waiter.event.wait()
@@ -288,7 +307,7 @@ async def serve_inbound(
                 log.error("reply of %d bytes to %s exceeds max_frame=%d; no reply sent", len(reply), peer_id, max_frame)
                 return
             try:
-                await send.send(encode_frame(request_id, bytes(reply), max_frame))
+                await _queue(send, encode_frame(request_id, bytes(reply), max_frame))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 log.debug("rpc stream from %s closed before reply %d", peer_id, request_id)
         finally:
