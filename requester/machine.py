@@ -202,6 +202,7 @@ class JobMachine:
         ask = candidates(spec, known.nodes, needed, self.rng, spare=CANDIDATE_SPARE) if first else []
         if here:
             ask = [node for node in ask if node != self.node_id]  # it will have said no
+        self.rng.shuffle(ask)  # offered in random order: the first bids win, and no node is always asked first
         return AnnouncePlan(here=here, ask=ask), after
 
     @staticmethod

@@ -296,6 +296,16 @@ def test_a_waiting_job_is_announced_when_due_with_a_growing_backoff():
     assert plan.ask == [] and state.announce_backoff == ANNOUNCE_BACKOFF_MAX  # repeats are gossiped
 
 
+def test_the_nodes_asked_first_are_not_always_the_same():
+    """With few nodes all are asked; the first bids win, so the order of the offers is drawn anew each time
+    (a node listed last must still get its share, or a liar listed last would never be caught)."""
+    known = Known(nodes=[node(n) for n in ("n-a", "n-b", "n-c", "n-d")])
+    m = machine()
+    firsts = {m.announce(tracked(spec(concurrency=3)), 0.0, known, own=None)[0].ask[0] for _ in range(40)}
+    assert firsts == {"n-a", "n-b", "n-c", "n-d"}
+    assert sorted(m.announce(tracked(spec(concurrency=3)), 0.0, known, own=None)[0].ask) == ["n-a", "n-b", "n-c", "n-d"]
+
+
 def test_a_one_node_job_is_offered_to_the_requesters_own_compute_role_first():
     plan, _ = machine().announce(tracked(spec()), 0.0, KNOWN, own=node(REQ))
     assert plan.here and REQ not in plan.ask
