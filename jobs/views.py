@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jobs.events import Event, EventKind
 from jobs.messages import NodeInfo
 from jobs.model import Execution, Job, RunResult
 from jobs.spec import JobSpec, Resources
@@ -35,6 +38,20 @@ class Phases(BaseModel):
     started: float | None = None
     proposed: float | None = None
     finished: float | None = None
+
+    @classmethod
+    def of(cls, events: Iterable[Event], executions: Iterable[Execution]) -> Phases:
+        """Each phase's time: its first event (``started``: the earliest run any node reported)."""
+        first: dict[EventKind, float] = {}
+        for e in events:
+            first.setdefault(e.kind, e.at)
+        started = [x.result.started_at for x in executions if x.result and x.result.started_at]
+        finished = next((first[k] for k in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+                         if k in first), None)
+        return cls(submitted=first.get(EventKind.CREATED), announced=first.get(EventKind.ANNOUNCED),
+                   first_bid=first.get(EventKind.BID), accepted=first.get(EventKind.BID_ACCEPTED),
+                   started=min(started) if started else None, proposed=first.get(EventKind.RESULTS_PROPOSED),
+                   finished=finished)
 
 
 class JobDescription(BaseModel):

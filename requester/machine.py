@@ -518,13 +518,7 @@ class JobMachine:
         job = p.state.job
         if job.retried >= job.spec.retries:
             return self._finish(p, JobState.FAILED, reason, executions, events, result=result)
-        executions, events = list(executions), list(events)
-        touched = {x.id for x in executions}
-        for x in p.state.executions.values():
-            if x.id not in touched and not x.state.is_terminal:
-                y = x.transition(ExecutionState.CANCELLED, "its run failed and is retried", p.now)
-                executions.append(y)
-                p.cancel(y)
+        executions, events = self._cancel_rest(p, executions, "its run failed and is retried"), list(events)
         retry = job.retried + 1
         delay = retry_delay(retry)
         why = f"retry {retry} of {job.spec.retries} in {delay:g} s: {reason}"
@@ -543,14 +537,7 @@ class JobMachine:
         A deterministic job that completed with exit code 0 leaves its result in the cache,
         in the same transaction.
         """
-        executions, events = list(executions), list(events)
-        touched = {x.id for x in executions}
-        to_cancel = []
-        for x in p.state.executions.values():
-            if x.id not in touched and not x.state.is_terminal:
-                y = x.transition(ExecutionState.CANCELLED, f"job {end.value}", p.now)
-                executions.append(y)
-                to_cancel.append(y)
+        executions, events = self._cancel_rest(p, executions, f"job {end.value}"), list(events)
         job = p.state.job.transition(end, reason, p.now, result=result)
         events.append(p.event(ending(end), reason))
         key = job.spec.cache_key() if not p.state.secrets else None  # the stored spec has none: see submit
@@ -566,6 +553,14 @@ class JobMachine:
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})
         p.save(job=job, executions=tuple(executions), events=tuple(events), cache=cache,
                reputation=dict(p.reputation) or None)
-        for y in to_cancel:
-            p.cancel(y)
         p.finished = True
+
+    @staticmethod
+    def _cancel_rest(p: JobChanges, executions: Sequence[Execution], why: str) -> list[Execution]:
+        """``executions``, then every other live execution of the job, cancelled (its node is told)."""
+        touched = {x.id for x in executions}
+        rest = [x.transition(ExecutionState.CANCELLED, why, p.now) for x in p.state.executions.values()
+                if x.id not in touched and not x.state.is_terminal]
+        for y in rest:
+            p.cancel(y)
+        return [*executions, *rest]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from jobs import EventKind, Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
+from jobs import Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester import trust
@@ -243,19 +243,8 @@ class RequesterService(Driver[_Active]):
         else:  # the store has the executions of every run
             executions = await self.store.executions_of(SIDE, job_id)
         executions = [x.model_copy(update={"spec": None}) for x in executions]
-        return JobDescription(job=job, executions=executions, phases=await self._phases(job, executions))
-
-    async def _phases(self, job: Job, executions: list[Execution]) -> Phases:
-        first: dict[EventKind, float] = {}
-        for e in await self.store.events(job.id, limit=10_000):
-            first.setdefault(e.kind, e.at)
-        started = [x.result.started_at for x in executions if x.result and x.result.started_at]
-        finished = next((first[k] for k in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
-                         if k in first), None)
-        return Phases(submitted=first.get(EventKind.CREATED), announced=first.get(EventKind.ANNOUNCED),
-                      first_bid=first.get(EventKind.BID), accepted=first.get(EventKind.BID_ACCEPTED),
-                      started=min(started) if started else None, proposed=first.get(EventKind.RESULTS_PROPOSED),
-                      finished=finished)
+        events = await self.store.events(job_id, limit=10_000)
+        return JobDescription(job=job, executions=executions, phases=Phases.of(events, executions))
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(aj.job.state.value for aj in self._live.values()))
