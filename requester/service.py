@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -63,7 +63,7 @@ class RequesterService(Driver[_Active]):
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
-        self.latencies: list[float] = []  # submit -> terminal of recently finished jobs (bounded)
+        self.latencies: deque[float] = deque(maxlen=1000)  # submit -> terminal of recently finished jobs
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -129,8 +129,6 @@ class RequesterService(Driver[_Active]):
         if self._in_flight[job.owner] <= 0:
             del self._in_flight[job.owner]
         self.latencies.append(job.updated_at - job.created_at)
-        if len(self.latencies) > 10_000:
-            del self.latencies[:5_000]
 
     # -- submit, cancel, describe ----------------------------------------------------------------
 
@@ -245,9 +243,6 @@ class RequesterService(Driver[_Active]):
         executions = [x.model_copy(update={"spec": None}) for x in executions]
         events = await self.store.events(job_id, limit=10_000)
         return JobDescription(job=job, executions=executions, phases=Phases.of(events, executions))
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(aj.job.state.value for aj in self._live.values()))
 
     def waiting(self) -> int:
         """Jobs still short of nodes (the work waiting for capacity: what an autoscaler scales on)."""

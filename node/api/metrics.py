@@ -19,7 +19,7 @@ async def node_metrics(node: Node) -> str:
         lines.append("# TYPE shoal_requester_total counter")
         for name, n in node.requester.counters.items():
             lines.append(f'shoal_requester_total{{event="{name}"}} {n}')
-        lat = sorted(node.requester.latencies[-1000:])
+        lat = sorted(node.requester.latencies)
         if lat:
             lines.append("# TYPE shoal_job_latency_seconds summary")
             for q in (0.5, 0.9, 0.99):
