@@ -268,12 +268,6 @@ class ComputeMachine:
             return self.end(ex.id, final, ex.error or reply.reason or "results accepted", now)
         return self.end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected", now)
 
-    def cancel(self, execution_id: str, reason: str, now: float) -> Changes:
-        """The requester cancelled: stop the run if there is one, and end the execution."""
-        out = self.end(execution_id, ExecutionState.CANCELLED, reason, now)
-        out.stop.append(execution_id)
-        return out
-
     # -- direct messages from requesters -----------------------------------------------------------
 
     def handle(self, peer: str, message: Decision | Cancel | StatusQuery, now: float) -> tuple[Reply, Changes]:
@@ -290,8 +284,10 @@ class ComputeMachine:
         if ex.requester != peer:
             log.warning("peer %s tried to %s execution %s of requester %s", peer, message.kind, ex.id, ex.requester)
             return Reply(ok=False, reason="only the job's requester may do that"), Changes()
-        if isinstance(message, Cancel):
-            return Reply(), self.cancel(ex.id, message.reason or "cancelled by the requester", now)
+        if isinstance(message, Cancel):  # end the execution, and stop its run if there is one
+            out = self.end(ex.id, ExecutionState.CANCELLED, message.reason or "cancelled by the requester", now)
+            out.stop.append(ex.id)
+            return Reply(), out
         verdict = Reply(verdict="accepted" if message.accepted else "rejected", reason=message.reason,
                         secret_env=message.secret_env)
         if ex.state is ExecutionState.PROPOSED:  # the verdict on our results
