@@ -126,9 +126,8 @@ class Runner:
         if self.publisher is not None and not empty:
             def write() -> None:
                 results.mkdir(parents=True, exist_ok=True)
-                (results / "stdout").write_text(result.stdout)
-                (results / "stderr").write_text(result.stderr)
-                (results / "exitCode").write_text(str(result.exit_code))
+                for name, text in result.files().items():
+                    (results / name).write_text(text)
 
             await self._run_blocking(write)
             result = result.model_copy(update={"cid": await self.publisher.publish(results)})
