@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from jobs import Resources
-
-NVIDIA_SMI_TIMEOUT = 20.0  # seconds: the driver can be slow to answer on a cold start
-_GPU_LINE = re.compile(r"^GPU \d+: ", re.MULTILINE)  # `nvidia-smi -L`: "GPU 0: NVIDIA L4 (UUID: GPU-...)"
-
-
-def count_gpus(listing: str) -> int:
-    """The GPUs in the output of ``nvidia-smi -L`` (one ``GPU N: NAME (UUID: ...)`` line each)."""
-    return len(_GPU_LINE.findall(listing))
-
-
-@functools.cache
-def detect_gpus() -> int:
-    """GPUs the NVIDIA driver sees on this machine: 0 without ``nvidia-smi`` or when it fails."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return count_gpus(done.stdout) if done.returncode == 0 else 0
 
 
 @dataclass(frozen=True)

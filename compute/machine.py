@@ -110,6 +110,11 @@ class ComputeMachine:
             del self._by_job[key]
         return self.capacity.release(ex.id)
 
+    def _live_in(self, execution_id: str, state: ExecutionState) -> Execution | None:
+        """The live execution if it is still in ``state`` (None: it moved on, or ended, meanwhile)."""
+        ex = self.live.get(execution_id)
+        return ex if ex is not None and ex.state is state else None
+
     def _move(self, ex: Execution, state: ExecutionState, reason: str, now: float, kind: EventKind,
               message: str = "", **changes: object) -> Write:
         """A move to a live state (``end`` makes the terminal ones)."""
@@ -198,8 +203,7 @@ class ComputeMachine:
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
         """A pending bid's wait is over: if still undecided, it ends and its capacity comes back."""
-        ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.BIDDING:
+        if self._live_in(execution_id, ExecutionState.BIDDING) is None:
             return Changes()
         return self.end(execution_id, ExecutionState.REJECTED, f"no decision on the bid within {waited:g} s", now)
 
@@ -218,8 +222,7 @@ class ComputeMachine:
 
     def accept(self, execution_id: str, secret_env: Mapping[str, str], now: float) -> Changes:
         """Our bid won: run it (``secret_env`` is kept in memory for the run only)."""
-        ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.BIDDING:
+        if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
         if secret_env:
             self.secrets[ex.id] = dict(secret_env)
@@ -228,8 +231,7 @@ class ComputeMachine:
 
     def to_run(self, execution_id: str) -> tuple[Execution, dict[str, str]] | None:
         """The execution to start and its secret env, which the run takes with it (None: it ended meanwhile)."""
-        ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.ACCEPTED:
+        if (ex := self._live_in(execution_id, ExecutionState.ACCEPTED)) is None:
             return None
         return ex, self.secrets.pop(ex.id, {})
 
@@ -237,8 +239,7 @@ class ComputeMachine:
                  now: float) -> Changes:
         """The run finished (not cancelled): free its capacity, propose its outcome, deliver it."""
         released = self.capacity.release(execution_id)
-        ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.ACCEPTED:
+        if (ex := self._live_in(execution_id, ExecutionState.ACCEPTED)) is None:
             return Changes(released=released)
         message = error or f"exit code {result.exit_code if result else '?'}"
         write = self._move(ex, ExecutionState.PROPOSED, message, now,
@@ -248,8 +249,7 @@ class ComputeMachine:
 
     def to_deliver(self, execution_id: str) -> tuple[Execution, Result] | None:
         """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
-        ex = self.live.get(execution_id)
-        if ex is None or ex.state is not ExecutionState.PROPOSED:
+        if (ex := self._live_in(execution_id, ExecutionState.PROPOSED)) is None:
             return None
         message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
                          retryable=ex.retryable)
@@ -258,21 +258,15 @@ class ComputeMachine:
     def result_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
         """The requester's verdict on our result (None: it could not be delivered). On "pending" the
         requester is verifying; its Decision will follow (and it answers a re-delivery)."""
-        ex = self.live.get(execution_id)
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "could not deliver the result to the requester", now)
-        if ex is None or ex.state is not ExecutionState.PROPOSED or reply.verdict == "pending":
+        ex = self._live_in(execution_id, ExecutionState.PROPOSED)
+        if ex is None or reply.verdict == "pending":
             return Changes()
         if reply.verdict == "accepted":
             final = ExecutionState.FAILED if ex.error else ExecutionState.COMPLETED
             return self.end(ex.id, final, ex.error or reply.reason or "results accepted", now)
         return self.end(ex.id, ExecutionState.REJECTED, reply.reason or "results rejected", now)
-
-    def cancel(self, execution_id: str, reason: str, now: float) -> Changes:
-        """The requester cancelled: stop the run if there is one, and end the execution."""
-        out = self.end(execution_id, ExecutionState.CANCELLED, reason, now)
-        out.stop.append(execution_id)
-        return out
 
     # -- direct messages from requesters -----------------------------------------------------------
 
@@ -290,8 +284,10 @@ class ComputeMachine:
         if ex.requester != peer:
             log.warning("peer %s tried to %s execution %s of requester %s", peer, message.kind, ex.id, ex.requester)
             return Reply(ok=False, reason="only the job's requester may do that"), Changes()
-        if isinstance(message, Cancel):
-            return Reply(), self.cancel(ex.id, message.reason or "cancelled by the requester", now)
+        if isinstance(message, Cancel):  # end the execution, and stop its run if there is one
+            out = self.end(ex.id, ExecutionState.CANCELLED, message.reason or "cancelled by the requester", now)
+            out.stop.append(ex.id)
+            return Reply(), out
         verdict = Reply(verdict="accepted" if message.accepted else "rejected", reason=message.reason,
                         secret_env=message.secret_env)
         if ex.state is ExecutionState.PROPOSED:  # the verdict on our results

@@ -16,10 +16,10 @@ OUTPUT_INTERVAL = 0.5  # seconds between two sends: a run shorter than this send
 OUTPUT_TIMEOUT = 5.0
 
 
-async def send_output(peers: Peers, ex: Execution, live: LiveOutput, *, interval: float = OUTPUT_INTERVAL) -> None:
-    """Until cancelled (the run ended) or refused: every ``interval``, each stream's new output, in order."""
+async def send_output(peers: Peers, ex: Execution, live: LiveOutput) -> None:
+    """Until cancelled (the run ended) or refused: every OUTPUT_INTERVAL, each stream's new output, in order."""
     while True:
-        await trio.sleep(interval)
+        await trio.sleep(OUTPUT_INTERVAL)
         for stream in ("stdout", "stderr"):
             offset, data = live.take(stream)
             while data:

@@ -28,6 +28,8 @@ log = logging.getLogger("shoal.compute")
 
 WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
 PREPARE_DEADLINE = 900.0  # pulling an image is not part of the job's run timeout, but is bounded too
+INPUT_DEADLINE = 120.0  # seconds to stage all of a job's inputs (not part of its run timeout)
+MAX_INPUT_BYTES = 10 * 1024**3  # a job's inputs together
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,11 @@ class Outcome:
 
 class Runner:
     def __init__(self, executors: ExecutorRegistry, work_dir: Path, *, inputs: InputRegistry | None = None,
-                 publisher: Publisher | None = None, input_deadline: float = 120.0,
-                 max_input_bytes: int = 10 * 1024**3, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
+                 publisher: Publisher | None = None, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher
-        self.input_deadline = input_deadline
-        self.max_input_bytes = max_input_bytes
         self._run_blocking = run_blocking
 
     def remove_leftovers(self) -> None:
@@ -86,8 +85,8 @@ class Runner:
                 if self.inputs is None:
                     raise ExecutorError("this node cannot fetch inputs")
                 (scratch / "inputs").mkdir(parents=True, exist_ok=True)
-                mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=self.input_deadline,
-                                                          max_bytes=self.max_input_bytes)
+                mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=INPUT_DEADLINE,
+                                                          max_bytes=MAX_INPUT_BYTES)
             staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
             if spec.resources.disk and staged >= spec.resources.disk:
                 return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
@@ -127,9 +126,8 @@ class Runner:
         if self.publisher is not None and not empty:
             def write() -> None:
                 results.mkdir(parents=True, exist_ok=True)
-                (results / "stdout").write_text(result.stdout)
-                (results / "stderr").write_text(result.stderr)
-                (results / "exitCode").write_text(str(result.exit_code))
+                for name, text in result.files().items():
+                    (results / name).write_text(text)
 
             await self._run_blocking(write)
             result = result.model_copy(update={"cid": await self.publisher.publish(results)})

@@ -272,11 +272,10 @@ class ComputeService:
     def _claim(self, *claims: Claim | None) -> None:
         for claim in claims:
             if claim is not None:
-                self._signals[claim.claim_id] = _Signals()
-                self._tasks.spawn(self._run_claim, claim)
+                self._signals[claim.claim_id] = signals = _Signals()
+                self._tasks.spawn(self._run_claim, claim, signals)
 
-    async def _run_claim(self, claim: Claim) -> None:
-        signals = self._signals[claim.claim_id]
+    async def _run_claim(self, claim: Claim, signals: _Signals) -> None:
         try:
             with signals.scope:
                 async with trio.open_nursery() as nursery:

@@ -54,6 +54,11 @@ class RunResult(BaseModel):
         }
         return "sha256:" + _sha256(json.dumps(material, sort_keys=True, separators=(",", ":")))
 
+    def files(self) -> dict[str, str]:
+        """The results directory's own files, by name, with this record's text (a published directory
+        also holds ``outputs/<name>`` for each declared output)."""
+        return {"stdout": self.stdout, "stderr": self.stderr, "exitCode": str(self.exit_code)}
+
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

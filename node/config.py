@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 from jobs.spec import Resources
 
 VERSION = "0.1.0"  # the node's, as the API reports it
+NVIDIA_SMI_TIMEOUT = 20.0  # seconds: the driver can be slow to answer on a cold start
+_GPU_LINE = re.compile(r"^GPU \d+: ", re.MULTILINE)  # `nvidia-smi -L`: "GPU 0: NVIDIA L4 (UUID: GPU-...)"
 
 
 def shoal_home() -> Path:
@@ -23,14 +27,33 @@ def machine_resources() -> Resources:
 
     import psutil
 
-    from compute.capacity import detect_gpus
-
     return Resources(
         cpu=float(os.cpu_count() or 1),
         memory=int(psutil.virtual_memory().total),
         disk=int(shutil.disk_usage(Path.home()).free),
         gpu=detect_gpus(),
     )
+
+
+def count_gpus(listing: str) -> int:
+    """The GPUs in the output of ``nvidia-smi -L`` (one ``GPU N: NAME (UUID: ...)`` line each)."""
+    return len(_GPU_LINE.findall(listing))
+
+
+@functools.cache
+def detect_gpus() -> int:
+    """GPUs the NVIDIA driver sees on this machine: 0 without ``nvidia-smi`` or when it fails."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return count_gpus(done.stdout) if done.returncode == 0 else 0
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def plan_download(result: RunResult | None, whose: str, state: str, max_bytes: i
         if result.stdout_truncated or result.stderr_truncated or result.output_sizes:
             raise ShoalAPIError(f"the result of {whose} names no CID, so a download could not be checked; "
                                 "nothing was written", None, "no_cid")
-        return Plan(None, files={"stdout": result.stdout, "stderr": result.stderr, "exitCode": str(result.exit_code)})
+        return Plan(None, files=result.files())
     return Plan(result.cid, max_bytes if max_bytes is not None else default_limit(result))
 
 

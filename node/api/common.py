@@ -82,7 +82,7 @@ async def result_tar(node: Node, result: RunResult) -> Response:
         return await _results_by_cid(node, result.cid)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in (("stdout", result.stdout), ("stderr", result.stderr), ("exitCode", str(result.exit_code))):
+        for name, text in result.files().items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)

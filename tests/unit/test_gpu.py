@@ -16,11 +16,12 @@ from pydantic import ValidationError
 from cli.daemon import Limit, build_node_config
 from cli.options import JobFlags
 from cli.specs import build_spec
-from compute.capacity import CapacityTracker, count_gpus, detect_gpus
+from compute.capacity import CapacityTracker
 from executors.base import RunRequest
 from executors.docker import DockerExecutor, container, gpu_device_requests
 from jobs import JobSpec, Resources
 from jobs.messages import NodeInfo
+from node.config import count_gpus, detect_gpus
 from requester.selection import can_ever_run, never_runnable
 
 GIB = 1024**3
