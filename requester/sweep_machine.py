@@ -153,9 +153,7 @@ class SweepMachine:
             return self._quarantined(p, peer, msg), p
         view, restored = self._view(peer, msg)
         check = check_claim(peer, msg, view)
-        events: list[Event] = []
-        if check.refused or check.whole:
-            events += self._refused(p, peer, msg, check)
+        events = self._refused(p, peer, msg, check) if check.refused or check.whole else []
         if check.whole:
             if events:
                 p.save(events=events)
@@ -199,14 +197,12 @@ class SweepMachine:
         if granted:
             events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: " + ", ".join(
                 f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20]), peer))
-        sweep = self.sweep
-        if sweep.state is JobState.PENDING and granted:
-            sweep = sweep.transition(JobState.RUNNING, "running", now)
+        if self.sweep.state is JobState.PENDING and granted:
+            self.sweep = self.sweep.transition(JobState.RUNNING, "running", now)
         elif records:
-            sweep = self._touched(now)
-        if sweep is not self.sweep or events:
-            p.save(sweep=sweep if sweep is not self.sweep else None, indexes=records, events=events)
-            self.sweep = sweep
+            self.sweep = self._touched(now)
+        if records or events:  # granted indexes have records too
+            p.save(sweep=self.sweep if records else None, indexes=records, events=events)
         if not claim.indexes and not claim.reported:
             del self.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
         return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p
