@@ -44,15 +44,10 @@ class _Live(Live):
         return self.machine.sweep
 
 
-async def _no_penalty(peer: str, reason: str) -> None:
-    pass
-
-
 class SweepService(Driver[_Live]):
     def __init__(self, *, peers: Peers, store: RequesterStore, known_nodes: Callable[[], list[NodeInfo]],
-                 clock: Callable[[], float] = time.time,
-                 penalize: Callable[[str, str], Awaitable[None]] = _no_penalty,
-                 quarantined: Callable[[str], bool] = lambda peer: False) -> None:
+                 penalize: Callable[[str, str], Awaitable[None]], quarantined: Callable[[str], bool],
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
                          "errors_contradicted quarantined_claims")
