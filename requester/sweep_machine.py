@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -95,10 +95,9 @@ class SweepMachine:
     def _move(self, i: int, state: JobState, reason: str, now: float, node: str | None = None,
               result: RunResult | None = None) -> IndexRecord:
         """Move index ``i`` to ``state`` (the sweep's counts follow); its record as the store keeps it."""
-        counts = dict(self.sweep.counts)
-        old = self.states[i]
-        counts[old] = counts.get(old, 0) - 1
-        counts[state] = counts.get(state, 0) + 1
+        counts = Counter(self.sweep.counts)
+        counts[self.states[i]] -= 1
+        counts[state] += 1
         self.states[i] = state
         self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
         return IndexRecord(index=i, state=state, node_id=node, reason=reason, attempts=self.attempts[i],
