@@ -159,10 +159,8 @@ class SweepMachine:
             return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
-            claim = Lease(peer, set(), now)
-            if restored is not None:
-                claim.indexes |= self.claims.pop(restored).indexes
-            self.claims[msg.claim_id] = claim
+            held = self.claims.pop(restored).indexes if restored is not None else set()
+            claim = self.claims[msg.claim_id] = Lease(peer, held, now)
         claim.heard = now
         p.counts["repeated_results"] += check.repeated
         spec = self.sweep.spec
