@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
+from requester.trust import CONFIRMING_NODES
 
-CONFIRMING_NODES = 2  # distinct nodes whose non-retryable errors fail an index for good
 ERROR_PATIENCE = 60.0  # seconds an errored index waits for another node before its own may run it again
 REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
 
