@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -92,13 +92,16 @@ class SweepMachine:
     def event(self, at: float, kind: EventKind, message: str = "", node: str | None = None) -> Event:
         return Event(job_id=self.sweep.id, at=at, kind=kind, node_id=node or self.node_id, message=message)
 
-    def set_state(self, index: int, state: JobState) -> None:
-        counts = dict(self.sweep.counts)
-        old = self.states[index]
-        counts[old] = counts.get(old, 0) - 1
-        counts[state] = counts.get(state, 0) + 1
-        self.states[index] = state
+    def _move(self, i: int, state: JobState, reason: str, now: float, node: str | None = None,
+              result: RunResult | None = None) -> IndexRecord:
+        """Move index ``i`` to ``state`` (the sweep's counts follow); its record as the store keeps it."""
+        counts = Counter(self.sweep.counts)
+        counts[self.states[i]] -= 1
+        counts[state] += 1
+        self.states[i] = state
         self.sweep = self.sweep.model_copy(update={"counts": {k: v for k, v in counts.items() if v}})
+        return IndexRecord(index=i, state=state, node_id=node, reason=reason, attempts=self.attempts[i],
+                           retries=self.retries[i], result=result, updated_at=now)
 
     def _touched(self, now: float) -> Sweep:
         """The sweep as it is written when only its indexes changed."""
@@ -149,19 +152,15 @@ class SweepMachine:
             return self._quarantined(p, peer, msg), p
         view, restored = self._view(peer, msg)
         check = check_claim(peer, msg, view)
-        events: list[Event] = []
-        if check.refused or check.whole:
-            events += self._refused(p, peer, msg, check)
+        events = self._refused(p, peer, msg, check) if check.refused or check.whole else []
         if check.whole:
             if events:
                 p.save(events=events)
             return Reply(ok=not check.against_sender, verdict="rejected", reason=check.whole), p
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
-            claim = Lease(peer, set(), now)
-            if restored is not None:
-                claim.indexes |= self.claims.pop(restored).indexes
-            self.claims[msg.claim_id] = claim
+            held = self.claims.pop(restored).indexes if restored is not None else set()
+            claim = self.claims[msg.claim_id] = Lease(peer, held, now)
         claim.heard = now
         p.counts["repeated_results"] += check.repeated
         spec = self.sweep.spec
@@ -190,28 +189,24 @@ class SweepMachine:
             self._finish_all_done(p, records, events)
             return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
-        for i in granted:
-            records.append(IndexRecord(index=i, state=JobState.RUNNING, node_id=peer, attempts=self.attempts[i],
-                                       retries=self.retries[i],
-                                       reason=f"running on node {peer[-8:]}", updated_at=now))
+        records += [self._move(i, JobState.RUNNING, f"running on node {peer[-8:]}", now, peer) for i in granted]
         ranges = compress(granted)
         if granted:
             events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: " + ", ".join(
                 f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20]), peer))
-        sweep = self.sweep
-        if sweep.state is JobState.PENDING and granted:
-            sweep = sweep.transition(JobState.RUNNING, "running", now)
+        if self.sweep.state is JobState.PENDING and granted:
+            self.sweep = self.sweep.transition(JobState.RUNNING, "running", now)
         elif records:
-            sweep = self._touched(now)
-        if sweep is not self.sweep or events:
-            p.save(sweep=sweep if sweep is not self.sweep else None, indexes=records, events=events)
-            self.sweep = sweep
+            self.sweep = self._touched(now)
+        if records or events:  # granted indexes have records too
+            p.save(sweep=self.sweep if records else None, indexes=records, events=events)
         if not claim.indexes and not claim.reported:
             del self.claims[msg.claim_id]  # held nothing, reported nothing: nothing to remember
         return Reply(verdict="accepted", ranges=ranges, reason=check.reason()), p
 
     def _grant(self, peer: str, claim: Lease, want: int, able: Collection[str], now: float) -> list[int]:
-        """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling)."""
+        """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling); the caller
+        moves them to running."""
         granted, passed = [], []
         share = max(1, -(-len(self.pending) // max(1, len(able))))
         while len(granted) < min(want, share) and self.pending:
@@ -229,7 +224,6 @@ class SweepMachine:
         granted.sort()
         for i in granted:
             self.not_before.pop(i, None)
-            self.set_state(i, JobState.RUNNING)
             self.attempts[i] += 1
             claim.indexes.add(i)
         return granted
@@ -282,9 +276,7 @@ class SweepMachine:
             self.errors.pop(i)
             if r.result.exit_code != 0:
                 return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}", now, r.result)
-            self.set_state(i, JobState.COMPLETED)
-            return IndexRecord(index=i, state=JobState.COMPLETED, node_id=peer, reason="completed",
-                               attempts=self.attempts[i], retries=self.retries[i], result=r.result, updated_at=now)
+            return self._move(i, JobState.COMPLETED, "completed", now, peer, r.result)
         error = r.error or "no result"
         reports[peer] = r.retryable
         if error_confirmed(reports, able):
@@ -307,9 +299,7 @@ class SweepMachine:
         allowed = self.sweep.spec.job.retries
         self.errors.pop(i, None)
         if self.retries[i] >= allowed:
-            self.set_state(i, JobState.FAILED)
-            return IndexRecord(index=i, state=JobState.FAILED, node_id=node, reason=reason, attempts=self.attempts[i],
-                               retries=self.retries[i], result=result, updated_at=now)
+            return self._move(i, JobState.FAILED, reason, now, node, result)
         self.retries[i] += 1
         self.attempts[i] = 0
         delay = retry_delay(self.retries[i])
@@ -319,12 +309,10 @@ class SweepMachine:
 
     def _back_to_pending(self, i: int, reason: str, now: float, *, due: float | None = None) -> IndexRecord:
         """``due``: when it may run again (a retry's backoff); the next announcement is then at the latest."""
-        self.set_state(i, JobState.PENDING)
         heapq.heappush(self.pending, i)
         self.backoff = ANNOUNCE_BACKOFF_FIRST
         self.next_announce = min(self.next_announce, now + TICK if due is None else due)
-        return IndexRecord(index=i, state=JobState.PENDING, reason=reason, attempts=self.attempts[i],
-                           retries=self.retries[i], updated_at=now)
+        return self._move(i, JobState.PENDING, reason, now)
 
     # -- the clock and the end --------------------------------------------------------------------
 

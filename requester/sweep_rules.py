@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
+from requester.trust import CONFIRMING_NODES
 
-CONFIRMING_NODES = 2  # distinct nodes whose non-retryable errors fail an index for good
 ERROR_PATIENCE = 60.0  # seconds an errored index waits for another node before its own may run it again
 REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
 
@@ -86,10 +86,11 @@ def error_confirmed(reports: Mapping[str, bool], able: Collection[str]) -> bool:
     """Whether an index's errors fail it for good: ``reports`` maps node -> its error was retryable.
 
     Retryable errors speak of the node, not the index, and never confirm. Non-retryable ones
-    confirm when CONFIRMING_NODES distinct nodes sent one, or every node able to run the index did.
+    confirm when CONFIRMING_NODES distinct nodes sent one, or every node able to run the index did;
+    with no able node known, one node's error does not (a job's does: ``trust.error_confirmed``).
     """
     firm = {node for node, retryable in reports.items() if not retryable}
-    return bool(firm) and (len(firm) >= CONFIRMING_NODES or (bool(able) and set(able) <= firm))
+    return len(firm) >= CONFIRMING_NODES or (bool(able) and set(able) <= firm)
 
 
 def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float) -> bool:

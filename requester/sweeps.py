@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from jobs import Event, EventKind, JobState
@@ -44,15 +45,10 @@ class _Live(Live):
         return self.machine.sweep
 
 
-async def _no_penalty(peer: str, reason: str) -> None:
-    pass
-
-
 class SweepService(Driver[_Live]):
     def __init__(self, *, peers: Peers, store: RequesterStore, known_nodes: Callable[[], list[NodeInfo]],
-                 clock: Callable[[], float] = time.time,
-                 penalize: Callable[[str, str], Awaitable[None]] = _no_penalty,
-                 quarantined: Callable[[str], bool] = lambda peer: False) -> None:
+                 penalize: Callable[[str, str], Awaitable[None]], quarantined: Callable[[str], bool],
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
                          "errors_contradicted quarantined_claims")
@@ -134,16 +130,12 @@ class SweepService(Driver[_Live]):
 
     async def describe(self, sweep_id: str) -> SweepDescription:
         live = self._live.get(sweep_id)
-        if live is None:
-            return await self._describe(sweep_id)
-        async with live.lock:  # a decision changes the machine before its writes commit: read between decisions
-            return await self._describe(sweep_id)
-
-    async def _describe(self, sweep_id: str) -> SweepDescription:
-        sweep = await self.get(sweep_id)
-        rows = await self.store.index_states(sweep_id)
-        ranges = index_ranges((row[0], row[1], row[2]) for row in rows)
-        return SweepDescription(sweep=sweep, ranges=ranges[:MAX_RANGES], ranges_truncated=len(ranges) > MAX_RANGES)
+        # a decision changes a live sweep's machine before its writes commit: read between decisions
+        async with live.lock if live is not None else nullcontext():
+            sweep = await self.get(sweep_id)
+            rows = await self.store.index_states(sweep_id)
+            ranges = index_ranges((row[0], row[1], row[2]) for row in rows)
+            return SweepDescription(sweep=sweep, ranges=ranges[:MAX_RANGES], ranges_truncated=len(ranges) > MAX_RANGES)
 
     async def cancel(self, sweep_id: str, reason: str = "cancelled by its owner") -> Sweep:
         live = self._live.get(sweep_id)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from jobs import Execution, ExecutionState, RunResult
 
 RETRYABLE_ERRORS_PER_NODE = 2  # a node that reports this many "retry elsewhere" errors for a job is done with it
+CONFIRMING_NODES = 2  # fewest distinct nodes whose errors confirm one another (a job's or a sweep index's)
 
 
 def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str | None:
@@ -66,7 +67,7 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> bool:
     """Whether a job's error is believed: reported by ``confidence`` nodes (at least two), or by every
     known node able to run it. One node's word fails nothing while another could try."""
-    return len(reporters) >= max(confidence, 2) or not (able - reporters)
+    return len(reporters) >= max(confidence, CONFIRMING_NODES) or not (able - reporters)
 
 
 def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[str]:
