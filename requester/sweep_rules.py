@@ -99,6 +99,8 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
     return node not in reports or set(able) <= set(reports) or waited >= ERROR_PATIENCE
 
 
-def contradicted(reports: Collection[str], runner: str) -> list[str]:
-    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result."""
-    return sorted(n for n in reports if n != runner)
+def contradicted(reports: Mapping[str, bool], runner: str) -> list[str]:
+    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result:
+    those that said the index cannot run (a retryable error speaks of the node, and wrongs no one),
+    as a job's are (``trust.error_reporters``)."""
+    return sorted(n for n, retryable in reports.items() if n != runner and not retryable)

@@ -131,6 +131,29 @@ async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it
         assert ns[0].sweeps.counters["errors_contradicted"] == len(lied)
 
 
+async def test_a_nodes_retryable_errors_run_their_indexes_elsewhere_and_count_against_no_one(tmp_path, autojump_clock):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        runs: list = []
+
+        async def honest(request):
+            runs.append(("n0", request.spec.env["x"]))
+
+        async def flaky(request):
+            runs.append(("n1", request.spec.env["x"]))
+            raise ExecutorError("the node's disk is full", retryable=True)
+
+        ns[0].noop.hooks.before_run, ns[1].noop.hooks.before_run = honest, flaky
+        ns[0].noop.hooks.delay = 0.05
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(16)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 16}, d.sweep.reason
+        assert {x for node, x in runs if node == "n1"}  # n1 took part, and failed each index it ran
+        assert "n1" not in ns[0].requester.reputation  # an honest node's bad luck is held against nobody
+        assert ns[0].sweeps.counters["errors_contradicted"] == 0 and ns[0].sweeps.counters["penalties"] == 0
+
+
 async def test_a_rogue_error_alone_fails_no_index(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:

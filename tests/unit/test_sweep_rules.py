@@ -101,5 +101,10 @@ def test_an_able_node_that_never_claims_holds_an_errored_index_back_only_so_long
 
 
 def test_errors_contradicted_by_another_nodes_result():
-    assert contradicted({"rogue", "a"}, "a") == ["rogue"]
+    assert contradicted({"rogue": False, "a": False}, "a") == ["rogue"]
     assert contradicted({}, "a") == []
+
+
+def test_a_retryable_error_is_not_contradicted_by_another_nodes_result():
+    # "retry elsewhere" (the node ran out of disk, lost its runner) says nothing false about the index
+    assert contradicted({"flaky": True, "rogue": False}, "a") == ["rogue"]
