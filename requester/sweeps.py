@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -159,9 +158,6 @@ class SweepService(Driver[_Live]):
         async with live.lock:
             await self._apply(live, live.machine.retry(self.clock()))
             return live.sweep
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(live.sweep.state.value for live in self._live.values()))
 
     def pending_indexes(self) -> int:
         """Indexes of live sweeps that no node has claimed yet (waiting for capacity)."""
