@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import random
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from jobs.errors import PeerError, PeerTimeout, Unreachable
 from node.net import Network, NetworkError
@@ -596,3 +598,95 @@ async def test_forwarded_gossip_is_forgotten_after_five_heartbeats(monkeypatch: 
         assert b.statistics().gossip_cached >= 30
         await wait_until(lambda: a.statistics().gossip_cached == b.statistics().gossip_cached == 0,
                          timeout=5 * heartbeat + 4.0)
+
+
+# -- hostile bytes before any peer is authenticated --------------------------------
+
+_MULTISTREAM = b"\x13/multistream/1.0.0\n"
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "junk",
+    [
+        pytest.param(b"\xff" * 4096, id="garbage"),
+        pytest.param(b"\xff\xff\xff\xff\x0f" + b"x" * 100, id="multistream-length-4GiB"),
+        pytest.param(_MULTISTREAM + b"\x0a/nonsense\n", id="unknown-protocol"),
+        pytest.param(_MULTISTREAM + b"\x07/noise\n" + b"\xff\xff" + b"\x00" * 100, id="noise-message-cut-short"),
+        pytest.param(_MULTISTREAM + b"\x07/noise\n" + b"\x00\x30" + bytes(range(48)), id="noise-handshake-garbage"),
+    ],
+)
+async def test_hostile_bytes_on_the_tcp_port_reach_no_one_and_the_node_serves_on(junk: bytes) -> None:
+    """Whatever a stranger sends before the handshake is done, the node drops that connection
+    (EOF or reset) and goes on serving its peers; nothing it sent is taken as a peer's."""
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        port = int(a.addrs()[0].split("/")[4])
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]  # some say nothing at all
+        for stream in streams[:10]:
+            await stream.send_all(junk)
+            await stream.send_eof()
+        with trio.fail_after(20):
+            for stream in streams[:10]:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(65536):
+                        pass  # what multistream answered: the connection must still end
+        assert await b.request(a.peer_id, b"after", timeout=5) == b"echo:after"
+        assert a.connected_peers() == [b.peer_id]
+        for stream in streams:
+            await stream.aclose()
+
+
+@pytest.mark.trio
+async def test_a_stranger_that_connects_and_says_nothing_is_dropped() -> None:
+    """A connection that never finishes its handshake does not hold the node's resources for ever."""
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        port = int(a.addrs()[0].split("/")[4])
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(30):  # libp2p's handshake timeout: 10 s
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await silent.receive_some(65536):
+                    pass
+        await silent.aclose()
+
+
+def _yamux_frame(version: int, kind: int, flags: int, stream: int, length: int, body: bytes = b"") -> bytes:
+    return struct.pack("!BBHII", version, kind, flags, stream, length) + body
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([_yamux_frame(7, 0, 0, 99, 4, b"abcd")], id="unknown-version"),
+        pytest.param([_yamux_frame(0, 9, 0xFFFF, 3, 0)], id="unknown-type"),
+        pytest.param([_yamux_frame(0, 0, 1, 5, 2**31, b"x" * 64)], id="oversized-data"),
+        pytest.param([_yamux_frame(0, 0, 0, 77, 10, b"0123456789")], id="data-for-no-stream"),
+        pytest.param([_yamux_frame(0, 1, 1, 9, 2**32 - 1)], id="window-4GiB"),
+        pytest.param([_yamux_frame(0, 0, 1, 11, 8, b"\xff" * 8), _yamux_frame(0, 0, 4, 11, 0)], id="stream-garbage"),
+        pytest.param([_yamux_frame(0, 3, 0, 0, 0)], id="go-away"),
+    ],
+)
+async def test_a_peers_malformed_yamux_frames_harm_only_its_own_connection(frames: list[bytes]) -> None:
+    """An authenticated peer writes frames no honest yamux writes, through its own Noise session:
+    the node stays up, serves its other peers, and answers the same peer again."""
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        c = make("c", peers=a.addrs())
+        await start(c)
+        assert await b.request(a.peer_id, b"before", timeout=5) == b"echo:before"
+        (conn, *_) = b._host.get_network().get_connections(ID.from_base58(a.peer_id))
+        for frame in frames:
+            await conn.muxed_conn.secured_conn.write(frame)
+        await trio.sleep(0.5)
+        assert await c.request(a.peer_id, b"other", timeout=5) == b"echo:other"
+        assert await b.request(a.peer_id, b"again", timeout=10) == b"echo:again"
+        assert a.statistics().handler_errors == 0
