@@ -22,6 +22,7 @@ from cli.exits import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
+from cli.terminal import printable
 from jobs.errors import ShoalError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_JOB_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_UNREACHABLE",
@@ -40,8 +41,9 @@ class CLIError(ShoalError):
 
 
 def print_error(*lines: str) -> None:
+    """``Error: …`` lines on stderr; what a peer wrote in them (a job's reason) cannot reach the terminal raw."""
     for line in lines:
-        print(f"Error: {line}", file=sys.stderr)
+        print(f"Error: {printable(line)}", file=sys.stderr)
 
 
 def exit_code_for(exc: BaseException) -> int | None:

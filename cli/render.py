@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cli.terminal import printable
+
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.table import Table
@@ -37,6 +39,11 @@ _STATE_STYLE = {
     "rejected": "dim",
 }
 _PHASES = ("submitted", "announced", "first_bid", "accepted", "started", "proposed", "finished")
+def safe(text: str) -> str:
+    """``printable`` text to put in rich markup: shown as written, never read as markup."""
+    from rich.markup import escape
+
+    return escape(printable(text))
 
 
 def console(stderr: bool = False) -> Console:
@@ -165,10 +172,9 @@ def state_text(state: str) -> str:
 
 def status_line(job_id: str, state: str, reason: str, width: int = 200) -> Text:
     """The live line shown while waiting, cut to ``width`` so it never wraps (it would flicker)."""
-    from rich.markup import escape
     from rich.text import Text
 
-    tail = f" · {escape(' '.join(reason.split()))}" if reason else ""
+    tail = f" · {safe(' '.join(reason.split()))}" if reason else ""
     line = Text.from_markup(f"[bold]{short_id(job_id)}[/] {state_text(state)}{tail}")
     line.truncate(width, overflow="ellipsis")
     return line
@@ -194,7 +200,7 @@ def sweep_status_line(sweep: Sweep, width: int = 200) -> Text:
 def range_lines(desc: SweepDescription, limit: int = 20) -> list[str]:
     """The ranges of indexes per state, one per line; the rest counted, not listed."""
     ranges = desc.ranges
-    lines = [f"  {_clip(str(r), 160)}" for r in ranges[:limit]]
+    lines = [f"  {printable(_clip(str(r), 160))}" for r in ranges[:limit]]
     more = len(ranges) - limit
     if more > 0 or desc.ranges_truncated:
         lines.append(f"  … {'and more' if desc.ranges_truncated else f'{more} more'} ranges: "
@@ -227,23 +233,22 @@ def index_values(spec: SweepSpec, index: int) -> str:
 
 def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
     from rich.console import Group
-    from rich.markup import escape
 
     sweep, spec = desc.sweep, desc.sweep.spec
     info = _grid()
     info.add_row("Sweep", sweep.id)
     info.add_row("State", state_text(sweep.state))
     if sweep.reason:
-        info.add_row("Reason", escape(sweep.reason))
-    info.add_row("Engine", escape(engine_summary(spec.job)))
-    info.add_row("Indexes", f"{sweep.count}: {escape(sweep_params(spec))}")
+        info.add_row("Reason", safe(sweep.reason))
+    info.add_row("Engine", safe(engine_summary(spec.job)))
+    info.add_row("Indexes", f"{sweep.count}: {safe(sweep_params(spec))}")
     info.add_row("Success", spec.success + (f" (output {spec.success_output!r} not empty)"
                                             if spec.success_output else ""))
     if sweep.winner is not None:
-        info.add_row("Winner", f"index {sweep.winner} ({escape(index_values(spec, sweep.winner))})")
+        info.add_row("Winner", f"index {sweep.winner} ({safe(index_values(spec, sweep.winner))})")
     info.add_row("Resources", fmt_resources(spec.job.resources))
     if spec.job.selector:
-        info.add_row("Selector", escape(spec.job.selector))
+        info.add_row("Selector", safe(spec.job.selector))
     info.add_row("Submitted", f"{fmt_age(now - sweep.created_at)} ago")
     if sweep.requester:
         info.add_row("Requester", sweep.requester)
@@ -261,7 +266,7 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
         table = _table("INDEXES", "STATE", "REASON", title="Ranges")
         for r in desc.ranges:
             span = str(r.first) if r.first == r.last else f"{r.first}-{r.last}"
-            table.add_row(span, state_text(r.state), escape(r.reason))
+            table.add_row(span, state_text(r.state), safe(r.reason))
         parts.append(table)
         if desc.ranges_truncated:
             parts.append(f"More ranges than shown: shoal sweep indexes {sweep.id}")
@@ -279,13 +284,12 @@ def show_list(rows: list[Any], total: int, noun: str, table: Callable[[list[Any]
 
 
 def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
-    from rich.markup import escape
 
     table = _table("ID", "ENGINE", "STATE", "INDEXES", "PROGRESS", "AGE")
     for sweep in sweeps:
         table.add_row(
             short_id(sweep.id),
-            escape(_clip(engine_summary(sweep.spec.job), 40)),
+            safe(_clip(engine_summary(sweep.spec.job), 40)),
             state_text(sweep.state),
             str(sweep.count),
             sweep_counts(sweep),
@@ -295,7 +299,6 @@ def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
 
 
 def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
-    from rich.markup import escape
 
     table = _table("INDEX", "STATE", "NODE", "EXIT", "ATTEMPTS", "PARAMETERS", "REASON")
     for r in records:
@@ -305,22 +308,21 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
             short_peer(r.node_id) if r.node_id else "",
             "" if r.result is None else str(r.result.exit_code),
             str(r.attempts) + (f" (retry {r.retries})" if r.retries else ""),
-            escape(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
-            escape(r.reason),
+            safe(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
+            safe(r.reason),
         )
     return table
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:
-    from rich.markup import escape
 
     table = _table("ID", "ENGINE", "STATE", "REASON", "AGE")
     for job in jobs:
         table.add_row(
             short_id(job.id),
-            escape(_clip(engine_summary(job.spec), 40)),
+            safe(_clip(engine_summary(job.spec), 40)),
             state_text(job.state),
-            escape(job.reason),
+            safe(job.reason),
             fmt_age(now - job.created_at),
         )
     return table
@@ -328,18 +330,17 @@ def jobs_table(jobs: list[Job], now: float) -> Table:
 
 def describe_view(desc: JobDescription, now: float) -> RenderableType:
     from rich.console import Group
-    from rich.markup import escape
 
     job, spec = desc.job, desc.job.spec
     info = _grid()
     info.add_row("Job", job.id)
     info.add_row("State", state_text(job.state))
     if job.reason:
-        info.add_row("Reason", escape(job.reason))
-    info.add_row("Engine", escape(engine_summary(spec)))
+        info.add_row("Reason", safe(job.reason))
+    info.add_row("Engine", safe(engine_summary(spec)))
     info.add_row("Resources", fmt_resources(spec.resources))
     if spec.selector:
-        info.add_row("Selector", escape(spec.selector))
+        info.add_row("Selector", safe(spec.selector))
     d = spec.deal
     info.add_row("Deal", f"concurrency {d.concurrency}, confidence {d.confidence}, min bids {d.min_bids}")
     info.add_row("Submitted", f"{fmt_age(now - job.created_at)} ago")
@@ -362,7 +363,7 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
             table.add_row(
                 short_peer(ex.node_id),
                 state_text(ex.state),
-                escape(ex.error or ex.reason),
+                safe(ex.error or ex.reason),
                 "" if result is None else str(result.exit_code),
                 run_time,
             )
@@ -393,8 +394,8 @@ def nodes_table(nodes: NodeList) -> Table:
             verified += " QUARANTINED"
         table.add_row(
             short_peer(n.peer_id),
-            ", ".join(n.engines),
-            format_labels(n.labels) or "—",
+            safe(", ".join(n.engines)),
+            safe(format_labels(n.labels)) or "—",
             f"{n.free.cpu:g} / {n.total.cpu:g}",
             f"{format_bytes(n.free.memory)} / {format_bytes(n.total.memory)}",
             f"{format_bytes(n.free.disk)} / {format_bytes(n.total.disk)}",
@@ -409,28 +410,29 @@ def nodes_table(nodes: NodeList) -> Table:
 def node_view(status: NodeStatus) -> Table:
     grid = _grid()
     grid.add_row("Peer ID", status.peer_id)
-    grid.add_row("Addresses", "\n".join(status.addrs) or "—")
-    grid.add_row("Roles", ", ".join(status.roles) or "—")
-    grid.add_row("Engines", ", ".join(status.engines) or "—")
+    grid.add_row("Addresses", safe("\n".join(status.addrs)) or "—")
+    grid.add_row("Roles", safe(", ".join(status.roles)) or "—")
+    grid.add_row("Engines", safe(", ".join(status.engines)) or "—")
     if status.labels:
         from jobs.selector import format_labels
 
-        grid.add_row("Labels", format_labels(status.labels))
+        grid.add_row("Labels", safe(format_labels(status.labels)))
     for engine, why in sorted(status.unavailable_engines.items()):
-        grid.add_row(f"No {engine}", why)
+        grid.add_row(safe(f"No {engine}"), safe(why))
     grid.add_row("Capacity", fmt_resources(status.capacity.total))
     grid.add_row("Free", fmt_resources(status.capacity.free))
     grid.add_row("Max per job", fmt_resources(status.capacity.max_per_job))
     grid.add_row("Running", str(status.running))
     grid.add_row("Backlog", str(status.backlog))
-    grid.add_row("Version", status.version)
+    grid.add_row("Version", safe(status.version))
     return grid
 
 
 def event_line(event: Event, start: float) -> str:
     """Plain text, one line per event: ``+12ms  Bid  node 12D3KooW…  message``."""
     node = f"node {short_peer(event.node_id)}" if event.node_id else ""
-    fields = [f"+{fmt_duration(event.at - start):>7}", f"{event.kind:<16}", node, " ".join(event.message.split())]
+    fields = [f"+{fmt_duration(event.at - start):>7}", f"{event.kind:<16}", node,
+              printable(" ".join(event.message.split()))]
     return "  ".join(f for f in fields if f).rstrip()
 
 

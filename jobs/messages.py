@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # a spec with inline code and 64 inputs fits well below this
 
 _Id = Annotated[str, Field(min_length=1, max_length=128)]
+_EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]  # docker, wasm, …: shown to users as is
 
 
 class _Message(BaseModel):
@@ -61,7 +62,7 @@ class NodeInfo(_Message):
     kind: Literal["node_info"] = "node_info"
     peer_id: _Id
     addrs: list[str] = Field(default=[], max_length=16)
-    engines: list[str] = Field(default=[], max_length=16)
+    engines: list[_EngineName] = Field(default=[], max_length=16)
     max_per_job: Resources
     total: Resources
     free: Resources

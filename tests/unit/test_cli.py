@@ -91,7 +91,7 @@ class FakeClient:
              selector: str | None = None) -> JobList:
         self._check()
         self.list_args = {"state": state, "limit": limit, "selector": selector}
-        job = describe_of(self.spec, self.final_state).job
+        job = describe_of(self.spec, self.final_state, self.final_reason).job
         return JobList(jobs=[job], total=1)
 
     def cancel(self, job_id: str) -> JobDescription:
@@ -101,7 +101,8 @@ class FakeClient:
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
         self._check()
         for i, kind in enumerate((EventKind.CREATED, EventKind.BID, EventKind.COMPLETED)):
-            yield Event(seq=i + 1, job_id=job_id, at=NOW + i * 0.01, kind=kind, node_id=NODE_ID, message=f"m{i}")
+            message = self.final_reason if kind is EventKind.COMPLETED and self.final_reason else f"m{i}"
+            yield Event(seq=i + 1, job_id=job_id, at=NOW + i * 0.01, kind=kind, node_id=NODE_ID, message=message)
 
     def logs(self, job_id: str, stream: str = "stdout") -> str:
         self._check()
@@ -454,6 +455,34 @@ def test_describe(fake: FakeClient) -> None:
     out = result.stdout
     assert JOB_ID in out and "completed" in out and NODE_ID[:16] in out
     assert "first bid" in out and "+100ms" in out  # phases as durations from submit
+
+
+# what a lying compute node can put in a job's reason (its error text travels into it), an event, a table
+HOSTILE = "node said: \x1b[2J\x1b]0;pwned\x07 [/x] [bold]loud[/bold] \u202eevil \x9b31m"
+
+
+def assert_terminal_safe(text: str) -> None:
+    """Nothing in ``text`` a terminal would act on: no escape sequence, bell, C1 control or bidi override."""
+    assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text)
+
+
+@pytest.mark.parametrize("args", [("describe", JOB_ID), ("list",), ("events", JOB_ID)])
+def test_a_peers_words_reach_the_terminal_as_text_never_as_control_codes_or_markup(fake: FakeClient,
+                                                                                   args: tuple[str, ...]) -> None:
+    fake.final_state, fake.final_reason = JobState.FAILED, HOSTILE
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    assert_terminal_safe(result.stdout)
+    shown = " ".join(result.stdout.split())
+    assert "\\x1b[2J\\x1b]0;pwned\\x07 [/x] [bold]loud[/bold] \\u202eevil \\x9b31m" in shown  # as written
+
+
+def test_a_failed_jobs_reason_in_the_error_line_is_text_too(fake: FakeClient) -> None:
+    fake.final_state, fake.final_reason = JobState.FAILED, HOSTILE
+    result = run("run", "noop")
+    assert result.exit_code != 0
+    assert_terminal_safe(result.stderr)
+    assert "[/x] [bold]loud[/bold] \\u202eevil" in result.stderr
 
 
 def test_describe_accepts_a_unique_prefix(fake: FakeClient) -> None:

@@ -18,7 +18,7 @@ from jobs import JobSpec, JobState, RunResult
 from jobs.sweep import IndexRecord, Sweep, SweepSpec, index_ranges
 from jobs.views import IndexList, SweepDescription, SweepList
 from shoal import NotFound, WaitTimeout
-from tests.unit.test_cli import JOB_ID, NODE_ID, NOW, FakeClient, run
+from tests.unit.test_cli import HOSTILE, JOB_ID, NODE_ID, NOW, FakeClient, assert_terminal_safe, run
 
 SWEEP_ID = "s-5e1f0a2b3c4d5e6f7a8b9c0d1e2f3a4b"
 NOOP = JobSpec(engine={"name": "noop"})
@@ -479,6 +479,19 @@ def test_describe_a_sweep(fake: FakeSweepClient) -> None:
         ["0", "failed"], ["1", "completed"], ["2", "cancelled"]]
     data = json.loads(run("describe", SWEEP_ID, "--json").stdout)
     assert data["sweep"]["winner"] == 1 and data["ranges"][0]["reason"] == "exit code 3"
+
+
+def test_an_index_reason_from_a_peer_is_shown_as_text(fake: FakeSweepClient) -> None:
+    spec = SweepSpec(job=NOOP, grid={"x": ["1", "2"]})
+    sweep = sweep_of(spec, JobState.FAILED, {JobState.FAILED: 2}, reason=HOSTILE)
+    fake.final = description(sweep, [JobState.FAILED, JobState.FAILED], {0: HOSTILE, 1: HOSTILE})
+    described = run("describe", SWEEP_ID)
+    assert described.exit_code == 0, described.stderr
+    waited = run("sweep", "retry", SWEEP_ID)  # followed to its end: the ranges and the reason on stderr
+    assert waited.exit_code != 0
+    for text in (described.stdout, waited.stderr):
+        assert_terminal_safe(text)
+        assert "[/x] [bold]loud[/bold]" in text
 
 
 def test_describe_a_sweep_by_prefix(fake: FakeSweepClient) -> None:

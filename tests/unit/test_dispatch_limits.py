@@ -43,7 +43,9 @@ def test_gossip_from_its_sender_is_read(message) -> None:
     (encode(Announce(job_id="j-1", spec=SPEC, requester="bob")), "claims to come from 'bob'"),
     (encode(sweep("bob")), "claims to come from 'bob'"),
     (encode(node_info("bob")), "claims to come from 'bob'"),
-    (encode(node_info("alice", engines=["x" * 1000] * 16)), f"exceeds {MAX_NODE_INFO_BYTES}"),
+    (encode(node_info("alice", addrs=["/dns4/" + "x" * 1000] * 16)), f"exceeds {MAX_NODE_INFO_BYTES}"),
+    (encode(node_info("alice")).replace(b'"engines":[]', b'"engines":["noop [/x]"]'), "invalid message"),
+    (encode(node_info("alice")).replace(b'"engines":[]', b'"engines":["\\u001b[2J"]'), "invalid message"),
 ])
 def test_gossip_that_is_malformed_misplaced_forged_or_oversized_is_refused(data: bytes, why: str) -> None:
     with pytest.raises(MalformedMessage, match=why):
