@@ -9,7 +9,12 @@ the requester knows another node able to run it).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+import trio
 
 from jobs import ExecutionState, JobState
 from jobs.model import RunResult
@@ -79,3 +84,25 @@ async def test_a_non_retryable_error_from_one_node_is_reoffered_not_fatal(home):
         await rogue.request(stack.nodes[0].peer_id, rogue.result(
             job_id, execution_id, error="the rogue says: this job can never run anywhere", retryable=False))
         await assert_honest_outcome(client, job_id, rogue.peer_id, stack.nodes[1].peer_id)
+
+
+async def test_an_error_text_made_to_attack_the_users_terminal_is_shown_as_text(home):
+    """A rogue's error carries an escape sequence (clear the screen, set the window title), a C1
+    control, a bidi override and rich markup: ``shoal describe`` and ``shoal events`` show them
+    written out, and send none of them to the terminal."""
+    attack = "\x1b[2J\x1b]0;pwned\x07 [/x] [bold]loud[/bold] \u202eevil \x9b31m"
+    async with (devstack(home / "stack", [["--no-compute"], []], start=1) as stack,
+                AsyncClient(stack.nodes[0].api) as client,
+                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+        job_id, execution_id = await rogue_wins_job(
+            stack, client, rogue, {"engine": {"name": "noop"}, "env": {"ATTACK": "terminal"}, "cache": False})
+        await rogue.request(stack.nodes[0].peer_id, rogue.result(job_id, execution_id, error=attack))
+        await assert_honest_outcome(client, job_id, rogue.peer_id, stack.nodes[1].peer_id)
+        env = {**os.environ, "SHOAL_API": stack.nodes[0].api}
+        for command in (["describe", job_id], ["events", job_id]):
+            argv = [sys.executable, "-m", "cli.main", *command]
+            shown = await trio.to_thread.run_sync(
+                lambda argv=argv: subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60))
+            assert shown.returncode == 0, shown.stderr
+            assert not any(c in shown.stdout for c in "\x1b\x07\x9b\u202e"), repr(shown.stdout)
+            assert "[/x] [bold]loud[/bold]" in shown.stdout and "\\x1b[2J" in shown.stdout, shown.stdout
