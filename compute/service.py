@@ -305,7 +305,8 @@ class ComputeService:
     async def _reporter(self, claim: Claim, signals: _Signals) -> None:
         """Returns when the claim is over: the requester said stop, or there is nothing left to do."""
         heartbeat = claim.ann.spec.job.deadlines.silence / 3
-        give_up = claim.ann.spec.job.deadlines.silence * 2
+        # the announcing peer chose the silence: an endless one must not hold our slots for ever
+        give_up = min(claim.ann.spec.job.deadlines.silence * 2, DELIVERY_GIVE_UP)
         claim.last_answer = self.clock()
         while True:
             now = self.clock()

@@ -252,6 +252,8 @@ def decode(data: bytes) -> Message:
         message = _adapter.validate_json(data)
     except ValidationError as e:
         raise MalformedMessage(f"invalid message: {e.error_count()} problem(s): {e.errors()[0]['msg']}") from e
+    except Exception as e:  # a validator that failed otherwise than with ValueError: still the peer's bytes
+        raise MalformedMessage(f"invalid message: {type(e).__name__}") from e
     if message.v != PROTOCOL_VERSION:
         raise MalformedMessage(f"unsupported protocol version {message.v}")
     if b"\\u" in data and _has_lone_surrogate(message):  # JSON escapes can smuggle in text no store can keep

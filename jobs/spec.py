@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -37,6 +38,8 @@ def parse_bytes(value: int | float | str) -> int:
         if not m or m.group(2).lower() not in _UNITS:
             raise ValueError(f"cannot read size {value!r}: use bytes or a unit such as 512MiB, 2GB")
         number, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(number):  # JSON's Infinity, NaN, or 1e400
+        raise ValueError("a size must be a finite number of bytes")
     if number < 0:
         raise ValueError("a size cannot be negative")
     return int(number * _UNITS[unit])
@@ -146,12 +149,14 @@ class Deadlines(_Frozen):
         return MAX_BID_DEADLINE if self.bid is None else min(self.bid, MAX_BID_DEADLINE)
 
     def finite_problem(self) -> str | None:
-        """Why a new submission's deadlines are refused, or None (see the class docstring)."""
+        """Why a new submission's deadlines are refused, or None (see the class docstring). A silence or
+        a grace without bound would let a job whose node died run for ever."""
         if self.bid is None:
             return (f"deadlines.bid: null (no limit) is not accepted: every job has a finite deadline "
                     f"(at most {MAX_BID_DEADLINE:g} s)")
-        if self.bid > MAX_BID_DEADLINE:
-            return f"deadlines.bid: at most {MAX_BID_DEADLINE:g} s"
+        for name in ("bid", "min_bids", "silence", "result_grace"):
+            if getattr(self, name) > MAX_BID_DEADLINE:
+                return f"deadlines.{name}: at most {MAX_BID_DEADLINE:g} s"
         return None
 
 

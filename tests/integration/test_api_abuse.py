@@ -10,6 +10,7 @@ removed after the node's retention.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -193,6 +194,27 @@ def test_a_job_without_a_finite_bid_deadline_is_refused(node_a: Path) -> None:
         assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
         ok = {"engine": {"name": "noop"}, "deadlines": {"bid": 3600}}
         assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": ok})).status_code == 201
+
+
+def test_endless_numbers_get_a_clear_refusal_not_an_internal_error(node_a: Path) -> None:
+    """JSON's Infinity (or 1e400) as a size once made the node answer 500; an endless silence or
+    grace let a job whose node died run for ever."""
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for field, spec in (
+            ("resources.memory", {"engine": {"name": "noop"}, "resources": {"memory": float("inf")}}),
+            ("resources.disk", {"engine": {"name": "noop"}, "resources": {"disk": 1e400}}),
+            ("deadlines.silence", {"engine": {"name": "noop"}, "deadlines": {"silence": 1e9}}),
+            ("deadlines.result_grace", {"engine": {"name": "noop"}, "deadlines": {"result_grace": float("inf")}}),
+        ):
+            for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
+                raw = json.dumps(body).encode()  # Infinity, as Python's json (and JavaScript's) writes it
+                request = signed(http, key, "POST", f"{A}/v1/{path}", content=raw,
+                                 headers={"content-type": "application/json"})
+                refused = error(http.send(request), 422)
+                assert field in refused["message"], refused
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
+        assert http.send(signed(http, key, "GET", f"{A}/v1/sweeps")).json()["total"] == 0
 
 
 def test_event_stream_is_woken_by_a_new_event(node_a: Path) -> None:

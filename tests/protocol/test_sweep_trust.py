@@ -8,9 +8,10 @@ from contextlib import AsyncExitStack
 
 import trio
 
+from compute.service import DELIVERY_GIVE_UP
 from executors import ExecutorError
 from jobs import EventKind, JobState, RunResult
-from jobs.messages import Claim, IndexResult, Reply
+from jobs.messages import Claim, IndexResult, Reply, SweepAnnounce, encode
 from node.dispatch import Dispatcher, MessagePeers
 from tests.memnet import MemoryHub, MemoryTransport
 from tests.protocol.test_sweeps import finished, nodes, sweep
@@ -215,3 +216,23 @@ async def test_a_re_sent_batch_and_a_lapsed_claims_late_report_cost_their_node_n
         records, _ = await ns[0].store.sweep_indexes(s.id, first=end - 1, limit=1)
         assert records[0].node_id == "n0" and records[0].result.stdout != "late"
         assert "slow" not in ns[0].requester.reputation and ns[0].sweeps.counters["penalties"] == 0
+
+
+async def test_a_requester_that_announces_an_endless_silence_then_falls_silent_gets_our_slots_back(
+        tmp_path, autojump_clock):
+    """A peer announces a sweep whose template allows a silence of 30 years, and then never answers a
+    claim: the node gives the slots it reserved back after DELIVERY_GIVE_UP, not after 60 years."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        (node,) = await nodes(stack, hub, tmp_path, n=1)
+        rogue = MemoryTransport(hub, "rogue")
+        rogue.dispatcher = Dispatcher()  # it takes no claims: every report gets no verdict
+        rogue.dispatcher.ready.set()
+        spec = sweep(grid={"x": [str(i) for i in range(10)]}, job={"deadlines": {"silence": 1e9}})
+        free = node.compute.capacity.free
+        await rogue.publish(encode(SweepAnnounce(sweep_id="s-rogue", spec=spec, requester="rogue", pending=10)))
+        await trio.sleep(1)
+        assert node.compute.capacity.free != free  # it claimed the sweep: slots reserved
+        await trio.sleep(DELIVERY_GIVE_UP + 60)
+        assert node.compute.capacity.free == free
+        assert node.compute.machine.claims == {}

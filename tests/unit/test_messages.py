@@ -24,3 +24,20 @@ def test_malformed_messages_are_refused_with_a_reason(data):
 def test_escaped_text_that_is_valid_unicode_is_kept():
     message = decode(b'{"kind":"cancel","job_id":"j","execution_id":"e","reason":"caf\\u00e9"}')
     assert isinstance(message, Cancel) and message.reason == "caf\u00e9"
+
+
+@pytest.mark.parametrize("size", [b"Infinity", b"-Infinity", b"NaN", b"1e400"])
+def test_a_size_that_is_no_finite_number_is_a_malformed_message_not_a_crash(size):
+    """JSON's Infinity once made the size parser raise OverflowError past the message validation."""
+    room = b'{"cpu":4,"memory":%s,"disk":1}' % size
+    data = b'{"v":1,"kind":"node_info","peer_id":"p","max_per_job":%s,"total":%s,"free":%s}' % (room, room, room)
+    with pytest.raises(MalformedMessage, match="invalid message"):
+        decode(data)
+
+
+@pytest.mark.parametrize("size", [float("inf"), float("nan"), 1e400, "1e400"])
+def test_a_job_cannot_ask_for_endless_memory(size):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"resources\.memory"):
+        JobSpec.model_validate({"engine": {"name": "noop"}, "resources": {"memory": size}})
