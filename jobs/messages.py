@@ -28,7 +28,8 @@ _EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]  # docke
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)  # never echo a secret
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True,  # never echo a secret
+                              allow_inf_nan=False)  # a NaN deadline is after no time: no wait ever ends
     v: int = PROTOCOL_VERSION
 
 

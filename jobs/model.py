@@ -24,7 +24,7 @@ def moved(record: R, state: object, reason: str, now: float, changes: dict[str, 
 class RunResult(BaseModel):
     """What an executor reports about one finished run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)  # a peer's times are numbers the CLI can show
 
     exit_code: int = 0
     stdout: str = ""  # the tail, capped; the full text is in the published results

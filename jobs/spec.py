@@ -53,7 +53,8 @@ def format_bytes(n: int) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)  # never echo a secret_env
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True,  # never echo a secret_env
+                              allow_inf_nan=False)  # every number a job names is finite
 
 
 MAX_GPUS = 64  # per job and per node: more than one machine holds

@@ -11,7 +11,8 @@ import trio
 from jobs import ExecutionSide, ExecutionState, JobState, Resources
 from jobs.messages import Announce, Bid, Cancel, Decision, Result, decode, encode
 from jobs.model import RunResult
-from tests.memnet import MemoryHub, memory_node
+from node.dispatch import Dispatcher
+from tests.memnet import MemoryHub, MemoryTransport, memory_node
 from tests.protocol.test_pair import spec, wait_terminal
 
 
@@ -202,3 +203,26 @@ async def test_a_cancel_between_acceptance_and_the_run_starting_does_not_crash_t
         assert not a.compute.machine.live and a.compute.capacity.free == total
         # the node still works
         assert a.compute.on_announce("req", Announce(job_id="j-2", spec=spec(), requester="req"))
+
+
+async def test_an_announcement_with_a_deadline_that_is_no_number_reserves_nothing(tmp_path, autojump_clock):
+    """A bid is re-sent until its announcement's bid deadline (at most a minute): a NaN deadline once
+    meant for ever, each such announcement holding the job's resources, so a peer that never answered
+    could take a node's whole capacity. The announcement is now refused as malformed."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        node = await stack.enter_async_context(memory_node(hub, "a", tmp_path / "a", requester=False))
+        rogue = MemoryTransport(hub, "rogue")
+        rogue.dispatcher = Dispatcher()  # it answers no bid
+        rogue.dispatcher.ready.set()
+        free = node.compute.capacity.free
+        receiver = node.transport.dispatcher  # the in-memory hub decodes what it carries: hand the bytes over
+        for i in range(50):
+            ann = Announce(job_id=f"j-{i}", spec=spec(), requester="rogue", bid_deadline=1.0, candidates=["a"])
+            for deadline in (b"NaN", b"Infinity", b"1e400"):
+                data = encode(ann).replace(b'"bid_deadline":1.0', b'"bid_deadline":' + deadline)
+                await receiver.on_gossip("rogue", data)  # announced to everyone
+                assert decode(await receiver.on_request("rogue", data)).ok is False  # offered to this node
+        await trio.sleep(1)
+        assert node.compute.capacity.free == free and node.compute.machine.live == {}
+        assert hub.sent["request", "bid"] == 0

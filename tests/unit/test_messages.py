@@ -41,3 +41,17 @@ def test_a_job_cannot_ask_for_endless_memory(size):
 
     with pytest.raises(ValidationError, match=r"resources\.memory"):
         JobSpec.model_validate({"engine": {"name": "noop"}, "resources": {"memory": size}})
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+@pytest.mark.parametrize("field", [b"bid_deadline", b"started_at"])
+def test_a_peer_message_holds_no_number_that_is_not_finite(number, field):
+    from jobs.messages import Result
+    from jobs.model import RunResult
+
+    ann = encode(Announce(job_id="j", spec=JobSpec(engine={"name": "noop"}), requester="r", bid_deadline=1.0))
+    result = encode(Result(job_id="j", execution_id="e", result=RunResult(started_at=1.0)))
+    data = ann if field == b"bid_deadline" else result
+    assert b'"%s":1.0' % field in data
+    with pytest.raises(MalformedMessage, match="finite number"):
+        decode(data.replace(b'"%s":1.0' % field, b'"%s":%s' % (field, number)))
