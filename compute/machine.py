@@ -189,15 +189,16 @@ class ComputeMachine:
     def bid_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
         """The requester's verdict on our bid (None: it never gave one before the bid's deadline). On
         "pending" a Decision follows, or the bid expires after the job's wait for ``min_bids`` plus a
-        grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former)."""
+        grace, never later than the node's ``pending_bid_timeout`` (a requester picks the former).
+        A verdict on a bid decided already (a Decision and the bid's reply both came) changes nothing."""
+        if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
+            return Changes()
         if reply is None:
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
         if reply.verdict == "accepted":
             return self.accept(execution_id, reply.secret_env, now)
         if reply.verdict == "rejected":
             return self.end(execution_id, ExecutionState.REJECTED, reply.reason or "bid rejected", now)
-        if (ex := self.live.get(execution_id)) is None:
-            return Changes()
         min_bids_wait = ex.spec.deadlines.min_bids if ex.spec is not None else 0.0
         return Changes(expire=[(execution_id, min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout))])
 

@@ -142,6 +142,21 @@ def test_a_pending_bid_decided_meanwhile_does_not_expire():
     assert m.live[ex.id].state is ExecutionState.ACCEPTED
 
 
+@pytest.mark.parametrize("late", [Reply(verdict="rejected"), Reply(verdict="accepted"), None])
+def test_a_verdict_on_a_bid_decided_already_changes_nothing(late):
+    """The requester's Decision came first and the job runs; the bid's own reply (or its lack, when the
+    requester fell silent), or a second Decision, arrives after it. It once tried to move the running
+    execution back to rejected: an error on every such message, from any requester."""
+    m = machine()
+    ex = bid_on(m)
+    m.handle(REQ, Decision(job_id=ex.job_id, execution_id=ex.id, accepted=True), 101.0)
+    assert m.bid_answered(ex.id, late, 102.0).writes == []
+    if late is not None:
+        again = Decision(job_id=ex.job_id, execution_id=ex.id, accepted=late.verdict == "accepted")
+        assert m.handle(REQ, again, 103.0)[1].writes == []
+    assert m.live[ex.id].state is ExecutionState.ACCEPTED and m.capacity.free.cpu == 0
+
+
 def test_a_bid_with_no_answer_fails_and_frees_its_capacity():
     m = machine()
     ex = bid_on(m)
