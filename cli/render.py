@@ -300,7 +300,7 @@ def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
 
 def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
 
-    table = _table("INDEX", "STATE", "NODE", "EXIT", "ATTEMPTS", "PARAMETERS", "REASON")
+    table = _table("INDEX", "STATE", "NODE", "EXIT", "ATTEMPTS", "PARAMETERS", "OUTPUT", "REASON")
     for r in records:
         table.add_row(
             str(r.index),
@@ -309,9 +309,15 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
             "" if r.result is None else str(r.result.exit_code),
             str(r.attempts) + (f" (retry {r.retries})" if r.retries else ""),
             safe(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
+            safe(_clip(last_line(r.result.stdout), 40)) if r.result is not None else "",
             safe(r.reason),
         )
     return table
+
+
+def last_line(text: str) -> str:
+    """The last line that is not blank: what a program printed last, often its answer."""
+    return next((line for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:

@@ -86,6 +86,9 @@ def test_a_python_sweep_gives_each_index_its_value(stack: Stack, tmp_path: Path)
     sweep_id = sweep_id_of(result)
     outs = [shoal(stack, "sweep", "logs", sweep_id, str(i)).stdout for i in range(3)]
     assert outs == ["1 0 3\n", "2 1 3\n", "3 2 3\n"]
+    rows = [line.split() for line in shoal(stack, "sweep", "indexes", sweep_id).stdout.splitlines()[2:]]
+    assert [(row[0], row[5], row[6:9]) for row in rows] == [  # INDEX, PARAMETERS, OUTPUT: each its answer
+        ("0", "x=1", ["1", "0", "3"]), ("1", "x=2", ["2", "1", "3"]), ("2", "x=3", ["3", "2", "3"])]
     assert shoal(stack, "sweep", "logs", sweep_id[:10], "1", "--stderr").stdout == ""
     # Without Kubo each node keeps the results it made: fetch one the node we ask ran itself.
     ran_here = [r["index"] for r in indexes(stack, sweep_id)["indexes"] if r["node_id"] == stack.nodes[0]["peer_id"]]

@@ -88,7 +88,7 @@ class FakeSweepClient(FakeClient):
         self.index_calls.append(("indexes", {"state": state, "first": first, "limit": limit}))
         records = [
             IndexRecord(index=0, state=JobState.COMPLETED, node_id=NODE_ID, attempts=1, reason="completed",
-                        result=RunResult(exit_code=0)),
+                        result=RunResult(exit_code=0, stdout="step 1 of 2\nmean=0.0003\n\n")),
             IndexRecord(index=1, state=JobState.FAILED, node_id=NODE_ID, attempts=2, reason="exit code 1",
                         result=RunResult(exit_code=1)),
             IndexRecord(index=2, state=JobState.PENDING),
@@ -548,7 +548,7 @@ def test_sweep_indexes_table_and_filters(fake: FakeSweepClient) -> None:
     result = run("sweep", "indexes", SWEEP_ID)
     assert result.exit_code == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
-    assert rows[0] == ["0", "completed", NODE_ID[:16], "0", "1", "x=1", "completed"]
+    assert rows[0] == ["0", "completed", NODE_ID[:16], "0", "1", "x=1", "mean=0.0003", "completed"]  # its last line
     assert rows[1] == ["1", "failed", NODE_ID[:16], "1", "2", "x=2", "exit", "code", "1"]
     assert rows[2] == ["2", "pending", "0", "x=3"]
     result = run("sweep", "indexes", SWEEP_ID[:8], "--state", "failed", "--first", "0", "--limit", "1")
