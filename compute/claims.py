@@ -92,7 +92,18 @@ class Claim:
         if reply.verdict == "rejected":
             self.stopped = len(self.running)
             return None
-        granted = [i for start, end in reply.ranges for i in range(start, end)]
+        granted = self._within(reply.ranges, want)
         self.queue.extend(granted)
         self.exhausted = want > 0 and not granted
+        return granted
+
+    def _within(self, ranges: list[tuple[int, int]], want: int) -> list[int]:
+        """The granted indexes this claim can take: inside the sweep and no more than it asked for.
+        Whatever else a requester grants (an index past the end, a billion of them) is not run."""
+        count, granted = self.ann.spec.count, []
+        for start, end in ranges:
+            start, end = max(start, 0), min(end, count, max(start, 0) + want - len(granted))
+            granted += range(start, end)
+            if len(granted) >= want:
+                break
         return granted

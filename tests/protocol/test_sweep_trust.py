@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 from contextlib import AsyncExitStack
 
+import pytest
 import trio
 
 from compute.service import DELIVERY_GIVE_UP
 from executors import ExecutorError
-from jobs import EventKind, JobState, RunResult
+from jobs import EventKind, JobSpec, JobState, RunResult
 from jobs.messages import Claim, IndexResult, Reply, SweepAnnounce, encode
 from node.dispatch import Dispatcher, MessagePeers
 from tests.memnet import MemoryHub, MemoryTransport
@@ -236,3 +237,44 @@ async def test_a_requester_that_announces_an_endless_silence_then_falls_silent_g
         await trio.sleep(DELIVERY_GIVE_UP + 60)
         assert node.compute.capacity.free == free
         assert node.compute.machine.claims == {}
+
+
+class _Granting:
+    """A rogue requester's sweep service: its first answer grants ``ranges``, every later one nothing."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = ranges
+        self.claims = 0
+
+    async def handle(self, peer: str, msg: Claim) -> Reply:
+        self.claims += 1
+        return Reply(verdict="accepted", ranges=self.ranges if self.claims == 1 else [])
+
+
+@pytest.mark.parametrize("ranges", [[(5, 12)], [(0, 10**12)], [(-3, 2), (9, 10**15)]])
+async def test_a_requester_granting_indexes_past_the_end_or_a_trillion_of_them_gets_only_what_was_asked(
+        tmp_path, autojump_clock, ranges):
+    """Once an index past the sweep's end crashed the node, and a trillion granted indexes took its memory."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        (node,) = await nodes(stack, hub, tmp_path, n=1)
+        ran: list[str] = []
+
+        async def record(request):
+            if "SHOAL_INDEX" in request.spec.env:
+                ran.append(request.spec.env["SHOAL_INDEX"])
+
+        node.noop.hooks.before_run = record
+        rogue = MemoryTransport(hub, "rogue")
+        rogue.dispatcher = Dispatcher()
+        rogue.dispatcher.sweeps = _Granting(ranges)
+        rogue.dispatcher.ready.set()
+        free = node.compute.capacity.free
+        spec = sweep(grid={"x": [str(i) for i in range(10)]})
+        await rogue.publish(encode(SweepAnnounce(sweep_id="s-rogue", spec=spec, requester="rogue", pending=10)))
+        await trio.sleep(30)
+        assert ran and all(0 <= int(i) < 10 for i in ran) and len(ran) == len(set(ran))
+        assert node.compute.capacity.free == free and node.compute.machine.claims == {}
+        fresh, _ = await node.requester.submit(JobSpec.model_validate({"engine": {"name": "noop"}}), "bob")
+        await node.requester.wait(fresh.id, 30)
+        assert (await node.requester.get(fresh.id)).state is JobState.COMPLETED  # the node carries on

@@ -109,6 +109,18 @@ def test_granted_indexes_run_in_order_and_a_rejection_ends_the_claim_counting_wh
     assert c.stopped == 1
 
 
+def test_a_claim_runs_only_what_it_asked_for_inside_the_sweep_whatever_its_requester_grants():
+    """An index past the sweep's end once crashed the node (its spec could not be built), and a grant of
+    a billion indexes exhausted its memory."""
+    c = claim_of()
+    count = c.ann.spec.count
+    assert c.answered(Reply(verdict="accepted", ranges=[(count - 1, count + 5)]), 4, 0.0) == [count - 1]
+    assert c.answered(Reply(verdict="accepted", ranges=[(0, 10**12)]), 3, 0.0) == [0, 1, 2]
+    assert c.answered(Reply(verdict="accepted", ranges=[(-5, 2), (5, 1), (7, 9)]), 3, 0.0) == [0, 1, 7]
+    assert c.answered(Reply(verdict="accepted", ranges=[(0, 2)]), 0, 0.0) == []  # a heartbeat asks for none
+    assert list(c.queue) == [count - 1, 0, 1, 2, 0, 1, 7]
+
+
 def test_only_the_sweeps_requester_may_end_a_claim_and_a_late_cancel_still_gets_its_answer():
     b = book()
     c = b.announce_sweep(REQ, sweep(), 0.0)
