@@ -126,6 +126,7 @@ class Writer:
         try:
             await self._send.send(w)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            await trio.lowlevel.checkpoint_if_cancelled()  # see below
             raise StoreClosed("the store is shutting down") from e
         with trio.CancelScope(shield=True):  # the write is queued: see it through so memory matches disk
             await w.done.wait()
@@ -133,6 +134,10 @@ class Writer:
         if w.error is not None:
             if isinstance(w.error, StaleState):
                 self._stale += 1
+            if isinstance(w.error, StoreClosed):
+                # a caller stopping with the node (one nursery, one cancel) stops as cancelled: a shutdown,
+                # not an error of its task (which once turned a clean SIGTERM into a crash)
+                await trio.lowlevel.checkpoint_if_cancelled()
             raise w.error
 
     def statistics(self) -> StoreStatistics:
