@@ -86,13 +86,16 @@ class Resources(_Frozen):
         return (self.cpu <= other.cpu and self.memory <= other.memory and self.disk <= other.disk
                 and self.gpu <= other.gpu)
 
+    # CPU sums are rounded to a millionth of a core: 0.1 + 0.2 is not 0.3 in floating point, and a node's
+    # free CPU, added to and taken from for every job, drifted below its total (4 cores free showed as
+    # 3.999999999999999, and a job asking for all 4 never fitted again)
     def __add__(self, other: Resources) -> Resources:
-        return Resources(cpu=self.cpu + other.cpu, memory=self.memory + other.memory, disk=self.disk + other.disk,
-                         gpu=self.gpu + other.gpu)
+        return Resources(cpu=round(self.cpu + other.cpu, 6), memory=self.memory + other.memory,
+                         disk=self.disk + other.disk, gpu=self.gpu + other.gpu)
 
     def __sub__(self, other: Resources) -> Resources:
         return Resources(
-            cpu=max(0.0, self.cpu - other.cpu),
+            cpu=max(0.0, round(self.cpu - other.cpu, 6)),
             memory=max(0, self.memory - other.memory),
             disk=max(0, self.disk - other.disk),
             gpu=max(0, self.gpu - other.gpu),

@@ -292,3 +292,21 @@ def test_the_nodes_store_offers_everything_the_compute_role_asks_of_it():
         asked = inspect.signature(getattr(ComputeStore, name)).parameters
         offered = inspect.signature(getattr(Store, name)).parameters
         assert set(asked) <= set(offered), name
+
+
+def test_a_node_whose_cpu_was_reserved_and_released_ten_thousand_times_still_fits_a_job_asking_for_all_of_it():
+    """Floating point once left 4 free cores as 3.999999999999999: a 4-core job never fitted again."""
+    import random
+
+    total = Resources(cpu=4, memory="8GiB")
+    tracker = CapacityTracker(total)
+    rng, held = random.Random(0), []
+    for i in range(10_000):
+        if held and rng.random() < 0.5:
+            tracker.release(held.pop(rng.randrange(len(held))))
+        elif tracker.try_reserve(f"h-{i}", Resources(cpu=rng.choice([0.1, 0.3, 0.7]), memory="1MiB")):
+            held.append(f"h-{i}")
+    for holder in held:
+        tracker.release(holder)
+    assert tracker.free == total
+    assert tracker.try_reserve("all", Resources(cpu=4, memory="8GiB"))
