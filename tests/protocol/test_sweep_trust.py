@@ -105,28 +105,35 @@ async def test_honest_nodes_complete_a_sweep_without_a_refusal(tmp_path, autojum
         assert ns[0].requester.reputation == {}
 
 
+async def sweep_with_a_failing_node(stack: AsyncExitStack, tmp_path, error: ExecutorError):
+    """Two nodes run a 16-index sweep; n1 fails every index it runs with ``error``. Returns the nodes,
+    the sweep's description and which node ran which value, in order."""
+    ns = await nodes(stack, MemoryHub(), tmp_path, n=2)
+    runs: list = []
+
+    async def honest(request):
+        runs.append(("n0", request.spec.env["x"]))
+
+    async def failing(request):
+        runs.append(("n1", request.spec.env["x"]))
+        raise error
+
+    ns[0].noop.hooks.before_run, ns[1].noop.hooks.before_run = honest, failing
+    ns[0].noop.hooks.delay = 0.05
+    s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(16)]}), "alice")
+    d = await finished(ns[0].sweeps, s.id)
+    assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 16}, d.sweep.reason
+    return ns, d, runs
+
+
 async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it(tmp_path, autojump_clock):
-    hub = MemoryHub()
     async with AsyncExitStack() as stack:
-        ns = await nodes(stack, hub, tmp_path, n=2)
-        runs: list = []
-
-        async def honest(request):
-            runs.append(("n0", request.spec.env["x"]))
-
-        async def lies(request):
-            runs.append(("n1", request.spec.env["x"]))
-            raise ExecutorError("the template is broken", retryable=False)
-
-        ns[0].noop.hooks.before_run, ns[1].noop.hooks.before_run = honest, lies
-        ns[0].noop.hooks.delay = 0.05
-        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(16)]}), "alice")
-        d = await finished(ns[0].sweeps, s.id)
-        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 16}, d.sweep.reason
+        ns, d, runs = await sweep_with_a_failing_node(
+            stack, tmp_path, ExecutorError("the template is broken", retryable=False))
         lied = {x for node, x in runs if node == "n1"}
         assert lied  # n1 took part
         assert {x for node, x in runs if node == "n0"} == {str(i) for i in range(16)}  # n0 ran each, once
-        records, _ = await ns[0].store.sweep_indexes(s.id)
+        records, _ = await ns[0].store.sweep_indexes(d.sweep.id)
         assert all(r.node_id == "n0" and r.attempts == (2 if str(r.index) in lied else 1) for r in records)
         assert ns[0].requester.reputation["n1"] == (0, len(lied))  # each error was shown wrong
         assert "n0" not in ns[0].requester.reputation
@@ -134,23 +141,9 @@ async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it
 
 
 async def test_a_nodes_retryable_errors_run_their_indexes_elsewhere_and_count_against_no_one(tmp_path, autojump_clock):
-    hub = MemoryHub()
     async with AsyncExitStack() as stack:
-        ns = await nodes(stack, hub, tmp_path, n=2)
-        runs: list = []
-
-        async def honest(request):
-            runs.append(("n0", request.spec.env["x"]))
-
-        async def flaky(request):
-            runs.append(("n1", request.spec.env["x"]))
-            raise ExecutorError("the node's disk is full", retryable=True)
-
-        ns[0].noop.hooks.before_run, ns[1].noop.hooks.before_run = honest, flaky
-        ns[0].noop.hooks.delay = 0.05
-        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(16)]}), "alice")
-        d = await finished(ns[0].sweeps, s.id)
-        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 16}, d.sweep.reason
+        ns, _, runs = await sweep_with_a_failing_node(
+            stack, tmp_path, ExecutorError("the node's disk is full", retryable=True))
         assert {x for node, x in runs if node == "n1"}  # n1 took part, and failed each index it ran
         assert "n1" not in ns[0].requester.reputation  # an honest node's bad luck is held against nobody
         assert ns[0].sweeps.counters["errors_contradicted"] == 0 and ns[0].sweeps.counters["penalties"] == 0
