@@ -102,8 +102,8 @@ class Claim:
         Whatever else a requester grants (an index past the end, a billion of them) is not run."""
         count, granted = self.ann.spec.count, []
         for start, end in ranges:
-            start, end = max(start, 0), min(end, count, max(start, 0) + want - len(granted))
-            granted += range(start, end)
+            start = max(start, 0)
+            granted += range(start, min(end, count, start + want - len(granted)))
             if len(granted) >= want:
                 break
         return granted
