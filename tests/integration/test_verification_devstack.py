@@ -7,6 +7,7 @@ import pytest
 from devstack import Devstack
 from jobs import ExecutionState, JobState
 from shoal import AsyncClient
+from tests.integration.rogue import knows, poll
 
 pytestmark = pytest.mark.slow
 
@@ -17,6 +18,9 @@ async def test_honest_results_win_and_the_liar_is_quarantined(tmp_path, monkeypa
                          write_state=False) as stack,
                 AsyncClient(stack.nodes[0].api) as client):
         liar = stack.nodes[3].peer_id
+        # the jobs are offered to the nodes the requester knows: until it has heard the liar's node info,
+        # three honest nodes take every job, and twelve noop jobs can all end before then
+        await poll(lambda: knows(client, liar), 30, "the requester never heard of the liar")
         rejected_liar = 0
         for n in range(12):
             spec = {"engine": {"name": "noop"}, "env": {"RUN": str(n)},
