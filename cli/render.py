@@ -309,15 +309,11 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
             "" if r.result is None else str(r.result.exit_code),
             str(r.attempts) + (f" (retry {r.retries})" if r.retries else ""),
             safe(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
-            safe(_clip(last_line(r.result.stdout), 40)) if r.result is not None else "",
+            safe(_clip(r.result.last_line(), 40)) if r.result is not None else "",
             safe(r.reason),
         )
     return table
 
-
-def last_line(text: str) -> str:
-    """The last line that is not blank: what a program printed last, often its answer."""
-    return next((line for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:

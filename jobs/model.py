@@ -54,6 +54,11 @@ class RunResult(BaseModel):
         }
         return "sha256:" + _sha256(json.dumps(material, sort_keys=True, separators=(",", ":")))
 
+    def last_line(self) -> str:
+        """The last line of stdout that is not blank: what the program printed last (often its answer;
+        a ``Client.map`` runner's reply)."""
+        return next((line for line in reversed(self.stdout.splitlines()) if line.strip()), "")
+
     def files(self) -> dict[str, str]:
         """The results directory's own files, by name, with this record's text (a published directory
         also holds ``outputs/<name>`` for each declared output)."""

@@ -33,6 +33,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from jobs.errors import ShoalError
+from jobs.model import RunResult
 from jobs.spec import PythonEngine
 from jobs.sweep import IndexRecord, SweepSpec
 from shoal import _codec
@@ -173,22 +174,19 @@ def program(bundle: dict[str, Any]) -> str:
 # -- reading the indexes back ------------------------------------------------------------------------
 
 
-def reply_of(stdout: str) -> dict[str, Any] | None:
+def reply_of(result: RunResult) -> dict[str, Any] | None:
     """The runner's reply: the last line of stdout, if it is one."""
-    for line in reversed(stdout.splitlines()):
-        if line.strip():
-            try:
-                reply = json.loads(line)
-            except (ValueError, RecursionError):
-                return None
-            return reply if isinstance(reply, dict) and isinstance(reply.get("ok"), bool) else None
-    return None
+    try:
+        reply = json.loads(result.last_line() or "null")
+    except (ValueError, RecursionError):
+        return None
+    return reply if isinstance(reply, dict) and isinstance(reply.get("ok"), bool) else None
 
 
 def outcome(plan: MapPlan, sweep_id: str, record: IndexRecord) -> Any:
     """The value a finished index gave, or the ``MapError`` saying why there is none."""
     i, result = record.index, record.result
-    reply = reply_of(result.stdout) if result is not None else None
+    reply = reply_of(result) if result is not None else None
     where = f"index {i} ({plan.describe(i)}) of sweep {sweep_id}"
     if reply is not None and reply["ok"]:
         try:

@@ -118,7 +118,7 @@ def test_image_goes_to_the_python_engine_when_it_takes_one() -> None:
 def test_the_program_replies_with_the_value_and_sends_prints_to_stderr() -> None:
     plan = plan_map(chatty, ([1, 2, 3],), None, None, None)
     one, two, three = (run_index(plan, i) for i in range(3))
-    assert one.result is not None and reply_of(one.result.stdout) == {"ok": True, "value": 1}
+    assert one.result is not None and reply_of(one.result) == {"ok": True, "value": 1}
     assert "printed, not the value" in one.result.stderr
     assert outcome(plan, "s-1", one) == 1
     error = outcome(plan, "s-1", two)
