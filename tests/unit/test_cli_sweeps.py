@@ -51,6 +51,7 @@ class FakeSweepClient(FakeClient):
         self.sweep_wait_error: BaseException | None = None
         self.retried: list[str] = []
         self.index_calls: list[tuple[str, Any]] = []
+        self.index_stdout = "step 1 of 2\nmean=0.0003\n\n"  # index 0's
 
     def _final(self) -> SweepDescription:
         if self.final is not None:
@@ -88,7 +89,7 @@ class FakeSweepClient(FakeClient):
         self.index_calls.append(("indexes", {"state": state, "first": first, "limit": limit}))
         records = [
             IndexRecord(index=0, state=JobState.COMPLETED, node_id=NODE_ID, attempts=1, reason="completed",
-                        result=RunResult(exit_code=0, stdout="step 1 of 2\nmean=0.0003\n\n")),
+                        result=RunResult(exit_code=0, stdout=self.index_stdout)),
             IndexRecord(index=1, state=JobState.FAILED, node_id=NODE_ID, attempts=2, reason="exit code 1",
                         result=RunResult(exit_code=1)),
             IndexRecord(index=2, state=JobState.PENDING),
@@ -479,6 +480,14 @@ def test_describe_a_sweep(fake: FakeSweepClient) -> None:
         ["0", "failed"], ["1", "completed"], ["2", "cancelled"]]
     data = json.loads(run("describe", SWEEP_ID, "--json").stdout)
     assert data["sweep"]["winner"] == 1 and data["ranges"][0]["reason"] == "exit code 3"
+
+
+def test_an_index_output_from_a_peer_is_shown_as_text_in_the_indexes_table(fake: FakeSweepClient) -> None:
+    fake.index_stdout = "fine\n" + HOSTILE + "\n"  # what a lying node says its index printed last
+    result = run("sweep", "indexes", SWEEP_ID)
+    assert result.exit_code == 0, result.stderr
+    assert_terminal_safe(result.stdout)
+    assert "\\x1b[2J\\x1b]0;pwned" in result.stdout
 
 
 def test_an_index_reason_from_a_peer_is_shown_as_text(fake: FakeSweepClient) -> None:
