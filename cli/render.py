@@ -244,6 +244,8 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
     info.add_row("Indexes", f"{sweep.count}: {safe(sweep_params(spec))}")
     info.add_row("Success", spec.success + (f" (output {spec.success_output!r} not empty)"
                                             if spec.success_output else ""))
+    if spec.confidence > 1:
+        info.add_row("Verified", f"each index's result by {spec.confidence} nodes that agree")
     if sweep.winner is not None:
         info.add_row("Winner", f"index {sweep.winner} ({safe(index_values(spec, sweep.winner))})")
     info.add_row("Resources", fmt_resources(spec.job.resources))

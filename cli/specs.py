@@ -111,7 +111,7 @@ def build_spec(engine: dict[str, Any], flags: JobFlags) -> JobSpec:
         k: v
         for k, v in (
             ("concurrency", flags.concurrency),
-            ("confidence", flags.confidence),
+            ("confidence", None if flags.sweep else flags.confidence),  # a sweep's is its own: build_sweep
             ("min_bids", flags.min_bids),
         )
         if v is not None
@@ -154,7 +154,8 @@ def validation_lines(exc: ValidationError) -> list[str]:
 # -- sweeps -------------------------------------------------------------------------------------
 
 # What a --sweep file may hold: the sweep spec's fields except the job, which the command builds.
-SWEEP_FILE_KEYS = ("grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output")
+SWEEP_FILE_KEYS = ("grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output",
+                   "confidence")
 # Sweep spec field → the flag(s) that set it, for error messages.
 _SWEEP_FLAGS = {
     "grid": "--param/--sweep",
@@ -164,6 +165,7 @@ _SWEEP_FLAGS = {
     "shard_path": "--shard-path",
     "success": "--success",
     "success_output": "--success-output",
+    "confidence": "--confidence",
 }
 # The sweep spec's own checks come as one message of "; "-separated problems; each is told
 # apart by how it starts, and named by the flag that fixes it.
@@ -174,7 +176,7 @@ _SWEEP_PROBLEMS = (
     ("zip:", "--sweep"),
     ("items:", "--sweep"),
     ("secret_env", "--secret-env"),
-    ("a sweep runs each index once", "--concurrency/--confidence/--min-bids"),
+    ("a sweep runs each index once", "--concurrency/--min-bids"),
     ("shard_inputs:", "--shard-inputs/--shard-path"),
     ("shard_path:", "--shard-path"),
     ("success_output", "--success-output"),
@@ -265,8 +267,9 @@ def as_text(value: object) -> str:
     return str(value)
 
 
-def build_sweep(job: JobSpec, flags: SweepFlags) -> SweepSpec | None:
+def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) -> SweepSpec | None:
     """The sweep the flags describe around ``job``; None without sweep flags (a single job).
+    ``confidence`` (``--confidence``) verifies each index.
 
     Flags add to (``--param``) or override (the rest) what the ``--sweep`` file says.
     """
@@ -294,6 +297,8 @@ def build_sweep(job: JobSpec, flags: SweepFlags) -> SweepSpec | None:
         value = getattr(flags, name)
         if value is not None:
             data[name] = value
+    if confidence is not None:
+        data["confidence"] = confidence
     try:
         return SweepSpec.model_validate({**data, "job": job})
     except ValidationError as exc:

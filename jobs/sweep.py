@@ -23,6 +23,7 @@ from jobs.spec import _ENV_KEY, InputSpec, JobSpec, Shard, _Frozen
 from jobs.states import JobState
 
 MAX_INDEXES = 1_000_000
+MAX_CONFIDENCE = 5  # an index verified by k nodes runs on up to 2k - 1 of them
 RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
 
 
@@ -38,6 +39,9 @@ class SweepSpec(_Frozen):
                                                               "success completes the sweep and cancels the rest")
     success_output: str | None = Field(None, description="with success=any: an index succeeds only when it "
                                                          "exits 0 and this declared output is not empty")
+    confidence: int = Field(0, ge=0, le=MAX_CONFIDENCE, exclude_if=lambda v: not v, description=(
+        "distinct nodes whose results for an index must agree before it counts (0 or 1: one node's word); "
+        "each index then runs on that many nodes or more"))
 
     @field_validator("grid", "zip")
     @classmethod
@@ -65,8 +69,10 @@ class SweepSpec(_Frozen):
             problems.append("items: every item must set the same parameters")
         if self.job.secret_env:  # claims carry no secrets (yet): announced, they would reach every node
             problems.append("secret_env is not supported in sweeps yet")
-        if self.job.deal.concurrency != 1 or self.job.deal.confidence != 0 or self.job.deal.min_bids != 0:
-            problems.append("a sweep runs each index once: leave concurrency, confidence and min_bids unset")
+        if self.job.deal.concurrency != 1 or self.job.deal.min_bids != 0:
+            problems.append("a sweep runs each index once: leave concurrency and min_bids unset")
+        if self.job.deal.confidence != 0:
+            problems.append("a sweep verifies each index with its own confidence, not its job's")
         if self.shard_inputs and self._sharded_input() is None:
             problems.append("shard_inputs: name the input to shard with shard_path (its mount path)"
                             if self.shard_path is None else f"shard_path: no input is mounted at {self.shard_path}")

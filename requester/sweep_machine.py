@@ -17,6 +17,7 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
+from requester import trust
 from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_delay
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
@@ -57,6 +58,8 @@ class SweepMachine:
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
         self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (first error at, node -> retryable)
+        # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
+        self.proposals: dict[int, dict[str, str]] = {}
         self.refusal_events = 0
         self.next_announce = next_announce
         self.backoff = ANNOUNCE_BACKOFF_FIRST
@@ -128,7 +131,7 @@ class SweepMachine:
             return p
         records = []
         for i in failed:
-            self.attempts[i] = self.retries[i] = 0
+            self.attempts[i] = self.retries[i] = 0  # its proposals went when it failed
             records.append(self._back_to_pending(i, "retried", now))
         message = f"{len(failed)} failed indexes put back to run"
         again = self.sweep.state is JobState.FAILED
@@ -173,7 +176,7 @@ class SweepMachine:
             if self.states[r.index].is_terminal:  # held indexes are running; kept for safety
                 p.counts["late_results"] += 1
                 continue
-            record = self._outcome(p, r, peer, able)
+            record = self._outcome(p, r, peer, able, events)
             records.append(record)
             if record.state is JobState.COMPLETED and spec.success == "any" and winner is None \
                     and spec.is_hit(record.result or RunResult()):
@@ -217,6 +220,8 @@ class SweepMachine:
                 passed.append(i)  # it errored on this node: another one runs it
             elif self.not_before.get(i, now) > now:
                 passed.append(i)  # a retry waiting out its backoff
+            elif peer in self.proposals.get(i, ()):
+                passed.append(i)  # its result awaits another node's
             else:
                 granted.append(i)
         for i in passed:
@@ -250,10 +255,14 @@ class SweepMachine:
         if check.against_sender:
             p.counts["penalties"] += 1
             p.penalties.append((peer, f"sweep {self.sweep.id}: {text}"))
+        return self._bounded_event(p.now, text, peer)
+
+    def _bounded_event(self, now: float, text: str, peer: str) -> list[Event]:
+        """A refused or outvoted report's event: the first MAX_REFUSAL_EVENTS of a sweep are written."""
         if self.refusal_events >= MAX_REFUSAL_EVENTS:
             return []
         self.refusal_events += 1
-        return [self.event(p.now, EventKind.RESULTS_REJECTED, text, peer)]
+        return [self.event(now, EventKind.RESULTS_REJECTED, text, peer)]
 
     def _quarantined(self, p: Changes, peer: str, msg: Claim) -> Reply:
         """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
@@ -264,19 +273,23 @@ class SweepMachine:
             self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
         return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
 
-    def _outcome(self, p: Changes, r: IndexResult, peer: str, able: Collection[str]) -> IndexRecord:
+    def _outcome(self, p: Changes, r: IndexResult, peer: str, able: Collection[str],
+                 events: list[Event]) -> IndexRecord:
         """The index's new record for a reported outcome (updates the in-memory state)."""
         i, now = r.index, p.now
-        _, reports = self.errors.setdefault(i, (now, {}))
         if r.result is not None and r.error is None:
+            verified = self._verified(p, i, peer, r.result, able, events)
+            if isinstance(verified, IndexRecord):
+                return verified
+            _, reports = self.errors.pop(i, (now, {}))
             for node in contradicted(reports, peer):
                 p.counts["errors_contradicted"] += 1
                 p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
                                           f"which node {peer[-8:]} ran to a result"))
-            self.errors.pop(i)
             if r.result.exit_code != 0:
-                return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}", now, r.result)
-            return self._move(i, JobState.COMPLETED, "completed", now, peer, r.result)
+                return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}{verified}", now, r.result)
+            return self._move(i, JobState.COMPLETED, f"completed{verified}", now, peer, r.result)
+        _, reports = self.errors.setdefault(i, (now, {}))
         error = r.error or "no result"
         reports[peer] = r.retryable
         if error_confirmed(reports, able):
@@ -285,9 +298,38 @@ class SweepMachine:
         p.counts["errors_run_again"] += 1
         return self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
 
+    def _verified(self, p: Changes, i: int, peer: str, result: RunResult, able: Collection[str],
+                  events: list[Event]) -> str | IndexRecord:
+        """Whether ``peer``'s result for index ``i`` counts: with the sweep's ``confidence`` (k), only once k
+        distinct nodes' results agree (``trust.verify``). Returns the words the index's reason adds when
+        it counts, else the index's record: back to pending, for another node to run (never one that
+        ran it), or failed when 2k - 1 nodes, or every ``able`` one, disagreed. A node whose result
+        differs from the verified one is held to account as a job's would be."""
+        k = self.sweep.spec.confidence
+        if k <= 1:
+            return ""
+        proposed = self.proposals.setdefault(i, {})
+        proposed[peer] = result.digest()
+        verdict = trust.verify(proposed, k)
+        if verdict.verified:
+            del self.proposals[i]
+            for node in verdict.rejected:
+                text = f"index {i}: its result differs from the one {len(verdict.accepted)} nodes agreed on"
+                p.counts["results_outvoted"] += 1
+                p.penalties.append((node, f"sweep {self.sweep.id}: {text}"))
+                events += self._bounded_event(p.now, f"node {node[-8:]}: {text}", node)
+            return f", {verdict.reason}"
+        if len(proposed) < 2 * k - 1 and not (len(proposed) > 1 and set(able) <= proposed.keys()):
+            agreeing = max(Counter(proposed.values()).values())
+            return self._back_to_pending(i, f"{agreeing} of the {k} agreeing results it needs; another node "
+                                            "runs it", p.now)
+        del self.proposals[i]
+        return self._fail_or_retry(i, peer, verdict.reason, p.now)
+
     def _run_again_or_fail(self, i: int, node: str, why: str, now: float) -> IndexRecord:
-        """An index lost for reasons of its node: back to pending, unless it has had its attempts."""
-        if self.attempts[i] < MAX_ATTEMPTS:
+        """An index lost for reasons of its node: back to pending, unless it has had its attempts (runs
+        that proposed a result awaiting others are not counted)."""
+        if self.attempts[i] - len(self.proposals.get(i, ())) < MAX_ATTEMPTS:
             return self._back_to_pending(i, f"{why}; will run again", now)
         return self._fail_or_retry(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
 
@@ -298,6 +340,7 @@ class SweepMachine:
         attempts and the errors nodes reported for it counted afresh."""
         allowed = self.sweep.spec.job.retries
         self.errors.pop(i, None)
+        self.proposals.pop(i, None)
         if self.retries[i] >= allowed:
             return self._move(i, JobState.FAILED, reason, now, node, result)
         self.retries[i] += 1

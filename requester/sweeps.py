@@ -50,7 +50,7 @@ class SweepService(Driver[_Live]):
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
-                         "errors_contradicted quarantined_claims")
+                         "errors_contradicted quarantined_claims results_outvoted")
         self.known_nodes = known_nodes
         self.penalize = penalize  # a refused report or a contradicted error counts against its sender
         self.quarantined = quarantined  # a quarantined peer gets no indexes

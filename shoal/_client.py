@@ -692,7 +692,7 @@ class Client(_BaseClient):
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
         image: str | None = None, job: dict[str, Any] | None = None, return_exceptions: bool = False,
-        as_frame: bool = False, progress: bool | None = None,
+        as_frame: bool = False, progress: bool | None = None, confidence: int = 0,
     ) -> Any:
         """``fn`` on every item, remotely, as one sweep: the values in order (see ``shoal._map``).
 
@@ -708,10 +708,12 @@ class Client(_BaseClient):
         ``IndexFailed``; ``return_exceptions=True`` puts them in the list instead. ``as_frame=True``
         returns a pandas DataFrame: a column per argument, then the value (or a column per key of
         dict values). ``progress``: a progress bar on stderr (default: in a terminal or notebook).
+        ``confidence=2`` (or more): a value counts only once that many nodes returned the same one, so
+        one lying node cannot decide it (each index runs on that many nodes or more).
         """
         from shoal._map import MapRun, plan_map
 
-        run = MapRun(plan_map(fn, iterables, grid, image, job))
+        run = MapRun(plan_map(fn, iterables, grid, image, job, confidence))
         values: list[Any] = [None] * run.plan.count
         with contextlib.closing(self._map_results(run, return_exceptions, progress)) as results:
             for index, value in results:
@@ -721,13 +723,13 @@ class Client(_BaseClient):
     def map_iter(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
         image: str | None = None, job: dict[str, Any] | None = None, ordered: bool = False,
-        return_exceptions: bool = False, progress: bool | None = None,
+        return_exceptions: bool = False, progress: bool | None = None, confidence: int = 0,
     ) -> Iterator[tuple[int, Any]]:
         """Like ``map``, but yields ``(index, value)`` as indexes finish (in index order with
         ``ordered=True``). Leaving the loop early cancels what has not run."""
         from shoal._map import MapRun, plan_map
 
-        run = MapRun(plan_map(fn, iterables, grid, image, job), ordered=ordered)
+        run = MapRun(plan_map(fn, iterables, grid, image, job, confidence), ordered=ordered)
         return self._map_results(run, return_exceptions, progress)
 
     def _map_results(self, run: MapRun, return_exceptions: bool, progress: bool | None) -> Iterator[tuple[int, Any]]:
@@ -1036,12 +1038,12 @@ class AsyncClient(_BaseClient):
     async def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
         image: str | None = None, job: dict[str, Any] | None = None, return_exceptions: bool = False,
-        as_frame: bool = False, progress: bool | None = None,
+        as_frame: bool = False, progress: bool | None = None, confidence: int = 0,
     ) -> Any:
         """See ``Client.map``."""
         from shoal._map import MapRun, plan_map
 
-        run = MapRun(plan_map(fn, iterables, grid, image, job))
+        run = MapRun(plan_map(fn, iterables, grid, image, job, confidence))
         values: list[Any] = [None] * run.plan.count
         async with contextlib.aclosing(self._map_results(run, return_exceptions, progress)) as results:
             async for index, value in results:
@@ -1051,13 +1053,13 @@ class AsyncClient(_BaseClient):
     def map_iter(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], grid: dict[str, Iterable[Any]] | None = None,
         image: str | None = None, job: dict[str, Any] | None = None, ordered: bool = False,
-        return_exceptions: bool = False, progress: bool | None = None,
+        return_exceptions: bool = False, progress: bool | None = None, confidence: int = 0,
     ) -> AsyncIterator[tuple[int, Any]]:
         """See ``Client.map_iter``; an async generator: close it (``contextlib.aclosing``) if you
         leave the loop early, so that what has not run is cancelled at once."""
         from shoal._map import MapRun, plan_map
 
-        run = MapRun(plan_map(fn, iterables, grid, image, job), ordered=ordered)
+        run = MapRun(plan_map(fn, iterables, grid, image, job, confidence), ordered=ordered)
         return self._map_results(run, return_exceptions, progress)
 
     async def _map_results(

@@ -101,8 +101,9 @@ class MapPlan:
 
 
 def plan_map(fn: Any, iterables: tuple[Iterable[Any], ...], grid: dict[str, Iterable[Any]] | None,
-             image: str | None, job: dict[str, Any] | None) -> MapPlan:
-    """The sweep for ``fn`` over ``iterables`` (zipped) or ``grid`` (every combination).
+             image: str | None, job: dict[str, Any] | None, confidence: int = 0) -> MapPlan:
+    """The sweep for ``fn`` over ``iterables`` (zipped) or ``grid`` (every combination); ``confidence``:
+    how many nodes must agree on each value.
 
     Raises ``CannotShip`` (the function, an item or the whole is not sendable), ``TypeError`` or
     ``ValueError`` (how it was called) before anything is submitted."""
@@ -139,7 +140,7 @@ def plan_map(fn: Any, iterables: tuple[Iterable[Any], ...], grid: dict[str, Iter
     if "engine" in job:
         raise ValueError("job= sets the rest of each index's job (resources, timeout, env, …); the engine is map's")
     try:
-        spec = SweepSpec.model_validate({"job": {**job, "engine": engine}, **parts})
+        spec = SweepSpec.model_validate({"job": {**job, "engine": engine}, **parts, "confidence": confidence})
     except ValidationError as e:
         raise InvalidRequest(f"invalid map: {validation_summary(e, 'spec')}", None, "invalid_spec") from None
     size = len(spec.model_dump_json())

@@ -115,7 +115,7 @@ def _run(ctx: typer.Context, engine: dict[str, Any], flags: JobFlags, opts: RunO
 
     refuse_conflicts(opts)
     spec = build_spec(engine, flags)  # before any connection: a bad spec fails without a node
-    sweep = build_sweep(spec, flags.sweep)  # None: no sweep flags, a single job
+    sweep = build_sweep(spec, flags.sweep, flags.confidence)  # None: no sweep flags, a single job
     return submit(ctx, spec if sweep is None else sweep, opts, context)
 
 

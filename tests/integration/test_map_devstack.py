@@ -49,6 +49,15 @@ def test_map_over_20_items_returns_every_value_in_order(client) -> None:
     assert client.map(grow, items) == [grow(x) for x in items]
 
 
+def test_with_confidence_every_value_is_one_that_two_nodes_returned(client) -> None:
+    items = list(range(6))
+    assert client.map(grow, items, confidence=2) == [grow(x) for x in items]
+    [sweep] = client.list_sweeps(limit=1).sweeps
+    assert sweep.spec.confidence == 2
+    records = client.sweep_indexes(sweep.id).indexes
+    assert [r.reason.startswith("completed, verified by 2 of") for r in records] == [True] * 6
+
+
 def test_map_runs_closures_and_lambdas_with_what_they_close_over(client) -> None:
     def scaled(k: int):
         offset = {"a": 1.5}

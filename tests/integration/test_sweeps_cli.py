@@ -107,6 +107,21 @@ def test_a_python_sweep_gives_each_index_its_value(stack: Stack, tmp_path: Path)
     assert kinds[0] == "Created" and kinds[-1] == "Completed" and "Claimed" in kinds
 
 
+def test_with_confidence_both_nodes_run_each_python_index_and_their_results_agree(stack: Stack) -> None:
+    # a seeded draw too: the python engine is deterministic, so two honest nodes give the same answer
+    code = "import os, random; print(int(os.environ['x']) ** 2, random.randrange(10**9))"
+    result = shoal(stack, "run", "python", "-c", code, "--param", "x=1,2,3,4", "--confidence", "2")
+    assert result.returncode == 0, result.stderr
+    sweep_id = sweep_id_of(result)
+    assert f"Sweep {sweep_id} completed: 4/4 completed" in result.stderr
+    records = indexes(stack, sweep_id)["indexes"]
+    assert all(r["state"] == "completed" and r["reason"] == "completed, verified by 2 of 2 nodes" for r in records)
+    assert all(r["attempts"] == 2 for r in records)  # once on each node, never twice on one
+    squares = [shoal(stack, "sweep", "logs", sweep_id, str(i)).stdout.split()[0] for i in range(4)]
+    assert squares == ["1", "4", "9", "16"]
+    assert "each index's result by 2 nodes that agree" in shoal(stack, "describe", sweep_id).stdout
+
+
 def test_json_output_and_reattaching_with_an_idempotency_key(stack: Stack) -> None:
     args = ("run", "noop", "--param", "n=1,2,3,4", "--idempotency-key", "sweep-cli-key-1")
     first = shoal(stack, *args, "--json")

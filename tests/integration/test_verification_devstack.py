@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from devstack import Devstack
-from jobs import ExecutionState, JobState
+from jobs import EventKind, ExecutionState, JobState
 from shoal import AsyncClient
-from tests.integration.rogue import knows, poll
+from tests.integration.rogue import free_base_port, knows, poll
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +46,25 @@ async def test_honest_results_win_and_the_liar_is_quarantined(tmp_path, monkeypa
         again = await client.run({"engine": {"name": "noop"}, "env": {"RUN": "after"},
                                   "deal": {"concurrency": 3, "confidence": 2}}, timeout=60)
         assert again.job.cached_from == d.job.id and again.executions == []
+
+
+async def test_a_verified_sweep_takes_no_index_on_the_liars_word(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    async with (Devstack(4, noop=True, base_dir=tmp_path / "stack", base_port=free_base_port(4), bad_actors=1,
+                         write_state=False) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        liar = stack.nodes[3].peer_id
+        await poll(lambda: knows(client, liar), 30, "the requester never heard of the liar")
+        spec = {"job": {"engine": {"name": "noop"}}, "grid": {"i": [str(i) for i in range(24)]}, "confidence": 2}
+        d = await client.run_sweep(spec, timeout=120)
+        assert d.sweep.counts == {JobState.COMPLETED: 24}, d.sweep.reason
+        records = (await client.sweep_indexes(d.sweep.id)).indexes
+        assert all(r.result.stdout == "" and r.node_id != liar for r in records)  # the honest noop result
+        assert all(r.reason.startswith("completed, verified by 2 of") for r in records)
+        with trio.fail_after(30):  # the stream of an ended sweep ends
+            events = [e async for e in client.events(d.sweep.id)]
+        outvoted = [e for e in events if e.kind is EventKind.RESULTS_REJECTED]
+        assert outvoted and {e.node_id for e in outvoted} == {liar}
+        reputation = (await client.nodes()).reputation
+        assert reputation[liar].rejected == len(outvoted)
+        assert not any(r.rejected for peer, r in reputation.items() if peer != liar)

@@ -271,3 +271,49 @@ async def test_a_requester_granting_indexes_past_the_end_or_a_trillion_of_them_g
         fresh, _ = await node.requester.submit(JobSpec.model_validate({"engine": {"name": "noop"}}), "bob")
         await node.requester.wait(fresh.id, 30)
         assert (await node.requester.get(fresh.id)).state is JobState.COMPLETED  # the node carries on
+
+
+async def test_with_confidence_a_lying_node_decides_no_index_and_wins_no_any_sweep(tmp_path, autojump_clock):
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, MemoryHub(), tmp_path, n=4)
+        liar = ns[3]
+        runs: list = []
+        for n in ns:
+            async def before(request, node=n.peer_id):
+                runs.append((node, int(request.spec.env["SHOAL_INDEX"])))
+            n.noop.hooks.before_run = before
+            n.noop.hooks.delay = 0.05
+        liar.noop.hooks.stdout = "forged: found it\n"  # a different result, and a "hit"
+
+        spec = sweep(grid={"i": [str(i) for i in range(30)]}, confidence=2)
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=120)
+        assert d.sweep.counts == {JobState.COMPLETED: 30}, d.sweep.reason
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=0, limit=30)
+        assert all(r.result.stdout == "" and r.node_id != liar.peer_id for r in records)
+        assert all("verified by 2 of" in r.reason for r in records)
+        for i in range(30):  # every index ran on two distinct nodes at least
+            assert len({node for node, index in runs if index == i}) >= 2, i
+        assert ns[0].sweeps.counters["results_outvoted"] >= 1
+        assert ns[0].requester.quarantined(liar.peer_id)
+        assert not any(ns[0].requester.quarantined(n.peer_id) for n in ns[:3])
+
+        spec = sweep(grid={"i": [str(i) for i in range(30)]}, success="any", confidence=2)
+        s, _ = await ns[0].sweeps.submit(spec, "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=120)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.winner is not None, d.sweep.reason
+        [won], _ = await ns[0].store.sweep_indexes(s.id, first=d.sweep.winner, limit=1)
+        assert won.result.stdout == "" and won.node_id != liar.peer_id
+
+
+async def test_without_confidence_the_first_result_of_an_index_counts(tmp_path, autojump_clock):
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, MemoryHub(), tmp_path, n=2)
+        runs: list = []
+        for n in ns:
+            async def before(request, node=n.peer_id):
+                runs.append(node)
+            n.noop.hooks.before_run = before
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(20)]}), "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=60)
+        assert d.sweep.counts == {JobState.COMPLETED: 20} and len(runs) == 20  # once each: no cost unasked

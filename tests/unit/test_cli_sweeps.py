@@ -200,9 +200,10 @@ def test_without_sweep_flags_a_job_is_submitted(fake: FakeSweepClient) -> None:
         (["--param", "1x=1"], "sweep (--param/--sweep): invalid parameter names (they become environment "
                               "variables): 1x"),
         (["--param", "SHOAL_INDEX=1"], "sweep (--param/--sweep): SHOAL_INDEX is set by Shoal for every index"),
-        (["--param", "x=1", "--concurrency", "2"], "sweep (--concurrency/--confidence/--min-bids): a sweep runs "
-                                                   "each index once: leave concurrency, confidence and min_bids "
-                                                   "unset"),
+        (["--param", "x=1", "--concurrency", "2"], "sweep (--concurrency/--min-bids): a sweep runs each index "
+                                                   "once: leave concurrency and min_bids unset"),
+        (["--param", "x=1", "--confidence", "9"], "confidence (--confidence): Input should be less than or equal "
+                                                  "to 5"),
         (["--param", "x=1", "--success-output", "out"], "sweep (--success-output): success_output only applies "
                                                         "with success=any"),
         (["--success", "any"], "sweep (--param/--sweep/--shard-inputs): a sweep needs parameters (grid, zip or "
@@ -225,6 +226,18 @@ def test_every_sweep_problem_gets_its_own_line(fake: FakeSweepClient) -> None:
     assert len(lines) == 3, lines
     for flag in ("--param", "--concurrency", "--success-output"):
         assert any(flag in line for line in lines), (flag, lines)
+
+
+def test_confidence_on_a_sweep_verifies_each_index_and_a_sweep_file_can_set_it(fake: FakeSweepClient,
+                                                                                  tmp_path: Path) -> None:
+    assert run("run", "noop", "--param", "x=1,2", "--confidence", "2", "--no-wait").exit_code == 0
+    spec = submitted_sweep(fake)
+    assert spec.confidence == 2 and spec.job.deal.confidence == 0  # the sweep's, not each index's job's
+    path = tmp_path / "sweep.yaml"
+    path.write_text("grid: {x: [1, 2]}\nconfidence: 3\n")
+    fake.sweeps_submitted.clear()
+    assert run("run", "noop", "--sweep", str(path), "--no-wait").exit_code == 0
+    assert submitted_sweep(fake).confidence == 3
 
 
 def test_shard_inputs_must_be_positive_and_success_a_choice(fake: FakeSweepClient) -> None:
@@ -467,14 +480,15 @@ def test_sweep_status_line_never_wraps() -> None:
 
 
 def test_describe_a_sweep(fake: FakeSweepClient) -> None:
-    spec = SweepSpec(job=NOOP, grid={"x": ["1", "2", "3"]}, success="any")
+    spec = SweepSpec(job=NOOP, grid={"x": ["1", "2", "3"]}, success="any", confidence=2)
     sweep = sweep_of(spec, JobState.COMPLETED, {JobState.COMPLETED: 1, JobState.FAILED: 1, JobState.CANCELLED: 1},
                      reason="index 1 succeeded", winner=1)  # fmt: skip
     fake.final = description(sweep, [JobState.FAILED, JobState.COMPLETED, JobState.CANCELLED], {0: "exit code 3"})
     result = run("describe", SWEEP_ID)
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    for text in (SWEEP_ID, "index 1 succeeded", "grid x(3)", "index 1 (x=2)", "Counts", "Ranges", "exit code 3"):
+    for text in (SWEEP_ID, "index 1 succeeded", "grid x(3)", "index 1 (x=2)", "Counts", "Ranges", "exit code 3",
+                 "each index's result by 2 nodes that agree"):
         assert text in out, text
     assert [line.split()[:2] for line in out.splitlines() if line.startswith(("0 ", "1 ", "2 "))] == [
         ["0", "failed"], ["1", "completed"], ["2", "cancelled"]]

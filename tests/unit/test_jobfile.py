@@ -95,7 +95,7 @@ def test_axes_beside_a_job_spec_hint_at_the_sweep_shape() -> None:
 def test_a_sweeps_own_checks_are_one_line_each() -> None:
     lines = problems("job: {engine: {name: noop}, deal: {concurrency: 2}}\ngrid: {x: [1], SHOAL_INDEX: [2]}\n")
     assert lines == ["job.yaml: SHOAL_INDEX is set by Shoal for every index",
-                     "job.yaml: a sweep runs each index once: leave concurrency, confidence and min_bids unset"]
+                     "job.yaml: a sweep runs each index once: leave concurrency and min_bids unset"]
 
 
 @pytest.mark.parametrize(

@@ -330,8 +330,9 @@ def test_a_new_job_no_known_node_could_run_fails_at_once():
 # -- sweeps --------------------------------------------------------------------------------------
 
 
-def sweep_machine(count: int = 10, success: str = "all") -> SweepMachine:
-    sweep_spec = SweepSpec(job=spec(), items=[{"X": str(i)} for i in range(count)], success=success)
+def sweep_machine(count: int = 10, success: str = "all", confidence: int = 0) -> SweepMachine:
+    sweep_spec = SweepSpec(job=spec(), items=[{"X": str(i)} for i in range(count)], success=success,
+                           confidence=confidence)
     sweep = Sweep(id="s-1", owner="alice", spec=sweep_spec, count=count, requester=REQ,
                   counts={JobState.PENDING: count}, created_at=0, updated_at=0)
     return SweepMachine.new(sweep, REQ)
@@ -422,6 +423,66 @@ def test_retrying_a_failed_sweep_puts_its_failed_indexes_back_to_run():
     changes = m.retry(3.0)
     assert m.sweep.state is JobState.RUNNING and m.states == [JobState.PENDING] and m.attempts == [0]
     assert [e.kind for w in changes.writes for e in w.events] == [EventKind.RETRIED]
+
+
+def report(m: SweepMachine, peer: str, result: IndexResult, now: float, able=("n-a", "n-b", "n-c")):
+    """``peer`` claims one index, is granted it and reports ``result`` for it: the reply to the report."""
+    granted, _ = m.claim(peer, claim(f"c-{peer}-{now}", want=1), now, able=set(able), quarantined=False)
+    assert granted.ranges == [(result.index, result.index + 1)], granted
+    return m.claim(peer, claim(f"c-{peer}-{now}", result), now + 1, able=set(able), quarantined=False)
+
+
+def test_a_verified_sweep_counts_an_index_only_once_two_nodes_agree_and_never_asks_the_same_node_twice():
+    m = sweep_machine(1, confidence=2)
+    report(m, "n-a", ok(0), 1.0)
+    assert m.states == [JobState.PENDING] and m.sweep.state is JobState.RUNNING
+    again, _ = m.claim("n-a", claim("c-a-again", want=1), 3.0, able={"n-a", "n-b"}, quarantined=False)
+    assert again.ranges == []  # its own word cannot confirm itself
+    _, changes = report(m, "n-b", ok(0), 4.0)
+    assert changes.finished and m.sweep.state is JobState.COMPLETED and changes.penalties == []
+    record = changes.writes[-1].indexes[0]
+    assert record.state is JobState.COMPLETED and record.reason == "completed, verified by 2 of 2 nodes"
+
+
+def test_a_liars_hit_ends_no_any_sweep_and_the_majority_outvotes_it():
+    m = sweep_machine(2, success="any", confidence=2)
+    forged = IndexResult(index=0, result=RunResult(stdout="forged: found it"))
+    _, changes = report(m, "liar", forged, 1.0, able=("liar", "n-a", "n-b"))
+    assert not changes.finished and m.sweep.winner is None and m.states[0] is JobState.PENDING
+    _, changes = report(m, "n-a", ok(0), 3.0, able=("liar", "n-a", "n-b"))
+    assert not changes.finished and m.states[0] is JobState.PENDING  # one against one: no verdict yet
+    _, changes = report(m, "n-b", ok(0), 5.0, able=("liar", "n-a", "n-b"))
+    assert changes.finished and m.sweep.state is JobState.COMPLETED and m.sweep.winner == 0
+    assert changes.writes[-1].indexes[0].result.stdout == "0"  # the honest result, never the forged one
+    assert [peer for peer, _ in changes.penalties] == ["liar"]
+    assert [e.node_id for w in changes.writes for e in w.events if e.kind is EventKind.RESULTS_REJECTED] == ["liar"]
+
+
+def test_an_index_whose_nodes_all_disagree_fails_as_unverified_and_blames_no_one():
+    m = sweep_machine(1, confidence=2)
+    for n, peer in enumerate(("n-a", "n-b", "n-c")):
+        _, changes = report(m, peer, IndexResult(index=0, result=RunResult(stdout=f"different {n}")), 1.0 + 2 * n)
+    assert changes.finished and m.sweep.state is JobState.FAILED and changes.penalties == []
+    assert changes.writes[-1].indexes[0].reason.startswith("could not verify: no result shared by 2 nodes")
+
+
+def test_an_index_on_which_every_able_node_disagrees_fails_but_one_nodes_result_waits_for_another():
+    m = sweep_machine(2, confidence=2)
+    report(m, "n-a", ok(0), 1.0, able=("n-a", "liar"))
+    _, changes = report(m, "liar", IndexResult(index=0, result=RunResult(stdout="forged")), 3.0, able=("n-a", "liar"))
+    assert m.states[0] is JobState.FAILED and changes.penalties == []  # no third node to break the tie
+    report(m, "n-a", ok(1), 5.0, able=("n-a",))  # a node alone: its index waits for a second one
+    assert m.states[1] is JobState.PENDING
+
+
+def test_runs_awaiting_confirmation_do_not_use_up_an_index_s_attempts():
+    m = sweep_machine(1, confidence=3)
+    nodes = ("n-a", "n-b", "n-c", "n-d", "n-e")
+    for n, peer in enumerate(nodes[:4]):  # 2 against 2: nobody has 3 yet
+        report(m, peer, IndexResult(index=0, result=RunResult(stdout=str(n % 2))), 1.0 + 2 * n, able=nodes)
+    m.claim("n-e", claim("c-e", want=1), 10.0, able=set(nodes), quarantined=False)
+    changes = m.tick(30.0)  # its claim lapses: a run lost for reasons of its node, the fifth attempt
+    assert m.states == [JobState.PENDING] and "will run again" in changes.writes[0].indexes[0].reason
 
 
 # -- the store the requester needs ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from pydantic import ValidationError
@@ -53,6 +54,8 @@ def test_the_context_is_never_the_sharded_input():
     ({"zip": {"a": ["1", "2"], "b": ["1"]}}, "same length"),
     ({"items": [{"a": "1"}, {"b": "2"}]}, "same parameters"),
     ({"grid": {"x": ["1"]}, "job": {"deal": {"concurrency": 2}}}, "runs each index once"),
+    ({"grid": {"x": ["1"]}, "job": {"deal": {"concurrency": 2, "confidence": 2}}}, "with its own confidence"),
+    ({"grid": {"x": ["1"]}, "confidence": 6}, "less than or equal to 5"),
     ({"shard_inputs": 2}, "name the input to shard"),
     ({"shard_inputs": 2, "shard_path": "/nope", "job": {"inputs": [{"source": "ipfs://x", "path": "/d"}]}},
      "no input is mounted at /nope"),
@@ -63,6 +66,15 @@ def test_the_context_is_never_the_sharded_input():
 def test_bad_sweeps_are_refused_with_a_reason(kw, message):
     with pytest.raises(ValidationError, match=message):
         spec(**kw)
+
+
+def test_a_sweep_without_confidence_reads_and_hashes_as_before_it_existed():
+    plain = spec(grid={"x": ["1"]})
+    assert "confidence" not in json.loads(plain.model_dump_json())  # a node of the last release still takes it
+    assert plain.digest() == spec(grid={"x": ["1"]}, confidence=0).digest()
+    verified = spec(grid={"x": ["1"]}, confidence=2)
+    assert SweepSpec.model_validate_json(verified.model_dump_json()).confidence == 2
+    assert verified.digest() != plain.digest()  # an idempotent repeat must not mix the two up
 
 
 def test_shards_are_contiguous_sorted_runs_of_near_equal_size():
