@@ -138,9 +138,11 @@ def test_cancelling_from_the_page_cancels_the_job(page, dashboard) -> None:
 
 
 def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:
-    sweep = dashboard.client.run_sweep({"job": noop(), "grid": {"x": [str(i) for i in range(40)]}}, timeout=60).sweep
+    sweep = dashboard.client.run_sweep({"job": noop(), "grid": {"x": [str(i) for i in range(40)]}, "confidence": 2},
+                                       timeout=60).sweep
     page.goto(dashboard.url + f"#/sweeps/{sweep.id}")
     page.locator('#sweep-legend b[data-count="completed"]:text-is("40")').wait_for(timeout=15_000)
+    page.get_by_text("each index verified by 2 nodes").wait_for()
     cells = page.locator("#sweep-grid rect.cell")
     assert cells.count() == 40
     assert cells.evaluate_all("cells => cells.every(c => c.dataset.state === 'completed')")

@@ -24,8 +24,10 @@ async def test_honest_results_win_and_the_liar_is_quarantined(tmp_path, monkeypa
         await poll(lambda: knows(client, liar), 30, "the requester never heard of the liar")
         rejected_liar = 0
         for n in range(12):
+            # the requester chooses among all four bids, at random: with the first three bids winning, a
+            # liar whose bids are slower (a stream to dial each time) could sit out most of the jobs
             spec = {"engine": {"name": "noop"}, "env": {"RUN": str(n)},
-                    "deal": {"concurrency": 3, "confidence": 2}}
+                    "deal": {"concurrency": 3, "confidence": 2, "min_bids": 4}, "deadlines": {"min_bids": 1}}
             d = await client.run(spec, timeout=60)
             assert d.job.state is JobState.COMPLETED, d.job.reason
             assert "verified by" in d.job.reason

@@ -126,6 +126,7 @@ export function sweepPage(view, params, id) {
       h('ul', { class: 'legend', id: 'sweep-legend' }, STATES.map((s) => h('li', {}, h('span', { class: `swatch ${s}` }),
         `${s} `, h('b', { dataset: { count: s } }, String(sweep.counts[s] || 0))))),
       h('p', { class: 'muted' }, `${sweep.count} indexes · engine ${sweep.spec.job.engine.name} · created ${when(sweep.created_at)}`,
+        sweep.spec.confidence > 1 ? ` · each index verified by ${sweep.spec.confidence} nodes` : '',
         sweep.winner !== null && sweep.winner !== undefined ? ` · winner: index ${sweep.winner}` : ''));
     fill(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges),
       truncated ? h('p', { class: 'muted' }, 'more ranges than the description carries: the grid shows the first ones') : null);
