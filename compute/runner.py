@@ -17,7 +17,7 @@ import trio
 
 from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, tree_size
 from jobs import Execution, RunResult, ShoalError
-from jobs.spec import ENGINE_VERSIONS
+from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.compute")
 
 WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
-PREPARE_DEADLINE = 900.0  # pulling an image is not part of the job's run timeout, but is bounded too
-INPUT_DEADLINE = 120.0  # seconds to stage all of a job's inputs (not part of its run timeout)
 MAX_INPUT_BYTES = 10 * 1024**3  # a job's inputs together
 
 

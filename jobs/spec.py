@@ -129,6 +129,10 @@ class Deal(_Frozen):
 
 MAX_BID_DEADLINE = 24 * 3600.0  # the longest a job may wait for bids: every job ends in finite time
 MAX_RETRIES = 10  # runs of a job (or a sweep index) after the first that failed
+# What a node may spend before a run's timeout starts (``compute.runner`` holds it to these; a requester
+# waiting for the result counts them too):
+INPUT_DEADLINE = 120.0  # staging all of a job's inputs
+PREPARE_DEADLINE = 900.0  # readying its engine: pulling an image (the others take seconds, within result_grace)
 
 
 class Deadlines(_Frozen):
@@ -396,6 +400,15 @@ class JobSpec(_Frozen):
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
+
+    def result_deadline(self) -> float:
+        """Seconds from a node's acceptance of the job until its requester gives up on the result: staging
+        the inputs and pulling the image may take their own deadlines before the run's ``timeout``
+        starts, and ``deadlines.result_grace`` covers publishing and delivery. A node silent for
+        ``deadlines.silence`` is given up on long before."""
+        preparing = (INPUT_DEADLINE if self.inputs else 0.0) + (PREPARE_DEADLINE if self.engine.executor == "docker"
+                                                              else 0.0)
+        return preparing + self.timeout + self.deadlines.result_grace
 
     def outcome_spec(self) -> JobSpec:
         """The spec with what only changes scheduling (deadlines, min_bids, selector, retries, cache) at its

@@ -360,8 +360,9 @@ class JobMachine:
                 and now - state.first_bid_at > spec.deadlines.min_bids:
             self._notify(p, self._decide(p))
         for x in list(p.state.executions.values()):
-            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > spec.timeout + spec.deadlines.result_grace:
-                y = x.transition(ExecutionState.FAILED, f"no result within {spec.timeout:g} s plus grace", now)
+            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > spec.result_deadline():
+                y = x.transition(ExecutionState.FAILED, f"no result within {spec.result_deadline():g} s (its run "
+                                 f"timeout, {spec.timeout:g} s, with time to prepare and deliver)", now)
                 p.put(y)
                 p.cancel(y)
                 self._execution_failed(p, y, True, [p.event(EventKind.ERROR, y.reason, y)])

@@ -11,6 +11,8 @@ import inspect
 import random
 from pathlib import Path
 
+import pytest
+
 import requester
 from jobs import (
     Deadlines,
@@ -26,6 +28,7 @@ from jobs import (
     RunResult,
 )
 from jobs.messages import Bid, Cancel, Claim, Decision, IndexResult, NodeInfo, Result, outcome_digest
+from jobs.spec import INPUT_DEADLINE, PREPARE_DEADLINE, DockerEngine, InputSpec
 from jobs.sweep import Sweep, SweepSpec
 from requester.machine import ANNOUNCE_BACKOFF_MAX, Changes, JobMachine, Known, Tracked
 from requester.ports import RequesterStore
@@ -270,6 +273,19 @@ def test_an_execution_without_a_result_past_its_timeout_is_cancelled_and_its_slo
     assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
     assert isinstance(sent(changes, Cancel)["n-a"], Cancel)
     assert changes.state.job.attempt == 1 and changes.announce
+
+
+@pytest.mark.parametrize(("update", "preparing"), [
+    ({"engine": DockerEngine(image="busybox")}, PREPARE_DEADLINE),  # pulling the image
+    ({"inputs": [InputSpec(source="https://example.org/data.csv", path="/data.csv")]}, INPUT_DEADLINE),
+])
+def test_a_node_gets_its_time_to_stage_inputs_and_pull_the_image_before_its_timeout_counts(update, preparing):
+    state = running(tracked(spec().model_copy(update=update)), "n-a")
+    assert machine().tick(state, 72.0, KNOWN).writes == []  # past timeout + grace: the node may still be preparing
+    assert machine().tick(state, 69.0 + preparing, KNOWN).writes == []
+    changes = machine().tick(state, 72.0 + preparing, KNOWN)
+    assert changes.state.executions["x-n-a"].state is ExecutionState.FAILED
+    assert changes.state.executions["x-n-a"].reason.startswith(f"no result within {70 + preparing:g} s")
 
 
 def test_an_execution_whose_node_went_silent_is_lost_and_its_slot_reoffered():
