@@ -60,6 +60,9 @@ class SweepMachine:
         self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (first error at, node -> retryable)
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
+        # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
+        # draws from the heaps of others only, never scanning past its own node's (one may be thousands)
+        self.awaiting: dict[frozenset[str], list[int]] = {}
         self.refusal_events = 0
         self.next_announce = next_announce
         self.backoff = ANNOUNCE_BACKOFF_FIRST
@@ -109,6 +112,10 @@ class SweepMachine:
     def _touched(self, now: float) -> Sweep:
         """The sweep as it is written when only its indexes changed."""
         return self.sweep.model_copy(update={"updated_at": now, "revision": self.sweep.revision + 1})
+
+    def unclaimed(self) -> int:
+        """Pending indexes, about (a heap may still hold an index that has moved on)."""
+        return len(self.pending) + sum(map(len, self.awaiting.values()))
 
     def unfinished(self) -> int:
         return self.sweep.counts.get(JobState.PENDING, 0) + self.sweep.counts.get(JobState.RUNNING, 0)
@@ -211,21 +218,23 @@ class SweepMachine:
         """Pending indexes for ``claim``, lowest first, at most its share (guided self-scheduling); the caller
         moves them to running."""
         granted, passed = [], []
-        share = max(1, -(-len(self.pending) // max(1, len(able))))
-        while len(granted) < min(want, share) and self.pending:
-            i = heapq.heappop(self.pending)
+        heaps = [heap for ran, heap in self.awaiting.items() if peer not in ran] + [self.pending]
+        share = max(1, -(-self.unclaimed() // max(1, len(able))))
+        while len(granted) < min(want, share) and (heap := min(filter(None, heaps), key=lambda h: h[0], default=None)):
+            i = heapq.heappop(heap)
             if self.states[i] is not JobState.PENDING:
                 continue
             if i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0]):
-                passed.append(i)  # it errored on this node: another one runs it
+                passed.append((heap, i))  # it errored on this node: another one runs it
             elif self.not_before.get(i, now) > now:
-                passed.append(i)  # a retry waiting out its backoff
+                passed.append((heap, i))  # a retry waiting out its backoff
             elif peer in self.proposals.get(i, ()):
-                passed.append(i)  # its result awaits another node's
+                passed.append((heap, i))  # its result awaits another node's (back to pending since it ran here)
             else:
                 granted.append(i)
-        for i in passed:
-            heapq.heappush(self.pending, i)
+        for heap, i in passed:
+            heapq.heappush(heap, i)
+        self.awaiting = {ran: heap for ran, heap in self.awaiting.items() if heap}
         granted.sort()
         for i in granted:
             self.not_before.pop(i, None)
@@ -322,7 +331,7 @@ class SweepMachine:
         if len(proposed) < 2 * k - 1 and not (len(proposed) > 1 and set(able) <= proposed.keys()):
             agreeing = max(Counter(proposed.values()).values())
             return self._back_to_pending(i, f"{agreeing} of the {k} agreeing results it needs; another node "
-                                            "runs it", p.now)
+                                            "runs it", p.now, awaiting=frozenset(proposed))
         del self.proposals[i]
         return self._fail_or_retry(i, peer, verdict.reason, p.now)
 
@@ -350,9 +359,11 @@ class SweepMachine:
         return self._back_to_pending(i, f"{reason} on node {node[-8:]}; retry {self.retries[i]} of {allowed} "
                                         f"in {delay:g} s", now, due=now + delay)
 
-    def _back_to_pending(self, i: int, reason: str, now: float, *, due: float | None = None) -> IndexRecord:
-        """``due``: when it may run again (a retry's backoff); the next announcement is then at the latest."""
-        heapq.heappush(self.pending, i)
+    def _back_to_pending(self, i: int, reason: str, now: float, *, due: float | None = None,
+                         awaiting: frozenset[str] | None = None) -> IndexRecord:
+        """``due``: when it may run again (a retry's backoff); the next announcement is then at the latest.
+        ``awaiting``: the nodes whose results for it await confirmation, none of which may run it again."""
+        heapq.heappush(self.pending if awaiting is None else self.awaiting.setdefault(awaiting, []), i)
         self.backoff = ANNOUNCE_BACKOFF_FIRST
         self.next_announce = min(self.next_announce, now + TICK if due is None else due)
         return self._move(i, JobState.PENDING, reason, now)
@@ -374,7 +385,7 @@ class SweepMachine:
             records += self._take_back(claim, f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s", now)
         if self._save_taken_back(p, records):
             return p
-        p.announce = bool(self.pending) and now >= self.next_announce
+        p.announce = self.unclaimed() > 0 and now >= self.next_announce
         return p
 
     def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:

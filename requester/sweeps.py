@@ -89,7 +89,7 @@ class SweepService(Driver[_Live]):
     async def _announce(self, live: _Live) -> None:
         machine = live.machine
         ann = SweepAnnounce(sweep_id=machine.sweep.id, spec=machine.sweep.spec, requester=self.peers.node_id,
-                            requester_addrs=self.peers.addrs(), pending=len(machine.pending))
+                            requester_addrs=self.peers.addrs(), pending=machine.unclaimed())
         machine.announced(self.clock())
         self.counters["announcements"] += 1
         await self.peers.publish(ann)
@@ -161,7 +161,7 @@ class SweepService(Driver[_Live]):
 
     def pending_indexes(self) -> int:
         """Indexes of live sweeps that no node has claimed yet (waiting for capacity)."""
-        return sum(len(live.machine.pending) for live in self._live.values())
+        return sum(live.machine.unclaimed() for live in self._live.values())
 
     # -- claims from compute nodes ----------------------------------------------------------------
 

@@ -22,13 +22,21 @@ def _response(status: str, body: bytes = b"", headers: dict[str, str] | None = N
     return "\r\n".join(lines).encode() + body
 
 
-async def _handler(stream: trio.SocketStream) -> None:
+async def read_request(stream: trio.SocketStream) -> bytes | None:
+    """An HTTP request's head as it arrives (None: the client hung up first)."""
     request = b""
     while b"\r\n\r\n" not in request:
         chunk = await stream.receive_some(4096)
         if not chunk:
-            return
+            return None
         request += chunk
+    return request
+
+
+async def _handler(stream: trio.SocketStream) -> None:
+    request = await read_request(stream)
+    if request is None:
+        return
     path = request.split(b" ")[1].decode()
     try:
         if path == "/hello":

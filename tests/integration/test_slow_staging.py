@@ -16,6 +16,7 @@ from devstack import Devstack
 from jobs import JobState
 from shoal import AsyncClient
 from tests.integration.rogue import free_base_port
+from tests.integration.test_http_input import read_request
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +25,8 @@ TRICKLE = 0.15  # seconds between bytes: 6 s for the body, well past the job's t
 
 
 async def _trickle(stream: trio.SocketStream) -> None:
-    request = b""
-    while b"\r\n\r\n" not in request:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return
-        request += chunk
+    if await read_request(stream) is None:
+        return
     try:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(BODY))
         for byte in BODY:

@@ -460,6 +460,23 @@ def test_a_verified_sweep_counts_an_index_only_once_two_nodes_agree_and_never_as
     assert record.state is JobState.COMPLETED and record.reason == "completed, verified by 2 of 2 nodes"
 
 
+def test_each_claim_gets_the_indexes_awaiting_other_nodes_runs_lowest_first_and_never_its_own():
+    m = sweep_machine(10, confidence=3)
+    able = {"n-a", "n-b", "n-c"}
+    m.claim("n-a", claim("c-a", want=4), 1.0, able=able, quarantined=False)  # 0-3
+    m.claim("n-a", claim("c-a", *map(ok, range(4))), 2.0, able=able, quarantined=False)
+    a_again, _ = m.claim("n-a", claim("c-a2", want=2), 3.0, able=able, quarantined=False)
+    assert a_again.ranges == [(4, 6)]  # fresh ones: its own results await others
+    b, _ = m.claim("n-b", claim("c-b", want=2), 3.0, able=able, quarantined=False)
+    assert b.ranges == [(0, 2)]
+    m.claim("n-b", claim("c-b", ok(0), IndexResult(index=1, result=RunResult(stdout="other"))), 4.0, able=able,
+            quarantined=False)
+    c, _ = m.claim("n-c", claim("c-c", want=3), 5.0, able=able, quarantined=False)
+    assert c.ranges == [(0, 3)]  # 0 and 1 await a third node's run, 2 and 3 a second one's
+    b_again, _ = m.claim("n-b", claim("c-b2", want=2), 6.0, able=able, quarantined=False)
+    assert b_again.ranges == [(3, 4), (6, 7)]  # not 0 or 1, which it ran: 3, then a fresh one
+
+
 def test_a_liars_hit_ends_no_any_sweep_and_the_majority_outvotes_it():
     m = sweep_machine(2, success="any", confidence=2)
     forged = IndexResult(index=0, result=RunResult(stdout="forged: found it"))
