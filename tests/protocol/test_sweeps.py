@@ -192,14 +192,16 @@ async def test_a_silent_nodes_indexes_are_granted_to_the_others(tmp_path, autoju
         assert any(r.attempts > 1 for r in records)  # some were re-granted after the lease ran out
 
 
-async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path, autojump_clock):
+@pytest.mark.parametrize("confidence", [0, 2])
+async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path, autojump_clock, confidence):
+    """With confidence, what nodes proposed before the restart is forgotten: those indexes run again."""
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         workers = [await stack.enter_async_context(memory_node(hub, f"w{i}", tmp_path / f"w{i}", requester=False))
                    for i in range(2)]
         for w in workers:
             w.noop.hooks.delay = 0.1
-        spec = sweep(grid={"i": [str(i) for i in range(100)]})
+        spec = sweep(grid={"i": [str(i) for i in range(100)]}, confidence=confidence)
         async with memory_node(hub, "r", tmp_path / "r", compute=False) as r:
             await trio.sleep(1.5)
             s, _ = await r.sweeps.submit(spec, "alice", "k")
@@ -209,6 +211,9 @@ async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path, autojum
             d = await finished(r.sweeps, s.id, timeout=60)
             assert d.sweep.state is JobState.COMPLETED, d.sweep.reason
             assert d.sweep.counts == {JobState.COMPLETED: 100}
+            if confidence:
+                records, _ = await r.store.sweep_indexes(s.id)
+                assert all(x.reason == "completed, verified by 2 of 2 nodes" for x in records)
             again, created = await r.sweeps.submit(spec, "alice", "k")
             assert again.id == s.id and not created
 
