@@ -144,8 +144,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
-            sweeps = SweepService(peers=peers, store=store, known_nodes=requester.known_nodes,
-                                  penalize=requester.penalize, quarantined=requester.quarantined)
+            sweeps = SweepService(peers=peers, store=store, judge=requester)
             dispatcher.sweeps = sweeps
             await nursery.start(sweeps.run)
         nursery.start_soon(cleanup_loop, store, publisher, config.retention, config.ttl,

@@ -87,6 +87,7 @@ class Driver(Generic[L]):
     """A service driving live jobs or sweeps (``what``) by id: each ticked every TICK under its lock."""
 
     penalize: Callable[[str, str], Awaitable[None]]  # (peer, why): a refused message counts against the peer
+    credit: Callable[[list[str]], Awaitable[None]]  # peers whose results were verified count them in their favour
 
     def __init__(self, what: str, peers: Peers, store: RequesterStore, clock: Callable[[], float],
                  counters: str) -> None:
@@ -125,10 +126,12 @@ class Driver(Generic[L]):
                     log.exception("ticking %s %s", self.what, name)
 
     async def _tally(self, changes: Changes) -> None:
-        """Count what a decision counted; hold what it refused against the sender."""
+        """Count what a decision counted; hold what it refused against the sender, what it verified for it."""
         self.counters.update(changes.counts)
         for peer, why in changes.penalties:
             await self.penalize(peer, why)
+        if changes.credits:
+            await self.credit(changes.credits)
 
     async def wait(self, name: str, timeout: float) -> None:
         """Return once the job or sweep ``name`` has ended, or after ``timeout`` seconds."""

@@ -96,6 +96,7 @@ class Changes:
     sends: list[Send] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # counters to increment
     penalties: list[tuple[str, str]] = field(default_factory=list)  # (peer, why): refused messages held against it
+    credits: list[str] = field(default_factory=list)  # peers whose results were verified: counted for them
     announce: bool = False  # announce now (after the writes)
     finished: bool = False  # it reached a terminal state: forget it
 

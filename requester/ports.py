@@ -9,7 +9,18 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult
+from jobs.messages import NodeInfo
 from jobs.sweep import IndexRecord, Sweep
+
+
+class NodeJudge(Protocol):
+    """What the sweep service shares with the job service (``RequesterService`` implements it): the
+    compute nodes known lately, and one record of what each got right and wrong."""
+
+    def known_nodes(self) -> list[NodeInfo]: ...
+    def quarantined(self, peer: str) -> bool: ...
+    async def penalize(self, peer: str, reason: str) -> None: ...
+    async def credit(self, peers: list[str]) -> None: ...
 
 
 class RequesterStore(Protocol):

@@ -280,6 +280,14 @@ class RequesterService(Driver[_Active]):
         log.warning("refused from %s: %s", peer, reason)
         await self.store.save(reputation={peer: self.reputation[peer]})
 
+    async def credit(self, peers: list[str]) -> None:
+        """Count verified results (a sweep's) for their nodes, in one write: as a job's are, so a node's good
+        work weighs against its rejections (``trust.quarantined``)."""
+        for peer in peers:
+            accepted, rejected = self.reputation.get(peer, (0, 0))
+            self.reputation[peer] = (accepted + 1, rejected)
+        await self.store.save(reputation={peer: self.reputation[peer] for peer in peers})
+
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 
     async def _tick(self, aj: _Active) -> None:

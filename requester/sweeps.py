@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 from jobs import Event, EventKind, JobState
-from jobs.messages import Claim, NodeInfo, Peers, Reply, SweepAnnounce
+from jobs.messages import Claim, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
 from requester.common import Driver, Live, UnknownJob, deliver, signed_by, submit_once
 from requester.machine import Changes, Send
-from requester.ports import RequesterStore
+from requester.ports import NodeJudge, RequesterStore
 from requester.selection import can_ever_run
 from requester.sweep_machine import SweepMachine
 
@@ -45,15 +45,15 @@ class _Live(Live):
 
 
 class SweepService(Driver[_Live]):
-    def __init__(self, *, peers: Peers, store: RequesterStore, known_nodes: Callable[[], list[NodeInfo]],
-                 penalize: Callable[[str, str], Awaitable[None]], quarantined: Callable[[str], bool],
+    def __init__(self, *, peers: Peers, store: RequesterStore, judge: NodeJudge,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
                          "errors_contradicted quarantined_claims results_outvoted")
-        self.known_nodes = known_nodes
-        self.penalize = penalize  # a refused report or a contradicted error counts against its sender
-        self.quarantined = quarantined  # a quarantined peer gets no indexes
+        self.known_nodes = judge.known_nodes
+        self.penalize = judge.penalize  # a refused report, a contradicted error, an outvoted result
+        self.credit = judge.credit  # a verified result
+        self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
 
     async def _restore(self) -> None:
         now = self.clock()

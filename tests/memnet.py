@@ -216,8 +216,7 @@ async def memory_node(
             if c is not None:
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
-            sw = SweepService(peers=peers, store=store, known_nodes=r.known_nodes, penalize=r.penalize,
-                              quarantined=r.quarantined, clock=hub.now)
+            sw = SweepService(peers=peers, store=store, judge=r, clock=hub.now)
             await nursery.start(sw.run)
         dispatcher.requester, dispatcher.compute, dispatcher.sweeps = r, c, sw
         dispatcher.ready.set()

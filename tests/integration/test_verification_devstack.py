@@ -70,3 +70,5 @@ async def test_a_verified_sweep_takes_no_index_on_the_liars_word(tmp_path, monke
         reputation = (await client.nodes()).reputation
         assert reputation[liar].rejected == len(outvoted)
         assert not any(r.rejected for peer, r in reputation.items() if peer != liar)
+        # each index's two agreeing results count for their nodes, as a job's verified ones do
+        assert sum(r.accepted for peer, r in reputation.items()) == 2 * 24 and reputation[liar].accepted == 0

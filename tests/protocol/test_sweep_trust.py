@@ -297,6 +297,8 @@ async def test_with_confidence_a_lying_node_decides_no_index_and_wins_no_any_swe
         assert ns[0].sweeps.counters["results_outvoted"] >= 1
         assert ns[0].requester.quarantined(liar.peer_id)
         assert not any(ns[0].requester.quarantined(n.peer_id) for n in ns[:3])
+        assert sum(ns[0].requester.reputation[n.peer_id][0] for n in ns[:3]) == 2 * 30  # verified, and counted
+        assert ns[0].requester.reputation[liar.peer_id][0] == 0
 
         spec = sweep(grid={"i": [str(i) for i in range(30)]}, success="any", confidence=2)
         s, _ = await ns[0].sweeps.submit(spec, "alice")

@@ -31,7 +31,7 @@ from jobs.messages import Bid, Cancel, Claim, Decision, IndexResult, NodeInfo, R
 from jobs.spec import INPUT_DEADLINE, PREPARE_DEADLINE, DockerEngine, InputSpec
 from jobs.sweep import Sweep, SweepSpec
 from requester.machine import ANNOUNCE_BACKOFF_MAX, Changes, JobMachine, Known, Tracked
-from requester.ports import RequesterStore
+from requester.ports import NodeJudge, RequesterStore
 from requester.sweep_machine import SweepMachine
 
 REQ = "req"
@@ -456,6 +456,7 @@ def test_a_verified_sweep_counts_an_index_only_once_two_nodes_agree_and_never_as
     assert again.ranges == []  # its own word cannot confirm itself
     _, changes = report(m, "n-b", ok(0), 4.0)
     assert changes.finished and m.sweep.state is JobState.COMPLETED and changes.penalties == []
+    assert changes.credits == ["n-a", "n-b"]  # each agreeing node's good work counts for it
     record = changes.writes[-1].indexes[0]
     assert record.state is JobState.COMPLETED and record.reason == "completed, verified by 2 of 2 nodes"
 
@@ -487,7 +488,7 @@ def test_a_liars_hit_ends_no_any_sweep_and_the_majority_outvotes_it():
     _, changes = report(m, "n-b", ok(0), 5.0, able=("liar", "n-a", "n-b"))
     assert changes.finished and m.sweep.state is JobState.COMPLETED and m.sweep.winner == 0
     assert changes.writes[-1].indexes[0].result.stdout == "0"  # the honest result, never the forged one
-    assert [peer for peer, _ in changes.penalties] == ["liar"]
+    assert [peer for peer, _ in changes.penalties] == ["liar"] and changes.credits == ["n-a", "n-b"]
     assert [e.node_id for w in changes.writes for e in w.events if e.kind is EventKind.RESULTS_REJECTED] == ["liar"]
 
 
@@ -495,7 +496,7 @@ def test_an_index_whose_nodes_all_disagree_fails_as_unverified_and_blames_no_one
     m = sweep_machine(1, confidence=2)
     for n, peer in enumerate(("n-a", "n-b", "n-c")):
         _, changes = report(m, peer, IndexResult(index=0, result=RunResult(stdout=f"different {n}")), 1.0 + 2 * n)
-    assert changes.finished and m.sweep.state is JobState.FAILED and changes.penalties == []
+    assert changes.finished and m.sweep.state is JobState.FAILED and changes.penalties == changes.credits == []
     assert changes.writes[-1].indexes[0].reason.startswith("could not verify: no result shared by 2 nodes")
 
 
@@ -529,6 +530,16 @@ def test_the_node_store_offers_every_method_the_requester_needs_with_the_same_pa
             continue
         offered = getattr(Store, name)
         assert list(inspect.signature(offered).parameters) == list(inspect.signature(wanted).parameters), name
+
+
+def test_the_job_service_offers_every_method_the_sweep_service_asks_of_it():
+    from requester.service import RequesterService
+
+    for name, wanted in inspect.getmembers(NodeJudge, inspect.isfunction):
+        if not name.startswith("_"):
+            offered = getattr(RequesterService, name)
+            assert list(inspect.signature(offered).parameters) == list(inspect.signature(wanted).parameters), name
+            assert inspect.iscoroutinefunction(offered) == inspect.iscoroutinefunction(wanted), name
 
 
 def test_the_machines_and_their_rules_import_no_trio_no_store_and_no_network():
