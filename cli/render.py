@@ -39,6 +39,8 @@ _STATE_STYLE = {
     "rejected": "dim",
 }
 _PHASES = ("submitted", "announced", "first_bid", "accepted", "started", "proposed", "finished")
+
+
 def safe(text: str) -> str:
     """``printable`` text to put in rich markup: shown as written, never read as markup."""
     from rich.markup import escape
@@ -286,7 +288,6 @@ def show_list(rows: list[Any], total: int, noun: str, table: Callable[[list[Any]
 
 
 def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
-
     table = _table("ID", "ENGINE", "STATE", "INDEXES", "PROGRESS", "AGE")
     for sweep in sweeps:
         table.add_row(
@@ -301,7 +302,6 @@ def sweeps_table(sweeps: list[Sweep], now: float) -> Table:
 
 
 def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
-
     table = _table("INDEX", "STATE", "NODE", "EXIT", "ATTEMPTS", "PARAMETERS", "OUTPUT", "REASON")
     for r in records:
         table.add_row(
@@ -317,9 +317,7 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
     return table
 
 
-
 def jobs_table(jobs: list[Job], now: float) -> Table:
-
     table = _table("ID", "ENGINE", "STATE", "REASON", "AGE")
     for job in jobs:
         table.add_row(

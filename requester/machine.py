@@ -360,10 +360,11 @@ class JobMachine:
         if spec.deal.min_bids and state.bidding() and state.first_bid_at \
                 and now - state.first_bid_at > spec.deadlines.min_bids:
             self._notify(p, self._decide(p))
+        deadline = spec.result_deadline()
         for x in list(p.state.executions.values()):
-            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > spec.result_deadline():
-                y = x.transition(ExecutionState.FAILED, f"no result within {spec.result_deadline():g} s (its run "
-                                 f"timeout, {spec.timeout:g} s, with time to prepare and deliver)", now)
+            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > deadline:
+                y = x.transition(ExecutionState.FAILED, f"no result within {deadline:g} s (its run timeout, "
+                                 f"{spec.timeout:g} s, with time to prepare and deliver)", now)
                 p.put(y)
                 p.cancel(y)
                 self._execution_failed(p, y, True, [p.event(EventKind.ERROR, y.reason, y)])
