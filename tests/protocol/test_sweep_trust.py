@@ -319,3 +319,25 @@ async def test_without_confidence_the_first_result_of_an_index_counts(tmp_path, 
         s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(20)]}), "alice")
         d = await finished(ns[0].sweeps, s.id, timeout=60)
         assert d.sweep.counts == {JobState.COMPLETED: 20} and len(runs) == 20  # once each: no cost unasked
+
+
+async def test_a_rogue_cannot_confirm_its_own_forged_result_under_a_second_claim(tmp_path, autojump_clock):
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        for n in ns:
+            n.noop.hooks.delay = 30  # the honest nodes are busy while the rogue plays
+        rogue = Rogue(hub)
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(200)]}, confidence=2), "alice")
+        await trio.sleep(0.3)
+        first = await rogue.claim("n0", s.id, "c-rogue-1", want=1)
+        [(index, _)] = first.ranges
+        await rogue.claim("n0", s.id, "c-rogue-1", [hit(index)])
+        for n in range(2, 6):  # fresh claims, each hoping for the index it proposed
+            reply = await rogue.claim("n0", s.id, f"c-rogue-{n}", want=200)
+            granted = {i for a, b in reply.ranges for i in range(a, b)}
+            assert index not in granted
+            if granted:
+                await rogue.claim("n0", s.id, f"c-rogue-{n}", [hit(i) for i in granted])
+        records, _ = await ns[0].store.sweep_indexes(s.id, first=0, limit=200)
+        assert not any(r.state is JobState.COMPLETED for r in records)  # one node's word decides nothing
