@@ -89,7 +89,10 @@ def print_yaml(data: Any) -> None:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
 
     Dumper.add_representer(str, text)
-    sys.stdout.write(yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True))
+    out = yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True)
+    if printable(out) != out:  # a bidirectional override or a control YAML leaves as it is: escape all, as JSON does
+        out = yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=False)
+    sys.stdout.write(out)
 
 
 def output_format(json_: bool, output: str | None) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
 from cli.options import RunOptions
 from cli.render import print_json, status_line
+from cli.terminal import write_output
 
 if TYPE_CHECKING:
     from rich.status import Status
@@ -67,8 +68,7 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
     if job.state != "completed":
         raise CLIError(f"job {job.id} {job.state}: {job.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
     if not (opts.json or opts.id_only):
-        sys.stdout.write(job_stdout(client, desc))
-        sys.stdout.flush()
+        write_output([job_stdout(client, desc)])
         cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
         where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
         print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)
@@ -239,8 +239,7 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
         values = index_values(sweep.spec, sweep.winner)
         print(f"Index {sweep.winner} succeeded first" + (f" ({values})" if values else "") + "; its stdout:",
               file=sys.stderr, flush=True)
-        sys.stdout.write(index_stdout(client, sweep.id, sweep.winner))
-        sys.stdout.flush()
+        write_output([index_stdout(client, sweep.id, sweep.winner)])
         print(f"Its results: shoal sweep get {sweep.id} {sweep.winner}", file=sys.stderr)
     else:
         print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; its results: shoal sweep get {sweep.id} INDEX",

@@ -56,17 +56,13 @@ def logs(
     """Print a job's stdout (or stderr)."""
     from cli.lookup import job_id as full_id
     from cli.lookup import refuse_sweep
+    from cli.terminal import write_output
 
     refuse_sweep(job_id, "logs: shoal sweep logs ID INDEX")
     sdk = client(ctx)
     job_id = full_id(sdk, job_id)
     stream = "stderr" if stderr else "stdout"
-    if follow:
-        for chunk in sdk.follow_logs(job_id, stream):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-    else:
-        sys.stdout.write(sdk.logs(job_id, stream))
+    write_output(sdk.follow_logs(job_id, stream) if follow else [sdk.logs(job_id, stream)])
 
 
 def get(

@@ -118,7 +118,8 @@ def sweep_logs(
 ) -> None:
     """Print one index's stdout (or stderr)."""
     from cli.lookup import find_sweep
+    from cli.terminal import write_output
 
     sdk = client(ctx)
     sweep_id = find_sweep(sdk, sweep_id).sweep.id
-    sys.stdout.write(sdk.index_logs(sweep_id, index, "stderr" if stderr else "stdout"))
+    write_output([sdk.index_logs(sweep_id, index, "stderr" if stderr else "stdout")])

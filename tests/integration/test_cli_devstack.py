@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import selectors
 import signal
 import subprocess
@@ -259,12 +261,42 @@ def test_a_deterministic_job_reuses_a_verified_result(stack: Stack, tmp_path: Pa
     assert fresh["job"]["cached_from"] is None and fresh["executions"]
 
 
-def test_docker_run_passes_the_command_and_prints_its_output(stack: Stack, tmp_path: Path) -> None:
-    """Where a node offers docker (this machine's daemon, with busybox at hand): a real run."""
+def needs_docker(stack: Stack) -> None:
     offered = {e for n in json.loads(shoal(stack, "nodes", "--json").stdout)["nodes"] for e in n["engines"]}
     images = subprocess.run(["docker", "image", "inspect", "busybox"], capture_output=True, check=False)
     if "docker" not in offered or images.returncode != 0:
         pytest.skip("no node offers docker here, or busybox is not pulled (docker's own tests cover it)")
+
+
+def on_a_terminal(stack: Stack, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """``shoal ARGS`` with its stdout on a pseudo-terminal (so it knows it writes to one): its exit
+    code and what the terminal received (the terminal turns each newline into CR LF)."""
+    main, side = pty.openpty()
+    process = subprocess.Popen([SHOAL, *args], stdin=subprocess.DEVNULL, stdout=side, stderr=subprocess.DEVNULL,
+                               env=stack.env, cwd=stack.home)  # fmt: skip
+    os.close(side)
+    received, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 1)[0]:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: every writer has closed it
+                    break
+                if not data:
+                    break
+                received += data
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=10), received.decode()
+    finally:
+        process.kill()
+        os.close(main)
+
+
+def test_docker_run_passes_the_command_and_prints_its_output(stack: Stack, tmp_path: Path) -> None:
+    """Where a node offers docker (this machine's daemon, with busybox at hand): a real run."""
+    needs_docker(stack)
     result = shoal(stack, "docker", "run", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 0")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "out\n"  # the job's stdout, nothing else
@@ -278,6 +310,22 @@ def test_docker_run_passes_the_command_and_prints_its_output(stack: Stack, tmp_p
     assert failing.returncode == 1
     [line] = errors(failing)
     assert re.fullmatch(r"Error: job j-[0-9a-f]{32} failed: exit code 3 on node \S+", line), line
+
+
+def test_a_jobs_escape_sequences_reach_a_terminal_as_text_and_a_pipe_as_the_job_wrote_them(stack: Stack) -> None:
+    """A job's output is written by whichever node ran it. On the user's terminal its colours work,
+    but a clipboard write (OSC 52: the node would choose what the user pastes next) arrives as text."""
+    needs_docker(stack)
+    written = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[31mred\x1b[0m\n"
+    shown = "\\x1b]52;c;cm0gLXJmIH4K\\x07\x1b[31mred\x1b[0m\r\n"
+    command = ("docker", "run", "busybox", "--", "printf", r"\033]52;c;cm0gLXJmIH4K\007\033[31mred\033[0m\n")
+    piped = shoal(stack, *command)
+    assert piped.returncode == 0 and piped.stdout == written, piped.stderr
+    job_id = re.search(r"Job (j-[0-9a-f]{32}) completed", piped.stderr).group(1)
+    assert on_a_terminal(stack, *command) == (0, shown)
+    for logs in (("logs", job_id), ("logs", "--follow", job_id)):
+        assert shoal(stack, *logs).stdout == written
+        assert on_a_terminal(stack, *logs) == (0, shown)
 
 
 # -- jobs ----------------------------------------------------------------------------------------

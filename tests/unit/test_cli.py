@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import cli.arguments
 import cli.connect
 from cli.main import app
 from cli.specs import split_input
+from cli.terminal import write_output
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
 from jobs.messages import NodeInfo
 from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases
@@ -483,6 +485,41 @@ def test_a_failed_jobs_reason_in_the_error_line_is_text_too(fake: FakeClient) ->
     assert result.exit_code != 0
     assert_terminal_safe(result.stderr)
     assert "[/x] [bold]loud[/bold] \\u202eevil" in result.stderr
+
+
+# what a node running the job can print: a clipboard write, a title, a hyperlink, a screen clear, a C1 CSI
+JOB_OUTPUT = ("\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;title\x07\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\"
+              "\x1b[2J\x9b31m \u202eevil\n\x1b[31mred\x1b[0m\tdone\r100%\n")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("chunks", [[JOB_OUTPUT], list(JOB_OUTPUT)], ids=["whole", "a character at a time"])
+def test_a_jobs_output_keeps_its_colours_on_a_terminal_and_no_other_escape_sequence(chunks: list[str]) -> None:
+    terminal = Terminal()
+    write_output(chunks, terminal)
+    shown = terminal.getvalue()
+    assert "\x1b[31mred\x1b[0m\tdone\r100%\n" in shown  # colours, tab and carriage return work as they do locally
+    assert_terminal_safe(shown.replace("\x1b[31m", "").replace("\x1b[0m", ""))
+    assert "\\x1b]52;c;cm0gLXJmIH4K\\x07" in shown and "\\x9b31m \\u202eevil" in shown  # shown, as written
+
+
+def test_a_jobs_output_into_a_pipe_is_exactly_what_it_wrote(fake: FakeClient) -> None:
+    fake.stdout = JOB_OUTPUT
+    assert run("logs", JOB_ID).stdout == JOB_OUTPUT  # CliRunner's stdout is no terminal
+
+
+def test_yaml_shows_a_peers_words_escaped_and_reads_back_the_same(fake: FakeClient) -> None:
+    fake.final_state, fake.final_reason = JobState.FAILED, HOSTILE + " and h\u00e9"
+    result = run("describe", JOB_ID, "--output", "yaml")
+    assert result.exit_code == 0, result.stderr
+    assert_terminal_safe(result.stdout)
+    assert yaml.safe_load(result.stdout)["job"]["reason"] == HOSTILE + " and h\u00e9"
+    fake.final_reason = "plain h\u00e9"
+    assert "plain h\u00e9" in run("describe", JOB_ID, "--output", "yaml").stdout  # not escaped when nothing needs it
 
 
 def test_describe_accepts_a_unique_prefix(fake: FakeClient) -> None:
