@@ -92,9 +92,10 @@ class ComputeMachine:
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
-        self.claims: dict[str, Claim] = {}  # sweep id -> our claim on it
-        self._waiting: dict[str, tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
-        self._ended: OrderedDict[str, int] = OrderedDict()  # recent claims ended by the requester -> stopped
+        self.claims: dict[tuple[str, str], Claim] = {}  # (requester, sweep id) -> our claim on it
+        self._waiting: dict[tuple[str, str], tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
+        # (requester, claim id) -> indexes stopped, for recent claims the requester ended
+        self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
@@ -345,24 +346,24 @@ class ComputeMachine:
         if origin != ann.requester:
             log.warning("dropping sweep announcement %s relayed as if from %s", ann.sweep_id, origin)
             return None
-        if ann.sweep_id in self.claims:
+        if ann.key in self.claims:
             return None  # our claim asks for more by itself
         if (refusal := self.refusal(ann.spec.job)) is not None:
             log.debug("passing over sweep %s: %s", ann.sweep_id, refusal)
             return None
         claim = self._try_claim(ann)
         if claim is None:
-            self._waiting[ann.sweep_id] = (ann, now)
+            self._waiting[ann.key] = (ann, now)
         return claim
 
     def retry_waiting(self, now: float) -> list[Claim]:
         """Capacity may have come free: claim sweeps we passed over for lack of room."""
         started = []
-        for sweep_id, (ann, seen) in list(self._waiting.items()):
-            if now - seen > WAITING_TTL or sweep_id in self.claims:
-                del self._waiting[sweep_id]
+        for key, (ann, seen) in list(self._waiting.items()):
+            if now - seen > WAITING_TTL or key in self.claims:
+                del self._waiting[key]
             elif (claim := self._try_claim(ann)) is not None:
-                del self._waiting[sweep_id]
+                del self._waiting[key]
                 started.append(claim)
         return started
 
@@ -377,25 +378,24 @@ class ComputeMachine:
             slots.append(holder)
         if not slots:
             return None
-        self.claims[ann.sweep_id] = claim = Claim(ann=ann, claim_id=claim_id, slots=slots)
+        self.claims[ann.key] = claim = Claim(ann=ann, claim_id=claim_id, slots=slots)
         return claim
 
     def cancel_claim(self, peer: str, msg: Cancel) -> tuple[Reply | None, Claim | None]:
-        """The requester ended the sweep: the reply, and the claim to stop now (None: not one of ours)."""
-        claim = self.claims.get(msg.job_id)
+        """The requester ended the sweep: the reply, and the claim to stop now (None: not one of ours).
+        Only the sweep's requester finds its claims: to another peer they do not exist."""
+        claim = self.claims.get((peer, msg.job_id))
         if claim is None or claim.claim_id != msg.execution_id:
-            if msg.execution_id in self._ended:  # the reply to a report ended it first
-                return Reply(stopped=self._ended[msg.execution_id]), None
+            if (peer, msg.execution_id) in self._ended:  # the reply to a report ended it first
+                return Reply(stopped=self._ended[(peer, msg.execution_id)]), None
             return None, None
-        if claim.ann.requester != peer:
-            return Reply(ok=False, reason="only the sweep's requester may do that"), None
         claim.stopped = len(claim.running)
         return Reply(stopped=claim.stopped), claim
 
     def finish_claim(self, claim: Claim) -> None:
         """The claim is over: forget it, remember how it ended, give back its slots."""
-        del self.claims[claim.ann.sweep_id]
-        self._ended[claim.claim_id] = claim.stopped
+        del self.claims[claim.ann.key]
+        self._ended[(claim.ann.requester, claim.claim_id)] = claim.stopped
         while len(self._ended) > ENDED_KEPT:
             self._ended.popitem(last=False)
         for holder in claim.slots:

@@ -176,6 +176,12 @@ class SweepAnnounce(_Message):
     requester_addrs: list[str] = Field(default=[], max_length=16)
     pending: int = Field(0, ge=0)
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What a compute node knows the sweep by, as a job by ``Announce.key``: a peer announcing
+        another requester's sweep id claims from itself, never in that requester's place."""
+        return (self.requester, self.sweep_id)
+
 
 class IndexResult(BaseModel):
     """How one index of a claim ended (a run's result, or why there is none)."""

@@ -11,10 +11,10 @@ import trio
 
 from compute.service import DELIVERY_GIVE_UP
 from executors import ExecutorError
-from jobs import EventKind, JobSpec, JobState, RunResult
-from jobs.messages import Claim, IndexResult, Reply, SweepAnnounce, encode
+from jobs import EventKind, JobSpec, JobState, Resources, RunResult
+from jobs.messages import Claim, IndexResult, Reply, SweepAnnounce, decode, encode
 from node.dispatch import Dispatcher, MessagePeers
-from tests.memnet import MemoryHub, MemoryTransport
+from tests.memnet import MemoryHub, MemoryTransport, memory_node
 from tests.protocol.test_sweeps import finished, nodes, sweep
 
 FORGED = RunResult(exit_code=0, stdout="forged: found it\n")
@@ -230,6 +230,57 @@ async def test_a_requester_that_announces_an_endless_silence_then_falls_silent_g
         await trio.sleep(DELIVERY_GIVE_UP + 60)
         assert node.compute.capacity.free == free
         assert node.compute.machine.claims == {}
+
+
+class _Shadowing(Dispatcher):
+    """A rogue requester: it echoes every sweep it hears announced under its own name and the same id,
+    and each claim on its copy is granted index 0 again, for ever."""
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.sweeps = self
+        self.claims = 0
+        self.ready.set()
+
+    async def on_gossip(self, origin: str, data: bytes) -> None:
+        msg = decode(data)
+        if isinstance(msg, SweepAnnounce) and msg.requester != self.transport.peer_id:
+            echo = msg.model_copy(update={"requester": self.transport.peer_id, "requester_addrs": [], "pending": 1})
+            await self.transport.publish(encode(echo))
+
+    async def handle(self, peer: str, msg: Claim) -> Reply:
+        self.claims += 1
+        return Reply(verdict="accepted", ranges=[(0, 1)])
+
+
+async def test_a_peer_announcing_another_requesters_sweep_id_takes_that_sweep_from_no_node(tmp_path, autojump_clock):
+    """A rogue echoes an honest sweep's announcement under its own name and the same sweep id, to a node
+    busy when both arrive, and then keeps that node busy with its own index. The node once knew a sweep
+    by its id alone: it claimed the rogue's copy and ignored the honest announcements for good. It
+    claims each requester's sweep from that requester, so the honest sweep runs beside the rogue's."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", compute=False))
+        worker = await stack.enter_async_context(memory_node(hub, "n1", tmp_path / "n1",
+                                                             total=Resources(cpu=2, memory="1GiB", disk="1GiB")))
+        rogue = MemoryTransport(hub, "rogue")
+        rogue.dispatcher = shadowing = _Shadowing(rogue)
+        hub.identity("rogue")
+        await trio.sleep(1.5)  # node info gossip
+        worker.noop.hooks.delay = 5
+        busy, _ = await requester.requester.submit(
+            JobSpec.model_validate({"engine": {"name": "noop"}, "resources": {"cpu": 2}, "cache": False}), "alice")
+        await trio.sleep(1)
+        spec = sweep(grid={"x": ["1", "2", "3"]}, job={"resources": {"cpu": 1}})
+        s, _ = await requester.sweeps.submit(spec, "alice")
+        d = await finished(requester.sweeps, s.id, timeout=120)
+        assert d.sweep.state is JobState.COMPLETED
+        assert (await requester.requester.get(busy.id)).state is JobState.COMPLETED
+        records, _ = await requester.store.sweep_indexes(s.id, first=0, limit=3)
+        assert [r.node_id for r in records] == ["n1"] * 3
+        await trio.sleep(2)
+        assert shadowing.claims > 0  # the rogue's own sweep is claimed too, from the rogue
 
 
 class _Granting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compute.capacity import CapacityTracker
 from compute.claims import BATCH_BYTES, REPORT_INTERVAL, Claim
-from compute.machine import WAITING_TTL, ComputeMachine
+from compute.machine import WAITING_TTL, Changes, ComputeMachine
 from jobs import Resources, RunResult
 from jobs.messages import Cancel, IndexResult, Reply, SweepAnnounce
 from jobs.sweep import SweepSpec
@@ -127,11 +127,14 @@ def test_only_the_sweeps_requester_may_end_a_claim_and_a_late_cancel_still_gets_
     c.answered(Reply(verdict="accepted", ranges=[(0, 1)]), 4, 0.0)
     c.start_next("node", 0.0)
     cancel = Cancel(job_id="s-1", execution_id=c.claim_id)
-    reply, stop = b.cancel_claim("mallory", cancel)
-    assert not reply.ok and stop is None
+    assert b.cancel_claim("mallory", cancel) == (None, None)  # to another peer there is no such claim
+    reply, changes = b.handle("mallory", cancel, 0.0)
+    assert not reply.ok and reply.reason == "unknown or finished execution" and changes == Changes()
+    assert b.claims[(REQ, "s-1")] is c and c.stopped == 0
     reply, stop = b.cancel_claim(REQ, cancel)
     assert reply.stopped == 1 and stop is c
     b.finish_claim(c)
     assert b.capacity.statistics().reservations == 0
     assert b.cancel_claim(REQ, cancel) == (Reply(stopped=1), None)
+    assert b.cancel_claim("mallory", cancel) == (None, None)  # how it ended is the requester's to know
     assert b.cancel_claim(REQ, Cancel(job_id="s-9", execution_id="c-9")) == (None, None)
