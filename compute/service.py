@@ -30,6 +30,7 @@ from executors import ExecutorRegistry, LiveOutput
 from jobs import Event, EventKind, Execution, ExecutionSide, PeerError, StaleState, Unreachable
 from jobs.messages import Bid, Cancel, IndexResult, NodeInfo, Reply, Result
 from jobs.messages import Claim as ClaimMessage
+from jobs.spec import MIN_SILENCE
 from node.tasks import RunBlocking, Spawner, backoff, retry
 
 if TYPE_CHECKING:
@@ -304,9 +305,11 @@ class ComputeService:
 
     async def _reporter(self, claim: Claim, signals: _Signals) -> None:
         """Returns when the claim is over: the requester said stop, or there is nothing left to do."""
-        heartbeat = claim.ann.spec.job.deadlines.silence / 3
-        # the announcing peer chose the silence: an endless one must not hold our slots for ever
-        give_up = min(claim.ann.spec.job.deadlines.silence * 2, DELIVERY_GIVE_UP)
+        # the announcing peer chose the silence: a tiny one must not make us report in a tight loop, nor an
+        # endless one hold our slots for ever
+        silence = claim.ann.spec.job.deadlines.silence
+        heartbeat = max(silence, MIN_SILENCE) / 3
+        give_up = min(silence * 2, DELIVERY_GIVE_UP)
         claim.last_answer = self.clock()
         while True:
             now = self.clock()

@@ -128,6 +128,7 @@ class Deal(_Frozen):
 
 
 MAX_BID_DEADLINE = 24 * 3600.0  # the longest a job may wait for bids: every job ends in finite time
+MIN_SILENCE = 1.0  # the shortest deadlines.silence: a sweep's node reports three times in each, and no more often
 MAX_RETRIES = 10  # runs of a job (or a sweep index) after the first that failed
 # What a node may spend before a run's timeout starts (``compute.runner`` holds it to these; a requester
 # waiting for the result counts them too):
@@ -165,6 +166,9 @@ class Deadlines(_Frozen):
         for name in ("bid", "min_bids", "silence", "result_grace"):
             if getattr(self, name) > MAX_BID_DEADLINE:
                 return f"deadlines.{name}: at most {MAX_BID_DEADLINE:g} s"
+        if self.silence < MIN_SILENCE:
+            return (f"deadlines.silence: at least {MIN_SILENCE:g} s (a node running a sweep's indexes reports "
+                    "three times in each)")
         return None
 
 

@@ -198,13 +198,15 @@ def test_a_job_without_a_finite_bid_deadline_is_refused(node_a: Path) -> None:
 
 def test_endless_numbers_get_a_clear_refusal_not_an_internal_error(node_a: Path) -> None:
     """JSON's Infinity (or 1e400) as a size once made the node answer 500; an endless silence or
-    grace let a job whose node died run for ever."""
+    grace let a job whose node died run for ever, and a silence of a microsecond made the nodes running
+    a sweep report in a tight loop."""
     key = ClientKey.generate()
     with httpx.Client(timeout=30) as http:
         for field, spec in (
             ("resources.memory", {"engine": {"name": "noop"}, "resources": {"memory": float("inf")}}),
             ("resources.disk", {"engine": {"name": "noop"}, "resources": {"disk": 1e400}}),
             ("deadlines.silence", {"engine": {"name": "noop"}, "deadlines": {"silence": 1e9}}),
+            ("deadlines.silence: at least 1 s", {"engine": {"name": "noop"}, "deadlines": {"silence": 1e-6}}),
             ("deadlines.result_grace", {"engine": {"name": "noop"}, "deadlines": {"result_grace": float("inf")}}),
         ):
             for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):

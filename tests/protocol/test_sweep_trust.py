@@ -232,6 +232,40 @@ async def test_a_requester_that_announces_an_endless_silence_then_falls_silent_g
         assert node.compute.machine.claims == {}
 
 
+class _GrantingOnce:
+    """A rogue requester's sweep service: its first answer grants index 0; every later one nothing, until
+    ``limit`` reports, when it ends the claim (so a node reporting in a tight loop stops, and the test ends)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.claims = 0
+
+    async def handle(self, peer: str, msg: Claim) -> Reply:
+        self.claims += 1
+        if self.claims >= self.limit:
+            return Reply(verdict="rejected", reason="enough")
+        return Reply(verdict="accepted", ranges=[(0, 1)] if self.claims == 1 else [])
+
+
+async def test_a_requester_that_announces_a_microsecond_of_silence_gets_three_reports_a_second(
+        tmp_path, autojump_clock):
+    """A node keeps its claim's lease by reporting three times in each ``deadlines.silence``. A rogue
+    requester that chose a microsecond once had a node running one index send it some 12,000 signed
+    reports a second; it now gets what a silence of 1 s (the shortest the API takes) gets."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        (node,) = await nodes(stack, hub, tmp_path, n=1)
+        node.noop.hooks.delay = 3600
+        rogue = MemoryTransport(hub, "rogue")
+        rogue.dispatcher = Dispatcher()
+        rogue.dispatcher.sweeps = granting = _GrantingOnce(limit=1000)
+        rogue.dispatcher.ready.set()
+        spec = sweep(grid={"x": ["1"]}, job={"deadlines": {"silence": 1e-6}})
+        await rogue.publish(encode(SweepAnnounce(sweep_id="s-rogue", spec=spec, requester="rogue", pending=1)))
+        await trio.sleep(60)
+        assert 0 < granting.claims <= 60 * 3 + 5
+
+
 class _Shadowing(Dispatcher):
     """A rogue requester: it echoes every sweep it hears announced under its own name and the same id,
     and each claim on its copy is granted index 0 again, for ever."""
