@@ -15,7 +15,8 @@ import trio
 from executors import Mount
 from jobs import InputSpec
 from storage.base import InputSource
-from storage.errors import InvalidSource, StorageError, Unavailable
+from storage.errors import InvalidSource, StorageError, Unavailable, Unsafe
+from storage.tarsafe import link_escapes
 
 __all__ = ["InputRegistry"]
 
@@ -77,6 +78,7 @@ class InputRegistry:
                     source = self.for_source(spec.source)
                     try:
                         await source.fetch(spec.source, dest, max_bytes=budget)
+                        await trio.to_thread.run_sync(_confine, dest)
                     except StorageError as exc:
                         _name_input(exc, index, spec)
                         raise
@@ -103,17 +105,43 @@ def _name_input(exc: StorageError, index: int, spec: InputSpec) -> None:
     exc.source = spec.source  # contained in the reason, so str() does not repeat it
 
 
+def _confine(dest: Path) -> None:
+    """Refuse a staged input that is, or holds, a symbolic link leading out of it.
+
+    The node (as root) and the engines follow an input's links on the host: to mount it, to copy it
+    into a sandbox, to read a wasm module or to cut a shard. A link to ``/etc`` or to the node's keys,
+    in a directory a client uploaded or a job wrote, would hand them to the job. Links within the
+    input stay, as the job wrote them (``storage.tarsafe.link_escapes`` resolves them as the kernel does).
+    """
+    if dest.is_symlink():
+        raise Unsafe("the input is a symbolic link")
+    links = {}
+    for root, dirs, files in os.walk(dest):  # never into a linked directory: it is listed, not entered
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                links[Path(path).relative_to(dest).parts] = os.readlink(path)
+    if problem := link_escapes(links):
+        raise Unsafe(f"it holds a symbolic link out of the input: {problem}")
+
+
 def _keep_shard(dest: Path, spec: InputSpec) -> None:
-    """Remove every file of the fetched directory that is not in the input's shard."""
+    """Remove every file of the fetched directory that is not in the input's shard (a link counts as a
+    file: it is removed or kept, never followed)."""
     assert spec.shard is not None
     if not dest.is_dir():
         raise InvalidSource(f"{spec.source} is a single file: only a directory can be sharded", source=spec.source)
-    files = [str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir()]
-    keep = set(spec.shard.pick(files))
-    for name in files:
-        if name not in keep:
-            (dest / name).unlink()
-    for sub in sorted((p for p in dest.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    files, dirs = [], []
+    for root, subdirs, names in os.walk(dest):
+        for name in subdirs:
+            path = Path(root, name)
+            (files if path.is_symlink() else dirs).append(path)
+        files += [Path(root, name) for name in names]
+    keep = set(spec.shard.pick([str(p.relative_to(dest)) for p in files]))
+    for path in files:
+        if str(path.relative_to(dest)) not in keep:
+            path.unlink()
+    for sub in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         if not any(sub.iterdir()):
             sub.rmdir()
 

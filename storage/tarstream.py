@@ -93,7 +93,7 @@ async def tar_path(path: Path, name: str) -> AsyncIterator[bytes]:
 
 
 async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int | None = None,
-                      root: str | None = None) -> int:
+                      root: str | None = None, confine_links: bool = False) -> int:
     """Extract a Kubo-``get``-style tar into ``dest`` (which must not exist); return the file bytes written.
 
     The top entry becomes ``dest`` itself (a directory, or the file when the tar holds one file).
@@ -104,6 +104,7 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
         dest: where the top entry goes; its parent must exist.
         max_bytes: limit on the total size of regular files (``None``: no limit).
         root: if given, the name every entry must start with (the CID, for Kubo and Shoal exports).
+        confine_links: refuse symlinks that lead outside ``dest`` (``TarExtractor``'s).
 
     Raises:
         Corrupted: malformed or truncated stream, unsafe (``Unsafe``) or unsupported entries.
@@ -115,7 +116,7 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
     """
     dest = Path(dest)
     try:
-        extractor = TarExtractor(dest, max_bytes=max_bytes, root=root)
+        extractor = TarExtractor(dest, max_bytes=max_bytes, root=root, confine_links=confine_links)
         try:
             batch = bytearray()
             async for chunk in chunks:

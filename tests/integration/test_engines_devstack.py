@@ -116,6 +116,32 @@ def test_docker_has_no_network(stack):
     assert out.stdout.split() == ["lo"]
 
 
+def test_links_a_job_leaves_in_its_output_give_the_next_job_nothing_of_the_host(stack):
+    """A job's output may hold symbolic links (a docker job runs ``ln -s``), and any job may take it as an
+    input. The node once followed them as root: a python job read /etc through ``root -> /``, and a wasm
+    job's failure quoted the host file its module linked to. Such an input is now refused, by every engine."""
+    from shoal import Client
+
+    secret = Path("/etc/hostname").read_text().strip()
+    made = shoal(stack, "docker", "run", "-o", "o:/outputs", "--json", "busybox", "--", "sh", "-c",
+                 "ln -s / /outputs/root && ln -s /etc/hostname /outputs/mod.wasm && echo made")
+    assert made.returncode == 0, made.stderr
+    cid = json.loads(made.stdout)["executions"][0]["result"]["cid"]
+    linked = [{"source": f"ipfs://{cid}/outputs/o", "path": "/in"}]
+    with Client(stack.nodes[0].api) as client:
+        jobs = [client.run({"engine": {"name": "python", "code": "print(open('/in/root/etc/hostname').read())"},
+                            "inputs": linked}, timeout=120),
+                client.run({"engine": {"name": "wasm", "module": "/in/mod.wasm"}, "inputs": linked}, timeout=120),
+                client.run({"engine": {"name": "docker", "image": "busybox", "entrypoint": ["cat", "/in/mod.wasm"]},
+                            "inputs": linked}, timeout=120)]
+        for desc in jobs:
+            assert desc.job.state.value == "failed", desc.job
+            assert "it holds a symbolic link out of the input: link 'mod.wasm' -> '/etc/hostname' is absolute" \
+                in desc.job.reason or "link 'root' -> '/' is absolute" in desc.job.reason, desc.job.reason
+            seen = [desc.job.reason] + [x.result.stdout + x.result.stderr for x in desc.executions if x.result]
+            assert secret not in " ".join(seen)
+
+
 # -- python (Pyodide) ------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from storage import (
     LocalPublisher,
     NotFound,
     TooLarge,
+    Unsafe,
     cid_of_bytes,
     cid_of_path,
     extract_tar,
@@ -249,6 +250,73 @@ async def test_prepare_inputs_names_the_input_that_failed(tmp_path, store):
     with pytest.raises(TooLarge, match="input 1"):
         await registry.prepare_inputs([InputSpec(source=hello, path="/a"), InputSpec(source=hello, path="/b")],
                                       tmp_path / "run3", deadline=10, max_bytes=20)
+
+
+def host_secrets(tmp_path: Path) -> Path:
+    """A stand-in for what the node may read and the job must not: /etc, the node's keys."""
+    secrets = tmp_path / "host"
+    (secrets / "sub").mkdir(parents=True)
+    (secrets / "node.key").write_text("the node's private key")
+    (secrets / "sub" / "other.key").write_text("another secret")
+    return secrets
+
+
+@pytest.mark.parametrize("target", ["ABSOLUTE", "../../../..", "inner/../..", "hop"])
+async def test_an_input_holding_a_link_out_of_itself_is_refused_and_nothing_of_the_host_is_staged(
+        tmp_path, store, target):
+    """A client's context or a job's output may hold symbolic links, and the node follows an input's links
+    (as root) to mount it, copy it into the sandbox or read a wasm module. A link to /etc once gave a
+    job every file there. ``hop`` goes out through another link (``hop -> inner/up``, ``inner/up -> ../..``)."""
+    secrets = host_secrets(tmp_path)
+    tree = tmp_path / "upload"
+    (tree / "inner").mkdir(parents=True)
+    (tree / "data.csv").write_text("x\n1\n")
+    if target == "hop":
+        (tree / "inner" / "up").symlink_to("../..")
+        (tree / "hop").symlink_to("inner/up")
+    else:
+        (tree / "hop").symlink_to(str(secrets) if target == "ABSOLUTE" else target)
+    cid = await store.publish(tree)
+    registry = InputRegistry([LocalInput(store)])
+    root = tmp_path / "inputs"
+    with pytest.raises(Unsafe, match=r"input 0 \(ipfs://\S+ → /in\): it holds a symbolic link out of the input"):
+        await registry.prepare_inputs([InputSpec(source=f"ipfs://{cid}", path="/in")], root, deadline=10,
+                                      max_bytes=1 << 20)
+    with pytest.raises(Unsafe, match="the input is a symbolic link"):  # the link itself, as an input
+        await registry.prepare_inputs([InputSpec(source=f"ipfs://{cid}/hop", path="/in")], tmp_path / "i2",
+                                      deadline=10, max_bytes=1 << 20)
+    assert (secrets / "node.key").read_text() == "the node's private key"  # nothing was touched
+
+
+async def test_links_within_an_input_stay_and_a_shard_removes_nothing_through_them(tmp_path, store):
+    """Links that stay inside the input are the job's own (``latest -> v2``). Cutting a shard removes the
+    files of other shards: once it walked through a linked directory and deleted what it found there."""
+    secrets = host_secrets(tmp_path)
+    tree = tmp_path / "upload"
+    (tree / "v2").mkdir(parents=True)
+    for name in ("a", "b", "c", "d"):
+        (tree / "v2" / name).write_text(name)
+    (tree / "latest").symlink_to("v2")
+    cid = await store.publish(tree)
+    registry = InputRegistry([LocalInput(store)])
+    [whole] = await registry.prepare_inputs([InputSpec(source=f"ipfs://{cid}", path="/in")], tmp_path / "i1",
+                                            deadline=10, max_bytes=1 << 20)
+    assert os.readlink(whole.source / "latest") == "v2" and (whole.source / "latest" / "a").read_text() == "a"
+    shards = []
+    for index in range(2):
+        [mount] = await registry.prepare_inputs(
+            [InputSpec(source=f"ipfs://{cid}", path="/in", shard={"index": index, "count": 2})],
+            tmp_path / f"s{index}", deadline=10, max_bytes=1 << 20)
+        shards.append(sorted(str(p.relative_to(mount.source)) for p in mount.source.rglob("*")
+                             if p.is_symlink() or p.is_file()))
+    assert sorted(shards[0] + shards[1]) == ["latest", "v2/a", "v2/b", "v2/c", "v2/d"]  # each once
+    (tree / "escape").symlink_to(secrets)  # the same cut, were the link not refused first
+    cid = await store.publish(tree)
+    with pytest.raises(Unsafe):
+        await registry.prepare_inputs(
+            [InputSpec(source=f"ipfs://{cid}", path="/in", shard={"index": 0, "count": 5})],
+            tmp_path / "s9", deadline=10, max_bytes=1 << 20)
+    assert sorted(p.name for p in secrets.rglob("*")) == ["node.key", "other.key", "sub"]
 
 
 async def test_export_streams_without_blocking_other_tasks(tmp_path, store):

@@ -203,7 +203,7 @@ async def _publish_context(node: Node, body: bytes) -> str:
     await trio.to_thread.run_sync(lambda: work.mkdir(parents=True, exist_ok=True))
     target = work / f"ctx-{secrets.token_hex(8)}"
     try:
-        await extract_tar(chunks(), target, max_bytes=MAX_CONTEXT_BODY)
+        await extract_tar(chunks(), target, max_bytes=MAX_CONTEXT_BODY, confine_links=True)  # see storage.registry
         return await node.publisher.publish(target)
     except StorageError as e:
         raise StarletteHTTPException(422, f"the working directory archive is unusable: {e}") from e
