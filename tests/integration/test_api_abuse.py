@@ -256,3 +256,27 @@ def test_an_uploaded_context_is_removed_after_the_retention(node_a: Path) -> Non
     while stored.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not stored.exists()
+
+
+def test_a_context_with_a_link_out_of_itself_is_refused_and_nothing_is_stored(node_a: Path) -> None:
+    """A working directory is a job's input. A link in it to ``/`` or to the node's keys would be followed on
+    the node (storage.registry refuses it there too); the upload is refused at once, naming the link."""
+    import io
+    import tarfile
+
+    from shoal import InvalidRequest
+
+    for target in ("/etc", "../../node.key"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:  # as the SDK packs a directory (shoal._context)
+            top = tarfile.TarInfo("context")
+            top.type = tarfile.DIRTYPE
+            link = tarfile.TarInfo("context/keys")
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(top)
+            tar.addfile(link)
+        before = sorted((node_a / "node" / "results").glob("*"))
+        with Client(A, key=ClientKey.generate()) as client, pytest.raises(InvalidRequest) as refused:
+            client.upload_context(buf.getvalue())
+        assert refused.value.status == 422 and f"link 'keys' -> '{target}'" in str(refused.value)
+        assert sorted((node_a / "node" / "results").glob("*")) == before
