@@ -59,6 +59,8 @@ try:
 except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed() reports it
     wasmtime = None  # type: ignore[assignment]
 
+MAX_TABLES = 16  # per run: a module needs one or two
+MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit
 TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
 _WASI = "wasi_snapshot_preview1"
 _EPOCH_NS = EPOCH_SECONDS * 1_000_000_000
@@ -265,7 +267,10 @@ class _Run:
         self.store.set_wasi(wasi)
         limit = self.request.spec.resources.memory
         if limit:
-            self.store.set_limits(memory_size=limit)
+            # each linear memory is held to the limit: so one memory, and tables (which wasmtime allocates in
+            # the node's process too) of at most a sixteenth of it in elements
+            self.store.set_limits(memory_size=limit, memories=1, tables=MAX_TABLES,
+                                  table_elements=max(MIN_TABLE_ELEMENTS, limit // 16))
 
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
@@ -336,6 +341,8 @@ class _Run:
     def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
         self.random_calls += 1
         length &= 0xFFFFFFFF
+        if (buf & 0xFFFFFFFF) + length > _memory(caller).data_len(caller):
+            raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made in the node
         data = hashlib.shake_256(self.random_key + self.random_calls.to_bytes(8, "little")).digest(length)
         _write(caller, buf, data)
         return _ESUCCESS

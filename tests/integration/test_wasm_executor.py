@@ -285,6 +285,54 @@ async def test_memory_limit_is_enforced_and_reported(executor: WasmExecutor, tmp
     assert "memory limit" in result.stderr and "8 MiB" in result.stderr
 
 
+# Runs one module in a fresh interpreter, as a node would (wasmtime runs in the node's process), and prints
+# its exit code, stderr and the process's peak memory.
+PEAK_SCRIPT = """
+import json, resource, sys, trio
+from pathlib import Path
+from executors.base import Mount, RunRequest
+from executors.wasm import WasmExecutor
+from jobs import JobSpec, Resources, WasmEngine
+work = Path(sys.argv[1])
+spec = JobSpec(engine=WasmEngine(module="/in/prog.wasm"), resources=Resources(memory="64MiB"), timeout=60)
+request = RunRequest("job", "ex", spec, work / "work", work / "outputs", (Mount(work / "in", "/in"),), seed=b"s")
+result = trio.run(WasmExecutor(cache_dir=work / "cache").run, request)
+print(json.dumps({"exit_code": result.exit_code, "stderr": result.stderr,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+"""
+TOUCH_12_MEMORIES = "".join(
+    f"(memory $m{i} 960)" for i in range(12)) + '(func (export "_start") (local $p i32)' + "".join(
+    f"(local.set $p (i32.const 0)) (block $b{i} (loop $l{i} (i64.store $m{i} (local.get $p) (i64.const 1))"
+    f" (local.set $p (i32.add (local.get $p) (i32.const 4096)))"
+    f" (br_if $l{i} (i32.lt_u (local.get $p) (i32.const 62910000)))))" for i in range(12)) + "))"
+HUGE_TABLE = """(table $t 50000000 funcref) (memory 1) (func $f) (elem declare func $f)
+  (func (export "_start") (table.fill $t (i32.const 0) (ref.func $f) (i32.const 50000000))))"""
+RANDOM_GIB = """(import "wasi_snapshot_preview1" "random_get" (func $r (param i32 i32) (result i32))) (memory 1)
+  (func (export "_start") (drop (call $r (i32.const 0) (i32.const 1073741824)))))"""
+
+
+@pytest.mark.parametrize(("body", "stderr"), [
+    (TOUCH_12_MEMORIES, "the module needs more memory at start than the job's limit of 64 MiB"),
+    (HUGE_TABLE, "table minimum size of 50000000 elements exceeds table limits"),
+    (RANDOM_GIB, ""),  # random_get answers EFAULT, which the module ignores
+], ids=["twelve 60 MiB memories", "a 50M-element table", "random_get of 1 GiB"])
+def test_a_64_mib_job_takes_no_more_of_the_nodes_memory_by_other_means(tmp_path: Path, body: str,
+                                                                       stderr: str) -> None:
+    """``resources.memory`` held each linear memory, but a module could declare twelve of them (849 MiB in
+    the node), a table of 50 million functions (432 MiB), or ask ``random_get`` for 1 GiB, which the node
+    made before checking that it fit the module's one page (1,157 MiB): all of it in the node's process."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "prog.wasm").write_bytes(wasmtime.wat2wasm(f"(module {body}"))
+    ran = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parents[2], check=False)
+    assert ran.returncode == 0, ran.stderr
+    outcome = json.loads(ran.stdout)
+    assert stderr in outcome["stderr"] and (outcome["exit_code"] == 0) == (not stderr), outcome
+    assert outcome["peak_mib"] < 300, outcome  # about 80 MiB for the interpreter, wasmtime and a small module
 async def test_deadline_interrupts_an_infinite_loop_promptly(executor: WasmExecutor, tmp_path: Path) -> None:
     t0 = trio.current_time()
     with pytest.raises(trio.TooSlowError):
