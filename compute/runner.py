@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, tree_size
-from jobs import Execution, RunResult, ShoalError
+from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
 
@@ -39,8 +39,10 @@ class Outcome:
 
 class Runner:
     def __init__(self, executors: ExecutorRegistry, work_dir: Path, *, inputs: InputRegistry | None = None,
-                 publisher: Publisher | None = None, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
+                 publisher: Publisher | None = None, limits: Resources | None = None,
+                 run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
+        self.limits = limits  # the node's per-job maximum: a job that states no memory or disk is held to it
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher
@@ -86,13 +88,13 @@ class Runner:
                 mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=INPUT_DEADLINE,
                                                           max_bytes=MAX_INPUT_BYTES)
             staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
-            if spec.resources.disk and staged >= spec.resources.disk:
-                return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
-                                     f"{spec.resources.disk} bytes (resources.disk)", False)
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
                                  seed=spec.seed(), staged_bytes=staged, live=live,
-                                 owner=f"{ex.requester}/{ex.job_id}" if sweep else "")
+                                 owner=f"{ex.requester}/{ex.job_id}" if sweep else "", limits=self.limits)
+            if request.disk_limit and staged >= request.disk_limit:
+                return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
+                                     f"{request.disk_limit} bytes (resources.disk)", False)
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)
             try:

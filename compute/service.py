@@ -81,7 +81,8 @@ class ComputeService:
         self.store = store
         self.executors = executors
         self.capacity = capacity
-        self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher, run_blocking=run_blocking)
+        self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher, limits=capacity.max_per_job,
+                             run_blocking=run_blocking)
         self.clock = clock
         self._run_blocking = run_blocking
         self.boot = uuid.uuid4().hex

@@ -25,6 +25,7 @@ EPOCH_SECONDS = 1_704_067_200
 CLOCK_STEP_NS = 1_000_000
 
 CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
+ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
 
 
 def job_seed(request: RunRequest) -> bytes:
@@ -113,12 +114,15 @@ def plan_mounts(request: RunRequest, scratch: Path) -> list[DirMount]:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes of disk the files under ``path`` take (what a job wrote there). Blocking."""
+    """Bytes the entries under ``path`` take (what a job wrote there), as publishing them takes: a sparse
+    file at its full length (a copy writes every byte), and every directory, link and file at least
+    ENTRY_BYTES (a job once wrote 40,000 empty ones, which counted as nothing). Blocking."""
     total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
             with contextlib.suppress(OSError):  # deleted meanwhile
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+                st = os.lstat(os.path.join(root, name))
+                total += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
     return total
 
 

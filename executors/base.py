@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 
 import trio
 
-from jobs import JobSpec, RunResult, ShoalError
+from jobs import JobSpec, Resources, RunResult, ShoalError
 
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
 LIVE_CAP = 1 << 20  # bytes of each stream a run shows live; the rest is only in the final result
@@ -74,11 +74,19 @@ class RunRequest:
     # Whose run this is (the requester and its job or sweep): runs of one owner may share a worker process
     # (a sweep's indexes), runs of different owners never do. Empty: share with nobody.
     owner: str = ""
+    # The node's per-job maximum (``--limit-job-*``): a job that states no disk (0, the default) is held to its disk.
+    limits: Resources | None = None
+
+    @property
+    def disk_limit(self) -> int:
+        """Bytes of disk the job's inputs and outputs may take: ``resources.disk``, else the node's per-job
+        maximum (0: none)."""
+        return self.spec.resources.disk or (self.limits.disk if self.limits else 0)
 
     @property
     def write_limit(self) -> int:
-        """Bytes the job may write to its outputs: ``resources.disk`` less its staged inputs (0: no limit)."""
-        disk = self.spec.resources.disk
+        """Bytes the job may write to its outputs: ``disk_limit`` less its staged inputs (0: no limit)."""
+        disk = self.disk_limit
         return max(1, disk - self.staged_bytes) if disk else 0
 
     def output_mounts(self) -> list[Mount]:

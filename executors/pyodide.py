@@ -409,8 +409,7 @@ class PyodideExecutor(Executor):
         if prepared.failure is not None:
             return RunResult(exit_code=prepared.failure_code, stderr=prepared.failure, started_at=started,
                              finished_at=time.time())
-        resources = request.spec.resources
-        owner = (request.owner, resources.memory, resources.disk) if request.owner else None
+        owner = (request.owner, request.spec.resources.memory, request.disk_limit) if request.owner else None
         await self._close_leftovers()
         with self._job_running():
             return await self._run(request, prepared, owner, started)
@@ -507,13 +506,12 @@ class PyodideExecutor(Executor):
             pid = runner.interpreter_pid()
             if pid is None:
                 raise trio.BrokenResourceError("the interpreter is gone")
-            resources = request.spec.resources
             assert self.sandbox is not None
             cpu = int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE
             # One call (each may start a prlimit process): the job's soft limits, and with its first job the
             # hard limits that hold for all its jobs (the owner includes memory and disk)
-            memory = resources.memory + RUNTIME_MEMORY if first and resources.memory else None
-            disk = (resources.disk or None) if first else None
+            memory = request.spec.resources.memory + RUNTIME_MEMORY if first and request.spec.resources.memory else None
+            disk = (request.disk_limit or None) if first else None
             limits = Limits(memory=memory, cpu_seconds=cpu, file_size=request.write_limit or disk,
                             file_size_hard=disk, soft=True)
             try:

@@ -32,6 +32,7 @@ pytestmark = [
 ]
 
 BASE_PORT = 16000  # APIs 16000, libp2p 16100, Kubo 16200-16402: clear of other tests
+JOB_DISK = "24MiB"  # the node's per-job disk limit (--limit-job-disk): what a job stating no disk may write
 TOKEN = secrets.token_hex(16)
 
 # Gets Pyodide's JavaScript bridge the way an attacker would, past the ImportError of `import js`.
@@ -67,7 +68,8 @@ def stack(tmp_path_factory):
     canary.chmod(0o644)
     os.environ["SHOAL_HOME"] = str(home / "home")
     os.environ["SHOAL_ESCAPE_CANARY"] = TOKEN  # the nodes inherit it
-    devstack = Devstack(1, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False)
+    devstack = Devstack(1, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
+                        node_args={0: ["--limit-job-disk", JOB_DISK]})
     trio.run(devstack.start)
     devstack.canary = canary
     devstack.home = home
@@ -217,6 +219,31 @@ def test_writing_past_disk_fails_the_job_with_the_reason(stack):
                                  resources={"disk": "1MiB"})
     assert state == "failed"
     assert "disk limit" in err
+
+
+def test_a_job_stating_no_disk_writes_no_more_than_the_nodes_per_job_limit(stack, docker_ready):
+    """``resources.disk`` is 0 unless a job states it, and 0 once meant no limit: a python job wrote 2 GiB
+    to the node's disk, and the operator's ``--limit-job-disk`` did not stop it."""
+    outputs = [{"name": "out", "path": "/outputs"}]
+    code = "f = open('/outputs/big', 'wb')\nfor _ in range(40):\n    f.write(b'x' * (1 << 20))\nf.close()\nprint('wrote')"
+    state, out, err = run_python(stack, code, outputs=outputs)
+    assert (state, out) == ("failed", "") and "disk limit" in err, err
+    state, out, err = run_docker(stack, "sh", "-c", "dd if=/dev/zero of=/outputs/big bs=1M count=40; sleep 5",
+                                 outputs=outputs)
+    assert state == "failed" and "disk limit exceeded" in err, err
+    state, out, _ = run_python(stack, "open('/outputs/small', 'wb').write(b'x' * (1 << 20))\nprint('wrote')",
+                               outputs=outputs)
+    assert (state, out) == ("completed", "wrote\n")  # within the node's limit, as before
+
+
+@pytest.mark.parametrize("script", ["truncate -s 4G /outputs/sparse", "cd /outputs && for i in $(seq 5000); do "
+                                    "mkdir d$i && touch f$i; done; sleep 5"], ids=["a sparse file", "empty entries"])
+def test_docker_writing_what_takes_no_blocks_is_counted_at_what_publishing_it_takes(stack, docker_ready, script):
+    """A sparse file takes no blocks until it is copied, and publishing copies every byte (4 GiB reached the
+    node's store from a job held to 1 MiB); 40,000 empty directories and files counted as nothing."""
+    state, _out, err = run_docker(stack, "sh", "-c", script, outputs=[{"name": "out", "path": "/outputs"}],
+                                  resources={"disk": "1MiB"})
+    assert state == "failed" and "disk limit exceeded" in err, err
 
 
 def test_fork_thread_and_memory_bombs_fail_inside_the_job(stack):
