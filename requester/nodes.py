@@ -1,14 +1,15 @@
 """The compute nodes a requester knows of, from their gossiped ``NodeInfo``: bounded in size and time.
 
 Any peer can gossip node info under as many identities as it likes, so the table holds at most
-``max_size`` nodes (the least recently heard one makes room for a newcomer) and forgets a node not
-heard from for ``ttl`` seconds. Node info itself is at most ``node.dispatch.MAX_NODE_INFO_BYTES``
-on the wire, which bounds the table's memory.
+``max_size`` nodes and forgets a node not heard from for ``ttl`` seconds. A full table makes room by
+dropping the node it learnt of last: nodes it has known longer stay, so a flood of fresh identities
+churns only among themselves. (It once dropped the least recently heard node: a flood pushed every
+honest node out between two of their announcements, and jobs failed for want of an engine.) Node info
+itself is at most ``node.dispatch.MAX_NODE_INFO_BYTES`` on the wire, which bounds the table's memory.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from jobs.messages import NodeInfo
@@ -29,7 +30,7 @@ class NodeTable:
             raise ValueError("max_size must be positive")
         self.ttl = ttl
         self.max_size = max_size
-        self._nodes: OrderedDict[str, tuple[NodeInfo, float]] = OrderedDict()  # least recently heard first
+        self._nodes: dict[str, tuple[NodeInfo, float]] = {}  # (info, last heard), in the order first heard
         self._evicted = 0
         self._expired = 0
 
@@ -38,11 +39,11 @@ class NodeTable:
 
     def update(self, info: NodeInfo, now: float) -> bool:
         """Record ``info`` as heard at ``now``; True if the node is new to us or restarted (a new boot)."""
-        known = self._nodes.pop(info.peer_id, None)
-        self._nodes[info.peer_id] = (info, now)
-        while len(self._nodes) > self.max_size:
-            self._nodes.popitem(last=False)
+        known = self._nodes.get(info.peer_id)
+        if known is None and len(self._nodes) >= self.max_size:
+            del self._nodes[next(reversed(self._nodes))]  # the newest: the one known for the shortest time
             self._evicted += 1
+        self._nodes[info.peer_id] = (info, now)  # a node heard again keeps its place
         return known is None or known[0].boot != info.boot
 
     def get(self, peer: str) -> NodeInfo | None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import uuid
 from contextlib import AsyncExitStack
 
 import trio
 
-from jobs import ExecutionSide, ExecutionState, JobState, Resources
-from jobs.messages import Announce, Bid, Cancel, Decision, Result, decode, encode
+from jobs import ExecutionSide, ExecutionState, JobSpec, JobState, Resources
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Result, decode, encode
 from jobs.model import RunResult
 from node.dispatch import Dispatcher
+from requester.nodes import MAX_NODES
 from tests.memnet import MemoryHub, MemoryTransport, memory_node
 from tests.protocol.test_pair import spec, wait_terminal
 
@@ -226,3 +228,42 @@ async def test_an_announcement_with_a_deadline_that_is_no_number_reserves_nothin
         await trio.sleep(1)
         assert node.compute.capacity.free == free and node.compute.machine.live == {}
         assert hub.sent["request", "bid"] == 0
+
+
+async def test_a_flood_of_node_info_from_fresh_identities_pushes_out_no_known_node(tmp_path, autojump_clock):
+    """Node info offering no engine, from 1,000 fresh identities a second (two neighbours, each at its gossip
+    rate limit), filled the requester's table of 4,096 nodes in seconds and pushed the honest node out
+    between two of its announcements: 17 of 30 jobs failed at once, "no compute node offers engine 'noop'".
+    The table now drops the node it learnt of last: the flood churns among itself, and every job runs."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", compute=False))
+        await stack.enter_async_context(memory_node(hub, "n1", tmp_path / "n1"))
+        await trio.sleep(3)
+        room = Resources(cpu=0.1, memory="1MiB")
+
+        async def flood() -> None:
+            for i in itertools.count():
+                peer = f"sybil-{i}"
+                await requester.transport.dispatcher.on_gossip(peer, encode(
+                    NodeInfo(peer_id=peer, engines=[], max_per_job=room, total=room, free=room)))
+                if i % 100 == 99:
+                    await trio.sleep(0.1)
+
+        states = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await trio.sleep(12)
+            jobs = []
+            for k in range(30):  # one every 0.7 s: through two of the honest node's announcements
+                job, _ = await requester.requester.submit(
+                    JobSpec.model_validate({"engine": {"name": "noop"}, "cache": False}), f"client-{k}")
+                jobs.append(job.id)
+                await trio.sleep(0.7)
+            for job_id in jobs:
+                await requester.requester.wait(job_id, 10)
+                states.append((await requester.requester.get(job_id)).state)
+            table = requester.requester.nodes.statistics()
+            nursery.cancel_scope.cancel()
+        assert states == [JobState.COMPLETED] * 30
+        assert table.size == MAX_NODES and table.evicted > 4_000 and requester.requester.nodes.get("n1") is not None

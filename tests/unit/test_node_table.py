@@ -36,16 +36,17 @@ def test_nodes_not_heard_from_within_the_ttl_are_forgotten() -> None:
     assert (stats.size, stats.expired, stats.evicted) == (1, 1, 0)
 
 
-def test_a_full_table_drops_the_least_recently_heard_node() -> None:
+def test_a_full_table_drops_the_node_it_learnt_of_last_so_a_flood_of_identities_pushes_out_no_known_node() -> None:
     table = NodeTable(ttl=30, max_size=3)
     for t, peer in enumerate("abc"):
         table.update(info(peer), now=t)
-    table.update(info("a"), now=3)  # a heard again: b is now the least recently heard
-    assert table.update(info("d"), now=4)
-    assert {n.peer_id for n in table.known(now=4)} == {"a", "c", "d"}
-    for n in range(100):  # a flood of new identities never grows it
-        table.update(info(f"sybil-{n}"), now=5)
+    assert table.update(info("d"), now=3)  # c, the newest, makes room
+    assert {n.peer_id for n in table.known(now=3)} == {"a", "b", "d"}
+    for n in range(100):  # a flood of new identities never grows the table, and churns only among itself
+        table.update(info(f"sybil-{n}"), now=4)
+        table.update(info("a"), now=4)  # heard again meanwhile: a keeps its place
     assert len(table) == 3
+    assert {n.peer_id for n in table.known(now=4)} == {"a", "b", "sybil-99"}
     assert table.statistics().evicted == 101
 
 
