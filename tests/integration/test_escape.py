@@ -225,7 +225,8 @@ def test_a_job_stating_no_disk_writes_no_more_than_the_nodes_per_job_limit(stack
     """``resources.disk`` is 0 unless a job states it, and 0 once meant no limit: a python job wrote 2 GiB
     to the node's disk, and the operator's ``--limit-job-disk`` did not stop it."""
     outputs = [{"name": "out", "path": "/outputs"}]
-    code = "f = open('/outputs/big', 'wb')\nfor _ in range(40):\n    f.write(b'x' * (1 << 20))\nf.close()\nprint('wrote')"
+    code = "f = open('/outputs/big', 'wb')\nfor _ in range(40):\n    f.write(b'x' * (1 << 20))\nf.close()\n" \
+           "print('wrote')"
     state, out, err = run_python(stack, code, outputs=outputs)
     assert (state, out) == ("failed", "") and "disk limit" in err, err
     state, out, err = run_docker(stack, "sh", "-c", "dd if=/dev/zero of=/outputs/big bs=1M count=40; sleep 5",
