@@ -87,6 +87,9 @@ def serve(
                         "(default 1000); then 429.")] = None,
     quota_event_streams: Annotated[int | None, typer.Option("--quota-event-streams", metavar="N", min=1,
         help="Per client: open event streams (default 256); then 429.")] = None,
+    quota_context_bytes_per_hour: Annotated[str | None, typer.Option("--quota-context-bytes-per-hour",
+        metavar="SIZE", help="Per client: working directories stored per hour, kept for --retention "
+                             "(default 2GiB); then 429.")] = None,
     peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
         help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
              "(default 1000; 0: no limit).")] = None,
@@ -94,6 +97,13 @@ def serve(
     """Run a Shoal node in the foreground until Ctrl-C."""
     require_node("serve")
     from cli.daemon import Limit, build_node_config, stop_on_signals
+    from cli.errors import CLIError
+    from cli.exits import EXIT_USAGE
+    from cli.specs import parse_size
+
+    context_quota = parse_size(quota_context_bytes_per_hour, "--quota-context-bytes-per-hour")
+    if context_quota is not None and context_quota < 1:
+        raise CLIError("--quota-context-bytes-per-hour: must be at least 1 byte", code=EXIT_USAGE)
 
     config = build_node_config(
         data_dir=data_dir,
@@ -126,7 +136,8 @@ def serve(
         api_limits={"api_names": tuple(api_name) if api_name else None,
                     "quota_jobs_in_flight": quota_jobs_in_flight,
                     "quota_submits_per_second": quota_submits_per_second,
-                    "quota_event_streams": quota_event_streams},
+                    "quota_event_streams": quota_event_streams,
+                    "quota_context_bytes_per_hour": context_quota},
         peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node

@@ -46,7 +46,8 @@ def create_app(node: Node) -> FastAPI:
     quotas = Quotas(QuotaLimits(jobs_in_flight=config.quota_jobs_in_flight,
                                 submits_per_second=config.quota_submits_per_second,
                                 submit_burst=max(1, round(2 * config.quota_submits_per_second)),
-                                event_streams=config.quota_event_streams))
+                                event_streams=config.quota_event_streams,
+                                context_bytes_per_hour=config.quota_context_bytes_per_hour))
     # Hosts are set once the API listens (its port may be chosen then): until then nothing passes.
     verifier = RequestVerifier(nonces=Nonces(node.store), hosts=())
     app.state.verifier, app.state.quotas, app.state.api_names = verifier, quotas, config.api_names

@@ -49,7 +49,8 @@ ERR_403 = {403: error_doc("the client key is not authorized on this node, or lac
 ERR_404 = {404: error_doc("no such job, or it belongs to another client")}
 ERR_422 = {422: error_doc("invalid request; error.fields names each offending field")}
 ERR_429 = {429: error_doc("a quota of this client is reached (jobs in flight, submissions per second, open "
-                          "event streams, signed requests in the replay window); see Retry-After")}
+                          "event streams, working directories stored, signed requests in the replay window); "
+                          "see Retry-After")}
 SIGNED_ERRORS = {**ERR_401, **ERR_403, **ERR_422, **ERR_429}
 """What any signed route may answer, whatever it does."""
 

@@ -1,4 +1,4 @@
-"""Per-client API quotas: jobs in flight, submissions per second, open event streams.
+"""Per-client API quotas: jobs in flight, submissions per second, open event streams, working directories stored.
 
 A client over a quota gets 429 with ``Retry-After`` (``Refusal``). The defaults are far above
 what a person, the test suite or ``shoal bench`` (ten submitters sharing one client key) ask
@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs import format_bytes
+
 MAX_TRACKED = 10_000  # submit buckets kept before full (idle) ones are dropped
 
 
@@ -22,11 +24,13 @@ class QuotaLimits:
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
     event_streams: int = 256  # open event streams (SSE) of one client
+    context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) one client stores, kept
+    # for the node's retention: without a bound, a client able to submit could fill the node's disk
 
 
 @dataclass(frozen=True)
 class Refusal:
-    quota: str  # "jobs_in_flight", "submits_per_second" or "event_streams": the /metrics label
+    quota: str  # "jobs_in_flight", "submits_per_second", "event_streams" or "context_bytes": the /metrics label
     message: str
     retry_after: int  # seconds
 
@@ -39,7 +43,8 @@ class Quotas:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._streams: dict[str, int] = {}
-        self.refused = {"jobs_in_flight": 0, "submits_per_second": 0, "event_streams": 0}
+        self._stored: dict[str, tuple[float, float]] = {}  # client -> (bytes it may still store, at)
+        self.refused = {"jobs_in_flight": 0, "submits_per_second": 0, "event_streams": 0, "context_bytes": 0}
 
     def submit(self, client: str, in_flight: int) -> Refusal | None:
         """May ``client``, with ``in_flight`` live jobs, submit one more? Takes a token if so."""
@@ -58,6 +63,24 @@ class Quotas:
         if client not in self._buckets and len(self._buckets) >= MAX_TRACKED:
             self._forget_idle(now)
         self._buckets[client] = (tokens - 1, now)
+        return None
+
+    def store_context(self, client: str, size: int) -> Refusal | None:
+        """May ``client`` store a working directory of ``size`` bytes? Takes them from its allowance if so,
+        which refills at ``context_bytes_per_hour``, up to that much at once."""
+        limit = self.limits.context_bytes_per_hour
+        now = self._clock()
+        allowance, at = self._stored.get(client, (float(limit), now))
+        allowance = min(float(limit), allowance + (now - at) * limit / 3600)
+        if size > allowance:
+            self._stored[client] = (allowance, now)
+            return self._refuse("context_bytes", f"client {client} stored more than {format_bytes(limit)} of "
+                                f"working directories in the last hour on this node",
+                                math.ceil((size - allowance) * 3600 / limit))
+        if client not in self._stored and len(self._stored) >= MAX_TRACKED:
+            self._stored = {c: (left, then) for c, (left, then) in self._stored.items()
+                            if left + (now - then) * limit / 3600 < limit}  # full ones change no decision
+        self._stored[client] = (allowance - size, now)
         return None
 
     def open_stream(self, client: str) -> Refusal | None:

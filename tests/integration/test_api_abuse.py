@@ -46,7 +46,8 @@ def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def node_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("abuse-b")
     with noop_node(home, QUOTA_PORT, args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
-                                                 "--quota-event-streams", "1"]):  # fmt: skip
+                                           "--quota-event-streams", "1",
+                                           "--quota-context-bytes-per-hour", "1MiB"]):  # fmt: skip
         yield home
 
 
@@ -176,6 +177,43 @@ def test_quotas_answer_429_with_retry_after(node_b: Path) -> None:
     for quota in ("jobs_in_flight", "submits_per_second", "event_streams"):
         line = next(x for x in metrics.splitlines() if x.startswith(f'shoal_api_refused_total{{quota="{quota}"}}'))
         assert int(line.split()[-1]) >= 1, line
+
+
+def context(size: int) -> bytes:
+    """A working directory as the SDK packs it (shoal._context), holding ``size`` random bytes."""
+    import io
+    import os
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        top = tarfile.TarInfo("context")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        data = tarfile.TarInfo("context/data.bin")
+        data.size = size
+        tar.addfile(data, io.BytesIO(os.urandom(size)))
+    return buf.getvalue()
+
+
+def test_working_directories_a_client_stores_are_held_to_its_hourly_quota(node_b: Path) -> None:
+    """A client that may submit once stored 10 MiB contexts as fast as it sent them (403 MiB in 8 s), each
+    kept for the node's retention. Past its hourly allowance it gets 429, and the node stores nothing of it."""
+    from shoal import ShoalAPIError
+
+    stored = node_b / "node" / "results"
+    with Client(B, key=ClientKey.generate()) as client:
+        client.upload_context(context(600 << 10))
+        before = sorted(stored.glob("*"))
+        with pytest.raises(ShoalAPIError) as refused:
+            client.upload_context(context(600 << 10))
+        assert refused.value.status == 429
+        assert "stored more than 1 MiB of working directories in the last hour" in str(refused.value)
+        assert sorted(stored.glob("*")) == before
+    with Client(B, key=ClientKey.generate()) as other:  # another client has its own allowance
+        other.upload_context(context(600 << 10))
+    metrics = httpx.get(f"{B}/metrics", timeout=30).text
+    assert 'shoal_api_refused_total{quota="context_bytes"} 1' in metrics
 
 
 # -- deadlines, event streams, contexts -----------------------------------------------------------------

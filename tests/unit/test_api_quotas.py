@@ -57,3 +57,25 @@ def test_many_clients_keep_memory_bounded() -> None:
     clock.now += 10  # every bucket has refilled: forgetting them changes no decision
     quotas.submit("newcomer", 0)
     assert len(quotas._buckets) == 1
+
+
+def test_working_directories_a_client_stores_are_bounded_per_hour_and_refill() -> None:
+    """Any client that may submit could store 10 MiB contexts as fast as it sent them, each kept for the
+    node's retention (403 MiB in 8 s on a devstack): its allowance now refills at the hourly quota."""
+    clock = Clock()
+    quotas = Quotas(QuotaLimits(context_bytes_per_hour=3600), clock=clock)
+    assert quotas.store_context("a", 3000) is None
+    refusal = quotas.store_context("a", 1000)  # 600 left
+    assert refusal is not None and refusal.quota == "context_bytes" and refusal.retry_after == 400
+    assert "stored more than 3.52 KiB of working directories in the last hour" in refusal.message
+    assert quotas.store_context("b", 3600) is None  # another client has its own allowance
+    clock.now += 400  # 400 bytes back: 1000
+    assert quotas.store_context("a", 1000) is None
+    assert quotas.store_context("a", 1) is not None
+    clock.now += 10 * 3600  # refills to the hour's allowance, never beyond
+    assert quotas.store_context("a", 3601) is not None and quotas.store_context("a", 3600) is None
+    assert quotas.refused["context_bytes"] == 3
+    for n in range(MAX_TRACKED + 10):  # many clients keep memory bounded once their allowances refill
+        clock.now += 1
+        quotas.store_context(f"c{n}", 1)
+    assert len(quotas._stored) <= MAX_TRACKED + 1

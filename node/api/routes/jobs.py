@@ -179,7 +179,11 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
                  openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": {
                      "schema": {"type": "string", "format": "binary"}}}}})
     async def store_context(request: Request, client: Client) -> ContextStored:
-        cid = await _publish_context(node, await request.body())
+        body = await request.body()
+        refusal = quotas.store_context(client, len(body))
+        if refusal is not None:
+            return refused(refusal)
+        cid = await _publish_context(node, body)
         await node.store.add_published([cid], time.time())  # unpinned after the node's retention, like results
         return ContextStored(cid=cid)
 
