@@ -196,16 +196,22 @@ def is_public(address: IPAddress) -> bool:
     Refused: loopback, private and unique-local (fc00::/7), link-local, 0.0.0.0/8 and ``::``,
     multicast, reserved (240/4, broadcast, NAT64 and the IPv4-compatible ::/96), shared (100.64/10),
     documentation and benchmarking ranges, IPv4-mapped IPv6 (``::ffff:127.0.0.1``), and 6to4
-    (2002::/16) around a non-public IPv4 address.
+    (2002::/16) around a non-public IPv4 address, IPv6 site-local (fec0::/10, deprecated), and the IETF's
+    special-purpose 192.0.0.0/24 and 6to4 relay anycast 192.88.99.0/24 (some of which Python counts as global).
     """
     if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id:
+        if address.scope_id or address.is_site_local:
             return False
         for embedded in (address.ipv4_mapped, address.sixtofour):
             if embedded is not None and not is_public(embedded):
                 return False
+    elif any(address in network for network in _SPECIAL_IPV4):
+        return False
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified
                                       or address.is_loopback or address.is_link_local or address.is_private)
+
+
+_SPECIAL_IPV4 = (ipaddress.IPv4Network("192.0.0.0/24"), ipaddress.IPv4Network("192.88.99.0/24"))
 
 
 def _check_status(response: httpx.Response) -> None:

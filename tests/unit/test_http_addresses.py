@@ -52,6 +52,7 @@ def test_a_host_ending_in_a_number_must_be_an_address(host: str) -> None:
     "::127.0.0.1", "64:ff9b::7f00:1",  # IPv4-compatible (deprecated), NAT64
     "2002:7f00:1::1", "2002:a00:1::1",  # 6to4 around loopback and a private address
     "2001:db8::1",  # documentation
+    "192.0.0.8", "192.0.0.9", "192.88.99.1", "fec0::1",  # special-purpose, 6to4 relay, site-local (deprecated)
 ])
 def test_non_global_addresses_are_not_public(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
