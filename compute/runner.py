@@ -7,7 +7,6 @@ for each declared output; its CID is what the node signs and what verification c
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, t
 from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
+from storage.trees import TooDeep, check_depth, remove_tree
 
 if TYPE_CHECKING:
     from jobs import JobSpec
@@ -53,7 +53,7 @@ class Runner:
         called once at start, before anything runs: no execution of this process owns a folder yet."""
         entries = list(self.work_dir.iterdir()) if self.work_dir.is_dir() else []
         for entry in entries:
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            remove_tree(entry)
         if entries:
             log.info("removed the scratch space of %d execution(s) left behind", len(entries))
 
@@ -105,6 +105,10 @@ class Runner:
             stamp: dict[str, object] = {"engine": executor.name,
                                         "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:
+                try:  # before anything walks the outputs with recursion (sizes, publishing)
+                    await self._run_blocking(check_depth, results / "outputs")
+                except TooDeep as e:
+                    return Outcome(None, f"the job's outputs hold {e}", False)
                 stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])
             result = result.model_copy(update=stamp)
@@ -118,7 +122,7 @@ class Runner:
             return Outcome(None, f"executor crashed: {type(e).__name__}: {e}", True)
         finally:
             with trio.CancelScope(shield=True):
-                await self._run_blocking(lambda: shutil.rmtree(scratch, ignore_errors=True))
+                await self._run_blocking(remove_tree, scratch)
 
     async def _publish(self, result: RunResult, results: Path, has_outputs: bool) -> RunResult:
         """Write and publish the results directory; an empty result (the noop's) publishes nothing."""

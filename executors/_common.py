@@ -10,6 +10,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import trio
 
 from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest, Stream
+from storage.trees import MAX_DEPTH, TooDeep, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
 # and advances only when the job reads a clock.
@@ -25,6 +27,7 @@ EPOCH_SECONDS = 1_704_067_200
 CLOCK_STEP_NS = 1_000_000
 
 CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
+TOO_DEEP = sys.maxsize  # what tree_size says of a tree nested past storage.trees.MAX_DEPTH: more than any limit
 ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
 
 
@@ -116,26 +119,27 @@ def plan_mounts(request: RunRequest, scratch: Path) -> list[DirMount]:
 def tree_size(path: Path) -> int:
     """Bytes the entries under ``path`` take (what a job wrote there), as publishing them takes: a sparse
     file at its full length (a copy writes every byte), and every directory, link and file at least
-    ENTRY_BYTES (a job once wrote 40,000 empty ones, which counted as nothing). Blocking."""
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            with contextlib.suppress(OSError):  # deleted meanwhile
-                st = os.lstat(os.path.join(root, name))
-                total += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
-    return total
+    ENTRY_BYTES (a job once wrote 40,000 empty ones, which counted as nothing). A tree nested deeper than
+    ``storage.trees.MAX_DEPTH`` is TOO_DEEP: more than any limit. Blocking."""
+    try:
+        return sum(max(st.st_size, st.st_blocks * 512, ENTRY_BYTES) for _, st in entries(path))
+    except TooDeep:
+        return TOO_DEEP
 
 
 def own_again(path: Path) -> None:
     """Hand back to the node's own user what a job wrote as another one (uid 65534). Blocking."""
     uid, gid = os.getuid(), os.getgid()
-    for root, dirs, files in os.walk(path):
-        for name in [".", *dirs, *files]:
+    with contextlib.suppress(OSError, TooDeep):  # a tree too deep fails the run (tree_size), and root removes it
+        os.lchown(path, uid, gid)
+        for entry, _ in entries(path):
             with contextlib.suppress(OSError):
-                os.lchown(os.path.join(root, name), uid, gid)
+                os.lchown(entry, uid, gid)
 
 
 def disk_limit_message(written: int, limit: int) -> str:
+    if written >= TOO_DEEP:
+        return f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep"
     return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk, less the staged inputs)"
 
 

@@ -80,6 +80,7 @@ from executors.sandbox import (
     descendants,
 )
 from jobs import PythonEngine, RunResult
+from storage.trees import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -768,7 +769,7 @@ def _move_outputs(outputs: list[tuple[Path, Path]]) -> None:
     for written, dest in outputs:
         if not written.exists():
             continue
-        shutil.rmtree(dest, ignore_errors=True)
+        remove_tree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(written, dest)
         own_again(dest)

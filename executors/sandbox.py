@@ -33,6 +33,8 @@ from pathlib import Path
 
 import trio
 
+from storage.trees import remove_tree
+
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
@@ -167,13 +169,13 @@ class Slot:
         return host, f"{SLOT_TARGET}/rw/{name}"
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.path)
 
     def clear(self) -> None:
         """Remove what was placed in the slot (its process serves another job next). Blocking."""
         for d in (self.ro, self.rw):
             for entry in d.iterdir():
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
 
     def _name(self) -> str:
         self._next += 1
@@ -309,7 +311,7 @@ class Sandbox:
 
     def close(self) -> None:
         if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
+            remove_tree(self._root)
             self._root = None
 
 
@@ -332,7 +334,7 @@ def remove_stale_roots() -> int:
         except ValueError:
             continue
         if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             removed += 1
     return removed
 

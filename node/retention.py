@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import trio
 
 from jobs import ExecutionSide, ExecutionState
 from node.store import StoreClosed
+from storage.trees import remove_tree
 
 if TYPE_CHECKING:
     from node.store import Store
@@ -146,10 +146,7 @@ async def remove_leftover_scratch(store: Store, work_dir: Path) -> int:
 
 
 def _remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    remove_tree(path)
 
 
 async def cleanup_loop(store: Store, publisher: Publisher, retention: float, ttl: float,

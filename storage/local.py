@@ -20,6 +20,7 @@ import trio
 from storage.base import parse_ipfs_source
 from storage.errors import InvalidSource, NotFound, StorageError, TooLarge
 from storage.tarstream import tar_path
+from storage.trees import remove_tree
 from storage.unixfs import cid_of_bytes, compute_cid, parse_cid
 
 __all__ = ["LocalInput", "LocalPublisher"]
@@ -174,8 +175,4 @@ def _install(tmp: Path, final: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    if os.path.lexists(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
+    remove_tree(path)

@@ -7,6 +7,7 @@ HTTP when there is no Kubo) and calls ``prepare_inputs`` before handing the run 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from jobs import InputSpec
 from storage.base import InputSource
 from storage.errors import InvalidSource, StorageError, Unavailable, Unsafe
 from storage.tarsafe import link_escapes
+from storage.trees import TooDeep, entries
 
 __all__ = ["InputRegistry"]
 
@@ -106,7 +108,7 @@ def _name_input(exc: StorageError, index: int, spec: InputSpec) -> None:
 
 
 def _confine(dest: Path) -> None:
-    """Refuse a staged input that is, or holds, a symbolic link leading out of it.
+    """Refuse a staged input that is, or holds, a symbolic link leading out of it, or nests too deep.
 
     The node (as root) and the engines follow an input's links on the host: to mount it, to copy it
     into a sandbox, to read a wasm module or to cut a shard. A link to ``/etc`` or to the node's keys,
@@ -116,11 +118,12 @@ def _confine(dest: Path) -> None:
     if dest.is_symlink():
         raise Unsafe("the input is a symbolic link")
     links = {}
-    for root, dirs, files in os.walk(dest):  # never into a linked directory: it is listed, not entered
-        for name in (*dirs, *files):
-            path = os.path.join(root, name)
-            if os.path.islink(path):
+    try:
+        for path, st in entries(dest):  # never into a linked directory: it is listed, not entered
+            if stat.S_ISLNK(st.st_mode):
                 links[Path(path).relative_to(dest).parts] = os.readlink(path)
+    except TooDeep as e:
+        raise TooDeep(f"it holds {e}") from None
     if problem := link_escapes(links):
         raise Unsafe(f"it holds a symbolic link out of the input: {problem}")
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 from storage.errors import Corrupted, StorageError, TooLarge, Unsafe
+from storage.trees import remove_tree
 
 __all__ = ["BLOCK", "TarExtractor", "link_escapes", "remove"]
 
@@ -271,10 +271,7 @@ def _resolve(base: tuple[str, ...], target: str, links: dict[tuple[str, ...], st
 
 def remove(path: Path) -> None:
     """Remove a file, link or directory tree, whichever ``path`` is (nothing if it is not there)."""
-    if os.path.islink(path) or os.path.isfile(path):
-        os.unlink(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
 
 
 def _create(name: str, make, *args):  # type: ignore[no-untyped-def]

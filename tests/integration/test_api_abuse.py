@@ -318,3 +318,22 @@ def test_a_context_with_a_link_out_of_itself_is_refused_and_nothing_is_stored(no
             client.upload_context(buf.getvalue())
         assert refused.value.status == 422 and f"link 'keys' -> '{target}'" in str(refused.value)
         assert sorted((node_a / "node" / "results").glob("*")) == before
+
+
+def test_a_context_nested_deeper_than_the_limit_is_refused(node_a: Path) -> None:
+    """The node walks an uploaded directory to store it; one Python could not recurse through would have
+    ended the request with an internal error, and a job would have been refused it later."""
+    import io
+    import tarfile
+
+    from shoal import InvalidRequest
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for depth in range(151):
+            entry = tarfile.TarInfo("/".join(["context", *["a"] * depth]))
+            entry.type = tarfile.DIRTYPE
+            tar.addfile(entry)
+    with Client(A, key=ClientKey.generate()) as client, pytest.raises(InvalidRequest) as refused:
+        client.upload_context(buf.getvalue())
+    assert refused.value.status == 422 and "directories nested more than 100 deep" in str(refused.value)

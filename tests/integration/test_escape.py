@@ -247,6 +247,46 @@ def test_docker_writing_what_takes_no_blocks_is_counted_at_what_publishing_it_ta
     assert state == "failed" and "disk limit exceeded" in err, err
 
 
+DEEP = "cd /outputs && for i in $(seq 1500); do mkdir a && cd a; done; echo deep"
+
+
+def test_outputs_nested_1500_deep_fail_their_job_and_the_node_carries_on(stack, docker_ready):
+    """Python recurses once per directory to walk or remove a tree: a job that nested 1,500 directories in
+    its outputs took the whole node down (RecursionError) as it removed its scratch space."""
+    outputs = [{"name": "out", "path": "/outputs"}]
+    code = "import os\nos.chdir('/outputs')\nfor _ in range(1500):\n    os.mkdir('a')\n    os.chdir('a')\nprint('deep')"
+    with Client(stack.nodes[0].api) as client:
+        for engine in ({"name": "docker", "image": "busybox", "args": ["sh", "-c", DEEP]},
+                       {"name": "python", "code": code}):
+            job = client.run({"engine": engine, "outputs": outputs, "cache": False}, timeout=180).job
+            assert job.state.value == "failed"
+            assert job.reason.endswith("the job's outputs hold directories nested more than 100 deep"), job.reason
+    state, out, _ = run_python(stack, "print(6 * 7)")
+    assert (state, out) == ("completed", "42\n")
+    log = (stack.nodes[0].data_dir / "node.log").read_text()
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
+
+
+def test_an_input_nested_deeper_than_the_limit_is_refused_before_any_engine_sees_it(stack, tmp_path):
+    from storage import KuboClient
+
+    deep = tmp_path / "deep"
+    (deep / Path(*["a"] * 150)).mkdir(parents=True)
+    (deep / Path(*["a"] * 150) / "f").write_text("x")
+
+    async def add() -> str:
+        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
+            return await kubo.add_path(deep)
+
+    cid = trio.run(add)
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "python", "code": "print('ran')"}, "cache": False,
+                          "inputs": [{"source": f"ipfs://{cid}", "path": "/data"}]}, timeout=120).job
+    assert job.state.value == "failed"
+    assert job.reason.endswith("it holds directories nested more than 100 deep"), job.reason
+
+
 def test_fork_thread_and_memory_bombs_fail_inside_the_job(stack):
     code = textwrap.dedent("""
         import os, threading

@@ -2,7 +2,6 @@
 client that submitted it and to those it was shared with (read routes only)."""
 
 import secrets
-import shutil
 import time
 from typing import Annotated, Literal
 
@@ -31,6 +30,7 @@ from node.api.middleware import MAX_BODY, MAX_CONTEXT_BODY, client_id
 from node.api.parts import Node, requester_of
 from node.api.quotas import Quotas
 from node.api.streams import SSE_MESSAGE, event_stream, follow_output, resume_after
+from storage.trees import check_depth, remove_tree
 
 Client = Annotated[str, Depends(client_id)]
 
@@ -208,8 +208,9 @@ async def _publish_context(node: Node, body: bytes) -> str:
     target = work / f"ctx-{secrets.token_hex(8)}"
     try:
         await extract_tar(chunks(), target, max_bytes=MAX_CONTEXT_BODY, confine_links=True)  # see storage.registry
+        await trio.to_thread.run_sync(check_depth, target)
         return await node.publisher.publish(target)
     except StorageError as e:
         raise StarletteHTTPException(422, f"the working directory archive is unusable: {e}") from e
     finally:
-        await trio.to_thread.run_sync(lambda: shutil.rmtree(target, ignore_errors=True))
+        await trio.to_thread.run_sync(remove_tree, target)

@@ -1,0 +1,79 @@
+"""Directory trees that a job wrote, or a peer sent: walked without recursion, to a bounded depth.
+
+A job can nest directories thousands deep (``mkdir a && cd a`` in a loop). Python's ``os.walk`` and
+``shutil.rmtree`` recurse once per level, and one such tree in a job's outputs once took a node down:
+the scratch space could not be removed, and the error escaped the execution. Everything that walks
+a job's tree walks it with ``entries``; everything that removes one removes it with ``remove_tree``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+
+from storage.errors import StorageError
+
+__all__ = ["MAX_DEPTH", "TooDeep", "check_depth", "entries", "remove_tree"]
+
+MAX_DEPTH = 100  # directories within directories below a job's input or output (more is refused)
+PATH_TOO_LONG = "a path longer than the system takes (directories nested too deep)"
+
+
+class TooDeep(StorageError):
+    """A tree nests directories deeper than ``MAX_DEPTH``, or holds a path longer than the system takes."""
+
+
+def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below ``path`` (not ``path`` itself), with its ``lstat``, parents before children; links
+    are listed, never followed. Entries removed meanwhile, and directories that cannot be read, are skipped.
+
+    Raises ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, or a path the system
+    cannot take (ENAMETOOLONG).
+    """
+    stack = [(os.fspath(path), 0)]
+    while stack:
+        directory, depth = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                found = list(listing)
+        except OSError as e:  # removed meanwhile, or not ours to read: skipped, as os.walk does
+            if e.errno == errno.ENAMETOOLONG:
+                raise TooDeep(PATH_TOO_LONG) from e
+            continue
+        for entry in found:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                if e.errno == errno.ENAMETOOLONG:
+                    raise TooDeep(PATH_TOO_LONG) from e
+                continue
+            yield entry.path, st
+            if stat.S_ISDIR(st.st_mode):
+                if depth + 1 > max_depth:
+                    raise TooDeep(f"directories nested more than {max_depth} deep")
+                stack.append((entry.path, depth + 1))
+
+
+def check_depth(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> None:
+    """Raise ``TooDeep`` if ``path`` is too deep to walk (see ``entries``)."""
+    for _ in entries(path, max_depth):
+        pass
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove a file, link or directory tree, however deep (nothing if it is not there)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:  # deeper than Python recurses: rm walks it with file descriptors
+        subprocess.run(["rm", "-rf", "--", path], check=False, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,55 @@
+"""Trees a job wrote, walked and removed without recursion (``storage.trees``): a job nested directories
+1,500 deep in its outputs, and the node went down removing them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage.trees import MAX_DEPTH, TooDeep, check_depth, entries, remove_tree
+
+
+def nest(root: Path, depth: int) -> None:
+    """``root/a/a/…/a/f``, ``depth`` directories deep (past the system's longest path, through chdir)."""
+    root.mkdir()
+    here = os.getcwd()
+    try:
+        os.chdir(root)
+        for _ in range(depth):
+            os.mkdir("a")
+            os.chdir("a")
+        Path("f").write_text("x")
+    finally:
+        os.chdir(here)
+
+
+def test_entries_lists_every_entry_with_its_lstat_and_follows_no_link(tmp_path: Path) -> None:
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "f").write_text("data")
+    (tmp_path / "link").symlink_to("/")
+    found = {os.path.relpath(p, tmp_path): st.st_size for p, st in entries(tmp_path)}
+    assert set(found) == {"d", "d/e", "d/e/f", "link"} and found["d/e/f"] == 4
+
+
+def test_a_tree_deeper_than_the_limit_is_refused_and_one_at_the_limit_is_not(tmp_path: Path) -> None:
+    nest(tmp_path / "ok", MAX_DEPTH)
+    check_depth(tmp_path / "ok")
+    nest(tmp_path / "deep", MAX_DEPTH + 1)
+    with pytest.raises(TooDeep, match=f"directories nested more than {MAX_DEPTH} deep"):
+        check_depth(tmp_path / "deep")
+
+
+def test_a_tree_deeper_than_python_recurses_and_than_the_longest_path_is_walked_and_removed(tmp_path: Path) -> None:
+    depth = max(sys.getrecursionlimit(), 2100) + 100  # "a/" x 2100 is longer than PATH_MAX (4096)
+    nest(tmp_path / "deep", depth)
+    with pytest.raises(TooDeep):
+        check_depth(tmp_path / "deep", max_depth=10**6)  # a path the system cannot take: refused, not a crash
+    remove_tree(tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()
+    remove_tree(tmp_path / "deep")  # nothing there: nothing to do
+    (tmp_path / "file").write_text("x")
+    remove_tree(tmp_path / "file")
+    assert not (tmp_path / "file").exists()
