@@ -279,6 +279,11 @@ class Shard(_Frozen):
         return names[n * self.index // self.count : n * (self.index + 1) // self.count]
 
 
+# What a node can fetch: ipfs://CID[/path], /ipfs/CID[/path], CID[/path] (a CID is 46 or more letters and
+# digits), or an http(s) URL. Storage checks the CID itself; this only tells a mistyped or local path apart.
+_FETCHABLE = re.compile(r"(ipfs://|/ipfs/)?[A-Za-z0-9]{46,}(/.*)?|https?://\S+", re.DOTALL)
+
+
 class InputSpec(_Frozen):
     source: str = Field(min_length=1, description="ipfs://CID, CID, or https://… URL")
     path: str = Field(description="absolute path where the job sees it")
@@ -290,6 +295,14 @@ class InputSpec(_Frozen):
         if not v.startswith("/") or ".." in v.split("/"):
             raise ValueError("must be an absolute path without '..'")
         return v
+
+    def source_problem(self) -> str | None:
+        """Why no node could ever fetch ``source``, or None. Checked on new submissions only: a job an
+        older node stored keeps loading, and fails on its nodes as before."""
+        if _FETCHABLE.fullmatch(self.source):
+            return None
+        return (f"{self.source!r} is neither ipfs://CID, a CID nor an http(s):// URL (a local file travels "
+                "in the job's working directory, seen under /context, or is added to IPFS first)")
 
 
 class OutputSpec(_Frozen):
@@ -404,6 +417,14 @@ class JobSpec(_Frozen):
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json()).hexdigest()
+
+    def submission_problem(self) -> str | None:
+        """Why a new submission of this spec is refused, or None: what no node could ever run, though a
+        spec stored by an older node may hold it (it keeps loading)."""
+        problem = self.deadlines.finite_problem()
+        for i, spec in enumerate(self.inputs):
+            problem = problem or ((why := spec.source_problem()) and f"inputs.{i}.source: {why}")
+        return problem or None
 
     def result_deadline(self) -> float:
         """Seconds from a node's acceptance of the job until its requester gives up on the result: staging

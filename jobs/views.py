@@ -20,9 +20,9 @@ class SubmitRequest(BaseModel):
 
     @field_validator("spec")
     @classmethod
-    def _finite(cls, spec: JobSpec) -> JobSpec:
-        """A new job has a finite deadline (stored jobs keep loading: see ``Deadlines``)."""
-        problem = spec.deadlines.finite_problem()
+    def _admissible(cls, spec: JobSpec) -> JobSpec:
+        """A new job has a finite deadline and inputs a node can fetch (stored jobs keep loading)."""
+        problem = spec.submission_problem()
         if problem:
             raise ValueError(problem)
         return spec
@@ -134,8 +134,8 @@ class SweepSubmitRequest(BaseModel):
 
     @field_validator("spec")
     @classmethod
-    def _finite(cls, spec: SweepSpec) -> SweepSpec:
-        problem = spec.job.deadlines.finite_problem()
+    def _admissible(cls, spec: SweepSpec) -> SweepSpec:
+        problem = spec.job.submission_problem()
         if problem:
             raise ValueError(f"job.{problem}")
         return spec

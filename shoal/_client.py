@@ -1177,11 +1177,23 @@ def _seconds(value: float) -> str:
 
 def _as_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
     """Validate locally so a bad spec fails with every problem named, before any request."""
-    return _validated(JobSpec, spec, "job")
+    job = _validated(JobSpec, spec, "job")
+    _admissible(job.submission_problem(), "job", "spec")
+    return job
 
 
 def _as_sweep_spec(spec: SweepSpec | dict[str, Any]) -> SweepSpec:
-    return _validated(SweepSpec, spec, "sweep")
+    sweep = _validated(SweepSpec, spec, "sweep")
+    _admissible(sweep.job.submission_problem(), "sweep", "spec.job")
+    return sweep
+
+
+def _admissible(problem: str | None, what: str, prefix: str) -> None:
+    """What a node refuses of a new submission (an endless deadline, an input no node can fetch), refused here."""
+    if problem:
+        field = f"{prefix}.{problem.partition(':')[0]}"
+        raise InvalidRequest(f"invalid {what} spec: {field}: {problem.partition(': ')[2]}", None, "invalid_spec",
+                             [field])
 
 
 def _validated(model: type[_M], spec: _M | dict[str, Any], what: str) -> _M:

@@ -337,3 +337,17 @@ def test_a_context_nested_deeper_than_the_limit_is_refused(node_a: Path) -> None
     with Client(A, key=ClientKey.generate()) as client, pytest.raises(InvalidRequest) as refused:
         client.upload_context(buf.getvalue())
     assert refused.value.status == 422 and "directories nested more than 100 deep" in str(refused.value)
+
+
+def test_an_input_no_node_could_fetch_is_refused_at_once_naming_it(node_a: Path) -> None:
+    """A local path or another scheme as an input source was taken, and the job waited its queue timeout
+    (24 h by default) saying nodes had room: each node had refused it, quietly."""
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for source in ("./trades.csv", "/home/me/trades.csv", "s3://bucket/trades.csv"):
+            spec = {"engine": {"name": "noop"}, "inputs": [{"source": source, "path": "/data/trades.csv"}]}
+            for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
+                refused = error(http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body)), 422)
+                assert "inputs.0.source" in refused["message"] and "neither ipfs://CID" in refused["message"]
+        fetchable = {"engine": {"name": "noop"}, "inputs": [{"source": "https://example.com/t.csv", "path": "/d"}]}
+        assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": fetchable})).status_code == 201

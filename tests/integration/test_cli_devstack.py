@@ -559,7 +559,9 @@ def test_another_client_sees_none_of_my_jobs(stack: Stack, done_job: str, tmp_pa
 
 def test_usage_errors_exit_2_without_contacting_a_node(stack: Stack) -> None:
     calls = (("run", "noop", "--memory", "-1GiB"), ("run", "noop", "--input", "nopath"),
-             ("run", "noop", "--confidence", "3"), ("frobnicate",))  # fmt: skip
+             ("run", "noop", "--confidence", "3"), ("frobnicate",),
+             ("run", "noop", "-i", "./trades.csv:/data/trades.csv"),  # a local path: no node could fetch it
+             ("run", "noop", "--param", "x=1,2", "-i", "s3://bucket/x:/data/x"))  # fmt: skip
     for args, result in zip(calls, shoal_all(stack, *(("--api", DEAD_API, *c) for c in calls)), strict=True):
         assert result.returncode == 2, (args, result.stderr)
         assert errors(result) and "cannot reach" not in result.stderr
