@@ -333,6 +333,17 @@ def jobs_table(jobs: list[Job], now: float) -> Table:
     return table
 
 
+STDERR_LINES = 10  # of a failed job's stderr, shown where it failed (shoal run, describe)
+
+
+def stderr_tail(job: Job) -> str:
+    """The last lines of a failed job's stderr (its traceback, the memory limit it met), or ""."""
+    if job.state.value != "failed" or job.result is None:
+        return ""
+    lines = job.result.stderr.rstrip("\n").splitlines()[-STDERR_LINES:]
+    return "".join(f"{line}\n" for line in lines)
+
+
 def describe_view(desc: JobDescription, now: float) -> RenderableType:
     from rich.console import Group
 
@@ -382,6 +393,8 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
             phases.add_row(name.replace("_", " "), "+" + fmt_duration(at - start))
     if phases.row_count:
         parts.append(phases)
+    if tail := stderr_tail(job):
+        parts += ["", f"[bold]Stderr[/bold], its last lines (all of it: shoal logs --stderr {job.id}):", safe(tail)]
     return Group(*parts)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
 from cli.options import RunOptions
-from cli.render import print_json, status_line
+from cli.render import print_json, status_line, stderr_tail
 from cli.terminal import write_output
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
             code=EXIT_TIMEOUT,
         )
     if job.state != "completed":
+        if (tail := stderr_tail(job)) and not opts.json:
+            print(f"The job's stderr ended with (all of it: shoal logs --stderr {job.id}):", file=sys.stderr)
+            write_output([tail], sys.stderr)
         raise CLIError(f"job {job.id} {job.state}: {job.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
     if not (opts.json or opts.id_only):
         write_output([job_stdout(client, desc)])

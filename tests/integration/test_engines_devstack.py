@@ -186,6 +186,11 @@ def test_python_exception_fails_with_the_traceback(stack, tmp_path):
     assert out.returncode == 1
     logs = shoal(stack, "logs", out.stdout.strip(), "--stderr")
     assert "ValueError: bad input" in logs.stdout and "Traceback" in logs.stdout
+    # where it failed, the user sees why: the end of its stderr, before the one-line error
+    lines = out.stderr.splitlines()
+    assert lines[-2] == "ValueError: bad input" and lines[-1].startswith("Error: job ") and "exit code 1" in lines[-1]
+    described = shoal(stack, "describe", out.stdout.strip())
+    assert "Stderr, its last lines" in described.stdout and "ValueError: bad input" in described.stdout
 
 
 def test_python_timeout(stack):
