@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cli.errors import EXIT_USAGE, CLIError
-from cli.specs import as_text
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -232,6 +231,8 @@ _SWEEP_TEXTS = (("grid", "*", "*"), ("zip", "*", "*"), ("items", "*", "*"))
 
 def as_texts(data: dict[str, Any], sweep: bool) -> dict[str, Any]:
     """Numbers and booleans where the spec wants strings (env values, args, sweep values) as text."""
+    from jobs.sweep import as_text
+
     patterns = ([("job", *p) for p in _JOB_TEXTS] + list(_SWEEP_TEXTS)) if sweep else list(_JOB_TEXTS)
 
     def convert(value: Any, pattern: tuple[str, ...]) -> Any:

@@ -210,6 +210,8 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     if unknown:
         hint = " (the job comes from the command line)" if "job" in unknown else ""
         problems.append(f"unknown key(s) {', '.join(unknown)}{hint}; expected {', '.join(SWEEP_FILE_KEYS)}")
+    from jobs.sweep import as_text
+
     out: dict[str, Any] = {k: v for k, v in data.items() if k in SWEEP_FILE_KEYS}
     for axis in ("grid", "zip"):
         if axis not in out:
@@ -258,13 +260,6 @@ def _parse_yaml_or_json(text: str, path: Path) -> Any:
 
 def _is_scalar(value: object) -> bool:
     return isinstance(value, str | int | float | bool)
-
-
-def as_text(value: object) -> str:
-    """A file's value as its environment variable will read: YAML's true → "true", 3 → "3"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) -> SweepSpec | None:

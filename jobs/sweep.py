@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,14 @@ from jobs.states import JobState
 MAX_INDEXES = 1_000_000
 MAX_CONFIDENCE = 5  # an index verified by k nodes runs on up to 2k - 1 of them
 RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
+
+
+def as_text(value: Any) -> Any:
+    """A number or a boolean as an environment variable reads it (``3`` → ``"3"``, ``True`` → ``"true"``,
+    as YAML's ``true`` reads); anything else as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 class SweepSpec(_Frozen):
@@ -42,6 +50,22 @@ class SweepSpec(_Frozen):
     confidence: int = Field(0, ge=0, le=MAX_CONFIDENCE, exclude_if=lambda v: not v, description=(
         "distinct nodes whose results for an index must agree before it counts (0 or 1: one node's word); "
         "each index then runs on that many nodes or more"))
+
+    @field_validator("grid", "zip", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, v: Any) -> Any:
+        """``{"x": [1, 2.5, true]}`` as the job's environment reads it: ``["1", "2.5", "true"]``."""
+        if isinstance(v, dict):
+            return {key: [as_text(x) for x in values] if isinstance(values, list) else values
+                    for key, values in v.items()}
+        return v
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _item_numbers_as_text(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{key: as_text(x) for key, x in item.items()} if isinstance(item, dict) else item for item in v]
+        return v
 
     @field_validator("grid", "zip")
     @classmethod

@@ -84,6 +84,15 @@ def test_a_python_grid_sweep_gives_each_index_its_values(client):
     assert outs == ["1 a 0", "1 b 1", "1 c 2", "2 a 3", "2 b 4", "2 c 5"]
 
 
+def test_numbers_in_a_grid_reach_the_job_as_a_sweep_file_gives_them(client):
+    """The SDK refused ``{"x": [1, 2]}`` (a string was expected), though a YAML sweep file takes ``[1, 2]``."""
+    code = "import os; print(os.environ['x'], os.environ['flag'])"
+    d = client.run_sweep({"job": {"engine": {"name": "python", "code": code}},
+                          "grid": {"x": [90, 102.5], "flag": [True]}}, timeout=180)
+    assert d.sweep.state.value == "completed", d.sweep.reason
+    assert [client.index_logs(d.sweep.id, i).strip() for i in range(2)] == ["90 true", "102.5 true"]
+
+
 @pytest.mark.skipif(not DockerExecutor("probe").is_installed(), reason="no Docker daemon answers")
 def test_the_first_success_cancels_the_running_indexes_on_every_node(stack, client, tmp_path):
     script = ('if [ "$SHOAL_INDEX" = 5 ]; then sleep 1; echo found > /outputs/hit; '

@@ -90,3 +90,12 @@ def test_ranges_group_consecutive_indexes_and_keep_the_first_failure_reason():
               (3, JobState.FAILED, "exit code 2"), (4, JobState.COMPLETED, "")]
     assert [str(r) for r in index_ranges(states)] == ["0-1 completed", "2-3 failed: exit code 1", "4 completed"]
     assert compress([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
+
+
+def test_numbers_and_booleans_in_a_sweep_read_as_text_and_hash_as_the_same_text_does():
+    numbers = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}}, "grid": {"x": [1, 2.5]},
+                                        "zip": {"y": [True]}, "items": [{"z": 0}]})
+    text = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}}, "grid": {"x": ["1", "2.5"]},
+                                     "zip": {"y": ["true"]}, "items": [{"z": "0"}]})
+    assert numbers.grid == {"x": ["1", "2.5"]} and numbers.items == [{"z": "0"}]
+    assert numbers.digest() == text.digest()
