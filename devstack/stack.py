@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import trio
 
 from devstack.kubo import KuboCluster, ipfs_binary
+from jobs.errors import ShoalError
 from node.config import shoal_home
 
 READY_TIMEOUT = 60.0
@@ -27,6 +29,42 @@ STOP_TIMEOUT = 5.0
 
 def state_file() -> Path:
     return shoal_home() / "devstack.json"
+
+
+class DevstackError(ShoalError):
+    """A devstack cannot start here (another one runs, a port is taken); says what to do instead."""
+
+
+def running_stack() -> dict | None:
+    """The state of a devstack whose nodes still run (by the state file's pids), or None."""
+    try:
+        state = json.loads(state_file().read_text())
+        pids = [n["pid"] for n in state["nodes"] if n.get("pid")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if any(_alive(pid) for pid in pids) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def taken_port(ports: list[int]) -> int | None:
+    """The first of ``ports`` that something on 127.0.0.1 already listens on, or None."""
+    for port in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return port
+    return None
 
 
 @dataclass
@@ -179,8 +217,15 @@ class Devstack:
                     await node.process.wait()
             if self.kubo is not None:
                 await self.kubo.stop()
-            if self.write_state and state_file().exists():
+            if self.write_state and self._owns_state_file():
                 state_file().unlink()
+
+    def _owns_state_file(self) -> bool:
+        """Whether the state file is this stack's (another stack may have written it since)."""
+        try:
+            return json.loads(state_file().read_text()).get("base_dir") == str(self.base_dir)
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def _write_state(self) -> None:
         path = state_file()
@@ -220,6 +265,15 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
     stack = Devstack(nodes, noop=noop, base_dir=base_dir, base_port=base_port or 8700, bad_actors=bad_actors,
                      kubo=kubo, extra_args=extra_args, labels=labels, network_key=True,  # one private network
                      authorized_keys=[ClientKey.load_or_create().public_key_b64])
+    if (running := running_stack()) is not None:
+        api = running["nodes"][0].get("api", "?")
+        raise DevstackError(f"a devstack already runs here (node 0 at {api}, its files under {running['base_dir']}): "
+                            f"the CLI finds one stack per SHOAL_HOME ({shoal_home()}); stop it with Ctrl-C where "
+                            "it runs, or start this one with another SHOAL_HOME")
+    ports = [n.api_port for n in stack.nodes] + [n.p2p_port for n in stack.nodes]
+    if (port := taken_port(ports)) is not None:
+        raise DevstackError(f"port {port} on 127.0.0.1 is taken (the stack uses {min(ports)}-{max(ports)}); "
+                            "choose others with --base-port")
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 

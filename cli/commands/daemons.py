@@ -150,7 +150,8 @@ def devstack(
     nodes: Annotated[int, typer.Option("--nodes", "-n", metavar="N", min=1, help="How many nodes.")] = 3,
     noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
     base_dir: Annotated[Path | None, typer.Option("--base-dir", metavar="DIR",
-        help="Data dirs and state file (default under ~/.shoal).")] = None,
+        help="The nodes' data dirs (default under ~/.shoal); the state file the CLI finds the stack by is "
+             "$SHOAL_HOME/devstack.json.")] = None,
     base_port: Annotated[int | None, typer.Option("--base-port", metavar="PORT",
         help="First API port; node i uses PORT+i.")] = None,
     kubo: Annotated[bool | None, typer.Option("--kubo/--no-kubo",

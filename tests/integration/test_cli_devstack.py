@@ -621,6 +621,26 @@ def test_serve_alone_fails_jobs_for_engines_it_lacks_and_stops_quietly_on_sigter
     assert "ERROR" not in err, err
 
 
+def test_a_second_devstack_leaves_the_running_one_to_the_cli_and_a_taken_port_is_named(
+        stack: Stack, tmp_path: Path) -> None:  # fmt: skip
+    """A second ``shoal devstack`` in the same SHOAL_HOME took the CLI over (its state file), and stopping it
+    removed the first one's: the CLI lost the stack that still ran. It is refused now, before it starts."""
+    state = (stack.home / "devstack.json").read_text()
+    second = subprocess.run([SHOAL, "devstack", "--nodes", "1", "--no-kubo", "--base-port", str(free_base_port(1)),
+                             "--base-dir", str(tmp_path / "second")], capture_output=True, text=True,
+                            env=stack.env, timeout=60)  # fmt: skip
+    assert second.returncode == 1 and errors(second) == [errors(second)[0]], second.stderr
+    assert "a devstack already runs here (node 0 at " in second.stderr and "another SHOAL_HOME" in second.stderr
+    assert (stack.home / "devstack.json").read_text() == state
+    assert shoal(stack, "list").returncode == 0
+    clash = subprocess.run([SHOAL, "devstack", "--nodes", "1", "--no-kubo", "--base-port", str(BASE_PORT),
+                            "--base-dir", str(tmp_path / "third")], capture_output=True, text=True,
+                           env=_clean_env(tmp_path / "other-home"), timeout=60)  # fmt: skip
+    assert clash.returncode == 1
+    assert errors(clash) == [f"Error: port {BASE_PORT} on 127.0.0.1 is taken (the stack uses {BASE_PORT}-"
+                             f"{BASE_PORT + 100}); choose others with --base-port"], clash.stderr
+
+
 # -- private network ---------------------------------------------------------------------------------
 
 
