@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from jobs import Event, JobSpec, JobState, Resources
-    from jobs.model import Job
+    from jobs.model import Job, RunResult
     from jobs.sweep import IndexRecord, Sweep, SweepSpec
     from jobs.views import JobDescription, NodeList, NodeStatus, SweepDescription
 
@@ -331,6 +331,14 @@ def jobs_table(jobs: list[Job], now: float) -> Table:
             fmt_age(now - job.created_at),
         )
     return table
+
+
+def truncation_note(result: RunResult | None, stream: str, get: str) -> str:
+    """A line for stderr when the node cut ``stream`` of ``result`` (it carries its last part only), else "".
+    ``get``: the command that downloads the results, which keep more of it."""
+    if result is None or not getattr(result, f"{stream}_truncated"):
+        return ""
+    return f"Note: the {stream} shown is its last part only (the job wrote more); {get} keeps more of it"
 
 
 STDERR_LINES = 10  # of a failed job's stderr, shown where it failed (shoal run, describe)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
 from cli.options import RunOptions
-from cli.render import print_json, status_line, stderr_tail
+from cli.render import print_json, status_line, stderr_tail, truncation_note
 from cli.terminal import write_output
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
         raise CLIError(f"job {job.id} {job.state}: {job.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
     if not (opts.json or opts.id_only):
         write_output([job_stdout(client, desc)])
+        if note := truncation_note(desc.shown_result(), "stdout", f"shoal get {job.id}"):
+            print(note, file=sys.stderr)
         cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
         where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
         print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)

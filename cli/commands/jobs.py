@@ -56,6 +56,7 @@ def logs(
     """Print a job's stdout (or stderr)."""
     from cli.lookup import job_id as full_id
     from cli.lookup import refuse_sweep
+    from cli.render import truncation_note
     from cli.terminal import write_output
 
     refuse_sweep(job_id, "logs: shoal sweep logs ID INDEX")
@@ -63,6 +64,8 @@ def logs(
     job_id = full_id(sdk, job_id)
     stream = "stderr" if stderr else "stdout"
     write_output(sdk.follow_logs(job_id, stream) if follow else [sdk.logs(job_id, stream)])
+    if note := truncation_note(sdk.describe(job_id).shown_result(), stream, f"shoal get {job_id}"):
+        print(note, file=sys.stderr)
 
 
 def get(

@@ -118,8 +118,12 @@ def sweep_logs(
 ) -> None:
     """Print one index's stdout (or stderr)."""
     from cli.lookup import find_sweep
+    from cli.render import truncation_note
     from cli.terminal import write_output
 
     sdk = client(ctx)
     sweep_id = find_sweep(sdk, sweep_id).sweep.id
-    write_output([sdk.index_logs(sweep_id, index, "stderr" if stderr else "stdout")])
+    stream = "stderr" if stderr else "stdout"
+    write_output([sdk.index_logs(sweep_id, index, stream)])
+    if note := truncation_note(sdk.sweep_index(sweep_id, index).result, stream, f"shoal sweep get {sweep_id} {index}"):
+        print(note, file=sys.stderr)
