@@ -446,6 +446,12 @@ class JobSpec(_Frozen):
         scheduling fields are the defaults seeds as it did before this method existed."""
         return hashlib.sha256(self.outcome_spec().canonical_json()).digest()
 
+    def repeats_exactly(self) -> bool:
+        """Whether every run gives the same result: a deterministic engine on content-addressed inputs only (a
+        URL's content may change). Such a job's result may be cached, and its non-zero exit is not retried."""
+        return self.engine.deterministic and not any(i.source.startswith(("http://", "https://"))
+                                                     for i in self.inputs)
+
     def cache_key(self) -> str | None:
         """Key of a reusable result, or None when the result may differ between runs.
 
@@ -454,9 +460,7 @@ class JobSpec(_Frozen):
         by CID, outputs, resources, how strongly it is verified), plus the engine's version. A job
         with secrets is never cached: its result may depend on values no cache key may hold.
         """
-        if not self.engine.deterministic or self.secret_env:
-            return None
-        if any(i.source.startswith(("http://", "https://")) for i in self.inputs):
+        if not self.repeats_exactly() or self.secret_env:
             return None
         material = json.loads(self.outcome_spec().canonical_json())
         material["engine_version"] = ENGINE_VERSIONS[self.engine.name]

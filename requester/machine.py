@@ -28,6 +28,8 @@ RETRY_BACKOFF_MAX = 60.0
 MAX_REOFFERS = 5
 CANDIDATE_SPARE = 1  # a first announcement asks one node more than the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
+# what a failed run of a job that repeats exactly says, when it had retries left (JobSpec.repeats_exactly)
+NOT_RETRIED = " (not retried: a deterministic job exits the same way on every run)"
 
 Reputation = Mapping[str, tuple[int, int]]  # peer -> (results accepted, results rejected)
 
@@ -512,14 +514,17 @@ class JobMachine:
     def _fail(self, p: JobChanges, reason: str, executions: Sequence[Execution], events: Sequence[Event], *,
               result: RunResult | None = None) -> None:
         """A run failed (a non-zero exit, or a node error that ends it): fail the job or, while
-        ``spec.retries`` allows, run it again after a backoff (``retry_delay``).
+        ``spec.retries`` allows, run it again after a backoff (``retry_delay``); a job that repeats exactly
+        is not run again for its exit code.
 
         The retry is a new attempt and a fresh start: the failed run's executions are left behind
         (stored, no longer tracked), so its nodes may bid again and the re-offer budget and the queue
         timeout count afresh. What still runs of the failed run (other slots) is cancelled.
         """
         job = p.state.job
-        if job.retried >= job.spec.retries:
+        if job.retried < job.spec.retries and result is not None and job.spec.repeats_exactly():
+            reason += NOT_RETRIED  # its seed is its spec's: a retry would print and exit the same
+        if job.retried >= job.spec.retries or reason.endswith(NOT_RETRIED):
             return self._finish(p, JobState.FAILED, reason, executions, events, result=result)
         executions, events = self._cancel_rest(p, executions, "its run failed and is retried"), list(events)
         retry = job.retried + 1

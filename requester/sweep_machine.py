@@ -18,7 +18,7 @@ from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
 from requester import trust
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_delay
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, NOT_RETRIED, TICK, Changes, Send, announce_backoff, retry_delay
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -347,11 +347,14 @@ class SweepMachine:
                        ) -> IndexRecord:
         """An index whose run failed (a non-zero exit, a confirmed error, its attempts spent): failed, or,
         while the template's ``retries`` allows, back to pending after a backoff (``retry_delay``), its
-        attempts and the errors nodes reported for it counted afresh."""
+        attempts and the errors nodes reported for it counted afresh; a template that repeats exactly is not
+        run again for its exit code."""
         allowed = self.sweep.spec.job.retries
         self.errors.pop(i, None)
         self.proposals.pop(i, None)
-        if self.retries[i] >= allowed:
+        if self.retries[i] < allowed and result is not None and self.sweep.spec.job.repeats_exactly():
+            reason += NOT_RETRIED
+        if self.retries[i] >= allowed or reason.endswith(NOT_RETRIED):
             return self._move(i, JobState.FAILED, reason, now, node, result)
         self.retries[i] += 1
         self.attempts[i] = 0

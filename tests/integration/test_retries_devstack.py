@@ -1,5 +1,6 @@
 """#19 queueing and retries on a real 2-node devstack, driven as a user would: ``shoal run … --retries N``
-(a job and each index of a sweep run again, with backoff, after a non-zero exit) and the reason a job gives
+(a job and each index of a sweep run again, with backoff, after a non-zero exit, unless they are deterministic
+and would exit the same way) and the reason a job gives
 while it waits its turn for busy nodes ("queued: 1 job ahead, 0 of 2 nodes free")."""
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def shoal(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+# python in a container: its clocks and entropy are real, so a run may exit another way than the last one did
+IN_A_CONTAINER = ("--image", "shoal/python:3")
+
+
 def test_a_job_that_exits_nonzero_runs_again_with_backoff_until_its_retries_are_spent(stack: Stack) -> None:
-    result = shoal(stack, "run", "python", "-c", "raise SystemExit(3)", "--retries", "2", "--no-cache", "--json")
+    result = shoal(stack, "run", "python", *IN_A_CONTAINER, "-c", "raise SystemExit(3)", "--retries", "2",
+                   "--no-cache", "--json")
     assert result.returncode != 0
     desc = json.loads(result.stdout)
     job = desc["job"]
@@ -62,7 +68,8 @@ def test_a_job_that_exits_nonzero_runs_again_with_backoff_until_its_retries_are_
 
 def test_each_index_of_a_sweep_is_retried_on_its_own(stack: Stack) -> None:
     program = "import os; raise SystemExit(3 if os.environ['i'] == '1' else 0)"
-    result = shoal(stack, "run", "python", "-c", program, "--param", "i=0,1,2", "--retries", "1", "--no-cache")
+    result = shoal(stack, "run", "python", *IN_A_CONTAINER, "-c", program, "--param", "i=0,1,2", "--retries", "1",
+                   "--no-cache")
     assert result.returncode != 0
     sweep_id = next(w for w in result.stderr.split() if w.startswith("s-"))
     records = json.loads(shoal(stack, "sweep", "indexes", sweep_id, "--json").stdout)["indexes"]
@@ -70,6 +77,22 @@ def test_each_index_of_a_sweep_is_retried_on_its_own(stack: Stack) -> None:
     assert records[1]["reason"] == "exit code 3" and records[1]["result"]["exit_code"] == 3
     sweep = json.loads(shoal(stack, "describe", sweep_id, "--json").stdout)["sweep"]
     assert sweep["state"] == "failed" and sweep["reason"] == "1 of 3 indexes failed"
+
+
+def test_a_deterministic_job_or_index_that_exits_nonzero_is_not_run_again_for_nothing(stack: Stack) -> None:
+    """Pyodide seeds a run from its spec: each retry printed and exited as the first run had, and a sweep
+    with --retries 2 took three times the compute to fail the same indexes with the same draws."""
+    result = shoal(stack, "run", "python", "-c", "import random; print(random.random()); raise SystemExit(3)",
+                   "--retries", "2", "--no-cache", "--json")
+    desc = json.loads(result.stdout)
+    assert desc["job"]["state"] == "failed" and desc["job"]["retried"] == 0
+    assert desc["job"]["reason"].endswith("(not retried: a deterministic job exits the same way on every run)")
+    assert len([x for x in desc["executions"] if x["result"]]) == 1
+    program = "import os; raise SystemExit(3 if os.environ['i'] == '1' else 0)"
+    result = shoal(stack, "run", "python", "-c", program, "--param", "i=0,1", "--retries", "2", "--no-cache")
+    sweep_id = next(w for w in result.stderr.split() if w.startswith("s-"))
+    records = json.loads(shoal(stack, "sweep", "indexes", sweep_id, "--json").stdout)["indexes"]
+    assert [(r["state"], r["retries"], r["attempts"]) for r in records] == [("completed", 0, 1), ("failed", 0, 1)]
 
 
 def test_a_job_waiting_for_busy_nodes_says_where_it_stands_in_the_queue(stack: Stack) -> None:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from jobs import EventKind, ExecutionState, JobSpec, JobState, RunResult
 from jobs.messages import Bid, Cancel, IndexResult
-from jobs.spec import MAX_RETRIES
+from jobs.spec import MAX_RETRIES, InputSpec
 from jobs.sweep import Sweep, SweepSpec
 from requester.machine import Known, Tracked, retry_delay
 from requester.selection import Queue, waiting_reason
@@ -17,7 +17,9 @@ from tests.unit.test_requester_machine import KNOWN, REQ, claim, kinds, machine,
 
 
 def with_retries(n: int, **kw: object) -> JobSpec:
-    return spec(**kw).model_copy(update={"retries": n})  # type: ignore[arg-type]
+    """A job that may exit another way when run again: it reads a URL, whose content may change."""
+    changing = [InputSpec(source="https://example.com/data.csv", path="/data.csv")]
+    return spec(**kw).model_copy(update={"retries": n, "inputs": changing})  # type: ignore[arg-type]
 
 
 def test_retries_are_checked_and_left_out_of_a_spec_that_has_none() -> None:
@@ -63,6 +65,20 @@ def test_the_job_fails_once_its_retries_are_spent() -> None:
         reasons.append(state.job.reason)
     assert reasons == ["retry 1 of 1 in 1 s: exit code 1 on node n-a", "exit code 1 on node n-b"]
     assert state.job.state is JobState.FAILED and state.job.result.exit_code == 1 and changes.finished
+
+
+def test_a_deterministic_job_that_exits_nonzero_is_not_run_again_it_would_exit_the_same_way() -> None:
+    """A python (Pyodide) or wasm job on content-addressed inputs is seeded by its spec: every retry printed
+    and exited as the first run did, for three times the compute."""
+    state = running(tracked(spec().model_copy(update={"retries": 2})), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", exit_code=3), 5.0, KNOWN, signed=True)
+    job = changes.state.job
+    assert changes.finished and job.state is JobState.FAILED and job.retried == 0
+    assert job.reason == "exit code 3 on node n-a (not retried: a deterministic job exits the same way on every run)"
+    url = spec().model_copy(update={"retries": 2, "inputs": [InputSpec(source="https://example.com/x", path="/x")]})
+    _, changes = machine().on_result(running(tracked(url), "n-a"), "n-a", result("x-n-a", exit_code=3), 5.0, KNOWN,
+                                     signed=True)
+    assert changes.state.job.state is JobState.PENDING  # a URL's content may change: retried
 
 
 def test_a_confirmed_node_error_is_retried_and_what_still_runs_of_the_failed_run_is_cancelled() -> None:
@@ -132,6 +148,17 @@ def test_a_sweep_index_that_exits_nonzero_runs_again_after_its_backoff_and_fails
     [record] = changes.writes[0].indexes
     assert (record.state, record.retries, record.reason, record.result.exit_code) == \
         (JobState.FAILED, 1, "exit code 2", 2)
+
+
+def test_a_deterministic_sweeps_index_that_exits_nonzero_fails_without_its_retries() -> None:
+    sweep_spec = SweepSpec(job=spec().model_copy(update={"retries": 2}), items=[{"X": "0"}])
+    m, able = SweepMachine.new(Sweep(id="s-1", owner="alice", spec=sweep_spec, count=1, requester=REQ,
+                                     counts={JobState.PENDING: 1}, created_at=0, updated_at=0), REQ), {"n-a"}
+    m.claim("n-a", claim("c-1", want=1), 1.0, able=able, quarantined=False)
+    _, changes = m.claim("n-a", claim("c-1", exits(0, 2)), 2.0, able=able, quarantined=False)
+    [record] = changes.writes[0].indexes
+    assert changes.finished and (record.state, record.retries) == (JobState.FAILED, 0)
+    assert record.reason == "exit code 2 (not retried: a deterministic job exits the same way on every run)"
 
 
 def test_a_retried_index_that_succeeds_completes_the_sweep_and_restored_retries_are_not_given_again() -> None:
