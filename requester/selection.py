@@ -68,6 +68,9 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahea
     free_now = [n for n in able if spec.resources.fits_in(n.free)]
     if not nodes:
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
+    if able and len(able) < need:  # every able node may run it already: only a node yet to join completes it
+        return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes can run it; "
+                f"{accepted} of {need} accepted (another node must join)")
     if able and len(free_now) < need - accepted:
         jobs_ahead = "" if ahead is None else f"{ahead} job{'' if ahead == 1 else 's'} ahead, "
         return (f"queued: {jobs_ahead}{len(free_now)} of {len(able)} nodes free"

@@ -334,7 +334,10 @@ class SweepMachine:
             return self._back_to_pending(i, f"{agreeing} of the {k} agreeing results it needs; another node "
                                             "runs it", p.now, awaiting=frozenset(proposed))
         del self.proposals[i]
-        return self._fail_or_retry(i, peer, verdict.reason, p.now)
+        agreed = len(set(proposed.values())) == 1  # every able node ran it, and they are fewer than k
+        reason = f"could not verify: the {len(proposed)} nodes able to run it agree, and it needs {k}" if agreed \
+            else verdict.reason
+        return self._fail_or_retry(i, peer, reason, p.now)
 
     def _run_again_or_fail(self, i: int, node: str, why: str, now: float) -> IndexRecord:
         """An index lost for reasons of its node: back to pending, unless it has had its attempts (runs

@@ -509,6 +509,16 @@ def test_an_index_on_which_every_able_node_disagrees_fails_but_one_nodes_result_
     assert m.states[1] is JobState.PENDING
 
 
+def test_an_index_that_every_able_node_ran_alike_but_fewer_than_it_needs_says_so():
+    """``confidence 4`` on a network of 3: "no result shared by 4 nodes (x3)" read like a disagreement."""
+    m = sweep_machine(1, confidence=4)
+    able = ("n-a", "n-b", "n-c")
+    for n, peer in enumerate(able):
+        _, changes = report(m, peer, ok(0), 1.0 + 2 * n, able=able)
+    assert m.states == [JobState.FAILED] and changes.penalties == []
+    assert changes.writes[-1].indexes[0].reason == "could not verify: the 3 nodes able to run it agree, and it needs 4"
+
+
 def test_runs_awaiting_confirmation_do_not_use_up_an_index_s_attempts():
     m = sweep_machine(1, confidence=3)
     nodes = ("n-a", "n-b", "n-c", "n-d", "n-e")

@@ -107,8 +107,11 @@ def test_a_job_short_of_room_says_how_many_jobs_are_ahead_and_how_many_nodes_are
     other = node("n-x").model_copy(update={"engines": ["docker"]})
     assert waiting_reason(spec(), [*busy, other], 0, 1) == \
         "queued: 1 job ahead, 0 of 2 nodes free (2 of 3 known nodes can run it)"
-    assert waiting_reason(spec(concurrency=3), busy, 1, 0) == \
-        "queued: 0 jobs ahead, 0 of 2 nodes free; 1 of 3 nodes accepted"
+    assert waiting_reason(spec(concurrency=2), busy, 1, 0) == \
+        "queued: 0 jobs ahead, 0 of 2 nodes free; 1 of 2 nodes accepted"
+    # more nodes than can run it: said so, not "3 have room now" while those 3 already run it
+    assert waiting_reason(spec(concurrency=4), [node("n-a"), node("n-b"), node("n-c")], 3) == \
+        "waiting for more nodes: it needs 4 and 3 of 3 known nodes can run it; 3 of 4 accepted (another node must join)"
 
 
 def test_the_queue_counts_the_jobs_that_waited_longer_and_reorders_at_most_every_interval() -> None:
