@@ -191,7 +191,7 @@ def split_param(value: str) -> tuple[str, list[str]]:
         raise CLIError(f"--param {value!r}: expected KEY=V1,V2,…, e.g. --param lr=0.1,0.01", code=EXIT_USAGE)
     if not values:
         raise CLIError(f"--param {value!r}: give at least one value after '=', e.g. {key}=1,2,3", code=EXIT_USAGE)
-    return key, values.split(",")
+    return key, [v.strip() for v in values.split(",")]  # "S0=90, 100" means 100, not " 100"
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
@@ -288,6 +288,9 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
         grid[key] = values
     if grid:
         data["grid"] = grid
+    if both := sorted(set(grid) & set(job.env)):  # the parameter would win, and -e be silently lost
+        raise CLIError(f"--param {both[0]}: {both[0]} is set with -e too; a parameter gives each index its value",
+                       code=EXIT_USAGE)
     for name in ("shard_inputs", "shard_path", "success", "success_output"):
         value = getattr(flags, name)
         if value is not None:

@@ -32,9 +32,10 @@ def terminal_output(text: str) -> str:
 
 def write_output(chunks: Iterable[str], stream: TextIO | None = None) -> None:
     """Write a job's own output, chunk by chunk as it arrives: to a terminal as ``terminal_output``
-    makes it, to a pipe or a file exactly as the job wrote it."""
+    makes it, ending its last line (what follows, a status line or the prompt, starts a line of its own),
+    to a pipe or a file exactly as the job wrote it."""
     stream = stream or sys.stdout
-    tty, held = stream.isatty(), ""
+    tty, held, last = stream.isatty(), "", ""
     for chunk in chunks:
         text, held = held + chunk, ""
         if tty:
@@ -43,6 +44,7 @@ def write_output(chunks: Iterable[str], stream: TextIO | None = None) -> None:
             text = terminal_output(text)
         stream.write(text)
         stream.flush()
-    if held:
-        stream.write(terminal_output(held))
+        last = text[-1:] or last
+    if tty and (held or last not in ("", "\n")):
+        stream.write(terminal_output(held) + "\n")
         stream.flush()

@@ -507,6 +507,15 @@ def test_a_jobs_output_keeps_its_colours_on_a_terminal_and_no_other_escape_seque
     assert "\\x1b]52;c;cm0gLXJmIH4K\\x07" in shown and "\\x9b31m \\u202eevil" in shown  # shown, as written
 
 
+def test_a_jobs_last_line_is_ended_on_a_terminal_so_what_follows_starts_its_own() -> None:
+    terminal = Terminal()
+    write_output(["no newline"], terminal)
+    assert terminal.getvalue() == "no newline\n"  # "no newlineJob j-… completed" once
+    terminal = Terminal()
+    write_output(["done\n", ""], terminal)
+    assert terminal.getvalue() == "done\n"
+
+
 def test_a_jobs_output_into_a_pipe_is_exactly_what_it_wrote(fake: FakeClient) -> None:
     fake.stdout = JOB_OUTPUT
     assert run("logs", JOB_ID).stdout == JOB_OUTPUT  # CliRunner's stdout is no terminal

@@ -153,6 +153,15 @@ def test_params_make_a_grid_around_the_job(fake: FakeSweepClient) -> None:
     assert f"shoal describe {SWEEP_ID}" in result.stderr
 
 
+def test_spaces_around_values_are_dropped_and_a_parameter_set_with_e_too_is_refused(fake: FakeSweepClient) -> None:
+    """``--param "S0=90, 100"`` stored " 100"; ``--param S0=… -e S0=5`` lost the -e without a word."""
+    assert run("run", "noop", "--param", "S0=90, 100 ", "--no-wait").exit_code == 0
+    assert submitted_sweep(fake).grid == {"S0": ["90", "100"]}
+    result = run("run", "noop", "--param", "S0=90,100", "-e", "S0=5", "--no-wait")
+    assert result.exit_code == 2 and error_lines(result) == [
+        "--param S0: S0 is set with -e too; a parameter gives each index its value"]
+
+
 def test_values_keep_their_equals_signs_and_empty_values(fake: FakeSweepClient) -> None:
     assert run("run", "noop", "--param", "opt=a=1,b=2,", "--no-wait").exit_code == 0
     assert submitted_sweep(fake).grid == {"opt": ["a=1", "b=2", ""]}
