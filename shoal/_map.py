@@ -110,6 +110,11 @@ def plan_map(fn: Any, iterables: tuple[Iterable[Any], ...], grid: dict[str, Iter
     if bool(iterables) == (grid is not None):
         raise TypeError("map needs items (map(fn, items)) or a grid (map(fn, grid={...})), not both")
     if grid is not None:
+        unlisted = [name for name, values in grid.items() if isinstance(values, str | bytes)
+                    or not isinstance(values, Iterable)]
+        if unlisted:
+            raise TypeError(f"grid values must be lists of values, e.g. grid={{{unlisted[0]!r}: [1, 2, 3]}}; "
+                            f"{unlisted[0]!r} has {grid[unlisted[0]]!r}")
         axes = {name: list(values) for name, values in grid.items()}
         bad = [n for n in axes if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n)
                or len(n) > 100]

@@ -73,6 +73,13 @@ def test_items_become_a_zip_axis_and_a_grid_the_sweeps_own_grid() -> None:
     assert grid.spec is not None and set(grid.spec.grid) == {"SHOAL_KW_s0", "SHOAL_KW_vol"}
 
 
+@pytest.mark.parametrize("values", [5, "100"])
+def test_a_grid_axis_that_is_no_list_is_refused_saying_what_to_give(values: object) -> None:
+    """``grid={"s0": 5}`` raised a bare "TypeError: 'int' object is not iterable"; a string made one value a letter."""
+    with pytest.raises(TypeError, match=r"grid values must be lists of values, e.g. grid=\{'s0': \[1, 2, 3\]\}"):
+        plan_map(price, (), {"s0": values, "vol": [0.1]}, None, None)
+
+
 def test_the_same_map_is_the_same_spec_byte_for_byte() -> None:
     first = plan_map(add, ([1, (2, 3)],), None, None, {"timeout": 30})
     again = plan_map(add, ([1, (2, 3)],), None, None, {"timeout": 30})
