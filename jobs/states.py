@@ -79,10 +79,12 @@ EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
 }
 
 
-# A sweep moves like a job, except that retrying its failed indexes brings a failed sweep back.
+# A sweep moves like a job, except that retrying its failed (or cancelled) indexes brings a failed (or
+# cancelled) sweep back.
 SWEEP_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     **JOB_TRANSITIONS,
     JobState.FAILED: frozenset({JobState.RUNNING}),
+    JobState.CANCELLED: frozenset({JobState.RUNNING}),
 }
 
 

@@ -131,17 +131,19 @@ class SweepMachine:
         return p
 
     def retry(self, now: float) -> Changes:
-        """Put failed indexes back to run (attempts and retries start again); a failed sweep runs again."""
+        """Put failed indexes back to run (attempts and retries start again), and a cancelled sweep's cancelled
+        ones: a failed sweep runs again, a cancelled one resumes."""
         p = Changes(now)
-        failed = [i for i, s in enumerate(self.states) if s is JobState.FAILED]
+        ended = {JobState.FAILED} | ({JobState.CANCELLED} if self.sweep.state is JobState.CANCELLED else set())
+        failed = [i for i, s in enumerate(self.states) if s in ended]
         if not failed:
             return p
         records = []
         for i in failed:
             self.attempts[i] = self.retries[i] = 0  # its proposals went when it failed
             records.append(self._back_to_pending(i, "retried", now))
-        message = f"{len(failed)} failed indexes put back to run"
-        again = self.sweep.state is JobState.FAILED
+        message = f"{len(failed)} {' or '.join(sorted(s.value for s in ended))} indexes put back to run"
+        again = self.sweep.state in (JobState.FAILED, JobState.CANCELLED)
         self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
         p.save(sweep=self.sweep, indexes=records, events=[self.event(now, EventKind.RETRIED, message)])
         self.backoff, self.next_announce = ANNOUNCE_BACKOFF_FIRST, now

@@ -146,11 +146,13 @@ class SweepService(Driver[_Live]):
             return live.sweep
 
     async def retry(self, sweep_id: str) -> Sweep:
-        """Put failed indexes back to run (attempts start again); a failed sweep runs again."""
+        """Put failed indexes back to run (attempts start again); a failed sweep runs again, a cancelled one
+        resumes (its cancelled indexes too)."""
         live = self._live.get(sweep_id)
         if live is None:
             sweep = await self.get(sweep_id)
-            if sweep.state is not JobState.FAILED or not sweep.counts.get(JobState.FAILED):
+            ended = sweep.counts.get(JobState.FAILED, 0) + sweep.counts.get(JobState.CANCELLED, 0)
+            if sweep.state not in (JobState.FAILED, JobState.CANCELLED) or not ended:
                 return sweep
             rows = await self.store.index_states(sweep_id)
             live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))

@@ -70,7 +70,7 @@ def sweep_retry(
     id_only: Annotated[bool, typer.Option("--id-only", help="Print only the sweep id.")] = False,
     json_: Json = False,
 ) -> int:  # fmt: skip
-    """Run a sweep's failed indexes again (a failed sweep runs again), then follow it."""
+    """Run a sweep's failed indexes again (a failed sweep runs again; a cancelled one resumes), then follow it."""
     from cli.errors import CLIError
     from cli.lookup import find_sweep
     from cli.options import RunOptions
@@ -83,7 +83,9 @@ def sweep_retry(
     before = find_sweep(sdk, sweep_id)
     desc = sdk.retry_sweep(before.sweep.id)
     failed = before.sweep.counts.get(JobState.FAILED, 0)
-    message = (f"Sweep {desc.sweep.id}: {failed} failed indexes put back to run" if failed
+    cancelled = before.sweep.counts.get(JobState.CANCELLED, 0) if before.sweep.state is JobState.CANCELLED else 0
+    what = " and ".join(f"{n} {name}" for n, name in ((failed, "failed"), (cancelled, "cancelled")) if n)
+    message = (f"Sweep {desc.sweep.id}: {what} indexes put back to run" if what
                else f"Sweep {desc.sweep.id} has no failed indexes; nothing to retry")
     opts = RunOptions(wait=wait, wait_timeout=wait_timeout, id_only=id_only, json=json_)
     return follow_sweep(sdk, desc, opts, message)

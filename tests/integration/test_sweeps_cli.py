@@ -193,6 +193,19 @@ def test_cancel_a_running_sweep(stack: Stack) -> None:
     assert followed.returncode == 0, followed.stderr
 
 
+def test_a_cancelled_sweep_resumes_with_retry(stack: Stack) -> None:
+    busy = "import os; sum(range(2_000_000)); print(os.environ['x'])"  # a fraction of a second each: cancelled midway
+    submitted = shoal(stack, "run", "python", "-c", busy, "--param", "x=" + ",".join(map(str, range(40))),
+                      "--no-wait")  # fmt: skip
+    sweep_id = submitted.stdout.strip()
+    assert shoal(stack, "cancel", sweep_id).returncode == 0
+    resumed = shoal(stack, "sweep", "retry", sweep_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.match(rf"Sweep {sweep_id}: \d+ cancelled indexes put back to run", resumed.stderr), resumed.stderr
+    data = describe(stack, sweep_id)
+    assert data["sweep"]["state"] == "completed" and data["sweep"]["counts"] == {"completed": 40}
+
+
 @pytest.mark.parametrize("which", ["won", "cancelled"])
 def test_the_indexes_a_sweep_ends_early_show_as_cancelled(stack: Stack, which: str) -> None:
     sweep_id = ENDED.get(which)

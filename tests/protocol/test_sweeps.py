@@ -128,6 +128,34 @@ async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path, auto
         assert EventKind.RETRIED in kinds
 
 
+async def test_a_cancelled_sweep_resumes_running_only_what_it_had_not_finished(tmp_path, autojump_clock):
+    """A quant who cancelled a sweep midway could not take it up again: retry said "nothing to retry", and
+    the only way on was a new sweep that ran every index again."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        runs: list = []
+        for n in ns:
+            record_runs(n, runs)
+            n.noop.hooks.delay = 1.0
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(40)]}, job={"resources": {"cpu": 1}}),
+                                         "alice")  # 4 at a time on each node: about 8 a second
+        await trio.sleep(2.5)
+        await ns[0].sweeps.cancel(s.id)
+        d = await finished(ns[0].sweeps, s.id)
+        done = d.sweep.counts.get(JobState.COMPLETED, 0)
+        assert d.sweep.state is JobState.CANCELLED and 0 < done < 40
+        completed_before = {r.index for r in (await ns[0].store.sweep_indexes(s.id, first=0, limit=40))[0]
+                            if r.state is JobState.COMPLETED}
+        await trio.sleep(1)  # the cancelled runs end on their nodes
+        runs.clear()
+        await ns[0].sweeps.retry(s.id)
+        d = await finished(ns[0].sweeps, s.id, timeout=60)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 40}
+        ran_again = {int(env["x"]) for _, env in runs}
+        assert ran_again == set(range(40)) - completed_before  # only what had not finished ran again
+
+
 async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
