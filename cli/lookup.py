@@ -38,6 +38,8 @@ def find_job(client: Client, job_id: str) -> JobDescription:
 
 def find_sweep(client: Client, sweep_id: str) -> SweepDescription:
     """Like ``find_job``: the sweep, found by its full id or a unique prefix of it."""
+    if sweep_id.startswith("j-"):
+        raise CLIError(f"{sweep_id} is a job, not a sweep (shoal describe {sweep_id})", code=EXIT_USAGE)
     return _by_prefix("sweep", sweep_id, client.describe_sweep,
                       lambda: [s.id for s in client.list_sweeps(limit=1000).sweeps])
 

@@ -631,3 +631,11 @@ def test_help_lists_the_sweep_commands() -> None:
     for command in ("list", "indexes", "retry", "get", "logs"):
         assert f"  {command} " in out, command
     assert "--param" in run("run", "noop", "--help").stdout
+
+
+@pytest.mark.parametrize("args", [("sweep", "indexes"), ("sweep", "logs", "JOB", "0"), ("sweep", "retry")])
+def test_a_jobs_id_given_to_a_sweep_command_is_named_as_a_job(fake: FakeSweepClient, args: tuple[str, ...]) -> None:
+    """It said "no sweep 'j-…' (or it is not yours)", as if the id were wrong."""
+    job = "j-" + "0" * 32
+    result = run(*[job if a == "JOB" else a for a in args], *([] if "JOB" in args else [job]))
+    assert result.exit_code == 2 and error_lines(result) == [f"{job} is a job, not a sweep (shoal describe {job})"]
