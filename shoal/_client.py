@@ -348,9 +348,17 @@ class _BaseClient:
         (``shoal._map``): a flow with a third kind of step, the tuples, for the caller."""
         from shoal._map import FIRST_POLL, MAX_POLL, PAGE
 
-        if run.plan.spec is None:
+        spec = run.plan.spec
+        if spec is None:
             return
-        description = yield from self._submit_sweep_flow(run.plan.spec, None)
+        # The same deterministic map (function, values, options) is one sweep: run again, it takes up the one
+        # it made before, ended or not (a Ctrl-C, a killed kernel, a closed laptop), and runs again what had
+        # not completed. A map in an image runs afresh: its clocks and entropy are real.
+        key = f"map-{spec.digest()}" if spec.job.repeats_exactly() else None
+        description = yield from self._submit_sweep_flow(spec, key)
+        if description.sweep.state in (JobState.CANCELLED, JobState.FAILED):
+            description = yield from self._get_flow(self._request("POST", _sweep_path(description.sweep.id, "retry")),
+                                                    SweepDescription)
         run.sweep_id = sweep_id = description.sweep.id
         wait, ended = FIRST_POLL, False
         while True:
@@ -666,7 +674,7 @@ class Client(_BaseClient):
         return self._drive(self._get_flow(self._request("GET", _index_path(sweep_id, index)), IndexRecord))
 
     def retry_sweep(self, sweep_id: str) -> SweepDescription:
-        """Put the failed indexes back to run; a failed sweep runs again."""
+        """Put the failed indexes back to run; a failed sweep runs again, a cancelled one resumes."""
         request = self._request("POST", _sweep_path(sweep_id, "retry"))
         return self._drive(self._get_flow(request, SweepDescription))
 

@@ -120,6 +120,29 @@ def test_leaving_the_iterator_early_cancels_the_rest(client) -> None:
     assert sweeps[0].state in (JobState.CANCELLED, JobState.COMPLETED)
 
 
+def slowly(x: int) -> int:
+    return sum(range(300_000)) * 0 + x * x  # a fraction of a second in Pyodide
+
+
+def test_the_same_map_run_again_takes_up_its_sweep_and_runs_only_what_had_not_completed(client) -> None:
+    """A kernel that died mid-map (or a Ctrl-C, which cancels the rest) left its values on the nodes:
+    running the same cell again started a new sweep that ran every item again."""
+    from jobs.states import JobState
+
+    results = client.map_iter(slowly, range(96))
+    with contextlib.closing(results):
+        next(results)  # leaving early cancels the rest
+    [first] = client.list_sweeps(limit=1).sweeps
+    before = {r.index: r.updated_at for r in client.sweep_indexes(first.id, limit=200).indexes
+              if r.state is JobState.COMPLETED}
+    assert first.state is JobState.CANCELLED and 0 < len(before) < 96, first.counts
+    assert client.map(slowly, range(96)) == [x * x for x in range(96)]
+    [again] = client.list_sweeps(limit=1).sweeps
+    assert again.id == first.id and again.state is JobState.COMPLETED  # the same sweep, resumed
+    after = {r.index: r.updated_at for r in client.sweep_indexes(first.id, limit=200).indexes}
+    assert all(after[i] == at for i, at in before.items())  # what had completed did not run again
+
+
 def test_async_client_map(stack: Devstack) -> None:
     from shoal import AsyncClient
 
