@@ -314,10 +314,20 @@ def indexes_table(records: list[IndexRecord], spec: SweepSpec | None) -> Table:
             "" if r.result is None else str(r.result.exit_code),
             str(r.attempts) + (f" (retry {r.retries})" if r.retries else ""),
             safe(_clip(index_values(spec, r.index), 40)) if spec is not None else "",
-            safe(_clip(r.result.last_line(), 40)) if r.result is not None else "",
+            safe(_clip(_said_last(r.result), 40)) if r.result is not None else "",
             safe(r.reason),
         )
     return table
+
+
+def _said_last(result: RunResult) -> str:
+    """An index's last word: the last line of its stderr when it exited non-zero (its error, not the progress
+    line before it), else the last line of its stdout (often its answer)."""
+    if result.exit_code != 0:
+        error = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "")
+        if error:
+            return error
+    return result.last_line()
 
 
 def jobs_table(jobs: list[Job], now: float) -> Table:

@@ -91,7 +91,8 @@ class FakeSweepClient(FakeClient):
             IndexRecord(index=0, state=JobState.COMPLETED, node_id=NODE_ID, attempts=1, reason="completed",
                         result=RunResult(exit_code=0, stdout=self.index_stdout)),
             IndexRecord(index=1, state=JobState.FAILED, node_id=NODE_ID, attempts=2, reason="exit code 1",
-                        result=RunResult(exit_code=1)),
+                        result=RunResult(exit_code=1, stdout="starting vol 0.0\n",
+                                         stderr="Traceback\nValueError: vol\n\n")),
             IndexRecord(index=2, state=JobState.PENDING),
         ]  # fmt: skip
         if state is not None:
@@ -581,7 +582,7 @@ def test_sweep_indexes_table_and_filters(fake: FakeSweepClient) -> None:
     assert result.exit_code == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert rows[0] == ["0", "completed", NODE_ID[:16], "0", "1", "x=1", "mean=0.0003", "completed"]  # its last line
-    assert rows[1] == ["1", "failed", NODE_ID[:16], "1", "2", "x=2", "exit", "code", "1"]
+    assert rows[1] == ["1", "failed", NODE_ID[:16], "1", "2", "x=2", "ValueError:", "vol", "exit", "code", "1"]
     assert rows[2] == ["2", "pending", "0", "x=3"]
     result = run("sweep", "indexes", SWEEP_ID[:8], "--state", "failed", "--first", "0", "--limit", "1")
     assert result.exit_code == 0
