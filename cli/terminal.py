@@ -7,19 +7,13 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-# C0 and C1 controls but tab and newline, DEL, and the bidirectional overrides: what text from a peer
-# could use to rewrite the user's terminal (escape sequences) or to make itself read other than it is
-_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\t\n"}
-_UNPRINTABLE |= {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+from jobs.text import UNPRINTABLE, printable
+
+__all__ = ["printable", "terminal_output", "write_output"]
+
 # in a job's own output: a colour (an SGR sequence, which only styles text), or one character to escape
-_OUTPUT_CONTROL = re.compile("\x1b\\[[0-9;:]*m|[" + "".join(map(chr, _UNPRINTABLE)).replace("\r", "") + "]")
+_OUTPUT_CONTROL = re.compile("\x1b\\[[0-9;:]*m|[" + re.escape("".join(chr(c) for c in UNPRINTABLE if c != 0x0D)) + "]")
 _PARTIAL_SGR = re.compile("\x1b(\\[[0-9;:]{0,32})?$")  # a colour that the next chunk may complete
-
-
-def printable(text: str) -> str:
-    """``text`` (a reason, an error, an event: words that may come from a peer) safe for a terminal:
-    control characters and bidirectional overrides are shown escaped (``\\x1b``), never sent."""
-    return text.translate(_UNPRINTABLE)
 
 
 def terminal_output(text: str) -> str:
@@ -27,7 +21,7 @@ def terminal_output(text: str) -> str:
     output would look: colours, tabs, newlines and carriage returns pass; every other control
     character is shown escaped, and so is every other escape sequence (one that writes the
     clipboard, sets the title, answers the terminal's queries or draws a hyperlink)."""
-    return _OUTPUT_CONTROL.sub(lambda m: m[0] if len(m[0]) > 1 else m[0].translate(_UNPRINTABLE), text)
+    return _OUTPUT_CONTROL.sub(lambda m: m[0] if len(m[0]) > 1 else m[0].translate(UNPRINTABLE), text)
 
 
 def write_output(chunks: Iterable[str], stream: TextIO | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,8 +31,12 @@ class RunResult(BaseModel):
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
-    cid: str | None = None  # published outputs (stdout, stderr, exitCode, declared outputs)
-    output_sizes: dict[str, int] = {}  # bytes in each declared output (what success checks look at)
+    # published outputs (stdout, stderr, exitCode, declared outputs): a CID's letters and digits only, as a
+    # peer's text that reaches terminals and paths (it once carried escape sequences to the user's terminal)
+    cid: str | None = Field(None, pattern=r"^[A-Za-z0-9]{8,128}$")
+    # bytes in each declared output (what success checks look at), by its name as ``OutputSpec`` allows it
+    output_sizes: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], Annotated[int, Field(ge=0)]] = \
+        Field({}, max_length=256)
     started_at: float | None = None
     finished_at: float | None = None
     engine: str = ""  # the executor that ran it (a --noop node runs every engine as noop)

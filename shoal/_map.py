@@ -36,6 +36,7 @@ from jobs.errors import ShoalError
 from jobs.model import RunResult
 from jobs.spec import PythonEngine
 from jobs.sweep import IndexRecord, SweepSpec
+from jobs.text import printable
 from shoal import _codec
 from shoal._error_mapping import validation_summary
 from shoal._errors import CannotShip, IndexFailed, InvalidRequest, MapError, RemoteError
@@ -201,16 +202,18 @@ def outcome(plan: MapPlan, sweep_id: str, record: IndexRecord) -> Any:
             return IndexFailed(f"{where}: its value cannot be read: {e}", i, sweep_id, "malformed value")
     if reply is not None:
         return remote_error(where, i, sweep_id, reply)
-    reason = record.reason or record.state.value
+    reason = printable(record.reason or record.state.value)  # a node's error may be in it
     stderr = result.stderr[-2000:] if result is not None else ""
-    detail = f"; stderr ends: {stderr.strip().splitlines()[-1][:200]}" if stderr.strip() else ""
+    detail = f"; stderr ends: {printable(stderr.strip().splitlines()[-1][:200])}" if stderr.strip() else ""
     return IndexFailed(f"{where} gave no value: {reason}{detail}", i, sweep_id, reason, stderr)
 
 
 def remote_error(where: str, index: int, sweep_id: str, reply: dict[str, Any]) -> RemoteError:
-    type_name = str(reply.get("type") or "Exception")[:200]
-    message = str(reply.get("message") or "")
-    tb = str(reply.get("traceback") or "")
+    """The exception a node says the function raised; its words are the node's, shown as text (printed with
+    a traceback, escape sequences in them once reached the user's terminal)."""
+    type_name = printable(str(reply.get("type") or "Exception")[:200])
+    message = printable(str(reply.get("message") or ""))
+    tb = printable(str(reply.get("traceback") or ""))
     cls = _remote_class(type_name) if reply.get("builtin") is True else RemoteError
     text = f"{where} raised {type_name}" + (f": {message}" if message else "")
     try:
@@ -224,7 +227,8 @@ def remote_error(where: str, index: int, sweep_id: str, reply: dict[str, Any]) -
 def _remote_class(type_name: str) -> type[RemoteError]:
     """``RemoteError`` that is also the built-in exception type it stands for (``except ValueError`` works)."""
     base = getattr(builtins, type_name, None)
-    if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, RemoteError):
+    if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(base, RemoteError) \
+            or issubclass(base, StopIteration | StopAsyncIteration):  # raised in map_iter, they would end the loop
         return RemoteError
     return _combined(base)
 

@@ -23,6 +23,12 @@ from shoal._errors import NotFound, ShoalAPIError
 
 STREAM_ALLOWANCE = 4 << 20  # bytes for a truncated stdout/stderr: an executor keeps 1 MiB, ≤ 3 bytes a byte as text
 LIMIT_MARGIN = 64 << 20  # on top of twice the recorded sizes: tar framing, directories, links
+# Of outputs, what a download takes by default (more with max_bytes): the sizes are the compute node's word,
+# and zero-filled files cost a lying node next to nothing to publish (10**15 bytes once passed unchecked).
+OUTPUTS_BY_DEFAULT = 1 << 30
+# What an honest results directory holds at its top (compute.runner); anything else is refused, as it would
+# replace the file of that name in the directory it is downloaded into (.bashrc, .ssh, .shoalignore).
+RESULT_ENTRIES = frozenset({"stdout", "stderr", "exitCode", "outputs"})
 FEED_BATCH = 1 << 20  # downloaded bytes handed to the extracting thread at a time
 
 
@@ -54,8 +60,9 @@ def plan_download(result: RunResult | None, whose: str, state: str, max_bytes: i
 
 
 def default_limit(result: RunResult) -> int:
-    """Bytes a download of ``result`` may take: twice its recorded sizes, plus ``LIMIT_MARGIN``."""
-    recorded = sum(max(0, n) for n in result.output_sizes.values())
+    """Bytes a download of ``result`` may take: twice its recorded sizes (of outputs, at most
+    ``OUTPUTS_BY_DEFAULT``), plus ``LIMIT_MARGIN``."""
+    recorded = min(sum(max(0, n) for n in result.output_sizes.values()), OUTPUTS_BY_DEFAULT)
     for text, truncated in ((result.stdout, result.stdout_truncated), (result.stderr, result.stderr_truncated)):
         recorded += STREAM_ALLOWANCE if truncated else len(text.encode("utf-8", "surrogatepass"))
     return 2 * recorded + LIMIT_MARGIN
@@ -104,6 +111,12 @@ class ResultsWriter:
             expected = str(parse_cid(self.cid).to_v0())
         except StorageError as e:
             raise self._refused(e) from None
+        unexpected = sorted(set(os.listdir(self._tmp / "result")) - RESULT_ENTRIES
+                            if (self._tmp / "result").is_dir() else [])
+        if unexpected:
+            raise ShoalAPIError(f"refusing the results of {self.whose}: they hold {unexpected[0]!r}, which no result "
+                                "holds (only stdout, stderr, exitCode and outputs); nothing was written", 200,
+                                "unsafe_archive")
         got = cid_of_path(self._tmp / "result")
         if got != expected:
             raise ShoalAPIError(f"the results of {self.whose} do not match their CID {self.cid} (got {got}): the "
@@ -115,8 +128,8 @@ class ResultsWriter:
 
         if isinstance(e, TooLarge):
             return ShoalAPIError(f"the results of {self.whose} are larger than the limit of {self.max_bytes} bytes "
-                                 "(twice the recorded sizes, plus 64 MiB; --max-bytes to change it); nothing was "
-                                 "written", 200, "too_large")
+                                 "(twice the recorded sizes, of outputs at most 1 GiB, plus 64 MiB; --max-bytes to "
+                                 "allow more); nothing was written", 200, "too_large")
         if isinstance(e, Unsafe):
             return ShoalAPIError(f"refusing to extract the results of {self.whose}: {e}; nothing was written",
                                  200, "unsafe_archive")

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
 
 import shoal
 from jobs.messages import NodeInfo
@@ -794,11 +795,30 @@ async def test_links_leading_outside_are_refused_even_under_a_genuine_cid(client
 
 
 async def test_links_inside_the_destination_are_kept(client, fake, tmp_path: Path) -> None:
-    links = {"a": "b", "b": ".", "latest": "outputs/o/result.txt"}
+    links = {"outputs/a": "b", "outputs/b": ".", "outputs/latest": "o/result.txt"}  # as a job's outputs hold them
     cid, tar = results_archive(HONEST, links=links)
     recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid), served=(cid, tar))
     dest = await call(client, "download", "j-1", tmp_path / "out")
-    assert (dest / "latest").read_text() == "done" and (dest / "a").readlink() == Path("b")
+    assert (dest / "outputs" / "latest").read_text() == "done" and (dest / "outputs" / "a").readlink() == Path("b")
+
+
+async def test_results_holding_more_than_a_result_does_replace_nothing_in_the_destination(client, fake,
+                                                                                       tmp_path: Path) -> None:
+    """A node chooses the CID it signs: its results held .bashrc and .ssh, and shoal get -o DIR into a home or
+    project directory replaced the user's own (all of .ssh deleted for the node's authorized_keys)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("the user's key")
+    (home / ".bashrc").write_text("the user's shell")
+    for extra in ({".bashrc": b"echo pwned"}, {".ssh/authorized_keys": b"ssh-ed25519 attacker"}):
+        cid, tar = results_archive({**HONEST, **extra})
+        recorded(fake, "j-1", RunResult(stdout="42\n", cid=cid), served=(cid, tar))
+        with pytest.raises(ShoalAPIError) as info:
+            await call(client, "download", "j-1", home)
+        assert info.value.code == "unsafe_archive" and "which no result holds" in str(info.value)
+    assert (home / ".bashrc").read_text() == "the user's shell"
+    assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["id_ed25519"]
+    assert sorted(p.name for p in home.iterdir()) == [".bashrc", ".ssh"]  # nothing left behind
 
 
 async def test_the_size_limit_holds(client, fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -913,3 +933,23 @@ def test_a_tampered_results_download_is_refused_and_nothing_is_written(tmp_path)
     with pytest.raises(ShoalAPIError, match="do not match their CID"):
         _extract_results(archive(b"43\n"), tmp_path / "bad", "j-1", cid)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_nodes_word_on_its_output_sizes_raises_the_default_download_limit_only_so_far() -> None:
+    """Zero-filled outputs cost a lying node next to nothing to publish, and the sizes it signs set the default
+    limit: 10**15 bytes of them once let shoal get write a gigabyte and more to the user's disk."""
+    from shoal._results import LIMIT_MARGIN, OUTPUTS_BY_DEFAULT, plan_download
+
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    huge = RunResult(stdout="42\n", cid=cid, output_sizes={"zeros": 10**15})
+    assert plan_download(huge, "job j-1", "completed", None).max_bytes == 2 * (OUTPUTS_BY_DEFAULT + 3) + LIMIT_MARGIN
+    assert plan_download(huge, "job j-1", "completed", 10**15).max_bytes == 10**15  # the user may allow more
+
+
+@pytest.mark.parametrize("cid", ["\x1b]52;c;cm0gLXJmIH4K\x07", "bafy ../../etc", "x" * 300])
+def test_a_result_whose_cid_is_no_cid_is_refused_whole(cid: str) -> None:
+    """A node's CID reached the user's terminal raw ("results at ipfs://<escape sequences>")."""
+    with pytest.raises(ValidationError, match="cid"):
+        RunResult(cid=cid)
+    with pytest.raises(ValidationError, match="output_sizes"):
+        RunResult(output_sizes={"\x1b[2J": 1})

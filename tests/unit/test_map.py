@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from typing import Any
 
 import httpx
@@ -296,7 +297,8 @@ def test_a_sweep_that_ends_without_some_records_fails_them_rather_than_polling_f
 
 
 @pytest.mark.parametrize("type_name", ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException",
-                                       "RemoteError", "print", "__import__", "object", "NotAType"])
+                                       "RemoteError", "print", "__import__", "object", "NotAType",
+                                       "StopIteration", "StopAsyncIteration"])
 def test_a_forged_error_reply_cannot_make_the_client_raise_something_that_stops_it(type_name: str) -> None:
     """What a node's index prints is the node's word: a reply naming an exception that would end the caller's
     program (or anything but a built-in ``Exception``) comes back as a plain ``RemoteError``."""
@@ -306,3 +308,15 @@ def test_a_forged_error_reply_cannot_make_the_client_raise_something_that_stops_
                                                             "message": "forged", "traceback": "forged tb"})
     assert type(error) is RemoteError and isinstance(error, Exception)
     assert error.type_name == type_name and error.remote_message == "forged"
+
+
+def test_a_nodes_words_in_a_remote_error_reach_the_terminal_as_text() -> None:
+    """Printed with its traceback, a forged exception set the user's window title and wrote the clipboard."""
+    from shoal._map import remote_error
+
+    hostile = "msg \x1b]0;PWNED\x07\x1b]52;c;cm0gLXJmIH4K\x07\u202e"
+    error = remote_error("index 0 of sweep s-1", 0, "s-1", {"type": "ValueError" + hostile, "builtin": True,
+                                                            "message": hostile, "traceback": hostile})
+    shown = "".join(traceback.format_exception(error))
+    assert not any(c in shown for c in "\x1b\x07\u202e"), shown
+    assert "\\x1b]0;PWNED\\x07" in shown  # as written
