@@ -33,7 +33,7 @@ class RunResult(BaseModel):
     stderr_truncated: bool = False
     # published outputs (stdout, stderr, exitCode, declared outputs): a CID's letters and digits only, as a
     # peer's text that reaches terminals and paths (it once carried escape sequences to the user's terminal)
-    cid: str | None = Field(None, pattern=r"^[A-Za-z0-9]{8,128}$")
+    cid: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,128}$")
     # bytes in each declared output (what success checks look at), by its name as ``OutputSpec`` allows it
     output_sizes: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], Annotated[int, Field(ge=0)]] = \
         Field({}, max_length=256)
