@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import random
 from functools import partial
 
@@ -14,6 +15,7 @@ from jobs import InputSpec
 from storage import HttpInput, InputRegistry, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
 
 BIG = random.Random(5).randbytes(3 << 20)
+BOMB = gzip.compress(gzip.compress(bytes(2 << 20)))
 
 
 def _response(status: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
@@ -57,6 +59,10 @@ async def _handler(stream: trio.SocketStream) -> None:
             await stream.send_all(_response("403 Forbidden", b"no"))
         elif path == "/stall":
             await trio.sleep_forever()
+        elif path == "/bomb":  # 2 MiB of zeros gzipped twice, whatever the client asked for
+            await stream.send_all(_response("200 OK", BOMB, {"Content-Encoding": "gzip, gzip"}))
+        elif path == "/asked":  # what the client asked for, as the body
+            await stream.send_all(_response("200 OK", request))
         elif path == "/cut":  # promises more than it sends
             await stream.send_all(_response("200 OK", b"x" * 100)[:-50])
         else:
@@ -93,6 +99,18 @@ async def test_size_limit_stops_the_download(server, http, tmp_path, path):
         await http.fetch(f"{server}{path}", tmp_path / "big", max_bytes=1 << 20)
     assert info.value.limit == 1 << 20 and f"{server}{path}" in str(info.value)
     assert not (tmp_path / "big").exists()
+
+
+async def test_a_compressed_body_is_saved_as_sent_and_never_inflated_in_the_node(server, http, tmp_path):
+    """A 5 KB body sent with Content-Encoding: gzip inflated to 3 GiB in the node's own memory before its size
+    was checked (the node stopped answering for 24 s). The node asks for the body as it is, and saves what
+    comes, as curl does: the limit counts the bytes that arrive."""
+    await http.fetch(f"{server}/asked", tmp_path / "asked", max_bytes=10_000)
+    assert b"accept-encoding: identity" in (tmp_path / "asked").read_bytes().lower()
+    await http.fetch(f"{server}/bomb", tmp_path / "bomb", max_bytes=10_000)
+    assert (tmp_path / "bomb").read_bytes() == BOMB  # the compressed bytes, not 2 MiB of zeros
+    with pytest.raises(TooLarge):
+        await http.fetch(f"{server}/bomb", tmp_path / "small", max_bytes=len(BOMB) - 1)
 
 
 async def test_http_errors_are_translated(server, http, tmp_path):
@@ -199,7 +217,7 @@ async def test_a_rebinding_name_never_reaches_loopback(witness, tmp_path):
     port, seen = witness
     resolver = _Resolver({"rebind.test": [[PUBLIC], ["127.0.0.1"]]})  # public when checked, loopback after
     trio.socket.set_custom_hostname_resolver(resolver)
-    transport = _NoEgress(httpx.Response(200, content=b"public data\n"))
+    transport = _NoEgress(httpx.Response(200, stream=httpx.ByteStream(b"public data\n")))
     await HttpInput(transport=transport).fetch(f"http://rebind.test:{port}/secret", tmp_path / "x", max_bytes=100)
     assert seen == []  # the loopback server was never asked
     assert (tmp_path / "x").read_bytes() == b"public data\n"  # what the checked address served
@@ -212,7 +230,7 @@ async def test_a_name_with_any_private_address_is_refused(witness, tmp_path):
     port, seen = witness
     trio.socket.set_custom_hostname_resolver(_Resolver({"mixed.test": [[PUBLIC, "127.0.0.1"], ["127.0.0.1"]],
                                                         "mapped.test": [["::ffff:127.0.0.1"]]}))
-    transport = _NoEgress(httpx.Response(200, content=b"public data\n"))
+    transport = _NoEgress(httpx.Response(200, stream=httpx.ByteStream(b"public data\n")))
     for name in ("mixed.test", "mapped.test"):
         with pytest.raises(InvalidSource, match="local or private"):
             await HttpInput(transport=transport).fetch(f"http://{name}:{port}/", tmp_path / "x", max_bytes=100)
