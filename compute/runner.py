@@ -85,8 +85,10 @@ class Runner:
                 if self.inputs is None:
                     raise ExecutorError("this node cannot fetch inputs")
                 (scratch / "inputs").mkdir(parents=True, exist_ok=True)
+                disk = spec.resources.disk or (self.limits.disk if self.limits else 0)  # RunRequest.disk_limit
+                # held to the job's disk as they arrive: a 1 MiB job once staged 2 GiB before its size counted
                 mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=INPUT_DEADLINE,
-                                                          max_bytes=MAX_INPUT_BYTES)
+                                                          max_bytes=min(MAX_INPUT_BYTES, disk or MAX_INPUT_BYTES))
             staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
@@ -109,6 +111,9 @@ class Runner:
                     await self._run_blocking(check_depth, results / "outputs")
                 except TooDeep as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
+                written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
+                if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
+                    await self._run_blocking(_empty, results / "outputs")
                 stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])
             result = result.model_copy(update=stamp)
@@ -146,6 +151,11 @@ def _for_the_wire(result: RunResult) -> RunResult:
             changes[stream] = text[-WIRE_TAIL:]
             changes[f"{stream}_truncated"] = True
     return result.model_copy(update=changes) if changes else result
+
+
+def _empty(directory: Path) -> None:
+    remove_tree(directory)
+    directory.mkdir()
 
 
 def _output_sizes(outputs: Path, names: list[str]) -> dict[str, int]:

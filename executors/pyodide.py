@@ -541,8 +541,10 @@ class PyodideExecutor(Executor):
         async def kill() -> None:
             runner.process.kill()
 
+        # all the sandbox may write, not only its outputs: a job that reached Node's fs wrote beside them
+        watched = [runner.slot.rw] if runner.slot is not None else [p for p, _ in outputs]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disk, [p for p, _ in outputs], disk, kill, over_disk)
+            nursery.start_soon(watch_disk, watched, disk, kill, over_disk)
             async with trio.open_nursery() as streams:
 
                 def check_done() -> None:
@@ -582,8 +584,8 @@ class PyodideExecutor(Executor):
         returncode = None if finished else await runner.process.wait()
         if broken:
             raise broken[0]
-        if not over_disk and disk and outputs:
-            written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p, _ in outputs))
+        if not over_disk and disk and watched:
+            written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p in watched))
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
             if written > disk or (written >= disk and not any(m.get("code") == 0 for m in messages)):
                 over_disk.append(written)

@@ -287,6 +287,52 @@ def test_an_input_nested_deeper_than_the_limit_is_refused_before_any_engine_sees
     assert job.reason.endswith("it holds directories nested more than 100 deep"), job.reason
 
 
+def test_writing_beside_the_outputs_counts_against_the_disk_too(stack):
+    """A job that reached Node's file system mounted its sandbox's writable root and wrote 180 MB beside its
+    output folder with a 1 MiB disk: only the output folders were measured, and the job completed."""
+    code = BYPASS + textwrap.dedent("""
+        import os
+        pyodide_js.FS.mkdirTree("/rwroot")
+        pyodide_js.FS.mount(pyodide_js.FS.filesystems.NODEFS, js.Object.fromEntries([["root", "/job/rw"]]), "/rwroot")
+        for i in range(20):
+            with open(f"/rwroot/junk{i}", "wb") as f:
+                f.write(b"x" * 900_000)
+        print("wrote beside the outputs")
+    """)
+    state, _out, err = run_python(stack, code, outputs=[{"name": "out", "path": "/outputs"}],
+                                  resources={"disk": "1MiB"})
+    assert state == "failed" and "disk limit exceeded" in err, err
+
+
+def test_inputs_are_held_to_the_jobs_disk_as_they_arrive(stack):
+    """A job stating 1 MiB of disk once had its node stage a 2 GiB input (zero-filled, next to nothing to
+    publish) before the size counted: the limit given to the download was 10 GiB, whatever the job's disk."""
+    from storage import KuboClient
+
+    async def add(data: bytes) -> str:
+        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
+            return await kubo.add_bytes(data)
+
+    big = trio.run(add, bytes(8 << 20))
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "python", "code": "print('ran')"}, "cache": False,
+                          "inputs": [{"source": f"ipfs://{big}", "path": "/data/big"}],
+                          "resources": {"disk": "1MiB"}}, timeout=120).job
+    assert job.state.value == "failed" and "is more than the limit of 1048576" in job.reason, job.reason
+
+
+def test_what_a_job_wrote_past_its_disk_is_not_published(stack, docker_ready, tmp_path):
+    outputs = [{"name": "out", "path": "/outputs"}]
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "docker", "image": "busybox", "args": [
+            "sh", "-c", "head -c 5000000 /dev/urandom > /outputs/big"]}, "outputs": outputs,
+            "resources": {"disk": "1MiB"}}, timeout=180).job
+        assert job.state.value == "failed" and job.result is not None and job.result.cid, job
+        got = client.download(job.id, tmp_path / "got")
+    assert "disk limit exceeded" in (got / "stderr").read_text()
+    assert list((got / "outputs").rglob("*")) == []  # none of it published
+
+
 def test_fork_thread_and_memory_bombs_fail_inside_the_job(stack):
     code = textwrap.dedent("""
         import os, threading
