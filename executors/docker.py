@@ -16,7 +16,7 @@ Lifecycle of one execution (``run``)::
 
 Containers are hardened: no network unless the job asks and the node allows it; memory (no swap),
 CPU quota and pids limits from the job's resources; read-only root with a writable tmpfs ``/tmp``;
-``cap_drop ALL``; ``no-new-privileges``; Docker's default seccomp profile; never root (uid 65534 on a
+``cap_drop ALL``; ``no-new-privileges``; Docker's default seccomp profile; never root (uid 65533 on a
 root node, else the node's uid:gid); no host path but the inputs (read-only) and outputs (writable),
 and outputs held to ``resources.disk`` (the container is killed: "disk limit exceeded: wrote N of M").
 The log driver is ``none``: output is read live from the attach stream and only the last ``MAX_CAPTURE``
@@ -61,7 +61,9 @@ LABEL_NODE = "shoal.node"
 LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
-NOBODY = 65534
+# Not 65534, which the python engine's sandboxes run as: the host counts that uid's processes against their
+# RLIMIT_NPROC, and containers parking 1,000 sleeping processes kept every python job from starting.
+JOB_UID = 65533
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
 MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
@@ -605,10 +607,10 @@ def _read_pulled(path: Path | None) -> set[str]:
 
 
 def _job_user() -> tuple[int, int]:
-    """Who a job runs as in its container: never root. A root node runs jobs as nobody (65534) and gives
-    them their output folders; any other node runs them as its own user, so outputs are its own."""
+    """Who a job runs as in its container: never root. A root node runs jobs as JOB_UID and gives them their
+    output folders; any other node runs them as its own user, so outputs are its own."""
     if os.getuid() == 0:
-        return NOBODY, NOBODY
+        return JOB_UID, JOB_UID
     return os.getuid(), os.getgid()
 
 

@@ -455,7 +455,11 @@ class PyodideExecutor(Executor):
                     runner = None
             if runner is None:
                 self._cold_runs += 1
-                runner = await self._start_runner()
+                try:  # as the pool's: a start stuck at "ready" (the host out of processes) once held a job 600 s
+                    with trio.fail_after(START_TIMEOUT):
+                        runner = await self._start_runner()
+                except trio.TooSlowError:
+                    raise ExecutorError(f"the python interpreter did not start within {START_TIMEOUT:g} s") from None
                 outputs = await self._hand_over(runner, request, prepared, owner)
             finished = False
             try:
