@@ -217,7 +217,7 @@ def test_run_wait_timeout_exits_124_and_the_job_goes_on(stack: Stack) -> None:
     result = shoal(stack, "run", "noop", "--concurrency", "5", "--wait-timeout", "1")
     assert result.returncode == 124, result.stderr
     [line] = errors(result)
-    assert "still" in line and "waiting for bids" in line
+    assert "still" in line and "waiting for more nodes: it needs 5" in line  # 3 nodes: another must join
     job_id = re.search(r"(j-[0-9a-f]{32})", line).group(1)
     assert describe(stack, job_id)["job"]["state"] in ("pending", "running")
     shoal(stack, "cancel", job_id)
@@ -390,7 +390,9 @@ def test_describe_explains_why_a_job_waits(stack: Stack, pending_job: str) -> No
     deadline = time.monotonic() + 15
     while "3 of 5" not in (reason := describe(stack, job_id)["job"]["reason"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert reason.startswith("waiting for bids: 3 of 5 nodes accepted"), reason
+    # every node that can run it does: it said "3 have room now" while those 3 ran it
+    assert reason == ("waiting for more nodes: it needs 5 and 3 of 3 known nodes can run it; 3 of 5 accepted "
+                      "(another node must join)"), reason
     assert reason in shoal(stack, "describe", job_id).stdout
 
 

@@ -92,6 +92,17 @@ def assert_nothing_learnt(*texts: str) -> None:
         assert TOKEN not in text
 
 
+def add_to_kubo(stack: Devstack, content: bytes | Path) -> str:
+    """``content`` (bytes, or a directory) added to the node's Kubo; its CID."""
+    from storage import KuboClient
+
+    async def add() -> str:
+        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
+            return await (kubo.add_path(content) if isinstance(content, Path) else kubo.add_bytes(content))
+
+    return trio.run(add)
+
+
 def host_paths(stack: Devstack) -> dict[str, str]:
     node_dir = stack.nodes[0].data_dir
     return {"canary": str(stack.canary), "node_dir": str(node_dir)}
@@ -269,17 +280,10 @@ def test_outputs_nested_1500_deep_fail_their_job_and_the_node_carries_on(stack, 
 
 
 def test_an_input_nested_deeper_than_the_limit_is_refused_before_any_engine_sees_it(stack, tmp_path):
-    from storage import KuboClient
-
     deep = tmp_path / "deep"
     (deep / Path(*["a"] * 150)).mkdir(parents=True)
     (deep / Path(*["a"] * 150) / "f").write_text("x")
-
-    async def add() -> str:
-        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
-            return await kubo.add_path(deep)
-
-    cid = trio.run(add)
+    cid = add_to_kubo(stack, deep)
     with Client(stack.nodes[0].api) as client:
         job = client.run({"engine": {"name": "python", "code": "print('ran')"}, "cache": False,
                           "inputs": [{"source": f"ipfs://{cid}", "path": "/data"}]}, timeout=120).job
@@ -444,13 +448,7 @@ _DISK_FILLER = f"""(module {_WASI}
 
 
 def run_wasm(stack: Devstack, wasm: bytes, **spec: object) -> tuple[str, str, str]:
-    from storage import KuboClient
-
-    async def add() -> str:
-        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
-            return await kubo.add_bytes(wasm)
-
-    cid = trio.run(add)
+    cid = add_to_kubo(stack, wasm)
     with Client(stack.nodes[0].api) as client:
         job = client.run({"engine": {"name": "wasm", "module": "/module/m.wasm"}, "cache": False,
                           "inputs": [{"source": f"ipfs://{cid}", "path": "/module/m.wasm"}],
@@ -566,13 +564,7 @@ def test_docker_private_local_images_are_not_handed_to_jobs(stack, docker_ready)
 def test_staged_inputs_count_against_disk(stack):
     """And they are held to it as they arrive: a 1 MiB job once had its node stage a 2 GiB input (zero-filled,
     next to nothing to publish) before the size counted, as the download's limit was 10 GiB."""
-    from storage import KuboClient
-
-    async def add(data: bytes) -> str:
-        async with KuboClient(stack.kubo.rpc_urls[0]) as kubo:
-            return await kubo.add_bytes(data)
-
-    big = trio.run(add, secrets.token_bytes(3 << 20))
+    big = add_to_kubo(stack, secrets.token_bytes(3 << 20))
     with Client(stack.nodes[0].api) as client:
         job = client.run({"engine": {"name": "python", "code": "print('ran')"}, "cache": False,
                           "inputs": [{"source": f"ipfs://{big}", "path": "/data/big"}],
@@ -580,7 +572,7 @@ def test_staged_inputs_count_against_disk(stack):
         assert job.job.state.value == "failed"  # refused as it arrives, past the job's 2 MiB
         assert "3145728 bytes is more than the limit of 2097152" in (job.job.reason or ""), job.job.reason
     # 1 MiB of inputs leave 1 MiB of a 2 MiB disk to write: 1.5 MiB is too much
-    small = trio.run(add, secrets.token_bytes(1 << 20))
+    small = add_to_kubo(stack, secrets.token_bytes(1 << 20))
     code = "open('/outputs/x', 'wb').write(b'y' * (3 << 19))"
     state, _out, err = run_python(stack, code, inputs=[{"source": f"ipfs://{small}", "path": "/data/small"}],
                                   outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "2MiB"})
