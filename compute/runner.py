@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, tree_size
+from executors.base import disk_limit
 from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
@@ -42,7 +43,7 @@ class Runner:
                  publisher: Publisher | None = None, limits: Resources | None = None,
                  run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
-        self.limits = limits  # the node's per-job maximum: a job that states no memory or disk is held to it
+        self.limits = limits  # the node's per-job maximum: a job that states no disk is held to its disk
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher
@@ -85,10 +86,10 @@ class Runner:
                 if self.inputs is None:
                     raise ExecutorError("this node cannot fetch inputs")
                 (scratch / "inputs").mkdir(parents=True, exist_ok=True)
-                disk = spec.resources.disk or (self.limits.disk if self.limits else 0)  # RunRequest.disk_limit
                 # held to the job's disk as they arrive: a 1 MiB job once staged 2 GiB before its size counted
+                budget = min(MAX_INPUT_BYTES, disk_limit(spec, self.limits) or MAX_INPUT_BYTES)
                 mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs", deadline=INPUT_DEADLINE,
-                                                          max_bytes=min(MAX_INPUT_BYTES, disk or MAX_INPUT_BYTES))
+                                                          max_bytes=budget)
             staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),

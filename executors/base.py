@@ -60,6 +60,12 @@ class LiveOutput:
             self._pending[stream][:0] = data
 
 
+def disk_limit(spec: JobSpec, limits: Resources | None) -> int:
+    """Bytes of disk a job's inputs and outputs may take: its ``resources.disk``, else the node's per-job
+    maximum ``limits`` (0: none)."""
+    return spec.resources.disk or (limits.disk if limits else 0)
+
+
 @dataclass(frozen=True)
 class RunRequest:
     job_id: str
@@ -79,9 +85,7 @@ class RunRequest:
 
     @property
     def disk_limit(self) -> int:
-        """Bytes of disk the job's inputs and outputs may take: ``resources.disk``, else the node's per-job
-        maximum (0: none)."""
-        return self.spec.resources.disk or (self.limits.disk if self.limits else 0)
+        return disk_limit(self.spec, self.limits)
 
     @property
     def write_limit(self) -> int:

@@ -421,10 +421,12 @@ class JobSpec(_Frozen):
     def submission_problem(self) -> str | None:
         """Why a new submission of this spec is refused, or None: what no node could ever run, though a
         spec stored by an older node may hold it (it keeps loading)."""
-        problem = self.deadlines.finite_problem()
+        if problem := self.deadlines.finite_problem():
+            return problem
         for i, spec in enumerate(self.inputs):
-            problem = problem or ((why := spec.source_problem()) and f"inputs.{i}.source: {why}")
-        return problem or None
+            if why := spec.source_problem():
+                return f"inputs.{i}.source: {why}"
+        return None
 
     def result_deadline(self) -> float:
         """Seconds from a node's acceptance of the job until its requester gives up on the result: staging
