@@ -64,6 +64,7 @@ LABEL_JOB = "shoal.job"
 # Not 65534, which the python engine's sandboxes run as: the host counts that uid's processes against their
 # RLIMIT_NPROC, and containers parking 1,000 sleeping processes kept every python job from starting.
 JOB_UID = 65533
+OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
 MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
@@ -415,7 +416,7 @@ class DockerExecutor(Executor):
                     exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
                     nursery.cancel_scope.cancel()
                 finished_at = time.time()
-                oom = exit_code != 0 and await trio.to_thread.run_sync(_oom_killed, api, cid)
+                oom = exit_code != 0 and await trio.to_thread.run_sync(_oom_killed, api, cid, exit_code)
             except docker.errors.APIError as e:
                 if e.status_code is not None and 400 <= e.status_code < 500:
                     raise ExecutorError(f"Docker refused the job: {e.explanation or e}", retryable=False) from e
@@ -661,8 +662,15 @@ def _wait(api: docker.APIClient, cid: str) -> int:
                 raise
 
 
-def _oom_killed(api: docker.APIClient, cid: str) -> bool:
-    return bool(api.inspect_container(cid)["State"].get("OOMKilled"))
+def _oom_killed(api: docker.APIClient, cid: str, exit_code: int) -> bool:
+    """Whether the kernel killed the container for its memory. Docker may set the flag a moment after it
+    reports the exit (seen on a loaded machine): a SIGKILL's exit code (137) is asked about a few times."""
+    for _ in range(OOM_CHECKS if exit_code == 137 else 1):
+        if api.inspect_container(cid)["State"].get("OOMKilled"):
+            return True
+        if exit_code == 137:
+            time.sleep(0.1)
+    return False
 
 
 def _labelled(api: docker.APIClient, label: str, value: str) -> list[str]:
