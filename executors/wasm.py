@@ -15,18 +15,24 @@ Limits:
   * memory: ``resources.memory`` caps the store's linear memory; ``memory.grow`` beyond it fails, and
     a run that then fails says so in its stderr;
   * time: the caller's deadline. Cancellation bumps the run's engine epoch, so the module traps at its
-    next loop back-edge or call and the worker thread ends.
+    next loop back-edge or call and the worker thread ends;
+  * compiling: a child process held to the job's memory, CPU time and timeout (``executors.wasm_compile``).
 
 A trap is a normal result: exit code 134 (what ``wasmtime run`` reports) and the trap in stderr.
-Compiled modules are cached by content hash in ``cache_dir``.
+Compiled modules are cached by content hash in ``cache_dir``; the least recently used beyond
+``CACHE_BYTES`` are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import math
 import os
+import signal
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -51,14 +57,20 @@ from executors._common import (
     written_past,
 )
 from executors.base import Executor, ExecutorError, RunRequest
+from executors.sandbox import Limits
 from jobs import RunResult, ShoalError, WasmEngine, format_bytes
 
 try:
     import wasmtime
+
+    from executors.wasm_compile import CONFIG_VERSION, INVALID_MODULE, engine_config
     _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed() reports it
     wasmtime = None  # type: ignore[assignment]
 
+CACHE_BYTES = 1024**3  # compiled modules kept; beyond it the least recently used go
+COMPILE_MEMORY_FLOOR = 256 * 1024**2  # compiling may take this much however small the job: the interpreter's share
+_COMPILER = str(Path(__file__).with_name("wasm_compile.py"))
 MAX_TABLES = 16  # per run: a module needs one or two
 MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit
 TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
@@ -66,19 +78,6 @@ _WASI = "wasi_snapshot_preview1"
 _EPOCH_NS = EPOCH_SECONDS * 1_000_000_000
 # WASI errno values
 _ESUCCESS, _EFAULT, _EINVAL, _ENOTSUP = 0, 21, 28, 58
-# Bumped when the engine configuration changes, so cached machine code of an older one is not reused.
-_CONFIG_VERSION = 1
-
-
-def _engine_config() -> wasmtime.Config:
-    config = wasmtime.Config()
-    config.epoch_interruption = True  # cancellation: the caller's deadline or a job cancel
-    config.cranelift_nan_canonicalization = True
-    config.wasm_threads = False
-    config.wasm_relaxed_simd_deterministic = True
-    return config
-
-
 def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
     """Where the module lives inside the job: a path, or the job path of the ``ipfs://`` input it names."""
     module = engine.module
@@ -91,11 +90,11 @@ def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
     return job_path(module)
 
 
-def _module_bytes(spec: WasmEngine, request: RunRequest) -> bytes:
+def _module_file(spec: WasmEngine, request: RunRequest) -> Path:
     host = host_path(_module_job_path(spec, request), ((m.target, m.source) for m in request.inputs))
     if host is None or not host.is_file():
         raise ExecutorError(f"module {spec.module} is not among the job's inputs", retryable=False)
-    return host.read_bytes()
+    return host
 
 
 @dataclass
@@ -127,10 +126,11 @@ class WasmExecutor(Executor):
         if wasmtime is None:
             raise ExecutorError("wasmtime is not installed on this node")
         started = time.time()
-        engine = wasmtime.Engine(_engine_config())
+        engine = wasmtime.Engine(engine_config())
+        module = await self._module(request, engine_spec, engine)
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1)  # set before the worker starts: any later epoch bump interrupts the run
-        job = _Run(self, request, engine_spec, engine, store)
+        job = _Run(request, engine_spec, store, module, engine)
         over_disk: list[int] = []
 
         async def interrupt() -> None:
@@ -164,39 +164,89 @@ class WasmExecutor(Executor):
         )
 
     async def prepare(self, request: RunRequest) -> None:
-        """Compile the job's module into the cache, outside the job's timeout (a large module takes seconds)."""
+        """Compile the job's module into the cache before its run (a large module takes seconds)."""
         spec = request.spec.engine
-        if not isinstance(spec, WasmEngine) or wasmtime is None:
-            return
+        if isinstance(spec, WasmEngine) and wasmtime is not None:
+            await self._compiled(request, spec)
 
-        def compile_module() -> None:
-            self._load_module(wasmtime.Engine(_engine_config()), _module_bytes(spec, request))
+    # Compiling, and the cache of compiled modules ---------------------------------------------------------
 
-        await trio.to_thread.run_sync(compile_module)
-
-    # Compiled-module cache -------------------------------------------------------------------------------
-
-    def _load_module(self, engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
-        key = hashlib.sha256(wasm).hexdigest()
-        cached = self.cache_dir / f"{key}.v{_CONFIG_VERSION}-wasmtime{_WASMTIME_VERSION}.cwasm"
-        if cached.exists():
+    async def _module(self, request: RunRequest, spec: WasmEngine, engine: wasmtime.Engine) -> wasmtime.Module:
+        for _ in range(2):
+            compiled = await self._compiled(request, spec)
             try:
-                return wasmtime.Module.deserialize_file(engine, str(cached))
+                return await trio.to_thread.run_sync(wasmtime.Module.deserialize_file, engine, str(compiled))
             except wasmtime.WasmtimeError:
-                cached.unlink(missing_ok=True)  # written by an incompatible build: compile again
-        try:
-            module = wasmtime.Module(engine, wasm)
-        except wasmtime.WasmtimeError as e:
-            raise ExecutorError(f"the module is not valid WebAssembly: {e}", retryable=False) from e
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+                compiled.unlink(missing_ok=True)  # damaged: compiled again
+        raise ExecutorError("the compiled module could not be loaded")
+
+    async def _compiled(self, request: RunRequest, spec: WasmEngine) -> Path:
+        """The job's module compiled: from the cache, or by a child process held to the job's memory (at
+        least ``COMPILE_MEMORY_FLOOR``), CPU time and timeout (see ``executors.wasm_compile``)."""
+        module = _module_file(spec, request)
+        digest = await trio.to_thread.run_sync(_file_digest, module)
+        cached = self.cache_dir / f"{digest}.v{CONFIG_VERSION}-wasmtime{_WASMTIME_VERSION}.cwasm"
+        if await trio.to_thread.run_sync(_touch, cached):
+            return cached
+        await trio.to_thread.run_sync(lambda: self.cache_dir.mkdir(parents=True, exist_ok=True))
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+        os.close(fd)
+        memory, timeout = max(request.spec.resources.memory, COMPILE_MEMORY_FLOOR), request.spec.timeout
+        limits = Limits(memory=memory, cpu_seconds=max(1, math.ceil(timeout)))
+        argv = [*limits.prlimit_args(), sys.executable, "-I", _COMPILER, str(module), tmp]
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(module.serialize())
+            with trio.move_on_after(timeout) as deadline:
+                done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+            if deadline.cancelled_caught:
+                raise ExecutorError(f"compiling the module took longer than the job's timeout of {timeout:g} s",
+                                    retryable=False)
+            if done.returncode != 0:
+                raise ExecutorError(_compile_failure(done.returncode, done.stderr, memory), retryable=False)
             os.replace(tmp, cached)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)  # the cache is an optimisation; the run goes on
-        return module
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        await trio.to_thread.run_sync(self._trim_cache, cached)
+        return cached
+
+    def _trim_cache(self, keep: Path) -> None:
+        """Delete the least recently used compiled modules beyond ``CACHE_BYTES`` (each job may add one)."""
+        entries = []
+        for path in self.cache_dir.glob("*.cwasm"):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= CACHE_BYTES:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= size
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cached module as just used (the cache keeps what was used last); False if it is not there."""
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _compile_failure(returncode: int, stderr: bytes, memory: int) -> str:
+    said = stderr.decode(errors="replace").strip()
+    if returncode == INVALID_MODULE:
+        return f"the module is not valid WebAssembly: {said[-500:]}"
+    if "memory allocation" in said:  # Rust's allocator aborts when RLIMIT_DATA refuses it memory
+        return f"compiling the module needs more than {format_bytes(memory)} of memory (resources.memory)"
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return "compiling the module took more CPU time than the job's timeout"
+    return f"compiling the module failed (exit code {returncode}): {said[-300:]}"
 
 
 async def _interrupt_when_cancelled(job: _Run) -> None:
@@ -229,13 +279,13 @@ class _Run:
 
     def __init__(
         self,
-        executor: WasmExecutor,
         request: RunRequest,
         spec: WasmEngine,
-        engine: wasmtime.Engine,
         store: wasmtime.Store,
+        module: wasmtime.Module,
+        engine: wasmtime.Engine,
     ) -> None:
-        self.executor = executor
+        self.module = module
         self.request = request
         self.spec = spec
         self.engine = engine
@@ -254,7 +304,7 @@ class _Run:
     # The run ------------------------------------------------------------------------------------------------
 
     def run(self) -> _Outcome:
-        module = self.executor._load_module(self.engine, _module_bytes(self.spec, self.request))
+        module = self.module
         mounts = plan_mounts(self.request, self.request.work_dir)
 
         wasi = wasmtime.WasiConfig()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -290,16 +294,20 @@ async def test_memory_limit_is_enforced_and_reported(executor: WasmExecutor, tmp
 PEAK_SCRIPT = """
 import json, sys, trio
 from pathlib import Path
-from executors.base import Mount, RunRequest
+from executors.base import ExecutorError, Mount, RunRequest
 from executors.wasm import WasmExecutor
 from jobs import JobSpec, Resources, WasmEngine
 work = Path(sys.argv[1])
 spec = JobSpec(engine=WasmEngine(module="/in/prog.wasm"), resources=Resources(memory="64MiB"), timeout=60)
 request = RunRequest("job", "ex", spec, work / "work", work / "outputs", (Mount(work / "in", "/in"),), seed=b"s")
-result = trio.run(WasmExecutor(cache_dir=work / "cache").run, request)
+try:
+    result = trio.run(WasmExecutor(cache_dir=work / "cache").run, request)
+    exit_code, stderr = result.exit_code, result.stderr
+except ExecutorError as e:  # the job is refused
+    exit_code, stderr = None, str(e)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forked parent (the test run, hundreds of MiB)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"exit_code": result.exit_code, "stderr": result.stderr, "peak_mib": peak // 1024}))
+print(json.dumps({"exit_code": exit_code, "stderr": stderr, "peak_mib": peak // 1024}))
 """
 TOUCH_12_MEMORIES = "".join(
     f"(memory $m{i} 960)" for i in range(12)) + '(func (export "_start") (local $p i32)' + "".join(
@@ -322,18 +330,46 @@ def test_a_64_mib_job_takes_no_more_of_the_nodes_memory_by_other_means(tmp_path:
     """``resources.memory`` held each linear memory, but a module could declare twelve of them (849 MiB in
     the node), a table of 50 million functions (432 MiB), or ask ``random_get`` for 1 GiB, which the node
     made before checking that it fit the module's one page (1,157 MiB): all of it in the node's process."""
-    import json
-    import subprocess
-    import sys
+    outcome = run_in_a_fresh_node(tmp_path, wasmtime.wat2wasm(f"(module {body}"))
+    assert stderr in outcome["stderr"] and (outcome["exit_code"] == 0) == (not stderr), outcome
+    assert outcome["peak_mib"] < 300, outcome  # about 80 MiB for the interpreter, wasmtime and a small module
 
+
+def run_in_a_fresh_node(tmp_path: Path, wasm: bytes) -> dict:
+    """PEAK_SCRIPT's outcome for ``wasm``: exit code (None: refused), stderr (or why) and peak memory."""
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "prog.wasm").write_bytes(wasmtime.wat2wasm(f"(module {body}"))
+    (tmp_path / "in" / "prog.wasm").write_bytes(wasm)
     ran = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                          timeout=120, cwd=Path(__file__).parents[2], check=False)
     assert ran.returncode == 0, ran.stderr
-    outcome = json.loads(ran.stdout)
-    assert stderr in outcome["stderr"] and (outcome["exit_code"] == 0) == (not stderr), outcome
-    assert outcome["peak_mib"] < 300, outcome  # about 80 MiB for the interpreter, wasmtime and a small module
+    return json.loads(ran.stdout)
+
+
+def one_big_function(operations: int) -> bytes:
+    """A module of one function ``operations`` arithmetic steps long: compiling it takes about 1.2 KiB
+    of memory and 6 µs a step (wasmtime caps a function's body at 7.6 MB, about 760,000 steps)."""
+    step = "(local.set 0 (i64.add (local.get 0) (i64.mul (local.get 0) (i64.const 7))))"
+    return wasmtime.wat2wasm(f'(module (func (param i64) (result i64) {step * operations} (local.get 0))'
+                             f' (func (export "_start")))')
+
+
+def test_compiling_a_module_takes_none_of_the_nodes_memory_beyond_the_jobs(tmp_path: Path) -> None:
+    """One 3 MB function took 370 MiB to compile, in the node's own process, whatever the job's memory."""
+    outcome = run_in_a_fresh_node(tmp_path, one_big_function(300_000))
+    assert outcome["exit_code"] is None, outcome
+    assert outcome["stderr"] == "compiling the module needs more than 256 MiB of memory (resources.memory)"
+    assert outcome["peak_mib"] < 200, outcome
+
+
+async def test_compiling_a_module_ends_with_the_jobs_timeout(executor: WasmExecutor, tmp_path: Path) -> None:
+    """Compiling was out of reach of every deadline: a worker thread cannot be cancelled."""
+    slow = request(tmp_path, one_big_function(600_000), memory="2GiB")  # about 4 s of compiling on one core
+    slow = replace(slow, spec=slow.spec.model_copy(update={"timeout": 1.0}))
+    t0 = trio.current_time()
+    with pytest.raises(ExecutorError, match="compiling the module took longer than the job's timeout of 1 s"):
+        await executor.prepare(slow)
+    assert trio.current_time() - t0 < 3
+    assert not list(executor.cache_dir.glob("*")), "nothing of it is left in the cache"
 async def test_deadline_interrupts_an_infinite_loop_promptly(executor: WasmExecutor, tmp_path: Path) -> None:
     t0 = trio.current_time()
     with pytest.raises(trio.TooSlowError):
@@ -377,12 +413,34 @@ async def test_without_a_seed_the_job_id_decides(executor: WasmExecutor, tmp_pat
 
 
 async def test_compiled_modules_are_cached_by_content(executor: WasmExecutor, tmp_path: Path) -> None:
-    await executor.prepare(request(tmp_path, HELLO))  # compiles outside the job's timeout
+    await executor.prepare(request(tmp_path, HELLO))  # compiles before the job's run
     cached = list(executor.cache_dir.glob("*.cwasm"))
     assert len(cached) == 1
-    stamp = cached[0].stat().st_mtime_ns
+    stamp = cached[0].stat().st_ino  # compiling again writes a new file in its place
     result = await WasmExecutor(cache_dir=executor.cache_dir).run(request(tmp_path, HELLO))
     assert result.stdout == "hello from wasm\n"
-    assert list(executor.cache_dir.glob("*.cwasm")) == cached and cached[0].stat().st_mtime_ns == stamp
+    assert list(executor.cache_dir.glob("*.cwasm")) == cached and cached[0].stat().st_ino == stamp
     cached[0].write_bytes(b"corrupt")  # a damaged cache entry is recompiled, not fatal
     assert (await executor.run(request(tmp_path, HELLO))).stdout == "hello from wasm\n"
+
+
+async def test_the_cache_of_compiled_modules_keeps_the_latest_used_within_its_size(
+        executor: WasmExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job may bring a module of its own, and each compiled module stayed on the node's disk for good."""
+    import executors.wasm as wasm
+
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    await executor.run(request(tmp_path / "a", HELLO))
+    (used,) = executor.cache_dir.glob("*.cwasm")
+    for age in range(3):  # modules compiled an hour or more ago
+        old = executor.cache_dir / f"old-{age}.cwasm"
+        old.write_bytes(b"\0" * 1_000_000)
+        os.utime(old, (time.time() - 3600 * (age + 1),) * 2)
+    os.utime(used, (time.time() - 9000,) * 2)  # compiled before two of them
+    monkeypatch.setattr(wasm, "CACHE_BYTES", 1_500_000)
+    await executor.run(request(tmp_path / "a", HELLO))  # used again: now the latest
+    await executor.run(request(tmp_path / "b", ENTROPY))  # compiled: the cache is trimmed
+    left = {p.name for p in executor.cache_dir.glob("*.cwasm")}
+    assert len(left) == 3 and {used.name, "old-0.cwasm"} < left  # the two least recently used went
+    assert sum(p.stat().st_size for p in executor.cache_dir.glob("*.cwasm")) <= 1_500_000
