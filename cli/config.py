@@ -74,9 +74,15 @@ def _quantity(value: Any) -> str:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise ValueError("expected a number of seconds > 0")
-    return float(value)
+    from jobs.spec import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ValueError('expected a number of seconds > 0, or a string such as "10m" or "1h30m"')
+    return seconds
 
 
 def _count(value: Any) -> int:

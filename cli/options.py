@@ -19,6 +19,19 @@ from typing import Annotated, Any, Literal
 import typer
 
 
+def duration(text: str) -> float:
+    """The value of a ``--…timeout`` flag: seconds, or with units (``90s``, ``10m``, ``1h30m``, ``2d``)."""
+    from jobs.spec import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if seconds <= 0:
+        raise typer.BadParameter("a duration must be more than 0 seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class SweepFlags:
     """The flags that turn a run into a sweep; all unset (the default) means a single job."""
@@ -96,8 +109,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("disk", Annotated[str | None, _opt("--disk", metavar="SIZE", help="Scratch disk, e.g. 1GiB.")], None),
     ("gpu", Annotated[int | None, _opt("--gpu", metavar="N",
         help="Whole GPUs (docker jobs; only nodes that have them bid).")], None),
-    ("timeout", Annotated[float | None, _opt("--timeout", metavar="SECONDS",
-        help="How long one run may take.")], None),
+    ("timeout", Annotated[float | None, _opt("--timeout", metavar="DURATION", parser=duration,
+        help="How long one run may take: seconds, or 10m, 1h30m, 2d (default 10m).")], None),
     ("concurrency", Annotated[int | None, _opt("--concurrency", metavar="N",
         help="How many nodes run the job.")], None),
     ("confidence", Annotated[int | None, _opt("--confidence", metavar="N",
@@ -106,8 +119,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Bids to wait for before choosing.")], None),
     ("selector", Annotated[str | None, _opt("--selector", metavar="SELECTOR",
         help="Only nodes whose labels match, e.g. 'zone=eu,gpu in (a100,h100),!spot'.")], None),
-    ("queue_timeout", Annotated[float | None, _opt("--queue-timeout", metavar="SECONDS",
-        help="How long the job may wait for nodes before it fails (default 86400: as long as any job may).")],
+    ("queue_timeout", Annotated[float | None, _opt("--queue-timeout", metavar="DURATION", parser=duration,
+        help="How long the job may wait for nodes before it fails (default 1d: as long as any job may).")],
         None),
     ("retries", Annotated[int | None, _opt("--retries", metavar="N",
         help="Run again, with backoff, up to N times after a non-zero exit or a node error (a sweep: each "
@@ -127,7 +140,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="With --success any: a success must also write something to this --output.")], None),
     ("wait", Annotated[bool, _opt("--wait/--no-wait", panel=_AFTER,
         help="Wait for the job (or sweep) to finish, then print its stdout (a sweep: its ranges).")], True),
-    ("wait_timeout", Annotated[float | None, _opt("--wait-timeout", metavar="SECONDS", panel=_AFTER,
+    ("wait_timeout", Annotated[float | None, _opt("--wait-timeout", metavar="DURATION", parser=duration,
+                                                  panel=_AFTER,
         help="Stop waiting after this long (exit 124; the job goes on).")], None),
     ("id_only", Annotated[bool, _opt("--id-only", panel=_AFTER,
         help="Print only the job (or sweep) id (at once), then wait quietly unless --no-wait.")], False),

@@ -31,6 +31,7 @@ from jobs.spec import (
     WasmEngine,
     format_bytes,
     parse_bytes,
+    parse_duration,
 )
 from jobs.states import ExecutionSide, ExecutionState, JobState
 
@@ -65,4 +66,5 @@ __all__ = [
     "WasmEngine",
     "format_bytes",
     "parse_bytes",
+    "parse_duration",
 ]

@@ -45,6 +45,32 @@ def parse_bytes(value: int | float | str) -> int:
     return int(number * _UNITS[unit])
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)([smhd]))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(value: float | str) -> float:
+    """``"10m"`` → 600.0, ``"1h30m"`` → 5400.0 (units s, m, h, d); plain numbers are seconds.
+
+    Raises ValueError with a clear message; the range is the caller's to check.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("a duration must be a number of seconds or a string like '10m' or '1h30m'")
+    text = value.strip().lower().replace(" ", "") if isinstance(value, str) else ""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    elif _DURATION.match(text):
+        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    else:
+        raise ValueError(f"cannot read duration {value!r}: use seconds or units such as 90s, 10m, 1h30m, 2d")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
+    return seconds
+
+
 def format_bytes(n: int) -> str:
     for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= size:
@@ -151,6 +177,12 @@ class Deadlines(_Frozen):
     min_bids: float = Field(10.0, gt=0, description="waiting for min_bids before choosing among fewer")
     silence: float = Field(10.0, gt=0, description="a node running the job may be unreachable this long")
     result_grace: float = Field(60.0, gt=0, description="after the run timeout, before giving up on a result")
+
+    @field_validator("bid", "min_bids", "silence", "result_grace", mode="before",
+                     json_schema_input_type=float | str | None)
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return v if v is None else parse_duration(v)
 
     @property
     def bid_limit(self) -> float:
@@ -356,7 +388,8 @@ class JobSpec(_Frozen):
     inputs: list[InputSpec] = Field(default=[], max_length=64)
     outputs: list[OutputSpec] = Field(default=[], max_length=64)
     resources: Resources = Resources()
-    timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="seconds one run may take")
+    timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="seconds one run may take; accepts "
+                           "strings like '10m' or '1h30m'")
     deal: Deal = Deal()
     deadlines: Deadlines = Deadlines()
     cache: bool = Field(True, description="complete at once with the verified result of an identical earlier "
@@ -369,6 +402,11 @@ class JobSpec(_Frozen):
     selector: str = Field("", max_length=MAX_SELECTOR_CHARS, exclude_if=lambda v: not v, description=(
         "which nodes may run the job, by their labels, as a Kubernetes label selector: "
         "'zone=eu,gpu in (a100,h100),!spot'; empty: any node"))
+
+    @field_validator("timeout", mode="before", json_schema_input_type=float | str)
+    @classmethod
+    def _timeout(cls, v: Any) -> float:
+        return parse_duration(v)
 
     @field_validator("resources")
     @classmethod

@@ -13,6 +13,7 @@ import typer
 from cli.arguments import Index, JobStateName, Json, MaxBytes, Output, SweepId
 from cli.connect import client
 from cli.exits import EXIT_USAGE
+from cli.options import duration
 
 
 def sweep_list(
@@ -65,7 +66,7 @@ def sweep_retry(
     ctx: typer.Context,
     sweep_id: SweepId,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the sweep to its end.")] = True,
-    wait_timeout: Annotated[float | None, typer.Option("--wait-timeout", metavar="SECONDS",
+    wait_timeout: Annotated[float | None, typer.Option("--wait-timeout", metavar="DURATION", parser=duration,
         help="Stop waiting after this long (exit 124; the sweep goes on).")] = None,
     id_only: Annotated[bool, typer.Option("--id-only", help="Print only the sweep id.")] = False,
     json_: Json = False,

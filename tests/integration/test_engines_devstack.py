@@ -194,7 +194,7 @@ def test_python_exception_fails_with_the_traceback(stack, tmp_path):
 
 
 def test_python_timeout(stack):
-    out = shoal(stack, "run", "python", "--timeout", "3", "-c", "while True: pass")
+    out = shoal(stack, "run", "python", "--timeout", "3s", "-c", "while True: pass")
     assert out.returncode == 1
     assert "timed out after 3 s" in out.stderr
 

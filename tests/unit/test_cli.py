@@ -217,6 +217,15 @@ def test_docker_run_builds_the_spec_from_flags(fake: FakeClient, monkeypatch: py
     assert result.stdout == f"{JOB_ID}\n"
 
 
+def test_times_take_units(fake: FakeClient) -> None:
+    assert run("run", "noop", "--timeout", "1h30m", "--queue-timeout", "1d", "--no-wait").exit_code == 0
+    spec = submitted(fake)
+    assert (spec.timeout, spec.deadlines.bid) == (5400, 86400)
+    result = run("run", "noop", "--timeout", "10 minutes", "--no-wait")
+    assert result.exit_code == 2 and "cannot read duration '10 minutes'" in result.stderr
+    assert "Traceback" not in result.stderr and len(fake.submitted) == 1
+
+
 def test_unset_flags_keep_spec_defaults(fake: FakeClient) -> None:
     assert run("run", "noop", "--no-wait").exit_code == 0
     assert submitted(fake) == JobSpec(engine={"name": "noop"})

@@ -61,6 +61,11 @@ def test_a_full_file_gives_each_setting_as_its_flag_would() -> None:
     }  # fmt: skip
 
 
+def test_times_as_the_flags_take_them() -> None:
+    config = parse_config('[run]\ntimeout = "1h30m"\nwait_timeout = "10m"\nqueue_timeout = "2d"\n', FILE)
+    assert config.run_defaults() == {"timeout": 5400.0, "wait_timeout": 600.0, "queue_timeout": 172800.0}
+
+
 def test_an_empty_file_sets_nothing() -> None:
     assert parse_config("", FILE).values == {}
     assert parse_config("# only a comment\n[run]\n", FILE).run_defaults() == {}
@@ -89,8 +94,10 @@ def test_cpu_as_a_whole_number_or_with_a_unit() -> None:
     ("[run]\nconcurrency = 'three'\n", "[run] concurrency: expected a whole number >= 0, got 'three'"),
     ("[run]\nconcurrency = true\n", "[run] concurrency: expected a whole number >= 0, got True"),
     ("[run]\nconfidence = -1\n", "[run] confidence: expected a whole number >= 0, got -1"),
-    ("[run]\ntimeout = -5\n", "[run] timeout: expected a number of seconds > 0, got -5"),
-    ("[run]\ntimeout = inf\n", "[run] timeout: expected a number of seconds > 0, got inf"),
+    ("[run]\ntimeout = -5\n", '[run] timeout: expected a number of seconds > 0, or a string such as "10m" or '
+                              '"1h30m", got -5'),
+    ("[run]\ntimeout = inf\n", "[run] timeout: expected a number of seconds > 0, or a string"),
+    ("[run]\ntimeout = '10 minutes'\n", "[run] timeout: expected a number of seconds > 0, or a string"),
     ("[run]\nwait = 'yes'\n", "[run] wait: expected true or false, got 'yes'"),
     ("[run]\ncpu = true\n", "[run] cpu: expected a number or a string"),
     ("[run]\nmemory = [1]\n", "[run] memory: expected a number or a string"),

@@ -52,3 +52,17 @@ def test_a_new_job_or_sweep_cannot_wait_on_a_silent_node_for_ever(phase: str) ->
             JobSpec.model_validate({"engine": {"name": "noop"}, "deadlines": {phase: value}})
     ok = {"engine": {"name": "noop"}, "deadlines": {phase: MAX_BID_DEADLINE}}
     assert SubmitRequest.model_validate({"spec": ok}).spec.deadlines.model_dump()[phase] == MAX_BID_DEADLINE
+
+
+def test_times_in_a_spec_take_units_and_mean_the_same_job_as_in_seconds() -> None:
+    """A quant writes ``timeout: 10m`` in a job file, the SDK or the API, as ``memory: 512MiB``."""
+    with_units = SubmitRequest.model_validate({"spec": {"engine": {"name": "noop"}, "timeout": "1h30m",
+                                                        "deadlines": {"bid": "1d", "silence": "45s"}}}).spec
+    in_seconds = JobSpec.model_validate({"engine": {"name": "noop"}, "timeout": 5400,
+                                         "deadlines": {"bid": 86400, "silence": 45}})
+    assert (with_units.timeout, with_units.deadlines.bid, with_units.deadlines.silence) == (5400, 86400, 45)
+    assert with_units.cache_key() == in_seconds.cache_key()  # the same job: its result is reused
+    for bad, why in (("10x", "cannot read duration '10x'"), ("1e400", "cannot read duration"),
+                     ("0m", "greater than 0"), ("8d", "less than or equal to 604800"), (True, "a duration must")):
+        with pytest.raises(ValidationError, match=why):
+            JobSpec.model_validate({"engine": {"name": "noop"}, "timeout": bad})
