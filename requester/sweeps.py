@@ -55,6 +55,10 @@ class SweepService(Driver[_Live]):
         self.credit = judge.credit  # a verified result
         self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
 
+    def in_flight(self, owner: str) -> int:
+        """How many of ``owner``'s sweeps are live."""
+        return sum(1 for live in self._live.values() if live.sweep.owner == owner)
+
     async def _restore(self) -> None:
         now = self.clock()
         for sweep in await self.store.live_sweeps():

@@ -81,7 +81,7 @@ def serve(
         help="A name clients reach the API by (DNS name, public IP, proxy); repeatable. Signed requests "
              "name their host, and a node refuses those made for another.")] = None,
     quota_jobs_in_flight: Annotated[int | None, typer.Option("--quota-jobs-in-flight", metavar="N", min=1,
-        help="Per client: live jobs on this node (default 10000); then 429.")] = None,
+        help="Per client: live jobs and sweeps on this node (default 10000); then 429.")] = None,
     quota_submits_per_second: Annotated[float | None, typer.Option("--quota-submits-per-second", metavar="N",
         min=0.001, help="Per client: job and sweep submissions per second, bursts of twice that "
                         "(default 1000); then 429.")] = None,
@@ -90,6 +90,9 @@ def serve(
     quota_context_bytes_per_hour: Annotated[str | None, typer.Option("--quota-context-bytes-per-hour",
         metavar="SIZE", help="Per client: working directories stored per hour, kept for --retention "
                              "(default 2GiB); then 429.")] = None,
+    quota_sweep_indexes_per_hour: Annotated[int | None, typer.Option("--quota-sweep-indexes-per-hour", metavar="N",
+        min=1, help="Per client: indexes of the sweeps it submits per hour, each kept until --ttl "
+                    "(default 2000000); then 429.")] = None,
     peer_rate_limit: Annotated[float | None, typer.Option("--peer-rate-limit", metavar="N", min=0,
         help="Direct requests per second one peer may make, in bursts of up to 2N; more are refused "
              "(default 1000; 0: no limit).")] = None,
@@ -137,7 +140,8 @@ def serve(
                     "quota_jobs_in_flight": quota_jobs_in_flight,
                     "quota_submits_per_second": quota_submits_per_second,
                     "quota_event_streams": quota_event_streams,
-                    "quota_context_bytes_per_hour": context_quota},
+                    "quota_context_bytes_per_hour": context_quota,
+                    "quota_sweep_indexes_per_hour": quota_sweep_indexes_per_hour},
         peer_rate_limit=peer_rate_limit,
     )
     from node.daemon import main as run_node

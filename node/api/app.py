@@ -47,7 +47,8 @@ def create_app(node: Node) -> FastAPI:
                                 submits_per_second=config.quota_submits_per_second,
                                 submit_burst=max(1, round(2 * config.quota_submits_per_second)),
                                 event_streams=config.quota_event_streams,
-                                context_bytes_per_hour=config.quota_context_bytes_per_hour))
+                                context_bytes_per_hour=config.quota_context_bytes_per_hour,
+                                sweep_indexes_per_hour=config.quota_sweep_indexes_per_hour))
     # Hosts are set once the API listens (its port may be chosen then): until then nothing passes.
     verifier = RequestVerifier(nonces=Nonces(node.store), hosts=())
     app.state.verifier, app.state.quotas, app.state.api_names = verifier, quotas, config.api_names

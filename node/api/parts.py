@@ -36,6 +36,11 @@ class Node:
     def peer_id(self) -> str:
         return self.network.peer_id
 
+    def in_flight(self, client: str) -> int:
+        """``client``'s live jobs and sweeps here (the jobs-in-flight quota counts both)."""
+        jobs = self.requester.in_flight(client) if self.requester else 0
+        return jobs + (self.sweeps.in_flight(client) if self.sweeps else 0)
+
 
 def requester_of(node: Node) -> RequesterService:
     """The node's requester, or 404 for a route that needs one on a node without it."""

@@ -1,4 +1,5 @@
-"""Per-client API quotas: jobs in flight, submissions per second, open event streams, working directories stored.
+"""Per-client API quotas: jobs in flight, submissions per second, open event streams, working directories
+stored and sweep indexes made.
 
 A client over a quota gets 429 with ``Retry-After`` (``Refusal``). The defaults are far above
 what a person, the test suite or ``shoal bench`` (ten submitters sharing one client key) ask
@@ -20,17 +21,20 @@ MAX_TRACKED = 10_000  # submit buckets kept before full (idle) ones are dropped
 
 @dataclass(frozen=True)
 class QuotaLimits:
-    jobs_in_flight: int = 10_000  # live jobs (and sweeps) of one client on this node
+    jobs_in_flight: int = 10_000  # live jobs and sweeps of one client on this node
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
     event_streams: int = 256  # open event streams (SSE) of one client
     context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) one client stores, kept
     # for the node's retention: without a bound, a client able to submit could fill the node's disk
+    sweep_indexes_per_hour: int = 2_000_000  # indexes of the sweeps one client submits: each is a row kept until
+    # the node's --ttl; a 14 KB request for a 1000x1000 grid made a million (100 MB, 10 s of the node's time)
 
 
 @dataclass(frozen=True)
 class Refusal:
-    quota: str  # "jobs_in_flight", "submits_per_second", "event_streams" or "context_bytes": the /metrics label
+    quota: str  # "jobs_in_flight", "submits_per_second", "event_streams", "context_bytes" or "sweep_indexes":
+    # the /metrics label
     message: str
     retry_after: int  # seconds
 
@@ -43,15 +47,17 @@ class Quotas:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._streams: dict[str, int] = {}
-        self._stored: dict[str, tuple[float, float]] = {}  # client -> (bytes it may still store, at)
-        self.refused = {"jobs_in_flight": 0, "submits_per_second": 0, "event_streams": 0, "context_bytes": 0}
+        # quota -> client -> (what it may still take, at): the hourly allowances
+        self._allowances: dict[str, dict[str, tuple[float, float]]] = {"context_bytes": {}, "sweep_indexes": {}}
+        self.refused = {"jobs_in_flight": 0, "submits_per_second": 0, "event_streams": 0, "context_bytes": 0,
+                        "sweep_indexes": 0}
 
     def submit(self, client: str, in_flight: int) -> Refusal | None:
-        """May ``client``, with ``in_flight`` live jobs, submit one more? Takes a token if so."""
+        """May ``client``, with ``in_flight`` live jobs and sweeps, submit one more? Takes a token if so."""
         limits = self.limits
         if in_flight >= limits.jobs_in_flight:
-            return self._refuse("jobs_in_flight", f"client {client} has {in_flight} jobs in flight on this node "
-                                                  f"(at most {limits.jobs_in_flight}): wait for some to end", 5)
+            return self._refuse("jobs_in_flight", f"client {client} has {in_flight} jobs and sweeps in flight on "
+                                f"this node (at most {limits.jobs_in_flight}): wait for some to end", 5)
         now = self._clock()
         tokens, at = self._buckets.get(client, (float(limits.submit_burst), now))
         tokens = min(float(limits.submit_burst), tokens + (now - at) * limits.submits_per_second)
@@ -66,21 +72,34 @@ class Quotas:
         return None
 
     def store_context(self, client: str, size: int) -> Refusal | None:
-        """May ``client`` store a working directory of ``size`` bytes? Takes them from its allowance if so,
-        which refills at ``context_bytes_per_hour``, up to that much at once."""
+        """May ``client`` store a working directory of ``size`` bytes? Takes them from its allowance if so."""
         limit = self.limits.context_bytes_per_hour
+        return self._take_hourly("context_bytes", client, size, limit,
+                                 f"client {client} stored more than {format_bytes(limit)} of working directories "
+                                 "in the last hour on this node")
+
+    def make_indexes(self, client: str, indexes: int) -> Refusal | None:
+        """May ``client`` submit a sweep of ``indexes``? Takes them from its allowance if so."""
+        limit = self.limits.sweep_indexes_per_hour
+        return self._take_hourly("sweep_indexes", client, indexes, limit,
+                                 f"client {client} submitted sweeps of more than {limit} indexes in the last hour "
+                                 "on this node")
+
+    def _take_hourly(self, quota: str, client: str, amount: int, limit: int, message: str) -> Refusal | None:
+        """Take ``amount`` from ``client``'s allowance of ``quota``, which refills at ``limit`` an hour, up to
+        ``limit`` at once; or refuse, saying when it would be there."""
+        allowances = self._allowances[quota]
         now = self._clock()
-        allowance, at = self._stored.get(client, (float(limit), now))
+        allowance, at = allowances.get(client, (float(limit), now))
         allowance = min(float(limit), allowance + (now - at) * limit / 3600)
-        if size > allowance:
-            self._stored[client] = (allowance, now)
-            return self._refuse("context_bytes", f"client {client} stored more than {format_bytes(limit)} of "
-                                f"working directories in the last hour on this node",
-                                math.ceil((size - allowance) * 3600 / limit))
-        if client not in self._stored and len(self._stored) >= MAX_TRACKED:
-            self._stored = {c: (left, then) for c, (left, then) in self._stored.items()
-                            if left + (now - then) * limit / 3600 < limit}  # full ones change no decision
-        self._stored[client] = (allowance - size, now)
+        if amount > allowance:
+            allowances[client] = (allowance, now)
+            return self._refuse(quota, message, math.ceil((amount - allowance) * 3600 / limit))
+        if client not in allowances and len(allowances) >= MAX_TRACKED:
+            self._allowances[quota] = allowances = {
+                c: (left, then) for c, (left, then) in allowances.items()
+                if left + (now - then) * limit / 3600 < limit}  # full ones change no decision
+        allowances[client] = (allowance - amount, now)
         return None
 
     def open_stream(self, client: str) -> Refusal | None:

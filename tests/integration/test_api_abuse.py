@@ -47,7 +47,8 @@ def node_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("abuse-b")
     with noop_node(home, QUOTA_PORT, args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
                                            "--quota-event-streams", "1",
-                                           "--quota-context-bytes-per-hour", "1MiB"]):  # fmt: skip
+                                           "--quota-context-bytes-per-hour", "1MiB",
+                                           "--quota-sweep-indexes-per-hour", "1000"]):  # fmt: skip
         yield home
 
 
@@ -156,7 +157,7 @@ def test_quotas_answer_429_with_retry_after(node_b: Path) -> None:
         pending = [http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING})) for _ in range(2)]
         ids = [r.json()["job"]["id"] for r in pending]
         third = http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING}))
-        assert "jobs in flight" in error(third, 429)["message"] and third.headers["Retry-After"]
+        assert "jobs and sweeps in flight" in error(third, 429)["message"] and third.headers["Retry-After"]
 
         # open event streams: 1; a second is refused while the first is open, accepted once it closes
         with http.stream("GET", f"{B}/v1/jobs/{ids[0]}/events", auth=ShoalAuth(holder)) as first:
@@ -214,6 +215,32 @@ def test_working_directories_a_client_stores_are_held_to_its_hourly_quota(node_b
         other.upload_context(context(600 << 10))
     metrics = httpx.get(f"{B}/metrics", timeout=30).text
     assert 'shoal_api_refused_total{quota="context_bytes"} 1' in metrics
+
+
+def test_sweeps_are_held_to_a_clients_quotas(node_b: Path) -> None:
+    """A 14 KB request for a 1000x1000 grid made a million rows (100 MB, 10 s of the node's time), and the
+    sweeps a client kept live counted against no quota."""
+    big, holder = ClientKey.generate(), ClientKey.generate()
+    slow = {"engine": {"name": "noop", "delay": 120}}  # live for the whole test
+    with httpx.Client(timeout=30) as http:
+        grid = {"x": [str(i) for i in range(40)], "y": [str(i) for i in range(30)]}  # 1,200 indexes
+        refused = http.send(signed(http, big, "POST", f"{B}/v1/sweeps", json={"spec": {"job": slow, "grid": grid}}))
+        assert "submitted sweeps of more than 1000 indexes in the last hour" in error(refused, 429)["message"]
+        assert http.send(signed(http, big, "GET", f"{B}/v1/sweeps")).json()["total"] == 0
+
+        small = {"job": slow, "grid": {"x": ["1", "2"]}}
+        live = [http.send(signed(http, holder, "POST", f"{B}/v1/sweeps", json={"spec": small})) for _ in range(2)]
+        assert [r.status_code for r in live] == [201, 201]
+        third = http.send(signed(http, holder, "POST", f"{B}/v1/sweeps", json={"spec": small}))
+        assert "2 jobs and sweeps in flight" in error(third, 429)["message"]
+        job = http.send(signed(http, holder, "POST", f"{B}/v1/jobs", json={"spec": PENDING}))
+        assert "2 jobs and sweeps in flight" in error(job, 429)["message"]
+        assert http.send(signed(http, holder, "GET", f"{B}/v1/sweeps")).json()["total"] == 2
+        for r in live:
+            sweep_id = r.json()["sweep"]["id"]
+            assert http.send(signed(http, holder, "POST", f"{B}/v1/sweeps/{sweep_id}/cancel")).status_code == 200
+    metrics = httpx.get(f"{B}/metrics", timeout=30).text
+    assert 'shoal_api_refused_total{quota="sweep_indexes"} 1' in metrics
 
 
 # -- deadlines, event streams, contexts -----------------------------------------------------------------

@@ -78,4 +78,17 @@ def test_working_directories_a_client_stores_are_bounded_per_hour_and_refill() -
     for n in range(MAX_TRACKED + 10):  # many clients keep memory bounded once their allowances refill
         clock.now += 1
         quotas.store_context(f"c{n}", 1)
-    assert len(quotas._stored) <= MAX_TRACKED + 1
+    assert len(quotas._allowances["context_bytes"]) <= MAX_TRACKED + 1
+
+
+def test_the_indexes_of_a_clients_sweeps_are_bounded_per_hour_and_refill() -> None:
+    """A 14 KB request for a 1000x1000 grid made a million rows, as often as a client sent it."""
+    clock = Clock()
+    quotas = Quotas(QuotaLimits(sweep_indexes_per_hour=1000), clock=clock)
+    assert quotas.make_indexes("a", 600) is None
+    refusal = quotas.make_indexes("a", 600)  # 400 left
+    assert refusal is not None and refusal.quota == "sweep_indexes" and refusal.retry_after == 720
+    assert quotas.make_indexes("a", 400) is None and quotas.make_indexes("b", 1000) is None
+    clock.now += 36  # 10 indexes back
+    assert quotas.make_indexes("a", 11) is not None and quotas.make_indexes("a", 10) is None
+    assert quotas.refused["sweep_indexes"] == 2 and quotas.store_context("a", 1) is None  # allowances apart

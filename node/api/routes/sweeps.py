@@ -72,8 +72,8 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
         where = unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:
             return error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
-        if quotas is not None:  # a sweep counts as one submission; its indexes are not jobs in flight
-            refusal = quotas.submit(client, node.requester.in_flight(client) if node.requester else 0)
+        if quotas is not None:  # a sweep counts as one job in flight; its indexes have a quota of their own
+            refusal = quotas.submit(client, node.in_flight(client)) or quotas.make_indexes(client, body.spec.count)
             if refusal is not None:
                 return refused(refusal)
         sweep, created = await service().submit(body.spec, client, idempotency_key)
