@@ -25,12 +25,21 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
+def _finite(number: int | float) -> float:
+    """``number`` as a float; an integer too large for one (JSON allows any) becomes infinity, refused
+    by the caller, instead of an OverflowError no validator turns into a clear refusal."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf
+
+
 def parse_bytes(value: int | float | str) -> int:
     """``"512MiB"`` → 536870912; plain numbers are bytes. Raises ValueError with a clear message."""
     if isinstance(value, bool):
         raise ValueError("a size must be a number of bytes or a string like '512MiB'")
     if isinstance(value, int | float):
-        number, unit = float(value), ""
+        number, unit = _finite(value), ""
     elif not isinstance(value, str):
         raise ValueError("a size must be a number of bytes or a string like '512MiB'")
     else:
@@ -59,7 +68,7 @@ def parse_duration(value: float | str) -> float:
         raise ValueError("a duration must be a number of seconds or a string like '10m' or '1h30m'")
     text = value.strip().lower().replace(" ", "") if isinstance(value, str) else ""
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _finite(value)
     elif re.fullmatch(r"\d+(?:\.\d+)?", text):
         seconds = float(text)
     elif _DURATION.match(text):

@@ -262,7 +262,7 @@ def test_a_job_without_a_finite_bid_deadline_is_refused(node_a: Path) -> None:
 
 
 def test_endless_numbers_get_a_clear_refusal_not_an_internal_error(node_a: Path) -> None:
-    """JSON's Infinity (or 1e400) as a size once made the node answer 500; an endless silence or
+    """JSON's Infinity (or 1e400, or 1 and 400 zeros) as a size once made the node answer 500; an endless silence or
     grace let a job whose node died run for ever, and a silence of a microsecond made the nodes running
     a sweep report in a tight loop."""
     key = ClientKey.generate()
@@ -273,6 +273,9 @@ def test_endless_numbers_get_a_clear_refusal_not_an_internal_error(node_a: Path)
             ("deadlines.silence", {"engine": {"name": "noop"}, "deadlines": {"silence": 1e9}}),
             ("deadlines.silence: at least 1 s", {"engine": {"name": "noop"}, "deadlines": {"silence": 1e-6}}),
             ("deadlines.result_grace", {"engine": {"name": "noop"}, "deadlines": {"result_grace": float("inf")}}),
+            # an integer too large for a float: an OverflowError, answered 500 with a traceback in the log
+            ("resources.memory", {"engine": {"name": "noop"}, "resources": {"memory": 10**400}}),
+            ("timeout", {"engine": {"name": "noop"}, "timeout": 10**400}),
         ):
             for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
                 raw = json.dumps(body).encode()  # Infinity, as Python's json (and JavaScript's) writes it
