@@ -53,7 +53,7 @@ from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_aga
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import JobSpec, RunResult
-from jobs.spec import DockerEngine, PythonEngine, format_bytes
+from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
 
 log = logging.getLogger("shoal.executors.docker")
 
@@ -67,9 +67,8 @@ JOB_UID = 65533
 OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
-MIN_MEMORY = 6 * 1024**2  # Docker refuses smaller memory limits
 CPU_PERIOD = 100_000  # µs; the quota is cpu * period
-MIN_CPU_QUOTA = 1_000  # µs; Docker's floor
+MIN_CPU_QUOTA = int(MIN_CPU * CPU_PERIOD)  # µs; Docker's floor, 1,000 (MIN_MEMORY: the smallest limit it takes)
 INSTALLED_TTL = 5.0  # seconds an is_installed() answer is reused
 PING_TIMEOUT = 1.0  # seconds is_installed() waits for the daemon (it is called from the event loop)
 API_TIMEOUT = 60.0  # seconds for ordinary API calls (create, start, remove, pull steps)

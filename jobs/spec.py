@@ -93,6 +93,11 @@ class _Frozen(BaseModel):
 
 
 MAX_GPUS = 64  # per job and per node: more than one machine holds
+# What a run takes of a node at least, whatever its job asks: no engine runs a job on less (Docker's CPU
+# quota floor is 1% of a core, and it refuses smaller memory limits). A job asking for less once reserved
+# nothing, and a node ran 151 of them at once with its capacity showing free.
+MIN_CPU = 0.01
+MIN_MEMORY = 6 * 1024**2
 
 
 class Resources(_Frozen):
@@ -104,6 +109,12 @@ class Resources(_Frozen):
     # Whole GPUs (docker jobs get them as device requests). Left out of the JSON when 0, so specs
     # written before GPUs existed keep their hash.
     gpu: int = Field(0, ge=0, le=MAX_GPUS, exclude_if=lambda v: not v, description="GPUs (whole devices)")
+
+    def reserved(self) -> Resources:
+        """What a run asking for this takes of a node: at least ``MIN_CPU`` and ``MIN_MEMORY``."""
+        if self.cpu >= MIN_CPU and self.memory >= MIN_MEMORY:
+            return self
+        return self.model_copy(update={"cpu": max(self.cpu, MIN_CPU), "memory": max(self.memory, MIN_MEMORY)})
 
     @field_validator("memory", "disk", mode="before", json_schema_input_type=int | str)
     @classmethod
@@ -470,6 +481,10 @@ class JobSpec(_Frozen):
         spec stored by an older node may hold it (it keeps loading)."""
         if problem := self.deadlines.finite_problem():
             return problem
+        if self.resources.cpu < MIN_CPU:
+            return f"resources.cpu: at least {MIN_CPU:g} (10m): no engine runs a job on less"
+        if self.resources.memory < MIN_MEMORY:
+            return f"resources.memory: at least {format_bytes(MIN_MEMORY)}: no engine runs a job on less"
         for i, spec in enumerate(self.inputs):
             if why := spec.source_problem():
                 return f"inputs.{i}.source: {why}"

@@ -287,6 +287,21 @@ def test_endless_numbers_get_a_clear_refusal_not_an_internal_error(node_a: Path)
         assert http.send(signed(http, key, "GET", f"{A}/v1/sweeps")).json()["total"] == 0
 
 
+def test_a_job_asking_for_less_than_any_run_takes_is_refused_at_once(node_a: Path) -> None:
+    """150 jobs of 1e-7 CPU and 1 byte each reserved nothing, and one node ran them all at once."""
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for resources, why in (({"cpu": 1e-7}, "resources.cpu: at least 0.01 (10m)"),
+                               ({"memory": 1}, "resources.memory: at least 6 MiB")):
+            spec = {"engine": {"name": "noop"}, "resources": resources}
+            for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
+                refused = error(http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body)), 422)
+                assert why in refused["message"], refused
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
+        ok = {"engine": {"name": "noop"}, "resources": {"cpu": 0.01, "memory": "6MiB"}}
+        assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": ok})).status_code == 201
+
+
 def test_event_stream_is_woken_by_a_new_event(node_a: Path) -> None:
     """A stream waiting on a pending job sees its Cancelled event well within the 5 s the stream
     would otherwise sleep: it was woken by the write, not by its timer."""

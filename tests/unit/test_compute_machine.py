@@ -47,6 +47,18 @@ def running(m: ComputeMachine, now: float = 100.0) -> Execution:
 # -- bidding -------------------------------------------------------------------------------------------
 
 
+def test_a_job_asking_for_next_to_nothing_reserves_what_any_run_takes():
+    """A job of 1e-7 CPU and 1 byte reserved nothing (sums round to 6 decimals): a node ran 151 of them at
+    once, its capacity showing free. A requester may still announce such a job (an older node stored it,
+    or a rogue peer sent it); the node reserves at least 0.01 CPU and 6 MiB for each run."""
+    m = machine(cpu=1)
+    tiny = {"resources": {"cpu": 1e-7, "memory": 1}}
+    bids = sum(m.announce(REQ, Announce(job_id=f"j-{i}", spec=spec(**tiny), requester=REQ), 100.0)[0]
+               for i in range(150))
+    assert bids == 100 and m.capacity.free.cpu == 0
+    assert m.capacity.statistics().used.memory == 100 * 6 * 1024**2
+
+
 def test_a_job_that_fits_gets_a_bid_holding_its_resources_until_a_verdict_or_the_bid_deadline():
     m = machine(cpu=2)
     bidding, changes = m.announce(REQ, announce(cpu=1, bid_deadline=130.0), 100.0)

@@ -30,7 +30,8 @@ def test_gpu_retries_and_queue_timeout_are_run_defaults() -> None:
     ("[run]\ngpu = true\n", "[run] gpu: expected a whole number >= 0, got True"),
     ("[run]\ngpu = 'one'\n", "[run] gpu: expected a whole number >= 0, got 'one'"),
     ("[run]\nretries = -2\n", "[run] retries: expected a whole number >= 0, got -2"),
-    ("[run]\nqueue_timeout = 0\n", "[run] queue_timeout: expected a number of seconds > 0, got 0"),
+    ("[run]\nqueue_timeout = 0\n", "[run] queue_timeout: expected a number of seconds > 0, or a string such as "
+                                    '"10m" or "1h30m", got 0'),
     ("[run]\ngpus = 1\n", "[run] gpus: unknown key (known here: cpu, memory, disk, timeout, "
                     "concurrency, confidence, min_bids, retries, queue_timeout, gpu, wait, wait_timeout, cache)"),
 ])  # fmt: skip
