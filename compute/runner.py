@@ -7,6 +7,7 @@ for each declared output; its CID is what the node signs and what verification c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ class Runner:
             def write() -> None:
                 results.mkdir(parents=True, exist_ok=True)
                 for name, text in result.files().items():
-                    (results / name).write_text(text)
+                    _write_new(results / name, text)
 
             await self._run_blocking(write)
             result = result.model_copy(update={"cid": await self.publisher.publish(results)})
@@ -152,6 +153,14 @@ def _for_the_wire(result: RunResult) -> RunResult:
             changes[stream] = text[-WIRE_TAIL:]
             changes[f"{stream}_truncated"] = True
     return result.model_copy(update=changes) if changes else result
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to a new file at ``path``: never through a link, whatever stood there before."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _empty(directory: Path) -> None:

@@ -358,8 +358,17 @@ class InputSpec(_Frozen):
 
 
 class OutputSpec(_Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="the folder it is published as")
     path: str
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        # '..' named the folder above the outputs, the node's own: a docker job linked its stdout file
+        # there to any host path, and the node wrote the job's output into it as root
+        if v in (".", ".."):
+            raise ValueError("an output's name is a folder name: not '.' or '..'")
+        return v
 
     @field_validator("path")
     @classmethod

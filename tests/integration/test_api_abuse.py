@@ -11,6 +11,8 @@ removed after the node's retention.
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -300,6 +302,32 @@ def test_a_job_asking_for_less_than_any_run_takes_is_refused_at_once(node_a: Pat
         assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
         ok = {"engine": {"name": "noop"}, "resources": {"cpu": 0.01, "memory": "6MiB"}}
         assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": ok})).status_code == 201
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_an_output_named_for_the_folder_above_is_refused_by_the_api_the_sdk_and_the_cli(node_a: Path, name: str,
+                                                                                       tmp_path: Path) -> None:
+    """``shoal docker run -o ..:/out busybox -- sh -c 'ln -s /root/.ssh/authorized_keys /out/stdout; echo KEY'``
+    had the node, as root, write the job's stdout to any host file: '..' was its own results folder."""
+    import subprocess
+    import sys
+
+    from shoal import InvalidRequest
+
+    spec = {"engine": {"name": "docker", "image": "busybox", "args": ["true"]},
+            "outputs": [{"name": name, "path": "/out"}]}
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
+            refused = error(http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body)), 422)
+            assert "not '.' or '..'" in refused["message"], refused
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0
+    with Client(A, key=key) as client, pytest.raises(InvalidRequest, match=re.escape("not '.' or '..'")):
+        client.submit(spec)
+    cli = subprocess.run([sys.executable, "-m", "cli.main", "--api", A, "docker", "run", "-o", f"{name}:/out",
+                          "busybox", "--", "true"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SHOAL_HOME": str(tmp_path)})
+    assert cli.returncode == 2 and "not '.' or '..'" in cli.stderr, cli.stderr
 
 
 def test_event_stream_is_woken_by_a_new_event(node_a: Path) -> None:

@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 
 from jobs import MalformedMessage
@@ -55,3 +58,14 @@ def test_a_peer_message_holds_no_number_that_is_not_finite(number, field):
     assert b'"%s":1.0' % field in data
     with pytest.raises(MalformedMessage, match="finite number"):
         decode(data.replace(b'"%s":1.0' % field, b'"%s":%s' % (field, number)))
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_an_announced_job_whose_output_names_the_folder_above_is_refused(name):
+    """An output named '..' was the node's own results folder, writable inside a container: a job linked
+    its stdout file there to any host path, and the node, as root, wrote the job's output into it. A
+    requester may not announce one either."""
+    spec = {"engine": {"name": "docker", "image": "busybox"}, "outputs": [{"name": name, "path": "/out"}]}
+    announce = {"kind": "announce", "job_id": "j", "requester": "p", "spec": spec}
+    with pytest.raises(MalformedMessage, match=re.escape("not '.' or '..'")):
+        decode(json.dumps(announce).encode())
