@@ -6,6 +6,7 @@ Docker), in which case a missing daemon fails the run instead of hiding it.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import uuid
@@ -148,6 +149,23 @@ async def test_root_is_read_only_and_tmp_is_writable(executor, tmp_path):
         tmp_path, script="touch /rootfile || echo root-read-only; touch /tmp/f && echo tmp-writable"))
     assert result.stdout == "root-read-only\ntmp-writable\n"
     assert "Read-only file system" in result.stderr
+
+
+async def test_a_volume_the_image_declares_is_held_to_the_jobs_limits_and_gone_with_it(client, node_label,
+                                                                                      tmp_path):
+    """An image's VOLUME was an anonymous Docker volume: writable despite the read-only root, unseen by the disk
+    watch (a 4 MiB job wrote 200 MB there) and left on the host when the container was removed."""
+    tag = "shoal-test/declares-a-volume:1"
+    dockerfile = b"FROM busybox:latest\nRUN mkdir /data && chmod 1777 /data\nVOLUME /data\n"
+    await trio.to_thread.run_sync(lambda: client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True))
+    volumes = lambda: {v["Name"] for v in client.api.volumes()["Volumes"] or []}  # noqa: E731
+    before = volumes()
+    executor = DockerExecutor(node_label, allow_images=(tag,))
+    result = await executor.run(make_request(
+        tmp_path, engine={"image": tag}, resources={"disk": "4MiB"},
+        script="dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null; echo dd=$?; du -m /data/big"))
+    assert result.stdout.split() == ["dd=1", "4", "/data/big"]  # it stopped at 4 MiB
+    assert volumes() == before
 
 
 async def test_no_capabilities_and_no_new_privileges(executor, tmp_path):
