@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +383,8 @@ class DockerExecutor(Executor):
         if (problem := self.image_problem(engine.image) or await trio.to_thread.run_sync(
                 self._present_but_refused, api, engine.image)) is not None:
             raise ExecutorError(problem, retryable=True)
-        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine)
+        volumes = await trio.to_thread.run_sync(_declared_volumes, api, engine.image)
+        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes)
         cid: str | None = None
         creating = False
         sock: Any = None
@@ -446,7 +447,9 @@ class DockerExecutor(Executor):
             stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
         )
 
-    def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine) -> dict[str, Any]:
+    def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine,
+                     volumes: Iterable[str] = ()) -> dict[str, Any]:
+        """The container's configuration; ``volumes``: the paths the image declares as VOLUME."""
         resources = request.spec.resources
         mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
         uid, gid = _job_user()
@@ -468,10 +471,6 @@ class DockerExecutor(Executor):
         # A VOLUME the image declares would be an anonymous Docker volume: writable despite the read-only
         # root, outside the disk watch (a 4 MiB job wrote 200 MB there) and kept after the container. A tmpfs
         # takes its place, as /tmp, counted against the job's memory.
-        try:
-            declared = (api.inspect_image(engine.image).get("Config") or {}).get("Volumes") or {}
-        except docker.errors.ImageNotFound:
-            declared = {}  # creating the container says so, as it always has
         host_config = api.create_host_config(
             mounts=mounts,
             network_mode=None if engine.network else "none",
@@ -479,7 +478,7 @@ class DockerExecutor(Executor):
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            tmpfs={"/tmp": tmpfs, **{path: tmpfs for path in declared}},
+            tmpfs={"/tmp": tmpfs, **dict.fromkeys(volumes, tmpfs)},
             log_config={"Type": "none", "Config": {}},
             **limits,
         )
@@ -679,6 +678,14 @@ def _oom_killed(api: docker.APIClient, cid: str, exit_code: int) -> bool:
         if exit_code == 137:
             time.sleep(0.1)
     return False
+
+
+def _declared_volumes(api: docker.APIClient, image: str) -> list[str]:
+    """The paths ``image`` declares as VOLUME (none when it is missing: creating the container says so)."""
+    try:
+        return list((api.inspect_image(image).get("Config") or {}).get("Volumes") or {})
+    except docker.errors.ImageNotFound:
+        return []
 
 
 def _labelled(api: docker.APIClient, label: str, value: str) -> list[str]:
