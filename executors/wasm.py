@@ -115,6 +115,10 @@ class WasmExecutor(Executor):
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
+        self.max_parallel = max(1, os.cpu_count() or 1)  # a run takes a whole core, whatever its job states
+        # runs' threads, apart from trio's default pool: forty running modules once held every thread the
+        # node's store writes need
+        self._threads = trio.CapacityLimiter(self.max_parallel)
 
     def is_installed(self) -> bool:
         return wasmtime is not None
@@ -141,7 +145,7 @@ class WasmExecutor(Executor):
             nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()],
                                request.write_limit, interrupt, over_disk)
             try:
-                captured = await trio.to_thread.run_sync(outcome.capture, job.run)
+                captured = await trio.to_thread.run_sync(outcome.capture, job.run, limiter=self._threads)
             finally:
                 nursery.cancel_scope.cancel()
         result = captured.unwrap()  # raised here, not inside the nursery, so errors are not wrapped in a group

@@ -12,7 +12,8 @@ from compute import ComputeStore
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
-from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery
+from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery, SweepAnnounce
+from jobs.sweep import SweepSpec
 
 NODE, REQ = "node", "req"
 
@@ -57,6 +58,23 @@ def test_a_job_asking_for_next_to_nothing_reserves_what_any_run_takes():
                for i in range(150))
     assert bids == 100 and m.capacity.free.cpu == 0
     assert m.capacity.statistics().used.memory == 100 * 6 * 1024**2
+
+
+def test_an_engine_whose_runs_take_a_core_each_runs_no_more_at_once_than_it_is_worth():
+    """python and wasm runs take a whole core whatever CPU their job states: a node bid on as many as the
+    stated CPU fitted (200 of 0.01), and 90 spinning wasm jobs took a noop job from 0.03 to 17 s. Runs of
+    such an engine are held to its ``parallel``, bids and sweep slots together; the rest wait in the backlog."""
+    m = machine(cpu=2, parallel=lambda engine: 3)
+    small = {"resources": {"cpu": 0.01}}
+    first, _ = (bid_on(m, Announce(job_id=f"j-{i}", spec=spec(**small), requester=REQ)) for i in range(2))
+    m.accept(first.id, {}, 100.0)
+    sweep = SweepAnnounce(sweep_id="s-1", spec=SweepSpec(job=spec(**small), grid={"x": ["1", "2", "3", "4"]}),
+                          requester=REQ, pending=4)
+    assert len(m.announce_sweep(REQ, sweep, 100.0).slots) == 1  # the one run left
+    bidding, _ = m.announce(REQ, Announce(job_id="j-3", spec=spec(**small), requester=REQ), 100.0)
+    assert not bidding and (REQ, "j-3") in m.backlog
+    assert m.run_over(first.id, RunResult(exit_code=0), None, False, 101.0).released  # proposing: room again
+    assert [ex.job_id for ex, _ in m.bid_from_backlog(m.backlog_fitting(101.0), 101.0).bids] == ["j-3"]
 
 
 def test_a_job_that_fits_gets_a_bid_holding_its_resources_until_a_verdict_or_the_bid_deadline():
