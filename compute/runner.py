@@ -20,7 +20,7 @@ from executors.base import disk_limit
 from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
-from storage.trees import TooDeep, check_depth, remove_tree
+from storage.trees import TooDeep, count_entries, remove_tree
 
 if TYPE_CHECKING:
     from jobs import JobSpec
@@ -30,6 +30,9 @@ log = logging.getLogger("shoal.compute")
 
 WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
 MAX_INPUT_BYTES = 10 * 1024**3  # a job's inputs together
+# Files and folders a job's outputs may hold: Kubo took over a minute to add 300,000 empty files, the
+# publish timed out, and the job ran again on every node.
+MAX_OUTPUT_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,12 @@ class Runner:
                                         "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:
                 try:  # before anything walks the outputs with recursion (sizes, publishing)
-                    await self._run_blocking(check_depth, results / "outputs")
+                    counted = await self._run_blocking(count_entries, results / "outputs", MAX_OUTPUT_ENTRIES)
                 except TooDeep as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
+                if counted > MAX_OUTPUT_ENTRIES:
+                    return Outcome(None, f"the job's outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and "
+                                         "folders", False)
                 written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
                 if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
                     await self._run_blocking(_empty, results / "outputs")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from storage.errors import StorageError
 
-__all__ = ["MAX_DEPTH", "TooDeep", "check_depth", "entries", "remove_tree"]
+__all__ = ["MAX_DEPTH", "TooDeep", "check_depth", "count_entries", "entries", "remove_tree"]
 
 MAX_DEPTH = 100  # directories within directories below a job's input or output (more is refused)
 PATH_TOO_LONG = "a path longer than the system takes (directories nested too deep)"
@@ -63,6 +63,17 @@ def check_depth(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Non
     """Raise ``TooDeep`` if ``path`` is too deep to walk (see ``entries``)."""
     for _ in entries(path, max_depth):
         pass
+
+
+def count_entries(path: str | os.PathLike[str], limit: int) -> int:
+    """The entries below ``path``, counted up to ``limit`` + 1 (more is not counted); raises ``TooDeep``
+    as ``entries`` does."""
+    counted = 0
+    for _ in entries(path):
+        counted += 1
+        if counted > limit:
+            break
+    return counted
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:

@@ -110,6 +110,18 @@ def test_docker_fork_bomb_is_contained_and_the_node_carries_on(stack):
     assert again.returncode == 0 and again.stdout == "still here\n"
 
 
+def test_outputs_of_more_files_than_publishing_takes_fail_their_job_once(stack):
+    """300,000 empty files took Kubo over a minute to add: the publish timed out, counted as the node's
+    fault, and the job ran again on every node, each paying for it, until it failed after nine minutes."""
+    out = shoal(stack, "docker", "run", "--disk", "64MiB", "-o", "many:/outputs", "--json", "busybox", "--",
+                "sh", "-c", "cd /outputs && seq 60000 | xargs touch && echo made")
+    job = json.loads(out.stdout)["job"]
+    assert out.returncode == 1 and job["state"] == "failed"
+    assert job["reason"].endswith("the job's outputs hold more than 50,000 files and folders"), job["reason"]
+    assert job["attempt"] == job["first_attempt"]  # not offered again: no node would publish it
+    assert not any((stack.nodes[2].data_dir / "work").iterdir())  # nor kept on the node
+
+
 def test_docker_has_no_network(stack):
     out = shoal(stack, "docker", "run", "busybox", "--", "ls", "/sys/class/net")
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.trees import MAX_DEPTH, TooDeep, check_depth, entries, remove_tree
+from storage.trees import MAX_DEPTH, TooDeep, check_depth, count_entries, entries, remove_tree
 
 
 def nest(root: Path, depth: int) -> None:
@@ -40,6 +40,18 @@ def test_a_tree_deeper_than_the_limit_is_refused_and_one_at_the_limit_is_not(tmp
     nest(tmp_path / "deep", MAX_DEPTH + 1)
     with pytest.raises(TooDeep, match=f"directories nested more than {MAX_DEPTH} deep"):
         check_depth(tmp_path / "deep")
+
+
+def test_entries_are_counted_up_to_one_past_the_limit(tmp_path: Path) -> None:
+    for i in range(5):
+        (tmp_path / f"f{i}").touch()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "g").touch()
+    assert count_entries(tmp_path, 10) == 7
+    assert count_entries(tmp_path, 3) == 4  # more than 3: the walk stops there
+    nest(tmp_path / "deep", MAX_DEPTH + 1)
+    with pytest.raises(TooDeep):
+        count_entries(tmp_path / "deep", 10**6)
 
 
 def test_a_tree_deeper_than_python_recurses_and_than_the_longest_path_is_walked_and_removed(tmp_path: Path) -> None:
