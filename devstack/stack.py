@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -247,6 +248,16 @@ class Devstack:
         await self.stop()
 
 
+_OWN_FILE = re.compile(r"^(node-\d+|kubo|network\.key|authorized_keys)$")  # what a devstack writes in its folder
+
+
+def not_a_devstacks(base_dir: Path) -> str | None:
+    """The name of something in ``base_dir`` that a devstack did not write there (None: nothing)."""
+    if not base_dir.is_dir():
+        return None
+    return next((repr(entry.name) for entry in sorted(base_dir.iterdir()) if not _OWN_FILE.match(entry.name)), None)
+
+
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
          fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None,
          extra_args: list[str] | None = None, labels: dict[int, dict[str, str]] | None = None) -> None:
@@ -274,6 +285,12 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
     if (port := taken_port(ports)) is not None:
         raise DevstackError(f"port {port} on 127.0.0.1 is taken (the stack uses {min(ports)}-{max(ports)}); "
                             "choose others with --base-port")
+    if stack.base_dir.exists() and not stack.base_dir.is_dir():
+        raise DevstackError(f"{stack.base_dir} is a file, not a folder: choose a folder with --base-dir")
+    if (foreign := not_a_devstacks(stack.base_dir)) is not None:
+        raise DevstackError(f"{stack.base_dir} holds {foreign}, which is not a devstack's: the devstack keeps its "
+                            "nodes' files in a folder of its own and deletes them when it starts afresh; choose an "
+                            "empty or new folder with --base-dir")
     if fresh and stack.base_dir.exists():
         shutil.rmtree(stack.base_dir)
 

@@ -154,8 +154,11 @@ def devstack(
     nodes: Annotated[int, typer.Option("--nodes", "-n", metavar="N", min=1, help="How many nodes.")] = 3,
     noop: Annotated[bool, typer.Option("--noop", help="Run every engine as noop (benchmarks).")] = False,
     base_dir: Annotated[Path | None, typer.Option("--base-dir", metavar="DIR",
-        help="The nodes' data dirs (default under ~/.shoal); the state file the CLI finds the stack by is "
-             "$SHOAL_HOME/devstack.json.")] = None,
+        help="A folder of the devstack's own for the nodes' files (default ~/.shoal/devstack); one holding "
+             "anything else is refused. The CLI finds the stack by $SHOAL_HOME/devstack.json.")] = None,
+    keep: Annotated[bool, typer.Option("--keep",
+        help="Carry on from the last run in this folder: its jobs, sweeps, results and node identities "
+             "(default: start afresh, deleting what the last run left).")] = False,
     base_port: Annotated[int | None, typer.Option("--base-port", metavar="PORT",
         help="First API port; node i uses PORT+i.")] = None,
     kubo: Annotated[bool | None, typer.Option("--kubo/--no-kubo",
@@ -195,4 +198,4 @@ def devstack(
     if serve_args:
         extra["extra_args"] = serve_args
     with stop_on_signals():
-        run_stack(nodes=nodes, noop=noop, **extra)
+        run_stack(nodes=nodes, noop=noop, fresh=not keep, **extra)

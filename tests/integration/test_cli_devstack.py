@@ -657,6 +657,33 @@ def test_a_second_devstack_leaves_the_running_one_to_the_cli_and_a_taken_port_is
                              f"{BASE_PORT + 100}); choose others with --base-port"], clash.stderr
 
 
+def test_a_devstack_deletes_only_its_own_files_and_carries_on_from_them_with_keep(tmp_path: Path) -> None:
+    """``shoal devstack --base-dir ~/project`` deleted the project: a devstack starts afresh by emptying its
+    folder. It refuses a folder holding anything it did not write, and ``--keep`` carries on from the last
+    run (its jobs and results survive a restart)."""
+    home = tmp_path / "home"
+    (home / "stack").mkdir(parents=True)
+    (home / "stack" / "notes.txt").write_text("a week of work\n")
+    refused = subprocess.run([SHOAL, "devstack", "--nodes", "1", "--no-kubo", "--base-port", str(free_base_port(1)),
+                              "--base-dir", str(home / "stack")], capture_output=True, text=True,
+                             env=_clean_env(home), timeout=60)  # fmt: skip
+    assert refused.returncode == 1 and "holds 'notes.txt', which is not a devstack's" in refused.stderr
+    assert (home / "stack" / "notes.txt").read_text() == "a week of work\n"
+    (home / "stack" / "notes.txt").unlink()
+
+    port = free_base_port(1)
+    with cli_devstack(home, nodes=1, base_port=port) as first:
+        job_id = shoal(first, "run", "python", "-c", "print(6 * 7)", "--id-only").stdout.strip()
+        assert shoal(first, "describe", job_id).returncode == 0
+    with cli_devstack(home, nodes=1, base_port=port, args=("--keep",)) as again:
+        assert job_id[:12] in shoal(again, "list").stdout  # the table shows ids short
+        got = shoal(again, "get", job_id, "--output-dir", str(tmp_path / "got"))
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "got" / "stdout").read_text() == "42\n"
+    with cli_devstack(home, nodes=1, base_port=port) as afresh:
+        assert job_id[:12] not in shoal(afresh, "list").stdout
+
+
 # -- private network ---------------------------------------------------------------------------------
 
 
