@@ -220,6 +220,8 @@ class IndexRecord(BaseModel):
     retries: int = 0  # runs after a failure, as the job template's ``retries`` allows
     result: RunResult | None = None
     updated_at: float = 0.0
+    params: dict[str, str] = Field({}, description="the index's parameters, as its environment has them "
+                                   "(filled in by the API)")
 
 
 class IndexRange(BaseModel):

@@ -71,6 +71,9 @@ def test_a_noop_grid_completes_with_every_combination(stack: Stack) -> None:
     records = indexes(stack, sweep_id)
     assert records["total"] == 6 and [r["index"] for r in records["indexes"]] == list(range(6))
     assert all(r["state"] == "completed" and r["attempts"] == 1 for r in records["indexes"])
+    # each with its parameters, for a table of results without rebuilding the grid's order
+    assert [r["params"] for r in records["indexes"]][:3] == [{"x": "1", "y": "a"}, {"x": "1", "y": "b"},
+                                                             {"x": "2", "y": "a"}]
     table = shoal(stack, "sweep", "indexes", sweep_id).stdout
     assert "x=3 y=b" in table and "x=1 y=a" in table
     text = shoal(stack, "describe", sweep_id).stdout

@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
-from jobs.sweep import IndexRecord
+from jobs.sweep import IndexRecord, SweepSpec
 from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.common import (
@@ -50,11 +50,11 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
         return await visible_to(client, sweep_id, description.sweep.owner, description, node, shared=shared)
 
     async def index_of(sweep_id: str, index: int, client: str) -> IndexRecord:
-        await owned(sweep_id, client, shared=True)
+        spec = (await owned(sweep_id, client, shared=True)).sweep.spec
         records, _ = await node.store.sweep_indexes(sweep_id, first=index, limit=1)
         if not records or records[0].index != index:
             raise StarletteHTTPException(404, f"sweep {sweep_id} has no index {index}")
-        return records[0]
+        return with_params(records[0], spec)
 
     async def current_state(sweep_id: str) -> JobState | None:
         try:
@@ -99,9 +99,9 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
                       first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> IndexList:
-        await owned(sweep_id, client, shared=True)
+        spec = (await owned(sweep_id, client, shared=True)).sweep.spec
         records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
-        return IndexList(indexes=records, total=total)
+        return IndexList(indexes=[with_params(r, spec) for r in records], total=total)
 
     @router.get("/v1/sweeps/{sweep_id}/indexes/{index}", response_model=IndexRecord, tags=["sweeps"],
                 responses=_ERR_404, summary="One index: its state, node, reason and result")
@@ -161,3 +161,8 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
         return event_stream(node, sweep_id, resume_after(last_event_id), current_state, quotas, client)
 
     return router
+
+
+def with_params(record: IndexRecord, spec: SweepSpec) -> IndexRecord:
+    """``record`` with its index's parameters: a quant's table of results needs them beside each outcome."""
+    return record.model_copy(update={"params": spec.values(record.index)})
