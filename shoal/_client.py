@@ -351,11 +351,17 @@ class _BaseClient:
         spec = run.plan.spec
         if spec is None:
             return
-        # The same deterministic map (function, values, options) is one sweep: run again, it takes up the one
-        # it made before, ended or not (a Ctrl-C, a killed kernel, a closed laptop), and runs again what had
-        # not completed. A map in an image runs afresh: its clocks and entropy are real.
-        key = f"map-{spec.digest()}" if spec.job.repeats_exactly() else None
-        description = yield from self._submit_sweep_flow(spec, key)
+        # The same map (function, values, options), run again, takes up the sweep it made before if that did not
+        # complete (a Ctrl-C, a killed kernel, a closed laptop) and runs only what had not. A deterministic
+        # map's completed sweep is its answer too; a map in an image, whose clocks and entropy are real, runs
+        # afresh once its last sweep completed: under the next key of its chain (map-D, map-D-2, map-D-3, ...).
+        digest, generation = spec.digest(), 1
+        while True:
+            key = f"map-{digest}" if generation == 1 else f"map-{digest}-{generation}"
+            description = yield from self._submit_sweep_flow(spec, key)
+            if spec.job.repeats_exactly() or description.sweep.state is not JobState.COMPLETED:
+                break
+            generation += 1
         if description.sweep.state in (JobState.CANCELLED, JobState.FAILED):
             description = yield from self._get_flow(self._request("POST", _sweep_path(description.sweep.id, "retry")),
                                                     SweepDescription)

@@ -227,3 +227,29 @@ def test_image_runs_the_function_in_a_container_with_numpy(stack, client, monkey
                                 job={"resources": {"memory": "256MiB"}})  # seeded: the same on any node
     with pytest.raises(ZeroDivisionError):
         client.map(lambda x: 1 / x, [0], image="shoal/python-sci")
+
+
+def test_an_image_map_run_again_takes_up_its_unfinished_sweep_and_runs_afresh_once_it_completed(
+        stack, client) -> None:  # fmt: skip
+    """A Ctrl-C'd numpy map (an image's: its entropy is real) started a new sweep when run again, and threw
+    away the 45 of 300 values it had."""
+    from jobs.states import JobState
+
+    missing = _python_sci_missing()
+    if missing:
+        pytest.skip(missing)
+    options = {"image": "shoal/python-sci", "job": {"resources": {"memory": "256MiB"}}}
+    results = client.map_iter(slowly, range(12), **options)
+    with contextlib.closing(results):
+        next(results)  # leaving early cancels the rest
+    [first] = client.list_sweeps(limit=1).sweeps
+    assert first.state is JobState.CANCELLED, first.counts
+    done = {r.index: r.updated_at for r in client.sweep_indexes(first.id).indexes if r.state is JobState.COMPLETED}
+    assert client.map(slowly, range(12), **options) == [x * x for x in range(12)]
+    [again] = client.list_sweeps(limit=1).sweeps
+    assert again.id == first.id and again.state is JobState.COMPLETED  # the same sweep, resumed
+    after = {r.index: r.updated_at for r in client.sweep_indexes(first.id).indexes}
+    assert all(after[i] == at for i, at in done.items())  # what had completed did not run again
+    assert client.map(slowly, range(12), **options) == [x * x for x in range(12)]
+    [fresh] = client.list_sweeps(limit=1).sweeps
+    assert fresh.id != first.id and fresh.state is JobState.COMPLETED  # completed once: a new run
