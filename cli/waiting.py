@@ -156,7 +156,9 @@ def watch(new_client: Callable[[], Client], job_id: str, line: _LiveLine) -> Non
 def submit_and_follow_sweep(client: Client, spec: SweepSpec, opts: RunOptions) -> int:
     """Submit a sweep; unless ``--no-wait``, follow it to its end. Returns the exit code."""
     desc = client.submit_sweep(spec, idempotency_key=opts.idempotency_key)
-    return follow_sweep(client, desc, opts, f"Sweep {desc.sweep.id} submitted: {desc.sweep.count} indexes")
+    count = desc.sweep.count
+    submitted = f"Sweep {desc.sweep.id} submitted: {count} index{'es' if count != 1 else ''}"
+    return follow_sweep(client, desc, opts, submitted)
 
 
 def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, message: str) -> int:

@@ -62,6 +62,7 @@ class Changes:
 
 _HOLDING_ROOM = (ExecutionState.BIDDING, ExecutionState.ACCEPTED)  # a finished run gave its room back
 
+
 class ComputeMachine:
     """The compute role's state and rules: bidding, the execution lifecycle, the backlog, sweep claims.
 

@@ -715,10 +715,10 @@ def _pull_error(image: str, e: BaseException) -> ExecutorError:
     text = str(getattr(e, "explanation", None) or e)
     if any(s in text.lower() for s in _UNREACHABLE):
         if _normalise_image(image.split("@")[0]) in _BASE_IMAGE_NAMES:
-            hint = "build it with `python -m executors.images`"
+            hint = "build it with `shoal images build`"
         else:
             hint = ("load it on this node (`docker load`) or use a base image built by "
-                    f"`python -m executors.images` ({_BASE_IMAGES})")
+                    f"`shoal images build` ({_BASE_IMAGES})")
         return ExecutorError(f"image {image!r} not found locally and no registry is reachable; {hint}",
                              retryable=True)
     return ExecutorError(f"image {image!r} not found locally and could not be pulled: {text}", retryable=True)

@@ -179,6 +179,7 @@ MAX_RETRIES = 10  # runs of a job (or a sweep index) after the first that failed
 # What a node may spend before a run's timeout starts (``compute.runner`` holds it to these; a requester
 # waiting for the result counts them too):
 INPUT_DEADLINE = 120.0  # staging all of a job's inputs
+MAX_TIMEOUT = 7 * 24 * 3600  # seconds one run may take at most
 PREPARE_DEADLINE = 900.0  # readying its engine: pulling an image (the others take seconds, within result_grace)
 
 
@@ -417,7 +418,7 @@ class JobSpec(_Frozen):
     inputs: list[InputSpec] = Field(default=[], max_length=64)
     outputs: list[OutputSpec] = Field(default=[], max_length=64)
     resources: Resources = Resources()
-    timeout: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="seconds one run may take; accepts "
+    timeout: float = Field(600.0, gt=0, le=MAX_TIMEOUT, description="seconds one run may take; accepts "
                            "strings like '10m' or '1h30m'")
     deal: Deal = Deal()
     deadlines: Deadlines = Deadlines()
@@ -435,7 +436,10 @@ class JobSpec(_Frozen):
     @field_validator("timeout", mode="before", json_schema_input_type=float | str)
     @classmethod
     def _timeout(cls, v: Any) -> float:
-        return parse_duration(v)
+        seconds = parse_duration(v)
+        if seconds > MAX_TIMEOUT:
+            raise ValueError(f"at most 7d ({MAX_TIMEOUT} s)")
+        return seconds
 
     @field_validator("resources")
     @classmethod

@@ -193,9 +193,11 @@ def devstack(
         extra["kubo"] = kubo
     if bad_actors:
         extra["bad_actors"] = bad_actors
+    if keep:
+        extra["fresh"] = False
     serve_args = [*(["--retention", f"{retention:g}"] if retention else []), *(["--ttl", f"{ttl:g}"] if ttl else []),
                   *(["--allow-network"] if allow_network else [])]
     if serve_args:
         extra["extra_args"] = serve_args
     with stop_on_signals():
-        run_stack(nodes=nodes, noop=noop, fresh=not keep, **extra)
+        run_stack(nodes=nodes, noop=noop, **extra)

@@ -76,7 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownJob)
     async def _unknown(request: Request, exc: UnknownJob) -> JSONResponse:
-        return error(404, "not_found", f"no job {exc.args[0]!r} (or it is not yours)")
+        what = "sweep" if str(exc.args[0]).startswith("s-") else "job"
+        return error(404, "not_found", f"no {what} {exc.args[0]!r} (or it is not yours)")
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:

@@ -192,7 +192,7 @@ def test_idempotency_key_returns_the_same_job_or_409(http, owner) -> None:
     ({"engine": {"name": "noop"}, "inputs": [{"source": "ipfs://bafy"}]}, "spec.inputs.0.path", "Field required"),
     ({"engine": {"name": "noop"}, "deal": {"concurrency": 1, "confidence": 2}}, "spec.deal",
      "confidence cannot exceed concurrency"),
-    ({"engine": {"name": "noop"}, "timeout": "soon"}, "spec.timeout", "valid number"),
+    ({"engine": {"name": "noop"}, "timeout": "soon"}, "spec.timeout", "cannot read duration 'soon'"),
 ], ids=["unknown-engine", "negative-memory", "negative-cpu", "relative-input-path", "input-without-path",
         "confidence-over-concurrency", "timeout-not-a-number"])  # fmt: skip
 def test_invalid_spec_is_422_naming_the_field(http, owner, spec, field, words) -> None:

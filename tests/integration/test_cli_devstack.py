@@ -543,6 +543,9 @@ def test_unknown_job_exits_4(stack: Stack, tmp_path: Path) -> None:
     for command, result in zip(commands, shoal_all(stack, *((*c, unknown) for c in commands)), strict=True):
         assert result.returncode == 4, (command, result.stderr)
         assert errors(result) == [f"Error: no job '{unknown}' (or it is not yours)"], result.stderr
+    unknown_sweep = "s-" + "0" * 32
+    result = shoal(stack, "sweep", "indexes", unknown_sweep)
+    assert result.returncode == 4 and errors(result) == [f"Error: no sweep '{unknown_sweep}' (or it is not yours)"]
 
 
 def test_a_stranger_is_not_authorized_on_the_devstack(stack: Stack, done_job: str, tmp_path: Path) -> None:

@@ -666,8 +666,9 @@ def test_devstack_passes_its_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert run("devstack").exit_code == 0
     assert run("devstack", "--nodes", "5", "--noop", "--base-dir", str(tmp_path), "--base-port", "9000").exit_code == 0
     assert run("devstack", "--no-kubo").exit_code == 0
+    assert run("devstack", "--keep").exit_code == 0
     assert calls == [{"nodes": 3, "noop": False}, {"nodes": 5, "noop": True, "base_dir": tmp_path, "base_port": 9000},
-                     {"nodes": 3, "noop": False, "kubo": False}]
+                     {"nodes": 3, "noop": False, "kubo": False}, {"nodes": 3, "noop": False, "fresh": False}]
 
 
 # -- the command itself -----------------------------------------------------------------------
