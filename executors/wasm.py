@@ -213,7 +213,12 @@ class WasmExecutor(Executor):
         return cached
 
     def _trim_cache(self, keep: Path) -> None:
-        """Delete the least recently used compiled modules beyond ``CACHE_BYTES`` (each job may add one)."""
+        """Delete the least recently used compiled modules beyond ``CACHE_BYTES`` (each job may add one), and
+        what compilers killed with their node (kill -9) left half written an hour ago or more."""
+        for partial in self.cache_dir.glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                if partial.stat().st_mtime < time.time() - 3600:
+                    partial.unlink()
         entries = []
         for path in self.cache_dir.glob("*.cwasm"):
             with contextlib.suppress(OSError):

@@ -438,9 +438,13 @@ async def test_the_cache_of_compiled_modules_keeps_the_latest_used_within_its_si
         old.write_bytes(b"\0" * 1_000_000)
         os.utime(old, (time.time() - 3600 * (age + 1),) * 2)
     os.utime(used, (time.time() - 9000,) * 2)  # compiled before two of them
+    left_by_a_killed_node = executor.cache_dir / "abc.tmp"
+    left_by_a_killed_node.write_bytes(b"\0" * 1000)
+    os.utime(left_by_a_killed_node, (time.time() - 7200,) * 2)
     monkeypatch.setattr(wasm, "CACHE_BYTES", 1_500_000)
     await executor.run(request(tmp_path / "a", HELLO))  # used again: now the latest
     await executor.run(request(tmp_path / "b", ENTROPY))  # compiled: the cache is trimmed
     left = {p.name for p in executor.cache_dir.glob("*.cwasm")}
     assert len(left) == 3 and {used.name, "old-0.cwasm"} < left  # the two least recently used went
+    assert not left_by_a_killed_node.exists()
     assert sum(p.stat().st_size for p in executor.cache_dir.glob("*.cwasm")) <= 1_500_000
