@@ -108,7 +108,7 @@ class Runner:
                 with trio.fail_after(spec.timeout):
                     result = await executor.run(request)
             except trio.TooSlowError:
-                return Outcome(None, f"timed out after {spec.timeout:g} s")
+                return Outcome(None, spec.timed_out())
             stamp: dict[str, object] = {"engine": executor.name,
                                         "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:

@@ -503,6 +503,10 @@ class JobSpec(_Frozen):
                 return f"inputs.{i}.source: {why}"
         return None
 
+    def timed_out(self) -> str:
+        """The error a node reports when the run's ``timeout`` ended it (``requester.trust`` knows it)."""
+        return f"timed out after {self.timeout:g} s"
+
     def result_deadline(self) -> float:
         """Seconds from a node's acceptance of the job until its requester gives up on the result: staging
         the inputs and pulling the image may take their own deadlines before the run's ``timeout``

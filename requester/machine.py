@@ -308,7 +308,8 @@ class JobMachine:
         if msg.error is not None:
             y = ex.transition(ExecutionState.FAILED, msg.error, now, error=msg.error, retryable=msg.retryable)
             p.put(y)
-            self._execution_failed(p, y, msg.retryable, [p.event(EventKind.ERROR, msg.error, y)])
+            witnessed = trust.timeout_witnessed(msg.error, state.job.spec, ex.updated_at, now)
+            self._execution_failed(p, y, msg.retryable, [p.event(EventKind.ERROR, msg.error, y)], witnessed)
             return Reply(verdict="accepted"), p
         result = msg.result or RunResult()
         if state.job.spec.deal.confidence > 0:
@@ -480,18 +481,20 @@ class JobMachine:
             self._finish(p, JobState.COMPLETED, f"completed, {verdict.reason}", updates, events, result=result)
         return verdicts
 
-    def _execution_failed(self, p: JobChanges, failed: Execution, retryable: bool, events: list[Event]) -> None:
+    def _execution_failed(self, p: JobChanges, failed: Execution, retryable: bool, events: list[Event],
+                          witnessed: bool = False) -> None:
         """Record a failed execution (already in ``p.state``); re-offer its slot, or fail the job when
         that is pointless.
 
-        A node's error fails the job only once it is confirmed (``trust.error_confirmed``): another
-        node able to run the job gets the work first, while the re-offer budget lasts.
+        A node's error fails the job only once it is confirmed (``trust.error_confirmed``), or
+        ``witnessed`` (``trust.timeout_witnessed``): another node able to run the job gets the work
+        first, while the re-offer budget lasts.
         """
         job = p.state.job
         able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)}
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
-        if not retryable and trust.error_confirmed(reporters, able, job.spec.deal.confidence):
+        if not retryable and (witnessed or trust.error_confirmed(reporters, able, job.spec.deal.confidence)):
             why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
         elif able and not trust.nodes_left(p.state.executions.values(), able):
             why = f"no known node may take the job any more; last error on {last}"

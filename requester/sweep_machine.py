@@ -53,6 +53,7 @@ class SweepMachine:
         self.attempts = attempts
         self.retries = retries or [0] * len(states)  # runs after a failure (the template's ``retries``)
         self.not_before: dict[int, float] = {}  # index -> when its retry may run (not kept over a restart)
+        self.granted_at: dict[int, float] = {}  # index -> when a node was last granted it (not kept either)
         self.pending = pending  # a heap: the lowest indexes are granted first
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
@@ -240,6 +241,7 @@ class SweepMachine:
         granted.sort()
         for i in granted:
             self.not_before.pop(i, None)
+            self.granted_at[i] = now
             self.attempts[i] += 1
             claim.indexes.add(i)
         return granted
@@ -303,7 +305,8 @@ class SweepMachine:
         _, reports = self.errors.setdefault(i, (now, {}))
         error = r.error or "no result"
         reports[peer] = r.retryable
-        if error_confirmed(reports, able):
+        witnessed = trust.timeout_witnessed(r.error, self.sweep.spec.job, self.granted_at.get(i, now), now)
+        if witnessed or error_confirmed(reports, able):
             p.counts["errors_confirmed"] += 1
             return self._fail_or_retry(i, peer, error, now)
         p.counts["errors_run_again"] += 1

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
-from jobs import Execution, ExecutionState, RunResult
+from jobs import Execution, ExecutionState, JobSpec, RunResult
 
 RETRYABLE_ERRORS_PER_NODE = 2  # a node that reports this many "retry elsewhere" errors for a job is done with it
 CONFIRMING_NODES = 2  # fewest distinct nodes whose errors confirm one another (a job's or a sweep index's)
@@ -68,6 +68,14 @@ def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> boo
     """Whether a job's error is believed: reported by ``confidence`` nodes (at least two), or by every
     known node able to run it. One node's word fails nothing while another could try."""
     return len(reporters) >= max(confidence, CONFIRMING_NODES) or not (able - reporters)
+
+
+def timeout_witnessed(error: str | None, spec: JobSpec, accepted_at: float, now: float) -> bool:
+    """Whether a node's error is its run's timeout, borne out by the requester's own clock: the report came
+    no sooner than the timeout after the node took the job. A node saying so falsely held the job as long
+    as an honest one would have (it could as well have gone silent), so no second node need confirm it: a
+    job too slow for its timeout no longer runs out the clock twice."""
+    return error == spec.timed_out() and now - accepted_at >= spec.timeout
 
 
 def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[str]:

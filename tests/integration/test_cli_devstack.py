@@ -537,6 +537,16 @@ def test_unreachable_api_exits_3_with_one_line(stack: Stack, tmp_path: Path) -> 
     assert submit.stderr.splitlines() == [unreachable.replace("refused (", "refused (tried 4 times) (")]
 
 
+def test_a_job_too_slow_for_its_timeout_runs_out_the_clock_once(stack: Stack) -> None:
+    """A timed-out run was one node's word, confirmed by a second node running the job out to its timeout
+    again: a one-hour job too slow for its timeout took two hours to fail."""
+    result = shoal(stack, "run", "python", "--timeout", "2s", "--no-cache", "--json", "-c", "while True: pass")
+    job = json.loads(result.stdout)["job"]
+    assert result.returncode == 1 and job["state"] == "failed" and job["reason"].endswith("timed out after 2 s")
+    executions = describe(stack, job["id"])["executions"]
+    assert len(executions) == 1, [(x["node_id"][-8:], x["reason"]) for x in executions]
+
+
 def test_unknown_job_exits_4(stack: Stack, tmp_path: Path) -> None:
     unknown = "j-" + "0" * 32
     commands = (("describe",), ("logs",), ("get", "-o", str(tmp_path / "x")), ("cancel",), ("events",))

@@ -249,6 +249,21 @@ def test_an_error_confirmed_by_a_second_node_fails_the_job():
     assert changes.state.job.reason == "node n-b: boom (reported by 2 nodes)"
 
 
+def test_a_timeout_the_requesters_clock_bears_out_fails_the_job_on_one_nodes_word():
+    """A job too slow for its timeout ran out the clock on a second node before it failed (two hours for a
+    one-hour timeout). A timeout reported no sooner than the timeout after the node took the job is
+    believed; one reported sooner is not."""
+    state = running(tracked(spec()), "n-a", now=1.0)  # accepted at 1; the timeout is 10 s
+    timed_out = result("x-n-a", error="timed out after 10 s")
+    _, too_soon = machine().on_result(state, "n-a", timed_out, 5.0, KNOWN, signed=True)
+    assert not too_soon.finished and kinds(too_soon) == [EventKind.ERROR, EventKind.REOFFERED]
+    _, borne_out = machine().on_result(state, "n-a", timed_out, 11.5, KNOWN, signed=True)
+    assert borne_out.finished and borne_out.state.job.state is JobState.FAILED
+    assert borne_out.state.job.reason == "node n-a: timed out after 10 s"
+    _, other_error = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 11.5, KNOWN, signed=True)
+    assert not other_error.finished  # only the timeout is the requester's to witness
+
+
 def test_an_error_the_job_later_completes_despite_counts_against_its_reporter():
     state = running(tracked(spec()), "n-a")
     _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, KNOWN, signed=True)
@@ -395,6 +410,19 @@ def test_a_silent_claim_loses_its_indexes_to_the_next_claim():
     assert changes.writes[0].indexes[0].reason.startswith("node n-a silent for 11 s")
     reply, _ = m.claim("n-b", claim("c-b", want=2), 13.0, able={"n-b"}, quarantined=False)
     assert reply.ranges == [(0, 2)]
+
+
+def test_an_index_timeout_the_requesters_clock_bears_out_fails_it_on_one_nodes_word():
+    """With --timeout 1s --retries 1, each index ran four times: twice per attempt, to confirm the timeout."""
+    m = sweep_machine(2)
+    able = {"n-a", "n-b", "n-c"}
+    m.claim("n-a", claim("c-a", want=2), 1.0, able=able, quarantined=False)  # the template's timeout: 10 s
+    m.claim("n-a", claim("c-a", IndexResult(index=1, error="timed out after 10 s")), 5.0, able=able,
+            quarantined=False)
+    assert m.states[1] is JobState.PENDING  # too soon to be a timeout: run again elsewhere
+    m.claim("n-a", claim("c-a", IndexResult(index=0, error="timed out after 10 s")), 11.5, able=able,
+            quarantined=False)
+    assert m.states[0] is JobState.FAILED  # borne out by the clock: one node's word
 
 
 def test_an_index_error_runs_it_again_elsewhere_and_a_second_nodes_error_fails_it():
