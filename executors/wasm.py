@@ -78,6 +78,8 @@ _WASI = "wasi_snapshot_preview1"
 _EPOCH_NS = EPOCH_SECONDS * 1_000_000_000
 # WASI errno values
 _ESUCCESS, _EFAULT, _EINVAL, _ENOTSUP = 0, 21, 28, 58
+
+
 def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
     """Where the module lives inside the job: a path, or the job path of the ``ipfs://`` input it names."""
     module = engine.module
