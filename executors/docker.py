@@ -300,15 +300,16 @@ class DockerExecutor(Executor):
         if (problem := self._local_image_problem(image)) is not None:
             raise ExecutorError(problem, retryable=True)
 
-    def _present_but_refused(self, api: docker.APIClient, image: str) -> str | None:
-        """Blocking: the refusal for an image that is present locally but not allowed (None otherwise)."""
+    def _present_but_refused(self, api: docker.APIClient, image: str) -> tuple[str | None, list[str]]:
+        """Blocking: the refusal for an image that is present locally but not allowed (None otherwise), and
+        the paths it declares as VOLUME (none when it is missing: creating the container says so)."""
         try:
-            api.inspect_image(image)
+            inspected = api.inspect_image(image)
         except docker.errors.ImageNotFound:
-            return None  # run() pulls it (and records it) through _ensure_image
+            return None, []  # run() pulls it (and records it) through _ensure_image
         except _DaemonErrors:
-            return None  # create_container will say what is wrong
-        return self._local_image_problem(image)
+            return None, []  # create_container will say what is wrong
+        return self._local_image_problem(image), list((inspected.get("Config") or {}).get("Volumes") or {})
 
     def _record_pulled(self, image: str) -> None:
         name = _normalise_image(image)
@@ -380,10 +381,11 @@ class DockerExecutor(Executor):
         engine = self._engine(request)
         api = await self._connected()
         uid, _gid = _job_user()
-        if (problem := self.image_problem(engine.image) or await trio.to_thread.run_sync(
-                self._present_but_refused, api, engine.image)) is not None:
+        if (problem := self.image_problem(engine.image)) is not None:
             raise ExecutorError(problem, retryable=True)
-        volumes = await trio.to_thread.run_sync(_declared_volumes, api, engine.image)
+        problem, volumes = await trio.to_thread.run_sync(self._present_but_refused, api, engine.image)
+        if problem is not None:
+            raise ExecutorError(problem, retryable=True)
         create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes)
         cid: str | None = None
         creating = False
@@ -678,14 +680,6 @@ def _oom_killed(api: docker.APIClient, cid: str, exit_code: int) -> bool:
         if exit_code == 137:
             time.sleep(0.1)
     return False
-
-
-def _declared_volumes(api: docker.APIClient, image: str) -> list[str]:
-    """The paths ``image`` declares as VOLUME (none when it is missing: creating the container says so)."""
-    try:
-        return list((api.inspect_image(image).get("Config") or {}).get("Volumes") or {})
-    except docker.errors.ImageNotFound:
-        return []
 
 
 def _labelled(api: docker.APIClient, label: str, value: str) -> list[str]:
