@@ -74,6 +74,7 @@ app.command()(settings.completion)
 # Groups, in the same order.
 docker_app = _group("Run Docker containers.")
 docker_app.command("run", context_settings=SETTINGS)(run.docker_run)
+docker_app.command("fence")(tools.docker_fence)
 app.add_typer(docker_app, name="docker")
 
 wasm_app = _group("Run WebAssembly modules.")

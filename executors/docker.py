@@ -14,7 +14,8 @@ Lifecycle of one execution (``run``)::
       → inspect for OOM when the exit code is not 0
       → remove (always: shielded, also on cancellation and timeout)
 
-Containers are hardened: no network unless the job asks and the node allows it; memory (no swap),
+Containers are hardened: no network unless the job asks and the node allows it, and then one fenced
+from the host and its cloud's metadata server (``executors.docker_network``); memory (no swap),
 CPU quota and pids limits from the job's resources; read-only root with a writable tmpfs ``/tmp`` (and
 one in place of each VOLUME the image declares); ``cap_drop ALL``; ``no-new-privileges``; Docker's default
 seccomp profile; never root (uid 65533 on a root node, else the node's uid:gid); no host path but the
@@ -52,6 +53,7 @@ from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
+from executors.docker_network import fenced_network
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import JobSpec, RunResult
 from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
@@ -386,7 +388,8 @@ class DockerExecutor(Executor):
         problem, volumes = await trio.to_thread.run_sync(self._present_but_refused, api, engine.image)
         if problem is not None:
             raise ExecutorError(problem, retryable=True)
-        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes)
+        network = await trio.to_thread.run_sync(fenced_network, api) if engine.network else "none"
+        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes, network)
         cid: str | None = None
         creating = False
         sock: Any = None
@@ -450,8 +453,9 @@ class DockerExecutor(Executor):
         )
 
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine,
-                     volumes: Iterable[str] = ()) -> dict[str, Any]:
-        """The container's configuration; ``volumes``: the paths the image declares as VOLUME."""
+                     volumes: Iterable[str] = (), network: str = "none") -> dict[str, Any]:
+        """The container's configuration; ``volumes``: the paths the image declares as VOLUME; ``network``:
+        "none", or the fenced network of ``executors.docker_network``."""
         resources = request.spec.resources
         mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
         uid, gid = _job_user()
@@ -475,7 +479,7 @@ class DockerExecutor(Executor):
         # takes its place, as /tmp, counted against the job's memory.
         host_config = api.create_host_config(
             mounts=mounts,
-            network_mode=None if engine.network else "none",
+            network_mode=network,
             pids_limit=self.pids_limit,
             read_only=True,
             cap_drop=["ALL"],
@@ -494,7 +498,7 @@ class DockerExecutor(Executor):
             "user": f"{uid}:{gid}",
             "labels": {LABEL_NODE: self.node_label, LABEL_EXECUTION: request.execution_id,
                        LABEL_JOB: request.job_id},
-            "network_disabled": not engine.network,
+            "network_disabled": network == "none",
             "host_config": host_config,
         }
 

@@ -60,7 +60,8 @@ def serve(
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
     allow_network: Annotated[bool, typer.Option("--allow-network",
-        help="Give docker jobs that ask for it (shoal docker run --network) network access; without it "
+        help="Give docker jobs that ask for it (shoal docker run --network) network access, fenced from this "
+             "host and 169.254.0.0/16 (needs root, or `shoal docker fence` run as root at boot); without it "
              "this node refuses them.")] = False,
     network_key: Annotated[Path | None, typer.Option("--network-key", metavar="FILE",
         help="Private network: connect only with peers holding this key (shoal network-key new).")] = None,

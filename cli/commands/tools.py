@@ -1,7 +1,8 @@
-"""``shoal bench`` and ``shoal images build``: the stress benchmark and the offline image builder."""
+"""``shoal bench``, ``shoal images build``, ``shoal docker fence``, ``shoal pyodide install``: node tools."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -87,6 +88,27 @@ def images_build(
     from executors.images import build_images
 
     build_images(python=not no_python, sci=not no_sci)
+
+
+def docker_fence() -> None:
+    """Fence the network docker jobs get (serve --allow-network) from the host and its cloud's metadata
+    server: network shoal-jobs and its iptables rules. Root only; a node that runs as root does it itself."""
+    require_node("docker fence")
+    import docker
+
+    from cli.errors import CLIError
+    from executors.base import ExecutorError
+    from executors.docker_network import BRIDGE, fenced_network
+
+    if os.geteuid() != 0:
+        raise CLIError("shoal docker fence puts iptables rules in place: run it as root")
+    try:
+        network = fenced_network(docker.from_env(timeout=30).api)
+    except docker.errors.DockerException as exc:
+        raise CLIError(f"the Docker daemon does not answer: {exc}") from None
+    except ExecutorError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"network {network} (bridge {BRIDGE}) is fenced: its jobs reach neither this host nor 169.254.0.0/16")
 
 
 def pyodide_install(

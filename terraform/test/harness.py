@@ -173,6 +173,8 @@ class Cluster:
                                self.workdir / f"vm-c{i}",
                                {**common, "shoal-role": "compute", "shoal-api-host": "127.0.0.1",
                                 "shoal-gpu-count": "0",
+                                # one node gives docker jobs network: its unit fences that network first
+                                "shoal-allow-network": "true" if i == 2 else "false",
                                 "shoal-bootstrap-instance": f"projects/{PROJECT['id']}/zones/{ZONE}/instances/{boot}"}))
         for vm in self.vms:
             vm.ns = f"{self.prefix}-{vm.short}"

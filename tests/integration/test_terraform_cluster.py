@@ -313,6 +313,9 @@ def test_generated_units(cluster: harness.Cluster) -> None:
             assert "Restart=on-failure" in text and "[Install]" in text and "WantedBy=multi-user.target" in text
             for line in text.splitlines():
                 assert not line or line.startswith("[") or re.match(r"^[A-Za-z]+=", line), f"{unit}: {line!r}"
+            if unit.name == "shoal.service":  # root fences the network of network jobs before each start
+                fenced = vm.attributes["shoal-allow-network"] == "true"
+                assert ("\nExecStartPre=-+" in text and " docker fence\n" in text) is fenced, text
         if analyze:
             r = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60)
             assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr

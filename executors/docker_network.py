@@ -1,0 +1,152 @@
+"""The network docker jobs get when they ask for one: the internet, but not the host or its cloud.
+
+A container on Docker's default bridge reaches the host's own services and the link-local metadata
+server at 169.254.169.254. On GCP that server hands out the instance's service-account token and its
+attributes, among them the cluster's network key (terraform: ``shoal-network-key``). So a network job
+runs on its own bridge, ``shoal-jobs``, fenced by iptables rules that this module keeps in place:
+
+* ``DOCKER-USER`` (traffic the host forwards): nothing from the bridge to 169.254.0.0/16, except DNS
+  (GCP's resolver is the metadata server's address);
+* ``INPUT`` (traffic to the host itself): nothing from the bridge, on any of the host's addresses.
+
+The bridge also keeps jobs apart (``enable_icc=false``: one container cannot reach another) and has no
+IPv6, so a container has none either. Nodes sharing a Docker daemon share the bridge and its rules.
+
+A node running as root checks the rules before every network job's container is created, and puts
+back what is missing. A node that is not root cannot read them: root puts them in place at boot
+(``shoal docker fence``; a GCP node's unit does so before each start) and leaves ``FENCED``, holding
+the boot's id, as the sign that it did. Without that sign, or when the rules cannot be put in place, a
+network job is refused here, retryably, and runs on a node that can fence it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from executors.base import ExecutorError
+
+JOBS_NETWORK = "shoal-jobs"
+BRIDGE = "shoal-jobs0"  # the host's name for the network's bridge (at most 15 characters)
+LINK_LOCAL = "169.254.0.0/16"
+IPTABLES_TIMEOUT = 10.0  # seconds per iptables call (-w waits for another program's lock)
+FENCED = Path("/run/shoal/docker-fence")  # the boot's id, once root has put the rules in place
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+# (chain, rule) in the filter table, each chain's in the order they must match
+RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-p", "udp", "--dport", "53", "-j", "RETURN")),
+    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-p", "tcp", "--dport", "53", "-j", "RETURN")),
+    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-j", "REJECT")),
+    ("INPUT", ("-i", BRIDGE, "-j", "REJECT")),
+)
+
+
+def fenced_network(api: docker.APIClient) -> str:
+    """Blocking: the name of the fenced network, after making sure it and its rules are in place.
+
+    Raises:
+        ExecutorError: the fence is not in place and this node cannot put it there (retryable: another
+            node may run the job).
+    """
+    if not _is_root():
+        if not _fenced_this_boot():
+            raise _refused("no fence was put in place since boot: as root, run `shoal docker fence`")
+        _check_network(_inspect(api))
+        return JOBS_NETWORK
+    _ensure_network(api)
+    _ensure_rules()
+    with contextlib.suppress(OSError):  # only nodes that are not root read it
+        FENCED.parent.mkdir(parents=True, exist_ok=True)
+        FENCED.write_text(_boot_id())
+    return JOBS_NETWORK
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _fenced_this_boot() -> bool:
+    try:
+        return FENCED.read_text() == _boot_id()
+    except OSError:
+        return False
+
+
+def _inspect(api: docker.APIClient) -> dict | None:
+    try:
+        return api.inspect_network(JOBS_NETWORK)
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.DockerException as e:
+        raise _refused(f"the Docker daemon did not describe network {JOBS_NETWORK}: {e}") from e
+
+
+def _ensure_network(api: docker.APIClient) -> None:
+    found = _inspect(api)
+    if found is None:
+        try:
+            api.create_network(JOBS_NETWORK, driver="bridge", check_duplicate=True, labels={"shoal.network": "jobs"},
+                               options={"com.docker.network.bridge.name": BRIDGE,
+                                        "com.docker.network.bridge.enable_icc": "false"})
+            return
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: another node on this daemon made it first
+                raise _refused(f"the Docker daemon did not create network {JOBS_NETWORK}: {e}") from e
+            found = _inspect(api)
+    _check_network(found)
+
+
+def _check_network(found: dict | None) -> None:
+    options = (found or {}).get("Options") or {}
+    if found is None:
+        raise _refused(f"Docker network {JOBS_NETWORK} is missing: as root, run `shoal docker fence`")
+    if options.get("com.docker.network.bridge.name") != BRIDGE \
+            or options.get("com.docker.network.bridge.enable_icc") != "false":
+        raise _refused(f"Docker network {JOBS_NETWORK} exists but was not made by Shoal "
+                       f"(its bridge must be {BRIDGE}, with inter-container traffic off): remove it")
+
+
+def _ensure_rules() -> None:
+    """Each chain's rules, in order: when one is missing, the chain's are put back whole (a rule inserted
+    alone at the top could shadow the ones meant to match before it)."""
+    iptables = shutil.which("iptables") or shutil.which("iptables", path="/usr/sbin:/sbin")
+    if iptables is None:
+        raise _refused("iptables is not installed")
+    for chain in dict.fromkeys(chain for chain, _ in RULES):
+        rules = [rule for c, rule in RULES if c == chain]
+        if all(_iptables(iptables, "-C", chain, *rule).returncode == 0 for rule in rules):
+            continue
+        for rule in rules:
+            while _iptables(iptables, "-D", chain, *rule).returncode == 0:
+                pass
+        for rule in reversed(rules):
+            done = _iptables(iptables, "-I", chain, *rule)
+            if done.returncode != 0:
+                raise _refused(f"iptables -I {chain} failed: {done.stderr.strip() or done.returncode}")
+
+
+def _iptables(iptables: str, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([iptables, "-w", "-t", "filter", *args], capture_output=True, text=True,
+                              timeout=IPTABLES_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise _refused(f"iptables did not run: {e}") from e
+
+
+def _refused(why: str) -> ExecutorError:
+    return ExecutorError(f"this node cannot keep a network job from the host and its cloud's metadata server "
+                         f"({why}); the job runs elsewhere", retryable=True)
