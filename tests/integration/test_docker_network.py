@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -204,3 +205,15 @@ def test_a_node_that_is_not_root_gives_network_only_once_root_has_fenced_it_this
         assert refused.value.retryable  # another node may run it
     marker.write_text(docker_network.BOOT_ID.read_text().strip())
     assert fenced_network(client.api) == JOBS_NETWORK
+
+
+def test_shoal_docker_fence_puts_back_what_is_missing_and_signs_the_boot():
+    chain, rule = RULES[-1]  # the host's own INPUT
+    subprocess.run(["iptables", "-w", "-D", chain, *rule], check=True)
+    docker_network.FENCED.unlink(missing_ok=True)
+    done = subprocess.run([str(Path(sys.executable).with_name("shoal")), "docker", "fence"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"network {JOBS_NETWORK} (bridge {BRIDGE}) is fenced" in done.stdout
+    assert subprocess.run(["iptables", "-w", "-C", chain, *rule]).returncode == 0
+    assert docker_network.FENCED.read_text() == docker_network.BOOT_ID.read_text().strip()
