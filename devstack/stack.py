@@ -258,6 +258,16 @@ def not_a_devstacks(base_dir: Path) -> str | None:
     return next((repr(entry.name) for entry in sorted(base_dir.iterdir()) if not _OWN_FILE.match(entry.name)), None)
 
 
+async def _say_if_it_dies(node: NodeProcess) -> None:
+    """Wait on a node's process: a node that dies (a crash, kill -9, the OOM killer) is said to have, at once,
+    rather than found out from jobs that wait. Cancelled when the stack stops."""
+    assert node.process is not None
+    status = await node.process.wait()
+    how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+    print(f"devstack: node {node.index} {how}; the others run on. Its log: {node.data_dir / 'node.log'}",
+          file=sys.stderr, flush=True)
+
+
 def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_port: int | None = None,
          fresh: bool = True, bad_actors: int = 0, kubo: bool | None = None,
          extra_args: list[str] | None = None, labels: dict[int, dict[str, str]] | None = None) -> None:
@@ -301,15 +311,19 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
             for n in stack.nodes:
                 bad = "  (bad actor)" if "--bad-actor" in n.args else ""
                 shown = f"  labels {format_labels(labels[n.index])}" if labels and labels.get(n.index) else ""
-                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}{shown}{bad}")
+                ipfs = f"  kubo-api {stack.kubo.rpc_urls[n.index]}" if stack.kubo else ""
+                print(f"  node {n.index}  api {n.api}  peer {n.peer_id}  log {n.data_dir / 'node.log'}"
+                      f"{ipfs}{shown}{bad}")
             print(f"Network key: {stack.network_key} (another node joins with --network-key and --peer)")
             print(f"State file: {state_file()} (the CLI finds the stack through it)")
             print(f"Authorized keys: {stack.keys_file} (your client key; add others' from 'shoal key show')")
             print(f"Try: shoal run noop    or    SHOAL_API={stack.nodes[0].api} shoal list")
             print("Ctrl-C stops every node.", flush=True)
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                for n in stack.nodes:
+                    nursery.start_soon(_say_if_it_dies, n)
 
     try:
         trio.run(_run)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # in a group when it reaches the nursery of the nodes' watchers
         print("devstack stopped", file=sys.stderr)

@@ -748,3 +748,23 @@ def test_the_devstack_is_a_private_network_that_a_node_without_its_key_cannot_jo
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.communicate()
+
+
+def test_the_devstack_says_at_once_when_a_node_dies_and_runs_on(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    process = subprocess.Popen(
+        [SHOAL, "devstack", "--nodes", "2", "--base-port", str(free_base_port(2)),
+         "--base-dir", str(tmp_path / "stack"), "--no-kubo"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _read_until(process, "Ctrl-C stops every node", timeout=90)
+        nodes = json.loads((tmp_path / "devstack.json").read_text())["nodes"]
+        os.kill(nodes[1]["pid"], signal.SIGKILL)
+        said = _read_until(process, "the others run on", timeout=30, stream="stderr")
+        assert f"devstack: node 1 killed by SIGKILL; the others run on. Its log: {tmp_path / 'stack'}" in said
+        assert shoal(Stack(tmp_path, env, nodes, process), "run", "noop").returncode == 0  # node 0 serves on
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    _assert_no_traceback(err)
