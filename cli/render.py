@@ -151,10 +151,12 @@ def fmt_age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def fmt_resources(r: Resources) -> str:
+def fmt_resources(r: Resources, *, job: bool = False) -> str:
+    """A node's capacity, or (``job``) what a job asks for, where no disk means up to the node's per-job disk."""
     from jobs import format_bytes
 
-    return f"{r.cpu:g} CPU, {format_bytes(r.memory)} memory, {format_bytes(r.disk)} disk"
+    disk = "disk up to the node's per-job limit" if job and not r.disk else f"{format_bytes(r.disk)} disk"
+    return f"{r.cpu:g} CPU, {format_bytes(r.memory)} memory, {disk}"
 
 
 def engine_summary(spec: JobSpec) -> str:
@@ -253,7 +255,7 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
         info.add_row("Verified", f"each index's result by {spec.confidence} nodes that agree")
     if sweep.winner is not None:
         info.add_row("Winner", f"index {sweep.winner} ({safe(index_values(spec, sweep.winner))})")
-    info.add_row("Resources", fmt_resources(spec.job.resources))
+    info.add_row("Resources", fmt_resources(spec.job.resources, job=True))
     if spec.job.selector:
         info.add_row("Selector", safe(spec.job.selector))
     info.add_row("Submitted", f"{fmt_age(now - sweep.created_at)} ago")
@@ -372,7 +374,7 @@ def describe_view(desc: JobDescription, now: float) -> RenderableType:
     if job.reason:
         info.add_row("Reason", safe(job.reason))
     info.add_row("Engine", safe(engine_summary(spec)))
-    info.add_row("Resources", fmt_resources(spec.resources))
+    info.add_row("Resources", fmt_resources(spec.resources, job=True))
     if spec.selector:
         info.add_row("Selector", safe(spec.selector))
     d = spec.deal
