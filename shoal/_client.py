@@ -772,6 +772,12 @@ class Client(_BaseClient):
                     raise step[1]
                 else:
                     yield step
+        except KeyboardInterrupt:
+            if run.sweep_id is None or run.finished:
+                raise
+            # raised afresh: a Ctrl-C lands in the HTTP client's frames, of no use to the one who pressed it
+            raise KeyboardInterrupt(f"sweep {run.sweep_id} stopped; the same map, run again, takes it up where it "
+                                    "stopped (what finished is kept)") from None
         finally:
             run.progress.close()
             if run.sweep_id is not None and not run.finished:

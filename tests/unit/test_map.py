@@ -250,6 +250,21 @@ def test_a_remote_exception_cancels_the_rest_and_is_raised(node: MapNode) -> Non
     assert len(node.records) < 7  # nobody waited for the rest
 
 
+def test_ctrl_c_stops_the_sweep_and_says_that_running_the_map_again_takes_it_up(node: MapNode) -> None:
+    class Interrupted(MapNode):
+        def handle(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET" and self.records:  # the user presses Ctrl-C while the map waits
+                raise KeyboardInterrupt
+            return super().handle(request)
+
+    interrupted = Interrupted()
+    with sync_client(interrupted) as client, pytest.raises(KeyboardInterrupt) as caught:
+        client.map(add, [1, 2, 3, 4])
+    assert str(caught.value) == (f"sweep s-{'1' * 32} stopped; the same map, run again, takes it up where it stopped "
+                                 "(what finished is kept)")
+    assert caught.value.__suppress_context__ and interrupted.cancelled
+
+
 def test_return_exceptions_keeps_going(node: MapNode) -> None:
     with sync_client(node) as client:
         values = client.map(chatty, [0, 1, 2, 4], return_exceptions=True)
