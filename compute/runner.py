@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from executors import ExecutorError, ExecutorRegistry, LiveOutput, RunRequest, tree_size
-from executors.base import disk_limit
+from executors.base import MAX_OUTPUT_ENTRIES, disk_limit
 from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
@@ -30,9 +30,6 @@ log = logging.getLogger("shoal.compute")
 
 WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
 MAX_INPUT_BYTES = 10 * 1024**3  # a job's inputs together
-# Files and folders a job's outputs may hold: Kubo took over a minute to add 300,000 empty files, the
-# publish timed out, and the job ran again on every node.
-MAX_OUTPUT_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -116,11 +113,13 @@ class Runner:
                     counted = await self._run_blocking(count_entries, results / "outputs", MAX_OUTPUT_ENTRIES)
                 except TooDeep as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
-                if counted > MAX_OUTPUT_ENTRIES:
+                flooded = counted > MAX_OUTPUT_ENTRIES
+                if flooded and result.exit_code == 0:  # the executors stop such a run, and fail it, saying why
                     return Outcome(None, f"the job's outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and "
                                          "folders", False)
-                written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
-                if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
+                written = 0 if flooded or not request.write_limit else \
+                    await self._run_blocking(tree_size, results / "outputs")
+                if flooded or written > request.write_limit:  # the run failed for it: what it wrote stays here
                     await self._run_blocking(_empty, results / "outputs")
                 stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])

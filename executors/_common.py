@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest, Stream
+from executors.base import DISK_POLL, MAX_CAPTURE, MAX_OUTPUT_ENTRIES, ExecutorError, Mount, RunRequest, Stream
 from storage.trees import MAX_DEPTH, TooDeep, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
@@ -28,6 +28,7 @@ CLOCK_STEP_NS = 1_000_000
 
 CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
 TOO_DEEP = sys.maxsize  # what tree_size says of a tree nested past storage.trees.MAX_DEPTH: more than any limit
+TOO_MANY = sys.maxsize - 1  # what written_in says of folders holding more than MAX_OUTPUT_ENTRIES: as much
 ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
 
 
@@ -121,10 +122,28 @@ def tree_size(path: Path) -> int:
     file at its full length (a copy writes every byte), and every directory, link and file at least
     ENTRY_BYTES (a job once wrote 40,000 empty ones, which counted as nothing). A tree nested deeper than
     ``storage.trees.MAX_DEPTH`` is TOO_DEEP: more than any limit. Blocking."""
+    return _size([path], None)
+
+
+def written_in(dirs: Iterable[Path]) -> int:
+    """``tree_size`` of all of ``dirs``, or TOO_MANY once they hold more than MAX_OUTPUT_ENTRIES together:
+    counting stops there, so no walk is long, and a job flooding its folders with files is stopped before
+    it uses up the inodes of the node's file system. Blocking."""
+    return _size(dirs, MAX_OUTPUT_ENTRIES)
+
+
+def _size(dirs: Iterable[Path], max_entries: int | None) -> int:
+    total = counted = 0
     try:
-        return sum(max(st.st_size, st.st_blocks * 512, ENTRY_BYTES) for _, st in entries(path))
+        for path in dirs:
+            for _, st in entries(path):
+                counted += 1
+                if max_entries is not None and counted > max_entries:
+                    return TOO_MANY
+                total += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
     except TooDeep:
         return TOO_DEEP
+    return total
 
 
 def own_again(path: Path) -> None:
@@ -142,24 +161,29 @@ def own_again(path: Path) -> None:
 def disk_limit_message(written: int, limit: int) -> str:
     if written >= TOO_DEEP:
         return f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep"
+    if written >= TOO_MANY:
+        return f"disk limit exceeded: the outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and folders"
     return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk, less the staged inputs)"
 
 
+def _past(written: int, limit: int) -> bool:
+    return written >= TOO_MANY or 0 < limit < written
+
+
 async def written_past(dirs: list[Path], limit: int) -> int | None:
-    """Bytes under ``dirs`` when they exceed ``limit`` (a last check after the run), else None."""
-    if not limit or not dirs:
-        return None
-    written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
-    return written if written > limit else None
+    """What ``dirs`` hold (``written_in``) when it is past ``limit`` or MAX_OUTPUT_ENTRIES (a last check after
+    the run), else None."""
+    written = await trio.to_thread.run_sync(written_in, dirs) if dirs else 0
+    return written if _past(written, limit) else None
 
 
 async def watch_disk(dirs: list[Path], limit: int, stop: Callable[[], Awaitable[object]], over: list[int]) -> None:
-    """Until cancelled: once the files under ``dirs`` take more than ``limit`` bytes, record how many in
-    ``over`` and ``await stop()`` (which ends the run). Nothing to watch when ``limit`` is 0. A run can
-    write much in one poll interval, so callers check ``written_past`` once more when it ends."""
-    while limit and dirs:
-        written = await trio.to_thread.run_sync(lambda: sum(tree_size(d) for d in dirs))
-        if written > limit:
+    """Until cancelled: once the files under ``dirs`` take more than ``limit`` bytes (0: no limit), or are
+    more than MAX_OUTPUT_ENTRIES, record ``written_in`` in ``over`` and ``await stop()`` (which ends the run).
+    A run can write much in one poll interval, so callers check ``written_past`` once more when it ends."""
+    while dirs:
+        written = await trio.to_thread.run_sync(written_in, dirs)
+        if _past(written, limit):
             over.append(written)
             await stop()
             return

@@ -14,6 +14,10 @@ from jobs import JobSpec, Resources, RunResult, ShoalError
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
 LIVE_CAP = 1 << 20  # bytes of each stream a run shows live; the rest is only in the final result
 DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
+# Files and folders a job's outputs may hold, also while it runs: Kubo took over a minute to add 300,000 empty
+# files (the publish timed out, and the job ran again on every node), and a job making files without end used
+# up the inodes of the node's file system.
+MAX_OUTPUT_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ import trio
 
 from executors._common import (
     CONTEXT_DIR,
+    TOO_MANY,
     DirMount,
     Tail,
     disk_limit_message,
@@ -66,8 +67,8 @@ from executors._common import (
     job_seed,
     own_again,
     plan_mounts,
-    tree_size,
     watch_disk,
+    written_in,
 )
 from executors.base import Executor, ExecutorError, RunRequest
 from executors.sandbox import (
@@ -588,10 +589,11 @@ class PyodideExecutor(Executor):
         returncode = None if finished else await runner.process.wait()
         if broken:
             raise broken[0]
-        if not over_disk and disk and watched:
-            written = await trio.to_thread.run_sync(lambda: sum(tree_size(p) for p in watched))
+        if not over_disk and watched:
+            written = await trio.to_thread.run_sync(written_in, watched)
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
-            if written > disk or (written >= disk and not any(m.get("code") == 0 for m in messages)):
+            if written >= TOO_MANY or (disk and (written > disk or (written >= disk and not any(
+                    m.get("code") == 0 for m in messages)))):
                 over_disk.append(written)
         if over_disk:
             stderr.write(f"\n{disk_limit_message(over_disk[0], disk)}\n".encode())

@@ -32,7 +32,9 @@ pytestmark = [
 ]
 
 BASE_PORT = 16000  # APIs 16000, libp2p 16100, Kubo 16200-16402: clear of other tests
-JOB_DISK = "24MiB"  # the node's per-job disk limit (--limit-job-disk): what a job stating no disk may write
+# the node's per-job disk limit (--limit-job-disk): what a job stating no disk may write; more than the
+# 50,000 entries a job's outputs may hold take (512 bytes each), so that limit is met first
+JOB_DISK = "32MiB"
 TOKEN = secrets.token_hex(16)
 
 # Gets Pyodide's JavaScript bridge the way an attacker would, past the ImportError of `import js`.
@@ -276,6 +278,27 @@ def test_outputs_nested_1500_deep_fail_their_job_and_the_node_carries_on(stack, 
     assert (state, out) == ("completed", "42\n")
     log = (stack.nodes[0].data_dir / "node.log").read_text()
     assert "Traceback" not in log and "RecursionError" not in log
+    assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
+
+
+FLOOD_PY = "import itertools\nfor i in itertools.count():\n    open(f'/outputs/f{i}', 'w').close()"
+FLOOD_SH = "i=0; while :; do : > /outputs/f$i; i=$((i+1)); done"
+
+
+def test_a_job_making_empty_files_without_end_is_stopped_while_it_runs(stack, docker_ready):
+    """Each empty file costs an inode and no bytes: a job making them for its whole (long) timeout used up
+    the inodes of the node's file system, and every other job there failed with ENOSPC. The entries are
+    counted as the job runs, so it stops at the cap, long before its timeout, and leaves nothing behind."""
+    outputs = [{"name": "out", "path": "/outputs"}]
+    with Client(stack.nodes[0].api) as client:
+        for engine in ({"name": "python", "code": FLOOD_PY},
+                       {"name": "docker", "image": "busybox", "args": ["sh", "-c", FLOOD_SH]}):
+            job = client.run({"engine": engine, "outputs": outputs, "cache": False, "timeout": "1h"},
+                             timeout=180).job  # without the count, it would run for its hour
+            err = client.logs(job.id, "stderr")
+            assert job.state.value == "failed", (engine["name"], job.reason)
+            assert "disk limit exceeded: the outputs hold more than 50,000 files and folders" in err, (job.reason, err)
+            assert job.result is not None and job.result.output_sizes == {"out": 0}  # none of it published
     assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
 
 

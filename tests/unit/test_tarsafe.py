@@ -116,6 +116,16 @@ def test_file_bytes_count_against_the_limit_before_they_are_written(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_files_count_against_the_entries_limit_before_they_are_made(tmp_path: Path) -> None:
+    """Empty files cost no bytes, yet each takes an inode: an input of millions would use up the node's."""
+    empties = [("r", "d", b""), *((f"r/e{i}", "f", b"") for i in range(6))]
+    with pytest.raises(TooLarge, match="more than 5 files, folders and links"):
+        _extract(_tar(empties), tmp_path / "out", 4096, root="r", max_entries=5)
+    assert not (tmp_path / "out").exists()
+    assert _extract(_tar(empties), tmp_path / "ok", 4096, root="r", max_entries=6) == 0
+    assert len(list((tmp_path / "ok").iterdir())) == 6
+
+
 def test_a_stream_without_its_end_marker_is_truncated(tmp_path: Path) -> None:
     data = _tar(TREE)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
