@@ -111,9 +111,9 @@ def _ensure_network(api: docker.APIClient) -> None:
 
 
 def _check_network(found: dict | None) -> None:
-    options = (found or {}).get("Options") or {}
     if found is None:
         raise _refused(f"Docker network {JOBS_NETWORK} is missing: as root, run `shoal docker fence`")
+    options = found.get("Options") or {}
     if options.get("com.docker.network.bridge.name") != BRIDGE \
             or options.get("com.docker.network.bridge.enable_icc") != "false":
         raise _refused(f"Docker network {JOBS_NETWORK} exists but was not made by Shoal "
