@@ -333,3 +333,19 @@ def test_pull_progress_summarises_layers_at_most_once_per_interval():
     assert progress.update({"status": "Downloading", "id": "b", "progressDetail": {"current": 1, "total": 2}}) is None
     assert progress.update({"status": "Status: Downloaded newer image for python:3-slim"}) == (
         "pulling python:3-slim: Downloaded newer image for python:3-slim")
+
+
+async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap_however_large_its_disk(executor, tmp_path):
+    """1 GiB of disk is two million empty files at 512 bytes each: the bytes alone would let a job use up the
+    inodes of the node's file system. Entries are counted as it runs."""
+    from executors.base import MAX_OUTPUT_ENTRIES
+
+    request = make_request(tmp_path, script="i=0; while :; do : > /outputs/f$i; i=$((i+1)); done",
+                           outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "1GiB"}, timeout=3600)
+    with trio.fail_after(240):  # it would run for its hour
+        result = await executor.run(request)
+    assert result.exit_code != 0
+    assert result.stderr.endswith(f"disk limit exceeded: the outputs hold more than {MAX_OUTPUT_ENTRIES:,} files "
+                                  "and folders\n"), result.stderr
+    made = sum(1 for _ in (request.outputs_dir / "out").iterdir())
+    assert MAX_OUTPUT_ENTRIES < made < 2 * MAX_OUTPUT_ENTRIES  # stopped within a poll of the cap
