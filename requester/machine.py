@@ -556,7 +556,8 @@ class JobMachine:
         if end is JobState.COMPLETED:
             everything = {**p.state.executions, **{x.id: x for x in executions}}.values()
             if key and result:
-                verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id)
+                verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id,
+                                                pinned=bool(job.spec.selector))
                 cache = (key, job.id, result, verified)
             for node in trust.error_reporters(everything):  # the job completed: their errors were wrong
                 p.judge(node, False)

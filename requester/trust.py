@@ -85,10 +85,11 @@ def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[st
             if x.state is ExecutionState.COMPLETED and x.result is not None and x.result.digest() == digest}
 
 
-def cache_verified(agreeing: Set[str], own_node: str) -> bool:
+def cache_verified(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
     """May other clients be served this result from the cache? Only when two distinct nodes agreed on
-    its digest, or this requester's own compute role produced it; anything else is one peer's word."""
-    return len(agreeing) >= 2 or own_node in agreeing
+    its digest, or this requester's own compute role produced it; anything else is one peer's word.
+    Nodes the submitter ``pinned`` (a selector: it chose them, they may be its own) are its word too."""
+    return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
 
 
 def quarantined(reputation: tuple[int, int], after: int) -> bool:

@@ -147,11 +147,11 @@ class Store:
                     erows,
                 )
             if crow:
-                conn.execute(  # an unverified result never displaces a verified one
+                conn.execute(  # a verified result stays until it expires: no later run displaces it
                     "INSERT INTO result_cache (key, job_id, result, created_at, verified) VALUES (?,?,?,?,?)"
                     " ON CONFLICT(key) DO UPDATE SET job_id=excluded.job_id, result=excluded.result,"
                     " created_at=excluded.created_at, verified=excluded.verified"
-                    " WHERE excluded.verified >= result_cache.verified", crow)
+                    " WHERE NOT result_cache.verified", crow)
             if rrows:
                 conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
 

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import trio
 
+from executors.noop import NoopHooks
 from jobs import ExecutionSide, ExecutionState, JobSpec, JobState, Resources
 from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Result, decode, encode
 from jobs.model import RunResult
@@ -81,6 +82,42 @@ async def test_a_result_run_by_the_requesters_own_compute_role_serves_every_clie
         bob, _ = await node.requester.submit(spec(), "bob")
         assert bob.state is JobState.COMPLETED
         assert bob.reason == "cached: the verified result of an identical earlier job"
+
+
+async def test_colluding_nodes_a_client_pins_with_a_selector_cannot_put_their_result_before_others(
+        tmp_path, autojump_clock):
+    """Two nodes of mallory's, chosen by her selector, agree on a forged result: it was "verified by 2 of 2
+    nodes" and replaced alice's verified entry in the cache, so alice's next identical job got the forgery."""
+    hub = MemoryHub()
+    forged = NoopHooks(stdout="FORGED-BY-MALLORY\n")
+    verified = {"deal": {"concurrency": 2, "confidence": 2}}
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        runners = [await stack.enter_async_context(memory_node(hub, name, tmp_path / name, requester=False))
+                   for name in ("h1", "h2")]
+        await trio.sleep(1.5)
+        honest = await wait_terminal(req.requester, (await req.requester.submit(spec(**verified), "alice"))[0].id)
+        assert honest.job.state is JobState.COMPLETED and "FORGED" not in honest.job.result.stdout
+        for runner in runners:  # colluders that won the draw later: their agreement displaces no verified result
+            runner.noop.hooks.stdout = "LATER\n"
+        later = await wait_terminal(req.requester, (await req.requester.submit(spec(**verified, cache=False),
+                                                                               "mallory"))[0].id)
+        assert later.job.result.stdout == "LATER\n" and "verified by 2 of 2" in later.job.reason
+        for runner in runners:
+            runner.noop.hooks.stdout = ""
+        for name in ("m1", "m2"):  # mallory's nodes join, labelled for her selector
+            await stack.enter_async_context(memory_node(hub, name, tmp_path / name, requester=False, hooks=forged,
+                                                        labels={"mallory": "1"}))
+        await trio.sleep(1.5)
+        for cache in (False, True):  # run afresh, or asking for the cache: her nodes run it either way
+            job, _ = await req.requester.submit(spec(**verified, selector="mallory=1", cache=cache,
+                                                     env={"RUN": str(cache)}), "mallory")
+            pinned = await wait_terminal(req.requester, job.id)
+            assert pinned.job.result.stdout == "FORGED-BY-MALLORY\n"  # her own job: her nodes' word
+        again, _ = await req.requester.submit(spec(**verified), "alice")
+        assert again.state is JobState.COMPLETED and again.result == honest.job.result  # not displaced
+        bobs, _ = await req.requester.submit(spec(**verified, env={"RUN": "True"}), "bob")
+        assert bobs.state is JobState.PENDING and bobs.cached_from is None  # her pinned result is nobody else's
 
 
 async def test_bid_spam_with_fresh_execution_ids_leaves_counters_not_rows(tmp_path, autojump_clock):
