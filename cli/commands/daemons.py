@@ -87,7 +87,7 @@ def serve(
         min=0.001, help="Per client: job and sweep submissions per second, bursts of twice that "
                         "(default 1000); then 429.")] = None,
     quota_event_streams: Annotated[int | None, typer.Option("--quota-event-streams", metavar="N", min=1,
-        help="Per client: open event streams (default 256); then 429.")] = None,
+        help="Per client: open event streams and logs followed (default 256); then 429.")] = None,
     quota_context_bytes_per_hour: Annotated[str | None, typer.Option("--quota-context-bytes-per-hour",
         metavar="SIZE", help="Per client: working directories stored per hour, kept for --retention "
                              "(default 2GiB); then 429.")] = None,

@@ -24,7 +24,7 @@ class QuotaLimits:
     jobs_in_flight: int = 10_000  # live jobs and sweeps of one client on this node
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
-    event_streams: int = 256  # open event streams (SSE) of one client
+    event_streams: int = 256  # open streams of one client: events (SSE) and logs it follows
     context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) one client stores, kept
     # for the node's retention: without a bound, a client able to submit could fill the node's disk
     sweep_indexes_per_hour: int = 2_000_000  # indexes of the sweeps one client submits: each is a row kept until
@@ -103,11 +103,11 @@ class Quotas:
         return None
 
     def open_stream(self, client: str) -> Refusal | None:
-        """Count a new event stream of ``client``, or refuse it; pair with ``close_stream``."""
+        """Count a new stream of ``client`` (events, or a log it follows), or refuse it; pair with ``close_stream``."""
         open_now = self._streams.get(client, 0)
         if open_now >= self.limits.event_streams:
-            return self._refuse("event_streams", f"client {client} has {open_now} event streams open on this node "
-                                                 f"(at most {self.limits.event_streams})", 5)
+            return self._refuse("event_streams", f"client {client} has {open_now} event streams and followed logs "
+                                                 f"open on this node (at most {self.limits.event_streams})", 5)
         self._streams[client] = open_now + 1
         return None
 

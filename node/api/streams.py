@@ -66,13 +66,8 @@ def event_stream(node: Node, job_id: str, after: int,
     """A job's (or sweep's) events as Server-Sent Events from ``after`` on, ending after its last one.
 
     The stream sleeps until the store rings the job's bell (new events committed), or SSE_WAKE
-    at most; a client over its open-stream quota gets 429.
+    at most; a client over its open-stream quota gets 429 (``counted_stream``).
     """
-    if quotas is not None:
-        refusal = quotas.open_stream(client)
-        if refusal is not None:
-            return refused(refusal)
-
     async def stream() -> AsyncIterator[bytes]:
         nonlocal after
         quiet_since = time.monotonic()
@@ -102,10 +97,18 @@ def event_stream(node: Node, job_id: str, after: int,
                         await ring.wait()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return counted_stream(stream(), quotas, client, media_type="text/event-stream", headers=headers)
+
+
+def counted_stream(content: AsyncIterator[bytes], quotas: Quotas | None, client: str, **response: Any) -> Response:
+    """A streaming response holding one of ``client``'s open streams (its events or a log it follows) while
+    it lasts; 429 when it has none left."""
     if quotas is None:
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
-    return _CountedStream(stream(), lambda: quotas.close_stream(client), media_type="text/event-stream",
-                          headers=headers)
+        return StreamingResponse(content, **response)
+    refusal = quotas.open_stream(client)
+    if refusal is not None:
+        return refused(refusal)
+    return _CountedStream(content, lambda: quotas.close_stream(client), **response)
 
 
 FOLLOW_WAKE = 1.0  # a log follower looks at its job at least this often

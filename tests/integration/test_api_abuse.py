@@ -166,6 +166,9 @@ def test_quotas_answer_429_with_retry_after(node_b: Path) -> None:
             assert first.status_code == 200
             second = http.send(signed(http, holder, "GET", f"{B}/v1/jobs/{ids[1]}/events"))
             assert "event streams" in error(second, 429)["message"] and second.headers["Retry-After"]
+            # a log followed is a stream too: 8,552 of them once took a core and slowed other clients 200-fold
+            follow = http.send(signed(http, holder, "GET", f"{B}/v1/jobs/{ids[1]}/logs?follow=true"))
+            assert "followed logs" in error(follow, 429)["message"]
         assert http.send(signed(http, holder, "POST", f"{B}/v1/jobs/{ids[0]}/cancel")).status_code == 200
         time.sleep(0.5)  # the closed stream's slot comes back when the node notices the disconnect
         with http.stream("GET", f"{B}/v1/jobs/{ids[1]}/events", auth=ShoalAuth(holder)) as again:

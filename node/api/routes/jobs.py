@@ -29,7 +29,7 @@ from node.api.errors import ERR_404, SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import MAX_BODY, MAX_CONTEXT_BODY, client_id
 from node.api.parts import Node, requester_of
 from node.api.quotas import Quotas
-from node.api.streams import SSE_MESSAGE, event_stream, follow_output, resume_after
+from node.api.streams import SSE_MESSAGE, counted_stream, event_stream, follow_output, resume_after
 from storage.trees import check_depth, remove_tree
 
 Client = Annotated[str, Depends(client_id)]
@@ -145,8 +145,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         async def record() -> RunResult | None:
             return _result_of(await requester().describe(job_id))
 
-        return StreamingResponse(follow_output(outputs, job_id, stream, offset, current_state, record),
-                                 media_type="text/plain; charset=utf-8")
+        return counted_stream(follow_output(outputs, job_id, stream, offset, current_state, record), quotas, client,
+                              media_type="text/plain; charset=utf-8")
 
     @router.get("/v1/jobs/{job_id}/results", tags=["jobs"], response_class=Response,
                 summary="The job's results as a tar archive: stdout, stderr, exitCode",
