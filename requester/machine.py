@@ -123,7 +123,7 @@ class JobChanges(Changes):
     state: Tracked
     known: Known
     node_id: str
-    reputation: dict[str, tuple[int, int]] = field(default_factory=dict)  # changed here, over known.reputation
+    reputation: dict[str, tuple[int, int]] = field(default_factory=dict)  # (accepted, rejected) to add, per peer
 
     def event(self, kind: EventKind, message: str = "", ex: Execution | None = None) -> Event:
         return Event(job_id=self.state.job.id, at=self.now, kind=kind, execution_id=ex.id if ex else None,
@@ -139,8 +139,9 @@ class JobChanges(Changes):
         self.sends.append(Send(x.node_id, Cancel(job_id=x.job_id, execution_id=x.id, reason=x.reason)))
 
     def judge(self, peer: str, ok: bool) -> None:
-        """Count one of ``peer``'s results as accepted (``ok``) or rejected."""
-        accepted, rejected = self.reputation.get(peer) or self.known.reputation.get(peer, (0, 0))
+        """Count one of ``peer``'s results as accepted (``ok``) or rejected: a change, added to its counts
+        when written (counts read now would be stale by then: other jobs' decisions judge it meanwhile)."""
+        accepted, rejected = self.reputation.get(peer, (0, 0))
         self.reputation[peer] = (accepted + ok, rejected + (not ok))
 
 

@@ -31,7 +31,7 @@ class RequesterStore(Protocol):
                    cache: tuple[str, str, RunResult, bool] | None = None,
                    reputation: dict[str, tuple[int, int]] | None = None,
                    secrets: dict[str, str] | None = None) -> None:
-        """Write all of it in one transaction (revision-guarded updates), or raise."""
+        """Write all of it in one transaction (revision-guarded updates), or raise; ``reputation`` is added."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
     async def find_idempotent(self, owner: str, key: str) -> tuple[Job, str] | None: ...

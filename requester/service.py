@@ -104,7 +104,7 @@ class RequesterService(Driver[_Active]):
         """Write what a decision says, in order; then send and announce what it says."""
         for write, state in changes.writes:
             await self.store.save(**vars(write))
-            self.reputation.update(getattr(write, "reputation", None) or {})
+            self._add_reputation(getattr(write, "reputation", None) or {})
             aj.state = state
         aj.state = changes.state
         await self._tally(changes)
@@ -274,19 +274,24 @@ class RequesterService(Driver[_Active]):
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""
-        accepted, rejected = self.reputation.get(peer, (0, 0))
-        self.reputation[peer] = (accepted, rejected + 1)
         self.counters["penalties"] += 1
         log.warning("refused from %s: %s", peer, reason)
-        await self.store.save(reputation={peer: self.reputation[peer]})
+        self._add_reputation({peer: (0, 1)})
+        await self.store.save(reputation={peer: (0, 1)})
 
     async def credit(self, peers: list[str]) -> None:
         """Count verified results (a sweep's) for their nodes, in one write: as a job's are, so a node's good
         work weighs against its rejections (``trust.quarantined``)."""
-        for peer in peers:
-            accepted, rejected = self.reputation.get(peer, (0, 0))
-            self.reputation[peer] = (accepted + 1, rejected)
-        await self.store.save(reputation={peer: self.reputation[peer] for peer in peers})
+        added = {peer: (n, 0) for peer, n in Counter(peers).items()}
+        self._add_reputation(added)
+        await self.store.save(reputation=added)
+
+    def _add_reputation(self, added: dict[str, tuple[int, int]]) -> None:
+        """Add to peers' counts here what is added to them in the store: changes, never counts read earlier,
+        so two decisions about one peer both count (with counts, the second overwrote the first)."""
+        for peer, (accepted, rejected) in added.items():
+            was_accepted, was_rejected = self.reputation.get(peer, (0, 0))
+            self.reputation[peer] = (was_accepted + accepted, was_rejected + rejected)
 
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 

@@ -98,7 +98,7 @@ class Store:
         ``job`` and ``executions`` are updates: each carries its bumped revision and is written
         only if the stored revision is the one before it (else ``StaleState``).
         ``secrets``: the secret_env of ``new_job``, sealed; a job's secrets are deleted by the
-        update that makes it terminal.
+        update that makes it terminal. ``reputation``: (results accepted, rejected) to add to each peer's.
         """
         jrow = srow = None
         if new_job is not None:
@@ -153,7 +153,9 @@ class Store:
                     " created_at=excluded.created_at, verified=excluded.verified"
                     " WHERE NOT result_cache.verified", crow)
             if rrows:
-                conn.executemany("INSERT OR REPLACE INTO reputation (peer, accepted, rejected) VALUES (?,?,?)", rrows)
+                conn.executemany(  # added, not set: decisions about other jobs count for the same peers meanwhile
+                    "INSERT INTO reputation (peer, accepted, rejected) VALUES (?,?,?) ON CONFLICT(peer) DO UPDATE"
+                    " SET accepted=accepted+excluded.accepted, rejected=rejected+excluded.rejected", rrows)
 
         await self._writer.write(op)
         if erows:

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import pytest
+import trio
 
 import requester
 from jobs import (
@@ -217,6 +218,30 @@ def test_verified_results_complete_the_job_when_enough_agree_and_the_dissenter_i
     final = changes.writes[-1][0]
     assert final.reputation == {"n-a": (1, 0), "n-b": (0, 1), "n-c": (1, 0)}
     assert final.cache[3]  # two nodes agreed: other clients may be served it
+
+
+def test_a_verdict_writes_what_it_adds_to_each_nodes_counts_never_counts_read_before_it():
+    """Two jobs judged at once each wrote counts read before the other's write, and one verdict was lost:
+    28 outvoted results of a liar counted as 3, and quarantine never came."""
+    state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b")
+    known = Known(nodes=KNOWN.nodes, reputation={"n-a": (40, 1), "n-b": (7, 2)})
+    _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, known, signed=True)
+    _, changes = machine().on_result(changes.state, "n-b", result("x-n-b"), 6.0, known, signed=True)
+    assert changes.writes[-1][0].reputation == {"n-a": (1, 0), "n-b": (1, 0)}
+
+
+async def test_the_store_adds_reputation_so_writes_at_the_same_time_all_count(tmp_path):
+    from node.store import Store
+
+    store = Store(tmp_path / "shoal.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.save(reputation={"n-a": (3, 1)})
+        async with trio.open_nursery() as writers:
+            for change in ({"n-a": (0, 1)}, {"n-a": (0, 1)}, {"n-a": (2, 0), "n-b": (0, 1)}):
+                writers.start_soon(lambda change=change: store.save(reputation=change))
+        assert await store.reputations() == {"n-a": (5, 3), "n-b": (0, 1)}
+        nursery.cancel_scope.cancel()
 
 
 def test_results_that_tie_fail_the_job_and_blame_nobody():
