@@ -473,8 +473,10 @@ class JobMachine:
         if not verdict.verified:
             self._finish(p, JobState.FAILED, verdict.reason, updates, events)
             return verdicts
+        credit = trust.credited(verdict.accepted, pinned=bool(p.state.job.spec.selector))
         for y in updates:
-            p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
+            if y.state is not ExecutionState.COMPLETED or credit:  # an outvoted result always counts against
+                p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()
         if result.exit_code != 0:
             self._fail(p, f"exit code {result.exit_code} ({verdict.reason})", updates, events, result=result)

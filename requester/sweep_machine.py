@@ -327,7 +327,8 @@ class SweepMachine:
         verdict = trust.verify(proposed, k)
         if verdict.verified:
             del self.proposals[i]
-            p.credits += verdict.accepted
+            if trust.credited(verdict.accepted, pinned=bool(self.sweep.spec.job.selector)):
+                p.credits += verdict.accepted
             for node in verdict.rejected:
                 text = f"index {i}: its result differs from the one {len(verdict.accepted)} nodes agreed on"
                 p.counts["results_outvoted"] += 1

@@ -9,7 +9,7 @@ can see another's before proposing its own; a result's digest is its CID (or a h
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass
 
 from jobs import Execution, ExecutionState, JobSpec, RunResult
@@ -90,6 +90,14 @@ def cache_verified(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
     its digest, or this requester's own compute role produced it; anything else is one peer's word.
     Nodes the submitter ``pinned`` (a selector: it chose them, they may be its own) are its word too."""
     return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
+
+
+def credited(agreeing: Collection[str], *, pinned: bool) -> bool:
+    """Whether agreeing on a verified result counts for the nodes (it weighs against their rejections in
+    ``quarantined``): only when two or more agreed, on nodes the requester chose. A node vouching for
+    itself (confidence 1), or nodes the submitter ``pinned`` with a selector (they may be its own),
+    earn nothing: 300 such indexes once let two liars be outvoted again and again, never quarantined."""
+    return len(agreeing) >= 2 and not pinned
 
 
 def quarantined(reputation: tuple[int, int], after: int) -> bool:

@@ -47,9 +47,10 @@ def node(peer: str) -> NodeInfo:
 KNOWN = Known(nodes=[node(n) for n in NODES])
 
 
-def spec(*, concurrency: int = 1, confidence: int = 0, min_bids: int = 0, cache: bool = True) -> JobSpec:
+def spec(*, concurrency: int = 1, confidence: int = 0, min_bids: int = 0, cache: bool = True,
+         selector: str = "") -> JobSpec:
     return JobSpec(engine=NoopEngine(), timeout=10, cache=cache, deadlines=Deadlines(bid=60, min_bids=5),
-                   deal=Deal(concurrency=concurrency, confidence=confidence, min_bids=min_bids))
+                   deal=Deal(concurrency=concurrency, confidence=confidence, min_bids=min_bids), selector=selector)
 
 
 def tracked(job_spec: JobSpec, *executions: Execution, secrets: dict[str, str] | None = None) -> Tracked:
@@ -244,6 +245,32 @@ async def test_the_store_adds_reputation_so_writes_at_the_same_time_all_count(tm
         nursery.cancel_scope.cancel()
 
 
+def test_only_agreement_among_nodes_the_requester_chose_counts_for_them_and_an_outvoted_result_always_against():
+    """Credit is what keeps a node that is sometimes outvoted out of quarantine: two liars farmed 300 credits
+    each on indexes their owner pinned to them, then were outvoted again and again."""
+    for kind, job_spec, nodes, credited in (
+            ("chosen", spec(concurrency=3, confidence=2), ("n-a", "n-b", "n-c"), (1, 0)),
+            ("pinned", spec(concurrency=3, confidence=2, selector="owner=me"), ("n-a", "n-b", "n-c"), None),
+            ("its own word", spec(concurrency=1, confidence=1), ("n-a",), None)):
+        state, changes = running(tracked(job_spec), *nodes), None
+        for n in nodes:
+            _, changes = machine().on_result(changes.state if changes else state, n,
+                                             result(f"x-{n}", stdout="lie" if n == "n-c" else "42"), 5.0, KNOWN,
+                                             signed=True)
+        written = changes.writes[-1][0].reputation or {}
+        assert changes.state.job.state is JobState.COMPLETED, kind
+        assert written.get("n-a") == credited, kind
+        if "n-c" in nodes:
+            assert written["n-c"] == (0, 1), kind  # outvoted: counted against it, pinned or not
+
+
+def test_a_pinned_sweeps_verified_indexes_earn_its_nodes_nothing():
+    m = sweep_machine(1, confidence=2, selector="owner=me")
+    report(m, "n-a", ok(0), 1.0)
+    _, changes = report(m, "n-b", ok(0), 4.0)
+    assert m.sweep.state is JobState.COMPLETED and changes.credits == []
+
+
 def test_results_that_tie_fail_the_job_and_blame_nobody():
     state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b")
     _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
@@ -386,8 +413,8 @@ def test_a_new_job_no_known_node_could_run_fails_at_once():
 # -- sweeps --------------------------------------------------------------------------------------
 
 
-def sweep_machine(count: int = 10, success: str = "all", confidence: int = 0) -> SweepMachine:
-    sweep_spec = SweepSpec(job=spec(), items=[{"X": str(i)} for i in range(count)], success=success,
+def sweep_machine(count: int = 10, success: str = "all", confidence: int = 0, selector: str = "") -> SweepMachine:
+    sweep_spec = SweepSpec(job=spec(selector=selector), items=[{"X": str(i)} for i in range(count)], success=success,
                            confidence=confidence)
     sweep = Sweep(id="s-1", owner="alice", spec=sweep_spec, count=count, requester=REQ,
                   counts={JobState.PENDING: count}, created_at=0, updated_at=0)
