@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from compute.backlog import Backlog, spec_bytes
 from compute.capacity import CapacityTracker
 from compute.claims import Claim
 from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
@@ -30,6 +31,7 @@ PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs a
 PRUNE_BATCH = 10_000  # job ids per OpenQuery
 MAX_SLOTS = 64  # runs at once in one sweep claim
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
+MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and compute.backlog.MAX_BYTES of them)
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
 # the event a move to a terminal state writes (a rejection of proposed results has its own)
@@ -93,12 +95,13 @@ class ComputeMachine:
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
         # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
         # announcing another requester's job id shadows nothing
-        self.backlog: OrderedDict[tuple[str, str], tuple[Announce, float]] = OrderedDict()
+        self.backlog: Backlog[tuple[str, str], tuple[Announce, float]] = Backlog(backlog_size)
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
         self.claims: dict[tuple[str, str], Claim] = {}  # (requester, sweep id) -> our claim on it
-        self._waiting: dict[tuple[str, str], tuple[SweepAnnounce, float]] = {}  # sweeps we had no room for
+        # sweeps we had no room for
+        self._waiting: Backlog[tuple[str, str], tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
 
@@ -170,8 +173,9 @@ class ComputeMachine:
             return False, Changes()
         if (bid := self._try_bid(ann, now)) is not None:
             return True, Changes(bids=[bid])
-        if ann.key in self.backlog or len(self.backlog) < self.backlog_size:
-            self.backlog[ann.key] = (ann, now)  # a refresh keeps its place in line
+        if not self.backlog.offer(ann.key, (ann, now), spec_bytes(ann.spec)):  # a refresh keeps its place
+            log.debug("backlog full (%d offers, %d bytes): passing over %s", len(self.backlog), self.backlog.bytes,
+                      ann.job_id)
         return False, Changes()
 
     def _room_for_runs(self, engine: str) -> int | None:
@@ -370,7 +374,7 @@ class ComputeMachine:
             return None
         claim = self._try_claim(ann)
         if claim is None:
-            self._waiting[ann.key] = (ann, now)
+            self._waiting.offer(ann.key, (ann, now), spec_bytes(ann.spec))
         return claim
 
     def retry_waiting(self, now: float) -> list[Claim]:

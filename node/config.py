@@ -91,7 +91,7 @@ class NodeConfig:
     quota_jobs_in_flight: int = 10_000  # per client: live jobs on this node (429 past it)
     quota_submits_per_second: float = 1_000.0  # per client: job and sweep submissions (bursts of twice this)
     quota_event_streams: int = 256  # per client: open event streams
-    quota_context_bytes_per_hour: int = 2 * 1024**3  # per client: working directories stored (POST /v1/contexts)
+    quota_context_bytes_per_hour: int = 2 * 1024**3  # per client: working directories and specs stored
     quota_sweep_indexes_per_hour: int = 2_000_000  # per client: indexes of the sweeps it submits
     peer_rate_limit: float = 1000.0  # direct requests/s one peer may make, bursts of twice that; 0: no limit
 

@@ -89,8 +89,8 @@ def serve(
     quota_event_streams: Annotated[int | None, typer.Option("--quota-event-streams", metavar="N", min=1,
         help="Per client: open event streams and logs followed (default 256); then 429.")] = None,
     quota_context_bytes_per_hour: Annotated[str | None, typer.Option("--quota-context-bytes-per-hour",
-        metavar="SIZE", help="Per client: working directories stored per hour, kept for --retention "
-                             "(default 2GiB); then 429.")] = None,
+        metavar="SIZE", help="Per client: working directories and job and sweep specs stored per hour, kept "
+                             "for --retention (default 2GiB); then 429.")] = None,
     quota_sweep_indexes_per_hour: Annotated[int | None, typer.Option("--quota-sweep-indexes-per-hour", metavar="N",
         min=1, help="Per client: indexes of the sweeps it submits per hour, each kept until --ttl "
                     "(default 2000000); then 429.")] = None,

@@ -25,8 +25,9 @@ class QuotaLimits:
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
     event_streams: int = 256  # open streams of one client: events (SSE) and logs it follows
-    context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) one client stores, kept
-    # for the node's retention: without a bound, a client able to submit could fill the node's disk
+    context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) and job and sweep specs
+    # one client stores, kept for the node's retention: without a bound, a client able to submit could fill the
+    # node's disk (specs of 900 KB of inline code that failed at once grew it by 36 MB/s) and its memory
     sweep_indexes_per_hour: int = 2_000_000  # indexes of the sweeps one client submits: each is a row kept until
     # the node's --ttl; a 14 KB request for a 1000x1000 grid made a million (100 MB, 10 s of the node's time)
 
@@ -72,11 +73,12 @@ class Quotas:
         return None
 
     def store_context(self, client: str, size: int) -> Refusal | None:
-        """May ``client`` store a working directory of ``size`` bytes? Takes them from its allowance if so."""
+        """May ``client`` store a working directory, or a job or sweep spec, of ``size`` bytes? Takes them from
+        its allowance if so."""
         limit = self.limits.context_bytes_per_hour
         return self._take_hourly("context_bytes", client, size, limit,
                                  f"client {client} stored more than {format_bytes(limit)} of working directories "
-                                 "in the last hour on this node")
+                                 "and job specs in the last hour on this node")
 
     def make_indexes(self, client: str, indexes: int) -> Refusal | None:
         """May ``client`` submit a sweep of ``indexes``? Takes them from its allowance if so."""

@@ -214,12 +214,28 @@ def test_working_directories_a_client_stores_are_held_to_its_hourly_quota(node_b
         with pytest.raises(ShoalAPIError) as refused:
             client.upload_context(context(600 << 10))
         assert refused.value.status == 429
-        assert "stored more than 1 MiB of working directories in the last hour" in str(refused.value)
+        assert "stored more than 1 MiB of working directories and job specs in the last hour" in str(refused.value)
         assert sorted(stored.glob("*")) == before
     with Client(B, key=ClientKey.generate()) as other:  # another client has its own allowance
         other.upload_context(context(600 << 10))
     metrics = httpx.get(f"{B}/metrics", timeout=30).text
     assert 'shoal_api_refused_total{quota="context_bytes"} 1' in metrics
+
+
+def test_job_specs_a_client_stores_count_against_the_same_hourly_bytes(node_b: Path) -> None:
+    """Jobs with 900 KB of inline code that failed at once (no node could take them) grew a node's disk by
+    36 MB/s, each spec kept for the node's --ttl, and counted against no quota of bytes."""
+    code = "#" * (400 << 10)
+    big = {**IMPOSSIBLE, "engine": {"name": "python", "code": code}}
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        made = [http.send(signed(http, key, "POST", f"{B}/v1/jobs", json={"spec": big})) for _ in range(3)]
+        assert [r.status_code for r in made[:2]] == [201, 201]
+        assert "of working directories and job specs in the last hour" in error(made[2], 429)["message"]
+        assert http.send(signed(http, key, "GET", f"{B}/v1/jobs")).json()["total"] == 2  # the third not stored
+        sweep = {"job": big, "grid": {"x": ["1"]}}
+        refused = http.send(signed(http, key, "POST", f"{B}/v1/sweeps", json={"spec": sweep}))
+        assert "job specs in the last hour" in error(refused, 429)["message"]
 
 
 def test_sweeps_are_held_to_a_clients_quotas(node_b: Path) -> None:

@@ -67,7 +67,7 @@ def test_working_directories_a_client_stores_are_bounded_per_hour_and_refill() -
     assert quotas.store_context("a", 3000) is None
     refusal = quotas.store_context("a", 1000)  # 600 left
     assert refusal is not None and refusal.quota == "context_bytes" and refusal.retry_after == 400
-    assert "stored more than 3.52 KiB of working directories in the last hour" in refusal.message
+    assert "stored more than 3.52 KiB of working directories and job specs in the last hour" in refusal.message
     assert quotas.store_context("b", 3600) is None  # another client has its own allowance
     clock.now += 400  # 400 bytes back: 1000
     assert quotas.store_context("a", 1000) is None

@@ -113,6 +113,27 @@ def test_a_full_node_passes_a_job_over_and_bids_from_the_backlog_once_capacity_f
     assert ex.job_id == "j-2" and len(m.backlog) == 0
 
 
+def test_the_backlog_holds_offers_up_to_its_bytes_and_gives_them_back_as_they_leave():
+    """Offers of 900 KB each, from a peer holding the node's capacity with a pending bid, grew it from 390 MB to
+    2.1 GB in 18 s: the backlog counted offers (10,000), not the specs they hold."""
+    from compute.backlog import MAX_BYTES, spec_bytes
+
+    m = machine(cpu=1)
+    bid_on(m, announce("j-0"))  # the node is full: the rest wait
+    big = {"env": {"PAD": "x" * (900 << 10)}}
+    size = spec_bytes(announce("j-1", spec=big).spec)
+    fits = MAX_BYTES // size
+    for i in range(fits + 50):
+        m.announce(REQ, announce(f"j-{i + 1}", spec=big), 100.0)
+    assert len(m.backlog) == fits and m.backlog.bytes == fits * size <= MAX_BYTES
+    m.announce(REQ, announce("small"), 100.0)  # a small offer still fits in what is left
+    assert (REQ, "small") in m.backlog
+    m.forget_closed([announce("j-1", spec=big)], Reply(states={"j-1": "closed"}))
+    assert len(m.backlog) == fits and m.backlog.bytes == (fits - 1) * size + spec_bytes(announce("small").spec)
+    m.announce(REQ, announce("j-1", spec=big), 100.0)  # room again: held again
+    assert (REQ, "j-1") in m.backlog
+
+
 def test_a_job_that_could_never_run_here_is_passed_over_for_good():
     m = machine(cpu=4, per_job_cpu=1)
     bidding, changes = m.announce(REQ, announce(cpu=2), 100.0)
