@@ -113,13 +113,11 @@ class Runner:
                     counted = await self._run_blocking(count_entries, results / "outputs", MAX_OUTPUT_ENTRIES)
                 except TooDeep as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
-                flooded = counted > MAX_OUTPUT_ENTRIES
-                if flooded and result.exit_code == 0:  # the executors stop such a run, and fail it, saying why
+                if counted > MAX_OUTPUT_ENTRIES:  # the executors stopped the run there (their disk watch)
                     return Outcome(None, f"the job's outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and "
                                          "folders", False)
-                written = 0 if flooded or not request.write_limit else \
-                    await self._run_blocking(tree_size, results / "outputs")
-                if flooded or written > request.write_limit:  # the run failed for it: what it wrote stays here
+                written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
+                if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
                     await self._run_blocking(_empty, results / "outputs")
                 stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])
