@@ -297,7 +297,6 @@ def test_a_job_making_empty_files_without_end_is_stopped_while_it_runs(stack, do
                              timeout=180).job  # without the count, it would run for its hour
             assert job.state.value == "failed", (engine["name"], job.reason)
             assert job.reason.endswith("the job's outputs hold more than 50,000 files and folders"), job.reason
-            assert job.attempt == job.first_attempt  # not offered again: no node would publish it
     assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
 
 
