@@ -25,7 +25,7 @@ def spec_bytes(spec: BaseModel) -> int:
 class Backlog(OrderedDict[K, V], Generic[K, V]):
     """An ordered map of held offers that refuses new ones beyond ``max_entries`` or ``max_bytes``. A refresh
     of a held key keeps its place. Entries leave through ``del``, ``pop`` or ``popitem``, which give their
-    bytes back."""
+    bytes back, as does ``clear``."""
 
     def __init__(self, max_entries: int, max_bytes: int = MAX_BYTES) -> None:
         super().__init__()
@@ -66,3 +66,8 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
         value = self[key]
         del self[key]
         return key, value
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes = 0
