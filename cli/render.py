@@ -152,10 +152,14 @@ def fmt_age(seconds: float) -> str:
 
 
 def fmt_resources(r: Resources, *, job: bool = False) -> str:
-    """A node's capacity, or (``job``) what a job asks for, where no disk means up to the node's per-job disk."""
+    """A node's capacity, or (``job``) what a job asks for, where no disk means the default (``DEFAULT_DISK``,
+    less on a node whose per-job disk is less)."""
     from jobs import format_bytes
+    from jobs.spec import DEFAULT_DISK
 
-    disk = "disk up to the node's per-job limit" if job and not r.disk else f"{format_bytes(r.disk)} disk"
+    disk = f"{format_bytes(r.disk)} disk"
+    if job and not r.disk:
+        disk = f"{format_bytes(DEFAULT_DISK)} disk (the default; less on a node whose per-job limit is less)"
     return f"{r.cpu:g} CPU, {format_bytes(r.memory)} memory, {disk}"
 
 

@@ -27,11 +27,11 @@ class CapacityTracker:
         self.free = total  # kept up to date: asked for every backlog entry, built only on changes
 
     def try_reserve(self, holder: str, need: Resources) -> bool:
-        """Reserve ``need`` (at least what any run takes: ``Resources.reserved``) for ``holder`` if it fits
-        in what is free now. Never blocks."""
+        """Reserve ``need`` (at least what any run takes here: ``Resources.reserved``) for ``holder`` if it
+        fits in what is free now. Never blocks."""
         if holder in self._held:
             return True
-        need = need.reserved()
+        need = need.reserved(self.max_per_job)
         if not need.fits_in(self.free):
             return False
         self._held[holder] = need

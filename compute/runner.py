@@ -44,7 +44,7 @@ class Runner:
                  publisher: Publisher | None = None, limits: Resources | None = None,
                  run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
-        self.limits = limits  # the node's per-job maximum: a job that states no disk is held to its disk
+        self.limits = limits  # the node's per-job maximum (``Resources.reserved``)
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher

@@ -65,9 +65,10 @@ class LiveOutput:
 
 
 def disk_limit(spec: JobSpec, limits: Resources | None) -> int:
-    """Bytes of disk a job's inputs and outputs may take: its ``resources.disk``, else the node's per-job
-    maximum ``limits`` (0: none)."""
-    return spec.resources.disk or (limits.disk if limits else 0)
+    """Bytes of disk a job's inputs and outputs may take, what its node reserved for it: its
+    ``resources.disk``, else ``DEFAULT_DISK`` held to the node's per-job maximum ``limits`` (no ``limits``:
+    none, 0)."""
+    return spec.resources.reserved(limits).disk
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class RunRequest:
     # Whose run this is (the requester and its job or sweep): runs of one owner may share a worker process
     # (a sweep's indexes), runs of different owners never do. Empty: share with nobody.
     owner: str = ""
-    # The node's per-job maximum (``--limit-job-*``): a job that states no disk (0, the default) is held to its disk.
+    # The node's per-job maximum (``--limit-job-*``): a job that states no disk (0, the default) is held to
+    # ``DEFAULT_DISK``, or to the node's per-job disk where that is less.
     limits: Resources | None = None
 
     @property

@@ -98,6 +98,11 @@ MAX_GPUS = 64  # per job and per node: more than one machine holds
 # nothing, and a node ran 151 of them at once with its capacity showing free.
 MIN_CPU = 0.01
 MIN_MEMORY = 6 * 1024**2
+# The disk of a job that states none (``resources.disk`` 0), reserved and enforced like any other (less where
+# the node's per-job disk is less). Such jobs once reserved nothing yet could each write the node's whole
+# per-job disk, so two at once could fill what ``--limit-total-disk`` was to keep free. Nomad's default
+# ephemeral disk is 300 MB; inputs count against it too.
+DEFAULT_DISK = 1024**3
 
 
 class Resources(_Frozen):
@@ -105,16 +110,21 @@ class Resources(_Frozen):
 
     cpu: float = Field(0.1, ge=0, le=1024, description="CPU cores")
     memory: int = Field(64 * 1024**2, ge=0, description="bytes; accepts strings like '512MiB'")
-    disk: int = Field(0, ge=0, description="bytes of scratch disk; accepts strings like '1GiB'")
+    disk: int = Field(0, ge=0, description="bytes of scratch disk, inputs and outputs; accepts strings like '1GiB' "
+                                           "(0: 1 GiB, or the node's per-job disk where that is less)")
     # Whole GPUs (docker jobs get them as device requests). Left out of the JSON when 0, so specs
     # written before GPUs existed keep their hash.
     gpu: int = Field(0, ge=0, le=MAX_GPUS, exclude_if=lambda v: not v, description="GPUs (whole devices)")
 
-    def reserved(self) -> Resources:
-        """What a run asking for this takes of a node: at least ``MIN_CPU`` and ``MIN_MEMORY``."""
-        if self.cpu >= MIN_CPU and self.memory >= MIN_MEMORY:
+    def reserved(self, node_max: Resources | None = None) -> Resources:
+        """What a run asking for this takes of a node whose per-job maximum is ``node_max``: at least
+        ``MIN_CPU`` and ``MIN_MEMORY``, and ``DEFAULT_DISK`` (at most the node's) when it states no disk.
+        Without ``node_max`` a job stating no disk takes none (an engine run on its own: no limit)."""
+        disk = self.disk or (min(DEFAULT_DISK, node_max.disk) if node_max else 0)
+        if self.cpu >= MIN_CPU and self.memory >= MIN_MEMORY and disk == self.disk:
             return self
-        return self.model_copy(update={"cpu": max(self.cpu, MIN_CPU), "memory": max(self.memory, MIN_MEMORY)})
+        return self.model_copy(update={"cpu": max(self.cpu, MIN_CPU), "memory": max(self.memory, MIN_MEMORY),
+                                       "disk": disk})
 
     @field_validator("memory", "disk", mode="before", json_schema_input_type=int | str)
     @classmethod

@@ -349,3 +349,20 @@ async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap_howev
                                   "and folders\n"), result.stderr
     made = sum(1 for _ in (request.outputs_dir / "out").iterdir())
     assert MAX_OUTPUT_ENTRIES < made < 2 * MAX_OUTPUT_ENTRIES  # stopped within a poll of the cap
+
+
+async def test_a_job_stating_no_disk_is_held_to_the_default_on_a_node_with_more(executor, tmp_path):
+    """What a job stating no disk reserves, ``DEFAULT_DISK``, is what it may write, however large the node's
+    per-job disk: it used to be that per-job disk, reserved by nothing."""
+    from dataclasses import replace
+
+    from jobs import Resources
+    from jobs.spec import DEFAULT_DISK
+
+    request = make_request(tmp_path, script="dd if=/dev/zero of=/outputs/big bs=1M count=1100; sleep 30",
+                           outputs=[{"name": "out", "path": "/outputs"}])
+    request = replace(request, limits=Resources(cpu=2, memory="1GiB", disk="100GiB"))
+    with trio.fail_after(120):
+        result = await executor.run(request)
+    assert result.exit_code != 0
+    assert "disk limit exceeded: wrote" in result.stderr and f"of {DEFAULT_DISK} bytes" in result.stderr, result.stderr

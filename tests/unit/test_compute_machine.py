@@ -11,8 +11,10 @@ import pytest
 from compute import ComputeStore
 from compute.capacity import CapacityTracker
 from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
+from executors.base import disk_limit
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery, SweepAnnounce
+from jobs.spec import DEFAULT_DISK
 from jobs.sweep import SweepSpec
 
 NODE, REQ = "node", "req"
@@ -58,6 +60,29 @@ def test_a_job_asking_for_next_to_nothing_reserves_what_any_run_takes():
                for i in range(150))
     assert bids == 100 and m.capacity.free.cpu == 0
     assert m.capacity.statistics().used.memory == 100 * 6 * 1024**2
+
+
+def test_a_job_stating_no_disk_reserves_the_default_disk_or_the_nodes_per_job_disk_if_less():
+    """Jobs stating no disk reserved none, yet each could write the node's whole per-job disk: two at once
+    filled what ``--limit-total-disk`` was to keep free. Each now reserves ``DEFAULT_DISK`` (1 GiB), what
+    its engine holds it to."""
+    def node(total: str, per_job: str | None = None) -> ComputeMachine:
+        capacity = CapacityTracker(Resources(cpu=8, memory="8GiB", disk=total),
+                                   Resources(cpu=8, memory="8GiB", disk=per_job) if per_job else None)
+        return ComputeMachine(node_id=NODE, capacity=capacity, engines=["noop"])
+
+    def bids(m: ComputeMachine, n: int, **kw) -> int:
+        return sum(m.announce(REQ, Announce(job_id=f"j-{i}", spec=spec(**kw), requester=REQ), 100.0)[0]
+                   for i in range(n))
+
+    m = node("2.5GiB")
+    assert bids(m, 3) == 2 and m.capacity.free.disk == 512 * 1024**2  # the third waits for room
+    assert bids(node("2.5GiB"), 3, resources={"disk": "512MiB"}) == 3  # what a job states, it reserves
+    small = node("100GiB", per_job="32MiB")  # held to the node's per-job disk, so reserving no more
+    assert bids(small, 3) == 3 and small.capacity.statistics().used.disk == 3 * 32 * 1024**2
+    runner_limits = small.capacity.max_per_job
+    assert disk_limit(spec(), runner_limits) == 32 * 1024**2 and disk_limit(spec(), node("9GiB").capacity.max_per_job) \
+        == DEFAULT_DISK == 1024**3
 
 
 def test_an_engine_whose_runs_take_a_core_each_runs_no_more_at_once_than_it_is_worth():

@@ -4,9 +4,10 @@ from cli.render import fmt_resources
 from jobs import Resources
 
 
-def test_a_job_that_states_no_disk_is_shown_to_get_the_nodes_per_job_disk():
+def test_a_job_that_states_no_disk_is_shown_to_get_the_default():
     unstated = Resources(cpu=1, memory=64 * 1024**2)
-    assert fmt_resources(unstated, job=True) == "1 CPU, 64 MiB memory, disk up to the node's per-job limit"
+    assert fmt_resources(unstated, job=True) == ("1 CPU, 64 MiB memory, 1 GiB disk (the default; less on a node "
+                                                 "whose per-job limit is less)")
     stated = Resources(cpu=0.5, memory=64 * 1024**2, disk=1024**3)
     assert fmt_resources(stated, job=True) == "0.5 CPU, 64 MiB memory, 1 GiB disk"
 
