@@ -89,6 +89,7 @@ class NodeConfig:
     tls_key: Path | None = None  # ... and its private key (PEM)
     api_names: tuple[str, ...] = ()  # Host values (beyond the API address) that signed requests may name
     quota_jobs_in_flight: int = 10_000  # per client: live jobs on this node (429 past it)
+    quota_spec_bytes_in_flight: int = 256 * 1024**2  # per client: their specs together
     quota_submits_per_second: float = 1_000.0  # per client: job and sweep submissions (bursts of twice this)
     quota_event_streams: int = 256  # per client: open event streams
     quota_context_bytes_per_hour: int = 2 * 1024**3  # per client: working directories and specs stored

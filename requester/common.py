@@ -25,6 +25,18 @@ L = TypeVar("L", bound="Live")
 REQUEST_TIMEOUT = 5.0
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A client's live jobs or sweeps on this node: how many, and the bytes of their specs (each held in
+    memory and announced again while it waits). The API's quotas bound both."""
+
+    count: int = 0
+    spec_bytes: int = 0
+
+    def __add__(self, other: InFlight) -> InFlight:
+        return InFlight(self.count + other.count, self.spec_bytes + other.spec_bytes)
+
+
 class UnknownJob(ShoalError):
     """No job or sweep with this id here; ``args[0]`` is the id."""
 

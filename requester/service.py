@@ -22,7 +22,7 @@ from jobs import Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobStat
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester import trust
-from requester.common import REQUEST_TIMEOUT, Driver, Live, UnknownJob, deliver, signed_by, submit_once
+from requester.common import REQUEST_TIMEOUT, Driver, InFlight, Live, UnknownJob, deliver, signed_by, submit_once
 from requester.logs import LiveOutputs
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
@@ -42,6 +42,7 @@ class _Active(Live):
     """A live job: its state as the machine sees it, behind the lock its decisions take."""
 
     state: Tracked
+    spec_bytes: int = 0  # its spec's size as submitted: what the API's spec-bytes-in-flight quota counts
     woken: bool = False  # a node with room for it appeared: announce at the next tick, not the next backoff step
 
     @property
@@ -60,6 +61,7 @@ class RequesterService(Driver[_Active]):
         self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._queue = Queue(lambda: (aj.state.waiting_since for aj in self._live.values() if aj.state.is_open()))
         self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
+        self._in_flight_bytes: Counter[str] = Counter()  # owner -> the sizes of their specs (and its bytes quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
@@ -116,8 +118,9 @@ class RequesterService(Driver[_Active]):
             await self._announce(aj)
 
     def _track(self, state: Tracked) -> _Active:
-        aj = self._live[state.job.id] = _Active(state=state)
+        aj = self._live[state.job.id] = _Active(state=state, spec_bytes=len(state.job.spec.model_dump_json()))
         self._in_flight[state.job.owner] += 1
+        self._in_flight_bytes[state.job.owner] += aj.spec_bytes
         return aj
 
     def _forget(self, aj: _Active) -> None:
@@ -126,8 +129,9 @@ class RequesterService(Driver[_Active]):
         self.outputs.forget(job.id)
         aj.done.set()
         self._in_flight[job.owner] -= 1
+        self._in_flight_bytes[job.owner] -= aj.spec_bytes
         if self._in_flight[job.owner] <= 0:
-            del self._in_flight[job.owner]
+            del self._in_flight[job.owner], self._in_flight_bytes[job.owner]
         self.latencies.append(job.updated_at - job.created_at)
 
     # -- submit, cancel, describe ----------------------------------------------------------------
@@ -223,9 +227,9 @@ class RequesterService(Driver[_Active]):
                                                           self._known()))
             return aj.job
 
-    def in_flight(self, owner: str) -> int:
-        """How many of ``owner``'s jobs are live (neither completed, failed nor cancelled)."""
-        return self._in_flight[owner]
+    def in_flight(self, owner: str) -> InFlight:
+        """``owner``'s live jobs (neither completed, failed nor cancelled): how many, and their specs' bytes."""
+        return InFlight(self._in_flight[owner], self._in_flight_bytes[owner])
 
     def take_output(self, peer: str, message: Output) -> Reply:
         """Output of a running execution, shown live (``requester/logs.py``); only its node may send it."""

@@ -16,12 +16,13 @@ import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 
 from jobs import Event, EventKind, JobState
 from jobs.messages import Claim, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
-from requester.common import Driver, Live, UnknownJob, deliver, signed_by, submit_once
+from requester.common import Driver, InFlight, Live, UnknownJob, deliver, signed_by, submit_once
 from requester.machine import Changes, Send
 from requester.ports import NodeJudge, RequesterStore
 from requester.selection import can_ever_run
@@ -43,6 +44,10 @@ class _Live(Live):
     def sweep(self) -> Sweep:
         return self.machine.sweep
 
+    @cached_property
+    def spec_bytes(self) -> int:
+        return len(self.sweep.spec.model_dump_json())
+
 
 class SweepService(Driver[_Live]):
     def __init__(self, *, peers: Peers, store: RequesterStore, judge: NodeJudge,
@@ -55,9 +60,10 @@ class SweepService(Driver[_Live]):
         self.credit = judge.credit  # a verified result
         self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
 
-    def in_flight(self, owner: str) -> int:
-        """How many of ``owner``'s sweeps are live."""
-        return sum(1 for live in self._live.values() if live.sweep.owner == owner)
+    def in_flight(self, owner: str) -> InFlight:
+        """``owner``'s live sweeps: how many, and their specs' bytes."""
+        mine = [live.spec_bytes for live in self._live.values() if live.sweep.owner == owner]
+        return InFlight(len(mine), sum(mine))
 
     async def _restore(self) -> None:
         now = self.clock()

@@ -83,6 +83,9 @@ def serve(
              "name their host, and a node refuses those made for another.")] = None,
     quota_jobs_in_flight: Annotated[int | None, typer.Option("--quota-jobs-in-flight", metavar="N", min=1,
         help="Per client: live jobs and sweeps on this node (default 10000); then 429.")] = None,
+    quota_spec_bytes_in_flight: Annotated[str | None, typer.Option("--quota-spec-bytes-in-flight", metavar="SIZE",
+        help="Per client: the specs of its live jobs and sweeps on this node together, each held in memory "
+             "while it waits (default 256MiB); then 429.")] = None,
     quota_submits_per_second: Annotated[float | None, typer.Option("--quota-submits-per-second", metavar="N",
         min=0.001, help="Per client: job and sweep submissions per second, bursts of twice that "
                         "(default 1000); then 429.")] = None,
@@ -105,9 +108,12 @@ def serve(
     from cli.exits import EXIT_USAGE
     from cli.specs import parse_size
 
-    context_quota = parse_size(quota_context_bytes_per_hour, "--quota-context-bytes-per-hour")
-    if context_quota is not None and context_quota < 1:
-        raise CLIError("--quota-context-bytes-per-hour: must be at least 1 byte", code=EXIT_USAGE)
+    sizes = {}
+    for flag, given in (("--quota-context-bytes-per-hour", quota_context_bytes_per_hour),
+                        ("--quota-spec-bytes-in-flight", quota_spec_bytes_in_flight)):
+        sizes[flag] = parse_size(given, flag)
+        if sizes[flag] is not None and sizes[flag] < 1:
+            raise CLIError(f"{flag}: must be at least 1 byte", code=EXIT_USAGE)
 
     config = build_node_config(
         data_dir=data_dir,
@@ -139,9 +145,10 @@ def serve(
         tls_key=tls_key,
         api_limits={"api_names": tuple(api_name) if api_name else None,
                     "quota_jobs_in_flight": quota_jobs_in_flight,
+                    "quota_spec_bytes_in_flight": sizes["--quota-spec-bytes-in-flight"],
                     "quota_submits_per_second": quota_submits_per_second,
                     "quota_event_streams": quota_event_streams,
-                    "quota_context_bytes_per_hour": context_quota,
+                    "quota_context_bytes_per_hour": sizes["--quota-context-bytes-per-hour"],
                     "quota_sweep_indexes_per_hour": quota_sweep_indexes_per_hour},
         peer_rate_limit=peer_rate_limit,
     )

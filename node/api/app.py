@@ -44,6 +44,7 @@ def create_app(node: Node) -> FastAPI:
                               "version and metrics takes a signed request (see the security schemes).")
     config = node.config
     quotas = Quotas(QuotaLimits(jobs_in_flight=config.quota_jobs_in_flight,
+                                spec_bytes_in_flight=config.quota_spec_bytes_in_flight,
                                 submits_per_second=config.quota_submits_per_second,
                                 submit_burst=max(1, round(2 * config.quota_submits_per_second)),
                                 event_streams=config.quota_event_streams,

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from requester.common import InFlight
+
 if TYPE_CHECKING:
     from compute import ComputeService
     from node.config import NodeConfig
@@ -36,10 +38,10 @@ class Node:
     def peer_id(self) -> str:
         return self.network.peer_id
 
-    def in_flight(self, client: str) -> int:
-        """``client``'s live jobs and sweeps here (the jobs-in-flight quota counts both)."""
-        jobs = self.requester.in_flight(client) if self.requester else 0
-        return jobs + (self.sweeps.in_flight(client) if self.sweeps else 0)
+    def in_flight(self, client: str) -> InFlight:
+        """``client``'s live jobs and sweeps here (the in-flight quotas count both)."""
+        jobs = self.requester.in_flight(client) if self.requester else InFlight()
+        return jobs + (self.sweeps.in_flight(client) if self.sweeps else InFlight())
 
 
 def requester_of(node: Node) -> RequesterService:

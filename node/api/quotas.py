@@ -1,5 +1,5 @@
-"""Per-client API quotas: jobs in flight, submissions per second, open event streams, working directories
-stored and sweep indexes made.
+"""Per-client API quotas: jobs in flight and the bytes of their specs, submissions per second, open event
+streams, working directories stored and sweep indexes made.
 
 A client over a quota gets 429 with ``Retry-After`` (``Refusal``). The defaults are far above
 what a person, the test suite or ``shoal bench`` (ten submitters sharing one client key) ask
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs import format_bytes
+from requester.common import InFlight
 
 MAX_TRACKED = 10_000  # submit buckets kept before full (idle) ones are dropped
 
@@ -22,6 +23,8 @@ MAX_TRACKED = 10_000  # submit buckets kept before full (idle) ones are dropped
 @dataclass(frozen=True)
 class QuotaLimits:
     jobs_in_flight: int = 10_000  # live jobs and sweeps of one client on this node
+    spec_bytes_in_flight: int = 256 * 1024**2  # their specs together: each is held in memory and announced again
+    # while it waits (300 jobs of 900 KB of inline code took a requester from 130 to 912 MiB)
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
     event_streams: int = 256  # open streams of one client: events (SSE) and logs it follows
@@ -34,8 +37,8 @@ class QuotaLimits:
 
 @dataclass(frozen=True)
 class Refusal:
-    quota: str  # "jobs_in_flight", "submits_per_second", "event_streams", "context_bytes" or "sweep_indexes":
-    # the /metrics label
+    quota: str  # the /metrics label: "jobs_in_flight", "spec_bytes_in_flight", "submits_per_second",
+    # "event_streams", "context_bytes" or "sweep_indexes"
     message: str
     retry_after: int  # seconds
 
@@ -50,15 +53,21 @@ class Quotas:
         self._streams: dict[str, int] = {}
         # quota -> client -> (what it may still take, at): the hourly allowances
         self._allowances: dict[str, dict[str, tuple[float, float]]] = {"context_bytes": {}, "sweep_indexes": {}}
-        self.refused = {"jobs_in_flight": 0, "submits_per_second": 0, "event_streams": 0, "context_bytes": 0,
-                        "sweep_indexes": 0}
+        self.refused = dict.fromkeys(("jobs_in_flight", "spec_bytes_in_flight", "submits_per_second", "event_streams",
+                                      "context_bytes", "sweep_indexes"), 0)
 
-    def submit(self, client: str, in_flight: int) -> Refusal | None:
-        """May ``client``, with ``in_flight`` live jobs and sweeps, submit one more? Takes a token if so."""
+    def submit(self, client: str, in_flight: InFlight, spec_bytes: int) -> Refusal | None:
+        """May ``client``, with ``in_flight`` live jobs and sweeps, submit one more whose spec is ``spec_bytes``
+        long? Takes a token if so."""
         limits = self.limits
-        if in_flight >= limits.jobs_in_flight:
-            return self._refuse("jobs_in_flight", f"client {client} has {in_flight} jobs and sweeps in flight on "
-                                f"this node (at most {limits.jobs_in_flight}): wait for some to end", 5)
+        if in_flight.count >= limits.jobs_in_flight:
+            return self._refuse("jobs_in_flight", f"client {client} has {in_flight.count} jobs and sweeps in flight "
+                                f"on this node (at most {limits.jobs_in_flight}): wait for some to end", 5)
+        if in_flight.spec_bytes + spec_bytes > limits.spec_bytes_in_flight:
+            return self._refuse("spec_bytes_in_flight", f"client {client} has {format_bytes(in_flight.spec_bytes)} "
+                                f"of job and sweep specs in flight on this node, and {format_bytes(spec_bytes)} more "
+                                f"would pass {format_bytes(limits.spec_bytes_in_flight)}: wait for some to end, or "
+                                "put large code and data in inputs", 5)
         now = self._clock()
         tokens, at = self._buckets.get(client, (float(limits.submit_burst), now))
         tokens = min(float(limits.submit_burst), tokens + (now - at) * limits.submits_per_second)

@@ -50,6 +50,7 @@ def node_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with noop_node(home, QUOTA_PORT, args=["--quota-jobs-in-flight", "2", "--quota-submits-per-second", "2",
                                            "--quota-event-streams", "1",
                                            "--quota-context-bytes-per-hour", "1MiB",
+                                           "--quota-spec-bytes-in-flight", "900KiB",
                                            "--quota-sweep-indexes-per-hour", "1000"]):  # fmt: skip
         yield home
 
@@ -236,6 +237,37 @@ def test_job_specs_a_client_stores_count_against_the_same_hourly_bytes(node_b: P
         sweep = {"job": big, "grid": {"x": ["1"]}}
         refused = http.send(signed(http, key, "POST", f"{B}/v1/sweeps", json={"spec": sweep}))
         assert "job specs in the last hour" in error(refused, 429)["message"]
+
+
+def test_the_specs_of_a_clients_live_jobs_are_held_to_a_bound_together(node_b: Path) -> None:
+    """Each live job's spec is held in memory and announced again while it waits: 300 jobs of 900 KB took a
+    requester from 130 to 912 MiB, far inside the quota of jobs in flight. A spec that would take a client's
+    live specs past the bound is refused and not stored; room comes back as its jobs end."""
+    key = ClientKey.generate()
+    data = {"DATA": "x" * (500 << 10)}  # 500 KiB; the node holds 900 KiB per client
+    heavy = {**PENDING, "env": data}
+    with httpx.Client(timeout=30) as http:
+        first = http.send(signed(http, key, "POST", f"{B}/v1/jobs", json={"spec": heavy}))
+        assert first.status_code == 201, first.text
+        second = http.send(signed(http, key, "POST", f"{B}/v1/jobs", json={"spec": heavy}))
+        refused = error(second, 429)
+        assert re.search(r"has 500 KiB of job and sweep specs in flight on this node, and 500 KiB more would "
+                         r"pass 900 KiB", refused["message"]), refused["message"]
+        sweep = {"job": {"engine": {"name": "noop"}, "env": data}, "grid": {"x": ["1"]}}  # counts the same
+        assert "specs in flight" in error(http.send(signed(http, key, "POST", f"{B}/v1/sweeps",
+                                                            json={"spec": sweep})), 429)["message"]
+        assert http.send(signed(http, key, "GET", f"{B}/v1/jobs")).json()["total"] == 1  # nothing more stored
+        other = http.send(signed(http, ClientKey.generate(), "POST", f"{B}/v1/jobs", json={"spec": heavy}))
+        assert other.status_code == 201  # another client's specs are its own
+        job_id = first.json()["job"]["id"]
+        assert http.send(signed(http, key, "POST", f"{B}/v1/jobs/{job_id}/cancel")).status_code == 200
+        again = http.send(signed(http, key, "POST", f"{B}/v1/jobs", json={"spec": heavy}))
+        assert again.status_code == 201, again.text  # the cancelled job's spec left the bound
+        for made in (other, again):
+            job_id = made.json()["job"]["id"]
+            http.send(signed(http, key, "POST", f"{B}/v1/jobs/{job_id}/cancel"))
+    metrics = httpx.get(f"{B}/metrics", timeout=30).text
+    assert 'shoal_api_refused_total{quota="spec_bytes_in_flight"} 2' in metrics
 
 
 def test_sweeps_are_held_to_a_clients_quotas(node_b: Path) -> None:

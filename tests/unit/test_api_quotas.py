@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from node.api.quotas import MAX_TRACKED, QuotaLimits, Quotas
+from requester.common import InFlight
+
+NONE = InFlight()  # no live jobs
 
 
 class Clock:
@@ -16,23 +19,35 @@ class Clock:
 def test_submissions_per_second_refill_and_say_when_to_retry() -> None:
     clock = Clock()
     quotas = Quotas(QuotaLimits(submits_per_second=2, submit_burst=3), clock=clock)
-    assert [quotas.submit("a", 0) for _ in range(3)] == [None] * 3  # the burst
-    refusal = quotas.submit("a", 0)
+    assert [quotas.submit("a", NONE, 100) for _ in range(3)] == [None] * 3  # the burst
+    refusal = quotas.submit("a", NONE, 100)
     assert refusal is not None and refusal.quota == "submits_per_second" and refusal.retry_after == 1
-    assert quotas.submit("b", 0) is None  # another client has its own bucket
+    assert quotas.submit("b", NONE, 100) is None  # another client has its own bucket
     clock.now += 0.5  # one token back (2 per second)
-    assert quotas.submit("a", 0) is None
-    assert quotas.submit("a", 0) is not None
+    assert quotas.submit("a", NONE, 100) is None
+    assert quotas.submit("a", NONE, 100) is not None
     clock.now += 100  # refills to the burst, never beyond
-    assert [quotas.submit("a", 0) is None for _ in range(4)] == [True, True, True, False]
+    assert [quotas.submit("a", NONE, 100) is None for _ in range(4)] == [True, True, True, False]
     assert quotas.refused["submits_per_second"] == 3
 
 
 def test_jobs_in_flight_refuse_without_spending_a_token() -> None:
     quotas = Quotas(QuotaLimits(jobs_in_flight=2, submits_per_second=1, submit_burst=1), clock=Clock())
-    refusal = quotas.submit("a", in_flight=2)
+    refusal = quotas.submit("a", InFlight(2), 100)
     assert refusal is not None and refusal.quota == "jobs_in_flight" and refusal.retry_after >= 1
-    assert quotas.submit("a", in_flight=1) is None  # the refused submit took no token
+    assert quotas.submit("a", InFlight(1), 100) is None  # the refused submit took no token
+
+
+def test_the_specs_of_a_clients_live_jobs_are_bounded_together_without_spending_a_token() -> None:
+    """Specs are held in memory and announced again while their jobs wait: 300 jobs of 900 KB of inline
+    code took a requester from 130 to 912 MiB, far inside the count of jobs in flight."""
+    quotas = Quotas(QuotaLimits(spec_bytes_in_flight=1000, submits_per_second=1, submit_burst=1), clock=Clock())
+    refusal = quotas.submit("a", InFlight(3, 900), 101)
+    assert refusal is not None and refusal.quota == "spec_bytes_in_flight" and refusal.retry_after >= 1
+    assert "has 900 B of job and sweep specs in flight on this node, and 101 B more would pass 1000 B" \
+        in refusal.message
+    assert quotas.submit("a", InFlight(3, 900), 100) is None  # up to the bound, and the refusals took no token
+    assert quotas.refused["spec_bytes_in_flight"] == 1
 
 
 def test_event_streams_are_counted_until_closed() -> None:
@@ -53,9 +68,9 @@ def test_many_clients_keep_memory_bounded() -> None:
     clock = Clock()
     quotas = Quotas(QuotaLimits(submits_per_second=10, submit_burst=10), clock=clock)
     for i in range(MAX_TRACKED):
-        quotas.submit(f"c{i}", 0)
+        quotas.submit(f"c{i}", NONE, 100)
     clock.now += 10  # every bucket has refilled: forgetting them changes no decision
-    quotas.submit("newcomer", 0)
+    quotas.submit("newcomer", NONE, 100)
     assert len(quotas._buckets) == 1
 
 

@@ -67,8 +67,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         where = unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:  # JSON's \ud800-style escapes can smuggle in text no store can keep
             return error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
-        refusal = quotas.submit(client, node.in_flight(client)) or \
-            quotas.store_context(client, len(body.spec.model_dump_json()))
+        size = len(body.spec.model_dump_json())
+        refusal = quotas.submit(client, node.in_flight(client), size) or quotas.store_context(client, size)
         if refusal is not None:
             return refused(refusal)
         job, created = await requester().submit(body.spec, client, idempotency_key, use_cache=cache)

@@ -73,8 +73,9 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
         if where is not None:
             return error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
         if quotas is not None:  # a sweep counts as one job in flight; its indexes have a quota of their own
-            refusal = quotas.submit(client, node.in_flight(client)) or quotas.make_indexes(client, body.spec.count) \
-                or quotas.store_context(client, len(body.spec.model_dump_json()))
+            size = len(body.spec.model_dump_json())
+            refusal = quotas.submit(client, node.in_flight(client), size) \
+                or quotas.make_indexes(client, body.spec.count) or quotas.store_context(client, size)
             if refusal is not None:
                 return refused(refusal)
         sweep, created = await service().submit(body.spec, client, idempotency_key)
