@@ -8,6 +8,7 @@ that sets it, so a user fixes all of them in one go.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from cli.errors import EXIT_USAGE, CLIError
@@ -185,13 +186,44 @@ _SWEEP_PROBLEMS = (
 
 
 def split_param(value: str) -> tuple[str, list[str]]:
-    """``KEY=V1,V2,...`` → (KEY, [V1, V2, ...]): one axis of the grid."""
+    """``KEY=V1,V2,...`` → (KEY, [V1, V2, ...]): one axis of the grid. A value ``A..B`` or ``A..B..STEP`` of
+    numbers stands for the numbers from A to B, both included, as the shell's ``{0..999}`` does."""
     key, sep, values = value.partition("=")
     if not sep or not key.strip():
-        raise CLIError(f"--param {value!r}: expected KEY=V1,V2,…, e.g. --param lr=0.1,0.01", code=EXIT_USAGE)
+        raise CLIError(f"--param {value!r}: expected KEY=V1,V2,… or KEY=FIRST..LAST, e.g. --param lr=0.1,0.01",
+                       code=EXIT_USAGE)
     if not values:
         raise CLIError(f"--param {value!r}: give at least one value after '=', e.g. {key}=1,2,3", code=EXIT_USAGE)
-    return key, [v.strip() for v in values.split(",")]  # "S0=90, 100" means 100, not " 100"
+    axis: list[str] = []
+    for item in values.split(","):
+        axis += number_range(key, item.strip())  # "S0=90, 100" means 100, not " 100"
+    return key, axis
+
+
+_NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
+_RANGE = re.compile(rf"({_NUMBER})\.\.({_NUMBER})(?:\.\.({_NUMBER}))?")
+
+
+def number_range(key: str, item: str) -> list[str]:
+    """``0..4`` → 0 1 2 3 4; ``1..0..0.25`` → 1 0.75 0.5 0.25 0 (decimal steps, so no 0.30000000000000004);
+    any other value is itself."""
+    from decimal import Decimal
+
+    from jobs.sweep import MAX_INDEXES
+
+    match = _RANGE.fullmatch(item)
+    if match is None:
+        return [item]
+    first, last = Decimal(match[1]), Decimal(match[2])
+    step = abs(Decimal(match[3] or 1))
+    if step == 0:
+        raise CLIError(f"--param {key}={item}: the step must not be 0", code=EXIT_USAGE)
+    count = int(abs(last - first) // step) + 1
+    if count > MAX_INDEXES:
+        raise CLIError(f"--param {key}={item}: {count:,} values; a sweep has at most {MAX_INDEXES:,} indexes",
+                       code=EXIT_USAGE)
+    step = step if last >= first else -step
+    return [format((first + i * step).normalize(), "f") for i in range(count)]
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def test_a_noop_grid_completes_with_every_combination(stack: Stack) -> None:
 
 def test_a_python_sweep_gives_each_index_its_value(stack: Stack, tmp_path: Path) -> None:
     code = "import os; print(os.environ['x'], os.environ['SHOAL_INDEX'], os.environ['SHOAL_COUNT'])"
-    result = shoal(stack, "run", "python", "-c", code, "--param", "x=1,2,3")
+    result = shoal(stack, "run", "python", "-c", code, "--param", "x=1..3")  # a range: 1, 2 and 3
     assert result.returncode == 0, result.stderr
     sweep_id = sweep_id_of(result)
     outs = [shoal(stack, "sweep", "logs", sweep_id, str(i)).stdout for i in range(3)]

@@ -163,6 +163,27 @@ def test_spaces_around_values_are_dropped_and_a_parameter_set_with_e_too_is_refu
         "--param S0: S0 is set with -e too; a parameter gives each index its value"]
 
 
+def test_a_range_of_numbers_stands_for_each_of_them_ends_included(fake: FakeSweepClient) -> None:
+    """A quant sweeping 1,000 seeds once had to type them all: ``--param seed=0..999`` took the text
+    literally, a sweep of one index."""
+    result = run("run", "noop", "--param", "seed=0..999", "--param", "vol=0.3..0.1..0.1", "--param",
+                 "k=90,100..110..5,name..x", "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    spec = submitted_sweep(fake)
+    assert spec.grid["seed"] == [str(i) for i in range(1000)]
+    assert spec.grid["vol"] == ["0.3", "0.2", "0.1"]  # decimal steps: no 0.30000000000000004, either way
+    assert spec.grid["k"] == ["90", "100", "105", "110", "name..x"]  # what is not a range of numbers is itself
+    assert spec.count == 1000 * 3 * 5
+
+
+def test_a_range_too_long_for_a_sweep_or_without_a_step_is_refused_at_once(fake: FakeSweepClient) -> None:
+    for value, why in (("x=0..2000000", "2,000,001 values; a sweep has at most 1,000,000 indexes"),
+                       ("x=0..1..0", "the step must not be 0")):
+        result = run("run", "noop", "--param", value, "--no-wait")
+        assert result.exit_code == 2 and error_lines(result) == [f"--param {value}: {why}"]
+    assert fake.sweeps_submitted == []
+
+
 def test_values_keep_their_equals_signs_and_empty_values(fake: FakeSweepClient) -> None:
     assert run("run", "noop", "--param", "opt=a=1,b=2,", "--no-wait").exit_code == 0
     assert submitted_sweep(fake).grid == {"opt": ["a=1", "b=2", ""]}
@@ -203,8 +224,8 @@ def test_without_sweep_flags_a_job_is_submitted(fake: FakeSweepClient) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--param", "x"], "--param 'x': expected KEY=V1,V2,…, e.g. --param lr=0.1,0.01"),
-        (["--param", "=1,2"], "--param '=1,2': expected KEY=V1,V2,…, e.g. --param lr=0.1,0.01"),
+        (["--param", "x"], "--param 'x': expected KEY=V1,V2,… or KEY=FIRST..LAST, e.g. --param lr=0.1,0.01"),
+        (["--param", "=1,2"], "--param '=1,2': expected KEY=V1,V2,… or KEY=FIRST..LAST, e.g. --param lr=0.1,0.01"),
         (["--param", "x="], "--param 'x=': give at least one value after '=', e.g. x=1,2,3"),
         (["--param", "x=1", "--param", "x=2"], "--param x is given twice: give all its values at once (x=V1,V2,…)"),
         (["--param", "1x=1"], "sweep (--param/--sweep): invalid parameter names (they become environment "
