@@ -54,6 +54,7 @@ from docker.utils.socket import STDERR, frames_iter_no_tty
 from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
 from executors.docker_network import fenced_network
+from executors.docker_pulls import DEFAULT_MAX_IMAGE, PulledImages
 from executors.images import IMAGES as BASE_IMAGES
 from jobs import JobSpec, RunResult
 from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
@@ -140,6 +141,7 @@ class PullProgress:
     def __init__(self, image: str, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic):
         self.image, self.interval, self.clock = image, interval, clock
         self.layers: dict[str, tuple[int, int, bool]] = {}  # id → (bytes done, total, complete)
+        self.download_bytes = 0  # what the layers being downloaded take together, as far as announced
         self.last = -1e9
 
     def update(self, event: dict[str, Any]) -> str | None:
@@ -157,6 +159,8 @@ class PullProgress:
             self.layers[layer] = (done, total, complete)
         elif layer and status == "Pulling fs layer":
             self.layers.setdefault(layer, (0, 0, False))
+        if status == "Downloading":
+            self.download_bytes = sum(t for _, t, _ in self.layers.values())
         now = self.clock()
         if final:
             return f"pulling {self.image}: {status.removeprefix('Status:').strip()}"
@@ -179,6 +183,8 @@ class DockerExecutor(Executor):
             dir or peer id. Two nodes on one host must use different labels.
         allow_network: whether jobs asking for ``network`` may have it (default: refused).
         pids_limit: processes + threads allowed per container.
+        pulled_record, max_image_size, image_cache_size: the images pulled for jobs, kept across restarts,
+            how large one may be and how much of them is kept (``executors.docker_pulls``).
 
     Wiring (compute service):
         1. ``await cleanup_leftovers(node_label)`` once at node start.
@@ -192,13 +198,13 @@ class DockerExecutor(Executor):
 
     def __init__(self, node_label: str, *, allow_network: bool = False, pids_limit: int = DEFAULT_PIDS_LIMIT,
                  max_capture: int = MAX_CAPTURE, allow_images: tuple[str, ...] = (),
-                 pulled_record: Path | None = None) -> None:
+                 pulled_record: Path | None = None, max_image_size: int = DEFAULT_MAX_IMAGE,
+                 image_cache_size: int | None = None) -> None:
         if not node_label:
             raise ValueError("node_label must be non-empty: it names this node's containers")
         self.node_label = node_label
         self.allow_images = tuple(allow_images)
-        self.pulled_record = pulled_record
-        self._pulled = _read_pulled(pulled_record)
+        self.pulled = PulledImages(pulled_record, max_image=max_image_size, cache=image_cache_size)
         self.allow_network = allow_network
         self.pids_limit = pids_limit
         self.max_capture = max_capture
@@ -283,7 +289,7 @@ class DockerExecutor(Executor):
 
     def _local_image_problem(self, image: str) -> str | None:
         if self.allow_images or _normalise_image(image) in _BASE_IMAGE_NAMES or \
-                _normalise_image(image) in self._pulled:
+                _normalise_image(image) in self.pulled:
             return None
         return (f"image {image!r} is on this node but was not pulled for jobs; it runs only if the operator "
                 "allows it (shoal serve --allow-images PATTERN)")
@@ -295,12 +301,13 @@ class DockerExecutor(Executor):
             await trio.to_thread.run_sync(api.inspect_image, image)
         except docker.errors.ImageNotFound:
             await self._pull(api, image, on_progress)
-            await trio.to_thread.run_sync(self._record_pulled, image)
+            await trio.to_thread.run_sync(self._keep_pulled, api, image)
             return
         except _DaemonErrors as e:
             raise _daemon_error(e, f"looking up image {image!r}") from e
         if (problem := self._local_image_problem(image)) is not None:
             raise ExecutorError(problem, retryable=True)
+        self.pulled.used(_normalise_image(image))
 
     def _present_but_refused(self, api: docker.APIClient, image: str) -> tuple[str | None, list[str]]:
         """Blocking: the refusal for an image that is present locally but not allowed (None otherwise), and
@@ -313,15 +320,16 @@ class DockerExecutor(Executor):
             return None, []  # create_container will say what is wrong
         return self._local_image_problem(image), list((inspected.get("Config") or {}).get("Volumes") or {})
 
-    def _record_pulled(self, image: str) -> None:
+    def _keep_pulled(self, api: docker.APIClient, image: str) -> None:
+        """Blocking: record an image just pulled for a job, unless it unpacked past the node's limit (it is
+        removed), and keep the images pulled for jobs within the node's cache."""
+        if (size := self.pulled.too_large(api, image)) is not None:
+            raise ExecutorError(f"image {image!r} takes {format_bytes(size)} unpacked, more than this node keeps "
+                                f"of one image ({format_bytes(self.pulled.max_image)}; shoal serve "
+                                "--max-image-size)", retryable=True)
         name = _normalise_image(image)
-        if name in self._pulled:
-            return
-        self._pulled.add(name)
-        if self.pulled_record is not None:
-            self.pulled_record.parent.mkdir(parents=True, exist_ok=True)
-            with self.pulled_record.open("a") as f:
-                f.write(name + "\n")
+        self.pulled.add(name)
+        self.pulled.prune(api, keep=name)
 
     async def _pull(self, api: docker.APIClient, image: str, on_progress: ProgressCallback | None) -> None:
         repo, tag = parse_repository_tag(image)
@@ -344,6 +352,11 @@ class DockerExecutor(Executor):
                 if "error" in event:
                     raise docker.errors.APIError(str(event.get("error")))
                 line = tracker.update(event)
+                if tracker.download_bytes > self.pulled.max_image:  # closing the stream stops the daemon's pull
+                    events.close()
+                    raise ExecutorError(f"image {image!r} is larger than this node pulls: its layers pass "
+                                        f"{format_bytes(self.pulled.max_image)} (shoal serve --max-image-size)",
+                                        retryable=True)
                 if line is not None and on_progress is not None and not abandoned.is_set():
                     trio.from_thread.run(report, line, trio_token=token)
 
@@ -388,6 +401,7 @@ class DockerExecutor(Executor):
         problem, volumes = await trio.to_thread.run_sync(self._present_but_refused, api, engine.image)
         if problem is not None:
             raise ExecutorError(problem, retryable=True)
+        self.pulled.used(_normalise_image(engine.image))
         network = await trio.to_thread.run_sync(fenced_network, api) if engine.network else "none"
         create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes, network)
         cid: str | None = None
@@ -612,12 +626,6 @@ def _normalise_image(image: str) -> str:
 
 
 _BASE_IMAGE_NAMES = frozenset(_normalise_image(i) for i in BASE_IMAGES)
-
-
-def _read_pulled(path: Path | None) -> set[str]:
-    if path is None or not path.is_file():
-        return set()
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
 def _job_user() -> tuple[int, int]:

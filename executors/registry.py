@@ -44,16 +44,20 @@ class ExecutorRegistry:
 
 def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,
                      python_pool: int = 2, unsandboxed_python: bool = False,
-                     allow_images: tuple[str, ...] = ()) -> ExecutorRegistry:
+                     allow_images: tuple[str, ...] = (), max_image_size: int | None = None,
+                     image_cache_size: int | None = None) -> ExecutorRegistry:
     """The engines a real node offers; each says by ``is_installed()`` whether it can run now."""
     from executors.docker import DockerExecutor
+    from executors.docker_pulls import DEFAULT_MAX_IMAGE
     from executors.pyodide import PyodideExecutor
     from executors.wasm import WasmExecutor
 
     return ExecutorRegistry({
         "noop": NoopExecutor(),
         "docker": DockerExecutor(node_label, allow_network=allow_network, allow_images=allow_images,
-                                 pulled_record=data_dir / "cache" / "docker-pulled-images.txt"),
+                                 pulled_record=data_dir / "cache" / "docker-pulled-images.txt",
+                                 max_image_size=max_image_size or DEFAULT_MAX_IMAGE,
+                                 image_cache_size=image_cache_size),
         "wasm": WasmExecutor(data_dir / "cache" / "wasm"),
         "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool,
                                   unsandboxed=unsandboxed_python),

@@ -80,6 +80,8 @@ class NodeConfig:
     log_level: str = "INFO"
     unsandboxed_python: bool = False  # run python jobs without the OS sandbox (unsafe; logged loudly)
     allow_images: tuple[str, ...] = ()  # docker images jobs may use (patterns); empty: base and pulled ones
+    max_image_size: int = 10 * 1024**3  # bytes one image pulled for a job may take (executors.docker_pulls)
+    image_cache_size: int | None = None  # bytes of images pulled for jobs kept; None: 20 GiB, at most disk/4
     allow_network: bool = False  # give docker jobs that ask for it network access (off: such jobs are refused)
     network_key: Path | None = None  # private network: only peers holding this key connect (node.net.admission)
     trusted_peers: Path | None = None  # file of peer ids: only these peers connect (with the key, if one is set)

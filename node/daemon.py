@@ -120,7 +120,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             total = config.limit_total or machine_resources()
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
                 config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python,
-                allow_images=config.allow_images, allow_network=config.allow_network)
+                allow_images=config.allow_images, allow_network=config.allow_network,
+                max_image_size=config.max_image_size, image_cache_size=config.image_cache_size)
             if config.bad_actor:
                 registry = registry.map(BadActor)
             compute = ComputeService(peers=peers, store=store, executors=registry,

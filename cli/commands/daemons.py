@@ -59,6 +59,11 @@ def serve(
     allow_images: Annotated[list[str] | None, typer.Option("--allow-images", metavar="PATTERN",
         help="Docker images jobs may use (e.g. 'python:*'); repeatable. Default: Shoal's base images and "
              "images pulled for jobs, never other local ones.")] = None,
+    max_image_size: Annotated[str | None, typer.Option("--max-image-size", metavar="SIZE",
+        help="Largest docker image a job may have this node pull, downloaded or unpacked (default 10GiB).")] = None,
+    image_cache_size: Annotated[str | None, typer.Option("--image-cache-size", metavar="SIZE",
+        help="Images pulled for jobs this node keeps, the least recently used removed past it (default 20GiB, "
+             "at most a quarter of Docker's disk).")] = None,
     allow_network: Annotated[bool, typer.Option("--allow-network",
         help="Give docker jobs that ask for it (shoal docker run --network) network access, fenced from this "
              "host and 169.254.0.0/16 (needs root, or `shoal docker fence` run as root at boot); without it "
@@ -110,7 +115,8 @@ def serve(
 
     sizes = {}
     for flag, given in (("--quota-context-bytes-per-hour", quota_context_bytes_per_hour),
-                        ("--quota-spec-bytes-in-flight", quota_spec_bytes_in_flight)):
+                        ("--quota-spec-bytes-in-flight", quota_spec_bytes_in_flight),
+                        ("--max-image-size", max_image_size), ("--image-cache-size", image_cache_size)):
         sizes[flag] = parse_size(given, flag)
         if sizes[flag] is not None and sizes[flag] < 1:
             raise CLIError(f"{flag}: must be at least 1 byte", code=EXIT_USAGE)
@@ -136,6 +142,8 @@ def serve(
         pending_bid_timeout=pending_bid_timeout,
         unsandboxed_python=unsafe_unsandboxed_python,
         allow_images=allow_images,
+        max_image_size=sizes["--max-image-size"],
+        image_cache_size=sizes["--image-cache-size"],
         allow_network=allow_network,
         network_key=network_key,
         trusted_peers=trusted_peers,

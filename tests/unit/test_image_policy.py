@@ -22,7 +22,7 @@ def test_without_patterns_only_base_and_pulled_images_run(tmp_path: Path):
     assert ex._local_image_problem("docker.io/library/busybox:latest") is None
     assert ex._local_image_problem("shoal/python:3") is None
     assert "was not pulled for jobs" in ex._local_image_problem("acme/private:1")
-    ex._record_pulled("acme/private:1")
+    ex.pulled.add("acme/private:1")
     assert ex._local_image_problem("acme/private:1") is None
     # the record outlives the process
     assert DockerExecutor("n", pulled_record=record)._local_image_problem("acme/private:1") is None
