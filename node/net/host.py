@@ -131,7 +131,8 @@ class NetworkStatistics:
     reply was sent. ``gossip_received`` counts messages handed to on_gossip;
     ``gossip_dropped`` those lost because on_gossip fell behind.
     ``frames_rejected``: malformed or oversized frames, and streams closed in
-    the middle of a frame. ``open_streams``: rpc streams open now, both ways.
+    the middle of a frame; also streams of gossip or libp2p's own protocols
+    dropped on what a peer sent. ``open_streams``: rpc streams open now, both ways.
     ``gossip_cached``: messages libp2p keeps now to answer IWANTs (about five heartbeats' worth).
     ``peers_refused_key``: connections (either way) whose handshake failed while the node has a
     network key: the peer lacks the key (or dropped the connection mid-handshake).
@@ -176,6 +177,33 @@ class _Pubsub(Pubsub):
             self._counters.gossip_rate_limited += 1
             return
         await super().push_msg(msg_forwarder, msg)
+
+
+class _GuardedHandlers(dict[Any, Any]):
+    """libp2p's stream handlers by protocol, each wrapped so that what a peer sends on one stream can end
+    that stream and no more. libp2p lets a handler's error travel up to the host: one 7-byte gossip frame
+    that protobuf could not parse stopped the whole node (its pubsub reader catches only its own errors).
+    Wraps the handlers there are and every one set later (``multiselect.add_handler`` sets items)."""
+
+    def __init__(self, handlers: dict[Any, Any], counters: Counters) -> None:
+        super().__init__()
+        self._counters = counters
+        for protocol, handler in handlers.items():
+            self[protocol] = handler
+
+    def __setitem__(self, protocol: Any, handler: Any) -> None:
+        super().__setitem__(protocol, None if handler is None else self._guarded(protocol, handler))
+
+    def _guarded(self, protocol: Any, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        async def guarded(stream: Any) -> None:
+            try:
+                await handler(stream)
+            except Exception as exc:  # not Cancelled (a BaseException): shutting down still ends it
+                self._counters.frames_rejected += 1
+                peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", "?")
+                log.info("dropped a %s stream from %s on what it sent: %r", protocol, peer, exc)
+                await discard_stream(stream)
+        return guarded
 
 
 class _BoundedDict(OrderedDict[Any, Any]):
@@ -588,6 +616,7 @@ class Network:
         # reuse seqnos that peers still hold as "seen" and have its gossip dropped.
         pubsub.counter = time.time_ns()
         host.set_stream_handler(RPC_PROTOCOL, self._handle_inbound_stream)
+        host.multiselect.handlers = _GuardedHandlers(host.multiselect.handlers, self._counters)
         swarm.register_notifee(_ConnectionWatcher(self._on_disconnected))
         self._host = host
         for peer_id, known in self._known_addrs.items():
