@@ -12,6 +12,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from compute.backlog import Backlog, spec_bytes
 from compute.capacity import CapacityTracker
@@ -25,7 +26,13 @@ log = logging.getLogger("shoal.compute")
 RECENT_JOBS = 20_000  # (requester, job id) -> last attempt bid on; bounds memory while deduplicating
 PENDING_BID_TIMEOUT = 120.0  # longest a bid answered "pending" holds capacity (``--pending-bid-timeout``)
 PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's decision to arrive
-BID_ANSWER_WINDOW = 60.0  # longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner)
+# Longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner), holding its room
+# meanwhile. It was 60 s: a peer that announced whole-node jobs and never answered kept three nodes full, and
+# an honest job waiting, for as long as it re-announced them (red team: 200 s and counting). A requester that
+# restarts announces its jobs again.
+BID_ANSWER_WINDOW = 10.0
+SILENT_COOLDOWN = 60.0  # after a bid went unanswered, its requester's jobs wait in the backlog this long
+KNOWN_REQUESTERS = 10_000  # requesters remembered as silent, or as ones whose bids we won (their jobs first)
 BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 PRUNE_BATCH = 10_000  # job ids per OpenQuery
@@ -33,6 +40,13 @@ MAX_SLOTS = 64  # runs at once in one sweep claim
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
 MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and compute.backlog.MAX_BYTES of them)
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
+
+def _remember(known: OrderedDict[str, Any], requester: str, value: Any) -> None:
+    known[requester] = value
+    known.move_to_end(requester)
+    while len(known) > KNOWN_REQUESTERS:
+        known.popitem(last=False)
+
 
 # the event a move to a terminal state writes (a rejection of proposed results has its own)
 _END_EVENTS = {ExecutionState.REJECTED: EventKind.BID_REJECTED, ExecutionState.CANCELLED: EventKind.CANCELLED,
@@ -104,6 +118,12 @@ class ComputeMachine:
         self._waiting: Backlog[tuple[str, str], tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # Requesters by how they answered our bids: those that left one unanswered, until when we bid on
+        # none of theirs; those that accepted one, whose backlogged jobs are bid on before others'. Any
+        # peer may announce jobs under fresh identities: one that never answers costs a node a bid window
+        # once, and those who gave it work before come first when room frees.
+        self._silent: OrderedDict[str, float] = OrderedDict()
+        self._served: OrderedDict[str, None] = OrderedDict()
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
@@ -192,6 +212,8 @@ class ComputeMachine:
         """Reserve room and open an execution; with the time to stop asking for a verdict on the bid."""
         if not ann.spec.resources.fits_in(self.capacity.free):  # before the id: most calls end here under load
             return None
+        if self._silent.get(ann.requester, 0.0) > now:
+            return None  # it waits in the backlog, and goes stale there if its requester stays away
         if self._room_for_runs(ann.spec.engine.executor) == 0:
             return None
         execution_id = f"e-{uuid.uuid4().hex}"
@@ -216,7 +238,9 @@ class ComputeMachine:
         if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
         if reply is None:
+            _remember(self._silent, ex.requester, now + SILENT_COOLDOWN)
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
+        self._silent.pop(ex.requester, None)
         if reply.verdict == "accepted":
             return self.accept(execution_id, reply.secret_env, now)
         if reply.verdict == "rejected":
@@ -249,6 +273,7 @@ class ComputeMachine:
             return Changes()
         if secret_env:
             self.secrets[ex.id] = dict(secret_env)
+        _remember(self._served, ex.requester, None)
         return Changes(writes=[self._move(ex, ExecutionState.ACCEPTED, "running", now, EventKind.BID_ACCEPTED)],
                        runs=[ex.id])
 
@@ -320,11 +345,14 @@ class ComputeMachine:
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now, in arrival order; expired ones leave it."""
+        """Backlog entries that fit in what is free now, those of requesters whose bids we won first, each
+        in arrival order, none of a requester in its silent cooldown; expired ones leave it."""
         for key, (ann, seen) in list(self.backlog.items()):
             if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > BACKLOG_STALE:
                 del self.backlog[key]
-        return [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)]
+        fitting = [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)
+                   and self._silent.get(ann.requester, 0.0) <= now]  # nor are a silent one's asked about
+        return sorted(fitting, key=lambda ann: ann.requester not in self._served)  # stable: arrival order within
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
         """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).

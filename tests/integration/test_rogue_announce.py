@@ -71,3 +71,38 @@ async def test_a_job_id_reannounced_by_another_peer_does_not_lock_out_the_real_j
         d = await client.wait(job_id, timeout=60)
         assert d.job.state is JobState.COMPLETED, d.job.reason
         assert [x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED] == [honest.peer_id]
+
+
+async def test_a_requester_that_never_answers_its_bids_holds_a_node_for_one_short_window(home):
+    """Red team: a peer announced whole-node jobs, re-announcing them, and never answered the bids. Each bid
+    held the node's room for 60 s, the next of its jobs was bid on after it, and an honest job was still
+    waiting after 200 s. Now the node gives up on a bid after BID_ANSWER_WINDOW (10 s), bids on none of the
+    silent requester's jobs for a cooldown, and the honest job runs."""
+    small = ["--limit-total-cpu", "1", "--limit-total-memory", "1GiB"]
+    async with (devstack(home / "stack", [["--no-compute"], small]) as stack,
+                AsyncClient(stack.nodes[0].api) as client,
+                RoguePeer([n.addrs[0] for n in stack.nodes]) as rogue):  # bids get no verdict from it
+        requester, honest = stack.nodes[0], stack.nodes[1]
+        await rogue.wait_mesh([requester.peer_id, honest.peer_id])
+        whole = JobSpec.model_validate({"engine": {"name": "noop"}, "cache": False,
+                                        "resources": {"cpu": 1, "memory": "256MiB"}})
+        locks = [Announce(job_id=f"j-lock-{i}", requester=rogue.peer_id, requester_addrs=rogue.addrs(), spec=whole)
+                 for i in range(4)]
+
+        async def keep_announcing() -> None:
+            while True:
+                for ann in locks:
+                    await rogue.publish(ann)
+                await trio.sleep(3)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_announcing)
+            await rogue.wait_request(lambda p, m: isinstance(m, Bid) and p == honest.peer_id, what="a first bid")
+            job_id = (await client.submit({"engine": {"name": "noop"}, "cache": False,
+                                           "resources": {"cpu": 0.5, "memory": "256MiB"}})).job.id
+            done = await client.wait(job_id, timeout=45)  # the old node held its room 60 s per unanswered bid
+            nursery.cancel_scope.cancel()
+        assert done.job.state is JobState.COMPLETED, done.job.reason
+        assert [x.node_id for x in done.executions] == [honest.peer_id]
+        windows = {m.execution_id for p, m in rogue.requests if isinstance(m, Bid)}
+        assert len(windows) == 1  # what the rogue got: one bid's window, then its jobs wait out the cooldown

@@ -10,7 +10,7 @@ import pytest
 
 from compute import ComputeStore
 from compute.capacity import CapacityTracker
-from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, ComputeMachine
+from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_GRACE, SILENT_COOLDOWN, Changes, ComputeMachine
 from executors.base import disk_limit
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, Reply, StatusQuery, SweepAnnounce
@@ -30,12 +30,14 @@ def machine(cpu: float = 1, per_job_cpu: float | None = None, **kw) -> ComputeMa
     return ComputeMachine(node_id=NODE, capacity=capacity, engines=["noop"], **kw)
 
 
-def announce(job_id: str = "j-1", cpu: float = 1, **kw) -> Announce:
-    return Announce(job_id=job_id, spec=spec(resources={"cpu": cpu}, **kw.pop("spec", {})), requester=REQ, **kw)
+def announce(job_id: str = "j-1", cpu: float = 1, requester: str = REQ, **kw) -> Announce:
+    return Announce(job_id=job_id, spec=spec(resources={"cpu": cpu}, **kw.pop("spec", {})), requester=requester,
+                    **kw)
 
 
 def bid_on(m: ComputeMachine, ann: Announce | None = None, now: float = 100.0) -> Execution:
-    bidding, changes = m.announce(REQ, ann or announce(), now)
+    ann = ann or announce()
+    bidding, changes = m.announce(ann.requester, ann, now)
     assert bidding
     ((ex, _),) = changes.bids
     return ex
@@ -104,11 +106,11 @@ def test_an_engine_whose_runs_take_a_core_each_runs_no_more_at_once_than_it_is_w
 
 def test_a_job_that_fits_gets_a_bid_holding_its_resources_until_a_verdict_or_the_bid_deadline():
     m = machine(cpu=2)
-    bidding, changes = m.announce(REQ, announce(cpu=1, bid_deadline=130.0), 100.0)
+    bidding, changes = m.announce(REQ, announce(cpu=1, bid_deadline=105.0), 100.0)  # sooner than the window
     assert bidding
     ((ex, give_up),) = changes.bids
     assert ex.state is ExecutionState.BIDDING and ex.requester == REQ and ex.node_id == NODE
-    assert give_up == 130.0
+    assert give_up == 105.0
     assert m.capacity.free.cpu == 1
     _, later = m.announce(REQ, announce("j-2", cpu=1), 100.0)
     assert later.bids[0][1] == 100.0 + BID_ANSWER_WINDOW  # no deadline: the node's own window
@@ -240,6 +242,29 @@ def test_a_bid_with_no_answer_fails_and_frees_its_capacity():
     (write,) = changes.writes
     assert write.execution.state is ExecutionState.FAILED and write.kind is EventKind.ERROR
     assert changes.released and not m.live
+
+
+def test_a_requester_that_left_a_bid_unanswered_gets_no_bids_for_a_while_and_known_ones_go_first():
+    """A peer announcing whole-node jobs it never answered bids on held a node's room for 60 s a bid, again
+    and again as it re-announced them: an honest job waited over 200 s. The window is short now, the
+    silent requester's jobs wait in the backlog for SILENT_COOLDOWN, and when room frees the jobs of
+    requesters whose bids we won go first."""
+    m = machine(cpu=1)
+    silent = bid_on(m, announce("j-silent", requester="rogue"))
+    assert m.live[silent.id].state is ExecutionState.BIDDING
+    m.bid_answered(silent.id, None, 100.0 + BID_ANSWER_WINDOW)  # the node gave up: room again
+    again = announce("j-again", requester="rogue")
+    assert m.announce("rogue", again, 111.0) == (False, Changes()) and again.key in m.backlog
+    assert m.backlog_fitting(111.0) == []  # not bid on, nor asked about, while silent
+    assert [a.job_id for a in m.backlog_fitting(100.0 + BID_ANSWER_WINDOW + SILENT_COOLDOWN + 1)] == ["j-again"]
+
+    m = machine(cpu=1)
+    mine = bid_on(m)  # REQ accepts our bid: its jobs come first from now on
+    m.accept(mine.id, {}, 100.0)
+    for job_id, requester in (("j-stranger", "stranger"), ("j-known", REQ)):  # the stranger's came first
+        assert m.announce(requester, announce(job_id, requester=requester), 101.0) == (False, Changes())
+    m.run_over(mine.id, RunResult(exit_code=0), None, False, 102.0)
+    assert [a.job_id for a in m.backlog_fitting(102.0)] == ["j-known", "j-stranger"]
 
 
 def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only():
