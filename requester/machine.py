@@ -79,6 +79,7 @@ class Known:
 
     nodes: Sequence[NodeInfo] = ()  # compute nodes heard from lately
     reputation: Reputation = field(default_factory=dict)
+    complete: bool = True  # False: the node table dropped nodes lately; no job fails for want of one
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,7 @@ class JobMachine:
             why = waiting_reason(spec, known.nodes, p.state.held())
             self._finish(p, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
             return p
-        impossible = never_runnable(spec, known.nodes)
+        impossible = never_runnable(spec, known.nodes) if known.complete else None
         if impossible:
             self._finish(p, JobState.FAILED, impossible)
             return p

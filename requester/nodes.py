@@ -2,10 +2,14 @@
 
 Any peer can gossip node info under as many identities as it likes, so the table holds at most
 ``max_size`` nodes and forgets a node not heard from for ``ttl`` seconds. A full table makes room by
-dropping the node it learnt of last: nodes it has known longer stay, so a flood of fresh identities
-churns only among themselves. (It once dropped the least recently heard node: a flood pushed every
-honest node out between two of their announcements, and jobs failed for want of an engine.) Node info
-itself is at most ``node.dispatch.MAX_NODE_INFO_BYTES`` on the wire, which bounds the table's memory.
+dropping the node it learnt of last among those not ``vouched`` for (a node whose results the requester
+accepted is): nodes it has known longer stay, so a flood of fresh identities churns only among
+themselves. (It once dropped the least recently heard node: a flood pushed every honest node out between
+two of their announcements, and jobs failed for want of an engine.) While it churns, the table is
+``crowded``: what it holds does not prove that no node could run a job, and the requester fails none
+for that (a flood of 4,000 identities failed every new job at once, and kept a node joining later out).
+Node info itself is at most ``node.dispatch.MAX_NODE_INFO_BYTES`` on the wire, which bounds the
+table's memory.
 """
 
 from __future__ import annotations
@@ -30,21 +34,31 @@ class NodeTable:
             raise ValueError("max_size must be positive")
         self.ttl = ttl
         self.max_size = max_size
-        self._nodes: dict[str, tuple[NodeInfo, float]] = {}  # (info, last heard), in the order first heard
+        self._nodes: dict[str, tuple[NodeInfo, float, bool]] = {}  # (info, last heard, vouched), first heard first
         self._evicted = 0
         self._expired = 0
+        self._last_eviction = float("-inf")
 
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def update(self, info: NodeInfo, now: float) -> bool:
+    def update(self, info: NodeInfo, now: float, *, vouched: bool = False) -> bool:
         """Record ``info`` as heard at ``now``; True if the node is new to us or restarted (a new boot)."""
         known = self._nodes.get(info.peer_id)
         if known is None and len(self._nodes) >= self.max_size:
-            del self._nodes[next(reversed(self._nodes))]  # the newest: the one known for the shortest time
+            self._last_eviction = now
             self._evicted += 1
-        self._nodes[info.peer_id] = (info, now)  # a node heard again keeps its place
+            # the newest not vouched for: the one known for the shortest time
+            victim = next((peer for peer in reversed(self._nodes) if not self._nodes[peer][2]), None)
+            if victim is None and not vouched:
+                return False  # every node held is vouched for: the newcomer waits for room
+            del self._nodes[victim if victim is not None else next(reversed(self._nodes))]
+        self._nodes[info.peer_id] = (info, now, vouched)  # a node heard again keeps its place
         return known is None or known[0].boot != info.boot
+
+    def crowded(self, now: float) -> bool:
+        """Whether the table was full within ``ttl`` of ``now``: it may have dropped a node that could run a job."""
+        return now - self._last_eviction <= self.ttl
 
     def get(self, peer: str) -> NodeInfo | None:
         """The last node info heard from ``peer`` (expired or not), if it is still in the table."""
@@ -53,11 +67,11 @@ class NodeTable:
 
     def known(self, now: float) -> list[NodeInfo]:
         """Every node heard from within ``ttl`` of ``now``; the others are forgotten."""
-        stale = [peer for peer, (_, heard) in self._nodes.items() if now - heard > self.ttl]
+        stale = [peer for peer, (_, heard, _) in self._nodes.items() if now - heard > self.ttl]
         for peer in stale:
             del self._nodes[peer]
         self._expired += len(stale)
-        return [info for info, _ in self._nodes.values()]
+        return [info for info, _, _ in self._nodes.values()]
 
     def statistics(self) -> NodeTableStatistics:
         return NodeTableStatistics(size=len(self._nodes), evicted=self._evicted, expired=self._expired)

@@ -90,13 +90,20 @@ class RequesterService(Driver[_Active]):
     def known_nodes(self) -> list[NodeInfo]:
         return self.nodes.known(self.clock())
 
+    def nodes_for_refusal(self) -> list[NodeInfo]:
+        """The known nodes, to judge that none could ever run a job: none while the table is crowded (a
+        full table may have dropped the one that could)."""
+        return [] if self.nodes.crowded(self.clock()) else self.known_nodes()
+
     def _known(self) -> Known:
-        return Known(nodes=self.known_nodes(), reputation=self.reputation)
+        return Known(nodes=self.known_nodes(), reputation=self.reputation,
+                     complete=not self.nodes.crowded(self.clock()))
 
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
-        if self.nodes.update(info, self.clock()):  # new, or restarted: announce what it has room for now
+        vouched = self.reputation.get(origin, (0, 0))[0] > 0  # it ran jobs for us: a flood does not push it out
+        if self.nodes.update(info, self.clock(), vouched=vouched):  # new, or restarted: announce what it has room for
             for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info, self.clock()):
                 self._live[job_id].woken = True  # applied under the job's lock, by its next tick
 
@@ -150,7 +157,8 @@ class RequesterService(Driver[_Active]):
             job = Job(id=f"j-{uuid.uuid4().hex}", owner=owner, spec=bare, requester=self.peers.node_id,
                       created_at=now, updated_at=now)
             key = bare.cache_key() if bare.cache and use_cache and not secrets else None
-            job, events = self.machine.admit(job, self.known_nodes(), await self._cached(key, owner) if key else None)
+            job, events = self.machine.admit(job, self.nodes_for_refusal(),
+                                             await self._cached(key, owner) if key else None)
             await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest,
                                   secrets=secrets)
             if not job.state.is_terminal:

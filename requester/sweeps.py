@@ -56,6 +56,7 @@ class SweepService(Driver[_Live]):
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
                          "errors_contradicted quarantined_claims results_outvoted")
         self.known_nodes = judge.known_nodes
+        self.nodes_for_refusal = judge.nodes_for_refusal
         self.penalize = judge.penalize  # a refused report, a contradicted error, an outvoted result
         self.credit = judge.credit  # a verified result
         self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
@@ -119,7 +120,7 @@ class SweepService(Driver[_Live]):
                           requester=self.peers.node_id, counts={JobState.PENDING: spec.count}, created_at=now,
                           updated_at=now)
             live = _Live(SweepMachine.new(sweep, self.peers.node_id))
-            events = live.machine.admit(self.known_nodes())
+            events = live.machine.admit(self.nodes_for_refusal())
             await self.store.save_sweep(new_sweep=live.sweep, events=events, idempotency_key=idempotency_key,
                                         request_digest=digest)
             if not live.sweep.state.is_terminal:

@@ -50,6 +50,27 @@ def test_a_full_table_drops_the_node_it_learnt_of_last_so_a_flood_of_identities_
     assert table.statistics().evicted == 101
 
 
+def test_a_node_vouched_for_stays_through_a_flood_and_a_crowded_table_proves_nothing_impossible() -> None:
+    """Red team: 4,000 fresh identities kept a pure requester's table full; a node joining later was known in
+    0 of 30 samples, and every job was failed at once for want of a node. A node whose results were
+    accepted is vouched for and is never the one dropped; while the table drops nodes it is crowded."""
+    table = NodeTable(ttl=30, max_size=3)
+    table.update(info("a"), now=0)
+    assert not table.crowded(now=0)
+    for n in range(2):
+        table.update(info(f"sybil-{n}"), now=1)
+    assert table.update(info("late", boot="b1"), now=2, vouched=True)  # the flood is at its limit
+    for n in range(2, 100):
+        table.update(info(f"sybil-{n}"), now=3)
+    assert {"a", "late"} <= {n.peer_id for n in table.known(now=3)} and len(table) == 3
+    assert table.crowded(now=3) and table.crowded(now=33) and not table.crowded(now=34)
+    full = NodeTable(ttl=30, max_size=2)
+    for peer in "ab":
+        full.update(info(peer), now=0, vouched=True)
+    assert not full.update(info("sybil"), now=1)  # every node held is vouched for: a stranger waits
+    assert {n.peer_id for n in full.known(now=1)} == {"a", "b"}
+
+
 def test_a_table_needs_room() -> None:
     with pytest.raises(ValueError):
         NodeTable(ttl=30, max_size=0)

@@ -154,6 +154,18 @@ def test_a_tick_after_the_min_bids_wait_chooses_among_the_bids_there_are():
     assert sent(later, Decision)["n-a"].accepted
 
 
+def test_a_job_no_known_node_matches_fails_unless_the_node_table_is_crowded():
+    """A flood of fresh identities keeps the table full: what it holds proves no job impossible (every job
+    was failed at once, a node joining later never known)."""
+    state = tracked(spec(selector="zone=late"))
+    failed = machine().tick(state, 1.0, KNOWN)
+    assert failed.state.job.state is JobState.FAILED and "no known node matches selector" in failed.state.job.reason
+    crowded = Known(nodes=KNOWN.nodes, complete=False)
+    assert machine().tick(state, 1.0, crowded).state.job.state is JobState.PENDING  # it waits for the node
+    job, _ = machine().admit(state.job, [], None)  # what the service passes to admit while crowded
+    assert job.state is JobState.PENDING
+
+
 # -- results -------------------------------------------------------------------------------------
 
 
