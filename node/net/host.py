@@ -433,10 +433,9 @@ class Network:
                 raise ValueError(f"address {addr!r} is for peer {p2p}, not {peer_id}")
             parsed.append(maddr)
         known = self._known_addrs.get(peer_id, [])
-        for maddr in parsed:
-            if maddr in known:
-                known.remove(maddr)
-            known.insert(0, maddr)  # newest first
+        # New ones first, in the order given; known ones keep their place, so the rotation of a failed
+        # dial holds (re-adding a list on every request once moved its last address first for good).
+        known[:0] = [maddr for maddr in dict.fromkeys(parsed) if maddr not in known]
         del known[MAX_ADDRS_PER_PEER:]
         self._known_addrs[peer_id] = known
         self._known_addrs.move_to_end(peer_id)

@@ -479,6 +479,23 @@ async def test_unreachable_peer_raises_within_timeout() -> None:
         assert a.statistics().requests_failed == 3
 
 
+@pytest.mark.trio
+async def test_a_peer_listing_a_dead_address_among_others_is_reached_on_the_next_try() -> None:
+    """Re-adding the same addresses on every request put the list's last one first again: a requester
+    that listed a dead address last was never reached, however often a bid was re-sent (red team)."""
+    async with cluster() as start:
+        b = await start(make("b"))
+        a = (await start(make("a"))).net
+        addrs = [b.net.addrs()[0], f"/ip4/127.0.0.1/tcp/{free_port()}"]  # the dead one last
+        answers = []
+        for _ in range(2):
+            try:
+                answers.append(await a.request(b.net.peer_id, b"hi", timeout=2, addrs=addrs))
+            except Unreachable:
+                pass
+        assert answers == [b"echo:hi"] * len(answers) and answers, "the listed live address was never dialled"
+
+
 # -- redial -------------------------------------------------------------------------
 
 
