@@ -195,14 +195,21 @@ class KuboClient:
         path = Path(path)
         parts = await trio.to_thread.run_sync(_walk, path, "d")
         boundary = uuid.uuid4().hex
-        entries = await self._add(_multipart(parts, boundary), boundary, pin=pin, only_hash=only_hash)
+        # A directory's add is silent: Kubo then names only its directories, once it has read every file.
+        # Otherwise it answers a line per file while still reading them, and httpx reads no answer until
+        # it has sent everything: past ~45,000 files both sides waited on full buffers until the 60 s
+        # stall ended the add (a job's outputs may hold 50,000), and the job ran again elsewhere.
+        silent = await trio.to_thread.run_sync(path.is_dir)
+        entries = await self._add(_multipart(parts, boundary), boundary, pin=pin, only_hash=only_hash, silent=silent)
         roots = [e for e in entries if e.get("Name") == "d"]
         if not roots:
             raise Unavailable(f"Kubo's add of {path} ended without the root's CID (the daemon may have failed)")
         return roots[-1]["Hash"]
 
-    async def _add(self, body: AsyncIterator[bytes], boundary: str, *, pin: bool, only_hash: bool) -> list[dict]:
-        params = [*ADD_DEFAULTS.items(), ("pin", str(pin).lower()), ("only-hash", str(only_hash).lower())]
+    async def _add(self, body: AsyncIterator[bytes], boundary: str, *, pin: bool, only_hash: bool,
+                   silent: bool = False) -> list[dict]:
+        params = [*ADD_DEFAULTS.items(), ("pin", str(pin).lower()), ("only-hash", str(only_hash).lower()),
+                  ("silent", str(silent).lower())]
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         entries = []
         async with self._stream("add", params, content=body, headers=headers) as response:

@@ -143,6 +143,20 @@ async def test_cids_match_ipfs_add_at_the_hamt_threshold(cluster, a, tmp_path):
         assert await a.add_path(d, only_hash=True) == expected, label
 
 
+async def test_a_directory_of_60000_files_is_added_without_a_stall(a, tmp_path):
+    """Kubo answers a line per file while still reading the upload, and httpx reads no answer until it has
+    sent it all: past ~45,000 files both sides waited on full buffers until the 60 s stall ended the add
+    (a job's outputs may hold 50,000 entries; such a job failed as the node's fault and ran again)."""
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(60_000):
+        (d / f"f{i}").touch()
+    with trio.fail_after(50):  # well inside the 60 s stall that ended the old add
+        cid = await a.add_path(d, only_hash=True)
+    assert cid == cid_of_path(d)  # the root, computed here (60,000 entries: a HAMT)
+    assert await a.add_path(tmp_path / "many" / "f7", only_hash=True) == await a.add_bytes(b"", only_hash=True)
+
+
 # -- publish / export / inputs ---------------------------------------------------------------------
 
 
