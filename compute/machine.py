@@ -7,6 +7,7 @@ service must carry out. No trio, no store and no network here: unit tests drive 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections import OrderedDict
@@ -119,9 +120,9 @@ class ComputeMachine:
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
         # Requesters by how they answered our bids: those that left one unanswered, until when we bid on
-        # none of theirs; those that accepted one, whose backlogged jobs are bid on before others'. Any
-        # peer may announce jobs under fresh identities: one that never answers costs a node a bid window
-        # once, and those who gave it work before come first when room frees.
+        # none of theirs; those that accepted one, who come first in each turn of the backlog. Any peer
+        # may announce jobs under fresh identities: one that never answers costs a node a bid window
+        # once, and those who gave it work before are not queued behind a crowd of strangers.
         self._silent: OrderedDict[str, float] = OrderedDict()
         self._served: OrderedDict[str, None] = OrderedDict()
 
@@ -345,14 +346,20 @@ class ComputeMachine:
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now, those of requesters whose bids we won first, each
-        in arrival order, none of a requester in its silent cooldown; expired ones leave it."""
+        """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in
+        turns: each requester's oldest first, then each one's next, and so on (one busy requester does not
+        starve the others); in each turn, requesters whose bids we won before the others, then by first
+        arrival. Expired entries leave the backlog."""
         for key, (ann, seen) in list(self.backlog.items()):
             if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > BACKLOG_STALE:
                 del self.backlog[key]
         fitting = [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)
                    and self._silent.get(ann.requester, 0.0) <= now]  # nor are a silent one's asked about
-        return sorted(fitting, key=lambda ann: ann.requester not in self._served)  # stable: arrival order within
+        queues: dict[str, list[Announce]] = {}
+        for ann in fitting:
+            queues.setdefault(ann.requester, []).append(ann)
+        order = sorted(queues, key=lambda requester: requester not in self._served)  # stable: by first arrival
+        return [ann for turn in itertools.zip_longest(*(queues[r] for r in order)) for ann in turn if ann is not None]
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
         """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).

@@ -244,11 +244,11 @@ def test_a_bid_with_no_answer_fails_and_frees_its_capacity():
     assert changes.released and not m.live
 
 
-def test_a_requester_that_left_a_bid_unanswered_gets_no_bids_for_a_while_and_known_ones_go_first():
+def test_a_requester_that_left_a_bid_unanswered_gets_no_bids_for_a_while_and_requesters_take_turns():
     """A peer announcing whole-node jobs it never answered bids on held a node's room for 60 s a bid, again
     and again as it re-announced them: an honest job waited over 200 s. The window is short now, the
-    silent requester's jobs wait in the backlog for SILENT_COOLDOWN, and when room frees the jobs of
-    requesters whose bids we won go first."""
+    silent requester's jobs wait in the backlog for SILENT_COOLDOWN, and when room frees requesters take
+    turns, those whose bids we won first in each."""
     m = machine(cpu=1)
     silent = bid_on(m, announce("j-silent", requester="rogue"))
     assert m.live[silent.id].state is ExecutionState.BIDDING
@@ -263,8 +263,11 @@ def test_a_requester_that_left_a_bid_unanswered_gets_no_bids_for_a_while_and_kno
     m.accept(mine.id, {}, 100.0)
     for job_id, requester in (("j-stranger", "stranger"), ("j-known", REQ)):  # the stranger's came first
         assert m.announce(requester, announce(job_id, requester=requester), 101.0) == (False, Changes())
+    for job_id in ("j-known-2", "j-known-3"):
+        m.announce(REQ, announce(job_id), 101.0)
     m.run_over(mine.id, RunResult(exit_code=0), None, False, 102.0)
-    assert [a.job_id for a in m.backlog_fitting(102.0)] == ["j-known", "j-stranger"]
+    # in turns, so a busy requester starves no other: the known one first in each turn
+    assert [a.job_id for a in m.backlog_fitting(102.0)] == ["j-known", "j-stranger", "j-known-2", "j-known-3"]
 
 
 def test_an_accepted_bid_is_stored_then_run_with_its_secrets_kept_in_memory_only():
