@@ -32,6 +32,7 @@ class Claim:
     stopped: int = 0  # running indexes stopped because the requester ended the claim
     last_sent: float = 0.0
     last_answer: float = 0.0
+    ever_answered: bool = False  # a claim the requester never answered gives up as soon as a bid does
 
     def rate(self, now: float) -> float:
         """Indexes finished per second over the last second."""
@@ -88,7 +89,7 @@ class Claim:
 
     def answered(self, reply: Reply, want: int, now: float) -> list[int] | None:
         """The requester's verdict on a report: the indexes it granted, or None when it ended the claim."""
-        self.last_answer = now
+        self.last_answer, self.ever_answered = now, True
         if reply.verdict == "rejected":
             self.stopped = len(self.running)
             return None

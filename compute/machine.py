@@ -239,7 +239,7 @@ class ComputeMachine:
         if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
         if reply is None:
-            _remember(self._silent, ex.requester, now + SILENT_COOLDOWN)
+            self.requester_silent(ex.requester, now)
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
         self._silent.pop(ex.requester, None)
         if reply.verdict == "accepted":
@@ -248,6 +248,11 @@ class ComputeMachine:
             return self.end(execution_id, ExecutionState.REJECTED, reply.reason or "bid rejected", now)
         min_bids_wait = ex.spec.deadlines.min_bids if ex.spec is not None else 0.0
         return Changes(expire=[(execution_id, min(min_bids_wait + PENDING_BID_GRACE, self.pending_bid_timeout))])
+
+    def requester_silent(self, requester: str, now: float) -> None:
+        """``requester`` left a bid or a new claim unanswered: none of its jobs or sweeps is bid on or
+        claimed for SILENT_COOLDOWN."""
+        _remember(self._silent, requester, now + SILENT_COOLDOWN)
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
         """A pending bid's wait is over: if still undecided, it ends and its capacity comes back."""
@@ -404,6 +409,8 @@ class ComputeMachine:
             return None
         if ann.key in self.claims:
             return None  # our claim asks for more by itself
+        if self._silent.get(ann.requester, 0.0) > now:
+            return None  # it announces again while it has indexes left
         if (refusal := self.refusal(ann.spec.job)) is not None:
             log.debug("passing over sweep %s: %s", ann.sweep_id, refusal)
             return None
@@ -416,7 +423,7 @@ class ComputeMachine:
         """Capacity may have come free: claim sweeps we passed over for lack of room."""
         started = []
         for key, (ann, seen) in list(self._waiting.items()):
-            if now - seen > WAITING_TTL or key in self.claims:
+            if now - seen > WAITING_TTL or key in self.claims or self._silent.get(ann.requester, 0.0) > now:
                 del self._waiting[key]
             elif (claim := self._try_claim(ann)) is not None:
                 del self._waiting[key]

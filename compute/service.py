@@ -23,7 +23,7 @@ import trio
 
 from compute.capacity import CapacityTracker
 from compute.claims import Claim
-from compute.machine import PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
+from compute.machine import BID_ANSWER_WINDOW, PENDING_BID_TIMEOUT, Changes, ComputeMachine, Write
 from compute.output import send_output
 from compute.runner import Runner
 from executors import ExecutorRegistry, LiveOutput
@@ -326,8 +326,10 @@ class ComputeService:
             reply = await self._report(claim, batch, want)
             if reply is None:
                 claim.unsent(batch)
-                if self.clock() - claim.last_answer > give_up:
+                if self.clock() - claim.last_answer > (give_up if claim.ever_answered else BID_ANSWER_WINDOW):
                     log.info("giving up claim %s: requester unreachable", claim.claim_id)
+                    if not claim.ever_answered:  # like an unanswered bid: its slots were held for nothing
+                        self.machine.requester_silent(claim.ann.requester, self.clock())
                     return
                 await trio.sleep(min(1.0, heartbeat))
                 continue

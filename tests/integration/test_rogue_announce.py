@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from jobs import ExecutionState, JobSpec, JobState
-from jobs.messages import Announce, Bid, Message, Reply
+from jobs.messages import Announce, Bid, Claim, Message, Reply, SweepAnnounce
+from jobs.sweep import SweepSpec
 from shoal import AsyncClient
 from tests.integration.rogue import RoguePeer, devstack, poll
 
@@ -106,3 +107,37 @@ async def test_a_requester_that_never_answers_its_bids_holds_a_node_for_one_shor
         assert [x.node_id for x in done.executions] == [honest.peer_id]
         windows = {m.execution_id for p, m in rogue.requests if isinstance(m, Bid)}
         assert len(windows) == 1  # what the rogue got: one bid's window, then its jobs wait out the cooldown
+
+
+async def test_a_sweep_whose_requester_never_answers_claims_holds_a_node_for_one_short_window(home):
+    """A sweep's announcer chooses its silence: one of an hour, never answering the node's claim, held the
+    node's slots for that hour. A new claim the requester never answered now gives up after
+    BID_ANSWER_WINDOW, and the honest job runs."""
+    small = ["--limit-total-cpu", "1", "--limit-total-memory", "1GiB"]
+    async with (devstack(home / "stack", [["--no-compute"], small]) as stack,
+                AsyncClient(stack.nodes[0].api) as client,
+                RoguePeer([n.addrs[0] for n in stack.nodes]) as rogue):  # claims get no verdict from it
+        requester, honest = stack.nodes[0], stack.nodes[1]
+        await rogue.wait_mesh([requester.peer_id, honest.peer_id])
+        spec = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}, "cache": False,
+                                                 "resources": {"cpu": 0.5, "memory": "256MiB"},
+                                                 "deadlines": {"silence": 3600}},
+                                         "grid": {"i": [str(i) for i in range(64)]}})
+        lock = SweepAnnounce(sweep_id="s-lock", spec=spec, requester=rogue.peer_id, requester_addrs=rogue.addrs(),
+                             pending=64)
+
+        async def keep_announcing() -> None:
+            while True:
+                await rogue.publish(lock)
+                await trio.sleep(3)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_announcing)
+            await rogue.wait_request(lambda p, m: isinstance(m, Claim) and p == honest.peer_id, what="a claim")
+            job_id = (await client.submit({"engine": {"name": "noop"}, "cache": False,
+                                           "resources": {"cpu": 0.5, "memory": "256MiB"}})).job.id
+            done = await client.wait(job_id, timeout=45)  # the old node held both slots for the hour
+            nursery.cancel_scope.cancel()
+        assert done.job.state is JobState.COMPLETED, done.job.reason
+        claims = {m.claim_id for p, m in rogue.requests if isinstance(m, Claim)}
+        assert len(claims) == 1  # what the rogue got: one claim's window, then none for the cooldown

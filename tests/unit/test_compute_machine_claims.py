@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compute.capacity import CapacityTracker
 from compute.claims import BATCH_BYTES, REPORT_INTERVAL, Claim
-from compute.machine import WAITING_TTL, Changes, ComputeMachine
+from compute.machine import SILENT_COOLDOWN, WAITING_TTL, Changes, ComputeMachine
 from jobs import Resources, RunResult
 from jobs.messages import Cancel, IndexResult, Reply, SweepAnnounce
 from jobs.sweep import SweepSpec
@@ -57,6 +57,20 @@ def test_a_sweep_waiting_for_room_is_forgotten_once_it_is_no_longer_announced():
     b.finish_claim(first)
     assert b.retry_waiting(WAITING_TTL + 1) == []
     assert b.capacity.statistics().reservations == 0
+
+
+def test_a_requester_that_left_a_new_claim_unanswered_gets_no_claims_for_a_while():
+    """A sweep's announcer chooses its silence (up to a day): a claim it never answered held the node's
+    slots for an hour. Unanswered, a new claim gives up like a bid (the service), and no sweep of that
+    requester is claimed for the cooldown, nor one waiting for room."""
+    b = book(cpu=1)
+    first = b.announce_sweep(REQ, sweep("s-1"), 0.0)
+    b.announce_sweep(REQ, sweep("s-2"), 0.0)  # no room: waits
+    b.finish_claim(first)
+    b.requester_silent(REQ, 10.0)
+    assert b.announce_sweep(REQ, sweep("s-1"), 11.0) is None and b.retry_waiting(11.0) == []
+    assert b.capacity.statistics().reservations == 0
+    assert b.announce_sweep(REQ, sweep("s-1"), 10.0 + SILENT_COOLDOWN + 1) is not None
 
 
 def test_a_claim_asks_for_enough_to_keep_every_slot_busy_for_two_report_intervals():
