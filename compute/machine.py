@@ -42,6 +42,7 @@ WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its 
 MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and compute.backlog.MAX_BYTES of them)
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
+
 def _remember(known: OrderedDict[str, Any], requester: str, value: Any) -> None:
     known[requester] = value
     known.move_to_end(requester)
