@@ -9,6 +9,7 @@ network itself.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -313,6 +314,18 @@ def _split_p2p(addr: str) -> tuple[multiaddr.Multiaddr, str | None]:
     return maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}")), str(p2p)
 
 
+def _dialable(maddr: multiaddr.Multiaddr, *, names: bool = True) -> bool:
+    """Whether a peer could listen on ``maddr``: not on a link-local address (169.254.169.254 is a cloud's
+    metadata server), a multicast or an unspecified one; a name only if ``names``."""
+    for protocol in ("ip4", "ip6"):
+        try:
+            ip = ipaddress.ip_address(maddr.value_for_protocol(protocol))
+        except Exception:  # not this protocol
+            continue
+        return not (ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+    return names  # a name (/dns4/...): resolved when dialled
+
+
 def _check_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
     """Raise ``NetworkError`` if a fixed TCP listen port is already taken.
 
@@ -420,11 +433,14 @@ class Network:
             return []
         return [p.to_base58() for p in self._host.get_connected_peers()]
 
-    def add_peer_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+    def add_peer_addrs(self, peer_id: str, addrs: Sequence[str], *, hints: bool = False) -> None:
         """Remember addresses for ``peer_id`` (used whenever we dial it).
 
         Raises ``ValueError`` for a malformed peer id or address, or an address
-        whose ``/p2p/`` part names another peer.
+        whose ``/p2p/`` part names another peer. Addresses no peer listens on (link-local,
+        where clouds keep their metadata servers, multicast, unspecified) are left out, and so are
+        names when the addresses are ``hints`` a peer's message gave (``metadata.google.internal``
+        is 169.254.169.254): nodes advertise addresses, an operator's ``--peer`` may name a host.
         """
         pid = _parse_peer_id(peer_id)
         parsed: list[multiaddr.Multiaddr] = []
@@ -432,7 +448,8 @@ class Network:
             maddr, p2p = _split_p2p(addr)
             if p2p is not None and p2p != peer_id:
                 raise ValueError(f"address {addr!r} is for peer {p2p}, not {peer_id}")
-            parsed.append(maddr)
+            if _dialable(maddr, names=not hints):
+                parsed.append(maddr)
         known = self._known_addrs.get(peer_id, [])
         # New ones first, in the order given; known ones keep their place, so the rotation of a failed
         # dial holds (re-adding a list on every request once moved its last address first for good).
@@ -504,7 +521,7 @@ class Network:
         self._counters.requests_sent += 1
         if addrs and peer_id not in self._links and peer_id != self.peer_id:  # hints matter only for dialling
             try:
-                self.add_peer_addrs(peer_id, addrs)
+                self.add_peer_addrs(peer_id, addrs, hints=True)
             except ValueError as exc:
                 log.warning("ignoring address hints for %s: %s", peer_id, exc)
         try:

@@ -542,6 +542,25 @@ async def test_a_peer_listing_a_dead_address_among_others_is_reached_on_the_next
         assert answers == [b"echo:hi"] * len(answers) and answers, "the listed live address was never dialled"
 
 
+@pytest.mark.trio
+async def test_a_peers_address_hints_never_lead_to_a_metadata_server_or_a_name() -> None:
+    """A peer's message names the addresses we dial to answer it: a requester once had compute nodes
+    connect to whatever it listed (red team), 169.254.169.254, a cloud's metadata server, included."""
+    async with cluster() as start:
+        a = (await start(make("a"))).net
+        b = await start(make("b"))
+        ghost = make("ghost").peer_id
+        hostile = ["/ip4/169.254.169.254/tcp/80", "/dns4/metadata.google.internal/tcp/80", "/ip4/0.0.0.0/tcp/80",
+                   "/ip6/fe80::1/tcp/80", "/ip4/224.0.0.1/tcp/80"]
+        started = trio.current_time()
+        with pytest.raises(Unreachable):
+            await a.request(ghost, b"x", timeout=5, addrs=hostile)
+        assert trio.current_time() - started < 1  # nothing was dialled: no address was left
+        assert a._known_addrs.get(ghost, []) == []
+        # an address a node advertises still works beside them
+        assert await a.request(b.net.peer_id, b"hi", timeout=5, addrs=[*hostile, b.net.addrs()[0]]) == b"echo:hi"
+
+
 # -- redial -------------------------------------------------------------------------
 
 
