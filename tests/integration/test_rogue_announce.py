@@ -74,21 +74,36 @@ async def test_a_job_id_reannounced_by_another_peer_does_not_lock_out_the_real_j
         assert [x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED] == [honest.peer_id]
 
 
-async def test_a_requester_that_never_answers_its_bids_holds_a_node_for_one_short_window(home):
+def silent_locks(rogue: RoguePeer, what: str) -> tuple[list[Announce | SweepAnnounce], type, str]:
+    """What a requester that never answers announces to hold a 1-CPU node: whole-node jobs (nodes bid), or a
+    sweep with an hour's silence (nodes claim); the request nodes send it, and the attribute naming each."""
+    if what == "bids":
+        whole = JobSpec.model_validate({"engine": {"name": "noop"}, "cache": False,
+                                        "resources": {"cpu": 1, "memory": "256MiB"}})
+        return [Announce(job_id=f"j-lock-{i}", requester=rogue.peer_id, requester_addrs=rogue.addrs(), spec=whole)
+                for i in range(4)], Bid, "execution_id"
+    spec = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}, "cache": False,
+                                             "resources": {"cpu": 0.5, "memory": "256MiB"},
+                                             "deadlines": {"silence": 3600}},
+                                     "grid": {"i": [str(i) for i in range(64)]}})
+    return [SweepAnnounce(sweep_id="s-lock", spec=spec, requester=rogue.peer_id, requester_addrs=rogue.addrs(),
+                          pending=64)], Claim, "claim_id"
+
+
+@pytest.mark.parametrize("what", ["bids", "claims"])
+async def test_a_requester_that_never_answers_holds_a_node_for_one_short_window(home, what):
     """Red team: a peer announced whole-node jobs, re-announcing them, and never answered the bids. Each bid
     held the node's room for 60 s, the next of its jobs was bid on after it, and an honest job was still
-    waiting after 200 s. Now the node gives up on a bid after BID_ANSWER_WINDOW (10 s), bids on none of the
-    silent requester's jobs for a cooldown, and the honest job runs."""
+    waiting after 200 s; a sweep announced with an hour's silence held the node's slots for the hour. Now
+    the node gives up on a bid, or a claim never answered, after BID_ANSWER_WINDOW (10 s), takes none of
+    the silent requester's work for a cooldown, and the honest job runs."""
     small = ["--limit-total-cpu", "1", "--limit-total-memory", "1GiB"]
     async with (devstack(home / "stack", [["--no-compute"], small]) as stack,
                 AsyncClient(stack.nodes[0].api) as client,
-                RoguePeer([n.addrs[0] for n in stack.nodes]) as rogue):  # bids get no verdict from it
+                RoguePeer([n.addrs[0] for n in stack.nodes]) as rogue):  # its replies carry no verdict
         requester, honest = stack.nodes[0], stack.nodes[1]
         await rogue.wait_mesh([requester.peer_id, honest.peer_id])
-        whole = JobSpec.model_validate({"engine": {"name": "noop"}, "cache": False,
-                                        "resources": {"cpu": 1, "memory": "256MiB"}})
-        locks = [Announce(job_id=f"j-lock-{i}", requester=rogue.peer_id, requester_addrs=rogue.addrs(), spec=whole)
-                 for i in range(4)]
+        locks, request, naming = silent_locks(rogue, what)
 
         async def keep_announcing() -> None:
             while True:
@@ -98,46 +113,12 @@ async def test_a_requester_that_never_answers_its_bids_holds_a_node_for_one_shor
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_announcing)
-            await rogue.wait_request(lambda p, m: isinstance(m, Bid) and p == honest.peer_id, what="a first bid")
+            await rogue.wait_request(lambda p, m: isinstance(m, request) and p == honest.peer_id, what=what)
             job_id = (await client.submit({"engine": {"name": "noop"}, "cache": False,
                                            "resources": {"cpu": 0.5, "memory": "256MiB"}})).job.id
-            done = await client.wait(job_id, timeout=45)  # the old node held its room 60 s per unanswered bid
+            done = await client.wait(job_id, timeout=45)  # the old node held its room for 60 s a bid, or the hour
             nursery.cancel_scope.cancel()
         assert done.job.state is JobState.COMPLETED, done.job.reason
         assert [x.node_id for x in done.executions] == [honest.peer_id]
-        windows = {m.execution_id for p, m in rogue.requests if isinstance(m, Bid)}
-        assert len(windows) == 1  # what the rogue got: one bid's window, then its jobs wait out the cooldown
-
-
-async def test_a_sweep_whose_requester_never_answers_claims_holds_a_node_for_one_short_window(home):
-    """A sweep's announcer chooses its silence: one of an hour, never answering the node's claim, held the
-    node's slots for that hour. A new claim the requester never answered now gives up after
-    BID_ANSWER_WINDOW, and the honest job runs."""
-    small = ["--limit-total-cpu", "1", "--limit-total-memory", "1GiB"]
-    async with (devstack(home / "stack", [["--no-compute"], small]) as stack,
-                AsyncClient(stack.nodes[0].api) as client,
-                RoguePeer([n.addrs[0] for n in stack.nodes]) as rogue):  # claims get no verdict from it
-        requester, honest = stack.nodes[0], stack.nodes[1]
-        await rogue.wait_mesh([requester.peer_id, honest.peer_id])
-        spec = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}, "cache": False,
-                                                 "resources": {"cpu": 0.5, "memory": "256MiB"},
-                                                 "deadlines": {"silence": 3600}},
-                                         "grid": {"i": [str(i) for i in range(64)]}})
-        lock = SweepAnnounce(sweep_id="s-lock", spec=spec, requester=rogue.peer_id, requester_addrs=rogue.addrs(),
-                             pending=64)
-
-        async def keep_announcing() -> None:
-            while True:
-                await rogue.publish(lock)
-                await trio.sleep(3)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keep_announcing)
-            await rogue.wait_request(lambda p, m: isinstance(m, Claim) and p == honest.peer_id, what="a claim")
-            job_id = (await client.submit({"engine": {"name": "noop"}, "cache": False,
-                                           "resources": {"cpu": 0.5, "memory": "256MiB"}})).job.id
-            done = await client.wait(job_id, timeout=45)  # the old node held both slots for the hour
-            nursery.cancel_scope.cancel()
-        assert done.job.state is JobState.COMPLETED, done.job.reason
-        claims = {m.claim_id for p, m in rogue.requests if isinstance(m, Claim)}
-        assert len(claims) == 1  # what the rogue got: one claim's window, then none for the cooldown
+        windows = {getattr(m, naming) for p, m in rogue.requests if isinstance(m, request)}
+        assert len(windows) == 1  # what the rogue got: one window, then none of its work for the cooldown
