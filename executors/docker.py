@@ -141,7 +141,6 @@ class PullProgress:
     def __init__(self, image: str, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic):
         self.image, self.interval, self.clock = image, interval, clock
         self.layers: dict[str, tuple[int, int, bool]] = {}  # id → (bytes done, total, complete)
-        self.download_bytes = 0  # what the layers being downloaded take together, as far as announced
         self.last = -1e9
 
     def update(self, event: dict[str, Any]) -> str | None:
@@ -159,8 +158,6 @@ class PullProgress:
             self.layers[layer] = (done, total, complete)
         elif layer and status == "Pulling fs layer":
             self.layers.setdefault(layer, (0, 0, False))
-        if status == "Downloading":
-            self.download_bytes = sum(t for _, t, _ in self.layers.values())
         now = self.clock()
         if final:
             return f"pulling {self.image}: {status.removeprefix('Status:').strip()}"
@@ -169,9 +166,14 @@ class PullProgress:
         self.last = now
         finished = sum(1 for _, _, c in self.layers.values() if c)
         done = sum(d for d, _, _ in self.layers.values())
-        total = sum(t for _, t, _ in self.layers.values())
+        total = self.download_bytes
         size = f", {format_bytes(done)}/{format_bytes(total)}" if total else ""
         return f"pulling {self.image}: {finished}/{len(self.layers)} layers{size}"
+
+    @property
+    def download_bytes(self) -> int:
+        """What the layers being downloaded take together, as far as announced (present ones count 0)."""
+        return sum(total for _, total, _ in self.layers.values())
 
 
 class DockerExecutor(Executor):

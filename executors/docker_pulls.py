@@ -83,7 +83,9 @@ class PulledImages:
             names = sorted(self._names - {keep}, key=lambda n: self._last_used.get(n, 0.0))
         sizes = {n: s for n in [*names, keep] if (s := _size(api, n)) is not None}
         gone = [n for n in names if n not in sizes]  # removed by someone else: forget them
-        cache = self.cache if self.cache is not None else default_cache(_docker_root(api))
+        if self.cache is None:  # asked of the daemon once, at the first pull
+            self.cache = default_cache(_docker_root(api))
+        cache = self.cache
         total = sum(sizes.values())
         removed = []
         for name in names:
