@@ -18,9 +18,8 @@ from typing import Any
 from compute.backlog import Backlog, spec_bytes
 from compute.capacity import CapacityTracker
 from compute.claims import Claim
-from jobs import EventKind, Execution, ExecutionState, JobSpec, RunResult
+from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery, SweepAnnounce
-from jobs.selector import matches
 
 log = logging.getLogger("shoal.compute")
 
@@ -43,10 +42,11 @@ MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and comput
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
 
 
-def _remember(known: OrderedDict[str, Any], requester: str, value: Any) -> None:
-    known[requester] = value
-    known.move_to_end(requester)
-    while len(known) > KNOWN_REQUESTERS:
+def _remember(known: OrderedDict[Any, Any], key: Any, value: Any, limit: int = KNOWN_REQUESTERS) -> None:
+    """Keep ``key`` as the newest of ``known``, which forgets its oldest beyond ``limit``."""
+    known[key] = value
+    known.move_to_end(key)
+    while len(known) > limit:
         known.popitem(last=False)
 
 
@@ -166,19 +166,16 @@ class ComputeMachine:
 
     # -- announcements and bidding ------------------------------------------------------------------
 
+    @property
+    def max_per_job(self) -> Resources:
+        return self.capacity.max_per_job
+
     def refusal(self, spec: JobSpec) -> str | None:
         """Why this node could never run ``spec`` (None: it could); such a job is passed over for good."""
-        if not matches(spec.selector, self.labels):
-            return f"this node's labels do not match selector {spec.selector!r}"
-        if spec.engine.executor not in self.engines:
-            return f"engine {spec.engine.executor!r} not available here (have: {', '.join(self.engines) or 'none'})"
-        if spec.engine.needs_network and not self.network:
-            return "this node gives jobs no network access (its operator can allow it: shoal serve --allow-network)"
-        if over := spec.resources.shortfall(self.capacity.max_per_job):
-            return f"needs more than this node offers per job: {', '.join(over)}"
-        if problems := self.input_problems(spec):
-            return f"cannot fetch its inputs: {'; '.join(problems)}"
-        return None
+        if why := spec.refusal_by(self):
+            return why
+        problems = self.input_problems(spec)
+        return f"cannot fetch its inputs: {'; '.join(problems)}" if problems else None
 
     def announce(self, origin: str, ann: Announce, now: float) -> tuple[bool, Changes]:
         """A job needs nodes. True when a bid is on its way; a job with no room now goes to the backlog."""
@@ -222,10 +219,7 @@ class ComputeMachine:
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
             return None
         self.backlog.pop(ann.key, None)
-        self._recent[ann.key] = ann.attempt
-        self._recent.move_to_end(ann.key)
-        while len(self._recent) > RECENT_JOBS:
-            self._recent.popitem(last=False)
+        _remember(self._recent, ann.key, ann.attempt, RECENT_JOBS)
         ex = Execution(id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
                        attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
                        requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision")
@@ -459,8 +453,6 @@ class ComputeMachine:
     def finish_claim(self, claim: Claim) -> None:
         """The claim is over: forget it, remember how it ended, give back its slots."""
         del self.claims[claim.ann.key]
-        self._ended[(claim.ann.requester, claim.claim_id)] = claim.stopped
-        while len(self._ended) > ENDED_KEPT:
-            self._ended.popitem(last=False)
+        _remember(self._ended, (claim.ann.requester, claim.claim_id), claim.stopped, ENDED_KEPT)
         for holder in claim.slots:
             self.capacity.release(holder)

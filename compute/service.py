@@ -9,7 +9,6 @@ their indexes to others), published results are.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import time
@@ -17,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -46,8 +45,6 @@ BACKLOG_TICK = 0.5
 PRUNE_TIMEOUT = 2.0
 NODE_INFO_INTERVAL = 10.0
 TASK_LIMIT = 10_000  # background tasks at once; capacity keeps normal work far below, this bounds a burst
-
-Signed = TypeVar("Signed", Result, ClaimMessage)
 
 
 class ComputeStore(Protocol):
@@ -180,10 +177,6 @@ class ComputeService:
             log.debug("no verdict from %s on %s: %s", to.requester[-8:], message.kind, e)
             return None
 
-    def _signed(self, message: Signed) -> Signed:
-        signature = base64.urlsafe_b64encode(self.peers.sign(message.statement())).decode()
-        return message.model_copy(update={"signature": signature})
-
     # -- running -------------------------------------------------------------------------------------
 
     async def _execute(self, execution_id: str) -> None:
@@ -212,7 +205,7 @@ class ComputeService:
         if delivery is None:
             return  # ended meanwhile (cancelled, or its verdict came in another exchange)
         ex, message = delivery
-        reply = await self._until_verdict(ex, self._signed(message), self.clock() + DELIVERY_GIVE_UP)
+        reply = await self._until_verdict(ex, message.signed(self.peers), self.clock() + DELIVERY_GIVE_UP)
         await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
 
     # -- direct messages from requesters ----------------------------------------------------------
@@ -346,4 +339,4 @@ class ComputeService:
             await self.store.add_published(cids, self.clock())
         ann = claim.ann
         msg = ClaimMessage(sweep_id=ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
-        return await self._until_verdict(ann, self._signed(msg))
+        return await self._until_verdict(ann, msg.signed(self.peers))

@@ -7,10 +7,11 @@ cancels and liveness queries. Nothing unvalidated reaches a role or the store.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -96,7 +97,27 @@ class Decision(_Message):
     _secret_env = field_validator("secret_env")(check_secret_env)
 
 
-class Result(_Message):
+class _Signed(_Message):
+    """A message its sending node vouches for: ``signature`` is its key's over ``statement()``, urlsafe base64."""
+
+    signature: str = ""
+
+    def statement(self) -> bytes:
+        raise NotImplementedError
+
+    def signed(self, peers: Peers) -> Self:
+        return self.model_copy(update={"signature": base64.urlsafe_b64encode(peers.sign(self.statement())).decode()})
+
+    def signed_by(self, peers: Peers, peer: str) -> bool:
+        """Whether it carries ``peer``'s own signature over what it states."""
+        try:
+            signature = base64.urlsafe_b64decode(self.signature)
+        except ValueError:  # binascii.Error among them
+            return False
+        return peers.verify(peer, self.statement(), signature)
+
+
+class Result(_Signed):
     """Compute → requester: the outcome of one execution (or why there is none), signed by the node.
 
     ``digest`` is the outcome digest the node vouches for (``RunResult.digest()``, which covers
@@ -111,7 +132,6 @@ class Result(_Message):
     error: str | None = Field(None, max_length=64 * 1024)
     retryable: bool = False  # True: the job may succeed elsewhere (node lost, infra error)
     digest: str = Field("", max_length=128)
-    signature: str = ""  # urlsafe base64 Ed25519 signature of statement(), by the sending node's key
 
     def outcome(self) -> str:
         """The digest of what this message's fields say."""
@@ -196,7 +216,7 @@ class IndexResult(BaseModel):
         return outcome_digest(self.result, self.error)
 
 
-class Claim(_Message):
+class Claim(_Signed):
     """Compute → requester, for one claim on a sweep: results of finished indexes, indexes given
     back unrun, and how many more the node wants. The reply carries the ranges granted
     (``Reply.ranges``); ``verdict="rejected"`` ends the claim (stop what still runs).
@@ -211,9 +231,9 @@ class Claim(_Message):
     want: int = Field(0, ge=0, le=100_000)
     results: list[IndexResult] = Field(default=[], max_length=100_000)
     released: list[int] = Field(default=[], max_length=1_000_000)
-    signature: str = ""  # Ed25519 over statement(): the node vouches for every result in the batch
 
     def statement(self) -> bytes:
+        """The node vouches for every result in the batch."""
         lines = [f"shoal/claim/v1\n{self.sweep_id}\n{self.claim_id}"]
         lines += [f"{r.index}:{r.outcome()}" for r in self.results]
         return "\n".join(lines).encode()

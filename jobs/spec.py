@@ -10,11 +10,12 @@ import hashlib
 import json
 import math
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.selector import MAX_SELECTOR_CHARS, parse_selector
+from jobs.selector import MAX_SELECTOR_CHARS, matches, parse_selector
 
 _UNITS = {
     "": 1, "b": 1,
@@ -412,6 +413,15 @@ def check_secret_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class Offer(Protocol):
+    """What a compute node offers every job: its ``NodeInfo`` as a requester heard it, or the node itself."""
+
+    labels: Mapping[str, str]
+    engines: Sequence[str]
+    network: bool  # jobs that ask for network get it (shoal serve --allow-network)
+    max_per_job: Resources
+
+
 class JobSpec(_Frozen):
     """A job as its client asks for it.
 
@@ -511,6 +521,19 @@ class JobSpec(_Frozen):
         for i, spec in enumerate(self.inputs):
             if why := spec.source_problem():
                 return f"inputs.{i}.source: {why}"
+        return None
+
+    def refusal_by(self, node: Offer) -> str | None:
+        """Why ``node`` could never run this job, or None: it could, with room now or later. The one rule a
+        compute node bids by and a requester chooses whom to ask by."""
+        if not matches(self.selector, node.labels):
+            return f"this node's labels do not match selector {self.selector!r}"
+        if self.engine.executor not in node.engines:
+            return f"engine {self.engine.executor!r} not available here (have: {', '.join(node.engines) or 'none'})"
+        if self.engine.needs_network and not node.network:
+            return "this node gives jobs no network access (its operator can allow it: shoal serve --allow-network)"
+        if over := self.resources.shortfall(node.max_per_job):
+            return f"needs more than this node offers per job: {', '.join(over)}"
         return None
 
     def timed_out(self) -> str:

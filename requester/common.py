@@ -1,9 +1,8 @@
-"""What the job and sweep services share: their errors, idempotent submit, signature checks,
-background sends, and the live jobs or sweeps they drive."""
+"""What the job and sweep services share: their errors, idempotent submit, background sends, and the live
+jobs or sweeps they drive."""
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,7 +12,7 @@ from typing import Generic, TypeVar
 import trio
 
 from jobs import DuplicateKey, PeerError, ShoalError
-from jobs.messages import Cancel, Claim, Decision, Peers, Reply, Result
+from jobs.messages import Cancel, Decision, Peers, Reply
 from node.tasks import Spawner, backoff, retry
 from requester.machine import TICK, Changes
 from requester.ports import RequesterStore
@@ -65,15 +64,6 @@ async def submit_once(find: Callable[[str, str], Awaitable[tuple[T, str] | None]
         except DuplicateKey:
             if key is None:
                 raise
-
-
-def signed_by(peers: Peers, peer: str, msg: Result | Claim) -> bool:
-    """Whether a result or claim carries ``peer``'s own signature over what it states."""
-    try:
-        signature = base64.urlsafe_b64decode(msg.signature)
-    except ValueError:
-        return False
-    return peers.verify(peer, msg.statement(), signature)
 
 
 async def deliver(peers: Peers, peer: str, message: Decision | Cancel, *,

@@ -17,10 +17,8 @@ SHOWN_LABELS_CHARS = 120  # ... each cut to this length (labels come from peers)
 
 
 def can_ever_run(spec: JobSpec, node: NodeInfo) -> bool:
-    """The node's labels match the job's selector, it offers the job's engine (and network, if it asks) and
-    its per-job limit fits the job (room now or later)."""
-    return (spec.engine.executor in node.engines and (node.network or not spec.engine.needs_network)
-            and spec.resources.fits_in(node.max_per_job) and matches(spec.selector, node.labels))
+    """Room now or later (``JobSpec.refusal_by``, the rule the node bids by)."""
+    return spec.refusal_by(node) is None
 
 
 def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:

@@ -22,7 +22,7 @@ from jobs import Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobStat
 from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
 from jobs.views import JobDescription, Phases
 from requester import trust
-from requester.common import REQUEST_TIMEOUT, Driver, InFlight, Live, UnknownJob, deliver, signed_by, submit_once
+from requester.common import REQUEST_TIMEOUT, Driver, InFlight, Live, UnknownJob, deliver, submit_once
 from requester.logs import LiveOutputs
 from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
@@ -277,7 +277,7 @@ class RequesterService(Driver[_Active]):
                 reply, changes = self.machine.on_bid(aj.state, peer, message, now, known)
             else:
                 reply, changes = self.machine.on_result(aj.state, peer, message, now, known,
-                                                        signed=signed_by(self.peers, peer, message))
+                                                        signed=message.signed_by(self.peers, peer))
             await self._apply(aj, changes)
             return reply
 

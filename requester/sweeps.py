@@ -22,7 +22,7 @@ from jobs import Event, EventKind, JobState
 from jobs.messages import Claim, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
 from jobs.views import SweepDescription
-from requester.common import Driver, InFlight, Live, UnknownJob, deliver, signed_by, submit_once
+from requester.common import Driver, InFlight, Live, UnknownJob, deliver, submit_once
 from requester.machine import Changes, Send
 from requester.ports import NodeJudge, RequesterStore
 from requester.selection import can_ever_run
@@ -182,7 +182,7 @@ class SweepService(Driver[_Live]):
         live = self._live.get(msg.sweep_id)
         if live is None:
             return Reply(verdict="rejected", reason="the sweep is finished or unknown here")
-        if not signed_by(self.peers, peer, msg):
+        if not msg.signed_by(self.peers, peer):
             log.warning("claim %s from %s has a bad signature", msg.claim_id, peer)
             return Reply(ok=False, verdict="rejected", reason="the claim's signature does not match the node key")
         async with live.lock:
