@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from jobs import Event, EventKind, Execution, ExecutionState, Job, JobState, RunResult
+from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
 from requester import trust
@@ -42,6 +42,17 @@ def announce_backoff(backoff: float, now: float) -> tuple[float, float]:
 def retry_delay(retry: int) -> float:
     """Seconds before retry number ``retry`` (1, 2, …) of a failed job or sweep index: 1, 2, 4, … 60."""
     return min(RETRY_BACKOFF_FIRST * 2 ** (retry - 1), RETRY_BACKOFF_MAX)
+
+
+def retry_after(retried: int, spec: JobSpec, reason: str, result: RunResult | None) -> tuple[str, float | None]:
+    """A failed run's reason, and the seconds before its job's (or sweep index's) next run: None when it
+    is not run again, as ``spec.retries`` are spent or its spec repeats exactly and it exited non-zero
+    (its seed is its spec's: a retry would print and exit the same)."""
+    if retried >= spec.retries:
+        return reason, None
+    if result is not None and spec.repeats_exactly():
+        return reason + NOT_RETRIED, None
+    return reason, retry_delay(retried + 1)
 
 
 @dataclass(frozen=True)
@@ -520,22 +531,19 @@ class JobMachine:
 
     def _fail(self, p: JobChanges, reason: str, executions: Sequence[Execution], events: Sequence[Event], *,
               result: RunResult | None = None) -> None:
-        """A run failed (a non-zero exit, or a node error that ends it): fail the job or, while
-        ``spec.retries`` allows, run it again after a backoff (``retry_delay``); a job that repeats exactly
-        is not run again for its exit code.
+        """A run failed (a non-zero exit, or a node error that ends it): fail the job, or run it again
+        when ``retry_after`` says.
 
         The retry is a new attempt and a fresh start: the failed run's executions are left behind
         (stored, no longer tracked), so its nodes may bid again and the re-offer budget and the queue
         timeout count afresh. What still runs of the failed run (other slots) is cancelled.
         """
         job = p.state.job
-        if job.retried < job.spec.retries and result is not None and job.spec.repeats_exactly():
-            reason += NOT_RETRIED  # its seed is its spec's: a retry would print and exit the same
-        if job.retried >= job.spec.retries or reason.endswith(NOT_RETRIED):
+        reason, delay = retry_after(job.retried, job.spec, reason, result)
+        if delay is None:
             return self._finish(p, JobState.FAILED, reason, executions, events, result=result)
         executions, events = self._cancel_rest(p, executions, "its run failed and is retried"), list(events)
         retry = job.retried + 1
-        delay = retry_delay(retry)
         why = f"retry {retry} of {job.spec.retries} in {delay:g} s: {reason}"
         attempt = job.attempt + 1
         job = job.transition(JobState.PENDING, why, p.now, attempt=attempt, first_attempt=attempt, retried=retry)

@@ -18,7 +18,7 @@ from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
 from requester import trust
-from requester.machine import ANNOUNCE_BACKOFF_FIRST, NOT_RETRIED, TICK, Changes, Send, announce_backoff, retry_delay
+from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_after
 from requester.selection import never_runnable
 from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -354,23 +354,18 @@ class SweepMachine:
 
     def _fail_or_retry(self, i: int, node: str, reason: str, now: float, result: RunResult | None = None
                        ) -> IndexRecord:
-        """An index whose run failed (a non-zero exit, a confirmed error, its attempts spent): failed, or,
-        while the template's ``retries`` allows, back to pending after a backoff (``retry_delay``), its
-        attempts and the errors nodes reported for it counted afresh; a template that repeats exactly is not
-        run again for its exit code."""
-        allowed = self.sweep.spec.job.retries
+        """An index whose run failed (a non-zero exit, a confirmed error, its attempts spent): failed, or back
+        to pending when ``retry_after`` says, its attempts and the errors nodes reported for it counted afresh."""
         self.errors.pop(i, None)
         self.proposals.pop(i, None)
-        if self.retries[i] < allowed and result is not None and self.sweep.spec.job.repeats_exactly():
-            reason += NOT_RETRIED
-        if self.retries[i] >= allowed or reason.endswith(NOT_RETRIED):
+        reason, delay = retry_after(self.retries[i], self.sweep.spec.job, reason, result)
+        if delay is None:
             return self._move(i, JobState.FAILED, reason, now, node, result)
         self.retries[i] += 1
         self.attempts[i] = 0
-        delay = retry_delay(self.retries[i])
         self.not_before[i] = now + delay
-        return self._back_to_pending(i, f"{reason} on node {node[-8:]}; retry {self.retries[i]} of {allowed} "
-                                        f"in {delay:g} s", now, due=now + delay)
+        retries = f"retry {self.retries[i]} of {self.sweep.spec.job.retries} in {delay:g} s"
+        return self._back_to_pending(i, f"{reason} on node {node[-8:]}; {retries}", now, due=now + delay)
 
     def _back_to_pending(self, i: int, reason: str, now: float, *, due: float | None = None,
                          awaiting: frozenset[str] | None = None) -> IndexRecord:
