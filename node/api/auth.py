@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import HTTPException, Request
 
+from jobs import ShoalError
 from shoal._auth import (
     AUTH_VERSION,
     HEADER_NONCE,
@@ -202,7 +203,12 @@ class Nonces:
         verdict = self.ledger.room(client, now)
         if verdict == "ok":
             self.ledger.add(client, expires)  # counted before the write: concurrent requests see it
-            if not await self.store.record_nonce(client, nonce, expires):
+            try:
+                fresh = await self.store.record_nonce(client, nonce, expires)
+            except BaseException:
+                self.ledger.remove(client, expires)
+                raise
+            if not fresh:
                 self.ledger.remove(client, expires)
                 verdict = "replay"
         if verdict != "ok":
@@ -291,8 +297,14 @@ class RequestVerifier:
         if admit is not None:
             admit(public_key)
         client_id = client_id_for(public_key)
-        verdict = await self.nonces.record(client_id, bytes.fromhex(nonce), now=now,
-                                           expires=int(timestamp) + self.max_skew)
+        try:
+            verdict = await self.nonces.record(client_id, bytes.fromhex(nonce), now=now,
+                                               expires=int(timestamp) + self.max_skew)
+        except ShoalError as e:
+            if not e.retryable:
+                raise
+            # the node cannot write its store now (its disk is full, say): it did nothing, and carries on
+            raise HTTPException(503, detail=f"{e}; nothing was done, retry later", headers={"Retry-After": "5"}) from e
         if verdict == "replay":
             _reject("nonce already used")
         if verdict != "ok":

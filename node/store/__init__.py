@@ -1,6 +1,6 @@
 """SQLite persistence for a node: jobs, executions and the append-only event log."""
 
-from node.store.db import ExpiredRecords, Store, StoreClosed, StoreStatistics
+from node.store.db import ExpiredRecords, Store, StoreClosed, StoreStatistics, StoreUnavailable
 from node.store.schema import StoreTooNew
 
-__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics", "StoreTooNew"]
+__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics", "StoreTooNew", "StoreUnavailable"]

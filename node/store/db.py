@@ -26,10 +26,10 @@ from node.store.bell import EventBell
 from node.store.queries import ExpiredRecords
 from node.store.schema import connect, migrate
 from node.store.sealed import Sealer
-from node.store.writer import StoreClosed, StoreStatistics, Writer
+from node.store.writer import StoreClosed, StoreStatistics, StoreUnavailable, Writer
 from node.tasks import RunBlocking
 
-__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics"]
+__all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics", "StoreUnavailable"]
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
@@ -230,7 +230,8 @@ class Store:
         """Record a request's nonce durably; False if this client used it before (a replay).
 
         Each call is one row in the writer's next group commit, so a busy API costs one commit
-        per batch of requests, not one per request.
+        per batch of requests, not one per request. A request does not wait for a store that cannot
+        be written (``StoreUnavailable``: the API answers 503).
         """
         fresh = False
 
@@ -239,7 +240,7 @@ class Store:
             fresh = conn.execute("INSERT OR IGNORE INTO nonces (client, nonce, expires) VALUES (?,?,?)",
                                  (client, nonce, expires)).rowcount == 1
 
-        await self._writer.write(op)
+        await self._writer.write(op, wait=False)
         return fresh
 
     async def purge_nonces(self, now: float) -> int:

@@ -169,7 +169,9 @@ class StoreTooNew(ShoalError):
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    # another process holding the database (an operator's sqlite3 shell) makes a write wait this long, then
+    # try again (``node.store.writer``): an API request is answered 503 before its client gives up
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes; WAL keeps it consistent
     conn.execute("PRAGMA foreign_keys=ON")

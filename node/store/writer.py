@@ -7,10 +7,18 @@ thousands of small writes per second cost one thread hop and one commit per batc
 
 Each operation runs in its own savepoint: one that raises (``StaleState``, ``DuplicateKey``) is
 undone alone and its caller gets the error; the rest of the batch commits.
+
+When SQLite refuses to write at all (the disk is full, another process holds the database, it is
+read-only, an I/O error), nothing of the batch is written and the writer tries it again, backing off,
+until SQLite writes it: its callers wait, so nothing is acted on unwritten, and the node carries on once
+the disk has room. A write that must not wait (an API request's nonce) fails at once instead, with
+``StoreUnavailable``, which the API answers with 503. (Such an error once ended the node.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +28,13 @@ import trio
 from jobs import DuplicateKey, ShoalError, StaleState
 from node.tasks import RunBlocking
 
+log = logging.getLogger("shoal.store")
+
 MAX_BATCH = 512  # writes per transaction; bounds how long one commit holds the writer
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # seconds between tries of a batch SQLite refused to write
+# SQLite's primary result codes for "cannot write now", whatever the statement: BUSY, LOCKED, NOMEM,
+# READONLY, IOERR, FULL, CANTOPEN (anything else, e.g. a bad statement, is the operation's own error)
+REFUSALS = frozenset({5, 6, 7, 8, 10, 13, 14})
 Operation = Callable[[sqlite3.Connection], None]
 
 
@@ -29,6 +43,18 @@ class StoreClosed(ShoalError):
 
     Not retryable: this process's store will not come back (a restarted node is another store).
     """
+
+
+class StoreUnavailable(ShoalError):
+    """SQLite cannot write now (the disk is full, the database is locked or read-only); nothing of the
+    write was made. The node carries on, and writes again once SQLite lets it."""
+
+    retryable = True
+
+
+def _refused(e: BaseException) -> bool:
+    """Whether SQLite refused to write at all, rather than the operation failing."""
+    return isinstance(e, sqlite3.OperationalError) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) in REFUSALS
 
 
 @dataclass(frozen=True)
@@ -40,10 +66,11 @@ class StoreStatistics:
 
 
 class _Write:
-    __slots__ = ("done", "error", "fn")
+    __slots__ = ("done", "error", "fn", "wait")
 
-    def __init__(self, fn: Operation) -> None:
+    def __init__(self, fn: Operation, wait: bool) -> None:
         self.fn = fn
+        self.wait = wait
         self.done = trio.Event()
         self.error: BaseException | None = None
 
@@ -80,9 +107,8 @@ class Writer:
                         break
                 committed = False
                 try:
-                    await self._run_blocking(self._commit, batch)  # once started, finishes even if cancelled
+                    await self._commit_when_possible(batch)
                     committed = True
-                    self._commits += 1
                 finally:
                     for w in batch:
                         if not committed and w.error is None:  # cancelled before the commit began
@@ -100,29 +126,58 @@ class Writer:
             self.closed = True
             self._conn.close()
 
+    async def _commit_when_possible(self, batch: list[_Write]) -> None:
+        """Commit ``batch``, trying again while SQLite refuses to write; writes that may not wait fail then."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self._run_blocking(self._commit, batch)  # once started, finishes even if cancelled
+                self._commits += 1
+                return
+            except sqlite3.OperationalError as e:
+                if not _refused(e):
+                    raise
+                refused = StoreUnavailable(f"the node cannot write its store now: {e}")
+                for w in batch:
+                    w.error = None if w.wait else refused  # the batch was undone whole: run it all again
+                    if not w.wait:
+                        w.done.set()
+                batch[:] = [w for w in batch if w.wait]
+                log.error("cannot write the store (%s): %d writes wait; next try in %g s", e, len(batch), delay)
+                if not batch:
+                    return
+                await trio.sleep(delay)  # cancelled (shutting down): the waiting writes get StoreClosed
+                delay = min(delay * 2, RETRY_MAX)
+
     def _commit(self, batch: list[_Write]) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             for w in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     w.fn(conn)
                     conn.execute("RELEASE op")
                 except Exception as e:
+                    if _refused(e):
+                        raise  # not this operation's fault: the whole batch waits
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     w.error = _mapped(e)
             conn.execute("COMMIT")
         except BaseException as e:
-            conn.execute("ROLLBACK")
-            for w in batch:
-                w.error = w.error or e
+            if conn.in_transaction:  # SQLite itself rolls back on some errors (a full disk, I/O)
+                with contextlib.suppress(sqlite3.Error):  # never hide the error that got us here
+                    conn.execute("ROLLBACK")
+            if not _refused(e):
+                for w in batch:
+                    w.error = w.error or e
             raise
 
-    async def write(self, fn: Operation) -> None:
-        """Run ``fn`` in the next transaction; returns once it is committed, or raises what ``fn`` raised."""
-        w = _Write(fn)
+    async def write(self, fn: Operation, *, wait: bool = True) -> None:
+        """Run ``fn`` in the next transaction; returns once it is committed, or raises what ``fn`` raised.
+        Without ``wait``, a write SQLite refuses raises ``StoreUnavailable`` instead of waiting for it to pass."""
+        w = _Write(fn, wait)
         try:
             await self._send.send(w)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.store.writer import StoreClosed, Writer
+from node.store.writer import StoreClosed, StoreUnavailable, Writer
 
 
 async def test_a_write_cancelled_before_its_commit_began_is_not_reported_as_made(tmp_path):
@@ -67,3 +67,72 @@ async def test_a_caller_stopping_with_the_store_stops_as_cancelled_not_with_an_e
         node.cancel_scope.cancel()
     assert made == []
     assert sqlite3.connect(tmp_path / "w.db").execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+async def _written_or_refused(writer: Writer, outcome: dict[str, object], name: str, *, wait: bool = True,
+                              statement: str = "INSERT INTO t VALUES (?)") -> None:
+    try:
+        await writer.write(lambda c: c.execute(statement, (name,)), wait=wait)
+        outcome[name] = "written"
+    except Exception as e:
+        outcome[name] = e
+
+
+async def _until(condition, seconds: float = 20.0) -> None:
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.05)
+
+
+async def test_a_full_store_holds_its_writes_until_there_is_room_and_the_node_carries_on(tmp_path):
+    """SQLite's 'database or disk is full' once ended the writer's task, and with it the node (found by
+    filling a node's data dir). Now nothing of the refused batch is written, its writers wait, and it
+    commits once there is room; an API request's write, which may not wait, is refused at once."""
+    path = tmp_path / "w.db"
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full: no page more
+    writer = Writer(conn)
+    outcome: dict[str, object] = {}
+    big = "x" * 100_000
+    async with trio.open_nursery() as node:  # raises if the writer's task ends with an error
+        await node.start(writer.run)
+        node.start_soon(_written_or_refused, writer, outcome, big)
+        node.start_soon(lambda: _written_or_refused(writer, outcome, "nonce", wait=False))
+        await _until(lambda: "nonce" in outcome)
+        assert isinstance(outcome["nonce"], StoreUnavailable)
+        assert "database or disk is full" in str(outcome["nonce"]) and outcome["nonce"].retryable
+        await trio.sleep(1.0)
+        assert big not in outcome  # held, neither failed nor written
+        conn.execute(f"PRAGMA max_page_count={pages * 1000}")  # room again
+        await _until(lambda: big in outcome)
+        await writer.write(lambda c: c.execute("INSERT INTO t VALUES ('after')"))
+        node.cancel_scope.cancel()
+    assert outcome[big] == "written"
+    rows = sqlite3.connect(path).execute("SELECT x FROM t").fetchall()
+    assert rows == [(big,), ("after",)]  # the refused nonce was not written
+
+
+async def test_a_store_another_process_locks_makes_writes_wait_and_a_bad_statement_fails_alone(tmp_path):
+    path = tmp_path / "w.db"
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.05)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    operator = sqlite3.connect(path, isolation_level=None)
+    operator.execute("BEGIN EXCLUSIVE")  # an operator's sqlite3 shell, say
+    writer = Writer(conn)
+    outcome: dict[str, object] = {}
+    async with trio.open_nursery() as node:
+        await node.start(writer.run)
+        node.start_soon(_written_or_refused, writer, outcome, "waits")
+        await trio.sleep(1.0)
+        assert outcome == {}
+        operator.execute("COMMIT")
+        await _until(lambda: "waits" in outcome)
+        node.start_soon(lambda: _written_or_refused(writer, outcome, "bad", statement="INSERT INTO nowhere VALUES (?)"))
+        await _until(lambda: "bad" in outcome, 5)  # an error of the statement itself is not waited out
+        node.cancel_scope.cancel()
+    assert outcome["waits"] == "written"
+    assert isinstance(outcome["bad"], sqlite3.OperationalError) and "no such table" in str(outcome["bad"])
