@@ -425,6 +425,7 @@ class DockerExecutor(Executor):
                 if failed_start is not None:
                     return failed_start
                 over_disk: list[int] = []
+                lost: BaseException | None = None
                 async with trio.open_nursery() as nursery:
                     dirs = [m.source for m in request.output_mounts()]
 
@@ -433,10 +434,15 @@ class DockerExecutor(Executor):
                             await trio.to_thread.run_sync(api.kill, cid)
 
                     nursery.start_soon(watch_disk, dirs, request.write_limit, kill, over_disk)
-                    out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, request.live,
-                                                             abandon_on_cancel=True)
-                    exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
+                    try:
+                        out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, request.live,
+                                                                 abandon_on_cancel=True)
+                        exit_code = await trio.to_thread.run_sync(_wait, api, cid, abandon_on_cancel=True)
+                    except _DaemonErrors as e:  # raised past the nursery, which would wrap it in a group that
+                        lost = e  # the handlers below do not catch: "executor crashed" instead of the daemon
                     nursery.cancel_scope.cancel()
+                if lost is not None:
+                    raise lost
                 finished_at = time.time()
                 oom = exit_code != 0 and await trio.to_thread.run_sync(_oom_killed, api, cid, exit_code)
             except docker.errors.APIError as e:

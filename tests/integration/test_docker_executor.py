@@ -313,6 +313,24 @@ async def test_not_installed_when_the_daemon_socket_is_wrong(monkeypatch, node_l
     assert await cleanup_leftovers(node_label) == []
 
 
+async def test_the_daemon_going_away_during_a_run_is_a_retryable_daemon_error(monkeypatch, client, executor, tmp_path):
+    """A restarted dockerd drops the executor's wait for the exit code. That error came out of the run's
+    nursery in an exception group, past the daemon errors' handler, and the job failed "executor crashed"."""
+    import requests
+
+    import executors.docker
+
+    def daemon_gone(api, cid):
+        raise requests.exceptions.ConnectionError(("Connection aborted.", ConnectionResetError(104, "reset")))
+
+    monkeypatch.setattr(executors.docker, "_wait", daemon_gone)
+    request = make_request(tmp_path, args=["echo", "hi"])
+    with pytest.raises(ExecutorError, match="Docker daemon error while running the container") as err:
+        await executor.run(request)
+    assert err.value.retryable
+    assert containers_of(client, request) == []
+
+
 async def test_installed_when_the_daemon_answers(executor):
     assert executor.is_installed() is True
 
