@@ -23,15 +23,16 @@ directory is sharded: ``Import.UnixFSHAMTDirectorySizeThreshold`` (256 KiB) and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import urllib.parse
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -40,6 +41,9 @@ from storage.base import parse_ipfs_source
 from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
 from storage.tarstream import extract_tar
 from storage.unixfs import CHUNK_SIZE, HAMT_FANOUT, MAX_LINKS, is_cid
+
+log = logging.getLogger("shoal.storage")
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_API",
@@ -52,6 +56,7 @@ __all__ = [
 
 DEFAULT_API = "http://127.0.0.1:5001"
 DEFAULT_FIND_TIMEOUT = 30.0  # seconds Kubo may search the network for a CID before we call it missing
+PATIENCE = 20.0  # seconds in which a fetch or publish that found the daemon unavailable is tried again
 CALL_TIMEOUT = 30.0  # seconds for a plain RPC call (id, pin/rm, swarm/connect) to answer
 STALL_TIMEOUT = 60.0  # seconds a streaming transfer may go without a byte before it is abandoned
 GC_TIMEOUT = 600.0  # seconds a repo gc may take: it answers only when done, and a big repo takes minutes
@@ -72,6 +77,7 @@ ADD_DEFAULTS: dict[str, str] = {
     "empty-dirs": "true",
 }
 
+_NO_SPACE = ("no space left on device", "disk quota exceeded")  # this node's repo is full: another node may do
 _NOT_FOUND = ("not found", "no link named", "could not find", "does not exist", "not pinned", "no such file")
 _INVALID = ("invalid path", "invalid cid", "failed to parse", "selected encoding not supported", "illegal base",
             "invalid ipfs path", "varint", "unknown multibase", "path must start with")
@@ -217,7 +223,7 @@ class KuboClient:
                 if line.strip():
                     entry = json.loads(line)
                     if entry.get("Type") == "error":
-                        raise StorageError(f"Kubo add failed: {entry.get('Message')}")
+                        raise _add_failed(str(entry.get("Message")))
                     if "Hash" in entry:
                         entries.append(entry)
         if not entries:
@@ -304,7 +310,15 @@ def _error_from_response(url: str, command: str, status: int, body: bytes) -> St
         return NotFound(message)
     if any(s in low for s in _INVALID):
         return InvalidSource(message)
+    if any(s in low for s in _NO_SPACE):
+        return Unavailable(f"Kubo '{command}' failed, its repo is out of space: {message}")
     return StorageError(f"Kubo '{command}' failed: {message}")
+
+
+def _add_failed(message: str) -> StorageError:
+    if any(s in message.lower() for s in _NO_SPACE):
+        return Unavailable(f"Kubo add failed, its repo is out of space: {message}")
+    return StorageError(f"Kubo add failed: {message}")
 
 
 def _http_url(api: str) -> str:
@@ -407,6 +421,24 @@ async def _multipart(parts: list[_Part], boundary: str) -> AsyncIterator[bytes]:
 # -- InputSource and Publisher ---------------------------------------------------------------------
 
 
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, tried again while the daemon is ``Unavailable`` (restarting, refusing connections, failing
+    with HTTP 5xx), backing off from 0.5 s, as long as a try may start within PATIENCE of the first. A 2 s
+    restart of Kubo once failed jobs for good: their node reported the error at once, was offered the job
+    again at once and failed it again, and a second error from one node ends its turn. (A stall, which
+    ends a try only after ``stall_timeout``, is past the patience by then: it is reported.)"""
+    give_up, delay = trio.current_time() + PATIENCE, 0.5
+    while True:
+        try:
+            return await call()
+        except Unavailable as exc:
+            if trio.current_time() + delay > give_up:
+                raise
+            log.info("Kubo unavailable (%s): trying again in %g s", exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class KuboInput:
     """Fetches ``ipfs://CID[/path]``, ``/ipfs/CID[/path]`` and bare ``CID[/path]`` through a Kubo daemon.
 
@@ -427,6 +459,9 @@ class KuboInput:
         return is_cid(source.partition("/")[0])
 
     async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
+        await _patiently(lambda: self._fetch(source, dest, max_bytes=max_bytes))
+
+    async def _fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
         cid, subpath = parse_ipfs_source(source)
         ipfs_path = f"/ipfs/{cid}" + (f"/{subpath}" if subpath else "")
         try:
@@ -478,7 +513,7 @@ class KuboPublisher:
         self.find_timeout = find_timeout
 
     async def publish(self, directory: Path) -> str:
-        return await self.client.add_path(Path(directory), pin=True)
+        return await _patiently(lambda: self.client.add_path(Path(directory), pin=True))
 
     async def add_bytes(self, data: bytes) -> str:
         return await self.client.add_bytes(data, pin=True)

@@ -276,3 +276,37 @@ async def test_a_restarted_daemon_comes_back_connected_with_its_pins(tmp_path):
             await KuboInput(other, find_timeout=10).fetch(cid, tmp_path / "x", max_bytes=100)
     assert (tmp_path / "x").read_bytes() == b"survives restarts"
     assert all(not d.running for d in stack.daemons)
+
+
+async def test_a_fetch_and_a_publish_wait_out_a_short_restart_of_the_daemon(tmp_path, monkeypatch):
+    """Kubo killed and started again 2 s later: a node's input fetch and its results' publish, begun while it
+    was down, complete once it is back (they once failed at once, and the job with them). A daemon that
+    stays away is reported, once the patience has run out."""
+    import storage.kubo
+
+    async with KuboCluster(1, tmp_path / "stack") as stack:
+        async with stack.daemons[0].client() as client:
+            cid = await client.add_bytes(b"an input")
+        results = tmp_path / "results"
+        make_tree(results)
+        await stack.stop_daemon(0)
+        outcome: dict[str, object] = {}
+        async with stack.daemons[0].client() as client:
+            async def fetch() -> None:
+                await KuboInput(client).fetch(cid, tmp_path / "input", max_bytes=100)
+                outcome["fetched"] = (tmp_path / "input").read_bytes()
+
+            async def publish() -> None:
+                outcome["published"] = await KuboPublisher(client).publish(results)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch)
+                nursery.start_soon(publish)
+                await trio.sleep(2)
+                assert outcome == {}  # still waiting, neither failed
+                await stack.restart(0)
+            assert outcome == {"fetched": b"an input", "published": cid_of_path(results)}
+            await stack.stop_daemon(0)
+            monkeypatch.setattr(storage.kubo, "PATIENCE", 1.0)
+            with trio.fail_after(10), pytest.raises(Unavailable, match="is the daemon running"):
+                await KuboPublisher(client).publish(results)
