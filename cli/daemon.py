@@ -68,7 +68,7 @@ def build_node_config(
     from pydantic import ValidationError
 
     from cli.specs import validation_lines
-    from node.config import NodeConfig, machine_resources
+    from node.config import NodeConfig, machine_resources, shoal_home
 
     values: dict[str, Any] = {"requester": requester, "compute": compute, "noop": noop,
                               "allow_private_urls": allow_private_urls, "bad_actor": bad_actor,
@@ -115,10 +115,12 @@ def build_node_config(
     try:
         # A partial limit fills the rest from the machine (total) or from the total (per job),
         # which is what NodeConfig's None means for the whole limit.
+        if limit_total.given or limit_job.given:
+            machine = machine_resources(values.get("data_dir") or shoal_home() / "node")
         if limit_total.given:
-            values["limit_total"] = _fill(limit_total, machine_resources())
+            values["limit_total"] = _fill(limit_total, machine)
         if limit_job.given:
-            values["limit_job"] = _fill(limit_job, values.get("limit_total") or machine_resources())
+            values["limit_job"] = _fill(limit_job, values.get("limit_total") or machine)
     except ValidationError as exc:
         raise CLIError(*(f"limit {line}" for line in validation_lines(exc)), code=EXIT_USAGE) from None
     return NodeConfig(**values)

@@ -21,16 +21,21 @@ def shoal_home() -> Path:
     return Path(os.environ.get("SHOAL_HOME") or Path.home() / ".shoal")
 
 
-def machine_resources() -> Resources:
-    """What this machine has: the default total limits of a compute node."""
+def machine_resources(data_dir: Path | None = None) -> Resources:
+    """What this machine has: the default total limits of a compute node. Its disk is the free space where
+    the node keeps its jobs' files, ``data_dir`` (it was the home directory's, which may be another disk:
+    a node on a 40 MiB data dir offered 70 GiB and took jobs that could not fit)."""
     import shutil
 
     import psutil
 
+    where = Path(data_dir) if data_dir is not None else Path.home()
+    while not where.exists() and where != where.parent:  # a data dir not made yet: the disk it will be on
+        where = where.parent
     return Resources(
         cpu=float(os.cpu_count() or 1),
         memory=int(psutil.virtual_memory().total),
-        disk=int(shutil.disk_usage(Path.home()).free),
+        disk=int(shutil.disk_usage(where).free),
         gpu=detect_gpus(),
     )
 

@@ -117,7 +117,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         compute = requester = sweeps = None
         inputs, publisher = await open_storage(config)
         if config.compute:
-            total = config.limit_total or machine_resources()
+            total = config.limit_total or machine_resources(config.data_dir)
             registry = ExecutorRegistry.all_noop() if config.noop else default_registry(
                 config.data_dir, network.peer_id, unsandboxed_python=config.unsandboxed_python,
                 allow_images=config.allow_images, allow_network=config.allow_network,

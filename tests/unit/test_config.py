@@ -276,3 +276,19 @@ def test_bash_completes_commands_and_flags(tmp_path: Path, words: str, offered: 
                             timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == offered, result.stdout
+
+
+def test_a_nodes_disk_is_the_free_space_of_the_disk_its_data_dir_is_on():
+    """It was the home directory's: a node whose data dir was a 40 MiB disk offered 70 GiB and took jobs
+    that could not fit there."""
+    import shutil
+    import uuid
+
+    from node.config import machine_resources
+
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(Path.home()).st_dev:
+        pytest.skip("no other file system than the home directory's to put a data dir on")
+    data_dir = other / f"shoal-test-{uuid.uuid4().hex}" / "node"  # not made yet: the disk it will be on
+    assert abs(machine_resources(data_dir).disk - shutil.disk_usage(other).free) < 64 * 1024**2
+    assert not data_dir.parent.exists()
