@@ -40,6 +40,7 @@ MAX_SLOTS = 64  # runs at once in one sweep claim
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
 MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and compute.backlog.MAX_BYTES of them)
 ENDED_KEPT = 1000  # recently ended claims remembered, to answer a late Cancel
+ENGINE_GRACE = 60.0  # an engine that stops answering (dockerd restarting) is still offered this long
 
 
 def _remember(known: OrderedDict[Any, Any], key: Any, value: Any, limit: int = KNOWN_REQUESTERS) -> None:
@@ -100,7 +101,8 @@ class ComputeMachine:
                  network: bool = False) -> None:
         self.node_id = node_id
         self.capacity = capacity
-        self.engines = engines
+        self.engines = list(engines)
+        self._silent_engines: dict[str, float] = {}  # offered engines that stopped answering -> since when
         self.labels = dict(labels or {})
         self.network = network  # jobs that ask for network get it (shoal serve --allow-network)
         self.input_problems = input_problems
@@ -126,6 +128,22 @@ class ComputeMachine:
         # once, and those who gave it work before are not queued behind a crowd of strangers.
         self._silent: OrderedDict[str, float] = OrderedDict()
         self._served: OrderedDict[str, None] = OrderedDict()
+
+    def engines_answering(self, installed: Sequence[str], now: float) -> bool:
+        """The engines that answer now. One that stopped answering is still offered for ENGINE_GRACE, but
+        nothing of it is bid on or claimed meanwhile: its jobs wait in the backlog (requesters that no longer
+        saw it offered anywhere failed them at once: a 2 s restart of dockerd did). True when one came back."""
+        back = [engine for engine in self._silent_engines if engine in installed]
+        for engine in back:
+            del self._silent_engines[engine]
+        for engine in self.engines:
+            if engine not in installed:
+                self._silent_engines.setdefault(engine, now)
+        for engine, since in list(self._silent_engines.items()):
+            if now - since >= ENGINE_GRACE:
+                del self._silent_engines[engine]
+        self.engines = sorted({*installed, *self._silent_engines})
+        return bool(back)
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""
@@ -213,7 +231,7 @@ class ComputeMachine:
             return None
         if self._silent.get(ann.requester, 0.0) > now:
             return None  # it waits in the backlog, and goes stale there if its requester stays away
-        if self._room_for_runs(ann.spec.engine.executor) == 0:
+        if ann.spec.engine.executor in self._silent_engines or self._room_for_runs(ann.spec.engine.executor) == 0:
             return None
         execution_id = f"e-{uuid.uuid4().hex}"
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
@@ -426,6 +444,8 @@ class ComputeMachine:
         return started
 
     def _try_claim(self, ann: SweepAnnounce) -> Claim | None:
+        if ann.spec.job.engine.executor in self._silent_engines:
+            return None
         claim_id = f"c-{uuid.uuid4().hex}"
         room = self._room_for_runs(ann.spec.job.engine.executor)
         slots: list[str] = []

@@ -251,12 +251,15 @@ class ComputeService:
 
     async def _node_info_loop(self) -> None:
         delays = [0.3, 0.7, 1.0, 2.0]
+        answering = self.machine.engines
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
-            engines = await self._run_blocking(self.executors.installed)  # e.g. dockerd came or went
-            if engines != self.machine.engines:
-                log.info("engines now available: %s", ", ".join(engines) or "none")
-                self.machine.engines = engines
+            installed = await self._run_blocking(self.executors.installed)  # e.g. dockerd came or went
+            if installed != answering:
+                log.info("engines answering now: %s", ", ".join(installed) or "none")
+                answering = installed
+            if self.machine.engines_answering(installed, self.clock()):
+                self._wake_backlog.set()
             try:
                 await self.peers.publish(self.node_info())
             except Exception:

@@ -414,3 +414,27 @@ def test_a_node_whose_cpu_was_reserved_and_released_ten_thousand_times_still_fit
         tracker.release(holder)
     assert tracker.free == total
     assert tracker.try_reserve("all", Resources(cpu=4, memory="8GiB"))
+
+
+def test_an_engine_that_stops_answering_is_offered_a_while_and_its_jobs_wait_instead_of_failing():
+    """dockerd restarting: the node stopped offering docker at once, and requesters failed every docker job
+    with 'no compute node offers engine docker'. The engine is now offered for ENGINE_GRACE more, nothing of
+    it is bid on or claimed meanwhile (its jobs wait in the backlog), and bids resume when it is back."""
+    from compute.machine import ENGINE_GRACE
+    from tests.unit.test_compute_machine_claims import sweep
+
+    m = machine(cpu=4)
+    m.engines = ["noop", "wasm"]
+    assert not m.engines_answering(["wasm"], 100.0)  # noop does not answer
+    assert m.engines == ["noop", "wasm"]  # still offered: requesters wait for it
+    assert m.announce(REQ, announce("j-1"), 101.0) == (False, Changes())
+    assert len(m.backlog) == 1  # kept to bid on later
+    assert m.announce_sweep(REQ, sweep(), 101.0) is None
+    assert m.engines_answering(["noop", "wasm"], 110.0)  # back: the backlog may bid
+    assert [ann.job_id for ann in m.backlog_fitting(110.0)] == ["j-1"]
+    assert len(m.bid_from_backlog(m.backlog_fitting(110.0), 110.0).bids) == 1
+    assert len(m.retry_waiting(110.0)) == 1  # and the sweep is claimed
+    assert not m.engines_answering(["wasm"], 200.0)
+    assert not m.engines_answering(["wasm"], 200.0 + ENGINE_GRACE)
+    assert m.engines == ["wasm"]  # gone for good: no longer offered, and requesters say so
+    assert not m.engines_answering(["wasm"], 300.0) and m.engines == ["wasm"]
