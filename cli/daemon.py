@@ -89,6 +89,7 @@ def build_node_config(
         values["peer_rate_limit"] = peer_rate_limit
     if ipfs_api is not None:
         values["ipfs_api"] = None if ipfs_api.lower() == "none" else ipfs_api
+        values["require_ipfs"] = values["ipfs_api"] is not None
     if network_key is not None or trusted_peers is not None:
         from node.net.admission import AdmissionError, load_admission
 

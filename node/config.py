@@ -77,6 +77,7 @@ class NodeConfig:
     backlog_size: int = 10_000
     pending_bid_timeout: float = 120.0  # longest a bid answered "pending" holds capacity (seconds)
     ipfs_api: str | None = "http://127.0.0.1:5001"  # Kubo RPC; None or unreachable: results kept locally
+    require_ipfs: bool = False  # --ipfs-api given: the node waits for that Kubo at start, and starts only with it
     allow_private_urls: bool = False  # let jobs download inputs from private/loopback addresses (devstack)
     retention: float = 7 * 24 * 3600.0  # seconds results (and contexts) stay pinned after a job ends
     ttl: float = 30 * 24 * 3600.0  # seconds finished jobs, sweeps and executions are kept, then deleted

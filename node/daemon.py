@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from node.net import Network
-    from storage import InputRegistry, Publisher
+    from storage import InputRegistry, KuboClient, Publisher
 
 __all__ = ["VERSION", "Node", "NodeReady", "main", "run_node"]
 
 log = logging.getLogger("shoal.node")
+
+IPFS_PROBE = 5.0  # seconds a node asks the default Kubo whether it is there, before keeping results itself
+IPFS_START_WAIT = 60.0  # seconds a node waits at start for the Kubo its --ipfs-api names
 
 
 @dataclass(frozen=True)
@@ -41,23 +44,47 @@ class NodeReady:
 
 
 async def open_storage(config: NodeConfig) -> tuple[InputRegistry, Publisher]:
-    """Kubo when its RPC answers; otherwise the node's own store, with CIDs computed the same way."""
+    """Kubo when its RPC answers; otherwise the node's own store, with CIDs computed the same way.
+
+    A Kubo named by ``--ipfs-api`` is waited for (it may be starting beside the node) and the node starts
+    only with it: it once fell back to its own store for good, unseen, when Kubo was restarting then.
+    """
     from storage import HttpInput, InputRegistry, KuboClient, KuboInput, KuboPublisher, LocalInput, LocalPublisher
-    from storage.errors import StorageError
+    from storage.errors import StorageError, Unavailable
 
     http = HttpInput(allow_private=config.allow_private_urls)
     if config.ipfs_api:
         client = KuboClient(config.ipfs_api)
+        wait = IPFS_START_WAIT if config.require_ipfs else IPFS_PROBE
         try:
-            with trio.fail_after(5):
-                version = await client.version()
+            version = await _first_answer(client, wait)
             log.info("using Kubo %s at %s", version, config.ipfs_api)
             return InputRegistry([KuboInput(client), http]), KuboPublisher(client)
-        except (StorageError, trio.TooSlowError) as e:
+        except StorageError as e:
             await client.aclose()
+            if config.require_ipfs:
+                raise Unavailable(f"no Kubo answered at {config.ipfs_api} within {wait:g} s ({e}): start it, "
+                                  "or run with --ipfs-api none to keep results in the data dir") from None
             log.warning("no Kubo at %s (%s): results are kept in the node's data dir", config.ipfs_api, e)
     local = await trio.to_thread.run_sync(LocalPublisher, config.data_dir / "results")
     return InputRegistry([LocalInput(local), http]), local
+
+
+async def _first_answer(client: KuboClient, wait: float) -> str:
+    """Kubo's version once its RPC answers, asking again every half second for ``wait`` seconds."""
+    from storage.errors import Unavailable
+
+    give_up = trio.current_time() + wait
+    while True:
+        try:
+            with trio.fail_after(max(0.1, give_up - trio.current_time())):
+                return await client.version()
+        except trio.TooSlowError:
+            raise Unavailable(f"it did not answer within {wait:g} s") from None
+        except Unavailable:
+            if trio.current_time() + 0.5 > give_up:
+                raise
+            await trio.sleep(0.5)
 
 
 class _NetworkTransport:

@@ -310,3 +310,28 @@ async def test_a_fetch_and_a_publish_wait_out_a_short_restart_of_the_daemon(tmp_
             monkeypatch.setattr(storage.kubo, "PATIENCE", 1.0)
             with trio.fail_after(10), pytest.raises(Unavailable, match="is the daemon running"):
                 await KuboPublisher(client).publish(results)
+
+
+async def test_a_node_waits_at_start_for_the_kubo_it_names_and_starts_only_with_it(tmp_path, monkeypatch):
+    """A node started while its Kubo restarted kept its results itself for good (its inputs from IPFS
+    failing), saying so only in a warning. Given ``--ipfs-api``, it now waits for that Kubo and starts
+    only with it; with the default address and no Kubo there, it still keeps results in its data dir."""
+    import node.daemon
+    from node.config import NodeConfig
+    from node.daemon import open_storage
+
+    async with KuboCluster(1, tmp_path / "stack") as stack:
+        url = stack.daemons[0].rpc_url
+        named = NodeConfig(data_dir=tmp_path / "node", ipfs_api=url, require_ipfs=True)
+        await stack.stop_daemon(0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stack.restart, 0)  # back after it has been asked, unanswered, a few times
+            _, publisher = await open_storage(named)
+        assert isinstance(publisher, KuboPublisher)
+        await publisher.client.aclose()
+        await stack.stop_daemon(0)
+        monkeypatch.setattr(node.daemon, "IPFS_START_WAIT", 1.0)
+        with trio.fail_after(10), pytest.raises(Unavailable, match=f"no Kubo answered at {url} within 1 s"):
+            await open_storage(named)
+        _, local = await open_storage(NodeConfig(data_dir=tmp_path / "node", ipfs_api=url))
+        assert isinstance(local, LocalPublisher)
