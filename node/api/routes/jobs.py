@@ -195,6 +195,11 @@ def _result_of(description: JobDescription) -> RunResult | None:
     return description.shown_result()
 
 
+def _cannot_store(e: Exception) -> StarletteHTTPException:
+    return StarletteHTTPException(503, f"this node cannot store the working directory now: {e}",
+                                  headers={"Retry-After": "5"})
+
+
 async def _publish_context(node: Node, body: bytes) -> str:
     from storage import StorageError, extract_tar
 
@@ -208,10 +213,16 @@ async def _publish_context(node: Node, body: bytes) -> str:
     await trio.to_thread.run_sync(lambda: work.mkdir(parents=True, exist_ok=True))
     target = work / f"ctx-{secrets.token_hex(8)}"
     try:
-        await extract_tar(chunks(), target, max_bytes=MAX_CONTEXT_BODY, confine_links=True)  # see storage.registry
-        await trio.to_thread.run_sync(check_depth, target)
-        return await node.publisher.publish(target)
-    except StorageError as e:
-        raise StarletteHTTPException(422, f"the working directory archive is unusable: {e}") from e
+        try:
+            await extract_tar(chunks(), target, max_bytes=MAX_CONTEXT_BODY, confine_links=True)  # see storage.registry
+            await trio.to_thread.run_sync(check_depth, target)
+        except StorageError as e:
+            if not (e.retryable or isinstance(e.__cause__, OSError)):
+                raise StarletteHTTPException(422, f"the working directory archive is unusable: {e}") from e
+            raise _cannot_store(e) from e  # this node's disk (full, say), not the archive
+        try:
+            return await node.publisher.publish(target)
+        except StorageError as e:  # Kubo away or full: the archive was fine
+            raise _cannot_store(e) from e
     finally:
         await trio.to_thread.run_sync(remove_tree, target)
