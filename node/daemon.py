@@ -186,6 +186,18 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
         task_status.started(ready)
 
 
+def raise_open_files_limit(most: int = 65_536) -> None:
+    """Let the node open as many files as the hard limit allows (up to ``most``), as Go programs do: each
+    connection, stream and job holds some, and a soft limit of 1,024 ran out under a few hundred event
+    streams (the API stopped answering, a docker job was lost)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(config: NodeConfig) -> None:
     """``shoal serve``: run until SIGINT or SIGTERM; print one READY line (JSON) once everything listens.
 
@@ -198,6 +210,7 @@ def main(config: NodeConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "multiaddr", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    raise_open_files_limit()
 
     async def _main() -> None:
         # The receiver is open before anything starts, so a signal during start-up is handled

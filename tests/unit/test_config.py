@@ -292,3 +292,19 @@ def test_a_nodes_disk_is_the_free_space_of_the_disk_its_data_dir_is_on():
     data_dir = other / f"shoal-test-{uuid.uuid4().hex}" / "node"  # not made yet: the disk it will be on
     assert abs(machine_resources(data_dir).disk - shutil.disk_usage(other).free) < 64 * 1024**2
     assert not data_dir.parent.exists()
+
+
+def test_a_node_raises_its_open_files_limit_to_the_hard_limit():
+    """A soft limit of 1,024 (systemd's default) ran out under a few hundred event streams."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard limit leaves nothing to raise")
+    code = ("import resource; from node.daemon import raise_open_files_limit; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            "raise_open_files_limit(); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    expected = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    assert int(done.stdout) == expected
