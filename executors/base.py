@@ -122,6 +122,9 @@ class Executor(Protocol):
     name: str
     needs_workspace: bool = True  # False: it reads and writes no files, so the node creates no scratch dir
     max_parallel: int | None = None  # runs worth starting at once on this node (None: as capacity allows)
+    # seconds ``run`` may spend getting a worker ready (an interpreter's start) before the job's code starts:
+    # an executor that sets it holds the job to its ``timeout`` itself, from then (raising trio.TooSlowError)
+    start_allowance: float = 0.0
 
     def is_installed(self) -> bool:
         """Whether this node can run the engine now; decides what the node advertises and bids on."""

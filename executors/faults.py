@@ -14,6 +14,7 @@ class BadActor(Executor):
     def __init__(self, inner: Executor) -> None:
         self.inner = inner
         self.name = inner.name
+        self.start_allowance = inner.start_allowance
 
     def is_installed(self) -> bool:
         return self.inner.is_installed()

@@ -87,6 +87,9 @@ log = logging.getLogger(__name__)
 
 RUNNER_DIR = Path(__file__).with_name("pyodide_runner")
 WARM_UP_ROUNDS = 30  # runs of typical code before "ready", so V8 has compiled the interpreter's hot paths
+# seconds of getting an interpreter ready (a cold start on a busy machine) that do not count against a job's
+# timeout; well within deadlines.result_grace (60 s), which covers it on the requester's side
+START_ALLOWANCE = 30.0
 START_TIMEOUT = 180.0  # seconds a pool interpreter may take to load on a busy machine before it is given up
 SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node and version)
 POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
@@ -230,6 +233,8 @@ class PyodideExecutor(Executor):
         unsandboxed: run Node.js without the OS sandbox (the operator's explicit, logged choice); by default
             a node whose sandbox cannot start does not offer the engine (``problem()`` says why).
     """
+
+    start_allowance = START_ALLOWANCE  # run() holds the job to its timeout from its hand-over
 
     name = "python"
 
@@ -464,7 +469,8 @@ class PyodideExecutor(Executor):
                 outputs = await self._hand_over(runner, request, prepared, owner)
             finished = False
             try:
-                result, finished = await self._collect(runner, started, request, outputs)
+                with trio.fail_after(request.spec.timeout):  # the job's clock: from its hand-over
+                    result, finished = await self._collect(runner, started, request, outputs)
             finally:
                 if not finished:
                     runner.process.kill()

@@ -310,3 +310,27 @@ async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap(execu
                                   "and folders\n"), result.stderr
     made = sum(1 for _ in (req.outputs_dir / "results").iterdir())
     assert MAX_OUTPUT_ENTRIES < made < 2 * MAX_OUTPUT_ENTRIES  # stopped within a poll of the cap
+
+
+async def test_an_interpreters_start_does_not_count_against_the_jobs_timeout(cache_dir, tmp_path):
+    """The run's clock started before the interpreter had: under load, sweep indexes of 10 ms failed 'timed
+    out after 2 s' where interpreters start (a sweep's first indexes, a growing claim). It starts at the
+    hand-over now; the job's own code is still held to its timeout."""
+    from compute.runner import Runner
+    from executors import ExecutorRegistry
+    from jobs import Execution
+
+    executor = PyodideExecutor(cache_dir, pool_size=1)  # cold: its first run starts an interpreter
+    runner = Runner(ExecutorRegistry({"python": executor}), tmp_path / "work")
+
+    def execution(code: str) -> Execution:
+        spec = JobSpec(engine={"name": "python", "code": code}, timeout=0.5)
+        return Execution(id=f"e-{len(code)}", job_id="j", node_id="n", requester="r", created_at=0, updated_at=0,
+                         spec=spec)
+
+    started = time.monotonic()
+    quick = await runner.run(execution("print('quick')"))
+    assert quick.error is None and quick.result.stdout == "quick\n", quick
+    assert time.monotonic() - started > 0.5  # the interpreter's start took longer than the job may
+    endless = await runner.run(execution("while True:\n    pass"))
+    assert endless.error == "timed out after 0.5 s" and endless.result is None
