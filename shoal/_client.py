@@ -343,6 +343,27 @@ class _BaseClient:
         description = yield from self._submit_sweep_flow(spec, idempotency_key)
         return (yield from self._wait_sweep_flow(description.sweep.id, timeout, poll))
 
+    def _whole_stdout_flow(self, sweep_id: str, record: IndexRecord) -> _Flow[IndexRecord]:
+        """An index record whose stdout, a map's value, is longer than the tail a record keeps: with its stdout
+        whole, from the index's results (checked against their CID). Values of 64-900 KiB once came back as
+        "gave no value". A fetch that fails says so in the record's reason."""
+        import tempfile
+
+        assert record.result is not None
+        whose = f"index {record.index} of sweep {sweep_id}"
+        try:
+            plan = plan_download(record.result, whose, record.state.value, None)
+            response = yield self._tar_request(_index_path(sweep_id, record.index, "results"))
+            with tempfile.TemporaryDirectory() as scratch:
+                folder = extract_results([response.content], Path(scratch) / "results", whose, plan.cid or "",
+                                         plan.max_bytes)
+                stdout = (folder / "stdout").read_text(encoding="utf-8", errors="replace")
+        except (ShoalAPIError, OSError) as e:
+            why = f"its value, longer than a record keeps, could not be fetched from its results: {e}"
+            return record.model_copy(update={"reason": why})
+        return record.model_copy(update={"result": record.result.model_copy(
+            update={"stdout": stdout, "stdout_truncated": False})})
+
     def _map_flow(self, run: MapRun) -> Generator[httpx.Request | float | tuple[int, Any], httpx.Response, None]:
         """Submit a map's sweep, then hand out ``(index, outcome)`` as its indexes finish
         (``shoal._map``): a flow with a third kind of step, the tuples, for the caller."""
@@ -370,7 +391,12 @@ class _BaseClient:
         while True:
             seen = len(run.done)
             page = parse(IndexList, (yield self._sweep_indexes_request(sweep_id, None, run.low, PAGE)))
-            yield from run.take(page.indexes)
+            records = []
+            for record in page.indexes:
+                if run.cut_short(record):
+                    record = yield from self._whole_stdout_flow(sweep_id, record)
+                records.append(record)
+            yield from run.take(records)
             if ended and len(run.done) == seen:  # over, yet no records for the rest: never poll in a loop
                 yield from run.take(IndexRecord(index=i, state=JobState.FAILED, reason="the sweep ended without it")
                                     for i in range(run.plan.count) if i not in run.done)

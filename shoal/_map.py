@@ -283,6 +283,13 @@ class MapRun:
             self._next += 1
         return out
 
+    def cut_short(self, record: IndexRecord) -> bool:
+        """Whether ``record`` is a finished index not handed out yet whose value may lie beyond the tail of
+        stdout that a record keeps (``MAX_VALUE`` is larger): it is read from the index's results."""
+        result = record.result
+        return record.state.is_terminal and record.index not in self.done and result is not None \
+            and result.stdout_truncated and result.cid is not None
+
     @property
     def complete(self) -> bool:
         return len(self.done) == self.plan.count

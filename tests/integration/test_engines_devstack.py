@@ -265,6 +265,28 @@ def _run_args(command: list[str]) -> list[str]:
     return ["wasm", "run", *flags, *command[2:]]
 
 
+def floats(n: int) -> list[float]:
+    return [i * 0.5 for i in range(n)]
+
+
+def test_a_map_value_longer_than_a_record_keeps_comes_back_whole(stack):
+    """A record keeps the last 64 KiB of stdout, where a map's value travels: values of 64 to 900 KiB (a list
+    of 20,000 floats is about 190 KiB) came back as 'gave no value: completed'. They are read from the
+    index's results now (here from the computing node's Kubo), checked against their CID, by the sync
+    client and the async one."""
+    from shoal import AsyncClient, Client
+
+    sizes = [10, 20_000, 60_000]
+    with Client(stack.nodes[0].api) as client:
+        assert client.map(floats, sizes) == [floats(n) for n in sizes]
+
+    async def in_async() -> list:
+        async with AsyncClient(stack.nodes[1].api) as c:
+            return await c.map(floats, [30_000])
+
+    assert trio.run(in_async) == [floats(30_000)]
+
+
 def test_python_requirements_are_shipped_as_pure_python_wheels(stack, tmp_path):
     out = shoal(stack, "run", "python", "-r", "six", "-c", "import six; print(six.__name__, 'ok')", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
