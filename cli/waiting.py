@@ -186,7 +186,7 @@ def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, messa
 
 def wait_sweep(client: Client, desc: SweepDescription, timeout: float | None, live: bool) -> SweepDescription:
     """Wait for the sweep's end (or ``timeout``): the last description seen, terminal or not."""
-    from shoal import WaitTimeout
+    from shoal import ConnectionFailed, WaitTimeout
 
     sweep_id = desc.sweep.id
     if desc.sweep.state.is_terminal:
@@ -200,6 +200,7 @@ def wait_sweep(client: Client, desc: SweepDescription, timeout: float | None, li
 
     err = console(stderr=True)
     deadline = None if timeout is None else time.monotonic() + timeout
+    unreachable: float | None = None  # since when the node has not answered
     width = err.width - 2  # the spinner and a space come first
     with err.status(sweep_status_line(desc.sweep, width)) as status:
         while not desc.sweep.state.is_terminal:
@@ -208,7 +209,16 @@ def wait_sweep(client: Client, desc: SweepDescription, timeout: float | None, li
                 break
             wait = SWEEP_POLL if left is None else min(SWEEP_POLL, left)
             started = time.monotonic()
-            desc = client.describe_sweep(sweep_id, wait=wait)
+            try:
+                desc = client.describe_sweep(sweep_id, wait=wait)
+            except ConnectionFailed:  # the node restarting: asked again, as client.wait_sweep does
+                unreachable = unreachable or time.monotonic()
+                if time.monotonic() - unreachable > client.reconnect_patience:
+                    raise
+                status.update(f"node unreachable, asking again; sweep {sweep_id} goes on there")
+                time.sleep(1.0)
+                continue
+            unreachable = None
             status.update(sweep_status_line(desc.sweep, width))
             pause = min(wait, 1.0) - (time.monotonic() - started)  # a node that ignores ?wait is not hammered
             if pause > 0 and not desc.sweep.state.is_terminal:

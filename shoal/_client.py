@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -120,6 +121,9 @@ class _BaseClient:
     # Pauses between reconnections of a broken event stream; more consecutive failures than
     # this (without receiving an event in between) give up with ConnectionFailed.
     stream_retry_delays: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
+    # Seconds a wait (``wait``, ``wait_sweep``, ``map``) keeps asking a node it cannot reach: one restarting
+    # comes back within it, and a restart once ended every wait on its jobs and sweeps.
+    reconnect_patience: float = 60.0
 
     _http: httpx.Client | httpx.AsyncClient
 
@@ -302,6 +306,19 @@ class _BaseClient:
         path, what = _sweep_path(sweep_id), f"sweep {sweep_id}"
         return (yield from self._until_terminal(path, what, SweepDescription, lambda d: d.sweep.state, timeout, poll))
 
+    def _patiently(self, make: Callable[[], httpx.Request]) -> _Flow[httpx.Response]:
+        """Send the request ``make`` builds; while the node cannot be reached (restarting), build it afresh
+        (a new nonce) and send it again, backing off, for ``reconnect_patience`` seconds."""
+        give_up, delay = time.monotonic() + self.reconnect_patience, 0.5
+        while True:
+            try:
+                return (yield make())
+            except ConnectionFailed:
+                if time.monotonic() + delay > give_up:
+                    raise
+            yield delay
+            delay = min(delay * 2, 5.0)
+
     def _until_terminal(
         self,
         path: str,
@@ -319,7 +336,7 @@ class _BaseClient:
         while True:
             wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
             started = time.monotonic()
-            description = parse(model, (yield self._long_poll(path, wait)))
+            description = parse(model, (yield from self._patiently(partial(self._long_poll, path, wait))))
             state = state_of(description)
             if state.is_terminal:
                 return description
@@ -390,7 +407,8 @@ class _BaseClient:
         wait, ended = FIRST_POLL, False
         while True:
             seen = len(run.done)
-            page = parse(IndexList, (yield self._sweep_indexes_request(sweep_id, None, run.low, PAGE)))
+            page = parse(IndexList, (yield from self._patiently(
+                partial(self._sweep_indexes_request, sweep_id, None, run.low, PAGE))))
             records = []
             for record in page.indexes:
                 if run.cut_short(record):
@@ -405,7 +423,8 @@ class _BaseClient:
                 return
             seen = len(run.done)
             while True:  # until more indexes have finished; the long poll returns at once at the sweep's end
-                sweep = parse(SweepDescription, (yield self._long_poll(_sweep_path(sweep_id), wait))).sweep
+                sweep = parse(SweepDescription, (yield from self._patiently(
+                    partial(self._long_poll, _sweep_path(sweep_id), wait)))).sweep
                 ended = sweep.state.is_terminal
                 if ended or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
                     wait = FIRST_POLL

@@ -78,3 +78,30 @@ async def test_restarted_requester_finishes_its_jobs(shoal_home):
         await stack.restart(0)
         finals = await _wait_all(client, job_ids, timeout=120)
     assert [d.job.state for d in finals] == [JobState.COMPLETED] * 100, {d.job.reason for d in finals}
+
+
+async def test_waits_outlive_a_restart_of_their_requester(shoal_home):
+    """A requester restarting ended every wait on its jobs and sweeps with 'lost connection' (exit 3 from a
+    waiting `shoal run`), though they carried on there. Waits now ask again while the node comes back."""
+    async with (Devstack(2, noop=True, base_dir=shoal_home / "stack", base_port=18760) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        job = (await client.submit(NOOP3 | {"deal": {"concurrency": 2}})).job.id
+        sweep = (await client.submit_sweep({"job": {"engine": {"name": "noop"}, "cache": False},
+                                            "grid": {"x": [str(i) for i in range(20)]}})).sweep.id
+        stack.kill(0)
+        waits: dict[str, object] = {}
+
+        async def wait_job() -> None:
+            waits["job"] = (await client.wait(job, timeout=90, poll=5)).job.state
+
+        async def wait_sweep() -> None:
+            waits["sweep"] = (await client.wait_sweep(sweep, timeout=90, poll=5)).sweep.state
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_job)
+                nursery.start_soon(wait_sweep)
+                await trio.sleep(3.0)  # both asked a node that was not there
+                assert waits == {}
+                await stack.restart(0)
+    assert waits == {"job": JobState.COMPLETED, "sweep": JobState.COMPLETED}
