@@ -52,7 +52,7 @@ from jobs.views import (
 )
 from shoal._auth import ClientKey, ShoalAuth, b64encode, parse_public_key, shoal_home
 from shoal._error_mapping import check, connection_failed, parse, request_failed, validation_summary
-from shoal._errors import ConnectionFailed, InvalidRequest, ShoalAPIError, WaitTimeout
+from shoal._errors import ConnectionFailed, InvalidRequest, ServerError, ShoalAPIError, WaitTimeout
 from shoal._results import Plan, extract_results, extract_results_async, plan_download, write_from_record
 from shoal._sse import EventReader
 
@@ -124,6 +124,7 @@ class _BaseClient:
     # Seconds a wait (``wait``, ``wait_sweep``, ``map``) keeps asking a node it cannot reach: one restarting
     # comes back within it, and a restart once ended every wait on its jobs and sweeps.
     reconnect_patience: float = 60.0
+    reconnect_first_delay: float = 0.5  # doubling to 5 s
 
     _http: httpx.Client | httpx.AsyncClient
 
@@ -307,14 +308,15 @@ class _BaseClient:
         return (yield from self._until_terminal(path, what, SweepDescription, lambda d: d.sweep.state, timeout, poll))
 
     def _patiently(self, make: Callable[[], httpx.Request]) -> _Flow[httpx.Response]:
-        """Send the request ``make`` builds; while the node cannot be reached (restarting), build it afresh
-        (a new nonce) and send it again, backing off, for ``reconnect_patience`` seconds."""
-        give_up, delay = time.monotonic() + self.reconnect_patience, 0.5
+        """Send the request ``make`` builds; while the node cannot be reached (restarting) or answers 503 (it
+        cannot write its store now), build it afresh (a new nonce) and send it again, backing off, for
+        ``reconnect_patience`` seconds."""
+        give_up, delay = time.monotonic() + self.reconnect_patience, self.reconnect_first_delay
         while True:
             try:
                 return (yield make())
-            except ConnectionFailed:
-                if time.monotonic() + delay > give_up:
+            except (ConnectionFailed, ServerError) as e:
+                if (isinstance(e, ServerError) and e.status != 503) or time.monotonic() + delay > give_up:
                     raise
             yield delay
             delay = min(delay * 2, 5.0)

@@ -168,6 +168,7 @@ class FakeNode:
         self.wait_params: list[float] = []
         # misbehaviour switches
         self.refuse_connections = 0  # next N requests: ConnectError before reaching the node
+        self.store_unavailable = 0  # next N requests: 503, the node cannot write its store
         self.lose_submit_responses = 0  # next N submits: job created, then the connection drops
         self.break_first_stream = True  # the first event stream dies mid-message
         self.break_every_stream = False
@@ -235,6 +236,9 @@ class FakeNode:
         if self.refuse_connections:
             self.refuse_connections -= 1
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if self.store_unavailable:
+            self.store_unavailable -= 1
+            return error(503, "unavailable", "the node cannot write its store now: database or disk is full"), 0
         client_id = self.verify(request)
         if client_id is None:
             return httpx.Response(401, json={"detail": "bad signature"}), 0
@@ -497,6 +501,20 @@ async def test_submit_retries_connection_errors_then_gives_up(client, fake: Fake
         await call(client, "submit", SPEC)
     assert len(fake.requests) == 4
     assert str(info.value) == f"cannot reach Shoal API at {API}: connection refused (tried 4 times)"
+
+
+async def test_a_wait_asks_again_while_its_node_restarts_or_cannot_write_then_gives_up(client, fake: FakeNode) -> None:
+    fake.add_job("j-1", JobState.COMPLETED)
+    client.reconnect_first_delay = 0.001
+    fake.refuse_connections, fake.store_unavailable = 2, 2
+    assert (await call(client, "wait", "j-1")).job.state is JobState.COMPLETED
+    assert len(fake.requests) == 5
+    assert len({r.headers[HEADER_NONCE] for r in fake.requests}) == 5  # each asked afresh: no replay
+    fake.requests.clear()
+    fake.refuse_connections, client.reconnect_patience = 1000, 0.05
+    with pytest.raises(ConnectionFailed):
+        await call(client, "wait", "j-1")
+    assert 1 < len(fake.requests) < 1000
 
 
 async def test_invalid_spec_fails_locally_with_fields(client, fake: FakeNode) -> None:
