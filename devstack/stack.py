@@ -231,7 +231,8 @@ class Devstack:
     def _write_state(self) -> None:
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"base_dir": str(self.base_dir), "noop": self.noop, "nodes": [
+        kubo = [d.process.pid for d in self.kubo.daemons if d.process is not None] if self.kubo else []
+        state = {"base_dir": str(self.base_dir), "noop": self.noop, "pid": os.getpid(), "kubo_pids": kubo, "nodes": [
             {"index": n.index, "api": n.api, "peer_id": n.peer_id, "addrs": n.addrs, "data_dir": str(n.data_dir),
              "pid": n.pid, "ipfs_api": self.kubo.rpc_urls[n.index] if self.kubo else None} for n in self.nodes]}
         path.write_text(json.dumps(state, indent=2))
@@ -288,6 +289,11 @@ def main(nodes: int = 3, noop: bool = False, base_dir: Path | None = None, base_
                      authorized_keys=[ClientKey.load_or_create().public_key_b64])
     if (running := running_stack()) is not None:
         api = running["nodes"][0].get("api", "?")
+        if running.get("pid") and not _alive(running["pid"]):  # killed (kill -9): its processes outlived it
+            left = [n["pid"] for n in running["nodes"] if n.get("pid") and _alive(n["pid"])]
+            left += [pid for pid in running.get("kubo_pids", []) if _alive(pid)]
+            raise DevstackError(f"the devstack that ran here was killed and left its nodes running (node 0 at {api}): "
+                                f"stop them with: kill {' '.join(map(str, left))}")
         raise DevstackError(f"a devstack already runs here (node 0 at {api}, its files under {running['base_dir']}): "
                             f"the CLI finds one stack per SHOAL_HOME ({shoal_home()}); stop it with Ctrl-C where "
                             "it runs, or start this one with another SHOAL_HOME")

@@ -11,6 +11,7 @@ Every invocation is checked for the one thing no user may ever see: a Python tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -668,6 +669,31 @@ def test_a_second_devstack_leaves_the_running_one_to_the_cli_and_a_taken_port_is
     assert clash.returncode == 1
     assert errors(clash) == [f"Error: port {BASE_PORT} on 127.0.0.1 is taken (the stack uses {BASE_PORT}-"
                              f"{BASE_PORT + 100}); choose others with --base-port"], clash.stderr
+
+
+def test_a_killed_devstack_says_how_to_stop_the_nodes_it_left_running(tmp_path: Path) -> None:
+    """``kill -9`` of ``shoal devstack`` leaves its nodes running; the next devstack said to stop the stack
+    "with Ctrl-C where it runs", which nothing could do any more. It names what to kill now."""
+    home = tmp_path / "home"
+    port = free_base_port(1)
+    process = subprocess.Popen([SHOAL, "devstack", "--nodes", "1", "--no-kubo", "--base-port", str(port),
+                                "--base-dir", str(home / "stack")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=_clean_env(home), start_new_session=True)  # fmt: skip
+    try:
+        _read_until(process, "Ctrl-C stops every node", timeout=90)
+        [node] = json.loads((home / "devstack.json").read_text())["nodes"]
+        process.kill()
+        process.communicate(timeout=30)
+        again = subprocess.run([SHOAL, "devstack", "--nodes", "1", "--no-kubo", "--base-port", str(port),
+                                "--base-dir", str(home / "stack")], capture_output=True, text=True,
+                               env=_clean_env(home), timeout=60)  # fmt: skip
+        assert again.returncode == 1
+        assert errors(again) == ["Error: the devstack that ran here was killed and left its nodes running (node 0 "
+                                 f"at {node['api']}): stop them with: kill {node['pid']}"], again.stderr
+    finally:
+        process.kill()
+        with contextlib.suppress(OSError, ValueError, KeyError):  # the node it left: stopped as we were told
+            os.kill(json.loads((home / "devstack.json").read_text())["nodes"][0]["pid"], signal.SIGTERM)
 
 
 def test_a_devstack_deletes_only_its_own_files_and_carries_on_from_them_with_keep(tmp_path: Path) -> None:
