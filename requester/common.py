@@ -11,15 +11,16 @@ from typing import Generic, TypeVar
 
 import trio
 
-from jobs import DuplicateKey, PeerError, ShoalError
+from jobs import DuplicateKey, Job, PeerError, ShoalError
 from jobs.messages import Cancel, Decision, Peers, Reply
+from jobs.sweep import Sweep
 from node.tasks import Spawner, backoff, retry
 from requester.machine import TICK, Changes
 from requester.ports import RequesterStore
 
 log = logging.getLogger("shoal.requester")
 
-T = TypeVar("T")
+T = TypeVar("T", Job, Sweep)  # what a submit makes
 L = TypeVar("L", bound="Live")
 REQUEST_TIMEOUT = 5.0
 
@@ -57,7 +58,7 @@ async def submit_once(find: Callable[[str, str], Awaitable[tuple[T, str] | None]
             if found is not None:
                 made, known_digest = found
                 if known_digest != digest:
-                    raise IdempotencyConflict(f"idempotency key {key!r} was used for another {what}")
+                    raise IdempotencyConflict(f"idempotency key {key!r} was used for another {what} ({made.id})")
                 return made, False
         try:
             return await create(), True

@@ -167,7 +167,8 @@ async def test_the_same_idempotency_key_reattaches_to_the_running_sweep(tmp_path
         again, created_again = await ns[0].sweeps.submit(spec, "alice", "laptop-1")
         assert created and not created_again and again.id == first.id
         assert (await ns[0].sweeps.describe(again.id)).sweep.counts.get(JobState.COMPLETED, 0) > 0  # its progress
-        with pytest.raises(IdempotencyConflict):
+        with pytest.raises(IdempotencyConflict, match=f"^idempotency key 'laptop-1' was used for another sweep "
+                                                      f"\\({first.id}\\)$"):  # names it: the key is alice's own
             await ns[0].sweeps.submit(sweep(grid={"x": ["other"]}), "alice", "laptop-1")
         other, created_other = await ns[0].sweeps.submit(spec, "bob", "laptop-1")  # keys are per client
         assert created_other and other.id != first.id
