@@ -98,6 +98,7 @@ _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this.
 RUNTIME_MEMORY = 1 << 30
 KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
+OUTPUT_GRACE = 10.0  # seconds the output a runner counted in its exit message may take to arrive after it
 CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
 IDLE_CPU_LIMIT = 3600  # CPU seconds a runner may use before its first job (start, warm-up): a soft limit
 RUNNER_CPU_LIMIT = 8 * 24 * 3600  # CPU seconds a runner may use in all (hard); each job gets a soft limit below
@@ -581,6 +582,12 @@ class PyodideExecutor(Executor):
                                     and isinstance(msg.get("stderr"), int):
                                 expected.update(stdout=msg["stdout"], stderr=msg["stderr"])
                                 check_done()
+                                # The bytes it counted are on their way. A runner that never sends them must
+                                # not hold its job until the timeout: it is stopped, and the job ends as reported.
+                                await trio.sleep(OUTPUT_GRACE)
+                                log.warning("a python runner reported its job's exit, then sent %s of the %s bytes "
+                                            "it counted within %g s: stopped", read, expected, OUTPUT_GRACE)
+                                runner.process.kill()
                                 return
                     except ExecutorError as e:  # kept for after the nursery, so it is not wrapped in a group
                         broken.append(e)
