@@ -358,8 +358,11 @@ async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap_howev
     inodes of the node's file system. Entries are counted as it runs."""
     from executors.base import MAX_OUTPUT_ENTRIES
 
+    # 256 MiB: the kernel charges each file's inode to the container (~1.3 KiB); at the default 64 MiB the
+    # memory limit sometimes stopped the flood (exit 137) just short of the cap this test is about
     request = make_request(tmp_path, script="i=0; while :; do : > /outputs/f$i; i=$((i+1)); done",
-                           outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "1GiB"}, timeout=3600)
+                           outputs=[{"name": "out", "path": "/outputs"}],
+                           resources={"disk": "1GiB", "memory": "256MiB"}, timeout=3600)
     with trio.fail_after(240):  # it would run for its hour
         result = await executor.run(request)
     assert result.exit_code != 0
