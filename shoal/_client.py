@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +68,15 @@ _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 # A flow yields a request to send, or a float (seconds to sleep), and is sent the response.
 _Flow = Generator["httpx.Request | float", "httpx.Response", _T]
+
+
+@dataclass(frozen=True)
+class _Capped:
+    """A step of a map's flow: send ``request`` and return its body, refused past ``limit`` bytes as it comes
+    (a whole response read into memory first would let a node's result take the client's memory)."""
+
+    request: httpx.Request
+    limit: int
 
 
 def find_api_url() -> str:
@@ -362,20 +372,21 @@ class _BaseClient:
         description = yield from self._submit_sweep_flow(spec, idempotency_key)
         return (yield from self._wait_sweep_flow(description.sweep.id, timeout, poll))
 
-    def _whole_stdout_flow(self, sweep_id: str, record: IndexRecord) -> _Flow[IndexRecord]:
+    def _whole_stdout_flow(self, sweep_id: str, record: IndexRecord) -> Generator[_Capped, bytes, IndexRecord]:
         """An index record whose stdout, a map's value, is longer than the tail a record keeps: with its stdout
         whole, from the index's results (checked against their CID). Values of 64-900 KiB once came back as
         "gave no value". A fetch that fails says so in the record's reason."""
         import tempfile
 
+        from shoal._map import MAP_RESULTS_MAX
+
         assert record.result is not None
         whose = f"index {record.index} of sweep {sweep_id}"
         try:
-            plan = plan_download(record.result, whose, record.state.value, None)
-            response = yield self._tar_request(_index_path(sweep_id, record.index, "results"))
+            plan = plan_download(record.result, whose, record.state.value, MAP_RESULTS_MAX)
+            body = yield _Capped(self._tar_request(_index_path(sweep_id, record.index, "results")), plan.max_bytes)
             with tempfile.TemporaryDirectory() as scratch:
-                folder = extract_results([response.content], Path(scratch) / "results", whose, plan.cid or "",
-                                         plan.max_bytes)
+                folder = extract_results([body], Path(scratch) / "results", whose, plan.cid or "", plan.max_bytes)
                 stdout = (folder / "stdout").read_text(encoding="utf-8", errors="replace")
         except (ShoalAPIError, OSError) as e:
             why = f"its value, longer than a record keeps, could not be fetched from its results: {e}"
@@ -383,7 +394,7 @@ class _BaseClient:
         return record.model_copy(update={"result": record.result.model_copy(
             update={"stdout": stdout, "stdout_truncated": False})})
 
-    def _map_flow(self, run: MapRun) -> Generator[httpx.Request | float | tuple[int, Any], httpx.Response, None]:
+    def _map_flow(self, run: MapRun) -> Generator[httpx.Request | _Capped | float | tuple[int, Any], Any, None]:
         """Submit a map's sweep, then hand out ``(index, outcome)`` as its indexes finish
         (``shoal._map``): a flow with a third kind of step, the tuples, for the caller."""
         from shoal._map import FIRST_POLL, MAX_POLL, PAGE
@@ -510,6 +521,20 @@ class Client(_BaseClient):
         except httpx.RequestError as e:
             raise self._request_failed(e) from e
         return check(response)
+
+    def _read_capped(self, step: _Capped) -> bytes:
+        response = self._open(step.request)
+        try:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > step.limit:
+                    raise ShoalAPIError(f"the response is over {step.limit} bytes", None, "too_large")
+            return bytes(body)
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
+        finally:
+            response.close()
 
     def _open(self, request: httpx.Request) -> httpx.Response:
         """Send and return a streaming response (status checked); the caller closes it."""
@@ -808,9 +833,9 @@ class Client(_BaseClient):
                 except StopIteration:
                     return
                 reply = error = None
-                if isinstance(step, httpx.Request):
+                if isinstance(step, httpx.Request | _Capped):
                     try:
-                        reply = self._send(step)
+                        reply = self._send(step) if isinstance(step, httpx.Request) else self._read_capped(step)
                     except ShoalAPIError as e:
                         error = e
                 elif isinstance(step, float):
@@ -878,6 +903,20 @@ class AsyncClient(_BaseClient):
         except httpx.RequestError as e:
             raise self._request_failed(e) from e
         return check(response)
+
+    async def _read_capped(self, step: _Capped) -> bytes:
+        response = await self._open(step.request)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > step.limit:
+                    raise ShoalAPIError(f"the response is over {step.limit} bytes", None, "too_large")
+            return bytes(body)
+        except httpx.TransportError as e:
+            raise self._connection_failed(e) from e
+        finally:
+            await response.aclose()
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -1148,9 +1187,9 @@ class AsyncClient(_BaseClient):
                 except StopIteration:
                     return
                 reply = error = None
-                if isinstance(step, httpx.Request):
+                if isinstance(step, httpx.Request | _Capped):
                     try:
-                        reply = await self._send(step)
+                        reply = await (self._send(step) if isinstance(step, httpx.Request) else self._read_capped(step))
                     except ShoalAPIError as e:
                         error = e
                 elif isinstance(step, float):

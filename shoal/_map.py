@@ -47,6 +47,7 @@ KW_ENV = "SHOAL_KW_{}"
 # A sweep's spec travels in one API body and one network message (1 MiB each); leave room for the rest.
 MAX_SPEC_BYTES = 900 * 1024
 PAGE = 1000  # index records fetched per request
+MAP_RESULTS_MAX = 8 << 20  # bytes of an index's results read for a value longer than its record keeps
 FIRST_POLL, MAX_POLL = 0.25, 2.0  # seconds a poll waits for news, doubling while there is none
 
 

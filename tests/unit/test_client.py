@@ -971,3 +971,22 @@ def test_a_result_whose_cid_is_no_cid_is_refused_whole(cid: str) -> None:
         RunResult(cid=cid)
     with pytest.raises(ValidationError, match="output_sizes"):
         RunResult(output_sizes={"\x1b[2J": 1})
+
+
+async def test_a_capped_read_refuses_a_body_past_its_limit_as_it_comes(client) -> None:
+    """A map reads an index's results itself when its value is longer than a record keeps: a node sending
+    more than the limit is refused as the bytes come, not read whole into memory first."""
+    from shoal._client import _Capped
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"x" * int(request.url.params["n"]))
+
+    transport = httpx.MockTransport(serve)
+    client._http._transport = transport  # the test's node: a body of n bytes
+    small = _Capped(client._http.build_request("GET", f"{API}/results?n=1000"), limit=4096)
+    big = _Capped(client._http.build_request("GET", f"{API}/results?n=100000"), limit=4096)
+    read = client._read_capped(small)
+    assert (await read if inspect.isawaitable(read) else read) == b"x" * 1000
+    with pytest.raises(ShoalAPIError, match="over 4096 bytes"):
+        read = client._read_capped(big)
+        await read if inspect.isawaitable(read) else read
