@@ -21,6 +21,7 @@ from node.config import VERSION, NodeConfig, machine_resources
 from node.dispatch import Dispatcher, MessagePeers
 from node.identity import Identity, load_or_create_seed
 from node.ratelimit import RateLimiter
+from node.tasks import backoff, retry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -75,16 +76,12 @@ async def _first_answer(client: KuboClient, wait: float) -> str:
     from storage.errors import Unavailable
 
     give_up = trio.current_time() + wait
-    while True:
-        try:
-            with trio.fail_after(max(0.1, give_up - trio.current_time())):
-                return await client.version()
-        except trio.TooSlowError:
-            raise Unavailable(f"it did not answer within {wait:g} s") from None
-        except Unavailable:
-            if trio.current_time() + 0.5 > give_up:
-                raise
-            await trio.sleep(0.5)
+    try:
+        with trio.fail_after(wait):
+            return await retry(client.version, backoff(0.5, factor=1.0, give_up=give_up, clock=trio.current_time),
+                               retry_on=Unavailable)
+    except trio.TooSlowError:
+        raise Unavailable(f"it did not answer within {wait:g} s") from None
 
 
 class _NetworkTransport:

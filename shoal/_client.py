@@ -78,6 +78,12 @@ class _Capped:
     request: httpx.Request
     limit: int
 
+    def take(self, body: bytearray, chunk: bytes) -> None:
+        """Add ``chunk`` to ``body``, refusing the response once it is over the limit."""
+        body += chunk
+        if len(body) > self.limit:
+            raise ShoalAPIError(f"the response is over {self.limit} bytes", None, "too_large")
+
 
 def find_api_url() -> str:
     """Where the SDK and CLI find a node when no URL is given.
@@ -527,9 +533,7 @@ class Client(_BaseClient):
         try:
             body = bytearray()
             for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > step.limit:
-                    raise ShoalAPIError(f"the response is over {step.limit} bytes", None, "too_large")
+                step.take(body, chunk)
             return bytes(body)
         except httpx.TransportError as e:
             raise self._connection_failed(e) from e
@@ -909,9 +913,7 @@ class AsyncClient(_BaseClient):
         try:
             body = bytearray()
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > step.limit:
-                    raise ShoalAPIError(f"the response is over {step.limit} bytes", None, "too_large")
+                step.take(body, chunk)
             return bytes(body)
         except httpx.TransportError as e:
             raise self._connection_failed(e) from e
