@@ -599,6 +599,8 @@ class PyodideExecutor(Executor):
             nursery.cancel_scope.cancel()
         stdout, stderr = tails["stdout"], tails["stderr"]
         finished = bool(expected) and read == expected and not over_disk and runner.alive
+        if not finished:  # e.g. more bytes than it counted: the process cannot be trusted with another job
+            runner.process.kill()
         returncode = None if finished else await runner.process.wait()
         if broken:
             raise broken[0]

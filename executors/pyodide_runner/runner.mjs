@@ -467,6 +467,19 @@ const option = (name) => {
 };
 const controlFd = option("--control-fd") === undefined ? null : Number(option("--control-fd"));
 
+// Job code can reach Node's console and process.stdout/stderr (through Pyodide's `js` module, past
+// driver.py's refusal). What it writes there while its program runs is its output, counted as the
+// program's is; anything written there at another time (a callback a job left behind, a warning while an
+// interpreter loads) is dropped: uncounted bytes on fd 1 or 2 would be taken for the next job's output.
+let programRunning = false;
+for (const [stream, fd] of [[process.stdout, 1], [process.stderr, 2]]) {
+  stream.write = (chunk, encoding, callback) => {
+    if (programRunning) writeAll(fd, Buffer.from(chunk, typeof encoding === "string" ? encoding : undefined));
+    (typeof encoding === "function" ? encoding : callback)?.();
+    return true;
+  };
+}
+
 function control(message) {
   if (controlFd !== null) writeAll(controlFd, Buffer.from(JSON.stringify(message) + "\n"));
 }
@@ -619,7 +632,12 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
     const advance = (ms) => {
       virtualMs += ms;
     };
-    code = runDriver(JSON.stringify(job), reset, advance);
+    programRunning = true;
+    try {
+      code = runDriver(JSON.stringify(job), reset, advance);
+    } finally {
+      programRunning = false;
+    }
     if (memoryRefused) {
       const mib = (job.memory_limit / 1048576).toFixed(0);
       writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory)\n`));

@@ -153,6 +153,36 @@ async def test_nothing_one_index_does_reaches_the_next(pooled: PyodideExecutor, 
     assert lines["recursion"] != "123"
 
 
+# Job code that reaches Node.js (past the refused `js` module, as tests/integration/test_escape.py does)
+# and writes to fd 1 and 2 outside Pyodide's streams: through console (now and in a callback after its
+# program ends) and through process._rawDebug, which no stream sees.
+REACH_NODE = """\
+import importlib.util, sys
+spec = next(s for f in sys.meta_path if (s := getattr(f, "find_spec", lambda *a: None)("js", None)))
+js = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(js)
+js.eval("console.log('from console'); setTimeout(() => console.log('late callback'), 0); undefined")
+print("from python")
+"""
+
+
+async def test_what_job_code_writes_through_node_is_its_output_and_never_the_next_ones(
+        pooled: PyodideExecutor, tmp_path: Path) -> None:
+    owner = "requester-a/sweep-7"
+    with trio.fail_after(60):  # each job's timeout is 600 s: a runner that miscounted held its job until then
+        first = await pooled.run(request(tmp_path, REACH_NODE, owner=owner, index=0))
+        assert (first.exit_code, first.stdout) == (0, "from console\nfrom python\n"), first.stderr
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1))
+        assert (after.exit_code, after.stdout) == (0, "next\n")  # the late callback wrote nowhere
+        assert pooled.statistics().reused_runs == 1
+        raw = await pooled.run(request(tmp_path, REACH_NODE.replace("console.log('from console')",
+                                                                    "process._rawDebug('raw')"), owner=owner, index=2))
+        assert raw.exit_code == 0 and raw.stderr == "raw\n"  # more than the runner counted: still this job's
+        last = await pooled.run(request(tmp_path, "print('clean')", owner=owner, index=3))
+        assert (last.exit_code, last.stdout, last.stderr) == (0, "clean\n", "")
+    assert pooled.statistics().reused_runs == 2  # the miscounting process served no job after its own
+
+
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
     code = "import os; print(os.environ['i'])"
     for i, owner in enumerate(["requester-a/sweep-3", "requester-b/sweep-3", "requester-a/sweep-4",
