@@ -213,6 +213,7 @@ class DockerExecutor(Executor):
         self._api: docker.APIClient | None = None
         self._api_lock = threading.Lock()
         self._installed: tuple[bool, float] | None = None  # (answer, monotonic time)
+        self._unremoved: set[str] = set()  # executions whose container the daemon could not remove: it was away
 
     # -- installed? ----------------------------------------------------------------------------------
 
@@ -397,6 +398,7 @@ class DockerExecutor(Executor):
         """
         engine = self._engine(request)
         api = await self._connected()
+        await self._remove_unremoved(api)
         uid, _gid = _job_user()
         if (problem := self.image_problem(engine.image)) is not None:
             raise ExecutorError(problem, retryable=True)
@@ -452,8 +454,9 @@ class DockerExecutor(Executor):
             except _DaemonErrors as e:
                 raise _daemon_error(e, "running the container") from e
         finally:
-            with trio.CancelScope(shield=True):
-                await self._remove(api, cid, request.execution_id if creating and cid is None else None, sock)
+            if creating:
+                with trio.CancelScope(shield=True):
+                    await self._remove(api, request.execution_id, cid, sock)
         if uid != os.getuid():
             for m in request.output_mounts():
                 await trio.to_thread.run_sync(own_again, m.source)
@@ -524,13 +527,15 @@ class DockerExecutor(Executor):
             "host_config": host_config,
         }
 
-    async def _remove(self, api: docker.APIClient, cid: str | None, execution_id: str | None, sock: Any) -> None:
-        """Kill and remove the container (found by label if its id never reached us). Never raises."""
+    async def _remove(self, api: docker.APIClient, execution_id: str, cid: str | None, sock: Any) -> None:
+        """Kill and remove the execution's container (found by its label if its id never reached us). Never
+        raises: a container the daemon could not remove then (it went away mid-run) is removed before the
+        next run here, as the node's restart would (dockerd keeps it, stopped or even running)."""
 
         def remove() -> None:
             if sock is not None:
                 _close(sock)
-            ids = [cid] if cid is not None else _labelled(api, LABEL_EXECUTION, str(execution_id))
+            ids = [cid] if cid is not None else _labelled(api, LABEL_EXECUTION, execution_id)
             give_up = time.monotonic() + CLEANUP_TIMEOUT
             while True:
                 try:
@@ -542,17 +547,26 @@ class DockerExecutor(Executor):
                     log.info("container %s not removed yet (%s); retrying", cid or execution_id, e)
                     time.sleep(0.5)
 
-        if cid is None and execution_id is None:
-            if sock is not None:
-                _close(sock)
-            return
         with trio.move_on_after(CLEANUP_TIMEOUT + API_TIMEOUT) as scope:
             try:
                 await trio.to_thread.run_sync(remove, abandon_on_cancel=True)
+                return
             except _DaemonErrors as e:
-                log.warning("could not remove container %s (%s); cleanup_leftovers will", cid or execution_id, e)
+                log.warning("could not remove the container of execution %s (%s); the next run will", execution_id, e)
         if scope.cancelled_caught:
-            log.warning("removing container %s takes too long; cleanup_leftovers will", cid or execution_id)
+            log.warning("removing the container of execution %s takes too long; the next run will", execution_id)
+        self._unremoved.add(execution_id)
+
+    async def _remove_unremoved(self, api: docker.APIClient) -> None:
+        """Remove the containers an earlier run could not, now that the daemon answers (bounded, never raises)."""
+        for execution_id in list(self._unremoved):
+            with trio.move_on_after(API_TIMEOUT):
+                try:
+                    await trio.to_thread.run_sync(_remove_labelled, api, execution_id, abandon_on_cancel=True)
+                    self._unremoved.discard(execution_id)
+                    log.info("removed the container of execution %s, left when the daemon went away", execution_id)
+                except _DaemonErrors as e:
+                    log.info("the container of execution %s is still not removed: %s", execution_id, e)
 
     async def cleanup_leftovers(self) -> list[str]:
         """Remove containers this node left behind (see the module-level :func:`cleanup_leftovers`)."""
@@ -704,6 +718,10 @@ def _oom_killed(api: docker.APIClient, cid: str, exit_code: int) -> bool:
 
 def _labelled(api: docker.APIClient, label: str, value: str) -> list[str]:
     return [c["Id"] for c in api.containers(all=True, filters={"label": f"{label}={value}"})]
+
+
+def _remove_labelled(api: docker.APIClient, execution_id: str) -> list[str]:
+    return _remove_all(api, _labelled(api, LABEL_EXECUTION, execution_id))
 
 
 def _remove_all(api: docker.APIClient, ids: list[str]) -> list[str]:

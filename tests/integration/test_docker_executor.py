@@ -331,6 +331,33 @@ async def test_the_daemon_going_away_during_a_run_is_a_retryable_daemon_error(mo
     assert containers_of(client, request) == []
 
 
+async def test_a_container_the_daemon_could_not_remove_is_removed_before_the_next_run(monkeypatch, client, executor,
+                                                                                       tmp_path):
+    """The daemon went away mid-run and so could not remove the container then: it stayed (h-deps saw five)
+    until the node restarted. It goes before the next run instead."""
+    import requests
+
+    import executors.docker
+
+    real_collect, real_remove = executors.docker._collect, executors.docker._remove_all
+
+    def daemon_gone(*args):
+        raise requests.exceptions.ConnectionError(("Connection aborted.", ConnectionResetError(104, "reset")))
+
+    monkeypatch.setattr(executors.docker, "_collect", daemon_gone)
+    monkeypatch.setattr(executors.docker, "_remove_all", daemon_gone)
+    lost = make_request(tmp_path, args=["sleep", "600"])
+    with pytest.raises(ExecutorError, match="Docker daemon error"):
+        await executor.run(lost)
+    (left,) = containers_of(client, lost)  # the daemon "went away" before it could remove it: it runs on
+    assert left["State"] == "running"
+    monkeypatch.setattr(executors.docker, "_collect", real_collect)
+    monkeypatch.setattr(executors.docker, "_remove_all", real_remove)
+    result = await executor.run(make_request(tmp_path, args=["echo", "next"]))
+    assert result.stdout == "next\n"
+    assert containers_of(client, lost) == []
+
+
 async def test_installed_when_the_daemon_answers(executor):
     assert executor.is_installed() is True
 
