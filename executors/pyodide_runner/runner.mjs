@@ -141,16 +141,55 @@ Object.defineProperty(performance, "now", { value: tick, configurable: true });
 
 // The job's memory limit caps the WebAssembly heap: Emscripten grows it through this method, and when
 // growing fails malloc returns NULL and Python raises MemoryError (the same way on every node).
+// The files the job writes to Emscripten's in-memory file system (/tmp, its home: all but the mounts)
+// count against the same limit. They live in JavaScript arrays beside the heap, where its limit did not
+// reach: a 64 MiB job held 300 MiB there, and more took the runner down. Past the limit a write fails
+// with ENOSPC (OSError in Python), as a container's tmpfs counts against its memory.
 let memoryLimit = Infinity;
 let memoryRefused = false;
+const ENOSPC = 51;
+const grownFiles = new Map(); // in-memory file node -> its capacity before the job first grew it
+let fileGrowth = 0; // bytes the job's in-memory files took since it started: at most, as deleted ones stay in
+let filesFS = null; // the file system of the interpreter running the job
+
+function overLimit(heapBytes, extra) {
+  if (heapBytes + fileGrowth + extra <= memoryLimit) return false;
+  fileGrowth = 0; // counted again: files the job deleted since give their room back
+  const open = new Set(filesFS?.streams.filter(Boolean).map((s) => s.node));
+  for (const [node, before] of grownFiles) {
+    if (node.parent?.contents?.[node.name] === node || open.has(node)) fileGrowth += node.contents.length - before;
+    else grownFiles.delete(node);
+  }
+  return heapBytes + fileGrowth + extra > memoryLimit;
+}
+
 const realGrow = WebAssembly.Memory.prototype.grow;
 WebAssembly.Memory.prototype.grow = function grow(pages) {
-  if (this.buffer.byteLength + pages * 65536 > memoryLimit) {
+  if (overLimit(this.buffer.byteLength, pages * 65536)) {
     memoryRefused = true;
     throw new RangeError("the job's memory limit is reached");
   }
   return realGrow.call(this, pages);
 };
+
+// Counts the growth of an interpreter's in-memory files (every MEMFS file grows through these two).
+function limitFiles(pyodide) {
+  const { FS } = pyodide;
+  const MEMFS = FS.filesystems.MEMFS;
+  for (const name of ["expandFileStorage", "resizeFileStorage"]) {
+    const real = MEMFS[name];
+    MEMFS[name] = function (node, size) {
+      const before = node.contents?.length ?? 0;
+      if (size > before && overLimit(pyodide._module.HEAPU8.byteLength, size - before)) {
+        memoryRefused = true;
+        throw new FS.ErrnoError(ENOSPC);
+      }
+      real.call(this, node, size);
+      if (!grownFiles.has(node)) grownFiles.set(node, before);
+      fileGrowth += (node.contents?.length ?? 0) - before;
+    };
+  }
+}
 
 // ---- compiled code ------------------------------------------------------------------------------------
 
@@ -607,6 +646,7 @@ async function fresh(snapshot) {
   memoryRefused = false;
   process.umask(UMASK);
   const pyodide = await load(snapshot, false);
+  limitFiles(pyodide);
   const instance = lastInstance;
   const driver = pyodide.pyimport(DRIVER_MODULE);
   const interpreter = { pyodide, driver, runJob: driver.run_job, prime: driver.prime };
@@ -627,6 +667,9 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
     const reset = () => {
       seedEntropy("shoal-pyodide-job", Buffer.from(job.seed, "hex"));
       virtualMs = 0;
+      grownFiles.clear();
+      fileGrowth = 0;
+      filesFS = pyodide.FS;
       if (job.memory_limit) memoryLimit = job.memory_limit;
     };
     const advance = (ms) => {
@@ -640,7 +683,8 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
     }
     if (memoryRefused) {
       const mib = (job.memory_limit / 1048576).toFixed(0);
-      writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory)\n`));
+      writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory), `
+                              + "counting the files it keeps in memory (/tmp)\n"));
     }
   } catch (e) {
     if (!(e instanceof JobError)) throw e;

@@ -181,6 +181,35 @@ async def test_memory_limit_raises_memory_error(executor: PyodideExecutor, tmp_p
     assert "memory limit: the program needed more than 96 MiB (resources.memory)" in result.stderr
 
 
+FILL_TMP = """
+import os
+chunk, written = b"x" * (1 << 20), 0
+try:
+    with open("/tmp/fill", "wb") as f:
+        while written < 2048:
+            f.write(chunk)
+            written += 1
+except OSError as e:
+    print(written, e.strerror)
+os.remove("/tmp/fill")
+with open("/tmp/again", "wb") as f:  # the room of a deleted file comes back
+    f.write(chunk * 20)
+print("again")
+"""
+
+
+async def test_files_kept_in_memory_count_against_the_memory_limit(executor: PyodideExecutor, tmp_path: Path) -> None:
+    """Files in /tmp live in the runner's JavaScript memory, beside the heap the limit held: a 64 MiB job
+    kept 300 MiB there, and writing more took the runner down (a node error, retried elsewhere)."""
+    req = request(tmp_path, code=FILL_TMP)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="96MiB")}))
+    result = await executor.run(req)
+    assert result.exit_code == 0, result.stderr
+    (written, why), again = result.stdout.splitlines()[0].split(" ", 1), result.stdout.splitlines()[1]
+    assert int(written) < 96 and why == "No space left on device" and again == "again"
+    assert "counting the files it keeps in memory (/tmp)" in result.stderr
+
+
 def wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> Path:
     """A minimal pure-Python wheel, zipped by hand."""
     dist = f"{name}-{version}.dist-info"
