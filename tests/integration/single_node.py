@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import selectors
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 SHOAL = str(Path(sys.executable).with_name("shoal"))
@@ -18,10 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def noop_node(home: Path, port: int, *, ready_timeout: float = 60, args: Sequence[str] = (),
-              expected_errors: Sequence[str] = ()) -> Iterator[dict]:
+              expected_errors: Sequence[str] = (), open_files: int | None = None,
+              log: list[str] | None = None) -> Iterator[dict]:
     """Run a lone noop node with its data under ``home`` (and ``args`` for ``shoal serve``) until the
     block ends; then check it stopped cleanly and that nothing a client sent made it log an error (but
-    the lines holding one of ``expected_errors``, which the test brought about).
+    the lines holding one of ``expected_errors``, which the test brought about). ``open_files``: its
+    file descriptor limit (soft and hard); ``log`` receives its log lines once it has stopped.
     Yields its READY line: ``peer_id``, ``addrs``, ``api``."""
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
@@ -29,12 +33,16 @@ def noop_node(home: Path, port: int, *, ready_timeout: float = 60, args: Sequenc
         [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none",
          *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        preexec_fn=None if open_files is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE,
+                                                           (open_files, open_files)),
     )  # fmt: skip
     try:
         yield _wait_for_ready(process, ready_timeout)
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)
+    if log is not None:
+        log.extend(err.decode().splitlines())
     text = "\n".join(line for line in err.decode().splitlines() if not any(e in line for e in expected_errors))
     assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
     assert process.returncode == 0, f"exit code {process.returncode}: {text[-3000:]}"

@@ -27,10 +27,11 @@ from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-BASE = free_base_port(3)
+BASE = free_base_port(4)
 PORT = BASE  # node A: defaults, short retention
 QUOTA_PORT = BASE + 1  # node B: small quotas
 RESTART_PORT = BASE + 2
+FD_PORT = BASE + 3  # a node with few file descriptors
 A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
 PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
 IMPOSSIBLE = {"engine": {"name": "noop"}, "resources": {"cpu": 1000}}  # fails on admission: never in flight
@@ -475,3 +476,20 @@ def test_an_input_no_node_could_fetch_is_refused_at_once_naming_it(node_a: Path)
                 assert "inputs.0.source" in refused["message"] and "neither ipfs://CID" in refused["message"]
         fetchable = {"engine": {"name": "noop"}, "inputs": [{"source": "https://example.com/t.csv", "path": "/d"}]}
         assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": fetchable})).status_code == 201
+
+
+def test_a_node_out_of_file_descriptors_logs_it_once_in_a_while_and_serves_again(tmp_path):
+    """Trio's accept loop logged a whole traceback every 0.1 s while the node had no file descriptor left:
+    anyone able to open connections could fill the node's disk with its log. Now one warning line per 10 s
+    says so, and the node serves again once the connections are gone."""
+    log: list[str] = []
+    with noop_node(tmp_path, FD_PORT, open_files=256, log=log):
+        flood = [socket.create_connection(("127.0.0.1", FD_PORT)) for _ in range(400)]  # the backlog takes them
+        time.sleep(3)  # about 30 accept failures
+        for sock in flood:
+            sock.close()
+        with Client(f"http://127.0.0.1:{FD_PORT}", timeout=30) as client:
+            assert client.node().peer_id
+    refused = [line for line in log if "accept returned EMFILE" in line]
+    assert len(refused) == 1 and " WARNING " in refused[0], refused
+    assert not any("Traceback" in line for line in log)  # noop_node checks this too
