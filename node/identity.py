@@ -6,22 +6,45 @@ import os
 import secrets
 from pathlib import Path
 
+from jobs.errors import ShoalError
+
 KEY_FILE = "node.key"
+
+
+class IdentityError(ShoalError):
+    """The node's key file cannot be read or written; the message names it and says what to do."""
 
 
 def load_or_create_seed(data_dir: Path) -> bytes:
     path = data_dir / KEY_FILE
-    if path.exists():
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise ValueError(f"{path} is not a 32-byte Ed25519 seed; move it away to create a new identity")
+    try:
+        if path.exists():
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise IdentityError(f"{path} is not a 32-byte Ed25519 seed; move it away to create a new identity")
+            return seed
+        data_dir.mkdir(parents=True, exist_ok=True)
+        seed = secrets.token_bytes(32)
+        create_key_file(path, seed)
         return seed
-    data_dir.mkdir(parents=True, exist_ok=True)
-    seed = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(seed)
-    return seed
+    except OSError as e:
+        raise IdentityError(f"cannot keep the node's identity in {e.filename or path}: {e.strerror or e}") from e
+
+
+def create_key_file(path: Path, content: bytes) -> None:
+    """Write a new private file (0600) whole or not at all. A full disk or a kill once left an empty key,
+    which every later start refused as "not a 32-byte seed" until someone moved it away (and the node's
+    identity with it). ``FileExistsError`` if it exists, as with ``O_EXCL``."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(partial, path)  # fails if another start created it meanwhile, as O_EXCL did
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # A libp2p peer id of an Ed25519 key is the identity multihash of the protobuf-encoded public

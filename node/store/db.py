@@ -45,15 +45,18 @@ class Store:
     def __init__(self, path: Path, *, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.path = path
         self.sealer = Sealer(path.with_suffix(".secrets.key"))
-        conn = connect(path)
         try:
-            migrate(conn, path)
-        except BaseException:
-            conn.close()
-            raise
+            conn = connect(path)
+            try:
+                migrate(conn, path)
+            except BaseException:
+                conn.close()
+                raise
+            self._reader = connect(path)
+        except sqlite3.Error as e:  # a full disk, a read-only or locked file: say which, at start
+            raise StoreUnavailable(f"cannot open the store {path}: {e}") from e
         self._writer = Writer(conn, run_blocking=run_blocking)
         self._run_blocking = run_blocking
-        self._reader = connect(path)
         self._read_lock = trio.CapacityLimiter(1)
         self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
 

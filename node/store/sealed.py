@@ -16,6 +16,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jobs import ShoalError
+from node.identity import create_key_file
+from node.store.writer import StoreUnavailable
 
 _NONCE = 12
 
@@ -37,11 +39,10 @@ class Sealer:
                 if not create:
                     return None
                 key = AESGCM.generate_key(bit_length=256)
-                fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(key)
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:  # whole or not at all: an empty key would refuse every secret from then on
+                    create_key_file(self.key_path, key)
+                except OSError as e:  # a full disk: nothing was written, try again later
+                    raise StoreUnavailable(f"cannot create the secrets key {self.key_path}: {e.strerror or e}") from e
             if len(key) != 32:
                 raise SealError(f"{self.key_path} is not a 32-byte key")
             self._aead = AESGCM(key)

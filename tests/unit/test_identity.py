@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from node.identity import Identity, load_or_create_seed, public_key_of
+from node.identity import Identity, IdentityError, load_or_create_seed, public_key_of
 
 
 async def _noop(*_):
@@ -35,5 +35,5 @@ def test_seed_survives_restarts_and_is_private(tmp_path):
     assert load_or_create_seed(tmp_path) == first
     assert stat.S_IMODE(os.stat(tmp_path / "node.key").st_mode) == 0o600
     (tmp_path / "node.key").write_bytes(b"short")
-    with pytest.raises(ValueError, match="32-byte"):
+    with pytest.raises(IdentityError, match="32-byte"):
         load_or_create_seed(tmp_path)

@@ -22,6 +22,7 @@ from jobs.sweep import SweepSpec
 from node.store import Store
 from node.store.db import ExpiredRecords
 from node.store.sealed import Sealer, SealError
+from node.store.writer import StoreUnavailable
 
 SECRET = "s3cr3t-value-7f1c9e"
 
@@ -131,6 +132,22 @@ def test_sealed_secrets_open_only_with_the_key_and_for_their_job(tmp_path):
         sealer.open("j-2", blob)  # moved to another job's row
     with pytest.raises(SealError):
         Sealer(tmp_path / "other.key").open("j-1", blob)  # no key
+
+
+def test_a_secrets_key_the_disk_had_no_room_for_is_not_left_empty(tmp_path, monkeypatch):
+    """An empty key file (a full disk mid-write) refused every job with secrets from then on."""
+    import errno
+
+    def full(fd: int) -> None:  # where a full disk shows when the file system allocates late
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full)
+        with pytest.raises(StoreUnavailable, match="No space left on device"):
+            Sealer(tmp_path / "shoal.secrets.key").seal("j-1", {"TOKEN": SECRET})
+    assert os.listdir(tmp_path) == []
+    sealer = Sealer(tmp_path / "shoal.secrets.key")  # room again
+    assert sealer.open("j-1", sealer.seal("j-1", {"TOKEN": SECRET})) == {"TOKEN": SECRET}
 
 
 async def test_the_runner_merges_secrets_into_the_env_and_seeds_from_the_announced_spec(tmp_path):
