@@ -17,6 +17,7 @@ import trio
 
 from jobs import EventKind, ExecutionSide, ExecutionState, Job, JobSpec, JobState, ShoalError
 from node.store import Store, StoreTooNew, schema
+from node.store.writer import StoreUnavailable
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 T = 1_700_000_000.0  # the fixtures' time
@@ -175,7 +176,7 @@ def test_a_failed_step_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
     monkeypatch.setattr(schema, "LATEST", schema.LATEST + 1)
     path = tmp_path / "shoal.db"
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreUnavailable, match=f"cannot open the store {path}: disk I/O error"):
         Store(path)
     assert user_version(path) == 0 and layout(path) == {}  # not even the first steps' tables
 
