@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -42,7 +43,14 @@ def create_key_file(path: Path, content: bytes) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.link(partial, path)  # fails if another start created it meanwhile, as O_EXCL did
+        try:
+            os.link(partial, path)  # fails if another start created it meanwhile, as O_EXCL did
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: a rename is whole too
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+            os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from node.identity import Identity, IdentityError, load_or_create_seed, public_key_of
+from node.identity import Identity, IdentityError, create_key_file, load_or_create_seed, public_key_of
 
 
 async def _noop(*_):
@@ -37,3 +37,26 @@ def test_seed_survives_restarts_and_is_private(tmp_path):
     (tmp_path / "node.key").write_bytes(b"short")
     with pytest.raises(IdentityError, match="32-byte"):
         load_or_create_seed(tmp_path)
+
+
+def test_a_key_is_written_whole_or_not_at_all_with_or_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    def no_room(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", no_room)
+        with pytest.raises(IdentityError, match="No space left on device"):
+            load_or_create_seed(tmp_path)
+    assert os.listdir(tmp_path) == []  # no empty node.key for the next start to refuse
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # e.g. a vfat or SMB data dir
+    seed = load_or_create_seed(tmp_path)
+    assert os.listdir(tmp_path) == ["node.key"] and load_or_create_seed(tmp_path) == seed
+    with pytest.raises(FileExistsError):
+        create_key_file(tmp_path / "node.key", b"x" * 32)
+    assert (tmp_path / "node.key").read_bytes() == seed
