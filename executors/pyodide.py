@@ -90,6 +90,9 @@ WARM_UP_ROUNDS = 30  # runs of typical code before "ready", so V8 has compiled t
 # seconds of getting an interpreter ready (a cold start on a busy machine) that do not count against a job's
 # timeout; well within deadlines.result_grace (60 s), which covers it on the requester's side
 START_ALLOWANCE = 30.0
+# seconds a job waits for a started or parked runner's next interpreter; then it gets a new process (within
+# its start allowance): a job that broke WebAssembly.instantiate once held its owner's next job forever
+READY_WAIT = 15.0
 START_TIMEOUT = 180.0  # seconds a pool interpreter may take to load on a busy machine before it is given up
 SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node and version)
 POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
@@ -98,6 +101,7 @@ _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this.
 RUNTIME_MEMORY = 1 << 30
 KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
+FORGED_CONTROL = "shoal: the program wrote to the Python runner's control channel, and was stopped"
 OUTPUT_GRACE = 10.0  # seconds the output a runner counted in its exit message may take to arrive after it
 CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
 IDLE_CPU_LIMIT = 3600  # CPU seconds a runner may use before its first job (start, warm-up): a soft limit
@@ -135,6 +139,10 @@ class _Prepared:
     failure_code: int = 1
 
 
+class _BadControl(ExecutorError):
+    """A control line that is not JSON, or too long."""
+
+
 class _Runner:
     """One Node.js process with Pyodide loaded, serving jobs one at a time, all of one owner."""
 
@@ -166,12 +174,12 @@ class _Runner:
                 return None
             self._pending += chunk
             if len(self._pending) > _CONTROL_LINE_LIMIT:
-                raise ExecutorError("the Pyodide runner sent an oversized control message")
+                raise _BadControl("the Pyodide runner sent an oversized control message")
         line, self._pending = self._pending.split(b"\n", 1)
         try:
             return json.loads(line)
         except ValueError as e:
-            raise ExecutorError(f"the Pyodide runner sent a malformed control message: {line[:200]!r}") from e
+            raise _BadControl(f"the Pyodide runner sent a malformed control message: {line[:200]!r}") from e
 
     async def wait_ready(self) -> None:
         if self.ready:
@@ -505,7 +513,10 @@ class PyodideExecutor(Executor):
 
         Returns (sandbox output folder, the job's output folder) pairs, to move back after the run.
         """
-        await runner.wait_ready()
+        with trio.move_on_after(READY_WAIT) as waited:  # a job may have broken the process's next interpreter
+            await runner.wait_ready()
+        if waited.cancelled_caught:
+            raise ExecutorError(f"the python interpreter was not ready within {READY_WAIT:g} s")
         runner.ready = False
         self._reset_runs += runner.reset
         first = runner.jobs == 0
@@ -548,6 +559,7 @@ class PyodideExecutor(Executor):
         expected: dict[str, int] = {}
         messages: list[dict[str, Any]] = []
         broken: list[ExecutorError] = []
+        forged: list[_BadControl] = []
         over_disk: list[int] = []
 
         async def kill() -> None:
@@ -577,9 +589,13 @@ class PyodideExecutor(Executor):
                 async def read_control() -> None:
                     try:
                         while (msg := await runner.message()) is not None:
+                            if not _reports_the_end(msg):  # the program found the channel (job code can reach
+                                raise _BadControl(str(msg)[:200])  # Node.js): 24 MiB of "{}" lines held the node
+
                             messages.append(msg)
-                            if msg.get("event") == "exit" and isinstance(msg.get("stdout"), int) \
-                                    and isinstance(msg.get("stderr"), int):
+                            if msg["event"] == "error":  # it ends after saying so
+                                return
+                            if msg["event"] == "exit":
                                 expected.update(stdout=msg["stdout"], stderr=msg["stderr"])
                                 check_done()
                                 # The bytes it counted are on their way. A runner that never sends them must
@@ -589,6 +605,9 @@ class PyodideExecutor(Executor):
                                             "it counted within %g s: stopped", read, expected, OUTPUT_GRACE)
                                 runner.process.kill()
                                 return
+                    except _BadControl as e:  # while its job runs, only the job writes what the runner would not
+                        forged.append(e)
+                        runner.process.kill()
                     except ExecutorError as e:  # kept for after the nursery, so it is not wrapped in a group
                         broken.append(e)
                         runner.process.kill()
@@ -604,6 +623,11 @@ class PyodideExecutor(Executor):
         returncode = None if finished else await runner.process.wait()
         if broken:
             raise broken[0]
+        if forged:
+            stderr.write(f"\n{FORGED_CONTROL}\n".encode())
+            return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
+                             stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
+                             started_at=started, finished_at=time.time()), False
         if not over_disk and watched:
             written = await trio.to_thread.run_sync(written_in, watched)
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
@@ -725,6 +749,16 @@ class PyodideExecutor(Executor):
                         old.unlink(missing_ok=True)
             self._snapshot = path
             return path
+
+
+def _reports_the_end(msg: Any) -> bool:
+    """Whether a control message is one the runner sends while a job runs: its exit (code and byte counts),
+    or its own failure."""
+    if not isinstance(msg, dict):
+        return False
+    if msg.get("event") == "exit":
+        return all(type(msg.get(k)) is int for k in ("code", "stdout", "stderr"))
+    return msg.get("event") == "error" and isinstance(msg.get("message", ""), str)
 
 
 async def _pump(stream: trio.abc.ReceiveStream | None, sink: Tail) -> None:

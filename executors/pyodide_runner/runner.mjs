@@ -148,19 +148,29 @@ Object.defineProperty(performance, "now", { value: tick, configurable: true });
 let memoryLimit = Infinity;
 let memoryRefused = false;
 const ENOSPC = 51;
-const grownFiles = new Map(); // in-memory file node -> its capacity before the job first grew it
-let fileGrowth = 0; // bytes the job's in-memory files took since it started: at most, as deleted ones stay in
+// in-memory file node -> { base: bytes it held when the job first changed it, counted: bytes counted now }
+const files = new Map();
+let fileBytes = 0; // what the job's in-memory files hold beyond what they held before it (never below 0 each)
 let filesFS = null; // the file system of the interpreter running the job
 
 function overLimit(heapBytes, extra) {
-  if (heapBytes + fileGrowth + extra <= memoryLimit) return false;
-  fileGrowth = 0; // counted again: files the job deleted since give their room back
+  if (heapBytes + fileBytes + extra <= memoryLimit) return false;
   const open = new Set(filesFS?.streams.filter(Boolean).map((s) => s.node));
-  for (const [node, before] of grownFiles) {
-    if (node.parent?.contents?.[node.name] === node || open.has(node)) fileGrowth += node.contents.length - before;
-    else grownFiles.delete(node);
+  for (const [node, file] of files) {
+    if (node.parent?.contents?.[node.name] !== node && !open.has(node)) {
+      fileBytes -= file.counted; // deleted since, and closed: its room comes back
+      files.delete(node);
+    }
   }
-  return heapBytes + fileGrowth + extra > memoryLimit;
+  return heapBytes + fileBytes + extra > memoryLimit;
+}
+
+function recount(node, before) {
+  let file = files.get(node);
+  if (file === undefined) files.set(node, (file = { base: before, counted: 0 }));
+  const counted = Math.max(0, (node.contents?.length ?? 0) - file.base);
+  fileBytes += counted - file.counted;
+  file.counted = counted;
 }
 
 const realGrow = WebAssembly.Memory.prototype.grow;
@@ -172,23 +182,35 @@ WebAssembly.Memory.prototype.grow = function grow(pages) {
   return realGrow.call(this, pages);
 };
 
-// Counts the growth of an interpreter's in-memory files (every MEMFS file grows through these two).
+// Counts what an interpreter's in-memory files hold, by their sizes after every change: a file grows through
+// expandFileStorage or resizeFileStorage, or is given its first bytes whole by stream_ops.write (which a
+// plain `open(...).write(data)` takes: 512 MiB of files once went past a limit that watched only the first
+// two). Sizes, not changes, are counted, so that shrinking a file gives back no more than it took.
 function limitFiles(pyodide) {
   const { FS } = pyodide;
   const MEMFS = FS.filesystems.MEMFS;
+  const heap = () => pyodide._module.HEAPU8.byteLength;
+  const guard = (real, growth) => function (...args) {
+    const node = args[0].node ?? args[0]; // a stream's, or the node itself
+    const before = node.contents?.length ?? 0;
+    const extra = growth(before, ...args);
+    if (extra > 0 && overLimit(heap(), extra)) {
+      memoryRefused = true;
+      throw new FS.ErrnoError(ENOSPC);
+    }
+    try {
+      return real.apply(this, args);
+    } finally {
+      recount(node, before);
+    }
+  };
   for (const name of ["expandFileStorage", "resizeFileStorage"]) {
-    const real = MEMFS[name];
-    MEMFS[name] = function (node, size) {
-      const before = node.contents?.length ?? 0;
-      if (size > before && overLimit(pyodide._module.HEAPU8.byteLength, size - before)) {
-        memoryRefused = true;
-        throw new FS.ErrnoError(ENOSPC);
-      }
-      real.call(this, node, size);
-      if (!grownFiles.has(node)) grownFiles.set(node, before);
-      fileGrowth += (node.contents?.length ?? 0) - before;
-    };
+    MEMFS[name] = guard(MEMFS[name], (before, node, size) => size - before);
   }
+  const write = guard(MEMFS.stream_ops.write, (before, stream, buffer, offset, length, position) =>
+    position + length - before);
+  MEMFS.stream_ops.write = write;
+  if (MEMFS.ops_table) MEMFS.ops_table.file.stream.write = write; // what the nodes' streams call
 }
 
 // ---- compiled code ------------------------------------------------------------------------------------
@@ -667,8 +689,8 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
     const reset = () => {
       seedEntropy("shoal-pyodide-job", Buffer.from(job.seed, "hex"));
       virtualMs = 0;
-      grownFiles.clear();
-      fileGrowth = 0;
+      files.clear();
+      fileBytes = 0;
       filesFS = pyodide.FS;
       if (job.memory_limit) memoryLimit = job.memory_limit;
     };

@@ -16,6 +16,7 @@ imports the daemon. ``routes/`` holds one router per group, ``middleware`` what 
 ``errors`` the one exception → response mapping, ``metrics`` the ``/metrics`` text.
 """
 
+import logging
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from node.api.routes.sweeps import sweeps_router
 from node.api.schema import install_schema
 from node.config import VERSION
 
+log = logging.getLogger("shoal.api")
 KEEP_ALIVE_TIMEOUT = 5.0  # an idle connection, or one still sending its headers, is closed after this
 
 
@@ -74,9 +76,11 @@ async def serve_api(app: FastAPI, host: str, port: int, *, tls: tuple[Path, Path
     """Serve ``app`` on ``host:port``; with ``tls`` (certificate, key: PEM files) over HTTPS only."""
     from functools import partial
 
+    import hypercorn.trio.run
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
+    hypercorn.trio.run.TCPServer = _guarded_tcp_server()  # what serve() starts for each connection
     config = Config()
     config.bind = [f"{host}:{port}"]
     if tls is not None:
@@ -96,6 +100,26 @@ async def serve_api(app: FastAPI, host: str, port: int, *, tls: tuple[Path, Path
             bound_port = int(urls[0].rsplit(":", 1)[1])
             verifier.hosts = node_authorities(host, bound_port, app.state.api_names, _local_addresses())
         task_status.started(urls)
+
+
+def _guarded_tcp_server() -> type:
+    """hypercorn's per-connection server, whose failure ends its connection and never the API.
+
+    hypercorn lets an exception out of a connection's task into the server's nursery, and so out of the
+    node: a client that hung up mid-body while the node was sending its 408 made hypercorn send an error
+    response at the same time ("another task is currently sending data"), and the node exited. 600
+    connections of strangers did it every time.
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+
+    class GuardedTCPServer(TCPServer):
+        async def run(self) -> None:
+            try:
+                await super().run()
+            except Exception as e:  # Cancelled is not an Exception: shutting down still ends it
+                log.debug("an API connection failed: %r", e)
+
+    return GuardedTCPServer
 
 
 def _local_addresses() -> list[str]:

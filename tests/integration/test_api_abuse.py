@@ -10,6 +10,7 @@ removed after the node's retention.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -27,11 +28,12 @@ from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-BASE = free_base_port(4)
+BASE = free_base_port(5)
 PORT = BASE  # node A: defaults, short retention
 QUOTA_PORT = BASE + 1  # node B: small quotas
 RESTART_PORT = BASE + 2
 FD_PORT = BASE + 3  # a node with few file descriptors
+HANGUP_PORT = BASE + 4
 A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
 PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
 IMPOSSIBLE = {"engine": {"name": "noop"}, "resources": {"cpu": 1000}}  # fails on admission: never in flight
@@ -493,3 +495,21 @@ def test_a_node_out_of_file_descriptors_logs_it_once_in_a_while_and_serves_again
     refused = [line for line in log if "accept returned EMFILE" in line]
     assert len(refused) == 1 and " WARNING " in refused[0], refused
     assert not any("Traceback" in line for line in log)  # noop_node checks this too
+
+
+def test_clients_hanging_up_mid_body_leave_no_error_in_the_log(tmp_path):
+    """Each hang-up was logged as "POST /v1/jobs failed" with a traceback (a 1.4 KB disk filler for strangers:
+    no valid key needed); and 600 of them at the moment the node sent its 408s stopped the node."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    log: list[str] = []
+    with noop_node(tmp_path, HANGUP_PORT, log=log):  # it checks that no ERROR or traceback was logged
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", HANGUP_PORT)) as sock:
+                sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{HANGUP_PORT}\r\nContent-Length: 1000\r\n"
+                             f"Content-Type: application/json\r\nX-Shoal-Auth: 2\r\nX-Shoal-Key: {key}\r\n"
+                             f"X-Shoal-Timestamp: {int(time.time())}\r\nX-Shoal-Nonce: {os.urandom(16).hex()}\r\n"
+                             f"X-Shoal-Signature: {base64.b64encode(os.urandom(64)).decode()}\r\n\r\n{{".encode())
+                time.sleep(0.05)
+        with Client(f"http://127.0.0.1:{HANGUP_PORT}", timeout=30) as client:
+            assert client.node().peer_id
+    assert not any("failed" in line for line in log)

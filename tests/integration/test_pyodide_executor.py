@@ -210,6 +210,44 @@ async def test_files_kept_in_memory_count_against_the_memory_limit(executor: Pyo
     assert "counting the files it keeps in memory (/tmp)" in result.stderr
 
 
+WHOLE_FILES = """
+blob, written = b"x" * (16 << 20), 0
+try:
+    for i in range(40):
+        open(f"/tmp/f{i}", "wb").write(blob)  # each file's first bytes given whole (Emscripten's fast path)
+        written += 1
+except OSError as e:
+    print(written, e.strerror)
+"""
+
+SHRINK_FOR_CREDIT = """
+import os
+blob = b"x" * (16 << 20)
+for i in range(36):  # each file holds 16 MiB for a moment, then 1 byte
+    open(f"/tmp/c{i}", "wb").write(blob)
+    os.truncate(f"/tmp/c{i}", 1)
+try:
+    keep = bytearray(512 << 20)
+    print("held 512 MiB")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+async def test_files_written_whole_count_and_shrinking_one_gives_back_no_more_than_it_took(
+        executor: PyodideExecutor, tmp_path: Path) -> None:
+    """A plain ``open(...).write(data)`` of a new file went past the count (16 files, 512 MiB held by a 64 MiB
+    job); and shrinking such a file then counted below zero, which let the heap itself grow past the limit."""
+    for code, expected in ((WHOLE_FILES, "No space left on device"), (SHRINK_FOR_CREDIT, "MemoryError")):
+        req = request(tmp_path, code=code)
+        req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="96MiB")}))
+        result = await executor.run(req)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.strip().endswith(expected), result.stdout
+        if code is WHOLE_FILES:
+            assert int(result.stdout.split()[0]) < 6
+
+
 def wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> Path:
     """A minimal pure-Python wheel, zipped by hand."""
     dist = f"{name}-{version}.dist-info"

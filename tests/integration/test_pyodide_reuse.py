@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from executors.base import Mount, RunRequest
-from executors.pyodide import PyodideExecutor
+from executors.pyodide import FORGED_CONTROL, READY_WAIT, PyodideExecutor
 from jobs import JobSpec, OutputSpec, PythonEngine, Resources
 
 pytestmark = pytest.mark.skipif(
@@ -181,6 +181,47 @@ async def test_what_job_code_writes_through_node_is_its_output_and_never_the_nex
         last = await pooled.run(request(tmp_path, "print('clean')", owner=owner, index=3))
         assert (last.exit_code, last.stdout, last.stderr) == (0, "clean\n", "")
     assert pooled.statistics().reused_runs == 2  # the miscounting process served no job after its own
+
+
+WRITE_TO_CONTROL = REACH_NODE.split("js.eval(")[0] + """\
+argv = list(js.process.argv)
+fd = int(argv[argv.index("--control-fd") + 1])
+flood = ("(fd) => { const fs = process.getBuiltinModule('fs');"
+         " for (let i = 0; i < 2000; i++) fs.writeSync(fd, '{}\\\\n'); }")
+js.eval(flood)(fd)
+print("wrote")
+"""
+
+BREAK_THE_NEXT_INTERPRETER = REACH_NODE.split("js.eval(")[0] + """\
+js.eval("WebAssembly.instantiate = () => new Promise(() => {}); undefined")
+grown = bytearray(20 << 20)  # no reset in place after this: the next interpreter is loaded anew
+print("broken")
+"""
+
+
+async def test_a_job_writing_to_the_runners_control_channel_fails_and_is_stopped(
+        pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """Job code can find the control channel's fd; 24 MiB of "{}" lines took 39 s of the node's CPU and
+    618 MiB of its memory, each line parsed and kept. The first line that is not the runner's ends it."""
+    owner = "requester-a/sweep-8"
+    with trio.fail_after(60):
+        forged = await pooled.run(request(tmp_path, WRITE_TO_CONTROL, owner=owner, index=0))
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1))
+    assert forged.exit_code == 1 and forged.stderr.endswith(FORGED_CONTROL + "\n"), forged.stderr
+    assert (after.exit_code, after.stdout) == (0, "next\n")
+    assert pooled.statistics().reused_runs == 0  # the forger's process served nothing after it
+
+
+async def test_a_job_that_breaks_the_next_interpreter_costs_its_sibling_no_more_than_a_new_process(
+        pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """The next index was handed to that process and waited for its interpreter with no bound (90 s and
+    counting), then timed out for nothing it did."""
+    owner = "requester-a/sweep-9"
+    first = await pooled.run(request(tmp_path, BREAK_THE_NEXT_INTERPRETER, owner=owner, index=0))
+    assert first.stdout == "broken\n", first.stderr
+    with trio.fail_after(READY_WAIT + 30):
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1, timeout=5))
+    assert (after.exit_code, after.stdout) == (0, "next\n")
 
 
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
