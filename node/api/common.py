@@ -14,6 +14,7 @@ from jobs import RunResult
 from jobs.views import Share
 from node.api.errors import error
 from node.api.parts import Node
+from node.api.quotas import Quotas
 from requester import UnknownJob
 from shoal._auth import b64encode, client_id_for, parse_public_key
 
@@ -47,12 +48,18 @@ async def visible_to(client: str, item_id: str, owner: str, description: Any, no
     return description
 
 
-async def after_wait(service: Any, item_id: str, wait: float, description: Any, ended: bool) -> Any:
-    """A job's or sweep's description, re-read after waiting up to ``wait`` seconds for it to end."""
-    if wait and not ended:
+async def after_wait(service: Any, item_id: str, wait: float, description: Any, ended: bool, *,
+                     quotas: Quotas | None, client: str) -> Any:
+    """A job's or sweep's description, re-read after waiting up to ``wait`` seconds for it to end. A wait
+    holds one of the client's streams (3,000 of one key once waited at once); with none left, no wait."""
+    if not wait or ended or (quotas is not None and quotas.open_stream(client) is not None):
+        return description
+    try:
         await service.wait(item_id, wait)
-        return await service.describe(item_id)
-    return description
+    finally:
+        if quotas is not None:
+            quotas.close_stream(client)
+    return await service.describe(item_id)
 
 
 def unencodable(value: Any, path: str) -> str | None:

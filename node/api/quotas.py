@@ -10,14 +10,21 @@ this answers.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs import format_bytes
 from requester.common import InFlight
 
 MAX_TRACKED = 10_000  # submit buckets kept before full (idle) ones are dropped
+
+
+def node_streams() -> int:
+    """A quarter of this process's file descriptors, within 64 and 4096: the rest serve peers, the store, jobs."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 4))
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,10 @@ class QuotaLimits:
     # while it waits (300 jobs of 900 KB of inline code took a requester from 130 to 912 MiB)
     submits_per_second: float = 1_000.0  # sustained rate of job and sweep submissions
     submit_burst: int = 2_000  # submissions at once after a quiet spell
-    event_streams: int = 256  # open streams of one client: events (SSE) and logs it follows
+    event_streams: int = 256  # open streams of one client: events (SSE), logs it follows, descriptions it waits on
+    # open streams of all clients together: fresh keys are free on an open node, and 2 x 250 streams took every
+    # file descriptor of a node limited to 512 (10,000 streams: 520 MB, a busy CPU); see node_streams
+    event_streams_total: int = field(default_factory=lambda: node_streams())
     context_bytes_per_hour: int = 2 * 1024**3  # working directories (POST /v1/contexts) and job and sweep specs
     # one client stores, kept for the node's retention: without a bound, a client able to submit could fill the
     # node's disk (specs of 900 KB of inline code that failed at once grew it by 36 MB/s) and its memory
@@ -51,6 +61,7 @@ class Quotas:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._streams: dict[str, int] = {}
+        self._open_total = 0
         # quota -> client -> (what it may still take, at): the hourly allowances
         self._allowances: dict[str, dict[str, tuple[float, float]]] = {"context_bytes": {}, "sweep_indexes": {}}
         self.refused = dict.fromkeys(("jobs_in_flight", "spec_bytes_in_flight", "submits_per_second", "event_streams",
@@ -114,15 +125,22 @@ class Quotas:
         return None
 
     def open_stream(self, client: str) -> Refusal | None:
-        """Count a new stream of ``client`` (events, or a log it follows), or refuse it; pair with ``close_stream``."""
+        """Count a new stream of ``client`` (events, a log it follows, a description it waits on), or refuse
+        it; pair with ``close_stream``."""
         open_now = self._streams.get(client, 0)
+        if (total := self.streams()) >= self.limits.event_streams_total:
+            return self._refuse("event_streams", f"this node has {total} event streams, followed logs and waits "
+                                                 f"open (at most {self.limits.event_streams_total}): retry later", 5)
         if open_now >= self.limits.event_streams:
             return self._refuse("event_streams", f"client {client} has {open_now} event streams and followed logs "
                                                  f"open on this node (at most {self.limits.event_streams})", 5)
         self._streams[client] = open_now + 1
+        self._open_total += 1
         return None
 
     def close_stream(self, client: str) -> None:
+        if client in self._streams:
+            self._open_total -= 1
         left = self._streams.get(client, 0) - 1
         if left > 0:
             self._streams[client] = left
@@ -131,7 +149,7 @@ class Quotas:
 
     def streams(self) -> int:
         """Event streams open now, all clients together."""
-        return sum(self._streams.values())
+        return self._open_total
 
     def _refuse(self, quota: str, message: str, retry_after: int) -> Refusal:
         self.refused[quota] += 1

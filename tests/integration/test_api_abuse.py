@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +29,13 @@ from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-BASE = free_base_port(5)
+BASE = free_base_port(6)
 PORT = BASE  # node A: defaults, short retention
 QUOTA_PORT = BASE + 1  # node B: small quotas
 RESTART_PORT = BASE + 2
 FD_PORT = BASE + 3  # a node with few file descriptors
 HANGUP_PORT = BASE + 4
+WAIT_PORT = BASE + 5  # one event stream per client
 A, B = f"http://127.0.0.1:{PORT}", f"http://127.0.0.1:{QUOTA_PORT}"
 PENDING = {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}  # one node: never enough, stays pending
 IMPOSSIBLE = {"engine": {"name": "noop"}, "resources": {"cpu": 1000}}  # fails on admission: never in flight
@@ -513,3 +515,25 @@ def test_clients_hanging_up_mid_body_leave_no_error_in_the_log(tmp_path):
         with Client(f"http://127.0.0.1:{HANGUP_PORT}", timeout=30) as client:
             assert client.node().peer_id
     assert not any("failed" in line for line in log)
+
+
+def test_a_clients_long_polls_hold_its_streams(tmp_path):
+    """?wait= counted for nothing: one key held 3,000 long polls open at once. Each now holds one of the
+    client's streams; with none left, the description comes back at once, unwaited."""
+    url, key = f"http://127.0.0.1:{WAIT_PORT}", ClientKey.generate()
+    with noop_node(tmp_path, WAIT_PORT, args=["--quota-event-streams", "1"]):
+        with Client(url, key=key) as client:
+            job = client.submit(PENDING).job.id
+        with httpx.Client(timeout=30) as first, httpx.Client(timeout=30) as second:
+            waiting = signed(first, key, "GET", f"{url}/v1/jobs/{job}?wait=6")
+            holder = threading.Thread(target=lambda: first.send(waiting))
+            holder.start()
+            time.sleep(1.5)  # it waits, holding the client's one stream
+            started = time.monotonic()
+            answer = second.send(signed(second, key, "GET", f"{url}/v1/jobs/{job}?wait=6"))
+            assert answer.status_code == 200 and answer.json()["job"]["state"] in ("pending", "running")
+            assert time.monotonic() - started < 3  # not waited on
+            holder.join()
+            started = time.monotonic()
+            second.send(signed(second, key, "GET", f"{url}/v1/jobs/{job}?wait=2"))
+            assert time.monotonic() - started >= 1.5  # the stream is back: it waits again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 from node.api.quotas import MAX_TRACKED, QuotaLimits, Quotas
 from requester.common import InFlight
 
@@ -62,6 +64,22 @@ def test_event_streams_are_counted_until_closed() -> None:
     for _ in range(5):  # closing more than was opened never goes negative or grants extra
         quotas.close_stream("b")
     assert quotas.streams() == 2
+
+
+def test_streams_of_all_clients_together_are_bounded_by_the_nodes_file_descriptors() -> None:
+    """Fresh keys are free on an open node: 2 keys x 250 streams took every file descriptor of a node
+    limited to 512, and 10,000 streams of 40 keys 520 MB."""
+    quotas = Quotas(QuotaLimits(event_streams=2, event_streams_total=3), clock=Clock())
+    assert all(quotas.open_stream(key) is None for key in ("a", "b", "c"))
+    refusal = quotas.open_stream("d")  # a fresh key, no stream of its own open
+    assert refusal is not None and "this node has 3 event streams" in refusal.message
+    quotas.close_stream("a")
+    assert quotas.open_stream("d") is None
+    quotas.close_stream("never-opened")
+    assert quotas.streams() == 3
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert QuotaLimits().event_streams_total == (4096 if soft == resource.RLIM_INFINITY
+                                                 else max(64, min(4096, soft // 4)))
 
 
 def test_many_clients_keep_memory_bounded() -> None:

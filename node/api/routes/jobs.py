@@ -100,7 +100,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
     async def describe(job_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> JobDescription:
         description = await owned(job_id, client, shared=True)
-        return await after_wait(requester(), job_id, wait, description, description.job.state.is_terminal)
+        return await after_wait(requester(), job_id, wait, description, description.job.state.is_terminal,
+                                quotas=quotas, client=client)
 
     @router.post("/v1/jobs/{job_id}/cancel", response_model=JobDescription, tags=["jobs"], responses=ERR_404,
                  summary="Cancel a job (a no-op once it has ended)")

@@ -94,7 +94,8 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     async def describe(sweep_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
         description = await owned(sweep_id, client, shared=True)
-        return await after_wait(service(), sweep_id, wait, description, description.sweep.state.is_terminal)
+        return await after_wait(service(), sweep_id, wait, description, description.sweep.state.is_terminal,
+                                quotas=quotas, client=client)
 
     @router.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
                 summary="Index records in index order from `first` (optionally only one state)")
