@@ -37,6 +37,7 @@ from node.api.schema import install_schema
 from node.config import VERSION
 
 log = logging.getLogger("shoal.api")
+SEND_TIMEOUT = 30.0  # a connection whose client reads none of a response for this long is closed
 KEEP_ALIVE_TIMEOUT = 5.0  # an idle connection, or one still sending its headers, is closed after this
 
 
@@ -110,14 +111,39 @@ def _guarded_tcp_server() -> type:
     response at the same time ("another task is currently sending data"), and the node exited. 600
     connections of strangers did it every time.
     """
+    from hypercorn.events import RawData
     from hypercorn.trio.tcp_server import TCPServer
 
     class GuardedTCPServer(TCPServer):
+        sending_since: float | None = None
+
         async def run(self) -> None:
             try:
-                await super().run()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drop_if_unread)
+                    await super().run()
+                    nursery.cancel_scope.cancel()
             except Exception as e:  # Cancelled is not an Exception: shutting down still ends it
                 log.debug("an API connection failed: %r", e)
+
+        async def protocol_send(self, event: object) -> None:
+            if not isinstance(event, RawData):
+                return await super().protocol_send(event)
+            self.sending_since = trio.current_time()
+            try:
+                await super().protocol_send(event)  # a shielded send: only closing the stream ends it
+            finally:
+                self.sending_since = None
+
+        async def _drop_if_unread(self) -> None:
+            """Close the connection when a send has waited SEND_TIMEOUT for its client to read: 8 unread
+            lists of big specs held 1 GB for as long as their client kept the connections."""
+            while True:
+                await trio.sleep(SEND_TIMEOUT / 4)
+                if self.sending_since is not None and trio.current_time() - self.sending_since > SEND_TIMEOUT:
+                    log.info("dropped an API connection whose client read nothing for %g s", SEND_TIMEOUT)
+                    await trio.aclose_forcefully(self.stream)
+                    return
 
     return GuardedTCPServer
 

@@ -16,6 +16,9 @@ MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through stora
 MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
 CONTEXT_UPLOADS = 4  # context bodies read at once (each up to MAX_CONTEXT_BODY in memory); more get 503
 BODY_TIMEOUT = 30.0  # a request body must arrive within this (408): a slow sender holds no connection long
+# request body bytes held at once, all requests together (503 past it): bodies are read before their signature
+# can be checked, and 1,000 strangers' connections stalled 576 bytes short of 1 MiB held 1.5 GB for 30 s
+BODY_BUDGET = 256 << 20
 
 UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/openapi.json", "/docs",
                             "/docs/oauth2-redirect", "/redoc"})
@@ -24,16 +27,18 @@ UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/
 class BodyLimit:
     """Pure ASGI middleware: 413 for bodies over MAX_BODY, whether declared or streamed; a declared
     Content-Length over it is refused before a byte of the body is read. A body must arrive
-    within BODY_TIMEOUT of its first read (408)."""
+    within BODY_TIMEOUT of its first read (408); past BODY_BUDGET of bodies in memory, 503."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
+        self.buffered = 0  # body bytes of the requests being read or handled now
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
         if scope["path"] == "/v1/contexts":  # a large body is read before its signature can be checked
             try:
                 self.uploads.acquire_nowait()
@@ -68,14 +73,22 @@ class BodyLimit:
                 deadline = trio.current_time() + BODY_TIMEOUT
             with trio.move_on_at(deadline):
                 message = await receive()
-                seen += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                seen += size
+                self.buffered += size
                 if seen > limit:
                     raise StarletteHTTPException(413, too_large(limit))
+                if self.buffered > BODY_BUDGET:
+                    raise StarletteHTTPException(503, "the node is reading too many request bodies: retry in a second",
+                                                 headers={"Retry-After": "1"})
                 body_done = not message.get("more_body", False)
                 return message
             raise StarletteHTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.buffered -= seen
 
 
 async def answer_early(response: JSONResponse, scope, receive, send) -> None:
