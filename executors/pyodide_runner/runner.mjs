@@ -507,13 +507,16 @@ globalThis.fetch = async (resource) => {
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
 const written = { 1: 0, 2: 0 }; // bytes the current job wrote to fd 1 and 2
+// The runner's own copy: job code can replace fs.writeSync (Node's fs module is one object, reachable
+// through `js`), and so once rewrote the next jobs' output and the exit codes the runner reported.
+const writeSync = fs.writeSync;
 
 function writeAll(fd, bytes) {
   if (fd in written) written[fd] += bytes.length;
   let done = 0;
   while (done < bytes.length) {
     try {
-      done += fs.writeSync(fd, bytes, done, bytes.length - done);
+      done += writeSync(fd, bytes, done, bytes.length - done);
     } catch (e) {
       if (e.code !== "EAGAIN") throw e;
       Atomics.wait(pause, 0, 0, 1); // a non-blocking pipe is full: let the parent catch up

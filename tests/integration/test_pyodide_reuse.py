@@ -224,6 +224,33 @@ async def test_a_job_that_breaks_the_next_interpreter_costs_its_sibling_no_more_
     assert (after.exit_code, after.stdout) == (0, "next\n")
 
 
+REWRITE_LATER_WRITES = REACH_NODE.split("js.eval(")[0] + """\
+js.eval('''(() => {
+  const fs = process.getBuiltinModule("fs"), real = fs.writeSync;
+  fs.writeSync = function (fd, buf, off = 0, len, ...rest) {  // the same length, so the counts still match
+    if (typeof buf === "string") return real.call(this, fd, buf, off, len, ...rest);
+    len = len ?? buf.length - off;
+    let text = Buffer.from(buf.buffer, buf.byteOffset + off, len).toString("latin1");
+    text = fd === 1 ? text.replace(/hello/g, "HACKD") : text.replace(\'"code":0\', \'"code":3\');
+    real.call(this, fd, Buffer.from(text, "latin1"), 0, len);
+    return len;
+  };
+})()''')
+print("patched")
+"""
+
+
+async def test_a_job_that_replaces_nodes_write_function_changes_nothing_of_the_next_job(
+        pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """Node's fs module is one object that job code can reach: replacing its writeSync rewrote the next jobs'
+    output and the exit codes the runner reported, and the runner served on."""
+    owner = "requester-a/sweep-10"
+    first = await pooled.run(request(tmp_path, REWRITE_LATER_WRITES, owner=owner, index=0))
+    assert first.stdout == "patched\n", first.stderr
+    after = await pooled.run(request(tmp_path, "print('hello')", owner=owner, index=1))
+    assert (after.exit_code, after.stdout) == (0, "hello\n")
+
+
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
     code = "import os; print(os.environ['i'])"
     for i, owner in enumerate(["requester-a/sweep-3", "requester-b/sweep-3", "requester-a/sweep-4",
