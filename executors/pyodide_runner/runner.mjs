@@ -131,11 +131,14 @@ function FakeDate(...args) {
   return args.length ? new RealDate(...args) : new RealDate(wallNow());
 }
 FakeDate.prototype = RealDate.prototype;
-FakeDate.now = wallNow;
 FakeDate.parse = RealDate.parse;
 FakeDate.UTC = RealDate.UTC;
-globalThis.Date = FakeDate;
-Object.defineProperty(performance, "now", { value: tick, configurable: true });
+// Fixed for good: job code can reach them (through `js`), and a `Date.now = () => 0` once stopped every later
+// job of its process from seeing the clock every node shows
+const fixed = (value) => ({ value, writable: false, configurable: false });
+Object.defineProperty(FakeDate, "now", fixed(wallNow));
+Object.defineProperty(globalThis, "Date", fixed(FakeDate));
+Object.defineProperty(performance, "now", fixed(tick));
 
 // ---- memory -------------------------------------------------------------------------------------------
 

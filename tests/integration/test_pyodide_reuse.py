@@ -251,6 +251,22 @@ async def test_a_job_that_replaces_nodes_write_function_changes_nothing_of_the_n
     assert (after.exit_code, after.stdout) == (0, "hello\n")
 
 
+async def test_a_job_that_stops_nodes_clock_stops_no_later_jobs_clock(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """``Date.now = () => 0`` in one job made every later job of its process print another time than a fresh
+    process does: their results no longer matched other nodes'."""
+    code = "import time; print(time.time(), time.monotonic())"
+    fresh = await pooled.run(request(tmp_path, code, owner="requester-b/sweep-11", index=0))
+    owner = "requester-a/sweep-11"
+    stop = REACH_NODE.split("js.eval(")[0] + (
+        "for how in ('Date.now = () => 0', 'globalThis.Date = function () { return 0 }',"
+        " 'performance.now = () => 0'):\n    try:\n        js.eval(how)\n    except Exception as e:\n"
+        "        print(type(e).__name__)\n")
+    await pooled.run(request(tmp_path, stop, owner=owner, index=0))
+    later = await pooled.run(request(tmp_path, code, owner=owner, index=0))
+    assert pooled.statistics().reused_runs >= 1
+    assert later.stdout == fresh.stdout
+
+
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
     code = "import os; print(os.environ['i'])"
     for i, owner in enumerate(["requester-a/sweep-3", "requester-b/sweep-3", "requester-a/sweep-4",
