@@ -38,6 +38,7 @@ from node.config import VERSION
 
 log = logging.getLogger("shoal.api")
 SEND_TIMEOUT = 30.0  # a connection whose client reads none of a response for this long is closed
+SEND_SLICE = 256 * 1024  # a response is sent in slices of this size, each under SEND_TIMEOUT
 KEEP_ALIVE_TIMEOUT = 5.0  # an idle connection, or one still sending its headers, is closed after this
 
 
@@ -129,15 +130,19 @@ def _guarded_tcp_server() -> type:
         async def protocol_send(self, event: object) -> None:
             if not isinstance(event, RawData):
                 return await super().protocol_send(event)
-            self.sending_since = trio.current_time()
-            try:
-                await super().protocol_send(event)  # a shielded send: only closing the stream ends it
+            data = memoryview(event.data)
+            try:  # in slices, each its own shielded send (only closing the stream ends one): a client that
+                for start in range(0, len(data), SEND_SLICE):  # reads slowly but reads is never cut off
+                    if start and _closed(self.stream):
+                        return
+                    self.sending_since = trio.current_time()
+                    await super().protocol_send(RawData(data=bytes(data[start:start + SEND_SLICE])))
             finally:
                 self.sending_since = None
 
         async def _drop_if_unread(self) -> None:
-            """Close the connection when a send has waited SEND_TIMEOUT for its client to read: 8 unread
-            lists of big specs held 1 GB for as long as their client kept the connections."""
+            """Close the connection when one slice of a response has waited SEND_TIMEOUT for its client to
+            read: 8 unread lists of big specs held 1 GB for as long as their client kept the connections."""
             while True:
                 await trio.sleep(SEND_TIMEOUT / 4)
                 if self.sending_since is not None and trio.current_time() - self.sending_since > SEND_TIMEOUT:
@@ -146,6 +151,11 @@ def _guarded_tcp_server() -> type:
                     return
 
     return GuardedTCPServer
+
+
+def _closed(stream: trio.abc.Stream) -> bool:
+    transport = getattr(stream, "transport_stream", stream)  # under TLS, the socket's stream
+    return transport.socket.fileno() < 0
 
 
 def _local_addresses() -> list[str]:

@@ -93,3 +93,23 @@ async def test_request_bodies_held_at_once_have_a_node_wide_budget(monkeypatch: 
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.post("/echo", content=b"x" * 900)).json() == {"length": 900}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_reads_slowly_but_reads_gets_the_whole_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.api.app
+
+    monkeypatch.setattr(node.api.app, "SEND_TIMEOUT", 1.0)
+    big = bytes(range(256)) * (64 << 10)  # 16 MiB
+    app = FastAPI()
+    app.get("/big")(lambda: Response(big, media_type="application/octet-stream"))
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(serve_api, app, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        with trio.fail_after(30):
+            while chunk := await stream.receive_some(1 << 20):
+                received += chunk
+                await trio.sleep(0.1)  # about 4 s in all: far longer than one send may wait
+        assert received.endswith(big)
+        nursery.cancel_scope.cancel()
