@@ -8,6 +8,7 @@ Needs root (namespaces, iptables) and a Docker daemon (``scripts/install-docker`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -148,7 +149,9 @@ async def test_a_network_job_reaches_the_internet_but_not_the_metadata_server_or
 def test_without_the_fence_the_same_container_reads_the_metadata_server(cloud, host_service):
     """The control: on Docker's default bridge, as network jobs ran before, the probe gets both secrets."""
     client = docker.from_env()
-    gateway = client.api.inspect_network("bridge")["IPAM"]["Config"][0]["Gateway"]
+    ipam = client.api.inspect_network("bridge")["IPAM"]["Config"][0]
+    # some daemons leave the default bridge's gateway out: it is then its subnet's first address (docker0's)
+    gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
     out = client.containers.run(IMAGE, ["python3", "-c", PROBE, f"http://{METADATA}/",
                                         f"http://{gateway}:{host_service}/"], remove=True).decode()
     assert out.split() == [f"http://{METADATA}/", "secret", f"http://{gateway}:{host_service}/", "host-secret"]
