@@ -299,7 +299,8 @@ class _BaseClient:
     def _idempotent_post_flow(
         self, path: str, body: bytes, idempotency_key: str | None, params: dict[str, str] | None, model: type[_M]
     ) -> _Flow[_M]:
-        """POST that creates something, retried on connection errors with one Idempotency-Key."""
+        """POST that creates something, retried with one Idempotency-Key on connection errors and on 503
+        (the node did nothing: it cannot write its store, or reads too many bodies at once)."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         delays = self.submit_retry_delays
         for attempt in range(len(delays) + 1):
@@ -309,6 +310,11 @@ class _BaseClient:
                 if attempt == len(delays):
                     if attempt:
                         raise ConnectionFailed(f"{e.message} (tried {attempt + 1} times)", e.url) from e
+                    raise
+                yield delays[attempt]
+                continue
+            except ServerError as e:
+                if e.status != 503 or attempt == len(delays):
                     raise
                 yield delays[attempt]
                 continue

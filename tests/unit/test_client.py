@@ -503,6 +503,19 @@ async def test_submit_retries_connection_errors_then_gives_up(client, fake: Fake
     assert str(info.value) == f"cannot reach Shoal API at {API}: connection refused (tried 4 times)"
 
 
+async def test_a_submit_the_node_answered_503_is_sent_again_with_its_key(client, fake: FakeNode) -> None:
+    """503 says the node did nothing (it cannot write its store, or reads too many bodies at once)."""
+    fake.store_unavailable = 2
+    assert (await call(client, "submit", SPEC)).job.id == "j-1"
+    assert len(fake.requests) == 3 and len(fake.jobs) == 1
+    assert len({r.headers["Idempotency-Key"] for r in fake.requests}) == 1
+    fake.requests.clear()
+    fake.store_unavailable = 10
+    with pytest.raises(ServerError, match="cannot write its store"):
+        await call(client, "submit", SPEC)
+    assert len(fake.requests) == 4
+
+
 async def test_a_wait_asks_again_while_its_node_restarts_or_cannot_write_then_gives_up(client, fake: FakeNode) -> None:
     fake.add_job("j-1", JobState.COMPLETED)
     client.reconnect_first_delay = 0.001
