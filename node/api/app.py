@@ -130,13 +130,17 @@ def _guarded_tcp_server() -> type:
         async def protocol_send(self, event: object) -> None:
             if not isinstance(event, RawData):
                 return await super().protocol_send(event)
-            data = memoryview(event.data)
+            data = event.data
             try:  # in slices, each its own shielded send (only closing the stream ends one): a client that
-                for start in range(0, len(data), SEND_SLICE):  # reads slowly but reads is never cut off
+                self.sending_since = trio.current_time()  # reads slowly but reads is never cut off
+                if len(data) <= SEND_SLICE:
+                    return await super().protocol_send(event)
+                view = memoryview(data)
+                for start in range(0, len(data), SEND_SLICE):
                     if start and _closed(self.stream):
                         return
                     self.sending_since = trio.current_time()
-                    await super().protocol_send(RawData(data=bytes(data[start:start + SEND_SLICE])))
+                    await super().protocol_send(RawData(data=bytes(view[start:start + SEND_SLICE])))
             finally:
                 self.sending_since = None
 
