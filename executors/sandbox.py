@@ -33,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from executors.cgroups import MemoryCgroup, MemoryCgroups
 from storage.trees import remove_tree
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,8 @@ class Sandbox:
         self._root: Path | None = None
         self._problem: str | None = None
         self._checked = False
+        self._cgroups: MemoryCgroups | None = None
+        self._cgroups_checked = False
 
     @property
     def owner(self) -> int | None:
@@ -246,6 +249,16 @@ class Sandbox:
     def new_slot(self) -> Slot:
         return Slot(Path(tempfile.mkdtemp(dir=self.root())), self.owner)
 
+    def memory_cgroup(self) -> MemoryCgroup | None:
+        """A new memory cgroup for one sandbox (``command(cgroup=)``), or None where the node cannot make them.
+
+        Blocking. Raises OSError when it can make them, but not this one.
+        """
+        if not self._cgroups_checked:
+            self._cgroups_checked = True
+            self._cgroups = MemoryCgroups.here(self.owner)
+        return self._cgroups.new() if self._cgroups is not None else None
+
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""
         dest = self.root() / name
@@ -257,9 +270,10 @@ class Sandbox:
         return dest
 
     def command(self, argv: list[str], *, slot: Slot | None, env: dict[str, str], limits: Limits,
-                extra_ro: list[Path] = ()) -> list[str]:
-        """The full command line: rlimits, then bubblewrap, then ``argv`` inside."""
-        args = [*limits.prlimit_args(), self.bwrap,
+                extra_ro: list[Path] = (), cgroup: MemoryCgroup | None = None) -> list[str]:
+        """The full command line: the cgroup, rlimits, then bubblewrap, then ``argv`` inside."""
+        joined = cgroup.join_args() if cgroup is not None else []
+        args = [*joined, *limits.prlimit_args(), self.bwrap,
                 "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "shoal-job",

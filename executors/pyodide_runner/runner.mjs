@@ -53,6 +53,9 @@ const EPOCH_MS = 1_704_067_200_000; // 2024-01-01T00:00:00Z, as executors/_commo
 const CLOCK_STEP_MS = 1; // as executors/_common.py CLOCK_STEP_NS
 const resetInPlace = process.env.SHOAL_PYODIDE_RESET !== "0"; // off: a fresh interpreter for every job
 const GC_ABOVE_RSS = 640 * 1024 * 1024; // bytes of resident memory above which old interpreters are collected
+// bytes a new interpreter may add before its job grows its heap: below a memory cgroup's limit (the job's
+// "resident_limit"), old interpreters are collected unless this and the job's heap still fit beside them
+const FRESH_INTERPRETER = 128 * 1024 * 1024;
 const EROFS = 69; // Emscripten errno numbers
 const EPERM = 63;
 
@@ -154,6 +157,11 @@ const ENOSPC = 51;
 // in-memory file node -> { base: bytes it held when the job first changed it, counted: bytes counted now }
 const files = new Map();
 let fileBytes = 0; // what the job's in-memory files hold beyond what they held before it (never below 0 each)
+// A file that grows gets a larger array; the old one is garbage that V8 collects when it sees fit, which once
+// was after 300 MiB of it (a job writing 90 MiB to /tmp). Where a memory cgroup counts all the process holds,
+// that took the runner past it, so the runner collects itself once this much file storage was dropped.
+const COLLECT_AFTER_DROPPED = 32 * 1024 * 1024;
+let droppedBytes = 0;
 let filesFS = null; // the file system of the interpreter running the job
 
 function overLimit(heapBytes, extra) {
@@ -195,7 +203,8 @@ function limitFiles(pyodide) {
   const heap = () => pyodide._module.HEAPU8.byteLength;
   const guard = (real, growth) => function (...args) {
     const node = args[0].node ?? args[0]; // a stream's, or the node itself
-    const before = node.contents?.length ?? 0;
+    const old = node.contents;
+    const before = old?.length ?? 0;
     const extra = growth(before, ...args);
     if (extra > 0 && overLimit(heap(), extra)) {
       memoryRefused = true;
@@ -205,6 +214,10 @@ function limitFiles(pyodide) {
       return real.apply(this, args);
     } finally {
       recount(node, before);
+      if (node.contents !== old && (droppedBytes += before) > COLLECT_AFTER_DROPPED) {
+        droppedBytes = 0;
+        globalThis.gc?.();
+      }
     }
   };
   for (const name of ["expandFileStorage", "resizeFileStorage"]) {
@@ -731,12 +744,12 @@ async function serve() {
     (await fresh(snapshot)).driver.warm_up(rounds);
   }
   let interpreter = null; // the previous job's, when it could be reset in place
+  let collectAbove = GC_ABOVE_RSS;
   for (;;) {
     const reset = interpreter !== null;
     if (!reset) {
-      // The previous interpreters' memory is freed before the next one takes its own, when it adds up (a
-      // full collection costs more than loading an interpreter, so not after every job).
-      if (process.memoryUsage.rss() > GC_ABOVE_RSS) globalThis.gc?.();
+      // The previous interpreters' memory is freed before the next one takes its own, when it adds up.
+      if (process.memoryUsage.rss() > collectAbove) globalThis.gc?.();
       interpreter = await fresh(snapshot);
     }
     control({ event: "ready", reset });
@@ -744,6 +757,9 @@ async function serve() {
     if (job === null) process.exit(0);
     const code = await runJob(interpreter, job);
     control({ event: "exit", code, stdout: written[1], stderr: written[2] });
+    if (job.resident_limit > 0) {  // the next job is its owner's: the same memory limit
+      collectAbove = Math.min(GC_ABOVE_RSS, job.resident_limit - job.memory_limit - FRESH_INTERPRETER);
+    }
     // A job with wheels changed more than a reset puts back (imported packages' files, loadPackage's state).
     if (job.last || job.wheels.length || !resetInPlace || !interpreter.checkpoint.restore()) interpreter = null;
     if (job.last) {

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from executors.base import Mount, RunRequest
+from executors.cgroups import own_memory_cgroup
 from executors.pyodide import FORGED_CONTROL, READY_WAIT, PyodideExecutor
 from jobs import JobSpec, OutputSpec, PythonEngine, Resources
 
@@ -265,6 +266,26 @@ async def test_a_job_that_stops_nodes_clock_stops_no_later_jobs_clock(pooled: Py
     later = await pooled.run(request(tmp_path, code, owner=owner, index=0))
     assert pooled.statistics().reused_runs >= 1
     assert later.stdout == fresh.stdout
+
+
+HOLD_IN_JAVASCRIPT = REACH_NODE.split("js.eval(")[0] + """\
+js.eval("globalThis.held = []; for (let i = 0; i < 32; i++) held.push(new Uint8Array(16 << 20).fill(1)); 0")
+print("held 512 MiB")
+"""
+
+
+@pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable cgroup v1 memory hierarchy (a root node has one)")
+async def test_what_job_code_holds_in_javascript_counts_against_its_memory(pooled: PyodideExecutor,
+                                                                          tmp_path: Path) -> None:
+    """V8's own objects were outside every count: a 256 MiB job held 512 MiB more in ArrayBuffers (a 64 MiB
+    one reached 1.1 GiB), while the node had set aside only the job's memory."""
+    owner = "requester-a/sweep-12"
+    with trio.fail_after(120):
+        held = await pooled.run(request(tmp_path, HOLD_IN_JAVASCRIPT, owner=owner, index=0))
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1))
+    assert held.stdout == "" and held.exit_code == 137, held.stdout
+    assert "shoal: out of memory (limit 256 MiB" in held.stderr, held.stderr
+    assert (after.exit_code, after.stdout) == (0, "next\n")
 
 
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
