@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import secrets
 from pathlib import Path
 
 from jobs.errors import ShoalError
+from shoal._auth import create_key_file
 
 KEY_FILE = "node.key"
 
@@ -30,29 +29,6 @@ def load_or_create_seed(data_dir: Path) -> bytes:
         return seed
     except OSError as e:
         raise IdentityError(f"cannot keep the node's identity in {e.filename or path}: {e.strerror or e}") from e
-
-
-def create_key_file(path: Path, content: bytes) -> None:
-    """Write a new private file (0600) whole or not at all. A full disk or a kill once left an empty key,
-    which every later start refused as "not a 32-byte seed" until someone moved it away (and the node's
-    identity with it). ``FileExistsError`` if it exists, as with ``O_EXCL``."""
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(partial, path)  # fails if another start created it meanwhile, as O_EXCL did
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links: a rename is whole too
-            if path.exists():
-                raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
-            os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 # A libp2p peer id of an Ed25519 key is the identity multihash of the protobuf-encoded public

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -194,7 +196,11 @@ class ClientKey:
         except FileNotFoundError:
             pass
         key = cls.generate()
-        _create_key_file(path, key._pem())
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+        with contextlib.suppress(FileExistsError):
+            create_key_file(path, key._pem())
         # Load what is on disk: if another process won the race, its key is the identity.
         return cls.load(path)
 
@@ -204,38 +210,32 @@ class ClientKey:
         return self._private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
-def _create_key_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (0600) unless the file already exists; never overwrite."""
-    parent = path.parent
-    if not parent.is_dir():
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
-    tmp = parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def create_key_file(path: Path, content: bytes) -> None:
+    """Write a new private file (0600) whole or not at all; ``FileExistsError`` if it exists, as ``O_EXCL``.
+
+    A full disk or a kill once left an empty node key, which every later start refused as "not a 32-byte
+    seed" until someone moved it away (and the node's identity with it). The file is published with a hard
+    link, so concurrent first runs agree on one key instead of one overwriting the other's; where the file
+    system has no hard links, with a rename, which is whole too. The node's keys are written here as well.
+    """
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic, and fails if the file exists
-    except FileExistsError:
-        pass
-    except OSError:  # no hard links on this filesystem: exclusive create, not atomic but safe
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # the mode given to open is filtered by the umask
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(partial, path)  # fails if another run created it meanwhile
         except FileExistsError:
-            pass
-        else:
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            raise
+        except OSError:  # a file system without hard links
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+            os.replace(partial, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
 
 
 class ShoalAuth(httpx.Auth):

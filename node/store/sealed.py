@@ -16,8 +16,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jobs import ShoalError
-from node.identity import create_key_file
 from node.store.writer import StoreUnavailable
+from shoal._auth import create_key_file
 
 _NONCE = 12
 

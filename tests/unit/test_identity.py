@@ -4,7 +4,8 @@ import stat
 
 import pytest
 
-from node.identity import Identity, IdentityError, create_key_file, load_or_create_seed, public_key_of
+from node.identity import Identity, IdentityError, load_or_create_seed, public_key_of
+from shoal._auth import create_key_file
 
 
 async def _noop(*_):
