@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -38,18 +39,25 @@ async def test_a_connection_whose_handling_fails_leaves_the_api_serving(monkeypa
         nursery.cancel_scope.cancel()
 
 
-async def test_a_response_its_client_does_not_read_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """hypercorn's sends are shielded and have no deadline: 8 connections that never read a list of big specs
-    held 1 GB of the node for as long as they stayed open."""
+@contextlib.asynccontextmanager
+async def serving(body: bytes, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, trio.SocketStream]]:
+    """An API whose GET /big answers ``body`` and whose sends wait 1 s at most, and a raw connection to it."""
     import node.api.app
 
     monkeypatch.setattr(node.api.app, "SEND_TIMEOUT", 1.0)
-    big = b"x" * (64 << 20)  # far more than the sockets' buffers hold
     app = FastAPI()
-    app.get("/big")(lambda: Response(big, media_type="application/octet-stream"))
+    app.get("/big")(lambda: Response(body, media_type="application/octet-stream"))
     async with trio.open_nursery() as nursery:
         (url,) = await nursery.start(serve_api, app, "127.0.0.1", 0)
-        stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        yield url, await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_response_its_client_does_not_read_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hypercorn's sends are shielded and have no deadline: 8 connections that never read a list of big specs
+    held 1 GB of the node for as long as they stayed open."""
+    big = b"x" * (64 << 20)  # far more than the sockets' buffers hold
+    async with serving(big, monkeypatch) as (url, stream):
         await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         await trio.sleep(3)  # reading nothing
         received = 0
@@ -60,7 +68,6 @@ async def test_a_response_its_client_does_not_read_is_dropped(monkeypatch: pytes
         assert received < len(big)  # the connection ended before the response did
         async with httpx.AsyncClient(base_url=url) as client:  # and the API serves on
             assert len((await client.get("/big")).content) == len(big)
-        nursery.cancel_scope.cancel()
 
 
 async def test_request_bodies_held_at_once_have_a_node_wide_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,15 +103,8 @@ async def test_request_bodies_held_at_once_have_a_node_wide_budget(monkeypatch: 
 
 
 async def test_a_client_that_reads_slowly_but_reads_gets_the_whole_response(monkeypatch: pytest.MonkeyPatch) -> None:
-    import node.api.app
-
-    monkeypatch.setattr(node.api.app, "SEND_TIMEOUT", 1.0)
     big = bytes(range(256)) * (64 << 10)  # 16 MiB
-    app = FastAPI()
-    app.get("/big")(lambda: Response(big, media_type="application/octet-stream"))
-    async with trio.open_nursery() as nursery:
-        (url,) = await nursery.start(serve_api, app, "127.0.0.1", 0)
-        stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    async with serving(big, monkeypatch) as (_, stream):
         await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         received = bytearray()
         with trio.fail_after(30):
@@ -112,4 +112,3 @@ async def test_a_client_that_reads_slowly_but_reads_gets_the_whole_response(monk
                 received += chunk
                 await trio.sleep(0.1)  # about 4 s in all: far longer than one send may wait
         assert received.endswith(big)
-        nursery.cancel_scope.cancel()
