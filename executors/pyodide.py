@@ -615,6 +615,8 @@ class PyodideExecutor(Executor):
                             if msg["event"] == "error":  # it ends after saying so
                                 return
                             if msg["event"] == "exit":
+                                if "reusable" in msg:  # the job left a callback behind: it serves no other job
+                                    runner.last = True
                                 expected.update(stdout=msg["stdout"], stderr=msg["stderr"])
                                 check_done()
                                 # The bytes it counted are on their way. A runner that never sends them must
@@ -782,12 +784,13 @@ class PyodideExecutor(Executor):
 
 
 def _reports_the_end(msg: Any) -> bool:
-    """Whether a control message is one the runner sends while a job runs: its exit (code and byte counts),
-    or its own failure."""
+    """Whether a control message is one the runner sends while a job runs: its exit (code, byte counts, and
+    ``reusable: false`` when the job left a callback behind), or its own failure."""
     if not isinstance(msg, dict):
         return False
     if msg.get("event") == "exit":
-        return all(type(msg.get(k)) is int for k in ("code", "stdout", "stderr"))
+        counts = all(type(msg.get(k)) is int for k in ("code", "stdout", "stderr"))
+        return counts and msg.get("reusable", False) is False
     return msg.get("event") == "error" and isinstance(msg.get("message", ""), str)
 
 

@@ -735,6 +735,18 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
   return code;
 }
 
+// The process's timers, immediates and pending callbacks, by kind
+function resources() {
+  const counts = new Map();
+  for (const kind of process.getActiveResourcesInfo()) counts.set(kind, (counts.get(kind) ?? 0) + 1);
+  return counts;
+}
+
+function leftBehind(before) {
+  for (const [kind, count] of resources()) if (count > (before.get(kind) ?? 0)) return true;
+  return false;
+}
+
 async function serve() {
   const snapshot = option("--snapshot") ? fs.readFileSync(option("--snapshot")) : undefined;
   const rounds = Number(option("--warm-up") ?? 0);
@@ -755,14 +767,18 @@ async function serve() {
     control({ event: "ready", reset });
     const job = await readJob();
     if (job === null) process.exit(0);
+    const held = resources();
     const code = await runJob(interpreter, job);
-    control({ event: "exit", code, stdout: written[1], stderr: written[2] });
+    // Job code that reached Node.js may leave a timer (or any callback) behind: it would run between its
+    // owner's jobs and inside the next one. Such a process serves no other job.
+    const reusable = !leftBehind(held);
+    control({ event: "exit", code, stdout: written[1], stderr: written[2], ...(reusable ? {} : { reusable }) });
     if (job.resident_limit > 0) {  // the next job is its owner's: the same memory limit
       collectAbove = Math.min(GC_ABOVE_RSS, job.resident_limit - job.memory_limit - FRESH_INTERPRETER);
     }
     // A job with wheels changed more than a reset puts back (imported packages' files, loadPackage's state).
     if (job.last || job.wheels.length || !resetInPlace || !interpreter.checkpoint.restore()) interpreter = null;
-    if (job.last) {
+    if (job.last || !reusable) {
       // No job follows (the parent closes this process): loading another interpreter would only take CPU
       // from the node while it publishes this job's result.
       await readJob();

@@ -155,14 +155,15 @@ async def test_nothing_one_index_does_reaches_the_next(pooled: PyodideExecutor, 
 
 
 # Job code that reaches Node.js (past the refused `js` module, as tests/integration/test_escape.py does)
-# and writes to fd 1 and 2 outside Pyodide's streams: through console (now and in a callback after its
-# program ends) and through process._rawDebug, which no stream sees.
+# and writes to fd 1 and 2 outside Pyodide's streams: through console (now and in a promise's callback, which
+# runs after its program ends) and through process._rawDebug, which no stream sees. (A timer left behind ends
+# the process's service: test_a_job_that_leaves_a_timer_behind_is_its_process_last.)
 REACH_NODE = """\
 import importlib.util, sys
 spec = next(s for f in sys.meta_path if (s := getattr(f, "find_spec", lambda *a: None)("js", None)))
 js = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(js)
-js.eval("console.log('from console'); setTimeout(() => console.log('late callback'), 0); undefined")
+js.eval("console.log('from console'); Promise.resolve().then(() => console.log('late callback')); undefined")
 print("from python")
 """
 
@@ -266,6 +267,26 @@ async def test_a_job_that_stops_nodes_clock_stops_no_later_jobs_clock(pooled: Py
     later = await pooled.run(request(tmp_path, code, owner=owner, index=0))
     assert pooled.statistics().reused_runs >= 1
     assert later.stdout == fresh.stdout
+
+
+LEAVE_A_TIMER = REACH_NODE.split("js.eval(")[0] + """\
+js.eval("globalThis.ticks = 0; setInterval(() => { globalThis.ticks++; }, 1); 0")
+print("left a timer")
+"""
+READ_THE_TICKS = REACH_NODE.split("js.eval(")[0] + """\
+print("ticks", js.eval("globalThis.ticks"))
+"""
+
+
+async def test_a_job_that_leaves_a_timer_behind_is_its_process_last(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """A timer job code set in Node.js ran on between its owner's jobs and inside the next one, which could
+    see it (and be changed by it) in the process it was given."""
+    owner = "requester-a/sweep-13"
+    first = await pooled.run(request(tmp_path, LEAVE_A_TIMER, owner=owner, index=0))
+    assert (first.exit_code, first.stdout) == (0, "left a timer\n"), first.stderr
+    after = await pooled.run(request(tmp_path, READ_THE_TICKS, owner=owner, index=1))
+    assert (after.exit_code, after.stdout) == (0, "ticks None\n"), after.stderr  # a process the timer never ran in
+    assert pooled.statistics().reused_runs == 0
 
 
 HOLD_IN_JAVASCRIPT = REACH_NODE.split("js.eval(")[0] + """\
