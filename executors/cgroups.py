@@ -142,10 +142,18 @@ class MemoryCgroups:
         """A new, unlimited cgroup that the sandbox's uid can move itself into. Raises OSError."""
         self._leftovers[:] = [cgroup for cgroup in self._leftovers if not cgroup.removed()]
         path = self.root / str(next(_names))
+        self.root.mkdir(exist_ok=True)  # another of this process's executors may have closed it
         path.mkdir()
         if self._owner is not None:
             os.chown(path / "cgroup.procs", self._owner, self._owner)
         return MemoryCgroup(path, self._leftovers)
+
+
+    def close(self) -> None:
+        """Remove this node's folder once its sandboxes' cgroups are gone (else the next node does). Blocking."""
+        self._leftovers[:] = [cgroup for cgroup in self._leftovers if not cgroup.removed()]
+        with contextlib.suppress(OSError):  # not empty: another executor of this process still has cgroups
+            self.root.rmdir()
 
 
 def own_memory_cgroup() -> Path | None:

@@ -15,14 +15,15 @@ whether its interpreter was pre-started or not.
 
 Containment (``executors/sandbox.py``): every Node.js process runs inside a bubblewrap sandbox that holds only
 ``/usr``, the runner with its Pyodide package, the memory snapshot (all read-only) and the slot into which its
-job's context and inputs (read-only) and outputs (writable) are placed when the job arrives; no network, its
-own PID namespace, uid 65534, rlimits (memory, CPU time, file size, processes, no core files) tightened to the
-job's resources when it arrives, and where the node can make one (``executors/cgroups.py``), a memory cgroup
-that holds all its processes to the job's memory plus ``RUNTIME_RESIDENT``: JavaScript objects that job code
-reaching Node.js makes count too. Inside, Node's permission model lets it read only those paths, write only the
-outputs, and start no processes, workers or addons; and job code that imports ``js`` or ``pyodide_js`` gets an
-ImportError. Without bubblewrap the engine is not offered, unless the operator passes ``unsandboxed=True``
-(``shoal serve --unsafe-unsandboxed-python``).
+job's context and inputs (read-only) and outputs (writable) are placed when the job arrives; no network and no
+sockets (``socket_filter``), its own PID namespace, uid 65534, rlimits (memory, CPU time, file size,
+processes, no core files) tightened to the job's resources when it arrives, and where the node can make one
+(``executors/cgroups.py``), a memory cgroup that holds all its processes to ``resident_limit`` (twice the
+job's memory, plus ``RUNTIME_RESIDENT``): JavaScript objects that job code reaching Node.js makes count too.
+Inside, Node's permission model lets it
+read only those paths, write only the outputs, and start no processes, workers or addons; and job code that
+imports ``js`` or ``pyodide_js`` gets an ImportError. Without bubblewrap the engine is not offered, unless the
+operator passes ``unsandboxed=True`` (``shoal serve --unsafe-unsandboxed-python``).
 
 Process model: every job gets an interpreter as loaded from a memory snapshot of a loaded Pyodide (made once
 per node and version in ``cache_dir``). The Node.js process around it may serve more: once it has run a job
@@ -82,6 +83,8 @@ from executors.sandbox import (
     Slot,
     cpu_seconds_used,
     descendants,
+    filter_descriptor,
+    socket_filter,
 )
 from jobs import PythonEngine, RunResult
 from jobs.spec import format_bytes
@@ -106,10 +109,20 @@ _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # it to this before its first job.
 RUNTIME_MEMORY = 1 << 30
 # Memory Node.js, V8 and Pyodide keep resident besides the job's heap, where the sandbox has a memory cgroup
-# (executors/cgroups.py): it holds all the runner's processes to the job's memory plus this. Measured on a
-# 64 MiB job: 250 MiB at hand-over, 278 MiB with the job's heap full, 340 MiB at most over 100 jobs of one
-# owner in one process (the runner collects old interpreters before a new one would not fit).
+# (executors/cgroups.py). Measured on a 64 MiB job: 250 MiB at hand-over, 278 MiB with the job's heap full,
+# 340 MiB at most over 100 jobs of one owner in one process (the runner collects old interpreters first).
 RUNTIME_RESIDENT = 384 << 20
+
+
+def resident_limit(memory: int) -> int:
+    """What a runner's memory cgroup holds all its processes to, for jobs of ``memory`` bytes.
+
+    Twice the job's memory: the runtime may hold a second copy of what the job counts for a moment. A file in
+    /tmp grows by being copied into a larger array, so a 170 MiB file in a 256 MiB job once took the old
+    array, the new one and the runtime past ``memory + RUNTIME_RESIDENT``.
+    """
+    return 2 * memory + RUNTIME_RESIDENT
+
 KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
 FORGED_CONTROL = "shoal: the program wrote to the Python runner's control channel, and was stopped"
 OUTPUT_GRACE = 10.0  # seconds the output a runner counted in its exit message may take to arrive after it
@@ -373,6 +386,9 @@ class PyodideExecutor(Executor):
             closing, self._closing = self._closing, set()
             for runner in [*idle, *closing, *(r for waiting in parked.values() for _, r in waiting)]:
                 await runner.aclose()
+            if self.sandbox is not None and not self._in_flight:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.sandbox.close_cgroups)
 
     async def _settle(self) -> None:
         """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most, or no
@@ -548,16 +564,19 @@ class PyodideExecutor(Executor):
             cpu = int(cpu_seconds_used(pid) + request.spec.timeout) + CPU_GRACE
             # One call (each may start a prlimit process): the job's soft limits, and with its first job the
             # hard limits that hold for all its jobs (the owner includes memory and disk)
-            memory = request.spec.resources.memory + RUNTIME_MEMORY if first and request.spec.resources.memory else None
+            memory = request.spec.resources.memory
+            # RLIMIT_DATA; where a memory cgroup holds what the runner keeps (resident_limit), it also leaves room for
+            # the copy of a growing /tmp file
+            data = memory + RUNTIME_MEMORY + (memory if runner.cgroup else 0) if first and memory else None
             disk = (request.disk_limit or None) if first else None
-            limits = Limits(memory=memory, cpu_seconds=cpu, file_size=request.write_limit or disk,
+            limits = Limits(memory=data, cpu_seconds=cpu, file_size=request.write_limit or disk,
                             file_size_hard=disk, soft=True)
             try:
                 await limits.apply(pid, self.sandbox.popen_options())
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
             if first and runner.cgroup is not None:
-                resident = request.spec.resources.memory + RUNTIME_RESIDENT if request.spec.resources.memory else None
+                resident = resident_limit(memory) if memory else None
                 if not await trio.to_thread.run_sync(runner.cgroup.set_limit, resident):
                     raise trio.BrokenResourceError(f"cannot hold the interpreter's memory to {resident} bytes")
         # the runner collects old interpreters before loading one that this would not leave room for
@@ -670,10 +689,9 @@ class PyodideExecutor(Executor):
             assert returncode is not None
             exit_code = returncode if returncode >= 0 else 128 - returncode
             if runner.cgroup is not None and runner.cgroup.oom_kills():
-                memory = request.spec.resources.memory
-                stderr.write(f"\nshoal: out of memory (limit {format_bytes(memory)}, and "
-                             f"{format_bytes(RUNTIME_RESIDENT)} for the Python runtime: JavaScript objects count too)\n"
-                             .encode())
+                held, memory = format_bytes(runner.cgroup.limit()), format_bytes(request.spec.resources.memory)
+                stderr.write(f"\nshoal: out of memory: the job's processes reached {held}, all the Python runtime may "
+                             f"hold for a job of {memory} (resources.memory); JavaScript objects count too\n".encode())
             else:
                 stderr.write(f"\nthe Python runtime stopped unexpectedly ({_describe_status(returncode)})\n".encode())
         return RunResult(
@@ -694,7 +712,7 @@ class PyodideExecutor(Executor):
             raise ExecutorError(problem)
         snapshot = await self._ensure_snapshot()
         read_fd, write_fd = os.pipe()
-        slot = cgroup = None
+        slot = cgroup = seccomp = None
         try:
             options = ["--control-fd", str(write_fd), "--warm-up", str(WARM_UP_ROUNDS)]
             if self.sandbox is None:
@@ -710,11 +728,14 @@ class PyodideExecutor(Executor):
                 cgroup = await trio.to_thread.run_sync(sandbox.memory_cgroup)
                 if cgroup is not None and not cgroup.set_limit(RUNTIME_MEMORY):
                     raise OSError(f"cannot limit the memory of cgroup {cgroup.path}")
+                program = socket_filter()
+                seccomp = filter_descriptor(program) if program else None
                 argv = sandbox.command(
                     [*self._node_command(sandboxed=shared), *options, "--snapshot", str(shared)],
-                    slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup,
+                    slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup, seccomp=seccomp,
                     limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
-                process = SandboxedProcess(argv, pass_fds=(write_fd,), options=sandbox.popen_options())
+                process = SandboxedProcess(argv, pass_fds=(write_fd, *filter(None, [seccomp])),
+                                           options=sandbox.popen_options())
         except OSError as e:
             os.close(read_fd)
             if slot is not None:
@@ -724,6 +745,8 @@ class PyodideExecutor(Executor):
             raise ExecutorError(f"cannot start Node.js ({self.node}): {e}") from e
         finally:
             os.close(write_fd)
+            if seccomp is not None:
+                os.close(seccomp)
         runner = _Runner(process, trio.lowlevel.FdStream(read_fd), slot, cgroup)
         try:
             await runner.wait_ready()

@@ -162,6 +162,7 @@ let fileBytes = 0; // what the job's in-memory files hold beyond what they held 
 // that took the runner past it, so the runner collects itself once this much file storage was dropped.
 const COLLECT_AFTER_DROPPED = 32 * 1024 * 1024;
 let droppedBytes = 0;
+let guarded = 0; // calls of the file functions below in progress (they call one another)
 let filesFS = null; // the file system of the interpreter running the job
 
 function overLimit(heapBytes, extra) {
@@ -203,18 +204,29 @@ function limitFiles(pyodide) {
   const heap = () => pyodide._module.HEAPU8.byteLength;
   const guard = (real, growth) => function (...args) {
     const node = args[0].node ?? args[0]; // a stream's, or the node itself
-    const old = node.contents;
+    let old = node.contents;
     const before = old?.length ?? 0;
     const extra = growth(before, ...args);
     if (extra > 0 && overLimit(heap(), extra)) {
       memoryRefused = true;
       throw new FS.ErrnoError(ENOSPC);
     }
+    guarded++;
     try {
       return real.apply(this, args);
+    } catch (e) {
+      // V8 could not allocate the larger array (the process's address space limit): the write fails, as past
+      // the limit, instead of the job's whole runner
+      if (!(e instanceof RangeError)) throw e;
+      memoryRefused = true;
+      throw new FS.ErrnoError(ENOSPC);
     } finally {
+      guarded--;
       recount(node, before);
-      if (node.contents !== old && (droppedBytes += before) > COLLECT_AFTER_DROPPED) {
+      const replaced = node.contents !== old;
+      old = null; // or the collection below keeps it: a 900 MiB file held three copies of itself
+      // once, when the outermost call returns (a write grows its file through expandFileStorage)
+      if (replaced && !guarded && (droppedBytes += before) > COLLECT_AFTER_DROPPED) {
         droppedBytes = 0;
         globalThis.gc?.();
       }
@@ -735,6 +747,8 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
   return code;
 }
 
+const realSetImmediate = setImmediate; // the runner's own: job code may replace the global
+
 // The process's timers, immediates and pending callbacks, by kind
 function resources() {
   const counts = new Map();
@@ -760,7 +774,11 @@ async function serve() {
   for (;;) {
     const reset = interpreter !== null;
     if (!reset) {
-      // The previous interpreters' memory is freed before the next one takes its own, when it adds up.
+      // The previous interpreters' memory is freed before the next one takes its own, when it adds up. Nothing
+      // of the runner's may still hold the last one then: its heap and files outlived a collection, and a
+      // 256 MiB sweep's every second index went past its memory cgroup.
+      lastInstance = filesFS = null;
+      files.clear();
       if (process.memoryUsage.rss() > collectAbove) globalThis.gc?.();
       interpreter = await fresh(snapshot);
     }
@@ -769,8 +787,10 @@ async function serve() {
     if (job === null) process.exit(0);
     const held = resources();
     const code = await runJob(interpreter, job);
-    // Job code that reached Node.js may leave a timer (or any callback) behind: it would run between its
-    // owner's jobs and inside the next one. Such a process serves no other job.
+    // Job code that reached Node.js may leave a timer, a socket or any callback behind: it would run between
+    // its owner's jobs and inside the next one. Such a process serves no other job. Callbacks it queued run
+    // first (one turn of the event loop): a server's listen() starts in one, and held 760 MiB of socket buffers.
+    await new Promise((resolve) => realSetImmediate(resolve));
     const reusable = !leftBehind(held);
     control({ event: "exit", code, stdout: written[1], stderr: written[2], ...(reusable ? {} : { reusable }) });
     if (job.resident_limit > 0) {  // the next job is its owner's: the same memory limit

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
 import executors.cgroups
 from executors.cgroups import MemoryCgroups, own_memory_cgroup
@@ -95,3 +97,19 @@ def test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one(monkeyp
     assert not cgroup.path.exists()
     later.remove()
     assert not later.path.exists()
+
+
+async def test_a_python_engine_that_stops_leaves_no_cgroup_behind(tmp_path: Path) -> None:
+    from executors.pyodide import PyodideExecutor
+
+    executor = PyodideExecutor(tmp_path / "cache", pool_size=1)
+    if not executor.is_installed():
+        pytest.skip(executor.problem())
+    folder = own_memory_cgroup() / f"shoal-{os.getpid()}"
+    if folder.exists() and any(p.is_dir() for p in folder.iterdir()):
+        pytest.skip("another executor of this process still has cgroups")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.run_pool)
+        assert [p for p in folder.iterdir() if p.is_dir()]  # the pool's runner, in its cgroup
+        nursery.cancel_scope.cancel()
+    assert not folder.exists()

@@ -78,14 +78,14 @@ SIDE_EFFECT_MODULE = "import sys\nsys.imported_sideeffect = True\nprint('importe
 
 
 def request(tmp_path: Path, code: str, *, owner: str, index: int, seed: bytes | None = None,
-            timeout: float = 600.0) -> RunRequest:
+            timeout: float = 600.0, memory: int = 256 << 20) -> RunRequest:
     ctx = tmp_path / "context"
     ctx.mkdir(exist_ok=True)
     (ctx / "sideeffect.py").write_text(SIDE_EFFECT_MODULE)
     work = tmp_path / f"work-{time.monotonic_ns()}"
     spec = JobSpec(engine=PythonEngine(code=code, args=["--index", str(index)]), env={"i": str(index)},
                    outputs=[OutputSpec(name="results", path="/outputs")], timeout=timeout,
-                   resources=Resources(memory=256 << 20, disk=64 << 20))
+                   resources=Resources(memory=memory, disk=64 << 20))
     return RunRequest("sweep-1", f"claim-{index}", spec, work, work / "outputs", (Mount(ctx, "/context"),),
                       seed if seed is not None else f"seed-{index}".encode(), owner=owner)
 
@@ -298,15 +298,40 @@ print("held 512 MiB")
 @pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable cgroup v1 memory hierarchy (a root node has one)")
 async def test_what_job_code_holds_in_javascript_counts_against_its_memory(pooled: PyodideExecutor,
                                                                           tmp_path: Path) -> None:
-    """V8's own objects were outside every count: a 256 MiB job held 512 MiB more in ArrayBuffers (a 64 MiB
-    one reached 1.1 GiB), while the node had set aside only the job's memory."""
+    """V8's own objects were outside every count: a 64 MiB job held 512 MiB more in ArrayBuffers (and reached
+    1.1 GiB in all), while the node had set aside only the job's memory."""
     owner = "requester-a/sweep-12"
     with trio.fail_after(120):
-        held = await pooled.run(request(tmp_path, HOLD_IN_JAVASCRIPT, owner=owner, index=0))
-        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1))
+        held = await pooled.run(request(tmp_path, HOLD_IN_JAVASCRIPT, owner=owner, index=0, memory=64 << 20))
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1, memory=64 << 20))
     assert held.stdout == "" and held.exit_code == 137, held.stdout
-    assert "shoal: out of memory (limit 256 MiB" in held.stderr, held.stderr
+    assert "shoal: out of memory: the job's processes reached 512 MiB, all the Python runtime may hold for a job " \
+           "of 64 MiB" in held.stderr, held.stderr
     assert (after.exit_code, after.stdout) == (0, "next\n")
+
+
+FILL_THE_MEMORY = """\
+import sys
+if int(sys.argv[2]) % 2 == 0:  # about 190 MiB of heap: a float and its slot in the list
+    print(sys.argv[2], len([i * 0.5 for i in range(190 * (1 << 20) // 32)]))
+else:  # a 200 MiB file in /tmp, which grows by being copied into larger arrays
+    with open("/tmp/data", "wb") as f:
+        for _ in range(200):
+            f.write(b"x" * (1 << 20))
+        print(sys.argv[2], f.tell())
+"""
+
+
+async def test_a_sweep_whose_indexes_fill_their_memory_runs_every_index(pooled: PyodideExecutor,
+                                                                        tmp_path: Path) -> None:
+    """The runner kept the last interpreter referenced while it collected before the next one, so both were
+    held at once: every second index of a 256 MiB sweep that filled its heap went past its memory cgroup."""
+    owner = "requester-a/sweep-14"
+    with trio.fail_after(300):
+        results = [await pooled.run(request(tmp_path, FILL_THE_MEMORY, owner=owner, index=i)) for i in range(3)]
+    assert [(r.exit_code, r.stdout) for r in results] == [
+        (0, "0 6225920\n"), (0, f"1 {200 << 20}\n"), (0, "2 6225920\n")], [r.stderr[-300:] for r in results]
+    assert pooled.statistics().reused_runs == 2
 
 
 async def test_owners_never_share_a_process(pooled: PyodideExecutor, tmp_path: Path) -> None:
