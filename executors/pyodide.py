@@ -20,10 +20,10 @@ sockets (``socket_filter``), its own PID namespace, uid 65534, rlimits (memory, 
 processes, no core files) tightened to the job's resources when it arrives, and where the node can make one
 (``executors/cgroups.py``), a memory cgroup that holds all its processes to ``resident_limit`` (twice the
 job's memory, plus ``RUNTIME_RESIDENT``): JavaScript objects that job code reaching Node.js makes count too.
-Inside, Node's permission model lets it
-read only those paths, write only the outputs, and start no processes, workers or addons; and job code that
-imports ``js`` or ``pyodide_js`` gets an ImportError. Without bubblewrap the engine is not offered, unless the
-operator passes ``unsandboxed=True`` (``shoal serve --unsafe-unsandboxed-python``).
+Inside, Node's permission model lets it read only those paths, write only the outputs, and start no processes,
+workers or addons; and job code that imports ``js`` or ``pyodide_js`` gets an ImportError. Without bubblewrap
+the engine is not offered, unless the operator passes ``unsandboxed=True`` (``shoal serve
+--unsafe-unsandboxed-python``).
 
 Process model: every job gets an interpreter as loaded from a memory snapshot of a loaded Pyodide (made once
 per node and version in ``cache_dir``). The Node.js process around it may serve more: once it has run a job
@@ -105,24 +105,13 @@ SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node 
 POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
 _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # Private writable memory Node.js, V8 and a loaded Pyodide need besides the job's WebAssembly heap (measured:
-# about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this, and a runner's memory cgroup holds
-# it to this before its first job.
+# about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this (and under a memory cgroup, the
+# job's memory once more), and a runner's memory cgroup holds it to this before its first job.
 RUNTIME_MEMORY = 1 << 30
 # Memory Node.js, V8 and Pyodide keep resident besides the job's heap, where the sandbox has a memory cgroup
 # (executors/cgroups.py). Measured on a 64 MiB job: 250 MiB at hand-over, 278 MiB with the job's heap full,
 # 340 MiB at most over 100 jobs of one owner in one process (the runner collects old interpreters first).
 RUNTIME_RESIDENT = 384 << 20
-
-
-def resident_limit(memory: int) -> int:
-    """What a runner's memory cgroup holds all its processes to, for jobs of ``memory`` bytes.
-
-    Twice the job's memory: the runtime may hold a second copy of what the job counts for a moment. A file in
-    /tmp grows by being copied into a larger array, so a 170 MiB file in a 256 MiB job once took the old
-    array, the new one and the runtime past ``memory + RUNTIME_RESIDENT``.
-    """
-    return 2 * memory + RUNTIME_RESIDENT
-
 KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
 FORGED_CONTROL = "shoal: the program wrote to the Python runner's control channel, and was stopped"
 OUTPUT_GRACE = 10.0  # seconds the output a runner counted in its exit message may take to arrive after it
@@ -140,6 +129,16 @@ MAX_JOBS_PER_RUNNER = 500  # jobs before a runner process is replaced (bounds wh
 _WHEEL = re.compile(
     r"^(?P<name>[^-/]+)-(?P<version>[^-/]+)(-\d[^-/]*)?-(?P<py>[^-/]+)-(?P<abi>[^-/]+)-(?P<plat>[^-/]+)\.whl$"
 )
+
+
+def resident_limit(memory: int) -> int:
+    """What a runner's memory cgroup holds all its processes to, for jobs of ``memory`` bytes.
+
+    Twice the job's memory: the runtime may hold a second copy of what the job counts for a moment. A file in
+    /tmp grows by being copied into a larger array, so a 170 MiB file in a 256 MiB job once took the old
+    array, the new one and the runtime past ``memory + RUNTIME_RESIDENT``.
+    """
+    return 2 * memory + RUNTIME_RESIDENT
 
 
 @dataclass(frozen=True)
