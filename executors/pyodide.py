@@ -733,8 +733,8 @@ class PyodideExecutor(Executor):
                     [*self._node_command(sandboxed=shared), *options, "--snapshot", str(shared)],
                     slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup, seccomp=seccomp,
                     limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
-                process = SandboxedProcess(argv, pass_fds=(write_fd, *filter(None, [seccomp])),
-                                           options=sandbox.popen_options())
+                inherited = (write_fd,) if seccomp is None else (write_fd, seccomp)
+                process = SandboxedProcess(argv, pass_fds=inherited, options=sandbox.popen_options())
         except OSError as e:
             os.close(read_fd)
             if slot is not None:

@@ -30,12 +30,22 @@ for name, make in [
 """
 
 
-def run_inside(sandbox: Sandbox, *, filtered: bool) -> str:
+@pytest.fixture
+def sandbox() -> Sandbox:
+    sandbox = Sandbox([])  # /usr/bin/python3 is in the /usr every sandbox has
+    if sandbox.problem():
+        pytest.skip(sandbox.problem())
+    if socket_filter() is None:
+        pytest.skip(f"no socket filter for {os.uname().machine}")
+    return sandbox
+
+
+def run_inside(sandbox: Sandbox, code: str, *, filtered: bool) -> str:
+    """What ``code`` prints, run by python3 in ``sandbox``, with the socket filter or without."""
     program = socket_filter() if filtered else None
     seccomp = filter_descriptor(program) if program else None
     try:
-        argv = sandbox.command(["/usr/bin/python3", "-c", TRY_SOCKETS], slot=None, env={}, limits=Limits(),
-                               seccomp=seccomp)
+        argv = sandbox.command(["/usr/bin/python3", "-c", code], slot=None, env={}, limits=Limits(), seccomp=seccomp)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=(seccomp,) if seccomp else (),
                               **sandbox.popen_options())
     finally:
@@ -45,30 +55,13 @@ def run_inside(sandbox: Sandbox, *, filtered: bool) -> str:
     return done.stdout
 
 
-def test_nothing_in_a_sandbox_gets_a_socket() -> None:
-    sandbox = Sandbox([])  # /usr/bin/python3 is in the /usr every sandbox has
-    if sandbox.problem():
-        pytest.skip(sandbox.problem())
-    if socket_filter() is None:
-        pytest.skip(f"no socket filter for {os.uname().machine}")
-    assert run_inside(sandbox, filtered=False).count("got one") == 5  # what the filter takes away
-    assert run_inside(sandbox, filtered=True).splitlines() == [
+def test_nothing_in_a_sandbox_gets_a_socket(sandbox: Sandbox) -> None:
+    assert run_inside(sandbox, TRY_SOCKETS, filtered=False).count("got one") == 5  # what the filter takes away
+    assert run_inside(sandbox, TRY_SOCKETS, filtered=True).splitlines() == [
         f"{name} Permission denied" for name in ("tcp", "udp", "tcp6", "unix", "pair")]
 
 
-def test_the_filter_lets_every_other_call_through() -> None:
-    sandbox = Sandbox([])
-    if sandbox.problem():
-        pytest.skip(sandbox.problem())
-    program = socket_filter()
-    assert program is not None
-    seccomp = filter_descriptor(program)
-    code = "import os, threading, time; t = threading.Thread(target=time.sleep, args=(0,)); t.start(); t.join(); " \
-           "r, w = os.pipe(); os.write(w, b'ok'); print(os.read(r, 2).decode(), len(os.listdir('/usr')) > 0)"
-    try:
-        argv = sandbox.command(["/usr/bin/python3", "-c", code], slot=None, env={}, limits=Limits(), seccomp=seccomp)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=(seccomp,),
-                              **sandbox.popen_options())
-    finally:
-        os.close(seccomp)
-    assert (done.returncode, done.stdout) == (0, "ok True\n"), done.stderr
+def test_the_filter_lets_every_other_call_through(sandbox: Sandbox) -> None:
+    code = ("import os, threading, time; t = threading.Thread(target=time.sleep, args=(0,)); t.start(); t.join(); "
+            "r, w = os.pipe(); os.write(w, b'ok'); print(os.read(r, 2).decode(), len(os.listdir('/usr')) > 0)")
+    assert run_inside(sandbox, code, filtered=True) == "ok True\n"
