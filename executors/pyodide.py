@@ -18,8 +18,8 @@ Containment (``executors/sandbox.py``): every Node.js process runs inside a bubb
 job's context and inputs (read-only) and outputs (writable) are placed when the job arrives; no network and no
 sockets (``socket_filter``), its own PID namespace, uid 65534, rlimits (memory, CPU time, file size,
 processes, no core files) tightened to the job's resources when it arrives, and where the node can make one
-(``executors/cgroups.py``), a memory cgroup that holds all its processes to ``resident_limit`` (twice the
-job's memory, plus ``RUNTIME_RESIDENT``): JavaScript objects that job code reaching Node.js makes count too.
+(``executors/cgroups.py``), a memory cgroup that holds all its processes to ``resident_limit`` (the job's
+memory plus ``RUNTIME_RESIDENT``): JavaScript objects that job code reaching Node.js makes count too.
 Inside, Node's permission model lets it read only those paths, write only the outputs, and start no processes,
 workers or addons; and job code that imports ``js`` or ``pyodide_js`` gets an ImportError. Without bubblewrap
 the engine is not offered, unless the operator passes ``unsandboxed=True`` (``shoal serve
@@ -105,8 +105,8 @@ SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node 
 POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
 _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # Private writable memory Node.js, V8 and a loaded Pyodide need besides the job's WebAssembly heap (measured:
-# about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this (and under a memory cgroup, the
-# job's memory once more), and a runner's memory cgroup holds it to this before its first job.
+# about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this, and a runner's memory cgroup holds
+# it to this before its first job.
 RUNTIME_MEMORY = 1 << 30
 # Memory Node.js, V8 and Pyodide keep resident besides the job's heap, where the sandbox has a memory cgroup
 # (executors/cgroups.py). Measured on a 64 MiB job: 250 MiB at hand-over, 278 MiB with the job's heap full,
@@ -132,13 +132,13 @@ _WHEEL = re.compile(
 
 
 def resident_limit(memory: int) -> int:
-    """What a runner's memory cgroup holds all its processes to, for jobs of ``memory`` bytes.
+    """What a runner's memory cgroup holds all its processes to, for jobs of ``memory`` bytes: what the job
+    counts (its heap and in-memory files) and the runtime beside it.
 
-    Twice the job's memory: the runtime may hold a second copy of what the job counts for a moment. A file in
-    /tmp grows by being copied into a larger array, so a 170 MiB file in a 256 MiB job once took the old
-    array, the new one and the runtime past ``memory + RUNTIME_RESIDENT``.
+    No second copy of the job's memory: a large /tmp file grows in place (runner.mjs ``growInPlace``). A
+    copy once held the old array and the new together, and a 900 MiB file took a 1 GiB job to 1.9 GiB.
     """
-    return 2 * memory + RUNTIME_RESIDENT
+    return memory + RUNTIME_RESIDENT
 
 
 @dataclass(frozen=True)
@@ -564,9 +564,7 @@ class PyodideExecutor(Executor):
             # One call (each may start a prlimit process): the job's soft limits, and with its first job the
             # hard limits that hold for all its jobs (the owner includes memory and disk)
             memory = request.spec.resources.memory
-            # RLIMIT_DATA; where a memory cgroup holds what the runner keeps (resident_limit), it also leaves room for
-            # the copy of a growing /tmp file
-            data = memory + RUNTIME_MEMORY + (memory if runner.cgroup else 0) if first and memory else None
+            data = memory + RUNTIME_MEMORY if first and memory else None  # RLIMIT_DATA
             disk = (request.disk_limit or None) if first else None
             limits = Limits(memory=data, cpu_seconds=cpu, file_size=request.write_limit or disk,
                             file_size_hard=disk, soft=True)

@@ -181,6 +181,13 @@ async def test_memory_limit_raises_memory_error(executor: PyodideExecutor, tmp_p
     assert "memory limit: the program needed more than 96 MiB (resources.memory)" in result.stderr
 
 
+async def test_a_program_that_gets_over_a_memory_error_is_not_told_it_failed(executor: PyodideExecutor,
+                                                                            tmp_path: Path) -> None:
+    program = "try:\n    bytearray(1 << 30)\nexcept MemoryError:\n    print('smaller then')\n"
+    result = await executor.run(request(tmp_path, code=program))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "smaller then\n", "")
+
+
 FILL_TMP = """
 import os
 chunk, written = b"x" * (1 << 20), 0

@@ -295,26 +295,50 @@ print("held 512 MiB")
 """
 
 
-@pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable cgroup v1 memory hierarchy (a root node has one)")
-async def test_what_job_code_holds_in_javascript_counts_against_its_memory(pooled: PyodideExecutor,
-                                                                          tmp_path: Path) -> None:
+NO_MEMORY_CGROUP = pytest.mark.skipif(own_memory_cgroup() is None,
+                                      reason="no writable cgroup v1 memory hierarchy (a root node has one)")
+
+
+@NO_MEMORY_CGROUP
+@pytest.mark.parametrize(("memory", "limit"), [(64, 448), (256, 640)])
+async def test_what_job_code_holds_in_javascript_counts_against_its_memory(pooled: PyodideExecutor, tmp_path: Path,
+                                                                          memory: int, limit: int) -> None:
     """V8's own objects were outside every count: a 64 MiB job held 512 MiB more in ArrayBuffers (and reached
-    1.1 GiB in all), while the node had set aside only the job's memory."""
-    owner = "requester-a/sweep-12"
+    1.1 GiB in all), while the node had set aside only the job's memory. Then a 256 MiB job still held them,
+    while its runner was allowed a second copy of the job's memory."""
+    owner = f"requester-a/sweep-12-{memory}"
     with trio.fail_after(120):
-        held = await pooled.run(request(tmp_path, HOLD_IN_JAVASCRIPT, owner=owner, index=0, memory=64 << 20))
-        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1, memory=64 << 20))
+        held = await pooled.run(request(tmp_path, HOLD_IN_JAVASCRIPT, owner=owner, index=0, memory=memory << 20))
+        after = await pooled.run(request(tmp_path, "print('next')", owner=owner, index=1, memory=memory << 20))
     assert held.stdout == "" and held.exit_code == 137, held.stdout
-    assert "shoal: out of memory: the job's processes reached 512 MiB, all the Python runtime may hold for a job " \
-           "of 64 MiB" in held.stderr, held.stderr
+    assert f"shoal: out of memory: the job's processes reached {limit} MiB, all the Python runtime may hold for a " \
+           f"job of {memory} MiB" in held.stderr, held.stderr
     assert (after.exit_code, after.stdout) == (0, "next\n")
+
+
+WRITE_A_LARGE_FILE = """\
+with open("/tmp/data", "wb") as f:
+    for _ in range(470):
+        f.write(b"x" * (1 << 20))
+    print(f.tell() >> 20)
+"""
+
+
+@NO_MEMORY_CGROUP
+async def test_a_file_that_fills_its_jobs_memory_is_written_whole(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """A file in /tmp grew by being copied into a larger array, and the old one and the new were resident
+    together: a 512 MiB job writing 470 MiB held twice the file, and went past its memory cgroup."""
+    with trio.fail_after(120):
+        result = await pooled.run(request(tmp_path, WRITE_A_LARGE_FILE, owner="requester-a/sweep-15", index=0,
+                                          memory=512 << 20))
+    assert (result.exit_code, result.stdout) == (0, "470\n"), result.stderr[-300:]
 
 
 FILL_THE_MEMORY = """\
 import sys
 if int(sys.argv[2]) % 2 == 0:  # about 190 MiB of heap: a float and its slot in the list
     print(sys.argv[2], len([i * 0.5 for i in range(190 * (1 << 20) // 32)]))
-else:  # a 200 MiB file in /tmp, which grows by being copied into larger arrays
+else:  # a 200 MiB file in /tmp
     with open("/tmp/data", "wb") as f:
         for _ in range(200):
             f.write(b"x" * (1 << 20))
