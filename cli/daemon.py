@@ -56,6 +56,7 @@ def build_node_config(
     max_image_size: int | None = None,
     image_cache_size: int | None = None,
     allow_network: bool = False,
+    max_output_entries: int | None = None,
     network_key: Path | None = None,
     trusted_peers: Path | None = None,
     authorized_keys: Path | None = None,
@@ -75,8 +76,8 @@ def build_node_config(
                               "unsandboxed_python": unsandboxed_python,
                               "allow_images": tuple(allow_images or ()), "allow_network": allow_network}
     values.update({k: v for k, v in (api_limits or {}).items() if v is not None})  # names and quotas
-    values.update({k: v for k, v in (("max_image_size", max_image_size), ("image_cache_size", image_cache_size))
-                   if v is not None})
+    values.update({k: v for k, v in (("max_image_size", max_image_size), ("image_cache_size", image_cache_size),
+                                     ("max_output_entries", max_output_entries)) if v is not None})
     if labels:
         values["labels"] = _labels(labels, "--label")
     if retention is not None:

@@ -42,9 +42,10 @@ class Outcome:
 class Runner:
     def __init__(self, executors: ExecutorRegistry, work_dir: Path, *, inputs: InputRegistry | None = None,
                  publisher: Publisher | None = None, limits: Resources | None = None,
-                 run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
+                 max_output_entries: int | None = None, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self.executors = executors
         self.limits = limits  # the node's per-job maximum (``Resources.reserved``)
+        self.max_output_entries = max_output_entries or MAX_OUTPUT_ENTRIES  # files and folders of one job's outputs
         self.work_dir = work_dir
         self.inputs = inputs
         self.publisher = publisher
@@ -95,7 +96,8 @@ class Runner:
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
                                  seed=spec.seed(), staged_bytes=staged, live=live,
-                                 owner=f"{ex.requester}/{ex.job_id}" if sweep else "", limits=self.limits)
+                                 owner=f"{ex.requester}/{ex.job_id}" if sweep else "", limits=self.limits,
+                                 max_entries=self.max_output_entries)
             if request.disk_limit and staged >= request.disk_limit:
                 return Outcome(None, f"disk limit exceeded: the inputs take {staged} of the job's "
                                      f"{request.disk_limit} bytes (resources.disk)", False)
@@ -111,11 +113,11 @@ class Runner:
                                         "engine_version": ENGINE_VERSIONS.get(executor.name, "")}
             if spec.outputs:
                 try:  # before anything walks the outputs with recursion (sizes, publishing)
-                    counted = await self._run_blocking(count_entries, results / "outputs", MAX_OUTPUT_ENTRIES)
+                    counted = await self._run_blocking(count_entries, results / "outputs", request.max_entries)
                 except TooDeep as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
-                if counted > MAX_OUTPUT_ENTRIES:  # the executors stopped the run there (their disk watch)
-                    return Outcome(None, f"the job's outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and "
+                if counted > request.max_entries:  # the executors stopped the run there (their disk watch)
+                    return Outcome(None, f"the job's outputs hold more than {request.max_entries:,} files and "
                                          "folders", False)
                 written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
                 if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here

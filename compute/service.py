@@ -73,13 +73,14 @@ class ComputeService:
                  work_dir: Path, backlog_size: int = 10_000, pending_bid_timeout: float = PENDING_BID_TIMEOUT,
                  inputs: InputRegistry | None = None, publisher: Publisher | None = None,
                  clock: Callable[[], float] = time.time, run_blocking: RunBlocking = trio.to_thread.run_sync,
-                 labels: Mapping[str, str] | None = None, network: bool = False) -> None:
+                 labels: Mapping[str, str] | None = None, network: bool = False,
+                 max_output_entries: int | None = None) -> None:
         self.peers = peers
         self.store = store
         self.executors = executors
         self.capacity = capacity
         self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher, limits=capacity.max_per_job,
-                             run_blocking=run_blocking)
+                             max_output_entries=max_output_entries, run_blocking=run_blocking)
         self.clock = clock
         self._run_blocking = run_blocking
         self.boot = uuid.uuid4().hex

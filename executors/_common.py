@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from executors.base import DISK_POLL, MAX_CAPTURE, MAX_OUTPUT_ENTRIES, ExecutorError, Mount, RunRequest, Stream
+from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest, Stream
 from storage.trees import MAX_DEPTH, TooDeep, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
@@ -28,7 +28,7 @@ CLOCK_STEP_NS = 1_000_000
 
 CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
 TOO_DEEP = sys.maxsize  # what tree_size says of a tree nested past storage.trees.MAX_DEPTH: more than any limit
-TOO_MANY = sys.maxsize - 1  # what written_in says of folders holding more than MAX_OUTPUT_ENTRIES: as much
+TOO_MANY = sys.maxsize - 1  # what written_in says of folders holding more than their entries: as much
 ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
 
 
@@ -125,11 +125,11 @@ def tree_size(path: Path) -> int:
     return _size([path], None)
 
 
-def written_in(dirs: Iterable[Path]) -> int:
-    """``tree_size`` of all of ``dirs``, or TOO_MANY once they hold more than MAX_OUTPUT_ENTRIES together:
+def written_in(dirs: Iterable[Path], max_entries: int) -> int:
+    """``tree_size`` of all of ``dirs``, or TOO_MANY once they hold more than ``max_entries`` together:
     counting stops there, so no walk is long, and a job flooding its folders with files is stopped before
     it uses up the inodes of the node's file system. Blocking."""
-    return _size(dirs, MAX_OUTPUT_ENTRIES)
+    return _size(dirs, max_entries)
 
 
 def _size(dirs: Iterable[Path], max_entries: int | None) -> int:
@@ -158,11 +158,11 @@ def own_again(path: Path) -> None:
                 os.lchown(entry, uid, gid)
 
 
-def disk_limit_message(written: int, limit: int) -> str:
+def disk_limit_message(written: int, limit: int, max_entries: int) -> str:
     if written >= TOO_DEEP:
         return f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep"
     if written >= TOO_MANY:
-        return f"disk limit exceeded: the outputs hold more than {MAX_OUTPUT_ENTRIES:,} files and folders"
+        return f"disk limit exceeded: the outputs hold more than {max_entries:,} files and folders"
     return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk, less the staged inputs)"
 
 
@@ -170,19 +170,20 @@ def _past(written: int, limit: int) -> bool:
     return written >= TOO_MANY or 0 < limit < written
 
 
-async def written_past(dirs: list[Path], limit: int) -> int | None:
-    """What ``dirs`` hold (``written_in``) when it is past ``limit`` or MAX_OUTPUT_ENTRIES (a last check after
+async def written_past(dirs: list[Path], limit: int, max_entries: int) -> int | None:
+    """What ``dirs`` hold (``written_in``) when it is past ``limit`` bytes or ``max_entries`` (a last check after
     the run), else None."""
-    written = await trio.to_thread.run_sync(written_in, dirs) if dirs else 0
+    written = await trio.to_thread.run_sync(written_in, dirs, max_entries) if dirs else 0
     return written if _past(written, limit) else None
 
 
-async def watch_disk(dirs: list[Path], limit: int, stop: Callable[[], Awaitable[object]], over: list[int]) -> None:
+async def watch_disk(dirs: list[Path], limit: int, max_entries: int, stop: Callable[[], Awaitable[object]],
+                     over: list[int]) -> None:
     """Until cancelled: once the files under ``dirs`` take more than ``limit`` bytes (0: no limit), or are
-    more than MAX_OUTPUT_ENTRIES, record ``written_in`` in ``over`` and ``await stop()`` (which ends the run).
+    more than ``max_entries``, record ``written_in`` in ``over`` and ``await stop()`` (which ends the run).
     A run can write much in one poll interval, so callers check ``written_past`` once more when it ends."""
     while dirs:
-        written = await trio.to_thread.run_sync(written_in, dirs)
+        written = await trio.to_thread.run_sync(written_in, dirs, max_entries)
         if _past(written, limit):
             over.append(written)
             await stop()

@@ -14,9 +14,9 @@ from jobs import JobSpec, Resources, RunResult, ShoalError
 MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
 LIVE_CAP = 1 << 20  # bytes of each stream a run shows live; the rest is only in the final result
 DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
-# Files and folders a job's outputs may hold, also while it runs: Kubo took over a minute to add 300,000 empty
-# files (the publish timed out, and the job ran again on every node), and a job making files without end used
-# up the inodes of the node's file system.
+# Files and folders a job's outputs may hold, also while it runs, unless the node says otherwise
+# (--max-output-entries): Kubo took over a minute to add 300,000 empty files (the publish timed out, and the job
+# ran again on every node), and a job making files without end used up the inodes of the node's file system.
 MAX_OUTPUT_ENTRIES = 50_000
 
 
@@ -88,6 +88,7 @@ class RunRequest:
     # The node's per-job maximum (``--limit-job-*``): a job that states no disk (0, the default) is held to
     # ``DEFAULT_DISK``, or to the node's per-job disk where that is less.
     limits: Resources | None = None
+    max_entries: int = MAX_OUTPUT_ENTRIES  # files and folders its outputs may hold, also while it runs
 
     @property
     def disk_limit(self) -> int:

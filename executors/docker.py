@@ -435,7 +435,7 @@ class DockerExecutor(Executor):
                         with contextlib.suppress(*_DaemonErrors):
                             await trio.to_thread.run_sync(api.kill, cid)
 
-                    nursery.start_soon(watch_disk, dirs, request.write_limit, kill, over_disk)
+                    nursery.start_soon(watch_disk, dirs, request.write_limit, request.max_entries, kill, over_disk)
                     try:
                         out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, request.live,
                                                                  abandon_on_cancel=True)
@@ -462,11 +462,11 @@ class DockerExecutor(Executor):
                 await trio.to_thread.run_sync(own_again, m.source)
         stderr = err.text()
         if not over_disk and (written := await written_past(
-                [m.source for m in request.output_mounts()], request.write_limit)) is not None:
+                [m.source for m in request.output_mounts()], request.write_limit, request.max_entries)) is not None:
             over_disk.append(written)
         if over_disk:
             exit_code = exit_code or 1
-            line = disk_limit_message(over_disk[0], request.write_limit)
+            line = disk_limit_message(over_disk[0], request.write_limit, request.max_entries)
             stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
         elif oom:
             limit = request.spec.resources.memory

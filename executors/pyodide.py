@@ -604,7 +604,7 @@ class PyodideExecutor(Executor):
         # all the sandbox may write, not only its outputs: a job that reached Node's fs wrote beside them
         watched = [runner.slot.rw] if runner.slot is not None else [p for p, _ in outputs]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disk, watched, disk, kill, over_disk)
+            nursery.start_soon(watch_disk, watched, disk, request.max_entries, kill, over_disk)
             async with trio.open_nursery() as streams:
 
                 def check_done() -> None:
@@ -666,13 +666,13 @@ class PyodideExecutor(Executor):
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time()), False
         if not over_disk and watched:
-            written = await trio.to_thread.run_sync(written_in, watched)
+            written = await trio.to_thread.run_sync(written_in, watched, request.max_entries)
             # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
             if written >= TOO_MANY or (disk and (written > disk or (written >= disk and not any(
                     m.get("code") == 0 for m in messages)))):
                 over_disk.append(written)
         if over_disk:
-            stderr.write(f"\n{disk_limit_message(over_disk[0], disk)}\n".encode())
+            stderr.write(f"\n{disk_limit_message(over_disk[0], disk, request.max_entries)}\n".encode())
             return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time()), False

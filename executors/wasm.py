@@ -145,7 +145,7 @@ class WasmExecutor(Executor):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_interrupt_when_cancelled, job)
             nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()],
-                               request.write_limit, interrupt, over_disk)
+                               request.write_limit, request.max_entries, interrupt, over_disk)
             try:
                 captured = await trio.to_thread.run_sync(outcome.capture, job.run, limiter=self._threads)
             finally:
@@ -153,10 +153,11 @@ class WasmExecutor(Executor):
         result = captured.unwrap()  # raised here, not inside the nursery, so errors are not wrapped in a group
         stderr = job.stderr
         if not over_disk and (written := await written_past(
-                [m.source for m in request.output_mounts()], request.write_limit)) is not None:
+                [m.source for m in request.output_mounts()], request.write_limit, request.max_entries)) is not None:
             over_disk.append(written)
         if over_disk:
-            result = _Outcome(result.exit_code or 1, disk_limit_message(over_disk[0], request.write_limit))
+            line = disk_limit_message(over_disk[0], request.write_limit, request.max_entries)
+            result = _Outcome(result.exit_code or 1, line)
         if result.note:
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")
         return RunResult(

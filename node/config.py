@@ -89,6 +89,7 @@ class NodeConfig:
     max_image_size: int = 10 * 1024**3  # bytes one image pulled for a job may take (executors.docker_pulls)
     image_cache_size: int | None = None  # bytes of images pulled for jobs kept; None: 20 GiB, at most disk/4
     allow_network: bool = False  # give docker jobs that ask for it network access (off: such jobs are refused)
+    max_output_entries: int | None = None  # files and folders one job's outputs may hold; None: 50,000
     network_key: Path | None = None  # private network: only peers holding this key connect (node.net.admission)
     trusted_peers: Path | None = None  # file of peer ids: only these peers connect (with the key, if one is set)
     authorized_keys: Path | None = None  # client keys the API lets in (node.api.access); None: any key

@@ -155,7 +155,7 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                                      work_dir=config.data_dir / "work", backlog_size=config.backlog_size,
                                      pending_bid_timeout=config.pending_bid_timeout,
                                      inputs=inputs, publisher=publisher, labels=config.labels,
-                                     network=config.allow_network)
+                                     network=config.allow_network, max_output_entries=config.max_output_entries)
             dispatcher.compute = compute
             if config.labels:
                 log.info("labels: %s", format_labels(config.labels))

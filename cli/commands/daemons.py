@@ -64,6 +64,9 @@ def serve(
     image_cache_size: Annotated[str | None, typer.Option("--image-cache-size", metavar="SIZE",
         help="Images pulled for jobs this node keeps, the least recently used removed past it (default 20GiB, "
              "at most a quarter of Docker's disk).")] = None,
+    max_output_entries: Annotated[int | None, typer.Option("--max-output-entries", metavar="N", min=1,
+        help="Files and folders one job's outputs may hold (default 50000); a job making more is stopped "
+             "and fails.")] = None,
     allow_network: Annotated[bool, typer.Option("--allow-network",
         help="Give docker jobs that ask for it (shoal docker run --network) network access, fenced from this "
              "host and 169.254.0.0/16 (needs root, or `shoal docker fence` run as root at boot); without it "
@@ -145,6 +148,7 @@ def serve(
         max_image_size=sizes["--max-image-size"],
         image_cache_size=sizes["--image-cache-size"],
         allow_network=allow_network,
+        max_output_entries=max_output_entries,
         network_key=network_key,
         trusted_peers=trusted_peers,
         authorized_keys=authorized_keys,

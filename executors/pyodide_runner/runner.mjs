@@ -152,7 +152,8 @@ Object.defineProperty(performance, "now", fixed(tick));
 // reach: a 64 MiB job held 300 MiB there, and more took the runner down. Past the limit a write fails
 // with ENOSPC (OSError in Python), as a container's tmpfs counts against its memory.
 let memoryLimit = Infinity;
-let memoryRefused = false;
+let heapRefused = false; // the job's memory limit refused its heap room
+let filesRefused = false; // or its files
 const ENOSPC = 51;
 // in-memory file node -> { base: bytes it held when the job first changed it, counted: bytes counted now }
 const files = new Map();
@@ -196,7 +197,7 @@ function recount(node, before) {
 const realGrow = WebAssembly.Memory.prototype.grow;
 WebAssembly.Memory.prototype.grow = function grow(pages) {
   if (overLimit(this.buffer.byteLength, pages * 65536)) {
-    memoryRefused = true;
+    heapRefused = true;
     throw new RangeError("the job's memory limit is reached");
   }
   return realGrow.call(this, pages);
@@ -216,7 +217,7 @@ function limitFiles(pyodide) {
     const before = old?.length ?? 0;
     const extra = growth(before, ...args);
     if (extra > 0 && overLimit(heap(), extra)) {
-      memoryRefused = true;
+      filesRefused = true;
       throw new FS.ErrnoError(ENOSPC);
     }
     guarded++;
@@ -226,7 +227,7 @@ function limitFiles(pyodide) {
       // V8 could not allocate the larger array (the process's address space limit): the write fails, as past
       // the limit, instead of the job's whole runner
       if (!(e instanceof RangeError)) throw e;
-      memoryRefused = true;
+      filesRefused = true;
       throw new FS.ErrnoError(ENOSPC);
     } finally {
       guarded--;
@@ -568,7 +569,7 @@ class Checkpoint {
     virtualMs = this.virtualMs;
     process.umask(UMASK);
     memoryLimit = Infinity;
-    memoryRefused = false;
+    heapRefused = filesRefused = false;
     registeredSinceCheckpoint = new Set();
     return true;
   }
@@ -746,7 +747,7 @@ async function fresh(snapshot) {
   seedEntropy("shoal-pyodide-bootstrap", Buffer.alloc(0));
   virtualMs = 0;
   memoryLimit = Infinity;
-  memoryRefused = false;
+  heapRefused = filesRefused = false;
   process.umask(UMASK);
   const pyodide = await load(snapshot, false);
   limitFiles(pyodide);
@@ -784,7 +785,9 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
     } finally {
       programRunning = false;
     }
-    if (memoryRefused && code !== 0) {  // a program that got over a refusal (it caught MemoryError) ran as it meant
+    // A full /tmp (ENOSPC) is explained whatever the exit; a refused heap only when the program failed: Python's
+    // allocator may ask for more than it needs and take less, and a program that caught MemoryError ran as meant
+    if (filesRefused || (heapRefused && code !== 0)) {
       const mib = (job.memory_limit / 1048576).toFixed(0);
       writeAll(2, Buffer.from(`memory limit: the program needed more than ${mib} MiB (resources.memory), `
                               + "counting the files it keeps in memory (/tmp)\n"));

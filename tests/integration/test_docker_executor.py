@@ -6,6 +6,7 @@ Docker), in which case a missing daemon fails the run instead of hiding it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
@@ -382,21 +383,21 @@ def test_pull_progress_summarises_layers_at_most_once_per_interval():
 
 async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap_however_large_its_disk(executor, tmp_path):
     """1 GiB of disk is two million empty files at 512 bytes each: the bytes alone would let a job use up the
-    inodes of the node's file system. Entries are counted as it runs."""
-    from executors.base import MAX_OUTPUT_ENTRIES
-
+    inodes of the node's file system. Entries are counted as it runs, up to the node's cap (here 5,000; 50,000 by
+    default)."""
     # 256 MiB: the kernel charges each file's inode to the container (~1.3 KiB); at the default 64 MiB the
     # memory limit sometimes stopped the flood (exit 137) just short of the cap this test is about
     request = make_request(tmp_path, script="i=0; while :; do : > /outputs/f$i; i=$((i+1)); done",
                            outputs=[{"name": "out", "path": "/outputs"}],
                            resources={"disk": "1GiB", "memory": "256MiB"}, timeout=3600)
+    request = dataclasses.replace(request, max_entries=5_000)
     with trio.fail_after(240):  # it would run for its hour
         result = await executor.run(request)
     assert result.exit_code != 0
-    assert result.stderr.endswith(f"disk limit exceeded: the outputs hold more than {MAX_OUTPUT_ENTRIES:,} files "
-                                  "and folders\n"), result.stderr
+    assert result.stderr.endswith("disk limit exceeded: the outputs hold more than 5,000 files and folders\n"), \
+        result.stderr
     made = sum(1 for _ in (request.outputs_dir / "out").iterdir())
-    assert MAX_OUTPUT_ENTRIES < made < 2 * MAX_OUTPUT_ENTRIES  # stopped within a poll of the cap
+    assert 5_000 < made < 10_000, made  # stopped within a poll of the cap
 
 
 async def test_a_job_stating_no_disk_is_held_to_the_default_on_a_node_with_more(executor, tmp_path):

@@ -33,8 +33,9 @@ pytestmark = [
 
 BASE_PORT = 16000  # APIs 16000, libp2p 16100, Kubo 16200-16402: clear of other tests
 # the node's per-job disk limit (--limit-job-disk): what a job stating no disk may write; more than the
-# 50,000 entries a job's outputs may hold take (512 bytes each), so that limit is met first
+# entries a job's outputs may hold there take (512 bytes each), so that limit is met first
 JOB_DISK = "32MiB"
+OUTPUT_ENTRIES = 5_000  # --max-output-entries (50,000 by default, tested in test_engines_devstack)
 TOKEN = secrets.token_hex(16)
 
 # Gets Pyodide's JavaScript bridge the way an attacker would, past the ImportError of `import js`.
@@ -71,7 +72,7 @@ def stack(tmp_path_factory):
     os.environ["SHOAL_HOME"] = str(home / "home")
     os.environ["SHOAL_ESCAPE_CANARY"] = TOKEN  # the nodes inherit it
     devstack = Devstack(1, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
-                        node_args={0: ["--limit-job-disk", JOB_DISK]})
+                        node_args={0: ["--limit-job-disk", JOB_DISK, "--max-output-entries", str(OUTPUT_ENTRIES)]})
     trio.run(devstack.start)
     devstack.canary = canary
     devstack.home = home
@@ -295,12 +296,15 @@ def test_a_job_making_empty_files_without_end_is_stopped_while_it_runs(stack, do
                        {"name": "docker", "image": "busybox", "args": ["sh", "-c", FLOOD_SH]}):
             # A container is charged for the inodes and dentries of the files it makes (~1.3 KiB each on ext4):
             # at the default 64 MiB the kernel at times OOM-killed the flood just short of the cap, the node then
-            # published its ~50,000 files, and that add stalled 60 s (retryable: the job was offered again).
-            memory = {"resources": {"memory": "256MiB"}} if engine["name"] == "docker" else {}
-            job = client.run({"engine": engine, "outputs": outputs, "cache": False, "timeout": "1h", **memory},
+            # published its files (~50,000 by default), and that add stalled 60 s (retryable: the job was offered
+            # again).
+            # A whole core: at the default tenth of one, the flood took half a minute to reach the cap.
+            resources = {"resources": {"memory": "256MiB", "cpu": 1}} if engine["name"] == "docker" else {}
+            job = client.run({"engine": engine, "outputs": outputs, "cache": False, "timeout": "1h", **resources},
                              timeout=180).job  # without the count, it would run for its hour
             assert job.state.value == "failed", (engine["name"], job.reason)
-            assert job.reason.endswith("the job's outputs hold more than 50,000 files and folders"), job.reason
+            assert job.reason.endswith(f"the job's outputs hold more than {OUTPUT_ENTRIES:,} files and folders"), \
+                job.reason
             assert job.attempt == job.first_attempt  # not offered again: no node would publish it
     assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
 
