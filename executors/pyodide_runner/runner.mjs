@@ -158,9 +158,10 @@ const ENOSPC = 51;
 // in-memory file node -> { base: bytes it held when the job first changed it, counted: bytes counted now }
 const files = new Map();
 let fileBytes = 0; // what the job's in-memory files hold beyond what they held before it (never below 0 each)
-// A file that grows gets a larger array; the old one is garbage that V8 collects when it sees fit, which once
-// was after 300 MiB of it (a job writing 90 MiB to /tmp). Where a memory cgroup counts all the process holds,
-// that took the runner past it, so the runner collects itself once this much file storage was dropped.
+// A file that grows gets a larger array (a large one, in place: see growInPlace); the old one is garbage that V8
+// collects when it sees fit, which once was after 300 MiB of it (a job writing 90 MiB to /tmp). Where a memory
+// cgroup counts all the process holds, that took the runner past it, so the runner collects itself once this
+// much file storage was dropped: replaced, or deleted (found so when the job reaches its limit).
 const COLLECT_AFTER_DROPPED = 32 * 1024 * 1024;
 let droppedBytes = 0;
 let guarded = 0; // calls of the file functions below in progress (they call one another)
@@ -180,8 +181,15 @@ function overLimit(heapBytes, extra) {
   for (const [node, file] of files) {
     if (node.parent?.contents?.[node.name] !== node && !open.has(node)) {
       fileBytes -= file.counted; // deleted since, and closed: its room comes back
+      droppedBytes += node.contents?.length ?? 0;
       files.delete(node);
     }
+  }
+  // ... once its array is freed: V8 may keep garbage resident long after, and a job deleting 60 MiB files to
+  // write new ones went past its memory cgroup while it counted no more than its memory
+  if (droppedBytes > COLLECT_AFTER_DROPPED) {
+    droppedBytes = 0;
+    globalThis.gc?.();
   }
   return heapBytes + fileBytes + extra > memoryLimit;
 }

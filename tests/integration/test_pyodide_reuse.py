@@ -334,6 +334,26 @@ async def test_a_file_that_fills_its_jobs_memory_is_written_whole(pooled: Pyodid
     assert (result.exit_code, result.stdout) == (0, "470\n"), result.stderr[-300:]
 
 
+REPLACE_A_FILE = """\
+import os
+data = b"x" * (60 << 20)
+for _ in range(12):
+    with open("/tmp/scratch", "wb") as f:
+        f.write(data)
+    os.remove("/tmp/scratch")
+print("done")
+"""
+
+
+@NO_MEMORY_CGROUP
+async def test_files_written_and_deleted_over_and_over_are_freed(pooled: PyodideExecutor, tmp_path: Path) -> None:
+    """A deleted file's array was garbage that V8 kept: a 256 MiB job writing a 60 MiB file and deleting it,
+    twelve times, counted at most 120 MiB and went past its memory cgroup on the fourth round."""
+    with trio.fail_after(120):
+        result = await pooled.run(request(tmp_path, REPLACE_A_FILE, owner="requester-a/sweep-16", index=0))
+    assert (result.exit_code, result.stdout) == (0, "done\n"), result.stderr[-300:]
+
+
 FILL_THE_MEMORY = """\
 import sys
 if int(sys.argv[2]) % 2 == 0:  # about 190 MiB of heap: a float and its slot in the list
