@@ -25,6 +25,9 @@ from jobs.errors import ShoalError
 from node.config import shoal_home
 
 READY_TIMEOUT = 60.0
+# Where a devstack keeps the Python engine's memory snapshot for its nodes: the same bytes on every node of
+# every stack on this machine (the file is named after the runner and Node.js versions it was made by).
+SNAPSHOTS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal" / "pyodide"
 STOP_TIMEOUT = 5.0
 
 
@@ -185,10 +188,32 @@ class Devstack:
                                       + "".join(f"{key}\n" for key in self.authorized_keys))
         if self.kubo is not None:
             await self.kubo.start()
+        await self._share_pyodide_snapshot()
         for node in self.nodes:
             await self.start_node(node)
         if self.write_state:
             self._write_state()
+
+    async def _share_pyodide_snapshot(self) -> None:
+        """Give every node the Python engine's memory snapshot, built once: each would build the same bytes as
+        it starts (4 s of a core each), and jobs sent at once would wait for it."""
+        from executors import ExecutorError
+        from executors.pyodide import PyodideExecutor
+
+        if self.noop:
+            return
+        try:
+            snapshot = await PyodideExecutor(SNAPSHOTS, pool_size=0).snapshot()
+        except (ExecutorError, OSError):
+            return  # each node builds its own, or says why it cannot
+        for node in (n for n in self.nodes if "--no-compute" not in n.args):
+            target = node.data_dir / "cache" / "pyodide" / snapshot.name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(snapshot, target)
+                except OSError:  # another file system
+                    shutil.copyfile(snapshot, target)
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[index]

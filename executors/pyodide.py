@@ -332,9 +332,17 @@ class PyodideExecutor(Executor):
         Raises:
             ExecutorError: Pyodide is not installed or does not load.
         """
+        await self.snapshot()
+
+    async def snapshot(self) -> Path:
+        """The memory snapshot's file, built first if missing.
+
+        Raises:
+            ExecutorError: Pyodide is not installed or does not load.
+        """
         if (problem := self.problem()) is not None:
             raise ExecutorError(problem)
-        await self._ensure_snapshot()
+        return await self._ensure_snapshot()
 
     # The pool -----------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio
 
 from devstack import Devstack
 from devstack.kubo import ipfs_binary
+from devstack.stack import SNAPSHOTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
                                                    "(scripts/install-kubo)")]
@@ -61,6 +62,16 @@ def describe(stack: Devstack, job_id: str) -> dict:
 
 
 # -- docker ---------------------------------------------------------------------------------------------
+
+
+def test_a_devstacks_nodes_share_one_python_snapshot(stack):
+    """Each node built the same memory snapshot as it started (4 s of a core each, while the first jobs waited);
+    the devstack builds it once, for its nodes and later stacks."""
+    out = shoal(stack, "run", "python", "-c", "print('from the shared snapshot')")
+    assert out.returncode == 0 and "from the shared snapshot" in out.stdout, out.stderr
+    (snapshot,) = (stack.nodes[2].data_dir / "cache" / "pyodide").glob("*.snapshot")
+    assert snapshot.samefile(SNAPSHOTS / snapshot.name)
+    assert "building the Pyodide memory snapshot" not in (stack.nodes[2].data_dir / "node.log").read_text()
 
 
 def test_docker_hello_world(stack):

@@ -94,8 +94,9 @@ def describe(stack: Devstack, job_id: str) -> dict:
 
 def test_a_seeded_numpy_program_gives_the_same_bytes_on_two_nodes(stack, tmp_path):
     (tmp_path / "main.py").write_text(MONTE_CARLO)
+    # a core each, as a quant would ask (the default tenth of one took most of this test's time)
     out = shoal(stack, "run", "python", "main.py", "7", "--image", SCI, "--concurrency", "2", "--confidence", "2",
-                "--memory", "256MiB", "-o", "outputs:/outputs", "--id-only", cwd=tmp_path)
+                "--memory", "256MiB", "--cpu", "1", "-o", "outputs:/outputs", "--id-only", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     job = describe(stack, job_id)
@@ -110,7 +111,7 @@ def test_a_seeded_numpy_program_gives_the_same_bytes_on_two_nodes(stack, tmp_pat
     summary = next(got.rglob("summary.csv")).read_text()
     assert summary.startswith(",payoff,last\ncount,2000.0,2000.0")
     # another seed is another result: the program, not a constant, made those bytes
-    again = shoal(stack, "run", "python", "main.py", "8", "--image", SCI, "--memory", "256MiB", "-o",
+    again = shoal(stack, "run", "python", "main.py", "8", "--image", SCI, "--memory", "256MiB", "--cpu", "1", "-o",
                   "outputs:/outputs", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split("digest=")[1] != logs.stdout.split("digest=")[1]
