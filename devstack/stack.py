@@ -208,12 +208,18 @@ class Devstack:
             return  # each node builds its own, or says why it cannot
         for node in (n for n in self.nodes if "--no-compute" not in n.args):
             target = node.data_dir / "cache" / "pyodide" / snapshot.name
-            if not target.exists():
+            if target.exists():
+                continue
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    os.link(snapshot, target)
+                    os.link(snapshot, tmp)
                 except OSError:  # another file system
-                    shutil.copyfile(snapshot, target)
+                    shutil.copyfile(snapshot, tmp)
+                os.replace(tmp, target)  # whole or not at all: a node trusts the file it finds
+            except OSError:
+                tmp.unlink(missing_ok=True)  # (another checkout replaced the shared file): the node builds its own
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[index]

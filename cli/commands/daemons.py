@@ -65,8 +65,8 @@ def serve(
         help="Images pulled for jobs this node keeps, the least recently used removed past it (default 20GiB, "
              "at most a quarter of Docker's disk).")] = None,
     max_output_entries: Annotated[int | None, typer.Option("--max-output-entries", metavar="N", min=1,
-        help="Files and folders one job's outputs may hold (default 50000); a job making more is stopped "
-             "and fails.")] = None,
+        help="Files and folders one job's outputs may hold (default 50000, at most 200000: what a client "
+             "unpacks from one result); a job making more is stopped and fails.")] = None,
     allow_network: Annotated[bool, typer.Option("--allow-network",
         help="Give docker jobs that ask for it (shoal docker run --network) network access, fenced from this "
              "host and 169.254.0.0/16 (needs root, or `shoal docker fence` run as root at boot); without it "
@@ -115,7 +115,11 @@ def serve(
     from cli.errors import CLIError
     from cli.exits import EXIT_USAGE
     from cli.specs import parse_size
+    from storage.tarsafe import MAX_ENTRIES
 
+    if max_output_entries is not None and max_output_entries > MAX_ENTRIES:
+        raise CLIError(f"--max-output-entries: at most {MAX_ENTRIES:,}, what a client unpacks from one result",
+                       code=EXIT_USAGE)
     sizes = {}
     for flag, given in (("--quota-context-bytes-per-hour", quota_context_bytes_per_hour),
                         ("--quota-spec-bytes-in-flight", quota_spec_bytes_in_flight),

@@ -282,18 +282,21 @@ function limitFiles(pyodide) {
 
 // Gives ``node`` an array of ``size`` bytes (its first bytes kept) that grows in place, and says whether it did:
 // not for small files, nor past GROW_IN_PLACE_MAX. ``exact``: the size is the file's (a truncate), not a
-// capacity to round up.
+// capacity to round up. A file truncated below GROW_IN_PLACE_FROM goes back to a plain array: each in-place one
+// holds 4 GiB of address space whatever its size, and files truncated to 8 MiB and back to nothing once filled
+// a process's address space while they counted nothing against the job's memory.
 function growInPlace(node, size, exact = false) {
   const contents = node.contents;
   const inPlace = growingInPlace.has(contents);
-  if ((size < GROW_IN_PLACE_FROM && !inPlace) || size > GROW_IN_PLACE_MAX) return false;
+  if (size < GROW_IN_PLACE_FROM || size > GROW_IN_PLACE_MAX) return false;
   const capacity = exact ? size : Math.min(GROW_IN_PLACE_MAX, Math.ceil(size / GROW_IN_PLACE_STEP) * GROW_IN_PLACE_STEP);
   if (inPlace) {
     contents.buffer.resize(capacity); // a shrunk file's bytes past its end read as zeros when it grows again
     return true;
   }
   const grown = new Uint8Array(new ArrayBuffer(capacity, { maxByteLength: GROW_IN_PLACE_MAX }));
-  if (contents) grown.set(contents.subarray(0, Math.min(node.usedBytes, size)));
+  const kept = Math.min(node.usedBytes, size);
+  if (contents) grown.set(ArrayBuffer.isView(contents) ? contents.subarray(0, kept) : contents.slice(0, kept));
   growingInPlace.add(grown);
   node.contents = grown;
   return true;

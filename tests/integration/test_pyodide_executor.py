@@ -217,6 +217,33 @@ async def test_files_kept_in_memory_count_against_the_memory_limit(executor: Pyo
     assert "counting the files it keeps in memory (/tmp)" in result.stderr
 
 
+GROWN_IN_PLACE = """
+with open("/tmp/f", "wb") as f:  # 20 MiB: past 8 MiB the file's array grows in place
+    for i in range(20):
+        f.write(bytes([i]) * (1 << 20))
+with open("/tmp/f", "r+b") as f:
+    f.truncate(12 << 20)
+    f.seek(15 << 20)
+    f.write(b"end")  # a hole of zeros before it
+first = open("/tmp/f", "rb").read()
+with open("/tmp/f", "r+b") as f:
+    f.truncate(1 << 20)  # back below 8 MiB
+    f.seek(9 << 20)
+    f.write(b"again")
+second = open("/tmp/f", "rb").read()
+print(first == b"".join(bytes([i]) * (1 << 20) for i in range(12)) + bytes(3 << 20) + b"end",
+      second == bytes(1 << 20) + bytes(8 << 20) + b"again")
+"""
+
+
+async def test_a_large_file_reads_back_what_was_written_through_growth_truncation_and_holes(
+        executor: PyodideExecutor, tmp_path: Path) -> None:
+    req = request(tmp_path, code=GROWN_IN_PLACE)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="256MiB")}))
+    result = await executor.run(req)
+    assert (result.exit_code, result.stdout) == (0, "True True\n"), result.stderr[-300:]
+
+
 WHOLE_FILES = """
 blob, written = b"x" * (16 << 20), 0
 try:

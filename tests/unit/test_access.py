@@ -179,6 +179,14 @@ def test_serve_beyond_loopback_without_keys_is_refused_in_one_line(monkeypatch: 
     assert result.exit_code == 0 and seen[0].open_api and seen[0].authorized_keys is None
 
 
+def test_serve_takes_an_output_entry_cap_that_clients_can_unpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, seen = _serve(monkeypatch, "--max-output-entries", "1000")
+    assert result.exit_code == 0 and seen[0].max_output_entries == 1000
+    result, seen = _serve(monkeypatch, "--max-output-entries", "200001")  # shoal get would refuse such results
+    assert result.exit_code == 2 and not seen
+    assert result.stderr == "Error: --max-output-entries: at most 200,000, what a client unpacks from one result\n"
+
+
 def test_serve_checks_the_keys_file_and_the_tls_pair(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"{ALICE.public_key_b64} submit\n")
