@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import os
 import secrets
 import socket
 import uuid
@@ -362,13 +363,33 @@ async def devstack(base_dir: Path, node_args: Sequence[Sequence[str]], *, start:
 
 
 def free_base_port(nodes: int, *, tries: int = 200) -> int:
-    """A ``Devstack`` base port whose API (``base + i``) and libp2p (``base + 100 + i``) ports are free."""
+    """A ``Devstack`` base port whose API (``base + i``) and libp2p (``base + 100 + i``) ports are free; Kubo,
+    when started, takes ``base + 200`` to ``base + 400 + nodes``.
+
+    Under ``pytest -n`` each worker picks from its own slice of the range, so two workers never choose
+    the same ports however close together they look for them.
+    """
+    low, high = _port_slice()
     rng = secrets.SystemRandom()
     for _ in range(tries):
-        base = rng.randrange(20_000, 32_000)  # below Linux's ephemeral ports (32768-)
+        base = rng.randrange(low, high)
         if all(_port_free(base + i) and _port_free(base + 100 + i) for i in range(nodes)):
             return base
     raise RuntimeError("no free port range found")
+
+
+PORTS = (20_000, 32_000)  # below Linux's ephemeral ports (32768-)
+DEVSTACK_SPAN = 500  # what one devstack takes above its base port, Kubo included
+
+
+def _port_slice() -> tuple[int, int]:
+    """Where this test process picks base ports: all of ``PORTS``, or its worker's share under xdist."""
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and workers.isdigit()):
+        return PORTS[0], PORTS[1] - DEVSTACK_SPAN
+    share = (PORTS[1] - PORTS[0]) // int(workers)
+    low = PORTS[0] + int(worker[2:]) * share
+    return low, low + share - DEVSTACK_SPAN
 
 
 def _port_free(port: int) -> bool:

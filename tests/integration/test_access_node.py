@@ -26,11 +26,12 @@ import httpx
 import pytest
 
 from shoal import Client, ClientKey, ConnectionFailed, Forbidden, NotFound, ShoalAuth
+from tests.integration.rogue import free_base_port
 from tests.integration.single_node import REPO, SHOAL, noop_node
 
 pytestmark = pytest.mark.slow
 
-PORT = 19085
+PORT = free_base_port(1)
 API = f"https://127.0.0.1:{PORT}"
 NOOP = {"engine": {"name": "noop"}}
 SWEEP = {"job": NOOP, "grid": {"x": ["1", "2"]}}

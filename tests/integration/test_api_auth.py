@@ -19,11 +19,12 @@ import pytest
 
 from shoal import Client, ClientKey, NotFound, ShoalAuth
 from shoal._auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from tests.integration.rogue import free_base_port
 from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-PORT = 19050
+PORT = free_base_port(1)
 API = f"http://127.0.0.1:{PORT}"
 NOOP = {"spec": {"engine": {"name": "noop"}}}
 PENDING = {"spec": {"engine": {"name": "noop"}, "deal": {"concurrency": 5}}}  # one node: never enough

@@ -34,11 +34,12 @@ from schemathesis.specs.openapi.checks import (
 
 from shoal import Client, ClientKey, ShoalAuth
 from shoal._auth import HEADER_VERSION, SIGNATURE_HEADERS
+from tests.integration.rogue import free_base_port
 from tests.integration.single_node import noop_node
 
 pytestmark = pytest.mark.slow
 
-PORT = 19060
+PORT = free_base_port(1)
 API = f"http://127.0.0.1:{PORT}"
 POSITIVE_EXAMPLES = 50
 NEGATIVE_EXAMPLES = 25

@@ -9,13 +9,16 @@ import sys
 
 import pytest
 
+from tests.integration.rogue import free_base_port
+
 pytestmark = pytest.mark.slow
 
 
 def test_bench_reports_latency_phases_and_each_nodes_memory_and_cpu(tmp_path):
     env = {**os.environ, "SHOAL_HOME": str(tmp_path / "home")}
     run = subprocess.run([sys.executable, "-m", "cli.main", "bench", "--jobs", "40", "--submitters", "4",
-                          "--base-port", "19900", "--json"], env=env, capture_output=True, text=True, timeout=180)
+                          "--base-port", str(free_base_port(3)), "--json"],
+                         env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     assert report["completed"] == 40 and report["failed"] == 0 and report["errors"] == 0

@@ -37,7 +37,6 @@ pytestmark = pytest.mark.slow
 SHOAL = str(Path(sys.executable).with_name("shoal"))
 REPO = Path(__file__).resolve().parents[2]
 BASE_PORT = free_base_port(3)  # free APIs and libp2p ports: others may run devstacks at the same time
-SERVE_PORT = 19010
 DEAD_API = "http://127.0.0.1:19099"  # nothing listens here
 JOB_ID = re.compile(r"^j-[0-9a-f]{32}$")
 
@@ -609,11 +608,12 @@ def test_serve_alone_fails_jobs_for_engines_it_lacks_and_stops_quietly_on_sigter
     empty = tmp_path / "empty-path"
     empty.mkdir()
     env = {**stack.env, "PATH": str(empty), "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    port = free_base_port(1)
     node = subprocess.Popen(
-        [SHOAL, "serve", "--data-dir", str(tmp_path / "node"), "--api-port", str(SERVE_PORT), "--ipfs-api", "none"],
+        [SHOAL, "serve", "--data-dir", str(tmp_path / "node"), "--api-port", str(port), "--ipfs-api", "none"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    api = f"http://127.0.0.1:{SERVE_PORT}"
+    api = f"http://127.0.0.1:{port}"
     runs = {
         "docker": ("docker", "run", "busybox", "--", "echo", "hi"),
         "python": ("run", "python", "-c", "print(42)"),
@@ -746,7 +746,8 @@ def test_the_devstack_is_a_private_network_that_a_node_without_its_key_cannot_jo
 
     refused_before = metric("peers_refused_key")
     outsiders = {}
-    for name, port, extra in (("keyless", SERVE_PORT + 1, []), ("keyed", SERVE_PORT + 2, ["--network-key", str(key)])):
+    base = free_base_port(2)  # two API ports
+    for name, port, extra in (("keyless", base, []), ("keyed", base + 1, ["--network-key", str(key)])):
         outsiders[name] = subprocess.Popen(
             [SHOAL, "serve", "--noop", "--data-dir", str(tmp_path / name), "--api-port", str(port), "--ipfs-api",
              "none", "--peer", node0["addrs"][0], *extra],

@@ -9,12 +9,13 @@ import trio
 
 from devstack import Devstack
 from shoal import Client, InvalidRequest
+from tests.integration.rogue import free_base_port
 
 pytestmark = pytest.mark.slow
 
 
 def test_total_cpu_limit_holds_and_jobs_cannot_ask_for_nothing(tmp_path):
-    stack = Devstack(1, noop=True, base_dir=tmp_path / "stack", base_port=16500, write_state=False,
+    stack = Devstack(1, noop=True, base_dir=tmp_path / "stack", base_port=free_base_port(1), write_state=False,
                      extra_args=["--limit-total-cpu", "1"])
     trio.run(stack.start)
     try:
@@ -68,7 +69,7 @@ def peak_at_once(described) -> int:
 def test_total_disk_limit_holds_for_jobs_that_state_no_disk(tmp_path):
     """Jobs stating no disk reserved none, yet each may write 1 GiB (``DEFAULT_DISK``): on a node with
     --limit-total-disk 2.5GiB all six ran at once. Now two at the most do; jobs stating 512 MiB, up to five."""
-    stack = Devstack(1, noop=True, base_dir=tmp_path / "stack", base_port=16520, write_state=False,
+    stack = Devstack(1, noop=True, base_dir=tmp_path / "stack", base_port=free_base_port(1), write_state=False,
                      extra_args=["--limit-total-disk", "2.5GiB"])
     trio.run(stack.start)
     try:

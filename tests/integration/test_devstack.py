@@ -9,6 +9,7 @@ from devstack import Devstack
 from devstack.bench import run as bench
 from jobs import ExecutionState, JobState
 from shoal import AsyncClient, ConnectionFailed
+from tests.integration.rogue import free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def shoal_home(tmp_path, monkeypatch):
 
 
 async def test_thousand_jobs_on_three_nodes_all_complete(shoal_home):
-    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18700) as stack:
+    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(3)) as stack:
         report = await bench([n.api for n in stack.nodes], jobs=1000, submitters=10, concurrency=3, nodes=3)
     assert report.completed == 1000, report.summary()
     assert report.failed == 0 and report.errors == 0
@@ -42,7 +43,7 @@ async def _wait_all(client: AsyncClient, job_ids: list[str], timeout: float) -> 
 
 
 async def test_killed_compute_node_leaves_no_job_stuck(shoal_home):
-    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18720) as stack:
+    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(3)) as stack:
         job_ids: list[str] = []
         async with AsyncClient(stack.nodes[0].api) as client:
             async def submit_many() -> None:
@@ -68,7 +69,7 @@ async def test_killed_compute_node_leaves_no_job_stuck(shoal_home):
 
 
 async def test_restarted_requester_finishes_its_jobs(shoal_home):
-    async with (Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18740) as stack,
+    async with (Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(3)) as stack,
                 AsyncClient(stack.nodes[0].api) as client):
         job_ids = []
         with trio.fail_after(30):
@@ -83,7 +84,7 @@ async def test_restarted_requester_finishes_its_jobs(shoal_home):
 async def test_waits_outlive_a_restart_of_their_requester(shoal_home):
     """A requester restarting ended every wait on its jobs and sweeps with 'lost connection' (exit 3 from a
     waiting `shoal run`), though they carried on there. Waits now ask again while the node comes back."""
-    async with (Devstack(2, noop=True, base_dir=shoal_home / "stack", base_port=18760) as stack,
+    async with (Devstack(2, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(2)) as stack,
                 AsyncClient(stack.nodes[0].api) as client):
         job = (await client.submit(NOOP3 | {"deal": {"concurrency": 2}})).job.id
         sweep = (await client.submit_sweep({"job": {"engine": {"name": "noop"}, "cache": False},

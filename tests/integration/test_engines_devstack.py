@@ -20,18 +20,18 @@ import trio
 from devstack import Devstack
 from devstack.kubo import ipfs_binary
 from devstack.stack import SNAPSHOTS
+from tests.integration.rogue import free_base_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
                                                    "(scripts/install-kubo)")]
 
-BASE_PORT = 17800  # Kubo gets BASE_PORT+200..: keep clear of other tests' ranges
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("engines")
     os.environ["SHOAL_HOME"] = str(home / "home")
-    devstack = Devstack(3, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
+    devstack = Devstack(3, base_dir=home / "stack", base_port=free_base_port(3), kubo=True, write_state=False,
                         node_args={0: ["--no-compute"], 1: ["--no-compute"]})
     trio.run(devstack.start)
     try:
@@ -255,7 +255,7 @@ def test_python_and_wasm_give_the_same_result_on_three_nodes_and_across_runs(tmp
         "print(random.random(), time.time(), time.monotonic(), uuid.uuid4(), hash('abc'), list({'x', 'y', 'z'}),"
         " os.urandom(4).hex())\n")
     (tmp_path / "prog" / "random.wat").write_text(WAT_RANDOM)
-    devstack = Devstack(3, base_dir=tmp_path / "stack", base_port=BASE_PORT + 40, kubo=True, write_state=False)
+    devstack = Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=True, write_state=False)
     trio.run(devstack.start)
     try:
         for command in (["python", "main.py"], ["wasm", "run", "random.wat"]):
@@ -310,7 +310,7 @@ def test_python_requirements_are_shipped_as_pure_python_wheels(stack, tmp_path):
 
 def test_the_same_job_runs_without_kubo_and_results_still_verify(tmp_path):
     os.environ["SHOAL_HOME"] = str(tmp_path / "home")
-    devstack = Devstack(1, base_dir=tmp_path / "stack", base_port=BASE_PORT + 60, kubo=False, write_state=False)
+    devstack = Devstack(1, base_dir=tmp_path / "stack", base_port=free_base_port(1), kubo=False, write_state=False)
     trio.run(devstack.start)
     try:
         out = shoal(devstack, "docker", "run", "-o", "result:/outputs", "--id-only", "busybox", "--",

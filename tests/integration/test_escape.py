@@ -23,6 +23,7 @@ from devstack import Devstack
 from devstack.kubo import ipfs_binary
 from executors.pyodide import PyodideExecutor
 from shoal import Client
+from tests.integration.rogue import free_base_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,7 +32,6 @@ pytestmark = [
                        reason="the python engine cannot run here (Pyodide or bubblewrap missing)"),
 ]
 
-BASE_PORT = 16000  # APIs 16000, libp2p 16100, Kubo 16200-16402: clear of other tests
 # the node's per-job disk limit (--limit-job-disk): what a job stating no disk may write; more than the
 # entries a job's outputs may hold there take (512 bytes each), so that limit is met first
 JOB_DISK = "32MiB"
@@ -71,7 +71,7 @@ def stack(tmp_path_factory):
     canary.chmod(0o644)
     os.environ["SHOAL_HOME"] = str(home / "home")
     os.environ["SHOAL_ESCAPE_CANARY"] = TOKEN  # the nodes inherit it
-    devstack = Devstack(1, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
+    devstack = Devstack(1, base_dir=home / "stack", base_port=free_base_port(1), kubo=True, write_state=False,
                         node_args={0: ["--limit-job-disk", JOB_DISK, "--max-output-entries", str(OUTPUT_ENTRIES)]})
     trio.run(devstack.start)
     devstack.canary = canary

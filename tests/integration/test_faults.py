@@ -11,6 +11,7 @@ from devstack import Devstack
 from devstack.bench import run as bench
 from jobs import EventKind, ExecutionState, JobState
 from shoal import AsyncClient
+from tests.integration.rogue import free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def shoal_home(tmp_path, monkeypatch):
 async def test_chaos_every_job_ends_once(shoal_home):
     """Nodes are killed -9 and restarted during the run: no job is lost, stuck or completed twice."""
     spec = {"engine": {"name": "noop", "delay": 0.2}, "deadlines": {"silence": 3.0}}
-    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18760) as stack:
+    async with Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(3)) as stack:
         report = await bench([n.api for n in stack.nodes], jobs=300, submitters=6, concurrency=1, nodes=3,
                              spec=spec, chaos=stack, chaos_interval=2.0, job_timeout=90)
         assert all(n.process.returncode is None for n in stack.nodes), "the run ended with a node left dead"
@@ -38,7 +39,7 @@ async def test_chaos_every_job_ends_once(shoal_home):
 async def test_frozen_compute_node_work_is_reoffered_within_the_silence_deadline(shoal_home):
     silence = 3.0
     spec = {"engine": {"name": "noop", "delay": 4.0}, "deadlines": {"silence": silence}}
-    async with (Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=18780,
+    async with (Devstack(3, noop=True, base_dir=shoal_home / "stack", base_port=free_base_port(3),
                          node_args={0: ["--no-compute"]}) as stack,
                 AsyncClient(stack.nodes[0].api) as client):
         job_id = (await client.submit(spec)).job.id

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from shoal import Client, ClientKey
+from tests.integration.rogue import free_base_port
 from tests.integration.single_node import SHOAL, noop_node
 
 pytestmark = pytest.mark.slow
 
-PORT = 19070
+PORT = free_base_port(1)
 API = f"http://127.0.0.1:{PORT}"
 
 

@@ -15,18 +15,18 @@ import trio
 from devstack import Devstack
 from devstack.kubo import ipfs_binary
 from executors.docker import DockerExecutor
+from tests.integration.rogue import free_base_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
                                                    "(scripts/install-kubo)")]
 
-BASE_PORT = 17300  # APIs 17300-17302, libp2p 17400.., Kubo 17500..17702
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("sweeps")
     os.environ["SHOAL_HOME"] = str(home / "home")
-    devstack = Devstack(3, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False)
+    devstack = Devstack(3, base_dir=home / "stack", base_port=free_base_port(3), kubo=True, write_state=False)
     trio.run(devstack.start)
     try:
         yield devstack

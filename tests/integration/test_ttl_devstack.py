@@ -21,11 +21,11 @@ import trio
 import shoal
 from devstack import Devstack
 from devstack.kubo import ipfs_binary
+from tests.integration.rogue import free_base_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed "
                                                    "(scripts/install-kubo)")]
 
-BASE_PORT = 19750  # APIs 19750-19751, libp2p 19850-19851, Kubo 19950-20151
 RETENTION, TTL = 2, 4
 LEFTOVER = "ex-left-by-a-crash"
 
@@ -35,7 +35,7 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("ttl")
     saved = os.environ.get("SHOAL_HOME")
     os.environ["SHOAL_HOME"] = str(home / "home")  # the SDK's client key
-    devstack = Devstack(2, base_dir=home / "stack", base_port=BASE_PORT, kubo=True, write_state=False,
+    devstack = Devstack(2, base_dir=home / "stack", base_port=free_base_port(2), kubo=True, write_state=False,
                         extra_args=["--retention", str(RETENTION), "--ttl", str(TTL)],
                         node_args={0: ["--no-compute"]})
     scratch = devstack.nodes[1].data_dir / "work" / LEFTOVER / "results"  # as a killed run leaves it

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 async def test_honest_results_win_and_the_liar_is_quarantined(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
-    async with (Devstack(4, noop=True, base_dir=tmp_path / "stack", base_port=18860, bad_actors=1,
+    async with (Devstack(4, noop=True, base_dir=tmp_path / "stack", base_port=free_base_port(4), bad_actors=1,
                          write_state=False) as stack,
                 AsyncClient(stack.nodes[0].api) as client):
         liar = stack.nodes[3].peer_id
