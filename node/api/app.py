@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from node.api.access import AuthorizedKeys
 from node.api.auth import Nonces, RequestVerifier, node_authorities
 from node.api.errors import install_error_handlers
-from node.api.middleware import BodyLimit, Signed
+from node.api.middleware import Admitted, BodyLimit, Signed
 from node.api.parts import Node
 from node.api.quotas import QuotaLimits, Quotas
 from node.api.routes.health import health_router
@@ -64,12 +64,12 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(nodes_router(node))
     app.include_router(sweeps_router(node, quotas))
     install_schema(app)
-    access = None
+    app.add_middleware(Signed, verifier=verifier)
+    app.add_middleware(BodyLimit)  # added after Signed: runs before it, so the verifier reads a bounded body
     if config.authorized_keys is not None:
         access = AuthorizedKeys(config.authorized_keys)
         access.load()
-    app.add_middleware(Signed, verifier=verifier, access=access)
-    app.add_middleware(BodyLimit)  # added last: runs first, so the verifier reads a bounded body
+        app.add_middleware(Admitted, access=access)  # first of all: strangers' bodies take no room
     return app
 
 

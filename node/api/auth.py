@@ -248,9 +248,9 @@ class RequestVerifier:
         self.hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
         self._clock = clock
 
-    async def __call__(self, request: Request, admit: Callable[[bytes], None] | None = None) -> str:
-        """``admit(public_key)`` runs once the signature verified, before the nonce is recorded: it
-        raises to refuse the key (403), so a stranger's requests take no room in the nonce store."""
+    async def __call__(self, request: Request) -> str:
+        """The verified caller's client id; raises ``HTTPException`` (401, or 503 when the nonce store
+        cannot be written)."""
         headers = request.headers
         missing = [name for name in SIGNATURE_HEADERS if not headers.get(name)]
         if missing:
@@ -294,8 +294,6 @@ class RequestVerifier:
         except (ValueError, InvalidSignature):
             _reject("bad signature")
 
-        if admit is not None:
-            admit(public_key)
         client_id = client_id_for(public_key)
         try:
             verdict = await self.nonces.record(client_id, bytes.fromhex(nonce), now=now,

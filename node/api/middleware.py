@@ -1,5 +1,6 @@
-"""The ASGI middleware in front of every route: body limits (413/408, checked first) and request
-signatures (401/403), each answering before a route, or FastAPI's body parsing, sees the request."""
+"""The ASGI middleware in front of every route: admission by key (403, on a node with an authorized-keys
+file), body limits (413/408) and request signatures (401), in that order, each answering before a route,
+or FastAPI's body parsing, sees the request."""
 
 import contextlib
 
@@ -11,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from node.api.access import AuthorizedKeys, authorize, capability_for
 from node.api.auth import RequestVerifier
 from node.api.errors import error, http_error
+from shoal._auth import HEADER_KEY, parse_public_key
 
 MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through storage, not this body
 MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
@@ -110,29 +112,20 @@ class Signed:
     its JSON parses, which FastAPI would tell before running a route's dependencies).
 
     The verified body is handed on unchanged; routes read the caller from ``request.state.client_id``
-    (``client_id``). With ``access`` (an authorized-keys file), a verified key that the file does not
-    let make this request gets 403 saying why (``node.api.access``), on every signed route.
+    (``client_id``).
     """
 
-    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
+    def __init__(self, app, verifier: RequestVerifier) -> None:
         self.app = app
         self.verifier = verifier
-        self.access = access
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-
-        def admit(public_key: bytes) -> None:
-            if self.access is not None:
-                refusal = authorize(public_key, capability_for(request.method, scope["path"]), self.access.table())
-                if refusal is not None:
-                    raise StarletteHTTPException(403, refusal)
-
         try:
-            await self.verifier(request, admit)  # reads the whole body (bounded by BodyLimit)
+            await self.verifier(request)  # reads the whole body (bounded by BodyLimit)
             body = await request.body()
         except StarletteHTTPException as exc:
             await http_error(exc)(scope, receive, send)
@@ -147,6 +140,48 @@ class Signed:
             return await receive()  # after the body: disconnects, for streaming responses
 
         await self.app(scope, replay, send)
+
+
+class Admitted:
+    """Pure ASGI middleware, outermost on a node with an authorized-keys file (``access``): a request
+    whose key the file does not let make it gets 403 saying why (``node.api.access``), on every signed
+    route, before ``BodyLimit`` gives its body room or its signature is checked.
+
+    A body's signature can be checked only once the body has arrived, and strangers' bodies, sent
+    slowly, held the upload slots and body budget that members' requests need. A refused request's body
+    is read and dropped before the answer (so that its client reads the 403 rather than a reset), within
+    BODY_TIMEOUT and MAX_CONTEXT_BODY. So a closed node tells whether it lets a key in, as an SSH server
+    does; a key it lets in still needs a good signature (401 from ``Signed``).
+    """
+
+    def __init__(self, app, access: AuthorizedKeys) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in UNSIGNED_PATHS:
+            try:
+                key = parse_public_key(Request(scope).headers.get(HEADER_KEY, ""))
+            except ValueError:
+                key = None  # Signed says what is wrong with it
+            capability = capability_for(scope["method"], scope["path"])
+            refusal = None if key is None else authorize(key, capability, self.access.table())
+            if refusal is not None:
+                await drop_body(receive)
+                await answer_early(error(403, "forbidden", refusal), scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def drop_body(receive) -> None:
+    """Read a request's body and keep none of it, for at most BODY_TIMEOUT and MAX_CONTEXT_BODY bytes."""
+    seen = 0
+    with trio.move_on_after(BODY_TIMEOUT):
+        while seen <= MAX_CONTEXT_BODY:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 async def client_id(request: Request) -> str:

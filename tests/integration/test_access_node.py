@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import ipaddress
 import os
+import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -25,7 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from node.api.middleware import CONTEXT_UPLOADS, MAX_CONTEXT_BODY
 from shoal import Client, ClientKey, ConnectionFailed, Forbidden, NotFound, ShoalAuth
+from shoal._context import pack_context
 from tests.integration.rogue import free_base_port
 from tests.integration.single_node import REPO, SHOAL, noop_node
 
@@ -180,15 +184,60 @@ def test_a_strangers_key_gets_403_on_every_route_and_changes_nothing(
             response = c._http.send(request)
             assert response.status_code == 403, (method, path, response.text)
             assert response.json()["error"] == {"code": "forbidden", "message": expected, "fields": []}
-        # a bad signature is still 401, whoever the key is
+        # a stranger's key is refused before its signature is checked; a member's needs a good one
         request = ShoalAuth(stranger).sign(c._http.build_request("GET", "/v1/jobs"))
         request.headers["X-Shoal-Nonce"] = "0" * 32
-        assert c._http.send(request, auth=None).status_code == 401
+        assert c._http.send(request, auth=None).status_code == 403
+        request = ShoalAuth(keys.key["owner"]).sign(c._http.build_request("GET", "/v1/jobs"))
+        request.headers["X-Shoal-Nonce"] = "0" * 32
+        response = c._http.send(request, auth=None)
+        assert response.status_code == 401 and response.json()["error"]["message"] == "bad signature"
     assert metrics(tls) == before  # no job, sweep or event was made; nothing ran
     with client(keys, "owner", tls) as c:
         assert c.describe(owned["job"]).job.state == "completed"
         assert c.describe_sweep(owned["sweep"]).sweep.state == "completed"
         assert c.list().total == 2
+
+
+def test_strangers_slow_uploads_hold_no_upload_slot_and_are_refused(
+    node: Path, keys: Keys, tls: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A node reads at most CONTEXT_UPLOADS upload bodies at once, and a body's signature can be checked only
+    once it has arrived (in up to 30 s). Four strangers' connections that sent a little of a 12 MiB upload
+    and then nothing held every slot: members' uploads got 503 for as long as they kept that up."""
+    stranger = ShoalAuth(keys.key["stranger"])
+    context = ssl.create_default_context(cafile=str(tls[0]))
+    host = f"127.0.0.1:{PORT}"
+
+    def upload_head(size: int) -> bytes:
+        headers = {"Host": host, "Content-Type": "application/x-tar", "Content-Length": str(size),
+                   **stranger.headers_for("POST", host, b"/v1/contexts", b"\0" * size)}
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        return f"POST /v1/contexts HTTP/1.1\r\n{lines}\r\n".encode()
+
+    def connect() -> ssl.SSLSocket:
+        sock = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    stalled = []
+    try:
+        for _ in range(CONTEXT_UPLOADS):
+            sock = connect()
+            sock.sendall(upload_head(MAX_CONTEXT_BODY - 1) + b"\0" * (64 << 10))  # and no more
+            stalled.append(sock)
+        time.sleep(1)
+        (tmp_path / "main.py").write_text("print(1)\n")
+        with client(keys, "owner", tls) as c:  # while the strangers' uploads are still open
+            assert c.upload_context(pack_context(tmp_path))
+        with connect() as whole:  # a stranger that sends its whole body reads its answer
+            whole.sendall(upload_head(1 << 20) + b"\0" * (1 << 20))
+            answer = b""
+            while b"}}" not in answer and (chunk := whole.recv(4096)):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 403") and b"is not authorized on this node" in answer, answer[:300]
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_the_cli_says_not_authorized_and_exits_non_zero(node: Path, keys: Keys, tls: tuple[Path, Path]) -> None:
