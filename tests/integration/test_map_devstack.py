@@ -125,13 +125,14 @@ def slowly(x: int) -> int:
 
 
 def first_fast(x: int) -> int:
-    """Item 0 at once, the others after a second (a container's sleep is real): the map is left after its
-    first value while most of the rest still run, however busy the machine (on a loaded one, all 12 of
-    ``slowly`` once completed before the first value was read, and nothing was left to cancel)."""
+    """Item 0 at once, the others after 5 s (a container's sleep is real): the map is left after its
+    first value while the rest still run, however busy the machine (on a loaded one, all 12 of ``slowly``
+    once completed before the first value was read, and so did these when they slept 1 s, with the tests
+    run in parallel: nothing was left to cancel)."""
     import time
 
     if x:
-        time.sleep(1.0)
+        time.sleep(5.0)
     return x * x
 
 
