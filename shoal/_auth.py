@@ -19,7 +19,9 @@ Headers: ``X-Shoal-Key`` (urlsafe base64 of the 32-byte raw public key), ``X-Sho
 ``X-Shoal-Nonce``, ``X-Shoal-Signature`` (urlsafe base64 of the 64-byte signature) and
 ``X-Shoal-Auth: 2`` (the version of the signed message; requests from SDKs before the host was
 signed carry none and are refused with a message saying to upgrade). Base64 is sent padded; the
-verifier also accepts it unpadded.
+verifier also accepts it unpadded. ``X-Shoal-Body-SHA256`` (optional; the SDK sends it) carries the
+``SHA256-HEX(BODY)`` of the message: with it a node checks the signature before the body arrives, so a
+node open only to some keys reads no body from anyone else (``node.api.middleware.Admitted``).
 
 Nothing is re-serialised before verifying (the hash is over the received bytes), every route is
 signed (not just submit), and the verifier in ``node.api.auth`` rejects stale timestamps and
@@ -52,6 +54,7 @@ HEADER_TIMESTAMP = "X-Shoal-Timestamp"
 HEADER_NONCE = "X-Shoal-Nonce"
 HEADER_SIGNATURE = "X-Shoal-Signature"
 HEADER_VERSION = "X-Shoal-Auth"
+HEADER_BODY_SHA256 = "X-Shoal-Body-SHA256"
 SIGNATURE_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 AUTH_VERSION = "2"  # the canonical string below; 1 (no version header) did not sign the host
 
@@ -106,6 +109,11 @@ def canonical_target(path: bytes, query: bytes) -> bytes:
 
 def canonical_request(method: str, host: str, target: bytes, timestamp: str, nonce: str, body: bytes) -> bytes:
     """The bytes that are signed; see the module docstring."""
+    return signed_message(method, host, target, timestamp, nonce, hashlib.sha256(body).hexdigest())
+
+
+def signed_message(method: str, host: str, target: bytes, timestamp: str, nonce: str, body_sha256: str) -> bytes:
+    """``canonical_request`` from the body's SHA-256 (lower-case hex) rather than the body."""
     return b"\n".join(
         (
             b"shoal-auth-" + AUTH_VERSION.encode("ascii"),
@@ -114,7 +122,7 @@ def canonical_request(method: str, host: str, target: bytes, timestamp: str, non
             target,
             timestamp.encode("ascii"),
             nonce.encode("ascii"),
-            hashlib.sha256(body).hexdigest().encode("ascii"),
+            body_sha256.encode("ascii", "replace"),
         )
     )
 
@@ -261,13 +269,15 @@ class ShoalAuth(httpx.Auth):
         timestamp = str(int(self._clock()))
         nonce = secrets.token_hex(NONCE_BYTES)
         path, _, query = raw_target.partition(b"?")
-        message = canonical_request(method, host, canonical_target(path, query), timestamp, nonce, body)
+        body_sha256 = hashlib.sha256(body).hexdigest()
+        message = signed_message(method, host, canonical_target(path, query), timestamp, nonce, body_sha256)
         return {
             HEADER_VERSION: AUTH_VERSION,
             HEADER_KEY: self.key.public_key_b64,
             HEADER_TIMESTAMP: timestamp,
             HEADER_NONCE: nonce,
             HEADER_SIGNATURE: b64encode(self.key.sign(message)),
+            HEADER_BODY_SHA256: body_sha256,
         }
 
     def sign(self, request: httpx.Request) -> httpx.Request:

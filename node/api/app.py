@@ -64,12 +64,14 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(nodes_router(node))
     app.include_router(sweeps_router(node, quotas))
     install_schema(app)
-    app.add_middleware(Signed, verifier=verifier)
-    app.add_middleware(BodyLimit)  # added after Signed: runs before it, so the verifier reads a bounded body
+    access = None
     if config.authorized_keys is not None:
         access = AuthorizedKeys(config.authorized_keys)
         access.load()
-        app.add_middleware(Admitted, access=access)  # first of all: strangers' bodies take no room
+    app.add_middleware(Signed, verifier=verifier, access=access)
+    app.add_middleware(BodyLimit)  # added after Signed: runs before it, so the verifier reads a bounded body
+    if access is not None:
+        app.add_middleware(Admitted, verifier=verifier, access=access)  # first of all: see its docstring
     return app
 
 

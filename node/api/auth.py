@@ -26,11 +26,12 @@ never evicts anyone else's; the node as a whole holds at most ``total`` (then 50
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, NoReturn, Protocol
+from typing import Any, Literal, NamedTuple, NoReturn, Protocol
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +41,7 @@ from fastapi import HTTPException, Request
 from jobs import ShoalError
 from shoal._auth import (
     AUTH_VERSION,
+    HEADER_BODY_SHA256,
     HEADER_NONCE,
     HEADER_TIMESTAMP,
     HEADER_VERSION,
@@ -48,9 +50,9 @@ from shoal._auth import (
     SIGNATURE_BYTES,
     SIGNATURE_HEADERS,
     b64decode,
-    canonical_request,
     canonical_target,
     client_id_for,
+    signed_message,
 )
 
 __all__ = ["MemoryNonceStore", "NonceLedger", "Nonces", "RequestVerifier"]
@@ -248,51 +250,28 @@ class RequestVerifier:
         self.hosts = frozenset(h.lower() for h in hosts) if hosts is not None else None
         self._clock = clock
 
-    async def __call__(self, request: Request) -> str:
-        """The verified caller's client id; raises ``HTTPException`` (401, or 503 when the nonce store
-        cannot be written)."""
-        headers = request.headers
-        missing = [name for name in SIGNATURE_HEADERS if not headers.get(name)]
-        if missing:
-            _reject(f"missing signature headers: {', '.join(missing)}")
-        if headers.get(HEADER_VERSION) != AUTH_VERSION:
-            _reject(f"this node takes requests signed with version {AUTH_VERSION} of the canonical string "
-                    f"(it covers the host; {HEADER_VERSION}: {AUTH_VERSION}): upgrade your Shoal client")
-        host = headers.get("host", "")
-        if self.hosts is not None and host.lower() not in self.hosts:
-            _reject(f"the request was made for host {host[:100]!r}, which is not a name of this node "
-                    "(a node's names: its API address, and each shoal serve --api-name)")
-        key_text, timestamp, nonce, signature_text = (headers[name] for name in SIGNATURE_HEADERS)
+    def verify_before_body(self, request: Request) -> bytes | None:
+        """The signer's public key, when the request declares its body's SHA-256 (``X-Shoal-Body-SHA256``)
+        and its signature over that verifies: checked before a byte of the body is read. None when it
+        declares none. Raises 401 as ``__call__`` does, which still checks the body that arrives."""
+        declared = request.headers.get(HEADER_BODY_SHA256)
+        if declared is None:
+            return None
+        signer = self._signer(request)
+        self._verify(request, signer, declared)
+        return signer.public_key
 
-        try:
-            public_key = b64decode(key_text)
-            if len(public_key) != PUBLIC_KEY_BYTES:
-                raise ValueError
-            verifying_key = Ed25519PublicKey.from_public_bytes(public_key)
-        except ValueError:
-            _reject("malformed key")
-
-        if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
-            _reject(f"malformed timestamp: {HEADER_TIMESTAMP} must be integer unix seconds")
-        now = self._clock()
-        skew = abs(now - int(timestamp))
-        if skew > self.max_skew:
-            _reject(f"timestamp {math.ceil(skew)} s off (max {self.max_skew})")
-
-        if len(nonce) != 2 * NONCE_BYTES or not set(nonce) <= _HEX:
-            _reject(f"malformed nonce: {HEADER_NONCE} must be {NONCE_BYTES} random bytes as lower-case hex")
-
+    async def __call__(self, request: Request, admit: Callable[[bytes], None] | None = None) -> str:
+        """The verified caller's client id; raises ``HTTPException`` (401, 429, or 503 when the nonce
+        store is full or cannot be written). ``admit(public_key)`` runs once the signature verified, before
+        the nonce is recorded: it raises to refuse the key (403), so a stranger's requests take no room in
+        the nonce store."""
+        signer = self._signer(request)
         body = await request.body()  # Starlette caches it: the route can still read the body
-        raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode("ascii")
-        target = canonical_target(raw_path.split(b"?", 1)[0], request.scope.get("query_string", b""))
-        message = canonical_request(request.method, host, target, timestamp, nonce, body)
-        try:
-            signature = b64decode(signature_text)
-            if len(signature) != SIGNATURE_BYTES:
-                raise ValueError
-            verifying_key.verify(signature, message)
-        except (ValueError, InvalidSignature):
-            _reject("bad signature")
+        self._verify(request, signer, hashlib.sha256(body).hexdigest())
+        public_key, timestamp, nonce, now = signer.public_key, signer.timestamp, signer.nonce, signer.now
+        if admit is not None:
+            admit(public_key)
 
         client_id = client_id_for(public_key)
         try:
@@ -316,6 +295,66 @@ class RequestVerifier:
         request.state.client_id = client_id
         request.state.public_key = public_key
         return client_id
+
+
+    def _signer(self, request: Request) -> _Signer:
+        """The request's signature headers, checked as far as they can be without its body (401)."""
+        headers = request.headers
+        missing = [name for name in SIGNATURE_HEADERS if not headers.get(name)]
+        if missing:
+            _reject(f"missing signature headers: {', '.join(missing)}")
+        if headers.get(HEADER_VERSION) != AUTH_VERSION:
+            _reject(f"this node takes requests signed with version {AUTH_VERSION} of the canonical string "
+                    f"(it covers the host; {HEADER_VERSION}: {AUTH_VERSION}): upgrade your Shoal client")
+        host = headers.get("host", "")
+        if self.hosts is not None and host.lower() not in self.hosts:
+            _reject(f"the request was made for host {host[:100]!r}, which is not a name of this node "
+                    "(a node's names: its API address, and each shoal serve --api-name)")
+        key_text, timestamp, nonce, signature = (headers[name] for name in SIGNATURE_HEADERS)
+
+        try:
+            public_key = b64decode(key_text)
+            if len(public_key) != PUBLIC_KEY_BYTES:
+                raise ValueError
+            Ed25519PublicKey.from_public_bytes(public_key)
+        except ValueError:
+            _reject("malformed key")
+
+        if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+            _reject(f"malformed timestamp: {HEADER_TIMESTAMP} must be integer unix seconds")
+        now = self._clock()
+        skew = abs(now - int(timestamp))
+        if skew > self.max_skew:
+            _reject(f"timestamp {math.ceil(skew)} s off (max {self.max_skew})")
+
+        if len(nonce) != 2 * NONCE_BYTES or not set(nonce) <= _HEX:
+            _reject(f"malformed nonce: {HEADER_NONCE} must be {NONCE_BYTES} random bytes as lower-case hex")
+        return _Signer(public_key, host, timestamp, nonce, signature, now)
+
+    @staticmethod
+    def _verify(request: Request, signer: _Signer, body_sha256: str) -> None:
+        """401 unless ``signer``'s signature is over this request with a body of ``body_sha256``."""
+        raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode("ascii")
+        target = canonical_target(raw_path.split(b"?", 1)[0], request.scope.get("query_string", b""))
+        message = signed_message(request.method, signer.host, target, signer.timestamp, signer.nonce, body_sha256)
+        try:
+            signature = b64decode(signer.signature)
+            if len(signature) != SIGNATURE_BYTES:
+                raise ValueError
+            Ed25519PublicKey.from_public_bytes(signer.public_key).verify(signature, message)
+        except (ValueError, InvalidSignature):
+            _reject("bad signature")
+
+
+class _Signer(NamedTuple):
+    """A request's signature headers, checked but for the signature itself."""
+
+    public_key: bytes
+    host: str
+    timestamp: str
+    nonce: str
+    signature: str
+    now: float
 
 
 def _reject(detail: str) -> NoReturn:

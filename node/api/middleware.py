@@ -1,6 +1,6 @@
-"""The ASGI middleware in front of every route: admission by key (403, on a node with an authorized-keys
-file), body limits (413/408) and request signatures (401), in that order, each answering before a route,
-or FastAPI's body parsing, sees the request."""
+"""The ASGI middleware in front of every route: on a node open only to some keys, a signature checked before
+the body (``Admitted``); body limits (413/408/503); request signatures (401/403). Each answers before a
+route, or FastAPI's body parsing, sees the request."""
 
 import contextlib
 
@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from node.api.access import AuthorizedKeys, authorize, capability_for
 from node.api.auth import RequestVerifier
 from node.api.errors import error, http_error
-from shoal._auth import HEADER_KEY, parse_public_key
 
 MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through storage, not this body
 MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
@@ -26,36 +25,47 @@ UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/
                             "/docs/oauth2-redirect", "/redoc"})
 
 
+class BodyRoom:
+    """What the bodies being read at once may take: CONTEXT_UPLOADS uploads and BODY_BUDGET bytes."""
+
+    def __init__(self) -> None:
+        self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
+        self.buffered = 0  # body bytes of the requests being read or handled now
+
+
 class BodyLimit:
     """Pure ASGI middleware: 413 for bodies over MAX_BODY, whether declared or streamed; a declared
     Content-Length over it is refused before a byte of the body is read. A body must arrive
-    within BODY_TIMEOUT of its first read (408); past BODY_BUDGET of bodies in memory, 503."""
+    within BODY_TIMEOUT of its first read (408); past BODY_BUDGET of bodies in memory, 503.
+
+    Requests whose signer ``Admitted`` let in before their body (``scope[SIGNER_ADMITTED]``) have room of
+    their own: whoever else sends bodies slowly cannot take it from them."""
 
     def __init__(self, app) -> None:
         self.app = app
-        self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
-        self.buffered = 0  # body bytes of the requests being read or handled now
+        self.rooms = {False: BodyRoom(), True: BodyRoom()}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        room = self.rooms[scope.get(SIGNER_ADMITTED, False)]
         if scope["path"] == "/v1/contexts":  # a large body is read before its signature can be checked
             try:
-                self.uploads.acquire_nowait()
+                room.uploads.acquire_nowait()
             except trio.WouldBlock:
                 await answer_early(error(503, "unavailable", f"{CONTEXT_UPLOADS} uploads in progress: retry in a "
                                          "second", headers={"Retry-After": "1"}), scope, receive, send)
                 return
             try:
-                await self._limited(scope, receive, send, MAX_CONTEXT_BODY)
+                await self._limited(scope, receive, send, MAX_CONTEXT_BODY, room)
             finally:
-                self.uploads.release()
+                room.uploads.release()
         else:
-            await self._limited(scope, receive, send, MAX_BODY)
+            await self._limited(scope, receive, send, MAX_BODY, room)
 
-    async def _limited(self, scope, receive, send, limit: int) -> None:
+    async def _limited(self, scope, receive, send, limit: int, room: BodyRoom) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and not declared.isdigit():
             await answer_early(error(400, "bad_request", "malformed Content-Length header"), scope, receive, send)
@@ -77,10 +87,10 @@ class BodyLimit:
                 message = await receive()
                 size = len(message.get("body", b""))
                 seen += size
-                self.buffered += size
+                room.buffered += size
                 if seen > limit:
                     raise StarletteHTTPException(413, too_large(limit))
-                if self.buffered > BODY_BUDGET:
+                if room.buffered > BODY_BUDGET:
                     raise StarletteHTTPException(503, "the node is reading too many request bodies: retry in a second",
                                                  headers={"Retry-After": "1"})
                 body_done = not message.get("more_body", False)
@@ -90,7 +100,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            self.buffered -= seen
+            room.buffered -= seen
 
 
 async def answer_early(response: JSONResponse, scope, receive, send) -> None:
@@ -112,20 +122,29 @@ class Signed:
     its JSON parses, which FastAPI would tell before running a route's dependencies).
 
     The verified body is handed on unchanged; routes read the caller from ``request.state.client_id``
-    (``client_id``).
+    (``client_id``). With ``access`` (an authorized-keys file), a verified key that the file does not
+    let make this request gets 403 saying why (``node.api.access``), on every signed route.
     """
 
-    def __init__(self, app, verifier: RequestVerifier) -> None:
+    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
         self.app = app
         self.verifier = verifier
+        self.access = access
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+
+        def admit(public_key: bytes) -> None:
+            if self.access is not None:
+                refusal = authorize(public_key, capability_for(request.method, scope["path"]), self.access.table())
+                if refusal is not None:
+                    raise StarletteHTTPException(403, refusal)
+
         try:
-            await self.verifier(request)  # reads the whole body (bounded by BodyLimit)
+            await self.verifier(request, admit)  # reads the whole body (bounded by BodyLimit)
             body = await request.body()
         except StarletteHTTPException as exc:
             await http_error(exc)(scope, receive, send)
@@ -142,34 +161,44 @@ class Signed:
         await self.app(scope, replay, send)
 
 
-class Admitted:
-    """Pure ASGI middleware, outermost on a node with an authorized-keys file (``access``): a request
-    whose key the file does not let make it gets 403 saying why (``node.api.access``), on every signed
-    route, before ``BodyLimit`` gives its body room or its signature is checked.
+SIGNER_ADMITTED = "shoal.signer_admitted"  # an ASGI scope key: Admitted let the signer in before the body
 
-    A body's signature can be checked only once the body has arrived, and strangers' bodies, sent
-    slowly, held the upload slots and body budget that members' requests need. A refused request's body
-    is read and dropped before the answer (so that its client reads the 403 rather than a reset), within
-    BODY_TIMEOUT and MAX_CONTEXT_BODY. So a closed node tells whether it lets a key in, as an SSH server
-    does; a key it lets in still needs a good signature (401 from ``Signed``).
+
+class Admitted:
+    """Pure ASGI middleware, outermost on a node with an authorized-keys file (``access``): a request that
+    declares its body's SHA-256 (the SDK does: ``X-Shoal-Body-SHA256``) has its signature checked and its
+    key admitted before a byte of its body is read, and answers 401/403 then; the requests it lets in get
+    body room of their own (``BodyLimit``). ``Signed`` still checks the body that arrives.
+
+    A body's signature can otherwise be checked only once the body has arrived: four strangers' slowly sent
+    12 MiB uploads held every upload slot, and members' uploads got 503. Requests without the header (other
+    clients) go on as before, in the room strangers can fill. A refused request's body is read and dropped
+    before the answer, so that its client reads the answer rather than a reset: within BODY_TIMEOUT and
+    MAX_CONTEXT_BODY, and not when the client waits for a ``100 Continue`` before sending it.
     """
 
-    def __init__(self, app, access: AuthorizedKeys) -> None:
+    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys) -> None:
         self.app = app
+        self.verifier = verifier
         self.access = access
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] not in UNSIGNED_PATHS:
-            try:
-                key = parse_public_key(Request(scope).headers.get(HEADER_KEY, ""))
-            except ValueError:
-                key = None  # Signed says what is wrong with it
-            capability = capability_for(scope["method"], scope["path"])
-            refusal = None if key is None else authorize(key, capability, self.access.table())
-            if refusal is not None:
+        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            key = self.verifier.verify_before_body(request)
+            if key is not None:
+                refusal = authorize(key, capability_for(request.method, scope["path"]), self.access.table())
+                if refusal is not None:
+                    raise StarletteHTTPException(403, refusal)
+        except StarletteHTTPException as exc:
+            if request.headers.get("expect", "").lower() != "100-continue":
                 await drop_body(receive)
-                await answer_early(error(403, "forbidden", refusal), scope, receive, send)
-                return
+            await answer_early(http_error(exc), scope, receive, send)
+            return
+        scope[SIGNER_ADMITTED] = key is not None
         await self.app(scope, receive, send)
 
 

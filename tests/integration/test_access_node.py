@@ -29,6 +29,7 @@ import pytest
 
 from node.api.middleware import CONTEXT_UPLOADS, MAX_CONTEXT_BODY
 from shoal import Client, ClientKey, ConnectionFailed, Forbidden, NotFound, ShoalAuth
+from shoal._auth import HEADER_BODY_SHA256, HEADER_KEY
 from shoal._context import pack_context
 from tests.integration.rogue import free_base_port
 from tests.integration.single_node import REPO, SHOAL, noop_node
@@ -184,14 +185,12 @@ def test_a_strangers_key_gets_403_on_every_route_and_changes_nothing(
             response = c._http.send(request)
             assert response.status_code == 403, (method, path, response.text)
             assert response.json()["error"] == {"code": "forbidden", "message": expected, "fields": []}
-        # a stranger's key is refused before its signature is checked; a member's needs a good one
-        request = ShoalAuth(stranger).sign(c._http.build_request("GET", "/v1/jobs"))
-        request.headers["X-Shoal-Nonce"] = "0" * 32
-        assert c._http.send(request, auth=None).status_code == 403
-        request = ShoalAuth(keys.key["owner"]).sign(c._http.build_request("GET", "/v1/jobs"))
-        request.headers["X-Shoal-Nonce"] = "0" * 32
-        response = c._http.send(request, auth=None)
-        assert response.status_code == 401 and response.json()["error"]["message"] == "bad signature"
+        # a bad signature is still 401, whoever the key is
+        for name in ("stranger", "owner"):
+            request = ShoalAuth(keys.key[name]).sign(c._http.build_request("GET", "/v1/jobs"))
+            request.headers["X-Shoal-Nonce"] = "0" * 32
+            response = c._http.send(request, auth=None)
+            assert response.status_code == 401 and response.json()["error"]["message"] == "bad signature"
     assert metrics(tls) == before  # no job, sweep or event was made; nothing ran
     with client(keys, "owner", tls) as c:
         assert c.describe(owned["job"]).job.state == "completed"
@@ -199,19 +198,26 @@ def test_a_strangers_key_gets_403_on_every_route_and_changes_nothing(
         assert c.list().total == 2
 
 
-def test_strangers_slow_uploads_hold_no_upload_slot_and_are_refused(
+def test_slow_uploads_from_strangers_or_forgers_leave_members_their_upload_slots(
     node: Path, keys: Keys, tls: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """A node reads at most CONTEXT_UPLOADS upload bodies at once, and a body's signature can be checked only
-    once it has arrived (in up to 30 s). Four strangers' connections that sent a little of a 12 MiB upload
-    and then nothing held every slot: members' uploads got 503 for as long as they kept that up."""
-    stranger = ShoalAuth(keys.key["stranger"])
+    """A node reads at most CONTEXT_UPLOADS upload bodies at once, and a signature over a body could be
+    checked only once the body had arrived (in up to 30 s). Four connections that sent a little of a 12 MiB
+    upload and then nothing held every slot, whatever key they named: members' uploads got 503 for as long
+    as they kept that up. The SDK now declares its body's hash, so its signature is checked first."""
+    forger = ShoalAuth(keys.key["stranger"])
     context = ssl.create_default_context(cafile=str(tls[0]))
     host = f"127.0.0.1:{PORT}"
 
-    def upload_head(size: int) -> bytes:
-        headers = {"Host": host, "Content-Type": "application/x-tar", "Content-Length": str(size),
-                   **stranger.headers_for("POST", host, b"/v1/contexts", b"\0" * size)}
+    def upload(size: int, *, named: str = "stranger", declared: bool = True, expect: bool = False) -> bytes:
+        """The head of a stranger's upload of ``size`` bytes, naming ``named``'s key and signed by the stranger."""
+        signature = forger.headers_for("POST", host, b"/v1/contexts", b"\0" * size)
+        signature[HEADER_KEY] = keys.key[named].public_key_b64
+        if not declared:
+            del signature[HEADER_BODY_SHA256]
+        headers = {"Host": host, "Content-Type": "application/x-tar", "Content-Length": str(size), **signature}
+        if expect:
+            headers["Expect"] = "100-continue"
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         return f"POST /v1/contexts HTTP/1.1\r\n{lines}\r\n".encode()
 
@@ -219,22 +225,36 @@ def test_strangers_slow_uploads_hold_no_upload_slot_and_are_refused(
         sock = socket.create_connection(("127.0.0.1", PORT), timeout=10)
         return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
+    def answer(sock: ssl.SSLSocket) -> bytes:
+        received = b""
+        while b"}}" not in received and (chunk := sock.recv(4096)):
+            received += chunk
+        return received
+
     stalled = []
     try:
-        for _ in range(CONTEXT_UPLOADS):
+        size = MAX_CONTEXT_BODY - 1
+        # the stranger's own key, and the owner's named in requests the stranger signed (with no hash declared)
+        for head in [upload(size)] * CONTEXT_UPLOADS + [upload(size, named="owner", declared=False)] * CONTEXT_UPLOADS:
             sock = connect()
-            sock.sendall(upload_head(MAX_CONTEXT_BODY - 1) + b"\0" * (64 << 10))  # and no more
+            sock.sendall(head + b"\0" * (64 << 10))  # and no more
             stalled.append(sock)
         time.sleep(1)
         (tmp_path / "main.py").write_text("print(1)\n")
-        with client(keys, "owner", tls) as c:  # while the strangers' uploads are still open
+        with client(keys, "owner", tls) as c:  # while all of those are open
             assert c.upload_context(pack_context(tmp_path))
-        with connect() as whole:  # a stranger that sends its whole body reads its answer
-            whole.sendall(upload_head(1 << 20) + b"\0" * (1 << 20))
-            answer = b""
-            while b"}}" not in answer and (chunk := whole.recv(4096)):
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 403") and b"is not authorized on this node" in answer, answer[:300]
+        # the answers come before the body: a client that waits for "100 Continue" reads them without sending it
+        for named, status, message in (("stranger", b"403", b"is not authorized on this node"),
+                                       ("owner", b"401", b"bad signature")):
+            with connect() as sock:
+                sock.sendall(upload(MAX_CONTEXT_BODY - 1, named=named, expect=True))
+                got = answer(sock)
+            final = got[got.rindex(b"HTTP/1.1 "):]  # after hypercorn's "100 Continue", which it sends regardless
+            assert final.startswith(b"HTTP/1.1 " + status) and message in final, got[:300]
+        with connect() as sock:  # one that sends its whole body reads its answer too, rather than a reset
+            sock.sendall(upload(1 << 20) + b"\0" * (1 << 20))
+            got = answer(sock)
+        assert got.startswith(b"HTTP/1.1 403") and b"is not authorized on this node" in got, got[:300]
     finally:
         for sock in stalled:
             sock.close()

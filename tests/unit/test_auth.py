@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from node.api.auth import MemoryNonceStore, NonceLedger, Nonces, RequestVerifier, node_authorities
 from shoal._auth import (
+    HEADER_BODY_SHA256,
     HEADER_KEY,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -401,3 +402,39 @@ async def test_sdk_signature_verifies_through_hypercorn(key: ClientKey) -> None:
         "raw": "/v1/jobs/a%20b%20%C3%BC%3F%26x",
         "owner": key.client_id,
     }
+
+
+# -- checked before the body ------------------------------------------------------------------------
+
+def before_body(verifier: RequestVerifier, request: httpx.Request) -> bytes | None:
+    """``verify_before_body`` on ``request`` as a node sees it before a byte of its body arrived."""
+    from starlette.requests import Request as StarletteRequest
+
+    scope = {"type": "http", "method": request.method, "path": request.url.path, "raw_path": request.url.raw_path,
+             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
+    return verifier.verify_before_body(StarletteRequest(scope))
+
+
+async def test_a_declared_body_hash_lets_the_signature_be_checked_before_the_body(http, verifier, key, clock) -> None:
+    """What a node open only to some keys does before it gives a body room (node.api.middleware.Admitted)."""
+    from fastapi import HTTPException
+
+    request = signed(http, key, "POST", "/v1/echo", clock, json={"text": "x"})
+    assert before_body(verifier, request) == b64decode(key.public_key_b64)
+    forged = signed(http, ClientKey.generate(), "POST", "/v1/echo", clock, json={"text": "x"})
+    forged.headers[HEADER_KEY] = key.public_key_b64
+    with pytest.raises(HTTPException) as refused:
+        before_body(verifier, forged)
+    assert refused.value.status_code == 401 and refused.value.detail == "bad signature"
+    request.headers[HEADER_BODY_SHA256] = hashlib.sha256(b'{"text":"y"}').hexdigest()  # not what was signed
+    with pytest.raises(HTTPException):
+        before_body(verifier, request)
+    del request.headers[HEADER_BODY_SHA256]
+    assert before_body(verifier, request) is None  # declares nothing: checked once its body has arrived
+
+
+async def test_a_body_other_than_the_one_declared_is_refused_once_it_arrives(http, key, clock) -> None:
+    original = signed(http, key, "POST", "/v1/echo", clock, json={"text": "pay 1"})
+    other = http.build_request("POST", "/v1/echo", json={"text": "pay 9"}, headers=original.headers)
+    assert other.headers[HEADER_BODY_SHA256] == hashlib.sha256(original.content).hexdigest()
+    assert detail(await http.send(other)) == "bad signature"
