@@ -116,7 +116,25 @@ def too_large(limit: int = MAX_BODY) -> str:
     return f"request body over {limit} bytes: a working directory sent with a job must be smaller"
 
 
-class Signed:
+class OnSignedRoutes:
+    """Pure ASGI middleware that acts on requests to signed routes (``signed``) and passes the rest on."""
+
+    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.access = access  # an authorized-keys file; None: any key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
+            await self.app(scope, receive, send)
+        else:
+            await self.signed(scope, receive, send)
+
+    async def signed(self, scope, receive, send) -> None:
+        raise NotImplementedError
+
+
+class Signed(OnSignedRoutes):
     """Pure ASGI middleware: the signature of every request outside UNSIGNED_PATHS is verified
     before anything else reads the request, so an unsigned one learns nothing (not even whether
     its JSON parses, which FastAPI would tell before running a route's dependencies).
@@ -126,25 +144,11 @@ class Signed:
     let make this request gets 403 saying why (``node.api.access``), on every signed route.
     """
 
-    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys | None = None) -> None:
-        self.app = app
-        self.verifier = verifier
-        self.access = access
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
-            await self.app(scope, receive, send)
-            return
+    async def signed(self, scope, receive, send) -> None:
         request = Request(scope, receive)
-
-        def admit(public_key: bytes) -> None:
-            if self.access is not None:
-                refusal = authorize(public_key, capability_for(request.method, scope["path"]), self.access.table())
-                if refusal is not None:
-                    raise StarletteHTTPException(403, refusal)
-
         try:
-            await self.verifier(request, admit)  # reads the whole body (bounded by BodyLimit)
+            # reads the whole body (bounded by BodyLimit)
+            await self.verifier(request, lambda key: admit(self.access, request, key))
             body = await request.body()
         except StarletteHTTPException as exc:
             await http_error(exc)(scope, receive, send)
@@ -161,10 +165,18 @@ class Signed:
         await self.app(scope, replay, send)
 
 
+def admit(access: AuthorizedKeys | None, request: Request, public_key: bytes) -> None:
+    """403 saying why, unless ``access`` lets ``public_key`` make ``request`` (without a file, anyone may)."""
+    if access is not None:
+        refusal = authorize(public_key, capability_for(request.method, request.scope["path"]), access.table())
+        if refusal is not None:
+            raise StarletteHTTPException(403, refusal)
+
+
 SIGNER_ADMITTED = "shoal.signer_admitted"  # an ASGI scope key: Admitted let the signer in before the body
 
 
-class Admitted:
+class Admitted(OnSignedRoutes):
     """Pure ASGI middleware, outermost on a node with an authorized-keys file (``access``): a request that
     declares its body's SHA-256 (the SDK does: ``X-Shoal-Body-SHA256``) has its signature checked and its
     key admitted before a byte of its body is read, and answers 401/403 then; the requests it lets in get
@@ -177,22 +189,12 @@ class Admitted:
     MAX_CONTEXT_BODY, and not when the client waits for a ``100 Continue`` before sending it.
     """
 
-    def __init__(self, app, verifier: RequestVerifier, access: AuthorizedKeys) -> None:
-        self.app = app
-        self.verifier = verifier
-        self.access = access
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
-            await self.app(scope, receive, send)
-            return
+    async def signed(self, scope, receive, send) -> None:
         request = Request(scope)
         try:
             key = self.verifier.verify_before_body(request)
             if key is not None:
-                refusal = authorize(key, capability_for(request.method, scope["path"]), self.access.table())
-                if refusal is not None:
-                    raise StarletteHTTPException(403, refusal)
+                admit(self.access, request, key)
         except StarletteHTTPException as exc:
             if request.headers.get("expect", "").lower() != "100-continue":
                 await drop_body(receive)
