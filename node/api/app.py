@@ -69,7 +69,8 @@ def create_app(node: Node) -> FastAPI:
         access = AuthorizedKeys(config.authorized_keys)
         access.load()
     app.add_middleware(Signed, verifier=verifier, access=access)
-    app.add_middleware(BodyLimit)  # added after Signed: runs before it, so the verifier reads a bounded body
+    # added after Signed: runs before it, so the verifier reads a bounded body
+    app.add_middleware(BodyLimit, admitted_room=access is not None)
     if access is not None:
         app.add_middleware(Admitted, verifier=verifier, access=access)  # first of all: see its docstring
     return app

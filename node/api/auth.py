@@ -62,6 +62,8 @@ _HEX = frozenset("0123456789abcdef")
 
 NONCES_PER_CLIENT = 250_000  # live nonces one client may hold: ~830 requests/s sustained over the window
 NONCES_TOTAL = 2_000_000  # live nonces of all clients together (rows of the nonces table)
+RECENT = 50_000  # nonces also kept in memory (4 MB), for a look before a request's body: a replay of a
+# request seen on the wire is refused then unless 50,000 requests came after it (within the 300 s window)
 PURGE_EVERY = 30.0  # seconds between two deletions of expired nonces
 
 NonceVerdict = Literal["ok", "replay", "client_full", "node_full"]
@@ -193,6 +195,12 @@ class Nonces:
         self.store: NonceStore = store if store is not None else MemoryNonceStore()
         self.ledger = NonceLedger(per_client, total)
         self.refused = {"replay": 0, "client_full": 0, "node_full": 0}  # for /metrics
+        self.recent: dict[bytes, None] = {}  # the last RECENT nonces recorded, oldest first
+
+    def used_recently(self, nonce: bytes) -> bool:
+        """Whether ``nonce`` is one of the last RECENT recorded (by any client: they are 16 random bytes). A
+        cheap look before a request's body is read; ``record`` remains the check."""
+        return nonce in self.recent
 
     def __len__(self) -> int:
         return self.ledger.total
@@ -213,6 +221,10 @@ class Nonces:
             if not fresh:
                 self.ledger.remove(client, expires)
                 verdict = "replay"
+            else:
+                self.recent[nonce] = None
+                if len(self.recent) > RECENT:
+                    del self.recent[next(iter(self.recent))]
         if verdict != "ok":
             self.refused[verdict] += 1
         return verdict
@@ -259,16 +271,24 @@ class RequestVerifier:
             return None
         signer = self._signer(request)
         self._verify(request, signer, declared)
+        if self.nonces.used_recently(bytes.fromhex(signer.nonce)):
+            _reject("nonce already used")  # a replay, its body perhaps made long to hold room
         return signer.public_key
 
-    async def __call__(self, request: Request, admit: Callable[[bytes], None] | None = None) -> str:
+    async def __call__(self, request: Request, admit: Callable[[bytes], None] | None = None, *,
+                       verified_before_body: bool = False) -> str:
         """The verified caller's client id; raises ``HTTPException`` (401, 429, or 503 when the nonce
         store is full or cannot be written). ``admit(public_key)`` runs once the signature verified, before
         the nonce is recorded: it raises to refuse the key (403), so a stranger's requests take no room in
-        the nonce store."""
+        the nonce store. ``verified_before_body``: ``verify_before_body`` passed on this request, so only the
+        body's hash is left to compare with the one declared and signed."""
         signer = self._signer(request)
         body = await request.body()  # Starlette caches it: the route can still read the body
-        self._verify(request, signer, hashlib.sha256(body).hexdigest())
+        body_sha256 = hashlib.sha256(body).hexdigest()
+        if not verified_before_body:
+            self._verify(request, signer, body_sha256)
+        elif body_sha256 != request.headers.get(HEADER_BODY_SHA256):
+            _reject("bad signature")  # the body is not the one whose hash was signed
         public_key, timestamp, nonce, now = signer.public_key, signer.timestamp, signer.nonce, signer.now
         if admit is not None:
             admit(public_key)

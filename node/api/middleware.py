@@ -26,10 +26,11 @@ UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/
 
 
 class BodyRoom:
-    """What the bodies being read at once may take: CONTEXT_UPLOADS uploads and BODY_BUDGET bytes."""
+    """What the bodies being read at once may take: CONTEXT_UPLOADS uploads and ``budget`` bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
         self.uploads = trio.CapacityLimiter(CONTEXT_UPLOADS)
+        self.budget = budget
         self.buffered = 0  # body bytes of the requests being read or handled now
 
 
@@ -38,12 +39,14 @@ class BodyLimit:
     Content-Length over it is refused before a byte of the body is read. A body must arrive
     within BODY_TIMEOUT of its first read (408); past BODY_BUDGET of bodies in memory, 503.
 
-    Requests whose signer ``Admitted`` let in before their body (``scope[SIGNER_ADMITTED]``) have room of
-    their own: whoever else sends bodies slowly cannot take it from them."""
+    With ``admitted_room``, requests whose signer ``Admitted`` let in before their body
+    (``scope[SIGNER_ADMITTED]``) have room of their own, half of BODY_BUDGET: whoever else sends bodies
+    slowly cannot take it from them."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, admitted_room: bool = False) -> None:
         self.app = app
-        self.rooms = {False: BodyRoom(), True: BodyRoom()}
+        budget = BODY_BUDGET // 2 if admitted_room else BODY_BUDGET
+        self.rooms = {False: BodyRoom(budget), True: BodyRoom(budget)}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -90,7 +93,7 @@ class BodyLimit:
                 room.buffered += size
                 if seen > limit:
                     raise StarletteHTTPException(413, too_large(limit))
-                if room.buffered > BODY_BUDGET:
+                if room.buffered > room.budget:
                     raise StarletteHTTPException(503, "the node is reading too many request bodies: retry in a second",
                                                  headers={"Retry-After": "1"})
                 body_done = not message.get("more_body", False)
@@ -148,7 +151,8 @@ class Signed(OnSignedRoutes):
         request = Request(scope, receive)
         try:
             # reads the whole body (bounded by BodyLimit)
-            await self.verifier(request, lambda key: admit(self.access, request, key))
+            await self.verifier(request, lambda key: admit(self.access, request, key),
+                                verified_before_body=scope.get(SIGNER_ADMITTED, False))
             body = await request.body()
         except StarletteHTTPException as exc:
             await http_error(exc)(scope, receive, send)
@@ -185,8 +189,9 @@ class Admitted(OnSignedRoutes):
     A body's signature can otherwise be checked only once the body has arrived: four strangers' slowly sent
     12 MiB uploads held every upload slot, and members' uploads got 503. Requests without the header (other
     clients) go on as before, in the room strangers can fill. A refused request's body is read and dropped
-    before the answer, so that its client reads the answer rather than a reset: within BODY_TIMEOUT and
-    MAX_CONTEXT_BODY, and not when the client waits for a ``100 Continue`` before sending it.
+    before the answer, so that its client reads the answer rather than a reset (within BODY_TIMEOUT and
+    MAX_CONTEXT_BODY). A replay of a request seen on the wire is refused before its body too
+    (``Nonces.used_recently``).
     """
 
     async def signed(self, scope, receive, send) -> None:
@@ -196,8 +201,7 @@ class Admitted(OnSignedRoutes):
             if key is not None:
                 admit(self.access, request, key)
         except StarletteHTTPException as exc:
-            if request.headers.get("expect", "").lower() != "100-continue":
-                await drop_body(receive)
+            await drop_body(receive)  # (hypercorn has sent a "100 Continue" to a client that asked for one)
             await answer_early(http_error(exc), scope, receive, send)
             return
         scope[SIGNER_ADMITTED] = key is not None

@@ -9,14 +9,25 @@ from pydantic import TypeAdapter
 
 from jobs import Event, JobState
 from node.api.middleware import UNSIGNED_PATHS
-from shoal._auth import AUTH_VERSION, HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_VERSION
+from shoal._auth import (
+    AUTH_VERSION,
+    HEADER_BODY_SHA256,
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    HEADER_VERSION,
+)
 
 _SIGNATURE_SCHEMES = {  # OpenAPI security scheme name → (header, description)
     "ShoalKey": (HEADER_KEY, "urlsafe base64 of the client's raw 32-byte Ed25519 public key"),
     "ShoalTimestamp": (HEADER_TIMESTAMP, "unix seconds; rejected when more than 5 minutes off"),
     "ShoalNonce": (HEADER_NONCE, "16 random bytes as lower-case hex; never reused"),
     "ShoalSignature": (HEADER_SIGNATURE, "urlsafe base64 Ed25519 signature of shoal-auth-2\\nMETHOD\\nHOST\\n"
-                                         "TARGET\\nTIMESTAMP\\nNONCE\\nSHA256-HEX(BODY); see shoal._auth"),
+                                         "TARGET\\nTIMESTAMP\\nNONCE\\nSHA256-HEX(BODY); see shoal._auth. Send "
+                                         f"SHA256-HEX(BODY) as {HEADER_BODY_SHA256} too, and a node open only to "
+                                         "some keys checks the signature before the body (other requests share "
+                                         "room that strangers can fill)"),
     "ShoalAuthVersion": (HEADER_VERSION, f"{AUTH_VERSION}: the version of the signed string (it covers the Host)"),
 }
 

@@ -12,6 +12,7 @@ sending anything. A node whose API listens beyond loopback will not start withou
 
 from __future__ import annotations
 
+import hashlib
 import io
 import ipaddress
 import os
@@ -198,26 +199,28 @@ def test_a_strangers_key_gets_403_on_every_route_and_changes_nothing(
         assert c.list().total == 2
 
 
-def test_slow_uploads_from_strangers_or_forgers_leave_members_their_upload_slots(
+def test_slow_uploads_from_strangers_forgers_or_replays_leave_members_their_upload_slots(
     node: Path, keys: Keys, tls: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A node reads at most CONTEXT_UPLOADS upload bodies at once, and a signature over a body could be
     checked only once the body had arrived (in up to 30 s). Four connections that sent a little of a 12 MiB
     upload and then nothing held every slot, whatever key they named: members' uploads got 503 for as long
     as they kept that up. The SDK now declares its body's hash, so its signature is checked first."""
-    forger = ShoalAuth(keys.key["stranger"])
     context = ssl.create_default_context(cafile=str(tls[0]))
     host = f"127.0.0.1:{PORT}"
+    (tmp_path / "main.py").write_text("print(1)\n")
+    archive = pack_context(tmp_path)
 
-    def upload(size: int, *, named: str = "stranger", declared: bool = True, expect: bool = False) -> bytes:
-        """The head of a stranger's upload of ``size`` bytes, naming ``named``'s key and signed by the stranger."""
-        signature = forger.headers_for("POST", host, b"/v1/contexts", b"\0" * size)
-        signature[HEADER_KEY] = keys.key[named].public_key_b64
+    def upload(size: int, *, signer: str = "stranger", named: str | None = None, declared: bool = True,
+               body: bytes | None = None) -> dict[str, str]:
+        """The headers of an upload of ``size`` bytes signed by ``signer``, naming ``named``'s key."""
+        signature = ShoalAuth(keys.key[signer]).headers_for("POST", host, b"/v1/contexts", body or b"\0" * size)
+        signature[HEADER_KEY] = keys.key[named or signer].public_key_b64
         if not declared:
             del signature[HEADER_BODY_SHA256]
-        headers = {"Host": host, "Content-Type": "application/x-tar", "Content-Length": str(size), **signature}
-        if expect:
-            headers["Expect"] = "100-continue"
+        return {"Host": host, "Content-Type": "application/x-tar", "Content-Length": str(size), **signature}
+
+    def head(headers: dict[str, str]) -> bytes:
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         return f"POST /v1/contexts HTTP/1.1\r\n{lines}\r\n".encode()
 
@@ -227,37 +230,52 @@ def test_slow_uploads_from_strangers_or_forgers_leave_members_their_upload_slots
 
     def answer(sock: ssl.SSLSocket) -> bytes:
         received = b""
-        while b"}}" not in received and (chunk := sock.recv(4096)):
+        while b"}" not in received and (chunk := sock.recv(4096)):
             received += chunk
         return received
 
+    seen = upload(len(archive), signer="owner", body=archive)  # the owner's upload, as seen on the wire
+    with connect() as sock:
+        sock.sendall(head(seen) + archive)
+        assert answer(sock).startswith(b"HTTP/1.1 201")
+    size = MAX_CONTEXT_BODY - 1
     stalled = []
     try:
-        size = MAX_CONTEXT_BODY - 1
-        # the stranger's own key, and the owner's named in requests the stranger signed (with no hash declared)
-        for head in [upload(size)] * CONTEXT_UPLOADS + [upload(size, named="owner", declared=False)] * CONTEXT_UPLOADS:
+        for headers in (
+            [upload(size)] * CONTEXT_UPLOADS  # a stranger's own key
+            + [upload(size, named="owner")] * CONTEXT_UPLOADS  # the owner's key, in requests the stranger signed
+            + [upload(size, named="owner", declared=False)] * CONTEXT_UPLOADS  # the same, with no hash declared
+            + [{**seen, "Content-Length": str(size)}] * CONTEXT_UPLOADS  # the owner's own request, replayed
+        ):
             sock = connect()
-            sock.sendall(head + b"\0" * (64 << 10))  # and no more
+            sock.sendall(head(headers) + b"\0" * (64 << 10))  # and no more
             stalled.append(sock)
         time.sleep(1)
-        (tmp_path / "main.py").write_text("print(1)\n")
         with client(keys, "owner", tls) as c:  # while all of those are open
-            assert c.upload_context(pack_context(tmp_path))
-        # the answers come before the body: a client that waits for "100 Continue" reads them without sending it
-        for named, status, message in (("stranger", b"403", b"is not authorized on this node"),
-                                       ("owner", b"401", b"bad signature")):
-            with connect() as sock:
-                sock.sendall(upload(MAX_CONTEXT_BODY - 1, named=named, expect=True))
+            assert c.upload_context(archive)
+        for headers, status, message in ((upload(1 << 20), b"403", b"is not authorized on this node"),
+                                         (upload(1 << 20, named="owner"), b"401", b"bad signature")):
+            with connect() as sock:  # one that sends its whole body reads its answer, rather than a reset
+                sock.sendall(head(headers) + b"\0" * (1 << 20))
                 got = answer(sock)
-            final = got[got.rindex(b"HTTP/1.1 "):]  # after hypercorn's "100 Continue", which it sends regardless
-            assert final.startswith(b"HTTP/1.1 " + status) and message in final, got[:300]
-        with connect() as sock:  # one that sends its whole body reads its answer too, rather than a reset
-            sock.sendall(upload(1 << 20) + b"\0" * (1 << 20))
-            got = answer(sock)
-        assert got.startswith(b"HTTP/1.1 403") and b"is not authorized on this node" in got, got[:300]
+            assert got.startswith(b"HTTP/1.1 " + status) and message in got, got[:300]
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_body_other_than_the_one_signed_is_refused_after_the_signature_was_checked_before_it(
+    owned: dict[str, str], keys: Keys, tls: tuple[Path, Path]
+) -> None:
+    signed_body, sent_body = b'{"spec": {"engine": {"name": "noop"}}} ', b' {"spec": {"engine": {"name": "noop"}}}'
+    with client(keys, "owner", tls) as c:
+        before = c.list().total
+        request = ShoalAuth(keys.key["owner"]).sign(c._http.build_request("POST", "/v1/jobs", content=signed_body))
+        assert request.headers[HEADER_BODY_SHA256] == hashlib.sha256(signed_body).hexdigest()
+        sent = c._http.build_request("POST", "/v1/jobs", content=sent_body, headers=request.headers)
+        response = c._http.send(sent, auth=None)
+        assert response.status_code == 401 and response.json()["error"]["message"] == "bad signature"
+        assert c.list().total == before
 
 
 def test_the_cli_says_not_authorized_and_exits_non_zero(node: Path, keys: Keys, tls: tuple[Path, Path]) -> None:

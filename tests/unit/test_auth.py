@@ -438,3 +438,20 @@ async def test_a_body_other_than_the_one_declared_is_refused_once_it_arrives(htt
     other = http.build_request("POST", "/v1/echo", json={"text": "pay 9"}, headers=original.headers)
     assert other.headers[HEADER_BODY_SHA256] == hashlib.sha256(original.content).hexdigest()
     assert detail(await http.send(other)) == "bad signature"
+
+
+async def test_a_replay_is_refused_before_its_body(http, verifier, key, clock, monkeypatch) -> None:
+    """A request seen on the wire, sent again with a long body, would otherwise hold room until its body came."""
+    from fastapi import HTTPException
+
+    import node.api.auth
+
+    monkeypatch.setattr(node.api.auth, "RECENT", 2)
+    requests = [signed(http, key, "POST", "/v1/echo", clock, json={"text": str(i)}) for i in range(3)]
+    for request in requests:
+        assert (await http.send(request)).status_code == 200
+    with pytest.raises(HTTPException) as refused:
+        before_body(verifier, requests[2])
+    assert refused.value.status_code == 401 and refused.value.detail == "nonce already used"
+    assert before_body(verifier, requests[0]) == b64decode(key.public_key_b64)  # past the last RECENT: looked at
+    assert detail(await http.send(requests[0])) == "nonce already used"  # once its body has come
