@@ -229,6 +229,7 @@ async def test_fork_bomb_is_contained_by_the_pids_limit(executor, client, tmp_pa
     request = make_request(tmp_path, script=script, resources={"cpu": 0.5, "memory": "512MiB"})
     with trio.fail_after(60):
         result = await executor.run(request)
+    assert result.stdout.startswith("limit="), result
     limit, refused = (int(part.split("=")[1]) for part in result.stdout.split())
     assert limit == executor.pids_limit == 256
     assert refused > 0, result  # forks were refused at the limit: the bomb was stopped there
