@@ -316,7 +316,6 @@ class RequestVerifier:
         request.state.public_key = public_key
         return client_id
 
-
     def _signer(self, request: Request) -> _Signer:
         """The request's signature headers, checked as far as they can be without its body (401)."""
         headers = request.headers

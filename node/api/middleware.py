@@ -119,6 +119,17 @@ def too_large(limit: int = MAX_BODY) -> str:
     return f"request body over {limit} bytes: a working directory sent with a job must be smaller"
 
 
+def admit(access: AuthorizedKeys | None, request: Request, public_key: bytes) -> None:
+    """403 saying why, unless ``access`` lets ``public_key`` make ``request`` (without a file, anyone may)."""
+    if access is not None:
+        refusal = authorize(public_key, capability_for(request.method, request.scope["path"]), access.table())
+        if refusal is not None:
+            raise StarletteHTTPException(403, refusal)
+
+
+SIGNER_ADMITTED = "shoal.signer_admitted"  # an ASGI scope key: Admitted let the signer in before the body
+
+
 class OnSignedRoutes:
     """Pure ASGI middleware that acts on requests to signed routes (``signed``) and passes the rest on."""
 
@@ -167,17 +178,6 @@ class Signed(OnSignedRoutes):
             return await receive()  # after the body: disconnects, for streaming responses
 
         await self.app(scope, replay, send)
-
-
-def admit(access: AuthorizedKeys | None, request: Request, public_key: bytes) -> None:
-    """403 saying why, unless ``access`` lets ``public_key`` make ``request`` (without a file, anyone may)."""
-    if access is not None:
-        refusal = authorize(public_key, capability_for(request.method, request.scope["path"]), access.table())
-        if refusal is not None:
-            raise StarletteHTTPException(403, refusal)
-
-
-SIGNER_ADMITTED = "shoal.signer_admitted"  # an ASGI scope key: Admitted let the signer in before the body
 
 
 class Admitted(OnSignedRoutes):

@@ -389,7 +389,7 @@ def _port_slice() -> tuple[int, int]:
         return PORTS[0], PORTS[1] - DEVSTACK_SPAN
     share = (PORTS[1] - PORTS[0]) // int(workers)
     low = PORTS[0] + int(worker[2:]) * share
-    return low, low + share - DEVSTACK_SPAN
+    return low, max(low + 1, low + share - DEVSTACK_SPAN)  # (more than 24 workers: slices overlap)
 
 
 def _port_free(port: int) -> bool:
