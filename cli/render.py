@@ -171,6 +171,10 @@ def engine_summary(spec: JobSpec) -> str:
     if e.name == "wasm":
         return shlex.join(["wasm", e.module, *e.args])
     if e.name == "python":
+        from shoal._map import map_title
+
+        if e.main is None and (title := map_title(e.code or "")) is not None:
+            return f"python map {title}"  # Client.map's program: the function it runs
         program = [e.main] if e.main is not None else ["-c", _clip(e.code or "", 40)]
         return shlex.join(["python", *program, *e.args])
     return e.name
@@ -221,11 +225,13 @@ def range_lines(desc: SweepDescription, limit: int = 20) -> list[str]:
 
 def sweep_params(spec: SweepSpec) -> str:
     """What varies across the indexes, in one line: ``grid x(3) y(2) · 4 shards``."""
-    parts = []
+    from shoal._map import axis_labels
+
+    parts, label = [], axis_labels([*spec.grid, *spec.zip])
     if spec.grid:
-        parts.append("grid " + " ".join(f"{k}({len(v)})" for k, v in spec.grid.items()))
+        parts.append("grid " + " ".join(f"{label[k]}({len(v)})" for k, v in spec.grid.items()))
     if spec.zip:
-        parts.append(f"zip {', '.join(spec.zip)} ({len(next(iter(spec.zip.values())))})")
+        parts.append(f"zip {', '.join(map(label.get, spec.zip))} ({len(next(iter(spec.zip.values())))})")
     if spec.items:
         parts.append(f"items {', '.join(spec.items[0])} ({len(spec.items)})")
     if spec.shard_inputs:
@@ -234,12 +240,15 @@ def sweep_params(spec: SweepSpec) -> str:
 
 
 def index_values(spec: SweepSpec, index: int) -> str:
-    """``x=1 y=a``: the parameters of one index (as its environment has them)."""
+    """``x=1 y=a``: the parameters of one index (as its environment has them; a map's by its argument names)."""
+    from shoal._map import axis_labels
+
     try:
         values = spec.values(index)
     except IndexError:
         return ""
-    return " ".join(f"{k}={v}" for k, v in values.items())
+    label = axis_labels(values)
+    return " ".join(f"{label[k]}={v}" for k, v in values.items())
 
 
 def sweep_view(desc: SweepDescription, now: float) -> RenderableType:

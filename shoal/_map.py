@@ -44,6 +44,8 @@ from shoal._ship import ship
 
 ARG_ENV = "SHOAL_ARG_{}"
 KW_ENV = "SHOAL_KW_{}"
+# A map's program starts with a line naming the function and its arguments: what the CLI shows as its engine.
+HEADER = "# shoal map: "
 # A sweep's spec travels in one API body and one network message (1 MiB each); leave room for the rest.
 MAX_SPEC_BYTES = 900 * 1024
 PAGE = 1000  # index records fetched per request
@@ -137,7 +139,8 @@ def plan_map(fn: Any, iterables: tuple[Iterable[Any], ...], grid: dict[str, Iter
     if not sizes or 0 in sizes:
         return MapPlan(None, 0, labels, keys)
     shipment = ship(fn)
-    engine: dict[str, Any] = {"name": "python", "code": program({**shipment.bundle(), **call})}
+    title = f"{getattr(fn, '__name__', None) or type(fn).__name__}({', '.join(labels)})"
+    engine: dict[str, Any] = {"name": "python", "code": program({**shipment.bundle(), **call}, title)}
     if image is not None:
         if "image" not in PythonEngine.model_fields:
             raise ValueError("image= needs a Shoal whose python engine runs in an image (shoal run python --image); "
@@ -173,10 +176,33 @@ def _runner_text() -> str:
     return (here / "_codec.py").read_text() + "\n\n" + (here / "_map_runner.py").read_text()
 
 
-def program(bundle: dict[str, Any]) -> str:
-    """The Python program every index runs: the codec, the runner, and the bundle to run."""
+def program(bundle: dict[str, Any], title: str) -> str:
+    """The Python program every index runs: the ``title`` line, the codec, the runner, and the bundle to run."""
     text = json.dumps(bundle, separators=(",", ":"), ensure_ascii=False)
-    return f"{_runner_text()}\n\nraise SystemExit(main({text!r}))\n"
+    return f"{HEADER}{' '.join(title.split())[:200]}\n{_runner_text()}\n\nraise SystemExit(main({text!r}))\n"
+
+
+def map_title(code: str) -> str | None:
+    """``simulate(seed, steps)``: what a map's program runs, from its first line; None for other programs."""
+    first = code.partition("\n")[0]
+    return first.removeprefix(HEADER) if first.startswith(HEADER) else None
+
+
+def axis_labels(keys: Iterable[str]) -> dict[str, str]:
+    """How a sweep's axes read to whoever called ``map``: ``SHOAL_KW_vol`` is ``vol``, ``SHOAL_ARG_0`` is
+    ``item`` (``arg0``, ``arg1``, … when there are more); other axes keep their names."""
+    keys = list(keys)
+    kw, arg = KW_ENV.format(""), ARG_ENV.format("")
+    args = [k for k in keys if k.startswith(arg)]
+    labels = {}
+    for key in keys:
+        if key.startswith(kw):
+            labels[key] = key.removeprefix(kw)
+        elif key in args:
+            labels[key] = "item" if len(args) == 1 else "arg" + key.removeprefix(arg)
+        else:
+            labels[key] = key
+    return labels
 
 
 # -- reading the indexes back ------------------------------------------------------------------------

@@ -614,6 +614,29 @@ def test_sweep_indexes_table_and_filters(fake: FakeSweepClient) -> None:
     assert run("sweep", "indexes", SWEEP_ID, "--state", "sleeping").exit_code == 2
 
 
+def price(s0: float, vol: float) -> float:
+    return s0 * vol
+
+
+def test_a_maps_sweep_reads_as_its_function_and_arguments(fake: FakeSweepClient) -> None:
+    # Client.map's sweeps were listed by the start of their program, the codec's docstring ("Values that
+    # travel betwee…"), and their parameters as SHOAL_KW_s0=100 SHOAL_KW_vol=0.1.
+    from shoal._map import plan_map
+
+    fake.sweep_spec = plan_map(price, (), {"s0": [100, 110, 120], "vol": [0.1]}, None, None).spec
+    listed = run("sweep", "list")
+    assert listed.exit_code == 0, listed.stderr
+    assert "python map price(s0, vol)" in listed.stdout and "Values" not in listed.stdout
+    described = run("describe", SWEEP_ID)
+    assert "python map price(s0, vol)" in described.stdout and "grid s0(3) vol(1)" in described.stdout
+    rows = [line.split() for line in run("sweep", "indexes", SWEEP_ID).stdout.splitlines()[2:]]
+    assert [row[5:7] for row in rows[:2]] == [["s0=100", "vol=0.1"], ["s0=110", "vol=0.1"]]
+    fake.sweep_spec = plan_map(abs, ([-1, -2, -3],), None, None, None).spec  # one list: its values are items
+    assert "python map abs(item)" in run("sweep", "list").stdout
+    assert "zip item (3)" in run("describe", SWEEP_ID).stdout
+    assert run("sweep", "indexes", SWEEP_ID).stdout.splitlines()[2].split()[5] == "item=-1"
+
+
 def test_sweep_retry_then_follows(fake: FakeSweepClient) -> None:
     fake.final = description(sweep_of(fake.sweep_spec, JobState.FAILED, {JobState.COMPLETED: 2, JobState.FAILED: 1},
                                       reason="1 of 3 indexes failed"))  # fmt: skip
