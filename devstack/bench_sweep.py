@@ -3,16 +3,20 @@
     python -m devstack.bench_sweep --indexes 10000 --jobs 10000
 
 Starts a noop devstack, submits one sweep (timing how long the node takes to accept it),
-waits for every index to complete, then runs ``--jobs`` separate jobs through ``shoal bench``'s
-throughput method (100 submitters, concurrency 1) for comparison. Prints a summary and JSON.
+waits for every index to complete, then times what a waiting client (``Client.map``, ``shoal run
+--param``) asks again and again: the sweep's description and a page of 1,000 of its indexes (the
+median of 20 of each). Then it runs ``--jobs`` separate jobs through ``shoal bench``'s throughput
+method (100 submitters, concurrency 1) for comparison. Prints a summary and JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -40,7 +44,10 @@ async def measure(indexes: int, jobs: int, nodes: int, base_port: int) -> dict:
                 return {"indexes": indexes, "accepted_s": round(accepted, 3), "completed_s": round(done, 2),
                         "state": d.sweep.state.value,
                         "counts": {k.value: v for k, v in d.sweep.counts.items()},
-                        "indexes_per_second": round(indexes / done, 1)}
+                        "indexes_per_second": round(indexes / done, 1),
+                        "describe_ms": median_ms(lambda: client.describe_sweep(d.sweep.id)),
+                        "indexes_page_ms": median_ms(lambda: client.sweep_indexes(d.sweep.id, first=indexes // 2,
+                                                                                  limit=1000))}
 
         result = {"sweep": await trio.to_thread.run_sync(sweep)}
         if jobs:
@@ -49,6 +56,15 @@ async def measure(indexes: int, jobs: int, nodes: int, base_port: int) -> dict:
             result["jobs"] = {"jobs": jobs, "completed": report.completed, "completed_s": round(report.wall_seconds, 2),
                               "jobs_per_second": round(report.jobs_per_second, 1)}
         return result
+
+
+def median_ms(call: Callable[[], object], rounds: int = 20) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
 
 
 def main() -> None:
@@ -61,7 +77,8 @@ def main() -> None:
     result = trio.run(measure, args.indexes, args.jobs, args.nodes, args.base_port)
     s = result["sweep"]
     print(f"sweep of {s['indexes']} noop indexes on {args.nodes} nodes: accepted in {s['accepted_s'] * 1000:.0f} ms, "
-          f"{s['state']} in {s['completed_s']:.1f} s ({s['indexes_per_second']:.0f} indexes/s) {s['counts']}")
+          f"{s['state']} in {s['completed_s']:.1f} s ({s['indexes_per_second']:.0f} indexes/s) {s['counts']}; "
+          f"then a describe took {s['describe_ms']} ms, a page of 1,000 indexes {s['indexes_page_ms']} ms (medians)")
     if "jobs" in result:
         j = result["jobs"]
         print(f"{j['jobs']} separate jobs (100 submitters): {j['completed']} completed in {j['completed_s']:.1f} s "

@@ -243,15 +243,13 @@ def index_ranges(states: Iterable[tuple[int, JobState, str]]) -> list[IndexRange
     A failed range keeps the reason of its first index; failures with other reasons are
     usually the same story on another node, and listing each would bring back 10,000 rows.
     """
-    out: list[IndexRange] = []
+    runs: list[list] = []  # [first, last, state, reason]: a model is made once per range, not once per index
     for index, state, reason in states:
-        last = out[-1] if out else None
-        if last is not None and last.state is state and last.last == index - 1:
-            out[-1] = last.model_copy(update={"last": index})
+        if runs and runs[-1][2] is state and runs[-1][1] == index - 1:
+            runs[-1][1] = index
         else:
-            out.append(IndexRange(first=index, last=index, state=state,
-                                  reason=reason if state in (JobState.FAILED, JobState.CANCELLED) else ""))
-    return out
+            runs.append([index, index, state, reason if state in (JobState.FAILED, JobState.CANCELLED) else ""])
+    return [IndexRange(first=first, last=last, state=state, reason=reason) for first, last, state, reason in runs]
 
 
 def compress(indexes: Iterable[int]) -> list[tuple[int, int]]:

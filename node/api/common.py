@@ -40,26 +40,24 @@ class UntrustedBody(BaseModel):
             raise ValueError(f"the spec has a value of a type the model cannot read ({e})") from None
 
 
-async def visible_to(client: str, item_id: str, owner: str, description: Any, node: Node, *, shared: bool) -> Any:
-    """``description`` if ``client`` owns the job or sweep, or (``shared``: the read routes) it was shared
-    with ``client``; else it does not exist, as far as ``client`` can tell."""
+async def visible_to(client: str, item_id: str, owner: str, node: Node, *, shared: bool) -> None:
+    """Pass if ``client`` owns the job or sweep, or (``shared``: the read routes) it was shared with ``client``;
+    else it does not exist, as far as ``client`` can tell."""
     if owner != client and not (shared and await node.store.is_shared(item_id, client)):
         raise UnknownJob(item_id)
-    return description
 
 
-async def after_wait(service: Any, item_id: str, wait: float, description: Any, ended: bool, *,
-                     quotas: Quotas | None, client: str) -> Any:
-    """A job's or sweep's description, re-read after waiting up to ``wait`` seconds for it to end. A wait
-    holds one of the client's streams (3,000 of one key once waited at once); with none left, no wait."""
+async def wait_for_end(service: Any, item_id: str, wait: float, ended: bool, *, quotas: Quotas | None,
+                       client: str) -> None:
+    """Wait up to ``wait`` seconds for a job or sweep to end. A wait holds one of the client's streams (3,000
+    of one key once waited at once); with none left, no wait."""
     if not wait or ended or (quotas is not None and quotas.open_stream(client) is not None):
-        return description
+        return
     try:
         await service.wait(item_id, wait)
     finally:
         if quotas is not None:
             quotas.close_stream(client)
-    return await service.describe(item_id)
 
 
 def unencodable(value: Any, path: str) -> str | None:

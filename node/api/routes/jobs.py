@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import JobState, RunResult
+from jobs import Job, JobState, RunResult
 from jobs.selector import MAX_SELECTOR_CHARS
 from jobs.views import ContextStored, JobDescription, JobList, Share, ShareRequest
 from jobs.views import SubmitRequest as _SubmitRequest
@@ -19,11 +19,11 @@ from node.api.common import (
     MAX_SHARES,
     MAX_WAIT,
     UntrustedBody,
-    after_wait,
     result_tar,
     share_with,
     unencodable,
     visible_to,
+    wait_for_end,
 )
 from node.api.errors import ERR_404, SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import MAX_BODY, MAX_CONTEXT_BODY, client_id
@@ -45,10 +45,11 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
     def requester():
         return requester_of(node)
 
-    async def owned(job_id: str, client: str, *, shared: bool = False) -> JobDescription:
+    async def owned(job_id: str, client: str, *, shared: bool = False) -> Job:
         """The job if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
-        description = await requester().describe(job_id)
-        return await visible_to(client, job_id, description.job.owner, description, node, shared=shared)
+        job = await requester().get(job_id)
+        await visible_to(client, job_id, job.owner, node, shared=shared)
+        return job
 
     async def current_state(job_id: str) -> JobState | None:
         job = (node.requester.live_job(job_id) if node.requester else None) or await node.store.get_job(job_id)
@@ -99,9 +100,9 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
                 summary="Describe a job (optionally waiting up to `wait` seconds for it to end)")
     async def describe(job_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> JobDescription:
-        description = await owned(job_id, client, shared=True)
-        return await after_wait(requester(), job_id, wait, description, description.job.state.is_terminal,
-                                quotas=quotas, client=client)
+        job = await owned(job_id, client, shared=True)
+        await wait_for_end(requester(), job_id, wait, job.state.is_terminal, quotas=quotas, client=client)
+        return await requester().describe(job_id)
 
     @router.post("/v1/jobs/{job_id}/cancel", response_model=JobDescription, tags=["jobs"], responses=ERR_404,
                  summary="Cancel a job (a no-op once it has ended)")
@@ -134,9 +135,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET,
                                                 description="bytes already received: resume after them")] = 0,
                    ) -> Response:
-        description = await owned(job_id, client, shared=True)
-        if description.job.state.is_terminal:
-            result = _result_of(description)
+        if (await owned(job_id, client, shared=True)).state.is_terminal:
+            result = _result_of(await requester().describe(job_id))
             return PlainTextResponse((getattr(result, stream) if result else "").encode()[offset:])
         if node.requester is None:
             raise StarletteHTTPException(404, "this node runs no requester")
@@ -157,7 +157,8 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
                                                                                "format": "binary"}}},
                                  "description": "the job's result files"}})
     async def results(job_id: str, client: Client) -> Response:
-        description = await owned(job_id, client, shared=True)
+        await owned(job_id, client, shared=True)
+        description = await requester().describe(job_id)
         result = _result_of(description)
         if result is None:
             raise StarletteHTTPException(404, f"job {job_id} has no results (state {description.job.state.value})")

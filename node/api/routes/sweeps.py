@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
-from jobs.sweep import IndexRecord, SweepSpec
+from jobs.sweep import IndexRecord, Sweep, SweepSpec
 from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.common import (
@@ -16,11 +16,11 @@ from node.api.common import (
     MAX_SHARES,
     MAX_WAIT,
     UntrustedBody,
-    after_wait,
     result_tar,
     share_with,
     unencodable,
     visible_to,
+    wait_for_end,
 )
 from node.api.errors import SIGNED_ERRORS, error, error_doc, refused
 from node.api.middleware import client_id
@@ -44,13 +44,15 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     def service():
         return sweeps_of(node)
 
-    async def owned(sweep_id: str, client: str, *, shared: bool = False) -> SweepDescription:
-        """The sweep if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``."""
-        description = await service().describe(sweep_id)
-        return await visible_to(client, sweep_id, description.sweep.owner, description, node, shared=shared)
+    async def owned(sweep_id: str, client: str, *, shared: bool = False) -> Sweep:
+        """The sweep if ``client`` owns it, or (``shared``: the read routes) it was shared with ``client``. Not
+        its description: that reads every index (a map polls its indexes and its state many times a minute)."""
+        sweep = await service().get(sweep_id)
+        await visible_to(client, sweep_id, sweep.owner, node, shared=shared)
+        return sweep
 
     async def index_of(sweep_id: str, index: int, client: str) -> IndexRecord:
-        spec = (await owned(sweep_id, client, shared=True)).sweep.spec
+        spec = (await owned(sweep_id, client, shared=True)).spec
         records, _ = await node.store.sweep_indexes(sweep_id, first=index, limit=1)
         if not records or records[0].index != index:
             raise StarletteHTTPException(404, f"sweep {sweep_id} has no index {index}")
@@ -93,16 +95,16 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
                 summary="Describe a sweep: counts and ranges of indexes per state (optionally waiting for its end)")
     async def describe(sweep_id: str, client: Client,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
-        description = await owned(sweep_id, client, shared=True)
-        return await after_wait(service(), sweep_id, wait, description, description.sweep.state.is_terminal,
-                                quotas=quotas, client=client)
+        sweep = await owned(sweep_id, client, shared=True)
+        await wait_for_end(service(), sweep_id, wait, sweep.state.is_terminal, quotas=quotas, client=client)
+        return await service().describe(sweep_id)
 
     @router.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
                 summary="Index records in index order from `first` (optionally only one state)")
     async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
                       first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> IndexList:
-        spec = (await owned(sweep_id, client, shared=True)).sweep.spec
+        spec = (await owned(sweep_id, client, shared=True)).spec
         records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
         return IndexList(indexes=[with_params(r, spec) for r in records], total=total)
 
