@@ -20,7 +20,7 @@ from typing import TypeVar, TypeVarTuple
 import trio
 
 from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult, StaleState
-from jobs.sweep import IndexRecord, Sweep
+from jobs.sweep import IndexRange, IndexRecord, Sweep
 from node.store import queries
 from node.store.bell import EventBell
 from node.store.queries import ExpiredRecords
@@ -377,6 +377,14 @@ class Store:
     async def index_states(self, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None, int]]:
         """(index, state, reason, attempts, node, retries) of every index, in index order."""
         return await self._read(queries.index_states, sweep_id)
+
+    async def index_ranges(self, sweep_id: str) -> list[IndexRange]:
+        """The sweep's indexes as ranges in one state (``jobs.sweep.index_ranges``)."""
+        return await self._read(queries.index_ranges, sweep_id)
+
+    async def index_reasons(self, sweep_id: str, indexes: list[int]) -> dict[int, str]:
+        """The reason of each of ``indexes`` (those the sweep has)."""
+        return await self._read(queries.index_reasons, sweep_id, indexes)
 
     async def sweep_indexes(self, sweep_id: str, *, state: JobState | None = None, first: int = 0,
                             limit: int = 1000) -> tuple[list[IndexRecord], int]:

