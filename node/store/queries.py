@@ -201,7 +201,16 @@ def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: i
     if state is not None:
         where += " AND state=?"
         args.append(state.value)
-    total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
+    # the sweep's own counts, written with its indexes: counting them took 75-140 ms at 100,000 indexes, on
+    # every page a waiting Client.map asks for
+    path = "$.count" if state is None else f"$.counts.{state.value}"
+    row = c.execute("SELECT json_extract(body, ?) FROM sweeps WHERE id=?", (path, sweep_id)).fetchone()
+    if row is not None and state is not None and row[0] is None:
+        total = 0  # no index in that state
+    elif row is not None and isinstance(row[0], int):
+        total = row[0]
+    else:
+        total = c.execute(f"SELECT count(*) FROM sweep_indexes WHERE {where}", args).fetchone()[0]
     rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, retries, result, updated_at FROM sweep_indexes"
                      f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
     return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, retries=t, updated_at=u,

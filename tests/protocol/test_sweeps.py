@@ -303,6 +303,9 @@ async def test_a_live_sweep_is_described_as_its_store_holds_it_reasons_of_failed
         async def described_and_stored() -> tuple[list[str], list[str]]:
             d = await node.sweeps.describe(s.id)
             rows = await node.store.index_states(s.id)
+            for state in (None, *JobState):  # a page of indexes says how many there are in all, as stored
+                total = (await node.store.sweep_indexes(s.id, state=state, limit=1))[1]
+                assert total == sum(1 for r in rows if state in (None, r[1])), (state, total)
             return [str(r) for r in d.ranges], [str(r) for r in index_ranges((r[0], r[1], r[2]) for r in rows)]
 
         await trio.sleep(5)  # the runs it could start wait at the gate; nothing changes meanwhile
