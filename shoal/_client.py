@@ -429,9 +429,9 @@ class _BaseClient:
             description = yield from self._get_flow(self._request("POST", _sweep_path(description.sweep.id, "retry")),
                                                     SweepDescription)
         run.sweep_id = sweep_id = description.sweep.id
-        wait, ended = FIRST_POLL, False
+        wait, ended, finished = FIRST_POLL, False, 0  # finished: the indexes the sweep last said had ended
         while True:
-            seen = len(run.done)
+            before = seen = len(run.done)
             page = parse(IndexList, (yield from self._patiently(
                 partial(self._sweep_indexes_request, sweep_id, None, run.low, PAGE))))
             records = []
@@ -447,14 +447,18 @@ class _BaseClient:
                 run.finished = True
                 return
             seen = len(run.done)
+            # More had finished, yet the page read none: they are past it, while an index below them runs on (a
+            # straggler). The same page would come back unchanged, so ask as seldom as while nothing finishes.
+            stuck = finished > before and seen == before
             while True:  # until more indexes have finished; the long poll returns at once at the sweep's end
                 sweep = parse(SweepDescription, (yield from self._patiently(
                     partial(self._long_poll, _sweep_path(sweep_id), wait)))).sweep
                 ended = sweep.state.is_terminal
-                if ended or sum(n for s, n in sweep.counts.items() if s.is_terminal) > seen:
-                    wait = FIRST_POLL
+                finished = sum(n for s, n in sweep.counts.items() if s.is_terminal)
+                news = ended or finished > seen
+                wait = FIRST_POLL if news and not stuck else min(wait * 2, MAX_POLL)
+                if news:
                     break
-                wait = min(wait * 2, MAX_POLL)
 
     def _text_flow(self, request: httpx.Request) -> _Flow[str]:
         response = yield request
