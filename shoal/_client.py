@@ -455,6 +455,7 @@ class _BaseClient:
                     partial(self._long_poll, _sweep_path(sweep_id), wait)))).sweep
                 ended = sweep.state.is_terminal
                 finished = sum(n for s, n in sweep.counts.items() if s.is_terminal)
+                run.ended(finished)
                 news = ended or finished > seen
                 wait = FIRST_POLL if news and not stuck else min(wait * 2, MAX_POLL)
                 if news:

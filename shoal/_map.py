@@ -285,6 +285,7 @@ class MapRun:
         self.failed = 0
         self.low = 0  # every index below this is done
         self._held: dict[int, Any] = {}  # ordered: outcomes waiting for those before them
+        self._shown = 0  # indexes the progress bar shows ended
         self._next = 0
 
     def take(self, records: Iterable[IndexRecord]) -> list[tuple[int, Any]]:
@@ -299,8 +300,8 @@ class MapRun:
                 fresh.append((record.index, value))
         while self.low in self.done:
             self.low += 1
-        if fresh and self.progress is not None:
-            self.progress.update(len(self.done), self.failed)
+        if fresh:
+            self.ended(len(self.done))
         if not self.ordered:
             return fresh
         self._held.update(fresh)
@@ -316,6 +317,13 @@ class MapRun:
         result = record.result
         return record.state.is_terminal and record.index not in self.done and result is not None \
             and result.stdout_truncated and result.cid is not None
+
+    def ended(self, count: int) -> None:
+        """``count`` indexes have ended, as far as the sweep says: the progress bar moves on (never back) even
+        while an index below those runs on and their values wait to be read."""
+        self._shown = max(self._shown, count)
+        if self.progress is not None:
+            self.progress.update(self._shown, self.failed)
 
     @property
     def complete(self) -> bool:

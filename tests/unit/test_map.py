@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -294,10 +295,11 @@ def test_async_client_map(node: MapNode) -> None:
     assert seen == [(0, 104), (1, 105), (2, 106)]
 
 
-def test_a_straggler_below_a_page_of_finished_indexes_is_waited_on_with_fewer_polls() -> None:
+def test_a_straggler_below_a_page_of_finished_indexes_is_waited_on_with_fewer_polls(capsys) -> None:
     """One index runs on while those after it finish: the page of records from it comes back unchanged. The
     client asked for that page, and for the sweep, every 0.25 s until the straggler ended (on a 100,000-index
-    sweep, about 75 ms and 200 ms of the node's time each); now it asks as seldom as while nothing finishes."""
+    sweep, about 75 ms and 200 ms of the node's time each); now it asks as seldom as while nothing finishes.
+    Its progress bar stood still meanwhile, at the end of that page; it now shows what the sweep says ended."""
     count = 2 * PAGE
 
     def finished(i: int) -> IndexRecord:
@@ -328,9 +330,11 @@ def test_a_straggler_below_a_page_of_finished_indexes_is_waited_on_with_fewer_po
 
     straggling = StragglerNode()
     with sync_client(straggling) as client:
-        assert client.map(add, range(count)) == list(range(count))
+        assert client.map(add, range(count), progress=True) == list(range(count))
     # the page from index 0 read every index after it up to 999, then came back unchanged three times
     assert straggling.waits == [0.25, 0.25, 0.25, 0.5, 1.0, 2.0, 2.0]
+    shown = [re.search(r"\] (\d+)/", line)[1] for line in capsys.readouterr().err.split("\r") if "map [" in line]
+    assert f"{count - 1}" in shown and shown.index(f"{count - 1}") < shown.index(f"{count}")
 
 
 def test_a_sweep_that_ends_without_some_records_fails_them_rather_than_polling_forever(node: MapNode) -> None:
