@@ -18,6 +18,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 
+import trio
+
 from jobs import Event, EventKind, JobState
 from jobs.messages import Claim, Peers, Reply, SweepAnnounce
 from jobs.sweep import Sweep, SweepSpec, index_ranges
@@ -60,6 +62,7 @@ class SweepService(Driver[_Live]):
         self.penalize = judge.penalize  # a refused report, a contradicted error, an outvoted result
         self.credit = judge.credit  # a verified result
         self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
+        self._reviving = trio.Lock()  # an ended sweep is made live by one retry at a time
 
     def in_flight(self, owner: str) -> InFlight:
         """``owner``'s live sweeps: how many, and their specs' bytes."""
@@ -167,15 +170,16 @@ class SweepService(Driver[_Live]):
     async def retry(self, sweep_id: str) -> Sweep:
         """Put failed indexes back to run (attempts start again); a failed sweep runs again, a cancelled one
         resumes (its cancelled indexes too)."""
-        live = self._live.get(sweep_id)
-        if live is None:
-            sweep = await self.get(sweep_id)
-            ended = sweep.counts.get(JobState.FAILED, 0) + sweep.counts.get(JobState.CANCELLED, 0)
-            if sweep.state not in (JobState.FAILED, JobState.CANCELLED) or not ended:
-                return sweep
-            rows = await self.store.index_states(sweep_id)
-            live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
-            self._live[sweep_id] = live
+        async with self._reviving:  # two retries at once each restored it: the second's writes were stale
+            live = self._live.get(sweep_id)
+            if live is None:
+                sweep = await self.get(sweep_id)
+                ended = sweep.counts.get(JobState.FAILED, 0) + sweep.counts.get(JobState.CANCELLED, 0)
+                if sweep.state not in (JobState.FAILED, JobState.CANCELLED) or not ended:
+                    return sweep
+                rows = await self.store.index_states(sweep_id)
+                live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
+                self._live[sweep_id] = live
         async with live.lock:
             await self._apply(live, live.machine.retry(self.clock()))
             return live.sweep

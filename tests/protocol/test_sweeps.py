@@ -318,3 +318,36 @@ async def test_a_live_sweep_is_described_as_its_store_holds_it_reasons_of_failed
         assert d.sweep.state is JobState.FAILED
         ended, stored = await described_and_stored()
         assert ended == stored and "10 failed: bad value 10" in ended
+
+
+async def test_two_retries_of_an_ended_sweep_at_once_both_answer_and_run_its_failed_indexes_once(
+        tmp_path, autojump_clock):
+    """Each retry made the ended sweep live from the store; the second's writes were then refused as stale
+    (StaleState, an error to its client; red team, helper-56)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path, n=2)
+        runs: list = []
+        broken = {"on": True}
+        for n in ns:
+            async def before(request):
+                runs.append(request.spec.env["x"])
+                if broken["on"] and request.spec.env["x"] in ("1", "3"):
+                    raise ExecutorError("simulated bug", retryable=False)
+            n.noop.hooks.before_run = before
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(5)]}), "alice")
+        assert (await finished(ns[0].sweeps, s.id)).sweep.state is JobState.FAILED
+        broken["on"] = False
+        runs.clear()
+        answers = []
+
+        async def retry() -> None:
+            answers.append(await ns[0].sweeps.retry(s.id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retry)
+            nursery.start_soon(retry)
+        assert len(answers) == 2
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 5}
+        assert sorted(runs) == ["1", "3"]  # each failed index ran again once
