@@ -237,8 +237,9 @@ class IndexRange(BaseModel):
         return f"{span} {self.state.value}" + (f": {self.reason}" if self.reason else "")
 
 
-def index_ranges(states: Iterable[tuple[int, JobState, str]]) -> list[IndexRange]:
-    """(index, state, reason) in index order → ranges of consecutive indexes with the same state.
+def index_ranges(states: Iterable[tuple[int, JobState, str]], limit: int | None = None) -> list[IndexRange]:
+    """(index, state, reason) in index order → ranges of consecutive indexes with the same state; with
+    ``limit``, no more than ``limit + 1`` of them (enough to say there were more).
 
     A failed range keeps the reason of its first index; failures with other reasons are
     usually the same story on another node, and listing each would bring back 10,000 rows.
@@ -247,6 +248,8 @@ def index_ranges(states: Iterable[tuple[int, JobState, str]]) -> list[IndexRange
     for index, state, reason in states:
         if runs and runs[-1][2] is state and runs[-1][1] == index - 1:
             runs[-1][1] = index
+        elif limit is not None and len(runs) > limit:
+            break
         else:
             runs.append([index, index, state, reason if state in (JobState.FAILED, JobState.CANCELLED) else ""])
     return [IndexRange(first=first, last=last, state=state, reason=reason) for first, last, state, reason in runs]

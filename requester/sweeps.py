@@ -149,13 +149,13 @@ class SweepService(Driver[_Live]):
             if live is not None and not live.done.is_set():
                 # Its index states are in memory, as written: a description costs no read of every index, and
                 # holds the lock that claims wait for briefly (600 ms at 100,000 indexes when it read them all)
-                ranges = index_ranges((i, state, "") for i, state in enumerate(live.machine.states))
+                ranges = index_ranges(((i, state, "") for i, state in enumerate(live.machine.states)), MAX_RANGES)
                 said = [r.first for r in ranges[:MAX_RANGES] if r.state in (JobState.FAILED, JobState.CANCELLED)]
                 reasons = await self.store.index_reasons(sweep_id, said) if said else {}
                 ranges = [r.model_copy(update={"reason": reasons[r.first]}) if r.first in reasons else r
                           for r in ranges]
             else:
-                ranges = await self.store.index_ranges(sweep_id)
+                ranges = await self.store.index_ranges(sweep_id, MAX_RANGES)
             return SweepDescription(sweep=sweep, ranges=ranges[:MAX_RANGES], ranges_truncated=len(ranges) > MAX_RANGES)
 
     async def cancel(self, sweep_id: str, reason: str = "cancelled by its owner") -> Sweep:
@@ -170,19 +170,22 @@ class SweepService(Driver[_Live]):
     async def retry(self, sweep_id: str) -> Sweep:
         """Put failed indexes back to run (attempts start again); a failed sweep runs again, a cancelled one
         resumes (its cancelled indexes too)."""
-        async with self._reviving:  # two retries at once each restored it: the second's writes were stale
-            live = self._live.get(sweep_id)
-            if live is None:
-                sweep = await self.get(sweep_id)
-                ended = sweep.counts.get(JobState.FAILED, 0) + sweep.counts.get(JobState.CANCELLED, 0)
-                if sweep.state not in (JobState.FAILED, JobState.CANCELLED) or not ended:
-                    return sweep
-                rows = await self.store.index_states(sweep_id)
-                live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
-                self._live[sweep_id] = live
-        async with live.lock:
-            await self._apply(live, live.machine.retry(self.clock()))
-            return live.sweep
+        while True:
+            async with self._reviving:  # two retries at once each restored it: the second's writes were stale
+                live = self._live.get(sweep_id)
+                if live is None:
+                    sweep = await self.get(sweep_id)
+                    ended = sweep.counts.get(JobState.FAILED, 0) + sweep.counts.get(JobState.CANCELLED, 0)
+                    if sweep.state not in (JobState.FAILED, JobState.CANCELLED) or not ended:
+                        return sweep
+                    rows = await self.store.index_states(sweep_id)
+                    live = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, self.clock()))
+                    self._live[sweep_id] = live
+            async with live.lock:
+                if live.done.is_set():  # it ended while we waited: retrying that copy left it stranded, unrun
+                    continue
+                await self._apply(live, live.machine.retry(self.clock()))
+                return live.sweep
 
     def pending_indexes(self) -> int:
         """Indexes of live sweeps that no node has claimed yet (waiting for capacity)."""

@@ -378,9 +378,9 @@ class Store:
         """(index, state, reason, attempts, node, retries) of every index, in index order."""
         return await self._read(queries.index_states, sweep_id)
 
-    async def index_ranges(self, sweep_id: str) -> list[IndexRange]:
-        """The sweep's indexes as ranges in one state (``jobs.sweep.index_ranges``)."""
-        return await self._read(queries.index_ranges, sweep_id)
+    async def index_ranges(self, sweep_id: str, limit: int | None = None) -> list[IndexRange]:
+        """The sweep's indexes as ranges in one state (``jobs.sweep.index_ranges``), at most ``limit + 1``."""
+        return await self._read(queries.index_ranges, sweep_id, limit)
 
     async def index_reasons(self, sweep_id: str, indexes: list[int]) -> dict[int, str]:
         """The reason of each of ``indexes`` (those the sweep has)."""

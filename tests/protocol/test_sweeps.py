@@ -351,3 +351,38 @@ async def test_two_retries_of_an_ended_sweep_at_once_both_answer_and_run_its_fai
         d = await finished(ns[0].sweeps, s.id)
         assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 5}
         assert sorted(runs) == ["1", "3"]  # each failed index ran again once
+
+
+async def test_a_retry_that_arrives_while_the_sweep_ends_runs_its_failed_indexes_again(tmp_path, autojump_clock):
+    """The retry took the live sweep, then waited for its lock while the decision that ended it wrote it. It then
+    retried that ended copy, which nothing drove any more: the sweep stayed 'running' with its index pending,
+    and retry and cancel did nothing, until the node restarted (red team, helper-56)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        [node] = await nodes(stack, hub, tmp_path, n=1)
+        real_save = node.store.save_sweep
+
+        async def slow_final_write(**kw):
+            if kw.get("sweep") is not None and kw["sweep"].state.is_terminal:
+                await trio.sleep(1.0)  # a slow commit of the write that ends it
+            await real_save(**kw)
+
+        node.store.save_sweep = slow_final_write
+        broken = {"on": True}
+
+        async def before(request):
+            if broken["on"] and request.spec.env["x"] == "3":
+                raise ExecutorError("bad value 3", retryable=False)
+
+        node.noop.hooks.before_run = before
+        s, _ = await node.sweeps.submit(sweep(grid={"x": [str(i) for i in range(6)]}), "alice")
+        with trio.fail_after(30):
+            while not (await node.sweeps.get(s.id)).state.is_terminal:  # decided; its write not committed yet
+                await trio.sleep(0.01)
+        broken["on"] = False
+        await node.sweeps.retry(s.id)
+        with trio.fail_after(60):  # a stranded copy answered every wait at once: poll on the clock
+            while not (d := await node.sweeps.describe(s.id)).sweep.state.is_terminal:
+                await trio.sleep(0.5)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 6}
+        assert (await node.store.get_sweep(s.id)).state is JobState.COMPLETED
