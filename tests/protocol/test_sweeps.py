@@ -37,6 +37,22 @@ async def finished(service, sweep_id: str, timeout: float = 20.0):
             await service.wait(sweep_id, 0.5)
 
 
+def failing(ns, *values: str) -> tuple[list, dict]:
+    """Every node's runs, as the ``x`` they ran (in ``runs``); those of ``values`` fail, not retryable, while
+    ``broken["on"]``."""
+    runs: list = []
+    broken = {"on": True}
+
+    async def before(request):
+        runs.append(request.spec.env["x"])
+        if broken["on"] and request.spec.env["x"] in values:
+            raise ExecutorError("simulated bug", retryable=False)
+
+    for n in ns:
+        n.noop.hooks.before_run = before
+    return runs, broken
+
+
 def record_runs(node, runs: list):
     async def before(request):
         runs.append((node.peer_id, request.spec.env))
@@ -104,14 +120,7 @@ async def test_failed_indexes_are_retried_and_only_they_run_again(tmp_path, auto
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
-        runs: list = []
-        broken = {"on": True}
-        for n in ns:
-            async def before(request, node=n):
-                runs.append(request.spec.env["x"])
-                if broken["on"] and request.spec.env["x"] in ("2", "4"):
-                    raise ExecutorError("simulated bug", retryable=False)
-            n.noop.hooks.before_run = before
+        runs, broken = failing(ns, "2", "4")
         s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(6)]}), "alice")
         d = await finished(ns[0].sweeps, s.id)
         assert d.sweep.state is JobState.FAILED
@@ -327,14 +336,7 @@ async def test_two_retries_of_an_ended_sweep_at_once_both_answer_and_run_its_fai
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         ns = await nodes(stack, hub, tmp_path, n=2)
-        runs: list = []
-        broken = {"on": True}
-        for n in ns:
-            async def before(request):
-                runs.append(request.spec.env["x"])
-                if broken["on"] and request.spec.env["x"] in ("1", "3"):
-                    raise ExecutorError("simulated bug", retryable=False)
-            n.noop.hooks.before_run = before
+        runs, broken = failing(ns, "1", "3")
         s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(5)]}), "alice")
         assert (await finished(ns[0].sweeps, s.id)).sweep.state is JobState.FAILED
         broken["on"] = False
