@@ -10,6 +10,9 @@ in ``shoal-PID``; those of a node that died (kill -9) are removed by the next on
 
 This uses the v1 memory hierarchy, which needs root. Where it is not mounted or not writable (cgroup v2
 only, a node not root), ``MemoryCgroups.here()`` is None and the rlimits stay the only bound.
+
+``ContainerSockets`` bounds what a Docker container holds in socket buffers, which the v1 hierarchy counts
+apart from its memory, and only in a cgroup told to before its sockets were made.
 """
 
 from __future__ import annotations
@@ -156,15 +159,72 @@ class MemoryCgroups:
             self.root.rmdir()
 
 
-def own_memory_cgroup() -> Path | None:
-    """The directory of this process's own cgroup in the v1 memory hierarchy, if mounted and writable."""
-    mount = None
+class ContainerSockets:
+    """Where this node bounds its Docker containers' socket buffers (``here()``), on cgroup v1.
+
+    A container's memory limit does not count the kernel's TCP and UDP buffers there: a 64 MiB job held
+    2.2 GiB of them over loopback, all the host's TCP memory, so every other connection on it stalled. The
+    v1 hierarchy counts them against ``memory.kmem.tcp.limit_in_bytes``, in a cgroup whose limit was set
+    before its sockets were made. Docker does not set it (runc ignores ``KernelMemoryTCP``), so the node
+    makes the container's cgroup itself between create and start, with the limit set; runc then starts
+    the container in it, and removes it with the container. cgroup v2 counts socket buffers as memory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root  # the memory hierarchy's folder of Docker's containers (cgroup parent /docker)
+
+    @classmethod
+    def here(cls, docker_info: dict) -> ContainerSockets | None:
+        """For a Docker daemon (its ``info()``) on cgroup v1 with the cgroupfs driver, where this node can write
+        the memory hierarchy; None otherwise (cgroup v2 needs nothing; elsewhere it is logged)."""
+        if docker_info.get("CgroupVersion") == "2":
+            return None
+        mount = memory_hierarchy()
+        if docker_info.get("CgroupDriver") != "cgroupfs" or mount is None or not os.access(mount, os.W_OK):
+            log.warning("cannot bound docker jobs' socket buffers here (cgroup driver %s, memory hierarchy %s): "
+                        "they are not counted in their memory limit", docker_info.get("CgroupDriver"), mount)
+            return None
+        return cls(mount / "docker")
+
+    def bound(self, container_id: str, nbytes: int) -> None:
+        """Before the container starts: make its cgroup with its sockets held to ``nbytes``. Blocking; OSError."""
+        self.root.mkdir(exist_ok=True)
+        path = self.root / container_id
+        path.mkdir()
+        (path / "memory.kmem.tcp.limit_in_bytes").write_text(str(nbytes))
+
+    def held(self, container_id: str) -> bool:
+        """Once it started: whether the container ran in the cgroup ``bound`` made (a daemon with another cgroup
+        parent puts it elsewhere)."""
+        try:
+            return int((self.root / container_id / "memory.max_usage_in_bytes").read_text()) > 0
+        except FileNotFoundError:
+            return True  # runc removed it already, with the container that exited in it
+        except (OSError, ValueError):
+            return False
+
+    def forget(self, container_id: str) -> None:
+        """After the container is removed: its cgroup, if runc left it (it did not use it). Blocking."""
+        try:
+            (self.root / container_id).rmdir()
+        except OSError as e:  # gone with its container; busy: runc removes it with the container, left running
+            if e.errno not in (errno.ENOENT, errno.EBUSY):
+                log.warning("cannot remove the memory cgroup of container %s: %s", container_id, e)
+
+
+def memory_hierarchy() -> Path | None:
+    """Where the v1 memory hierarchy is mounted, if it is."""
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         dash = fields.index("-")
         if fields[dash + 1] == "cgroup" and "memory" in fields[dash + 3].split(","):
-            mount = Path(fields[4])
-            break
+            return Path(fields[4])
+    return None
+
+
+def own_memory_cgroup() -> Path | None:
+    """The directory of this process's own cgroup in the v1 memory hierarchy, if mounted and writable."""
+    mount = memory_hierarchy()
     if mount is None:
         return None
     for line in Path("/proc/self/cgroup").read_text().splitlines():

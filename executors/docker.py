@@ -16,7 +16,8 @@ Lifecycle of one execution (``run``)::
 
 Containers are hardened: no network unless the job asks and the node allows it, and then one fenced
 from the host and its cloud's metadata server (``executors.docker_network``); memory (no swap),
-CPU quota and pids limits from the job's resources; read-only root with a writable tmpfs ``/tmp`` (and
+CPU quota and pids limits from the job's resources, and socket buffers held to its memory too
+(``executors.cgroups.ContainerSockets``); read-only root with a writable tmpfs ``/tmp`` (and
 one in place of each VOLUME the image declares); ``cap_drop ALL``; ``no-new-privileges``; Docker's default
 seccomp profile; never root (uid 65533 on a root node, else the node's uid:gid); no host path but the
 inputs (read-only) and outputs (writable),
@@ -46,13 +47,14 @@ import docker
 import docker.errors
 import requests
 import trio
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Ulimit
 from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
+from executors.cgroups import ContainerSockets
 from executors.docker_network import fenced_network
 from executors.docker_pulls import DEFAULT_MAX_IMAGE, PulledImages
 from executors.images import IMAGES as BASE_IMAGES
@@ -70,6 +72,10 @@ LABEL_JOB = "shoal.job"
 JOB_UID = 65533
 OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
+# Open files (sockets too) per process, and what it may raise that to. Each TCP connection may hold one
+# 64 KiB segment past the container's socket buffer limit (the kernel's guarantee of progress), so this
+# bounds what many connections hold: 2,048 connections, 128 MiB (ContainerSockets).
+OPEN_FILES, OPEN_FILES_HARD = 1024, 4096
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
 CPU_PERIOD = 100_000  # µs; the quota is cpu * period
 MIN_CPU_QUOTA = int(MIN_CPU * CPU_PERIOD)  # µs; Docker's floor, 1,000 (MIN_MEMORY: the smallest limit it takes)
@@ -214,6 +220,8 @@ class DockerExecutor(Executor):
         self._api_lock = threading.Lock()
         self._installed: tuple[bool, float] | None = None  # (answer, monotonic time)
         self._unremoved: set[str] = set()  # executions whose container the daemon could not remove: it was away
+        self._sockets: ContainerSockets | None = None  # bounds containers' socket buffers (cgroup v1)
+        self._sockets_checked = False
 
     # -- installed? ----------------------------------------------------------------------------------
 
@@ -419,6 +427,7 @@ class DockerExecutor(Executor):
                 except docker.errors.ImageNotFound:
                     await self._ensure_image(api, engine.image, None)
                     cid = (await trio.to_thread.run_sync(lambda: api.create_container(**create_args)))["Id"]
+                sockets = await self._bound_sockets(api, cid, max(request.spec.resources.memory, MIN_MEMORY))
                 sock = await trio.to_thread.run_sync(
                     lambda: api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
                 )
@@ -426,6 +435,11 @@ class DockerExecutor(Executor):
                 failed_start = await trio.to_thread.run_sync(_start, api, cid)
                 if failed_start is not None:
                     return failed_start
+                if sockets is not None and not await trio.to_thread.run_sync(sockets.held, cid):
+                    log.warning("docker started a container outside %s (another cgroup parent?): docker jobs' "
+                                "socket buffers are not bounded here", sockets.root)
+                    self._sockets = None
+                    await trio.to_thread.run_sync(sockets.forget, cid)
                 over_disk: list[int] = []
                 lost: BaseException | None = None
                 async with trio.open_nursery() as nursery:
@@ -457,6 +471,8 @@ class DockerExecutor(Executor):
             if creating:
                 with trio.CancelScope(shield=True):
                     await self._remove(api, request.execution_id, cid, sock)
+                    if cid is not None and self._sockets is not None:
+                        await trio.to_thread.run_sync(self._sockets.forget, cid)
         if uid != os.getuid():
             for m in request.output_mounts():
                 await trio.to_thread.run_sync(own_again, m.source)
@@ -476,6 +492,19 @@ class DockerExecutor(Executor):
             exit_code=exit_code, stdout=out.text(), stderr=stderr, stdout_truncated=out.truncated,
             stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
         )
+
+    async def _bound_sockets(self, api: docker.APIClient, cid: str, nbytes: int) -> ContainerSockets | None:
+        """Hold the created container's socket buffers to ``nbytes`` (``ContainerSockets``), where this node can."""
+        if not self._sockets_checked:
+            self._sockets = ContainerSockets.here(await trio.to_thread.run_sync(api.info))
+            self._sockets_checked = True
+        if self._sockets is None:
+            return None
+        try:
+            await trio.to_thread.run_sync(self._sockets.bound, cid, nbytes)
+        except OSError as e:
+            raise ExecutorError(f"cannot bound the container's socket buffers: {e}", retryable=True) from e
+        return self._sockets
 
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine,
                      volumes: Iterable[str] = (), network: str = "none") -> dict[str, Any]:
@@ -506,6 +535,7 @@ class DockerExecutor(Executor):
             mounts=mounts,
             network_mode=network,
             pids_limit=self.pids_limit,
+            ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD)],
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

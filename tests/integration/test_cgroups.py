@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import executors.cgroups
-from executors.cgroups import MemoryCgroups, own_memory_cgroup
+from executors.cgroups import ContainerSockets, MemoryCgroups, own_memory_cgroup
 from executors.sandbox import Limits, Sandbox
 
 pytestmark = pytest.mark.skipif(own_memory_cgroup() is None,
@@ -113,3 +113,27 @@ async def test_a_python_engine_that_stops_leaves_no_cgroup_behind(tmp_path: Path
         assert [p for p in folder.iterdir() if p.is_dir()]  # the pool's runner, in its cgroup
         nursery.cancel_scope.cancel()
     assert not folder.exists()
+
+
+def test_container_sockets_are_bounded_only_where_cgroup_v1_and_the_cgroupfs_driver_meet() -> None:
+    hierarchy = executors.cgroups.memory_hierarchy()
+    sockets = ContainerSockets.here({"CgroupVersion": "1", "CgroupDriver": "cgroupfs"})
+    assert sockets is not None and sockets.root == hierarchy / "docker"
+    # cgroup v2 counts socket buffers as memory; the systemd driver names cgroups this node cannot guess
+    assert ContainerSockets.here({"CgroupVersion": "2", "CgroupDriver": "systemd"}) is None
+    assert ContainerSockets.here({"CgroupVersion": "1", "CgroupDriver": "systemd"}) is None
+
+
+def test_a_container_cgroup_docker_never_used_is_removed() -> None:
+    sockets = ContainerSockets(own_memory_cgroup() / f"shoal-test-{os.getpid()}")
+    try:
+        sockets.bound("c0ffee", 32 << 20)
+        assert (sockets.root / "c0ffee" / "memory.kmem.tcp.limit_in_bytes").read_text() == f"{32 << 20}\n"
+        assert not sockets.held("c0ffee")  # no process ran in it
+        sockets.forget("c0ffee")
+        assert not (sockets.root / "c0ffee").exists()
+        sockets.forget("c0ffee")  # already gone (runc removes the cgroups it used): nothing to do
+    finally:
+        for path in (sockets.root / "c0ffee", sockets.root):
+            if path.exists():
+                path.rmdir()

@@ -211,6 +211,64 @@ async def test_out_of_memory_is_reported(executor, client, tmp_path):
     assert containers_of(client, request) == []
 
 
+# Fills the kernel's buffers of as many loopback TCP connections as it can open and of 100 UDP sockets,
+# then prints the connections and the bytes its sockets hold (their send and receive queues, as its
+# network namespace lists them).
+HOLD_SOCKET_BUFFERS = """
+import resource, socket
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(4096)
+try:
+    while len(held) < 40000:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+        sender.setblocking(False)
+        try:
+            while True:
+                sender.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        held += [sender, receiver]
+except OSError:  # out of open files
+    pass
+connections = len(held) // 2
+del held[-8:]  # room for the UDP sockets and reading /proc
+for _ in range(3):
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(100):
+        sender.sendto(b"x" * 60000, receiver.getsockname())
+    held += [sender, receiver]
+
+def queued(protocol):
+    lines = open("/proc/net/" + protocol).read().splitlines()[1:]
+    return sum(int(queue, 16) for line in lines for queue in line.split()[4].split(":"))
+
+print(connections, queued("tcp"), queued("udp"))
+"""
+
+
+async def test_socket_buffers_are_held_to_the_jobs_memory(executor, client, tmp_path):
+    # cgroup v1 counts them apart from memory: a 64 MiB job held 2.2 GiB, all the host's TCP memory
+    request = make_request(tmp_path, engine={"image": "shoal/python:3"}, timeout=300, resources={"memory": "64MiB"},
+                           args=["python3", "-c", HOLD_SOCKET_BUFFERS])
+    result = await executor.run(request)
+    assert result.exit_code == 0, result.stderr
+    connections, tcp, udp = map(int, result.stdout.split())
+    assert 1000 < connections <= 2048  # its sockets work, as many as its open files allow ...
+    assert tcp > 64 * 2**20  # ... and carry data ...
+    # ... held to its memory, plus what the kernel lets each connection hold past it: a segment received
+    # (at most 64 KiB on loopback) and 4 KiB to send (tcp_wmem's minimum)
+    assert tcp + udp <= 64 * 2**20 + connections * 68 * 2**10
+    assert containers_of(client, request) == []
+
+
 async def test_fork_bomb_is_contained_by_the_pids_limit(executor, client, tmp_path):
     # PID 1 watches its own pids cgroup with shell builtins only (it needs no fork) until the kernel
     # has refused a fork for hitting the limit, then exits, which ends the job and the whole bomb. It
