@@ -19,7 +19,8 @@ from the host and its cloud's metadata server (``executors.docker_network``); me
 CPU quota and pids limits from the job's resources, and socket buffers held to its memory too
 (``executors.cgroups.ContainerSockets``); read-only root with a writable tmpfs ``/tmp`` (and
 one in place of each VOLUME the image declares); ``cap_drop ALL``; ``no-new-privileges``; Docker's default
-seccomp profile; never root (uid 65533 on a root node, else the node's uid:gid); no host path but the
+seccomp profile with unix and internet sockets only (``executors.docker_seccomp``), and no ping sockets;
+never root (uid 65533 on a root node, else the node's uid:gid); no host path but the
 inputs (read-only) and outputs (writable),
 and outputs held to ``resources.disk`` (the container is killed: "disk limit exceeded: wrote N of M").
 The log driver is ``none``: output is read live from the attach stream and only the last ``MAX_CAPTURE``
@@ -52,6 +53,7 @@ from docker.types import Mount as DockerMount
 from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
+from executors import docker_seccomp
 from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
 from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
 from executors.cgroups import ContainerSockets
@@ -76,6 +78,9 @@ DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb sto
 # 64 KiB segment past the container's socket buffer limit (the kernel's guarantee of progress), so this
 # bounds what many connections hold: 2,048 connections, 128 MiB (ContainerSockets).
 OPEN_FILES, OPEN_FILES_HARD = 1024, 4096
+# ICMP echo ("ping") sockets, which Docker lets any user of a container make: what they queue is counted by
+# no memory cgroup (a 64 MiB job held 1 GiB). No group may make one.
+NO_PING = {"net.ipv4.ping_group_range": "1 0"}
 DEFAULT_TMP_SIZE = 64 * 1024**2  # /tmp when the job states no disk; tmpfs pages also count against memory
 CPU_PERIOD = 100_000  # µs; the quota is cpu * period
 MIN_CPU_QUOTA = int(MIN_CPU * CPU_PERIOD)  # µs; Docker's floor, 1,000 (MIN_MEMORY: the smallest limit it takes)
@@ -538,7 +543,8 @@ class DockerExecutor(Executor):
             ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD)],
             read_only=True,
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            security_opt=["no-new-privileges", *filter(None, [docker_seccomp.security_option()])],
+            sysctls=NO_PING,
             tmpfs={"/tmp": tmpfs, **dict.fromkeys(volumes, tmpfs)},
             log_config={"Type": "none", "Config": {}},
             **limits,

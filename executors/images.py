@@ -36,6 +36,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from executors import docker_seccomp
+
 BUSYBOX_TAGS = ("busybox:latest", "shoal/busybox:latest")
 PYTHON_TAG = "shoal/python:3"
 PYTHON_SCI_TAG = "shoal/python-sci:latest"
@@ -304,6 +306,7 @@ def build_images(client: docker.DockerClient | None = None, *, python: bool = Tr
         RuntimeError: a Debian tool is missing and cannot be installed, or debootstrap failed.
     """
     client = client or docker.from_env()
+    docker_seccomp.ensure(client.version().get("Version"), progress)  # not an image, but what jobs run under
     built = build_busybox(client, progress)
     for image in DEBIAN_IMAGES if python else ():
         if sci or image.tag != PYTHON_SCI_TAG:

@@ -1,0 +1,33 @@
+"""The seccomp profile of docker jobs, built from Docker's default (the kernel's use of it: the docker tests)."""
+
+from __future__ import annotations
+
+import socket
+
+from executors.docker_seccomp import SOCKET_FAMILIES, job_profile
+
+DEFAULT = {
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "syscalls": [
+        {"names": ["accept", "io_uring_setup", "read", "socket", "socketcall"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_NET_RAW"]}},
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+    ],
+}
+
+
+def test_sockets_are_allowed_for_the_unix_and_internet_families_only():
+    profile = job_profile(DEFAULT)
+    allowed = [rule for rule in profile["syscalls"] if "socket" in rule["names"]]
+    assert [rule["args"] for rule in allowed] == [[{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]
+                                                  for family in SOCKET_FAMILIES]
+    assert SOCKET_FAMILIES == (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+
+
+def test_what_makes_sockets_unseen_is_refused_and_everything_else_is_dockers():
+    profile = job_profile(DEFAULT)
+    names = {name for rule in profile["syscalls"] for name in rule["names"]}
+    assert not names & {"socketcall", "io_uring_setup"}
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert profile["syscalls"][0] == {"names": ["accept", "read"], "action": "SCMP_ACT_ALLOW"}
+    assert profile["syscalls"][1] == DEFAULT["syscalls"][2]  # the rule left with no name is gone
