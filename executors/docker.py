@@ -20,7 +20,7 @@ CPU quota and pids limits from the job's resources, and socket buffers held to i
 (``executors.cgroups.ContainerSockets``); read-only root with a writable tmpfs ``/tmp`` (and
 one in place of each VOLUME the image declares); ``cap_drop ALL``; ``no-new-privileges``; Docker's default
 seccomp profile with unix and internet sockets only (``executors.docker_seccomp``), and no ping sockets;
-never root (uid 65533 on a root node, else the node's uid:gid); no host path but the
+never root (on a root node, a uid of its own: ``JobUsers``; else the node's uid:gid); no host path but the
 inputs (read-only) and outputs (writable),
 and outputs held to ``resources.disk`` (the container is killed: "disk limit exceeded: wrote N of M").
 The log driver is ``none``: output is read live from the attach stream and only the last ``MAX_CAPTURE``
@@ -36,10 +36,12 @@ import contextlib
 import errno
 import fnmatch
 import inspect
+import itertools
 import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,12 @@ LABEL_NODE = "shoal.node"
 LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
-# Not 65534, which the python engine's sandboxes run as: the host counts that uid's processes against their
-# RLIMIT_NPROC, and containers parking 1,000 sleeping processes kept every python job from starting.
-JOB_UID = 65533
+# A root node runs each container as a uid of its own, from its range of 65,536 (``JobUsers``). The kernel
+# keeps some limits per uid (pending signals, inotify instances, pipe buffers, message queues): while
+# every job ran as 65533, one job that used them up kept the others from making a timer or an inotify
+# instance. The range is the node's among 16,384 (two nodes on a host rarely share one), far above the
+# host's users and the usual subordinate ranges of rootless containers, and under 2**31.
+JOB_UIDS_START, JOB_UIDS_PER_NODE, JOB_UID_RANGES = 1_000_000_000, 65_536, 16_384
 OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 # Open files (sockets too) per process, and what it may raise that to. Each TCP connection may hold one
@@ -225,6 +230,7 @@ class DockerExecutor(Executor):
         self._api_lock = threading.Lock()
         self._installed: tuple[bool, float] | None = None  # (answer, monotonic time)
         self._unremoved: set[str] = set()  # executions whose container the daemon could not remove: it was away
+        self.users = JobUsers(node_label)
         self._sockets: ContainerSockets | None = None  # bounds containers' socket buffers (cgroup v1)
         self._sockets_checked = False
 
@@ -412,7 +418,6 @@ class DockerExecutor(Executor):
         engine = self._engine(request)
         api = await self._connected()
         await self._remove_unremoved(api)
-        uid, _gid = _job_user()
         if (problem := self.image_problem(engine.image)) is not None:
             raise ExecutorError(problem, retryable=True)
         problem, volumes = await trio.to_thread.run_sync(self._present_but_refused, api, engine.image)
@@ -420,7 +425,16 @@ class DockerExecutor(Executor):
             raise ExecutorError(problem, retryable=True)
         self.pulled.used(_normalise_image(engine.image))
         network = await trio.to_thread.run_sync(fenced_network, api) if engine.network else "none"
-        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes, network)
+        uid, gid = self.users.take()
+        try:
+            return await self._run(api, request, engine, volumes, network, (uid, gid))
+        finally:
+            self.users.give_back(uid)
+
+    async def _run(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine, volumes: list[str],
+                   network: str, user: tuple[int, int]) -> RunResult:
+        uid = user[0]
+        create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes, network, user)
         cid: str | None = None
         creating = False
         sock: Any = None
@@ -512,12 +526,13 @@ class DockerExecutor(Executor):
         return self._sockets
 
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine,
-                     volumes: Iterable[str] = (), network: str = "none") -> dict[str, Any]:
+                     volumes: Iterable[str] = (), network: str = "none",
+                     user: tuple[int, int] | None = None) -> dict[str, Any]:
         """The container's configuration; ``volumes``: the paths the image declares as VOLUME; ``network``:
-        "none", or the fenced network of ``executors.docker_network``."""
+        "none", or the fenced network of ``executors.docker_network``; ``user``: (uid, gid), from ``JobUsers``."""
         resources = request.spec.resources
         mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
-        uid, gid = _job_user()
+        uid, gid = user or (os.getuid(), os.getgid())
         for m in request.output_mounts():
             m.source.mkdir(parents=True, exist_ok=True)
             if uid != os.getuid():
@@ -686,12 +701,25 @@ def _normalise_image(image: str) -> str:
 _BASE_IMAGE_NAMES = frozenset(_normalise_image(i) for i in BASE_IMAGES)
 
 
-def _job_user() -> tuple[int, int]:
-    """Who a job runs as in its container: never root. A root node runs jobs as JOB_UID and gives them their
-    output folders; any other node runs them as its own user, so outputs are its own."""
-    if os.getuid() == 0:
-        return JOB_UID, JOB_UID
-    return os.getuid(), os.getgid()
+class JobUsers:
+    """Who each job runs as in its container: never root. A root node runs each running container as a uid
+    of its own (see ``JOB_UIDS_START``) and gives it its output folders; any other node runs them as its own
+    user, so outputs are its own."""
+
+    def __init__(self, node_label: str) -> None:
+        self.first = JOB_UIDS_START + zlib.crc32(node_label.encode()) % JOB_UID_RANGES * JOB_UIDS_PER_NODE
+        self._running: set[int] = set()
+
+    def take(self) -> tuple[int, int]:
+        """(uid, gid) for a container about to run: the lowest free; give it back once the container is gone."""
+        if os.getuid() != 0:
+            return os.getuid(), os.getgid()
+        uid = next(uid for uid in itertools.count(self.first) if uid not in self._running)
+        self._running.add(uid)
+        return uid, uid
+
+    def give_back(self, uid: int) -> None:
+        self._running.discard(uid)
 
 
 def _start(api: docker.APIClient, cid: str) -> RunResult | None:

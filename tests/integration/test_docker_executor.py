@@ -304,6 +304,38 @@ async def test_a_job_makes_internet_and_unix_sockets_only(executor, tmp_path):
         "tcp": "made", "udp6": "made", "unix": "made"}
 
 
+# Makes inotify instances until the kernel refuses one (it counts them per uid), says how many in
+# /outputs/holding, and keeps them.
+HOLD_INOTIFY = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+while (fd := libc.inotify_init1(0)) >= 0:
+    held.append(fd)
+open("/outputs/holding", "w").write(str(len(held)))
+time.sleep(120)
+"""
+TRY_INOTIFY = "import ctypes; print('made' if ctypes.CDLL(None).inotify_init1(0) >= 0 else 'refused')"
+
+
+async def test_a_job_using_up_its_users_kernel_limits_leaves_other_jobs_theirs(executor, tmp_path):
+    # the kernel keeps some limits per uid: while every container ran as one uid, a job holding every
+    # inotify instance (or pending signal, or pipe page) it could kept other jobs from making one
+    hog = make_request(tmp_path, engine={"image": "shoal/python:3"}, args=["python3", "-c", HOLD_INOTIFY],
+                       outputs=[{"name": "out", "path": "/outputs"}], timeout=120)
+    holding = hog.outputs_dir / "out" / "holding"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, hog)
+        with trio.fail_after(60):
+            while not holding.exists() or not holding.read_text():
+                await trio.sleep(0.1)
+        other = make_request(tmp_path, engine={"image": "shoal/python:3"}, args=["python3", "-c", TRY_INOTIFY])
+        result = await executor.run(other)
+        nursery.cancel_scope.cancel()
+    assert int(holding.read_text()) >= 100  # the hog held what one uid may hold (128 here) ...
+    assert result.stdout == "made\n", result.stderr  # ... and the other job still made its own
+
+
 async def test_fork_bomb_is_contained_by_the_pids_limit(executor, client, tmp_path):
     # PID 1 watches its own pids cgroup with shell builtins only (it needs no fork) until the kernel
     # has refused a fork for hitting the limit, then exits, which ends the job and the whole bomb. It
