@@ -5,9 +5,9 @@ sockets hold their queued messages in kernel memory that no memory cgroup counts
 977 MiB of unread netlink replies, and as much again in ping sockets (those are refused by a sysctl,
 ``executors.docker.NO_PING``). ``AF_VSOCK`` reaches the hypervisor whatever the container's network.
 So a job's profile is Docker's own, with ``socket`` allowed for ``AF_UNIX``, ``AF_INET`` and
-``AF_INET6`` only, and neither ``socketcall`` (32-bit x86 makes sockets through it, with arguments
-seccomp cannot read) nor ``io_uring`` (it makes sockets without calling ``socket``; Docker dropped it
-from its default in version 25).
+``AF_INET6`` only, ``socketpair`` for ``AF_UNIX``, and neither ``socketcall`` (32-bit x86 makes
+sockets through it, with arguments seccomp cannot read) nor ``io_uring`` (it makes sockets without
+calling ``socket``; Docker dropped it from its default in version 25).
 
 A custom profile replaces Docker's default rather than adding to it, and the daemon does not hand its
 default out, so ``ensure`` fetches the one of the daemon's version from the Go module proxy into
@@ -34,7 +34,7 @@ log = logging.getLogger("shoal.executors.docker")
 PROFILE = Path(__file__).with_name("docker-seccomp.json")  # Docker's default profile, as fetched
 PINNED_VERSION = "20.10.24"  # Debian 12's docker.io: fetched when the daemon's own version is not on the proxy
 SOCKET_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6
-REFUSED = {"socket", "socketcall", "io_uring_setup", "io_uring_enter", "io_uring_register"}
+REFUSED = {"socket", "socketpair", "socketcall", "io_uring_setup", "io_uring_enter", "io_uring_register"}
 
 
 def job_profile(default: dict) -> dict:
@@ -47,6 +47,9 @@ def job_profile(default: dict) -> dict:
     rules += [{"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": family,
                                                                            "op": "SCMP_CMP_EQ"}]}
               for family in SOCKET_FAMILIES]
+    # a pair only of unix sockets (another family's pair would load its kernel module, TIPC's for one)
+    rules.append({"names": ["socketpair"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": SOCKET_FAMILIES[0], "op": "SCMP_CMP_EQ"}]})
     return {**default, "syscalls": rules}
 
 

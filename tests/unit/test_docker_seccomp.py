@@ -9,7 +9,8 @@ from executors.docker_seccomp import SOCKET_FAMILIES, job_profile
 DEFAULT = {
     "defaultAction": "SCMP_ACT_ERRNO",
     "syscalls": [
-        {"names": ["accept", "io_uring_setup", "read", "socket", "socketcall"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["accept", "io_uring_setup", "read", "socket", "socketcall", "socketpair"],
+         "action": "SCMP_ACT_ALLOW"},
         {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_NET_RAW"]}},
         {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
     ],
@@ -22,6 +23,8 @@ def test_sockets_are_allowed_for_the_unix_and_internet_families_only():
     assert [rule["args"] for rule in allowed] == [[{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]
                                                   for family in SOCKET_FAMILIES]
     assert SOCKET_FAMILIES == (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+    pairs = [rule for rule in profile["syscalls"] if "socketpair" in rule["names"]]
+    assert [rule["args"] for rule in pairs] == [[{"index": 0, "value": socket.AF_UNIX, "op": "SCMP_CMP_EQ"}]]
 
 
 def test_what_makes_sockets_unseen_is_refused_and_everything_else_is_dockers():
