@@ -8,7 +8,8 @@ docker-py is blocking, so every call runs in ``trio.to_thread.run_sync``; docker
 
 Lifecycle of one execution (``run``)::
 
-    create (labelled shoal.node / shoal.execution / shoal.job)
+    create (labelled shoal.node / shoal.execution / shoal.job; its own uid, ``JobUsers``)
+      → make its memory cgroup, with its socket buffers' limit (cgroup v1: ``ContainerSockets``)
       → attach stdout+stderr (before start, so nothing is missed)
       → start → read both streams until they close → wait for the exit code
       → inspect for OOM when the exit code is not 0
@@ -433,6 +434,7 @@ class DockerExecutor(Executor):
 
     async def _run(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine, volumes: list[str],
                    network: str, user: tuple[int, int]) -> RunResult:
+        """``run``'s container, as ``user`` (uid, gid)."""
         uid = user[0]
         create_args = await trio.to_thread.run_sync(self._create_args, api, request, engine, volumes, network, user)
         cid: str | None = None
