@@ -5,9 +5,10 @@ sockets hold their queued messages in kernel memory that no memory cgroup counts
 977 MiB of unread netlink replies, and as much again in ping sockets (those are refused by a sysctl,
 ``executors.docker.NO_PING``). ``AF_VSOCK`` reaches the hypervisor whatever the container's network.
 So a job's profile is Docker's own, with ``socket`` allowed for ``AF_UNIX``, ``AF_INET`` and
-``AF_INET6`` only, ``socketpair`` for ``AF_UNIX``, and neither ``socketcall`` (32-bit x86 makes
-sockets through it, with arguments seccomp cannot read) nor ``io_uring`` (it makes sockets without
-calling ``socket``; Docker dropped it from its default in version 25).
+``AF_INET6`` only, ``socketpair`` for ``AF_UNIX``, no ``io_uring`` (it makes sockets without calling
+``socket``; Docker dropped it from its default in version 25), and no 32-bit calls: 32-bit x86 makes
+sockets through ``socketcall``, with arguments seccomp cannot read (a job made netlink and vsock
+sockets so, with ``int 0x80``). Listing network interfaces (``getifaddrs``) takes netlink, so it fails.
 
 A custom profile replaces Docker's default rather than adding to it, and the daemon does not hand its
 default out, so ``ensure`` fetches the one of the daemon's version from the Go module proxy into
@@ -50,7 +51,10 @@ def job_profile(default: dict) -> dict:
     # a pair only of unix sockets (another family's pair would load its kernel module, TIPC's for one)
     rules.append({"names": ["socketpair"], "action": "SCMP_ACT_ALLOW",
                   "args": [{"index": 0, "value": SOCKET_FAMILIES[0], "op": "SCMP_CMP_EQ"}]})
-    return {**default, "syscalls": rules}
+    # no 32-bit calls (a process that makes one is killed): on x86 the kernel takes sockets through
+    # socketcall, and libseccomp makes the socket rules above into socketcall rules blind to the family
+    arches = [{**arch, "subArchitectures": []} for arch in default.get("archMap") or ()]
+    return {**default, "archMap": arches, "syscalls": rules}
 
 
 @cache

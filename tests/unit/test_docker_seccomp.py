@@ -8,6 +8,7 @@ from executors.docker_seccomp import SOCKET_FAMILIES, job_profile
 
 DEFAULT = {
     "defaultAction": "SCMP_ACT_ERRNO",
+    "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
     "syscalls": [
         {"names": ["accept", "io_uring_setup", "read", "socket", "socketcall", "socketpair"],
          "action": "SCMP_ACT_ALLOW"},
@@ -34,3 +35,8 @@ def test_what_makes_sockets_unseen_is_refused_and_everything_else_is_dockers():
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
     assert profile["syscalls"][0] == {"names": ["accept", "read"], "action": "SCMP_ACT_ALLOW"}
     assert profile["syscalls"][1] == DEFAULT["syscalls"][2]  # the rule left with no name is gone
+
+
+def test_no_32_bit_call_is_allowed():
+    # x86's socket calls go through socketcall, whose family seccomp cannot read
+    assert job_profile(DEFAULT)["archMap"] == [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []}]
