@@ -64,7 +64,7 @@ def security_option() -> str | None:
         default = json.loads(PROFILE.read_text())
     except (OSError, ValueError) as e:
         log.warning("docker jobs run under Docker's default seccomp profile, which lets them make netlink and "
-                    "vsock sockets (%s: %s; scripts/install-docker fetches it)", PROFILE, e)
+                    "vsock sockets (%s: %s; shoal images build fetches it)", PROFILE, e)
         return None
     return "seccomp=" + json.dumps(job_profile(default), separators=(",", ":"))
 
