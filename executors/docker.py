@@ -233,7 +233,9 @@ class DockerExecutor(Executor):
         self._unremoved: set[str] = set()  # executions whose container the daemon could not remove: it was away
         self.users = JobUsers(node_label)
         self._sockets: ContainerSockets | None = None  # bounds containers' socket buffers (cgroup v1)
-        self._sockets_checked = False
+        self._seccomp: str | None = None  # the jobs' seccomp profile, as a security option
+        self._host_checked = False
+        self._host_lock = trio.Lock()
 
     # -- installed? ----------------------------------------------------------------------------------
 
@@ -426,6 +428,7 @@ class DockerExecutor(Executor):
             raise ExecutorError(problem, retryable=True)
         self.pulled.used(_normalise_image(engine.image))
         network = await trio.to_thread.run_sync(fenced_network, api) if engine.network else "none"
+        await self._check_host(api)
         uid, gid = self.users.take()
         try:
             return await self._run(api, request, engine, volumes, network, (uid, gid))
@@ -514,11 +517,17 @@ class DockerExecutor(Executor):
             stderr_truncated=err.truncated, started_at=started_at, finished_at=finished_at,
         )
 
+    async def _check_host(self, api: docker.APIClient) -> None:
+        """Once: how this host bounds containers' socket buffers, and the jobs' seccomp profile."""
+        async with self._host_lock:
+            if not self._host_checked:
+                info = await trio.to_thread.run_sync(api.info)
+                self._sockets = ContainerSockets.here(info)
+                self._seccomp = await trio.to_thread.run_sync(docker_seccomp.security_option, info.get("ServerVersion"))
+                self._host_checked = True
+
     async def _bound_sockets(self, api: docker.APIClient, cid: str, nbytes: int) -> ContainerSockets | None:
         """Hold the created container's socket buffers to ``nbytes`` (``ContainerSockets``), where this node can."""
-        if not self._sockets_checked:
-            self._sockets = ContainerSockets.here(await trio.to_thread.run_sync(api.info))
-            self._sockets_checked = True
         if self._sockets is None:
             return None
         try:
@@ -560,7 +569,7 @@ class DockerExecutor(Executor):
             ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD)],
             read_only=True,
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges", *filter(None, [docker_seccomp.security_option()])],
+            security_opt=["no-new-privileges", *filter(None, [self._seccomp])],
             sysctls=NO_PING,
             tmpfs={"/tmp": tmpfs, **dict.fromkeys(volumes, tmpfs)},
             log_config={"Type": "none", "Config": {}},

@@ -11,9 +11,9 @@ sockets through ``socketcall``, with arguments seccomp cannot read (a job made n
 sockets so, with ``int 0x80``). Listing network interfaces (``getifaddrs``) takes netlink, so it fails.
 
 A custom profile replaces Docker's default rather than adding to it, and the daemon does not hand its
-default out, so ``ensure`` fetches the one of the daemon's version from the Go module proxy into
-``PROFILE``: ``shoal images build`` does, and so ``scripts/setup`` and a cluster's nodes. Without it,
-jobs run under Docker's default profile, and the node logs why.
+default out, so ``ensure`` fetches the one of the daemon's version from the Go module proxy, once:
+``shoal images build`` does (``scripts/setup``, a cluster's startup), else the node before its first
+docker job. Where it cannot be had, jobs run under Docker's default profile, and the node logs why.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ import sys
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 log = logging.getLogger("shoal.executors.docker")
 
-PROFILE = Path(__file__).with_name("docker-seccomp.json")  # Docker's default profile, as fetched
+# Docker's default profile, as fetched: beside this module (shared by a cluster's root setup and its node's
+# user), else in the user's cache where that is not writable
+PROFILE = Path(__file__).with_name("docker-seccomp.json")
+USER_PROFILE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal" / "docker-seccomp.json"
 PINNED_VERSION = "20.10.24"  # Debian 12's docker.io: fetched when the daemon's own version is not on the proxy
 SOCKET_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6
 REFUSED = {"socket", "socketpair", "socketcall", "io_uring_setup", "io_uring_enter", "io_uring_register"}
@@ -57,14 +59,18 @@ def job_profile(default: dict) -> dict:
     return {**default, "archMap": arches, "syscalls": rules}
 
 
-@cache
-def security_option() -> str | None:
-    """``seccomp=<profile>`` for a job's container, or None (logged) when Docker's default was never fetched."""
+def security_option(daemon_version: str | None) -> str | None:
+    """``seccomp=<profile>`` for a job's container, fetching Docker's default first if need be (blocking, at most
+    a minute); None (logged) when it cannot be had."""
+    path = ensure(daemon_version, log.info)
     try:
-        default = json.loads(PROFILE.read_text())
+        default = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError) as e:
+        log.warning("cannot read %s: %s", path, e)
+        default = None
+    if default is None:
         log.warning("docker jobs run under Docker's default seccomp profile, which lets them make netlink and "
-                    "vsock sockets (%s: %s; shoal images build fetches it)", PROFILE, e)
+                    "vsock sockets: it could not be fetched (see above; shoal images build fetches it)")
         return None
     return "seccomp=" + json.dumps(job_profile(default), separators=(",", ":"))
 
@@ -72,7 +78,7 @@ def security_option() -> str | None:
 def fetch(version: str, proxy: str = "https://proxy.golang.org") -> bytes:
     """Docker's default profile of ``version`` (e.g. 20.10.24), from the moby module on a Go module proxy."""
     url = f"{proxy.rstrip('/')}/github.com/docker/docker/@v/v{version}+incompatible.zip"
-    with urllib.request.urlopen(url, timeout=120) as answer:
+    with urllib.request.urlopen(url, timeout=30) as answer:
         archive = zipfile.ZipFile(io.BytesIO(answer.read()))
     member = f"github.com/docker/docker@v{version}+incompatible/profiles/seccomp/default.json"
     profile = archive.read(member)
@@ -80,24 +86,34 @@ def fetch(version: str, proxy: str = "https://proxy.golang.org") -> bytes:
     return profile
 
 
-def ensure(daemon_version: str | None, say: Callable[[str], None] = print) -> bool:
-    """Fetch Docker's default profile into ``PROFILE`` unless it is there: the daemon's version's, else
-    ``PINNED_VERSION``'s. False (said) when neither could be fetched."""
-    if PROFILE.exists() and PROFILE.stat().st_size:
-        return True
+def ensure(daemon_version: str | None, say: Callable[[str], None] = print) -> Path | None:
+    """Where Docker's default profile is, fetched now unless it was before: the daemon's version's, else
+    ``PINNED_VERSION``'s. None (said) when neither could be fetched."""
+    for path in (PROFILE, USER_PROFILE):
+        if path.exists() and path.stat().st_size:
+            return path
     proxy = next((p for p in os.environ.get("GOPROXY", "").split(",") if p.startswith("http")),
                  "https://proxy.golang.org")
     found = re.match(r"\d+\.\d+\.\d+", daemon_version or "")
     for version in dict.fromkeys(([found.group()] if found else []) + [PINNED_VERSION]):
         try:
-            partial = PROFILE.with_suffix(".part")
-            partial.write_bytes(fetch(version, proxy))
-            partial.replace(PROFILE)  # whole or not at all: a profile cut short is never taken for one
-            say(f"Docker {version}'s default seccomp profile, the base of docker jobs': {PROFILE}")
-            return True
+            profile = fetch(version, proxy)
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             say(f"cannot fetch Docker {version}'s default seccomp profile from {proxy}: {e}")
-    return False
+            continue
+        for path in (PROFILE, USER_PROFILE):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".part")
+                partial.write_bytes(profile)
+                partial.replace(path)  # whole or not at all: a profile cut short is never taken for one
+            except OSError as e:
+                say(f"cannot write {path}: {e}")
+                continue
+            say(f"Docker {version}'s default seccomp profile, the base of docker jobs': {path}")
+            return path
+        return None
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from executors import docker_seccomp
 from executors.docker_seccomp import SOCKET_FAMILIES, job_profile
 
 DEFAULT = {
@@ -40,3 +41,24 @@ def test_what_makes_sockets_unseen_is_refused_and_everything_else_is_dockers():
 def test_no_32_bit_call_is_allowed():
     # x86's socket calls go through socketcall, whose family seccomp cannot read
     assert job_profile(DEFAULT)["archMap"] == [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []}]
+
+
+def test_the_default_profile_is_fetched_once_into_the_first_place_it_can_be_written(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(docker_seccomp, "PROFILE", tmp_path / "a-file" / "docker-seccomp.json")  # cannot be made
+    monkeypatch.setattr(docker_seccomp, "USER_PROFILE", tmp_path / "cache" / "docker-seccomp.json")
+    asked = []
+
+    def fetch(version: str, proxy: str) -> bytes:
+        asked.append(version)
+        if version != docker_seccomp.PINNED_VERSION:
+            raise OSError("HTTP Error 404: Not Found")  # a daemon version the proxy does not have
+        return b'{"syscalls": []}'
+
+    monkeypatch.setattr(docker_seccomp, "fetch", fetch)
+    said = []
+    assert docker_seccomp.ensure("27.1.0+dfsg1", said.append) == tmp_path / "cache" / "docker-seccomp.json"
+    assert asked == ["27.1.0", docker_seccomp.PINNED_VERSION]
+    assert docker_seccomp.USER_PROFILE.read_bytes() == b'{"syscalls": []}'
+    assert docker_seccomp.ensure("27.1.0", said.append) == docker_seccomp.USER_PROFILE
+    assert len(asked) == 2  # once
