@@ -537,13 +537,12 @@ class DockerExecutor(Executor):
         return self._sockets
 
     def _create_args(self, api: docker.APIClient, request: RunRequest, engine: DockerEngine,
-                     volumes: Iterable[str] = (), network: str = "none",
-                     user: tuple[int, int] | None = None) -> dict[str, Any]:
+                     volumes: Iterable[str], network: str, user: tuple[int, int]) -> dict[str, Any]:
         """The container's configuration; ``volumes``: the paths the image declares as VOLUME; ``network``:
         "none", or the fenced network of ``executors.docker_network``; ``user``: (uid, gid), from ``JobUsers``."""
         resources = request.spec.resources
         mounts = [DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in request.inputs]
-        uid, gid = user or (os.getuid(), os.getgid())
+        uid, gid = user
         for m in request.output_mounts():
             m.source.mkdir(parents=True, exist_ok=True)
             if uid != os.getuid():

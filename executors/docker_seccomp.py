@@ -18,6 +18,7 @@ docker job. Where it cannot be had, jobs run under Docker's default profile, and
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
@@ -37,11 +38,19 @@ PROFILE = Path(__file__).with_name("docker-seccomp.json")
 USER_PROFILE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal" / "docker-seccomp.json"
 PINNED_VERSION = "20.10.24"  # Debian 12's docker.io: fetched when the daemon's own version is not on the proxy
 SOCKET_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6
+DENYING = {"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP"}
+MAX_PROFILE = 1 << 20  # bytes of a default profile (Docker's: 13 KB) ...
+MAX_MODULE = 64 << 20  # ... and of the module archive it comes in (4.6 MB)
 REFUSED = {"socket", "socketpair", "socketcall", "io_uring_setup", "io_uring_enter", "io_uring_register"}
 
 
 def job_profile(default: dict) -> dict:
-    """Docker's ``default`` profile with the socket families of ``SOCKET_FAMILIES`` only (see the module)."""
+    """Docker's ``default`` profile with the socket families of ``SOCKET_FAMILIES`` only (see the module).
+    ValueError when ``default`` is not a profile that refuses what it does not name (it came over the network)."""
+    if not isinstance(default, dict) or default.get("defaultAction") not in DENYING \
+            or not isinstance(default.get("syscalls"), list):
+        raise ValueError(f"not a profile that refuses what it does not name: default action "
+                         f"{default.get('defaultAction') if isinstance(default, dict) else None!r}")
     rules = []
     for rule in default["syscalls"]:
         names = [name for name in rule["names"] if name not in REFUSED]
@@ -63,26 +72,31 @@ def security_option(daemon_version: str | None) -> str | None:
     """``seccomp=<profile>`` for a job's container, fetching Docker's default first if need be (blocking, at most
     a minute); None (logged) when it cannot be had."""
     path = ensure(daemon_version, log.info)
+    profile = None
     try:
-        default = json.loads(path.read_text()) if path is not None else None
+        profile = job_profile(json.loads(path.read_text())) if path is not None else None
     except (OSError, ValueError) as e:
-        log.warning("cannot read %s: %s", path, e)
-        default = None
-    if default is None:
+        log.warning("cannot use %s: %s", path, e)
+    if profile is None:
         log.warning("docker jobs run under Docker's default seccomp profile, which lets them make netlink and "
                     "vsock sockets: it could not be fetched (see above; shoal images build fetches it)")
         return None
-    return "seccomp=" + json.dumps(job_profile(default), separators=(",", ":"))
+    return "seccomp=" + json.dumps(profile, separators=(",", ":"))
 
 
 def fetch(version: str, proxy: str = "https://proxy.golang.org") -> bytes:
     """Docker's default profile of ``version`` (e.g. 20.10.24), from the moby module on a Go module proxy."""
     url = f"{proxy.rstrip('/')}/github.com/docker/docker/@v/v{version}+incompatible.zip"
     with urllib.request.urlopen(url, timeout=30) as answer:
-        archive = zipfile.ZipFile(io.BytesIO(answer.read()))
+        body = answer.read(MAX_MODULE + 1)
+    if len(body) > MAX_MODULE:
+        raise ValueError(f"{url} is larger than {MAX_MODULE} bytes")
+    archive = zipfile.ZipFile(io.BytesIO(body))
     member = f"github.com/docker/docker@v{version}+incompatible/profiles/seccomp/default.json"
+    if archive.getinfo(member).file_size > MAX_PROFILE:
+        raise ValueError(f"{member} is larger than {MAX_PROFILE} bytes")
     profile = archive.read(member)
-    json.loads(profile)  # a profile, not an error page
+    job_profile(json.loads(profile))  # a profile it can use, not an error page or one that allows all
     return profile
 
 
@@ -98,7 +112,7 @@ def ensure(daemon_version: str | None, say: Callable[[str], None] = print) -> Pa
     for version in dict.fromkeys(([found.group()] if found else []) + [PINNED_VERSION]):
         try:
             profile = fetch(version, proxy)
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, http.client.HTTPException) as e:
             say(f"cannot fetch Docker {version}'s default seccomp profile from {proxy}: {e}")
             continue
         for path in (PROFILE, USER_PROFILE):

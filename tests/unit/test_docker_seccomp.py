@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
+import io
+import json
 import socket
+import threading
+import zipfile
+
+import pytest
 
 from executors import docker_seccomp
 from executors.docker_seccomp import SOCKET_FAMILIES, job_profile
@@ -62,3 +69,40 @@ def test_the_default_profile_is_fetched_once_into_the_first_place_it_can_be_writ
     assert docker_seccomp.USER_PROFILE.read_bytes() == b'{"syscalls": []}'
     assert docker_seccomp.ensure("27.1.0", said.append) == docker_seccomp.USER_PROFILE
     assert len(asked) == 2  # once
+
+
+def test_a_fetched_profile_that_allows_what_it_does_not_name_is_refused():
+    # it comes from a proxy over the network: one allowing every call would leave jobs less bound than Docker's
+    for profile in ({**DEFAULT, "defaultAction": "SCMP_ACT_ALLOW"}, {"defaultAction": "SCMP_ACT_ERRNO"}, []):
+        with pytest.raises(ValueError):
+            job_profile(profile)
+
+
+def test_a_proxy_serving_a_profile_that_allows_everything_gets_nothing_written(tmp_path, monkeypatch):
+    version = docker_seccomp.PINNED_VERSION
+    module = io.BytesIO()
+    with zipfile.ZipFile(module, "w") as archive:
+        archive.writestr(f"github.com/docker/docker@v{version}+incompatible/profiles/seccomp/default.json",
+                         json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}))
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(module.getvalue())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setattr(docker_seccomp, "PROFILE", tmp_path / "docker-seccomp.json")
+        monkeypatch.setattr(docker_seccomp, "USER_PROFILE", tmp_path / "cache" / "docker-seccomp.json")
+        said = []
+        assert docker_seccomp.ensure(version, said.append) is None
+        assert "refuses what it does not name" in said[-1]
+        assert not docker_seccomp.PROFILE.exists() and not docker_seccomp.USER_PROFILE.exists()
+    finally:
+        server.shutdown()

@@ -140,7 +140,8 @@ def test_docker_gets_one_device_request_for_the_jobs_gpus(tmp_path: Path) -> Non
 
     def host_config(job: JobSpec) -> dict:
         request = RunRequest(job_id="j", execution_id="e", spec=job, work_dir=tmp_path, outputs_dir=tmp_path / "out")
-        return executor._create_args(api, request, container(job)[0])["host_config"]
+        return executor._create_args(api, request, container(job)[0], (), "none", (os.getuid(), os.getgid()))[
+            "host_config"]
 
     assert host_config(spec(2))["DeviceRequests"] == [
         {"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
