@@ -90,7 +90,19 @@ def page(browser, dashboard: Dashboard):
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
     page.close()
+    _cancel_what_is_left(dashboard.client)
     assert errors == [], errors  # no script error on any page
+
+
+def _cancel_what_is_left(client: Client) -> None:
+    """Each test starts on idle nodes: one that failed half-way leaves no job holding the capacity that a
+    later one reads off a node's page."""
+    for sweep in client.list_sweeps(limit=1000).sweeps:
+        if not sweep.state.is_terminal:
+            client.cancel_sweep(sweep.id)
+    for state in ("pending", "running"):
+        for job in client.list(state=state, limit=1000).jobs:
+            client.cancel(job.id)
 
 
 def shot(page, name: str) -> None:
@@ -135,6 +147,78 @@ def test_cancelling_from_the_page_cancels_the_job(page, dashboard) -> None:
     page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
     assert dashboard.client.describe(job.id).job.state == "cancelled"
     shot(page, "job-cancelled")
+
+
+class HeldDescribes:
+    """The page's describes of one job after its first, held until the test lets each go on."""
+
+    def __init__(self, page, job_id: str) -> None:
+        self.held: list = []
+        self.seen = 0
+        self.passing = False
+        page.route(f"**/api/v1/jobs/{job_id}", self._route)
+
+    def _route(self, route) -> None:
+        self.seen += 1
+        if self.passing or self.seen == 1:
+            return route.continue_()
+        self.held.append(route)
+
+    def release(self) -> None:
+        """Let every held describe go on to the node, and those to come."""
+        self.passing = True
+        while self.held:
+            self.held.pop(0).continue_()
+
+
+def _wait_until(condition, page, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        page.wait_for_timeout(50)
+
+
+def test_a_click_on_cancel_is_not_lost_when_the_page_updates_under_it(page, dashboard) -> None:
+    """A user's click is a mousedown and, some 100 ms later, a mouseup: the page updating between the two
+    (on one of the job's events) must leave the button the user pressed in place, or no click happens."""
+    job = dashboard.client.submit(noop(delay=120)).job
+    describes = HeldDescribes(page, job.id)
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    button = page.locator("#cancel-job")
+    button.wait_for(timeout=15_000)
+    _wait_until(lambda: describes.held, page, "the page to describe the job again on its events")
+    box = button.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    with page.expect_response(lambda r: r.url.endswith(f"/api/v1/jobs/{job.id}")):
+        describes.held.pop(0).continue_()  # the page renders the job again, under the pressed button
+    page.wait_for_timeout(300)
+    describes.release()
+    page.mouse.up()
+    page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+    assert dashboard.client.describe(job.id).job.state == "cancelled"
+
+
+def test_an_answer_that_comes_late_does_not_put_back_an_older_state(page, dashboard) -> None:
+    """The page describes the job again on each event; an answer asked for before the cancel but delivered
+    after it (a slow node, a busy proxy) must not show the job running again: no later event would mend it."""
+    job = dashboard.client.submit(noop(delay=120)).job
+    describes = HeldDescribes(page, job.id)
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator("#cancel-job").wait_for(timeout=15_000)
+    _wait_until(lambda: describes.held, page, "the page to describe the job again on its events")
+    late = describes.held.pop(0)
+    answer = late.fetch()  # the node's answer now: the job still running
+    assert answer.json()["job"]["state"] in ("pending", "running")
+    page.locator("#cancel-job").click()
+    page.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+    _wait_until(lambda: describes.held, page, "the page to describe the job again on its Cancelled event")
+    describes.release()  # asked for after the cancel: they answer cancelled
+    with page.expect_response(lambda r: r.url.endswith(f"/api/v1/jobs/{job.id}")):
+        late.fulfill(response=answer)  # and now the answer asked for before it
+    page.wait_for_timeout(500)
+    assert page.locator(".title .badge").get_attribute("data-state") == "cancelled"
+    assert page.locator("#cancel-job").count() == 0
 
 
 def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:

@@ -73,3 +73,20 @@ export function live(ids, watch, handlers) {
   on('list', (d) => handlers.list?.(d));
   return () => source.close();
 }
+
+/**
+ * Answers used in the order their questions were asked: `const inOrder = ordered();` then
+ * `const answer = await inOrder(api(…))` is undefined when an answer to a later question has already
+ * been shown (a page asking again on each event would otherwise put back an older state it got late).
+ */
+export function ordered() {
+  let asked = 0;
+  let shown = 0;
+  return async (promise) => {
+    const n = ++asked;
+    const value = await promise;
+    if (n < shown) return undefined;
+    shown = n;
+    return value;
+  };
+}

@@ -6,7 +6,7 @@ export function h(tag, attrs = {}, ...children) {
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
-    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    if (key.startsWith('on')) on(el, key.slice(2), value);
     else if (key === 'dataset') Object.assign(el.dataset, value);
     else el.setAttribute(key, value === true ? '' : value);
   }
@@ -15,6 +15,14 @@ export function h(tag, attrs = {}, ...children) {
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
+}
+
+/** el's handler of `type` events: one listener per type, calling el's current handler (which `patch` may
+ *  replace with the one of the element built afresh, whose data it closes over). */
+function on(el, type, handler) {
+  el.handlers ??= {};
+  if (!(type in el.handlers)) el.addEventListener(type, (event) => el.handlers[type]?.(event));
+  el.handlers[type] = handler;
 }
 
 export const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -70,4 +78,46 @@ export function coalesce(fn, ms = 150) {
 export function fill(el, ...children) {
   el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return el;
+}
+
+/**
+ * Make el's children look like `children` (built afresh with h()) while keeping the elements already
+ * there: an element of the same tag and key (id, data-id or data-peer) in the same place is updated in
+ * place (attributes, handlers, children) instead of replaced. A page that re-renders as events come in
+ * thus keeps the button under the user's pointer: a click whose mousedown and mouseup land on two
+ * different elements is no click at all. A child given that is already in the page is moved, not copied.
+ */
+export function patch(el, ...children) {
+  const next = children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
+  const wanted = new Set(next.map(keyOf).filter(Boolean));
+  next.forEach((node, i) => {
+    const old = el.childNodes[i];
+    if (old === node) return;
+    if (old === undefined) el.append(node);
+    else if (alike(old, node)) update(old, node);
+    else if (node.parentNode === el || wanted.has(keyOf(old))) el.insertBefore(node, old); // old moves down, untouched
+    else old.replaceWith(node);
+  });
+  while (el.childNodes.length > next.length) el.lastChild.remove();
+  return el;
+}
+
+const keyOf = (node) => (node.nodeType === Node.ELEMENT_NODE
+  ? node.id || node.getAttribute('data-id') || node.getAttribute('data-peer') || '' : '');
+
+function alike(old, node) {
+  return old.nodeType === node.nodeType && old.nodeName === node.nodeName && keyOf(old) === keyOf(node);
+}
+
+function update(old, node) {
+  if (node.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== node.nodeValue) old.nodeValue = node.nodeValue;
+    return;
+  }
+  for (const { name } of [...old.attributes]) if (!node.hasAttribute(name)) old.removeAttribute(name);
+  for (const { name, value } of [...node.attributes]) if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  for (const [type, handler] of Object.entries(node.handlers || {})) on(old, type, handler);
+  for (const type of Object.keys(old.handlers || {})) if (!node.handlers?.[type]) old.handlers[type] = undefined;
+  patch(old, ...node.childNodes);
 }

@@ -1,8 +1,8 @@
 // A job: its state and why it waits, its spec, executions per node, the event timeline (the
 // node's event stream), its output as it is written, its results, and a cancel button.
 
-import { api, download, live, streamText } from './api.js';
-import { fill, h, badge, when, duration, errorBox, short, coalesce, TERMINAL } from './dom.js';
+import { api, download, live, ordered, streamText } from './api.js';
+import { fill, h, badge, when, duration, errorBox, patch, short, coalesce, TERMINAL } from './dom.js';
 
 const PHASES = ['submitted', 'announced', 'first_bid', 'accepted', 'started', 'proposed', 'finished'];
 
@@ -26,28 +26,30 @@ export function jobPage(view, params, id) {
       h('div', {}, h('section', {}, h('h2', {}, 'Events'), timeline),
         h('section', {}, h('h2', {}, 'Spec'), spec))));
 
-  let current = null;
   const logsAbort = { controller: null };
+  const inOrder = ordered(); // the describe on load and on each event, and the cancel's answer
+  let cancelling = false;
 
   async function load() {
     let description;
     try {
-      description = await api(`/v1/jobs/${id}`);
+      description = await inOrder(api(`/v1/jobs/${id}`));
     } catch (error) {
       fill(message, errorBox(error));
       return;
     }
+    if (description === undefined) return;
     fill(message, );
-    current = description;
     render(description);
   }
 
+  // Patched, not rebuilt: the page re-renders on each of the job's events, under the user's pointer.
   function render({ job, executions: runs, phases }) {
     const cancel = TERMINAL.has(job.state) ? null
-      : h('button', { class: 'danger', id: 'cancel-job', onclick: cancelJob }, 'Cancel job');
-    fill(header, h('h1', { class: 'mono' }, job.id), badge(job.state), cancel);
+      : h('button', { class: 'danger', id: 'cancel-job', onclick: cancelJob, disabled: cancelling }, 'Cancel job');
+    patch(header, h('h1', { class: 'mono' }, job.id), badge(job.state), cancel);
     const started = phases.submitted;
-    fill(summary, 
+    patch(summary, 
       h('h2', {}, TERMINAL.has(job.state) ? 'Outcome' : 'Why waiting'),
       h('p', { class: 'reason', id: 'job-reason' }, job.reason || '—'),
       h('dl', { class: 'facts' },
@@ -58,7 +60,7 @@ export function jobPage(view, params, id) {
         job.cached_from ? [h('dt', {}, 'cached from'), h('dd', {}, h('a', { href: `#/jobs/${job.cached_from}` }, short(job.cached_from)))] : null),
       h('ol', { class: 'phases' }, PHASES.filter((p) => phases[p]).map((p) =>
         h('li', {}, h('b', {}, p.replace('_', ' ')), ` +${duration(phases[p] - started)}`))));
-    fill(executions, h('h2', {}, `Executions (${runs.length})`), runs.length
+    patch(executions, h('h2', {}, `Executions (${runs.length})`), runs.length
       ? h('table', { class: 'list' },
         h('thead', {}, h('tr', {}, ['Node', 'State', 'Reason', 'Created', 'Updated', 'Exit'].map((t) => h('th', {}, t)))),
         h('tbody', {}, runs.map((x) => h('tr', {},
@@ -70,7 +72,7 @@ export function jobPage(view, params, id) {
           h('td', {}, x.result ? String(x.result.exit_code) : '')))))
       : h('p', { class: 'muted' }, 'no node has bid yet'));
     const result = job.result;
-    fill(results, h('h2', {}, 'Results'), result
+    patch(results, h('h2', {}, 'Results'), result
       ? h('dl', { class: 'facts' },
         h('dt', {}, 'exit code'), h('dd', { id: 'job-exit' }, String(result.exit_code)),
         h('dt', {}, 'CID'), h('dd', { class: 'mono', id: 'job-cid' }, result.cid || '(kept in the record)'),
@@ -81,12 +83,16 @@ export function jobPage(view, params, id) {
   }
 
   async function cancelJob(event) {
+    cancelling = true;
     event.target.disabled = true;
     try {
-      render(await api(`/v1/jobs/${id}/cancel`, { method: 'POST' }));
+      const description = await inOrder(api(`/v1/jobs/${id}/cancel`, { method: 'POST' }));
+      if (description !== undefined) render(description);
     } catch (error) {
       fill(message, errorBox(error));
       event.target.disabled = false;
+    } finally {
+      cancelling = false;
     }
   }
 

@@ -1,8 +1,8 @@
 // Jobs: the user's jobs, a page at a time (the node pages by limit/offset, newest first), with
 // states kept current by the node's event streams of the jobs shown.
 
-import { api, live } from './api.js';
-import { fill, h, badge, age, errorBox, short, coalesce, STATES, TERMINAL } from './dom.js';
+import { api, live, ordered } from './api.js';
+import { fill, h, badge, age, errorBox, patch, short, coalesce, STATES, TERMINAL } from './dom.js';
 
 export const PAGE = 50;
 
@@ -53,10 +53,11 @@ export function jobsPage(view, params) {
       h('td', {}, age(job.updated_at)));
   }
 
+  // A row shown already is patched, never replaced: the list updates under the user's pointer.
   function put(job) {
+    const fresh = row(job);
     const old = rows.get(job.id);
-    const tr = row(job);
-    if (old) old.tr.replaceWith(tr);
+    const tr = old ? patch(old.tr, ...fresh.childNodes) : fresh;
     rows.set(job.id, { tr, job });
     return tr;
   }
@@ -72,13 +73,16 @@ export function jobsPage(view, params) {
     narrow(text);
   }
 
+  const rowOrder = new Map(); // job id -> its describes, in order
   const refresh = coalesce(async (id) => {
+    if (!rowOrder.has(id)) rowOrder.set(id, ordered());
     try {
-      const description = await api(`/v1/jobs/${id}`);
-      if (rows.has(id)) put(description.job);
+      const description = await rowOrder.get(id)(api(`/v1/jobs/${id}`));
+      if (description !== undefined && rows.has(id)) put(description.job);
     } catch { /* gone: keep the row as it was */ }
   });
 
+  const inOrder = ordered();
   async function load() {
     loadedAt = performance.now();
     const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
@@ -86,20 +90,22 @@ export function jobsPage(view, params) {
     if (selector) query.set('selector', selector);
     let list;
     try {
-      list = await api(`/v1/jobs?${query}`);
+      list = await inOrder(api(`/v1/jobs?${query}`));
     } catch (error) {
       fill(message, errorBox(error));
       summary.textContent = '';
       return;
     }
+    if (list === undefined) return;
     fill(message, );
-    rows.clear();
-    fill(body, ...list.jobs.map(put));
-    if (!list.jobs.length) body.append(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, state || selector ? ['no', state, 'jobs', selector && `asking for ${selector}`].filter(Boolean).join(' ') : 'no jobs yet: shoal run …')));
+    const listed = new Set(list.jobs.map((job) => job.id));
+    for (const id of [...rows.keys()]) if (!listed.has(id)) { rows.delete(id); rowOrder.delete(id); }
+    patch(body, list.jobs.map(put), list.jobs.length ? null
+      : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, state || selector ? ['no', state, 'jobs', selector && `asking for ${selector}`].filter(Boolean).join(' ') : 'no jobs yet: shoal run …')));
     narrow(search.value.trim());
     const last = Math.min(offset + list.jobs.length, list.total);
     summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
-    fill(pager, 
+    patch(pager,
       h('button', { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - PAGE)) }) }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => go({ offset: String(offset + PAGE) }) }, 'older ›'));
     view.dataset.loadedMs = String(Math.round(performance.now() - loadedAt));

@@ -1,9 +1,10 @@
 // Nodes: what the requester knows of each compute node (its last node info: engines, labels,
 // capacity, running work, backlog) and how their results fared (reputation, quarantine). Node info
-// has no stream: the page reads it again every few seconds while shown.
+// has no stream: the page reads it again every few seconds while shown, patching the cards in place
+// (a card rebuilt under the pointer would swallow a click on its link).
 
-import { api } from './api.js';
-import { fill, h, bytes, errorBox, short } from './dom.js';
+import { api, ordered } from './api.js';
+import { fill, h, bytes, errorBox, patch, short } from './dom.js';
 
 const EVERY = 3000;
 
@@ -42,9 +43,11 @@ function poll(view, render) {
   const message = h('div');
   const place = h('div', { class: 'nodes' });
   view.append(message, place);
+  const inOrder = ordered();
   async function load() {
     try {
-      const list = await api('/v1/nodes');
+      const list = await inOrder(api('/v1/nodes'));
+      if (list === undefined) return;
       fill(message, );
       render(place, list);
     } catch (error) {
@@ -64,8 +67,8 @@ export function nodesPage(view) {
     const free = list.nodes.reduce((a, n) => a + n.free.cpu, 0);
     const running = list.nodes.reduce((a, n) => a + n.running, 0);
     summary.textContent = `${list.nodes.length} compute nodes known · ${Math.round((total - free) * 100) / 100} of ${total} CPU in use · ${running} running`;
-    fill(place, ...list.nodes.map((n) => card(n, list.reputation[n.peer_id], false)));
-    if (!list.nodes.length) place.append(h('p', { class: 'empty' }, 'no compute node known yet'));
+    patch(place, list.nodes.map((n) => card(n, list.reputation[n.peer_id], false)),
+      list.nodes.length ? null : h('p', { class: 'empty' }, 'no compute node known yet'));
   });
 }
 
@@ -73,7 +76,7 @@ export function nodePage(view, params, peer) {
   view.append(h('p', { class: 'crumbs' }, h('a', { href: '#/nodes' }, 'Nodes'), ' / ', short(peer)));
   return poll(view, (place, list) => {
     const info = list.nodes.find((n) => n.peer_id === peer);
-    fill(place, info ? card(info, list.reputation[peer], true)
+    patch(place, info ? card(info, list.reputation[peer], true)
       : h('p', { class: 'empty' }, `this node knows no compute node ${peer}`));
   });
 }

@@ -1,8 +1,8 @@
 // Sweeps: the list, and a sweep's page with its grid of index states (from the ranges the node
 // describes it by), counts, failed indexes with exit codes and logs, and retry and cancel buttons.
 
-import { api, live } from './api.js';
-import { fill, h, badge, age, when, errorBox, short, coalesce, STATES, TERMINAL } from './dom.js';
+import { api, live, ordered } from './api.js';
+import { fill, h, badge, age, when, errorBox, patch, short, coalesce, STATES, TERMINAL } from './dom.js';
 
 const PAGE = 50;
 const MAX_CELLS = 5000; // beyond this a grid cell stands for several indexes
@@ -27,27 +27,30 @@ export function sweepsPage(view, params) {
       h('thead', {}, h('tr', {}, ['Sweep', 'State', 'Indexes', 'Progress', 'Reason', 'Created'].map((t) => h('th', {}, t)))),
       body));
   let closeLive = () => {};
+  const inOrder = ordered();
 
+  // Patched, not rebuilt (here and on a sweep's page): they re-render on every event, under the user's pointer.
   async function load() {
     let list;
     try {
-      list = await api(`/v1/sweeps?limit=${PAGE}&offset=${offset}`);
+      list = await inOrder(api(`/v1/sweeps?limit=${PAGE}&offset=${offset}`));
     } catch (error) {
       fill(message, errorBox(error));
       return;
     }
+    if (list === undefined) return;
     fill(message, );
-    fill(body, ...list.sweeps.map((s) => h('tr', { dataset: { id: s.id } },
+    patch(body, ...list.sweeps.map((s) => h('tr', { dataset: { id: s.id } },
       h('td', { class: 'mono' }, h('a', { href: `#/sweeps/${s.id}`, title: s.id }, short(s.id))),
       h('td', {}, badge(s.state)),
       h('td', {}, String(s.count)),
       h('td', {}, countsBar(s.counts, s.count)),
       h('td', { class: 'reason' }, s.reason),
-      h('td', {}, age(s.created_at)))));
-    if (!list.sweeps.length) body.append(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'no sweeps yet: shoal run … --param K=V1,V2')));
+      h('td', {}, age(s.created_at)))),
+    list.sweeps.length ? null : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'no sweeps yet: shoal run … --param K=V1,V2')));
     const last = Math.min(offset + list.sweeps.length, list.total);
     summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
-    fill(pager, 
+    patch(pager,
       h('button', { disabled: offset === 0, onclick: () => { location.hash = `#/sweeps?offset=${Math.max(0, offset - PAGE)}`; } }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => { location.hash = `#/sweeps?offset=${offset + PAGE}`; } }, 'older ›'));
     closeLive();
@@ -98,10 +101,13 @@ export function sweepPage(view, params, id) {
   view.append(h('p', { class: 'crumbs' }, h('a', { href: '#/sweeps' }, 'Sweeps'), ' / ', short(id)),
     header, message, counts, cells, logs, failed);
 
+  const inOrder = ordered(); // the describe on load and on each event, and the answers of cancel and retry
+
   async function act(action, button) {
     button.disabled = true;
     try {
-      render(await api(`/v1/sweeps/${id}/${action}`, { method: 'POST' }));
+      const description = await inOrder(api(`/v1/sweeps/${id}/${action}`, { method: 'POST' }));
+      if (description !== undefined) render(description);
     } catch (error) {
       fill(message, errorBox(error));
     }
@@ -110,7 +116,8 @@ export function sweepPage(view, params, id) {
 
   async function load() {
     try {
-      render(await api(`/v1/sweeps/${id}`));
+      const description = await inOrder(api(`/v1/sweeps/${id}`));
+      if (description !== undefined) render(description);
     } catch (error) {
       fill(message, errorBox(error));
     }
@@ -118,31 +125,34 @@ export function sweepPage(view, params, id) {
 
   function render({ sweep, ranges, ranges_truncated: truncated }) {
     fill(message, );
-    fill(header, h('h1', { class: 'mono' }, sweep.id), badge(sweep.state),
+    patch(header, h('h1', { class: 'mono' }, sweep.id), badge(sweep.state),
       TERMINAL.has(sweep.state) ? null : h('button', { class: 'danger', id: 'cancel-sweep', onclick: (e) => act('cancel', e.target) }, 'Cancel sweep'),
       sweep.counts.failed ? h('button', { id: 'retry-sweep', onclick: (e) => act('retry', e.target) }, `Retry ${sweep.counts.failed} failed`) : null);
-    fill(counts, 
+    patch(counts,
       h('p', { class: 'reason' }, sweep.reason || ''),
       h('ul', { class: 'legend', id: 'sweep-legend' }, STATES.map((s) => h('li', {}, h('span', { class: `swatch ${s}` }),
         `${s} `, h('b', { dataset: { count: s } }, String(sweep.counts[s] || 0))))),
       h('p', { class: 'muted' }, `${sweep.count} indexes · engine ${sweep.spec.job.engine.name} · created ${when(sweep.created_at)}`,
         sweep.spec.confidence > 1 ? ` · each index verified by ${sweep.spec.confidence} nodes` : '',
         sweep.winner !== null && sweep.winner !== undefined ? ` · winner: index ${sweep.winner}` : ''));
-    fill(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges),
+    patch(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges),
       truncated ? h('p', { class: 'muted' }, 'more ranges than the description carries: the grid shows the first ones') : null);
     loadFailed(sweep.counts.failed || 0);
   }
+
+  const failedInOrder = ordered();
 
   async function loadFailed(n) {
     if (!n) { fill(failed, ); return; }
     let list;
     try {
-      list = await api(`/v1/sweeps/${id}/indexes?state=failed&limit=100`);
+      list = await failedInOrder(api(`/v1/sweeps/${id}/indexes?state=failed&limit=100`));
     } catch (error) {
       fill(failed, errorBox(error));
       return;
     }
-    fill(failed, h('h2', {}, `Failed indexes (${list.total}${list.total > list.indexes.length ? `, the first ${list.indexes.length}` : ''})`),
+    if (list === undefined) return;
+    patch(failed, h('h2', {}, `Failed indexes (${list.total}${list.total > list.indexes.length ? `, the first ${list.indexes.length}` : ''})`),
       h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'failed-table' },
       h('thead', {}, h('tr', {}, ['Index', 'Exit code', 'Reason', 'Node', 'Attempts', ''].map((t) => h('th', {}, t)))),
       h('tbody', {}, list.indexes.map((r) => h('tr', {},
