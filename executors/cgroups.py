@@ -109,14 +109,14 @@ class MemoryCgroup:
 class MemoryCgroups:
     """Where this node makes its sandboxes' memory cgroups. ``here()`` finds one, or says there is none."""
 
-    def __init__(self, root: Path, owner: int | None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self._owner = owner  # the uid sandboxes start as, which must be able to move itself in
         self._leftovers: list[MemoryCgroup] = []  # removed while a process of theirs was still exiting
 
     @classmethod
     def here(cls, owner: int | None) -> MemoryCgroups | None:
-        """This node's cgroups folder, made now; None (logged) where memory cgroups cannot be made."""
+        """This node's cgroups folder, made now; None (logged) where memory cgroups cannot be made. ``owner``:
+        a uid like the sandboxes' (None: the node's own), which the check moves into one."""
         try:
             parent = own_memory_cgroup()
             if parent is None:
@@ -125,8 +125,8 @@ class MemoryCgroups:
             _remove_stale(parent)
             root = parent / f"{_PREFIX}{os.getpid()}"
             root.mkdir(exist_ok=True)
-            cgroups = cls(root, owner)
-            probe = cgroups.new()  # all it will do for a sandbox, once: a host that allows less gets none
+            cgroups = cls(root)
+            probe = cgroups.new(owner)  # all it will do for a sandbox, once: a host that allows less gets none
             try:
                 if not probe.set_limit(64 << 20) or probe.limit() != 64 << 20:
                     raise OSError("the kernel did not take a memory limit")
@@ -141,14 +141,15 @@ class MemoryCgroups:
             log.info("cannot make memory cgroups (%s): python jobs' memory is bounded by rlimits only", e)
             return None
 
-    def new(self) -> MemoryCgroup:
-        """A new, unlimited cgroup that the sandbox's uid can move itself into. Raises OSError."""
+    def new(self, owner: int | None) -> MemoryCgroup:
+        """A new, unlimited cgroup that ``owner``, the sandbox's uid (None: the node's), can move itself into.
+        Raises OSError."""
         self._leftovers[:] = [cgroup for cgroup in self._leftovers if not cgroup.removed()]
         path = self.root / str(next(_names))
         self.root.mkdir(exist_ok=True)  # another of this process's executors may have closed it
         path.mkdir()
-        if self._owner is not None:
-            os.chown(path / "cgroup.procs", self._owner, self._owner)
+        if owner is not None:
+            os.chown(path / "cgroup.procs", owner, owner)
         return MemoryCgroup(path, self._leftovers)
 
 

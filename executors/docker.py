@@ -37,12 +37,10 @@ import contextlib
 import errno
 import fnmatch
 import inspect
-import itertools
 import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -63,6 +61,7 @@ from executors.cgroups import ContainerSockets
 from executors.docker_network import fenced_network
 from executors.docker_pulls import DEFAULT_MAX_IMAGE, PulledImages
 from executors.images import IMAGES as BASE_IMAGES
+from executors.users import JobUsers
 from jobs import JobSpec, RunResult
 from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
 
@@ -72,12 +71,6 @@ LABEL_NODE = "shoal.node"
 LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
-# A root node runs each container as a uid of its own, from its range of 65,536 (``JobUsers``). The kernel
-# keeps some limits per uid (pending signals, inotify instances, pipe buffers, message queues): while
-# every job ran as 65533, one job that used them up kept the others from making a timer or an inotify
-# instance. The range is the node's among 16,384 (two nodes on a host rarely share one), far above the
-# host's users and the usual subordinate ranges of rootless containers, and under 2**31.
-JOB_UIDS_START, JOB_UIDS_PER_NODE, JOB_UID_RANGES = 1_000_000_000, 65_536, 16_384
 OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 # Open files (sockets too) per process, and what it may raise that to. Each TCP connection may hold one
@@ -709,27 +702,6 @@ def _normalise_image(image: str) -> str:
 
 
 _BASE_IMAGE_NAMES = frozenset(_normalise_image(i) for i in BASE_IMAGES)
-
-
-class JobUsers:
-    """Who each job runs as in its container: never root. A root node runs each running container as a uid
-    of its own (see ``JOB_UIDS_START``) and gives it its output folders; any other node runs them as its own
-    user, so outputs are its own."""
-
-    def __init__(self, node_label: str) -> None:
-        self.first = JOB_UIDS_START + zlib.crc32(node_label.encode()) % JOB_UID_RANGES * JOB_UIDS_PER_NODE
-        self._running: set[int] = set()
-
-    def take(self) -> tuple[int, int]:
-        """(uid, gid) for a container about to run: the lowest free; give it back once the container is gone."""
-        if os.getuid() != 0:
-            return os.getuid(), os.getgid()
-        uid = next(uid for uid in itertools.count(self.first) if uid not in self._running)
-        self._running.add(uid)
-        return uid, uid
-
-    def give_back(self, uid: int) -> None:
-        self._running.discard(uid)
 
 
 def _start(api: docker.APIClient, cid: str) -> RunResult | None:

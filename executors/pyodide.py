@@ -16,8 +16,9 @@ whether its interpreter was pre-started or not.
 Containment (``executors/sandbox.py``): every Node.js process runs inside a bubblewrap sandbox that holds only
 ``/usr``, the runner with its Pyodide package, the memory snapshot (all read-only) and the slot into which its
 job's context and inputs (read-only) and outputs (writable) are placed when the job arrives; no network and no
-sockets (``socket_filter``), its own PID namespace, uid 65534, rlimits (memory, CPU time, file size,
-processes, no core files) tightened to the job's resources when it arrives, and where the node can make one
+sockets (``socket_filter``), its own PID namespace, uid 65534 (on a root node, a host uid of its own: per-uid
+limits are not shared), rlimits (memory, CPU time, file size, processes, no core files) tightened to the
+job's resources when it arrives, and where the node can make one
 (``executors/cgroups.py``), a memory cgroup that holds all its processes to ``resident_limit`` (the job's
 memory plus ``RUNTIME_RESIDENT``): JavaScript objects that job code reaching Node.js makes count too.
 Inside, Node's permission model lets it read only those paths, write only the outputs, and start no processes,
@@ -577,7 +578,7 @@ class PyodideExecutor(Executor):
             limits = Limits(memory=data, cpu_seconds=cpu, file_size=request.write_limit or disk,
                             file_size_hard=disk, soft=True)
             try:
-                await limits.apply(pid, self.sandbox.popen_options())
+                await limits.apply(pid, self.sandbox.popen_options(runner.slot))
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
             if first and runner.cgroup is not None:
@@ -730,7 +731,7 @@ class PyodideExecutor(Executor):
                 sandbox = self.sandbox
                 shared = await trio.to_thread.run_sync(sandbox.share, snapshot, snapshot.name)
                 slot = await trio.to_thread.run_sync(sandbox.new_slot)
-                cgroup = await trio.to_thread.run_sync(sandbox.memory_cgroup)
+                cgroup = await trio.to_thread.run_sync(sandbox.memory_cgroup, slot)
                 if cgroup is not None and not cgroup.set_limit(RUNTIME_MEMORY):
                     raise OSError(f"cannot limit the memory of cgroup {cgroup.path}")
                 program = socket_filter()
@@ -740,7 +741,7 @@ class PyodideExecutor(Executor):
                     slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup, seccomp=seccomp,
                     limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
                 inherited = (write_fd,) if seccomp is None else (write_fd, seccomp)
-                process = SandboxedProcess(argv, pass_fds=inherited, options=sandbox.popen_options())
+                process = SandboxedProcess(argv, pass_fds=inherited, options=sandbox.popen_options(slot))
         except OSError as e:
             os.close(read_fd)
             if slot is not None:

@@ -5,8 +5,9 @@ usual ``/bin`` and ``/lib`` links), the runtime paths its engine needs (read-onl
 ``/dev`` and ``/tmp``, and one *slot*: ``/job/ro`` (read-only) and ``/job/rw`` (writable), two bind mounts
 of per-process host directories. It has its own, empty network namespace (no loopback peers: neither the
 node's API nor Kubo), its own PID, IPC and UTS namespaces, no capabilities, no new privileges, uid and gid
-65534, and a cleared environment. When the node runs as root, bubblewrap itself is started as uid 65534, so
-even the host sees the job as ``nobody``. bubblewrap's ``--die-with-parent`` kills the whole sandbox when
+65534, and a cleared environment. When the node runs as root, bubblewrap itself is started as a host uid of
+the sandbox's own (``executors.users``: per-uid limits such as RLIMIT_NPROC are not shared with other jobs),
+which the job sees as 65534. bubblewrap's ``--die-with-parent`` kills the whole sandbox when
 the node dies (kill -9 included): the process must be started from a thread that lives as long as the
 node (the trio thread), never from a worker thread, whose exit would count as the parent's death.
 
@@ -30,19 +31,21 @@ import struct
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from executors.cgroups import MemoryCgroup, MemoryCgroups
+from executors.users import JobUsers
 from storage.trees import remove_tree
 
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
 SLOT_TARGET = "/job"
-PROCESS_LIMIT = 1024  # RLIMIT_NPROC of uid 65534: counts every thread of every sandbox on the host
+PROCESS_LIMIT = 1024  # RLIMIT_NPROC of the sandbox's host uid (its own on a root node): counts its threads too
 _ROOT_PREFIX = "shoal-sandbox-"
 
 
@@ -192,11 +195,12 @@ def descendants(pid: int) -> list[int]:
 class Slot:
     """The two host directories a sandbox sees at ``/job/ro`` and ``/job/rw``; removed with ``remove``."""
 
-    def __init__(self, path: Path, owner: int | None) -> None:
+    def __init__(self, path: Path, owner: int | None, release: Callable[[], None] = lambda: None) -> None:
         self.path = path
         self.ro = path / "ro"
         self.rw = path / "rw"
-        self._owner = owner  # host uid that must be able to write rw (None: the node's own)
+        self.owner = owner  # the host uid its sandbox runs as, which must be able to write rw (None: the node's)
+        self._release = release  # called once the slot is removed: its uid is free again
         self._next = 0
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o755)
@@ -208,7 +212,7 @@ class Slot:
     def place_read_only(self, source: Path) -> str:
         """Mirror ``source`` (a directory) under ``ro``; returns where the sandbox sees it. Blocking."""
         name = self._name()
-        _mirror(source, self.ro / name, readable_by_other=self._owner is not None)
+        _mirror(source, self.ro / name, readable_by_other=self.owner is not None)
         return f"{SLOT_TARGET}/ro/{name}"
 
     def place_writable(self) -> tuple[Path, str]:
@@ -216,12 +220,15 @@ class Slot:
         name = self._name()
         host = self.rw / name
         host.mkdir()
-        if self._owner is not None:
-            os.chown(host, self._owner, self._owner)
+        if self.owner is not None:
+            os.chown(host, self.owner, self.owner)
         return host, f"{SLOT_TARGET}/rw/{name}"
 
     def remove(self) -> None:
+        """Remove the slot, once its sandbox's processes are gone (its uid goes to the next sandbox)."""
         remove_tree(self.path)
+        release, self._release = self._release, lambda: None
+        release()
 
     def clear(self) -> None:
         """Remove what was placed in the slot (its process serves another job next). Blocking."""
@@ -273,24 +280,22 @@ class Sandbox:
 
     Args:
         runtime: host paths the sandboxed program needs read-only, seen at the same paths inside.
+        users: the uids a root node's sandboxes run as, one per slot (by default, a range for this process).
     """
 
-    def __init__(self, runtime: list[Path], *, bwrap: str | None = None) -> None:
+    def __init__(self, runtime: list[Path], *, bwrap: str | None = None, users: JobUsers | None = None) -> None:
         self.runtime = [Path(p) for p in runtime]
         self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
-        self.as_nobody = os.geteuid() == 0
+        self.users = users or JobUsers(f"sandboxes of process {os.getpid()}")
+        self.as_nobody = os.geteuid() == 0  # the sandboxes then run as other uids (the job sees 65534)
         self._root: Path | None = None
         self._problem: str | None = None
         self._checked = False
         self._cgroups: MemoryCgroups | None = None
         self._cgroups_checked = False
 
-    @property
-    def owner(self) -> int | None:
-        return NOBODY if self.as_nobody else None
-
     def root(self) -> Path:
-        """This process's folder of slots (world-traversable, so that uid 65534 can bind from it)."""
+        """This process's folder of slots (world-traversable, so that the sandboxes' uids can bind from it)."""
         if self._root is None:
             remove_stale_roots()
             self._root = Path(tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-"))
@@ -298,17 +303,27 @@ class Sandbox:
         return self._root
 
     def new_slot(self) -> Slot:
-        return Slot(Path(tempfile.mkdtemp(dir=self.root())), self.owner)
+        """The files of one sandbox, and on a root node the uid it runs as (``Slot.owner``). Blocking."""
+        path = Path(tempfile.mkdtemp(dir=self.root()))
+        if not self.as_nobody:
+            return Slot(path, None)
+        uid = self.users.take()[0]
+        try:
+            return Slot(path, uid, lambda: self.users.give_back(uid))
+        except BaseException:
+            self.users.give_back(uid)
+            raise
 
-    def memory_cgroup(self) -> MemoryCgroup | None:
-        """A new memory cgroup for one sandbox (``command(cgroup=)``), or None where the node cannot make them.
+    def memory_cgroup(self, slot: Slot) -> MemoryCgroup | None:
+        """A new memory cgroup for the sandbox of ``slot`` (``command(cgroup=)``), or None where the node cannot
+        make them.
 
         Blocking. Raises OSError when it can make them, but not this one.
         """
         if not self._cgroups_checked:
             self._cgroups_checked = True
-            self._cgroups = MemoryCgroups.here(self.owner)
-        return self._cgroups.new() if self._cgroups is not None else None
+            self._cgroups = MemoryCgroups.here(NOBODY if self.as_nobody else None)
+        return self._cgroups.new(slot.owner) if self._cgroups is not None else None
 
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""
@@ -346,10 +361,11 @@ class Sandbox:
             args += ["--seccomp", str(seccomp)]
         return [*args, "--chdir", "/", "--", *argv]
 
-    def popen_options(self) -> dict[str, object]:
-        """Extra ``subprocess.Popen`` arguments: the host uid 65534 when the node is root."""
-        if self.as_nobody:
-            return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    @staticmethod
+    def popen_options(slot: Slot) -> dict[str, object]:
+        """Extra ``subprocess.Popen`` arguments for the sandbox of ``slot``: its host uid, on a root node."""
+        if slot.owner is not None:
+            return {"user": slot.owner, "group": slot.owner, "extra_groups": []}
         return {}
 
     def problem(self) -> str | None:
@@ -370,7 +386,7 @@ class Sandbox:
                 try:
                     result = subprocess.run(self.command([true], slot=slot, env={}, limits=Limits(), seccomp=seccomp),
                                             capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else (),
-                                            **self.popen_options())
+                                            **self.popen_options(slot))
                 finally:
                     if seccomp is not None:
                         os.close(seccomp)

@@ -30,25 +30,27 @@ def test_a_sandbox_and_what_it_starts_are_held_to_its_cgroups_limit(tmp_path: Pa
     sandbox = Sandbox([])  # /usr/bin/python3 is in the /usr every sandbox has
     if sandbox.problem():
         pytest.skip(sandbox.problem())
-    cgroup = sandbox.memory_cgroup()
+    slot = sandbox.new_slot()
+    cgroup = sandbox.memory_cgroup(slot)
     assert cgroup is not None
     try:
         assert cgroup.set_limit(64 << 20)
-        argv = sandbox.command(["/usr/bin/python3", "-c", GREEDY_CHILD], slot=None, env={}, limits=Limits(),
+        argv = sandbox.command(["/usr/bin/python3", "-c", GREEDY_CHILD], slot=slot, env={}, limits=Limits(),
                                cgroup=cgroup)
-        done = subprocess.run(argv, capture_output=True, timeout=60, **sandbox.popen_options())
+        done = subprocess.run(argv, capture_output=True, timeout=60, **sandbox.popen_options(slot))
         assert done.stdout.decode() == "child -9\n", done.stderr  # what it got: killed, never its 256 MiB
         assert cgroup.oom_kills() == 1
         assert cgroup.peak() <= 64 << 20
     finally:
         cgroup.remove()
+        slot.remove()
     assert not cgroup.path.exists()
 
 
 def test_a_limit_below_what_the_processes_hold_is_refused_and_the_old_one_stays() -> None:
     cgroups = MemoryCgroups.here(owner=None)
     assert cgroups is not None
-    cgroup = cgroups.new()
+    cgroup = cgroups.new(None)
     holder = subprocess.Popen(
         [*cgroup.join_args(), sys.executable, "-c",
          "import sys, time; held = b'x' * (100 << 20); print('held', flush=True); sys.stdin.read()"],
@@ -81,7 +83,7 @@ def test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one(monkeyp
     monkeypatch.setattr(executors.cgroups, "REMOVE_WAIT", 0.05)
     cgroups = MemoryCgroups.here(owner=None)
     assert cgroups is not None
-    cgroup = cgroups.new()
+    cgroup = cgroups.new(None)
     holder = subprocess.Popen([*cgroup.join_args(), "sleep", "60"])
     try:
         while not (cgroup.path / "cgroup.procs").read_text().strip():
@@ -93,7 +95,7 @@ def test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one(monkeyp
         holder.wait()
     while (cgroup.path / "cgroup.procs").read_text().strip():
         time.sleep(0.01)
-    later = cgroups.new()
+    later = cgroups.new(None)
     assert not cgroup.path.exists()
     later.remove()
     assert not later.path.exists()

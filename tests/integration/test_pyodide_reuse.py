@@ -20,6 +20,7 @@ import trio
 from executors.base import Mount, RunRequest
 from executors.cgroups import own_memory_cgroup
 from executors.pyodide import FORGED_CONTROL, READY_WAIT, PyodideExecutor
+from executors.users import UIDS_START
 from jobs import JobSpec, OutputSpec, PythonEngine, Resources
 
 pytestmark = pytest.mark.skipif(
@@ -515,3 +516,28 @@ async def test_a_sweep_resets_one_interpreter_for_index_after_index(pooled: Pyod
     stats = pooled.statistics()
     assert stats.reused_runs == stats.reset_runs == 4
     assert [r.stdout.split("\n", 1)[0] for r in results] == [f"index {i} ['--index', '{i}']" for i in range(5)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root node runs its sandboxes as other uids")
+async def test_each_interpreter_runs_as_a_host_uid_of_its_own(cache_dir: Path, tmp_path: Path) -> None:
+    """Per-uid limits (processes and threads, pending signals, inotify) are each interpreter's own: the warm
+    pool's and a job's Node.js run as two uids, neither 65534 nor the node's, and a uid is free again once
+    its interpreter is gone."""
+    executor = PyodideExecutor(cache_dir, pool_size=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.run_pool)
+        with trio.fail_after(READY_WAIT * 2):
+            while executor.statistics().idle < 2:
+                await trio.sleep(0.1)
+        uids = [psutil.Process(pid).uids().real for pid in node_processes()]
+        result = await executor.run(request(tmp_path, "print('ran')", owner="requester-a/sweep-9", index=0))
+        assert result.exit_code == 0 and result.stdout == "ran\n", result.stderr
+        nursery.cancel_scope.cancel()
+    assert len(uids) == 2 and len(set(uids)) == 2, uids
+    assert min(uids) >= UIDS_START  # never root, never the 65534 every sandbox once shared
+    assert not node_processes()
+    again = executor.sandbox.new_slot()
+    try:
+        assert again.owner == min(uids)  # handed out again, now that its interpreter is gone
+    finally:
+        again.remove()

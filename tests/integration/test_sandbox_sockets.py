@@ -44,11 +44,13 @@ def run_inside(sandbox: Sandbox, code: str, *, filtered: bool) -> str:
     """What ``code`` prints, run by python3 in ``sandbox``, with the socket filter or without."""
     program = socket_filter() if filtered else None
     seccomp = filter_descriptor(program) if program else None
+    slot = sandbox.new_slot()
     try:
-        argv = sandbox.command(["/usr/bin/python3", "-c", code], slot=None, env={}, limits=Limits(), seccomp=seccomp)
+        argv = sandbox.command(["/usr/bin/python3", "-c", code], slot=slot, env={}, limits=Limits(), seccomp=seccomp)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=(seccomp,) if seccomp else (),
-                              **sandbox.popen_options())
+                              **sandbox.popen_options(slot))
     finally:
+        slot.remove()
         if seccomp is not None:
             os.close(seccomp)
     assert done.returncode == 0, done.stderr

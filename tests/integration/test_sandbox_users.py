@@ -1,0 +1,100 @@
+"""On a root node each sandbox runs as a host uid of its own (``executors.users``), against real bubblewrap
+and the kernel's per-uid limits: what one job does with its uid's limits leaves every other sandbox its own.
+
+While every sandbox ran as 65534, one that held its RLIMIT_NPROC of processes kept every other from
+starting at all (bubblewrap could not fork), and so would 100 busy interpreters of ten threads each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from executors.sandbox import NOBODY, Limits, Sandbox
+from executors.users import UIDS_START
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a root node runs its sandboxes as other uids")
+
+PROCESSES = 64  # RLIMIT_NPROC of both sandboxes
+
+# Fork until the kernel refuses, keep every child, say how many; then wait to be killed.
+HOLD_ALL_IT_MAY = """\
+import os, sys, time
+held = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+        held += 1
+except OSError as e:
+    print("held", held, os.strerror(e.errno), flush=True)
+sys.stdin.read()
+"""
+
+FORK_TEN = """\
+import os
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("forked 10 as", os.getuid())
+"""
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    sandbox = Sandbox([])  # /usr/bin/python3 is in the /usr every sandbox has
+    if sandbox.problem():
+        pytest.skip(sandbox.problem())
+    return sandbox
+
+
+def test_a_sandbox_holding_all_the_processes_its_uid_may_have_leaves_the_next_sandbox_its_own(
+        sandbox: Sandbox) -> None:
+    hog_slot, other_slot = sandbox.new_slot(), sandbox.new_slot()
+    try:
+        assert hog_slot.owner != other_slot.owner
+        assert {hog_slot.owner, other_slot.owner}.isdisjoint({0, NOBODY, os.getuid()})
+        assert min(hog_slot.owner, other_slot.owner) >= UIDS_START
+        limits = Limits(processes=PROCESSES)
+        hog = subprocess.Popen(
+            sandbox.command(["/usr/bin/python3", "-c", HOLD_ALL_IT_MAY], slot=hog_slot, env={}, limits=limits),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            **sandbox.popen_options(hog_slot))
+        try:
+            line = hog.stdout.readline()
+            held = int(line.split()[1]) if line.startswith("held ") else -1
+            assert PROCESSES - 8 <= held < PROCESSES, (line, hog.stderr.read() if hog.poll() is not None else "")
+            other = subprocess.run(
+                sandbox.command(["/usr/bin/python3", "-c", FORK_TEN], slot=other_slot, env={}, limits=limits),
+                capture_output=True, text=True, timeout=60, **sandbox.popen_options(other_slot))
+            assert other.stdout == f"forked 10 as {NOBODY}\n", other.stderr  # as the job sees itself
+        finally:
+            hog.kill()
+            hog.wait(timeout=30)
+    finally:
+        hog_slot.remove()
+        other_slot.remove()
+
+
+def test_a_uid_is_handed_out_again_only_once_its_slot_is_removed(sandbox: Sandbox) -> None:
+    first = sandbox.new_slot()
+    second = sandbox.new_slot()
+    assert first.owner != second.owner
+    uid = first.owner
+    first.remove()
+    first.remove()  # removing twice gives nothing back twice
+    third = sandbox.new_slot()
+    fourth = sandbox.new_slot()
+    try:
+        assert third.owner == uid  # the lowest free one
+        assert fourth.owner not in (uid, second.owner)
+    finally:
+        for slot in (second, third, fourth):
+            slot.remove()
+
+
