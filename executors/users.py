@@ -2,8 +2,9 @@
 
 The kernel keeps some limits per uid: processes and threads (RLIMIT_NPROC), pending signals, inotify
 instances, pipe buffers, message queues. While every docker job ran as 65533 and every python sandbox
-as 65534, one job that used them up kept every other from starting a thread or making a timer, and
-2,000 python jobs at once on a big host (ten threads each) would have met RLIMIT_NPROC together.
+as 65534, one job that used them up kept every other from starting a thread or making a timer; and a
+python sandbox counts 12 (bubblewrap's two processes, Node.js's ten threads), so about 85 at once on one
+host, whichever nodes ran them, met the sandboxes' RLIMIT_NPROC of 1,024 together.
 
 A node's uids are its range of ``UIDS_PER_NODE`` among ``UID_RANGES`` (by its label: two nodes on a host
 rarely share one), far above the host's users and the usual subordinate ranges of rootless containers,
