@@ -147,7 +147,7 @@ def _size(dirs: Iterable[Path], max_entries: int | None) -> int:
 
 
 def own_again(path: Path) -> None:
-    """Hand back to the node's own user what a job wrote as another one (uid 65534). Blocking."""
+    """Hand back to the node's own user what a job wrote as another uid (its own, on a root node). Blocking."""
     uid, gid = os.getuid(), os.getgid()
     if os.path.islink(path):  # a link the job put in its place: what it leads to is not the job's
         return

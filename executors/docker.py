@@ -71,6 +71,7 @@ LABEL_NODE = "shoal.node"
 LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
+SHARED_UID = 65533  # every container's uid where the node's range is not mapped (``JobUsers``)
 OOM_CHECKS = 10  # times a SIGKILLed container's OOM flag is read, 0.1 s apart
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 # Open files (sockets too) per process, and what it may raise that to. Each TCP connection may hold one
@@ -224,7 +225,7 @@ class DockerExecutor(Executor):
         self._api_lock = threading.Lock()
         self._installed: tuple[bool, float] | None = None  # (answer, monotonic time)
         self._unremoved: set[str] = set()  # executions whose container the daemon could not remove: it was away
-        self.users = JobUsers(node_label)
+        self.users = JobUsers(node_label, shared=SHARED_UID)
         self._sockets: ContainerSockets | None = None  # bounds containers' socket buffers (cgroup v1)
         self._seccomp: str | None = None  # the jobs' seccomp profile, as a security option
         self._host_checked = False

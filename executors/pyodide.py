@@ -77,6 +77,7 @@ from executors._common import (
 from executors.base import Executor, ExecutorError, RunRequest
 from executors.cgroups import MemoryCgroup
 from executors.sandbox import (
+    NOBODY,
     SLOT_TARGET,
     Limits,
     Sandbox,
@@ -87,6 +88,7 @@ from executors.sandbox import (
     filter_descriptor,
     socket_filter,
 )
+from executors.users import JobUsers
 from jobs import PythonEngine, RunResult
 from jobs.spec import format_bytes
 from storage.trees import remove_tree
@@ -232,12 +234,15 @@ class _Runner:
             with trio.move_on_after(KILL_WAIT):
                 while any(_alive(pid) for pid in inside):
                     await trio.sleep(0.005)
+            outlived = [pid for pid in inside if _alive(pid)]
+            if outlived:  # its uid stays taken: a sandbox given it would share those processes' limits
+                log.warning("processes %s of a closed Pyodide sandbox outlived their kill", outlived)
             for stream in (self.control, self.process.stdin, self.process.stdout, self.process.stderr):
                 if stream is not None:
                     await stream.aclose()
             if self.slot is not None:
                 slot, self.slot = self.slot, None
-                await trio.to_thread.run_sync(slot.remove)
+                await trio.to_thread.run_sync(lambda: slot.remove(give_back_uid=not outlived))
             if self.cgroup is not None:
                 cgroup, self.cgroup = self.cgroup, None
                 await trio.to_thread.run_sync(cgroup.remove)
@@ -268,6 +273,8 @@ class PyodideExecutor(Executor):
         runner_dir: the folder holding runner.mjs and node_modules/pyodide (``scripts/install-pyodide``).
         unsandboxed: run Node.js without the OS sandbox (the operator's explicit, logged choice); by default
             a node whose sandbox cannot start does not offer the engine (``problem()`` says why).
+        node_label: the node's label: on a root node its sandboxes run as uids of the node's range
+            (``executors.users``), which its docker jobs share; by default, a range of this process's.
     """
 
     start_allowance = START_ALLOWANCE  # run() holds the job to its timeout from its hand-over
@@ -276,7 +283,7 @@ class PyodideExecutor(Executor):
 
     def __init__(
         self, cache_dir: Path, *, pool_size: int = 2, node: str | None = None, runner_dir: Path = RUNNER_DIR,
-        unsandboxed: bool = False,
+        unsandboxed: bool = False, node_label: str | None = None,
     ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size cannot be negative")
@@ -304,7 +311,8 @@ class PyodideExecutor(Executor):
         self._last_end = -math.inf  # trio time the last job ended
         self.unsandboxed = unsandboxed
         node_path = Path(shutil.which(self.node) or self.node).resolve()
-        self.sandbox = None if unsandboxed else Sandbox([self.runner_dir.resolve(), node_path.parent])
+        users = JobUsers(node_label, shared=NOBODY) if node_label else None
+        self.sandbox = None if unsandboxed else Sandbox([self.runner_dir.resolve(), node_path.parent], users=users)
         if unsandboxed:
             log.warning("UNSAFE: the python engine runs jobs WITHOUT the OS sandbox (--unsafe-unsandboxed-python):"
                         " any job can read and change what this node's user can")
@@ -742,13 +750,15 @@ class PyodideExecutor(Executor):
                     limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
                 inherited = (write_fd,) if seccomp is None else (write_fd, seccomp)
                 process = SandboxedProcess(argv, pass_fds=inherited, options=sandbox.popen_options(slot))
-        except OSError as e:
+        except BaseException as e:  # cancelled too (a job's start timeout): the slot's uid is given back
             os.close(read_fd)
             if slot is not None:
                 slot.remove()
             if cgroup is not None:
                 cgroup.remove()
-            raise ExecutorError(f"cannot start Node.js ({self.node}): {e}") from e
+            if isinstance(e, OSError):
+                raise ExecutorError(f"cannot start Node.js ({self.node}): {e}") from e
+            raise
         finally:
             os.close(write_fd)
             if seccomp is not None:

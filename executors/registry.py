@@ -60,5 +60,5 @@ def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = F
                                  image_cache_size=image_cache_size),
         "wasm": WasmExecutor(data_dir / "cache" / "wasm"),
         "python": PyodideExecutor(data_dir / "cache" / "pyodide", pool_size=python_pool,
-                                  unsandboxed=unsandboxed_python),
+                                  unsandboxed=unsandboxed_python, node_label=node_label),
     })

@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 NOBODY = 65534
 SLOT_TARGET = "/job"
-PROCESS_LIMIT = 1024  # RLIMIT_NPROC of the sandbox's host uid (its own on a root node): counts its threads too
+# RLIMIT_NPROC of the sandbox's host uid (its own on a root node), threads included: a sandbox runs 12 (bubblewrap's
+# two processes, Node.js's ten threads), and no more than this reach the host's pid_max however many run at once
+PROCESS_LIMIT = 128
 _ROOT_PREFIX = "shoal-sandbox-"
 
 
@@ -224,11 +226,13 @@ class Slot:
             os.chown(host, self.owner, self.owner)
         return host, f"{SLOT_TARGET}/rw/{name}"
 
-    def remove(self) -> None:
-        """Remove the slot, once its sandbox's processes are gone (its uid goes to the next sandbox)."""
+    def remove(self, *, give_back_uid: bool = True) -> None:
+        """Remove the slot, once its sandbox's processes are gone: its uid goes to the next sandbox (unless
+        ``give_back_uid`` is false: a process of it outlived its kill, and would share that uid's limits)."""
         remove_tree(self.path)
         release, self._release = self._release, lambda: None
-        release()
+        if give_back_uid:
+            release()
 
     def clear(self) -> None:
         """Remove what was placed in the slot (its process serves another job next). Blocking."""
@@ -286,7 +290,7 @@ class Sandbox:
     def __init__(self, runtime: list[Path], *, bwrap: str | None = None, users: JobUsers | None = None) -> None:
         self.runtime = [Path(p) for p in runtime]
         self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
-        self.users = users or JobUsers(f"sandboxes of process {os.getpid()}")
+        self.users = users or JobUsers(f"sandboxes of process {os.getpid()}", shared=NOBODY)
         self.as_nobody = os.geteuid() == 0  # the sandboxes then run as other uids (the job sees 65534)
         self._root: Path | None = None
         self._problem: str | None = None
@@ -322,7 +326,7 @@ class Sandbox:
         """
         if not self._cgroups_checked:
             self._cgroups_checked = True
-            self._cgroups = MemoryCgroups.here(NOBODY if self.as_nobody else None)
+            self._cgroups = MemoryCgroups.here(slot.owner)
         return self._cgroups.new(slot.owner) if self._cgroups is not None else None
 
     def share(self, path: Path, name: str) -> Path:
@@ -380,17 +384,20 @@ class Sandbox:
         else:
             try:
                 slot = self.new_slot()
-                true = shutil.which("true") or "/usr/bin/true"
-                program = socket_filter()
-                seccomp = filter_descriptor(program) if program else None
                 try:
-                    result = subprocess.run(self.command([true], slot=slot, env={}, limits=Limits(), seccomp=seccomp),
-                                            capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else (),
-                                            **self.popen_options(slot))
+                    true = shutil.which("true") or "/usr/bin/true"
+                    program = socket_filter()
+                    seccomp = filter_descriptor(program) if program else None
+                    try:
+                        result = subprocess.run(
+                            self.command([true], slot=slot, env={}, limits=Limits(), seccomp=seccomp),
+                            capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else (),
+                            **self.popen_options(slot))
+                    finally:
+                        if seccomp is not None:
+                            os.close(seccomp)
                 finally:
-                    if seccomp is not None:
-                        os.close(seccomp)
-                slot.remove()
+                    slot.remove()
                 if result.returncode != 0:
                     detail = result.stderr.decode(errors="replace").strip()[-500:]
                     self._problem = f"bubblewrap cannot create a sandbox here: {detail or result.returncode}"
@@ -398,7 +405,7 @@ class Sandbox:
                 self._problem = f"bubblewrap cannot create a sandbox here: {e}"
             unreadable = [p for p in self.runtime if self.as_nobody and not _readable_by_other(p)]
             if self._problem is None and unreadable:
-                self._problem = f"uid {NOBODY} cannot read {unreadable[0]} (the sandbox binds it read-only)"
+                self._problem = f"sandboxes run as other uids, which cannot read {unreadable[0]} (bound read-only)"
         if self._problem:
             log.warning("job sandbox unavailable: %s", self._problem)
         return self._problem

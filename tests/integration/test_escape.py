@@ -410,8 +410,8 @@ def test_docker_job_is_not_root_and_sees_no_host_path(stack, docker_ready):
     _state, out, err = run_docker(stack, "sh", "-c", f"id -u; cat {stack.canary} || echo no-canary; ls /host 2>&1")
     assert_nothing_learnt(out, err)
     assert out.splitlines()[0] != "0"
-    # nor the python sandboxes' uid (65534), whose processes the host counts against their RLIMIT_NPROC:
-    # containers parking 1,000 sleeping processes as that uid kept every python job from starting
+    # nor 65534, which python sandboxes share where the node's uid range is not mapped: containers parking
+    # 1,000 sleeping processes as that uid once kept every python job from starting (RLIMIT_NPROC)
     assert out.splitlines()[0] != "65534"
     assert "no-canary" in out
 

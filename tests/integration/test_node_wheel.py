@@ -53,7 +53,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def venv(wheel: Path) -> Iterator[Thin]:
     # Where a system-wide install would be: readable by all (pytest's own temporary folders are 0700),
-    # since the python engine's sandbox runs jobs as nobody and binds the installed runner read-only.
+    # since the python engine's sandbox runs jobs as other uids and binds the installed runner read-only.
     root = Path(tempfile.mkdtemp(prefix="shoal-node-wheel-"))
     root.chmod(0o755)
     try:

@@ -541,3 +541,31 @@ async def test_each_interpreter_runs_as_a_host_uid_of_its_own(cache_dir: Path, t
         assert again.owner == min(uids)  # handed out again, now that its interpreter is gone
     finally:
         again.remove()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root node runs its sandboxes as other uids")
+async def test_a_job_cancelled_while_its_interpreter_starts_leaves_no_uid_taken(
+        cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    executor = PyodideExecutor(cache_dir, pool_size=0)
+    sandbox = executor.sandbox
+    assert executor.problem() is None  # checked now, with a slot of its own
+    make_slot = sandbox.new_slot
+    slots = []
+
+    def cancelled_once_made():  # the job is cancelled just as its sandbox's slot (and uid) is made
+        slots.append(make_slot())
+        trio.from_thread.run_sync(scope.cancel)
+        return slots[-1]
+
+    monkeypatch.setattr(sandbox, "new_slot", cancelled_once_made)
+    with trio.CancelScope() as scope:
+        await executor.run(request(tmp_path, "print('never')", owner="requester-a/sweep-8", index=0))
+    assert scope.cancelled_caught and len(slots) == 1
+    assert not slots[0].path.exists()
+    monkeypatch.undo()
+    again = sandbox.new_slot()
+    try:
+        assert again.owner == slots[0].owner  # given back: the lowest free uid again
+    finally:
+        again.remove()
+    assert not node_processes()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from executors.users import UIDS_START
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a root node runs its sandboxes as other uids")
 
 PROCESSES = 64  # RLIMIT_NPROC of both sandboxes
+REPO = Path(__file__).resolve().parents[2]
 
 # Fork until the kernel refuses, keep every child, say how many; then wait to be killed.
 HOLD_ALL_IT_MAY = """\
@@ -98,3 +101,34 @@ def test_a_uid_is_handed_out_again_only_once_its_slot_is_removed(sandbox: Sandbo
             slot.remove()
 
 
+
+
+# Run in a user namespace of its own that maps only uids and gids 0-65535, as an unprivileged container's root
+# has: the node's range of uids is not there to take.
+IN_A_SMALL_NAMESPACE = """\
+import ctypes, sys
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+    sys.exit(f"unshare: errno {ctypes.get_errno()}")
+print("unshared", flush=True)
+sys.stdin.readline()  # the parent has written the maps
+from executors.sandbox import Sandbox
+sandbox = Sandbox([])
+print("problem", sandbox.problem())
+slot = sandbox.new_slot()
+print("owner", slot.owner)
+slot.remove()
+"""
+
+
+def test_a_root_node_whose_namespace_lacks_its_uid_range_still_sandboxes_jobs_as_65534() -> None:
+    child = subprocess.Popen([sys.executable, "-c", IN_A_SMALL_NAMESPACE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert child.stdout.readline() == "unshared\n", child.stderr.read()
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{child.pid}/{name}").write_text("0 0 65536\n")
+        out, err = child.communicate("go\n", timeout=60)
+    finally:
+        child.kill()
+    assert out.splitlines() == ["problem None", f"owner {NOBODY}"], err
+    assert "are not mapped in this node's user namespace" in err  # said once, in the node's log

@@ -59,9 +59,9 @@ def test_a_first_job_sets_its_hard_and_soft_limits_in_one_call(child: int):
         trio.run(Limits(file_size=2 << 20, soft=True).apply, child, {})
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the child runs as uid 65534")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the child runs as another uid")
 def test_without_the_capability_prlimit_runs_as_the_sandbox_uid(monkeypatch: pytest.MonkeyPatch):
-    options = {"user": 65534, "group": 65534, "extra_groups": []}  # Sandbox.popen_options of a root node
+    options = {"user": 65534, "group": 65534, "extra_groups": []}  # as Sandbox.popen_options gives a root node
     process = subprocess.Popen(["sleep", "60"], **options)
     try:
         def refused(self: Limits, pid: int) -> None:

@@ -84,7 +84,13 @@ export function ordered() {
   let shown = 0;
   return async (promise) => {
     const n = ++asked;
-    const value = await promise;
+    let value;
+    try {
+      value = await promise;
+    } catch (error) {
+      if (n < shown) return undefined; // nor does a late failure cover what a later answer showed
+      throw error;
+    }
     if (n < shown) return undefined;
     shown = n;
     return value;

@@ -82,22 +82,31 @@ export function fill(el, ...children) {
 
 /**
  * Make el's children look like `children` (built afresh with h()) while keeping the elements already
- * there: an element of the same tag and key (id, data-id or data-peer) in the same place is updated in
- * place (attributes, handlers, children) instead of replaced. A page that re-renders as events come in
- * thus keeps the button under the user's pointer: a click whose mousedown and mouseup land on two
- * different elements is no click at all. A child given that is already in the page is moved, not copied.
+ * there: an element with the key (id, data-id or data-peer) of one already in el, or else of the same
+ * tag in the same place, is updated in place (attributes, handlers, children) instead of replaced;
+ * elements whose keys are gone are removed first, so those after them stay where they are. A page that
+ * re-renders as events come in thus keeps the button under the user's pointer: a click whose mousedown
+ * and mouseup land on two different elements is no click at all. A child given that is already in el
+ * is kept as it is.
  */
 export function patch(el, ...children) {
   const next = children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
     .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
   const wanted = new Set(next.map(keyOf).filter(Boolean));
+  const keyed = new Map();
+  for (const child of [...el.childNodes]) {
+    const key = keyOf(child);
+    if (key && !wanted.has(key)) child.remove();
+    else if (key) keyed.set(key, child);
+  }
   next.forEach((node, i) => {
-    const old = el.childNodes[i];
-    if (old === node) return;
-    if (old === undefined) el.append(node);
-    else if (alike(old, node)) update(old, node);
-    else if (node.parentNode === el || wanted.has(keyOf(old))) el.insertBefore(node, old); // old moves down, untouched
-    else old.replaceWith(node);
+    const at = el.childNodes[i];
+    const key = keyOf(node);
+    let keep = node.parentNode === el ? node : key ? keyed.get(key) : at && !keyOf(at) ? at : undefined;
+    if (keep !== undefined && keep !== node && !alike(keep, node)) keep = undefined;
+    if (keep !== undefined && keep !== node) update(keep, node);
+    const put = keep ?? node;
+    if (at !== put) el.insertBefore(put, at ?? null);
   });
   while (el.childNodes.length > next.length) el.lastChild.remove();
   return el;

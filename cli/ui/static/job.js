@@ -90,9 +90,9 @@ export function jobPage(view, params, id) {
       if (description !== undefined) render(description);
     } catch (error) {
       fill(message, errorBox(error));
-      event.target.disabled = false;
     } finally {
       cancelling = false;
+      event.target.disabled = false; // gone from the page once the job shows cancelled
     }
   }
 

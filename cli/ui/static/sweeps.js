@@ -103,15 +103,20 @@ export function sweepPage(view, params, id) {
 
   const inOrder = ordered(); // the describe on load and on each event, and the answers of cancel and retry
 
+  const busy = new Set(); // the actions whose answer is awaited: their buttons stay disabled through re-renders
+
   async function act(action, button) {
+    busy.add(action);
     button.disabled = true;
     try {
       const description = await inOrder(api(`/v1/sweeps/${id}/${action}`, { method: 'POST' }));
       if (description !== undefined) render(description);
     } catch (error) {
       fill(message, errorBox(error));
+    } finally {
+      busy.delete(action);
+      button.disabled = false;
     }
-    button.disabled = false;
   }
 
   async function load() {
@@ -126,8 +131,8 @@ export function sweepPage(view, params, id) {
   function render({ sweep, ranges, ranges_truncated: truncated }) {
     fill(message, );
     patch(header, h('h1', { class: 'mono' }, sweep.id), badge(sweep.state),
-      TERMINAL.has(sweep.state) ? null : h('button', { class: 'danger', id: 'cancel-sweep', onclick: (e) => act('cancel', e.target) }, 'Cancel sweep'),
-      sweep.counts.failed ? h('button', { id: 'retry-sweep', onclick: (e) => act('retry', e.target) }, `Retry ${sweep.counts.failed} failed`) : null);
+      TERMINAL.has(sweep.state) ? null : h('button', { class: 'danger', id: 'cancel-sweep', disabled: busy.has('cancel'), onclick: (e) => act('cancel', e.target) }, 'Cancel sweep'),
+      sweep.counts.failed ? h('button', { id: 'retry-sweep', disabled: busy.has('retry'), onclick: (e) => act('retry', e.target) }, `Retry ${sweep.counts.failed} failed`) : null);
     patch(counts,
       h('p', { class: 'reason' }, sweep.reason || ''),
       h('ul', { class: 'legend', id: 'sweep-legend' }, STATES.map((s) => h('li', {}, h('span', { class: `swatch ${s}` }),
@@ -143,7 +148,11 @@ export function sweepPage(view, params, id) {
   const failedInOrder = ordered();
 
   async function loadFailed(n) {
-    if (!n) { fill(failed, ); return; }
+    if (!n) {
+      failedInOrder(Promise.resolve()); // a list asked for before is older than this: it is not shown
+      fill(failed);
+      return;
+    }
     let list;
     try {
       list = await failedInOrder(api(`/v1/sweeps/${id}/indexes?state=failed&limit=100`));
