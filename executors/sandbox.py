@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 NOBODY = 65534
 SLOT_TARGET = "/job"
-# RLIMIT_NPROC of the sandbox's host uid (its own on a root node), threads included: a sandbox runs 12 (bubblewrap's
-# two processes, Node.js's ten threads), and no more than this reach the host's pid_max however many run at once
+# RLIMIT_NPROC of the sandbox's host uid (its own on a root node), threads included. A sandbox runs 12 (bubblewrap's
+# two processes, Node.js's ten threads); at 128 each, 256 sandboxes at once could hold the kernel's default pid_max.
 PROCESS_LIMIT = 128
 _ROOT_PREFIX = "shoal-sandbox-"
 
