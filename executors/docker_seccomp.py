@@ -18,6 +18,7 @@ docker job. Where it cannot be had, jobs run under Docker's default profile, and
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -25,6 +26,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -116,12 +118,16 @@ def ensure(daemon_version: str | None, say: Callable[[str], None] = print) -> Pa
             say(f"cannot fetch Docker {version}'s default seccomp profile from {proxy}: {e}")
             continue
         for path in (PROFILE, USER_PROFILE):
+            # whole or not at all, a partial file of its own: nodes starting their first docker jobs at once
+            # each write it, and one cut short or moved away by another would leave its jobs without it
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".part")
                 partial.write_bytes(profile)
-                partial.replace(path)  # whole or not at all: a profile cut short is never taken for one
+                partial.replace(path)
             except OSError as e:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
                 say(f"cannot write {path}: {e}")
                 continue
             say(f"Docker {version}'s default seccomp profile, the base of docker jobs': {path}")

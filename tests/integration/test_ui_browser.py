@@ -172,6 +172,7 @@ class HeldDescribes:
 
 
 def _wait_until(condition, page, what: str, timeout: float = 15) -> None:
+    """Poll ``condition`` through the page's own wait: Playwright runs route handlers only while it waits."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"still waiting for {what}"

@@ -106,3 +106,28 @@ def test_a_proxy_serving_a_profile_that_allows_everything_gets_nothing_written(t
         assert not docker_seccomp.PROFILE.exists() and not docker_seccomp.USER_PROFILE.exists()
     finally:
         server.shutdown()
+
+
+def test_nodes_fetching_the_profile_at_once_each_write_it_whole(tmp_path, monkeypatch):
+    # three devstack nodes installed from the wheel take their first docker jobs at the same moment
+    monkeypatch.setattr(docker_seccomp, "PROFILE", tmp_path / "docker-seccomp.json")
+    monkeypatch.setattr(docker_seccomp, "USER_PROFILE", tmp_path / "cache" / "docker-seccomp.json")
+    profile = json.dumps({**DEFAULT, "padding": "x" * (8 << 20)}).encode()  # a write long enough to overlap
+    writers = 8
+    fetched = threading.Barrier(writers)
+
+    def fetch(version: str, proxy: str) -> bytes:
+        fetched.wait(timeout=30)
+        return profile
+
+    monkeypatch.setattr(docker_seccomp, "fetch", fetch)
+    found: list = []
+    threads = [threading.Thread(target=lambda: found.append(docker_seccomp.ensure("20.10.24", lambda _: None)))
+               for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert found == [docker_seccomp.PROFILE] * writers
+    assert docker_seccomp.PROFILE.read_bytes() == profile
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docker-seccomp.json"]  # no partial file left
