@@ -8,8 +8,12 @@ Each sandbox that gets one is started inside its own cgroup (``join_args``: a sh
 then execs the sandbox), so nothing it forks escapes the count. The node keeps its cgroups below its own,
 in ``shoal-PID``; those of a node that died (kill -9) are removed by the next one.
 
-This uses the v1 memory hierarchy, which needs root. Where it is not mounted or not writable (cgroup v2
-only, a node not root), ``MemoryCgroups.here()`` is None and the rlimits stay the only bound.
+Both hierarchies work: cgroup v1's memory hierarchy, and cgroup v2's unified one (Debian 12, so every
+node of a ``terraform/`` cluster) where the node's cgroup has the memory controller. In v2 a cgroup whose
+children have controllers holds no processes of its own, so a node alone in its cgroup (a systemd unit
+with ``Delegate=memory``) first moves itself into a leaf beside its cgroups, ``shoal-PID-node``. Where none
+can be made (no hierarchy, a node not root, other processes in its v2 cgroup), ``MemoryCgroups.here()``
+is None, says why in the log, and the rlimits stay the only bound.
 
 ``ContainerSockets`` bounds what a Docker container holds in socket buffers, which the v1 hierarchy counts
 apart from its memory, and only in a cgroup told to before its sockets were made.
@@ -29,29 +33,37 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _PREFIX = "shoal-"
-_UNLIMITED = -1
+_NODE_LEAF = "-node"  # v2: shoal-PID-node, the leaf a node moves itself into
+_UNLIMITED_BYTES = 2**63 - 4096  # what v1 reads for no limit, and what ``limit()`` says for v2's "max"
 REMOVE_WAIT = 1.0  # seconds a cgroup whose processes were killed is tried for removal before it is left
 _names = itertools.count(1)  # one sequence per process: a devstack's nodes share their process's folder
 
 
 class MemoryCgroup:
-    """One sandbox's memory cgroup (a directory in the v1 memory hierarchy)."""
+    """One sandbox's memory cgroup: a directory in the v1 memory hierarchy, or in the v2 (``unified``) one."""
 
-    def __init__(self, path: Path, leftovers: list[MemoryCgroup] | None = None) -> None:
+    def __init__(self, path: Path, leftovers: list[MemoryCgroup] | None = None, *, unified: bool = False) -> None:
         self.path = path
+        self.unified = unified
         self._leftovers = leftovers if leftovers is not None else []  # its node's, to remove later
 
     def join_args(self) -> list[str]:
-        """A command prefix that moves the process into this cgroup before it execs the rest."""
+        """A command prefix that moves the process into this cgroup before it execs the rest.
+
+        It runs as the node: in v2, moving a process takes write access to the cgroup it leaves too, which
+        a sandbox's own uid never has. ``Sandbox.command`` takes that uid after it.
+        """
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
 
     def set_limit(self, nbytes: int | None) -> bool:
         """Hold what its processes use, swap included, to ``nbytes`` (None: unlimited).
 
-        Returns False when the kernel could not bring what they hold now under the new limit (it tries to
-        reclaim first): the limit is then unchanged.
+        Returns False when the kernel could not bring what they hold now under the new limit (v1 tries to
+        reclaim first; v2 is not asked, as it would kill them): the limit is then unchanged.
         """
-        value = _UNLIMITED if nbytes is None else nbytes
+        if self.unified:
+            return self._set_unified_limit(nbytes)
+        value = -1 if nbytes is None else nbytes
         memory, swap = self.path / "memory.limit_in_bytes", self.path / "memory.memsw.limit_in_bytes"
         # memory+swap may never be below memory alone: raise it first, lower it last
         order = [memory, swap] if nbytes is not None and nbytes < self.limit() else [swap, memory]
@@ -64,17 +76,36 @@ class MemoryCgroup:
             return False
         return True
 
+    def _set_unified_limit(self, nbytes: int | None) -> bool:
+        """v2: ``memory.max``, and no swap under a limit (v2 counts swap apart; v1's memory+swap is the limit)."""
+        swap = self.path / "memory.swap.max"  # absent without swap accounting
+        try:
+            if nbytes is not None and nbytes < int((self.path / "memory.current").read_text()):
+                return False
+            if swap.exists():
+                swap.write_text("max" if nbytes is None else "0")
+            (self.path / "memory.max").write_text("max" if nbytes is None else str(nbytes))
+        except (OSError, ValueError) as e:
+            log.debug("cannot set %s to %s bytes: %s", self.path, nbytes, e)
+            return False
+        return True
+
     def limit(self) -> int:
+        if self.unified:
+            value = (self.path / "memory.max").read_text().strip()
+            return _UNLIMITED_BYTES if value == "max" else int(value)
         return int((self.path / "memory.limit_in_bytes").read_text())
 
     def peak(self) -> int:
-        """The most memory its processes held at once, in bytes."""
-        return int((self.path / "memory.max_usage_in_bytes").read_text())
+        """The most memory its processes held at once, in bytes (v2: kernel 5.19 or later)."""
+        name = "memory.peak" if self.unified else "memory.max_usage_in_bytes"
+        return int((self.path / name).read_text())
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for reaching the limit."""
+        events = self.path / ("memory.events" if self.unified else "memory.oom_control")
         with contextlib.suppress(OSError, ValueError):
-            for line in (self.path / "memory.oom_control").read_text().splitlines():
+            for line in events.read_text().splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)
@@ -109,29 +140,30 @@ class MemoryCgroup:
 class MemoryCgroups:
     """Where this node makes its sandboxes' memory cgroups. ``here()`` finds one, or says there is none."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, unified: bool = False) -> None:
         self.root = root
+        self.unified = unified
         self._leftovers: list[MemoryCgroup] = []  # removed while a process of theirs was still exiting
 
     @classmethod
-    def here(cls, owner: int | None) -> MemoryCgroups | None:
-        """This node's cgroups folder, made now; None (logged) where memory cgroups cannot be made. ``owner``:
-        a uid like the sandboxes' (None: the node's own), which the check moves into one."""
+    def here(cls) -> MemoryCgroups | None:
+        """This node's cgroups folder, made now; None (logged) where memory cgroups cannot be made."""
         try:
             parent = own_memory_cgroup()
             if parent is None:
-                log.info("no writable cgroup v1 memory hierarchy here: python jobs' memory is bounded by rlimits only")
+                log.info("no writable memory cgroup here (v1 memory hierarchy, or v2 cgroup with the memory "
+                         "controller): python jobs' memory is bounded by rlimits only")
                 return None
+            unified = memory_hierarchy() is None
+            if unified:
+                _give_children_memory(parent)
             _remove_stale(parent)
-            root = parent / f"{_PREFIX}{os.getpid()}"
-            root.mkdir(exist_ok=True)
-            cgroups = cls(root)
-            probe = cgroups.new(owner)  # all it will do for a sandbox, once: a host that allows less gets none
+            cgroups = cls(parent / f"{_PREFIX}{os.getpid()}", unified=unified)
+            probe = cgroups.new()  # all it will do for a sandbox, once: a host that allows less gets none
             try:
                 if not probe.set_limit(64 << 20) or probe.limit() != 64 << 20:
                     raise OSError("the kernel did not take a memory limit")
-                user = {"user": owner, "group": owner, "extra_groups": []} if owner is not None else {}
-                joined = subprocess.run([*probe.join_args(), "true"], capture_output=True, timeout=30, **user)
+                joined = subprocess.run([*probe.join_args(), "true"], capture_output=True, timeout=30)
                 if joined.returncode != 0:
                     raise OSError(f"a sandbox cannot join one: {joined.stderr.decode(errors='replace').strip()}")
             finally:
@@ -141,17 +173,16 @@ class MemoryCgroups:
             log.info("cannot make memory cgroups (%s): python jobs' memory is bounded by rlimits only", e)
             return None
 
-    def new(self, owner: int | None) -> MemoryCgroup:
-        """A new, unlimited cgroup that ``owner``, the sandbox's uid (None: the node's), can move itself into.
-        Raises OSError."""
+    def new(self) -> MemoryCgroup:
+        """A new, unlimited cgroup for one sandbox. Raises OSError."""
         self._leftovers[:] = [cgroup for cgroup in self._leftovers if not cgroup.removed()]
         path = self.root / str(next(_names))
-        self.root.mkdir(exist_ok=True)  # another of this process's executors may have closed it
+        if not self.root.exists():  # made now, or again: another of this process's executors may have closed it
+            self.root.mkdir(exist_ok=True)
+            if self.unified:
+                _give_children_memory(self.root)
         path.mkdir()
-        if owner is not None:
-            os.chown(path / "cgroup.procs", owner, owner)
-        return MemoryCgroup(path, self._leftovers)
-
+        return MemoryCgroup(path, self._leftovers, unified=self.unified)
 
     def close(self) -> None:
         """Remove this node's folder once its sandboxes' cgroups are gone (else the next node does). Blocking."""
@@ -223,23 +254,65 @@ def memory_hierarchy() -> Path | None:
     return None
 
 
-def own_memory_cgroup() -> Path | None:
-    """The directory of this process's own cgroup in the v1 memory hierarchy, if mounted and writable."""
-    mount = memory_hierarchy()
-    if mount is None:
-        return None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            own = mount / path.lstrip("/")
-            return own if os.access(own, os.W_OK) else None
+def unified_hierarchy() -> Path | None:
+    """Where the v2 (unified) hierarchy is mounted, if it is."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            return Path(fields[4])
     return None
 
 
+def own_memory_cgroup() -> Path | None:
+    """The directory of this process's cgroup where its sandboxes' memory cgroups go, if writable: in the v1
+    memory hierarchy when mounted, else in the v2 one when the memory controller is there (for a node that
+    moved itself into its leaf, ``shoal-PID-node``, the cgroup it left)."""
+    v1, v2 = memory_hierarchy(), unified_hierarchy()
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if v1 is not None and "memory" in controllers.split(","):
+            own = v1 / path.lstrip("/")
+            return own if os.access(own, os.W_OK) else None
+        if v1 is None and v2 is not None and hierarchy == "0":
+            own = v2 / path.lstrip("/")
+            if own.name == f"{_PREFIX}{os.getpid()}{_NODE_LEAF}":
+                own = own.parent
+            with contextlib.suppress(OSError):
+                if "memory" in (own / "cgroup.controllers").read_text().split() and os.access(own, os.W_OK):
+                    return own
+            return None
+    return None
+
+
+def _give_children_memory(parent: Path) -> None:
+    """v2: give ``parent``'s children the memory controller. A cgroup whose children have it holds no process
+    (but the root), so this process moves itself into a leaf beside them first, when needed and it is alone
+    there. Raises OSError."""
+    control = parent / "cgroup.subtree_control"
+    if "memory" in control.read_text().split():
+        return
+    try:
+        control.write_text("+memory")
+        return
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+    leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
+    leaf.mkdir(exist_ok=True)
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        control.write_text("+memory")
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
+                      "(systemd: Delegate=memory)") from e
+
+
 def _remove_stale(parent: Path) -> None:
-    """Remove the cgroups of node processes that no longer exist."""
+    """Remove the cgroups of node processes that no longer exist (v2: and the leaves they ran in)."""
     for path in parent.glob(f"{_PREFIX}*"):
-        pid = path.name[len(_PREFIX):]
+        pid = path.name[len(_PREFIX):].removesuffix(_NODE_LEAF)
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             for child in path.iterdir():
                 if child.is_dir():

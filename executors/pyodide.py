@@ -586,7 +586,7 @@ class PyodideExecutor(Executor):
             limits = Limits(memory=data, cpu_seconds=cpu, file_size=request.write_limit or disk,
                             file_size_hard=disk, soft=True)
             try:
-                await limits.apply(pid, self.sandbox.popen_options(runner.slot))
+                await limits.apply(pid, runner.slot.owner)
             except (OSError, ValueError) as e:
                 raise trio.BrokenResourceError(f"cannot limit the interpreter: {e}") from e
             if first and runner.cgroup is not None:
@@ -749,7 +749,7 @@ class PyodideExecutor(Executor):
                     slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup, seccomp=seccomp,
                     limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
                 inherited = (write_fd,) if seccomp is None else (write_fd, seccomp)
-                process = SandboxedProcess(argv, pass_fds=inherited, options=sandbox.popen_options(slot))
+                process = SandboxedProcess(argv, pass_fds=inherited)
         except BaseException as e:  # cancelled too (a job's start timeout): the slot's uid is given back
             os.close(read_fd)
             if slot is not None:

@@ -51,6 +51,15 @@ PROCESS_LIMIT = 128
 _ROOT_PREFIX = "shoal-sandbox-"
 
 
+def as_user(uid: int | None) -> list[str]:
+    """A command prefix that runs the rest as host ``uid``, with its group and no other (None: as the node).
+
+    ``setpriv`` rather than ``Popen(user=)``: a process that execs it starts in a fraction of the time of
+    one Python forks to change its own uid (page tables copied, about 10 ms for a node's memory).
+    """
+    return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
 @dataclass(frozen=True)
 class Limits:
     """rlimits of a sandboxed process (and whatever it starts). ``None``: the node's own limit."""
@@ -65,26 +74,21 @@ class Limits:
     # a soft limit alike (SIGXCPU, SIGXFSZ), and the next job of the same process may get a higher one again.
     soft: bool = False
 
-    async def apply(self, pid: int, options: dict[str, object]) -> None:
+    async def apply(self, pid: int, uid: int | None) -> None:
         """Set these limits on a running process, lowering them.
 
         Tries the ``prlimit`` system call first (no process to start); where the node may not change
         the limits of another uid's process (no CAP_SYS_RESOURCE, e.g. a root node in a container), runs
-        ``prlimit --pid`` as the sandbox's own host uid (``options``, from ``Sandbox.popen_options``):
-        lowering the limits of a process of one's own uid needs no capability. ``setpriv`` takes that uid
-        when installed: Python forks a process that changes its own uid in full (page tables copied, about
-        10 ms for a node's memory), while one that execs ``setpriv`` is started in a fraction of that.
+        ``prlimit --pid`` as the sandbox's own host ``uid`` (``Slot.owner``): lowering the limits of a process
+        of one's own uid needs no capability.
         """
         try:
             self._set(pid)
             return
         except PermissionError:
             pass
-        argv = [*self.prlimit_args()[:-1], "--pid", str(pid)]
-        if "user" in options and (setpriv := shutil.which("setpriv")):
-            argv = [setpriv, f"--reuid={options['user']}", f"--regid={options['group']}", "--clear-groups", *argv]
-            options = {}
-        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, **options)
+        argv = [*as_user(uid), *self.prlimit_args()[:-1], "--pid", str(pid)]
+        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
         if result.returncode != 0:
             raise OSError(f"prlimit failed: {result.stderr.decode(errors='replace').strip()[:300]}")
 
@@ -326,8 +330,8 @@ class Sandbox:
         """
         if not self._cgroups_checked:
             self._cgroups_checked = True
-            self._cgroups = MemoryCgroups.here(slot.owner)
-        return self._cgroups.new(slot.owner) if self._cgroups is not None else None
+            self._cgroups = MemoryCgroups.here()
+        return self._cgroups.new() if self._cgroups is not None else None
 
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""
@@ -341,13 +345,15 @@ class Sandbox:
 
     def command(self, argv: list[str], *, slot: Slot | None, env: dict[str, str], limits: Limits,
                 extra_ro: list[Path] = (), cgroup: MemoryCgroup | None = None, seccomp: int | None = None) -> list[str]:
-        """The full command line: the cgroup, rlimits, then bubblewrap, then ``argv`` inside.
+        """The full command line: the cgroup, the slot's uid, rlimits, then bubblewrap, then ``argv`` inside.
 
+        It starts as the node, which moves it into ``cgroup`` (a sandbox's own uid may not); ``setpriv`` then
+        takes the slot's uid, groups cleared, before anything of the job's runs.
         ``seccomp``: a descriptor the process inherits, open on a seccomp program (``socket_filter``) that
         bubblewrap reads and applies to everything inside.
         """
         joined = cgroup.join_args() if cgroup is not None else []
-        args = [*joined, *limits.prlimit_args(), self.bwrap,
+        args = [*joined, *as_user(slot.owner if slot is not None else None), *limits.prlimit_args(), self.bwrap,
                 "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "shoal-job",
@@ -365,13 +371,6 @@ class Sandbox:
             args += ["--seccomp", str(seccomp)]
         return [*args, "--chdir", "/", "--", *argv]
 
-    @staticmethod
-    def popen_options(slot: Slot) -> dict[str, object]:
-        """Extra ``subprocess.Popen`` arguments for the sandbox of ``slot``: its host uid, on a root node."""
-        if slot.owner is not None:
-            return {"user": slot.owner, "group": slot.owner, "extra_groups": []}
-        return {}
-
     def problem(self) -> str | None:
         """Why sandboxed processes cannot start on this node (None: they can). Checked once; blocking."""
         if self._checked:
@@ -379,8 +378,8 @@ class Sandbox:
         self._checked = True
         if shutil.which(self.bwrap) is None:
             self._problem = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
-        elif shutil.which("prlimit") is None:
-            self._problem = "prlimit (util-linux) is not installed"
+        elif shutil.which("prlimit") is None or (self.as_nobody and shutil.which("setpriv") is None):
+            self._problem = "prlimit and setpriv (util-linux) are not installed"
         else:
             try:
                 slot = self.new_slot()
@@ -391,8 +390,7 @@ class Sandbox:
                     try:
                         result = subprocess.run(
                             self.command([true], slot=slot, env={}, limits=Limits(), seccomp=seccomp),
-                            capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else (),
-                            **self.popen_options(slot))
+                            capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else ())
                     finally:
                         if seccomp is not None:
                             os.close(seccomp)
@@ -453,10 +451,10 @@ class SandboxedProcess:
     sandbox as soon as that thread retires.
     """
 
-    def __init__(self, argv: list[str], *, pass_fds: tuple[int, ...], options: dict[str, object]) -> None:
+    def __init__(self, argv: list[str], *, pass_fds: tuple[int, ...]) -> None:
         self._popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
-            close_fds=True, start_new_session=False, **options)
+            close_fds=True, start_new_session=False)
         self.pid = self._popen.pid
         self.stdin = trio.lowlevel.FdStream(os.dup(self._popen.stdin.fileno()))
         self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))

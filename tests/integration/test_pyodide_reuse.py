@@ -297,7 +297,7 @@ print("held 512 MiB")
 
 
 NO_MEMORY_CGROUP = pytest.mark.skipif(own_memory_cgroup() is None,
-                                      reason="no writable cgroup v1 memory hierarchy (a root node has one)")
+                                      reason="no writable memory cgroup here (see test_cgroups.py)")
 
 
 @NO_MEMORY_CGROUP

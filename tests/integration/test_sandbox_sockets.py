@@ -47,8 +47,7 @@ def run_inside(sandbox: Sandbox, code: str, *, filtered: bool) -> str:
     slot = sandbox.new_slot()
     try:
         argv = sandbox.command(["/usr/bin/python3", "-c", code], slot=slot, env={}, limits=Limits(), seccomp=seccomp)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=(seccomp,) if seccomp else (),
-                              **sandbox.popen_options(slot))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, pass_fds=(seccomp,) if seccomp else ())
     finally:
         slot.remove()
         if seccomp is not None:

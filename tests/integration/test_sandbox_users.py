@@ -66,15 +66,14 @@ def test_a_sandbox_holding_all_the_processes_its_uid_may_have_leaves_the_next_sa
         limits = Limits(processes=PROCESSES)
         hog = subprocess.Popen(
             sandbox.command(["/usr/bin/python3", "-c", HOLD_ALL_IT_MAY], slot=hog_slot, env={}, limits=limits),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            **sandbox.popen_options(hog_slot))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = hog.stdout.readline()
             held = int(line.split()[1]) if line.startswith("held ") else -1
             assert PROCESSES - 8 <= held < PROCESSES, (line, hog.stderr.read() if hog.poll() is not None else "")
             other = subprocess.run(
                 sandbox.command(["/usr/bin/python3", "-c", FORK_TEN], slot=other_slot, env={}, limits=limits),
-                capture_output=True, text=True, timeout=60, **sandbox.popen_options(other_slot))
+                capture_output=True, text=True, timeout=60)
             assert other.stdout == f"forked 10 as {NOBODY}\n", other.stderr  # as the job sees itself
         finally:
             hog.kill()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from executors.sandbox import Limits
+from executors.sandbox import Limits, as_user
 
 
 def test_a_runner_starts_with_a_soft_cpu_limit_under_a_hard_one():
@@ -32,43 +32,42 @@ def child():
 
 
 def test_soft_limits_go_down_and_up_again_under_the_hard_ones(child: int):
-    trio.run(Limits(cpu_seconds=100, cpu_seconds_hard=1000, file_size=1 << 20).apply, child, {})
+    trio.run(Limits(cpu_seconds=100, cpu_seconds_hard=1000, file_size=1 << 20).apply, child, None)
     assert resource.prlimit(child, resource.RLIMIT_CPU) == (100, 1000)
     assert resource.prlimit(child, resource.RLIMIT_FSIZE) == (1 << 20, 1 << 20)
-    trio.run(Limits(cpu_seconds=50, file_size=4096, soft=True).apply, child, {})  # one job
+    trio.run(Limits(cpu_seconds=50, file_size=4096, soft=True).apply, child, None)  # one job
     assert resource.prlimit(child, resource.RLIMIT_CPU) == (50, 1000)
     assert resource.prlimit(child, resource.RLIMIT_FSIZE) == (4096, 1 << 20)
-    trio.run(Limits(cpu_seconds=900, file_size=1 << 20, soft=True).apply, child, {})  # the next, allowed more
+    trio.run(Limits(cpu_seconds=900, file_size=1 << 20, soft=True).apply, child, None)  # the next, allowed more
     assert resource.prlimit(child, resource.RLIMIT_CPU) == (900, 1000)
     assert resource.prlimit(child, resource.RLIMIT_FSIZE) == (1 << 20, 1 << 20)
     with pytest.raises(ValueError):  # never above the hard limit
-        trio.run(Limits(cpu_seconds=2000, soft=True).apply, child, {})
+        trio.run(Limits(cpu_seconds=2000, soft=True).apply, child, None)
 
 
 def test_a_first_job_sets_its_hard_and_soft_limits_in_one_call(child: int):
-    trio.run(Limits(cpu_seconds=3600, cpu_seconds_hard=691200).apply, child, {})  # the runner at its start
+    trio.run(Limits(cpu_seconds=3600, cpu_seconds_hard=691200).apply, child, None)  # the runner at its start
     first = Limits(memory=1 << 30, cpu_seconds=70, file_size=4096, file_size_hard=1 << 20, soft=True)
     assert {"--data=1073741824", "--cpu=70:", "--fsize=4096:1048576"} <= set(first.prlimit_args())
-    trio.run(first.apply, child, {})
+    trio.run(first.apply, child, None)
     assert resource.prlimit(child, resource.RLIMIT_DATA) == (1 << 30, 1 << 30)
     assert resource.prlimit(child, resource.RLIMIT_CPU) == (70, 691200)  # the runner's hard limit stays
     assert resource.prlimit(child, resource.RLIMIT_FSIZE) == (4096, 1 << 20)
-    trio.run(Limits(cpu_seconds=80, file_size=1 << 20, soft=True).apply, child, {})  # its next job
+    trio.run(Limits(cpu_seconds=80, file_size=1 << 20, soft=True).apply, child, None)  # its next job
     assert resource.prlimit(child, resource.RLIMIT_FSIZE) == (1 << 20, 1 << 20)
     with pytest.raises(ValueError):  # never above the first job's hard limit
-        trio.run(Limits(file_size=2 << 20, soft=True).apply, child, {})
+        trio.run(Limits(file_size=2 << 20, soft=True).apply, child, None)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the child runs as another uid")
 def test_without_the_capability_prlimit_runs_as_the_sandbox_uid(monkeypatch: pytest.MonkeyPatch):
-    options = {"user": 65534, "group": 65534, "extra_groups": []}  # as Sandbox.popen_options gives a root node
-    process = subprocess.Popen(["sleep", "60"], **options)
+    process = subprocess.Popen([*as_user(65534), "sleep", "60"])  # as a root node's sandboxes run
     try:
         def refused(self: Limits, pid: int) -> None:
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr(Limits, "_set", refused)  # as for a process in bubblewrap's user namespace
-        trio.run(Limits(cpu_seconds=70, file_size=4096, file_size_hard=1 << 20, soft=True).apply, process.pid, options)
+        trio.run(Limits(cpu_seconds=70, file_size=4096, file_size_hard=1 << 20, soft=True).apply, process.pid, 65534)
         limits = Path(f"/proc/{process.pid}/limits").read_text().splitlines()
         assert next(line for line in limits if line.startswith("Max cpu time")).split()[3] == "70"
         assert next(line for line in limits if line.startswith("Max file size")).split()[3:5] == ["4096", "1048576"]

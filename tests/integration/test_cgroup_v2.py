@@ -1,0 +1,46 @@
+"""The python engine's memory cgroups on cgroup v2, which most hosts have and this one may not.
+
+``test_cgroups.py`` runs again in a VM with cgroup v2 only (``tests/vm.py``), as a systemd service with
+``Delegate=memory``: the node's cgroup is its own, and its parent gives it the memory controller. Skipped
+where no VM boots, unless ``SHOAL_REQUIRE_VM=1`` (CI sets it after ``scripts/install-vm``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import vm
+
+ROOT = Path(__file__).resolve().parents[2]
+# What must hold on v2: each of these passed in the VM (the rest of the file is for v1 alone)
+ON_V2 = [
+    "test_a_sandbox_and_what_it_starts_are_held_to_its_cgroups_limit",
+    "test_a_limit_below_what_the_processes_hold_is_refused_and_the_old_one_stays",
+    "test_the_cgroups_of_a_node_that_died_are_removed_by_the_next",
+    "test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one",
+    "test_on_cgroup_v2_a_node_alone_in_its_cgroup_moves_into_a_leaf_beside_its_sandboxes",
+    "test_on_cgroup_v2_a_node_that_is_not_root_holds_its_sandboxes_in_the_cgroup_delegated_to_it",
+    "test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why",
+]
+
+
+@pytest.fixture
+def booted() -> None:
+    problem = vm.problem()
+    if problem:
+        if os.environ.get("SHOAL_REQUIRE_VM") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def test_memory_cgroups_hold_sandboxes_on_cgroup_v2(booted: None) -> None:
+    run = vm.run_in_vm([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--color=no",
+                        "-k", "not python_engine", "tests/integration/test_cgroups.py"],
+                       cwd=ROOT, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.returncode == 0, run.console[-6000:]
+    passed = {line.split("::")[-1].strip() for line in run.console.splitlines() if line.startswith("PASSED ")}
+    assert set(ON_V2) <= passed, run.console[-6000:]
