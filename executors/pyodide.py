@@ -584,7 +584,7 @@ class PyodideExecutor(Executor):
             data = memory + RUNTIME_MEMORY if first and memory else None  # RLIMIT_DATA
             disk = (request.disk_limit or None) if first else None
             limits = Limits(memory=data, cpu_seconds=cpu, file_size=request.write_limit or disk,
-                            file_size_hard=disk, soft=True)
+                            file_size_hard=disk, soft=True, processes=runner.slot.process_limit)
             try:
                 await limits.apply(pid, runner.slot.owner)
             except (OSError, ValueError) as e:
@@ -747,7 +747,8 @@ class PyodideExecutor(Executor):
                 argv = sandbox.command(
                     [*self._node_command(sandboxed=shared), *options, "--snapshot", str(shared)],
                     slot=slot, env=_node_env(sandboxed=True), extra_ro=[shared], cgroup=cgroup, seccomp=seccomp,
-                    limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT))
+                    limits=Limits(cpu_seconds=IDLE_CPU_LIMIT, cpu_seconds_hard=RUNNER_CPU_LIMIT,
+                                  processes=slot.process_limit))
                 inherited = (write_fd,) if seccomp is None else (write_fd, seccomp)
                 process = SandboxedProcess(argv, pass_fds=inherited)
         except BaseException as e:  # cancelled too (a job's start timeout): the slot's uid is given back

@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 
 NOBODY = 65534
 SLOT_TARGET = "/job"
-# RLIMIT_NPROC of the sandbox's host uid (its own on a root node), threads included. A sandbox runs 12 (bubblewrap's
-# two processes, Node.js's ten threads); at 128 each, 256 sandboxes at once could hold the kernel's default pid_max.
+# RLIMIT_NPROC, which counts every process and thread of a uid on the host. A sandbox runs 12 (bubblewrap's two
+# processes, Node.js's ten threads). One with a uid of its own (a root node's) may have 128: 256 such sandboxes
+# could hold the kernel's default pid_max. One whose uid others share (the node's own, on a node that is not root,
+# or the shared fallback of ``JobUsers``) shares 1024 with them and with the node's own threads.
 PROCESS_LIMIT = 128
+SHARED_PROCESS_LIMIT = 1024
 _ROOT_PREFIX = "shoal-sandbox-"
 
 
@@ -67,7 +70,7 @@ class Limits:
     memory: int | None = None  # RLIMIT_DATA: bytes of private writable memory (heap, WebAssembly memory)
     cpu_seconds: int | None = None  # RLIMIT_CPU: CPU time; SIGXCPU then SIGKILL beyond it
     file_size: int | None = None  # RLIMIT_FSIZE: bytes of any one file it writes
-    processes: int = PROCESS_LIMIT  # RLIMIT_NPROC
+    processes: int = SHARED_PROCESS_LIMIT  # RLIMIT_NPROC: a sandbox's is its slot's ``process_limit``
     cpu_seconds_hard: int | None = None  # a hard RLIMIT_CPU above cpu_seconds (None: the same)
     file_size_hard: int | None = None  # a hard RLIMIT_FSIZE above file_size, set even when ``soft``
     # Set only the soft limits of cpu_seconds and file_size, under hard ones set earlier: the kernel enforces
@@ -201,11 +204,14 @@ def descendants(pid: int) -> list[int]:
 class Slot:
     """The two host directories a sandbox sees at ``/job/ro`` and ``/job/rw``; removed with ``remove``."""
 
-    def __init__(self, path: Path, owner: int | None, release: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, path: Path, owner: int | None, release: Callable[[], None] = lambda: None, *,
+                 own_uid: bool = False) -> None:
         self.path = path
         self.ro = path / "ro"
         self.rw = path / "rw"
         self.owner = owner  # the host uid its sandbox runs as, which must be able to write rw (None: the node's)
+        # RLIMIT_NPROC of its sandbox: its uid's alone, or what it shares with every other process of that uid
+        self.process_limit = PROCESS_LIMIT if own_uid else SHARED_PROCESS_LIMIT
         self._release = release  # called once the slot is removed: its uid is free again
         self._next = 0
         path.mkdir(parents=True, exist_ok=True)
@@ -317,7 +323,7 @@ class Sandbox:
             return Slot(path, None)
         uid = self.users.take()[0]
         try:
-            return Slot(path, uid, lambda: self.users.give_back(uid))
+            return Slot(path, uid, lambda: self.users.give_back(uid), own_uid=uid != self.users.shared)
         except BaseException:
             self.users.give_back(uid)
             raise
@@ -389,7 +395,8 @@ class Sandbox:
                     seccomp = filter_descriptor(program) if program else None
                     try:
                         result = subprocess.run(
-                            self.command([true], slot=slot, env={}, limits=Limits(), seccomp=seccomp),
+                            self.command([true], slot=slot, env={}, limits=Limits(processes=slot.process_limit),
+                                         seccomp=seccomp),
                             capture_output=True, timeout=30, pass_fds=(seccomp,) if seccomp else ())
                     finally:
                         if seccomp is not None:

@@ -1,5 +1,6 @@
 """On a root node each sandbox runs as a host uid of its own (``executors.users``), against real bubblewrap
 and the kernel's per-uid limits: what one job does with its uid's limits leaves every other sandbox its own.
+A node that is not root runs them as its own uid, whose limits they share.
 
 While every sandbox ran as 65534, one that held its RLIMIT_NPROC of processes kept every other from
 starting at all (bubblewrap could not fork), and so would 100 busy interpreters of ten threads each.
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from executors.sandbox import NOBODY, Limits, Sandbox
+from executors.sandbox import NOBODY, Limits, Sandbox, as_user
 from executors.users import UIDS_START
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a root node runs its sandboxes as other uids")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sandboxes run as other uids")
 
 PROCESSES = 64  # RLIMIT_NPROC of both sandboxes
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +132,38 @@ def test_a_root_node_whose_namespace_lacks_its_uid_range_still_sandboxes_jobs_as
         child.kill()
     assert out.splitlines() == ["problem None", f"owner {NOBODY}"], err
     assert "are not mapped in this node's user namespace" in err  # said once, in the node's log
+
+
+# Run as a node that is not root (the shoal user of a terraform/ cluster): its sandboxes run as its own uid,
+# which its own threads and its other sandboxes share. Each holds twelve tasks, as a python runner does.
+TEN_AT_ONCE_AS_THE_NODE = """\
+import subprocess, sys
+from executors.sandbox import Limits, Sandbox
+HOLD_TWELVE = "import sys, threading, time\\n" \\
+    "[threading.Thread(target=time.sleep, args=(600,), daemon=True).start() for _ in range(11)]\\n" \\
+    "print('ready', flush=True); sys.stdin.read()"
+sandbox = Sandbox([])
+assert sandbox.problem() is None, sandbox.problem()
+slots = [sandbox.new_slot() for _ in range(10)]
+running = [subprocess.Popen(sandbox.command(["/usr/bin/python3", "-c", HOLD_TWELVE], slot=slot, env={},
+                                            limits=Limits(processes=slot.process_limit)),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for slot in slots]
+for process in running:
+    line = process.stdout.readline().strip()
+    print(line or process.stderr.read().strip()[-200:], flush=True)
+for process in running:
+    process.kill()
+    process.wait()
+for slot in slots:
+    slot.remove()
+"""
+
+
+def test_a_node_that_is_not_root_runs_ten_sandboxes_at_once() -> None:
+    """They share its uid's RLIMIT_NPROC, as its own threads do: at 128 (a root node's per sandbox) the seventh
+    could not start its threads, so such a node ran six python jobs at once at most."""
+    done = subprocess.run([*as_user(4242), sys.executable, "-c", TEN_AT_ONCE_AS_THE_NODE], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ready"] * 10, done.stdout
