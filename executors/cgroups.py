@@ -11,8 +11,9 @@ in ``shoal-PID``; those of a node that died (kill -9) are removed by the next on
 Both hierarchies work: cgroup v1's memory hierarchy, and cgroup v2's unified one (Debian 12, so every
 node of a ``terraform/`` cluster) where the node's cgroup has the memory controller. In v2 a cgroup whose
 children have controllers holds no processes of its own, so a node alone in its cgroup (a systemd unit
-with ``Delegate=memory``) first moves itself into a leaf beside its cgroups, ``shoal-PID-node``. Where none
-can be made (no hierarchy, a node not root, other processes in its v2 cgroup), ``MemoryCgroups.here()``
+with ``Delegate=memory pids``) first moves itself into a leaf beside its cgroups, ``shoal-PID-node``. Where
+the pids controller is there too, each sandbox's processes are held to a count of its own. Where none
+can be made (no hierarchy, none the node may write, other processes in its v2 cgroup), ``MemoryCgroups.here()``
 is None, says why in the log, and the rlimits stay the only bound.
 
 ``ContainerSockets`` bounds what a Docker container holds in socket buffers, which the v1 hierarchy counts
@@ -90,6 +91,15 @@ class MemoryCgroup:
             return False
         return True
 
+    def limit_processes(self, count: int) -> bool:
+        """Hold its processes and threads to ``count`` together; False where it cannot (v1, whose pids hierarchy
+        is apart, or v2 without the pids controller): its uid's RLIMIT_NPROC is then the bound."""
+        pids = self.path / "pids.max"
+        if not self.unified or not pids.exists():
+            return False
+        pids.write_text(str(count))
+        return True
+
     def limit(self) -> int:
         if self.unified:
             value = (self.path / "memory.max").read_text().strip()
@@ -156,7 +166,7 @@ class MemoryCgroups:
                 return None
             unified = memory_hierarchy() is None
             if unified:
-                _give_children_memory(parent)
+                _give_children_controllers(parent)
             _remove_stale(parent)
             cgroups = cls(parent / f"{_PREFIX}{os.getpid()}", unified=unified)
             probe = cgroups.new()  # all it will do for a sandbox, once: a host that allows less gets none
@@ -180,7 +190,7 @@ class MemoryCgroups:
         if not self.root.exists():  # made now, or again: another of this process's executors may have closed it
             self.root.mkdir(exist_ok=True)
             if self.unified:
-                _give_children_memory(self.root)
+                _give_children_controllers(self.root)
         path.mkdir()
         return MemoryCgroup(path, self._leftovers, unified=self.unified)
 
@@ -284,29 +294,31 @@ def own_memory_cgroup() -> Path | None:
     return None
 
 
-def _give_children_memory(parent: Path) -> None:
-    """v2: give ``parent``'s children the memory controller. A cgroup whose children have it holds no process
-    (but the root), so this process moves itself into a leaf beside them first, when needed and it is alone
-    there. Raises OSError."""
+def _give_children_controllers(parent: Path) -> None:
+    """v2: give ``parent``'s children the memory controller, and the pids controller where ``parent`` has it.
+
+    A cgroup whose children have controllers holds no process (but the root), so this process moves itself
+    into a leaf beside them first, when needed and it is alone there. Raises OSError.
+    """
     control = parent / "cgroup.subtree_control"
-    if "memory" in control.read_text().split():
-        return
-    try:
-        control.write_text("+memory")
-        return
-    except OSError as e:
-        if e.errno != errno.EBUSY:
-            raise
-    leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
-    leaf.mkdir(exist_ok=True)
-    (leaf / "cgroup.procs").write_text(str(os.getpid()))
-    try:
-        control.write_text("+memory")
-    except OSError as e:
-        if e.errno != errno.EBUSY:
-            raise
-        raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
-                      "(systemd: Delegate=memory)") from e
+    if "memory" not in control.read_text().split():
+        try:
+            control.write_text("+memory")
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            try:
+                control.write_text("+memory")
+            except OSError as again:
+                if again.errno != errno.EBUSY:
+                    raise
+                raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
+                              "(systemd: Delegate=memory pids)") from again
+    if "pids" in (parent / "cgroup.controllers").read_text().split():
+        control.write_text("+pids")
 
 
 def _remove_stale(parent: Path) -> None:

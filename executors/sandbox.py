@@ -330,14 +330,23 @@ class Sandbox:
 
     def memory_cgroup(self, slot: Slot) -> MemoryCgroup | None:
         """A new memory cgroup for the sandbox of ``slot`` (``command(cgroup=)``), or None where the node cannot
-        make them.
+        make them. Where it has the pids controller (cgroup v2), it holds the sandbox to ``PROCESS_LIMIT``
+        processes too, whatever its uid shares.
 
         Blocking. Raises OSError when it can make them, but not this one.
         """
         if not self._cgroups_checked:
             self._cgroups_checked = True
             self._cgroups = MemoryCgroups.here()
-        return self._cgroups.new() if self._cgroups is not None else None
+        if self._cgroups is None:
+            return None
+        cgroup = self._cgroups.new()
+        try:
+            cgroup.limit_processes(PROCESS_LIMIT)
+        except OSError:
+            cgroup.remove()
+            raise
+        return cgroup
 
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""

@@ -6,8 +6,8 @@ cluster among them (Debian 12); a CI machine may have v1. ``run_in_vm`` boots De
 over 9p, a tmpfs on ``/tmp`` and cgroup v2 mounted, and runs one command there: the same
 Python, Node.js, bubblewrap and checkout as the host's, on another kernel.
 
-It runs as a systemd service with ``Delegate=memory`` does, alone in a cgroup of its own
-(``/system.slice/shoal.service``) whose parent gives it the memory controller. QEMU emulates the CPU
+It runs as a systemd service with ``Delegate=memory pids`` does, alone in a cgroup of its own
+(``/system.slice/shoal.service``) whose parent gives it the memory and pids controllers. QEMU emulates the CPU
 (no KVM here), so a command runs about 20 times slower than on the host.
 """
 
@@ -70,9 +70,9 @@ def _initramfs(work: Path, argv: list[str], cwd: Path, env: dict[str, str]) -> P
     # Stage 1 mounts this host's root and what goes on it, then makes it the root (a chroot would keep
     # bubblewrap from making user namespaces); stage 2, the same busybox, runs the command and powers off.
     stage2 = f"""B=/run/busybox
-echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 $B mkdir -p /sys/fs/cgroup/system.slice
-echo +memory > /sys/fs/cgroup/system.slice/cgroup.subtree_control
+echo "+memory +pids" > /sys/fs/cgroup/system.slice/cgroup.subtree_control
 $B mkdir -p /sys/fs/cgroup{SERVICE_CGROUP}
 $B ip link set lo up
 /bin/sh -c {shlex.quote(inner)}

@@ -1,7 +1,7 @@
 """The python engine's memory cgroups on cgroup v2, which most hosts have and this one may not.
 
 ``test_cgroups.py`` runs again in a VM with cgroup v2 only (``tests/vm.py``), as a systemd service with
-``Delegate=memory``: the node's cgroup is its own, and its parent gives it the memory controller. Skipped
+``Delegate=memory pids``: the node's cgroup is its own, and its parent gives it the memory and pids controllers. Skipped
 where no VM boots, unless ``SHOAL_REQUIRE_VM=1`` (CI sets it after ``scripts/install-vm``).
 """
 
@@ -25,6 +25,7 @@ ON_V2 = [
     "test_on_cgroup_v2_a_node_alone_in_its_cgroup_moves_into_a_leaf_beside_its_sandboxes",
     "test_on_cgroup_v2_a_node_that_is_not_root_holds_its_sandboxes_in_the_cgroup_delegated_to_it",
     "test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why",
+    "test_on_cgroup_v2_a_sandbox_sharing_the_nodes_uid_is_held_to_its_own_count_of_processes",
 ]
 
 

@@ -1,7 +1,7 @@
 """Memory cgroups around sandboxes, against the kernel's real hierarchy: v1 on this host, v2 in a VM.
 
 ``test_cgroup_v2.py`` runs this file again in a VM with cgroup v2 only (``tests/vm.py``), as a systemd
-service with ``Delegate=memory`` is run, so each test here holds on both; a few are for one of them alone.
+service with ``Delegate=memory pids`` is run, so each test here holds on both; a few are for one of them alone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import trio
 
 import executors.cgroups
 from executors.cgroups import ContainerSockets, MemoryCgroups, own_memory_cgroup
-from executors.sandbox import Limits, Sandbox, as_user
+from executors.sandbox import NOBODY, PROCESS_LIMIT, Limits, Sandbox, as_user
+from tests.integration.test_sandbox_users import FORK_TEN, HOLD_ALL_IT_MAY
 
 pytestmark = pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable memory cgroup here (a root node has "
                                 "one in v1; in v2, a node alone in a cgroup with the memory controller)")
@@ -162,15 +163,40 @@ def test_on_cgroup_v2_a_node_alone_in_its_cgroup_moves_into_a_leaf_beside_its_sa
     assert "memory" in (own.parent / "cgroup.subtree_control").read_text().split()
 
 
-# Run as a systemd service with User= and Delegate=memory is (the shoal.service of a terraform/ cluster): alone in
-# a cgroup its user owns, the node not root, its sandboxes run as its own uid.
-UNPRIVILEGED_NODE = """import json, subprocess, sys
-from executors.sandbox import Limits, Sandbox, as_user
+# Run as a systemd service with User= and Delegate=memory pids is (the shoal.service of a terraform/ cluster):
+# alone in a cgroup its user owns, the node not root, its sandboxes run as its own uid.
+AS_DELEGATED_NODE = 4242
+
+
+def _as_delegated_node(script: str, *args: str) -> dict:
+    """Run ``script`` (which prints JSON) as a node that is not root, in a cgroup delegated to it as systemd does."""
+    delegated = own_memory_cgroup().parent / f"delegated-{os.getpid()}"
+    delegated.mkdir()
+    try:
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):  # what systemd chowns
+            os.chown(delegated / name, AS_DELEGATED_NODE, AS_DELEGATED_NODE)
+        done = subprocess.run(
+            ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(delegated / "cgroup.procs"),
+             *as_user(AS_DELEGATED_NODE), sys.executable, "-c", script, *args],
+            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    finally:
+        for path in sorted(delegated.rglob("*"), reverse=True):
+            if path.is_dir():
+                path.rmdir()
+        delegated.rmdir()
+
+
+GREEDY_SANDBOX = """\
+import json, subprocess, sys
+from executors.sandbox import Limits, Sandbox
 sandbox = Sandbox([])
 slot = sandbox.new_slot()
 cgroup = sandbox.memory_cgroup(slot)
 cgroup.set_limit(64 << 20)
-argv = sandbox.command(["/usr/bin/python3", "-c", sys.argv[1]], slot=slot, env={}, limits=Limits(), cgroup=cgroup)
+argv = sandbox.command(["/usr/bin/python3", "-c", sys.argv[1]], slot=slot, env={}, cgroup=cgroup,
+                       limits=Limits(processes=slot.process_limit))
 done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
 print(json.dumps({"problem": sandbox.problem(), "stdout": done.stdout, "stderr": done.stderr[-500:],
                   "oom_kills": cgroup.oom_kills()}))
@@ -179,31 +205,44 @@ print(json.dumps({"problem": sandbox.problem(), "stdout": done.stdout, "stderr":
 
 @V2_ONLY
 def test_on_cgroup_v2_a_node_that_is_not_root_holds_its_sandboxes_in_the_cgroup_delegated_to_it() -> None:
-    user = 4242
-    delegated = own_memory_cgroup().parent / f"delegated-{os.getpid()}"
-    delegated.mkdir()
-    try:
-        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):  # what systemd delegates
-            os.chown(delegated / name, user, user)
-        done = subprocess.run(
-            ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(delegated / "cgroup.procs"),
-             *as_user(user), sys.executable, "-c", UNPRIVILEGED_NODE, GREEDY_CHILD],
-            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
-        assert done.returncode == 0, done.stderr
-        seen = json.loads(done.stdout)
-        assert seen["problem"] is None
-        assert seen["stdout"] == "child -9\n", seen["stderr"]  # what it got: killed, never its 256 MiB
-        assert seen["oom_kills"] == 1
-    finally:
-        for path in sorted(delegated.rglob("*"), reverse=True):
-            if path.is_dir():
-                path.rmdir()
-        delegated.rmdir()
+    seen = _as_delegated_node(GREEDY_SANDBOX, GREEDY_CHILD)
+    assert seen["problem"] is None
+    assert seen["stdout"] == "child -9\n", seen["stderr"]  # what it got: killed, never its 256 MiB
+    assert seen["oom_kills"] == 1
+
+
+HOG_BESIDE_ANOTHER = """\
+import json, subprocess, sys
+from executors.sandbox import Limits, Sandbox
+sandbox = Sandbox([])
+hog_slot, other_slot = sandbox.new_slot(), sandbox.new_slot()
+hog_cgroup, other_cgroup = sandbox.memory_cgroup(hog_slot), sandbox.memory_cgroup(other_slot)
+def command(code, slot, cgroup):
+    return sandbox.command(["/usr/bin/python3", "-c", code], slot=slot, env={}, cgroup=cgroup,
+                           limits=Limits(processes=slot.process_limit))
+hog = subprocess.Popen(command(sys.argv[1], hog_slot, hog_cgroup), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       text=True)
+held = hog.stdout.readline()
+other = subprocess.run(command(sys.argv[2], other_slot, other_cgroup), capture_output=True, text=True, timeout=60)
+hog.kill()
+hog.wait()
+print(json.dumps({"held": held, "other": other.stdout, "other_stderr": other.stderr[-500:]}))
+"""
+
+
+@V2_ONLY
+def test_on_cgroup_v2_a_sandbox_sharing_the_nodes_uid_is_held_to_its_own_count_of_processes() -> None:
+    """Its uid's RLIMIT_NPROC is shared with the node and every other sandbox (1024): the pids cgroup holds each to
+    its own 128, so one that forks all it may leaves the next sandbox room to start and fork."""
+    seen = _as_delegated_node(HOG_BESIDE_ANOTHER, HOLD_ALL_IT_MAY, FORK_TEN)
+    held = int(seen["held"].split()[1]) if seen["held"].startswith("held ") else -1
+    assert PROCESS_LIMIT - 8 <= held < PROCESS_LIMIT, seen  # bubblewrap's processes count too
+    assert seen["other"] == f"forked 10 as {NOBODY}\n", seen
 
 
 @V2_ONLY
 def test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    """Another process in the node's cgroup (a unit without Delegate=memory, a shell's scope) keeps v2 from giving
+    """Another process in the node's cgroup (a unit without Delegate=memory pids, a shell's scope) keeps v2 from giving
     the node's children the memory controller: the node says so, and its jobs keep their rlimits."""
     shared = own_memory_cgroup().parent / f"shared-{os.getpid()}"
     shared.mkdir()

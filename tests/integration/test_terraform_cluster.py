@@ -316,7 +316,7 @@ def test_generated_units(cluster: harness.Cluster) -> None:
             if unit.name == "shoal.service":  # root fences the network of network jobs before each start
                 fenced = vm.attributes["shoal-allow-network"] == "true"
                 assert ("\nExecStartPre=-+" in text and " docker fence\n" in text) is fenced, text
-                assert "\nDelegate=memory\n" in text, text  # its python jobs' memory cgroups, on cgroup v2
+                assert "\nDelegate=memory pids\n" in text, text  # its python jobs' cgroups, on cgroup v2
         if analyze:
             r = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60)
             assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
