@@ -3,7 +3,7 @@
 Most Linux hosts today have the unified (v2) cgroup hierarchy only, every node of a ``terraform/``
 cluster among them (Debian 12); a CI machine may have v1. ``run_in_vm`` boots Debian's kernel
 (``scripts/install-vm`` unpacks it) under QEMU, with this host's root file system shared read-only
-over 9p, a tmpfs on ``/tmp`` and cgroup v2 mounted, and runs one command there: the same
+over 9p (what the VM writes goes to a tmpfs above it) and cgroup v2 mounted, and runs one command there: the same
 Python, Node.js, bubblewrap and checkout as the host's, on another kernel.
 
 It runs as a systemd service with ``Delegate=memory pids`` does, alone in a cgroup of its own
@@ -23,7 +23,8 @@ from pathlib import Path
 
 VM_DIR = Path(os.environ.get("SHOAL_VM_DIR") or Path.home() / ".cache/shoal/vm")
 SERVICE_CGROUP = "/system.slice/shoal.service"
-MODULES = ("9p", "9pnet_virtio", "virtio_pci")  # and what they depend on: the root file system over virtio
+# and what they depend on: this host's files over virtio, under a tmpfs that takes the VM's writes
+MODULES = ("9p", "9pnet_virtio", "virtio_pci", "overlay")
 _EXIT = "shoal-vm-exit:"
 
 
@@ -35,8 +36,9 @@ class VmRun:
 
 def problem() -> str | None:
     """Why no VM can boot here (None: one can)."""
-    if shutil.which("qemu-system-x86_64") is None or not Path("/bin/busybox").exists():
-        return "QEMU or busybox is not installed: scripts/install-vm"
+    if not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "cpio", "modprobe")) \
+            or not Path("/bin/busybox").exists():
+        return "QEMU, busybox, cpio or kmod is not installed: scripts/install-vm"
     if _kernel() is None:
         return f"no kernel unpacked in {VM_DIR}: scripts/install-vm"
     return None
@@ -52,7 +54,7 @@ def _initramfs(work: Path, argv: list[str], cwd: Path, env: dict[str, str]) -> P
     assert kernel is not None
     version = kernel.name.removeprefix("vmlinuz-")
     root = work / "initramfs"
-    for folder in ("bin", "dev", "proc", "sys", "host", "modules"):
+    for folder in ("bin", "dev", "proc", "sys", "lower", "upper", "host", "modules"):
         (root / folder).mkdir(parents=True)
     shutil.copy("/bin/busybox", root / "bin/busybox")
     modules: list[str] = []
@@ -86,11 +88,13 @@ $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
 for m in {" ".join(modules)}; do $B insmod /modules/$m; done
-$B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host /host
+$B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host /lower
+$B mount -t tmpfs upper /upper
+$B mkdir /upper/files /upper/work
+$B mount -t overlay -o lowerdir=/lower,upperdir=/upper/files,workdir=/upper/work root /host
 $B mount -t proc proc /host/proc
 $B mount -t sysfs sys /host/sys
 $B mount -t devtmpfs dev /host/dev
-$B mount -t tmpfs tmp /host/tmp
 $B mount -t tmpfs run /host/run
 $B mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 $B cp /bin/busybox /stage2 /host/run/
@@ -113,7 +117,8 @@ def run_in_vm(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, 
     with tempfile.TemporaryDirectory(prefix="shoal-vm-") as work:
         image = _initramfs(Path(work), argv, cwd, env or {})
         argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(os.cpu_count() or 1),
-                "-m", str(memory_mib), "-nographic", "-no-reboot", "-kernel", str(kernel), "-initrd", str(image),
+                "-m", str(memory_mib), "-nographic", "-nic", "none", "-no-reboot",
+                "-kernel", str(kernel), "-initrd", str(image),
                 "-append", "console=ttyS0 quiet panic=-1",
                 "-virtfs", "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap"]
         try:
