@@ -307,6 +307,10 @@ def _give_children_controllers(parent: Path) -> None:
         except OSError as e:
             if e.errno != errno.EBUSY:
                 raise
+            others = [pid for pid in (parent / "cgroup.procs").read_text().split() if int(pid) != os.getpid()]
+            if others:  # left where it is: a cgroup its systemd unit does not delegate is not the node's to change
+                raise OSError(f"other processes ({len(others)}) share this node's cgroup {parent}: give the node "
+                              "one of its own (systemd: Delegate=memory pids)") from e
             leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
             leaf.mkdir(exist_ok=True)
             (leaf / "cgroup.procs").write_text(str(os.getpid()))
@@ -316,7 +320,7 @@ def _give_children_controllers(parent: Path) -> None:
                 if again.errno != errno.EBUSY:
                     raise
                 raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
-                              "(systemd: Delegate=memory pids)") from again
+                              "(systemd: Delegate=memory pids)") from again  # started meanwhile
     if "pids" in (parent / "cgroup.controllers").read_text().split():
         control.write_text("+pids")
 
