@@ -470,6 +470,8 @@ def node_view(status: NodeStatus) -> Table:
         grid.add_row("Labels", safe(format_labels(status.labels)))
     for engine, why in sorted(status.unavailable_engines.items()):
         grid.add_row(safe(f"No {engine}"), safe(why))
+    for engine, note in sorted(status.containment_notes.items()):
+        grid.add_row(safe(f"{engine.capitalize()} jobs"), safe(note))
     grid.add_row("Capacity", fmt_resources(status.capacity.total))
     grid.add_row("Free", fmt_resources(status.capacity.free))
     grid.add_row("Max per job", fmt_resources(status.capacity.max_per_job))

@@ -135,6 +135,11 @@ class Executor(Protocol):
         """Why the engine is not offered here, for the operator (None: nothing to say)."""
         return None
 
+    def containment_note(self) -> str | None:
+        """How this node holds the engine's jobs less than it could, and why, for the operator (None: nothing
+        to say). Blocking the first time."""
+        return None
+
     async def prepare(self, request: RunRequest) -> None:
         """Get ready to run ``request`` (pull an image, compile a module), outside the job's timeout."""
 

@@ -14,7 +14,7 @@ children have controllers holds no processes of its own, so a node alone in its 
 with ``Delegate=memory pids``) first moves itself into a leaf beside its cgroups, ``shoal-PID-node``. Where
 the pids controller is there too, each sandbox's processes are held to a count of its own. Where none
 can be made (no hierarchy, none the node may write, other processes in its v2 cgroup), ``MemoryCgroups.here()``
-is None, says why in the log, and the rlimits stay the only bound.
+raises and says why, which the log and ``shoal id`` show, and the rlimits stay the only bound.
 
 ``ContainerSockets`` bounds what a Docker container holds in socket buffers, which the v1 hierarchy counts
 apart from its memory, and only in a cgroup told to before its sockets were made.
@@ -148,7 +148,7 @@ class MemoryCgroup:
 
 
 class MemoryCgroups:
-    """Where this node makes its sandboxes' memory cgroups. ``here()`` finds one, or says there is none."""
+    """Where this node makes its sandboxes' memory cgroups. ``here()`` finds one, or says why there is none."""
 
     def __init__(self, root: Path, *, unified: bool = False) -> None:
         self.root = root
@@ -156,14 +156,13 @@ class MemoryCgroups:
         self._leftovers: list[MemoryCgroup] = []  # removed while a process of theirs was still exiting
 
     @classmethod
-    def here(cls) -> MemoryCgroups | None:
-        """This node's cgroups folder, made now; None (logged) where memory cgroups cannot be made."""
+    def here(cls) -> MemoryCgroups:
+        """This node's cgroups folder, made now. Raises OSError, saying why, where it cannot make memory cgroups."""
         try:
             parent = own_memory_cgroup()
             if parent is None:
-                log.info("no writable memory cgroup here (v1 memory hierarchy, or v2 cgroup with the memory "
-                         "controller): python jobs' memory is bounded by rlimits only")
-                return None
+                raise OSError("this node may write no memory cgroup (on cgroup v1 it needs root; on v2, a cgroup of "
+                              "its own with the memory controller)")
             unified = memory_hierarchy() is None
             if unified:
                 _give_children_controllers(parent)
@@ -179,9 +178,8 @@ class MemoryCgroups:
             finally:
                 probe.remove()
             return cgroups
-        except (OSError, ValueError, subprocess.SubprocessError) as e:
-            log.info("cannot make memory cgroups (%s): python jobs' memory is bounded by rlimits only", e)
-            return None
+        except (ValueError, subprocess.SubprocessError) as e:
+            raise OSError(str(e)) from e
 
     def new(self) -> MemoryCgroup:
         """A new, unlimited cgroup for one sandbox. Raises OSError."""

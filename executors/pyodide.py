@@ -331,6 +331,13 @@ class PyodideExecutor(Executor):
             return f"the job sandbox cannot start: {problem} (or run with --unsafe-unsandboxed-python)"
         return None
 
+    def containment_note(self) -> str | None:
+        if self.sandbox is None:
+            return "jobs run WITHOUT the OS sandbox (--unsafe-unsandboxed-python)"
+        if self.sandbox.problem() is None and (why := self.sandbox.no_memory_cgroups()):
+            return f"memory held by rlimits alone, not by a memory cgroup: {why}"
+        return None
+
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.pool_size, self._pool_running, len(self._idle), self._warm_runs, self._cold_runs,
                               self._reused_runs, sum(len(v) for v in self._parked.values()), self._reset_runs)

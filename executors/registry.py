@@ -41,6 +41,10 @@ class ExecutorRegistry:
         """Engines this node does not offer, and why, for those that can say (``problem()``)."""
         return {name: why for name, ex in self._executors.items() if (why := ex.problem()) is not None}
 
+    def containment_notes(self) -> dict[str, str]:
+        """Engines whose jobs this node holds less than it could, and how (``containment_note()``)."""
+        return {name: note for name, ex in self._executors.items() if (note := ex.containment_note()) is not None}
+
 
 def default_registry(data_dir: Path, node_label: str, *, allow_network: bool = False,
                      python_pool: int = 2, unsandboxed_python: bool = False,

@@ -306,7 +306,9 @@ class Sandbox:
         self._problem: str | None = None
         self._checked = False
         self._cgroups: MemoryCgroups | None = None
+        self._no_cgroups: str | None = None  # why there are none, once checked
         self._cgroups_checked = False
+        self._cgroups_lock = threading.Lock()  # runners start in worker threads, and the API asks in one
 
     def root(self) -> Path:
         """This process's folder of slots (world-traversable, so that the sandboxes' uids can bind from it)."""
@@ -335,10 +337,7 @@ class Sandbox:
 
         Blocking. Raises OSError when it can make them, but not this one.
         """
-        if not self._cgroups_checked:
-            self._cgroups_checked = True
-            self._cgroups = MemoryCgroups.here()
-        if self._cgroups is None:
+        if self.no_memory_cgroups() is not None:
             return None
         cgroup = self._cgroups.new()
         try:
@@ -347,6 +346,18 @@ class Sandbox:
             cgroup.remove()
             raise
         return cgroup
+
+    def no_memory_cgroups(self) -> str | None:
+        """Why this node's sandboxes have no memory cgroups (None: they have). Checked once; blocking."""
+        with self._cgroups_lock:
+            if not self._cgroups_checked:
+                try:
+                    self._cgroups = MemoryCgroups.here()
+                except OSError as e:
+                    self._no_cgroups = str(e)
+                    log.info("no memory cgroups for sandboxes (%s): their memory is held by rlimits only", e)
+                self._cgroups_checked = True
+        return self._no_cgroups
 
     def share(self, path: Path, name: str) -> Path:
         """A read-only copy of ``path`` inside the sandbox root (for files the node keeps in private folders)."""

@@ -94,6 +94,7 @@ class NodeStatus(BaseModel):
     engines: list[str]
     labels: dict[str, str] = {}  # what job selectors match (``shoal serve --label``)
     unavailable_engines: dict[str, str] = {}  # engine -> why this node does not offer it
+    containment_notes: dict[str, str] = {}  # engine -> how this node holds its jobs less than it could, and why
     capacity: Capacity
     running: int
     backlog: int

@@ -21,17 +21,20 @@ REPO = Path(__file__).resolve().parents[2]
 @contextmanager
 def noop_node(home: Path, port: int, *, ready_timeout: float = 60, args: Sequence[str] = (),
               expected_errors: Sequence[str] = (), open_files: int | None = None,
-              log: list[str] | None = None) -> Iterator[dict]:
+              log: list[str] | None = None, noop: bool = True, user: int | None = None) -> Iterator[dict]:
     """Run a lone noop node with its data under ``home`` (and ``args`` for ``shoal serve``) until the
     block ends; then check it stopped cleanly and that nothing a client sent made it log an error (but
     the lines holding one of ``expected_errors``, which the test brought about). ``open_files``: its
     file descriptor limit (soft and hard); ``log`` receives its log lines once it has stopped.
+    ``noop=False``: its real engines instead; ``user``: the uid it runs as (``home`` must be its).
     Yields its READY line: ``peer_id``, ``addrs``, ``api``."""
+    from executors.sandbox import as_user
+
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": os.pathsep.join(path)}
     process = subprocess.Popen(
-        [SHOAL, "serve", "--noop", "--data-dir", str(home / "node"), "--api-port", str(port), "--ipfs-api", "none",
-         *args],
+        [*as_user(user), SHOAL, "serve", *(["--noop"] if noop else []), "--data-dir", str(home / "node"),
+         "--api-port", str(port), "--ipfs-api", "none", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         preexec_fn=None if open_files is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE,
                                                            (open_files, open_files)),

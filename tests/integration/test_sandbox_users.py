@@ -8,15 +8,21 @@ starting at all (bubblewrap could not fork), and so would 100 busy interpreters 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from executors.sandbox import NOBODY, Limits, Sandbox, as_user
 from executors.users import UIDS_START
+from tests.integration.rogue import free_base_port
+from tests.integration.single_node import noop_node
+from tests.integration.test_gpu_node import shoal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sandboxes run as other uids")
 
@@ -167,3 +173,26 @@ def test_a_node_that_is_not_root_runs_ten_sandboxes_at_once() -> None:
                           text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["ready"] * 10, done.stdout
+
+
+def test_a_node_that_is_not_root_says_its_python_jobs_memory_is_held_by_rlimits_alone(tmp_path: Path) -> None:
+    """This host's memory cgroups are root's: such a node has none to give its sandboxes, and its operator reads
+    so in ``shoal id`` (on cgroup v2, ``test_cgroups.py`` shows a node given a cgroup of its own has them)."""
+    home = Path(tempfile.mkdtemp(prefix="shoal-not-root-"))  # pytest's folders are root's alone
+    os.chown(home, 4242, 4242)
+    try:
+        _says_rlimits_alone(home, tmp_path)
+    finally:
+        shutil.rmtree(home)
+
+
+def _says_rlimits_alone(home: Path, tmp_path: Path) -> None:
+    with noop_node(home, free_base_port(1), noop=False, user=4242) as ready:
+        status = shoal(tmp_path / "client", ready["api"], "id", "--json")
+        assert status.returncode == 0, status.stderr
+        seen = json.loads(status.stdout)
+        assert "python" in seen["engines"], seen["unavailable_engines"]
+        assert seen["containment_notes"]["python"].startswith(
+            "memory held by rlimits alone, not by a memory cgroup: this node may write no memory cgroup")
+        table = shoal(tmp_path / "client", ready["api"], "id")
+        assert "Python jobs" in table.stdout and "memory held by rlimits alone" in table.stdout, table.stdout

@@ -2,6 +2,7 @@
 
 from typing import Annotated
 
+import trio
 from fastapi import APIRouter, Depends
 
 from jobs.views import Capacity, NodeList, NodeStatus, PeerList, Reputation
@@ -28,6 +29,8 @@ def nodes_router(node: Node) -> APIRouter:
         return NodeStatus(peer_id=node.network.peer_id, addrs=node.network.addrs(), roles=roles,
                           engines=info.engines if info else [], labels=info.labels if info else {}, capacity=capacity,
                           unavailable_engines=compute.executors.problems() if compute else {},
+                          containment_notes=await trio.to_thread.run_sync(compute.executors.containment_notes)
+                          if compute else {},  # the first call checks what the node can do: blocking
                           running=info.running if info else 0, backlog=info.backlog if info else 0, version=VERSION)
 
     @router.get("/v1/peers", response_model=PeerList, tags=["node"], summary="Peers this node is connected to")
