@@ -5,8 +5,8 @@ resident, and a python job's Node.js holds memory its own counts do not see (V8'
 strings). A cgroup counts every page its processes touch, and its OOM killer stops them at the limit.
 
 Each sandbox that gets one is started inside its own cgroup (``join_args``: a shell that moves itself in,
-then execs the sandbox), so nothing it forks escapes the count. The node keeps its cgroups below its own,
-in ``shoal-PID``; those of a node that died (kill -9) are removed by the next one.
+then execs the sandbox), so nothing it forks escapes the count. The node keeps its cgroups below the cgroup
+it started in, in ``shoal-PID``; those of a node that died (kill -9) are removed by the next one.
 
 Both hierarchies work: cgroup v1's memory hierarchy, and cgroup v2's unified one (Debian 12, so every
 node of a ``terraform/`` cluster) where the node's cgroup has the memory controller. In v2 a cgroup whose
@@ -81,7 +81,7 @@ class MemoryCgroup:
         """v2: ``memory.max``, and no swap under a limit (v2 counts swap apart; v1's memory+swap is the limit)."""
         swap = self.path / "memory.swap.max"  # absent without swap accounting
         try:
-            if nbytes is not None and nbytes < int((self.path / "memory.current").read_text()):
+            if nbytes is not None and not self._reclaim_to(nbytes):
                 return False
             if swap.exists():
                 swap.write_text("max" if nbytes is None else "0")
@@ -90,6 +90,16 @@ class MemoryCgroup:
             log.debug("cannot set %s to %s bytes: %s", self.path, nbytes, e)
             return False
         return True
+
+    def _reclaim_to(self, nbytes: int) -> bool:
+        """v2: whether its processes hold ``nbytes`` or less, once the kernel reclaimed what it could (page cache,
+        as v1 does before it takes a lower limit; ``memory.reclaim`` needs kernel 5.19). Raises OSError."""
+        current = int((self.path / "memory.current").read_text())
+        if current > nbytes and (self.path / "memory.reclaim").exists():
+            with contextlib.suppress(OSError):  # EAGAIN: it could not reclaim all of it
+                (self.path / "memory.reclaim").write_text(str(current - nbytes))
+            current = int((self.path / "memory.current").read_text())
+        return current <= nbytes
 
     def limit_processes(self, count: int) -> bool:
         """Hold its processes and threads to ``count`` together; False where it cannot (v1, whose pids hierarchy
@@ -295,8 +305,9 @@ def own_memory_cgroup() -> Path | None:
 def _give_children_controllers(parent: Path) -> None:
     """v2: give ``parent``'s children the memory controller, and the pids controller where ``parent`` has it.
 
-    A cgroup whose children have controllers holds no process (but the root), so this process moves itself
-    into a leaf beside them first, when needed and it is alone there. Raises OSError.
+    A cgroup whose children have controllers holds no process (but the root), so this process moves itself,
+    with the children it has started (a snapshot build, a compile), into a leaf beside them first, when
+    needed and no other process is there. Raises OSError.
     """
     control = parent / "cgroup.subtree_control"
     if "memory" not in control.read_text().split():
@@ -305,13 +316,16 @@ def _give_children_controllers(parent: Path) -> None:
         except OSError as e:
             if e.errno != errno.EBUSY:
                 raise
-            others = [pid for pid in (parent / "cgroup.procs").read_text().split() if int(pid) != os.getpid()]
-            if others:  # left where it is: a cgroup its systemd unit does not delegate is not the node's to change
+            here = [int(pid) for pid in (parent / "cgroup.procs").read_text().split()]
+            others = [pid for pid in here if pid != os.getpid() and _parent_of(pid) != os.getpid()]
+            if others:  # left where they are: other processes are not the node's to move
                 raise OSError(f"other processes ({len(others)}) share this node's cgroup {parent}: give the node "
                               "one of its own (systemd: Delegate=memory pids)") from e
             leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
             leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            for pid in sorted(here, key=lambda pid: pid != os.getpid()):  # itself first: its children may fork
+                with contextlib.suppress(ProcessLookupError):  # a child that ended meanwhile
+                    (leaf / "cgroup.procs").write_text(str(pid))
             try:
                 control.write_text("+memory")
             except OSError as again:
@@ -321,6 +335,14 @@ def _give_children_controllers(parent: Path) -> None:
                               "(systemd: Delegate=memory pids)") from again  # started meanwhile
     if "pids" in (parent / "cgroup.controllers").read_text().split():
         control.write_text("+pids")
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent process of ``pid`` (None: it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _remove_stale(parent: Path) -> None:

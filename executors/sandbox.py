@@ -60,7 +60,8 @@ def as_user(uid: int | None) -> list[str]:
     ``setpriv`` rather than ``Popen(user=)``: a process that execs it starts in a fraction of the time of
     one Python forks to change its own uid (page tables copied, about 10 ms for a node's memory).
     """
-    return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"  # a path: the shell that runs it is the node's (root)
+    return [] if uid is None else [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
 @dataclass(frozen=True)
@@ -404,8 +405,9 @@ class Sandbox:
         self._checked = True
         if shutil.which(self.bwrap) is None:
             self._problem = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
-        elif shutil.which("prlimit") is None or (self.as_nobody and shutil.which("setpriv") is None):
-            self._problem = "prlimit and setpriv (util-linux) are not installed"
+        elif missing := [tool for tool in ("prlimit", "setpriv") if not shutil.which(tool)
+                         and (tool == "prlimit" or self.as_nobody)]:  # setpriv: to take the sandboxes' uids
+            self._problem = f"{' and '.join(missing)} (util-linux) not installed"
         else:
             try:
                 slot = self.new_slot()

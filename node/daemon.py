@@ -161,6 +161,9 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
                 log.info("labels: %s", format_labels(config.labels))
             for engine, why in (await trio.to_thread.run_sync(registry.problems)).items():
                 log.warning("engine %s is not offered: %s", engine, why)
+            # checked now, before the node starts any process (on cgroup v2 it may move itself into a leaf)
+            for engine, note in (await trio.to_thread.run_sync(registry.containment_notes)).items():
+                log.warning("engine %s: %s", engine, note)
             await nursery.start(compute.run)
             for executor in registry.executors():
                 nursery.start_soon(executor.cleanup_leftovers)  # containers a crashed run of this node left behind

@@ -19,10 +19,14 @@ import trio
 import executors.cgroups
 from executors.cgroups import ContainerSockets, MemoryCgroups, own_memory_cgroup
 from executors.sandbox import NOBODY, PROCESS_LIMIT, Limits, Sandbox, as_user
+from tests import vm
 from tests.integration.test_sandbox_users import FORK_TEN, HOLD_ALL_IT_MAY
 
-pytestmark = pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable memory cgroup here (a root node has "
-                                "one in v1; in v2, a node alone in a cgroup with the memory controller)")
+pytestmark = [
+    pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable memory cgroup here (a root node has one in v1; "
+                       "in v2, a node alone in a cgroup with the memory controller)"),
+    pytest.mark.skipif(vm.cgroup_v2_outside_the_vm(), reason="cgroup v2: test_cgroup_v2.py runs these in a VM"),
+]
 V1_ONLY = pytest.mark.skipif(executors.cgroups.memory_hierarchy() is None,
                              reason="cgroup v2: socket buffers count as memory, a container's limit holds them")
 V2_ONLY = pytest.mark.skipif(executors.cgroups.memory_hierarchy() is not None, reason="cgroup v1 here")
@@ -58,7 +62,6 @@ def test_a_sandbox_and_what_it_starts_are_held_to_its_cgroups_limit(tmp_path: Pa
 
 def test_a_limit_below_what_the_processes_hold_is_refused_and_the_old_one_stays() -> None:
     cgroups = MemoryCgroups.here()
-    assert cgroups is not None
     cgroup = cgroups.new()
     holder = subprocess.Popen(
         [*cgroup.join_args(), sys.executable, "-c",
@@ -80,10 +83,11 @@ def test_the_cgroups_of_a_node_that_died_are_removed_by_the_next() -> None:
     parent = own_memory_cgroup()
     assert parent is not None
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = parent / f"shoal-{int(gone.stdout)}"
+    stale, leaf = parent / f"shoal-{int(gone.stdout)}", parent / f"shoal-{int(gone.stdout)}-node"
     (stale / "7").mkdir(parents=True)
-    assert MemoryCgroups.here() is not None
-    assert not stale.exists()
+    leaf.mkdir()  # on v2, the node ran there
+    MemoryCgroups.here()
+    assert not stale.exists() and not leaf.exists()
 
 
 def test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,7 +95,6 @@ def test_a_cgroup_whose_process_is_still_there_is_removed_by_a_later_one(monkeyp
     not left behind for good (a node runs many thousands of jobs)."""
     monkeypatch.setattr(executors.cgroups, "REMOVE_WAIT", 0.05)
     cgroups = MemoryCgroups.here()
-    assert cgroups is not None
     cgroup = cgroups.new()
     holder = subprocess.Popen([*cgroup.join_args(), "sleep", "60"])
     try:
@@ -156,7 +159,6 @@ def test_a_container_cgroup_docker_never_used_is_removed() -> None:
 def test_on_cgroup_v2_a_node_alone_in_its_cgroup_moves_into_a_leaf_beside_its_sandboxes() -> None:
     """v2 lets a cgroup give its children the memory controller only once it holds no process itself."""
     cgroups = MemoryCgroups.here()
-    assert cgroups is not None
     own = Path("/sys/fs/cgroup") / Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1].lstrip("/")
     assert own.name == f"shoal-{os.getpid()}-node"
     assert own.parent == cgroups.root.parent == own_memory_cgroup()
@@ -268,3 +270,34 @@ def test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why(tmp_
             if path.is_dir():
                 path.rmdir()
         shared.rmdir()
+
+
+WITH_A_CHILD = """\
+import json, os, subprocess
+from executors.cgroups import MemoryCgroups
+child = subprocess.Popen(["sleep", "300"])  # a snapshot build, say, still running at the node's first job
+cgroups = MemoryCgroups.here()
+def cgroup_of(pid):
+    return open(f"/proc/{pid}/cgroup").read().strip().split("::", 1)[1]
+print(json.dumps({"root": str(cgroups.root), "node": cgroup_of(os.getpid()), "child": cgroup_of(child.pid)}))
+child.kill()
+"""
+
+
+@V2_ONLY
+def test_on_cgroup_v2_a_node_takes_the_children_it_started_into_its_leaf() -> None:
+    alone = own_memory_cgroup().parent / f"alone-{os.getpid()}"
+    alone.mkdir()
+    try:
+        done = subprocess.run(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(alone / "cgroup.procs"),
+                               sys.executable, "-c", WITH_A_CHILD],
+                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen["node"] == seen["child"] != str(alone)  # both in the node's leaf
+        assert seen["node"].endswith("-node") and Path(seen["root"]).parent.name == alone.name
+    finally:
+        for path in sorted(alone.rglob("*"), reverse=True):
+            if path.is_dir():
+                path.rmdir()
+        alone.rmdir()
