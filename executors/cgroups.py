@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "shoal-"
 _NODE_LEAF = "-node"  # v2: shoal-PID-node, the leaf a node moves itself into
+_DELEGATE = "systemd: Delegate=memory pids"  # what gives a node a v2 cgroup of its own
 _UNLIMITED_BYTES = 2**63 - 4096  # what v1 reads for no limit, and what ``limit()`` says for v2's "max"
 REMOVE_WAIT = 1.0  # seconds a cgroup whose processes were killed is tried for removal before it is left
 _names = itertools.count(1)  # one sequence per process: a devstack's nodes share their process's folder
@@ -310,31 +311,39 @@ def _give_children_controllers(parent: Path) -> None:
     needed and no other process is there. Raises OSError.
     """
     control = parent / "cgroup.subtree_control"
-    if "memory" not in control.read_text().split():
-        try:
-            control.write_text("+memory")
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            here = [int(pid) for pid in (parent / "cgroup.procs").read_text().split()]
-            others = [pid for pid in here if pid != os.getpid() and _parent_of(pid) != os.getpid()]
-            if others:  # left where they are: other processes are not the node's to move
-                raise OSError(f"other processes ({len(others)}) share this node's cgroup {parent}: give the node "
-                              "one of its own (systemd: Delegate=memory pids)") from e
-            leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
-            leaf.mkdir(exist_ok=True)
-            for pid in sorted(here, key=lambda pid: pid != os.getpid()):  # itself first: its children may fork
-                with contextlib.suppress(ProcessLookupError):  # a child that ended meanwhile
-                    (leaf / "cgroup.procs").write_text(str(pid))
-            try:
-                control.write_text("+memory")
-            except OSError as again:
-                if again.errno != errno.EBUSY:
-                    raise
-                raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
-                              "(systemd: Delegate=memory pids)") from again  # started meanwhile
+    if "memory" not in control.read_text().split() and not _enabled(control, "+memory"):
+        _move_into_leaf(parent)
+        if not _enabled(control, "+memory"):  # a process started there meanwhile
+            raise OSError(f"other processes share this node's cgroup {parent}: give the node one of its own "
+                          f"({_DELEGATE})")
     if "pids" in (parent / "cgroup.controllers").read_text().split():
         control.write_text("+pids")
+
+
+def _enabled(control: Path, controller: str) -> bool:
+    """Write ``controller`` to a ``cgroup.subtree_control``; False where the cgroup holds processes (EBUSY)."""
+    try:
+        control.write_text(controller)
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        return False
+    return True
+
+
+def _move_into_leaf(parent: Path) -> None:
+    """Move this process and the children it started from ``parent`` into its leaf there, ``shoal-PID-node``;
+    raises OSError, moving nothing, where other processes are in ``parent`` (they are not the node's to move)."""
+    here = [int(pid) for pid in (parent / "cgroup.procs").read_text().split()]
+    others = [pid for pid in here if pid != os.getpid() and _parent_of(pid) != os.getpid()]
+    if others:
+        raise OSError(f"other processes ({len(others)}) share this node's cgroup {parent}: give the node one of "
+                      f"its own ({_DELEGATE})")
+    leaf = parent / f"{_PREFIX}{os.getpid()}{_NODE_LEAF}"
+    leaf.mkdir(exist_ok=True)
+    for pid in sorted(here, key=lambda pid: pid != os.getpid()):  # itself first: its children may fork
+        with contextlib.suppress(ProcessLookupError):  # a child that ended meanwhile
+            (leaf / "cgroup.procs").write_text(str(pid))
 
 
 def _parent_of(pid: int) -> int | None:

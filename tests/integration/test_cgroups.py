@@ -6,21 +6,23 @@ service with ``Delegate=memory pids`` is run, so each test here holds on both; a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 import executors.cgroups
-from executors.cgroups import ContainerSockets, MemoryCgroups, own_memory_cgroup
+from executors.cgroups import ContainerSockets, MemoryCgroup, MemoryCgroups, own_memory_cgroup
 from executors.sandbox import NOBODY, PROCESS_LIMIT, Limits, Sandbox, as_user
 from tests import vm
-from tests.integration.test_sandbox_users import FORK_TEN, HOLD_ALL_IT_MAY
+from tests.integration.test_sandbox_users import FORK_TEN, HOLD_ALL_IT_MAY, REPO
 
 pytestmark = [
     pytest.mark.skipif(own_memory_cgroup() is None, reason="no writable memory cgroup here (a root node has one in v1; "
@@ -170,24 +172,30 @@ def test_on_cgroup_v2_a_node_alone_in_its_cgroup_moves_into_a_leaf_beside_its_sa
 AS_DELEGATED_NODE = 4242
 
 
+@contextlib.contextmanager
+def _scratch_cgroup(name: str) -> Iterator[tuple[Path, list[str]]]:
+    """A new cgroup beside this process's (v2: under the VM's system.slice), and the prefix that starts a command in
+    it (``MemoryCgroup.join_args``); removed after, with what was made in it."""
+    path = own_memory_cgroup().parent / f"{name}-{os.getpid()}"
+    path.mkdir()
+    try:
+        yield path, MemoryCgroup(path).join_args()
+    finally:
+        for child in sorted(path.rglob("*"), reverse=True):
+            if child.is_dir():
+                child.rmdir()
+        path.rmdir()
+
+
 def _as_delegated_node(script: str, *args: str) -> dict:
     """Run ``script`` (which prints JSON) as a node that is not root, in a cgroup delegated to it as systemd does."""
-    delegated = own_memory_cgroup().parent / f"delegated-{os.getpid()}"
-    delegated.mkdir()
-    try:
+    with _scratch_cgroup("delegated") as (delegated, join):
         for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):  # what systemd chowns
             os.chown(delegated / name, AS_DELEGATED_NODE, AS_DELEGATED_NODE)
-        done = subprocess.run(
-            ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(delegated / "cgroup.procs"),
-             *as_user(AS_DELEGATED_NODE), sys.executable, "-c", script, *args],
-            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+        done = subprocess.run([*join, *as_user(AS_DELEGATED_NODE), sys.executable, "-c", script, *args],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
-    finally:
-        for path in sorted(delegated.rglob("*"), reverse=True):
-            if path.is_dir():
-                path.rmdir()
-        delegated.rmdir()
 
 
 GREEDY_SANDBOX = """\
@@ -247,29 +255,23 @@ def test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why(tmp_
     """Another process in the node's cgroup (a unit without Delegate=memory pids, a shell's scope) keeps v2 from giving
     the node's children the memory controller: the python engine says so (``shoal id``), and its jobs keep their
     rlimits."""
-    shared = own_memory_cgroup().parent / f"shared-{os.getpid()}"
-    shared.mkdir()
-    join = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(shared / "cgroup.procs")]
-    neighbour = subprocess.Popen([*join, "sleep", "300"])
-    try:
-        done = subprocess.run(
-            [*join, sys.executable, "-c", "import sys; from pathlib import Path; "
-             "from executors.pyodide import PyodideExecutor; python = PyodideExecutor(Path(sys.argv[1]), pool_size=0); "
-             "print(python.problem()); print(python.containment_note())", str(tmp_path)],
-            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    with _scratch_cgroup("shared") as (shared, join):
+        neighbour = subprocess.Popen([*join, "sleep", "300"])
+        try:
+            done = subprocess.run(
+                [*join, sys.executable, "-c", "import sys; from pathlib import Path; "
+                 "from executors.pyodide import PyodideExecutor; python = PyodideExecutor(Path(sys.argv[1]), "
+                 "pool_size=0); print(python.problem()); print(python.containment_note())", str(tmp_path)],
+                capture_output=True, text=True, timeout=300, cwd=REPO)
+        finally:
+            neighbour.kill()
+            neighbour.wait()
         problem, note = done.stdout.splitlines()
         assert problem == "None", done.stderr  # the engine is offered, its sandboxes held by their rlimits
         assert note.startswith("memory held by rlimits alone, not by a memory cgroup: other processes (1) share "
                                "this node's cgroup"), note
         assert note.endswith("(systemd: Delegate=memory pids)"), note
         assert not list(shared.glob("shoal-*")), "the node moved itself in a cgroup that is not its own"
-    finally:
-        neighbour.kill()
-        neighbour.wait()
-        for path in sorted(shared.rglob("*"), reverse=True):
-            if path.is_dir():
-                path.rmdir()
-        shared.rmdir()
 
 
 WITH_A_CHILD = """\
@@ -286,18 +288,10 @@ child.kill()
 
 @V2_ONLY
 def test_on_cgroup_v2_a_node_takes_the_children_it_started_into_its_leaf() -> None:
-    alone = own_memory_cgroup().parent / f"alone-{os.getpid()}"
-    alone.mkdir()
-    try:
-        done = subprocess.run(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(alone / "cgroup.procs"),
-                               sys.executable, "-c", WITH_A_CHILD],
-                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    with _scratch_cgroup("alone") as (alone, join):
+        done = subprocess.run([*join, sys.executable, "-c", WITH_A_CHILD], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
         assert done.returncode == 0, done.stderr
         seen = json.loads(done.stdout)
         assert seen["node"] == seen["child"] != str(alone)  # both in the node's leaf
         assert seen["node"].endswith("-node") and Path(seen["root"]).parent.name == alone.name
-    finally:
-        for path in sorted(alone.rglob("*"), reverse=True):
-            if path.is_dir():
-                path.rmdir()
-        alone.rmdir()
