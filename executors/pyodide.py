@@ -334,9 +334,15 @@ class PyodideExecutor(Executor):
     def containment_note(self) -> str | None:
         if self.sandbox is None:
             return "jobs run WITHOUT the OS sandbox (--unsafe-unsandboxed-python)"
-        if self.sandbox.problem() is None and (why := self.sandbox.no_memory_cgroups()):
-            return f"memory held by rlimits alone, not by a memory cgroup: {why}"
-        return None
+        if self.sandbox.problem() is not None:
+            return None
+        notes = []
+        if why := self.sandbox.no_memory_cgroups():
+            notes.append(f"memory held by rlimits alone, not by a memory cgroup: {why}")
+        if not self.sandbox.disables_nested_userns():
+            notes.append("job code that reaches the OS may make user namespaces of its own (bubblewrap 0.8 or "
+                         "later keeps it from them)")
+        return "; ".join(notes) or None
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(self.pool_size, self._pool_running, len(self._idle), self._warm_runs, self._cold_runs,

@@ -310,6 +310,7 @@ class Sandbox:
         self._no_cgroups: str | None = None  # why there are none, once checked
         self._cgroups_checked = False
         self._cgroups_lock = threading.Lock()  # runners start in worker threads, and the API asks in one
+        self._nested_userns: bool | None = None  # whether this bubblewrap can keep sandboxes from making them
 
     def root(self) -> Path:
         """This process's folder of slots (world-traversable, so that the sandboxes' uids can bind from it)."""
@@ -381,7 +382,8 @@ class Sandbox:
         """
         joined = cgroup.join_args() if cgroup is not None else []
         args = [*joined, *as_user(slot.owner if slot is not None else None), *limits.prlimit_args(), self.bwrap,
-                "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                "--unshare-user", *(["--disable-userns"] if self.disables_nested_userns() else []),
+                "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "shoal-job",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
@@ -397,6 +399,22 @@ class Sandbox:
         if seccomp is not None:
             args += ["--seccomp", str(seccomp)]
         return [*args, "--chdir", "/", "--", *argv]
+
+    def disables_nested_userns(self) -> bool:
+        """Whether this bubblewrap keeps what runs inside from making user namespaces of its own (0.8 and later:
+        ``--disable-userns``). Checked once; blocking.
+
+        In one of its own, job code that reached the OS had every capability over a new cgroup namespace: it
+        mounted cgroupfs there and, where its sandbox shares the node's uid, raised its own ``memory.max`` and
+        ``pids.max`` (a 64 MiB job then held 256 MiB).
+        """
+        if self._nested_userns is None:
+            try:
+                shown = subprocess.run([self.bwrap, "--help"], capture_output=True, text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                shown = ""
+            self._nested_userns = "--disable-userns" in shown
+        return self._nested_userns
 
     def problem(self) -> str | None:
         """Why sandboxed processes cannot start on this node (None: they can). Checked once; blocking."""

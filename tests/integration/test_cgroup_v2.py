@@ -28,6 +28,8 @@ ON_V2 = [
     "test_on_cgroup_v2_a_node_that_shares_its_cgroup_makes_none_and_says_why",
     "test_on_cgroup_v2_a_sandbox_sharing_the_nodes_uid_is_held_to_its_own_count_of_processes",
     "test_on_cgroup_v2_a_node_takes_the_children_it_started_into_its_leaf",
+    "test_job_code_that_reaches_the_os_cannot_raise_its_own_limits",
+    "test_on_cgroup_v2_job_code_on_a_node_that_is_not_root_cannot_raise_its_own_limits",
 ]
 
 

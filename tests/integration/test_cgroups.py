@@ -208,8 +208,10 @@ cgroup.set_limit(64 << 20)
 argv = sandbox.command(["/usr/bin/python3", "-c", sys.argv[1]], slot=slot, env={}, cgroup=cgroup,
                        limits=Limits(processes=slot.process_limit))
 done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+pids = cgroup.path / "pids.max"
 print(json.dumps({"problem": sandbox.problem(), "stdout": done.stdout, "stderr": done.stderr[-500:],
-                  "oom_kills": cgroup.oom_kills()}))
+                  "oom_kills": cgroup.oom_kills(), "limit": cgroup.limit(),
+                  "pids_max": pids.read_text().strip() if pids.exists() else None}))
 """
 
 
@@ -219,6 +221,60 @@ def test_on_cgroup_v2_a_node_that_is_not_root_holds_its_sandboxes_in_the_cgroup_
     assert seen["problem"] is None
     assert seen["stdout"] == "child -9\n", seen["stderr"]  # what it got: killed, never its 256 MiB
     assert seen["oom_kills"] == 1
+
+
+# Job code that reached the OS (past Node's permission model): it makes a user namespace of its own, with every
+# capability over a new cgroup namespace, mounts cgroupfs there and raises its own limits; then takes 256 MiB.
+RAISE_OWN_LIMITS = """\
+import ctypes, json, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+got = {}
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWCGROUP = 0x10000000, 0x00020000, 0x02000000
+unshared = libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWCGROUP) == 0
+got["unshare"] = "done" if unshared else os.strerror(ctypes.get_errno())
+os.makedirs("/tmp/cg", exist_ok=True)
+for fstype, data in ((b"cgroup2", None), (b"cgroup", b"memory")):
+    if libc.mount(b"none", b"/tmp/cg", fstype, 0, data) != 0:
+        got[fstype.decode()] = os.strerror(ctypes.get_errno())
+        continue
+    got[fstype.decode()] = "mounted"
+    for name, value in (("memory.max", "max"), ("pids.max", "max"), ("memory.limit_in_bytes", "-1")):
+        try:
+            with open(f"/tmp/cg/{name}", "w") as f:
+                f.write(value)
+            got[name] = "raised"
+        except OSError as e:
+            got[name] = e.strerror
+    libc.umount(b"/tmp/cg")
+child = subprocess.run([sys.executable, "-c", "held = b'x' * (256 << 20)"])
+got["child"] = child.returncode
+print(json.dumps(got))
+"""
+
+
+def _assert_held(seen: dict) -> None:
+    """What the job above got: no user namespace of its own, no cgroupfs, its limits as they were, killed."""
+    got = json.loads(seen["stdout"])
+    assert got["unshare"] != "done" and got["cgroup2"] != "mounted" and got["cgroup"] != "mounted", got
+    assert got["child"] == -9 and seen["oom_kills"] == 1, got  # never its 256 MiB
+    assert seen["limit"] == 64 << 20 and seen["pids_max"] in (None, str(PROCESS_LIMIT)), seen
+
+
+def test_job_code_that_reaches_the_os_cannot_raise_its_own_limits() -> None:
+    """On a root node: its sandbox's uid is its own, and (v2) the node has a cgroup of its own."""
+    v2 = executors.cgroups.memory_hierarchy() is None
+    with _scratch_cgroup("root-node") if v2 else contextlib.nullcontext((None, [])) as (_, join):
+        done = subprocess.run([*join, sys.executable, "-c", GREEDY_SANDBOX, RAISE_OWN_LIMITS], capture_output=True,
+                              text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    _assert_held(json.loads(done.stdout))
+
+
+@V2_ONLY
+def test_on_cgroup_v2_job_code_on_a_node_that_is_not_root_cannot_raise_its_own_limits() -> None:
+    """Its cgroup's files are the node's uid's, which its sandbox shares: in a user namespace of its own, job code
+    mounted cgroupfs and raised its own memory.max and pids.max (and held 256 MiB of a 64 MiB job)."""
+    _assert_held(_as_delegated_node(GREEDY_SANDBOX, RAISE_OWN_LIMITS))
 
 
 HOG_BESIDE_ANOTHER = """\
