@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import resource
@@ -60,8 +61,13 @@ def as_user(uid: int | None) -> list[str]:
     ``setpriv`` rather than ``Popen(user=)``: a process that execs it starts in a fraction of the time of
     one Python forks to change its own uid (page tables copied, about 10 ms for a node's memory).
     """
-    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"  # a path: the shell that runs it is the node's (root)
-    return [] if uid is None else [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    return [] if uid is None else [_setpriv(), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+@functools.cache
+def _setpriv() -> str:
+    """Its path, looked up once: the shell that runs it is the node's (root)."""
+    return shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
 @dataclass(frozen=True)
