@@ -8,7 +8,8 @@ Python, Node.js, bubblewrap and checkout as the host's, on another kernel.
 
 It runs as a systemd service with ``Delegate=memory pids`` does, alone in a cgroup of its own
 (``/system.slice/shoal.service``) whose parent gives it the memory and pids controllers. QEMU emulates the CPU
-(no KVM here), so a command runs about 20 times slower than on the host.
+(no KVM here), on one virtual CPU so that the tests beside it keep the other cores: a command runs about
+20 times slower than on the host.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def run_in_vm(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, 
     assert kernel is not None, problem()
     with tempfile.TemporaryDirectory(prefix="shoal-vm-") as work:
         image = _initramfs(Path(work), argv, cwd, env or {})
-        argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(os.cpu_count() or 1),
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1",
                 "-m", str(memory_mib), "-nographic", "-nic", "none", "-no-reboot",
                 "-kernel", str(kernel), "-initrd", str(image),
                 "-append", "console=ttyS0 quiet panic=-1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def test_a_first_job_sets_its_hard_and_soft_limits_in_one_call(child: int):
 def test_without_the_capability_prlimit_runs_as_the_sandbox_uid(monkeypatch: pytest.MonkeyPatch):
     process = subprocess.Popen([*as_user(65534), "sleep", "60"])  # as a root node's sandboxes run
     try:
+        while Path(f"/proc/{process.pid}/comm").read_text() != "sleep\n":  # setpriv took the uid and exec'd it
+            time.sleep(0.005)
         def refused(self: Limits, pid: int) -> None:
             raise PermissionError(1, "Operation not permitted")
 
