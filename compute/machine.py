@@ -19,7 +19,17 @@ from compute.backlog import Backlog, spec_bytes
 from compute.capacity import CapacityTracker
 from compute.claims import Claim
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
-from jobs.messages import Announce, Cancel, Decision, OpenQuery, Reply, Result, StatusQuery, SweepAnnounce
+from jobs.messages import (
+    Announce,
+    Cancel,
+    Decision,
+    OpenQuery,
+    Reply,
+    Result,
+    StatusQuery,
+    SweepAnnounce,
+    query_parts,
+)
 
 log = logging.getLogger("shoal.compute")
 
@@ -35,7 +45,6 @@ SILENT_COOLDOWN = 60.0  # after a bid went unanswered, its requester's jobs wait
 KNOWN_REQUESTERS = 10_000  # requesters remembered as silent, or as ones whose bids we won (their jobs first)
 BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
-PRUNE_BATCH = 10_000  # job ids per OpenQuery
 MAX_SLOTS = 64  # runs at once in one sweep claim
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
 MAX_WAITING_SWEEPS = 1000  # sweeps we had no room for, held at once (and compute.backlog.MAX_BYTES of them)
@@ -392,7 +401,8 @@ class ComputeMachine:
             if now - self._pruned.get(requester, 0.0) < PRUNE_INTERVAL:
                 continue
             self._pruned[requester] = now
-            out.append((OpenQuery(job_ids=[a.job_id for a in anns[:PRUNE_BATCH]]), anns))
+            ids = [a.job_id for a in anns]
+            out.append((OpenQuery(job_ids=ids[next(query_parts(ids))]), anns))  # the rest at the next round
         return out
 
     def forget_closed(self, anns: Iterable[Announce], reply: Reply) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger("shoal.compute")
 
 WIRE_TAIL = 64 * 1024  # stdout/stderr bytes carried in the result message; the rest is in the results CID
 MAX_INPUT_BYTES = 10 * 1024**3  # a job's inputs together
+MAX_ERROR_CHARS = 8 * 1024  # of why a run failed: it may quote what the job's peer sent (an input's URL), at any size
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class Outcome:
     result: RunResult | None
     error: str | None = None
     retryable: bool = False
+
+    def __post_init__(self) -> None:  # the error goes to the requester in a Result or a Claim, both bounded
+        if self.error is not None and len(self.error) > MAX_ERROR_CHARS:
+            cut = len(self.error) - MAX_ERROR_CHARS
+            object.__setattr__(self, "error", f"{self.error[:MAX_ERROR_CHARS]}… ({cut:,} more characters)")
 
 
 class Runner:

@@ -233,15 +233,21 @@ class ComputeService:
             with trio.move_on_after(BACKLOG_TICK):
                 await self._wake_backlog.wait()
             self._wake_backlog = trio.Event()
-            now = self.clock()
-            fitting = self.machine.backlog_fitting(now)
-            for query, anns in self.machine.open_queries(fitting, now):  # forget jobs no longer open
-                with contextlib.suppress(PeerError):
-                    reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
-                                                     addrs=anns[0].requester_addrs)
-                    self.machine.forget_closed(anns, reply)
-            await self._apply(self.machine.bid_from_backlog(fitting, now))
-            self._claim(*self.machine.retry_waiting(self.clock()))
+            try:  # the backlog holds what peers announced: a round that fails must not end the node
+                await self._bid_from_backlog()
+            except Exception:
+                log.exception("bidding from the backlog")
+
+    async def _bid_from_backlog(self) -> None:
+        now = self.clock()
+        fitting = self.machine.backlog_fitting(now)
+        for query, anns in self.machine.open_queries(fitting, now):  # forget jobs no longer open
+            with contextlib.suppress(PeerError):
+                reply = await self.peers.request(anns[0].requester, query, timeout=PRUNE_TIMEOUT,
+                                                 addrs=anns[0].requester_addrs)
+                self.machine.forget_closed(anns, reply)
+        await self._apply(self.machine.bid_from_backlog(fitting, now))
+        self._claim(*self.machine.retry_waiting(self.clock()))
 
     def node_info(self) -> NodeInfo:
         indexes = sum(len(claim.running) for claim in self.machine.claims.values())

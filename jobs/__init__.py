@@ -13,6 +13,7 @@ from jobs.errors import (
     ShoalError,
     StaleState,
     Unreachable,
+    Unsendable,
 )
 from jobs.events import Event, EventKind
 from jobs.model import Execution, Job, RunResult
@@ -63,6 +64,7 @@ __all__ = [
     "ShoalError",
     "StaleState",
     "Unreachable",
+    "Unsendable",
     "WasmEngine",
     "format_bytes",
     "parse_bytes",

@@ -7,7 +7,8 @@
     ├── JobRejected         a job can never run here (no engine, too large) — carries the reason
     ├── PeerError           a direct message to a peer got no reply (retryable)
     │   ├── Unreachable         the dial failed or the link broke
-    │   └── PeerTimeout         the peer did not answer in time
+    │   ├── PeerTimeout         the peer did not answer in time
+    │   └── Unsendable          the message was too large to send (not retryable)
     └── DuplicateKey        a write met a unique key already taken (e.g. an idempotency key)
 
 Each layer hangs its own branch on ``ShoalError``, next to the code that raises it:
@@ -79,6 +80,14 @@ class PeerTimeout(PeerError):
     """The peer was reached but did not answer within the timeout."""
 
     what = "timed out"
+
+
+class Unsendable(PeerError):
+    """The message exceeds what any peer reads (``jobs.messages.MAX_MESSAGE_BYTES``): it was not sent. A
+    ``PeerError`` so that every sender handles it as the request that failed, which it is."""
+
+    retryable = False
+    what = "was not sent"
 
 
 class DuplicateKey(ShoalError):

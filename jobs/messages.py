@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -23,6 +23,8 @@ from jobs.sweep import SweepSpec
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # a spec with inline code and 64 inputs fits well below this
+QUERY_IDS = 10_000  # ids in one open or status query, at most
+QUERY_BYTES = MAX_MESSAGE_BYTES // 2  # of those ids, as JSON (a peer chooses them: 128 characters, escaped)
 
 _Id = Annotated[str, Field(min_length=1, max_length=128)]
 _EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]  # docker, wasm, …: shown to users as is
@@ -183,7 +185,20 @@ class OpenQuery(_Message):
     """
 
     kind: Literal["open_query"] = "open_query"
-    job_ids: list[_Id] = Field(max_length=10_000)
+    job_ids: list[_Id] = Field(max_length=QUERY_IDS)
+
+
+def query_parts(ids: Sequence[str]) -> Iterator[slice]:
+    """``ids`` cut into runs that each fit one ``OpenQuery`` or ``StatusQuery`` (``QUERY_IDS``, ``QUERY_BYTES``)."""
+    start, size = 0, 0
+    for i, one in enumerate(ids):
+        n = len(json.dumps(one)) + 1  # escaped to ASCII: at least what the message takes
+        if i > start and (size + n > QUERY_BYTES or i - start == QUERY_IDS):
+            yield slice(start, i)
+            start, size = i, 0
+        size += n
+    if start < len(ids):
+        yield slice(start, len(ids))
 
 
 class SweepAnnounce(_Message):
@@ -243,7 +258,7 @@ class StatusQuery(_Message):
     """Requester → compute: are these executions still alive on you?"""
 
     kind: Literal["status"] = "status"
-    execution_ids: list[_Id] = Field(max_length=10_000)
+    execution_ids: list[_Id] = Field(max_length=QUERY_IDS)
 
 
 class Reply(_Message):

@@ -345,6 +345,7 @@ class Shard(_Frozen):
 
 # What a node can fetch: ipfs://CID[/path], /ipfs/CID[/path], CID[/path] (a CID is 46 or more letters and
 # digits), or an http(s) URL. Storage checks the CID itself; this only tells a mistyped or local path apart.
+MAX_SOURCE_CHARS = 8192  # what HTTP servers commonly read of a URL
 _FETCHABLE = re.compile(r"(ipfs://|/ipfs/)?[A-Za-z0-9]{46,}(/.*)?|https?://\S+", re.DOTALL)
 
 
@@ -363,6 +364,8 @@ class InputSpec(_Frozen):
     def source_problem(self) -> str | None:
         """Why no node could ever fetch ``source``, or None. Checked on new submissions only: a job an
         older node stored keeps loading, and fails on its nodes as before."""
+        if len(self.source) > MAX_SOURCE_CHARS:
+            return f"{len(self.source):,} characters; at most {MAX_SOURCE_CHARS:,} are allowed"
         if _FETCHABLE.fullmatch(self.source):
             return None
         return (f"{self.source!r} is neither ipfs://CID, a CID nor an http(s):// URL (a local file travels "

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from jobs import MalformedMessage, Unreachable
+from jobs import MalformedMessage, Unreachable, Unsendable
 from jobs.messages import (
+    MAX_MESSAGE_BYTES,
     Announce,
     Bid,
     Cancel,
@@ -88,8 +89,12 @@ class MessagePeers:
 
     async def request(self, peer_id: str, message, *, timeout: float, addrs: Sequence[str] = ()) -> Reply:
         """The peer's reply; ``Unreachable`` or ``PeerTimeout`` (from the transport) when none comes,
-        ``Unreachable`` when what comes back is not a reply."""
-        data = await self.transport.request(peer_id, encode(message), timeout=timeout, addrs=addrs)
+        ``Unreachable`` when what comes back is not a reply, ``Unsendable`` when ``message`` is larger than
+        any peer reads (its size grew with what peers sent: ids, error texts)."""
+        data = encode(message)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise Unsendable(peer_id, f"a {message.kind} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        data = await self.transport.request(peer_id, data, timeout=timeout, addrs=addrs)
         try:
             reply = decode(data)
         except MalformedMessage as e:

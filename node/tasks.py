@@ -1,18 +1,22 @@
 """The task helpers every service shares: a bounded spawner, one retry loop, and how blocking work runs.
 
 A role's background work (sending a decision, cancelling a claim, delivering a result) is spawned
-into the service's nursery through a ``Spawner``, which bounds how many run at once; and every
+into the service's nursery through a ``Spawner``, which bounds how many run at once and keeps one
+task's failure to that task; and every
 "send until it gets through" is ``retry`` over a ``backoff`` schedule, instead of a hand-written loop.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
 from jobs.errors import PeerError
+
+log = logging.getLogger("shoal.node")
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
@@ -33,7 +37,9 @@ class Spawner:
     """Starts background tasks in a service's nursery, at most ``limit`` running at once.
 
     Tasks beyond the limit wait for a slot (they do not fail), so a burst of peers cannot make a
-    node run an unbounded number of sends at the same time.
+    node run an unbounded number of sends at the same time. A task that raises is logged and ends
+    alone: most are started by what a peer sent, and no peer's message may end the service (the
+    nursery) with it, as a request handler's exception ends only that request.
     """
 
     def __init__(self, name: str, limit: int = 256) -> None:
@@ -55,7 +61,10 @@ class Spawner:
 
     async def _bounded(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         async with self._limiter:
-            await fn(*args)
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("%s: background task %s failed", self.name, getattr(fn, "__qualname__", fn))
 
 
 def backoff(first: float, *, factor: float = 2.0, cap: float = 5.0, attempts: int | None = None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from jobs import Execution, ExecutionSide, ExecutionState, Job, JobSpec, JobState, PeerError
-from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery
+from jobs.messages import Announce, Bid, NodeInfo, OpenQuery, Output, Peers, Reply, Result, StatusQuery, query_parts
 from jobs.views import JobDescription, Phases
 from requester import trust
 from requester.common import REQUEST_TIMEOUT, Driver, InFlight, Live, UnknownJob, deliver, submit_once
@@ -332,22 +332,25 @@ class RequesterService(Driver[_Active]):
 
     async def _check_node(self, node: str, executions: list[Execution]) -> None:
         """Re-offer the executions ``node`` no longer knows, or all of them once it is silent too long
-        (measured from the last time we heard from it at all)."""
+        (measured from the last time we heard from it at all). A node running many asks in several queries."""
         try:
-            reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in executions]),
-                                             timeout=LIVENESS_TIMEOUT)
-        except PeerError:
-            heard = self._last_heard.get(node, self._started_at)
-            for x in executions:
-                silent = self.clock() - max(heard, x.updated_at)
-                await self._lose(x, f"node {node[-8:]} silent for {silent:.0f} s", silent)
-            return
+            for part in query_parts([x.id for x in executions]):
+                some = executions[part]
+                try:
+                    reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in some]),
+                                                     timeout=LIVENESS_TIMEOUT)
+                except PeerError:
+                    heard = self._last_heard.get(node, self._started_at)
+                    for x in executions[part.start:]:
+                        silent = self.clock() - max(heard, x.updated_at)
+                        await self._lose(x, f"node {node[-8:]} silent for {silent:.0f} s", silent)
+                    return
+                self._last_heard[node] = self.clock()
+                for x in some:
+                    if reply.states.get(x.id, "unknown") == "unknown":
+                        await self._lose(x, f"node {node[-8:]} no longer knows the execution")
         finally:
             self._checking.discard(node)
-        self._last_heard[node] = self.clock()
-        for x in executions:
-            if reply.states.get(x.id, "unknown") == "unknown":
-                await self._lose(x, f"node {node[-8:]} no longer knows the execution")
 
     async def _lose(self, x: Execution, reason: str, silent: float | None = None) -> None:
         aj = self._live.get(x.job_id)

@@ -32,6 +32,7 @@ from executors.noop import NoopHooks
 from jobs import PeerTimeout, Resources, Unreachable
 from jobs.messages import decode
 from node.dispatch import Dispatcher, MessagePeers
+from node.net.wire import DEFAULT_MAX_FRAME
 from node.store import Store
 from requester import RequesterService
 from requester.sweeps import SweepService
@@ -125,6 +126,8 @@ class MemoryTransport:
 
     async def request(self, peer_id: str, data: bytes, *, timeout: float, addrs: Sequence[str] = ()) -> bytes:
         await trio.lowlevel.checkpoint()
+        if len(data) > DEFAULT_MAX_FRAME:  # as node.net.host.Network.request
+            raise ValueError(f"request of {len(data)} bytes exceeds max_frame={DEFAULT_MAX_FRAME}")
         target = self.hub.transports.get(peer_id)
         if self.down or target is None or target.down or target.dispatcher is None:
             raise Unreachable(peer_id, "down")

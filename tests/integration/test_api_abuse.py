@@ -478,6 +478,9 @@ def test_an_input_no_node_could_fetch_is_refused_at_once_naming_it(node_a: Path)
             for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
                 refused = error(http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body)), 422)
                 assert "inputs.0.source" in refused["message"] and "neither ipfs://CID" in refused["message"]
+        long = {"engine": {"name": "noop"}, "inputs": [{"source": "https://example.com/" + "a" * 70_000, "path": "/d"}]}
+        refused = error(http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": long})), 422)
+        assert refused["message"] == "spec: inputs.0.source: 70,020 characters; at most 8,192 are allowed"
         fetchable = {"engine": {"name": "noop"}, "inputs": [{"source": "https://example.com/t.csv", "path": "/d"}]}
         assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": fetchable})).status_code == 201
 

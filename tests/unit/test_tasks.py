@@ -61,3 +61,32 @@ async def test_the_spawner_runs_at_most_its_limit_at_once():
         for _ in range(6):
             spawner.spawn(work)
     assert peak[0] == 2
+
+
+async def test_a_task_that_fails_is_logged_and_ends_alone(autojump_clock, caplog):
+    """Most background tasks start from what a peer sent: one failing must not end the service's nursery."""
+    spawner, finished = Spawner("test"), []
+
+    async def broken() -> None:
+        raise ValueError("a message no peer would take")
+
+    async def honest() -> None:
+        await trio.sleep(1)
+        finished.append(True)
+
+    async with trio.open_nursery() as nursery:
+        spawner.attach(nursery)
+        spawner.spawn(honest)
+        spawner.spawn(broken)
+    assert finished == [True]
+    assert "background task test_a_task_that_fails_is_logged_and_ends_alone.<locals>.broken failed" in caplog.text
+    assert "ValueError: a message no peer would take" in caplog.text
+
+    async def cancelled() -> None:
+        await trio.sleep_forever()
+
+    with trio.move_on_after(1) as scope:  # cancellation still ends a task, and its nursery with it
+        async with trio.open_nursery() as nursery:
+            spawner.attach(nursery)
+            spawner.spawn(cancelled)
+    assert scope.cancelled_caught
