@@ -10,6 +10,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -177,13 +178,63 @@ async def written_past(dirs: list[Path], limit: int, max_entries: int) -> int | 
     return written if _past(written, limit) else None
 
 
+MAX_HOLDERS = 4096  # processes of one run whose open files are looked at
+
+
+def held_open(pids: Iterable[int], dirs: Iterable[Path]) -> int:
+    """Bytes on the file system of ``dirs`` that the processes ``pids`` and their descendants hold in files they
+    deleted while open: space a run takes that no walk of its folders finds (a job that wrote 20 GiB so was
+    held to 10 MiB). In this process (wasm runs in it) a file counts only if it was under ``dirs``, and its
+    children are not looked at. Blocking; what cannot be read (a process that ended, another user's) counts
+    nothing."""
+    dirs = list(dirs)
+    devices = {st.st_dev for st in _stats(dirs)}
+    roots = tuple(f"{d}/" for d in dirs)
+    total, seen, todo, looked = 0, set(), list(pids), 0
+    while todo and looked < MAX_HOLDERS:
+        pid, looked = todo.pop(), looked + 1
+        own = pid == os.getpid()
+        with contextlib.suppress(OSError):
+            for task in [] if own else os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    todo += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            link = f"/proc/{pid}/fd/{fd}"
+            try:
+                st = os.stat(link)
+                if own and not (st.st_nlink == 0 and os.readlink(link).startswith(roots)):
+                    continue
+            except OSError:
+                continue
+            if st.st_nlink == 0 and st.st_dev in devices and stat.S_ISREG(st.st_mode) \
+                    and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def _stats(paths: Iterable[Path]) -> list[os.stat_result]:
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            found.append(os.stat(path))
+    return found
+
+
 async def watch_disk(dirs: list[Path], limit: int, max_entries: int, stop: Callable[[], Awaitable[object]],
-                     over: list[int]) -> None:
-    """Until cancelled: once the files under ``dirs`` take more than ``limit`` bytes (0: no limit), or are
-    more than ``max_entries``, record ``written_in`` in ``over`` and ``await stop()`` (which ends the run).
+                     over: list[int], holders: Callable[[], Iterable[int]] = tuple) -> None:
+    """Until cancelled: once the files under ``dirs``, and the deleted ones the processes ``holders()`` hold open
+    there (``held_open``), take more than ``limit`` bytes (0: no limit), or are more than
+    ``max_entries``, record what they take in ``over`` and ``await stop()`` (which ends the run).
     A run can write much in one poll interval, so callers check ``written_past`` once more when it ends."""
     while dirs:
         written = await trio.to_thread.run_sync(written_in, dirs, max_entries)
+        if not _past(written, limit) and (pids := list(holders())):
+            written += await trio.to_thread.run_sync(held_open, pids, dirs)
         if _past(written, limit):
             over.append(written)
             await stop()

@@ -458,6 +458,7 @@ class DockerExecutor(Executor):
                                 "socket buffers are not bounded here", sockets.root)
                     self._sockets = None
                     await trio.to_thread.run_sync(sockets.forget, cid)
+                init = await trio.to_thread.run_sync(lambda: api.inspect_container(cid)["State"].get("Pid") or 0)
                 over_disk: list[int] = []
                 lost: BaseException | None = None
                 async with trio.open_nursery() as nursery:
@@ -467,7 +468,8 @@ class DockerExecutor(Executor):
                         with contextlib.suppress(*_DaemonErrors):
                             await trio.to_thread.run_sync(api.kill, cid)
 
-                    nursery.start_soon(watch_disk, dirs, request.write_limit, request.max_entries, kill, over_disk)
+                    nursery.start_soon(watch_disk, dirs, request.write_limit, request.max_entries, kill, over_disk,
+                                       lambda: [init] if init else [])
                     try:
                         out, err = await trio.to_thread.run_sync(_collect, sock, self.max_capture, request.live,
                                                                  abandon_on_cancel=True)
@@ -559,7 +561,10 @@ class DockerExecutor(Executor):
             mounts=mounts,
             network_mode=network,
             pids_limit=self.pids_limit,
-            ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD)],
+            # a file past the job's disk fails its write (the disk watch polls: one write could fill the disk between)
+            ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD),
+                     *([Ulimit(name="fsize", soft=request.write_limit, hard=request.write_limit)]
+                       if request.write_limit else [])],
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", *filter(None, [self._seccomp])],

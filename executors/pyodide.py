@@ -634,7 +634,8 @@ class PyodideExecutor(Executor):
         # all the sandbox may write, not only its outputs: a job that reached Node's fs wrote beside them
         watched = [runner.slot.rw] if runner.slot is not None else [p for p, _ in outputs]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disk, watched, disk, request.max_entries, kill, over_disk)
+            nursery.start_soon(watch_disk, watched, disk, request.max_entries, kill, over_disk,
+                               lambda: [runner.process.pid])
             async with trio.open_nursery() as streams:
 
                 def check_done() -> None:

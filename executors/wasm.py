@@ -144,8 +144,8 @@ class WasmExecutor(Executor):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_interrupt_when_cancelled, job)
-            nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()],
-                               request.write_limit, request.max_entries, interrupt, over_disk)
+            nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()], request.write_limit,
+                               request.max_entries, interrupt, over_disk, lambda: [os.getpid()])
             try:
                 captured = await trio.to_thread.run_sync(outcome.capture, job.run, limiter=self._threads)
             finally:

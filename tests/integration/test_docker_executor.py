@@ -569,3 +569,33 @@ async def test_a_job_stating_no_disk_is_held_to_the_default_on_a_node_with_more(
         result = await executor.run(request)
     assert result.exit_code != 0
     assert "disk limit exceeded: wrote" in result.stderr and f"of {DEFAULT_DISK} bytes" in result.stderr, result.stderr
+
+
+async def test_one_call_cannot_take_disk_past_the_jobs_limit(executor, tmp_path):
+    """The disk watch looks every 0.1 s: one ``fallocate`` took 20 GiB of the node's disk between two looks, and
+    one fast write of 50 MiB went well past a 10 MiB job's limit before it was stopped."""
+    request = make_request(tmp_path, script="fallocate -l 20G /outputs/big; echo fallocate=$?; "
+                                            "dd if=/dev/zero of=/outputs/written bs=1M count=50",
+                           outputs=[{"name": "out", "path": "/outputs"}], resources={"disk": "10MiB"})
+    with trio.fail_after(120):
+        result = await executor.run(request)
+    assert "fallocate=0" not in result.stdout and "fallocate=" in result.stdout
+    out = request.outputs_dir / "out"
+    for name in ("big", "written"):  # each got no more than the job's disk (posix_fallocate writes, up to it)
+        assert not (out / name).exists() or (out / name).stat().st_blocks * 512 <= request.write_limit, name
+    assert (out / "written").stat().st_size <= request.write_limit  # the write past it failed
+    assert result.exit_code != 0
+
+
+async def test_files_a_job_deleted_but_holds_open_count_against_its_disk(executor, tmp_path):
+    """No walk of the job's folders finds a file it deleted while it holds it open: a 10 MiB job held 20 GiB
+    so for its whole run, and completed. Five such files of 9 MiB each now end it, as any 45 MiB would."""
+    script = ("for i in 3 4 5 6 7; do eval \"exec $i>/outputs/f$i\"; rm /outputs/f$i; "
+              "dd if=/dev/zero bs=1M count=9 2>/dev/null >&$i; done; echo held; sleep 600")
+    request = make_request(tmp_path, script=script, outputs=[{"name": "out", "path": "/outputs"}],
+                           resources={"disk": "10MiB"}, timeout=900)
+    with trio.fail_after(120):  # not its ten minutes
+        result = await executor.run(request)
+    assert result.exit_code != 0
+    assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
+    assert not list((request.outputs_dir / "out").iterdir())  # nothing to find there: it was all held open

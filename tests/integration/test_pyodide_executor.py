@@ -434,3 +434,19 @@ async def test_an_interpreters_start_does_not_count_against_the_jobs_timeout(cac
     assert time.monotonic() - started > 0.5  # the interpreter's start took longer than the job may
     endless = await runner.run(execution("while True:\n    pass"))
     assert endless.error == "timed out after 0.5 s" and endless.result is None
+
+
+async def test_files_the_job_deleted_but_holds_open_count_against_its_disk(executor: PyodideExecutor,
+                                                                          tmp_path: Path) -> None:
+    """No walk of the job's folders finds a file deleted while open: a 100 MiB job held 2.9 GiB so, in files
+    each under its file size limit, and completed. Four of 8 MiB now end a 20 MiB job, as any 32 MiB would."""
+    code = ("import os\nheld = []\nfor i in range(4):\n    f = open(f'/outputs/f{i}', 'wb', buffering=0)\n"
+            "    os.unlink(f'/outputs/f{i}')\n    for _ in range(8):\n        f.write(b'x' * (1 << 20))\n"
+            "    held.append(f)\nprint('held', flush=True)\nwhile True:\n    pass\n")
+    req = request(tmp_path, code=code)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(disk="20MiB"), "timeout": 600}))
+    with trio.fail_after(120):  # it would spin for its ten minutes
+        result = await executor.run(req)
+    assert result.exit_code != 0
+    assert "disk limit exceeded: wrote" in result.stderr and "of 20971520 bytes" in result.stderr, result.stderr
+    assert not list((req.outputs_dir / "results").iterdir())

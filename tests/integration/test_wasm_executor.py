@@ -448,3 +448,39 @@ async def test_the_cache_of_compiled_modules_keeps_the_latest_used_within_its_si
     assert len(left) == 3 and {used.name, "old-0.cwasm"} < left  # the two least recently used went
     assert not left_by_a_killed_node.exists()
     assert sum(p.stat().st_size for p in executor.cache_dir.glob("*.cwasm")) <= 1_500_000
+
+
+HELD_OPEN = module("""
+  (data (i32.const 128) "f")
+  (func (export "_start") (local $fd i32) (local $i i32)
+    (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 1)
+                         (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $proc_exit (i32.const 11))))
+    (local.set $fd (i32.load (i32.const 16)))
+    (if (call $path_unlink_file (i32.const 4) (i32.const 128) (i32.const 1)) (then (call $proc_exit (i32.const 12))))
+    (i32.store (i32.const 0) (i32.const 32768))
+    (i32.store (i32.const 4) (i32.const 32768))
+    (loop $more
+      (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (i32.const 1280))))
+    (loop $forever (br $forever))))
+""", """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
+""")
+
+
+async def test_a_file_the_module_deleted_but_holds_open_counts_against_its_disk(executor: WasmExecutor,
+                                                                                tmp_path: Path) -> None:
+    """No walk of the outputs finds a file deleted while open: a 10 MiB job wrote 3 GiB so, and one that then
+    exited completed. Here 40 MiB written so end the run, as any 40 MiB would."""
+    req = request(tmp_path, HELD_OPEN)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="64MiB", disk="10MiB"),
+                                                        "timeout": 600}))
+    with trio.fail_after(60):  # it would spin for its ten minutes
+        result = await executor.run(req)
+    assert result.exit_code != 0
+    assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
+    assert not list((req.outputs_dir / "out").iterdir())
