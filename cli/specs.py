@@ -213,6 +213,10 @@ def number_range(key: str, item: str) -> list[str]:
 
     match = _RANGE.fullmatch(item)
     if match is None:
+        ends = item.split("..")
+        if len(ends) > 1 and (_is_number(ends[0]) or _is_number(ends[-1])):  # "0..", "1e3..1e6": a range gone wrong
+            raise CLIError(f"--param {key}={item}: a range is FIRST..LAST or FIRST..LAST..STEP, in plain numbers "
+                           "(e.g. 0..99 or 0.1..0.5..0.1)", code=EXIT_USAGE)
         return [item]
     first, last = Decimal(match[1]), Decimal(match[2])
     step = abs(Decimal(match[3] or 1))
@@ -224,6 +228,14 @@ def number_range(key: str, item: str) -> list[str]:
                        code=EXIT_USAGE)
     step = step if last >= first else -step
     return [format((first + i * step).normalize(), "f") for i in range(count)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:

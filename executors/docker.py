@@ -561,10 +561,7 @@ class DockerExecutor(Executor):
             mounts=mounts,
             network_mode=network,
             pids_limit=self.pids_limit,
-            # a file past the job's disk fails its write (the disk watch polls: one write could fill the disk between)
-            ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD),
-                     *([Ulimit(name="fsize", soft=request.write_limit, hard=request.write_limit)]
-                       if request.write_limit else [])],
+            ulimits=[Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES_HARD)],
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", *filter(None, [self._seccomp])],

@@ -175,6 +175,8 @@ class TarExtractor:
         self._pax, self._long_name, self._long_link = {}, None, None
         if size < 0:
             raise Corrupted(f"tar entry {name!r} has a negative size")
+        if "\0" in name or "\0" in link:  # no file system takes it (the OS calls raise ValueError)
+            raise Corrupted(f"tar entry {name!r} has a NUL byte in its name or link")
 
         first, rest = _relative_parts(name, self._top)
         if self._top is None:

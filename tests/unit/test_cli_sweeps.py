@@ -176,9 +176,12 @@ def test_a_range_of_numbers_stands_for_each_of_them_ends_included(fake: FakeSwee
     assert spec.count == 1000 * 3 * 5
 
 
-def test_a_range_too_long_for_a_sweep_or_without_a_step_is_refused_at_once(fake: FakeSweepClient) -> None:
+def test_a_range_too_long_for_a_sweep_without_a_step_or_half_written_is_refused_at_once(fake: FakeSweepClient) -> None:
     for value, why in (("x=0..2000000", "2,000,001 values; a sweep has at most 1,000,000 indexes"),
-                       ("x=0..1..0", "the step must not be 0")):
+                       ("x=0..1..0", "the step must not be 0"),
+                       *((f"x={bad}", "a range is FIRST..LAST or FIRST..LAST..STEP, in plain numbers "
+                                      "(e.g. 0..99 or 0.1..0.5..0.1)") for bad in ("0..", "1e3..1e3", "..5", "0..9..")),
+                       ):
         result = run("run", "noop", "--param", value, "--no-wait")
         assert result.exit_code == 2 and error_lines(result) == [f"--param {value}: {why}"]
     assert fake.sweeps_submitted == []

@@ -134,3 +134,21 @@ def test_a_stream_without_its_end_marker_is_truncated(tmp_path: Path) -> None:
     with pytest.raises(Corrupted, match="truncated"):
         _extract(data[:end], tmp_path / "out", 4096, root="r")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("pax", [{"path": "r/a\x00b"}, {"linkpath": "a\x00b"}])
+def test_a_nul_byte_in_a_name_or_link_is_a_corrupt_archive(tmp_path: Path, pax: dict[str, str]) -> None:
+    """No file system takes it: the OS call raised ValueError, a 500 from the node and a traceback from the SDK."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        top = tarfile.TarInfo("r")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        entry = tarfile.TarInfo("r/x")
+        entry.pax_headers = pax
+        if "linkpath" in pax:
+            entry.type = tarfile.SYMTYPE
+        tar.addfile(entry, None if "linkpath" in pax else io.BytesIO(b""))
+    with pytest.raises(Corrupted, match="NUL byte"):
+        _extract(buf.getvalue(), tmp_path / "out", 512, root="r", confine_links=True)
+    assert not (tmp_path / "out").exists()
