@@ -90,6 +90,9 @@ API_TIMEOUT = 60.0  # seconds for ordinary API calls (create, start, remove, pul
 WAIT_CHUNK = 60.0  # seconds per container wait request; re-issued until the container exits
 CLEANUP_TIMEOUT = 30.0  # seconds the shielded removal may take before we leave it to cleanup_leftovers
 PROGRESS_INTERVAL = 1.0  # seconds between pull progress reports
+# seconds a failed pull's error answers for the image at once: a sweep naming a missing image had each of its
+# indexes try the registry for seconds, holding a slot, so one typo held every node for minutes
+PULL_FAILURE_TTL = 30.0
 
 _BASE_IMAGES = ", ".join(BASE_IMAGES)
 # What a python job sees in an image besides its own env: the python engine's conventions (executors/pyodide.py:
@@ -230,6 +233,7 @@ class DockerExecutor(Executor):
         self._seccomp: str | None = None  # the jobs' seccomp profile, as a security option
         self._host_checked = False
         self._host_lock = trio.Lock()
+        self._unpullable: dict[str, tuple[float, ExecutorError]] = {}  # image -> (until, monotonic; its pull's error)
 
     # -- installed? ----------------------------------------------------------------------------------
 
@@ -362,6 +366,12 @@ class DockerExecutor(Executor):
                 if inspect.isawaitable(result):
                     await result
 
+        until, failed = self._unpullable.get(image, (0.0, None))
+        if failed is not None and time.monotonic() < until:
+            await report(f"not pulling {image}: its pull failed here "
+                         f"{PULL_FAILURE_TTL - (until - time.monotonic()):.0f} s ago")
+            raise ExecutorError(str(failed), retryable=failed.retryable)
+
         def pull() -> None:
             events = api.pull(repo, tag=tag or "latest", stream=True, decode=True)
             for event in events:
@@ -385,7 +395,11 @@ class DockerExecutor(Executor):
         try:
             await trio.to_thread.run_sync(pull, abandon_on_cancel=True)
         except docker.errors.DockerException as e:
-            raise _pull_error(image, e) from e
+            failed = _pull_error(image, e)
+            now = time.monotonic()
+            self._unpullable = {name: kept for name, kept in self._unpullable.items() if kept[0] > now}
+            self._unpullable[image] = (now + PULL_FAILURE_TTL, failed)
+            raise failed from e
         except requests.exceptions.RequestException as e:
             raise _daemon_error(e, f"pulling {image!r}") from e
         finally:

@@ -425,14 +425,38 @@ async def test_cancellation_kills_and_removes_the_container(executor, client, tm
 
 
 async def test_missing_image_without_registry_is_a_clear_retryable_error(executor, tmp_path):
-    request = make_request(tmp_path, args=["true"], engine={"image": f"shoal/not-built-{uuid.uuid4().hex[:8]}:1"})
-    with pytest.raises(ExecutorError, match="not found locally") as err:
-        await executor.run(request)
-    assert err.value.retryable
+    image = f"shoal/not-built-{uuid.uuid4().hex[:8]}:1"
+    request = make_request(tmp_path, args=["true"], engine={"image": image})
     lines: list[str] = []
+    with pytest.raises(ExecutorError, match="not found locally") as err:
+        await executor.prepare(request, lines.append)
+    assert err.value.retryable
+    assert lines[0].endswith("image not present on this node")
+
+
+async def test_a_failed_pull_answers_for_its_image_a_while_without_trying_again(executor, tmp_path, monkeypatch):
+    """A sweep naming a missing image had each index try the registry, for seconds, holding its slot: one typo
+    in a 150-index sweep held every node for four minutes, and other clients' jobs waited."""
+    image = f"shoal/not-built-{uuid.uuid4().hex[:8]}:1"
+    request = make_request(tmp_path, args=["true"], engine={"image": image})
+    with pytest.raises(ExecutorError, match="not found locally") as first:
+        await executor.run(request)
+    pulls: list[str] = []
+    api = await executor._connected()
+    pull = api.pull
+    monkeypatch.setattr(api, "pull", lambda repository, tag=None, **kw: pulls.append(repository) or pull(
+        repository, tag=tag, **kw))
+    lines: list[str] = []
+    for _ in range(3):
+        with pytest.raises(ExecutorError) as again:
+            await executor.prepare(request, lines.append)
+        assert str(again.value) == str(first.value) and again.value.retryable
+    assert pulls == [] and lines[0].startswith(f"not pulling {image}: its pull failed here")
+    monkeypatch.setattr("executors.docker.PULL_FAILURE_TTL", 0.0)  # once it is old, the registry is asked again
+    executor._unpullable[image] = (0.0, first.value)
     with pytest.raises(ExecutorError, match="not found locally"):
         await executor.prepare(request, lines.append)
-    assert lines[0].endswith("image not present on this node")
+    assert pulls == [image.split(':')[0]]
 
 
 async def test_prepare_with_the_image_present_reports_nothing(executor, tmp_path):
