@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from node.api.auth import RequestVerifier
-from node.api.metrics import api_metrics, node_metrics
+from node.api.metrics import JobCounts, api_metrics, node_metrics
 from node.api.parts import Node
 from node.api.quotas import Quotas
 from node.config import VERSION
@@ -30,6 +30,7 @@ class Readiness(BaseModel):
 
 def health_router(node: Node, verifier: RequestVerifier, quotas: Quotas, started: float) -> APIRouter:
     router = APIRouter()
+    job_counts = JobCounts(node.store)
 
     @router.get("/v1/version", response_model=VersionInfo, tags=["health"], summary="The node's version (unsigned)")
     async def version() -> VersionInfo:
@@ -48,7 +49,7 @@ def health_router(node: Node, verifier: RequestVerifier, quotas: Quotas, started
                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                                  "description": "Prometheus text format 0.0.4"}})
     async def metrics() -> PlainTextResponse:
-        text = await node_metrics(node) + api_metrics(verifier, quotas)
+        text = await node_metrics(node, job_counts) + api_metrics(verifier, quotas)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return router
