@@ -369,8 +369,8 @@ def truncation_note(result: RunResult | None, stream: str, get: str) -> str:
 STDERR_LINES = 10  # of a failed job's stderr, shown where it failed (shoal run, describe)
 
 
-def stderr_tail(job: Job) -> str:
-    """The last lines of a failed job's stderr (its traceback, the memory limit it met), or ""."""
+def stderr_tail(job: Job | IndexRecord) -> str:
+    """The last lines of a failed job's (or sweep index's) stderr (its traceback, the memory limit it met), or ""."""
     if job.state.value != "failed" or job.result is None:
         return ""
     lines = job.result.stderr.rstrip("\n").splitlines()[-STDERR_LINES:]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.status import Status
 
     from jobs import JobSpec
-    from jobs.sweep import SweepSpec
+    from jobs.sweep import Sweep, SweepSpec
     from jobs.views import JobDescription, SweepDescription
     from shoal import Client
 
@@ -247,8 +247,7 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
             print(line, file=sys.stderr)
     if sweep.state != "completed":
         if not quiet and sweep.counts.get(JobState.FAILED):
-            print(f"Why: shoal sweep indexes {sweep.id} --state failed; "
-                  f"run them again: shoal sweep retry {sweep.id}", file=sys.stderr)
+            explain_failures(client, sweep)
         raise CLIError(f"sweep {sweep.id} {sweep.state}: {sweep.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
     if quiet:
         return EXIT_OK
@@ -262,6 +261,32 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
         print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; its results: shoal sweep get {sweep.id} INDEX",
               file=sys.stderr)
     return EXIT_OK
+
+
+def explain_failures(client: Client, sweep: Sweep) -> None:
+    """The first failed index's stderr, as a failed job's (a syntax error showed only "exit code 1"), and what
+    to do next: a retry runs what failed by chance again, never a program that exits the same on every run."""
+    from cli.render import index_values
+    from jobs import JobState
+    from shoal import ShoalAPIError
+
+    try:
+        first = client.sweep_indexes(sweep.id, state=JobState.FAILED, limit=1).indexes
+    except ShoalAPIError:
+        first = []
+    if first and (tail := stderr_tail(first[0])):
+        index = first[0].index
+        values = index_values(sweep.spec, index)
+        print(f"Index {index}" + (f" ({values})" if values else "") + " failed; its stderr ended with (all of it: "
+              f"shoal sweep logs {sweep.id} {index} --stderr):", file=sys.stderr)
+        write_output([tail], sys.stderr)
+    exited = bool(first) and first[0].result is not None
+    if exited and sweep.spec.job.repeats_exactly():
+        print(f"Why: shoal sweep indexes {sweep.id} --state failed. A deterministic program exits the same on "
+              "every run: fix it and run the sweep again", file=sys.stderr)
+    else:
+        print(f"Why: shoal sweep indexes {sweep.id} --state failed; "
+              f"run them again: shoal sweep retry {sweep.id}", file=sys.stderr)
 
 
 def index_stdout(client: Client, sweep_id: str, index: int) -> str:

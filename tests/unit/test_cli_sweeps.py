@@ -389,8 +389,21 @@ def test_failed_sweep_lists_failed_ranges_and_exits_1(fake: FakeSweepClient) -> 
     err = result.stderr.splitlines()
     assert f"Sweep {SWEEP_ID} failed: 5002/5005 completed · 3 failed" in err
     assert err[2:5] == ["  0-4999 completed", "  5000-5002 failed: exit code 1", "  5003-5004 completed"]
-    assert f"shoal sweep retry {SWEEP_ID}" in result.stderr
+    # the first failed index's stderr, as a failed job shows its own
+    assert err[5:8] == [f"Index 1 (x=1) failed; its stderr ended with (all of it: shoal sweep logs {SWEEP_ID} 1 "
+                        "--stderr):", "Traceback", "ValueError: vol"]
+    # a noop (as a python or wasm program) exits the same on every run: no retry is suggested
+    assert "shoal sweep retry" not in result.stderr and "fix it and run the sweep again" in err[8]
     assert err[-1] == f"Error: sweep {SWEEP_ID} failed: 3 of 5005 indexes failed"
+
+
+def test_a_failed_sweep_that_may_fail_by_chance_suggests_a_retry(fake: FakeSweepClient) -> None:
+    fake.sweep_spec = SweepSpec(job=JobSpec(engine={"name": "docker", "image": "busybox"}), grid={"x": ["1", "2"]})
+    fake.final = description(sweep_of(fake.sweep_spec, JobState.FAILED, {JobState.FAILED: 2}, reason="2 failed"))
+    result = run("docker", "run", "busybox", "--param", "x=1,2", "--", "sh", "-c", "exit 1")
+    assert result.exit_code == 1
+    assert f"Why: shoal sweep indexes {SWEEP_ID} --state failed; run them again: shoal sweep retry {SWEEP_ID}" \
+        in result.stderr.splitlines()
 
 
 def test_many_ranges_are_cut_with_a_pointer_to_the_indexes(fake: FakeSweepClient) -> None:
