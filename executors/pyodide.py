@@ -116,6 +116,8 @@ RUNTIME_MEMORY = 1 << 30
 # 340 MiB at most over 100 jobs of one owner in one process (the runner collects old interpreters first).
 RUNTIME_RESIDENT = 384 << 20
 KILL_WAIT = 5.0  # seconds aclose waits for a sandbox's processes to be gone after SIGKILL
+MISSING_MODULE_HINT = ("shoal: the python engine (Pyodide) has Python's standard library and the pure-Python wheels "
+                       "shipped with -r; numpy, scipy or pandas run with --image shoal/python-sci\n")
 FORGED_CONTROL = "shoal: the program wrote to the Python runner's control channel, and was stopped"
 OUTPUT_GRACE = 10.0  # seconds the output a runner counted in its exit message may take to arrive after it
 CPU_GRACE = 10  # seconds of CPU time beyond the job's timeout before the kernel stops the runner
@@ -722,6 +724,8 @@ class PyodideExecutor(Executor):
                              f"hold for a job of {memory} (resources.memory); JavaScript objects count too\n".encode())
             else:
                 stderr.write(f"\nthe Python runtime stopped unexpectedly ({_describe_status(returncode)})\n".encode())
+        if exit_code and "ModuleNotFoundError: No module named" in stderr.text()[-2000:]:
+            stderr.write(MISSING_MODULE_HINT.encode())
         return RunResult(
             exit_code=exit_code,
             stdout=stdout.text(),

@@ -184,7 +184,8 @@ def devstack(
         help="Carry on from the last run in this folder: its jobs, sweeps, results and node identities "
              "(default: start afresh, deleting what the last run left).")] = False,
     base_port: Annotated[int | None, typer.Option("--base-port", metavar="PORT",
-        help="First API port; node i uses PORT+i.")] = None,
+        help="First API port: node i takes PORT+i (API) and PORT+100+i (libp2p), its Kubo "
+             "PORT+200+i, PORT+300+i and PORT+400+i.")] = None,
     kubo: Annotated[bool | None, typer.Option("--kubo/--no-kubo",
         help="One Kubo (IPFS) daemon per node (default: when Kubo is installed).")] = None,
     bad_actors: Annotated[int, typer.Option("--bad-actors", metavar="M", min=0,

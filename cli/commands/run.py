@@ -78,7 +78,11 @@ def run_python(
     flags: JobFlags,
     opts: RunOptions,
 ) -> int:  # fmt: skip
-    """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE"""
+    """Run Python: shoal run python main.py ARGS, or shoal run python -c CODE
+
+    By default in Pyodide (Python 3.14 in WebAssembly): the standard library and pure-Python wheels (-r),
+    deterministic, cached; numpy, scipy and pandas run with --image shoal/python-sci (Python 3.11).
+    """
     argv = argv or []
     engine: dict[str, Any] = {"name": "python"}
     if image is not None:

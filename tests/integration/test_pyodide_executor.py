@@ -450,3 +450,14 @@ async def test_files_the_job_deleted_but_holds_open_count_against_its_disk(execu
     assert result.exit_code != 0
     assert "disk limit exceeded: wrote" in result.stderr and "of 20971520 bytes" in result.stderr, result.stderr
     assert not list((req.outputs_dir / "results").iterdir())
+
+
+async def test_a_missing_module_says_where_numpy_runs(executor: PyodideExecutor, tmp_path: Path) -> None:
+    """``import numpy`` gave a bare ModuleNotFoundError, with no word of --image."""
+    result = await executor.run(request(tmp_path, code="import numpy"))
+    assert result.exit_code == 1
+    assert "ModuleNotFoundError: No module named 'numpy'" in result.stderr
+    assert result.stderr.endswith("numpy, scipy or pandas run with --image shoal/python-sci\n")
+    result = await executor.run(request(tmp_path, code="import sys\nprint(sys.version_info[:2])\nsys.exit(3)"))
+    assert result.exit_code == 3 and "--image" not in result.stderr
+    assert result.stdout == "(3, 14)\n"  # as shoal run python --help and the README say
