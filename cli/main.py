@@ -55,6 +55,7 @@ def _root(
 # Top-level commands, in the order ``shoal --help`` lists them (after the run groups).
 app.command("list")(jobs.list_jobs)
 app.command()(jobs.describe)
+app.command()(jobs.wait)
 app.command()(jobs.logs)
 app.command()(jobs.get)
 app.command()(jobs.cancel)

@@ -43,12 +43,20 @@ def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: Jo
             print_json(desc)
         elif not opts.id_only:
             print(job_id)
-            print(f"Job submitted; follow it with: shoal describe {job_id}", file=sys.stderr)
+            print(f"Job submitted; follow it with: shoal wait {job_id} (or see where it stands: shoal describe)",
+                  file=sys.stderr)
         return EXIT_OK
     if not quiet:
         print(f"Job {job_id} submitted", file=sys.stderr, flush=True)
+    return follow_job(client, new_client, desc, opts)
+
+
+def follow_job(client: Client, new_client: Callable[[], Client], desc: JobDescription, opts: RunOptions) -> int:
+    """Wait for the job's end (or ``opts.wait_timeout``) with a live status line, then report it."""
+    job_id = desc.job.id
     try:
-        desc = _wait(client, new_client, desc, opts.wait_timeout, live=not quiet and sys.stderr.isatty())
+        live = not (opts.id_only or opts.json) and sys.stderr.isatty()
+        desc = _wait(client, new_client, desc, opts.wait_timeout, live=live)
     except KeyboardInterrupt:
         print(f"Interrupted; job {job_id} goes on (stop it with: shoal cancel {job_id})", file=sys.stderr)
         raise
@@ -62,7 +70,7 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
     if not job.state.is_terminal:
         raise CLIError(
             f"job {job.id} still {job.state} after waiting: {job.reason or 'no reason given'}"
-            f" (it goes on: shoal describe {job.id})",
+            f" (it goes on: shoal wait {job.id})",
             code=EXIT_TIMEOUT,
         )
     if job.state != "completed":
@@ -172,7 +180,8 @@ def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, messa
             print_json(desc)
         elif not opts.id_only:
             print(sweep_id)
-            print(f"{message}; follow it with: shoal describe {sweep_id}", file=sys.stderr)
+            print(f"{message}; follow it with: shoal wait {sweep_id} (or see where it stands: shoal describe)",
+                  file=sys.stderr)
         return EXIT_OK
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -238,7 +247,7 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
     if not sweep.state.is_terminal:
         raise CLIError(
             f"sweep {sweep.id} still {sweep.state} after waiting: {sweep_counts(sweep)}"
-            f" (it goes on: shoal describe {sweep.id})",
+            f" (it goes on: shoal wait {sweep.id})",
             code=EXIT_TIMEOUT,
         )
     if not quiet:

@@ -1,4 +1,4 @@
-"""``shoal list``, ``describe``, ``logs``, ``get``, ``cancel``, ``events``, ``share``: one job (or,
+"""``shoal list``, ``describe``, ``wait``, ``logs``, ``get``, ``cancel``, ``events``, ``share``: one job (or,
 where the id is a sweep's, one sweep) after it was submitted."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import typer
 from cli.arguments import AnyId, JobId, JobStateName, Json, MaxBytes, Output
 from cli.connect import client
 from cli.exits import EXIT_USAGE
+from cli.options import duration
 
 
 def list_jobs(
@@ -45,6 +46,27 @@ def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False, output: Out
         return emit(sweep, fmt, lambda: show(sweep_view(sweep, time.time())))
     desc = find_job(client(ctx), job_id)
     return emit(desc, fmt, lambda: show(describe_view(desc, time.time())))
+
+
+def wait(
+    ctx: typer.Context,
+    job_id: AnyId,
+    timeout: Annotated[float | None, typer.Option("--timeout", metavar="DURATION", parser=duration,
+        help="Stop waiting after this long (exit 124; the job goes on).")] = None,
+    json_: Json = False,
+) -> int:  # fmt: skip
+    """Follow a job or a sweep submitted earlier (--no-wait, another shell, before the laptop closed) to its end,
+    as run does: live status, then the job's stdout (a sweep: its ranges) and run's exit code."""
+    from cli.lookup import find_job, find_sweep, is_sweep
+    from cli.options import RunOptions
+    from cli.waiting import follow_job, follow_sweep
+
+    sdk = client(ctx)
+    opts = RunOptions(wait_timeout=timeout, json=json_)
+    if is_sweep(job_id):
+        desc = find_sweep(sdk, job_id)
+        return follow_sweep(sdk, desc, opts, f"Sweep {desc.sweep.id}: {desc.sweep.state}")
+    return follow_job(sdk, lambda: client(ctx), find_job(sdk, job_id), opts)
 
 
 def logs(

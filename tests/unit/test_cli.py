@@ -750,3 +750,20 @@ def test_client_commands_work_without_trio(tmp_path: Path) -> None:
     )  # fmt: skip
     assert version.returncode == 0, version.stderr
     assert "node  not reachable" in version.stdout
+
+
+def test_wait_follows_a_job_submitted_earlier_to_its_end_as_run_does(fake: FakeClient) -> None:
+    """--no-wait said "follow it with: shoal describe", which prints one snapshot: a client that closed its
+    laptop had no way back to its job's outcome but polling."""
+    result = run("wait", JOB_ID)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "hello from the job\n"
+    assert f"Job {JOB_ID} completed" in result.stderr
+    fake.final_state, fake.final_reason = JobState.FAILED, "exit code 3 on every node"
+    result = run("wait", JOB_ID, "--timeout", "10m")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"Error: job {JOB_ID} failed: exit code 3 on every node"
+    assert json.loads(run("wait", JOB_ID, "--json").stdout)["job"]["state"] == "failed"
+    fake.wait_error = WaitTimeout("not yet", describe_of(fake.spec, JobState.RUNNING, "running"))
+    assert run("wait", JOB_ID, "--timeout", "1s").exit_code == 124
+    assert run("wait", "j-nosuchjob").exit_code == 4

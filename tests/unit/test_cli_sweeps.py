@@ -151,7 +151,7 @@ def test_params_make_a_grid_around_the_job(fake: FakeSweepClient) -> None:
     assert spec.job_for(5).env == {"Z": "9", "x": "3", "y": "b", "SHOAL_INDEX": "5", "SHOAL_COUNT": "6"}
     assert (spec.success, spec.shard_inputs) == ("all", 0)
     assert result.stdout == f"{SWEEP_ID}\n"
-    assert f"shoal describe {SWEEP_ID}" in result.stderr
+    assert f"follow it with: shoal wait {SWEEP_ID}" in result.stderr
 
 
 def test_spaces_around_values_are_dropped_and_a_parameter_set_with_e_too_is_refused(fake: FakeSweepClient) -> None:
@@ -451,7 +451,7 @@ def test_wait_timeout_exits_124(fake: FakeSweepClient) -> None:
     assert result.exit_code == 124
     assert fake.waited == (SWEEP_ID, 1.0)
     assert error_lines_tail(result) == (f"sweep {SWEEP_ID} still running after waiting: 1/3 completed · 2 running "
-                                        f"(it goes on: shoal describe {SWEEP_ID})")
+                                        f"(it goes on: shoal wait {SWEEP_ID})")
 
 
 def test_ctrl_c_while_following_exits_130(fake: FakeSweepClient) -> None:
@@ -700,3 +700,13 @@ def test_a_jobs_id_given_to_a_sweep_command_is_named_as_a_job(fake: FakeSweepCli
     job = "j-" + "0" * 32
     result = run(*[job if a == "JOB" else a for a in args], *([] if "JOB" in args else [job]))
     assert result.exit_code == 2 and error_lines(result) == [f"{job} is a job, not a sweep (shoal describe {job})"]
+
+
+def test_wait_follows_a_sweep_submitted_earlier_to_its_end(fake: FakeSweepClient) -> None:
+    result = run("wait", SWEEP_ID)
+    assert result.exit_code == 0, result.stderr
+    assert f"Sweep {SWEEP_ID} completed: 3/3 completed" in result.stderr
+    fake.final = description(sweep_of(fake.sweep_spec, JobState.FAILED, reason="3 of 3 indexes failed"))
+    result = run("wait", SWEEP_ID[:10])  # a prefix, as describe takes
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: sweep {SWEEP_ID} failed: 3 of 3 indexes failed"
