@@ -17,6 +17,7 @@ import typer
 from cli.commands import daemons, jobfile, jobs, keys, network, run, settings, sweeps, tools, ui
 from cli.commands.settings import COMPLETE_VAR
 from cli.connect import Settings, root_sources
+from cli.exits import EXIT_CODES_HELP
 from cli.group import ShoalGroup
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -30,6 +31,7 @@ app = typer.Typer(
     cls=ShoalGroup,
     name="shoal",
     help="Shoal: run jobs on a peer-to-peer compute network.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -767,3 +767,10 @@ def test_wait_follows_a_job_submitted_earlier_to_its_end_as_run_does(fake: FakeC
     fake.wait_error = WaitTimeout("not yet", describe_of(fake.spec, JobState.RUNNING, "running"))
     assert run("wait", JOB_ID, "--timeout", "1s").exit_code == 124
     assert run("wait", "j-nosuchjob").exit_code == 4
+
+
+def test_the_help_lists_the_exit_codes_scripts_rely_on() -> None:
+    text = " ".join(run("--help").stdout.split())
+    for code, meaning in (("0", "done"), ("1", "the job (or sweep) failed"), ("3", "the node is unreachable"),
+                          ("124", "the wait ran out")):
+        assert f"{code} {meaning}" in text, (code, text)
