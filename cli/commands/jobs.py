@@ -92,20 +92,29 @@ def logs(
 
 def get(
     ctx: typer.Context,
-    job_id: JobId,
+    job_id: AnyId,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
-        help="Where to put the results (default: ./job-<id>).")] = None,
+        help="Where to put the results (default: ./job-<id>; a sweep's: ./sweep-<id>, an index a folder).")] = None,
     max_bytes: MaxBytes = None,
 ) -> None:  # fmt: skip
-    """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record."""
+    """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record; for a
+    sweep, those of every completed index, each in a folder named by its index (one: shoal sweep get ID INDEX)."""
+    from cli.lookup import find_sweep, is_sweep
     from cli.lookup import job_id as full_id
-    from cli.lookup import refuse_sweep
     from cli.render import short_id
     from cli.specs import parse_size
 
-    refuse_sweep(job_id, "results: shoal sweep get ID INDEX")
     limit = parse_size(max_bytes, "--max-bytes")
     sdk = client(ctx)
+    if is_sweep(job_id):
+        sweep = find_sweep(sdk, job_id).sweep
+        dest = output_dir or Path(f"sweep-{short_id(sweep.id)}")
+        paths = sdk.download_sweep(sweep.id, dest, max_bytes=limit)
+        left = sweep.count - len(paths)
+        print(f"{len(paths)} completed indexes downloaded" + (f"; the other {left} did not complete "
+              f"(shoal describe {sweep.id})" if left else ""), file=sys.stderr)
+        print(dest)
+        return
     job_id = full_id(sdk, job_id)
     path = sdk.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
     print(path)

@@ -93,6 +93,21 @@ def test_numbers_in_a_grid_reach_the_job_as_a_sweep_file_gives_them(client):
     assert [client.index_logs(d.sweep.id, i).strip() for i in range(2)] == ["90 true", "102.5 true"]
 
 
+def test_every_completed_indexs_results_download_in_one_call_each_checked(client, tmp_path):
+    """A quant's 5,000 indexes each took ``download_index`` (two requests) and a loop of their own."""
+    code = ("import os\nx = int(os.environ['x'])\nopen(f'/outputs/r{x}.txt', 'w').write(str(x * x))\n"
+            "print(x)\nif x == 3:\n    raise SystemExit(1)")
+    d = client.run_sweep({"job": {"engine": {"name": "python", "code": code},
+                                  "outputs": [{"name": "out", "path": "/outputs"}]},
+                          "grid": {"x": [str(i) for i in range(6)]}}, timeout=180)
+    assert d.sweep.counts.get("completed") == 5, d.sweep.counts
+    paths = client.download_sweep(d.sweep.id, tmp_path / "all")
+    assert paths == [tmp_path / "all" / str(i) for i in (0, 1, 2, 4, 5)]  # the failed index has none
+    for i in (0, 1, 2, 4, 5):
+        assert (tmp_path / "all" / str(i) / "outputs" / "out" / f"r{i}.txt").read_text() == str(i * i)
+        assert (tmp_path / "all" / str(i) / "stdout").read_text() == f"{i}\n"
+
+
 @pytest.mark.skipif(not DockerExecutor("probe").is_installed(), reason="no Docker daemon answers")
 def test_the_first_success_cancels_the_running_indexes_on_every_node(stack, client, tmp_path):
     script = ('if [ "$SHOAL_INDEX" = 5 ]; then sleep 1; echo found > /outputs/hit; '

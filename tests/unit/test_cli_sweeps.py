@@ -595,12 +595,24 @@ def test_events_of_a_sweep(fake: FakeSweepClient) -> None:
     assert seen == [SWEEP_ID]  # the prefix resolved among sweeps, not jobs
 
 
-def test_logs_and_get_point_a_sweep_id_to_the_index_commands(fake: FakeSweepClient) -> None:
+def test_logs_points_a_sweep_id_to_the_index_command(fake: FakeSweepClient) -> None:
     result = run("logs", SWEEP_ID)
     assert result.exit_code == 2 and "shoal sweep logs ID INDEX" in result.stderr
-    result = run("get", SWEEP_ID)
-    assert result.exit_code == 2 and "shoal sweep get ID INDEX" in result.stderr
     assert run("describe", JOB_ID).exit_code == 0  # job ids still go to the job commands
+
+
+def test_get_of_a_sweep_downloads_every_completed_index(fake: FakeSweepClient, tmp_path: Path) -> None:
+    downloads: list[tuple[str, Path]] = []
+
+    def download_sweep(sweep_id: str, dest: Path, *, max_bytes: int | None = None) -> list[Path]:
+        downloads.append((sweep_id, Path(dest)))
+        return [Path(dest) / "0", Path(dest) / "2"]
+
+    fake.download_sweep = download_sweep  # type: ignore[attr-defined]
+    result = run("get", SWEEP_ID[:10], "-o", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.stderr
+    assert downloads == [(SWEEP_ID, tmp_path / "r")] and result.stdout == f"{tmp_path / 'r'}\n"
+    assert "2 completed indexes downloaded; the other 1 did not complete" in result.stderr
 
 
 # -- shoal sweep … ------------------------------------------------------------------------------
