@@ -129,8 +129,8 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="Run again, with backoff, up to N times after a non-zero exit or a node error (a sweep: each "
              "index).")], None),
     ("params", Annotated[list[str] | None, _opt("--param", metavar="KEY=V1,V2,...", panel=_SWEEP,
-        help="Run the job once per value (a sweep; $KEY holds the value); A..B[..STEP] is the numbers from A "
-             "to B. Repeatable: every combination.")], None),
+        help="Run the job once per value (a sweep; $KEY holds the value, and a python or wasm job's args "
+             "take it as '$KEY'); A..B[..STEP] is the numbers from A to B. Repeatable: every combination.")], None),
     ("sweep_file", Annotated[str | None, _opt("--sweep", metavar="FILE", panel=_SWEEP,
         help="Sweep from a YAML/JSON file: grid, zip, items, shard_inputs, shard_path, success, "
              "success_output.")], None),

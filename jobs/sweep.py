@@ -1,9 +1,9 @@
 """Sweeps: one request that stands for many jobs — a parameter grid, a zip, a list, input shards.
 
 Index ``i`` of a sweep is an ordinary ``JobSpec`` (``SweepSpec.job_for(i)``): the template with
-the index's values as environment variables, ``SHOAL_INDEX`` and ``SHOAL_COUNT``, and its shard of
-the sharded input. The parts combine as a grid: ``count`` is the product of their sizes and the
-last part varies fastest, like ``itertools.product``.
+the index's values as environment variables (and, in a python or wasm job's args, in place of ``$KEY``),
+``SHOAL_INDEX`` and ``SHOAL_COUNT``, and its shard of the sharded input. The parts combine as a grid:
+``count`` is the product of their sizes and the last part varies fastest, like ``itertools.product``.
 
 Indexes are never announced one by one: compute nodes claim ranges of them (see
 ``jobs.messages.Claim``), so a 10,000-index sweep costs messages in proportion to nodes and time.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import string
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -25,6 +26,9 @@ from jobs.states import JobState
 MAX_INDEXES = 1_000_000
 MAX_CONFIDENCE = 5  # an index verified by k nodes runs on up to 2k - 1 of them
 RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
+# engines whose args reach the program as they are, with an index's $KEY replaced by its value (a docker job's
+# args often go to a shell, whose own $variables must stay)
+ARGS_TAKE_VALUES = ("python", "wasm")
 
 
 def as_text(value: Any) -> Any:
@@ -164,6 +168,11 @@ class SweepSpec(_Frozen):
         values = self.values(index)
         env = {**self.job.env, **values, "SHOAL_INDEX": str(index), "SHOAL_COUNT": str(self.count)}
         update: dict[str, object] = {"env": env}
+        engine = self.job.engine
+        if engine.name in ARGS_TAKE_VALUES and any("$" in arg for arg in engine.args):
+            # "--seed $seed", as a shell would give it (no shell runs these); $$ is a $, any other $NAME stays
+            args = [string.Template(arg).safe_substitute(env) for arg in engine.args]
+            update["engine"] = engine.model_copy(update={"args": args})
         if self.shard_inputs:
             shard = Shard(index=int(values["SHOAL_SHARD"]), count=self.shard_inputs)
             position = self._sharded_input()

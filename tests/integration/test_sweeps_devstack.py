@@ -93,6 +93,14 @@ def test_numbers_in_a_grid_reach_the_job_as_a_sweep_file_gives_them(client):
     assert [client.index_logs(d.sweep.id, i).strip() for i in range(2)] == ["90 true", "102.5 true"]
 
 
+def test_a_python_scripts_arguments_take_the_index_values(client):
+    d = client.run_sweep({"job": {"engine": {"name": "python", "code": "import sys; print(sys.argv[1:])",
+                                             "args": ["--seed", "$seed"]}},
+                          "grid": {"seed": ["11", "12"]}}, timeout=180)
+    assert d.sweep.state.value == "completed", d.sweep.reason
+    assert [client.index_logs(d.sweep.id, i).strip() for i in range(2)] == ["['--seed', '11']", "['--seed', '12']"]
+
+
 def test_every_completed_indexs_results_download_in_one_call_each_checked(client, tmp_path):
     """A quant's 5,000 indexes each took ``download_index`` (two requests) and a loop of their own."""
     code = ("import os\nx = int(os.environ['x'])\nopen(f'/outputs/r{x}.txt', 'w').write(str(x * x))\n"

@@ -108,3 +108,18 @@ def test_numbers_and_booleans_in_a_sweep_read_as_text_and_hash_as_the_same_text_
                                      "zip": {"y": ["true"]}, "items": [{"z": "0"}]})
     assert numbers.grid == {"x": ["1", "2.5"]} and numbers.items == [{"z": "0"}]
     assert numbers.digest() == text.digest()
+
+
+def test_a_python_or_wasm_jobs_args_take_the_index_values_as_a_shell_would():
+    """A script built on argparse was rewritten to read the environment: --seed '$seed' reached it as is."""
+    python = {"engine": {"name": "python", "main": "main.py",
+                         "args": ["--seed", "$seed", "--vol=${vol}", "$$seed", "$HOME", "#$SHOAL_INDEX"]}}
+    s = spec(job=python, grid={"seed": ["1", "2"], "vol": ["0.1"]})
+    assert s.job_for(1).engine.args == ["--seed", "2", "--vol=0.1", "$seed", "$HOME", "#1"]
+    assert s.job_for(1).env["seed"] == "2"  # as before
+    wasm = spec(job={"engine": {"name": "wasm", "module": "/m.wasm", "args": ["$x"]}}, grid={"x": ["7"]})
+    assert wasm.job_for(0).engine.args == ["7"]
+    # a docker job's args often go to a shell, whose $variables are its own: they reach it as written
+    shell = spec(job={"engine": {"name": "docker", "image": "busybox", "entrypoint": ["sh", "-c"],
+                                 "args": ["x=5; echo $x"]}}, grid={"x": ["7"]})
+    assert shell.job_for(0).engine.args == ["x=5; echo $x"]
