@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -104,6 +104,7 @@ MIN_MEMORY = 6 * 1024**2
 # per-job disk, so two at once could fill what ``--limit-total-disk`` was to keep free. Nomad's default
 # ephemeral disk is 300 MB; inputs count against it too.
 DEFAULT_DISK = 1024**3
+RESOURCE_DIMS = ("cpu", "memory", "disk", "gpu")
 
 
 class Resources(_Frozen):
@@ -160,16 +161,17 @@ class Resources(_Frozen):
 
     def shortfall(self, limit: Resources) -> list[str]:
         """Human descriptions of what does not fit in ``limit``."""
-        out = []
-        if self.cpu > limit.cpu:
-            out.append(f"{self.cpu:g} CPU")
-        if self.memory > limit.memory:
-            out.append(f"{format_bytes(self.memory)} memory")
-        if self.disk > limit.disk:
-            out.append(f"{format_bytes(self.disk)} disk")
-        if self.gpu > limit.gpu:
-            out.append(f"{self.gpu} GPU")
-        return out
+        return self.amounts(self.short_of(limit))
+
+    def short_of(self, limit: Resources) -> list[str]:
+        """The dimensions (of RESOURCE_DIMS) in which this is more than ``limit``."""
+        return [dim for dim in RESOURCE_DIMS if getattr(self, dim) > getattr(limit, dim)]
+
+    def amounts(self, dims: Iterable[str]) -> list[str]:
+        """``dims`` of this, for people: 8 CPU, 2 GiB memory."""
+        shown = {"cpu": f"{self.cpu:g} CPU", "memory": f"{format_bytes(self.memory)} memory",
+                 "disk": f"{format_bytes(self.disk)} disk", "gpu": f"{self.gpu} GPU"}
+        return [shown[dim] for dim in dims]
 
 
 class Deal(_Frozen):

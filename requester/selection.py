@@ -8,9 +8,10 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from jobs import JobSpec
+from jobs import JobSpec, Resources
 from jobs.messages import NodeInfo
 from jobs.selector import format_labels, matches
+from jobs.spec import RESOURCE_DIMS
 
 SHOWN_LABEL_SETS = 5  # distinct label sets a "no node matches" reason lists ...
 SHOWN_LABELS_CHARS = 120  # ... each cut to this length (labels come from peers)
@@ -42,7 +43,10 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
     big_enough = [n for n in with_engine if spec.resources.fits_in(n.max_per_job)]
     if not big_enough:
         short = sorted({s for n in with_engine for s in spec.resources.shortfall(n.max_per_job)})
-        return f"0 of {len(selected)} nodes{which} can offer {', '.join(short)} per job"
+        most = Resources(**{dim: max(getattr(n.max_per_job, dim) for n in with_engine) for dim in RESOURCE_DIMS})
+        offered = most.amounts(spec.resources.short_of(most))
+        return (f"0 of {len(selected)} nodes{which} can offer {', '.join(short)} per job"
+                + (f" (the most one offers: {', '.join(offered)})" if offered else ""))
     # fewer able nodes than `concurrency` is no proof: we may not know every node yet
     return None
 

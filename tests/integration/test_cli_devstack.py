@@ -244,7 +244,8 @@ def test_a_job_no_node_can_take_fails_with_exit_1(stack: Stack) -> None:
     result = shoal(stack, "run", "noop", "--cpu", "1000")
     assert result.returncode == 1
     [line] = errors(result)
-    assert re.fullmatch(r"Error: job j-[0-9a-f]{32} failed: 0 of 3 nodes can offer 1000 CPU per job", line), line
+    assert re.fullmatch(r"Error: job j-[0-9a-f]{32} failed: 0 of 3 nodes can offer 1000 CPU per job "
+                        r"\(the most one offers: [0-9.]+ CPU\)", line), line
 
 
 def test_a_deterministic_job_reuses_a_verified_result(stack: Stack, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_a_node_with_one_gpu_runs_a_gpu_job_and_refuses_two(tmp_path: Path) -> N
         assert job["state"] == "completed" and job["spec"]["resources"]["gpu"] == 1
         too_many = shoal(tmp_path, api, "run", "noop", "--gpu", "2")
         assert too_many.returncode == 1
-        assert "0 of 1 nodes can offer 2 GPU per job" in too_many.stderr, too_many.stderr
+        assert "0 of 1 nodes can offer 2 GPU per job (the most one offers: 1 GPU)" in too_many.stderr, too_many.stderr
         assert "Traceback" not in too_many.stderr
         (tmp_path / "config.toml").write_text("[run]\ngpu = 1\n")  # the config file's default for --gpu
         configured = shoal(tmp_path, api, "run", "noop", "--json")

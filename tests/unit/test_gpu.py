@@ -86,7 +86,8 @@ def test_a_gpu_job_fails_fast_when_no_known_node_has_a_gpu() -> None:
     reason = never_runnable(spec(1), [node("a", NODE), node("b", NODE)])
     assert reason == "the job asks for 1 GPU and no compute node offering engine 'docker' has one (0 of 2 nodes)"
     assert never_runnable(spec(1), [node("a", NODE), node("b", GPU_NODE)]) is None
-    assert never_runnable(spec(4), [node("b", GPU_NODE)]) == "0 of 1 nodes can offer 4 GPU per job"
+    assert never_runnable(spec(4), [node("b", GPU_NODE)]) == ("0 of 1 nodes can offer 4 GPU per job "
+                                                              "(the most one offers: 2 GPU)")
     assert never_runnable(spec(1), []) is None  # no node known yet: wait, do not fail
 
 

@@ -90,7 +90,8 @@ def test_among_matching_nodes_the_other_reasons_say_the_selector_narrowed_them()
     docker = JobSpec.model_validate({"engine": {"name": "docker", "image": "busybox"}, "selector": "zone=eu"})
     assert never_runnable(docker, nodes) == (
         "no compute node matching selector 'zone=eu' offers engine 'docker' (0 of 1 nodes)")
-    assert never_runnable(spec(resources={"cpu": 64}), nodes) == "0 of 2 nodes can offer 64 CPU per job"
+    assert never_runnable(spec(resources={"cpu": 64}), nodes) == ("0 of 2 nodes can offer 64 CPU per job "
+                                                                  "(the most one offers: 4 CPU)")
 
 
 def test_the_reason_lists_a_few_label_sets_each_cut_short():
