@@ -349,6 +349,9 @@ class _Run:
         except wasmtime.ExitTrap as e:
             return self._failed(e.code, "", instance) if e.code else _Outcome(0)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            # its traceback holds wasmtime's frames, which hold it and the store: left to the cycle collector, the
+            # files the module had open (the space of deleted ones too) outlived an interrupted run by minutes
+            e.__traceback__ = None
             if self._interrupted.is_set():
                 return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was cancelled")
             if instance is None and limit and "memory" in str(e).lower():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -484,3 +485,36 @@ async def test_a_file_the_module_deleted_but_holds_open_counts_against_its_disk(
     assert result.exit_code != 0
     assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
     assert not list((req.outputs_dir / "out").iterdir())
+
+
+OPEN_AND_EXIT = module("""
+  (data (i32.const 128) "f")
+  (func (export "_start")
+    (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 1)
+                           (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (call $proc_exit (i32.const 3))))
+""", """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+""")
+
+
+def _open_under(path: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(f"{path}/work-"):
+                found.append(target)
+    return found
+
+
+async def test_a_modules_open_files_close_when_its_run_ends(executor: WasmExecutor, tmp_path: Path) -> None:
+    """The store and wasmtime's frames held each other: the files a module left open (and the space of those it
+    deleted) outlived its run until the cycle collector came by, minutes later."""
+    result = await executor.run(request(tmp_path, OPEN_AND_EXIT))
+    assert result.exit_code == 3 and _open_under(tmp_path) == []
+    req = request(tmp_path, HELD_OPEN)  # cancelled while it holds a deleted file
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="64MiB", disk="1GiB")}))
+    with trio.move_on_after(2):
+        await executor.run(req)
+    assert _open_under(tmp_path) == []
