@@ -42,11 +42,13 @@ class SweepFlags:
     shard_path: str | None = None
     success: str | None = None  # "all" | "any"
     success_output: str | None = None
+    max_failures: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.params) or any(
             v is not None
-            for v in (self.file, self.shard_inputs, self.shard_path, self.success, self.success_output)
+            for v in (self.file, self.shard_inputs, self.shard_path, self.success, self.success_output,
+                      self.max_failures)
         )
 
 
@@ -140,6 +142,9 @@ _SHARED: list[tuple[str, Any, Any]] = [
         help="The input to shard, by mount path (needed with several inputs).")], None),
     ("success", Annotated[Literal["all", "any"] | None, _opt("--success", panel=_SWEEP,
         help="all: every index must succeed (default); any: the first success wins, the rest stop.")], None),
+    ("max_failures", Annotated[int | None, _opt("--max-failures", metavar="N", min=0, panel=_SWEEP,
+        help="Stop the sweep once more than N indexes failed (0: at the first), cancelling what has not run.")],
+     None),
     ("success_output", Annotated[str | None, _opt("--success-output", metavar="NAME", panel=_SWEEP,
         help="With --success any: a success must also write something to this --output.")], None),
     ("wait", Annotated[bool, _opt("--wait/--no-wait", panel=_AFTER,
@@ -197,6 +202,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
             shard_path=values["shard_path"],
             success=values["success"],
             success_output=values["success_output"],
+            max_failures=values["max_failures"],
         )
         flags = JobFlags(**{k: values[k] for k in _FLAG_NAMES}, sweep=sweep)
         return func(*args, flags=flags, opts=_run_options(values), **kwargs)

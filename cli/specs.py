@@ -156,7 +156,7 @@ def validation_lines(exc: ValidationError) -> list[str]:
 
 # What a --sweep file may hold: the sweep spec's fields except the job, which the command builds.
 SWEEP_FILE_KEYS = ("grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output",
-                   "confidence")
+                   "confidence", "max_failures")
 # Sweep spec field → the flag(s) that set it, for error messages.
 _SWEEP_FLAGS = {
     "grid": "--param/--sweep",
@@ -167,6 +167,7 @@ _SWEEP_FLAGS = {
     "success": "--success",
     "success_output": "--success-output",
     "confidence": "--confidence",
+    "max_failures": "--max-failures",
 }
 # The sweep spec's own checks come as one message of "; "-separated problems; each is told
 # apart by how it starts, and named by the flag that fixes it.
@@ -335,7 +336,7 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
     if both := sorted(set(grid) & set(job.env)):  # the parameter would win, and -e be silently lost
         raise CLIError(f"--param {both[0]}: {both[0]} is set with -e too; a parameter gives each index its value",
                        code=EXIT_USAGE)
-    for name in ("shard_inputs", "shard_path", "success", "success_output"):
+    for name in ("shard_inputs", "shard_path", "success", "success_output", "max_failures"):
         value = getattr(flags, name)
         if value is not None:
             data[name] = value

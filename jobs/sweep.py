@@ -54,6 +54,8 @@ class SweepSpec(_Frozen):
     confidence: int = Field(0, ge=0, le=MAX_CONFIDENCE, exclude_if=lambda v: not v, description=(
         "distinct nodes whose results for an index must agree before it counts (0 or 1: one node's word); "
         "each index then runs on that many nodes or more"))
+    max_failures: int | None = Field(None, ge=0, le=MAX_INDEXES, exclude_if=lambda v: v is None, description=(
+        "stop the sweep, cancelling what has not run, once more than this many indexes failed (0: at the first)"))
 
     @field_validator("grid", "zip", mode="before")
     @classmethod

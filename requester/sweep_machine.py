@@ -198,7 +198,7 @@ class SweepMachine:
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
             return Reply(verdict="rejected", reason="the sweep is completed"), p
-        if self.unfinished() == 0:
+        if self.unfinished() == 0 or self._too_many_failures():
             self._finish_all_done(p, records, events)
             return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
@@ -404,18 +404,27 @@ class SweepMachine:
         """Record indexes taken back from a claim; True when that ended the sweep."""
         if not records:
             return False
-        if self.unfinished() == 0:
+        if self.unfinished() == 0 or self._too_many_failures():
             self._finish_all_done(p, records, [])
             return True
         self.sweep = self._touched(p.now)
         p.save(sweep=self.sweep, indexes=records)
         return False
 
+    def _too_many_failures(self) -> bool:
+        limit = self.sweep.spec.max_failures
+        return limit is not None and self.sweep.counts.get(JobState.FAILED, 0) > limit
+
     def _finish_all_done(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> None:
+        """End the sweep: every index has ended, or more failed than ``max_failures`` lets it go on with."""
         counts = self.sweep.counts
         failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
         spec = self.sweep.spec
-        if spec.success == "any":
+        if self.unfinished() and self._too_many_failures():
+            reason = (f"stopped once {failed} indexes had failed (max_failures {spec.max_failures}); "
+                      f"{completed} completed, {self.unfinished()} not run")
+            self._finish(p, JobState.FAILED, reason, records, events)
+        elif spec.success == "any":
             check = f" with a non-empty output {spec.success_output!r}" if spec.success_output else ""
             reason = f"no index succeeded{check}: {completed} completed without it, {failed} failed"
             self._finish(p, JobState.FAILED, reason, records, events)

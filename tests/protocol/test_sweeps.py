@@ -388,3 +388,30 @@ async def test_a_retry_that_arrives_while_the_sweep_ends_runs_its_failed_indexes
                 await trio.sleep(0.5)
         assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 6}
         assert (await node.store.get_sweep(s.id)).state is JobState.COMPLETED
+
+
+async def test_max_failures_stops_a_failing_sweep_and_cancels_what_has_not_run(tmp_path, autojump_clock):
+    """A syntax error in main.py ran all 2,000 indexes of a sweep, over 49 s of every node, before it failed."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, hub, tmp_path)
+        runs: list = []
+        for n in ns:
+            n.noop.hooks.exit_code, n.noop.hooks.delay = 1, 0.5
+            record_runs(n, runs)
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(200)]}, max_failures=2), "alice")
+        d = await finished(ns[0].sweeps, s.id)
+        assert d.sweep.state is JobState.FAILED
+        failed = d.sweep.counts[JobState.FAILED]
+        assert failed >= 3 and d.sweep.reason.startswith(f"stopped once {failed} indexes had failed (max_failures 2)")
+        assert d.sweep.counts[JobState.CANCELLED] == 200 - failed  # none completed: every run exits 1
+        assert len(runs) < 40  # what was claimed when it stopped, not 200
+        await trio.sleep(5)
+        ran = len(runs)
+        await trio.sleep(5)
+        assert len(runs) == ran  # and nothing more runs
+        assert all(n.compute.capacity.free == n.compute.capacity.total for n in ns)
+
+        plain, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(20)]}), "alice")
+        d = await finished(ns[0].sweeps, plain.id, timeout=60)  # without it, every index runs, as before
+        assert d.sweep.counts == {JobState.FAILED: 20} and d.sweep.reason == "20 of 20 indexes failed"

@@ -722,3 +722,10 @@ def test_wait_follows_a_sweep_submitted_earlier_to_its_end(fake: FakeSweepClient
     result = run("wait", SWEEP_ID[:10])  # a prefix, as describe takes
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == f"Error: sweep {SWEEP_ID} failed: 3 of 3 indexes failed"
+
+
+def test_max_failures_reaches_the_sweep_and_alone_makes_none(fake: FakeSweepClient) -> None:
+    assert run("run", "noop", "--param", "x=1,2", "--max-failures", "0", "--no-wait").exit_code == 0
+    assert submitted_sweep(fake).max_failures == 0
+    result = run("run", "noop", "--max-failures", "3", "--no-wait")  # a sweep flag without parameters
+    assert result.exit_code == 2 and fake.sweeps_submitted[1:] == []

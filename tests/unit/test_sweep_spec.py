@@ -77,6 +77,16 @@ def test_a_sweep_without_confidence_reads_and_hashes_as_before_it_existed():
     assert verified.digest() != plain.digest()  # an idempotent repeat must not mix the two up
 
 
+def test_a_sweep_without_max_failures_reads_and_hashes_as_before_it_existed():
+    plain = spec(grid={"x": ["1"]})
+    assert "max_failures" not in json.loads(plain.model_dump_json())
+    stopping = spec(grid={"x": ["1"]}, max_failures=0)
+    assert SweepSpec.model_validate_json(stopping.model_dump_json()).max_failures == 0
+    assert stopping.digest() != plain.digest()
+    with pytest.raises(ValidationError):
+        spec(grid={"x": ["1"]}, max_failures=-1)
+
+
 def test_shards_are_contiguous_sorted_runs_of_near_equal_size():
     names = [f"f{i}" for i in range(10)]
     shards = [Shard(index=i, count=4).pick(list(reversed(names))) for i in range(4)]
