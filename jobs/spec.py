@@ -169,9 +169,8 @@ class Resources(_Frozen):
 
     def amounts(self, dims: Iterable[str]) -> list[str]:
         """``dims`` of this, for people: 8 CPU, 2 GiB memory."""
-        shown = {"cpu": f"{self.cpu:g} CPU", "memory": f"{format_bytes(self.memory)} memory",
-                 "disk": f"{format_bytes(self.disk)} disk", "gpu": f"{self.gpu} GPU"}
-        return [shown[dim] for dim in dims]
+        return [f"{self.cpu:g} CPU" if dim == "cpu" else f"{self.gpu} GPU" if dim == "gpu"
+                else f"{format_bytes(getattr(self, dim))} {dim}" for dim in dims]
 
 
 class Deal(_Frozen):

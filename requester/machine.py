@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
+from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
 from jobs.events import ending
 from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
+from jobs.spec import MIN_CPU, MIN_MEMORY
 from requester import trust
 from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
 
@@ -28,6 +29,7 @@ RETRY_BACKOFF_MAX = 60.0
 MAX_REOFFERS = 5
 CANDIDATE_SPARE = 1  # a first announcement asks one node more than the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
+SMALLEST_JOB = Resources(cpu=MIN_CPU, memory=MIN_MEMORY, disk=0)  # what any job reserves at least
 # what a failed run of a job that repeats exactly says, when it had retries left (JobSpec.repeats_exactly)
 NOT_RETRIED = " (not retried: a deterministic job exits the same way on every run)"
 
@@ -243,9 +245,11 @@ class JobMachine:
         waiting = (s for s in states if s.is_open() and s.waiting_since <= now)
         for state in sorted(waiting, key=lambda s: s.waiting_since):
             spec = state.job.spec
-            if can_ever_run(spec, info) and spec.resources.fits_in(free):
+            if spec.resources.fits_in(free) and can_ever_run(spec, info):
                 free = free - spec.resources
                 woken.append(state.job.id)
+                if not SMALLEST_JOB.fits_in(free):  # full: the rest would only be looked at
+                    break
         return woken
 
     # -- messages from compute nodes --------------------------------------------------------------

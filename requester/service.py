@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -24,7 +24,7 @@ from jobs.views import JobDescription, Phases
 from requester import trust
 from requester.common import REQUEST_TIMEOUT, Driver, InFlight, Live, UnknownJob, deliver, submit_once
 from requester.logs import LiveOutputs
-from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, Cached, JobChanges, JobMachine, Known, Tracked
+from requester.machine import MAX_REOFFERS, QUARANTINE_AFTER, TICK, Cached, JobChanges, JobMachine, Known, Tracked
 from requester.nodes import NodeTable
 from requester.ports import RequesterStore
 from requester.selection import Queue, waiting_reason
@@ -35,6 +35,8 @@ SIDE = ExecutionSide.REQUESTER
 LIVENESS_INTERVAL = 1.0  # how often nodes running our executions are asked whether they still are
 LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast counts as silent for that round
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
+WAKES_PER_TICK = 2  # nodes that joined whose room is matched against the waiting jobs, each TICK
+MAX_JOINED = 64  # nodes that joined kept to be matched so; beyond, the longest waiting is dropped
 
 
 @dataclass(eq=False)
@@ -65,12 +67,14 @@ class RequesterService(Driver[_Active]):
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._checking: set[str] = set()
+        self._joined: OrderedDict[str, NodeInfo] = OrderedDict()  # nodes new or restarted, whose room wakes jobs
         self.latencies: deque[float] = deque(maxlen=1000)  # submit -> terminal of recently finished jobs
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(super().run)
             nursery.start_soon(self._liveness_loop)
+            nursery.start_soon(self._wake_loop)
             task_status.started()
 
     async def _restore(self) -> None:
@@ -104,8 +108,20 @@ class RequesterService(Driver[_Active]):
             return
         vouched = self.reputation.get(origin, (0, 0))[0] > 0  # it ran jobs for us: a flood does not push it out
         if self.nodes.update(info, self.clock(), vouched=vouched):  # new, or restarted: announce what it has room for
-            for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info, self.clock()):
-                self._live[job_id].woken = True  # applied under the job's lock, by its next tick
+            self._joined[origin] = info
+            self._joined.move_to_end(origin)
+            while len(self._joined) > MAX_JOINED:
+                self._joined.popitem(last=False)
+
+    async def _wake_loop(self) -> None:
+        """Wake the waiting jobs nodes that joined have room for, a few nodes a tick: each look goes over every
+        waiting job (20 ms at 10,000), and fresh identities cost a flooding peer nothing."""
+        while True:
+            await trio.sleep(TICK)
+            for _ in range(min(WAKES_PER_TICK, len(self._joined))):
+                _, info = self._joined.popitem(last=False)
+                for job_id in self.machine.to_wake((aj.state for aj in self._live.values()), info, self.clock()):
+                    self._live[job_id].woken = True  # applied under the job's lock, by its next tick
 
     # -- performing the machine's changes --------------------------------------------------------
 

@@ -304,3 +304,35 @@ async def test_a_flood_of_node_info_from_fresh_identities_pushes_out_no_known_no
             nursery.cancel_scope.cancel()
         assert states == [JobState.COMPLETED] * 30
         assert table.size == MAX_NODES and table.evicted > 4_000 and requester.requester.nodes.get("n1") is not None
+
+
+async def test_a_flood_of_joining_nodes_costs_the_requester_a_few_looks_over_its_waiting_jobs_a_tick(
+        tmp_path, autojump_clock, monkeypatch):
+    """Every new identity's node info made the requester look over every waiting job for those it had room for
+    (20 ms at 10,000): a flood of fresh identities held its core. Now it looks for two joiners a tick."""
+    from requester.machine import TICK, JobMachine
+    from requester.service import WAKES_PER_TICK
+
+    looks: list[str] = []
+    to_wake = JobMachine.to_wake
+
+    def counted(states, info, now):  # type: ignore[no-untyped-def]
+        looks.append(info.peer_id)
+        return to_wake(states, info, now)
+
+    monkeypatch.setattr(JobMachine, "to_wake", staticmethod(counted))
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", compute=False))
+        job, _ = await requester.requester.submit(JobSpec.model_validate({"engine": {"name": "noop"}}), "alice")
+        room = Resources(cpu=1, memory="1GiB", disk="1GiB")
+        looks.clear()
+        for i in range(2_000):  # in one instant
+            await requester.transport.dispatcher.on_gossip(f"sybil-{i}", encode(
+                NodeInfo(peer_id=f"sybil-{i}", engines=["noop"], max_per_job=room, total=room, free=room)))
+        await trio.sleep(10 * TICK)
+        assert 0 < len(looks) <= WAKES_PER_TICK * 11  # not 2,000
+        # and the waiting job runs once an honest node joins
+        await stack.enter_async_context(memory_node(hub, "n1", tmp_path / "n1"))
+        await requester.requester.wait(job.id, 60)
+        assert (await requester.requester.get(job.id)).state is JobState.COMPLETED
