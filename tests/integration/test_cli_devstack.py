@@ -179,7 +179,7 @@ def pending_job(stack: Stack) -> str:
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()  # only the id on stdout, at once
     assert JOB_ID.match(job_id)
-    assert f"shoal describe {job_id}" in result.stderr
+    assert f"follow it with: shoal wait {job_id}" in result.stderr
     return job_id
 
 
