@@ -194,6 +194,20 @@ function overLimit(heapBytes, extra) {
   return heapBytes + fileBytes + extra > memoryLimit;
 }
 
+// Where a job may keep scratch files in memory without a word: any other path it writes to (/outputs/r.json with no
+// -o) is lost when it ends, and a container's read-only root says so at once: so does this, at the end.
+const SCRATCH = ["/tmp", "/home/pyodide"];
+
+function unkept(FS) {
+  const paths = [];
+  for (const node of files.keys()) {
+    if (node.parent?.contents?.[node.name] !== node) continue; // deleted since
+    const path = FS.getPath(node);
+    if (!SCRATCH.some((dir) => path.startsWith(dir + "/"))) paths.push(path);
+  }
+  return paths.sort();
+}
+
 function recount(node, before) {
   let file = files.get(node);
   if (file === undefined) files.set(node, (file = { base: before, counted: 0 }));
@@ -795,6 +809,12 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
       code = runDriver(JSON.stringify(job), reset, advance);
     } finally {
       programRunning = false;
+    }
+    const lost = unkept(pyodide.FS);
+    if (lost.length) {
+      const more = lost.length > 1 ? ` and ${lost.length - 1} more` : "";
+      writeAll(2, Buffer.from(`shoal: the job wrote ${lost[0]}${more} outside its outputs, in memory: not kept `
+                              + "(a folder is kept when the job declares it: -o NAME:/PATH)\n"));
     }
     // A full /tmp (ENOSPC) is explained whatever the exit; a refused heap only when the program failed: Python's
     // allocator may ask for more than it needs and take less, and a program that caught MemoryError ran as meant

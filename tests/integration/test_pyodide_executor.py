@@ -461,3 +461,18 @@ async def test_a_missing_module_says_where_numpy_runs(executor: PyodideExecutor,
     result = await executor.run(request(tmp_path, code="import sys\nprint(sys.version_info[:2])\nsys.exit(3)"))
     assert result.exit_code == 3 and "--image" not in result.stderr
     assert result.stdout == "(3, 14)\n"  # as shoal run python --help and the README say
+
+
+async def test_files_written_outside_the_outputs_are_said_to_be_lost(executor: PyodideExecutor, tmp_path: Path) -> None:
+    """A job that wrote /results/r.csv with no output declared for it completed, and its files were gone: in
+    a container the read-only root says so. /tmp and the home are scratch, said nothing of."""
+    code = ("import os\nos.makedirs('/results')\nfor name in ('b.csv', 'a.csv'):\n"
+            "    open(f'/results/{name}', 'w').write('1,2\\n')\n"
+            "open('/tmp/scratch', 'w').write('x')\nopen(os.path.expanduser('~/cache'), 'w').write('x')\n"
+            "open('/outputs/kept.txt', 'w').write('kept')\nprint('done')")
+    result = await executor.run(request(tmp_path, code=code))
+    assert result.exit_code == 0 and result.stdout == "done\n"
+    assert result.stderr == ("shoal: the job wrote /results/a.csv and 1 more outside its outputs, in memory: not kept "
+                             "(a folder is kept when the job declares it: -o NAME:/PATH)\n")
+    result = await executor.run(request(tmp_path, code="open('/tmp/scratch', 'w').write('x')"))
+    assert result.exit_code == 0 and result.stderr == ""
