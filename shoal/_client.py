@@ -790,15 +790,14 @@ class Client(_BaseClient):
         """Fetch the results of every completed index into ``dest``/INDEX, each checked against its recorded CID
         like ``download``; returns their folders in index order. One request an index (``download_index`` makes
         two), so 1,000 indexes cost 1,000 downloads, not 2,000 round trips."""
-        paths, first = [], 0
-        while True:
+        count, paths, first = self.describe_sweep(sweep_id).sweep.count, [], 0
+        while first is not None:
             page = self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
-            for record in page.indexes:
+            records, first = _page_of_indexes(page, first, count)
+            for record in records:
                 plan, request, whose = _index_download(sweep_id, record, max_bytes, self._tar_request)
                 paths.append(self._fetch(plan, request, Path(dest) / str(record.index), whose))
-            if len(page.indexes) < SWEEP_PAGE:
-                return paths
-            first = page.indexes[-1].index + 1
+        return paths
 
     def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
         """One index's stdout (or stderr); empty while it has not run."""
@@ -1168,15 +1167,14 @@ class AsyncClient(_BaseClient):
         self, sweep_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None
     ) -> list[Path]:
         """See ``Client.download_sweep``."""
-        paths, first = [], 0
-        while True:
+        count, paths, first = (await self.describe_sweep(sweep_id)).sweep.count, [], 0
+        while first is not None:
             page = await self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
-            for record in page.indexes:
+            records, first = _page_of_indexes(page, first, count)
+            for record in records:
                 plan, request, whose = _index_download(sweep_id, record, max_bytes, self._tar_request)
                 paths.append(await self._fetch(plan, request, Path(dest) / str(record.index), whose))
-            if len(page.indexes) < SWEEP_PAGE:
-                return paths
-            first = page.indexes[-1].index + 1
+        return paths
 
     async def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
         """See ``Client.index_logs``."""
@@ -1285,6 +1283,19 @@ def _sweep_path(sweep_id: str, action: str = "") -> str:
 
 
 SWEEP_PAGE = 1000  # index records asked for at once
+
+
+def _page_of_indexes(page: IndexList, first: int, count: int) -> tuple[list[IndexRecord], int | None]:
+    """A page of index records: those to download, each once and in order, from ``first`` and below ``count`` (what
+    a node answers is checked, so a page that does not move on ends the loop), and where the next page starts
+    (None: this one was the last)."""
+    records, after = [], first
+    for record in sorted(page.indexes, key=lambda r: r.index):
+        if after <= record.index < count:
+            records.append(record)
+            after = record.index + 1
+    last = len(page.indexes) < SWEEP_PAGE or after == first or after >= count
+    return records, None if last else after
 
 
 def _index_download(sweep_id: str, record: IndexRecord, max_bytes: int | None,

@@ -32,6 +32,7 @@ class SweepNode(FakeNode):
         self.sweep_polls: dict[str, int] = {}  # sweep id → wait-polls before it completes
         self.result_cid: str | None = None  # the CID every index's record names (default: that of result_files)
         self.result_files: dict[str, bytes] = {"stdout": b"x=2\n", "exitCode": b"0"}
+        self.index_page: list[int] | None = None  # the indexes every page of records names, whatever is asked
 
     def add_sweep(self, sweep_id: str, state: JobState = JobState.RUNNING, owner: str = "someone") -> Sweep:
         spec = SweepSpec.model_validate(SWEEP)
@@ -81,6 +82,9 @@ class SweepNode(FakeNode):
         if rest == ["indexes"]:
             first, limit = int(params["first"]), int(params["limit"])
             records = [IndexRecord(index=i, state=JobState.COMPLETED) for i in range(first, 3)][:limit]
+            if self.index_page is not None:
+                result = RunResult(exit_code=0, cid=self.recorded_cid())
+                records = [IndexRecord(index=i, state=JobState.COMPLETED, result=result) for i in self.index_page]
             return httpx.Response(200, json=IndexList(indexes=records, total=3).model_dump(mode="json")), 0
         if rest[:1] == ["indexes"]:
             index = int(rest[1])
@@ -292,6 +296,22 @@ async def test_events_of_a_sweep_come_from_its_own_stream(client, fake: SweepNod
 
 
 # -- download_index --------------------------------------------------------------------------------
+
+
+async def test_download_sweep_fetches_each_completed_index_once_whatever_the_node_pages(
+        client, fake: SweepNode, tmp_path: Path) -> None:
+    """Pages that repeat an index, go backwards, name one past the sweep or never move on: each index that can
+    be is fetched once, and the loop ends (it took the node's word for where the next page starts)."""
+    fake.add_sweep("s-1", state=JobState.COMPLETED)  # 3 indexes
+    fake.index_page = [2, 0, 0, 1, 7, -1] + [2] * 1_000  # a full page (more than SWEEP_PAGE), the same every time
+    got = await call(client, "download_sweep", "s-1", tmp_path / "all")
+    assert got == [tmp_path / "all" / str(i) for i in (0, 1, 2)]
+    assert all((tmp_path / "all" / str(i) / "stdout").read_text() == "x=2\n" for i in range(3))
+    assert sum(1 for line in paths(fake) if line.endswith("/results")) == 3
+    assert sum(1 for line in paths(fake) if "/indexes?" in line) == 1  # it reached the sweep's last index
+    fake.index_page = [0] * 1_001  # a node that never moves on
+    got = await call(client, "download_sweep", "s-1", tmp_path / "again")
+    assert got == [tmp_path / "again" / "0"] and sum(1 for line in paths(fake) if "/indexes?" in line) == 3
 
 
 async def test_download_index_extracts_results(client, fake: SweepNode, tmp_path: Path) -> None:
