@@ -29,6 +29,7 @@ RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
 # engines whose args reach the program as they are, with an index's $KEY replaced by its value (a docker job's
 # args often go to a shell, whose own $variables must stay)
 ARGS_TAKE_VALUES = ("python", "wasm")
+MAX_ARGS_CHARS = 256 * 1024  # of an index's args with its values in
 
 
 def as_text(value: Any) -> Any:
@@ -116,9 +117,34 @@ class SweepSpec(_Frozen):
             problems.append("a sweep needs parameters (grid, zip or items) or shard_inputs")
         elif math.prod(sizes) > MAX_INDEXES:
             problems.append(f"{math.prod(sizes)} indexes: a sweep has at most {MAX_INDEXES}")
+        elif (longest := self._longest_args()) > MAX_ARGS_CHARS:
+            problems.append(f"args: with the values in place of their $KEYs, an index's args could take {longest:,} "
+                            f"characters; at most {MAX_ARGS_CHARS:,}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _longest_args(self) -> int:
+        """The most characters an index's args take once ``job_for`` put its values in (each ``$KEY`` taking the
+        longest value of KEY; 0 where none is put in): 100,000 "$x" and a 100 kB value would make every index's
+        spec 10 GB, on every node that runs one."""
+        engine = self.job.engine
+        if engine.name not in ARGS_TAKE_VALUES or not any("$" in arg for arg in engine.args):
+            return 0  # as written: the template's own size is bounded where it comes in
+        longest = {key: len(value) for key, value in self.job.env.items()}
+        for part in (self.grid, self.zip):
+            longest |= {key: max(map(len, values), default=0) for key, values in part.items()}
+        for item in self.items:
+            for key, value in item.items():
+                longest[key] = max(longest.get(key, 0), len(value))
+        longest |= dict.fromkeys(RESERVED_ENV, len(str(self.count)))
+        total = 0
+        for arg in engine.args:
+            total += len(arg)
+            for match in string.Template.pattern.finditer(arg):
+                if (name := match["named"] or match["braced"]) in longest:
+                    total += longest[name] - len(match[0])
+        return total
 
     def _sharded_input(self) -> int | None:
         """Position of the input to shard in the template's inputs."""

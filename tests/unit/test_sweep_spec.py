@@ -133,3 +133,17 @@ def test_a_python_or_wasm_jobs_args_take_the_index_values_as_a_shell_would():
     shell = spec(job={"engine": {"name": "docker", "image": "busybox", "entrypoint": ["sh", "-c"],
                                  "args": ["x=5; echo $x"]}}, grid={"x": ["7"]})
     assert shell.job_for(0).engine.args == ["x=5; echo $x"]
+
+
+def test_args_that_would_grow_past_their_bound_with_the_values_in_are_refused():
+    """A small template and small values (both under any request's size) multiplied: 100,000 "$x" and a
+    100 kB value made every index's spec 10 GB, on every node that would run one."""
+    job = {"engine": {"name": "python", "code": "pass", "args": ["$x"] * 1_000}}
+    with pytest.raises(ValidationError, match="an index's args could take 1,000,000 characters; at most 262,144"):
+        spec(job=job, grid={"x": ["a" * 1_000, "b"]})
+    with pytest.raises(ValidationError, match="at most 262,144"):  # a value from the template's env counts too
+        wasm = {"name": "wasm", "module": "/m", "args": ["${y}"] * 900}
+        spec(job={"engine": wasm, "env": {"y": "c" * 300}}, grid={"x": ["1"]})
+    assert spec(job=job, grid={"x": ["a" * 100]}).job_for(0).engine.args == ["a" * 100] * 1_000  # 100,000: fine
+    docker = {"engine": {"name": "docker", "image": "busybox", "args": ["$x"] * 1_000}}  # as written: no growth
+    assert spec(job=docker, grid={"x": ["a" * 1_000]}).count == 1
