@@ -267,7 +267,7 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
         write_output([index_stdout(client, sweep.id, sweep.winner)])
         print(f"Its results: shoal sweep get {sweep.id} {sweep.winner}", file=sys.stderr)
     else:
-        print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; its results: shoal sweep get {sweep.id} INDEX",
+        print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; every index's results: shoal get {sweep.id}",
               file=sys.stderr)
     return EXIT_OK
 

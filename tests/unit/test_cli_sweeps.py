@@ -718,6 +718,7 @@ def test_wait_follows_a_sweep_submitted_earlier_to_its_end(fake: FakeSweepClient
     result = run("wait", SWEEP_ID)
     assert result.exit_code == 0, result.stderr
     assert f"Sweep {SWEEP_ID} completed: 3/3 completed" in result.stderr
+    assert f"every index's results: shoal get {SWEEP_ID}" in result.stderr
     fake.final = description(sweep_of(fake.sweep_spec, JobState.FAILED, reason="3 of 3 indexes failed"))
     result = run("wait", SWEEP_ID[:10])  # a prefix, as describe takes
     assert result.exit_code == 1
