@@ -29,8 +29,13 @@ def list_jobs(
     from cli.render import emit, jobs_table, output_format, show_list
 
     fmt = output_format(json_, output)
-    result = client(ctx).list(state=state, limit=limit, selector=selector)
+    sdk = client(ctx)
+    result = sdk.list(state=state, limit=limit, selector=selector)
     emit(result, fmt, lambda: show_list(result.jobs, result.total, "jobs", jobs_table))
+    if fmt == "table" and state is None and selector is None:  # a sweep's indexes are not jobs: say where they are
+        sweeps = sdk.list_sweeps(limit=1).total
+        if sweeps:
+            print(f"And {sweeps} sweep{'s' if sweeps > 1 else ''}: shoal sweep list", file=sys.stderr)
 
 
 def describe(ctx: typer.Context, job_id: AnyId, json_: Json = False, output: Output = None) -> None:

@@ -81,6 +81,9 @@ def test_a_noop_grid_completes_with_every_combination(stack: Stack) -> None:
     assert "grid x(3) y(2)" in text and "Ranges" in text
     listed = shoal(stack, "sweep", "list")
     assert listed.returncode == 0 and sweep_id[:12] in listed.stdout
+    jobs = shoal(stack, "list")  # a sweep is not a job, but the list of jobs says where to find it
+    assert jobs.returncode == 0 and "sweep" in jobs.stderr and "shoal sweep list" in jobs.stderr
+    assert shoal(stack, "list", "--json").stderr == ""  # machines get the jobs' JSON alone
 
 
 def test_a_python_sweep_gives_each_index_its_value(stack: Stack, tmp_path: Path) -> None:
