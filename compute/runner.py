@@ -20,7 +20,7 @@ from executors.base import MAX_OUTPUT_ENTRIES, disk_limit
 from jobs import Execution, Resources, RunResult, ShoalError
 from jobs.spec import ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
-from storage.trees import TooDeep, count_entries, remove_tree
+from storage.trees import TooDeep, Unstorable, count_entries, remove_tree
 
 if TYPE_CHECKING:
     from jobs import JobSpec
@@ -120,7 +120,7 @@ class Runner:
             if spec.outputs:
                 try:  # before anything walks the outputs with recursion (sizes, publishing)
                     counted = await self._run_blocking(count_entries, results / "outputs", request.max_entries)
-                except TooDeep as e:
+                except (TooDeep, Unstorable) as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
                 if counted > request.max_entries:  # the executors stopped the run there (their disk watch)
                     return Outcome(None, f"the job's outputs hold more than {request.max_entries:,} files and "

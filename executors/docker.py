@@ -274,6 +274,8 @@ class DockerExecutor(Executor):
         if engine.network and not self.allow_network:
             raise ExecutorError("this node does not give jobs network access (the job sets network: true)",
                                 retryable=False)
+        if problem := engine.workdir_problem():  # a peer's announcement is not checked as a submission is
+            raise ExecutorError(problem, retryable=False)
         return engine
 
     # -- images --------------------------------------------------------------------------------------

@@ -417,9 +417,9 @@ class PyodideExecutor(Executor):
             closing, self._closing = self._closing, set()
             for runner in [*idle, *closing, *(r for waiting in parked.values() for _, r in waiting)]:
                 await runner.aclose()
-            if self.sandbox is not None and not self._in_flight:
+            if self.sandbox is not None and not self._in_flight:  # its folder holds a copy of the snapshot (30 MB)
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.sandbox.close_cgroups)
+                    await trio.to_thread.run_sync(self.sandbox.close)
 
     async def _settle(self) -> None:
         """Wait until no job has run for REFILL_SETTLE_SECONDS, or REFILL_DEFER_SECONDS at most, or no

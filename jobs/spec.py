@@ -262,6 +262,9 @@ class NoopEngine(_Engine):
     delay: float = Field(0.0, ge=0, le=3600, description="seconds the run takes (to simulate work)")
 
 
+KERNEL_VIEWS = ("proc", "sys", "dev")  # no container's working directory is under these
+
+
 class DockerEngine(_Engine):
     name: Literal["docker"] = "docker"
     image: str = Field(min_length=1)
@@ -273,6 +276,19 @@ class DockerEngine(_Engine):
     @property
     def needs_network(self) -> bool:
         return self.network
+
+    def workdir_problem(self) -> str | None:
+        """Why no node runs a container in ``workdir``, or None: it is an absolute path without '..', outside
+        the kernel's views (``/proc/self/fd/N`` took an older runc's container to the host's files:
+        CVE-2024-21626). Not a model rule: a job an older node stored keeps loading."""
+        if self.workdir is None:
+            return None
+        parts = [p for p in self.workdir.split("/") if p not in ("", ".")]
+        if not self.workdir.startswith("/") or ".." in parts:
+            return f"workdir {self.workdir!r}: an absolute path without '..'"
+        if parts and parts[0] in KERNEL_VIEWS:
+            return f"workdir {self.workdir!r}: not under /{parts[0]} (the kernel's view of the host)"
+        return None
 
 
 class WasmEngine(_Engine):
@@ -525,6 +541,8 @@ class JobSpec(_Frozen):
         for i, spec in enumerate(self.inputs):
             if why := spec.source_problem():
                 return f"inputs.{i}.source: {why}"
+        if isinstance(self.engine, DockerEngine) and (why := self.engine.workdir_problem()):
+            return f"engine.{why}"
         return None
 
     def refusal_by(self, node: Offer) -> str | None:

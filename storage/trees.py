@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from storage.errors import StorageError
 
-__all__ = ["MAX_DEPTH", "TooDeep", "check_depth", "count_entries", "entries", "remove_tree"]
+__all__ = ["MAX_DEPTH", "TooDeep", "Unstorable", "check_depth", "count_entries", "entries", "remove_tree"]
 
 MAX_DEPTH = 100  # directories within directories below a job's input or output (more is refused)
 PATH_TOO_LONG = "a path longer than the system takes (directories nested too deep)"
@@ -59,6 +59,13 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
                 stack.append((entry.path, depth + 1))
 
 
+class Unstorable(StorageError):
+    """A tree holds an entry that is neither a file, a directory nor a symlink (a FIFO, a socket, a device)."""
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
 def check_depth(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> None:
     """Raise ``TooDeep`` if ``path`` is too deep to walk (see ``entries``)."""
     for _ in entries(path, max_depth):
@@ -67,9 +74,13 @@ def check_depth(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Non
 
 def count_entries(path: str | os.PathLike[str], limit: int) -> int:
     """The entries below ``path``, counted up to ``limit`` + 1 (more is not counted); raises ``TooDeep``
-    as ``entries`` does."""
+    as ``entries`` does, and ``Unstorable`` naming the first entry no storage takes, by its path below ``path``
+    (the one a job knows; the node's own folders are not a peer's business)."""
     counted = 0
-    for _ in entries(path):
+    for found, st in entries(path):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise Unstorable(f"{os.path.relpath(found, path)}, {kind}: only files, folders and symlinks are stored")
         counted += 1
         if counted > limit:
             break

@@ -485,6 +485,19 @@ def test_an_input_no_node_could_fetch_is_refused_at_once_naming_it(node_a: Path)
         assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": fetchable})).status_code == 201
 
 
+def test_a_containers_working_directory_in_the_kernels_views_is_refused(node_a: Path) -> None:
+    """``/proc/self/fd/N`` as a working directory took an older runc's container to the host's files
+    (CVE-2024-21626): no submission names one, nor a relative path or '..'."""
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for workdir in ("/proc/self/fd/7", "//sys/fs", "/./dev", "work", "/data/../proc/1/root"):
+            spec = {"engine": {"name": "docker", "image": "busybox", "workdir": workdir}}
+            for path, body in (("jobs", {"spec": spec}), ("sweeps", {"spec": {"job": spec, "grid": {"x": ["1"]}}})):
+                refused = error(http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body)), 422)
+                assert f"engine.workdir {workdir!r}" in refused["message"]
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0  # nothing was stored
+
+
 def test_a_node_out_of_file_descriptors_logs_it_once_in_a_while_and_serves_again(tmp_path):
     """Trio's accept loop logged a whole traceback every 0.1 s while the node had no file descriptor left:
     anyone able to open connections could fill the node's disk with its log. Now one warning line per 10 s

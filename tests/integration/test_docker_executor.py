@@ -190,6 +190,20 @@ async def test_network_job_refused_unless_the_node_allows_it(client, node_label,
     assert sorted(result.stdout.split()) == ["eth0", "lo"]
 
 
+async def test_a_peers_job_in_the_kernels_views_is_refused_before_any_container(client, executor, node_label,
+                                                                                tmp_path):
+    """A requester announcing a job is not checked as a client's submission is: the executor refuses a working
+    directory such as ``/proc/self/fd/7`` (CVE-2024-21626's way to the host through an older runc) itself."""
+    mine = lambda: client.api.containers(all=True, filters={"label": f"shoal.node={node_label}"})  # noqa: E731
+    before = mine()
+    with pytest.raises(ExecutorError, match="workdir '/proc/self/fd/7'") as refused:
+        await executor.run(make_request(tmp_path, script="ls /", engine={"workdir": "/proc/self/fd/7"}))
+    assert refused.value.retryable is False  # the job's fault: no node runs it
+    assert mine() == before  # no container was made
+    result = await executor.run(make_request(tmp_path, script="pwd", engine={"workdir": "/tmp/work/./x"}))
+    assert result.stdout == "/tmp/work/x\n"
+
+
 async def test_stdout_keeps_the_last_max_capture_bytes(executor, tmp_path):
     result = await executor.run(make_request(tmp_path, script="seq 1 400000; echo done >&2"))  # ~2.7 MB
     assert result.exit_code == 0

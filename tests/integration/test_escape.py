@@ -282,6 +282,18 @@ def test_outputs_nested_1500_deep_fail_their_job_and_the_node_carries_on(stack, 
     assert not any((stack.nodes[0].data_dir / "work").iterdir())  # the scratch space is gone
 
 
+def test_a_fifo_in_docker_outputs_fails_the_job_naming_it_as_the_job_knows_it(stack, docker_ready):
+    """A FIFO in a job's outputs failed it with the path of the node's scratch folder in the error, which
+    every client reads: the node's data dir and its layout, given away."""
+    with Client(stack.nodes[0].api) as client:
+        job = client.run({"engine": {"name": "docker", "image": "busybox", "args": ["sh", "-c", "mkfifo /outputs/p"]},
+                          "outputs": [{"name": "out", "path": "/outputs"}], "cache": False}, timeout=180).job
+    assert job.state.value == "failed"
+    assert "the job's outputs hold out/p, a FIFO: only files, folders and symlinks are stored" in job.reason, \
+        job.reason
+    assert not any(str(node.data_dir) in job.reason for node in stack.nodes)
+
+
 FLOOD_PY = "import itertools\nfor i in itertools.count():\n    open(f'/outputs/f{i}', 'w').close()"
 FLOOD_SH = "i=0; while :; do : > /outputs/f$i; i=$((i+1)); done"
 

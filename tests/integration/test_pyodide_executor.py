@@ -348,6 +348,17 @@ async def test_deadline_kills_a_running_program_promptly(executor: PyodideExecut
         nursery.cancel_scope.cancel()  # stops the pool and kills the interpreter it was starting
 
 
+async def test_a_stopped_pool_leaves_no_sandbox_folder(executor: PyodideExecutor, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.run_pool)
+        result = await executor.run(request(tmp_path, code="print(6 * 7)"))
+        assert result.stdout == "42\n"
+        root = executor.sandbox.root()
+        assert any(root.glob("*.snapshot"))  # the interpreters' copy of the snapshot
+        nursery.cancel_scope.cancel()
+    assert not root.exists()  # a stopped node leaves nothing of it in /tmp
+
+
 DETERMINISM = """\
 import asyncio, datetime, os, random, secrets, tempfile, time, uuid
 print("random", random.random(), random.getrandbits(64), random.choice("abcdefgh"))

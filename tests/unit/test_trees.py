@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.trees import MAX_DEPTH, TooDeep, check_depth, count_entries, entries, remove_tree
+from storage.trees import MAX_DEPTH, TooDeep, Unstorable, check_depth, count_entries, entries, remove_tree
 
 
 def nest(root: Path, depth: int) -> None:
@@ -65,3 +65,14 @@ def test_a_tree_deeper_than_python_recurses_and_than_the_longest_path_is_walked_
     (tmp_path / "file").write_text("x")
     remove_tree(tmp_path / "file")
     assert not (tmp_path / "file").exists()
+
+
+def test_count_entries_names_an_entry_no_storage_takes_below_the_walked_folder(tmp_path: Path) -> None:
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "out" / "sub" / "data.csv").write_text("1\n")
+    (tmp_path / "out" / "link").symlink_to("/etc/passwd")  # a link is stored as a link
+    assert count_entries(tmp_path, 10) == 4
+    os.mkfifo(tmp_path / "out" / "sub" / "pipe")
+    with pytest.raises(Unstorable) as refused:
+        count_entries(tmp_path, 10)
+    assert str(refused.value) == "out/sub/pipe, a FIFO: only files, folders and symlinks are stored"
