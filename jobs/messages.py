@@ -154,6 +154,9 @@ def outcome_digest(result: RunResult | None, error: str | None) -> str:
 LOG_CHUNK_BYTES = 64 * 1024  # the most output one Output message carries
 
 
+LIVE_CAP = 1 << 20  # bytes of each stream a run shows live (from its start); the rest is only in the final result
+
+
 class Output(_Message):
     """Compute → requester: what a running execution wrote to one stream, from byte ``offset`` on.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from jobs.messages import Output, Reply
+from jobs.messages import LIVE_CAP, Output, Reply
 
 KEEP = 256 * 1024  # bytes of each stream kept per job: a follower further behind skips ahead
 BUDGET = 64 * 1024**2  # bytes kept over all jobs; the jobs written to longest ago are forgotten first
@@ -52,6 +52,8 @@ class LiveOutputs:
         live job (None: no such running execution). Rejected means: send this execution's output no more."""
         if runner is None or runner != sender:
             return Reply(ok=False, verdict="rejected", reason="no running execution of yours by that id")
+        if message.offset + len(message.data) > LIVE_CAP:  # each follower is sent it: no node streams without end
+            return Reply(verdict="rejected", reason=f"live output ends after {LIVE_CAP} bytes of a stream")
         job = self._jobs.get(message.job_id)
         if job is None:
             job = self._jobs[message.job_id] = _JobOutput(message.execution_id)

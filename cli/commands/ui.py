@@ -22,7 +22,8 @@ def ui(
 
     It proxies the node's API (--api, $SHOAL_API, the config file or the running devstack), signing
     every call with your client key; the key never reaches the browser, and only the dashboard's own
-    page may use the proxy.
+    page may use the proxy. Open the address it prints: it carries this session's key, without which
+    the dashboard lets nobody in (other users of the machine reach 127.0.0.1 too).
     """
     missing = [name for name in UI_MODULES if find_spec(name) is None]
     if missing:
@@ -41,9 +42,7 @@ def ui(
     def ready(url: str, api_url: str) -> None:
         typer.echo(f"Shoal dashboard on {url} (node {api_url}); Ctrl-C stops it")
         if open_browser:
-            import webbrowser
-
-            webbrowser.open(url)
+            open_privately(url)
 
     try:
         with stop_on_signals():  # Ctrl-C, kill -INT and kill (SIGTERM) stop it alike, in the background too
@@ -64,3 +63,18 @@ def _leaves(error: BaseException) -> tuple[bool, OSError | None]:
         found = [_leaves(inner) for inner in error.exceptions]
         return any(s for s, _ in found), next((f for _, f in found if f is not None), None)
     return isinstance(error, KeyboardInterrupt), error if isinstance(error, OSError) else None
+
+
+def open_privately(url: str) -> None:
+    """Open ``url`` (it carries the dashboard's key) in the web browser through a file only this user reads, as
+    Jupyter does: a browser's command line, which every user of the machine can list, names only the file."""
+    import os
+    import tempfile
+    import webbrowser
+    from html import escape
+
+    fd, path = tempfile.mkstemp(prefix="shoal-ui-", suffix=".html")  # mode 0600
+    with os.fdopen(fd, "w") as f:
+        f.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={escape(url, quote=True)}">'
+                f'<a href="{escape(url, quote=True)}">Shoal dashboard</a>\n')
+    webbrowser.open(f"file://{path}")

@@ -4,6 +4,10 @@ The proxy holds the user's key, so any page the browser shows could try to use i
 
 - only requests whose ``Host`` names the proxy itself (``127.0.0.1:PORT`` or ``localhost:PORT``),
   so a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is refused even for the page;
+- the page itself only for whoever holds the session token: the address ``shoal ui`` prints carries it
+  (``/?key=TOKEN``), which the proxy keeps in an HttpOnly cookie for reloads. A proxy on
+  127.0.0.1 answers every user and process of the machine, and the key file's mode 0600 meant
+  nothing while the page (and the token in it) was served to anyone who asked;
 - on ``/api`` and ``/ui/live``, only requests carrying the per-session token, which the proxy
   embeds in the page it serves (another origin cannot read that page, so cannot learn it): this
   also keeps other origins from *reading* through the proxy;
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 TOKEN_HEADER = "x-shoal-ui-token"
 TOKEN_PARAM = "token"  # EventSource cannot send headers: /ui/live takes the token as a query parameter
+KEY_PARAM = "key"  # the address shoal ui prints: /?key=TOKEN, swapped for a cookie on the first visit
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 LOCAL_NAMES = ("127.0.0.1", "localhost")
 
@@ -43,6 +48,24 @@ def check_host(host: str | None, port: int) -> Refusal | None:
     if (host or "").lower() not in own_hosts(port):
         return Refusal(403, f"this dashboard answers only at http://127.0.0.1:{port} (Host {host!r} refused)")
     return None
+
+
+def cookie_name(port: int) -> str:
+    """The session cookie's name: one per port, as a browser keeps cookies per host, not per port."""
+    return f"shoal-ui-{port}"
+
+
+def check_page(cookie: str | None, session_token: str) -> Refusal | None:
+    """Refuse the page (and the token in it) to a caller without the session cookie."""
+    if cookie and hmac.compare_digest(cookie.encode(), session_token.encode()):
+        return None
+    return Refusal(403, "open the address shoal ui printed: it carries this dashboard's key (the dashboard "
+                        "answers every user of this machine, so it lets in only whoever has it)")
+
+
+def is_key(key: str | None, session_token: str) -> bool:
+    """Whether a ``?key=`` is this session's token (then the page is served, and the cookie set)."""
+    return bool(key) and hmac.compare_digest(key.encode(), session_token.encode())
 
 
 def check_caller(method: str, host: str, origin: str | None, fetch_site: str | None, token: str | None,

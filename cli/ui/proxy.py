@@ -3,9 +3,11 @@ the user's key by the SDK's HTTP client) and ``/ui/live`` (``live.py``). Who may
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import secrets
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -48,11 +50,11 @@ class Dashboard:
         if (refusal := guard.check_host(host, self.port)) is not None:
             return await send_error(send, refusal.status, "forbidden", refusal.message)
         path, method = scope["path"], scope["method"]
+        query = scope.get("query_string", b"").decode("latin-1")
         if path in ("/", "/index.html") and method in guard.SAFE_METHODS:
-            return await self._page(send)
+            return await self._page(send, parse_qs(query).get(guard.KEY_PARAM, [None])[0], headers.get("cookie"))
         if path.startswith("/static/") and method in guard.SAFE_METHODS:
             return await self._static(send, path.removeprefix("/static/"))
-        query = scope.get("query_string", b"").decode("latin-1")
         if path == "/ui/live" and method == "GET":
             params = parse_qs(query)
             token = params.get(guard.TOKEN_PARAM, [None])[0]
@@ -78,10 +80,25 @@ class Dashboard:
         return guard.check_caller(method, host, headers.get("origin"), headers.get("sec-fetch-site"), token,
                                   self.token)
 
-    async def _page(self, send: Send) -> None:
+    def url(self) -> str:
+        """The address to open: it carries the session's key (see ``guard``)."""
+        return f"http://{guard.LOCAL_NAMES[0]}:{self.port}/?{guard.KEY_PARAM}={self.token}"
+
+    async def _page(self, send: Send, key: str | None, cookies: str | None) -> None:
+        cookie, extra = guard.cookie_name(self.port), []
+        if guard.is_key(key, self.token):  # the printed address: a cookie keeps the key for reloads (the page's
+            # script takes it out of the address bar). Lax, not Strict: a page opened from a file or a terminal
+            # is a cross-site navigation; the cookie only unlocks the page, which no other origin can read.
+            extra = [(b"set-cookie", f"{cookie}={self.token}; HttpOnly; SameSite=Lax; Path=/".encode())]
+        else:
+            jar: SimpleCookie = SimpleCookie()
+            with contextlib.suppress(CookieError):
+                jar.load(cookies or "")
+            if (refusal := guard.check_page(jar[cookie].value if cookie in jar else None, self.token)) is not None:
+                return await send_error(send, refusal.status, "forbidden", refusal.message)
         text = (self.static / "index.html").read_text()
         page = text.replace("{{TOKEN}}", html.escape(self.token, quote=True))
-        await send_whole(send, 200, "text/html; charset=utf-8", page.encode())
+        await send_whole(send, 200, "text/html; charset=utf-8", page.encode(), extra)
 
     async def _static(self, send: Send, name: str) -> None:
         path = self.static / name

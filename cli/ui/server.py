@@ -15,7 +15,8 @@ HOST = "127.0.0.1"  # never another address: the page and the proxy hold the use
 
 async def serve_dashboard(api_url: str | None, port: int, *, ca_cert: Path | None = None,
                           on_ready: Callable[[str, str], None] = lambda url, api: None) -> None:
-    """Serve until cancelled; ``on_ready(url, api_url)`` once listening (``port`` 0: any free one)."""
+    """Serve until cancelled; ``on_ready(url, api_url)`` once listening (``port`` 0: any free one); ``url``
+    carries the session's key: only whoever has it gets in."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -30,7 +31,7 @@ async def serve_dashboard(api_url: str | None, port: int, *, ca_cert: Path | Non
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(serve, dashboard, config)
             dashboard.port = int(urls[0].rsplit(":", 1)[1])
-            on_ready(f"http://{HOST}:{dashboard.port}/", client.api_url)
+            on_ready(dashboard.url(), client.api_url)
 
 
 def _error_log() -> logging.Logger:

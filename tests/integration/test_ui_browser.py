@@ -45,7 +45,8 @@ def _browser_missing() -> str | None:
 
 @dataclass
 class Dashboard:
-    url: str
+    url: str  # http://127.0.0.1:PORT/
+    key: str  # what the printed address carries, without which the page is refused
     stack: Stack
     client: Client
 
@@ -60,10 +61,10 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
                               text=True, env=stack.env, start_new_session=True)
         try:
             banner = _read_until(ui, "Ctrl-C stops it", timeout=30)
-            url = re.search(r"http://127\.0\.0\.1:\d+/", banner).group(0)
+            url, session = re.search(r"(http://127\.0\.0\.1:\d+/)\?key=(\S+) ", banner).groups()
             key = ClientKey.load(home / "client.key")
             with Client(stack.nodes[0]["api"], key=key) as client:
-                yield Dashboard(url, stack, client)
+                yield Dashboard(url, session, stack, client)
         finally:
             ui.send_signal(signal.SIGINT)
             _, err = ui.communicate(timeout=20)
@@ -86,6 +87,8 @@ def browser(dashboard: Dashboard):
 @pytest.fixture
 def page(browser, dashboard: Dashboard):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{dashboard.url}?key={dashboard.key}")  # the printed address: its cookie opens every page after
+    page.wait_for_url(dashboard.url)  # the key leaves the address bar
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     yield page
@@ -237,6 +240,20 @@ def test_a_sweeps_page_shows_its_grid(page, dashboard) -> None:
     shot(page, "sweeps")
 
 
+def test_a_sweeps_grid_past_the_ranges_a_description_carries_shows_no_state(page, dashboard) -> None:
+    """A description carries 1,000 ranges: a 2,000-index sweep whose odd indexes failed showed its last 1,000
+    (finished) indexes as pending, and its live progress stopped there."""
+    states = page.evaluate("""async () => {
+        const { grid } = await import('/static/sweeps.js');
+        const ranges = Array.from({ length: 1000 },
+            (_, i) => ({ first: i, last: i, state: i % 2 ? 'failed' : 'completed' }));
+        const count = (svg) => [...svg.querySelectorAll('rect.cell')].reduce(
+            (n, c) => ({ ...n, [c.dataset.state]: (n[c.dataset.state] || 0) + 1 }), {});
+        return [count(grid(2000, ranges, true)), count(grid(1000, ranges, false))];
+    }""")
+    assert states == [{"completed": 500, "failed": 500, "unknown": 1000}, {"completed": 500, "failed": 500}]
+
+
 def test_cancelling_a_sweep_from_its_page_cancels_it(page, dashboard) -> None:
     sweep = dashboard.client.submit_sweep({"job": noop(delay=120), "grid": {"x": [str(i) for i in range(12)]}}).sweep
     page.goto(dashboard.url + f"#/sweeps/{sweep.id}")
@@ -258,6 +275,22 @@ def test_a_jobs_page_shows_what_the_job_printed(page, dashboard) -> None:
     page.locator("#job-logs:text('careful')").wait_for(timeout=15_000)
     assert page.locator("#job-cid").inner_text() == job.result.cid
     shot(page, "job-output")
+
+
+def test_a_jobs_page_holds_the_tail_of_a_long_output(page, dashboard) -> None:
+    """The page appended all it was sent: a node streaming 200 MiB froze the tab. It holds the last 256 KiB."""
+    if "docker" not in dashboard.client.node().engines:
+        pytest.skip("no node offers the docker engine here (scripts/install-docker)")
+    script = (f"sleep 3; for b in $(seq 0 39); do for i in $(seq 0 499); do echo \"line $b-$i {'0' * 30}\"; "
+              "done; sleep 0.1; done; echo last; sleep 2")  # 900 KB, over about 5 s
+    job = dashboard.client.submit({"engine": {"name": "docker", "image": "busybox", "args": ["sh", "-c", script]},
+                                   "cache": False}).job
+    page.goto(dashboard.url + f"#/jobs/{job.id}")
+    page.locator("#job-logs:text('last')").wait_for(timeout=60_000)
+    text = page.locator("#job-logs").text_content()
+    assert text.startswith("[earlier output not shown here: download the results for all of it]")
+    assert text.endswith("line 39-499 " + "0" * 30 + "\nlast\n") and len(text) <= 600 * 1024, len(text)
+    assert dashboard.client.wait(job.id, timeout=60).job.state == "completed"
 
 
 def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
@@ -282,6 +315,25 @@ def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
     page.locator("#charts svg.chart").nth(2).wait_for(timeout=15_000)
     time.sleep(4.5)  # a few samples on the charts
     shot(page, "overview")
+    dashboard.client.cancel(job.id)
+
+
+def test_another_user_of_the_machine_without_the_printed_address_gets_nothing(browser, dashboard) -> None:
+    """127.0.0.1 is every local user's: without the address shoal ui printed, neither the page, nor the session
+    token in it, nor anything through the proxy."""
+    job = dashboard.client.submit(noop(delay=120)).job
+    stranger = browser.new_page()
+    try:
+        answer = stranger.goto(dashboard.url)
+        assert answer.status == 403 and "open the address shoal ui printed" in stranger.content()
+        assert stranger.locator('meta[name="shoal-ui-token"]').count() == 0
+    finally:
+        stranger.close()
+    for path in ("", "index.html", "?key=guess"):
+        assert "shoal-ui-token" not in httpx.get(dashboard.url + path).text
+    assert httpx.post(dashboard.url + f"api/v1/jobs/{job.id}/cancel", headers={"Origin": dashboard.url[:-1]}
+                      ).status_code == 403
+    assert dashboard.client.describe(job.id).job.state != "cancelled"
     dashboard.client.cancel(job.id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from executors import LiveOutput
-from jobs.messages import Output
+from jobs.messages import LIVE_CAP, Output
 from node.api.streams import rest_of_record
 from requester.logs import LiveOutputs
 
@@ -131,3 +131,18 @@ def test_a_record_that_differs_from_what_was_shown_live_is_named_not_spliced():
     for record, truncated in (("another run\n", False), ("first\nsecond\n", True)):
         rest = rest_of_record(record, truncated, b"first\n", 0)
         assert b"record differs" in rest and b"second" not in rest
+
+
+def test_a_node_streams_no_more_live_output_than_an_honest_run_has():
+    """Each follower is sent what a node streams: a hostile node sent 200 MiB, and the job's page in a browser
+    froze under it. An honest run shows LIVE_CAP bytes of a stream live; the result holds the rest."""
+    outputs = LiveOutputs()
+    chunk = b"x" * 64 * 1024
+    for offset in range(0, LIVE_CAP, len(chunk)):
+        assert outputs.take(RUNNER, out(chunk, offset), RUNNER).verdict == "accepted"
+    past = outputs.take(RUNNER, out(b"y", LIVE_CAP), RUNNER)
+    assert past.verdict == "rejected" and "live output ends" in past.reason
+    skipped = outputs.take(RUNNER, out(b"z" * 10, 50 * LIVE_CAP), RUNNER)  # skipping ahead is no way round
+    assert skipped.verdict == "rejected"
+    start, data = outputs.read("j1", "stdout", 0)
+    assert start + len(data) == LIVE_CAP and b"y" not in data and b"z" not in data

@@ -146,8 +146,26 @@ def test_live_ids_are_checked() -> None:
 # -- the app ---------------------------------------------------------------------------------------------
 
 
+async def test_the_page_is_served_only_to_whoever_has_the_printed_address(browser: httpx.AsyncClient) -> None:
+    """The proxy answers every user of the machine on 127.0.0.1: the page (and the session token in it) once went
+    to anyone, and with it the power of the owner's key, whose file only the owner may read."""
+    for path in ("/", "/index.html", "/?key=wrong", "/?key="):
+        refused = await browser.get(path)
+        assert refused.status_code == 403 and TOKEN not in refused.text
+        assert "open the address shoal ui printed" in refused.json()["error"]["message"]
+    browser.cookies.set(f"shoal-ui-{PORT}", "wrong")
+    assert (await browser.get("/")).status_code == 403
+    browser.cookies.set(f"shoal-ui-{PORT + 1}", TOKEN)  # another dashboard's (another port's) session
+    assert (await browser.get("/")).status_code == 403
+    browser.cookies.clear()
+    first = await browser.get(f"/?key={TOKEN}")  # the address shoal ui prints
+    assert first.status_code == 200 and f'content="{TOKEN}"' in first.text
+    assert "HttpOnly" in first.headers["set-cookie"] and "SameSite=Lax" in first.headers["set-cookie"]
+    assert (await browser.get("/")).status_code == 200  # a reload: the cookie carries the key
+
+
 async def test_the_page_embeds_the_session_token_and_forbids_framing(browser: httpx.AsyncClient) -> None:
-    page = await browser.get("/")
+    page = await browser.get(f"/?key={TOKEN}")
     assert page.status_code == 200
     assert f'<meta name="shoal-ui-token" content="{TOKEN}">' in page.text
     assert page.headers["x-frame-options"] == "DENY"

@@ -2,6 +2,11 @@
 // per-session token (embedded in the page by the proxy), never a key.
 
 const token = document.querySelector('meta[name="shoal-ui-token"]').content;
+// The address shoal ui printed carries the session's key (?key=…); a cookie keeps it now, so it leaves the
+// address bar (and the history, and what is copied from it).
+if (new URLSearchParams(location.search).has('key')) {
+  history.replaceState(null, '', location.pathname + location.hash);
+}
 
 export class ApiError extends Error {
   constructor(status, code, message) {

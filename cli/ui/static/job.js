@@ -5,6 +5,8 @@ import { api, download, live, ordered, streamText } from './api.js';
 import { fill, h, badge, when, duration, errorBox, patch, short, coalesce, TERMINAL } from './dom.js';
 
 const PHASES = ['submitted', 'announced', 'first_bid', 'accepted', 'started', 'proposed', 'finished'];
+const LOGS_KEPT = 256 * 1024; // characters of output the page holds: the job's results have all of it
+const WAITING_POLL_MS = 5000; // a waiting job's reason (its place in the queue) changes with no event of its own
 
 export function jobPage(view, params, id) {
   const header = h('div', { class: 'title' }, h('h1', { class: 'mono' }, id));
@@ -29,6 +31,7 @@ export function jobPage(view, params, id) {
   const logsAbort = { controller: null };
   const inOrder = ordered(); // the describe on load and on each event, and the cancel's answer
   let cancelling = false;
+  let ended = false;
 
   async function load() {
     let description;
@@ -45,6 +48,7 @@ export function jobPage(view, params, id) {
 
   // Patched, not rebuilt: the page re-renders on each of the job's events, under the user's pointer.
   function render({ job, executions: runs, phases }) {
+    ended = TERMINAL.has(job.state);
     const cancel = TERMINAL.has(job.state) ? null
       : h('button', { class: 'danger', id: 'cancel-job', onclick: cancelJob, disabled: cancelling }, 'Cancel job');
     patch(header, h('h1', { class: 'mono' }, job.id), badge(job.state), cancel);
@@ -101,8 +105,15 @@ export function jobPage(view, params, id) {
     const controller = new AbortController();
     logsAbort.controller = controller;
     logs.textContent = '';
+    let shown = 0;
     streamText(`/v1/jobs/${id}/logs?stream=${stream.value}&follow=true`, (text) => {
       logs.append(text);
+      shown += text.length;
+      if (shown > 2 * LOGS_KEPT) { // a page holding megabytes of text stops answering
+        const tail = logs.textContent.slice(-LOGS_KEPT);
+        logs.textContent = `[earlier output not shown here: download the results for all of it]\n${tail}`;
+        shown = logs.textContent.length;
+      }
       logs.scrollTop = logs.scrollHeight;
     }, controller.signal).catch((error) => {
       if (error.name !== 'AbortError') logs.append(`\n[${error.message}]`);
@@ -122,5 +133,6 @@ export function jobPage(view, params, id) {
   });
   load();
   followLogs();
-  return () => { closeLive(); logsAbort.controller?.abort(); };
+  const poll = setInterval(() => { if (!ended && !document.hidden) refresh('job'); }, WAITING_POLL_MS);
+  return () => { clearInterval(poll); closeLive(); logsAbort.controller?.abort(); };
 }

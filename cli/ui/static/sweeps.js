@@ -64,7 +64,7 @@ export function sweepsPage(view, params) {
 }
 
 /** The grid: one cell per index (or per group of indexes past MAX_CELLS), coloured by state. */
-export function grid(count, ranges) {
+export function grid(count, ranges, truncated = false) {
   const per = Math.max(1, Math.ceil(count / MAX_CELLS));
   const cells = Math.ceil(count / per);
   const columns = Math.min(cells, 50);
@@ -80,7 +80,8 @@ export function grid(count, ranges) {
       if (stateOf[i] === null || rank[r.state] > rank[stateOf[i]]) stateOf[i] = r.state;
     }
   }
-  for (let i = 0; i < cells; i += 1) stateOf[i] ??= 'pending';
+  // Past the ranges the description carries (truncated), a cell's state is not known here: not shown as pending.
+  for (let i = 0; i < cells; i += 1) stateOf[i] ??= truncated ? 'unknown' : 'pending';
   for (let i = 0; i < cells; i += 1) {
     const first = i * per;
     const label = per === 1 ? `index ${first}` : `indexes ${first}–${Math.min(count, first + per) - 1}`;
@@ -140,8 +141,8 @@ export function sweepPage(view, params, id) {
       h('p', { class: 'muted' }, `${sweep.count} indexes · engine ${sweep.spec.job.engine.name} · created ${when(sweep.created_at)}`,
         sweep.spec.confidence > 1 ? ` · each index verified by ${sweep.spec.confidence} nodes` : '',
         sweep.winner !== null && sweep.winner !== undefined ? ` · winner: index ${sweep.winner}` : ''));
-    patch(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges),
-      truncated ? h('p', { class: 'muted' }, 'more ranges than the description carries: the grid shows the first ones') : null);
+    patch(cells, h('h2', {}, 'Indexes'), grid(sweep.count, ranges, truncated),
+      truncated ? h('p', { class: 'muted', id: 'sweep-grid-truncated' }, `more ranges than the description carries: the grid shows indexes up to ${ranges.at(-1)?.last ?? 0}, grey past them; the counts above are all of them`) : null);
     loadFailed(sweep.counts.failed || 0);
   }
 
