@@ -24,7 +24,7 @@ from cli.specs import split_input
 from cli.terminal import write_output
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
 from jobs.messages import NodeInfo
-from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases
+from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases, SweepList
 from shoal import ConnectionFailed, InvalidRequest, NotFound, WaitTimeout
 
 JOB_ID = "j-7f3a9c21d4e5b6a7"
@@ -95,6 +95,10 @@ class FakeClient:
         self.list_args = {"state": state, "limit": limit, "selector": selector}
         job = describe_of(self.spec, self.final_state, self.final_reason).job
         return JobList(jobs=[job], total=1)
+
+    def list_sweeps(self, *, limit: int = 50, offset: int = 0) -> SweepList:
+        self._check()
+        return SweepList(sweeps=[], total=0)
 
     def cancel(self, job_id: str) -> JobDescription:
         self._check()
