@@ -325,7 +325,8 @@ class JobMachine:
         if msg.error is not None:
             y = ex.transition(ExecutionState.FAILED, msg.error, now, error=msg.error, retryable=msg.retryable)
             p.put(y)
-            witnessed = trust.timeout_witnessed(msg.error, state.job.spec, ex.updated_at, now)
+            witnessed = trust.timeout_witnessed(msg.error, state.job.spec, ex.updated_at, now,
+                                              state.job.spec.deal.confidence)
             self._execution_failed(p, y, msg.retryable, [p.event(EventKind.ERROR, msg.error, y)], witnessed)
             return Reply(verdict="accepted"), p
         result = msg.result or RunResult()

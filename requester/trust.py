@@ -70,12 +70,14 @@ def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> boo
     return len(reporters) >= max(confidence, CONFIRMING_NODES) or not (able - reporters)
 
 
-def timeout_witnessed(error: str | None, spec: JobSpec, accepted_at: float, now: float) -> bool:
+def timeout_witnessed(error: str | None, spec: JobSpec, accepted_at: float, now: float, confidence: int) -> bool:
     """Whether a node's error is its run's timeout, borne out by the requester's own clock: the report came
     no sooner than the timeout after the node took the job. A node saying so falsely held the job as long
     as an honest one would have (it could as well have gone silent), so no second node need confirm it: a
-    job too slow for its timeout no longer runs out the clock twice."""
-    return error == spec.timed_out() and now - accepted_at >= spec.timeout
+    job too slow for its timeout no longer runs out the clock twice. Not when the submitter asked for
+    ``confidence`` (2 or more): its word is then one node's, as any error's is (a liar failed such jobs with
+    it while two honest nodes had proposed agreeing results)."""
+    return confidence < 2 and error == spec.timed_out() and now - accepted_at >= spec.timeout
 
 
 def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[str]:

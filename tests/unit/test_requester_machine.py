@@ -328,6 +328,17 @@ def test_a_timeout_the_requesters_clock_bears_out_fails_the_job_on_one_nodes_wor
     assert not other_error.finished  # only the timeout is the requester's to witness
 
 
+def test_with_confidence_a_timeout_is_one_nodes_word_like_any_error():
+    """A liar reporting "timed out" once the timeout had passed failed --confidence 2 jobs whose two honest nodes
+    had proposed agreeing results: the submitter asked for more than one node's word."""
+    state = running(tracked(spec(concurrency=3, confidence=2)), "n-a", "n-b", "n-c", now=1.0)
+    _, changes = machine().on_result(state, "n-b", result("x-n-b"), 2.0, KNOWN, signed=True)
+    _, changes = machine().on_result(changes.state, "n-c", result("x-n-c"), 2.5, KNOWN, signed=True)
+    _, lie = machine().on_result(changes.state, "n-a", result("x-n-a", error="timed out after 10 s"), 11.5, KNOWN,
+                                 signed=True)
+    assert lie.state.job.state is not JobState.FAILED and kinds(lie)[:2] == [EventKind.ERROR, EventKind.REOFFERED]
+
+
 def test_an_error_the_job_later_completes_despite_counts_against_its_reporter():
     state = running(tracked(spec()), "n-a")
     _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, KNOWN, signed=True)
@@ -476,6 +487,37 @@ def test_a_silent_claim_loses_its_indexes_to_the_next_claim():
     assert reply.ranges == [(0, 2)]
 
 
+def test_a_claim_that_keeps_its_lease_but_reports_nothing_loses_its_indexes():
+    """A node sending empty claims to keep its lease alive held four indexes of a noop sweep for ten minutes."""
+    m = sweep_machine(4)
+    deadline = m.sweep.spec.job.result_deadline()  # 10 s timeout + 60 s grace
+    m.claim("n-a", claim("c-a", want=4), 1.0, able={"n-a"}, quarantined=False)  # all four: the only node known
+    m.claim("n-a", claim("c-a", ok(0)), 2.0, able={"n-a", "n-b"}, quarantined=False)
+    for t in range(5, int(deadline), 5):  # heard every 5 s, within its lease
+        m.claim("n-a", claim("c-a"), float(t), able={"n-a", "n-b"}, quarantined=False)
+        assert m.tick(t + 0.5).writes == []
+    m.claim("n-a", claim("c-a"), deadline + 1.5, able={"n-a", "n-b"}, quarantined=False)
+    changes = m.tick(deadline + 2.5)
+    assert m.states == [JobState.COMPLETED, JobState.PENDING, JobState.PENDING, JobState.PENDING]
+    stalled = f"node n-a reported none of its 3 indexes within {deadline:g} s"
+    assert changes.writes[0].indexes[0].reason.startswith(stalled)
+    reply, _ = m.claim("n-b", claim("c-b", want=3), deadline + 3, able={"n-b"}, quarantined=False)
+    assert reply.ranges == [(1, 4)]  # another node runs them
+
+
+def test_a_node_gets_its_share_over_all_its_claims():
+    """One node opening claim after claim got each its share: 116 of 120 indexes, while two honest nodes idled."""
+    m = sweep_machine(120)
+    able = {"n-a", "n-b", "n-c"}
+    first, _ = m.claim("n-a", claim("c-1", want=1000), 1.0, able=able, quarantined=False)
+    assert first.ranges == [(0, 40)]  # a third of what is left
+    more = [m.claim("n-a", claim(f"c-{i}", want=1000), 1.0, able=able, quarantined=False)[0].ranges
+            for i in range(2, 8)]
+    assert more == [[]] * 6  # it holds its share already
+    honest, _ = m.claim("n-b", claim("c-b", want=1000), 1.0, able=able, quarantined=False)
+    assert honest.ranges == [(40, 67)]  # a third of the 80 left
+
+
 def test_an_index_timeout_the_requesters_clock_bears_out_fails_it_on_one_nodes_word():
     """With --timeout 1s --retries 1, each index ran four times: twice per attempt, to confirm the timeout."""
     m = sweep_machine(2)
@@ -487,6 +529,15 @@ def test_an_index_timeout_the_requesters_clock_bears_out_fails_it_on_one_nodes_w
     m.claim("n-a", claim("c-a", IndexResult(index=0, error="timed out after 10 s")), 11.5, able=able,
             quarantined=False)
     assert m.states[0] is JobState.FAILED  # borne out by the clock: one node's word
+
+
+def test_with_confidence_an_index_timeout_is_one_nodes_word_like_any_error():
+    m = sweep_machine(1, confidence=2)
+    able = {"n-a", "n-b", "n-c"}
+    m.claim("n-a", claim("c-a", want=1), 1.0, able=able, quarantined=False)
+    m.claim("n-a", claim("c-a", IndexResult(index=0, error="timed out after 10 s")), 11.5, able=able,
+            quarantined=False)
+    assert m.states[0] is JobState.PENDING  # another node runs it: one node's word fails nothing
 
 
 def test_an_index_error_runs_it_again_elsewhere_and_a_second_nodes_error_fails_it():
