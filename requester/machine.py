@@ -511,7 +511,8 @@ class JobMachine:
         first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)}
+        able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)  # whose bids it would take
+                and not trust.quarantined(p.known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
         if not retryable and (witnessed or trust.error_confirmed(reporters, able, job.spec.deal.confidence)):
@@ -576,7 +577,7 @@ class JobMachine:
                 verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id,
                                                 pinned=bool(job.spec.selector))
                 cache = (key, job.id, result, verified)
-            for node in trust.error_reporters(everything):  # the job completed: their errors were wrong
+            for node in trust.proven_wrong(everything, job.spec):  # the job completed: their errors were wrong
                 p.judge(node, False)
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})

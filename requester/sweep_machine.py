@@ -307,7 +307,7 @@ class SweepMachine:
             if isinstance(verified, IndexRecord):
                 return verified
             _, reports = self.errors.pop(i, (now, {}))
-            for node in contradicted(reports, peer):
+            for node in contradicted(reports, peer, self.sweep.spec.job):
                 p.counts["errors_contradicted"] += 1
                 p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
                                           f"which node {peer[-8:]} ran to a result"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass, field
 
+from jobs import JobSpec
 from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
 from requester.trust import CONFIRMING_NODES
@@ -99,8 +100,10 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
     return node not in reports or set(able) <= set(reports) or waited >= ERROR_PATIENCE
 
 
-def contradicted(reports: Mapping[str, bool], runner: str) -> list[str]:
+def contradicted(reports: Mapping[str, bool], runner: str, spec: JobSpec) -> list[str]:
     """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result:
     those that said the index cannot run (a retryable error speaks of the node, and wrongs no one),
-    as a job's are (``trust.error_reporters``)."""
+    when the template repeats exactly, as a job's are (``trust.proven_wrong``)."""
+    if not spec.repeats_exactly():
+        return []
     return sorted(n for n, retryable in reports.items() if n != runner and not retryable)

@@ -64,6 +64,17 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
             and not x.retryable}
 
 
+def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
+    """Nodes whose errors a completed job proves wrong, to be held against them: those that said it cannot run,
+    when its spec repeats exactly (the same engine on the same content gives every node the same outcome)
+    and the error is not the run's timeout (a node's speed is its own). Else an error may be the node's
+    world, not a lie: an input URL that refused one node, an image one registry had; any client could
+    get honest nodes quarantined by a URL answering 403 once."""
+    if not spec.repeats_exactly():
+        return set()
+    return error_reporters(x for x in executions if x.error != spec.timed_out())
+
+
 def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> bool:
     """Whether a job's error is believed: reported by ``confidence`` nodes (at least two), or by every
     known node able to run it. One node's word fails nothing while another could try."""

@@ -72,3 +72,55 @@ async def test_a_verified_sweep_takes_no_index_on_the_liars_word(tmp_path, monke
         assert not any(r.rejected for peer, r in reputation.items() if peer != liar)
         # each index's two agreeing results count for their nodes, as a job's verified ones do
         assert sum(r.accepted for peer, r in reputation.items()) == 2 * 24 and reputation[liar].accepted == 0
+
+
+class _RefusesOnce:
+    """An HTTP server answering 403 to the first request for each path, 200 after: as a URL behind a rate limit
+    or a geo-fence answers one node and not the next."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: set[str] = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                first = self.path not in seen
+                seen.add(self.path)
+                body = b"no" if first else b"frame\n"
+                self.send_response(403 if first else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_a_url_that_refuses_one_node_gets_no_honest_node_quarantined(tmp_path, monkeypatch):
+    """Any client could quarantine an honest node for good: its input fetch met a 403 (an error that says the job
+    cannot run), the next node's fetch a 200, and the job completing there was taken as proof the first lied."""
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    server = _RefusesOnce()
+    try:
+        async with (Devstack(2, noop=True, base_dir=tmp_path / "stack", base_port=free_base_port(2),
+                             write_state=False) as stack,
+                    AsyncClient(stack.nodes[0].api) as client):
+            await poll(lambda: knows(client, stack.nodes[1].peer_id), 30, "node 0 never heard of node 1")
+            refused = 0
+            for n in range(4):
+                spec = {"engine": {"name": "noop"}, "cache": False,
+                        "inputs": [{"source": f"{server.url}/frame{n}", "path": "/data/frame"}]}
+                d = await client.run(spec, timeout=60)
+                assert d.job.state is JobState.COMPLETED, d.job.reason
+                refused += any("403" in (x.error or "") for x in d.executions)
+            assert refused >= 3  # each first fetch was refused, on one node or the other
+            nodes = await client.nodes()
+            assert not any(r.quarantined or r.rejected for r in nodes.reputation.values()), nodes.reputation
+    finally:
+        server.server.shutdown()

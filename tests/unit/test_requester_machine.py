@@ -349,6 +349,31 @@ def test_an_error_the_job_later_completes_despite_counts_against_its_reporter():
     assert changes.writes[-1][0].reputation == {"n-a": (0, 1)}
 
 
+@pytest.mark.parametrize("why, job_spec, error", [
+    ("an input URL may answer nodes differently",
+     spec().model_copy(update={"inputs": [InputSpec(source="https://example.com/frame1", path="/data")]}), "HTTP 403"),
+    ("a node's speed is its own", spec(), "timed out after 10 s"),
+])
+def test_an_error_a_node_may_honestly_meet_counts_not_against_it_when_another_completes(why, job_spec, error):
+    """Any client could get honest nodes quarantined with a URL answering 403 once, then 200."""
+    state = running(tracked(job_spec), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", error=error), 5.0, KNOWN, signed=True)
+    _, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=1), 6.0,
+                                  KNOWN)
+    _, changes = machine().on_result(changes.state, "n-b", result("x-n-b"), 7.0, KNOWN, signed=True)
+    assert changes.state.job.state is JobState.COMPLETED
+    assert changes.writes[-1][0].reputation is None, why
+
+
+def test_a_quarantined_node_is_not_one_the_job_waits_for():
+    """A job whose other node was quarantined waited out its bid limit (24 h) for bids it would refuse."""
+    two = Known(nodes=[node("n-a"), node("n-b")], reputation={"n-b": (0, 3)})
+    state = running(tracked(spec()), "n-a")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, two, signed=True)
+    assert changes.finished and changes.state.job.state is JobState.FAILED  # every node it would take said so
+    assert changes.state.job.reason == "node n-a: boom"
+
+
 def test_the_job_fails_once_its_reoffers_run_out():
     state = running(tracked(spec()), "n-a")
     _, changes = machine(max_reoffers=0).on_result(state, "n-a", result("x-n-a", error="lost", retryable=True), 5.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs import RunResult
+from jobs import InputSpec, JobSpec, NoopEngine, RunResult
 from jobs.messages import Claim, IndexResult
 from requester.sweep_rules import ERROR_PATIENCE, ClaimView, check_claim, contradicted, error_confirmed, may_grant
 
@@ -100,11 +100,20 @@ def test_an_able_node_that_never_claims_holds_an_errored_index_back_only_so_long
     assert may_grant("a", {"a"}, {"a", "silent"}, ERROR_PATIENCE)
 
 
+EXACT = JobSpec(engine=NoopEngine())  # the same outcome on every node
+FROM_A_URL = JobSpec(engine=NoopEngine(), inputs=[InputSpec(source="https://example.com/frame1", path="/data")])
+
+
 def test_errors_contradicted_by_another_nodes_result():
-    assert contradicted({"rogue": False, "a": False}, "a") == ["rogue"]
-    assert contradicted({}, "a") == []
+    assert contradicted({"rogue": False, "a": False}, "a", EXACT) == ["rogue"]
+    assert contradicted({}, "a", EXACT) == []
 
 
 def test_a_retryable_error_is_not_contradicted_by_another_nodes_result():
     # "retry elsewhere" (the node ran out of disk, lost its runner) says nothing false about the index
-    assert contradicted({"flaky": True, "rogue": False}, "a") == ["rogue"]
+    assert contradicted({"flaky": True, "rogue": False}, "a", EXACT) == ["rogue"]
+
+
+def test_an_error_where_nodes_may_see_different_worlds_is_not_contradicted():
+    """An input URL that answered 403 to one node and 200 to another: the first node did not lie."""
+    assert contradicted({"refused": False}, "a", FROM_A_URL) == []
