@@ -384,8 +384,11 @@ class JobMachine:
         deadline = spec.result_deadline()
         for x in list(p.state.executions.values()):
             if x.state is ExecutionState.ACCEPTED and now - x.updated_at > deadline:
-                y = x.transition(ExecutionState.FAILED, f"no result within {deadline:g} s (its run timeout, "
-                                 f"{spec.timeout:g} s, with time to prepare and deliver)", now)
+                why = f"no result within {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
+                      "and deliver)"
+                # the node's failure, as a "retry elsewhere" error is: a node taking the job again and again
+                # to sit on it held it six result deadlines, then failed it (``trust.bid_refusal``)
+                y = x.transition(ExecutionState.FAILED, why, now, error=why, retryable=True)
                 p.put(y)
                 p.cancel(y)
                 self._execution_failed(p, y, True, [p.event(EventKind.ERROR, y.reason, y)])

@@ -390,6 +390,24 @@ def test_an_execution_without_a_result_past_its_timeout_is_cancelled_and_its_slo
     assert changes.state.job.attempt == 1 and changes.announce
 
 
+def test_a_node_that_sits_on_the_job_past_its_deadline_twice_may_not_take_it_again():
+    """A node winning the bid and never delivering held a job six result deadlines (an hour for a python job's
+    defaults), then the job failed for want of re-offers: it bid again on every attempt."""
+    state, t = running(tracked(spec()), "n-a"), 1.0
+    for attempt in (1, 2):
+        t += 71.0  # past timeout + result grace (10 + 60)
+        state = machine().tick(state, t, KNOWN).state
+        assert state.job.attempt == attempt
+        reply, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id=f"x-{attempt}",
+                                                             attempt=attempt), t, KNOWN)
+        if attempt == 1:
+            assert reply.verdict == "accepted"  # once may be the node's bad luck
+            state = changes.state
+    assert reply.verdict == "rejected" and reply.reason == "this node failed the job 2 times"
+    other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=2), t, KNOWN)
+    assert other.verdict == "accepted"
+
+
 @pytest.mark.parametrize(("update", "preparing"), [
     ({"engine": DockerEngine(image="busybox")}, PREPARE_DEADLINE),  # pulling the image
     ({"inputs": [InputSpec(source="https://example.org/data.csv", path="/data.csv")]}, INPUT_DEADLINE),
