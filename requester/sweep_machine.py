@@ -64,7 +64,7 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (first error at, node -> retryable)
+        self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (last error at, node -> retryable)
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
@@ -314,8 +314,9 @@ class SweepMachine:
             if r.result.exit_code != 0:
                 return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}{verified}", now, r.result)
             return self._move(i, JobState.COMPLETED, f"completed{verified}", now, peer, r.result)
-        _, reports = self.errors.setdefault(i, (now, {}))
-        error = r.error or "no result"
+        _, reports = self.errors.get(i, (now, {}))
+        self.errors[i] = (now, reports)  # patience counts from the last error: one node's errors took an index's
+        error = r.error or "no result"  # five attempts in seconds once a minute had passed since its first
         reports[peer] = r.retryable
         witnessed = trust.timeout_witnessed(r.error, self.sweep.spec.job, self.granted_at.get(i, now), now,
                                             self.sweep.spec.confidence)

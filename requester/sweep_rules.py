@@ -18,7 +18,7 @@ from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
 from requester.trust import CONFIRMING_NODES
 
-ERROR_PATIENCE = 60.0  # seconds an errored index waits for another node before its own may run it again
+ERROR_PATIENCE = 60.0  # seconds an index waits after an error for another node, before its node may run it again
 REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
 
 

@@ -583,6 +583,22 @@ def test_with_confidence_an_index_timeout_is_one_nodes_word_like_any_error():
     assert m.states[0] is JobState.PENDING  # another node runs it: one node's word fails nothing
 
 
+def test_an_index_waits_for_another_node_after_each_of_its_nodes_errors_not_only_the_first():
+    """Patience counted from an index's first error: a minute later, one node's "retry elsewhere" errors took
+    its five attempts in seconds, each claim taking it back at once, while other nodes were busy."""
+    m = sweep_machine(1)
+    able = {"n-a", "n-b"}  # n-b is busy: it does not claim
+    retry_elsewhere = IndexResult(index=0, error="node trouble, try elsewhere", retryable=True)
+    m.claim("n-a", claim("c-a", want=1), 1.0, able=able, quarantined=False)
+    m.claim("n-a", claim("c-a", retry_elsewhere), 2.0, able=able, quarantined=False)
+    assert m.claim("n-a", claim("c-a", want=1), 3.0, able=able, quarantined=False)[0].ranges == []
+    assert m.claim("n-a", claim("c-a", want=1), 62.0, able=able, quarantined=False)[0].ranges == [(0, 1)]
+    m.claim("n-a", claim("c-a", retry_elsewhere), 63.0, able=able, quarantined=False)
+    assert m.claim("n-a", claim("c-a", want=1), 64.0, able=able, quarantined=False)[0].ranges == []  # waits again
+    assert m.attempts[0] == 2 and m.states[0] is JobState.PENDING
+    assert m.claim("n-b", claim("c-b", want=1), 65.0, able=able, quarantined=False)[0].ranges == [(0, 1)]
+
+
 def test_an_index_error_runs_it_again_elsewhere_and_a_second_nodes_error_fails_it():
     m = sweep_machine(1)
     able = {"n-a", "n-b", "n-c"}
