@@ -92,7 +92,7 @@ class Known:
 
     nodes: Sequence[NodeInfo] = ()  # compute nodes heard from lately
     reputation: Reputation = field(default_factory=dict)
-    complete: bool = True  # False: the node table dropped nodes lately; no job fails for want of one
+    complete: bool = True  # False: the node table dropped nodes lately, or is filling; no job fails for want of one
 
 
 @dataclass(frozen=True)
@@ -518,9 +518,11 @@ class JobMachine:
                 and not trust.quarantined(p.known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
-        if not retryable and (witnessed or trust.error_confirmed(reporters, able, job.spec.deal.confidence)):
+        everyone = p.known.complete  # else a node not yet heard of may run it
+        if not retryable and (witnessed or trust.error_confirmed(reporters, able, job.spec.deal.confidence,
+                                                                  everyone=everyone)):
             why = f"{last} (reported by {len(reporters)} nodes)" if len(reporters) > 1 else last
-        elif able and not trust.nodes_left(p.state.executions.values(), able):
+        elif everyone and able and not trust.nodes_left(p.state.executions.values(), able):
             why = f"no known node may take the job any more; last error on {last}"
         elif job.attempt - job.first_attempt >= self.max_reoffers:
             why = f"gave up after {job.attempt - job.first_attempt} re-offers; last error on {last}"

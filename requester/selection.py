@@ -52,10 +52,13 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
 
 
 def _label_sets(nodes: list[NodeInfo]) -> str:
-    """``3 nodes known: zone=eu (2); zone=us,spot=true``: the commonest label sets first, a few, each cut short."""
+    """``3 nodes known: zone=eu (2); spot=true,zone=us``: the commonest label sets first (in the order of their
+    text when as common: a message that does not change with the order nodes were heard in), a few, each cut
+    short."""
     counts = Counter(format_labels(n.labels) or "no labels" for n in nodes)
+    commonest = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:SHOWN_LABEL_SETS]
     shown = [(labels if len(labels) <= SHOWN_LABELS_CHARS else labels[:SHOWN_LABELS_CHARS] + "…")
-             + (f" ({count})" if count > 1 else "") for labels, count in counts.most_common(SHOWN_LABEL_SETS)]
+             + (f" ({count})" if count > 1 else "") for labels, count in commonest]
     more = f"; {len(counts) - SHOWN_LABEL_SETS} more" if len(counts) > SHOWN_LABEL_SETS else ""
     return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} known: {'; '.join(shown)}{more}"
 

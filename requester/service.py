@@ -35,6 +35,10 @@ SIDE = ExecutionSide.REQUESTER
 LIVENESS_INTERVAL = 1.0  # how often nodes running our executions are asked whether they still are
 LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast counts as silent for that round
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
+# seconds after a start before the node table holds every node (each publishes its info every 10 s): until
+# then, as while it is crowded, no job fails for want of a node (a restarted requester, knowing only itself,
+# failed queued jobs whose nodes were busy, and running ones whose nodes were alive)
+NODE_TABLE_FILLS = 15.0
 WAKES_PER_TICK = 2  # nodes that joined whose room is matched against the waiting jobs, each TICK
 MAX_JOINED = 64  # nodes that joined kept to be matched so; beyond, the longest waiting is dropped
 
@@ -96,12 +100,15 @@ class RequesterService(Driver[_Active]):
 
     def nodes_for_refusal(self) -> list[NodeInfo]:
         """The known nodes, to judge that none could ever run a job: none while the table is crowded (a
-        full table may have dropped the one that could)."""
-        return [] if self.nodes.crowded(self.clock()) else self.known_nodes()
+        full table may have dropped the one that could) or still filling."""
+        return self.known_nodes() if self._table_complete() else []
+
+    def _table_complete(self) -> bool:
+        now = self.clock()
+        return now - self._started_at >= NODE_TABLE_FILLS and not self.nodes.crowded(now)
 
     def _known(self) -> Known:
-        return Known(nodes=self.known_nodes(), reputation=self.reputation,
-                     complete=not self.nodes.crowded(self.clock()))
+        return Known(nodes=self.known_nodes(), reputation=self.reputation, complete=self._table_complete())
 
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:

@@ -75,10 +75,11 @@ def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
     return error_reporters(x for x in executions if x.error != spec.timed_out())
 
 
-def error_confirmed(reporters: Set[str], able: Set[str], confidence: int) -> bool:
+def error_confirmed(reporters: Set[str], able: Set[str], confidence: int, *, everyone: bool = True) -> bool:
     """Whether a job's error is believed: reported by ``confidence`` nodes (at least two), or by every
-    known node able to run it. One node's word fails nothing while another could try."""
-    return len(reporters) >= max(confidence, CONFIRMING_NODES) or not (able - reporters)
+    known node able to run it when ``everyone`` able is known. One node's word fails nothing while another
+    could try."""
+    return len(reporters) >= max(confidence, CONFIRMING_NODES) or (everyone and not (able - reporters))
 
 
 def timeout_witnessed(error: str | None, spec: JobSpec, accepted_at: float, now: float, confidence: int) -> bool:

@@ -10,6 +10,7 @@ from jobs import ExecutionState, JobSpec, JobState, Resources
 from jobs.messages import NodeInfo, encode
 from jobs.selector import MAX_LABELS
 from jobs.sweep import SweepSpec
+from requester.service import NODE_TABLE_FILLS
 from tests.memnet import MemoryHub, MemoryNode, memory_node
 
 LABELS = {"eu": {"zone": "eu"}, "eu-spot": {"zone": "eu", "spot": "true"}, "us": {"zone": "us"}}
@@ -72,18 +73,36 @@ async def test_every_index_of_a_sweep_runs_on_matching_nodes(tmp_path):
         assert len(ran) == 12 and set(ran) <= {"eu", "us"}
 
 
-async def test_a_selector_no_known_node_matches_fails_at_once_naming_it(tmp_path):
+async def test_a_selector_no_known_node_matches_fails_at_once_naming_it(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         req, _ = await network(stack, hub, tmp_path)
+        await trio.sleep(NODE_TABLE_FILLS)  # until then, a node not yet heard of might match
         job, _ = await req.requester.submit(spec("gpu in (a100)"), "alice")
         assert job.state is JobState.FAILED
         assert job.reason == ("no known node matches selector 'gpu in (a100)' "
-                              "(3 nodes known: zone=eu; spot=true,zone=eu; zone=us)")
+                              "(3 nodes known: spot=true,zone=eu; zone=eu; zone=us)")
         sweep = SweepSpec.model_validate({"job": {"engine": {"name": "noop"}, "selector": "zone=mars"},
                                           "grid": {"x": ["1", "2"]}})
         s, _ = await req.sweeps.submit(sweep, "alice")
         assert s.state is JobState.FAILED and "no known node matches selector 'zone=mars'" in s.reason
+
+
+async def test_a_requester_just_started_fails_no_job_for_want_of_a_node_it_has_not_heard_of_yet(
+        tmp_path, autojump_clock):
+    """A restarted requester knew only itself for its first seconds: it failed every queued job its own compute
+    role could not run (a selector, an engine, a size), and jobs submitted meanwhile."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req"))  # no labels
+        await trio.sleep(1)
+        job, _ = await req.requester.submit(spec("zone=eu"), "alice")
+        assert job.state is JobState.PENDING
+        await trio.sleep(NODE_TABLE_FILLS / 2)
+        assert (await req.requester.describe(job.id)).job.state is JobState.PENDING
+        await stack.enter_async_context(memory_node(hub, "eu", tmp_path / "eu", labels={"zone": "eu"}))
+        d = await finished(req.requester, job.id)
+        assert d.job.state is JobState.COMPLETED and [x.node_id for x in d.executions] == ["eu"]
 
 
 async def test_a_job_waits_while_the_matching_node_is_busy(tmp_path):

@@ -80,7 +80,7 @@ def test_only_matching_nodes_can_run_a_job_or_are_asked_for_it():
 def test_a_selector_no_known_node_matches_makes_the_job_impossible_naming_it_and_the_labels_there_are():
     nodes = [EU, node("eu-2", {"zone": "eu"}), US, node("bare")]
     assert never_runnable(spec("gpu in (a100)"), nodes) == (
-        "no known node matches selector 'gpu in (a100)' (4 nodes known: zone=eu (2); zone=us; no labels)")
+        "no known node matches selector 'gpu in (a100)' (4 nodes known: zone=eu (2); no labels; zone=us)")
     assert never_runnable(spec("zone=eu"), nodes) is None
     assert never_runnable(spec("zone=mars"), []) is None  # nothing known yet: no proof
 
