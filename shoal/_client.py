@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
+import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -62,6 +63,15 @@ if TYPE_CHECKING:
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 USER_AGENT = "shoal-python/0.1"
+# Requests one AsyncClient has in flight at once, its streams aside: more wait here for a slot, and a wait for a
+# slot is not the node's (no timeout counts it). 1,000 jobs run at once from one client queued 1,000 requests in
+# httpx's connection pool, whose bookkeeping rescans its whole queue for each (84% of the client's CPU at 400),
+# and whose wait for a connection counted against the request's timeout: most of them failed with "no answer
+# from Shoal API" from a healthy node. Long polls (a wait for a job's end, up to 25 s each) have slots of their
+# own, so that they never keep a submit waiting.
+MAX_IN_FLIGHT = 32
+MAX_POLLING = 256
+POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: streams (events, logs -f) beside
 LogStream = Literal["stdout", "stderr"]
 
 _T = TypeVar("_T")
@@ -166,6 +176,7 @@ class _BaseClient:
             "auth": self._auth,
             "timeout": self.timeout,
             "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
+            "limits": POOL,
         }
         if self.api_url.startswith("https://") and self.ca_cert is not None:
             kwargs["verify"] = _pinned_context(self.ca_cert)
@@ -913,6 +924,8 @@ class AsyncClient(_BaseClient):
     ) -> None:
         super().__init__(api_url, key, timeout, ca_cert)
         self._http = httpx.AsyncClient(transport=transport, **self._http_kwargs())
+        self._slots: tuple[anyio.Semaphore, anyio.Semaphore] | None = None  # (requests, long polls): made in
+        # the event loop that first sends (trio or asyncio)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -928,10 +941,13 @@ class AsyncClient(_BaseClient):
     # -- plumbing --------------------------------------------------------------------------------
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await self._http.send(request)
-        except httpx.RequestError as e:
-            raise self._request_failed(e) from e
+        if self._slots is None:
+            self._slots = anyio.Semaphore(MAX_IN_FLIGHT), anyio.Semaphore(MAX_POLLING)
+        async with self._slots["wait" in request.url.params]:
+            try:
+                response = await self._http.send(request)
+            except httpx.RequestError as e:
+                raise self._request_failed(e) from e
         return check(response)
 
     async def _read_capped(self, step: _Capped) -> bytes:

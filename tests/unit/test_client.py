@@ -1003,3 +1003,38 @@ async def test_a_capped_read_refuses_a_body_past_its_limit_as_it_comes(client) -
     with pytest.raises(ShoalAPIError, match="over 4096 bytes"):
         read = client._read_capped(big)
         await read if inspect.isawaitable(read) else read
+
+
+async def test_an_async_client_keeps_few_requests_in_flight_and_long_polls_apart() -> None:
+    """A thousand requests at once queued in httpx's pool, whose wait counted against their timeouts."""
+    import trio
+
+    from shoal import AsyncClient
+    from shoal._client import MAX_IN_FLIGHT, MAX_POLLING
+
+    in_flight = {"quick": 0, "poll": 0}
+    most = {"quick": 0, "poll": 0}
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        kind = "poll" if "wait" in request.url.params else "quick"
+        in_flight[kind] += 1
+        most[kind] = max(most[kind], in_flight[kind])
+        await trio.sleep(0.05 if kind == "quick" else 0.5)
+        in_flight[kind] -= 1
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such job"}})
+
+    async with AsyncClient("http://node.test", key=ClientKey.generate(), timeout=0.2,
+                           transport=httpx.MockTransport(handle)) as client:
+        async def describe() -> None:
+            with pytest.raises(NotFound):  # answered, however long it waited for a slot (more than its timeout)
+                await client.describe("j-" + "0" * 32)
+
+        async def wait() -> None:
+            with pytest.raises(NotFound):
+                await client.wait("j-" + "0" * 32)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(400):
+                nursery.start_soon(describe)
+                nursery.start_soon(wait)
+    assert most == {"quick": MAX_IN_FLIGHT, "poll": MAX_POLLING}
