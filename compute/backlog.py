@@ -32,6 +32,7 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.added = 0  # new keys held so far (a refresh is not one): what fits may have changed
         self._sizes: dict[K, int] = {}
 
     def offer(self, key: K, value: V, size: int) -> bool:
@@ -44,6 +45,7 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
         self[key] = value
         self.bytes += size - (held or 0)
         self._sizes[key] = size
+        self.added += held is None
         return True
 
     def __delitem__(self, key: K) -> None:

@@ -44,6 +44,7 @@ BID_ANSWER_WINDOW = 10.0
 SILENT_COOLDOWN = 60.0  # after a bid went unanswered, its requester's jobs wait in the backlog this long
 KNOWN_REQUESTERS = 10_000  # requesters remembered as silent, or as ones whose bids we won (their jobs first)
 BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
+NONE_FIT_RECHECK = 5.0  # a backlog in which nothing fitted is looked over again this soon, whatever else
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 MAX_SLOTS = 64  # runs at once in one sweep claim
 WAITING_TTL = 60.0  # a sweep we had no room for is retried this long after its last announcement
@@ -137,6 +138,7 @@ class ComputeMachine:
         # once, and those who gave it work before are not queued behind a crowd of strangers.
         self._silent: OrderedDict[str, float] = OrderedDict()
         self._served: OrderedDict[str, None] = OrderedDict()
+        self._none_fit: tuple[Resources, int, float] | None = None  # see ``backlog_fitting``
 
     def engines_answering(self, installed: Sequence[str], now: float) -> bool:
         """The engines that answer now. One that stopped answering is still offered for ENGINE_GRACE, but
@@ -376,12 +378,23 @@ class ComputeMachine:
         """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in
         turns: each requester's oldest first, then each one's next, and so on (one busy requester does not
         starve the others); in each turn, requesters whose bids we won before the others, then by first
-        arrival. Expired entries leave the backlog."""
+        arrival. Expired entries leave the backlog.
+
+        A scan that found nothing fitting is not repeated while it could find nothing either: no more room in
+        any dimension, no new entry, for NONE_FIT_RECHECK seconds at most (a requester's cooldown ends, entries
+        go stale). 9,900 jobs that never fit, scanned every 0.5 s and on every job's end, cut a node's
+        throughput of small jobs 15-fold (16 ms a scan)."""
+        free = self.capacity.free
+        if self._none_fit is not None:
+            was, added, until = self._none_fit
+            if free.fits_in(was) and added == self.backlog.added and now < until:
+                return []
         for key, (ann, seen) in list(self.backlog.items()):
             if (ann.bid_deadline is not None and now > ann.bid_deadline) or now - seen > BACKLOG_STALE:
                 del self.backlog[key]
-        fitting = [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(self.capacity.free)
+        fitting = [ann for ann, _ in self.backlog.values() if ann.spec.resources.fits_in(free)
                    and self._silent.get(ann.requester, 0.0) <= now]  # nor are a silent one's asked about
+        self._none_fit = None if fitting else (free, self.backlog.added, now + NONE_FIT_RECHECK)
         queues: dict[str, list[Announce]] = {}
         for ann in fitting:
             queues.setdefault(ann.requester, []).append(ann)
