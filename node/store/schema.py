@@ -158,8 +158,62 @@ def _index_retries(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE sweep_indexes ADD COLUMN retries INTEGER NOT NULL DEFAULT 0")
 
 
+_SET_ASIDE = """
+CREATE TABLE IF NOT EXISTS set_aside (  -- records stored under rules since made stricter: kept, never read by the node
+    source TEXT NOT NULL,  -- the table the record was in, and its key there
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,  -- its JSON, as stored
+    why TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+# (table, its key's columns, the column holding a record, the model that reads it, the record's fate): a job,
+# execution or sweep whose record is refused leaves its table; a result is taken out of its cache entry or index
+_RECORDS = (("jobs", ("id",), "body", "Job", "delete"), ("executions", ("side", "id"), "body", "Execution", "delete"),
+            ("sweeps", ("id",), "body", "Sweep", "delete"), ("result_cache", ("key",), "result", "RunResult", "delete"),
+            ("sweep_indexes", ("sweep_id", "idx"), "result", "RunResult", "clear"))
+
+
+def _set_aside_refused(conn: sqlite3.Connection) -> None:
+    """5: records this release's rules refuse, stored by an earlier one (an output named '.', which a later fix
+    refused; any client could store one before an upgrade), are set aside: one of them stopped a node at every
+    start, or failed every listing of its owner's jobs and every round of retention. They move, whole, to
+    ``set_aside``; the node starts and the rest carries on. A release that makes a stored record's rules
+    stricter appends a step that calls this again."""
+    import logging
+    import time
+
+    from pydantic import ValidationError
+
+    import jobs
+    from jobs.sweep import Sweep
+
+    conn.execute(_SET_ASIDE)
+    models = {"Job": jobs.Job, "Execution": jobs.Execution, "Sweep": Sweep, "RunResult": jobs.RunResult}
+    set_aside = 0
+    for table, keys, column, model, fate in _RECORDS:
+        where = " AND ".join(f"{k}=?" for k in keys)
+        rows = conn.execute(f"SELECT {column}, {', '.join(keys)} FROM {table} WHERE {column} IS NOT NULL").fetchall()
+        for record, *key in rows:
+            try:
+                models[model].model_validate_json(record)
+            except ValidationError as e:
+                why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+                conn.execute("INSERT INTO set_aside VALUES (?, ?, ?, ?, ?)",
+                             (table, ":".join(map(str, key)), record, why, time.time()))
+                if fate == "delete":
+                    conn.execute(f"DELETE FROM {table} WHERE {where}", key)
+                else:
+                    conn.execute(f"UPDATE {table} SET {column}=NULL WHERE {where}", key)
+                set_aside += 1
+    if set_aside:
+        logging.getLogger("shoal.store").warning(
+            "%d records stored by an earlier Shoal break rules made stricter since: set aside, kept in the store's "
+            "table set_aside (SELECT source, key, why FROM set_aside)", set_aside)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _first_release, _cache_verified, _access_and_secrets, _index_retries)
+    _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused)
 LATEST = len(MIGRATIONS)
 
 

@@ -146,6 +146,45 @@ async def test_an_older_store_upgrades_and_reads_back(tmp_path, release, verifie
     assert path.read_bytes() == before
 
 
+async def test_records_an_earlier_release_took_and_this_one_refuses_are_set_aside(tmp_path, caplog):
+    """The previous release took an output named '.' (a later fix refused '.' and '..'): one such live job stopped
+    the upgraded node at every start (a ValidationError), and a finished one failed its owner's every listing
+    and every round of retention. Any client could store one before an upgrade."""
+    import json
+
+    path = copy_of("store-e32c746", tmp_path)
+    conn = sqlite3.connect(path)
+    with conn:
+        (body,) = conn.execute("SELECT body FROM jobs WHERE id='j-running'").fetchone()
+        planted = json.loads(body)
+        planted.update(id="j-planted", spec={**planted["spec"], "outputs": [{"name": ".", "path": "/outputs"}]})
+        conn.execute("INSERT INTO jobs SELECT 'j-planted', owner, state, created_at + 1, revision, NULL, NULL, ? "
+                     "FROM jobs WHERE id='j-running'", (json.dumps(planted),))
+        (execution,) = conn.execute("SELECT body FROM executions WHERE id='x-compute'").fetchone()
+        runs = json.loads(execution)
+        runs.update(id="x-planted", state="accepted", spec=planted["spec"])
+        conn.execute("INSERT INTO executions SELECT side, 'x-planted', job_id, 'accepted', revision, ? "
+                     "FROM executions WHERE id='x-compute'", (json.dumps(runs),))
+    conn.close()
+
+    async def carries_on(store: Store) -> None:
+        assert {j.id for j in await store.live_jobs()} == {"j-running", "j-pending"}
+        assert [x.id for x in await store.live_executions(ExecutionSide.COMPUTE)] == []
+        jobs, total = await store.list_jobs(owner=ALICE, state=None, limit=10, offset=0)
+        assert total == 4 and {j.id for j in jobs} == {"j-done", "j-failed", "j-pending", "j-running"}
+        assert await store.get_job("j-planted") is None
+
+    with caplog.at_level("WARNING", logger="shoal.store"):
+        await with_store(path, carries_on)
+    assert "2 records stored by an earlier Shoal break rules made stricter since" in caplog.text
+    conn = sqlite3.connect(path)
+    kept = conn.execute("SELECT source, key, why, record FROM set_aside ORDER BY source").fetchall()
+    conn.close()
+    assert [(source, key) for source, key, _, _ in kept] == [("executions", "compute:x-planted"), ("jobs", "j-planted")]
+    assert all("an output's name is a folder name" in why for _, _, why, _ in kept)
+    assert json.loads(kept[1][3]) == planted  # kept whole
+
+
 @pytest.mark.parametrize("release", ["store-e32c746", "store-421d8fe"])
 def test_an_upgraded_store_has_the_tables_and_indexes_of_a_new_one(tmp_path, release):
     old, new = copy_of(release, tmp_path), tmp_path / "new.db"
