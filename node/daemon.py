@@ -164,9 +164,10 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             # checked now, before the node starts any process (on cgroup v2 it may move itself into a leaf)
             for engine, note in (await trio.to_thread.run_sync(registry.containment_notes)).items():
                 log.warning("engine %s: %s", engine, note)
+            for executor in registry.executors():  # containers a crashed run of this node left behind: removed
+                await executor.cleanup_leftovers()  # before any job of this run could make one with its label
             await nursery.start(compute.run)
             for executor in registry.executors():
-                nursery.start_soon(executor.cleanup_leftovers)  # containers a crashed run of this node left behind
                 nursery.start_soon(executor.run_pool)  # warm interpreters; jobs start cold until then
         if config.requester:
             requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after)
