@@ -182,6 +182,34 @@ def _wait_until(condition, page, what: str, timeout: float = 15) -> None:
         page.wait_for_timeout(50)
 
 
+def test_job_pages_in_hidden_tabs_leave_the_connections_to_the_tab_in_front(browser, dashboard) -> None:
+    """A browser keeps six connections to a host, and a job's page holds two (its live events, its output):
+    with three job pages in tabs, a click on Cancel in one of them sent nothing, and a fourth tab never
+    rendered. A tab out of sight stops its page, and shows it afresh when it comes back."""
+    jobs = [dashboard.client.submit(noop(delay=120)).job for _ in range(4)]
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        tabs = []
+        for job in jobs:
+            tab = context.new_page()
+            tab.goto(f"{dashboard.url}?key={dashboard.key}#/jobs/{job.id}")
+            tab.locator('.title .badge[data-state="running"]').wait_for(timeout=15_000)
+            # the browser hides a tab another one is brought in front of
+            tab.evaluate("() => { Object.defineProperty(document, 'hidden', { value: true, configurable: true });"
+                         " document.dispatchEvent(new Event('visibilitychange')); }")
+            tabs.append(tab)
+        front = tabs[0]
+        front.evaluate("() => { Object.defineProperty(document, 'hidden', { value: false, configurable: true });"
+                       " document.dispatchEvent(new Event('visibilitychange')); }")
+        front.locator("#cancel-job").click(timeout=15_000)
+        front.locator('.title .badge[data-state="cancelled"]').wait_for(timeout=15_000)
+        assert dashboard.client.describe(jobs[0].id).job.state == "cancelled"
+    finally:
+        context.close()
+        for job in jobs:
+            dashboard.client.cancel(job.id)
+
+
 def test_a_click_on_cancel_is_not_lost_when_the_page_updates_under_it(page, dashboard) -> None:
     """A user's click is a mousedown and, some 100 ms later, a mouseup: the page updating between the two
     (on one of the job's events) must leave the button the user pressed in place, or no click happens."""

@@ -54,6 +54,16 @@ async function nodeBadge() {
   }
 }
 
+// A hidden tab stops its page: each page holds a live stream or two, and a browser keeps six connections to
+// a host: three job pages in tabs took them all, and every other tab (a cancel, a page) waited forever.
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) {
+    stop();
+    stop = () => {};
+  } else {
+    show();
+  }
+});
 window.addEventListener('hashchange', show);
 show();
 nodeBadge();
