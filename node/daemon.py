@@ -170,7 +170,8 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
             for executor in registry.executors():
                 nursery.start_soon(executor.run_pool)  # warm interpreters; jobs start cold until then
         if config.requester:
-            requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after)
+            requester = RequesterService(peers=peers, store=store, quarantine_after=config.quarantine_after,
+                                         joins=bool(config.peers))
             dispatcher.requester = requester
             if compute is not None:
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once

@@ -37,7 +37,8 @@ LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast cou
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
 # seconds after a start before the node table holds every node (each publishes its info every 10 s): until
 # then, as while it is crowded, no job fails for want of a node (a restarted requester, knowing only itself,
-# failed queued jobs whose nodes were busy, and running ones whose nodes were alive)
+# failed queued jobs whose nodes were busy, and running ones whose nodes were alive). Only a requester that
+# expects other nodes waits so: one told of peers to join, or one carrying on with live jobs.
 NODE_TABLE_FILLS = 15.0
 WAKES_PER_TICK = 2  # nodes that joined whose room is matched against the waiting jobs, each TICK
 MAX_JOINED = 64  # nodes that joined kept to be matched so; beyond, the longest waiting is dropped
@@ -58,7 +59,9 @@ class _Active(Live):
 
 class RequesterService(Driver[_Active]):
     def __init__(self, *, peers: Peers, store: RequesterStore, clock: Callable[[], float] = time.time,
-                 max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER) -> None:
+                 max_reoffers: int = MAX_REOFFERS, quarantine_after: int = QUARANTINE_AFTER,
+                 joins: bool = True) -> None:
+        """``joins``: it was told of peers to join (False: a node alone until others dial it)."""
         super().__init__("job", peers, store, clock, "bids bids_accepted bids_rejected results announcements "
                                                      "offered_here reoffers retries results_refused penalties")
         self.machine = JobMachine(peers.node_id, max_reoffers=max_reoffers, quarantine_after=quarantine_after)
@@ -70,6 +73,8 @@ class RequesterService(Driver[_Active]):
         self._in_flight_bytes: Counter[str] = Counter()  # owner -> the sizes of their specs (and its bytes quota)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
+        self._joins = joins
+        self._table_fills_until = self._started_at + NODE_TABLE_FILLS if joins else self._started_at
         self._checking: set[str] = set()
         self._joined: OrderedDict[str, NodeInfo] = OrderedDict()  # nodes new or restarted, whose room wakes jobs
         self.latencies: deque[float] = deque(maxlen=1000)  # submit -> terminal of recently finished jobs
@@ -83,6 +88,7 @@ class RequesterService(Driver[_Active]):
 
     async def _restore(self) -> None:
         self._started_at = now = self.clock()
+        self._table_fills_until = now
         self.reputation = await self.store.reputations()
         secrets = await self.store.live_secrets()
         for job in await self.store.live_jobs():
@@ -94,6 +100,8 @@ class RequesterService(Driver[_Active]):
                 await self._apply(aj, self.machine.finish(
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "
                                                "(the store's key file is missing or another one)", now, self._known()))
+        if self._joins or self._live:  # nodes it knew before may not have been heard of yet
+            self._table_fills_until = now + NODE_TABLE_FILLS
 
     def known_nodes(self) -> list[NodeInfo]:
         return self.nodes.known(self.clock())
@@ -105,7 +113,7 @@ class RequesterService(Driver[_Active]):
 
     def _table_complete(self) -> bool:
         now = self.clock()
-        return now - self._started_at >= NODE_TABLE_FILLS and not self.nodes.crowded(now)
+        return now >= self._table_fills_until and not self.nodes.crowded(now)
 
     def _known(self) -> Known:
         return Known(nodes=self.known_nodes(), reputation=self.reputation, complete=self._table_complete())

@@ -193,9 +193,10 @@ class MemoryNode:
 async def memory_node(
     hub: MemoryHub, peer_id: str, data_dir: Path, *, requester: bool = True, compute: bool = True,
     total: Resources | None = None, per_job: Resources | None = None, hooks: NoopHooks | None = None,
-    bad_actor: bool = False, labels: dict[str, str] | None = None,
+    bad_actor: bool = False, labels: dict[str, str] | None = None, joins: bool = False,
 ) -> AsyncIterator[MemoryNode]:
-    """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye)."""
+    """A node (store + roles) on ``hub``; leaving the block stops it like a crash would (no goodbye). ``joins``:
+    it was told of peers to join (``shoal serve --peer``), as every node of a devstack but the first is."""
     data_dir.mkdir(parents=True, exist_ok=True)
     transport = MemoryTransport(hub, peer_id)
     dispatcher = Dispatcher(clock=trio.current_time)
@@ -215,7 +216,7 @@ async def memory_node(
                                clock=hub.now, run_blocking=run_inline, labels=labels)
             await nursery.start(c.run)
         if requester:
-            r = RequesterService(peers=peers, store=store, clock=hub.now)
+            r = RequesterService(peers=peers, store=store, clock=hub.now, joins=joins)
             if c is not None:
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)

@@ -8,7 +8,6 @@ import trio
 
 from jobs import ExecutionState, JobSpec, JobState, Resources
 from jobs.messages import Announce, Decision, decode, encode
-from requester.service import NODE_TABLE_FILLS
 from tests.memnet import MemoryHub, memory_node
 
 NOOP = {"engine": {"name": "noop"}}
@@ -62,7 +61,6 @@ async def test_messages_per_job_do_not_grow_with_nodes(tmp_path, autojump_clock)
 async def test_impossible_job_fails_fast_with_reason(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "n0", tmp_path / "n0", per_job=Resources(cpu=1, memory="1GiB", disk=0)) as n:
-        await trio.sleep(NODE_TABLE_FILLS)  # until then, a node not yet heard of might have the room
         job, _ = await n.requester.submit(spec(resources={"memory": "8GiB"}), "alice")
         assert job.state is JobState.FAILED
         assert "8 GiB memory" in job.reason

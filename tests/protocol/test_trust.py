@@ -15,7 +15,6 @@ from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Result, dec
 from jobs.model import RunResult
 from node.dispatch import Dispatcher
 from requester.nodes import MAX_NODES
-from requester.service import NODE_TABLE_FILLS
 from tests.memnet import MemoryHub, MemoryTransport, memory_node
 from tests.protocol.test_pair import spec, wait_terminal
 
@@ -219,7 +218,7 @@ async def test_a_job_no_known_node_may_take_any_more_fails_at_once_saying_why(tm
         req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
         e = await stack.enter_async_context(memory_node(hub, "e", tmp_path / "e", requester=False))
         e.noop.hooks.error = "image not allowed here"  # retryable: another node may allow it
-        await trio.sleep(NODE_TABLE_FILLS)  # until then, a node not yet heard of might take it
+        await trio.sleep(1.5)
         job, _ = await req.requester.submit(spec(cache=False), "alice")
         d = await wait_terminal(req.requester, job.id, timeout=20)
         assert d.job.state is JobState.FAILED
