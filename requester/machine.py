@@ -405,8 +405,21 @@ class JobMachine:
         if impossible:
             self._finish(p, JobState.FAILED, impossible)
             return p
+        failed = [x for x in p.state.executions.values() if x.state is ExecutionState.FAILED and x.error is not None]
+        if failed and known.complete and (able := self._able(spec, known)) \
+                and not trust.nodes_left(p.state.executions.values(), able):
+            # the nodes gave up on it while the node table was filling (no job fails for want of a node then)
+            last = max(failed, key=lambda x: x.updated_at)
+            self._fail(p, f"no known node may take the job any more; last error on node {last.node_id[-8:]}: "
+                          f"{last.reason}", [], [])
+            return p
         p.announce = now >= p.state.next_announce
         return p
+
+    def _able(self, spec: JobSpec, known: Known) -> set[str]:
+        """The known nodes whose bids on the job would be taken: able to run it, not quarantined."""
+        return {info.peer_id for info in known.nodes if can_ever_run(spec, info)
+                and not trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
 
     def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
              silent: float | None = None) -> JobChanges:
@@ -514,8 +527,7 @@ class JobMachine:
         first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = {info.peer_id for info in p.known.nodes if can_ever_run(job.spec, info)  # whose bids it would take
-                and not trust.quarantined(p.known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
+        able = self._able(job.spec, p.known)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
         everyone = p.known.complete  # else a node not yet heard of may run it

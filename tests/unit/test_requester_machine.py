@@ -374,6 +374,25 @@ def test_a_quarantined_node_is_not_one_the_job_waits_for():
     assert changes.state.job.reason == "node n-a: boom"
 
 
+def test_a_job_every_node_gave_up_on_while_the_node_table_filled_fails_once_it_is_full():
+    """While a restarted requester's node table fills, no job fails for want of a node: a job whose nodes all
+    gave up on it then waited, pending, for bids it would refuse, until its bid limit (a day by default)."""
+    full = Known(nodes=[node("n-a"), node("n-b")])
+    filling = Known(nodes=full.nodes, complete=False)
+    state = tracked(spec())
+    for attempt, n in enumerate(["n-a", "n-a", "n-b", "n-b"]):  # each node fails it twice, retryably
+        _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{attempt}", attempt=attempt),
+                                      attempt, filling)
+        _, changes = machine().on_result(changes.state, n, result(f"x-{attempt}", error="image not pulled here",
+                                                                  retryable=True), attempt + 0.5, filling, signed=True)
+        state = changes.state
+    assert not changes.finished and state.job.state is JobState.PENDING
+    assert not machine().tick(state, 7.0, filling).finished  # still filling
+    ended = machine().tick(state, 8.0, full)
+    assert ended.finished and ended.state.job.state is JobState.FAILED
+    assert ended.state.job.reason.startswith("no known node may take the job any more; last error on node n-b")
+
+
 def test_the_job_fails_once_its_reoffers_run_out():
     state = running(tracked(spec()), "n-a")
     _, changes = machine(max_reoffers=0).on_result(state, "n-a", result("x-n-a", error="lost", retryable=True), 5.0,
