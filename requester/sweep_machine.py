@@ -39,13 +39,13 @@ class Lease:
     node: str
     indexes: set[int]  # granted and not reported yet
     heard: float
+    progressed: float  # when it was made, or last reported an index or was granted one
     reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
-    progressed: float | None = None  # when it last reported an index or was granted one (None: when heard)
 
     def stalled(self, now: float, deadline: float) -> bool:
         """Holding indexes and reporting none for longer than one index may take (``result_deadline``): a node
         that keeps its lease alive and never reports held them for good."""
-        return bool(self.indexes) and now - (self.progressed if self.progressed is not None else self.heard) > deadline
+        return bool(self.indexes) and now - self.progressed > deadline
 
 
 class SweepMachine:
@@ -88,7 +88,7 @@ class SweepMachine:
                       next_announce=now)
         for index, state, _, _, node, _ in rows:
             if state is JobState.RUNNING and node:
-                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now)).indexes.add(index)
+                machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now, now)).indexes.add(index)
         return machine
 
     def admit(self, nodes: Sequence[NodeInfo]) -> list[Event]:
@@ -179,7 +179,7 @@ class SweepMachine:
         claim = self.claims.get(msg.claim_id)
         if claim is None:  # a new claim, or our restart forgot it: it adopts what its node held then
             held = self.claims.pop(restored).indexes if restored is not None else set()
-            claim = self.claims[msg.claim_id] = Lease(peer, held, now)
+            claim = self.claims[msg.claim_id] = Lease(peer, held, now, now)
         claim.heard = now
         if check.results:
             claim.progressed = now

@@ -567,6 +567,19 @@ def test_a_claim_that_keeps_its_lease_but_reports_nothing_loses_its_indexes():
     assert reply.ranges == [(1, 4)]  # another node runs them
 
 
+def test_a_claim_a_restarted_requester_kept_for_its_node_stalls_too():
+    """What a node was running when the requester restarted stays with it for one lease; its heartbeats alone
+    do not keep it for good."""
+    m = sweep_machine(2)
+    rows = [(0, JobState.RUNNING, "", 1, "n-a", 0), (1, JobState.PENDING, "", 0, None, 0)]
+    m = SweepMachine.restored(m.sweep, REQ, rows, 1.0)
+    deadline = m.sweep.spec.job.result_deadline()
+    for t in range(5, int(deadline) + 15, 5):  # heard every 5 s, reporting nothing
+        m.claim("n-a", claim("c-a"), float(t), able={"n-a", "n-b"}, quarantined=False)
+        m.tick(t + 0.5)
+    assert m.states[0] is JobState.PENDING  # taken back: another node runs it
+
+
 def test_a_node_gets_its_share_over_all_its_claims():
     """One node opening claim after claim got each its share: 116 of 120 indexes, while two honest nodes idled."""
     m = sweep_machine(120)
