@@ -74,7 +74,7 @@ class RequesterService(Driver[_Active]):
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._joins = joins
-        self._table_fills_until = self._started_at + NODE_TABLE_FILLS if joins else self._started_at
+        self._table_fills_until = 0.0  # see ``_restore``
         self._checking: set[str] = set()
         self._joined: OrderedDict[str, NodeInfo] = OrderedDict()  # nodes new or restarted, whose room wakes jobs
         self.latencies: deque[float] = deque(maxlen=1000)  # submit -> terminal of recently finished jobs
@@ -88,7 +88,6 @@ class RequesterService(Driver[_Active]):
 
     async def _restore(self) -> None:
         self._started_at = now = self.clock()
-        self._table_fills_until = now
         self.reputation = await self.store.reputations()
         secrets = await self.store.live_secrets()
         for job in await self.store.live_jobs():

@@ -15,11 +15,18 @@ that has shipped (a store that had it would never get the edit).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from jobs import ShoalError
+from pydantic import BaseModel, ValidationError
+
+from jobs import Execution, Job, RunResult, ShoalError
+from jobs.sweep import Sweep
+
+log = logging.getLogger("shoal.store")
 
 _FIRST_RELEASE = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -169,9 +176,10 @@ CREATE TABLE IF NOT EXISTS set_aside (  -- records stored under rules since made
 """
 # (table, its key's columns, the column holding a record, the model that reads it, the record's fate): a job,
 # execution or sweep whose record is refused leaves its table; a result is taken out of its cache entry or index
-_RECORDS = (("jobs", ("id",), "body", "Job", "delete"), ("executions", ("side", "id"), "body", "Execution", "delete"),
-            ("sweeps", ("id",), "body", "Sweep", "delete"), ("result_cache", ("key",), "result", "RunResult", "delete"),
-            ("sweep_indexes", ("sweep_id", "idx"), "result", "RunResult", "clear"))
+_RECORDS: tuple[tuple[str, tuple[str, ...], str, type[BaseModel], str], ...] = (
+    ("jobs", ("id",), "body", Job, "delete"), ("executions", ("side", "id"), "body", Execution, "delete"),
+    ("sweeps", ("id",), "body", Sweep, "delete"), ("result_cache", ("key",), "result", RunResult, "delete"),
+    ("sweep_indexes", ("sweep_id", "idx"), "result", RunResult, "clear"))
 
 
 def _set_aside_refused(conn: sqlite3.Connection) -> None:
@@ -180,23 +188,14 @@ def _set_aside_refused(conn: sqlite3.Connection) -> None:
     start, or failed every listing of its owner's jobs and every round of retention. They move, whole, to
     ``set_aside``; the node starts and the rest carries on. A release that makes a stored record's rules
     stricter appends a step that calls this again."""
-    import logging
-    import time
-
-    from pydantic import ValidationError
-
-    import jobs
-    from jobs.sweep import Sweep
-
     conn.execute(_SET_ASIDE)
-    models = {"Job": jobs.Job, "Execution": jobs.Execution, "Sweep": Sweep, "RunResult": jobs.RunResult}
     set_aside = 0
     for table, keys, column, model, fate in _RECORDS:
         where = " AND ".join(f"{k}=?" for k in keys)
         rows = conn.execute(f"SELECT {column}, {', '.join(keys)} FROM {table} WHERE {column} IS NOT NULL").fetchall()
         for record, *key in rows:
             try:
-                models[model].model_validate_json(record)
+                model.model_validate_json(record)
             except ValidationError as e:
                 why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
                 conn.execute("INSERT INTO set_aside VALUES (?, ?, ?, ?, ?)",
@@ -207,7 +206,7 @@ def _set_aside_refused(conn: sqlite3.Connection) -> None:
                     conn.execute(f"UPDATE {table} SET {column}=NULL WHERE {where}", key)
                 set_aside += 1
     if set_aside:
-        logging.getLogger("shoal.store").warning(
+        log.warning(
             "%d records stored by an earlier Shoal break rules made stricter since: set aside, kept in the store's "
             "table set_aside (SELECT source, key, why FROM set_aside)", set_aside)
 
