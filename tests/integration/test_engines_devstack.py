@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -143,27 +144,31 @@ def test_docker_has_no_network(stack):
     assert out.stdout.split() == ["lo"]
 
 
-def test_links_a_job_leaves_in_its_output_give_the_next_job_nothing_of_the_host(stack):
+def test_links_a_job_leaves_in_its_output_give_the_next_job_nothing_of_the_host(stack, tmp_path):
     """A job's output may hold symbolic links (a docker job runs ``ln -s``), and any job may take it as an
     input. The node once followed them as root: a python job read /etc through ``root -> /``, and a wasm
-    job's failure quoted the host file its module linked to. Such an input is now refused, by every engine."""
+    job's failure quoted the host file its module linked to. Such an input is now refused, by every engine.
+    The host file is one this test writes, holding a token no node id or message can hold by chance (CI's
+    /etc/hostname once read "vm", which a node id held)."""
     from shoal import Client
 
-    secret = Path("/etc/hostname").read_text().strip()
+    secret = uuid.uuid4().hex
+    host_file = tmp_path / "host-secret"
+    host_file.write_text(secret)
     made = shoal(stack, "docker", "run", "-o", "o:/outputs", "--json", "busybox", "--", "sh", "-c",
-                 "ln -s / /outputs/root && ln -s /etc/hostname /outputs/mod.wasm && echo made")
+                 f"ln -s / /outputs/root && ln -s {host_file} /outputs/mod.wasm && echo made")
     assert made.returncode == 0, made.stderr
     cid = json.loads(made.stdout)["executions"][0]["result"]["cid"]
     linked = [{"source": f"ipfs://{cid}/outputs/o", "path": "/in"}]
     with Client(stack.nodes[0].api) as client:
-        jobs = [client.run({"engine": {"name": "python", "code": "print(open('/in/root/etc/hostname').read())"},
+        jobs = [client.run({"engine": {"name": "python", "code": f"print(open('/in/root{host_file}').read())"},
                             "inputs": linked}, timeout=120),
                 client.run({"engine": {"name": "wasm", "module": "/in/mod.wasm"}, "inputs": linked}, timeout=120),
                 client.run({"engine": {"name": "docker", "image": "busybox", "entrypoint": ["cat", "/in/mod.wasm"]},
                             "inputs": linked}, timeout=120)]
         for desc in jobs:
             assert desc.job.state.value == "failed", desc.job
-            assert "it holds a symbolic link out of the input: link 'mod.wasm' -> '/etc/hostname' is absolute" \
+            assert f"it holds a symbolic link out of the input: link 'mod.wasm' -> '{host_file}' is absolute" \
                 in desc.job.reason or "link 'root' -> '/' is absolute" in desc.job.reason, desc.job.reason
             seen = [desc.job.reason] + [x.result.stdout + x.result.stderr for x in desc.executions if x.result]
             assert secret not in " ".join(seen)
