@@ -881,7 +881,16 @@ async function serve() {
       collectAbove = Math.min(GC_ABOVE_RSS, job.resident_limit - job.memory_limit - FRESH_INTERPRETER);
     }
     // A job with wheels changed more than a reset puts back (imported packages' files, loadPackage's state).
-    if (job.last || job.wheels.length || !resetInPlace || !interpreter.checkpoint.restore()) interpreter = null;
+    if (job.last || job.wheels.length || !resetInPlace || !interpreter.checkpoint.restore()) {
+      interpreter = null;
+    } else if (fileBytes + droppedBytes > COLLECT_AFTER_DROPPED) {
+      // The reset dropped the files the job kept in memory: they are collected now, or they stayed resident
+      // under the next job's heap (a 256 MiB sweep's index that wrote 200 MiB to /tmp left the next one, which
+      // filled its heap, 14 MiB short of its memory cgroup).
+      files.clear();
+      fileBytes = droppedBytes = 0;
+      globalThis.gc?.();
+    }
     if (job.last || !reusable) {
       // No job follows (the parent closes this process): loading another interpreter would only take CPU
       // from the node while it publishes this job's result.
