@@ -415,7 +415,10 @@ MAX_SECRETS = 64  # secret variables per job
 MAX_SECRET_BYTES = 64 * 1024  # their names and values together (UTF-8): they travel in a bid's reply
 
 
-def check_env_names(env: dict[str, str], limit: int = 256) -> dict[str, str]:
+MAX_ENV = 256  # variables in a job's environment (a sweep's index: its template's, its parameters and SHOAL_*)
+
+
+def check_env_names(env: dict[str, str], limit: int = MAX_ENV) -> dict[str, str]:
     """The rules every environment a job gets must follow; the error names keys, never values."""
     bad = [k for k in env if not _ENV_KEY.match(k)]
     if bad:

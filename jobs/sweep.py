@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.model import RunResult, moved
-from jobs.spec import _ENV_KEY, InputSpec, JobSpec, Shard, _Frozen
+from jobs.spec import _ENV_KEY, MAX_ENV, InputSpec, JobSpec, Shard, _Frozen
 from jobs.states import JobState
 
 MAX_INDEXES = 1_000_000
@@ -30,6 +30,9 @@ RESERVED_ENV = ("SHOAL_INDEX", "SHOAL_COUNT")
 # args often go to a shell, whose own $variables must stay)
 ARGS_TAKE_VALUES = ("python", "wasm")
 MAX_ARGS_CHARS = 256 * 1024  # of an index's args with its values in
+# characters of one index's parameters (each at its longest value): every listing of indexes carries them, and
+# 60,000 one-value axes in a 1 MiB request made each listed index take 0.45 s of the node's event loop
+MAX_PARAM_CHARS = 16 * 1024
 
 
 def as_text(value: Any) -> Any:
@@ -94,6 +97,10 @@ class SweepSpec(_Frozen):
             problems.append(f"{', '.join(reserved)} is set by Shoal for every index")
         if len(set(names)) != len(names):
             problems.append("a parameter is given twice")
+        env = {*self.job.env, *names, *RESERVED_ENV, *(["SHOAL_SHARD"] if self.shard_inputs else [])}
+        if len(env) > MAX_ENV:
+            problems.append(f"{len(names)} parameters: with the template's env and {', '.join(RESERVED_ENV)}, an "
+                            f"index's environment would hold {len(env):,} variables; at most {MAX_ENV}")
         if len({len(v) for v in self.zip.values()}) > 1:
             problems.append("zip: every list must have the same length")
         if self.items and len({frozenset(i) for i in self.items}) > 1:
@@ -117,12 +124,28 @@ class SweepSpec(_Frozen):
             problems.append("a sweep needs parameters (grid, zip or items) or shard_inputs")
         elif math.prod(sizes) > MAX_INDEXES:
             problems.append(f"{math.prod(sizes)} indexes: a sweep has at most {MAX_INDEXES}")
+        elif (chars := self._param_chars()) > MAX_PARAM_CHARS:
+            problems.append(f"an index's parameters could take {chars:,} characters (names and longest values); "
+                            f"at most {MAX_PARAM_CHARS:,}: put large values in a file the job reads")
         elif (longest := self._longest_args()) > MAX_ARGS_CHARS:
             problems.append(f"args: with the values in place of their $KEYs, an index's args could take {longest:,} "
                             f"characters; at most {MAX_ARGS_CHARS:,}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _longest_values(self) -> dict[str, int]:
+        """Each parameter's name and the length of its longest value."""
+        longest = {key: max(map(len, values), default=0) for part in (self.grid, self.zip)
+                   for key, values in part.items()}
+        for item in self.items:
+            for key, value in item.items():
+                longest[key] = max(longest.get(key, 0), len(value))
+        return longest
+
+    def _param_chars(self) -> int:
+        """The most characters an index's parameters take: each name and its longest value."""
+        return sum(len(key) + n for key, n in self._longest_values().items())
 
     def _longest_args(self) -> int:
         """The most characters an index's args take once ``job_for`` put its values in (each ``$KEY`` taking the
@@ -131,12 +154,7 @@ class SweepSpec(_Frozen):
         engine = self.job.engine
         if engine.name not in ARGS_TAKE_VALUES or not any("$" in arg for arg in engine.args):
             return 0  # as written: the template's own size is bounded where it comes in
-        longest = {key: len(value) for key, value in self.job.env.items()}
-        for part in (self.grid, self.zip):
-            longest |= {key: max(map(len, values), default=0) for key, values in part.items()}
-        for item in self.items:
-            for key, value in item.items():
-                longest[key] = max(longest.get(key, 0), len(value))
+        longest = {key: len(value) for key, value in self.job.env.items()} | self._longest_values()
         longest |= dict.fromkeys(RESERVED_ENV, len(str(self.count)))
         total = 0
         for arg in engine.args:

@@ -147,3 +147,25 @@ def test_args_that_would_grow_past_their_bound_with_the_values_in_are_refused():
     assert spec(job=job, grid={"x": ["a" * 100]}).job_for(0).engine.args == ["a" * 100] * 1_000  # 100,000: fine
     docker = {"engine": {"name": "docker", "image": "busybox", "args": ["$x"] * 1_000}}  # as written: no growth
     assert spec(job=docker, grid={"x": ["a" * 1_000]}).count == 1
+
+
+def test_an_index_gets_no_more_environment_variables_than_a_job_may_have():
+    """A sweep's parameters become each index's environment, where a job is refused past 256 variables: 3,000
+    one-value axes ran a job with 3,007 (and 60,000 fit in a 1 MiB request, each listed index taking 0.45 s)."""
+    many = {f"P{i}": ["1"] for i in range(3_000)}
+    with pytest.raises(ValidationError, match="an index's environment would hold 3,002 variables; at most 256"):
+        spec(grid=many)
+    with pytest.raises(ValidationError, match="would hold 257 variables"):  # the template's env counts
+        spec(grid={f"P{i}": ["1"] for i in range(250)}, job={"env": {f"E{i}": "1" for i in range(5)}})
+    largest = spec(grid={f"P{i}": ["1"] for i in range(250)}, job={"env": {f"E{i}": "1" for i in range(4)}})
+    job = largest.job_for(0)
+    assert len(job.env) == 256 and type(job).model_validate_json(job.model_dump_json()) == job
+
+
+def test_an_index_whose_parameters_would_be_large_is_refused():
+    """Every listing of a sweep's indexes carries each one's parameters: bounded, as its args are."""
+    with pytest.raises(ValidationError, match="an index.s parameters could take 20,001 characters .names and longest values.; at most 16,384"):
+        spec(grid={"x": ["a" * 20_000, "b"]})
+    with pytest.raises(ValidationError, match="at most 16,384"):  # the longest value of each parameter adds up
+        spec(grid={"x": ["a" * 9_000]}, items=[{"y": "b"}, {"y": "c" * 9_000}])
+    assert spec(grid={"x": ["a" * 16_000]}).values(0) == {"x": "a" * 16_000}
