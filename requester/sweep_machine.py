@@ -202,6 +202,8 @@ class SweepMachine:
         for i in check.released:
             claim.indexes.discard(i)
             if self.states[i] is JobState.RUNNING:
+                # not an attempt: one node giving back and claiming again spent an index's in seconds, unrun
+                self.attempts[i] = max(0, self.attempts[i] - 1)
                 records.append(self._back_to_pending(i, "given back unrun", now))
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
@@ -416,8 +418,16 @@ class SweepMachine:
         return p
 
     def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:
-        return [self._run_again_or_fail(i, claim.node, why, now)
-                for i in sorted(claim.indexes) if self.states[i] is JobState.RUNNING]
+        """The indexes of a lapsed claim, each lost as a retryable error of its node is: another node runs it
+        next (``may_grant``), or one node claiming and falling silent five times failed it alone."""
+        records = []
+        for i in sorted(claim.indexes):
+            if self.states[i] is JobState.RUNNING:
+                _, reports = self.errors.get(i, (now, {}))
+                reports.setdefault(claim.node, True)
+                self.errors[i] = (now, reports)
+                records.append(self._run_again_or_fail(i, claim.node, why, now))
+        return records
 
     def _save_taken_back(self, p: Changes, records: list[IndexRecord]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""

@@ -30,8 +30,9 @@ def two_nodes(home) -> Devstack:
     return Devstack(2, noop=True, base_dir=home / "stack", base_port=free_base_port(2), write_state=False)
 
 
-def signed_claim(rogue: RoguePeer, sweep_id: str, claim_id: str, results: list[IndexResult], want: int) -> Claim:
-    msg = Claim(sweep_id=sweep_id, claim_id=claim_id, want=want, results=results)
+def signed_claim(rogue: RoguePeer, sweep_id: str, claim_id: str, results: list[IndexResult], want: int,
+                 released: list[int] = ()) -> Claim:
+    msg = Claim(sweep_id=sweep_id, claim_id=claim_id, want=want, results=results, released=list(released))
     return msg.model_copy(update={"signature": rogue.sign(msg.statement())})
 
 
@@ -113,3 +114,35 @@ async def test_a_rogues_error_fails_no_index_and_counts_against_it(home):
         m = await metrics(stack.nodes[0].api)
         assert m['shoal_sweeps_total{event="errors_contradicted"}'] == 1
         assert m['shoal_sweeps_total{event="refused_results"}'] == 0
+
+
+async def test_a_rogue_giving_indexes_back_and_claiming_them_again_fails_none_of_them(home):
+    """A rogue gave back and claimed the same indexes, again and again, then reported "retry elsewhere" for each:
+    80 of 200 indexes of a sweep asking two nodes to agree failed, none having run, and it lost nothing."""
+    async with (two_nodes(home) as stack,
+                AsyncClient(stack.nodes[0].api) as client,
+                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+        requester = stack.nodes[0].peer_id
+        honest = {n.peer_id for n in stack.nodes}
+        await rogue.wait_mesh([requester])
+        spec = {"job": {"engine": {"name": "noop", "delay": 0.2}}, "grid": {"i": [str(i) for i in range(60)]},
+                "confidence": 2}
+        sweep_id = (await client.submit_sweep(spec)).sweep.id
+        _, ann = await rogue.wait_gossip(lambda o, m: isinstance(m, SweepAnnounce) and m.sweep_id == sweep_id)
+        assert isinstance(ann, SweepAnnounce)
+        claim_id = f"c-{uuid.uuid4().hex}"
+        reply = await rogue.request(requester, signed_claim(rogue, sweep_id, claim_id, [], 4),
+                                    addrs=ann.requester_addrs)
+        held = [i for a, b in reply.ranges for i in range(a, b)]
+        assert held
+        for _ in range(6):
+            reply = await rogue.request(requester, signed_claim(rogue, sweep_id, claim_id, [], len(held), held),
+                                        addrs=ann.requester_addrs)
+            held = [i for a, b in reply.ranges for i in range(a, b)]
+        busy = [IndexResult(index=i, error="node busy", retryable=True) for i in held]
+        await rogue.request(requester, signed_claim(rogue, sweep_id, claim_id, busy, 0), addrs=ann.requester_addrs)
+
+        d = await client.wait_sweep(sweep_id, timeout=120)
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 60}, d.sweep.reason
+        records = (await client.sweep_indexes(sweep_id)).indexes
+        assert all(r.node_id in honest for r in records)
