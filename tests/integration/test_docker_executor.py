@@ -636,3 +636,40 @@ async def test_files_a_job_deleted_but_holds_open_count_against_its_disk(executo
     assert result.exit_code != 0
     assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
     assert not list((request.outputs_dir / "out").iterdir())  # nothing to find there: it was all held open
+
+
+MAPPED = """
+import mmap, os
+N = 400 << 20
+f = open("/outputs/x", "w+b")
+os.unlink("/outputs/x")
+f.truncate(N)
+m = mmap.mmap(f.fileno(), N)
+f.close()
+for fd in os.listdir("/proc/self/fd"):  # mmap keeps a dup of the descriptor: close that too
+    try:
+        if "(deleted)" in os.readlink(f"/proc/self/fd/{fd}"):
+            os.close(int(fd))
+    except OSError:
+        pass
+chunk = b"\\xa5" * (1 << 20)
+for mib in range(N >> 20):
+    m[mib << 20:(mib + 1) << 20] = chunk
+    print(mib + 1, flush=True)
+print("wrote it all", flush=True)
+"""
+
+
+async def test_a_file_a_job_deleted_and_writes_through_a_mapping_counts_against_its_disk(executor, tmp_path):
+    """A file deleted and mapped, with every descriptor to it closed, is in no folder and no /proc/PID/fd: a
+    10 MiB job wrote 3 GiB to the node's disk through the mapping (the memory cgroup writes its pages back), and
+    completed. It is counted as it is written, and the job stopped."""
+    request = make_request(tmp_path, outputs=[{"name": "out", "path": "/outputs"}],
+                           engine={"image": "shoal/python:3", "entrypoint": ["python3", "-c"], "args": [MAPPED]},
+                           resources={"disk": "10MiB", "memory": "64MiB"}, timeout=120)
+    with trio.fail_after(120):
+        result = await executor.run(request)
+    assert result.exit_code != 0 and "wrote it all" not in result.stdout, result.stdout[-200:]
+    assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
+    written = int(result.stdout.split()[-1]) if result.stdout.strip() else 0
+    assert written < 100, written  # MiB written before it was stopped: a few looks' worth, not 400
