@@ -800,8 +800,10 @@ class Client(_BaseClient):
     ) -> list[Path]:
         """Fetch the results of every completed index into ``dest``/INDEX, each checked against its recorded CID
         like ``download``; returns their folders in index order. One request an index (``download_index`` makes
-        two), so 1,000 indexes cost 1,000 downloads, not 2,000 round trips."""
+        two), so 1,000 indexes cost 1,000 downloads, not 2,000 round trips. ``dest`` is made even when no index
+        completed (``cd "$(shoal get ID)"`` in a script then finds it empty, not missing)."""
         count, paths, first = self.describe_sweep(sweep_id).sweep.count, [], 0
+        Path(dest).mkdir(parents=True, exist_ok=True)
         while first is not None:
             page = self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
             records, first = _page_of_indexes(page, first, count)
@@ -1184,6 +1186,7 @@ class AsyncClient(_BaseClient):
     ) -> list[Path]:
         """See ``Client.download_sweep``."""
         count, paths, first = (await self.describe_sweep(sweep_id)).sweep.count, [], 0
+        Path(dest).mkdir(parents=True, exist_ok=True)
         while first is not None:
             page = await self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
             records, first = _page_of_indexes(page, first, count)

@@ -48,9 +48,9 @@ def job_validate(file: File, sets: Sets = None, variables: Vars = None) -> None:
     spec, source = job_file.spec, _source(file)
     if job_file.is_sweep:
         print(f"{source}: a sweep of {spec.count} indexes ({sweep_params(spec)}) of "
-              f"{engine_summary(spec.job)}; {fmt_resources(spec.job.resources)} each")
+              f"{engine_summary(spec.job)}; {fmt_resources(spec.job.resources, job=True)} each")
     else:
-        print(f"{source}: a job: {engine_summary(spec)}; {fmt_resources(spec.resources)}, "
+        print(f"{source}: a job: {engine_summary(spec)}; {fmt_resources(spec.resources, job=True)}, "
               f"on {spec.deal.concurrency} node(s)")
 
 

@@ -314,6 +314,15 @@ async def test_download_sweep_fetches_each_completed_index_once_whatever_the_nod
     assert got == [tmp_path / "again" / "0"] and sum(1 for line in paths(fake) if "/indexes?" in line) == 3
 
 
+async def test_download_sweep_makes_its_folder_when_no_index_completed(client, fake: SweepNode,
+                                                                       tmp_path: Path) -> None:
+    """``shoal get`` printed a folder that did not exist, and ``cd "$(shoal get ID)"`` failed."""
+    fake.add_sweep("s-1", state=JobState.FAILED)
+    fake.index_page = []
+    assert await call(client, "download_sweep", "s-1", tmp_path / "none" / "here") == []
+    assert (tmp_path / "none" / "here").is_dir() and not any((tmp_path / "none" / "here").iterdir())
+
+
 async def test_download_index_extracts_results(client, fake: SweepNode, tmp_path: Path) -> None:
     fake.add_sweep("s-1")
     dest = await call(client, "download_index", "s-1", 2, tmp_path / "out")

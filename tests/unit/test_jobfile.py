@@ -305,6 +305,7 @@ def test_job_validate_prints_one_line(fake: FakeClient) -> None:
     result = run("job", "validate", str(REPO / "examples/job-files/sweep.yaml"), "--var", "SAMPLES=9")
     assert result.exit_code == 0, result.output
     assert result.stdout.count("\n") == 1 and "a sweep of 6 indexes (grid samples(2) seed(3))" in result.stdout
+    assert "128 MiB memory, 1 GiB disk (the default" in result.stdout  # what each index gets, not "0 B disk"
     assert fake.made == []
 
 
