@@ -21,6 +21,10 @@ BODY_TIMEOUT = 30.0  # a request body must arrive within this (408): a slow send
 # can be checked, and 1,000 strangers' connections stalled 576 bytes short of 1 MiB held 1.5 GB for 30 s
 BODY_BUDGET = 256 << 20
 
+# methods whose requests carry no body: one held for as long as its answer streams (events, a long poll) kept
+# room all members share, and 128 such requests from one of them held every other member's submissions at 503
+BODILESS = frozenset({"GET", "HEAD"})
+
 UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/v1/version", "/metrics", "/openapi.json", "/docs",
                             "/docs/oauth2-redirect", "/redoc"})
 
@@ -65,6 +69,8 @@ class BodyLimit:
                 await self._limited(scope, receive, send, MAX_CONTEXT_BODY, room)
             finally:
                 room.uploads.release()
+        elif scope["method"] in BODILESS:
+            await self._limited(scope, receive, send, 0, room)
         else:
             await self._limited(scope, receive, send, MAX_BODY, room)
 
@@ -74,7 +80,8 @@ class BodyLimit:
             await answer_early(error(400, "bad_request", "malformed Content-Length header"), scope, receive, send)
             return
         if declared is not None and int(declared) > limit:
-            await answer_early(error(413, "body_too_large", too_large(limit)), scope, receive, send)
+            status = (400, "bad_request") if limit == 0 else (413, "body_too_large")
+            await answer_early(error(*status, too_large(limit)), scope, receive, send)
             return
         seen = 0
         body_done = False
@@ -92,7 +99,7 @@ class BodyLimit:
                 seen += size
                 room.buffered += size
                 if seen > limit:
-                    raise StarletteHTTPException(413, too_large(limit))
+                    raise StarletteHTTPException(400 if limit == 0 else 413, too_large(limit))
                 if room.buffered > room.budget:
                     raise StarletteHTTPException(503, "the node is reading too many request bodies: retry in a second",
                                                  headers={"Retry-After": "1"})
@@ -114,6 +121,8 @@ async def answer_early(response: JSONResponse, scope, receive, send) -> None:
 
 
 def too_large(limit: int = MAX_BODY) -> str:
+    if limit == 0:
+        return "a GET request carries no body"
     if limit == MAX_BODY:
         return f"request body over {MAX_BODY} bytes ({MAX_BODY >> 20} MiB): a job spec must be smaller"
     return f"request body over {limit} bytes: a working directory sent with a job must be smaller"

@@ -386,6 +386,31 @@ def test_an_output_named_for_the_folder_above_is_refused_by_the_api_the_sdk_and_
     assert cli.returncode == 2 and "not '.' or '..'" in cli.stderr, cli.stderr
 
 
+def test_a_get_with_a_body_is_refused_and_holds_no_room_of_the_nodes(node_a: Path) -> None:
+    """A request body counts against room all clients share until its answer ends: 128 event streams opened with
+    a 1 MiB body each held every other client's submissions at 503 for as long as they stayed open. A GET carries
+    no body now, declared or streamed, and another client's submission goes through while such streams are asked."""
+    key, other = ClientKey.generate(), ClientKey.generate()
+    with Client(A, key=key) as client, httpx.Client(timeout=30) as http:
+        job = client.submit(PENDING).job.id
+        body = b"x" * (1 << 20)
+        with http.stream("GET", f"{A}/v1/jobs/{job}/events", content=body, auth=ShoalAuth(key)) as declared:
+            assert declared.status_code == 400, "the stream was let in, its body held"
+            assert json.loads(declared.read())["error"]["message"] == "a GET request carries no body"
+        request = signed(http, key, "GET", f"{A}/v1/jobs/{job}?wait=5", content=body)  # sent chunked, undeclared
+        head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "content-length")
+        head = f"GET {request.url.raw_path.decode()} HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", PORT), timeout=10) as sock:
+            sock.sendall(head.encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            answer = b""
+            while b"}" not in answer and (chunk := sock.recv(65536)):  # to the end of its JSON, or of the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400") and b"carries no body" in answer, answer[:300]
+        with Client(A, key=other) as honest:
+            assert honest.submit(PENDING).job.state.value == "pending"
+        client.cancel(job)
+
+
 def test_event_stream_is_woken_by_a_new_event(node_a: Path) -> None:
     """A stream waiting on a pending job sees its Cancelled event well within the 5 s the stream
     would otherwise sleep: it was woken by the write, not by its timer."""
