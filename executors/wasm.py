@@ -16,7 +16,11 @@ Limits:
     a run that then fails says so in its stderr;
   * time: the caller's deadline. Cancellation bumps the run's engine epoch, so the module traps at its
     next loop back-edge or call and the worker thread ends;
-  * compiling: a child process held to the job's memory, CPU time and timeout (``executors.wasm_compile``).
+  * compiling: a child process held to the job's memory, CPU time and timeout (``executors.wasm_compile``);
+  * host calls: the functions below run in the node's process with the GIL, so each call's work is bounded:
+    ``random_get`` makes its bytes ``RANDOM_CHUNK`` at a time and stops when the run is cancelled,
+    ``poll_oneoff`` takes at most ``MAX_SUBSCRIPTIONS``; wasmtime's own ``fd_read``/``fd_write`` run without
+    the GIL and refuse a buffer of 128 MiB or more (ENOMEM).
 
 A trap is a normal result: exit code 134 (what ``wasmtime run`` reports) and the trap in stderr.
 Compiled modules are cached by content hash in ``cache_dir``; the least recently used beyond
@@ -71,6 +75,8 @@ except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed
 CACHE_BYTES = 1024**3  # compiled modules kept; beyond it the least recently used go
 COMPILE_MEMORY_FLOOR = 256 * 1024**2  # compiling may take this much however small the job: the interpreter's share
 _COMPILER = str(Path(__file__).with_name("wasm_compile.py"))
+RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
+MAX_SUBSCRIPTIONS = 1 << 16  # per poll_oneoff: 3 MiB of subscriptions; more is refused (EINVAL)
 MAX_TABLES = 16  # per run: a module needs one or two
 MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit
 TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
@@ -405,18 +411,25 @@ class _Run:
 
     def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
         self.random_calls += 1
-        length &= 0xFFFFFFFF
-        if (buf & 0xFFFFFFFF) + length > _memory(caller).data_len(caller):
+        buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
+        if buf + length > _memory(caller).data_len(caller):
             raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made in the node
-        data = hashlib.shake_256(self.random_key + self.random_calls.to_bytes(8, "little")).digest(length)
-        _write(caller, buf, data)
+        # Made in one piece, 2 GiB held the node's GIL for seconds and took 6 GiB of its memory, out of reach of
+        # the run's deadline. The first chunk is the stream every call made before (the shake_256 of the key and the
+        # call's number); chunk i > 0 of a larger call is the shake_256 of the key, the call's number and i.
+        call = self.random_key + self.random_calls.to_bytes(8, "little")
+        for i, start in enumerate(range(0, length, RANDOM_CHUNK)):
+            if self._interrupted.is_set():
+                raise wasmtime.Trap("interrupted: the run was cancelled")
+            seed = call + i.to_bytes(8, "little") if i else call
+            _write(caller, buf + start, hashlib.shake_256(seed).digest(min(RANDOM_CHUNK, length - start)))
         return _ESUCCESS
 
     def _poll_oneoff(self, caller: wasmtime.Caller, subs: int, events: int, nsubs: int, nevents_out: int) -> int:
         """Never waits: file descriptors are always ready, and a sleep jumps the virtual clock to its end."""
         nsubs &= 0xFFFFFFFF
-        if nsubs == 0:
-            return _EINVAL
+        if not 0 < nsubs <= MAX_SUBSCRIPTIONS:
+            return _EINVAL  # 44 million (2 GiB) once took the node a minute and 12 GiB
         raw = _read(caller, subs, 48 * nsubs)
         fds, clocks = [], []
         for i in range(nsubs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -518,3 +519,106 @@ async def test_a_modules_open_files_close_when_its_run_ends(executor: WasmExecut
     with trio.move_on_after(2):
         await executor.run(req)
     assert _open_under(tmp_path) == []
+
+
+# Writes random_get's answers to 16, 1 MiB and 1 MiB + 16 bytes, one after the other, to /outputs/r.
+RANDOM_TO_FILE = module("""
+  (data (i32.const 128) "r")
+  (func $random (param $fd i32) (param $len i32)
+    (drop (call $random_get (i32.const 65536) (local.get $len)))
+    (call $write (local.get $fd) (i32.const 65536) (local.get $len)))
+  (func (export "_start") (local $fd i32)
+    (drop (memory.grow (i32.const 40)))
+    (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 1)
+                         (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $proc_exit (i32.const 11))))
+    (local.set $fd (i32.load (i32.const 16)))
+    (call $random (local.get $fd) (i32.const 16))
+    (call $random (local.get $fd) (i32.const 1048576))
+    (call $random (local.get $fd) (i32.const 1048592))))
+""", """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+""")
+
+
+async def test_random_get_answers_are_the_streams_every_node_makes(executor: WasmExecutor, tmp_path: Path) -> None:
+    """Nodes compare the results of deterministic jobs: up to 1 MiB a call is the stream it always was, and a
+    larger call goes on a MiB at a time, each from the key, the call's number and the chunk's."""
+    key = hashlib.sha256(b"wasm random_get:" + hashlib.sha256(b"shoal-seed:seed-1").digest()).digest()
+
+    def stream(*parts: int, length: int) -> bytes:
+        return hashlib.shake_256(key + b"".join(p.to_bytes(8, "little") for p in parts)).digest(length)
+
+    req = request(tmp_path, RANDOM_TO_FILE)
+    result = await executor.run(req)
+    assert result.exit_code == 0, result
+    got = (req.outputs_dir / "out" / "r").read_bytes()
+    mib = 1024**2
+    assert got[: 16 + 2 * mib] == stream(1, length=16) + stream(2, length=mib) + stream(3, length=mib)
+    assert got[16 + 2 * mib :] == stream(3, 1, length=16)
+
+
+def _memory_status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024
+
+
+# Fills its 1 GiB of memory, then asks random_get for all of it again and again.
+RANDOM_FOREVER = wasmtime.wat2wasm("""(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (memory (export "memory") 16384)
+  (func (export "_start")
+    (memory.fill (i32.const 0) (i32.const 1) (i32.const 0x40000000))
+    (loop $again (drop (call $random_get (i32.const 0) (i32.const 0x40000000))) (br $again))))""")
+
+
+async def test_a_huge_random_get_ends_with_the_timeout_and_takes_none_of_the_nodes_memory(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """random_get made all it was asked in one piece, in the node's process and holding its GIL: 2 GiB asked
+    three times froze the node (its API, its peers) for 55 s, took 7 GiB of its memory, and ran 80 s past a
+    5 s timeout, which could only stop the module once a call returned."""
+    req = request(tmp_path, RANDOM_FOREVER, memory="1GiB")
+    await executor.prepare(req)  # compiled beforehand: the timeout is the run's
+    lag = 0.0
+
+    async def watch_the_loop() -> None:
+        nonlocal lag
+        while True:
+            t = trio.current_time()
+            await trio.sleep(0.01)
+            lag = max(lag, trio.current_time() - t - 0.01)
+
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    before = _memory_status("VmHWM")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_the_loop)
+        t0 = trio.current_time()
+        with trio.move_on_after(1):
+            await executor.run(req)
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    grew = _memory_status("VmHWM") - before
+    assert took < 2.5, f"ran {took:.1f} s with a timeout of 1 s"
+    assert lag < 0.5, f"the node's event loop stood still for {lag:.1f} s"
+    # the module's own GiB, and not another GiB or two of random bytes made for it in the node
+    assert grew < 1024**3 + 256 * 1024**2, f"the node's memory grew by {grew / 1024**2:.0f} MiB"
+
+
+# Exits with poll_oneoff's errno for 65,537 sleeps of 0 ns (zeroed subscriptions) at once.
+POLL_MANY = module("""
+  (func (export "_start")
+    (drop (memory.grow (i32.const 100)))
+    (call $proc_exit (call $poll_oneoff (i32.const 65536) (i32.const 3276800) (i32.const 65537) (i32.const 16)))))
+""", """
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+""")
+
+
+async def test_poll_oneoff_refuses_more_subscriptions_than_it_takes(executor: WasmExecutor, tmp_path: Path) -> None:
+    """The node read and went through every subscription asked, in its own process: 44 million of them (2 GiB)
+    took it a minute and 12 GiB. Beyond 65,536 a call is refused (EINVAL, 28) before any is read."""
+    result = await executor.run(request(tmp_path, POLL_MANY))
+    assert result.exit_code == 28, result
