@@ -47,7 +47,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from jobs.errors import PeerError, PeerTimeout, Unreachable
-from node.net import eager_io, pubsub_records, yamux_credit, yamux_writes
+from node.net import eager_io, pubsub_records, yamux_credit, yamux_window, yamux_writes
 from node.net.admission import OPEN, Admission
 from node.net.errors import NetworkError
 from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
@@ -57,6 +57,7 @@ from node.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 pubsub_records.install()
 yamux_credit.install()
+yamux_window.install()
 yamux_writes.install()
 eager_io.install()
 
