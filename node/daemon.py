@@ -111,6 +111,16 @@ class _NetworkTransport:
 
 
 async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED) -> None:
+    from node import datadir
+
+    problem = exposure_problem(config.api_host, config.authorized_keys, config.open_api)
+    if problem is not None:  # the CLI says so first (cli.daemon); this guards every other way in
+        raise ValueError(problem)
+    with datadir.hold(config.data_dir):
+        await _run_node(config, task_status=task_status)
+
+
+async def _run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady]) -> None:
     from compute import CapacityTracker, ComputeService
     from executors import ExecutorRegistry, default_registry
     from executors.faults import BadActor
@@ -121,10 +131,6 @@ async def run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeReady
     from requester import RequesterService
     from requester.sweeps import SweepService
 
-    problem = exposure_problem(config.api_host, config.authorized_keys, config.open_api)
-    if problem is not None:  # the CLI says so first (cli.daemon); this guards every other way in
-        raise ValueError(problem)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     seed = load_or_create_seed(config.data_dir)
     store = Store(config.data_dir / "shoal.db")
     limiter = RateLimiter(config.peer_rate_limit, config.peer_rate_burst) if config.peer_rate_limit > 0 else None

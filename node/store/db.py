@@ -24,7 +24,7 @@ from jobs.sweep import IndexRange, IndexRecord, Sweep
 from node.store import queries
 from node.store.bell import EventBell
 from node.store.queries import ExpiredRecords
-from node.store.schema import connect, migrate
+from node.store.schema import connect, damage, migrate
 from node.store.sealed import Sealer
 from node.store.writer import StoreClosed, StoreStatistics, StoreUnavailable, Writer
 from node.tasks import RunBlocking
@@ -48,6 +48,7 @@ class Store:
         try:
             conn = connect(path)
             try:
+                damage(conn, path)
                 migrate(conn, path)
             except BaseException:
                 conn.close()

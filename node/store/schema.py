@@ -221,6 +221,10 @@ class StoreTooNew(ShoalError):
     here could misread or damage it."""
 
 
+class StoreDamaged(ShoalError):
+    """SQLite found the store's pages damaged: no decision the node would take on it could be trusted."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     # another process holding the database (an operator's sqlite3 shell) makes a write wait this long, then
     # try again (``node.store.writer``): an API request is answered 503 before its client gives up
@@ -230,6 +234,20 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA secure_delete=FAST")  # deleted rows (job secrets) zeroed where it costs no extra I/O
     return conn
+
+
+def damage(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise ``StoreDamaged`` if SQLite finds the store's pages damaged (a disk fault, a copy cut short): a node
+    on one said it was ready, then answered every request for a job with an error naming nothing. The check
+    reads every page once: 0.15 s for 216 MB."""
+    try:
+        found = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+        found = str(e)
+    if found != "ok":
+        found = "; ".join(line for line in found.splitlines() if line and not line.startswith("***"))
+        raise StoreDamaged(f"the store {path} is damaged ({found}): restore it from a backup, or move it away and "
+                           "the node starts with an empty one")
 
 
 def version(conn: sqlite3.Connection) -> int:
