@@ -29,6 +29,7 @@ from pathlib import Path
 
 import trio
 
+from jobs.errors import ShoalError
 from storage import KuboClient, StorageError
 
 __all__ = ["KuboCluster", "KuboDaemon", "ipfs_binary"]
@@ -48,6 +49,10 @@ def ipfs_binary() -> str | None:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+class KuboError(ShoalError):
+    """A devstack's Kubo daemon could not be set up or started; says why, and where its log is."""
 
 
 @dataclass
@@ -103,6 +108,19 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _why(daemon: KuboDaemon) -> str:
+    """What a daemon that exited at start said of a port it could not take (another process took one of the
+    stack's ports after it was found free: the kernel hands ports of its ephemeral range to outgoing
+    connections)."""
+    try:
+        text = daemon.log_path.read_text(errors="replace")[-4000:]
+    except OSError:
+        return ""
+    if "address already in use" not in text:
+        return ""
+    return ": one of its ports is taken by another process; choose others with --base-port"
+
+
 class KuboCluster:
     """``n`` Kubo daemons on loopback, connected to each other. Use ``async with``.
 
@@ -122,7 +140,7 @@ class KuboCluster:
             raise ValueError("a Kubo cluster needs at least one daemon")
         binary = ipfs_bin or ipfs_binary()
         if binary is None:
-            raise RuntimeError("Kubo's `ipfs` was not found; run scripts/install-kubo (or set SHOAL_IPFS_BIN)")
+            raise KuboError("Kubo's `ipfs` was not found; run scripts/install-kubo (or set SHOAL_IPFS_BIN)")
         self.ipfs_bin = binary
         self.base_dir = Path(base_dir)
         self.ready_timeout = ready_timeout
@@ -150,7 +168,7 @@ class KuboCluster:
                 [self.ipfs_bin, "init", "--profile=test", "--empty-repo"], env=self._env(daemon),
                 capture_stdout=True, capture_stderr=True, check=False)
             if result.returncode != 0:
-                raise RuntimeError(f"ipfs init failed for {daemon.repo}: {result.stderr.decode(errors='replace')}")
+                raise KuboError(f"ipfs init failed for {daemon.repo}: {result.stderr.decode(errors='replace')}")
         config = json.loads(config_path.read_text())
         daemon.peer_id = config["Identity"]["PeerID"]
 
@@ -213,8 +231,8 @@ class KuboCluster:
             with trio.move_on_after(self.ready_timeout) as waiting:
                 while True:
                     if daemon.process.returncode is not None:
-                        raise RuntimeError(f"Kubo daemon {daemon.index} exited during start "
-                                           f"(code {daemon.process.returncode}); see {daemon.log_path}")
+                        raise KuboError(f"Kubo daemon {daemon.index} exited during start "
+                                        f"(code {daemon.process.returncode}){_why(daemon)}; see {daemon.log_path}")
                     try:
                         ident = await client.id()
                     except StorageError:
@@ -222,12 +240,12 @@ class KuboCluster:
                         continue
                     if ident.get("ID") == daemon.peer_id:
                         break
-                    raise RuntimeError(f"port {daemon.api_port} answers as another Kubo ({ident.get('ID')}); "
-                                       f"daemon {daemon.index} could not take it")
+                    raise KuboError(f"port {daemon.api_port} answers as another Kubo ({ident.get('ID')}); "
+                                    f"daemon {daemon.index} could not take it")
         if waiting.cancelled_caught:
             await self._stop_daemon(daemon)
-            raise RuntimeError(f"Kubo daemon {daemon.index} not ready after {self.ready_timeout:g} s; "
-                               f"see {daemon.log_path}")
+            raise KuboError(f"Kubo daemon {daemon.index} not ready after {self.ready_timeout:g} s; "
+                            f"see {daemon.log_path}")
 
     async def connect_all(self) -> None:
         """Connect every pair of running daemons (idempotent)."""

@@ -335,3 +335,26 @@ async def test_a_node_waits_at_start_for_the_kubo_it_names_and_starts_only_with_
             await open_storage(named)
         _, local = await open_storage(NodeConfig(data_dir=tmp_path / "node", ipfs_api=url))
         assert isinstance(local, LocalPublisher)
+
+
+async def test_a_daemon_whose_port_another_process_took_says_so_in_one_line(tmp_path):
+    """A port found free, then taken by another process's outgoing connection before Kubo bound it: `shoal
+    devstack` printed "unexpected RuntimeError: Kubo daemon 0 exited during start"."""
+    import socket
+
+    from devstack.kubo import KuboError
+    from jobs import ShoalError
+    from tests.integration.rogue import free_base_port
+
+    base = free_base_port(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))  # daemon 0's API port
+        taken.listen()
+        with pytest.raises(BaseException) as refused:
+            async with KuboCluster(1, tmp_path / "stack", base_port=base):
+                pass
+    error = refused.value
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:  # as the CLI shows it
+        error = error.exceptions[0]
+    assert isinstance(error, KuboError) and isinstance(error, ShoalError), repr(error)
+    assert "one of its ports is taken by another process; choose others with --base-port" in str(error)
