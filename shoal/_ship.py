@@ -170,6 +170,11 @@ def _definition_source(obj: types.FunctionType | type, what: str) -> tuple[str, 
         lines, first = inspect.getsourcelines(obj)
         filename = inspect.getsourcefile(obj) or inspect.getfile(obj)
     except (OSError, TypeError) as e:
+        module = sys.modules.get(getattr(obj, "__module__", ""))
+        if isinstance(obj, type) and getattr(module, "__file__", None):  # its module is a file: no class statement
+            raise CannotShip(f"cannot find the source of {what}: it was made by a call (namedtuple, make_dataclass, "
+                             "type()), not a class statement; return a tuple or a dict, or write it as a class"
+                             ) from None
         raise CannotShip(f"cannot find the source of {what} ({e}): define it in a file or a notebook cell") from None
     text = textwrap.dedent("".join(lines))
     try:

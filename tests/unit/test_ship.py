@@ -12,7 +12,7 @@ import linecache
 import math
 import os.path
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Any
 
 import pytest
@@ -52,6 +52,13 @@ def uses_helper_and_globals(x: float) -> tuple:
 
 def recursive(n: int) -> int:
     return 1 if n <= 1 else n * recursive(n - 1)
+
+
+Pair = namedtuple("Pair", "x y")  # a class made by a factory, as a notebook user writes one
+
+
+def makes_pair(x: float) -> Pair:
+    return Pair(x, x)
 
 
 class Point:
@@ -158,6 +165,9 @@ def test_what_cannot_travel_is_refused_before_submitting_and_named() -> None:
     exec("def no_source(x):\n    return x\n", namespace)  # no file, nothing in linecache
     with pytest.raises(CannotShip, match="cannot find the source"):
         ship(namespace["no_source"])
+
+    with pytest.raises(CannotShip, match=r"class Pair: it was made by a call \(namedtuple, .*return a tuple or a dict"):
+        ship(makes_pair)  # its module is a file: "define it in a file" would send its author in circles
 
     async def coro(x: int) -> int:
         return x
