@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from jobs import format_bytes
@@ -61,6 +62,7 @@ class Quotas:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._streams: dict[str, int] = {}
+        self._reserved: dict[str, InFlight] = {}  # client -> its submissions let through, not yet counted live
         self._open_total = 0
         # quota -> client -> (what it may still take, at): the hourly allowances
         self._allowances: dict[str, dict[str, tuple[float, float]]] = {"context_bytes": {}, "sweep_indexes": {}}
@@ -69,8 +71,9 @@ class Quotas:
 
     def submit(self, client: str, in_flight: InFlight, spec_bytes: int) -> Refusal | None:
         """May ``client``, with ``in_flight`` live jobs and sweeps, submit one more whose spec is ``spec_bytes``
-        long? Takes a token if so."""
+        long? Takes a token if so. ``reserve`` what it lets through, with no await in between."""
         limits = self.limits
+        in_flight += self._reserved.get(client, InFlight())
         if in_flight.count >= limits.jobs_in_flight:
             return self._refuse("jobs_in_flight", f"client {client} has {in_flight.count} jobs and sweeps in flight "
                                 f"on this node (at most {limits.jobs_in_flight}): wait for some to end", 5)
@@ -91,6 +94,19 @@ class Quotas:
             self._forget_idle(now)
         self._buckets[client] = (tokens - 1, now)
         return None
+
+    @contextmanager
+    def reserve(self, client: str, spec_bytes: int) -> Iterator[None]:
+        """Count a submission ``submit`` let through in flight until the block ends: until the requester counts
+        it itself. Else concurrent submits all passed the check before any was live (60 at once, a quota of 5:
+        12 live)."""
+        self._reserved[client] = self._reserved.get(client, InFlight()) + InFlight(1, spec_bytes)
+        try:
+            yield
+        finally:
+            left = self._reserved.pop(client)
+            if left.count > 1:  # others of its submissions are still being made
+                self._reserved[client] = InFlight(left.count - 1, left.spec_bytes - spec_bytes)
 
     def store_context(self, client: str, size: int) -> Refusal | None:
         """May ``client`` store a working directory, or a job or sweep spec, of ``size`` bytes? Takes them from

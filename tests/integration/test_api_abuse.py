@@ -578,3 +578,56 @@ def test_a_clients_long_polls_hold_its_streams(tmp_path):
             started = time.monotonic()
             second.send(signed(second, key, "GET", f"{url}/v1/jobs/{job}?wait=2"))
             assert time.monotonic() - started >= 1.5  # the stream is back: it waits again
+
+
+def test_a_sweep_retried_after_it_ended_counts_against_the_clients_quotas(node_b: Path) -> None:
+    """Retrying made an ended sweep live again without asking the quotas: a client that submitted and cancelled
+    20 sweeps, one at a time, then retried them all had 20 live on a node allowing it 5 in flight."""
+    key = ClientKey.generate()
+    spec = {"job": {"engine": {"name": "noop", "delay": 120}}, "grid": {"x": ["1"]}}
+    with httpx.Client(timeout=30) as http:
+        ids = []
+        for _ in range(4):  # the burst of submissions; never more than one in flight
+            made = http.send(signed(http, key, "POST", f"{B}/v1/sweeps", json={"spec": spec}))
+            assert made.status_code == 201, made.text
+            ids.append(made.json()["sweep"]["id"])
+            assert http.send(signed(http, key, "POST", f"{B}/v1/sweeps/{ids[-1]}/cancel")).status_code == 200
+        time.sleep(2.5)  # the tokens come back (2 a second): only the quota of 2 in flight refuses below
+        retried = [http.send(signed(http, key, "POST", f"{B}/v1/sweeps/{i}/retry")) for i in ids]
+        assert [r.status_code for r in retried[:2]] == [200, 200], retried[0].text
+        for refused in retried[2:]:
+            assert "2 jobs and sweeps in flight" in error(refused, 429)["message"] and refused.headers["Retry-After"]
+        sweeps = http.send(signed(http, key, "GET", f"{B}/v1/sweeps")).json()["sweeps"]
+        states = {s["id"]: s["state"] for s in sweeps}
+        assert [states[i] in ("pending", "running") for i in ids] == [True, True, False, False]  # no more live
+        for i in ids[:2]:
+            assert http.send(signed(http, key, "POST", f"{B}/v1/sweeps/{i}/cancel")).status_code == 200
+
+
+def test_concurrent_submissions_of_a_client_are_held_to_its_quota_in_flight(tmp_path: Path) -> None:
+    """The quota was checked before the submission was stored, and the job counted only after: 60 submissions
+    at once from a client allowed 5 jobs in flight left it 12 live. Now no more than 5 are live, whatever the
+    route (jobs or sweeps), and every other submission is refused."""
+    port = free_base_port(1)
+    url = f"http://127.0.0.1:{port}"
+    sweep = {"job": {"engine": {"name": "noop", "delay": 120}}, "grid": {"x": ["1"]}}
+
+    def submit(key: ClientKey, path: str, body: dict, start: threading.Barrier, codes: list[int]) -> None:
+        with httpx.Client(timeout=60) as http:
+            request = signed(http, key, "POST", f"{url}/v1/{path}", json=body)
+            start.wait()  # all 60 at once
+            codes.append(http.send(request).status_code)
+
+    with noop_node(tmp_path, port, args=["--quota-jobs-in-flight", "5", "--quota-spec-bytes-in-flight", "2MiB"]):
+        for path, body in (("jobs", {"spec": PENDING}), ("sweeps", {"spec": sweep})):
+            key, start, codes = ClientKey.generate(), threading.Barrier(60), []
+            threads = [threading.Thread(target=submit, args=(key, path, body, start, codes)) for _ in range(60)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(set(codes)) == [201, 429] and 1 <= codes.count(201) <= 5, codes
+            with httpx.Client(timeout=30) as http:
+                made = http.send(signed(http, key, "GET", f"{url}/v1/{path}")).json()
+            live = [m["state"] for m in made[path] if m["state"] in ("pending", "running")]
+            assert made["total"] == len(live) == codes.count(201), made  # the refused ones were never stored

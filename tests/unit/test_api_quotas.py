@@ -125,3 +125,19 @@ def test_the_indexes_of_a_clients_sweeps_are_bounded_per_hour_and_refill() -> No
     clock.now += 36  # 10 indexes back
     assert quotas.make_indexes("a", 11) is not None and quotas.make_indexes("a", 10) is None
     assert quotas.refused["sweep_indexes"] == 2 and quotas.store_context("a", 1) is None  # allowances apart
+
+
+def test_a_submission_let_through_counts_in_flight_until_its_reservation_ends() -> None:
+    """The requester counts a job only once it is stored: 60 submits at once, all checked before any was
+    live, left a client with a quota of 5 with 12 live jobs."""
+    quotas = Quotas(QuotaLimits(jobs_in_flight=2, spec_bytes_in_flight=1000), clock=Clock())
+    with quotas.reserve("a", 600):
+        assert quotas.submit("a", NONE, 300) is None
+        with quotas.reserve("a", 300):
+            refusal = quotas.submit("a", NONE, 10)
+            assert refusal is not None and refusal.quota == "jobs_in_flight" and "has 2 jobs" in refusal.message
+        refusal = quotas.submit("a", NONE, 401)
+        assert refusal is not None and refusal.quota == "spec_bytes_in_flight"
+        assert quotas.submit("b", NONE, 900) is None  # another client's reservations are its own
+    assert quotas.submit("a", InFlight(1, 600), 400) is None  # the requester counts it now; the reservation is gone
+    assert quotas._reserved == {}  # nothing kept for clients with none

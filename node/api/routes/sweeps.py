@@ -1,6 +1,7 @@
 """The sweeps' routes: ``/v1/sweeps/...``. Same rules as the jobs' routes (``node.api.routes.jobs``):
 signed, visible only to their owner (and those it was shared with), errors from one mapping."""
 
+import contextlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
@@ -38,7 +39,7 @@ class SweepSubmitRequest(UntrustedBody, _SweepSubmitRequest):
     """``jobs.views.SweepSubmitRequest`` for the API (see ``UntrustedBody``)."""
 
 
-def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
+def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
     router = APIRouter(responses=SIGNED_ERRORS)
 
     def service():
@@ -74,13 +75,13 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
         where = unencodable(body.spec.model_dump(mode="python"), "spec")
         if where is not None:
             return error(422, "invalid_request", f"{where}: not valid Unicode text (a lone surrogate)", [where])
-        if quotas is not None:  # a sweep counts as one job in flight; its indexes have a quota of their own
-            size = len(body.spec.model_dump_json())
-            refusal = quotas.submit(client, node.in_flight(client), size) \
-                or quotas.make_indexes(client, body.spec.count) or quotas.store_context(client, size)
-            if refusal is not None:
-                return refused(refusal)
-        sweep, created = await service().submit(body.spec, client, idempotency_key)
+        size = len(body.spec.model_dump_json())  # a sweep counts as one job in flight; its indexes have a quota
+        refusal = quotas.submit(client, node.in_flight(client), size) \
+            or quotas.make_indexes(client, body.spec.count) or quotas.store_context(client, size)
+        if refusal is not None:
+            return refused(refusal)
+        with quotas.reserve(client, size):  # counted from the check (no await since) until the service counts it
+            sweep, created = await service().submit(body.spec, client, idempotency_key)
         if not created:
             response.status_code = 200
         return await service().describe(sweep.id)
@@ -140,8 +141,17 @@ def sweeps_router(node: Node, quotas: Quotas | None = None) -> APIRouter:
     @router.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
                  responses=_ERR_404, summary="Run the failed indexes again (a failed sweep runs again)")
     async def retry(sweep_id: str, client: Client) -> SweepDescription:
-        await owned(sweep_id, client)
-        await service().retry(sweep_id)
+        sweep = await owned(sweep_id, client)
+        reservation: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if sweep.state in (JobState.FAILED, JobState.CANCELLED):
+            # made live again: a submit to the quotas (20 sweeps cancelled and retried were 20 live, with a quota of 5)
+            size = len(sweep.spec.model_dump_json())
+            refusal = quotas.submit(client, node.in_flight(client), size)
+            if refusal is not None:
+                return refused(refusal)
+            reservation = quotas.reserve(client, size)
+        with reservation:
+            await service().retry(sweep_id)
         return await service().describe(sweep_id)
 
     @router.post("/v1/sweeps/{sweep_id}/cancel", response_model=SweepDescription, tags=["sweeps"],
