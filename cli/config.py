@@ -52,10 +52,17 @@ def _text(value: Any) -> str:
     return value
 
 
-def _url(value: Any) -> str:
-    """As ``--api`` takes it: an http(s) URL, or HOST:PORT (http:// is meant)."""
-    scheme = value.partition("://")[0] if isinstance(value, str) and "://" in value else "http"
-    if not isinstance(value, str) or not value.strip() or scheme not in ("http", "https"):
+def check_url(value: Any) -> str:
+    """As ``--api`` takes it: an http(s) URL, or HOST:PORT (http:// is meant), that the SDK can parse."""
+    from urllib.parse import urlsplit
+
+    url = value if isinstance(value, str) and "://" in value else f"http://{value}"
+    try:
+        parts = urlsplit(url)
+        valid = url.partition("://")[0] in ("http", "https") and bool(parts.hostname) and parts.port != -1
+    except ValueError:  # .port of "host:x", or an IPv6 address such as "http://[::1"
+        valid = False
+    if not isinstance(value, str) or not value.strip() or not value.isprintable() or not valid:
         raise ValueError("expected an http:// or https:// URL (or HOST:PORT)")
     return value
 
@@ -66,11 +73,25 @@ def _output(value: Any) -> str:
     return value
 
 
-def _quantity(value: Any) -> str:
-    """cpu, memory, disk: a number or a string with a unit; the job spec checks it as it checks the flag."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str) or value == "":
-        raise ValueError('expected a number or a string such as "500m" or "1GiB"')
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def _resource(dim: str, expected: str) -> Callable[[Any], str]:
+    """cpu, memory, disk: a number or a string with a unit, checked here as the job spec checks the flag,
+    so that a bad value is blamed on this file rather than on a flag never given."""
+
+    def check(value: Any) -> str:
+        from pydantic import ValidationError
+
+        from jobs import JobSpec
+
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(expected)
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        try:
+            JobSpec.model_validate({"engine": {"name": "noop"}, "resources": {dim: text}})
+        except ValidationError:
+            raise ValueError(expected) from None
+        return text
+
+    return check
 
 
 def _seconds(value: Any) -> float:
@@ -97,10 +118,13 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-TOP_KEYS: dict[str, Callable[[Any], Any]] = {"api": _url, "ca_cert": _text, "output": _output}
+TOP_KEYS: dict[str, Callable[[Any], Any]] = {"api": check_url, "ca_cert": _text, "output": _output}
 # The keys of [run] are the parameter names of the run commands' shared flags (cli.options).
 RUN_KEYS: dict[str, Callable[[Any], Any]] = {
-    "cpu": _quantity, "memory": _quantity, "disk": _quantity, "timeout": _seconds,
+    "cpu": _resource("cpu", 'expected a number or a string such as "500m" (cores: more than 0, at most 1024)'),
+    "memory": _resource("memory", 'expected a number or a string such as "512MiB" (bytes: more than 0)'),
+    "disk": _resource("disk", 'expected a number or a string such as "1GiB" (bytes)'),
+    "timeout": _seconds,
     "concurrency": _count, "confidence": _count, "min_bids": _count, "retries": _count,
     "queue_timeout": _seconds, "gpu": _count,
     "wait": _boolean, "wait_timeout": _seconds, "cache": _boolean,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES = 1024 * 1024  # a job file is a page of text; the node caps what it accepts anyway
 MAX_VALUES = 200_000  # values one file may expand to: YAML aliases can make a small file a huge tree
+MAX_DEPTH = 32  # a job file is a few levels deep; an alias inside its own anchor (a: &a [*a]) is infinitely deep
 
 FieldPath = tuple[str | int, ...]  # where a value sits: ("resources", "cpu"), ("inputs", 0)
 SWEEP_KEYS = ("job", "grid", "zip", "items", "shard_inputs", "shard_path", "success", "success_output")
@@ -71,20 +72,28 @@ def parse(text: str, source: str) -> Parsed:
         at = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise CLIError(f"{source}{at}: not valid YAML or JSON: {problem}", code=EXIT_USAGE) from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise _too_deep(source) from None
     finally:
         loader.dispose()
     lines: dict[FieldPath, int] = {}
     if node is not None:
-        _record_lines(node, (), lines)
+        _record_lines(node, (), lines, source)
     return Parsed(data, lines)
 
 
-def _record_lines(node: Any, path: FieldPath, lines: dict[FieldPath, int]) -> None:
+def _record_lines(node: Any, path: FieldPath, lines: dict[FieldPath, int], source: str) -> None:
+    """Walks the tree as aliases expand it, so it also refuses a file too deep or too big once expanded,
+    before anything else walks its data."""
     import yaml
 
     stack = [(node, path)]
-    while stack and len(lines) < MAX_VALUES:  # best effort: an aliased tree only loses line numbers
+    while stack:
         node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise _too_deep(source)
+        if len(lines) > MAX_VALUES:
+            raise CLIError(f"{source}: more than {MAX_VALUES} values (YAML aliases?)", code=EXIT_USAGE)
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode):
@@ -94,6 +103,11 @@ def _record_lines(node: Any, path: FieldPath, lines: dict[FieldPath, int]) -> No
             for i, item in enumerate(node.value):
                 lines[(*path, i)] = item.start_mark.line + 1
                 stack.append((item, (*path, i)))
+
+
+def _too_deep(source: str) -> CLIError:
+    return CLIError(f"{source}: nested more than {MAX_DEPTH} levels deep (or a YAML alias inside its own anchor)",
+                    code=EXIT_USAGE)
 
 
 def spec_part(data: Any, source: str) -> tuple[dict[str, Any], FieldPath, bool]:

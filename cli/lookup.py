@@ -48,6 +48,8 @@ def _by_prefix(what: str, given: str, describe: Callable[[str], T], newest: Call
     """``describe(given)``; failing that, the one of our newest ids that starts with ``given``."""
     from shoal import NotFound, ShoalAPIError
 
+    if given in ("", ".", ".."):  # no id (and a prefix of every one): the SDK refuses them as paths
+        raise CLIError(f"{what} id {given!r}: expected an id or a unique prefix of one", code=EXIT_USAGE)
     try:
         return describe(given)
     except NotFound:

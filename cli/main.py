@@ -43,10 +43,20 @@ app = typer.Typer(
 _ROOT_OPTIONS = {"api": ("--api", "SHOAL_API"), "ca_cert": ("--ca-cert", "SHOAL_CA_CERT")}
 
 
+def _api_url(value: str | None) -> str | None:
+    """--api (or $SHOAL_API) checked as the config file's api is: a bad URL is a usage error naming it."""
+    from cli.config import check_url
+
+    try:
+        return None if value is None else check_url(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}, got {value!r}") from None
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
-    api: Annotated[str | None, typer.Option("--api", envvar="SHOAL_API", metavar="URL",
+    api: Annotated[str | None, typer.Option("--api", envvar="SHOAL_API", metavar="URL", callback=_api_url,
         help="Node API URL (default: $SHOAL_API, else the config file's api, else the running devstack).")] = None,
     ca_cert: Annotated[Path | None, typer.Option("--ca-cert", envvar="SHOAL_CA_CERT", metavar="FILE",
         help="For an https:// API: trust only this certificate (PEM): the node's own, or its CA's.")] = None,

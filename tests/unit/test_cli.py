@@ -624,6 +624,73 @@ def test_api_option_and_env_reach_the_client(fake: FakeClient) -> None:
     assert fake.made[-1] == "http://10.0.0.2:9000"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("command", [["describe"], ["cancel"], ["logs"], ["events"], ["share"], ["sweep", "indexes"]])
+@pytest.mark.parametrize("given", ["", ".."])
+def test_an_empty_id_is_a_usage_error_not_every_job(fake: FakeClient, command: list[str], given: str) -> None:
+    """An empty id is a prefix of every id; with the SDK it was "unexpected ValueError" (exit 1)."""
+    key = ["RmFrZUtleUZha2VLZXlGYWtlS2V5RmFrZUtleUZha2U"] if command == ["share"] else []
+
+    def looked_up(some_id: str) -> None:
+        pytest.fail(f"looked up {some_id!r}")
+
+    fake.cancel = fake.describe = fake.describe_sweep = looked_up  # type: ignore[attr-defined,method-assign]
+    result = run(*command, given, *key)
+    what = "sweep" if command[0] == "sweep" else "job"
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {what} id {given!r}: expected an id or a unique prefix of one\n"
+
+
+def test_an_empty_id_with_the_real_sdk_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("--api", "http://127.0.0.1:9", "describe", "", env={"SHOAL_HOME": str(tmp_path),
+                                                                     "SHOAL_CONFIG": os.devnull})
+    assert (result.exit_code, result.stderr) == (2, "Error: job id '': expected an id or a unique prefix of one\n")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://host:port", "http://", "ftp://host"])
+def test_a_bad_api_url_is_a_usage_error_naming_where_it_came_from(tmp_path: Path, url: str) -> None:
+    """With the real SDK: "unexpected InvalidURL" (exit 1) from httpx."""
+    env = {"SHOAL_HOME": str(tmp_path), "SHOAL_CONFIG": os.devnull, "SHOAL_API": ""}
+    expected = f"expected an http:// or https:// URL (or HOST:PORT), got {url!r}"
+    result = run("--api", url, "list", env=env)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: Invalid value for '--api'") and expected in result.stderr
+    result = run("list", env={**env, "SHOAL_API": url})
+    assert result.exit_code == 2 and "SHOAL_API" in result.stderr and expected in result.stderr
+    config = tmp_path / "config.toml"
+    config.write_text(f"api = {json.dumps(url)}\n")
+    result = run("list", env={**env, "SHOAL_CONFIG": str(config)})
+    assert (result.exit_code, result.stderr) == (2, f"Error: {config}: api: {expected}\n")
+
+
+_CPU = 'expected a number or a string such as "500m" (cores: more than 0, at most 1024)'
+_MEMORY = 'expected a number or a string such as "512MiB" (bytes: more than 0)'
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ('cpu = "lots"', f"cpu: {_CPU}, got 'lots'"),
+    ("cpu = 0", f"cpu: {_CPU}, got 0"),
+    ("cpu = 2000", f"cpu: {_CPU}, got 2000"),
+    ('memory = "lots"', f"memory: {_MEMORY}, got 'lots'"),
+    ("memory = 0", f"memory: {_MEMORY}, got 0"),
+    ("disk = -5", "disk: expected a number or a string such as \"1GiB\" (bytes), got -5"),
+])  # fmt: skip
+def test_a_bad_run_default_in_the_config_file_names_the_file_not_a_flag(
+        fake: FakeClient, tmp_path: Path, setting: str, expected: str) -> None:  # fmt: skip
+    """It was blamed on a flag never given ("resources.cpu (--cpu): ..."), the file unnamed."""
+    config = tmp_path / "config.toml"
+    config.write_text(f"[run]\n{setting}\n")
+    result = run("run", "noop", "--no-wait", env={"SHOAL_CONFIG": str(config)})
+    assert (result.exit_code, result.stderr) == (2, f"Error: {config}: [run] {expected}\n")
+    assert fake.submitted == []
+
+
+def test_run_defaults_in_the_config_file_that_the_flags_take_are_taken(fake: FakeClient, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[run]\ncpu = "500m"\nmemory = "1GiB"\ndisk = 0\n')
+    assert run("run", "noop", "--no-wait", env={"SHOAL_CONFIG": str(config)}).exit_code == 0
+    assert submitted(fake).resources == Resources(cpu=0.5, memory="1GiB", disk=0)
+
+
 # -- serve / devstack -------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -122,6 +123,49 @@ def test_an_alias_bomb_is_refused_not_expanded() -> None:
     lines += [f"{c}: &{c} [{', '.join(['*' + p] * 10)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
     with pytest.raises(CLIError, match="more than 200000 values"):  # 10**8 values at h
         load("engine: {name: noop}\n" + "\n".join(lines))
+
+
+def test_an_alias_bomb_is_refused_while_parsing_even_where_nothing_else_walks() -> None:
+    """A description's parts beside its spec are never templated: the bound is counted in ``parse``."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i + 1}: &a{i + 1} [{', '.join([f'*a{i}' if i else '*a'] * 10)}]" for i in range(25)]  # 10**26
+    text = "job: {spec: {engine: {name: noop}}}\nexecutions: {" + ", ".join(lines) + "}\n"
+    with pytest.raises(CLIError, match=r"description\.yaml: more than 200000 values") as info:
+        jobfile.parse(text, "description.yaml")
+    assert info.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("text", ["a: &a [*a]\n", "engine: &e {name: noop, args: [*e]}\n", "a: &a {b: [x, *a]}\n"])
+def test_an_alias_inside_its_own_anchor_is_refused_at_once(tmp_path: Path, text: str) -> None:
+    """`a: &a [*a]` is an infinitely deep tree: walking it grew memory until the process was killed."""
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    limit = 512 * 1024**2  # ample for the CLI; before the fix it grew past this in seconds
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {"SHOAL_HOME": str(tmp_path), "SHOAL_CONFIG": os.devnull, "PATH": "/usr/bin:/bin"}
+    for command in ("validate", "run"):
+        result = subprocess.run([sys.executable, "-m", "cli.main", "job", command, str(path)], capture_output=True,
+                                text=True, env=env, cwd=REPO, timeout=60, preexec_fn=bounded)  # fmt: skip
+        assert (result.returncode, result.stderr) == (
+            EXIT_USAGE, f"Error: {path}: nested more than 32 levels deep (or a YAML alias inside its own anchor)\n")
+        assert result.stdout == ""
+
+
+@pytest.mark.parametrize("depth", [33, 1_000])
+def test_a_file_nested_too_deeply_is_one_usage_error(fake: FakeClient, tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("engine: {name: noop}\nenv: " + "[" * depth + "]" * depth + "\n")
+    result = run("job", "validate", str(path))
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr == f"Error: {path}: nested more than 32 levels deep (or a YAML alias inside its own anchor)\n"
+    assert fake.made == []
 
 
 def test_secret_values_never_appear_in_errors() -> None:
