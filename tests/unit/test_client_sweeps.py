@@ -7,6 +7,7 @@ routes added; every scenario runs on both ``Client`` and ``AsyncClient``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -33,6 +34,8 @@ class SweepNode(FakeNode):
         self.result_cid: str | None = None  # the CID every index's record names (default: that of result_files)
         self.result_files: dict[str, bytes] = {"stdout": b"x=2\n", "exitCode": b"0"}
         self.index_page: list[int] | None = None  # the indexes every page of records names, whatever is asked
+        self.results_delay = 0.0  # seconds each index's results take to come
+        self.results_asked: list[float] = []  # when each was asked for (time.monotonic)
 
     def add_sweep(self, sweep_id: str, state: JobState = JobState.RUNNING, owner: str = "someone") -> Sweep:
         spec = SweepSpec.model_validate(SWEEP)
@@ -95,8 +98,10 @@ class SweepNode(FakeNode):
             if rest[2:] == ["logs"]:
                 return httpx.Response(200, text=f"{params['stream']} of {index}\n"), 0
             if rest[2:] == ["results"]:
+                self.results_asked.append(time.monotonic())
                 headers = {"content-type": "application/x-tar", "X-Shoal-CID": self.recorded_cid()}
-                return httpx.Response(200, headers=headers, stream=ChunkStream(self.tar(), chunk=512)), 0
+                return httpx.Response(200, headers=headers, stream=ChunkStream(self.tar(), chunk=512)), \
+                    self.results_delay
         return httpx.Response(404, json={"detail": "Not Found"}), 0
 
     def recorded_cid(self) -> str:
@@ -312,6 +317,23 @@ async def test_download_sweep_fetches_each_completed_index_once_whatever_the_nod
     fake.index_page = [0] * 1_001  # a node that never moves on
     got = await call(client, "download_sweep", "s-1", tmp_path / "again")
     assert got == [tmp_path / "again" / "0"] and sum(1 for line in paths(fake) if "/indexes?" in line) == 3
+
+
+async def test_download_sweep_fetches_several_indexes_at_once_and_returns_them_in_order(
+        client, fake: SweepNode, tmp_path: Path) -> None:
+    """One at a time, each index waited for the node to get its results from IPFS: 300 took 16 s to download,
+    twice what they took to run. 8 at once, and no more (the node serves other clients)."""
+    from shoal._client import DOWNLOADS_AT_ONCE
+
+    sweep = fake.add_sweep("s-1", state=JobState.COMPLETED)
+    spec = SweepSpec.model_validate({**SWEEP, "grid": {"x": [str(i) for i in range(20)]}})
+    fake.sweeps["s-1"] = sweep.model_copy(update={"spec": spec, "count": 20})
+    fake.index_page, fake.results_delay = list(range(20)), 1.0
+    got = await call(client, "download_sweep", "s-1", tmp_path / "all")
+    assert got == [tmp_path / "all" / str(i) for i in range(20)]
+    first = fake.results_asked[0]
+    together = [t for t in fake.results_asked if t - first < fake.results_delay / 2]  # before any could end
+    assert len(together) == DOWNLOADS_AT_ONCE == 8 and len(fake.results_asked) == 20
 
 
 async def test_download_sweep_makes_its_folder_when_no_index_completed(client, fake: SweepNode,
