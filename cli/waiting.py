@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError
+from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, CLIError
 from cli.options import RunOptions
 from cli.render import print_json, status_line, stderr_tail, truncation_note
 from cli.terminal import write_output
@@ -26,14 +27,31 @@ if TYPE_CHECKING:
     from jobs.views import JobDescription, SweepDescription
     from shoal import Client
 
+T = TypeVar("T")
+
 # While a sweep runs, its description is fetched with ?wait= this long: the node answers at once
 # when the sweep ends, else after this, so the live line moves about once a second or two.
 SWEEP_POLL = 1.5
 
 
+def submitted(submit: Callable[[str], T], key: str | None) -> T:
+    """``submit(key)``, with ``--idempotency-key`` or a key of our own. A submit whose answer never came may have
+    been made (a node frozen, or killed, after it wrote the job: it ran, and the user had no id): the error
+    says how to find it, and how to submit it again without making a second."""
+    from shoal import ConnectionFailed
+
+    key = key or str(uuid.uuid4())
+    try:
+        return submit(key)
+    except ConnectionFailed as e:
+        raise CLIError(f"{e.message} (if the node took it before it stopped answering, 'shoal list' shows it; to "
+                       f"submit again without making a second, add --idempotency-key {key})",
+                       code=EXIT_UNREACHABLE) from None
+
+
 def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: JobSpec, opts: RunOptions) -> int:
     """Submit ``spec``; unless ``--no-wait``, wait for a terminal state. Returns the exit code."""
-    desc = client.submit(spec, idempotency_key=opts.idempotency_key, cache=opts.cache)
+    desc = submitted(lambda key: client.submit(spec, idempotency_key=key, cache=opts.cache), opts.idempotency_key)
     job_id = desc.job.id
     quiet = opts.id_only or opts.json
     if opts.id_only:
@@ -163,10 +181,10 @@ def watch(new_client: Callable[[], Client], job_id: str, line: _LiveLine) -> Non
 
 def submit_and_follow_sweep(client: Client, spec: SweepSpec, opts: RunOptions) -> int:
     """Submit a sweep; unless ``--no-wait``, follow it to its end. Returns the exit code."""
-    desc = client.submit_sweep(spec, idempotency_key=opts.idempotency_key)
+    desc = submitted(lambda key: client.submit_sweep(spec, idempotency_key=key), opts.idempotency_key)
     count = desc.sweep.count
-    submitted = f"Sweep {desc.sweep.id} submitted: {count} index{'es' if count != 1 else ''}"
-    return follow_sweep(client, desc, opts, submitted)
+    message = f"Sweep {desc.sweep.id} submitted: {count} index{'es' if count != 1 else ''}"
+    return follow_sweep(client, desc, opts, message)
 
 
 def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, message: str) -> int:

@@ -408,6 +408,25 @@ def test_connection_failure_exits_3(fake: FakeClient) -> None:
         assert "Traceback" not in result.output
 
 
+def test_a_submit_whose_answer_never_came_says_how_to_submit_it_again_without_a_second(fake: FakeClient) -> None:
+    """A node frozen after it wrote the job: "no answer … (tried 4 times)", exit 3, yet the job ran; and the key
+    the SDK had retried with was one the user never saw, so running the command again made a second job."""
+    keys: list[str | None] = []
+
+    def lost(spec: JobSpec, *, idempotency_key: str | None = None, cache: bool = True) -> JobDescription:
+        keys.append(idempotency_key)
+        raise ConnectionFailed("no answer from Shoal API at http://127.0.0.1:8700 (tried 4 times)",
+                               "http://127.0.0.1:8700")
+
+    fake.submit = lost  # type: ignore[method-assign]
+    result = run("run", "noop")
+    assert result.exit_code == 3 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "'shoal list' shows it" in result.stderr
+    assert result.stderr.rstrip().endswith(f"add --idempotency-key {keys[0]})") and len(keys[0] or "") == 36
+    run("run", "noop", "--idempotency-key", "mine")
+    assert keys[-1] == "mine"
+
+
 def test_not_found_exits_4(fake: FakeClient) -> None:
     result = run("describe", "no-such-job")
     assert result.exit_code == 4
