@@ -221,6 +221,9 @@ class StoreTooNew(ShoalError):
     here could misread or damage it."""
 
 
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # result codes of a damaged file
+
+
 class StoreDamaged(ShoalError):
     """SQLite found the store's pages damaged: no decision the node would take on it could be trusted."""
 
@@ -242,7 +245,9 @@ def damage(conn: sqlite3.Connection, path: Path) -> None:
     reads every page once: 0.15 s for 216 MB."""
     try:
         found = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+    except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", None) not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            raise  # a lock or an I/O error passes: the store is unavailable now, not damaged
         found = str(e)
     if found != "ok":
         found = "; ".join(line for line in found.splitlines() if line and not line.startswith("***"))

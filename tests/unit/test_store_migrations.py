@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,20 @@ def test_serve_on_a_data_dir_from_a_newer_release_says_so_in_one_line(tmp_path: 
     assert len(errors) == 1 and "newer than this release" in errors[0], done.stderr
     assert "unexpected" not in errors[0] and "Traceback" not in done.stderr
     assert user_version(data / "shoal.db") == 99  # left as it was
+
+
+def test_a_store_another_process_holds_is_not_called_damaged(tmp_path):
+    """Only SQLite's "corrupt" and "not a database" are damage: a lock held elsewhere (an operator's shell) was
+    reported as a damaged store, with advice to move it away."""
+    path = tmp_path / "shoal.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    with closing(sqlite3.connect(path, isolation_level=None)) as holder, \
+            closing(sqlite3.connect(path, timeout=0.1)) as conn:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            schema.damage(conn, path)
+    path.write_bytes(b"x" * 4096)  # a file that is no database at all is damage
+    with closing(sqlite3.connect(path)) as conn, pytest.raises(schema.StoreDamaged, match="is damaged"):
+        schema.damage(conn, path)
