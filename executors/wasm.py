@@ -46,6 +46,7 @@ from pathlib import Path
 
 import outcome
 import trio
+from cryptography.hazmat.primitives.hashes import SHAKE256, XOFHash
 
 from executors._common import (
     CLOCK_STEP_NS,
@@ -415,14 +416,14 @@ class _Run:
         if buf + length > _memory(caller).data_len(caller):
             raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made in the node
         # Made in one piece, 2 GiB held the node's GIL for seconds and took 6 GiB of its memory, out of reach of
-        # the run's deadline. The first chunk is the stream every call made before (the shake_256 of the key and the
-        # call's number); chunk i > 0 of a larger call is the shake_256 of the key, the call's number and i.
-        call = self.random_key + self.random_calls.to_bytes(8, "little")
-        for i, start in enumerate(range(0, length, RANDOM_CHUNK)):
+        # the run's deadline. The same stream (the shake_256 of the key and the call's number: nodes compare the
+        # results of deterministic jobs) is read a chunk at a time instead.
+        stream = XOFHash(SHAKE256(digest_size=sys.maxsize))
+        stream.update(self.random_key + self.random_calls.to_bytes(8, "little"))
+        for start in range(0, length, RANDOM_CHUNK):
             if self._interrupted.is_set():
                 raise wasmtime.Trap("interrupted: the run was cancelled")
-            seed = call + i.to_bytes(8, "little") if i else call
-            _write(caller, buf + start, hashlib.shake_256(seed).digest(min(RANDOM_CHUNK, length - start)))
+            _write(caller, buf + start, stream.squeeze(min(RANDOM_CHUNK, length - start)))
         return _ESUCCESS
 
     def _poll_oneoff(self, caller: wasmtime.Caller, subs: int, events: int, nsubs: int, nevents_out: int) -> int:

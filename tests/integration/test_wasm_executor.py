@@ -544,8 +544,8 @@ RANDOM_TO_FILE = module("""
 
 
 async def test_random_get_answers_are_the_streams_every_node_makes(executor: WasmExecutor, tmp_path: Path) -> None:
-    """Nodes compare the results of deterministic jobs: up to 1 MiB a call is the stream it always was, and a
-    larger call goes on a MiB at a time, each from the key, the call's number and the chunk's."""
+    """Nodes compare the results of deterministic jobs: each call is the stream it always was, its shake_256 of
+    the key and its number, however long (the node makes a larger one a MiB at a time)."""
     key = hashlib.sha256(b"wasm random_get:" + hashlib.sha256(b"shoal-seed:seed-1").digest()).digest()
 
     def stream(*parts: int, length: int) -> bytes:
@@ -556,8 +556,7 @@ async def test_random_get_answers_are_the_streams_every_node_makes(executor: Was
     assert result.exit_code == 0, result
     got = (req.outputs_dir / "out" / "r").read_bytes()
     mib = 1024**2
-    assert got[: 16 + 2 * mib] == stream(1, length=16) + stream(2, length=mib) + stream(3, length=mib)
-    assert got[16 + 2 * mib :] == stream(3, 1, length=16)
+    assert got == stream(1, length=16) + stream(2, length=mib) + stream(3, length=mib + 16)
 
 
 def _memory_status(field: str) -> int:
@@ -601,8 +600,9 @@ async def test_a_huge_random_get_ends_with_the_timeout_and_takes_none_of_the_nod
         took = trio.current_time() - t0
         nursery.cancel_scope.cancel()
     grew = _memory_status("VmHWM") - before
-    assert took < 2.5, f"ran {took:.1f} s with a timeout of 1 s"
-    assert lag < 0.5, f"the node's event loop stood still for {lag:.1f} s"
+    # (before: 4.1 s and a 2.6 s stall, and far more under load; the margins are for a loaded CI machine)
+    assert took < 3.0, f"ran {took:.1f} s with a timeout of 1 s"
+    assert lag < 1.0, f"the node's event loop stood still for {lag:.1f} s"
     # the module's own GiB, and not another GiB or two of random bytes made for it in the node
     assert grew < 1024**3 + 256 * 1024**2, f"the node's memory grew by {grew / 1024**2:.0f} MiB"
 
