@@ -32,7 +32,7 @@ ARGS_TAKE_VALUES = ("python", "wasm")
 MAX_ARGS_CHARS = 256 * 1024  # of an index's args with its values in
 # characters of one index's parameters (each at its longest value): every listing of indexes carries them, and
 # 60,000 one-value axes in a 1 MiB request made each listed index take 0.45 s of the node's event loop
-MAX_PARAM_CHARS = 16 * 1024
+MAX_PARAM_CHARS = 64 * 1024  # (a prompt of a few pages per index fits)
 
 
 def as_text(value: Any) -> Any:

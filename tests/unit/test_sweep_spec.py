@@ -165,9 +165,9 @@ def test_an_index_gets_no_more_environment_variables_than_a_job_may_have():
 
 def test_an_index_whose_parameters_would_be_large_is_refused():
     """Every listing of a sweep's indexes carries each one's parameters: bounded, as its args are."""
-    with pytest.raises(ValidationError, match=re.escape("an index's parameters could take 20,001 characters (names "
-                                                        "and longest values); at most 16,384")):
-        spec(grid={"x": ["a" * 20_000, "b"]})
-    with pytest.raises(ValidationError, match="at most 16,384"):  # the longest value of each parameter adds up
-        spec(grid={"x": ["a" * 9_000]}, items=[{"y": "b"}, {"y": "c" * 9_000}])
-    assert spec(grid={"x": ["a" * 16_000]}).values(0) == {"x": "a" * 16_000}
+    with pytest.raises(ValidationError, match=re.escape("an index's parameters could take 70,001 characters (names "
+                                                        "and longest values); at most 65,536")):
+        spec(grid={"x": ["a" * 70_000, "b"]})
+    with pytest.raises(ValidationError, match="at most 65,536"):  # the longest value of each parameter adds up
+        spec(grid={"x": ["a" * 33_000]}, items=[{"y": "b"}, {"y": "c" * 33_000}])
+    assert spec(zip={"prompt": ["a" * 60_000, "b"]}).values(0) == {"prompt": "a" * 60_000}
