@@ -59,7 +59,7 @@ def check_url(value: Any) -> str:
     url = value if isinstance(value, str) and "://" in value else f"http://{value}"
     try:
         parts = urlsplit(url)
-        valid = url.partition("://")[0] in ("http", "https") and bool(parts.hostname) and parts.port != -1
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != -1
     except ValueError:  # .port of "host:x", or an IPv6 address such as "http://[::1"
         valid = False
     if not isinstance(value, str) or not value.strip() or not value.isprintable() or not valid:

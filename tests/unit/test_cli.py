@@ -665,6 +665,12 @@ def test_an_empty_id_with_the_real_sdk_is_a_usage_error(tmp_path: Path) -> None:
     assert (result.exit_code, result.stderr) == (2, "Error: job id '': expected an id or a unique prefix of one\n")
 
 
+@pytest.mark.parametrize("url", ["HTTP://127.0.0.1:9", "[::1]:9", "https://127.0.0.1:9/"])
+def test_good_api_urls_in_any_form_httpx_takes_reach_the_sdk(tmp_path: Path, url: str) -> None:
+    result = run("--api", url, "list", env={"SHOAL_HOME": str(tmp_path), "SHOAL_CONFIG": os.devnull})
+    assert result.exit_code == 3, result.stderr  # nothing listens there: the SDK tried it
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "http://host:port", "http://", "ftp://host"])
 def test_a_bad_api_url_is_a_usage_error_naming_where_it_came_from(tmp_path: Path, url: str) -> None:
     """With the real SDK: "unexpected InvalidURL" (exit 1) from httpx."""
