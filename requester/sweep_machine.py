@@ -202,8 +202,10 @@ class SweepMachine:
         for i in check.released:
             claim.indexes.discard(i)
             if self.states[i] is JobState.RUNNING:
-                # not an attempt: one node giving back and claiming again spent an index's in seconds, unrun
+                # not an attempt: one node giving back and claiming again spent an index's in seconds, unrun;
+                # another node gets it first, so the same one cannot churn it (each round two writes) either
                 self.attempts[i] = max(0, self.attempts[i] - 1)
+                self._reported(i, peer, now)
                 records.append(self._back_to_pending(i, "given back unrun", now))
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
@@ -423,11 +425,16 @@ class SweepMachine:
         records = []
         for i in sorted(claim.indexes):
             if self.states[i] is JobState.RUNNING:
-                _, reports = self.errors.get(i, (now, {}))
-                reports.setdefault(claim.node, True)
-                self.errors[i] = (now, reports)
+                self._reported(i, claim.node, now)
                 records.append(self._run_again_or_fail(i, claim.node, why, now))
         return records
+
+    def _reported(self, i: int, node: str, now: float) -> None:
+        """``node`` gave index ``i`` up (it lapsed there, or was given back): as after a retryable error of
+        ``node``'s, another node runs it first (``may_grant``)."""
+        _, reports = self.errors.get(i, (now, {}))
+        reports.setdefault(node, True)
+        self.errors[i] = (now, reports)
 
     def _save_taken_back(self, p: Changes, records: list[IndexRecord]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""

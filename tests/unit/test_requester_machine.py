@@ -631,19 +631,21 @@ def test_an_index_waits_for_another_node_after_each_of_its_nodes_errors_not_only
     assert m.claim("n-b", claim("c-b", want=1), 65.0, able=able, quarantined=False)[0].ranges == [(0, 1)]
 
 
-def test_indexes_given_back_and_claimed_again_spend_none_of_their_attempts():
+def test_indexes_given_back_spend_none_of_their_attempts_and_go_to_another_node_first():
     """One node gave back and claimed the same indexes six times, none run, then reported a "retry elsewhere"
     error for each: they failed for good ("gave up after 7 attempts"), though the sweep asked two nodes to agree."""
     m = sweep_machine(4, confidence=2)
     able = {"rogue", "n-b"}
     assert m.claim("rogue", claim("c-r", want=2), 1.0, able=able, quarantined=False)[0].ranges == [(0, 2)]
-    for t in range(2, 8):
-        again = Claim(sweep_id="s-1", claim_id="c-r", want=2, released=[0, 1])
-        assert m.claim("rogue", again, float(t), able=able, quarantined=False)[0].ranges == [(0, 2)]
-    busy = [IndexResult(index=i, error="node busy", retryable=True) for i in (0, 1)]
-    m.claim("rogue", claim("c-r", *busy), 8.0, able=able, quarantined=False)
-    assert m.states[:2] == [JobState.PENDING, JobState.PENDING] and m.attempts[:2] == [1, 1]
-    assert m.claim("n-b", claim("c-b", want=4), 9.0, able=able, quarantined=False)[0].ranges == [(0, 2)]
+    again = Claim(sweep_id="s-1", claim_id="c-r", want=2, released=[0, 1])
+    assert m.claim("rogue", again, 2.0, able=able, quarantined=False)[0].ranges == [(2, 4)]  # not 0 and 1 again
+    assert m.states[:2] == [JobState.PENDING, JobState.PENDING] and m.attempts[:2] == [0, 0]
+    assert m.claim("n-b", claim("c-b", want=4), 3.0, able=able, quarantined=False)[0].ranges == [(0, 1)]  # its share
+    alone = sweep_machine(2)  # the only node able to run them: it may take them back
+    alone.claim("n-a", claim("c-a", want=2), 1.0, able={"n-a"}, quarantined=False)
+    back = Claim(sweep_id="s-1", claim_id="c-a", want=2, released=[0, 1])
+    assert alone.claim("n-a", back, 2.0, able={"n-a"}, quarantined=False)[0].ranges == [(0, 2)]
+    assert alone.attempts == [1, 1]
 
 
 def test_a_node_whose_claim_lapsed_gets_its_indexes_again_only_if_no_other_node_takes_them():
