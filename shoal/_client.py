@@ -78,6 +78,7 @@ POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: str
 LogStream = Literal["stdout", "stderr"]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _M = TypeVar("_M", bound=BaseModel)
 # A flow yields a request to send, or a float (seconds to sleep), and is sent the response.
 _Flow = Generator["httpx.Request | float", "httpx.Response", _T]
@@ -805,8 +806,6 @@ class Client(_BaseClient):
         like ``download``; returns their folders in index order. One request an index (``download_index`` makes
         two), so 1,000 indexes cost 1,000 downloads, not 2,000 round trips. ``dest`` is made even when no index
         completed (``cd "$(shoal get ID)"`` in a script then finds it empty, not missing)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         count, paths, first = self.describe_sweep(sweep_id).sweep.count, [], 0
         Path(dest).mkdir(parents=True, exist_ok=True)
 
@@ -814,14 +813,10 @@ class Client(_BaseClient):
             plan, request, whose = _index_download(sweep_id, record, max_bytes, self._tar_request)
             return self._fetch(plan, request, Path(dest) / str(record.index), whose)
 
-        pool = ThreadPoolExecutor(DOWNLOADS_AT_ONCE, thread_name_prefix="shoal-download")
-        try:
-            while first is not None:
-                page = self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
-                records, first = _page_of_indexes(page, first, count)
-                paths += pool.map(fetch, records)  # in index order; the first failure is raised
-        finally:
-            pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C), only those under way finish
+        while first is not None:
+            page = self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
+            records, first = _page_of_indexes(page, first, count)
+            paths += _in_threads(fetch, records, DOWNLOADS_AT_ONCE)
         return paths
 
     def index_logs(self, sweep_id: str, index: int, stream: LogStream = "stdout") -> str:
@@ -1326,6 +1321,45 @@ def _sweep_path(sweep_id: str, action: str = "") -> str:
 
 
 SWEEP_PAGE = 1000  # index records asked for at once
+
+
+def _in_threads(fn: Callable[[_A], _T], items: list[_A], at_once: int) -> list[_T]:
+    """``fn`` of each item, ``at_once`` at a time, in daemon threads; the results in order. The first failure is
+    raised as soon as it happens, and so is Ctrl-C: no call under way is waited for (a pool's threads are joined,
+    and a stalled download held Ctrl-C back for good); none is started after."""
+    import threading
+
+    results: list[Any] = [None] * len(items)
+    failed: list[BaseException] = []
+    left, lock, done = iter(range(len(items))), threading.Lock(), threading.Event()
+    ended = 0
+
+    def work() -> None:
+        nonlocal ended
+        while not failed and not done.is_set():
+            with lock:
+                i = next(left, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as e:  # raised in the caller's thread
+                failed.append(e)
+            with lock:
+                ended += 1
+                if failed or ended == len(items):
+                    done.set()
+
+    if items:
+        for _ in range(min(at_once, len(items))):
+            threading.Thread(target=work, name="shoal-download", daemon=True).start()
+        try:
+            done.wait()
+        finally:
+            done.set()  # on Ctrl-C too: the threads start nothing more
+    if failed:
+        raise failed[0]
+    return results
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -399,3 +399,29 @@ def test_sdk_sweep_code_does_not_need_trio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_downloads_in_threads_raise_the_first_failure_at_once_and_start_nothing_after() -> None:
+    """A pool's threads are joined: after a failure, or Ctrl-C, a download stalled on a silent node held the
+    caller for as long as it stalled."""
+    import threading
+
+    from shoal._client import _in_threads
+
+    stalled, called = threading.Event(), []
+
+    def fetch(i: int) -> int:
+        called.append(i)
+        if i == 0:
+            stalled.wait(30)  # a node that stopped sending
+        if i == 1:
+            raise ConnectionError("index 1 failed")
+        return i * 10
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="index 1 failed"):
+        _in_threads(fetch, list(range(50)), 2)
+    assert time.monotonic() - started < 10 and sorted(called) == [0, 1]  # not 30 s; nothing after the failure
+    stalled.set()
+    assert _in_threads(lambda i: i * 10, list(range(20)), 8) == [i * 10 for i in range(20)]
+    assert _in_threads(fetch, [], 8) == []
