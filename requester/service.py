@@ -174,10 +174,11 @@ class RequesterService(Driver[_Active]):
     # -- submit, cancel, describe ----------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None = None, *,
-                     use_cache: bool = True) -> tuple[Job, bool]:
+                     use_cache: bool = True, counted: Callable[[], None] = lambda: None) -> tuple[Job, bool]:
         """Create and announce a job. Returns (job, created); an idempotent repeat returns the first job.
 
-        A deterministic job whose result is cached completes at once, running nothing.
+        A deterministic job whose result is cached completes at once, running nothing. ``counted`` is called
+        once the job counts in ``in_flight``, before it is announced (the API's quota reservation ends then).
         """
         digest = spec.digest()
 
@@ -192,7 +193,9 @@ class RequesterService(Driver[_Active]):
             await self.store.save(new_job=job, events=events, idempotency_key=idempotency_key, request_digest=digest,
                                   secrets=secrets)
             if not job.state.is_terminal:
-                await self._announce(self._track(Tracked(job=job, waiting_since=now, secrets=secrets)))
+                aj = self._track(Tracked(job=job, waiting_since=now, secrets=secrets))
+                counted()
+                await self._announce(aj)
             return job
 
         return await submit_once(self.store.find_idempotent, create, owner=owner, key=idempotency_key, digest=digest,

@@ -113,8 +113,10 @@ class SweepService(Driver[_Live]):
 
     # -- API side --------------------------------------------------------------------------------
 
-    async def submit(self, spec: SweepSpec, owner: str, idempotency_key: str | None = None) -> tuple[Sweep, bool]:
-        """Record and announce a sweep; the same idempotency key returns the sweep made first."""
+    async def submit(self, spec: SweepSpec, owner: str, idempotency_key: str | None = None, *,
+                     counted: Callable[[], None] = lambda: None) -> tuple[Sweep, bool]:
+        """Record and announce a sweep; the same idempotency key returns the sweep made first. ``counted``: as
+        ``RequesterService.submit``'s."""
         digest = spec.digest()
 
         async def create() -> Sweep:
@@ -128,6 +130,7 @@ class SweepService(Driver[_Live]):
                                         request_digest=digest)
             if not live.sweep.state.is_terminal:
                 self._live[sweep.id] = live
+                counted()
                 await self._announce(live)
             return live.sweep
 

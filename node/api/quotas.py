@@ -96,17 +96,26 @@ class Quotas:
         return None
 
     @contextmanager
-    def reserve(self, client: str, spec_bytes: int) -> Iterator[None]:
-        """Count a submission ``submit`` let through in flight until the block ends: until the requester counts
-        it itself. Else concurrent submits all passed the check before any was live (60 at once, a quota of 5:
-        12 live)."""
+    def reserve(self, client: str, spec_bytes: int) -> Iterator[Callable[[], None]]:
+        """Count a submission ``submit`` let through in flight until the requester counts it itself: until the
+        block ends, or the function it yields is called (then, and not once the job is announced too, which
+        counted it twice for seconds). Else concurrent submits all passed the check before any was live (60 at
+        once, a quota of 5: 12 live)."""
         self._reserved[client] = self._reserved.get(client, InFlight()) + InFlight(1, spec_bytes)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                left = self._reserved.pop(client)
+                if left.count > 1:  # others of its submissions are still being made
+                    self._reserved[client] = InFlight(left.count - 1, left.spec_bytes - spec_bytes)
+
         try:
-            yield
+            yield release
         finally:
-            left = self._reserved.pop(client)
-            if left.count > 1:  # others of its submissions are still being made
-                self._reserved[client] = InFlight(left.count - 1, left.spec_bytes - spec_bytes)
+            release()
 
     def store_context(self, client: str, size: int) -> Refusal | None:
         """May ``client`` store a working directory, or a job or sweep spec, of ``size`` bytes? Takes them from

@@ -141,3 +141,17 @@ def test_a_submission_let_through_counts_in_flight_until_its_reservation_ends() 
         assert quotas.submit("b", NONE, 900) is None  # another client's reservations are its own
     assert quotas.submit("a", InFlight(1, 600), 400) is None  # the requester counts it now; the reservation is gone
     assert quotas._reserved == {}  # nothing kept for clients with none
+
+
+def test_a_reservation_ends_when_the_requester_counts_the_job_not_when_its_announcement_returns() -> None:
+    """Held until ``submit`` returned, a reservation counted the job twice while it was announced (seconds on
+    a network), live and reserved: a client at 2 of 4 jobs was refused."""
+    quotas = Quotas(QuotaLimits(jobs_in_flight=4, spec_bytes_in_flight=1000), clock=Clock())
+    with quotas.reserve("a", 10) as counted_a, quotas.reserve("a", 10) as counted_b:
+        counted_a()
+        counted_b()
+        counted_b()  # once is enough: a second call takes nothing more
+        assert quotas._reserved == {}
+        assert quotas.submit("a", InFlight(2, 20), 10) is None  # the 2 live ones, counted once
+        assert quotas.submit("a", InFlight(3, 30), 10) is None
+    assert quotas._reserved == {}

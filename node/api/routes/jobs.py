@@ -72,8 +72,9 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         refusal = quotas.submit(client, node.in_flight(client), size) or quotas.store_context(client, size)
         if refusal is not None:
             return refused(refusal)
-        with quotas.reserve(client, size):  # counted from the check (no await since) until the requester counts it
-            job, created = await requester().submit(body.spec, client, idempotency_key, use_cache=cache)
+        with quotas.reserve(client, size) as counted:  # from the check (no await since) until the requester counts it
+            job, created = await requester().submit(body.spec, client, idempotency_key, use_cache=cache,
+                                                    counted=counted)
         if not created:
             response.status_code = 200
         return await requester().describe(job.id)

@@ -80,8 +80,8 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
             or quotas.make_indexes(client, body.spec.count) or quotas.store_context(client, size)
         if refusal is not None:
             return refused(refusal)
-        with quotas.reserve(client, size):  # counted from the check (no await since) until the service counts it
-            sweep, created = await service().submit(body.spec, client, idempotency_key)
+        with quotas.reserve(client, size) as counted:  # from the check (no await since) until the service counts it
+            sweep, created = await service().submit(body.spec, client, idempotency_key, counted=counted)
         if not created:
             response.status_code = 200
         return await service().describe(sweep.id)
