@@ -28,19 +28,19 @@ def hold(data_dir: Path) -> Iterator[None]:
     path = data_dir / LOCK_FILE
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = path.open("a+")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise DataDirUnavailable(f"cannot use the data dir {data_dir}: {e.strerror or e}") from e
-    with lock:
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read(20).strip() or "unknown"
+            holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
             raise DataDirUnavailable(f"the data dir {data_dir} is in use by another node (pid {holder}): stop "
                                      "it first, or give this one a data dir of its own (--data-dir)") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        with contextlib.suppress(OSError):  # the pid only helps the message above: a full disk says so later
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    finally:
+        os.close(fd)
