@@ -146,7 +146,16 @@ class Writer:
                 log.error("cannot write the store (%s): %d writes wait; next try in %g s", e, len(batch), delay)
                 if not batch:
                     return
-                await trio.sleep(delay)  # cancelled (shutting down): the waiting writes get StoreClosed
+                # Until the next try, writes that come may not wait behind this batch if they may not wait: an API
+                # request's nonce, queued behind a node's own write, waited out an operator's lock and was never
+                # refused. Those that may wait join the batch. Cancelled (shutting down): they get StoreClosed.
+                with trio.move_on_after(delay):
+                    async for w in self._receive:
+                        if w.wait:
+                            batch.append(w)
+                        else:
+                            w.error = refused
+                            w.done.set()
                 delay = min(delay * 2, RETRY_MAX)
 
     def _commit(self, batch: list[_Write]) -> None:

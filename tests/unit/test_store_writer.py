@@ -136,3 +136,31 @@ async def test_a_store_another_process_locks_makes_writes_wait_and_a_bad_stateme
         node.cancel_scope.cancel()
     assert outcome["waits"] == "written"
     assert isinstance(outcome["bad"], sqlite3.OperationalError) and "no such table" in str(outcome["bad"])
+
+
+async def test_a_write_that_may_not_wait_is_refused_while_a_waiting_one_holds_the_writer(tmp_path):
+    """A node's own write (which waits) refused by an operator's lock held the writer while it tried again, and
+    an API request's nonce queued behind it waited out the lock instead of being answered 503 (CI, once)."""
+    path = tmp_path / "w.db"
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.2)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    operator = sqlite3.connect(path, isolation_level=None)
+    operator.execute("BEGIN EXCLUSIVE")
+    writer = Writer(conn)
+    outcome: dict[str, object] = {}
+    async with trio.open_nursery() as node:
+        await node.start(writer.run)
+        node.start_soon(_written_or_refused, writer, outcome, "own")
+        await trio.sleep(0.5)  # refused once: it waits to try again
+        node.start_soon(lambda: _written_or_refused(writer, outcome, "nonce", wait=False))
+        await _until(lambda: "nonce" in outcome, 5)  # at once, not when the lock goes
+        assert isinstance(outcome["nonce"], StoreUnavailable) and "locked" in str(outcome["nonce"])
+        node.start_soon(_written_or_refused, writer, outcome, "later")  # one that may wait joins the batch
+        await trio.sleep(0.5)
+        assert "own" not in outcome and "later" not in outcome
+        operator.execute("COMMIT")
+        await _until(lambda: "own" in outcome and "later" in outcome)
+        node.cancel_scope.cancel()
+    assert outcome["own"] == outcome["later"] == "written"
+    assert sorted(sqlite3.connect(path).execute("SELECT x FROM t").fetchall()) == [("later",), ("own",)]
