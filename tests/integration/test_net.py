@@ -91,6 +91,16 @@ async def cluster() -> AsyncIterator[Callable[[Network], Awaitable[Node]]]:
         nursery.cancel_scope.cancel()
 
 
+async def connected_pair(start: Callable[[Network], Awaitable[Node]]) -> tuple[Network, Network]:
+    """Two networks started by ``cluster``'s ``start``, b dialled to a, once they are connected."""
+    a = make("a")
+    await start(a)
+    b = make("b", peers=a.addrs())
+    await start(b)
+    await wait_until(lambda: a.connected_peers() == [b.peer_id])
+    return a, b
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
@@ -368,11 +378,7 @@ async def test_concurrent_writes_to_one_stream_reach_the_reader_whole() -> None:
             done.set()
 
     async with cluster() as start:
-        a = make("a")
-        await start(a)
-        b = make("b", peers=a.addrs())
-        await start(b)
-        await wait_until(lambda: a.connected_peers() == [b.peer_id])
+        a, b = await connected_pair(start)
         a._host.set_stream_handler(proto, reader)
         stream = await b._host.new_stream(ID.from_base58(a.peer_id), [proto])
 

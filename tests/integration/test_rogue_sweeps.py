@@ -4,6 +4,8 @@ nobody granted it; the requester refuses them, holds them against it, and the ho
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -30,6 +32,20 @@ def two_nodes(home) -> Devstack:
     return Devstack(2, noop=True, base_dir=home / "stack", base_port=free_base_port(2), write_state=False)
 
 
+@asynccontextmanager
+async def rogue_beside(home, spec: dict) -> AsyncIterator[tuple[Devstack, AsyncClient, RoguePeer, str, SweepAnnounce]]:
+    """Two honest nodes, a client of node 0, and a rogue peer that has seen the announcement of the sweep
+    ``spec`` the client submitted: (stack, client, rogue, sweep id, announcement)."""
+    async with (two_nodes(home) as stack,
+                AsyncClient(stack.nodes[0].api) as client,
+                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+        await rogue.wait_mesh([stack.nodes[0].peer_id])
+        sweep_id = (await client.submit_sweep(spec)).sweep.id
+        _, ann = await rogue.wait_gossip(lambda o, m: isinstance(m, SweepAnnounce) and m.sweep_id == sweep_id)
+        assert isinstance(ann, SweepAnnounce)
+        yield stack, client, rogue, sweep_id, ann
+
+
 def signed_claim(rogue: RoguePeer, sweep_id: str, claim_id: str, results: list[IndexResult], want: int,
                  released: list[int] = ()) -> Claim:
     msg = Claim(sweep_id=sweep_id, claim_id=claim_id, want=want, results=results, released=list(released))
@@ -37,17 +53,11 @@ def signed_claim(rogue: RoguePeer, sweep_id: str, claim_id: str, results: list[I
 
 
 async def test_a_rogue_cannot_win_a_sweep_with_results_for_indexes_it_was_not_granted(home):
-    async with (two_nodes(home) as stack,
-                AsyncClient(stack.nodes[0].api) as client,
-                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+    spec = {"job": {"engine": {"name": "noop", "delay": 6.0}, "deadlines": {"silence": 3.0}},
+            "grid": {"i": [str(i) for i in range(500)]}, "success": "any"}  # more than the honest slots
+    async with rogue_beside(home, spec) as (stack, client, rogue, sweep_id, ann):
         requester = stack.nodes[0].peer_id
         honest = {n.peer_id for n in stack.nodes}
-        await rogue.wait_mesh([requester])
-        spec = {"job": {"engine": {"name": "noop", "delay": 6.0}, "deadlines": {"silence": 3.0}},
-                "grid": {"i": [str(i) for i in range(500)]}, "success": "any"}  # more than the honest slots
-        sweep_id = (await client.submit_sweep(spec)).sweep.id
-        _, ann = await rogue.wait_gossip(lambda o, m: isinstance(m, SweepAnnounce) and m.sweep_id == sweep_id)
-        assert isinstance(ann, SweepAnnounce)
 
         # a fresh claim whose very first message says it found the answer
         claim = signed_claim(rogue, sweep_id, f"c-{uuid.uuid4().hex}", [IndexResult(index=19, result=FORGED)], 4)
@@ -83,17 +93,11 @@ async def test_a_rogue_cannot_win_a_sweep_with_results_for_indexes_it_was_not_gr
 
 
 async def test_a_rogues_error_fails_no_index_and_counts_against_it(home):
-    async with (two_nodes(home) as stack,
-                AsyncClient(stack.nodes[0].api) as client,
-                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+    spec = {"job": {"engine": {"name": "noop", "delay": 0.5}},
+            "grid": {"i": [str(i) for i in range(300)]}}  # more than the honest slots
+    async with rogue_beside(home, spec) as (stack, client, rogue, sweep_id, ann):
         requester = stack.nodes[0].peer_id
         honest = {n.peer_id for n in stack.nodes}
-        await rogue.wait_mesh([requester])
-        spec = {"job": {"engine": {"name": "noop", "delay": 0.5}},
-                "grid": {"i": [str(i) for i in range(300)]}}  # more than the honest slots
-        sweep_id = (await client.submit_sweep(spec)).sweep.id
-        _, ann = await rogue.wait_gossip(lambda o, m: isinstance(m, SweepAnnounce) and m.sweep_id == sweep_id)
-        assert isinstance(ann, SweepAnnounce)
         claim_id = f"c-{uuid.uuid4().hex}"
         reply = await rogue.request(requester, signed_claim(rogue, sweep_id, claim_id, [], 1),
                                     addrs=ann.requester_addrs)
@@ -119,17 +123,11 @@ async def test_a_rogues_error_fails_no_index_and_counts_against_it(home):
 async def test_a_rogue_giving_indexes_back_and_claiming_them_again_fails_none_of_them(home):
     """A rogue gave back and claimed the same indexes, again and again, then reported "retry elsewhere" for each:
     80 of 200 indexes of a sweep asking two nodes to agree failed, none having run, and it lost nothing."""
-    async with (two_nodes(home) as stack,
-                AsyncClient(stack.nodes[0].api) as client,
-                RoguePeer([stack.nodes[0].addrs[0]]) as rogue):
+    spec = {"job": {"engine": {"name": "noop", "delay": 0.2}}, "grid": {"i": [str(i) for i in range(60)]},
+            "confidence": 2}
+    async with rogue_beside(home, spec) as (stack, client, rogue, sweep_id, ann):
         requester = stack.nodes[0].peer_id
         honest = {n.peer_id for n in stack.nodes}
-        await rogue.wait_mesh([requester])
-        spec = {"job": {"engine": {"name": "noop", "delay": 0.2}}, "grid": {"i": [str(i) for i in range(60)]},
-                "confidence": 2}
-        sweep_id = (await client.submit_sweep(spec)).sweep.id
-        _, ann = await rogue.wait_gossip(lambda o, m: isinstance(m, SweepAnnounce) and m.sweep_id == sweep_id)
-        assert isinstance(ann, SweepAnnounce)
         claim_id = f"c-{uuid.uuid4().hex}"
         reply = await rogue.request(requester, signed_claim(rogue, sweep_id, claim_id, [], 4),
                                     addrs=ann.requester_addrs)

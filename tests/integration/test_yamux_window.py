@@ -14,7 +14,7 @@ from libp2p.network.stream.exceptions import StreamReset
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
 
-from tests.integration.test_net import cluster, make, wait_until
+from tests.integration.test_net import cluster, connected_pair, wait_until
 
 PROTO = TProtocol("/shoal-test/window/1")
 
@@ -36,11 +36,7 @@ async def test_a_peer_ignoring_its_send_window_gets_nothing_buffered_and_is_cut_
         await trio.sleep_forever()
 
     async with cluster() as start:
-        a = make("a")
-        await start(a)
-        b = make("b", peers=a.addrs())
-        await start(b)
-        await wait_until(lambda: a.connected_peers() == [b.peer_id])
+        a, b = await connected_pair(start)
         a._host.set_stream_handler(PROTO, stall)
         a_id = ID.from_base58(a.peer_id)
         stream = await b._host.new_stream(a_id, [PROTO])
@@ -82,11 +78,7 @@ async def test_a_peer_ignoring_its_send_window_gets_nothing_buffered_and_is_cut_
 async def test_syn_data_past_the_window_is_refused() -> None:
     """A new stream's SYN frame carrying more than the initial window (256 KiB) closes the connection."""
     async with cluster() as start:
-        a = make("a")
-        await start(a)
-        b = make("b", peers=a.addrs())
-        await start(b)
-        await wait_until(lambda: a.connected_peers() == [b.peer_id])
+        a, b = await connected_pair(start)
         (a_conn, *_) = a._host.get_network().get_connections(ID.from_base58(b.peer_id))
         (b_conn, *_) = b._host.get_network().get_connections(ID.from_base58(a.peer_id))
         body = b"\0" * (DEFAULT_WINDOW_SIZE + 1)
@@ -109,11 +101,7 @@ async def test_honest_transfers_larger_than_the_window_arrive_whole() -> None:
         done.set()
 
     async with cluster() as start:
-        a = make("a")
-        await start(a)
-        b = make("b", peers=a.addrs())
-        await start(b)
-        await wait_until(lambda: a.connected_peers() == [b.peer_id])
+        a, b = await connected_pair(start)
         a._host.set_stream_handler(PROTO, echo_all)
         stream = await b._host.new_stream(ID.from_base58(a.peer_id), [PROTO])
         back = bytearray()
