@@ -37,13 +37,15 @@ SWEEP_POLL = 1.5
 def submitted(submit: Callable[[str], T], key: str | None) -> T:
     """``submit(key)``, with ``--idempotency-key`` or a key of our own. A submit whose answer never came may have
     been made (a node frozen, or killed, after it wrote the job: it ran, and the user had no id): the error
-    says how to find it, and how to submit it again without making a second."""
+    says how to find it, and how to submit it again without making a second. One refused at every try was not."""
     from shoal import ConnectionFailed
 
     key = key or str(uuid.uuid4())
     try:
         return submit(key)
     except ConnectionFailed as e:
+        if "connection refused" in e.message:  # no node listens there: nothing was sent, and the usual hint fits
+            raise
         raise CLIError(f"{e.message} (if the node took it before it stopped answering, 'shoal list' shows it; to "
                        f"submit again without making a second, add --idempotency-key {key})",
                        code=EXIT_UNREACHABLE) from None

@@ -425,6 +425,11 @@ def test_a_submit_whose_answer_never_came_says_how_to_submit_it_again_without_a_
     assert result.stderr.rstrip().endswith(f"add --idempotency-key {keys[0]})") and len(keys[0] or "") == 36
     run("run", "noop", "--idempotency-key", "mine")
     assert keys[-1] == "mine"
+    fake.submit = FakeClient.submit.__get__(fake)  # type: ignore[method-assign]
+    fake.error = ConnectionFailed("cannot reach Shoal API at http://127.0.0.1:8700: connection refused (tried 4 "
+                                  "times)", "http://127.0.0.1:8700")
+    refused = run("run", "noop")  # no node listens: nothing was sent, and the usual hint says what to do
+    assert refused.exit_code == 3 and "start a node with" in refused.stderr and "idempotency" not in refused.stderr
 
 
 def test_not_found_exits_4(fake: FakeClient) -> None:
