@@ -70,11 +70,11 @@ USER_AGENT = "shoal-python/0.1"
 # from Shoal API" from a healthy node. Long polls (a wait for a job's end, up to 25 s each) have slots of their
 # own, so that they never keep a submit waiting.
 MAX_IN_FLIGHT = 32
+MAX_POLLING = 256
+POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: streams (events, logs -f) beside
 # index results a sweep's download fetches at once: each waits mostly on the node getting it from IPFS (measured,
 # 300 fresh indexes on a 2-node devstack: 47 ms each one at a time, 11 ms each 8 at a time)
 DOWNLOADS_AT_ONCE = 8
-MAX_POLLING = 256
-POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: streams (events, logs -f) beside
 LogStream = Literal["stdout", "stderr"]
 
 _T = TypeVar("_T")

@@ -108,8 +108,10 @@ class Quotas:
             nonlocal held
             if held:
                 held = False
-                left = self._reserved.pop(client)
-                if left.count > 1:  # others of its submissions are still being made
+                left = self._reserved[client]
+                if left.count == 1:
+                    del self._reserved[client]
+                else:  # others of its submissions are still being made
                     self._reserved[client] = InFlight(left.count - 1, left.spec_bytes - spec_bytes)
 
         try:
