@@ -73,7 +73,19 @@ class Tracked:
         return sum(1 for x in self.executions.values() if x.state.holds_slot)
 
     def needed(self) -> int:
-        return self.job.spec.deal.concurrency - self.held()
+        return self.slots() - self.held()
+
+    def slots(self) -> int:
+        """The nodes the job takes: its ``concurrency``; and while the results of all of them agree short of
+        its ``confidence`` (k), one more, up to 2k - 1 in all, as a sweep index's do. When concurrency was k,
+        one liar among the nodes failed every job it was chosen for, and nothing counted against it."""
+        deal = self.job.spec.deal
+        if deal.confidence < 2:
+            return deal.concurrency
+        proposed = _proposals(self)
+        if not deal.concurrency <= len(proposed) < 2 * deal.confidence - 1:
+            return deal.concurrency
+        return deal.concurrency if trust.verify(proposed, deal.confidence).verified else len(proposed) + 1
 
     def bidding(self) -> list[Execution]:
         return [x for x in self.executions.values() if x.state is ExecutionState.BIDDING]
@@ -84,6 +96,12 @@ class Tracked:
 
     def with_executions(self, *executions: Execution) -> Tracked:
         return replace(self, executions={**self.executions, **{x.id: x for x in executions}})
+
+
+def _proposals(state: Tracked) -> dict[str, str]:
+    """The results proposed and not judged yet: execution id -> digest."""
+    return {x.id: (x.result or RunResult()).digest() for x in state.executions.values()
+            if x.state is ExecutionState.PROPOSED}
 
 
 @dataclass(frozen=True)
@@ -233,7 +251,8 @@ class JobMachine:
         role publishes no node info, and one whose limits can never fit the job is not asked.
         """
         spec = state.job.spec
-        return state.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own)
+        return state.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own) \
+            and trust.bid_refusal(state.executions.values(), own.peer_id, state.job.attempt) is None
 
     @staticmethod
     def to_wake(states: Iterable[Tracked], info: NodeInfo, now: float) -> list[str]:
@@ -352,20 +371,29 @@ class JobMachine:
         p.counts["results_refused"] += 1
         p.penalties.append((ex.node_id, f"{why} (execution {ex.id})"))
         if ex.state is ExecutionState.ACCEPTED:
-            y = ex.transition(ExecutionState.FAILED, f"result refused: {why}", p.now, retryable=True)
+            y = ex.transition(ExecutionState.FAILED, f"result refused: {why}", p.now, error=why, retryable=True)
             p.put(y)
             p.cancel(y)
             self._execution_failed(p, y, True, [p.event(EventKind.RESULTS_REJECTED, why, y)])
         return Reply(ok=False, verdict="rejected", reason=why)
 
     def _on_proposal(self, p: JobChanges, ex: Execution, result: RunResult) -> Reply:
-        """A result of a job that asks for verification: hold it until every slot has proposed."""
+        """A result of a job that asks for verification: hold it until every slot has proposed; when all have
+        and they disagree short of a verdict, one more node runs the job while one may (``Tracked.slots``)."""
+        slots = p.state.slots()
         y = ex.transition(ExecutionState.PROPOSED, "results proposed, waiting for the other nodes", p.now,
                           result=result)
         p.put(y)
         p.save(executions=(y,), events=(p.event(EventKind.RESULTS_PROPOSED, result.digest(), y),))
         running = any(x.state is ExecutionState.ACCEPTED for x in p.state.executions.values())
-        if running or p.state.needed() > 0:
+        if running:
+            return Reply(verdict="pending")
+        if p.state.slots() > slots:
+            if self._another_node_may(p):
+                seen = trust.verify(_proposals(p.state), p.state.job.spec.deal.confidence).reason
+                self._reoffer(p, f"re-offering: {seen.removeprefix('could not verify: ')}; one more node runs it")
+                return Reply(verdict="pending")
+        elif p.state.needed() > 0:
             return Reply(verdict="pending")
         verdicts = self._verify(p)
         self._notify(p, verdicts, skip=y.id)
@@ -430,7 +458,9 @@ class JobMachine:
         if current is None or current.state is not ExecutionState.ACCEPTED \
                 or (silent is not None and silent <= state.job.spec.deadlines.silence):
             return p
-        y = current.transition(ExecutionState.FAILED, reason, now, retryable=True)
+        # the node's failure, as a "retry elsewhere" error is: a node that took the job and forgot it, again
+        # and again, spent every re-offer and retry of it (``trust.bid_refusal``)
+        y = current.transition(ExecutionState.FAILED, reason, now, error=reason, retryable=True)
         p.put(y)
         self._execution_failed(p, y, True, [p.event(EventKind.ERROR, reason, y)])
         return p
@@ -489,8 +519,7 @@ class JobMachine:
     def _verify(self, p: JobChanges) -> dict[str, str]:
         """Compare the proposed results, decide each, finish the job; returns execution id -> verdict."""
         proposed = [x for x in p.state.executions.values() if x.state is ExecutionState.PROPOSED]
-        digests = {x.id: (x.result or RunResult()).digest() for x in proposed}
-        verdict = trust.verify(digests, p.state.job.spec.deal.confidence)
+        verdict = trust.verify(_proposals(p.state), p.state.job.spec.deal.confidence)
         updates, events, verdicts = [], [], {}
         for x in proposed:
             if x.id in verdict.accepted:
@@ -506,9 +535,9 @@ class JobMachine:
         if not verdict.verified:
             self._finish(p, JobState.FAILED, verdict.reason, updates, events)
             return verdicts
-        credit = trust.credited(verdict.accepted, pinned=bool(p.state.job.spec.selector))
-        for y in updates:
-            if y.state is not ExecutionState.COMPLETED or credit:  # an outvoted result always counts against
+        if trust.credited(verdict.accepted, pinned=bool(p.state.job.spec.selector)):
+            # nodes the submitter pinned (they may be its own) neither earn by agreeing nor cost a dissenter
+            for y in updates:
                 p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()
         if result.exit_code != 0:
@@ -542,14 +571,27 @@ class JobMachine:
             why = None
         if why is not None:
             return self._fail(p, why, [failed], events)
-        reason = f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}"
+        self._reoffer(p, f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}", [failed], events)
+
+    def _another_node_may(self, p: JobChanges) -> bool:
+        """Whether a node that holds no slot of the job may still take one, with re-offers left to give it."""
+        job, executions = p.state.job, p.state.executions.values()
+        if job.attempt - job.first_attempt >= self.max_reoffers:
+            return False
+        holders = {x.node_id for x in executions if x.state.holds_slot}
+        return not p.known.complete or bool(trust.nodes_left(executions, self._able(job.spec, p.known)) - holders)
+
+    @staticmethod
+    def _reoffer(p: JobChanges, reason: str, executions: Sequence[Execution] = (), events: Sequence[Event] = ()
+                 ) -> None:
+        """Offer the job's free slots again, as a new attempt (nodes that passed on the last one bid again)."""
+        job = p.state.job
         state = JobState.RUNNING if p.state.held() > 0 else JobState.PENDING
         job = job.transition(state, reason, p.now, attempt=job.attempt + 1)
-        events.append(p.event(EventKind.REOFFERED, reason))
         # the next tick announces the new attempt
         p.state = replace(p.state, job=job, waiting_since=p.now, announce_backoff=ANNOUNCE_BACKOFF_FIRST,
                           next_announce=p.now)
-        p.save(executions=(failed,), job=job, events=tuple(events))
+        p.save(executions=tuple(executions), job=job, events=(*events, p.event(EventKind.REOFFERED, reason)))
         p.counts["reoffers"] += 1
 
     def _fail(self, p: JobChanges, reason: str, executions: Sequence[Execution], events: Sequence[Event], *,
@@ -588,14 +630,15 @@ class JobMachine:
         events.append(p.event(ending(end), reason))
         key = job.spec.cache_key() if not p.state.secrets else None  # the stored spec has none: see submit
         cache = None
-        if end is JobState.COMPLETED:
+        if end is JobState.COMPLETED and result is not None:
             everything = {**p.state.executions, **{x.id: x for x in executions}}.values()
-            if key and result:
-                verified = trust.cache_verified(trust.agreeing_nodes(everything, result), self.node_id,
-                                                pinned=bool(job.spec.selector))
-                cache = (key, job.id, result, verified)
-            for node in trust.proven_wrong(everything, job.spec):  # the job completed: their errors were wrong
-                p.judge(node, False)
+            corroborated = trust.corroborated(trust.agreeing_nodes(everything, result), self.node_id,
+                                              pinned=bool(job.spec.selector))
+            if key:
+                cache = (key, job.id, result, corroborated)
+            if corroborated:  # the job completed: their errors were wrong
+                for node in trust.proven_wrong(everything, job.spec):
+                    p.judge(node, False)
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})
         p.save(job=job, executions=tuple(executions), events=tuple(events), cache=cache,

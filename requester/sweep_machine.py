@@ -310,14 +310,16 @@ class SweepMachine:
             verified = self._verified(p, i, peer, r.result, able, events)
             if isinstance(verified, IndexRecord):
                 return verified
+            words, agreeing = verified
             _, reports = self.errors.pop(i, (now, {}))
-            for node in contradicted(reports, peer, self.sweep.spec.job):
-                p.counts["errors_contradicted"] += 1
-                p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
-                                          f"which node {peer[-8:]} ran to a result"))
+            if trust.corroborated(agreeing, self.node_id, pinned=bool(self.sweep.spec.job.selector)):
+                for node in contradicted(reports, peer, self.sweep.spec.job):
+                    p.counts["errors_contradicted"] += 1
+                    p.penalties.append((node, f"sweep {self.sweep.id}: reported an error for index {i}, "
+                                              f"which node {peer[-8:]} ran to a result"))
             if r.result.exit_code != 0:
-                return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}{verified}", now, r.result)
-            return self._move(i, JobState.COMPLETED, f"completed{verified}", now, peer, r.result)
+                return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}{words}", now, r.result)
+            return self._move(i, JobState.COMPLETED, f"completed{words}", now, peer, r.result)
         _, reports = self.errors.get(i, (now, {}))
         self.errors[i] = (now, reports)  # patience counts from the last error: one node's errors took an index's
         error = r.error or "no result"  # five attempts in seconds once a minute had passed since its first
@@ -331,28 +333,31 @@ class SweepMachine:
         return self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
 
     def _verified(self, p: Changes, i: int, peer: str, result: RunResult, able: Collection[str],
-                  events: list[Event]) -> str | IndexRecord:
+                  events: list[Event]) -> tuple[str, set[str]] | IndexRecord:
         """Whether ``peer``'s result for index ``i`` counts: with the sweep's ``confidence`` (k), only once k
         distinct nodes' results agree (``trust.verify``). Returns the words the index's reason adds when
-        it counts, else the index's record: back to pending, for another node to run (never one that
+        it counts and the nodes that agreed on it, else the index's record: back to pending, for another node to run (never one that
         ran it), or failed when 2k - 1 nodes, or every ``able`` one, disagreed. A node whose result
         differs from the verified one is held to account as a job's would be."""
         k = self.sweep.spec.confidence
         if k <= 1:
-            return ""
+            return "", {peer}
         proposed = self.proposals.setdefault(i, {})
         proposed[peer] = result.digest()
         verdict = trust.verify(proposed, k)
         if verdict.verified:
             del self.proposals[i]
-            if trust.credited(verdict.accepted, pinned=bool(self.sweep.spec.job.selector)):
+            # nodes the submitter pinned (they may be its own) neither earn by agreeing nor cost a dissenter
+            credited = trust.credited(verdict.accepted, pinned=bool(self.sweep.spec.job.selector))
+            if credited:
                 p.credits += verdict.accepted
             for node in verdict.rejected:
                 text = f"index {i}: its result differs from the one {len(verdict.accepted)} nodes agreed on"
                 p.counts["results_outvoted"] += 1
-                p.penalties.append((node, f"sweep {self.sweep.id}: {text}"))
+                if credited:
+                    p.penalties.append((node, f"sweep {self.sweep.id}: {text}"))
                 events += self._bounded_event(p.now, f"node {node[-8:]}: {text}", node)
-            return f", {verdict.reason}"
+            return f", {verdict.reason}", set(verdict.accepted)
         if len(proposed) < 2 * k - 1 and not (len(proposed) > 1 and set(able) <= proposed.keys()):
             agreeing = max(Counter(proposed.values()).values())
             return self._back_to_pending(i, f"{agreeing} of the {k} agreeing results it needs; another node "

@@ -65,7 +65,8 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
-    """Nodes whose errors a completed job proves wrong, to be held against them: those that said it cannot run,
+    """Nodes whose errors a job completed with a ``corroborated`` result proves wrong, to be held against them:
+    those that said it cannot run,
     when its spec repeats exactly (the same engine on the same content gives every node the same outcome)
     and the error is not the run's timeout (a node's speed is its own). Else an error may be the node's
     world, not a lie: an input URL that refused one node, an image one registry had; any client could
@@ -99,10 +100,12 @@ def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[st
             if x.state is ExecutionState.COMPLETED and x.result is not None and x.result.digest() == digest}
 
 
-def cache_verified(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
-    """May other clients be served this result from the cache? Only when two distinct nodes agreed on
-    its digest, or this requester's own compute role produced it; anything else is one peer's word.
-    Nodes the submitter ``pinned`` (a selector: it chose them, they may be its own) are its word too."""
+def corroborated(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
+    """Whether a result is more than one peer's word: two distinct nodes agreed on its digest, or this
+    requester's own compute role produced it. Nodes the submitter ``pinned`` (a selector: it chose them,
+    they may be its own) are its word too. Only such a result is served to other clients from the
+    cache, and only it shows other nodes' errors wrong: else one liar, running a job honest nodes
+    could not, got them quarantined."""
     return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
 
 

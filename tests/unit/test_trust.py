@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs import Execution, ExecutionState, RunResult
-from requester.trust import agreeing_nodes, bid_refusal, cache_verified, error_confirmed, error_reporters, nodes_left
+from requester.trust import agreeing_nodes, bid_refusal, corroborated, error_confirmed, error_reporters, nodes_left
 
 
 def ex(node: str, state: ExecutionState, attempt: int = 0, *, error: str | None = None, retryable: bool = False,
@@ -47,12 +47,12 @@ def test_only_two_agreeing_nodes_or_our_own_make_a_result_others_may_be_served()
     executions = [ex("a", ExecutionState.COMPLETED, result=good), ex("b", ExecutionState.COMPLETED, result=bad),
                   ex("c", ExecutionState.REJECTED, result=good)]
     assert agreeing_nodes(executions, good) == {"a"}
-    assert not cache_verified({"a"}, own_node="me", pinned=False)
-    assert cache_verified({"a"}, own_node="a", pinned=False)
-    assert cache_verified({"a", "b"}, own_node="me", pinned=False)
+    assert not corroborated({"a"}, own_node="me", pinned=False)
+    assert corroborated({"a"}, own_node="a", pinned=False)
+    assert corroborated({"a", "b"}, own_node="me", pinned=False)
     # nodes its submitter chose (a selector) may be its own: two of them agreeing is still its word
-    assert not cache_verified({"a", "b"}, own_node="me", pinned=True)
-    assert cache_verified({"a", "b"}, own_node="a", pinned=True)
+    assert not corroborated({"a", "b"}, own_node="me", pinned=True)
+    assert corroborated({"a", "b"}, own_node="a", pinned=True)
 
 
 def test_nodes_left_are_the_able_ones_not_done_with_the_job():
