@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+from storage.tarsafe import MAX_ENTRIES
 from storage.unixfs import parse_cid
 
 __all__ = [
@@ -56,13 +57,14 @@ class InputSource(Protocol):
         """Whether ``source`` is of a kind this input source fetches (syntax only, no I/O)."""
         ...
 
-    async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
+    async def fetch(self, source: str, dest: Path, *, max_bytes: int, max_entries: int = MAX_ENTRIES) -> None:
         """Copy ``source`` to ``dest`` (which must not exist): it becomes the file or the directory.
 
         Raises:
             InvalidSource: malformed source.
             NotFound: the content does not exist or was not found in time; the reason says which.
-            TooLarge: more than ``max_bytes`` of file content.
+            TooLarge: more than ``max_bytes`` of file content, or more than ``max_entries`` files, folders
+                and links below ``dest``.
             Corrupted: the bytes did not match what the source promised.
             Unavailable: the backend failed; trying again later may work.
 

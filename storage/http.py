@@ -30,6 +30,7 @@ import httpx
 import trio
 
 from storage.errors import InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+from storage.tarsafe import MAX_ENTRIES
 
 __all__ = ["HttpInput", "is_public", "literal_address"]
 
@@ -63,7 +64,8 @@ class HttpInput:
     def handles(self, source: str) -> bool:
         return source.lower().startswith(("http://", "https://"))
 
-    async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
+    async def fetch(self, source: str, dest: Path, *, max_bytes: int, max_entries: int = MAX_ENTRIES) -> None:
+        """``max_entries`` concerns none: a URL becomes one file, with nothing below it."""
         dest = Path(dest)
         try:
             # No connection is reused: one made for one name (SNI, certificate) never carries another's request.

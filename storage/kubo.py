@@ -39,6 +39,7 @@ import trio
 
 from storage.base import parse_ipfs_source
 from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+from storage.tarsafe import MAX_ENTRIES
 from storage.tarstream import extract_tar
 from storage.unixfs import CHUNK_SIZE, HAMT_FANOUT, MAX_LINKS, is_cid
 
@@ -458,10 +459,10 @@ class KuboInput:
             return True
         return is_cid(source.partition("/")[0])
 
-    async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
-        await _patiently(lambda: self._fetch(source, dest, max_bytes=max_bytes))
+    async def fetch(self, source: str, dest: Path, *, max_bytes: int, max_entries: int = MAX_ENTRIES) -> None:
+        await _patiently(lambda: self._fetch(source, dest, max_bytes=max_bytes, max_entries=max_entries))
 
-    async def _fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
+    async def _fetch(self, source: str, dest: Path, *, max_bytes: int, max_entries: int) -> None:
         cid, subpath = parse_ipfs_source(source)
         ipfs_path = f"/ipfs/{cid}" + (f"/{subpath}" if subpath else "")
         try:
@@ -471,7 +472,8 @@ class KuboInput:
                     raise TooLarge(f"{info.size} bytes is more than the limit of {max_bytes}", limit=max_bytes)
                 await _save_stream(self.client.iter_cat(ipfs_path), Path(dest), info.size, max_bytes)
             else:
-                await extract_tar(self.client.iter_get(ipfs_path), Path(dest), max_bytes=max_bytes)
+                await extract_tar(self.client.iter_get(ipfs_path), Path(dest), max_bytes=max_bytes,
+                                  max_entries=max_entries)
         except StorageError as exc:
             exc.source = exc.source or source
             raise

@@ -19,8 +19,9 @@ import trio
 
 from storage.base import parse_ipfs_source
 from storage.errors import InvalidSource, NotFound, StorageError, TooLarge
+from storage.tarsafe import MAX_ENTRIES
 from storage.tarstream import tar_path
-from storage.trees import remove_tree
+from storage.trees import count_entries, remove_tree
 from storage.unixfs import cid_of_bytes, compute_cid, parse_cid
 
 __all__ = ["LocalInput", "LocalPublisher"]
@@ -119,7 +120,7 @@ class LocalInput:
             return False
         return True
 
-    async def fetch(self, source: str, dest: Path, *, max_bytes: int) -> None:
+    async def fetch(self, source: str, dest: Path, *, max_bytes: int, max_entries: int = MAX_ENTRIES) -> None:
         cid, subpath = parse_ipfs_source(source)
         base = self.store.path_of(cid)
         if base is None:
@@ -129,6 +130,8 @@ class LocalInput:
         size = await trio.to_thread.run_sync(_tree_size, src)
         if size > max_bytes:
             raise TooLarge(f"{size} bytes is more than the limit of {max_bytes}", limit=max_bytes, source=source)
+        if await trio.to_thread.run_sync(count_entries, src, max_entries) > max_entries:
+            raise TooLarge(f"more than {max_entries:,} files, folders and links", limit=max_entries, source=source)
         try:
             await trio.to_thread.run_sync(_copy, src, Path(dest))
         except BaseException:

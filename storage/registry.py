@@ -14,10 +14,11 @@ from pathlib import Path
 import trio
 
 from executors import Mount
+from executors._common import ENTRY_BYTES
 from jobs import InputSpec
 from storage.base import InputSource
-from storage.errors import InvalidSource, StorageError, Unavailable, Unsafe
-from storage.tarsafe import link_escapes
+from storage.errors import InvalidSource, StorageError, TooLarge, Unavailable, Unsafe
+from storage.tarsafe import MAX_ENTRIES, link_escapes
 from storage.trees import TooDeep, entries
 
 __all__ = ["InputRegistry"]
@@ -52,24 +53,28 @@ class InputRegistry:
         return problems
 
     async def prepare_inputs(self, inputs: Sequence[InputSpec], root: Path, *, deadline: float,
-                             max_bytes: int) -> list[Mount]:
+                             max_bytes: int, max_entries: int = MAX_ENTRIES) -> list[Mount]:
         """Fetch every input into ``root`` and return read-only mounts at the job's paths.
 
         Inputs are fetched one after another into ``root/<index>`` (a file or a directory, as the
-        source is); together they may hold at most ``max_bytes`` of file content.
+        source is); together they may take at most ``max_bytes``, file content and every file, folder
+        and link below an input at least ``ENTRY_BYTES`` (as the job's disk counts them), and hold at
+        most ``max_entries`` files, folders and links: each fetch gets what the inputs before it left.
 
         Args:
             inputs: the job's input specs, in order.
             root: a directory owned by the execution (created if missing, removed with the execution).
             deadline: seconds for the whole staging phase; separate from the job's run timeout.
             max_bytes: limit on the total size of all inputs.
+            max_entries: limit on the files, folders and links of all inputs (an empty file costs an
+                inode and no bytes: 64 inputs of the same 200,000 empty files could make 12.8 million).
 
         Raises:
             StorageError: the first input that failed, its reason prefixed by which input it was
                 (``Unavailable`` when the deadline passed, naming the input being fetched then).
         """
         mounts: list[Mount] = []
-        budget = max_bytes
+        budget, left = max_bytes, max_entries
         current: InputSpec | None = None
         Path(root).mkdir(parents=True, exist_ok=True)
         try:
@@ -79,18 +84,26 @@ class InputRegistry:
                     dest = Path(root) / str(index)
                     source = self.for_source(spec.source)
                     try:
-                        await source.fetch(spec.source, dest, max_bytes=budget)
+                        await source.fetch(spec.source, dest, max_bytes=budget,
+                                           max_entries=min(left, budget // ENTRY_BYTES))
                         await trio.to_thread.run_sync(_confine, dest)
+                        if spec.shard is not None:
+                            await trio.to_thread.run_sync(_keep_shard, dest, spec)
+                        size, count = await trio.to_thread.run_sync(_staged, dest)
+                        budget, left = budget - size, left - count
+                        if budget < 0 or left < 0:
+                            raise TooLarge("it takes more than the inputs before it left",
+                                           limit=max_bytes if budget < 0 else max_entries)
                     except StorageError as exc:
+                        if isinstance(exc, TooLarge):
+                            exc.reason += (f" (the job's inputs may take {max_bytes:,} bytes together, each file, "
+                                           f"folder and link at least {ENTRY_BYTES}, and hold {max_entries:,} of them)")
                         _name_input(exc, index, spec)
                         raise
                     except OSError as exc:  # the local disk: full, permissions
                         error = StorageError(f"cannot write it to {dest}: {exc}")
                         _name_input(error, index, spec)
                         raise error from exc
-                    if spec.shard is not None:
-                        await trio.to_thread.run_sync(_keep_shard, dest, spec)
-                    budget -= await trio.to_thread.run_sync(_size, dest)
                     mounts.append(Mount(dest, spec.path, read_only=True))
         except trio.TooSlowError:
             assert current is not None
@@ -149,8 +162,13 @@ def _keep_shard(dest: Path, spec: InputSpec) -> None:
             sub.rmdir()
 
 
-def _size(path: Path) -> int:
-    if os.path.isdir(path) and not os.path.islink(path):
-        return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
-    return os.lstat(path).st_size
+def _staged(dest: Path) -> tuple[int, int]:
+    """What a staged input takes of the job's budget (its files' content, every entry below it at least
+    ENTRY_BYTES) and the entries below it. ``_confine`` checked its depth."""
+    top = os.lstat(dest)
+    size, count = (0 if stat.S_ISDIR(top.st_mode) else top.st_size), 0
+    for _, st in entries(dest):
+        size += max(st.st_size, ENTRY_BYTES)
+        count += 1
+    return size, count
 

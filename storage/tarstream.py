@@ -23,7 +23,7 @@ from pathlib import Path
 import trio
 
 from storage.errors import Corrupted, StorageError
-from storage.tarsafe import BLOCK, TarExtractor, remove
+from storage.tarsafe import BLOCK, MAX_ENTRIES, TarExtractor, remove
 from storage.unixfs import compute_cid, parse_cid
 
 __all__ = ["extract_tar", "extract_verified", "tar_path", "verify_path"]
@@ -93,7 +93,8 @@ async def tar_path(path: Path, name: str) -> AsyncIterator[bytes]:
 
 
 async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int | None = None,
-                      root: str | None = None, confine_links: bool = False) -> int:
+                      root: str | None = None, confine_links: bool = False,
+                      max_entries: int | None = MAX_ENTRIES) -> int:
     """Extract a Kubo-``get``-style tar into ``dest`` (which must not exist); return the file bytes written.
 
     The top entry becomes ``dest`` itself (a directory, or the file when the tar holds one file).
@@ -105,10 +106,11 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
         max_bytes: limit on the total size of regular files (``None``: no limit).
         root: if given, the name every entry must start with (the CID, for Kubo and Shoal exports).
         confine_links: refuse symlinks that lead outside ``dest`` (``TarExtractor``'s).
+        max_entries: limit on the files, directories and links created (``None``: no limit).
 
     Raises:
         Corrupted: malformed or truncated stream, unsafe (``Unsafe``) or unsupported entries.
-        TooLarge: more than ``max_bytes`` of file content.
+        TooLarge: more than ``max_bytes`` of file content, or more than ``max_entries`` entries.
         StorageError: whatever ``chunks`` raises (e.g. ``Unavailable`` when the download breaks).
 
     Resource handling: ``chunks`` is consumed and closed (``aclose()``, if it has one, even when
@@ -116,7 +118,8 @@ async def extract_tar(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: in
     """
     dest = Path(dest)
     try:
-        extractor = TarExtractor(dest, max_bytes=max_bytes, root=root, confine_links=confine_links)
+        extractor = TarExtractor(dest, max_bytes=max_bytes, root=root, confine_links=confine_links,
+                                 max_entries=max_entries)
         try:
             batch = bytearray()
             async for chunk in chunks:
