@@ -76,6 +76,7 @@ from executors._common import (
 )
 from executors.base import Executor, ExecutorError, RunRequest
 from executors.cgroups import MemoryCgroup
+from executors.runtime_install import node_too_old
 from executors.sandbox import (
     NOBODY,
     SLOT_TARGET,
@@ -326,6 +327,8 @@ class PyodideExecutor(Executor):
         """Why this node cannot run python jobs (None: it can): what ``shoal id`` and the log say."""
         if shutil.which(self.node) is None:
             return f"Node.js ({self.node}) is not installed"
+        if problem := node_too_old(self.node):
+            return problem
         if not (self.runner_dir / "runner.mjs").is_file() or not (
                 self.runner_dir / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
             return "Pyodide is not installed on this node (run `shoal pyodide install`)"

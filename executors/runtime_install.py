@@ -10,8 +10,10 @@ lock file's SHA-256 makes a second run a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 from executors.base import ExecutorError
 
 STAMP = Path("node_modules") / ".shoal-installed"  # what scripts/install-pyodide writes too
-MIN_NODE = 18
+MIN_NODE = 20  # the sandboxed runner starts Node with its permission model (--experimental-permission)
 NPM_TIMEOUT = 600.0  # seconds for npm ci (a 14 MB download, then unpacking)
 
 
@@ -32,6 +34,33 @@ def installed_pyodide(runner_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return str(package.get("version")) if stamp == want else None
+
+
+@functools.lru_cache(maxsize=16)
+def _node_version(path: str, mtime_ns: int) -> str:
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def node_too_old(node: str) -> str | None:
+    """Why the Node.js ``node`` cannot run the python engine (older than ``MIN_NODE``), or None.
+
+    ``node --version`` runs once per binary (path and modification time): ``problem()`` asks before every job.
+    """
+    path = shutil.which(node) or node
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+    except OSError:
+        return f"Node.js ({node}) is not installed"
+    version = _node_version(path, mtime_ns)
+    major = version.removeprefix("v").split(".")[0]
+    if not major.isdigit():
+        return f"`{path} --version` did not print a version: the python engine needs Node.js >= {MIN_NODE}"
+    if int(major) < MIN_NODE:
+        return f"Node.js {version} ({path}) is too old: the python engine needs Node.js >= {MIN_NODE}"
+    return None
 
 
 def install_pyodide(runner_dir: Path, *, node: str = "node", npm: str = "npm") -> tuple[str, bool]:

@@ -184,7 +184,7 @@ class Cluster:
         text = render_template(TEMPLATE.read_text(), {
             "shoal_version": self.shoal_version,
             "shoal_package": f"https://example.invalid/shoal-{self.shoal_version}-py3-none-any.whl",
-            "kubo_version": "v0.39.0",
+            "kubo_version": "v0.40.1",
         })
         self.script = self.workdir / "startup.sh"
         self.script.write_text(text)

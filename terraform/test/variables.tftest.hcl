@@ -327,6 +327,14 @@ run "kubo_version_is_a_tag" {
   expect_failures = [var.kubo_version]
 }
 
+run "kubo_version_has_the_cid_rules_shoal_computes" {
+  command = plan
+  variables {
+    kubo_version = "v0.39.0"
+  }
+  expect_failures = [var.kubo_version]
+}
+
 run "log_level_is_known" {
   command = plan
   variables {

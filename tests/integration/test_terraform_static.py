@@ -99,7 +99,7 @@ def test_fmt(tf_env: dict[str, str]) -> None:
 
 @needs_terraform
 def test_template_renders_the_same_in_terraform_and_the_harness(tf_env: dict[str, str], tmp_path: Path) -> None:
-    values = {"shoal_version": "0.1.0", "kubo_version": "v0.39.0",
+    values = {"shoal_version": "0.1.0", "kubo_version": "v0.40.1",
               "shoal_package": "https://storage.googleapis.com/b/shoal-0.1.0-py3-none-any.whl"}
     hcl_values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
     expression = f'templatefile("{harness.TEMPLATE}", {{ {hcl_values} }})'
@@ -220,3 +220,43 @@ def test_network_key_is_generated_wired_and_never_committed() -> None:
     written = ["terraform/examples/small/terraform.tfstate", "terraform/examples/small/terraform.tfvars"]
     ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True)
     assert ignored.stdout.split() == written, "terraform state and tfvars are git-ignored"
+
+
+def test_kubo_version_is_the_one_scripts_install_kubo_builds() -> None:
+    """Storage computes CIDs by the Kubo that scripts/install-kubo builds (v0.40's HAMT sharding rule):
+    the cluster's Kubo is that version, so the CIDs its nodes report are the ones `shoal get` checks."""
+    built = re.search(r"^KUBO_VERSION=\$\{KUBO_VERSION:-(v[0-9.]+)\}$", (REPO / "scripts" / "install-kubo").read_text(),
+                      re.M)
+    assert built, "scripts/install-kubo pins KUBO_VERSION"
+    variables = (MODULE / "variables.tf").read_text()
+    block = variables[variables.index('variable "kubo_version"'):]
+    block = block[: block.index("\n}\n")]
+    default = re.search(r'^  default\s*=\s*"([^"]+)"', block, re.M)
+    assert default and default.group(1) == built.group(1), (default and default.group(1), built.group(1))
+    for name in ("examples/large/main.tf", "examples/small/main.tf", "modules/shoal-cluster/tests/cluster.tftest.hcl"):
+        found = re.findall(r"kubo_version\s*=\s*\"([^\"]+)\"|KUBO_VERSION='([^']+)'", (TF_DIR / name).read_text())
+        assert {a or b for a, b in found} <= {built.group(1)}, (name, found)
+
+
+def test_startup_script_installs_node_new_enough_for_the_sandbox() -> None:
+    """The python engine starts Node.js with its permission model (Node >= MIN_NODE; Debian 12 has 18):
+    a node whose Node.js is older installs NodeSource's, from its signed apt repo, with its own npm."""
+    from executors.runtime_install import MIN_NODE
+
+    script = harness.render_template(harness.TEMPLATE.read_text(),
+                                     {"shoal_version": "0.1.0", "kubo_version": "v0.40.1", "shoal_package": "x"})
+    major = re.search(r"^NODE_MAJOR=([0-9]+)\b", script, re.M)
+    assert major and int(major.group(1)) >= MIN_NODE >= 20
+    body = re.search(r"^install_node\(\) \{\n(.*?)^\}$", script, re.M | re.S)
+    assert body, "the script has an install_node function"
+    node = body.group(1)
+    assert re.search(r'\[ "\$have" -ge "\$NODE_MAJOR" \]', node), "a Node.js older than NODE_MAJOR is replaced"
+    assert "curl -fsSL --retry 5 https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key" in node
+    assert "gpg --batch --yes --dearmor -o /usr/share/keyrings/nodesource.gpg" in node
+    assert ('"deb [signed-by=/usr/share/keyrings/nodesource.gpg] https://deb.nodesource.com/node_$NODE_MAJOR.x '
+            'nodistro main"') in node
+    assert "apt_ready=0\n  apt_install nodejs\n" in node
+    engines = re.search(r"^install_engines\(\) \{\n(.*?)^\}$", script, re.M | re.S)
+    assert engines and "\n  install_node\n" in engines.group(1)
+    # NodeSource's nodejs ships npm and conflicts with Debian's
+    assert not re.search(r"apt_install[^\n]*\bnpm\b", script)

@@ -46,7 +46,7 @@ def test_an_install_for_another_lock_file_is_stale(runner: Path) -> None:
 
 
 def test_without_node_or_npm_it_says_what_to_install(runner: Path) -> None:
-    with pytest.raises(ExecutorError, match=r"^no-such-npm is not installed: the python engine needs Node.js >= 18"):
+    with pytest.raises(ExecutorError, match=r"^no-such-npm is not installed: the python engine needs Node.js >= 20"):
         install_pyodide(runner, npm="no-such-npm")
 
 

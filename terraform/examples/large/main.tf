@@ -31,7 +31,7 @@ module "shoal" {
 
   shoal_version = var.shoal_version
   shoal_package = var.shoal_package
-  kubo_version  = "v0.39.0"
+  kubo_version  = "v0.40.1"
 
   limits = {
     total_cpu    = "7"

@@ -403,11 +403,16 @@ variable "shoal_package" {
 variable "kubo_version" {
   description = "Kubo release installed on every node (checksum-verified against its published SHA-512)."
   type        = string
-  default     = "v0.39.0"
+  default     = "v0.40.1" # what scripts/install-kubo builds
 
   validation {
     condition     = can(regex("^v[0-9]+\\.[0-9]+\\.[0-9]+(-rc[0-9]+)?$", var.kubo_version))
-    error_message = "kubo_version must look like v0.39.0."
+    error_message = "kubo_version must look like v0.40.1."
+  }
+
+  validation {
+    condition     = !can(regex("^v0\\.([0-9]|[1-3][0-9])\\.", var.kubo_version))
+    error_message = "kubo_version must be v0.40.0 or later: Shoal computes CIDs with Kubo 0.40's HAMT sharding rule, and an older Kubo gives some directories other CIDs (their results are then refused as tampered)."
   }
 }
 

@@ -47,7 +47,7 @@ run "defaults" {
     error_message = "the startup script must pin the package with {version} replaced"
   }
   assert {
-    condition     = strcontains(google_compute_instance.bootstrap.metadata["startup-script"], "SHOAL_VERSION='0.1.0'") && strcontains(google_compute_instance.bootstrap.metadata["startup-script"], "KUBO_VERSION='v0.39.0'")
+    condition     = strcontains(google_compute_instance.bootstrap.metadata["startup-script"], "SHOAL_VERSION='0.1.0'") && strcontains(google_compute_instance.bootstrap.metadata["startup-script"], "KUBO_VERSION='v0.40.1'")
     error_message = "the startup script must pin Shoal's and Kubo's versions"
   }
   assert {
