@@ -424,6 +424,11 @@ class JobMachine:
                     return p
         if p.state.needed() <= 0:
             return p
+        if p.state.slots() > spec.deal.concurrency and not self._another_node_may(p) \
+                and not any(x.state is ExecutionState.ACCEPTED for x in p.state.executions.values()):
+            # a tie no node is left to break (the one it waited for left, or was quarantined)
+            self._notify(p, self._verify(p))
+            return p
         limit = spec.deadlines.bid_limit
         if now - p.state.waiting_since > limit:
             why = waiting_reason(spec, known.nodes, p.state.held())

@@ -336,9 +336,9 @@ class SweepMachine:
                   events: list[Event]) -> tuple[str, set[str]] | IndexRecord:
         """Whether ``peer``'s result for index ``i`` counts: with the sweep's ``confidence`` (k), only once k
         distinct nodes' results agree (``trust.verify``). Returns the words the index's reason adds when
-        it counts and the nodes that agreed on it, else the index's record: back to pending, for another node to run (never one that
-        ran it), or failed when 2k - 1 nodes, or every ``able`` one, disagreed. A node whose result
-        differs from the verified one is held to account as a job's would be."""
+        it counts and the nodes that agreed on it, else the index's record: back to pending, for another
+        node to run (never one that ran it), or failed when 2k - 1 nodes, or every ``able`` one,
+        disagreed. A node whose result differs from the verified one is held to account as a job's would be."""
         k = self.sweep.spec.confidence
         if k <= 1:
             return "", {peer}

@@ -853,3 +853,15 @@ def test_the_machines_and_their_rules_import_no_trio_no_store_and_no_network():
         imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m in io or m.split(".")[0] in {"trio", "node"}}, name
+
+
+def test_a_tie_whose_last_possible_breaker_left_fails_unverified_at_the_next_tick():
+    state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "liar")
+    _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    _, changes = machine().on_result(changes.state, "liar", result("x-liar", stdout="lie"), 6.0, KNOWN, signed=True)
+    assert changes.state.needed() == 1  # n-c may break the tie
+    assert not machine().tick(changes.state, 7.0, KNOWN).finished
+    gone = Known(nodes=[node("n-a"), node("liar")])
+    ticked = machine().tick(changes.state, 7.0, gone)
+    assert ticked.finished and ticked.state.job.state is JobState.FAILED
+    assert ticked.state.job.reason.startswith("could not verify") and ticked.writes[-1][0].reputation is None
