@@ -93,8 +93,10 @@ class RequesterService(Driver[_Active]):
         for job in await self.store.live_jobs():
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
                           if ex.attempt >= job.first_attempt}  # earlier ones belong to runs that were retried
+            bidding = any(x.state is ExecutionState.BIDDING for x in executions.values())
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
-                                     waiting_since=now, next_announce=now))
+                                     waiting_since=now, next_announce=now,
+                                     first_bid_at=now if bidding else None))  # the min_bids wait starts again
             if job.id in secrets and secrets[job.id] is None:
                 await self._apply(aj, self.machine.finish(
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "

@@ -134,6 +134,24 @@ async def test_restarted_requester_finishes_its_jobs(tmp_path, autojump_clock):
             assert d.job.state is JobState.COMPLETED, d.job.reason
 
 
+async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_the_wait_ends(tmp_path, autojump_clock):
+    """The wait's start was kept in memory only: after a restart the job never chose among its bids, its nodes
+    could not bid again (one live bid per job), and it sat pending until its bid limit (24 h)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        for name in ("a", "b"):
+            await stack.enter_async_context(memory_node(hub, name, tmp_path / name, requester=False))
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1.5)
+            job, _ = await req.requester.submit(spec(deal={"min_bids": 3}, deadlines={"min_bids": 10}), "alice")
+            await trio.sleep(1)  # both nodes bid; a third is awaited
+            assert len((await req.requester.describe(job.id)).executions) == 2
+        hub.transports.pop("req")
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            d = await wait_terminal(req.requester, job.id, timeout=60)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+
+
 async def test_min_bids_waits_then_chooses(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
