@@ -5,12 +5,14 @@ to the CID in the job's record (the result the compute node signed, as ``describ
 never to a CID the download itself names. The tar is read by ``storage.tarsafe`` (the node's own
 reader, with links confined to the destination) into a temporary directory beside the
 destination; only once the CID matches is it moved into place, so a refused download leaves
-nothing behind. Synchronous, but for ``extract_results_async``, which runs the same steps in
-worker threads (anyio: trio or asyncio alike).
+nothing behind (and what a killed one left, the next download into the same destination removes).
+Synchronous, but for ``extract_results_async``, which runs the same steps in worker threads
+(anyio: trio or asyncio alike).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -79,7 +81,7 @@ class ResultsWriter:
 
         self.dest, self.cid, self.max_bytes, self.whose = Path(dest), cid, max_bytes, whose
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.partial-"))
+        self._tmp, self._lock = _new_partial(self.dest)
         self._extractor = TarExtractor(self._tmp / "result", max_bytes=max_bytes, root=cid, confine_links=True)
         self.received = 0
 
@@ -89,6 +91,7 @@ class ResultsWriter:
     def __exit__(self, *exc: object) -> None:
         self._extractor.abort()
         shutil.rmtree(self._tmp, ignore_errors=True)
+        os.close(self._lock)
 
     def feed(self, data: bytes) -> None:
         from storage.errors import StorageError, TooLarge
@@ -140,7 +143,7 @@ class ResultsWriter:
 def write_from_record(files: dict[str, str], dest: Path) -> Path:
     """A CID-less result's files, from the job's record (the same temporary-then-move as a download)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    tmp, lock = _new_partial(dest)
     try:
         (tmp / "result").mkdir()
         for name, text in files.items():
@@ -148,6 +151,7 @@ def write_from_record(files: dict[str, str], dest: Path) -> Path:
         return _move_into_place(tmp / "result", dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
 
 
 def extract_results(chunks: Iterable[bytes], dest: Path, whose: str, cid: str, max_bytes: int | None = None) -> Path:
@@ -178,6 +182,45 @@ async def extract_results_async(chunks: AsyncIterable[bytes], dest: Path, whose:
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.__exit__, None, None, None)
+
+
+def _new_partial(dest: Path) -> tuple[Path, int]:
+    """A new temporary directory beside ``dest``, and the descriptor of the lock in it, held until closed.
+
+    First removes those of earlier downloads into ``dest`` whose lock nobody holds: their process is
+    gone (killed mid-download, nothing else would remove them). One running now holds its lock, so it is left alone.
+    """
+    prefix = f".{dest.name}.partial-"
+    for old in dest.parent.iterdir():
+        if old.name.startswith(prefix) and not old.is_symlink():
+            _remove_if_unlocked(old)
+    while True:
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix))
+        try:
+            lock = os.open(tmp / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue  # another download's sweep removed it between mkdtemp and flock
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(lock), os.stat(tmp / "lock")):
+                return tmp, lock
+        except (BlockingIOError, FileNotFoundError):
+            pass  # likewise: that sweep holds its lock, or has removed it
+        os.close(lock)
+
+
+def _remove_if_unlocked(partial: Path) -> None:
+    try:
+        lock = os.open(partial / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return  # removed meanwhile, not a directory, or not ours
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(partial, ignore_errors=True)  # with the lock held, so no download can claim it meanwhile
+    except OSError:
+        pass  # locked: a download running now
+    finally:
+        os.close(lock)
 
 
 def _move_into_place(result: Path, dest: Path) -> Path:

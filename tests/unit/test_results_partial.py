@@ -1,0 +1,84 @@
+"""A download killed mid-way (kill -9, OOM) leaves its hidden ``.DEST.partial-*`` directory beside DEST: the next
+download into DEST removes it, but never the one a download running now is extracting into."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from shoal._results import ResultsWriter, extract_results, write_from_record
+from storage.unixfs import cid_of_path
+
+KILLED = """
+import sys, time
+from pathlib import Path
+from shoal._results import ResultsWriter
+writer = ResultsWriter(Path(sys.argv[1]), sys.argv[2], 1 << 20, "j-1").__enter__()
+writer.feed(sys.stdin.buffer.read())
+print(writer._tmp, flush=True)
+time.sleep(60)
+"""
+
+
+def _result(tmp_path: Path) -> tuple[str, bytes]:
+    """A result's CID and its tar, as a node serves it."""
+    src = tmp_path / "src"
+    (src / "outputs").mkdir(parents=True)
+    (src / "stdout").write_text("42\n")
+    (src / "outputs" / "x.txt").write_text("result")
+    cid = str(cid_of_path(src))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for directory in (cid, f"{cid}/outputs"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in ((f"{cid}/stdout", b"42\n"), (f"{cid}/outputs/x.txt", b"result")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return cid, buf.getvalue()
+
+
+def _partials(folder: Path) -> set[Path]:
+    return set(folder.glob(".r.partial-*"))
+
+
+def test_a_killed_downloads_partial_directory_is_removed_by_the_next_but_a_running_ones_is_not(tmp_path: Path) -> None:
+    cid, tar = _result(tmp_path)
+    dest = tmp_path / "dl" / "r"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED, str(dest), cid], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=False)
+    try:
+        killed.stdin.write(tar[:2048])  # its first file and no more
+        killed.stdin.close()
+        left = Path(killed.stdout.readline().decode().strip())
+        assert (left / "result" / "outputs").is_dir()
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    unlocked = dest.parent / ".r.partial-k1ll3d00"  # as one made before the partial directories had locks
+    (unlocked / "result").mkdir(parents=True)
+    (unlocked / "result" / "stdout").write_text("4")
+    assert _partials(dest.parent) == {left, unlocked}
+
+    with ResultsWriter(dest, cid, 1 << 20, "j-1") as running:
+        running.feed(tar[:2048])
+        assert extract_results([tar], dest, "j-1", cid) == dest
+        assert _partials(dest.parent) == {running._tmp}  # the killed one's gone, the running one's untouched
+        running.feed(tar[2048:])
+        assert running.finish() == dest
+    assert (dest / "outputs" / "x.txt").read_text() == "result"
+    assert os.listdir(dest.parent) == ["r"]
+
+
+def test_a_download_from_the_record_removes_a_killed_ones_partial_directory_too(tmp_path: Path) -> None:
+    stale = tmp_path / ".r.partial-k1ll3d00"
+    (stale / "result").mkdir(parents=True)
+    assert write_from_record({"stdout": "42\n", "exitCode": "0"}, tmp_path / "r") == tmp_path / "r"
+    assert sorted(os.listdir(tmp_path)) == ["r"]
