@@ -295,14 +295,18 @@ def sweep_view(desc: SweepDescription, now: float) -> RenderableType:
     return Group(*parts)
 
 
-def show_list(rows: list[Any], total: int, noun: str, table: Callable[[list[Any], float], Table]) -> None:
-    """``rows`` as a table, or "No <noun>." on stderr; says so when the list is cut short."""
+def show_list(rows: list[Any], total: int, noun: str, table: Callable[[list[Any], float], Table],
+              offset: int = 0) -> None:
+    """``rows`` (from ``offset`` on) as a table, or "No <noun>." on stderr; says so when the list is cut short."""
     if not rows:
-        print(f"No {noun}.", file=sys.stderr)
+        print(f"No {noun}." if not offset else f"No {noun} past the first {total} (--offset {offset}).",
+              file=sys.stderr)
         return
     show(table(rows, time.time()))
     if total > len(rows):
-        print(f"Showing {len(rows)} of {total} {noun} (use --limit).", file=sys.stderr)
+        end = offset + len(rows)
+        more = f"; --offset {end} for the next {noun}" if end < total else ""
+        print(f"Showing {offset + 1}-{end} of {total} {noun} (--limit up to 1000{more}).", file=sys.stderr)
 
 
 def sweeps_table(sweeps: list[Sweep], now: float) -> Table:

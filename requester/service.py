@@ -248,10 +248,12 @@ class RequesterService(Driver[_Active]):
             raise UnknownJob(job_id)
         return job
 
-    def live_job(self, job_id: str) -> Job | None:
-        """A live job as the API shows it: one short of nodes says where it stands in the queue."""
+    def live_job(self, job_id: str, stored: Job | None = None) -> Job | None:
+        """A live job as the API shows it: one short of nodes says where it stands in the queue. None when
+        ``stored``, the job as a listing read it, is newer: a decision's write lands before its live state
+        follows (a listing of running jobs showed one as pending)."""
         aj = self._live.get(job_id)
-        if aj is None:
+        if aj is None or (stored is not None and stored.revision > aj.job.revision):
             return None
         state, now = aj.state, self.clock()
         if not state.is_open() or state.waiting_since > now:  # running, or waiting out a retry's backoff

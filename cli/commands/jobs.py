@@ -19,7 +19,8 @@ from cli.options import duration
 def list_jobs(
     ctx: typer.Context,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="At most this many jobs.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many jobs.")] = 50,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Skip this many of the newest.")] = 0,
     selector: Annotated[str | None, typer.Option("--selector", metavar="TEXT",
                                                  help="Only jobs whose selector contains TEXT, e.g. zone=eu.")] = None,
     json_: Json = False,
@@ -30,8 +31,8 @@ def list_jobs(
 
     fmt = output_format(json_, output)
     sdk = client(ctx)
-    result = sdk.list(state=state, limit=limit, selector=selector)
-    emit(result, fmt, lambda: show_list(result.jobs, result.total, "jobs", jobs_table))
+    result = sdk.list(state=state, limit=limit, offset=offset, selector=selector)
+    emit(result, fmt, lambda: show_list(result.jobs, result.total, "jobs", jobs_table, offset))
     if fmt == "table" and state is None and selector is None:  # a sweep's indexes are not jobs: say where they are
         sweeps = sdk.list_sweeps(limit=1).total
         if sweeps:

@@ -19,6 +19,7 @@ from cli.options import duration
 def sweep_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many.")] = 50,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Skip this many of the newest.")] = 0,
     json_: Json = False,
     output: Output = None,
 ) -> None:
@@ -26,8 +27,8 @@ def sweep_list(
     from cli.render import emit, output_format, show_list, sweeps_table
 
     fmt = output_format(json_, output)
-    result = client(ctx).list_sweeps(limit=limit)
-    emit(result, fmt, lambda: show_list(result.sweeps, result.total, "sweeps", sweeps_table))
+    result = client(ctx).list_sweeps(limit=limit, offset=offset)
+    emit(result, fmt, lambda: show_list(result.sweeps, result.total, "sweeps", sweeps_table, offset))
 
 
 def sweep_indexes(

@@ -4,13 +4,13 @@ The proxy holds the user's key, so any page the browser shows could try to use i
 
 - only requests whose ``Host`` names the proxy itself (``127.0.0.1:PORT`` or ``localhost:PORT``),
   so a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is refused even for the page;
-- the page itself only for whoever holds the session token: the address ``shoal ui`` prints carries it
-  (``/?key=TOKEN``), which the proxy keeps in an HttpOnly cookie for reloads. A proxy on
-  127.0.0.1 answers every user and process of the machine, and the key file's mode 0600 meant
-  nothing while the page (and the token in it) was served to anyone who asked;
-- on ``/api`` and ``/ui/live``, only requests carrying the per-session token, which the proxy
-  embeds in the page it serves (another origin cannot read that page, so cannot learn it): this
-  also keeps other origins from *reading* through the proxy;
+- the page to anyone: it holds no secret. The session token is in the address ``shoal ui`` prints, in its
+  fragment (``/#key=TOKEN``), which a browser never sends to any server; the page keeps it in its own
+  origin's storage. Never in a cookie: a browser sends a cookie for 127.0.0.1 to every port of
+  127.0.0.1, so to any other local server the tab visits (another user's too);
+- on ``/api`` and ``/ui/live``, only requests carrying the per-session token (as a header; on
+  ``/ui/live`` as a query parameter, sent with no referrer): this also keeps other origins from
+  *reading* through the proxy;
 - for a state-changing method (anything but GET and HEAD), only with an ``Origin`` header equal to
   the proxy's own origin; a cross-origin ``Origin`` or ``Sec-Fetch-Site: cross-site`` is refused on
   every method.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 TOKEN_HEADER = "x-shoal-ui-token"
 TOKEN_PARAM = "token"  # EventSource cannot send headers: /ui/live takes the token as a query parameter
-KEY_PARAM = "key"  # the address shoal ui prints: /?key=TOKEN, swapped for a cookie on the first visit
+KEY_PARAM = "key"  # the address shoal ui prints: /#key=TOKEN (a fragment: it reaches no server)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 LOCAL_NAMES = ("127.0.0.1", "localhost")
 
@@ -50,24 +50,6 @@ def check_host(host: str | None, port: int) -> Refusal | None:
     return None
 
 
-def cookie_name(port: int) -> str:
-    """The session cookie's name: one per port, as a browser keeps cookies per host, not per port."""
-    return f"shoal-ui-{port}"
-
-
-def check_page(cookie: str | None, session_token: str) -> Refusal | None:
-    """Refuse the page (and the token in it) to a caller without the session cookie."""
-    if cookie and hmac.compare_digest(cookie.encode(), session_token.encode()):
-        return None
-    return Refusal(403, "open the address shoal ui printed: it carries this dashboard's key (the dashboard "
-                        "answers every user of this machine, so it lets in only whoever has it)")
-
-
-def is_key(key: str | None, session_token: str) -> bool:
-    """Whether a ``?key=`` is this session's token (then the page is served, and the cookie set)."""
-    return bool(key) and hmac.compare_digest(key.encode(), session_token.encode())
-
-
 def check_caller(method: str, host: str, origin: str | None, fetch_site: str | None, token: str | None,
                  session_token: str) -> Refusal | None:
     """Refuse an API request that does not come from the proxy's own page (see the module docstring).
@@ -83,7 +65,7 @@ def check_caller(method: str, host: str, origin: str | None, fetch_site: str | N
     if method.upper() not in SAFE_METHODS and origin is None:
         return Refusal(403, f"a {method.upper()} needs the dashboard's Origin header")
     if not token or not hmac.compare_digest(token.encode(), session_token.encode()):
-        return Refusal(403, "missing or wrong dashboard token: reload the dashboard's page")
+        return Refusal(403, "missing or wrong dashboard key: open the address shoal ui printed (it carries the key)")
     return None
 
 

@@ -25,7 +25,12 @@ MAX_IDS = 100  # streams one page may follow (the node allows a client 256 open 
 WATCH_EVERY = 1.0
 KEEPALIVE = 15.0
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # reconnections of a broken upstream stream, then it is given up
+# What is read of a node's answers, at most: a hostile or broken node's endless line or body is dropped there.
+MAX_EVENT = 1024 * 1024  # one event of a stream (its lines up to the blank one)
+MAX_ERROR = 64 * 1024  # an error's body (only its message is shown)
+MAX_LIST = 4 * 1024 * 1024  # the head of the list (limit=1)
 _ID = re.compile(r"^[js]-[0-9a-f]{32}$")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 LIST_FILTERS = ("state", "selector")  # query parameters of a watched list
 
 
@@ -98,21 +103,33 @@ class Live:
         await emit(sse("gone", {"id": some_id, "status": 502, "message": "the node's event stream broke"}))
 
     async def _relay(self, some_id: str, response: httpx.Response, emit: Any) -> bool:
-        """Relay one connection's events; True once the stream has ended for good (its end, or a refusal)."""
+        """Relay one connection's events; True once the stream has ended for good (its end, a refusal, or an
+        event over MAX_EVENT)."""
         if response.status_code >= 400:
-            await response.aread()
-            await emit(sse("gone", {"id": some_id, "status": response.status_code, "message": _message(response)}))
+            body = await read_capped(response, MAX_ERROR)
+            await emit(sse("gone", {"id": some_id, "status": response.status_code, "message": _message(body)}))
             return True
-        parser = SSEParser()
-        async for line in response.aiter_lines():
-            message = parser.feed(line)
-            if message is None:
-                continue
-            if message.event == "end":
-                await emit(sse("end", {"id": some_id, **json.loads(message.data)}))
+        parser, pending, size = SSEParser(), bytearray(), 0  # size: the event's bytes before pending
+        async for chunk in response.aiter_bytes():
+            pending += chunk
+            if b"\n" in chunk or b"\r" in chunk:
+                held = pending.endswith(b"\r")  # perhaps a \r\n cut in two: its \n comes next
+                *lines, rest = _LINE_END.split(pending[:-1] if held else pending)
+                pending = bytearray(rest + (b"\r" if held else b""))
+                for line in lines:
+                    size = size + len(line) if line else 0  # a blank line ends an event
+                    message = parser.feed(line.decode("utf-8", "replace"))
+                    if message is None:
+                        continue
+                    if message.event == "end":
+                        await emit(sse("end", {"id": some_id, **json.loads(message.data)}))
+                        return True
+                    self._last[some_id] = message.id or self._last.get(some_id)
+                    await emit(sse("event", {"id": some_id, "event": json.loads(message.data)}))
+            if size + len(pending) > MAX_EVENT:
+                await emit(sse("gone", {"id": some_id, "status": 502,
+                                        "message": f"the node sent an event over {MAX_EVENT} bytes: stream dropped"}))
                 return True
-            self._last[some_id] = message.id or self._last.get(some_id)
-            await emit(sse("event", {"id": some_id, "event": json.loads(message.data)}))
         return False
 
     async def _watch_list(self, emit: Any) -> None:
@@ -121,11 +138,16 @@ class Live:
         seen: tuple[int, str] | None = (int(total), newest) if total.isdigit() and len(total) < 10 else None
         while True:
             try:
-                response = await self.http.get(f"/v1/{self.watch}", params={"limit": 1, **self.filters})
-                if response.status_code == 200:  # a refused filter says nothing of the list: no reload on it
-                    body = response.json()
-                    items = body.get(self.watch) or [{}]
-                    head = (body.get("total", 0), items[0].get("id", ""))
+                request = self.http.build_request("GET", f"/v1/{self.watch}", params={"limit": 1, **self.filters})
+                response = await self.http.send(request, stream=True)
+                try:
+                    body = await read_capped(response, MAX_LIST) if response.status_code == 200 else None
+                finally:
+                    await response.aclose()
+                if body is not None and len(body) <= MAX_LIST:  # a refused filter says nothing of the list
+                    listed = json.loads(body)
+                    items = listed.get(self.watch) or [{}]
+                    head = (listed.get("total", 0), items[0].get("id", ""))
                     if seen is not None and head != seen:
                         await emit(sse("list", {"total": head[0], "newest": head[1]}))
                     seen = head
@@ -134,14 +156,24 @@ class Live:
             await trio.sleep(WATCH_EVERY)
 
 
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed ``response``, read no further than ``limit`` bytes and a chunk (over: cut there)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)
+
+
 async def _keepalive(emit: Any) -> None:
     while True:
         await trio.sleep(KEEPALIVE)
         await emit(b": keep-alive\n\n")
 
 
-def _message(response: httpx.Response) -> str:
+def _message(body: bytes) -> str:
     try:
-        return str(response.json()["error"]["message"])
+        return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        return response.text[:200]
+        return body[:200].decode("utf-8", "replace")

@@ -3,11 +3,8 @@ the user's key by the SDK's HTTP client) and ``/ui/live`` (``live.py``). Who may
 
 from __future__ import annotations
 
-import contextlib
-import html
 import re
 import secrets
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,13 +13,14 @@ import httpx
 
 from cli.ui import guard
 from cli.ui.live import LIST_FILTERS, Live, parse_ids
-from cli.ui.relay import Receive, Send, send_error, send_whole, start, stream_body
+from cli.ui.relay import Receive, Send, send_error, send_whole, start, until_gone
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 1024 * 1024  # what the page sends: job specs and small JSON bodies
+READ_TIMEOUT = 30.0  # a node silent this long in an answer is not answering (streams excepted: they wait)
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(js|css|svg)$")
 _CONTENT_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
-# Request headers the page may pass on to the node; everything else (cookies above all) stays here.
+# Request headers the page may pass on to the node; everything else stays here.
 _REQUEST_HEADERS = ("accept", "content-type", "last-event-id", "idempotency-key")
 _RESPONSE_HEADERS = (b"content-type", b"content-disposition", b"retry-after", b"x-shoal-cid")
 
@@ -51,8 +49,8 @@ class Dashboard:
             return await send_error(send, refusal.status, "forbidden", refusal.message)
         path, method = scope["path"], scope["method"]
         query = scope.get("query_string", b"").decode("latin-1")
-        if path in ("/", "/index.html") and method in guard.SAFE_METHODS:
-            return await self._page(send, parse_qs(query).get(guard.KEY_PARAM, [None])[0], headers.get("cookie"))
+        if path in ("/", "/index.html") and method in guard.SAFE_METHODS:  # no secret in it: the key is the page's
+            return await send_whole(send, 200, "text/html; charset=utf-8", (self.static / "index.html").read_bytes())
         if path.startswith("/static/") and method in guard.SAFE_METHODS:
             return await self._static(send, path.removeprefix("/static/"))
         if path == "/ui/live" and method == "GET":
@@ -81,24 +79,8 @@ class Dashboard:
                                   self.token)
 
     def url(self) -> str:
-        """The address to open: it carries the session's key (see ``guard``)."""
-        return f"http://{guard.LOCAL_NAMES[0]}:{self.port}/?{guard.KEY_PARAM}={self.token}"
-
-    async def _page(self, send: Send, key: str | None, cookies: str | None) -> None:
-        cookie, extra = guard.cookie_name(self.port), []
-        if guard.is_key(key, self.token):  # the printed address: a cookie keeps the key for reloads (the page's
-            # script takes it out of the address bar). Lax, not Strict: a page opened from a file or a terminal
-            # is a cross-site navigation; the cookie only unlocks the page, which no other origin can read.
-            extra = [(b"set-cookie", f"{cookie}={self.token}; HttpOnly; SameSite=Lax; Path=/".encode())]
-        else:
-            jar: SimpleCookie = SimpleCookie()
-            with contextlib.suppress(CookieError):
-                jar.load(cookies or "")
-            if (refusal := guard.check_page(jar[cookie].value if cookie in jar else None, self.token)) is not None:
-                return await send_error(send, refusal.status, "forbidden", refusal.message)
-        text = (self.static / "index.html").read_text()
-        page = text.replace("{{TOKEN}}", html.escape(self.token, quote=True))
-        await send_whole(send, 200, "text/html; charset=utf-8", page.encode(), extra)
+        """The address to open: it carries the session's key in its fragment, which reaches no server (``guard``)."""
+        return f"http://{guard.LOCAL_NAMES[0]}:{self.port}/#{guard.KEY_PARAM}={self.token}"
 
     async def _static(self, send: Send, name: str) -> None:
         path = self.static / name
@@ -112,29 +94,35 @@ class Dashboard:
         if body is None:
             return await send_error(send, 413, "too_large", f"request body over {MAX_BODY} bytes")
         forwarded = {name: headers[name] for name in _REQUEST_HEADERS if name in headers}
+        streaming = upstream.endswith("/events") or "true" in parse_qs(query).get("follow", [])
         request = self.http.build_request(method, upstream + (f"?{query}" if query else ""), content=body or None,
-                                          headers=forwarded, timeout=httpx.Timeout(30.0, read=None))
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.RequestError as e:
-            return await send_error(send, 502, "node_unreachable", f"the node at {self.http.base_url} did not "
-                                                                   f"answer: {type(e).__name__} {e}".strip())
-        try:
-            passed = [(k.lower(), v) for k, v in response.headers.raw if k.lower() in _RESPONSE_HEADERS]
-            content_type = response.headers.get("content-type", "application/octet-stream")
-            await send(start(response.status_code, content_type,
-                             [(k, v) for k, v in passed if k != b"content-type"]))
+                                          headers=forwarded,
+                                          timeout=httpx.Timeout(30.0, read=None if streaming else READ_TIMEOUT))
 
-            async def pump(send: Send) -> None:
+        async def answer() -> None:
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.TimeoutException:
+                return await send_error(send, 504, "node_timeout", f"the node at {self.http.base_url} did not "
+                                                                   f"answer within {READ_TIMEOUT:g} s")
+            except httpx.RequestError as e:
+                return await send_error(send, 502, "node_unreachable", f"the node at {self.http.base_url} did not "
+                                                                       f"answer: {type(e).__name__} {e}".strip())
+            try:
+                passed = [(k.lower(), v) for k, v in response.headers.raw if k.lower() in _RESPONSE_HEADERS]
+                content_type = response.headers.get("content-type", "application/octet-stream")
+                await send(start(response.status_code, content_type,
+                                 [(k, v) for k, v in passed if k != b"content-type"]))
                 try:
                     async for chunk in response.aiter_bytes():  # decoded: the Content-Encoding stays here
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except httpx.RequestError:
-                    pass  # the node went away mid-body: the browser sees the body end there
+                    pass  # the node went away (or fell silent) mid-body: the browser sees the body end there
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                await response.aclose()
 
-            await stream_body(receive, send, pump)
-        finally:
-            await response.aclose()
+        await until_gone(receive, answer)  # a browser that leaves, even before the node answers, ends the call
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""ASGI plumbing shared by the proxy and the live stream: a response body sent while watching for
-the browser to go away (then the upstream work is cancelled and its connection closed)."""
+"""ASGI plumbing shared by the proxy and the live stream: work done while watching for the browser to
+go away (then the upstream work is cancelled and its connection closed)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,8 @@ async def disconnected(receive: Receive) -> None:
         pass
 
 
-async def stream_body(receive: Receive, send: Send, pump: Callable[[Send], Awaitable[None]]) -> None:
-    """Run ``pump`` (which sends body chunks with ``more_body``) until it ends or the browser leaves;
-    then end the body."""
+async def until_gone(receive: Receive, work: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``work`` until it ends or the browser leaves (then it is cancelled); whether the browser left."""
     gone = False
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
@@ -58,7 +57,6 @@ async def stream_body(receive: Receive, send: Send, pump: Callable[[Send], Await
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
-        await pump(send)
+        await work()
         nursery.cancel_scope.cancel()
-    if not gone:
-        await send({"type": "http.response.body", "body": b""})
+    return gone

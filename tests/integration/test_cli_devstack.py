@@ -372,6 +372,21 @@ def test_list_shows_my_jobs_and_filters_by_state(stack: Stack, done_job: str, pe
     assert len(limited["jobs"]) == 1 and limited["total"] >= 2
 
 
+def test_list_pages_past_the_newest_with_offset(stack: Stack, done_job: str, pending_job: str) -> None:
+    """Jobs older than the newest 1,000 were out of the CLI's reach, and the footer's --limit 5000 failed."""
+    first, second, past, too_many = shoal_all(
+        stack, ("list", "--limit", "1"), ("list", "--limit", "1", "--offset", "1", "--json"),
+        ("list", "--offset", "1000000"), ("list", "--limit", "5000"))
+    total = json.loads(second.stdout)["total"]
+    assert first.returncode == 0 and f"Showing 1-1 of {total} jobs" in first.stderr, first.stderr
+    assert "--offset 1 for the next jobs" in first.stderr
+    shown = next(line.split()[0] for line in first.stdout.splitlines()[1:])
+    (next_one,) = json.loads(second.stdout)["jobs"]
+    assert not next_one["id"].startswith(shown)  # the second page starts where the first ended
+    assert past.returncode == 0 and f"No jobs past the first {total}" in past.stderr
+    assert too_many.returncode == 2 and "1000" in errors(too_many)[0]
+
+
 def test_list_all_is_not_offered(stack: Stack) -> None:
     result = shoal(stack, "list", "--all")
     assert result.returncode == 2

@@ -307,3 +307,17 @@ async def test_a_node_never_holds_two_of_a_jobs_slots(tmp_path, autojump_clock):
         d = await wait_terminal(req.requester, job.id, timeout=20)
     assert d.job.state is JobState.COMPLETED, d.job.reason
     assert sorted(x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED) == ["a", "b"]
+
+
+async def test_a_listing_shows_a_jobs_stored_row_when_it_is_newer_than_the_live_state(tmp_path, autojump_clock):
+    """A decision's write lands before the live state follows it: a listing of running jobs read a running row,
+    then showed the older live copy, pending."""
+    hub = MemoryHub()
+    async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+        await trio.sleep(1.5)
+        job, _ = await req.requester.submit(spec(), "alice")
+        live = req.requester.live_job(job.id)
+        assert live is not None and live.state is JobState.PENDING
+        assert req.requester.live_job(job.id, stored=job) is not None  # as new as the live one: the live one
+        written = job.transition(JobState.RUNNING, "running", trio.current_time())
+        assert written.revision > job.revision and req.requester.live_job(job.id, stored=written) is None

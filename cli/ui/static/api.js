@@ -1,12 +1,17 @@
 // Calls to the node through the dashboard's proxy, which signs them; the page carries only its
-// per-session token (embedded in the page by the proxy), never a key.
+// per-session key, never a client key.
 
-const token = document.querySelector('meta[name="shoal-ui-token"]').content;
-// The address shoal ui printed carries the session's key (?key=…); a cookie keeps it now, so it leaves the
-// address bar (and the history, and what is copied from it).
-if (new URLSearchParams(location.search).has('key')) {
-  history.replaceState(null, '', location.pathname + location.hash);
+// The address shoal ui prints carries the session's key in its fragment (#key=…), which no server is sent.
+// It is kept in this origin's localStorage, not sessionStorage: a link opened in a new tab (a job, a sweep)
+// starts with no sessionStorage in Chromium, and the key is worthless once that shoal ui stops. Never in a
+// cookie: the browser would send it to every port of 127.0.0.1. It leaves the address bar (and the history).
+const KEY = 'shoal-ui-key';
+const given = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
+if (given) {
+  localStorage.setItem(KEY, given[1]);
+  history.replaceState(null, '', location.pathname + location.search);
 }
+export const token = localStorage.getItem(KEY) || '';
 
 export class ApiError extends Error {
   constructor(status, code, message) {

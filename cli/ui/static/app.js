@@ -1,7 +1,7 @@
 // The dashboard: a hash router over the pages. Each page renders into the view and returns a
 // function that stops what it started (live streams, timers) when another page is shown.
 
-import { api } from './api.js';
+import { api, token } from './api.js';
 import { fill, h, errorBox, short } from './dom.js';
 import { jobsPage } from './jobs.js';
 import { jobPage } from './job.js';
@@ -54,16 +54,22 @@ async function nodeBadge() {
   }
 }
 
-// A hidden tab stops its page: each page holds a live stream or two, and a browser keeps six connections to
-// a host: three job pages in tabs took them all, and every other tab (a cancel, a page) waited forever.
-document.addEventListener('visibilitychange', () => {
-  if (document.hidden) {
-    stop();
-    stop = () => {};
-  } else {
-    show();
-  }
-});
-window.addEventListener('hashchange', show);
-show();
-nodeBadge();
+if (token) {
+  // A hidden tab stops its page: each page holds a live stream or two, and a browser keeps six connections to
+  // a host: three job pages in tabs took them all, and every other tab (a cancel, a page) waited forever.
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) {
+      stop();
+      stop = () => {};
+    } else {
+      show();
+    }
+  });
+  window.addEventListener('hashchange', show);
+  show();
+  nodeBadge();
+} else {
+  document.getElementById('view').append(h('div', { class: 'error', id: 'no-key', role: 'alert' },
+    'This dashboard needs its key: run ', h('code', {}, 'shoal ui'), ' and open the address it prints ',
+    '(it carries the key, as http://127.0.0.1:PORT/#key=…).'));
+}

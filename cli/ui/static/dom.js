@@ -65,13 +65,18 @@ export function errorBox(error) {
   return h('div', { class: 'error', role: 'alert' }, error.message || String(error));
 }
 
-/** Calls fn(key) once per key at most every `ms`, coalescing the calls in between. */
+/** Calls fn(key) once per key at most every `ms`, coalescing the calls in between; .cancel() drops those due. */
 export function coalesce(fn, ms = 150) {
   const pending = new Map();
-  return (key) => {
+  const call = (key) => {
     if (pending.has(key)) return;
     pending.set(key, setTimeout(() => { pending.delete(key); fn(key); }, ms));
   };
+  call.cancel = () => {
+    for (const timer of pending.values()) clearTimeout(timer);
+    pending.clear();
+  };
+  return call;
 }
 
 /** el.replaceChildren(...) leaving out null, undefined and false (a part a page may not have). */

@@ -13,12 +13,14 @@ export function jobsPage(view, params) {
   const rows = new Map(); // job id -> {tr, job}
   let closeLive = () => {};
   let loadedAt = 0;
+  let stopped = false; // the page was left: a load still under way opens no stream nobody would close
 
-  const go = (changes) => {
+  const hashOf = (changes) => {
     const next = new URLSearchParams({ state, selector, offset: String(offset), ...changes });
     for (const [k, v] of [...next]) if (!v || v === '0') next.delete(k);
-    location.hash = `#/jobs${next.toString() ? `?${next}` : ''}`;
+    return `#/jobs${next.toString() ? `?${next}` : ''}`;
   };
+  const go = (changes) => { location.hash = hashOf(changes); };
 
   const filter = h('select', { id: 'state-filter', 'aria-label': 'state', onchange: (e) => go({ state: e.target.value, offset: '0' }) },
     h('option', { value: '' }, 'all states'),
@@ -92,19 +94,24 @@ export function jobsPage(view, params) {
     try {
       list = await inOrder(api(`/v1/jobs?${query}`));
     } catch (error) {
+      if (stopped) return;
       fill(message, errorBox(error));
       summary.textContent = '';
       return;
     }
-    if (list === undefined) return;
+    if (list === undefined || stopped) return;
     fill(message, );
     const listed = new Set(list.jobs.map((job) => job.id));
     for (const id of [...rows.keys()]) if (!listed.has(id)) { rows.delete(id); rowOrder.delete(id); }
+    const past = !list.jobs.length && offset > 0 && offset >= list.total; // an old link, or jobs since gone
+    const lastPage = Math.max(0, Math.floor((list.total - 1) / PAGE) * PAGE);
     patch(body, list.jobs.map(put), list.jobs.length ? null
-      : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, state || selector ? ['no', state, 'jobs', selector && `asking for ${selector}`].filter(Boolean).join(' ') : 'no jobs yet: shoal run …')));
+      : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, past
+        ? [`this page is past the end (${list.total} ${list.total === 1 ? 'job' : 'jobs'}): `, h('a', { id: 'last-page', href: hashOf({ offset: String(lastPage) }) }, 'the last page')]
+        : state || selector ? ['no', state, 'jobs', selector && `asking for ${selector}`].filter(Boolean).join(' ') : 'no jobs yet: shoal run …')));
     narrow(search.value.trim());
     const last = Math.min(offset + list.jobs.length, list.total);
-    summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
+    summary.textContent = list.jobs.length ? `${offset + 1}–${last} of ${list.total}` : '';
     patch(pager,
       h('button', { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - PAGE)) }) }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => go({ offset: String(offset + PAGE) }) }, 'older ›'));
@@ -126,7 +133,8 @@ export function jobsPage(view, params) {
     });
   }
 
-  const reload = coalesce(() => load(), 300).bind(null, 'list');
+  const reloads = coalesce(() => load(), 300);
+  const reload = () => reloads('list');
   const ticker = setInterval(() => {
     for (const { tr, job } of rows.values()) {
       tr.cells[4].textContent = age(job.created_at);
@@ -134,5 +142,5 @@ export function jobsPage(view, params) {
     }
   }, 5000);
   load();
-  return () => { closeLive(); clearInterval(ticker); };
+  return () => { stopped = true; reloads.cancel(); refresh.cancel(); closeLive(); clearInterval(ticker); };
 }

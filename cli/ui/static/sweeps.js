@@ -27,6 +27,7 @@ export function sweepsPage(view, params) {
       h('thead', {}, h('tr', {}, ['Sweep', 'State', 'Indexes', 'Progress', 'Reason', 'Created'].map((t) => h('th', {}, t)))),
       body));
   let closeLive = () => {};
+  let stopped = false; // the page was left: a load still under way opens no stream nobody would close
   const inOrder = ordered();
 
   // Patched, not rebuilt (here and on a sweep's page): they re-render on every event, under the user's pointer.
@@ -35,11 +36,13 @@ export function sweepsPage(view, params) {
     try {
       list = await inOrder(api(`/v1/sweeps?limit=${PAGE}&offset=${offset}`));
     } catch (error) {
-      fill(message, errorBox(error));
+      if (!stopped) fill(message, errorBox(error));
       return;
     }
-    if (list === undefined) return;
+    if (list === undefined || stopped) return;
     fill(message, );
+    const past = !list.sweeps.length && offset > 0 && offset >= list.total; // an old link, or sweeps since gone
+    const lastPage = Math.max(0, Math.floor((list.total - 1) / PAGE) * PAGE);
     patch(body, ...list.sweeps.map((s) => h('tr', { dataset: { id: s.id } },
       h('td', { class: 'mono' }, h('a', { href: `#/sweeps/${s.id}`, title: s.id }, short(s.id))),
       h('td', {}, badge(s.state)),
@@ -47,9 +50,11 @@ export function sweepsPage(view, params) {
       h('td', {}, countsBar(s.counts, s.count)),
       h('td', { class: 'reason' }, s.reason),
       h('td', {}, age(s.created_at)))),
-    list.sweeps.length ? null : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'no sweeps yet: shoal run … --param K=V1,V2')));
+    list.sweeps.length ? null : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, past
+      ? [`this page is past the end (${list.total} ${list.total === 1 ? 'sweep' : 'sweeps'}): `, h('a', { id: 'last-page', href: lastPage ? `#/sweeps?offset=${lastPage}` : '#/sweeps' }, 'the last page')]
+      : 'no sweeps yet: shoal run … --param K=V1,V2')));
     const last = Math.min(offset + list.sweeps.length, list.total);
-    summary.textContent = list.total ? `${offset + 1}–${last} of ${list.total}` : '';
+    summary.textContent = list.sweeps.length ? `${offset + 1}–${last} of ${list.total}` : '';
     patch(pager,
       h('button', { disabled: offset === 0, onclick: () => { location.hash = `#/sweeps?offset=${Math.max(0, offset - PAGE)}`; } }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => { location.hash = `#/sweeps?offset=${offset + PAGE}`; } }, 'older ›'));
@@ -58,9 +63,10 @@ export function sweepsPage(view, params) {
     const watch = offset === 0 ? { what: 'sweeps', total: list.total, newest: list.sweeps[0]?.id } : null;
     closeLive = live(open, watch, { event: () => reload(), end: () => reload(), list: () => reload() });
   }
-  const reload = coalesce(() => load(), 500).bind(null, 'list');
+  const reloads = coalesce(() => load(), 500);
+  const reload = () => reloads('list');
   load();
-  return () => closeLive();
+  return () => { stopped = true; reloads.cancel(); closeLive(); };
 }
 
 /** The grid: one cell per index (or per group of indexes past MAX_CELLS), coloured by state. */

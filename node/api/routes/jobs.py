@@ -95,7 +95,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         jobs, total = await node.store.list_jobs(owner=client, state=state, limit=limit, offset=offset,
                                                  selector=selector)
         live = node.requester
-        jobs = [(live.live_job(j.id) or j) if live else j for j in jobs]
+        jobs = [(live.live_job(j.id, stored=j) or j) if live else j for j in jobs]
         return JobList(jobs=jobs, total=total)
 
     @router.get("/v1/jobs/{job_id}", response_model=JobDescription, tags=["jobs"], responses=ERR_404,
