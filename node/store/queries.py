@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from jobs import Event, Execution, ExecutionSide, ExecutionState, Job, JobState, RunResult
 from jobs.sweep import IndexRange, IndexRecord, Sweep
@@ -14,6 +18,9 @@ from jobs.sweep import index_ranges as ranges_of
 from node.store.sealed import Sealer, SealError
 
 Connection = sqlite3.Connection
+M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger("shoal.store")
 
 _LIVE_EXECUTION_STATES = tuple(s.value for s in ExecutionState if not s.is_terminal)
 _LIVE_JOB_STATES = tuple(s.value for s in JobState if not s.is_terminal)
@@ -23,6 +30,28 @@ _TERMINAL_EXECUTION_STATES = tuple(s.value for s in ExecutionState if s.is_termi
 
 def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
+
+
+_skipped: set[str] = set()  # the records logged as skipped, each once
+
+
+def _valid(model: type[M], table: str, record: str, **where: object) -> M | None:
+    """``record``, ``table``'s row at ``where``, as ``model``; None if this release's rules refuse it.
+
+    An upgrade sets such records aside (``schema._set_aside_refused``), but one can still come: from an older
+    release run on this data dir since (one before 10b1a19 opens any store), or from rules made stricter with no
+    step to set it aside. Read, one stopped the node at every start, or failed its owner's every listing and
+    every retention round; skipped, the node carries on as if it were not there."""
+    try:
+        return model.model_validate_json(record)
+    except ValidationError as e:
+        found = f"SELECT * FROM {table} WHERE " + " AND ".join(f"{k}='{v}'" for k, v in where.items())
+        if found not in _skipped:
+            _skipped.add(found)
+            why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+            log.warning("a record this release's rules refuse (%s) is skipped: the node reads it as if it were not"
+                        " there, but it stays in the store (%s)", why, found)
+        return None
 
 
 @dataclass(frozen=True)
@@ -53,10 +82,11 @@ class ExpiredRecords:
 
 def get_job(c: Connection, job_id: str) -> Job | None:
     row = c.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone()
-    return Job.model_validate_json(row[0]) if row else None
+    return _valid(Job, "jobs", row[0], id=job_id) if row else None
 
 
 def find_idempotent(c: Connection, owner: str, key: str) -> tuple[Job, str] | None:
+    # read as it is: skipped, its key would stay taken, and a submit with it would try again without end
     row = c.execute("SELECT body, request_digest FROM jobs WHERE owner=? AND idempotency_key=?",
                     (owner, key)).fetchone()
     return (Job.model_validate_json(row[0]), row[1]) if row else None
@@ -78,15 +108,15 @@ def list_jobs(c: Connection, owner: str | None, state: JobState | None, limit: i
         args.append(selector)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     total = c.execute(f"SELECT count(*) FROM jobs {clause}", args).fetchone()[0]
-    rows = c.execute(f"SELECT body FROM jobs {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+    rows = c.execute(f"SELECT body, id FROM jobs {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
                      [*args, limit, offset]).fetchall()
-    return [Job.model_validate_json(r[0]) for r in rows], total
+    return [j for body, i in rows if (j := _valid(Job, "jobs", body, id=i))], total
 
 
 def live_jobs(c: Connection) -> list[Job]:
-    rows = c.execute(f"SELECT body FROM jobs WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
+    rows = c.execute(f"SELECT body, id FROM jobs WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
                      _LIVE_JOB_STATES).fetchall()
-    return [Job.model_validate_json(r[0]) for r in rows]
+    return [j for body, i in rows if (j := _valid(Job, "jobs", body, id=i))]
 
 
 def live_secrets(c: Connection, sealer: Sealer) -> dict[str, dict[str, str] | None]:
@@ -111,7 +141,8 @@ def cached_result(c: Connection, key: str, owner: str) -> tuple[str, RunResult, 
     Returns (source job id, result, verified)."""
     row = c.execute("SELECT rc.job_id, rc.result, rc.verified FROM result_cache rc JOIN jobs j ON j.id = rc.job_id"
                     " WHERE rc.key=? AND (rc.verified=1 OR j.owner=?)", (key, owner)).fetchone()
-    return (row[0], RunResult.model_validate_json(row[1]), bool(row[2])) if row else None
+    result = _valid(RunResult, "result_cache", row[1], key=key) if row else None
+    return (row[0], result, bool(row[2])) if result else None
 
 
 def is_shared(c: Connection, target: str, client: str) -> bool:
@@ -125,15 +156,15 @@ def reputations(c: Connection) -> dict[str, tuple[int, int]]:
 # -- executions and events -----------------------------------------------------------------------
 
 def executions_of(c: Connection, side: ExecutionSide, job_id: str) -> list[Execution]:
-    rows = c.execute("SELECT body FROM executions WHERE side=? AND job_id=? ORDER BY rowid",
+    rows = c.execute("SELECT body, id FROM executions WHERE side=? AND job_id=? ORDER BY rowid",
                      (side.value, job_id)).fetchall()
-    return [Execution.model_validate_json(r[0]) for r in rows]
+    return [x for body, i in rows if (x := _valid(Execution, "executions", body, side=side.value, id=i))]
 
 
 def live_executions(c: Connection, side: ExecutionSide) -> list[Execution]:
-    rows = c.execute(f"SELECT body FROM executions WHERE side=? AND state IN ({_marks(_LIVE_EXECUTION_STATES)})",
+    rows = c.execute(f"SELECT body, id FROM executions WHERE side=? AND state IN ({_marks(_LIVE_EXECUTION_STATES)})",
                      (side.value, *_LIVE_EXECUTION_STATES)).fetchall()
-    return [Execution.model_validate_json(r[0]) for r in rows]
+    return [x for body, i in rows if (x := _valid(Execution, "executions", body, side=side.value, id=i))]
 
 
 def events(c: Connection, job_id: str, after: int, limit: int, side: ExecutionSide) -> list[Event]:
@@ -148,10 +179,11 @@ def events(c: Connection, job_id: str, after: int, limit: int, side: ExecutionSi
 
 def get_sweep(c: Connection, sweep_id: str) -> Sweep | None:
     row = c.execute("SELECT body FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
-    return Sweep.model_validate_json(row[0]) if row else None
+    return _valid(Sweep, "sweeps", row[0], id=sweep_id) if row else None
 
 
 def find_idempotent_sweep(c: Connection, owner: str, key: str) -> tuple[Sweep, str] | None:
+    # read as it is, as find_idempotent reads a job
     row = c.execute("SELECT body, request_digest FROM sweeps WHERE owner=? AND idempotency_key=?",
                     (owner, key)).fetchone()
     return (Sweep.model_validate_json(row[0]), row[1]) if row else None
@@ -159,15 +191,15 @@ def find_idempotent_sweep(c: Connection, owner: str, key: str) -> tuple[Sweep, s
 
 def list_sweeps(c: Connection, owner: str, limit: int, offset: int) -> tuple[list[Sweep], int]:
     total = c.execute("SELECT count(*) FROM sweeps WHERE owner=?", (owner,)).fetchone()[0]
-    rows = c.execute("SELECT body FROM sweeps WHERE owner=? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+    rows = c.execute("SELECT body, id FROM sweeps WHERE owner=? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
                      (owner, limit, offset)).fetchall()
-    return [Sweep.model_validate_json(r[0]) for r in rows], total
+    return [s for body, i in rows if (s := _valid(Sweep, "sweeps", body, id=i))], total
 
 
 def live_sweeps(c: Connection) -> list[Sweep]:
-    rows = c.execute(f"SELECT body FROM sweeps WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
+    rows = c.execute(f"SELECT body, id FROM sweeps WHERE state IN ({_marks(_LIVE_JOB_STATES)})",
                      _LIVE_JOB_STATES).fetchall()
-    return [Sweep.model_validate_json(r[0]) for r in rows]
+    return [s for body, i in rows if (s := _valid(Sweep, "sweeps", body, id=i))]
 
 
 def index_states(c: Connection, sweep_id: str) -> list[tuple[int, JobState, str, int, str | None, int]]:
@@ -214,7 +246,7 @@ def sweep_indexes(c: Connection, sweep_id: str, state: JobState | None, first: i
     rows = c.execute(f"SELECT idx, state, node_id, reason, attempts, retries, result, updated_at FROM sweep_indexes"
                      f" WHERE {where} AND idx>=? ORDER BY idx LIMIT ?", [*args, first, limit]).fetchall()
     return [IndexRecord(index=i, state=s, node_id=n, reason=r, attempts=a, retries=t, updated_at=u,
-                        result=RunResult.model_validate_json(res) if res else None)
+                        result=_valid(RunResult, "sweep_indexes", res, sweep_id=sweep_id, idx=i) if res else None)
             for i, s, n, r, a, t, res, u in rows], total
 
 
@@ -232,18 +264,19 @@ def expired_results(c: Connection, before: float, limit: int) -> tuple[list[Job]
     """Finished jobs (requester) and executions (compute) whose published results are older than
     ``before`` and not yet removed."""
     jobs = c.execute(
-        f"SELECT body FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)})"
+        f"SELECT body, id FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)})"
         " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
         " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
         (*_TERMINAL_JOB_STATES, before, limit),
     ).fetchall()
     executions = c.execute(
-        f"SELECT body FROM executions WHERE side='compute' AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
+        f"SELECT body, id FROM executions WHERE side='compute' AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
         " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
         " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
         (*_TERMINAL_EXECUTION_STATES, before, limit),
     ).fetchall()
-    return [Job.model_validate_json(r[0]) for r in jobs], [Execution.model_validate_json(r[0]) for r in executions]
+    return ([j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))],
+            [x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))])
 
 
 def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
@@ -251,23 +284,24 @@ def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
     ``before``, and published results recorded before it: at most ``limit`` of each kind."""
     jmarks = _marks(_TERMINAL_JOB_STATES)
     # created_at <= updated_at: the column narrows the scan before any JSON is parsed
-    jobs = c.execute(f"SELECT body FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
+    jobs = c.execute(f"SELECT body, id FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
                      " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
                      (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall()
-    sweeps = [Sweep.model_validate_json(r[0]) for r in c.execute(
-        f"SELECT body FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
+    sweeps = [s for body, i in c.execute(
+        f"SELECT body, id FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
         " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-        (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall()]
+        (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall() if (s := _valid(Sweep, "sweeps", body, id=i))]
     sweep_cids = [r[0] for s in sweeps for r in c.execute(
         "SELECT json_extract(result, '$.cid') FROM sweep_indexes WHERE sweep_id=? AND result IS NOT NULL"
         " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
-    executions = c.execute(f"SELECT body FROM executions WHERE side='compute'"
+    executions = c.execute(f"SELECT body, id FROM executions WHERE side='compute'"
                            f" AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
                            " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
                            (*_TERMINAL_EXECUTION_STATES, before, limit)).fetchall()
-    return ExpiredRecords(jobs=[Job.model_validate_json(r[0]) for r in jobs], sweeps=sweeps, sweep_cids=sweep_cids,
-                          executions=[Execution.model_validate_json(r[0]) for r in executions],
-                          published=expired_published(c, before, limit))
+    return ExpiredRecords(
+        jobs=[j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))], sweeps=sweeps, sweep_cids=sweep_cids,
+        executions=[x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))],
+        published=expired_published(c, before, limit))
 
 
 def expired_published(c: Connection, before: float, limit: int) -> list[str]:

@@ -211,8 +211,16 @@ def _set_aside_refused(conn: sqlite3.Connection) -> None:
             "table set_aside (SELECT source, key, why FROM set_aside)", set_aside)
 
 
+def _set_aside_bounded_sweeps(conn: sqlite3.Connection) -> None:
+    """6: sweeps the previous release took and this one refuses are set aside (as step 5 does): one with more
+    than 256 variables in an index's environment (6330ce6), or with over 64 KiB of parameters (d912227). A live
+    one stopped the upgraded node at every start, a finished one failed its owner's every listing."""
+    _set_aside_refused(conn)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused)
+    _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused,
+    _set_aside_bounded_sweeps)
 LATEST = len(MIGRATIONS)
 
 
