@@ -98,6 +98,11 @@ class Tracked:
         return replace(self, executions={**self.executions, **{x.id: x for x in executions}})
 
 
+def _holders(state: Tracked) -> set[str]:
+    """The nodes holding a slot of the job: running it, or their result in."""
+    return {x.node_id for x in state.executions.values() if x.state.holds_slot}
+
+
 def _proposals(state: Tracked) -> dict[str, str]:
     """The results proposed and not judged yet: execution id -> digest."""
     return {x.id: (x.result or RunResult()).digest() for x in state.executions.values()
@@ -235,7 +240,9 @@ class JobMachine:
         here = first and self.may_run_here(state, own)
         spec = state.job.spec
         needed = max(state.needed(), spec.deal.min_bids)
-        ask = candidates(spec, known.nodes, needed, self.rng, spare=CANDIDATE_SPARE) if first else []
+        holders = _holders(state)  # they would pass (a re-offer, a tie's breaker): offers go to the others
+        nodes = [info for info in known.nodes if info.peer_id not in holders] if holders else known.nodes
+        ask = candidates(spec, nodes, needed, self.rng, spare=CANDIDATE_SPARE) if first else []
         if here:
             ask = [node for node in ask if node != self.node_id]  # it will have said no
         self.rng.shuffle(ask)  # offered in random order: the first bids win, and no node is always asked first
@@ -384,16 +391,17 @@ class JobMachine:
         y = ex.transition(ExecutionState.PROPOSED, "results proposed, waiting for the other nodes", p.now,
                           result=result)
         p.put(y)
-        p.save(executions=(y,), events=(p.event(EventKind.RESULTS_PROPOSED, result.digest(), y),))
+        proposed = p.event(EventKind.RESULTS_PROPOSED, result.digest(), y)
         running = any(x.state is ExecutionState.ACCEPTED for x in p.state.executions.values())
-        if running:
+        tie = not running and p.state.slots() > slots
+        if tie and self._newcomer_able(p) and self._reoffers_left(p):
+            seen = trust.verify(_proposals(p.state), p.state.job.spec.deal.confidence).reason
+            # in the proposal's transaction: a restart between the two would offer the slot at the old attempt
+            self._reoffer(p, f"re-offering: {seen.removeprefix('could not verify: ')}; one more node runs it",
+                          [y], [proposed])
             return Reply(verdict="pending")
-        if p.state.slots() > slots:
-            if self._another_node_may(p):
-                seen = trust.verify(_proposals(p.state), p.state.job.spec.deal.confidence).reason
-                self._reoffer(p, f"re-offering: {seen.removeprefix('could not verify: ')}; one more node runs it")
-                return Reply(verdict="pending")
-        elif p.state.needed() > 0:
+        p.save(executions=(y,), events=(proposed,))
+        if running or (not tie and p.state.needed() > 0):
             return Reply(verdict="pending")
         verdicts = self._verify(p)
         self._notify(p, verdicts, skip=y.id)
@@ -422,10 +430,12 @@ class JobMachine:
                 self._execution_failed(p, y, True, [p.event(EventKind.ERROR, y.reason, y)])
                 if p.finished:
                     return p
+        running = any(x.state is ExecutionState.ACCEPTED for x in p.state.executions.values())
         if p.state.needed() <= 0:
+            if _proposals(p.state) and not running:  # every slot proposed, and a restart came before the verdict
+                self._notify(p, self._verify(p))
             return p
-        if p.state.slots() > spec.deal.concurrency and not self._another_node_may(p) \
-                and not any(x.state is ExecutionState.ACCEPTED for x in p.state.executions.values()):
+        if p.state.slots() > spec.deal.concurrency and not running and not self._newcomer_able(p):
             # a tie no node is left to break (the one it waited for left, or was quarantined)
             self._notify(p, self._verify(p))
             return p
@@ -578,13 +588,15 @@ class JobMachine:
             return self._fail(p, why, [failed], events)
         self._reoffer(p, f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}", [failed], events)
 
-    def _another_node_may(self, p: JobChanges) -> bool:
-        """Whether a node that holds no slot of the job may still take one, with re-offers left to give it."""
+    def _newcomer_able(self, p: JobChanges) -> bool:
+        """Whether a node that holds no slot of the job may still take one (one not heard of yet may, while
+        the node table fills)."""
         job, executions = p.state.job, p.state.executions.values()
-        if job.attempt - job.first_attempt >= self.max_reoffers:
-            return False
-        holders = {x.node_id for x in executions if x.state.holds_slot}
-        return not p.known.complete or bool(trust.nodes_left(executions, self._able(job.spec, p.known)) - holders)
+        return not p.known.complete or bool(trust.nodes_left(executions, self._able(job.spec, p.known))
+                                            - _holders(p.state))
+
+    def _reoffers_left(self, p: JobChanges) -> bool:
+        return p.state.job.attempt - p.state.job.first_attempt < self.max_reoffers
 
     @staticmethod
     def _reoffer(p: JobChanges, reason: str, executions: Sequence[Execution] = (), events: Sequence[Event] = ()

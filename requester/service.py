@@ -256,8 +256,8 @@ class RequesterService(Driver[_Active]):
         if aj is None or (stored is not None and stored.revision > aj.job.revision):
             return None
         state, now = aj.state, self.clock()
-        if not state.is_open() or state.waiting_since > now:  # running, or waiting out a retry's backoff
-            return aj.job
+        if not state.is_open() or state.waiting_since > now or state.slots() > state.job.spec.deal.concurrency:
+            return aj.job  # running, waiting out a retry's backoff, or asking one more node to break a tie
         ahead = self._queue.ahead(state.waiting_since, now)
         reason = waiting_reason(state.job.spec, self.known_nodes(), state.held(), ahead)
         return aj.job if reason == aj.job.reason else aj.job.model_copy(update={"reason": reason})

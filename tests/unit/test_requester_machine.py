@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from jobs import (
 from jobs.messages import Bid, Cancel, Claim, Decision, IndexResult, NodeInfo, Result, outcome_digest
 from jobs.spec import INPUT_DEADLINE, PREPARE_DEADLINE, DockerEngine, InputSpec
 from jobs.sweep import Sweep, SweepSpec
-from requester.machine import ANNOUNCE_BACKOFF_MAX, Changes, JobMachine, Known, Tracked
+from requester.machine import ANNOUNCE_BACKOFF_MAX, MAX_REOFFERS, Changes, JobMachine, Known, Tracked
 from requester.ports import NodeJudge, RequesterStore
 from requester.sweep_machine import SweepMachine
 
@@ -865,3 +866,30 @@ def test_a_tie_whose_last_possible_breaker_left_fails_unverified_at_the_next_tic
     ticked = machine().tick(changes.state, 7.0, gone)
     assert ticked.finished and ticked.state.job.state is JobState.FAILED
     assert ticked.state.job.reason.startswith("could not verify") and ticked.writes[-1][0].reputation is None
+
+
+def test_a_tie_that_takes_the_last_re_offer_is_announced_not_failed_at_the_next_tick():
+    job_spec = spec(concurrency=2, confidence=2)
+    state = tracked(job_spec)
+    state = replace(state, job=state.job.model_copy(update={"attempt": MAX_REOFFERS - 1}))
+    for n in ("n-a", "liar"):
+        _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}", attempt=MAX_REOFFERS - 1),
+                                      1.0, KNOWN)
+        state = changes.state
+    _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, KNOWN, signed=True)
+    _, changes = machine().on_result(changes.state, "liar", result("x-liar", stdout="lie"), 6.0, KNOWN, signed=True)
+    assert changes.state.job.attempt == MAX_REOFFERS and changes.state.needed() == 1
+    ticked = machine().tick(changes.state, 6.25, KNOWN)
+    assert not ticked.finished and ticked.announce
+    plan, _ = machine().announce(ticked.state, 6.25, KNOWN, None)
+    assert plan.ask and not {"n-a", "liar"} & set(plan.ask)  # offered to the nodes that may break it
+
+
+def test_proposals_all_in_with_no_verdict_written_are_judged_at_the_next_tick():
+    """A restart between a proposal's write and the verdict's left every slot proposed: nothing judged them."""
+    state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b")
+    proposed = [x.transition(ExecutionState.PROPOSED, "results proposed", 5.0, result=RunResult(stdout="42"))
+                for x in state.executions.values()]
+    ticked = machine().tick(state.with_executions(*proposed), 9.0, KNOWN)
+    assert ticked.finished and ticked.state.job.state is JobState.COMPLETED
+    assert {s.peer for s in ticked.sends} == {"n-a", "n-b"}  # each node hears its verdict
