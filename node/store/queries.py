@@ -32,7 +32,7 @@ def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
 
 
-_skipped: set[str] = set()  # the records logged as skipped, each once
+_refused: dict[str, set[str]] = {}  # table -> ids of the records read and refused (each logged once)
 
 
 def _valid(model: type[M], table: str, record: str, **where: object) -> M | None:
@@ -46,8 +46,9 @@ def _valid(model: type[M], table: str, record: str, **where: object) -> M | None
         return model.model_validate_json(record)
     except ValidationError as e:
         found = f"SELECT * FROM {table} WHERE " + " AND ".join(f"{k}='{v}'" for k, v in where.items())
-        if found not in _skipped:
-            _skipped.add(found)
+        ids = _refused.setdefault(table, set())
+        if (row := str([*where.values()][-1])) not in ids:  # its key's last part: the row's own id
+            ids.add(row)
             why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
             log.warning("a record this release's rules refuse (%s) is skipped: the node reads it as if it were not"
                         " there, but it stays in the store (%s)", why, found)
@@ -260,20 +261,28 @@ def nonce_counts(c: Connection, now: float) -> list[tuple[str, int, int]]:
 
 # -- time to live ----------------------------------------------------------------------------------
 
+def _not_refused(table: str) -> tuple[str, tuple[str, ...]]:
+    """A clause leaving out the rows of ``table`` read and refused before, and its arguments: retention reads a
+    batch at a time and stops at an empty one, so a batch of them read again and again held every pass."""
+    refused = tuple(_refused.get(table, ()))
+    return (f" AND id NOT IN ({_marks(refused)})", refused) if refused else ("", ())
+
+
 def expired_results(c: Connection, before: float, limit: int) -> tuple[list[Job], list[Execution]]:
     """Finished jobs (requester) and executions (compute) whose published results are older than
     ``before`` and not yet removed."""
+    (skip_jobs, refused_jobs), (skip_executions, refused_executions) = _not_refused("jobs"), _not_refused("executions")
     jobs = c.execute(
         f"SELECT body, id FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)})"
         " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-        " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
-        (*_TERMINAL_JOB_STATES, before, limit),
+        f" AND json_extract(body, '$.results_removed_at') IS NULL{skip_jobs} LIMIT ?",
+        (*_TERMINAL_JOB_STATES, before, *refused_jobs, limit),
     ).fetchall()
     executions = c.execute(
         f"SELECT body, id FROM executions WHERE side='compute' AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
         " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-        " AND json_extract(body, '$.results_removed_at') IS NULL LIMIT ?",
-        (*_TERMINAL_EXECUTION_STATES, before, limit),
+        f" AND json_extract(body, '$.results_removed_at') IS NULL{skip_executions} LIMIT ?",
+        (*_TERMINAL_EXECUTION_STATES, before, *refused_executions, limit),
     ).fetchall()
     return ([j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))],
             [x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))])
@@ -283,21 +292,24 @@ def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
     """Finished jobs and sweeps (requester), finished executions (compute) last updated before
     ``before``, and published results recorded before it: at most ``limit`` of each kind."""
     jmarks = _marks(_TERMINAL_JOB_STATES)
+    (skip_jobs, refused_jobs), (skip_sweeps, refused_sweeps) = _not_refused("jobs"), _not_refused("sweeps")
+    skip_executions, refused_executions = _not_refused("executions")
     # created_at <= updated_at: the column narrows the scan before any JSON is parsed
     jobs = c.execute(f"SELECT body, id FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
-                     " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-                     (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall()
+                     f" AND json_extract(body, '$.updated_at') < ?{skip_jobs} LIMIT ?",
+                     (*_TERMINAL_JOB_STATES, before, before, *refused_jobs, limit)).fetchall()
     sweeps = [s for body, i in c.execute(
         f"SELECT body, id FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
-        " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-        (*_TERMINAL_JOB_STATES, before, before, limit)).fetchall() if (s := _valid(Sweep, "sweeps", body, id=i))]
+        f" AND json_extract(body, '$.updated_at') < ?{skip_sweeps} LIMIT ?",
+        (*_TERMINAL_JOB_STATES, before, before, *refused_sweeps, limit)).fetchall()
+        if (s := _valid(Sweep, "sweeps", body, id=i))]
     sweep_cids = [r[0] for s in sweeps for r in c.execute(
         "SELECT json_extract(result, '$.cid') FROM sweep_indexes WHERE sweep_id=? AND result IS NOT NULL"
         " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
     executions = c.execute(f"SELECT body, id FROM executions WHERE side='compute'"
                            f" AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
-                           " AND json_extract(body, '$.updated_at') < ? LIMIT ?",
-                           (*_TERMINAL_EXECUTION_STATES, before, limit)).fetchall()
+                           f" AND json_extract(body, '$.updated_at') < ?{skip_executions} LIMIT ?",
+                           (*_TERMINAL_EXECUTION_STATES, before, *refused_executions, limit)).fetchall()
     return ExpiredRecords(
         jobs=[j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))], sweeps=sweeps, sweep_cids=sweep_cids,
         executions=[x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))],

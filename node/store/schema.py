@@ -182,7 +182,7 @@ _RECORDS: tuple[tuple[str, tuple[str, ...], str, type[BaseModel], str], ...] = (
     ("sweep_indexes", ("sweep_id", "idx"), "result", RunResult, "clear"))
 
 
-def _set_aside_refused(conn: sqlite3.Connection) -> None:
+def _set_aside_refused(conn: sqlite3.Connection, tables: set[str] | None = None) -> None:
     """5: records this release's rules refuse, stored by an earlier one (an output named '.', which a later fix
     refused; any client could store one before an upgrade), are set aside: one of them stopped a node at every
     start, or failed every listing of its owner's jobs and every round of retention. They move, whole, to
@@ -191,6 +191,8 @@ def _set_aside_refused(conn: sqlite3.Connection) -> None:
     conn.execute(_SET_ASIDE)
     set_aside = 0
     for table, keys, column, model, fate in _RECORDS:
+        if tables is not None and table not in tables:
+            continue
         where = " AND ".join(f"{k}=?" for k in keys)
         rows = conn.execute(f"SELECT {column}, {', '.join(keys)} FROM {table} WHERE {column} IS NOT NULL").fetchall()
         for record, *key in rows:
@@ -214,8 +216,9 @@ def _set_aside_refused(conn: sqlite3.Connection) -> None:
 def _set_aside_bounded_sweeps(conn: sqlite3.Connection) -> None:
     """6: sweeps the previous release took and this one refuses are set aside (as step 5 does): one with more
     than 256 variables in an index's environment (6330ce6), or with over 64 KiB of parameters (d912227). A live
-    one stopped the upgraded node at every start, a finished one failed its owner's every listing."""
-    _set_aside_refused(conn)
+    one stopped the upgraded node at every start, a finished one failed its owner's every listing. Only sweeps:
+    nothing else was made stricter, and a store may hold millions of other rows."""
+    _set_aside_refused(conn, tables={"sweeps"})
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (

@@ -56,7 +56,7 @@ async def test_sweeps_the_previous_release_took_and_this_one_refuses_are_set_asi
 async def test_a_record_this_release_refuses_is_skipped_and_logged_once(tmp_path, monkeypatch, caplog):
     """A release before 10b1a19 opens a current store without a word and may store what today's rules refuse (an
     output named '.'): already at the latest version, nothing sets it aside, and each read that met it failed."""
-    monkeypatch.setattr(queries, "_skipped", set())
+    monkeypatch.setattr(queries, "_refused", {})
     path = tmp_path / "shoal.db"
     noop = JobSpec.model_validate({"engine": {"name": "noop"}})
     ok = Job(id="j-ok", owner=ALICE, spec=noop, state=JobState.PENDING, created_at=T, updated_at=T)
@@ -100,3 +100,42 @@ async def test_a_record_this_release_refuses_is_skipped_and_logged_once(tmp_path
     assert any("an output's name is a folder name" in m and "SELECT * FROM jobs WHERE id='j-dot'" in m
                for m in skipped), skipped
     assert any("at most 256" in m and "SELECT * FROM sweeps WHERE id='s-many'" in m for m in skipped), skipped
+
+
+async def test_a_batch_of_refused_records_holds_retention_for_one_pass_only(tmp_path, monkeypatch):
+    """Retention reads a batch at a time and stops at an empty one: a batch of refused records, read again at
+    every pass, kept every valid expired record behind them for good (and their results pinned)."""
+    from node.retention import delete_expired
+
+    monkeypatch.setattr(queries, "_refused", {})
+    path = tmp_path / "shoal.db"
+    noop = JobSpec.model_validate({"engine": {"name": "noop"}})
+    good = Job(id="j-good", owner=ALICE, spec=noop, state=JobState.COMPLETED, created_at=T + 1, updated_at=T + 1)
+    bad = {**good.model_dump(mode="json"), "spec": {**noop.model_dump(mode="json"),
+                                                    "outputs": [{"name": ".", "path": "/outputs"}]}}
+
+    async def plant(store: Store) -> None:
+        await store.save(new_job=good)
+
+    async def nothing(store: Store) -> None:
+        pass
+
+    await with_store(path, nothing)
+    with sqlite3.connect(path) as conn:
+        for i in range(3):  # stored first: a batch of two holds only them
+            conn.execute("INSERT INTO jobs (id, owner, state, created_at, revision, body) VALUES (?, ?, ?, ?, 0, ?)",
+                         (f"j-bad{i}", ALICE, "completed", T, json.dumps({**bad, "id": f"j-bad{i}"})))
+    await with_store(path, plant)
+
+    class Publisher:
+        async def remove(self, cid: str) -> None:
+            pass
+
+    async def passes(store: Store) -> None:
+        for _ in range(3):
+            await delete_expired(store, Publisher(), ttl=10, now=T + 100, batch=2)
+        assert await store.get_job("j-good") is None  # deleted, as its time to live said
+
+    await with_store(path, passes)
+    with sqlite3.connect(path) as conn:  # the refused ones are left as they are
+        assert conn.execute("SELECT count(*) FROM jobs WHERE id LIKE 'j-bad%'").fetchone()[0] == 3
