@@ -12,7 +12,10 @@ Synchronous, but for ``extract_results_async``, which runs the same steps in wor
 
 from __future__ import annotations
 
-import fcntl
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no partial folder is known to be left over (none is removed)
+    fcntl = None  # type: ignore[assignment]
 import os
 import shutil
 import tempfile
@@ -191,6 +194,9 @@ def _new_partial(dest: Path) -> tuple[Path, int]:
     gone (killed mid-download, nothing else would remove them). One running now holds its lock, so it is left alone.
     """
     prefix = f".{dest.name}.partial-"
+    if fcntl is None:
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix))
+        return tmp, os.open(tmp, os.O_RDONLY)
     for old in dest.parent.iterdir():
         if old.name.startswith(prefix) and not old.is_symlink():
             _remove_if_unlocked(old)
@@ -210,10 +216,16 @@ def _new_partial(dest: Path) -> tuple[Path, int]:
 
 
 def _remove_if_unlocked(partial: Path) -> None:
-    try:
-        lock = os.open(partial / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:  # the folder itself, never a link put in its place: its lock is opened in the folder found
+        folder = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # removed meanwhile, not a directory, or not ours
+    try:
+        lock = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+    except OSError:
+        return
+    finally:
+        os.close(folder)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         shutil.rmtree(partial, ignore_errors=True)  # with the lock held, so no download can claim it meanwhile

@@ -84,8 +84,9 @@ class InputRegistry:
                     dest = Path(root) / str(index)
                     source = self.for_source(spec.source)
                     try:
+                        # a shard is cut from the whole: its entries are charged bytes once cut
                         await source.fetch(spec.source, dest, max_bytes=budget,
-                                           max_entries=min(left, budget // ENTRY_BYTES))
+                                           max_entries=left if spec.shard else min(left, budget // ENTRY_BYTES))
                         await trio.to_thread.run_sync(_confine, dest)
                         if spec.shard is not None:
                             await trio.to_thread.run_sync(_keep_shard, dest, spec)

@@ -71,3 +71,17 @@ async def test_kubo_inputs_together_hold_at_most_the_entry_cap(tmp_path):
                                     max_entries=CAP)
     assert str(error).startswith("input 3 (") and "more than 10 files, folders and links" in str(error)
     assert staged(root) <= CAP + COPIES  # the 4th input's extraction stopped at what was left, and was removed
+
+
+async def test_a_shard_is_charged_for_what_it_keeps_not_for_the_whole_it_is_cut_from(tmp_path):
+    """A sweep index's shard of a dataset of many small files fit its disk before the entry budget came, and must
+    still: the whole is fetched (the entry cap holds), then cut, then charged."""
+    from jobs.spec import Shard
+
+    store = LocalPublisher(tmp_path / "store")
+    cid = await store.publish(empty_files(tmp_path / "empty"))
+    root = tmp_path / "inputs"
+    shard = InputSpec(source=f"ipfs://{cid}", path="/data", shard=Shard(index=0, count=10))
+    mounts = await InputRegistry([LocalInput(store)]).prepare_inputs([shard], root, deadline=60,
+                                                                     max_bytes=10 * 512)  # 10 entries' worth
+    assert len(mounts) == 1 and staged(root) == EMPTY_FILES // 10 + 1  # its 3 files, and the folder they are in

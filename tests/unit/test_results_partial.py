@@ -82,3 +82,17 @@ def test_a_download_from_the_record_removes_a_killed_ones_partial_directory_too(
     (stale / "result").mkdir(parents=True)
     assert write_from_record({"stdout": "42\n", "exitCode": "0"}, tmp_path / "r") == tmp_path / "r"
     assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+def test_without_flock_the_sdk_imports_and_downloads(tmp_path: Path) -> None:
+    """Windows has no fcntl: importing it at the top made ``import shoal`` fail there."""
+    script = ("import sys; sys.modules['fcntl'] = None\n"
+              "from pathlib import Path\n"
+              "import shoal\n"
+              "from shoal._results import write_from_record\n"
+              "write_from_record({'stdout': 'hi'}, Path(sys.argv[1]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "stdout").read_text() == "hi"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # and its partial folder is gone
