@@ -8,11 +8,13 @@ or Playwright is missing; ``scripts/setup`` installs both.
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import pytest
 
 from shoal import Client
 from shoal._auth import ClientKey
-from tests.integration.rogue import free_base_port
+from tests.integration.rogue import DEVSTACK_SPAN, free_base_port
 from tests.integration.test_cli_devstack import SHOAL, Stack, _assert_no_traceback, _read_until, cli_devstack
 
 pytestmark = pytest.mark.slow
@@ -46,7 +48,8 @@ def _browser_missing() -> str | None:
 @dataclass
 class Dashboard:
     url: str  # http://127.0.0.1:PORT/
-    key: str  # what the printed address carries, without which the page is refused
+    key: str  # what the printed address carries (#key=…), without which the API refuses the page
+    spare_port: int  # free for a test's own server: in the stack's span, as the dashboard's port is
     stack: Stack
     client: Client
 
@@ -56,15 +59,17 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     if (why := _browser_missing()) is not None:
         pytest.skip(why)
     home = tmp_path_factory.mktemp("ui-home")
-    with cli_devstack(home, nodes=3, base_port=free_base_port(3)) as stack:
-        ui = subprocess.Popen([SHOAL, "ui", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=stack.env, start_new_session=True)
+    base = free_base_port(3)
+    with cli_devstack(home, nodes=3, base_port=base) as stack:
+        # ports of the stack's span, above Kubo's: the nodes' ports are free there, and so are these
+        ui = subprocess.Popen([SHOAL, "ui", "--port", str(base + DEVSTACK_SPAN - 1)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=stack.env, start_new_session=True)
         try:
             banner = _read_until(ui, "Ctrl-C stops it", timeout=30)
-            url, session = re.search(r"(http://127\.0\.0\.1:\d+/)\?key=(\S+) ", banner).groups()
+            url, session = re.search(r"(http://127\.0\.0\.1:\d+/)#key=(\S+) ", banner).groups()
             key = ClientKey.load(home / "client.key")
             with Client(stack.nodes[0]["api"], key=key) as client:
-                yield Dashboard(url, session, stack, client)
+                yield Dashboard(url, session, base + DEVSTACK_SPAN - 2, stack, client)
         finally:
             ui.send_signal(signal.SIGINT)
             _, err = ui.communicate(timeout=20)
@@ -87,7 +92,7 @@ def browser(dashboard: Dashboard):
 @pytest.fixture
 def page(browser, dashboard: Dashboard):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{dashboard.url}?key={dashboard.key}")  # the printed address: its cookie opens every page after
+    page.goto(f"{dashboard.url}#key={dashboard.key}")  # the printed address: the page keeps its key
     page.wait_for_url(dashboard.url)  # the key leaves the address bar
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -192,7 +197,9 @@ def test_job_pages_in_hidden_tabs_leave_the_connections_to_the_tab_in_front(brow
         tabs = []
         for job in jobs:
             tab = context.new_page()
-            tab.goto(f"{dashboard.url}?key={dashboard.key}#/jobs/{job.id}")
+            if not tabs:  # the printed address in the first: the tabs after it find the key it kept
+                tab.goto(f"{dashboard.url}#key={dashboard.key}")
+            tab.goto(f"{dashboard.url}#/jobs/{job.id}")
             tab.locator('.title .badge[data-state="running"]').wait_for(timeout=15_000)
             # the browser hides a tab another one is brought in front of
             tab.evaluate("() => { Object.defineProperty(document, 'hidden', { value: true, configurable: true });"
@@ -347,18 +354,22 @@ def test_a_nodes_page_shows_its_capacity(page, dashboard) -> None:
 
 
 def test_another_user_of_the_machine_without_the_printed_address_gets_nothing(browser, dashboard) -> None:
-    """127.0.0.1 is every local user's: without the address shoal ui printed, neither the page, nor the session
-    token in it, nor anything through the proxy."""
+    """127.0.0.1 is every local user's: without the address shoal ui printed, the page (which holds no secret)
+    says how to get in, and nothing goes through the proxy."""
     job = dashboard.client.submit(noop(delay=120)).job
     stranger = browser.new_page()
+    asked: list[str] = []
+    stranger.on("request", lambda r: asked.append(r.url))
     try:
-        answer = stranger.goto(dashboard.url)
-        assert answer.status == 403 and "open the address shoal ui printed" in stranger.content()
+        stranger.goto(dashboard.url)
+        assert "open the address it prints" in stranger.locator("#no-key").inner_text()
         assert stranger.locator('meta[name="shoal-ui-token"]').count() == 0
+        assert not [url for url in asked if "/api/" in url or "/ui/live" in url]
     finally:
         stranger.close()
     for path in ("", "index.html", "?key=guess"):
-        assert "shoal-ui-token" not in httpx.get(dashboard.url + path).text
+        text = httpx.get(dashboard.url + path).text
+        assert "shoal-ui-token" not in text and dashboard.key not in text
     assert httpx.post(dashboard.url + f"api/v1/jobs/{job.id}/cancel", headers={"Origin": dashboard.url[:-1]}
                       ).status_code == 403
     assert dashboard.client.describe(job.id).job.state != "cancelled"
@@ -379,7 +390,8 @@ def test_a_request_from_another_origin_is_refused(page, dashboard) -> None:
     assert "only the dashboard's own page may call it" in page.content()
     # Even knowing the page's token, another origin gets nowhere, for writes or for reads.
     page.goto(dashboard.url)
-    token = page.locator('meta[name="shoal-ui-token"]').get_attribute("content")
+    token = page.evaluate("localStorage.getItem('shoal-ui-key')")
+    assert token == dashboard.key
     headers = {"X-Shoal-UI-Token": token, "Origin": EVIL}
     assert httpx.post(target, headers=headers).status_code == 403
     assert httpx.get(dashboard.url + "api/v1/jobs", headers=headers).status_code == 403
@@ -437,3 +449,93 @@ def test_the_jobs_page_filters_by_the_label_a_job_asked_for(page, dashboard) -> 
         for job in (eu, other, later):
             if job is not None:
                 dashboard.client.cancel(job.id)
+
+
+def test_another_local_server_the_tab_then_visits_gets_no_key(page, dashboard) -> None:
+    """A browser sends a cookie of 127.0.0.1 to every port of 127.0.0.1: the session cookie (the key itself) went to
+    any other local server the tab visited (another user's, or one a web page sent the tab to), which then acted
+    with the user's key. The key is in no cookie now, and a call without it gets nothing."""
+    seen: list[dict[str, str]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({"path": self.path, **dict(self.headers)})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"another server")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", dashboard.spare_port), Recorder)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        page.goto(dashboard.url + "#/jobs")
+        page.wait_for_selector("#view[data-loaded-ms]", state="attached")  # its calls and live stream made
+        page.evaluate(f"location.href = 'http://127.0.0.1:{dashboard.spare_port}/anything'")  # the page sends it
+        page.get_by_text("another server").wait_for()
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert seen and all(dashboard.key not in str(request) for request in seen)
+    assert all("Cookie" not in request and dashboard.url not in request.get("Referer", "") for request in seen), seen
+    assert page.context.cookies() == []
+    job = dashboard.client.submit(noop(delay=120)).job
+    old_cookie = {"Cookie": f"shoal-ui-{dashboard.url.rsplit(':', 1)[1][:-1]}={dashboard.key}"}
+    for headers in (old_cookie, {}, {"Origin": dashboard.url[:-1]}):
+        assert httpx.get(dashboard.url + "api/v1/jobs?limit=1", headers=headers).status_code == 403
+        cancel = httpx.post(dashboard.url + f"api/v1/jobs/{job.id}/cancel",
+                            headers={**headers, "Origin": dashboard.url[:-1]})
+        assert cancel.status_code == 403
+    assert dashboard.client.describe(job.id).job.state != "cancelled"
+    dashboard.client.cancel(job.id)
+
+
+# Counts the page's live streams: window.streams, each with its readyState (2: closed).
+COUNT_STREAMS = """(() => { const Native = window.EventSource; window.streams = [];
+  window.EventSource = function (url) { const s = new Native(url); window.streams.push(s); return s; };
+  window.EventSource.prototype = Native.prototype; })();"""
+
+
+@pytest.mark.parametrize("what", ["jobs", "sweeps"])
+def test_leaving_a_list_while_it_loads_leaves_no_stream_open(page, dashboard, what) -> None:
+    """Leaving Jobs or Sweeps before its list came (or with a reload on a new job due) opened a live stream that
+    nothing closed: six of them took every connection a browser keeps to a host, and each page stayed loading."""
+    page.add_init_script(COUNT_STREAMS)
+    page.goto(dashboard.url + "#/overview")
+    page.reload()
+    held: list = []
+    page.route(lambda url: f"/api/v1/{what}?" in url, lambda route: held.append(route))
+    page.evaluate(f"location.hash = '#/{what}'")
+    _wait_until(lambda: held, page, f"the {what} page to ask for its list")
+    page.evaluate("location.hash = '#/overview'")  # left before the answer
+    with page.expect_response(lambda r: f"/api/v1/{what}?" in r.url):
+        held.pop().continue_()
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.streams.filter((s) => s.readyState !== 2).length") == 0
+    page.unroute_all()
+    page.evaluate(f"location.hash = '#/{what}'")
+    _wait_until(lambda: page.evaluate("window.streams.some((s) => s.readyState === 1)"), page, "the list's stream")
+    # a new job or sweep (the stream's list event): the page reloads its list a moment later; it is left before
+    page.evaluate("() => { window.streams.at(-1).dispatchEvent(new MessageEvent('list', { data: '{}' }));"
+                  " location.hash = '#/overview'; }")
+    page.wait_for_timeout(1000)
+    assert page.evaluate("window.streams.filter((s) => s.readyState !== 2).length") == 0
+
+
+@pytest.mark.parametrize("what", ["jobs", "sweeps"])
+def test_a_list_page_past_the_end_says_so_and_links_to_the_last_page(page, dashboard, what) -> None:
+    """#/jobs?offset=1000 with 39 jobs showed "1001 to 39 of 39" and "no jobs yet"."""
+    dashboard.client.run(noop(), timeout=60)  # a job and a sweep at least
+    dashboard.client.run_sweep({"job": noop(), "grid": {"x": ["1"]}}, timeout=60)
+    total = (dashboard.client.list if what == "jobs" else dashboard.client.list_sweeps)(limit=1).total
+    page.goto(dashboard.url + f"#/{what}?offset={(total // 50 + 20) * 50}")
+    link = page.locator(f"#{what}-body #last-page")
+    link.wait_for(timeout=15_000)
+    assert page.locator(f"#{what}-body").inner_text().startswith(f"this page is past the end ({total} ")
+    assert page.locator(".toolbar .summary").inner_text() == ""
+    link.click()
+    dash = "\N{EN DASH}"
+    page.locator(f".toolbar .summary:text-is('{(total - 1) // 50 * 50 + 1}{dash}{total} of {total}')").wait_for(
+        timeout=10_000)
+    assert page.locator(f"#{what}-body tr[data-id]").count() == total - (total - 1) // 50 * 50

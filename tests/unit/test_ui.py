@@ -146,28 +146,31 @@ def test_live_ids_are_checked() -> None:
 # -- the app ---------------------------------------------------------------------------------------------
 
 
-async def test_the_page_is_served_only_to_whoever_has_the_printed_address(browser: httpx.AsyncClient) -> None:
-    """The proxy answers every user of the machine on 127.0.0.1: the page (and the session token in it) once went
-    to anyone, and with it the power of the owner's key, whose file only the owner may read."""
-    for path in ("/", "/index.html", "/?key=wrong", "/?key="):
-        refused = await browser.get(path)
-        assert refused.status_code == 403 and TOKEN not in refused.text
-        assert "open the address shoal ui printed" in refused.json()["error"]["message"]
-    browser.cookies.set(f"shoal-ui-{PORT}", "wrong")
-    assert (await browser.get("/")).status_code == 403
-    browser.cookies.set(f"shoal-ui-{PORT + 1}", TOKEN)  # another dashboard's (another port's) session
-    assert (await browser.get("/")).status_code == 403
-    browser.cookies.clear()
-    first = await browser.get(f"/?key={TOKEN}")  # the address shoal ui prints
-    assert first.status_code == 200 and f'content="{TOKEN}"' in first.text
-    assert "HttpOnly" in first.headers["set-cookie"] and "SameSite=Lax" in first.headers["set-cookie"]
-    assert (await browser.get("/")).status_code == 200  # a reload: the cookie carries the key
+async def test_the_key_is_only_in_the_printed_addresss_fragment_never_in_a_cookie(browser: httpx.AsyncClient,
+                                                                                    node: FakeNode) -> None:
+    """The proxy answers every user of the machine on 127.0.0.1, and held the power of the owner's key: the key
+    (the session token) once went into a cookie, which a browser sends to every port of 127.0.0.1, so to any other
+    local server the tab visits. Now the page holds no secret, the key is in the printed address's fragment (which
+    no server is sent), and a cookie opens nothing."""
+    async with httpx.AsyncClient() as http:
+        url = httpx.URL(Dashboard(http, port=PORT, token=TOKEN).url())
+    assert (url.host, url.port, url.path, url.query, url.fragment) == ("127.0.0.1", PORT, "/", b"", f"key={TOKEN}")
+    for path in ("/", "/index.html", f"/?key={TOKEN}", "/?key=wrong"):
+        page = await browser.get(path)
+        assert page.status_code == 200 and TOKEN not in page.text and "set-cookie" not in page.headers
+        assert page.headers["referrer-policy"] == "no-referrer"  # the key /ui/live takes in its address stays here
+    for cookie in (f"shoal-ui-{PORT}={TOKEN}", f"token={TOKEN}", TOKEN):  # the old session cookie, or a guess at it
+        assert (await browser.get("/api/v1/jobs", headers={"Cookie": cookie})).status_code == 403
+        assert (await browser.post(f"/api/v1/jobs/{JOB}/cancel", headers={"Cookie": cookie, "Origin": OWN})
+                ).status_code == 403
+        assert (await browser.get(f"/ui/live?ids={JOB}", headers={"Cookie": cookie})).status_code == 403
+    assert node.seen == []
 
 
-async def test_the_page_embeds_the_session_token_and_forbids_framing(browser: httpx.AsyncClient) -> None:
-    page = await browser.get(f"/?key={TOKEN}")
+async def test_the_page_holds_no_token_and_forbids_framing(browser: httpx.AsyncClient) -> None:
+    page = await browser.get("/")
     assert page.status_code == 200
-    assert f'<meta name="shoal-ui-token" content="{TOKEN}">' in page.text
+    assert 'name="shoal-ui-token"' not in page.text and TOKEN not in page.text
     assert page.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     script = await browser.get("/static/app.js")
@@ -389,3 +392,172 @@ def test_shoal_ui_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
         f"Error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use"]
+
+
+# -- a hostile or hung node ----------------------------------------------------------------------------------
+
+BLOCK = 64 * 1024
+
+
+def _endless(pulled: list[int], first: bytes = b"", block: bytes = b"x" * BLOCK, end: int = 16 * 1024 * 1024):
+    """A body without end (one that ends past 16 MiB, so a proxy reading it all still stops), counting in
+    ``pulled[-1]`` the bytes the proxy has read of it."""
+    pulled.append(0)
+
+    async def body():
+        yield first
+        pulled[-1] += len(first)
+        while pulled[-1] < end:
+            yield block
+            pulled[-1] += len(block)
+
+    return body()
+
+
+async def _run_live(live: Live, done: Callable[[bytes], bool]) -> bytes:
+    """What ``live`` streams until ``done(stream so far)``; then the browser leaves."""
+    sent: list[bytes] = []
+    gone = trio.Event()
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+        if done(b"".join(sent)):
+            gone.set()
+
+    async def receive() -> dict:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    with trio.fail_after(20):
+        await live(receive, send)
+    return b"".join(sent)
+
+
+async def test_a_node_streaming_an_endless_event_or_error_is_dropped_having_read_little(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event stream that is one endless line, or an error without end, was read whole: a hostile node took
+    `shoal ui` from 65 MB to 2.2 GB in 8 s. Each is read up to its limit, then dropped for good; a sound stream
+    (keep-alives past the limit in all, \\r\\n line ends cut between chunks) is relayed as before."""
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "RETRY_DELAYS", (0.01,) * 4)
+    line, error, sound = JOB, SWEEP, "j-" + "d" * 32
+    pulled: dict[str, list[int]] = {line: [], error: []}
+    keepalives = b": keep-alive\r\n\r\n" * (2 * cli.ui.live.MAX_EVENT // 16)
+    good = keepalives + b'id: 7\r\nevent: Created\r\ndata: {"seq": 7}\r\n\r\nevent: end\r\ndata: {"state": "x"}\r\n\r\n'
+
+    async def cut(body: bytes):  # in pieces of 999 bytes: some \r\n are cut in two
+        for i in range(0, len(body), 999):
+            yield body[i:i + 999]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v1/jobs/{line}/events":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=_endless(pulled[line], first=b"data: "))
+        if request.url.path == f"/v1/sweeps/{error}/events":
+            return httpx.Response(500, headers={"content-type": "text/plain"}, content=_endless(pulled[error]))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=cut(good))
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handle))
+    stream = await _run_live(Live(sdk._http, [line, error, sound]), lambda s: s.count(b"event: gone") == 2 and
+                             b"event: end" in s)
+    await sdk.aclose()
+    messages = [m.split("\n") for m in stream.decode().split("\n\n") if m.startswith("event")]
+    parsed = [(m[0].removeprefix("event: "), json.loads(m[1].removeprefix("data: "))) for m in messages]
+    assert ("gone", {"id": line, "status": 502,
+                     "message": f"the node sent an event over {cli.ui.live.MAX_EVENT} bytes: stream dropped"}) in parsed
+    assert ("gone", {"id": error, "status": 500, "message": "x" * 200}) in parsed
+    assert [p for p in parsed if p[1]["id"] == sound] == [("event", {"id": sound, "event": {"seq": 7}}),
+                                                          ("end", {"id": sound, "state": "x"})]
+    assert len(pulled[line]) == 1 and pulled[line][0] <= cli.ui.live.MAX_EVENT + 2 * BLOCK  # no reconnection
+    assert len(pulled[error]) == 1 and pulled[error][0] <= cli.ui.live.MAX_ERROR + BLOCK
+
+
+async def test_a_node_answering_an_endless_list_is_read_no_further_than_the_limit(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli.ui.live
+
+    monkeypatch.setattr(cli.ui.live, "WATCH_EVERY", 0.01)
+    monkeypatch.setattr(cli.ui.live, "KEEPALIVE", 0.01)  # what the test looks at its count on
+    pulled: list[int] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "application/json"},
+                              content=_endless(pulled, first=b'{"jobs": [{"id": "', block=b"a" * BLOCK))
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handle))
+    stream = await _run_live(Live(sdk._http, [], "jobs", f"1:{JOB}"), lambda _: len(pulled) >= 3)
+    await sdk.aclose()
+    assert b"event: list" not in stream
+    assert pulled and max(pulled) <= cli.ui.live.MAX_LIST + 2 * BLOCK
+
+
+def _mute_node() -> tuple[str, trio.socket.SocketType]:
+    """A node that takes connections and never answers (a hung process): a Unix socket (no port taken)."""
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "node.sock")  # short: a socket's path is at most 107 bytes
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    return path, sock
+
+
+async def test_a_node_that_never_answers_is_a_504_within_the_read_timeout(node: FakeNode,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli.ui.proxy
+
+    monkeypatch.setattr(cli.ui.proxy, "READ_TIMEOUT", 0.3)
+    path, sock = _mute_node()
+    with sock:
+        await sock.bind(path)
+        sock.listen()
+        sdk = AsyncClient(NODE, key=node.key, transport=httpx.AsyncHTTPTransport(uds=path))
+        app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OWN) as client:
+            with trio.fail_after(10):  # it held the call for good
+                answer = await client.get("/api/v1/jobs", headers=_api())
+        await sdk.aclose()
+    assert answer.status_code == 504 and "did not answer within 0.3 s" in answer.json()["error"]["message"]
+
+
+async def test_a_browser_that_leaves_before_the_node_answers_ends_the_call_to_the_node(node: FakeNode) -> None:
+    """A followed log waits for the node however long (no read timeout): the browser's leaving ends it, even
+    before the node's first byte, and closes the connection to the node."""
+    path, sock = _mute_node()
+    reached, left, closed = trio.Event(), trio.Event(), trio.Event()
+
+    async def mute() -> None:
+        conn, _ = await sock.accept()
+        with conn:
+            await conn.recv(65536)  # the request
+            reached.set()
+            while await conn.recv(65536):
+                pass
+            closed.set()  # the proxy closed the connection
+
+    asked = []
+
+    async def receive() -> dict:
+        asked.append(1)
+        if len(asked) == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        raise AssertionError(f"nothing is sent to a browser that has gone: {message}")
+
+    scope = {"type": "http", "method": "GET", "path": f"/api/v1/jobs/{JOB}/logs", "query_string": b"follow=true",
+             "headers": [(b"host", f"127.0.0.1:{PORT}".encode()), (guard.TOKEN_HEADER.encode(), TOKEN.encode())]}
+    with sock:
+        await sock.bind(path)
+        sock.listen()
+        sdk = AsyncClient(NODE, key=node.key, transport=httpx.AsyncHTTPTransport(uds=path))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mute)
+                nursery.start_soon(Dashboard(sdk._http, port=PORT, token=TOKEN), scope, receive, send)
+                await reached.wait()
+                left.set()
+                await closed.wait()
+        await sdk.aclose()
