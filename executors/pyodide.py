@@ -689,6 +689,11 @@ class PyodideExecutor(Executor):
                 streams.start_soon(pump, "stderr", runner.process.stderr)
                 streams.start_soon(read_control)
             nursery.cancel_scope.cancel()
+        # What the job wrote past the runner's count by a synchronous write (process._rawDebug, fs.writeSync) is
+        # in the pipe before the exit message was sent, but may not have been read when the count was met:
+        # left there, it went to the owner's next index and the miscounting process served it.
+        for name, stream in (("stdout", runner.process.stdout), ("stderr", runner.process.stderr)):
+            read[name] += _drain_ready(stream, tails[name]) if stream is not None else 0
         stdout, stderr = tails["stdout"], tails["stderr"]
         finished = bool(expected) and read == expected and not over_disk and runner.alive
         if not finished:  # e.g. more bytes than it counted: the process cannot be trusted with another job
@@ -842,6 +847,18 @@ class PyodideExecutor(Executor):
                         old.unlink(missing_ok=True)
             self._snapshot = path
             return path
+
+
+def _drain_ready(stream: Any, tail: Tail) -> int:
+    """Read what ``stream`` (a non-blocking pipe) holds now into ``tail``, without waiting; the bytes read."""
+    got = 0
+    try:
+        while chunk := os.read(stream.fileno(), 65536):
+            tail.write(chunk)
+            got += len(chunk)
+    except OSError:  # nothing more now (EAGAIN), or the pipe is gone
+        pass
+    return got
 
 
 def _reports_the_end(msg: Any) -> bool:

@@ -130,7 +130,7 @@ class LocalInput:
         size = await trio.to_thread.run_sync(_tree_size, src)
         if size > max_bytes:
             raise TooLarge(f"{size} bytes is more than the limit of {max_bytes}", limit=max_bytes, source=source)
-        if await trio.to_thread.run_sync(count_entries, src, max_entries) > max_entries:
+        if await trio.to_thread.run_sync(_entries_below, src, max_entries) > max_entries:
             raise TooLarge(f"more than {max_entries:,} files, folders and links", limit=max_entries, source=source)
         try:
             await trio.to_thread.run_sync(_copy, src, Path(dest))
@@ -150,6 +150,11 @@ def _resolve(base: Path, subpath: str, source: str) -> Path:
         if not os.path.lexists(current):
             raise NotFound(f"no link named {part!r} under {current.parent.relative_to(base.parent)}", source=source)
     return current
+
+
+def _entries_below(path: Path, limit: int) -> int:
+    """``count_entries`` of a directory; none below a file or a link (never followed: it may lead anywhere)."""
+    return count_entries(path, limit) if stat.S_ISDIR(os.lstat(path).st_mode) else 0
 
 
 def _tree_size(path: Path) -> int:
