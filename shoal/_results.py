@@ -194,9 +194,9 @@ def _new_partial(dest: Path) -> tuple[Path, int]:
     gone (killed mid-download, nothing else would remove them). One running now holds its lock, so it is left alone.
     """
     prefix = f".{dest.name}.partial-"
-    if fcntl is None:
+    if fcntl is None:  # a descriptor all the same, for the caller to close: a file's (Windows opens no folder)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix))
-        return tmp, os.open(tmp, os.O_RDONLY)
+        return tmp, os.open(tmp / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     for old in dest.parent.iterdir():
         if old.name.startswith(prefix) and not old.is_symlink():
             _remove_if_unlocked(old)

@@ -95,9 +95,11 @@ class Dashboard:
             return await send_error(send, 413, "too_large", f"request body over {MAX_BODY} bytes")
         forwarded = {name: headers[name] for name in _REQUEST_HEADERS if name in headers}
         streaming = upstream.endswith("/events") or "true" in parse_qs(query).get("follow", [])
+        # results wait too: the node may first fetch them from IPFS, and the SDK gives it all the time it takes
+        waits = streaming or upstream.endswith("/results")
         request = self.http.build_request(method, upstream + (f"?{query}" if query else ""), content=body or None,
                                           headers=forwarded,
-                                          timeout=httpx.Timeout(30.0, read=None if streaming else READ_TIMEOUT))
+                                          timeout=httpx.Timeout(30.0, read=None if waits else READ_TIMEOUT))
 
         async def answer() -> None:
             try:
@@ -117,7 +119,9 @@ class Dashboard:
                     async for chunk in response.aiter_bytes():  # decoded: the Content-Encoding stays here
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except httpx.RequestError:
-                    pass  # the node went away (or fell silent) mid-body: the browser sees the body end there
+                    if not streaming:  # left unfinished, the answer fails in the browser: a download cut short
+                        return  # was saved as if whole
+                    # the node went away (or fell silent) mid-stream: the browser sees the stream end there
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 await response.aclose()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
 
 
-_refused: dict[str, set[str]] = {}  # table -> ids of the records read and refused (each logged once)
+_refused: dict[str, set[tuple[str, ...]]] = {}  # table -> keys of the records read and refused (each logged once)
+MAX_SKIPPED = 500  # refused records retention reads past by key; beyond, a pass may stop at them again
 
 
 def _valid(model: type[M], table: str, record: str, **where: object) -> M | None:
@@ -46,9 +48,9 @@ def _valid(model: type[M], table: str, record: str, **where: object) -> M | None
         return model.model_validate_json(record)
     except ValidationError as e:
         found = f"SELECT * FROM {table} WHERE " + " AND ".join(f"{k}='{v}'" for k, v in where.items())
-        ids = _refused.setdefault(table, set())
-        if (row := str([*where.values()][-1])) not in ids:  # its key's last part: the row's own id
-            ids.add(row)
+        keys = _refused.setdefault(table, set())
+        if (row := tuple(map(str, where.values()))) not in keys:
+            keys.add(row)
             why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
             log.warning("a record this release's rules refuse (%s) is skipped: the node reads it as if it were not"
                         " there, but it stays in the store (%s)", why, found)
@@ -264,7 +266,8 @@ def nonce_counts(c: Connection, now: float) -> list[tuple[str, int, int]]:
 def _not_refused(table: str) -> tuple[str, tuple[str, ...]]:
     """A clause leaving out the rows of ``table`` read and refused before, and its arguments: retention reads a
     batch at a time and stops at an empty one, so a batch of them read again and again held every pass."""
-    refused = tuple(_refused.get(table, ()))
+    refused = tuple(key[-1] for key in itertools.islice(_refused.get(table, ()), MAX_SKIPPED)
+                    if table != "executions" or key[0] == "compute")  # retention reads the compute side's
     return (f" AND id NOT IN ({_marks(refused)})", refused) if refused else ("", ())
 
 

@@ -539,3 +539,28 @@ def test_a_list_page_past_the_end_says_so_and_links_to_the_last_page(page, dashb
     page.locator(f".toolbar .summary:text-is('{(total - 1) // 50 * 50 + 1}{dash}{total} of {total}')").wait_for(
         timeout=10_000)
     assert page.locator(f"#{what}-body tr[data-id]").count() == total - (total - 1) // 50 * 50
+
+
+def test_a_key_another_page_hands_in_replaces_no_working_one_and_the_printed_one_works_in_an_open_tab(
+        browser, dashboard) -> None:
+    """Any site may open the dashboard's address with a key of its own: a junk one, stored over the real one,
+    locked the user out of every tab. And the printed address opened in a tab already showing the dashboard
+    changes only the fragment, which reloads nothing: the page never took the key."""
+    page = browser.new_page()  # a context of its own: nothing stored yet
+    stored = "localStorage.getItem('shoal-ui-key')"
+    try:
+        page.goto(dashboard.url + "#key=junk")
+        page.locator("#no-key").wait_for(timeout=15_000)
+        assert page.evaluate(stored) is None
+        page.evaluate(f"location.hash = '#key={dashboard.key}'")  # the printed address, in this tab
+        page.locator("#node a").wait_for(timeout=15_000)  # the dashboard, talking to its node
+        assert page.evaluate(stored) == dashboard.key and page.url == dashboard.url
+        page.evaluate("location.hash = '#key=junk'")  # another site opening the address with its own key
+        page.wait_for_load_state()
+        page.locator("#node a").wait_for(timeout=15_000)
+        assert page.evaluate(stored) == dashboard.key
+        status = page.evaluate("fetch('/api/v1/node', {headers: {'X-Shoal-UI-Token': "
+                               "localStorage.getItem('shoal-ui-key')}}).then(r => r.status)")
+        assert status == 200
+    finally:
+        page.close()

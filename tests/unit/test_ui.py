@@ -561,3 +561,38 @@ async def test_a_browser_that_leaves_before_the_node_answers_ends_the_call_to_th
                 left.set()
                 await closed.wait()
         await sdk.aclose()
+
+
+async def test_a_download_the_node_cuts_short_is_left_unfinished_not_ended_as_if_whole(node: FakeNode) -> None:
+    """The proxy ended a cut answer cleanly, so the browser saved part of a results tar as the whole of it."""
+    async def cut(request: httpx.Request):
+        yield b"the first part of a tar"
+        raise httpx.ReadError("connection reset", request=request)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "application/x-tar"}, content=cut(request))
+
+    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handler))
+    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    sent: list[dict] = []
+
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict:
+        if requests:
+            return requests.pop()
+        await trio.sleep_forever()  # the browser stays
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": f"/api/v1/jobs/{JOB}/results", "raw_path": b"",
+             "query_string": b"", "headers": [(b"host", OWN.removeprefix("http://").encode()),
+                                              (guard.TOKEN_HEADER.encode(), TOKEN.encode())]}
+    with trio.fail_after(10):
+        await app(scope, receive, send)
+    await sdk.aclose()
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert sent[0]["status"] == 200 and bodies and bodies[0]["body"] == b"the first part of a tar"
+    assert all(m.get("more_body") for m in bodies)  # never said to be complete

@@ -6,11 +6,27 @@
 // starts with no sessionStorage in Chromium, and the key is worthless once that shoal ui stops. Never in a
 // cookie: the browser would send it to every port of 127.0.0.1. It leaves the address bar (and the history).
 const KEY = 'shoal-ui-key';
-const given = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
-if (given) {
-  localStorage.setItem(KEY, given[1]);
+
+// Kept only once the proxy takes it: any site may open this address with a key of its own, and a junk one
+// stored over the real one locked the user out of every tab.
+async function takeKey() {
+  const given = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
+  if (!given) return;
   history.replaceState(null, '', location.pathname + location.search);
+  if (given[1] === localStorage.getItem(KEY)) return;
+  try {
+    const answer = await fetch('/api/v1/node', { headers: { 'X-Shoal-UI-Token': given[1] } });
+    if (answer.status !== 403) localStorage.setItem(KEY, given[1]);
+  } catch { /* the proxy is gone: nothing to keep it for */ }
 }
+await takeKey();
+// The printed address opened in a tab that shows the dashboard already changes only the fragment: no reload.
+window.addEventListener('hashchange', async () => {
+  if (location.hash.startsWith('#key=')) {
+    await takeKey();
+    location.reload();
+  }
+});
 export const token = localStorage.getItem(KEY) || '';
 
 export class ApiError extends Error {
