@@ -93,8 +93,8 @@ class ResultsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._extractor.abort()
+        os.close(self._lock)  # first: Windows removes no file held open
         shutil.rmtree(self._tmp, ignore_errors=True)
-        os.close(self._lock)
 
     def feed(self, data: bytes) -> None:
         from storage.errors import StorageError, TooLarge
@@ -153,8 +153,8 @@ def write_from_record(files: dict[str, str], dest: Path) -> Path:
             (tmp / "result" / name).write_text(text, encoding="utf-8", errors="surrogateescape")
         return _move_into_place(tmp / "result", dest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def extract_results(chunks: Iterable[bytes], dest: Path, whose: str, cid: str, max_bytes: int | None = None) -> Path:
