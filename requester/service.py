@@ -40,6 +40,8 @@ NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
 # failed queued jobs whose nodes were busy, and running ones whose nodes were alive). Only a requester that
 # expects other nodes waits so: one told of peers to join, or one carrying on with live jobs.
 NODE_TABLE_FILLS = 15.0
+# a restarted requester's first offers of its live jobs, spread: 9,000 at once tripped its peers' rate limit
+RESTORED_OFFERS_PER_SECOND = 500
 WAKES_PER_TICK = 2  # nodes that joined whose room is matched against the waiting jobs, each TICK
 MAX_JOINED = 64  # nodes that joined kept to be matched so; beyond, the longest waiting is dropped
 
@@ -90,12 +92,12 @@ class RequesterService(Driver[_Active]):
         self._started_at = now = self.clock()
         self.reputation = await self.store.reputations()
         secrets = await self.store.live_secrets()
-        for job in await self.store.live_jobs():
+        for i, job in enumerate(await self.store.live_jobs()):
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
                           if ex.attempt >= job.first_attempt}  # earlier ones belong to runs that were retried
             bidding = any(x.state is ExecutionState.BIDDING for x in executions.values())
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
-                                     waiting_since=now, next_announce=now,
+                                     waiting_since=now, next_announce=now + i / RESTORED_OFFERS_PER_SECOND,
                                      first_bid_at=now if bidding else None))  # the min_bids wait starts again
             if job.id in secrets and secrets[job.id] is None:
                 await self._apply(aj, self.machine.finish(

@@ -321,3 +321,26 @@ async def test_a_listing_shows_a_jobs_stored_row_when_it_is_newer_than_the_live_
         assert req.requester.live_job(job.id, stored=job) is not None  # as new as the live one: the live one
         written = job.transition(JobState.RUNNING, "running", trio.current_time())
         assert written.revision > job.revision and req.requester.live_job(job.id, stored=written) is None
+
+
+async def test_a_restarted_requester_spreads_the_offers_of_its_live_jobs(tmp_path, autojump_clock):
+    """9,000 live jobs offered in the first tick after a restart tripped every peer's rate limit (1,000 a second)."""
+    from requester.service import RESTORED_OFFERS_PER_SECOND
+
+    hub = MemoryHub()
+    waiting = 1200
+    async with memory_node(hub, "a", tmp_path / "a", requester=False, total=Resources(cpu=1, memory="1GiB")) as a:
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1.5)
+            a.noop.hooks.delay = 3600
+            await req.requester.submit(spec(resources={"cpu": 1}, cache=False, env={"B": "1"}), "alice")
+            await trio.sleep(0.5)  # a is full: the rest wait
+            for i in range(waiting):
+                await req.requester.submit(spec(cache=False, env={"I": str(i)}), "alice")
+        hub.transports.pop("req")
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1)
+            offered = req.requester.counters["announcements"]
+            assert 0 < offered <= RESTORED_OFFERS_PER_SECOND * 1.25
+            await trio.sleep(waiting / RESTORED_OFFERS_PER_SECOND + 1)
+            assert req.requester.counters["announcements"] >= waiting  # each of them, soon after
