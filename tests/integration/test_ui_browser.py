@@ -552,11 +552,12 @@ def test_a_key_another_page_hands_in_replaces_no_working_one_and_the_printed_one
         page.goto(dashboard.url + "#key=junk")
         page.locator("#no-key").wait_for(timeout=15_000)
         assert page.evaluate(stored) is None
-        page.evaluate(f"location.hash = '#key={dashboard.key}'")  # the printed address, in this tab
+        with page.expect_event("load", timeout=15_000):  # the page takes the key, then loads anew with it
+            page.evaluate(f"location.hash = '#key={dashboard.key}'")  # the printed address, in this tab
         page.locator("#node a").wait_for(timeout=15_000)  # the dashboard, talking to its node
         assert page.evaluate(stored) == dashboard.key and page.url == dashboard.url
-        page.evaluate("location.hash = '#key=junk'")  # another site opening the address with its own key
-        page.wait_for_load_state()
+        with page.expect_event("load", timeout=15_000):
+            page.evaluate("location.hash = '#key=junk'")  # another site opening the address with its own key
         page.locator("#node a").wait_for(timeout=15_000)
         assert page.evaluate(stored) == dashboard.key
         status = page.evaluate("fetch('/api/v1/node', {headers: {'X-Shoal-UI-Token': "
