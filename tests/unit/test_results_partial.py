@@ -96,3 +96,16 @@ def test_without_flock_the_sdk_imports_and_downloads(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "stdout").read_text() == "hi"
     assert [p.name for p in tmp_path.iterdir()] == ["r"]  # and its partial folder is gone
+
+
+def test_a_sweeps_downloads_side_by_side_look_over_their_folder_once(tmp_path: Path, monkeypatch) -> None:
+    """Each download listed the folder for what killed ones left: 8,000 indexes took 24.5 s instead of 1.9 s."""
+    listed: list[Path] = []
+    iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: (listed.append(self), iterdir(self))[1])
+    stale = tmp_path / ".7.partial-k1ll3d00"  # a killed download of another index's
+    (stale / "result").mkdir(parents=True)
+    for index in range(50):
+        write_from_record({"stdout": f"{index}\n"}, tmp_path / str(index))
+    assert listed.count(tmp_path) == 1 and not stale.exists()
+    assert sorted(os.listdir(tmp_path), key=int) == [str(i) for i in range(50)]
