@@ -8,23 +8,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import trio
-
 from jobs import Job, JobSpec, JobState, RunResult
 from jobs.sweep import Sweep, SweepSpec
 from node.store import Store, queries, schema
+from tests.unit.test_store_migrations import with_store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 T = 1_700_000_000.0  # the fixture's time
 ALICE = "client-alice"
-
-
-async def with_store(path: Path, body) -> None:
-    store = Store(path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        await body(store)
-        nursery.cancel_scope.cancel()
 
 
 async def test_sweeps_the_previous_release_took_and_this_one_refuses_are_set_aside(tmp_path, caplog):

@@ -360,16 +360,21 @@ async def test_live_watches_the_list_as_the_page_filters_it(node: FakeNode, monk
                          for r in asked)
 
 
-async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: FakeNode) -> None:
+def _cut_short(node: FakeNode, first: bytes, content_type: str) -> tuple[AsyncClient, Dashboard]:
+    """A dashboard whose node sends ``first``, then goes away mid-answer; and the SDK client to close."""
     async def cut(request: httpx.Request):
-        yield b"line 1\n"
+        yield first
         raise httpx.ReadError("connection reset", request=request)
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/plain"}, content=cut(request))
+        return httpx.Response(200, headers={"content-type": content_type}, content=cut(request))
 
     sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handler))
-    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    return sdk, Dashboard(sdk._http, port=PORT, token=TOKEN)
+
+
+async def test_a_node_that_goes_away_mid_answer_ends_the_answer_there(node: FakeNode) -> None:
+    sdk, app = _cut_short(node, b"line 1\n", "text/plain")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OWN) as client:
         answer = await client.get(f"/api/v1/jobs/{JOB}/logs?follow=true", headers=_api())
     await sdk.aclose()
@@ -565,15 +570,7 @@ async def test_a_browser_that_leaves_before_the_node_answers_ends_the_call_to_th
 
 async def test_a_download_the_node_cuts_short_is_left_unfinished_not_ended_as_if_whole(node: FakeNode) -> None:
     """The proxy ended a cut answer cleanly, so the browser saved part of a results tar as the whole of it."""
-    async def cut(request: httpx.Request):
-        yield b"the first part of a tar"
-        raise httpx.ReadError("connection reset", request=request)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "application/x-tar"}, content=cut(request))
-
-    sdk = AsyncClient(NODE, key=node.key, transport=httpx.MockTransport(handler))
-    app = Dashboard(sdk._http, port=PORT, token=TOKEN)
+    sdk, app = _cut_short(node, b"the first part of a tar", "application/x-tar")
     sent: list[dict] = []
 
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
