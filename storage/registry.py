@@ -87,10 +87,10 @@ class InputRegistry:
                         # a shard is cut from the whole: its entries are charged bytes once cut
                         await source.fetch(spec.source, dest, max_bytes=budget,
                                            max_entries=left if spec.shard else min(left, budget // ENTRY_BYTES))
-                        await trio.to_thread.run_sync(_confine, dest)
+                        size, count = await trio.to_thread.run_sync(_confine, dest)
                         if spec.shard is not None:
                             await trio.to_thread.run_sync(_keep_shard, dest, spec)
-                        size, count = await trio.to_thread.run_sync(_staged, dest)
+                            size, count = await trio.to_thread.run_sync(_staged, dest)  # what the cut left
                         budget, left = budget - size, left - count
                         if budget < 0 or left < 0:
                             raise TooLarge("it takes more than the inputs before it left",
@@ -121,8 +121,9 @@ def _name_input(exc: StorageError, index: int, spec: InputSpec) -> None:
     exc.source = spec.source  # contained in the reason, so str() does not repeat it
 
 
-def _confine(dest: Path) -> None:
-    """Refuse a staged input that is, or holds, a symbolic link leading out of it, or nests too deep.
+def _confine(dest: Path) -> tuple[int, int]:
+    """Refuse a staged input that is, or holds, a symbolic link leading out of it, or nests too deep; else what
+    it takes of the job's budget, as ``_staged`` counts it (from the same walk).
 
     The node (as root) and the engines follow an input's links on the host: to mount it, to copy it
     into a sandbox, to read a wasm module or to cut a shard. A link to ``/etc`` or to the node's keys,
@@ -133,13 +134,12 @@ def _confine(dest: Path) -> None:
         raise Unsafe("the input is a symbolic link")
     links = {}
     try:
-        for path, st in entries(dest):  # never into a linked directory: it is listed, not entered
-            if stat.S_ISLNK(st.st_mode):
-                links[Path(path).relative_to(dest).parts] = os.readlink(path)
+        size, count = _staged(dest, links)  # never into a linked directory: it is listed, not entered
     except TooDeep as e:
         raise TooDeep(f"it holds {e}") from None
     if problem := link_escapes(links):
         raise Unsafe(f"it holds a symbolic link out of the input: {problem}")
+    return size, count
 
 
 def _keep_shard(dest: Path, spec: InputSpec) -> None:
@@ -163,13 +163,15 @@ def _keep_shard(dest: Path, spec: InputSpec) -> None:
             sub.rmdir()
 
 
-def _staged(dest: Path) -> tuple[int, int]:
+def _staged(dest: Path, links: dict[tuple[str, ...], str] | None = None) -> tuple[int, int]:
     """What a staged input takes of the job's budget (its files' content, every entry below it at least
-    ENTRY_BYTES) and the entries below it. ``_confine`` checked its depth."""
+    ENTRY_BYTES) and the entries below it; the links below it go into ``links`` (path parts -> target)."""
     top = os.lstat(dest)
     size, count = (0 if stat.S_ISDIR(top.st_mode) else top.st_size), 0
-    for _, st in entries(dest):
+    for path, st in entries(dest):
         size += max(st.st_size, ENTRY_BYTES)
         count += 1
+        if links is not None and stat.S_ISLNK(st.st_mode):
+            links[Path(path).relative_to(dest).parts] = os.readlink(path)
     return size, count
 
