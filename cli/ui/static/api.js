@@ -7,27 +7,36 @@
 // cookie: the browser would send it to every port of 127.0.0.1. It leaves the address bar (and the history).
 const KEY = 'shoal-ui-key';
 
-// Kept only once the proxy takes it: any site may open this address with a key of its own, and a junk one
-// stored over the real one locked the user out of every tab.
-async function takeKey() {
+// A key handed in replaces a stored one only once the proxy takes it: any site may open this address with a key
+// of its own, and a junk one stored over the real one locked the user out of every tab. With none stored there is
+// nothing to lose, and it is kept at once: a reload right after must not find it gone.
+function handedIn() {
   const given = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
-  if (!given) return;
+  if (!given) return null;
   history.replaceState(null, '', location.pathname + location.search);
-  if (given[1] === localStorage.getItem(KEY)) return;
+  if (!localStorage.getItem(KEY)) localStorage.setItem(KEY, given[1]);
+  return given[1];
+}
+
+async function keepIfTaken(key) {
+  if (key === localStorage.getItem(KEY)) return;
   try {
-    const answer = await fetch('/api/v1/node', { headers: { 'X-Shoal-UI-Token': given[1] } });
-    if (answer.status !== 403) localStorage.setItem(KEY, given[1]);
+    const answer = await fetch('/api/v1/node', { headers: { 'X-Shoal-UI-Token': key } });
+    if (answer.status !== 403) localStorage.setItem(KEY, key);
   } catch { /* the proxy is gone: nothing to keep it for */ }
 }
-await takeKey();
+
+const given = handedIn();
+if (given) keepIfTaken(given);
 // The printed address opened in a tab that shows the dashboard already changes only the fragment: no reload.
 window.addEventListener('hashchange', async () => {
-  if (location.hash.startsWith('#key=')) {
-    await takeKey();
+  const key = handedIn();
+  if (key) {
+    await keepIfTaken(key);
     location.reload();
   }
 });
-export const token = localStorage.getItem(KEY) || '';
+export const token = given || localStorage.getItem(KEY) || '';  // this page uses what it was handed
 
 export class ApiError extends Error {
   constructor(status, code, message) {
