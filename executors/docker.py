@@ -16,7 +16,7 @@ Lifecycle of one execution (``run``)::
       → remove (always: shielded, also on cancellation and timeout)
 
 Containers are hardened: no network unless the job asks and the node allows it, and then one fenced
-from the host and its cloud's metadata server (``executors.docker_network``); memory (no swap),
+from the host, its cloud's metadata server and private addresses (``executors.docker_network``); memory (no swap),
 CPU quota and pids limits from the job's resources, and socket buffers held to its memory too
 (``executors.cgroups.ContainerSockets``); read-only root with a writable tmpfs ``/tmp`` (and
 one in place of each VOLUME the image declares); ``cap_drop ALL``; ``no-new-privileges``; Docker's default

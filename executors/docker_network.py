@@ -1,12 +1,15 @@
 """The network docker jobs get when they ask for one: the internet, but not the host or its cloud.
 
-A container on Docker's default bridge reaches the host's own services and the link-local metadata
-server at 169.254.169.254. On GCP that server hands out the instance's service-account token and its
-attributes, among them the cluster's network key (terraform: ``shoal-network-key``). So a network job
-runs on its own bridge, ``shoal-jobs``, fenced by iptables rules that this module keeps in place:
+A container on Docker's default bridge reaches the host's own services, the link-local metadata
+server at 169.254.169.254 and every private address the host can route to. On GCP that server hands
+out the instance's service-account token and its attributes, among them the cluster's network key
+(terraform: ``shoal-network-key``), and the private addresses are the VPC: the other nodes' services,
+the operator's databases. So a network job runs on its own bridge, ``shoal-jobs``, fenced by iptables
+rules that this module keeps in place:
 
-* ``DOCKER-USER`` (traffic the host forwards): nothing from the bridge to 169.254.0.0/16, except DNS
-  (GCP's resolver is the metadata server's address);
+* ``DOCKER-USER`` (traffic the host forwards): nothing from the bridge to 169.254.0.0/16, the private
+  ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16) or the shared one (100.64.0.0/10), except DNS
+  (GCP's resolver is the metadata server's address, AWS's and a home router's are private ones);
 * ``INPUT`` (traffic to the host itself): nothing from the bridge, on any of the host's addresses.
 
 The bridge also keeps jobs apart (``enable_icc=false``: one container cannot reach another) and has no
@@ -34,16 +37,20 @@ from executors.base import ExecutorError
 
 JOBS_NETWORK = "shoal-jobs"
 BRIDGE = "shoal-jobs0"  # the host's name for the network's bridge (at most 15 characters)
-LINK_LOCAL = "169.254.0.0/16"
+# link-local (the metadata server), private (RFC 1918: the VPC) and shared (RFC 6598: carrier-grade NAT, VPNs)
+CLOUD = ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 IPTABLES_TIMEOUT = 10.0  # seconds per iptables call (-w waits for another program's lock)
 FENCED = Path("/run/shoal/docker-fence")  # the boot's id, once root has put the rules in place
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
-# (chain, rule) in the filter table, each chain's in the order they must match
+# (chain, rule) in the filter table, each chain's in the order they must match. `-i BRIDGE` matches only
+# what a container sends: replies coming back to it arrive on the host's other interfaces. DNS passes
+# to any address: Docker's embedded resolver forwards a container's queries from its own namespace, so
+# they cross the bridge to the host's resolver, which may be in CLOUD (and elsewhere, DNS is the internet).
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-p", "udp", "--dport", "53", "-j", "RETURN")),
-    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-p", "tcp", "--dport", "53", "-j", "RETURN")),
-    ("DOCKER-USER", ("-i", BRIDGE, "-d", LINK_LOCAL, "-j", "REJECT")),
+    ("DOCKER-USER", ("-i", BRIDGE, "-p", "udp", "--dport", "53", "-j", "RETURN")),
+    ("DOCKER-USER", ("-i", BRIDGE, "-p", "tcp", "--dport", "53", "-j", "RETURN")),
+    *(("DOCKER-USER", ("-i", BRIDGE, "-d", cidr, "-j", "REJECT")) for cidr in CLOUD),
     ("INPUT", ("-i", BRIDGE, "-j", "REJECT")),
 )
 
@@ -148,5 +155,5 @@ def _iptables(iptables: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _refused(why: str) -> ExecutorError:
-    return ExecutorError(f"this node cannot keep a network job from the host and its cloud's metadata server "
+    return ExecutorError(f"this node cannot keep a network job from the host and its cloud's private addresses "
                          f"({why}); the job runs elsewhere", retryable=True)

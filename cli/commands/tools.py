@@ -91,14 +91,14 @@ def images_build(
 
 
 def docker_fence() -> None:
-    """Fence the network docker jobs get (serve --allow-network) from the host and its cloud's metadata
-    server: network shoal-jobs and its iptables rules. Root only; a node that runs as root does it itself."""
+    """Fence the network docker jobs get (serve --allow-network) from the host, its cloud's metadata
+    server and private addresses: network shoal-jobs and its iptables rules. Root only; a node that runs as root does it itself."""
     require_node("docker fence")
     import docker
 
     from cli.errors import CLIError
     from executors.base import ExecutorError
-    from executors.docker_network import BRIDGE, fenced_network
+    from executors.docker_network import BRIDGE, CLOUD, fenced_network
 
     if os.geteuid() != 0:
         raise CLIError("shoal docker fence puts iptables rules in place: run it as root")
@@ -108,7 +108,8 @@ def docker_fence() -> None:
         raise CLIError(f"the Docker daemon does not answer: {exc}") from None
     except ExecutorError as exc:
         raise CLIError(str(exc)) from None
-    print(f"network {network} (bridge {BRIDGE}) is fenced: its jobs reach neither this host nor 169.254.0.0/16")
+    print(f"network {network} (bridge {BRIDGE}) is fenced: its jobs reach neither this host nor {', '.join(CLOUD)} "
+          "(DNS excepted)")
 
 
 def pyodide_install(

@@ -1,8 +1,9 @@
-"""A docker job given the network reaches the internet, but neither the host nor the cloud's metadata server.
+"""A docker job given the network reaches the internet, but neither the host nor its cloud.
 
-The metadata server is played by a network namespace holding 169.254.169.254 (where GCP's answers with
-the instance's token and the cluster's network key) and, beside it, 198.51.100.2, an address standing
-for the internet. Both serve HTTP on port 80, and the metadata address also answers DNS, as GCP's does.
+The cloud is played by a network namespace holding 169.254.169.254 (where GCP's metadata server answers
+with the instance's token and the cluster's network key), 10.250.0.2, a neighbour in the VPC, and
+198.51.100.2, an address standing for the internet. All serve HTTP on port 80, and the metadata and
+neighbour addresses also answer DNS, as GCP's resolver and AWS's (a private address) do.
 Needs root (namespaces, iptables) and a Docker daemon (``scripts/install-docker``).
 """
 
@@ -34,6 +35,7 @@ pytestmark = [
 
 METADATA = "169.254.169.254"
 INTERNET = "198.51.100.2"
+NEIGHBOUR = "10.250.0.2"  # another VM of the VPC (an uncommon 10.x, apart from the host's own routes)
 IMAGE = "shoal/python:3"
 
 # Serves HTTP on port 80 ("secret" on every path) and answers every DNS A query with INTERNET.
@@ -43,14 +45,15 @@ class Secret(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.end_headers(); self.wfile.write(b"secret")
     def log_message(self, *a): pass
-def dns():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("{METADATA}", 53))
+def dns(address):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((address, 53))
     while True:
         q, peer = s.recvfrom(512)
         end = q.index(0, 12) + 5
         answer = b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04" + socket.inet_aton("{INTERNET}")
         s.sendto(q[:2] + b"\\x81\\x80" + q[4:6] + b"\\x00\\x01\\x00\\x00\\x00\\x00" + q[12:end] + answer, peer)
-threading.Thread(target=dns, daemon=True).start()
+for address in ("{METADATA}", "{NEIGHBOUR}"):
+    threading.Thread(target=dns, args=(address,), daemon=True).start()
 http.server.ThreadingHTTPServer(("0.0.0.0", 80), Secret).serve_forever()
 """
 
@@ -71,7 +74,7 @@ def _run(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def cloud():
-    """The namespace with the metadata server and the internet stand-in, routed from the host."""
+    """The namespace with the metadata server, the VPC neighbour and the internet stand-in, routed from the host."""
     name = f"md{uuid.uuid4().hex[:6]}"
     host_end, ns_end = f"{name}h", f"{name}n"
     _run("ip", "netns", "add", name)
@@ -80,9 +83,11 @@ def cloud():
         _run("ip", "link", "set", ns_end, "netns", name)
         _run("ip", "addr", "add", "169.254.169.253/30", "dev", host_end)
         _run("ip", "addr", "add", "198.51.100.1/30", "dev", host_end)
+        _run("ip", "addr", "add", "10.250.0.1/30", "dev", host_end)
         _run("ip", "link", "set", host_end, "up")
         for cmd in (["addr", "add", f"{METADATA}/30", "dev", ns_end], ["addr", "add", f"{INTERNET}/30", "dev", ns_end],
-                    ["link", "set", ns_end, "up"], ["link", "set", "lo", "up"]):
+                    ["addr", "add", f"{NEIGHBOUR}/30", "dev", ns_end], ["link", "set", ns_end, "up"],
+                    ["link", "set", "lo", "up"]):
             _run("ip", "netns", "exec", name, "ip", *cmd)
         servers = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", SERVERS])
         try:
@@ -146,23 +151,37 @@ async def test_a_network_job_reaches_the_internet_but_not_the_metadata_server_or
     assert all(answer.startswith("refused") for answer in answers.values()), answers
 
 
+async def test_a_network_job_reaches_no_other_machine_of_the_vpc(cloud, tmp_path):
+    """On GCP the host routes to every VM of the VPC: the other nodes' services, the operator's databases."""
+    executor = DockerExecutor(f"test-{uuid.uuid4().hex[:8]}", allow_network=True)
+    urls = [f"http://{INTERNET}/", f"http://{NEIGHBOUR}/"]
+    request = make_request(tmp_path, args=["python3", "-c", PROBE, *urls], engine={"image": IMAGE, "network": True})
+    result = await executor.run(request)
+    answers = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert answers[f"http://{INTERNET}/"] == "secret"  # the job has a network
+    assert answers[f"http://{NEIGHBOUR}/"].startswith("refused"), answers
+
+
 def test_without_the_fence_the_same_container_reads_the_metadata_server(cloud, host_service):
     """The control: on Docker's default bridge, as network jobs ran before, the probe gets both secrets."""
     client = docker.from_env()
     ipam = client.api.inspect_network("bridge")["IPAM"]["Config"][0]
     # some daemons leave the default bridge's gateway out: it is then its subnet's first address (docker0's)
     gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
-    out = client.containers.run(IMAGE, ["python3", "-c", PROBE, f"http://{METADATA}/",
+    out = client.containers.run(IMAGE, ["python3", "-c", PROBE, f"http://{METADATA}/", f"http://{NEIGHBOUR}/",
                                         f"http://{gateway}:{host_service}/"], remove=True).decode()
-    assert out.split() == [f"http://{METADATA}/", "secret", f"http://{gateway}:{host_service}/", "host-secret"]
+    assert out.split() == [f"http://{METADATA}/", "secret", f"http://{NEIGHBOUR}/", "secret",
+                           f"http://{gateway}:{host_service}/", "host-secret"]
 
 
-def test_names_still_resolve_when_the_resolver_is_the_metadata_servers_address(cloud):
-    """As on GCP, where 169.254.169.254 is also the resolver: DNS passes the fence, HTTP does not."""
+@pytest.mark.parametrize("resolver", [METADATA, NEIGHBOUR])
+def test_names_still_resolve_when_the_resolver_is_a_cloud_address(cloud, resolver):
+    """As on GCP, where 169.254.169.254 is also the resolver, or AWS, where it is a private address (a home's
+    is its router's): DNS passes the fence, HTTP does not."""
     client = docker.from_env()
     fenced_network(client.api)
     probe = "import socket; print(socket.gethostbyname('metadata.google.internal'))"
-    out = client.containers.run(IMAGE, ["python3", "-c", probe], network=JOBS_NETWORK, dns=[METADATA],
+    out = client.containers.run(IMAGE, ["python3", "-c", probe], network=JOBS_NETWORK, dns=[resolver],
                                 remove=True).decode()
     assert out.split() == [INTERNET]
 
@@ -184,12 +203,18 @@ def test_jobs_on_the_network_cannot_reach_each_other(cloud, tmp_path):
 def test_a_rule_removed_by_hand_is_put_back_before_the_next_job(cloud):
     client = docker.from_env()
     fenced_network(client.api)
-    chain, rule = RULES[2]  # the REJECT: alone at the top it would shadow the DNS exceptions
+    chain, rule = RULES[2]  # a REJECT: alone at the top it would shadow the DNS exceptions
     subprocess.run(["iptables", "-w", "-D", chain, *rule], check=True)
     fenced_network(client.api)
     listed = subprocess.run(["iptables", "-w", "-S", chain], capture_output=True, text=True, check=True).stdout
-    ours = [line for line in listed.splitlines() if BRIDGE in line]
-    assert len(ours) == 3 and "REJECT" in ours[2] and "RETURN" in ours[0] and "RETURN" in ours[1]
+    ours = [_target_and_destination(line.split()) for line in listed.splitlines() if BRIDGE in line]
+    rules = [_target_and_destination(list(r)) for c, r in RULES if c == chain]
+    assert rules[0] == ("RETURN", None) and rules[2] == ("REJECT", "169.254.0.0/16")
+    assert ours[:len(rules)] == rules  # an earlier version's rules may follow, where they change nothing
+
+
+def _target_and_destination(rule: list[str]) -> tuple[str, str | None]:
+    return rule[rule.index("-j") + 1], rule[rule.index("-d") + 1] if "-d" in rule else None
 
 
 
