@@ -410,7 +410,7 @@ class OutputSpec(_Frozen):
         return v
 
 
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # \Z: "$" also matches before a final newline
 MAX_SECRETS = 64  # secret variables per job
 MAX_SECRET_BYTES = 64 * 1024  # their names and values together (UTF-8): they travel in a bid's reply
 
@@ -423,6 +423,8 @@ def check_env_names(env: dict[str, str], limit: int = MAX_ENV) -> dict[str, str]
     bad = [k for k in env if not _ENV_KEY.match(k)]
     if bad:
         raise ValueError(f"invalid environment variable names: {', '.join(sorted(bad))}")
+    if nul := [k for k, v in env.items() if "\0" in v]:  # no OS passes one: the run failed on the compute node
+        raise ValueError(f"a NUL character in the value of: {', '.join(sorted(nul))} (an environment cannot hold one)")
     if len(env) > limit:
         raise ValueError(f"at most {limit} environment variables")
     return env

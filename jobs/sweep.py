@@ -92,6 +92,10 @@ class SweepSpec(_Frozen):
         bad = sorted({k for k in names if not _ENV_KEY.match(k)})
         if bad:
             problems.append(f"invalid parameter names (they become environment variables): {', '.join(bad)}")
+        nul = sorted({k for part in (self.grid, self.zip) for k, vs in part.items() if any("\0" in v for v in vs)}
+                     | {k for item in self.items for k, v in item.items() if "\0" in v})
+        if nul:
+            problems.append(f"a NUL character in a value of: {', '.join(nul)} (an environment cannot hold one)")
         reserved = sorted(set(names) & set(RESERVED_ENV))
         if reserved:
             problems.append(f"{', '.join(reserved)} is set by Shoal for every index")

@@ -27,7 +27,7 @@ def hold(data_dir: Path) -> Iterator[None]:
     """Make ``data_dir`` and lock it for as long as the block runs (a process that dies lets go of it)."""
     path = data_dir / LOCK_FILE
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the store, keys and results: the node's user's
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise DataDirUnavailable(f"cannot use the data dir {data_dir}: {e.strerror or e}") from e

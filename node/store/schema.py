@@ -15,7 +15,9 @@ that has shipped (a store that had it would never get the edit).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -239,7 +241,20 @@ class StoreDamaged(ShoalError):
     """SQLite found the store's pages damaged: no decision the node would take on it could be trusted."""
 
 
+def _owner_only(path: Path) -> None:
+    """Make the store at ``path`` readable by its owner only: it holds job specs, results, event logs and sealed
+    secrets. SQLite gives the -wal and -shm files the main file's mode; a store made under a umask of 022 (0644,
+    before this was done) is tightened. A file that cannot be made or changed is left to SQLite to report."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        with contextlib.suppress(OSError):  # absent, or not ours to change
+            if (mode := file.stat().st_mode) & 0o077:
+                file.chmod(mode & 0o700)
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    _owner_only(path)
     # another process holding the database (an operator's sqlite3 shell) makes a write wait this long, then
     # try again (``node.store.writer``): an API request is answered 503 before its client gives up
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)

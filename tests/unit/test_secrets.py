@@ -43,6 +43,20 @@ def test_secret_names_follow_the_env_rules_and_the_errors_never_quote_a_value():
     assert SECRET not in str(e.value)
 
 
+@pytest.mark.parametrize("field", ["env", "secret_env"])
+def test_a_value_no_environment_can_hold_is_refused_naming_its_key_only(field):
+    with pytest.raises(ValidationError) as e:  # it was taken, and every run of it failed on the compute node
+        spec(**{field: {"NUL_VALUE": f"{SECRET}\0rest"}})
+    assert "a NUL character in the value of: NUL_VALUE" in problems(e.value)
+    assert SECRET not in str(e.value) and SECRET not in problems(e.value)
+
+
+@pytest.mark.parametrize("key", ["A=B", "A\0B", "A\n"])
+def test_a_name_no_environment_can_hold_is_refused(key):
+    with pytest.raises(ValidationError, match="invalid environment variable names"):
+        spec(env={key: "x"})
+
+
 def test_secrets_are_bounded_in_count_and_size():
     with pytest.raises(ValidationError, match=f"at most {MAX_SECRETS}"):
         spec(secret_env={f"K{i}": "v" for i in range(MAX_SECRETS + 1)})

@@ -69,6 +69,15 @@ def test_bad_sweeps_are_refused_with_a_reason(kw, message):
         spec(**kw)
 
 
+@pytest.mark.parametrize("kw", [{"grid": {"x": ["1", "v4lue\0rest"]}}, {"zip": {"x": ["v4lue\0rest"]}},
+                                {"items": [{"x": "1"}, {"x": "v4lue\0rest"}]}])
+def test_a_parameter_value_no_environment_can_hold_is_refused(kw):
+    with pytest.raises(ValidationError) as e:  # taken, each index failed on the compute node that ran it
+        spec(**kw)
+    assert "a NUL character in a value of: x" in str(e.value)
+    assert "v4lue" not in str(e.value)
+
+
 def test_a_sweep_without_confidence_reads_and_hashes_as_before_it_existed():
     plain = spec(grid={"x": ["1"]})
     assert "confidence" not in json.loads(plain.model_dump_json())  # a node of the last release still takes it
