@@ -7,6 +7,7 @@ that sets it, so a user fixes all of them in one go.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -317,6 +318,7 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
         return None
     from pydantic import ValidationError
 
+    from jobs.spec import MAX_SPEC_BYTES
     from jobs.sweep import SweepSpec
 
     data: dict[str, Any] = load_sweep_file(flags.file) if flags.file is not None else {}
@@ -343,9 +345,27 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
     if confidence is not None:
         data["confidence"] = confidence
     try:
-        return SweepSpec.model_validate({**data, "job": job})
+        sweep = SweepSpec.model_validate({**data, "job": job})
     except ValidationError as exc:
         raise CLIError(*sweep_validation_lines(exc), code=EXIT_USAGE) from None
+    if (size := len(sweep.model_dump_json())) > MAX_SPEC_BYTES:  # refused by the node otherwise, less clearly
+        raise CLIError(_too_large(size, flags.params, grid), code=EXIT_USAGE)
+    return sweep
+
+
+def _too_large(size: int, params: list[str], grid: dict[str, list[str]]) -> str:
+    """Why a sweep's spec of ``size`` bytes cannot be sent, naming the --param that makes it so if one does."""
+    from jobs.spec import MAX_SPEC_BYTES
+
+    over = f"about {size / (1 << 20):.1f} MiB of spec, over the {MAX_SPEC_BYTES >> 20} MiB limit"
+    biggest = max(params, key=lambda value: len(grid[value.partition("=")[0]]), default="")
+    key = biggest.partition("=")[0]
+    if not key or len(json.dumps(grid[key])) < size // 2:
+        return f"the sweep takes {over}: give fewer or shorter values (long ones in a file the job reads)"
+    count = len(grid[key])
+    return (f"--param {biggest} expands to {count:,} values ({over}): split it into two --param grids, e.g. "
+            f"--param {key}_hi=0..{-(-count // 1000) - 1} --param {key}_lo=0..999 with {key} = {key}_hi * 1000 + "
+            f"{key}_lo computed in the job")
 
 
 def sweep_validation_lines(exc: ValidationError) -> list[str]:

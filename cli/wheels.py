@@ -2,15 +2,19 @@
 
 Pyodide cannot fetch packages (jobs run offline), so the client downloads wheels with pip into
 ``.shoal-wheels/`` of the working directory, which is packed with the job, and names them as the
-job's requirements. A requirement with no pure-Python wheel fails here, before anything is submitted.
+job's requirements. The folder holds what the last ``-r`` resolved and nothing else: the job would
+install a wheel left from an earlier run too. A requirement with no pure-Python wheel fails here,
+before anything is submitted.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from cli.errors import EXIT_USAGE, CLIError
@@ -57,17 +61,24 @@ def fetch_wheels(items: list[str], cwd: Path) -> list[str]:
     if not wanted:
         return []
     target = cwd / WHEEL_DIR
-    target.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(target),
-           "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
-           "--python-version", pyodide_python(), *wanted]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise CLIError(f"cannot get pure-Python wheels for {', '.join(wanted)}: {last} (the python engine runs "
-                       "offline in Pyodide and can only install pure-Python wheels)", code=EXIT_USAGE)
-    wheels = sorted(p for p in target.glob("*.whl"))
-    impure = [p.name for p in wheels if not p.name.endswith("-none-any.whl")]
-    if impure:
-        raise CLIError(f"not pure-Python wheels: {', '.join(impure)}", code=EXIT_USAGE)
+    # pip resolves into a fresh folder, which then replaces .shoal-wheels/; the wheels already there are
+    # offered to pip (--find-links) so that what is unchanged is not downloaded again
+    earlier = ["--find-links", str(target)] if target.is_dir() else []
+    with tempfile.TemporaryDirectory(prefix="shoal-wheels-") as fresh:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", fresh,
+               *earlier, "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
+               "--python-version", pyodide_python(), *wanted]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise CLIError(f"cannot get pure-Python wheels for {', '.join(wanted)}: {last} (the python engine runs "
+                           "offline in Pyodide and can only install pure-Python wheels)", code=EXIT_USAGE)
+        wheels = sorted(Path(fresh).glob("*.whl"))
+        impure = [p.name for p in wheels if not p.name.endswith("-none-any.whl")]
+        if impure:
+            raise CLIError(f"not pure-Python wheels: {', '.join(impure)}", code=EXIT_USAGE)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for wheel in wheels:
+            shutil.move(wheel, target / wheel.name)
     return [f"{WHEEL_DIR}/{p.name}" for p in wheels]

@@ -93,6 +93,7 @@ class _Frozen(BaseModel):
                               allow_inf_nan=False)  # every number a job names is finite
 
 
+MAX_SPEC_BYTES = 1 << 20  # a job or sweep spec as a request body to a node, inline code and all
 MAX_GPUS = 64  # per job and per node: more than one machine holds
 # What a run takes of a node at least, whatever its job asks: no engine runs a job on less (Docker's CPU
 # quota floor is 1% of a core, and it refuses smaller memory limits). A job asking for less once reserved

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -140,13 +141,17 @@ def submit(ctx: typer.Context, spec: JobSpec | SweepSpec, opts: RunOptions, cont
 
     job = spec.job if isinstance(spec, SweepSpec) else spec
     if context is not None:
+        from cli.terminal import printable
         from jobs import InputSpec
-        from shoal._context import ContextTooLarge, pack_context
+        from shoal._context import ContextTooLarge, left_out_note, pack_context
 
+        left_out: list[str] = []
         try:
-            archive = pack_context(context)
+            archive = pack_context(context, left_out=left_out)
         except ContextTooLarge as e:
             raise CLIError(str(e), code=EXIT_USAGE) from None
+        if left_out:
+            print(printable(left_out_note(left_out)), file=sys.stderr)
         cid = client(ctx).upload_context(archive)
         job = job.model_copy(update={"inputs": [*job.inputs, InputSpec(source=f"ipfs://{cid}", path="/context")]})
     if isinstance(spec, SweepSpec):

@@ -9,11 +9,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.spec import MAX_SPEC_BYTES
 from node.api.access import AuthorizedKeys, authorize, capability_for
 from node.api.auth import RequestVerifier
 from node.api.errors import error, http_error
 
-MAX_BODY = 1 << 20  # a job spec with inline code; contexts travel through storage, not this body
+MAX_BODY = MAX_SPEC_BYTES  # contexts travel through storage, not this body
 MAX_CONTEXT_BODY = 12 << 20  # a packed working directory (10 MiB of files plus tar headers)
 CONTEXT_UPLOADS = 4  # context bodies read at once (each up to MAX_CONTEXT_BODY in memory); more get 503
 BODY_TIMEOUT = 30.0  # a request body must arrive within this (408): a slow sender holds no connection long
