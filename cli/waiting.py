@@ -7,6 +7,7 @@ the human (status line, where the results are, errors) goes to stderr, so
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -16,13 +17,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, CLIError
 from cli.options import RunOptions
-from cli.render import print_json, status_line, stderr_tail, truncation_note
+from cli.render import print_json, status_line, stderr_tail
 from cli.terminal import write_output
 
 if TYPE_CHECKING:
     from rich.status import Status
 
-    from jobs import JobSpec
+    from jobs import JobSpec, RunResult
     from jobs.sweep import Sweep, SweepSpec
     from jobs.views import JobDescription, SweepDescription
     from shoal import Client
@@ -100,12 +101,23 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
         raise CLIError(f"job {job.id} {job.state}: {job.reason or 'no reason given'}", code=EXIT_JOB_FAILED)
     if not (opts.json or opts.id_only):
         write_output([job_stdout(client, desc)])
-        if note := truncation_note(desc.shown_result(), "stdout", f"shoal get {job.id}"):
-            print(note, file=sys.stderr)
+        result = desc.shown_result()
+        shoal_notes(result)
+        if result is not None and result.stdout_truncated:
+            print(f"Note: the stdout shown is its last part only (the job wrote more); shoal get {job.id} keeps "
+                  "up to its last 1 MiB", file=sys.stderr)
         cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
         where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
         print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)
     return EXIT_OK
+
+
+def shoal_notes(result: RunResult | None) -> None:
+    """The lines of a completed run's stderr that Shoal wrote to the user ("shoal: …", e.g. a file written
+    outside the outputs and lost): on success its stderr is not shown, and the user missed them."""
+    notes = [f"{line}\n" for line in (result.stderr if result else "").splitlines() if line.startswith("shoal: ")]
+    if notes:
+        write_output(notes, sys.stderr)
 
 
 def job_stdout(client: Client, desc: JobDescription) -> str:
@@ -259,6 +271,7 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
     """The outcome: ranges of indexes per state on stderr; with success=any, the winner's stdout."""
     from cli.render import index_values, range_lines, sweep_counts
     from jobs import JobState
+    from shoal import ShoalAPIError
 
     sweep = desc.sweep
     quiet = opts.json or opts.id_only
@@ -285,6 +298,8 @@ def report_sweep(client: Client, desc: SweepDescription, opts: RunOptions) -> in
         print(f"Index {sweep.winner} succeeded first" + (f" ({values})" if values else "") + "; its stdout:",
               file=sys.stderr, flush=True)
         write_output([index_stdout(client, sweep.id, sweep.winner)])
+        with contextlib.suppress(ShoalAPIError):
+            shoal_notes(client.sweep_index(sweep.id, sweep.winner).result)
         print(f"Its results: shoal sweep get {sweep.id} {sweep.winner}", file=sys.stderr)
     else:
         print(f"An index's stdout: shoal sweep logs {sweep.id} INDEX; every index's results: shoal get {sweep.id}",

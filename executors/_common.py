@@ -18,7 +18,8 @@ from pathlib import Path
 
 import trio
 
-from executors.base import DISK_POLL, MAX_CAPTURE, ExecutorError, Mount, RunRequest, Stream
+from executors.base import DISK_POLL, ExecutorError, Mount, RunRequest, Stream
+from jobs.model import MAX_CAPTURE
 from storage.trees import MAX_DEPTH, TooDeep, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,

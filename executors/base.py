@@ -12,7 +12,6 @@ import trio
 from jobs import JobSpec, Resources, RunResult, ShoalError
 from jobs.messages import LIVE_CAP
 
-MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps; beyond that, truncated (and said so)
 DISK_POLL = 0.1  # seconds between checks of what a job has written to its outputs against resources.disk
 # Files and folders a job's outputs may hold, also while it runs, unless the node says otherwise
 # (--max-output-entries): Kubo took over a minute to add 300,000 empty files (the publish timed out, and the job

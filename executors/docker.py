@@ -56,13 +56,14 @@ from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors import docker_seccomp
 from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
-from executors.base import MAX_CAPTURE, Executor, ExecutorError, LiveOutput, RunRequest
+from executors.base import Executor, ExecutorError, LiveOutput, RunRequest
 from executors.cgroups import ContainerSockets
 from executors.docker_network import fenced_network
 from executors.docker_pulls import DEFAULT_MAX_IMAGE, PulledImages
 from executors.images import IMAGES as BASE_IMAGES
 from executors.users import JobUsers
 from jobs import JobSpec, RunResult
+from jobs.model import MAX_CAPTURE
 from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
 
 log = logging.getLogger("shoal.executors.docker")

@@ -21,6 +21,9 @@ def moved(record: R, state: object, reason: str, now: float, changes: dict[str, 
     return record.model_copy(update=update)
 
 
+MAX_CAPTURE = 1 << 20  # bytes of stdout and of stderr an executor keeps, its last ones; beyond that, truncated
+
+
 class RunResult(BaseModel):
     """What an executor reports about one finished run."""
 

@@ -55,7 +55,14 @@ from jobs.views import (
 from shoal._auth import ClientKey, ShoalAuth, b64encode, parse_public_key, shoal_home
 from shoal._error_mapping import check, connection_failed, parse, request_failed, validation_summary
 from shoal._errors import ConnectionFailed, InvalidRequest, ServerError, ShoalAPIError, WaitTimeout
-from shoal._results import Plan, extract_results, extract_results_async, plan_download, write_from_record
+from shoal._results import (
+    Plan,
+    extract_results,
+    extract_results_async,
+    plan_download,
+    warn_if_truncated,
+    write_from_record,
+)
 from shoal._sse import EventReader
 
 if TYPE_CHECKING:
@@ -701,11 +708,14 @@ class Client(_BaseClient):
         node signed); they are extracted beside ``dest`` and moved there only once they do.
         Archives with absolute paths, ``..``, devices or links that resolve outside ``dest`` are
         refused, and so is a download over ``max_bytes`` (default: twice the result's recorded
-        sizes plus 64 MiB). A refused download writes nothing.
+        sizes plus 64 MiB). A refused download writes nothing. A stdout or stderr longer than the 1 MiB a
+        compute node keeps (its last) is warned of (``warnings.warn``).
         """
         desc = self.describe(job_id)
         plan = plan_download(desc.shown_result(), f"job {desc.job.id}", desc.job.state.value, max_bytes)
-        return self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
+        path = self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
+        warn_if_truncated(desc.shown_result(), path)
+        return path
 
     def _fetch(self, plan: Plan, request: httpx.Request, dest: Path, whose: str) -> Path:
         if plan.cid is None:
@@ -1093,7 +1103,9 @@ class AsyncClient(_BaseClient):
         """See ``Client.download``. Extraction runs in worker threads."""
         desc = await self.describe(job_id)
         plan = plan_download(desc.shown_result(), f"job {desc.job.id}", desc.job.state.value, max_bytes)
-        return await self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
+        path = await self._fetch(plan, self._results_request(desc.job.id), Path(dest), f"job {desc.job.id}")
+        warn_if_truncated(desc.shown_result(), path)
+        return path
 
     async def _fetch(self, plan: Plan, request: httpx.Request, dest: Path, whose: str) -> Path:
         import anyio

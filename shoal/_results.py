@@ -20,11 +20,12 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.model import RunResult
+from jobs.model import MAX_CAPTURE, RunResult
 from shoal._errors import NotFound, ShoalAPIError
 
 STREAM_ALLOWANCE = 4 << 20  # bytes for a truncated stdout/stderr: an executor keeps 1 MiB, ≤ 3 bytes a byte as text
@@ -63,6 +64,25 @@ def plan_download(result: RunResult | None, whose: str, state: str, max_bytes: i
                                 "nothing was written", None, "no_cid")
         return Plan(None, files=result.files())
     return Plan(result.cid, max_bytes if max_bytes is not None else default_limit(result))
+
+
+def truncation_notes(result: RunResult | None, dest: Path) -> list[str]:
+    """A line for each of the downloaded stdout and stderr that holds only the last MiB of what the job wrote.
+    The record's flag alone does not tell: it is set too when the record keeps a shorter tail than the file."""
+    notes = []
+    for stream in ("stdout", "stderr"):
+        path = dest / stream
+        # a cut UTF-8 sequence may have lost up to 3 bytes of the last MiB
+        if getattr(result, f"{stream}_truncated", False) and path.is_file() and path.stat().st_size >= MAX_CAPTURE - 3:
+            notes.append(f"{stream} was longer than 1 MiB: {path} holds its last 1 MiB; "
+                         "write large output to a file under -o")
+    return notes
+
+
+def warn_if_truncated(result: RunResult | None, dest: Path) -> None:
+    """``truncation_notes`` as warnings, at the caller of the client's ``download``."""
+    for note in truncation_notes(result, dest):
+        warnings.warn(note, stacklevel=3)
 
 
 def default_limit(result: RunResult) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -122,7 +123,11 @@ def get(
         print(dest)
         return
     job_id = full_id(sdk, job_id)
-    path = sdk.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
+    with warnings.catch_warnings(record=True) as notes:  # the SDK's word of a cut stdout, as a line of ours
+        warnings.simplefilter("always", UserWarning)
+        path = sdk.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
+    for note in notes:
+        print(note.message, file=sys.stderr)
     print(path)
 
 

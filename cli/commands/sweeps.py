@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,12 @@ from cli.arguments import Index, JobStateName, Json, MaxBytes, Output, SweepId
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 from cli.options import duration
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from jobs.views import IndexList
+    from shoal import Client
 
 
 def sweep_list(
@@ -36,10 +42,11 @@ def sweep_indexes(
     sweep_id: SweepId,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only indexes in this state.")] = None,
     first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
-    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=10_000, help="At most this many.")] = 100,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, max=10_000,
+        help="At most this many (default: 100 in a table, all of them with --json or --output).")] = None,
     json_: Json = False,
     output: Output = None,
-) -> None:
+) -> None:  # fmt: skip
     """Indexes of a sweep in order: state, node, exit code, parameters, reason."""
     from cli.lookup import find_sweep
     from cli.render import emit, indexes_table, output_format, show
@@ -47,7 +54,23 @@ def sweep_indexes(
     fmt = output_format(json_, output)
     sdk = client(ctx)
     desc = find_sweep(sdk, sweep_id)
-    result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
+    table = fmt == "table"
+    if limit is None and fmt == "json":  # the data, for a script or pandas: the whole sweep, page by page
+        return stream_json(index_pages(sdk, desc.sweep.id, state, first))
+    if limit is None and not table:
+        from jobs.views import IndexList
+
+        pages = list(index_pages(sdk, desc.sweep.id, state, first))
+        result = IndexList(indexes=[r for page in pages for r in page.indexes], total=pages[-1].total)
+    else:
+        limit = limit or TABLE_ROWS
+        result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
+
+    def more() -> None:
+        if len(result.indexes) == limit:
+            after = result.indexes[-1].index + 1
+            print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
+                  f"more with --first {after}.", file=sys.stderr)
 
     def human() -> None:
         if not result.indexes:
@@ -55,12 +78,38 @@ def sweep_indexes(
                   file=sys.stderr)
             return
         show(indexes_table(result.indexes, desc.sweep.spec))
-        if len(result.indexes) == limit:
-            after = result.indexes[-1].index + 1
-            print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
-                  f"more with --first {after}.", file=sys.stderr)
+        more()
 
     emit(result, fmt, human)
+    if not table:
+        more()
+
+
+TABLE_ROWS = 100  # indexes a table shows without --limit
+INDEX_PAGE = 1000  # index records asked for at once (the API takes up to 10,000; the SDK's downloads ask 1,000)
+
+
+def index_pages(sdk: Client, sweep_id: str, state: str | None, first: int) -> Iterator[IndexList]:
+    """Every index record from ``first`` on (only those in ``state`` if given), a page at a time."""
+    while True:
+        page = sdk.sweep_indexes(sweep_id, state=state, first=first, limit=INDEX_PAGE)
+        yield page
+        if len(page.indexes) < INDEX_PAGE or page.indexes[-1].index < first:  # the last, or one that does not move on
+            return
+        first = page.indexes[-1].index + 1
+
+
+def stream_json(pages: Iterator[IndexList]) -> None:
+    """``--json`` of every index, written as the pages come: a million records, each with its output's tail,
+    would not fit in the client's memory at once."""
+    out, sep, total = sys.stdout, "\n", 0
+    out.write('{"indexes": [')
+    for page in pages:
+        for record in page.indexes:
+            out.write(f"{sep}  {record.model_dump_json()}")
+            sep = ",\n"
+        total = page.total
+    out.write(f'\n], "total": {total}}}\n')
 
 
 def sweep_retry(

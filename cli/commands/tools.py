@@ -92,7 +92,8 @@ def images_build(
 
 def docker_fence() -> None:
     """Fence the network docker jobs get (serve --allow-network) from the host, its cloud's metadata
-    server and private addresses: network shoal-jobs and its iptables rules. Root only; a node that runs as root does it itself."""
+    server and private addresses: network shoal-jobs and its iptables rules. Root only; a node that runs
+    as root does it itself."""
     require_node("docker fence")
     import docker
 

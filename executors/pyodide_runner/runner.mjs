@@ -640,6 +640,8 @@ const controlFd = option("--control-fd") === undefined ? null : Number(option("-
 // program's is; anything written there at another time (a callback a job left behind, a warning while an
 // interpreter loads) is dropped: uncounted bytes on fd 1 or 2 would be taken for the next job's output.
 let programRunning = false;
+// The job wrote into /context, its working directory, which is read-only: a bare EROFS said nothing of -o
+let contextRefused = false;
 for (const [stream, fd] of [[process.stdout, 1], [process.stderr, 2]]) {
   stream.write = (chunk, encoding, callback) => {
     if (programRunning) writeAll(fd, Buffer.from(chunk, typeof encoding === "string" ? encoding : undefined));
@@ -657,8 +659,9 @@ function control(message) {
 // NODEFS as the job should see it: host metadata that differs between nodes is normalised, listings are
 // sorted, and a read-only mount refuses writes.
 function jobFS(FS, NODEFS, writable) {
-  const fail = (errno) => () => {
-    throw new FS.ErrnoError(errno);
+  const refuse = (node) => {
+    if (node?.mount?.mountpoint === "/context") contextRefused = true;
+    throw new FS.ErrnoError(EROFS);
   };
   const normalise = (stat) => {
     const time = new RealDate(EPOCH_MS);
@@ -678,12 +681,10 @@ function jobFS(FS, NODEFS, writable) {
   if (writable) {
     node_ops.mknod = (parent, name, mode, dev) => adopt(NODEFS.node_ops.mknod(parent, name, mode, dev));
   } else {
-    for (const op of ["mknod", "rename", "unlink", "rmdir", "symlink", "setattr"]) node_ops[op] = fail(EROFS);
-    stream_ops.setattr = fail(EROFS);
-    stream_ops.write = fail(EROFS);
-    stream_ops.msync = fail(EROFS);
+    for (const op of ["mknod", "rename", "unlink", "rmdir", "symlink", "setattr"]) node_ops[op] = refuse;
+    stream_ops.setattr = stream_ops.write = stream_ops.msync = (stream) => refuse(stream.node);
     stream_ops.open = (stream) => {
-      if (stream.flags & (0o1 | 0o2 | 0o100 | 0o1000 | 0o2000)) throw new FS.ErrnoError(EROFS);
+      if (stream.flags & (0o1 | 0o2 | 0o100 | 0o1000 | 0o2000)) refuse(stream.node);
       return NODEFS.stream_ops.open(stream);
     };
   }
@@ -799,6 +800,7 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
       files.clear();
       fileBytes = 0;
       filesFS = pyodide.FS;
+      contextRefused = false;
       if (job.memory_limit) memoryLimit = job.memory_limit;
     };
     const advance = (ms) => {
@@ -809,6 +811,10 @@ async function runJob({ pyodide, runJob: runDriver }, job) {
       code = runDriver(JSON.stringify(job), reset, advance);
     } finally {
       programRunning = false;
+    }
+    if (contextRefused && code !== 0) {  // a program that caught the error and went on ran as meant
+      writeAll(2, Buffer.from("shoal: /context (your working directory) is read-only; write outputs under a path "
+                              + "given with -o NAME:/PATH, e.g. -o results:/outputs\n"));
     }
     const lost = unkept(pyodide.FS);
     if (lost.length) {

@@ -18,10 +18,11 @@ import docker.errors
 import pytest
 import trio
 
-from executors.base import MAX_CAPTURE, ExecutorError, Mount, RunRequest
+from executors.base import ExecutorError, Mount, RunRequest
 from executors.docker import LABEL_EXECUTION, LABEL_NODE, DockerExecutor, PullProgress, cleanup_leftovers
 from executors.images import build_busybox
 from jobs import JobSpec
+from jobs.model import MAX_CAPTURE
 
 BUSYBOX = "busybox:latest"
 

@@ -474,6 +474,22 @@ async def test_a_missing_module_says_where_numpy_runs(executor: PyodideExecutor,
     assert result.stdout == "(3, 14)\n"  # as shoal run python --help and the README say
 
 
+async def test_a_write_into_the_read_only_working_directory_says_where_to_write(executor: PyodideExecutor,
+                                                                               tmp_path: Path) -> None:
+    """``open("results.csv", "w")`` failed with a bare "[Errno 69] Read-only file system", no word of -o."""
+    hint = ("shoal: /context (your working directory) is read-only; write outputs under a path given with "
+            "-o NAME:/PATH, e.g. -o results:/outputs\n")
+    code = "import os\ntry:\n    os.mkdir('out')\nexcept OSError:\n    pass\nopen('results.csv', 'w').write('1,2\\n')"
+    result = await executor.run(request(tmp_path, code=code))
+    assert result.exit_code == 1 and "OSError: [Errno 69] Read-only file system: 'results.csv'" in result.stderr
+    assert result.stderr.endswith("'results.csv'\n" + hint) and result.stderr.count(hint) == 1, result.stderr
+    # a program that caught it ran as meant; an input's refusal is not the working directory's
+    caught = await executor.run(request(tmp_path, code="try:\n    open('r.csv', 'w')\nexcept OSError:\n    pass"))
+    assert (caught.exit_code, caught.stderr) == (0, "")
+    result = await executor.run(request(tmp_path, code="open('/inputs/data.txt', 'w')", inputs={"data.txt": "x"}))
+    assert result.exit_code == 1 and "Read-only file system" in result.stderr and "shoal:" not in result.stderr
+
+
 async def test_files_written_outside_the_outputs_are_said_to_be_lost(executor: PyodideExecutor, tmp_path: Path) -> None:
     """A job that wrote /results/r.csv with no output declared for it completed, and its files were gone: in
     a container the read-only root says so. /tmp and the home are scratch, said nothing of."""

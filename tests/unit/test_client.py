@@ -13,6 +13,7 @@ import json
 import socket
 import tarfile
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -728,6 +729,36 @@ async def test_download_extracts_results(client, fake: FakeNode, tmp_path: Path)
     assert dest == tmp_path / "out"
     assert (dest / "stdout").read_text() == "42\n"
     assert (dest / "outputs" / "result.txt").read_text() == "done"
+
+
+MIB = 1 << 20
+
+
+def long_stdout(n: int) -> bytes:
+    return b"".join(b"line %d\n" % i for i in range(n))
+
+
+def cut_job(node: FakeNode, job_id: str, written: bytes) -> None:
+    """A completed job that wrote ``written``: the node keeps its last MiB, the record its last 64 KiB."""
+    kept = written[-MIB:]
+    cid, tar = results_archive({"stdout": kept, "stderr": b"", "exitCode": b"0"})
+    node.served[job_id] = (cid, tar)
+    node.add_job(job_id, JobState.COMPLETED)
+    result = RunResult(stdout=kept[-65536:].decode(), stdout_truncated=True, cid=cid)
+    node.jobs[job_id] = node.jobs[job_id].model_copy(update={"result": result})
+
+
+async def test_a_download_of_a_cut_stdout_warns_which_part_it_holds(client, fake: FakeNode, tmp_path: Path) -> None:
+    cut_job(fake, "j-long", long_stdout(200_000))  # 2.2 MB
+    cut_job(fake, "j-mid", long_stdout(20_000))  # 180 KB: the record's tail is cut, the download whole
+    with pytest.warns(UserWarning) as caught:
+        dest = await call(client, "download", "j-long", tmp_path / "long")
+    assert [str(w.message) for w in caught] == [f"stdout was longer than 1 MiB: {dest / 'stdout'} holds its last "
+                                                "1 MiB; write large output to a file under -o"]
+    assert (dest / "stdout").read_bytes().endswith(b"line 199999\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await call(client, "download", "j-mid", tmp_path / "mid")
 
 
 @pytest.mark.parametrize("job_id", ["evil", "evil-link"])
