@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from jobs import ExecutionSide, ExecutionState
+from jobs import Execution, ExecutionSide, ExecutionState, Job
 from node.store import StoreClosed
 from storage.trees import remove_tree
 
@@ -43,30 +43,31 @@ GC_EVERY = 300.0  # seconds between two repo gc at most: Kubo holds adds back wh
 
 async def expire_once(store: Store, publisher: Publisher, retention: float, now: float) -> int:
     """Remove the results that expired by ``now``; returns how many records were marked or, for
-    the published table, deleted."""
-    from storage import StorageError
+    the published table, deleted.
 
+    When the publisher is unreachable (Kubo down) the pass stops there and what it did not unpin stays
+    unmarked for the next pass: the ttl unpins only unmarked results, so a marked one would stay pinned.
+    """
     jobs, executions = await store.expired_results(now - retention)
+    released: list[Job | Execution] = []
     for record in [*jobs, *executions]:
         cid = record.result.cid if record.result else None
-        if cid:
-            try:
-                await publisher.remove(cid)
-            except StorageError as e:  # already gone, or Kubo down: mark it anyway, retrying is pointless
-                log.info("could not remove %s: %s", cid, e)
-    for job in jobs:
-        await store.forget_cached(job.id)
-        marked = job.model_copy(update={"results_removed_at": now, "revision": job.revision + 1})
-        await store.save(job=marked)
-    for ex in executions:
-        marked = ex.model_copy(update={"results_removed_at": now, "revision": ex.revision + 1})
-        await store.save(side=ExecutionSide.COMPUTE, executions=[marked])
+        if cid and not await _release(publisher, [cid]):
+            break
+        released.append(record)
+    for record in released:
+        marked = record.model_copy(update={"results_removed_at": now, "revision": record.revision + 1})
+        if isinstance(marked, Job):
+            await store.forget_cached(marked.id)
+            await store.save(job=marked)
+        else:
+            await store.save(side=ExecutionSide.COMPUTE, executions=[marked])
     published = await store.expired_published(now - retention)
     if published and await _release(publisher, published):
         await store.delete_published(published)
     else:
         published = []
-    return len(jobs) + len(executions) + len(published)
+    return len(released) + len(published)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Shoal that talks to Kubo, and the only place its errors are translated:
     httpx.TimeoutException                → Unavailable  ("did not answer within N s")
     other httpx transport errors          → Unavailable  ("connection broke during …")
     HTTP 404/405 without Kubo's JSON      → StorageError ("not a Kubo RPC endpoint")
+    HTTP 200 without Kubo's JSON, or JSON of another shape → Unavailable ("… not Kubo's JSON")
     Message "…not found…", "no link named…", "not pinned" → NotFound
     Message "invalid path/cid…"           → InvalidSource
     "context deadline exceeded" on a lookup → NotFound ("… not found on the IPFS network within 30 s")
@@ -61,6 +62,7 @@ PATIENCE = 20.0  # seconds in which a fetch or publish that found the daemon una
 CALL_TIMEOUT = 30.0  # seconds for a plain RPC call (id, pin/rm, swarm/connect) to answer
 STALL_TIMEOUT = 60.0  # seconds a streaming transfer may go without a byte before it is abandoned
 GC_TIMEOUT = 600.0  # seconds a repo gc may take: it answers only when done, and a big repo takes minutes
+PROBLEM_TIMEOUT = 5.0  # seconds Kubo's RPC may take to say its version before it counts as down
 READ_SIZE = 1 << 20
 
 # `ipfs add` defaults, pinned so that a daemon's Import.* config cannot change the CIDs we get.
@@ -153,14 +155,20 @@ class KuboClient:
             raise Unavailable(f"connection to Kubo RPC at {self.url} broke during {what}: {_reason(exc)}") from exc
 
     async def _call(self, command: str, params: list[tuple[str, str]] | None = None, *,
-                    read_timeout: float | None = None) -> Any:
+                    read_timeout: float | None = None, shape: Callable[[Any], Any] | None = None) -> Any:
+        """Kubo's JSON answer (the last line of NDJSON), read by ``shape``: an answer that does not decode,
+        or that ``shape`` cannot read, is ``Unavailable`` (something else answers in Kubo's place)."""
         async with self._stream(command, params, read_timeout=read_timeout or self.call_timeout) as response:
             body = await response.aread()
         try:
-            return json.loads(body) if body.strip() else None
-        except ValueError:
-            lines = [json.loads(line) for line in body.splitlines() if line.strip()]  # NDJSON
-            return lines[-1] if lines else None
+            try:
+                out = json.loads(body) if body.strip() else None
+            except ValueError:
+                lines = [json.loads(line) for line in body.splitlines() if line.strip()]  # NDJSON
+                out = lines[-1] if lines else None
+            return shape(out) if shape else out
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise _not_kubo(self.url, command, body) from exc
 
     # -- node --------------------------------------------------------------------------------------
 
@@ -169,7 +177,7 @@ class KuboClient:
         return await self._call("id")
 
     async def version(self) -> str:
-        return (await self._call("version"))["Version"]
+        return await self._call("version", shape=lambda out: _text(out["Version"]))
 
     async def swarm_connect(self, multiaddr: str) -> None:
         """Connect to a peer (a full multiaddr ending in ``/p2p/<peer id>``)."""
@@ -177,8 +185,8 @@ class KuboClient:
 
     async def swarm_peers(self) -> list[str]:
         """Peer ids the daemon is connected to."""
-        out = await self._call("swarm/peers")
-        return [p["Peer"] for p in (out or {}).get("Peers") or []]
+        return await self._call("swarm/peers",
+                                shape=lambda out: [_text(p["Peer"]) for p in (out or {}).get("Peers") or []])
 
     # -- content -----------------------------------------------------------------------------------
 
@@ -222,7 +230,7 @@ class KuboClient:
         async with self._stream("add", params, content=body, headers=headers) as response:
             async for line in response.aiter_lines():
                 if line.strip():
-                    entry = json.loads(line)
+                    entry = _add_entry(self.url, line)
                     if entry.get("Type") == "error":
                         raise _add_failed(str(entry.get("Message")))
                     if "Hash" in entry:
@@ -240,12 +248,17 @@ class KuboClient:
         params = [("arg", ipfs_path)]
         if find_timeout is not None:
             params.append(("timeout", _duration(find_timeout)))
+
+        def shape(out: Any) -> PathStat:
+            return PathStat(_text(out["Hash"]), _text(out["Type"]), int(out.get("Size") or 0),
+                            int(out.get("CumulativeSize") or 0))
+
         try:
-            out = await self._call("files/stat", params, read_timeout=(find_timeout or 0) + self.call_timeout)
+            return await self._call("files/stat", params, read_timeout=(find_timeout or 0) + self.call_timeout,
+                                    shape=shape)
         except _DeadlineExceeded:
             raise NotFound(f"{ipfs_path.removeprefix('/ipfs/')} not found on the IPFS network within "
                            f"{find_timeout:g} s") from None
-        return PathStat(out["Hash"], out["Type"], int(out.get("Size") or 0), int(out.get("CumulativeSize") or 0))
 
     async def iter_cat(self, ipfs_path: str) -> AsyncGenerator[bytes, None]:
         """Stream a file's bytes."""
@@ -271,10 +284,10 @@ class KuboClient:
     async def is_pinned(self, cid: str) -> bool:
         """Whether ``cid`` is pinned recursively (directly, not as part of another pin). Never touches the network."""
         try:
-            out = await self._call("pin/ls", [("arg", cid), ("type", "recursive"), ("offline", "true")])
+            return await self._call("pin/ls", [("arg", cid), ("type", "recursive"), ("offline", "true")],
+                                    shape=lambda out: cid in out["Keys"])
         except NotFound:
             return False
-        return cid in ((out or {}).get("Keys") or {})
 
     async def repo_gc(self, *, timeout: float | None = None) -> None:
         """Delete unpinned blocks now (Kubo otherwise does it only with ``--enable-gc``).
@@ -314,6 +327,30 @@ def _error_from_response(url: str, command: str, status: int, body: bytes) -> St
     if any(s in low for s in _NO_SPACE):
         return Unavailable(f"Kubo '{command}' failed, its repo is out of space: {message}")
     return StorageError(f"Kubo '{command}' failed: {message}")
+
+
+def _not_kubo(url: str, command: str, body: bytes | str) -> Unavailable:
+    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else body).strip()[:200]
+    return Unavailable(f"Kubo RPC at {url} answered '{command}' with something that is not Kubo's JSON: {text}")
+
+
+def _text(value: object) -> str:
+    """``value``, a string in Kubo's answer; TypeError (the answer is not Kubo's) otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _add_entry(url: str, line: str) -> dict[str, Any]:
+    """One line of ``add``'s answer: a JSON object whose ``Hash``, when there is one, is a CID."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or ("Hash" in entry and not (isinstance(entry["Hash"], str)
+                                                                and is_cid(entry["Hash"]))):
+        raise _not_kubo(url, "add", line)
+    return entry
 
 
 def _add_failed(message: str) -> StorageError:
@@ -536,3 +573,12 @@ class KuboPublisher:
 
     async def collect_garbage(self) -> None:
         await self.client.repo_gc(timeout=GC_TIMEOUT)
+
+    async def problem(self) -> str | None:
+        with trio.move_on_after(PROBLEM_TIMEOUT):
+            try:
+                await self.client.version()
+            except StorageError as e:
+                return str(e)
+            return None
+        return f"Kubo RPC at {self.client.url} did not answer within {PROBLEM_TIMEOUT:g} s"
