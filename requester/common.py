@@ -117,10 +117,14 @@ class Driver(Generic[L]):
     async def _tick(self, item: L) -> None:
         raise NotImplementedError
 
+    def _to_tick(self, now: float) -> list[tuple[str, L]]:
+        """The live items to tick now, by id: all of them, unless a service knows which are due."""
+        return list(self._live.items())
+
     async def _tick_forever(self) -> None:
         while True:
             await trio.sleep(TICK)
-            for name, item in list(self._live.items()):
+            for name, item in self._to_tick(self.clock()):
                 try:
                     async with item.lock:
                         if not item.done.is_set():

@@ -8,6 +8,7 @@ of ``trust`` (what to believe of a peer, k-of-n results) and ``selection`` (whic
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,11 @@ from requester.selection import can_ever_run, candidates, never_runnable, waitin
 
 TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
-ANNOUNCE_BACKOFF_MAX = 30.0
+ANNOUNCE_BACKOFF_MAX = 30.0  # while few jobs wait; with many, see REPEATS_PER_SECOND
+# repeated announcements a requester sends each second at most, about: with thousands of jobs waiting, each
+# waits longer between its repeats (9,000 repeated every 30 s cost every node of a 3-node devstack 15-24 % of
+# its CPU; compute nodes keep what they had no room for, so repeats are for lost gossip and new nodes)
+REPEATS_PER_SECOND = 50.0
 RETRY_BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed run (spec.retries); doubles after each
 RETRY_BACKOFF_MAX = 60.0
 MAX_REOFFERS = 5
@@ -36,9 +41,15 @@ NOT_RETRIED = " (not retried: a deterministic job exits the same way on every ru
 Reputation = Mapping[str, tuple[int, int]]  # peer -> (results accepted, results rejected)
 
 
-def announce_backoff(backoff: float, now: float) -> tuple[float, float]:
+def announce_backoff(backoff: float, now: float, ceiling: float = ANNOUNCE_BACKOFF_MAX) -> tuple[float, float]:
     """(when to announce next, the backoff after that): jobs and sweeps repeat announcements alike."""
-    return now + backoff, min(backoff * 2, ANNOUNCE_BACKOFF_MAX)
+    return now + min(backoff, ceiling), min(backoff * 2, ceiling)
+
+
+def repeat_ceiling(waiting: int) -> float:
+    """The longest backoff between a waiting job's announcements when ``waiting`` jobs wait: 30 s, or longer
+    so that their repeats come to REPEATS_PER_SECOND at most."""
+    return max(ANNOUNCE_BACKOFF_MAX, waiting / REPEATS_PER_SECOND)
 
 
 def retry_delay(retry: int) -> float:
@@ -87,6 +98,23 @@ class Tracked:
             return deal.concurrency
         return deal.concurrency if trust.verify(proposed, deal.confidence).verified else len(proposed) + 1
 
+    def due(self) -> float:
+        """When ``JobMachine.tick`` may next change the job with the clock alone: a deadline or an announcement.
+        What the node table's changes decide (no node left able to run it) waits for a pass over every job."""
+        if self.job.state.is_terminal:
+            return math.inf
+        spec, times = self.job.spec, []
+        if spec.deal.min_bids and self.first_bid_at is not None and self.bidding():
+            times.append(self.first_bid_at + spec.deadlines.min_bids)
+        running = [x.updated_at for x in self.executions.values() if x.state is ExecutionState.ACCEPTED]
+        if running:
+            times.append(min(running) + spec.result_deadline())
+        if self.needed() > 0:
+            times += [self.waiting_since + spec.deadlines.bid_limit, self.next_announce]
+        elif not running and _proposals(self):
+            return 0.0  # every slot proposed and no verdict written: a restart came between them
+        return min(times, default=math.inf)
+
     def bidding(self) -> list[Execution]:
         return [x for x in self.executions.values() if x.state is ExecutionState.BIDDING]
 
@@ -116,6 +144,7 @@ class Known:
     nodes: Sequence[NodeInfo] = ()  # compute nodes heard from lately
     reputation: Reputation = field(default_factory=dict)
     complete: bool = True  # False: the node table dropped nodes lately, or is filling; no job fails for want of one
+    waiting: int = 0  # jobs short of nodes on this requester, lately (``repeat_ceiling``)
 
 
 @dataclass(frozen=True)
@@ -235,7 +264,7 @@ class JobMachine:
         compute role alone, see ``may_run_here``); repeats are gossiped to everyone.
         """
         first = state.announce_backoff == ANNOUNCE_BACKOFF_FIRST
-        next_at, backoff = announce_backoff(state.announce_backoff, now)
+        next_at, backoff = announce_backoff(state.announce_backoff, now, repeat_ceiling(known.waiting))
         after = replace(state, next_announce=next_at, announce_backoff=backoff)
         here = first and self.may_run_here(state, own)
         spec = state.job.spec

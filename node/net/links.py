@@ -58,6 +58,7 @@ class Counters:
     peers_refused_untrusted: int = 0
     gossip_rejected: int = 0
     gossip_rate_limited: int = 0
+    gossip_unsent: int = 0
 
 
 async def discard_stream(stream: Any, *, graceful: bool = False) -> None:

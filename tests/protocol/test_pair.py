@@ -344,3 +344,37 @@ async def test_a_restarted_requester_spreads_the_offers_of_its_live_jobs(tmp_pat
             assert 0 < offered <= RESTORED_OFFERS_PER_SECOND * 1.25
             await trio.sleep(waiting / RESTORED_OFFERS_PER_SECOND + 1)
             assert req.requester.counters["announcements"] >= waiting  # each of them, soon after
+
+
+async def test_a_requester_with_hundreds_of_jobs_waiting_ticks_and_repeats_them_sparingly(
+        tmp_path, autojump_clock, monkeypatch):
+    """A waiting job is ticked when a deadline or an announcement is due, and every job on a pass each
+    FULL_PASS; repeats stretch so that together they keep to REPEATS_PER_SECOND. Each waiting job ticked four
+    times a second and repeated every 30 s took most of a requester's CPU at 9,000 jobs."""
+    from requester import machine as job_machine
+    from requester import service as requester_service
+
+    monkeypatch.setattr(job_machine, "REPEATS_PER_SECOND", 1.0)  # 300 waiting: each repeated every 300 s
+    ticks = 0
+    tick = job_machine.JobMachine.tick
+
+    def counted(self, *args, **kwargs):
+        nonlocal ticks
+        ticks += 1
+        return tick(self, *args, **kwargs)
+
+    monkeypatch.setattr(job_machine.JobMachine, "tick", counted)
+    hub = MemoryHub()
+    async with memory_node(hub, "n0", tmp_path / "n0", total=Resources(cpu=1, memory="1GiB", disk=0)) as n:
+        n.noop.hooks.delay = 10_000.0  # the first job holds the node's only slot
+        for _ in range(301):
+            await n.requester.submit(spec(resources={"cpu": 1}, cache=False, timeout=7200, deadlines={"bid": 86_400}),
+                                     "alice")
+        await trio.sleep(400)  # the announcements' backoff reaches its ceiling
+        ticks, before = 0, n.requester.counters["announcements"]
+        await trio.sleep(600)
+        assert n.requester.waiting() == 300
+        repeats = n.requester.counters["announcements"] - before
+        assert repeats <= 600 * 1.0 * 1.1, repeats  # at 30 s each: 6,000
+        passes = 600 / requester_service.FULL_PASS
+        assert ticks <= 300 * passes * 1.2, ticks  # four a second each: 720,000

@@ -32,7 +32,16 @@ from jobs import (
 from jobs.messages import Bid, Cancel, Claim, Decision, IndexResult, NodeInfo, Result, outcome_digest
 from jobs.spec import INPUT_DEADLINE, PREPARE_DEADLINE, DockerEngine, InputSpec
 from jobs.sweep import Sweep, SweepSpec
-from requester.machine import ANNOUNCE_BACKOFF_MAX, MAX_REOFFERS, Changes, JobMachine, Known, Tracked
+from requester.machine import (
+    ANNOUNCE_BACKOFF_MAX,
+    MAX_REOFFERS,
+    REPEATS_PER_SECOND,
+    TICK,
+    Changes,
+    JobMachine,
+    Known,
+    Tracked,
+)
 from requester.ports import NodeJudge, RequesterStore
 from requester.sweep_machine import SweepMachine
 
@@ -493,6 +502,46 @@ def test_a_waiting_job_is_announced_when_due_with_a_growing_backoff():
     for _ in range(10):
         plan, state = m.announce(state, 1.0, KNOWN, own=None)
     assert plan.ask == [] and state.announce_backoff == ANNOUNCE_BACKOFF_MAX  # repeats are gossiped
+
+
+def test_with_thousands_of_jobs_waiting_their_repeats_together_keep_to_the_rate():
+    """9,000 waiting jobs each repeated every 30 s took a quarter of every node's CPU: with many waiting, each
+    waits longer between repeats, so that all of them come to REPEATS_PER_SECOND."""
+    m = machine()
+    for waiting, gap in ((100, ANNOUNCE_BACKOFF_MAX), (9_000, 9_000 / REPEATS_PER_SECOND)):
+        known, state, now = replace(KNOWN, waiting=waiting), tracked(spec()), 0.0
+        for _ in range(12):
+            _, state = m.announce(state, now, known, own=None)
+            now = state.next_announce
+        _, state = m.announce(state, now, known, own=None)
+        assert state.next_announce - now == pytest.approx(gap)
+        assert waiting / (state.next_announce - now) <= max(REPEATS_PER_SECOND, waiting / ANNOUNCE_BACKOFF_MAX)
+
+
+def _quiet(changes: Changes) -> bool:
+    return not (changes.writes or changes.sends or changes.announce or changes.finished)
+
+
+def test_a_job_is_left_unticked_until_it_is_due_and_its_tick_then_acts():
+    """The requester ticks a job only when ``Tracked.due`` says (and every job on a slower pass): a tick any
+    earlier would change nothing, and one at its due time does something."""
+    m = machine()
+    announced = m.announce(tracked(spec()), 0.0, KNOWN, own=None)[1]  # next announcement due at 1 s
+    silent = replace(announced, next_announce=1e9)  # the bid limit (60 s) comes first
+    one_running = running(tracked(spec(concurrency=1)), "n-a", now=2.0)  # its result deadline
+    reply, bidding = m.on_bid(tracked(spec(min_bids=3)), "n-a", Bid(job_id="j-1", execution_id="x-a"), 3.0, KNOWN)
+    assert reply.verdict == "pending"
+    choosing = replace(bidding.state, next_announce=1e9)  # its wait for min_bids ends first
+    for state in (announced, silent, one_running, choosing):
+        due = state.due()
+        assert 0 < due < 1e9
+        assert all(_quiet(m.tick(state, due - lag, KNOWN)) for lag in (TICK, 1.0, 10.0) if due - lag >= 0)
+        assert not _quiet(m.tick(state, due + TICK, KNOWN)), state
+    proposed = [x.transition(ExecutionState.PROPOSED, "results proposed", 5.0, result=RunResult(stdout="42"))
+                for x in running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b").executions.values()]
+    assert tracked(spec(concurrency=2, confidence=2), *proposed).due() == 0.0  # judged at once
+    ended = m.finish(one_running, JobState.CANCELLED, "cancelled", 4.0, KNOWN).state
+    assert ended.due() == float("inf")
 
 
 def test_the_nodes_asked_first_are_not_always_the_same():
