@@ -82,6 +82,8 @@ class ComputeService:
         self.runner = Runner(executors, work_dir, inputs=inputs, publisher=publisher, limits=capacity.max_per_job,
                              max_output_entries=max_output_entries, run_blocking=run_blocking)
         self.clock = clock
+        self.publisher = publisher
+        self.storage_problem: str | None = None  # why results cannot be published now: no engine is offered
         self._run_blocking = run_blocking
         self.boot = uuid.uuid4().hex
         self.machine = ComputeMachine(node_id=peers.node_id, capacity=capacity, engines=executors.installed(),
@@ -262,6 +264,8 @@ class ComputeService:
         while True:
             await trio.sleep(delays.pop(0) if delays else NODE_INFO_INTERVAL)
             installed = await self._run_blocking(self.executors.installed)  # e.g. dockerd came or went
+            if await self._storage_down():
+                installed = []  # a job taken now would run, then fail for want of somewhere to put its results
             if installed != answering:
                 log.info("engines answering now: %s", ", ".join(installed) or "none")
                 answering = installed
@@ -271,6 +275,16 @@ class ComputeService:
                 await self.peers.publish(self.node_info())
             except Exception:
                 log.exception("could not publish node info")
+
+    async def _storage_down(self) -> bool:
+        """Whether the publisher cannot be reached now; logs once when it goes down, once when it is back."""
+        problem = await self.publisher.problem() if self.publisher is not None else None
+        if problem is not None and self.storage_problem is None:
+            log.warning("results cannot be stored (%s): no engine is offered until they can", problem)
+        elif problem is None and self.storage_problem is not None:
+            log.info("results can be stored again")
+        self.storage_problem = problem
+        return problem is not None
 
     # -- sweep claims ----------------------------------------------------------------------------------
 

@@ -111,6 +111,11 @@ class Publisher(Protocol):
         """Stop keeping ``cid`` (unpin / delete), for retention. Removing an absent CID is not an error."""
         ...
 
+    async def problem(self) -> str | None:
+        """Why results cannot be published now (Kubo does not answer), or None: a cheap check, answered
+        within a few seconds, that a compute node makes before each advertisement of its engines."""
+        ...
+
     async def collect_garbage(self) -> None:
         """Give back the disk space of what is no longer kept (Kubo: ``repo gc``, which also drops
         blocks fetched from other nodes). A no-op where ``remove`` deletes at once (the local store).

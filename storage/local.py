@@ -100,6 +100,10 @@ class LocalPublisher:
     async def collect_garbage(self) -> None:
         """Nothing to do: ``remove`` deleted the files."""
 
+    async def problem(self) -> str | None:
+        """None: the node's own data dir is always there (a full disk fails a publish, not this)."""
+        return None
+
 
 class LocalInput:
     """Fetches ``ipfs://CID[/path]`` (and ``/ipfs/…``, bare CIDs) from a ``LocalPublisher``'s store.

@@ -135,6 +135,7 @@ def admit(access: AuthorizedKeys | None, request: Request, public_key: bytes) ->
         refusal = authorize(public_key, capability_for(request.method, request.scope["path"]), access.table())
         if refusal is not None:
             raise StarletteHTTPException(403, refusal)
+        request.state.access = access  # a stream checks its caller against it again while it lasts (streams.py)
 
 
 SIGNER_ADMITTED = "shoal.signer_admitted"  # an ASGI scope key: Admitted let the signer in before the body

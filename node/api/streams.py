@@ -4,12 +4,14 @@ is written."""
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import trio
 from fastapi.responses import Response, StreamingResponse
 
 from jobs import EventKind, JobState, RunResult
+from node.api.access import authorize, capability_for
 from node.api.errors import refused
 from node.api.parts import Node
 from node.api.quotas import Quotas
@@ -20,8 +22,9 @@ SSE_POLL = 0.2  # how often a stream looks when it has no bell (more streams tha
 SSE_KEEPALIVE = 15.0  # a comment line after this much silence keeps proxies from closing the stream
 
 _JSON_IN_A_STRING = {"type": "string", "contentMediaType": "application/json"}
-# One Server-Sent Event, as a parsed message (``id``, ``event``, ``data``): a job event, or the
-# closing ``end`` (whose id, per the SSE rules, is inherited from the last event).
+# One Server-Sent Event, as a parsed message (``id``, ``event``, ``data``): a job event, the
+# closing ``end`` (whose id, per the SSE rules, is inherited from the last event), or the closing
+# ``error`` of a client no longer let in.
 _SSE_ID = {"type": "string", "pattern": "^[0-9]+$", "description": "the event's seq; send it back as Last-Event-ID"}
 SSE_MESSAGE = {"oneOf": [
     {"type": "object", "required": ["id", "event", "data"], "properties": {
@@ -35,6 +38,10 @@ SSE_MESSAGE = {"oneOf": [
             "type": "object", "required": ["state"],
             "properties": {"state": {"$ref": "#/components/schemas/JobState"}}}},
     }},
+    {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"const": "error", "description": "the node's authorized keys no longer let this client read "
+                                                   "the stream, which ends (reconnecting gets 403)"},
+        "data": {**_JSON_IN_A_STRING, "contentSchema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
 ]}  # fmt: skip
 
 
@@ -47,17 +54,41 @@ def resume_after(value: str | None) -> int:
 
 
 class _CountedStream(StreamingResponse):
-    """A streaming response that gives its quota slot back however it ends."""
+    """A streaming response that gives its quota slot back however it ends, and ends once its caller
+    is no longer let in (``while_admitted``)."""
 
     def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
         super().__init__(content, **kw)
         self._release = release
 
     async def __call__(self, scope, receive, send) -> None:
+        self.body_iterator = while_admitted(self.body_iterator, scope, sse=self.media_type == "text/event-stream")
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._release()
+
+
+async def while_admitted(content: AsyncIterator[bytes], scope: dict[str, Any], sse: bool) -> AsyncIterator[bytes]:
+    """``content`` for as long as the authorized-keys file that let the request in (if any) still lets its
+    key make it: checked again at every chunk, and at every empty one (a stream yields one each time it
+    wakes with nothing to send, at least every SSE_WAKE s). Once it no longer does, a last message says
+    why (an ``error`` event, or a line of text) and the stream ends: a removed key reads nothing more."""
+    state = scope.get("state", {})
+    access, key = state.get("access"), state.get("public_key")
+    capability = capability_for(scope["method"], scope["path"])
+    async with aclosing(content):
+        async for chunk in content:
+            refusal = authorize(key, capability, access.table()) if access is not None and key else None
+            if refusal is not None:
+                if sse:
+                    data = json.dumps({"error": {"code": "forbidden", "message": refusal, "fields": []}})
+                    yield f"event: error\ndata: {data}\n\n".encode()
+                else:
+                    yield f"\n[shoal: {refusal}: the stream ends here]\n".encode()
+                return
+            if chunk:
+                yield chunk
 
 
 def event_stream(node: Node, job_id: str, after: int,
@@ -90,6 +121,7 @@ def event_stream(node: Node, job_id: str, after: int,
                 if time.monotonic() - quiet_since > SSE_KEEPALIVE:
                     quiet_since = time.monotonic()
                     yield b": keep-alive\n\n"
+                yield b""  # lets the response check the caller's access again (while_admitted)
                 if ring is None:
                     await trio.sleep(SSE_POLL)
                 else:
@@ -104,7 +136,7 @@ def counted_stream(content: AsyncIterator[bytes], quotas: Quotas | None, client:
     """A streaming response holding one of ``client``'s open streams (its events or a log it follows) while
     it lasts; 429 when it has none left."""
     if quotas is None:
-        return StreamingResponse(content, **response)
+        return _CountedStream(content, lambda: None, **response)
     refusal = quotas.open_stream(client)
     if refusal is not None:
         return refused(refusal)
@@ -144,6 +176,7 @@ async def follow_output(outputs: LiveOutputs, job_id: str, stream: str, offset: 
         state = await state_of(job_id)
         if state is None or state.is_terminal:
             break
+        yield b""  # lets the response check the caller's access again (while_admitted)
         with trio.move_on_after(FOLLOW_WAKE):
             await (changed.wait() if changed is not None else trio.sleep_forever())
     result = await record()

@@ -4,10 +4,11 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 from node.api.auth import RequestVerifier
+from node.api.errors import error, error_doc
 from node.api.metrics import JobCounts, api_metrics, node_metrics
 from node.api.parts import Node
 from node.api.quotas import Quotas
@@ -41,8 +42,12 @@ def health_router(node: Node, verifier: RequestVerifier, quotas: Quotas, started
         return Health(status="ok")
 
     @router.get("/readyz", response_model=Readiness, tags=["health"],
-                summary="Readiness (unsigned): served once store, network, roles and API all run")
-    async def readyz() -> Readiness:
+                summary="Readiness (unsigned): served once store, network, roles and API all run",
+                responses={503: error_doc("the node cannot store results (its Kubo does not answer), so it "
+                                          "offers no engine: the message says why")})
+    async def readyz() -> Readiness | JSONResponse:
+        if node.compute is not None and (problem := node.compute.storage_problem) is not None:
+            return error(503, "unavailable", f"results cannot be stored, so no engine is offered: {problem}")
         return Readiness(status="ready", peers=len(node.network.connected_peers()), uptime=time.time() - started)
 
     @router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics (unsigned)",
