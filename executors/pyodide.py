@@ -106,7 +106,10 @@ START_ALLOWANCE = 30.0
 READY_WAIT = 15.0
 START_TIMEOUT = 180.0  # seconds a pool interpreter may take to load on a busy machine before it is given up
 SNAPSHOT_TIMEOUT = 600.0  # seconds to build the memory snapshot (once per node and version)
-POOL_RETRY_DELAY = 5.0  # seconds between attempts when pool interpreters fail to start
+# seconds before the pool's next attempt when an interpreter (or the snapshot) failed to start, doubled after each
+# failure up to POOL_RETRY_MAX: a node whose disk is full would rebuild a 30 MB snapshot every few seconds
+POOL_RETRY_DELAY = 5.0
+POOL_RETRY_MAX = 300.0
 _CONTROL_LINE_LIMIT = 1 << 20  # bytes of one control message from the runner
 # Private writable memory Node.js, V8 and a loaded Pyodide need besides the job's WebAssembly heap (measured:
 # about 0.45 GiB after warm-up); RLIMIT_DATA is the job's memory plus this, and a runner's memory cgroup holds
@@ -302,6 +305,8 @@ class PyodideExecutor(Executor):
         self._pool_running = False
         self._snapshot: Path | None = None
         self._snapshot_lock = trio.Lock()
+        self._snapshot_failure: str | None = None  # why the last build of the snapshot failed (None: it did not)
+        self._retry_at = 0.0  # time.monotonic() of the pool's next attempt
         self._warm_runs = 0
         self._cold_runs = 0
         self._reused_runs = 0
@@ -325,6 +330,15 @@ class PyodideExecutor(Executor):
 
     def problem(self) -> str | None:
         """Why this node cannot run python jobs (None: it can): what ``shoal id`` and the log say."""
+        if problem := self._missing():
+            return problem
+        if self._snapshot_failure is not None:  # until the pool's next build succeeds
+            wait = max(0, math.ceil(self._retry_at - time.monotonic()))
+            return f"{self._snapshot_failure}; retrying in {wait} s"
+        return None
+
+    def _missing(self) -> str | None:
+        """What this node lacks to start an interpreter at all (None: nothing)."""
         if shutil.which(self.node) is None:
             return f"Node.js ({self.node}) is not installed"
         if problem := node_too_old(self.node):
@@ -367,7 +381,7 @@ class PyodideExecutor(Executor):
         Raises:
             ExecutorError: Pyodide is not installed or does not load.
         """
-        if (problem := self.problem()) is not None:
+        if (problem := self._missing()) is not None:
             raise ExecutorError(problem)
         return await self._ensure_snapshot()
 
@@ -379,13 +393,14 @@ class PyodideExecutor(Executor):
         Signals ``started`` once the pool is first full (or its first interpreter failed to start: jobs then
         start cold while the pool keeps retrying). Builds the snapshot first if needed.
         """
-        if not self.is_installed():  # nothing to keep warm; jobs are refused with the reason
+        if self._missing() is not None:  # nothing to keep warm; jobs are refused with the reason
             task_status.started()
             return
         if self._pool_running:
             raise RuntimeError("the Pyodide pool is already running")
         self._pool_running = True
         signalled = False
+        delay = POOL_RETRY_DELAY
         try:
             while True:
                 await self._close_leftovers()
@@ -406,12 +421,15 @@ class PyodideExecutor(Executor):
                         runner = await self._start_runner()
                 except Exception as e:  # never take the node down: jobs start cold meanwhile
                     log.warning("Pyodide pool: an interpreter failed to start (retrying in %g s): %s",
-                                POOL_RETRY_DELAY, e, exc_info=not isinstance(e, ExecutorError | trio.TooSlowError))
+                                delay, e, exc_info=not isinstance(e, ExecutorError | trio.TooSlowError))
                     if not signalled:
                         task_status.started()
                         signalled = True
-                    await trio.sleep(POOL_RETRY_DELAY)
+                    self._retry_at = time.monotonic() + delay
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, POOL_RETRY_MAX)
                     continue
+                delay = POOL_RETRY_DELAY
                 self._idle.append(runner)
         finally:
             self._pool_running = False
@@ -748,7 +766,7 @@ class PyodideExecutor(Executor):
 
     async def _start_runner(self) -> _Runner:
         """A new interpreter, loaded and ready for one job. Killed again if anything goes wrong."""
-        if (problem := self.problem()) is not None:
+        if (problem := self._missing()) is not None:
             raise ExecutorError(problem)
         snapshot = await self._ensure_snapshot()
         read_fd, write_fd = os.pipe()
@@ -813,40 +831,53 @@ class PyodideExecutor(Executor):
         """The memory snapshot of a freshly loaded Pyodide, built once per runner version and Node.js version.
 
         Loading Pyodide the same way gives the same bytes on every machine (checked), so every node's
-        interpreters start from the same state.
+        interpreters start from the same state. Until a build succeeds after one failed, the engine is not
+        offered (``problem()``); the pool retries.
         """
         async with self._snapshot_lock:
             if self._snapshot is not None and self._snapshot.exists():
                 return self._snapshot
-            version = await trio.run_process([self.node, "--version"], capture_stdout=True, check=False)
-            key = hashlib.sha256(version.stdout)
-            for name in ("runner.mjs", "driver.py", "package-lock.json"):
-                key.update((self.runner_dir / name).read_bytes())
-            path = self.cache_dir / f"pyodide-{key.hexdigest()[:20]}.snapshot"
-            if not path.exists():
-                await trio.to_thread.run_sync(lambda: self.cache_dir.mkdir(parents=True, exist_ok=True))
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(self)}.tmp")
-                log.info("building the Pyodide memory snapshot in %s", path)
-                try:
-                    with trio.fail_after(SNAPSHOT_TIMEOUT):
-                        result = await trio.run_process(
-                            [*self._node_command(), "--make-snapshot", str(tmp)],
-                            capture_stdout=True, capture_stderr=True, check=False, env=_node_env(),
-                            cwd=self.runner_dir,
-                        )
-                    if result.returncode != 0:
-                        detail = result.stderr.decode(errors="replace").strip()[-2000:]
-                        raise ExecutorError(f"cannot prepare the Python runtime (Pyodide snapshot): {detail}")
-                    os.replace(tmp, path)
-                except trio.TooSlowError as e:
-                    raise ExecutorError("preparing the Python runtime (Pyodide snapshot) took too long") from e
-                finally:
-                    tmp.unlink(missing_ok=True)
-                for old in self.cache_dir.glob("pyodide-*.snapshot"):
-                    if old != path:
-                        old.unlink(missing_ok=True)
-            self._snapshot = path
-            return path
+            try:
+                self._snapshot = await self._build_snapshot()
+            except OSError as e:  # e.g. a full disk
+                self._snapshot_failure = f"cannot prepare the Python runtime (Pyodide snapshot): {e}"
+                raise ExecutorError(self._snapshot_failure) from e
+            except ExecutorError as e:
+                self._snapshot_failure = str(e)
+                raise
+            self._snapshot_failure = None
+            return self._snapshot
+
+    async def _build_snapshot(self) -> Path:
+        """The snapshot's file for this runner and Node.js, built if missing (holding ``_snapshot_lock``)."""
+        version = await trio.run_process([self.node, "--version"], capture_stdout=True, check=False)
+        key = hashlib.sha256(version.stdout)
+        for name in ("runner.mjs", "driver.py", "package-lock.json"):
+            key.update((self.runner_dir / name).read_bytes())
+        path = self.cache_dir / f"pyodide-{key.hexdigest()[:20]}.snapshot"
+        if not path.exists():
+            await trio.to_thread.run_sync(lambda: self.cache_dir.mkdir(parents=True, exist_ok=True))
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(self)}.tmp")
+            log.info("building the Pyodide memory snapshot in %s", path)
+            try:
+                with trio.fail_after(SNAPSHOT_TIMEOUT):
+                    result = await trio.run_process(
+                        [*self._node_command(), "--make-snapshot", str(tmp)],
+                        capture_stdout=True, capture_stderr=True, check=False, env=_node_env(),
+                        cwd=self.runner_dir,
+                    )
+                if result.returncode != 0:
+                    detail = result.stderr.decode(errors="replace").strip()[-2000:]
+                    raise ExecutorError(f"cannot prepare the Python runtime (Pyodide snapshot): {detail}")
+                os.replace(tmp, path)
+            except trio.TooSlowError as e:
+                raise ExecutorError("preparing the Python runtime (Pyodide snapshot) took too long") from e
+            finally:
+                tmp.unlink(missing_ok=True)
+            for old in self.cache_dir.glob("pyodide-*.snapshot"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+        return path
 
 
 def _drain_ready(stream: Any, tail: Tail) -> int:
