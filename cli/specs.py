@@ -320,6 +320,7 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
 
     from jobs.spec import MAX_SPEC_BYTES
     from jobs.sweep import SweepSpec
+    from jobs.views import SweepSubmitRequest
 
     data: dict[str, Any] = load_sweep_file(flags.file) if flags.file is not None else {}
     grid: dict[str, list[str]] = dict(data.get("grid", {}))
@@ -348,7 +349,8 @@ def build_sweep(job: JobSpec, flags: SweepFlags, confidence: int | None = None) 
         sweep = SweepSpec.model_validate({**data, "job": job})
     except ValidationError as exc:
         raise CLIError(*sweep_validation_lines(exc), code=EXIT_USAGE) from None
-    if (size := len(sweep.model_dump_json())) > MAX_SPEC_BYTES:  # refused by the node otherwise, less clearly
+    size = len(SweepSubmitRequest(spec=sweep).model_dump_json().encode())  # the request body's bytes
+    if size > MAX_SPEC_BYTES:  # refused by the node otherwise, less clearly
         raise CLIError(_too_large(size, flags.params, grid), code=EXIT_USAGE)
     return sweep
 

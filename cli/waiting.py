@@ -112,10 +112,14 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
     return EXIT_OK
 
 
+SHOAL_NOTES = 5  # last lines of a completed run's stderr looked at for Shoal's notes (a job can print a flood)
+
+
 def shoal_notes(result: RunResult | None) -> None:
     """The lines of a completed run's stderr that Shoal wrote to the user ("shoal: …", e.g. a file written
     outside the outputs and lost): on success its stderr is not shown, and the user missed them."""
-    notes = [f"{line}\n" for line in (result.stderr if result else "").splitlines() if line.startswith("shoal: ")]
+    lines = (result.stderr if result else "").splitlines()[-SHOAL_NOTES:]  # the runner's come last
+    notes = [f"{line}\n" for line in lines if line.startswith("shoal: ")]
     if notes:
         write_output(notes, sys.stderr)
 

@@ -61,6 +61,9 @@ def fetch_wheels(items: list[str], cwd: Path) -> list[str]:
     if not wanted:
         return []
     target = cwd / WHEEL_DIR
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise CLIError(f"{target} is not a folder of Shoal's: it holds the wheels of the last -r, and is replaced "
+                       "on each run (remove or rename it)", code=EXIT_USAGE)
     # pip resolves into a fresh folder, which then replaces .shoal-wheels/; the wheels already there are
     # offered to pip (--find-links) so that what is unchanged is not downloaded again
     earlier = ["--find-links", str(target)] if target.is_dir() else []

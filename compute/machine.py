@@ -20,6 +20,7 @@ from compute.capacity import CapacityTracker
 from compute.claims import Claim
 from jobs import EventKind, Execution, ExecutionState, JobSpec, Resources, RunResult
 from jobs.messages import (
+    BACKLOG_STALE,
     Announce,
     Cancel,
     Decision,
@@ -43,7 +44,6 @@ PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's de
 BID_ANSWER_WINDOW = 10.0
 SILENT_COOLDOWN = 60.0  # after a bid went unanswered, its requester's jobs wait in the backlog this long
 KNOWN_REQUESTERS = 10_000  # requesters remembered as silent, or as ones whose bids we won (their jobs first)
-BACKLOG_STALE = 120.0  # a requester re-announces a job until it has its nodes: one not heard of since was taken
 NONE_FIT_RECHECK = 5.0  # a backlog in which nothing fitted is looked over again this soon, whatever else
 PRUNE_INTERVAL = 0.5  # at most this often, ask a requester which backlog jobs are still open
 MAX_SLOTS = 64  # runs at once in one sweep claim

@@ -18,13 +18,14 @@ IPv6, so a container has none either. Nodes sharing a Docker daemon share the br
 A node running as root checks the rules before every network job's container is created, and puts
 back what is missing. A node that is not root cannot read them: root puts them in place at boot
 (``shoal docker fence``; a GCP node's unit does so before each start) and leaves ``FENCED``, holding
-the boot's id, as the sign that it did. Without that sign, or when the rules cannot be put in place, a
-network job is refused here, retryably, and runs on a node that can fence it.
+the boot's id and a digest of the rules, as the sign that it did. Without that sign, or when the rules
+cannot be put in place, a network job is refused here, retryably, and runs on a node that can fence it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ BRIDGE = "shoal-jobs0"  # the host's name for the network's bridge (at most 15 c
 # link-local (the metadata server), private (RFC 1918: the VPC) and shared (RFC 6598: carrier-grade NAT, VPNs)
 CLOUD = ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 IPTABLES_TIMEOUT = 10.0  # seconds per iptables call (-w waits for another program's lock)
-FENCED = Path("/run/shoal/docker-fence")  # the boot's id, once root has put the rules in place
+FENCED = Path("/run/shoal/docker-fence")  # the boot's id and the rules', once root has put them in place
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 # (chain, rule) in the filter table, each chain's in the order they must match. `-i BRIDGE` matches only
@@ -71,12 +72,19 @@ def fenced_network(api: docker.APIClient) -> str:
     _ensure_rules()
     with contextlib.suppress(OSError):  # only nodes that are not root read it
         FENCED.parent.mkdir(parents=True, exist_ok=True)
-        FENCED.write_text(_boot_id())
+        FENCED.write_text(_fence_id())
     return JOBS_NETWORK
 
 
 def _is_root() -> bool:
     return os.geteuid() == 0
+
+
+def _fence_id() -> str:
+    """This boot's id and a digest of RULES: a node upgraded to new rules without a reboot must not trust the
+    old ones (a fence put in place by the last release let jobs reach the VPC)."""
+    rules = hashlib.sha256(repr(RULES).encode()).hexdigest()[:16]
+    return f"{_boot_id()} {rules}"
 
 
 def _boot_id() -> str:
@@ -88,7 +96,7 @@ def _boot_id() -> str:
 
 def _fenced_this_boot() -> bool:
     try:
-        return FENCED.read_text() == _boot_id()
+        return FENCED.read_text() == _fence_id()
     except OSError:
         return False
 

@@ -23,6 +23,10 @@ from jobs.sweep import SweepSpec
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # a spec with inline code and 64 inputs fits well below this
+# a requester repeats the announcement of a job short of nodes at least this often, and a compute node keeps
+# an offer it had no room for this long after it last heard it (then the requester is taken to have its nodes)
+REPEAT_AT_LEAST_EVERY = 100.0
+BACKLOG_STALE = 120.0
 QUERY_IDS = 10_000  # ids in one open or status query, at most
 QUERY_BYTES = MAX_MESSAGE_BYTES // 2  # of those ids, as JSON (a peer chooses them: 128 characters, escaped)
 

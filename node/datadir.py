@@ -28,6 +28,9 @@ def hold(data_dir: Path) -> Iterator[None]:
     path = data_dir / LOCK_FILE
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the store, keys and results: the node's user's
+        if data_dir.stat().st_mode & 0o077:  # one made by an earlier release, under a umask of 022
+            with contextlib.suppress(OSError):  # not ours to change: the store's own files are 0600 all the same
+                data_dir.chmod(0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise DataDirUnavailable(f"cannot use the data dir {data_dir}: {e.strerror or e}") from e

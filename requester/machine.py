@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
 from jobs.events import ending
-from jobs.messages import Bid, Cancel, Decision, NodeInfo, Reply, Result
+from jobs.messages import REPEAT_AT_LEAST_EVERY, Bid, Cancel, Decision, NodeInfo, Reply, Result
 from jobs.spec import MIN_CPU, MIN_MEMORY
 from requester import trust
 from requester.selection import can_ever_run, candidates, never_runnable, waiting_reason
@@ -25,9 +25,10 @@ from requester.selection import can_ever_run, candidates, never_runnable, waitin
 TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0  # while few jobs wait; with many, see REPEATS_PER_SECOND
-# repeated announcements a requester sends each second at most, about: with thousands of jobs waiting, each
-# waits longer between its repeats (9,000 repeated every 30 s cost every node of a 3-node devstack 15-24 % of
-# its CPU; compute nodes keep what they had no room for, so repeats are for lost gossip and new nodes)
+# repeated announcements a requester sends each second, about, while up to 5,000 jobs wait: with thousands
+# waiting, each waits longer between its repeats (5,000 repeated every 30 s took 44 % of a requester's CPU and
+# 16 % of each compute node's; compute nodes keep what they had no room for, so repeats are for lost gossip
+# and new nodes)
 REPEATS_PER_SECOND = 50.0
 RETRY_BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed run (spec.retries); doubles after each
 RETRY_BACKOFF_MAX = 60.0
@@ -48,8 +49,9 @@ def announce_backoff(backoff: float, now: float, ceiling: float = ANNOUNCE_BACKO
 
 def repeat_ceiling(waiting: int) -> float:
     """The longest backoff between a waiting job's announcements when ``waiting`` jobs wait: 30 s, or longer
-    so that their repeats come to REPEATS_PER_SECOND at most."""
-    return max(ANNOUNCE_BACKOFF_MAX, waiting / REPEATS_PER_SECOND)
+    so that their repeats come to REPEATS_PER_SECOND, but never so long that compute nodes drop the job from
+    the offers they keep (``BACKLOG_STALE``): beyond 5,000 waiting, the repeats grow with them again."""
+    return min(max(ANNOUNCE_BACKOFF_MAX, waiting / REPEATS_PER_SECOND), REPEAT_AT_LEAST_EVERY)
 
 
 def retry_delay(retry: int) -> float:

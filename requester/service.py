@@ -53,9 +53,9 @@ class _Active(Live):
 
     def __init__(self, state: Tracked, spec_bytes: int = 0) -> None:
         super().__init__()
+        self.woken = False  # a node with room for it appeared: announce at the next tick, not the next backoff step
         self.state = state
         self.spec_bytes = spec_bytes  # its spec's size as submitted: what the API's spec-bytes-in-flight quota counts
-        self.woken = False  # a node with room for it appeared: announce at the next tick, not the next backoff step
 
     @property
     def state(self) -> Tracked:
@@ -64,7 +64,7 @@ class _Active(Live):
     @state.setter
     def state(self, state: Tracked) -> None:
         self._state = state
-        self.due = state.due()  # when to tick it next (``Tracked.due``)
+        self.due = 0.0 if self.woken else state.due()  # when to tick it next (``Tracked.due``)
 
     @property
     def job(self) -> Job:

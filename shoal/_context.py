@@ -20,8 +20,10 @@ from jobs.errors import ShoalError
 
 MAX_CONTEXT_BYTES = 10 * 1024 * 1024
 ARCHIVE_ROOT = "context"  # every entry lives under one top directory, as in the tars Kubo and nodes serve
+# left out whatever the ignore files say: the upload goes to other people's nodes, and a context made in a home
+# directory would carry its keys
 ALWAYS_IGNORED = (".git/", ".hg/", ".svn/", "__pycache__/", ".venv/", "venv/", ".mypy_cache/", ".pytest_cache/",
-                  ".ruff_cache/", "node_modules/", ".shoal/")
+                  ".ruff_cache/", "node_modules/", ".shoal/", ".ssh/", ".gnupg/", ".aws/", ".kube/", ".docker/")
 
 
 class ContextTooLarge(ShoalError):
@@ -57,6 +59,8 @@ def _ignored_by(rel: str, is_dir: bool, patterns: list[tuple[str, str]]) -> str 
             hit = fnmatch.fnmatchcase(rel, p)
         else:
             hit = fnmatch.fnmatchcase(name, p)
+        if hit and not source:
+            return source  # built in (.git, .venv, .shoal with the client's key): no "!" line brings it back
         if hit:
             by = None if negated else source
     return by

@@ -170,9 +170,10 @@ class NetworkStatistics:
     gossip_unsent: int = 0
 
 
-OUTBOUND_QUEUE = 256
+OUTBOUND_QUEUE = 64
 """Messages waiting to be sent to one neighbour before more are dropped. libp2p's own 32 lost the tail of
-every burst of announcements a requester sent (568 of 600). A stalled neighbour holds this many at most."""
+every burst of announcements a requester sent (568 of 600), when ``publish`` let no sender run between
+them. A stalled neighbour holds this many at most: each message is a copy of up to MAX_GOSSIP bytes."""
 
 
 class _PeerQueues(dict[ID, RpcQueue]):

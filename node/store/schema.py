@@ -184,19 +184,21 @@ _RECORDS: tuple[tuple[str, tuple[str, ...], str, type[BaseModel], str], ...] = (
     ("sweep_indexes", ("sweep_id", "idx"), "result", RunResult, "clear"))
 
 
-def _set_aside_refused(conn: sqlite3.Connection, tables: set[str] | None = None) -> None:
+def _set_aside_refused(conn: sqlite3.Connection, tables: set[str] | None = None, only: str = "") -> None:
     """5: records this release's rules refuse, stored by an earlier one (an output named '.', which a later fix
     refused; any client could store one before an upgrade), are set aside: one of them stopped a node at every
     start, or failed every listing of its owner's jobs and every round of retention. They move, whole, to
     ``set_aside``; the node starts and the rest carries on. A release that makes a stored record's rules
-    stricter appends a step that calls this again."""
+    stricter appends a step that calls this again; ``only``, an SQL condition on the record's column, keeps it
+    from reading every row of a large store when the rule's breaches are easy to find."""
     conn.execute(_SET_ASIDE)
     set_aside = 0
     for table, keys, column, model, fate in _RECORDS:
         if tables is not None and table not in tables:
             continue
         where = " AND ".join(f"{k}=?" for k in keys)
-        rows = conn.execute(f"SELECT {column}, {', '.join(keys)} FROM {table} WHERE {column} IS NOT NULL").fetchall()
+        condition = f"{column} IS NOT NULL" + (f" AND ({only.format(column=column)})" if only else "")
+        rows = conn.execute(f"SELECT {column}, {', '.join(keys)} FROM {table} WHERE {condition}").fetchall()
         for record, *key in rows:
             try:
                 model.model_validate_json(record)
@@ -223,9 +225,18 @@ def _set_aside_bounded_sweeps(conn: sqlite3.Connection) -> None:
     _set_aside_refused(conn, tables={"sweeps"})
 
 
+def _set_aside_unpassable_env(conn: sqlite3.Connection) -> None:
+    """7: jobs, executions and sweeps the previous release took and this one refuses (896381a) are set aside (as
+    step 5 does): a NUL in an environment variable's value or a sweep's parameter (no OS passes one: the run
+    failed on its node), or a variable's name ending in a newline. A live one would be skipped at every read and
+    never end. Only rows whose JSON holds an escaped NUL or a name ending in an escaped newline are read."""
+    _set_aside_refused(conn, tables={"jobs", "executions", "sweeps"},
+                       only=r"""instr({column}, '\u0000') > 0 OR instr({column}, '\n":') > 0""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused,
-    _set_aside_bounded_sweeps)
+    _set_aside_bounded_sweeps, _set_aside_unpassable_env)
 LATEST = len(MIGRATIONS)
 
 

@@ -219,19 +219,20 @@ def _target_and_destination(rule: list[str]) -> tuple[str, str | None]:
 
 
 def test_a_node_that_is_not_root_gives_network_only_once_root_has_fenced_it_this_boot(monkeypatch, tmp_path):
-    """Such a node cannot read iptables: root's ``shoal docker fence`` leaves the boot's id as its sign."""
+    """Such a node cannot read iptables: root's ``shoal docker fence`` leaves the boot's id and the rules' digest
+    as its sign. The boot's id alone, the last release's sign, is refused: its rules let jobs reach the VPC."""
     client = docker.from_env()
     fenced_network(client.api)  # the network exists, as root made it
     marker = tmp_path / "docker-fence"
     monkeypatch.setattr(docker_network, "_is_root", lambda: False)
     monkeypatch.setattr(docker_network, "FENCED", marker)
-    for sign in (None, "an earlier boot's id"):
+    for sign in (None, "an earlier boot's id", docker_network.BOOT_ID.read_text().strip()):
         if sign is not None:
             marker.write_text(sign)
         with pytest.raises(ExecutorError, match="as root, run `shoal docker fence`") as refused:
             fenced_network(client.api)
         assert refused.value.retryable  # another node may run it
-    marker.write_text(docker_network.BOOT_ID.read_text().strip())
+    marker.write_text(docker_network._fence_id())
     assert fenced_network(client.api) == JOBS_NETWORK
 
 
@@ -244,4 +245,5 @@ def test_shoal_docker_fence_puts_back_what_is_missing_and_signs_the_boot():
     assert done.returncode == 0, done.stderr
     assert f"network {JOBS_NETWORK} (bridge {BRIDGE}) is fenced" in done.stdout
     assert subprocess.run(["iptables", "-w", "-C", chain, *rule]).returncode == 0
-    assert docker_network.FENCED.read_text() == docker_network.BOOT_ID.read_text().strip()
+    assert docker_network.FENCED.read_text().split() == [docker_network.BOOT_ID.read_text().strip(),
+                                                         docker_network._fence_id().split()[1]]

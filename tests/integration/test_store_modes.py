@@ -66,3 +66,12 @@ async def test_an_existing_store_readable_by_others_is_tightened_on_open(tmp_pat
             nursery.cancel_scope.cancel()
     finally:
         operator.close()
+
+
+def test_an_existing_data_dir_readable_by_others_is_tightened_when_a_node_takes_it(tmp_path: Path) -> None:
+    """A data dir an earlier release made 0755: its results/ and node.lock were anyone's to read."""
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    with datadir.hold(data):
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700

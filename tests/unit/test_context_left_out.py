@@ -42,6 +42,21 @@ def test_a_negation_in_shoalignore_brings_back_what_gitignore_leaves_out(tmp_pat
     assert "big/model.bin" in {p.as_posix() for p in context_files(proj)}
 
 
+def test_no_negation_brings_back_a_folder_left_out_whatever_the_ignore_files_say(tmp_path: Path) -> None:
+    """A whitelist .gitignore (``*``, ``!*/``, ``!*.py``) or ``!*`` must not send a repository's config (it can
+    hold a token), a virtualenv, the client's key folder or ~/.ssh to other people's nodes."""
+    proj = project(tmp_path)
+    secrets = ((".git", "config"), (".venv/lib", "site.py"), (".shoal", "client.key"), (".ssh", "id_ed25519"))
+    for folder, name in secrets:
+        (proj / folder).mkdir(parents=True)
+        (proj / folder / name).write_text("secret")
+    (proj / ".gitignore").write_text("*\n!*/\n!*.py\n")
+    (proj / ".shoalignore").write_text("!*\n")
+    files = {p.as_posix() for p in context_files(proj)}
+    assert "main.py" in files and "big/model.bin" in files
+    assert not [f for f in files if f.startswith((".git/", ".venv/", ".shoal/", ".ssh/"))], files
+
+
 def test_run_python_prints_what_the_upload_left_out(fake: FakeClient, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project(tmp_path))

@@ -186,6 +186,34 @@ async def test_records_an_earlier_release_took_and_this_one_refuses_are_set_asid
     assert json.loads(kept[1][3]) == planted  # kept whole
 
 
+async def test_jobs_with_an_environment_no_os_passes_are_set_aside(tmp_path, caplog):
+    """The previous release took a NUL in an environment value (it failed on the node that ran it) and a variable
+    name ending in a newline; this one refuses both. A live such job would be skipped at every read, never to end."""
+    import json
+
+    path = copy_of("store-e32c746", tmp_path)
+    conn = sqlite3.connect(path)
+    with conn:
+        (body,) = conn.execute("SELECT body FROM jobs WHERE id='j-running'").fetchone()
+        for job_id, env in (("j-nul", {"A": "x\u0000y"}), ("j-newline", {"A\n": "x"}), ("j-fine", {"A": "x\\u0000"})):
+            planted = json.loads(body)
+            planted.update(id=job_id, spec={**planted["spec"], "env": env})
+            conn.execute("INSERT INTO jobs SELECT ?, owner, state, created_at + 1, revision, NULL, NULL, ? "
+                         "FROM jobs WHERE id='j-running'", (job_id, json.dumps(planted)))
+    conn.close()
+
+    async def carries_on(store: Store) -> None:
+        assert {j.id for j in await store.live_jobs()} == {"j-running", "j-pending", "j-fine"}
+        assert await store.get_job("j-nul") is None and await store.get_job("j-newline") is None
+
+    with caplog.at_level("WARNING", logger="shoal.store"):
+        await with_store(path, carries_on)
+    conn = sqlite3.connect(path)
+    kept = conn.execute("SELECT source, key FROM set_aside ORDER BY key").fetchall()
+    conn.close()
+    assert kept == [("jobs", "j-newline"), ("jobs", "j-nul")]
+
+
 @pytest.mark.parametrize("release", ["store-e32c746", "store-421d8fe"])
 def test_an_upgraded_store_has_the_tables_and_indexes_of_a_new_one(tmp_path, release):
     old, new = copy_of(release, tmp_path), tmp_path / "new.db"

@@ -39,3 +39,20 @@ def test_a_wheel_from_an_earlier_run_is_neither_shipped_nor_listed(tmp_path: Pat
     requirements.write_text("tabulate==0.8.10\n")  # another version, and six no longer wanted
     assert fetch_wheels(["requirements.txt"], project) == [f"{WHEEL_DIR}/tabulate-0.8.10-py3-none-any.whl"]
     assert sorted(p.name for p in (project / WHEEL_DIR).iterdir()) == ["tabulate-0.8.10-py3-none-any.whl"]
+
+
+def test_a_wheels_folder_that_is_a_link_is_refused_and_what_it_points_to_left_alone(tmp_path: Path) -> None:
+    """The folder is replaced on each run: one that is a link (or a file) is the user's, not Shoal's."""
+    from cli.errors import EXIT_USAGE, CLIError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "requirements.txt").write_text("six\n")
+    (project / WHEEL_DIR).symlink_to(mine)
+    with pytest.raises(CLIError) as refused:
+        fetch_wheels(["requirements.txt"], project)
+    assert refused.value.code == EXIT_USAGE and "remove or rename it" in str(refused.value)
+    assert (mine / "notes.txt").read_text() == "keep me"
