@@ -364,10 +364,10 @@ def jobs_table(jobs: list[Job], now: float) -> Table:
 
 def truncation_note(result: RunResult | None, stream: str, get: str) -> str:
     """A line for stderr when the node cut ``stream`` of ``result`` (it carries its last part only), else "".
-    ``get``: the command that downloads the results, which keep more of it."""
+    ``get``: the command that downloads the results, which keep up to its last MiB (``MAX_CAPTURE``)."""
     if result is None or not getattr(result, f"{stream}_truncated"):
         return ""
-    return f"Note: the {stream} shown is its last part only (the job wrote more); {get} keeps more of it"
+    return f"Note: the {stream} shown is its last part only (the job wrote more); {get} keeps up to its last 1 MiB"
 
 
 STDERR_LINES = 10  # of a failed job's stderr, shown where it failed (shoal run, describe)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, CLIError
 from cli.options import RunOptions
-from cli.render import print_json, status_line, stderr_tail
+from cli.render import print_json, status_line, stderr_tail, truncation_note
 from cli.terminal import write_output
 
 if TYPE_CHECKING:
@@ -103,9 +103,8 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
         write_output([job_stdout(client, desc)])
         result = desc.shown_result()
         shoal_notes(result)
-        if result is not None and result.stdout_truncated:
-            print(f"Note: the stdout shown is its last part only (the job wrote more); shoal get {job.id} keeps "
-                  "up to its last 1 MiB", file=sys.stderr)
+        if note := truncation_note(result, "stdout", f"shoal get {job.id}"):
+            print(note, file=sys.stderr)
         cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
         where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
         print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)

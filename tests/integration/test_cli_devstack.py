@@ -335,7 +335,8 @@ def test_output_cut_short_is_said_to_be_and_where_more_of_it_is(stack: Stack) ->
     ran = shoal(stack, "docker", "run", "busybox", "--", "sh", "-c", "yes 0123456789 | head -c 200000")
     assert ran.returncode == 0 and 0 < len(ran.stdout) < 200_000, ran.stderr
     job_id = re.search(r"Job (j-[0-9a-f]{32}) completed", ran.stderr).group(1)
-    note = f"Note: the stdout shown is its last part only (the job wrote more); shoal get {job_id} keeps more of it"
+    note = (f"Note: the stdout shown is its last part only (the job wrote more); shoal get {job_id} keeps up to its "
+            "last 1 MiB")
     logs = shoal(stack, "logs", job_id)
     assert note in ran.stderr.splitlines() and logs.stderr.splitlines() == [note]
     assert logs.stdout == ran.stdout and len(logs.stdout) == 64 * 1024  # the tail the job record carries
