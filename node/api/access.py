@@ -35,7 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from shoal._auth import b64encode, parse_public_key
 
@@ -148,6 +148,17 @@ def read_authorized_keys(path: Path) -> tuple[dict[bytes, frozenset[Capability]]
     if len(data) > MAX_FILE_BYTES:
         return {}, [f"larger than {MAX_FILE_BYTES} bytes: not read"]
     return parse_authorized_keys(data.decode("utf-8", "replace"))
+
+
+def refusal_now(scope: Mapping[str, Any]) -> str | None:
+    """Why the authorized-keys file that let this request in no longer lets its caller make it (None: it still
+    does, or none was asked): a stream or a long wait asks again while it lasts, so a removed key gets nothing
+    more. The middleware leaves the file in the request's state when it admits one."""
+    state = scope.get("state", {})
+    access, key = state.get("access"), state.get("public_key")
+    if access is None or not key:
+        return None
+    return authorize(key, capability_for(scope["method"], scope["path"]), access.table())
 
 
 @dataclass

@@ -4,6 +4,7 @@ and shares."""
 import io
 import tarfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import RunResult
 from jobs.views import Share
+from node.api.access import refusal_now
 from node.api.errors import error
 from node.api.parts import Node
 from node.api.quotas import Quotas
@@ -48,9 +50,10 @@ async def visible_to(client: str, item_id: str, owner: str, node: Node, *, share
 
 
 async def wait_for_end(service: Any, item_id: str, wait: float, ended: bool, *, quotas: Quotas | None,
-                       client: str) -> None:
+                       client: str, scope: Mapping[str, Any]) -> None:
     """Wait up to ``wait`` seconds for a job or sweep to end. A wait holds one of the client's streams (3,000
-    of one key once waited at once); with none left, no wait."""
+    of one key once waited at once); with none left, no wait. A caller whose key was removed meanwhile gets
+    403, not what it waited for (``scope``: the request's)."""
     if not wait or ended or (quotas is not None and quotas.open_stream(client) is not None):
         return
     try:
@@ -58,6 +61,8 @@ async def wait_for_end(service: Any, item_id: str, wait: float, ended: bool, *, 
     finally:
         if quotas is not None:
             quotas.close_stream(client)
+    if (refusal := refusal_now(scope)) is not None:
+        raise StarletteHTTPException(403, refusal)
 
 
 def unencodable(value: Any, path: str) -> str | None:

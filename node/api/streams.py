@@ -11,7 +11,7 @@ import trio
 from fastapi.responses import Response, StreamingResponse
 
 from jobs import EventKind, JobState, RunResult
-from node.api.access import authorize, capability_for
+from node.api.access import refusal_now
 from node.api.errors import refused
 from node.api.parts import Node
 from node.api.quotas import Quotas
@@ -74,13 +74,9 @@ async def while_admitted(content: AsyncIterator[bytes], scope: dict[str, Any], s
     key make it: checked again at every chunk, and at every empty one (a stream yields one each time it
     wakes with nothing to send, at least every SSE_WAKE s). Once it no longer does, a last message says
     why (an ``error`` event, or a line of text) and the stream ends: a removed key reads nothing more."""
-    state = scope.get("state", {})
-    access, key = state.get("access"), state.get("public_key")
-    capability = capability_for(scope["method"], scope["path"])
     async with aclosing(content):
         async for chunk in content:
-            refusal = authorize(key, capability, access.table()) if access is not None and key else None
-            if refusal is not None:
+            if (refusal := refusal_now(scope)) is not None:
                 if sse:
                     data = json.dumps({"error": {"code": "forbidden", "message": refusal, "fields": []}})
                     yield f"event: error\ndata: {data}\n\n".encode()

@@ -86,10 +86,12 @@ def test_a_removed_key_reads_nothing_more_from_its_open_streams(node, keys, keys
             sdk_error.append(e)
 
     sdk = threading.Thread(target=sdk_events, daemon=True)
+    waited = Reader(keys["friend"], f"/v1/jobs/{job}?wait=20")  # a describe waiting for the job's end
     for reader in (events, logs):
         reader.start()
         assert reader.opened.wait(30) and reader.status == 200
     sdk.start()
+    waited.start()
     deadline = time.monotonic() + 30
     while not any(line.startswith("event: Created") for _, line in events.lines) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -101,6 +103,8 @@ def test_a_removed_key_reads_nothing_more_from_its_open_streams(node, keys, keys
         thread.join(ENDS_WITHIN)
         assert not thread.is_alive(), "a stream of the removed key is still open"
     owner.cancel(job)  # what happens now is no longer the friend's to see
+    waited.join(ENDS_WITHIN)
+    assert waited.status == 403 and "cancelled" not in "".join(line for _, line in waited.lines), waited.lines
     time.sleep(2)
 
     sent = [line for line in events.after(removed) if line]

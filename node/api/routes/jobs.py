@@ -100,10 +100,11 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
 
     @router.get("/v1/jobs/{job_id}", response_model=JobDescription, tags=["jobs"], responses=ERR_404,
                 summary="Describe a job (optionally waiting up to `wait` seconds for it to end)")
-    async def describe(job_id: str, client: Client,
+    async def describe(job_id: str, client: Client, request: Request,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> JobDescription:
         job = await owned(job_id, client, shared=True)
-        await wait_for_end(requester(), job_id, wait, job.state.is_terminal, quotas=quotas, client=client)
+        await wait_for_end(requester(), job_id, wait, job.state.is_terminal, quotas=quotas, client=client,
+                           scope=request.scope)
         return await requester().describe(job_id)
 
     @router.post("/v1/jobs/{job_id}/cancel", response_model=JobDescription, tags=["jobs"], responses=ERR_404,

@@ -4,7 +4,7 @@ signed, visible only to their owner (and those it was shared with), errors from 
 import contextlib
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -94,10 +94,11 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
 
     @router.get("/v1/sweeps/{sweep_id}", response_model=SweepDescription, tags=["sweeps"], responses=_ERR_404,
                 summary="Describe a sweep: counts and ranges of indexes per state (optionally waiting for its end)")
-    async def describe(sweep_id: str, client: Client,
+    async def describe(sweep_id: str, client: Client, request: Request,
                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> SweepDescription:
         sweep = await owned(sweep_id, client, shared=True)
-        await wait_for_end(service(), sweep_id, wait, sweep.state.is_terminal, quotas=quotas, client=client)
+        await wait_for_end(service(), sweep_id, wait, sweep.state.is_terminal, quotas=quotas, client=client,
+                           scope=request.scope)
         return await service().describe(sweep_id)
 
     @router.get("/v1/sweeps/{sweep_id}/indexes", response_model=IndexList, tags=["sweeps"], responses=_ERR_404,
