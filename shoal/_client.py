@@ -810,18 +810,23 @@ class Client(_BaseClient):
         return self._fetch(plan, self._tar_request(_index_path(sweep_id, index, "results")), Path(dest), whose)
 
     def download_sweep(
-        self, sweep_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None
+        self, sweep_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Path]:
         """Fetch the results of every completed index into ``dest``/INDEX, each checked against its recorded CID
         like ``download``; returns their folders in index order. One request an index (``download_index`` makes
         two), so 1,000 indexes cost 1,000 downloads, not 2,000 round trips. ``dest`` is made even when no index
-        completed (``cd "$(shoal get ID)"`` in a script then finds it empty, not missing)."""
+        completed (``cd "$(shoal get ID)"`` in a script then finds it empty, not missing). ``progress`` is
+        called with the number of indexes downloaded so far after each one (from worker threads)."""
         count, paths, first = self.describe_sweep(sweep_id).sweep.count, [], 0
         Path(dest).mkdir(parents=True, exist_ok=True)
+        counted = _Progress(progress)
 
         def fetch(record: IndexRecord) -> Path:
             plan, request, whose = _index_download(sweep_id, record, max_bytes, self._tar_request)
-            return self._fetch(plan, request, Path(dest) / str(record.index), whose)
+            path = self._fetch(plan, request, Path(dest) / str(record.index), whose)
+            counted.one_more()
+            return path
 
         while first is not None:
             page = self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
@@ -1201,18 +1206,21 @@ class AsyncClient(_BaseClient):
         return await self._fetch(plan, self._tar_request(_index_path(sweep_id, index, "results")), Path(dest), whose)
 
     async def download_sweep(
-        self, sweep_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None
+        self, sweep_id: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Path]:
         """See ``Client.download_sweep``."""
         count, paths, first = (await self.describe_sweep(sweep_id)).sweep.count, [], 0
         Path(dest).mkdir(parents=True, exist_ok=True)
         room = anyio.Semaphore(DOWNLOADS_AT_ONCE)
         fetched: dict[int, Path] = {}
+        counted = _Progress(progress)
 
         async def fetch(record: IndexRecord) -> None:
             async with room:
                 plan, request, whose = _index_download(sweep_id, record, max_bytes, self._tar_request)
                 fetched[record.index] = await self._fetch(plan, request, Path(dest) / str(record.index), whose)
+                counted.one_more()
 
         while first is not None:
             page = await self.sweep_indexes(sweep_id, state="completed", first=first, limit=SWEEP_PAGE)
@@ -1333,6 +1341,21 @@ def _sweep_path(sweep_id: str, action: str = "") -> str:
 
 
 SWEEP_PAGE = 1000  # index records asked for at once
+
+
+class _Progress:
+    """Counts what a download has done so far for its ``progress`` callback (called from worker threads)."""
+
+    def __init__(self, callback: Callable[[int], None] | None) -> None:
+        import threading
+
+        self.callback, self.done, self.lock = callback, 0, threading.Lock()
+
+    def one_more(self) -> None:
+        if self.callback is not None:
+            with self.lock:
+                self.done += 1
+                self.callback(self.done)
 
 
 def _in_threads(fn: Callable[[_A], _T], items: list[_A], at_once: int) -> list[_T]:

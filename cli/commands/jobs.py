@@ -114,9 +114,16 @@ def get(
     limit = parse_size(max_bytes, "--max-bytes")
     sdk = client(ctx)
     if is_sweep(job_id):
+        from cli.render import console
+        from jobs import JobState
+
         sweep = find_sweep(sdk, job_id).sweep
         dest = output_dir or Path(f"sweep-{short_id(sweep.id)}")
-        paths = sdk.download_sweep(sweep.id, dest, max_bytes=limit)
+        completed = sweep.counts.get(JobState.COMPLETED, 0)
+        line = f"Downloading the results of {completed:,} completed indexes into {dest}"
+        with console(stderr=True).status(line) as status:  # thousands take a while: say how far it is
+            paths = sdk.download_sweep(sweep.id, dest, max_bytes=limit,
+                                       progress=lambda done: status.update(f"{line}: {done:,} done"))
         left = sweep.count - len(paths)
         print(f"{len(paths)} completed indexes downloaded" + (f"; the other {left} did not complete "
               f"(shoal describe {sweep.id})" if left else ""), file=sys.stderr)

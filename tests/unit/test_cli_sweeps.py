@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -604,8 +605,15 @@ def test_logs_points_a_sweep_id_to_the_index_command(fake: FakeSweepClient) -> N
 def test_get_of_a_sweep_downloads_every_completed_index(fake: FakeSweepClient, tmp_path: Path) -> None:
     downloads: list[tuple[str, Path]] = []
 
-    def download_sweep(sweep_id: str, dest: Path, *, max_bytes: int | None = None) -> list[Path]:
+    progressed: list[int] = []
+
+    def download_sweep(sweep_id: str, dest: Path, *, max_bytes: int | None = None,
+                       progress: Callable[[int], None] | None = None) -> list[Path]:
         downloads.append((sweep_id, Path(dest)))
+        for done in (1, 2):
+            assert progress is not None  # thousands of indexes took a minute of silence
+            progress(done)
+            progressed.append(done)
         return [Path(dest) / "0", Path(dest) / "2"]
 
     fake.download_sweep = download_sweep  # type: ignore[attr-defined]
@@ -613,6 +621,7 @@ def test_get_of_a_sweep_downloads_every_completed_index(fake: FakeSweepClient, t
     assert result.exit_code == 0, result.stderr
     assert downloads == [(SWEEP_ID, tmp_path / "r")] and result.stdout == f"{tmp_path / 'r'}\n"
     assert "2 completed indexes downloaded; the other 1 did not complete" in result.stderr
+    assert progressed == [1, 2]
 
 
 # -- shoal sweep … ------------------------------------------------------------------------------

@@ -329,8 +329,10 @@ async def test_download_sweep_fetches_several_indexes_at_once_and_returns_them_i
     spec = SweepSpec.model_validate({**SWEEP, "grid": {"x": [str(i) for i in range(20)]}})
     fake.sweeps["s-1"] = sweep.model_copy(update={"spec": spec, "count": 20})
     fake.index_page, fake.results_delay = list(range(20)), 1.0
-    got = await call(client, "download_sweep", "s-1", tmp_path / "all")
+    progressed: list[int] = []
+    got = await call(client, "download_sweep", "s-1", tmp_path / "all", progress=progressed.append)
     assert got == [tmp_path / "all" / str(i) for i in range(20)]
+    assert progressed == list(range(1, 21))  # how far it is, one index at a time
     first = fake.results_asked[0]
     together = [t for t in fake.results_asked if t - first < fake.results_delay / 2]  # before any could end
     assert len(together) == DOWNLOADS_AT_ONCE == 8 and len(fake.results_asked) == 20
