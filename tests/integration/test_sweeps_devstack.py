@@ -109,8 +109,10 @@ def test_every_completed_indexs_results_download_in_one_call_each_checked(client
                                   "outputs": [{"name": "out", "path": "/outputs"}]},
                           "grid": {"x": [str(i) for i in range(6)]}}, timeout=180)
     assert d.sweep.counts.get("completed") == 5, d.sweep.counts
-    paths = client.download_sweep(d.sweep.id, tmp_path / "all")
+    progressed: list[int] = []
+    paths = client.download_sweep(d.sweep.id, tmp_path / "all", progress=progressed.append)
     assert paths == [tmp_path / "all" / str(i) for i in (0, 1, 2, 4, 5)]  # the failed index has none
+    assert progressed == [1, 2, 3, 4, 5]  # what shoal get shows while it downloads
     for i in (0, 1, 2, 4, 5):
         assert (tmp_path / "all" / str(i) / "outputs" / "out" / f"r{i}.txt").read_text() == str(i * i)
         assert (tmp_path / "all" / str(i) / "stdout").read_text() == f"{i}\n"
