@@ -20,7 +20,6 @@ from storage.trees import entries
 EMPTY_FILES = 30  # per input: each fits the caps below alone
 COPIES = 8  # inputs naming the same directory: 240 entries together
 CAP = 100
-KUBO_PORT = 44000
 
 
 def empty_files(path: Path) -> Path:
@@ -63,7 +62,7 @@ async def test_entries_count_against_the_inputs_bytes(tmp_path):
 
 @pytest.mark.skipif(ipfs_binary() is None, reason="Kubo is not installed: run scripts/install-kubo")
 async def test_kubo_inputs_together_hold_at_most_the_entry_cap(tmp_path):
-    async with KuboCluster(1, tmp_path / "kubo", base_port=KUBO_PORT) as cluster, \
+    async with KuboCluster(1, tmp_path / "kubo") as cluster, \
             KuboClient(cluster.daemons[0].rpc_url) as client:
         cid = await client.add_path(empty_files(tmp_path / "empty"))
         root = tmp_path / "inputs"
