@@ -56,6 +56,26 @@ def test_a_completed_run_shows_shoals_notes_from_its_stderr(monkeypatch: pytest.
     assert err.index(LOST) < len(err) - 1 and err[-1].startswith(f"Job {JOB_ID} completed")
 
 
+def test_a_job_printing_a_flood_of_lines_like_shoals_gets_the_last_few_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job controls its stderr: lines that only look like Shoal's notes are shown from its last few lines only,
+    so a job cannot flood its owner's terminal on success."""
+    from cli.waiting import SHOAL_NOTES
+
+    class Flooding(NotingClient):
+        def describe(self, job_id: str) -> Any:
+            desc = FakeSweepClient.describe(self, job_id)
+            ex = desc.executions[0]
+            flood = "".join(f"shoal: fake note {i}\n" for i in range(10_000))
+            result = ex.result.model_copy(update={"stderr": flood})
+            return desc.model_copy(update={"executions": [ex.model_copy(update={"result": result})]})
+
+    use(monkeypatch, Flooding())
+    result = run("run", "noop")
+    assert result.exit_code == 0, result.stderr
+    shown = [line for line in result.stderr.splitlines() if line.startswith("shoal: fake note")]
+    assert shown == [f"shoal: fake note {i}" for i in range(10_000 - SHOAL_NOTES, 10_000)]
+
+
 def test_a_sweep_that_succeeded_shows_its_winners_notes(monkeypatch: pytest.MonkeyPatch) -> None:
     sdk = NotingClient()
     use(monkeypatch, sdk)
