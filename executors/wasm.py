@@ -11,16 +11,15 @@ What a module sees:
 Not covered: file times, inode numbers and directory listing order come from the host file system (a
 shadowed WASI function cannot call wasmtime's own implementation, which needs the calling instance).
 
-Limits:
-  * memory: ``resources.memory`` caps the store's linear memory; ``memory.grow`` beyond it fails, and
-    a run that then fails says so in its stderr;
-  * time: the caller's deadline. Cancellation bumps the run's engine epoch, so the module traps at its
-    next loop back-edge or call and the worker thread ends;
-  * compiling: a child process held to the job's memory, CPU time and timeout (``executors.wasm_compile``);
-  * host calls: the functions below run in the node's process with the GIL, so each call's work is bounded:
-    ``random_get`` makes its bytes ``RANDOM_CHUNK`` at a time and stops when the run is cancelled,
-    ``poll_oneoff`` takes at most ``MAX_SUBSCRIPTIONS``; wasmtime's own ``fd_read``/``fd_write`` run without
-    the GIL and refuse a buffer of 128 MiB or more (ENOMEM).
+Where it runs: compiled by one child process, run by another (``executors.wasm_child``), never in the
+node's own process, whose descriptors, memory and GIL every job
+shares. Limits:
+  * memory: ``resources.memory`` caps the store's one linear memory (``memory.grow`` beyond it fails, and
+    a run that then fails says so in its stderr) and its tables to a quarter of it; the process as a whole
+    is held to that and ``RUN_MEMORY_FLOOR`` (RLIMIT_DATA);
+  * descriptors: ``OPEN_FILES`` (RLIMIT_NOFILE), whatever the module opens;
+  * time: the caller's deadline kills the process (and CPU time past the job's timeout, RLIMIT_CPU);
+  * compiling: the job's memory (at least ``COMPILE_MEMORY_FLOOR``), CPU time and timeout.
 
 A trap is a normal result: exit code 134 (what ``wasmtime run`` reports) and the trap in stderr.
 Compiled modules are cached by content hash in ``cache_dir``; the least recently used beyond
@@ -29,29 +28,29 @@ Compiled modules are cached by content hash in ``cache_dir``; the least recently
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import importlib.metadata
+import json
+import logging
 import math
 import os
 import signal
-import struct
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import outcome
 import trio
-from cryptography.hazmat.primitives.hashes import SHAKE256, XOFHash
 
 from executors._common import (
     CLOCK_STEP_NS,
     EPOCH_SECONDS,
-    DirMount,
     Tail,
     disk_limit_message,
     host_path,
@@ -63,28 +62,27 @@ from executors._common import (
 )
 from executors.base import Executor, ExecutorError, RunRequest
 from executors.sandbox import Limits
-from jobs import RunResult, ShoalError, WasmEngine, format_bytes
+from jobs import RunResult, WasmEngine, format_bytes
 
 try:
     import wasmtime
 
-    from executors.wasm_compile import CONFIG_VERSION, INVALID_MODULE, engine_config
+    from executors.wasm_child import CONFIG_VERSION, INVALID_MODULE, TRAP_EXIT_CODE
     _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed() reports it
     wasmtime = None  # type: ignore[assignment]
+    TRAP_EXIT_CODE = 134
 
 CACHE_BYTES = 1024**3  # compiled modules kept; beyond it the least recently used go
 COMPILE_MEMORY_FLOOR = 256 * 1024**2  # compiling may take this much however small the job: the interpreter's share
-_COMPILER = str(Path(__file__).with_name("wasm_compile.py"))
-RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
-MAX_SUBSCRIPTIONS = 1 << 16  # per poll_oneoff: 3 MiB of subscriptions; more is refused (EINVAL)
-MAX_TABLES = 16  # per run: a module needs one or two
-MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit
-TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
-_WASI = "wasi_snapshot_preview1"
-_EPOCH_NS = EPOCH_SECONDS * 1_000_000_000
-# WASI errno values
-_ESUCCESS, _EFAULT, _EINVAL, _ENOTSUP = 0, 21, 28, 58
+RUN_MEMORY_FLOOR = 128 * 1024**2  # a run's process beyond its module's memory: the interpreter, wasmtime, code
+OPEN_FILES = 1024  # descriptors a run may hold open: the interpreter's few, and the module's
+KILL_WAIT = 5.0  # seconds to wait for a killed run's process to be gone
+START_TIMEOUT = 30.0  # seconds for a run's process to say it started (a new interpreter, on a busy node)
+SERVER_RESTART = 1.0  # seconds before the fork server is started again when it ended
+_CHILD = str(Path(__file__).with_name("wasm_child.py"))
+
+log = logging.getLogger(__name__)
 
 
 def _module_job_path(engine: WasmEngine, request: RunRequest) -> str:
@@ -112,8 +110,119 @@ class _Outcome:
     note: str = ""  # appended to stderr: a trap, the memory limit
 
 
+def _limits(request: RunRequest) -> dict[str, int]:
+    """A run's process's rlimits, which it sets on itself before it reads anything of the job."""
+    memory = request.spec.resources.memory
+    limits = {"RLIMIT_NOFILE": OPEN_FILES, "RLIMIT_CORE": 0, "RLIMIT_CPU": math.ceil(request.spec.timeout) + 1}
+    if memory:
+        limits["RLIMIT_DATA"] = memory + memory // 4 + RUN_MEMORY_FLOOR
+    return limits
+
+
+def _run_request(request: RunRequest, spec: WasmEngine, compiled: Path) -> bytes:
+    """What the run's process (``executors.wasm_child``) reads from its connection."""
+    mounts = plan_mounts(request, request.work_dir)
+    return json.dumps({
+        "compiled": str(compiled),
+        "argv": [_module_job_path(spec, request), *spec.args],
+        "env": sorted(request.spec.env.items()),
+        "mounts": [(str(m.host), m.target, m.writable) for m in mounts],
+        "entrypoint": spec.entrypoint,
+        "memory": request.spec.resources.memory,
+        "epoch_ns": EPOCH_SECONDS * 1_000_000_000,
+        "clock_step_ns": CLOCK_STEP_NS,
+        "random_key": hashlib.sha256(b"wasm random_get:" + job_seed(request)).hexdigest(),
+    }).encode()
+
+
+async def _drain(stream: trio.abc.ReceiveStream, sink: Callable[[bytes], object]) -> None:
+    async with stream:
+        while chunk := await stream.receive_some(65536):
+            sink(chunk)
+
+
+async def _read_pid(connection: trio.SocketStream) -> int:
+    """The first line a run's process writes: its pid (written before it reads the job: it is still there)."""
+    line = b""
+    with trio.move_on_after(START_TIMEOUT):
+        while not line.endswith(b"\n") and len(line) < 32:
+            if not (chunk := await connection.receive_some(32 - len(line))):
+                break
+            line += chunk
+    if not line.endswith(b"\n") or not line[:-1].isdigit():
+        raise ExecutorError("the wasm runtime's process did not start")
+    return int(line)
+
+
+def _told(said: bytes) -> dict:
+    try:
+        told = json.loads(said)
+    except ValueError:
+        return {}
+    return told if isinstance(told, dict) else {}
+
+
+def _outcome(told: dict, killed: bool, stderr: Tail, memory: int) -> _Outcome:
+    """The run's end, from what its process ``told`` on its connection, and whether the node ``killed`` it."""
+    if "refused" in told:
+        raise ExecutorError(str(told["refused"]), retryable=bool(told.get("damaged")))
+    if not isinstance(told.get("exit_code"), int):
+        if killed:  # the disk limit, or the job's deadline
+            return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was stopped")
+        if memory and "memory allocation" in stderr.text()[-2000:]:  # Rust's allocator aborts on RLIMIT_DATA
+            return _Outcome(TRAP_EXIT_CODE, f"the run needed more than its job's memory of {format_bytes(memory)} "
+                                            "and the runtime's share (resources.memory)")
+        return _Outcome(TRAP_EXIT_CODE, "the run ended without an outcome: it took more CPU time than the job's "
+                                        "timeout, or more memory than it may")
+    if told.get("memory_at_start"):
+        return _Outcome(TRAP_EXIT_CODE, f"the module needs more memory at start than the job's limit of "
+                                        f"{format_bytes(memory)} (resources.memory)")
+    code, note, used = told["exit_code"], str(told.get("trap") or ""), told.get("memory_used")
+    # memory.grow beyond the limit returns -1 and programs then fail: flag runs that got close
+    if code and memory and isinstance(used, int) and used * 2 >= memory:
+        note = (note + "\n" if note else "") + (
+            f"memory limit: the module had {format_bytes(used)} of linear memory when it failed; "
+            f"growing beyond the job's limit of {format_bytes(memory)} (resources.memory) is refused")
+    return _Outcome(code, note)
+
+
+class _Process:
+    """A process of the wasm engine (the fork server, a run), watched by pidfd: a run forked by the fork server
+    is not the node's child, and the kernel reaps it."""
+
+    def __init__(self, argv: list[str] | None = None, *pass_fds: int) -> None:
+        self.pid: int | None = None
+        self.pidfd = -1
+        self._popen = None if argv is None else subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=pass_fds)
+        if self._popen is not None:
+            self.attach(self._popen.pid)
+
+    def attach(self, pid: int) -> None:
+        self.pid, self.pidfd = pid, os.pidfd_open(pid)
+
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def wait(self) -> int | None:
+        """Until it has ended; its exit status when it was the node's child."""
+        if self.pidfd >= 0:
+            await trio.lowlevel.wait_readable(self.pidfd)
+        return None if self._popen is None else self._popen.wait()
+
+    async def stop(self) -> None:
+        self.kill()
+        with trio.CancelScope(shield=True), trio.move_on_after(KILL_WAIT):
+            await self.wait()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
 class WasmExecutor(Executor):
-    """Runs ``wasm`` jobs in a worker thread. One wasmtime engine per run, so cancelling one run stops only it.
+    """Runs each ``wasm`` job in a process of its own (``executors.wasm_child``), killed when its run is cancelled.
 
     Args:
         cache_dir: where compiled modules are kept, named by the SHA-256 of the module and the engine
@@ -125,12 +234,34 @@ class WasmExecutor(Executor):
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
         self.max_parallel = max(1, os.cpu_count() or 1)  # a run takes a whole core, whatever its job states
-        # runs' threads, apart from trio's default pool: forty running modules once held every thread the
-        # node's store writes need
-        self._threads = trio.CapacityLimiter(self.max_parallel)
+        self._server: trio.socket.SocketType | None = None  # the fork server's control socket, while it runs
 
     def is_installed(self) -> bool:
         return wasmtime is not None
+
+    async def run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a fork server (``executors.wasm_child.serve``) that starts each run's process, until cancelled.
+        Without it (it is restarting, or no pool runs) each run starts a new interpreter, 80 ms slower."""
+        if wasmtime is None:
+            task_status.started()
+            return
+        while True:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with ours:
+                try:
+                    server = _Process([sys.executable, "-I", _CHILD, "serve", str(theirs.fileno())], theirs.fileno())
+                finally:
+                    theirs.close()
+                try:
+                    self._server = trio.socket.from_stdlib_socket(ours)
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    status = await server.wait()
+                finally:
+                    self._server = None
+                    await server.stop()
+            log.warning("the wasm fork server ended (exit status %s); starting another", status)
+            await trio.sleep(SERVER_RESTART)
 
     async def run(self, request: RunRequest) -> RunResult:
         engine_spec = request.spec.engine
@@ -139,28 +270,17 @@ class WasmExecutor(Executor):
         if wasmtime is None:
             raise ExecutorError("wasmtime is not installed on this node")
         started = time.time()
-        engine = wasmtime.Engine(engine_config())
-        module = await self._module(request, engine_spec, engine)
-        store = wasmtime.Store(engine)
-        store.set_epoch_deadline(1)  # set before the worker starts: any later epoch bump interrupts the run
-        job = _Run(request, engine_spec, store, module, engine)
-        over_disk: list[int] = []
-
-        async def interrupt() -> None:
-            job.interrupt()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_interrupt_when_cancelled, job)
-            nursery.start_soon(watch_disk, [m.source for m in request.output_mounts()], request.write_limit,
-                               request.max_entries, interrupt, over_disk, lambda: [os.getpid()])
-            try:
-                captured = await trio.to_thread.run_sync(outcome.capture, job.run, limiter=self._threads)
-            finally:
-                nursery.cancel_scope.cancel()
-        result = captured.unwrap()  # raised here, not inside the nursery, so errors are not wrapped in a group
-        stderr = job.stderr
-        if not over_disk and (written := await written_past(
-                [m.source for m in request.output_mounts()], request.write_limit, request.max_entries)) is not None:
+        stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
+        outputs, over_disk = [m.source for m in request.output_mounts()], []
+        for _ in range(2):
+            compiled = await self._compiled(request, engine_spec)
+            told, killed = await self._run_process(request, engine_spec, compiled, stdout, stderr, over_disk)
+            if not told.get("damaged"):
+                break
+            compiled.unlink(missing_ok=True)  # compiled again
+        result = _outcome(told, killed, stderr, request.spec.resources.memory)
+        if not over_disk and (written := await written_past(outputs, request.write_limit,
+                                                            request.max_entries)) is not None:
             over_disk.append(written)
         if over_disk:
             line = disk_limit_message(over_disk[0], request.write_limit, request.max_entries)
@@ -169,13 +289,74 @@ class WasmExecutor(Executor):
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")
         return RunResult(
             exit_code=result.exit_code,
-            stdout=job.stdout.text(),
+            stdout=stdout.text(),
             stderr=stderr.text(),
-            stdout_truncated=job.stdout.truncated,
+            stdout_truncated=stdout.truncated,
             stderr_truncated=stderr.truncated,
             started_at=started,
             finished_at=time.time(),
         )
+
+    async def _run_process(self, request: RunRequest, spec: WasmEngine, compiled: Path, stdout: Tail,
+                           stderr: Tail, over_disk: list[int]) -> tuple[dict, bool]:
+        """Run the compiled module in a process of its own until it ends, or the disk watch or the caller ends
+        it: (what it told of its end, whether the node killed it)."""
+        outputs = [m.source for m in request.output_mounts()]
+        ours, theirs = socket.socketpair()
+        (out, out_end), (err, err_end) = os.pipe(), os.pipe()
+        connection = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        streams = (connection, trio.lowlevel.FdStream(out), trio.lowlevel.FdStream(err))
+        try:
+            process = await self._start(_limits(request), theirs.fileno(), out_end, err_end)
+        except BaseException:
+            for stream in streams:
+                await stream.aclose()
+            raise
+        finally:
+            for fd in (theirs.detach(), out_end, err_end):
+                os.close(fd)
+        said, killed = bytearray(), False
+
+        async def kill() -> None:
+            nonlocal killed
+            killed = True
+            process.kill()
+
+        async def talk() -> None:
+            await connection.send_all(_run_request(request, spec, compiled))
+            await connection.send_eof()
+            while chunk := await connection.receive_some(65536):
+                said.extend(chunk)
+
+        try:
+            pid = await _read_pid(connection)
+            if process.pid is None:  # forked: no child of the node's
+                process.attach(pid)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disk, outputs, request.write_limit, request.max_entries, kill,
+                                   over_disk, lambda: [process.pid])
+                async with trio.open_nursery() as talking:  # until the process is gone (or killed)
+                    talking.start_soon(_drain, streams[1], stdout.write)
+                    talking.start_soon(_drain, streams[2], stderr.write)
+                    talking.start_soon(talk)
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            await process.stop()
+            for stream in streams:
+                await stream.aclose()
+        return _told(bytes(said)), killed
+
+    async def _start(self, limits: dict[str, int], connection: int, stdout: int, stderr: int) -> _Process:
+        """A run's process: forked by the fork server, or (none running) a new interpreter."""
+        if self._server is not None:
+            fds = array.array("i", (connection, stdout, stderr))
+            with contextlib.suppress(OSError):  # it is gone: the pool starts another
+                await self._server.sendmsg([json.dumps(limits).encode()],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                return _Process()
+        argv = [sys.executable, "-I", _CHILD, "run", str(connection), str(stdout), str(stderr), json.dumps(limits)]
+        return _Process(argv, connection, stdout, stderr)
 
     async def prepare(self, request: RunRequest) -> None:
         """Compile the job's module into the cache before its run (a large module takes seconds)."""
@@ -185,18 +366,9 @@ class WasmExecutor(Executor):
 
     # Compiling, and the cache of compiled modules ---------------------------------------------------------
 
-    async def _module(self, request: RunRequest, spec: WasmEngine, engine: wasmtime.Engine) -> wasmtime.Module:
-        for _ in range(2):
-            compiled = await self._compiled(request, spec)
-            try:
-                return await trio.to_thread.run_sync(wasmtime.Module.deserialize_file, engine, str(compiled))
-            except wasmtime.WasmtimeError:
-                compiled.unlink(missing_ok=True)  # damaged: compiled again
-        raise ExecutorError("the compiled module could not be loaded")
-
     async def _compiled(self, request: RunRequest, spec: WasmEngine) -> Path:
         """The job's module compiled: from the cache, or by a child process held to the job's memory (at
-        least ``COMPILE_MEMORY_FLOOR``), CPU time and timeout (see ``executors.wasm_compile``)."""
+        least ``COMPILE_MEMORY_FLOOR``), CPU time and timeout (see ``executors.wasm_child``)."""
         module = _module_file(spec, request)
         digest = await trio.to_thread.run_sync(_file_digest, module)
         cached = self.cache_dir / f"{digest}.v{CONFIG_VERSION}-wasmtime{_WASMTIME_VERSION}.cwasm"
@@ -207,7 +379,7 @@ class WasmExecutor(Executor):
         os.close(fd)
         memory, timeout = max(request.spec.resources.memory, COMPILE_MEMORY_FLOOR), request.spec.timeout
         limits = Limits(memory=memory, cpu_seconds=max(1, math.ceil(timeout)))
-        argv = [*limits.prlimit_args(), sys.executable, "-I", _COMPILER, str(module), tmp]
+        argv = [*limits.prlimit_args(), sys.executable, "-I", _CHILD, "compile", str(module), tmp]
         try:
             with trio.move_on_after(timeout) as deadline:
                 done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
@@ -266,240 +438,3 @@ def _compile_failure(returncode: int, stderr: bytes, memory: int) -> str:
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         return "compiling the module took more CPU time than the job's timeout"
     return f"compiling the module failed (exit code {returncode}): {said[-300:]}"
-
-
-async def _interrupt_when_cancelled(job: _Run) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        job.interrupt()
-
-
-class _VirtualClock:
-    """Time as the module sees it: moves ``CLOCK_STEP_NS`` per read, and jumps for sleeps."""
-
-    def __init__(self) -> None:
-        self.monotonic_ns = 0
-
-    def read(self, clock_id: int) -> int:
-        self.monotonic_ns += CLOCK_STEP_NS
-        return _EPOCH_NS + self.monotonic_ns if clock_id == 0 else self.monotonic_ns
-
-    def now(self, clock_id: int) -> int:
-        return _EPOCH_NS + self.monotonic_ns if clock_id == 0 else self.monotonic_ns
-
-    def advance_to(self, clock_id: int, deadline_ns: int) -> None:
-        target = deadline_ns - _EPOCH_NS if clock_id == 0 else deadline_ns
-        self.monotonic_ns = max(self.monotonic_ns, target)
-
-
-class _Run:
-    """One run of one module; everything here runs in the worker thread except ``interrupt``."""
-
-    def __init__(
-        self,
-        request: RunRequest,
-        spec: WasmEngine,
-        store: wasmtime.Store,
-        module: wasmtime.Module,
-        engine: wasmtime.Engine,
-    ) -> None:
-        self.module = module
-        self.request = request
-        self.spec = spec
-        self.engine = engine
-        self.store = store
-        self.stdout = Tail.of(request, "stdout")
-        self.stderr = Tail.of(request, "stderr")
-        self.clock = _VirtualClock()
-        self.random_key = hashlib.sha256(b"wasm random_get:" + job_seed(request)).digest()
-        self.random_calls = 0
-        self._interrupted = threading.Event()
-
-    def interrupt(self) -> None:
-        self._interrupted.set()
-        self.engine.increment_epoch()
-
-    # The run ------------------------------------------------------------------------------------------------
-
-    def run(self) -> _Outcome:
-        module = self.module
-        mounts = plan_mounts(self.request, self.request.work_dir)
-
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = [_module_job_path(self.spec, self.request), *self.spec.args]
-        wasi.env = sorted(self.request.spec.env.items())
-        wasi.stdout_custom = self.stdout.write
-        wasi.stderr_custom = self.stderr.write
-        for m in mounts:
-            _preopen(wasi, m)
-        self.store.set_wasi(wasi)
-        limit = self.request.spec.resources.memory
-        if limit:
-            # each linear memory is held to the limit: so one memory, and tables (which wasmtime allocates in
-            # the node's process too) of at most a sixteenth of it in elements
-            self.store.set_limits(memory_size=limit, memories=1, tables=MAX_TABLES,
-                                  table_elements=max(MIN_TABLE_ELEMENTS, limit // 16))
-
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
-        self._shadow_wasi(linker, module)
-
-        instance: wasmtime.Instance | None = None
-        try:
-            instance = linker.instantiate(self.store, module)
-            entry = instance.exports(self.store).get(self.spec.entrypoint)
-            if not isinstance(entry, wasmtime.Func):
-                raise ExecutorError(f"the module exports no function {self.spec.entrypoint!r}", retryable=False)
-            entry(self.store)
-            return _Outcome(0)
-        except wasmtime.ExitTrap as e:
-            return self._failed(e.code, "", instance) if e.code else _Outcome(0)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            # its traceback holds wasmtime's frames, which hold it and the store: left to the cycle collector, the
-            # files the module had open (the space of deleted ones too) outlived an interrupted run by minutes
-            e.__traceback__ = None
-            if self._interrupted.is_set():
-                return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was cancelled")
-            if instance is None and limit and "memory" in str(e).lower():
-                return _Outcome(
-                    TRAP_EXIT_CODE,
-                    f"the module needs more memory at start than the job's limit of {format_bytes(limit)} "
-                    "(resources.memory)",
-                )
-            return self._failed(TRAP_EXIT_CODE, f"error: {e}", instance)
-
-    def _failed(self, code: int, note: str, instance: wasmtime.Instance | None) -> _Outcome:
-        """A failed run; says so when the memory limit is the likely cause."""
-        limit = self.request.spec.resources.memory
-        if limit and instance is not None:
-            memory = instance.exports(self.store).get("memory")
-            if isinstance(memory, wasmtime.Memory):
-                used = memory.data_len(self.store)
-                # memory.grow beyond the limit returns -1 and programs then fail: flag runs that got close.
-                if used * 2 >= limit:
-                    note = (note + "\n" if note else "") + (
-                        f"memory limit: the module had {format_bytes(used)} of linear memory when it failed; "
-                        f"growing beyond the job's limit of {format_bytes(limit)} (resources.memory) is refused"
-                    )
-        return _Outcome(code, note)
-
-    # Deterministic WASI ----------------------------------------------------------------------------------
-
-    def _shadow_wasi(self, linker: wasmtime.Linker, module: wasmtime.Module) -> None:
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.allow_shadowing = True
-
-        def define(name: str, params: list[wasmtime.ValType], fn: Callable[..., int]) -> None:
-            linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), _errno(fn), access_caller=True)
-
-        define("clock_time_get", [i32, i64, i32], self._clock_time_get)
-        define("clock_res_get", [i32, i32], self._clock_res_get)
-        define("random_get", [i32, i32], self._random_get)
-        define("poll_oneoff", [i32, i32, i32, i32], self._poll_oneoff)
-
-    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
-        if not 0 <= clock_id <= 3:
-            return _EINVAL
-        _write(caller, out, struct.pack("<Q", self.clock.read(clock_id)))
-        return _ESUCCESS
-
-    def _clock_res_get(self, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
-        if not 0 <= clock_id <= 3:
-            return _EINVAL
-        _write(caller, out, struct.pack("<Q", CLOCK_STEP_NS))
-        return _ESUCCESS
-
-    def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
-        self.random_calls += 1
-        buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
-        if buf + length > _memory(caller).data_len(caller):
-            raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made in the node
-        # Made in one piece, 2 GiB held the node's GIL for seconds and took 6 GiB of its memory, out of reach of
-        # the run's deadline. The same stream (the shake_256 of the key and the call's number: nodes compare the
-        # results of deterministic jobs) is read a chunk at a time instead.
-        stream = XOFHash(SHAKE256(digest_size=sys.maxsize))
-        stream.update(self.random_key + self.random_calls.to_bytes(8, "little"))
-        for start in range(0, length, RANDOM_CHUNK):
-            if self._interrupted.is_set():
-                raise wasmtime.Trap("interrupted: the run was cancelled")
-            _write(caller, buf + start, stream.squeeze(min(RANDOM_CHUNK, length - start)))
-        return _ESUCCESS
-
-    def _poll_oneoff(self, caller: wasmtime.Caller, subs: int, events: int, nsubs: int, nevents_out: int) -> int:
-        """Never waits: file descriptors are always ready, and a sleep jumps the virtual clock to its end."""
-        nsubs &= 0xFFFFFFFF
-        if not 0 < nsubs <= MAX_SUBSCRIPTIONS:
-            return _EINVAL  # 44 million (2 GiB) once took the node a minute and 12 GiB
-        raw = _read(caller, subs, 48 * nsubs)
-        fds, clocks = [], []
-        for i in range(nsubs):
-            sub = raw[48 * i : 48 * (i + 1)]
-            userdata, tag = struct.unpack_from("<QB", sub, 0)
-            if tag == 0:
-                clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", sub, 16)
-                if not 0 <= clock_id <= 3:
-                    return _EINVAL
-                deadline = timeout if flags & 1 else self.clock.now(clock_id) + timeout
-                clocks.append((userdata, clock_id, deadline))
-            elif tag in (1, 2):
-                fds.append((userdata, tag))
-            else:
-                return _EINVAL
-        out = bytearray()
-        if fds:
-            for userdata, tag in fds:
-                out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, tag, 0, 0)
-        else:
-            first = min(clocks, key=lambda c: c[2] - (_EPOCH_NS if c[1] == 0 else 0))
-            self.clock.advance_to(first[1], first[2])
-            for userdata, clock_id, deadline in clocks:
-                if self.clock.now(clock_id) >= deadline:
-                    out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0)
-        _write(caller, events, bytes(out))
-        _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
-        return _ESUCCESS
-
-
-def _preopen(wasi: wasmtime.WasiConfig, mount: DirMount) -> None:
-    try:
-        wasi.preopen_dir(str(mount.host), mount.target, fs_mutable=mount.writable)
-    except wasmtime.WasmtimeError as e:
-        raise ExecutorError(f"cannot give the module {mount.target} ({mount.host}): {e}") from e
-
-
-class _Fault(ShoalError):
-    """A pointer from the module is outside its memory."""
-
-
-def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
-    memory = caller.get("memory")
-    if not isinstance(memory, wasmtime.Memory):
-        raise _Fault
-    return memory
-
-
-def _write(caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
-    ptr &= 0xFFFFFFFF  # wasm passes pointers as signed i32
-    memory = _memory(caller)
-    if ptr + len(data) > memory.data_len(caller):
-        raise _Fault
-    memory.write(caller, data, ptr)
-
-
-def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-    ptr &= 0xFFFFFFFF
-    memory = _memory(caller)
-    if ptr + length > memory.data_len(caller):
-        raise _Fault
-    return bytes(memory.read(caller, ptr, ptr + length))
-
-
-def _errno(fn: Callable[..., int]) -> Callable[..., int]:
-    def wrapper(caller: wasmtime.Caller, *args: int) -> int:
-        try:
-            return fn(caller, *args)
-        except _Fault:
-            return _EFAULT
-
-    return wrapper

@@ -17,7 +17,7 @@ import trio
 import wasmtime
 
 from executors._common import CLOCK_STEP_NS, EPOCH_SECONDS
-from executors.base import ExecutorError, Mount, RunRequest
+from executors.base import ExecutorError, LiveOutput, Mount, RunRequest
 from executors.wasm import TRAP_EXIT_CODE, WasmExecutor
 from jobs import JobSpec, OutputSpec, Resources, WasmEngine
 
@@ -211,9 +211,13 @@ def request(
     )
 
 
-@pytest.fixture
-def executor(tmp_path: Path) -> WasmExecutor:
-    return WasmExecutor(cache_dir=tmp_path / "cache")
+@pytest.fixture(params=["forked", "new interpreter"])
+async def executor(request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nursery) -> WasmExecutor:
+    """Runs start from the fork server a node keeps (``run_pool``), or, while it has none, in a new interpreter."""
+    executor = WasmExecutor(cache_dir=tmp_path / "cache")
+    if request.param == "forked":
+        await nursery.start(executor.run_pool)
+    return executor
 
 
 async def test_hello_world(executor: WasmExecutor, tmp_path: Path) -> None:
@@ -294,9 +298,9 @@ async def test_memory_limit_is_enforced_and_reported(executor: WasmExecutor, tmp
 # Runs one module in a fresh interpreter, as a node would (wasmtime runs in the node's process), and prints
 # its exit code, stderr and the process's peak memory.
 PEAK_SCRIPT = """
-import json, sys, trio
+import json, resource, sys, trio
 from pathlib import Path
-from executors.base import ExecutorError, Mount, RunRequest
+from executors.base import ExecutorError, LiveOutput, Mount, RunRequest
 from executors.wasm import WasmExecutor
 from jobs import JobSpec, Resources, WasmEngine
 work = Path(sys.argv[1])
@@ -309,7 +313,10 @@ except ExecutorError as e:  # the job is refused
     exit_code, stderr = None, str(e)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forked parent (the test run, hundreds of MiB)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"exit_code": exit_code, "stderr": stderr, "peak_mib": peak // 1024}))
+# the largest of the node's children (compiling, running): it carries this process's over, 100 MiB or so
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"exit_code": exit_code, "stderr": stderr, "peak_mib": peak // 1024,
+                  "children_peak_mib": children // 1024}))
 """
 TOUCH_12_MEMORIES = "".join(
     f"(memory $m{i} 960)" for i in range(12)) + '(func (export "_start") (local $p i32)' + "".join(
@@ -318,6 +325,13 @@ TOUCH_12_MEMORIES = "".join(
     f" (br_if $l{i} (i32.lt_u (local.get $p) (i32.const 62910000)))))" for i in range(12)) + "))"
 HUGE_TABLE = """(table $t 50000000 funcref) (memory 1) (func $f) (elem declare func $f)
   (func (export "_start") (table.fill $t (i32.const 0) (ref.func $f) (i32.const 50000000))))"""
+# Sixteen tables of as many elements as a 64 MiB job may have (a quarter of its memory together), all filled;
+# and sixteen of 4,194,304 (its old limit, a sixteenth of its memory in elements of 8 bytes each: 512 MiB).
+SIXTEEN_TABLES = """{tables} (memory 1) (func $f) (elem declare func $f) (func (export "_start") {fills}))"""
+SIXTEEN_FULL_TABLES, SIXTEEN_TABLES_AT_THE_OLD_LIMIT = (SIXTEEN_TABLES.format(
+    tables="".join(f"(table $t{i} {n} funcref)" for i in range(16)),
+    fills="".join(f"(table.fill $t{i} (i32.const 0) (ref.func $f) (i32.const {n}))" for i in range(16)))
+    for n in (64 * 1024**2 // (4 * 16 * 8), 64 * 1024**2 // 16))
 RANDOM_GIB = """(import "wasi_snapshot_preview1" "random_get" (func $r (param i32 i32) (result i32))) (memory 1)
   (func (export "_start") (drop (call $r (i32.const 0) (i32.const 1073741824)))))"""
 
@@ -326,15 +340,20 @@ RANDOM_GIB = """(import "wasi_snapshot_preview1" "random_get" (func $r (param i3
     (TOUCH_12_MEMORIES, "the module needs more memory at start than the job's limit of 64 MiB"),
     (HUGE_TABLE, "table minimum size of 50000000 elements exceeds table limits"),
     (RANDOM_GIB, ""),  # random_get answers EFAULT, which the module ignores
-], ids=["twelve 60 MiB memories", "a 50M-element table", "random_get of 1 GiB"])
+    (SIXTEEN_FULL_TABLES, ""),
+    (SIXTEEN_TABLES_AT_THE_OLD_LIMIT, "table minimum size of 4194304 elements exceeds table limits"),
+], ids=["twelve 60 MiB memories", "a 50M-element table", "random_get of 1 GiB", "sixteen full tables",
+        "sixteen tables of 4M elements"])
 def test_a_64_mib_job_takes_no_more_of_the_nodes_memory_by_other_means(tmp_path: Path, body: str,
                                                                        stderr: str) -> None:
     """``resources.memory`` held each linear memory, but a module could declare twelve of them (849 MiB in
-    the node), a table of 50 million functions (432 MiB), or ask ``random_get`` for 1 GiB, which the node
-    made before checking that it fit the module's one page (1,157 MiB): all of it in the node's process."""
+    the node), a table of 50 million functions (432 MiB), or sixteen tables of 4 million (569 MiB), or ask
+    ``random_get`` for 1 GiB, which the node made before checking that it fit the module's one page
+    (1,157 MiB): all of it in the node's process. Now neither the node nor the run's own process holds it."""
     outcome = run_in_a_fresh_node(tmp_path, wasmtime.wat2wasm(f"(module {body}"))
     assert stderr in outcome["stderr"] and (outcome["exit_code"] == 0) == (not stderr), outcome
     assert outcome["peak_mib"] < 300, outcome  # about 80 MiB for the interpreter, wasmtime and a small module
+    assert outcome["children_peak_mib"] < 300, outcome
 
 
 def run_in_a_fresh_node(tmp_path: Path, wasm: bytes) -> dict:
@@ -622,3 +641,40 @@ async def test_poll_oneoff_refuses_more_subscriptions_than_it_takes(executor: Wa
     took it a minute and 12 GiB. Beyond 65,536 a call is refused (EINVAL, 28) before any is read."""
     result = await executor.run(request(tmp_path, POLL_MANY))
     assert result.exit_code == 28, result
+
+
+# Opens its own module again and again, never closing one, until it may open no more; says "full", and holds them.
+OPEN_WITHOUT_END = module("""
+  (data (i32.const 128) "prog.wasm")
+  (data (i32.const 160) "full\\n")
+  (func (export "_start")
+    (block $full (loop $more
+      (br_if $full (call $path_open (i32.const 3) (i32.const 0) (i32.const 128) (i32.const 9) (i32.const 0)
+                                    (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16)))
+      (br $more)))
+    (call $write (i32.const 1) (i32.const 160) (i32.const 5))
+    (loop $hold (br $hold))))
+""", """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+""")
+
+
+async def test_a_module_opening_files_without_end_takes_none_of_the_nodes_descriptors(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """Each file a module opened was a descriptor of the node's own process: a 6 MiB job took all 20,000, and
+    every other job, the node's API, peers and store failed with EMFILE for as long as it ran."""
+    (tmp_path / "hog").mkdir()
+    (tmp_path / "other").mkdir()
+    hog = replace(request(tmp_path / "hog", OPEN_WITHOUT_END), live=LiveOutput())
+    before = len(os.listdir("/proc/self/fd"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, hog)
+        with trio.fail_after(60):
+            while b"full" not in hog.live.take("stdout")[1]:
+                await trio.sleep(0.1)
+        held = len(os.listdir("/proc/self/fd")) - before
+        other = await executor.run(request(tmp_path / "other", HELLO))  # another user's job, meanwhile
+        nursery.cancel_scope.cancel()
+    assert held < 50, f"the node held {held} more descriptors while the module held its files"
+    assert (other.exit_code, other.stdout) == (0, "hello from wasm\n")

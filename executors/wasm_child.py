@@ -1,0 +1,349 @@
+"""What a wasm job's child processes do: compile its module, and run it. Never the node's own process.
+
+Compiling: Cranelift's memory and time grow with the module, outside anything a store limits: one 4 MB
+function took 500 MB and seconds, and a module may hold many, compiled on every core. In the node's process
+that was memory and CPU no job paid for, and a compile no deadline could stop (a worker thread cannot be
+cancelled). So the node runs ``python -I wasm_child.py compile MODULE OUT`` held to the job's own memory
+(RLIMIT_DATA), CPU time and timeout, compiling on one thread, and loads the machine code it wrote. Exit 0:
+``OUT`` holds the compiled module; 2: the module is not valid WebAssembly (the reason on stderr).
+
+Running: a module's open files, tables and host calls were the node's when wasmtime ran in its process: one
+job opening files in a loop took every descriptor the node had (its API, peers, store and other jobs then
+failed with EMFILE), and sixteen full tables held eight times the job's memory there. ``python -I
+wasm_child.py run`` holds them in a process of its own, under its own limits (see ``executors.wasm``),
+which a kill ends whole. It reads the run's JSON on stdin (``executors.wasm._run_request``); the module
+writes to this process's stdout and stderr; the outcome goes to the descriptor ``outcome_fd`` as JSON,
+``{"exit_code": N, "trap": ..., "memory_used": ...}``, or ``{"refused": why, "damaged": ...}`` (the job
+cannot run). Clocks, sleeps and randomness are made deterministic here (see ``executors.wasm``).
+
+It imports wasmtime and cryptography, and nothing of the node: a run starts in a tenth of a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+
+import wasmtime
+from cryptography.hazmat.primitives.hashes import SHAKE256, XOFHash
+
+# Bumped when the engine configuration changes, so cached machine code of an older one is not reused.
+CONFIG_VERSION = 2
+INVALID_MODULE = 2  # exit code: the module is not valid WebAssembly
+
+
+def engine_config(*, parallel: bool = True) -> wasmtime.Config:
+    """The one engine configuration of wasm jobs (compiled code loads only into an engine configured alike)."""
+    config = wasmtime.Config()
+    config.cranelift_nan_canonicalization = True
+    config.wasm_threads = False
+    config.wasm_relaxed_simd_deterministic = True
+    config.parallel_compilation = parallel  # the child compiles on one core: a job's CPU is one core or more
+    return config
+
+
+def compile_module(module: str, out: str) -> int:
+    with open(module, "rb") as f:
+        wasm = f.read()
+    try:
+        compiled = wasmtime.Module(wasmtime.Engine(engine_config(parallel=False)), wasm)
+    except wasmtime.WasmtimeError as e:
+        print(e, file=sys.stderr)
+        return INVALID_MODULE
+    with open(out, "wb") as f:
+        f.write(compiled.serialize())
+    return 0
+
+
+RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
+MAX_SUBSCRIPTIONS = 1 << 16  # per poll_oneoff: 3 MiB of subscriptions; more is refused (EINVAL)
+MAX_TABLES = 16  # per run: a module needs one or two
+MIN_TABLE_ELEMENTS = 10_000  # elements per table at least, whatever the memory limit
+TABLE_ELEMENT_BYTES = 8  # what wasmtime keeps per element (a pointer)
+TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
+_WASI = "wasi_snapshot_preview1"
+_PR_SET_PDEATHSIG = 1
+# WASI errno values
+_ESUCCESS, _EFAULT, _EINVAL = 0, 21, 28
+
+
+def table_elements(memory: int) -> int:
+    """Elements per table: all ``MAX_TABLES`` full take at most a quarter of the job's memory."""
+    return max(MIN_TABLE_ELEMENTS, memory // (4 * MAX_TABLES * TABLE_ELEMENT_BYTES))
+
+
+class _VirtualClock:
+    """Time as the module sees it: moves ``step_ns`` per read, and jumps for sleeps."""
+
+    def __init__(self, epoch_ns: int, step_ns: int) -> None:
+        self.epoch_ns = epoch_ns
+        self.step_ns = step_ns
+        self.monotonic_ns = 0
+
+    def read(self, clock_id: int) -> int:
+        self.monotonic_ns += self.step_ns
+        return self.now(clock_id)
+
+    def now(self, clock_id: int) -> int:
+        return self.epoch_ns + self.monotonic_ns if clock_id == 0 else self.monotonic_ns
+
+    def advance_to(self, clock_id: int, deadline_ns: int) -> None:
+        target = deadline_ns - self.epoch_ns if clock_id == 0 else deadline_ns
+        self.monotonic_ns = max(self.monotonic_ns, target)
+
+
+class _Refused(Exception):
+    """The job cannot run (not the module's failure): the node says why."""
+
+    def __init__(self, why: str, *, damaged: bool = False) -> None:
+        super().__init__(why)
+        self.damaged = damaged
+
+
+class _Fault(Exception):
+    """A pointer from the module is outside its memory."""
+
+
+class _Run:
+    """One run of one module, as ``request`` (the JSON from the node) describes it."""
+
+    def __init__(self, request: dict) -> None:
+        self.request = request
+        self.engine = wasmtime.Engine(engine_config())
+        self.store = wasmtime.Store(self.engine)
+        self.clock = _VirtualClock(request["epoch_ns"], request["clock_step_ns"])
+        self.random_key = bytes.fromhex(request["random_key"])
+        self.random_calls = 0
+
+    def run(self) -> dict:
+        request = self.request
+        try:
+            module = wasmtime.Module.deserialize_file(self.engine, request["compiled"])
+        except wasmtime.WasmtimeError as e:  # damaged: the node compiles it again
+            raise _Refused(f"the compiled module could not be loaded: {e}", damaged=True) from e
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = request["argv"]
+        wasi.env = request["env"]
+        wasi.inherit_stdout()
+        wasi.inherit_stderr()
+        for host, target, writable in request["mounts"]:
+            try:
+                wasi.preopen_dir(host, target, fs_mutable=writable)
+            except wasmtime.WasmtimeError as e:
+                raise _Refused(f"cannot give the module {target} ({host}): {e}") from e
+        self.store.set_wasi(wasi)
+        limit = request["memory"]
+        if limit:
+            # one linear memory held to the limit, and tables (wasmtime keeps them in this process too) of a
+            # quarter of it together
+            self.store.set_limits(memory_size=limit, memories=1, tables=MAX_TABLES,
+                                  table_elements=table_elements(limit))
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        self._shadow_wasi(linker)
+        instance: wasmtime.Instance | None = None
+        try:
+            instance = linker.instantiate(self.store, module)
+            entry = instance.exports(self.store).get(request["entrypoint"])
+            if not isinstance(entry, wasmtime.Func):
+                raise _Refused(f"the module exports no function {request['entrypoint']!r}")
+            entry(self.store)
+            return {"exit_code": 0}
+        except wasmtime.ExitTrap as e:
+            return self._outcome(e.code, "", instance)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            if instance is None and limit and "memory" in str(e).lower():
+                return {"exit_code": TRAP_EXIT_CODE, "memory_at_start": True}
+            return self._outcome(TRAP_EXIT_CODE, f"error: {e}", instance)
+
+    def _outcome(self, code: int, trap: str, instance: wasmtime.Instance | None) -> dict:
+        """A run's end, with the linear memory it had when it failed (the node says when the limit is the
+        likely cause)."""
+        used = None
+        if code and instance is not None:
+            memory = instance.exports(self.store).get("memory")
+            if isinstance(memory, wasmtime.Memory):
+                used = memory.data_len(self.store)
+        return {"exit_code": code, "trap": trap, "memory_used": used}
+
+    # Deterministic WASI ----------------------------------------------------------------------------------
+
+    def _shadow_wasi(self, linker: wasmtime.Linker) -> None:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.allow_shadowing = True
+
+        def define(name: str, params: list[wasmtime.ValType], fn: Callable[..., int]) -> None:
+            linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), _errno(fn), access_caller=True)
+
+        define("clock_time_get", [i32, i64, i32], self._clock_time_get)
+        define("clock_res_get", [i32, i32], self._clock_res_get)
+        define("random_get", [i32, i32], self._random_get)
+        define("poll_oneoff", [i32, i32, i32, i32], self._poll_oneoff)
+
+    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
+        if not 0 <= clock_id <= 3:
+            return _EINVAL
+        _write(caller, out, struct.pack("<Q", self.clock.read(clock_id)))
+        return _ESUCCESS
+
+    def _clock_res_get(self, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
+        if not 0 <= clock_id <= 3:
+            return _EINVAL
+        _write(caller, out, struct.pack("<Q", self.clock.step_ns))
+        return _ESUCCESS
+
+    def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
+        self.random_calls += 1
+        buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
+        if buf + length > _memory(caller).data_len(caller):
+            raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made for nothing
+        # The same stream (the shake_256 of the key and the call's number: nodes compare the results of
+        # deterministic jobs), made and written a chunk at a time: in one piece, 2 GiB took 6 GiB of memory.
+        stream = XOFHash(SHAKE256(digest_size=sys.maxsize))
+        stream.update(self.random_key + self.random_calls.to_bytes(8, "little"))
+        for start in range(0, length, RANDOM_CHUNK):
+            _write(caller, buf + start, stream.squeeze(min(RANDOM_CHUNK, length - start)))
+        return _ESUCCESS
+
+    def _poll_oneoff(self, caller: wasmtime.Caller, subs: int, events: int, nsubs: int, nevents_out: int) -> int:
+        """Never waits: file descriptors are always ready, and a sleep jumps the virtual clock to its end."""
+        nsubs &= 0xFFFFFFFF
+        if not 0 < nsubs <= MAX_SUBSCRIPTIONS:
+            return _EINVAL  # 44 million (2 GiB) once took a minute and 12 GiB
+        raw = _read(caller, subs, 48 * nsubs)
+        fds, clocks = [], []
+        for i in range(nsubs):
+            sub = raw[48 * i : 48 * (i + 1)]
+            userdata, tag = struct.unpack_from("<QB", sub, 0)
+            if tag == 0:
+                clock_id, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", sub, 16)
+                if not 0 <= clock_id <= 3:
+                    return _EINVAL
+                deadline = timeout if flags & 1 else self.clock.now(clock_id) + timeout
+                clocks.append((userdata, clock_id, deadline))
+            elif tag in (1, 2):
+                fds.append((userdata, tag))
+            else:
+                return _EINVAL
+        out = bytearray()
+        if fds:
+            for userdata, tag in fds:
+                out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, tag, 0, 0)
+        else:
+            epoch = self.clock.epoch_ns
+            first = min(clocks, key=lambda c: c[2] - (epoch if c[1] == 0 else 0))
+            self.clock.advance_to(first[1], first[2])
+            for userdata, clock_id, deadline in clocks:
+                if self.clock.now(clock_id) >= deadline:
+                    out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0)
+        _write(caller, events, bytes(out))
+        _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
+        return _ESUCCESS
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+    memory = caller.get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        raise _Fault
+    return memory
+
+
+def _write(caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
+    ptr &= 0xFFFFFFFF  # wasm passes pointers as signed i32
+    memory = _memory(caller)
+    if ptr + len(data) > memory.data_len(caller):
+        raise _Fault
+    memory.write(caller, data, ptr)
+
+
+def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    ptr &= 0xFFFFFFFF
+    memory = _memory(caller)
+    if ptr + length > memory.data_len(caller):
+        raise _Fault
+    return bytes(memory.read(caller, ptr, ptr + length))
+
+
+def _errno(fn: Callable[..., int]) -> Callable[..., int]:
+    def wrapper(caller: wasmtime.Caller, *args: int) -> int:
+        try:
+            return fn(caller, *args)
+        except _Fault:
+            return _EFAULT
+
+    return wrapper
+
+
+def _die_with_parent() -> bool:
+    """Be killed when the process that started this one ends (the node, or the fork server)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent
+
+
+def _run_one(connection: socket.socket, stdout: int, stderr: int, limits: dict[str, int]) -> int:
+    """One run, in this process: held to ``limits`` (RLIMIT_* names) before it reads anything of the job, it
+    writes its pid to ``connection``, reads the run's JSON from it to the end, runs, and writes the outcome."""
+    if not _die_with_parent():
+        return 1
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    os.close(stdout)
+    os.close(stderr)
+    with connection, connection.makefile("rwb") as stream:
+        stream.write(b"%d\n" % os.getpid())
+        stream.flush()
+        request = json.loads(stream.read())
+        try:
+            outcome = _Run(request).run()
+        except _Refused as e:
+            outcome = {"refused": str(e), "damaged": e.damaged}
+        stream.write(json.dumps(outcome).encode())
+    return 0
+
+
+def serve(control: socket.socket) -> int:
+    """The fork server: for each message on ``control`` (the run's limits, and its connection, stdout and
+    stderr as descriptors), a process forked from this one runs it (``_run_one``). A fork costs a
+    millisecond where a new interpreter importing wasmtime cost 80; nothing of one run is in this process,
+    and every run starts from the same state, as a new process would."""
+    if not _die_with_parent():
+        return 1
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the runs: the node watches them by pidfd
+    while True:
+        message, fds, _flags, _address = socket.recv_fds(control, 65536, 3)
+        if not message:
+            return 0  # the node closed it
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            status = 1
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                control.close()
+                status = _run_one(socket.socket(fileno=fds[0]), fds[1], fds[2], json.loads(message))
+            finally:
+                os._exit(status)
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    if command == "compile":
+        sys.exit(compile_module(*arguments))
+    if command == "serve":
+        sys.exit(serve(socket.socket(fileno=int(arguments[0]))))
+    connection, stdout, stderr, limits = arguments  # run: one run, then exit
+    sys.exit(_run_one(socket.socket(fileno=int(connection)), int(stdout), int(stderr), json.loads(limits)))
