@@ -99,18 +99,6 @@ class _VirtualClock:
         self.monotonic_ns = max(self.monotonic_ns, target)
 
 
-class _Refused(Exception):
-    """The job cannot run (not the module's failure): the node says why."""
-
-    def __init__(self, why: str, *, damaged: bool = False) -> None:
-        super().__init__(why)
-        self.damaged = damaged
-
-
-class _Fault(Exception):
-    """A pointer from the module is outside its memory."""
-
-
 class _Run:
     """One run of one module, as ``request`` (the JSON from the node) describes it."""
 
@@ -127,7 +115,7 @@ class _Run:
         try:
             module = wasmtime.Module.deserialize_file(self.engine, request["compiled"])
         except wasmtime.WasmtimeError as e:  # damaged: the node compiles it again
-            raise _Refused(f"the compiled module could not be loaded: {e}", damaged=True) from e
+            return _refused(f"the compiled module could not be loaded: {e}", damaged=True)
         wasi = wasmtime.WasiConfig()
         wasi.argv = request["argv"]
         wasi.env = request["env"]
@@ -137,7 +125,7 @@ class _Run:
             try:
                 wasi.preopen_dir(host, target, fs_mutable=writable)
             except wasmtime.WasmtimeError as e:
-                raise _Refused(f"cannot give the module {target} ({host}): {e}") from e
+                return _refused(f"cannot give the module {target} ({host}): {e}")
         self.store.set_wasi(wasi)
         limit = request["memory"]
         if limit:
@@ -153,7 +141,7 @@ class _Run:
             instance = linker.instantiate(self.store, module)
             entry = instance.exports(self.store).get(request["entrypoint"])
             if not isinstance(entry, wasmtime.Func):
-                raise _Refused(f"the module exports no function {request['entrypoint']!r}")
+                return _refused(f"the module exports no function {request['entrypoint']!r}")
             entry(self.store)
             return {"exit_code": 0}
         except wasmtime.ExitTrap as e:
@@ -180,7 +168,7 @@ class _Run:
         linker.allow_shadowing = True
 
         def define(name: str, params: list[wasmtime.ValType], fn: Callable[..., int]) -> None:
-            linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), _errno(fn), access_caller=True)
+            linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), fn, access_caller=True)
 
         define("clock_time_get", [i32, i64, i32], self._clock_time_get)
         define("clock_res_get", [i32, i32], self._clock_res_get)
@@ -190,20 +178,18 @@ class _Run:
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
             return _EINVAL
-        _write(caller, out, struct.pack("<Q", self.clock.read(clock_id)))
-        return _ESUCCESS
+        return _ESUCCESS if _write(caller, out, struct.pack("<Q", self.clock.read(clock_id))) else _EFAULT
 
     def _clock_res_get(self, caller: wasmtime.Caller, clock_id: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
             return _EINVAL
-        _write(caller, out, struct.pack("<Q", self.clock.step_ns))
-        return _ESUCCESS
+        return _ESUCCESS if _write(caller, out, struct.pack("<Q", self.clock.step_ns)) else _EFAULT
 
     def _random_get(self, caller: wasmtime.Caller, buf: int, length: int) -> int:
         self.random_calls += 1
         buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
-        if buf + length > _memory(caller).data_len(caller):
-            raise _Fault  # before making the bytes: 4 GiB asked of a one-page memory were once made for nothing
+        if _memory(caller, buf, length) is None:
+            return _EFAULT  # before making the bytes: 4 GiB asked of a one-page memory were once made for nothing
         # The same stream (the shake_256 of the key and the call's number: nodes compare the results of
         # deterministic jobs), made and written a chunk at a time: in one piece, 2 GiB took 6 GiB of memory.
         stream = XOFHash(SHAKE256(digest_size=sys.maxsize))
@@ -218,6 +204,8 @@ class _Run:
         if not 0 < nsubs <= MAX_SUBSCRIPTIONS:
             return _EINVAL  # 44 million (2 GiB) once took a minute and 12 GiB
         raw = _read(caller, subs, 48 * nsubs)
+        if raw is None:
+            return _EFAULT
         fds, clocks = [], []
         for i in range(nsubs):
             sub = raw[48 * i : 48 * (i + 1)]
@@ -243,42 +231,34 @@ class _Run:
             for userdata, clock_id, deadline in clocks:
                 if self.clock.now(clock_id) >= deadline:
                     out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0)
-        _write(caller, events, bytes(out))
-        _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
-        return _ESUCCESS
+        written = _write(caller, events, bytes(out)) and _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
+        return _ESUCCESS if written else _EFAULT
 
 
-def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+def _refused(why: str, *, damaged: bool = False) -> dict:
+    """The outcome of a job that cannot run (not the module's failure): the node says why."""
+    return {"refused": why, "damaged": damaged}
+
+
+def _memory(caller: wasmtime.Caller, ptr: int, length: int) -> wasmtime.Memory | None:
+    """The module's memory, if ``length`` bytes at ``ptr`` are inside it (None: EFAULT)."""
     memory = caller.get("memory")
-    if not isinstance(memory, wasmtime.Memory):
-        raise _Fault
-    return memory
+    if isinstance(memory, wasmtime.Memory) and (ptr & 0xFFFFFFFF) + length <= memory.data_len(caller):
+        return memory
+    return None
 
 
-def _write(caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
-    ptr &= 0xFFFFFFFF  # wasm passes pointers as signed i32
-    memory = _memory(caller)
-    if ptr + len(data) > memory.data_len(caller):
-        raise _Fault
-    memory.write(caller, data, ptr)
+def _write(caller: wasmtime.Caller, ptr: int, data: bytes) -> bool:
+    memory = _memory(caller, ptr, len(data))
+    if memory is not None:
+        memory.write(caller, data, ptr & 0xFFFFFFFF)  # wasm passes pointers as signed i32
+    return memory is not None
 
 
-def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+def _read(caller: wasmtime.Caller, ptr: int, length: int) -> bytes | None:
+    memory = _memory(caller, ptr, length)
     ptr &= 0xFFFFFFFF
-    memory = _memory(caller)
-    if ptr + length > memory.data_len(caller):
-        raise _Fault
-    return bytes(memory.read(caller, ptr, ptr + length))
-
-
-def _errno(fn: Callable[..., int]) -> Callable[..., int]:
-    def wrapper(caller: wasmtime.Caller, *args: int) -> int:
-        try:
-            return fn(caller, *args)
-        except _Fault:
-            return _EFAULT
-
-    return wrapper
+    return None if memory is None else bytes(memory.read(caller, ptr, ptr + length))
 
 
 def _die_with_parent() -> bool:
@@ -302,11 +282,7 @@ def _run_one(connection: socket.socket, stdout: int, stderr: int, limits: dict[s
     with connection, connection.makefile("rwb") as stream:
         stream.write(b"%d\n" % os.getpid())
         stream.flush()
-        request = json.loads(stream.read())
-        try:
-            outcome = _Run(request).run()
-        except _Refused as e:
-            outcome = {"refused": str(e), "damaged": e.damaged}
+        outcome = _Run(json.loads(stream.read())).run()
         stream.write(json.dumps(outcome).encode())
     return 0
 

@@ -107,15 +107,19 @@ class Store:
         jrow = srow = None
         if new_job is not None:
             jrow = (new_job.id, new_job.owner, new_job.state.value, new_job.created_at, new_job.revision,
-                    idempotency_key, request_digest, new_job.model_dump_json())
+                    idempotency_key, request_digest, new_job.model_dump_json(), new_job.updated_at,
+                    _holds_result(new_job))
             if secrets and not new_job.state.is_terminal:
                 srow = (new_job.id, self.sealer.seal(new_job.id, secrets))
         jupd = None
         if job is not None:
-            jupd = (job.state.value, job.revision, job.model_dump_json(), job.id, job.revision - 1)
+            jupd = (job.state.value, job.revision, job.model_dump_json(), job.updated_at, _holds_result(job), job.id,
+                    job.revision - 1)
         forget = job.id if job is not None and job.state.is_terminal else None
-        xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json()) for x in new_executions]
-        xupd = [(x.state.value, x.revision, x.model_dump_json(), side.value, x.id, x.revision - 1) for x in executions]
+        xrows = [(side.value, x.id, x.job_id, x.state.value, x.revision, x.model_dump_json(), x.updated_at,
+                  _holds_result(x)) for x in new_executions]
+        xupd = [(x.state.value, x.revision, x.model_dump_json(), x.updated_at, _holds_result(x), side.value, x.id,
+                 x.revision - 1) for x in executions]
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, side.value) for e in events]
         crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time(), int(cache[3])) if cache else None
         rrows = [(peer, a, r) for peer, (a, r) in (reputation or {}).items()]
@@ -124,26 +128,29 @@ class Store:
             if jrow:
                 conn.execute(
                     "INSERT INTO jobs (id, owner, state, created_at, revision, idempotency_key, request_digest,"
-                    " body) VALUES (?,?,?,?,?,?,?,?)",
+                    " body, updated_at, holds_result) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     jrow,
                 )
             if jupd and conn.execute(
-                "UPDATE jobs SET state=?, revision=?, body=? WHERE id=? AND revision=?", jupd
+                "UPDATE jobs SET state=?, revision=?, body=?, updated_at=?, holds_result=? WHERE id=? AND revision=?",
+                jupd
             ).rowcount != 1:
-                raise StaleState(f"job {jupd[3]}: stored revision is not {jupd[4]}")
+                raise StaleState(f"job {jupd[5]}: stored revision is not {jupd[6]}")
             if srow:
                 conn.execute("INSERT INTO job_secrets (job_id, env) VALUES (?,?)", srow)
             if forget:
                 conn.execute("DELETE FROM job_secrets WHERE job_id=?", (forget,))
             if xrows:
                 conn.executemany(
-                    "INSERT INTO executions (side, id, job_id, state, revision, body) VALUES (?,?,?,?,?,?)", xrows
+                    "INSERT INTO executions (side, id, job_id, state, revision, body, updated_at, holds_result)"
+                    " VALUES (?,?,?,?,?,?,?,?)", xrows
                 )
             for row in xupd:
                 if conn.execute(
-                    "UPDATE executions SET state=?, revision=?, body=? WHERE side=? AND id=? AND revision=?", row
+                    "UPDATE executions SET state=?, revision=?, body=?, updated_at=?, holds_result=? WHERE side=?"
+                    " AND id=? AND revision=?", row
                 ).rowcount != 1:
-                    raise StaleState(f"execution {row[4]}: stored revision is not {row[5]}")
+                    raise StaleState(f"execution {row[6]}: stored revision is not {row[7]}")
             if erows:
                 conn.executemany(
                     "INSERT INTO events (job_id, at, kind, execution_id, node_id, message, side)"
@@ -185,9 +192,10 @@ class Store:
         srow = None
         if new_sweep is not None:
             srow = (new_sweep.id, new_sweep.owner, new_sweep.state.value, new_sweep.created_at, new_sweep.revision,
-                    idempotency_key, request_digest, new_sweep.model_dump_json())
+                    idempotency_key, request_digest, new_sweep.model_dump_json(), new_sweep.updated_at)
         target = new_sweep or sweep
-        supd = (sweep.state.value, sweep.revision, sweep.model_dump_json(), sweep.id, sweep.revision - 1) \
+        supd = (sweep.state.value, sweep.revision, sweep.model_dump_json(), sweep.updated_at, sweep.id,
+                sweep.revision - 1) \
             if sweep is not None else None
         irows = [(x.state.value, x.node_id, x.reason, x.attempts, x.retries,
                   x.result.model_dump_json() if x.result else None, x.updated_at, target.id, x.index)
@@ -197,14 +205,14 @@ class Store:
         def op(conn: sqlite3.Connection) -> None:
             if srow:
                 conn.execute("INSERT INTO sweeps (id, owner, state, created_at, revision, idempotency_key,"
-                             " request_digest, body) VALUES (?,?,?,?,?,?,?,?)", srow)
+                             " request_digest, body, updated_at) VALUES (?,?,?,?,?,?,?,?,?)", srow)
                 conn.executemany("INSERT INTO sweep_indexes (sweep_id, idx, state, reason) VALUES (?,?,?,?)",
                                  ((srow[0], i, srow[2], new_sweep.reason if new_sweep.state.is_terminal else "")
                                   for i in range(new_sweep.count)))
             if supd and conn.execute(
-                "UPDATE sweeps SET state=?, revision=?, body=? WHERE id=? AND revision=?", supd
+                "UPDATE sweeps SET state=?, revision=?, body=?, updated_at=? WHERE id=? AND revision=?", supd
             ).rowcount != 1:
-                raise StaleState(f"sweep {supd[3]}: stored revision is not {supd[4]}")
+                raise StaleState(f"sweep {supd[4]}: stored revision is not {supd[5]}")
             if irows:
                 conn.executemany("UPDATE sweep_indexes SET state=?, node_id=?, reason=?, attempts=?, retries=?,"
                                  " result=?, updated_at=? WHERE sweep_id=? AND idx=?", irows)
@@ -409,6 +417,11 @@ class Store:
     async def expired_published(self, before: float, limit: int = 200) -> list[str]:
         """CIDs in the published table recorded before ``before`` (results retention)."""
         return await self._read(queries.expired_published, before, limit)
+
+
+def _holds_result(record: Job | Execution) -> bool:
+    """Whether ``record`` names a result retention has not removed yet (the column ``holds_result``)."""
+    return record.result is not None and record.result.cid is not None and record.results_removed_at is None
 
 
 def _delete_published(c: sqlite3.Connection, cids: Sequence[str]) -> int:

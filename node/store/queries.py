@@ -275,17 +275,19 @@ def expired_results(c: Connection, before: float, limit: int) -> tuple[list[Job]
     """Finished jobs (requester) and executions (compute) whose published results are older than
     ``before`` and not yet removed."""
     (skip_jobs, refused_jobs), (skip_executions, refused_executions) = _not_refused("jobs"), _not_refused("executions")
+    # the columns find the candidates (indexes jobs_results, executions_results), the body decides: a row an
+    # older release wrote has the columns' defaults, updated_at 0 and holds_result 1
+    held = ("holds_result=1 AND updated_at < ? AND json_extract(body, '$.updated_at') < ?"
+            " AND json_extract(body, '$.result.cid') IS NOT NULL"
+            " AND json_extract(body, '$.results_removed_at') IS NULL")
     jobs = c.execute(
-        f"SELECT body, id FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)})"
-        " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-        f" AND json_extract(body, '$.results_removed_at') IS NULL{skip_jobs} LIMIT ?",
-        (*_TERMINAL_JOB_STATES, before, *refused_jobs, limit),
+        f"SELECT body, id FROM jobs WHERE state IN ({_marks(_TERMINAL_JOB_STATES)}) AND {held}{skip_jobs} LIMIT ?",
+        (*_TERMINAL_JOB_STATES, before, before, *refused_jobs, limit),
     ).fetchall()
     executions = c.execute(
         f"SELECT body, id FROM executions WHERE side='compute' AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
-        " AND json_extract(body, '$.updated_at') < ? AND json_extract(body, '$.result.cid') IS NOT NULL"
-        f" AND json_extract(body, '$.results_removed_at') IS NULL{skip_executions} LIMIT ?",
-        (*_TERMINAL_EXECUTION_STATES, before, *refused_executions, limit),
+        f" AND {held}{skip_executions} LIMIT ?",
+        (*_TERMINAL_EXECUTION_STATES, before, before, *refused_executions, limit),
     ).fetchall()
     return ([j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))],
             [x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))])
@@ -297,13 +299,12 @@ def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
     jmarks = _marks(_TERMINAL_JOB_STATES)
     (skip_jobs, refused_jobs), (skip_sweeps, refused_sweeps) = _not_refused("jobs"), _not_refused("sweeps")
     skip_executions, refused_executions = _not_refused("executions")
-    # created_at <= updated_at: the column narrows the scan before any JSON is parsed
-    jobs = c.execute(f"SELECT body, id FROM jobs WHERE state IN ({jmarks}) AND created_at < ?"
-                     f" AND json_extract(body, '$.updated_at') < ?{skip_jobs} LIMIT ?",
+    # the column finds the candidates (indexes *_updated), the body decides (as in expired_results)
+    updated = "updated_at < ? AND json_extract(body, '$.updated_at') < ?"
+    jobs = c.execute(f"SELECT body, id FROM jobs WHERE state IN ({jmarks}) AND {updated}{skip_jobs} LIMIT ?",
                      (*_TERMINAL_JOB_STATES, before, before, *refused_jobs, limit)).fetchall()
     sweeps = [s for body, i in c.execute(
-        f"SELECT body, id FROM sweeps WHERE state IN ({jmarks}) AND created_at < ?"
-        f" AND json_extract(body, '$.updated_at') < ?{skip_sweeps} LIMIT ?",
+        f"SELECT body, id FROM sweeps WHERE state IN ({jmarks}) AND {updated}{skip_sweeps} LIMIT ?",
         (*_TERMINAL_JOB_STATES, before, before, *refused_sweeps, limit)).fetchall()
         if (s := _valid(Sweep, "sweeps", body, id=i))]
     sweep_cids = [r[0] for s in sweeps for r in c.execute(
@@ -311,8 +312,8 @@ def expired_records(c: Connection, before: float, limit: int) -> ExpiredRecords:
         " AND json_extract(result, '$.cid') IS NOT NULL", (s.id,)).fetchall()]
     executions = c.execute(f"SELECT body, id FROM executions WHERE side='compute'"
                            f" AND state IN ({_marks(_TERMINAL_EXECUTION_STATES)})"
-                           f" AND json_extract(body, '$.updated_at') < ?{skip_executions} LIMIT ?",
-                           (*_TERMINAL_EXECUTION_STATES, before, *refused_executions, limit)).fetchall()
+                           f" AND {updated}{skip_executions} LIMIT ?",
+                           (*_TERMINAL_EXECUTION_STATES, before, before, *refused_executions, limit)).fetchall()
     return ExpiredRecords(
         jobs=[j for body, i in jobs if (j := _valid(Job, "jobs", body, id=i))], sweeps=sweeps, sweep_cids=sweep_cids,
         executions=[x for body, i in executions if (x := _valid(Execution, "executions", body, side="compute", id=i))],

@@ -234,9 +234,44 @@ def _set_aside_unpassable_env(conn: sqlite3.Connection) -> None:
                        only=r"""instr({column}, '\u0000') > 0 OR instr({column}, '\n":') > 0""")
 
 
+_EXPIRY = """
+-- written with the body; a row an older release writes keeps the defaults, and retention reads its body to be sure
+ALTER TABLE jobs ADD COLUMN updated_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN holds_result INTEGER NOT NULL DEFAULT 1;  -- 0: the body names no result left to unpin
+ALTER TABLE executions ADD COLUMN updated_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE executions ADD COLUMN holds_result INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sweeps ADD COLUMN updated_at REAL NOT NULL DEFAULT 0;
+UPDATE jobs SET updated_at = coalesce(json_extract(body, '$.updated_at'), 0), holds_result =
+    json_extract(body, '$.result.cid') IS NOT NULL AND json_extract(body, '$.results_removed_at') IS NULL;
+UPDATE executions SET updated_at = coalesce(json_extract(body, '$.updated_at'), 0), holds_result =
+    json_extract(body, '$.result.cid') IS NOT NULL AND json_extract(body, '$.results_removed_at') IS NULL;
+UPDATE sweeps SET updated_at = coalesce(json_extract(body, '$.updated_at'), 0);
+CREATE INDEX jobs_updated ON jobs(state, updated_at);
+CREATE INDEX jobs_results ON jobs(state, updated_at) WHERE holds_result = 1;
+CREATE INDEX jobs_owner_state ON jobs(owner, state, created_at);
+CREATE INDEX executions_updated ON executions(side, state, updated_at);
+CREATE INDEX executions_results ON executions(side, state, updated_at) WHERE holds_result = 1;
+CREATE INDEX sweeps_updated ON sweeps(state, updated_at);
+CREATE INDEX published_at ON published(at);
+DROP INDEX jobs_state;
+DROP INDEX executions_live;
+"""
+
+
+def _expiry_columns(conn: sqlite3.Connection) -> None:
+    """8: jobs, executions and sweeps keep their body's ``updated_at`` in a column, jobs and executions whether
+    they hold a result retention has yet to remove, each indexed: retention and the ttl read every row of the
+    store once a minute (246 and 162 ms at 15,000 jobs, every other read waiting), now only the expired ones. A
+    job listing by owner and state reads only those. The partial indexes of live jobs and executions go: no
+    query could use them (their states are bound parameters), and the new ones serve those reads. Published
+    results are found by time too."""
+    for statement in _statements(_EXPIRY):
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused,
-    _set_aside_bounded_sweeps, _set_aside_unpassable_env)
+    _set_aside_bounded_sweeps, _set_aside_unpassable_env, _expiry_columns)
 LATEST = len(MIGRATIONS)
 
 
