@@ -26,7 +26,7 @@ log = logging.getLogger("shoal.requester")
 
 MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, before it fails for good
 MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
-MAX_REFUSAL_EVENTS = 20  # refusal events written per sweep; the rest only count (a liar cannot grow the store)
+MAX_KIND_EVENTS = 20  # refusal, or error, events written per sweep; the rest only count (a liar cannot grow the store)
 RESTORED = "restored:"  # the claim id under which a restarted requester keeps what a node was running
 # the store's (index, state, reason, attempts, node, retries)
 IndexRow = tuple[int, JobState, str, int, "str | None", int]
@@ -70,7 +70,7 @@ class SweepMachine:
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
         # draws from the heaps of others only, never scanning past its own node's (one may be thousands)
         self.awaiting: dict[frozenset[str], list[int]] = {}
-        self.refusal_events = 0
+        self.bounded_events: Counter[EventKind] = Counter()  # of each kind MAX_KIND_EVENTS bounds
         self.next_announce = next_announce
         self.backoff = ANNOUNCE_BACKOFF_FIRST
 
@@ -217,8 +217,7 @@ class SweepMachine:
         records += [self._move(i, JobState.RUNNING, f"running on node {peer[-8:]}", now, peer) for i in granted]
         ranges = compress(granted)
         if granted:
-            events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: " + ", ".join(
-                f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20]), peer))
+            events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: {_listed(ranges)}", peer))
         if self.sweep.state is JobState.PENDING and granted:
             self.sweep = self.sweep.transition(JobState.RUNNING, "running", now)
         elif records:
@@ -284,14 +283,15 @@ class SweepMachine:
         if check.against_sender:
             p.counts["penalties"] += 1
             p.penalties.append((peer, f"sweep {self.sweep.id}: {text}"))
-        return self._bounded_event(p.now, text, peer)
+        return self._bounded_event(p.now, EventKind.RESULTS_REJECTED, text, peer)
 
-    def _bounded_event(self, now: float, text: str, peer: str) -> list[Event]:
-        """A refused or outvoted report's event: the first MAX_REFUSAL_EVENTS of a sweep are written."""
-        if self.refusal_events >= MAX_REFUSAL_EVENTS:
+    def _bounded_event(self, now: float, kind: EventKind, text: str, peer: str) -> list[Event]:
+        """A refused or outvoted report's event, or a node's error: the first MAX_KIND_EVENTS of each
+        kind in a sweep are written."""
+        if self.bounded_events[kind] >= MAX_KIND_EVENTS:
             return []
-        self.refusal_events += 1
-        return [self.event(now, EventKind.RESULTS_REJECTED, text, peer)]
+        self.bounded_events[kind] += 1
+        return [self.event(now, kind, text, peer)]
 
     def _quarantined(self, p: Changes, peer: str, msg: Claim) -> Reply:
         """A quarantined node gets nothing more; a claim it holds ends and its indexes run elsewhere."""
@@ -299,7 +299,9 @@ class SweepMachine:
         claim = self.claims.get(msg.claim_id)
         if claim is not None and claim.node == peer:
             del self.claims[msg.claim_id]
-            self._save_taken_back(p, self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now))
+            events: list[Event] = []
+            records = self._take_back(claim, f"node {peer[-8:]} is quarantined", p.now, events)
+            self._save_taken_back(p, records, events)
         return Reply(verdict="rejected", reason="quarantined: too many of its reports were refused")
 
     def _outcome(self, p: Changes, r: IndexResult, peer: str, able: Collection[str],
@@ -328,9 +330,13 @@ class SweepMachine:
                                             self.sweep.spec.confidence)
         if witnessed or error_confirmed(reports, able):
             p.counts["errors_confirmed"] += 1
-            return self._fail_or_retry(i, peer, error, now)
-        p.counts["errors_run_again"] += 1
-        return self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
+            record = self._fail_or_retry(i, peer, error, now)
+        else:
+            p.counts["errors_run_again"] += 1
+            record = self._run_again_or_fail(i, peer, f"node {peer[-8:]}: {error}", now)
+        # the record's reason is overwritten once the index runs again: the event keeps what happened
+        events += self._bounded_event(now, EventKind.ERROR, f"index {i}: {record.reason}", peer)
+        return record
 
     def _verified(self, p: Changes, i: int, peer: str, result: RunResult, able: Collection[str],
                   events: list[Event]) -> tuple[str, set[str]] | IndexRecord:
@@ -356,7 +362,7 @@ class SweepMachine:
                 p.counts["results_outvoted"] += 1
                 if credited:
                     p.penalties.append((node, f"sweep {self.sweep.id}: {text}"))
-                events += self._bounded_event(p.now, f"node {node[-8:]}: {text}", node)
+                events += self._bounded_event(p.now, EventKind.RESULTS_REJECTED, f"node {node[-8:]}: {text}", node)
             return f", {verdict.reason}", set(verdict.accepted)
         if len(proposed) < 2 * k - 1 and not (len(proposed) > 1 and set(able) <= proposed.keys()):
             agreeing = max(Counter(proposed.values()).values())
@@ -406,7 +412,7 @@ class SweepMachine:
         holds within one index's ``result_deadline``, loses them."""
         p = Changes(now)
         silence, deadline = self.sweep.spec.job.deadlines.silence, self.sweep.spec.job.result_deadline()
-        records = []
+        records, events = [], []
         for claim_id, claim in list(self.claims.items()):
             if now - claim.heard > silence:
                 why = f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s"
@@ -418,13 +424,13 @@ class SweepMachine:
             self.expired[claim_id] = claim.node
             while len(self.expired) > MAX_EXPIRED:
                 self.expired.popitem(last=False)
-            records += self._take_back(claim, why, now)
-        if self._save_taken_back(p, records):
+            records += self._take_back(claim, why, now, events)
+        if self._save_taken_back(p, records, events):
             return p
         p.announce = self.unclaimed() > 0 and now >= self.next_announce
         return p
 
-    def _take_back(self, claim: Lease, why: str, now: float) -> list[IndexRecord]:
+    def _take_back(self, claim: Lease, why: str, now: float, events: list[Event]) -> list[IndexRecord]:
         """The indexes of a lapsed claim, each lost as a retryable error of its node is: another node runs it
         next (``may_grant``), or one node claiming and falling silent five times failed it alone."""
         records = []
@@ -432,6 +438,9 @@ class SweepMachine:
             if self.states[i] is JobState.RUNNING:
                 self._reported(i, claim.node, now)
                 records.append(self._run_again_or_fail(i, claim.node, why, now))
+        if records:
+            taken = f"{why}; {len(records)} indexes taken back: {_listed(compress(r.index for r in records))}"
+            events += self._bounded_event(now, EventKind.ERROR, taken, claim.node)
         return records
 
     def _reported(self, i: int, node: str, now: float) -> None:
@@ -441,15 +450,15 @@ class SweepMachine:
         reports.setdefault(node, True)
         self.errors[i] = (now, reports)
 
-    def _save_taken_back(self, p: Changes, records: list[IndexRecord]) -> bool:
+    def _save_taken_back(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> bool:
         """Record indexes taken back from a claim; True when that ended the sweep."""
         if not records:
             return False
         if self.unfinished() == 0 or self._too_many_failures():
-            self._finish_all_done(p, records, [])
+            self._finish_all_done(p, records, events)
             return True
         self.sweep = self._touched(p.now)
-        p.save(sweep=self.sweep, indexes=records)
+        p.save(sweep=self.sweep, indexes=records, events=events)
         return False
 
     def _too_many_failures(self) -> bool:
@@ -489,3 +498,8 @@ class SweepMachine:
                     for claim_id, claim in self.claims.items() if claim.indexes and not claim_id.startswith(RESTORED)]
         self.claims.clear()
         p.finished = True
+
+
+def _listed(ranges: list[tuple[int, int]]) -> str:
+    """Index runs as an event names them: ``0-3, 7``, the first 20 only."""
+    return ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20])
