@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ BACKLOG_TICK = 0.5
 PRUNE_TIMEOUT = 2.0
 NODE_INFO_INTERVAL = 10.0
 TASK_LIMIT = 10_000  # background tasks at once; capacity keeps normal work far below, this bounds a burst
+# Result deliveries have a pool of their own: a requester that never gives a verdict keeps each for an hour, and
+# must hold up neither bids and runs nor, past its share, other requesters' deliveries
+DELIVERY_LIMIT = 1_000
+DELIVERIES_PER_REQUESTER = 50
 
 
 class ComputeStore(Protocol):
@@ -94,12 +99,16 @@ class ComputeService:
         self.backlog = self.machine.backlog
         self._scopes: dict[str, trio.CancelScope] = {}  # execution id -> its running executor
         self._tasks = Spawner("compute", limit=TASK_LIMIT)
+        self._deliveries = Spawner("compute deliveries", limit=DELIVERY_LIMIT)
+        self._delivering: dict[str, int] = {}  # requester -> its deliveries started
+        self._undelivered: dict[str, deque[tuple[str, float]]] = {}  # requester -> (execution id, give up) waiting
         self._wake_backlog = trio.Event()
         self._signals: dict[str, _Signals] = {}  # claim id -> its trio side
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks.attach(nursery)
+            self._deliveries.attach(nursery)
             await self._run_blocking(self.runner.remove_leftovers)
             await self._apply(self.machine.restore(await self.store.live_executions(SIDE), self.clock()))
             nursery.start_soon(self._backlog_loop)
@@ -123,7 +132,11 @@ class ComputeService:
         for execution_id in changes.runs:
             self._tasks.spawn(self._execute, execution_id)
         for execution_id in changes.deliveries:
-            self._tasks.spawn(self._deliver_result, execution_id)
+            if (ex := self.machine.live.get(execution_id)) is not None:
+                # the hour counts from now, waiting included: a requester's backlog of unanswered results drains
+                self._undelivered.setdefault(ex.requester, deque()).append((execution_id,
+                                                                            self.clock() + DELIVERY_GIVE_UP))
+                self._next_deliveries(ex.requester)
         for execution_id, wait in changes.expire:
             self._tasks.spawn(self._expire_pending, execution_id, wait)
 
@@ -202,14 +215,29 @@ class ComputeService:
         await self._apply(self.machine.run_over(ex.id, outcome.result, outcome.error, outcome.retryable,
                                                 self.clock()))
 
-    async def _deliver_result(self, execution_id: str) -> None:
+    def _next_deliveries(self, requester: str) -> None:
+        """Start ``requester``'s waiting deliveries while it has fewer than its share going."""
+        waiting = self._undelivered.get(requester, deque())
+        while waiting and self._delivering.get(requester, 0) < DELIVERIES_PER_REQUESTER:
+            self._delivering[requester] = self._delivering.get(requester, 0) + 1
+            self._deliveries.spawn(self._deliver_result, requester, *waiting.popleft())
+        if not waiting:
+            self._undelivered.pop(requester, None)
+
+    async def _deliver_result(self, requester: str, execution_id: str, give_up: float) -> None:
         """Send the outcome until the requester answers; it may be restarting."""
-        delivery = self.machine.to_deliver(execution_id)
-        if delivery is None:
-            return  # ended meanwhile (cancelled, or its verdict came in another exchange)
-        ex, message = delivery
-        reply = await self._until_verdict(ex, message.signed(self.peers), self.clock() + DELIVERY_GIVE_UP)
-        await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
+        try:
+            delivery = self.machine.to_deliver(execution_id)
+            if delivery is None:
+                return  # ended meanwhile (cancelled, or its verdict came in another exchange)
+            ex, message = delivery
+            reply = await self._until_verdict(ex, message.signed(self.peers), give_up)
+            await self._apply(self.machine.result_answered(execution_id, reply, self.clock()))
+        finally:
+            self._delivering[requester] -= 1
+            if not self._delivering[requester]:
+                del self._delivering[requester]
+            self._next_deliveries(requester)
 
     # -- direct messages from requesters ----------------------------------------------------------
 
