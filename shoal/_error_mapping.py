@@ -22,6 +22,7 @@ from shoal._errors import (
     ConnectionFailed,
     Forbidden,
     InvalidRequest,
+    NoResults,
     NotFound,
     ServerError,
     ShoalAPIError,
@@ -118,6 +119,8 @@ def api_error(response: httpx.Response) -> ShoalAPIError:
     message = one_line(message)
     code = code or _STATUS_CODES.get(status) or ("server_error" if status >= 500 else f"http_{status}")
     cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ShoalAPIError)
+    if code == "no_results" or (status == 404 and " has no results (state " in message):  # the latter: older nodes
+        cls = NoResults
     if cls is InvalidRequest:
         return InvalidRequest(message, status, code, [f for f in fields if f])
     return cls(message, status, code)

@@ -7,6 +7,8 @@
         │                        keys, or without the capability the route needs)
         ├── NotFound             404: no such job (or route)
         ├── Conflict             409: e.g. an Idempotency-Key reused with another spec
+        ├── NoResults            409: the job (or sweep index) exists but has no results (yet): running,
+        │                        cancelled, or failed before it ran
         ├── InvalidRequest       400/413/422 (or a spec that fails local validation); ``fields``
         ├── ServerError          5xx
         ├── WaitTimeout          ``wait``/``run`` (or their sweep versions) ran out of time; ``description``
@@ -69,6 +71,11 @@ class NotFound(ShoalAPIError):
 
 class Conflict(ShoalAPIError):
     """409: typically an ``Idempotency-Key`` that was already used with a different body."""
+
+
+class NoResults(ShoalAPIError):
+    """A download of a job (or sweep index) that exists but has no results: it has not finished, was cancelled,
+    or failed before it ran (409 ``no_results``). Not a ``NotFound``: the id is right."""
 
 
 class InvalidRequest(ShoalAPIError):

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.model import MAX_CAPTURE, RunResult
-from shoal._errors import NotFound, ShoalAPIError
+from jobs.spec import format_bytes
+from shoal._errors import NoResults, ShoalAPIError
 
 STREAM_ALLOWANCE = 4 << 20  # bytes for a truncated stdout/stderr: an executor keeps 1 MiB, ≤ 3 bytes a byte as text
 LIMIT_MARGIN = 64 << 20  # on top of twice the recorded sizes: tar framing, directories, links
@@ -37,6 +38,11 @@ OUTPUTS_BY_DEFAULT = 1 << 30
 # replace the file of that name in the directory it is downloaded into (.bashrc, .ssh, .shoalignore).
 RESULT_ENTRIES = frozenset({"stdout", "stderr", "exitCode", "outputs"})
 FEED_BATCH = 1 << 20  # downloaded bytes handed to the extracting thread at a time
+
+
+class GivenLimit(int):
+    """A ``max_bytes`` the user gave: a download over it is refused in their words, not with how the default is
+    reckoned (the clients hand ``ResultsWriter`` only the number)."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,13 @@ def plan_download(result: RunResult | None, whose: str, state: str, max_bytes: i
     download against, and it is refused.
     """
     if result is None:
-        raise NotFound(f"{whose} has no results (state {state})", 404, "not_found")
+        raise NoResults(f"{whose} has no results (state {state})", 409, "no_results")
     if result.cid is None:
         if result.stdout_truncated or result.stderr_truncated or result.output_sizes:
             raise ShoalAPIError(f"the result of {whose} names no CID, so a download could not be checked; "
                                 "nothing was written", None, "no_cid")
         return Plan(None, files=result.files())
-    return Plan(result.cid, max_bytes if max_bytes is not None else default_limit(result))
+    return Plan(result.cid, GivenLimit(max_bytes) if max_bytes is not None else default_limit(result))
 
 
 def truncation_notes(result: RunResult | None, dest: Path) -> list[str]:
@@ -153,6 +159,9 @@ class ResultsWriter:
     def _refused(self, e: Exception) -> ShoalAPIError:
         from storage.errors import TooLarge, Unsafe
 
+        if isinstance(e, TooLarge) and isinstance(self.max_bytes, GivenLimit):
+            return ShoalAPIError(f"the results of {self.whose} are larger than the {format_bytes(self.max_bytes)} "
+                                 "given as their limit (max_bytes, --max-bytes); nothing was written", 200, "too_large")
         if isinstance(e, TooLarge):
             return ShoalAPIError(f"the results of {self.whose} are larger than the limit of {self.max_bytes} bytes "
                                  "(twice the recorded sizes, of outputs at most 1 GiB, plus 64 MiB; --max-bytes to "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.connect import client
+from cli.connect import client, given_by
 from cli.exits import EXIT_USAGE
 from cli.options import JobFlags, RunOptions, job_options  # typer evaluates the commands' annotations
 
@@ -140,6 +140,10 @@ def submit(ctx: typer.Context, spec: JobSpec | SweepSpec, opts: RunOptions, cont
     from jobs.sweep import SweepSpec
 
     job = spec.job if isinstance(spec, SweepSpec) else spec
+    # a sweep's indexes are never served from the cache: a --cache would go unsaid (--no-cache is what happens)
+    if isinstance(spec, SweepSpec) and opts.cache and given_by(ctx, "cache") == "COMMANDLINE":
+        raise CLIError("--cache does not apply to a sweep: sweep indexes are never served from the cache",
+                       code=EXIT_USAGE)
     if context is not None:
         from cli.terminal import printable
         from jobs import InputSpec

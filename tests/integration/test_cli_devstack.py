@@ -453,11 +453,11 @@ def test_get_extracts_the_results(stack: Stack, done_job: str, tmp_path: Path) -
     assert (tmp_path / f"job-{done_job[:12]}" / "exitCode").read_text() == "0"
 
 
-def test_get_of_a_job_without_results_exits_4(stack: Stack, tmp_path: Path) -> None:
+def test_get_of_a_job_without_results_exits_1(stack: Stack, tmp_path: Path) -> None:
     result = shoal(stack, "run", "noop", "--cpu", "1000", "--no-wait")  # fails at once: never ran
     job_id = result.stdout.strip()
     result = shoal(stack, "get", job_id, "-o", str(tmp_path / "none"))
-    assert result.returncode == 4 and errors(result) == [f"Error: job {job_id} has no results (state failed)"]
+    assert result.returncode == 1 and errors(result) == [f"Error: job {job_id} has no results (state failed)"]
     assert not (tmp_path / "none").exists()
 
 

@@ -19,6 +19,7 @@ SDK_OWN = {
     "IndexFailed",
     "InvalidRequest",
     "MapError",
+    "NoResults",
     "NotFound",
     "RemoteError",
     "ServerError",

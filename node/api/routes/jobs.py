@@ -155,7 +155,9 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
 
     @router.get("/v1/jobs/{job_id}/results", tags=["jobs"], response_class=Response,
                 summary="The job's results as a tar archive: stdout, stderr, exitCode",
-                responses={404: error_doc("no such job (or not yours), or it has no results yet"),
+                responses={404: error_doc("no such job (or not yours)"),
+                           409: error_doc("the job has no results (error.code no_results): it has not finished, "
+                                          "was cancelled, or failed before it ran"),
                            200: {"content": {"application/x-tar": {"schema": {"type": "string",
                                                                                "format": "binary"}}},
                                  "description": "the job's result files"}})
@@ -164,7 +166,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         description = await requester().describe(job_id)
         result = _result_of(description)
         if result is None:
-            raise StarletteHTTPException(404, f"job {job_id} has no results (state {description.job.state.value})")
+            return error(409, "no_results", f"job {job_id} has no results (state {description.job.state.value})")
         if description.job.results_removed_at is not None:
             removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(description.job.results_removed_at))
             return error(410, "gone", f"the results of job {job_id} were removed at {removed} "

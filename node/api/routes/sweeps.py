@@ -126,7 +126,9 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
         return PlainTextResponse(getattr(record.result, stream) if record.result else "")
 
     @router.get("/v1/sweeps/{sweep_id}/indexes/{index}/results", tags=["sweeps"], response_class=Response,
-                responses={404: error_doc("no such sweep or index, or it has no results yet"),
+                responses={404: error_doc("no such sweep or index"),
+                           409: error_doc("the index has no results (error.code no_results): it has not finished, "
+                                          "was cancelled, or failed before it ran"),
                            200: {"content": {"application/x-tar": {"schema": {"type": "string",
                                                                                "format": "binary"}}},
                                  "description": "the index's result files"}},
@@ -135,8 +137,8 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
                       client: Client) -> Response:
         record = await index_of(sweep_id, index, client)
         if record.result is None:
-            raise StarletteHTTPException(404, f"index {index} of sweep {sweep_id} has no results "
-                                              f"(state {record.state.value})")
+            return error(409, "no_results", f"index {index} of sweep {sweep_id} has no results "
+                                            f"(state {record.state.value})")
         return await result_tar(node, record.result)
 
     @router.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
