@@ -6,13 +6,14 @@ offers of 900 KB grew a node from 390 MB to 2.1 GB in 18 s, and the count alone 
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-K = TypeVar("K")
 V = TypeVar("V")
+Key = tuple[str, str]  # (requester, job or sweep id)
 
 MAX_BYTES = 128 * 1024**2  # of specs held at once, by default
 
@@ -22,10 +23,15 @@ def spec_bytes(spec: BaseModel) -> int:
     return len(spec.model_dump_json())
 
 
-class Backlog(OrderedDict[K, V], Generic[K, V]):
-    """An ordered map of held offers that refuses new ones beyond ``max_entries`` or ``max_bytes``. A refresh
-    of a held key keeps its place. Entries leave through ``del``, ``pop`` or ``popitem``, which give their
-    bytes back, as does ``clear``."""
+class Backlog(OrderedDict[Key, V], Generic[V]):
+    """An ordered map of held offers, keyed by (requester, id), that holds no more than ``max_entries`` or
+    ``max_bytes``. A refresh of a held key keeps its place. Entries leave through ``del``, ``pop`` or
+    ``popitem``, which give their bytes back, as does ``clear``.
+
+    A requester alone may fill it; once full, an offer of a requester holding less takes the place of the
+    newest entry of the one holding most (its weight: its bytes, each entry counted as at least its share
+    of ``max_bytes``). One requester announcing 10,000 jobs kept every other's out: they were passed over,
+    and when room came only its jobs were bid on."""
 
     def __init__(self, max_entries: int, max_bytes: int = MAX_BYTES) -> None:
         super().__init__()
@@ -33,26 +39,61 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
         self.max_bytes = max_bytes
         self.bytes = 0
         self.added = 0  # new keys held so far (a refresh is not one): what fits may have changed
-        self._sizes: dict[K, int] = {}
+        self._sizes: dict[Key, int] = {}
+        self._unit = max(1, max_bytes // max(1, max_entries))
+        self._keys: dict[str, dict[Key, None]] = {}  # requester -> its keys, oldest first
+        self._weights: dict[str, int] = {}  # requester -> what its entries weigh
+        # (-weight, requester), some of them stale: the heaviest requester without a scan of them all
+        self._heaviest: list[tuple[int, str]] = []
 
-    def offer(self, key: K, value: V, size: int) -> bool:
+    def offer(self, key: Key, value: V, size: int) -> bool:
         """Hold ``value`` under ``key`` (``size`` bytes); False, holding nothing new, when it would not fit."""
         held = self._sizes.get(key)
-        if held is None and len(self) >= self.max_entries:
+        if size > self.max_bytes:
             return False
-        if self.bytes - (held or 0) + size > self.max_bytes:
-            return False
+        owner = key[0]
+        weight = self._weights.get(owner, 0) + self._weight(size) - (0 if held is None else self._weight(held))
+        while (held is None and len(self) >= self.max_entries) or self.bytes - (held or 0) + size > self.max_bytes:
+            heaviest = self._heaviest_owner()
+            if heaviest in (None, owner) or self._weights[heaviest] <= weight:
+                return False
+            del self[next(reversed(self._keys[heaviest]))]
         self[key] = value
         self.bytes += size - (held or 0)
         self._sizes[key] = size
+        self._keys.setdefault(owner, {})[key] = None
+        self._weigh(owner, weight)
         self.added += held is None
         return True
 
-    def __delitem__(self, key: K) -> None:
-        super().__delitem__(key)
-        self.bytes -= self._sizes.pop(key, 0)
+    def _weight(self, size: int) -> int:
+        return max(size, self._unit)
 
-    def pop(self, key: K, *default: object) -> object:  # type: ignore[override]
+    def _weigh(self, owner: str, weight: int) -> None:
+        if weight:
+            self._weights[owner] = weight
+            heapq.heappush(self._heaviest, (-weight, owner))
+        else:
+            del self._weights[owner], self._keys[owner]
+        if len(self._heaviest) > 2 * len(self._weights) + 64:  # mostly stale: start it again
+            self._heaviest = [(-w, o) for o, w in self._weights.items()]
+            heapq.heapify(self._heaviest)
+
+    def _heaviest_owner(self) -> str | None:
+        while self._heaviest and -self._heaviest[0][0] != self._weights.get(self._heaviest[0][1]):
+            heapq.heappop(self._heaviest)
+        return self._heaviest[0][1] if self._heaviest else None
+
+    def __delitem__(self, key: Key) -> None:
+        super().__delitem__(key)
+        if (size := self._sizes.pop(key, None)) is None:
+            return  # set directly, not offered: it weighed nothing
+        self.bytes -= size
+        owner = key[0]
+        del self._keys[owner][key]
+        self._weigh(owner, self._weights[owner] - self._weight(size))
+
+    def pop(self, key: Key, *default: object) -> object:  # type: ignore[override]
         if key in self:
             value = self[key]
             del self[key]
@@ -61,7 +102,7 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
             return default[0]
         raise KeyError(key)
 
-    def popitem(self, last: bool = True) -> tuple[K, V]:
+    def popitem(self, last: bool = True) -> tuple[Key, V]:
         if not self:
             raise KeyError("the backlog is empty")
         key = next(reversed(self)) if last else next(iter(self))
@@ -72,4 +113,7 @@ class Backlog(OrderedDict[K, V], Generic[K, V]):
     def clear(self) -> None:
         super().clear()
         self._sizes.clear()
+        self._keys.clear()
+        self._weights.clear()
+        self._heaviest.clear()
         self.bytes = 0

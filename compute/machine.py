@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -123,13 +124,13 @@ class ComputeMachine:
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
         # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
         # announcing another requester's job id shadows nothing
-        self.backlog: Backlog[tuple[str, str], tuple[Announce, float]] = Backlog(backlog_size)
+        self.backlog: Backlog[tuple[Announce, float]] = Backlog(backlog_size)
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
         self.claims: dict[tuple[str, str], Claim] = {}  # (requester, sweep id) -> our claim on it
         # sweeps we had no room for
-        self._waiting: Backlog[tuple[str, str], tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
+        self._waiting: Backlog[tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
         # Requesters by how they answered our bids: those that left one unanswered, until when we bid on
@@ -138,6 +139,7 @@ class ComputeMachine:
         # once, and those who gave it work before are not queued behind a crowd of strangers.
         self._silent: OrderedDict[str, float] = OrderedDict()
         self._served: OrderedDict[str, None] = OrderedDict()
+        self._granted: OrderedDict[str, float] = OrderedDict()  # requester -> when we last bid on one of its jobs
         self._none_fit: tuple[Resources, int, float] | None = None  # see ``backlog_fitting``
 
     def engines_answering(self, installed: Sequence[str], now: float) -> bool:
@@ -249,6 +251,7 @@ class ComputeMachine:
             return None
         self.backlog.pop(ann.key, None)
         _remember(self._recent, ann.key, ann.attempt, RECENT_JOBS)
+        _remember(self._granted, ann.requester, now)
         ex = Execution(id=execution_id, job_id=ann.job_id, node_id=self.node_id, requester=ann.requester,
                        attempt=ann.attempt, created_at=now, updated_at=now, spec=ann.spec,
                        requester_addrs=ann.requester_addrs, reason="bid sent, waiting for the requester's decision")
@@ -265,7 +268,8 @@ class ComputeMachine:
         if reply is None:
             self.requester_silent(ex.requester, now)
             return self.end(execution_id, ExecutionState.FAILED, "the bid got no answer from the requester", now)
-        self._silent.pop(ex.requester, None)
+        if reply.verdict != "pending":  # a "pending" promises a Decision: only one ends the requester's silence
+            self._silent.pop(ex.requester, None)
         if reply.verdict == "accepted":
             return self.accept(execution_id, reply.secret_env, now)
         if reply.verdict == "rejected":
@@ -275,13 +279,18 @@ class ComputeMachine:
 
     def requester_silent(self, requester: str, now: float) -> None:
         """``requester`` left a bid or a new claim unanswered: none of its jobs or sweeps is bid on or
-        claimed for SILENT_COOLDOWN."""
+        claimed for SILENT_COOLDOWN, and its jobs no longer come first (one cheap job accepted put them so)."""
         _remember(self._silent, requester, now + SILENT_COOLDOWN)
+        self._served.pop(requester, None)
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
-        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back."""
-        if self._live_in(execution_id, ExecutionState.BIDDING) is None:
+        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back, and its
+        requester is as silent as one that never answered. A requester answering every bid "pending" and
+        never deciding held a node's room a bid at a time, as long as it re-announced: an honest job waited
+        an hour, the node running nothing. An honest one decides within its ``min_bids`` wait."""
+        if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
+        self.requester_silent(ex.requester, now)
         return self.end(execution_id, ExecutionState.REJECTED, f"no decision on the bid within {waited:g} s", now)
 
     def end(self, execution_id: str, state: ExecutionState, reason: str, now: float) -> Changes:
@@ -377,8 +386,10 @@ class ComputeMachine:
     def backlog_fitting(self, now: float) -> list[Announce]:
         """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in
         turns: each requester's oldest first, then each one's next, and so on (one busy requester does not
-        starve the others); in each turn, requesters whose bids we won before the others, then by first
-        arrival. Expired entries leave the backlog.
+        starve the others); in each turn, requesters whose bids we won before the others, then the one we
+        bid for longest ago (by first arrival if never): a requester whose bids take our room and give it
+        back unused, re-announcing its jobs, no longer comes first in every turn. Expired entries leave
+        the backlog.
 
         A scan that found nothing fitting is not repeated while it could find nothing either: no more room in
         any dimension, no new entry, for NONE_FIT_RECHECK seconds at most (a requester's cooldown ends, entries
@@ -398,7 +409,7 @@ class ComputeMachine:
         queues: dict[str, list[Announce]] = {}
         for ann in fitting:
             queues.setdefault(ann.requester, []).append(ann)
-        order = sorted(queues, key=lambda requester: requester not in self._served)  # stable: by first arrival
+        order = sorted(queues, key=lambda r: (r not in self._served, self._granted.get(r, -math.inf)))
         return [ann for turn in itertools.zip_longest(*(queues[r] for r in order)) for ann in turn if ann is not None]
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
