@@ -2,7 +2,8 @@
 
 Retention: published results are unpinned once they are older than the node's retention. The
 requester marks the job (``results_removed_at``) and drops its cache entry, so describe says what
-happened (the API answers 410 for its results); a compute node unpins what it published.
+happened (the API answers 410 for its results); a compute node unpins what it published. A sweep's
+indexes are not marked: ``index_results_removed_at`` tells from an index's record (410 too).
 
 Time to live: records of finished jobs and sweeps (requester), of finished executions (compute)
 and of published results are deleted once older than the node's ttl, after unpinning whatever
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from jobs import Execution, ExecutionSide, ExecutionState, Job
+from jobs.sweep import IndexRecord
 from node.store import StoreClosed
 from storage.trees import remove_tree
 
@@ -68,6 +70,18 @@ async def expire_once(store: Store, publisher: Publisher, retention: float, now:
     else:
         published = []
     return len(released) + len(published)
+
+
+def index_results_removed_at(record: IndexRecord, retention: float, now: float) -> float | None:
+    """When retention removed the results of a sweep's index, or None while they are kept (or it has none).
+
+    The compute node that ran it recorded them in its ``published`` table before it reported them, so
+    they are unpinned (at its next pass) once the index's ``updated_at`` is older than the retention.
+    """
+    if record.result is None or record.result.cid is None:
+        return None
+    removed = record.updated_at + retention
+    return removed if removed <= now else None
 
 
 @dataclass(frozen=True)

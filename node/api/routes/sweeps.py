@@ -2,6 +2,7 @@
 signed, visible only to their owner (and those it was shared with), errors from one mapping."""
 
 import contextlib
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -28,6 +29,7 @@ from node.api.middleware import client_id
 from node.api.parts import Node, sweeps_of
 from node.api.quotas import Quotas
 from node.api.streams import event_stream, resume_after
+from node.retention import index_results_removed_at
 from requester import UnknownJob
 
 _ERR_404 = {404: error_doc("no such sweep, or it belongs to another client")}
@@ -129,6 +131,7 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
                 responses={404: error_doc("no such sweep or index"),
                            409: error_doc("the index has no results (error.code no_results): it has not finished, "
                                           "was cancelled, or failed before it ran"),
+                           410: error_doc("the node's retention removed the index's results (error.code gone)"),
                            200: {"content": {"application/x-tar": {"schema": {"type": "string",
                                                                                "format": "binary"}}},
                                  "description": "the index's result files"}},
@@ -139,6 +142,11 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
         if record.result is None:
             return error(409, "no_results", f"index {index} of sweep {sweep_id} has no results "
                                             f"(state {record.state.value})")
+        removed_at = index_results_removed_at(record, node.config.retention, time.time())
+        if removed_at is not None:  # without this, a fetch of what nobody provides waited for Kubo's timeout
+            removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(removed_at))
+            return error(410, "gone", f"the results of index {index} of sweep {sweep_id} were removed at {removed} "
+                                      f"(retention {node.config.retention:g} s)")
         return await result_tar(node, record.result)
 
     @router.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
