@@ -46,8 +46,9 @@ class Claim:
         return max(0, target - len(self.queue) - len(self.running))
 
     def start_next(self, node_id: str, now: float) -> tuple[int, Execution] | None:
-        """The next index to run and its execution (None: the queue is dry, ask for more)."""
-        if not self.queue:
+        """The next index to run and its execution (None: the queue is dry, ask for more, or every slot
+        still held is busy: a claim the requester ran dry gave back its idle ones)."""
+        if not self.queue or len(self.running) >= len(self.slots):
             return None
         index = self.queue.popleft()
         self.running.add(index)

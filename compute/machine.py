@@ -504,6 +504,20 @@ class ComputeMachine:
         claim.stopped = len(claim.running)
         return Reply(stopped=claim.stopped), claim
 
+    def release_idle(self, claim: Claim) -> bool:
+        """The requester had nothing more for ``claim``: give back the slots no queued or running index
+        needs (one stays while it has results to report); True when capacity came free. A requester that
+        granted one long index, then nothing, held every slot of the claim while that one ran (a 4-CPU
+        node stayed full for an hour, an honest job failing). A claim never takes slots back: later
+        grants run on those it still holds."""
+        if not claim.exhausted:
+            return False
+        keep = max(1, len(claim.running) + len(claim.queue))
+        idle, claim.slots = claim.slots[keep:], claim.slots[:keep]
+        for holder in idle:
+            self.capacity.release(holder)
+        return bool(idle)
+
     def finish_claim(self, claim: Claim) -> None:
         """The claim is over: forget it, remember how it ended, give back its slots."""
         del self.claims[claim.ann.key]

@@ -347,6 +347,7 @@ class ComputeService:
             outcome = await self.runner.run(ex, sweep=True)
             claim.finished(IndexResult(index=index, result=outcome.result, error=outcome.error,
                                        retryable=outcome.retryable), self.clock())
+            self._release_idle(claim)
             signals.wake.set()
 
     async def _reporter(self, claim: Claim, signals: _Signals) -> None:
@@ -382,8 +383,13 @@ class ComputeService:
             if granted is None:
                 log.debug("claim %s ended by the requester: %s", claim.claim_id, reply.reason)
                 return
+            self._release_idle(claim)
             if granted:
                 signals.work.set()
+
+    def _release_idle(self, claim: Claim) -> None:
+        if self.machine.release_idle(claim):
+            self._wake_backlog.set()  # capacity came free
 
     async def _report(self, claim: Claim, batch: list[IndexResult], want: int) -> Reply | None:
         cids = [r.result.cid for r in batch if r.result is not None and r.result.cid]
