@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -53,11 +54,14 @@ class Backlog(OrderedDict[Key, V], Generic[V]):
             return False
         owner = key[0]
         weight = self._weights.get(owner, 0) + self._weight(size) - (0 if held is None else self._weight(held))
-        while (held is None and len(self) >= self.max_entries) or self.bytes - (held or 0) + size > self.max_bytes:
-            heaviest = self._heaviest_owner()
-            if heaviest in (None, owner) or self._weights[heaviest] <= weight:
+        entries = int(held is None and len(self) >= self.max_entries)
+        excess = self.bytes - (held or 0) + size - self.max_bytes
+        if entries or excess > 0:
+            drop = self._evictions(owner, weight, entries, excess)
+            if drop is None:
                 return False
-            del self[next(reversed(self._keys[heaviest]))]
+            for victim in drop:
+                del self[victim]
         self[key] = value
         self.bytes += size - (held or 0)
         self._sizes[key] = size
@@ -65,6 +69,26 @@ class Backlog(OrderedDict[Key, V], Generic[V]):
         self._weigh(owner, weight)
         self.added += held is None
         return True
+
+    def _evictions(self, owner: str, weight: int, entries: int, excess: int) -> list[Key] | None:
+        """The entries to drop so that ``entries`` more fit and ``excess`` bytes go: each the newest of the
+        requester weighing most, while it weighs more than ``owner`` would (``weight``). None: the offer does
+        not fit so, and nothing may be dropped (a refused offer once cost other requesters their entries)."""
+        weights: dict[str, int] = {}  # as they would be after the drops so far
+        newest: dict[str, Iterator[Key]] = {}
+        heap, drop = self._heaviest.copy(), []
+        while entries > 0 or excess > 0:
+            while heap and -heap[0][0] != weights.get(heap[0][1], self._weights.get(heap[0][1])):
+                heapq.heappop(heap)  # stale
+            if not heap or heap[0][1] == owner or -heap[0][0] <= weight:
+                return None
+            heaviest = heap[0][1]
+            victim = next(newest.setdefault(heaviest, reversed(self._keys[heaviest])))
+            drop.append(victim)
+            entries, excess = entries - 1, excess - self._sizes[victim]
+            weights[heaviest] = -heap[0][0] - self._weight(self._sizes[victim])
+            heapq.heappush(heap, (-weights[heaviest], heaviest))
+        return drop
 
     def _weight(self, size: int) -> int:
         return max(size, self._unit)
@@ -78,11 +102,6 @@ class Backlog(OrderedDict[Key, V], Generic[V]):
         if len(self._heaviest) > 2 * len(self._weights) + 64:  # mostly stale: start it again
             self._heaviest = [(-w, o) for o, w in self._weights.items()]
             heapq.heapify(self._heaviest)
-
-    def _heaviest_owner(self) -> str | None:
-        while self._heaviest and -self._heaviest[0][0] != self._weights.get(self._heaviest[0][1]):
-            heapq.heappop(self._heaviest)
-        return self._heaviest[0][1] if self._heaviest else None
 
     def __delitem__(self, key: Key) -> None:
         super().__delitem__(key)

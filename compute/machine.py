@@ -284,13 +284,16 @@ class ComputeMachine:
         self._served.pop(requester, None)
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
-        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back, and its
-        requester is as silent as one that never answered. A requester answering every bid "pending" and
-        never deciding held a node's room a bid at a time, as long as it re-announced: an honest job waited
-        an hour, the node running nothing. An honest one decides within its ``min_bids`` wait."""
+        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back; and when the
+        wait was the one the job promised (its ``min_bids`` wait and a grace), its requester is as silent as
+        one that never answered. A requester answering every bid "pending" and never deciding held a node's
+        room a bid at a time, as long as it re-announced: an honest job waited an hour, the node running
+        nothing. An honest one decides within its ``min_bids`` wait, which this node's
+        ``pending_bid_timeout`` may cut shorter: that is not held against it."""
         if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
-        self.requester_silent(ex.requester, now)
+        if waited >= (ex.spec.deadlines.min_bids if ex.spec is not None else 0.0) + PENDING_BID_GRACE:
+            self.requester_silent(ex.requester, now)
         return self.end(execution_id, ExecutionState.REJECTED, f"no decision on the bid within {waited:g} s", now)
 
     def end(self, execution_id: str, state: ExecutionState, reason: str, now: float) -> Changes:

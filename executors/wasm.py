@@ -79,7 +79,7 @@ RUN_MEMORY_FLOOR = 128 * 1024**2  # a run's process beyond its module's memory: 
 OPEN_FILES = 1024  # descriptors a run may hold open: the interpreter's few, and the module's
 KILL_WAIT = 5.0  # seconds to wait for a killed run's process to be gone
 START_TIMEOUT = 30.0  # seconds for a run's process to say it started (a new interpreter, on a busy node)
-SERVER_RESTART = 1.0  # seconds before the fork server is started again when it ended
+SERVER_RESTART = 10.0  # seconds before the fork server is started again when it ended, or did not start
 _CHILD = str(Path(__file__).with_name("wasm_child.py"))
 
 log = logging.getLogger(__name__)
@@ -237,12 +237,20 @@ class WasmExecutor(Executor):
         self._server: trio.socket.SocketType | None = None  # the fork server's control socket, while it runs
 
     def is_installed(self) -> bool:
-        return wasmtime is not None
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why this node cannot run wasm jobs (None: it can): each run is a process of this interpreter."""
+        if wasmtime is None:
+            return "wasmtime is not installed"
+        if not os.access(sys.executable, os.X_OK):
+            return f"this node's user may not run its own interpreter {sys.executable} (a run's process)"
+        return None
 
     async def run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a fork server (``executors.wasm_child.serve``) that starts each run's process, until cancelled.
         Without it (it is restarting, or no pool runs) each run starts a new interpreter, 80 ms slower."""
-        if wasmtime is None:
+        if not self.is_installed():
             task_status.started()
             return
         while True:
@@ -250,6 +258,12 @@ class WasmExecutor(Executor):
             with ours:
                 try:
                     server = _Process([sys.executable, "-I", _CHILD, "serve", str(theirs.fileno())], theirs.fileno())
+                except OSError as e:  # runs start new interpreters meanwhile (and fail as this did)
+                    log.warning("the wasm fork server did not start: %s; trying again in %g s", e, SERVER_RESTART)
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await trio.sleep(SERVER_RESTART)
+                    continue
                 finally:
                     theirs.close()
                 try:
@@ -267,8 +281,8 @@ class WasmExecutor(Executor):
         engine_spec = request.spec.engine
         if not isinstance(engine_spec, WasmEngine):
             raise ExecutorError(f"the wasm executor cannot run a {engine_spec.name!r} job", retryable=False)
-        if wasmtime is None:
-            raise ExecutorError("wasmtime is not installed on this node")
+        if (problem := self.problem()) is not None:
+            raise ExecutorError(f"this node cannot run wasm jobs: {problem}")
         started = time.time()
         stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
         outputs, over_disk = [m.source for m in request.output_mounts()], []

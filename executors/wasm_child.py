@@ -65,7 +65,7 @@ def compile_module(module: str, out: str) -> int:
 RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
 MAX_SUBSCRIPTIONS = 1 << 16  # per poll_oneoff: 3 MiB of subscriptions; more is refused (EINVAL)
 MAX_TABLES = 16  # per run: a module needs one or two
-MIN_TABLE_ELEMENTS = 10_000  # elements per table at least, whatever the memory limit
+MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit: as earlier releases allowed
 TABLE_ELEMENT_BYTES = 8  # what wasmtime keeps per element (a pointer)
 TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
 _WASI = "wasi_snapshot_preview1"

@@ -45,10 +45,23 @@ def test_a_pending_answer_does_not_end_a_requesters_silence():
     """Bids sent before its first pending bid expired, answered "pending" late, kept it bid on."""
     m = machine(cpu=2)
     first, second = (bid_on(m, announce(f"j-{i}", requester=ROGUE), now=100.0) for i in range(2))
-    m.bid_answered(first.id, Reply(verdict="pending"), 100.0)
-    m.expire_pending(first.id, PENDING_BID_GRACE, 100.0 + PENDING_BID_GRACE)
-    m.bid_answered(second.id, Reply(verdict="pending"), 100.0 + PENDING_BID_GRACE)
-    assert m.announce(ROGUE, announce("j-2", requester=ROGUE), 111.0) == (False, Changes())  # room, but silent
+    ((_, hold),) = m.bid_answered(first.id, Reply(verdict="pending"), 100.0).expire
+    m.expire_pending(first.id, hold, 100.0 + hold)
+    m.bid_answered(second.id, Reply(verdict="pending"), 100.0 + hold)
+    assert m.announce(ROGUE, announce("j-2", requester=ROGUE), 101.0 + hold) == (False, Changes())  # room, but silent
+
+
+def test_a_requester_whose_min_bids_wait_outlasts_the_nodes_pending_timeout_is_not_held_silent():
+    """The node cut the wait the job promised (300 s of min_bids) to its own 120 s: an honest requester still
+    waiting for bids has broken no promise, and its next job is bid on."""
+    m = machine(cpu=2)
+    wait = {"deadlines": {"min_bids": 300}}
+    ex = bid_on(m, announce("j-0", spec=wait))
+    ((_, hold),) = m.bid_answered(ex.id, Reply(verdict="pending"), 100.0).expire
+    assert hold == m.pending_bid_timeout < 300
+    assert m.expire_pending(ex.id, hold, 100.0 + hold).released
+    bid, changes = m.announce(REQ, announce("j-1", spec=wait), 101.0 + hold)
+    assert bid and changes.bids
 
 
 def test_an_honest_requester_waiting_for_min_bids_then_deciding_is_not_held_silent():
