@@ -678,3 +678,21 @@ async def test_a_module_opening_files_without_end_takes_none_of_the_nodes_descri
         nursery.cancel_scope.cancel()
     assert held < 50, f"the node held {held} more descriptors while the module held its files"
     assert (other.exit_code, other.stdout) == (0, "hello from wasm\n")
+
+
+async def test_a_node_that_may_not_run_its_interpreter_offers_no_wasm_and_keeps_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run is a process of the node's interpreter. A node running as a user who may not execute it (a venv
+    whose python lies under /root) crashed as its fork server failed to start: it now says why, offers no wasm
+    and refuses a run, retryably."""
+    denied = tmp_path / "python"
+    denied.write_text("")  # not executable
+    monkeypatch.setattr(sys, "executable", str(denied))
+    executor = WasmExecutor(cache_dir=tmp_path / "cache")
+    assert not executor.is_installed()
+    assert executor.problem() == f"this node's user may not run its own interpreter {denied} (a run's process)"
+    with trio.fail_after(5):
+        await executor.run_pool()  # returns, not raises: the node goes on
+    with pytest.raises(ExecutorError, match="cannot run wasm jobs") as refused:
+        await executor.run(request(tmp_path, HELLO))
+    assert refused.value.retryable
