@@ -177,6 +177,15 @@ class MemoryTransport:
             await self.dispatcher.on_gossip(origin, data)
 
 
+def raw_peer(hub: MemoryHub, name: str, dispatcher: Dispatcher) -> MessagePeers:
+    """A peer of the hub with no role of the project's: a test's attacker, answering through ``dispatcher``
+    (whose roles the test fakes) and sending what the test builds."""
+    transport = MemoryTransport(hub, name)
+    transport.dispatcher = dispatcher
+    dispatcher.ready.set()
+    return MessagePeers(transport, dispatcher, hub.identity(name))
+
+
 @dataclass
 class MemoryNode:
     peer_id: str

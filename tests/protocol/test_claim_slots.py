@@ -12,8 +12,8 @@ from jobs import JobSpec, JobState
 from jobs.messages import Claim, Reply, SweepAnnounce
 from jobs.spec import Resources
 from jobs.sweep import SweepSpec
-from node.dispatch import Dispatcher, MessagePeers
-from tests.memnet import MemoryHub, MemoryTransport, memory_node
+from node.dispatch import Dispatcher
+from tests.memnet import MemoryHub, memory_node, raw_peer
 
 
 class OneIndex:
@@ -35,10 +35,7 @@ async def test_a_claim_granted_one_long_index_does_not_hold_the_node(tmp_path, a
         n0 = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", requester=False,
                                                          total=Resources(cpu=4, memory="8GiB", disk="10GiB")))
         honest = await stack.enter_async_context(memory_node(hub, "honest", tmp_path / "h", compute=False))
-        transport = MemoryTransport(hub, "rogue")
-        transport.dispatcher = Dispatcher(sweeps=(fake := OneIndex()))
-        transport.dispatcher.ready.set()
-        rogue = MessagePeers(transport, transport.dispatcher, hub.identity("rogue"))
+        rogue = raw_peer(hub, "rogue", Dispatcher(sweeps=(fake := OneIndex())))
         await trio.sleep(2)
         spec = SweepSpec.model_validate({"job": {"engine": {"name": "noop", "delay": 3600}, "timeout": "2h",
                                                  "deadlines": {"silence": "1h"}},

@@ -12,8 +12,8 @@ import trio
 import compute.service
 from jobs import ExecutionState, JobSpec, JobState
 from jobs.messages import Announce, Bid, OpenQuery, Reply, Result
-from node.dispatch import Dispatcher, MessagePeers
-from tests.memnet import MemoryHub, MemoryTransport, memory_node
+from node.dispatch import Dispatcher
+from tests.memnet import MemoryHub, memory_node, raw_peer
 from tests.protocol.test_pair import wait_terminal
 
 ROGUE_JOBS = 30
@@ -53,10 +53,7 @@ async def test_a_requester_that_never_decides_on_results_starves_neither_bids_no
         n0 = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", requester=False))
         honest = await stack.enter_async_context(memory_node(hub, "honest", tmp_path / "h", compute=False))
         fake = _NeverDecides()
-        transport = MemoryTransport(hub, "rogue")
-        transport.dispatcher = Dispatcher(requester=fake)
-        transport.dispatcher.ready.set()
-        rogue = MessagePeers(transport, transport.dispatcher, hub.identity("rogue"))
+        rogue = raw_peer(hub, "rogue", Dispatcher(requester=fake))
         await trio.sleep(2)
         spec = JobSpec.model_validate({"engine": {"name": "noop"}, "resources": {"cpu": 0.01, "disk": "1MiB"}})
         for i in range(ROGUE_JOBS):

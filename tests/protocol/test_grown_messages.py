@@ -25,7 +25,7 @@ from node.dispatch import Dispatcher, MessagePeers
 from node.net.wire import DEFAULT_MAX_FRAME
 from storage import HttpInput, InputRegistry
 from tests import memnet
-from tests.memnet import MemoryHub, MemoryTransport, memory_node
+from tests.memnet import MemoryHub, memory_node, raw_peer
 
 LONGEST_ID = 128  # jobs.messages._Id
 SOURCE = "https://example.com/" + "a" * 70_000  # far over what Result.error carries (64 KiB)
@@ -52,10 +52,7 @@ class _Requester:
 
 
 def _rogue(hub: MemoryHub, requester: _Requester | None = None) -> MessagePeers:
-    transport = MemoryTransport(hub, "rogue")
-    transport.dispatcher = Dispatcher(requester=requester)
-    transport.dispatcher.ready.set()
-    return MessagePeers(transport, transport.dispatcher, hub.identity("rogue"))
+    return raw_peer(hub, "rogue", Dispatcher(requester=requester))
 
 
 class _WithInputs(ComputeService):

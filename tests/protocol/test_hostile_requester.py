@@ -12,8 +12,8 @@ from compute.machine import PENDING_BID_GRACE
 from jobs import JobSpec, JobState
 from jobs.messages import Announce, Bid, OpenQuery, Reply
 from jobs.spec import Resources
-from node.dispatch import Dispatcher, MessagePeers
-from tests.memnet import MemoryHub, MemoryTransport, memory_node
+from node.dispatch import Dispatcher
+from tests.memnet import MemoryHub, memory_node, raw_peer
 
 WHOLE = {"cpu": 1, "memory": "1GiB"}
 MIN_BIDS = 110  # the rogue's wait for bids: each bid it gets holds the node this long, and the grace
@@ -44,10 +44,7 @@ async def test_a_requester_holding_every_bid_pending_does_not_keep_an_honest_job
         n0 = await stack.enter_async_context(memory_node(hub, "n0", tmp_path / "n0", requester=False,
                                                          total=Resources(cpu=1, memory="2GiB", disk="10GiB")))
         honest = await stack.enter_async_context(memory_node(hub, "honest", tmp_path / "h", compute=False))
-        transport = MemoryTransport(hub, "rogue")
-        transport.dispatcher = Dispatcher(requester=(fake := PendingForever()))
-        transport.dispatcher.ready.set()
-        rogue = MessagePeers(transport, transport.dispatcher, hub.identity("rogue"))
+        rogue = raw_peer(hub, "rogue", Dispatcher(requester=(fake := PendingForever())))
         spec = JobSpec.model_validate({"engine": {"name": "noop"}, "resources": WHOLE,
                                        "deadlines": {"min_bids": f"{MIN_BIDS}s"}})
 

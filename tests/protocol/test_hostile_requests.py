@@ -15,8 +15,8 @@ import trio
 from jobs import JobSpec, JobState, PeerError
 from jobs.messages import Announce, Bid, Cancel, Claim, Decision, IndexResult, OpenQuery, Output, Result, StatusQuery
 from jobs.model import RunResult
-from node.dispatch import Dispatcher, MessagePeers
-from tests.memnet import MemoryHub, MemoryTransport
+from node.dispatch import Dispatcher
+from tests.memnet import MemoryHub, raw_peer
 from tests.protocol.test_sweeps import finished, nodes, sweep
 
 MESSAGES = 1000
@@ -35,10 +35,7 @@ async def test_a_thousand_hostile_requests_leave_the_honest_work_and_the_nodes_w
         s, _ = await ns[0].sweeps.submit(sweep(grid={"x": [str(i) for i in range(30)]}), "alice")
         await trio.sleep(2)
 
-        transport = MemoryTransport(hub, "rogue")
-        transport.dispatcher = Dispatcher()  # it takes nothing: bids and reports to it get no verdict
-        transport.dispatcher.ready.set()
-        rogue = MessagePeers(transport, transport.dispatcher, hub.identity("rogue"))
+        rogue = raw_peer(hub, "rogue", Dispatcher())  # it takes nothing: bids and reports to it get no verdict
 
         def known() -> dict[str, list]:
             """What the nodes hold now: (job, execution) pairs, claims; and ids of nothing."""
