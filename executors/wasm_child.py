@@ -289,9 +289,9 @@ def _run_one(connection: socket.socket, stdout: int, stderr: int, limits: dict[s
 
 def serve(control: socket.socket) -> int:
     """The fork server: for each message on ``control`` (the run's limits, and its connection, stdout and
-    stderr as descriptors), a process forked from this one runs it (``_run_one``). A fork costs a
-    millisecond where a new interpreter importing wasmtime cost 80; nothing of one run is in this process,
-    and every run starts from the same state, as a new process would."""
+    stderr as descriptors), a process forked from this one runs it (``_run_one``). A run forked costs about
+    5 ms where a new interpreter importing wasmtime cost 65 (``python -m benchmarks.wasm``); nothing of one
+    run is in this process, and every run starts from the same state, as a new process would."""
     if not _die_with_parent():
         return 1
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the runs: the node watches them by pidfd
