@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.terminal import printable
@@ -122,6 +123,17 @@ def emit(data: Any, fmt: str, human: Callable[[], None]) -> None:
 def short_id(value: str, length: int = 12) -> str:
     """A prefix, like docker's: job ids are ``j-`` + 32 hex digits, so 10 of them stay unique."""
     return value if len(value) <= length else value[:length]
+
+
+def results_dir(kind: str, some_id: str, index: int | None = None) -> Path:
+    """Where ``get`` puts results by default: ``job-<short id>`` (``sweep-<short id>[-<index>]``), in the current
+    directory. The id is the node's word: the models refuse a separator in one, and so does this, again."""
+    name = f"{kind}-{short_id(some_id)}" + ("" if index is None else f"-{index}")
+    if "/" in name or "\\" in name:
+        from cli.errors import CLIError
+
+        raise CLIError(f"the node gave the id {some_id!r}, which names no directory here: give the destination")
+    return Path(name)
 
 
 def short_peer(peer_id: str) -> str:
@@ -464,7 +476,7 @@ def nodes_table(nodes: NodeList) -> Table:
 
 def node_view(status: NodeStatus) -> Table:
     grid = _grid()
-    grid.add_row("Peer ID", status.peer_id)
+    grid.add_row("Peer ID", safe(status.peer_id))
     grid.add_row("Addresses", safe("\n".join(status.addrs)) or "—")
     grid.add_row("Roles", safe(", ".join(status.roles)) or "—")
     grid.add_row("Engines", safe(", ".join(status.engines)) or "—")
@@ -487,7 +499,7 @@ def node_view(status: NodeStatus) -> Table:
 
 def event_line(event: Event, start: float) -> str:
     """Plain text, one line per event: ``+12ms  Bid  node 12D3KooW…  message``."""
-    node = f"node {short_peer(event.node_id)}" if event.node_id else ""
+    node = f"node {printable(short_peer(event.node_id))}" if event.node_id else ""
     fields = [f"+{fmt_duration(event.at - start):>7}", f"{event.kind:<16}", node,
               printable(" ".join(event.message.split()))]
     return "  ".join(f for f in fields if f).rstrip()

@@ -16,7 +16,7 @@ from jobs.errors import (
     Unsendable,
 )
 from jobs.events import Event, EventKind
-from jobs.model import Execution, Job, RunResult
+from jobs.model import Execution, Identifier, Job, RunResult
 from jobs.spec import (
     ENGINES,
     Deadlines,
@@ -48,6 +48,7 @@ __all__ = [
     "Execution",
     "ExecutionSide",
     "ExecutionState",
+    "Identifier",
     "InputSpec",
     "InvalidTransition",
     "Job",

@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Protocol, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from jobs.errors import MalformedMessage
-from jobs.model import RunResult
+from jobs.model import Identifier, RunResult
 from jobs.selector import check_labels
 from jobs.spec import JobSpec, Resources, check_secret_env
 from jobs.sweep import SweepSpec
@@ -30,7 +30,6 @@ BACKLOG_STALE = 120.0
 QUERY_IDS = 10_000  # ids in one open or status query, at most
 QUERY_BYTES = MAX_MESSAGE_BYTES // 2  # of those ids, as JSON (a peer chooses them: 128 characters, escaped)
 
-_Id = Annotated[str, Field(min_length=1, max_length=128)]
 _EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]  # docker, wasm, …: shown to users as is
 
 
@@ -42,16 +41,16 @@ class _Message(BaseModel):
 
 class Announce(_Message):
     kind: Literal["announce"] = "announce"
-    job_id: _Id
+    job_id: Identifier
     spec: JobSpec
-    requester: _Id
+    requester: Identifier
     requester_addrs: list[str] = Field(default=[], max_length=16)
     attempt: int = Field(0, ge=0)
     bid_deadline: float | None = None  # unix time after which bids are pointless
     # Nodes asked to bid (empty: everyone). The first announcement of a job names a few nodes
     # with room, so bids per job do not grow with the network; re-announcements ask everyone.
     # Sent to a named node as a request, it is answered "pending" (a Bid follows) or "rejected".
-    candidates: list[_Id] = Field(default=[], max_length=100)
+    candidates: list[Identifier] = Field(default=[], max_length=100)
 
     @field_validator("spec")
     @classmethod
@@ -68,7 +67,7 @@ class Announce(_Message):
 
 class NodeInfo(_Message):
     kind: Literal["node_info"] = "node_info"
-    peer_id: _Id
+    peer_id: Identifier
     addrs: list[str] = Field(default=[], max_length=16)
     engines: list[_EngineName] = Field(default=[], max_length=16)
     max_per_job: Resources
@@ -85,8 +84,8 @@ class NodeInfo(_Message):
 
 class Bid(_Message):
     kind: Literal["bid"] = "bid"
-    job_id: _Id
-    execution_id: _Id
+    job_id: Identifier
+    execution_id: Identifier
     attempt: int = 0
 
 
@@ -94,8 +93,8 @@ class Decision(_Message):
     """Requester → compute: the verdict on a bid, when it was not given in the bid's reply."""
 
     kind: Literal["decision"] = "decision"
-    job_id: _Id
-    execution_id: _Id
+    job_id: Identifier
+    execution_id: Identifier
     accepted: bool
     reason: str = ""
     secret_env: dict[str, str] = Field({}, repr=False)  # the job's secrets, to an accepted node only (see JobSpec)
@@ -132,8 +131,8 @@ class Result(_Signed):
     """
 
     kind: Literal["result"] = "result"
-    job_id: _Id
-    execution_id: _Id
+    job_id: Identifier
+    execution_id: Identifier
     result: RunResult | None = None
     error: str | None = Field(None, max_length=64 * 1024)
     retryable: bool = False  # True: the job may succeed elsewhere (node lost, infra error)
@@ -170,8 +169,8 @@ class Output(_Message):
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
     kind: Literal["output"] = "output"
-    job_id: _Id
-    execution_id: _Id
+    job_id: Identifier
+    execution_id: Identifier
     stream: Literal["stdout", "stderr"]
     offset: int = Field(ge=0, le=1 << 40)
     data: bytes = Field(max_length=LOG_CHUNK_BYTES)
@@ -179,8 +178,8 @@ class Output(_Message):
 
 class Cancel(_Message):
     kind: Literal["cancel"] = "cancel"
-    job_id: _Id
-    execution_id: _Id
+    job_id: Identifier
+    execution_id: Identifier
     reason: str = ""
 
 
@@ -192,7 +191,7 @@ class OpenQuery(_Message):
     """
 
     kind: Literal["open_query"] = "open_query"
-    job_ids: list[_Id] = Field(max_length=QUERY_IDS)
+    job_ids: list[Identifier] = Field(max_length=QUERY_IDS)
 
 
 def query_parts(ids: Sequence[str]) -> Iterator[slice]:
@@ -212,9 +211,9 @@ class SweepAnnounce(_Message):
     """A sweep has indexes nobody has claimed: compute nodes that can run its template claim some."""
 
     kind: Literal["sweep"] = "sweep"
-    sweep_id: _Id
+    sweep_id: Identifier
     spec: SweepSpec
-    requester: _Id
+    requester: Identifier
     requester_addrs: list[str] = Field(default=[], max_length=16)
     pending: int = Field(0, ge=0)
 
@@ -248,8 +247,8 @@ class Claim(_Signed):
     """
 
     kind: Literal["claim"] = "claim"
-    sweep_id: _Id
-    claim_id: _Id
+    sweep_id: Identifier
+    claim_id: Identifier
     want: int = Field(0, ge=0, le=100_000)
     results: list[IndexResult] = Field(default=[], max_length=100_000)
     released: list[int] = Field(default=[], max_length=1_000_000)
@@ -265,7 +264,7 @@ class StatusQuery(_Message):
     """Requester → compute: are these executions still alive on you?"""
 
     kind: Literal["status"] = "status"
-    execution_ids: list[_Id] = Field(max_length=QUERY_IDS)
+    execution_ids: list[Identifier] = Field(max_length=QUERY_IDS)
 
 
 class Reply(_Message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,11 @@ from jobs.spec import JobSpec
 from jobs.states import ExecutionState, JobState, check_execution_transition, check_job_transition
 
 R = TypeVar("R", bound=BaseModel)
+
+# A job, sweep, execution or claim id (``j-``, ``s-``, ``e-``, ``c-`` + hex), a peer id (base58) or a client id
+# (``c`` + hex). Peers and nodes send them, and the CLI writes them to terminals, into rich markup and into
+# directory names: letters, digits and ``.``, ``_``, ``-`` only, never a separator, a control or a bracket.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
 def moved(record: R, state: object, reason: str, now: float, changes: dict[str, object]) -> R:
@@ -79,12 +84,12 @@ def _sha256(text: str) -> str:
 class Job(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    id: str
-    owner: str
+    id: Identifier
+    owner: Identifier
     spec: JobSpec
     state: JobState = JobState.PENDING
     reason: str = ""
-    requester: str = ""  # peer id of the node that orchestrates it
+    requester: Identifier | Literal[""] = ""  # peer id of the node that orchestrates it
     attempt: int = 0  # bumped on every re-offer
     retried: int = 0  # runs that failed and were run again (``spec.retries`` allows how many)
     first_attempt: int = 0  # of the current run: executions of earlier attempts belong to runs that failed
@@ -103,10 +108,10 @@ class Job(BaseModel):
 class Execution(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    id: str
-    job_id: str
-    node_id: str  # the compute node
-    requester: str  # the requester node
+    id: Identifier
+    job_id: Identifier
+    node_id: Identifier  # the compute node
+    requester: Identifier  # the requester node
     state: ExecutionState = ExecutionState.BIDDING
     reason: str = ""
     attempt: int = 0  # the job attempt this execution bid on

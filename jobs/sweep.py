@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.model import RunResult, moved
+from jobs.model import Identifier, RunResult, moved
 from jobs.spec import _ENV_KEY, MAX_ENV, InputSpec, JobSpec, Shard, _Frozen
 from jobs.states import JobState
 
@@ -246,13 +246,13 @@ class Sweep(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
-    owner: str
+    id: Identifier
+    owner: Identifier
     spec: SweepSpec
     count: int
     state: JobState = JobState.PENDING
     reason: str = ""
-    requester: str = ""
+    requester: Identifier | Literal[""] = ""
     counts: dict[JobState, int] = {}  # index state -> how many
     winner: int | None = None  # success=any: the index that succeeded first
     created_at: float
@@ -273,7 +273,7 @@ class IndexRecord(BaseModel):
 
     index: int
     state: JobState = JobState.PENDING
-    node_id: str | None = None
+    node_id: Identifier | None = None
     reason: str = ""
     attempts: int = 0
     retries: int = 0  # runs after a failure, as the job template's ``retries`` allows

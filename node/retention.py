@@ -174,6 +174,8 @@ async def cleanup_loop(store: Store, publisher: Publisher, retention: float, ttl
     if work_dir is not None:
         try:
             await remove_leftover_scratch(store, work_dir)
+        except StoreClosed:
+            return  # the node is stopping
         except Exception:
             log.exception("removing leftover scratch space")
     shortest = min(retention, ttl)

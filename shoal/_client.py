@@ -34,7 +34,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from jobs.events import Event
-from jobs.spec import JobSpec
+from jobs.model import MAX_CAPTURE
+from jobs.spec import MAX_SPEC_BYTES, JobSpec
 from jobs.states import JobState
 from jobs.sweep import IndexRecord, SweepSpec
 from jobs.views import (
@@ -82,6 +83,11 @@ POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: str
 # index results a sweep's download fetches at once: each waits mostly on the node getting it from IPFS (measured,
 # 300 fresh indexes on a 2-node devstack: 47 ms each one at a time, 11 ms each 8 at a time)
 DOWNLOADS_AT_ONCE = 8
+# The most bytes of an answer read into memory (event streams, followed logs and downloads aside): room for a page
+# of 100 jobs, sweeps or index records (or a job with 100 executions), each with a spec of up to MAX_SPEC_BYTES and
+# stdout and stderr tails of up to MAX_CAPTURE. A node sending more once took all the client's memory (an endless
+# describe: 558 MB in 1.5 s).
+MAX_ANSWER_BYTES = 100 * (MAX_SPEC_BYTES + 2 * MAX_CAPTURE)
 LogStream = Literal["stdout", "stderr"]
 
 _T = TypeVar("_T")
@@ -99,11 +105,15 @@ class _Capped:
     request: httpx.Request
     limit: int
 
-    def take(self, body: bytearray, chunk: bytes) -> None:
-        """Add ``chunk`` to ``body``, refusing the response once it is over the limit."""
+    def take(self, body: bytearray, chunk: bytes, deadline: float | None = None) -> None:
+        """Add ``chunk`` to ``body``, refusing the response once it is over the limit or past ``deadline``
+        (``time.monotonic()``): httpx's timeouts bound each read, so a node sending a byte a second never ends."""
         body += chunk
         if len(body) > self.limit:
-            raise ShoalAPIError(f"the response is over {self.limit} bytes", None, "too_large")
+            raise ShoalAPIError(f"the node's answer to {self.request.url.path} is over {self.limit} bytes; refused",
+                                None, "too_large")
+        if deadline is not None and time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer did not end in time", request=self.request)
 
 
 def find_api_url() -> str:
@@ -351,11 +361,12 @@ class _BaseClient:
         path, what = _sweep_path(sweep_id), f"sweep {sweep_id}"
         return (yield from self._until_terminal(path, what, SweepDescription, lambda d: d.sweep.state, timeout, poll))
 
-    def _patiently(self, make: Callable[[], httpx.Request]) -> _Flow[httpx.Response]:
+    def _patiently(self, make: Callable[[], httpx.Request], until: float | None = None) -> _Flow[httpx.Response]:
         """Send the request ``make`` builds; while the node cannot be reached (restarting) or answers 503 (it
         cannot write its store now), build it afresh (a new nonce) and send it again, backing off, for
-        ``reconnect_patience`` seconds."""
+        ``reconnect_patience`` seconds (or until ``until``, a ``time.monotonic()``, if sooner)."""
         give_up, delay = time.monotonic() + self.reconnect_patience, self.reconnect_first_delay
+        give_up = give_up if until is None else min(give_up, until)
         while True:
             try:
                 return (yield make())
@@ -379,10 +390,17 @@ class _BaseClient:
         if poll <= 0:
             raise ValueError("poll must be positive")
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        description: _M | None = None
         while True:
             wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
             started = time.monotonic()
-            description = parse(model, (yield from self._patiently(partial(self._long_poll, path, wait))))
+            try:
+                response = yield from self._patiently(partial(self._long_poll, path, wait), deadline)
+            except ConnectionFailed as e:  # unreachable, or no whole answer in time (a node trickling it)
+                if description is None or deadline is None or time.monotonic() < deadline:
+                    raise
+                raise WaitTimeout(f"{what} is still {state_of(description)} after {timeout:g} s", description) from e
+            description = parse(model, response)
             state = state_of(description)
             if state.is_terminal:
                 return description
@@ -555,37 +573,38 @@ class Client(_BaseClient):
     # -- plumbing --------------------------------------------------------------------------------
 
     def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = self._http.send(request)
-        except httpx.RequestError as e:
-            raise self._request_failed(e) from e
-        return check(response)
+        response = self._start(request)
+        body = self._body(response, _Capped(request, MAX_ANSWER_BYTES), _read_timeout(request))
+        return check(_with_body(response, body))
 
     def _read_capped(self, step: _Capped) -> bytes:
-        response = self._open(step.request)
+        return self._body(self._open(step.request), step, None)
+
+    def _start(self, request: httpx.Request) -> httpx.Response:
         try:
-            body = bytearray()
+            return self._http.send(request, stream=True)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+
+    def _body(self, response: httpx.Response, step: _Capped, within: float | None) -> bytes:
+        """The streamed ``response``'s body, then closed; refused past ``step.limit`` bytes or ``within`` s."""
+        body, deadline = bytearray(), None if within is None else time.monotonic() + within
+        try:
             for chunk in response.iter_bytes():
-                step.take(body, chunk)
-            return bytes(body)
-        except httpx.TransportError as e:
-            raise self._connection_failed(e) from e
+                step.take(body, chunk, deadline)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
         finally:
             response.close()
+        return bytes(body)
 
     def _open(self, request: httpx.Request) -> httpx.Response:
         """Send and return a streaming response (status checked); the caller closes it."""
-        try:
-            response = self._http.send(request, stream=True)
-        except httpx.RequestError as e:
-            raise self._request_failed(e) from e
+        response = self._start(request)
         if response.is_error:
-            try:
-                response.read()
-            except httpx.RequestError:
-                pass
-            finally:
-                response.close()
+            with contextlib.suppress(ShoalAPIError):  # the status is the error, even without its body
+                response = _with_body(response, self._body(response, _Capped(request, MAX_ANSWER_BYTES),
+                                                           self.timeout))
             check(response)
         return response
 
@@ -654,11 +673,10 @@ class Client(_BaseClient):
             try:
                 response = self._open(self._events_request(job_id, last))
                 try:
-                    for line in response.iter_lines():
-                        item = reader.feed(line)
-                        if item == "end":
-                            return
-                        if isinstance(item, Event):
+                    for chunk in response.iter_bytes():
+                        for item in reader.read(chunk):
+                            if item == "end":
+                                return
                             failures = 0
                             yield item
                 finally:
@@ -968,36 +986,37 @@ class AsyncClient(_BaseClient):
         if self._slots is None:
             self._slots = anyio.Semaphore(MAX_IN_FLIGHT), anyio.Semaphore(MAX_POLLING)
         async with self._slots["wait" in request.url.params]:
-            try:
-                response = await self._http.send(request)
-            except httpx.RequestError as e:
-                raise self._request_failed(e) from e
-        return check(response)
+            response = await self._start(request)
+            body = await self._body(response, _Capped(request, MAX_ANSWER_BYTES), _read_timeout(request))
+        return check(_with_body(response, body))
 
     async def _read_capped(self, step: _Capped) -> bytes:
-        response = await self._open(step.request)
-        try:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                step.take(body, chunk)
-            return bytes(body)
-        except httpx.TransportError as e:
-            raise self._connection_failed(e) from e
-        finally:
-            await response.aclose()
+        return await self._body(await self._open(step.request), step, None)
 
-    async def _open(self, request: httpx.Request) -> httpx.Response:
+    async def _start(self, request: httpx.Request) -> httpx.Response:
         try:
-            response = await self._http.send(request, stream=True)
+            return await self._http.send(request, stream=True)
         except httpx.RequestError as e:
             raise self._request_failed(e) from e
+
+    async def _body(self, response: httpx.Response, step: _Capped, within: float | None) -> bytes:
+        """See ``Client._body``."""
+        body, deadline = bytearray(), None if within is None else time.monotonic() + within
+        try:
+            async for chunk in response.aiter_bytes():
+                step.take(body, chunk, deadline)
+        except httpx.RequestError as e:
+            raise self._request_failed(e) from e
+        finally:
+            await response.aclose()
+        return bytes(body)
+
+    async def _open(self, request: httpx.Request) -> httpx.Response:
+        response = await self._start(request)
         if response.is_error:
-            try:
-                await response.aread()
-            except httpx.RequestError:
-                pass
-            finally:
-                await response.aclose()
+            with contextlib.suppress(ShoalAPIError):  # the status is the error, even without its body
+                response = _with_body(response, await self._body(response, _Capped(request, MAX_ANSWER_BYTES),
+                                                                 self.timeout))
             check(response)
         return response
 
@@ -1056,13 +1075,12 @@ class AsyncClient(_BaseClient):
             try:
                 response = await self._open(self._events_request(job_id, last))
                 try:
-                    lines = response.aiter_lines()
-                    async for line in lines:
-                        item = reader.feed(line)
-                        if item == "end":
-                            await _drain(lines)
-                            return
-                        if isinstance(item, Event):
+                    chunks = response.aiter_bytes()
+                    async for chunk in chunks:
+                        for item in reader.read(chunk):
+                            if item == "end":
+                                await _drain(chunks)
+                                return
                             failures = 0
                             yield item
                 finally:
@@ -1304,7 +1322,7 @@ class AsyncClient(_BaseClient):
                     await self.cancel_sweep(run.sweep_id)
 
 
-async def _drain(lines: AsyncIterator[str], limit: float = 1.0) -> None:
+async def _drain(chunks: AsyncIterator[bytes], limit: float = 1.0) -> None:
     """Read to the end of a stream whose last message arrived (the node closes right after it).
 
     Leaving httpx's nested async generators suspended would make trio finalise them from the
@@ -1313,7 +1331,7 @@ async def _drain(lines: AsyncIterator[str], limit: float = 1.0) -> None:
     import anyio
 
     with anyio.move_on_after(limit):
-        async for _ in lines:
+        async for _ in chunks:
             pass
 
 
@@ -1454,6 +1472,19 @@ class _LogFollower:
 
     def end(self) -> str:
         return self._decoder.decode(b"", final=True)
+
+
+def _read_timeout(request: httpx.Request) -> float | None:
+    """The request's read timeout (the client's; a long poll's, its wait more; a stream's, none): the most its
+    whole answer may take once its headers came."""
+    return request.extensions.get("timeout", {}).get("read")
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A streamed ``response`` with its ``body``, read (and decoded) by the caller: as ``send`` would return it."""
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request,
+                          extensions=response.extensions)
 
 
 def _check_stream(stream: str) -> None:

@@ -1,9 +1,11 @@
 """Downloading results: checked against the CID the job's record names, then moved into place.
 
-The node that serves the download need not be trusted with the bytes: what is written must hash
-to the CID in the job's record (the result the compute node signed, as ``describe`` returns it),
-never to a CID the download itself names. The tar is read by ``storage.tarsafe`` (the node's own
-reader, with links confined to the destination) into a temporary directory beside the
+What is written must hash to the CID in the job's record (the result the compute node signed, as
+``describe`` returns it), never to a CID the download itself names. The record comes from the node
+that serves the download, so this catches bytes corrupted on the way (or by the IPFS peers that node
+fetched them from), not a lying node: the node asked is trusted for the record. The tar is read
+by ``storage.tarsafe`` (the node's own reader, with links confined to the destination) into a
+temporary directory beside the
 destination; only once the CID matches is it moved into place, so a refused download leaves
 nothing behind (and what a killed one left, the next download into the same destination removes).
 Synchronous, but for ``extract_results_async``, which runs the same steps in worker threads

@@ -108,7 +108,7 @@ def get(
     sweep, those of every completed index, each in a folder named by its index (one: shoal sweep get ID INDEX)."""
     from cli.lookup import find_sweep, is_sweep
     from cli.lookup import job_id as full_id
-    from cli.render import short_id
+    from cli.render import results_dir
     from cli.specs import parse_size
 
     limit = parse_size(max_bytes, "--max-bytes")
@@ -118,7 +118,7 @@ def get(
         from jobs import JobState
 
         sweep = find_sweep(sdk, job_id).sweep
-        dest = output_dir or Path(f"sweep-{short_id(sweep.id)}")
+        dest = output_dir or results_dir("sweep", sweep.id)
         completed = sweep.counts.get(JobState.COMPLETED, 0)
         line = f"Downloading the results of {completed:,} completed indexes into {dest}"
         with console(stderr=True).status(line) as status:  # thousands take a while: say how far it is
@@ -132,7 +132,7 @@ def get(
     job_id = full_id(sdk, job_id)
     with warnings.catch_warnings(record=True) as notes:  # the SDK's word of a cut stdout, as a line of ours
         warnings.simplefilter("always", UserWarning)
-        path = sdk.download(job_id, output_dir or Path(f"job-{short_id(job_id)}"), max_bytes=limit)
+        path = sdk.download(job_id, output_dir or results_dir("job", job_id), max_bytes=limit)
     for note in notes:
         print(note.message, file=sys.stderr)
     print(path)
@@ -195,6 +195,7 @@ def share(
     """Let another client key read one of your jobs or sweeps: describe, events, logs, get; nothing else."""
     from cli import lookup
     from cli.errors import CLIError
+    from cli.terminal import printable
     from shoal._auth import parse_public_key
 
     try:
@@ -204,4 +205,5 @@ def share(
     sdk = client(ctx)
     some_id = lookup.some_id(sdk, some_id)
     shared = sdk.share(some_id, key)
-    print(f"{'Sweep' if lookup.is_sweep(shared.id) else 'Job'} {shared.id} can now be read by client {shared.key}")
+    print(printable(f"{'Sweep' if lookup.is_sweep(shared.id) else 'Job'} {shared.id} can now be read by client "
+                    f"{shared.key}"))

@@ -22,10 +22,11 @@ def node_id(ctx: typer.Context, json_: Json = False, output: Output = None) -> N
 def peers(ctx: typer.Context, json_: Json = False, output: Output = None) -> None:
     """Peers this node is connected to, one per line."""
     from cli.render import emit, output_format
+    from cli.terminal import printable
 
     fmt = output_format(json_, output)
     result = client(ctx, timeout=10).peers()
-    emit(result, fmt, lambda: print("".join(f"{peer}\n" for peer in result.peers), end=""))
+    emit(result, fmt, lambda: print("".join(f"{printable(peer)}\n" for peer in result.peers), end=""))
 
 
 def nodes(ctx: typer.Context, json_: Json = False, output: Output = None) -> None:
@@ -47,6 +48,7 @@ def nodes(ctx: typer.Context, json_: Json = False, output: Output = None) -> Non
 def version(ctx: typer.Context, json_: Json = False, output: Output = None) -> None:
     """The CLI's version, and the node's if one is reachable."""
     from cli.render import emit, output_format
+    from cli.terminal import printable
     from shoal import ShoalAPIError
 
     fmt = output_format(json_, output)
@@ -59,7 +61,7 @@ def version(ctx: typer.Context, json_: Json = False, output: Output = None) -> N
 
     def human() -> None:
         print(f"shoal {cli_version}")
-        print(f"node  {node_version}" if node_version else f"node  not reachable ({problem})")
+        print(printable(f"node  {node_version}" if node_version else f"node  not reachable ({problem})"))
 
     emit({"cli": cli_version, "node": node_version}, fmt, human)
 

@@ -152,13 +152,13 @@ def sweep_get(
 ) -> None:  # fmt: skip
     """Download one index's results (stdout, stderr, exit code, outputs), checked against their recorded CID."""
     from cli.lookup import find_sweep
-    from cli.render import short_id
+    from cli.render import results_dir
     from cli.specs import parse_size
 
     limit = parse_size(max_bytes, "--max-bytes")
     sdk = client(ctx)
     sweep_id = find_sweep(sdk, sweep_id).sweep.id
-    path = sdk.download_index(sweep_id, index, dest or Path(f"sweep-{short_id(sweep_id)}-{index}"),
+    path = sdk.download_index(sweep_id, index, dest or results_dir("sweep", sweep_id, index),
                               max_bytes=limit)
     print(path)
 

@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from jobs.views import ErrorResponse
 from node.api.quotas import Refusal
+from node.store import StoreClosed
 from requester import IdempotencyConflict, UnknownJob
 
 log = logging.getLogger("shoal.api")
@@ -79,6 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unknown(request: Request, exc: UnknownJob) -> JSONResponse:
         what = "sweep" if str(exc.args[0]).startswith("s-") else "job"
         return error(404, "not_found", f"no {what} {exc.args[0]!r} (or it is not yours)")
+
+    @app.exception_handler(StoreClosed)
+    async def _stopping(request: Request, exc: StoreClosed) -> JSONResponse:
+        return error(503, "unavailable", "the node is stopping: ask again once it is back, or another node")
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:

@@ -32,6 +32,7 @@ from node.tasks import RunBlocking
 __all__ = ["ExpiredRecords", "Store", "StoreClosed", "StoreStatistics", "StoreUnavailable"]
 
 T = TypeVar("T")
+CLOSE_WAIT = 10.0  # seconds a stopping store waits for a read in a worker thread to end before closing under it
 Args = TypeVarTuple("Args")
 
 
@@ -66,10 +67,16 @@ class Store:
         try:
             await self._writer.run(task_status=task_status)
         finally:
+            # a read in a worker thread cannot be cancelled: closing the reader under it failed it with "closed
+            # database" (a logged 500 while a node stopped); later reads are StoreClosed (``closed`` is set)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT):
+                await self._read_lock.acquire()
             self._reader.close()
 
     async def _read(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
         """``fn(reader, *args)`` through ``run_blocking`` (a worker thread), one read at a time."""
+        if self._writer.closed:
+            raise StoreClosed("the store is shutting down")
         try:
             return await self._run_blocking(fn, self._reader, *args, limiter=self._read_lock)
         except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
@@ -82,6 +89,8 @@ class Store:
         holds the reader (else in its turn, as ``_read``). Such a read takes microseconds; the hop to a worker
         thread and back took ten times as long, and 6 % of a busy requester's CPU went to it (py-spy)."""
         await trio.lowlevel.checkpoint()  # a schedule point, as a thread's read is: a loop of reads lets others run
+        if self._writer.closed:
+            raise StoreClosed("the store is shutting down")
         try:
             self._read_lock.acquire_nowait()
         except trio.WouldBlock:

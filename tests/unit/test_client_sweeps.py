@@ -242,7 +242,7 @@ async def test_run_sweep_submits_then_waits(client, fake: SweepNode) -> None:
 
 async def test_list_indexes_index_retry_cancel_paths(client, fake: SweepNode) -> None:
     fake.add_sweep("s-1", owner=client.client_id)
-    fake.add_sweep("s-2", owner="someone else")
+    fake.add_sweep("s-2", owner="someone-else")
     listed = await call(client, "list_sweeps", limit=5, offset=0)
     assert [s.id for s in listed.sweeps] == ["s-1"] and listed.total == 1
     assert str(fake.requests[-1].url.params) == "limit=5&offset=0"
