@@ -12,6 +12,7 @@ from jobs.model import Execution, Job, RunResult
 from jobs.spec import JobSpec, Resources
 from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
+MAX_PAGE = 1000  # jobs, sweeps or index records in one listing, at most
 
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env

@@ -34,11 +34,11 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from jobs.events import Event
-from jobs.model import MAX_CAPTURE
 from jobs.spec import MAX_SPEC_BYTES, JobSpec
 from jobs.states import JobState
 from jobs.sweep import IndexRecord, SweepSpec
 from jobs.views import (
+    MAX_PAGE,
     ContextStored,
     IndexList,
     JobDescription,
@@ -83,11 +83,14 @@ POOL = httpx.Limits(max_connections=MAX_IN_FLIGHT + MAX_POLLING + 64)  # 64: str
 # index results a sweep's download fetches at once: each waits mostly on the node getting it from IPFS (measured,
 # 300 fresh indexes on a 2-node devstack: 47 ms each one at a time, 11 ms each 8 at a time)
 DOWNLOADS_AT_ONCE = 8
-# The most bytes of an answer read into memory (event streams, followed logs and downloads aside): room for a page
-# of 100 jobs, sweeps or index records (or a job with 100 executions), each with a spec of up to MAX_SPEC_BYTES and
-# stdout and stderr tails of up to MAX_CAPTURE. A node sending more once took all the client's memory (an endless
-# describe: 558 MB in 1.5 s).
-MAX_ANSWER_BYTES = 100 * (MAX_SPEC_BYTES + 2 * MAX_CAPTURE)
+# The most bytes of one record in an answer: a spec of up to MAX_SPEC_BYTES and stdout and stderr tails of up to
+# 64 KiB (what a result carries on the wire), with room for JSON's escapes. An answer is read into memory up to that
+# many bytes for each record of its page, or of 100 for other answers (``_answer_cap``; event streams, followed logs
+# and downloads aside): a node sending more once took all the client's memory (an endless describe: 558 MB in 1.5 s).
+MAX_RECORD_BYTES = (MAX_SPEC_BYTES + 2 * 64 * 1024) * 3 // 2
+# An answer's body must arrive within the client's timeout and one second more for each MIN_ANSWER_RATE bytes of it:
+# a slow link carries a large page, and a node sending a byte a second (which no read timeout ends) is cut off.
+MIN_ANSWER_RATE = 64 * 1024
 LogStream = Literal["stdout", "stderr"]
 
 _T = TypeVar("_T")
@@ -106,14 +109,25 @@ class _Capped:
     limit: int
 
     def take(self, body: bytearray, chunk: bytes, deadline: float | None = None) -> None:
-        """Add ``chunk`` to ``body``, refusing the response once it is over the limit or past ``deadline``
-        (``time.monotonic()``): httpx's timeouts bound each read, so a node sending a byte a second never ends."""
+        """Add ``chunk`` to ``body``, refusing the response once it is over the limit, or past ``deadline``
+        (``time.monotonic()``) and a second for each MIN_ANSWER_RATE bytes so far: httpx's timeouts bound each
+        read, so a node sending a byte a second never ended."""
         body += chunk
         if len(body) > self.limit:
             raise ShoalAPIError(f"the node's answer to {self.request.url.path} is over {self.limit} bytes; refused",
                                 None, "too_large")
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline + len(body) / MIN_ANSWER_RATE:
             raise httpx.ReadTimeout("the answer did not end in time", request=self.request)
+
+
+def _answer_cap(request: httpx.Request) -> int:
+    """The most bytes of the answer to ``request`` read into memory: MAX_RECORD_BYTES for each record of the page it
+    asks for (``limit``), and for 100 at least."""
+    try:
+        records = int(request.url.params.get("limit", 0))
+    except ValueError:
+        records = 0
+    return min(max(records, 100), MAX_PAGE) * MAX_RECORD_BYTES
 
 
 def find_api_url() -> str:
@@ -574,7 +588,7 @@ class Client(_BaseClient):
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         response = self._start(request)
-        body = self._body(response, _Capped(request, MAX_ANSWER_BYTES), _read_timeout(request))
+        body = self._body(response, _Capped(request, _answer_cap(request)), _read_timeout(request))
         return check(_with_body(response, body))
 
     def _read_capped(self, step: _Capped) -> bytes:
@@ -603,7 +617,7 @@ class Client(_BaseClient):
         response = self._start(request)
         if response.is_error:
             with contextlib.suppress(ShoalAPIError):  # the status is the error, even without its body
-                response = _with_body(response, self._body(response, _Capped(request, MAX_ANSWER_BYTES),
+                response = _with_body(response, self._body(response, _Capped(request, _answer_cap(request)),
                                                            self.timeout))
             check(response)
         return response
@@ -987,7 +1001,7 @@ class AsyncClient(_BaseClient):
             self._slots = anyio.Semaphore(MAX_IN_FLIGHT), anyio.Semaphore(MAX_POLLING)
         async with self._slots["wait" in request.url.params]:
             response = await self._start(request)
-            body = await self._body(response, _Capped(request, MAX_ANSWER_BYTES), _read_timeout(request))
+            body = await self._body(response, _Capped(request, _answer_cap(request)), _read_timeout(request))
         return check(_with_body(response, body))
 
     async def _read_capped(self, step: _Capped) -> bytes:
@@ -1015,7 +1029,7 @@ class AsyncClient(_BaseClient):
         response = await self._start(request)
         if response.is_error:
             with contextlib.suppress(ShoalAPIError):  # the status is the error, even without its body
-                response = _with_body(response, await self._body(response, _Capped(request, MAX_ANSWER_BYTES),
+                response = _with_body(response, await self._body(response, _Capped(request, _answer_cap(request)),
                                                                  self.timeout))
             check(response)
         return response

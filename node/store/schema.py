@@ -269,9 +269,21 @@ def _expiry_columns(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _set_aside_odd_ids(conn: sqlite3.Connection) -> None:
+    """9: jobs, executions and sweeps the previous release took and this one refuses (``jobs.model.Identifier``)
+    are set aside (as step 5 does): an id, owner, requester or node that is not letters, digits, '.', '_' and '-'.
+    Nodes make none, but a peer's bid or announcement could name one, and the CLI wrote ids into paths and
+    terminals. Only rows with such a field are read."""
+    odd = " OR ".join(f"json_extract({{column}}, '$.{field}') GLOB '*[^A-Za-z0-9._-]*'"
+                      f" OR json_extract({{column}}, '$.{field}') GLOB '[._-]*'"
+                      f" OR length(json_extract({{column}}, '$.{field}')) > 128"
+                      for field in ("id", "job_id", "owner", "requester", "node_id"))
+    _set_aside_refused(conn, tables={"jobs", "executions", "sweeps"}, only=odd)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused,
-    _set_aside_bounded_sweeps, _set_aside_unpassable_env, _expiry_columns)
+    _set_aside_bounded_sweeps, _set_aside_unpassable_env, _expiry_columns, _set_aside_odd_ids)
 LATEST = len(MIGRATIONS)
 
 

@@ -21,9 +21,10 @@ from jobs.views import JobDescription
 from shoal import ClientKey, ConnectionFailed, ShoalAPIError, WaitTimeout
 from shoal._sse import EventReader, LineSplitter, SSEParser
 
-CAP = 64 * 1024  # the answer cap the tests set: the server sends 64 times more
+CAP = 64_000  # the answer cap the tests set (100 records of 640 bytes): the server sends 64 times more
 BIG = 64 * CAP
 TRICKLE_FOR = 10.0  # seconds a trickled answer lasts (then it ends, well formed) unless the client hangs up
+SLOW_BYTES, SLOW_CHUNK, SLOW_RATE = 1024 * 1024, 64 * 1024, 512 * 1024  # 1 MiB at 512 KiB/s: 2 s
 
 
 def running(job_id: str) -> bytes:
@@ -60,7 +61,12 @@ class Hostile(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            if job.startswith(("j-trickle", "j-later")):
+            if job.startswith("j-slow"):  # a large answer over a slow link: steady, and longer than the timeout
+                for _ in range(SLOW_BYTES // SLOW_CHUNK):
+                    self.chunk(b" " * SLOW_CHUNK)  # JSON may start with white space
+                    time.sleep(SLOW_CHUNK / SLOW_RATE)
+                self.chunk(running(job))
+            elif job.startswith(("j-trickle", "j-later")):
                 until = time.monotonic() + TRICKLE_FOR
                 while time.monotonic() < until:
                     self.chunk(b" ")
@@ -94,7 +100,7 @@ def node() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shoal._client.MAX_ANSWER_BYTES", CAP)
+    monkeypatch.setattr("shoal._client.MAX_RECORD_BYTES", CAP // 100)
     monkeypatch.setattr("shoal._sse.MAX_LINE", CAP)
 
 
@@ -124,6 +130,16 @@ async def test_a_trickled_answer_ends_at_the_clients_timeout(node: str, kind: st
     with pytest.raises(ConnectionFailed, match="timed out"):
         await call(kind, node, "describe", "j-trickle")
     assert time.monotonic() - started < TRICKLE_FOR / 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_large_answer_over_a_slow_link_is_read_past_the_clients_timeout(
+        node: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeout bounds waiting, not a steady answer's length: a page of 1,000 jobs over a slow link was refused
+    once the whole of it took longer than the timeout (2.6 MiB at 640 KiB/s, timeout 2 s)."""
+    monkeypatch.setattr("shoal._client.MAX_RECORD_BYTES", SLOW_BYTES)
+    description = await call(kind, node, "describe", f"j-slow-{kind}")
+    assert description.job.id == f"j-slow-{kind}"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -214,6 +214,40 @@ async def test_jobs_with_an_environment_no_os_passes_are_set_aside(tmp_path, cap
     assert kept == [("jobs", "j-newline"), ("jobs", "j-nul")]
 
 
+async def test_jobs_with_ids_no_node_makes_are_set_aside(tmp_path, caplog):
+    """The previous release stored whatever id a peer's message named; this one refuses one that is not letters,
+    digits, '.', '_' and '-' (the CLI wrote them into paths and terminals). Such a job would be skipped at every
+    read."""
+    import json
+
+    path = copy_of("store-e32c746", tmp_path)
+    with pytest.MonkeyPatch.context() as release:  # upgraded by the previous release (step 8), whose rules took them
+        release.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:8])
+        release.setattr(schema, "LATEST", 8)
+        schema.migrate(conn := schema.connect(path), path)
+        conn.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        (body,) = conn.execute("SELECT body FROM jobs WHERE id='j-running'").fetchone()
+        for job_id, field, value in (("j-slash", "id", "j/../../x"), ("j-escape", "owner", "c\u001b]0;x"),
+                                     ("j-space", "requester", "12D3 KooW"), ("j-fine", "owner", "c-0.a_b")):
+            planted = json.loads(body)
+            planted.update({"id": job_id, field: value})
+            conn.execute("INSERT INTO jobs SELECT ?, owner, state, created_at + 1, revision, NULL, NULL, ?, updated_at,"
+                         " holds_result FROM jobs WHERE id='j-running'", (job_id, json.dumps(planted)))
+    conn.close()
+
+    async def carries_on(store: Store) -> None:
+        assert {j.id for j in await store.live_jobs()} == {"j-running", "j-pending", "j-fine"}
+
+    with caplog.at_level("WARNING", logger="shoal.store"):
+        await with_store(path, carries_on)
+    conn = sqlite3.connect(path)
+    kept = conn.execute("SELECT source, key FROM set_aside ORDER BY key").fetchall()
+    conn.close()
+    assert kept == [("jobs", "j-escape"), ("jobs", "j-slash"), ("jobs", "j-space")]
+
+
 @pytest.mark.parametrize("release", ["store-e32c746", "store-421d8fe"])
 def test_an_upgraded_store_has_the_tables_and_indexes_of_a_new_one(tmp_path, release):
     old, new = copy_of(release, tmp_path), tmp_path / "new.db"

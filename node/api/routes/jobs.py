@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import Job, JobState, RunResult
 from jobs.selector import MAX_SELECTOR_CHARS
-from jobs.views import ContextStored, JobDescription, JobList, Share, ShareRequest
+from jobs.views import MAX_PAGE, ContextStored, JobDescription, JobList, Share, ShareRequest
 from jobs.views import SubmitRequest as _SubmitRequest
 from node.api.common import (
     MAX_OFFSET,
@@ -85,7 +85,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
                         selector: Annotated[str | None, Query(max_length=MAX_SELECTOR_CHARS, description=(
                             "only jobs whose selector contains this text, e.g. zone=eu: the jobs that asked "
                             "for nodes labelled so"))] = None,
-                        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                         all: Annotated[bool, Query(description="must be false: other clients' jobs are "
                                                                "never listed")] = False) -> JobList:

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
 from jobs.sweep import IndexRecord, Sweep, SweepSpec
-from jobs.views import IndexList, Share, ShareRequest, SweepDescription, SweepList
+from jobs.views import MAX_PAGE, IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.common import (
     MAX_OFFSET,
@@ -89,7 +89,7 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
         return await service().describe(sweep.id)
 
     @router.get("/v1/sweeps", response_model=SweepList, tags=["sweeps"], summary="List your sweeps, newest first")
-    async def list_sweeps(client: Client, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    async def list_sweeps(client: Client, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                           offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> SweepList:
         sweeps, total = await node.store.list_sweeps(owner=client, limit=limit, offset=offset)
         return SweepList(sweeps=[await service().get(s.id) for s in sweeps], total=total)
