@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -190,9 +191,10 @@ class _Process:
     """A process of the wasm engine (the fork server, a run), watched by pidfd: a run forked by the fork server
     is not the node's child, and the kernel reaps it."""
 
-    def __init__(self, argv: list[str] | None = None, *pass_fds: int) -> None:
+    def __init__(self, argv: list[str] | None = None, *pass_fds: int, parent: _Process | None = None) -> None:
         self.pid: int | None = None
         self.pidfd = -1
+        self.parent = parent  # the fork server that forked it
         self._popen = None if argv is None else subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=pass_fds)
         if self._popen is not None:
@@ -205,6 +207,9 @@ class _Process:
         if self.pidfd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def ended(self) -> bool:
+        return self.pidfd < 0 or bool(select.select([self.pidfd], [], [], 0)[0])
 
     async def wait(self) -> int | None:
         """Until it has ended; its exit status when it was the node's child."""
@@ -235,6 +240,7 @@ class WasmExecutor(Executor):
         self.cache_dir = Path(cache_dir)
         self.max_parallel = max(1, os.cpu_count() or 1)  # a run takes a whole core, whatever its job states
         self._server: trio.socket.SocketType | None = None  # the fork server's control socket, while it runs
+        self._forker: _Process | None = None  # and the fork server
 
     def is_installed(self) -> bool:
         return self.problem() is None
@@ -267,12 +273,12 @@ class WasmExecutor(Executor):
                 finally:
                     theirs.close()
                 try:
-                    self._server = trio.socket.from_stdlib_socket(ours)
+                    self._server, self._forker = trio.socket.from_stdlib_socket(ours), server
                     task_status.started()
                     task_status = trio.TASK_STATUS_IGNORED
                     status = await server.wait()
                 finally:
-                    self._server = None
+                    self._server = self._forker = None
                     await server.stop()
             log.warning("the wasm fork server ended (exit status %s); starting another", status)
             await trio.sleep(SERVER_RESTART)
@@ -359,7 +365,11 @@ class WasmExecutor(Executor):
             await process.stop()
             for stream in streams:
                 await stream.aclose()
-        return _told(bytes(said)), killed
+        told = _told(bytes(said))
+        if not told and not killed and process.parent is not None and process.parent.ended():
+            # its run ended with it (PR_SET_PDEATHSIG): the node's failure, not the job's
+            raise ExecutorError("the wasm fork server ended during the run; it runs again", retryable=True)
+        return told, killed
 
     async def _start(self, limits: dict[str, int], connection: int, stdout: int, stderr: int) -> _Process:
         """A run's process: forked by the fork server, or (none running) a new interpreter."""
@@ -368,7 +378,7 @@ class WasmExecutor(Executor):
             with contextlib.suppress(OSError):  # it is gone: the pool starts another
                 await self._server.sendmsg([json.dumps(limits).encode()],
                                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                return _Process()
+                return _Process(parent=self._forker)
         argv = [sys.executable, "-I", _CHILD, "run", str(connection), str(stdout), str(stderr), json.dumps(limits)]
         return _Process(argv, connection, stdout, stderr)
 

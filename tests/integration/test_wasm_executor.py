@@ -696,3 +696,34 @@ async def test_a_node_that_may_not_run_its_interpreter_offers_no_wasm_and_keeps_
     with pytest.raises(ExecutorError, match="cannot run wasm jobs") as refused:
         await executor.run(request(tmp_path, HELLO))
     assert refused.value.retryable
+
+
+async def test_a_run_whose_fork_server_ended_is_the_nodes_failure_and_runs_again(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A run forked by the fork server ends with it (PR_SET_PDEATHSIG). It came out as the job's failure, exit 134
+    with no outcome, and a deterministic job is not run again after one: it is the node's, and retryable."""
+    executor = WasmExecutor(cache_dir=tmp_path / "cache")
+    await nursery.start(executor.run_pool)
+    server = executor._forker
+    assert server is not None
+
+    async def end_the_server_once_running() -> None:
+        while not any(_is_run_forked_by(pid, server.pid) for pid in _pids()):
+            await trio.sleep(0.05)
+        server.kill()
+
+    nursery.start_soon(end_the_server_once_running)
+    with trio.fail_after(30), pytest.raises(ExecutorError, match="fork server ended during the run") as ended:
+        await executor.run(request(tmp_path, SPIN))
+    assert ended.value.retryable
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _is_run_forked_by(pid: int, server: int | None) -> bool:
+    """Whether ``pid``'s parent is ``server`` (field 4 of /proc/PID/stat)."""
+    with contextlib.suppress(OSError, ValueError):
+        return pid != server and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == server
+    return False
