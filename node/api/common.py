@@ -86,6 +86,13 @@ def unencodable(value: Any, path: str) -> str | None:
     return None
 
 
+def results_gone(node: Node, whose: str, removed_at: float) -> Response:
+    """410 for results the node's retention removed, saying when (a fetch of them waited for Kubo's timeout)."""
+    removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(removed_at))
+    return error(410, "gone",
+                 f"the results of {whose} were removed at {removed} (retention {node.config.retention:g} s)")
+
+
 async def result_tar(node: Node, result: RunResult) -> Response:
     """Stream a result's files: the published directory when it has a CID, else stdout/stderr/exitCode."""
     if result.cid and node.publisher is not None:

@@ -20,6 +20,7 @@ from node.api.common import (
     MAX_WAIT,
     UntrustedBody,
     result_tar,
+    results_gone,
     share_with,
     unencodable,
     visible_to,
@@ -168,9 +169,7 @@ def jobs_router(node: Node, quotas: Quotas) -> APIRouter:
         if result is None:
             return error(409, "no_results", f"job {job_id} has no results (state {description.job.state.value})")
         if description.job.results_removed_at is not None:
-            removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(description.job.results_removed_at))
-            return error(410, "gone", f"the results of job {job_id} were removed at {removed} "
-                                      f"(retention {node.config.retention:g} s)")
+            return results_gone(node, f"job {job_id}", description.job.results_removed_at)
         return await result_tar(node, result)
 
     @router.post("/v1/jobs/{job_id}/shares", response_model=Share, tags=["jobs"],

@@ -19,6 +19,7 @@ from node.api.common import (
     MAX_WAIT,
     UntrustedBody,
     result_tar,
+    results_gone,
     share_with,
     unencodable,
     visible_to,
@@ -143,10 +144,8 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
             return error(409, "no_results", f"index {index} of sweep {sweep_id} has no results "
                                             f"(state {record.state.value})")
         removed_at = index_results_removed_at(record, node.config.retention, time.time())
-        if removed_at is not None:  # without this, a fetch of what nobody provides waited for Kubo's timeout
-            removed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(removed_at))
-            return error(410, "gone", f"the results of index {index} of sweep {sweep_id} were removed at {removed} "
-                                      f"(retention {node.config.retention:g} s)")
+        if removed_at is not None:
+            return results_gone(node, f"index {index} of sweep {sweep_id}", removed_at)
         return await result_tar(node, record.result)
 
     @router.post("/v1/sweeps/{sweep_id}/retry", response_model=SweepDescription, tags=["sweeps"],
