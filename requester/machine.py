@@ -636,9 +636,9 @@ class JobMachine:
         job = p.state.job
         state = JobState.RUNNING if p.state.held() > 0 else JobState.PENDING
         job = job.transition(state, reason, p.now, attempt=job.attempt + 1)
-        # the next tick announces the new attempt
+        # the next tick announces the new attempt, whose bids wait for min_bids afresh
         p.state = replace(p.state, job=job, waiting_since=p.now, announce_backoff=ANNOUNCE_BACKOFF_FIRST,
-                          next_announce=p.now)
+                          next_announce=p.now, first_bid_at=None)
         p.save(executions=tuple(executions), job=job, events=(*events, p.event(EventKind.REOFFERED, reason)))
         p.counts["reoffers"] += 1
 

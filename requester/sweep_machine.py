@@ -64,7 +64,8 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        self.errors: dict[int, tuple[float, dict[str, bool]]] = {}  # index -> (last error at, node -> retryable)
+        # index -> (last error at, node -> the error it reported, None for a retryable one)
+        self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
@@ -325,10 +326,10 @@ class SweepMachine:
         _, reports = self.errors.get(i, (now, {}))
         self.errors[i] = (now, reports)  # patience counts from the last error: one node's errors took an index's
         error = r.error or "no result"  # five attempts in seconds once a minute had passed since its first
-        reports[peer] = r.retryable
+        reports[peer] = None if r.retryable else error
         witnessed = trust.timeout_witnessed(r.error, self.sweep.spec.job, self.granted_at.get(i, now), now,
                                             self.sweep.spec.confidence)
-        if witnessed or error_confirmed(reports, able):
+        if witnessed or error_confirmed(reports, able, self.sweep.spec.confidence):
             p.counts["errors_confirmed"] += 1
             record = self._fail_or_retry(i, peer, error, now)
         else:
@@ -447,7 +448,7 @@ class SweepMachine:
         """``node`` gave index ``i`` up (it lapsed there, or was given back): as after a retryable error of
         ``node``'s, another node runs it first (``may_grant``)."""
         _, reports = self.errors.get(i, (now, {}))
-        reports.setdefault(node, True)
+        reports.setdefault(node, None)
         self.errors[i] = (now, reports)
 
     def _save_taken_back(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> bool:

@@ -4,8 +4,9 @@ A claim is a lease on the indexes the requester granted to one node. A node's re
 only inside its own lease: a result for an index the claim does not hold (never granted,
 granted to another claim, taken back when the lease lapsed) is refused, and so is a message
 naming another node's claim. An error is one node's word against the job: the index runs
-again elsewhere, and fails only when another node (or every node able to run it) says the
-same; an error that another node's run contradicts counts against its sender.
+again elsewhere, and fails only when as many nodes as a job's error needs (two, or the sweep's
+confidence; or every node able to run it) say the same; an error that another node's run
+contradicts counts against its sender.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from jobs import JobSpec
 from jobs.messages import Claim, IndexResult
 from jobs.sweep import compress
-from requester.trust import CONFIRMING_NODES
+from requester import trust
 
 ERROR_PATIENCE = 60.0  # seconds an index waits after an error for another node, before its node may run it again
 REASON_RANGES = 10  # index ranges named in a refusal's reason; the rest are counted
@@ -83,15 +84,12 @@ def check_claim(sender: str, msg: Claim, view: ClaimView) -> ClaimCheck:
                       against_sender=bool(refused))
 
 
-def error_confirmed(reports: Mapping[str, bool], able: Collection[str]) -> bool:
-    """Whether an index's errors fail it for good: ``reports`` maps node -> its error was retryable.
-
-    Retryable errors speak of the node, not the index, and never confirm. Non-retryable ones
-    confirm when CONFIRMING_NODES distinct nodes sent one, or every node able to run the index did;
-    with no able node known, one node's error does not (a job's does: ``trust.error_confirmed``).
-    """
-    firm = {node for node, retryable in reports.items() if not retryable}
-    return len(firm) >= CONFIRMING_NODES or (bool(able) and set(able) <= firm)
+def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], confidence: int) -> bool:
+    """Whether an index's errors fail it for good: ``reports`` maps node -> the error it reported (None: a
+    retryable one, which speaks of the node, not the index, and never confirms). The job's rule
+    (``trust.error_confirmed``), but with no able node known one node's error does not confirm."""
+    firm = {node for node, error in reports.items() if error is not None}
+    return trust.error_confirmed(firm, set(able), confidence, everyone=bool(able))
 
 
 def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float) -> bool:
@@ -100,10 +98,10 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
     return node not in reports or set(able) <= set(reports) or waited >= ERROR_PATIENCE
 
 
-def contradicted(reports: Mapping[str, bool], runner: str, spec: JobSpec) -> list[str]:
-    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result:
-    those that said the index cannot run (a retryable error speaks of the node, and wrongs no one),
-    when the template repeats exactly, as a job's are (``trust.proven_wrong``)."""
+def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:
+    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result: by the
+    job's rule (``trust.proven_wrong``), those that said the index cannot run, but for its timeout, when
+    the template repeats exactly."""
     if not spec.repeats_exactly():
         return []
-    return sorted(n for n, retryable in reports.items() if n != runner and not retryable)
+    return sorted(n for n, error in reports.items() if n != runner and error not in (None, spec.timed_out()))

@@ -175,6 +175,25 @@ def test_a_tick_after_the_min_bids_wait_chooses_among_the_bids_there_are():
     assert sent(later, Decision)["n-a"].accepted
 
 
+def test_a_reoffered_job_waits_for_min_bids_again_before_choosing():
+    """The wait for min_bids counts from each attempt's first bid: after a re-offer the fastest bidder
+    used to win at the next tick, with no choice among bids."""
+    state = tracked(spec(concurrency=1, min_bids=2))
+    m = machine()
+    for n in ("n-a", "n-b"):
+        _, changes = m.on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, KNOWN)
+        state = changes.state
+    (chosen,) = [x for x in state.executions.values() if x.state is ExecutionState.ACCEPTED]
+    _, failed = m.on_result(state, chosen.node_id, result(chosen.id, error="disk full", retryable=True), 100.0,
+                            KNOWN, signed=True)
+    assert failed.state.job.attempt == 1 and "re-offering" in failed.state.job.reason
+    _, bid = m.on_bid(failed.state, "n-c", Bid(job_id="j-1", execution_id="x-c", attempt=1), 101.0, KNOWN)
+    soon = m.tick(bid.state, 101.3, KNOWN)  # the first attempt's wait (from t=1) ran out long ago; its own has not
+    assert soon.state.executions["x-c"].state is ExecutionState.BIDDING and not sent(soon, Decision)
+    later = m.tick(bid.state, 106.5, KNOWN)
+    assert later.state.executions["x-c"].state is ExecutionState.ACCEPTED
+
+
 def test_a_job_no_known_node_matches_fails_unless_the_node_table_is_crowded():
     """A flood of fresh identities keeps the table full: what it holds proves no job impossible (every job
     was failed at once, a node joining later never known)."""
@@ -832,6 +851,36 @@ def test_each_claim_gets_the_indexes_awaiting_other_nodes_runs_lowest_first_and_
     assert c.ranges == [(0, 3)]  # 0 and 1 await a third node's run, 2 and 3 a second one's
     b_again, _ = m.claim("n-b", claim("c-b2", want=2), 6.0, able=able, quarantined=False)
     assert b_again.ranges == [(3, 4), (6, 7)]  # not 0 or 1, which it ran: 3, then a fresh one
+
+
+def test_two_nodes_errors_do_not_fail_an_index_of_a_sweep_verified_by_three():
+    """Errors need as many nodes as results do, as a job's: two liars' "cannot run" failed an index of a
+    confidence-3 sweep that three honest nodes were there to run."""
+    m = sweep_machine(1, confidence=3)
+    able = ("liar-1", "liar-2", "n-a", "n-b", "n-c")
+    for liar, now in (("liar-1", 1.0), ("liar-2", 3.0)):
+        report(m, liar, IndexResult(index=0, error="the module is invalid"), now, able=able)
+    assert m.states == [JobState.PENDING] and m.sweep.state is JobState.RUNNING
+    for honest, now in (("n-a", 70.0), ("n-b", 72.0), ("n-c", 74.0)):  # after ERROR_PATIENCE, any node may take it
+        report(m, honest, ok(0), now, able=able)
+    assert m.sweep.state is JobState.COMPLETED and m.states == [JobState.COMPLETED]
+
+
+def test_a_slow_nodes_timeout_is_not_held_against_it_when_faster_nodes_run_the_index():
+    """A node's speed is its own, as for a job (``trust.proven_wrong``): a verified sweep's honest slow node
+    was penalised for its timeout once faster nodes ran the index to a verified result."""
+    m = sweep_machine(1, confidence=2)
+    timed_out = m.sweep.spec.job.timed_out()
+    report(m, "slow", IndexResult(index=0, error=timed_out), 1.0, able=("slow", "n-a", "n-b"))
+    report(m, "n-a", ok(0), 4.0, able=("slow", "n-a", "n-b"))
+    _, changes = report(m, "n-b", ok(0), 6.0, able=("slow", "n-a", "n-b"))
+    assert m.sweep.state is JobState.COMPLETED
+    assert changes.penalties == [] and "errors_contradicted" not in changes.counts
+    liar = sweep_machine(1, confidence=2)  # another error is still shown wrong
+    report(liar, "liar", IndexResult(index=0, error="the module is invalid"), 1.0, able=("liar", "n-a", "n-b"))
+    report(liar, "n-a", ok(0), 4.0, able=("liar", "n-a", "n-b"))
+    _, changes = report(liar, "n-b", ok(0), 6.0, able=("liar", "n-a", "n-b"))
+    assert [peer for peer, _ in changes.penalties] == ["liar"]
 
 
 def test_a_liars_hit_ends_no_any_sweep_and_the_majority_outvotes_it():

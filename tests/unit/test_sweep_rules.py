@@ -76,16 +76,24 @@ def test_a_refusals_reason_stays_short_whatever_the_message_holds():
 
 def test_one_nodes_error_does_not_fail_an_index_another_nodes_confirms_it():
     able = {"a", "b", "c"}
-    assert not error_confirmed({"a": False}, able)
-    assert error_confirmed({"a": False, "b": False}, able)
-    assert not error_confirmed({"a": False, "b": True}, able)  # a retryable error speaks of its node only
+    assert not error_confirmed({"a": "boom"}, able, 0)
+    assert error_confirmed({"a": "boom", "b": "boom"}, able, 0)
+    assert not error_confirmed({"a": "boom", "b": None}, able, 0)  # a retryable error speaks of its node only
+
+
+def test_a_verified_sweeps_index_fails_on_as_many_nodes_errors_as_its_results_need():
+    """As a job's: two liars failed an index of a confidence-3 sweep that three honest nodes would have run."""
+    able = {"a", "b", "c", "d"}
+    assert not error_confirmed({"a": "boom", "b": "boom"}, able, 3)
+    assert error_confirmed({"a": "boom", "b": "boom", "c": "boom"}, able, 3)
+    assert error_confirmed({"a": "boom", "b": "boom"}, {"a", "b"}, 3)  # every able node said so
 
 
 def test_the_only_able_node_confirms_its_own_error():
-    assert error_confirmed({"a": False}, {"a"})
-    assert not error_confirmed({"rogue": False}, {"a"})  # a node we do not count as able does not
-    assert not error_confirmed({"a": True}, {"a"})
-    assert not error_confirmed({"a": False}, set())
+    assert error_confirmed({"a": "boom"}, {"a"}, 0)
+    assert not error_confirmed({"rogue": "boom"}, {"a"}, 0)  # a node we do not count as able does not
+    assert not error_confirmed({"a": None}, {"a"}, 0)
+    assert not error_confirmed({"a": "boom"}, set(), 0)
 
 
 def test_an_index_that_errored_on_a_node_goes_to_another_while_one_is_left():
@@ -105,15 +113,21 @@ FROM_A_URL = JobSpec(engine=NoopEngine(), inputs=[InputSpec(source="https://exam
 
 
 def test_errors_contradicted_by_another_nodes_result():
-    assert contradicted({"rogue": False, "a": False}, "a", EXACT) == ["rogue"]
+    assert contradicted({"rogue": "boom", "a": "boom"}, "a", EXACT) == ["rogue"]
     assert contradicted({}, "a", EXACT) == []
 
 
 def test_a_retryable_error_is_not_contradicted_by_another_nodes_result():
     # "retry elsewhere" (the node ran out of disk, lost its runner) says nothing false about the index
-    assert contradicted({"flaky": True, "rogue": False}, "a", EXACT) == ["rogue"]
+    assert contradicted({"flaky": None, "rogue": "boom"}, "a", EXACT) == ["rogue"]
+
+
+def test_a_slow_nodes_timeout_is_not_contradicted_by_a_faster_nodes_result():
+    """A node's speed is its own, as for a job's errors (``trust.proven_wrong``): an honest slow node that
+    timed out was held to account once a faster one ran the index."""
+    assert contradicted({"slow": EXACT.timed_out(), "rogue": "boom"}, "a", EXACT) == ["rogue"]
 
 
 def test_an_error_where_nodes_may_see_different_worlds_is_not_contradicted():
     """An input URL that answered 403 to one node and 200 to another: the first node did not lie."""
-    assert contradicted({"refused": False}, "a", FROM_A_URL) == []
+    assert contradicted({"refused": "boom"}, "a", FROM_A_URL) == []
