@@ -101,7 +101,8 @@ def get(
     ctx: typer.Context,
     job_id: AnyId,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
-        help="Where to put the results (default: ./job-<id>; a sweep's: ./sweep-<id>, an index a folder).")] = None,
+        help="Where to put the results (default: ./job-<short id>, the id as shoal list shows it; a sweep's: "
+             "./sweep-<short id>, an index a folder).")] = None,
     max_bytes: MaxBytes = None,
 ) -> None:  # fmt: skip
     """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record; for a

@@ -67,8 +67,8 @@ def sweep_indexes(
         result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
 
     def more() -> None:
-        if len(result.indexes) == limit:
-            after = result.indexes[-1].index + 1
+        after = result.indexes[-1].index + 1 if result.indexes else first
+        if len(result.indexes) == limit and after < desc.sweep.count and (first > 0 or limit < result.total):
             print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
                   f"more with --first {after}.", file=sys.stderr)
 
@@ -147,7 +147,7 @@ def sweep_get(
     sweep_id: SweepId,
     index: Index,
     dest: Annotated[Path | None, typer.Argument(metavar="DEST",
-        help="Where to put the results (default: ./sweep-<id>-<index>).")] = None,
+        help="Where to put the results (default: ./sweep-<short id>-<index>).")] = None,
     max_bytes: MaxBytes = None,
 ) -> None:  # fmt: skip
     """Download one index's results (stdout, stderr, exit code, outputs), checked against their recorded CID."""

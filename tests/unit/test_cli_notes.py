@@ -91,6 +91,10 @@ def test_a_sweep_that_succeeded_shows_its_winners_notes(monkeypatch: pytest.Monk
 class LongSweepClient(FakeSweepClient):
     """A sweep of 2,500 indexes, served in pages of at most 1,000 as a node does."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.sweep_spec = SweepSpec(job=NOOP, items=[{"x": str(i)} for i in range(2500)])
+
     def sweep_indexes(self, sweep_id: str, *, state: Any = None, first: int = 0, limit: int = 1000) -> IndexList:
         self.index_calls.append(("indexes", {"state": state, "first": first, "limit": limit}))
         records = [IndexRecord(index=i, state=JobState.COMPLETED) for i in range(first, min(2500, first + limit))]

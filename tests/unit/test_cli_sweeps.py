@@ -645,7 +645,10 @@ def test_sweep_indexes_table_and_filters(fake: FakeSweepClient) -> None:
     result = run("sweep", "indexes", SWEEP_ID[:8], "--state", "failed", "--first", "0", "--limit", "1")
     assert result.exit_code == 0
     assert fake.index_calls[-1] == ("indexes", {"state": "failed", "first": 0, "limit": 1})
-    assert "more with --first 2" in result.stderr
+    assert "more with" not in result.stderr  # the one failed index, shown
+    assert "more with --first 2" in run("sweep", "indexes", SWEEP_ID, "--limit", "2").stderr
+    for past_the_end in (["--limit", "3"], ["--first", "1", "--limit", "2"]):  # once said "more with --first 3"
+        assert "more with" not in run("sweep", "indexes", SWEEP_ID, *past_the_end).stderr
     data = json.loads(run("sweep", "indexes", SWEEP_ID, "--json").stdout)
     assert [r["index"] for r in data["indexes"]] == [0, 1, 2] and data["total"] == 3
     assert run("sweep", "indexes", SWEEP_ID, "--state", "sleeping").exit_code == 2
