@@ -146,17 +146,11 @@ class ComputeMachine:
         """The engines that answer now. One that stopped answering is still offered for ENGINE_GRACE, but
         nothing of it is bid on or claimed meanwhile: its jobs wait in the backlog (requesters that no longer
         saw it offered anywhere failed them at once: a 2 s restart of dockerd did). True when one came back."""
-        back = [engine for engine in self._silent_engines if engine in installed]
-        for engine in back:
-            del self._silent_engines[engine]
-        for engine in self.engines:
-            if engine not in installed:
-                self._silent_engines.setdefault(engine, now)
-        for engine, since in list(self._silent_engines.items()):
-            if now - since >= ENGINE_GRACE:
-                del self._silent_engines[engine]
+        back = any(engine in installed for engine in self._silent_engines)
+        silent = {engine: self._silent_engines.get(engine, now) for engine in self.engines if engine not in installed}
+        self._silent_engines = {engine: since for engine, since in silent.items() if now - since < ENGINE_GRACE}
         self.engines = sorted({*installed, *self._silent_engines})
-        return bool(back)
+        return back
 
     def _track(self, ex: Execution) -> Execution:
         """Keep a live execution (terminal ones leave through ``drop``)."""

@@ -480,7 +480,7 @@ class JobMachine:
             self._finish(p, JobState.FAILED, impossible)
             return p
         failed = [x for x in p.state.executions.values() if x.state is ExecutionState.FAILED and x.error is not None]
-        if failed and known.complete and (able := self._able(spec, known)) \
+        if failed and known.complete and (able := self.able(spec, known)) \
                 and not trust.nodes_left(p.state.executions.values(), able):
             # the nodes gave up on it while the node table was filling (no job fails for want of a node then)
             last = max(failed, key=lambda x: x.updated_at)
@@ -490,7 +490,7 @@ class JobMachine:
         p.announce = now >= p.state.next_announce
         return p
 
-    def _able(self, spec: JobSpec, known: Known) -> set[str]:
+    def able(self, spec: JobSpec, known: Known) -> set[str]:
         """The known nodes whose bids on the job would be taken: able to run it, not quarantined."""
         return {info.peer_id for info in known.nodes if can_ever_run(spec, info)
                 and not trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
@@ -602,7 +602,7 @@ class JobMachine:
         first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = self._able(job.spec, p.known)
+        able = self.able(job.spec, p.known)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
         everyone = p.known.complete  # else a node not yet heard of may run it
@@ -623,7 +623,7 @@ class JobMachine:
         """Whether a node that holds no slot of the job may still take one (one not heard of yet may, while
         the node table fills)."""
         job, executions = p.state.job, p.state.executions.values()
-        return not p.known.complete or bool(trust.nodes_left(executions, self._able(job.spec, p.known))
+        return not p.known.complete or bool(trust.nodes_left(executions, self.able(job.spec, p.known))
                                             - _holders(p.state))
 
     def _reoffers_left(self, p: JobChanges) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult
+from jobs import Event, Execution, ExecutionSide, Job, JobSpec, JobState, RunResult
 from jobs.messages import NodeInfo
 from jobs.sweep import IndexRange, IndexRecord, Sweep
 
@@ -17,7 +17,7 @@ class NodeJudge(Protocol):
     """What the sweep service shares with the job service (``RequesterService`` implements it): the
     compute nodes known lately, and one record of what each got right and wrong."""
 
-    def known_nodes(self) -> list[NodeInfo]: ...
+    def able(self, spec: JobSpec) -> set[str]: ...
     def nodes_for_refusal(self) -> list[NodeInfo]: ...
     def quarantined(self, peer: str) -> bool: ...
     async def penalize(self, peer: str, reason: str) -> None: ...

@@ -83,8 +83,7 @@ class RequesterService(Driver[_Active]):
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._queue = Queue(lambda: (aj.state.waiting_since for aj in self._live.values() if aj.state.is_open()))
-        self._in_flight: Counter[str] = Counter()  # owner -> live jobs (the API's jobs-in-flight quota)
-        self._in_flight_bytes: Counter[str] = Counter()  # owner -> the sizes of their specs (and its bytes quota)
+        self._in_flight: dict[str, InFlight] = {}  # owner -> live jobs and their specs' sizes (the API's quotas)
         self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
         self._started_at = clock()  # a restarted requester gives every node a full silence window
         self._joins = joins
@@ -122,6 +121,11 @@ class RequesterService(Driver[_Active]):
 
     def known_nodes(self) -> list[NodeInfo]:
         return self.nodes.known(self.clock())
+
+    def able(self, spec: JobSpec) -> set[str]:
+        """The known nodes that could run ``spec`` and are not quarantined: no sweep claim takes more than its
+        share of them."""
+        return self.machine.able(spec, self._known())
 
     def nodes_for_refusal(self) -> list[NodeInfo]:
         """The known nodes, to judge that none could ever run a job: none while the table is crowded (a
@@ -176,8 +180,7 @@ class RequesterService(Driver[_Active]):
 
     def _track(self, state: Tracked) -> _Active:
         aj = self._live[state.job.id] = _Active(state=state, spec_bytes=len(state.job.spec.model_dump_json()))
-        self._in_flight[state.job.owner] += 1
-        self._in_flight_bytes[state.job.owner] += aj.spec_bytes
+        self._in_flight[state.job.owner] = self.in_flight(state.job.owner) + InFlight(1, aj.spec_bytes)
         return aj
 
     def _forget(self, aj: _Active) -> None:
@@ -185,10 +188,9 @@ class RequesterService(Driver[_Active]):
         del self._live[job.id]
         self.outputs.forget(job.id)
         aj.done.set()
-        self._in_flight[job.owner] -= 1
-        self._in_flight_bytes[job.owner] -= aj.spec_bytes
-        if self._in_flight[job.owner] <= 0:
-            del self._in_flight[job.owner], self._in_flight_bytes[job.owner]
+        self._in_flight[job.owner] = left = self.in_flight(job.owner) + InFlight(-1, -aj.spec_bytes)
+        if left.count <= 0:
+            del self._in_flight[job.owner]
         self.latencies.append(job.updated_at - job.created_at)
 
     # -- submit, cancel, describe ----------------------------------------------------------------
@@ -292,7 +294,7 @@ class RequesterService(Driver[_Active]):
 
     def in_flight(self, owner: str) -> InFlight:
         """``owner``'s live jobs (neither completed, failed nor cancelled): how many, and their specs' bytes."""
-        return InFlight(self._in_flight[owner], self._in_flight_bytes[owner])
+        return self._in_flight.get(owner, InFlight())
 
     def take_output(self, peer: str, message: Output) -> Reply:
         """Output of a running execution, shown live (``requester/logs.py``); only its node may send it."""

@@ -27,7 +27,6 @@ from jobs.views import SweepDescription
 from requester.common import Driver, InFlight, Live, UnknownJob, deliver, submit_once
 from requester.machine import Changes, Send
 from requester.ports import NodeJudge, RequesterStore
-from requester.selection import can_ever_run
 from requester.sweep_machine import SweepMachine
 
 log = logging.getLogger("shoal.requester")
@@ -57,11 +56,8 @@ class SweepService(Driver[_Live]):
         super().__init__("sweep", peers, store, clock, "claims announcements results late_results refused_results "
                          "refused_claims repeated_results penalties errors_run_again errors_confirmed "
                          "errors_contradicted quarantined_claims results_outvoted")
-        self.known_nodes = judge.known_nodes
-        self.nodes_for_refusal = judge.nodes_for_refusal
-        self.penalize = judge.penalize  # a refused report, a contradicted error, an outvoted result
-        self.credit = judge.credit  # a verified result
-        self.quarantined = judge.quarantined  # a quarantined peer gets no indexes
+        self.judge = judge
+        self.penalize, self.credit = judge.penalize, judge.credit  # see Driver._tally
         self._reviving = trio.Lock()  # an ended sweep is made live by one retry at a time
 
     def in_flight(self, owner: str) -> InFlight:
@@ -125,7 +121,7 @@ class SweepService(Driver[_Live]):
                           requester=self.peers.node_id, counts={JobState.PENDING: spec.count}, created_at=now,
                           updated_at=now)
             live = _Live(SweepMachine.new(sweep, self.peers.node_id))
-            events = live.machine.admit(self.nodes_for_refusal())
+            events = live.machine.admit(self.judge.nodes_for_refusal())
             await self.store.save_sweep(new_sweep=live.sweep, events=events, idempotency_key=idempotency_key,
                                         request_digest=digest)
             if not live.sweep.state.is_terminal:
@@ -206,10 +202,7 @@ class SweepService(Driver[_Live]):
         async with live.lock:
             if live.sweep.state.is_terminal:
                 return Reply(verdict="rejected", reason=f"the sweep is {live.sweep.state.value}")
-            reply, changes = live.machine.claim(peer, msg, self.clock(), able=self._able(live.sweep.spec),
-                                                quarantined=self.quarantined(peer))
+            reply, changes = live.machine.claim(peer, msg, self.clock(), able=self.judge.able(live.sweep.spec.job),
+                                                quarantined=self.judge.quarantined(peer))
             await self._apply(live, changes)
             return reply
-
-    def _able(self, spec: SweepSpec) -> set[str]:  # no claim takes more than its share of these
-        return {n.peer_id for n in self.known_nodes() if can_ever_run(spec.job, n) and not self.quarantined(n.peer_id)}
