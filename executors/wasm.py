@@ -52,6 +52,7 @@ import trio
 from executors._common import (
     CLOCK_STEP_NS,
     EPOCH_SECONDS,
+    DirMount,
     Tail,
     disk_limit_message,
     host_path,
@@ -81,6 +82,12 @@ OPEN_FILES = 1024  # descriptors a run may hold open: the interpreter's few, and
 KILL_WAIT = 5.0  # seconds to wait for a killed run's process to be gone
 START_TIMEOUT = 30.0  # seconds for a run's process to say it started (a new interpreter, on a busy node)
 SERVER_RESTART = 10.0  # seconds before the fork server is started again when it ended, or did not start
+MAX_OUTCOME_BYTES = 64 * 1024  # a run's outcome JSON; more is no outcome (its trap text is cut short in the child)
+# after this much of a stream, the node reads on at 16 MB/s at most (a chunk of 64 KiB each DRAIN_PAUSE): output
+# past the kept tail is dropped, and a module writing without end cost the node up to half a core (a full pipe
+# now slows the module instead)
+DRAIN_FREELY = 16 * 1024**2
+DRAIN_PAUSE = 0.004
 _CHILD = str(Path(__file__).with_name("wasm_child.py"))
 
 log = logging.getLogger(__name__)
@@ -113,16 +120,17 @@ class _Outcome:
 
 def _limits(request: RunRequest) -> dict[str, int]:
     """A run's process's rlimits, which it sets on itself before it reads anything of the job."""
-    memory = request.spec.resources.memory
+    memory, disk = request.spec.resources.memory, request.write_limit
     limits = {"RLIMIT_NOFILE": OPEN_FILES, "RLIMIT_CORE": 0, "RLIMIT_CPU": math.ceil(request.spec.timeout) + 1}
     if memory:
         limits["RLIMIT_DATA"] = memory + memory // 4 + RUN_MEMORY_FLOOR
+    if disk:  # one file past the disk limit ends the run (SIGXFSZ), between two of the disk watch's looks
+        limits["RLIMIT_FSIZE"] = disk + 1
     return limits
 
 
-def _run_request(request: RunRequest, spec: WasmEngine, compiled: Path) -> bytes:
+def _run_request(request: RunRequest, spec: WasmEngine, compiled: Path, mounts: list[DirMount]) -> bytes:
     """What the run's process (``executors.wasm_child``) reads from its connection."""
-    mounts = plan_mounts(request, request.work_dir)
     return json.dumps({
         "compiled": str(compiled),
         "argv": [_module_job_path(spec, request), *spec.args],
@@ -137,9 +145,13 @@ def _run_request(request: RunRequest, spec: WasmEngine, compiled: Path) -> bytes
 
 
 async def _drain(stream: trio.abc.ReceiveStream, sink: Callable[[bytes], object]) -> None:
+    read = 0
     async with stream:
         while chunk := await stream.receive_some(65536):
             sink(chunk)
+            read += len(chunk)
+            if read > DRAIN_FREELY:
+                await trio.sleep(DRAIN_PAUSE)
 
 
 async def _read_pid(connection: trio.SocketStream) -> int:
@@ -292,9 +304,11 @@ class WasmExecutor(Executor):
         started = time.time()
         stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
         outputs, over_disk = [m.source for m in request.output_mounts()], []
+        mounts = await trio.to_thread.run_sync(plan_mounts, request, request.work_dir)
         for _ in range(2):
             compiled = await self._compiled(request, engine_spec)
-            told, killed = await self._run_process(request, engine_spec, compiled, stdout, stderr, over_disk)
+            told, killed = await self._run_process(request, engine_spec, compiled, mounts, stdout, stderr,
+                                                   over_disk)
             if not told.get("damaged"):
                 break
             compiled.unlink(missing_ok=True)  # compiled again
@@ -317,8 +331,8 @@ class WasmExecutor(Executor):
             finished_at=time.time(),
         )
 
-    async def _run_process(self, request: RunRequest, spec: WasmEngine, compiled: Path, stdout: Tail,
-                           stderr: Tail, over_disk: list[int]) -> tuple[dict, bool]:
+    async def _run_process(self, request: RunRequest, spec: WasmEngine, compiled: Path, mounts: list[DirMount],
+                           stdout: Tail, stderr: Tail, over_disk: list[int]) -> tuple[dict, bool]:
         """Run the compiled module in a process of its own until it ends, or the disk watch or the caller ends
         it: (what it told of its end, whether the node killed it)."""
         outputs = [m.source for m in request.output_mounts()]
@@ -343,10 +357,14 @@ class WasmExecutor(Executor):
             process.kill()
 
         async def talk() -> None:
-            await connection.send_all(_run_request(request, spec, compiled))
+            await connection.send_all(_run_request(request, spec, compiled, mounts))
             await connection.send_eof()
             while chunk := await connection.receive_some(65536):
                 said.extend(chunk)
+                if len(said) > MAX_OUTCOME_BYTES:  # not an outcome the child writes: none at all
+                    said.clear()
+                    process.kill()
+                    return
 
         try:
             pid = await _read_pid(connection)
@@ -403,10 +421,14 @@ class WasmExecutor(Executor):
         os.close(fd)
         memory, timeout = max(request.spec.resources.memory, COMPILE_MEMORY_FLOOR), request.spec.timeout
         limits = Limits(memory=memory, cpu_seconds=max(1, math.ceil(timeout)))
-        argv = [*limits.prlimit_args(), sys.executable, "-I", _CHILD, "compile", str(module), tmp]
+        # the compiler ends when this pipe does, with the node: trio starts it from a worker thread, and
+        # PR_SET_PDEATHSIG would end it with that thread (a kill -9 of the node left compiles running for hours)
+        alive, held = os.pipe()
+        argv = [*limits.prlimit_args(), sys.executable, "-I", _CHILD, "compile", str(module), tmp, str(alive)]
         try:
             with trio.move_on_after(timeout) as deadline:
-                done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+                done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                              pass_fds=(alive,))
             if deadline.cancelled_caught:
                 raise ExecutorError(f"compiling the module took longer than the job's timeout of {timeout:g} s",
                                     retryable=False)
@@ -414,6 +436,8 @@ class WasmExecutor(Executor):
                 raise ExecutorError(_compile_failure(done.returncode, done.stderr, memory), retryable=False)
             os.replace(tmp, cached)
         finally:
+            os.close(alive)
+            os.close(held)
             Path(tmp).unlink(missing_ok=True)
         await trio.to_thread.run_sync(self._trim_cache, cached)
         return cached

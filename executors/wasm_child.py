@@ -3,9 +3,10 @@
 Compiling: Cranelift's memory and time grow with the module, outside anything a store limits: one 4 MB
 function took 500 MB and seconds, and a module may hold many, compiled on every core. In the node's process
 that was memory and CPU no job paid for, and a compile no deadline could stop (a worker thread cannot be
-cancelled). So the node runs ``python -I wasm_child.py compile MODULE OUT`` held to the job's own memory
-(RLIMIT_DATA), CPU time and timeout, compiling on one thread, and loads the machine code it wrote. Exit 0:
-``OUT`` holds the compiled module; 2: the module is not valid WebAssembly (the reason on stderr).
+cancelled). So the node runs ``python -I wasm_child.py compile MODULE OUT ALIVE`` held to the job's own
+memory (RLIMIT_DATA), CPU time and timeout, compiling on one thread, and loads the machine code it wrote; it
+ends when the descriptor ALIVE does (the node's end of it closed). Exit 0: ``OUT`` holds the compiled
+module; 2: the module is not valid WebAssembly (the reason on stderr).
 
 Running: a module's open files, tables and host calls were the node's when wasmtime ran in its process: one
 job opening files in a loop took every descriptor the node had (its API, peers, store and other jobs then
@@ -29,6 +30,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable
 
 import wasmtime
@@ -49,17 +51,33 @@ def engine_config(*, parallel: bool = True) -> wasmtime.Config:
     return config
 
 
-def compile_module(module: str, out: str) -> int:
+def compile_module(module: str, out: str, alive: str) -> int:
+    """Compile ``module`` into ``out``; exit at once when the descriptor ``alive`` reaches its end (the node,
+    which holds its other end, is gone)."""
+    threading.Thread(target=_exit_at_end, args=(int(alive),), daemon=True).start()
     with open(module, "rb") as f:
         wasm = f.read()
     try:
         compiled = wasmtime.Module(wasmtime.Engine(engine_config(parallel=False)), wasm)
     except wasmtime.WasmtimeError as e:
-        print(e, file=sys.stderr)
+        print(_bounded(str(e)), file=sys.stderr)
         return INVALID_MODULE
     with open(out, "wb") as f:
         f.write(compiled.serialize())
     return 0
+
+
+def _exit_at_end(fd: int) -> None:
+    while os.read(fd, 1):
+        pass
+    os._exit(1)
+
+
+def _bounded(text: str, lines: int = 40, width: int = 200) -> str:
+    """A message of wasmtime's, as the node is told it: it may echo a line of the module (a 20 MB line of a
+    .wat file), or name a function once per frame of a backtrace (a 10 MB name, 200 MB of trap)."""
+    kept = [line if len(line) <= width else line[:width] + "…" for line in text.splitlines()[:lines]]
+    return "\n".join(kept) + ("\n…" if len(text.splitlines()) > lines else "")
 
 
 RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
@@ -86,9 +104,10 @@ class _VirtualClock:
         self.epoch_ns = epoch_ns
         self.step_ns = step_ns
         self.monotonic_ns = 0
+        self.end_ns = 2**64 - 1 - epoch_ns  # a WASI timestamp is 64 bits: the clocks stop there
 
     def read(self, clock_id: int) -> int:
-        self.monotonic_ns += self.step_ns
+        self.monotonic_ns = min(self.monotonic_ns + self.step_ns, self.end_ns)
         return self.now(clock_id)
 
     def now(self, clock_id: int) -> int:
@@ -96,7 +115,7 @@ class _VirtualClock:
 
     def advance_to(self, clock_id: int, deadline_ns: int) -> None:
         target = deadline_ns - self.epoch_ns if clock_id == 0 else deadline_ns
-        self.monotonic_ns = max(self.monotonic_ns, target)
+        self.monotonic_ns = min(max(self.monotonic_ns, target), self.end_ns)
 
 
 class _Run:
@@ -149,7 +168,9 @@ class _Run:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             if instance is None and limit and "memory" in str(e).lower():
                 return {"exit_code": TRAP_EXIT_CODE, "memory_at_start": True}
-            return self._outcome(TRAP_EXIT_CODE, f"error: {e}", instance)
+            return self._outcome(TRAP_EXIT_CODE, f"error: {_bounded(str(e))}", instance)
+        except Exception as e:  # a host function of ours failed on what the module passed it: a trap too
+            return self._outcome(TRAP_EXIT_CODE, f"error: a host call failed: {type(e).__name__}", instance)
 
     def _outcome(self, code: int, trap: str, instance: wasmtime.Instance | None) -> dict:
         """A run's end, with the linear memory it had when it failed (the node says when the limit is the
@@ -303,7 +324,11 @@ def serve(control: socket.socket) -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        if os.fork() == 0:
+        try:
+            forked = os.fork()
+        except OSError:  # that run does not start (the node says so and runs it again); the server goes on
+            forked = -1
+        if forked == 0:
             status = 1
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)

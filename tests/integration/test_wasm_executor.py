@@ -16,6 +16,7 @@ import pytest
 import trio
 import wasmtime
 
+import executors.wasm as wasm_executor
 from executors._common import CLOCK_STEP_NS, EPOCH_SECONDS
 from executors.base import ExecutorError, LiveOutput, Mount, RunRequest
 from executors.wasm import TRAP_EXIT_CODE, WasmExecutor
@@ -727,3 +728,125 @@ def _is_run_forked_by(pid: int, server: int | None) -> bool:
     with contextlib.suppress(OSError, ValueError):
         return pid != server and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == server
     return False
+
+
+async def test_a_trap_naming_a_huge_function_takes_none_of_the_nodes_memory(
+        executor: WasmExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trap's backtrace names each frame's function: a module overflowing its stack in a function with a
+    2 MB name made a 40 MB outcome, read, copied and parsed in the node (a 10 MB name: 913 MiB, 0.7 s of
+    the event loop). The run's own process cuts the trap short, and the node reads at most 64 KiB of it."""
+    name = "f" * 2_000_000
+    wasm = wasmtime.wat2wasm(f'(module (func ${name} (param i32) (call ${name} (local.get 0)))'
+                             f' (func (export "_start") (call ${name} (i32.const 0))))')
+    received: list[int] = []
+    told = wasm_executor._told
+    monkeypatch.setattr(wasm_executor, "_told", lambda said: received.append(len(said)) or told(said))
+    result = await executor.run(request(tmp_path, wasm))
+    assert result.exit_code == TRAP_EXIT_CODE and "call stack exhausted" in result.stderr, result.stderr[:500]
+    assert received and received[0] < 20_000, received
+    assert len(result.stderr) < 20_000
+
+
+async def test_a_sleep_past_the_end_of_time_is_the_modules_trap_not_the_nodes_error(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """A relative sleep of 2**64 - 1 ns pushed the virtual clock past what a WASI timestamp holds: the next
+    clock read failed inside the host function, and the run ended with no outcome, blamed on CPU or memory
+    (and, without the fork server, a host traceback with the node's paths in the job's stderr)."""
+    wasm = module("""
+      (func (export "_start")
+        (i64.store (i32.const 2048) (i64.const 7)) (i32.store8 (i32.const 2056) (i32.const 0))
+        (i32.store (i32.const 2064) (i32.const 1)) (i64.store (i32.const 2072) (i64.const -1))
+        (i64.store (i32.const 2080) (i64.const 0)) (i32.store16 (i32.const 2088) (i32.const 0))
+        (drop (call $poll_oneoff (i32.const 2048) (i32.const 2112) (i32.const 1) (i32.const 2200)))
+        (drop (call $clock_time_get (i32.const 1) (i64.const 0) (i32.const 1024)))
+        (call $hex (i32.const 1024) (i32.const 8))))
+    """, """
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+    """)
+    result = await executor.run(request(tmp_path, wasm))
+    end = (2**64 - 1 - EPOCH_SECONDS * 1_000_000_000).to_bytes(8, "little").hex()  # where the clocks stop
+    assert (result.exit_code, result.stdout, result.stderr) == (0, f"{end}\n", "")
+
+
+async def test_one_file_written_past_the_disk_limit_stops_the_run_at_the_limit(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """The disk watch looks every 0.1 s: a module writing one file fast had 48 MiB on disk for a 10 MiB
+    limit when it was stopped. One file now ends the run as it passes the limit (RLIMIT_FSIZE)."""
+    wasm = module("""
+      (data (i32.const 128) "big")
+      (func (export "_start")
+        (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 3) (i32.const 9)
+                             (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))
+          (then (call $proc_exit (i32.const 10))))
+        (i32.store (i32.const 24) (i32.const 0)) (i32.store (i32.const 28) (i32.const 65536))
+        (loop $more
+          (br_if $more (i32.eqz (call $fd_write (i32.load (i32.const 16)) (i32.const 24) (i32.const 1)
+                                                (i32.const 32)))))
+        (call $proc_exit (i32.const 3))))
+    """, """
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+    """)
+    base = request(tmp_path, wasm)
+    small = replace(base, spec=base.spec.model_copy(update={"resources": Resources(memory="64MiB", disk="10MiB")}))
+    result = await executor.run(small)
+    assert result.exit_code != 0 and "disk limit exceeded" in result.stderr, result.stderr
+    assert (small.outputs_dir / "out" / "big").stat().st_size <= small.write_limit + 1
+
+
+def test_a_compile_ends_with_its_node(tmp_path: Path) -> None:
+    """The compiler was started without a tie to the node: after a kill -9 of the node it compiled on, for
+    up to the job's timeout, into the node's cache, unknown to the node that started next."""
+    (tmp_path / "in").mkdir()
+    step = "(local.set 0 (i64.add (local.get 0) (i64.mul (local.get 0) (i64.const 7))))"
+    slow = "(func (param i64) (result i64) " + step * 200_000 + " (local.get 0))"  # about 1.2 s each
+    (tmp_path / "in" / "prog.wasm").write_bytes(wasmtime.wat2wasm(f'(module {slow * 20} (func (export "_start")))'))
+    script = PEAK_SCRIPT.replace('memory="64MiB"), timeout=60', 'memory="2GiB"), timeout=600')
+    node = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (compilers := _compilers(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert compilers, "the compiler never started"
+    finally:
+        node.kill()
+        node.wait()
+    try:
+        deadline = time.monotonic() + 5
+        while _compilers(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _compilers(tmp_path)
+    finally:
+        for pid in _compilers(tmp_path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+def _compilers(under: Path) -> list[int]:
+    """The wasm compilers at work on a module under ``under``."""
+    found = []
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"compile" in argv and any(str(under).encode() in arg for arg in argv):
+                found.append(pid)
+    return found
+
+
+async def test_a_damaged_compiled_module_is_compiled_again_for_a_job_with_a_file_input(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """A compiled module that could not be loaded (a torn write, or trimmed from the cache as the run began)
+    is compiled again and the run retried: a file input's link, made for the first try, failed the second
+    ("executor crashed: SameFileError")."""
+    data = tmp_path / "fetched-blob"
+    data.write_text("single file\n")
+    code = tmp_path / "code.wasm"
+    code.write_bytes(COPY)
+    req = replace(request(tmp_path, COPY), inputs=(Mount(code, "/inputs/prog.wasm"), Mount(data, "/inputs/x")))
+    await executor.prepare(req)
+    (compiled,) = executor.cache_dir.glob("*.cwasm")
+    compiled.write_bytes(b"not machine code")
+    result = await executor.run(req)
+    assert result.stdout == "single file\ninputs read-only\n", result.stderr
