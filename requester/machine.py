@@ -472,7 +472,7 @@ class JobMachine:
             return p
         limit = spec.deadlines.bid_limit
         if now - p.state.waiting_since > limit:
-            why = waiting_reason(spec, known.nodes, p.state.held())
+            why = waiting_reason(spec, known.nodes, p.state.held(), quarantined=self.quarantined(known))
             self._finish(p, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
             return p
         impossible = never_runnable(spec, known.nodes) if known.complete else None
@@ -492,8 +492,13 @@ class JobMachine:
 
     def able(self, spec: JobSpec, known: Known) -> set[str]:
         """The known nodes whose bids on the job would be taken: able to run it, not quarantined."""
-        return {info.peer_id for info in known.nodes if can_ever_run(spec, info)
-                and not trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
+        barred = self.quarantined(known)
+        return {info.peer_id for info in known.nodes if can_ever_run(spec, info) and info.peer_id not in barred}
+
+    def quarantined(self, known: Known) -> set[str]:
+        """The known nodes whose bids and claims are refused (``trust.quarantined``)."""
+        return {info.peer_id for info in known.nodes
+                if trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
 
     def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
              silent: float | None = None) -> JobChanges:
@@ -519,11 +524,11 @@ class JobMachine:
 
     # -- the steps the entry points share ---------------------------------------------------------
 
-    @staticmethod
-    def _job_after_accept(p: JobChanges) -> Job | None:
+    def _job_after_accept(self, p: JobChanges) -> Job | None:
         """The job with its newly accepted executions in ``p.state``: running, or still short of nodes."""
         job, held = p.state.job, p.state.held()
-        reason = "running" if held >= job.spec.deal.concurrency else waiting_reason(job.spec, p.known.nodes, held)
+        reason = "running" if held >= job.spec.deal.concurrency else waiting_reason(
+            job.spec, p.known.nodes, held, quarantined=self.quarantined(p.known))
         if job.state is JobState.RUNNING and job.reason == reason:
             return None
         p.state = replace(p.state, job=job.transition(JobState.RUNNING, reason, p.now))
@@ -581,8 +586,7 @@ class JobMachine:
         if not verdict.verified:
             self._finish(p, JobState.FAILED, verdict.reason, updates, events)
             return verdicts
-        if trust.credited(verdict.accepted, pinned=bool(p.state.job.spec.selector)):
-            # nodes the submitter pinned (they may be its own) neither earn by agreeing nor cost a dissenter
+        if trust.credited(verdict.accepted, p.state.job.spec):
             for y in updates:
                 p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()

@@ -354,8 +354,7 @@ class SweepMachine:
         verdict = trust.verify(proposed, k)
         if verdict.verified:
             del self.proposals[i]
-            # nodes the submitter pinned (they may be its own) neither earn by agreeing nor cost a dissenter
-            credited = trust.credited(verdict.accepted, pinned=bool(self.sweep.spec.job.selector))
+            credited = trust.credited(verdict.accepted, self.sweep.spec.job)
             if credited:
                 p.credits += verdict.accepted
             for node in verdict.rejected:

@@ -66,14 +66,20 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
     """Nodes whose errors a job completed with a ``corroborated`` result proves wrong, to be held against them:
-    those that said it cannot run,
-    when its spec repeats exactly (the same engine on the same content gives every node the same outcome)
-    and the error is not the run's timeout (a node's speed is its own). Else an error may be the node's
-    world, not a lie: an input URL that refused one node, an image one registry had; any client could
-    get honest nodes quarantined by a URL answering 403 once."""
-    if not spec.repeats_exactly():
+    those that said it cannot run, when ``errors_tell`` says its errors are the same on every node, and the
+    error is not the run's timeout (a node's speed is its own)."""
+    if not errors_tell(spec):
         return set()
     return error_reporters(x for x in executions if x.error != spec.timed_out())
+
+
+def errors_tell(spec: JobSpec) -> bool:
+    """Whether a node's error for the job can be a lie: its spec repeats exactly (the same engine on the same
+    content gives every node the same outcome) and it fetches nothing. Else an error may be the node's world:
+    an input URL that refused one node, an image one registry had, a CID its IPFS could not find in time (a
+    node cut off from the peers holding it failed one sweep index after another, each held against it); any
+    client could get honest nodes quarantined by a URL answering 403 once."""
+    return spec.repeats_exactly() and not spec.inputs
 
 
 def error_confirmed(reporters: Set[str], able: Set[str], confidence: int, *, everyone: bool = True) -> bool:
@@ -109,12 +115,14 @@ def corroborated(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
     return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
 
 
-def credited(agreeing: Collection[str], *, pinned: bool) -> bool:
-    """Whether agreeing on a verified result counts for the nodes (it weighs against their rejections in
-    ``quarantined``): only when two or more agreed, on nodes the requester chose. A node vouching for
-    itself (confidence 1), or nodes the submitter ``pinned`` with a selector (they may be its own),
-    earn nothing: 300 such indexes once let two liars be outvoted again and again, never quarantined."""
-    return len(agreeing) >= 2 and not pinned
+def credited(agreeing: Collection[str], spec: JobSpec) -> bool:
+    """Whether a verdict counts for the nodes that agreed and against those it outvoted (agreeing weighs against
+    rejections in ``quarantined``): only when two or more agreed, on nodes the requester chose, on a job that
+    repeats exactly. A node vouching for itself (confidence 1), or nodes the submitter pinned with a
+    ``selector`` (they may be its own), earn nothing: 300 such indexes once let two liars be outvoted again and
+    again, never quarantined. Honest nodes disagree on a job that does not repeat exactly (a container printing
+    a coin flip): its client got honest nodes quarantined, the requester's own among them."""
+    return len(agreeing) >= 2 and not spec.selector and spec.repeats_exactly()
 
 
 def quarantined(reputation: tuple[int, int], after: int) -> bool:

@@ -305,7 +305,11 @@ def test_only_agreement_among_nodes_the_requester_chose_counts_for_them_or_again
     for kind, job_spec, nodes, credited, outvoted in (
             ("chosen", spec(concurrency=3, confidence=2), ("n-a", "n-b", "n-c"), (1, 0), (0, 1)),
             ("pinned", spec(concurrency=3, confidence=2, selector="owner=me"), ("n-a", "n-b", "n-c"), None, None),
-            ("its own word", spec(concurrency=1, confidence=1), ("n-a",), None, None)):
+            ("its own word", spec(concurrency=1, confidence=1), ("n-a",), None, None),
+            # a container's output may differ on honest nodes (a coin flip): a client got the requester's own
+            # node quarantined with one in seven jobs
+            ("not exactly repeatable", spec(concurrency=3, confidence=2).model_copy(
+                update={"engine": DockerEngine(image="busybox")}), ("n-a", "n-b", "n-c"), None, None)):
         state, changes = running(tracked(job_spec), *nodes), None
         for n in nodes:
             _, changes = machine().on_result(changes.state if changes else state, n,
@@ -324,6 +328,19 @@ def test_a_pinned_sweeps_verified_indexes_earn_its_nodes_nothing():
     report(m, "n-a", ok(0), 1.0)
     _, changes = report(m, "n-b", ok(0), 4.0)
     assert m.sweep.state is JobState.COMPLETED and changes.credits == []
+
+
+def test_a_sweep_that_does_not_repeat_exactly_judges_no_node_by_its_verdicts():
+    """A docker sweep printing a coin flip with --confidence 2: each index honest nodes disagreed on counted
+    against one of them."""
+    m = sweep_machine(1, confidence=2)
+    m.sweep = m.sweep.model_copy(update={"spec": m.sweep.spec.model_copy(update={"job": m.sweep.spec.job.model_copy(
+        update={"engine": DockerEngine(image="busybox")})})})
+    report(m, "n-a", ok(0), 1.0)
+    report(m, "n-b", IndexResult(index=0, result=RunResult(stdout="tails")), 4.0)
+    _, changes = report(m, "n-c", ok(0), 7.0)
+    assert m.sweep.state is JobState.COMPLETED and m.states == [JobState.COMPLETED]
+    assert changes.credits == [] and changes.penalties == []
 
 
 def test_results_that_tie_with_no_other_node_able_fail_the_job_and_blame_nobody():
@@ -423,14 +440,17 @@ def test_an_error_the_job_later_completes_despite_counts_against_its_reporter_on
     ("an input URL may answer nodes differently",
      spec().model_copy(update={"inputs": [InputSpec(source="https://example.com/frame1", path="/data")]}), "HTTP 403"),
     ("a node's speed is its own", spec(), "timed out after 10 s"),
+    ("a node's IPFS may not find a CID in time",
+     spec().model_copy(update={"inputs": [InputSpec(source="ipfs://bafkqaaa", path="/data")]}),
+     "bafkqaaa not found on the IPFS network within 30 s"),
 ])
 def test_an_error_a_node_may_honestly_meet_counts_not_against_it_when_another_completes(why, job_spec, error):
-    """Any client could get honest nodes quarantined with a URL answering 403 once, then 200."""
+    """Any client could get honest nodes quarantined with a URL answering 403 once, then 200. The requester's
+    own compute role completes the job: a result that shows any other error wrong."""
     state = running(tracked(job_spec), "n-a")
     _, changes = machine().on_result(state, "n-a", result("x-n-a", error=error), 5.0, KNOWN, signed=True)
-    _, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=1), 6.0,
-                                  KNOWN)
-    _, changes = machine().on_result(changes.state, "n-b", result("x-n-b"), 7.0, KNOWN, signed=True)
+    _, changes = machine().on_bid(changes.state, REQ, Bid(job_id="j-1", execution_id="x-2", attempt=1), 6.0, KNOWN)
+    _, changes = machine().on_result(changes.state, REQ, result("x-2"), 7.0, KNOWN, signed=True)
     assert changes.state.job.state is JobState.COMPLETED
     assert changes.writes[-1][0].reputation is None, why
 
@@ -1004,3 +1024,15 @@ def test_proposals_all_in_with_no_verdict_written_are_judged_at_the_next_tick():
     ticked = machine().tick(state.with_executions(*proposed), 9.0, KNOWN)
     assert ticked.finished and ticked.state.job.state is JobState.COMPLETED
     assert {s.peer for s in ticked.sends} == {"n-a", "n-b"}  # each node hears its verdict
+
+
+def test_a_job_waiting_on_a_quarantined_node_says_so():
+    """A job whose third slot only a quarantined node could take said "3 of 3 known nodes can run it" while it
+    waited for a node to join."""
+    known = Known(nodes=KNOWN.nodes, reputation={"n-c": (4, 3)})
+    state = tracked(spec(concurrency=3, confidence=2))
+    for n in ("n-a", "n-b"):
+        _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, known)
+        state = changes.state
+    assert state.job.reason == ("waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it "
+                                "(1 more quarantined); 2 of 3 accepted (another node must join)")
