@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 
@@ -124,3 +126,31 @@ async def test_a_url_that_refuses_one_node_gets_no_honest_node_quarantined(tmp_p
             assert not any(r.quarantined or r.rejected for r in nodes.reputation.values()), nodes.reputation
     finally:
         server.server.shutdown()
+
+
+async def test_a_container_honest_nodes_disagree_on_gets_no_node_quarantined(tmp_path, monkeypatch):
+    """A job that does not repeat exactly may honestly print different things on different nodes. A client's coin
+    flip with --confidence 2 got the node outvoted each time counted against it: the requester's own node was
+    quarantined within seven jobs."""
+    from executors.docker import DockerExecutor
+
+    if not DockerExecutor("probe").is_installed():
+        if os.environ.get("SHOAL_REQUIRE_DOCKER") == "1":
+            pytest.fail("no Docker daemon answers; run scripts/install-docker")
+        pytest.skip("no Docker daemon answers; run scripts/install-docker")
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    async with (Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=False,
+                         write_state=False) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        for node in stack.nodes[1:]:
+            await poll(lambda node=node: knows(client, node.peer_id), 30, "node 0 never heard of another node")
+        coin = "echo $(( $(od -An -N1 -tu1 /dev/urandom) % 2 ))"
+        split = 0
+        for _ in range(8):  # each job splits 2 to 1 with a chance of 3 in 4
+            d = await client.run({"engine": {"name": "docker", "image": "busybox", "args": ["sh", "-c", coin]},
+                                  "deal": {"concurrency": 3, "confidence": 2}}, timeout=120)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+            split += any(x.state is ExecutionState.REJECTED for x in d.executions)
+        assert split  # all eight agreeing has a chance of 1 in 65,536
+        nodes = await client.nodes()
+        assert not any(r.quarantined or r.rejected for r in nodes.reputation.values()), nodes.reputation
