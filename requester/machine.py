@@ -81,6 +81,12 @@ class Tracked:
     first_bid_at: float | None = None
     next_announce: float = 0.0
     announce_backoff: float = ANNOUNCE_BACKOFF_FIRST
+    resumed_at: float = 0.0  # when a restarted requester took it up again: results are awaited a full deadline
+
+    def accepted_since(self, x: Execution) -> float:
+        """Since when a result of ``x`` (accepted) is awaited: a requester down longer than a job's result
+        deadline failed each run on its first tick, before the node's result, held for it, could arrive."""
+        return max(x.updated_at, self.resumed_at)
 
     def held(self) -> int:
         return sum(1 for x in self.executions.values() if x.state.holds_slot)
@@ -108,7 +114,7 @@ class Tracked:
         spec, times = self.job.spec, []
         if spec.deal.min_bids and self.first_bid_at is not None and self.bidding():
             times.append(self.first_bid_at + spec.deadlines.min_bids)
-        running = [x.updated_at for x in self.executions.values() if x.state is ExecutionState.ACCEPTED]
+        running = [self.accepted_since(x) for x in self.executions.values() if x.state is ExecutionState.ACCEPTED]
         if running:
             times.append(min(running) + spec.result_deadline())
         if self.needed() > 0:
@@ -450,7 +456,7 @@ class JobMachine:
             self._notify(p, self._decide(p))
         deadline = spec.result_deadline()
         for x in list(p.state.executions.values()):
-            if x.state is ExecutionState.ACCEPTED and now - x.updated_at > deadline:
+            if x.state is ExecutionState.ACCEPTED and now - p.state.accepted_since(x) > deadline:
                 why = f"no result within {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
                       "and deliver)"
                 # the node's failure, as a "retry elsewhere" error is: a node taking the job again and again

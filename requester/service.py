@@ -111,7 +111,8 @@ class RequesterService(Driver[_Active]):
             bidding = any(x.state is ExecutionState.BIDDING for x in executions.values())
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
                                      waiting_since=now, next_announce=now + i / RESTORED_OFFERS_PER_SECOND,
-                                     first_bid_at=now if bidding else None))  # the min_bids wait starts again
+                                     first_bid_at=now if bidding else None,  # the min_bids wait starts again
+                                     resumed_at=now))
             if job.id in secrets and secrets[job.id] is None:
                 await self._apply(aj, self.machine.finish(
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "

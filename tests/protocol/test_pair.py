@@ -134,6 +134,26 @@ async def test_restarted_requester_finishes_its_jobs(tmp_path, autojump_clock):
             assert d.job.state is JobState.COMPLETED, d.job.reason
 
 
+async def test_a_requester_down_longer_than_a_result_deadline_takes_the_result_its_node_kept(tmp_path, autojump_clock):
+    """A restarted requester measured its running jobs' result deadline from their acceptance: down longer than
+    it, it failed each run at its first tick (the node's failure, counted towards barring it from the job),
+    before the node's result, held for it all along, could arrive."""
+    hub = MemoryHub()
+    job_spec = spec(timeout=5)
+    async with memory_node(hub, "a", tmp_path / "a", requester=False) as a:
+        a.noop.hooks.delay = 1.0
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1.5)
+            job, _ = await req.requester.submit(job_spec, "alice")
+            await trio.sleep(0.5)  # accepted, running
+        hub.transports.pop("req")
+        await trio.sleep(job_spec.result_deadline() + 5)  # the node's result waits for the requester
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            d = await wait_terminal(req.requester, job.id, timeout=60)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+            assert [(x.node_id, x.state) for x in d.executions] == [("a", ExecutionState.COMPLETED)]
+
+
 async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_the_wait_ends(tmp_path, autojump_clock):
     """The wait's start was kept in memory only: after a restart the job never chose among its bids, its nodes
     could not bid again (one live bid per job), and it sat pending until its bid limit (24 h)."""
