@@ -478,7 +478,7 @@ class JobMachine:
             return p
         limit = spec.deadlines.bid_limit
         if now - p.state.waiting_since > limit:
-            why = waiting_reason(spec, known.nodes, p.state.held(), quarantined=self.quarantined(known))
+            why = waiting_reason(spec, known.nodes, p.state.held(), barred=self.barred(p.state, known))
             self._finish(p, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
             return p
         impossible = never_runnable(spec, known.nodes) if known.complete else None
@@ -505,6 +505,12 @@ class JobMachine:
         """The known nodes whose bids and claims are refused (``trust.quarantined``)."""
         return {info.peer_id for info in known.nodes
                 if trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
+
+    def barred(self, state: Tracked, known: Known) -> set[str]:
+        """The known nodes whose bids on the job are refused: quarantined, or done with it (``trust.nodes_left``:
+        a concurrency-3 job on three nodes, one of them failing it twice, said all three could run it)."""
+        ids = {info.peer_id for info in known.nodes}
+        return self.quarantined(known) | (ids - trust.nodes_left(state.executions.values(), ids))
 
     def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
              silent: float | None = None) -> JobChanges:
@@ -534,7 +540,7 @@ class JobMachine:
         """The job with its newly accepted executions in ``p.state``: running, or still short of nodes."""
         job, held = p.state.job, p.state.held()
         reason = "running" if held >= job.spec.deal.concurrency else waiting_reason(
-            job.spec, p.known.nodes, held, quarantined=self.quarantined(p.known))
+            job.spec, p.known.nodes, held, barred=self.barred(p.state, p.known))
         if job.state is JobState.RUNNING and job.reason == reason:
             return None
         p.state = replace(p.state, job=job.transition(JobState.RUNNING, reason, p.now))

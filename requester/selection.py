@@ -64,21 +64,23 @@ def _label_sets(nodes: list[NodeInfo]) -> str:
 
 
 def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahead: int | None = None,
-                   quarantined: Collection[str] = ()) -> str:
+                   barred: Collection[str] = ()) -> str:
     """A human explanation for a job short of nodes: 'queued: 412 jobs ahead, 0 of 3 nodes free' when the
     nodes that could run it are busy (``ahead``: the requester's jobs that have waited longer, if known),
-    else e.g. 'waiting for bids: 1 of 3 nodes accepted ...'. A ``quarantined`` node is not one that can run it
-    (a job waited for one whose bids it refuses, saying all three known nodes could)."""
+    else e.g. 'waiting for bids: 1 of 3 nodes accepted ...'. A ``barred`` node, whose bids on it are refused
+    (quarantined, or done with the job), is not one that can run it: a job waited for one, saying all three
+    known nodes could."""
     nodes = list(nodes)
     need = spec.deal.concurrency
-    able = [n for n in nodes if can_ever_run(spec, n) and n.peer_id not in quarantined]
+    able = [n for n in nodes if can_ever_run(spec, n) and n.peer_id not in barred]
     free_now = [n for n in able if spec.resources.fits_in(n.free)]
     if not nodes:
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
-    barred = sum(1 for n in nodes if n.peer_id in quarantined and can_ever_run(spec, n))
-    if barred and len(able) < need:
+    refused = sum(1 for n in nodes if n.peer_id in barred and can_ever_run(spec, n))
+    if refused and len(able) < need:
         return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes may run it "
-                f"({barred} more quarantined); {accepted} of {need} accepted (another node must join)")
+                f"({refused} more quarantined or done with it); {accepted} of {need} accepted (another node "
+                "must join)")
     if able and len(able) < need:  # every able node may run it already: only a node yet to join completes it
         return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes can run it; "
                 f"{accepted} of {need} accepted (another node must join)")

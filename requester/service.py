@@ -280,9 +280,9 @@ class RequesterService(Driver[_Active]):
         if not state.is_open() or state.waiting_since > now or state.slots() > state.job.spec.deal.concurrency:
             return aj.job  # running, waiting out a retry's backoff, or asking one more node to break a tie
         ahead = self._queue.ahead(state.waiting_since, now)
-        nodes = self.known_nodes()
-        barred = {n.peer_id for n in nodes if self.quarantined(n.peer_id)}
-        reason = waiting_reason(state.job.spec, nodes, state.held(), ahead, quarantined=barred)
+        known = self._known()
+        reason = waiting_reason(state.job.spec, known.nodes, state.held(), ahead,
+                                barred=self.machine.barred(state, known))
         return aj.job if reason == aj.job.reason else aj.job.model_copy(update={"reason": reason})
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:

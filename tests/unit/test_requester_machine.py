@@ -54,6 +54,7 @@ from requester.machine import (
     Tracked,
 )
 from requester.ports import NodeJudge, RequesterStore
+from requester.selection import waiting_reason
 from requester.sweep_machine import SweepMachine
 
 REQ = "req"
@@ -1035,4 +1036,19 @@ def test_a_job_waiting_on_a_quarantined_node_says_so():
         _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, known)
         state = changes.state
     assert state.job.reason == ("waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it "
-                                "(1 more quarantined); 2 of 3 accepted (another node must join)")
+                                "(1 more quarantined or done with it); 2 of 3 accepted (another node must join)")
+
+
+def test_a_job_waiting_on_a_node_done_with_it_says_so():
+    """A concurrency-3 job on three nodes, one of them restarted twice while it ran it (and so barred from it),
+    said "3 of 3 known nodes can run it, 3 have room now" while it waited a day for a node to join."""
+    state = running(tracked(spec(concurrency=3)), "n-a", "n-b")
+    lost = "node restarted while running the job"
+    state = state.with_executions(*(Execution(
+        id=f"x-c{i}", job_id="j-1", node_id="n-c", requester=REQ, attempt=i, created_at=i, updated_at=i,
+        state=ExecutionState.FAILED, reason=lost, error=lost, retryable=True) for i in (0, 1)))
+    barred = machine().barred(state, KNOWN)
+    assert barred == {"n-c"}
+    assert waiting_reason(state.job.spec, KNOWN.nodes, state.held(), barred=barred) == (
+        "waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it (1 more quarantined or done with "
+        "it); 2 of 3 accepted (another node must join)")
