@@ -74,6 +74,7 @@ class SweepMachine:
         self.bounded_events: Counter[EventKind] = Counter()  # of each kind MAX_KIND_EVENTS bounds
         self.next_announce = next_announce
         self.backoff = ANNOUNCE_BACKOFF_FIRST
+        self.restored_at: float | None = None  # when a restarted requester rebuilt it from the store
 
     @classmethod
     def new(cls, sweep: Sweep, node_id: str) -> SweepMachine:
@@ -87,6 +88,7 @@ class SweepMachine:
         machine = cls(sweep, node_id, states=[r[1] for r in rows], attempts=[r[3] for r in rows],
                       retries=[r[5] for r in rows], pending=[r[0] for r in rows if r[1] is JobState.PENDING],
                       next_announce=now)
+        machine.restored_at = now
         for index, state, _, _, node, _ in rows:
             if state is JobState.RUNNING and node:
                 machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now, now)).indexes.add(index)
@@ -170,7 +172,7 @@ class SweepMachine:
         p.counts["claims"] += 1
         if quarantined:
             return self._quarantined(p, peer, msg), p
-        view, restored = self._view(peer, msg)
+        view, restored = self._view(peer, msg, now)
         check = check_claim(peer, msg, view)
         events = self._refused(p, peer, msg, check) if check.refused or check.whole else []
         if check.whole:
@@ -262,18 +264,21 @@ class SweepMachine:
             claim.progressed = now
         return granted
 
-    def _view(self, peer: str, msg: Claim) -> tuple[ClaimView, str | None]:
+    def _view(self, peer: str, msg: Claim, now: float) -> tuple[ClaimView, str | None]:
         """The claim a message names, as the rules see it; and the restored claim it would adopt."""
         claim = self.claims.get(msg.claim_id)
         if claim is not None:
             return ClaimView(holder=claim.node, held=claim.indexes, reported=claim.reported), None
         if msg.claim_id in self.expired:
             return ClaimView(holder=self.expired[msg.claim_id], expired=True), None
+        # a claim we do not know, within two leases of our restart: one we forgot, or answered before it and
+        # committed (an honest node's re-sent batch counted against it; three restarts quarantined it)
+        forgiven = self.restored_at is not None and now - self.restored_at <= 2 * self.sweep.spec.job.deadlines.silence
         restored = f"{RESTORED}{peer}"
         if restored in self.claims:
-            return ClaimView(held=self.claims[restored].indexes), restored
+            return ClaimView(held=self.claims[restored].indexes, forgiven=forgiven), restored
         # the claim it held when we restarted lapsed before it reached us again
-        return ClaimView(expired=bool(msg.results) and restored in self.expired), None
+        return ClaimView(expired=bool(msg.results) and restored in self.expired, forgiven=forgiven), None
 
     def _refused(self, p: Changes, peer: str, msg: Claim, check: ClaimCheck) -> list[Event]:
         """Count a refusal, hold it against the sender when it is evidence, and describe the first few."""

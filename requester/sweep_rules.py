@@ -31,6 +31,9 @@ class ClaimView:
     held: Set[int] = frozenset()  # indexes granted to it and not reported yet
     reported: Set[int] = frozenset()  # indexes it reported before (a re-sent batch repeats them)
     expired: bool = False  # its lease lapsed and its indexes were taken back
+    # the requester restarted since it last heard the claim: a node re-sends the batch we wrote and could not
+    # answer, or one of a lease that lapsed before the restart (what it then forgot): no evidence against it
+    forgiven: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def check_claim(sender: str, msg: Claim, view: ClaimView) -> ClaimCheck:
         else:
             refused.append(i)
     return ClaimCheck(results=results, released=released, refused=refused, repeated=repeated,
-                      against_sender=bool(refused))
+                      against_sender=bool(refused) and not view.forgiven)
 
 
 def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], confidence: int) -> bool:

@@ -10,6 +10,7 @@ import trio
 
 from executors import ExecutorError
 from jobs import EventKind, JobState
+from jobs.messages import decode
 from jobs.sweep import SweepSpec, index_ranges
 from requester import IdempotencyConflict
 from tests.memnet import MemoryHub, memory_node
@@ -254,6 +255,41 @@ async def test_a_restarted_requester_carries_on_with_its_sweep(tmp_path, autojum
                 assert all(x.reason == "completed, verified by 2 of 2 nodes" for x in records)
             again, created = await r.sweeps.submit(spec, "alice", "k")
             assert again.id == s.id and not created
+
+
+async def test_a_batch_the_requester_wrote_and_died_before_answering_counts_not_against_its_node(
+        tmp_path, autojump_clock):
+    """Killed after it wrote a claim's results and before its reply left, the requester came back to the node
+    re-sending the batch, as it must, and counted it as results for indexes never granted: three such
+    restarts quarantined an honest node, and a sweep with no other node never finished."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        worker = await stack.enter_async_context(memory_node(hub, "w", tmp_path / "w", requester=False))
+        worker.noop.hooks.delay = 0.1
+        spec = sweep(grid={"i": [str(i) for i in range(40)]})
+        for crash in range(3):
+            died = trio.Event()
+            async with memory_node(hub, "r", tmp_path / "r", compute=False) as r:
+                await trio.sleep(1.5)
+                answer = r.transport.dispatcher.on_request
+
+                async def on_request(peer, data, answer=answer, died=died):
+                    reply = await answer(peer, data)  # the claim's results and grants are written here
+                    if decode(data).kind == "claim" and decode(data).results and not died.is_set():
+                        died.set()
+                        await trio.sleep_forever()  # the reply never leaves: kill -9
+                    return reply
+
+                r.transport.dispatcher.on_request = on_request
+                if crash == 0:
+                    s, _ = await r.sweeps.submit(spec, "alice")
+                await died.wait()
+            await trio.sleep(3)
+        async with memory_node(hub, "r", tmp_path / "r", compute=False) as r:
+            d = await finished(r.sweeps, s.id, timeout=120)
+            assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 40}
+            assert r.requester.reputation.get("w", (0, 0))[1] == 0 and not r.requester.quarantined("w")
+            assert r.sweeps.counters["penalties"] == 0
 
 
 async def test_results_too_large_for_one_message_arrive_in_several(tmp_path, autojump_clock):

@@ -134,3 +134,9 @@ def test_an_error_where_nodes_may_see_different_worlds_is_not_contradicted():
     assert contradicted({"refused": "boom"}, "a", FROM_A_URL) == []
     from_a_cid = JobSpec(engine=NoopEngine(), inputs=[InputSpec(source="ipfs://bafkqaaa", path="/data")])
     assert contradicted({"cut-off": "bafkqaaa not found on the IPFS network within 30 s"}, "a", from_a_cid) == []
+
+
+def test_what_a_node_re_sends_across_a_requester_restart_is_refused_without_counting_against_it():
+    """The batch a requester wrote and could not answer before it died comes again: its indexes have ended."""
+    check = check_claim("a", claim(done(3), done(4), released=[7]), ClaimView(held={4}, forgiven=True))
+    assert [r.index for r in check.results] == [4] and check.refused == [3, 7] and not check.against_sender
