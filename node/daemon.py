@@ -208,6 +208,22 @@ def raise_open_files_limit(most: int = 65_536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class PeerNoise(logging.Filter):
+    """py-libp2p's records in the node's log, with its time and level: they printed bare (its loggers do not
+    propagate, so Python's last resort wrote them). What it logs as an error, a network of peers does every
+    day (a stream a peer reset, a message it cut short): a warning here. A failed dial it logged four times a
+    second while a peer was down; the node logs its own ("dial to … failed")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("libp2p"):
+            return True
+        if record.name == "libp2p.transport.tcp.tcp" and str(record.msg).startswith("Failed to open TCP stream"):
+            return False
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class OncePer(logging.Filter):
     """Lets one record through per ``interval`` seconds, as a warning without its traceback, saying how many
     it held back. Trio's accept loop logs a whole traceback every 0.1 s while the process is out of file
@@ -242,6 +258,11 @@ def main(config: NodeConfig) -> None:
     """
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import libp2p  # noqa: F401 - its import sets its loggers apart (propagate off), which this undoes
+
+    logging.getLogger("libp2p").propagate = True
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PeerNoise())
     for noisy in ("libp2p", "multiaddr", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("trio.serve_listeners").addFilter(OncePer(10.0))
