@@ -1,4 +1,4 @@
-"""``shoal ui``: the web dashboard (``cli.ui``), served on 127.0.0.1 until Ctrl-C."""
+"""``shoal ui``: the web dashboard (``cli.ui``), served on a loopback address until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ UI_MODULES = ("trio", "hypercorn")  # of the node extra: the dashboard is served
 def ui(
     ctx: typer.Context,
     port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535,
-        help="Port on 127.0.0.1 (0: any free port).")] = 8790,
+        help="Port (default: any free one, on a loopback address chosen at random: an address nobody can "
+             "prepare a page for).")] = 0,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the dashboard in your web browser.")] = False,
 ) -> None:  # fmt: skip
-    """A web dashboard of your jobs, sweeps and the network's nodes, on http://127.0.0.1:PORT.
+    """A web dashboard of your jobs, sweeps and the network's nodes, on http://127.a.b.c:PORT.
 
     It proxies the node's API (--api, $SHOAL_API, the config file or the running devstack), signing
     every call with your client key; the key never reaches the browser, and only the dashboard's own
@@ -52,7 +53,7 @@ def ui(
         if failed is not None:
             from cli.errors import CLIError
 
-            raise CLIError(f"cannot serve the dashboard on 127.0.0.1:{port}: {failed.strerror or failed}") from None
+            raise CLIError(f"cannot serve the dashboard on port {port}: {failed.strerror or failed}") from None
         if not stopped:
             raise
 

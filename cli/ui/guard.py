@@ -2,8 +2,9 @@
 
 The proxy holds the user's key, so any page the browser shows could try to use it. It accepts:
 
-- only requests whose ``Host`` names the proxy itself (``127.0.0.1:PORT`` or ``localhost:PORT``),
-  so a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is refused even for the page;
+- only requests whose ``Host`` names the proxy itself (its address and port: ``127.a.b.c:PORT``, and
+  ``localhost:PORT`` when that address is 127.0.0.1), so a DNS-rebinding page (``evil.example`` resolved to
+  127.0.0.1) is refused even for the page;
 - the page to anyone: it holds no secret. The session token is in the address ``shoal ui`` prints, in its
   fragment (``/#key=TOKEN``), which a browser never sends to any server; the page keeps it in its own
   origin's storage. Never in a cookie: a browser sends a cookie for 127.0.0.1 to every port of
@@ -26,7 +27,7 @@ TOKEN_HEADER = "x-shoal-ui-token"
 TOKEN_PARAM = "token"  # EventSource cannot send headers: /ui/live takes the token as a query parameter
 KEY_PARAM = "key"  # the address shoal ui prints: /#key=TOKEN (a fragment: it reaches no server)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
-LOCAL_NAMES = ("127.0.0.1", "localhost")
+LOOPBACK = "127.0.0.1"
 
 # What /api/... may reach upstream: the node's v1 routes and its unsigned health and metrics.
 _UPSTREAM_PATH = re.compile(r"^/(v1/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*|metrics|healthz|readyz)$")
@@ -38,15 +39,16 @@ class Refusal:
     message: str
 
 
-def own_hosts(port: int) -> frozenset[str]:
-    """The ``Host`` values (lower case) the proxy answers to."""
-    return frozenset(f"{name}:{port}" for name in LOCAL_NAMES)
+def own_hosts(address: str, port: int) -> frozenset[str]:
+    """The ``Host`` values (lower case) the proxy on ``address:port`` answers to."""
+    names = (address, "localhost") if address == LOOPBACK else (address,)
+    return frozenset(f"{name}:{port}" for name in names)
 
 
-def check_host(host: str | None, port: int) -> Refusal | None:
+def check_host(host: str | None, address: str, port: int) -> Refusal | None:
     """Refuse a request not addressed to the proxy by its own name (DNS rebinding)."""
-    if (host or "").lower() not in own_hosts(port):
-        return Refusal(403, f"this dashboard answers only at http://127.0.0.1:{port} (Host {host!r} refused)")
+    if (host or "").lower() not in own_hosts(address, port):
+        return Refusal(403, f"this dashboard answers only at http://{address}:{port} (Host {host!r} refused)")
     return None
 
 

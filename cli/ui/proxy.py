@@ -28,9 +28,10 @@ _RESPONSE_HEADERS = (b"content-type", b"content-disposition", b"retry-after", b"
 class Dashboard:
     """``Dashboard(http, port=…)``: ``http`` is an SDK client's signed ``httpx.AsyncClient`` for the node."""
 
-    def __init__(self, http: httpx.AsyncClient, *, port: int, token: str | None = None,
-                 static: Path = STATIC) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, port: int, address: str = guard.LOOPBACK,
+                 token: str | None = None, static: Path = STATIC) -> None:
         self.http = http
+        self.address = address  # the loopback address it is served on
         self.port = port  # the port the browser reaches us on (set once bound when started on port 0)
         self.token = token or secrets.token_urlsafe(32)
         self.static = static
@@ -45,7 +46,7 @@ class Dashboard:
             return
         headers = _headers(scope)
         host = headers.get("host", "")
-        if (refusal := guard.check_host(host, self.port)) is not None:
+        if (refusal := guard.check_host(host, self.address, self.port)) is not None:
             return await send_error(send, refusal.status, "forbidden", refusal.message)
         path, method = scope["path"], scope["method"]
         query = scope.get("query_string", b"").decode("latin-1")
@@ -80,7 +81,7 @@ class Dashboard:
 
     def url(self) -> str:
         """The address to open: it carries the session's key in its fragment, which reaches no server (``guard``)."""
-        return f"http://{guard.LOCAL_NAMES[0]}:{self.port}/#{guard.KEY_PARAM}={self.token}"
+        return f"http://{self.address}:{self.port}/#{guard.KEY_PARAM}={self.token}"
 
     async def _static(self, send: Send, name: str) -> None:
         path = self.static / name

@@ -47,7 +47,7 @@ def _browser_missing() -> str | None:
 
 @dataclass
 class Dashboard:
-    url: str  # http://127.0.0.1:PORT/
+    url: str  # http://127.a.b.c:PORT/
     key: str  # what the printed address carries (#key=…), without which the API refuses the page
     spare_port: int  # free for a test's own server: in the stack's span, as the dashboard's port is
     stack: Stack
@@ -66,7 +66,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
                               stderr=subprocess.PIPE, text=True, env=stack.env, start_new_session=True)
         try:
             banner = _read_until(ui, "Ctrl-C stops it", timeout=30)
-            url, session = re.search(r"(http://127\.0\.0\.1:\d+/)#key=(\S+) ", banner).groups()
+            url, session = re.search(r"(http://127\.\d+\.\d+\.\d+:\d+/)#key=(\S+) ", banner).groups()
             key = ClientKey.load(home / "client.key")
             with Client(stack.nodes[0]["api"], key=key) as client:
                 yield Dashboard(url, session, base + DEVSTACK_SPAN - 2, stack, client)

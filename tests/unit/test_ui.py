@@ -102,11 +102,25 @@ def _api(**extra: str) -> dict[str, str]:
 
 
 def test_only_the_proxys_own_names_are_answered() -> None:
-    assert guard.check_host(f"127.0.0.1:{PORT}", PORT) is None
-    assert guard.check_host(f"localhost:{PORT}", PORT) is None
+    assert guard.check_host(f"127.0.0.1:{PORT}", "127.0.0.1", PORT) is None
+    assert guard.check_host(f"localhost:{PORT}", "127.0.0.1", PORT) is None
     for host in (f"evil.example:{PORT}", "127.0.0.1:1", "127.0.0.1", "", None):
-        refusal = guard.check_host(host, PORT)
+        refusal = guard.check_host(host, "127.0.0.1", PORT)
         assert refusal is not None and refusal.status == 403
+    assert guard.check_host(f"127.9.8.7:{PORT}", "127.9.8.7", PORT) is None  # a session's own address
+    for host in (f"127.0.0.1:{PORT}", f"localhost:{PORT}"):  # which is not that of this session
+        assert guard.check_host(host, "127.9.8.7", PORT) is not None
+
+
+def test_each_session_is_served_on_a_loopback_address_of_its_own() -> None:
+    """Served on 127.0.0.1:8790 by default, the dashboard had an origin any local user could prepare a page for:
+    a service worker (or a cached script) planted there while no dashboard ran took the next session's key."""
+    from cli.ui.server import session_address
+
+    addresses = {session_address() for _ in range(20)}
+    assert len(addresses) == 20 and all(a.startswith("127.") and a != "127.0.0.1" for a in addresses), addresses
+    dashboard = Dashboard(httpx.AsyncClient(), port=PORT, address="127.9.8.7", token=TOKEN)
+    assert dashboard.url() == f"http://127.9.8.7:{PORT}/#key={TOKEN}"
 
 
 def test_a_caller_needs_the_token_and_state_changes_need_the_own_origin() -> None:
@@ -388,7 +402,7 @@ def test_shoal_ui_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
 
     repo = Path(__file__).resolve().parents[2]
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("0.0.0.0", 0))  # on every address: the dashboard's own is one at random
         taken.listen()
         port = taken.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": str(repo), "SHOAL_HOME": str(tmp_path), "SHOAL_API": "http://127.0.0.1:9"}
@@ -396,7 +410,7 @@ def test_shoal_ui_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
                                 text=True, env=env, cwd=repo, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
-        f"Error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use"]
+        f"Error: cannot serve the dashboard on port {port}: Address already in use"]
 
 
 # -- a hostile or hung node ----------------------------------------------------------------------------------
