@@ -76,6 +76,7 @@ def upstream_path(path: str) -> str | None:
     if not path.startswith("/api/"):
         return None
     rest = path[len("/api"):]
-    if not _UPSTREAM_PATH.match(rest) or any(part in (".", "..") for part in rest.split("/")):
+    # fullmatch: a regex's $ also matches before a final newline (/v1/jobs%0a passed, and the proxy failed on it)
+    if not _UPSTREAM_PATH.fullmatch(rest) or any(part in (".", "..") for part in rest.split("/")):
         return None
     return rest
