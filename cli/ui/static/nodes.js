@@ -1,12 +1,16 @@
 // Nodes: what the requester knows of each compute node (its last node info: engines, labels,
 // capacity, running work, backlog) and how their results fared (reputation, quarantine). Node info
 // has no stream: the page reads it again every few seconds while shown, patching the cards in place
-// (a card rebuilt under the pointer would swallow a click on its link).
+// (a card rebuilt under the pointer would swallow a click on its link). Any peer can gossip node info under
+// as many identities as it likes, and the requester keeps up to 4,096: the page shows the SHOWN it has known
+// longest (its list's order; a flood's identities are the newest), and reads the list again only a while
+// after the last read and render ended, longer when they took long (4,096 cards every 3 s froze the tab).
 
 import { api, ordered } from './api.js';
 import { fill, h, bytes, errorBox, patch, short } from './dom.js';
 
 const EVERY = 3000;
+const SHOWN = 200;
 
 function bar(label, free, total, show) {
   const used = Math.max(0, total - free);
@@ -44,7 +48,10 @@ function poll(view, render) {
   const place = h('div', { class: 'nodes' });
   view.append(message, place);
   const inOrder = ordered();
+  let timer = null;
+  let stopped = false;
   async function load() {
+    const started = performance.now();
     try {
       const list = await inOrder(api('/v1/nodes'));
       if (list === undefined) return;
@@ -52,11 +59,12 @@ function poll(view, render) {
       render(place, list);
     } catch (error) {
       fill(message, errorBox(error));
+    } finally {
+      if (!stopped) timer = setTimeout(load, Math.max(EVERY, 10 * (performance.now() - started)));
     }
   }
   load();
-  const timer = setInterval(load, EVERY);
-  return () => clearInterval(timer);
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 export function nodesPage(view) {
@@ -66,8 +74,9 @@ export function nodesPage(view) {
     const total = list.nodes.reduce((a, n) => a + n.total.cpu, 0);
     const free = list.nodes.reduce((a, n) => a + n.free.cpu, 0);
     const running = list.nodes.reduce((a, n) => a + n.running, 0);
-    summary.textContent = `${list.nodes.length} compute nodes known · ${Math.round((total - free) * 100) / 100} of ${total} CPU in use · ${running} running`;
-    patch(place, list.nodes.map((n) => card(n, list.reputation[n.peer_id], false)),
+    const more = list.nodes.length > SHOWN ? ` · the ${SHOWN} known longest shown (shoal nodes lists all)` : '';
+    summary.textContent = `${list.nodes.length} compute nodes known · ${Math.round((total - free) * 100) / 100} of ${total} CPU in use · ${running} running${more}`;
+    patch(place, list.nodes.slice(0, SHOWN).map((n) => card(n, list.reputation[n.peer_id], false)),
       list.nodes.length ? null : h('p', { class: 'empty' }, 'no compute node known yet'));
   });
 }
