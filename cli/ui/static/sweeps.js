@@ -27,6 +27,7 @@ export function sweepsPage(view, params) {
       h('thead', {}, h('tr', {}, ['Sweep', 'State', 'Indexes', 'Progress', 'Reason', 'Created'].map((t) => h('th', {}, t)))),
       body));
   let closeLive = () => {};
+  let watching = ''; // what the open stream follows: reopened only when that changes
   let stopped = false; // the page was left: a load still under way opens no stream nobody would close
   const inOrder = ordered();
 
@@ -58,9 +59,13 @@ export function sweepsPage(view, params) {
     patch(pager,
       h('button', { disabled: offset === 0, onclick: () => { location.hash = `#/sweeps?offset=${Math.max(0, offset - PAGE)}`; } }, '‹ newer'),
       h('button', { disabled: last >= list.total, onclick: () => { location.hash = `#/sweeps?offset=${offset + PAGE}`; } }, 'older ›'));
-    closeLive();
     const open = list.sweeps.filter((s) => !TERMINAL.has(s.state)).map((s) => s.id);
     const watch = offset === 0 ? { what: 'sweeps', total: list.total, newest: list.sweeps[0]?.id } : null;
+    // a new stream replays each sweep's events from its start, and each event reloads the list: reopening it on
+    // every reload looped twice a second while any sweep listed ran, the node replaying every history each time
+    if (JSON.stringify([open, watch]) === watching) return;
+    watching = JSON.stringify([open, watch]);
+    closeLive();
     closeLive = live(open, watch, { event: () => reload(), end: () => reload(), list: () => reload() });
   }
   const reloads = coalesce(() => load(), 500);
