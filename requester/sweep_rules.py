@@ -104,7 +104,7 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
 def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:
     """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result: by the
     job's rule (``trust.proven_wrong``), those that said the index cannot run, but for its timeout, when
-    its errors can be lies (``trust.errors_tell``)."""
-    if not trust.errors_tell(spec):
+    the template repeats exactly."""
+    if not spec.repeats_exactly():
         return []
     return sorted(n for n, error in reports.items() if n != runner and error not in (None, spec.timed_out()))

@@ -66,20 +66,15 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
     """Nodes whose errors a job completed with a ``corroborated`` result proves wrong, to be held against them:
-    those that said it cannot run, when ``errors_tell`` says its errors are the same on every node, and the
-    error is not the run's timeout (a node's speed is its own)."""
-    if not errors_tell(spec):
+    those that said it cannot run, when its spec repeats exactly (the same engine on the same content gives
+    every node the same outcome) and the error is not the run's timeout (a node's speed is its own). Else an
+    error may be the node's world, not a lie: an input URL that refused one node, an image one registry had;
+    any client could get honest nodes quarantined by a URL answering 403 once. (What depends on the node's
+    network even for such a spec, a CID its IPFS could not find in time, it reports as retryable: never
+    held against it.)"""
+    if not spec.repeats_exactly():
         return set()
     return error_reporters(x for x in executions if x.error != spec.timed_out())
-
-
-def errors_tell(spec: JobSpec) -> bool:
-    """Whether a node's error for the job can be a lie: its spec repeats exactly (the same engine on the same
-    content gives every node the same outcome) and it fetches nothing. Else an error may be the node's world:
-    an input URL that refused one node, an image one registry had, a CID its IPFS could not find in time (a
-    node cut off from the peers holding it failed one sweep index after another, each held against it); any
-    client could get honest nodes quarantined by a URL answering 403 once."""
-    return spec.repeats_exactly() and not spec.inputs
 
 
 def error_confirmed(reporters: Set[str], able: Set[str], confidence: int, *, everyone: bool = True) -> bool:

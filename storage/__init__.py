@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storage.base import InputSource, Publisher, parse_ipfs_source
-    from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable, Unsafe
+    from storage.errors import (
+        Corrupted,
+        InvalidSource,
+        NotFound,
+        NotFoundInTime,
+        StorageError,
+        TooLarge,
+        Unavailable,
+        Unsafe,
+    )
     from storage.http import HttpInput
     from storage.kubo import DEFAULT_API, DEFAULT_FIND_TIMEOUT, KuboClient, KuboInput, KuboPublisher, PathStat
     from storage.local import LocalInput, LocalPublisher
@@ -42,6 +51,7 @@ _WHERE = {
     "LocalInput": "storage.local",
     "LocalPublisher": "storage.local",
     "NotFound": "storage.errors",
+    "NotFoundInTime": "storage.errors",
     "PathStat": "storage.kubo",
     "Publisher": "storage.base",
     "StorageError": "storage.errors",
@@ -87,6 +97,7 @@ __all__ = [
     "LocalInput",
     "LocalPublisher",
     "NotFound",
+    "NotFoundInTime",
     "PathStat",
     "Publisher",
     "StorageError",

@@ -44,6 +44,15 @@ class NotFound(StorageError):
     """The content does not exist (HTTP 404, no such path in a directory) or was not found in time."""
 
 
+class NotFoundInTime(NotFound):
+    """Nobody offered the content within the lookup's time: this node's view of the network (cut off from the
+    peers that hold it, a slow lookup), which another node may not share, so the job may run elsewhere. Not
+    retryable, a node reporting it was "proven wrong" once another node ran the job, and one cut off from a
+    sweep's inputs was quarantined by the penalties of one sweep."""
+
+    retryable = True
+
+
 class TooLarge(StorageError):
     """The content is larger than the limit it is fetched under."""
 

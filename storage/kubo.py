@@ -11,7 +11,8 @@ Shoal that talks to Kubo, and the only place its errors are translated:
     HTTP 200 without Kubo's JSON, or JSON of another shape → Unavailable ("… not Kubo's JSON")
     Message "…not found…", "no link named…", "not pinned" → NotFound
     Message "invalid path/cid…"           → InvalidSource
-    "context deadline exceeded" on a lookup → NotFound ("… not found on the IPFS network within 30 s")
+    "context deadline exceeded" on a lookup → NotFoundInTime ("… not found on the IPFS network within 30 s",
+    retryable: it is this node's view of the network)
     anything else                         → StorageError with Kubo's message
 
 Imports always pass Kubo's default settings explicitly (CIDv0, sha2-256, 256 KiB chunks, dag-pb
@@ -39,7 +40,7 @@ import httpx
 import trio
 
 from storage.base import parse_ipfs_source
-from storage.errors import Corrupted, InvalidSource, NotFound, StorageError, TooLarge, Unavailable
+from storage.errors import InvalidSource, NotFound, NotFoundInTime, StorageError, TooLarge, Unavailable
 from storage.tarsafe import MAX_ENTRIES
 from storage.tarstream import extract_tar
 from storage.unixfs import CHUNK_SIZE, HAMT_FANOUT, MAX_LINKS, is_cid
@@ -257,7 +258,7 @@ class KuboClient:
             return await self._call("files/stat", params, read_timeout=(find_timeout or 0) + self.call_timeout,
                                     shape=shape)
         except _DeadlineExceeded:
-            raise NotFound(f"{ipfs_path.removeprefix('/ipfs/')} not found on the IPFS network within "
+            raise NotFoundInTime(f"{ipfs_path.removeprefix('/ipfs/')} not found on the IPFS network within "
                            f"{find_timeout:g} s") from None
 
     async def iter_cat(self, ipfs_path: str) -> AsyncGenerator[bytes, None]:
@@ -526,8 +527,8 @@ async def _save_stream(chunks: AsyncGenerator[bytes, None], dest: Path, expected
                 if received > max_bytes:
                     raise TooLarge(f"more than the limit of {max_bytes} bytes", limit=max_bytes)
                 await f.write(chunk)
-        if received != expected:
-            raise Corrupted(f"transfer ended after {received} of {expected} bytes")
+        if received != expected:  # the connection's doing, not the content's: another node may fare better
+            raise Unavailable(f"transfer ended after {received} of {expected} bytes")
     except BaseException:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(lambda: dest.unlink(missing_ok=True))

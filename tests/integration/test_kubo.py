@@ -215,6 +215,9 @@ async def test_missing_cid_fails_within_the_deadline_with_a_clear_reason(b, tmp_
     assert trio.current_time() - start < 6
     assert f"{missing} not found on the IPFS network within 2 s" in str(info.value)
     assert not (tmp_path / "x").exists()
+    # this node's view of the network (another may find it): retryable, so never held against the node (one cut off
+    # from a sweep's inputs was quarantined by the penalties of that sweep once other nodes ran its indexes)
+    assert info.value.retryable
 
 
 async def test_kubo_errors_are_translated(a, cluster, tmp_path):

@@ -441,9 +441,6 @@ def test_an_error_the_job_later_completes_despite_counts_against_its_reporter_on
     ("an input URL may answer nodes differently",
      spec().model_copy(update={"inputs": [InputSpec(source="https://example.com/frame1", path="/data")]}), "HTTP 403"),
     ("a node's speed is its own", spec(), "timed out after 10 s"),
-    ("a node's IPFS may not find a CID in time",
-     spec().model_copy(update={"inputs": [InputSpec(source="ipfs://bafkqaaa", path="/data")]}),
-     "bafkqaaa not found on the IPFS network within 30 s"),
 ])
 def test_an_error_a_node_may_honestly_meet_counts_not_against_it_when_another_completes(why, job_spec, error):
     """Any client could get honest nodes quarantined with a URL answering 403 once, then 200. The requester's
