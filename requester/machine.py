@@ -598,7 +598,7 @@ class JobMachine:
         if not verdict.verified:
             self._finish(p, JobState.FAILED, verdict.reason, updates, events)
             return verdicts
-        if trust.credited(verdict.accepted, p.state.job.spec):
+        if trust.credited(verdict.accepted, p.state.job.spec, outvoted=verdict.rejected):
             for y in updates:
                 p.judge(y.node_id, y.state is ExecutionState.COMPLETED)
         result = next(x.result for x in proposed if x.id in verdict.accepted) or RunResult()

@@ -359,7 +359,7 @@ class SweepMachine:
         verdict = trust.verify(proposed, k)
         if verdict.verified:
             del self.proposals[i]
-            credited = trust.credited(verdict.accepted, self.sweep.spec.job)
+            credited = trust.credited(verdict.accepted, self.sweep.spec.job, outvoted=verdict.rejected)
             if credited:
                 p.credits += verdict.accepted
             for node in verdict.rejected:

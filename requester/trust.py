@@ -110,14 +110,15 @@ def corroborated(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
     return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
 
 
-def credited(agreeing: Collection[str], spec: JobSpec) -> bool:
-    """Whether a verdict counts for the nodes that agreed and against those it outvoted (agreeing weighs against
-    rejections in ``quarantined``): only when two or more agreed, on nodes the requester chose, on a job that
-    repeats exactly. A node vouching for itself (confidence 1), or nodes the submitter pinned with a
-    ``selector`` (they may be its own), earn nothing: 300 such indexes once let two liars be outvoted again and
-    again, never quarantined. Honest nodes disagree on a job that does not repeat exactly (a container printing
-    a coin flip): its client got honest nodes quarantined, the requester's own among them."""
-    return len(agreeing) >= 2 and not spec.selector and spec.repeats_exactly()
+def credited(agreeing: Collection[str], spec: JobSpec, *, outvoted: Collection[str] = ()) -> bool:
+    """Whether a verdict counts for the nodes that agreed and against those it ``outvoted`` (agreeing weighs
+    against rejections in ``quarantined``): only when two or more agreed, on nodes the requester chose. A node
+    vouching for itself (confidence 1), or nodes the submitter pinned with a ``selector`` (they may be its own),
+    earn nothing: 300 such indexes once let two liars be outvoted again and again, never quarantined. On a job
+    that does not repeat exactly, only a verdict that outvoted no one: honest nodes may differ on it (a client's
+    container printing a coin flip got honest nodes quarantined, the requester's own among them), and nodes
+    that run containers still earn by agreeing."""
+    return len(agreeing) >= 2 and not spec.selector and (spec.repeats_exactly() or not outvoted)
 
 
 def quarantined(reputation: tuple[int, int], after: int) -> bool:

@@ -331,6 +331,18 @@ def test_a_pinned_sweeps_verified_indexes_earn_its_nodes_nothing():
     assert m.sweep.state is JobState.COMPLETED and changes.credits == []
 
 
+def test_nodes_agreeing_on_a_job_that_does_not_repeat_exactly_earn_by_it_when_no_one_was_outvoted():
+    """Nodes that mostly run containers earned nothing at all, so never counted as known for long (a flood of
+    identities could push them out of the node table) and had no credit against a rejection."""
+    docker = spec(concurrency=3, confidence=2).model_copy(update={"engine": DockerEngine(image="busybox")})
+    changes = None
+    for n in ("n-a", "n-b", "n-c"):
+        _, changes = machine().on_result(changes.state if changes else running(tracked(docker), "n-a", "n-b", "n-c"),
+                                         n, result(f"x-{n}"), 5.0, KNOWN, signed=True)
+    assert changes.state.job.state is JobState.COMPLETED
+    assert changes.writes[-1][0].reputation == {"n-a": (1, 0), "n-b": (1, 0), "n-c": (1, 0)}
+
+
 def test_a_sweep_that_does_not_repeat_exactly_judges_no_node_by_its_verdicts():
     """A docker sweep printing a coin flip with --confidence 2: each index honest nodes disagreed on counted
     against one of them."""
