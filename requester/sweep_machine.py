@@ -20,7 +20,15 @@ from jobs.sweep import IndexRecord, Sweep, compress
 from requester import trust
 from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_after
 from requester.selection import never_runnable
-from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant
+from requester.sweep_rules import (
+    ClaimCheck,
+    ClaimView,
+    check_claim,
+    contradicted,
+    error_confirmed,
+    may_grant,
+    report,
+)
 
 log = logging.getLogger("shoal.requester")
 
@@ -64,7 +72,7 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        # index -> (last error at, node -> the error it reported, None for a retryable one)
+        # index -> (last error at, node -> what it reported: ``sweep_rules.report``)
         self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
@@ -82,13 +90,14 @@ class SweepMachine:
                    pending=list(range(sweep.count)))
 
     @classmethod
-    def restored(cls, sweep: Sweep, node_id: str, rows: Sequence[IndexRow], now: float) -> SweepMachine:
-        """After a restart, from the store's index rows: indexes that were running stay with their node
-        for one lease, as it may still report them."""
+    def restored(cls, sweep: Sweep, node_id: str, rows: Sequence[IndexRow], now: float, *,
+                 restarted: bool = False) -> SweepMachine:
+        """From the store's index rows (after a ``restarted`` requester's start, or to retry an ended sweep):
+        indexes that were running stay with their node for one lease, as it may still report them."""
         machine = cls(sweep, node_id, states=[r[1] for r in rows], attempts=[r[3] for r in rows],
                       retries=[r[5] for r in rows], pending=[r[0] for r in rows if r[1] is JobState.PENDING],
                       next_announce=now)
-        machine.restored_at = now
+        machine.restored_at = now if restarted else None
         for index, state, _, _, node, _ in rows:
             if state is JobState.RUNNING and node:
                 machine.claims.setdefault(f"{RESTORED}{node}", Lease(node, set(), now, now)).indexes.add(index)
@@ -331,7 +340,7 @@ class SweepMachine:
         _, reports = self.errors.get(i, (now, {}))
         self.errors[i] = (now, reports)  # patience counts from the last error: one node's errors took an index's
         error = r.error or "no result"  # five attempts in seconds once a minute had passed since its first
-        reports[peer] = None if r.retryable else error
+        reports[peer] = report(error, r.retryable, self.sweep.spec.job)
         witnessed = trust.timeout_witnessed(r.error, self.sweep.spec.job, self.granted_at.get(i, now), now,
                                             self.sweep.spec.confidence)
         if witnessed or error_confirmed(reports, able, self.sweep.spec.confidence):

@@ -87,10 +87,22 @@ def check_claim(sender: str, msg: Claim, view: ClaimView) -> ClaimCheck:
                       against_sender=bool(refused) and not view.forgiven)
 
 
+TIMED_OUT, CANNOT_RUN = "timed out", "cannot run"  # what is kept of a node's error for an index (``report``)
+
+
+def report(error: str, retryable: bool, spec: JobSpec) -> str | None:
+    """What is kept of a node's error for an index until it ends: None for a retryable one (it speaks of the
+    node, not the index), TIMED_OUT for the run's timeout (a node's speed is its own), else CANNOT_RUN. Never
+    its text: a node may send 100,000 of a megabyte each."""
+    if retryable:
+        return None
+    return TIMED_OUT if error == spec.timed_out() else CANNOT_RUN
+
+
 def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], confidence: int) -> bool:
-    """Whether an index's errors fail it for good: ``reports`` maps node -> the error it reported (None: a
-    retryable one, which speaks of the node, not the index, and never confirms). The job's rule
-    (``trust.error_confirmed``), but with no able node known one node's error does not confirm."""
+    """Whether an index's errors fail it for good: ``reports`` maps node -> its ``report`` (None, a retryable
+    error, never confirms). The job's rule (``trust.error_confirmed``), but with no able node known one node's
+    error does not confirm."""
     firm = {node for node, error in reports.items() if error is not None}
     return trust.error_confirmed(firm, set(able), confidence, everyone=bool(able))
 
@@ -103,8 +115,8 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
 
 def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:
     """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result: by the
-    job's rule (``trust.proven_wrong``), those that said the index cannot run, but for its timeout, when
-    the template repeats exactly."""
+    job's rule (``trust.proven_wrong``), those that said the index cannot run (not a retryable error, nor the
+    run's timeout), when the template repeats exactly."""
     if not spec.repeats_exactly():
         return []
-    return sorted(n for n, error in reports.items() if n != runner and error not in (None, spec.timed_out()))
+    return sorted(n for n, kept in reports.items() if n != runner and kept == CANNOT_RUN)

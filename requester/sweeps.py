@@ -69,7 +69,7 @@ class SweepService(Driver[_Live]):
         now = self.clock()
         for sweep in await self.store.live_sweeps():
             rows = await self.store.index_states(sweep.id)
-            self._live[sweep.id] = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, now))
+            self._live[sweep.id] = _Live(SweepMachine.restored(sweep, self.peers.node_id, rows, now, restarted=True))
 
     # -- performing the machine's changes --------------------------------------------------------
 

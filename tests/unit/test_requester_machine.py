@@ -1061,3 +1061,13 @@ def test_a_job_waiting_on_a_node_done_with_it_says_so():
     assert waiting_reason(state.job.spec, KNOWN.nodes, state.held(), barred=barred) == (
         "waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it (1 more quarantined or done with "
         "it); 2 of 3 accepted (another node must join)")
+
+
+def test_only_a_restart_forgives_what_a_node_sends_of_a_claim_the_requester_does_not_know():
+    """Retrying an ended sweep rebuilds it as a restart does: it opened the window in which reports of unknown
+    claims count against no one, with no restart to explain them."""
+    rows = [(i, JobState.PENDING, "", 0, None, 0) for i in range(4)]
+    for restarted, held_against in ((True, []), (False, ["rogue"])):
+        m = SweepMachine.restored(sweep_machine(4).sweep, REQ, rows, 1.0, restarted=restarted)
+        _, changes = m.claim("rogue", claim("c-unknown", ok(0)), 2.0, able={"rogue", "n-a"}, quarantined=False)
+        assert [peer for peer, _ in changes.penalties] == held_against, restarted

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from jobs import InputSpec, JobSpec, NoopEngine, RunResult
 from jobs.messages import Claim, IndexResult
-from requester.sweep_rules import ERROR_PATIENCE, ClaimView, check_claim, contradicted, error_confirmed, may_grant
+from requester.sweep_rules import (
+    CANNOT_RUN,
+    ERROR_PATIENCE,
+    TIMED_OUT,
+    ClaimView,
+    check_claim,
+    contradicted,
+    error_confirmed,
+    may_grant,
+    report,
+)
 
 
 def done(i: int) -> IndexResult:
@@ -76,24 +86,24 @@ def test_a_refusals_reason_stays_short_whatever_the_message_holds():
 
 def test_one_nodes_error_does_not_fail_an_index_another_nodes_confirms_it():
     able = {"a", "b", "c"}
-    assert not error_confirmed({"a": "boom"}, able, 0)
-    assert error_confirmed({"a": "boom", "b": "boom"}, able, 0)
-    assert not error_confirmed({"a": "boom", "b": None}, able, 0)  # a retryable error speaks of its node only
+    assert not error_confirmed({"a": CANNOT_RUN}, able, 0)
+    assert error_confirmed({"a": CANNOT_RUN, "b": CANNOT_RUN}, able, 0)
+    assert not error_confirmed({"a": CANNOT_RUN, "b": None}, able, 0)  # a retryable error speaks of its node only
 
 
 def test_a_verified_sweeps_index_fails_on_as_many_nodes_errors_as_its_results_need():
     """As a job's: two liars failed an index of a confidence-3 sweep that three honest nodes would have run."""
     able = {"a", "b", "c", "d"}
-    assert not error_confirmed({"a": "boom", "b": "boom"}, able, 3)
-    assert error_confirmed({"a": "boom", "b": "boom", "c": "boom"}, able, 3)
-    assert error_confirmed({"a": "boom", "b": "boom"}, {"a", "b"}, 3)  # every able node said so
+    assert not error_confirmed({"a": CANNOT_RUN, "b": CANNOT_RUN}, able, 3)
+    assert error_confirmed({"a": CANNOT_RUN, "b": CANNOT_RUN, "c": CANNOT_RUN}, able, 3)
+    assert error_confirmed({"a": CANNOT_RUN, "b": CANNOT_RUN}, {"a", "b"}, 3)  # every able node said so
 
 
 def test_the_only_able_node_confirms_its_own_error():
-    assert error_confirmed({"a": "boom"}, {"a"}, 0)
-    assert not error_confirmed({"rogue": "boom"}, {"a"}, 0)  # a node we do not count as able does not
+    assert error_confirmed({"a": CANNOT_RUN}, {"a"}, 0)
+    assert not error_confirmed({"rogue": CANNOT_RUN}, {"a"}, 0)  # a node we do not count as able does not
     assert not error_confirmed({"a": None}, {"a"}, 0)
-    assert not error_confirmed({"a": "boom"}, set(), 0)
+    assert not error_confirmed({"a": CANNOT_RUN}, set(), 0)
 
 
 def test_an_index_that_errored_on_a_node_goes_to_another_while_one_is_left():
@@ -113,27 +123,34 @@ FROM_A_URL = JobSpec(engine=NoopEngine(), inputs=[InputSpec(source="https://exam
 
 
 def test_errors_contradicted_by_another_nodes_result():
-    assert contradicted({"rogue": "boom", "a": "boom"}, "a", EXACT) == ["rogue"]
+    assert contradicted({"rogue": CANNOT_RUN, "a": CANNOT_RUN}, "a", EXACT) == ["rogue"]
     assert contradicted({}, "a", EXACT) == []
 
 
 def test_a_retryable_error_is_not_contradicted_by_another_nodes_result():
     # "retry elsewhere" (the node ran out of disk, lost its runner) says nothing false about the index
-    assert contradicted({"flaky": None, "rogue": "boom"}, "a", EXACT) == ["rogue"]
+    assert contradicted({"flaky": None, "rogue": CANNOT_RUN}, "a", EXACT) == ["rogue"]
 
 
 def test_a_slow_nodes_timeout_is_not_contradicted_by_a_faster_nodes_result():
     """A node's speed is its own, as for a job's errors (``trust.proven_wrong``): an honest slow node that
     timed out was held to account once a faster one ran the index."""
-    assert contradicted({"slow": EXACT.timed_out(), "rogue": "boom"}, "a", EXACT) == ["rogue"]
+    assert contradicted({"slow": TIMED_OUT, "rogue": CANNOT_RUN}, "a", EXACT) == ["rogue"]
 
 
 def test_an_error_where_nodes_may_see_different_worlds_is_not_contradicted():
     """An input URL that answered 403 to one node and 200 to another: the first node did not lie."""
-    assert contradicted({"refused": "boom"}, "a", FROM_A_URL) == []
+    assert contradicted({"refused": CANNOT_RUN}, "a", FROM_A_URL) == []
 
 
 def test_what_a_node_re_sends_across_a_requester_restart_is_refused_without_counting_against_it():
     """The batch a requester wrote and could not answer before it died comes again: its indexes have ended."""
     check = check_claim("a", claim(done(3), done(4), released=[7]), ClaimView(held={4}, forgiven=True))
     assert [r.index for r in check.results] == [4] and check.refused == [3, 7] and not check.against_sender
+
+
+def test_what_is_kept_of_an_index_error_is_its_kind_never_its_text():
+    """A node may report 100,000 indexes with an error of a megabyte each: all of it was kept until they ended."""
+    assert report("x" * 1_000_000, False, EXACT) == CANNOT_RUN
+    assert report(EXACT.timed_out(), False, EXACT) == TIMED_OUT
+    assert report("disk full", True, EXACT) is None
