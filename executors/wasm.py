@@ -18,6 +18,9 @@ shares. Limits:
     a run that then fails says so in its stderr) and its tables to a quarter of it; the process as a whole
     is held to that and ``RUN_MEMORY_FLOOR`` (RLIMIT_DATA);
   * descriptors: ``OPEN_FILES`` (RLIMIT_NOFILE), whatever the module opens;
+  * disk: the node's disk watch, and no one file past the limit (RLIMIT_FSIZE);
+  * output: past ``DRAIN_FREELY`` of a stream, the node reads it at 16 MB/s at most (all but its tail is
+    dropped): a module writing faster waits, within its timeout;
   * time: the caller's deadline kills the process (and CPU time past the job's timeout, RLIMIT_CPU);
   * compiling: the job's memory (at least ``COMPILE_MEMORY_FLOOR``), CPU time and timeout.
 
@@ -124,8 +127,8 @@ def _limits(request: RunRequest) -> dict[str, int]:
     limits = {"RLIMIT_NOFILE": OPEN_FILES, "RLIMIT_CORE": 0, "RLIMIT_CPU": math.ceil(request.spec.timeout) + 1}
     if memory:
         limits["RLIMIT_DATA"] = memory + memory // 4 + RUN_MEMORY_FLOOR
-    if disk:  # one file past the disk limit ends the run (SIGXFSZ), between two of the disk watch's looks
-        limits["RLIMIT_FSIZE"] = disk + 1
+    if disk:  # no one file grows past the disk limit between two of the disk watch's looks (the write fails,
+        limits["RLIMIT_FSIZE"] = disk + 1  # EFBIG: Python ignores SIGXFSZ; the watch then stops the run)
     return limits
 
 
@@ -423,7 +426,11 @@ class WasmExecutor(Executor):
         limits = Limits(memory=memory, cpu_seconds=max(1, math.ceil(timeout)))
         # the compiler ends when this pipe does, with the node: trio starts it from a worker thread, and
         # PR_SET_PDEATHSIG would end it with that thread (a kill -9 of the node left compiles running for hours)
-        alive, held = os.pipe()
+        try:
+            alive, held = os.pipe()
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         argv = [*limits.prlimit_args(), sys.executable, "-I", _CHILD, "compile", str(module), tmp, str(alive)]
         try:
             with trio.move_on_after(timeout) as deadline:

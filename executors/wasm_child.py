@@ -304,7 +304,7 @@ def _run_one(connection: socket.socket, stdout: int, stderr: int, limits: dict[s
         stream.write(b"%d\n" % os.getpid())
         stream.flush()
         outcome = _Run(json.loads(stream.read())).run()
-        stream.write(json.dumps(outcome).encode())
+        stream.write(json.dumps(outcome, ensure_ascii=False).encode())  # a bounded trap stays within the node's cap
     return 0
 
 
