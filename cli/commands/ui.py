@@ -17,6 +17,9 @@ def ui(
     port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535,
         help="Port (default: any free one, on a loopback address chosen at random: an address nobody can "
              "prepare a page for).")] = 0,
+    address: Annotated[str | None, typer.Option("--address", metavar="ADDRESS",
+        help="Loopback address (default: one at random in 127.0.0.0/8, or 127.0.0.1 where only it answers); "
+             "127.0.0.1 with --port for an SSH tunnel.")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the dashboard in your web browser.")] = False,
 ) -> None:  # fmt: skip
     """A web dashboard of your jobs, sweeps and the network's nodes, on http://127.a.b.c:PORT.
@@ -26,6 +29,11 @@ def ui(
     page may use the proxy. Open the address it prints: it carries this session's key, without which
     the dashboard lets nobody in (other users of the machine reach 127.0.0.1 too).
     """
+    if address is not None and not _is_loopback(address):
+        from cli.errors import EXIT_USAGE, CLIError
+
+        raise CLIError(f"--address {address!r}: a loopback address (127.x.y.z) only: the dashboard holds your "
+                       "key's power", code=EXIT_USAGE)
     missing = [name for name in UI_MODULES if find_spec(name) is None]
     if missing:
         from cli.errors import EXIT_USAGE, CLIError
@@ -47,7 +55,7 @@ def ui(
 
     try:
         with stop_on_signals():  # Ctrl-C, kill -INT and kill (SIGTERM) stop it alike, in the background too
-            trio.run(lambda: serve_dashboard(api, port, ca_cert=ca_cert, on_ready=ready))
+            trio.run(lambda: serve_dashboard(api, port, address=address, ca_cert=ca_cert, on_ready=ready))
     except (KeyboardInterrupt, OSError, BaseExceptionGroup) as e:
         stopped, failed = _leaves(e)
         if failed is not None:
@@ -56,6 +64,15 @@ def ui(
             raise CLIError(f"cannot serve the dashboard on port {port}: {failed.strerror or failed}") from None
         if not stopped:
             raise
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.IPv4Address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _leaves(error: BaseException) -> tuple[bool, OSError | None]:

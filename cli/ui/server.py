@@ -17,10 +17,14 @@ from cli.ui.proxy import Dashboard
 
 def session_address() -> str:
     """A loopback address of this session's own, ``127.a.b.c`` at random (Linux answers on all of 127/8; where
-    only 127.0.0.1 answers, that). Never another kind of address: the page and the proxy hold the user's key's
-    power. An origin nobody can guess: a page another local user served earlier on a known one (the default
-    was 127.0.0.1:8790) installed a service worker or cached script there that ran in the next session's
+    only 127.0.0.1 answers, or under WSL, whose Windows browsers reach only that, 127.0.0.1). Never another
+    kind of address: the page and the proxy hold the user's key's power. With a port at random, an origin
+    nobody can guess: a page another local user served earlier on a known one (the default was
+    127.0.0.1:8790) installed a service worker or cached script there that ran in the next session's
     dashboard and took its key."""
+    with contextlib.suppress(OSError):
+        if "microsoft" in Path("/proc/sys/kernel/osrelease").read_text().lower():
+            return LOOPBACK
     address = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
     with contextlib.suppress(OSError), socket.socket() as probe:
         probe.bind((address, 0))
@@ -28,17 +32,18 @@ def session_address() -> str:
     return LOOPBACK
 
 
-async def serve_dashboard(api_url: str | None, port: int, *, ca_cert: Path | None = None,
+async def serve_dashboard(api_url: str | None, port: int, *, address: str | None = None, ca_cert: Path | None = None,
                           on_ready: Callable[[str, str], None] = lambda url, api: None) -> None:
-    """Serve until cancelled; ``on_ready(url, api_url)`` once listening (``port`` 0: any free one), on an address
-    of its own (``session_address``); ``url`` carries the session's key: only whoever has it gets in."""
+    """Serve until cancelled; ``on_ready(url, api_url)`` once listening (``port`` 0: any free one), on ``address``
+    (a loopback one; by default one of its own, ``session_address``); ``url`` carries the session's key: only
+    whoever has it gets in."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
     from shoal import AsyncClient
 
     async with AsyncClient(api_url, ca_cert=ca_cert) as client:
-        address = session_address()
+        address = address or session_address()
         dashboard = Dashboard(client._http, port=port, address=address)  # the SDK's signed client signs
         config = Config()
         config.bind = [f"{address}:{port}"]

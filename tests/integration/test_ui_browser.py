@@ -593,7 +593,7 @@ def test_a_key_another_page_hands_in_replaces_no_working_one_and_the_printed_one
 def test_a_crowd_of_node_identities_is_shown_in_part(browser, tmp_path: Path) -> None:
     """Any peer can gossip node info under as many identities as it likes, and a requester keeps 4,096: the Nodes
     page drew a card for each of them every 3 s (a 12.6 MB list; the tab froze up to 9 s at a time). It draws the
-    200 known longest (the first in the requester's list), and reads it again only a while after the last read."""
+    200 known longest (the first in the requester's list)."""
     info = {"kind": "node_info", "addrs": ["/ip4/192.0.2.1/tcp/4001"], "engines": ["noop"], "labels": {"zone": "x"},
             "max_per_job": {"cpu": 1, "memory": 2**30, "disk": 0}, "total": {"cpu": 4, "memory": 2**33, "disk": 0},
             "free": {"cpu": 2, "memory": 2**32, "disk": 0}, "running": 1, "backlog": 0, "network": False}

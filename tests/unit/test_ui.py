@@ -608,3 +608,23 @@ async def test_a_download_the_node_cuts_short_is_left_unfinished_not_ended_as_if
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert sent[0]["status"] == 200 and bodies and bodies[0]["body"] == b"the first part of a tar"
     assert all(m.get("more_body") for m in bodies)  # never said to be complete
+
+
+def test_an_address_may_be_given_for_a_tunnel_but_only_a_loopback_one(tmp_path: Path) -> None:
+    """An SSH tunnel (ssh -L 8790:127.0.0.1:8790) reaches a fixed address: --address 127.0.0.1 --port 8790."""
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SHOAL_HOME": str(tmp_path), "SHOAL_API": "http://127.0.0.1:9"}
+    refused = subprocess.run([sys.executable, "-m", "cli.main", "ui", "--address", "0.0.0.0"], capture_output=True,
+                             text=True, env=env, cwd=repo, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.startswith("Error: --address '0.0.0.0': a loopback address")
+    ui = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--address", "127.0.0.1"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        assert ui.stdout.readline().startswith("Shoal dashboard on http://127.0.0.1:")
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.communicate(timeout=20)
