@@ -13,6 +13,7 @@ from jobs.spec import JobSpec, Resources
 from jobs.sweep import IndexRange, IndexRecord, Sweep, SweepSpec
 
 MAX_PAGE = 1000  # jobs, sweeps or index records in one listing, at most
+MAX_INDEX_PAGE = 10_000  # a sweep's index records in one listing (GET .../indexes), at most
 
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a secret_env

@@ -14,6 +14,7 @@ from cli.arguments import Index, JobStateName, Json, MaxBytes, Output, SweepId
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 from cli.options import duration
+from jobs.views import MAX_INDEX_PAGE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +43,7 @@ def sweep_indexes(
     sweep_id: SweepId,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only indexes in this state.")] = None,
     first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, max=10_000,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, max=MAX_INDEX_PAGE,
         help="At most this many (default: 100 in a table, all of them with --json or --output).")] = None,
     json_: Json = False,
     output: Output = None,
@@ -57,18 +58,22 @@ def sweep_indexes(
     table = fmt == "table"
     if limit is None and fmt == "json":  # the data, for a script or pandas: the whole sweep, page by page
         return stream_json(index_pages(sdk, desc.sweep.id, state, first))
-    if limit is None and not table:
-        from jobs.views import IndexList
+    from jobs.views import IndexList
 
+    following = False  # another page follows the one shown
+    if limit is None and not table:
         pages = list(index_pages(sdk, desc.sweep.id, state, first))
         result = IndexList(indexes=[r for page in pages for r in page.indexes], total=pages[-1].total)
     else:
         limit = limit or TABLE_ROWS
-        result = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=limit)
+        # one more than shown, to know whether a page follows (a count cannot tell, from --first N)
+        asked = sdk.sweep_indexes(desc.sweep.id, state=state, first=first, limit=min(limit + 1, MAX_INDEX_PAGE))
+        following = len(asked.indexes) > limit or len(asked.indexes) == MAX_INDEX_PAGE
+        result = IndexList(indexes=asked.indexes[:limit], total=asked.total)
 
     def more() -> None:
         after = result.indexes[-1].index + 1 if result.indexes else first
-        if len(result.indexes) == limit and after < desc.sweep.count and (first > 0 or limit < result.total):
+        if following and after < desc.sweep.count:
             print(f"Showing {len(result.indexes)} of {result.total}{' ' + state if state else ''} indexes; "
                   f"more with --first {after}.", file=sys.stderr)
 

@@ -644,7 +644,8 @@ def test_sweep_indexes_table_and_filters(fake: FakeSweepClient) -> None:
     assert rows[2] == ["2", "pending", "0", "x=3"]
     result = run("sweep", "indexes", SWEEP_ID[:8], "--state", "failed", "--first", "0", "--limit", "1")
     assert result.exit_code == 0
-    assert fake.index_calls[-1] == ("indexes", {"state": "failed", "first": 0, "limit": 1})
+    # the flags reach the client; one more index is asked for, to know whether a page follows
+    assert fake.index_calls[-1] == ("indexes", {"state": "failed", "first": 0, "limit": 2})
     assert "more with" not in result.stderr  # the one failed index, shown
     assert "more with --first 2" in run("sweep", "indexes", SWEEP_ID, "--limit", "2").stderr
     for past_the_end in (["--limit", "3"], ["--first", "1", "--limit", "2"]):  # once said "more with --first 3"

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import JobState
 from jobs.sweep import IndexRecord, Sweep, SweepSpec
-from jobs.views import MAX_PAGE, IndexList, Share, ShareRequest, SweepDescription, SweepList
+from jobs.views import MAX_INDEX_PAGE, MAX_PAGE, IndexList, Share, ShareRequest, SweepDescription, SweepList
 from jobs.views import SweepSubmitRequest as _SweepSubmitRequest
 from node.api.common import (
     MAX_OFFSET,
@@ -108,7 +108,7 @@ def sweeps_router(node: Node, quotas: Quotas) -> APIRouter:
                 summary="Index records in index order from `first` (optionally only one state)")
     async def indexes(sweep_id: str, client: Client, state: JobState | None = None,
                       first: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> IndexList:
+                      limit: Annotated[int, Query(ge=1, le=MAX_INDEX_PAGE)] = 1000) -> IndexList:
         spec = (await owned(sweep_id, client, shared=True)).spec
         records, total = await node.store.sweep_indexes(sweep_id, state=state, first=first, limit=limit)
         return IndexList(indexes=[with_params(r, spec) for r in records], total=total)
