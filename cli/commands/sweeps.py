@@ -14,7 +14,6 @@ from cli.arguments import Index, JobStateName, Json, MaxBytes, Output, SweepId
 from cli.connect import client
 from cli.exits import EXIT_USAGE
 from cli.options import duration
-from jobs.views import MAX_INDEX_PAGE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,7 +42,7 @@ def sweep_indexes(
     sweep_id: SweepId,
     state: Annotated[JobStateName | None, typer.Option("--state", help="Only indexes in this state.")] = None,
     first: Annotated[int, typer.Option("--first", metavar="N", min=0, help="From this index on.")] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, max=MAX_INDEX_PAGE,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, max=10_000,  # jobs.views.MAX_INDEX_PAGE
         help="At most this many (default: 100 in a table, all of them with --json or --output).")] = None,
     json_: Json = False,
     output: Output = None,
@@ -58,7 +57,7 @@ def sweep_indexes(
     table = fmt == "table"
     if limit is None and fmt == "json":  # the data, for a script or pandas: the whole sweep, page by page
         return stream_json(index_pages(sdk, desc.sweep.id, state, first))
-    from jobs.views import IndexList
+    from jobs.views import MAX_INDEX_PAGE, IndexList
 
     following = False  # another page follows the one shown
     if limit is None and not table:

@@ -743,3 +743,11 @@ def test_max_failures_reaches_the_sweep_and_alone_makes_none(fake: FakeSweepClie
     assert submitted_sweep(fake).max_failures == 0
     result = run("run", "noop", "--max-failures", "3", "--no-wait")  # a sweep flag without parameters
     assert result.exit_code == 2 and fake.sweeps_submitted[1:] == []
+
+
+def test_the_index_pages_limit_is_the_nodes(fake: FakeSweepClient) -> None:
+    """``shoal`` starts without importing jobs, so --limit states the node's most as a number: the same one."""
+    from jobs.views import MAX_INDEX_PAGE
+
+    assert run("sweep", "indexes", SWEEP_ID, "--limit", str(MAX_INDEX_PAGE)).exit_code == 0
+    assert run("sweep", "indexes", SWEEP_ID, "--limit", str(MAX_INDEX_PAGE + 1)).exit_code == 2
