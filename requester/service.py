@@ -108,11 +108,12 @@ class RequesterService(Driver[_Active]):
         for i, job in enumerate(await self.store.live_jobs()):
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
                           if ex.attempt >= job.first_attempt}  # earlier ones belong to runs that were retried
-            bidding = any(x.state is ExecutionState.BIDDING for x in executions.values())
+            # the min_bids wait goes on from the first bid, as stored: started again, it outlasted the nodes'
+            # pending bids, which they then dropped (and held the requester silent), and the bids it chose failed
+            bids = [x.created_at for x in executions.values() if x.state is ExecutionState.BIDDING]
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
                                      waiting_since=now, next_announce=now + i / RESTORED_OFFERS_PER_SECOND,
-                                     first_bid_at=now if bidding else None,  # the min_bids wait starts again
-                                     resumed_at=now))
+                                     first_bid_at=min(bids, default=None), resumed_at=now))
             if job.id in secrets and secrets[job.id] is None:
                 await self._apply(aj, self.machine.finish(
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "

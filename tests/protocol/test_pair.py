@@ -172,6 +172,27 @@ async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_th
             assert d.job.state is JobState.COMPLETED, d.job.reason
 
 
+async def test_a_requester_restarted_late_in_a_min_bids_wait_chooses_before_the_nodes_drop_their_bids(
+        tmp_path, autojump_clock):
+    """A restarted requester began the min_bids wait again: it chose after the nodes' pending bids had expired
+    (its wait and a grace, counted from the bid), so the bid it accepted was one its node had dropped, and
+    that run failed against the node."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        for name in ("a", "b"):
+            await stack.enter_async_context(memory_node(hub, name, tmp_path / name, requester=False))
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            await trio.sleep(1.5)
+            job, _ = await req.requester.submit(spec(deal={"min_bids": 3}, deadlines={"min_bids": 10}), "alice")
+            await trio.sleep(8)  # both nodes bid at once; a third is awaited
+        hub.transports.pop("req")
+        await trio.sleep(5)  # down over the end of the wait
+        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
+            d = await wait_terminal(req.requester, job.id, timeout=60)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+            assert not [x for x in d.executions if x.state is ExecutionState.FAILED], d.executions
+
+
 async def test_min_bids_waits_then_chooses(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
