@@ -180,10 +180,16 @@ def _copy(src: Path, dest: Path) -> None:
 
 
 def _install(tmp: Path, final: Path) -> None:
-    """Move a finished copy to its CID's place; if the CID is already stored, keep the old copy."""
+    """Move a finished copy to its CID's place; if the CID is already stored, keep the old copy. So too when
+    another publish of the same content stored it a moment ago: two sweep indexes whose outputs were alike
+    raced here, and the loser's rename onto the winner's directory failed its index (ENOTEMPTY)."""
     if os.path.lexists(final):
         return
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not os.path.lexists(final):
+            raise
 
 
 def _remove(path: Path) -> None:

@@ -91,6 +91,28 @@ async def test_publish_export_and_verified_download_give_identical_files(tmp_pat
     assert written == sum(len(c) for k, c in snapshot(result).values() if k == "file")
 
 
+async def test_the_same_content_published_twice_at_once_is_stored_once_and_both_succeed(tmp_path, store, monkeypatch):
+    """Two sweep indexes with alike outputs published at the same moment: the second saw no copy yet, then its
+    rename met the first's (ENOTEMPTY), and its index failed (a CI run's sweep failed so, once)."""
+    import storage.local
+
+    result = make_tree(tmp_path / "result")
+    cid = await store.publish(result)
+    seen = []
+
+    def not_yet(path: object) -> bool:  # the moment between the two: this publish looks before the other is done
+        seen.append(path)
+        return len(seen) > 1 and os.path.exists(path)
+
+    monkeypatch.setattr(storage.local.os.path, "lexists", not_yet)
+    assert await store.publish(result) == cid
+    monkeypatch.undo()
+    assert [p.name for p in store.root.iterdir()] == [cid]
+    tar = await collect(await store.export(cid))
+    await extract_verified(once(tar), tmp_path / "download", cid)
+    assert snapshot(tmp_path / "download") == snapshot(result)
+
+
 async def test_published_result_is_immune_to_later_changes_of_the_source(tmp_path, store):
     result = make_tree(tmp_path / "result")
     cid = await store.publish(result)
