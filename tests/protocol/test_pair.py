@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+import pytest
 import trio
 
 from jobs import ExecutionState, JobSpec, JobState, Resources
@@ -154,9 +155,14 @@ async def test_a_requester_down_longer_than_a_result_deadline_takes_the_result_i
             assert [(x.node_id, x.state) for x in d.executions] == [("a", ExecutionState.COMPLETED)]
 
 
-async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_the_wait_ends(tmp_path, autojump_clock):
+@pytest.mark.parametrize("waited, down", [(1, 0), (8, 5)], ids=["early in the wait", "late, down over its end"])
+async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_the_wait_ends(
+        tmp_path, autojump_clock, waited, down):
     """The wait's start was kept in memory only: after a restart the job never chose among its bids, its nodes
-    could not bid again (one live bid per job), and it sat pending until its bid limit (24 h)."""
+    could not bid again (one live bid per job), and it sat pending until its bid limit (24 h). Then the wait
+    began again at the restart: late in the wait, the requester chose after the nodes' pending bids had
+    expired (its wait and a grace, counted from the bid), and the bid it accepted was one its node had
+    dropped. It goes on from the first bid, as stored."""
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
         for name in ("a", "b"):
@@ -164,29 +170,10 @@ async def test_a_requester_restarted_while_it_waits_for_min_bids_chooses_when_th
         async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
             await trio.sleep(1.5)
             job, _ = await req.requester.submit(spec(deal={"min_bids": 3}, deadlines={"min_bids": 10}), "alice")
-            await trio.sleep(1)  # both nodes bid; a third is awaited
+            await trio.sleep(waited)  # both nodes bid at once; a third is awaited
             assert len((await req.requester.describe(job.id)).executions) == 2
         hub.transports.pop("req")
-        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
-            d = await wait_terminal(req.requester, job.id, timeout=60)
-            assert d.job.state is JobState.COMPLETED, d.job.reason
-
-
-async def test_a_requester_restarted_late_in_a_min_bids_wait_chooses_before_the_nodes_drop_their_bids(
-        tmp_path, autojump_clock):
-    """A restarted requester began the min_bids wait again: it chose after the nodes' pending bids had expired
-    (its wait and a grace, counted from the bid), so the bid it accepted was one its node had dropped, and
-    that run failed against the node."""
-    hub = MemoryHub()
-    async with AsyncExitStack() as stack:
-        for name in ("a", "b"):
-            await stack.enter_async_context(memory_node(hub, name, tmp_path / name, requester=False))
-        async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
-            await trio.sleep(1.5)
-            job, _ = await req.requester.submit(spec(deal={"min_bids": 3}, deadlines={"min_bids": 10}), "alice")
-            await trio.sleep(8)  # both nodes bid at once; a third is awaited
-        hub.transports.pop("req")
-        await trio.sleep(5)  # down over the end of the wait
+        await trio.sleep(down)
         async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
             d = await wait_terminal(req.requester, job.id, timeout=60)
             assert d.job.state is JobState.COMPLETED, d.job.reason
