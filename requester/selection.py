@@ -77,13 +77,10 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahea
     if not nodes:
         return f"waiting for bids: {accepted} of {need} nodes accepted; no compute node known yet"
     refused = sum(1 for n in nodes if n.peer_id in barred and can_ever_run(spec, n))
-    if refused and len(able) < need:
-        return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes may run it "
-                f"({refused} more quarantined or done with it); {accepted} of {need} accepted (another node "
-                "must join)")
-    if able and len(able) < need:  # every able node may run it already: only a node yet to join completes it
-        return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes can run it; "
-                f"{accepted} of {need} accepted (another node must join)")
+    if (able or refused) and len(able) < need:  # every able node may run it already: only a node yet to join can
+        more = f" ({refused} more quarantined or done with it)" if refused else ""
+        return (f"waiting for more nodes: it needs {need} and {len(able)} of {len(nodes)} known nodes can run it"
+                f"{more}; {accepted} of {need} accepted (another node must join)")
     if able and len(free_now) < need - accepted:
         jobs_ahead = "" if ahead is None else f"{ahead} job{'' if ahead == 1 else 's'} ahead, "
         return (f"queued: {jobs_ahead}{len(free_now)} of {len(able)} nodes free"

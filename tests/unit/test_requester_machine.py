@@ -1044,7 +1044,7 @@ def test_a_job_waiting_on_a_quarantined_node_says_so():
     for n in ("n-a", "n-b"):
         _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, known)
         state = changes.state
-    assert state.job.reason == ("waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it "
+    assert state.job.reason == ("waiting for more nodes: it needs 3 and 2 of 3 known nodes can run it "
                                 "(1 more quarantined or done with it); 2 of 3 accepted (another node must join)")
 
 
@@ -1059,7 +1059,7 @@ def test_a_job_waiting_on_a_node_done_with_it_says_so():
     barred = machine().barred(state, KNOWN)
     assert barred == {"n-c"}
     assert waiting_reason(state.job.spec, KNOWN.nodes, state.held(), barred=barred) == (
-        "waiting for more nodes: it needs 3 and 2 of 3 known nodes may run it (1 more quarantined or done with "
+        "waiting for more nodes: it needs 3 and 2 of 3 known nodes can run it (1 more quarantined or done with "
         "it); 2 of 3 accepted (another node must join)")
 
 
