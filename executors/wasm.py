@@ -7,9 +7,9 @@ What a module sees:
     clock advances a virtual clock by ``CLOCK_STEP_NS`` (wall time starts at ``EPOCH_SECONDS``), a sleep
     (``poll_oneoff`` on a clock) jumps the virtual clock instead of waiting, ``random_get`` is a stream
     derived from the job seed;
+  * files' times at the epoch, inode numbers in the order the run first sees each file, one link each,
+    directories of 4096 bytes, directory listings sorted by name (the host's differ from node to node);
   * no threads, NaN canonicalization, deterministic relaxed SIMD.
-Not covered: file times, inode numbers and directory listing order come from the host file system (a
-shadowed WASI function cannot call wasmtime's own implementation, which needs the calling instance).
 
 Where it runs: compiled by one child process, run by another (``executors.wasm_child``), never in the
 node's own process, whose descriptors, memory and GIL every job

@@ -15,7 +15,8 @@ wasm_child.py run`` holds them in a process of its own, under its own limits (se
 which a kill ends whole. It reads the run's JSON on stdin (``executors.wasm._run_request``); the module
 writes to this process's stdout and stderr; the outcome goes to the descriptor ``outcome_fd`` as JSON,
 ``{"exit_code": N, "trap": ..., "memory_used": ...}``, or ``{"refused": why, "damaged": ...}`` (the job
-cannot run). Clocks, sleeps and randomness are made deterministic here (see ``executors.wasm``).
+cannot run). Clocks, sleeps, randomness and what the module learns of its files are made deterministic here
+(see ``executors.wasm``).
 
 It imports wasmtime and cryptography, and nothing of the node: a run starts in a tenth of a second.
 """
@@ -89,7 +90,27 @@ TRAP_EXIT_CODE = 134  # what `wasmtime run` exits with on a trap (128 + SIGABRT)
 _WASI = "wasi_snapshot_preview1"
 _PR_SET_PDEATHSIG = 1
 # WASI errno values
-_ESUCCESS, _EFAULT, _EINVAL = 0, 21, 28
+_ESUCCESS, _EFAULT, _EINVAL, _ENAMETOOLONG = 0, 21, 28, 37
+_DIRECTORY = 3  # WASI filetype
+_FILESTAT = struct.Struct("<QQB7xQQQQQ")  # dev, ino, filetype, nlink, size, atim, mtim, ctim
+_DIRENT = struct.Struct("<QQIB3x")  # d_next, d_ino, d_namlen, d_type; the name follows
+# A module of our own calling wasmtime's stat and readdir with a memory of its own: a Python host function
+# cannot call them itself (they take the memory of the instance calling them), and both instances share the
+# store's WASI context, the module's open files with it.
+_FILE_FACTS = wasmtime.wat2wasm("""(module
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get"
+    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (memory (export "memory") 1 1)
+  (func (export "fd_filestat_get") (param i32 i32) (result i32)
+    (call $fd_filestat_get (local.get 0) (local.get 1)))
+  (func (export "path_filestat_get") (param i32 i32 i32 i32 i32) (result i32)
+    (call $path_filestat_get (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
+  (func (export "fd_readdir") (param i32 i32 i32 i64 i32) (result i32)
+    (call $fd_readdir (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4))))""")
+_ROOM = 65536 - 8  # of its one page: a stat at 0 and a path after it, or a listing's chunk, then its length
+_PATH_AT = _FILESTAT.size
 
 
 def table_elements(memory: int) -> int:
@@ -150,10 +171,12 @@ class _Run:
         if limit:
             # one linear memory held to the limit, and tables (wasmtime keeps them in this process too) of a
             # quarter of it together
-            self.store.set_limits(memory_size=limit, memories=1, tables=MAX_TABLES,
+            # (and the one page of ``_FILE_FACTS``)
+            self.store.set_limits(memory_size=limit, memories=2, tables=MAX_TABLES,
                                   table_elements=table_elements(limit))
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
+        self.files = _FileFacts(self.store, linker, request["epoch_ns"])  # before the shadows: wasmtime's own
         self._shadow_wasi(linker)
         instance: wasmtime.Instance | None = None
         try:
@@ -195,6 +218,9 @@ class _Run:
         define("clock_res_get", [i32, i32], self._clock_res_get)
         define("random_get", [i32, i32], self._random_get)
         define("poll_oneoff", [i32, i32, i32, i32], self._poll_oneoff)
+        define("fd_filestat_get", [i32, i32], self.files.fd_filestat_get)
+        define("path_filestat_get", [i32, i32, i32, i32, i32], self.files.path_filestat_get)
+        define("fd_readdir", [i32, i32, i32, i64, i32], self.files.fd_readdir)
 
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
@@ -254,6 +280,88 @@ class _Run:
                     out += struct.pack("<QHBxxxxxQHxxxxxx", userdata, 0, 0, 0, 0)
         written = _write(caller, events, bytes(out)) and _write(caller, nevents_out, struct.pack("<I", len(out) // 32))
         return _ESUCCESS if written else _EFAULT
+
+
+class _FileFacts:
+    """What the module learns of its files, without the host's facts. wasmtime answers stat and readdir with
+    the host file system's times, inode numbers, link counts, directory sizes and listing order, which differ
+    from node to node and from run to run: honest nodes' results differed on a job that printed them, and a
+    client could have nodes outvoted at will. Each answer here is wasmtime's with those replaced: times at the
+    epoch, inode numbers in the order the run first sees each file, one link, directories of 4096 bytes,
+    listings sorted by name."""
+
+    def __init__(self, store: wasmtime.Store, linker: wasmtime.Linker, epoch_ns: int) -> None:
+        exports = linker.instantiate(store, wasmtime.Module(store.engine, _FILE_FACTS)).exports(store)
+        self.memory, self.stat, self.path_stat, self.readdir = (
+            exports[name] for name in ("memory", "fd_filestat_get", "path_filestat_get", "fd_readdir"))
+        self.epoch_ns = epoch_ns
+        self.inodes: dict[int, int] = {}  # wasmtime's inode number -> the one the module is told
+        self.listings: dict[int, list[tuple[bytes, int, int]]] = {}  # fd -> (name, inode, type), sorted
+
+    def fd_filestat_get(self, caller: wasmtime.Caller, fd: int, out: int) -> int:
+        return self.stat(caller, fd, 0) or self._put_stat(caller, out)
+
+    def path_filestat_get(self, caller: wasmtime.Caller, fd: int, flags: int, path: int, length: int,
+                          out: int) -> int:
+        length &= 0xFFFFFFFF
+        if _memory(caller, path, length) is None:
+            return _EFAULT
+        if length > _ROOM - _PATH_AT:
+            return _ENAMETOOLONG  # wasmtime's own limit is 4096 bytes (Linux's)
+        self.memory.write(caller, _read(caller, path, length), _PATH_AT)
+        return self.path_stat(caller, fd, flags, _PATH_AT, length, 0) or self._put_stat(caller, out)
+
+    def fd_readdir(self, caller: wasmtime.Caller, fd: int, buf: int, length: int, cookie: int,
+                   used_out: int) -> int:
+        """The entries from ``cookie`` (their index in the sorted listing), listed afresh from the start."""
+        cookie &= 2**64 - 1
+        if cookie == 0 or fd not in self.listings:
+            listing = self._list(caller, fd)
+            if isinstance(listing, int):
+                return listing
+            self.listings[fd] = listing
+        length &= 0xFFFFFFFF
+        out = bytearray()
+        entries = self.listings[fd]
+        for index in range(min(cookie, len(entries)), len(entries)):
+            if len(out) >= length:
+                break
+            name, inode, kind = entries[index]
+            out += _DIRENT.pack(index + 1, self._inode(inode), len(name), kind) + name
+        out = out[:length]  # a last entry cut short: the module asks again with more room
+        written = _write(caller, buf, bytes(out)) and _write(caller, used_out, struct.pack("<I", len(out)))
+        return _ESUCCESS if written else _EFAULT
+
+    def _list(self, caller: wasmtime.Caller, fd: int) -> list[tuple[bytes, int, int]] | int:
+        """The directory's entries as wasmtime lists them, sorted by name (``.`` and ``..`` first); or an
+        errno."""
+        entries, cookie = [], 0
+        while True:
+            errno = self.readdir(caller, fd, 0, _ROOM, cookie, _ROOM)
+            if errno:
+                return errno
+            used = struct.unpack("<I", self.memory.read(caller, _ROOM, _ROOM + 4))[0]
+            chunk, at = bytes(self.memory.read(caller, 0, used)), 0
+            while at + _DIRENT.size <= used:
+                following, inode, name_length, kind = _DIRENT.unpack_from(chunk, at)
+                end = at + _DIRENT.size + name_length
+                if end > used:
+                    break
+                entries.append((chunk[at + _DIRENT.size : end], inode, kind))
+                cookie, at = following, end
+            if used < _ROOM or at == 0:  # the end (no entry is near the room: names are 255 bytes at most)
+                break
+        return sorted(entries, key=lambda entry: (entry[0] not in (b".", b".."), entry[0]))
+
+    def _put_stat(self, caller: wasmtime.Caller, out: int) -> int:
+        _dev, inode, kind, _links, size, *_times = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))
+        size = 4096 if kind == _DIRECTORY else size
+        epoch = self.epoch_ns
+        stat = _FILESTAT.pack(1, self._inode(inode), kind, 1, size, epoch, epoch, epoch)
+        return _ESUCCESS if _write(caller, out, stat) else _EFAULT
+
+    def _inode(self, host: int) -> int:
+        return self.inodes.setdefault(host, len(self.inodes) + 1)
 
 
 def _refused(why: str, *, damaged: bool = False) -> dict:

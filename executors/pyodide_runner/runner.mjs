@@ -663,21 +663,25 @@ function jobFS(FS, NODEFS, writable) {
     if (node?.mount?.mountpoint === "/context") contextRefused = true;
     throw new FS.ErrnoError(EROFS);
   };
-  const normalise = (stat) => {
+  // The inode number is Emscripten's own for the node (what a listing gives too), one link, directories of
+  // 4096 bytes, blocks as the size needs them: the host's differ from node to node.
+  const normalise = (stat, node) => {
     const time = new RealDate(EPOCH_MS);
     const exec = stat.mode & 0o111 ? 0o111 : 0;
     const kind = stat.mode & 0o170000;
     const perms = kind === 0o040000 ? 0o755 : 0o644 | exec;
-    return { ...stat, dev: 1, uid: 0, gid: 0, mode: kind | (writable ? perms : perms & ~0o222),
-             atime: time, mtime: time, ctime: time };
+    const size = kind === 0o040000 ? 4096 : stat.size;
+    return { ...stat, dev: 1, ino: node.id, nlink: 1, uid: 0, gid: 0, rdev: 0,
+             mode: kind | (writable ? perms : perms & ~0o222), size, blksize: 4096,
+             blocks: Math.ceil(size / 4096) * 8, atime: time, mtime: time, ctime: time };
   };
   const node_ops = {
     ...NODEFS.node_ops,
-    getattr: (node) => normalise(NODEFS.node_ops.getattr(node)),
+    getattr: (node) => normalise(NODEFS.node_ops.getattr(node), node),
     lookup: (parent, name) => adopt(NODEFS.node_ops.lookup(parent, name)),
     readdir: (node) => NODEFS.node_ops.readdir(node).sort(),
   };
-  const stream_ops = { ...NODEFS.stream_ops, getattr: (stream) => normalise(NODEFS.stream_ops.getattr(stream)) };
+  const stream_ops = { ...NODEFS.stream_ops, getattr: (stream) => normalise(NODEFS.stream_ops.getattr(stream), stream.node) };
   if (writable) {
     node_ops.mknod = (parent, name, mode, dev) => adopt(NODEFS.node_ops.mknod(parent, name, mode, dev));
   } else {

@@ -241,24 +241,43 @@ WAT_RANDOM = """(module
   (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get" (func $stat (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $readdir (param i32 i32 i32 i64 i32) (result i32)))
   (memory (export "memory") 1)
+  (data (i32.const 280) "b")
   (func (export "_start")
     (drop (call $random (i32.const 100) (i32.const 16)))
     (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 116)))
+    ;; a file it makes in /outputs (fd 4), and what /context (fd 3) holds
+    (drop (call $open (i32.const 4) (i32.const 0) (i32.const 280) (i32.const 1) (i32.const 1) (i64.const 64)
+                      (i64.const 0) (i32.const 0) (i32.const 44)))
+    (drop (call $stat (i32.const 4) (i32.const 0) (i32.const 280) (i32.const 1) (i32.const 304)))
+    (drop (call $readdir (i32.const 3) (i32.const 400) (i32.const 2000) (i64.const 0) (i32.const 40)))
     (i32.store (i32.const 0) (i32.const 100))
     (i32.store (i32.const 4) (i32.const 24))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 200)))))
+    (i32.store (i32.const 8) (i32.const 304))
+    (i32.store (i32.const 12) (i32.const 64))
+    (i32.store (i32.const 16) (i32.const 400))
+    (i32.store (i32.const 20) (i32.load (i32.const 40)))
+    ;; one buffer a call: wasmtime writes only the first of several
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 200)))
+    (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 200)))
+    (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 200)))))
 """
 
 
 def test_python_and_wasm_give_the_same_result_on_three_nodes_and_across_runs(tmp_path):
-    """Three compute nodes run each program; `confidence 3` completes only if all three CIDs are equal."""
+    """Three compute nodes run each program; `confidence 3` completes only if all three CIDs are equal. Each
+    prints what it learns of its files too: the host's times, inode numbers and listing order differ."""
     os.environ["SHOAL_HOME"] = str(tmp_path / "home")
     (tmp_path / "prog").mkdir()
     (tmp_path / "prog" / "main.py").write_text(
         "import random, time, uuid, os\n"
         "print(random.random(), time.time(), time.monotonic(), uuid.uuid4(), hash('abc'), list({'x', 'y', 'z'}),"
-        " os.urandom(4).hex())\n")
+        " os.urandom(4).hex())\n"
+        "print([(e.name, e.inode(), tuple(e.stat())) for e in os.scandir('.')], tuple(os.stat('.')))\n")
     (tmp_path / "prog" / "random.wat").write_text(WAT_RANDOM)
     devstack = Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=True, write_state=False)
     trio.run(devstack.start)
@@ -280,7 +299,7 @@ def _run_args(command: list[str]) -> list[str]:
     flags = ["--no-cache", "--id-only", "--concurrency", "3", "--confidence", "3"]
     if command[0] == "python":
         return ["run", "python", *flags, *command[1:]]
-    return ["wasm", "run", *flags, *command[2:]]
+    return ["wasm", "run", *flags, "-o", "o:/outputs", *command[2:]]
 
 
 def floats(n: int) -> list[float]:

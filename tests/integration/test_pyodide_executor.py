@@ -406,6 +406,43 @@ async def test_deterministic_across_runs_executors_and_warm_or_cold(cache_dir: P
     assert differs["hash"] == lines["hash"] and differs["set"] == lines["set"]  # PYTHONHASHSEED=0 everywhere
 
 
+FILE_FACTS = """\
+import os
+for name in "fbeadc":
+    open(f"/outputs/{name}", "w").close()
+os.mkdir("/outputs/sub")
+with open("/outputs/data", "w") as f:
+    f.write("x" * 5000)
+for path in ("/inputs", "/inputs/x", "/outputs", "/outputs/b", "/outputs/data"):
+    s = os.stat(path)
+    print(path, s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_blocks, s.st_blksize, s.st_mtime_ns, s.st_ctime_ns)
+print("listing", [(e.name, e.inode()) for e in os.scandir("/outputs")])
+"""
+
+
+async def test_what_a_program_learns_of_its_files_is_the_same_on_every_node(executor: PyodideExecutor,
+                                                                          tmp_path: Path) -> None:
+    """Host inode numbers, link counts, directory sizes and blocks differ between nodes: a client printing
+    them had honest nodes outvoted on a job that is judged exactly."""
+    (tmp_path / "a").mkdir()
+    first = await executor.run(request(tmp_path / "a", code=FILE_FACTS, inputs={"x": "data"}))
+    (tmp_path / "b" / "inputs" / "more").mkdir(parents=True)  # another host link count and size
+    elsewhere = await executor.run(request(tmp_path / "b", code=FILE_FACTS, inputs={"x": "data"}))
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == elsewhere.stdout
+    facts = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in first.stdout.splitlines()[:-1]}
+    epoch = 1704067200 * 10**9
+    for path, (dev, _ino, links, size, blocks, block_size, mtime, ctime) in facts.items():
+        assert (dev, links, block_size, mtime, ctime) == (1, 1, 4096, epoch, epoch), path
+        assert blocks == -(-size // 4096) * 8, path
+    assert facts["/inputs"][3] == facts["/outputs"][3] == 4096 and facts["/outputs/data"][3] == 5000
+    inodes = [facts[path][1] for path in facts]
+    assert len(set(inodes)) == len(inodes)  # each file its own number
+    listing = eval(first.stdout.splitlines()[-1].split(" ", 1)[1])
+    assert [name for name, _ in listing] == ["a", "b", "c", "d", "data", "e", "f", "sub"]
+    assert dict(listing)["b"] == facts["/outputs/b"][1]  # the number its stat gave
+
+
 async def test_a_job_making_empty_files_without_end_stops_at_the_entry_cap(executor: PyodideExecutor,
                                                                            tmp_path: Path) -> None:
     """Empty files cost no bytes, yet each takes an inode: this job, with no disk limit at all, made them until

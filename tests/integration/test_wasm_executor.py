@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -158,6 +159,66 @@ LIST = module(
 """,
 )
 
+# Makes files named f, b, e, a, d, c in /outputs, then prints as hex: the stat of /inputs (fd 3), the stat of
+# /outputs/b, and /outputs' listing (wasi-libc's readdir: fd_readdir with room for all).
+FILE_FACTS = module(
+    """
+  (data (i32.const 128) "fbeadc")
+  (func (export "_start") (local $i i32)
+    (block $made (loop $next
+      (br_if $made (i32.ge_u (local.get $i) (i32.const 6)))
+      (drop (call $path_open (i32.const 4) (i32.const 0) (i32.add (i32.const 128) (local.get $i)) (i32.const 1)
+                             (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16)))
+      (drop (call $fd_close (i32.load (i32.const 16))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (drop (call $fd_filestat_get (i32.const 3) (i32.const 1024)))
+    (call $hex (i32.const 1024) (i32.const 64))
+    (drop (call $path_filestat_get (i32.const 4) (i32.const 0) (i32.const 129) (i32.const 1) (i32.const 1024)))
+    (call $hex (i32.const 1024) (i32.const 64))
+    (drop (call $fd_readdir (i32.const 4) (i32.const 1024) (i32.const 1000) (i64.const 0) (i32.const 16)))
+    (call $hex (i32.const 1024) (i32.load (i32.const 16)))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get"
+    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+""",
+)
+
+# Calls stat and readdir as a hostile module would, and prints the errno of each (4 bytes each, as hex).
+FILE_FACTS_ABUSED = module(
+    """
+  (func (export "_start")
+    (i32.store (i32.const 1024)  ;; a listing written past the end of memory
+      (call $fd_readdir (i32.const 3) (i32.const 65530) (i32.const 1000) (i64.const 0) (i32.const 16)))
+    (i32.store (i32.const 1028)  ;; a path of 4 GiB
+      (call $path_filestat_get (i32.const 3) (i32.const 0) (i32.const 128) (i32.const -1) (i32.const 1100)))
+    (i32.store (i32.const 1032)  ;; a path of 64 KiB, all in memory
+      (call $path_filestat_get (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 65536) (i32.const 1100)))
+    (i32.store (i32.const 1036)  ;; a cookie past the end: nothing more (bufused 0, at 1040)
+      (call $fd_readdir (i32.const 3) (i32.const 2048) (i32.const 1000) (i64.const -1) (i32.const 1040)))
+    (i32.store (i32.const 1044)  ;; stdout is no directory
+      (call $fd_readdir (i32.const 1) (i32.const 2048) (i32.const 1000) (i64.const 0) (i32.const 16)))
+    (i32.store (i32.const 1048) (call $fd_filestat_get (i32.const 99) (i32.const 1100)))  ;; no such file
+    (i32.store (i32.const 1052)  ;; a stat written past the end of memory
+      (call $fd_filestat_get (i32.const 3) (i32.const 65530)))
+    (i32.store (i32.const 1056)  ;; a listing into no room at all: nothing, no error
+      (call $fd_readdir (i32.const 3) (i32.const 2048) (i32.const 0) (i64.const 0) (i32.const 1060)))
+    (call $hex (i32.const 1024) (i32.const 40))))
+""",
+    """
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get"
+    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+""",
+)
+
 EXIT_3 = module("""
   (data (i32.const 128) "failing\\n")
   (func (export "_start") (call $write (i32.const 2) (i32.const 128) (i32.const 8)) (call $proc_exit (i32.const 3))))
@@ -262,6 +323,42 @@ async def test_lists_an_input_directory(executor: WasmExecutor, tmp_path: Path) 
     result = await executor.run(request(tmp_path, LIST, files={name: name for name in names}))
     listed = {n for n in result.stdout.splitlines() if n not in (".", "..")}
     assert listed == {*names, "prog.wasm"}
+
+
+async def test_what_a_module_learns_of_its_files_is_the_same_on_every_node(executor: WasmExecutor,
+                                                                         tmp_path: Path) -> None:
+    """Host file times, inode numbers, link counts, directory sizes and listing order differ between nodes:
+    a client printing them had honest nodes outvoted on a job that is judged exactly."""
+    first = await executor.run(request(tmp_path, FILE_FACTS))
+    (tmp_path / "inputs" / "more").mkdir()  # the input directory's host link count and size change
+    os.utime(tmp_path / "inputs", (1, 1))
+    elsewhere = await WasmExecutor(cache_dir=tmp_path / "other-cache").run(request(tmp_path, FILE_FACTS))
+    assert first.exit_code == 0, first
+    assert first.stdout == elsewhere.stdout
+
+    stat_of_inputs, stat_of_b, listing = (bytes.fromhex(line) for line in first.stdout.splitlines())
+    epoch = EPOCH_SECONDS * 10**9
+    fields = ("dev", "ino", "filetype", "nlink", "size", "atim", "mtim", "ctim")
+    inputs, b = (dict(zip(fields, struct.unpack("<QQB7xQQQQQ", stat), strict=True))
+                 for stat in (stat_of_inputs, stat_of_b))
+    assert inputs == {"dev": 1, "ino": 1, "filetype": 3, "nlink": 1, "size": 4096, "atim": epoch, "mtim": epoch,
+                      "ctim": epoch}
+    assert b == {**inputs, "ino": 2, "filetype": 4, "size": 0}
+    entries, at = [], 0
+    while at < len(listing):
+        cookie, inode, length, _kind = struct.unpack_from("<QQIB3x", listing, at)
+        entries.append((cookie, listing[at + 24 : at + 24 + length].decode(), inode))
+        at += 24 + length
+    assert [(cookie, name) for cookie, name, _ in entries] == list(enumerate([".", "..", *"abcdef"], start=1))
+    assert dict((name, inode) for _, name, inode in entries)["b"] == 2  # the number its stat gave
+
+
+async def test_stat_and_listing_answer_a_hostile_module_with_errors(executor: WasmExecutor, tmp_path: Path) -> None:
+    result = await executor.run(request(tmp_path, FILE_FACTS_ABUSED))
+    assert result.exit_code == 0, result
+    errnos = struct.unpack("<10I", bytes.fromhex(result.stdout.strip()))
+    efault, ebadf, enametoolong = 21, 8, 37
+    assert errnos == (efault, efault, enametoolong, 0, 0, ebadf, ebadf, efault, 0, 0)
 
 
 async def test_exit_code_and_stderr(executor: WasmExecutor, tmp_path: Path) -> None:
