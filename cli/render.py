@@ -459,6 +459,8 @@ def nodes_table(nodes: NodeList) -> Table:
         verified = "—" if rep is None else f"{rep.accepted}/{rep.rejected}"
         if rep is not None and rep.quarantined:
             verified += " QUARANTINED"
+            if rep.quarantined_until is not None:
+                verified += f" (lapses in {fmt_age(max(rep.quarantined_until - time.time(), 0))})"
         table.add_row(
             short_peer(n.peer_id),
             safe(", ".join(n.engines)),

@@ -113,6 +113,8 @@ class Reputation(BaseModel):
     accepted: int = 0
     rejected: int = 0
     quarantined: bool = False
+    quarantined_until: float | None = None  # when: its bids are then taken again, and its next rejection
+    # quarantines it anew
 
 
 class NodeList(BaseModel):

@@ -39,7 +39,7 @@ SMALLEST_JOB = Resources(cpu=MIN_CPU, memory=MIN_MEMORY, disk=0)  # what any job
 # what a failed run of a job that repeats exactly says, when it had retries left (JobSpec.repeats_exactly)
 NOT_RETRIED = " (not retried: a deterministic job exits the same way on every run)"
 
-Reputation = Mapping[str, tuple[int, int]]  # peer -> (results accepted, results rejected)
+Reputation = Mapping[str, trust.Standing]  # by peer
 
 
 def announce_backoff(backoff: float, now: float, ceiling: float = ANNOUNCE_BACKOFF_MAX) -> tuple[float, float]:
@@ -330,9 +330,9 @@ class JobMachine:
         job = state.job
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
         refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
-        accepted, rejected = known.reputation.get(peer, (0, 0))
-        if refusal is None and trust.quarantined((accepted, rejected), self.quarantine_after):
-            refusal = f"quarantined: {rejected} results rejected, {accepted} accepted"
+        standing = known.reputation.get(peer, trust.Standing())
+        if refusal is None and trust.quarantined(standing, self.quarantine_after, now):
+            refusal = f"quarantined: {standing.rejected} results rejected, {standing.accepted} accepted"
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
         if refusal is None and state.needed() <= 0:
@@ -478,7 +478,7 @@ class JobMachine:
             return p
         limit = spec.deadlines.bid_limit
         if now - p.state.waiting_since > limit:
-            why = waiting_reason(spec, known.nodes, p.state.held(), barred=self.barred(p.state, known))
+            why = waiting_reason(spec, known.nodes, p.state.held(), barred=self.barred(p.state, known, p.now))
             self._finish(p, JobState.FAILED, f"no node took the job within {limit:g} s ({why})")
             return p
         impossible = never_runnable(spec, known.nodes) if known.complete else None
@@ -486,7 +486,7 @@ class JobMachine:
             self._finish(p, JobState.FAILED, impossible)
             return p
         failed = [x for x in p.state.executions.values() if x.state is ExecutionState.FAILED and x.error is not None]
-        if failed and known.complete and (able := self.able(spec, known)) \
+        if failed and known.complete and (able := self.able(spec, known, p.now)) \
                 and not trust.nodes_left(p.state.executions.values(), able):
             # the nodes gave up on it while the node table was filling (no job fails for want of a node then)
             last = max(failed, key=lambda x: x.updated_at)
@@ -496,21 +496,22 @@ class JobMachine:
         p.announce = now >= p.state.next_announce
         return p
 
-    def able(self, spec: JobSpec, known: Known) -> set[str]:
+    def able(self, spec: JobSpec, known: Known, now: float) -> set[str]:
         """The known nodes whose bids on the job would be taken: able to run it, not quarantined."""
-        barred = self.quarantined(known)
+        barred = self.quarantined(known, now)
         return {info.peer_id for info in known.nodes if can_ever_run(spec, info) and info.peer_id not in barred}
 
-    def quarantined(self, known: Known) -> set[str]:
+    def quarantined(self, known: Known, now: float) -> set[str]:
         """The known nodes whose bids and claims are refused (``trust.quarantined``)."""
         return {info.peer_id for info in known.nodes
-                if trust.quarantined(known.reputation.get(info.peer_id, (0, 0)), self.quarantine_after)}
+                if trust.quarantined(known.reputation.get(info.peer_id, trust.Standing()), self.quarantine_after,
+                                     now)}
 
-    def barred(self, state: Tracked, known: Known) -> set[str]:
+    def barred(self, state: Tracked, known: Known, now: float) -> set[str]:
         """The known nodes whose bids on the job are refused: quarantined, or done with it (``trust.nodes_left``:
         a concurrency-3 job on three nodes, one of them failing it twice, said all three could run it)."""
         ids = {info.peer_id for info in known.nodes}
-        return self.quarantined(known) | (ids - trust.nodes_left(state.executions.values(), ids))
+        return self.quarantined(known, now) | (ids - trust.nodes_left(state.executions.values(), ids))
 
     def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
              silent: float | None = None) -> JobChanges:
@@ -540,7 +541,7 @@ class JobMachine:
         """The job with its newly accepted executions in ``p.state``: running, or still short of nodes."""
         job, held = p.state.job, p.state.held()
         reason = "running" if held >= job.spec.deal.concurrency else waiting_reason(
-            job.spec, p.known.nodes, held, barred=self.barred(p.state, p.known))
+            job.spec, p.known.nodes, held, barred=self.barred(p.state, p.known, p.now))
         if job.state is JobState.RUNNING and job.reason == reason:
             return None
         p.state = replace(p.state, job=job.transition(JobState.RUNNING, reason, p.now))
@@ -618,7 +619,7 @@ class JobMachine:
         first, while the re-offer budget lasts.
         """
         job = p.state.job
-        able = self.able(job.spec, p.known)
+        able = self.able(job.spec, p.known, p.now)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
         reporters = trust.error_reporters(p.state.executions.values()) | {failed.node_id}
         everyone = p.known.complete  # else a node not yet heard of may run it
@@ -639,7 +640,7 @@ class JobMachine:
         """Whether a node that holds no slot of the job may still take one (one not heard of yet may, while
         the node table fills)."""
         job, executions = p.state.job, p.state.executions.values()
-        return not p.known.complete or bool(trust.nodes_left(executions, self.able(job.spec, p.known))
+        return not p.known.complete or bool(trust.nodes_left(executions, self.able(job.spec, p.known, p.now))
                                             - _holders(p.state))
 
     def _reoffers_left(self, p: JobChanges) -> bool:
@@ -706,7 +707,7 @@ class JobMachine:
         # the store deletes the job's secrets in the transaction that ends it
         p.state = replace(p.state.with_executions(*executions), job=job, secrets={})
         p.save(job=job, executions=tuple(executions), events=tuple(events), cache=cache,
-               reputation=dict(p.reputation) or None)
+               reputation=dict(p.reputation) or None, judged_at=p.now)
         p.finished = True
 
     @staticmethod

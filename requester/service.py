@@ -79,7 +79,7 @@ class RequesterService(Driver[_Active]):
         super().__init__("job", peers, store, clock, "bids bids_accepted bids_rejected results announcements "
                                                      "offered_here reoffers retries results_refused penalties")
         self.machine = JobMachine(peers.node_id, max_reoffers=max_reoffers, quarantine_after=quarantine_after)
-        self.reputation: dict[str, tuple[int, int]] = {}  # peer -> (results accepted, results rejected)
+        self.reputation: dict[str, trust.Standing] = {}  # by peer
         self.nodes = NodeTable(ttl=NODE_INFO_TTL)
         self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._queue = Queue(lambda: (aj.state.waiting_since for aj in self._live.values() if aj.state.is_open()))
@@ -103,7 +103,7 @@ class RequesterService(Driver[_Active]):
 
     async def _restore(self) -> None:
         self._started_at = now = self.clock()
-        self.reputation = await self.store.reputations()
+        self.reputation = {peer: trust.Standing(*row) for peer, row in (await self.store.reputations()).items()}
         secrets = await self.store.live_secrets()
         for i, job in enumerate(await self.store.live_jobs()):
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
@@ -127,7 +127,7 @@ class RequesterService(Driver[_Active]):
     def able(self, spec: JobSpec) -> set[str]:
         """The known nodes that could run ``spec`` and are not quarantined: no sweep claim takes more than its
         share of them."""
-        return self.machine.able(spec, self._known())
+        return self.machine.able(spec, self._known(), self.clock())
 
     def nodes_for_refusal(self) -> list[NodeInfo]:
         """The known nodes, to judge that none could ever run a job: none while the table is crowded (a
@@ -145,7 +145,8 @@ class RequesterService(Driver[_Active]):
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
-        vouched = self.reputation.get(origin, (0, 0))[0] > 0  # it ran jobs for us: a flood does not push it out
+        # it ran jobs for us: a flood does not push it out
+        vouched = self.reputation.get(origin, trust.Standing()).accepted > 0
         if self.nodes.update(info, self.clock(), vouched=vouched):  # new, or restarted: announce what it has room for
             self._joined[origin] = info
             self._joined.move_to_end(origin)
@@ -169,7 +170,7 @@ class RequesterService(Driver[_Active]):
         """Write what a decision says, in order; then send and announce what it says."""
         for write, state in changes.writes:
             await self.store.save(**vars(write))
-            self._add_reputation(getattr(write, "reputation", None) or {})
+            self._add_reputation(getattr(write, "reputation", None) or {}, getattr(write, "judged_at", 0.0))
             aj.state = state
         aj.state = changes.state
         await self._tally(changes)
@@ -283,7 +284,7 @@ class RequesterService(Driver[_Active]):
         ahead = self._queue.ahead(state.waiting_since, now)
         known = self._known()
         reason = waiting_reason(state.job.spec, known.nodes, state.held(), ahead,
-                                barred=self.machine.barred(state, known))
+                                barred=self.machine.barred(state, known, now))
         return aj.job if reason == aj.job.reason else aj.job.model_copy(update={"reason": reason})
 
     async def cancel(self, job_id: str, reason: str = "cancelled by its owner") -> Job:
@@ -343,28 +344,32 @@ class RequesterService(Driver[_Active]):
             return reply
 
     def quarantined(self, peer: str) -> bool:
-        return trust.quarantined(self.reputation.get(peer, (0, 0)), self.machine.quarantine_after)
+        return trust.quarantined(self.reputation.get(peer, trust.Standing()), self.machine.quarantine_after,
+                                 self.clock())
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""
         self.counters["penalties"] += 1
         log.warning("refused from %s: %s", peer, reason)
-        self._add_reputation({peer: (0, 1)})
-        await self.store.save(reputation={peer: (0, 1)})
+        now = self.clock()
+        self._add_reputation({peer: (0, 1)}, now)
+        await self.store.save(reputation={peer: (0, 1)}, judged_at=now)
 
     async def credit(self, peers: list[str]) -> None:
         """Count verified results (a sweep's) for their nodes, in one write: as a job's are, so a node's good
         work weighs against its rejections (``trust.quarantined``)."""
         added = {peer: (n, 0) for peer, n in Counter(peers).items()}
-        self._add_reputation(added)
-        await self.store.save(reputation=added)
+        now = self.clock()
+        self._add_reputation(added, now)
+        await self.store.save(reputation=added, judged_at=now)
 
-    def _add_reputation(self, added: dict[str, tuple[int, int]]) -> None:
+    def _add_reputation(self, added: dict[str, tuple[int, int]], at: float) -> None:
         """Add to peers' counts here what is added to them in the store: changes, never counts read earlier,
         so two decisions about one peer both count (with counts, the second overwrote the first)."""
         for peer, (accepted, rejected) in added.items():
-            was_accepted, was_rejected = self.reputation.get(peer, (0, 0))
-            self.reputation[peer] = (was_accepted + accepted, was_rejected + rejected)
+            was = self.reputation.get(peer, trust.Standing())
+            self.reputation[peer] = trust.Standing(was.accepted + accepted, was.rejected + rejected,
+                                                   max(was.rejected_at, at) if rejected else was.rejected_at)
 
     # -- deadlines, re-announcements, liveness ----------------------------------------------------
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from jobs import Execution, ExecutionState, JobSpec, RunResult
 
+QUARANTINE_SECONDS = 24 * 3600.0  # a quarantine lasts this long after the node's last rejected result
 RETRYABLE_ERRORS_PER_NODE = 2  # a node that reports this many "retry elsewhere" errors for a job is done with it
 CONFIRMING_NODES = 2  # fewest distinct nodes whose errors confirm one another (a job's or a sweep index's)
 
@@ -121,11 +123,22 @@ def credited(agreeing: Collection[str], spec: JobSpec, *, outvoted: Collection[s
     return len(agreeing) >= 2 and not spec.selector and (spec.repeats_exactly() or not outvoted)
 
 
-def quarantined(reputation: tuple[int, int], after: int) -> bool:
-    """Whether a node's bids and claims are refused: ``reputation`` is (results accepted, rejected); at
-    least ``after`` rejected, and more than one for every ten accepted."""
-    accepted, rejected = reputation
-    return rejected >= after and rejected > accepted // 10
+class Standing(NamedTuple):
+    """What a node's results earned it on this requester."""
+
+    accepted: int = 0
+    rejected: int = 0
+    rejected_at: float = 0.0  # when the last rejection was counted
+
+
+def quarantined(standing: Standing, after: int, now: float) -> bool:
+    """Whether a node's bids and claims are refused: at least ``after`` of its results rejected, more than one
+    for every ten accepted, the last within ``QUARANTINE_SECONDS``. Then it is let back on probation: its counts
+    stand, so its next rejection quarantines it again. A liar gets one wrong result a day before verification
+    (which refuses it anyway); an honest node once framed (a client's job printing what differs between nodes,
+    a fault since fixed) is not lost for good, as it was while a quarantine lasted for ever."""
+    return standing.rejected >= after and standing.rejected > standing.accepted // 10 \
+        and now - standing.rejected_at < QUARANTINE_SECONDS
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class Store:
         request_digest: str = "",
         cache: tuple[str, str, RunResult, bool] | None = None,
         reputation: dict[str, tuple[int, int]] | None = None,
+        judged_at: float = 0.0,
         secrets: dict[str, str] | None = None,
     ) -> None:
         """Write all of it in one transaction, or none of it.
@@ -129,7 +130,8 @@ class Store:
         ``job`` and ``executions`` are updates: each carries its bumped revision and is written
         only if the stored revision is the one before it (else ``StaleState``).
         ``secrets``: the secret_env of ``new_job``, sealed; a job's secrets are deleted by the
-        update that makes it terminal. ``reputation``: (results accepted, rejected) to add to each peer's.
+        update that makes it terminal. ``reputation``: (results accepted, rejected) to add to each peer's; a
+        rejection among them was counted at ``judged_at``.
         """
         jrow = srow = None
         if new_job is not None:
@@ -149,7 +151,7 @@ class Store:
                  x.revision - 1) for x in executions]
         erows = [(e.job_id, e.at, e.kind.value, e.execution_id, e.node_id, e.message, side.value) for e in events]
         crow = (cache[0], cache[1], cache[2].model_dump_json(), time.time(), int(cache[3])) if cache else None
-        rrows = [(peer, a, r) for peer, (a, r) in (reputation or {}).items()]
+        rrows = [(peer, a, r, judged_at if r else 0.0) for peer, (a, r) in (reputation or {}).items()]
 
         def op(conn: sqlite3.Connection) -> None:
             if jrow:
@@ -192,8 +194,9 @@ class Store:
                     " WHERE NOT result_cache.verified", crow)
             if rrows:
                 conn.executemany(  # added, not set: decisions about other jobs count for the same peers meanwhile
-                    "INSERT INTO reputation (peer, accepted, rejected) VALUES (?,?,?) ON CONFLICT(peer) DO UPDATE"
-                    " SET accepted=accepted+excluded.accepted, rejected=rejected+excluded.rejected", rrows)
+                    "INSERT INTO reputation (peer, accepted, rejected, rejected_at) VALUES (?,?,?,?) ON CONFLICT(peer)"
+                    " DO UPDATE SET accepted=accepted+excluded.accepted, rejected=rejected+excluded.rejected,"
+                    " rejected_at=max(rejected_at, excluded.rejected_at)", rrows)
 
         await self._writer.write(op)
         if erows:
@@ -384,7 +387,7 @@ class Store:
     async def is_shared(self, target: str, client: str) -> bool:
         return await self._read_by_key(queries.is_shared, target, client)
 
-    async def reputations(self) -> dict[str, tuple[int, int]]:
+    async def reputations(self) -> dict[str, tuple[int, int, float]]:
         return await self._read(queries.reputations)
 
     async def executions_of(self, side: ExecutionSide, job_id: str) -> list[Execution]:

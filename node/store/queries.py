@@ -152,8 +152,10 @@ def is_shared(c: Connection, target: str, client: str) -> bool:
     return c.execute("SELECT 1 FROM shares WHERE target=? AND client=?", (target, client)).fetchone() is not None
 
 
-def reputations(c: Connection) -> dict[str, tuple[int, int]]:
-    return {peer: (a, r) for peer, a, r in c.execute("SELECT peer, accepted, rejected FROM reputation").fetchall()}
+def reputations(c: Connection) -> dict[str, tuple[int, int, float]]:
+    """Each peer's results accepted, rejected, and when the last rejection was counted."""
+    return {peer: (a, r, at)
+            for peer, a, r, at in c.execute("SELECT peer, accepted, rejected, rejected_at FROM reputation")}
 
 
 # -- executions and events -----------------------------------------------------------------------

@@ -281,9 +281,16 @@ def _set_aside_odd_ids(conn: sqlite3.Connection) -> None:
     _set_aside_refused(conn, tables={"jobs", "executions", "sweeps"}, only=odd)
 
 
+def _quarantines_lapse(conn: sqlite3.Connection) -> None:
+    """10: when each node's last rejected result was counted: a quarantine lapses a day after it
+    (``requester.trust.quarantined``). A node an earlier release quarantined serves its day from the upgrade."""
+    conn.execute("ALTER TABLE reputation ADD COLUMN rejected_at REAL NOT NULL DEFAULT 0")
+    conn.execute("UPDATE reputation SET rejected_at = ? WHERE rejected > 0", (time.time(),))
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _first_release, _cache_verified, _access_and_secrets, _index_retries, _set_aside_refused,
-    _set_aside_bounded_sweeps, _set_aside_unpassable_env, _expiry_columns, _set_aside_odd_ids)
+    _set_aside_bounded_sweeps, _set_aside_unpassable_env, _expiry_columns, _set_aside_odd_ids, _quarantines_lapse)
 LATEST = len(MIGRATIONS)
 
 

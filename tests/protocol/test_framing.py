@@ -107,7 +107,7 @@ async def test_a_liar_among_as_many_nodes_as_a_job_needs_to_agree_fails_none_of_
             assert d.job.result is not None and "FORGED" not in d.job.result.stdout
             ran_with_the_liar += any(x.node_id == "liar" for x in d.executions)
         assert ran_with_the_liar  # it was chosen (at random: 2 jobs in 3), and outvoted each time
-        accepted, rejected = req.requester.reputation["liar"]
+        accepted, rejected, _ = req.requester.reputation["liar"]
         assert accepted == 0 and rejected >= 1 and rejected == min(ran_with_the_liar, 3)  # then quarantined
 
 

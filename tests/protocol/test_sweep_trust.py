@@ -75,7 +75,7 @@ async def test_a_rogue_claim_cannot_win_an_any_sweep_with_indexes_it_was_not_gra
         assert f": {outside}" in reply.reason
 
         assert (await ns[0].sweeps.get(s.id)).state is JobState.RUNNING  # none of it won the sweep
-        _, rejected = ns[0].requester.reputation["rogue"]
+        rejected = ns[0].requester.reputation["rogue"].rejected
         assert rejected == 3 and ns[0].requester.quarantined("rogue")
         reply = await rogue.claim("n0", s.id, "c-rogue-3", want=5)
         assert reply.verdict == "rejected" and reply.ranges == [] and "quarantined" in reply.reason
@@ -135,7 +135,7 @@ async def test_one_nodes_errors_run_their_indexes_elsewhere_and_count_against_it
         assert {x for node, x in runs if node == "n0"} == {str(i) for i in range(16)}  # n0 ran each, once
         records, _ = await ns[0].store.sweep_indexes(d.sweep.id)
         assert all(r.node_id == "n0" and r.attempts == (2 if str(r.index) in lied else 1) for r in records)
-        assert ns[0].requester.reputation["n1"] == (0, len(lied))  # each error was shown wrong
+        assert ns[0].requester.reputation["n1"][:2] == (0, len(lied))  # each error was shown wrong
         assert "n0" not in ns[0].requester.reputation
         assert ns[0].sweeps.counters["errors_contradicted"] == len(lied)
 
@@ -166,7 +166,7 @@ async def test_a_rogue_error_alone_fails_no_index(tmp_path, autojump_clock):
         assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 200}, d.sweep.reason
         records, _ = await ns[0].store.sweep_indexes(s.id, first=index, limit=1)
         assert records[0].node_id == "n0" and records[0].attempts == 2
-        assert ns[0].requester.reputation["rogue"] == (0, 1)
+        assert ns[0].requester.reputation["rogue"][:2] == (0, 1)
 
 
 async def test_an_error_two_nodes_report_fails_the_index(tmp_path, autojump_clock):

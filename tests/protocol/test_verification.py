@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from jobs import ExecutionState, JobSpec, JobState
+from requester import trust
 from tests.memnet import MemoryHub, memory_node
 from tests.protocol.test_pair import wait_terminal
 
@@ -49,6 +50,36 @@ async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path, a
         job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": "last"}}), "alice")
         d = await wait_terminal(requester, job.id)
         assert {x.node_id for x in d.executions if x.state is ExecutionState.COMPLETED} == {"h0", "h1", "h2"}
+
+
+async def test_a_quarantine_lapses_and_the_next_lie_brings_it_back(tmp_path, autojump_clock, monkeypatch):
+    """A quarantine lasted for ever: an honest node once framed (by a client's job printing what differs between
+    nodes, or a fault since fixed) was lost to the requester for good. It now lapses a while after the node's
+    last rejected result; its counts stand, so a liar's next lie quarantines it again at once."""
+    monkeypatch.setattr(trust, "QUARANTINE_SECONDS", 600.0)
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=3, bad=1)
+        requester.machine.quarantine_after = 2
+
+        async def run_until_the_liar_is_outvoted() -> None:
+            for n in range(40):
+                job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": f"{n}"}}), "alice")
+                d = await wait_terminal(requester, job.id)
+                assert d.job.state is JobState.COMPLETED and d.job.result.stdout == "42\n", d.job.reason
+                if requester.quarantined("bad0"):
+                    return
+            raise AssertionError("the liar was never outvoted")
+
+        await run_until_the_liar_is_outvoted()
+        rejected = requester.reputation["bad0"].rejected
+        await trio.sleep(300)
+        assert requester.quarantined("bad0")
+        await trio.sleep(301)  # 600 s after its last rejection
+        assert not requester.quarantined("bad0")
+        await run_until_the_liar_is_outvoted()
+        assert requester.reputation["bad0"].rejected == rejected + 1  # one more lie, refused, and it is out again
+        assert not any(requester.quarantined(f"h{i}") for i in range(3))
 
 
 async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path, autojump_clock):

@@ -24,7 +24,7 @@ from cli.specs import split_input
 from cli.terminal import write_output
 from jobs import Event, EventKind, Execution, ExecutionState, Job, JobSpec, JobState, Resources, RunResult
 from jobs.messages import NodeInfo
-from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases, SweepList
+from jobs.views import Capacity, JobDescription, JobList, NodeList, NodeStatus, PeerList, Phases, Reputation, SweepList
 from shoal import ConnectionFailed, InvalidRequest, NotFound, WaitTimeout
 
 JOB_ID = "j-7f3a9c21d4e5b6a7"
@@ -630,6 +630,14 @@ def test_id_peers_nodes(fake: FakeClient) -> None:
     nodes = run("nodes").stdout
     assert NODE_ID[:16] in nodes and "noop, wasm" in nodes and "12 GiB / 16 GiB" in nodes
     assert json.loads(run("nodes", "--json").stdout)["nodes"][0]["peer_id"] == NODE_ID
+
+
+def test_nodes_says_when_a_quarantine_lapses(fake: FakeClient) -> None:
+    listed = fake.nodes()
+    listed.reputation = {NODE_ID: Reputation(accepted=1, rejected=4, quarantined=True,
+                                             quarantined_until=time.time() + 5 * 3600 + 60)}
+    fake.nodes = lambda: listed  # type: ignore[method-assign]
+    assert "1/4 QUARANTINED (lapses in 5h)" in " ".join(run("nodes").stdout.split())
 
 
 def test_version_with_and_without_a_node(fake: FakeClient) -> None:

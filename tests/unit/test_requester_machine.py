@@ -56,6 +56,7 @@ from requester.machine import (
 from requester.ports import NodeJudge, RequesterStore
 from requester.selection import waiting_reason
 from requester.sweep_machine import SweepMachine
+from requester.trust import QUARANTINE_SECONDS, Standing
 
 REQ = "req"
 NODES = ("n-a", "n-b", "n-c")
@@ -134,10 +135,14 @@ def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
     state = tracked(spec())
     stale, _ = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x", attempt=3), 1.0, KNOWN)
     assert stale.verdict == "rejected" and "no longer needs" in stale.reason
-    liar = Known(nodes=KNOWN.nodes, reputation={"n-a": (0, 3)})
+    liar = Known(nodes=KNOWN.nodes, reputation={"n-a": Standing(0, 3, rejected_at=0.5)})
     quarantined, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), 1.0, liar)
     assert quarantined.verdict == "rejected" and quarantined.reason.startswith("quarantined: 3 results rejected")
     assert changes.writes == []
+    # a day after its last rejected result, it is on probation: its bid is taken
+    later = 0.5 + QUARANTINE_SECONDS
+    probation, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar)
+    assert probation.verdict in ("accepted", "pending") and changes.writes
 
 
 def test_a_retried_bid_gets_the_verdict_it_had_and_another_nodes_execution_is_not_its_own():
@@ -278,7 +283,7 @@ def test_a_verdict_writes_what_it_adds_to_each_nodes_counts_never_counts_read_be
     """Two jobs judged at once each wrote counts read before the other's write, and one verdict was lost:
     28 outvoted results of a liar counted as 3, and quarantine never came."""
     state = running(tracked(spec(concurrency=2, confidence=2)), "n-a", "n-b")
-    known = Known(nodes=KNOWN.nodes, reputation={"n-a": (40, 1), "n-b": (7, 2)})
+    known = Known(nodes=KNOWN.nodes, reputation={"n-a": Standing(40, 1), "n-b": Standing(7, 2)})
     _, changes = machine().on_result(state, "n-a", result("x-n-a"), 5.0, known, signed=True)
     _, changes = machine().on_result(changes.state, "n-b", result("x-n-b"), 6.0, known, signed=True)
     assert changes.writes[-1][0].reputation == {"n-a": (1, 0), "n-b": (1, 0)}
@@ -290,11 +295,13 @@ async def test_the_store_adds_reputation_so_writes_at_the_same_time_all_count(tm
     store = Store(tmp_path / "shoal.db")
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        await store.save(reputation={"n-a": (3, 1)})
+        await store.save(reputation={"n-a": (3, 1)}, judged_at=10.0)
         async with trio.open_nursery() as writers:
-            for change in ({"n-a": (0, 1)}, {"n-a": (0, 1)}, {"n-a": (2, 0), "n-b": (0, 1)}):
-                writers.start_soon(lambda change=change: store.save(reputation=change))
-        assert await store.reputations() == {"n-a": (5, 3), "n-b": (0, 1)}
+            changes = ((12.0, {"n-a": (0, 1)}), (11.0, {"n-a": (0, 1)}), (13.0, {"n-a": (2, 0), "n-b": (0, 1)}))
+            for at, change in changes:
+                writers.start_soon(lambda change=change, at=at: store.save(reputation=change, judged_at=at))
+        # each rejection's time is kept when it is the latest (a credit moves it not)
+        assert await store.reputations() == {"n-a": (5, 3, 12.0), "n-b": (0, 1, 13.0)}
         nursery.cancel_scope.cancel()
 
 
@@ -467,7 +474,7 @@ def test_an_error_a_node_may_honestly_meet_counts_not_against_it_when_another_co
 
 def test_a_quarantined_node_is_not_one_the_job_waits_for():
     """A job whose other node was quarantined waited out its bid limit (24 h) for bids it would refuse."""
-    two = Known(nodes=[node("n-a"), node("n-b")], reputation={"n-b": (0, 3)})
+    two = Known(nodes=[node("n-a"), node("n-b")], reputation={"n-b": Standing(0, 3)})
     state = running(tracked(spec()), "n-a")
     _, changes = machine().on_result(state, "n-a", result("x-n-a", error="boom"), 5.0, two, signed=True)
     assert changes.finished and changes.state.job.state is JobState.FAILED  # every node it would take said so
@@ -1039,7 +1046,7 @@ def test_proposals_all_in_with_no_verdict_written_are_judged_at_the_next_tick():
 def test_a_job_waiting_on_a_quarantined_node_says_so():
     """A job whose third slot only a quarantined node could take said "3 of 3 known nodes can run it" while it
     waited for a node to join."""
-    known = Known(nodes=KNOWN.nodes, reputation={"n-c": (4, 3)})
+    known = Known(nodes=KNOWN.nodes, reputation={"n-c": Standing(4, 3)})
     state = tracked(spec(concurrency=3, confidence=2))
     for n in ("n-a", "n-b"):
         _, changes = machine().on_bid(state, n, Bid(job_id="j-1", execution_id=f"x-{n}"), 1.0, known)
@@ -1056,7 +1063,7 @@ def test_a_job_waiting_on_a_node_done_with_it_says_so():
     state = state.with_executions(*(Execution(
         id=f"x-c{i}", job_id="j-1", node_id="n-c", requester=REQ, attempt=i, created_at=i, updated_at=i,
         state=ExecutionState.FAILED, reason=lost, error=lost, retryable=True) for i in (0, 1)))
-    barred = machine().barred(state, KNOWN)
+    barred = machine().barred(state, KNOWN, 2.0)
     assert barred == {"n-c"}
     assert waiting_reason(state.job.spec, KNOWN.nodes, state.held(), barred=barred) == (
         "waiting for more nodes: it needs 3 and 2 of 3 known nodes can run it (1 more quarantined or done with "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -94,7 +95,8 @@ async def test_an_older_store_upgrades_and_reads_back(tmp_path, release, verifie
         assert compute.id == "x-compute" and compute.result.cid == "bafyjobresult"
         assert [e.kind for e in await store.events("j-remote", side=ExecutionSide.COMPUTE)] == [
             EventKind.RESULTS_PUBLISHED]
-        assert await store.reputations() == {NODE: (3, 1)}
+        [(accepted, rejected, rejected_at)] = (await store.reputations()).values()
+        assert (accepted, rejected) == (3, 1) and rejected_at > time.time() - 600  # a quarantine from before lasts
 
         # the cache: an entry the previous release wrote is unverified and serves only its own client
         source, result, flag = await store.cached_result("cache-key-done", ALICE)

@@ -10,6 +10,7 @@ from node.api.errors import SIGNED_ERRORS, error_doc
 from node.api.middleware import client_id
 from node.api.parts import Node, requester_of
 from node.config import VERSION
+from requester.trust import QUARANTINE_SECONDS
 
 Client = Annotated[str, Depends(client_id)]
 
@@ -42,8 +43,10 @@ def nodes_router(node: Node) -> APIRouter:
                 summary="Compute nodes this node knows, with their engines and capacity")
     async def nodes(client: Client) -> NodeList:
         r = requester_of(node)
-        reputation = {peer: Reputation(accepted=a, rejected=j, quarantined=r.quarantined(peer))
-                      for peer, (a, j) in r.reputation.items()}
+        reputation = {peer: Reputation(accepted=s.accepted, rejected=s.rejected, quarantined=r.quarantined(peer),
+                                       quarantined_until=s.rejected_at + QUARANTINE_SECONDS if r.quarantined(peer)
+                                       else None)
+                      for peer, s in r.reputation.items()}
         return NodeList(nodes=r.known_nodes(), reputation=reputation)
 
     return router
