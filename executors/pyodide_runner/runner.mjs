@@ -677,6 +677,7 @@ function jobFS(FS, NODEFS, writable) {
   };
   const node_ops = {
     ...NODEFS.node_ops,
+    statfs: undefined, // the host file system's free blocks and inodes: Emscripten's fixed figures instead
     getattr: (node) => normalise(NODEFS.node_ops.getattr(node), node),
     lookup: (parent, name) => adopt(NODEFS.node_ops.lookup(parent, name)),
     readdir: (node) => NODEFS.node_ops.readdir(node).sort(),

@@ -416,6 +416,8 @@ with open("/outputs/data", "w") as f:
 for path in ("/inputs", "/inputs/x", "/outputs", "/outputs/b", "/outputs/data"):
     s = os.stat(path)
     print(path, s.st_dev, s.st_ino, s.st_nlink, s.st_size, s.st_blocks, s.st_blksize, s.st_mtime_ns, s.st_ctime_ns)
+import shutil
+print("statvfs", *(tuple(os.statvfs(path)) for path in ("/inputs", "/outputs")), shutil.disk_usage("/outputs"))
 print("listing", [(e.name, e.inode()) for e in os.scandir("/outputs")])
 """
 
@@ -423,14 +425,15 @@ print("listing", [(e.name, e.inode()) for e in os.scandir("/outputs")])
 async def test_what_a_program_learns_of_its_files_is_the_same_on_every_node(executor: PyodideExecutor,
                                                                           tmp_path: Path) -> None:
     """Host inode numbers, link counts, directory sizes and blocks differ between nodes: a client printing
-    them had honest nodes outvoted on a job that is judged exactly."""
+    them had honest nodes outvoted on a job that is judged exactly; so did the host file system's free blocks
+    and inodes (``os.statvfs``, ``shutil.disk_usage``)."""
     (tmp_path / "a").mkdir()
     first = await executor.run(request(tmp_path / "a", code=FILE_FACTS, inputs={"x": "data"}))
     (tmp_path / "b" / "inputs" / "more").mkdir(parents=True)  # another host link count and size
     elsewhere = await executor.run(request(tmp_path / "b", code=FILE_FACTS, inputs={"x": "data"}))
     assert first.exit_code == 0, first.stderr
     assert first.stdout == elsewhere.stdout
-    facts = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in first.stdout.splitlines()[:-1]}
+    facts = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in first.stdout.splitlines()[:-2]}
     epoch = 1704067200 * 10**9
     for path, (dev, _ino, links, size, blocks, block_size, mtime, ctime) in facts.items():
         assert (dev, links, block_size, mtime, ctime) == (1, 1, 4096, epoch, epoch), path
@@ -438,6 +441,9 @@ async def test_what_a_program_learns_of_its_files_is_the_same_on_every_node(exec
     assert facts["/inputs"][3] == facts["/outputs"][3] == 4096 and facts["/outputs/data"][3] == 5000
     inodes = [facts[path][1] for path in facts]
     assert len(set(inodes)) == len(inodes)  # each file its own number
+    statvfs = first.stdout.splitlines()[-2]
+    assert statvfs.startswith("statvfs (4096, 4096, 1000000, 500000, 500000, ")  # Emscripten's figures, not the host's
+    assert "usage(total=4096000000, used=2048000000, free=2048000000)" in statvfs
     listing = eval(first.stdout.splitlines()[-1].split(" ", 1)[1])
     assert [name for name, _ in listing] == ["a", "b", "c", "d", "data", "e", "f", "sub"]
     assert dict(listing)["b"] == facts["/outputs/b"][1]  # the number its stat gave
