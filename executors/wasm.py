@@ -436,11 +436,15 @@ class WasmExecutor(Executor):
             with trio.move_on_after(timeout) as deadline:
                 done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
                                               pass_fds=(alive,))
+            # Only an invalid module fails every node alike. Time, CPU and memory are this node's to spend on
+            # compiling, which a node that compiled the module before skips: a client that had two nodes compile
+            # it got the third, running it cold under a short timeout, outvoted until it was quarantined.
             if deadline.cancelled_caught:
-                raise ExecutorError(f"compiling the module took longer than the job's timeout of {timeout:g} s",
-                                    retryable=False)
+                raise ExecutorError(f"compiling the module took longer than the job's timeout of {timeout:g} s "
+                                    "on this node", retryable=True)
             if done.returncode != 0:
-                raise ExecutorError(_compile_failure(done.returncode, done.stderr, memory), retryable=False)
+                raise ExecutorError(_compile_failure(done.returncode, done.stderr, memory),
+                                    retryable=done.returncode != INVALID_MODULE)
             os.replace(tmp, cached)
         finally:
             os.close(alive)
