@@ -490,6 +490,38 @@ async def test_an_interpreters_start_does_not_count_against_the_jobs_timeout(cac
     assert endless.error == "timed out after 0.5 s" and endless.result is None
 
 
+async def test_a_limit_the_node_set_below_the_networks_fails_a_job_there_retryably(cache_dir, tmp_path):
+    """A client's job writing 80 MiB and stating no disk had the one node whose per-job disk was 64 MiB outvoted
+    until it was quarantined; so did 150 files on a node taking 100 (the network takes 50,000). What a node
+    cannot do for its own settings is its own: "try elsewhere", compared with no one's result."""
+    from compute.runner import Runner
+    from executors import ExecutorRegistry
+    from jobs import Execution, Resources
+
+    small = Resources(cpu=1, memory="1GiB", disk="2MiB")
+    runner = Runner(ExecutorRegistry({"python": PyodideExecutor(cache_dir, pool_size=0)}), tmp_path / "work",
+                    limits=small, max_output_entries=100)
+
+    def execution(code: str, **resources: str) -> Execution:
+        spec = JobSpec(engine={"name": "python", "code": code}, outputs=[{"name": "o", "path": "/outputs"}],
+                       resources=resources)
+        return Execution(id=f"e-{len(code)}-{len(resources)}", job_id="j", node_id="n", requester="r",
+                         created_at=0, updated_at=0, spec=spec)
+
+    big = "open('/outputs/big', 'wb').write(b'x' * 3 * 2**20)"
+    many = "for i in range(150):\n    open(f'/outputs/{i}', 'w').close()"
+    too_big, too_many = await runner.run(execution(big)), await runner.run(execution(many))
+    assert too_big.result is None and too_big.retryable, too_big
+    assert "this node's per-job disk is 2 MiB, less than the 1 GiB a job stating no resources.disk may use" \
+        in too_big.error
+    assert too_many.result is None and too_many.retryable, too_many
+    assert too_many.error.endswith("more than 100 files and folders (this node's limit; the network's is 50,000)")
+    # a disk the job states is its own, alike on every node: its run's result, compared with the others'
+    stated = await runner.run(execution(big, disk="2MiB"))
+    assert stated.error is None and stated.result.exit_code != 0, stated
+    assert "disk limit exceeded" in stated.result.stderr
+
+
 async def test_files_the_job_deleted_but_holds_open_count_against_its_disk(executor: PyodideExecutor,
                                                                           tmp_path: Path) -> None:
     """No walk of the job's folders finds a file deleted while open: a 100 MiB job held 2.9 GiB so, in files
