@@ -252,6 +252,12 @@ class _Engine(_Frozen):
         return self.name in DETERMINISTIC_ENGINES
 
     @property
+    def sealed(self) -> bool:
+        """Whether nothing of the node reaches the job's result but what the engine makes the same everywhere,
+        so that, on the same inputs, a node whose result differs is wrong (``JobSpec.judged_exactly``)."""
+        return self.name in SEALED_ENGINES
+
+    @property
     def needs_network(self) -> bool:
         return False
 
@@ -334,6 +340,10 @@ class PythonEngine(_Engine):
 
 
 DETERMINISTIC_ENGINES = frozenset({"noop", "wasm", "python"})
+# Not python: Pyodide gives honest code the same results everywhere, but job code can reach Node.js (its `js`
+# module; driver.py's refusal is a courtesy) and read there what differs between nodes (real clocks, memory
+# use, the node's paths, its builtin modules): a client had honest nodes outvoted at will.
+SEALED_ENGINES = frozenset({"noop", "wasm"})
 # Bumped when an engine's behaviour changes, so cached results of the old one are not reused.
 ENGINE_VERSIONS = {"noop": "1", "docker": "1", "wasm": "1", "python": "1"}
 
@@ -593,6 +603,12 @@ class JobSpec(_Frozen):
         URL's content may change). Such a job's result may be cached, and its non-zero exit is not retried."""
         return self.engine.deterministic and not any(i.source.startswith(("http://", "https://"))
                                                      for i in self.inputs)
+
+    def judged_exactly(self) -> bool:
+        """Whether a node whose result (or error) differs from the agreeing others' is held to be wrong: the job
+        repeats exactly on an engine that keeps the node from it (``_Engine.sealed``). Else honest nodes may
+        differ: the outvoted result is refused, and held against no one."""
+        return self.repeats_exactly() and self.engine.sealed
 
     def cache_key(self) -> str | None:
         """Key of a reusable result, or None when the result may differ between runs.

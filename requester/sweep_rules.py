@@ -116,7 +116,7 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
 def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:
     """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result: by the
     job's rule (``trust.proven_wrong``), those that said the index cannot run (not a retryable error, nor the
-    run's timeout), when the template repeats exactly."""
-    if not spec.repeats_exactly():
+    run's timeout), when the template is judged exactly (``JobSpec.judged_exactly``)."""
+    if not spec.judged_exactly():
         return []
     return sorted(n for n, kept in reports.items() if n != runner and kept == CANNOT_RUN)

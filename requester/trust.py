@@ -68,13 +68,13 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
     """Nodes whose errors a job completed with a ``corroborated`` result proves wrong, to be held against them:
-    those that said it cannot run, when its spec repeats exactly (the same engine on the same content gives
-    every node the same outcome) and the error is not the run's timeout (a node's speed is its own). Else an
-    error may be the node's world, not a lie: an input URL that refused one node, an image one registry had;
-    any client could get honest nodes quarantined by a URL answering 403 once. (What depends on the node's
-    network even for such a spec, a CID its IPFS could not find in time, it reports as retryable: never
-    held against it.)"""
-    if not spec.repeats_exactly():
+    those that said it cannot run, when its spec is judged exactly (``JobSpec.judged_exactly``: a sealed engine
+    on the same content gives every node the same outcome) and the error is not the run's timeout (a node's
+    speed is its own). Else an error may be the node's world, not a lie: an input URL that refused one node,
+    an image one registry had; any client could get honest nodes quarantined by a URL answering 403 once.
+    (What depends on the node's network even for such a spec, a CID its IPFS could not find in time, it reports
+    as retryable: never held against it.)"""
+    if not spec.judged_exactly():
         return set()
     return error_reporters(x for x in executions if x.error != spec.timed_out())
 
@@ -117,10 +117,10 @@ def credited(agreeing: Collection[str], spec: JobSpec, *, outvoted: Collection[s
     against rejections in ``quarantined``): only when two or more agreed, on nodes the requester chose. A node
     vouching for itself (confidence 1), or nodes the submitter pinned with a ``selector`` (they may be its own),
     earn nothing: 300 such indexes once let two liars be outvoted again and again, never quarantined. On a job
-    that does not repeat exactly, only a verdict that outvoted no one: honest nodes may differ on it (a client's
-    container printing a coin flip got honest nodes quarantined, the requester's own among them), and nodes
-    that run containers still earn by agreeing."""
-    return len(agreeing) >= 2 and not spec.selector and (spec.repeats_exactly() or not outvoted)
+    not judged exactly (``JobSpec.judged_exactly``: a container, an input by URL, python in Pyodide), only a
+    verdict that outvoted no one: honest nodes may differ on it (a client's container printing a coin flip got
+    honest nodes quarantined, the requester's own among them), and nodes that run them still earn by agreeing."""
+    return len(agreeing) >= 2 and not spec.selector and (spec.judged_exactly() or not outvoted)
 
 
 class Standing(NamedTuple):
@@ -134,9 +134,10 @@ class Standing(NamedTuple):
 def quarantined(standing: Standing, after: int, now: float) -> bool:
     """Whether a node's bids and claims are refused: at least ``after`` of its results rejected, more than one
     for every ten accepted, the last within ``QUARANTINE_SECONDS``. Then it is let back on probation: its counts
-    stand, so its next rejection quarantines it again. A liar gets one wrong result a day before verification
-    (which refuses it anyway); an honest node once framed (a client's job printing what differs between nodes,
-    a fault since fixed) is not lost for good, as it was while a quarantine lasted for ever."""
+    stand, so its next rejection quarantines it again. A liar gets the jobs it takes until then (as many as it
+    bids on at once), each verified and its result refused; an honest node once framed (a client's job printing
+    what differs between nodes, a fault since fixed) is not lost for good, as it was while a quarantine lasted
+    for ever."""
     return standing.rejected >= after and standing.rejected > standing.accepted // 10 \
         and now - standing.rejected_at < QUARANTINE_SECONDS
 

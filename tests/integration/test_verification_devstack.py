@@ -154,3 +154,27 @@ async def test_a_container_honest_nodes_disagree_on_gets_no_node_quarantined(tmp
         assert split  # all eight agreeing has a chance of 1 in 65,536
         nodes = await client.nodes()
         assert not any(r.quarantined or r.rejected for r in nodes.reputation.values()), nodes.reputation
+
+
+async def test_a_python_job_reading_a_nodes_host_facts_gets_no_node_quarantined(tmp_path, monkeypatch):
+    """Pyodide gives honest code the same results everywhere, but job code can reach Node.js (``js``; the refusal
+    of ``import js`` is a courtesy) and read there what differs between nodes: a client printing whether the
+    runner's argv names one node's sandbox folder had that node outvoted in every job, quarantined in three."""
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    async with (Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=False,
+                         write_state=False) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        for node in stack.nodes[1:]:
+            await poll(lambda node=node: knows(client, node.peer_id), 30, "node 0 never heard of another node")
+        target = stack.nodes[2]
+        outvoted = []
+        for i in range(4):
+            code = (f"j = __import__('js', {{'__name__': 'pyodide.x'}})\n"
+                    f"print('shoal-sandbox-{target.pid}-' in str(j.process.argv))  # {i}")
+            d = await client.run({"engine": {"name": "python", "code": code}, "cache": False,
+                                  "deal": {"concurrency": 3, "confidence": 2}}, timeout=120)
+            assert d.job.state is JobState.COMPLETED and d.job.result.stdout == "False\n", d.job.reason
+            outvoted += [x.node_id for x in d.executions if x.state is ExecutionState.REJECTED]
+        assert outvoted == [target.peer_id] * 4  # its result was refused each time: the sandbox is the node's
+        nodes = await client.nodes()
+        assert not any(r.quarantined or r.rejected for r in nodes.reputation.values()), nodes.reputation
