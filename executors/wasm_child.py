@@ -24,6 +24,7 @@ It imports wasmtime and cryptography, and nothing of the node: a run starts in a
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import resource
@@ -102,14 +103,24 @@ _FILE_FACTS = wasmtime.wat2wasm("""(module
   (import "wasi_snapshot_preview1" "path_filestat_get"
     (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_remove_directory"
+    (func $path_remove_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1 1)
   (func (export "fd_filestat_get") (param i32 i32) (result i32)
     (call $fd_filestat_get (local.get 0) (local.get 1)))
   (func (export "path_filestat_get") (param i32 i32 i32 i32 i32) (result i32)
     (call $path_filestat_get (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
   (func (export "fd_readdir") (param i32 i32 i32 i64 i32) (result i32)
-    (call $fd_readdir (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4))))""")
-_ROOM = 65536 - 8  # of its one page: a stat at 0 and a path after it, or a listing's chunk, then its length
+    (call $fd_readdir (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
+  (func (export "path_unlink_file") (param i32 i32 i32) (result i32)
+    (call $path_unlink_file (local.get 0) (local.get 1) (local.get 2)))
+  (func (export "path_remove_directory") (param i32 i32 i32) (result i32)
+    (call $path_remove_directory (local.get 0) (local.get 1) (local.get 2)))
+  (func (export "path_rename") (param i32 i32 i32 i32 i32 i32) (result i32)
+    (call $path_rename (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (local.get 5))))""")
+_ROOM = 65536 - 8  # of its one page: a stat at 0 and paths after it, or a listing's chunk, then its length
 _PATH_AT = _FILESTAT.size
 
 
@@ -221,6 +232,9 @@ class _Run:
         define("fd_filestat_get", [i32, i32], self.files.fd_filestat_get)
         define("path_filestat_get", [i32, i32, i32, i32, i32], self.files.path_filestat_get)
         define("fd_readdir", [i32, i32, i32, i64, i32], self.files.fd_readdir)
+        define("path_unlink_file", [i32, i32, i32], self.files.path_unlink_file)
+        define("path_remove_directory", [i32, i32, i32], self.files.path_remove_directory)
+        define("path_rename", [i32, i32, i32, i32, i32, i32], self.files.path_rename)
 
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
@@ -287,16 +301,20 @@ class _FileFacts:
     the host file system's times, inode numbers, link counts, directory sizes and listing order, which differ
     from node to node and from run to run: honest nodes' results differed on a job that printed them, and a
     client could have nodes outvoted at will. Each answer here is wasmtime's with those replaced: times at the
-    epoch, inode numbers in the order the run first sees each file, one link, directories of 4096 bytes,
+    epoch, inode numbers in the order the run first sees each file (a file removed takes its number with it: ext4
+    gives a new file the number of one just deleted, tmpfs never does), one link, directories of 4096 bytes,
     listings sorted by name."""
 
     def __init__(self, store: wasmtime.Store, linker: wasmtime.Linker, epoch_ns: int) -> None:
         exports = linker.instantiate(store, wasmtime.Module(store.engine, _FILE_FACTS)).exports(store)
-        self.memory, self.stat, self.path_stat, self.readdir = (
-            exports[name] for name in ("memory", "fd_filestat_get", "path_filestat_get", "fd_readdir"))
+        self.memory, self.stat, self.path_stat, self.readdir, self.unlink, self.rmdir, self.rename = (
+            exports[name] for name in ("memory", "fd_filestat_get", "path_filestat_get", "fd_readdir",
+                                       "path_unlink_file", "path_remove_directory", "path_rename"))
         self.epoch_ns = epoch_ns
         self.inodes: dict[int, int] = {}  # wasmtime's inode number -> the one the module is told
-        self.listings: dict[int, list[tuple[bytes, int, int]]] = {}  # fd -> (name, inode, type), sorted
+        self.numbers = itertools.count(1)
+        # fd -> the directory's inode (wasmtime's) and its entries (name, inode, type), sorted
+        self.listings: dict[int, tuple[int, list[tuple[bytes, int, int]]]] = {}
 
     def fd_filestat_get(self, caller: wasmtime.Caller, fd: int, out: int) -> int:
         return self.stat(caller, fd, 0) or self._put_stat(caller, out)
@@ -304,25 +322,81 @@ class _FileFacts:
     def path_filestat_get(self, caller: wasmtime.Caller, fd: int, flags: int, path: int, length: int,
                           out: int) -> int:
         length &= 0xFFFFFFFF
+        return self._copy_path(caller, path, length, _PATH_AT) \
+            or self.path_stat(caller, fd, flags, _PATH_AT, length, 0) or self._put_stat(caller, out)
+
+    def path_unlink_file(self, caller: wasmtime.Caller, fd: int, path: int, length: int) -> int:
+        return self._removing(caller, fd, path, length, self.unlink, directory=False)
+
+    def path_remove_directory(self, caller: wasmtime.Caller, fd: int, path: int, length: int) -> int:
+        return self._removing(caller, fd, path, length, self.rmdir, directory=True)
+
+    def path_rename(self, caller: wasmtime.Caller, fd: int, old: int, old_length: int, new_fd: int, new: int,
+                    new_length: int) -> int:
+        """A rename onto an existing name removes what was there."""
+        old_length, new_length = old_length & 0xFFFFFFFF, new_length & 0xFFFFFFFF
+        new_at = _PATH_AT + old_length
+        errno = self._copy_path(caller, old, old_length, _PATH_AT) \
+            or self._copy_path(caller, new, new_length, new_at)
+        if errno:
+            return errno
+        moved, replaced = self._host_inode(caller, fd, _PATH_AT, old_length), \
+            self._host_inode(caller, new_fd, new_at, new_length)
+        errno = self.rename(caller, fd, _PATH_AT, old_length, new_fd, new_at, new_length)
+        if not errno and replaced is not None and moved is not None and replaced[0] != moved[0]:
+            self._forget(*replaced)
+        return errno
+
+    def _removing(self, caller: wasmtime.Caller, fd: int, path: int, length: int, remove: wasmtime.Func, *,
+                  directory: bool) -> int:
+        length &= 0xFFFFFFFF
+        errno = self._copy_path(caller, path, length, _PATH_AT)
+        if errno:
+            return errno
+        removed = self._host_inode(caller, fd, _PATH_AT, length)
+        errno = remove(caller, fd, _PATH_AT, length)
+        if not errno and removed is not None:
+            self._forget(removed[0], 1 if directory else removed[1])
+        return errno
+
+    def _copy_path(self, caller: wasmtime.Caller, path: int, length: int, at: int) -> int:
+        """Copy the module's path into our memory at ``at``; 0, or an errno."""
         if _memory(caller, path, length) is None:
             return _EFAULT
-        if length > _ROOM - _PATH_AT:
+        if at + length > _ROOM:
             return _ENAMETOOLONG  # wasmtime's own limit is 4096 bytes (Linux's)
-        self.memory.write(caller, _read(caller, path, length), _PATH_AT)
-        return self.path_stat(caller, fd, flags, _PATH_AT, length, 0) or self._put_stat(caller, out)
+        self.memory.write(caller, _read(caller, path, length), at)
+        return _ESUCCESS
+
+    def _host_inode(self, caller: wasmtime.Caller, fd: int, at: int, length: int) -> tuple[int, int] | None:
+        """The inode number (wasmtime's) and link count of what the path at ``at`` names (not following a
+        link), or None."""
+        if self.path_stat(caller, fd, 0, at, length, 0):
+            return None
+        _dev, inode, _kind, links, *_rest = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))
+        return inode, links
+
+    def _forget(self, inode: int, links: int) -> None:
+        """A file's last link is gone: the host may give its inode number to the next file made."""
+        if links <= 1:
+            self.inodes.pop(inode, None)
 
     def fd_readdir(self, caller: wasmtime.Caller, fd: int, buf: int, length: int, cookie: int,
                    used_out: int) -> int:
         """The entries from ``cookie`` (their index in the sorted listing), listed afresh from the start."""
         cookie &= 2**64 - 1
-        if cookie == 0 or fd not in self.listings:
+        errno = self.stat(caller, fd, 0)  # a closed descriptor, or one now naming another file, lists afresh
+        if errno:
+            return errno
+        directory = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))[1]
+        if cookie == 0 or self.listings.get(fd, (None,))[0] != directory:
             listing = self._list(caller, fd)
             if isinstance(listing, int):
                 return listing
-            self.listings[fd] = listing
+            self.listings[fd] = (directory, listing)
         length &= 0xFFFFFFFF
         out = bytearray()
-        entries = self.listings[fd]
+        entries = self.listings[fd][1]
         for index in range(min(cookie, len(entries)), len(entries)):
             if len(out) >= length:
                 break
@@ -361,7 +435,9 @@ class _FileFacts:
         return _ESUCCESS if _write(caller, out, stat) else _EFAULT
 
     def _inode(self, host: int) -> int:
-        return self.inodes.setdefault(host, len(self.inodes) + 1)
+        if host not in self.inodes:
+            self.inodes[host] = next(self.numbers)
+        return self.inodes[host]
 
 
 def _refused(why: str, *, damaged: bool = False) -> dict:
