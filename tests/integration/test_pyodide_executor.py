@@ -490,7 +490,7 @@ async def test_an_interpreters_start_does_not_count_against_the_jobs_timeout(cac
     assert endless.error == "timed out after 0.5 s" and endless.result is None
 
 
-async def test_a_limit_the_node_set_below_the_networks_fails_a_job_there_retryably(cache_dir, tmp_path):
+async def test_a_limit_the_node_set_below_the_networks_fails_a_job_there_retryably(cache_dir, tmp_path, monkeypatch):
     """A client's job writing 80 MiB and stating no disk had the one node whose per-job disk was 64 MiB outvoted
     until it was quarantined; so did 150 files on a node taking 100 (the network takes 50,000). What a node
     cannot do for its own settings is its own: "try elsewhere", compared with no one's result."""
@@ -516,6 +516,11 @@ async def test_a_limit_the_node_set_below_the_networks_fails_a_job_there_retryab
         in too_big.error
     assert too_many.result is None and too_many.retryable, too_many
     assert too_many.error.endswith("more than 100 files and folders (this node's limit; the network's is 50,000)")
+    # the network's own cap fails the job alike on every node: the job's failure, not retried
+    monkeypatch.setattr("compute.runner.MAX_OUTPUT_ENTRIES", 100)
+    at_the_cap = await runner.run(execution(many))
+    assert at_the_cap.result is None and not at_the_cap.retryable, at_the_cap
+    assert at_the_cap.error.endswith("more than 100 files and folders")
     # a disk the job states is its own, alike on every node: its run's result, compared with the others'
     stated = await runner.run(execution(big, disk="2MiB"))
     assert stated.error is None and stated.result.exit_code != 0, stated

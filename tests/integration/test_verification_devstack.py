@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -128,6 +130,18 @@ async def test_a_url_that_refuses_one_node_gets_no_honest_node_quarantined(tmp_p
         server.server.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def three_nodes(tmp_path, monkeypatch) -> AsyncIterator[tuple[Devstack, AsyncClient]]:
+    """Three nodes without Kubo, and a client of node 0 once it knows the other two."""
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
+    async with (Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=False,
+                         write_state=False) as stack,
+                AsyncClient(stack.nodes[0].api) as client):
+        for node in stack.nodes[1:]:
+            await poll(lambda node=node: knows(client, node.peer_id), 30, "node 0 never heard of another node")
+        yield stack, client
+
+
 async def test_a_container_honest_nodes_disagree_on_gets_no_node_quarantined(tmp_path, monkeypatch):
     """A job that does not repeat exactly may honestly print different things on different nodes. A client's coin
     flip with --confidence 2 got the node outvoted each time counted against it: the requester's own node was
@@ -138,12 +152,7 @@ async def test_a_container_honest_nodes_disagree_on_gets_no_node_quarantined(tmp
         if os.environ.get("SHOAL_REQUIRE_DOCKER") == "1":
             pytest.fail("no Docker daemon answers; run scripts/install-docker")
         pytest.skip("no Docker daemon answers; run scripts/install-docker")
-    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
-    async with (Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=False,
-                         write_state=False) as stack,
-                AsyncClient(stack.nodes[0].api) as client):
-        for node in stack.nodes[1:]:
-            await poll(lambda node=node: knows(client, node.peer_id), 30, "node 0 never heard of another node")
+    async with three_nodes(tmp_path, monkeypatch) as (_, client):
         coin = "echo $(( $(od -An -N1 -tu1 /dev/urandom) % 2 ))"
         split = 0
         for _ in range(8):  # each job splits 2 to 1 with a chance of 3 in 4
@@ -160,12 +169,7 @@ async def test_a_python_job_reading_a_nodes_host_facts_gets_no_node_quarantined(
     """Pyodide gives honest code the same results everywhere, but job code can reach Node.js (``js``; the refusal
     of ``import js`` is a courtesy) and read there what differs between nodes: a client printing whether the
     runner's argv names one node's sandbox folder had that node outvoted in every job, quarantined in three."""
-    monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "home"))
-    async with (Devstack(3, base_dir=tmp_path / "stack", base_port=free_base_port(3), kubo=False,
-                         write_state=False) as stack,
-                AsyncClient(stack.nodes[0].api) as client):
-        for node in stack.nodes[1:]:
-            await poll(lambda node=node: knows(client, node.peer_id), 30, "node 0 never heard of another node")
+    async with three_nodes(tmp_path, monkeypatch) as (stack, client):
         target = stack.nodes[2]
         outvoted = []
         for i in range(4):
