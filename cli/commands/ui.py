@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -48,10 +49,12 @@ def ui(
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
     api, ca_cert = settings.node()
 
+    opened: list[Path] = []  # the file the browser was sent to: it holds the session's key
+
     def ready(url: str, api_url: str) -> None:
         typer.echo(f"Shoal dashboard on {url} (node {api_url}); Ctrl-C stops it")
         if open_browser:
-            open_privately(url)
+            opened.append(open_privately(url))
 
     try:
         with stop_on_signals():  # Ctrl-C, kill -INT and kill (SIGTERM) stop it alike, in the background too
@@ -64,6 +67,9 @@ def ui(
             raise CLIError(f"cannot serve the dashboard on port {port}: {failed.strerror or failed}") from None
         if not stopped:
             raise
+    finally:
+        for path in opened:
+            path.unlink(missing_ok=True)
 
 
 def _is_loopback(address: str) -> bool:
@@ -83,9 +89,10 @@ def _leaves(error: BaseException) -> tuple[bool, OSError | None]:
     return isinstance(error, KeyboardInterrupt), error if isinstance(error, OSError) else None
 
 
-def open_privately(url: str) -> None:
+def open_privately(url: str) -> Path:
     """Open ``url`` (it carries the dashboard's key) in the web browser through a file only this user reads, as
-    Jupyter does: a browser's command line, which every user of the machine can list, names only the file."""
+    Jupyter does: a browser's command line, which every user of the machine can list, names only the file. The
+    file, which the session deletes when it ends."""
     import os
     import tempfile
     import webbrowser
@@ -96,3 +103,4 @@ def open_privately(url: str) -> None:
         f.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={escape(url, quote=True)}">'
                 f'<a href="{escape(url, quote=True)}">Shoal dashboard</a>\n')
     webbrowser.open(f"file://{path}")
+    return Path(path)

@@ -628,3 +628,34 @@ def test_an_address_may_be_given_for_a_tunnel_but_only_a_loopback_one(tmp_path: 
     finally:
         ui.send_signal(signal.SIGINT)
         ui.communicate(timeout=20)
+
+
+def test_the_file_open_sends_the_browser_to_is_this_users_and_gone_with_the_session(tmp_path: Path) -> None:
+    """The file holds the session's key; it was left in the temporary folder for good."""
+    import signal
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    record = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {record}\n")
+    browser.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(repo), "SHOAL_HOME": str(tmp_path), "SHOAL_API": "http://127.0.0.1:9",
+           "BROWSER": f"{browser} %s"}
+    dashboard = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--open"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        deadline = time.monotonic() + 60
+        while not record.exists() or not record.read_text().strip():
+            assert time.monotonic() < deadline and dashboard.poll() is None, dashboard.stderr.read()
+            time.sleep(0.1)
+        opened = Path(record.read_text().strip().removeprefix("file://"))
+        assert stat.S_IMODE(opened.stat().st_mode) == 0o600
+        assert "#key=" in opened.read_text()
+    finally:
+        dashboard.send_signal(signal.SIGINT)
+        dashboard.wait(timeout=30)
+    assert not opened.exists()
