@@ -460,7 +460,9 @@ def nodes_table(nodes: NodeList) -> Table:
         if rep is not None and rep.quarantined:
             verified += " QUARANTINED"
             if rep.quarantined_until is not None:
-                verified += f" (lapses in {fmt_age(max(rep.quarantined_until - time.time(), 0))})"
+                verified += f" (probation in {fmt_age(max(rep.quarantined_until - time.time(), 0))})"
+        elif rep is not None and rep.probation:
+            verified += " PROBATION (verified jobs only)"
         table.add_row(
             short_peer(n.peer_id),
             safe(", ".join(n.engines)),

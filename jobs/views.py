@@ -112,8 +112,9 @@ class Reputation(BaseModel):
 
     accepted: int = 0
     rejected: int = 0
-    quarantined: bool = False
-    quarantined_until: float | None = None  # when: its bids are then taken again, and its next rejection
+    quarantined: bool = False  # its bids and claims are refused
+    quarantined_until: float | None = None  # when it goes on probation
+    probation: bool = False  # it takes work other nodes verify only (confidence 2 or more); its next rejection
     # quarantines it anew
 
 

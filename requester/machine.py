@@ -139,6 +139,11 @@ def _holders(state: Tracked) -> set[str]:
     return {x.node_id for x in state.executions.values() if x.state.holds_slot}
 
 
+def _verified(spec: JobSpec) -> bool:
+    """Whether a job's result is more than one node's word (``trust.quarantined``: work a node on probation takes)."""
+    return spec.deal.confidence >= 2
+
+
 def _proposals(state: Tracked) -> dict[str, str]:
     """The results proposed and not judged yet: execution id -> digest."""
     return {x.id: (x.result or RunResult()).digest() for x in state.executions.values()
@@ -331,8 +336,10 @@ class JobMachine:
         # A refused bid leaves a counter, never a row: bids with fresh execution ids cannot grow the store.
         refusal = "the job no longer needs this bid" if job.state.is_terminal or bid.attempt != job.attempt else None
         standing = known.reputation.get(peer, trust.Standing())
-        if refusal is None and trust.quarantined(standing, self.quarantine_after, now):
-            refusal = f"quarantined: {standing.rejected} results rejected, {standing.accepted} accepted"
+        if refusal is None and trust.quarantined(standing, self.quarantine_after, now, verified=_verified(job.spec)):
+            refusal = f"quarantined: {standing.rejected} results rejected, {standing.accepted} accepted" + (
+                "; on probation, it takes jobs verified by other nodes only (confidence 2 or more)"
+                if trust.on_probation(standing, self.quarantine_after, now) else "")
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
         if refusal is None and state.needed() <= 0:
@@ -496,22 +503,24 @@ class JobMachine:
         p.announce = now >= p.state.next_announce
         return p
 
-    def able(self, spec: JobSpec, known: Known, now: float) -> set[str]:
-        """The known nodes whose bids on the job would be taken: able to run it, not quarantined."""
-        barred = self.quarantined(known, now)
+    def able(self, spec: JobSpec, known: Known, now: float, *, verified: bool | None = None) -> set[str]:
+        """The known nodes whose bids on the job would be taken: able to run it, not quarantined for it
+        (``verified``: whether its results are, by default as its deal says)."""
+        barred = self.quarantined(known, now, _verified(spec) if verified is None else verified)
         return {info.peer_id for info in known.nodes if can_ever_run(spec, info) and info.peer_id not in barred}
 
-    def quarantined(self, known: Known, now: float) -> set[str]:
-        """The known nodes whose bids and claims are refused (``trust.quarantined``)."""
+    def quarantined(self, known: Known, now: float, verified: bool) -> set[str]:
+        """The known nodes whose bids and claims are refused (``trust.quarantined``), for verified work or not."""
         return {info.peer_id for info in known.nodes
                 if trust.quarantined(known.reputation.get(info.peer_id, trust.Standing()), self.quarantine_after,
-                                     now)}
+                                     now, verified=verified)}
 
     def barred(self, state: Tracked, known: Known, now: float) -> set[str]:
         """The known nodes whose bids on the job are refused: quarantined, or done with it (``trust.nodes_left``:
         a concurrency-3 job on three nodes, one of them failing it twice, said all three could run it)."""
         ids = {info.peer_id for info in known.nodes}
-        return self.quarantined(known, now) | (ids - trust.nodes_left(state.executions.values(), ids))
+        return self.quarantined(known, now, _verified(state.job.spec)) \
+            | (ids - trust.nodes_left(state.executions.values(), ids))
 
     def lose(self, state: Tracked, execution_id: str, reason: str, now: float, known: Known, *,
              silent: float | None = None) -> JobChanges:

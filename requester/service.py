@@ -124,10 +124,10 @@ class RequesterService(Driver[_Active]):
     def known_nodes(self) -> list[NodeInfo]:
         return self.nodes.known(self.clock())
 
-    def able(self, spec: JobSpec) -> set[str]:
-        """The known nodes that could run ``spec`` and are not quarantined: no sweep claim takes more than its
-        share of them."""
-        return self.machine.able(spec, self._known(), self.clock())
+    def able(self, spec: JobSpec, *, verified: bool) -> set[str]:
+        """The known nodes that could run ``spec`` and are not quarantined for work ``verified`` or not: no sweep
+        claim takes more than its share of them."""
+        return self.machine.able(spec, self._known(), self.clock(), verified=verified)
 
     def nodes_for_refusal(self) -> list[NodeInfo]:
         """The known nodes, to judge that none could ever run a job: none while the table is crowded (a
@@ -343,9 +343,13 @@ class RequesterService(Driver[_Active]):
             await self._apply(aj, changes)
             return reply
 
-    def quarantined(self, peer: str) -> bool:
+    def quarantined(self, peer: str, *, verified: bool = False) -> bool:
         return trust.quarantined(self.reputation.get(peer, trust.Standing()), self.machine.quarantine_after,
-                                 self.clock())
+                                 self.clock(), verified=verified)
+
+    def on_probation(self, peer: str) -> bool:
+        return trust.on_probation(self.reputation.get(peer, trust.Standing()), self.machine.quarantine_after,
+                                  self.clock())
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""

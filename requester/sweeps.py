@@ -202,7 +202,9 @@ class SweepService(Driver[_Live]):
         async with live.lock:
             if live.sweep.state.is_terminal:
                 return Reply(verdict="rejected", reason=f"the sweep is {live.sweep.state.value}")
-            reply, changes = live.machine.claim(peer, msg, self.clock(), able=self.judge.able(live.sweep.spec.job),
-                                                quarantined=self.judge.quarantined(peer))
+            verified = live.sweep.spec.confidence >= 2
+            reply, changes = live.machine.claim(peer, msg, self.clock(),
+                                                able=self.judge.able(live.sweep.spec.job, verified=verified),
+                                                quarantined=self.judge.quarantined(peer, verified=verified))
             await self._apply(live, changes)
             return reply

@@ -131,15 +131,22 @@ class Standing(NamedTuple):
     rejected_at: float = 0.0  # when the last rejection was counted
 
 
-def quarantined(standing: Standing, after: int, now: float) -> bool:
-    """Whether a node's bids and claims are refused: at least ``after`` of its results rejected, more than one
-    for every ten accepted, the last within ``QUARANTINE_SECONDS``. Then it is let back on probation: its counts
-    stand, so its next rejection quarantines it again. A liar gets the jobs it takes until then (as many as it
-    bids on at once), each verified and its result refused; an honest node once framed (a client's job printing
-    what differs between nodes, a fault since fixed) is not lost for good, as it was while a quarantine lasted
-    for ever."""
-    return standing.rejected >= after and standing.rejected > standing.accepted // 10 \
-        and now - standing.rejected_at < QUARANTINE_SECONDS
+def quarantined(standing: Standing, after: int, now: float, *, verified: bool = False) -> bool:
+    """Whether a node's bids and claims are refused, for work whose results are ``verified`` (confidence 2 or
+    more) or not: at least ``after`` of its results rejected, and more than one for every ten accepted. For
+    ``QUARANTINE_SECONDS`` after its last rejection, all work; then it is on probation, and takes verified work
+    only, where a lie is refused and counted (its counts stand: the next quarantines it again), until its
+    agreeing results outweigh its rejections. A quarantine lasted for ever: an honest node once framed (a
+    client's job printing what differs between nodes, a fault since fixed) was lost for good. A liar on
+    probation gets the verified jobs it takes before its next lie is counted, each refused, and no job whose
+    result would be its word alone."""
+    over = standing.rejected >= after and standing.rejected > standing.accepted // 10
+    return over and (not verified or now - standing.rejected_at < QUARANTINE_SECONDS)
+
+
+def on_probation(standing: Standing, after: int, now: float) -> bool:
+    """Whether a node takes verified work only (``quarantined``)."""
+    return quarantined(standing, after, now) and not quarantined(standing, after, now, verified=True)
 
 
 @dataclass(frozen=True)

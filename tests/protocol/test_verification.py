@@ -55,7 +55,8 @@ async def test_honest_majority_wins_and_the_bad_actor_is_quarantined(tmp_path, a
 async def test_a_quarantine_lapses_and_the_next_lie_brings_it_back(tmp_path, autojump_clock, monkeypatch):
     """A quarantine lasted for ever: an honest node once framed (by a client's job printing what differs between
     nodes, or a fault since fixed) was lost to the requester for good. It now lapses a while after the node's
-    last rejected result; its counts stand, so a liar's next lie quarantines it again at once."""
+    last rejected result, into probation: verified jobs only, where a lie is refused; its counts stand, so a
+    liar's next lie quarantines it again at once."""
     monkeypatch.setattr(trust, "QUARANTINE_SECONDS", 600.0)
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
@@ -67,16 +68,21 @@ async def test_a_quarantine_lapses_and_the_next_lie_brings_it_back(tmp_path, aut
                 job, _ = await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": f"{n}"}}), "alice")
                 d = await wait_terminal(requester, job.id)
                 assert d.job.state is JobState.COMPLETED and d.job.result.stdout == "42\n", d.job.reason
-                if requester.quarantined("bad0"):
+                if requester.quarantined("bad0", verified=True):  # for all work
                     return
             raise AssertionError("the liar was never outvoted")
 
         await run_until_the_liar_is_outvoted()
         rejected = requester.reputation["bad0"].rejected
         await trio.sleep(300)
-        assert requester.quarantined("bad0")
+        assert requester.quarantined("bad0", verified=True)
         await trio.sleep(301)  # 600 s after its last rejection
-        assert not requester.quarantined("bad0")
+        assert not requester.quarantined("bad0", verified=True) and requester.on_probation("bad0")
+        # a job whose result would be one node's word is not for it
+        job, _ = await requester.submit(JobSpec.model_validate({"engine": {"name": "noop"}, "env": {"N": "alone"},
+                                                                "deal": {"concurrency": 3}}), "alice")
+        d = await wait_terminal(requester, job.id)
+        assert "bad0" not in {x.node_id for x in d.executions} and d.job.result.stdout == "42\n", d.executions
         await run_until_the_liar_is_outvoted()
         assert requester.reputation["bad0"].rejected == rejected + 1  # one more lie, refused, and it is out again
         assert not any(requester.quarantined(f"h{i}") for i in range(3))

@@ -637,7 +637,9 @@ def test_nodes_says_when_a_quarantine_lapses(fake: FakeClient) -> None:
     listed.reputation = {NODE_ID: Reputation(accepted=1, rejected=4, quarantined=True,
                                              quarantined_until=time.time() + 5 * 3600 + 60)}
     fake.nodes = lambda: listed  # type: ignore[method-assign]
-    assert "1/4 QUARANTINED (lapses in 5h)" in " ".join(run("nodes").stdout.split())
+    assert "1/4 QUARANTINED (probation in 5h)" in " ".join(run("nodes").stdout.split())
+    listed.reputation = {NODE_ID: Reputation(accepted=1, rejected=4, probation=True)}
+    assert "1/4 PROBATION (verified jobs only)" in " ".join(run("nodes").stdout.split())
 
 
 def test_version_with_and_without_a_node(fake: FakeClient) -> None:

@@ -139,9 +139,14 @@ def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
     quarantined, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), 1.0, liar)
     assert quarantined.verdict == "rejected" and quarantined.reason.startswith("quarantined: 3 results rejected")
     assert changes.writes == []
-    # a day after its last rejected result, it is on probation: its bid is taken
+    # a day after its last rejected result, it is on probation: its bid on a job other nodes verify is taken,
+    # not on one whose result would be its word alone
     later = 0.5 + QUARANTINE_SECONDS
-    probation, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar)
+    alone, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar)
+    assert alone.verdict == "rejected" and alone.reason.endswith(
+        "on probation, it takes jobs verified by other nodes only (confidence 2 or more)") and changes.writes == []
+    verified = tracked(spec(concurrency=2, confidence=2))
+    probation, changes = machine().on_bid(verified, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar)
     assert probation.verdict in ("accepted", "pending") and changes.writes
 
 

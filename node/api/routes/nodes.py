@@ -43,9 +43,10 @@ def nodes_router(node: Node) -> APIRouter:
                 summary="Compute nodes this node knows, with their engines and capacity")
     async def nodes(client: Client) -> NodeList:
         r = requester_of(node)
-        reputation = {peer: Reputation(accepted=s.accepted, rejected=s.rejected, quarantined=r.quarantined(peer),
-                                       quarantined_until=s.rejected_at + QUARANTINE_SECONDS if r.quarantined(peer)
-                                       else None)
+        reputation = {peer: Reputation(accepted=s.accepted, rejected=s.rejected,
+                                       quarantined=(held := r.quarantined(peer, verified=True)),
+                                       quarantined_until=s.rejected_at + QUARANTINE_SECONDS if held else None,
+                                       probation=r.on_probation(peer))
                       for peer, s in r.reputation.items()}
         return NodeList(nodes=r.known_nodes(), reputation=reputation)
 
