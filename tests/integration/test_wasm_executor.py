@@ -209,13 +209,23 @@ FILE_FACTS_ABUSED = module(
       (call $fd_filestat_get (i32.const 3) (i32.const 65530)))
     (i32.store (i32.const 1056)  ;; a listing into no room at all: nothing, no error
       (call $fd_readdir (i32.const 3) (i32.const 2048) (i32.const 0) (i64.const 0) (i32.const 1060)))
-    (call $hex (i32.const 1024) (i32.const 40))))
+    (i32.store (i32.const 1064)  ;; removing a path of 4 GiB
+      (call $path_unlink_file (i32.const 4) (i32.const 128) (i32.const -1)))
+    (i32.store (i32.const 1068)  ;; renaming onto a path past the end of memory
+      (call $path_rename (i32.const 4) (i32.const 128) (i32.const 1) (i32.const 4) (i32.const 65535) (i32.const 9)))
+    (i32.store (i32.const 1072)  ;; removing a folder named by two paths' worth of bytes
+      (call $path_remove_directory (i32.const 4) (i32.const 0) (i32.const 65536)))
+    (call $hex (i32.const 1024) (i32.const 52))))
 """,
     """
   (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_filestat_get"
     (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_remove_directory"
+    (func $path_remove_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
 """,
 )
 
@@ -404,9 +414,9 @@ async def test_a_removed_files_number_is_never_a_new_files_and_a_closed_listing_
 async def test_stat_and_listing_answer_a_hostile_module_with_errors(executor: WasmExecutor, tmp_path: Path) -> None:
     result = await executor.run(request(tmp_path, FILE_FACTS_ABUSED))
     assert result.exit_code == 0, result
-    errnos = struct.unpack("<10I", bytes.fromhex(result.stdout.strip()))
+    errnos = struct.unpack("<13I", bytes.fromhex(result.stdout.strip()))
     efault, ebadf, enametoolong = 21, 8, 37
-    assert errnos == (efault, efault, enametoolong, 0, 0, ebadf, ebadf, efault, 0, 0)
+    assert errnos == (efault, efault, enametoolong, 0, 0, ebadf, ebadf, efault, 0, 0, efault, efault, enametoolong)
 
 
 async def test_exit_code_and_stderr(executor: WasmExecutor, tmp_path: Path) -> None:
