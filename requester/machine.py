@@ -25,10 +25,8 @@ from requester.selection import can_ever_run, candidates, never_runnable, waitin
 TICK = 0.25  # how often the services check deadlines, leases and re-announcements
 ANNOUNCE_BACKOFF_FIRST = 1.0  # seconds to the second announcement of an attempt; doubles after each
 ANNOUNCE_BACKOFF_MAX = 30.0  # while few jobs wait; with many, see REPEATS_PER_SECOND
-# repeated announcements a requester sends each second, about, while up to 5,000 jobs wait: with thousands
-# waiting, each waits longer between its repeats (5,000 repeated every 30 s took 44 % of a requester's CPU and
-# 16 % of each compute node's; compute nodes keep what they had no room for, so repeats are for lost gossip
-# and new nodes)
+# repeated announcements a requester sends each second, about, while up to 5,000 jobs wait (5,000 repeated every
+# 30 s took 44 % of a requester's CPU); compute nodes keep what they had no room for, so repeats are for lost gossip
 REPEATS_PER_SECOND = 50.0
 RETRY_BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed run (spec.retries); doubles after each
 RETRY_BACKOFF_MAX = 60.0
@@ -49,8 +47,7 @@ def announce_backoff(backoff: float, now: float, ceiling: float = ANNOUNCE_BACKO
 
 def repeat_ceiling(waiting: int) -> float:
     """The longest backoff between a waiting job's announcements when ``waiting`` jobs wait: 30 s, or longer
-    so that their repeats come to REPEATS_PER_SECOND, but never so long that compute nodes drop the job from
-    the offers they keep (``BACKLOG_STALE``): beyond 5,000 waiting, the repeats grow with them again."""
+    to keep to REPEATS_PER_SECOND, but short enough that compute nodes keep the offer (``BACKLOG_STALE``)."""
     return min(max(ANNOUNCE_BACKOFF_MAX, waiting / REPEATS_PER_SECOND), REPEAT_AT_LEAST_EVERY)
 
 
@@ -60,9 +57,8 @@ def retry_delay(retry: int) -> float:
 
 
 def retry_after(retried: int, spec: JobSpec, reason: str, result: RunResult | None) -> tuple[str, float | None]:
-    """A failed run's reason, and the seconds before its job's (or sweep index's) next run: None when it
-    is not run again, as ``spec.retries`` are spent or its spec repeats exactly and it exited non-zero
-    (its seed is its spec's: a retry would print and exit the same)."""
+    """A failed run's reason, and the seconds before its job's (or sweep index's) next run: None when
+    ``spec.retries`` are spent, or its spec repeats exactly and it exited non-zero (a retry would too)."""
     if retried >= spec.retries:
         return reason, None
     if result is not None and spec.repeats_exactly():
@@ -84,8 +80,8 @@ class Tracked:
     resumed_at: float = 0.0  # when a restarted requester took it up again: results are awaited a full deadline
 
     def accepted_since(self, x: Execution) -> float:
-        """Since when a result of ``x`` (accepted) is awaited: a requester down longer than a job's result
-        deadline failed each run on its first tick, before the node's result, held for it, could arrive."""
+        """Since when a result of ``x`` (accepted) is awaited: after a restart, a full deadline again, so the
+        node's result, held for the requester, can arrive."""
         return max(x.updated_at, self.resumed_at)
 
     def held(self) -> int:
@@ -95,9 +91,8 @@ class Tracked:
         return self.slots() - self.held()
 
     def slots(self) -> int:
-        """The nodes the job takes: its ``concurrency``; and while the results of all of them agree short of
-        its ``confidence`` (k), one more, up to 2k - 1 in all, as a sweep index's do. When concurrency was k,
-        one liar among the nodes failed every job it was chosen for, and nothing counted against it."""
+        """The nodes the job takes: its ``concurrency``; and while their results agree short of its
+        ``confidence`` (k), one more, up to 2k - 1 in all, so that one liar among k nodes cannot fail the job."""
         deal = self.job.spec.deal
         if deal.confidence < 2:
             return deal.concurrency
@@ -107,8 +102,8 @@ class Tracked:
         return deal.concurrency if trust.verify(proposed, deal.confidence).verified else len(proposed) + 1
 
     def due(self) -> float:
-        """When ``JobMachine.tick`` may next change the job with the clock alone: a deadline or an announcement.
-        What the node table's changes decide (no node left able to run it) waits for a pass over every job."""
+        """When ``JobMachine.tick`` may next change the job with the clock alone: a deadline or an announcement
+        (what the node table's changes decide waits for a pass over every job)."""
         if self.job.state.is_terminal:
             return math.inf
         spec, times = self.job.spec, []
@@ -292,23 +287,17 @@ class JobMachine:
 
     @staticmethod
     def may_run_here(state: Tracked, own: NodeInfo | None) -> bool:
-        """Whether to offer a job to this node's own compute role before anyone else.
-
-        Only a job that needs one more node and no choice among bids. Then nothing is gossiped,
-        bid or rejected by other nodes, and nothing crosses the network (measured in the 3-node
-        throughput benchmark: the nodes' CPU per job fell from 24 to 9 ms). A node with no compute
-        role publishes no node info, and one whose limits can never fit the job is not asked.
-        """
+        """Whether to offer a job to this node's own compute role before anyone else: one that needs one more
+        node and no choice among bids, so nothing crosses the network (the 3-node throughput benchmark's CPU
+        per job fell from 24 to 9 ms)."""
         spec = state.job.spec
         return state.needed() == 1 and spec.deal.min_bids <= 1 and own is not None and can_ever_run(spec, own) \
             and trust.bid_refusal(state.executions.values(), own.peer_id, state.job.attempt) is None
 
     @staticmethod
     def to_wake(states: Iterable[Tracked], info: NodeInfo, now: float) -> list[str]:
-        """A node joined, or came back with an empty backlog: the waiting jobs it has room for, oldest
-        first, to re-announce at the next tick rather than at their next backoff step (up to
-        ANNOUNCE_BACKOFF_MAX away; a concurrency-3 job on 3 nodes waits for a restarted one). A retry
-        still in its backoff (it waits from a time to come) is left to it."""
+        """A node joined, or came back with an empty backlog: the waiting jobs it has room for, oldest first,
+        to re-announce at the next tick rather than at their next backoff step (a retry's backoff stands)."""
         free, woken = info.free, []
         waiting = (s for s in states if s.is_open() and s.waiting_since <= now)
         for state in sorted(waiting, key=lambda s: s.waiting_since):
@@ -415,10 +404,9 @@ class JobMachine:
         return Reply(verdict="accepted"), p
 
     def _refuse_result(self, p: JobChanges, ex: Execution, why: str) -> Reply:
-        """A result its node did not vouch for: refused whole, nothing of it recorded, counted against
-        the node. Only the execution's own node can send it (the stream is authenticated), so its run
-        is over: the node is told to stop and the slot is re-offered at once (quarantine ends a node
-        that keeps doing it)."""
+        """A result its node did not vouch for: refused whole and counted against the node. Only the
+        execution's own node can send it (the stream is authenticated), so its run is over: the node is
+        told to stop and the slot is re-offered."""
         p.counts["results_refused"] += 1
         p.penalties.append((ex.node_id, f"{why} (execution {ex.id})"))
         if ex.state is ExecutionState.ACCEPTED:
@@ -466,8 +454,7 @@ class JobMachine:
             if x.state is ExecutionState.ACCEPTED and now - p.state.accepted_since(x) > deadline:
                 why = f"no result within {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
                       "and deliver)"
-                # the node's failure, as a "retry elsewhere" error is: a node taking the job again and again
-                # to sit on it held it six result deadlines, then failed it (``trust.bid_refusal``)
+                # the node's failure, as a "retry elsewhere" error is (``trust.bid_refusal`` bounds its retakes)
                 y = x.transition(ExecutionState.FAILED, why, now, error=why, retryable=True)
                 p.put(y)
                 p.cancel(y)
@@ -531,8 +518,7 @@ class JobMachine:
         if current is None or current.state is not ExecutionState.ACCEPTED \
                 or (silent is not None and silent <= state.job.spec.deadlines.silence):
             return p
-        # the node's failure, as a "retry elsewhere" error is: a node that took the job and forgot it, again
-        # and again, spent every re-offer and retry of it (``trust.bid_refusal``)
+        # the node's failure, as a "retry elsewhere" error is (``trust.bid_refusal`` bounds its retakes)
         y = current.transition(ExecutionState.FAILED, reason, now, error=reason, retryable=True)
         p.put(y)
         self._execution_failed(p, y, True, [p.event(EventKind.ERROR, reason, y)])
@@ -620,13 +606,9 @@ class JobMachine:
 
     def _execution_failed(self, p: JobChanges, failed: Execution, retryable: bool, events: list[Event],
                           witnessed: bool = False) -> None:
-        """Record a failed execution (already in ``p.state``); re-offer its slot, or fail the job when
-        that is pointless.
-
-        A node's error fails the job only once it is confirmed (``trust.error_confirmed``), or
-        ``witnessed`` (``trust.timeout_witnessed``): another node able to run the job gets the work
-        first, while the re-offer budget lasts.
-        """
+        """Record a failed execution (already in ``p.state``); re-offer its slot, or fail the job when that is
+        pointless. A node's error fails the job only once confirmed (``trust.error_confirmed``) or
+        ``witnessed`` (``trust.timeout_witnessed``): till then another able node gets the work."""
         job = p.state.job
         able = self.able(job.spec, p.known, p.now)
         last = f"node {failed.node_id[-8:]}: {failed.reason}"
@@ -670,13 +652,10 @@ class JobMachine:
 
     def _fail(self, p: JobChanges, reason: str, executions: Sequence[Execution], events: Sequence[Event], *,
               result: RunResult | None = None) -> None:
-        """A run failed (a non-zero exit, or a node error that ends it): fail the job, or run it again
-        when ``retry_after`` says.
-
-        The retry is a new attempt and a fresh start: the failed run's executions are left behind
-        (stored, no longer tracked), so its nodes may bid again and the re-offer budget and the queue
-        timeout count afresh. What still runs of the failed run (other slots) is cancelled.
-        """
+        """A run failed (a non-zero exit, or a node error that ends it): fail the job, or run it again when
+        ``retry_after`` says, as a fresh attempt: the failed run's executions are left behind (stored, no
+        longer tracked) and what still runs of it is cancelled, so its nodes may bid again and the re-offer
+        budget and the queue timeout count afresh."""
         job = p.state.job
         reason, delay = retry_after(job.retried, job.spec, reason, result)
         if delay is None:
@@ -694,11 +673,8 @@ class JobMachine:
 
     def _finish(self, p: JobChanges, end: JobState, reason: str, executions: Sequence[Execution] = (),
                 events: Sequence[Event] = (), *, result: RunResult | None = None) -> None:
-        """Move the job to a terminal state and cancel what still runs.
-
-        A deterministic job that completed with exit code 0 leaves its result in the cache,
-        in the same transaction.
-        """
+        """Move the job to a terminal state and cancel what still runs; a completed deterministic job's result
+        goes to the cache in the same transaction."""
         executions, events = self._cancel_rest(p, executions, f"job {end.value}"), list(events)
         job = p.state.job.transition(end, reason, p.now, result=result)
         events.append(p.event(ending(end), reason))

@@ -52,9 +52,8 @@ def never_runnable(spec: JobSpec, nodes: Iterable[NodeInfo]) -> str | None:
 
 
 def _label_sets(nodes: list[NodeInfo]) -> str:
-    """``3 nodes known: zone=eu (2); spot=true,zone=us``: the commonest label sets first (in the order of their
-    text when as common: a message that does not change with the order nodes were heard in), a few, each cut
-    short."""
+    """``3 nodes known: zone=eu (2); spot=true,zone=us``: a few label sets, the commonest first (then by text,
+    so the message does not change with the order nodes were heard in), each cut short."""
     counts = Counter(format_labels(n.labels) or "no labels" for n in nodes)
     commonest = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:SHOWN_LABEL_SETS]
     shown = [(labels if len(labels) <= SHOWN_LABELS_CHARS else labels[:SHOWN_LABELS_CHARS] + "…")
@@ -67,9 +66,8 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahea
                    barred: Collection[str] = ()) -> str:
     """A human explanation for a job short of nodes: 'queued: 412 jobs ahead, 0 of 3 nodes free' when the
     nodes that could run it are busy (``ahead``: the requester's jobs that have waited longer, if known),
-    else e.g. 'waiting for bids: 1 of 3 nodes accepted ...'. A ``barred`` node, whose bids on it are refused
-    (quarantined, or done with the job), is not one that can run it: a job waited for one, saying all three
-    known nodes could."""
+    else e.g. 'waiting for bids: 1 of 3 nodes accepted ...'. A ``barred`` node (quarantined, or done with
+    the job) is not counted as able to run it."""
     nodes = list(nodes)
     need = spec.deal.concurrency
     able = [n for n in nodes if can_ever_run(spec, n) and n.peer_id not in barred]
@@ -91,11 +89,8 @@ def waiting_reason(spec: JobSpec, nodes: Iterable[NodeInfo], accepted: int, ahea
 
 
 class Queue:
-    """Where each job short of nodes stands: how many of the requester's jobs have waited longer.
-
-    The order is rebuilt at most once a ``every`` seconds, and only when asked (a describe or a list),
-    so 10,000 waiting jobs cost one sort per poll interval, not one per job shown.
-    """
+    """Where each job short of nodes stands: how many of the requester's jobs have waited longer. The order
+    is rebuilt at most once every ``every`` seconds, when asked: one sort per poll interval, not per job shown."""
 
     def __init__(self, waiting: Callable[[], Iterable[float]], every: float = 0.25) -> None:
         self._waiting = waiting  # when each job short of nodes started waiting
@@ -114,17 +109,12 @@ def candidates(spec: JobSpec, nodes: Iterable[NodeInfo], needed: int, rng: rando
                *, spare: int = 1, ask_all_up_to: int = 16) -> list[str]:
     """Nodes to offer a job to directly, before (or instead of) gossip; empty: gossip to everyone.
 
-    - More than twice ``needed + spare`` have room now (by their last node info): that many of
-      them at random. The spare covers one asked node being full by now (node info is seconds
-      old); each extra one is a bid to reject (measured, 20 nodes, concurrency 3: spare 3 → 1
-      took 31.7 → 34.1 jobs/s, 5.9 → 4.0 bids per job). With less room, the nodes asked are
-      often full by now and the job would wait for its re-announcement (measured: 42 → 34
-      jobs/s in the 3-node throughput benchmark).
-    - Otherwise, when at least ``needed`` and at most ``ask_all_up_to`` known nodes could ever run
-      it: all of them, full or not. A full node keeps the offer in its backlog, as it would a
-      gossiped one, and a few direct messages cost less than gossip through the mesh.
-    - Otherwise nobody: the announcement is gossiped (fewer able nodes than needed may mean
-      some are not known yet).
+    - More than twice ``needed + spare`` have room now (by their last node info): that many of them at
+      random; the spare covers one being full by now (20 nodes, concurrency 3: spare 3 → 1 took 31.7 → 34.1
+      jobs/s). With less room, the nodes asked are often full by now (3 nodes: 42 → 34 jobs/s).
+    - Otherwise, when ``needed`` to ``ask_all_up_to`` known nodes could ever run it: all of them, full or
+      not (a full node keeps the offer in its backlog; a few direct messages cost less than gossip).
+    - Otherwise nobody: gossip (fewer able nodes than needed may mean some are not known yet).
     """
     wanted = needed + spare
     able = [n for n in nodes if can_ever_run(spec, n)]

@@ -1,9 +1,8 @@
 """What the requester believes of what peers tell it: pure rules, no store, network or clock.
 
-Each function decides one question the issue of a lying peer raises: may this node bid, does an
-error end the job, which results are verified (k-of-n), may a result be served to other clients
-from the cache. Each node's result reaches only the requester, over a direct stream, so no node
-can see another's before proposing its own; a result's digest is its CID (or a hash of the outcome).
+May this node bid, does an error end the job, which results are verified (k-of-n), whom a verdict
+counts for or against, may a result be served from the cache. Each node's result reaches only the
+requester, over a direct stream, so no node sees another's before proposing its own.
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ CONFIRMING_NODES = 2  # fewest distinct nodes whose errors confirm one another (
 
 
 def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str | None:
-    """Why ``peer`` may not bid on this attempt of a job, or None.
-
-    One live bid per node per job, and one execution per node per attempt, so bids with fresh
-    execution ids write nothing; ``concurrency`` N means N different nodes; a node that reported a
-    non-retryable error, or failed the job retryably too often, has had its turn.
-    """
+    """Why ``peer`` may not bid on this attempt of a job, or None: one execution per node per attempt (so
+    bids with fresh execution ids write nothing), N different nodes for ``concurrency`` N, and none from a
+    node done with the job (``nodes_left``)."""
     retryable_errors = 0
     for x in executions:
         if x.node_id != peer:
@@ -45,12 +41,8 @@ def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str
 
 
 def nodes_left(executions: Iterable[Execution], able: Set[str]) -> set[str]:
-    """The known nodes able to run the job that have not given up on it for good.
-
-    A node is done with a job once it reported an error, or failed it retryably too often; a node
-    that is still running (or ran) the job is not, so a job waiting for a slot to come back is not
-    abandoned because its other nodes are busy with it.
-    """
+    """The nodes of ``able`` not done with the job: done once it reported an error, or failed it retryably
+    ``RETRYABLE_ERRORS_PER_NODE`` times (a node still running it is not done)."""
     executions = list(executions)
     return {node for node in able if not _done_with(executions, node)}
 
@@ -67,13 +59,10 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
-    """Nodes whose errors a job completed with a ``corroborated`` result proves wrong, to be held against them:
-    those that said it cannot run, when its spec is judged exactly (``JobSpec.judged_exactly``: a sealed engine
-    on the same content gives every node the same outcome) and the error is not the run's timeout (a node's
-    speed is its own). Else an error may be the node's world, not a lie: an input URL that refused one node,
-    an image one registry had; any client could get honest nodes quarantined by a URL answering 403 once.
-    (What depends on the node's network even for such a spec, a CID its IPFS could not find in time, it reports
-    as retryable: never held against it.)"""
+    """Nodes whose errors a job completed with a ``corroborated`` result proves wrong: those that said it
+    cannot run, when its spec is judged exactly (``JobSpec.judged_exactly``) and the error is not the run's
+    timeout (a node's speed is its own). On other specs an error may be the node's world, not a lie (a URL
+    that refused one node), and a client could frame honest nodes with it."""
     if not spec.judged_exactly():
         return set()
     return error_reporters(x for x in executions if x.error != spec.timed_out())
@@ -87,12 +76,10 @@ def error_confirmed(reporters: Set[str], able: Set[str], confidence: int, *, eve
 
 
 def timeout_witnessed(error: str | None, spec: JobSpec, accepted_at: float, now: float, confidence: int) -> bool:
-    """Whether a node's error is its run's timeout, borne out by the requester's own clock: the report came
-    no sooner than the timeout after the node took the job. A node saying so falsely held the job as long
-    as an honest one would have (it could as well have gone silent), so no second node need confirm it: a
-    job too slow for its timeout no longer runs out the clock twice. Not when the submitter asked for
-    ``confidence`` (2 or more): its word is then one node's, as any error's is (a liar failed such jobs with
-    it while two honest nodes had proposed agreeing results)."""
+    """Whether a node's error is its run's timeout, borne out by the requester's own clock (the report came
+    no sooner than the timeout after the node took the job): a liar saying so held the job no longer than
+    silence would have, so no second node need confirm it. Not for ``confidence`` 2 or more, where any
+    error is one node's word against others' results."""
     return confidence < 2 and error == spec.timed_out() and now - accepted_at >= spec.timeout
 
 
@@ -104,22 +91,17 @@ def agreeing_nodes(executions: Iterable[Execution], result: RunResult) -> set[st
 
 
 def corroborated(agreeing: Set[str], own_node: str, *, pinned: bool) -> bool:
-    """Whether a result is more than one peer's word: two distinct nodes agreed on its digest, or this
-    requester's own compute role produced it. Nodes the submitter ``pinned`` (a selector: it chose them,
-    they may be its own) are its word too. Only such a result is served to other clients from the
-    cache, and only it shows other nodes' errors wrong: else one liar, running a job honest nodes
-    could not, got them quarantined."""
+    """Whether a result is more than one peer's word: two distinct nodes agreed on its digest (not nodes the
+    submitter ``pinned`` with a selector: they may be its own), or this requester's own compute role produced
+    it. Only such a result is served to other clients from the cache, or shows other nodes' errors wrong."""
     return own_node in agreeing or (len(agreeing) >= 2 and not pinned)
 
 
 def credited(agreeing: Collection[str], spec: JobSpec, *, outvoted: Collection[str] = ()) -> bool:
-    """Whether a verdict counts for the nodes that agreed and against those it ``outvoted`` (agreeing weighs
-    against rejections in ``quarantined``): only when two or more agreed, on nodes the requester chose. A node
-    vouching for itself (confidence 1), or nodes the submitter pinned with a ``selector`` (they may be its own),
-    earn nothing: 300 such indexes once let two liars be outvoted again and again, never quarantined. On a job
-    not judged exactly (``JobSpec.judged_exactly``: a container, an input by URL, python in Pyodide), only a
-    verdict that outvoted no one: honest nodes may differ on it (a client's container printing a coin flip got
-    honest nodes quarantined, the requester's own among them), and nodes that run them still earn by agreeing."""
+    """Whether a verdict counts for the nodes that agreed and against those it ``outvoted``: only when two or
+    more agreed, on nodes the requester chose (not a ``selector``'s: they may be the submitter's own, earning
+    credit to outweigh their lies). On a job not ``judged_exactly`` (a container, a URL input, python), only a
+    verdict that outvoted no one: honest nodes may differ on it, so a client could frame them."""
     return len(agreeing) >= 2 and not spec.selector and (spec.judged_exactly() or not outvoted)
 
 
@@ -134,12 +116,9 @@ class Standing(NamedTuple):
 def quarantined(standing: Standing, after: int, now: float, *, verified: bool = False) -> bool:
     """Whether a node's bids and claims are refused, for work whose results are ``verified`` (confidence 2 or
     more) or not: at least ``after`` of its results rejected, and more than one for every ten accepted. For
-    ``QUARANTINE_SECONDS`` after its last rejection, all work; then it is on probation, and takes verified work
-    only, where a lie is refused and counted (its counts stand: the next quarantines it again), until its
-    agreeing results outweigh its rejections. A quarantine lasted for ever: an honest node once framed (a
-    client's job printing what differs between nodes, a fault since fixed) was lost for good. A liar on
-    probation gets the verified jobs it takes before its next lie is counted, each refused, and no job whose
-    result would be its word alone."""
+    ``QUARANTINE_SECONDS`` after its last rejection, all work; then, on probation, it takes verified work only,
+    where a lie is refused and counted, until its agreeing results outweigh its rejections (a node framed
+    once is not lost for good)."""
     over = standing.rejected >= after and standing.rejected > standing.accepted // 10
     return over and (not verified or now - standing.rejected_at < QUARANTINE_SECONDS)
 
