@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -32,6 +33,7 @@ CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted;
 TOO_DEEP = sys.maxsize  # what tree_size says of a tree nested past storage.trees.MAX_DEPTH: more than any limit
 TOO_MANY = sys.maxsize - 1  # what written_in says of folders holding more than their entries: as much
 ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
+BLOCK_BYTES = 4096  # the block most file systems give a file's content or a directory: a job's disk counts in them
 
 
 def job_seed(request: RunRequest) -> bytes:
@@ -119,33 +121,57 @@ def plan_mounts(request: RunRequest, scratch: Path) -> list[DirMount]:
     return sorted(dirs, key=lambda d: (d.target.count("/"), d.target))
 
 
+class Written(NamedTuple):
+    """What a run's folders hold, measured two ways. ``content`` is the network's measure, the same on every
+    node (``content_bytes``). ``spent`` is what they take of this node's file system: a directory is 4 KiB on
+    ext4 and less on tmpfs, a one-byte file 4 KiB on ext4 and less on btrfs. A job's outcome hangs on
+    ``content`` alone, or a client could tune a job to fail on one file system and pass on another, and get the
+    nodes of one outvoted; the node guards its own disk by ``spent`` too."""
+
+    content: int
+    spent: int
+
+    def past(self, limit: int) -> bool:
+        return _past(self.content, limit) or _past(self.spent, limit)
+
+
+def content_bytes(st: os.stat_result) -> int:
+    """What one entry counts against a job's disk, the same on every node: a file's size in whole blocks (a
+    sparse file at its full length, as publishing copies every byte), a directory one block, an empty file or
+    a link at least ENTRY_BYTES. On ext4 a file or folder takes no more (a folder of very many entries aside)."""
+    if stat.S_ISDIR(st.st_mode):
+        return BLOCK_BYTES
+    if stat.S_ISREG(st.st_mode) and st.st_size:
+        return -(-st.st_size // BLOCK_BYTES) * BLOCK_BYTES
+    return max(st.st_size, ENTRY_BYTES)
+
+
 def tree_size(path: Path) -> int:
-    """Bytes the entries under ``path`` take (what a job wrote there), as publishing them takes: a sparse
-    file at its full length (a copy writes every byte), and every directory, link and file at least
-    ENTRY_BYTES (a job once wrote 40,000 empty ones, which counted as nothing). A tree nested deeper than
-    ``storage.trees.MAX_DEPTH`` is TOO_DEEP: more than any limit. Blocking."""
-    return _size([path], None)
+    """Bytes the entries under ``path`` take by the network's measure (``Written.content``). A tree nested
+    deeper than ``storage.trees.MAX_DEPTH`` is TOO_DEEP: more than any limit. Blocking."""
+    return _size([path], None).content
 
 
-def written_in(dirs: Iterable[Path], max_entries: int) -> int:
-    """``tree_size`` of all of ``dirs``, or TOO_MANY once they hold more than ``max_entries`` together:
-    counting stops there, so no walk is long, and a job flooding its folders with files is stopped before
-    it uses up the inodes of the node's file system. Blocking."""
+def written_in(dirs: Iterable[Path], max_entries: int) -> Written:
+    """What all of ``dirs`` hold, or TOO_MANY once they hold more than ``max_entries`` together: counting
+    stops there, so no walk is long, and a job flooding its folders with files is stopped before it uses up
+    the inodes of the node's file system. Blocking."""
     return _size(dirs, max_entries)
 
 
-def _size(dirs: Iterable[Path], max_entries: int | None) -> int:
-    total = counted = 0
+def _size(dirs: Iterable[Path], max_entries: int | None) -> Written:
+    content = spent = counted = 0
     try:
         for path in dirs:
             for _, st in entries(path):
                 counted += 1
                 if max_entries is not None and counted > max_entries:
-                    return TOO_MANY
-                total += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
+                    return Written(TOO_MANY, TOO_MANY)
+                content += content_bytes(st)
+                spent += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
     except TooDeep:
-        return TOO_DEEP
-    return total
+        return Written(TOO_DEEP, TOO_DEEP)
+    return Written(content, spent)
 
 
 def own_again(path: Path) -> None:
@@ -161,22 +187,35 @@ def own_again(path: Path) -> None:
 
 
 def disk_limit_message(written: int, limit: int, max_entries: int) -> str:
+    """What a run past its disk limit says: never how far past, which depends on when the disk watch looked,
+    and so differs from node to node."""
     if written >= TOO_DEEP:
         return f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep"
     if written >= TOO_MANY:
         return f"disk limit exceeded: the outputs hold more than {max_entries:,} files and folders"
-    return f"disk limit exceeded: wrote {written} of {limit} bytes (resources.disk, less the staged inputs)"
+    return f"disk limit exceeded: wrote more than {limit} bytes (resources.disk, less the staged inputs)"
+
+
+def disk_overrun(written: Written, limit: int, max_entries: int, *, reached: bool = False) -> str:
+    """The line a run over its disk limit ends with (``reached``: a write stopped at the limit itself, by the
+    file size limit, counts as past it). Raises a retryable ExecutorError when only this node's file system
+    took more than the limit (``Written``): by the network's measure the job is within it, and another node
+    may hold it."""
+    if _past(written.content, limit) or (reached and 0 < limit <= written.content):
+        return disk_limit_message(written.content, limit, max_entries)
+    raise ExecutorError(f"disk limit exceeded on this node: its file system took {written.spent} bytes for what "
+                        f"the job wrote, {written.content} of {limit} as the network counts it", retryable=True)
 
 
 def _past(written: int, limit: int) -> bool:
     return written >= TOO_MANY or 0 < limit < written
 
 
-async def written_past(dirs: list[Path], limit: int, max_entries: int) -> int | None:
-    """What ``dirs`` hold (``written_in``) when it is past ``limit`` bytes or ``max_entries`` (a last check after
-    the run), else None."""
-    written = await trio.to_thread.run_sync(written_in, dirs, max_entries) if dirs else 0
-    return written if _past(written, limit) else None
+async def written_past(dirs: list[Path], limit: int, max_entries: int) -> Written | None:
+    """What ``dirs`` hold (``written_in``) when it is past ``limit`` bytes or ``max_entries`` on this node (a
+    last check after the run), else None."""
+    written = await trio.to_thread.run_sync(written_in, dirs, max_entries) if dirs else Written(0, 0)
+    return written if written.past(limit) else None
 
 
 MAX_HOLDERS = 4096  # processes of one run whose open files are looked at
@@ -250,16 +289,17 @@ def _stats(paths: Iterable[Path]) -> list[os.stat_result]:
 
 
 async def watch_disk(dirs: list[Path], limit: int, max_entries: int, stop: Callable[[], Awaitable[object]],
-                     over: list[int], holders: Callable[[], Iterable[int]] = tuple) -> None:
+                     over: list[Written], holders: Callable[[], Iterable[int]] = tuple) -> None:
     """Until cancelled: once the files under ``dirs``, and the deleted ones the processes ``holders()`` hold open
     there (``held_open``), take more than ``limit`` bytes (0: no limit), or are more than
     ``max_entries``, record what they take in ``over`` and ``await stop()`` (which ends the run).
     A run can write much in one poll interval, so callers check ``written_past`` once more when it ends."""
     while dirs:
         written = await trio.to_thread.run_sync(written_in, dirs, max_entries)
-        if not _past(written, limit) and (pids := list(holders())):
-            written += await trio.to_thread.run_sync(held_open, pids, dirs)
-        if _past(written, limit):
+        if not written.past(limit) and (pids := list(holders())):
+            held = await trio.to_thread.run_sync(held_open, pids, dirs)  # a deleted file's size: the job's doing
+            written = Written(written.content + held, written.spent + held)
+        if written.past(limit):
             over.append(written)
             await stop()
             return

@@ -55,7 +55,7 @@ from docker.utils import parse_repository_tag
 from docker.utils.socket import STDERR, frames_iter_no_tty
 
 from executors import docker_seccomp
-from executors._common import CONTEXT_DIR, disk_limit_message, job_path, own_again, watch_disk, written_past
+from executors._common import CONTEXT_DIR, Written, disk_overrun, job_path, own_again, watch_disk, written_past
 from executors.base import Executor, ExecutorError, LiveOutput, RunRequest
 from executors.cgroups import ContainerSockets
 from executors.docker_network import fenced_network
@@ -476,7 +476,7 @@ class DockerExecutor(Executor):
                     self._sockets = None
                     await trio.to_thread.run_sync(sockets.forget, cid)
                 init = await trio.to_thread.run_sync(lambda: api.inspect_container(cid)["State"].get("Pid") or 0)
-                over_disk: list[int] = []
+                over_disk: list[Written] = []
                 lost: BaseException | None = None
                 async with trio.open_nursery() as nursery:
                     dirs = [m.source for m in request.output_mounts()]
@@ -519,7 +519,7 @@ class DockerExecutor(Executor):
             over_disk.append(written)
         if over_disk:
             exit_code = exit_code or 1
-            line = disk_limit_message(over_disk[0], request.write_limit, request.max_entries)
+            line = disk_overrun(over_disk[0], request.write_limit, request.max_entries)
             stderr = f"{stderr}{'' if not stderr or stderr.endswith(chr(10)) else chr(10)}{line}\n"
         elif oom:
             limit = request.spec.resources.memory

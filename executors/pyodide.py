@@ -62,10 +62,10 @@ import trio
 
 from executors._common import (
     CONTEXT_DIR,
-    TOO_MANY,
     DirMount,
     Tail,
-    disk_limit_message,
+    Written,
+    disk_overrun,
     host_path,
     job_path,
     job_seed,
@@ -649,7 +649,7 @@ class PyodideExecutor(Executor):
         messages: list[dict[str, Any]] = []
         broken: list[ExecutorError] = []
         forged: list[_BadControl] = []
-        over_disk: list[int] = []
+        over_disk: list[Written] = []
 
         async def kill() -> None:
             runner.process.kill()
@@ -724,14 +724,15 @@ class PyodideExecutor(Executor):
             return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time()), False
+        # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
+        reached = not any(m.get("code") == 0 for m in messages)
         if not over_disk and watched:
             written = await trio.to_thread.run_sync(written_in, watched, request.max_entries)
-            # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
-            if written >= TOO_MANY or (disk and (written > disk or (written >= disk and not any(
-                    m.get("code") == 0 for m in messages)))):
+            if written.past(disk) or (reached and 0 < disk <= max(written.content, written.spent)):
                 over_disk.append(written)
         if over_disk:
-            stderr.write(f"\n{disk_limit_message(over_disk[0], disk, request.max_entries)}\n".encode())
+            line = disk_overrun(over_disk[0], disk, request.max_entries, reached=reached)
+            stderr.write(f"\n{line}\n".encode())
             return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time()), False

@@ -57,7 +57,8 @@ from executors._common import (
     EPOCH_SECONDS,
     DirMount,
     Tail,
-    disk_limit_message,
+    Written,
+    disk_overrun,
     host_path,
     job_path,
     job_seed,
@@ -306,7 +307,7 @@ class WasmExecutor(Executor):
             raise ExecutorError(f"this node cannot run wasm jobs: {problem}")
         started = time.time()
         stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
-        outputs, over_disk = [m.source for m in request.output_mounts()], []
+        outputs, over_disk = [m.source for m in request.output_mounts()], list[Written]()
         mounts = await trio.to_thread.run_sync(plan_mounts, request, request.work_dir)
         for _ in range(2):
             compiled = await self._compiled(request, engine_spec)
@@ -319,9 +320,9 @@ class WasmExecutor(Executor):
         if not over_disk and (written := await written_past(outputs, request.write_limit,
                                                             request.max_entries)) is not None:
             over_disk.append(written)
-        if over_disk:
-            line = disk_limit_message(over_disk[0], request.write_limit, request.max_entries)
-            result = _Outcome(result.exit_code or 1, line)
+        if over_disk:  # how far the run got depends on when the disk watch looked: its output is dropped
+            line = disk_overrun(over_disk[0], request.write_limit, request.max_entries)
+            result, stdout, stderr = _Outcome(1, line), Tail(), Tail()
         if result.note:
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")
         return RunResult(
@@ -335,7 +336,7 @@ class WasmExecutor(Executor):
         )
 
     async def _run_process(self, request: RunRequest, spec: WasmEngine, compiled: Path, mounts: list[DirMount],
-                           stdout: Tail, stderr: Tail, over_disk: list[int]) -> tuple[dict, bool]:
+                           stdout: Tail, stderr: Tail, over_disk: list[Written]) -> tuple[dict, bool]:
         """Run the compiled module in a process of its own until it ends, or the disk watch or the caller ends
         it: (what it told of its end, whether the node killed it)."""
         outputs = [m.source for m in request.output_mounts()]

@@ -539,7 +539,7 @@ async def test_files_the_job_deleted_but_holds_open_count_against_its_disk(execu
     with trio.fail_after(120):  # it would spin for its ten minutes
         result = await executor.run(req)
     assert result.exit_code != 0
-    assert "disk limit exceeded: wrote" in result.stderr and "of 20971520 bytes" in result.stderr, result.stderr
+    assert "disk limit exceeded: wrote more than 20971520 bytes (" in result.stderr, result.stderr
     assert not list((req.outputs_dir / "results").iterdir())
 
 

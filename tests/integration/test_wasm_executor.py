@@ -661,7 +661,7 @@ async def test_a_file_the_module_deleted_but_holds_open_counts_against_its_disk(
     with trio.fail_after(60):  # it would spin for its ten minutes
         result = await executor.run(req)
     assert result.exit_code != 0
-    assert "disk limit exceeded: wrote" in result.stderr and "of 10485760 bytes" in result.stderr, result.stderr
+    assert "disk limit exceeded: wrote more than 10485760 bytes (" in result.stderr, result.stderr
     assert not list((req.outputs_dir / "out").iterdir())
 
 
@@ -1007,3 +1007,93 @@ async def test_a_damaged_compiled_module_is_compiled_again_for_a_job_with_a_file
     compiled.write_bytes(b"not machine code")
     result = await executor.run(req)
     assert result.stdout == "single file\ninputs read-only\n", result.stderr
+
+
+def entries_module(count: int, *, folders: bool, name_length: int = 4) -> bytes:
+    """A module making ``count`` empty folders in /outputs, or files in the folder /outputs/d, named 0000, 0001,
+    ... (padded with x to ``name_length``), then saying "made"."""
+    make = ("(call $path_create_directory (i32.const 4) (i32.const 128) (i32.const {n}))" if folders else
+            "(call $path_open (i32.const 4) (i32.const 0) (i32.const 126) (i32.const {n}) (i32.const 1)"
+            " (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16))").format(n=name_length + (not folders) * 2)
+    close = "" if folders else "(drop (call $fd_close (i32.load (i32.const 16))))"
+    folder = "" if folders else "(drop (call $path_create_directory (i32.const 4) (i32.const 126) (i32.const 1)))"
+    return module(f"""
+      (data (i32.const 126) "d/")
+      (data (i32.const 132) "{'x' * (name_length - 4)}")
+      (data (i32.const 1024) "made\\n")
+      (func $digit (param $at i32) (param $n i32) (param $unit i32)
+        (i32.store8 (local.get $at)
+          (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $n) (local.get $unit)) (i32.const 10)))))
+      (func (export "_start") (local $i i32)
+        {folder}
+        (loop $more
+          (call $digit (i32.const 128) (local.get $i) (i32.const 1000))
+          (call $digit (i32.const 129) (local.get $i) (i32.const 100))
+          (call $digit (i32.const 130) (local.get $i) (i32.const 10))
+          (call $digit (i32.const 131) (local.get $i) (i32.const 1))
+          (if {make} (then (call $proc_exit (i32.const 9))))
+          {close}
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $more (i32.lt_u (local.get $i) (i32.const {count}))))
+        (call $write (i32.const 1) (i32.const 1024) (i32.const 5))))
+    """, """
+      (import "wasi_snapshot_preview1" "path_create_directory"
+        (func $path_create_directory (param i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+    """)
+
+
+MADE = (0, "made\n", "")
+
+
+@pytest.mark.parametrize(("wasm", "disk", "everywhere"), [
+    # 1,500 folders, a block each by the network's measure: past 2 MiB on every node
+    (entries_module(1500, folders=True), "2MiB", None),
+    # 2,000 empty files, 512 bytes each by the network's measure, and their folder a block; their long names grow
+    # the folder to 600 KiB on ext4 (past 1.25 MiB in all: refused there), 40 KB on tmpfs
+    (entries_module(2000, folders=False, name_length=200), "1280KiB", MADE),
+    (entries_module(100, folders=True), "1MiB", MADE),
+], ids=["folders past the limit", "long names within it", "folders within it"])
+async def test_what_a_job_writes_counts_against_its_disk_alike_on_every_file_system(
+        executor: WasmExecutor, tmp_path: Path, wasm: bytes, disk: str, everywhere: tuple | None) -> None:
+    """A folder takes 4 KiB of ext4 and less of tmpfs. Counted by the blocks they took, 1,500 empty folders under
+    a 2 MiB limit failed on an ext4 node and completed on a tmpfs one, and how far a run got when the disk watch
+    stopped it was in its result: a client could get the nodes of one file system outvoted by the others', job
+    after job, and quarantined. A job's outcome now hangs on the network's measure alone, the same on every
+    node; a node whose own file system took more than the limit refuses the run retryably (it counts against no
+    one, and another node may hold it)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    outcomes = []
+    with tempfile_in(shm) as fast:
+        for root in (tmp_path / "disk", fast / "memory", fast / "memory-again"):
+            root.mkdir()
+            req = request(root, wasm)
+            req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="64MiB", disk=disk)}))
+            try:
+                result = await executor.run(req)
+            except ExecutorError as e:  # this node's own file system took more than the limit
+                assert e.retryable and "disk limit exceeded on this node" in str(e), e
+                continue
+            outcomes.append((result.exit_code, result.stdout, result.stderr))
+    assert len(outcomes) >= 2 and len(set(outcomes)) == 1, outcomes  # tmpfs takes no more than the measure
+    if everywhere is not None:
+        assert outcomes[0] == everywhere
+    else:  # whether the disk watch stopped the run midway or it ended first (what it printed is dropped)
+        code, out, err = outcomes[0]
+        assert (code, out) == (1, "") and err.startswith("disk limit exceeded: wrote more than "), outcomes
+
+
+@contextlib.contextmanager
+def tempfile_in(parent: Path):
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="shoal-test-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
