@@ -58,8 +58,7 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        # index -> (last error at, node -> what it reported: ``sweep_rules.report``)
-        self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}
+        self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}  # index -> (last error at, node -> report)
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim

@@ -60,7 +60,6 @@ class SweepService(Driver[_Live]):
         self._reviving = trio.Lock()  # an ended sweep is made live by one retry at a time
 
     def in_flight(self, owner: str) -> InFlight:
-        """``owner``'s live sweeps: how many, and their specs' bytes."""
         mine = [live.spec_bytes for live in self._live.values() if live.sweep.owner == owner]
         return InFlight(len(mine), sum(mine))
 
