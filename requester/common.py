@@ -139,7 +139,6 @@ class Driver(Generic[L]):
             await self.credit(changes.credits)
 
     async def wait(self, name: str, timeout: float) -> None:
-        """Return once the job or sweep ``name`` has ended, or after ``timeout`` seconds."""
         item = self._live.get(name)
         if item is not None:
             with trio.move_on_after(timeout):
