@@ -373,16 +373,13 @@ class ComputeMachine:
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in
-        turns: each requester's oldest first, then each one's next, and so on (one busy requester does not
-        starve the others); in each turn, requesters whose bids we won before the others, then the one we
-        bid for longest ago (by first arrival if never): a requester whose bids take our room and give it
-        back unused, re-announcing its jobs, no longer comes first in every turn. Expired entries leave
-        the backlog.
-
-        A scan that found nothing fitting is not repeated while it could find nothing either (no more room in
-        any dimension, no new entry) for NONE_FIT_RECHECK seconds at most (a cooldown ends, entries go stale):
-        rescanning a large backlog that never fits on every tick and every job's end costs small jobs' throughput."""
+        """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in turns so
+        that one busy requester does not starve the others: each requester's oldest, then each one's next, and so
+        on. In each turn, requesters whose bids we won come first, then the one we bid for longest ago (by first
+        arrival if never), so one that takes our room and gives it back unused does not lead every turn. Expired
+        entries leave the backlog. A scan that found nothing is not repeated while it could find nothing either
+        (no more room in any dimension, no new entry) for NONE_FIT_RECHECK seconds at most (a cooldown ends,
+        entries go stale): rescanning a large backlog that never fits, every tick and job's end, costs throughput."""
         free = self.capacity.free
         if self._none_fit is not None:
             was, added, until = self._none_fit
