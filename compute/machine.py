@@ -119,15 +119,13 @@ class ComputeMachine:
         self.pending_bid_timeout = pending_bid_timeout
         self.live: dict[str, Execution] = {}  # execution id -> live execution
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
-        # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
-        # announcing another requester's job id shadows nothing
+        # jobs with no room when announced, in arrival order, by (requester, job id): no requester shadows another's
         self.backlog: Backlog[tuple[Announce, float]] = Backlog(backlog_size)
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
         self.claims: dict[tuple[str, str], Claim] = {}  # (requester, sweep id) -> our claim on it
-        # sweeps we had no room for
-        self._waiting: Backlog[tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
+        self._waiting: Backlog[tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)  # sweeps we had no room for
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
         # Requesters that left a bid unanswered (until when we bid on none of theirs), and those that accepted
