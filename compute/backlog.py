@@ -1,7 +1,5 @@
-"""Offers a compute node had no room for, held to bid on (or claim) later: bounded in number and in bytes.
-
-Every entry holds its job's whole spec, and a spec may carry a megabyte of inline code: a peer sending
-offers of 900 KB grew a node from 390 MB to 2.1 GB in 18 s, and the count alone (10,000) allowed 9 GB.
+"""Offers a compute node had no room for, held to bid on (or claim) later: bounded in number and in bytes,
+as every entry holds its job's whole spec, which may carry a megabyte of inline code.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ class Backlog(OrderedDict[Key, V], Generic[V]):
 
     A requester alone may fill it; once full, an offer of a requester holding less takes the place of the
     newest entry of the one holding most (its weight: its bytes, each entry counted as at least its share
-    of ``max_bytes``). One requester announcing 10,000 jobs kept every other's out: they were passed over,
-    and when room came only its jobs were bid on."""
+    of ``max_bytes``), so that one requester's flood does not keep every other's jobs out."""
 
     def __init__(self, max_entries: int, max_bytes: int = MAX_BYTES) -> None:
         super().__init__()
@@ -73,7 +70,7 @@ class Backlog(OrderedDict[Key, V], Generic[V]):
     def _evictions(self, owner: str, weight: int, entries: int, excess: int) -> list[Key] | None:
         """The entries to drop so that ``entries`` more fit and ``excess`` bytes go: each the newest of the
         requester weighing most, while it weighs more than ``owner`` would (``weight``). None: the offer does
-        not fit so, and nothing may be dropped (a refused offer once cost other requesters their entries)."""
+        not fit so, and nothing may be dropped (a refused offer must cost no one their entries)."""
         weights: dict[str, int] = {}  # as they would be after the drops so far
         newest: dict[str, Iterator[Key]] = {}
         heap, drop = self._heaviest.copy(), []

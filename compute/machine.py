@@ -38,10 +38,8 @@ log = logging.getLogger("shoal.compute")
 RECENT_JOBS = 20_000  # (requester, job id) -> last attempt bid on; bounds memory while deduplicating
 PENDING_BID_TIMEOUT = 120.0  # longest a bid answered "pending" holds capacity (``--pending-bid-timeout``)
 PENDING_BID_GRACE = 10.0  # past the job's min_bids wait, for the requester's decision to arrive
-# Longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner), holding its room
-# meanwhile. It was 60 s: a peer that announced whole-node jobs and never answered kept three nodes full, and
-# an honest job waiting, for as long as it re-announced them (red team: 200 s and counting). A requester that
-# restarts announces its jobs again.
+# Longest a bid is re-sent to a silent requester (less if the job's bid deadline is sooner), holding its room: short,
+# or a peer that re-announces jobs it never answers keeps nodes full (a requester that restarts announces again)
 BID_ANSWER_WINDOW = 10.0
 SILENT_COOLDOWN = 60.0  # after a bid went unanswered, its requester's jobs wait in the backlog this long
 KNOWN_REQUESTERS = 10_000  # requesters remembered as silent, or as ones whose bids we won (their jobs first)
@@ -96,13 +94,12 @@ _HOLDING_ROOM = (ExecutionState.BIDDING, ExecutionState.ACCEPTED)  # a finished 
 class ComputeMachine:
     """The compute role's state and rules: bidding, the execution lifecycle, the backlog, sweep claims.
 
-    ``engines`` (installed here, kept current by the service), the node's ``labels`` (which job
-    selectors match), the per-job limits and ``input_problems`` (why the job's inputs could not be
-    staged here) make the ``refusal``; a bid reserves capacity on behalf of its execution id, a claim
-    one copy of the template's resources per slot. Runs of an engine with a ``parallel`` (runs worth
-    starting at once; None: as many as fit) are held to it, executions and slots together: the python
-    and wasm engines take a whole core whatever CPU a job states, so more at once only slowed them all
-    and the node (90 spinning wasm jobs of 0.001 CPU took a noop job from 0.03 to 17 s).
+    ``engines`` (installed here, kept current by the service), the node's ``labels`` (which job selectors
+    match), the per-job limits and ``input_problems`` (why the job's inputs could not be staged here) make
+    the ``refusal``; a bid reserves capacity on behalf of its execution id, a claim one copy of the
+    template's resources per slot. Runs of an engine with a ``parallel`` (runs worth starting at once; None:
+    as many as fit) are held to it, executions and slots together: the python and wasm engines take a whole
+    core whatever CPU a job states, so more at once only slow them all and the node.
     """
 
     def __init__(self, *, node_id: str, capacity: CapacityTracker, engines: Sequence[str],
@@ -122,30 +119,27 @@ class ComputeMachine:
         self.pending_bid_timeout = pending_bid_timeout
         self.live: dict[str, Execution] = {}  # execution id -> live execution
         self.secrets: dict[str, dict[str, str]] = {}  # execution id -> the job's secret_env: memory only
-        # jobs with no room when announced, in arrival order, by (requester, job id): so a peer
-        # announcing another requester's job id shadows nothing
+        # jobs with no room when announced, in arrival order, by (requester, job id): no requester shadows another's
         self.backlog: Backlog[tuple[Announce, float]] = Backlog(backlog_size)
         self._by_job: dict[tuple[str, str], str] = {}  # (requester, job id) -> live execution id
         self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._pruned: dict[str, float] = {}  # requester -> when we last asked it which jobs are open
         self.claims: dict[tuple[str, str], Claim] = {}  # (requester, sweep id) -> our claim on it
-        # sweeps we had no room for
-        self._waiting: Backlog[tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)
+        self._waiting: Backlog[tuple[SweepAnnounce, float]] = Backlog(MAX_WAITING_SWEEPS)  # sweeps we had no room for
         # (requester, claim id) -> indexes stopped, for recent claims the requester ended
         self._ended: OrderedDict[tuple[str, str], int] = OrderedDict()
-        # Requesters by how they answered our bids: those that left one unanswered, until when we bid on
-        # none of theirs; those that accepted one, who come first in each turn of the backlog. Any peer
-        # may announce jobs under fresh identities: one that never answers costs a node a bid window
-        # once, and those who gave it work before are not queued behind a crowd of strangers.
+        # Requesters that left a bid unanswered (until when we bid on none of theirs), and those that accepted
+        # one (first in each turn of the backlog): fresh identities that never answer cost a bid window once,
+        # and those who gave us work before are not queued behind a crowd of strangers.
         self._silent: OrderedDict[str, float] = OrderedDict()
         self._served: OrderedDict[str, None] = OrderedDict()
         self._granted: OrderedDict[str, float] = OrderedDict()  # requester -> when we last bid on one of its jobs
         self._none_fit: tuple[Resources, int, float] | None = None  # see ``backlog_fitting``
 
     def engines_answering(self, installed: Sequence[str], now: float) -> bool:
-        """The engines that answer now. One that stopped answering is still offered for ENGINE_GRACE, but
-        nothing of it is bid on or claimed meanwhile: its jobs wait in the backlog (requesters that no longer
-        saw it offered anywhere failed them at once: a 2 s restart of dockerd did). True when one came back."""
+        """The engines that answer now; True when one came back. One that stopped answering is still offered
+        for ENGINE_GRACE (else requesters fail its jobs at once, e.g. over a 2 s dockerd restart), but nothing
+        of it is bid on or claimed meanwhile: its jobs wait in the backlog."""
         back = any(engine in installed for engine in self._silent_engines)
         silent = {engine: self._silent_engines.get(engine, now) for engine in self.engines if engine not in installed}
         self._silent_engines = {engine: since for engine, since in silent.items() if now - since < ENGINE_GRACE}
@@ -234,11 +228,10 @@ class ComputeMachine:
 
     def _try_bid(self, ann: Announce, now: float) -> tuple[Execution, float] | None:
         """Reserve room and open an execution; with the time to stop asking for a verdict on the bid."""
-        if not ann.spec.resources.fits_in(self.capacity.free):  # before the id: most calls end here under load
-            return None
-        if self._silent.get(ann.requester, 0.0) > now:
-            return None  # it waits in the backlog, and goes stale there if its requester stays away
-        if ann.spec.engine.executor in self._silent_engines or self._room_for_runs(ann.spec.engine.executor) == 0:
+        engine = ann.spec.engine.executor
+        if (not ann.spec.resources.fits_in(self.capacity.free)  # first, before the id: most calls end here under load
+                or self._silent.get(ann.requester, 0.0) > now  # it waits in the backlog (stale if they stay away)
+                or engine in self._silent_engines or self._room_for_runs(engine) == 0):
             return None
         execution_id = f"e-{uuid.uuid4().hex}"
         if not self.capacity.try_reserve(execution_id, ann.spec.resources):
@@ -278,12 +271,10 @@ class ComputeMachine:
         self._served.pop(requester, None)
 
     def expire_pending(self, execution_id: str, waited: float, now: float) -> Changes:
-        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back; and when the
-        wait was the one the job promised (its ``min_bids`` wait and a grace), its requester is as silent as
-        one that never answered. A requester answering every bid "pending" and never deciding held a node's
-        room a bid at a time, as long as it re-announced: an honest job waited an hour, the node running
-        nothing. An honest one decides within its ``min_bids`` wait, which this node's
-        ``pending_bid_timeout`` may cut shorter: that is not held against it."""
+        """A pending bid's wait is over: if still undecided, it ends and its capacity comes back. When the wait
+        was the one the job promised (its ``min_bids`` wait and a grace), its requester is as silent as one that
+        never answered, or answering "pending" and never deciding would hold our room a bid at a time; a wait
+        cut shorter by this node's ``pending_bid_timeout`` is not held against it."""
         if (ex := self._live_in(execution_id, ExecutionState.BIDDING)) is None:
             return Changes()
         if waited >= (ex.spec.deadlines.min_bids if ex.spec is not None else 0.0) + PENDING_BID_GRACE:
@@ -335,8 +326,7 @@ class ComputeMachine:
         """The execution and its result message (digest set, not signed), or None if it ended meanwhile."""
         if (ex := self._live_in(execution_id, ExecutionState.PROPOSED)) is None:
             return None
-        message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error,
-                         retryable=ex.retryable)
+        message = Result(job_id=ex.job_id, execution_id=ex.id, result=ex.result, error=ex.error, retryable=ex.retryable)
         return ex, message.model_copy(update={"digest": message.outcome()})
 
     def result_answered(self, execution_id: str, reply: Reply | None, now: float) -> Changes:
@@ -381,17 +371,13 @@ class ComputeMachine:
     # -- the backlog ----------------------------------------------------------------------------------
 
     def backlog_fitting(self, now: float) -> list[Announce]:
-        """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in
-        turns: each requester's oldest first, then each one's next, and so on (one busy requester does not
-        starve the others); in each turn, requesters whose bids we won before the others, then the one we
-        bid for longest ago (by first arrival if never): a requester whose bids take our room and give it
-        back unused, re-announcing its jobs, no longer comes first in every turn. Expired entries leave
-        the backlog.
-
-        A scan that found nothing fitting is not repeated while it could find nothing either: no more room in
-        any dimension, no new entry, for NONE_FIT_RECHECK seconds at most (a requester's cooldown ends, entries
-        go stale). 9,900 jobs that never fit, scanned every 0.5 s and on every job's end, cut a node's
-        throughput of small jobs 15-fold (16 ms a scan)."""
+        """Backlog entries that fit in what is free now, none of a requester in its silent cooldown, in turns so
+        that one busy requester does not starve the others: each requester's oldest, then each one's next, and so
+        on. In each turn, requesters whose bids we won come first, then the one we bid for longest ago (by first
+        arrival if never), so one that takes our room and gives it back unused does not lead every turn. Expired
+        entries leave the backlog. A scan that found nothing is not repeated while it could find nothing either
+        (no more room in any dimension, no new entry) for NONE_FIT_RECHECK seconds at most (a cooldown ends,
+        entries go stale): rescanning a large backlog that never fits, every tick and job's end, costs throughput."""
         free = self.capacity.free
         if self._none_fit is not None:
             was, added, until = self._none_fit
@@ -410,10 +396,9 @@ class ComputeMachine:
         return [ann for turn in itertools.zip_longest(*(queues[r] for r in order)) for ann in turn if ann is not None]
 
     def open_queries(self, entries: Iterable[Announce], now: float) -> list[tuple[OpenQuery, list[Announce]]]:
-        """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL).
-        Without it a busy node bids, once it has room, on every job another node took while it was
-        full: a wasted round trip and two store writes each, and a backlog that grows with the
-        traffic (measured: 38 % of a node's CPU in the throughput benchmark)."""
+        """Which of these jobs to ask their requesters about (one query each, at most every PRUNE_INTERVAL), so
+        that a node with room again does not bid on every job others took while it was full (a round trip and
+        two store writes each, and a backlog that grows with the traffic)."""
         by_requester: dict[str, list[Announce]] = {}
         for ann in entries:
             by_requester.setdefault(ann.requester, []).append(ann)
@@ -503,10 +488,8 @@ class ComputeMachine:
 
     def release_idle(self, claim: Claim) -> bool:
         """The requester had nothing more for ``claim``: give back the slots no queued or running index
-        needs (one stays while it has results to report); True when capacity came free. A requester that
-        granted one long index, then nothing, held every slot of the claim while that one ran (a 4-CPU
-        node stayed full for an hour, an honest job failing). A claim never takes slots back: later
-        grants run on those it still holds."""
+        needs (one stays while it has results to report), or one long index would hold them all while it
+        runs; True when capacity came free. A claim never takes slots back: later grants run on those left."""
         if not claim.exhausted:
             return False
         keep = max(1, len(claim.running) + len(claim.queue))
@@ -516,7 +499,6 @@ class ComputeMachine:
         return bool(idle)
 
     def finish_claim(self, claim: Claim) -> None:
-        """The claim is over: forget it, remember how it ended, give back its slots."""
         del self.claims[claim.ann.key]
         _remember(self._ended, (claim.ann.requester, claim.claim_id), claim.stopped, ENDED_KEPT)
         for holder in claim.slots:

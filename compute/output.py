@@ -26,8 +26,7 @@ async def send_output(peers: Peers, ex: Execution, live: LiveOutput) -> None:
                 piece = data[:LOG_CHUNK_BYTES]
                 message = Output(job_id=ex.job_id, execution_id=ex.id, stream=stream, offset=offset, data=piece)
                 try:
-                    reply = await peers.request(ex.requester, message, timeout=OUTPUT_TIMEOUT,
-                                                addrs=ex.requester_addrs)
+                    reply = await peers.request(ex.requester, message, timeout=OUTPUT_TIMEOUT, addrs=ex.requester_addrs)
                 except PeerError:
                     live.give_back(stream, offset, data)
                     break

@@ -94,15 +94,15 @@ class Runner:
                 if self.inputs is None:
                     raise ExecutorError("this node cannot fetch inputs")
                 (scratch / "inputs").mkdir(parents=True, exist_ok=True)
-                # held to the job's disk as they arrive: a 1 MiB job once staged 2 GiB before its size counted
+                # held to the job's disk as they arrive, not only once all are staged
                 budget = min(MAX_INPUT_BYTES, disk_limit(spec, self.limits) or MAX_INPUT_BYTES)
                 try:
                     mounts = await self.inputs.prepare_inputs(spec.inputs, scratch / "inputs",
                                                               deadline=INPUT_DEADLINE, max_bytes=budget)
                 except TooLarge as e:
-                    if not self._disk_is_ours(spec):
+                    if (ours := self._our_disk_limit(spec, str(e))) is None:
                         raise
-                    return Outcome(None, f"{e}: {self._disk_note(spec)}", True)
+                    return ours
             staged = await self._run_blocking(tree_size, scratch / "inputs") if spec.inputs else 0
             run_spec = spec.model_copy(update={"env": {**spec.env, **secret_env}}) if secret_env else spec
             request = RunRequest(ex.job_id, ex.id, run_spec, scratch, results / "outputs", tuple(mounts),
@@ -111,9 +111,7 @@ class Runner:
                                  max_entries=self.max_output_entries)
             if request.disk_limit and staged >= request.disk_limit:
                 why = f"disk limit exceeded: the inputs take {staged} of the job's {request.disk_limit} bytes"
-                if self._disk_is_ours(spec):
-                    return Outcome(None, f"{why}: {self._disk_note(spec)}", True)
-                return Outcome(None, f"{why} (resources.disk)", False)
+                return self._our_disk_limit(spec, why) or Outcome(None, f"{why} (resources.disk)", False)
             with trio.fail_after(PREPARE_DEADLINE):
                 await executor.prepare(request)
             try:
@@ -130,15 +128,15 @@ class Runner:
                 except (TooDeep, Unstorable) as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
                 if counted > request.max_entries:  # the executors stopped the run there (their disk watch)
-                    ours = request.max_entries < MAX_OUTPUT_ENTRIES
+                    ours = request.max_entries < MAX_OUTPUT_ENTRIES  # this node's lower limit: retryable
+                    note = f" (this node's limit; the network's is {MAX_OUTPUT_ENTRIES:,})" if ours else ""
                     return Outcome(None, f"the job's outputs hold more than {request.max_entries:,} files and "
-                                         "folders" + (f" (this node's limit; the network's is {MAX_OUTPUT_ENTRIES:,})"
-                                                      if ours else ""), ours)
+                                         f"folders{note}", ours)
                 written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
                 if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
                     await self._run_blocking(_empty, results / "outputs")
-                    if self._disk_is_ours(spec):
-                        return Outcome(None, f"disk limit exceeded: {self._disk_note(spec)}", True)
+                    if (ours := self._our_disk_limit(spec, "disk limit exceeded")) is not None:
+                        return ours
                 stamp["output_sizes"] = await self._run_blocking(
                     _output_sizes, results / "outputs", [o.name for o in spec.outputs])
             result = result.model_copy(update=stamp)
@@ -154,17 +152,14 @@ class Runner:
             with trio.CancelScope(shield=True):
                 await self._run_blocking(remove_tree, scratch)
 
-    # Limits this node set below the network's own: what fails for them is this node's, retryable ("try
-    # elsewhere"), never a result to compare. A client's job writing 80 MiB, stating no disk, had the one node
-    # with a 64 MiB per-job disk outvoted until it was quarantined; so did 150 files on a node taking 100.
-
-    def _disk_is_ours(self, spec: JobSpec) -> bool:
-        """Whether the job states no disk and gets less of this node than ``DEFAULT_DISK``."""
-        return not spec.resources.disk and 0 < disk_limit(spec, self.limits) < DEFAULT_DISK
-
-    def _disk_note(self, spec: JobSpec) -> str:
-        return (f"this node's per-job disk is {format_bytes(disk_limit(spec, self.limits))}, less than the "
-                f"{format_bytes(DEFAULT_DISK)} a job stating no resources.disk may use")
+    def _our_disk_limit(self, spec: JobSpec, why: str) -> Outcome | None:
+        """The retryable failure for ``why`` when the job states no disk and gets less of this node than
+        ``DEFAULT_DISK`` (None: the limit is the job's or the network's). What fails for a limit this node set below the
+        network's own is this node's ("try elsewhere"), never a result to compare: that node would be outvoted."""
+        if spec.resources.disk or not 0 < (limit := disk_limit(spec, self.limits)) < DEFAULT_DISK:
+            return None
+        return Outcome(None, f"{why}: this node's per-job disk is {format_bytes(limit)}, less than the "
+                             f"{format_bytes(DEFAULT_DISK)} a job stating no resources.disk may use", True)
 
     async def _publish(self, result: RunResult, results: Path, has_outputs: bool) -> RunResult:
         """Write and publish the results directory; an empty result (the noop's) publishes nothing."""

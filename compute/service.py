@@ -133,9 +133,8 @@ class ComputeService:
             self._tasks.spawn(self._execute, execution_id)
         for execution_id in changes.deliveries:
             if (ex := self.machine.live.get(execution_id)) is not None:
-                # the hour counts from now, waiting included: a requester's backlog of unanswered results drains
-                self._undelivered.setdefault(ex.requester, deque()).append((execution_id,
-                                                                            self.clock() + DELIVERY_GIVE_UP))
+                give_up = self.clock() + DELIVERY_GIVE_UP  # from now, waiting included: unanswered results drain
+                self._undelivered.setdefault(ex.requester, deque()).append((execution_id, give_up))
                 self._next_deliveries(ex.requester)
         for execution_id, wait in changes.expire:
             self._tasks.spawn(self._expire_pending, execution_id, wait)
@@ -166,8 +165,7 @@ class ComputeService:
             if self.machine.drop(ex):
                 self._wake_backlog.set()
             raise
-        bid = Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt)
-        reply = await self._until_verdict(ex, bid, give_up)
+        reply = await self._until_verdict(ex, Bid(job_id=ex.job_id, execution_id=ex.id, attempt=ex.attempt), give_up)
         await self._apply(self.machine.bid_answered(ex.id, reply, self.clock()))
 
     async def _expire_pending(self, execution_id: str, wait: float) -> None:
@@ -196,8 +194,7 @@ class ComputeService:
     # -- running -------------------------------------------------------------------------------------
 
     async def _execute(self, execution_id: str) -> None:
-        start = self.machine.to_run(execution_id)
-        if start is None:
+        if (start := self.machine.to_run(execution_id)) is None:
             return  # cancelled between its acceptance and this task's start
         ex, secret_env = start
         with trio.CancelScope() as scope:
@@ -212,8 +209,7 @@ class ComputeService:
                 self._scopes.pop(ex.id, None)
         if scope.cancelled_caught:  # cancelled by the requester; the machine recorded it
             return
-        await self._apply(self.machine.run_over(ex.id, outcome.result, outcome.error, outcome.retryable,
-                                                self.clock()))
+        await self._apply(self.machine.run_over(ex.id, outcome.result, outcome.error, outcome.retryable, self.clock()))
 
     def _next_deliveries(self, requester: str) -> None:
         """Start ``requester``'s waiting deliveries while it has fewer than its share going."""
@@ -227,8 +223,7 @@ class ComputeService:
     async def _deliver_result(self, requester: str, execution_id: str, give_up: float) -> None:
         """Send the outcome until the requester answers; it may be restarting."""
         try:
-            delivery = self.machine.to_deliver(execution_id)
-            if delivery is None:
+            if (delivery := self.machine.to_deliver(execution_id)) is None:
                 return  # ended meanwhile (cancelled, or its verdict came in another exchange)
             ex, message = delivery
             reply = await self._until_verdict(ex, message.signed(self.peers), give_up)
@@ -395,6 +390,5 @@ class ComputeService:
         cids = [r.result.cid for r in batch if r.result is not None and r.result.cid]
         if cids:  # before the requester hears of them: retention must be able to find them
             await self.store.add_published(cids, self.clock())
-        ann = claim.ann
-        msg = ClaimMessage(sweep_id=ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
-        return await self._until_verdict(ann, msg.signed(self.peers))
+        msg = ClaimMessage(sweep_id=claim.ann.sweep_id, claim_id=claim.claim_id, want=want, results=batch)
+        return await self._until_verdict(claim.ann, msg.signed(self.peers))

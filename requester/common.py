@@ -53,13 +53,11 @@ async def submit_once(find: Callable[[str, str], Awaitable[tuple[T, str] | None]
     A concurrent submit with the same key that wins the store's unique index is found on a second look.
     """
     while True:
-        if key is not None:
-            found = await find(owner, key)
-            if found is not None:
-                made, known_digest = found
-                if known_digest != digest:
-                    raise IdempotencyConflict(f"idempotency key {key!r} was used for another {what} ({made.id})")
-                return made, False
+        if key is not None and (found := await find(owner, key)) is not None:
+            made, known_digest = found
+            if known_digest != digest:
+                raise IdempotencyConflict(f"idempotency key {key!r} was used for another {what} ({made.id})")
+            return made, False
         try:
             return await create(), True
         except DuplicateKey:
@@ -141,7 +139,6 @@ class Driver(Generic[L]):
             await self.credit(changes.credits)
 
     async def wait(self, name: str, timeout: float) -> None:
-        """Return once the job or sweep ``name`` has ended, or after ``timeout`` seconds."""
         item = self._live.get(name)
         if item is not None:
             with trio.move_on_after(timeout):

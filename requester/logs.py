@@ -50,14 +50,12 @@ class LiveOutputs:
     def take(self, sender: str, message: Output, runner: str | None) -> Reply:
         """Keep ``message`` if it continues its stream. ``runner``: the node running that execution of a
         live job (None: no such running execution). Rejected means: send this execution's output no more."""
-        if runner is None or runner != sender:
+        if runner != sender:
             return Reply(ok=False, verdict="rejected", reason="no running execution of yours by that id")
         if message.offset + len(message.data) > LIVE_CAP:  # each follower is sent it: no node streams without end
             return Reply(verdict="rejected", reason=f"live output ends after {LIVE_CAP} bytes of a stream")
-        job = self._jobs.get(message.job_id)
-        if job is None:
-            job = self._jobs[message.job_id] = _JobOutput(message.execution_id)
-        elif job.execution_id != message.execution_id:
+        job = self._jobs.setdefault(message.job_id, _JobOutput(message.execution_id))
+        if job.execution_id != message.execution_id:
             return Reply(verdict="rejected", reason="another execution's output is shown")
         stream = job.streams[message.stream]
         if message.offset > stream.end:  # a part the node could not deliver is lost: skip ahead
@@ -67,11 +65,10 @@ class LiveOutputs:
         if new:
             stream.buf += new
             self._size += len(new)
-            if len(stream.buf) > self.keep:
-                cut = len(stream.buf) - self.keep
-                del stream.buf[:cut]
-                stream.start += cut
-                self._size -= cut
+            cut = max(0, len(stream.buf) - self.keep)
+            del stream.buf[:cut]
+            stream.start += cut
+            self._size -= cut
             self._jobs.move_to_end(message.job_id)
             job.changed.set()
             job.changed = trio.Event()
@@ -101,5 +98,4 @@ class LiveOutputs:
 
     def _evict(self) -> None:
         while self._size > self.budget and len(self._jobs) > 1:
-            oldest = next(iter(self._jobs))
-            self.forget(oldest)
+            self.forget(next(iter(self._jobs)))  # the least recently written

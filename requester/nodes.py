@@ -3,13 +3,10 @@
 Any peer can gossip node info under as many identities as it likes, so the table holds at most
 ``max_size`` nodes and forgets a node not heard from for ``ttl`` seconds. A full table makes room by
 dropping the node it learnt of last among those not ``vouched`` for (a node whose results the requester
-accepted is): nodes it has known longer stay, so a flood of fresh identities churns only among
-themselves. (It once dropped the least recently heard node: a flood pushed every honest node out between
-two of their announcements, and jobs failed for want of an engine.) While it churns, the table is
-``crowded``: what it holds does not prove that no node could run a job, and the requester fails none
-for that (a flood of 4,000 identities failed every new job at once, and kept a node joining later out).
-Node info itself is at most ``node.dispatch.MAX_NODE_INFO_BYTES`` on the wire, which bounds the
-table's memory.
+accepted is): nodes it has known longer stay, so a flood of fresh identities churns only among itself
+and cannot push honest nodes out between their announcements. While it churns, the table is ``crowded``:
+what it holds does not prove that no node could run a job, and the requester fails none for that. Node
+info is at most ``node.dispatch.MAX_NODE_INFO_BYTES`` on the wire, which bounds the table's memory.
 """
 
 from __future__ import annotations
@@ -62,8 +59,7 @@ class NodeTable:
 
     def get(self, peer: str) -> NodeInfo | None:
         """The last node info heard from ``peer`` (expired or not), if it is still in the table."""
-        known = self._nodes.get(peer)
-        return known[0] if known is not None else None
+        return self._nodes[peer][0] if peer in self._nodes else None
 
     def known(self, now: float) -> list[NodeInfo]:
         """Every node heard from within ``ttl`` of ``now``; the others are forgotten."""

@@ -35,15 +35,12 @@ SIDE = ExecutionSide.REQUESTER
 LIVENESS_INTERVAL = 1.0  # how often nodes running our executions are asked whether they still are
 LIVENESS_TIMEOUT = 2.0  # a node that cannot answer a status query this fast counts as silent for that round
 NODE_INFO_TTL = 30.0  # a compute node not heard from for this long is forgotten
-# seconds after a start before the node table holds every node (each publishes its info every 10 s): until
-# then, as while it is crowded, no job fails for want of a node (a restarted requester, knowing only itself,
-# failed queued jobs whose nodes were busy, and running ones whose nodes were alive). Only a requester that
-# expects other nodes waits so: one told of peers to join, or one carrying on with live jobs.
+# seconds after a start before the node table holds every node (each publishes its info every 10 s; a restarted
+# requester knows only itself): until then, as while it is crowded, no job fails for want of a node. Only a
+# requester that expects other nodes waits so: one told of peers to join, or one carrying on with live jobs.
 NODE_TABLE_FILLS = 15.0
-# a restarted requester's first offers of its live jobs, spread: 9,000 at once tripped its peers' rate limit
-RESTORED_OFFERS_PER_SECOND = 500
-# how often every live job is ticked, due or not: what the node table decides (a node able to run it left)
-FULL_PASS = 5.0
+RESTORED_OFFERS_PER_SECOND = 500  # a restarted requester's first offers, spread: all at once trip peers' rate limits
+FULL_PASS = 5.0  # every live job is ticked this often, due or not, for what the node table decides (a node left)
 WAKES_PER_TICK = 2  # nodes that joined whose room is matched against the waiting jobs, each TICK
 MAX_JOINED = 64  # nodes that joined kept to be matched so; beyond, the longest waiting is dropped
 
@@ -108,8 +105,7 @@ class RequesterService(Driver[_Active]):
         for i, job in enumerate(await self.store.live_jobs()):
             executions = {ex.id: ex for ex in await self.store.executions_of(SIDE, job.id)
                           if ex.attempt >= job.first_attempt}  # earlier ones belong to runs that were retried
-            # the min_bids wait goes on from the first bid, as stored: started again, it outlasted the nodes'
-            # pending bids, which they then dropped (and held the requester silent), and the bids it chose failed
+            # the min_bids wait goes on from the first bid as stored: waiting afresh outlasts the bids nodes hold
             bids = [x.created_at for x in executions.values() if x.state is ExecutionState.BIDDING]
             aj = self._track(Tracked(job=job, executions=executions, secrets=secrets.get(job.id) or {},
                                      waiting_since=now, next_announce=now + i / RESTORED_OFFERS_PER_SECOND,
@@ -145,8 +141,7 @@ class RequesterService(Driver[_Active]):
     def on_node_info(self, origin: str, info: NodeInfo) -> None:
         if origin != info.peer_id:
             return
-        # it ran jobs for us: a flood does not push it out
-        vouched = self.reputation.get(origin, trust.Standing()).accepted > 0
+        vouched = self.reputation.get(origin, trust.Standing()).accepted > 0  # it ran jobs for us: a flood keeps it
         if self.nodes.update(info, self.clock(), vouched=vouched):  # new, or restarted: announce what it has room for
             self._joined[origin] = info
             self._joined.move_to_end(origin)
@@ -227,8 +222,7 @@ class RequesterService(Driver[_Active]):
                                  what="job spec")
 
     async def _cached(self, key: str, owner: str) -> Cached | None:
-        cached = await self.store.cached_result(key, owner)
-        if cached is None:
+        if (cached := await self.store.cached_result(key, owner)) is None:
             return None
         source, result, verified = cached
         source_job = await self.store.get_job(source)
@@ -273,17 +267,15 @@ class RequesterService(Driver[_Active]):
 
     def live_job(self, job_id: str, stored: Job | None = None) -> Job | None:
         """A live job as the API shows it: one short of nodes says where it stands in the queue. None when
-        ``stored``, the job as a listing read it, is newer: a decision's write lands before its live state
-        follows (a listing of running jobs showed one as pending)."""
+        ``stored``, the job as a listing read it, is newer: a decision's write lands before its live state does."""
         aj = self._live.get(job_id)
         if aj is None or (stored is not None and stored.revision > aj.job.revision):
             return None
         state, now = aj.state, self.clock()
         if not state.is_open() or state.waiting_since > now or state.slots() > state.job.spec.deal.concurrency:
             return aj.job  # running, waiting out a retry's backoff, or asking one more node to break a tie
-        ahead = self._queue.ahead(state.waiting_since, now)
         known = self._known()
-        reason = waiting_reason(state.job.spec, known.nodes, state.held(), ahead,
+        reason = waiting_reason(state.job.spec, known.nodes, state.held(), self._queue.ahead(state.waiting_since, now),
                                 barred=self.machine.barred(state, known, now))
         return aj.job if reason == aj.job.reason else aj.job.model_copy(update={"reason": reason})
 
@@ -327,9 +319,8 @@ class RequesterService(Driver[_Active]):
     async def handle(self, peer: str, message: Bid | Result | OpenQuery) -> Reply:
         self._last_heard[peer] = self.clock()
         if isinstance(message, OpenQuery):
-            return Reply(states={job_id: "open" if (aj := self._live.get(job_id)) is not None
-                                 and aj.state.is_open() else "closed"
-                                 for job_id in message.job_ids})
+            return Reply(states={j: "open" if j in self._live and self._live[j].state.is_open() else "closed"
+                                 for j in message.job_ids})
         aj = self._live.get(message.job_id)
         if aj is None:
             return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
@@ -355,21 +346,21 @@ class RequesterService(Driver[_Active]):
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""
         self.counters["penalties"] += 1
         log.warning("refused from %s: %s", peer, reason)
-        now = self.clock()
-        self._add_reputation({peer: (0, 1)}, now)
-        await self.store.save(reputation={peer: (0, 1)}, judged_at=now)
+        await self._judge({peer: (0, 1)})
 
     async def credit(self, peers: list[str]) -> None:
         """Count verified results (a sweep's) for their nodes, in one write: as a job's are, so a node's good
         work weighs against its rejections (``trust.quarantined``)."""
-        added = {peer: (n, 0) for peer, n in Counter(peers).items()}
+        await self._judge({peer: (n, 0) for peer, n in Counter(peers).items()})
+
+    async def _judge(self, added: dict[str, tuple[int, int]]) -> None:
         now = self.clock()
         self._add_reputation(added, now)
         await self.store.save(reputation=added, judged_at=now)
 
     def _add_reputation(self, added: dict[str, tuple[int, int]], at: float) -> None:
         """Add to peers' counts here what is added to them in the store: changes, never counts read earlier,
-        so two decisions about one peer both count (with counts, the second overwrote the first)."""
+        so two decisions about one peer both count."""
         for peer, (accepted, rejected) in added.items():
             was = self.reputation.get(peer, trust.Standing())
             self.reputation[peer] = trust.Standing(was.accepted + accepted, was.rejected + rejected,
@@ -379,7 +370,7 @@ class RequesterService(Driver[_Active]):
 
     def _to_tick(self, now: float) -> list[tuple[str, _Active]]:
         """The jobs a deadline or an announcement is due for (``Tracked.due``), and every FULL_PASS all of them:
-        ticking 9,000 waiting jobs four times a second took most of a requester's CPU."""
+        ticking thousands of waiting jobs every TICK would take most of the CPU."""
         if now < self._next_full_pass:
             return [(job_id, aj) for job_id, aj in self._live.items() if aj.due <= now]
         self._next_full_pass = now + FULL_PASS

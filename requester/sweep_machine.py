@@ -17,18 +17,10 @@ from jobs import Event, EventKind, JobState, RunResult
 from jobs.events import ending
 from jobs.messages import Cancel, Claim, IndexResult, NodeInfo, Reply
 from jobs.sweep import IndexRecord, Sweep, compress
-from requester import trust
+from requester import sweep_rules, trust
 from requester.machine import ANNOUNCE_BACKOFF_FIRST, TICK, Changes, Send, announce_backoff, retry_after
 from requester.selection import never_runnable
-from requester.sweep_rules import (
-    ClaimCheck,
-    ClaimView,
-    check_claim,
-    contradicted,
-    error_confirmed,
-    may_grant,
-    report,
-)
+from requester.sweep_rules import ClaimCheck, ClaimView, check_claim, contradicted, error_confirmed, may_grant, report
 
 log = logging.getLogger("shoal.requester")
 
@@ -36,8 +28,7 @@ MAX_ATTEMPTS = 5  # runs of one index that failed for reasons of the node, befor
 MAX_EXPIRED = 1000  # lapsed claim ids remembered per sweep: their late reports are refused, not held against them
 MAX_KIND_EVENTS = 20  # refusal, or error, events written per sweep; the rest only count (a liar cannot grow the store)
 RESTORED = "restored:"  # the claim id under which a restarted requester keeps what a node was running
-# the store's (index, state, reason, attempts, node, retries)
-IndexRow = tuple[int, JobState, str, int, "str | None", int]
+IndexRow = tuple[int, JobState, str, int, "str | None", int]  # store: index, state, reason, attempts, node, retries
 
 
 @dataclass
@@ -49,11 +40,6 @@ class Lease:
     heard: float
     progressed: float  # when it was made, or last reported an index or was granted one
     reported: set[int] = field(default_factory=set)  # a batch re-sent after a lost reply repeats these
-
-    def stalled(self, now: float, deadline: float) -> bool:
-        """Holding indexes and reporting none for longer than one index may take (``result_deadline``): a node
-        that keeps its lease alive and never reports held them for good."""
-        return bool(self.indexes) and now - self.progressed > deadline
 
 
 class SweepMachine:
@@ -72,8 +58,7 @@ class SweepMachine:
         heapq.heapify(self.pending)
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
-        # index -> (last error at, node -> what it reported: ``sweep_rules.report``)
-        self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}
+        self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}  # index -> (last error at, node -> report)
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
@@ -106,13 +91,12 @@ class SweepMachine:
     def admit(self, nodes: Sequence[NodeInfo]) -> list[Event]:
         """A new sweep as it is first written: failed at once when no known node could run it."""
         at = self.sweep.created_at
-        events = [self.event(at, EventKind.CREATED, f"{self.sweep.count} indexes")]
         impossible = never_runnable(self.sweep.spec.job, nodes)
         if impossible:
             self.sweep = self.sweep.model_copy(update={"state": JobState.FAILED, "reason": impossible,
                                                        "counts": {JobState.FAILED: self.sweep.count}})
-        events.append(self.event(at, EventKind.FAILED if impossible else EventKind.ANNOUNCED, impossible or ""))
-        return events
+        return [self.event(at, EventKind.CREATED, f"{self.sweep.count} indexes"),
+                self.event(at, EventKind.FAILED if impossible else EventKind.ANNOUNCED, impossible or "")]
 
     def event(self, at: float, kind: EventKind, message: str = "", node: str | None = None) -> Event:
         return Event(job_id=self.sweep.id, at=at, kind=kind, node_id=node or self.node_id, message=message)
@@ -157,10 +141,9 @@ class SweepMachine:
         failed = [i for i, s in enumerate(self.states) if s in ended]
         if not failed:
             return p
-        records = []
         for i in failed:
             self.attempts[i] = self.retries[i] = 0  # its proposals went when it failed
-            records.append(self._back_to_pending(i, "retried", now))
+        records = [self._back_to_pending(i, "retried", now) for i in failed]
         message = f"{len(failed)} {' or '.join(sorted(s.value for s in ended))} indexes put back to run"
         again = self.sweep.state in (JobState.FAILED, JobState.CANCELLED)
         self.sweep = self.sweep.transition(JobState.RUNNING, message, now) if again else self._touched(now)
@@ -172,11 +155,9 @@ class SweepMachine:
 
     def claim(self, peer: str, msg: Claim, now: float, *, able: Collection[str],
               quarantined: bool) -> tuple[Reply, Changes]:
-        """A node's claim (signature already checked): record its reports, grant it more indexes.
-
-        ``able``: the known nodes that could run the sweep's indexes (no claim takes more than its
-        share); ``quarantined``: the sender's reports were refused too often, it gets nothing more.
-        """
+        """A node's claim (signature already checked): record its reports, grant it more indexes. ``able``: the
+        known nodes that could run the sweep's indexes (no claim takes more than its share); ``quarantined``:
+        the sender's reports were refused too often, it gets nothing more."""
         p = Changes(now)
         p.counts["claims"] += 1
         if quarantined:
@@ -214,22 +195,22 @@ class SweepMachine:
         for i in check.released:
             claim.indexes.discard(i)
             if self.states[i] is JobState.RUNNING:
-                # not an attempt: one node giving back and claiming again spent an index's in seconds, unrun;
-                # another node gets it first, so the same one cannot churn it (each round two writes) either
+                # not an attempt (a node giving back and claiming again must not spend an index's attempts unrun);
+                # another node gets it first, so one node cannot churn it either (each round is two writes)
                 self.attempts[i] = max(0, self.attempts[i] - 1)
                 self._reported(i, peer, now)
                 records.append(self._back_to_pending(i, "given back unrun", now))
         if winner is not None:
             self._finish(p, JobState.COMPLETED, f"index {winner} succeeded first", records, events, winner=winner)
             return Reply(verdict="rejected", reason="the sweep is completed"), p
-        if self.unfinished() == 0 or self._too_many_failures():
-            self._finish_all_done(p, records, events)
+        if self._end_if_done(p, records, events):
             return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
         granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
         records += [self._move(i, JobState.RUNNING, f"running on node {peer[-8:]}", now, peer) for i in granted]
         ranges = compress(granted)
         if granted:
-            events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: {_listed(ranges)}", peer))
+            named = sweep_rules.listed(ranges, 20)
+            events.append(self.event(now, EventKind.CLAIMED, f"{len(granted)} indexes: {named}", peer))
         if self.sweep.state is JobState.PENDING and granted:
             self.sweep = self.sweep.transition(JobState.RUNNING, "running", now)
         elif records:
@@ -245,19 +226,18 @@ class SweepMachine:
         moves them to running."""
         granted, passed = [], []
         heaps = [heap for ran, heap in self.awaiting.items() if peer not in ran] + [self.pending]
-        # a node's share over all its claims: one opening claim after claim took 116 of 120 indexes
+        # a node's share counts all its claims: opening claim after claim gets it no more
         held = sum(len(c.indexes) for c in self.claims.values() if c.node == peer and c is not claim)
         share = max(1, -(-self.unclaimed() // max(1, len(able)))) - held
         while len(granted) < min(want, share) and (heap := min(filter(None, heaps), key=lambda h: h[0], default=None)):
             i = heapq.heappop(heap)
             if self.states[i] is not JobState.PENDING:
                 continue
-            if i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0]):
-                passed.append((heap, i))  # it errored on this node: another one runs it
-            elif self.not_before.get(i, now) > now:
-                passed.append((heap, i))  # a retry waiting out its backoff
-            elif peer in self.proposals.get(i, ()):
-                passed.append((heap, i))  # its result awaits another node's (back to pending since it ran here)
+            errored_here = i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0])
+            # passed over: it errored on this node (another one runs it), it is a retry waiting out its backoff,
+            # or this node's result for it awaits another node's
+            if errored_here or self.not_before.get(i, now) > now or peer in self.proposals.get(i, ()):
+                passed.append((heap, i))
             else:
                 granted.append(i)
         for heap, i in passed:
@@ -280,8 +260,8 @@ class SweepMachine:
             return ClaimView(holder=claim.node, held=claim.indexes, reported=claim.reported), None
         if msg.claim_id in self.expired:
             return ClaimView(holder=self.expired[msg.claim_id], expired=True), None
-        # a claim we do not know, within two leases of our restart: one we forgot, or answered before it and
-        # committed (an honest node's re-sent batch counted against it; three restarts quarantined it)
+        # a claim we do not know within two leases of our restart may be one we forgot, or whose batch we wrote
+        # and could not answer: its refusals are forgiven
         forgiven = self.restored_at is not None and now - self.restored_at <= 2 * self.sweep.spec.job.deadlines.silence
         restored = f"{RESTORED}{peer}"
         if restored in self.claims:
@@ -301,8 +281,7 @@ class SweepMachine:
         return self._bounded_event(p.now, EventKind.RESULTS_REJECTED, text, peer)
 
     def _bounded_event(self, now: float, kind: EventKind, text: str, peer: str) -> list[Event]:
-        """A refused or outvoted report's event, or a node's error: the first MAX_KIND_EVENTS of each
-        kind in a sweep are written."""
+        """A refused or outvoted report's event, or a node's error: only the first MAX_KIND_EVENTS of a kind."""
         if self.bounded_events[kind] >= MAX_KIND_EVENTS:
             return []
         self.bounded_events[kind] += 1
@@ -337,9 +316,8 @@ class SweepMachine:
             if r.result.exit_code != 0:
                 return self._fail_or_retry(i, peer, f"exit code {r.result.exit_code}{words}", now, r.result)
             return self._move(i, JobState.COMPLETED, f"completed{words}", now, peer, r.result)
-        _, reports = self.errors.get(i, (now, {}))
-        self.errors[i] = (now, reports)  # patience counts from the last error: one node's errors took an index's
-        error = r.error or "no result"  # five attempts in seconds once a minute had passed since its first
+        error = r.error or "no result"
+        reports = self._reported(i, peer, now)
         reports[peer] = report(error, r.retryable, self.sweep.spec.job)
         witnessed = trust.timeout_witnessed(r.error, self.sweep.spec.job, self.granted_at.get(i, now), now,
                                             self.sweep.spec.confidence)
@@ -355,11 +333,10 @@ class SweepMachine:
 
     def _verified(self, p: Changes, i: int, peer: str, result: RunResult, able: Collection[str],
                   events: list[Event]) -> tuple[str, set[str]] | IndexRecord:
-        """Whether ``peer``'s result for index ``i`` counts: with the sweep's ``confidence`` (k), only once k
-        distinct nodes' results agree (``trust.verify``). Returns the words the index's reason adds when
-        it counts and the nodes that agreed on it, else the index's record: back to pending, for another
-        node to run (never one that ran it), or failed when 2k - 1 nodes, or every ``able`` one,
-        disagreed. A node whose result differs from the verified one is held to account as a job's would be."""
+        """Whether ``peer``'s result for index ``i`` counts: with the sweep's ``confidence`` k, once k distinct
+        nodes' results agree (``trust.verify``). Returns the words its reason adds and the agreeing nodes, else
+        the index's record: pending, for a node that has not run it, or failed once 2k - 1 nodes, or every
+        ``able`` one, disagreed. A node outvoted by the verified result is held to account as a job's would be."""
         k = self.sweep.spec.confidence
         if k <= 1:
             return "", {peer}
@@ -423,14 +400,14 @@ class SweepMachine:
 
     def tick(self, now: float) -> Changes:
         """Leases: a claim silent for the template's ``deadlines.silence``, or reporting none of the indexes it
-        holds within one index's ``result_deadline``, loses them."""
+        holds within one index's ``result_deadline`` (a live lease must not hold them for good), loses them."""
         p = Changes(now)
         silence, deadline = self.sweep.spec.job.deadlines.silence, self.sweep.spec.job.result_deadline()
         records, events = [], []
         for claim_id, claim in list(self.claims.items()):
             if now - claim.heard > silence:
                 why = f"node {claim.node[-8:]} silent for {now - claim.heard:.0f} s"
-            elif claim.stalled(now, deadline):
+            elif claim.indexes and now - claim.progressed > deadline:
                 why = f"node {claim.node[-8:]} reported none of its {len(claim.indexes)} indexes within {deadline:g} s"
             else:
                 continue
@@ -439,9 +416,8 @@ class SweepMachine:
             while len(self.expired) > MAX_EXPIRED:
                 self.expired.popitem(last=False)
             records += self._take_back(claim, why, now, events)
-        if self._save_taken_back(p, records, events):
-            return p
-        p.announce = self.unclaimed() > 0 and now >= self.next_announce
+        self._save_taken_back(p, records, events)
+        p.announce = not p.finished and self.unclaimed() > 0 and now >= self.next_announce
         return p
 
     def _take_back(self, claim: Lease, why: str, now: float, events: list[Event]) -> list[IndexRecord]:
@@ -453,40 +429,35 @@ class SweepMachine:
                 self._reported(i, claim.node, now)
                 records.append(self._run_again_or_fail(i, claim.node, why, now))
         if records:
-            taken = f"{why}; {len(records)} indexes taken back: {_listed(compress(r.index for r in records))}"
+            named = sweep_rules.listed(compress(r.index for r in records), 20)
+            taken = f"{why}; {len(records)} indexes taken back: {named}"
             events += self._bounded_event(now, EventKind.ERROR, taken, claim.node)
         return records
 
-    def _reported(self, i: int, node: str, now: float) -> None:
-        """``node`` gave index ``i`` up (it lapsed there, or was given back): as after a retryable error of
-        ``node``'s, another node runs it first (``may_grant``)."""
-        _, reports = self.errors.get(i, (now, {}))
+    def _reported(self, i: int, node: str, now: float) -> dict[str, str | None]:
+        """``node`` gave index ``i`` up (an error, or it lapsed there or was given back): another node runs it
+        first (``may_grant``), whose patience counts from this, the last report. Returns the reports so far."""
+        reports = self.errors[i][1] if i in self.errors else {}
         reports.setdefault(node, None)
         self.errors[i] = (now, reports)
+        return reports
 
-    def _save_taken_back(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> bool:
-        """Record indexes taken back from a claim; True when that ended the sweep."""
-        if not records:
-            return False
-        if self.unfinished() == 0 or self._too_many_failures():
-            self._finish_all_done(p, records, events)
-            return True
-        self.sweep = self._touched(p.now)
-        p.save(sweep=self.sweep, indexes=records, events=events)
-        return False
+    def _save_taken_back(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> None:
+        """Record indexes taken back from a claim (ending the sweep if that was all it waited for)."""
+        if records and not self._end_if_done(p, records, events):
+            self.sweep = self._touched(p.now)
+            p.save(sweep=self.sweep, indexes=records, events=events)
 
-    def _too_many_failures(self) -> bool:
-        limit = self.sweep.spec.max_failures
-        return limit is not None and self.sweep.counts.get(JobState.FAILED, 0) > limit
-
-    def _finish_all_done(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> None:
-        """End the sweep: every index has ended, or more failed than ``max_failures`` lets it go on with."""
-        counts = self.sweep.counts
+    def _end_if_done(self, p: Changes, records: list[IndexRecord], events: list[Event]) -> bool:
+        """End the sweep when every index has ended, or more failed than ``max_failures`` lets it go on with."""
+        counts, spec, unfinished = self.sweep.counts, self.sweep.spec, self.unfinished()
         failed, completed = counts.get(JobState.FAILED, 0), counts.get(JobState.COMPLETED, 0)
-        spec = self.sweep.spec
-        if self.unfinished() and self._too_many_failures():
+        too_many = spec.max_failures is not None and failed > spec.max_failures
+        if unfinished and not too_many:
+            return False
+        if unfinished:
             reason = (f"stopped once {failed} indexes had failed (max_failures {spec.max_failures}); "
-                      f"{completed} completed, {self.unfinished()} not run")
+                      f"{completed} completed, {unfinished} not run")
             self._finish(p, JobState.FAILED, reason, records, events)
         elif spec.success == "any":
             check = f" with a non-empty output {spec.success_output!r}" if spec.success_output else ""
@@ -496,6 +467,7 @@ class SweepMachine:
             self._finish(p, JobState.FAILED, f"{failed} of {self.sweep.count} indexes failed", records, events)
         else:
             self._finish(p, JobState.COMPLETED, f"all {self.sweep.count} indexes completed", records, events)
+        return True
 
     def _finish(self, p: Changes, end: JobState, reason: str, records: list[IndexRecord], events: list[Event], *,
                 winner: int | None = None) -> None:
@@ -512,8 +484,3 @@ class SweepMachine:
                     for claim_id, claim in self.claims.items() if claim.indexes and not claim_id.startswith(RESTORED)]
         self.claims.clear()
         p.finished = True
-
-
-def _listed(ranges: list[tuple[int, int]]) -> str:
-    """Index runs as an event names them: ``0-3, 7``, the first 20 only."""
-    return ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in ranges[:20])

@@ -1,12 +1,10 @@
 """What a sweep's requester takes from a compute node: decisions with no network, store or clock.
 
-A claim is a lease on the indexes the requester granted to one node. A node's report counts
-only inside its own lease: a result for an index the claim does not hold (never granted,
-granted to another claim, taken back when the lease lapsed) is refused, and so is a message
-naming another node's claim. An error is one node's word against the job: the index runs
-again elsewhere, and fails only when as many nodes as a job's error needs (two, or the sweep's
-confidence; or every node able to run it) say the same; an error that another node's run
-contradicts counts against its sender.
+A claim is a lease on the indexes granted to one node, and its reports count only inside it: a result for
+an index the claim does not hold (never granted, granted to another claim, taken back when the lease
+lapsed), or a message naming another node's claim, is refused. An error is one node's word: the index runs
+again elsewhere and fails only when as many nodes as a job's error needs (two, or the sweep's confidence;
+or every node able to run it) agree; an error another node's run contradicts counts against its sender.
 """
 
 from __future__ import annotations
@@ -31,8 +29,8 @@ class ClaimView:
     held: Set[int] = frozenset()  # indexes granted to it and not reported yet
     reported: Set[int] = frozenset()  # indexes it reported before (a re-sent batch repeats them)
     expired: bool = False  # its lease lapsed and its indexes were taken back
-    # the requester restarted since it last heard the claim: a node re-sends the batch we wrote and could not
-    # answer, or one of a lease that lapsed before the restart (what it then forgot): no evidence against it
+    # the requester restarted since it last heard the claim, so a refusal is no evidence: the node may re-send a
+    # batch we wrote but could not answer, or report a lease that lapsed before the restart
     forgiven: bool = False
 
 
@@ -52,9 +50,14 @@ class ClaimCheck:
         if not self.refused:
             return ""
         runs = compress(sorted(set(self.refused)))
-        named = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs[:REASON_RANGES])
+        named = listed(runs, REASON_RANGES)
         more = f" and {len(runs) - REASON_RANGES} more ranges" if len(runs) > REASON_RANGES else ""
         return f"refused {len(self.refused)} results or releases for indexes not granted to this claim: {named}{more}"
+
+
+def listed(runs: list[tuple[int, int]], most: int) -> str:
+    """Index runs (``compress``'s) as reasons and events name them: ``0-3, 7``, the first ``most`` only."""
+    return ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs[:most])
 
 
 def check_claim(sender: str, msg: Claim, view: ClaimView) -> ClaimCheck:
@@ -100,9 +103,8 @@ def report(error: str, retryable: bool, spec: JobSpec) -> str | None:
 
 
 def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], confidence: int) -> bool:
-    """Whether an index's errors fail it for good: ``reports`` maps node -> its ``report`` (None, a retryable
-    error, never confirms). The job's rule (``trust.error_confirmed``), but with no able node known one node's
-    error does not confirm."""
+    """Whether an index's errors (node -> its ``report``; None never confirms) fail it for good: the job's rule
+    (``trust.error_confirmed``), but with no able node known one node's error does not confirm."""
     firm = {node for node, error in reports.items() if error is not None}
     return trust.error_confirmed(firm, set(able), confidence, everyone=bool(able))
 
@@ -114,9 +116,8 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
 
 
 def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:
-    """The nodes whose errors for an index are shown wrong by ``runner`` running it to a result: by the
-    job's rule (``trust.proven_wrong``), those that said the index cannot run (not a retryable error, nor the
-    run's timeout), when the template is judged exactly (``JobSpec.judged_exactly``)."""
+    """The nodes whose errors for an index ``runner`` showed wrong by running it to a result, by the job's rule
+    (``trust.proven_wrong``): those that said it cannot run, when the template is judged exactly."""
     if not spec.judged_exactly():
         return []
     return sorted(n for n, kept in reports.items() if n != runner and kept == CANNOT_RUN)

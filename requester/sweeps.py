@@ -1,11 +1,10 @@
 """The requester's side of sweeps: record, announce, grant index ranges, collect results, end.
 
-A sweep is announced on gossip as one message (repeated with backoff while indexes are
-unclaimed). A compute node that can run its template sends ``Claim`` messages: each carries
-the results of indexes it finished and how many more it wants; the reply grants ranges of
-pending indexes. Messages grow with nodes and time, never with indexes. A claim is a lease
-(``requester.sweep_rules``). ``requester.sweep_machine`` decides; this shell takes the sweep's
-lock, asks the machine, writes and sends what it says.
+A sweep is announced on gossip as one message (repeated with backoff while indexes are unclaimed). A
+compute node that can run its template sends ``Claim`` messages, each with the results of indexes it
+finished and how many more it wants; the reply grants ranges of pending indexes, so messages grow with
+nodes and time, never with indexes. A claim is a lease (``requester.sweep_rules``). ``requester.sweep_machine``
+decides; this shell takes the sweep's lock, asks the machine, writes and sends what it says.
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ class SweepService(Driver[_Live]):
         self._reviving = trio.Lock()  # an ended sweep is made live by one retry at a time
 
     def in_flight(self, owner: str) -> InFlight:
-        """``owner``'s live sweeps: how many, and their specs' bytes."""
         mine = [live.spec_bytes for live in self._live.values() if live.sweep.owner == owner]
         return InFlight(len(mine), sum(mine))
 
@@ -146,8 +144,7 @@ class SweepService(Driver[_Live]):
         async with live.lock if live is not None else nullcontext():
             sweep = await self.get(sweep_id)
             if live is not None and not live.done.is_set():
-                # Its index states are in memory, as written: a description costs no read of every index, and
-                # holds the lock that claims wait for briefly (600 ms at 100,000 indexes when it read them all)
+                # index states are in memory as written: reading no index rows holds the claims' lock briefly
                 ranges = index_ranges(((i, state, "") for i, state in enumerate(live.machine.states)), MAX_RANGES)
                 said = [r.first for r in ranges[:MAX_RANGES] if r.state in (JobState.FAILED, JobState.CANCELLED)]
                 reasons = await self.store.index_reasons(sweep_id, said) if said else {}
@@ -167,8 +164,7 @@ class SweepService(Driver[_Live]):
             return live.sweep
 
     async def retry(self, sweep_id: str) -> Sweep:
-        """Put failed indexes back to run (attempts start again); a failed sweep runs again, a cancelled one
-        resumes (its cancelled indexes too)."""
+        """Put failed indexes back to run (and a cancelled sweep's cancelled ones): the sweep runs again."""
         while True:
             async with self._reviving:  # two retries at once each restored it: the second's writes were stale
                 live = self._live.get(sweep_id)
