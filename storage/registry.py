@@ -165,11 +165,13 @@ def _keep_shard(dest: Path, spec: InputSpec) -> None:
 
 def _staged(dest: Path, links: dict[tuple[str, ...], str] | None = None) -> tuple[int, int]:
     """What a staged input takes of the job's budget (its files' content, every entry below it at least
-    ENTRY_BYTES) and the entries below it; the links below it go into ``links`` (path parts -> target)."""
+    ENTRY_BYTES, a folder that alone: its size is the file system's, 4 KiB on ext4 and less on tmpfs, and
+    an input's fate is the same on every node) and the entries below it; the links below it go into ``links``
+    (path parts -> target)."""
     top = os.lstat(dest)
     size, count = (0 if stat.S_ISDIR(top.st_mode) else top.st_size), 0
     for path, st in entries(dest):
-        size += max(st.st_size, ENTRY_BYTES)
+        size += ENTRY_BYTES if stat.S_ISDIR(st.st_mode) else max(st.st_size, ENTRY_BYTES)
         count += 1
         if links is not None and stat.S_ISLNK(st.st_mode):
             links[Path(path).relative_to(dest).parts] = os.readlink(path)

@@ -8,6 +8,7 @@ staged: no more than the cap.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,28 @@ async def test_a_shard_is_charged_for_what_it_keeps_not_for_the_whole_it_is_cut_
     mounts = await InputRegistry([LocalInput(store)]).prepare_inputs([shard], root, deadline=60,
                                                                      max_bytes=10 * 512)  # 10 entries' worth
     assert len(mounts) == 1 and staged(root) == EMPTY_FILES // 10 + 1  # its 3 files, and the folder they are in
+
+
+async def test_a_folder_counts_alike_against_the_inputs_bytes_on_every_file_system(tmp_path):
+    """A folder is 4 KiB on ext4 and less on tmpfs: counted at its size, an input of 40 empty folders under a
+    20 KiB budget was refused on an ext4 node and staged on a tmpfs one, and the refusal (not "retry
+    elsewhere") was held against the ext4 node once the others ran the job. Each folder now counts 512 bytes
+    on every node."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    folders = tmp_path / "folders"
+    for i in range(40):
+        (folders / f"{i:02d}").mkdir(parents=True)
+    store = LocalPublisher(tmp_path / "store")
+    cid = await store.publish(folders)
+    registry = InputRegistry([LocalInput(store)])
+    with tempfile.TemporaryDirectory(dir=shm) as memory:
+        for root in (tmp_path / "inputs", Path(memory) / "inputs"):
+            await registry.prepare_inputs([InputSpec(source=f"ipfs://{cid}", path="/d")], root, deadline=60,
+                                          max_bytes=40 * 512)
+            assert staged(root) == 41  # the input's folder and its 40
+        for root in (tmp_path / "less", Path(memory) / "less"):  # and one byte less is too little on every node
+            with pytest.raises(TooLarge):
+                await registry.prepare_inputs([InputSpec(source=f"ipfs://{cid}", path="/d")], root, deadline=60,
+                                              max_bytes=40 * 512 - 1)
