@@ -21,7 +21,7 @@ import trio
 
 from executors.base import DISK_POLL, ExecutorError, Mount, RunRequest, Stream
 from jobs.model import MAX_CAPTURE
-from storage.trees import MAX_DEPTH, TooDeep, entries
+from storage.trees import MAX_DEPTH, MAX_PATH_BYTES, TooDeep, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
 # and advances only when the job reads a clock.
@@ -190,7 +190,8 @@ def disk_limit_message(written: int, limit: int, max_entries: int) -> str:
     """What a run past its disk limit says: never how far past, which depends on when the disk watch looked,
     and so differs from node to node."""
     if written >= TOO_DEEP:
-        return f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep"
+        return (f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep, or hold a path "
+                f"longer than {MAX_PATH_BYTES:,} bytes")
     if written >= TOO_MANY:
         return f"disk limit exceeded: the outputs hold more than {max_entries:,} files and folders"
     return f"disk limit exceeded: wrote more than {limit} bytes (resources.disk, less the staged inputs)"
@@ -221,16 +222,17 @@ async def written_past(dirs: list[Path], limit: int, max_entries: int) -> Writte
 MAX_HOLDERS = 4096  # processes of one run whose open files are looked at
 
 
-def held_open(pids: Iterable[int], dirs: Iterable[Path]) -> int:
-    """Bytes on the file system of ``dirs`` that the processes ``pids`` and their descendants hold in files they
-    deleted while open or mapped: space a run takes that no walk of its folders finds (a job that wrote 20 GiB so
-    was held to 10 MiB; one that wrote 3 GiB through a mapping, every descriptor closed). In this process (wasm
-    runs in it) a file counts only if it was under ``dirs``, and its children are not looked at. Blocking; what
-    cannot be read (a process that ended, another user's) counts nothing."""
+def held_open(pids: Iterable[int], dirs: Iterable[Path]) -> Written:
+    """What the processes ``pids`` and their descendants hold on the file system of ``dirs`` in files they
+    deleted while open or mapped (``Written``: the network's measure and the blocks): space a run takes that no
+    walk of its folders finds (a job that wrote 20 GiB so was held to 10 MiB; one that wrote 3 GiB through a
+    mapping, every descriptor closed). In this process (wasm runs in it) a file counts only if it was under
+    ``dirs``, and its children are not looked at. Blocking; what cannot be read (a process that ended, another
+    user's) counts nothing."""
     dirs = list(dirs)
     devices = {st.st_dev for st in _stats(dirs)}
     roots = tuple(f"{d}/" for d in dirs)
-    total, seen, todo, looked = 0, set(), list(pids), 0
+    content, spent, seen, todo, looked = 0, 0, set(), list(pids), 0
     while todo and looked < MAX_HOLDERS:
         pid, looked = todo.pop(), looked + 1
         own = pid == os.getpid()
@@ -252,15 +254,15 @@ def held_open(pids: Iterable[int], dirs: Iterable[Path]) -> int:
                 device, inode, reach, path = mapped.get(link, (-1, 0, 0, ""))
                 if device in devices and (not own or path.startswith(roots)) and (device, inode) not in seen:
                     seen.add((device, inode))
-                    total += reach
+                    content, spent = content + reach, spent + reach
                 continue
             except OSError:
                 continue
             if st.st_nlink == 0 and st.st_dev in devices and stat.S_ISREG(st.st_mode) \
                     and (st.st_dev, st.st_ino) not in seen:
                 seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    return total
+                content, spent = content + content_bytes(st), spent + st.st_blocks * 512
+    return Written(content, spent)
 
 
 def _deleted_mappings(pid: int) -> dict[str, tuple[int, int, int, str]]:
@@ -297,8 +299,8 @@ async def watch_disk(dirs: list[Path], limit: int, max_entries: int, stop: Calla
     while dirs:
         written = await trio.to_thread.run_sync(written_in, dirs, max_entries)
         if not written.past(limit) and (pids := list(holders())):
-            held = await trio.to_thread.run_sync(held_open, pids, dirs)  # a deleted file's size: the job's doing
-            written = Written(written.content + held, written.spent + held)
+            held = await trio.to_thread.run_sync(held_open, pids, dirs)
+            written = Written(written.content + held.content, written.spent + held.spent)
         if written.past(limit):
             over.append(written)
             await stop()

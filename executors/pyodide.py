@@ -50,6 +50,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import zipfile
@@ -92,7 +93,7 @@ from executors.sandbox import (
 from executors.users import JobUsers
 from jobs import PythonEngine, RunResult
 from jobs.spec import format_bytes
-from storage.trees import remove_tree
+from storage.trees import TooDeep, entries, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -724,11 +725,13 @@ class PyodideExecutor(Executor):
             return RunResult(exit_code=1, stdout=stdout.text(), stderr=stderr.text(),
                              stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                              started_at=started, finished_at=time.time()), False
-        # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG
-        reached = not any(m.get("code") == 0 for m in messages)
+        # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG: when it then failed,
+        # it failed for its disk (not when it failed of its own accord with a file of another length)
+        reached = bool(disk) and not any(m.get("code") == 0 for m in messages) and (
+            bool(over_disk) or await trio.to_thread.run_sync(_a_file_of, watched, disk))
         if not over_disk and watched:
             written = await trio.to_thread.run_sync(written_in, watched, request.max_entries)
-            if written.past(disk) or (reached and 0 < disk <= max(written.content, written.spent)):
+            if written.past(disk) or reached:
                 over_disk.append(written)
         if over_disk:
             line = disk_overrun(over_disk[0], disk, request.max_entries, reached=reached)
@@ -1031,3 +1034,9 @@ def _check_wheel(requirement: str, mounts: list[tuple[str, Path]]) -> tuple[Path
         return None, "the file is not a valid wheel (not a zip archive)"
     return host, None
 
+
+def _a_file_of(dirs: list[Path], size: int) -> bool:
+    """Whether a file under ``dirs`` is ``size`` bytes long. Blocking."""
+    with contextlib.suppress(TooDeep):
+        return any(stat.S_ISREG(st.st_mode) and st.st_size == size for d in dirs for _, st in entries(d))
+    return False

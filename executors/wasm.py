@@ -69,6 +69,7 @@ from executors._common import (
 from executors.base import Executor, ExecutorError, RunRequest
 from executors.sandbox import Limits
 from jobs import RunResult, WasmEngine, format_bytes
+from jobs.spec import SEEN_WHILE_RUNNING
 
 try:
     import wasmtime
@@ -322,6 +323,8 @@ class WasmExecutor(Executor):
             over_disk.append(written)
         if over_disk:  # how far the run got depends on when the disk watch looked: its output is dropped
             line = disk_overrun(over_disk[0], request.write_limit, request.max_entries)
+            if not isinstance(told.get("exit_code"), int):  # stopped midway: the watch may have seen an overshoot
+                raise ExecutorError(line + SEEN_WHILE_RUNNING, retryable=False)  # another node's watch missed
             result, stdout, stderr = _Outcome(1, line), Tail(), Tail()
         if result.note:
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")

@@ -105,6 +105,9 @@ MIN_MEMORY = 6 * 1024**2
 # per-job disk, so two at once could fill what ``--limit-total-disk`` was to keep free. Nomad's default
 # ephemeral disk is 300 MB; inputs count against it too.
 DEFAULT_DISK = 1024**3
+# ends the error of a run stopped midway by its disk limit: what the disk watch, looking every 0.1 s, saw of the
+# outputs then (``JobSpec.speaks_of_the_node``)
+SEEN_WHILE_RUNNING = " (seen while it ran)"
 RESOURCE_DIMS = ("cpu", "memory", "disk", "gpu")
 
 
@@ -577,6 +580,12 @@ class JobSpec(_Frozen):
     def timed_out(self) -> str:
         """The error a node reports when the run's ``timeout`` ended it (``requester.trust`` knows it)."""
         return f"timed out after {self.timeout:g} s"
+
+    def speaks_of_the_node(self, error: str | None) -> bool:
+        """Whether a node's error for this job is one an honest node may report and another not: the run's
+        timeout (its speed is its own), or its disk limit passed while the run went on (``SEEN_WHILE_RUNNING``:
+        whether the disk watch saw a passing overshoot depends on when it looked). Never held against it."""
+        return error == self.timed_out() or (error or "").endswith(SEEN_WHILE_RUNNING)
 
     def result_deadline(self) -> float:
         """Seconds from a node's acceptance of the job until its requester gives up on the result: staging

@@ -95,11 +95,12 @@ TIMED_OUT, CANNOT_RUN = "timed out", "cannot run"  # what is kept of a node's er
 
 def report(error: str, retryable: bool, spec: JobSpec) -> str | None:
     """What is kept of a node's error for an index until it ends: None for a retryable one (it speaks of the
-    node, not the index), TIMED_OUT for the run's timeout (a node's speed is its own), else CANNOT_RUN. Never
-    its text: a node may send 100,000 of a megabyte each."""
+    node, not the index), TIMED_OUT for the run's timeout or another error of the node's own
+    (``JobSpec.speaks_of_the_node``), else CANNOT_RUN. Never its text: a node may send 100,000 of a megabyte
+    each."""
     if retryable:
         return None
-    return TIMED_OUT if error == spec.timed_out() else CANNOT_RUN
+    return TIMED_OUT if spec.speaks_of_the_node(error) else CANNOT_RUN
 
 
 def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], confidence: int) -> bool:

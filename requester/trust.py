@@ -60,12 +60,12 @@ def error_reporters(executions: Iterable[Execution]) -> set[str]:
 
 def proven_wrong(executions: Iterable[Execution], spec: JobSpec) -> set[str]:
     """Nodes whose errors a job completed with a ``corroborated`` result proves wrong: those that said it
-    cannot run, when its spec is judged exactly (``JobSpec.judged_exactly``) and the error is not the run's
-    timeout (a node's speed is its own). On other specs an error may be the node's world, not a lie (a URL
-    that refused one node), and a client could frame honest nodes with it."""
+    cannot run, when its spec is judged exactly (``JobSpec.judged_exactly``) and the error is not the node's
+    own (``JobSpec.speaks_of_the_node``: its speed, when its disk watch looked). On other specs an error may
+    be the node's world, not a lie (a URL that refused one node), and a client could frame honest nodes."""
     if not spec.judged_exactly():
         return set()
-    return error_reporters(x for x in executions if x.error != spec.timed_out())
+    return error_reporters(x for x in executions if not spec.speaks_of_the_node(x.error))
 
 
 def error_confirmed(reporters: Set[str], able: Set[str], confidence: int, *, everyone: bool = True) -> bool:

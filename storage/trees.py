@@ -18,23 +18,30 @@ from collections.abc import Iterator
 
 from storage.errors import StorageError
 
-__all__ = ["MAX_DEPTH", "TooDeep", "Unstorable", "check_depth", "count_entries", "entries", "remove_tree"]
+__all__ = ["MAX_DEPTH", "MAX_PATH_BYTES", "TooDeep", "Unstorable", "check_depth", "count_entries", "entries",
+           "remove_tree"]
 
 MAX_DEPTH = 100  # directories within directories below a job's input or output (more is refused)
+# bytes of a path below a tree's root (more is refused): the node's own folders come before it, and the
+# system takes 4,095 in all; a job nesting 19 folders of 200 characters failed on a node whose folders' path
+# was long and not on another, a result that differed between nodes
+MAX_PATH_BYTES = 3000
 PATH_TOO_LONG = "a path longer than the system takes (directories nested too deep)"
 
 
 class TooDeep(StorageError):
-    """A tree nests directories deeper than ``MAX_DEPTH``, or holds a path longer than the system takes."""
+    """A tree nests directories deeper than ``MAX_DEPTH``, or holds a path longer than ``MAX_PATH_BYTES`` bytes (or
+    than the system takes: a node whose own folders' path is very long)."""
 
 
 def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry below ``path`` (not ``path`` itself), with its ``lstat``, parents before children; links
     are listed, never followed. Entries removed meanwhile, and directories that cannot be read, are skipped.
 
-    Raises ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, or a path the system
-    cannot take (ENAMETOOLONG).
+    Raises ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, a path more than
+    ``MAX_PATH_BYTES`` below ``path``, or one the system cannot take (ENAMETOOLONG).
     """
+    longest = len(os.fsencode(path)) + 1 + MAX_PATH_BYTES
     stack = [(os.fspath(path), 0)]
     while stack:
         directory, depth = stack.pop()
@@ -46,6 +53,8 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
                 raise TooDeep(PATH_TOO_LONG) from e
             continue
         for entry in found:
+            if len(os.fsencode(entry.path)) > longest:
+                raise TooDeep(f"a path longer than {MAX_PATH_BYTES:,} bytes")
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:

@@ -583,3 +583,23 @@ async def test_files_written_outside_the_outputs_are_said_to_be_lost(executor: P
                              "(a folder is kept when the job declares it: -o NAME:/PATH)\n")
     result = await executor.run(request(tmp_path, code="open('/tmp/scratch', 'w').write('x')"))
     assert result.exit_code == 0 and result.stderr == ""
+
+
+async def test_a_job_failing_of_its_own_accord_at_exactly_its_disk_is_not_said_to_pass_it(
+        executor: PyodideExecutor, tmp_path: Path) -> None:
+    """A run that failed with exactly its disk written was said to have passed it (the file size limit stops a
+    file there): a job writing two one-byte files (a block each, with the outputs folder 12 KiB in all) under a
+    12 KiB disk, then failing on its own, ended with "disk limit exceeded". Only a file stopped at the limit
+    says so; a file written past it still does."""
+    own = "open('/outputs/a', 'w').write('x')\nopen('/outputs/b', 'w').write('y')\nraise SystemExit('my own error')"
+    past = "open('/outputs/a', 'wb').write(b'x' * (1 << 20))"
+    for code, disk, said in ((own, "12KiB", "my own error\n"), (past, "64KiB", None)):
+        req = request(tmp_path, code=code)
+        req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(disk=disk)}))
+        result = await executor.run(req)
+        assert result.exit_code == 1, result
+        if said is not None:
+            assert result.stderr.endswith(said) and "disk limit" not in result.stderr, result.stderr
+        else:
+            assert result.stderr.endswith(f"disk limit exceeded: wrote more than {req.write_limit} bytes "
+                                          "(resources.disk, less the staged inputs)\n"), result.stderr

@@ -22,6 +22,7 @@ from executors._common import CLOCK_STEP_NS, EPOCH_SECONDS
 from executors.base import ExecutorError, LiveOutput, Mount, RunRequest
 from executors.wasm import TRAP_EXIT_CODE, WasmExecutor
 from jobs import JobSpec, OutputSpec, Resources, WasmEngine
+from jobs.spec import SEEN_WHILE_RUNNING
 
 # Helpers every test module shares: $write(fd, ptr, len), $hex(ptr, len) prints bytes as hex and a newline.
 # Memory layout: 0-16 iovec/scratch, 64 hex digits, 128+ strings, 1024+ buffers, 4096+ hex output.
@@ -659,10 +660,23 @@ async def test_a_file_the_module_deleted_but_holds_open_counts_against_its_disk(
     req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="64MiB", disk="10MiB"),
                                                         "timeout": 600}))
     with trio.fail_after(60):  # it would spin for its ten minutes
-        result = await executor.run(req)
-    assert result.exit_code != 0
-    assert "disk limit exceeded: wrote more than 10485760 bytes (" in result.stderr, result.stderr
+        failure = await disk_failure(executor, req)
+    assert failure == "disk limit exceeded: wrote more than 10485760 bytes (resources.disk, less the staged inputs)" \
+        f"{SEEN_WHILE_RUNNING}"  # stopped while it spun
     assert not list((req.outputs_dir / "out").iterdir())
+
+
+async def disk_failure(executor: WasmExecutor, req: RunRequest) -> str:
+    """How a run past its disk limit failed: the line of its result (its output dropped, exit 1), when the module
+    ended before the disk watch stopped it, else the error that says the watch stopped it while it ran (never
+    held against the node: another node's watch may have missed a passing overshoot)."""
+    try:
+        result = await executor.run(req)
+    except ExecutorError as e:
+        assert not e.retryable and str(e).endswith(SEEN_WHILE_RUNNING), e
+        return str(e)
+    assert (result.exit_code, result.stdout) == (1, ""), result
+    return result.stderr.removesuffix("\n")
 
 
 OPEN_AND_EXIT = module("""
@@ -947,8 +961,8 @@ async def test_one_file_written_past_the_disk_limit_stops_the_run_at_the_limit(
     """)
     base = request(tmp_path, wasm)
     small = replace(base, spec=base.spec.model_copy(update={"resources": Resources(memory="64MiB", disk="10MiB")}))
-    result = await executor.run(small)
-    assert result.exit_code != 0 and "disk limit exceeded" in result.stderr, result.stderr
+    failure = await disk_failure(executor, small)
+    assert failure.startswith(f"disk limit exceeded: wrote more than {small.write_limit} bytes"), failure
     assert (small.outputs_dir / "out" / "big").stat().st_size <= small.write_limit + 1
 
 
@@ -1075,14 +1089,17 @@ async def test_what_a_job_writes_counts_against_its_disk_alike_on_every_file_sys
             req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(memory="64MiB", disk=disk)}))
             try:
                 result = await executor.run(req)
-            except ExecutorError as e:  # this node's own file system took more than the limit
-                assert e.retryable and "disk limit exceeded on this node" in str(e), e
+            except ExecutorError as e:
+                if e.retryable:  # this node's own file system took more than the limit
+                    assert "disk limit exceeded on this node" in str(e), e
+                else:  # stopped while it ran: an error, never a result compared with others' (nor held against it)
+                    assert everywhere is None and str(e).endswith(SEEN_WHILE_RUNNING), e
                 continue
             outcomes.append((result.exit_code, result.stdout, result.stderr))
-    assert len(outcomes) >= 2 and len(set(outcomes)) == 1, outcomes  # tmpfs takes no more than the measure
+    assert len(set(outcomes)) <= 1, outcomes  # whatever result there is, it is the same on every node
     if everywhere is not None:
-        assert outcomes[0] == everywhere
-    else:  # whether the disk watch stopped the run midway or it ended first (what it printed is dropped)
+        assert len(outcomes) >= 2 and outcomes[0] == everywhere, outcomes  # tmpfs takes no more than the measure
+    elif outcomes:  # the module ended before the watch looked: its output dropped, as how far it got would vary
         code, out, err = outcomes[0]
         assert (code, out) == (1, "") and err.startswith("disk limit exceeded: wrote more than "), outcomes
 
@@ -1097,3 +1114,54 @@ def tempfile_in(parent: Path):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def nested_module(depth: int, name_length: int = 200) -> bytes:
+    """A module nesting ``depth`` folders of ``name_length`` characters in /outputs, each made and opened
+    from the one above (as WASI does: no path is ever longer than one name), then saying "made"."""
+    return module(f"""
+      (data (i32.const 128) "{'n' * name_length}")
+      (data (i32.const 1024) "made\\n")
+      (func (export "_start") (local $fd i32) (local $i i32)
+        (local.set $fd (i32.const 4))
+        (loop $deeper
+          (if (call $path_create_directory (local.get $fd) (i32.const 128) (i32.const {name_length}))
+            (then (call $proc_exit (i32.const 7))))
+          (if (call $path_open (local.get $fd) (i32.const 0) (i32.const 128) (i32.const {name_length})
+                               (i32.const 2) (i64.const 0x1FFFFFBF) (i64.const 0x1FFFFFFF) (i32.const 0)
+                               (i32.const 16))
+            (then (call $proc_exit (i32.const 8))))
+          (local.set $fd (i32.load (i32.const 16)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $deeper (i32.lt_u (local.get $i) (i32.const {depth}))))
+        (call $write (i32.const 1) (i32.const 1024) (i32.const 5))))
+    """, """
+      (import "wasi_snapshot_preview1" "path_create_directory"
+        (func $path_create_directory (param i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+    """)
+
+
+@pytest.mark.parametrize(("depth", "made"), [(14, True), (19, False)], ids=["2,814 bytes", "3,819 bytes"])
+async def test_how_long_a_path_the_outputs_may_hold_is_the_same_on_every_node(
+        executor: WasmExecutor, tmp_path: Path, depth: int, made: bool) -> None:
+    """A path's length on the node counts the node's own folders before the job's: 19 folders of 200 characters
+    (19 deep, within the 100) passed the system's 4,095 bytes on a node whose folders' path was long, and failed
+    there as nested too deep, and not on another. The outputs now hold a path of at most 3,000 bytes on every
+    node (``storage.trees.MAX_PATH_BYTES``), and a node's folders may take the rest."""
+    outcomes = set()
+    for root in (tmp_path / "short", tmp_path.joinpath(*["a-node-with-a-long-data-dir"] * 12)):
+        root.mkdir(parents=True)
+        try:
+            result = await executor.run(request(root, nested_module(depth)))
+            outcomes.add((result.exit_code, result.stdout, result.stderr))
+        except ExecutorError as e:  # stopped while it ran
+            assert not e.retryable and str(e).endswith(SEEN_WHILE_RUNNING), e
+            outcomes.add(("stopped", str(e).removesuffix(SEEN_WHILE_RUNNING)))
+    if made:
+        assert outcomes == {(0, "made\n", "")}, outcomes
+    else:
+        said = {outcome[-1].strip() for outcome in outcomes}
+        assert said == {"disk limit exceeded: the outputs nest directories more than 100 deep, or hold a path "
+                        "longer than 3,000 bytes"}, outcomes

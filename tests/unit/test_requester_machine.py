@@ -41,7 +41,15 @@ from jobs.messages import (
     Result,
     outcome_digest,
 )
-from jobs.spec import INPUT_DEADLINE, PREPARE_DEADLINE, DockerEngine, InputSpec, PythonEngine, WasmEngine
+from jobs.spec import (
+    INPUT_DEADLINE,
+    PREPARE_DEADLINE,
+    SEEN_WHILE_RUNNING,
+    DockerEngine,
+    InputSpec,
+    PythonEngine,
+    WasmEngine,
+)
 from jobs.sweep import Sweep, SweepSpec
 from requester.machine import (
     ANNOUNCE_BACKOFF_MAX,
@@ -471,6 +479,8 @@ def test_an_error_the_job_later_completes_despite_counts_against_its_reporter_on
     ("an input URL may answer nodes differently",
      spec().model_copy(update={"inputs": [InputSpec(source="https://example.com/frame1", path="/data")]}), "HTTP 403"),
     ("a node's speed is its own", spec(), "timed out after 10 s"),
+    ("so is when its disk watch looked (a passing overshoot)", spec(),
+     f"disk limit exceeded: wrote more than 1048576 bytes (resources.disk){SEEN_WHILE_RUNNING}"),
 ])
 def test_an_error_a_node_may_honestly_meet_counts_not_against_it_when_another_completes(why, job_spec, error):
     """Any client could get honest nodes quarantined with a URL answering 403 once, then 200. The requester's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jobs import InputSpec, JobSpec, NoopEngine, RunResult
 from jobs.messages import Claim, IndexResult
+from jobs.spec import SEEN_WHILE_RUNNING
 from requester.sweep_rules import (
     CANNOT_RUN,
     ERROR_PATIENCE,
@@ -153,4 +154,5 @@ def test_what_is_kept_of_an_index_error_is_its_kind_never_its_text():
     """A node may report 100,000 indexes with an error of a megabyte each: all of it was kept until they ended."""
     assert report("x" * 1_000_000, False, EXACT) == CANNOT_RUN
     assert report(EXACT.timed_out(), False, EXACT) == TIMED_OUT
+    assert report(f"disk limit exceeded: wrote more than 1 bytes{SEEN_WHILE_RUNNING}", False, EXACT) == TIMED_OUT
     assert report("disk full", True, EXACT) is None
