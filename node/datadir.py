@@ -14,8 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jobs.errors import ShoalError
+from storage.trees import MAX_PATH_BYTES
 
 LOCK_FILE = "node.lock"  # holds the pid of the node that has the lock
+# longest path of a data dir: below it, a job's folders (up to about 230 bytes: execution id, output name) and
+# what its outputs hold (``storage.trees.MAX_PATH_BYTES``) must fit in the system's 4,095, or a path the network
+# lets every job write fails on this node alone
+MAX_PATH = 4095 - MAX_PATH_BYTES - 327
 
 
 class DataDirUnavailable(ShoalError):
@@ -25,6 +30,9 @@ class DataDirUnavailable(ShoalError):
 @contextlib.contextmanager
 def hold(data_dir: Path) -> Iterator[None]:
     """Make ``data_dir`` and lock it for as long as the block runs (a process that dies lets go of it)."""
+    if (length := len(os.fsencode(os.path.abspath(data_dir)))) > MAX_PATH:
+        raise DataDirUnavailable(f"the data dir's path is {length:,} bytes long; at most {MAX_PATH:,}: a job's "
+                                 f"outputs may hold paths of {MAX_PATH_BYTES:,} bytes below it")
     path = data_dir / LOCK_FILE
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the store, keys and results: the node's user's

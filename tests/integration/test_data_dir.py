@@ -69,3 +69,14 @@ def test_a_data_dir_that_cannot_be_made_is_said_in_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     error = one_error(serve(tmp_path, tmp_path / "file" / "node", free_base_port(1)))
     assert f"cannot use the data dir {tmp_path / 'file' / 'node'}: Not a directory" in error
+
+
+def test_a_data_dir_too_long_for_what_jobs_may_write_below_it_is_said_in_one_line(tmp_path):
+    """A job's outputs may hold paths of 3,000 bytes on every node; below a data dir whose own path is long, such
+    a path passed the system's 4,095 bytes, and the job failed on that node alone (as nested too deep), a result
+    other nodes outvoted. A node refuses such a data dir at start, and makes nothing in it."""
+    data = tmp_path.joinpath(*["a-data-dir-far-too-deep-for-the-jobs-it-would-hold"] * 16)
+    error = one_error(serve(tmp_path, data, free_base_port(1)))
+    assert f"the data dir's path is {len(os.fsencode(data)):,} bytes long; at most 768: a job's outputs may hold " \
+           "paths of 3,000 bytes below it" in error
+    assert not data.exists()
