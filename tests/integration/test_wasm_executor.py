@@ -1023,6 +1023,14 @@ async def test_a_damaged_compiled_module_is_compiled_again_for_a_job_with_a_file
     assert result.stdout == "single file\ninputs read-only\n", result.stderr
 
 
+# What the modules making folders and files import.
+MAKING = """
+(import "wasi_snapshot_preview1" "path_create_directory" (func $path_create_directory (param i32 i32 i32) (result i32)))
+(import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+(import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+"""
+
+
 def entries_module(count: int, *, folders: bool, name_length: int = 4) -> bytes:
     """A module making ``count`` empty folders in /outputs, or files in the folder /outputs/d, named 0000, 0001,
     ... (padded with x to ``name_length``), then saying "made"."""
@@ -1050,13 +1058,7 @@ def entries_module(count: int, *, folders: bool, name_length: int = 4) -> bytes:
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br_if $more (i32.lt_u (local.get $i) (i32.const {count}))))
         (call $write (i32.const 1) (i32.const 1024) (i32.const 5))))
-    """, """
-      (import "wasi_snapshot_preview1" "path_create_directory"
-        (func $path_create_directory (param i32 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "path_open"
-        (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-    """)
+    """, MAKING)
 
 
 MADE = (0, "made\n", "")
@@ -1135,12 +1137,7 @@ def nested_module(depth: int, name_length: int = 200) -> bytes:
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br_if $deeper (i32.lt_u (local.get $i) (i32.const {depth}))))
         (call $write (i32.const 1) (i32.const 1024) (i32.const 5))))
-    """, """
-      (import "wasi_snapshot_preview1" "path_create_directory"
-        (func $path_create_directory (param i32 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "path_open"
-        (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-    """)
+    """, MAKING)
 
 
 @pytest.mark.parametrize(("depth", "made"), [(14, True), (19, False)], ids=["2,814 bytes", "3,819 bytes"])
