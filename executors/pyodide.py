@@ -727,8 +727,8 @@ class PyodideExecutor(Executor):
                              started_at=started, finished_at=time.time()), False
         # RLIMIT_FSIZE stops a single file at exactly ``disk`` bytes, and the job sees EFBIG: when it then failed,
         # it failed for its disk (not when it failed of its own accord with a file of another length)
-        reached = bool(disk) and not any(m.get("code") == 0 for m in messages) and (
-            bool(over_disk) or await trio.to_thread.run_sync(_a_file_of, watched, disk))
+        reached = bool(disk) and not any(m.get("code") == 0 for m in messages) and \
+            await trio.to_thread.run_sync(_a_file_of, watched, disk)
         if not over_disk and watched:
             written = await trio.to_thread.run_sync(written_in, watched, request.max_entries)
             if written.past(disk) or reached:

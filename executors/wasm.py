@@ -318,13 +318,14 @@ class WasmExecutor(Executor):
                 break
             compiled.unlink(missing_ok=True)  # compiled again
         result = _outcome(told, killed, stderr, request.spec.resources.memory)
-        if not over_disk and (written := await written_past(outputs, request.write_limit,
-                                                            request.max_entries)) is not None:
-            over_disk.append(written)
+        ended = isinstance(told.get("exit_code"), int)
+        if ended or not over_disk:  # the outputs as the module left them, not what the watch saw on the way
+            written = await written_past(outputs, request.write_limit, request.max_entries)
+            over_disk = [] if written is None else [written]
         if over_disk:  # how far the run got depends on when the disk watch looked: its output is dropped
             line = disk_overrun(over_disk[0], request.write_limit, request.max_entries)
-            if not isinstance(told.get("exit_code"), int):  # stopped midway: the watch may have seen an overshoot
-                raise ExecutorError(line + SEEN_WHILE_RUNNING, retryable=False)  # another node's watch missed
+            if not ended:  # stopped midway: the watch may have seen a passing overshoot another node's missed
+                raise ExecutorError(line + SEEN_WHILE_RUNNING, retryable=False)
             result, stdout, stderr = _Outcome(1, line), Tail(), Tail()
         if result.note:
             stderr.write(("\n" if stderr.total else "").encode() + result.note.encode() + b"\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import psutil
 import pytest
 import trio
 
-from executors.base import Mount, RunRequest
+from executors.base import ExecutorError, Mount, RunRequest
 from executors.pyodide import PyodideExecutor
 from jobs import JobSpec, OutputSpec, PythonEngine, Resources
 
@@ -603,3 +604,27 @@ async def test_a_job_failing_of_its_own_accord_at_exactly_its_disk_is_not_said_t
         else:
             assert result.stderr.endswith(f"disk limit exceeded: wrote more than {req.write_limit} bytes "
                                           "(resources.disk, less the staged inputs)\n"), result.stderr
+
+
+async def test_a_job_within_its_disk_where_only_the_nodes_file_system_takes_more_fails_there_retryably(
+        executor: PyodideExecutor, tmp_path: Path) -> None:
+    """100 empty files of 200-character names take 59,392 bytes by the network's measure (their folders a block
+    each, each file 512 bytes) and more of ext4 (their folder grows). Under a disk of exactly 59,392, the disk
+    watch stopped the run on its file system alone, and the job's own failure became "wrote more than 59392
+    bytes": a result that differed from a tmpfs node's. It is now this node's retryable error, or, where the
+    file system holds it, the job's own failure."""
+    code = ("import os\nos.mkdir('/outputs/d')\n"
+            "for i in range(100):\n    open(f'/outputs/d/{i:03d}' + 'x' * 197, 'w').close()\n"
+            "for _ in range(5_000_000):\n    pass\nraise SystemExit('my own error')")
+    req = request(tmp_path, code=code)
+    req = replace(req, spec=req.spec.model_copy(update={"resources": Resources(disk=59392)}))
+    try:
+        result = await executor.run(req)
+    except ExecutorError as e:
+        found = re.fullmatch(r"disk limit exceeded on this node: its file system took (\d+) bytes for what the job "
+                             r"wrote, (\d+) of 59392 as the network counts it", str(e))
+        assert e.retryable and found, e  # (the watch may look while the files are being made)
+        took, counted = map(int, found.groups())
+        assert counted <= 59392 < took, e
+    else:
+        assert result.exit_code == 1 and result.stderr.endswith("my own error\n"), result.stderr
