@@ -190,8 +190,10 @@ def _outcome(told: dict, killed: bool, stderr: Tail, memory: int) -> _Outcome:
         if memory and "memory allocation" in stderr.text()[-2000:]:  # Rust's allocator aborts on RLIMIT_DATA
             return _Outcome(TRAP_EXIT_CODE, f"the run needed more than its job's memory of {format_bytes(memory)} "
                                             "and the runtime's share (resources.memory)")
-        return _Outcome(TRAP_EXIT_CODE, "the run ended without an outcome: it took more CPU time than the job's "
-                                        "timeout, or more memory than it may")
+        # the system killed it (out of memory: the node's state, not the job's), or it ran out of CPU time (the
+        # node's speed): a result saying so would differ from other nodes'
+        raise ExecutorError("the run's process ended without an outcome on this node: the system killed it, or "
+                            "it ran out of CPU time", retryable=True)
     if told.get("memory_at_start"):
         return _Outcome(TRAP_EXIT_CODE, f"the module needs more memory at start than the job's limit of "
                                         f"{format_bytes(memory)} (resources.memory)")

@@ -1162,3 +1162,41 @@ async def test_how_long_a_path_the_outputs_may_hold_is_the_same_on_every_node(
         said = {outcome[-1].strip() for outcome in outcomes}
         assert said == {"disk limit exceeded: the outputs nest directories more than 100 deep, or hold a path "
                         "longer than 3,000 bytes"}, outcomes
+
+
+async def test_a_run_the_system_killed_is_this_nodes_failure_not_a_result(executor: WasmExecutor,
+                                                                          tmp_path: Path) -> None:
+    """A run's process the system killed (the kernel's out-of-memory killer, on a node short of memory) ended in
+    a result, "the run ended without an outcome", which nodes with memory to spare outvoted. It is now this
+    node's failure: retryable, compared with no one's result. (Here a kill -9 stands in for the kernel.)"""
+    req = request(tmp_path, SPIN)
+    killed: list[int] = []
+
+    async def kill_the_run() -> None:
+        while not (pids := _holding(req.outputs_dir)):
+            await trio.sleep(0.02)
+        for pid in pids:
+            os.kill(pid, 9)
+        killed.extend(pids)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_the_run)
+            with pytest.raises(ExecutorError) as info:
+                await executor.run(req)
+    assert killed and info.value.retryable
+    assert str(info.value) == ("the run's process ended without an outcome on this node: the system killed it, "
+                               "or it ran out of CPU time")
+
+
+def _holding(under: Path) -> list[int]:
+    """The processes, other than this one, with a file or folder under ``under`` open."""
+    found = []
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(under)) for fd in fds):
+                found.append(pid)
+    return found
