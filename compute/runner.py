@@ -132,8 +132,12 @@ class Runner:
                     note = f" (this node's limit; the network's is {MAX_OUTPUT_ENTRIES:,})" if ours else ""
                     return Outcome(None, f"the job's outputs hold more than {request.max_entries:,} files and "
                                          f"folders{note}", ours)
-                written = await self._run_blocking(tree_size, results / "outputs") if request.write_limit else 0
-                if written > request.write_limit:  # the run failed for it: what it wrote past its disk stays here
+                # as the executors' disk watch counts it: what is below each output's folder (a failed run may have
+                # stopped at the limit itself: a file size limit stops a write there)
+                written = sum([await self._run_blocking(tree_size, m.source) for m in request.output_mounts()
+                               if m.source.exists()]) if request.write_limit else 0
+                if written > request.write_limit or (result.exit_code and written >= request.write_limit > 0):
+                    # the run failed for it: what it wrote past its disk stays here
                     await self._run_blocking(_empty, results / "outputs")
                     if (ours := self._our_disk_limit(spec, "disk limit exceeded")) is not None:
                         return ours

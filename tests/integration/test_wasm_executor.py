@@ -1200,3 +1200,36 @@ def _holding(under: Path) -> list[int]:
             if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(under)) for fd in fds):
                 found.append(pid)
     return found
+
+
+async def test_a_job_writing_up_to_its_disk_publishes_all_it_wrote(tmp_path: Path) -> None:
+    """The node counted the outputs' own folder against the job's disk where its run had not: a module writing
+    up to its disk completed, and its outputs were emptied before they were published (exit 0, an empty
+    folder). Both now count what is below each output's folder."""
+    from compute.runner import Runner
+    from executors import ExecutorRegistry
+    from jobs import Execution
+    from storage import InputRegistry, LocalInput, LocalPublisher
+
+    store = LocalPublisher(tmp_path / "store")
+    runner = Runner(ExecutorRegistry({"wasm": WasmExecutor(cache_dir=tmp_path / "cache")}), tmp_path / "work",
+                    inputs=InputRegistry([LocalInput(store)]), publisher=store)
+    size = (1 << 20) - 4096  # its 1 MiB disk less the module staged, in whole blocks
+    writing = module(f"""
+      (data (i32.const 128) "big")
+      (func (export "_start")
+        (drop (memory.grow (i32.const 20)))
+        (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 3) (i32.const 9)
+                               (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 16)))
+        (i32.store (i32.const 24) (i32.const 65536)) (i32.store (i32.const 28) (i32.const {size}))
+        (if (call $fd_write (i32.load (i32.const 16)) (i32.const 24) (i32.const 1) (i32.const 32))
+          (then (call $proc_exit (i32.const 9))))))
+    """, MAKING)
+    (tmp_path / "m.wasm").write_bytes(writing)
+    cid = await store.publish(tmp_path / "m.wasm")
+    spec = JobSpec(engine=WasmEngine(module="/in/m.wasm"), inputs=[{"source": f"ipfs://{cid}", "path": "/in/m.wasm"}],
+                   outputs=[OutputSpec(name="o", path="/outputs")], resources=Resources(disk="1MiB"))
+    outcome = await runner.run(Execution(id="x", job_id="j", node_id="n", requester="r", created_at=0, updated_at=0,
+                                         spec=spec))
+    assert outcome.error is None and outcome.result.exit_code == 0, outcome
+    assert outcome.result.output_sizes == {"o": size}
