@@ -310,7 +310,8 @@ class WasmExecutor(Executor):
             raise ExecutorError(f"this node cannot run wasm jobs: {problem}")
         started = time.time()
         stdout, stderr = Tail.of(request, "stdout"), Tail.of(request, "stderr")
-        outputs, over_disk = [m.source for m in request.output_mounts()], list[Written]()
+        outputs = [m.source for m in request.output_mounts()]
+        over_disk: list[Written] = []
         mounts = await trio.to_thread.run_sync(plan_mounts, request, request.work_dir)
         for _ in range(2):
             compiled = await self._compiled(request, engine_spec)

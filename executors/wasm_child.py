@@ -373,7 +373,7 @@ class _FileFacts:
         link), or None."""
         if self.path_stat(caller, fd, 0, at, length, 0):
             return None
-        _dev, inode, _kind, links, *_rest = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))
+        _dev, inode, _kind, links, *_rest = self._stat_read(caller)
         return inode, links
 
     def _forget(self, inode: int, links: int) -> None:
@@ -388,7 +388,7 @@ class _FileFacts:
         errno = self.stat(caller, fd, 0)  # a closed descriptor, or one now naming another file, lists afresh
         if errno:
             return errno
-        directory = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))[1]
+        directory = self._stat_read(caller)[1]
         if cookie == 0 or self.listings.get(fd, (None,))[0] != directory:
             listing = self._list(caller, fd)
             if isinstance(listing, int):
@@ -428,11 +428,15 @@ class _FileFacts:
         return sorted(entries, key=lambda entry: (entry[0] not in (b".", b".."), entry[0]))
 
     def _put_stat(self, caller: wasmtime.Caller, out: int) -> int:
-        _dev, inode, kind, _links, size, *_times = _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))
+        _dev, inode, kind, _links, size, *_times = self._stat_read(caller)
         size = 4096 if kind == _DIRECTORY else size
         epoch = self.epoch_ns
         stat = _FILESTAT.pack(1, self._inode(inode), kind, 1, size, epoch, epoch, epoch)
         return _ESUCCESS if _write(caller, out, stat) else _EFAULT
+
+    def _stat_read(self, caller: wasmtime.Caller) -> tuple:
+        """The fields of the stat wasmtime last wrote at the start of our memory."""
+        return _FILESTAT.unpack(self.memory.read(caller, 0, _FILESTAT.size))
 
     def _inode(self, host: int) -> int:
         if host not in self.inodes:

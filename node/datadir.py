@@ -17,10 +17,11 @@ from jobs.errors import ShoalError
 from storage.trees import MAX_PATH_BYTES
 
 LOCK_FILE = "node.lock"  # holds the pid of the node that has the lock
-# longest path of a data dir: below it, a job's folders (up to about 230 bytes: execution id, output name) and
-# what its outputs hold (``storage.trees.MAX_PATH_BYTES``) must fit in the system's 4,095, or a path the network
-# lets every job write fails on this node alone
-MAX_PATH = 4095 - MAX_PATH_BYTES - 327
+# longest path of a data dir: below it, a run's own folders (work/<execution id>/results/outputs/<output name>/,
+# at most 216 bytes) and what its outputs hold (``storage.trees.MAX_PATH_BYTES``) must fit in the system's 4,095
+# with room to spare, or a path the network lets every job write fails on this node alone
+RUN_FOLDERS_BYTES = 327
+MAX_PATH = 4095 - MAX_PATH_BYTES - RUN_FOLDERS_BYTES
 
 
 class DataDirUnavailable(ShoalError):
