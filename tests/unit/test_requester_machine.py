@@ -450,6 +450,25 @@ def test_a_timeout_the_requesters_clock_bears_out_fails_the_job_on_one_nodes_wor
     assert not other_error.finished  # only the timeout is the requester's to witness
 
 
+def test_a_node_saying_its_disk_watch_stopped_the_run_fails_no_job_on_its_word():
+    """An error ending "(seen while it ran)" counts against no node (``JobSpec.speaks_of_the_node``); a liar ending
+    any error so gets no job failed by it: unlike a timeout, the requester's clock bears nothing out, another node
+    runs the job, and the liar is done with it."""
+    seen = f"disk limit exceeded: wrote more than 1048576 bytes (resources.disk){SEEN_WHILE_RUNNING}"
+    state = running(tracked(spec()), "n-a", now=1.0)
+    _, changes = machine().on_result(state, "n-a", result("x-n-a", error=seen), 11.5, KNOWN, signed=True)
+    assert not changes.finished and kinds(changes) == [EventKind.ERROR, EventKind.REOFFERED]
+    attempt = changes.state.job.attempt
+    liar_again, _ = machine().on_bid(changes.state, "n-a", Bid(job_id="j-1", execution_id="x-2", attempt=attempt),
+                                     12.0, KNOWN)
+    assert liar_again.verdict == "rejected"  # done with the job
+    honest, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-3", attempt=attempt),
+                                       12.0, KNOWN)
+    assert honest.verdict == "accepted"
+    _, changes = machine().on_result(changes.state, "n-b", result("x-3"), 13.0, KNOWN, signed=True)
+    assert changes.state.job.state is JobState.COMPLETED
+
+
 def test_with_confidence_a_timeout_is_one_nodes_word_like_any_error():
     """A liar reporting "timed out" once the timeout had passed failed --confidence 2 jobs whose two honest nodes
     had proposed agreeing results: the submitter asked for more than one node's word."""

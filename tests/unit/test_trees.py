@@ -76,3 +76,21 @@ def test_count_entries_names_an_entry_no_storage_takes_below_the_walked_folder(t
     with pytest.raises(Unstorable) as refused:
         count_entries(tmp_path, 10)
     assert str(refused.value) == "out/sub/pipe, a FIFO: only files, folders and symlinks are stored"
+
+
+def test_a_path_longer_than_the_network_takes_is_refused_however_short_the_roots_path(tmp_path: Path) -> None:
+    """Whether a tree's long paths passed the system's 4,095 bytes hung on the path of the folder it sits in: a
+    peer's input, or a job's outputs, were refused on one node and taken on another. Now the part below the tree's
+    root is held to ``MAX_PATH_BYTES`` wherever the root is, byte for byte (a name of multibyte characters
+    counts its bytes), and a node walking it survives with the refusal."""
+    from storage.trees import MAX_PATH_BYTES
+
+    def tree(root: Path, names: list[str]) -> Path:
+        (root / os.path.join(*names)).mkdir(parents=True)
+        return root
+
+    fits = ["é" * 100] * 14  # 200 bytes a name: 14 * 201 - 1 = 2,813 bytes
+    check_depth(tree(tmp_path / "fits", fits))
+    long = tree(tmp_path / "long", ["é" * 100] * 15)  # 3,014 bytes, though 1,514 characters
+    with pytest.raises(TooDeep, match=f"a path longer than {MAX_PATH_BYTES:,} bytes"):
+        check_depth(long)
