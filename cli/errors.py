@@ -89,6 +89,9 @@ def _sdk_error(exc: BaseException, sdk: object) -> int:
         fields = [f for f in getattr(exc, "fields", []) if f not in message]
         print_error(message + (f" (fields: {', '.join(fields)})" if fields else ""))
         return EXIT_USAGE
+    if getattr(exc, "code", "").startswith("dest_"):  # where the results were to go: the command's argument
+        print_error(message)
+        return EXIT_USAGE
     if isinstance(exc, sdk.WaitTimeout):  # type: ignore[attr-defined]
         print_error(message)
         return EXIT_TIMEOUT

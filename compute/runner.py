@@ -21,7 +21,7 @@ from jobs import Execution, JobSpec, Resources, RunResult, ShoalError, format_by
 from jobs.spec import DEFAULT_DISK, ENGINE_VERSIONS, INPUT_DEADLINE, PREPARE_DEADLINE
 from node.tasks import RunBlocking
 from storage.errors import TooLarge
-from storage.trees import TooDeep, Unstorable, count_entries, remove_tree
+from storage.trees import Unstorable, Unwalkable, count_entries, remove_tree
 
 if TYPE_CHECKING:
     from storage import InputRegistry, Publisher
@@ -125,7 +125,7 @@ class Runner:
             if spec.outputs:
                 try:  # before anything walks the outputs with recursion (sizes, publishing)
                     counted = await self._run_blocking(count_entries, results / "outputs", request.max_entries)
-                except (TooDeep, Unstorable) as e:
+                except (Unwalkable, Unstorable) as e:
                     return Outcome(None, f"the job's outputs hold {e}", False)
                 if counted > request.max_entries:  # the executors stopped the run there (their disk watch)
                     ours = request.max_entries < MAX_OUTPUT_ENTRIES  # this node's lower limit: retryable

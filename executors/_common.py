@@ -21,7 +21,7 @@ import trio
 
 from executors.base import DISK_POLL, ExecutorError, Mount, RunRequest, Stream
 from jobs.model import MAX_CAPTURE
-from storage.trees import MAX_DEPTH, MAX_PATH_BYTES, TooDeep, entries
+from storage.trees import MAX_DEPTH, MAX_PATH_BYTES, Unwalkable, entries
 
 # The virtual wall clock of deterministic jobs starts here (2024-01-01T00:00:00Z) on every node, every day,
 # and advances only when the job reads a clock.
@@ -30,7 +30,7 @@ EPOCH_SECONDS = 1_704_067_200
 CLOCK_STEP_NS = 1_000_000
 
 CONTEXT_DIR = "/context"  # where the CLI's packed working directory is mounted; relative job paths start here
-TOO_DEEP = sys.maxsize  # what tree_size says of a tree nested past storage.trees.MAX_DEPTH: more than any limit
+TOO_DEEP = sys.maxsize  # what tree_size says of a tree it cannot walk (storage.trees.Unwalkable): more than any limit
 TOO_MANY = sys.maxsize - 1  # what written_in says of folders holding more than their entries: as much
 ENTRY_BYTES = 512  # the least a file, directory or link counts against a job's disk (an inode, a directory entry)
 BLOCK_BYTES = 4096  # the block most file systems give a file's content or a directory: a job's disk counts in them
@@ -169,7 +169,7 @@ def _size(dirs: Iterable[Path], max_entries: int | None) -> Written:
                     return Written(TOO_MANY, TOO_MANY)
                 content += content_bytes(st)
                 spent += max(st.st_size, st.st_blocks * 512, ENTRY_BYTES)
-    except TooDeep:
+    except Unwalkable:
         return Written(TOO_DEEP, TOO_DEEP)
     return Written(content, spent)
 
@@ -179,7 +179,7 @@ def own_again(path: Path) -> None:
     uid, gid = os.getuid(), os.getgid()
     if os.path.islink(path):  # a link the job put in its place: what it leads to is not the job's
         return
-    with contextlib.suppress(OSError, TooDeep):  # a tree too deep fails the run (tree_size), and root removes it
+    with contextlib.suppress(OSError, Unwalkable):  # a tree too deep fails the run (tree_size), and root removes it
         os.lchown(path, uid, gid)
         for entry, _ in entries(path):
             with contextlib.suppress(OSError):
@@ -190,8 +190,8 @@ def disk_limit_message(written: int, limit: int, max_entries: int) -> str:
     """What a run past its disk limit says: never how far past, which depends on when the disk watch looked,
     and so differs from node to node."""
     if written >= TOO_DEEP:
-        return (f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep, or hold a path "
-                f"longer than {MAX_PATH_BYTES:,} bytes")
+        return (f"disk limit exceeded: the outputs nest directories more than {MAX_DEPTH} deep, hold a path "
+                f"longer than {MAX_PATH_BYTES:,} bytes, or a folder the node may not read")
     if written >= TOO_MANY:
         return f"disk limit exceeded: the outputs hold more than {max_entries:,} files and folders"
     return f"disk limit exceeded: wrote more than {limit} bytes (resources.disk, less the staged inputs)"

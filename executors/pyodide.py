@@ -93,7 +93,7 @@ from executors.sandbox import (
 from executors.users import JobUsers
 from jobs import PythonEngine, RunResult
 from jobs.spec import format_bytes
-from storage.trees import TooDeep, entries, remove_tree
+from storage.trees import Unwalkable, entries, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -1037,6 +1037,6 @@ def _check_wheel(requirement: str, mounts: list[tuple[str, Path]]) -> tuple[Path
 
 def _a_file_of(dirs: list[Path], size: int) -> bool:
     """Whether a file under ``dirs`` is ``size`` bytes long. Blocking."""
-    with contextlib.suppress(TooDeep):
+    with contextlib.suppress(Unwalkable):
         return any(stat.S_ISREG(st.st_mode) and st.st_size == size for d in dirs for _, st in entries(d))
     return False

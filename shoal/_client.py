@@ -740,8 +740,10 @@ class Client(_BaseClient):
         node signed); they are extracted beside ``dest`` and moved there only once they do.
         Archives with absolute paths, ``..``, devices or links that resolve outside ``dest`` are
         refused, and so is a download over ``max_bytes`` (default: twice the result's recorded
-        sizes plus 64 MiB). A refused download writes nothing. A stdout or stderr longer than the 1 MiB a
-        compute node keeps (its last) is warned of (``warnings.warn``).
+        sizes plus 64 MiB). A refused download writes nothing. Into an existing folder the results go
+        beside what is there; one of their names already there with other content is refused
+        (``ShoalAPIError``, code ``dest_exists``), so nothing of the user's is replaced. A stdout or
+        stderr longer than the 1 MiB a compute node keeps (its last) is warned of (``warnings.warn``).
         """
         desc = self.describe(job_id)
         plan = plan_download(desc.shown_result(), f"job {desc.job.id}", desc.job.state.value, max_bytes)

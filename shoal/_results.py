@@ -18,6 +18,7 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock, so no partial folder is known to be left over (none is removed)
     fcntl = None  # type: ignore[assignment]
+import filecmp
 import os
 import re
 import shutil
@@ -112,7 +113,6 @@ class ResultsWriter:
         from storage.tarsafe import TarExtractor
 
         self.dest, self.cid, self.max_bytes, self.whose = Path(dest), cid, max_bytes, whose
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
         self._tmp, self._lock = _new_partial(self.dest)
         self._extractor = TarExtractor(self._tmp / "result", max_bytes=max_bytes, root=cid, confine_links=True)
         self.received = 0
@@ -177,7 +177,6 @@ class ResultsWriter:
 
 def write_from_record(files: dict[str, str], dest: Path) -> Path:
     """A CID-less result's files, from the job's record (the same temporary-then-move as a download)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, lock = _new_partial(dest)
     try:
         (tmp / "result").mkdir()
@@ -224,7 +223,19 @@ _swept: set[str] = set()  # the folders this process has looked over for partial
 
 
 def _new_partial(dest: Path) -> tuple[Path, int]:
-    """A new temporary directory beside ``dest``, and the descriptor of the lock in it, held until closed.
+    """A new temporary directory beside ``dest`` (its parents made), and the descriptor of the lock in it,
+    held until closed; a destination that cannot be written is a ``ShoalAPIError`` naming it."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _locked_partial(dest)
+    except OSError as e:
+        why = f"{e.filename} is not a folder" if isinstance(e, FileExistsError | NotADirectoryError) else e.strerror
+        raise ShoalAPIError(f"cannot write the results to {dest}: {why or e}; nothing was written", None,
+                            "dest_unwritable") from None
+
+
+def _locked_partial(dest: Path) -> tuple[Path, int]:
+    """``_new_partial``'s directory and lock.
 
     The first download into a folder in this process removes the partial directories of earlier downloads
     there whose lock nobody holds: their process is gone (killed mid-download, nothing else would remove them).
@@ -255,12 +266,17 @@ def _new_partial(dest: Path) -> tuple[Path, int]:
         os.close(lock)
 
 
+_PARTIAL_ENTRIES = {"lock", "result"}  # all a partial directory holds: a folder holding more is not one of ours
+
+
 def _remove_if_unlocked(partial: Path) -> None:
     try:  # the folder itself, never a link put in its place: its lock is opened in the folder found
         folder = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # removed meanwhile, not a directory, or not ours
     try:
+        if not set(os.listdir(folder)) <= _PARTIAL_ENTRIES:
+            return  # a folder of the user's that happens to be named alike: never touched
         lock = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
     except OSError:
         return
@@ -276,17 +292,35 @@ def _remove_if_unlocked(partial: Path) -> None:
 
 
 def _move_into_place(result: Path, dest: Path) -> Path:
-    """``result`` becomes ``dest``; into an existing directory, its entries replace those of the same name."""
-    if not os.path.lexists(dest):
-        os.rename(result, dest)
-        return dest
-    if dest.is_symlink() or not dest.is_dir() or result.is_symlink() or not result.is_dir():
-        raise ShoalAPIError(f"{dest} exists and is not a directory; nothing was written", None, "dest_exists")
-    for entry in sorted(result.iterdir()):
-        target = dest / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            target.unlink()
-        os.rename(entry, target)
+    """``result`` becomes ``dest``; into an existing directory, its entries go beside what is there. An entry
+    of the same name is left as it is when it holds the same (the same results downloaded again); when it
+    differs, nothing is written: what a user keeps there is never replaced."""
+    try:
+        if not os.path.lexists(dest):
+            os.rename(result, dest)
+            return dest
+        if dest.is_symlink() or not dest.is_dir() or result.is_symlink() or not result.is_dir():
+            raise ShoalAPIError(f"{dest} exists and is not a directory; nothing was written", None, "dest_exists")
+        entries = sorted(result.iterdir())
+        for entry in entries:
+            target = dest / entry.name
+            if os.path.lexists(target) and not _same_tree(entry, target):
+                raise ShoalAPIError(f"{target} exists and differs from the results; nothing was written (choose "
+                                    "another destination, or move it away)", None, "dest_exists")
+        for entry in entries:
+            if not os.path.lexists(dest / entry.name):
+                os.rename(entry, dest / entry.name)
+    except OSError as e:
+        raise ShoalAPIError(f"cannot write the results to {dest}: {e.strerror or e}", None,
+                            "dest_unwritable") from None
     return dest
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Whether ``b`` holds what ``a`` does: the same files with the same bytes, folders and links (none followed)."""
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
+    if a.is_dir() or b.is_dir():
+        return a.is_dir() and b.is_dir() and sorted(os.listdir(a)) == sorted(os.listdir(b)) \
+            and all(_same_tree(a / name, b / name) for name in os.listdir(a))
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)

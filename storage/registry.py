@@ -19,7 +19,7 @@ from jobs import InputSpec
 from storage.base import InputSource
 from storage.errors import InvalidSource, StorageError, TooLarge, Unavailable, Unsafe
 from storage.tarsafe import MAX_ENTRIES, link_escapes
-from storage.trees import TooDeep, entries
+from storage.trees import Unwalkable, entries
 
 __all__ = ["InputRegistry"]
 
@@ -135,8 +135,8 @@ def _confine(dest: Path) -> tuple[int, int]:
     links = {}
     try:
         size, count = _staged(dest, links)  # never into a linked directory: it is listed, not entered
-    except TooDeep as e:
-        raise TooDeep(f"it holds {e}") from None
+    except Unwalkable as e:
+        raise type(e)(f"it holds {e}") from None
     if problem := link_escapes(links):
         raise Unsafe(f"it holds a symbolic link out of the input: {problem}")
     return size, count

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 from storage.errors import StorageError
 
-__all__ = ["MAX_DEPTH", "MAX_PATH_BYTES", "TooDeep", "Unstorable", "check_depth", "count_entries", "entries",
-           "remove_tree"]
+__all__ = ["MAX_DEPTH", "MAX_PATH_BYTES", "TooDeep", "Unreadable", "Unstorable", "Unwalkable", "check_depth",
+           "count_entries", "entries", "remove_tree"]
 
 MAX_DEPTH = 100  # directories within directories below a job's input or output (more is refused)
 # bytes of a path below a tree's root (more is refused): the node's own folders come before it, and the
@@ -29,28 +29,43 @@ MAX_PATH_BYTES = 3000
 PATH_TOO_LONG = "a path longer than the system takes (directories nested too deep)"
 
 
-class TooDeep(StorageError):
+class Unwalkable(StorageError):
+    """A tree that cannot be walked to its end: all it holds is not known, so no limit is known to hold."""
+
+
+class TooDeep(Unwalkable):
     """A tree nests directories deeper than ``MAX_DEPTH``, or holds a path longer than ``MAX_PATH_BYTES`` bytes (or
     than the system takes: a node whose own folders' path is very long)."""
 
 
+class Unreadable(Unwalkable):
+    """A tree holds a folder the node may not list, even once it has given itself the right back."""
+
+
+_SHUT = {errno.EACCES, errno.EPERM}
+
+
 def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry below ``path`` (not ``path`` itself), with its ``lstat``, parents before children; links
-    are listed, never followed. Entries removed meanwhile, and directories that cannot be read, are skipped.
+    are listed, never followed. Entries removed meanwhile are skipped.
 
-    Raises ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, a path more than
+    A folder a job shut the node out of (``chmod 300``: on a node not run as root, the job's processes are
+    the node's own user) is opened again (``open_up``) and listed; else its files would escape the disk
+    watch and the node could not remove them. Raises ``Unreadable`` when it still cannot be listed, and
+    ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, a path more than
     ``MAX_PATH_BYTES`` below ``path``, or one the system cannot take (ENAMETOOLONG).
     """
     longest = len(os.fsencode(path)) + 1 + MAX_PATH_BYTES
-    stack = [(os.fspath(path), 0)]
+    stack: list[tuple[str, int, os.stat_result | None]] = [(os.fspath(path), 0, None)]
     while stack:
-        directory, depth = stack.pop()
+        directory, depth, seen = stack.pop()
         try:
-            with os.scandir(directory) as listing:
-                found = list(listing)
-        except OSError as e:  # removed meanwhile, or not ours to read: skipped, as os.walk does
+            found = _listed(directory, seen)
+        except OSError as e:  # removed meanwhile: skipped, as os.walk does
             if e.errno == errno.ENAMETOOLONG:
                 raise TooDeep(PATH_TOO_LONG) from e
+            if e.errno in _SHUT:
+                raise Unreadable(f"a folder the node may not read ({os.path.relpath(directory, path)})") from None
             continue
         for entry in found:
             if len(os.fsencode(entry.path)) > longest:
@@ -65,7 +80,39 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
             if stat.S_ISDIR(st.st_mode):
                 if depth + 1 > max_depth:
                     raise TooDeep(f"directories nested more than {max_depth} deep")
-                stack.append((entry.path, depth + 1))
+                stack.append((entry.path, depth + 1, st))
+
+
+def _listed(directory: str, seen: os.stat_result | None) -> list[os.DirEntry[str]]:
+    """The entries of ``directory``; once more after ``open_up`` when the node was shut out of it."""
+    try:
+        with os.scandir(directory) as listing:
+            return list(listing)
+    except OSError as e:
+        if e.errno not in _SHUT or not open_up(directory, seen):
+            raise
+    with os.scandir(directory) as listing:
+        return list(listing)
+
+
+def open_up(directory: str | os.PathLike[str], seen: os.stat_result | None = None) -> bool:
+    """Give the node's user back read, write and search on ``directory`` (it owns what a job made as its user;
+    root may anyway), the folder itself and never one a link leads to, nor another put in the place of
+    ``seen`` (the folder as the walk met it). False when that could not be done."""
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class Unstorable(StorageError):
@@ -103,8 +150,22 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:  # deeper than Python recurses: rm walks it with file descriptors
-        subprocess.run(["rm", "-rf", "--", path], check=False, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for attempt in range(2):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        except RecursionError:  # deeper than Python recurses: rm walks it with file descriptors
+            subprocess.run(["rm", "-rf", "--", path], check=False, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt or not os.path.lexists(path):
+            return
+        _open_all(path)  # a job shut the node out of folders in it (``entries``): opened, then removed
+
+
+def _open_all(path: str) -> None:
+    """``open_up`` every folder of the tree at ``path``, as deep as it goes (a folder the node may read but
+    not write keeps what is in it)."""
+    open_up(path)
+    with contextlib.suppress(Unwalkable):
+        for found, st in entries(path, max_depth=1 << 20):
+            if stat.S_ISDIR(st.st_mode):
+                open_up(found, st)

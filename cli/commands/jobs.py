@@ -102,7 +102,8 @@ def get(
     job_id: AnyId,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", metavar="DIR",
         help="Where to put the results (default: ./job-<short id>, the id as shoal list shows it; a sweep's: "
-             "./sweep-<short id>, an index a folder).")] = None,
+             "./sweep-<short id>, an index a folder). Into an existing folder, nothing there is replaced: a "
+             "name the results hold already there with other content stops it.")] = None,
     max_bytes: MaxBytes = None,
 ) -> None:  # fmt: skip
     """Download a job's results (stdout, stderr, exit code, outputs), checked against the CID in its record; for a

@@ -453,6 +453,39 @@ def test_get_extracts_the_results(stack: Stack, done_job: str, tmp_path: Path) -
     assert (tmp_path / f"job-{done_job[:12]}" / "exitCode").read_text() == "0"
 
 
+def test_get_into_a_users_folder_replaces_and_deletes_nothing_of_theirs(stack: Stack, done_job: str,
+                                                                       tmp_path: Path) -> None:
+    """``shoal get -o .`` in a project folder: its own ``outputs/`` and ``stdout`` stay, and so does a hidden
+    folder named like a download's leftover; the results land beside them when no name clashes."""
+    work = tmp_path / "project"
+    (work / "outputs").mkdir(parents=True)
+    (work / "outputs" / "data.csv").write_text("precious")
+    (work / "stdout").write_text("mine")
+    (work / ".thesis.partial-2024").mkdir()
+    (work / ".thesis.partial-2024" / "ch1.tex").write_text("chapter 1")
+    clash = shoal(stack, "get", done_job, "-o", ".", cwd=work)
+    assert clash.returncode == 2
+    assert errors(clash) == ["Error: stdout exists and differs from the results; nothing was written (choose "
+                             "another destination, or move it away)"]
+    assert (work / "stdout").read_text() == "mine" and (work / "outputs" / "data.csv").read_text() == "precious"
+    assert (work / ".thesis.partial-2024" / "ch1.tex").read_text() == "chapter 1"
+    assert sorted(p.name for p in (work / ".thesis.partial-2024").iterdir()) == ["ch1.tex"]  # no lock put in it
+    assert sorted(p.name for p in work.iterdir()) == [".thesis.partial-2024", "outputs", "stdout"]
+
+    (work / "stdout").unlink()
+    fits = shoal(stack, "get", done_job, "-o", str(work))
+    assert fits.returncode == 0, fits.stderr
+    assert (work / "exitCode").read_text() == "0" and (work / "stdout").read_text() == ""
+    assert (work / "outputs" / "data.csv").read_text() == "precious"
+    again = shoal(stack, "get", done_job, "-o", str(work))  # the same results again: nothing differs
+    assert again.returncode == 0, again.stderr
+
+    unwritable = shoal(stack, "get", done_job, "-o", str(work / "stdout" / "x"))  # below a file
+    assert unwritable.returncode == 2
+    assert errors(unwritable) == [f"Error: cannot write the results to {work / 'stdout' / 'x'}: {work / 'stdout'} "
+                                  "is not a folder; nothing was written"]
+
+
 def test_get_of_a_job_without_results_exits_1(stack: Stack, tmp_path: Path) -> None:
     result = shoal(stack, "run", "noop", "--cpu", "1000", "--no-wait")  # fails at once: never ran
     job_id = result.stdout.strip()

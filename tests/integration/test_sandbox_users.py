@@ -22,6 +22,7 @@ from executors.sandbox import NOBODY, Limits, Sandbox, as_user
 from executors.users import UIDS_START
 from tests.integration.rogue import free_base_port
 from tests.integration.single_node import noop_node
+from tests.integration.test_docker_executor import client  # noqa: F401 (a fixture: a Docker daemon answers)
 from tests.integration.test_gpu_node import shoal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sandboxes run as other uids")
@@ -196,3 +197,74 @@ def _says_rlimits_alone(home: Path, tmp_path: Path) -> None:
             "memory held by rlimits alone, not by a memory cgroup: this node may write no memory cgroup")
         table = shoal(tmp_path / "client", ready["api"], "id")
         assert "Python jobs" in table.stdout and "memory held by rlimits alone" in table.stdout, table.stdout
+
+
+# As a node that is not root: a job makes a folder of its outputs one the node may not list (mode 300; its
+# processes are the node's own user) and writes 40 MiB into it, past its 4 MiB of disk. Then the node removes
+# the run's folder, as the runner does. Prints what the run said and whether anything of it is left.
+SHUT_OUT = """\
+import json, sys
+from pathlib import Path
+import trio
+from executors.base import RunRequest
+from jobs import JobSpec
+from storage.trees import remove_tree
+
+engine, work, cache = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+WRITE = "mkdir /outputs/h && chmod 300 /outputs/h && " \\
+        "for i in $(seq 1 10); do dd if=/dev/zero of=/outputs/h/f$i bs=1M count=4 2>/dev/null; done"
+REACH_FS = '''
+import sys, importlib.util
+for finder in sys.meta_path:
+    found = getattr(finder, "find_spec", lambda *a: None)("js", None)
+    if found is not None:
+        js = importlib.util.module_from_spec(found); found.loader.exec_module(js); break
+js.eval("const fs = process.getBuiltinModule('fs'); const out = '/job/rw/' + fs.readdirSync('/job/rw')[0]; "
+        "fs.mkdirSync(out + '/h'); fs.chmodSync(out + '/h', 0o300); const b = Buffer.alloc(4 << 20); "
+        "for (let i = 0; i < 10; i++) fs.writeFileSync(out + '/h/f' + i, b); undefined")
+'''
+
+async def main():
+    if engine == "docker":
+        from executors.docker import DockerExecutor
+        executor = DockerExecutor("shut-out-test")
+        spec = JobSpec(engine={"name": "docker", "image": "busybox:latest", "entrypoint": ["sh", "-c"],
+                               "args": [WRITE]}, resources={"disk": "4MiB"}, timeout=60,
+                       outputs=[{"name": "out", "path": "/outputs"}])
+    else:
+        from executors.pyodide import PyodideExecutor
+        executor = PyodideExecutor(cache, pool_size=0)
+        spec = JobSpec(engine={"name": "python", "code": REACH_FS}, resources={"disk": "4MiB"}, timeout=60,
+                       outputs=[{"name": "out", "path": "/outputs"}])
+    request = RunRequest("job-1", "job-1-ex", spec, work, work / "outputs", (), b"seed")
+    result = await executor.run(request)
+    remove_tree(work)
+    print(json.dumps({"exit_code": result.exit_code, "stderr": result.stderr.strip(), "left": work.exists()}))
+
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("engine", ["python", "docker"])
+def test_a_job_shutting_a_node_that_is_not_root_out_of_its_folder_is_held_to_its_disk_and_removed(engine, request
+                                                                                                    ) -> None:
+    """Its writes escaped the disk watch, which could not list the folder, and stayed on the node's disk after
+    the run (200 MiB of a 4 MiB job, the reviewer's figure): the node now gives itself the folder back."""
+    if engine == "docker":
+        request.getfixturevalue("client")  # a Docker daemon answers, with busybox built
+    home = Path(tempfile.mkdtemp(prefix="shoal-not-root-"))  # pytest's folders are root's alone
+    os.chown(home, 4242, 4242)
+    try:
+        # docker: in the group that may use the daemon, as terraform/'s shoal user is
+        groups = ["--groups", str(os.stat("/var/run/docker.sock").st_gid)] if engine == "docker" else ["--clear-groups"]
+        command = ["setpriv", "--reuid=4242", "--regid=4242", *groups, "--", sys.executable, "-c", SHUT_OUT,
+                   engine, str(home / "run"), str(home / "cache")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env={**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        said = json.loads(done.stdout.splitlines()[-1])
+        assert said["exit_code"] != 0
+        assert said["stderr"].startswith("disk limit exceeded: wrote more than 4194304 bytes"), said
+        assert said["left"] is False and not (home / "run").exists()  # as root sees it: nothing of the run
+    finally:
+        shutil.rmtree(home)

@@ -1160,7 +1160,7 @@ async def test_how_long_a_path_the_outputs_may_hold_is_the_same_on_every_node(
         assert outcomes == {(0, "made\n", "")}, outcomes
     else:
         said = {outcome[-1].strip() for outcome in outcomes}
-        assert said == {"disk limit exceeded: the outputs nest directories more than 100 deep, or hold a path "
+        assert said == {"disk limit exceeded: the outputs nest directories more than 100 deep, hold a path "
                         "longer than 3,000 bytes"}, outcomes
 
 

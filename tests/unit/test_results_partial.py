@@ -109,3 +109,58 @@ def test_a_sweeps_downloads_side_by_side_look_over_their_folder_once(tmp_path: P
         write_from_record({"stdout": f"{index}\n"}, tmp_path / str(index))
     assert listed.count(tmp_path) == 1 and not stale.exists()
     assert sorted(os.listdir(tmp_path), key=int) == [str(i) for i in range(50)]
+
+
+def test_a_users_folder_named_like_a_partial_one_is_never_touched(tmp_path: Path) -> None:
+    """Any hidden ``.X.partial-Y`` folder beside the destination was removed (a lock file put in it first)."""
+    mine = tmp_path / ".thesis.partial-2024"
+    mine.mkdir()
+    (mine / "ch1.tex").write_text("chapter 1")
+    (mine / "result").mkdir()  # even one holding a folder of that name
+    write_from_record({"stdout": "42\n"}, tmp_path / "r")
+    assert sorted(p.name for p in mine.iterdir()) == ["ch1.tex", "result"]
+    assert sorted(os.listdir(tmp_path)) == [".thesis.partial-2024", "r"]
+
+
+def test_into_an_existing_folder_nothing_of_the_users_is_replaced(tmp_path: Path) -> None:
+    """Results land beside what is there; a name they hold already there with other content writes nothing,
+    and the same results again change nothing."""
+    import pytest
+
+    from shoal import ShoalAPIError
+
+    cid, tar = _result(tmp_path)
+    dest = tmp_path / "project"
+    (dest / "outputs").mkdir(parents=True)
+    (dest / "outputs" / "data.csv").write_text("precious")
+    (dest / "notes").write_text("mine")
+    with pytest.raises(ShoalAPIError) as info:
+        extract_results([tar], dest, "j-1", cid)
+    assert info.value.code == "dest_exists" and str(info.value).startswith(f"{dest / 'outputs'} exists and differs")
+    assert sorted(os.listdir(dest)) == ["notes", "outputs"] and os.listdir(dest / "outputs") == ["data.csv"]
+
+    (dest / "outputs" / "data.csv").unlink()
+    (dest / "outputs" / "x.txt").write_text("result")  # what the results hold there: the same
+    assert extract_results([tar], dest, "j-1", cid) == dest
+    assert extract_results([tar], dest, "j-1", cid) == dest
+    assert sorted(os.listdir(dest)) == ["notes", "outputs", "stdout"]
+    assert (dest / "stdout").read_text() == "42\n" and (dest / "notes").read_text() == "mine"
+    (dest / "stdout").write_text("changed")
+    with pytest.raises(ShoalAPIError, match="stdout exists and differs"):
+        write_from_record({"stdout": "42\n"}, dest)
+    assert (dest / "stdout").read_text() == "changed"
+    assert sorted(os.listdir(tmp_path)) == ["project", "src"]  # no partial folder left beside it
+
+
+def test_a_destination_that_cannot_be_written_is_one_plain_error(tmp_path: Path) -> None:
+    import pytest
+
+    from shoal import ShoalAPIError
+
+    (tmp_path / "file").write_text("x")
+    for dest, why in ((tmp_path / "file" / "r", f"{tmp_path / 'file'} is not a folder"),
+                      (tmp_path / ("a" * 300), "File name too long")):
+        with pytest.raises(ShoalAPIError) as info:
+            write_from_record({"stdout": "42\n"}, dest)
+        assert info.value.code == "dest_unwritable"
+        assert str(info.value) == f"cannot write the results to {dest}: {why}; nothing was written"
