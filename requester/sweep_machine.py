@@ -59,6 +59,7 @@ class SweepMachine:
         self.claims: dict[str, Lease] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # claim id -> node, lease lapsed
         self.errors: dict[int, tuple[float, dict[str, str | None]]] = {}  # index -> (last error at, node -> report)
+        self.lost: dict[int, Counter[str]] = {}  # index -> node -> runs of it the node lost (not kept over a restart)
         # index -> node -> its result's digest, until ``confidence`` nodes agree (not kept over a restart)
         self.proposals: dict[int, dict[str, str]] = {}
         # indexes whose results await other nodes' runs, in heaps by the nodes that ran them: a claim
@@ -233,7 +234,8 @@ class SweepMachine:
             i = heapq.heappop(heap)
             if self.states[i] is not JobState.PENDING:
                 continue
-            errored_here = i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0])
+            errored_here = i in self.errors and not may_grant(peer, self.errors[i][1], able, now - self.errors[i][0],
+                                                              lost=self.lost.get(i, Counter())[peer])
             # passed over: it errored on this node (another one runs it), it is a retry waiting out its backoff,
             # or this node's result for it awaits another node's
             if errored_here or self.not_before.get(i, now) > now or peer in self.proposals.get(i, ()):
@@ -308,6 +310,7 @@ class SweepMachine:
                 return verified
             words, agreeing = verified
             _, reports = self.errors.pop(i, (now, {}))
+            self.lost.pop(i, None)
             if trust.corroborated(agreeing, self.node_id, pinned=bool(self.sweep.spec.job.selector)):
                 for node in contradicted(reports, peer, self.sweep.spec.job):
                     p.counts["errors_contradicted"] += 1
@@ -367,7 +370,9 @@ class SweepMachine:
 
     def _run_again_or_fail(self, i: int, node: str, why: str, now: float) -> IndexRecord:
         """An index lost for reasons of its node: back to pending, unless it has had its attempts (runs
-        that proposed a result awaiting others are not counted)."""
+        that proposed a result awaiting others are not counted). Each loss makes the node wait longer before it
+        may run the index again (``may_grant``)."""
+        self.lost.setdefault(i, Counter())[node] += 1
         if self.attempts[i] - len(self.proposals.get(i, ())) < MAX_ATTEMPTS:
             return self._back_to_pending(i, f"{why}; will run again", now)
         return self._fail_or_retry(i, node, f"gave up after {self.attempts[i]} attempts: {why}", now)
@@ -377,6 +382,7 @@ class SweepMachine:
         """An index whose run failed (a non-zero exit, a confirmed error, its attempts spent): failed, or back
         to pending when ``retry_after`` says, its attempts and the errors nodes reported for it counted afresh."""
         self.errors.pop(i, None)
+        self.lost.pop(i, None)
         self.proposals.pop(i, None)
         reason, delay = retry_after(self.retries[i], self.sweep.spec.job, reason, result)
         if delay is None:
