@@ -31,6 +31,7 @@ REPEATS_PER_SECOND = 50.0
 RETRY_BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed run (spec.retries); doubles after each
 RETRY_BACKOFF_MAX = 60.0
 MAX_REOFFERS = 5
+WAKE_SPACING = 10.0  # seconds after a node joining had a job announced early before another may
 CANDIDATE_SPARE = 1  # a first announcement asks one node more than the job needs
 QUARANTINE_AFTER = 3  # rejected results after which a node's bids are refused
 SMALLEST_JOB = Resources(cpu=MIN_CPU, memory=MIN_MEMORY, disk=0)  # what any job reserves at least
@@ -78,6 +79,7 @@ class Tracked:
     next_announce: float = 0.0
     announce_backoff: float = ANNOUNCE_BACKOFF_FIRST
     resumed_at: float = 0.0  # when a restarted requester took it up again: results are awaited a full deadline
+    woken_at: float = -math.inf  # when a node joining last had it announced early (``to_wake``)
 
     def accepted_since(self, x: Execution) -> float:
         """Since when a result of ``x`` (accepted) is awaited: after a restart, a full deadline again, so the
@@ -297,9 +299,11 @@ class JobMachine:
     @staticmethod
     def to_wake(states: Iterable[Tracked], info: NodeInfo, now: float) -> list[str]:
         """A node joined, or came back with an empty backlog: the waiting jobs it has room for, oldest first,
-        to re-announce at the next tick rather than at their next backoff step (a retry's backoff stands)."""
+        to re-announce at the next tick rather than at their next backoff step (a retry's backoff stands). A job
+        woken within WAKE_SPACING is left to its backoff: a peer gossiping a new boot every 0.25 s had every
+        waiting job gossiped four times a second."""
         free, woken = info.free, []
-        waiting = (s for s in states if s.is_open() and s.waiting_since <= now)
+        waiting = (s for s in states if s.is_open() and s.waiting_since <= now and now - s.woken_at >= WAKE_SPACING)
         for state in sorted(waiting, key=lambda s: s.waiting_since):
             spec = state.job.spec
             if spec.resources.fits_in(free) and can_ever_run(spec, info):

@@ -380,7 +380,7 @@ class RequesterService(Driver[_Active]):
     async def _tick(self, aj: _Active) -> None:
         now = self.clock()
         if aj.woken:
-            aj.state, aj.woken = replace(aj.state, next_announce=min(aj.state.next_announce, now)), False
+            aj.state, aj.woken = replace(aj.state, next_announce=min(aj.state.next_announce, now), woken_at=now), False
         await self._apply(aj, self.machine.tick(aj.state, now, self._known()))
 
     async def _liveness_loop(self) -> None:
@@ -389,12 +389,16 @@ class RequesterService(Driver[_Active]):
         while True:
             await trio.sleep(LIVENESS_INTERVAL)
             by_node: dict[str, list[Execution]] = {}
+            running: set[str] = set()
             now = self.clock()
             for aj in self._live.values():
                 for x in aj.state.executions.values():
-                    if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id \
-                            and now - x.updated_at > LIVENESS_INTERVAL:
-                        by_node.setdefault(x.node_id, []).append(x)
+                    if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id:
+                        running.add(x.node_id)
+                        if now - x.updated_at > LIVENESS_INTERVAL:
+                            by_node.setdefault(x.node_id, []).append(x)
+            # only the nodes running our executions are asked after: a peer id that merely wrote once is dropped
+            self._last_heard = {node: at for node, at in self._last_heard.items() if node in running}
             for node, executions in by_node.items():
                 if node not in self._checking:
                     self._checking.add(node)
