@@ -105,8 +105,8 @@ def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> in
         shoal_notes(result)
         if note := truncation_note(result, "stdout", f"shoal get {job.id}"):
             print(note, file=sys.stderr)
-        cids = sorted({ex.result.cid for ex in desc.executions if ex.result and ex.result.cid})
-        where = f"results at {', '.join(f'ipfs://{c}' for c in cids)}; " if cids else ""
+        # the job's result alone: an outvoted node's (rejected) differs, and is no result of the job
+        where = f"results at ipfs://{result.cid}; " if result and result.cid else ""
         print(f"Job {job.id} completed; {where}download with: shoal get {job.id}", file=sys.stderr)
     return EXIT_OK
 

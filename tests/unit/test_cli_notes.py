@@ -149,3 +149,28 @@ def test_shoal_run_says_what_shoal_get_keeps_of_a_cut_stdout(monkeypatch: pytest
     assert result.exit_code == 0, result.stderr
     assert (f"Note: the stdout shown is its last part only (the job wrote more); shoal get {JOB_ID} keeps up to its "
             "last 1 MiB") in result.stderr.splitlines()
+
+
+VERIFIED, OUTVOTED = "QmXTZPT11r5ahVZQ9Kg9yZ5SU2MTzDqUq7D1wTWoUvQ4qj", "Qmf8Cz5bYGYBT9VKy9gzpdgCLEMxTzRj5cjZDCzjB7PMvt"
+
+
+class OutvotedClient(FakeSweepClient):
+    """A verified job: two nodes' results agreed, a third node's differed and was rejected."""
+
+    def describe(self, job_id: str) -> Any:
+        from jobs import ExecutionState
+
+        desc = super().describe(job_id)
+        honest = desc.executions[0].model_copy(update={"result": RunResult(cid=VERIFIED)})
+        liar = honest.model_copy(update={"id": "e-liar", "node_id": "liar", "state": ExecutionState.REJECTED,
+                                         "result": RunResult(stdout="forged\n", cid=OUTVOTED)})
+        job = desc.job.model_copy(update={"result": honest.result})
+        return desc.model_copy(update={"job": job, "executions": [liar, honest]})
+
+
+def test_a_verified_run_names_its_result_alone_never_an_outvoted_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"results at ipfs://<the liar's>, ipfs://<the verified>": the rejected result's CID was listed too."""
+    use(monkeypatch, OutvotedClient())
+    result = run("run", "noop")
+    assert result.exit_code == 0, result.stderr
+    assert f"results at ipfs://{VERIFIED}; " in result.stderr and OUTVOTED not in result.stderr
