@@ -289,7 +289,10 @@ class ComputeMachine:
         kind = _END_EVENTS.get(state, EventKind.ERROR)
         if ex.state is ExecutionState.PROPOSED and state is ExecutionState.REJECTED:
             kind = EventKind.RESULTS_REJECTED
+        unrun = ex.state is ExecutionState.BIDDING
         ex = ex.transition(state, reason, now)
+        if unrun:  # a bid that ended is kept without its spec: any requester may make a node bid on a megabyte one
+            ex = ex.model_copy(update={"spec": None})
         return Changes(writes=[Write(ex, kind, reason)], released=self.drop(ex))
 
     # -- running ------------------------------------------------------------------------------------

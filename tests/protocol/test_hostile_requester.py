@@ -71,3 +71,43 @@ async def test_a_requester_holding_every_bid_pending_does_not_keep_an_honest_job
             assert len(fake.bids) == 1  # its one bid held the node; then no other, its requester silent
             assert n0.compute.capacity.free.cpu == 1  # and nothing holds it now
             nursery.cancel_scope.cancel()
+
+
+class RejectsEveryBid:
+    """The rogue's requester role: every bid rejected at once, so it is never silent."""
+
+    def __init__(self) -> None:
+        self.bids = 0
+
+    def on_node_info(self, origin: str, info: object) -> None:
+        pass
+
+    async def handle(self, peer: str, message: object) -> Reply:
+        if isinstance(message, Bid):
+            self.bids += 1
+            return Reply(verdict="rejected", reason="no")
+        return Reply(ok=False)
+
+
+async def test_a_requester_offering_megabyte_jobs_and_rejecting_every_bid_leaves_no_spec_in_the_store(
+        tmp_path, autojump_clock):
+    """Each bid's execution was kept with its whole spec until the node's --ttl (30 days): 200 offers of 900 KB
+    of inline code, their bids rejected, left 180 MB in the compute node's store."""
+    import sqlite3
+    import uuid
+
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(memory_node(hub, "victim", tmp_path / "v", requester=False))
+        rogue = raw_peer(hub, "rogue", Dispatcher(requester=(fake := RejectsEveryBid())))
+        spec = JobSpec.model_validate({"engine": {"name": "python", "code": "#" + "x" * 900_000}})
+        for _ in range(50):
+            await rogue.request("victim", Announce(job_id=f"j-{uuid.uuid4().hex}", spec=spec, requester="rogue",
+                                                   candidates=["victim"]), timeout=5)
+            await trio.sleep(0.05)
+        await trio.sleep(2)
+        assert fake.bids == 50  # it bid on each: the requester answered, so nothing marked it silent
+        with sqlite3.connect(tmp_path / "v" / "shoal.db") as db:
+            rows, size = db.execute("SELECT count(*), sum(length(body)) FROM executions "
+                                    "WHERE side = 'compute' AND state = 'rejected'").fetchone()
+        assert rows == 50 and size < 50 * 10_000  # each a row of its own, without the 900 KB
