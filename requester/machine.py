@@ -456,7 +456,7 @@ class JobMachine:
         deadline = spec.result_deadline()
         for x in list(p.state.executions.values()):
             if x.state is ExecutionState.ACCEPTED and now - p.state.accepted_since(x) > deadline:
-                why = f"no result within {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
+                why = f"{trust.NO_RESULT_IN_TIME} {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
                       "and deliver)"
                 # the node's failure, as a "retry elsewhere" error is (``trust.bid_refusal`` bounds its retakes)
                 y = x.transition(ExecutionState.FAILED, why, now, error=why, retryable=True)

@@ -11,7 +11,7 @@ import trio
 
 from executors.noop import NoopHooks
 from jobs import ExecutionSide, ExecutionState, JobSpec, JobState, Resources
-from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Result, decode, encode
+from jobs.messages import Announce, Bid, Cancel, Decision, NodeInfo, Reply, Result, StatusQuery, decode, encode
 from jobs.model import RunResult
 from node.dispatch import Dispatcher
 from requester.nodes import MAX_NODES
@@ -377,3 +377,68 @@ async def test_the_peers_the_requester_remembers_hearing_from_are_those_running_
             await req.transport.dispatcher.on_request(f"12D3KooWfresh{i:040d}", query)
         await trio.sleep(3)  # the liveness loop's pass
         assert len(req.requester._last_heard) == 0
+
+
+class SittingRogue:
+    """A compute node that bids on every job it hears of, and once accepted says "running" to every status
+    query for ever, never sending a result."""
+
+    requester = None
+
+    def __init__(self, hub: MemoryHub, nursery: trio.Nursery) -> None:
+        self.transport = MemoryTransport(hub, "rogue")
+        self.transport.dispatcher = self
+        self.nursery = nursery
+        self.mine: set[str] = set()
+        self.bids: list[str] = []
+
+    async def _bid(self, ann: Announce) -> None:
+        execution_id = f"e-{uuid.uuid4().hex}"
+        self.mine.add(execution_id)
+        self.bids.append(ann.job_id)
+        await self.transport.request(ann.requester, encode(Bid(job_id=ann.job_id, execution_id=execution_id,
+                                                               attempt=ann.attempt)), timeout=5)
+
+    async def on_gossip(self, origin: str, data: bytes) -> None:
+        if isinstance(message := decode(data), Announce):
+            self.nursery.start_soon(self._bid, message)
+
+    async def on_request(self, peer: str, data: bytes) -> bytes:
+        message = decode(data)
+        if isinstance(message, Announce):
+            self.nursery.start_soon(self._bid, message)
+            return encode(Reply(verdict="pending"))
+        if isinstance(message, StatusQuery):
+            return encode(Reply(states={x: "accepted" for x in message.execution_ids if x in self.mine}))
+        return encode(Reply())
+
+    async def advertise(self) -> None:
+        room = Resources(cpu=64, memory="256GiB", disk="1TiB")
+        while True:
+            await self.transport.publish(encode(NodeInfo(peer_id="rogue", engines=["noop"], max_per_job=room,
+                                                         total=room, free=room)))
+            await trio.sleep(5)
+
+
+async def test_a_node_sitting_on_a_job_past_its_result_deadline_never_gets_it_again(tmp_path, autojump_clock):
+    """It was taken back after its result deadline, as a retryable failure, and the node could bid on it and
+    win it again: each job it reached first ran two deadlines late (four minutes for a 60 s job)."""
+    hub = MemoryHub()
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        await stack.enter_async_context(memory_node(hub, "honest", tmp_path / "h", requester=False))
+        rogue = SittingRogue(hub, nursery)
+        nursery.start_soon(rogue.advertise)
+        await trio.sleep(1.5)
+        jobs = [(await req.requester.submit(spec(cache=False, timeout=60, env={"I": str(i)}), f"user{i}"))[0]
+                for i in range(4)]
+        sat_on = 0
+        for job in jobs:
+            d = await wait_terminal(req.requester, job.id, timeout=1000)
+            assert d.job.state is JobState.COMPLETED, d.job.reason
+            sat = [x for x in d.executions if x.node_id == "rogue"]
+            assert len(sat) <= 1 and all(x.reason.startswith("no result within") for x in sat), sat
+            assert d.job.updated_at - d.job.created_at < job.spec.result_deadline() + 30
+            sat_on += len(sat)
+        assert sat_on > 0  # it did win jobs: the rule, not luck, kept it from winning them again
+        nursery.cancel_scope.cancel()
