@@ -335,6 +335,8 @@ class JobMachine:
                 if trust.on_probation(standing, self.quarantine_after, now) else "")
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
+        if refusal is None and trust.sat_on(state.executions.values(), peer) and self._newcomer_able(p, besides=peer):
+            refusal = "this node held the job past its result deadline: another node takes it"
         if refusal is None and state.needed() <= 0:
             refusal = "enough nodes already"
         if refusal is not None:
@@ -456,8 +458,8 @@ class JobMachine:
         deadline = spec.result_deadline()
         for x in list(p.state.executions.values()):
             if x.state is ExecutionState.ACCEPTED and now - p.state.accepted_since(x) > deadline:
-                why = f"{trust.NO_RESULT_IN_TIME} {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to prepare " \
-                      "and deliver)"
+                why = f"{trust.NO_RESULT_IN_TIME} {deadline:g} s (its run timeout, {spec.timeout:g} s, with time to " \
+                      "prepare and deliver)"
                 # the node's failure, as a "retry elsewhere" error is (``trust.bid_refusal`` bounds its retakes)
                 y = x.transition(ExecutionState.FAILED, why, now, error=why, retryable=True)
                 p.put(y)
@@ -631,12 +633,12 @@ class JobMachine:
             return self._fail(p, why, [failed], events)
         self._reoffer(p, f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}", [failed], events)
 
-    def _newcomer_able(self, p: JobChanges) -> bool:
-        """Whether a node that holds no slot of the job may still take one (one not heard of yet may, while
-        the node table fills)."""
+    def _newcomer_able(self, p: JobChanges, *, besides: str | None = None) -> bool:
+        """Whether a node that holds no slot of the job (nor is ``besides``) may still take one (one not heard
+        of yet may, while the node table fills)."""
         job, executions = p.state.job, p.state.executions.values()
         return not p.known.complete or bool(trust.nodes_left(executions, self.able(job.spec, p.known, p.now))
-                                            - _holders(p.state))
+                                            - _holders(p.state) - {besides})
 
     def _reoffers_left(self, p: JobChanges) -> bool:
         return p.state.job.attempt - p.state.job.first_attempt < self.max_reoffers

@@ -24,7 +24,7 @@ NO_RESULT_IN_TIME = "no result within"
 def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str | None:
     """Why ``peer`` may not bid on this attempt of a job, or None: one execution per node per attempt (so
     bids with fresh execution ids write nothing), N different nodes for ``concurrency`` N, and none from a
-    node done with the job (``_done_with``)."""
+    node done with the job (``nodes_left``)."""
     retryable_errors = 0
     for x in executions:
         if x.node_id != peer:
@@ -36,8 +36,6 @@ def bid_refusal(executions: Iterable[Execution], peer: str, attempt: int) -> str
         if x.state is ExecutionState.FAILED and x.error is not None:
             if not x.retryable:
                 return "this node reported an error for the job"
-            if x.error.startswith(NO_RESULT_IN_TIME):
-                return "this node held the job past its result deadline"
             retryable_errors += 1
     if retryable_errors >= RETRYABLE_ERRORS_PER_NODE:
         return f"this node failed the job {retryable_errors} times"
@@ -52,11 +50,15 @@ def nodes_left(executions: Iterable[Execution], able: Set[str]) -> set[str]:
 
 
 def _done_with(executions: list[Execution], node: str) -> bool:
-    """A node that reported an error, failed the job retryably twice, or held it past its result deadline once
-    (a peer that bids, says "running" and never answers would hold each job it wins two deadlines)."""
     failed = [x for x in executions if x.node_id == node and x.state is ExecutionState.FAILED and x.error is not None]
-    return any(not x.retryable or x.error.startswith(NO_RESULT_IN_TIME) for x in failed) \
-        or len(failed) >= RETRYABLE_ERRORS_PER_NODE
+    return any(not x.retryable for x in failed) or len(failed) >= RETRYABLE_ERRORS_PER_NODE
+
+
+def sat_on(executions: Iterable[Execution], node: str) -> bool:
+    """Whether ``node`` held the job past its result deadline, saying it ran it: a peer that bids, says
+    "running" and never answers held each job it won two deadlines, winning it again after the first."""
+    return any(x.node_id == node and x.state is ExecutionState.FAILED and (x.error or "").startswith(NO_RESULT_IN_TIME)
+               for x in executions)
 
 
 def error_reporters(executions: Iterable[Execution]) -> set[str]:

@@ -558,19 +558,41 @@ def test_an_execution_without_a_result_past_its_timeout_is_cancelled_and_its_slo
 
 def test_a_node_that_sits_on_the_job_past_its_deadline_twice_may_not_take_it_again():
     """A node winning the bid and never delivering held a job six result deadlines (an hour for a python job's
-    defaults), then the job failed for want of re-offers: it bid again on every attempt."""
-    state, t = running(tracked(spec()), "n-a"), 1.0
-    for attempt in (1, 2):
-        t += 71.0  # past timeout + result grace (10 + 60)
-        state = machine().tick(state, t, KNOWN).state
-        assert state.job.attempt == attempt
-        reply, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id=f"x-{attempt}",
-                                                             attempt=attempt), t, KNOWN)
-        if attempt == 1:
-            assert reply.verdict == "accepted"  # once may be the node's bad luck
-            state = changes.state
+    defaults), then the job failed for want of re-offers: it bid again on every attempt. Alone able to run it,
+    it may try twice (once may be its bad luck)."""
+    alone = Known(nodes=[node("n-a")])
+    state = machine().tick(running(tracked(spec()), "n-a"), 72.0, alone).state  # past timeout + grace (10 + 60)
+    assert state.job.attempt == 1
+    reply, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-1", attempt=1), 72.0, alone)
+    assert reply.verdict == "accepted"
+    state = machine().tick(changes.state, 143.0, alone).state  # twice: it is done with the job, and no node is left
+    assert state.job.state is JobState.FAILED
+    assert state.job.reason.startswith("no known node may take the job any more; last error on node n-a: no result")
+
+
+def test_a_node_that_failed_the_job_twice_retryably_may_not_take_it_again():
+    state = tracked(spec())
+    for attempt in (0, 1):
+        _, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id=f"x-{attempt}", attempt=attempt),
+                                      attempt, KNOWN)
+        lost = result(f"x-{attempt}", error="disk full", retryable=True)
+        _, changes = machine().on_result(changes.state, "n-a", lost, attempt + 0.5, KNOWN, signed=True)
+        state = changes.state
+    reply, _ = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-2", attempt=2), 3.0, KNOWN)
     assert reply.verdict == "rejected" and reply.reason == "this node failed the job 2 times"
-    other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=2), t, KNOWN)
+    other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=2), 3.0, KNOWN)
+    assert other.verdict == "accepted"
+
+
+def test_a_node_that_sat_on_the_job_past_its_deadline_once_leaves_it_to_another_able_node():
+    """A peer bidding first on every job, saying "running" and never delivering held each job it won two
+    result deadlines: it won the job back after the first."""
+    state = machine().tick(running(tracked(spec()), "n-a"), 72.0, KNOWN).state
+    assert state.executions["x-n-a"].reason.startswith("no result within")
+    again, _ = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-2", attempt=1), 72.0, KNOWN)
+    assert again.verdict == "rejected"
+    assert again.reason == "this node held the job past its result deadline: another node takes it"
+    other, _ = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-n-b", attempt=1), 72.0, KNOWN)
     assert other.verdict == "accepted"
 
 
