@@ -828,7 +828,7 @@ class PyodideExecutor(Executor):
             f"--allow-fs-read={SLOT_TARGET}/*", f"--allow-fs-write={SLOT_TARGET}/rw/*"]
         # --single-threaded-gc: on a node busy with many runners, parallel collector threads cost more CPU
         # than they save time (measured: about 10-20 % less CPU per job)
-        return [self.node, "--no-warnings", "--expose-gc", "--single-threaded-gc", *permissions,
+        return [self.node, "--no-warnings", "--expose-gc", "--single-threaded-gc", "--v8-pool-size=1", *permissions,
                 str(runner_dir / "runner.mjs")]
 
     async def _ensure_snapshot(self) -> Path:
@@ -918,9 +918,11 @@ async def _pump(stream: trio.abc.ReceiveStream | None, sink: Tail) -> None:
 
 
 def _node_env(*, sandboxed: bool = False) -> dict[str, str]:
-    """Node.js gets nothing from the node's environment that a job could observe."""
+    """Node.js gets nothing from the node's environment that a job could observe. One thread in libuv's pool
+    (four by default), as in V8's (``--v8-pool-size``): a job reaching Node keeps no more of them busy, and
+    a python run counts as one core."""
     path = "/usr/bin:/bin" if sandboxed else os.environ.get("PATH", "/usr/bin:/bin")
-    return {"PATH": path, "TZ": "UTC", "LANG": "C.UTF-8"}
+    return {"PATH": path, "TZ": "UTC", "LANG": "C.UTF-8", "UV_THREADPOOL_SIZE": "1"}
 
 
 def _alive(pid: int) -> bool:

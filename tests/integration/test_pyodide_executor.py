@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -630,3 +631,48 @@ async def test_a_job_within_its_disk_where_only_the_nodes_file_system_takes_more
         assert counted <= 59392 < took, e
     else:
         assert result.exit_code == 1 and result.stderr.endswith("my own error\n"), result.stderr
+
+
+# Reaches Node.js past the refusal of `import js` (as tests/integration/test_escape.py's BYPASS), keeps
+# Node's thread pool busy with four chains of key derivations (seconds each), and busy-loops in Python besides.
+MANY_CORES = """\
+import sys, importlib.util
+for finder in sys.meta_path:
+    found = getattr(finder, "find_spec", lambda *a: None)("js", None)
+    if found is not None:
+        js = importlib.util.module_from_spec(found); found.loader.exec_module(js); break
+js.eval("const crypto = process.getBuiltinModule('crypto');"
+        "function again() { crypto.pbkdf2('p', 's', 3000000, 64, 'sha512', again); }"
+        "for (let i = 0; i < 4; i++) again(); undefined")
+x = 0
+for i in range(25_000_000):
+    x += 1
+print("done")
+"""
+
+
+async def test_a_job_keeps_no_more_than_two_of_the_nodes_cores_busy(executor: PyodideExecutor, tmp_path: Path
+                                                                    ) -> None:
+    """A python job counts as one core, but Node's thread pool (four threads) is open to job code: one job at
+    0.1 CPU kept five threads busy, every core of a larger host. Node now runs with one pool thread."""
+    seen: list[dict[tuple[int, int], float]] = []  # each 0.1 s: (pid, thread id) -> its CPU seconds
+
+    async def sample() -> None:
+        while True:
+            now: dict[tuple[int, int], float] = {}
+            for process in psutil.Process().children(recursive=True):
+                if "node" in process.name():
+                    with contextlib.suppress(psutil.Error):
+                        now |= {(process.pid, t.id): t.user_time + t.system_time for t in process.threads()}
+            seen.append(now)
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        result = await executor.run(request(tmp_path, code=MANY_CORES))
+        nursery.cancel_scope.cancel()
+    assert (result.exit_code, result.stdout) == (0, "done\n"), result.stderr
+    last = next(s for s in reversed(seen) if s)  # the job's last second and a half: its loops all running
+    before = seen[seen.index(last) - 15]
+    busy = {thread: seconds - before.get(thread, 0.0) for thread, seconds in last.items()}
+    assert len([spent for spent in busy.values() if spent > 0.3]) <= 2, busy
