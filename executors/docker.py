@@ -64,7 +64,7 @@ from executors.images import IMAGES as BASE_IMAGES
 from executors.users import JobUsers
 from jobs import JobSpec, RunResult
 from jobs.model import MAX_CAPTURE
-from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes
+from jobs.spec import MIN_CPU, MIN_MEMORY, DockerEngine, PythonEngine, format_bytes, image_problem
 
 log = logging.getLogger("shoal.executors.docker")
 
@@ -275,7 +275,8 @@ class DockerExecutor(Executor):
         if engine.network and not self.allow_network:
             raise ExecutorError("this node does not give jobs network access (the job sets network: true)",
                                 retryable=False)
-        if problem := engine.workdir_problem():  # a peer's announcement is not checked as a submission is
+        # a peer's announcement is not checked as a submission is
+        if problem := engine.workdir_problem() or image_problem(engine.image):
             raise ExecutorError(problem, retryable=False)
         return engine
 

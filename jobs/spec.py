@@ -273,6 +273,26 @@ class NoopEngine(_Engine):
 
 
 KERNEL_VIEWS = ("proc", "sys", "dev")  # no container's working directory is under these
+_NAME_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+# Docker's image reference (distribution/reference): [host[:port]/]name[/name...][:tag][@algorithm:hex]
+_IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_NAME_PART}(?:/{_NAME_PART})*)"
+    r"(?::\w[\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,128})?", re.ASCII)
+MAX_IMAGE_NAME = 255  # Docker's bound on an image's name (before its tag and digest)
+
+
+def image_problem(image: str) -> str | None:
+    """Why no Docker daemon would take ``image`` as a reference, or None. Not a model rule: a job an older
+    node stored keeps loading (and fails on its nodes as before); a new submission is refused at once."""
+    found = _IMAGE_REFERENCE.fullmatch(image)
+    if found is None:
+        shown = image if len(image) <= 80 else image[:80] + "…"
+        return (f"image {shown!r}: not an image reference (a lower-case name, as in busybox, python:3.11-slim or "
+                "ghcr.io/org/name@sha256:HEX)")
+    if len(found["name"]) > MAX_IMAGE_NAME:
+        return f"image: a name of {len(found['name']):,} characters; at most {MAX_IMAGE_NAME} are allowed"
+    return None
 
 
 class DockerEngine(_Engine):
@@ -561,6 +581,9 @@ class JobSpec(_Frozen):
             if why := spec.source_problem():
                 return f"inputs.{i}.source: {why}"
         if isinstance(self.engine, DockerEngine) and (why := self.engine.workdir_problem()):
+            return f"engine.{why}"
+        image = getattr(self.engine, "image", None)
+        if image is not None and (why := image_problem(image)):
             return f"engine.{why}"
         return None
 

@@ -523,6 +523,27 @@ def test_a_containers_working_directory_in_the_kernels_views_is_refused(node_a: 
         assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0  # nothing was stored
 
 
+def test_an_image_no_docker_daemon_takes_is_refused_at_once(node_a: Path) -> None:
+    """Images of 5,000 characters, with spaces, escapes or upper case were taken (201), announced, and run on four
+    nodes before the job failed with Docker's "invalid reference format"."""
+    key = ClientKey.generate()
+    with httpx.Client(timeout=30) as http:
+        for image in ("a" * 5_000, "busy box", "\x1b]0;pwned\x07busybox", "BusyBox", "busybox:"):
+            for engine in ({"name": "docker", "image": image}, {"name": "python", "code": "print(1)", "image": image}):
+                for path, body in (("jobs", {"spec": {"engine": engine}}),
+                                   ("sweeps", {"spec": {"job": {"engine": engine}, "grid": {"x": ["1"]}}})):
+                    reply = http.send(signed(http, key, "POST", f"{A}/v1/{path}", json=body))
+                    if engine["name"] == "python" and (len(image) > 256 or " " in image):
+                        assert reply.status_code == 422  # the python engine's own field rule
+                        continue
+                    refused = error(reply, 422)
+                    assert "engine.image" in refused["message"] and "\x1b" not in refused["message"], refused
+        assert http.send(signed(http, key, "GET", f"{A}/v1/jobs")).json()["total"] == 0  # nothing was stored
+        for image in ("busybox:1.36", "ghcr.io/org/tool@sha256:" + "0" * 64, "localhost:5000/team/img_v2:latest"):
+            spec = {"engine": {"name": "docker", "image": image}, "deadlines": {"bid": "1s"}}
+            assert http.send(signed(http, key, "POST", f"{A}/v1/jobs", json={"spec": spec})).status_code == 201
+
+
 def test_a_node_out_of_file_descriptors_logs_it_once_in_a_while_and_serves_again(tmp_path):
     """Trio's accept loop logged a whole traceback every 0.1 s while the node had no file descriptor left:
     anyone able to open connections could fill the node's disk with its log. Now one warning line per 10 s

@@ -203,6 +203,9 @@ async def test_a_peers_job_in_the_kernels_views_is_refused_before_any_container(
     assert mine() == before  # no container was made
     result = await executor.run(make_request(tmp_path, script="pwd", engine={"workdir": "/tmp/work/./x"}))
     assert result.stdout == "/tmp/work/x\n"
+    with pytest.raises(ExecutorError, match="image 'BusyBox': not an image reference") as refused:
+        await executor.run(make_request(tmp_path, script="true", engine={"image": "BusyBox"}))
+    assert refused.value.retryable is False and mine() == before  # nor an image no daemon takes
 
 
 async def test_stdout_keeps_the_last_max_capture_bytes(executor, tmp_path):
