@@ -19,6 +19,7 @@ import trio
 from executors.base import ExecutorError, Mount, RunRequest
 from executors.pyodide import PyodideExecutor
 from jobs import JobSpec, OutputSpec, PythonEngine, Resources
+from tests.integration.test_escape import BYPASS
 
 pytestmark = pytest.mark.skipif(
     not PyodideExecutor(Path("/nonexistent")).is_installed(), reason="Pyodide not installed: scripts/install-pyodide"
@@ -633,14 +634,9 @@ async def test_a_job_within_its_disk_where_only_the_nodes_file_system_takes_more
         assert result.exit_code == 1 and result.stderr.endswith("my own error\n"), result.stderr
 
 
-# Reaches Node.js past the refusal of `import js` (as tests/integration/test_escape.py's BYPASS), keeps
-# Node's thread pool busy with four chains of key derivations (seconds each), and busy-loops in Python besides.
-MANY_CORES = """\
-import sys, importlib.util
-for finder in sys.meta_path:
-    found = getattr(finder, "find_spec", lambda *a: None)("js", None)
-    if found is not None:
-        js = importlib.util.module_from_spec(found); found.loader.exec_module(js); break
+# Reaches Node.js past the refusal of `import js`, keeps Node's thread pool busy with four chains of key
+# derivations (seconds each), and busy-loops in Python besides.
+MANY_CORES = BYPASS + """
 js.eval("const crypto = process.getBuiltinModule('crypto');"
         "function again() { crypto.pbkdf2('p', 's', 3000000, 64, 'sha512', again); }"
         "for (let i = 0; i < 4; i++) again(); undefined")
