@@ -180,20 +180,19 @@ def _told(said: bytes) -> dict:
     return told if isinstance(told, dict) else {}
 
 
-def _outcome(told: dict, killed: bool, stderr: Tail, memory: int) -> _Outcome:
+def _outcome(told: dict, killed: bool, memory: int) -> _Outcome:
     """The run's end, from what its process ``told`` on its connection, and whether the node ``killed`` it."""
     if "refused" in told:
         raise ExecutorError(str(told["refused"]), retryable=bool(told.get("damaged")))
     if not isinstance(told.get("exit_code"), int):
         if killed:  # the disk limit, or the job's deadline
             return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was stopped")
-        if memory and "memory allocation" in stderr.text()[-2000:]:  # Rust's allocator aborts on RLIMIT_DATA
-            return _Outcome(TRAP_EXIT_CODE, f"the run needed more than its job's memory of {format_bytes(memory)} "
-                                            "and the runtime's share (resources.memory)")
-        # the system killed it (out of memory: the node's state, not the job's), or it ran out of CPU time (the
-        # node's speed): a result saying so would differ from other nodes'
-        raise ExecutorError("the run's process ended without an outcome on this node: the system killed it, or "
-                            "it ran out of CPU time", retryable=True)
+        # the system killed it (out of memory: the node's state, not the job's), it ran out of CPU time (the
+        # node's speed), or its runtime out of memory (Rust's allocator aborts on RLIMIT_DATA, at a point that
+        # depends on the interpreter): a result saying so would differ from other nodes'. Never told by its
+        # stderr, which the module writes too.
+        raise ExecutorError("the run's process ended without an outcome on this node: the system killed it, it "
+                            "ran out of CPU time, or its runtime ran out of memory", retryable=True)
     if told.get("memory_at_start"):
         return _Outcome(TRAP_EXIT_CODE, f"the module needs more memory at start than the job's limit of "
                                         f"{format_bytes(memory)} (resources.memory)")
@@ -320,7 +319,7 @@ class WasmExecutor(Executor):
             if not told.get("damaged"):
                 break
             compiled.unlink(missing_ok=True)  # compiled again
-        result = _outcome(told, killed, stderr, request.spec.resources.memory)
+        result = _outcome(told, killed, request.spec.resources.memory)
         ended = isinstance(told.get("exit_code"), int)
         if ended or not over_disk:  # the outputs as the module left them, not what the watch saw on the way
             written = await written_past(outputs, request.write_limit, request.max_entries)

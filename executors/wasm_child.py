@@ -84,6 +84,11 @@ def _bounded(text: str, lines: int = 40, width: int = 200) -> str:
 
 RANDOM_CHUNK = 1024**2  # random_get's bytes made and written at a time
 MAX_SUBSCRIPTIONS = 1 << 16  # per poll_oneoff: 3 MiB of subscriptions; more is refused (EINVAL)
+# bytes of directory listings kept for fd_readdir's next calls, all descriptors together (the oldest dropped
+# past it, to be listed again): one copy per open descriptor, without a bound, ran the run out of memory at a
+# point that differed from run to run
+MAX_LISTED_BYTES = 16 << 20
+LISTED_ENTRY_BYTES = 128  # what an entry kept takes besides its name
 MAX_TABLES = 16  # per run: a module needs one or two
 MIN_TABLE_ELEMENTS = 100_000  # elements per table at least, whatever the memory limit: as earlier releases allowed
 TABLE_ELEMENT_BYTES = 8  # what wasmtime keeps per element (a pointer)
@@ -107,6 +112,8 @@ _FILE_FACTS = wasmtime.wat2wasm("""(module
   (import "wasi_snapshot_preview1" "path_remove_directory"
     (func $path_remove_directory (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_renumber" (func $fd_renumber (param i32 i32) (result i32)))
   (memory (export "memory") 1 1)
   (func (export "fd_filestat_get") (param i32 i32) (result i32)
     (call $fd_filestat_get (local.get 0) (local.get 1)))
@@ -119,7 +126,9 @@ _FILE_FACTS = wasmtime.wat2wasm("""(module
   (func (export "path_remove_directory") (param i32 i32 i32) (result i32)
     (call $path_remove_directory (local.get 0) (local.get 1) (local.get 2)))
   (func (export "path_rename") (param i32 i32 i32 i32 i32 i32) (result i32)
-    (call $path_rename (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (local.get 5))))""")
+    (call $path_rename (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (local.get 5)))
+  (func (export "fd_close") (param i32) (result i32) (call $fd_close (local.get 0)))
+  (func (export "fd_renumber") (param i32 i32) (result i32) (call $fd_renumber (local.get 0) (local.get 1))))""")
 _ROOM = 65536 - 8  # of its one page: a stat at 0 and paths after it, or a listing's chunk, then its length
 _PATH_AT = _FILESTAT.size
 
@@ -203,6 +212,8 @@ class _Run:
             if instance is None and limit and "memory" in str(e).lower():
                 return {"exit_code": TRAP_EXIT_CODE, "memory_at_start": True}
             return self._outcome(TRAP_EXIT_CODE, f"error: {_bounded(str(e))}", instance)
+        except MemoryError:  # where the process's memory runs out depends on its interpreter, not the module alone
+            return _refused("the run's process ran out of memory on this node", damaged=True)
         except Exception as e:  # a host function of ours failed on what the module passed it: a trap too
             return self._outcome(TRAP_EXIT_CODE, f"error: a host call failed: {type(e).__name__}", instance)
 
@@ -235,6 +246,8 @@ class _Run:
         define("path_unlink_file", [i32, i32, i32], self.files.path_unlink_file)
         define("path_remove_directory", [i32, i32, i32], self.files.path_remove_directory)
         define("path_rename", [i32, i32, i32, i32, i32, i32], self.files.path_rename)
+        define("fd_close", [i32], self.files.fd_close)
+        define("fd_renumber", [i32, i32], self.files.fd_renumber)
 
     def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
         if not 0 <= clock_id <= 3:
@@ -307,17 +320,42 @@ class _FileFacts:
 
     def __init__(self, store: wasmtime.Store, linker: wasmtime.Linker, epoch_ns: int) -> None:
         exports = linker.instantiate(store, wasmtime.Module(store.engine, _FILE_FACTS)).exports(store)
-        self.memory, self.stat, self.path_stat, self.readdir, self.unlink, self.rmdir, self.rename = (
-            exports[name] for name in ("memory", "fd_filestat_get", "path_filestat_get", "fd_readdir",
-                                       "path_unlink_file", "path_remove_directory", "path_rename"))
+        self.memory, self.stat, self.path_stat, self.readdir, self.unlink, self.rmdir, self.rename, self.close, \
+            self.renumber = (exports[name] for name in (
+                "memory", "fd_filestat_get", "path_filestat_get", "fd_readdir", "path_unlink_file",
+                "path_remove_directory", "path_rename", "fd_close", "fd_renumber"))
         self.epoch_ns = epoch_ns
         self.inodes: dict[int, int] = {}  # wasmtime's inode number -> the one the module is told
         self.numbers = itertools.count(1)
-        # fd -> the directory's inode (wasmtime's) and its entries (name, inode, type), sorted
+        # fd -> the number of the file it holds open, removed since (its host inode number may go to a new file)
+        self.removed_open: dict[int, int] = {}
+        # fd -> the directory's inode (wasmtime's) and its entries (name, inode, type), sorted; the oldest first
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int]]]] = {}
+        self.listed_bytes = 0
 
     def fd_filestat_get(self, caller: wasmtime.Caller, fd: int, out: int) -> int:
-        return self.stat(caller, fd, 0) or self._put_stat(caller, out)
+        return self.stat(caller, fd, 0) or self._put_stat(caller, out, fd)
+
+    def fd_close(self, caller: wasmtime.Caller, fd: int) -> int:
+        errno = self.close(caller, fd)
+        if not errno:
+            self._closed(fd)
+        return errno
+
+    def fd_renumber(self, caller: wasmtime.Caller, fd: int, to: int) -> int:
+        errno = self.renumber(caller, fd, to)
+        if not errno and fd != to:
+            number = self.removed_open.get(fd)
+            self._closed(fd)
+            self._closed(to)
+            if number is not None:
+                self.removed_open[to] = number
+        return errno
+
+    def _closed(self, fd: int) -> None:
+        """What was kept of ``fd``'s file is dropped with it: the next file it names is another."""
+        self.removed_open.pop(fd, None)
+        self._unlist(fd)
 
     def path_filestat_get(self, caller: wasmtime.Caller, fd: int, flags: int, path: int, length: int,
                           out: int) -> int:
@@ -341,7 +379,7 @@ class _FileFacts:
         if errno:
             return errno
         moved, replaced = self._host_inode(caller, fd, _PATH_AT, old_length), \
-            self._host_inode(caller, new_fd, new_at, new_length)
+            self._host_inode(caller, new_fd, new_at, new_length)  # a directory replaced is gone whole
         errno = self.rename(caller, fd, _PATH_AT, old_length, new_fd, new_at, new_length)
         if not errno and replaced is not None and moved is not None and replaced[0] != moved[0]:
             self._forget(*replaced)
@@ -356,7 +394,7 @@ class _FileFacts:
         removed = self._host_inode(caller, fd, _PATH_AT, length)
         errno = remove(caller, fd, _PATH_AT, length)
         if not errno and removed is not None:
-            self._forget(removed[0], 1 if directory else removed[1])
+            self._forget(*removed)
         return errno
 
     def _copy_path(self, caller: wasmtime.Caller, path: int, length: int, at: int) -> int:
@@ -370,11 +408,12 @@ class _FileFacts:
 
     def _host_inode(self, caller: wasmtime.Caller, fd: int, at: int, length: int) -> tuple[int, int] | None:
         """The inode number (wasmtime's) and link count of what the path at ``at`` names (not following a
-        link), or None."""
+        link), or None. A directory has one link here: removed, or replaced by a rename, it is gone (its host
+        count also counts its subdirectories' ``..``)."""
         if self.path_stat(caller, fd, 0, at, length, 0):
             return None
-        _dev, inode, _kind, links, *_rest = self._stat_read(caller)
-        return inode, links
+        _dev, inode, kind, links, *_rest = self._stat_read(caller)
+        return inode, 1 if kind == _DIRECTORY else links
 
     def _forget(self, inode: int, links: int) -> None:
         """A file's last link is gone: the host may give its inode number to the next file made."""
@@ -393,10 +432,12 @@ class _FileFacts:
             listing = self._list(caller, fd)
             if isinstance(listing, int):
                 return listing
-            self.listings[fd] = (directory, listing)
+            self._keep_listing(fd, directory, listing)
+        else:
+            listing = self.listings[fd][1]
         length &= 0xFFFFFFFF
         out = bytearray()
-        entries = self.listings[fd][1]
+        entries = listing
         for index in range(min(cookie, len(entries)), len(entries)):
             if len(out) >= length:
                 break
@@ -405,6 +446,21 @@ class _FileFacts:
         out = out[:length]  # a last entry cut short: the module asks again with more room
         written = _write(caller, buf, bytes(out)) and _write(caller, used_out, struct.pack("<I", len(out)))
         return _ESUCCESS if written else _EFAULT
+
+    def _keep_listing(self, fd: int, directory: int, listing: list[tuple[bytes, int, int]]) -> None:
+        """Keep ``listing`` for ``fd``'s next calls, within MAX_LISTED_BYTES (a listing dropped is listed again:
+        the same entries, sorted, so what the module reads never depends on what was kept)."""
+        self._unlist(fd)
+        size = sum(len(name) + LISTED_ENTRY_BYTES for name, _, _ in listing)
+        while self.listings and self.listed_bytes + size > MAX_LISTED_BYTES:
+            self._unlist(next(iter(self.listings)))
+        if size <= MAX_LISTED_BYTES:
+            self.listings[fd] = (directory, listing)
+            self.listed_bytes += size
+
+    def _unlist(self, fd: int) -> None:
+        if (kept := self.listings.pop(fd, None)) is not None:
+            self.listed_bytes -= sum(len(name) + LISTED_ENTRY_BYTES for name, _, _ in kept[1])
 
     def _list(self, caller: wasmtime.Caller, fd: int) -> list[tuple[bytes, int, int]] | int:
         """The directory's entries as wasmtime lists them, sorted by name (``.`` and ``..`` first); or an
@@ -427,11 +483,15 @@ class _FileFacts:
                 break
         return sorted(entries, key=lambda entry: (entry[0] not in (b".", b".."), entry[0]))
 
-    def _put_stat(self, caller: wasmtime.Caller, out: int) -> int:
-        _dev, inode, kind, _links, size, *_times = self._stat_read(caller)
+    def _put_stat(self, caller: wasmtime.Caller, out: int, fd: int | None = None) -> int:
+        _dev, inode, kind, links, size, *_times = self._stat_read(caller)
         size = 4096 if kind == _DIRECTORY else size
         epoch = self.epoch_ns
-        stat = _FILESTAT.pack(1, self._inode(inode), kind, 1, size, epoch, epoch, epoch)
+        if links == 0 and fd is not None:  # removed, still open: its host number may go to the next file made
+            number = self.removed_open.setdefault(fd, self.inodes.pop(inode, None) or next(self.numbers))
+        else:
+            number = self._inode(inode)
+        stat = _FILESTAT.pack(1, number, kind, 1, size, epoch, epoch, epoch)
         return _ESUCCESS if _write(caller, out, stat) else _EFAULT
 
     def _stat_read(self, caller: wasmtime.Caller) -> tuple:

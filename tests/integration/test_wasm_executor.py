@@ -277,6 +277,117 @@ TRAP = module("""
 """)
 
 SPIN = module('(func (export "_start") (loop $forever (br $forever))))')
+# what Rust's allocator prints when RLIMIT_DATA refuses it, written by the module itself, then spins
+SPIN_SAYING_OUT_OF_MEMORY = module("""
+  (data (i32.const 128) "memory allocation of 8 bytes failed\\n")
+  (func (export "_start") (call $write (i32.const 2) (i32.const 128) (i32.const 36)) (loop $forever (br $forever))))
+""")
+
+FILES = """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get"
+    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_remove_directory"
+    (func $path_remove_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_create_directory"
+    (func $path_create_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
+"""
+
+# The numbers of files made after others went: (1) a file removed while open, stat'ed through its descriptor,
+# then closed, and a file made after it; (2) a folder replaced by a rename of another folder, and a folder made
+# after it. Then a folder A listed and removed, a folder B made, and B listed from cookie 2. ext4 gives a new
+# file the host number of one just removed, tmpfs does not.
+FILES_GONE = module(
+    """
+  (data (i32.const 128) "a")
+  (data (i32.const 129) "b")
+  (data (i32.const 130) "c")
+  (data (i32.const 131) "d")
+  (data (i32.const 132) "e")
+  (data (i32.const 133) "A")
+  (data (i32.const 134) "B")
+  (data (i32.const 140) "A/x1")
+  (data (i32.const 146) "A/x2")
+  (data (i32.const 152) "B/y1")
+  (data (i32.const 200) "\\n")
+  (func $number_of (param $p i32)
+    (drop (call $path_filestat_get (i32.const 4) (i32.const 0) (local.get $p) (i32.const 1) (i32.const 1024)))
+    (call $hex (i32.const 1032) (i32.const 1)))
+  (func $open (param $p i32) (param $len i32) (param $flags i32) (result i32)
+    (drop (call $path_open (i32.const 4) (i32.const 0) (local.get $p) (local.get $len) (local.get $flags)
+                           (i64.const 0x1FFFFFFF) (i64.const 0x1FFFFFFF) (i32.const 0) (i32.const 16)))
+    (i32.load (i32.const 16)))
+  (func $open_folder (param $p i32) (result i32)
+    (drop (call $path_open (i32.const 4) (i32.const 0) (local.get $p) (i32.const 1) (i32.const 2)
+                           (i64.const 0x4000) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (i32.load (i32.const 16)))
+  (func $names_from_2 (param $fd i32) (local $at i32) (local $end i32) (local $len i32)
+    (drop (call $fd_readdir (local.get $fd) (i32.const 2048) (i32.const 1000) (i64.const 2) (i32.const 20)))
+    (local.set $at (i32.const 2048))
+    (local.set $end (i32.add (i32.const 2048) (i32.load (i32.const 20))))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+      (local.set $len (i32.load (i32.add (local.get $at) (i32.const 16))))
+      (call $write (i32.const 1) (i32.add (local.get $at) (i32.const 24)) (local.get $len))
+      (call $write (i32.const 1) (i32.const 200) (i32.const 1))
+      (local.set $at (i32.add (local.get $at) (i32.add (i32.const 24) (local.get $len))))
+      (br $next))))
+  (func (export "_start") (local $fd i32)
+    (local.set $fd (call $open (i32.const 128) (i32.const 1) (i32.const 1)))
+    (drop (call $path_unlink_file (i32.const 4) (i32.const 128) (i32.const 1)))
+    (drop (call $fd_filestat_get (local.get $fd) (i32.const 1024)))
+    (call $hex (i32.const 1032) (i32.const 1))
+    (drop (call $fd_close (local.get $fd)))
+    (drop (call $fd_close (call $open (i32.const 129) (i32.const 1) (i32.const 1))))
+    (call $number_of (i32.const 129))
+    (drop (call $path_create_directory (i32.const 4) (i32.const 130) (i32.const 1)))
+    (drop (call $path_create_directory (i32.const 4) (i32.const 131) (i32.const 1)))
+    (call $number_of (i32.const 131))
+    (drop (call $path_rename (i32.const 4) (i32.const 130) (i32.const 1) (i32.const 4) (i32.const 131) (i32.const 1)))
+    (drop (call $path_create_directory (i32.const 4) (i32.const 132) (i32.const 1)))
+    (call $number_of (i32.const 132))
+    (drop (call $path_create_directory (i32.const 4) (i32.const 133) (i32.const 1)))
+    (drop (call $fd_close (call $open (i32.const 140) (i32.const 4) (i32.const 1))))
+    (drop (call $fd_close (call $open (i32.const 146) (i32.const 4) (i32.const 1))))
+    (local.set $fd (call $open_folder (i32.const 133)))
+    (call $names_from_2 (local.get $fd))
+    (drop (call $fd_close (local.get $fd)))
+    (drop (call $path_unlink_file (i32.const 4) (i32.const 140) (i32.const 4)))
+    (drop (call $path_unlink_file (i32.const 4) (i32.const 146) (i32.const 4)))
+    (drop (call $path_remove_directory (i32.const 4) (i32.const 133) (i32.const 1)))
+    (drop (call $path_create_directory (i32.const 4) (i32.const 134) (i32.const 1)))
+    (drop (call $fd_close (call $open (i32.const 152) (i32.const 4) (i32.const 1))))
+    (call $names_from_2 (call $open_folder (i32.const 134)))))
+""",
+    FILES,
+)
+
+# Opens the input folder over and over, listing each descriptor once (one '.' each), and keeps them all open.
+LISTED_OVER_AND_OVER = module(
+    """
+  (data (i32.const 128) ".")
+  (data (i32.const 129) ".")
+  (func (export "_start") (local $opened i32) (local $errno i32)
+    (block $done (loop $more
+      (br_if $done (i32.ge_u (local.get $opened) (i32.const 250)))
+      (local.set $errno (call $path_open (i32.const 3) (i32.const 0) (i32.const 129) (i32.const 1) (i32.const 2)
+                                         (i64.const 0x4000) (i64.const 0) (i32.const 0) (i32.const 16)))
+      (br_if $done (local.get $errno))
+      (local.set $errno (call $fd_readdir (i32.load (i32.const 16)) (i32.const 8192) (i32.const 64) (i64.const 0)
+                                          (i32.const 20)))
+      (br_if $done (local.get $errno))
+      (call $write (i32.const 1) (i32.const 128) (i32.const 1))
+      (local.set $opened (i32.add (local.get $opened) (i32.const 1)))
+      (br $more)))))
+""",
+    FILES,
+)
 
 # Grows memory 1 MiB at a time until refused, then traps (as an allocator failing would).
 GREEDY = module("""
@@ -1161,15 +1272,18 @@ async def test_how_long_a_path_the_outputs_may_hold_is_the_same_on_every_node(
     else:
         said = {outcome[-1].strip() for outcome in outcomes}
         assert said == {"disk limit exceeded: the outputs nest directories more than 100 deep, hold a path "
-                        "longer than 3,000 bytes"}, outcomes
+                        "longer than 3,000 bytes, or a folder the node may not read"}, outcomes
 
 
+@pytest.mark.parametrize("module_", [SPIN, SPIN_SAYING_OUT_OF_MEMORY], ids=["spinning", "saying out of memory"])
 async def test_a_run_the_system_killed_is_this_nodes_failure_not_a_result(executor: WasmExecutor,
-                                                                          tmp_path: Path) -> None:
+                                                                          tmp_path: Path, module_: bytes) -> None:
     """A run's process the system killed (the kernel's out-of-memory killer, on a node short of memory) ended in
     a result, "the run ended without an outcome", which nodes with memory to spare outvoted. It is now this
-    node's failure: retryable, compared with no one's result. (Here a kill -9 stands in for the kernel.)"""
-    req = request(tmp_path, SPIN)
+    node's failure: retryable, compared with no one's result. (Here a kill -9 stands in for the kernel.) The
+    module's own stderr saying its runtime ran out of memory made it a result again, until the node stopped
+    reading its stderr for that."""
+    req = request(tmp_path, module_)
     killed: list[int] = []
 
     async def kill_the_run() -> None:
@@ -1186,7 +1300,34 @@ async def test_a_run_the_system_killed_is_this_nodes_failure_not_a_result(execut
                 await executor.run(req)
     assert killed and info.value.retryable
     assert str(info.value) == ("the run's process ended without an outcome on this node: the system killed it, "
-                               "or it ran out of CPU time")
+                               "it ran out of CPU time, or its runtime ran out of memory")
+
+
+async def test_what_a_module_learns_of_files_gone_is_the_same_on_ext4_and_tmpfs(executor: WasmExecutor,
+                                                                               tmp_path: Path) -> None:
+    """A file removed while open and stat'ed through its descriptor, or a folder a rename replaced, kept its
+    number: on ext4 the next file made took it ("the same file"), on tmpfs not. And a folder listed, removed and
+    made again in its descriptor's place was listed from the old folder's names on ext4 only."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    outcomes = []
+    with tempfile_in(shm) as fast:
+        for root in (tmp_path / "disk", fast / "memory"):
+            root.mkdir()
+            result = await executor.run(request(root, FILES_GONE))
+            outcomes.append((result.exit_code, result.stdout, result.stderr))
+    assert outcomes[0] == outcomes[1] == (0, "01\n02\n03\n04\nx1\nx2\ny1\n", ""), outcomes
+
+
+async def test_a_module_listing_a_folder_through_many_descriptors_gets_the_same_on_every_run(
+        executor: WasmExecutor, tmp_path: Path) -> None:
+    """Each open descriptor kept its own copy of its listing, without a bound: a module opening a folder of 1,000
+    long names 250 times ran its run's process out of memory at a point that differed from run to run (and got a
+    result saying so, compared with other nodes'). What is kept is bounded now, and what is not is listed again."""
+    names = {"n" * 240 + f"{i:04d}": "" for i in range(1000)}
+    result = await executor.run(request(tmp_path, LISTED_OVER_AND_OVER, files=names, memory="8MiB"))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "." * 250, "")
 
 
 def _holding(under: Path) -> list[int]:
