@@ -49,9 +49,9 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
     """Every entry below ``path`` (not ``path`` itself), with its ``lstat``, parents before children; links
     are listed, never followed. Entries removed meanwhile are skipped.
 
-    A folder a job shut the node out of (``chmod 300``: on a node not run as root, the job's processes are
-    the node's own user) is opened again (``open_up``) and listed; else its files would escape the disk
-    watch and the node could not remove them. Raises ``Unreadable`` when it still cannot be listed, and
+    A folder a job shut the node out of (``chmod 300``, or ``600``: on a node not run as root, the job's
+    processes are the node's own user) is opened again (``open_up``) and walked; else its files would escape
+    the disk watch and the node could not remove them. Raises ``Unreadable`` when it still cannot be, and
     ``TooDeep`` on meeting a directory more than ``max_depth`` levels down, a path more than
     ``MAX_PATH_BYTES`` below ``path``, or one the system cannot take (ENAMETOOLONG).
     """
@@ -60,39 +60,45 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
     while stack:
         directory, depth, seen = stack.pop()
         try:
-            found = _listed(directory, seen)
+            found = _listed(directory, seen, longest)
         except OSError as e:  # removed meanwhile: skipped, as os.walk does
             if e.errno == errno.ENAMETOOLONG:
                 raise TooDeep(PATH_TOO_LONG) from e
-            if e.errno in _SHUT:
+            if isinstance(e, PermissionError):
                 raise Unreadable(f"a folder the node may not read ({os.path.relpath(directory, path)})") from None
             continue
-        for entry in found:
-            if len(os.fsencode(entry.path)) > longest:
-                raise TooDeep(f"a path longer than {MAX_PATH_BYTES:,} bytes")
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as e:
-                if e.errno == errno.ENAMETOOLONG:
-                    raise TooDeep(PATH_TOO_LONG) from e
-                continue
-            yield entry.path, st
+        for found_path, st in found:
+            yield found_path, st
             if stat.S_ISDIR(st.st_mode):
                 if depth + 1 > max_depth:
                     raise TooDeep(f"directories nested more than {max_depth} deep")
-                stack.append((entry.path, depth + 1, st))
+                stack.append((found_path, depth + 1, st))
 
 
-def _listed(directory: str, seen: os.stat_result | None) -> list[os.DirEntry[str]]:
-    """The entries of ``directory``; once more after ``open_up`` when the node was shut out of it."""
+def _listed(directory: str, seen: os.stat_result | None, longest: int) -> list[tuple[str, os.stat_result]]:
+    """The entries of ``directory`` with their ``lstat``; once more after ``open_up`` when the node may not list
+    the folder, or not look into it."""
     try:
-        with os.scandir(directory) as listing:
-            return list(listing)
-    except OSError as e:
-        if e.errno not in _SHUT or not open_up(directory, seen):
+        return _stat_all(directory, longest)
+    except PermissionError:
+        if not open_up(directory, seen):
             raise
+    return _stat_all(directory, longest)
+
+
+def _stat_all(directory: str, longest: int) -> list[tuple[str, os.stat_result]]:
     with os.scandir(directory) as listing:
-        return list(listing)
+        found = list(listing)
+    stats = []
+    for entry in found:
+        if len(os.fsencode(entry.path)) > longest:
+            raise TooDeep(f"a path longer than {MAX_PATH_BYTES:,} bytes")
+        try:
+            stats.append((entry.path, entry.stat(follow_symlinks=False)))
+        except OSError as e:  # removed meanwhile: skipped
+            if isinstance(e, PermissionError) or e.errno == errno.ENAMETOOLONG:
+                raise
+    return stats
 
 
 def open_up(directory: str | os.PathLike[str], seen: os.stat_result | None = None) -> bool:
@@ -158,14 +164,7 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if attempt or not os.path.lexists(path):
             return
-        _open_all(path)  # a job shut the node out of folders in it (``entries``): opened, then removed
-
-
-def _open_all(path: str) -> None:
-    """``open_up`` every folder of the tree at ``path``, as deep as it goes (a folder the node may read but
-    not write keeps what is in it)."""
-    open_up(path)
-    with contextlib.suppress(Unwalkable):
-        for found, st in entries(path, max_depth=1 << 20):
-            if stat.S_ISDIR(st.st_mode):
-                open_up(found, st)
+        # a job shut the node out of folders in it (``entries``): chmod gives each folder back before it looks
+        # in, however deep, and follows no link
+        subprocess.run(["chmod", "-R", "u+rwx", "--", path], check=False, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

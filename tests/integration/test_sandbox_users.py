@@ -267,3 +267,48 @@ def test_a_job_shutting_a_node_that_is_not_root_out_of_its_folder_is_held_to_its
         assert said["left"] is False and not (home / "run").exists()  # as root sees it: nothing of the run
     finally:
         shutil.rmtree(home)
+
+
+# As a node that is not root: folders a job made and shut the node out of, every way a mode can (no search,
+# no listing, nothing), each holding 4 MiB; and one shut below a path longer than the walks go. Prints what the
+# disk watch counts, and what is left once the node removed them.
+SHUT_EVERY_WAY = """\
+import json, os, sys
+from pathlib import Path
+from executors._common import written_in
+from storage.trees import remove_tree
+
+home, counted = Path(sys.argv[1]), {}
+for mode in (0o600, 0o400, 0o300, 0o000):
+    outputs = home / oct(mode) / "outputs"
+    (outputs / "h").mkdir(parents=True)
+    (outputs / "h" / "f").write_bytes(bytes(4 << 20))
+    os.chmod(outputs / "h", mode)
+    counted[oct(mode)] = written_in([outputs], 10_000).content
+deep = home / "deep"
+for _ in range(14):  # 3,514 bytes of path below it
+    deep = deep / ("d" * 250)
+(deep / "shut").mkdir(parents=True)
+(deep / "shut" / "f").write_bytes(bytes(1 << 20))
+os.chmod(deep / "shut", 0)
+for folder in home.iterdir():
+    remove_tree(folder)
+print(json.dumps({"counted": counted, "left": sorted(p.name for p in home.iterdir())}))
+"""
+
+
+def test_a_folder_a_job_shut_a_node_that_is_not_root_out_of_is_counted_and_removed_however_shut() -> None:
+    """A folder the node could list but not look into (mode 600) hid 40 MiB from the disk watch, and one shut
+    below a path longer than 3,000 bytes could not be removed: its disk was lost for good."""
+    home = Path(tempfile.mkdtemp(prefix="shoal-not-root-"))  # pytest's folders are root's alone
+    os.chown(home, 4242, 4242)
+    try:
+        done = subprocess.run([*as_user(4242), sys.executable, "-c", SHUT_EVERY_WAY, str(home)], capture_output=True,
+                              text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        said = json.loads(done.stdout)
+        assert said["counted"] == {mode: 4096 + (4 << 20) for mode in ("0o600", "0o400", "0o300", "0o0")}
+        assert said["left"] == []
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(home)], check=False)
+        shutil.rmtree(home)
