@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
@@ -335,7 +335,8 @@ class JobMachine:
                 if trust.on_probation(standing, self.quarantine_after, now) else "")
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
-        if refusal is None and trust.sat_on(state.executions.values(), peer) and self._newcomer_able(p, besides=peer):
+        if refusal is None and peer in (sat := trust.sitters(state.executions.values())) \
+                and self._newcomer_able(p, besides=sat):
             refusal = "this node held the job past its result deadline: another node takes it"
         if refusal is None and state.needed() <= 0:
             refusal = "enough nodes already"
@@ -633,12 +634,12 @@ class JobMachine:
             return self._fail(p, why, [failed], events)
         self._reoffer(p, f"re-offering: node {failed.node_id[-8:]} failed: {failed.reason}", [failed], events)
 
-    def _newcomer_able(self, p: JobChanges, *, besides: str | None = None) -> bool:
-        """Whether a node that holds no slot of the job (nor is ``besides``) may still take one (one not heard
-        of yet may, while the node table fills)."""
+    def _newcomer_able(self, p: JobChanges, *, besides: Set[str] = frozenset()) -> bool:
+        """Whether a node that holds no slot of the job (nor is one of ``besides``) may still take one (one not
+        heard of yet may, while the node table fills)."""
         job, executions = p.state.job, p.state.executions.values()
         return not p.known.complete or bool(trust.nodes_left(executions, self.able(job.spec, p.known, p.now))
-                                            - _holders(p.state) - {besides})
+                                            - _holders(p.state) - besides)
 
     def _reoffers_left(self, p: JobChanges) -> bool:
         return p.state.job.attempt - p.state.job.first_attempt < self.max_reoffers

@@ -110,13 +110,19 @@ def error_confirmed(reports: Mapping[str, str | None], able: Collection[str], co
     return trust.error_confirmed(firm, set(able), confidence, everyone=bool(able))
 
 
-def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float, *, lost: int = 0) -> bool:
+def may_grant(node: str, reports: Collection[str], able: Collection[str], waited: float, *, lost: int = 0,
+              others_claiming: bool = False) -> bool:
     """An index that errored on a node goes to another one, unless every able node has tried it or none took
     it within ERROR_PATIENCE, doubled for each further run of it the node ``lost`` (an able node that never
-    claims must not hold it forever; one that loses every run at once must not spend its attempts while the
-    other nodes are busy: a job's node is done with it after RETRYABLE_ERRORS_PER_NODE such runs)."""
-    patience = ERROR_PATIENCE * 2 ** max(0, lost - 1)
-    return node not in reports or set(able) <= set(reports) or waited >= patience
+    claims must not hold it forever). A node that lost it RETRYABLE_ERRORS_PER_NODE times waits for good while
+    ``others_claiming`` (nodes that hold claims on the sweep and have not tried it): as a job's node is done
+    with it then, so that one node losing every index at once cannot spend their attempts while the others are
+    busy."""
+    if node not in reports or set(able) <= set(reports):
+        return True
+    if lost >= trust.RETRYABLE_ERRORS_PER_NODE and others_claiming:
+        return False
+    return waited >= ERROR_PATIENCE * 2 ** max(0, lost - 1)
 
 
 def contradicted(reports: Mapping[str, str | None], runner: str, spec: JobSpec) -> list[str]:

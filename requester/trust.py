@@ -54,11 +54,11 @@ def _done_with(executions: list[Execution], node: str) -> bool:
     return any(not x.retryable for x in failed) or len(failed) >= RETRYABLE_ERRORS_PER_NODE
 
 
-def sat_on(executions: Iterable[Execution], node: str) -> bool:
-    """Whether ``node`` held the job past its result deadline, saying it ran it: a peer that bids, says
+def sitters(executions: Iterable[Execution]) -> set[str]:
+    """The nodes that held the job past its result deadline, saying they ran it: a peer that bids, says
     "running" and never answers held each job it won two deadlines, winning it again after the first."""
-    return any(x.node_id == node and x.state is ExecutionState.FAILED and (x.error or "").startswith(NO_RESULT_IN_TIME)
-               for x in executions)
+    return {x.node_id for x in executions
+            if x.state is ExecutionState.FAILED and (x.error or "").startswith(NO_RESULT_IN_TIME)}
 
 
 def error_reporters(executions: Iterable[Execution]) -> set[str]:

@@ -596,6 +596,18 @@ def test_a_node_that_sat_on_the_job_past_its_deadline_once_leaves_it_to_another_
     assert other.verdict == "accepted"
 
 
+def test_two_nodes_that_both_sat_on_the_job_may_take_it_again():
+    """Each refused the other's way ("another node takes it"), and the job, which either could run, waited out
+    its queue timeout."""
+    two = Known(nodes=[node("n-a"), node("n-b")])
+    state = machine().tick(running(tracked(spec()), "n-a"), 72.0, two).state
+    reply, changes = machine().on_bid(state, "n-b", Bid(job_id="j-1", execution_id="x-b", attempt=1), 72.0, two)
+    assert reply.verdict == "accepted"
+    state = machine().tick(changes.state, 144.0, two).state  # n-b sat on it too
+    again, _ = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-a2", attempt=2), 145.0, two)
+    assert again.verdict == "accepted"
+
+
 @pytest.mark.parametrize(("update", "preparing"), [
     ({"engine": DockerEngine(image="busybox")}, PREPARE_DEADLINE),  # pulling the image
     ({"inputs": [InputSpec(source="https://example.org/data.csv", path="/data.csv")]}, INPUT_DEADLINE),
