@@ -60,45 +60,52 @@ def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterato
     while stack:
         directory, depth, seen = stack.pop()
         try:
-            found = _listed(directory, seen, longest)
+            found = _listed(directory, seen)
         except OSError as e:  # removed meanwhile: skipped, as os.walk does
             if e.errno == errno.ENAMETOOLONG:
                 raise TooDeep(PATH_TOO_LONG) from e
             if isinstance(e, PermissionError):
                 raise Unreadable(f"a folder the node may not read ({os.path.relpath(directory, path)})") from None
             continue
-        for found_path, st in found:
-            yield found_path, st
+        for entry in found:
+            if len(os.fsencode(entry.path)) > longest:
+                raise TooDeep(f"a path longer than {MAX_PATH_BYTES:,} bytes")
+            if (st := _lstat(entry, directory, seen)) is None:
+                continue
+            yield entry.path, st
             if stat.S_ISDIR(st.st_mode):
                 if depth + 1 > max_depth:
                     raise TooDeep(f"directories nested more than {max_depth} deep")
-                stack.append((found_path, depth + 1, st))
+                stack.append((entry.path, depth + 1, st))
 
 
-def _listed(directory: str, seen: os.stat_result | None, longest: int) -> list[tuple[str, os.stat_result]]:
-    """The entries of ``directory`` with their ``lstat``; once more after ``open_up`` when the node may not list
-    the folder, or not look into it."""
+def _listed(directory: str, seen: os.stat_result | None) -> list[os.DirEntry[str]]:
+    """The entries of ``directory``; once more after ``open_up`` when the node was shut out of it."""
     try:
-        return _stat_all(directory, longest)
+        with os.scandir(directory) as listing:
+            return list(listing)
     except PermissionError:
         if not open_up(directory, seen):
             raise
-    return _stat_all(directory, longest)
-
-
-def _stat_all(directory: str, longest: int) -> list[tuple[str, os.stat_result]]:
     with os.scandir(directory) as listing:
-        found = list(listing)
-    stats = []
-    for entry in found:
-        if len(os.fsencode(entry.path)) > longest:
-            raise TooDeep(f"a path longer than {MAX_PATH_BYTES:,} bytes")
+        return list(listing)
+
+
+def _lstat(entry: os.DirEntry[str], directory: str, seen: os.stat_result | None) -> os.stat_result | None:
+    """``entry``'s lstat, or None when it was removed meanwhile; its folder is opened up (``open_up``) first when
+    the node may list it but not look into it (mode 600). Stats are taken one at a time, as a walk counting up
+    to a limit goes: a disk watch over a folder a job fills with files stops at the limit."""
+    for attempt in (0, 1):
         try:
-            stats.append((entry.path, entry.stat(follow_symlinks=False)))
-        except OSError as e:  # removed meanwhile: skipped
-            if isinstance(e, PermissionError) or e.errno == errno.ENAMETOOLONG:
-                raise
-    return stats
+            return entry.stat(follow_symlinks=False)
+        except PermissionError:
+            if attempt or not open_up(directory, seen):
+                raise Unreadable(f"a folder the node may not look into ({os.path.basename(directory)})") from None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise TooDeep(PATH_TOO_LONG) from e
+            return None
+    return None
 
 
 def open_up(directory: str | os.PathLike[str], seen: os.stat_result | None = None) -> bool:
