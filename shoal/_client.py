@@ -60,6 +60,7 @@ from shoal._results import (
     Plan,
     extract_results,
     extract_results_async,
+    make_folder,
     plan_download,
     warn_if_truncated,
     write_from_record,
@@ -853,7 +854,7 @@ class Client(_BaseClient):
         completed (``cd "$(shoal get ID)"`` in a script then finds it empty, not missing). ``progress`` is
         called with the number of indexes downloaded so far after each one (from worker threads)."""
         count, paths, first = self.describe_sweep(sweep_id).sweep.count, [], 0
-        Path(dest).mkdir(parents=True, exist_ok=True)
+        make_folder(Path(dest))
         counted = _Progress(progress)
 
         def fetch(record: IndexRecord) -> Path:
@@ -1245,7 +1246,7 @@ class AsyncClient(_BaseClient):
     ) -> list[Path]:
         """See ``Client.download_sweep``."""
         count, paths, first = (await self.describe_sweep(sweep_id)).sweep.count, [], 0
-        Path(dest).mkdir(parents=True, exist_ok=True)
+        make_folder(Path(dest))
         room = anyio.Semaphore(DOWNLOADS_AT_ONCE)
         fetched: dict[int, Path] = {}
         counted = _Progress(progress)

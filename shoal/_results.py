@@ -18,13 +18,14 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock, so no partial folder is known to be left over (none is removed)
     fcntl = None  # type: ignore[assignment]
+import contextlib
 import filecmp
 import os
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,16 +219,30 @@ async def extract_results_async(chunks: AsyncIterable[bytes], dest: Path, whose:
             await anyio.to_thread.run_sync(writer.__exit__, None, None, None)
 
 
-_PARTIAL = re.compile(r"\..+\.partial-[^/]+")
+_PARTIAL = re.compile(r"\..+\.partial-[a-z0-9_]{8}")  # mkdtemp's suffix: "v2" or "2024" is a user's folder
 _swept: set[str] = set()  # the folders this process has looked over for partial directories left behind
+
+
+def make_folder(dest: Path) -> Path:
+    """``dest`` as a folder, made with its parents if need be; one that cannot be is a ``ShoalAPIError`` naming
+    it (a sweep's downloads go below it)."""
+    with _writing_to(dest):
+        dest.mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def _new_partial(dest: Path) -> tuple[Path, int]:
     """A new temporary directory beside ``dest`` (its parents made), and the descriptor of the lock in it,
     held until closed; a destination that cannot be written is a ``ShoalAPIError`` naming it."""
-    try:
+    with _writing_to(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         return _locked_partial(dest)
+
+
+@contextlib.contextmanager
+def _writing_to(dest: Path) -> Iterator[None]:
+    try:
+        yield
     except OSError as e:
         why = f"{e.filename} is not a folder" if isinstance(e, FileExistsError | NotADirectoryError) else e.strerror
         raise ShoalAPIError(f"cannot write the results to {dest}: {why or e}; nothing was written", None,

@@ -650,25 +650,22 @@ print("done")
 async def test_a_job_keeps_no_more_than_two_of_the_nodes_cores_busy(executor: PyodideExecutor, tmp_path: Path
                                                                     ) -> None:
     """A python job counts as one core, but Node's thread pool (four threads) is open to job code: one job at
-    0.1 CPU kept five threads busy, every core of a larger host. Node now runs with one pool thread."""
-    seen: list[dict[tuple[int, int], float]] = []  # each 0.1 s: (pid, thread id) -> its CPU seconds
+    0.1 CPU kept five threads busy, every core of a larger host. Node now runs with one thread in each pool, so
+    the job's process has a few threads however it uses them (counted, not timed: a loaded host gives busy
+    threads little CPU)."""
+    threads: dict[int, int] = {}  # pid of each Node.js process seen -> the most threads it had at once
 
-    async def sample() -> None:
+    async def count() -> None:
         while True:
-            now: dict[tuple[int, int], float] = {}
             for process in psutil.Process().children(recursive=True):
                 if "node" in process.name():
                     with contextlib.suppress(psutil.Error):
-                        now |= {(process.pid, t.id): t.user_time + t.system_time for t in process.threads()}
-            seen.append(now)
+                        threads[process.pid] = max(threads.get(process.pid, 0), process.num_threads())
             await trio.sleep(0.1)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sample)
+        nursery.start_soon(count)
         result = await executor.run(request(tmp_path, code=MANY_CORES))
         nursery.cancel_scope.cancel()
     assert (result.exit_code, result.stdout) == (0, "done\n"), result.stderr
-    last = next(s for s in reversed(seen) if s)  # the job's last second and a half: its loops all running
-    before = seen[seen.index(last) - 15]
-    busy = {thread: seconds - before.get(thread, 0.0) for thread, seconds in last.items()}
-    assert len([spent for spent in busy.values() if spent > 0.3]) <= 2, busy
+    assert threads and max(threads.values()) <= 6, threads  # main, one pool thread each, V8's and Node's own

@@ -11,7 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from shoal._results import ResultsWriter, extract_results, write_from_record
+from shoal._results import ResultsWriter, extract_results, make_folder, write_from_record
 from storage.unixfs import cid_of_path
 
 KILLED = """
@@ -117,9 +117,14 @@ def test_a_users_folder_named_like_a_partial_one_is_never_touched(tmp_path: Path
     mine.mkdir()
     (mine / "ch1.tex").write_text("chapter 1")
     (mine / "result").mkdir()  # even one holding a folder of that name
+    data = tmp_path / ".experiment.partial-v2" / "result"  # or that alone, the user's data in it
+    data.mkdir(parents=True)
+    (data / "measurements.csv").write_text("precious")
+    (tmp_path / ".empty.partial-v3").mkdir()
     write_from_record({"stdout": "42\n"}, tmp_path / "r")
     assert sorted(p.name for p in mine.iterdir()) == ["ch1.tex", "result"]
-    assert sorted(os.listdir(tmp_path)) == [".thesis.partial-2024", "r"]
+    assert (data / "measurements.csv").read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == [".empty.partial-v3", ".experiment.partial-v2", ".thesis.partial-2024", "r"]
 
 
 def test_into_an_existing_folder_nothing_of_the_users_is_replaced(tmp_path: Path) -> None:
@@ -164,3 +169,6 @@ def test_a_destination_that_cannot_be_written_is_one_plain_error(tmp_path: Path)
             write_from_record({"stdout": "42\n"}, dest)
         assert info.value.code == "dest_unwritable"
         assert str(info.value) == f"cannot write the results to {dest}: {why}; nothing was written"
+    with pytest.raises(ShoalAPIError) as info:  # a sweep's folder, its indexes' below it
+        make_folder(tmp_path / "file")
+    assert info.value.code == "dest_unwritable" and "is not a folder" in str(info.value)
