@@ -42,9 +42,6 @@ class Unreadable(Unwalkable):
     """A tree holds a folder the node may not list, even once it has given itself the right back."""
 
 
-_SHUT = {errno.EACCES, errno.EPERM}
-
-
 def entries(path: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry below ``path`` (not ``path`` itself), with its ``lstat``, parents before children; links
     are listed, never followed. Entries removed meanwhile are skipped.
