@@ -183,7 +183,7 @@ def _told(said: bytes) -> dict:
 def _outcome(told: dict, killed: bool, memory: int) -> _Outcome:
     """The run's end, from what its process ``told`` on its connection, and whether the node ``killed`` it."""
     if "refused" in told:
-        raise ExecutorError(str(told["refused"]), retryable=bool(told.get("damaged")))
+        raise ExecutorError(str(told["refused"]), retryable=bool(told.get("retryable")))
     if not isinstance(told.get("exit_code"), int):
         if killed:  # the disk limit, or the job's deadline
             return _Outcome(TRAP_EXIT_CODE, "interrupted: the run was stopped")

@@ -14,8 +14,9 @@ failed with EMFILE), and sixteen full tables held eight times the job's memory t
 wasm_child.py run`` holds them in a process of its own, under its own limits (see ``executors.wasm``),
 which a kill ends whole. It reads the run's JSON on stdin (``executors.wasm._run_request``); the module
 writes to this process's stdout and stderr; the outcome goes to the descriptor ``outcome_fd`` as JSON,
-``{"exit_code": N, "trap": ..., "memory_used": ...}``, or ``{"refused": why, "damaged": ...}`` (the job
-cannot run). Clocks, sleeps, randomness and what the module learns of its files are made deterministic here
+``{"exit_code": N, "trap": ..., "memory_used": ...}``, or ``{"refused": why, "damaged": ..., "retryable": ...}``
+(the job cannot run: ``damaged``, the node compiles the module again and runs it afresh; ``retryable``, another
+node may run it). Clocks, sleeps, randomness and what the module learns of its files are made deterministic here
 (see ``executors.wasm``).
 
 It imports wasmtime and cryptography, and nothing of the node: a run starts in a tenth of a second.
@@ -213,7 +214,7 @@ class _Run:
                 return {"exit_code": TRAP_EXIT_CODE, "memory_at_start": True}
             return self._outcome(TRAP_EXIT_CODE, f"error: {_bounded(str(e))}", instance)
         except MemoryError:  # where the process's memory runs out depends on its interpreter, not the module alone
-            return _refused("the run's process ran out of memory on this node", damaged=True)
+            return _refused("the run's process ran out of memory on this node", retryable=True)
         except Exception as e:  # a host function of ours failed on what the module passed it: a trap too
             return self._outcome(TRAP_EXIT_CODE, f"error: a host call failed: {type(e).__name__}", instance)
 
@@ -329,7 +330,7 @@ class _FileFacts:
         self.numbers = itertools.count(1)
         # fd -> the number of the file it holds open, removed since (its host inode number may go to a new file)
         self.removed_open: dict[int, int] = {}
-        # fd -> the directory's inode (wasmtime's) and its entries (name, inode, type), sorted; the oldest first
+        # fd -> the directory's inode (wasmtime's) and its entries (name, number, type), sorted; the oldest first
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int]]]] = {}
         self.listed_bytes = 0
 
@@ -441,8 +442,8 @@ class _FileFacts:
         for index in range(min(cookie, len(entries)), len(entries)):
             if len(out) >= length:
                 break
-            name, inode, kind = entries[index]
-            out += _DIRENT.pack(index + 1, self._inode(inode), len(name), kind) + name
+            name, number, kind = entries[index]
+            out += _DIRENT.pack(index + 1, number, len(name), kind) + name
         out = out[:length]  # a last entry cut short: the module asks again with more room
         written = _write(caller, buf, bytes(out)) and _write(caller, used_out, struct.pack("<I", len(out)))
         return _ESUCCESS if written else _EFAULT
@@ -481,7 +482,10 @@ class _FileFacts:
                 cookie, at = following, end
             if used < _ROOM or at == 0:  # the end (no entry is near the room: names are 255 bytes at most)
                 break
-        return sorted(entries, key=lambda entry: (entry[0] not in (b".", b".."), entry[0]))
+        # numbered as listed, in name order: a number read later from a kept listing would be the host's at that
+        # time, which ext4 may have given a new file since
+        listed = sorted(entries, key=lambda entry: (entry[0] not in (b".", b".."), entry[0]))
+        return [(name, self._inode(inode), kind) for name, inode, kind in listed]
 
     def _put_stat(self, caller: wasmtime.Caller, out: int, fd: int | None = None) -> int:
         _dev, inode, kind, links, size, *_times = self._stat_read(caller)
@@ -504,9 +508,9 @@ class _FileFacts:
         return self.inodes[host]
 
 
-def _refused(why: str, *, damaged: bool = False) -> dict:
+def _refused(why: str, *, damaged: bool = False, retryable: bool = False) -> dict:
     """The outcome of a job that cannot run (not the module's failure): the node says why."""
-    return {"refused": why, "damaged": damaged}
+    return {"refused": why, "damaged": damaged, "retryable": retryable or damaged}
 
 
 def _memory(caller: wasmtime.Caller, ptr: int, length: int) -> wasmtime.Memory | None:

@@ -230,14 +230,15 @@ class SweepMachine:
         # a node's share counts all its claims: opening claim after claim gets it no more
         held = sum(len(c.indexes) for c in self.claims.values() if c.node == peer and c is not claim)
         share = max(1, -(-self.unclaimed() // max(1, len(able)))) - held
-        claiming = {c.node for c in self.claims.values()} - {peer}
+        # the other able nodes running indexes of this sweep: a claim that holds none (a heartbeat) waits for nothing
+        running = {c.node for c in self.claims.values() if c.indexes and c.node in able} - {peer}
         while len(granted) < min(want, share) and (heap := min(filter(None, heaps), key=lambda h: h[0], default=None)):
             i = heapq.heappop(heap)
             if self.states[i] is not JobState.PENDING:
                 continue
             errored_here = i in self.errors and not may_grant(
                 peer, self.errors[i][1], able, now - self.errors[i][0], lost=self.lost.get(i, Counter())[peer],
-                others_claiming=bool(claiming - self.errors[i][1].keys()))
+                others_claiming=bool(running - self.errors[i][1].keys() - self.proposals.get(i, {}).keys()))
             # passed over: it errored on this node (another one runs it), it is a retry waiting out its backoff,
             # or this node's result for it awaits another node's
             if errored_here or self.not_before.get(i, now) > now or peer in self.proposals.get(i, ()):

@@ -115,9 +115,9 @@ def may_grant(node: str, reports: Collection[str], able: Collection[str], waited
     """An index that errored on a node goes to another one, unless every able node has tried it or none took
     it within ERROR_PATIENCE, doubled for each further run of it the node ``lost`` (an able node that never
     claims must not hold it forever). A node that lost it RETRYABLE_ERRORS_PER_NODE times waits for good while
-    ``others_claiming`` (nodes that hold claims on the sweep and have not tried it): as a job's node is done
-    with it then, so that one node losing every index at once cannot spend their attempts while the others are
-    busy."""
+    ``others_claiming`` (able nodes running indexes of the sweep that have not tried this one): as a job's node
+    is done with it then, so that one node losing every index at once cannot spend their attempts while the
+    others are busy."""
     if node not in reports or set(able) <= set(reports):
         return True
     if lost >= trust.RETRYABLE_ERRORS_PER_NODE and others_claiming:

@@ -368,6 +368,68 @@ FILES_GONE = module(
     FILES,
 )
 
+# A folder D holding a, listed from cookie 0 with room for one entry (the listing is kept); a removed and b made;
+# prints b's number, then the kept entry a's number read from cookie 2.
+KEPT_LISTING = module(
+    """
+  (data (i32.const 128) "D")
+  (data (i32.const 140) "D/a")
+  (data (i32.const 146) "D/b")
+  (func $open (param $p i32) (param $len i32) (param $flags i32) (result i32)
+    (drop (call $path_open (i32.const 4) (i32.const 0) (local.get $p) (local.get $len) (local.get $flags)
+                           (i64.const 0x1FFFFFFF) (i64.const 0x1FFFFFFF) (i32.const 0) (i32.const 16)))
+    (i32.load (i32.const 16)))
+  (func (export "_start") (local $d i32)
+    (drop (call $path_create_directory (i32.const 4) (i32.const 128) (i32.const 1)))
+    (drop (call $fd_close (call $open (i32.const 140) (i32.const 3) (i32.const 1))))
+    (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 2)
+                           (i64.const 0x4000) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (local.set $d (i32.load (i32.const 16)))
+    ;; list from cookie 0 with room for one entry: the listing is kept
+    (drop (call $fd_readdir (local.get $d) (i32.const 2048) (i32.const 25) (i64.const 0) (i32.const 20)))
+    (drop (call $path_unlink_file (i32.const 4) (i32.const 140) (i32.const 3)))
+    (drop (call $fd_close (call $open (i32.const 146) (i32.const 3) (i32.const 1))))
+    (drop (call $path_filestat_get (i32.const 4) (i32.const 0) (i32.const 146) (i32.const 3) (i32.const 1024)))
+    (call $hex (i32.const 1032) (i32.const 1))          ;; D/b's number
+    (drop (call $fd_readdir (local.get $d) (i32.const 2048) (i32.const 1000) (i64.const 2) (i32.const 20)))
+    (call $hex (i32.const 2056) (i32.const 1))          ;; the kept entry "a": its number
+    (call $write (i32.const 1) (i32.const 2072) (i32.const 1))
+    (call $write (i32.const 1) (i32.const 2048) (i32.const 0))))
+""",
+    FILES,
+)
+
+# Makes /outputs/marker and prints "first run", then has the host allocate 3 MiB of clock subscriptions 50
+# times; a run that finds the marker prints "second run" instead.
+RUN_TWICE = module(
+    """
+  (data (i32.const 128) "marker")
+  (data (i32.const 140) "first run\\n")
+  (data (i32.const 160) "second run: saw the first run's file\\n")
+  (func (export "_start") (local $i i32)
+    (if (i32.eqz (call $path_filestat_get (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 6) (i32.const 1024)))
+      (then (call $write (i32.const 1) (i32.const 160) (i32.const 37)) (return)))
+    (drop (call $path_open (i32.const 4) (i32.const 0) (i32.const 128) (i32.const 6) (i32.const 1)
+                           (i64.const 0x1FFFFFFF) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (call $write (i32.const 1) (i32.const 140) (i32.const 10))
+    ;; 65536 clock subscriptions (3 MiB) at 1 MiB, over and over: the host's Python allocations
+    (drop (memory.grow (i32.const 64)))
+    (local.set $i (i32.const 0))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $i) (i32.const 65536)))
+      (i32.store8 (i32.add (i32.const 1048584) (i32.mul (local.get $i) (i32.const 48))) (i32.const 0))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (local.set $i (i32.const 0))
+    (block $d2 (loop $l2
+      (br_if $d2 (i32.ge_u (local.get $i) (i32.const 50)))
+      (drop (call $poll_oneoff (i32.const 1048576) (i32.const 1048576) (i32.const 65536) (i32.const 20)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l2)))))
+""",
+    FILES + """
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+""",
+)
+
 # Opens the input folder over and over, listing each descriptor once (one '.' each), and keeps them all open.
 LISTED_OVER_AND_OVER = module(
     """
@@ -1318,6 +1380,34 @@ async def test_what_a_module_learns_of_files_gone_is_the_same_on_ext4_and_tmpfs(
             result = await executor.run(request(root, FILES_GONE))
             outcomes.append((result.exit_code, result.stdout, result.stderr))
     assert outcomes[0] == outcomes[1] == (0, "01\n02\n03\n04\nx1\nx2\ny1\n", ""), outcomes
+
+
+async def test_a_kept_listing_numbers_its_entries_the_same_on_ext4_and_tmpfs(executor: WasmExecutor,
+                                                                            tmp_path: Path) -> None:
+    """A kept listing held host numbers, made the module's when read: an entry removed since, whose host number
+    ext4 had given a new file, read as that file's number on ext4 only."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    outcomes = []
+    with tempfile_in(shm) as fast:
+        for root in (tmp_path / "disk", fast / "memory"):
+            root.mkdir()
+            result = await executor.run(request(root, KEPT_LISTING))
+            outcomes.append((result.exit_code, result.stdout, result.stderr))
+    assert outcomes[0] == outcomes[1] == (0, "03\n02\na", ""), outcomes
+
+
+async def test_a_run_out_of_memory_in_its_process_is_this_nodes_failure_and_not_run_twice(
+        executor: WasmExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a run's process runs out of memory depends on its interpreter. Such a run was run again in the same
+    folders, and the module, seeing its first run's file, printed something else: a result that differed with
+    the node. (A low floor for the runtime's share stands in for a node whose interpreter takes more.)"""
+    monkeypatch.setattr(wasm_executor, "RUN_MEMORY_FLOOR", 12 << 20)
+    req = request(tmp_path, RUN_TWICE, memory="16MiB")
+    with pytest.raises(ExecutorError, match="the run's process ran out of memory on this node") as info:
+        await executor.run(req)
+    assert info.value.retryable
 
 
 async def test_a_module_listing_a_folder_through_many_descriptors_gets_the_same_on_every_run(

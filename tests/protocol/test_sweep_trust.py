@@ -199,6 +199,50 @@ async def test_a_node_losing_every_index_at_once_fails_none_while_the_honest_nod
         assert granted <= 3 * 2  # each index the honest node was not running, twice at most
 
 
+async def test_a_peer_that_only_heartbeats_a_claim_keeps_no_index_from_the_node_that_lost_it(
+        tmp_path, autojump_clock):
+    """n1 lost index 1 twice and is idle; n2 is busy with a long job of another client's; a peer with no roles
+    keeps a claim that holds nothing alive. That claim counted as "another node that has not tried it": n1 was
+    refused index 1 until n2 came free an hour later (for good, had it never)."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        n1 = await stack.enter_async_context(memory_node(hub, "n1", tmp_path / "n1", requester=False,
+                                                         total=Resources(cpu=1, memory="4GiB")))
+        await stack.enter_async_context(memory_node(hub, "n2", tmp_path / "n2", requester=False,
+                                                    total=Resources(cpu=4, memory="4GiB")))
+        await trio.sleep(1.5)
+        await req.requester.submit(JobSpec.model_validate({"engine": {"name": "noop", "delay": 3600},
+                                                           "resources": {"cpu": 4}, "timeout": "2h", "cache": False}),
+                                   "bob")
+        await trio.sleep(5)
+        failed: list[int] = []
+
+        async def fails_index_1_twice(request):
+            if request.spec.env["SHOAL_INDEX"] == "1" and len(failed) < 2:
+                failed.append(1)
+                raise ExecutorError("the node ran out of memory", retryable=True)
+        n1.noop.hooks.before_run = fails_index_1_twice
+        rogue = Rogue(hub)
+        s, _ = await req.sweeps.submit(sweep(grid={"i": [str(i) for i in range(3)]}, job={"resources": {"cpu": 1}}),
+                                       "alice")
+        reply = await rogue.claim("req", s.id, "c-rogue", want=1)
+        held = [i for a, b in reply.ranges for i in range(a, b)]
+        await rogue.claim("req", s.id, "c-rogue", [IndexResult(index=i, error="busy", retryable=True) for i in held])
+
+        async def heartbeat() -> None:
+            while True:
+                await rogue.claim("req", s.id, "c-rogue", want=0)
+                await trio.sleep(3)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat)
+            d = await finished(req.sweeps, s.id, timeout=600)
+            nursery.cancel_scope.cancel()
+        assert d.sweep.state is JobState.COMPLETED and d.sweep.counts == {JobState.COMPLETED: 3}, d.sweep.reason
+        assert len(failed) == 2
+
+
 async def test_an_error_two_nodes_report_fails_the_index(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:
