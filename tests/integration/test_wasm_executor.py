@@ -160,6 +160,23 @@ LIST = module(
 """,
 )
 
+# The WASI file functions the modules below import (an import a module does not call costs nothing).
+FILES = """
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get"
+    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_remove_directory"
+    (func $path_remove_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_create_directory"
+    (func $path_create_directory (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
+"""
+
 # Makes files named f, b, e, a, d, c in /outputs, then prints as hex: the stat of /inputs (fd 3), the stat of
 # /outputs/b, and /outputs' listing (wasi-libc's readdir: fd_readdir with room for all).
 FILE_FACTS = module(
@@ -180,15 +197,7 @@ FILE_FACTS = module(
     (drop (call $fd_readdir (i32.const 4) (i32.const 1024) (i32.const 1000) (i64.const 0) (i32.const 16)))
     (call $hex (i32.const 1024) (i32.load (i32.const 16)))))
 """,
-    """
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_filestat_get"
-    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
-""",
+    FILES,
 )
 
 # Calls stat and readdir as a hostile module would, and prints the errno of each (4 bytes each, as hex).
@@ -218,16 +227,7 @@ FILE_FACTS_ABUSED = module(
       (call $path_remove_directory (i32.const 4) (i32.const 0) (i32.const 65536)))
     (call $hex (i32.const 1024) (i32.const 52))))
 """,
-    """
-  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_filestat_get"
-    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_remove_directory"
-    (func $path_remove_directory (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
-""",
+    FILES,
 )
 
 # Makes /outputs/a and prints its inode number, removes it, makes /outputs/b and prints its number; then opens
@@ -255,15 +255,7 @@ FILE_FACTS_CHANGING = module(
       (call $fd_readdir (i32.load (i32.const 16)) (i32.const 2048) (i32.const 1000) (i64.const 1) (i32.const 20)))
     (call $hex (i32.const 1100) (i32.const 4))))
 """,
-    """
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_filestat_get"
-    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
-""",
+    FILES,
 )
 
 EXIT_3 = module("""
@@ -283,21 +275,6 @@ SPIN_SAYING_OUT_OF_MEMORY = module("""
   (func (export "_start") (call $write (i32.const 2) (i32.const 128) (i32.const 36)) (loop $forever (br $forever))))
 """)
 
-FILES = """
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fd_filestat_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_filestat_get"
-    (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_readdir" (func $fd_readdir (param i32 i32 i32 i64 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_remove_directory"
-    (func $path_remove_directory (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_create_directory"
-    (func $path_create_directory (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_rename" (func $path_rename (param i32 i32 i32 i32 i32 i32) (result i32)))
-"""
 
 # The numbers of files made after others went: (1) a file removed while open, stat'ed through its descriptor,
 # then closed, and a file made after it; (2) a folder replaced by a rename of another folder, and a folder made
@@ -1365,11 +1342,8 @@ async def test_a_run_the_system_killed_is_this_nodes_failure_not_a_result(execut
                                "it ran out of CPU time, or its runtime ran out of memory")
 
 
-async def test_what_a_module_learns_of_files_gone_is_the_same_on_ext4_and_tmpfs(executor: WasmExecutor,
-                                                                               tmp_path: Path) -> None:
-    """A file removed while open and stat'ed through its descriptor, or a folder a rename replaced, kept its
-    number: on ext4 the next file made took it ("the same file"), on tmpfs not. And a folder listed, removed and
-    made again in its descriptor's place was listed from the old folder's names on ext4 only."""
+async def _on_ext4_and_tmpfs(executor: WasmExecutor, tmp_path: Path, wasm: bytes) -> tuple[int, str, str]:
+    """The module's outcome in a work folder on the disk and in one on tmpfs (/dev/shm), which must be the same."""
     shm = Path("/dev/shm")
     if not shm.is_dir():
         pytest.skip("no /dev/shm (tmpfs) here")
@@ -1377,25 +1351,25 @@ async def test_what_a_module_learns_of_files_gone_is_the_same_on_ext4_and_tmpfs(
     with tempfile_in(shm) as fast:
         for root in (tmp_path / "disk", fast / "memory"):
             root.mkdir()
-            result = await executor.run(request(root, FILES_GONE))
+            result = await executor.run(request(root, wasm))
             outcomes.append((result.exit_code, result.stdout, result.stderr))
-    assert outcomes[0] == outcomes[1] == (0, "01\n02\n03\n04\nx1\nx2\ny1\n", ""), outcomes
+    assert outcomes[0] == outcomes[1], outcomes
+    return outcomes[0]
+
+
+async def test_what_a_module_learns_of_files_gone_is_the_same_on_ext4_and_tmpfs(executor: WasmExecutor,
+                                                                               tmp_path: Path) -> None:
+    """A file removed while open and stat'ed through its descriptor, or a folder a rename replaced, kept its
+    number: on ext4 the next file made took it ("the same file"), on tmpfs not. And a folder listed, removed and
+    made again in its descriptor's place was listed from the old folder's names on ext4 only."""
+    assert await _on_ext4_and_tmpfs(executor, tmp_path, FILES_GONE) == (0, "01\n02\n03\n04\nx1\nx2\ny1\n", "")
 
 
 async def test_a_kept_listing_numbers_its_entries_the_same_on_ext4_and_tmpfs(executor: WasmExecutor,
                                                                             tmp_path: Path) -> None:
     """A kept listing held host numbers, made the module's when read: an entry removed since, whose host number
     ext4 had given a new file, read as that file's number on ext4 only."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        pytest.skip("no /dev/shm (tmpfs) here")
-    outcomes = []
-    with tempfile_in(shm) as fast:
-        for root in (tmp_path / "disk", fast / "memory"):
-            root.mkdir()
-            result = await executor.run(request(root, KEPT_LISTING))
-            outcomes.append((result.exit_code, result.stdout, result.stderr))
-    assert outcomes[0] == outcomes[1] == (0, "03\n02\na", ""), outcomes
+    assert await _on_ext4_and_tmpfs(executor, tmp_path, KEPT_LISTING) == (0, "03\n02\na", "")
 
 
 async def test_a_run_out_of_memory_in_its_process_is_this_nodes_failure_and_not_run_twice(
