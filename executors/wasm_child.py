@@ -334,7 +334,7 @@ class _FileFacts:
         # fd -> the number of the file it holds open, removed since (its host inode number may go to a new file)
         self.removed_open: dict[int, int] = {}
         # fd -> the directory's inode (wasmtime's) and its entries (name, number, type), sorted; the oldest first
-        self.listings: dict[int, tuple[int, list[tuple[bytes, int, int]]]] = {}
+        self.listings: dict[int, tuple[int, list[tuple[bytes, int, int]], int]] = {}  # ..., and its bytes
         self.listed_bytes = 0
 
     def fd_filestat_get(self, caller: wasmtime.Caller, fd: int, out: int) -> int:
@@ -432,7 +432,7 @@ class _FileFacts:
         if errno:
             return errno
         directory = self._stat_read(caller)[1]
-        if cookie == 0 or self.listings.get(fd, (None,))[0] != directory:
+        if cookie == 0 or self.listings.get(fd, (None, None, 0))[0] != directory:
             listing = self._list(caller, fd)
             if isinstance(listing, int):
                 return listing
@@ -459,12 +459,12 @@ class _FileFacts:
         while self.listings and self.listed_bytes + size > MAX_LISTED_BYTES:
             self._unlist(next(iter(self.listings)))
         if size <= MAX_LISTED_BYTES:
-            self.listings[fd] = (directory, listing)
+            self.listings[fd] = (directory, listing, size)
             self.listed_bytes += size
 
     def _unlist(self, fd: int) -> None:
         if (kept := self.listings.pop(fd, None)) is not None:
-            self.listed_bytes -= sum(len(name) + LISTED_ENTRY_BYTES for name, _, _ in kept[1])
+            self.listed_bytes -= kept[2]
 
     def _list(self, caller: wasmtime.Caller, fd: int) -> list[tuple[bytes, int, int]] | int:
         """The directory's entries as wasmtime lists them, sorted by name (``.`` and ``..`` first); or an
