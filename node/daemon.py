@@ -183,6 +183,7 @@ async def _run_node(config: NodeConfig, *, task_status: trio.TaskStatus[NodeRead
                 requester.on_node_info(peers.node_id, compute.node_info())  # know ourselves at once
             await nursery.start(requester.run)
             sweeps = SweepService(peers=peers, store=store, judge=requester)
+            requester.sweep_work = sweeps.work_held  # a node on probation holds one piece of work of either kind
             dispatcher.sweeps = sweeps
             await nursery.start(sweeps.run)
         nursery.start_soon(cleanup_loop, store, publisher, config.retention, config.ttl,

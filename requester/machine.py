@@ -315,7 +315,10 @@ class JobMachine:
 
     # -- messages from compute nodes --------------------------------------------------------------
 
-    def on_bid(self, state: Tracked, peer: str, bid: Bid, now: float, known: Known) -> tuple[Reply, JobChanges]:
+    def on_bid(self, state: Tracked, peer: str, bid: Bid, now: float, known: Known, *,
+               room: int | None = None) -> tuple[Reply, JobChanges]:
+        """A node's bid. ``room``: the verified work a node on probation may still take here (None: it is not
+        on probation; see ``trust.PROBATION_WORK``)."""
         p = JobChanges(now=now, state=state, known=known, node_id=self.node_id)
         p.counts["bids"] += 1
         known_ex = state.executions.get(bid.execution_id)
@@ -333,6 +336,9 @@ class JobMachine:
             refusal = f"quarantined: {standing.rejected} results rejected, {standing.accepted} accepted" + (
                 "; on probation, it takes jobs verified by other nodes only (confidence 2 or more)"
                 if trust.on_probation(standing, self.quarantine_after, now) else "")
+        if refusal is None and room is not None and room <= 0:
+            refusal = (f"on probation: it takes {trust.PROBATION_WORK} verified job or sweep index at a time, and "
+                       "holds that many")
         if refusal is None:  # a restarted node may not remember it ran the job
             refusal = trust.bid_refusal(state.executions.values(), peer, bid.attempt)
         if refusal is None and peer in (sat := trust.sitters(state.executions.values())) \

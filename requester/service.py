@@ -90,6 +90,7 @@ class RequesterService(Driver[_Active]):
         self.latencies: deque[float] = deque(maxlen=1000)  # submit -> terminal of recently finished jobs
         self._next_full_pass = 0.0
         self._waiting = 0  # jobs short of nodes, as of the last full pass
+        self.sweep_work: Callable[[str], int] = lambda peer: 0  # the sweep indexes a node holds here (``SweepService``)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -327,7 +328,8 @@ class RequesterService(Driver[_Active]):
         async with aj.lock:
             now, known = self.clock(), self._known()
             if isinstance(message, Bid):
-                reply, changes = self.machine.on_bid(aj.state, peer, message, now, known)
+                reply, changes = self.machine.on_bid(aj.state, peer, message, now, known,
+                                                     room=self.probation_room(peer))
             else:
                 reply, changes = self.machine.on_result(aj.state, peer, message, now, known,
                                                         signed=message.signed_by(self.peers, peer))
@@ -341,6 +343,15 @@ class RequesterService(Driver[_Active]):
     def on_probation(self, peer: str) -> bool:
         return trust.on_probation(self.reputation.get(peer, trust.Standing()), self.machine.quarantine_after,
                                   self.clock())
+
+    def probation_room(self, peer: str) -> int | None:
+        """The verified work ``peer`` may still take here, jobs and sweeps together, while on probation (None:
+        it is not): ``trust.PROBATION_WORK`` less the job slots it holds till their verdicts, and sweep indexes."""
+        if not self.on_probation(peer):
+            return None
+        held = sum(1 for aj in self._live.values() for x in aj.state.executions.values()
+                   if x.node_id == peer and x.state in (ExecutionState.ACCEPTED, ExecutionState.PROPOSED))
+        return max(0, trust.PROBATION_WORK - held - self.sweep_work(peer))
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""

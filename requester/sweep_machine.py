@@ -117,6 +117,11 @@ class SweepMachine:
         """The sweep as it is written when only its indexes changed."""
         return self.sweep.model_copy(update={"updated_at": now, "revision": self.sweep.revision + 1})
 
+    def held_by(self, peer: str) -> int:
+        """The indexes ``peer`` holds: granted to its claims and not reported, or its result awaiting others'."""
+        granted = sum(len(c.indexes) for c in self.claims.values() if c.node == peer)
+        return granted + sum(1 for nodes in self.proposals.values() if peer in nodes)
+
     def unclaimed(self) -> int:
         """Pending indexes, about (a heap may still hold an index that has moved on)."""
         return len(self.pending) + sum(map(len, self.awaiting.values()))
@@ -155,10 +160,11 @@ class SweepMachine:
     # -- claims from compute nodes ----------------------------------------------------------------
 
     def claim(self, peer: str, msg: Claim, now: float, *, able: Collection[str],
-              quarantined: bool) -> tuple[Reply, Changes]:
+              quarantined: bool, room: int | None = None) -> tuple[Reply, Changes]:
         """A node's claim (signature already checked): record its reports, grant it more indexes. ``able``: the
         known nodes that could run the sweep's indexes (no claim takes more than its share); ``quarantined``:
-        the sender's reports were refused too often, it gets nothing more."""
+        the sender's reports were refused too often, it gets nothing more; ``room``: on probation, how many
+        more it may hold (``trust.PROBATION_WORK``), counted before this claim's reports."""
         p = Changes(now)
         p.counts["claims"] += 1
         if quarantined:
@@ -206,7 +212,11 @@ class SweepMachine:
             return Reply(verdict="rejected", reason="the sweep is completed"), p
         if self._end_if_done(p, records, events):
             return Reply(verdict="rejected", reason=f"the sweep is {self.sweep.state.value}"), p
-        granted = self._grant(peer, claim, 0 if check.against_sender else msg.want, able, now)  # a liar gets none
+        want = 0 if check.against_sender else msg.want  # a liar gets none
+        if room is not None:  # what it gave back or reported now is freed, unless its result awaits others'
+            freed = len(check.released) + sum(1 for r in check.results if peer not in self.proposals.get(r.index, ()))
+            want = min(want, room + freed)
+        granted = self._grant(peer, claim, want, able, now)
         records += [self._move(i, JobState.RUNNING, f"running on node {peer[-8:]}", now, peer) for i in granted]
         ranges = compress(granted)
         if granted:

@@ -186,6 +186,10 @@ class SweepService(Driver[_Live]):
         """Indexes of live sweeps that no node has claimed yet (waiting for capacity)."""
         return sum(live.machine.unclaimed() for live in self._live.values())
 
+    def work_held(self, peer: str) -> int:
+        """The indexes of live sweeps ``peer`` holds: granted and not reported, or its result awaiting others'."""
+        return sum(live.machine.held_by(peer) for live in self._live.values())
+
     # -- claims from compute nodes ----------------------------------------------------------------
 
     async def handle(self, peer: str, msg: Claim) -> Reply:
@@ -201,6 +205,7 @@ class SweepService(Driver[_Live]):
             verified = live.sweep.spec.confidence >= 2
             reply, changes = live.machine.claim(peer, msg, self.clock(),
                                                 able=self.judge.able(live.sweep.spec.job, verified=verified),
-                                                quarantined=self.judge.quarantined(peer, verified=verified))
+                                                quarantined=self.judge.quarantined(peer, verified=verified),
+                                                room=self.judge.probation_room(peer))
             await self._apply(live, changes)
             return reply

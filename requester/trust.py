@@ -16,6 +16,9 @@ from jobs import Execution, ExecutionState, JobSpec, RunResult
 
 QUARANTINE_SECONDS = 24 * 3600.0  # a quarantine lasts this long after the node's last rejected result
 RETRYABLE_ERRORS_PER_NODE = 2  # a node that reports this many "retry elsewhere" errors for a job is done with it
+# pieces of verified work (a job's slot, a sweep's index) a node on probation holds at once on a requester, till
+# their verdicts: a liar let out of quarantine lies on one before it is caught again, not on all it can bid on
+PROBATION_WORK = 1
 CONFIRMING_NODES = 2  # fewest distinct nodes whose errors confirm one another (a job's or a sweep index's)
 # how the requester's own clock fails a run that kept its node "running" past the job's result deadline
 NO_RESULT_IN_TIME = "no result within"
@@ -133,7 +136,7 @@ def quarantined(standing: Standing, after: int, now: float, *, verified: bool = 
 
 
 def on_probation(standing: Standing, after: int, now: float) -> bool:
-    """Whether a node takes verified work only (``quarantined``)."""
+    """Whether a node takes verified work only (``quarantined``), ``PROBATION_WORK`` pieces at a time."""
     return quarantined(standing, after, now) and not quarantined(standing, after, now, verified=True)
 
 

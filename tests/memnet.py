@@ -230,6 +230,7 @@ async def memory_node(
                 r.on_node_info(peer_id, c.node_info())
             await nursery.start(r.run)
             sw = SweepService(peers=peers, store=store, judge=r, clock=hub.now)
+            r.sweep_work = sw.work_held  # as node/daemon.py wires them
             await nursery.start(sw.run)
         dispatcher.requester, dispatcher.compute, dispatcher.sweeps = r, c, sw
         dispatcher.ready.set()

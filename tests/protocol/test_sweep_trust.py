@@ -14,6 +14,7 @@ from executors import ExecutorError
 from jobs import EventKind, JobSpec, JobState, Resources, RunResult
 from jobs.messages import Claim, IndexResult, Reply, SweepAnnounce, decode, encode
 from node.dispatch import Dispatcher, MessagePeers
+from requester import trust
 from tests.memnet import MemoryHub, MemoryTransport, memory_node
 from tests.protocol.test_sweeps import finished, nodes, sweep
 
@@ -465,6 +466,34 @@ async def test_with_confidence_a_lying_node_decides_no_index_and_wins_no_any_swe
         assert d.sweep.state is JobState.COMPLETED and d.sweep.winner is not None, d.sweep.reason
         [won], _ = await ns[0].store.sweep_indexes(s.id, first=d.sweep.winner, limit=1)
         assert won.result.stdout == "" and won.node_id != liar.peer_id
+
+
+async def test_a_node_on_probation_runs_one_index_at_a_time_and_its_lie_quarantines_it_again(
+        tmp_path, autojump_clock, monkeypatch):
+    """Out of quarantine, a liar claimed its whole share of a verified sweep and lied on each index before the
+    first verdict caught it; on probation it now holds one index at a time (``trust.PROBATION_WORK``)."""
+    monkeypatch.setattr(trust, "QUARANTINE_SECONDS", 600.0)
+    async with AsyncExitStack() as stack:
+        ns = await nodes(stack, MemoryHub(), tmp_path, n=4)
+        liar, requester = ns[3], ns[0].requester
+        requester.machine.quarantine_after = 1
+        requester.reputation[liar.peer_id] = trust.Standing(0, 1, rejected_at=requester.clock() - 601)
+        assert requester.on_probation(liar.peer_id)
+        liar_runs: list[int] = []
+        rooms: list[int | None] = []  # what the liar may take besides, jobs included, while it runs
+
+        async def before(request):
+            liar_runs.append(int(request.spec.env["SHOAL_INDEX"]))
+            rooms.append(requester.probation_room(liar.peer_id))
+        liar.noop.hooks.before_run = before
+        liar.noop.hooks.stdout = "forged\n"
+        for n in ns:
+            n.noop.hooks.delay = 0.05
+        s, _ = await ns[0].sweeps.submit(sweep(grid={"i": [str(i) for i in range(40)]}, confidence=2), "alice")
+        d = await finished(ns[0].sweeps, s.id, timeout=120)
+        assert d.sweep.counts == {JobState.COMPLETED: 40}, d.sweep.reason
+        assert len(liar_runs) == 1 and rooms == [0], (liar_runs, rooms)
+        assert requester.quarantined(liar.peer_id, verified=True)
 
 
 async def test_without_confidence_the_first_result_of_an_index_counts(tmp_path, autojump_clock):

@@ -88,6 +88,27 @@ async def test_a_quarantine_lapses_and_the_next_lie_brings_it_back(tmp_path, aut
         assert not any(requester.quarantined(f"h{i}") for i in range(3))
 
 
+async def test_a_node_on_probation_takes_one_verified_job_or_sweep_index_at_a_time(tmp_path, autojump_clock,
+                                                                                   monkeypatch):
+    """A liar let out of quarantine bid on every verified job waiting, and lied on each one before the first
+    verdict quarantined it again. On probation it now holds one piece of verified work at a time."""
+    monkeypatch.setattr(trust, "QUARANTINE_SECONDS", 600.0)
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=3, bad=1)
+        requester.machine.quarantine_after = 1
+        requester.reputation["bad0"] = trust.Standing(0, 1, rejected_at=requester.clock() - 601)
+        assert requester.on_probation("bad0")
+        jobs = [(await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": f"p{n}"}}), "alice"))[0]
+                for n in range(6)]
+        done = [await wait_terminal(requester, job.id) for job in jobs]
+        assert all(d.job.state is JobState.COMPLETED and d.job.result.stdout == "42\n" for d in done)
+        taken = [d.job.id for d in done for x in d.executions if x.node_id == "bad0"
+                 and x.state is not ExecutionState.BIDDING and "another node was chosen" not in x.reason]
+        assert len(taken) == 1, taken  # its one lie, refused: it is quarantined again
+        assert requester.reputation["bad0"].rejected == 2 and requester.quarantined("bad0", verified=True)
+
+
 async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:

@@ -154,8 +154,12 @@ def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
     assert alone.verdict == "rejected" and alone.reason.endswith(
         "on probation, it takes jobs verified by other nodes only (confidence 2 or more)") and changes.writes == []
     verified = tracked(spec(concurrency=2, confidence=2))
-    probation, changes = machine().on_bid(verified, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar)
+    probation, changes = machine().on_bid(verified, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar,
+                                          room=1)
     assert probation.verdict in ("accepted", "pending") and changes.writes
+    # while it holds verified work here till its verdict, it takes no more
+    busy, changes = machine().on_bid(verified, "n-a", Bid(job_id="j-1", execution_id="x"), later, liar, room=0)
+    assert busy.verdict == "rejected" and busy.reason.startswith("on probation") and changes.writes == []
 
 
 def test_a_retried_bid_gets_the_verdict_it_had_and_another_nodes_execution_is_not_its_own():
