@@ -474,6 +474,37 @@ def test_a_context_with_a_link_out_of_itself_is_refused_and_nothing_is_stored(no
         assert sorted((node_a / "node" / "results").glob("*")) == before
 
 
+def test_a_context_whose_links_loop_is_refused_at_once_and_uploads_go_on(node_a: Path) -> None:
+    """15 links, each naming the one before eight times, all inside the context: checking them took 8^14 steps,
+    so each upload held one of the node's four upload slots and a core for good, and a fifth from anyone was
+    refused as busy. The kernel would give up after 40 links (ELOOP); so does the node now."""
+    import io
+    import tarfile
+
+    from shoal import InvalidRequest
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        top = tarfile.TarInfo("context")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        for i in range(15):
+            link = tarfile.TarInfo(f"context/x{i}")
+            link.type, link.linkname = tarfile.SYMTYPE, "/".join([f"x{i - 1}"] * 8) if i else "."
+            tar.addfile(link)
+    with Client(A, key=ClientKey.generate(), timeout=30) as client:
+        for _ in range(5):  # one more than the node's upload slots
+            with pytest.raises(InvalidRequest) as refused:
+                client.upload_context(buf.getvalue())
+            assert refused.value.status == 422 and "goes through too many links (a loop)" in str(refused.value)
+        plain = io.BytesIO()
+        with tarfile.open(fileobj=plain, mode="w") as tar:
+            info = tarfile.TarInfo("main.py")
+            info.size = 9
+            tar.addfile(info, io.BytesIO(b"print(1)\n"))
+        assert client.upload_context(plain.getvalue())  # its CID: the slots are free
+
+
 def test_a_context_nested_deeper_than_the_limit_is_refused(node_a: Path) -> None:
     """The node walks an uploaded directory to store it; one Python could not recurse through would have
     ended the request with an internal error, and a job would have been refused it later."""

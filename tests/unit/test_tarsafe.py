@@ -3,7 +3,9 @@ and the same files whatever the chunks the stream arrives in."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -36,6 +38,41 @@ def test_links_that_resolve_outside_are_found(links: dict[tuple[str, ...], str],
 ])
 def test_links_inside_are_allowed(links: dict[tuple[str, ...], str]) -> None:
     assert link_escapes(links) is None
+
+
+def _doubling(count: int, width: int = 8) -> dict[tuple[str, ...], str]:
+    """``x0 -> .`` and each next link naming the one before ``width`` times: every link stays inside, and link
+    ``n`` takes 1 + width + width^2 ... follows to resolve."""
+    return {("x0",): ".", **{(f"x{i}",): "/".join([f"x{i - 1}"] * width) for i in range(1, count)}}
+
+
+@pytest.mark.parametrize("links", [
+    _doubling(3, width=2),  # x2: 1 + 2 * 3 = 7 follows
+    _doubling(3),  # x2: 1 + 8 * 9 = 73
+    _doubling(15),  # 8^14 steps for a check that resolved each use again: a node's core spun for good
+    {**{(f"c{i}",): f"c{i + 1}" for i in range(45)}, ("c45",): "."},  # a chain of 46
+    {**{(f"c{i}",): f"c{i + 1}" for i in range(39)}, ("c39",): "."},  # a chain of 40
+])
+def test_links_are_resolved_as_the_kernel_resolves_them(tmp_path: Path, links) -> None:
+    """What the kernel refuses as a loop (more than 40 links followed in one lookup) is refused, and only that;
+    each link is resolved once, however often others name it."""
+    for path, target in links.items():
+        (tmp_path / Path(*path)).symlink_to(target)
+    loops = []
+    for path in links:
+        try:
+            fd = os.open(tmp_path / Path(*path), os.O_PATH)
+        except OSError as e:
+            assert e.errno == errno.ELOOP
+            loops.append(path)
+        else:
+            os.close(fd)
+    problem = link_escapes(links)
+    if loops:
+        assert problem is not None and problem.endswith("goes through too many links (a loop)")
+        assert tuple(problem.split("'")[1].split("/")) in loops
+    else:
+        assert problem is None
 
 
 def _tar(entries: list[tuple[str, str, bytes | str]]) -> bytes:
