@@ -9,6 +9,7 @@ network itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -29,11 +30,12 @@ import trio
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, IMuxedConn, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import RetryConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import GossipSub
@@ -327,6 +329,32 @@ def _guard_security_upgrade(upgrader: Any, admission: Admission, counters: Count
         return secure
 
     upgrader.upgrade_security = guarded
+
+
+def _free_inbound_slots(swarm: Any) -> None:
+    """Give back an inbound connection's slot of py-libp2p's inbound cap when the connection ends.
+
+    py-libp2p 0.8.1 keeps each inbound connection's handler, which holds one of the cap's 250 slots, waiting
+    until the whole swarm stops. So a node took 250 inbound connections in its life, then refused every new
+    one: ~250 short-lived identities, or peers reconnecting over days, locked out every newcomer for good.
+    The handler now upgrades the connection as py-libp2p's does, then waits for that connection to close.
+    """
+    handle = swarm._do_handle_inbound_connection
+
+    async def handle_until_closed(read_write_closer: Any, maddr: multiaddr.Multiaddr, failure_event: Any) -> None:
+        if isinstance(read_write_closer, IMuxedConn):  # a transport that multiplexes itself (QUIC): not used here
+            return await handle(read_write_closer, maddr, failure_event)
+        raw = RawConnection(read_write_closer, False)
+        try:
+            muxed = await swarm.upgrade_inbound_raw_conn(raw, maddr)
+        except Exception as exc:
+            log.debug("inbound connection on %s not taken: %s", maddr, exc)
+            with contextlib.suppress(Exception):
+                await raw.close()
+            return
+        await muxed.event_closed.wait()
+
+    swarm._do_handle_inbound_connection = handle_until_closed
 
 
 def _plain_tcp(maddr: multiaddr.Multiaddr) -> bool:
@@ -653,6 +681,7 @@ class Network:
         swarm: Any = host.get_network()
         if self.admission != OPEN:
             _guard_security_upgrade(swarm.upgrader, self.admission, self._counters)
+        _free_inbound_slots(swarm)
         if hasattr(swarm, "retry_config"):
             # Fail a dial at once; our redial loop does the backing off.
             swarm.retry_config = RetryConfig(max_retries=0)

@@ -756,6 +756,27 @@ async def test_hostile_bytes_on_the_tcp_port_reach_no_one_and_the_node_serves_on
 
 
 @pytest.mark.trio
+async def test_peers_that_came_and_went_never_use_up_the_inbound_connections() -> None:
+    """py-libp2p held each inbound connection's slot of its inbound cap (250) until the node stopped: 250
+    short-lived identities, or peers reconnecting over days, and no newcomer could ever connect again. The cap
+    is lowered to 3 here; 6 peers connect and leave one after another, then a newcomer is answered."""
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        swarm = a._host.get_network()
+        swarm._inbound_limiter.total_tokens = 3
+        for i in range(6):
+            visitor = await start(make(f"visitor{i}", peers=a.addrs()))
+            await wait_until(lambda v=visitor: a.peer_id in v.net.connected_peers())
+            await visitor.stop()
+            await wait_until(lambda: not a.connected_peers())
+        assert swarm._inbound_limiter.borrowed_tokens == 0
+        newcomer = make("newcomer", peers=a.addrs())
+        await start(newcomer)
+        with trio.fail_after(10):
+            assert await newcomer.request(a.peer_id, b"hello", timeout=5) == b"echo:hello"
+
+
 async def test_a_stranger_that_connects_and_says_nothing_is_dropped() -> None:
     """A connection that never finishes its handshake does not hold the node's resources for ever."""
     async with cluster() as start:
