@@ -34,7 +34,7 @@ from jobs.messages import (
     decode,
     encode,
 )
-from node.ratelimit import RateLimiter
+from node.ratelimit import RateLimiter, SpacedWarnings
 from node.store import StoreClosed
 
 if TYPE_CHECKING:
@@ -115,7 +115,6 @@ MAX_NODE_INFO_BYTES = 8192
 CHECKED_GOSSIP = 64
 """Gossip messages decoded by the network's validator, kept until on_gossip takes them (decoded once).
 Normally a few are in flight; under a backlog older ones are forgotten and decoded again."""
-WARN_EVERY = 10.0  # seconds between two warnings about the same kind of refusal (a flood must not flood the log)
 
 GossipMessage = Announce | NodeInfo | SweepAnnounce
 
@@ -154,23 +153,17 @@ class Dispatcher:
         self.node_id = node_id  # our own requests (to our own roles) are never limited
         self.clock = clock  # spaces out repeated warnings
         self._checked: OrderedDict[tuple[str, bytes], GossipMessage] = OrderedDict()
-        self._warned: dict[str, float] = {}
+        self._warnings = SpacedWarnings(log, clock=clock)
         self._rate_limited_reply = b""
         if rate_limiter is not None:
             self._rate_limited_reply = encode(Reply(ok=False, reason=(
                 f"rate limited: over {rate_limiter.rate:g} requests/s (burst {rate_limiter.burst:g}) from one peer")))
 
-    def _warn(self, what: str, message: str, *args: object) -> None:
-        now = self.clock()
-        if now - self._warned.get(what, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[what] = now
-            log.warning(message, *args)
-
     async def on_request(self, peer: str, data: bytes) -> bytes:
         limiter = self.rate_limiter
         if limiter is not None and peer != self.node_id and not limiter.allow(peer):
             # before anything else: a flood costs a dict lookup and a canned reply, never the roles or the store
-            self._warn("rate", "refusing requests from %s: over the rate limit (%d refused so far, all peers)",
+            self._warnings.warn("rate", "refusing requests from %s: over the rate limit (%d refused so far, all peers)",
                        peer, limiter.refused)
             return self._rate_limited_reply
         if not self.ready.is_set():
@@ -180,7 +173,7 @@ class Dispatcher:
             message = decode(data)
         except MalformedMessage as e:
             self.dropped += 1
-            log.warning("malformed request from %s: %s", peer, e)
+            self._warnings.warn("malformed", "malformed request from %s: %s", peer, e)
             return encode(Reply(ok=False, reason=str(e)))
         try:
             if isinstance(message, Bid | Result | OpenQuery) and self.requester is not None:
@@ -205,7 +198,7 @@ class Dispatcher:
             return encode(Reply(ok=False, reason="internal error on the receiving node"))
         if reply is None:
             self.dropped += 1
-            log.warning("unexpected %s request from %s", message.kind, peer)
+            self._warnings.warn("unexpected", "unexpected %s request from %s", message.kind, peer)
             reply = Reply(ok=False, reason=f"this node does not take {message.kind} messages")
         return encode(reply)
 
@@ -215,7 +208,7 @@ class Dispatcher:
         try:
             message = read_gossip(origin, data)
         except MalformedMessage as e:
-            self._warn("gossip", "rejected gossip from %s: %s", origin, e)
+            self._warnings.warn("gossip", "rejected gossip from %s: %s", origin, e)
             return False
         self._checked[(origin, data)] = message
         if len(self._checked) > CHECKED_GOSSIP:  # the network dropped some before on_gossip
@@ -231,7 +224,7 @@ class Dispatcher:
                 message = read_gossip(origin, data)
             except MalformedMessage as e:
                 self.dropped += 1
-                self._warn("gossip", "dropped gossip from %s: %s", origin, e)
+                self._warnings.warn("gossip", "dropped gossip from %s: %s", origin, e)
                 return
         if isinstance(message, Announce):
             if self.compute is not None:

@@ -6,6 +6,7 @@ least recently seen one beyond that (a forgotten peer starts again with a full b
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -61,3 +62,28 @@ class RateLimiter:
 
     def statistics(self) -> RateLimiterStatistics:
         return RateLimiterStatistics(tracked=len(self._buckets), allowed=self.allowed, refused=self.refused)
+
+
+WARN_EVERY = 10.0  # seconds between two warnings of one kind: a peer's flood of refusals must not flood the log
+
+
+class SpacedWarnings:
+    """Log a warning of each kind at most once every ``every`` seconds, saying how many were left out."""
+
+    def __init__(self, logger: logging.Logger, *, every: float = WARN_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.every = every
+        self.clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, left out since)
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        now = self.clock()
+        at, left_out = self._last.get(kind, (-self.every, 0))
+        if now - at < self.every:
+            self._last[kind] = (at, left_out + 1)
+            return
+        self._last[kind] = (now, 0)
+        if left_out:
+            message += f" ({left_out} more like it in the last {now - at:.0f} s)"
+        self.logger.warning(message, *args)

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,7 @@ from jobs.errors import PeerError, PeerTimeout, Unreachable
 from node.net import eager_io, pubsub_records, yamux_credit, yamux_window, yamux_writes
 from node.net.admission import OPEN, Admission
 from node.net.errors import NetworkError
-from node.net.links import Counters, OutboundLink, discard_stream, serve_inbound
+from node.net.links import Counters, OutboundLink, PartialFrames, discard_stream, serve_inbound, warnings
 from node.net.wire import DEFAULT_MAX_FRAME, PROTOCOL_ID
 from node.ratelimit import RateLimiter
 
@@ -119,6 +119,9 @@ disconnects (it reconnects with a clean slate; go-libp2p retains it), "ignore" a
 penalising its sender (a validator only accepts or rejects), or limit by origin rather than by
 neighbour (valid gossip signed by many identities is bounded only by GOSSIP_PEER_RATE per relay)."""
 PEER_NAMES = 4096
+# inbound rpc streams one peer may hold at once: an honest one keeps one (``OutboundLink``), and a second while
+# it replaces a broken one; each may hold an unfinished frame of up to a megabyte
+INBOUND_STREAMS_PER_PEER = 4
 """Gossip origins whose base58 ids are kept (libp2p computes them in pure Python: ~25 us each)."""
 
 GossipHandler = Callable[[str, bytes], Awaitable[None]]
@@ -466,6 +469,8 @@ class Network:
         self._validate_gossip = validate_gossip
         self._peer_names: dict[bytes, str] = {}
         self._counters = Counters()
+        self._partial_frames = PartialFrames()
+        self._inbound_streams: Counter[str] = Counter()  # by peer
         self._host: IHost | None = None
         self._pubsub: Pubsub | None = None
         self._nursery: trio.Nursery | None = None
@@ -855,6 +860,13 @@ class Network:
         except Exception:
             await discard_stream(stream)
             return
+        if self._inbound_streams[remote] >= INBOUND_STREAMS_PER_PEER:
+            self._counters.frames_rejected += 1
+            warnings.warn("streams", "peer %s opened more than %d rpc streams at once: resetting the newest", remote,
+                          INBOUND_STREAMS_PER_PEER)
+            await discard_stream(stream)
+            return
+        self._inbound_streams[remote] += 1
         try:
             await serve_inbound(
                 stream,
@@ -862,9 +874,14 @@ class Network:
                 self._on_request,
                 max_frame=self._max_frame,
                 counters=self._counters,
+                partial=self._partial_frames,
             )
         except Exception:  # serve_inbound should not raise; never take libp2p down
             log.exception("rpc stream from %s failed", remote)
+        finally:
+            self._inbound_streams[remote] -= 1
+            if not self._inbound_streams[remote]:
+                del self._inbound_streams[remote]
 
     # -- connections ---------------------------------------------------------
 

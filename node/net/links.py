@@ -15,6 +15,7 @@ not leave a partial frame on a stream that other requests share.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 from jobs.errors import Unreachable
 from node.net.errors import RemoteProtocolError
 from node.net.wire import FrameDecoder, encode_frame
+from node.ratelimit import SpacedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,30 @@ WRITE_QUEUE = 1024
 """Frames queued per stream before callers wait (back-pressure)."""
 MAX_CONCURRENT_PER_STREAM = 256
 DISCARD_TIMEOUT = 1.0
+FRAME_DEADLINE = 30.0
+"""Seconds a peer has to finish a request frame it began (a 1 MiB frame at 35 KB/s): one left unfinished
+held up to a megabyte for as long as the peer liked."""
+PARTIAL_FRAMES_BUDGET = 64 << 20
+"""Bytes of unfinished request frames held over all inbound streams: 800 streams of 1 MiB held 1 GiB."""
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+warnings = SpacedWarnings(log)
+
+
+class PartialFrames:
+    """The bytes of unfinished request frames a node's inbound streams hold, against one ``limit``."""
+
+    def __init__(self, limit: int = PARTIAL_FRAMES_BUDGET) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def resize(self, old: int, new: int) -> bool:
+        """A stream's unfinished frame went from ``old`` to ``new`` bytes; False (nothing changed) when that
+        growth would pass the limit."""
+        if new > old and self.held + new - old > self.limit:
+            return False
+        self.held += new - old
+        return True
 
 
 @dataclass
@@ -250,14 +274,14 @@ class OutboundLink:
             if data is None:
                 if decoder.pending:
                     self._counters.frames_rejected += 1
-                    log.warning("peer %s closed the rpc stream in the middle of a frame", self.peer_id)
+                    warnings.warn("reply cut", "peer %s closed the rpc stream in the middle of a frame", self.peer_id)
                 self._fail(Unreachable(self.peer_id, "peer closed the stream"))
                 return True
             try:
                 frames = decoder.feed(data)
             except RemoteProtocolError as exc:
                 self._counters.frames_rejected += 1
-                log.warning("bad reply frame from %s, closing the stream: %s", self.peer_id, exc)
+                warnings.warn("bad reply", "bad reply frame from %s, closing the stream: %s", self.peer_id, exc)
                 error = Unreachable(self.peer_id, f"protocol error: {exc}")
                 error.__cause__ = exc
                 self._fail(error)
@@ -279,16 +303,20 @@ async def serve_inbound(
     *,
     max_frame: int,
     counters: Counters,
+    partial: PartialFrames,
     max_concurrent: int = MAX_CONCURRENT_PER_STREAM,
 ) -> None:
     """Serve requests arriving on one inbound rpc stream until it ends.
 
     ``peer_id`` must come from the authenticated connection. Never raises an
     ``Exception`` (only ``Cancelled``): a misbehaving peer costs its stream only.
+    A request frame must end within ``FRAME_DEADLINE`` of its first bytes, and
+    fit in what ``partial`` has left, or the stream is reset.
     """
     send, recv = trio.open_memory_channel[bytes](max(max_concurrent, 1))
     limiter = trio.Semaphore(max_concurrent)
     graceful = False
+    held = 0  # bytes of the unfinished frame, counted in ``partial``
     counters.open_streams += 1
 
     async def handle(request_id: int, payload: bytes) -> None:
@@ -326,17 +354,25 @@ async def serve_inbound(
             outer.start_soon(writer, outer.cancel_scope)
             async with trio.open_nursery() as handlers:
                 decoder = FrameDecoder(max_frame)
+                began = math.inf  # when the unfinished frame's first bytes came
                 while True:
-                    try:
-                        data = await _read(stream)
-                    except Exception as exc:
-                        log.debug("rpc stream from %s broke: %r", peer_id, exc)
+                    with trio.move_on_at(began + FRAME_DEADLINE) as waiting:
+                        try:
+                            data = await _read(stream)
+                        except Exception as exc:
+                            log.debug("rpc stream from %s broke: %r", peer_id, exc)
+                            outer.cancel_scope.cancel()
+                            break
+                    if waiting.cancelled_caught:
+                        counters.frames_rejected += 1
+                        warnings.warn("unfinished", "peer %s left a request frame unfinished for %g s, resetting the "
+                                      "stream", peer_id, FRAME_DEADLINE)
                         outer.cancel_scope.cancel()
                         break
                     if data is None:
                         if decoder.pending:
                             counters.frames_rejected += 1
-                            log.warning("peer %s closed its rpc stream in the middle of a frame", peer_id)
+                            warnings.warn("cut", "peer %s closed its rpc stream in the middle of a frame", peer_id)
                             outer.cancel_scope.cancel()
                         else:
                             # Clean end: let running handlers finish and reply.
@@ -346,9 +382,20 @@ async def serve_inbound(
                         frames = decoder.feed(data)
                     except RemoteProtocolError as exc:
                         counters.frames_rejected += 1
-                        log.warning("bad request frame from %s, closing the stream: %s", peer_id, exc)
+                        warnings.warn("bad", "bad request frame from %s, closing the stream: %s", peer_id, exc)
                         outer.cancel_scope.cancel()
                         break
+                    if not partial.resize(held, decoder.pending):
+                        counters.frames_rejected += 1
+                        warnings.warn("budget", "unfinished request frames hold %d MiB: resetting a stream from %s",
+                                      partial.held >> 20, peer_id)
+                        outer.cancel_scope.cancel()
+                        break
+                    held = decoder.pending
+                    if not held:
+                        began = math.inf
+                    elif frames or began == math.inf:  # a new frame began
+                        began = trio.current_time()
                     for request_id, payload in frames:
                         await limiter.acquire()
                         counters.requests_received += 1
@@ -357,5 +404,6 @@ async def serve_inbound(
     except Exception:
         log.exception("unexpected failure serving the rpc stream from %s", peer_id)
     finally:
+        partial.resize(held, 0)
         await discard_stream(stream, graceful=graceful)
         counters.open_streams -= 1

@@ -18,7 +18,7 @@ import trio
 from libp2p.peer.id import ID
 
 from jobs.errors import PeerError, PeerTimeout, Unreachable
-from node.net import Network, NetworkError
+from node.net import Network, NetworkError, host, links
 from node.net.wire import encode_frame
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
@@ -479,6 +479,48 @@ async def test_bad_frames_close_that_stream_only(junk: bytes) -> None:
         assert await a.request(b.peer_id, b"back", timeout=5) == b"echo:back"
         assert a.connected_peers() == [b.peer_id]
         await raw.reset()
+
+
+async def _held_until_reset(stream, timeout: float) -> bool:
+    """Whether the node resets (or closes) ``stream`` within ``timeout`` seconds, reading nothing from it."""
+    with trio.move_on_after(timeout):
+        try:
+            while await stream.read(65536):
+                pass
+        except Exception:
+            pass
+        return True
+    return False
+
+
+async def test_an_unfinished_request_frame_is_held_for_a_while_and_within_a_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer announcing a megabyte frame and sending all of it but a byte held that megabyte for as long as it
+    liked, on as many streams and identities as it liked (800 held 1 GiB). A frame now ends within its deadline,
+    all unfinished frames within a budget, and one peer holds at most a few streams."""
+    monkeypatch.setattr(links, "FRAME_DEADLINE", 1.0)
+    async with cluster() as start:
+        a = make("a")
+        await start(a)
+        a._partial_frames.limit = 150_000
+        b = make("b", peers=a.addrs())
+        await start(b)
+        assert await b.request(a.peer_id, b"before", timeout=5) == b"echo:before"
+        unfinished = encode_frame(1, b"u" * 100_000)[:-1]
+        slow = await b._open_stream(a.peer_id)
+        await slow.write(unfinished)
+        await wait_until(lambda: a._partial_frames.held == len(unfinished))
+        over = await b._open_stream(a.peer_id)
+        await over.write(unfinished)  # past the budget, with the first one's
+        assert await _held_until_reset(over, 5)
+        assert await _held_until_reset(slow, 5)  # past its deadline
+        await wait_until(lambda: a._partial_frames.held == 0)
+        assert a.statistics().frames_rejected == 2
+        streams = [await b._open_stream(a.peer_id) for _ in range(host.INBOUND_STREAMS_PER_PEER - 1)]  # and b's link
+        with contextlib.suppress(Unreachable):  # one more than a peer may hold: reset, while it opens or after
+            assert await _held_until_reset(await b._open_stream(a.peer_id), 5)
+        assert not await _held_until_reset(streams[0], 0.5)
+        assert await b.request(a.peer_id, b"after", timeout=5) == b"echo:after"  # the link serves on
 
 
 @pytest.mark.trio
