@@ -14,10 +14,12 @@ from starlette.requests import ClientDisconnect
 
 from jobs.views import ErrorResponse
 from node.api.quotas import Refusal
-from node.store import StoreClosed
+from node.ratelimit import SpacedWarnings
+from node.store import StoreClosed, StoreDamaged
 from requester import IdempotencyConflict, UnknownJob
 
 log = logging.getLogger("shoal.api")
+warnings = SpacedWarnings(log)
 
 ERROR_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "body_too_large",
@@ -85,6 +87,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _stopping(request: Request, exc: StoreClosed) -> JSONResponse:
         return error(503, "unavailable", "the node is stopping: ask again once it is back, or another node")
 
+    @app.exception_handler(StoreDamaged)
+    async def _damaged(request: Request, exc: StoreDamaged) -> JSONResponse:
+        warnings.warn("damaged", "%s %s: %s", request.method, request.url.path, exc)  # not a traceback a request
+        return error(503, "unavailable", str(exc))
+
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
         return error(409, "idempotency_conflict", str(exc))
@@ -94,6 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, ClientDisconnect):  # it hung up before its body arrived: nobody reads an answer,
             # and the node did not fail (a traceback each, 5,000 hang-ups of strangers wrote 7 MB of log)
             return error(400, "client_disconnected", "the client closed the connection before its request arrived")
+        if isinstance(exc, StoreDamaged):  # from a middleware (the nonce's write): as from a route
+            return await _damaged(request, exc)
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error(500, "internal_error", f"the node failed to handle this request ({type(exc).__name__})")
 

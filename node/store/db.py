@@ -19,12 +19,12 @@ from typing import TypeVar, TypeVarTuple
 
 import trio
 
-from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult, StaleState
+from jobs import Event, Execution, ExecutionSide, Job, JobState, RunResult, ShoalError, StaleState
 from jobs.sweep import IndexRange, IndexRecord, Sweep
 from node.store import queries
 from node.store.bell import EventBell
 from node.store.queries import ExpiredRecords
-from node.store.schema import connect, damage, migrate
+from node.store.schema import connect, damage, damaged, is_damage, migrate
 from node.store.sealed import Sealer
 from node.store.writer import StoreClosed, StoreStatistics, StoreUnavailable, Writer
 from node.tasks import RunBlocking
@@ -57,7 +57,7 @@ class Store:
             self._reader = connect(path)
         except sqlite3.Error as e:  # a full disk, a read-only or locked file: say which, at start
             raise StoreUnavailable(f"cannot open the store {path}: {e}") from e
-        self._writer = Writer(conn, run_blocking=run_blocking)
+        self._writer = Writer(conn, path, run_blocking=run_blocking)
         self._run_blocking = run_blocking
         self._read_lock = trio.CapacityLimiter(1)
         self.bell = EventBell()  # rung for the jobs whose events a write added, once it is committed
@@ -79,10 +79,10 @@ class Store:
             raise StoreClosed("the store is shutting down")
         try:
             return await self._run_blocking(fn, self._reader, *args, limiter=self._read_lock)
-        except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
-            if self._writer.closed:
-                raise StoreClosed("the store is shutting down") from e
-            raise
+        except sqlite3.Error as e:
+            if (said := self._said(e)) is None:
+                raise
+            raise said from e
 
     async def _read_by_key(self, fn: Callable[[sqlite3.Connection, *Args], T], *args: *Args) -> T:
         """``fn(reader, *args)`` for a read of a few rows by key: on the event loop's thread when no other read
@@ -97,12 +97,20 @@ class Store:
             return await self._read(fn, *args)
         try:
             return fn(self._reader, *args)
-        except sqlite3.ProgrammingError as e:  # a read that raced the shutdown: say so, not "bug"
-            if self._writer.closed:
-                raise StoreClosed("the store is shutting down") from e
-            raise
+        except sqlite3.Error as e:
+            if (said := self._said(e)) is None:
+                raise
+            raise said from e
         finally:
             self._read_lock.release()
+
+    def _said(self, e: sqlite3.Error) -> ShoalError | None:
+        """A read's error as the node says it (None: as it is): a read that raced the shutdown is StoreClosed, not
+        a bug; pages damaged while the node runs are StoreDamaged, as at start (they failed each request naming
+        nothing)."""
+        if isinstance(e, sqlite3.ProgrammingError) and self._writer.closed:
+            return StoreClosed("the store is shutting down")
+        return damaged(self.path, e) if is_damage(e) else None
 
     def statistics(self) -> StoreStatistics:
         return self._writer.statistics()

@@ -330,6 +330,17 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def damaged(path: Path, found: object) -> StoreDamaged:
+    return StoreDamaged(f"the store {path} is damaged ({found}): restore it from a backup, or move it away and the "
+                        "node starts with an empty one")
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether SQLite raised ``e`` on a damaged file (not a lock, a full disk or an I/O error)."""
+    return isinstance(e, sqlite3.DatabaseError) and getattr(e, "sqlite_errorcode", None) in (SQLITE_CORRUPT,
+                                                                                              SQLITE_NOTADB)
+
+
 def damage(conn: sqlite3.Connection, path: Path) -> None:
     """Raise ``StoreDamaged`` if SQLite finds the store's pages damaged (a disk fault, a copy cut short): a node
     on one said it was ready, then answered every request for a job with an error naming nothing. The check
@@ -337,13 +348,11 @@ def damage(conn: sqlite3.Connection, path: Path) -> None:
     try:
         found = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
     except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorcode", None) not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        if not is_damage(e):
             raise  # a lock or an I/O error passes: the store is unavailable now, not damaged
         found = str(e)
     if found != "ok":
-        found = "; ".join(line for line in found.splitlines() if line and not line.startswith("***"))
-        raise StoreDamaged(f"the store {path} is damaged ({found}): restore it from a backup, or move it away and "
-                           "the node starts with an empty one")
+        raise damaged(path, "; ".join(line for line in found.splitlines() if line and not line.startswith("***")))
 
 
 def version(conn: sqlite3.Connection) -> int:

@@ -22,10 +22,12 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from jobs import DuplicateKey, ShoalError, StaleState
+from node.store.schema import damaged, is_damage
 from node.tasks import RunBlocking
 
 log = logging.getLogger("shoal.store")
@@ -75,20 +77,26 @@ class _Write:
         self.error: BaseException | None = None
 
 
-def _mapped(e: Exception) -> Exception:
-    """sqlite's unique-key violation as the project's ``DuplicateKey``; anything else as it is."""
+def _mapped(e: Exception, path: Path) -> Exception:
+    """sqlite's unique-key violation as the project's ``DuplicateKey``, a damaged page as ``StoreDamaged``;
+    anything else as it is."""
     if isinstance(e, sqlite3.IntegrityError) and "UNIQUE" in str(e):
-        error = DuplicateKey(str(e))
-        error.__cause__ = e
-        return error
-    return e
+        error: Exception = DuplicateKey(str(e))
+    elif is_damage(e):
+        error = damaged(path, e)
+    else:
+        return e
+    error.__cause__ = e
+    return error
 
 
 class Writer:
     """Owns the writing connection: ``run`` is the task, ``write`` queues an operation and waits for it."""
 
-    def __init__(self, conn: sqlite3.Connection, *, run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *,
+                 run_blocking: RunBlocking = trio.to_thread.run_sync) -> None:
         self._conn = conn
+        self.path = path
         self._run_blocking = run_blocking
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
         self._commits = self._writes = self._stale = 0
@@ -109,6 +117,10 @@ class Writer:
                 try:
                     await self._commit_when_possible(batch)
                     committed = True
+                except sqlite3.DatabaseError as e:  # no write can be trusted: the node stops, saying why in a line
+                    if is_damage(e):
+                        raise damaged(self.path, e) from e
+                    raise
                 finally:
                     for w in batch:
                         if not committed and w.error is None:  # cancelled before the commit began
@@ -172,7 +184,7 @@ class Writer:
                         raise  # not this operation's fault: the whole batch waits
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    w.error = _mapped(e)
+                    w.error = _mapped(e, self.path)
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:  # SQLite itself rolls back on some errors (a full disk, I/O)
@@ -180,7 +192,7 @@ class Writer:
                     conn.execute("ROLLBACK")
             if not _refused(e):
                 for w in batch:
-                    w.error = w.error or e
+                    w.error = w.error or (_mapped(e, self.path) if isinstance(e, Exception) else e)
             raise
 
     async def write(self, fn: Operation, *, wait: bool = True) -> None:

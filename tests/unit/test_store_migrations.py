@@ -319,3 +319,29 @@ def test_a_store_another_process_holds_is_not_called_damaged(tmp_path):
     path.write_bytes(b"x" * 4096)  # a file that is no database at all is damage
     with closing(sqlite3.connect(path)) as conn, pytest.raises(schema.StoreDamaged, match="is damaged"):
         schema.damage(conn, path)
+
+
+async def test_a_read_of_pages_damaged_while_the_store_is_open_names_the_damage(tmp_path):
+    """A read meeting a damaged page raised sqlite's bare DatabaseError: a 500 naming nothing, per request."""
+    import os
+
+    import trio
+
+    from jobs import Event, EventKind
+    from node.store import Store
+
+    store = Store(tmp_path / "shoal.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.save(events=[Event(job_id=f"j{i}", at=1.0, kind=EventKind.ANNOUNCED, message="m" * 500)
+                                 for i in range(400)])
+        with closing(sqlite3.connect(tmp_path / "shoal.db")) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(tmp_path / "shoal.db", "r+b") as f:
+            for page in range(2, os.path.getsize(tmp_path / "shoal.db") // 4096):
+                f.seek(page * 4096)
+                f.write(os.urandom(4096))
+        with pytest.raises(schema.StoreDamaged, match=r"is damaged .*restore it from a backup"):
+            for i in range(400):
+                await store.events(f"j{i}")
+        nursery.cancel_scope.cancel()

@@ -20,7 +20,7 @@ async def test_a_write_cancelled_before_its_commit_began_is_not_reported_as_made
         commit_started.set()
         await trio.sleep_forever()
 
-    writer = Writer(conn, run_blocking=stuck_before_the_commit)
+    writer = Writer(conn, tmp_path / "w.db", run_blocking=stuck_before_the_commit)
     outcome: list[BaseException | None] = []
 
     async def write() -> None:
@@ -53,7 +53,7 @@ async def test_a_caller_stopping_with_the_store_stops_as_cancelled_not_with_an_e
         commit_started.set()
         await trio.sleep_forever()
 
-    writer = Writer(conn, run_blocking=stuck_before_the_commit)
+    writer = Writer(conn, tmp_path / "w.db", run_blocking=stuck_before_the_commit)
     made: list[bool] = []
 
     async def write() -> None:
@@ -94,7 +94,7 @@ async def test_a_full_store_holds_its_writes_until_there_is_room_and_the_node_ca
     conn.execute("CREATE TABLE t (x)")
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full: no page more
-    writer = Writer(conn)
+    writer = Writer(conn, tmp_path / "w.db")
     outcome: dict[str, object] = {}
     big = "x" * 100_000
     async with trio.open_nursery() as node:  # raises if the writer's task ends with an error
@@ -122,7 +122,7 @@ async def test_a_store_another_process_locks_makes_writes_wait_and_a_bad_stateme
     conn.execute("CREATE TABLE t (x)")
     operator = sqlite3.connect(path, isolation_level=None)
     operator.execute("BEGIN EXCLUSIVE")  # an operator's sqlite3 shell, say
-    writer = Writer(conn)
+    writer = Writer(conn, tmp_path / "w.db")
     outcome: dict[str, object] = {}
     async with trio.open_nursery() as node:
         await node.start(writer.run)
@@ -147,7 +147,7 @@ async def test_a_write_that_may_not_wait_is_refused_while_a_waiting_one_holds_th
     conn.execute("CREATE TABLE t (x)")
     operator = sqlite3.connect(path, isolation_level=None)
     operator.execute("BEGIN EXCLUSIVE")
-    writer = Writer(conn)
+    writer = Writer(conn, tmp_path / "w.db")
     outcome: dict[str, object] = {}
     async with trio.open_nursery() as node:
         await node.start(writer.run)
