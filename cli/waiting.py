@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from jobs import JobSpec, RunResult
     from jobs.sweep import Sweep, SweepSpec
     from jobs.views import JobDescription, SweepDescription
-    from shoal import Client
+    from shoal import Client, ConnectionFailed
 
 T = TypeVar("T")
 
@@ -74,6 +74,8 @@ def submit_and_follow(client: Client, new_client: Callable[[], Client], spec: Jo
 
 def follow_job(client: Client, new_client: Callable[[], Client], desc: JobDescription, opts: RunOptions) -> int:
     """Wait for the job's end (or ``opts.wait_timeout``) with a live status line, then report it."""
+    from shoal import ConnectionFailed
+
     job_id = desc.job.id
     try:
         live = not (opts.id_only or opts.json) and sys.stderr.isatty()
@@ -81,7 +83,15 @@ def follow_job(client: Client, new_client: Callable[[], Client], desc: JobDescri
     except KeyboardInterrupt:
         print(f"Interrupted; job {job_id} goes on (stop it with: shoal cancel {job_id})", file=sys.stderr)
         raise
+    except ConnectionFailed as e:
+        raise gave_up(e, "job", job_id) from None
     return report_outcome(client, desc, opts)
+
+
+def gave_up(e: ConnectionFailed, what: str, name: str) -> CLIError:
+    """The node stopped answering while we waited (restarting, say): the work goes on there, and the hint to start
+    a devstack, fit for a node never reached, would mislead."""
+    return CLIError(f"{e.message}; the {what} goes on there once it is back: shoal wait {name}", code=EXIT_UNREACHABLE)
 
 
 def report_outcome(client: Client, desc: JobDescription, opts: RunOptions) -> int:
@@ -206,6 +216,8 @@ def submit_and_follow_sweep(client: Client, spec: SweepSpec, opts: RunOptions) -
 
 def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, message: str) -> int:
     """After a submit (or retry): print the id or ``message``, wait unless ``--no-wait``, report."""
+    from shoal import ConnectionFailed
+
     sweep_id = desc.sweep.id
     quiet = opts.id_only or opts.json
     if opts.id_only:
@@ -225,6 +237,8 @@ def follow_sweep(client: Client, desc: SweepDescription, opts: RunOptions, messa
     except KeyboardInterrupt:
         print(f"Interrupted; sweep {sweep_id} goes on (stop it with: shoal cancel {sweep_id})", file=sys.stderr)
         raise
+    except ConnectionFailed as e:
+        raise gave_up(e, "sweep", sweep_id) from None
     return report_sweep(client, desc, opts)
 
 

@@ -398,6 +398,17 @@ def test_ctrl_c_while_waiting_exits_130_quietly(fake: FakeClient) -> None:
     assert f"shoal cancel {JOB_ID}" in result.stderr
 
 
+def test_a_node_lost_while_waiting_exits_3_saying_the_job_goes_on(fake: FakeClient) -> None:
+    """A node that stopped answering while the client waited (restarting) was reported as one never reached,
+    with a hint to start a devstack, and no word of the job, which its node carries on once back."""
+    fake.wait_error = ConnectionFailed("cannot reach Shoal API at http://127.0.0.1:8700: connection refused",
+                                       "http://127.0.0.1:8700")
+    result = run("run", "noop")
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert f"the job goes on there once it is back: shoal wait {JOB_ID}" in result.stderr
+    assert "devstack" not in result.stderr
+
+
 def test_connection_failure_exits_3(fake: FakeClient) -> None:
     fake.error = ConnectionFailed("cannot reach http://127.0.0.1:8700: connection refused", "http://127.0.0.1:8700")
     for args in (("list",), ("run", "noop"), ("describe", JOB_ID), ("nodes",)):
