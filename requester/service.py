@@ -81,8 +81,11 @@ class RequesterService(Driver[_Active]):
         self.outputs = LiveOutputs()  # running jobs' output, shown live
         self._queue = Queue(lambda: (aj.state.waiting_since for aj in self._live.values() if aj.state.is_open()))
         self._in_flight: dict[str, InFlight] = {}  # owner -> live jobs and their specs' sizes (the API's quotas)
-        self._last_heard: dict[str, float] = {}  # node -> last time it answered or wrote to us
-        self._started_at = clock()  # a restarted requester gives every node a full silence window
+        # Silence is measured on trio's clock, which a step of the wall clock (NTP, a VM resumed, ``date -s``) does
+        # not move: an hour's step back left a dead node's executions "running" for that hour.
+        self._last_heard: dict[str, float] = {}  # node -> when it last answered or wrote to us
+        self._running_since: dict[str, float] = {}  # execution id -> when the liveness loop first saw it running
+        self._up_since = 0.0  # when it (re)started: every node gets a full silence window then
         self._joins = joins
         self._table_fills_until = 0.0  # see ``_restore``
         self._checking: set[str] = set()
@@ -100,7 +103,7 @@ class RequesterService(Driver[_Active]):
             task_status.started()
 
     async def _restore(self) -> None:
-        self._started_at = now = self.clock()
+        now, self._up_since = self.clock(), trio.current_time()
         self.reputation = {peer: trust.Standing(*row) for peer, row in (await self.store.reputations()).items()}
         secrets = await self.store.live_secrets()
         for i, job in enumerate(await self.store.live_jobs()):
@@ -318,7 +321,7 @@ class RequesterService(Driver[_Active]):
     # -- messages from compute nodes -------------------------------------------------------------
 
     async def handle(self, peer: str, message: Bid | Result | OpenQuery) -> Reply:
-        self._last_heard[peer] = self.clock()
+        self._last_heard[peer] = trio.current_time()
         if isinstance(message, OpenQuery):
             return Reply(states={j: "open" if j in self._live and self._live[j].state.is_open() else "closed"
                                  for j in message.job_ids})
@@ -401,15 +404,21 @@ class RequesterService(Driver[_Active]):
             await trio.sleep(LIVENESS_INTERVAL)
             by_node: dict[str, list[Execution]] = {}
             running: set[str] = set()
-            now = self.clock()
+            since: dict[str, float] = {}
+            now, wall = trio.current_time(), self.clock()
             for aj in self._live.values():
                 for x in aj.state.executions.values():
                     if x.state is ExecutionState.ACCEPTED and x.node_id != self.peers.node_id:
                         running.add(x.node_id)
-                        if now - x.updated_at > LIVENESS_INTERVAL:
+                        # first seen: running since its record says, as far as a pass can have missed
+                        seen = self._running_since.get(x.id)
+                        since[x.id] = seen if seen is not None else now - min(max(wall - x.updated_at, 0.0),
+                                                                              LIVENESS_INTERVAL)
+                        if now - since[x.id] > LIVENESS_INTERVAL:
                             by_node.setdefault(x.node_id, []).append(x)
             # only the nodes running our executions are asked after: a peer id that merely wrote once is dropped
             self._last_heard = {node: at for node, at in self._last_heard.items() if node in running}
+            self._running_since = since
             for node, executions in by_node.items():
                 if node not in self._checking:
                     self._checking.add(node)
@@ -425,12 +434,12 @@ class RequesterService(Driver[_Active]):
                     reply = await self.peers.request(node, StatusQuery(execution_ids=[x.id for x in some]),
                                                      timeout=LIVENESS_TIMEOUT)
                 except PeerError:
-                    heard = self._last_heard.get(node, self._started_at)
+                    heard = self._last_heard.get(node, self._up_since)
                     for x in executions[part.start:]:
-                        silent = self.clock() - max(heard, x.updated_at)
+                        silent = trio.current_time() - max(heard, self._running_since.get(x.id, self._up_since))
                         await self._lose(x, f"node {node[-8:]} silent for {silent:.0f} s", silent)
                     return
-                self._last_heard[node] = self.clock()
+                self._last_heard[node] = trio.current_time()
                 for x in some:
                     if reply.states.get(x.id, "unknown") == "unknown":
                         await self._lose(x, f"node {node[-8:]} no longer knows the execution")
