@@ -9,11 +9,12 @@ machine says, then sends it. A restarted requester loads its live jobs and carri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 import trio
@@ -94,6 +95,7 @@ class RequesterService(Driver[_Active]):
         self._next_full_pass = 0.0
         self._waiting = 0  # jobs short of nodes, as of the last full pass
         self.sweep_work: Callable[[str], int] = lambda peer: 0  # the sweep indexes a node holds here (``SweepService``)
+        self._probation = trio.Lock()  # one decision at a time on the work of nodes on probation
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -328,7 +330,7 @@ class RequesterService(Driver[_Active]):
         aj = self._live.get(message.job_id)
         if aj is None:
             return Reply(ok=True, verdict="rejected", reason="the job is finished or unknown here")
-        async with aj.lock:
+        async with self.probation_turn(peer) if isinstance(message, Bid) else contextlib.nullcontext(), aj.lock:
             now, known = self.clock(), self._known()
             if isinstance(message, Bid):
                 reply, changes = self.machine.on_bid(aj.state, peer, message, now, known,
@@ -349,12 +351,31 @@ class RequesterService(Driver[_Active]):
 
     def probation_room(self, peer: str) -> int | None:
         """The verified work ``peer`` may still take here, jobs and sweeps together, while on probation (None:
-        it is not): ``trust.PROBATION_WORK`` less the job slots it holds till their verdicts, and sweep indexes."""
+        it is not): ``trust.PROBATION_WORK`` less the job slots it bids on or holds till their verdicts, and
+        sweep indexes. Asked in its ``probation_turn``."""
         if not self.on_probation(peer):
             return None
         held = sum(1 for aj in self._live.values() for x in aj.state.executions.values()
-                   if x.node_id == peer and x.state in (ExecutionState.ACCEPTED, ExecutionState.PROPOSED))
+                   if x.node_id == peer and x.state in (ExecutionState.BIDDING, ExecutionState.ACCEPTED,
+                                                        ExecutionState.PROPOSED))
         return max(0, trust.PROBATION_WORK - held - self.sweep_work(peer))
+
+    @contextlib.asynccontextmanager
+    async def probation_turn(self, peer: str) -> AsyncIterator[None]:
+        """Held around a bid or claim of a node on probation, from ``probation_room`` until what it took is
+        written and tracked: five bids at once each found room, as none had been written yet. Taken without a
+        schedule point when free, so its bids race others' as before."""
+        if not self.on_probation(peer):
+            yield
+            return
+        try:
+            self._probation.acquire_nowait()
+        except trio.WouldBlock:
+            await self._probation.acquire()
+        try:
+            yield
+        finally:
+            self._probation.release()
 
     async def penalize(self, peer: str, reason: str) -> None:
         """Count a refused message against ``peer`` as a rejected result (quarantine follows)."""

@@ -199,7 +199,7 @@ class SweepService(Driver[_Live]):
         if not msg.signed_by(self.peers, peer):
             log.warning("claim %s from %s has a bad signature", msg.claim_id, peer)
             return Reply(ok=False, verdict="rejected", reason="the claim's signature does not match the node key")
-        async with live.lock:
+        async with self.judge.probation_turn(peer), live.lock:
             if live.sweep.state.is_terminal:
                 return Reply(verdict="rejected", reason=f"the sweep is {live.sweep.state.value}")
             verified = live.sweep.spec.confidence >= 2

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+import pytest
 import trio
 
 from jobs import ExecutionState, JobSpec, JobState
+from jobs.messages import Bid
 from requester import trust
 from tests.memnet import MemoryHub, memory_node
 from tests.protocol.test_pair import wait_terminal
@@ -105,8 +107,39 @@ async def test_a_node_on_probation_takes_one_verified_job_or_sweep_index_at_a_ti
         assert all(d.job.state is JobState.COMPLETED and d.job.result.stdout == "42\n" for d in done)
         taken = [d.job.id for d in done for x in d.executions if x.node_id == "bad0"
                  and x.state is not ExecutionState.BIDDING and "another node was chosen" not in x.reason]
-        assert len(taken) == 1, taken  # its one lie, refused: it is quarantined again
-        assert requester.reputation["bad0"].rejected == 2 and requester.quarantined("bad0", verified=True)
+        # its bids race the honest nodes' (which of them wins is random), so it may win none: the test below
+        # gives it every chance
+        assert len(taken) <= 1, taken
+        assert requester.reputation["bad0"].rejected == 1 + len(taken)  # its one lie, refused: quarantined again
+
+
+@pytest.mark.parametrize("deal", [{"concurrency": 3, "confidence": 2},
+                                  {"concurrency": 2, "confidence": 2, "min_bids": 2}])
+async def test_bids_of_a_node_on_probation_sent_at_once_or_waiting_for_others_take_one_job(tmp_path, autojump_clock,
+                                                                                          deal):
+    """Five bids at once each found room (none was written yet), and bids waiting for a job's min_bids held none:
+    both gave a liar on probation five verified jobs."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=0, bad=0)
+        requester.machine.quarantine_after = 1
+        lapsed = requester.clock() - trust.QUARANTINE_SECONDS - 1
+        requester.reputation["bad0"] = trust.Standing(0, 1, rejected_at=lapsed)
+        jobs = [(await requester.submit(JobSpec.model_validate({"engine": {"name": "noop"}, "deal": deal,
+                                                                 "env": {"N": str(n)}}), "alice"))[0]
+                for n in range(5)]
+
+        async def bid(node: str, i: int, job) -> None:
+            await requester.handle(node, Bid(job_id=job.id, execution_id=f"{node}-{i}", attempt=job.attempt))
+
+        async with trio.open_nursery() as nursery:
+            for i, job in enumerate(jobs):
+                nursery.start_soon(bid, "bad0", i, job)
+        for i, job in enumerate(jobs):  # an honest bid completes each min_bids set
+            await bid("h0", i, job)
+        taken = [x for job in jobs for x in (await requester.describe(job.id)).executions
+                 if x.node_id == "bad0" and x.state is ExecutionState.ACCEPTED]
+        assert len(taken) == trust.PROBATION_WORK == 1, taken
 
 
 async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path, autojump_clock):
