@@ -337,8 +337,8 @@ def damaged(path: Path, found: object) -> StoreDamaged:
 
 def is_damage(e: BaseException) -> bool:
     """Whether SQLite raised ``e`` on a damaged file (not a lock, a full disk or an I/O error)."""
-    return isinstance(e, sqlite3.DatabaseError) and getattr(e, "sqlite_errorcode", None) in (SQLITE_CORRUPT,
-                                                                                              SQLITE_NOTADB)
+    code = getattr(e, "sqlite_errorcode", None) if isinstance(e, sqlite3.DatabaseError) else None
+    return code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)  # extended ones too: CORRUPT_INDEX
 
 
 def damage(conn: sqlite3.Connection, path: Path) -> None:

@@ -180,8 +180,8 @@ class Writer:
                     w.fn(conn)
                     conn.execute("RELEASE op")
                 except Exception as e:
-                    if _refused(e):
-                        raise  # not this operation's fault: the whole batch waits
+                    if _refused(e) or is_damage(e):
+                        raise  # not this operation's fault: the whole batch waits, or the node stops
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     w.error = _mapped(e, self.path)

@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from node.store.schema import StoreDamaged
 from node.store.writer import StoreClosed, StoreUnavailable, Writer
 
 
@@ -164,3 +165,27 @@ async def test_a_write_that_may_not_wait_is_refused_while_a_waiting_one_holds_th
         node.cancel_scope.cancel()
     assert outcome["own"] == outcome["later"] == "written"
     assert sorted(sqlite3.connect(path).execute("SELECT x FROM t").fetchall()) == [("later",), ("own",)]
+
+
+async def test_a_write_meeting_a_damaged_index_stops_the_writer_naming_the_damage(tmp_path):
+    """SQLite reports a damaged index with an extended code (CORRUPT_INDEX, 779), which was not taken for damage:
+    the write failed with a bare DatabaseError and the writer wrote on, on a store no write could be trusted to."""
+    path = tmp_path / "w.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, c TEXT)")
+    setup.execute("CREATE INDEX i ON t (b)")
+    setup.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, f"b{i}", f"c{i}") for i in range(1000)])
+    setup.execute("PRAGMA writable_schema=ON")  # the index no longer matches its rows, as after a torn page
+    setup.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX i ON t (c)' WHERE name = 'i'")
+    setup.close()
+    writer = Writer(sqlite3.connect(path, check_same_thread=False, isolation_level=None), path)
+    failed: list[BaseException] = []
+    with pytest.raises(BaseExceptionGroup) as stopped:  # the writer's task ends: the node stops, saying why
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            try:
+                await writer.write(lambda conn: conn.execute("DELETE FROM t WHERE a = 5"))
+            except StoreDamaged as e:
+                failed.append(e)
+    assert [type(e) for e in stopped.value.exceptions] == [StoreDamaged]
+    assert failed and "restore it from a backup" in str(failed[0])
