@@ -49,19 +49,45 @@ warnings = SpacedWarnings(log)
 
 
 class PartialFrames:
-    """The bytes of unfinished request frames a node's inbound streams hold, against one ``limit``."""
+    """The bytes of unfinished request frames a node's inbound streams hold, against one ``limit``.
+
+    A frame that would pass it makes room by resetting the streams whose unfinished frames began before its own,
+    oldest first. Keeping a frame unfinished is what a flood does, and sending one is what an honest peer does:
+    when the newest growth was refused, 16 fresh identities parking 63 MiB refused every honest request larger
+    than a read, for as long as they resent their frames every 30 s.
+    """
 
     def __init__(self, limit: int = PARTIAL_FRAMES_BUDGET) -> None:
         self.limit = limit
         self.held = 0
+        self._frames: dict[object, tuple[float, int, str, trio.CancelScope]] = {}  # stream -> began, bytes, peer
 
-    def resize(self, old: int, new: int) -> bool:
-        """A stream's unfinished frame went from ``old`` to ``new`` bytes; False (nothing changed) when that
-        growth would pass the limit."""
-        if new > old and self.held + new - old > self.limit:
-            return False
-        self.held += new - old
+    def hold(self, stream: object, nbytes: int, began: float, peer: str, scope: trio.CancelScope) -> bool:
+        """``stream``'s unfinished frame, begun at ``began``, now holds ``nbytes`` (0: it has none). False, and
+        nothing reset, when it does not fit even with every older frame gone; ``scope`` resets the stream."""
+        self.forget(stream)
+        if not nbytes:
+            return True
+        if self.held + nbytes > self.limit:
+            older = sorted((b, key) for key, (b, _, _, _) in self._frames.items() if b < began)
+            if self.held + nbytes - sum(self._frames[key][1] for _, key in older) > self.limit:
+                return False
+            for _, key in older:
+                if self.held + nbytes <= self.limit:
+                    break
+                since, n, owner, victim = self._frames.pop(key)
+                self.held -= n
+                victim.cancel()
+                warnings.warn("budget", "unfinished request frames fill %d MiB: reset a stream of %s whose frame "
+                              "began %.0f s ago", self.limit >> 20, owner, trio.current_time() - since)
+        self._frames[stream] = (began, nbytes, peer, scope)
+        self.held += nbytes
         return True
+
+    def forget(self, stream: object) -> None:
+        """``stream`` ended (or was reset): what its unfinished frame held is free."""
+        if (frame := self._frames.pop(stream, None)) is not None:
+            self.held -= frame[1]
 
 
 @dataclass
@@ -316,7 +342,6 @@ async def serve_inbound(
     send, recv = trio.open_memory_channel[bytes](max(max_concurrent, 1))
     limiter = trio.Semaphore(max_concurrent)
     graceful = False
-    held = 0  # bytes of the unfinished frame, counted in ``partial``
     counters.open_streams += 1
 
     async def handle(request_id: int, payload: bytes) -> None:
@@ -385,17 +410,16 @@ async def serve_inbound(
                         warnings.warn("bad", "bad request frame from %s, closing the stream: %s", peer_id, exc)
                         outer.cancel_scope.cancel()
                         break
-                    if not partial.resize(held, decoder.pending):
-                        counters.frames_rejected += 1
-                        warnings.warn("budget", "unfinished request frames hold %d MiB: resetting a stream from %s",
-                                      partial.held >> 20, peer_id)
-                        outer.cancel_scope.cancel()
-                        break
-                    held = decoder.pending
-                    if not held:
+                    if not decoder.pending:
                         began = math.inf
                     elif frames or began == math.inf:  # a new frame began
                         began = trio.current_time()
+                    if not partial.hold(stream, decoder.pending, began, peer_id, outer.cancel_scope):
+                        counters.frames_rejected += 1
+                        warnings.warn("full", "unfinished request frames fill %d MiB: reset the newest, from %s",
+                                      partial.limit >> 20, peer_id)
+                        outer.cancel_scope.cancel()
+                        break
                     for request_id, payload in frames:
                         await limiter.acquire()
                         counters.requests_received += 1
@@ -404,6 +428,6 @@ async def serve_inbound(
     except Exception:
         log.exception("unexpected failure serving the rpc stream from %s", peer_id)
     finally:
-        partial.resize(held, 0)
+        partial.forget(stream)
         await discard_stream(stream, graceful=graceful)
         counters.open_streams -= 1

@@ -19,7 +19,7 @@ from libp2p.peer.id import ID
 
 from jobs.errors import PeerError, PeerTimeout, Unreachable
 from node.net import Network, NetworkError, host, links
-from node.net.wire import encode_frame
+from node.net.wire import FrameDecoder, encode_frame
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 
@@ -497,8 +497,9 @@ async def test_an_unfinished_request_frame_is_held_for_a_while_and_within_a_budg
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer announcing a megabyte frame and sending all of it but a byte held that megabyte for as long as it
     liked, on as many streams and identities as it liked (800 held 1 GiB). A frame now ends within its deadline,
-    all unfinished frames within a budget, and one peer holds at most a few streams."""
-    monkeypatch.setattr(links, "FRAME_DEADLINE", 1.0)
+    all unfinished frames within a budget, where a frame in transit pushes out those parked before it, and one
+    peer holds at most a few streams."""
+    monkeypatch.setattr(links, "FRAME_DEADLINE", 3.0)
     async with cluster() as start:
         a = make("a")
         await start(a)
@@ -506,14 +507,29 @@ async def test_an_unfinished_request_frame_is_held_for_a_while_and_within_a_budg
         b = make("b", peers=a.addrs())
         await start(b)
         assert await b.request(a.peer_id, b"before", timeout=5) == b"echo:before"
-        unfinished = encode_frame(1, b"u" * 100_000)[:-1]
-        slow = await b._open_stream(a.peer_id)
-        await slow.write(unfinished)
+        unfinished = encode_frame(1, b"u" * 140_000)[:-1]
+        parked = await b._open_stream(a.peer_id)
+        await parked.write(unfinished)  # 140 kB of the 150 kB budget
         await wait_until(lambda: a._partial_frames.held == len(unfinished))
-        over = await b._open_stream(a.peer_id)
-        await over.write(unfinished)  # past the budget, with the first one's
-        assert await _held_until_reset(over, 5)
-        assert await _held_until_reset(slow, 5)  # past its deadline
+        honest = await b._open_stream(a.peer_id)  # a large request in transit: past the budget with the parked one
+        large = encode_frame(7, b"L" * 100_000)
+        await honest.write(large[:60_000])
+        assert await _held_until_reset(parked, 1)  # pushed out by the younger frame
+        await honest.write(large[60_000:])
+        replies, decoder = [], FrameDecoder(1 << 20)
+        with trio.fail_after(5):
+            while not replies:
+                replies = decoder.feed(await honest.read(65536))
+        assert replies == [(7, b"echo:" + b"L" * 100_000)]
+        await honest.close()
+        growing = await b._open_stream(a.peer_id)
+        await growing.write(encode_frame(2, b"g" * 100_000)[:20_000])  # begun first
+        younger = await b._open_stream(a.peer_id)
+        await younger.write(unfinished[:120_000])
+        await wait_until(lambda: a._partial_frames.held == 20_000 + 120_000)
+        await growing.write(b"g" * 60_000)  # it would pass the budget, and only a younger frame could make room
+        assert await _held_until_reset(growing, 5)
+        assert await _held_until_reset(younger, 5)  # past its deadline
         await wait_until(lambda: a._partial_frames.held == 0)
         assert a.statistics().frames_rejected == 2
         streams = [await b._open_stream(a.peer_id) for _ in range(host.INBOUND_STREAMS_PER_PEER - 1)]  # and b's link
