@@ -119,9 +119,10 @@ disconnects (it reconnects with a clean slate; go-libp2p retains it), "ignore" a
 penalising its sender (a validator only accepts or rejects), or limit by origin rather than by
 neighbour (valid gossip signed by many identities is bounded only by GOSSIP_PEER_RATE per relay)."""
 PEER_NAMES = 4096
-# inbound rpc streams one peer may hold at once: an honest one keeps one (``OutboundLink``), and a second while
-# it replaces a broken one; each may hold an unfinished frame of up to a megabyte
-INBOUND_STREAMS_PER_PEER = 4
+# inbound rpc streams one peer may hold at once: an honest one keeps one (``OutboundLink``), and one more each time
+# it replaced a link broken on a connection whose end we have not seen yet (a half-open TCP connection lasts
+# minutes); 800 streams of one peer each held an unfinished megabyte
+INBOUND_STREAMS_PER_PEER = 8
 """Gossip origins whose base58 ids are kept (libp2p computes them in pure Python: ~25 us each)."""
 
 GossipHandler = Callable[[str, bytes], Awaitable[None]]

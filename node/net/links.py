@@ -420,10 +420,12 @@ async def serve_inbound(
                                       partial.limit >> 20, peer_id)
                         outer.cancel_scope.cancel()
                         break
+                    paused = trio.current_time()
                     for request_id, payload in frames:
                         await limiter.acquire()
                         counters.requests_received += 1
                         handlers.start_soon(handle, request_id, payload)
+                    began += trio.current_time() - paused  # not reading, waiting for our own handlers, is not its time
             send.close()  # the writer drains what is queued, then returns
     except Exception:
         log.exception("unexpected failure serving the rpc stream from %s", peer_id)

@@ -258,6 +258,37 @@ async def test_inbound_concurrency_is_bounded_per_stream() -> None:
         assert peak == 256
 
 
+async def test_a_frame_begun_while_the_node_waits_for_its_own_handlers_gets_its_whole_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline of an unfinished frame ran on while the node, its 256 handlers busy, read nothing: an honest
+    peer's stream was reset for the node's own slowness."""
+    monkeypatch.setattr(links, "FRAME_DEADLINE", 1.0)
+    release = trio.Event()
+
+    async def blocked(peer: str, data: bytes) -> bytes:
+        if data != b"last":
+            await release.wait()
+        return data
+
+    async with cluster() as start:
+        a = make("a", on_request=blocked)
+        await start(a)
+        b = make("b", peers=a.addrs())
+        await start(b)
+        raw = await b._open_stream(a.peer_id)
+        last = encode_frame(999, b"last")
+        await raw.write(b"".join(encode_frame(i, b"x") for i in range(257)) + last[:5])  # one waits; one begins
+        await trio.sleep(2)  # twice the deadline, all of it the node's
+        release.set()
+        await trio.sleep(0.3)  # the node reads again, and waits for the rest
+        await raw.write(last[5:])
+        decoder, replies = FrameDecoder(1 << 20), []
+        with trio.fail_after(5):
+            while (999, b"last") not in replies:
+                replies += decoder.feed(await raw.read(65536))
+        await raw.close()
+
+
 @pytest.mark.trio
 async def test_request_to_self_is_in_process() -> None:
     calls: list[str] = []
