@@ -121,10 +121,10 @@ class RequesterService(Driver[_Active]):
                     aj.state, JobState.FAILED, "its secret_env could not be read after a restart "
                                                "(the store's key file is missing or another one)", now, self._known()))
         if self._joins or self._live:  # nodes it knew before may not have been heard of yet
-            self._table_fills_until = now + NODE_TABLE_FILLS
+            self._table_fills_until = self._up_since + NODE_TABLE_FILLS
 
     def known_nodes(self) -> list[NodeInfo]:
-        return self.nodes.known(self.clock())
+        return self.nodes.known(trio.current_time())
 
     def able(self, spec: JobSpec, *, verified: bool) -> set[str]:
         """The known nodes that could run ``spec`` and are not quarantined for work ``verified`` or not: no sweep
@@ -137,7 +137,7 @@ class RequesterService(Driver[_Active]):
         return self.known_nodes() if self._table_complete() else []
 
     def _table_complete(self) -> bool:
-        now = self.clock()
+        now = trio.current_time()
         return now >= self._table_fills_until and not self.nodes.crowded(now)
 
     def _known(self) -> Known:
@@ -148,7 +148,8 @@ class RequesterService(Driver[_Active]):
         if origin != info.peer_id:
             return
         vouched = self.reputation.get(origin, trust.Standing()).accepted > 0  # it ran jobs for us: a flood keeps it
-        if self.nodes.update(info, self.clock(), vouched=vouched):  # new, or restarted: announce what it has room for
+        # new, or restarted: announce what it has room for (the table keeps trio's time, which no wall step moves)
+        if self.nodes.update(info, trio.current_time(), vouched=vouched):
             self._joined[origin] = info
             self._joined.move_to_end(origin)
             while len(self._joined) > MAX_JOINED:
@@ -406,9 +407,9 @@ class RequesterService(Driver[_Active]):
     def _to_tick(self, now: float) -> list[tuple[str, _Active]]:
         """The jobs a deadline or an announcement is due for (``Tracked.due``), and every FULL_PASS all of them:
         ticking thousands of waiting jobs every TICK would take most of the CPU."""
-        if now < self._next_full_pass:
+        if trio.current_time() < self._next_full_pass:
             return [(job_id, aj) for job_id, aj in self._live.items() if aj.due <= now]
-        self._next_full_pass = now + FULL_PASS
+        self._next_full_pass = trio.current_time() + FULL_PASS
         self._waiting = self.waiting()
         return list(self._live.items())
 

@@ -109,6 +109,22 @@ async def test_lost_compute_node_work_is_reoffered(tmp_path, autojump_clock, ste
         assert states == {"a": ExecutionState.FAILED, "b": ExecutionState.COMPLETED}
 
 
+@pytest.mark.parametrize("step", [0.0, -3600.0])
+async def test_a_node_gone_silent_is_forgotten_though_the_wall_clock_stepped_back(tmp_path, autojump_clock, step):
+    """The node table aged its nodes on the wall clock: stepped back an hour, a node that left stayed "known" for
+    that hour, offered jobs and counted among the nodes able to run them."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        req = await stack.enter_async_context(memory_node(hub, "req", tmp_path / "req", compute=False))
+        async with memory_node(hub, "a", tmp_path / "a", requester=False):
+            await trio.sleep(1.5)
+            assert [n.peer_id for n in req.requester.known_nodes()] == ["a"]
+        hub.transports.pop("a")
+        hub._epoch += step
+        await trio.sleep(31)  # NODE_INFO_TTL
+        assert req.requester.known_nodes() == []
+
+
 async def test_restarted_compute_node_reports_lost_execution(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with memory_node(hub, "req", tmp_path / "req", compute=False) as req:
