@@ -558,7 +558,11 @@ class JobMachine:
     def _decide(self, p: JobChanges) -> dict[str, str]:
         """Choose among the pending bids (min_bids reached or its wait ran out); execution id -> verdict."""
         pending = p.state.bidding()
-        order = [x.id for x in pending]
+        verified = _verified(p.state.job.spec)
+        # a node quarantined since it bid (its bid waited for the others) is not chosen
+        barred = {x.id for x in pending if trust.quarantined(p.known.reputation.get(x.node_id, trust.Standing()),
+                                                              self.quarantine_after, p.now, verified=verified)}
+        order = [x.id for x in pending if x.id not in barred]
         self.rng.shuffle(order)  # accept at random, so no node is always first
         chosen = order[:max(p.state.needed(), 0)]
         updated, events, verdicts = [], [], {}
@@ -568,7 +572,8 @@ class JobMachine:
                 events.append(p.event(EventKind.BID_ACCEPTED, ex=y))
                 verdicts[x.id] = "accepted"
             else:
-                y = x.transition(ExecutionState.REJECTED, "another node was chosen", p.now)
+                why = "quarantined since it bid" if x.id in barred else "another node was chosen"
+                y = x.transition(ExecutionState.REJECTED, why, p.now)
                 events.append(p.event(EventKind.BID_REJECTED, y.reason, y))
                 verdicts[x.id] = "rejected"
             updated.append(y)

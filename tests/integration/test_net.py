@@ -556,8 +556,8 @@ async def test_an_unfinished_request_frame_is_held_for_a_while_and_within_a_budg
         growing = await b._open_stream(a.peer_id)
         await growing.write(encode_frame(2, b"g" * 100_000)[:20_000])  # begun first
         younger = await b._open_stream(a.peer_id)
-        await younger.write(unfinished[:120_000])
-        await wait_until(lambda: a._partial_frames.held == 20_000 + 120_000)
+        await younger.write(unfinished[:80_000])
+        await wait_until(lambda: a._partial_frames.held == links.PARTIAL_FRAME_CHARGE + 80_000)  # the least it counts
         await growing.write(b"g" * 60_000)  # it would pass the budget, and only a younger frame could make room
         assert await _held_until_reset(growing, 5)
         assert await _held_until_reset(younger, 5)  # past its deadline

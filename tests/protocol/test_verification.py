@@ -142,6 +142,38 @@ async def test_bids_of_a_node_on_probation_sent_at_once_or_waiting_for_others_ta
         assert len(taken) == trust.PROBATION_WORK == 1, taken
 
 
+async def test_bids_sent_as_a_quarantine_lapses_take_one_job(tmp_path, autojump_clock):
+    """Bids of a quarantined node skipped the probation turn (it was not on probation yet); waiting for their jobs'
+    locks while the quarantine lapsed, they were decided at once with room counted for each: five jobs taken."""
+    hub = MemoryHub()
+    async with AsyncExitStack() as stack:
+        requester = await start(stack, hub, tmp_path, honest=0, bad=0)
+        requester.machine.quarantine_after = 1
+        now = [requester.clock()]
+        requester.clock = lambda: now[0]
+        requester.reputation["bad0"] = trust.Standing(0, 1, rejected_at=now[0] - trust.QUARANTINE_SECONDS + 0.5)
+        jobs = [(await requester.submit(JobSpec.model_validate({**VERIFIED, "env": {"N": str(n)}}), "alice"))[0]
+                for n in range(5)]
+        locks = [requester._live[job.id].lock for job in jobs]  # each busy, as while a result of another is written
+        for lock in locks:
+            await lock.acquire()
+
+        async def bid(i: int, job) -> None:
+            await requester.handle("bad0", Bid(job_id=job.id, execution_id=f"bad0-{i}", attempt=job.attempt))
+
+        async with trio.open_nursery() as nursery:
+            for i, job in enumerate(jobs):
+                nursery.start_soon(bid, i, job)
+            await trio.sleep(0.1)
+            now[0] += 1.0  # the quarantine lapses while the bids wait
+            assert requester.on_probation("bad0")
+            for lock in locks:
+                lock.release()
+        taken = [x for job in jobs for x in (await requester.describe(job.id)).executions
+                 if x.node_id == "bad0" and x.state is ExecutionState.ACCEPTED]
+        assert len(taken) == 1, taken
+
+
 async def test_a_job_that_cannot_be_verified_fails_with_the_hashes_seen(tmp_path, autojump_clock):
     hub = MemoryHub()
     async with AsyncExitStack() as stack:

@@ -162,6 +162,20 @@ def test_a_bid_for_an_earlier_attempt_or_from_a_quarantined_node_is_refused():
     assert busy.verdict == "rejected" and busy.reason.startswith("on probation") and changes.writes == []
 
 
+def test_a_bid_waiting_for_min_bids_is_not_chosen_once_its_node_is_quarantined():
+    """A bid waiting for the others was chosen when the set completed, though its node had been quarantined
+    meanwhile (its earlier lie judged)."""
+    state = tracked(spec(concurrency=2, confidence=2, min_bids=2))
+    reply, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-a"), 1.0, KNOWN)
+    assert reply.verdict == "pending"
+    liar = Known(nodes=KNOWN.nodes, reputation={"n-a": Standing(0, 3, rejected_at=1.5)})
+    reply, changes = machine().on_bid(changes.state, "n-b", Bid(job_id="j-1", execution_id="x-b"), 2.0, liar)
+    assert reply.verdict == "accepted"
+    x = changes.state.executions["x-a"]
+    assert x.state is ExecutionState.REJECTED and x.reason == "quarantined since it bid"
+    assert [(s.peer, s.message.accepted) for s in changes.sends] == [("n-a", False)]
+
+
 def test_a_retried_bid_gets_the_verdict_it_had_and_another_nodes_execution_is_not_its_own():
     state = running(tracked(spec(), secrets={"K": "v"}), "n-a")
     again, changes = machine().on_bid(state, "n-a", Bid(job_id="j-1", execution_id="x-n-a"), 2.0, KNOWN)
