@@ -91,9 +91,11 @@ async def cluster() -> AsyncIterator[Callable[[Network], Awaitable[Node]]]:
         nursery.cancel_scope.cancel()
 
 
-async def connected_pair(start: Callable[[Network], Awaitable[Node]]) -> tuple[Network, Network]:
-    """Two networks started by ``cluster``'s ``start``, b dialled to a, once they are connected."""
-    a = make("a")
+async def connected_pair(start: Callable[[Network], Awaitable[Node]],
+                         on_request: Callable[[str, bytes], Awaitable[bytes]] = echo) -> tuple[Network, Network]:
+    """Two networks started by ``cluster``'s ``start``, b dialled to a (which answers with ``on_request``), once
+    they are connected."""
+    a = make("a", on_request=on_request)
     await start(a)
     b = make("b", peers=a.addrs())
     await start(b)
@@ -271,10 +273,7 @@ async def test_a_frame_begun_while_the_node_waits_for_its_own_handlers_gets_its_
         return data
 
     async with cluster() as start:
-        a = make("a", on_request=blocked)
-        await start(a)
-        b = make("b", peers=a.addrs())
-        await start(b)
+        a, b = await connected_pair(start, on_request=blocked)
         raw = await b._open_stream(a.peer_id)
         last = encode_frame(999, b"last")
         await raw.write(b"".join(encode_frame(i, b"x") for i in range(257)) + last[:5])  # one waits; one begins
