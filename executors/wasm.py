@@ -82,7 +82,11 @@ except ImportError:  # pragma: no cover - wasmtime is a dependency; is_installed
 
 CACHE_BYTES = 1024**3  # compiled modules kept; beyond it the least recently used go
 COMPILE_MEMORY_FLOOR = 256 * 1024**2  # compiling may take this much however small the job: the interpreter's share
-RUN_MEMORY_FLOOR = 128 * 1024**2  # a run's process beyond its module's memory: the interpreter, wasmtime, code
+# a run's process beyond its module's memory: the interpreter, wasmtime and code (128 MiB), and the folder listings
+# it keeps (``wasm_child.MAX_LISTED_BYTES``: 16 MiB of names, about twice that as Python objects). Without the
+# listings' share, a run listing a big folder through many descriptors peaked at 166 of its 208 MiB here, and ran
+# out of memory now and then in CI (a retryable failure of the node, never a result)
+RUN_MEMORY_FLOOR = 160 * 1024**2
 OPEN_FILES = 1024  # descriptors a run may hold open: the interpreter's few, and the module's
 KILL_WAIT = 5.0  # seconds to wait for a killed run's process to be gone
 START_TIMEOUT = 30.0  # seconds for a run's process to say it started (a new interpreter, on a busy node)
