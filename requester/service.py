@@ -366,9 +366,8 @@ class RequesterService(Driver[_Active]):
         """Held around a bid or claim of a node on probation, from ``probation_room`` until what it took is
         written and tracked: five bids at once each found room, as none had been written yet. Taken without a
         schedule point when free, so its bids race others' as before."""
-        standing = self.reputation.get(peer, trust.Standing())
-        if not trust.quarantined(standing, self.machine.quarantine_after, self.clock()):  # a quarantine may lapse
-            yield  # while its bids wait for their jobs: one quarantined for any work takes the turn too
+        if not self.quarantined(peer):  # for any work: a quarantine may lapse while its bids wait for their jobs
+            yield
             return
         try:
             self._probation.acquire_nowait()
